@@ -1,0 +1,17 @@
+"""Errors a user can cause; each message is one line that says what to change."""
+
+
+class DPTangentError(Exception):
+    """Base class of every error dp_tangent raises on purpose."""
+
+
+class SelectionError(DPTangentError, ValueError):
+    """The ``trainable`` specification does not fit the model."""
+
+
+class UnsupportedModelError(DPTangentError):
+    """The network uses something the tangent model cannot represent exactly (named in the message)."""
+
+
+class WeightsError(DPTangentError):
+    """Pretrained weights are missing, do not match the architecture, or cannot be read."""

@@ -1,0 +1,106 @@
+"""Block layouts: how a network splits into stem, a sequence of blocks, and a tail.
+
+A layout lets :func:`dp_tangent.linearize` cut a network into a frozen prefix (stem + the blocks
+before the first linearized one), whose outputs can be cached, and the linearized suffix. Each
+layout mirrors its family's own ``forward``; ``tests/test_layouts.py`` checks that
+``suffix(prefix(x)) == model(x)`` bit for bit so that drift in the upstream code is caught.
+Register a layout for a new family with :func:`register_layout`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from timm.models.efficientnet import EfficientNet
+from timm.models.resnet import ResNet
+from timm.models.vision_transformer import VisionTransformer
+
+Runner = Callable[[nn.Module, torch.Tensor, int], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """``block_names(net)`` in order; ``stem`` names (attributes before the blocks); prefix/suffix runners.
+
+    ``run_prefix(net, x, cut)`` runs the stem and blocks ``[:cut]``; ``run_suffix(net, h, cut)`` runs
+    blocks ``[cut:]`` and the tail, so that ``run_suffix(net, run_prefix(net, x, k), k) == net(x)``.
+    """
+
+    block_names: Callable[[nn.Module], list[str]]
+    stem: tuple[str, ...]
+    run_prefix: Runner
+    run_suffix: Runner
+
+
+_LAYOUTS: dict[type[nn.Module], BlockLayout] = {}
+
+
+def register_layout(model_type: type[nn.Module], layout: BlockLayout) -> None:
+    _LAYOUTS[model_type] = layout
+
+
+def layout_for(model: nn.Module) -> BlockLayout | None:
+    for cls in type(model).__mro__:
+        if cls in _LAYOUTS:
+            return _LAYOUTS[cls]
+    return None
+
+
+def _children_of(attr: str) -> Callable[[nn.Module], list[str]]:
+    return lambda net: [f"{attr}.{name}" for name, _ in getattr(net, attr).named_children()]
+
+
+def _run_seq(seq: nn.Module, x: torch.Tensor, start: int, stop: int | None) -> torch.Tensor:
+    for block in list(seq.children())[start:stop]:
+        x = block(x)
+    return x
+
+
+def _vit_prefix(net: nn.Module, x: torch.Tensor, cut: int) -> torch.Tensor:
+    x = net.norm_pre(net.patch_drop(net._pos_embed(net.patch_embed(x))))
+    return _run_seq(net.blocks, x, 0, cut)
+
+
+def _vit_suffix(net: nn.Module, h: torch.Tensor, cut: int) -> torch.Tensor:
+    return net.forward_head(net.norm(_run_seq(net.blocks, h, cut, None)))
+
+
+def _effnet_prefix(net: nn.Module, x: torch.Tensor, cut: int) -> torch.Tensor:
+    return _run_seq(net.blocks, net.bn1(net.conv_stem(x)), 0, cut)
+
+
+def _effnet_suffix(net: nn.Module, h: torch.Tensor, cut: int) -> torch.Tensor:
+    return net.forward_head(net.bn2(net.conv_head(_run_seq(net.blocks, h, cut, None))))
+
+
+_RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+def _resnet_prefix(net: nn.Module, x: torch.Tensor, cut: int) -> torch.Tensor:
+    x = net.maxpool(net.act1(net.bn1(net.conv1(x))))
+    for name in _RESNET_STAGES[:cut]:
+        x = getattr(net, name)(x)
+    return x
+
+
+def _resnet_suffix(net: nn.Module, h: torch.Tensor, cut: int) -> torch.Tensor:
+    for name in _RESNET_STAGES[cut:]:
+        h = getattr(net, name)(h)
+    return net.forward_head(h)
+
+
+register_layout(
+    VisionTransformer,
+    BlockLayout(_children_of("blocks"), ("patch_embed", "cls_token", "reg_token", "pos_embed", "norm_pre"),
+                _vit_prefix, _vit_suffix),
+)
+register_layout(EfficientNet, BlockLayout(_children_of("blocks"), ("conv_stem", "bn1"), _effnet_prefix, _effnet_suffix))
+register_layout(ResNet, BlockLayout(lambda net: list(_RESNET_STAGES), ("conv1", "bn1"), _resnet_prefix, _resnet_suffix))
+register_layout(
+    nn.Sequential,
+    BlockLayout(lambda net: [name for name, _ in net.named_children()], (),
+                lambda net, x, cut: _run_seq(net, x, 0, cut), lambda net, h, cut: _run_seq(net, h, cut, None)),
+)

@@ -1,0 +1,86 @@
+"""Opacus grad samplers for tangent twins, registered the Opacus way (by module type).
+
+A twin's per-sample gradient is the base layer's per-sample gradient at theta0 (it depends only on
+the captured activation and backprop, never on the weight's value), so twins of Linear, Conv and
+LayerNorm reuse Opacus's own samplers, ghost-clipping norm samplers included. BatchNorm twins
+(running statistics, so per-sample gradients exist) get the sampler below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from opacus.grad_sample.grad_sample_module import GradSampleHooks
+from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import GradSampleHooksFastGradientClipping
+from opacus.grad_sample.utils import register_grad_sampler, register_norm_sampler
+from timm.layers import BatchNormAct2d
+
+from .layers import TangentLayer, supported_types, twin_class
+
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, BatchNormAct2d)
+
+
+def _pre_activation_backprops(layer: TangentLayer, x: torch.Tensor, backprops: torch.Tensor) -> torch.Tensor:
+    """Opacus hands the gradient w.r.t. the module output; a BatchNormAct's affine sits before its
+    activation, so pull the gradient back through act(drop(.)) at theta0."""
+    y = F.batch_norm(x, layer.running_mean, layer.running_var, layer.theta0("weight"), layer.theta0("bias"),
+                     False, 0.0, layer.eps)
+    if not isinstance(layer, BatchNormAct2d):
+        return backprops
+    _, pullback = torch.func.vjp(lambda z: layer.act(layer.drop(z)), y)
+    return pullback(backprops)[0]
+
+
+def compute_batch_norm_grad_sample(
+    layer: TangentLayer, activations: list[torch.Tensor], backprops: torch.Tensor
+) -> dict[nn.Parameter, torch.Tensor]:
+    """weight: sum over positions of x_hat * g; bias: sum of g (per sample, per channel)."""
+    x = activations[0].to(backprops.dtype)
+    g = _pre_activation_backprops(layer, x, backprops)
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    x_hat = (x - layer.running_mean.view(shape)) * torch.rsqrt(layer.running_var.view(shape) + layer.eps)
+    reduce = tuple(range(2, x.dim()))
+    result = {}
+    if "weight" in layer.delta_names:
+        result[layer.weight] = (x_hat * g).sum(dim=reduce) if reduce else x_hat * g
+    if "bias" in layer.delta_names:
+        result[layer.bias] = g.sum(dim=reduce) if reduce else g
+    return result
+
+
+def _as_base(base: type[nn.Module], sampler: Callable) -> Callable:
+    """Call an Opacus sampler on a view of the twin typed as its base layer (Opacus's conv sampler
+    dispatches on ``type(layer) is nn.Conv2d``). The view shares the twin's parameters."""
+
+    def delegated(layer: nn.Module, activations: list[torch.Tensor], backprops: torch.Tensor) -> dict:
+        view = base.__new__(base)
+        view.__dict__ = layer.__dict__
+        return sampler(view, activations, backprops)
+
+    return delegated
+
+
+def register() -> None:
+    """Map every twin class to its base layer's samplers (idempotent)."""
+    for base in supported_types():
+        twin = twin_class(base)
+        if base in _BATCH_NORMS:
+            register_grad_sampler(twin)(compute_batch_norm_grad_sample)
+            continue
+        opacus_base = next((c for c in base.__mro__ if c in GradSampleHooks.GRAD_SAMPLERS), None)
+        if opacus_base is None:
+            continue
+        register_grad_sampler(twin)(_as_base(opacus_base, GradSampleHooks.GRAD_SAMPLERS[opacus_base]))
+        norm_sampler = GradSampleHooksFastGradientClipping.NORM_SAMPLERS.get(opacus_base)
+        if norm_sampler is not None:
+            register_norm_sampler(twin)(_as_base(opacus_base, norm_sampler))
+
+
+def hookable(module: nn.Module) -> bool:
+    return type(module) in GradSampleHooks.GRAD_SAMPLERS
+
+
+register()

@@ -1,0 +1,54 @@
+"""Shared fixtures: small real architectures, CPU only, offline."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def small_vit(**kwargs: object) -> nn.Module:
+    return timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4, depth=3, num_classes=10, **kwargs)
+
+
+def small_resnet() -> nn.Module:
+    return timm.create_model("resnet18", num_classes=10)
+
+
+def efficientnet_lite0() -> nn.Module:
+    return timm.create_model("efficientnet_lite0", num_classes=10)
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(8, 32), nn.GELU(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 3))
+
+
+ARCHITECTURES = {
+    "vit": (small_vit, (3, 32, 32), "blocks[-2:]"),
+    "resnet": (small_resnet, (3, 32, 32), "blocks[-1:]"),
+    "efficientnet_lite0": (efficientnet_lite0, (3, 32, 32), "blocks[-2:]"),
+    "mlp": (mlp, (8,), "blocks[-3:]"),
+}
+
+
+def build(arch: str, dtype: torch.dtype = torch.float64, seed: int = 0) -> tuple[nn.Module, torch.Tensor, str]:
+    """(model in eval mode with non-trivial BatchNorm statistics, a batch of inputs, a block suffix spec)."""
+    factory, shape, suffix = ARCHITECTURES[arch]
+    torch.manual_seed(seed)
+    model = factory().to(dtype).eval()
+    for module in model.modules():  # pretrained-like statistics instead of the 0/1 defaults
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+    return model, torch.randn(4, *shape, dtype=dtype), suffix
+
+
+@pytest.fixture(params=list(ARCHITECTURES))
+def arch(request: pytest.FixtureRequest) -> str:
+    return request.param
