@@ -63,12 +63,51 @@ def _as_base(base: type[nn.Module], sampler: Callable) -> Callable:
     return delegated
 
 
+def compute_conv2d_grad_sample(
+    layer: nn.Conv2d, activations: list[torch.Tensor], backprops: torch.Tensor
+) -> dict[nn.Parameter, torch.Tensor]:
+    """Per-sample gradients of a (grouped) Conv2d, group by group.
+
+    Opacus's sampler computes the full (C_out x C_in*k*k) product and then keeps the block
+    diagonal, which for a depthwise conv (groups = channels) is C times the work and memory needed;
+    EfficientNets are mostly depthwise and pointwise convs. Here: unfold (skipped for 1x1 convs),
+    split channels into groups, and contract per group.
+    """
+    x = activations[0].to(backprops.dtype)
+    n, groups = x.shape[0], layer.groups
+    out_channels, in_per_group = layer.weight.shape[:2]
+    pointwise = layer.kernel_size == (1, 1) and layer.stride == (1, 1) and layer.padding == (0, 0)
+    if pointwise:
+        cols = x.flatten(2)
+    else:
+        cols = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding, stride=layer.stride)
+    length = cols.shape[-1]
+    g = backprops.reshape(n, groups, out_channels // groups, length)
+    cols = cols.reshape(n, groups, -1, length)
+    result = {}
+    if layer.weight.requires_grad:
+        per_sample = torch.einsum("ngol,ngpl->ngop", g, cols)
+        result[layer.weight] = per_sample.reshape(n, out_channels, in_per_group, *layer.kernel_size)
+    if layer.bias is not None and layer.bias.requires_grad:
+        result[layer.bias] = backprops.sum(dim=(2, 3))
+    return result
+
+
+def _conv2d_sampler(layer: nn.Module, activations: list[torch.Tensor], backprops: torch.Tensor) -> dict:
+    if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+        return _as_base(nn.Conv2d, GradSampleHooks.GRAD_SAMPLERS[nn.Conv2d])(layer, activations, backprops)
+    return compute_conv2d_grad_sample(layer, activations, backprops)
+
+
 def register() -> None:
     """Map every twin class to its base layer's samplers (idempotent)."""
     for base in supported_types():
         twin = twin_class(base)
         if base in _BATCH_NORMS:
             register_grad_sampler(twin)(compute_batch_norm_grad_sample)
+            continue
+        if base is nn.Conv2d:
+            register_grad_sampler(twin)(_conv2d_sampler)
             continue
         opacus_base = next((c for c in base.__mro__ if c in GradSampleHooks.GRAD_SAMPLERS), None)
         if opacus_base is None:

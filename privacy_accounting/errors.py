@@ -1,0 +1,115 @@
+"""Exception hierarchy of :mod:`privacy_accounting`.
+
+Every error raised on purpose by this package derives from :class:`PrivacyAccountingError`
+and carries a one-line message that names the offending value, so callers can catch one
+class and show ``str(err)`` to a user as is.
+"""
+
+from __future__ import annotations
+
+
+class PrivacyAccountingError(Exception):
+    """Base class of every error raised on purpose by ``privacy_accounting``."""
+
+    def __init__(self, message: str) -> None:
+        # One line, always: multi-line messages break log lines and CLI output.
+        super().__init__(" ".join(str(message).split()))
+
+
+class InvalidParameterError(PrivacyAccountingError, ValueError):
+    """A parameter is outside its valid range (epsilon <= 0, delta outside (0, 1), ...)."""
+
+
+class UnsupportedEventError(PrivacyAccountingError, TypeError):
+    """A DP event type (or a JSON ``type`` tag) that this package cannot account or store."""
+
+
+class AccountingError(PrivacyAccountingError, ArithmeticError):
+    """No accountant could produce a valid epsilon upper bound for an event."""
+
+
+class CalibrationError(PrivacyAccountingError, ArithmeticError):
+    """The noise multiplier could not be calibrated to the requested target."""
+
+
+class NotFoundError(PrivacyAccountingError, LookupError):
+    """Base class for references to things the ledger does not know."""
+
+
+class UnknownDataSourceError(NotFoundError):
+    """The data source has no budget, no declaration and no events in the ledger."""
+
+
+class UnknownShardError(NotFoundError):
+    """The shard has no budget, no declaration and no events in the ledger."""
+
+
+class UnknownReservationError(NotFoundError):
+    """No ledger event has this reservation id."""
+
+
+class UnknownComponentError(NotFoundError):
+    """No ledger event produced a component of this name."""
+
+
+class UnknownModelError(NotFoundError):
+    """No composed model of this name was registered."""
+
+
+class ReservationStateError(PrivacyAccountingError):
+    """A status change that is not allowed (only ``reserved`` may become completed or failed)."""
+
+
+class BudgetExceededError(PrivacyAccountingError):
+    """A reservation would take a shard's spend above its epsilon limit; nothing was written.
+
+    Attributes hold the figures of the message: ``spent`` is the epsilon of the shard's
+    existing events, ``requested`` the increment ``spent_after - spent`` (all at the budget's
+    delta, with the reported accountant), ``limit`` the budget's epsilon.
+    """
+
+    def __init__(
+        self,
+        *,
+        data_source: str,
+        shard: str,
+        spent: float,
+        requested: float,
+        spent_after: float,
+        limit: float,
+        delta: float,
+        scope: str,
+        accountant: str,
+        requested_kind: str = "increment of the shard's composed epsilon, after minus before",
+    ) -> None:
+        self.data_source = data_source
+        self.shard = shard
+        self.spent = spent
+        self.requested = requested
+        self.spent_after = spent_after
+        self.limit = limit
+        self.delta = delta
+        self.scope = scope
+        self.accountant = accountant
+        self.requested_kind = requested_kind
+        super().__init__(
+            f"budget exceeded for shard {shard!r} of data source {data_source!r}: "
+            f"spent epsilon={spent:.4g}, requested epsilon={requested:.4g} ({requested_kind}), "
+            f"spent after={spent_after:.4g} > limit epsilon={limit:.4g} "
+            f"({scope} budget, delta={delta:.3g}, accountant={accountant}); nothing was written"
+        )
+
+
+class LedgerError(PrivacyAccountingError):
+    """Base class for problems with the ledger's database."""
+
+
+class LedgerCorruptError(LedgerError):
+    """The ledger file is not a readable ledger (not SQLite, failed integrity check, unknown schema).
+
+    The file is never re-created or modified when this is raised.
+    """
+
+
+class LedgerBusyError(LedgerError):
+    """Another writer held the ledger's lock for longer than the busy timeout."""

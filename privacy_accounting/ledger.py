@@ -1,0 +1,430 @@
+"""The privacy ledger: budgets, reservations and guarantees over a :class:`LedgerStorage`.
+
+Typical use::
+
+    ledger = Ledger.open("ws/ledger.sqlite")
+    ledger.set_budget(data_source="digits", shard=None, epsilon=8.0, delta=1e-5)
+    rid = ledger.reserve(data_source="digits", shard="shard-0", event=dp_sgd_event(1.1, 0.05, 300),
+                         delta=1e-5, purpose="training", operator="alice", component="digits-shard-0")
+    ...  # train
+    ledger.complete(rid, details={"sha256": "..."})   # or ledger.fail(rid, reason="...")
+
+Every method is its own transaction on a fresh connection, so one ledger file can be shared by
+threads and processes. Reservations are checked and written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+from dataclasses import replace
+from typing import Any, Mapping, Sequence
+
+from privacy_accounting.accountants import DEFAULT_SETTINGS, AccountantSettings, EpsilonBounds, epsilon_within
+from privacy_accounting.budgets import effective_budget, enforce_budget
+from privacy_accounting.composition import ModelGuarantee, model_guarantee, shard_bounds
+from privacy_accounting.errors import (
+    InvalidParameterError,
+    ReservationStateError,
+    UnknownComponentError,
+    UnknownDataSourceError,
+    UnknownModelError,
+    UnknownReservationError,
+    UnknownShardError,
+)
+from privacy_accounting.events import DpEvent, compose_events, is_non_private, validate_event
+from privacy_accounting.records import (
+    AuditRecord,
+    Budget,
+    DataSource,
+    Purpose,
+    Status,
+    StoredEvent,
+    Unit,
+    utc_now,
+)
+from privacy_accounting.sqlite_storage import SQLiteStorage
+from privacy_accounting.storage import EventFilter, LedgerStorage
+from privacy_accounting.validation import check_delta, check_epsilon, check_name
+
+
+class Ledger:
+    """Ledger of privacy events with budgets; see the module docstring."""
+
+    def __init__(self, storage: LedgerStorage, *, settings: AccountantSettings = DEFAULT_SETTINGS) -> None:
+        self._storage = storage
+        self._settings = settings
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = 30.0,
+        settings: AccountantSettings = DEFAULT_SETTINGS,
+    ) -> "Ledger":
+        """Open the SQLite ledger at ``path``, creating it (and its folder) if missing.
+
+        An existing file that is not a readable ledger raises :class:`LedgerCorruptError` and is
+        left untouched. ``busy_timeout``: seconds to wait for another writer's lock.
+        """
+        return cls(SQLiteStorage(path, busy_timeout=busy_timeout), settings=settings)
+
+    @property
+    def location(self) -> str:
+        """Where the ledger lives (file path for SQLite)."""
+        return self._storage.location
+
+    @property
+    def settings(self) -> AccountantSettings:
+        """Accountant settings used for every figure of this ledger."""
+        return self._settings
+
+    # -- data sources, shards, budgets -------------------------------------------------------
+
+    def set_data_source(
+        self,
+        data_source: str,
+        unit: str | Unit = Unit.RECORD,
+        *,
+        description: str = "",
+        shards: Sequence[str] = (),
+    ) -> DataSource:
+        """Declare a data source, its unit of privacy (``record`` or ``user``) and optionally shards.
+
+        The unit cannot change once the source has events (past guarantees were for the old unit).
+        """
+        name = check_name(data_source, "data_source")
+        source = DataSource(name, Unit.parse(unit), str(description), utc_now())
+        shard_names = [check_name(s, "shard") for s in shards]
+        self._storage.upsert_data_source(source, shard_names)
+        return self.data_source(name)
+
+    def data_source(self, data_source: str) -> DataSource:
+        """The declared (or implicitly created) data source; unknown raises UnknownDataSourceError."""
+        for source in self._storage.data_sources():
+            if source.name == data_source:
+                return source
+        known = ", ".join(s.name for s in self._storage.data_sources()) or "none"
+        raise UnknownDataSourceError(f"unknown data source {data_source!r} (known: {known})")
+
+    def data_sources(self) -> list[DataSource]:
+        """All data sources."""
+        return self._storage.data_sources()
+
+    def shards(self, data_source: str | None = None) -> list[tuple[str, str]]:
+        """Known (data_source, shard) pairs, optionally of one source."""
+        pairs = self._storage.shards()
+        if data_source is not None:
+            self.data_source(data_source)
+            pairs = [p for p in pairs if p[0] == data_source]
+        return pairs
+
+    def set_budget(self, data_source: str, shard: str | None, epsilon: float, delta: float) -> Budget:
+        """Set (or replace) the (epsilon, delta) limit of a data source (``shard=None``) or one shard.
+
+        Lowering a budget below what was already spent is allowed; the report marks it exceeded.
+        """
+        budget = Budget(
+            data_source=check_name(data_source, "data_source"),
+            shard=None if shard is None else check_name(shard, "shard"),
+            epsilon=check_epsilon(epsilon),
+            delta=check_delta(delta),
+            updated_at=utc_now(),
+        )
+        self._storage.set_budget(budget)
+        return budget
+
+    def budgets(self) -> list[Budget]:
+        """All budgets (source-level ones have ``shard=None``)."""
+        return self._storage.budgets()
+
+    def budget(self, data_source: str, shard: str) -> Budget | None:
+        """The limit that applies to a shard: its own budget, else its data source's, else None."""
+        self._check_shard(data_source, shard)
+        return self._effective_budget(data_source, shard)
+
+    def _effective_budget(self, data_source: str, shard: str) -> Budget | None:
+        source_budget = shard_budget = None
+        for budget in self._storage.budgets():
+            if budget.data_source == data_source and budget.shard is None:
+                source_budget = budget
+            elif budget.data_source == data_source and budget.shard == shard:
+                shard_budget = budget
+        return effective_budget(source_budget, shard_budget)
+
+    def _check_shard(self, data_source: str, shard: str) -> None:
+        self.data_source(data_source)
+        shards = [s for ds, s in self._storage.shards() if ds == data_source]
+        if shard not in shards:
+            known = ", ".join(shards) or "none"
+            raise UnknownShardError(
+                f"unknown shard {shard!r} of data source {data_source!r} (known: {known}); a shard becomes "
+                "known through reserve(), set_budget(shard=...) or set_data_source(shards=...)"
+            )
+
+    # -- reservations --------------------------------------------------------------------------
+
+    def reserve(
+        self,
+        *,
+        data_source: str,
+        shard: str,
+        event: DpEvent,
+        delta: float,
+        purpose: str | Purpose,
+        operator: str,
+        component: str,
+        details: Mapping[str, Any] | None = None,
+        checkpoints_released: bool = False,
+    ) -> str:
+        """Record that ``event`` will run on ``shard``; returns the reservation id.
+
+        The shard's spend after this event (sequential composition of all its events, at the
+        budget's delta) is checked against its limit inside the write transaction; if it would
+        exceed it, :class:`BudgetExceededError` is raised and nothing is written. With no budget
+        the event is allowed (the report says "no budget set"). ``delta`` is the delta at which
+        this event's own epsilon is reported.
+        """
+        now = utc_now()
+        record = StoredEvent(
+            reservation_id=uuid.uuid4().hex,
+            seq=0,
+            data_source=check_name(data_source, "data_source"),
+            shard=check_name(shard, "shard"),
+            component=check_name(component, "component"),
+            purpose=Purpose.parse(purpose),
+            status=Status.RESERVED,
+            operator=check_name(operator, "operator"),
+            event=validate_event(event),
+            delta=check_delta(delta),
+            checkpoints_released=_check_bool(checkpoints_released, "checkpoints_released"),
+            created_at=now,
+            updated_at=now,
+            details=_check_details(details),
+        )
+        if record.purpose is Purpose.NON_PRIVATE_BASELINE and not is_non_private(record.event):
+            raise InvalidParameterError("purpose 'non_private_baseline' requires a NonPrivateDpEvent")
+        self._warm_cache(record)
+
+        def check(existing: list[StoredEvent], source_budget: Budget | None, shard_budget: Budget | None) -> None:
+            enforce_budget(
+                data_source=record.data_source,
+                shard=record.shard,
+                budget=effective_budget(source_budget, shard_budget),
+                existing=[e.event for e in existing],
+                new_event=record.event,
+                settings=self._settings,
+            )
+
+        return self._storage.reserve(record, check).reservation_id
+
+    def _warm_cache(self, record: StoredEvent) -> None:
+        """Run the budget check once before taking the write lock, to fill the accountant cache.
+
+        Inside the lock the check is redone on the then-current events; when nothing changed
+        meanwhile its figures are cache hits, so the lock is held for milliseconds, not seconds.
+        A refusal found here is not final: it is raised only by the check inside the lock.
+        """
+        budget = self._effective_budget(record.data_source, record.shard)
+        if budget is None or is_non_private(record.event):
+            return
+        existing = [e.event for e in self._storage.events(EventFilter(record.data_source, record.shard))]
+        epsilon_within(compose_events([*existing, record.event]), budget.delta, budget.epsilon, self._settings)
+
+    def complete(
+        self,
+        reservation_id: str,
+        details: Mapping[str, Any] | None = None,
+        *,
+        checkpoints_released: bool | None = None,
+    ) -> StoredEvent:
+        """Mark a reservation completed, merging ``details`` (e.g. the artifact's sha256).
+
+        ``checkpoints_released=True`` records that intermediate checkpoints were published; a
+        release cannot be undone, so False never clears an earlier True.
+        """
+        extra = _check_details(details)
+        released = False if checkpoints_released is None else _check_bool(checkpoints_released, "checkpoints_released")
+
+        def change(current: StoredEvent) -> StoredEvent:
+            _check_transition(current, Status.COMPLETED)
+            return replace(
+                current,
+                status=Status.COMPLETED,
+                details={**current.details, **extra},
+                checkpoints_released=current.checkpoints_released or released,
+                updated_at=utc_now(),
+            )
+
+        return self._storage.update_event(check_name(reservation_id, "reservation_id"), change)
+
+    def fail(self, reservation_id: str, reason: str, details: Mapping[str, Any] | None = None) -> StoredEvent:
+        """Mark a reservation failed; it still counts as spent (the run may have touched data)."""
+        why = check_name(" ".join(str(reason).split()) if isinstance(reason, str) else reason, "reason")
+        extra = _check_details(details)
+
+        def change(current: StoredEvent) -> StoredEvent:
+            _check_transition(current, Status.FAILED)
+            return replace(
+                current,
+                status=Status.FAILED,
+                failure_reason=why,
+                details={**current.details, **extra},
+                updated_at=utc_now(),
+            )
+
+        return self._storage.update_event(check_name(reservation_id, "reservation_id"), change)
+
+    def event(self, reservation_id: str) -> StoredEvent:
+        """One stored event by reservation id."""
+        found = self._storage.events(EventFilter(reservation_id=reservation_id))
+        if not found:
+            raise UnknownReservationError(f"unknown reservation id {reservation_id!r}")
+        return found[0]
+
+    def events(
+        self,
+        *,
+        data_source: str | None = None,
+        shard: str | None = None,
+        component: str | None = None,
+        status: str | Status | None = None,
+        purpose: str | Purpose | None = None,
+    ) -> list[StoredEvent]:
+        """Stored events matching all given filters, in ledger order."""
+        return self._storage.events(
+            EventFilter(
+                data_source=data_source,
+                shard=shard,
+                component=component,
+                status=None if status is None else Status.parse(status),
+                purpose=None if purpose is None else Purpose.parse(purpose),
+            )
+        )
+
+    # -- spend ---------------------------------------------------------------------------------
+
+    def shard_spend(self, data_source: str, shard: str, delta: float | None = None) -> EpsilonBounds:
+        """Bounds of the composition of all the shard's events (every status counts).
+
+        ``delta=None`` uses the delta of the budget that applies to the shard; error if none.
+        """
+        self._check_shard(data_source, shard)
+        if delta is None:
+            budget = self._effective_budget(data_source, shard)
+            if budget is None:
+                raise InvalidParameterError(
+                    f"no budget set for shard {shard!r} of data source {data_source!r}: pass delta explicitly"
+                )
+            delta = budget.delta
+        delta = check_delta(delta)
+        return shard_bounds(self._storage.events(EventFilter(data_source, shard)), delta, self._settings)
+
+    def remaining(self, data_source: str, shard: str) -> float | None:
+        """Budget epsilon minus spent epsilon (at the budget's delta), floored at 0; None if no budget."""
+        budget = self.budget(data_source, shard)
+        if budget is None:
+            return None
+        spent = self.shard_spend(data_source, shard, budget.delta).epsilon
+        return max(0.0, budget.epsilon - spent) if math.isfinite(spent) else 0.0
+
+    # -- composed models -------------------------------------------------------------------------
+
+    def register_model(self, name: str, components: Sequence[str]) -> tuple[str, ...]:
+        """Declare that model ``name`` is composed of ``components`` (replaces any earlier list)."""
+        model = check_name(name, "model name")
+        if isinstance(components, str) or not components:
+            raise InvalidParameterError("components must be a non-empty list of component names")
+        names = tuple(dict.fromkeys(check_name(c, "component") for c in components))
+        known = {e.component for e in self._storage.events()}
+        missing = [c for c in names if c not in known]
+        if missing:
+            raise UnknownComponentError(f"no ledger event produced component(s) {missing} of model {model!r}")
+        self._storage.set_model(model, names, utc_now())
+        return names
+
+    def models(self) -> dict[str, tuple[str, ...]]:
+        """Registered models and their components."""
+        return self._storage.models()
+
+    def model_guarantee(self, name: str, delta: float | None = None) -> ModelGuarantee:
+        """Per-record guarantee of a model: max over its shards of the composition of its events there.
+
+        ``delta=None`` uses the smallest delta recorded on the model's events (the most cautious).
+        """
+        models = self._storage.models()
+        if name not in models:
+            raise UnknownModelError(f"unknown model {name!r} (known: {', '.join(sorted(models)) or 'none'})")
+        components = models[name]
+        events = self._storage.events()
+        if delta is None:
+            deltas = [e.delta for e in events if e.component in set(components)]
+            delta = min(deltas) if deltas else None
+            if delta is None:
+                raise InvalidParameterError(f"model {name!r} has no events: pass delta explicitly")
+        return model_guarantee(name, components, events, check_delta(delta), self._settings)
+
+    # -- audits ----------------------------------------------------------------------------------
+
+    def record_audit(
+        self,
+        component: str,
+        epsilon_lower_bound: float,
+        delta: float,
+        *,
+        method: str = "",
+        operator: str = "",
+        details: Mapping[str, Any] | None = None,
+    ) -> AuditRecord:
+        """Store an empirical audit of ``component``: an empirical lower bound, not a guarantee."""
+        name = check_name(component, "component")
+        if isinstance(epsilon_lower_bound, bool) or not isinstance(epsilon_lower_bound, (int, float)) or not (
+            0.0 <= float(epsilon_lower_bound) < math.inf
+        ):
+            raise InvalidParameterError(f"epsilon_lower_bound must be finite and >= 0, got {epsilon_lower_bound!r}")
+        if not self._storage.events(EventFilter(component=name)):
+            raise UnknownComponentError(f"no ledger event produced component {name!r}")
+        audit = AuditRecord(
+            audit_id=uuid.uuid4().hex,
+            component=name,
+            epsilon_lower_bound=float(epsilon_lower_bound),
+            delta=check_delta(delta),
+            method=str(method),
+            operator=str(operator),
+            created_at=utc_now(),
+            details=_check_details(details),
+        )
+        self._storage.add_audit(audit)
+        return audit
+
+    def audits(self) -> list[AuditRecord]:
+        """All recorded audits."""
+        return self._storage.audits()
+
+
+def _check_transition(current: StoredEvent, target: Status) -> None:
+    if current.status is not Status.RESERVED:
+        raise ReservationStateError(
+            f"reservation {current.reservation_id!r} is {current.status.value}; "
+            f"only a reserved one can become {target.value}"
+        )
+
+
+def _check_bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidParameterError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _check_details(details: Mapping[str, Any] | None) -> dict[str, Any]:
+    if details is None:
+        return {}
+    if not isinstance(details, Mapping) or not all(isinstance(k, str) for k in details):
+        raise InvalidParameterError("details must be a mapping with string keys")
+    try:
+        return json.loads(json.dumps(dict(details), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise InvalidParameterError(f"details must be JSON-serialisable (no NaN/inf): {exc}") from None

@@ -1,0 +1,125 @@
+"""Value types stored in the ledger: enums for purpose/status/unit and frozen record dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+from privacy_accounting.errors import InvalidParameterError
+from privacy_accounting.events import DpEvent
+
+
+class _StrEnum(str, Enum):
+    def __str__(self) -> str:
+        return str(self.value)
+
+    @classmethod
+    def parse(cls, value: object) -> "_StrEnum":
+        """Accept a member or its string value; anything else is a one-line error."""
+        try:
+            return cls(value)
+        except ValueError:
+            choices = ", ".join(m.value for m in cls)
+            raise InvalidParameterError(f"unknown {cls.__name__.lower()} {value!r}; choose one of: {choices}") from None
+
+
+class Purpose(_StrEnum):
+    """Why data was touched. ``non_private_baseline`` must carry a ``NonPrivateDpEvent``."""
+
+    TRAINING = "training"
+    RETRAINING_AFTER_DELETION = "retraining_after_deletion"
+    HYPERPARAMETER_SEARCH = "hyperparameter_search"
+    MERGE_STATISTICS = "merge_statistics"
+    NON_PRIVATE_BASELINE = "non_private_baseline"
+
+
+class Status(_StrEnum):
+    """Life cycle of a reservation; every status counts as spent (a failed run may have leaked)."""
+
+    RESERVED = "reserved"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class Unit(_StrEnum):
+    """Unit of privacy: neighbouring datasets differ by one record, or by all records of one user."""
+
+    RECORD = "record"
+    USER = "user"
+
+
+def utc_now() -> str:
+    """Current time as UTC ISO-8601 with microseconds, e.g. ``2025-01-31T12:00:00.000000+00:00``."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """One privacy event of the ledger (a reservation and what became of it).
+
+    ``delta`` is the delta at which the event's own epsilon is reported; budgets use their own.
+    ``details`` is a JSON object owned by this value (a fresh copy per read): do not mutate it.
+    """
+
+    reservation_id: str
+    seq: int
+    data_source: str
+    shard: str
+    component: str
+    purpose: Purpose
+    status: Status
+    operator: str
+    event: DpEvent
+    delta: float
+    checkpoints_released: bool
+    created_at: str
+    updated_at: str
+    details: dict[str, Any] = field(default_factory=dict)
+    failure_reason: str | None = None
+
+    @property
+    def id(self) -> str:
+        """Alias of ``reservation_id``."""
+        return self.reservation_id
+
+
+@dataclass(frozen=True)
+class Budget:
+    """An (epsilon, delta) limit; ``shard=None`` is a data-source budget bounding each of its shards."""
+
+    data_source: str
+    shard: str | None
+    epsilon: float
+    delta: float
+    updated_at: str = ""
+
+    @property
+    def scope(self) -> str:
+        """``"shard"`` or ``"data_source"``."""
+        return "data_source" if self.shard is None else "shard"
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A data source and its unit of privacy (``record`` unless declared ``user``)."""
+
+    name: str
+    unit: Unit = Unit.RECORD
+    description: str = ""
+    created_at: str = ""
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """An empirical privacy audit of a component: an empirical lower bound, not a guarantee."""
+
+    audit_id: str
+    component: str
+    epsilon_lower_bound: float
+    delta: float
+    method: str
+    operator: str
+    created_at: str
+    details: dict[str, Any] = field(default_factory=dict)

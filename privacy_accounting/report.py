@@ -1,0 +1,346 @@
+"""Build a :class:`PrivacyReport` from a ledger; render it with its ``to_json/to_markdown/to_html``.
+
+Which delta each figure uses:
+
+* a shard with a budget: the budget's delta (so spent and remaining match enforcement);
+  otherwise the ``delta`` argument, else the smallest delta recorded on the shard's events;
+* a component (one event): the delta recorded with it at reservation;
+* a model: the ``delta`` argument, else the smallest delta recorded on its events.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+from privacy_accounting.accountants import NEIGHBOURING_RELATION, AccountantSettings, EpsilonBounds, epsilon_bounds
+from privacy_accounting.composition import group_by_shard, model_guarantee, shard_bounds
+from privacy_accounting.errors import InvalidParameterError
+from privacy_accounting.events import (
+    DpEvent,
+    compose_events,
+    describe_event,
+    dp_sgd_event,
+    gaussian_event,
+    is_non_private,
+    sgd_parameters,
+    total_steps,
+    uses_poisson_sampling,
+)
+from privacy_accounting.ledger import Ledger
+from privacy_accounting.records import AuditRecord, Budget, DataSource, Status, StoredEvent, utc_now
+from privacy_accounting.report_models import (
+    AuditEntry,
+    BudgetEntry,
+    ComponentEntry,
+    CurvePoint,
+    DataSourceEntry,
+    Figures,
+    ModelEntry,
+    ModelShardEntry,
+    PrivacyReport,
+    ShardEntry,
+)
+from privacy_accounting.statement import model_statement, overall_statement
+from privacy_accounting.validation import check_delta
+
+__all__ = [
+    "build_report",
+    "PrivacyReport",
+    "AuditEntry",
+    "BudgetEntry",
+    "ComponentEntry",
+    "CurvePoint",
+    "DataSourceEntry",
+    "Figures",
+    "ModelEntry",
+    "ModelShardEntry",
+    "ShardEntry",
+]
+
+ACCOUNTANTS_TEXT = (
+    "Epsilon figures are upper bounds: the minimum of RDP (Opacus RDPAccountant), PRV (Opacus PRVAccountant, "
+    "upper end of its error interval) and PLD (dp-accounting PLDAccountant, pessimistic discretisation), all "
+    "for the add-or-remove-one relation. Opacus's GDP accountant is not used: it is an approximation that can "
+    "fall below the true epsilon, hence not a guarantee."
+)
+
+NOTES = [
+    "Shards of a data source are assumed disjoint in the unit of privacy; a data-source budget bounds each of "
+    "its shards separately (parallel composition).",
+    "Events on one shard compose sequentially and are accounted jointly (ComposedDpEvent); adding per-event "
+    "epsilons would only be a looser upper bound.",
+    "Reserved, completed and failed events all count as spent: a run that failed may already have touched data.",
+    "Data sources are accounted separately: a person present in several data sources is protected by the "
+    "composition of the corresponding guarantees.",
+    "Empirical audits give empirical lower bounds, not guarantees.",
+]
+
+
+def build_report(
+    ledger: Ledger,
+    *,
+    delta: float | None = None,
+    curve_points: int = 12,
+    title: str = "Privacy report",
+) -> PrivacyReport:
+    """Assemble the report (an empty ledger gives a valid, empty report).
+
+    ``curve_points``: about how many points of the epsilon-versus-steps curve to compute per
+    shard (0 disables the curves); curves use a coarse PLD grid (still an upper bound).
+    """
+    if delta is not None:
+        delta = check_delta(delta)
+    if isinstance(curve_points, bool) or not isinstance(curve_points, int) or curve_points < 0:
+        raise InvalidParameterError(f"curve_points must be an integer >= 0, got {curve_points!r}")
+    settings = ledger.settings
+    events = ledger.events()
+    budgets = ledger.budgets()
+    sources = {s.name: s for s in ledger.data_sources()}
+    audits = ledger.audits()
+    by_shard = group_by_shard(events)
+
+    components = [_component_entry(e, settings) for e in events]
+    shard_entries = [
+        _shard_entry(ds, shard, by_shard.get((ds, shard), []), budgets, sources[ds].unit.value, delta,
+                     curve_points, settings)
+        for ds, shard in ledger.shards()
+    ]
+    audit_entries = [_audit_entry(a, events, settings) for a in audits]
+    model_entries = [
+        _model_entry(name, comps, events, components, audit_entries, sources, delta, settings)
+        for name, comps in sorted(ledger.models().items())
+    ]
+    return PrivacyReport(
+        title=title,
+        generated_at=utc_now(),
+        ledger=ledger.location,
+        neighbouring_relation=NEIGHBOURING_RELATION,
+        accountants=ACCOUNTANTS_TEXT,
+        data_sources=[_source_entry(s, budgets, ledger.shards(s.name)) for s in sources.values()],
+        shards=shard_entries,
+        components=components,
+        models=model_entries,
+        audits=audit_entries,
+        statement=overall_statement(
+            shard_entries,
+            [m.statement for m in model_entries],
+            components,
+            audit_entries,
+            {c for m in model_entries for c in m.components},
+        ),
+        notes=list(NOTES),
+    )
+
+
+def _figures(bounds: EpsilonBounds) -> Figures:
+    return Figures(
+        delta=bounds.delta,
+        epsilon=bounds.epsilon,
+        accountant=bounds.accountant,
+        rdp=bounds.rdp,
+        prv=bounds.prv,
+        pld=bounds.pld,
+        notes=list(bounds.notes),
+    )
+
+
+def _budget_entry(budget: Budget | None) -> BudgetEntry | None:
+    if budget is None:
+        return None
+    return BudgetEntry(epsilon=budget.epsilon, delta=budget.delta, scope=budget.scope)
+
+
+def _find_budget(budgets: Sequence[Budget], data_source: str, shard: str | None) -> Budget | None:
+    return next((b for b in budgets if b.data_source == data_source and b.shard == shard), None)
+
+
+def _source_entry(source: DataSource, budgets: Sequence[Budget], shards: Sequence[tuple[str, str]]) -> DataSourceEntry:
+    return DataSourceEntry(
+        data_source=source.name,
+        unit=source.unit.value,
+        description=source.description,
+        budget=_budget_entry(_find_budget(budgets, source.name, None)),
+        shards=[s for _, s in shards],
+    )
+
+
+def _sampling(event: DpEvent) -> str:
+    if is_non_private(event):
+        return "n/a"
+    return "poisson" if uses_poisson_sampling(event) else "none (full batch)"
+
+
+def _component_entry(event: StoredEvent, settings: AccountantSettings) -> ComponentEntry:
+    bounds = epsilon_bounds(event.event, event.delta, settings)
+    params = sgd_parameters(event.event)
+    return ComponentEntry(
+        reservation_id=event.reservation_id,
+        component=event.component,
+        data_source=event.data_source,
+        shard=event.shard,
+        purpose=event.purpose.value,
+        status=event.status.value,
+        operator=event.operator,
+        created_at=event.created_at,
+        updated_at=event.updated_at,
+        epsilon=bounds.epsilon,
+        delta=event.delta,
+        accountant=bounds.accountant,
+        rdp_epsilon=bounds.rdp,
+        prv_epsilon=bounds.prv,
+        pld_epsilon=bounds.pld,
+        noise_multiplier=None if params is None else params.noise_multiplier,
+        sample_rate=None if params is None else params.sample_rate,
+        steps=params.steps if params is not None else total_steps(event.event),
+        mechanism=describe_event(event.event),
+        sampling=_sampling(event.event),
+        checkpoints_released=event.checkpoints_released,
+        failure_reason=event.failure_reason,
+        details=event.details,
+    )
+
+
+def _shard_entry(
+    data_source: str,
+    shard: str,
+    events: Sequence[StoredEvent],
+    budgets: Sequence[Budget],
+    unit: str,
+    report_delta: float | None,
+    curve_points: int,
+    settings: AccountantSettings,
+) -> ShardEntry:
+    budget = _find_budget(budgets, data_source, shard) or _find_budget(budgets, data_source, None)
+    delta = budget.delta if budget else report_delta if report_delta is not None else min(
+        (e.delta for e in events), default=None
+    )
+    if delta is None:  # no events, no budget, no report delta: nothing spent
+        spent = Figures(delta=None, epsilon=0.0, accountant="none")
+    else:
+        spent = _figures(shard_bounds(events, delta, settings))
+    remaining = None
+    status = "no budget set"
+    if budget is not None:
+        remaining = max(0.0, budget.epsilon - spent.epsilon) if math.isfinite(spent.epsilon) else 0.0
+        status = "within budget" if spent.epsilon <= budget.epsilon else "exceeded"
+    curve, curve_name = ([], "")
+    if curve_points and events and delta is not None:
+        curve, curve_name = _curve([e.event for e in events], delta, curve_points, settings)
+    return ShardEntry(
+        data_source=data_source,
+        shard=shard,
+        unit=unit,
+        budget=_budget_entry(budget),
+        budget_status=status,
+        spent=spent,
+        remaining_epsilon=remaining,
+        n_events=len(events),
+        n_reserved=sum(e.status is Status.RESERVED for e in events),
+        n_completed=sum(e.status is Status.COMPLETED for e in events),
+        n_failed=sum(e.status is Status.FAILED for e in events),
+        components=list(dict.fromkeys(e.component for e in events)),
+        curve=curve,
+        curve_accountant=curve_name,
+    )
+
+
+def _curve(
+    events: Sequence[DpEvent], delta: float, points: int, settings: AccountantSettings
+) -> tuple[list[CurvePoint], str]:
+    """Epsilon of the shard's composition against cumulative steps, at ~``points`` step counts."""
+    interval = max(settings.pld_value_discretization_interval, 1e-3)
+    plot_settings = dataclasses.replace(settings, pld_value_discretization_interval=interval, accountants=("pld",))
+    steps_per_event = [total_steps(e) for e in events]
+    total = max(sum(steps_per_event), 1)
+    out = [CurvePoint(steps=0, epsilon=0.0)]
+    done: list[DpEvent] = []
+    offset = 0
+    for event, n in zip(events, steps_per_event):
+        params = sgd_parameters(event)
+        ks = [n]
+        if params is not None and n > 1:
+            share = max(1, round(points * n / total))
+            ks = sorted({max(1, round(n * (i + 1) / share)) for i in range(share)})
+        for k in ks:
+            if params is not None and k < n:
+                partial = (
+                    dp_sgd_event(params.noise_multiplier, params.sample_rate, k)
+                    if params.sample_rate < 1.0
+                    else gaussian_event(params.noise_multiplier, k)
+                )
+            else:
+                partial = event
+            eps = epsilon_bounds(compose_events([*done, partial]), delta, plot_settings).epsilon
+            out.append(CurvePoint(steps=offset + k, epsilon=eps))
+        done.append(event)
+        offset += n
+    return out, f"pld (plotting grid {interval:g}, upper bound)"
+
+
+def _audit_entry(audit: AuditRecord, events: Sequence[StoredEvent], settings: AccountantSettings) -> AuditEntry:
+    own = [e.event for e in events if e.component == audit.component]
+    accounted = epsilon_bounds(compose_events(own), audit.delta, settings).epsilon if own else None
+    return AuditEntry(
+        component=audit.component,
+        epsilon_lower_bound=audit.epsilon_lower_bound,
+        delta=audit.delta,
+        method=audit.method,
+        operator=audit.operator,
+        created_at=audit.created_at,
+        accounted_epsilon=accounted,
+        consistent=None if accounted is None else audit.epsilon_lower_bound <= accounted,
+        details=audit.details,
+    )
+
+
+def _model_entry(
+    name: str,
+    components: Sequence[str],
+    events: Sequence[StoredEvent],
+    component_entries: Sequence[ComponentEntry],
+    audits: Sequence[AuditEntry],
+    sources: dict[str, DataSource],
+    report_delta: float | None,
+    settings: AccountantSettings,
+) -> ModelEntry:
+    wanted = set(components)
+    mine = [e for e in events if e.component in wanted]
+    entries = [c for c in component_entries if c.component in wanted]
+    delta = report_delta if report_delta is not None else min((e.delta for e in mine), default=None)
+    units = sorted({sources[e.data_source].unit.value for e in mine}) if mine else []
+    my_audits = [a for a in audits if a.component in wanted]
+    if delta is None:
+        shards: list[ModelShardEntry] = []
+        epsilon, accountant, binding = 0.0, "none", None
+    else:
+        guarantee = model_guarantee(name, components, events, delta, settings)
+        shards = [
+            ModelShardEntry(
+                data_source=s.data_source,
+                shard=s.shard,
+                components=list(s.components),
+                epsilon=s.model_bounds.epsilon,
+                accountant=s.model_bounds.accountant,
+                shard_total_epsilon=s.shard_total_bounds.epsilon,
+                shard_total_accountant=s.shard_total_bounds.accountant,
+                n_model_events=s.n_model_events,
+                n_shard_events=s.n_shard_events,
+            )
+            for s in guarantee.shards
+        ]
+        epsilon, accountant, binding = guarantee.epsilon, guarantee.accountant, guarantee.binding
+    return ModelEntry(
+        model=name,
+        components=list(components),
+        delta=delta,
+        epsilon=epsilon,
+        accountant=accountant,
+        binding_data_source=binding[0] if binding else None,
+        binding_shard=binding[1] if binding else None,
+        units=units,
+        checkpoints_released=any(e.checkpoints_released for e in mine),
+        shards=shards,
+        statement=model_statement(name, epsilon, delta, accountant, shards, units, entries, my_audits),
+    )

@@ -1,0 +1,494 @@
+"""SQLite implementation of :class:`~privacy_accounting.storage.LedgerStorage` (stdlib ``sqlite3``).
+
+* One connection per call, closed afterwards: safe across threads and processes.
+* Writes run in ``BEGIN IMMEDIATE`` transactions (the write lock is taken before reading), with
+  a busy timeout; a reservation's budget check therefore sees every committed reservation.
+* A new file is built under a temporary name and hard-linked into place, so a concurrent
+  opener sees either no file or a complete ledger, and an existing file is never replaced.
+* Opening an existing file checks the SQLite header, ``PRAGMA quick_check``, the application id,
+  the schema version and the tables; any failure raises :class:`LedgerCorruptError` and leaves
+  the file untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import uuid
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from privacy_accounting.errors import (
+    InvalidParameterError,
+    LedgerBusyError,
+    LedgerCorruptError,
+    LedgerError,
+    PrivacyAccountingError,
+    UnknownReservationError,
+)
+from privacy_accounting.records import AuditRecord, Budget, DataSource, Purpose, Status, StoredEvent, Unit, utc_now
+from privacy_accounting.serialization import event_from_json, event_to_json
+from privacy_accounting.storage import EventFilter, ReservationCheck
+
+SCHEMA_VERSION = 1
+APPLICATION_NAME = "privacy_accounting.ledger"
+APPLICATION_ID = 0x44504C47  # "DPLG", stored in the SQLite header (PRAGMA application_id)
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_SOURCE_LEVEL = ""  # shard column value of a data-source budget (shard names are non-empty)
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE data_sources (
+    name TEXT PRIMARY KEY,
+    unit TEXT NOT NULL CHECK (unit IN ('record', 'user')),
+    description TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL
+);
+CREATE TABLE shards (
+    data_source TEXT NOT NULL,
+    shard TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (data_source, shard)
+);
+CREATE TABLE budgets (
+    data_source TEXT NOT NULL,
+    shard TEXT NOT NULL,
+    epsilon REAL NOT NULL CHECK (epsilon > 0),
+    delta REAL NOT NULL CHECK (delta > 0 AND delta < 1),
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (data_source, shard)
+);
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    reservation_id TEXT NOT NULL UNIQUE,
+    data_source TEXT NOT NULL,
+    shard TEXT NOT NULL,
+    component TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('reserved', 'completed', 'failed')),
+    operator TEXT NOT NULL,
+    event_json TEXT NOT NULL,
+    delta REAL NOT NULL,
+    checkpoints_released INTEGER NOT NULL,
+    details_json TEXT NOT NULL,
+    failure_reason TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX events_by_shard ON events (data_source, shard, seq);
+CREATE INDEX events_by_component ON events (component, seq);
+CREATE TABLE models (
+    name TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    component TEXT NOT NULL,
+    registered_at TEXT NOT NULL,
+    PRIMARY KEY (name, position)
+);
+CREATE TABLE audits (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    audit_id TEXT NOT NULL UNIQUE,
+    component TEXT NOT NULL,
+    epsilon_lower_bound REAL NOT NULL,
+    delta REAL NOT NULL,
+    method TEXT NOT NULL,
+    operator TEXT NOT NULL,
+    details_json TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+"""
+_TABLES = frozenset({"meta", "data_sources", "shards", "budgets", "events", "models", "audits"})
+# Column order of _event_row(); seq and reservation_id never change after the insert.
+_EVENT_FIELDS = (
+    "seq", "reservation_id", "data_source", "shard", "component", "purpose", "status", "operator",
+    "event_json", "delta", "checkpoints_released", "details_json", "failure_reason", "created_at", "updated_at",
+)
+_EVENT_COLUMNS = ", ".join(_EVENT_FIELDS)
+_INSERT_EVENT = "INSERT INTO events ({}) VALUES ({})".format(
+    ", ".join(_EVENT_FIELDS[1:]), ", ".join("?" * len(_EVENT_FIELDS[1:]))
+)
+_UPDATE_EVENT = "UPDATE events SET {} WHERE seq = ?".format(", ".join(f"{f} = ?" for f in _EVENT_FIELDS[2:]))
+
+
+class SQLiteStorage:
+    """Ledger storage in one SQLite file; see the module docstring for the guarantees."""
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0, create: bool = True) -> None:
+        if not (isinstance(busy_timeout, (int, float)) and busy_timeout >= 0):
+            raise InvalidParameterError(f"busy_timeout must be a number of seconds >= 0, got {busy_timeout!r}")
+        self._path = Path(path).expanduser().absolute()
+        self._busy_timeout = float(busy_timeout)
+        if not os.path.lexists(self._path):
+            if not create:
+                raise LedgerError(f"no ledger file at {self._path}")
+            self._create()
+        self._verify()
+
+    @property
+    def location(self) -> str:
+        return str(self._path)
+
+    # -- connections and errors -------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        # mode=rw: never let sqlite create (and so silently replace) a missing file.
+        uri = self._path.as_uri() + "?mode=rw"
+        return sqlite3.connect(uri, uri=True, timeout=self._busy_timeout, isolation_level=None)
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            text = str(exc).lower()
+            if "locked" in text or "busy" in text:
+                raise LedgerBusyError(
+                    f"ledger {self._path} stayed locked by another writer for more than "
+                    f"{self._busy_timeout:g} s ({exc})"
+                ) from exc
+            if "unable to open" in text:
+                raise LedgerError(f"cannot open ledger {self._path}: {exc}") from exc
+            raise LedgerCorruptError(f"ledger {self._path} cannot be read: {exc}") from exc
+        except sqlite3.IntegrityError as exc:
+            raise LedgerError(f"ledger {self._path} rejected a write: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            raise LedgerCorruptError(f"ledger {self._path} is corrupt: {exc}") from exc
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[sqlite3.Connection]:
+        with self._errors():
+            conn = self._connect()
+            try:
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.rollback()
+                raise
+            finally:
+                conn.close()
+
+    # -- creation and verification -----------------------------------------------------------
+
+    def _create(self) -> None:
+        parent = self._path.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = parent / f".{self._path.name}.{uuid.uuid4().hex}.tmp"
+        try:
+            conn = sqlite3.connect(str(tmp), isolation_level=None)
+            try:
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                conn.executescript(
+                    "BEGIN;"
+                    + _SCHEMA
+                    + "INSERT INTO meta (key, value) VALUES ('application', '{}'), "
+                    "('schema_version', '{}'), ('created_at', '{}');".format(
+                        APPLICATION_NAME, SCHEMA_VERSION, utc_now()
+                    )
+                    + "COMMIT;"
+                )
+            finally:
+                conn.close()
+            try:
+                os.link(tmp, self._path)  # atomic, and fails rather than replace an existing file
+            except FileExistsError:
+                pass  # another process created it first: use theirs (verified next)
+            except OSError:
+                self._copy_exclusive(tmp)  # file systems without hard links
+        finally:
+            for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
+                try:
+                    leftover.unlink()
+                except FileNotFoundError:
+                    pass
+
+    def _copy_exclusive(self, source: Path) -> None:
+        try:
+            fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out)
+            out.flush()
+            os.fsync(out.fileno())
+
+    def _verify(self) -> None:
+        where = str(self._path)
+        if self._path.is_dir():
+            raise LedgerCorruptError(f"{where} is a directory, not a ledger file")
+        try:
+            with open(self._path, "rb") as handle:
+                header = handle.read(len(_SQLITE_HEADER))
+        except OSError as exc:
+            raise LedgerError(f"cannot read ledger {where}: {exc}") from exc
+        if header != _SQLITE_HEADER:
+            what = "an empty file" if not header else "not an SQLite database (bad header)"
+            raise LedgerCorruptError(f"{where} is {what}; refusing to open or overwrite it")
+        with self._errors():
+            conn = self._connect()
+            try:
+                check = [row[0] for row in conn.execute("PRAGMA quick_check")]
+                if check != ["ok"]:
+                    raise LedgerCorruptError(f"{where} failed PRAGMA quick_check: {check[0] if check else 'no result'}")
+                tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if "meta" not in tables:
+                    raise LedgerCorruptError(
+                        f"{where} is an SQLite database but not a privacy ledger (no schema version)"
+                    )
+                meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+                app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+                if meta.get("application") != APPLICATION_NAME or app_id != APPLICATION_ID:
+                    raise LedgerCorruptError(
+                        f"{where} is an SQLite database but not a privacy ledger (wrong application id)"
+                    )
+                version = meta.get("schema_version")
+                if version is None:
+                    raise LedgerCorruptError(f"{where} has no schema version")
+                user_version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version != str(SCHEMA_VERSION) or user_version != SCHEMA_VERSION:
+                    raise LedgerCorruptError(
+                        f"{where} has unknown schema version {version!r} (this code reads version {SCHEMA_VERSION})"
+                    )
+                missing = sorted(_TABLES - tables)
+                if missing:
+                    raise LedgerCorruptError(f"{where} lacks ledger tables {missing}")
+            finally:
+                conn.close()
+
+    # -- data sources, shards, budgets -------------------------------------------------------
+
+    def upsert_data_source(self, source: DataSource, shards: Sequence[str] = ()) -> None:
+        with self._transaction(write=True) as conn:
+            row = conn.execute("SELECT unit FROM data_sources WHERE name = ?", (source.name,)).fetchone()
+            if row is not None and row[0] != source.unit.value:
+                used = conn.execute("SELECT 1 FROM events WHERE data_source = ? LIMIT 1", (source.name,)).fetchone()
+                if used is not None:
+                    raise InvalidParameterError(
+                        f"the unit of privacy of data source {source.name!r} cannot change from {row[0]!r} "
+                        f"to {source.unit.value!r} after events were recorded"
+                    )
+            conn.execute(
+                "INSERT INTO data_sources (name, unit, description, created_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET unit = excluded.unit, description = excluded.description",
+                (source.name, source.unit.value, source.description, source.created_at or utc_now()),
+            )
+            for shard in shards:
+                _ensure_shard(conn, source.name, shard)
+
+    def data_sources(self) -> list[DataSource]:
+        with self._transaction(write=False) as conn:
+            rows = conn.execute("SELECT name, unit, description, created_at FROM data_sources ORDER BY name").fetchall()
+        return [DataSource(name, _parse(Unit, unit, name), text, created) for name, unit, text, created in rows]
+
+    def shards(self) -> list[tuple[str, str]]:
+        with self._transaction(write=False) as conn:
+            return [tuple(row) for row in conn.execute("SELECT data_source, shard FROM shards ORDER BY 1, 2")]
+
+    def set_budget(self, budget: Budget) -> None:
+        with self._transaction(write=True) as conn:
+            _ensure_source(conn, budget.data_source)
+            if budget.shard is not None:
+                _ensure_shard(conn, budget.data_source, budget.shard)
+            conn.execute(
+                "INSERT INTO budgets (data_source, shard, epsilon, delta, updated_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (data_source, shard) DO UPDATE SET epsilon = excluded.epsilon, "
+                "delta = excluded.delta, updated_at = excluded.updated_at",
+                (
+                    budget.data_source,
+                    _SOURCE_LEVEL if budget.shard is None else budget.shard,
+                    budget.epsilon,
+                    budget.delta,
+                    budget.updated_at or utc_now(),
+                ),
+            )
+
+    def budgets(self) -> list[Budget]:
+        with self._transaction(write=False) as conn:
+            return [_budget(row) for row in conn.execute(
+                "SELECT data_source, shard, epsilon, delta, updated_at FROM budgets ORDER BY 1, 2"
+            )]
+
+    # -- events ------------------------------------------------------------------------------
+
+    def reserve(self, event: StoredEvent, check: ReservationCheck) -> StoredEvent:
+        with self._transaction(write=True) as conn:
+            existing = _select_events(conn, EventFilter(data_source=event.data_source, shard=event.shard))
+            source_budget = shard_budget = None
+            for row in conn.execute(
+                "SELECT data_source, shard, epsilon, delta, updated_at FROM budgets "
+                "WHERE data_source = ? AND shard IN (?, ?)",
+                (event.data_source, _SOURCE_LEVEL, event.shard),
+            ):
+                budget = _budget(row)
+                if budget.shard is None:
+                    source_budget = budget
+                else:
+                    shard_budget = budget
+            check(existing, source_budget, shard_budget)
+            _ensure_source(conn, event.data_source)
+            _ensure_shard(conn, event.data_source, event.shard)
+            cursor = conn.execute(_INSERT_EVENT, _event_row(event)[1:])
+            seq = int(cursor.lastrowid)
+        return replace(event, seq=seq)
+
+    def update_event(self, reservation_id: str, change: Callable[[StoredEvent], StoredEvent]) -> StoredEvent:
+        with self._transaction(write=True) as conn:
+            found = _select_events(conn, EventFilter(reservation_id=reservation_id))
+            if not found:
+                raise UnknownReservationError(f"unknown reservation id {reservation_id!r}")
+            current = found[0]
+            updated = change(current)
+            if (updated.reservation_id, updated.seq) != (current.reservation_id, current.seq):
+                raise LedgerError("an event update may not change its reservation id or sequence number")
+            conn.execute(_UPDATE_EVENT, (*_event_row(updated)[2:], current.seq))
+        return updated
+
+    def events(self, where: EventFilter = EventFilter()) -> list[StoredEvent]:
+        with self._transaction(write=False) as conn:
+            return _select_events(conn, where)
+
+    # -- models and audits -------------------------------------------------------------------
+
+    def set_model(self, name: str, components: Sequence[str], registered_at: str) -> None:
+        with self._transaction(write=True) as conn:
+            conn.execute("DELETE FROM models WHERE name = ?", (name,))
+            conn.executemany(
+                "INSERT INTO models (name, position, component, registered_at) VALUES (?, ?, ?, ?)",
+                [(name, i, component, registered_at) for i, component in enumerate(components)],
+            )
+
+    def models(self) -> dict[str, tuple[str, ...]]:
+        out: dict[str, list[str]] = {}
+        with self._transaction(write=False) as conn:
+            for name, component in conn.execute("SELECT name, component FROM models ORDER BY name, position"):
+                out.setdefault(name, []).append(component)
+        return {name: tuple(components) for name, components in out.items()}
+
+    def add_audit(self, audit: AuditRecord) -> None:
+        with self._transaction(write=True) as conn:
+            conn.execute(
+                "INSERT INTO audits (audit_id, component, epsilon_lower_bound, delta, method, operator, "
+                "details_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    audit.audit_id,
+                    audit.component,
+                    audit.epsilon_lower_bound,
+                    audit.delta,
+                    audit.method,
+                    audit.operator,
+                    json.dumps(audit.details, sort_keys=True, allow_nan=False),
+                    audit.created_at,
+                ),
+            )
+
+    def audits(self) -> list[AuditRecord]:
+        with self._transaction(write=False) as conn:
+            rows = conn.execute(
+                "SELECT audit_id, component, epsilon_lower_bound, delta, method, operator, created_at, "
+                "details_json FROM audits ORDER BY seq"
+            ).fetchall()
+        return [AuditRecord(*row[:7], details=_load_json(row[7], f"audit {row[0]}")) for row in rows]
+
+
+# -- row helpers ---------------------------------------------------------------------------------
+
+
+def _ensure_source(conn: sqlite3.Connection, name: str) -> None:
+    conn.execute(
+        "INSERT OR IGNORE INTO data_sources (name, unit, description, created_at) VALUES (?, 'record', '', ?)",
+        (name, utc_now()),
+    )
+
+
+def _ensure_shard(conn: sqlite3.Connection, data_source: str, shard: str) -> None:
+    _ensure_source(conn, data_source)
+    conn.execute(
+        "INSERT OR IGNORE INTO shards (data_source, shard, created_at) VALUES (?, ?, ?)",
+        (data_source, shard, utc_now()),
+    )
+
+
+def _budget(row: Sequence[Any]) -> Budget:
+    data_source, shard, epsilon, delta, updated_at = row
+    return Budget(data_source, None if shard == _SOURCE_LEVEL else shard, float(epsilon), float(delta), updated_at)
+
+
+def _event_row(event: StoredEvent) -> tuple[Any, ...]:
+    return (
+        event.seq,
+        event.reservation_id,
+        event.data_source,
+        event.shard,
+        event.component,
+        event.purpose.value,
+        event.status.value,
+        event.operator,
+        event_to_json(event.event),
+        float(event.delta),
+        int(bool(event.checkpoints_released)),
+        json.dumps(event.details, sort_keys=True, allow_nan=False),
+        event.failure_reason,
+        event.created_at,
+        event.updated_at,
+    )
+
+
+def _select_events(conn: sqlite3.Connection, where: EventFilter) -> list[StoredEvent]:
+    clauses, params = [], []
+    for column in ("data_source", "shard", "component", "status", "purpose", "reservation_id"):
+        value = getattr(where, column)
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value.value if hasattr(value, "value") else value)
+    sql = f"SELECT {_EVENT_COLUMNS} FROM events"
+    if clauses:
+        sql += " WHERE " + " AND ".join(clauses)
+    return [_event_from_row(row) for row in conn.execute(sql + " ORDER BY seq", params)]
+
+
+def _event_from_row(row: Sequence[Any]) -> StoredEvent:
+    (seq, rid, data_source, shard, component, purpose, status, operator, event_json, delta,
+     released, details_json, failure_reason, created_at, updated_at) = row
+    try:
+        event = event_from_json(event_json)
+    except PrivacyAccountingError as exc:
+        raise LedgerCorruptError(f"event {rid} holds an unreadable DP event: {exc}") from exc
+    return StoredEvent(
+        reservation_id=rid,
+        seq=int(seq),
+        data_source=data_source,
+        shard=shard,
+        component=component,
+        purpose=_parse(Purpose, purpose, rid),
+        status=_parse(Status, status, rid),
+        operator=operator,
+        event=event,
+        delta=float(delta),
+        checkpoints_released=bool(released),
+        created_at=created_at,
+        updated_at=updated_at,
+        details=_load_json(details_json, f"event {rid}"),
+        failure_reason=failure_reason,
+    )
+
+
+def _parse(enum: Any, value: str, owner: str) -> Any:
+    try:
+        return enum(value)
+    except ValueError:
+        raise LedgerCorruptError(f"{owner} has an unknown {enum.__name__.lower()} {value!r}") from None
+
+
+def _load_json(text: str, owner: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise LedgerCorruptError(f"{owner} has unreadable JSON details: {exc}") from exc
+    if not isinstance(value, dict):
+        raise LedgerCorruptError(f"{owner} has JSON details that are not an object")
+    return value

@@ -1,0 +1,76 @@
+"""The storage interface of the ledger.
+
+Implementations persist records and make :meth:`LedgerStorage.reserve` and
+:meth:`LedgerStorage.update_event` atomic: the callback runs inside the write transaction, so a
+budget check and the insert it guards cannot interleave with another writer (SQLite:
+``BEGIN IMMEDIATE``; a server database would lock the shard's rows or take an advisory lock).
+All privacy math stays in the ledger; storage only stores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence, runtime_checkable
+
+from privacy_accounting.records import AuditRecord, Budget, DataSource, Purpose, Status, StoredEvent
+
+#: Called inside the reservation's transaction with the shard's events (in order), the data
+#: source's budget and the shard's own budget; raises to refuse (then nothing is written).
+ReservationCheck = Callable[[list[StoredEvent], "Budget | None", "Budget | None"], None]
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Conjunction of equality filters on stored events; None means any."""
+
+    data_source: str | None = None
+    shard: str | None = None
+    component: str | None = None
+    status: Status | None = None
+    purpose: Purpose | None = None
+    reservation_id: str | None = None
+
+
+@runtime_checkable
+class LedgerStorage(Protocol):
+    """Persistence of the ledger; every method is its own transaction and safe across processes."""
+
+    @property
+    def location(self) -> str:
+        """Human-readable location (file path or URL without credentials)."""
+
+    def upsert_data_source(self, source: DataSource, shards: Sequence[str] = ()) -> None:
+        """Create or update a data source and declare shards; refuse to change the unit once it has events."""
+
+    def data_sources(self) -> list[DataSource]:
+        """All data sources, by name."""
+
+    def shards(self) -> list[tuple[str, str]]:
+        """All known (data_source, shard) pairs, sorted."""
+
+    def set_budget(self, budget: Budget) -> None:
+        """Create or replace the budget of a data source (``shard=None``) or of one shard."""
+
+    def budgets(self) -> list[Budget]:
+        """All budgets."""
+
+    def reserve(self, event: StoredEvent, check: ReservationCheck) -> StoredEvent:
+        """Atomically run ``check`` and insert ``event`` (creating its source and shard if new)."""
+
+    def update_event(self, reservation_id: str, change: Callable[[StoredEvent], StoredEvent]) -> StoredEvent:
+        """Atomically replace an event by ``change(current)``; unknown id raises UnknownReservationError."""
+
+    def events(self, where: EventFilter = EventFilter()) -> list[StoredEvent]:
+        """Events matching ``where``, in insertion order."""
+
+    def set_model(self, name: str, components: Sequence[str], registered_at: str) -> None:
+        """Create a model or replace its component list."""
+
+    def models(self) -> dict[str, tuple[str, ...]]:
+        """Model name -> component names, in registration order."""
+
+    def add_audit(self, audit: AuditRecord) -> None:
+        """Append an empirical audit result."""
+
+    def audits(self) -> list[AuditRecord]:
+        """All audits, in insertion order."""

@@ -1,0 +1,104 @@
+"""SQLite storage: creation, corruption detection (file never touched), busy timeout, protocol."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from privacy_accounting import (
+    Ledger,
+    LedgerBusyError,
+    LedgerCorruptError,
+    LedgerStorage,
+    SQLiteStorage,
+    dp_sgd_event,
+)
+
+EVENT = dp_sgd_event(1.2, 0.02, 100)
+
+
+def reserve(ledger: Ledger, component: str = "c0") -> str:
+    return ledger.reserve(data_source="digits", shard="shard-0", event=EVENT, delta=1e-5, purpose="training",
+                          operator="alice", component=component)
+
+
+def assert_refused_untouched(path: Path, match: str) -> None:
+    before = path.read_bytes()
+    with pytest.raises(LedgerCorruptError, match=match) as info:
+        Ledger.open(path)
+    assert "\n" not in str(info.value)
+    assert path.read_bytes() == before
+
+
+def test_open_creates_file_and_folder(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "ledger.sqlite"
+    ledger = Ledger.open(path)
+    assert path.is_file() and ledger.location == str(path)
+    assert [p.name for p in path.parent.iterdir()] == ["ledger.sqlite"]  # no temporary files left
+    assert isinstance(SQLiteStorage(path), LedgerStorage)
+
+
+def test_not_sqlite_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    path.write_bytes(b"this is not a database at all, just some text" * 20)
+    assert_refused_untouched(path, "not an SQLite database")
+
+
+def test_empty_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    path.write_bytes(b"")
+    assert_refused_untouched(path, "empty file")
+
+
+def test_other_sqlite_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE things (x)")
+    assert_refused_untouched(path, "not a privacy ledger")
+
+
+def test_unknown_schema_version_is_refused(ledger: Ledger, ledger_path: Path) -> None:
+    reserve(ledger)
+    with sqlite3.connect(ledger_path) as conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    assert_refused_untouched(ledger_path, "unknown schema version '99'")
+
+
+def test_missing_schema_version_is_refused(ledger: Ledger, ledger_path: Path) -> None:
+    with sqlite3.connect(ledger_path) as conn:
+        conn.execute("DELETE FROM meta WHERE key = 'schema_version'")
+    assert_refused_untouched(ledger_path, "no schema version")
+
+
+def test_damaged_pages_are_detected(ledger: Ledger, ledger_path: Path) -> None:
+    for i in range(40):
+        reserve(ledger, component=f"component-{i:03d}-" + "x" * 200)
+    data = bytearray(ledger_path.read_bytes())
+    page_size = int.from_bytes(data[16:18], "big")
+    assert len(data) > 4 * page_size
+    for offset in range(page_size, len(data), page_size):  # scribble over every page header but the first
+        data[offset : offset + 12] = b"\xff" * 12
+    ledger_path.write_bytes(bytes(data))
+    assert_refused_untouched(ledger_path, "quick_check|corrupt|cannot be read")
+
+
+def test_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(LedgerCorruptError, match="directory"):
+        Ledger.open(tmp_path)
+
+
+def test_writer_holding_the_lock_gives_busy_error(ledger_path: Path) -> None:
+    ledger = Ledger.open(ledger_path, busy_timeout=0.2)
+    blocker = sqlite3.connect(ledger_path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        with pytest.raises(LedgerBusyError, match="locked"):
+            reserve(ledger)
+        assert ledger.events() == []  # readers are not blocked by a pending writer
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    reserve(ledger)
+    assert len(ledger.events()) == 1
