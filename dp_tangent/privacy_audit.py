@@ -18,15 +18,15 @@ their Theorem 5.2 gives, for every v,
 
 (for delta = 0 this is their pure-DP Theorem 3.1, P[V >= v] <= F(v)). p is a p-value for the
 null hypothesis "the run is (eps, delta)-DP"; the audit reports the largest eps that p rejects at
-level beta, found by bisection as in their Appendix D code: the returned eps always has
+level beta, found by bisection as in the paper's reference code: the returned eps always has
 p(eps) < beta, so it is never above the exact crossing point.
 """
 
 from __future__ import annotations
 
 import getpass
-import math
-from dataclasses import dataclass
+import operator as _operator
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -52,11 +52,14 @@ class AuditError(DPTangentError):
 
 # -- the bound -------------------------------------------------------------------------------------
 
-def _check_counts(m: int, r: int, v: int) -> None:
-    if not (isinstance(m, int) and isinstance(r, int) and isinstance(v, int)):
-        raise AuditError(f"m, r, v must be integers, got {m!r}, {r!r}, {v!r}")
+def _check_counts(m: int, r: int, v: int) -> tuple[int, int, int]:
+    try:
+        m, r, v = (_operator.index(x) for x in (m, r, v))
+    except TypeError:
+        raise AuditError(f"m, r, v must be integers, got {m!r}, {r!r}, {v!r}") from None
     if not 0 <= v <= r <= m:
         raise AuditError(f"need 0 <= v <= r <= m (correct <= guesses <= canaries), got v={v}, r={r}, m={m}")
+    return m, r, v
 
 
 def one_run_p_value(m: int, r: int, v: int, epsilon: float, delta: float) -> float:
@@ -66,7 +69,7 @@ def one_run_p_value(m: int, r: int, v: int, epsilon: float, delta: float) -> flo
     F(x) = P[Binomial(r, e^eps/(1+e^eps)) >= x] (Steinke et al. 2023, Theorem 5.2). ``m`` counts
     all canaries (each included with probability 1/2), ``r`` the guesses (abstentions excluded).
     """
-    _check_counts(m, r, v)
+    m, r, v = _check_counts(m, r, v)
     if not epsilon >= 0:
         raise AuditError(f"epsilon must be >= 0, got {epsilon}")
     if not 0 <= delta <= 1:
@@ -89,7 +92,7 @@ def epsilon_lower_bound(m: int, r: int, v: int, delta: float, confidence: float 
     satisfies one_run_p_value(m, r, v, result, delta) < 1 - confidence (or is 0 when even epsilon
     = 0 is not rejected); it is within 1e-6 below the crossing point.
     """
-    _check_counts(m, r, v)
+    m, r, v = _check_counts(m, r, v)
     if not 0 < confidence < 1:
         raise AuditError(f"confidence must be in (0, 1), got {confidence}")
     if not 0 <= delta < 1:
@@ -259,7 +262,7 @@ def audit_privacy(
     like training, and the result is stored with ``ledger.record_audit``.
     """
     m = canaries
-    if not isinstance(m, int) or m < 2:
+    if isinstance(m, bool) or not isinstance(m, int) or m < 2:
         raise AuditError(f"canaries must be an integer >= 2, got {m!r}")
     k_in = m // 10 if guesses_in is None else guesses_in
     k_out = m // 10 if guesses_out is None else guesses_out
@@ -274,6 +277,11 @@ def audit_privacy(
         raise AuditError("an audit recorded in a ledger needs data_source, shard and component")
     if ledger is None and any(a is not None for a in ledger_args):
         raise AuditError("data_source/shard/component given without a ledger: pass the ledger to record the spend")
+
+    if canary_kind == "mislabeled" and m > len(records):
+        raise AuditError(f"{m} mislabeled canaries need >= {m} records to copy, got {len(records)}")
+    if any(r.startswith("canary-") for r in records.record_ids):
+        raise AuditError("record ids starting with 'canary-' clash with the canaries' ids; rename them")
 
     generator = torch.Generator().manual_seed(seed)
     included = _draw_inclusion(m, generator)  # independent of the data: drawn before anything is read
@@ -316,14 +324,10 @@ def audit_privacy(
         ledger.complete(reservation, details={"epsilon_lower_bound": bound, "label": LOWER_BOUND_LABEL})
         record = ledger.record_audit(component, bound, plan.delta, method=METHOD,
                                      operator=operator or getpass.getuser(), details=details)
-        result = _with_audit_id(result, record.audit_id)
+        result = replace(result, audit_id=record.audit_id)
     return result
 
 
 def _concat(a: RecordSet, b: RecordSet) -> RecordSet:
     return RecordSet(torch.cat([a.inputs, b.inputs]), torch.cat([a.targets, b.targets]), a.record_ids + b.record_ids)
 
-
-def _with_audit_id(result: AuditResult, audit_id: str) -> AuditResult:
-    from dataclasses import replace
-    return replace(result, audit_id=audit_id)

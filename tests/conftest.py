@@ -9,7 +9,8 @@ import timm
 import torch
 import torch.nn as nn
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread per pytest-xdist worker (CI runs -n 2 on 2 cores); small ops oversubscribe otherwise.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
 
 def small_vit(**kwargs: object) -> nn.Module:
