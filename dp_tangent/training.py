@@ -194,10 +194,10 @@ def _fit_private(module: torch.nn.Module, dataset: TensorDataset, tangent: Tange
     else:
         gsm = GradSampleModule(module, batch_first=True, loss_reduction="mean", strict=False)
     gsm.train()
-    engine = PrivacyEngine(accountant="rdp", secure_mode=False)
     criterion = _Criterion(config.loss)
     with warnings.catch_warnings():  # the component's metadata states the generator instead
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant="rdp", secure_mode=False)
         prepared = engine.make_private(
             module=gsm, optimizer=optimizer, criterion=criterion, data_loader=loader,
             noise_multiplier=plan.noise_multiplier, max_grad_norm=privacy.max_grad_norm, poisson_sampling=True,

@@ -1,0 +1,96 @@
+"""End to end: the demo on a reduced size, and the CLI's one-line errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from dp_tangent.component import read_metadata
+from dp_tangent.demo import DemoConfig, run_demo
+from dp_tangent.manifest import commit
+from dp_tangent.workspace import Workspace
+
+SMALL = DemoConfig(shards=2, max_records=500, epochs=6, batch_size=100, lr=0.1, image_size=48)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("demo") / "ws"
+    figures = run_demo(root, SMALL, console=Console(file=open("/dev/null", "w")))
+    return root, figures
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dp_tangent", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_demo_outcomes(demo_run) -> None:
+    root, figures = demo_run
+    assert figures["composed"] > 0.3, figures  # 10 classes: chance is 0.1
+    assert figures["reference"] > figures["composed"] - 0.05
+    assert figures["audit_ok"] and figures["deletion_verified"]
+    ws = Workspace.open(root)
+    key = ws.manifest_key()
+    for name in ws.list_components():
+        assert commit(figures["forgotten"], key) not in read_metadata(ws.component_path(name)).manifest.commitments
+    assert set(figures["removed"]) == {"digits-shard-1", "digits-non-private-reference"}
+    report = json.loads(ws.root.joinpath("reports", "privacy-report.json").read_text())
+    ledger = ws.ledger
+    for shard in ("shard-0", "shard-1"):
+        assert figures["spent"][shard] == pytest.approx(ledger.shard_spend("digits", shard, delta=SMALL.delta).epsilon)
+    report_text = json.dumps(report)
+    for component in ("digits-shard-0", "digits-shard-1.r1"):
+        [event] = [e for e in ledger.events(component=component)]
+        assert component in report_text
+        assert f"{event.details['epsilon']}"[:6] in report_text or event.details["epsilon"] is None
+    assert math.isinf(figures["spent"]["non-private-reference"])
+    assert (root / "reports" / "privacy-report.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_cli_audit_verify_passes_then_detects_tampering(demo_run) -> None:
+    root, _ = demo_run
+    ok = cli("audit", "verify", "--workspace", str(root))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    log = root / "audit.log"
+    original = log.read_bytes()
+    try:
+        lines = original.splitlines(keepends=True)
+        lines[2] = lines[2].replace(b'"demo"', b'"eve!"', 1)
+        log.write_bytes(b"".join(lines))
+        bad = cli("audit", "verify", "--workspace", str(root))
+        assert bad.returncode == 1 and "entry 2" in (bad.stdout + bad.stderr)
+    finally:
+        log.write_bytes(original)
+
+
+def test_cli_report_budget_and_forget_not_found(demo_run) -> None:
+    root, _ = demo_run
+    report = cli("report", "--workspace", str(root), "--format", "json")
+    assert report.returncode == 0 and json.loads(report.stdout)
+    shown = cli("budget", "show", "--workspace", str(root))
+    assert shown.returncode == 0 and "shard-1" in shown.stdout
+    missing = cli("forget", "digit-99999", "--workspace", str(root), "--request-id", "req-missing")
+    assert missing.returncode == 0 and "not found in any component" in missing.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["report", "--workspace", "/nonexistent/ws"], "not a dp-tangent workspace"),
+    (["report", "--format", "pdf", "--workspace", "."], "--format"),
+    (["budget", "set", "digits", "-1", "--workspace", "{ws}"], "epsilon"),
+    (["compose", "nope", "--name", "m", "--workspace", "{ws}"], "nope"),
+    (["forget", "digit-1", "--workspace", "{empty}"], "no components"),
+])
+def test_cli_mistakes_are_one_line_errors(demo_run, tmp_path, args, message) -> None:
+    root, _ = demo_run
+    empty = tmp_path / "empty"
+    Workspace.create(empty)
+    result = cli(*[a.format(ws=root, empty=empty) for a in args])
+    assert result.returncode != 0
+    assert message in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr

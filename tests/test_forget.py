@@ -1,0 +1,214 @@
+"""Deletion: exact recomposition, retraining, certificates without raw ids, not-found, the legal clock."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta, timezone
+
+import pytest
+import torch
+import torch.nn as nn
+
+from dp_tangent.audit_log import verify
+from dp_tangent.backbones import BackboneSpec
+from dp_tangent.compose import compose
+from dp_tangent.errors import DPTangentError
+from dp_tangent.data import RecordSet
+from dp_tangent.forget import (DeletionRequest, ForgetError, add_months, deadlines, forget, list_requests,
+                               open_requests, overdue_requests, receive)
+from dp_tangent.io import sha256_file
+from dp_tangent.manifest import commit
+from dp_tangent.training import PrivacySpec, TrainConfig
+from dp_tangent.workspace import Workspace
+
+SPEC = BackboneSpec("test_mlp")  # not a timm name: only used via the monkeypatched build()
+FAST = TrainConfig(epochs=1, batch_size=16, lr=0.1)
+NOW = datetime(2025, 3, 10, 9, 30, tzinfo=timezone.utc)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny ops on a shared machine: one intra-op thread avoids OpenMP spin-waiting on a busy core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def mlp_backbone(monkeypatch: pytest.MonkeyPatch) -> BackboneSpec:
+    def build_mlp(self: BackboneSpec) -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 3)).eval()
+
+    monkeypatch.setattr(BackboneSpec, "build", build_mlp)
+    return SPEC
+
+
+def shard(k: int, n: int = 24) -> RecordSet:
+    gen = torch.Generator().manual_seed(k)
+    x = torch.randn(n, 8, generator=gen)
+    return RecordSet(x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long(), tuple(f"rec-{k}-{i}" for i in range(n)))
+
+
+@pytest.fixture
+def ws(tmp_path, mlp_backbone) -> Workspace:
+    """Three components on disjoint shards and four models, one of which does not use c0."""
+    ws = Workspace.create(tmp_path / "ws")
+    for k in range(3):
+        ws.train(mlp_backbone, None, shard(k), data_source="toy", shard=f"s{k}", name=f"c{k}",
+                 privacy=PrivacySpec(noise_multiplier=1.0), config=FAST)
+    ws.compose_model("mean_all", ["c0", "c1", "c2"])
+    ws.compose_model("weighted", ["c2", "c0", "c1"], [2.0, 1.0, 0.5], "mean")
+    ws.compose_model("arith", ["c1", "c0"], [1.0, -0.5], "task_arithmetic")
+    ws.compose_model("others", ["c1", "c2"], method="sum")
+    ws.compose_model("solo", ["c0"])
+    return ws
+
+
+def _request(*ids: str, request_id: str = "req-1") -> DeletionRequest:
+    return DeletionRequest(request_id, ids, NOW)
+
+
+def test_removing_a_component_recomposes_every_model_bit_identically(ws) -> None:
+    before = {m: ws.load_model(m)[1] for m in ws.list_models()}
+    result = forget(ws, _request("rec-0-5"), operator="dpo", now=NOW + timedelta(days=2))
+    assert result.found and "removed 1 component" in result.message
+    assert ws.list_components() == ["c1", "c2"] and not ws.component_path("c0").exists()
+    c1, c2 = ws.load_component("c1"), ws.load_component("c2")
+    want = {"mean_all": compose([c1, c2]), "weighted": compose([c2, c1], [2.0, 0.5], "mean"),
+            "arith": compose([c1], [1.0], "task_arithmetic")}
+    for name, composition in want.items():
+        _, deltas = ws.load_model(name)
+        assert all(torch.equal(deltas[n], composition.deltas[n]) for n in composition.deltas), name
+        assert ws.ledger.models()[name] == composition.record.names
+    _, others = ws.load_model("others")
+    assert all(torch.equal(others[n], before["others"][n]) for n in others)
+    assert "solo" not in ws.list_models() and not ws.model_deltas_path("solo").exists()
+
+    cert = result.certificate
+    actions = {m.name: m.action for m in cert.models}
+    assert actions == {"mean_all": "recomposed", "weighted": "recomposed", "arith": "recomposed",
+                       "others": "unchanged", "solo": "withdrawn"}
+    changes = {m.name: m for m in cert.models}
+    assert changes["mean_all"].after.deltas_sha256 == ws.model_record("mean_all").deltas_sha256
+    assert changes["mean_all"].before.deltas_sha256 != changes["mean_all"].after.deltas_sha256
+    assert changes["others"].before == changes["others"].after
+    assert [r.name for r in cert.components_removed] == ["c0"] and cert.components_added == []
+    assert cert.record_commitments == [commit("rec-0-5", ws.manifest_key())]
+    assert cert.found_in == {cert.record_commitments[0]: ["c0"]} and cert.not_found == []
+    assert cert.verification.verified and cert.verification.components_checked == 2
+    assert cert.status == "completed" and cert.on_time and cert.due_by == "2025-04-10"
+    text = result.text_path.read_text()
+    assert "withdrawn" in text and cert.verification.statement in text
+    assert json.loads(result.json_path.read_text())["request_id"] == "req-1"
+    for path in ws.root.rglob("*"):
+        if path.is_file():
+            assert b"rec-0-5" not in path.read_bytes(), f"raw record id stored in {path}"
+    last = ws.audit.entries()[-1]
+    assert last.operation == "deletion" and last.parameters["components_removed"] == ["c0"]
+    assert verify(ws).ok
+
+
+def test_retraining_replaces_the_component_trained_without_the_record(ws) -> None:
+    old = ws.load_component("c0").metadata
+    result = forget(ws, _request("rec-0-5", "rec-0-7"), retrain=True, shard_records={"c0": shard(0)})
+    [added] = result.certificate.components_added
+    assert added.name == "c0.r1" and added.replaces == "c0" and added.records == 22 and added.seed != old.training.seed
+    new = ws.load_component("c0.r1").metadata
+    key = ws.manifest_key()
+    assert commit("rec-0-5", key) not in new.manifest.commitments and commit("rec-0-6", key) in new.manifest.commitments
+    assert new.base_weights_sha256 == old.base_weights_sha256
+    assert new.privacy.noise_multiplier == old.privacy.noise_multiplier
+    [event] = ws.ledger.events(component="c0.r1")
+    assert event.purpose.value == "retraining_after_deletion" and event.shard == "s0"
+    assert ws.ledger.events(component="c0")[0].status.value == "completed"  # the old spend stays on the books
+    c0r, c1, c2 = (ws.load_component(n) for n in ("c0.r1", "c1", "c2"))
+    _, deltas = ws.load_model("mean_all")
+    want = compose([c0r, c1, c2]).deltas
+    assert all(torch.equal(deltas[n], want[n]) for n in want)
+    assert ws.model_record("solo").component_names == ["c0.r1"]
+    assert [e.operation for e in ws.audit.entries()[-3:]] == ["deletion_request", "retraining", "deletion"]
+    assert verify(ws).ok
+
+
+def test_a_record_no_component_holds_is_reported_and_still_logged(ws) -> None:
+    digests = {m: sha256_file(ws.model_path(m)) for m in ws.list_models()}
+    result = forget(ws, _request("nobody-42", request_id="req-none"))
+    assert not result.found and "not found in any component" in result.message
+    assert result.certificate.outcome == "not_found_in_any_component"
+    assert result.certificate.not_found == [commit("nobody-42", ws.manifest_key())]
+    assert ws.list_components() == ["c0", "c1", "c2"]
+    assert digests == {m: sha256_file(ws.model_path(m)) for m in ws.list_models()}
+    last = ws.audit.entries()[-1]
+    assert last.operation == "deletion" and last.parameters["outcome"] == "not_found_in_any_component"
+    partial = forget(ws, _request("rec-1-0", "nobody-43", request_id="req-partial"))
+    assert partial.found and "1 record(s) not found" in partial.message
+    assert len(partial.certificate.not_found) == 1 and ws.list_components() == ["c0", "c2"]
+
+
+def test_refusals_happen_before_anything_changes(ws, mlp_backbone) -> None:
+    with pytest.raises(ForgetError, match="at least one record id"):
+        DeletionRequest("req", (), NOW)
+    with pytest.raises(ForgetError, match="a list, not a string"):
+        DeletionRequest("req", "rec-0-1", NOW)  # type: ignore[arg-type]
+    with pytest.raises(DPTangentError, match="must match"):
+        DeletionRequest("../req", ("rec-0-1",), NOW)
+    with pytest.raises(ForgetError, match="timezone-aware"):
+        DeletionRequest("req", ("rec-0-1",), datetime(2025, 1, 1))
+    with pytest.raises(ForgetError, match="needs shard_records"):
+        forget(ws, _request("rec-0-1", request_id="r1"), retrain=True)
+    with pytest.raises(ForgetError, match="not trained on"):
+        forget(ws, _request("rec-0-1", request_id="r2"), retrain=True, shard_records={"c0": shard(1)})
+    assert ws.list_components() == ["c0", "c1", "c2"] and len(ws.list_models()) == 5
+    assert {r.request_id for r in open_requests(ws, NOW)} == {"r1", "r2"}
+    forget(ws, _request("rec-0-1", request_id="r1"))
+    with pytest.raises(ForgetError, match="already completed"):
+        forget(ws, _request("rec-0-1", request_id="r1"))
+    with pytest.raises(ForgetError, match="other record ids"):
+        forget(ws, _request("rec-1-1", request_id="r2"))
+
+
+def test_a_regmean_model_is_rebuilt_only_with_its_public_merge_data(ws) -> None:
+    data = {f"c{k}": shard(10 + k, 12).inputs for k in range(3)}
+    ws.compose_model("merged", ["c0", "c1", "c2"], method="regmean", merge_data=data, merge_data_public=True)
+    before = sha256_file(ws.model_path("merged"))
+    with pytest.raises(ForgetError, match="merge_data\\['c1'\\]"):
+        forget(ws, _request("rec-0-2"))
+    assert sha256_file(ws.model_path("merged")) == before and "c0" in ws.list_components()
+    forget(ws, _request("rec-0-2"), merge_data={"c1": data["c1"], "c2": data["c2"]})
+    want = compose([ws.load_component("c1"), ws.load_component("c2")], method="regmean",
+                   merge_data={"c1": data["c1"], "c2": data["c2"]}, merge_data_public=True)
+    _, deltas = ws.load_model("merged")
+    assert all(torch.equal(deltas[n], want.deltas[n]) for n in want.deltas)
+
+
+def test_deadlines_follow_gdpr_months_and_ccpa_days() -> None:
+    assert add_months(date(2025, 1, 31), 1) == date(2025, 2, 28)
+    assert add_months(date(2024, 1, 31), 1) == date(2024, 2, 29)
+    assert add_months(date(2025, 12, 15), 1) == date(2026, 1, 15)
+    due = deadlines(datetime(2025, 1, 31, 23, 0, tzinfo=timezone.utc))
+    assert due == {"gdpr": date(2025, 2, 28), "ccpa": date(2025, 3, 16)}  # day 45 counting Jan 31 as day 1
+    early_on_feb_1_at_utc_plus_3 = datetime(2025, 2, 1, 1, 0, tzinfo=timezone(timedelta(hours=3)))
+    assert deadlines(early_on_feb_1_at_utc_plus_3, ["ccpa"]) == {"ccpa": date(2025, 3, 16)}  # clock kept in UTC
+    with pytest.raises(ForgetError, match="unknown regime"):
+        deadlines(date(2025, 1, 1), ["hipaa"])
+
+
+def test_open_and_overdue_requests_are_listed(tmp_path) -> None:
+    ws = Workspace.create(tmp_path / "ws")
+    receive(ws, DeletionRequest("old", ("a",), datetime(2025, 1, 2, tzinfo=timezone.utc)))
+    receive(ws, DeletionRequest("new", ("b",), datetime(2025, 2, 20, tzinfo=timezone.utc), regimes=("ccpa",)))
+    with pytest.raises(ForgetError, match="already received"):
+        receive(ws, DeletionRequest("old", ("a",), NOW))
+    now = datetime(2025, 2, 10, tzinfo=timezone.utc)
+    status = {r.request_id: r for r in list_requests(ws, now)}
+    assert status["old"].due_by == date(2025, 2, 2) and status["old"].overdue and status["old"].days_left == -8
+    assert status["new"].due_by == date(2025, 4, 5) and not status["new"].overdue
+    assert [r.request_id for r in overdue_requests(ws, now)] == ["old"]
+    result = forget(ws, DeletionRequest("old", ("a",), datetime(2025, 1, 2, tzinfo=timezone.utc)), now=now)
+    assert result.certificate.on_time is False and result.certificate.outcome == "not_found_in_any_component"
+    assert [r.request_id for r in open_requests(ws, now)] == ["new"] and overdue_requests(ws, now) == []
+    assert [e.operation for e in ws.audit.entries()] == ["workspace_created", "deletion_request", "deletion_request",
+                                                         "deletion"]

@@ -1,0 +1,169 @@
+"""Workspace layout, refusals, the key, and the audit trail of training, composition, budgets, releases."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torch.nn as nn
+
+from dp_tangent.audit_log import verify
+from dp_tangent.backbones import BackboneSpec
+from dp_tangent.data import RecordSet
+from dp_tangent.io import sha256_file
+from dp_tangent.manifest import key_id
+from dp_tangent.training import PrivacySpec, TrainConfig
+from dp_tangent.workspace import Workspace, WorkspaceError
+from privacy_accounting import BudgetExceededError
+
+SPEC = BackboneSpec("test_mlp")  # not a timm name: only used via the monkeypatched build()
+FAST = TrainConfig(epochs=1, batch_size=16, lr=0.1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny ops on a shared machine: one intra-op thread avoids OpenMP spin-waiting on a busy core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def mlp_backbone(monkeypatch: pytest.MonkeyPatch) -> BackboneSpec:
+    def build_mlp(self: BackboneSpec) -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 3)).eval()
+
+    monkeypatch.setattr(BackboneSpec, "build", build_mlp)
+    return SPEC
+
+
+def records(n: int = 32, offset: int = 0) -> RecordSet:
+    gen = torch.Generator().manual_seed(offset)
+    x = torch.randn(n, 8, generator=gen)
+    return RecordSet(x, (x[:, 0] > 0).long(), tuple(f"rec-{offset + i}" for i in range(n)))
+
+
+def test_create_lays_out_the_workspace_and_open_finds_it(tmp_path) -> None:
+    ws = Workspace.create(tmp_path / "ws", operator="alice")
+    root = tmp_path / "ws"
+    assert {p.name for p in root.iterdir()} == {"workspace.json", "ledger.sqlite", "audit.log", "manifest.key",
+                                                "components", "models", "certificates"}
+    assert json.loads((root / "workspace.json").read_text())["format"] == "dp-tangent-workspace/1"
+    key = ws.manifest_key()
+    assert len(key) == 32 and stat.S_IMODE(os.stat(root / "manifest.key").st_mode) == 0o600
+    assert ws.info.manifest_key_id == key_id(key)
+    opened = Workspace.open(root)
+    assert opened.manifest_key() == key and opened.list_components() == [] and opened.list_models() == []
+    [entry] = opened.audit.entries()
+    assert entry.operation == "workspace_created" and entry.operator == "alice"
+    assert verify(opened).ok
+
+
+def test_open_refuses_what_is_not_a_workspace_and_create_never_overwrites(tmp_path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(WorkspaceError, match="is not a dp-tangent workspace"):
+        Workspace.open(tmp_path / "empty")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(WorkspaceError, match="is not a dp-tangent workspace"):
+        Workspace.open(tmp_path / "file")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "workspace.json").write_text('{"format": "something-else"}')
+    with pytest.raises(WorkspaceError, match="not a valid workspace marker"):
+        Workspace.open(bad)
+    ws = Workspace.create(tmp_path / "ws")
+    key = ws.manifest_key()
+    with pytest.raises(WorkspaceError, match="not an empty directory"):
+        Workspace.create(tmp_path / "ws")
+    assert Workspace.open(tmp_path / "ws").manifest_key() == key
+
+
+def test_a_replaced_or_exposed_key_is_refused(tmp_path) -> None:
+    ws = Workspace.create(tmp_path / "ws")
+    os.chmod(ws.key_path, 0o644)
+    with pytest.raises(WorkspaceError, match="readable by others"):
+        ws.manifest_key()
+    os.chmod(ws.key_path, 0o600)
+    ws.key_path.write_bytes(bytes(32))
+    with pytest.raises(WorkspaceError, match="manifest key was replaced"):
+        Workspace.open(ws.root)
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "", ".hidden", "x.json"])
+def test_names_that_are_not_plain_file_names_are_refused(tmp_path, name) -> None:
+    ws = Workspace.create(tmp_path / "ws")
+    with pytest.raises(WorkspaceError, match="must match"):
+        ws.component_path(name)
+
+
+def test_training_composition_budget_and_release_are_logged_with_digests(tmp_path, mlp_backbone) -> None:
+    ws = Workspace.create(tmp_path / "ws")
+    ws.set_budget("toy", None, epsilon=50.0, delta=1e-3, operator="alice")
+    for k in range(2):
+        ws.train(mlp_backbone, None, records(32, 100 * k), data_source="toy", shard=f"s{k}", name=f"c{k}",
+                 privacy=PrivacySpec(noise_multiplier=1.0), config=FAST, operator="alice")
+    assert ws.list_components() == ["c0", "c1"]
+    with pytest.raises(WorkspaceError, match="already used"):
+        ws.train(mlp_backbone, None, records(), data_source="toy", shard="s0", name="c0",
+                 privacy=PrivacySpec(noise_multiplier=1.0), config=FAST)
+    record = ws.compose_model("both", ["c0", "c1"], operator="bob")
+    loaded, deltas = ws.load_model("both")
+    assert loaded == record and ws.list_models() == ["both"] and ws.ledger.models()["both"] == ("c0", "c1")
+    assert record.deltas_sha256 == loaded.deltas_sha256 and set(deltas) == set(ws.load_component("c0").deltas)
+    ws.record_release("both", destination="s3://bucket/model", operator="carol")
+    ws.set_budget("toy", None, epsilon=40.0, delta=1e-3, operator="alice")
+
+    entries = ws.audit.entries()
+    assert [e.operation for e in entries] == ["workspace_created", "budget_change", "training", "training",
+                                              "composition", "release", "budget_change"]
+    train = entries[2]
+    assert train.outputs[0].sha256 == sha256_file(ws.component_path("c0"))
+    assert train.parameters["ledger_reservation"] == ws.ledger.events(component="c0")[0].reservation_id
+    assert train.inputs[1].sha256 == ws.load_component("c0").metadata.manifest.root
+    compose_entry = entries[4]
+    assert [a.sha256 for a in compose_entry.inputs] == [sha256_file(ws.component_path(c)) for c in ("c0", "c1")]
+    assert compose_entry.outputs[0].sha256 == sha256_file(ws.model_path("both"))
+    assert entries[5].parameters["guarantee"]["epsilon"] > 0
+    assert entries[6].parameters["previous"] == {"epsilon": 50.0, "delta": 1e-3}
+    assert b"rec-" not in ws.audit_log_path.read_bytes()
+    assert verify(ws).ok
+
+
+def test_a_failed_training_run_is_logged(tmp_path, mlp_backbone) -> None:
+    ws = Workspace.create(tmp_path / "ws")
+    ws.set_budget("toy", "s0", epsilon=0.5, delta=1e-5)
+    with pytest.raises(BudgetExceededError):
+        ws.train(mlp_backbone, None, records(), data_source="toy", shard="s0", name="c0",
+                 privacy=PrivacySpec(noise_multiplier=0.5), config=FAST)
+    last = ws.audit.entries()[-1]
+    assert last.operation == "training" and last.parameters["status"] == "failed" and not last.outputs
+    assert "BudgetExceededError" in last.parameters["error"] and ws.list_components() == []
+
+
+def test_swapping_component_files_is_caught_by_verify_and_by_loading(tmp_path, mlp_backbone) -> None:
+    ws = Workspace.create(tmp_path / "ws")
+    for k in range(2):
+        ws.train(mlp_backbone, None, records(32, 100 * k), data_source="toy", shard=f"s{k}", name=f"c{k}",
+                 privacy=PrivacySpec(noise_multiplier=1.0), config=FAST)
+    ws.compose_model("m", ["c0", "c1"])
+    c0, c1 = ws.component_path("c0"), ws.component_path("c1")
+    a, b = c0.read_bytes(), c1.read_bytes()
+    c0.write_bytes(b)
+    c1.write_bytes(a)
+    report = verify(ws)
+    assert not report.ok and report.first_bad.seq == 1 and "components/c0.safetensors" in report.first_bad.reason
+    assert ws.load_component("c0").name == "c1"  # a valid file, but not the one logged: only the log notices
+    c0.write_bytes(a)
+    c1.write_bytes(b)
+    assert verify(ws).ok
+    model_file = ws.model_deltas_path("m")
+    model_file.write_bytes(model_file.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(WorkspaceError, match="does not match the sha256"):
+        ws.load_model("m")
+    assert not verify(ws).ok
