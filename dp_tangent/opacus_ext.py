@@ -74,23 +74,53 @@ def compute_conv2d_grad_sample(
     split channels into groups, and contract per group.
     """
     x = activations[0].to(backprops.dtype)
-    n, groups = x.shape[0], layer.groups
+    g, cols = _conv2d_operands(layer, x, backprops)
     out_channels, in_per_group = layer.weight.shape[:2]
-    pointwise = layer.kernel_size == (1, 1) and layer.stride == (1, 1) and layer.padding == (0, 0)
-    if pointwise:
-        cols = x.flatten(2)
-    else:
-        cols = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding, stride=layer.stride)
-    length = cols.shape[-1]
-    g = backprops.reshape(n, groups, out_channels // groups, length)
-    cols = cols.reshape(n, groups, -1, length)
     result = {}
     if layer.weight.requires_grad:
         per_sample = torch.einsum("ngol,ngpl->ngop", g, cols)
-        result[layer.weight] = per_sample.reshape(n, out_channels, in_per_group, *layer.kernel_size)
+        result[layer.weight] = per_sample.reshape(len(x), out_channels, in_per_group, *layer.kernel_size)
     if layer.bias is not None and layer.bias.requires_grad:
         result[layer.bias] = backprops.sum(dim=(2, 3))
     return result
+
+
+def _conv2d_operands(layer: nn.Conv2d, x: torch.Tensor, backprops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per group: backprops (n, G, O/G, L) and unfolded inputs (n, G, C_in/G·k·k, L)."""
+    n, groups = x.shape[0], layer.groups
+    pointwise = layer.kernel_size == (1, 1) and layer.stride == (1, 1) and layer.padding == (0, 0)
+    cols = x.flatten(2) if pointwise else F.unfold(
+        x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding, stride=layer.stride)
+    length = cols.shape[-1]
+    return backprops.reshape(n, groups, -1, length), cols.reshape(n, groups, -1, length)
+
+
+def compute_conv2d_norm_sample(
+    layer: nn.Conv2d, activations: list[torch.Tensor], backprops: torch.Tensor
+) -> dict[nn.Parameter, torch.Tensor]:
+    """Per-sample gradient norms of a (grouped) Conv2d without materialising the gradients when
+    that is cheaper (ghost clipping): ||sum_l g_l a_l^T||^2 = sum_{l,l'} (g_l.g_l')(a_l.a_l'),
+    O(L^2 (O+P)) per group against O(L·O·P) for the gradient itself (L output positions)."""
+    x = activations[0].to(backprops.dtype)
+    g, cols = _conv2d_operands(layer, x, backprops)
+    length, out_per_group, in_per_group = g.shape[-1], g.shape[2], cols.shape[2]
+    result = {}
+    if layer.weight.requires_grad:
+        if length * length <= out_per_group * in_per_group:
+            gram = torch.einsum("ngol,ngom->nglm", g, g) * torch.einsum("ngpl,ngpm->nglm", cols, cols)
+            result[layer.weight] = gram.sum(dim=(1, 2, 3)).clamp(min=0).sqrt()
+        else:
+            result[layer.weight] = torch.einsum("ngol,ngpl->ngop", g, cols).flatten(1).norm(dim=1)
+    if layer.bias is not None and layer.bias.requires_grad:
+        result[layer.bias] = backprops.sum(dim=(2, 3)).norm(dim=1)
+    return result
+
+
+def _conv2d_norm_sampler(layer: nn.Module, activations: list[torch.Tensor], backprops: torch.Tensor) -> dict:
+    if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+        samples = _conv2d_sampler(layer, activations, backprops)
+        return {p: gs.flatten(1).norm(dim=1) for p, gs in samples.items()}
+    return compute_conv2d_norm_sample(layer, activations, backprops)
 
 
 def _conv2d_sampler(layer: nn.Module, activations: list[torch.Tensor], backprops: torch.Tensor) -> dict:
@@ -108,6 +138,7 @@ def register() -> None:
             continue
         if base is nn.Conv2d:
             register_grad_sampler(twin)(_conv2d_sampler)
+            register_norm_sampler(twin)(_conv2d_norm_sampler)
             continue
         opacus_base = next((c for c in base.__mro__ if c in GradSampleHooks.GRAD_SAMPLERS), None)
         if opacus_base is None:

@@ -38,3 +38,19 @@ def test_parameters_without_a_hook_are_refused_clearly() -> None:
     tangent = linearize(model)  # includes cls_token / pos_embed, which no Opacus layer owns
     with pytest.raises(UnsupportedModelError, match="cls_token"):
         per_sample_gradients(tangent, x, torch.zeros(len(x), dtype=torch.long), ConvexLoss())
+
+
+@pytest.mark.parametrize("groups, kernel, size", [(1, 1, 2), (8, 3, 6), (1, 3, 9), (8, 1, 5)])
+def test_conv_ghost_norms_equal_norms_of_the_per_sample_gradients(groups: int, kernel: int, size: int) -> None:
+    """Both branches (Gram matrices when L^2 <= O·P, else the gradient itself) against direct norms."""
+    from dp_tangent.layers import make_twin
+    from dp_tangent.opacus_ext import compute_conv2d_grad_sample, compute_conv2d_norm_sample
+
+    torch.manual_seed(0)
+    conv = make_twin(torch.nn.Conv2d(16, 24, kernel, padding=kernel // 2, groups=groups).double(), {"weight", "bias"})
+    x = torch.randn(5, 16, size, size, dtype=torch.float64)
+    backprops = torch.randn(5, 24, size, size, dtype=torch.float64)
+    grads = compute_conv2d_grad_sample(conv, [x], backprops)
+    norms = compute_conv2d_norm_sample(conv, [x], backprops)
+    for param in (conv.weight, conv.bias):
+        assert torch.allclose(norms[param], grads[param].flatten(1).norm(dim=1), rtol=1e-10)

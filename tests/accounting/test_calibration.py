@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
@@ -40,13 +39,6 @@ def test_pld_calibration_needs_less_noise_than_rdp() -> None:
     rdp = calibrate_noise_multiplier(2.0, DELTA, 0.02, 500, accountant="rdp")
     pld = calibrate_noise_multiplier(2.0, DELTA, 0.02, 500, accountant="pld")
     assert pld < rdp
-
-
-def test_calibration_is_fast_for_typical_settings() -> None:
-    epsilon_for(dp_sgd_event(1.0, 0.01, 10), DELTA, "rdp")  # import Opacus outside the timing
-    start = time.perf_counter()
-    calibrate_noise_multiplier(3.0, DELTA, 0.02, 2000, accountant="pld", tolerance=0.01)
-    assert time.perf_counter() - start < 2.0
 
 
 @pytest.mark.parametrize(
