@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import timm
 import torch
 import torch.nn as nn
 
-# One thread per pytest-xdist worker (CI runs -n 2 on 2 cores); small ops oversubscribe otherwise.
-torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
+from dp_tangent.backbones import BackboneSpec
+
+# One intra-op thread: the suite runs one pytest-xdist worker per core (-n 2 on 2 cores), and the many
+# tiny ops here get slower, not faster, with OpenMP threads spin-waiting for a busy core.
+torch.set_num_threads(1)
 
 
 def small_vit(**kwargs: object) -> nn.Module:
@@ -53,3 +54,18 @@ def build(arch: str, dtype: torch.dtype = torch.float64, seed: int = 0) -> tuple
 @pytest.fixture(params=list(ARCHITECTURES))
 def arch(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+TEST_MLP = BackboneSpec("test_mlp")  # not a timm name: only built through the mlp_backbone fixture
+
+
+@pytest.fixture
+def mlp_backbone(monkeypatch: pytest.MonkeyPatch) -> BackboneSpec:
+    """A BackboneSpec whose build() is a small GELU MLP (8 inputs, 3 classes): fast training tests."""
+
+    def build_mlp(self: BackboneSpec) -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 3)).eval()
+
+    monkeypatch.setattr(BackboneSpec, "build", build_mlp)
+    return TEST_MLP

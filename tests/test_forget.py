@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import date, datetime, timedelta, timezone
 
 import pytest
@@ -22,28 +21,10 @@ from dp_tangent.manifest import commit
 from dp_tangent.training import PrivacySpec, TrainConfig
 from dp_tangent.workspace import Workspace
 
-SPEC = BackboneSpec("test_mlp")  # not a timm name: only used via the monkeypatched build()
 FAST = TrainConfig(epochs=1, batch_size=16, lr=0.1)
 NOW = datetime(2025, 3, 10, 9, 30, tzinfo=timezone.utc)
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny ops on a shared machine: one intra-op thread avoids OpenMP spin-waiting on a busy core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def mlp_backbone(monkeypatch: pytest.MonkeyPatch) -> BackboneSpec:
-    def build_mlp(self: BackboneSpec) -> nn.Module:
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 3)).eval()
-
-    monkeypatch.setattr(BackboneSpec, "build", build_mlp)
-    return SPEC
 
 
 def shard(k: int, n: int = 24) -> RecordSet:

@@ -23,7 +23,6 @@ from dp_tangent.training import PrivacySpec, TrainConfig, TrainingError, plan_ru
 from privacy_accounting import BudgetExceededError, Ledger
 
 KEY = bytes(range(32))
-MLP_SPEC = BackboneSpec("test_mlp")  # not a timm name: only used via monkeypatched build()
 
 
 def tiny_records(n: int = 96, seed: int = 0) -> RecordSet:
@@ -32,15 +31,6 @@ def tiny_records(n: int = 96, seed: int = 0) -> RecordSet:
     y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
     return RecordSet(x, y, tuple(f"rec-{i}" for i in range(n)))
 
-
-@pytest.fixture
-def mlp_backbone(monkeypatch: pytest.MonkeyPatch) -> BackboneSpec:
-    def build_mlp(self: BackboneSpec) -> nn.Module:
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Linear(8, 32), nn.GELU(), nn.Linear(32, 3)).eval()
-
-    monkeypatch.setattr(BackboneSpec, "build", build_mlp)
-    return MLP_SPEC
 
 
 def _dp_objects(arch: str, mode: str, noise: float, clip: float):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -20,27 +19,9 @@ from dp_tangent.training import PrivacySpec, TrainConfig
 from dp_tangent.workspace import Workspace, WorkspaceError
 from privacy_accounting import BudgetExceededError
 
-SPEC = BackboneSpec("test_mlp")  # not a timm name: only used via the monkeypatched build()
 FAST = TrainConfig(epochs=1, batch_size=16, lr=0.1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny ops on a shared machine: one intra-op thread avoids OpenMP spin-waiting on a busy core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def mlp_backbone(monkeypatch: pytest.MonkeyPatch) -> BackboneSpec:
-    def build_mlp(self: BackboneSpec) -> nn.Module:
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 3)).eval()
-
-    monkeypatch.setattr(BackboneSpec, "build", build_mlp)
-    return SPEC
 
 
 def records(n: int = 32, offset: int = 0) -> RecordSet:
