@@ -199,3 +199,6 @@ def main(argv: Optional[list[str]] = None) -> None:
     except typer.TyperException as err:  # usage errors: show usage and the message
         err.show()  # type: ignore[attr-defined]
         sys.exit(getattr(err, "exit_code", 2))
+
+
+from . import cli_train  # noqa: F401,E402 -- registers train/evaluate/predict

@@ -32,12 +32,14 @@ class DigitsSource(BaseModel):
     test_fraction: float
     seed: int
     max_records: int | None = None
+    by: str = "random"
 
     def shard_records(self) -> list[RecordSet]:
         digits = load_digits(image_size=self.image_size)
         if self.max_records:
             digits = digits.subset(range(min(self.max_records, len(digits))))
-        return split_shards(digits, shards=self.shards, test_fraction=self.test_fraction, seed=self.seed)[1]
+        return split_shards(digits, shards=self.shards, test_fraction=self.test_fraction, seed=self.seed,
+                            by=self.by)[1]
 
 
 class Sources(BaseModel):
