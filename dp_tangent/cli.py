@@ -184,18 +184,18 @@ def main(argv: Optional[list[str]] = None) -> None:
     warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
     try:
         code = app(args=argv, standalone_mode=False)  # without standalone mode, Exit(n) comes back as n
+        if code == 130:  # typer turns Ctrl-C into Exit(130)
+            raise KeyboardInterrupt
         if isinstance(code, int) and code:
             sys.exit(code)
     except (DPTangentError, PrivacyAccountingError, FileNotFoundError, PermissionError, ValueError) as err:
         typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
         sys.exit(2)
-    except KeyboardInterrupt:
-        typer.secho("interrupted: nothing half-written was kept; reserved budget stays spent", err=True)
+    except (KeyboardInterrupt, typer.Abort):  # click turns Ctrl-C into Abort
+        typer.secho("interrupted: nothing half-written was kept; a reserved budget stays spent", err=True)
         sys.exit(130)
     except typer.Exit as stop:
         sys.exit(stop.exit_code)
-    except typer.Abort:
-        sys.exit(130)
     except typer.TyperException as err:  # usage errors: show usage and the message
         err.show()  # type: ignore[attr-defined]
         sys.exit(getattr(err, "exit_code", 2))

@@ -128,6 +128,7 @@ class TangentModel(nn.Module):
             yield base, params[internal]
 
     def deltas(self) -> list[nn.Parameter]:
+        """The trainable deltas, in the base model's parameter order."""
         return [p for _, p in self.named_deltas()]
 
     def load_deltas(self, mapping: Mapping[str, torch.Tensor]) -> None:
@@ -165,6 +166,7 @@ class TangentModel(nn.Module):
         return primal if tangent is None else primal + tangent.detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """f_lin(x; delta) = f(x; theta0) + J(x)·delta."""
         return self.forward_from_features(self.features(x))
 
     def base_forward(self, x: torch.Tensor) -> torch.Tensor:

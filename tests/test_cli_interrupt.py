@@ -1,0 +1,80 @@
+"""Users' mistakes at the command line that involve a running or stored component."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from privacy_accounting import Ledger
+
+RECIPE = """
+backbone: {{name: efficientnet_lite0, pretrained: packaged, num_classes: 10}}
+trainable: head
+data: {{sklearn_digits: {{image_size: 32, test_fraction: 0.2, seed: 0, max_records: 400}}}}
+shards: {{count: 1}}
+privacy: {{epsilon: 8, delta: 1.0e-5}}
+training: {{epochs: {epochs}, batch_size: 32, physical_batch_size: 32, lr: 0.05}}
+data_source: digits
+"""
+
+
+def _recipe(tmp_path: Path, epochs: int) -> Path:
+    path = tmp_path / f"recipe-{epochs}.yaml"
+    path.write_text(RECIPE.format(epochs=epochs))
+    return path
+
+
+def _cli(*args: str, **kwargs) -> subprocess.Popen:  # noqa: ANN003
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "dp_tangent", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, **kwargs)
+
+
+def test_ctrl_c_during_training_keeps_no_component_and_the_budget_stays_spent(tmp_path) -> None:
+    ws = tmp_path / "ws"
+    process = _cli("train", str(_recipe(tmp_path, epochs=400)), "--name", "long", "--workspace", str(ws))
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if (ws / "ledger.sqlite").exists() and Ledger.open(ws / "ledger.sqlite").events():
+                break  # the run is reserved: training is starting
+            time.sleep(0.2)
+        assert process.poll() is None, process.communicate()
+        time.sleep(2.0)  # well into the training loop
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, out + err
+    assert "interrupted" in err and "Traceback" not in err
+    assert not list((ws / "components").glob("*")), "no half-written component"
+    [event] = Ledger.open(ws / "ledger.sqlite").events()
+    assert event.status.value == "failed" and "KeyboardInterrupt" in event.failure_reason
+    report = subprocess.run([sys.executable, "-m", "dp_tangent", "report", "--workspace", str(ws)],
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0 and "failed" in report.stdout
+
+
+def test_corrupt_component_file_is_refused_in_one_line(tmp_path) -> None:
+    ws = tmp_path / "ws"
+    trained = _cli("train", str(_recipe(tmp_path, epochs=1)), "--name", "m", "--workspace", str(ws))
+    out, err = trained.communicate(timeout=300)
+    assert trained.returncode == 0, out + err
+    [component] = list((ws / "components").glob("*.safetensors"))
+    blob = bytearray(component.read_bytes())
+    blob[-5] ^= 0xFF  # flip a bit inside the tensors
+    component.write_bytes(bytes(blob))
+    for args in (["evaluate", component.stem], ["compose", component.stem, "--name", "again"]):
+        result = subprocess.run([sys.executable, "-m", "dp_tangent", *args, "--workspace", str(ws)],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "do not match the digest" in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    verify = subprocess.run([sys.executable, "-m", "dp_tangent", "audit", "verify", "--workspace", str(ws)],
+                            capture_output=True, text=True, timeout=300)
+    assert verify.returncode == 1
