@@ -51,16 +51,20 @@ def _dim_and_dtype(args: tuple, kwargs: dict) -> tuple[int, torch.dtype | None]:
     return dim, kwargs.get("dtype")
 
 
-class _Softmax(torch.autograd.Function):
-    @staticmethod
-    def forward(x: torch.Tensor, dim: int) -> torch.Tensor:
-        return torch.softmax(x, dim)
+class _OverDim(torch.autograd.Function):
+    """Shared context of the normalisations over ``dim``: the output serves backward and jvp."""
 
     @staticmethod
     def setup_context(ctx, inputs, output):  # noqa: ANN001
         ctx.dim = inputs[1]
         ctx.save_for_backward(output)
         ctx.save_for_forward(output)
+
+
+class _Softmax(_OverDim):
+    @staticmethod
+    def forward(x: torch.Tensor, dim: int) -> torch.Tensor:
+        return torch.softmax(x, dim)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001
@@ -73,16 +77,10 @@ class _Softmax(torch.autograd.Function):
         return y * (tangent - (y * tangent).sum(ctx.dim, keepdim=True))
 
 
-class _LogSoftmax(torch.autograd.Function):
+class _LogSoftmax(_OverDim):
     @staticmethod
     def forward(x: torch.Tensor, dim: int) -> torch.Tensor:
         return torch.log_softmax(x, dim)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):  # noqa: ANN001
-        ctx.dim = inputs[1]
-        ctx.save_for_backward(output)
-        ctx.save_for_forward(output)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001

@@ -111,3 +111,21 @@ def test_gelu_tangent_is_exact_near_zero() -> None:
     with torch.no_grad():
         jd = tangent(x) - tangent.base_forward(x)
     assert ((jd - finite_difference).norm() / finite_difference.norm()).item() < 1e-7
+
+
+@pytest.mark.parametrize("normalisation", [nn.Softmax(dim=-1), nn.LogSoftmax(dim=-1)])
+def test_softmax_overrides_are_exact_in_value_tangent_and_gradient(normalisation: nn.Module) -> None:
+    """Softmax/log-softmax run through dp_tangent.ops in tangent mode (PyTorch's own forward
+    derivative breaks the backward): value, tangent and gradient against torch.func."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 12), normalisation, nn.Linear(12, 4)).double().eval()
+    x = torch.randn(5, 6, dtype=torch.float64)
+    tangent = linearize(model)
+    deltas = random_deltas(tangent, scale=0.3)
+    tangent.load_deltas(deltas)
+    out = tangent(x)
+    assert torch.allclose(out.detach(), reference_f_lin(model, deltas, x).detach(), rtol=1e-12, atol=1e-12)
+    out.pow(2).sum().backward()
+    want = torch.func.grad(lambda d: reference_f_lin(model, d, x).pow(2).sum())(deltas)
+    for name, p in tangent.named_deltas():
+        assert torch.allclose(p.grad, want[name], rtol=1e-10, atol=1e-12), name
