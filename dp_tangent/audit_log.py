@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import DPTangentError
-from .io import sha256_file
+from .io import fsync_dir, sha256_file
 
 GENESIS = "0" * 64
 OPERATIONS = frozenset({
@@ -378,7 +378,7 @@ class AuditLog:
         finally:
             os.close(fd)  # closing releases the lock
         if created:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         return AuditEntry.model_validate(raw)
 
     def verify(self, check_artifacts: bool = True, expected_head: str | None = None) -> VerifyReport:
@@ -402,13 +402,6 @@ def _read_all(fd: int) -> bytes:
         chunks.append(chunk)
     return b"".join(chunks)
 
-
-def _fsync_dir(path: Path) -> None:
-    dir_fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _artifact_json(artifact: Artifact) -> dict[str, Any]:

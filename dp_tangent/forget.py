@@ -21,7 +21,6 @@ from __future__ import annotations
 import calendar
 import getpass
 import math
-import os
 import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
@@ -39,7 +38,7 @@ from .component import ComponentMetadata, read_metadata
 from .compose import compose, tensor_digest
 from .data import RecordSet
 from .errors import DPTangentError
-from .io import atomic_write_text, sha256_file
+from .io import atomic_write_text, fsync_dir, sha256_file
 from .losses import ConvexLoss
 from .manifest import SCHEME, commit
 from .training import PrivacySpec, TrainConfig
@@ -541,7 +540,7 @@ def forget(
         changes = _rebuild_models(ws, models, set(affected), {a.replaces: a.name for a in added}, merge_data)
         for name in affected:
             ws.component_path(name).unlink()
-        _fsync_dir(ws.components_dir)
+        fsync_dir(ws.components_dir)
         finished = _now(now)
         verification = _verify(ws, doomed, set(affected), finished)
         cert = DeletionCertificate.model_validate({
@@ -557,10 +556,3 @@ def forget(
         _log_deletion(ws, cert, paths, operator)
         return DeletionResult(cert, *paths)
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
