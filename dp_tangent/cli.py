@@ -52,6 +52,13 @@ def _workspace(path: Path):  # noqa: ANN202
     return Workspace.open(path)
 
 
+def _busy(message: str):  # noqa: ANN202
+    """A spinner on stderr for steps that can take seconds (accounting, retraining)."""
+    from rich.console import Console
+
+    return Console(stderr=True).status(message)
+
+
 @app.command()
 def report(
     workspace: WorkspaceOption = DEFAULT_WORKSPACE,
@@ -66,7 +73,9 @@ def report(
     renderers = {"md": "to_markdown", "json": "to_json", "html": "to_html"}
     if format not in renderers:
         raise typer.BadParameter(f"--format must be one of {', '.join(renderers)}, got {format!r}")
-    text = getattr(build_report(_workspace(workspace).ledger), renderers[format])()
+    ledger = _workspace(workspace).ledger
+    with _busy("computing every accountant's epsilon…"):
+        text = getattr(build_report(ledger), renderers[format])()
     if output is None:
         typer.echo(text)
     else:
@@ -149,7 +158,9 @@ def compose(
         parsed = [float(w) for w in weights.split(",")] if weights else None
     except ValueError:
         raise typer.BadParameter(f"--weights must be comma-separated numbers, got {weights!r}") from None
-    record = _workspace(workspace).compose_model(name, components, parsed, method.replace("-", "_"))
+    ws = _workspace(workspace)
+    with _busy("composing…"):
+        record = ws.compose_model(name, components, parsed, method.replace("-", "_"))
     typer.echo(f"composed {name} from {', '.join(record.component_names)} ({record.method})")
 
 
@@ -172,7 +183,9 @@ def forget(
     now = datetime.now(timezone.utc)
     request = forgetting.DeletionRequest(request_id=request_id or now.strftime("request-%Y%m%dT%H%M%S"),
                                          record_ids=tuple(record_ids), received_at=now)
-    result = forgetting.forget(ws, request, retrain=retrain, shard_records=shard_records_for(ws) if retrain else None)
+    with _busy("serving the deletion request" + (" (retraining affected shards)…" if retrain else "…")):
+        result = forgetting.forget(ws, request, retrain=retrain,
+                                   shard_records=shard_records_for(ws) if retrain else None)
     typer.echo(result.message)
     typer.echo(f"certificate: {result.json_path}\n{result.text_path.read_text()}")
 
