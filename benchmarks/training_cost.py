@@ -539,14 +539,18 @@ def _explain_vmap(model: str, entry: dict) -> str:
 
 
 WHY_TIME = """\
-Why: (1) *Linearization*, (a') against (a). The tangent forward is one forward-mode dual pass,
-primal f(x; θ0) and J·δ together: every linearized matmul or convolution after the first runs three
-products (W0·x, δW·x, W0·dx) instead of one, every elementwise op (normalization, activation,
-softmax, residual) also evaluates its JVP formula in separate kernels, and the ViT suffix runs
-attention in math mode, since fused SDPA has no forward derivative. The backward goes through the
-primal only and costs what (a)'s does. Counting matmul/convolution FLOPs, a dual forward plus the
-backward is about 5 units against 3 for (a): this formulation cannot go below about 1.67x (a) even
-without DP, so the 1.5x target is under its floor. (2) *Per-sample gradients*, (b) and (c) against
+Why: (1) *Linearization*, (a') against (a). The tangent model's forward is two passes: a
+forward-mode dual pass without autograd gives the value f(x; θ0) + J·δ (every linearized matmul or
+convolution after the first runs three products, W0·x, δW·x and W0·dx, and every elementwise op also
+evaluates its JVP formula), then a plain pass at θ0 records the graph that the backward (and
+Opacus's hooks) use; the ViT suffix runs attention in math mode, since fused SDPA has no forward
+derivative. The backward goes through the plain pass only and costs what (a)'s does. Counting
+matmul/convolution FLOPs, that is about 6 units against 3 for (a): this formulation cannot go below
+about 2x (a) even without DP, so the 1.5x target is under its floor. (A single-pass variant, in
+which the dual pass itself records the graph, counts 5 units but keeps the tangent computations'
+saved tensors alive for the backward. Measured once on this machine, it was about 20% faster on the
+ViT but peaked at 3.3x (a)'s memory under ghost clipping against 1.7x for two passes, and within
+noise on EfficientNet; dp-tangent keeps the two passes.) (2) *Per-sample gradients*, (b) and (c) against
 (a'). The hooks materialize B x P per-sample gradients in the backward, then take their norms and
 clip them: B times the memory traffic of one gradient, which dominates when a layer sees few
 positions (EfficientNet's last stage at 2x2). Opacus allocates these buffers anew every step
@@ -562,16 +566,16 @@ steps. (2) Ghost norm samplers for the twins that have none here ({lacking}), so
 clipping never materializes per-sample gradients; it would then cost about (a') plus one more
 backward (estimate above). (3) Do not recompute the primal: with no augmentation the suffix's inputs (the cached
 features) and θ0 never change, so its activations at θ0 are constants per example; caching them
-leaves the tangent pass and the backward, about 4 units against 3 (1.33x), at a memory cost of the
-suffix's activations times the number of examples. (4) Fused tangent kernels that produce primal
+leaves the tangent products and the backward, about 4 units against 3 (1.33x), at a memory cost of
+the suffix's activations times the number of examples. (4) Fused tangent kernels that produce primal
 and tangent of LayerNorm, GELU and attention in one pass, or a compiled dual forward. Only (3)
 moves the linearization floor under 1.5x; with (1) and (2) the DP overhead of (c) on top of it
 shrinks to about one extra backward."""
 
 CLOSE_MEMORY = """\
-What would close it: for the linearization share, the forward-mode pass keeps the tangents of the
-activations and the JVP formulas' saved tensors alive for the backward; caching the primal
-activations (above) or fused tangent rules that save less would shrink it. The ghost-clipping share
+What would close it: for the linearization share, the dual pass's transient tangents and the
+value computed alongside the recorded pass; caching the primal activations (above) or fused tangent
+rules would shrink it. The ghost-clipping share
 is what Opacus keeps for its second backward pass (the first runs with `retain_graph=True`) plus the
 per-sample gradients of layers without a ghost norm sampler ({lacking}); norm samplers for those
 remove the latter, and only a different clipping scheme the former."""

@@ -1,13 +1,13 @@
 """The tangent model: f_lin(x; delta) = f(x; theta0) + J_theta f(x; theta0) · delta.
 
 :func:`linearize` copies a network, freezes it at theta0, and turns the parameters selected by
-``trainable`` into deltas (zero at start, so f_lin(x; 0) = f(x; theta0) bit for bit). The forward
-pass is one forward-mode dual pass (PyTorch's own forward derivative of every op, GELU included):
-primal f(x; theta0) and tangent J·delta together. The gradient with respect to delta flows back
-through the primal only, which makes it J^T v with v = dLoss/d(output) at f_lin -- the exact
-gradient of the tangent model's loss -- and lets Opacus's per-layer hooks see the activations at
-theta0 and produce exact per-sample gradients (see ``docs/tangent-models.md``).
-"""
+``trainable`` into deltas (zero at start, so f_lin(x; 0) = f(x; theta0) bit for bit). The value
+comes from one forward-mode dual pass (PyTorch's own forward derivative of every op, GELU
+included): primal f(x; theta0) and tangent J·delta together, without autograd. When gradients are
+needed, a plain pass at theta0 records the graph and receives the gradient of the output, which
+makes it J^T v with v = dLoss/d(output) at f_lin -- the exact gradient of the tangent model's loss --
+and lets Opacus's per-layer hooks see the activations at theta0 and produce exact per-sample
+gradients (see ``docs/tangent-models.md``)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from torch.nn.utils import parametrize
 
 from .errors import UnsupportedModelError
 from .layers import TangentLayer, _DUAL_ACTIVE, is_batch_norm, make_twin, tangent_mode, twin_class
+from .ops import TangentOps
 from .layouts import BlockLayout, layout_for
 from .selection import Selection, select
 
@@ -99,6 +100,27 @@ def _convert(net: nn.Module, selected: Sequence[str]) -> list[str]:
     return fallback
 
 
+class _ValueWithGradientTo(torch.autograd.Function):
+    """Returns ``value``; the gradient w.r.t. the output goes unchanged to ``route``.
+
+    ``route`` is f(x; theta) at theta0 with delta in its graph, whose Jacobian in delta is J(x):
+    so the backward yields J^T v, the exact gradient of the tangent model at any delta."""
+
+    generate_vmap_rule = True  # usable under torch.func transforms (e.g. RegMean's vjp)
+
+    @staticmethod
+    def forward(route: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        return value.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+        pass
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
+        return grad, None
+
+
 class TangentModel(nn.Module):
     """f_lin(x; delta) = f(x; theta0) + J(x)·delta for a frozen copy ``net`` of the base network."""
 
@@ -158,12 +180,21 @@ class TangentModel(nn.Module):
             return self.net(h) if self.cut is None else self.layout.run_suffix(self.net, h, self.cut)
 
     def forward_from_features(self, h: torch.Tensor) -> torch.Tensor:
-        """f_lin from cached prefix outputs ``h = features(x)``."""
-        with tangent_mode():
+        """f_lin from cached prefix outputs ``h = features(x)``.
+
+        The value comes from one dual pass without autograd (primal + tangent, no graph). When
+        gradients are needed, a plain pass at theta0 records the graph (and feeds Opacus's hooks)
+        and receives them: d loss/d delta = J^T v exactly, with v = d loss/d output at f_lin.
+        Recording only the primal keeps memory close to an ordinary forward pass.
+        """
+        with torch.no_grad(), tangent_mode():
             primal, tangent = fwAD.unpack_dual(self._suffix(h))
-        # Gradients flow through the primal only: J^T v. The tangent's own graph would add the
-        # derivative of J(theta)·delta in theta, which the tangent model (J fixed at theta0) does not have.
-        return primal if tangent is None else primal + tangent.detach()
+        value = primal if tangent is None else primal + tangent
+        if not (torch.is_grad_enabled() and any(p.requires_grad for p in self.deltas())):
+            return value
+        with TangentOps():  # the same op overrides, e.g. in-place arithmetic on hooked outputs
+            at_theta0 = self._suffix(h)
+        return _ValueWithGradientTo.apply(at_theta0, value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """f_lin(x; delta) = f(x; theta0) + J(x)·delta."""
