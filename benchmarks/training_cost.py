@@ -549,7 +549,7 @@ matmul/convolution FLOPs, that is about 6 units against 3 for (a): this formulat
 about 2x (a) even without DP, so the 1.5x target is under its floor. (A single-pass variant, in
 which the dual pass itself records the graph, counts 5 units but keeps the tangent computations'
 saved tensors alive for the backward. Measured once on this machine, it was about 20% faster on the
-ViT but peaked at 3.3x (a)'s memory under ghost clipping against 1.7x for two passes, and within
+ViT but peaked at 3.3x (a)'s memory under ghost clipping against 1.6x-1.8x for two passes, and within
 noise on EfficientNet; dp-tangent keeps the two passes.) (2) *Per-sample gradients*, (b) and (c) against
 (a'). The hooks materialize B x P per-sample gradients in the backward, then take their norms and
 clip them: B times the memory traffic of one gradient, which dominates when a layer sees few
