@@ -548,9 +548,10 @@ derivative. The backward goes through the plain pass only and costs what (a)'s d
 matmul/convolution FLOPs, that is about 6 units against 3 for (a): this formulation cannot go below
 about 2x (a) even without DP, so the 1.5x target is under its floor. (A single-pass variant, in
 which the dual pass itself records the graph, counts 5 units but keeps the tangent computations'
-saved tensors alive for the backward. Measured once on this machine, it was about 20% faster on the
-ViT but peaked at 3.3x (a)'s memory under ghost clipping against 1.6x-1.8x for two passes, and within
-noise on EfficientNet; dp-tangent keeps the two passes.) (2) *Per-sample gradients*, (b) and (c) against
+saved tensors alive for the backward. Measured once on this machine (before the change), it was
+about 20% faster on the ViT, but under ghost clipping its PyTorch-allocator peak was 2.6x (a)'s
+against 1.3x for two passes (the allocator view is steadier than RSS); on EfficientNet both were
+within noise. dp-tangent keeps the two passes.) (2) *Per-sample gradients*, (b) and (c) against
 (a'). The hooks materialize B x P per-sample gradients in the backward, then take their norms and
 clip them: B times the memory traffic of one gradient, which dominates when a layer sees few
 positions (EfficientNet's last stage at 2x2). Opacus allocates these buffers anew every step
