@@ -8,6 +8,7 @@ from typing import Iterable, Sequence
 
 from privacy_accounting.plots import budget_bars_png, epsilon_curve_png
 from privacy_accounting.report_models import AUDIT_LABEL, PrivacyReport
+from privacy_accounting.report_tables import audits_table, components_table, models_table, shards_table
 from privacy_accounting.statement import fmt_eps
 
 _CSS = """
@@ -45,9 +46,6 @@ def _img(png: bytes | None, alt: str) -> str:
     return f'<p><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></p>'
 
 
-def _delta(value: float | None) -> str | None:
-    return None if value is None else f"{value:.3g}"
-
 
 def render_html(report: PrivacyReport) -> str:
     """One HTML page, no external resources."""
@@ -67,12 +65,7 @@ def render_html(report: PrivacyReport) -> str:
     ]
     if report.models:
         parts.append("<h2>Models (per-record guarantee)</h2>")
-        parts.append(_table(
-            ["model", "components", "epsilon", "delta", "accountant", "binding shard", "unit"],
-            [(m.model, ", ".join(m.components), m.epsilon, _delta(m.delta), m.accountant,
-              f"{m.binding_data_source}/{m.binding_shard}" if m.binding_shard else None, ", ".join(m.units))
-             for m in report.models],
-        ))
+        parts.append(_table(*models_table(report)))
     parts.append("<h2>Shards (total spend)</h2>")
     if report.shards:
         parts.append(_img(budget_bars_png(report.shards), "spent and remaining budget per shard"))
@@ -81,35 +74,18 @@ def render_html(report: PrivacyReport) -> str:
         if curve_names:
             parts.append(f'<p class="muted">Curves: {html.escape("; ".join(curve_names))}; '
                          "the tables give the reported (tightest) figures.</p>")
-        rows = []
-        for s in report.shards:
-            rows.append((s.data_source, s.shard, s.unit, s.spent.epsilon, _delta(s.spent.delta), s.spent.accountant,
-                         s.spent.rdp, s.spent.prv, s.spent.pld,
-                         f"{s.budget.epsilon:.4g} ({s.budget.scope})" if s.budget else "no budget set",
-                         s.remaining_epsilon, s.budget_status, s.n_events))
-        table_html = _table(["data source", "shard", "unit", "spent epsilon", "delta", "accountant", "RDP", "PRV",
-                             "PLD", "budget", "remaining", "status", "events"], rows)
+        table_html = _table(*shards_table(report))
         parts.append(table_html.replace("<td>exceeded</td>", '<td class="exceeded">exceeded</td>'))
     else:
         parts.append("<p>No shards.</p>")
     parts.append("<h2>Components (one row per ledger event)</h2>")
     if report.components:
-        parts.append(_table(
-            ["component", "data source", "shard", "purpose", "status", "epsilon", "delta", "accountant",
-             "noise multiplier", "sample rate", "steps", "mechanism", "checkpoints released", "failure"],
-            [(c.component, c.data_source, c.shard, c.purpose, c.status, c.epsilon, _delta(c.delta), c.accountant,
-              c.noise_multiplier, c.sample_rate, c.steps, c.mechanism, "yes" if c.checkpoints_released else "no",
-              c.failure_reason) for c in report.components],
-        ))
+        parts.append(_table(*components_table(report)))
     else:
         parts.append("<p>No events.</p>")
     parts.append(f'<h2>Empirical audits <span class="label">({html.escape(AUDIT_LABEL)})</span></h2>')
     if report.audits:
-        parts.append(_table(
-            ["component", "epsilon lower bound", "delta", "method", "accounted upper bound", "consistent", "label"],
-            [(a.component, a.epsilon_lower_bound, _delta(a.delta), a.method, a.accounted_epsilon,
-              {True: "yes", False: "NO", None: None}[a.consistent], a.label) for a in report.audits],
-        ))
+        parts.append(_table(*audits_table(report)))
     else:
         parts.append("<p>No audit recorded.</p>")
     parts.append("<h2>Assumptions</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in report.notes) + "</ul>")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 from privacy_accounting.report_models import AUDIT_LABEL, PrivacyReport
+from privacy_accounting.report_tables import audits_table, components_table, models_table, shards_table
 from privacy_accounting.statement import fmt_eps
 
 
@@ -40,48 +41,23 @@ def render_markdown(report: PrivacyReport) -> str:
     ]
     if report.models:
         out += ["## Models (per-record guarantee)", ""]
-        out.append(table(
-            ["model", "components", "epsilon", "delta", "accountant", "binding shard", "unit"],
-            [(m.model, ", ".join(m.components), m.epsilon, _delta(m.delta), m.accountant,
-              f"{m.binding_data_source}/{m.binding_shard}" if m.binding_shard else None, ", ".join(m.units))
-             for m in report.models],
-        ))
+        out.append(table(*models_table(report)))
         out.append("")
     out += ["## Shards (total spend)", ""]
     if report.shards:
-        out.append(table(
-            ["data source", "shard", "unit", "spent epsilon", "delta", "accountant", "RDP", "PRV", "PLD",
-             "budget", "remaining", "status", "events"],
-            [(s.data_source, s.shard, s.unit, s.spent.epsilon, _delta(s.spent.delta), s.spent.accountant,
-              s.spent.rdp, s.spent.prv, s.spent.pld,
-              f"{s.budget.epsilon:.4g} ({s.budget.scope})" if s.budget else "no budget set",
-              s.remaining_epsilon, s.budget_status, s.n_events) for s in report.shards],
-        ))
+        out.append(table(*shards_table(report)))
     else:
         out.append("No shards.")
     out += ["", "## Components (one row per ledger event)", ""]
     if report.components:
-        out.append(table(
-            ["component", "data source", "shard", "purpose", "status", "epsilon", "delta", "accountant",
-             "noise multiplier", "sample rate", "steps", "checkpoints released"],
-            [(c.component, c.data_source, c.shard, c.purpose, c.status, c.epsilon, _delta(c.delta), c.accountant,
-              c.noise_multiplier, c.sample_rate, c.steps, "yes" if c.checkpoints_released else "no")
-             for c in report.components],
-        ))
+        out.append(table(*components_table(report)))
     else:
         out.append("No events.")
     out += ["", f"## Empirical audits ({AUDIT_LABEL})", ""]
     if report.audits:
-        out.append(table(
-            ["component", "epsilon lower bound", "delta", "method", "accounted upper bound", "consistent", "label"],
-            [(a.component, a.epsilon_lower_bound, _delta(a.delta), a.method, a.accounted_epsilon,
-              {True: "yes", False: "NO", None: None}[a.consistent], a.label) for a in report.audits],
-        ))
+        out.append(table(*audits_table(report)))
     else:
         out.append("No audit recorded.")
     out += ["", "## Assumptions", ""] + [f"- {note}" for note in report.notes]
     return "\n".join(out) + "\n"
 
-
-def _delta(value: float | None) -> str | None:
-    return None if value is None else f"{value:.3g}"
