@@ -115,10 +115,15 @@ def _nonprivate(base: nn.Module, tangent: TangentModel, h: torch.Tensor, y: torc
     params = [p for n, p in base.named_parameters() if n in selected]
     for name, p in base.named_parameters():
         p.requires_grad_(name in selected)
+    return _sgd_step(lambda: tangent.layout.run_suffix(base, h, tangent.cut), y, params)
+
+
+def _sgd_step(forward: Callable[[], torch.Tensor], y: torch.Tensor, params: list[torch.Tensor]) -> StepFn:
+    """One non-private SGD step on ``TRAIN.loss`` of ``forward()``, timed by phase."""
     optimizer = torch.optim.SGD(params, lr=TRAIN.lr, momentum=TRAIN.momentum, weight_decay=TRAIN.loss.l2)
 
     def step() -> Iterator[str]:
-        loss = TRAIN.loss.per_sample(tangent.layout.run_suffix(base, h, tangent.cut), y).mean()
+        loss = TRAIN.loss.per_sample(forward(), y).mean()
         yield "forward"
         loss.backward()
         yield "backward"
@@ -133,18 +138,7 @@ def _tangent(tangent: TangentModel, h: torch.Tensor, y: torch.Tensor) -> StepFn:
     """(a') The tangent model's own non-private step (``training._fit_non_private``): the cost of
     linearization without per-sample gradients, to split (b)/(c)'s overhead into its two causes."""
     module = tangent.on_features().train()
-    optimizer = torch.optim.SGD(tangent.deltas(), lr=TRAIN.lr, momentum=TRAIN.momentum, weight_decay=TRAIN.loss.l2)
-
-    def step() -> Iterator[str]:
-        loss = TRAIN.loss.per_sample(module(h), y).mean()
-        yield "forward"
-        loss.backward()
-        yield "backward"
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        yield "update"
-
-    return step
+    return _sgd_step(lambda: module(h), y, tangent.deltas())
 
 
 def _opacus(tangent: TangentModel, h: torch.Tensor, y: torch.Tensor, mode: str) -> StepFn:
