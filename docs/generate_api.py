@@ -15,7 +15,12 @@ PUBLIC = {
     "dp_tangent.features": ["precompute_features", "FeatureDataset"],
     "dp_tangent.per_sample": ["per_sample_gradients", "reference_per_sample_gradients"],
     "dp_tangent.data": ["RecordSet", "load_digits", "split_shards"],
-    "dp_tangent.training": ["PrivacySpec", "TrainConfig", "plan_run", "fit", "train_component"],
+    "dp_tangent.training": ["PrivacySpec", "TrainConfig", "plan_run", "fit", "train_component", "TrainingTask",
+                            "train_deltas", "write_component"],
+    "dp_tangent.training_run": ["ShardJob", "FailedShard", "TrainingRun", "train_all"],
+    "dp_tangent.executors": ["create_executor", "register_executor", "Executor", "TaskDone", "TaskFailed"],
+    "dp_tangent.executors.local": ["LocalExecutor"],
+    "dp_tangent.executors.ray_cluster": ["RayExecutor"],
     "dp_tangent.component": ["ComponentMetadata", "load_component", "save_component"],
     "dp_tangent.manifest": ["RecordManifest", "commit"],
     "dp_tangent.evaluation": ["accuracy", "predict"],
@@ -25,7 +30,7 @@ PUBLIC = {
     "dp_tangent.forget": ["DeletionRequest", "forget", "list_requests", "overdue_requests"],
     "dp_tangent.audit_log": ["AuditLog", "verify"],
     "dp_tangent.recipes": ["load_recipe", "Recipe"],
-    "privacy_accounting": ["Ledger", "dp_sgd_event", "epsilon_bounds", "calibrate_noise_multiplier", "build_report"],
+    "privacy_accounting": ["Ledger", "ReservationRequest", "dp_sgd_event", "epsilon_bounds", "calibrate_noise_multiplier", "build_report"],
 }
 
 

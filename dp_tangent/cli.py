@@ -31,9 +31,11 @@ DEFAULT_WORKSPACE = Path("dp-tangent-workspace")
 @app.command()
 def demo(
     workspace: WorkspaceOption = DEFAULT_WORKSPACE,
-    epsilon: Annotated[Optional[float], typer.Option(help="Target epsilon of every component [default: 8].")] = None,
-    shards: Annotated[Optional[int], typer.Option(help="Disjoint private shards [default: 4].")] = None,
-    trainable: Annotated[Optional[str], typer.Option(help="What to linearize, e.g. 'head' or 'blocks[-1:]' [default: head].")] = None,
+    epsilon: Annotated[Optional[float], typer.Option(help="Target epsilon of every component (default: 8).")] = None,
+    shards: Annotated[Optional[int], typer.Option(help="Disjoint private shards (default: 4).")] = None,
+    trainable: Annotated[Optional[str], typer.Option(help="What to linearize, e.g. 'head' or 'blocks[-1:]' (default: head).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Local worker processes training the shards "
+                                                        "(default: one per core, at most one per shard).")] = None,
     quick: Annotated[bool, typer.Option(help="A smaller run (fewer records and epochs), for smoke tests.")] = False,
 ) -> None:
     """The whole story on the embedded default: packaged EfficientNet-Lite0 + scikit-learn digits."""
@@ -41,7 +43,7 @@ def demo(
 
     from .demo import DemoConfig, run_demo
 
-    given = {"epsilon": epsilon, "shards": shards, "trainable": trainable}
+    given = {"epsilon": epsilon, "shards": shards, "trainable": trainable, "workers": workers}
     config = replace(DemoConfig(), **{k: v for k, v in given.items() if v is not None})
     run_demo(workspace, config.quick() if quick else config)
 
@@ -167,7 +169,7 @@ def compose(
 @app.command()
 def forget(
     record_ids: Annotated[list[str], typer.Argument(help="Record ids to delete.")],
-    request_id: Annotated[Optional[str], typer.Option(help="Request id [default: a timestamp].")] = None,
+    request_id: Annotated[Optional[str], typer.Option(help="Request id (default: a timestamp).")] = None,
     retrain: Annotated[bool, typer.Option(help="Retrain affected shards without the records (needs registered data).")] = False,
     workspace: WorkspaceOption = DEFAULT_WORKSPACE,
 ) -> None:

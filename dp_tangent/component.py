@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -71,6 +71,8 @@ class TrainingInfo(_Strict):
     lr: float
     momentum: float
     l2: float
+    device: str = "cpu"
+    worker: dict[str, Any] | None = None  # executor, host, pid (and Ray node) that trained it
 
 
 class ComponentMetadata(_Strict):

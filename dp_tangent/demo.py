@@ -2,7 +2,7 @@
 
 The packaged ImageNet EfficientNet-Lite0 and scikit-learn's bundled handwritten digits (real data,
 upsampled to 48x48): a held-out test set and disjoint private shards. One DP component is trained
-per shard, the components are composed, and a non-private tangent model is trained for reference,
+per shard (in parallel, on local worker processes), the components are composed, and a non-private tangent model is trained for reference,
 labelled as such. The demo then prints the budget report, serves a deletion request for one
 record (drop + retrain), verifies the audit log, and says where the HTML report and the
 certificate are. Record ids are ``digit-<row in sklearn.datasets.load_digits()>``.
@@ -26,16 +26,23 @@ from privacy_accounting import build_report
 from . import sources
 from .backbones import BackboneSpec
 from .data import RecordSet, load_digits, split_shards
+from .errors import DPTangentError
 from .evaluation import accuracy
+from .executors import available_cores, create_executor
 from .forget import DeletionRequest, forget
 from .io import atomic_write_text
 from .losses import ConvexLoss
 from .tangent import linearize
 from .training import PrivacySpec, TrainConfig
+from .training_run import ShardJob
 from .workspace import Workspace
 
 DATA_SOURCE = "digits"
 REFERENCE_SHARD = "non-private-reference"
+
+
+class DemoError(DPTangentError):
+    """A demo step that failed."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,7 @@ class DemoConfig:
     seed: int = 0
     test_fraction: float = 0.2
     max_records: int | None = None  # use the first N digits only (tests)
+    workers: int | None = None  # local worker processes for the shards (default: one per core, at most one per shard)
 
     def quick(self) -> "DemoConfig":
         return replace(self, epochs=4, max_records=self.max_records or 600)
@@ -115,15 +123,19 @@ def run_demo(workspace: Path, config: DemoConfig = DemoConfig(), console: Consol
 
     privacy = PrivacySpec(epsilon=config.epsilon, delta=config.delta)
     figures: dict[str, object] = {"components": {}}
-    names = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    jobs = [ShardJob(f"digits-shard-{k}", f"shard-{k}", shard) for k, shard in enumerate(shards)]
+    executor = create_executor("local", workers=min(config.workers or available_cores(), len(jobs)))
+    console.print(f"Training the {len(jobs)} components in parallel: {executor.workers} local worker processes, "
+                  f"{executor.threads} torch thread(s) each")
     with Progress(*columns, console=console, transient=False) as progress:
-        for k, shard in enumerate(shards):
-            name = f"digits-shard-{k}"
-            ws.train(spec, config.trainable, shard, data_source=DATA_SOURCE, shard=f"shard-{k}", name=name,
-                     privacy=privacy, config=config.train_config(), operator="demo",
-                     progress=_Steps(progress, f"DP component {name}"))
-            names.append(name)
+        bars = {job.name: _Steps(progress, f"DP component {job.name}") for job in jobs}
+        run = ws.train_all(spec, config.trainable, jobs, data_source=DATA_SOURCE, privacy=privacy,
+                           config=config.train_config(), executor=executor, operator="demo",
+                           progress=lambda name, step, total: bars[name](step, total))
+        if run.failed:
+            raise run.failed[0].error or DemoError(f"{run.failed[0].name} failed: {run.failed[0].reason}")
+        names = [job.name for job in jobs]
         reference = "digits-non-private-reference"
         ws.train(spec, config.trainable, _concat(shards), data_source=DATA_SOURCE, shard=REFERENCE_SHARD,
                  name=reference, privacy=PrivacySpec(epsilon=math.inf), config=config.train_config(), operator="demo",

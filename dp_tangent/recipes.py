@@ -152,6 +152,14 @@ class TrainingSection(_Strict):
     loss: Literal[LOSS_KINDS] = "cross_entropy"  # type: ignore[valid-type]
     kappa: PositiveFloat = 15.0
     l2: float = Field(default=0.0, ge=0)
+    device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
+
+
+class ResourcesSection(_Strict):
+    """What one component's training task asks a Ray cluster for (the ``ray`` executor)."""
+
+    cpus: PositiveFloat = 1.0
+    gpus: float = Field(default=0.0, ge=0)
 
 
 class BudgetSection(_Strict):
@@ -175,6 +183,13 @@ class Recipe(_Strict):
     training: TrainingSection = TrainingSection()
     data_source: str
     budget: BudgetSection | None = None
+    resources: ResourcesSection = ResourcesSection()
+
+    @model_validator(mode="after")
+    def _gpu_means_cuda(self) -> "Recipe":
+        if self.resources.gpus > 0 and self.training.device == "cpu":
+            raise ValueError("resources.gpus > 0 needs training.device: cuda (else the GPU would sit idle)")
+        return self
 
     @field_validator("trainable")
     @classmethod
@@ -211,7 +226,7 @@ class Recipe(_Strict):
         t = self.training
         return TrainConfig(epochs=t.epochs, batch_size=t.batch_size, physical_batch_size=t.physical_batch_size or
                            t.batch_size, lr=t.lr, momentum=t.momentum, grad_sample_mode=t.grad_sample_mode,
-                           seed=t.seed, loss=ConvexLoss(t.loss, kappa=t.kappa, l2=t.l2))
+                           seed=t.seed, loss=ConvexLoss(t.loss, kappa=t.kappa, l2=t.l2), device=t.device)
 
     def load_data(self) -> tuple[RecordSet | None, list[RecordSet]]:
         """(test split or None, one record set per shard), as the recipe describes them."""

@@ -36,7 +36,8 @@ from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import GradSam
 from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch.utils.data import DataLoader, TensorDataset
 
-from privacy_accounting import Ledger, calibrate_noise_multiplier, dp_sgd_event, epsilon_bounds
+from privacy_accounting import (EpsilonBounds, Ledger, ReservationRequest, calibrate_noise_multiplier, dp_sgd_event,
+                                epsilon_bounds)
 
 from . import opacus_ext  # noqa: F401 -- registers the twins' grad samplers
 from .backbones import BackboneSpec, weights_digest
@@ -106,6 +107,7 @@ class TrainConfig:
     seed: int = 0
     loss: ConvexLoss = field(default_factory=ConvexLoss)
     cache_features: bool = True
+    device: str = "cpu"  # "cuda" / "cuda:K" to train on a GPU (deltas come back on the CPU)
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "physical_batch_size"):
@@ -117,6 +119,12 @@ class TrainConfig:
             raise TrainingError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
             raise TrainingError(f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}, got {self.grad_sample_mode!r}")
+        try:
+            kind = torch.device(self.device).type
+        except RuntimeError as err:
+            raise TrainingError(f"device must be 'cpu' or 'cuda[:K]', got {self.device!r}") from err
+        if kind not in ("cpu", "cuda"):
+            raise TrainingError(f"device must be 'cpu' or 'cuda[:K]', got {self.device!r}")
 
 
 @dataclass(frozen=True)
@@ -173,10 +181,10 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _inputs_for(tangent: TangentModel, records: RecordSet, config: TrainConfig) -> tuple[torch.nn.Module, torch.Tensor]:
+def _inputs_for(tangent: TangentModel, inputs: torch.Tensor, config: TrainConfig) -> tuple[torch.nn.Module, torch.Tensor]:
     if config.cache_features and tangent.cut is not None:
-        return tangent.on_features(), precompute_features(tangent, records.inputs, batch_size=256)
-    return tangent, records.inputs
+        return tangent.on_features(), precompute_features(tangent, inputs, batch_size=256)
+    return tangent, inputs
 
 
 def _fit_private(module: torch.nn.Module, dataset: TensorDataset, tangent: TangentModel, plan: Plan,
@@ -201,7 +209,7 @@ def _fit_private(module: torch.nn.Module, dataset: TensorDataset, tangent: Tange
         prepared = engine.make_private(
             module=gsm, optimizer=optimizer, criterion=criterion, data_loader=loader,
             noise_multiplier=plan.noise_multiplier, max_grad_norm=privacy.max_grad_norm, poisson_sampling=True,
-            grad_sample_mode=config.grad_sample_mode, noise_generator=torch.Generator().manual_seed(config.seed + 1))
+            grad_sample_mode=config.grad_sample_mode, noise_generator=torch.Generator(device=config.device).manual_seed(config.seed + 1))
     if config.grad_sample_mode == "ghost":
         model, dp_optimizer, dp_criterion, dp_loader = prepared
     else:
@@ -250,11 +258,18 @@ def _fit_non_private(module: torch.nn.Module, dataset: TensorDataset, tangent: T
 
 def fit(tangent: TangentModel, records: RecordSet, plan: Plan, privacy: PrivacySpec, config: TrainConfig,
         progress: ProgressFn | None = None) -> int:
-    """Train ``tangent``'s deltas in place on ``records`` as planned; returns optimizer steps."""
+    """Train ``tangent``'s deltas in place on ``records`` as planned; returns optimizer steps.
+
+    Runs on ``config.device`` (the model is moved there); the result depends only on the inputs and
+    ``config.seed``, not on the process it runs in, which is what lets executors farm shards out.
+    """
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError(f"device {config.device!r} was asked for but this machine has no CUDA GPU")
+    tangent.to(config.device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        module, inputs = _inputs_for(tangent, records, config)
-        dataset = TensorDataset(inputs, records.targets)
+        module, inputs = _inputs_for(tangent, records.inputs.to(config.device), config)
+        dataset = TensorDataset(inputs, records.targets.to(config.device))
         try:
             if privacy.private:
                 steps = _fit_private(module, dataset, tangent, plan, privacy, config, progress)
@@ -263,6 +278,82 @@ def fit(tangent: TangentModel, records: RecordSet, plan: Plan, privacy: PrivacyS
         finally:
             tangent.train(False)
     return steps
+
+
+@dataclass(frozen=True)
+class TrainingTask:
+    """One component's training, as a value a worker process or a Ray node can run.
+
+    Holds no ledger, key or path: budget is reserved and the component written by the driver.
+    """
+
+    name: str
+    backbone: BackboneSpec
+    trainable: str | None
+    records: RecordSet
+    plan: Plan
+    privacy: PrivacySpec
+    config: TrainConfig
+
+
+@dataclass(frozen=True)
+class TrainedDeltas:
+    """What a worker sends back: the trained deltas (on the CPU) and what they were trained from."""
+
+    name: str
+    deltas: dict[str, torch.Tensor]
+    steps: int
+    trainable: str
+    base_weights_sha256: str
+    worker: dict[str, object] = field(default_factory=dict)
+
+
+def train_deltas(task: TrainingTask, progress: ProgressFn | None = None) -> TrainedDeltas:
+    """Build theta0, linearize and :func:`fit` as planned; the part of training that touches records."""
+    base = task.backbone.build()
+    tangent = linearize(base, task.trainable)
+    if task.privacy.private:
+        check_per_sample_support(tangent)
+    steps = fit(tangent, task.records, task.plan, task.privacy, task.config, progress)
+    if steps != task.plan.steps:
+        raise TrainingError(f"took {steps} steps but planned {task.plan.steps}")
+    deltas = {n: p.detach().cpu().clone() for n, p in tangent.named_deltas()}
+    return TrainedDeltas(task.name, deltas, steps, tangent.trainable, weights_digest(base))
+
+
+def reservation_request(task: TrainingTask, *, data_source: str, shard: str, operator: str | None,
+                        purpose: str) -> ReservationRequest:
+    """The ledger reservation of ``task``'s planned event (the driver makes it before training starts)."""
+    private, plan = task.privacy.private, task.plan
+    return ReservationRequest(
+        data_source=data_source, shard=shard, event=plan.event, delta=plan.delta,
+        purpose=purpose if private else "non_private_baseline", operator=operator or getpass.getuser(),
+        component=task.name,
+        details={"noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate, "steps": plan.steps,
+                 "max_grad_norm": task.privacy.max_grad_norm if private else None, "records": plan.records,
+                 "trainable": task.trainable, "grad_sample_mode": task.config.grad_sample_mode})
+
+
+def plan_task(backbone: BackboneSpec, trainable: str | None, records: RecordSet, *, name: str, shard: str,
+              privacy: PrivacySpec, config: TrainConfig) -> TrainingTask:
+    """Validate and plan one component's training (no ledger, no training)."""
+    if len(records) == 0:
+        raise TrainingError(f"shard {shard!r} has no records")
+    return TrainingTask(name, backbone, trainable, records, plan_run(len(records), privacy, config), privacy, config)
+
+
+def write_component(task: TrainingTask, trained: TrainedDeltas, *, ledger: Ledger, reservation: str,
+                    data_source: str, shard: str, output: str | Path, manifest_key: bytes) -> TrainedComponent:
+    """Write the component atomically and complete its reservation (the driver's side of a task)."""
+    output = Path(output)
+    if trained.steps != task.plan.steps:
+        raise TrainingError(f"took {trained.steps} steps but planned {task.plan.steps}")
+    bounds = epsilon_bounds(task.plan.event, task.plan.delta)
+    metadata = _metadata(task, trained, bounds, data_source, shard, manifest_key, reservation)
+    sha = save_component(output, trained.deltas, metadata)
+    ledger.complete(reservation, details={"artifact": str(output), "sha256": sha, "epsilon": metadata.privacy.epsilon,
+                                          "accountant": bounds.accountant, "worker": trained.worker})
+    return TrainedComponent(output, metadata, sha, reservation)
 
 
 def train_component(
@@ -282,49 +373,41 @@ def train_component(
     purpose: str = "training",
     progress: ProgressFn | None = None,
 ) -> TrainedComponent:
-    """Train one component on ``records`` (one shard) and write it to ``output`` (see module doc)."""
-    output = Path(output)
-    if len(records) == 0:
-        raise TrainingError(f"shard {shard!r} has no records")
-    plan = plan_run(len(records), privacy, config)
-    base = backbone.build()
-    tangent = linearize(base, trainable)
+    """Train one component on ``records`` (one shard) in this process and write it to ``output``.
+
+    Plan, reserve, :func:`train_deltas`, :func:`write_component` (see the module doc); executors
+    run the same steps with the middle one in a worker.
+    """
+    task = plan_task(backbone, trainable, records, name=name, shard=shard, privacy=privacy, config=config)
     if privacy.private:
-        check_per_sample_support(tangent)
-    purpose = purpose if privacy.private else "non_private_baseline"
-    reservation = ledger.reserve(
-        data_source=data_source, shard=shard, event=plan.event, delta=plan.delta, purpose=purpose,
-        operator=operator or getpass.getuser(), component=name,
-        details={"noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate, "steps": plan.steps,
-                 "max_grad_norm": privacy.max_grad_norm if privacy.private else None, "records": plan.records,
-                 "trainable": tangent.trainable, "grad_sample_mode": config.grad_sample_mode})
+        check_per_sample_support(linearize(backbone.build(), trainable))
+    reservation = ledger.reserve_all([reservation_request(task, data_source=data_source, shard=shard,
+                                                          operator=operator, purpose=purpose)])[0]
     try:
-        steps = fit(tangent, records, plan, privacy, config, progress)
-        if steps != plan.steps:
-            raise TrainingError(f"took {steps} steps but planned {plan.steps}")
-        bounds = epsilon_bounds(plan.event, plan.delta)
-        deltas = {n: p.detach().clone() for n, p in tangent.named_deltas()}
-        metadata = _metadata(name, backbone, base, tangent, records, plan, privacy, config, bounds, data_source,
-                             shard, manifest_key, reservation, deltas)
-        sha = save_component(output, deltas, metadata)
+        trained = train_deltas(task, progress)
+        return write_component(task, trained, ledger=ledger, reservation=reservation, data_source=data_source,
+                               shard=shard, output=output, manifest_key=manifest_key)
     except BaseException as err:
-        ledger.fail(reservation, reason=f"{type(err).__name__}: {err}".strip()[:500])
+        ledger.fail(reservation, reason=failure_reason(err))
         raise
-    ledger.complete(reservation, details={"artifact": str(output), "sha256": sha,
-                                          "epsilon": metadata.privacy.epsilon, "accountant": bounds.accountant})
-    return TrainedComponent(output, metadata, sha, reservation)
 
 
-def _metadata(name, backbone, base, tangent, records, plan, privacy, config, bounds, data_source, shard,  # noqa: ANN001
-              manifest_key, reservation, deltas) -> ComponentMetadata:
+def failure_reason(err: BaseException) -> str:
+    """The one-line reason stored with a failed reservation."""
+    return f"{type(err).__name__}: {err}".strip()[:500]
+
+
+def _metadata(task: TrainingTask, trained: TrainedDeltas, bounds: EpsilonBounds, data_source: str, shard: str,
+              manifest_key: bytes, reservation: str) -> ComponentMetadata:
+    records, plan, privacy, config, backbone = task.records, task.plan, task.privacy, task.config, task.backbone
     manifest = RecordManifest.build(records.record_ids, manifest_key)
     private = privacy.private
     return ComponentMetadata(
-        name=name,
+        name=task.name,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         base=backbone.to_dict(),
-        base_weights_sha256=weights_digest(base),
-        trainable=tangent.trainable,
+        base_weights_sha256=trained.base_weights_sha256,
+        trainable=trained.trainable,
         loss={"kind": config.loss.kind, "kappa": config.loss.kappa, "l2": config.loss.l2},
         data_source=data_source,
         shard=shard,
@@ -351,8 +434,9 @@ def _metadata(name, backbone, base, tangent, records, plan, privacy, config, bou
         ),
         training=TrainingInfo(seed=config.seed, epochs=config.epochs, batch_size=config.batch_size,
                               physical_batch_size=config.physical_batch_size, optimizer="sgd", lr=config.lr,
-                              momentum=config.momentum, l2=config.loss.l2),
+                              momentum=config.momentum, l2=config.loss.l2, device=config.device,
+                              worker=trained.worker or None),
         versions=_versions(),
-        deltas_sha256=deltas_digest(deltas),
+        deltas_sha256=deltas_digest(trained.deltas),
     )
 

@@ -46,7 +46,9 @@ from .data import RecordSet
 from .errors import DPTangentError
 from .io import atomic_write_bytes, atomic_write_text, sha256_file
 from .manifest import key_id, new_key
-from .training import PrivacySpec, ProgressFn, TrainConfig, TrainedComponent, train_component
+from .executors import Executor, TaskProgressFn
+from .training import PrivacySpec, ProgressFn, TrainConfig, TrainedComponent
+from .training_run import ShardJob, TrainingRun, train_all
 
 FORMAT = "dp-tangent-workspace/1"
 MODEL_FORMAT = "dp-tangent-model/1"
@@ -312,40 +314,31 @@ class Workspace:
         purpose: str = "training",
         progress: ProgressFn | None = None,
     ) -> TrainedComponent:
-        """:func:`dp_tangent.training.train_component` into ``components/NAME.safetensors``, then log it.
+        """Train one component in this process into ``components/NAME.safetensors``, and log it.
 
-        A failed or refused run is logged too (budget it reserved stays spent in the ledger). Names
-        are never reused: a name the ledger has events for is refused, so each name's spend is its own.
+        A failed or refused run is logged too (budget it reserved stays spent in the ledger) and its
+        error re-raised. Names are never reused: a name the ledger has events for is refused, so
+        each name's spend is its own. Several shards at once, in parallel: :meth:`train_all`.
         """
-        operator = operator or getpass.getuser()
-        operation = "retraining" if purpose == "retraining_after_deletion" else "training"
-        with self.lock():
-            output = self.component_path(name)
-            if output.exists() or self.ledger.events(component=name):
-                raise WorkspaceError(f"component name {name!r} is already used in {self.root}; choose another name")
-            params = {"component": name, "data_source": data_source, "shard": shard, "purpose": purpose,
-                      "records": len(records), "trainable": trainable, "base": backbone.to_dict()}
-            try:
-                result = train_component(backbone, trainable, records, ledger=self.ledger, data_source=data_source,
-                                         shard=shard, name=name, output=output, manifest_key=self.manifest_key(),
-                                         privacy=privacy, config=config, operator=operator, purpose=purpose,
-                                         progress=progress)
-            except BaseException as err:
-                self.audit.append(operation, operator=operator, parameters={
-                    **params, "status": "failed", "error": f"{type(err).__name__}: {err}"[:300]})
-                raise
-            meta, p = result.metadata, result.metadata.privacy
-            self.audit.append(
-                operation, operator=operator,
-                inputs=[Artifact(f"base:{backbone.name}", meta.base_weights_sha256),
-                        Artifact(f"records:{data_source}/{shard} (manifest root)", meta.manifest.root)],
-                outputs=[self.artifact(output, name)],
-                parameters={**params, "status": "completed", "trainable": meta.trainable,
-                            "ledger_reservation": result.reservation_id, "private": p.private, "epsilon": p.epsilon,
-                            "delta": p.delta, "noise_multiplier": p.noise_multiplier,
-                            "max_grad_norm": p.max_grad_norm, "sample_rate": p.sample_rate, "steps": p.steps,
-                            "seed": meta.training.seed, "deltas_sha256": meta.deltas_sha256})
-            return result
+        report = (lambda _name, step, total: progress(step, total)) if progress else None
+        run = self.train_all(backbone, trainable, [ShardJob(name, shard, records)], data_source=data_source,
+                             privacy=privacy, config=config, operator=operator, purpose=purpose, progress=report)
+        if run.failed:
+            failure = run.failed[0]
+            raise failure.error or WorkspaceError(f"component {name!r} failed: {failure.reason}")
+        return run.completed[0]
+
+    def train_all(self, backbone: BackboneSpec, trainable: str | None, jobs: Sequence[ShardJob], *,
+                  data_source: str, privacy: PrivacySpec, config: TrainConfig = TrainConfig(),
+                  executor: Executor | None = None, operator: str | None = None, purpose: str = "training",
+                  progress: TaskProgressFn | None = None) -> TrainingRun:
+        """One component per job, trained through ``executor`` (default: serial, in this process).
+
+        Budget for every job is reserved before any task starts; components are written and logged
+        (with the worker that trained each) by this process. See :mod:`dp_tangent.training_run`.
+        """
+        return train_all(self, backbone, trainable, jobs, data_source=data_source, privacy=privacy, config=config,
+                         executor=executor, operator=operator, purpose=purpose, progress=progress)
 
     def save_model(self, name: str, composition: Composition, *, replace: bool = False) -> ModelRecord:
         """Write ``models/NAME.safetensors`` then ``models/NAME.json`` (the record commits it). No log entry."""

@@ -36,7 +36,8 @@ from privacy_accounting.errors import (
 )
 from privacy_accounting.events import compose_events, dp_sgd_event, gaussian_event
 from privacy_accounting.ledger import Ledger
-from privacy_accounting.records import AuditRecord, Budget, DataSource, Purpose, Status, StoredEvent, Unit
+from privacy_accounting.records import (AuditRecord, Budget, DataSource, Purpose, ReservationRequest, Status,
+                                        StoredEvent, Unit)
 from privacy_accounting.report import build_report
 from privacy_accounting.report_models import PrivacyReport
 from privacy_accounting.serialization import event_from_json, event_to_json
@@ -68,6 +69,7 @@ __all__ = [
     "PrivacyAccountingError",
     "PrivacyReport",
     "Purpose",
+    "ReservationRequest",
     "ReservationStateError",
     "SQLiteStorage",
     "Status",

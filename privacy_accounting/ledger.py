@@ -40,6 +40,7 @@ from privacy_accounting.records import (
     Budget,
     DataSource,
     Purpose,
+    ReservationRequest,
     Status,
     StoredEvent,
     Unit,
@@ -188,28 +189,24 @@ class Ledger:
         the event is allowed (the report says "no budget set"). ``delta`` is the delta at which
         this event's own epsilon is reported.
         """
-        now = utc_now()
-        record = StoredEvent(
-            reservation_id=uuid.uuid4().hex,
-            seq=0,
-            data_source=check_name(data_source, "data_source"),
-            shard=check_name(shard, "shard"),
-            component=check_name(component, "component"),
-            purpose=Purpose.parse(purpose),
-            status=Status.RESERVED,
-            operator=check_name(operator, "operator"),
-            event=validate_event(event),
-            delta=check_delta(delta),
-            checkpoints_released=_check_bool(checkpoints_released, "checkpoints_released"),
-            created_at=now,
-            updated_at=now,
-            details=_check_details(details),
-        )
-        if record.purpose is Purpose.NON_PRIVATE_BASELINE and not is_non_private(record.event):
-            raise InvalidParameterError("purpose 'non_private_baseline' requires a NonPrivateDpEvent")
-        self._warm_cache(record)
+        return self.reserve_all([ReservationRequest(
+            data_source=data_source, shard=shard, event=event, delta=delta, purpose=purpose, operator=operator,
+            component=component, details=details, checkpoints_released=checkpoints_released)])[0]
 
-        def check(existing: list[StoredEvent], source_budget: Budget | None, shard_budget: Budget | None) -> None:
+    def reserve_all(self, requests: Sequence[ReservationRequest]) -> list[str]:
+        """Reserve every request in one transaction, all or nothing; returns the reservation ids in order.
+
+        Each is checked as :meth:`reserve` checks one, against its shard's events including the
+        batch's earlier ones; one refusal raises and writes none (e.g. a driver reserving every
+        shard of a parallel run before submitting any task).
+        """
+        now = utc_now()
+        records = [self._record(request, now) for request in requests]
+        for record in records:
+            self._warm_cache(record)
+
+        def check(record: StoredEvent, existing: list[StoredEvent], source_budget: Budget | None,
+                  shard_budget: Budget | None) -> None:
             enforce_budget(
                 data_source=record.data_source,
                 shard=record.shard,
@@ -219,7 +216,29 @@ class Ledger:
                 settings=self._settings,
             )
 
-        return self._storage.reserve(record, check).reservation_id
+        return [stored.reservation_id for stored in self._storage.reserve(records, check)]
+
+    @staticmethod
+    def _record(request: ReservationRequest, now: str) -> StoredEvent:
+        record = StoredEvent(
+            reservation_id=uuid.uuid4().hex,
+            seq=0,
+            data_source=check_name(request.data_source, "data_source"),
+            shard=check_name(request.shard, "shard"),
+            component=check_name(request.component, "component"),
+            purpose=Purpose.parse(request.purpose),
+            status=Status.RESERVED,
+            operator=check_name(request.operator, "operator"),
+            event=validate_event(request.event),
+            delta=check_delta(request.delta),
+            checkpoints_released=_check_bool(request.checkpoints_released, "checkpoints_released"),
+            created_at=now,
+            updated_at=now,
+            details=_check_details(request.details),
+        )
+        if record.purpose is Purpose.NON_PRIVATE_BASELINE and not is_non_private(record.event):
+            raise InvalidParameterError("purpose 'non_private_baseline' requires a NonPrivateDpEvent")
+        return record
 
     def _warm_cache(self, record: StoredEvent) -> None:
         """Run the budget check once before taking the write lock, to fill the accountant cache.

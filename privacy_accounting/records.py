@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any
+from typing import Any, Mapping
 
 from privacy_accounting.errors import InvalidParameterError
 from privacy_accounting.events import DpEvent
@@ -83,6 +83,21 @@ class StoredEvent:
     def id(self) -> str:
         """Alias of ``reservation_id``."""
         return self.reservation_id
+
+
+@dataclass(frozen=True)
+class ReservationRequest:
+    """What :meth:`Ledger.reserve_all` is asked to reserve: one event planned on one shard."""
+
+    data_source: str
+    shard: str
+    event: DpEvent
+    delta: float
+    purpose: str | Purpose
+    operator: str
+    component: str
+    details: Mapping[str, Any] | None = None
+    checkpoints_released: bool = False
 
 
 @dataclass(frozen=True)

@@ -315,26 +315,28 @@ class SQLiteStorage:
 
     # -- events ------------------------------------------------------------------------------
 
-    def reserve(self, event: StoredEvent, check: ReservationCheck) -> StoredEvent:
-        with self._transaction(write=True) as conn:
-            existing = _select_events(conn, EventFilter(data_source=event.data_source, shard=event.shard))
-            source_budget = shard_budget = None
-            for row in conn.execute(
-                "SELECT data_source, shard, epsilon, delta, updated_at FROM budgets "
-                "WHERE data_source = ? AND shard IN (?, ?)",
-                (event.data_source, _SOURCE_LEVEL, event.shard),
-            ):
-                budget = _budget(row)
-                if budget.shard is None:
-                    source_budget = budget
-                else:
-                    shard_budget = budget
-            check(existing, source_budget, shard_budget)
-            _ensure_source(conn, event.data_source)
-            _ensure_shard(conn, event.data_source, event.shard)
-            cursor = conn.execute(_INSERT_EVENT, _event_row(event)[1:])
-            seq = int(cursor.lastrowid)
-        return replace(event, seq=seq)
+    def reserve(self, events: Sequence[StoredEvent], check: ReservationCheck) -> list[StoredEvent]:
+        stored = []
+        with self._transaction(write=True) as conn:  # one transaction: a refusal rolls back the whole batch
+            for event in events:
+                existing = _select_events(conn, EventFilter(data_source=event.data_source, shard=event.shard))
+                source_budget = shard_budget = None
+                for row in conn.execute(
+                    "SELECT data_source, shard, epsilon, delta, updated_at FROM budgets "
+                    "WHERE data_source = ? AND shard IN (?, ?)",
+                    (event.data_source, _SOURCE_LEVEL, event.shard),
+                ):
+                    budget = _budget(row)
+                    if budget.shard is None:
+                        source_budget = budget
+                    else:
+                        shard_budget = budget
+                check(event, existing, source_budget, shard_budget)
+                _ensure_source(conn, event.data_source)
+                _ensure_shard(conn, event.data_source, event.shard)
+                cursor = conn.execute(_INSERT_EVENT, _event_row(event)[1:])
+                stored.append(replace(event, seq=int(cursor.lastrowid)))
+        return stored
 
     def update_event(self, reservation_id: str, change: Callable[[StoredEvent], StoredEvent]) -> StoredEvent:
         with self._transaction(write=True) as conn:

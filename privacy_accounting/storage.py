@@ -1,6 +1,6 @@
 """The storage interface of the ledger.
 
-Implementations persist records and make :meth:`LedgerStorage.reserve` and
+Implementations persist records and make :meth:`LedgerStorage.reserve` (a batch, all or nothing) and
 :meth:`LedgerStorage.update_event` atomic: the callback runs inside the write transaction, so a
 budget check and the insert it guards cannot interleave with another writer (SQLite:
 ``BEGIN IMMEDIATE``; a server database would lock the shard's rows or take an advisory lock).
@@ -14,9 +14,10 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 
 from privacy_accounting.records import AuditRecord, Budget, DataSource, Purpose, Status, StoredEvent
 
-#: Called inside the reservation's transaction with the shard's events (in order), the data
-#: source's budget and the shard's own budget; raises to refuse (then nothing is written).
-ReservationCheck = Callable[[list[StoredEvent], "Budget | None", "Budget | None"], None]
+#: Called inside the reservation's transaction with the event to insert, its shard's events so far
+#: (in order, earlier events of the same batch included), the data source's budget and the shard's
+#: own budget; raises to refuse (then nothing of the batch is written).
+ReservationCheck = Callable[[StoredEvent, list[StoredEvent], "Budget | None", "Budget | None"], None]
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,9 @@ class LedgerStorage(Protocol):
     def budgets(self) -> list[Budget]:
         """All budgets."""
 
-    def reserve(self, event: StoredEvent, check: ReservationCheck) -> StoredEvent:
-        """Atomically run ``check`` and insert ``event`` (creating its source and shard if new)."""
+    def reserve(self, events: Sequence[StoredEvent], check: ReservationCheck) -> list[StoredEvent]:
+        """Atomically, for each event in order: run ``check`` on its shard and insert it (creating its
+        source and shard if new). All or nothing: a refusal of any event writes none of them."""
 
     def update_event(self, reservation_id: str, change: Callable[[StoredEvent], StoredEvent]) -> StoredEvent:
         """Atomically replace an event by ``change(current)``; unknown id raises UnknownReservationError."""

@@ -14,6 +14,7 @@ from privacy_accounting import (
     InvalidParameterError,
     Ledger,
     Purpose,
+    ReservationRequest,
     ReservationStateError,
     Status,
     UnknownComponentError,
@@ -155,6 +156,22 @@ def test_failed_and_reserved_events_count_as_spent(ledger: Ledger) -> None:
     reserve(ledger, component="comp-1")
     spend = ledger.shard_spend("digits", "shard-0", delta=DELTA)
     assert spend.pld == pytest.approx(direct_pld([RUN, RUN]), rel=1e-3)
+
+
+def test_reserve_all_is_all_or_nothing_and_checks_a_batch_against_itself(ledger: Ledger) -> None:
+    def request(shard: str, component: str) -> ReservationRequest:
+        return ReservationRequest(data_source="digits", shard=shard, event=RUN, delta=DELTA, purpose="training",
+                                  operator="alice", component=component)
+
+    one_run = epsilon_bounds(RUN, DELTA).epsilon
+    ledger.set_data_source("digits", shards=["shard-0", "shard-1"])
+    ledger.set_budget("digits", "shard-1", epsilon=one_run * 1.1, delta=DELTA)
+    with pytest.raises(BudgetExceededError, match="shard-1"):  # the second run on shard-1 is refused ...
+        ledger.reserve_all([request("shard-0", "a"), request("shard-1", "b"), request("shard-1", "c")])
+    assert ledger.events() == []  # ... and so is the whole batch
+    ids = ledger.reserve_all([request("shard-0", "a"), request("shard-1", "b")])
+    assert [e.reservation_id for e in ledger.events()] == ids
+    assert [e.component for e in ledger.events()] == ["a", "b"]
 
 
 def test_parallel_composition_across_disjoint_shards(ledger: Ledger) -> None:

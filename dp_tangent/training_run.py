@@ -1,0 +1,168 @@
+"""Training several components at once: the driver's side of an executor run.
+
+The privacy bookkeeping never leaves the driver (this process):
+
+1. every task is validated and planned, and the base model checked, before anything is written;
+2. the budget of every shard is reserved in the workspace ledger in one transaction, all or
+   nothing, before any task is submitted;
+3. the executor trains (in this process, worker processes or a Ray cluster);
+4. each finished task's component is written atomically by the driver, its reservation
+   completed and the worker that trained it logged; a task that failed or was lost is marked
+   failed (its budget stays spent) and logged, with the command that retries it. Ctrl-C or an
+   executor error marks every unfinished task failed and re-raises.
+"""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .audit_log import Artifact
+from .backbones import BackboneSpec, weights_digest
+from .data import RecordSet
+from .executors import Executor, TaskDone, TaskFailed, TaskProgressFn
+from .executors.serial import SerialExecutor
+from .per_sample import check_per_sample_support
+from .tangent import linearize
+from .training import (PrivacySpec, TrainConfig, TrainedComponent, failure_reason, plan_task, reservation_request,
+                       write_component)
+
+if TYPE_CHECKING:
+    from .workspace import Workspace
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One component to train: its (unused) name, the shard it is trained on, and the shard's records."""
+
+    name: str
+    shard: str
+    records: RecordSet
+
+
+@dataclass(frozen=True)
+class FailedShard:
+    """A component that was not produced; its reservation is marked failed and stays spent."""
+
+    name: str
+    shard: str
+    reason: str
+    worker: dict[str, object]
+    lost: bool = False
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """Outcome of :func:`train_all`: components written, and shards to retry."""
+
+    completed: list[TrainedComponent]
+    failed: list[FailedShard]
+
+
+def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jobs: Sequence[ShardJob], *,
+              data_source: str, privacy: PrivacySpec, config: TrainConfig = TrainConfig(),
+              executor: Executor | None = None, operator: str | None = None, purpose: str = "training",
+              progress: TaskProgressFn | None = None) -> TrainingRun:
+    """Train one component per job through ``executor`` (default: serial), as the module doc says."""
+    operator = operator or getpass.getuser()
+    executor = executor or SerialExecutor()
+    operation = "retraining" if purpose == "retraining_after_deletion" else "training"
+    by_name = {job.name: job for job in jobs}
+
+    def log(job: ShardJob, status: str, **extra: object) -> None:
+        ws.audit.append(operation, operator=operator, parameters={
+            "component": job.name, "data_source": data_source, "shard": job.shard, "purpose": purpose,
+            "records": len(job.records), "trainable": trainable, "base": backbone.to_dict(),
+            "executor": executor.name, "status": status, **extra})
+
+    with ws.lock():
+        _check_names(ws, jobs)  # a refused name spends nothing and is not logged
+        try:
+            tasks = [plan_task(backbone, trainable, job.records, name=job.name, shard=job.shard, privacy=privacy,
+                               config=config) for job in jobs]
+            base = backbone.build()
+            if privacy.private:
+                check_per_sample_support(linearize(base, trainable))
+            expected_base = weights_digest(base)
+            reservations = dict(zip(by_name, ws.ledger.reserve_all([
+                reservation_request(task, data_source=data_source, shard=job.shard, operator=operator,
+                                    purpose=purpose) for task, job in zip(tasks, jobs)])))
+        except BaseException as err:
+            for job in jobs:
+                log(job, "failed", error=f"{type(err).__name__}: {err}"[:300])
+            raise
+        completed: list[TrainedComponent] = []
+        failed: list[FailedShard] = []
+        open_jobs = dict(by_name)
+
+        def fail(name: str, reason: str, worker: dict[str, object], lost: bool = False,
+                 error: BaseException | None = None) -> None:
+            job = open_jobs.pop(name)
+            ws.ledger.fail(reservations[job.name], reason=reason[:500], details={"worker": worker})
+            log(job, "failed", error=reason[:300], worker=worker, lost=lost, ledger_reservation=reservations[job.name])
+            failed.append(FailedShard(job.name, job.shard, reason, worker, lost, error))
+
+        try:
+            for outcome in executor.run(tasks, progress):
+                if isinstance(outcome, TaskFailed):
+                    fail(outcome.task.name, outcome.reason, outcome.worker, outcome.lost, outcome.error)
+                    continue
+                assert isinstance(outcome, TaskDone)
+                task, trained = outcome.task, outcome.result
+                if trained.base_weights_sha256 != expected_base:
+                    fail(task.name, "the worker's base weights differ from the driver's (sha256 "
+                               f"{trained.base_weights_sha256[:12]} != {expected_base[:12]}): check its installed "
+                               "packages and checkpoint", trained.worker)
+                    continue
+                job = by_name[task.name]
+                try:
+                    result = write_component(task, trained, ledger=ws.ledger, reservation=reservations[job.name],
+                                             data_source=data_source, shard=job.shard,
+                                             output=ws.component_path(job.name), manifest_key=ws.manifest_key())
+                except Exception as err:  # noqa: BLE001 -- e.g. disk full: this shard failed, go on with the rest
+                    fail(task.name, failure_reason(err), trained.worker, error=err)
+                    continue
+                open_jobs.pop(job.name)
+                _log_completed(ws, operation, operator, backbone, job, data_source, purpose, result, executor.name,
+                               trained.worker)
+                completed.append(result)
+        except BaseException as err:
+            reason = failure_reason(err) if str(err) else f"{type(err).__name__}: interrupted before it finished"
+            for name in list(open_jobs):
+                fail(name, reason, {"executor": executor.name})
+            raise
+    return TrainingRun(completed, failed)
+
+
+def _check_names(ws: "Workspace", jobs: Sequence[ShardJob]) -> None:
+    from .workspace import WorkspaceError  # the workspace module imports this one
+
+    names = [job.name for job in jobs]
+    if not names:
+        raise WorkspaceError("nothing to train: no shards given")
+    if len(set(names)) != len(names):
+        raise WorkspaceError(f"component names repeat within one run: {names}")
+    for name in names:
+        if ws.component_path(name).exists() or ws.ledger.events(component=name):
+            raise WorkspaceError(f"component name {name!r} is already used in {ws.root}; choose another name")
+
+
+def _log_completed(ws: "Workspace", operation: str, operator: str, backbone: BackboneSpec, job: ShardJob,
+                   data_source: str, purpose: str, result: TrainedComponent, executor: str,
+                   worker: dict[str, object]) -> None:
+    meta, p = result.metadata, result.metadata.privacy
+    ws.audit.append(
+        operation, operator=operator,
+        inputs=[Artifact(f"base:{backbone.name}", meta.base_weights_sha256),
+                Artifact(f"records:{data_source}/{job.shard} (manifest root)", meta.manifest.root)],
+        outputs=[ws.artifact(result.path, job.name)],
+        parameters={"component": job.name, "data_source": data_source, "shard": job.shard, "purpose": purpose,
+                    "records": len(job.records), "base": backbone.to_dict(), "executor": executor, "worker": worker,
+                    "status": "completed", "trainable": meta.trainable, "ledger_reservation": result.reservation_id,
+                    "private": p.private, "epsilon": p.epsilon, "delta": p.delta,
+                    "noise_multiplier": p.noise_multiplier, "max_grad_norm": p.max_grad_norm,
+                    "sample_rate": p.sample_rate, "steps": p.steps, "seed": meta.training.seed,
+                    "deltas_sha256": meta.deltas_sha256})

@@ -1,0 +1,82 @@
+"""The command line with parallel executors: a worker killed mid-training, the retry message, the retry."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from privacy_accounting import Ledger
+
+RECIPE = """
+backbone: {{name: efficientnet_lite0, pretrained: packaged, num_classes: 10}}
+trainable: head
+data: {{sklearn_digits: {{image_size: 32, test_fraction: 0.2, seed: 0, max_records: 300}}}}
+shards: {{count: 1}}
+privacy: {{epsilon: 8, delta: 1.0e-5}}
+training: {{epochs: {epochs}, batch_size: 32, physical_batch_size: 32, lr: 0.05}}
+data_source: digits
+budget: {{epsilon: 20, delta: 1.0e-5}}
+"""
+#: CPU seconds after which a worker is surely training (start-up: imports, model, features, ~5 s).
+TRAINING_CPU_S = 12.0
+
+
+def _workers_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid \
+                    and b"dp_tangent.executors.local_worker" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_killed_worker_fails_its_shard_with_a_retry_command_that_then_completes_the_model(tmp_path) -> None:
+    recipe, ws = tmp_path / "recipe.yaml", tmp_path / "ws"
+    recipe.write_text(RECIPE.format(epochs=100000))
+    cli = [sys.executable, "-m", "dp_tangent"]
+    process = subprocess.Popen([*cli, "train", str(recipe), "--name", "m", "-w", str(ws), "--workers", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = None
+    try:
+        deadline = time.monotonic() + 300
+        while killed is None and time.monotonic() < deadline and process.poll() is None:
+            for pid in _workers_of(process.pid):
+                if _cpu_seconds(pid) > TRAINING_CPU_S:
+                    os.kill(pid, signal.SIGKILL)
+                    killed = pid
+            time.sleep(0.2)
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert killed, (out, err)
+    assert process.returncode == 2, out + err
+    assert f"worker process {killed} was lost (killed by SIGKILL)" in err and "Traceback" not in err
+    assert "its reserved budget stays spent" in err
+    retry = err.split("retry them with: ", 1)[1].strip()
+    assert retry == f"dp-tangent train {recipe} --name m -w {ws} --shard 0"
+    [event] = Ledger.open(ws / "ledger.sqlite").events()
+    assert event.status.value == "failed" and event.component == "m-shard-0"
+    assert not list((ws / "components").glob("*")) and not list((ws / "models").glob("*"))
+
+    recipe.write_text(RECIPE.format(epochs=2))  # the split does not depend on the epochs
+    done = subprocess.run([*cli, *shlex.split(retry)[1:]], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "m-shard-0-retry-1: epsilon" in done.stdout and "model m: mean of 1 components" in done.stdout
+    events = Ledger.open(ws / "ledger.sqlite").events()
+    assert [(e.component, e.status.value) for e in events] == [("m-shard-0", "failed"), ("m-shard-0-retry-1", "completed")]
+    again = subprocess.run([*cli, *shlex.split(retry)[1:]], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr

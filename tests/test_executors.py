@@ -1,0 +1,141 @@
+"""Executors: local worker processes and Ray train components bit-identical to serial training;
+budget is reserved centrally before any task; a killed worker fails only its own shard."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+
+import pytest
+
+from dp_tangent.backbones import BackboneSpec
+from dp_tangent.data import load_digits, split_shards
+from dp_tangent.executors import ExecutorError, create_executor
+from dp_tangent.executors.local import LocalExecutor
+from dp_tangent.training import PrivacySpec, TrainConfig
+from dp_tangent.training_run import ShardJob
+from dp_tangent.workspace import Workspace
+from privacy_accounting import BudgetExceededError
+
+SPEC = BackboneSpec("efficientnet_lite0", pretrained="packaged", num_classes=10)
+PRIVACY = PrivacySpec(epsilon=8.0, delta=1e-4)
+CONFIG = TrainConfig(epochs=3, batch_size=32, physical_batch_size=32, lr=0.05)
+
+
+@pytest.fixture(scope="module")
+def jobs() -> list[ShardJob]:
+    digits = load_digits(image_size=48).subset(range(300))
+    _, shards = split_shards(digits, shards=3, seed=0)
+    return [ShardJob(f"c{k}", f"shard-{k}", records) for k, records in enumerate(shards)]
+
+
+def train(tmp_path, jobs, executor=None, config=CONFIG, progress=None):  # noqa: ANN001, ANN201
+    ws = Workspace.create(tmp_path / f"ws-{getattr(executor, 'name', 'serial')}")
+    run = ws.train_all(SPEC, "head", jobs, data_source="digits", privacy=PRIVACY, config=config,
+                       executor=executor, operator="tester", progress=progress)
+    return ws, run
+
+
+def digests(run) -> dict[str, str]:  # noqa: ANN001
+    return {c.metadata.name: c.metadata.deltas_sha256 for c in run.completed}
+
+
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory, jobs) -> dict[str, str]:  # noqa: ANN001
+    _, run = train(tmp_path_factory.mktemp("serial"), jobs)
+    assert not run.failed and len(run.completed) == 3
+    return digests(run)
+
+
+def test_local_workers_train_bit_identical_components_and_log_who_trained_them(tmp_path, jobs, serial) -> None:
+    executor = LocalExecutor(workers=2, threads=1)
+    ws, run = train(tmp_path, jobs, executor)
+    assert not run.failed and digests(run) == serial
+    trained = [e for e in ws.audit.entries() if e.operation == "training"]
+    assert {e.parameters["status"] for e in trained} == {"completed"}
+    pids = {e.parameters["worker"]["pid"] for e in trained}
+    assert os.getpid() not in pids and 1 <= len(pids) <= 2
+    assert all(e.parameters["executor"] == "local" and e.parameters["worker"]["host"] for e in trained)
+    for event in ws.ledger.events():
+        assert event.status.value == "completed" and event.details["worker"]["pid"] in pids
+    assert ws.load_component("c0").metadata.training.worker["pid"] in pids
+
+
+def test_ray_tasks_train_bit_identical_components(tmp_path, jobs, serial) -> None:
+    pytest.importorskip("ray", reason="the [ray] extra is not installed")
+    executor = create_executor("ray", init_options={"num_cpus": 2})
+    ws, run = train(tmp_path, jobs, executor)
+    assert not run.failed and digests(run) == serial
+    workers = [e.parameters["worker"] for e in ws.audit.entries() if e.operation == "training"]
+    assert all(w["executor"] == "ray" and w["node_id"] and w["pid"] != os.getpid() for w in workers)
+
+
+def test_a_killed_worker_fails_only_its_shard_and_its_budget_stays_spent(tmp_path, jobs, serial) -> None:
+    executor = LocalExecutor(workers=2, threads=1)
+    killed: list[int] = []
+
+    def kill_c1(name: str, step: int, total: int) -> None:
+        if name == "c1" and step >= 2 and not killed:
+            killed.append(executor.running["c1"])
+            os.kill(killed[0], signal.SIGKILL)
+
+    ws, run = train(tmp_path, jobs, executor, config=TrainConfig(**{**CONFIG.__dict__, "epochs": 8}),
+                    progress=kill_c1)
+    assert killed, "the kill never happened"
+    [failed] = run.failed
+    assert failed.name == "c1" and failed.lost and "SIGKILL" in failed.reason and str(killed[0]) in failed.reason
+    assert sorted(c.metadata.name for c in run.completed) == ["c0", "c2"]
+    assert ws.list_components() == ["c0", "c2"] and not ws.component_path("c1").exists()
+    [event] = ws.ledger.events(component="c1")
+    assert event.status.value == "failed" and "SIGKILL" in event.failure_reason
+    assert ws.ledger.shard_spend("digits", "shard-1", delta=1e-4).epsilon > 0  # a lost run counts as spent
+    [entry] = [e for e in ws.audit.entries() if e.parameters.get("component") == "c1"]
+    assert entry.parameters["status"] == "failed" and entry.parameters["lost"] is True
+    assert ws.audit.verify().ok
+
+
+def test_budget_for_every_shard_is_reserved_before_any_task_or_none_is(tmp_path, jobs) -> None:
+    class Never:
+        name = "never"
+
+        def run(self, tasks, progress=None):  # noqa: ANN001, ANN201
+            raise AssertionError("no task may start when a reservation is refused")
+
+    ws = Workspace.create(tmp_path / "ws")
+    ws.set_budget("digits", "shard-2", epsilon=1.0, delta=1e-4)  # too small for an epsilon-8 run
+    with pytest.raises(BudgetExceededError):
+        ws.train_all(SPEC, "head", jobs, data_source="digits", privacy=PRIVACY, config=CONFIG, executor=Never())
+    assert ws.ledger.events() == [] and ws.list_components() == []
+    assert [e.parameters["status"] for e in ws.audit.entries() if e.operation == "training"] == ["failed"] * 3
+
+
+def test_ray_without_the_extra_gives_an_install_hint(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ExecutorError, match=r"pip install 'dp-tangent\[ray\]'"):
+        create_executor("ray")
+
+
+@pytest.mark.parametrize("options, message", [({"workers": 0}, "workers must be >= 1"),
+                                              ({"threads": 0}, "threads must be >= 1")])
+def test_bad_local_options_are_refused(options, message) -> None:
+    with pytest.raises(ExecutorError, match=message):
+        create_executor("local", **options)
+
+
+def test_unknown_executor_is_refused() -> None:
+    with pytest.raises(ExecutorError, match="unknown executor 'slurm'"):
+        create_executor("slurm")
+
+
+def test_a_cuda_device_without_a_gpu_fails_the_task_not_the_driver(tmp_path, jobs) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    ws, run = train(tmp_path, jobs[:1], config=TrainConfig(**{**CONFIG.__dict__, "device": "cuda"}))
+    [failed] = run.failed
+    assert "no CUDA GPU" in failed.reason and not run.completed
+    assert ws.ledger.events()[0].status.value == "failed"
+    assert ws.ledger.shard_spend("digits", "shard-0", delta=1e-4).epsilon > 0
