@@ -3,8 +3,10 @@
     python -m benchmarks.parallel_scaling            # full run: 3 rounds, writes JSON and the doc section
     python -m benchmarks.parallel_scaling --quick    # smoke run: 1 round, fewer epochs, doc left alone
 
-The embedded default recipe (packaged EfficientNet-Lite0, scikit-learn digits at 48 px, trainable
-``head``, epsilon 8, 4 random shards). Cases, each in a fresh workspace through
+The embedded default recipe (packaged EfficientNet-Lite0, scikit-learn digits at 48 px, epsilon 8,
+4 random shards), with two workloads: its own ``head`` (a DP linear probe on cached features: light,
+so start-up costs weigh) and ``blocks[-1:]`` (TAFT-1: the last stage linearized too, fewer epochs:
+heavy). Cases, each in a fresh workspace through
 ``Workspace.train_all`` (planning, all-or-nothing reservation, training, atomic writes, audit log):
 
 * ``serial``: in this process, torch threads = all cores;
@@ -15,12 +17,14 @@ Times include starting the worker processes (importing torch, timm and opacus th
 interleaved round by round so that load from other work hits them alike; the figure is the
 median over rounds. The ``deltas_sha256`` of each case is recorded to show which cases agree bit
 for bit (thread counts differ between cases, see docs/parallel-training.md).
+A full run takes about 10 minutes on 2 cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import statistics
 import tempfile
@@ -42,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "parallel_scaling.json"
 SHARDS = 4
 CASES = ("serial", "local-1", "local-2")
+WORKLOADS = {"head": None, "blocks[-1:]": 4}  # trainable -> epochs (None: the recipe's)
 
 
 def _executor(case: str, cores: int) -> Executor:
@@ -52,81 +57,86 @@ def _executor(case: str, cores: int) -> Executor:
     return create_executor("local", workers=workers, threads=max(1, cores // workers))
 
 
-def measure(rounds: int, epochs: int | None) -> dict[str, object]:
+def measure(rounds: int, quick: bool) -> dict[str, object]:
     recipe = default_recipe()
-    config = recipe.train_config()
-    if epochs is not None:
-        config = dataclasses.replace(config, epochs=epochs)
     _, parts = recipe.load_data()
     jobs = [ShardJob(f"c{k}", f"shard-{k}", records) for k, records in enumerate(parts[:SHARDS])]
     cores = available_cores()
     runs: list[dict[str, object]] = []
+    epochs = {w: 1 if quick else (e or recipe.training.epochs) for w, e in WORKLOADS.items()}
     with tempfile.TemporaryDirectory() as scratch:
         for r in range(rounds):
-            for case in CASES:
-                ws = Workspace.create(Path(scratch) / f"{case}-{r}")
+            for workload, case in itertools.product(WORKLOADS, CASES):
+                ws = Workspace.create(Path(scratch) / f"{case}-{workload}-{r}")
+                config = dataclasses.replace(recipe.train_config(), epochs=epochs[workload])
                 executor = _executor(case, cores)
                 load = load_average()
                 start = time.perf_counter()
-                run = ws.train_all(recipe.backbone.spec(), recipe.trainable, jobs, data_source=recipe.data_source,
+                run = ws.train_all(recipe.backbone.spec(), workload, jobs, data_source=recipe.data_source,
                                    privacy=recipe.privacy_spec(), config=config, executor=executor)
                 seconds = time.perf_counter() - start
                 if run.failed:
                     raise RuntimeError(f"{case}: {run.failed[0].name} failed: {run.failed[0].reason}")
-                runs.append({"case": case, "round": r, "seconds": seconds, "load_before": load,
+                runs.append({"workload": workload, "case": case, "round": r, "seconds": seconds, "load_before": load,
                              "deltas_sha256": {c.metadata.name: c.metadata.deltas_sha256 for c in run.completed}})
-                print(f"round {r} {case}: {seconds:.1f} s", flush=True)
+                print(f"round {r} {workload} {case}: {seconds:.1f} s", flush=True)
     return {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(ROOT),
-            "settings": {"shards": SHARDS, "records": [len(j.records) for j in jobs], "epochs": config.epochs,
-                         "batch_size": config.batch_size, "trainable": recipe.trainable,
-                         "epsilon": recipe.privacy.epsilon, "image_size": recipe.data.source.image_size,
-                         "rounds": rounds, "cores": cores},
+            "settings": {"shards": SHARDS, "records": [len(j.records) for j in jobs], "epochs": epochs,
+                         "batch_size": recipe.training.batch_size, "epsilon": recipe.privacy.epsilon,
+                         "image_size": recipe.data.source.image_size, "rounds": rounds, "cores": cores},
             "runs": runs}
 
 
-def summary(results: dict[str, object]) -> dict[str, dict[str, float]]:
+def summary(results: dict[str, object], workload: str) -> dict[str, dict[str, float]]:
     """Per case: median, min and max seconds over rounds."""
     out = {}
     for case in CASES:
-        seconds = [r["seconds"] for r in results["runs"] if r["case"] == case]
+        seconds = [r["seconds"] for r in results["runs"] if (r["workload"], r["case"]) == (workload, case)]
         out[case] = {"median": statistics.median(seconds), "min": min(seconds), "max": max(seconds)}
     return out
 
 
+def _agreement(results: dict[str, object], workload: str) -> str:
+    digests = {case: next(r["deltas_sha256"] for r in results["runs"] if (r["workload"], r["case"]) == (workload, case))
+               for case in CASES}
+    pairs = list(itertools.combinations(CASES, 2))
+    return ", ".join(f"{a} {'=' if digests[a] == digests[b] else '≠'} {b}" for a, b in pairs)
+
+
 def render(results: dict[str, object]) -> str:
-    s, m, stats = results["settings"], results["machine"], summary(results)
-    digests = {case: next(r["deltas_sha256"] for r in results["runs"] if r["case"] == case) for case in CASES}
-    speedup = stats["local-1"]["median"] / stats["local-2"]["median"]
+    s, m = results["settings"], results["machine"]
+    shape = {"serial": f"this process × {s['cores']}", "local-1": f"1 × {s['cores']}",
+             "local-2": f"2 × {max(1, s['cores'] // 2)}"}
     lines = ["## Parallel scaling", "",
              f"_Generated by `python -m benchmarks.parallel_scaling` at {results['created_at']} "
              f"(git {m['git']}) on {m['cpu']}, {m['usable_cpus']} usable cores. {s['shards']} DP components "
-             f"(ε = {s['epsilon']:g}) of the embedded default: EfficientNet-Lite0 `{s['trainable']}`, digits at "
-             f"{s['image_size']} px, {s['records']} records, {s['epochs']} epochs, batch {s['batch_size']}. "
-             f"Wall time of `Workspace.train_all`, worker start-up included; median (min–max) over "
+             f"(ε = {s['epsilon']:g}) of the embedded default: EfficientNet-Lite0, digits at {s['image_size']} px, "
+             f"{s['records']} records, batch {s['batch_size']}. Wall time of `Workspace.train_all` (planning, "
+             f"reservation, training, atomic writes, audit log), worker start-up included; median (min–max) over "
              f"{s['rounds']} interleaved rounds._", "",
-             "| executor | workers × torch threads | seconds | speed-up vs 1 worker |", "|---|---|---:|---:|"]
-    shape = {"serial": f"this process × {s['cores']}", "local-1": f"1 × {s['cores']}",
-             "local-2": f"2 × {max(1, s['cores'] // 2)}"}
-    for case in CASES:
-        st = stats[case]
-        lines.append(f"| {case} | {shape[case]} | {st['median']:.1f} ({st['min']:.1f}–{st['max']:.1f}) | "
-                     f"{stats['local-1']['median'] / st['median']:.2f}x |")
-    same = [f"{a} = {b}" for a, b in (("serial", "local-1"), ("local-1", "local-2"), ("serial", "local-2"))
-            if digests[a] == digests[b]]
-    differ = [f"{a} ≠ {b}" for a, b in (("serial", "local-1"), ("local-1", "local-2"), ("serial", "local-2"))
-              if digests[a] != digests[b]]
-    lines += ["", f"Two workers train the 4 components {speedup:.2f}x as fast as one on these {s['cores']} cores. "
-              f"Deltas bit for bit: {', '.join(same) or 'no pair equal'}"
-              f"{'; ' + ', '.join(differ) if differ else ''} (cases with the same torch thread count must agree; "
-              "the test suite checks serial = local = Ray at one thread)."]
+             "| trainable (epochs) | executor | workers × torch threads | seconds | speed-up vs 1 worker |",
+             "|---|---|---|---:|---:|"]
+    verdicts = []
+    for workload in WORKLOADS:
+        stats = summary(results, workload)
+        for case in CASES:
+            st = stats[case]
+            lines.append(f"| `{workload}` ({s['epochs'][workload]}) | {case} | {shape[case]} | {st['median']:.1f} "
+                         f"({st['min']:.1f}–{st['max']:.1f}) | {stats['local-1']['median'] / st['median']:.2f}x |")
+        speedup = stats["local-1"]["median"] / stats["local-2"]["median"]
+        verdicts.append(f"`{workload}`: two workers train the {s['shards']} components {speedup:.2f}x as fast as one; "
+                        f"deltas bit for bit: {_agreement(results, workload)}.")
+    lines += ["", *[f"* {v}" for v in verdicts], "",
+              "Cases with the same torch thread count must agree bit for bit (the test suite checks serial = local "
+              "= Ray at one thread); with other thread counts some CPU kernels may round differently."]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 round, 2 epochs; the doc is left alone")
+    parser.add_argument("--quick", action="store_true", help="1 round, 1 epoch; the doc is left alone")
     args = parser.parse_args()
-    results = measure(rounds=1 if args.quick else 3, epochs=2 if args.quick else None)
+    results = measure(rounds=1 if args.quick else 3, quick=args.quick)
     path = RESULTS.with_suffix(".quick.json.tmp") if args.quick else RESULTS
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
