@@ -137,7 +137,7 @@ def _executor(kind: str, workers: int | None, address: str | None, recipe: Recip
     if address is not None and kind != "ray":
         raise ExecutorError("--address applies to the ray executor only")
     if kind == "local":
-        return create_executor("local", workers=min(workers or available_cores(), jobs))
+        return create_executor("local", workers=min(available_cores(), jobs) if workers is None else min(workers, jobs))
     if kind == "ray":
         return create_executor("ray", address=address, num_cpus=recipe.resources.cpus,
                                num_gpus=recipe.resources.gpus)
@@ -171,14 +171,10 @@ def train(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .executors import executor_names
     from .recipes import load_recipe
     from .training_run import ShardJob
     from .workspace import Workspace, check_name
 
-    if executor not in executor_names():
-        raise typer.BadParameter(f"unknown executor {executor!r}; choose from {', '.join(executor_names())}",
-                                 param_hint="--executor")
     recipe = load_recipe(recipe_path).with_overrides(shards=shards, epsilon=epsilon, delta=delta)
     name = check_name(name or recipe_path.stem, "model")
     count = recipe.shards.count
@@ -223,12 +219,13 @@ def _report(ws: Workspace, recipe: Recipe, recipe_path: Path, name: str, test: R
         return line + f", test accuracy {accuracy(tangent, test, features=features):.1%}"
 
     for result in sorted(run.completed, key=lambda r: r.metadata.name):
-        meta = ws.load_component(result.metadata.name)
+        component = ws.load_component(result.metadata.name)
         worker = result.metadata.training.worker or {}
         where = f" [{worker.get('executor')} pid {worker.get('pid')} on {worker.get('host')}]" if worker else ""
-        epsilon = meta.metadata.epsilon
-        line = f"{meta.name}: epsilon {epsilon:.3g}" if math.isfinite(epsilon) else f"{meta.name}: NON-PRIVATE (epsilon = inf)"
-        typer.echo(with_accuracy(line, meta.deltas) + where)
+        epsilon = component.metadata.epsilon
+        line = (f"{component.name}: epsilon {epsilon:.3g}" if math.isfinite(epsilon)
+                else f"{component.name}: NON-PRIVATE (epsilon = inf)")
+        typer.echo(with_accuracy(line, component.deltas) + where)
     for failure in sorted(run.failed, key=lambda f: f.name):
         typer.secho(f"{failure.name} ({failure.shard}) FAILED: {failure.reason}; its reserved budget stays spent",
                     err=True, fg=typer.colors.RED)

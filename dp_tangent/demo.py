@@ -2,8 +2,8 @@
 
 The packaged ImageNet EfficientNet-Lite0 and scikit-learn's bundled handwritten digits (real data,
 upsampled to 48x48): a held-out test set and disjoint private shards. One DP component is trained
-per shard (in parallel, on local worker processes), the components are composed, and a non-private tangent model is trained for reference,
-labelled as such. The demo then prints the budget report, serves a deletion request for one
+per shard (in parallel, on local worker processes), the components are composed, and a non-private
+tangent model is trained for reference, labelled as such. The demo then prints the budget report, serves a deletion request for one
 record (drop + retrain), verifies the audit log, and says where the HTML report and the
 certificate are. Record ids are ``digit-<row in sklearn.datasets.load_digits()>``.
 """
@@ -58,7 +58,7 @@ class DemoConfig:
     seed: int = 0
     test_fraction: float = 0.2
     max_records: int | None = None  # use the first N digits only (tests)
-    workers: int | None = None  # local worker processes for the shards (default: one per core, at most one per shard)
+    workers: int | None = None  # local worker processes (default: one per core, at most one per shard)
 
     def quick(self) -> "DemoConfig":
         return replace(self, epochs=4, max_records=self.max_records or 600)
@@ -125,7 +125,8 @@ def run_demo(workspace: Path, config: DemoConfig = DemoConfig(), console: Consol
     figures: dict[str, object] = {"components": {}}
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     jobs = [ShardJob(f"digits-shard-{k}", f"shard-{k}", shard) for k, shard in enumerate(shards)]
-    executor = create_executor("local", workers=min(config.workers or available_cores(), len(jobs)))
+    workers = available_cores() if config.workers is None else config.workers
+    executor = create_executor("local", workers=min(workers, len(jobs)))
     console.print(f"Training the {len(jobs)} components in parallel: {executor.workers} local worker processes, "
                   f"{executor.threads} torch thread(s) each")
     with Progress(*columns, console=console, transient=False) as progress:

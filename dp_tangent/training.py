@@ -209,7 +209,8 @@ def _fit_private(module: torch.nn.Module, dataset: TensorDataset, tangent: Tange
         prepared = engine.make_private(
             module=gsm, optimizer=optimizer, criterion=criterion, data_loader=loader,
             noise_multiplier=plan.noise_multiplier, max_grad_norm=privacy.max_grad_norm, poisson_sampling=True,
-            grad_sample_mode=config.grad_sample_mode, noise_generator=torch.Generator(device=config.device).manual_seed(config.seed + 1))
+            grad_sample_mode=config.grad_sample_mode,
+            noise_generator=torch.Generator(device=config.device).manual_seed(config.seed + 1))
     if config.grad_sample_mode == "ghost":
         model, dp_optimizer, dp_criterion, dp_loader = prepared
     else:

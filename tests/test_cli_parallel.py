@@ -77,6 +77,7 @@ def test_a_killed_worker_fails_its_shard_with_a_retry_command_that_then_complete
     assert done.returncode == 0, done.stdout + done.stderr
     assert "m-shard-0-retry-1: epsilon" in done.stdout and "model m: mean of 1 components" in done.stdout
     events = Ledger.open(ws / "ledger.sqlite").events()
-    assert [(e.component, e.status.value) for e in events] == [("m-shard-0", "failed"), ("m-shard-0-retry-1", "completed")]
+    assert [(e.component, e.status.value) for e in events] == [("m-shard-0", "failed"),
+                                                                ("m-shard-0-retry-1", "completed")]
     again = subprocess.run([*cli, *shlex.split(retry)[1:]], capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr

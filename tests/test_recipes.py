@@ -118,6 +118,9 @@ def _with(section: str, key: str | None, value: object) -> dict:
     (_with("data", "sklearn_digits", {"test_fraction": 1.0}), "data.sklearn_digits.test_fraction: Input should be less than 1"),
     (_with("data_source", None, "../escape"), "data_source: '../escape' must match"),
     ({k: v for k, v in TINY.items() if k != "privacy"}, "privacy: Field required"),
+    (_with("training", "device", "tpu"), "training.device: String should match pattern"),
+    (_with("resources", None, {"gpus": 1}), "resources.gpus > 0 needs training.device: cuda"),
+    (_with("resources", None, {"cpus": 0}), "resources.cpus: Input should be greater than 0"),
 ])
 def test_bad_recipes_are_one_line_errors_naming_file_and_field(tmp_path: Path, data: object, message: str) -> None:
     path = write(tmp_path / "bad.yaml", data)
@@ -240,6 +243,11 @@ def test_train_evaluate_predict_then_budget_exhausted(tmp_path: Path, capsys: py
     (["train", "{tiny}", "--name", "x", "--epsilon", "-1"], "overrides: privacy.epsilon"),
     (["train", "{missing}"], "missing.yaml: recipe file not found"),
     (["evaluate", "x", "--data", "{missing}"], "no model or component 'x'"),
+    (["train", "{tiny}", "--name", "x", "--executor", "slurm"], "unknown executor 'slurm'"),
+    (["train", "{tiny}", "--name", "x", "--executor", "ray", "--workers", "2"], "--workers applies to the local"),
+    (["train", "{tiny}", "--name", "x", "--address", "auto"], "--address applies to the ray executor only"),
+    (["train", "{tiny}", "--name", "x", "--workers", "0"], "workers must be >= 1"),
+    (["train", "{tiny}", "--name", "x", "--shard", "7"], "--shard 7 is out of range"),
 ])
 def test_cli_mistakes_exit_2_with_one_line(capsys, tmp_path: Path, args: list[str], message: str) -> None:
     from dp_tangent.workspace import Workspace

@@ -43,7 +43,11 @@ def _train_on_node(task: TrainingTask) -> TrainedDeltas:
 
 
 class RayExecutor:
-    """``address``: None starts a local Ray instance; "auto" joins the running cluster; "ray://host:10001" a remote one."""
+    """Ray tasks with ``num_cpus``/``num_gpus`` each.
+
+    ``address``: None starts a local Ray instance; "auto" joins the running cluster;
+    "ray://host:10001" a remote one through the Ray client.
+    """
 
     name = "ray"
 
