@@ -15,7 +15,7 @@ PUBLIC = {
     "dp_tangent.features": ["precompute_features", "FeatureDataset"],
     "dp_tangent.per_sample": ["per_sample_gradients", "reference_per_sample_gradients"],
     "dp_tangent.data": ["RecordSet", "load_digits", "split_shards"],
-    "dp_tangent.training": ["PrivacySpec", "TrainConfig", "plan_run", "fit", "train_component", "TrainingTask",
+    "dp_tangent.training": ["PrivacySpec", "TrainConfig", "plan_run", "fit", "run_sgd", "train_component", "TrainingTask",
                             "train_deltas", "write_component"],
     "dp_tangent.training_run": ["ShardJob", "FailedShard", "TrainingRun", "train_all"],
     "dp_tangent.executors": ["create_executor", "register_executor", "Executor", "TaskDone", "TaskFailed"],

@@ -106,7 +106,12 @@ def create_backbone(
     head_seed: int = 0,
     **timm_kwargs: object,
 ) -> nn.Module:
-    """A timm model in eval mode with the chosen weights and, if asked, a new ``num_classes`` head."""
+    """A timm model in eval mode with the chosen weights and, if asked, a new ``num_classes`` head.
+
+    ``head_seed`` seeds every random initialisation: the new head, and the whole network when no
+    weights are loaded (``pretrained=False`` without a checkpoint), so theta0 is the same on every
+    build, in every process and on every node.
+    """
     if pretrained not in (False, True, "packaged"):
         raise WeightsError(f"pretrained must be False, True or 'packaged', got {pretrained!r}")
     if pretrained and checkpoint is not None:
@@ -114,7 +119,9 @@ def create_backbone(
     if checkpoint is not None and num_classes is not None:
         timm_kwargs = {**timm_kwargs, "num_classes": num_classes}  # the checkpoint carries its own head
     try:
-        model = timm.create_model(name, pretrained=pretrained is True, **timm_kwargs)
+        with torch.random.fork_rng(devices=[]):  # a network built without weights is the same on every build
+            torch.manual_seed(head_seed)
+            model = timm.create_model(name, pretrained=pretrained is True, **timm_kwargs)
     except RuntimeError as err:
         raise WeightsError(f"cannot create {name!r}: {str(err).splitlines()[0]}") from err
     except Exception as err:  # noqa: BLE001 -- e.g. hub download without network

@@ -187,12 +187,10 @@ def _inputs_for(tangent: TangentModel, inputs: torch.Tensor, config: TrainConfig
     return tangent, inputs
 
 
-def _fit_private(module: torch.nn.Module, dataset: TensorDataset, tangent: TangentModel, plan: Plan,
+def _fit_private(module: torch.nn.Module, params: list[torch.nn.Parameter], dataset: TensorDataset, plan: Plan,
                  privacy: PrivacySpec, config: TrainConfig, progress: ProgressFn | None) -> int:
     """Opacus DP-SGD; returns the number of optimizer steps taken."""
-    check_per_sample_support(tangent)
-    deltas = tangent.deltas()
-    optimizer = torch.optim.SGD(deltas, lr=config.lr, momentum=config.momentum, weight_decay=config.loss.l2)
+    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.loss.l2)
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False)
     # Twins hold theta0 and pretraining statistics in buffers: public, frozen, never updated from
     # this data, so Opacus's buffer check (strict) does not apply.
@@ -234,14 +232,14 @@ def _fit_private(module: torch.nn.Module, dataset: TensorDataset, tangent: Tange
                                 progress(steps, plan.steps)
     finally:
         model._close() if hasattr(model, "_close") else None
-        for p in deltas:
+        for p in params:
             p.grad, p.grad_sample = None, None
     return steps
 
 
-def _fit_non_private(module: torch.nn.Module, dataset: TensorDataset, tangent: TangentModel, plan: Plan,
+def _fit_non_private(module: torch.nn.Module, params: list[torch.nn.Parameter], dataset: TensorDataset, plan: Plan,
                      config: TrainConfig, progress: ProgressFn | None) -> int:
-    optimizer = torch.optim.SGD(tangent.deltas(), lr=config.lr, momentum=config.momentum, weight_decay=config.loss.l2)
+    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.loss.l2)
     generator = torch.Generator().manual_seed(config.seed + 1)
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=generator)
     module.train()
@@ -257,6 +255,26 @@ def _fit_non_private(module: torch.nn.Module, dataset: TensorDataset, tangent: T
     return steps
 
 
+def run_sgd(module: torch.nn.Module, params: list[torch.nn.Parameter], inputs: torch.Tensor, targets: torch.Tensor,
+            plan: Plan, privacy: PrivacySpec, config: TrainConfig, progress: ProgressFn | None = None) -> int:
+    """The planned optimisation of ``params`` (of ``module``) on (inputs, targets); returns steps taken.
+
+    Private: Opacus DP-SGD with Poisson sampling at ``plan.sample_rate``, clipping at C and noise
+    sigma·C (hooks or ghost clipping); else shuffled mini-batches. Seeded by ``config.seed``. Any
+    module whose trainable layers Opacus supports will do (the benchmarks train non-linear
+    baselines with it); :func:`fit` calls it on a tangent model.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        dataset = TensorDataset(inputs, targets)
+        try:
+            if privacy.private:
+                return _fit_private(module, params, dataset, plan, privacy, config, progress)
+            return _fit_non_private(module, params, dataset, plan, config, progress)
+        finally:
+            module.train(False)
+
+
 def fit(tangent: TangentModel, records: RecordSet, plan: Plan, privacy: PrivacySpec, config: TrainConfig,
         progress: ProgressFn | None = None) -> int:
     """Train ``tangent``'s deltas in place on ``records`` as planned; returns optimizer steps.
@@ -266,19 +284,15 @@ def fit(tangent: TangentModel, records: RecordSet, plan: Plan, privacy: PrivacyS
     """
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise TrainingError(f"device {config.device!r} was asked for but this machine has no CUDA GPU")
+    if privacy.private:
+        check_per_sample_support(tangent)
     tangent.to(config.device)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
+    try:
         module, inputs = _inputs_for(tangent, records.inputs.to(config.device), config)
-        dataset = TensorDataset(inputs, records.targets.to(config.device))
-        try:
-            if privacy.private:
-                steps = _fit_private(module, dataset, tangent, plan, privacy, config, progress)
-            else:
-                steps = _fit_non_private(module, dataset, tangent, plan, config, progress)
-        finally:
-            tangent.train(False)
-    return steps
+        return run_sgd(module, tangent.deltas(), inputs, records.targets.to(config.device), plan, privacy, config,
+                       progress)
+    finally:
+        tangent.train(False)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ The privacy bookkeeping never leaves the driver (this process):
 1. every task is validated and planned, and the base model checked, before anything is written;
 2. the budget of every shard is reserved in the workspace ledger in one transaction, all or
    nothing, before any task is submitted;
-3. the executor trains (in this process, worker processes or a Ray cluster);
+3. the executor, started before step 2 (so an unreachable cluster costs no budget), trains: in
+   this process, in local worker processes or on a Ray cluster;
 4. each finished task's component is written atomically by the driver, its reservation
    completed and the worker that trained it logged; a task that failed or was lost is marked
    failed (its budget stays spent) and logged, with the command that retries it. Ctrl-C or an
@@ -14,6 +15,7 @@ The privacy bookkeeping never leaves the driver (this process):
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -78,8 +80,9 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
             "records": len(job.records), "trainable": trainable, "base": backbone.to_dict(),
             "executor": executor.name, "status": status, **extra})
 
-    with ws.lock():
+    with ws.lock(), contextlib.closing(executor):
         _check_names(ws, jobs)  # a refused name spends nothing and is not logged
+        executor.start(len(jobs))  # before reserving: an unreachable cluster costs no budget
         try:
             tasks = [plan_task(backbone, trainable, job.records, name=job.name, shard=job.shard, privacy=privacy,
                                config=config) for job in jobs]

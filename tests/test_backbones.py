@@ -30,6 +30,14 @@ def test_new_head_is_seeded_and_body_kept() -> None:
     assert torch.equal(a.conv_head.weight, c.conv_head.weight)
 
 
+def test_a_network_without_weights_is_the_same_on_every_build_and_leaves_the_global_rng_alone() -> None:
+    state = torch.random.get_rng_state()
+    a, b = (create_backbone("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2) for _ in range(2))
+    c = create_backbone("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, head_seed=1)
+    assert weights_digest(a) == weights_digest(b) != weights_digest(c)
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
 def test_checkpoint_files_by_name_and_by_position(tmp_path) -> None:
     model = create_backbone("resnet18", num_classes=7)
     by_name = tmp_path / "w.safetensors"

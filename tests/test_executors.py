@@ -99,16 +99,42 @@ def test_a_killed_worker_fails_only_its_shard_and_its_budget_stays_spent(tmp_pat
 def test_budget_for_every_shard_is_reserved_before_any_task_or_none_is(tmp_path, jobs) -> None:
     class Never:
         name = "never"
+        closed = False
+
+        def start(self, tasks: int) -> None:
+            pass
 
         def run(self, tasks, progress=None):  # noqa: ANN001, ANN201
             raise AssertionError("no task may start when a reservation is refused")
+
+        def close(self) -> None:
+            Never.closed = True
 
     ws = Workspace.create(tmp_path / "ws")
     ws.set_budget("digits", "shard-2", epsilon=1.0, delta=1e-4)  # too small for an epsilon-8 run
     with pytest.raises(BudgetExceededError):
         ws.train_all(SPEC, "head", jobs, data_source="digits", privacy=PRIVACY, config=CONFIG, executor=Never())
-    assert ws.ledger.events() == [] and ws.list_components() == []
+    assert ws.ledger.events() == [] and ws.list_components() == [] and Never.closed
     assert [e.parameters["status"] for e in ws.audit.entries() if e.operation == "training"] == ["failed"] * 3
+
+
+def test_an_executor_that_cannot_start_spends_no_budget(tmp_path, jobs) -> None:
+    class Unreachable:
+        name = "unreachable"
+
+        def start(self, tasks: int) -> None:
+            raise ExecutorError("cannot start or reach the cluster")
+
+        def run(self, tasks, progress=None):  # noqa: ANN001, ANN201
+            raise AssertionError("never started")
+
+        def close(self) -> None:
+            pass
+
+    ws = Workspace.create(tmp_path / "ws")
+    with pytest.raises(ExecutorError, match="cannot start or reach"):
+        ws.train_all(SPEC, "head", jobs, data_source="digits", privacy=PRIVACY, config=CONFIG, executor=Unreachable())
+    assert ws.ledger.events() == [] and ws.list_components() == []
 
 
 def test_ray_without_the_extra_gives_an_install_hint(monkeypatch) -> None:

@@ -53,13 +53,22 @@ TaskOutcome = TaskDone | TaskFailed
 class Executor(Protocol):
     """Runs tasks, yielding one outcome per task as each ends (in any order).
 
-    Closing the iterator early (Ctrl-C in the driver, an error) stops the tasks still running.
+    The driver calls ``start`` before it reserves any budget (so a cluster that cannot be reached
+    costs nothing, and workers start up while the driver plans), then ``run``, and ``close`` always.
+    ``run`` without ``start`` starts and closes by itself. Closing early (Ctrl-C in the driver, an
+    error) stops the tasks still running.
     """
 
     name: str
 
+    def start(self, tasks: int) -> None:
+        """Get ready for ``tasks`` tasks: start workers, connect to the cluster."""
+
     def run(self, tasks: Sequence[TrainingTask], progress: TaskProgressFn | None = None) -> Iterator[TaskOutcome]:
         ...
+
+    def close(self) -> None:
+        """Release what ``start`` acquired (idempotent)."""
 
 
 def worker_identity(executor: str, **extra: object) -> dict[str, object]:

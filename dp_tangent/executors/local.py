@@ -72,6 +72,7 @@ class LocalExecutor:
         self.threads = threads or max(1, cores // self.workers)
         self.running: dict[str, int] = {}  # task name -> pid of the worker training it (for monitoring)
         self._startup_failures = 0
+        self._pool: list[_Worker] | None = None
 
     def _start(self) -> _Worker:
         task_read, task_write = os.pipe()
@@ -89,10 +90,23 @@ class LocalExecutor:
             os.close(result_write)
         return _Worker(process, Connection(task_write, readable=False), Connection(result_read, writable=False), stderr)
 
+    def start(self, tasks: int) -> None:
+        """Start min(workers, tasks) worker processes; they import torch while the driver plans."""
+        if self._pool is None:
+            self._startup_failures = 0
+            self._pool = [self._start() for _ in range(min(self.workers, max(1, tasks)))]
+
+    def close(self) -> None:
+        self.running.clear()
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            _stop(pool)
+
     def run(self, tasks: Sequence[TrainingTask], progress: TaskProgressFn | None = None) -> Iterator[TaskOutcome]:
-        self._startup_failures = 0
-        queue = deque(tasks)
-        pool = [self._start() for _ in range(min(self.workers, len(queue)))]
+        owned = self._pool is None
+        self.start(len(tasks))
+        pool, queue = self._pool, deque(tasks)
+        assert pool is not None
         try:
             while queue or any(w.task is not None for w in pool):
                 for worker in pool:
@@ -114,8 +128,8 @@ class LocalExecutor:
                         if queue and len(pool) < self.workers:
                             pool.append(self._start())
         finally:
-            self.running.clear()
-            _stop(pool)
+            if owned:
+                self.close()
 
     def _receive(self, worker: _Worker, progress: TaskProgressFn | None) -> tuple[TaskOutcome | None, bool]:
         """Handle one message from a worker, or its death (end of file); returns (outcome or None, still alive)."""

@@ -4,7 +4,7 @@ Resources per task (``num_cpus``, ``num_gpus``) come from the recipe; a task giv
 it (``TrainConfig.device = "cuda"``). Tasks are never retried by Ray (``max_retries=0``): a retry
 would run on the shard's records again under the same reservation, so a lost task is reported
 failed and the user retries it under a new reservation. Progress is reported per finished task,
-not per step. Needs the optional extra: ``pip install 'dp-tangent[ray]'``.
+not per step. Needs the optional extra ``pip install 'dp-tangent[ray]'`` (Ray with its client).
 """
 
 from __future__ import annotations
@@ -58,21 +58,29 @@ class RayExecutor:
             raise ExecutorError(f"a Ray task needs num_cpus > 0 and num_gpus >= 0, got {num_cpus}, {num_gpus}")
         self.address, self.num_cpus, self.num_gpus = address, num_cpus, num_gpus
         self.init_options = init_options or {}
+        self._started = False
 
-    def _connect(self) -> bool:
-        """Initialise Ray unless the caller already has; returns whether we did (and so shut it down)."""
-        if self.ray.is_initialized():
-            return False
+    def start(self, tasks: int) -> None:
+        """Initialise Ray unless the caller already has (then the caller also shuts it down)."""
+        ray = self.ray
+        if self._started or ray.is_initialized():
+            return
         try:
-            self.ray.init(address=self.address, include_dashboard=False, log_to_driver=False, **self.init_options)
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False, **self.init_options)
         except (ConnectionError, RuntimeError, ValueError) as err:
             where = self.address or "a new local instance"
             raise ExecutorError(f"cannot start or reach Ray at {where}: {str(err).splitlines()[0]}") from err
-        return True
+        self._started = True
+
+    def close(self) -> None:
+        if self._started:
+            self._started = False
+            self.ray.shutdown()
 
     def run(self, tasks: Sequence[TrainingTask], progress: TaskProgressFn | None = None) -> Iterator[TaskOutcome]:
         ray = self.ray
-        started = self._connect()
+        owned = not (self._started or ray.is_initialized())
+        self.start(len(tasks))
         remote = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=0)(_train_on_node)
         pending = {remote.remote(task): task for task in tasks}
         try:
@@ -94,5 +102,5 @@ class RayExecutor:
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
-            if started:
-                ray.shutdown()
+            if owned:
+                self.close()

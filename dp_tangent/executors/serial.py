@@ -12,6 +12,12 @@ from .base import TaskDone, TaskFailed, TaskOutcome, TaskProgressFn, worker_iden
 class SerialExecutor:
     name = "serial"
 
+    def start(self, tasks: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
     def run(self, tasks: Sequence[TrainingTask], progress: TaskProgressFn | None = None) -> Iterator[TaskOutcome]:
         for task in tasks:
             report = (lambda step, total, name=task.name: progress(name, step, total)) if progress else None
