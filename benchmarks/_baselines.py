@@ -56,6 +56,8 @@ def _batch_norm_grad_sample(layer: FrozenStatsBatchNormAct2d, activations: list[
 
 
 # The non-linear network's convolutions get the same grouped per-sample kernels as the tangent twins.
+# This replaces Opacus's nn.Conv2d sampler in every process that imports this module (the benchmarks,
+# and the test worker that runs their tests): same per-sample gradients, tested against Opacus's.
 register_grad_sampler(nn.Conv2d)(compute_conv2d_grad_sample)
 register_norm_sampler(nn.Conv2d)(compute_conv2d_norm_sample)
 

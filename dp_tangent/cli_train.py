@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -186,6 +187,8 @@ def train(
         _check_unused(ws, name, count)
     runner = _executor(executor, workers, address, recipe, len(selected))
     test, parts = recipe.load_data()  # before creating anything: a data set that does not load leaves no trace
+    if only and ws is not None:
+        _check_same_split(ws, name, parts)
     ws = ws or Workspace.create(workspace)
     _register_source(ws, recipe)
     spec, console = recipe.backbone.spec(), Console()
@@ -194,16 +197,49 @@ def train(
                   f"({[len(j.records) for j in jobs]} records), epsilon {recipe.privacy.epsilon:g} each, "
                   f"executor {runner.name}; workspace {ws.root}")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
-        bars = {job.name: progress.add_task(job.name, total=None) for job in jobs}
-        run = ws.train_all(spec, recipe.trainable, jobs, data_source=recipe.data_source,
-                           privacy=recipe.privacy_spec(), config=recipe.train_config(), executor=runner,
-                           progress=lambda job, step, total: progress.update(bars[job], completed=step, total=total))
-    _report(ws, recipe, recipe_path, name, test, run)
+    options = {"--shards": shards, "--epsilon": epsilon, "--delta": delta, "--executor": executor,
+               "--workers": workers, "--address": address}
+    retry = ["dp-tangent", "train", str(recipe_path), "--name", name, "-w", str(ws.root),
+             *(item for flag, value in options.items() if value is not None for item in (flag, str(value)))]
+    try:
+        with Progress(*columns, console=console) as progress:
+            bars = {job.name: progress.add_task(job.name, total=None) for job in jobs}
+            run = ws.train_all(spec, recipe.trainable, jobs, data_source=recipe.data_source,
+                               privacy=recipe.privacy_spec(), config=recipe.train_config(), executor=runner,
+                               progress=lambda job, step, total: progress.update(bars[job], completed=step,
+                                                                                  total=total))
+    except KeyboardInterrupt:
+        missing = _missing_shards(ws, name, count)
+        if missing and any(e.component in {j.name for j in jobs} for e in ws.ledger.events()):
+            typer.echo(f"to train the shards without a component: {_retry_command(retry, missing)}", err=True)
+        raise
+    _report(ws, recipe, name, test, run, retry)
 
 
-def _report(ws: Workspace, recipe: Recipe, recipe_path: Path, name: str, test: RecordSet | None,
-            run: TrainingRun) -> None:
+def _missing_shards(ws: Workspace, name: str, count: int) -> list[int]:
+    done = _components_by_shard(ws, name)
+    return [k for k in range(count) if k not in done]
+
+
+def _retry_command(retry: list[str], missing: list[int]) -> str:
+    return shlex.join([*retry, *(item for k in missing for item in ("--shard", str(k)))])
+
+
+def _check_same_split(ws: Workspace, name: str, parts: list[RecordSet]) -> None:
+    """A retry must see the very shards the model's other components were trained on."""
+    from .manifest import RecordManifest
+    from .workspace import WorkspaceError
+
+    key = ws.manifest_key()
+    for k, component in sorted(_components_by_shard(ws, name).items()):
+        root = ws.load_component(component).metadata.manifest.root
+        if k >= len(parts) or RecordManifest.build(parts[k].record_ids, key).root != root:
+            raise WorkspaceError(f"shard {k} of this recipe does not hold the records {component!r} was trained on "
+                                 "(its data, seed or --shards changed); retry with the same recipe and options")
+
+
+def _report(ws: Workspace, recipe: Recipe, name: str, test: RecordSet | None, run: TrainingRun,
+            retry: list[str]) -> None:
     """Print each new component, the failures with how to retry them, and compose the model if complete."""
     from .evaluation import accuracy
     from .tangent import linearize
@@ -229,13 +265,11 @@ def _report(ws: Workspace, recipe: Recipe, recipe_path: Path, name: str, test: R
     for failure in sorted(run.failed, key=lambda f: f.name):
         typer.secho(f"{failure.name} ({failure.shard}) FAILED: {failure.reason}; its reserved budget stays spent",
                     err=True, fg=typer.colors.RED)
-    done = _components_by_shard(ws, name)
-    missing = [k for k in range(recipe.shards.count) if k not in done]
+    missing = _missing_shards(ws, name, recipe.shards.count)
     if missing:
-        retry = (f"dp-tangent train {recipe_path} --name {name} -w {ws.root} "
-                 + " ".join(f"--shard {k}" for k in missing))
         raise ShardsMissingError(f"model {name!r} not composed: shard(s) {', '.join(map(str, missing))} have no "
-                                 f"component; retry them with: {retry}")
+                                 f"component; retry them with: {_retry_command(retry, missing)}")
+    done = _components_by_shard(ws, name)
     components = [done[k] for k in range(recipe.shards.count)]
     ws.compose_model(name, components, method="mean")
     guarantee = ws.ledger.model_guarantee(name)

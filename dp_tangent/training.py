@@ -327,8 +327,6 @@ def train_deltas(task: TrainingTask, progress: ProgressFn | None = None) -> Trai
     """Build theta0, linearize and :func:`fit` as planned; the part of training that touches records."""
     base = task.backbone.build()
     tangent = linearize(base, task.trainable)
-    if task.privacy.private:
-        check_per_sample_support(tangent)
     steps = fit(tangent, task.records, task.plan, task.privacy, task.config, progress)
     if steps != task.plan.steps:
         raise TrainingError(f"took {steps} steps but planned {task.plan.steps}")
@@ -366,8 +364,13 @@ def write_component(task: TrainingTask, trained: TrainedDeltas, *, ledger: Ledge
     bounds = epsilon_bounds(task.plan.event, task.plan.delta)
     metadata = _metadata(task, trained, bounds, data_source, shard, manifest_key, reservation)
     sha = save_component(output, trained.deltas, metadata)
-    ledger.complete(reservation, details={"artifact": str(output), "sha256": sha, "epsilon": metadata.privacy.epsilon,
-                                          "accountant": bounds.accountant, "worker": trained.worker})
+    try:
+        ledger.complete(reservation, details={"artifact": str(output), "sha256": sha,
+                                              "epsilon": metadata.privacy.epsilon, "accountant": bounds.accountant,
+                                              "worker": trained.worker})
+    except BaseException:
+        output.unlink(missing_ok=True)  # no component without a completed reservation
+        raise
     return TrainedComponent(output, metadata, sha, reservation)
 
 

@@ -5,12 +5,14 @@ The privacy bookkeeping never leaves the driver (this process):
 1. every task is validated and planned, and the base model checked, before anything is written;
 2. the budget of every shard is reserved in the workspace ledger in one transaction, all or
    nothing, before any task is submitted;
-3. the executor, started before step 2 (so an unreachable cluster costs no budget), trains: in
-   this process, in local worker processes or on a Ray cluster;
+3. the executor, started and prepared before step 2 (so an unreachable cluster, workers that do
+   not start or a missing GPU cost no budget), trains: in this process, in local worker
+   processes or on a Ray cluster;
 4. each finished task's component is written atomically by the driver, its reservation
    completed and the worker that trained it logged; a task that failed or was lost is marked
-   failed (its budget stays spent) and logged, with the command that retries it. Ctrl-C or an
-   executor error marks every unfinished task failed and re-raises.
+   failed (its budget stays spent) and logged, and comes back in ``TrainingRun.failed`` for a
+   retry under a new name. Ctrl-C or an executor error marks every unfinished task failed and
+   re-raises.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from privacy_accounting import Status
+
 from .audit_log import Artifact
 from .backbones import BackboneSpec, weights_digest
 from .data import RecordSet
-from .executors import Executor, TaskDone, TaskFailed, TaskProgressFn
+from .executors import Executor, TaskFailed, TaskOutcome, TaskProgressFn
 from .executors.serial import SerialExecutor
 from .per_sample import check_per_sample_support
 from .tangent import linearize
@@ -90,6 +94,7 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
             if privacy.private:
                 check_per_sample_support(linearize(base, trainable))
             expected_base = weights_digest(base)
+            executor.prepare(tasks)  # workers up, devices there: a failure here costs no budget
             reservations = dict(zip(by_name, ws.ledger.reserve_all([
                 reservation_request(task, data_source=data_source, shard=job.shard, operator=operator,
                                     purpose=purpose) for task, job in zip(tasks, jobs)])))
@@ -103,39 +108,47 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
 
         def fail(name: str, reason: str, worker: dict[str, object], lost: bool = False,
                  error: BaseException | None = None) -> None:
-            job = open_jobs.pop(name)
-            ws.ledger.fail(reservations[job.name], reason=reason[:500], details={"worker": worker})
-            log(job, "failed", error=reason[:300], worker=worker, lost=lost, ledger_reservation=reservations[job.name])
+            job = open_jobs[name]
+            ws.ledger.fail(reservations[name], reason=reason[:500], details={"worker": worker})
+            del open_jobs[name]
             failed.append(FailedShard(job.name, job.shard, reason, worker, lost, error))
+            log(job, "failed", error=reason[:300], worker=worker, lost=lost, ledger_reservation=reservations[name])
+
+        def _handle(outcome: TaskOutcome) -> None:
+            if isinstance(outcome, TaskFailed):
+                fail(outcome.task.name, outcome.reason, outcome.worker, outcome.lost, outcome.error)
+                return
+            task, trained = outcome.task, outcome.result
+            if trained.base_weights_sha256 != expected_base:
+                fail(task.name, "the worker's base weights differ from the driver's (sha256 "
+                                f"{trained.base_weights_sha256[:12]} != {expected_base[:12]}): check its installed "
+                                "packages and checkpoint", trained.worker)
+                return
+            job = by_name[task.name]
+            try:
+                result = write_component(task, trained, ledger=ws.ledger, reservation=reservations[job.name],
+                                         data_source=data_source, shard=job.shard,
+                                         output=ws.component_path(job.name), manifest_key=ws.manifest_key())
+            except Exception as err:  # noqa: BLE001 -- e.g. disk full: this shard failed, go on with the rest
+                fail(task.name, failure_reason(err), trained.worker, error=err)
+                return
+            del open_jobs[job.name]
+            completed.append(result)
+            _log_completed(ws, operation, operator, backbone, job, data_source, purpose, result, executor.name,
+                           trained.worker)
 
         try:
-            for outcome in executor.run(tasks, progress):
-                if isinstance(outcome, TaskFailed):
-                    fail(outcome.task.name, outcome.reason, outcome.worker, outcome.lost, outcome.error)
-                    continue
-                assert isinstance(outcome, TaskDone)
-                task, trained = outcome.task, outcome.result
-                if trained.base_weights_sha256 != expected_base:
-                    fail(task.name, "the worker's base weights differ from the driver's (sha256 "
-                               f"{trained.base_weights_sha256[:12]} != {expected_base[:12]}): check its installed "
-                               "packages and checkpoint", trained.worker)
-                    continue
-                job = by_name[task.name]
-                try:
-                    result = write_component(task, trained, ledger=ws.ledger, reservation=reservations[job.name],
-                                             data_source=data_source, shard=job.shard,
-                                             output=ws.component_path(job.name), manifest_key=ws.manifest_key())
-                except Exception as err:  # noqa: BLE001 -- e.g. disk full: this shard failed, go on with the rest
-                    fail(task.name, failure_reason(err), trained.worker, error=err)
-                    continue
-                open_jobs.pop(job.name)
-                _log_completed(ws, operation, operator, backbone, job, data_source, purpose, result, executor.name,
-                               trained.worker)
-                completed.append(result)
+            with contextlib.closing(executor.run(tasks, progress)) as outcomes:
+                for outcome in outcomes:
+                    _handle(outcome)
         except BaseException as err:
             reason = failure_reason(err) if str(err) else f"{type(err).__name__}: interrupted before it finished"
             for name in list(open_jobs):
-                fail(name, reason, {"executor": executor.name})
+                try:  # best effort for each: the original error is what the caller must see
+                    if ws.ledger.event(reservations[name]).status is Status.RESERVED:
+                        fail(name, reason, {"executor": executor.name})
+                except Exception:  # noqa: BLE001,S110
+                    pass
             raise
     return TrainingRun(completed, failed)
 

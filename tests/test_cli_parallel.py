@@ -67,7 +67,7 @@ def test_a_killed_worker_fails_its_shard_with_a_retry_command_that_then_complete
     assert f"worker process {killed} was lost (killed by SIGKILL)" in err and "Traceback" not in err
     assert "its reserved budget stays spent" in err
     retry = err.split("retry them with: ", 1)[1].strip()
-    assert retry == f"dp-tangent train {recipe} --name m -w {ws} --shard 0"
+    assert retry == f"dp-tangent train {recipe} --name m -w {ws} --executor local --workers 1 --shard 0"
     [event] = Ledger.open(ws / "ledger.sqlite").events()
     assert event.status.value == "failed" and event.component == "m-shard-0"
     assert not list((ws / "components").glob("*")) and not list((ws / "models").glob("*"))
@@ -81,3 +81,26 @@ def test_a_killed_worker_fails_its_shard_with_a_retry_command_that_then_complete
                                                                 ("m-shard-0-retry-1", "completed")]
     again = subprocess.run([*cli, *shlex.split(retry)[1:]], capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_a_retry_must_see_the_same_split_as_the_components_already_trained(tmp_path) -> None:
+    import pytest
+
+    from dp_tangent.backbones import BackboneSpec
+    from dp_tangent.cli_train import _check_same_split
+    from dp_tangent.data import load_digits, split_shards
+    from dp_tangent.training import PrivacySpec, TrainConfig
+    from dp_tangent.training_run import ShardJob
+    from dp_tangent.workspace import Workspace, WorkspaceError
+
+    digits = load_digits(image_size=32).subset(range(200))
+    _, parts = split_shards(digits, shards=2, seed=0)
+    ws = Workspace.create(tmp_path / "ws")
+    run = ws.train_all(BackboneSpec("efficientnet_lite0", pretrained="packaged", num_classes=10), "head",
+                       [ShardJob("m-shard-0", "shard-0", parts[0])], data_source="digits",
+                       privacy=PrivacySpec(epsilon=8, delta=1e-4), config=TrainConfig(epochs=1, batch_size=32))
+    assert not run.failed
+    _check_same_split(ws, "m", parts)  # the same recipe and options: fine
+    for other in (split_shards(digits, shards=2, seed=1)[1], split_shards(digits, shards=3, seed=0)[1]):
+        with pytest.raises(WorkspaceError, match="shard 0 of this recipe does not hold the records 'm-shard-0'"):
+            _check_same_split(ws, "m", other)

@@ -3,7 +3,6 @@ budget is reserved centrally before any task; a killed worker fails only its own
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import sys
@@ -14,7 +13,7 @@ from dp_tangent.backbones import BackboneSpec
 from dp_tangent.data import load_digits, split_shards
 from dp_tangent.executors import ExecutorError, create_executor
 from dp_tangent.executors.local import LocalExecutor
-from dp_tangent.training import PrivacySpec, TrainConfig
+from dp_tangent.training import PrivacySpec, TrainConfig, plan_task
 from dp_tangent.training_run import ShardJob
 from dp_tangent.workspace import Workspace
 from privacy_accounting import BudgetExceededError
@@ -104,6 +103,9 @@ def test_budget_for_every_shard_is_reserved_before_any_task_or_none_is(tmp_path,
         def start(self, tasks: int) -> None:
             pass
 
+        def prepare(self, tasks) -> None:  # noqa: ANN001
+            pass
+
         def run(self, tasks, progress=None):  # noqa: ANN001, ANN201
             raise AssertionError("no task may start when a reservation is refused")
 
@@ -124,6 +126,9 @@ def test_an_executor_that_cannot_start_spends_no_budget(tmp_path, jobs) -> None:
 
         def start(self, tasks: int) -> None:
             raise ExecutorError("cannot start or reach the cluster")
+
+        def prepare(self, tasks) -> None:  # noqa: ANN001
+            raise AssertionError("never started")
 
         def run(self, tasks, progress=None):  # noqa: ANN001, ANN201
             raise AssertionError("never started")
@@ -155,13 +160,31 @@ def test_unknown_executor_is_refused() -> None:
         create_executor("slurm")
 
 
-def test_a_cuda_device_without_a_gpu_fails_the_task_not_the_driver(tmp_path, jobs) -> None:
+@pytest.mark.parametrize("executor", ["serial", "local"])
+def test_a_gpu_this_machine_lacks_is_refused_before_any_budget_is_spent(tmp_path, jobs, executor) -> None:
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    ws, run = train(tmp_path, jobs[:1], config=TrainConfig(**{**CONFIG.__dict__, "device": "cuda"}))
-    [failed] = run.failed
-    assert "no CUDA GPU" in failed.reason and not run.completed
-    assert ws.ledger.events()[0].status.value == "failed"
-    assert ws.ledger.shard_spend("digits", "shard-0", delta=1e-4).epsilon > 0
+    ws = Workspace.create(tmp_path / "ws")
+    with pytest.raises(ExecutorError, match="training.device 'cuda' is not available on this machine"):
+        ws.train_all(SPEC, "head", jobs, data_source="digits", privacy=PRIVACY,
+                     config=TrainConfig(**{**CONFIG.__dict__, "device": "cuda"}), executor=create_executor(executor))
+    assert ws.ledger.events() == [] and ws.list_components() == []
+
+
+def test_ray_refuses_gpu_training_without_gpus_per_task(tmp_path, jobs) -> None:
+    pytest.importorskip("ray", reason="the [ray] extra is not installed")
+    executor = create_executor("ray", num_gpus=0)
+    with pytest.raises(ExecutorError, match=r"needs resources.gpus >= 1 per Ray task"):
+        executor.prepare([plan_task(SPEC, "head", jobs[0].records, name="c", shard="s", privacy=PRIVACY,
+                                    config=TrainConfig(device="cuda"))])
+
+
+def test_local_workers_that_cannot_start_cost_no_budget(tmp_path, jobs, monkeypatch) -> None:
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # every worker process exits at once
+    ws = Workspace.create(tmp_path / "ws")
+    with pytest.raises(ExecutorError, match="local worker processes fail to start"):
+        ws.train_all(SPEC, "head", jobs, data_source="digits", privacy=PRIVACY, config=CONFIG,
+                     executor=LocalExecutor(workers=2))
+    assert ws.ledger.events() == [] and ws.list_components() == []

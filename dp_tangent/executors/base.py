@@ -53,10 +53,11 @@ TaskOutcome = TaskDone | TaskFailed
 class Executor(Protocol):
     """Runs tasks, yielding one outcome per task as each ends (in any order).
 
-    The driver calls ``start`` before it reserves any budget (so a cluster that cannot be reached
-    costs nothing, and workers start up while the driver plans), then ``run``, and ``close`` always.
-    ``run`` without ``start`` starts and closes by itself. Closing early (Ctrl-C in the driver, an
-    error) stops the tasks still running.
+    The driver calls ``start`` first (workers start up while it plans), then ``prepare`` with the
+    planned tasks, both before any budget is reserved: an executor that cannot run the tasks (a
+    cluster out of reach, workers that do not start, a GPU that is not there) raises
+    :class:`ExecutorError` there and costs nothing. Then ``run``, and ``close`` always. ``run``
+    alone starts and closes by itself. Closing early (Ctrl-C, an error) stops running tasks.
     """
 
     name: str
@@ -64,11 +65,28 @@ class Executor(Protocol):
     def start(self, tasks: int) -> None:
         """Get ready for ``tasks`` tasks: start workers, connect to the cluster."""
 
+    def prepare(self, tasks: Sequence[TrainingTask]) -> None:
+        """Block until ready to run ``tasks``; raise :class:`ExecutorError` if they cannot run."""
+
     def run(self, tasks: Sequence[TrainingTask], progress: TaskProgressFn | None = None) -> Iterator[TaskOutcome]:
         ...
 
     def close(self) -> None:
         """Release what ``start`` acquired (idempotent)."""
+
+
+def check_local_device(tasks: Sequence[TrainingTask]) -> None:
+    """Refuse tasks asking for a CUDA device this machine does not have (before budget is spent)."""
+    import torch
+
+    for device in sorted({task.config.device for task in tasks}):
+        kind = torch.device(device)
+        if kind.type != "cuda":
+            continue
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (kind.index or 0) >= count:
+            raise ExecutorError(f"training.device {device!r} is not available on this machine "
+                                f"({count} CUDA device(s)); use device: cpu")
 
 
 def worker_identity(executor: str, **extra: object) -> dict[str, object]:

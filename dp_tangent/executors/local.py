@@ -5,8 +5,8 @@ Each worker is a fresh interpreter (``python -m dp_tangent.executors.local_worke
 ``multiprocessing``'s spawn does, breaking scripts without a ``__main__`` guard). Workers are kept
 for the whole run, each with ``threads`` torch/OpenMP threads (default: cores // workers) so they
 do not fight over cores. A worker that dies (killed, out of memory, segfault) fails only the task
-it was running; a fresh worker takes over the queue. Workers ignore SIGINT: Ctrl-C reaches the
-driver, which stops them.
+it was running; a fresh worker takes over the queue. Workers run in their own session and ignore
+SIGINT: Ctrl-C reaches the driver, which stops them.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from multiprocessing.connection import Connection, wait
 from typing import IO
 
 from ..training import TrainingTask
-from .base import ExecutorError, TaskDone, TaskFailed, TaskOutcome, TaskProgressFn, available_cores
+from .base import (ExecutorError, TaskDone, TaskFailed, TaskOutcome, TaskProgressFn, available_cores,
+                   check_local_device)
 from .local_worker import receive, send
 
 _STOP_GRACE_S = 5.0
@@ -84,7 +85,7 @@ class LocalExecutor:
             process = subprocess.Popen(
                 [sys.executable, "-m", "dp_tangent.executors.local_worker", str(task_read), str(result_write), threads],
                 pass_fds=(task_read, result_write), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=stderr)
+                stderr=stderr, start_new_session=True)  # a terminal's Ctrl-C goes to the driver only
         finally:
             os.close(task_read)
             os.close(result_write)
@@ -95,6 +96,22 @@ class LocalExecutor:
         if self._pool is None:
             self._startup_failures = 0
             self._pool = [self._start() for _ in range(min(self.workers, max(1, tasks)))]
+
+    def prepare(self, tasks: Sequence[TrainingTask]) -> None:
+        """Wait until every worker has started (replacing any that die), so a failed start costs no budget."""
+        check_local_device(tasks)
+        self.start(len(tasks))
+        pool = self._pool
+        assert pool is not None
+        while any(w.identity is None for w in pool):
+            starting = [w for w in pool if w.identity is None]
+            ready = set(wait([w.results for w in starting]))
+            for worker in [w for w in starting if w.results in ready]:
+                _, alive = self._receive(worker, None)
+                if not alive:
+                    pool.remove(worker)
+                    worker.close()
+                    pool.append(self._start())
 
     def close(self) -> None:
         self.running.clear()

@@ -67,10 +67,20 @@ class RayExecutor:
             return
         try:
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False, **self.init_options)
-        except (ConnectionError, RuntimeError, ValueError) as err:
+        except (OSError, RuntimeError, ValueError) as err:  # ConnectionError, TimeoutError are OSErrors
             where = self.address or "a new local instance"
             raise ExecutorError(f"cannot start or reach Ray at {where}: {str(err).splitlines()[0]}") from err
         self._started = True
+
+    def prepare(self, tasks: Sequence[TrainingTask]) -> None:
+        """Refuse GPU training without GPUs per task: Ray would hide every GPU from the task."""
+        import torch
+
+        for device in sorted({task.config.device for task in tasks}):
+            index = torch.device(device).index or 0
+            if device.startswith("cuda") and index >= self.num_gpus:
+                raise ExecutorError(f"training.device {device!r} needs resources.gpus >= {index + 1} per Ray task "
+                                    f"(got {self.num_gpus:g})")
 
     def close(self) -> None:
         if self._started:

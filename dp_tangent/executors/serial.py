@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
 from ..training import TrainingTask, train_deltas
-from .base import TaskDone, TaskFailed, TaskOutcome, TaskProgressFn, worker_identity
+from .base import TaskDone, TaskFailed, TaskOutcome, TaskProgressFn, check_local_device, worker_identity
 
 
 class SerialExecutor:
@@ -14,6 +14,9 @@ class SerialExecutor:
 
     def start(self, tasks: int) -> None:
         pass
+
+    def prepare(self, tasks: Sequence[TrainingTask]) -> None:
+        check_local_device(tasks)
 
     def close(self) -> None:
         pass
