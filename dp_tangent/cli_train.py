@@ -49,7 +49,7 @@ def _check_unused(ws: Workspace, name: str, shards: int) -> None:
         raise WorkspaceError(f"model {name!r} already exists in {ws.root}; choose another --name")
     for k in range(shards):
         component = f"{name}-shard-{k}"
-        if ws.component_path(component).exists() or ws.ledger.events(component=component):
+        if ws.component_name_used(component):
             raise WorkspaceError(f"component name {component!r} is already used in {ws.root}; choose another --name")
 
 
@@ -110,7 +110,7 @@ def _components_by_shard(ws: Workspace, name: str) -> dict[int, str]:
 def _retry_name(ws: Workspace, name: str, k: int) -> str:
     """``NAME-shard-K``, or the first unused ``NAME-shard-K-retry-J`` (names are never reused)."""
     candidates = [f"{name}-shard-{k}"] + [f"{name}-shard-{k}-retry-{j}" for j in range(1, 1000)]
-    return next(c for c in candidates if not (ws.component_path(c).exists() or ws.ledger.events(component=c)))
+    return next(c for c in candidates if not ws.component_name_used(c))
 
 
 def _check_retry(ws: Workspace | None, name: str, selected: list[int], count: int) -> None:
@@ -209,15 +209,14 @@ def train(
                                progress=lambda job, step, total: progress.update(bars[job], completed=step,
                                                                                   total=total))
     except KeyboardInterrupt:
-        missing = _missing_shards(ws, name, count)
+        missing = _missing_shards(_components_by_shard(ws, name), count)
         if missing and any(e.component in {j.name for j in jobs} for e in ws.ledger.events()):
             typer.echo(f"to train the shards without a component: {_retry_command(retry, missing)}", err=True)
         raise
     _report(ws, recipe, name, test, run, retry)
 
 
-def _missing_shards(ws: Workspace, name: str, count: int) -> list[int]:
-    done = _components_by_shard(ws, name)
+def _missing_shards(done: dict[int, str], count: int) -> list[int]:
     return [k for k in range(count) if k not in done]
 
 
@@ -265,11 +264,11 @@ def _report(ws: Workspace, recipe: Recipe, name: str, test: RecordSet | None, ru
     for failure in sorted(run.failed, key=lambda f: f.name):
         typer.secho(f"{failure.name} ({failure.shard}) FAILED: {failure.reason}; its reserved budget stays spent",
                     err=True, fg=typer.colors.RED)
-    missing = _missing_shards(ws, name, recipe.shards.count)
+    done = _components_by_shard(ws, name)
+    missing = _missing_shards(done, recipe.shards.count)
     if missing:
         raise ShardsMissingError(f"model {name!r} not composed: shard(s) {', '.join(map(str, missing))} have no "
                                  f"component; retry them with: {_retry_command(retry, missing)}")
-    done = _components_by_shard(ws, name)
     components = [done[k] for k in range(recipe.shards.count)]
     ws.compose_model(name, components, method="mean")
     guarantee = ws.ledger.model_guarantee(name)

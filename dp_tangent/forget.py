@@ -329,7 +329,7 @@ def _model_state(ws: Workspace, record: ModelRecord) -> ModelState:
 def _replacement_name(ws: Workspace, old: str) -> str:
     stem = re.sub(r"\.r\d+$", "", old)
     k = 1
-    while ws.component_path(f"{stem}.r{k}").exists() or ws.ledger.events(component=f"{stem}.r{k}"):
+    while ws.component_name_used(f"{stem}.r{k}"):
         k += 1
     return f"{stem}.r{k}"
 

@@ -162,7 +162,7 @@ def _check_names(ws: "Workspace", jobs: Sequence[ShardJob]) -> None:
     if len(set(names)) != len(names):
         raise WorkspaceError(f"component names repeat within one run: {names}")
     for name in names:
-        if ws.component_path(name).exists() or ws.ledger.events(component=name):
+        if ws.component_name_used(name):
             raise WorkspaceError(f"component name {name!r} is already used in {ws.root}; choose another name")
 
 

@@ -198,6 +198,10 @@ class Workspace:
     def component_path(self, name: str) -> Path:
         return self.components_dir / f"{check_name(name, 'component')}.safetensors"
 
+    def component_name_used(self, name: str) -> bool:
+        """Whether ``name`` has a component file or ledger events: names are never reused."""
+        return self.component_path(name).exists() or bool(self.ledger.events(component=name))
+
     def model_path(self, name: str) -> Path:
         return self.models_dir / f"{check_name(name, 'model')}.json"
 

@@ -109,9 +109,15 @@ class LocalExecutor:
             for worker in [w for w in starting if w.results in ready]:
                 _, alive = self._receive(worker, None)
                 if not alive:
-                    pool.remove(worker)
-                    worker.close()
-                    pool.append(self._start())
+                    self._retire(worker, replace=True)
+
+    def _retire(self, worker: _Worker, *, replace: bool) -> None:
+        """Drop a dead worker from the pool, starting a fresh one in its place if asked."""
+        assert self._pool is not None
+        self._pool.remove(worker)
+        worker.close()
+        if replace:
+            self._pool.append(self._start())
 
     def close(self) -> None:
         self.running.clear()
@@ -140,10 +146,7 @@ class LocalExecutor:
                     if outcome is not None:
                         yield outcome
                     if not alive:
-                        pool.remove(worker)
-                        worker.close()
-                        if queue and len(pool) < self.workers:
-                            pool.append(self._start())
+                        self._retire(worker, replace=bool(queue) and len(pool) <= self.workers)
         finally:
             if owned:
                 self.close()
