@@ -10,7 +10,7 @@ tangent model it gives the same deltas as ``dp_tangent.training.fit``.
 BatchNorm in the non-linear network: like the tangent twins, it always uses its running statistics
 (eval mode), so the per-sample gradients of its affine parameters exist; the sampler is registered
 here for :class:`FrozenStatsBatchNormAct2d`, and convolutions use the same grouped sampler as the
-tangent twins (``dp_tangent.opacus_ext``), so both sides run the same per-sample kernels.
+tangent twins (``dp_tangent.training.grad_samplers``), so both sides run the same per-sample kernels.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from opacus.grad_sample.utils import register_grad_sampler, register_norm_sample
 from timm.layers import BatchNormAct2d
 
 from dp_tangent import TangentModel
-from dp_tangent.opacus_ext import compute_conv2d_grad_sample, compute_conv2d_norm_sample
+from dp_tangent.training.grad_samplers import compute_conv2d_grad_sample, compute_conv2d_norm_sample
 from dp_tangent.training import Plan, PrivacySpec, TrainConfig, run_sgd
 
 

@@ -35,7 +35,7 @@ import torch.nn as nn
 from dp_tangent import TangentModel, linearize
 from dp_tangent.backbones import create_backbone
 from dp_tangent.data import RecordSet, load_digits, split_shards
-from dp_tangent.losses import ConvexLoss
+from dp_tangent.training.losses import ConvexLoss
 from dp_tangent.training import Plan, PrivacySpec, TrainConfig, plan_run
 
 from ._baselines import NonLinearSuffix, train

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn as nn
 
-from dp_tangent.compose import weighted_sum
+from dp_tangent.components import weighted_sum
 from dp_tangent.data import split_shards
 
 from . import _utility as U

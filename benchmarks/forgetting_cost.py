@@ -6,7 +6,7 @@ shard, and by retraining everything from scratch.
 
 The real toolkit path, in a fresh workspace per (model, N): N DP components (one per disjoint
 shard, ``Workspace.train``) composed into one model (``compose_model``), then two deletion
-requests served by ``dp_tangent.forget.forget``: one for a record of shard 0 without retraining
+requests served by ``dp_tangent.workspace.forget.forget``: one for a record of shard 0 without retraining
 (the component is dropped and the model recomposed from the others), one for a record of shard 1
 with ``retrain=True`` (that shard is trained again without the record). Every timing includes
 what the command does in a workspace: ledger, component files, certificate, audit log. "Retrain
@@ -31,13 +31,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from dp_tangent import sources
+from dp_tangent.workspace import data_sources as sources
 from dp_tangent.backbones import BackboneSpec
-from dp_tangent.compose import compose
+from dp_tangent.components import compose
 from dp_tangent.data import load_digits, split_shards
-from dp_tangent.evaluation import accuracy
-from dp_tangent.forget import DeletionRequest, forget
-from dp_tangent.losses import ConvexLoss
+from dp_tangent.training.evaluation import accuracy
+from dp_tangent.workspace.deletion_requests import DeletionRequest
+from dp_tangent.workspace.forget import forget
+from dp_tangent.training.losses import ConvexLoss
 from dp_tangent.tangent import linearize
 from dp_tangent.training import PrivacySpec, TrainConfig
 from dp_tangent.workspace import Workspace

@@ -35,9 +35,9 @@ from pathlib import Path
 
 import torch
 
-from dp_tangent.executors import Executor, available_cores, create_executor
+from dp_tangent.training.executors import Executor, available_cores, create_executor
 from dp_tangent.recipes import default_recipe
-from dp_tangent.training_run import ShardJob
+from dp_tangent.workspace import ShardJob
 from dp_tangent.workspace import Workspace
 
 from ._doc import write_section

@@ -11,7 +11,7 @@ features (``tangent.features(x)``), with the same batch (logical = physical):
 (b)  ``hooks``: DP-SGD on the tangent model, Opacus per-sample gradient hooks;
 (c)  ``ghost``: DP-SGD on the tangent model, Opacus ghost clipping;
 (d)  ``vmap``: the naive route, ``vmap(grad(jvp))`` over the tangent model
-     (:func:`dp_tangent.per_sample.reference_per_sample_gradients`), then the same DP optimizer.
+     (:func:`dp_tangent.training.per_sample.reference_per_sample_gradients`), then the same DP optimizer.
 
 Time: per model, all cases in one process, one step of each per round, interleaved, so that load
 from other work hits them alike; once with the default allocator, once with glibc keeping freed
@@ -53,8 +53,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from dp_tangent import TangentModel, linearize
 from dp_tangent.backbones import create_backbone
-from dp_tangent.per_sample import check_per_sample_support, reference_per_sample_gradients
-from dp_tangent.training import PrivacySpec, TrainConfig, _Criterion
+from dp_tangent.training.per_sample import check_per_sample_support, reference_per_sample_gradients
+from dp_tangent.training import PrivacySpec, TrainConfig
+from dp_tangent.training.sgd import _Criterion
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

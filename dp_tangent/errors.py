@@ -15,3 +15,16 @@ class UnsupportedModelError(DPTangentError):
 
 class WeightsError(DPTangentError):
     """Pretrained weights are missing, do not match the architecture, or cannot be read."""
+
+
+class RecipeError(DPTangentError):
+    """A recipe file is missing, not YAML, or does not validate (one line: file and field)."""
+
+
+class DataError(RecipeError):
+    """The data a recipe describes cannot be loaded as described (one line: file and problem)."""
+
+
+def failure_reason(err: BaseException) -> str:
+    """The one-line reason stored with a failed reservation."""
+    return f"{type(err).__name__}: {err}".strip()[:500]

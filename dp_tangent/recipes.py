@@ -13,27 +13,21 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Union
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
 
 from .backbones import BackboneSpec
-from .data import IMAGENET_MEAN, IMAGENET_STD, RecordSet, load_digits, split_shards
-from .errors import DPTangentError
-from .losses import LOSS_KINDS, ConvexLoss
-from .selection import FORMS
-from .training import GRAD_SAMPLE_MODES, PrivacySpec, TrainConfig
+from .data.kinds import DataSection, ShardsSection, load_data, preprocess_image
+from .data.records import RecordSet
+from .errors import RecipeError
+from .tangent.selection import FORMS
+from .training.config import GRAD_SAMPLE_MODES, PrivacySpec, TrainConfig
+from .training.losses import LOSS_KINDS, ConvexLoss
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "digits-efficientnet-lite0.yaml"
 _TRAINABLE = re.compile(r"^(all|head|blocks\[-?\d+:\]|params:\s*[A-Za-z0-9_.]+(\s*,\s*[A-Za-z0-9_.]+)*)$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-Fraction = Field(default=0.2, ge=0, lt=1)
-
-
-class RecipeError(DPTangentError):
-    """A recipe file is missing, not YAML, or does not validate (one line: file and field)."""
 
 
 class _Strict(BaseModel):
@@ -74,64 +68,6 @@ class BackboneSection(_Strict):
         return BackboneSpec(self.name, pretrained=self.pretrained, checkpoint=self.checkpoint,
                             num_classes=self.num_classes, head_seed=self.head_seed,
                             timm_kwargs=tuple(sorted(self.timm_kwargs.items())))
-
-
-class DigitsData(_Strict):
-    image_size: PositiveInt = 48
-    test_fraction: float = Fraction
-    seed: int = 0
-    max_records: PositiveInt | None = None
-
-
-class NpzData(_Strict):
-    path: str
-    inputs: str = "inputs"
-    targets: str = "targets"
-    record_ids: str = "record_ids"
-    test_fraction: float = Fraction
-    seed: int = 0
-
-
-class ImageFolderData(_Strict):
-    root: str
-    image_size: PositiveInt = 224
-    test_fraction: float = Fraction
-    seed: int = 0
-
-
-class TorchvisionData(_Strict):
-    name: Literal["CIFAR10", "CIFAR100"]
-    root: str
-    download: bool = False
-    image_size: PositiveInt = 224
-    max_records: PositiveInt | None = None  # first N training images (the test split is kept whole)
-
-
-class DataSection(_Strict):
-    sklearn_digits: DigitsData | None = None
-    npz: NpzData | None = None
-    image_folder: ImageFolderData | None = None
-    torchvision: TorchvisionData | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> "DataSection":
-        given = [k for k in type(self).model_fields if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of {', '.join(type(self).model_fields)}, got {len(given)}")
-        return self
-
-    @property
-    def kind(self) -> str:
-        return next(k for k in type(self).model_fields if getattr(self, k) is not None)
-
-    @property
-    def source(self) -> DigitsData | NpzData | ImageFolderData | TorchvisionData:
-        return getattr(self, self.kind)
-
-
-class ShardsSection(_Strict):
-    count: PositiveInt = 1
-    by: Literal["random", "label"] = "random"
 
 
 class PrivacySection(_Strict):
@@ -230,11 +166,11 @@ class Recipe(_Strict):
 
     def load_data(self) -> tuple[RecordSet | None, list[RecordSet]]:
         """(test split or None, one record set per shard), as the recipe describes them."""
-        return _load_data(self)
+        return load_data(self.data, self.shards)
 
     def preprocess_image(self, path: Path) -> torch.Tensor:
         """One image file as a (3, S, S) model input, resized and normalised like the recipe's data."""
-        return _preprocess_image(self, path)
+        return preprocess_image(self.data, path)
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -292,111 +228,3 @@ def load_recipe(path: str | Path) -> Recipe:
 def default_recipe() -> Recipe:
     """The embedded default (packaged EfficientNet-Lite0 on scikit-learn digits)."""
     return load_recipe(DEFAULT_RECIPE)
-
-
-def load_array(path: Path) -> torch.Tensor:
-    """A ``.npy`` file as float32 model inputs: one (C, H, W) input or a (N, C, H, W) batch."""
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise RecipeError(f"{path}: cannot read the array ({str(err).splitlines()[0]})") from None
-    tensor = torch.as_tensor(np.asarray(array, dtype=np.float32))
-    if tensor.ndim not in (3, 4):
-        raise RecipeError(f"{path}: expected an array of shape (C, H, W) or (N, C, H, W), got {tuple(tensor.shape)}")
-    return tensor if tensor.ndim == 4 else tensor.unsqueeze(0)
-
-
-
-# -- data loaders ------------------------------------------------------------------------------------
-
-def _normalise(images: torch.Tensor, size: int) -> torch.Tensor:
-    """(N, C, H, W) in [0, 1] -> (N, 3, size, size), ImageNet-normalised."""
-    if images.shape[-2:] != (size, size):
-        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
-    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return ((images - mean) / std).contiguous()
-
-
-def _npz(source: NpzData) -> RecordSet:
-    path = Path(source.path)
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            missing = [k for k in (source.inputs, source.targets, source.record_ids) if k not in archive]
-            if missing:
-                raise RecipeError(f"{path}: no array {missing[0]!r} (arrays: {', '.join(archive.files)})")
-            inputs, targets, ids = (archive[k] for k in (source.inputs, source.targets, source.record_ids))
-    except (OSError, ValueError) as err:
-        raise RecipeError(f"{path}: cannot read the npz file ({str(err).splitlines()[0]})") from None
-    if not np.issubdtype(targets.dtype, np.integer):
-        raise RecipeError(f"{path}: {source.targets!r} must hold integer class labels, got {targets.dtype}")
-    return RecordSet(torch.as_tensor(inputs.astype(np.float32)), torch.as_tensor(targets.astype(np.int64)),
-                     tuple(str(r) for r in ids.tolist()))
-
-
-def _image_folder(source: ImageFolderData) -> RecordSet:
-    from torchvision import datasets, transforms
-
-    root = Path(source.root)
-    if not root.is_dir():
-        raise RecipeError(f"{root}: image folder not found (data.image_folder.root)")
-    folder = datasets.ImageFolder(str(root), transform=transforms.ToTensor())
-    images = [_normalise(folder[i][0].unsqueeze(0), source.image_size)[0] for i in range(len(folder))]
-    ids = tuple(Path(p).relative_to(root).as_posix() for p, _ in folder.samples)
-    return RecordSet(torch.stack(images), torch.tensor(folder.targets, dtype=torch.long), ids)
-
-
-def _torchvision(source: TorchvisionData) -> tuple[RecordSet, RecordSet]:
-    from torchvision import datasets
-
-    make = getattr(datasets, source.name)
-    splits = []
-    for train in (True, False):
-        try:
-            dataset = make(source.root, train=train, download=source.download)
-        except RuntimeError as err:
-            raise RecipeError(f"{source.name} not found in {source.root}: set data.torchvision.download: true "
-                              f"(needs internet) or point root: at a copy ({str(err).splitlines()[0]})") from None
-        n = min(source.max_records or len(dataset.data), len(dataset.data)) if train else len(dataset.data)
-        pixels = torch.as_tensor(dataset.data[:n]).permute(0, 3, 1, 2)
-        images = torch.cat([_normalise(pixels[i:i + 256].float() / 255, source.image_size)
-                            for i in range(0, n, 256)])
-        prefix = f"{source.name.lower()}-{'train' if train else 'test'}"
-        splits.append(RecordSet(images, torch.tensor(dataset.targets[:n], dtype=torch.long),
-                                tuple(f"{prefix}-{i}" for i in range(n))))
-    return splits[0], splits[1]
-
-
-def _load_data(recipe: Recipe) -> tuple[RecordSet | None, list[RecordSet]]:
-    kind, source, shards = recipe.data.kind, recipe.data.source, recipe.shards
-    if isinstance(source, TorchvisionData):
-        train, test = _torchvision(source)
-        return test, split_shards(train, shards=shards.count, test_fraction=0.0, by=shards.by)[1]
-    if isinstance(source, DigitsData):
-        records = load_digits(image_size=source.image_size)
-        if source.max_records:
-            records = records.subset(range(min(source.max_records, len(records))))
-    else:
-        records = _npz(source) if isinstance(source, NpzData) else _image_folder(source)  # type: ignore[arg-type]
-    try:
-        test, parts = split_shards(records, shards=shards.count, test_fraction=source.test_fraction,
-                                   seed=source.seed, by=shards.by)
-    except ValueError as err:
-        raise RecipeError(f"data.{kind}: {err}") from None
-    return (test if len(test) else None), parts
-
-
-def _preprocess_image(recipe: Recipe, path: Path) -> torch.Tensor:
-    from PIL import Image, UnidentifiedImageError
-    from torchvision.transforms.functional import to_tensor
-
-    source = recipe.data.source
-    size = getattr(source, "image_size", None)
-    if size is None:
-        raise RecipeError(f"{path}: the recipe's data ({recipe.data.kind}) has no image size; give a .npy array")
-    try:
-        with Image.open(path) as image:
-            pixels = to_tensor(image.convert("L" if isinstance(source, DigitsData) else "RGB"))
-    except (OSError, UnidentifiedImageError) as err:
-        raise RecipeError(f"{path}: cannot read the image ({type(err).__name__})") from None
-    return _normalise(pixels.unsqueeze(0), size)[0]

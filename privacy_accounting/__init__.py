@@ -38,6 +38,7 @@ from privacy_accounting.events import compose_events, dp_sgd_event, gaussian_eve
 from privacy_accounting.ledger import Ledger
 from privacy_accounting.records import (AuditRecord, Budget, DataSource, Purpose, ReservationRequest, Status,
                                         StoredEvent, Unit)
+from privacy_accounting import render_html, render_markdown  # noqa: F401 -- register the report renderers
 from privacy_accounting.report import build_report
 from privacy_accounting.report_models import PrivacyReport
 from privacy_accounting.serialization import event_from_json, event_to_json

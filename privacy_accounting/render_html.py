@@ -7,6 +7,7 @@ import html
 from typing import Iterable, Sequence
 
 from privacy_accounting.plots import budget_bars_png, epsilon_curve_png
+from privacy_accounting.renderers import register_renderer
 from privacy_accounting.report_models import AUDIT_LABEL, PrivacyReport
 from privacy_accounting.report_tables import audits_table, components_table, models_table, shards_table
 from privacy_accounting.statement import fmt_eps
@@ -47,6 +48,7 @@ def _img(png: bytes | None, alt: str) -> str:
 
 
 
+@register_renderer("html")
 def render_html(report: PrivacyReport) -> str:
     """One HTML page, no external resources."""
     parts = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
+from privacy_accounting.renderers import register_renderer
 from privacy_accounting.report_models import AUDIT_LABEL, PrivacyReport
 from privacy_accounting.report_tables import audits_table, components_table, models_table, shards_table
 from privacy_accounting.statement import fmt_eps
@@ -24,6 +25,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
+@register_renderer("markdown")
 def render_markdown(report: PrivacyReport) -> str:
     """The report as Markdown: statement, models, shards, components, audits, notes."""
     out = [

@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from privacy_accounting.renderers import render
+
 AUDIT_LABEL = "empirical lower bound, not a guarantee"
 REPORT_SCHEMA_VERSION = 1
 
@@ -167,12 +169,8 @@ class PrivacyReport(_Model):
 
     def to_markdown(self) -> str:
         """Markdown document with the statement and tables."""
-        from privacy_accounting.render_markdown import render_markdown
-
-        return render_markdown(self)
+        return render(self, "markdown")
 
     def to_html(self) -> str:
         """Self-contained HTML page (inline CSS, plots as base64 PNG)."""
-        from privacy_accounting.render_html import render_html
-
-        return render_html(self)
+        return render(self, "html")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-import dp_tangent.audit_log
-from dp_tangent.audit_log import (GENESIS, Artifact, AuditChainError, AuditLog, AuditLogError, entry_hash,
-                                  inclusion_proof, merkle_root, verify, verify_inclusion)
+import dp_tangent.workspace.audit_log
+from dp_tangent.workspace.audit_log import GENESIS, Artifact, AuditChainError, AuditLog, AuditLogError, entry_hash, verify
+from dp_tangent.workspace.merkle import inclusion_proof, merkle_root, verify_inclusion
 
 
 def _log_with_artifacts(root: Path, entries: int = 3) -> AuditLog:
@@ -162,7 +162,7 @@ import sys, types
 package = types.ModuleType("dp_tangent")
 package.__path__ = [PACKAGE_DIR]
 sys.modules["dp_tangent"] = package
-from dp_tangent.audit_log import AuditLog
+from dp_tangent.workspace.audit_log import AuditLog
 log = AuditLog(LOG)
 START.wait(60)
 for i in range(COUNT):
@@ -177,7 +177,7 @@ def test_two_processes_appending_at_once_lose_nothing(tmp_path) -> None:
     script.write_text(_WORKER)
     ctx = multiprocessing.get_context("spawn")
     start = ctx.Event()
-    package_dir = str(Path(dp_tangent.audit_log.__file__).parent)
+    package_dir = str(Path(dp_tangent.workspace.audit_log.__file__).parent.parent)
     workers = [ctx.Process(target=runpy.run_path, args=(str(script),), kwargs={"init_globals": {
         "PACKAGE_DIR": package_dir, "LOG": str(path), "COUNT": 100, "WORKER": w, "START": start}}) for w in range(2)]
     for p in workers:

@@ -31,7 +31,7 @@ def _workers_of(pid: int) -> list[int]:
     for entry in Path("/proc").iterdir():
         try:
             if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid \
-                    and b"dp_tangent.executors.local_worker" in (entry / "cmdline").read_bytes():
+                    and b"dp_tangent.training.executors.local_worker" in (entry / "cmdline").read_bytes():
                 found.append(int(entry.name))
         except (OSError, ValueError, IndexError):
             continue
@@ -87,10 +87,10 @@ def test_a_retry_must_see_the_same_split_as_the_components_already_trained(tmp_p
     import pytest
 
     from dp_tangent.backbones import BackboneSpec
-    from dp_tangent.cli_train import _check_same_split
+    from dp_tangent.cli.train import _check_same_split
     from dp_tangent.data import load_digits, split_shards
     from dp_tangent.training import PrivacySpec, TrainConfig
-    from dp_tangent.training_run import ShardJob
+    from dp_tangent.workspace import ShardJob
     from dp_tangent.workspace import Workspace, WorkspaceError
 
     digits = load_digits(image_size=32).subset(range(200))

@@ -12,9 +12,9 @@ from torch.func import functional_call, jacrev
 
 from dp_tangent import linearize
 from dp_tangent.backbones import BackboneSpec, weights_digest
-from dp_tangent.component import (NON_PRIVATE_LABEL, Component, ComponentError, ComponentMetadata, ManifestInfo,
+from dp_tangent.components.component import (NON_PRIVATE_LABEL, Component, ComponentError, ComponentMetadata, ManifestInfo,
                                   PrivacyInfo, TrainingInfo, deltas_digest, load_component, save_component)
-from dp_tangent.compose import (CompositionError, PrivateMergeDataError, centroid_base, compose, save_centroid,
+from dp_tangent.components import (CompositionError, PrivateMergeDataError, centroid_base, compose, save_centroid,
                                 weighted_sum)
 
 SPEC = BackboneSpec("test_mlp64")  # not a timm name: only used via the monkeypatched build()

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from dp_tangent.component import read_metadata
-from dp_tangent.demo import DemoConfig, run_demo
-from dp_tangent.manifest import commit
+from dp_tangent.components.component import read_metadata
+from dp_tangent.cli.demo_run import DemoConfig, run_demo
+from dp_tangent.components.manifest import commit
 from dp_tangent.workspace import Workspace
 
 SMALL = DemoConfig(shards=2, max_records=500, epochs=6, batch_size=100, lr=0.1, image_size=48)

@@ -11,10 +11,10 @@ import pytest
 
 from dp_tangent.backbones import BackboneSpec
 from dp_tangent.data import load_digits, split_shards
-from dp_tangent.executors import ExecutorError, create_executor
-from dp_tangent.executors.local import LocalExecutor
+from dp_tangent.training.executors import ExecutorError, create_executor
+from dp_tangent.training.executors.local import LocalExecutor
 from dp_tangent.training import PrivacySpec, TrainConfig, plan_task
-from dp_tangent.training_run import ShardJob
+from dp_tangent.workspace import ShardJob
 from dp_tangent.workspace import Workspace
 from privacy_accounting import BudgetExceededError
 

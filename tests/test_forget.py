@@ -9,15 +9,16 @@ import pytest
 import torch
 import torch.nn as nn
 
-from dp_tangent.audit_log import verify
+from dp_tangent.workspace.audit_log import verify
 from dp_tangent.backbones import BackboneSpec
-from dp_tangent.compose import compose
+from dp_tangent.components import compose
 from dp_tangent.errors import DPTangentError
 from dp_tangent.data import RecordSet
-from dp_tangent.forget import (DeletionRequest, ForgetError, add_months, deadlines, forget, list_requests,
-                               open_requests, overdue_requests, receive)
+from dp_tangent.workspace.deletion_requests import DeletionRequest, ForgetError, add_months, deadlines
+from dp_tangent.workspace.forget import forget
+from dp_tangent.workspace.request_register import list_requests, open_requests, overdue_requests, receive
 from dp_tangent.io import sha256_file
-from dp_tangent.manifest import commit
+from dp_tangent.components.manifest import commit
 from dp_tangent.training import PrivacySpec, TrainConfig
 from dp_tangent.workspace import Workspace
 

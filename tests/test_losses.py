@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from conftest import build
 
 from dp_tangent import linearize
-from dp_tangent.losses import ConvexLoss
+from dp_tangent.training.losses import ConvexLoss
 
 
 @pytest.mark.parametrize("loss", [ConvexLoss("cross_entropy"), ConvexLoss("square"), ConvexLoss("square", kappa=5, l2=0.1),

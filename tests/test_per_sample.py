@@ -7,9 +7,9 @@ import torch
 from conftest import build
 
 from dp_tangent import UnsupportedModelError, linearize
-from dp_tangent.features import precompute_features
-from dp_tangent.losses import ConvexLoss
-from dp_tangent.per_sample import per_sample_gradients, reference_per_sample_gradients
+from dp_tangent.training.features import precompute_features
+from dp_tangent.training.losses import ConvexLoss
+from dp_tangent.training.per_sample import per_sample_gradients, reference_per_sample_gradients
 
 
 @pytest.mark.parametrize("arch", ["vit", "resnet", "efficientnet_lite0", "mlp"])
@@ -43,8 +43,8 @@ def test_parameters_without_a_hook_are_refused_clearly() -> None:
 @pytest.mark.parametrize("groups, kernel, size", [(1, 1, 2), (8, 3, 6), (1, 3, 9), (8, 1, 5)])
 def test_conv_ghost_norms_equal_norms_of_the_per_sample_gradients(groups: int, kernel: int, size: int) -> None:
     """Both branches (Gram matrices when L^2 <= O·P, else the gradient itself) against direct norms."""
-    from dp_tangent.layers import make_twin
-    from dp_tangent.opacus_ext import compute_conv2d_grad_sample, compute_conv2d_norm_sample
+    from dp_tangent.tangent.twins import make_twin
+    from dp_tangent.training.grad_samplers import compute_conv2d_grad_sample, compute_conv2d_norm_sample
 
     torch.manual_seed(0)
     conv = make_twin(torch.nn.Conv2d(16, 24, kernel, padding=kernel // 2, groups=groups).double(), {"weight", "bias"})

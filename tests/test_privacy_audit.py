@@ -12,7 +12,7 @@ from scipy import optimize, stats
 
 from dp_tangent import TangentModel, linearize
 from dp_tangent.data import RecordSet
-from dp_tangent.privacy_audit import (LOWER_BOUND_LABEL, AuditError, AuditResult, audit_privacy,
+from dp_tangent.training.privacy_audit import (LOWER_BOUND_LABEL, AuditError, AuditResult, audit_privacy,
                                       epsilon_lower_bound, guess_membership, one_run_p_value)
 from dp_tangent.training import PrivacySpec, TrainConfig
 from privacy_accounting import BudgetExceededError, Ledger

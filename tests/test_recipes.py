@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from dp_tangent.cli import main
-from dp_tangent.demo import DemoConfig
+from dp_tangent.cli.demo_run import DemoConfig
 from dp_tangent.recipes import DEFAULT_RECIPE, RecipeError, default_recipe, load_recipe
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"

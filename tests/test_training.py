@@ -14,11 +14,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from dp_tangent import linearize
 from dp_tangent.backbones import BackboneSpec
-from dp_tangent.component import NON_PRIVATE_LABEL, load_component
+from dp_tangent.components.component import NON_PRIVATE_LABEL, load_component
 from dp_tangent.data import RecordSet
-from dp_tangent.losses import ConvexLoss
-from dp_tangent.manifest import commit
-from dp_tangent.per_sample import reference_per_sample_gradients
+from dp_tangent.training.losses import ConvexLoss
+from dp_tangent.components.manifest import commit
+from dp_tangent.training.per_sample import reference_per_sample_gradients
 from dp_tangent.training import PrivacySpec, TrainConfig, TrainingError, plan_run, train_component
 from privacy_accounting import BudgetExceededError, Ledger
 
@@ -155,7 +155,7 @@ def test_budget_is_reserved_before_data_and_refusal_writes_nothing(tmp_path, mlp
     def touch_data(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("training started although the budget refuses the run")
 
-    monkeypatch.setattr("dp_tangent.training.fit", touch_data)
+    monkeypatch.setattr("dp_tangent.training.deltas.fit", touch_data)
     with pytest.raises(BudgetExceededError, match="s0"):
         train_component(mlp_backbone, None, tiny_records(), ledger=ledger, data_source="toy", shard="s0", name="c0",
                         output=out, manifest_key=KEY, privacy=PrivacySpec(epsilon=2.0, delta=1e-5),

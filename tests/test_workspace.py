@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from dp_tangent.audit_log import verify
+from dp_tangent.workspace.audit_log import verify
 from dp_tangent.backbones import BackboneSpec
 from dp_tangent.data import RecordSet
 from dp_tangent.io import sha256_file
-from dp_tangent.manifest import key_id
+from dp_tangent.components.manifest import key_id
 from dp_tangent.training import PrivacySpec, TrainConfig
 from dp_tangent.workspace import Workspace, WorkspaceError
 from privacy_accounting import BudgetExceededError

@@ -1,0 +1,67 @@
+"""The ``dp-tangent`` app: the Typer application, the options commands share, and the entry point.
+
+Every mistake a user can make ends in one line on stderr and exit code 2 (no traceback); Ctrl-C
+ends with exit code 130 after the library has recorded what it must (a reserved budget stays spent).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from privacy_accounting import PrivacyAccountingError
+
+from ..errors import DPTangentError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Differentially private fine-tuning of tangent models: train, compose, report, forget.")
+
+
+@app.callback()
+def _root() -> None:
+    """Differentially private fine-tuning of tangent models: train, compose, report, forget."""
+
+
+WorkspaceOption = Annotated[Path, typer.Option("--workspace", "-w", help="Workspace directory.")]
+DEFAULT_WORKSPACE = Path("dp-tangent-workspace")
+
+
+def open_workspace(path: Path):  # noqa: ANN202
+    """The workspace at ``path`` (a one-line error if it is not one)."""
+    from ..workspace import Workspace
+
+    return Workspace.open(path)
+
+
+def busy(message: str):  # noqa: ANN202
+    """A spinner on stderr for steps that can take seconds (accounting, retraining)."""
+    from rich.console import Console
+
+    return Console(stderr=True).status(message)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console entry point: run the app, turning expected errors into one-line messages."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+    try:
+        code = app(args=argv, standalone_mode=False)  # without standalone mode, Exit(n) comes back as n
+        if code == 130:  # typer turns Ctrl-C into Exit(130)
+            raise KeyboardInterrupt
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except (DPTangentError, PrivacyAccountingError, FileNotFoundError, PermissionError, ValueError) as err:
+        typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
+        sys.exit(2)
+    except (KeyboardInterrupt, typer.Abort):  # click turns Ctrl-C into Abort
+        typer.secho("interrupted: nothing half-written was kept; a reserved budget stays spent", err=True)
+        sys.exit(130)
+    except typer.Exit as stop:
+        sys.exit(stop.exit_code)
+    except typer.TyperException as err:  # usage errors: show usage and the message
+        err.show()  # type: ignore[attr-defined]
+        sys.exit(getattr(err, "exit_code", 2))

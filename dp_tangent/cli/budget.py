@@ -1,0 +1,50 @@
+"""``dp-tangent budget set | show``: privacy budgets per data source or shard."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .app import DEFAULT_WORKSPACE, WorkspaceOption, app, open_workspace
+
+
+budget_app = typer.Typer(help="Privacy budgets per data source or shard.", no_args_is_help=True)
+app.add_typer(budget_app, name="budget")
+
+
+@budget_app.command("set")
+def budget_set(
+    target: Annotated[str, typer.Argument(help="DATA_SOURCE or DATA_SOURCE/SHARD.")],
+    epsilon: Annotated[float, typer.Argument(help="Epsilon limit.")],
+    delta: Annotated[float, typer.Option(help="Delta at which the limit holds.")] = 1e-5,
+    workspace: WorkspaceOption = DEFAULT_WORKSPACE,
+) -> None:
+    """Set the epsilon limit of a data source (every shard of it) or of one shard."""
+    source, _, shard = target.partition("/")
+    budget = open_workspace(workspace).set_budget(source, shard or None, epsilon, delta)
+    typer.echo(f"budget {target}: epsilon {budget.epsilon:g} at delta {budget.delta:g}")
+
+
+@budget_app.command("show")
+def budget_show(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
+    """Spent and remaining epsilon of every shard."""
+    import math
+
+    from rich.console import Console
+    from rich.table import Table
+
+    ledger = open_workspace(workspace).ledger
+    table = Table()
+    for column in ("data source", "shard", "spent ε", "limit ε", "remaining ε", "δ"):
+        table.add_column(column)
+    for source, shard in ledger.shards():
+        limit = ledger.budget(source, shard)
+        events = ledger.events(data_source=source, shard=shard)
+        delta = limit.delta if limit else min((e.delta for e in events), default=None)
+        spent = ledger.shard_spend(source, shard, delta=delta).epsilon if delta else 0.0
+        remaining = ledger.remaining(source, shard)
+        table.add_row(source, shard, f"{spent:.3g}" if math.isfinite(spent) else "∞ (non-private)",
+                      f"{limit.epsilon:g}" if limit else "no budget set",
+                      "-" if remaining is None else f"{remaining:.3g}", f"{delta:g}" if delta else "-")
+    Console().print(table)

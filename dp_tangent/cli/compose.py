@@ -1,0 +1,28 @@
+"""``dp-tangent compose``: components composed into one model."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from .app import DEFAULT_WORKSPACE, WorkspaceOption, app, busy, open_workspace
+
+
+@app.command()
+def compose(
+    components: Annotated[list[str], typer.Argument(help="Component names in the workspace.")],
+    name: Annotated[str, typer.Option("--name", help="Name of the composed model.")],
+    weights: Annotated[Optional[str], typer.Option(help="Comma-separated weights, one per component.")] = None,
+    method: Annotated[str, typer.Option(help="mean, sum or task-arithmetic.")] = "mean",
+    workspace: WorkspaceOption = DEFAULT_WORKSPACE,
+) -> None:
+    """Compose components (theta0 + weighted sum of deltas) into a model of one model's cost."""
+    try:
+        parsed = [float(w) for w in weights.split(",")] if weights else None
+    except ValueError:
+        raise typer.BadParameter(f"--weights must be comma-separated numbers, got {weights!r}") from None
+    ws = open_workspace(workspace)
+    with busy("composing…"):
+        record = ws.compose_model(name, components, parsed, method.replace("-", "_"))
+    typer.echo(f"composed {name} from {', '.join(record.component_names)} ({record.method})")

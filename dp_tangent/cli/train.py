@@ -1,0 +1,243 @@
+"""``dp-tangent train``: one DP component per shard of a recipe's data, composed into one model.
+
+``train`` spends privacy budget: one DP component per shard (``NAME-shard-K`` on shard ``shard-K``
+of the recipe's data source), every shard reserved in the ledger before any record is read, trained
+by an executor (local worker processes by default, or Ray), then composes them (mean) into model
+``NAME``. A failed shard is retried with ``--shard K`` as ``NAME-shard-K-retry-J``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from ..errors import DPTangentError
+from .app import DEFAULT_WORKSPACE, WorkspaceOption, app
+
+if TYPE_CHECKING:
+    from ..data import RecordSet
+    from ..recipes import Recipe
+    from ..workspace import Workspace
+    from ..workspace.train import TrainingRun
+
+class ShardsMissingError(DPTangentError):
+    """Some shards of a model failed (their budget stays spent); the others are kept."""
+
+
+RecipeArgument = Annotated[Path, typer.Argument(help="Recipe YAML file (see docs/recipes.md).")]
+def _check_unused(ws: Workspace, name: str, shards: int) -> None:
+    """Refuse before spending anything if the model or a component name is taken."""
+    from ..workspace import WorkspaceError
+
+    if name in ws.list_models():
+        raise WorkspaceError(f"model {name!r} already exists in {ws.root}; choose another --name")
+    for k in range(shards):
+        component = f"{name}-shard-{k}"
+        if ws.component_name_used(component):
+            raise WorkspaceError(f"component name {component!r} is already used in {ws.root}; choose another --name")
+
+
+def _register_source(ws: Workspace, recipe: Recipe) -> None:
+    """Declare the data source and its shards; digits (random split) can be re-read for retraining."""
+    from ..data.kinds import DigitsData
+    from ..workspace import data_sources as sources
+
+    shards = [f"shard-{k}" for k in range(recipe.shards.count)]
+    ws.ledger.set_data_source(recipe.data_source, unit="record", description=f"recipe data {recipe.data.kind}",
+                              shards=shards)
+    source = recipe.data.source
+    if isinstance(source, DigitsData):
+        sources.register(ws, recipe.data_source, sources.DigitsSource(
+            image_size=source.image_size, shards=recipe.shards.count, test_fraction=source.test_fraction,
+            seed=source.seed, max_records=source.max_records, by=recipe.shards.by))
+    budget = recipe.budget
+    current = next((b for b in ws.ledger.budgets() if (b.data_source, b.shard) == (recipe.data_source, None)), None)
+    if budget and (current is None or (current.epsilon, current.delta) != (budget.epsilon, budget.delta)):
+        ws.set_budget(recipe.data_source, None, budget.epsilon, budget.delta)
+
+
+_COMPONENT = r"^{name}-shard-(\d+)(?:-retry-\d+)?$"
+
+
+def _components_by_shard(ws: Workspace, name: str) -> dict[int, str]:
+    """Shard number -> completed component of model ``name`` (``NAME-shard-K`` or a ``-retry-J`` of it)."""
+    pattern = re.compile(_COMPONENT.format(name=re.escape(name)))
+    found: dict[int, str] = {}
+    for event in ws.ledger.events(status="completed"):
+        match = pattern.match(event.component)
+        if match and ws.component_path(event.component).exists():
+            found[int(match.group(1))] = event.component
+    return found
+
+
+def _retry_name(ws: Workspace, name: str, k: int) -> str:
+    """``NAME-shard-K``, or the first unused ``NAME-shard-K-retry-J`` (names are never reused)."""
+    candidates = [f"{name}-shard-{k}"] + [f"{name}-shard-{k}-retry-{j}" for j in range(1, 1000)]
+    return next(c for c in candidates if not ws.component_name_used(c))
+
+
+def _check_retry(ws: Workspace | None, name: str, selected: list[int], count: int) -> None:
+    from ..workspace import WorkspaceError
+
+    bad = [k for k in selected if not 0 <= k < count]
+    if bad:
+        raise WorkspaceError(f"--shard {bad[0]} is out of range: the recipe has shards 0..{count - 1}")
+    if ws is None:
+        return
+    if name in ws.list_models():
+        raise WorkspaceError(f"model {name!r} already exists in {ws.root}; choose another --name")
+    done = _components_by_shard(ws, name)
+    trained = [k for k in selected if k in done]
+    if trained:
+        raise WorkspaceError(f"shard {trained[0]} of {name!r} already has component {done[trained[0]]!r}; "
+                             "retry only shards that failed")
+
+
+def _executor(kind: str, workers: int | None, address: str | None, recipe: Recipe, jobs: int):  # noqa: ANN202
+    from ..training.executors import ExecutorError, available_cores, create_executor
+
+    if workers is not None and kind != "local":
+        raise ExecutorError("--workers applies to the local executor only")
+    if address is not None and kind != "ray":
+        raise ExecutorError("--address applies to the ray executor only")
+    if kind == "local":
+        return create_executor("local", workers=min(available_cores(), jobs) if workers is None else min(workers, jobs))
+    if kind == "ray":
+        return create_executor("ray", address=address, num_cpus=recipe.resources.cpus,
+                               num_gpus=recipe.resources.gpus)
+    return create_executor(kind)
+
+
+@app.command()
+def train(
+    recipe_path: RecipeArgument,
+    shards: Annotated[Optional[int], typer.Option(help="Number of disjoint shards (default: the recipe's).")] = None,
+    epsilon: Annotated[Optional[float], typer.Option(help="Target epsilon of every component.")] = None,
+    delta: Annotated[Optional[float], typer.Option(help="Delta of every component.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Model name; components are NAME-shard-K "
+                                                     "(default: the recipe file's stem).")] = None,
+    only: Annotated[Optional[list[int]], typer.Option(
+        "--shard", help="Train only shard K (repeatable): retries shards whose training failed.")] = None,
+    executor: Annotated[str, typer.Option(help="Where components train: local (worker processes on this machine), "
+                                               "ray (a Ray cluster) or serial (this process).")] = "local",
+    workers: Annotated[Optional[int], typer.Option(help="local: worker processes (default: one per core, "
+                                                        "at most one per shard).")] = None,
+    address: Annotated[Optional[str], typer.Option(help="ray: 'auto' joins the running cluster, "
+                                                        "'ray://HOST:10001' a remote one (default: a local instance).")] = None,
+    workspace: WorkspaceOption = DEFAULT_WORKSPACE,
+) -> None:
+    """Train one DP component per shard of a recipe's data, and compose them (mean) into model NAME.
+
+    Budget for every shard is reserved before any training starts. A shard that fails keeps its
+    budget spent and leaves the others intact; retry it with --shard K, and the model is composed
+    once every shard has a component.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..recipes import load_recipe
+    from ..workspace import ShardJob, Workspace, check_name
+
+    recipe = load_recipe(recipe_path).with_overrides(shards=shards, epsilon=epsilon, delta=delta)
+    name = check_name(name or recipe_path.stem, "model")
+    count = recipe.shards.count
+    ws = Workspace.open(workspace) if (workspace / "workspace.json").exists() else None
+    selected = sorted(set(only)) if only else list(range(count))
+    if only:
+        _check_retry(ws, name, selected, count)
+    elif ws is not None:
+        _check_unused(ws, name, count)
+    runner = _executor(executor, workers, address, recipe, len(selected))
+    test, parts = recipe.load_data()  # before creating anything: a data set that does not load leaves no trace
+    if only and ws is not None:
+        _check_same_split(ws, name, parts)
+    ws = ws or Workspace.create(workspace)
+    _register_source(ws, recipe)
+    spec, console = recipe.backbone.spec(), Console()
+    jobs = [ShardJob(_retry_name(ws, name, k), f"shard-{k}", parts[k]) for k in selected]
+    console.print(f"{recipe_path}: {spec.name} ({recipe.trainable}), {len(jobs)} of {count} shards "
+                  f"({[len(j.records) for j in jobs]} records), epsilon {recipe.privacy.epsilon:g} each, "
+                  f"executor {runner.name}; workspace {ws.root}")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    options = {"--shards": shards, "--epsilon": epsilon, "--delta": delta, "--executor": executor,
+               "--workers": workers, "--address": address}
+    retry = ["dp-tangent", "train", str(recipe_path), "--name", name, "-w", str(ws.root),
+             *(item for flag, value in options.items() if value is not None for item in (flag, str(value)))]
+    try:
+        with Progress(*columns, console=console) as progress:
+            bars = {job.name: progress.add_task(job.name, total=None) for job in jobs}
+            run = ws.train_all(spec, recipe.trainable, jobs, data_source=recipe.data_source,
+                               privacy=recipe.privacy_spec(), config=recipe.train_config(), executor=runner,
+                               progress=lambda job, step, total: progress.update(bars[job], completed=step,
+                                                                                  total=total))
+    except KeyboardInterrupt:
+        missing = _missing_shards(_components_by_shard(ws, name), count)
+        if missing and any(e.component in {j.name for j in jobs} for e in ws.ledger.events()):
+            typer.echo(f"to train the shards without a component: {_retry_command(retry, missing)}", err=True)
+        raise
+    _report(ws, recipe, name, test, run, retry)
+
+
+def _missing_shards(done: dict[int, str], count: int) -> list[int]:
+    return [k for k in range(count) if k not in done]
+
+
+def _retry_command(retry: list[str], missing: list[int]) -> str:
+    return shlex.join([*retry, *(item for k in missing for item in ("--shard", str(k)))])
+
+
+def _check_same_split(ws: Workspace, name: str, parts: list[RecordSet]) -> None:
+    """A retry must see the very shards the model's other components were trained on."""
+    from ..components.manifest import RecordManifest
+    from ..workspace import WorkspaceError
+
+    key = ws.manifest_key()
+    for k, component in sorted(_components_by_shard(ws, name).items()):
+        root = ws.load_component(component).metadata.manifest.root
+        if k >= len(parts) or RecordManifest.build(parts[k].record_ids, key).root != root:
+            raise WorkspaceError(f"shard {k} of this recipe does not hold the records {component!r} was trained on "
+                                 "(its data, seed or --shards changed); retry with the same recipe and options")
+
+
+def _report(ws: Workspace, recipe: Recipe, name: str, test: RecordSet | None, run: TrainingRun,
+            retry: list[str]) -> None:
+    """Print each new component, the failures with how to retry them, and compose the model if complete."""
+    from ..tangent import linearize
+    from ..training.evaluation import accuracy
+
+    spec = recipe.backbone.spec()
+    tangent = linearize(spec.build(), recipe.trainable) if test is not None else None
+    features = tangent.features(test.inputs) if tangent is not None else None
+
+    def with_accuracy(line: str, deltas: dict) -> str:
+        if tangent is None:
+            return line
+        tangent.load_deltas(deltas)
+        return line + f", test accuracy {accuracy(tangent, test, features=features):.1%}"
+
+    for result in sorted(run.completed, key=lambda r: r.metadata.name):
+        component = ws.load_component(result.metadata.name)
+        worker = result.metadata.training.worker or {}
+        where = f" [{worker.get('executor')} pid {worker.get('pid')} on {worker.get('host')}]" if worker else ""
+        epsilon = component.metadata.epsilon
+        line = (f"{component.name}: epsilon {epsilon:.3g}" if math.isfinite(epsilon)
+                else f"{component.name}: NON-PRIVATE (epsilon = inf)")
+        typer.echo(with_accuracy(line, component.deltas) + where)
+    for failure in sorted(run.failed, key=lambda f: f.name):
+        typer.secho(f"{failure.name} ({failure.shard}) FAILED: {failure.reason}; its reserved budget stays spent",
+                    err=True, fg=typer.colors.RED)
+    done = _components_by_shard(ws, name)
+    missing = _missing_shards(done, recipe.shards.count)
+    if missing:
+        raise ShardsMissingError(f"model {name!r} not composed: shard(s) {', '.join(map(str, missing))} have no "
+                                 f"component; retry them with: {_retry_command(retry, missing)}")
+    components = [done[k] for k in range(recipe.shards.count)]
+    ws.compose_model(name, components, method="mean")
+    guarantee = ws.ledger.model_guarantee(name)
+    typer.echo(with_accuracy(f"model {name}: mean of {len(components)} components, epsilon "
+                             f"{guarantee.epsilon:.3g} per record", ws.load_model(name)[1]))

@@ -1,0 +1,23 @@
+"""Components: what one private training run produces, and how components combine into one model.
+
+* ``component``: the component file (deltas + validated metadata, one safetensors file);
+* ``manifest``: which records a component saw, as keyed commitments;
+* ``compose``: Tangent Model Composition -- mean, sum, task arithmetic (and regmean);
+* ``regmean``: the least-squares merge on public merge inputs, by conjugate gradients;
+* ``centroid``: the centroid of public fine-tuned models as a new linearization point;
+* ``rebuild``: a component's tangent model, rebuilt from its metadata.
+"""
+
+from .centroid import Centroid, CentroidRecord, centroid_base, save_centroid, state_digest
+from .component import (NON_PRIVATE_LABEL, Component, ComponentError, ComponentMetadata, Deltas, deltas_digest,
+                        load_component, read_metadata, save_component)
+from .compose import METHODS, ComposedPart, Composition, CompositionRecord, check_compatible, compose, weighted_sum
+from .errors import CompositionError, PrivateMergeDataError
+from .rebuild import tangent_for
+from .regmean import conjugate_gradients, tensor_digest
+
+__all__ = ["METHODS", "NON_PRIVATE_LABEL", "Centroid", "CentroidRecord", "Component", "ComponentError",
+           "ComponentMetadata", "ComposedPart", "Composition", "CompositionError", "CompositionRecord", "Deltas",
+           "PrivateMergeDataError", "centroid_base", "check_compatible", "compose", "conjugate_gradients",
+           "deltas_digest", "load_component", "read_metadata", "save_centroid", "save_component", "state_digest",
+           "tangent_for", "tensor_digest", "weighted_sum"]

@@ -1,0 +1,155 @@
+"""Component artifacts: one safetensors file holding the deltas, with its metadata inside.
+
+The metadata (validated by pydantic) records what is needed to rebuild, compose, audit and forget
+the component: the base model and the sha256 of its weights, the ``trainable`` selection, the loss,
+the keyed record-id manifest, every DP parameter and the accountants' epsilons, the seed, the noise
+generator, and library versions. ``deltas_sha256`` covers the tensors, so a file whose tensors
+were changed is refused on load. Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from ..errors import DPTangentError
+from ..io import atomic_write_bytes, sha256_file
+
+FORMAT = "dp-tangent-component/1"
+Deltas = dict[str, torch.Tensor]  # base-model parameter name -> delta
+NON_PRIVATE_LABEL = "NON-PRIVATE (epsilon = infinity): no differential-privacy guarantee"
+
+
+class ComponentError(DPTangentError):
+    """A component file is missing, corrupt, or does not match its metadata."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ManifestInfo(_Strict):
+    scheme: str
+    key_id: str
+    root: str
+    records: int
+    commitments: list[str]
+
+
+class PrivacyInfo(_Strict):
+    private: bool
+    label: str
+    epsilon: float | None = Field(description="reported (tightest valid upper bound); None = infinity")
+    delta: float | None
+    accountant: str | None
+    epsilon_by_accountant: dict[str, float | None] = {}
+    noise_multiplier: float
+    max_grad_norm: float | None
+    sample_rate: float
+    steps: int
+    sampling: str
+    neighbouring_relation: str
+    grad_sample_mode: str | None
+    noise_generator: str
+    secure_mode: bool
+    ledger_reservation: str | None
+
+
+class TrainingInfo(_Strict):
+    seed: int
+    epochs: int
+    batch_size: int
+    physical_batch_size: int
+    optimizer: str
+    lr: float
+    momentum: float
+    l2: float
+    device: str = "cpu"
+    worker: dict[str, Any] | None = None  # executor, host, pid (and Ray node) that trained it
+
+
+class ComponentMetadata(_Strict):
+    format: Literal["dp-tangent-component/1"] = FORMAT
+    name: str
+    created_at: str
+    base: dict
+    base_weights_sha256: str
+    trainable: str
+    loss: dict
+    data_source: str
+    shard: str
+    manifest: ManifestInfo
+    privacy: PrivacyInfo
+    training: TrainingInfo
+    versions: dict[str, str]
+    deltas_sha256: str
+
+    @property
+    def epsilon(self) -> float:
+        return math.inf if self.privacy.epsilon is None else self.privacy.epsilon
+
+
+def deltas_digest(deltas: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(deltas):
+        t = deltas[name].detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{t.dtype}|{tuple(deltas[name].shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_component(path: str | Path, deltas: dict[str, torch.Tensor], metadata: ComponentMetadata) -> str:
+    """Write atomically; returns the file's sha256."""
+    if metadata.deltas_sha256 != deltas_digest(deltas):
+        raise ComponentError("metadata.deltas_sha256 does not match the deltas being saved")
+    tensors = {name: t.detach().cpu().contiguous() for name, t in deltas.items()}
+    blob = save(tensors, metadata={"dp_tangent": metadata.model_dump_json()})
+    atomic_write_bytes(path, blob)
+    return sha256_file(path)
+
+
+class Component:
+    """A loaded component: ``deltas`` (base parameter names), ``metadata``, ``sha256`` of the file."""
+
+    def __init__(self, path: Path, deltas: dict[str, torch.Tensor], metadata: ComponentMetadata, sha256: str) -> None:
+        self.path, self.deltas, self.metadata, self.sha256 = path, deltas, metadata, sha256
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
+def read_metadata(path: str | Path) -> ComponentMetadata:
+    path = Path(path)
+    if not path.is_file():
+        raise ComponentError(f"component {path} does not exist")
+    try:
+        with open(path, "rb") as handle:
+            header_len = int.from_bytes(handle.read(8), "little")
+            if not 0 < header_len < 1 << 28:
+                raise ValueError("bad header length")
+            header = json.loads(handle.read(header_len))
+        return ComponentMetadata.model_validate_json(header["__metadata__"]["dp_tangent"])
+    except (ValueError, KeyError, TypeError, ValidationError, UnicodeDecodeError) as err:
+        raise ComponentError(f"{path} is not a valid dp-tangent component ({type(err).__name__})") from err
+
+
+def load_component(path: str | Path) -> Component:
+    """Load and verify: schema, and the tensors' digest against ``deltas_sha256``."""
+    path = Path(path)
+    metadata = read_metadata(path)
+    try:
+        deltas = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ComponentError(f"{path} is corrupt: {err}") from err
+    if deltas_digest(deltas) != metadata.deltas_sha256:
+        raise ComponentError(f"{path}: the deltas do not match the digest in its metadata (modified or corrupt)")
+    return Component(path, deltas, metadata, sha256_file(path))

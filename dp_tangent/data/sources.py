@@ -1,0 +1,35 @@
+"""How a data source is re-read for retraining after a deletion: descriptions a workspace records.
+
+Raw records stay with the data owner; a workspace only records *how* to load a data source. The
+embedded default is scikit-learn's digits with a fixed split, so retraining rebuilds exactly the
+shards the components were trained on.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from .digits import load_digits
+from .records import RecordSet
+from .splits import split_shards
+
+
+class DigitsSource(BaseModel):
+    """scikit-learn digits split into a test set and ``shards`` shards named ``shard-<k>``; any other
+    shard name (e.g. a reference run) is the union of all shards."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    loader: str = "sklearn_digits"
+    image_size: int
+    shards: int
+    test_fraction: float
+    seed: int
+    max_records: int | None = None
+    by: str = "random"
+
+    def shard_records(self) -> list[RecordSet]:
+        digits = load_digits(image_size=self.image_size)
+        if self.max_records:
+            digits = digits.subset(range(min(self.max_records, len(digits))))
+        return split_shards(digits, shards=self.shards, test_fraction=self.test_fraction, seed=self.seed,
+                            by=self.by)[1]

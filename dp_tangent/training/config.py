@@ -1,0 +1,90 @@
+"""What a private training run is asked for: the privacy target and the optimisation settings.
+
+``epsilon = inf`` trains without clipping or noise, for comparison only: the component and the
+ledger say NON-PRIVATE, and a shard with a finite budget refuses it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import DPTangentError
+from .losses import ConvexLoss
+
+GRAD_SAMPLE_MODES = ("hooks", "ghost")
+ProgressFn = Callable[[int, int], None]
+
+
+class TrainingError(DPTangentError):
+    """A training request that cannot run as asked (nothing was spent or written)."""
+
+
+@dataclass(frozen=True)
+class PrivacySpec:
+    """Target (epsilon, delta), or an explicit noise multiplier; ``epsilon=inf`` is non-private.
+
+    ``delta=None`` becomes min(1e-5, 0.1/n) for a shard of n records (well below 1/n).
+    """
+
+    epsilon: float | None = None
+    delta: float | None = None
+    noise_multiplier: float | None = None
+    max_grad_norm: float = 1.0
+    accountant: str = "pld"
+
+    @property
+    def private(self) -> bool:
+        return not (self.epsilon is not None and math.isinf(self.epsilon))
+
+    def validate(self, n: int) -> float:
+        """Checks the request against a shard of ``n`` records; returns the delta to use."""
+        if self.private and (self.epsilon is None) == (self.noise_multiplier is None):
+            raise TrainingError("give exactly one of epsilon (a target) or noise_multiplier")
+        if self.epsilon is not None and not self.epsilon > 0:
+            raise TrainingError(f"epsilon must be > 0 (or inf for non-private), got {self.epsilon}")
+        if self.noise_multiplier is not None and not self.noise_multiplier > 0:
+            raise TrainingError(f"noise_multiplier must be > 0, got {self.noise_multiplier}")
+        if not self.max_grad_norm > 0:
+            raise TrainingError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+        delta = self.delta if self.delta is not None else min(1e-5, 0.1 / n)
+        if not 0 < delta < 1:
+            raise TrainingError(f"delta must be in (0, 1), got {delta}")
+        if self.private and delta >= 1.0 / n:
+            raise TrainingError(f"delta {delta:g} >= 1/n = {1.0 / n:g} for a shard of {n} records: "
+                                "such a delta allows releasing a record outright; use delta well below 1/n")
+        return delta
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64  # expected logical batch size (Poisson)
+    physical_batch_size: int = 64
+    lr: float = 0.5
+    momentum: float = 0.9
+    grad_sample_mode: str = "hooks"
+    seed: int = 0
+    loss: ConvexLoss = field(default_factory=ConvexLoss)
+    cache_features: bool = True
+    device: str = "cpu"  # "cuda" / "cuda:K" to train on a GPU (deltas come back on the CPU)
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "physical_batch_size"):
+            if getattr(self, name) < 1:
+                raise TrainingError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise TrainingError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise TrainingError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
+            raise TrainingError(f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}, got {self.grad_sample_mode!r}")
+        try:
+            kind = torch.device(self.device).type
+        except RuntimeError as err:
+            raise TrainingError(f"device must be 'cpu' or 'cuda[:K]', got {self.device!r}") from err
+        if kind not in ("cpu", "cuda"):
+            raise TrainingError(f"device must be 'cpu' or 'cuda[:K]', got {self.device!r}")

@@ -1,0 +1,34 @@
+"""The serial executor: every task in this process, one after another (the reference for the others)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+
+from ..deltas import train_deltas
+from ..plan import TrainingTask
+from .base import TaskDone, TaskFailed, TaskOutcome, TaskProgressFn, check_local_device, worker_identity
+
+
+class SerialExecutor:
+    name = "serial"
+
+    def start(self, tasks: int) -> None:
+        pass
+
+    def prepare(self, tasks: Sequence[TrainingTask]) -> None:
+        check_local_device(tasks)
+
+    def close(self) -> None:
+        pass
+
+    def run(self, tasks: Sequence[TrainingTask], progress: TaskProgressFn | None = None) -> Iterator[TaskOutcome]:
+        for task in tasks:
+            report = (lambda step, total, name=task.name: progress(name, step, total)) if progress else None
+            worker = worker_identity(self.name)
+            try:
+                result = train_deltas(task, report)
+            except Exception as err:  # noqa: BLE001 -- an outcome, not a crash of the driver (Ctrl-C still is)
+                yield TaskFailed(task, f"{type(err).__name__}: {err}", worker, error=err)
+            else:
+                yield TaskDone(task, replace(result, worker=worker))

@@ -1,0 +1,56 @@
+"""One component trained in this process without a workspace: plan, reserve, train, write.
+
+Executors run the same steps with the training in a worker (see :mod:`dp_tangent.workspace.train`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from privacy_accounting import Ledger
+
+from ..backbones import BackboneSpec
+from ..data.records import RecordSet
+from ..errors import failure_reason
+from ..tangent import linearize
+from .config import PrivacySpec, ProgressFn, TrainConfig
+from .deltas import train_deltas
+from .per_sample import check_per_sample_support
+from .plan import plan_task, reservation_request
+from .write import TrainedComponent, write_component
+
+
+def train_component(
+    backbone: BackboneSpec,
+    trainable: str | None,
+    records: RecordSet,
+    *,
+    ledger: Ledger,
+    data_source: str,
+    shard: str,
+    name: str,
+    output: str | Path,
+    manifest_key: bytes,
+    privacy: PrivacySpec,
+    config: TrainConfig = TrainConfig(),
+    operator: str | None = None,
+    purpose: str = "training",
+    progress: ProgressFn | None = None,
+) -> TrainedComponent:
+    """Train one component on ``records`` (one shard) in this process and write it to ``output``.
+
+    Plan, reserve, :func:`train_deltas`, :func:`write_component` (see the module doc); executors
+    run the same steps with the middle one in a worker.
+    """
+    task = plan_task(backbone, trainable, records, name=name, shard=shard, privacy=privacy, config=config)
+    if privacy.private:
+        check_per_sample_support(linearize(backbone.build(), trainable))
+    reservation = ledger.reserve_all([reservation_request(task, data_source=data_source, shard=shard,
+                                                          operator=operator, purpose=purpose)])[0]
+    try:
+        trained = train_deltas(task, progress)
+        return write_component(task, trained, ledger=ledger, reservation=reservation, data_source=data_source,
+                               shard=shard, output=output, manifest_key=manifest_key)
+    except BaseException as err:
+        ledger.fail(reservation, reason=failure_reason(err))
+        raise

@@ -1,0 +1,83 @@
+"""Planning a run before any record is read: what it will spend, and the task a worker runs.
+
+Sample rate q = 1/ceil(n/B) (Opacus's Poisson rate for expected batch size B), steps
+T = epochs · ceil(n/B), noise multiplier (given, or calibrated for the target epsilon with the
+chosen accountant); the ledger reserves the planned event PoissonSampled(q, Gaussian(sigma))
+composed T times, and refuses it if the shard's budget would be exceeded.
+"""
+
+from __future__ import annotations
+
+import getpass
+import math
+from dataclasses import dataclass
+
+import dp_accounting
+
+from privacy_accounting import ReservationRequest, calibrate_noise_multiplier, dp_sgd_event
+
+from ..backbones import BackboneSpec
+from ..data.records import RecordSet
+from .config import PrivacySpec, TrainConfig, TrainingError
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run will spend, fixed before any data is read."""
+
+    records: int
+    delta: float
+    sample_rate: float
+    steps: int
+    noise_multiplier: float
+    event: object
+
+
+def plan_run(n: int, privacy: PrivacySpec, config: TrainConfig) -> Plan:
+    """Sample rate, steps, sigma and the DP event of a run on ``n`` records (no data touched)."""
+    config.validate()
+    delta = privacy.validate(n)
+    batches = math.ceil(n / config.batch_size)
+    sample_rate, steps = 1.0 / batches, config.epochs * batches
+    if not privacy.private:
+        return Plan(n, delta, sample_rate, steps, 0.0, dp_accounting.NonPrivateDpEvent())
+    sigma = privacy.noise_multiplier or calibrate_noise_multiplier(
+        privacy.epsilon, delta, sample_rate, steps, accountant=privacy.accountant)
+    return Plan(n, delta, sample_rate, steps, sigma, dp_sgd_event(sigma, sample_rate, steps))
+
+
+@dataclass(frozen=True)
+class TrainingTask:
+    """One component's training, as a value a worker process or a Ray node can run.
+
+    Holds no ledger, key or path: budget is reserved and the component written by the driver.
+    """
+
+    name: str
+    backbone: BackboneSpec
+    trainable: str | None
+    records: RecordSet
+    plan: Plan
+    privacy: PrivacySpec
+    config: TrainConfig
+
+
+def reservation_request(task: TrainingTask, *, data_source: str, shard: str, operator: str | None,
+                        purpose: str) -> ReservationRequest:
+    """The ledger reservation of ``task``'s planned event (the driver makes it before training starts)."""
+    private, plan = task.privacy.private, task.plan
+    return ReservationRequest(
+        data_source=data_source, shard=shard, event=plan.event, delta=plan.delta,
+        purpose=purpose if private else "non_private_baseline", operator=operator or getpass.getuser(),
+        component=task.name,
+        details={"noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate, "steps": plan.steps,
+                 "max_grad_norm": task.privacy.max_grad_norm if private else None, "records": plan.records,
+                 "trainable": task.trainable, "grad_sample_mode": task.config.grad_sample_mode})
+
+
+def plan_task(backbone: BackboneSpec, trainable: str | None, records: RecordSet, *, name: str, shard: str,
+              privacy: PrivacySpec, config: TrainConfig) -> TrainingTask:
+    """Validate and plan one component's training (no ledger, no training)."""
+    if len(records) == 0:
+        raise TrainingError(f"shard {shard!r} has no records")
+    return TrainingTask(name, backbone, trainable, records, plan_run(len(records), privacy, config), privacy, config)

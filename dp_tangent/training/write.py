@@ -1,0 +1,104 @@
+"""The driver's side of a finished task: the component written atomically, its reservation completed.
+
+Any failure marks the reservation failed by the caller: the budget stays spent, and no component
+file appears without a completed reservation.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+from privacy_accounting import EpsilonBounds, Ledger, epsilon_bounds
+
+from ..components.component import (NON_PRIVATE_LABEL, ComponentMetadata, ManifestInfo, PrivacyInfo, TrainingInfo,
+                                    deltas_digest, save_component)
+from ..components.manifest import RecordManifest
+from .config import TrainingError
+from .deltas import TrainedDeltas
+from .plan import TrainingTask
+from .sgd import NOISE_GENERATOR
+
+
+@dataclass(frozen=True)
+class TrainedComponent:
+    path: Path
+    metadata: ComponentMetadata
+    sha256: str
+    reservation_id: str
+
+
+def write_component(task: TrainingTask, trained: TrainedDeltas, *, ledger: Ledger, reservation: str,
+                    data_source: str, shard: str, output: str | Path, manifest_key: bytes) -> TrainedComponent:
+    """Write the component atomically and complete its reservation (the driver's side of a task)."""
+    output = Path(output)
+    if trained.steps != task.plan.steps:
+        raise TrainingError(f"took {trained.steps} steps but planned {task.plan.steps}")
+    bounds = epsilon_bounds(task.plan.event, task.plan.delta)
+    metadata = _metadata(task, trained, bounds, data_source, shard, manifest_key, reservation)
+    sha = save_component(output, trained.deltas, metadata)
+    try:
+        ledger.complete(reservation, details={"artifact": str(output), "sha256": sha,
+                                              "epsilon": metadata.privacy.epsilon, "accountant": bounds.accountant,
+                                              "worker": trained.worker})
+    except BaseException:
+        output.unlink(missing_ok=True)  # no component without a completed reservation
+        raise
+    return TrainedComponent(output, metadata, sha, reservation)
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("dp-tangent", "torch", "opacus", "timm", "dp-accounting"):
+        try:
+            out[dist] = importlib_metadata.version(dist)
+        except importlib_metadata.PackageNotFoundError:
+            out[dist] = "unknown"
+    return out
+
+
+def _metadata(task: TrainingTask, trained: TrainedDeltas, bounds: EpsilonBounds, data_source: str, shard: str,
+              manifest_key: bytes, reservation: str) -> ComponentMetadata:
+    records, plan, privacy, config, backbone = task.records, task.plan, task.privacy, task.config, task.backbone
+    manifest = RecordManifest.build(records.record_ids, manifest_key)
+    private = privacy.private
+    return ComponentMetadata(
+        name=task.name,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        base=backbone.to_dict(),
+        base_weights_sha256=trained.base_weights_sha256,
+        trainable=trained.trainable,
+        loss={"kind": config.loss.kind, "kappa": config.loss.kappa, "l2": config.loss.l2},
+        data_source=data_source,
+        shard=shard,
+        manifest=ManifestInfo(scheme=manifest.scheme, key_id=manifest.key_id, root=manifest.root,
+                              records=len(manifest), commitments=list(manifest.commitments)),
+        privacy=PrivacyInfo(
+            private=private,
+            label=(f"(epsilon={bounds.epsilon:.3g}, delta={plan.delta:.3g})-DP for each record of shard "
+                   f"{shard!r} (add/remove one record)" if private else NON_PRIVATE_LABEL),
+            epsilon=bounds.epsilon if private else None,
+            delta=plan.delta if private else None,
+            accountant=bounds.accountant if private else None,
+            epsilon_by_accountant={"rdp": bounds.rdp, "prv": bounds.prv, "pld": bounds.pld} if private else {},
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=privacy.max_grad_norm if private else None,
+            sample_rate=plan.sample_rate,
+            steps=plan.steps,
+            sampling="poisson" if private else "shuffled batches (non-private)",
+            neighbouring_relation="add or remove one record",
+            grad_sample_mode=config.grad_sample_mode if private else None,
+            noise_generator=NOISE_GENERATOR if private else "none (no noise)",
+            secure_mode=False,
+            ledger_reservation=reservation,
+        ),
+        training=TrainingInfo(seed=config.seed, epochs=config.epochs, batch_size=config.batch_size,
+                              physical_batch_size=config.physical_batch_size, optimizer="sgd", lr=config.lr,
+                              momentum=config.momentum, l2=config.loss.l2, device=config.device,
+                              worker=trained.worker or None),
+        versions=_versions(),
+        deltas_sha256=deltas_digest(trained.deltas),
+    )

@@ -1,0 +1,21 @@
+"""The audited workspace: a directory holding components, composed models, the privacy ledger, the
+audit log, deletion certificates and the manifest key; every operation that changes it is logged.
+
+* ``store``: :class:`Workspace` -- create/open, paths, key, ledger, log, and the operations
+  (train, compose, budget, release);
+* ``train``: the driver of a training run (plan, reserve all shards, run an executor, write, log);
+* ``forget``: serving a deletion request (remove, retrain, recompose, verify, certify), with
+  ``deletion_requests`` (the request and its legal clock), ``request_register`` (receiving and
+  listing requests) and ``certificates`` (the certificate files);
+* ``audit_log``, ``merkle``, ``audit_errors``: the hash-chained audit log and its Merkle tree;
+* ``model_record``: a composed model's record; ``data_sources``: how each data source is re-read;
+* ``names``, ``lock``: checked artifact names and the workspace lock.
+"""
+
+from .model_record import ModelPart, ModelRecord
+from .names import WorkspaceError, check_name
+from .store import Workspace
+from .train import FailedShard, ShardJob, TrainingRun
+
+__all__ = ["FailedShard", "ModelPart", "ModelRecord", "ShardJob", "TrainingRun", "Workspace", "WorkspaceError",
+           "check_name"]

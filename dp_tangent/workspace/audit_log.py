@@ -1,0 +1,360 @@
+"""Append-only, hash-chained audit log of a workspace: one canonical JSON object per line.
+
+Entry k is ``{seq: k, time, operator, operation, inputs, outputs, parameters, prev_hash, hash}``
+with ``hash_k = sha256(canonical JSON of entry k without "hash")`` and ``prev_hash_k = hash_(k-1)``
+(64 zeros for k = 0). Canonical JSON: sorted keys, no spaces, ASCII only, no NaN. Every line must
+*be* the canonical JSON of its entry, so changing any byte of the file breaks that line's parse,
+its own hash, or the next entry's link; deleting or reordering entries breaks ``seq`` and the
+links. Cutting entries off the end leaves a valid shorter chain: compare with a head hash or
+Merkle root recorded elsewhere (``verify(..., expected_head=...)``).
+
+Artifacts named in ``inputs``/``outputs`` are ``{name, sha256, path}``: ``path`` relative to the
+log's folder (the workspace), ``sha256 = None`` in an output means the file was removed.
+:func:`verify` replays the outputs to know which digest each file must have now, and checks every
+file still on disk and every input against the version last logged for its path.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import getpass
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..io import fsync_dir, sha256_file
+from .audit_errors import AuditChainError, AuditLogError
+from .merkle import merkle_root
+
+GENESIS = "0" * 64
+OPERATIONS = frozenset({
+    "workspace_created", "training", "retraining", "composition", "deletion_request", "deletion",
+    "budget_change", "release",
+})
+_HEX64 = r"^[0-9a-f]{64}$"
+_OPERATION = re.compile(r"^[a-z][a-z_]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file (``path`` relative to the workspace) or a digest-identified input (``path=None``)."""
+
+    name: str
+    sha256: str | None
+    path: str | None = None
+
+    @classmethod
+    def of_file(cls, root: str | Path, path: str | Path, name: str | None = None) -> "Artifact":
+        """The file ``path`` (relative to ``root``, or absolute inside it) with its current sha256
+        (``None`` if it does not exist)."""
+        root = Path(root)
+        full = Path(path) if Path(path).is_absolute() else root / path
+        rel = full.resolve().relative_to(root.resolve()).as_posix()
+        return cls(name or full.name, sha256_file(full) if full.is_file() else None, rel)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "path": self.path, "sha256": self.sha256}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class ArtifactRecord(_Strict):
+    name: str = Field(min_length=1)
+    path: str | None
+    sha256: str | None = Field(pattern=_HEX64)
+
+
+class AuditEntry(_Strict):
+    """One line of the log (validated on read)."""
+
+    seq: int = Field(ge=0)
+    time: str
+    operator: str = Field(min_length=1)
+    operation: str = Field(pattern=_OPERATION.pattern)
+    inputs: list[ArtifactRecord]
+    outputs: list[ArtifactRecord]
+    parameters: dict[str, Any]
+    prev_hash: str = Field(pattern=_HEX64)
+    hash: str = Field(pattern=_HEX64)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What is wrong, and at which entry (``seq`` = position in the file, 0-based)."""
+
+    seq: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"entry {self.seq}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Outcome of :func:`verify`: ``ok`` iff no problem; ``first_bad`` is the earliest bad entry."""
+
+    path: Path
+    entries: int
+    head: str | None
+    merkle_root: str | None
+    problems: tuple[Problem, ...]
+    artifacts_checked: int
+    missing_artifacts: tuple[str, ...] = ()  # logged as present, not on disk (not counted as a problem)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def first_bad(self) -> Problem | None:
+        return min(self.problems, key=lambda p: p.seq) if self.problems else None
+
+    def __str__(self) -> str:
+        if self.ok:
+            gone = f", {len(self.missing_artifacts)} missing" if self.missing_artifacts else ""
+            return f"{self.path}: {self.entries} entries, chain valid, {self.artifacts_checked} artifacts match{gone}"
+        return f"{self.path}: {self.first_bad}"
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Sorted keys, no whitespace, ASCII, NaN/inf refused: one byte string per JSON value."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
+
+
+def entry_hash(entry: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of ``entry`` without its ``hash`` field."""
+    return hashlib.sha256(canonical_json({k: v for k, v in entry.items() if k != "hash"})).hexdigest()
+
+
+# -- reading and checking -------------------------------------------------------------------
+
+def _parse(data: bytes) -> tuple[list[AuditEntry], Problem | None]:
+    """The valid prefix of the chain in ``data``, and the first problem after it (if any)."""
+    entries: list[AuditEntry] = []
+    if not data:
+        return entries, None
+    lines = data.split(b"\n")
+    complete, tail = lines[:-1], lines[-1]
+    prev = GENESIS
+    for seq, line in enumerate(complete):
+        problem = _check_line(line, seq, prev)
+        if isinstance(problem, Problem):
+            return entries, problem
+        entries.append(problem)
+        prev = problem.hash
+    if tail:
+        return entries, Problem(len(complete), "incomplete last line (no newline): an interrupted or altered write")
+    return entries, None
+
+
+def _check_line(line: bytes, seq: int, prev: str) -> AuditEntry | Problem:
+    try:
+        raw = json.loads(line.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return Problem(seq, "not a valid ASCII JSON line")
+    if not isinstance(raw, dict):
+        return Problem(seq, "not a JSON object")
+    try:
+        if canonical_json(raw) != line:
+            return Problem(seq, "not in canonical form (altered)")
+    except ValueError:
+        return Problem(seq, "holds a value canonical JSON refuses (NaN or infinity)")
+    try:
+        entry = AuditEntry.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "entry"
+        return Problem(seq, f"does not match the entry schema at {where}: {first['msg']}")
+    if entry_hash(raw) != entry.hash:
+        return Problem(seq, "hash does not match the entry's content (entry modified)")
+    if entry.seq != seq:
+        return Problem(seq, f"seq is {entry.seq}, expected {seq} (entries deleted, inserted or reordered)")
+    if entry.prev_hash != prev:
+        return Problem(seq, "prev_hash does not match the previous entry's hash (chain broken)")
+    return entry
+
+
+def _safe_path(root: Path, rel: str) -> Path | None:
+    p = PurePosixPath(rel)
+    if p.is_absolute() or ".." in p.parts or not p.parts:
+        return None
+    return root / Path(*p.parts)
+
+
+def _check_artifacts(root: Path, entries: Sequence[AuditEntry]) -> tuple[list[Problem], int, list[str]]:
+    """Replay outputs to the expected current digest of each path; compare inputs and files on disk.
+
+    Returns (problems, files checked, paths logged as present but missing)."""
+    expected: dict[str, tuple[str | None, int]] = {}  # path -> (sha256 or None = removed, seq that set it)
+    problems: list[Problem] = []
+    for entry in entries:
+        for art in entry.inputs:
+            if art.path is not None and art.path in expected and art.sha256 != expected[art.path][0]:
+                problems.append(Problem(entry.seq, f"input {art.path} has sha256 {str(art.sha256)[:12]}, but entry "
+                                                   f"{expected[art.path][1]} logged {str(expected[art.path][0])[:12]}"))
+        for art in entry.outputs:
+            if art.path is not None:
+                expected[art.path] = (art.sha256, entry.seq)
+    checked, missing = 0, []
+    for rel, (sha, seq) in sorted(expected.items()):
+        path = _safe_path(root, rel)
+        if path is None:
+            problems.append(Problem(seq, f"artifact path {rel!r} leaves the workspace"))
+            continue
+        if not path.is_file():
+            if sha is not None:
+                missing.append(rel)  # reported, not a problem: moved away or archived
+            continue
+        checked += 1
+        if sha is None:
+            problems.append(Problem(seq, f"artifact {rel} was logged as removed but is on disk"))
+        elif sha256_file(path) != sha:
+            problems.append(Problem(seq, f"artifact {rel}: sha256 on disk differs from the logged one "
+                                         "(replaced or modified)"))
+    return problems, checked, missing
+
+
+class _HasAuditLog(Protocol):
+    audit_log_path: Path
+
+
+def _log_path(target: "str | os.PathLike[str] | _HasAuditLog") -> Path:
+    if hasattr(target, "audit_log_path"):
+        return Path(target.audit_log_path)  # type: ignore[union-attr]
+    path = Path(target)  # type: ignore[arg-type]
+    return path / "audit.log" if path.is_dir() else path
+
+
+def verify(workspace_or_path: "str | os.PathLike[str] | _HasAuditLog", check_artifacts: bool = True,
+           expected_head: str | None = None) -> VerifyReport:
+    """Recompute the chain (and, if asked, every artifact's sha256); report the first bad entry.
+
+    ``expected_head``: an entry hash recorded earlier outside the log; missing means the log was
+    truncated or rewritten since.
+    """
+    path = _log_path(workspace_or_path)
+    if not path.is_file():
+        raise AuditLogError(f"no audit log at {path}")
+    entries, problem = _parse(_read_locked(path))
+    problems = [problem] if problem else []
+    checked, missing = 0, []
+    if check_artifacts:
+        artifact_problems, checked, missing = _check_artifacts(path.parent, entries)
+        problems += artifact_problems
+    hashes = [e.hash for e in entries]
+    if expected_head is not None and expected_head not in hashes:
+        problems.append(Problem(len(entries), f"the expected head {expected_head[:12]} is not in the log "
+                                              "(truncated or rewritten)"))
+    head = hashes[-1] if hashes else None
+    return VerifyReport(path, len(entries), head, merkle_root(hashes), tuple(problems), checked, tuple(missing))
+
+
+class AuditLog:
+    """The audit log file at ``path`` (created on first append)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def entries(self) -> list[AuditEntry]:
+        """All entries; raises :class:`AuditChainError` if the chain is broken anywhere."""
+        if not self.path.exists():
+            return []
+        entries, problem = _parse(_read_locked(self.path))
+        if problem:
+            raise AuditChainError(f"{self.path}: {problem}")
+        return entries
+
+    def append(
+        self,
+        operation: str,
+        *,
+        operator: str | None = None,
+        inputs: Iterable[Artifact] = (),
+        outputs: Iterable[Artifact] = (),
+        parameters: Mapping[str, Any] | None = None,
+    ) -> AuditEntry:
+        """Append one entry under an exclusive lock, after re-checking the whole chain; fsyncs."""
+        if operation not in OPERATIONS:
+            raise AuditLogError(f"unknown operation {operation!r}; one of: {', '.join(sorted(OPERATIONS))}")
+        body: dict[str, Any] = {
+            "operator": operator or getpass.getuser(),
+            "operation": operation,
+            "inputs": [_artifact_json(a) for a in inputs],
+            "outputs": [_artifact_json(a) for a in outputs],
+            "parameters": _json_object(parameters),
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        created = not self.path.exists()
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            entries, problem = _parse(_read_all(fd))
+            if problem:
+                raise AuditChainError(f"refusing to append to a broken audit log {self.path}: {problem}")
+            raw = {"seq": len(entries), "time": utc_now(), **body,
+                   "prev_hash": entries[-1].hash if entries else GENESIS}
+            raw["hash"] = entry_hash(raw)
+            line = canonical_json(raw) + b"\n"
+            if os.write(fd, line) != len(line):
+                raise AuditLogError(f"short write to {self.path}; the log must be checked with verify()")
+            os.fsync(fd)
+        finally:
+            os.close(fd)  # closing releases the lock
+        if created:
+            fsync_dir(self.path.parent)
+        return AuditEntry.model_validate(raw)
+
+    def verify(self, check_artifacts: bool = True, expected_head: str | None = None) -> VerifyReport:
+        return verify(self.path, check_artifacts, expected_head)
+
+
+def _read_locked(path: Path) -> bytes:
+    """The whole file under a shared lock: never half of an append in progress."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        return _read_all(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_all(fd: int) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+
+def _artifact_json(artifact: Artifact) -> dict[str, Any]:
+    if not isinstance(artifact, Artifact):
+        raise AuditLogError(f"inputs/outputs must be Artifact values, got {type(artifact).__name__}")
+    record = ArtifactRecord(name=artifact.name, path=artifact.path, sha256=artifact.sha256)
+    if record.path is not None and _safe_path(Path("."), record.path) is None:
+        raise AuditLogError(f"artifact path {record.path!r} must be relative to the workspace, without '..'")
+    return record.model_dump()
+
+
+def _json_object(parameters: Mapping[str, Any] | None) -> dict[str, Any]:
+    if parameters is None:
+        return {}
+    try:
+        value = json.loads(canonical_json(dict(parameters)))
+    except (TypeError, ValueError) as err:
+        raise AuditLogError(f"parameters must be JSON-serialisable without NaN/inf: {err}") from None
+    return value

@@ -1,0 +1,166 @@
+"""Deletion certificates (``certificates/REQUEST.json`` and ``.txt``): what a request asked and what was done.
+
+The certificate records the request, the commitments, components removed and added, every
+model's digests before and after, and a check, made after the changes, that no remaining manifest
+holds any of the commitments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..components.manifest import SCHEME
+from ..io import atomic_write_text
+from .deletion_requests import ForgetError
+
+if TYPE_CHECKING:
+    from .store import Workspace
+
+FORMAT = "dp-tangent-deletion/1"
+CAVEATS = (
+    "Scope: the components and composed models of this workspace. Copies released before deletion are not "
+    "recalled; what they reveal about the record is bounded only by the differential-privacy guarantee of the "
+    "components they contain (no bound for non-private components).",
+    "The ledger keeps the privacy spend of removed components (budget once spent stays spent).",
+    "Record ids are stored only as HMAC-SHA256 commitments under the workspace key.",
+    "Deadlines exclude the extensions both regimes allow with notice to the requester.",
+)
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ComponentRef(_Strict):
+    name: str
+    sha256: str
+    data_source: str
+    shard: str
+    records: int
+
+
+class AddedComponent(ComponentRef):
+    replaces: str
+    ledger_reservation: str
+    epsilon: float | None
+    delta: float | None
+    seed: int
+
+
+class ModelState(_Strict):
+    record_sha256: str
+    deltas_file_sha256: str
+    deltas_sha256: str
+    components: list[str]
+
+
+class ModelChange(_Strict):
+    name: str
+    action: Literal["unchanged", "recomposed", "withdrawn"]
+    before: ModelState
+    after: ModelState | None
+
+
+class Verification(_Strict):
+    verified: bool
+    checked_at: str
+    components_checked: int
+    commitments_checked: int
+    statement: str
+
+
+class DeletionCertificate(_Strict):
+    format: Literal["dp-tangent-deletion/1"] = FORMAT
+    request_id: str
+    status: Literal["open", "completed"]
+    outcome: Literal["pending", "deleted", "not_found_in_any_component"]
+    received_at: str
+    completed_at: str | None = None
+    regimes: dict[str, str]
+    deadlines: dict[str, str]
+    due_by: str
+    on_time: bool | None = None
+    operator: str
+    commitment_scheme: str = SCHEME
+    key_id: str
+    record_commitments: list[str]
+    found_in: dict[str, list[str]] = {}
+    not_found: list[str] = []
+    components_removed: list[ComponentRef] = []
+    components_added: list[AddedComponent] = []
+    models: list[ModelChange] = []
+    verification: Verification | None = None
+    caveats: list[str] = list(CAVEATS)
+
+
+@dataclass(frozen=True)
+class DeletionResult:
+    certificate: DeletionCertificate
+    json_path: Path
+    text_path: Path
+
+    @property
+    def found(self) -> bool:
+        return self.certificate.outcome == "deleted"
+
+    @property
+    def message(self) -> str:
+        c = self.certificate
+        if not self.found:
+            return f"request {c.request_id}: record(s) not found in any component; nothing to delete"
+        changed = sum(m.action != "unchanged" for m in c.models)
+        extra = f"; {len(c.not_found)} record(s) not found in any component" if c.not_found else ""
+        return (f"request {c.request_id}: removed {len(c.components_removed)} component(s), added "
+                f"{len(c.components_added)}, rebuilt or withdrew {changed} model(s){extra}")
+
+
+def render_certificate(cert: DeletionCertificate) -> str:
+    """The certificate as plain text for the requester's file."""
+    on_time = "" if cert.on_time is None else f" (on time: {'yes' if cert.on_time else 'NO'})"
+    lines = [f"DELETION CERTIFICATE -- request {cert.request_id}", "",
+             f"Status:        {cert.status} ({cert.outcome.replace('_', ' ')})",
+             f"Received:      {cert.received_at}", f"Completed:     {cert.completed_at or '-'}",
+             f"Due by:        {cert.due_by}{on_time}"]
+    lines += [f"  {regime}: {cert.deadlines[regime]} -- {text}" for regime, text in cert.regimes.items()]
+    lines += ["", f"Records ({len(cert.record_commitments)}), as {cert.commitment_scheme} commitments "
+                  f"under key {cert.key_id}:"]
+    for c in cert.record_commitments:
+        where = ", ".join(cert.found_in.get(c, [])) or "not found in any component"
+        lines.append(f"  {c}  {where}")
+    lines += ["", "Components removed:"]
+    lines += [f"  {r.name} ({r.data_source}/{r.shard}, {r.records} records) sha256 {r.sha256}"
+              for r in cert.components_removed] or ["  none"]
+    lines += ["Components added (retrained without the records):"]
+    lines += [f"  {a.name} replaces {a.replaces} ({a.records} records, "
+              f"{'non-private' if a.epsilon is None else f'epsilon {a.epsilon:.3g}, delta {a.delta:.3g}'}, "
+              f"ledger {a.ledger_reservation}) sha256 {a.sha256}" for a in cert.components_added] or ["  none"]
+    lines += ["", "Models (sha256 of the composed deltas, before -> after):"]
+    for m in cert.models:
+        after = m.after.deltas_sha256 if m.after else "withdrawn"
+        lines.append(f"  {m.name}: {m.action}; {m.before.deltas_sha256} -> {after}")
+    if not cert.models:
+        lines.append("  none")
+    if cert.verification:
+        lines += ["", "Verification:", f"  {cert.verification.statement}"]
+    lines += ["", "Notes:"] + [f"  - {c}" for c in cert.caveats]
+    return "\n".join(lines) + "\n"
+
+
+def write_certificate(ws: Workspace, cert: DeletionCertificate) -> tuple[Path, Path]:
+    json_path, text_path = ws.certificate_paths(cert.request_id)
+    atomic_write_text(text_path, render_certificate(cert))
+    atomic_write_text(json_path, cert.model_dump_json(indent=2) + "\n")
+    return json_path, text_path
+
+
+def read_certificate(ws: Workspace, request_id: str) -> DeletionCertificate | None:
+    path, _ = ws.certificate_paths(request_id)
+    if not path.is_file():
+        return None
+    try:
+        return DeletionCertificate.model_validate_json(path.read_bytes())
+    except (ValidationError, ValueError) as err:
+        raise ForgetError(f"{path} is not a valid deletion certificate ({type(err).__name__})") from err

@@ -1,0 +1,286 @@
+"""Deletion requests: remove every component that saw a record and rebuild every model without it.
+
+A request names record ids; they are turned at once into keyed commitments
+HMAC-SHA256(workspace key, id) and only those are stored. A component saw a record iff its
+manifest holds the record's commitment. Because a composed model's delta is a fixed function of
+its components' deltas (``dp_tangent.components.compose``), removing a component and composing the others
+gives exactly the model that would have been built had the component never existed; a model with
+no component left is withdrawn. With ``retrain=True`` the affected shard is trained again from
+theta0 on its remaining records (charged to the ledger as ``retraining_after_deletion``, with a
+fresh noise seed) and the new component takes the old one's place and weight.
+
+The request and its legal clock: :mod:`~dp_tangent.workspace.deletion_requests`; its register:
+:mod:`~dp_tangent.workspace.request_register`; the certificate written at the end:
+:mod:`~dp_tangent.workspace.certificates`.
+"""
+
+from __future__ import annotations
+
+import getpass
+import math
+import re
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from datetime import date, datetime
+from pathlib import Path
+
+import torch
+
+from ..backbones import BackboneSpec
+from ..components.component import ComponentMetadata, read_metadata
+from ..components.compose import compose
+from ..components.manifest import commit
+from ..components.regmean import tensor_digest
+from ..data.records import RecordSet
+from ..io import fsync_dir, sha256_file
+from ..training.config import PrivacySpec, TrainConfig
+from ..training.losses import ConvexLoss
+from .audit_log import Artifact
+from .certificates import (AddedComponent, ComponentRef, DeletionCertificate, DeletionResult, ModelChange, ModelState,
+                           Verification, read_certificate, write_certificate)
+from .deletion_requests import DeletionRequest, ForgetError, resolve_now
+from .model_record import ModelRecord
+from .request_register import receive
+from .store import Workspace
+
+ShardRecords = Mapping[str, RecordSet] | Callable[[ComponentMetadata], RecordSet]
+
+
+# -- carrying out a request ---------------------------------------------------------------------------
+
+def _model_state(ws: Workspace, record: ModelRecord) -> ModelState:
+    return ModelState(record_sha256=sha256_file(ws.model_path(record.name)),
+                      deltas_file_sha256=record.deltas_file_sha256, deltas_sha256=record.deltas_sha256,
+                      components=record.component_names)
+
+
+def _replacement_name(ws: Workspace, old: str) -> str:
+    stem = re.sub(r"\.r\d+$", "", old)
+    k = 1
+    while ws.component_name_used(f"{stem}.r{k}"):
+        k += 1
+    return f"{stem}.r{k}"
+
+
+def _retrain_spec(meta: ComponentMetadata, privacy: PrivacySpec | None,
+                  config: TrainConfig | None) -> tuple[PrivacySpec, TrainConfig]:
+    """The original run's settings, with a fresh seed: reusing the noise seed would correlate the noise
+    of the two runs, which the ledger's composition (independent mechanisms) does not allow for."""
+    p, t = meta.privacy, meta.training
+    if privacy is None:
+        privacy = (PrivacySpec(noise_multiplier=p.noise_multiplier, max_grad_norm=p.max_grad_norm or 1.0, delta=p.delta)
+                   if p.private else PrivacySpec(epsilon=math.inf))
+    if config is None:
+        config = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, physical_batch_size=t.physical_batch_size,
+                             lr=t.lr, momentum=t.momentum, grad_sample_mode=p.grad_sample_mode or "hooks",
+                             seed=secrets.randbelow(2**31), loss=ConvexLoss(**meta.loss))
+    return privacy, config
+
+
+def _remaining_records(meta: ComponentMetadata, records: RecordSet, doomed: set[str], key: bytes) -> RecordSet:
+    held = set(meta.manifest.commitments)
+    commitments = [commit(r, key) for r in records.record_ids]
+    foreign = sum(c not in held for c in commitments)
+    if foreign:
+        raise ForgetError(f"the records supplied for {meta.name!r} include {foreign} record(s) it was not trained on; "
+                          f"pass the records of shard {meta.shard!r} only")
+    return records.subset([i for i, c in enumerate(commitments) if c not in doomed])
+
+
+def _plan_checks(ws: Workspace, affected: dict[str, ComponentMetadata], models: list[ModelRecord], retrain: bool,
+                 shard_records: ShardRecords | None, merge_data: Mapping[str, torch.Tensor] | None) -> None:
+    """Everything that could stop the request, checked before anything changes."""
+    if retrain and shard_records is None:
+        raise ForgetError("retrain=True needs shard_records: the records of each affected shard, or a function "
+                          "returning them for a component's metadata")
+    if retrain and isinstance(shard_records, Mapping):
+        missing = sorted(set(affected) - set(shard_records))
+        if missing:
+            raise ForgetError(f"retrain=True but no records were supplied for component(s) {missing}")
+    for record in models:
+        if not any(p.name in affected for p in record.components):
+            continue
+        for part in record.components:
+            if part.name in affected:
+                continue
+            path = ws.component_path(part.name)
+            if not path.is_file() or sha256_file(path) != part.sha256:
+                raise ForgetError(f"model {record.name!r}: component {part.name!r} is missing or differs from the "
+                                  "file it was composed from; cannot rebuild the model exactly")
+        if record.method == "regmean":
+            for part in record.components:
+                if part.name in affected and not retrain:
+                    continue  # removed without a replacement: its merge data is not needed
+                data = None if merge_data is None else merge_data.get(part.name)
+                if data is None or tensor_digest(data) != part.merge_data_sha256:
+                    raise ForgetError(f"model {record.name!r} was merged with regmean: pass "
+                                      f"merge_data[{part.name!r}], the same public merge inputs it was composed with")
+
+
+def _recompose(ws: Workspace, record: ModelRecord, affected: set[str], replacements: Mapping[str, str],
+               merge_data: Mapping[str, torch.Tensor] | None) -> ModelRecord | None:
+    names, weights, data = [], [], {}
+    for part in record.components:
+        name = replacements.get(part.name) if part.name in affected else part.name
+        if name is None:
+            continue
+        names.append(name)
+        weights.append(part.weight)
+        if record.method == "regmean":
+            data[name] = merge_data[part.name]  # type: ignore[index]  # checked in _plan_checks
+    if not names:
+        return None
+    options = {}
+    if record.method == "regmean":
+        m = record.merge or {}
+        options = {"merge_data": data, "merge_data_public": True, "ridge": m["ridge"], "cg_tol": m["cg_tol"],
+                   "cg_max_iter": m["cg_max_iter"], "merge_dtype": getattr(torch, m["dtype"]),
+                   "batch_size": m["batch_size"]}
+    composition = compose([ws.load_component(n) for n in names], weights if record.weights_given else None,
+                          record.method, **options)
+    saved = ws.save_model(record.name, composition, replace=True)
+    ws.ledger.register_model(record.name, names)
+    return saved
+
+
+def _verify(ws: Workspace, doomed: set[str], removed: set[str], now: datetime) -> Verification:
+    """Re-read every remaining manifest and model record after the changes."""
+    remaining = ws.list_components()
+    for name in remaining:
+        meta = read_metadata(ws.component_path(name))
+        if meta.manifest.key_id != ws.key_id:
+            raise ForgetError(f"component {name!r} was committed under another key; membership cannot be checked")
+        if doomed & set(meta.manifest.commitments):
+            raise ForgetError(f"verification failed: component {name!r} still holds a requested record")
+    for model in ws.list_models():
+        left = removed & set(ws.model_record(model).component_names)
+        if left:
+            raise ForgetError(f"verification failed: model {model!r} still includes {sorted(left)}")
+    statement = (f"Checked after the changes: none of the {len(remaining)} remaining components' record manifests "
+                 f"contains any of the {len(doomed)} requested record commitment(s), and no composed model "
+                 "includes a removed component.")
+    return Verification(verified=True, checked_at=now.isoformat(), components_checked=len(remaining),
+                        commitments_checked=len(doomed), statement=statement)
+
+
+def _retrain_all(ws: Workspace, affected: Mapping[str, ComponentMetadata], shard_records: ShardRecords,
+                 doomed: set[str], privacy: PrivacySpec | None, config: TrainConfig | None,
+                 operator: str) -> list[AddedComponent]:
+    """Train a replacement for each affected component on its shard minus the requested records."""
+    added = []
+    key = ws.manifest_key()
+    for name, meta in affected.items():
+        records = shard_records[name] if isinstance(shard_records, Mapping) else shard_records(meta)
+        remaining = _remaining_records(meta, records, doomed, key)
+        if len(remaining) == 0:
+            continue  # nothing left to learn from: removed without a replacement
+        spec, cfg = _retrain_spec(meta, privacy, config)
+        new = _replacement_name(ws, name)
+        result = ws.train(BackboneSpec.from_dict(meta.base), meta.trainable, remaining, data_source=meta.data_source,
+                          shard=meta.shard, name=new, privacy=spec, config=cfg, operator=operator,
+                          purpose="retraining_after_deletion")
+        if result.metadata.base_weights_sha256 != meta.base_weights_sha256:
+            raise ForgetError(f"retraining {name!r} rebuilt a base model with other weights; {new!r} cannot replace it")
+        p = result.metadata.privacy
+        added.append(AddedComponent(name=new, sha256=result.sha256, data_source=meta.data_source, shard=meta.shard,
+                                    records=len(remaining), replaces=name, ledger_reservation=result.reservation_id,
+                                    epsilon=p.epsilon, delta=p.delta, seed=cfg.seed))
+    return added
+
+
+def _rebuild_models(ws: Workspace, models: Sequence[ModelRecord], affected: set[str], replacements: Mapping[str, str],
+                    merge_data: Mapping[str, torch.Tensor] | None) -> list[ModelChange]:
+    """Recompose every model that uses an affected component; withdraw those left with none."""
+    changes = []
+    for record in models:
+        before = _model_state(ws, record)
+        if not affected & set(record.component_names):
+            changes.append(ModelChange(name=record.name, action="unchanged", before=before, after=before))
+            continue
+        saved = _recompose(ws, record, affected, replacements, merge_data)
+        if saved is None:
+            for path in (ws.model_path(record.name), ws.model_deltas_path(record.name)):
+                path.unlink(missing_ok=True)
+            changes.append(ModelChange(name=record.name, action="withdrawn", before=before, after=None))
+        else:
+            changes.append(ModelChange(name=record.name, action="recomposed", before=before,
+                                       after=_model_state(ws, saved)))
+    return changes
+
+
+def _log_deletion(ws: Workspace, cert: DeletionCertificate, paths: Sequence[Path], operator: str) -> None:
+    changed = [c for c in cert.models if c.action != "unchanged"]
+    removed = [(r, ws.relative(ws.component_path(r.name))) for r in cert.components_removed]
+    ws.audit.append(
+        "deletion", operator=operator,
+        inputs=[Artifact(r.name, r.sha256, rel) for r, rel in removed]
+        + [Artifact(f"model:{c.name}", c.before.record_sha256, ws.relative(ws.model_path(c.name))) for c in changed],
+        outputs=[Artifact(r.name, None, rel) for r, rel in removed]
+        + [a for c in changed for a in ws.model_artifacts(c.name)] + [ws.artifact(p) for p in paths],
+        parameters={"request_id": cert.request_id, "outcome": cert.outcome,
+                    "record_commitments": cert.record_commitments, "not_found": cert.not_found,
+                    "components_removed": [r.name for r in cert.components_removed],
+                    "components_added": [a.name for a in cert.components_added],
+                    "models": {c.name: c.action for c in cert.models}})
+
+
+def forget(
+    ws: Workspace,
+    request: DeletionRequest,
+    *,
+    retrain: bool = False,
+    shard_records: ShardRecords | None = None,
+    privacy: PrivacySpec | None = None,
+    config: TrainConfig | None = None,
+    merge_data: Mapping[str, torch.Tensor] | None = None,
+    operator: str | None = None,
+    now: datetime | None = None,
+) -> DeletionResult:
+    """Carry out ``request`` (registering it first if needed) and write its certificate.
+
+    ``retrain``: retrain each affected shard on ``shard_records`` (a mapping component name ->
+    RecordSet, or a function of the component's metadata) minus the requested records, with the
+    original run's settings and a fresh seed unless ``privacy``/``config`` are given.
+    ``merge_data``: the public merge inputs of regmean models that must be rebuilt.
+    Order: checks, retraining, models, removal of the old component files, verification,
+    certificate, log entry. If a step fails the request stays open and can be run again.
+    """
+    operator = operator or getpass.getuser()
+    with ws.lock():
+        cert = read_certificate(ws, request.request_id) or receive(ws, request, operator=operator, now=now)
+        doomed = set(request.commitments(ws.manifest_key()))
+        if cert.status == "completed":
+            raise ForgetError(f"request {request.request_id!r} was already completed on {cert.completed_at}")
+        if set(cert.record_commitments) != doomed:
+            raise ForgetError(f"request {request.request_id!r} was received with other record ids")
+        metas = {n: read_metadata(ws.component_path(n)) for n in ws.list_components()}
+        for name, meta in metas.items():
+            if meta.manifest.key_id != ws.key_id:
+                raise ForgetError(f"component {name!r} was committed under another key; membership cannot be checked")
+        found_in = {c: sorted(n for n, m in metas.items() if c in set(m.manifest.commitments)) for c in sorted(doomed)}
+        affected = {n: metas[n] for n in sorted({n for names in found_in.values() for n in names})}
+        models = [ws.model_record(m) for m in ws.list_models()]
+        _plan_checks(ws, affected, models, retrain, shard_records, merge_data)
+        removed = [ComponentRef(name=n, sha256=sha256_file(ws.component_path(n)), data_source=m.data_source,
+                                shard=m.shard, records=m.manifest.records) for n, m in affected.items()]
+        added = (_retrain_all(ws, affected, shard_records, doomed, privacy, config, operator)  # type: ignore[arg-type]
+                 if retrain else [])
+        changes = _rebuild_models(ws, models, set(affected), {a.replaces: a.name for a in added}, merge_data)
+        for name in affected:
+            ws.component_path(name).unlink()
+        fsync_dir(ws.components_dir)
+        finished = resolve_now(now)
+        verification = _verify(ws, doomed, set(affected), finished)
+        cert = DeletionCertificate.model_validate({
+            **cert.model_dump(), "status": "completed",
+            "outcome": "deleted" if affected else "not_found_in_any_component",
+            "completed_at": finished.isoformat(), "on_time": finished.date() <= date.fromisoformat(cert.due_by),
+            "found_in": {c: n for c, n in found_in.items() if n},
+            "not_found": [c for c, n in found_in.items() if not n],
+            "components_removed": [r.model_dump() for r in removed],
+            "components_added": [a.model_dump() for a in added],
+            "models": [c.model_dump() for c in changes], "verification": verification.model_dump()})
+        paths = write_certificate(ws, cert)
+        _log_deletion(ws, cert, paths, operator)
+        return DeletionResult(cert, *paths)
+

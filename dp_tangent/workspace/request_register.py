@@ -1,0 +1,68 @@
+"""The register of deletion requests: receiving one starts its clock; listing shows what is open or overdue."""
+
+from __future__ import annotations
+
+import getpass
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import TYPE_CHECKING
+
+from .certificates import DeletionCertificate, read_certificate, write_certificate
+from .deletion_requests import REGIMES, DeletionRequest, ForgetError, deadlines, resolve_now
+
+if TYPE_CHECKING:
+    from .store import Workspace
+
+
+def receive(ws: Workspace, request: DeletionRequest, *, operator: str | None = None,
+            now: datetime | None = None) -> DeletionCertificate:
+    """Register a request on receipt (starts the clock): an open certificate, logged."""
+    operator = operator or getpass.getuser()
+    with ws.lock():
+        if read_certificate(ws, request.request_id) is not None:
+            raise ForgetError(f"request {request.request_id!r} was already received")
+        due = deadlines(request.received_at, request.regimes)
+        cert = DeletionCertificate(
+            request_id=request.request_id, status="open", outcome="pending",
+            received_at=request.received_at.isoformat(), regimes={r: REGIMES[r] for r in request.regimes},
+            deadlines={r: d.isoformat() for r, d in due.items()}, due_by=min(due.values()).isoformat(),
+            operator=operator, key_id=ws.key_id, record_commitments=request.commitments(ws.manifest_key()))
+        paths = write_certificate(ws, cert)
+        ws.audit.append("deletion_request", operator=operator, outputs=[ws.artifact(p) for p in paths], parameters={
+            "request_id": request.request_id, "record_commitments": cert.record_commitments,
+            "received_at": cert.received_at, "deadlines": cert.deadlines, "logged_at": resolve_now(now).isoformat()})
+        return cert
+
+
+@dataclass(frozen=True)
+class RequestStatus:
+    request_id: str
+    status: str
+    received_at: datetime
+    due_by: date
+    completed_at: datetime | None
+    overdue: bool
+    days_left: int
+
+
+def list_requests(ws: Workspace, now: datetime | None = None) -> list[RequestStatus]:
+    """Every request in the workspace with its clock: ``overdue`` = still open after ``due_by``."""
+    today = resolve_now(now).date()
+    out = []
+    for path in sorted(ws.certificates_dir.glob("*.json")):
+        cert = read_certificate(ws, path.stem)
+        if cert is None:  # removed meanwhile
+            continue
+        due = date.fromisoformat(cert.due_by)
+        out.append(RequestStatus(cert.request_id, cert.status, datetime.fromisoformat(cert.received_at), due,
+                                 datetime.fromisoformat(cert.completed_at) if cert.completed_at else None,
+                                 cert.status == "open" and today > due, (due - today).days))
+    return out
+
+
+def open_requests(ws: Workspace, now: datetime | None = None) -> list[RequestStatus]:
+    return [r for r in list_requests(ws, now) if r.status == "open"]
+
+
+def overdue_requests(ws: Workspace, now: datetime | None = None) -> list[RequestStatus]:
+    return [r for r in open_requests(ws, now) if r.overdue]

@@ -1,0 +1,354 @@
+"""A workspace directory: components, composed models, the privacy ledger, the audit log, the key.
+
+Layout::
+
+    workspace.json                 format marker (pydantic), written last on create
+    ledger.sqlite                  privacy_accounting Ledger
+    audit.log                      hash-chained audit log (dp_tangent.workspace.audit_log)
+    manifest.key                   32 random bytes, mode 0600, created once, never overwritten
+    components/NAME.safetensors    trained components
+    models/NAME.json               composed model records (+ NAME.safetensors: the composed delta)
+    certificates/REQUEST.json|.txt deletion requests and certificates
+
+Operations that change the workspace (training, composition, budget changes, releases) are
+appended to the audit log with the sha256 of every artifact they read or write, and hold the
+workspace lock (``flock`` on ``workspace.json``; re-entrant within a process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from privacy_accounting import Budget, Ledger, PrivacyAccountingError
+
+from ..backbones import BackboneSpec
+from ..components.component import Component, deltas_digest, load_component
+from ..components.compose import Composition, compose
+from ..components.manifest import key_id, new_key
+from ..data.records import RecordSet
+from ..io import atomic_write_bytes, atomic_write_text, sha256_file
+from ..training.config import PrivacySpec, ProgressFn, TrainConfig
+from ..training.executors import Executor, TaskProgressFn
+from ..training.write import TrainedComponent
+from .audit_log import Artifact, AuditLog
+from .lock import workspace_lock
+from .model_record import ModelPart, ModelRecord
+from .names import WorkspaceError, check_name
+from .train import ShardJob, TrainingRun, train_all
+
+FORMAT = "dp-tangent-workspace/1"
+KEY_BYTES = 32
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WorkspaceInfo(_Strict):
+    format: Literal["dp-tangent-workspace/1"] = FORMAT
+    created_at: str
+    manifest_key_id: str
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """An opened workspace; use :meth:`create` or :meth:`open`."""
+
+    root: Path
+    info: WorkspaceInfo
+
+    # -- create / open --------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], *, operator: str | None = None) -> "Workspace":
+        """Create a workspace in a new or empty directory (a fresh manifest key, mode 0600)."""
+        root = Path(path)
+        if root.exists() and (not root.is_dir() or any(root.iterdir())):
+            raise WorkspaceError(f"{root} already exists and is not an empty directory; open it or choose another path")
+        root.mkdir(parents=True, exist_ok=True)
+        for sub in ("components", "models", "certificates"):
+            (root / sub).mkdir()
+        key = new_key()
+        fd = os.open(root / "manifest.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, key)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        Ledger.open(root / "ledger.sqlite")
+        info = WorkspaceInfo(created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                             manifest_key_id=key_id(key))
+        atomic_write_text(root / "workspace.json", info.model_dump_json(indent=2) + "\n")
+        ws = cls(root, info)
+        ws.audit.append("workspace_created", operator=operator, outputs=[ws.artifact(ws.root / "workspace.json")],
+                        parameters={"format": FORMAT, "manifest_key_id": info.manifest_key_id})
+        return ws
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> "Workspace":
+        """Open an existing workspace; anything else is refused in one line."""
+        root = Path(path)
+        marker = root / "workspace.json"
+        if not marker.is_file():
+            raise WorkspaceError(f"{root} is not a dp-tangent workspace (no workspace.json); "
+                                 "create one with Workspace.create")
+        try:
+            info = WorkspaceInfo.model_validate_json(marker.read_bytes())
+        except (ValidationError, ValueError) as err:
+            raise WorkspaceError(f"{marker} is not a valid workspace marker ({type(err).__name__})") from err
+        ws = cls(root, info)
+        if ws.key_id != info.manifest_key_id:
+            raise WorkspaceError(f"{ws.key_path} does not match workspace.json (key id {ws.key_id}, "
+                                 f"expected {info.manifest_key_id}): the manifest key was replaced")
+        return ws
+
+    # -- paths ------------------------------------------------------------------------------------
+    @property
+    def ledger_path(self) -> Path:
+        return self.root / "ledger.sqlite"
+
+    @property
+    def audit_log_path(self) -> Path:
+        return self.root / "audit.log"
+
+    @property
+    def key_path(self) -> Path:
+        return self.root / "manifest.key"
+
+    @property
+    def components_dir(self) -> Path:
+        return self.root / "components"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def certificates_dir(self) -> Path:
+        return self.root / "certificates"
+
+    def component_path(self, name: str) -> Path:
+        return self.components_dir / f"{check_name(name, 'component')}.safetensors"
+
+    def component_name_used(self, name: str) -> bool:
+        """Whether ``name`` has a component file or ledger events: names are never reused."""
+        return self.component_path(name).exists() or bool(self.ledger.events(component=name))
+
+    def model_path(self, name: str) -> Path:
+        return self.models_dir / f"{check_name(name, 'model')}.json"
+
+    def model_deltas_path(self, name: str) -> Path:
+        return self.models_dir / f"{check_name(name, 'model')}.safetensors"
+
+    def certificate_paths(self, request_id: str) -> tuple[Path, Path]:
+        stem = self.certificates_dir / check_name(request_id, "request id")
+        return stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".txt")
+
+    def relative(self, path: Path) -> str:
+        return path.resolve().relative_to(self.root.resolve()).as_posix()
+
+    def artifact(self, path: Path, name: str | None = None) -> Artifact:
+        """An audit-log artifact for a file in the workspace (sha256 None if it does not exist)."""
+        return Artifact.of_file(self.root, path, name)
+
+    # -- key, ledger, log ---------------------------------------------------------------------------
+    def manifest_key(self) -> bytes:
+        """The HMAC key of record-id manifests (refused if other users may read it)."""
+        try:
+            st = os.stat(self.key_path)
+            data = self.key_path.read_bytes()
+        except OSError as err:
+            raise WorkspaceError(f"cannot read the manifest key {self.key_path}: {err.strerror}") from err
+        if st.st_mode & 0o077:
+            raise WorkspaceError(f"{self.key_path} is readable by others (mode {st.st_mode & 0o777:o}); "
+                                 "run chmod 600 on it")
+        if len(data) != KEY_BYTES:
+            raise WorkspaceError(f"{self.key_path} holds {len(data)} bytes, expected {KEY_BYTES}: corrupt key")
+        return data
+
+    @property
+    def key_id(self) -> str:
+        return key_id(self.manifest_key())
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        return Ledger.open(self.ledger_path)
+
+    @property
+    def audit(self) -> AuditLog:
+        return AuditLog(self.audit_log_path)
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """Exclusive workspace lock across processes; re-entrant within this process."""
+        return workspace_lock(self.root)
+
+    # -- listing and loading --------------------------------------------------------------------------
+    def list_components(self) -> list[str]:
+        return sorted(p.name[:-len(".safetensors")] for p in self.components_dir.glob("*.safetensors"))
+
+    def list_models(self) -> list[str]:
+        return sorted(p.stem for p in self.models_dir.glob("*.json"))
+
+    def load_component(self, name: str) -> Component:
+        return load_component(self.component_path(name))
+
+    def model_record(self, name: str) -> ModelRecord:
+        path = self.model_path(name)
+        if not path.is_file():
+            known = ", ".join(self.list_models()) or "none"
+            raise WorkspaceError(f"no model {name!r} in {self.root} (models: {known})")
+        try:
+            return ModelRecord.model_validate_json(path.read_bytes())
+        except (ValidationError, ValueError) as err:
+            raise WorkspaceError(f"{path} is not a valid model record ({type(err).__name__})") from err
+
+    def load_model(self, name: str) -> tuple[ModelRecord, dict[str, torch.Tensor]]:
+        """The record and the composed delta, both checked against the record's digests."""
+        record = self.model_record(name)
+        path = self.models_dir / record.deltas_file
+        if not path.is_file() or sha256_file(path) != record.deltas_file_sha256:
+            raise WorkspaceError(f"{path} is missing or does not match the sha256 in {self.model_path(name).name}")
+        try:
+            deltas = load_file(str(path))
+        except (SafetensorError, OSError) as err:
+            raise WorkspaceError(f"{path} is corrupt: {err}") from err
+        if deltas_digest(deltas) != record.deltas_sha256:
+            raise WorkspaceError(f"{path}: the composed deltas do not match the digest in the model record")
+        return record, deltas
+
+    # -- operations (each appended to the audit log) ---------------------------------------------------
+    def train(
+        self,
+        backbone: BackboneSpec,
+        trainable: str | None,
+        records: RecordSet,
+        *,
+        data_source: str,
+        shard: str,
+        name: str,
+        privacy: PrivacySpec,
+        config: TrainConfig = TrainConfig(),
+        operator: str | None = None,
+        purpose: str = "training",
+        progress: ProgressFn | None = None,
+    ) -> TrainedComponent:
+        """Train one component in this process into ``components/NAME.safetensors``, and log it.
+
+        A failed or refused run is logged too (budget it reserved stays spent in the ledger) and its
+        error re-raised. Names are never reused: a name the ledger has events for is refused, so
+        each name's spend is its own. Several shards at once, in parallel: :meth:`train_all`.
+        """
+        report = (lambda _name, step, total: progress(step, total)) if progress else None
+        run = self.train_all(backbone, trainable, [ShardJob(name, shard, records)], data_source=data_source,
+                             privacy=privacy, config=config, operator=operator, purpose=purpose, progress=report)
+        if run.failed:
+            failure = run.failed[0]
+            raise failure.error or WorkspaceError(f"component {name!r} failed: {failure.reason}")
+        return run.completed[0]
+
+    def train_all(self, backbone: BackboneSpec, trainable: str | None, jobs: Sequence[ShardJob], *,
+                  data_source: str, privacy: PrivacySpec, config: TrainConfig = TrainConfig(),
+                  executor: Executor | None = None, operator: str | None = None, purpose: str = "training",
+                  progress: TaskProgressFn | None = None) -> TrainingRun:
+        """One component per job, trained through ``executor`` (default: serial, in this process).
+
+        Budget for every job is reserved before any task starts; components are written and logged
+        (with the worker that trained each) by this process. See :mod:`dp_tangent.workspace.train`.
+        """
+        return train_all(self, backbone, trainable, jobs, data_source=data_source, privacy=privacy, config=config,
+                         executor=executor, operator=operator, purpose=purpose, progress=progress)
+
+    def save_model(self, name: str, composition: Composition, *, replace: bool = False) -> ModelRecord:
+        """Write ``models/NAME.safetensors`` then ``models/NAME.json`` (the record commits it). No log entry."""
+        record_path, deltas_path = self.model_path(name), self.model_deltas_path(name)
+        if record_path.exists() and not replace:
+            raise WorkspaceError(f"model {name!r} already exists; pass replace=True to overwrite it")
+        rec = composition.record
+        atomic_write_bytes(deltas_path, save({n: t.contiguous() for n, t in composition.deltas.items()},
+                                             metadata={"dp_tangent_model": name}))
+        record = ModelRecord(
+            name=name, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), method=rec.method,
+            weights_given=rec.weights_given,
+            components=[ModelPart(name=p.name, sha256=p.sha256, deltas_sha256=p.deltas_sha256,
+                                  data_source=p.data_source, shard=p.shard, weight=p.weight,
+                                  coefficient=p.coefficient, merge_data_sha256=p.merge_data_sha256) for p in rec.parts],
+            base=rec.base, base_weights_sha256=rec.base_weights_sha256, trainable=rec.trainable,
+            deltas_sha256=rec.deltas_sha256, deltas_file=deltas_path.name, deltas_file_sha256=sha256_file(deltas_path),
+            merge=rec.merge)
+        atomic_write_text(record_path, record.model_dump_json(indent=2) + "\n")
+        return record
+
+    def model_artifacts(self, name: str) -> list[Artifact]:
+        """The record and delta files of a model, with their current digests (None if absent)."""
+        return [self.artifact(self.model_path(name), f"model:{name}"),
+                self.artifact(self.model_deltas_path(name), f"model:{name} deltas")]
+
+    def compose_model(
+        self,
+        name: str,
+        components: Sequence[str],
+        weights: Sequence[float] | None = None,
+        method: str = "mean",
+        *,
+        operator: str | None = None,
+        replace: bool = False,
+        merge_data: Mapping[str, torch.Tensor] | None = None,
+        merge_data_public: bool = False,
+        **options: Any,
+    ) -> ModelRecord:
+        """Compose workspace components into ``models/NAME``, register it in the ledger, and log it."""
+        check_name(name, "model")
+        with self.lock():
+            loaded = [self.load_component(c) for c in components]
+            composition = compose(loaded, weights, method, merge_data=merge_data,
+                                  merge_data_public=merge_data_public, **options)
+            before = self.model_artifacts(name)
+            record = self.save_model(name, composition, replace=replace)
+            self.ledger.register_model(name, record.component_names)
+            self.audit.append(
+                "composition", operator=operator,
+                inputs=[self.artifact(c.path, c.name) for c in loaded],
+                outputs=self.model_artifacts(name),
+                parameters={"model": name, "method": method, "weights": record.weights,
+                            "coefficients": [p.coefficient for p in record.components],
+                            "base_weights_sha256": record.base_weights_sha256, "trainable": record.trainable,
+                            "deltas_sha256": record.deltas_sha256, "merge": record.merge,
+                            "replaced": before[0].sha256 is not None})
+            return record
+
+    def set_budget(self, data_source: str, shard: str | None, epsilon: float, delta: float, *,
+                   operator: str | None = None) -> Budget:
+        """``Ledger.set_budget``, logged with the previous budget."""
+        with self.lock():
+            previous = next((b for b in self.ledger.budgets() if (b.data_source, b.shard) == (data_source, shard)),
+                            None)
+            budget = self.ledger.set_budget(data_source, shard, epsilon, delta)
+            self.audit.append("budget_change", operator=operator, parameters={
+                "data_source": data_source, "shard": shard, "epsilon": budget.epsilon, "delta": budget.delta,
+                "previous": None if previous is None else {"epsilon": previous.epsilon, "delta": previous.delta}})
+            return budget
+
+    def record_release(self, model: str, *, destination: str, operator: str | None = None,
+                       note: str = "") -> None:
+        """Log that ``model`` (its current files) left the workspace for ``destination``."""
+        with self.lock():
+            record, _ = self.load_model(model)
+            guarantee = None
+            with contextlib.suppress(PrivacyAccountingError):
+                g = self.ledger.model_guarantee(model)
+                guarantee = {"epsilon": g.epsilon if math.isfinite(g.epsilon) else "inf", "delta": g.delta}
+            self.audit.append("release", operator=operator, inputs=self.model_artifacts(model), parameters={
+                "model": model, "destination": destination, "note": note, "components": record.component_names,
+                "deltas_sha256": record.deltas_sha256, "guarantee": guarantee})

@@ -1,0 +1,185 @@
+"""Training several components at once: the driver's side of an executor run.
+
+The privacy bookkeeping never leaves the driver (this process):
+
+1. every task is validated and planned, and the base model checked, before anything is written;
+2. the budget of every shard is reserved in the workspace ledger in one transaction, all or
+   nothing, before any task is submitted;
+3. the executor, started and prepared before step 2 (so an unreachable cluster, workers that do
+   not start or a missing GPU cost no budget), trains: in this process, in local worker
+   processes or on a Ray cluster;
+4. each finished task's component is written atomically by the driver, its reservation
+   completed and the worker that trained it logged; a task that failed or was lost is marked
+   failed (its budget stays spent) and logged, and comes back in ``TrainingRun.failed`` for a
+   retry under a new name. Ctrl-C or an executor error marks every unfinished task failed and
+   re-raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from privacy_accounting import Status
+
+from ..backbones import BackboneSpec, weights_digest
+from ..data.records import RecordSet
+from ..errors import failure_reason
+from ..tangent import linearize
+from ..training.config import PrivacySpec, TrainConfig
+from ..training.executors import Executor, TaskFailed, TaskOutcome, TaskProgressFn
+from ..training.executors.serial import SerialExecutor
+from ..training.per_sample import check_per_sample_support
+from ..training.plan import plan_task, reservation_request
+from ..training.write import TrainedComponent, write_component
+from .audit_log import Artifact
+from .names import WorkspaceError
+
+if TYPE_CHECKING:
+    from .store import Workspace
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One component to train: its (unused) name, the shard it is trained on, and the shard's records."""
+
+    name: str
+    shard: str
+    records: RecordSet
+
+
+@dataclass(frozen=True)
+class FailedShard:
+    """A component that was not produced; its reservation is marked failed and stays spent."""
+
+    name: str
+    shard: str
+    reason: str
+    worker: dict[str, object]
+    lost: bool = False
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """Outcome of :func:`train_all`: components written, and shards to retry."""
+
+    completed: list[TrainedComponent]
+    failed: list[FailedShard]
+
+
+def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jobs: Sequence[ShardJob], *,
+              data_source: str, privacy: PrivacySpec, config: TrainConfig = TrainConfig(),
+              executor: Executor | None = None, operator: str | None = None, purpose: str = "training",
+              progress: TaskProgressFn | None = None) -> TrainingRun:
+    """Train one component per job through ``executor`` (default: serial), as the module doc says."""
+    operator = operator or getpass.getuser()
+    executor = executor or SerialExecutor()
+    operation = "retraining" if purpose == "retraining_after_deletion" else "training"
+    by_name = {job.name: job for job in jobs}
+
+    def log(job: ShardJob, status: str, **extra: object) -> None:
+        ws.audit.append(operation, operator=operator, parameters={
+            "component": job.name, "data_source": data_source, "shard": job.shard, "purpose": purpose,
+            "records": len(job.records), "trainable": trainable, "base": backbone.to_dict(),
+            "executor": executor.name, "status": status, **extra})
+
+    with ws.lock(), contextlib.closing(executor):
+        _check_names(ws, jobs)  # a refused name spends nothing and is not logged
+        executor.start(len(jobs))  # before reserving: an unreachable cluster costs no budget
+        try:
+            tasks = [plan_task(backbone, trainable, job.records, name=job.name, shard=job.shard, privacy=privacy,
+                               config=config) for job in jobs]
+            base = backbone.build()
+            if privacy.private:
+                check_per_sample_support(linearize(base, trainable))
+            expected_base = weights_digest(base)
+            executor.prepare(tasks)  # workers up, devices there: a failure here costs no budget
+            reservations = dict(zip(by_name, ws.ledger.reserve_all([
+                reservation_request(task, data_source=data_source, shard=job.shard, operator=operator,
+                                    purpose=purpose) for task, job in zip(tasks, jobs)])))
+        except BaseException as err:
+            for job in jobs:
+                log(job, "failed", error=f"{type(err).__name__}: {err}"[:300])
+            raise
+        completed: list[TrainedComponent] = []
+        failed: list[FailedShard] = []
+        open_jobs = dict(by_name)
+
+        def fail(name: str, reason: str, worker: dict[str, object], lost: bool = False,
+                 error: BaseException | None = None) -> None:
+            job = open_jobs[name]
+            ws.ledger.fail(reservations[name], reason=reason[:500], details={"worker": worker})
+            del open_jobs[name]
+            failed.append(FailedShard(job.name, job.shard, reason, worker, lost, error))
+            log(job, "failed", error=reason[:300], worker=worker, lost=lost, ledger_reservation=reservations[name])
+
+        def _handle(outcome: TaskOutcome) -> None:
+            if isinstance(outcome, TaskFailed):
+                fail(outcome.task.name, outcome.reason, outcome.worker, outcome.lost, outcome.error)
+                return
+            task, trained = outcome.task, outcome.result
+            if trained.base_weights_sha256 != expected_base:
+                fail(task.name, "the worker's base weights differ from the driver's (sha256 "
+                                f"{trained.base_weights_sha256[:12]} != {expected_base[:12]}): check its installed "
+                                "packages and checkpoint", trained.worker)
+                return
+            job = by_name[task.name]
+            try:
+                result = write_component(task, trained, ledger=ws.ledger, reservation=reservations[job.name],
+                                         data_source=data_source, shard=job.shard,
+                                         output=ws.component_path(job.name), manifest_key=ws.manifest_key())
+            except Exception as err:  # noqa: BLE001 -- e.g. disk full: this shard failed, go on with the rest
+                fail(task.name, failure_reason(err), trained.worker, error=err)
+                return
+            del open_jobs[job.name]
+            completed.append(result)
+            _log_completed(ws, operation, operator, backbone, job, data_source, purpose, result, executor.name,
+                           trained.worker)
+
+        try:
+            with contextlib.closing(executor.run(tasks, progress)) as outcomes:
+                for outcome in outcomes:
+                    _handle(outcome)
+        except BaseException as err:
+            reason = failure_reason(err) if str(err) else f"{type(err).__name__}: interrupted before it finished"
+            for name in list(open_jobs):
+                try:  # best effort for each: the original error is what the caller must see
+                    if ws.ledger.event(reservations[name]).status is Status.RESERVED:
+                        fail(name, reason, {"executor": executor.name})
+                except Exception:  # noqa: BLE001,S110
+                    pass
+            raise
+    return TrainingRun(completed, failed)
+
+
+def _check_names(ws: "Workspace", jobs: Sequence[ShardJob]) -> None:
+    names = [job.name for job in jobs]
+    if not names:
+        raise WorkspaceError("nothing to train: no shards given")
+    if len(set(names)) != len(names):
+        raise WorkspaceError(f"component names repeat within one run: {names}")
+    for name in names:
+        if ws.component_name_used(name):
+            raise WorkspaceError(f"component name {name!r} is already used in {ws.root}; choose another name")
+
+
+def _log_completed(ws: "Workspace", operation: str, operator: str, backbone: BackboneSpec, job: ShardJob,
+                   data_source: str, purpose: str, result: TrainedComponent, executor: str,
+                   worker: dict[str, object]) -> None:
+    meta, p = result.metadata, result.metadata.privacy
+    ws.audit.append(
+        operation, operator=operator,
+        inputs=[Artifact(f"base:{backbone.name}", meta.base_weights_sha256),
+                Artifact(f"records:{data_source}/{job.shard} (manifest root)", meta.manifest.root)],
+        outputs=[ws.artifact(result.path, job.name)],
+        parameters={"component": job.name, "data_source": data_source, "shard": job.shard, "purpose": purpose,
+                    "records": len(job.records), "base": backbone.to_dict(), "executor": executor, "worker": worker,
+                    "status": "completed", "trainable": meta.trainable, "ledger_reservation": result.reservation_id,
+                    "private": p.private, "epsilon": p.epsilon, "delta": p.delta,
+                    "noise_multiplier": p.noise_multiplier, "max_grad_norm": p.max_grad_norm,
+                    "sample_rate": p.sample_rate, "steps": p.steps, "seed": meta.training.seed,
+                    "deltas_sha256": meta.deltas_sha256})
