@@ -2,10 +2,15 @@
 
 The library trains only tangent models; ordinary (non-linear) fine-tuning of the same parameters is
 set up here. Every method (tangent, non-linear, head-only) is trained by :func:`train`, which is
-``dp_tangent.training.run_sgd``: DP runs use Opacus's ``PrivacyEngine`` (Poisson sampling at the
-planned rate, per-sample clipping at C, Gaussian noise sigma·C, the ``plan_run`` sigma), non-private
-runs use shuffled batches; SGD with momentum and the same loss. The test suite checks that on a
-tangent model it gives the same deltas as ``dp_tangent.training.fit``.
+``dp_tangent.training.run_sgd``: DP runs use Opacus's DP-SGD (Poisson sampling at the planned rate,
+per-sample clipping at C, Gaussian noise sigma·C, the ``plan_run`` sigma), non-private runs use
+shuffled batches; SGD with momentum and the same loss. The test suite checks that on a tangent
+model it gives the same deltas as ``dp_tangent.training.fit``.
+
+DP runs here use the seeded noise mode (``TrainConfig(noise="seeded")``): the same noise and
+sampling distributions as the secure default, but reproducible from the seed, so the recorded
+accuracies can be re-run exactly. These models are measured, never released; a seeded model is not
+differentially private (anyone with the seed can recompute its noise).
 
 BatchNorm in the non-linear network: like the tangent twins, it always uses its running statistics
 (eval mode), so the per-sample gradients of its affine parameters exist; the sampler is registered
@@ -16,6 +21,7 @@ tangent twins (``dp_tangent.training.grad_samplers``), so both sides run the sam
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 
 import torch
@@ -110,7 +116,8 @@ def train(module: nn.Module, h: torch.Tensor, y: torch.Tensor, plan: Plan, priva
           config: TrainConfig) -> None:
     """Train ``module``'s trainable parameters in place on cached features ``h`` as ``plan`` says.
 
-    The library's own loop (:func:`dp_tangent.training.run_sgd`), for every method alike."""
+    The library's own loop (:func:`dp_tangent.training.run_sgd`), for every method alike, with the
+    noise seeded by ``config.seed`` (reproducible benchmark numbers; see the module doc)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        run_sgd(module, trained_parameters(module), h, y, plan, privacy, config)
+        run_sgd(module, trained_parameters(module), h, y, plan, privacy, dataclasses.replace(config, noise="seeded"))

@@ -2,6 +2,7 @@
 
     python -m benchmarks.training_cost            # full run (a few minutes on 2 cores)
     python -m benchmarks.training_cost --quick    # smoke run: fewer steps, doc left alone
+    python -m benchmarks.training_cost --noise    # only the secure noise's share of a DP step, printed
 
 Ways to take one optimizer step on the same trainable blocks, fed the same cached frozen-prefix
 features (``tangent.features(x)``), with the same batch (logical = physical):
@@ -12,6 +13,12 @@ features (``tangent.features(x)``), with the same batch (logical = physical):
 (c)  ``ghost``: DP-SGD on the tangent model, Opacus ghost clipping;
 (d)  ``vmap``: the naive route, ``vmap(grad(jvp))`` over the tangent model
      (:func:`dp_tangent.training.per_sample.reference_per_sample_gradients`), then the same DP optimizer.
+
+The DP cases draw their noise from the secure generator, as private training does
+(:mod:`dp_tangent.training.secure_random`). Its cost is measured on its own as well: the share of
+a (b)/(c) step spent in the optimizer's ``add_noise`` and in drawing one secure Poisson batch
+from a shard of ``poisson_records`` records, and the generator's throughput in noise values (each
+a sum of 4 normals) per second (``--noise`` measures only this and prints it).
 
 Time: per model, all cases in one process, one step of each per round, interleaved, so that load
 from other work hits them alike; once with the default allocator, once with glibc keeping freed
@@ -46,16 +53,14 @@ from ._measure import (MiB, PeakRSS, StepFn, keep_freed_memory, load_average, ma
 import timm
 import torch
 import torch.nn as nn
-from opacus import GradSampleModule, PrivacyEngine
 from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import GradSampleModuleFastGradientClipping
-from opacus.optimizers import DPOptimizer
-from torch.utils.data import DataLoader, TensorDataset
 
 from dp_tangent import TangentModel, linearize
 from dp_tangent.backbones import create_backbone
 from dp_tangent.training.per_sample import check_per_sample_support, reference_per_sample_gradients
 from dp_tangent.training import PrivacySpec, TrainConfig
-from dp_tangent.training.sgd import _Criterion
+from dp_tangent.training.secure_random import SecurePoissonSampler, SecureRandom
+from dp_tangent.training.sgd import SecureDPOptimizer, dp_parts
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -99,6 +104,7 @@ class Config:
     memory_steps: int = 2  # steps per case in its own process for peak memory (then one profiled step)
     threads: int = 2
     seed: int = 0
+    poisson_records: int = 50_000  # shard size for the secure Poisson sampling cost (it grows with the shard)
 
 
 FULL, QUICK = Config(), Config(batch_size=16, warmup=1, steps=3)
@@ -142,27 +148,29 @@ def _tangent(tangent: TangentModel, h: torch.Tensor, y: torch.Tensor) -> StepFn:
     return _sgd_step(lambda: module(h), y, tangent.deltas())
 
 
-def _opacus(tangent: TangentModel, h: torch.Tensor, y: torch.Tensor, mode: str) -> StepFn:
-    """(b)/(c) The GradSampleModule and ``make_private`` call of ``training._fit_private``, on fixed
-    batches (no Poisson sampling, so every case sees exactly the same batch)."""
+def _timed_noise(dp_optimizer: object, spent: list[float]) -> None:
+    """Record the seconds of every ``add_noise`` call of ``dp_optimizer`` in ``spent``."""
+    add_noise = dp_optimizer.add_noise
+
+    def timed() -> None:
+        start = time.perf_counter()
+        add_noise()
+        spent.append(time.perf_counter() - start)
+
+    dp_optimizer.add_noise = timed
+
+
+def _opacus(tangent: TangentModel, h: torch.Tensor, y: torch.Tensor, mode: str,
+            noise_seconds: list[float] | None = None) -> StepFn:
+    """(b)/(c) The per-sample module, DP optimizer (secure noise) and loss of ``training._fit_private``
+    (``sgd.dp_parts``), on fixed batches (no Poisson sampling, so every case sees exactly the same batch).
+    ``noise_seconds``, if given, receives the seconds of each step's ``add_noise``."""
     check_per_sample_support(tangent)
-    optimizer = torch.optim.SGD(tangent.deltas(), lr=TRAIN.lr, momentum=TRAIN.momentum, weight_decay=TRAIN.loss.l2)
-    module = tangent.on_features()
-    if mode == "ghost":
-        gsm = GradSampleModuleFastGradientClipping(module, batch_first=True, loss_reduction="mean", strict=False,
-                                                   max_grad_norm=PRIVACY.max_grad_norm, use_ghost_clipping=True)
-    else:
-        gsm = GradSampleModule(module, batch_first=True, loss_reduction="mean", strict=False)
-    gsm.train()
-    prepared = PrivacyEngine(accountant="rdp", secure_mode=False).make_private(
-        module=gsm, optimizer=optimizer, criterion=_Criterion(TRAIN.loss),
-        data_loader=DataLoader(TensorDataset(h, y), batch_size=len(h)), noise_multiplier=PRIVACY.noise_multiplier,
-        max_grad_norm=PRIVACY.max_grad_norm, poisson_sampling=False, grad_sample_mode=mode,
-        noise_generator=torch.Generator().manual_seed(1))
-    if mode == "ghost":
-        model, dp_optimizer, criterion, _ = prepared
-    else:
-        (model, dp_optimizer, _), criterion = prepared, _Criterion(TRAIN.loss)
+    config = TrainConfig(lr=TRAIN.lr, momentum=TRAIN.momentum, loss=TRAIN.loss, grad_sample_mode=mode)
+    model, dp_optimizer, criterion = dp_parts(tangent.on_features(), tangent.deltas(), PRIVACY.noise_multiplier,
+                                              PRIVACY, config, len(h), SecureRandom())
+    if noise_seconds is not None:
+        _timed_noise(dp_optimizer, noise_seconds)
 
     def step() -> Iterator[str]:
         loss = criterion(model(h), y)
@@ -192,10 +200,10 @@ def _vmap(base: nn.Module, tangent: TangentModel, h: torch.Tensor, y: torch.Tens
     DPOptimizer as (b): clip, sum, noise, SGD update."""
     suffix = _Suffix(base, tangent).eval()
     deltas = {f"net.{n}": nn.Parameter(torch.zeros_like(p)) for n, p in tangent.named_deltas()}
-    dp_optimizer = DPOptimizer(
+    dp_optimizer = SecureDPOptimizer(
         torch.optim.SGD(deltas.values(), lr=TRAIN.lr, momentum=TRAIN.momentum, weight_decay=TRAIN.loss.l2),
-        noise_multiplier=PRIVACY.noise_multiplier, max_grad_norm=PRIVACY.max_grad_norm,
-        expected_batch_size=len(h), loss_reduction="mean", generator=torch.Generator().manual_seed(1))
+        rng=SecureRandom(), noise_multiplier=PRIVACY.noise_multiplier, max_grad_norm=PRIVACY.max_grad_norm,
+        expected_batch_size=len(h), loss_reduction="mean")
 
     def step() -> Iterator[str]:
         values = {n: d.detach() for n, d in deltas.items()}
@@ -308,6 +316,42 @@ def measure_memory(model: str, case: str, config: Config) -> dict[str, object]:
     }
 
 
+def measure_noise(model: str, config: Config) -> dict[str, object]:
+    """The secure generator's share of a DP step: per (b)/(c) step, the seconds in ``add_noise`` (draw
+    N(0, (sigma·C)²) for every delta, add it) over the step's seconds, median over rounds; the seconds
+    of one secure Poisson batch over ``poisson_records`` records at the rate of this batch size; and
+    noise values (each a sum of 4 normals) per second, in ``add_noise`` and for one bulk draw of 2^22."""
+    spec, base, x, y = _setup(model, config)
+    tangent = linearize(base, spec.trainable)
+    h = tangent.features(x)
+    parameters = sum(p.numel() for p in tangent.deltas())
+    noise = {case: [] for case in ("hooks", "ghost")}
+    steps = {case: _opacus(linearize(base, spec.trainable), h, y, case, noise[case]) for case in noise}
+    for case in noise:
+        for _ in range(config.warmup):
+            time_step(steps[case])
+        noise[case].clear()
+    totals: dict[str, list[float]] = {case: [] for case in noise}
+    for _ in range(config.steps):
+        for case in noise:
+            totals[case].append(time_step(steps[case])["total"])
+    n = config.poisson_records
+    sampler = SecurePoissonSampler(num_samples=n, sample_rate=config.batch_size / n, rng=SecureRandom())
+    poisson = statistics.median(_seconds(lambda: next(iter(sampler))) for _ in range(max(config.steps, 5)))
+    rng, bulk = SecureRandom(), 1 << 22
+    bulk_seconds = min(_seconds(lambda: rng.gaussian(bulk, 1.0, dtype=torch.float32)) for _ in range(3))
+    noise_seconds = statistics.median(t for case in noise for t in noise[case])
+    return {
+        "parameters": parameters, "poisson_records": n, "poisson_seconds": poisson,
+        "noise_values_per_second_in_step": parameters / noise_seconds,
+        "noise_values_per_second_bulk": bulk / bulk_seconds,
+        "cases": {case: {"step_seconds": statistics.median(totals[case]),
+                         "noise_seconds": statistics.median(noise[case]),
+                         "noise_share": statistics.median(t / s for t, s in zip(noise[case], totals[case])),
+                         "poisson_share": poisson / statistics.median(totals[case])} for case in noise},
+    }
+
+
 # -- orchestration ----------------------------------------------------------------------------------
 def _in_fresh_process(fn: Callable[..., dict], *args: object) -> dict:
     """``fn(*args)`` in a new process forked from this one, which has imported everything but has run
@@ -396,6 +440,8 @@ def run(config: Config, quick: bool) -> dict[str, object]:
         for case in CASES:
             print(f"{model}: peak memory of {case} ...", file=sys.stderr, flush=True)
             entry["memory"][case] = _in_fresh_process(measure_memory, model, case, config)
+        print(f"{model}: secure noise and sampling share ...", file=sys.stderr, flush=True)
+        entry["noise"] = _in_fresh_process(measure_noise, model, config)
         results["models"][model] = entry
     results["load_average_at_end"] = load_average()
     results["machine"] = machine(ROOT)
@@ -587,6 +633,32 @@ the primal would remove part of (b)'s forward, not the share of its step that 5x
 premise does not hold where vmap has a batching rule for every op."""
 
 
+NOISE_SHARE_LIMIT = 0.10  # target: secure noise and Poisson sampling together at most 10% of a DP step
+
+
+def render_noise(models: dict[str, dict], threads: int) -> list[str]:
+    """The secure generator's share of a DP step, per model and DP case, against the 10% target."""
+    lines = ["### Secure noise and sampling: share of a DP step", "",
+             "Noise: the DP optimizer's `add_noise` (ChaCha20 keystream, 4 float64 Box–Muller normals per value, "
+             "added to the summed gradient) as a share of the same step, median over rounds. Sampling: one secure "
+             f"Poisson batch (one uniform per record) from a shard of the stated size. {threads} torch threads.", "",
+             "| model | case | deltas | step, ms | noise, ms | noise share | Poisson batch, ms (records) "
+             "| sampling share | noise values/s in step | noise values/s, bulk | verdict |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for model, entry in models.items():
+        n = entry["noise"]
+        for case, c in n["cases"].items():
+            total = c["noise_share"] + c["poisson_share"]
+            verdict = "PASS" if total <= NOISE_SHARE_LIMIT else f"MISS: {total:.0%} > {NOISE_SHARE_LIMIT:.0%}"
+            lines.append(f"| {model} | {case} | {n['parameters'] / 1e6:.2f} M | {c['step_seconds'] * 1e3:,.0f} "
+                         f"| {c['noise_seconds'] * 1e3:,.1f} | {c['noise_share']:.1%} "
+                         f"| {n['poisson_seconds'] * 1e3:,.2f} ({n['poisson_records']:,}) | {c['poisson_share']:.2%} "
+                         f"| {n['noise_values_per_second_in_step'] / 1e6:,.0f} M "
+                         f"| {n['noise_values_per_second_bulk'] / 1e6:,.0f} M "
+                         f"| {verdict} |")
+    return lines + [""]
+
+
 def render(results: dict) -> str:
     m, cfg, tr = results["machine"], results["config"], results["training"]
     versions = m["versions"]
@@ -623,7 +695,8 @@ def render(results: dict) -> str:
         "(`layout.run_suffix`) in eval mode, like the tangent model (running BatchNorm statistics, no dropout), "
         "with timm's fused attention and in-place activations; (a') is the tangent model's own non-private step, "
         "to separate the cost of linearization from the cost of DP; (b) and (c) build the `GradSampleModule` / "
-        "ghost-clipping wrapper and call `PrivacyEngine.make_private` as `training._fit_private` does, on fixed "
+        "ghost-clipping wrapper, the DP optimizer with secure noise and the loss with `training.sgd.dp_parts`, as "
+        "`training._fit_private` does, on fixed "
         "batches instead of Poisson sampling so that every case sees exactly the same batch; (d) is "
         "`per_sample.reference_per_sample_gradients` (vmap over examples of grad of the loss at "
         "f(x; θ0) + jvp) followed by the same `DPOptimizer` clip, noise and update as (b). Data loading and "
@@ -645,6 +718,7 @@ def render(results: dict) -> str:
     for model, entry in results["models"].items():
         lines += _model_table(model, entry, cfg["batch_size"])
     lines += ["### Targets", "", *_targets_table(results["targets"])]
+    lines += render_noise(results["models"], cfg["threads"])
     missed = {t.key: [r["model"] for r in results["targets"] if r["target"] == t.key and not r["pass"]]
               for t in TARGETS}
     models = results["models"]
@@ -669,8 +743,15 @@ def render(results: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: batch 16, fewer steps; leaves the doc alone")
+    parser.add_argument("--noise", action="store_true",
+                        help="only the secure noise's share of a DP step (full batch size), printed; writes nothing")
     args = parser.parse_args(argv)
-    warnings.filterwarnings("ignore")  # Opacus's secure-RNG and full-backward-hook notices, timm deprecations
+    warnings.filterwarnings("ignore")  # Opacus's full-backward-hook notices, timm deprecations
+    if args.noise:
+        models = {model: {"noise": _in_fresh_process(measure_noise, model, FULL)} for model in MODELS}
+        print("\n".join(render_noise(models, FULL.threads)))
+        print(json.dumps({model: entry["noise"] for model, entry in models.items()}, indent=2), file=sys.stderr)
+        return
     results = run(QUICK if args.quick else FULL, args.quick)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / RESULT_FILES[args.quick]

@@ -16,6 +16,8 @@ PUBLIC = {
     "dp_tangent.data": ["RecordSet", "load_digits", "split_shards"],
     "dp_tangent.data.kinds": ["load_data"],
     "dp_tangent.training.config": ["PrivacySpec", "TrainConfig"],
+    "dp_tangent.training.validation": ["validate_task"],
+    "dp_tangent.training.secure_random": ["SecureRandom", "SecurePoissonSampler"],
     "dp_tangent.training.plan": ["plan_run", "TrainingTask", "plan_task"],
     "dp_tangent.training.sgd": ["fit", "run_sgd"],
     "dp_tangent.training.deltas": ["train_deltas"],
@@ -25,7 +27,8 @@ PUBLIC = {
     "dp_tangent.training.features": ["precompute_features", "FeatureDataset"],
     "dp_tangent.training.per_sample": ["per_sample_gradients", "reference_per_sample_gradients"],
     "dp_tangent.training.evaluation": ["accuracy", "predict"],
-    "dp_tangent.training.privacy_audit": ["audit_privacy", "epsilon_lower_bound", "AuditResult"],
+    "dp_tangent.training.privacy_audit": ["audit_privacy", "epsilon_lower_bound", "max_demonstrable_epsilon",
+                                          "AuditResult"],
     "dp_tangent.training.executors": ["create_executor", "register_executor", "Executor", "TaskDone", "TaskFailed"],
     "dp_tangent.training.executors.local": ["LocalExecutor"],
     "dp_tangent.training.executors.ray_cluster": ["RayExecutor"],
@@ -38,14 +41,21 @@ PUBLIC = {
     "dp_tangent.workspace.deletion_requests": ["DeletionRequest"],
     "dp_tangent.workspace.forget": ["forget"],
     "dp_tangent.workspace.request_register": ["receive", "list_requests", "overdue_requests"],
+    "dp_tangent.workspace.tombstones": ["Tombstones"],
+    "dp_tangent.workspace.certificate_check": ["check_certificate"],
+    "dp_tangent.workspace.release": ["release", "ReleaseStatement"],
     "dp_tangent.workspace.audit_log": ["AuditLog", "verify"],
+    "dp_tangent.workspace.merkle": ["merkle_root", "inclusion_proof", "consistency_proof", "verify_consistency"],
+    "dp_tangent.workspace.checkpoint": ["checkpoint_of", "sign", "verify_signature", "extends", "generate_key"],
     "dp_tangent.recipes": ["load_recipe", "Recipe"],
-    "privacy_accounting": ["Ledger", "ReservationRequest", "dp_sgd_event", "epsilon_bounds", "calibrate_noise_multiplier", "build_report"],
+    "privacy_accounting": ["Ledger", "ReservationRequest", "RecordOverlapError", "dp_sgd_event", "epsilon_bounds",
+                           "calibrate_noise_multiplier", "build_report"],
 }
 
 
 def _summary(obj: object) -> str:
-    doc = inspect.getdoc(obj) or ""
+    # A class's own docstring only: inherited ones (pydantic's BaseModel) say nothing about it.
+    doc = (inspect.cleandoc(vars(obj).get("__doc__") or "") if inspect.isclass(obj) else inspect.getdoc(obj)) or ""
     return doc.split("\n\n")[0].replace("\n", " ")
 
 

@@ -26,6 +26,7 @@ from privacy_accounting.errors import (
     LedgerError,
     NotFoundError,
     PrivacyAccountingError,
+    RecordOverlapError,
     ReservationStateError,
     UnknownComponentError,
     UnknownDataSourceError,
@@ -43,7 +44,7 @@ from privacy_accounting.report import build_report
 from privacy_accounting.report_models import PrivacyReport
 from privacy_accounting.serialization import event_from_json, event_to_json
 from privacy_accounting.sqlite_storage import SQLiteStorage
-from privacy_accounting.storage import EventFilter, LedgerStorage
+from privacy_accounting.storage import EventFilter, LedgerStorage, RecordClass
 
 __all__ = [
     "ACCOUNTANTS",
@@ -68,6 +69,8 @@ __all__ = [
     "ModelShardGuarantee",
     "NotFoundError",
     "PrivacyAccountingError",
+    "RecordClass",
+    "RecordOverlapError",
     "PrivacyReport",
     "Purpose",
     "ReservationRequest",

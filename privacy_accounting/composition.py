@@ -1,24 +1,30 @@
-"""Composition rules over stored events: sequential within a shard, parallel across shards.
+"""Composition rules over stored events: per record, sequential over every event that read it.
 
-* Sequential: all events on one shard compose adaptively, ``ComposedDpEvent([e1, e2, ...])``,
+* Sequential: all events that read a record compose adaptively, ``ComposedDpEvent([e1, e2, ...])``,
   accounted jointly (adding per-event epsilons is only a looser upper bound). Retraining after a
   deletion is one more event on the shard: the remaining records pay again.
-* Parallel: shards of a data source are disjoint in the unit of privacy, and a record influences
-  only the events run on its shard, so a model built from components on several shards gives
-  each record the guarantee of its own shard: ``eps_model = max_shard eps(events of that shard
-  feeding the model)``, not the sum.
+* Per record: an event that names its records charges exactly those; one that names none charges
+  every record of its shard. A record's guarantee is the composition of every event that charged
+  it, whatever model or component (removed ones included) the event produced.
+* Parallel: shards of a data source hold disjoint records (the ledger refuses an overlap unless
+  allowed, and then charges the overlapping records for both), so a model built from several
+  shards gives each record the guarantee of its own events: ``eps_model = max over its records``,
+  not the sum over shards.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from privacy_accounting.accountants import AccountantSettings, EpsilonBounds
 from privacy_accounting.budgets import composed_bounds
 from privacy_accounting.records import StoredEvent
+from privacy_accounting.storage import RecordClass
 
 ShardKey = tuple[str, str]
+#: ``(data_source, event sequence numbers) -> record classes`` (``LedgerStorage.record_classes``).
+RecordClasses = Callable[[str, Sequence[int]], list[RecordClass]]
 
 
 def group_by_shard(events: Iterable[StoredEvent]) -> dict[ShardKey, list[StoredEvent]]:
@@ -36,7 +42,8 @@ def shard_bounds(events: Sequence[StoredEvent], delta: float, settings: Accounta
 
 @dataclass(frozen=True)
 class ModelShardGuarantee:
-    """One shard feeding a model: the model's events on it, and everything ever run on it."""
+    """One shard feeding a model: the model's events on it, every event on the records the model
+    read there (``record_bounds``, the guarantee), and everything ever run on the shard."""
 
     data_source: str
     shard: str
@@ -45,6 +52,49 @@ class ModelShardGuarantee:
     shard_total_bounds: EpsilonBounds
     n_model_events: int
     n_shard_events: int
+    record_bounds: EpsilonBounds
+
+
+def records_bounds(feeding: Sequence[StoredEvent], events: Sequence[StoredEvent], delta: float,
+                   settings: AccountantSettings, record_classes: RecordClasses | None) -> EpsilonBounds:
+    """The largest, over the records ``feeding`` read, of the composition of every event that read
+    the record. Events naming no records read their whole shard; if a feeding event names none,
+    every event of its shard (and of any shard whose records overlap it) is counted."""
+    by_seq = {e.seq: e for e in events}
+    whole_shard = {(e.data_source, e.shard): [] for e in feeding}
+    for e in events:
+        if e.records_read is None and (e.data_source, e.shard) in whole_shard:
+            whole_shard[(e.data_source, e.shard)].append(e)
+    if record_classes is None or any(e.records_read is None for e in feeding):
+        shards = {(e.data_source, e.shard) for e in feeding}
+        return composed_bounds([e.event for e in events if (e.data_source, e.shard) in shards], delta, settings)
+    worst: EpsilonBounds | None = None
+    for data_source in sorted({e.data_source for e in feeding}):
+        mine = [e.seq for e in feeding if e.data_source == data_source]
+        for group in record_classes(data_source, mine):
+            readers = {q: by_seq[q] for q in group.seqs if q in by_seq}
+            for key in {(e.data_source, e.shard) for e in readers.values()}:
+                readers.update((e.seq, e) for e in whole_shard.get(key, ()))
+            bounds = composed_bounds([readers[q].event for q in sorted(readers)], delta, settings)
+            if worst is None or bounds.epsilon > worst.epsilon:
+                worst = bounds
+    return worst if worst is not None else composed_bounds([e.event for e in feeding], delta, settings)
+
+
+def record_guarantees(events: Sequence[StoredEvent], delta: float, settings: AccountantSettings,
+                      record_classes: RecordClasses) -> list[tuple[EpsilonBounds, int]]:
+    """(bounds, number of records) for every group of records of ``events`` read by the same events;
+    events naming no records form one group per shard (their record count is unknown: 0)."""
+    out: list[tuple[EpsilonBounds, int]] = []
+    by_seq = {e.seq: e for e in events}
+    for data_source in sorted({e.data_source for e in events}):
+        named = [e.seq for e in events if e.data_source == data_source and e.records_read is not None]
+        for group in record_classes(data_source, named):
+            readers = sorted((by_seq[q] for q in group.seqs if q in by_seq), key=lambda e: e.seq)
+            out.append((composed_bounds([e.event for e in readers], delta, settings), group.count))
+    for shard_events in group_by_shard(e for e in events if e.records_read is None).values():
+        out.append((composed_bounds([e.event for e in shard_events], delta, settings), 0))
+    return out
 
 
 @dataclass(frozen=True)
@@ -70,8 +120,11 @@ def model_guarantee(
     events: Sequence[StoredEvent],
     delta: float,
     settings: AccountantSettings,
+    record_classes: RecordClasses | None = None,
 ) -> ModelGuarantee:
-    """Parallel composition over shards of the sequential composition of each shard's model events."""
+    """Per record of the model, the composition of every event that read it; the largest is the
+    model's guarantee (see the module doc). Without ``record_classes`` every event of a feeding
+    shard counts (the cautious reading)."""
     wanted = set(components)
     all_by_shard = group_by_shard(events)
     per_shard: list[ModelShardGuarantee] = []
@@ -88,17 +141,18 @@ def model_guarantee(
                 shard_total_bounds=shard_bounds(shard_events, delta, settings),
                 n_model_events=len(feeding),
                 n_shard_events=len(shard_events),
+                record_bounds=records_bounds(feeding, events, delta, settings, record_classes),
             )
         )
     if not per_shard:
         return ModelGuarantee(name, tuple(components), delta, 0.0, "none", None, ())
-    worst = max(per_shard, key=lambda s: s.model_bounds.epsilon)
+    worst = max(per_shard, key=lambda s: s.record_bounds.epsilon)
     return ModelGuarantee(
         name=name,
         components=tuple(components),
         delta=delta,
-        epsilon=worst.model_bounds.epsilon,
-        accountant=worst.model_bounds.accountant,
+        epsilon=worst.record_bounds.epsilon,
+        accountant=worst.record_bounds.accountant,
         binding=(worst.data_source, worst.shard),
         shards=tuple(per_shard),
     )

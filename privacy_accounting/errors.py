@@ -100,6 +100,25 @@ class BudgetExceededError(PrivacyAccountingError):
         )
 
 
+class RecordOverlapError(PrivacyAccountingError):
+    """An event would read records that another shard's events already read; nothing was written.
+
+    Shards are assumed disjoint (parallel composition); overlapping records are refused unless the
+    caller opts in, and then every record is charged by sequential composition of all its events.
+    """
+
+    def __init__(self, *, data_source: str, shard: str, overlaps: dict[str, int]) -> None:
+        self.data_source = data_source
+        self.shard = shard
+        self.overlaps = dict(overlaps)
+        where = ", ".join(f"{n} record(s) with shard {s!r}" for s, n in sorted(overlaps.items()))
+        super().__init__(
+            f"shard {shard!r} of data source {data_source!r} overlaps other shards: {where}; shards must hold "
+            "disjoint records (fix the split), or allow the overlap to charge those records by sequential "
+            "composition of every run that read them; nothing was written"
+        )
+
+
 class LedgerError(PrivacyAccountingError):
     """Base class for problems with the ledger's database."""
 

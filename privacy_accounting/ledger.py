@@ -24,9 +24,10 @@ from typing import Any, Mapping, Sequence
 
 from privacy_accounting.accountants import DEFAULT_SETTINGS, AccountantSettings, EpsilonBounds, epsilon_within
 from privacy_accounting.budgets import effective_budget, enforce_budget
-from privacy_accounting.composition import ModelGuarantee, model_guarantee, shard_bounds
+from privacy_accounting.composition import ModelGuarantee, model_guarantee, record_guarantees, shard_bounds
 from privacy_accounting.errors import (
     InvalidParameterError,
+    RecordOverlapError,
     ReservationStateError,
     UnknownComponentError,
     UnknownDataSourceError,
@@ -47,7 +48,7 @@ from privacy_accounting.records import (
     utc_now,
 )
 from privacy_accounting.sqlite_storage import SQLiteStorage
-from privacy_accounting.storage import EventFilter, LedgerStorage
+from privacy_accounting.storage import EventFilter, LedgerStorage, RecordClass
 from privacy_accounting.validation import check_delta, check_epsilon, check_name
 
 
@@ -193,20 +194,24 @@ class Ledger:
             data_source=data_source, shard=shard, event=event, delta=delta, purpose=purpose, operator=operator,
             component=component, details=details, checkpoints_released=checkpoints_released)])[0]
 
-    def reserve_all(self, requests: Sequence[ReservationRequest]) -> list[str]:
+    def reserve_all(self, requests: Sequence[ReservationRequest], *, allow_overlap: bool = False) -> list[str]:
         """Reserve every request in one transaction, all or nothing; returns the reservation ids in order.
 
         Each is checked as :meth:`reserve` checks one, against its shard's events including the
         batch's earlier ones; one refusal raises and writes none (e.g. a driver reserving every
-        shard of a parallel run before submitting any task).
+        shard of a parallel run before submitting any task). A request that names its ``records``
+        is also checked per record: each record's composition of every event that read it, this one
+        included, must fit the budgets of the shards those events ran on; and a record already read
+        by another shard's event is refused (:class:`RecordOverlapError`) unless ``allow_overlap``.
         """
         now = utc_now()
         records = [self._record(request, now) for request in requests]
         for record in records:
             self._warm_cache(record)
+        budgets = self._storage.budgets()
 
         def check(record: StoredEvent, existing: list[StoredEvent], source_budget: Budget | None,
-                  shard_budget: Budget | None) -> None:
+                  shard_budget: Budget | None, touching: list[tuple[list[StoredEvent], int]]) -> None:
             enforce_budget(
                 data_source=record.data_source,
                 shard=record.shard,
@@ -215,8 +220,25 @@ class Ledger:
                 new_event=record.event,
                 settings=self._settings,
             )
+            overlaps: dict[str, int] = {}
+            for readers, count in touching:
+                for shard in {e.shard for e in readers if e.shard != record.shard}:
+                    overlaps[shard] = overlaps.get(shard, 0) + count
+            if overlaps and not allow_overlap:
+                raise RecordOverlapError(data_source=record.data_source, shard=record.shard, overlaps=overlaps)
+            for readers, _ in touching:
+                for shard in sorted({e.shard for e in readers} | {record.shard}):
+                    enforce_budget(
+                        data_source=record.data_source,
+                        shard=shard,
+                        budget=_budget_of(budgets, record.data_source, shard),
+                        existing=[e.event for e in readers],
+                        new_event=record.event,
+                        settings=self._settings,
+                    )
 
-        return [stored.reservation_id for stored in self._storage.reserve(records, check)]
+        stored = self._storage.reserve(records, check, [frozenset(r.records) for r in requests])
+        return [event.reservation_id for event in stored]
 
     @staticmethod
     def _record(request: ReservationRequest, now: str) -> StoredEvent:
@@ -235,6 +257,7 @@ class Ledger:
             created_at=now,
             updated_at=now,
             details=_check_details(request.details),
+            records_read=_check_records(request.records),
         )
         if record.purpose is Purpose.NON_PRIVATE_BASELINE and not is_non_private(record.event):
             raise InvalidParameterError("purpose 'non_private_baseline' requires a NonPrivateDpEvent")
@@ -370,7 +393,9 @@ class Ledger:
         return self._storage.models()
 
     def model_guarantee(self, name: str, delta: float | None = None) -> ModelGuarantee:
-        """Per-record guarantee of a model: max over its shards of the composition of its events there.
+        """Per-record guarantee of a model: over the records its components read, the largest
+        composition of EVERY event that read the record (other models' and removed components'
+        runs included); per shard it also gives the model's own events and the shard's total.
 
         ``delta=None`` uses the smallest delta recorded on the model's events (the most cautious).
         """
@@ -384,7 +409,24 @@ class Ledger:
             delta = min(deltas) if deltas else None
             if delta is None:
                 raise InvalidParameterError(f"model {name!r} has no events: pass delta explicitly")
-        return model_guarantee(name, components, events, check_delta(delta), self._settings)
+        return model_guarantee(name, components, events, check_delta(delta), self._settings, self.record_classes)
+
+    def record_guarantees(self, data_source: str, delta: float) -> list[tuple[EpsilonBounds, int]]:
+        """The distribution of per-record guarantees of ``data_source``: (bounds, number of records),
+        each record charged the composition of every event that read it (events that named no
+        records count for every record of their shard, so such shards appear as one group)."""
+        self.data_source(data_source)
+        events = self._storage.events(EventFilter(data_source=data_source))
+        return record_guarantees(events, check_delta(delta), self._settings, self.record_classes)
+
+    def state_digest(self) -> dict[str, str]:
+        """sha256 of each table's content (data sources, shards, budgets, events and the records they
+        read, models, audits): any row added, removed or edited changes its table's digest."""
+        return self._storage.table_digests()
+
+    def record_classes(self, data_source: str, seqs: Sequence[int]) -> list[RecordClass]:
+        """The records events ``seqs`` read, grouped by the set of every event that read each."""
+        return self._storage.record_classes(data_source, list(seqs))
 
     # -- audits ----------------------------------------------------------------------------------
 
@@ -436,6 +478,21 @@ def _check_bool(value: object, name: str) -> bool:
     if not isinstance(value, bool):
         raise InvalidParameterError(f"{name} must be True or False, got {value!r}")
     return value
+
+
+def _budget_of(budgets: Sequence[Budget], data_source: str, shard: str) -> Budget | None:
+    """The limit of a shard among ``budgets``: its own, else its data source's, else None."""
+    source = next((b for b in budgets if b.data_source == data_source and b.shard is None), None)
+    own = next((b for b in budgets if b.data_source == data_source and b.shard == shard), None)
+    return effective_budget(source, own)
+
+
+def _check_records(records: object) -> int | None:
+    if isinstance(records, (str, bytes)) or not isinstance(records, (frozenset, set, tuple, list)):
+        raise InvalidParameterError("records must be a set of record keys (strings)")
+    if not all(isinstance(r, str) and r for r in records):
+        raise InvalidParameterError("record keys must be non-empty strings")
+    return len(set(records)) or None
 
 
 def _check_details(details: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -78,6 +78,7 @@ class StoredEvent:
     updated_at: str
     details: dict[str, Any] = field(default_factory=dict)
     failure_reason: str | None = None
+    records_read: int | None = None  # how many records it named; None: every record of its shard
 
     @property
     def id(self) -> str:
@@ -87,7 +88,11 @@ class StoredEvent:
 
 @dataclass(frozen=True)
 class ReservationRequest:
-    """What :meth:`Ledger.reserve_all` is asked to reserve: one event planned on one shard."""
+    """What :meth:`Ledger.reserve_all` is asked to reserve: one event planned on one shard.
+
+    ``records``: opaque keys of the records the event reads (e.g. keyed commitments of record
+    ids); each record is then charged every event that read it. Empty: every record of the shard.
+    """
 
     data_source: str
     shard: str
@@ -98,6 +103,7 @@ class ReservationRequest:
     component: str
     details: Mapping[str, Any] | None = None
     checkpoints_released: bool = False
+    records: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import math
 from typing import Sequence
 
 from privacy_accounting.accountants import NEIGHBOURING_RELATION, AccountantSettings, EpsilonBounds, epsilon_bounds
-from privacy_accounting.composition import group_by_shard, model_guarantee, shard_bounds
+from privacy_accounting.composition import RecordClasses, group_by_shard, model_guarantee, shard_bounds
 from privacy_accounting.errors import InvalidParameterError
 from privacy_accounting.events import (
     DpEvent,
@@ -109,7 +109,7 @@ def build_report(
     ]
     audit_entries = [_audit_entry(a, events, settings) for a in audits]
     model_entries = [
-        _model_entry(name, comps, events, components, audit_entries, sources, delta, settings)
+        _model_entry(name, comps, events, components, audit_entries, sources, delta, settings, ledger.record_classes)
         for name, comps in sorted(ledger.models().items())
     ]
     return PrivacyReport(
@@ -304,6 +304,7 @@ def _model_entry(
     sources: dict[str, DataSource],
     report_delta: float | None,
     settings: AccountantSettings,
+    record_classes: RecordClasses | None = None,
 ) -> ModelEntry:
     wanted = set(components)
     mine = [e for e in events if e.component in wanted]
@@ -315,7 +316,7 @@ def _model_entry(
         shards: list[ModelShardEntry] = []
         epsilon, accountant, binding = 0.0, "none", None
     else:
-        guarantee = model_guarantee(name, components, events, delta, settings)
+        guarantee = model_guarantee(name, components, events, delta, settings, record_classes)
         shards = [
             ModelShardEntry(
                 data_source=s.data_source,
@@ -325,6 +326,8 @@ def _model_entry(
                 accountant=s.model_bounds.accountant,
                 shard_total_epsilon=s.shard_total_bounds.epsilon,
                 shard_total_accountant=s.shard_total_bounds.accountant,
+                record_epsilon=s.record_bounds.epsilon,
+                record_accountant=s.record_bounds.accountant,
                 n_model_events=s.n_model_events,
                 n_shard_events=s.n_shard_events,
             )

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from privacy_accounting.renderers import render
 
 AUDIT_LABEL = "empirical lower bound, not a guarantee"
-REPORT_SCHEMA_VERSION = 1
+REPORT_SCHEMA_VERSION = 2
 
 
 class _Model(BaseModel):
@@ -102,7 +102,8 @@ class ComponentEntry(_Model):
 
 
 class ModelShardEntry(_Model):
-    """A shard feeding a model: the model's events there, and the shard's all-time total."""
+    """A shard feeding a model: the model's own events there (``epsilon``), every event on the
+    records the model read there (``record_epsilon``: the guarantee), and the shard's all-time total."""
 
     data_source: str
     shard: str
@@ -113,10 +114,13 @@ class ModelShardEntry(_Model):
     shard_total_accountant: str
     n_model_events: int
     n_shard_events: int
+    record_epsilon: float
+    record_accountant: str
 
 
 class ModelEntry(_Model):
-    """Per-record guarantee of a composed model (max over shards, parallel composition)."""
+    """Per-record guarantee of a composed model: over its records, the largest composition of every
+    event that read the record (max over shards; disjoint shards compose in parallel)."""
 
     model: str
     components: list[str]

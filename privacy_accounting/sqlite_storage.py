@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -32,9 +33,9 @@ from privacy_accounting.errors import (
 )
 from privacy_accounting.records import AuditRecord, Budget, DataSource, Purpose, Status, StoredEvent, Unit, utc_now
 from privacy_accounting.serialization import event_from_json, event_to_json
-from privacy_accounting.storage import EventFilter, ReservationCheck
+from privacy_accounting.storage import EventFilter, RecordClass, ReservationCheck
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION_NAME = "privacy_accounting.ledger"
 APPLICATION_ID = 0x44504C47  # "DPLG", stored in the SQLite header (PRAGMA application_id)
 _SQLITE_HEADER = b"SQLite format 3\x00"
@@ -77,7 +78,8 @@ CREATE TABLE events (
     details_json TEXT NOT NULL,
     failure_reason TEXT,
     created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    records_read INTEGER
 );
 CREATE INDEX events_by_shard ON events (data_source, shard, seq);
 CREATE INDEX events_by_component ON events (component, seq);
@@ -88,6 +90,13 @@ CREATE TABLE models (
     registered_at TEXT NOT NULL,
     PRIMARY KEY (name, position)
 );
+CREATE TABLE event_records (
+    seq INTEGER NOT NULL,
+    data_source TEXT NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (seq, record)
+);
+CREATE INDEX event_records_by_record ON event_records (data_source, record);
 CREATE TABLE audits (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     audit_id TEXT NOT NULL UNIQUE,
@@ -100,11 +109,20 @@ CREATE TABLE audits (
     created_at TEXT NOT NULL
 );
 """
-_TABLES = frozenset({"meta", "data_sources", "shards", "budgets", "events", "models", "audits"})
+_TABLES = frozenset({"meta", "data_sources", "shards", "budgets", "events", "event_records", "models", "audits"})
+# Version 1 -> 2 adds the records each event read (per-record accounting); old events have none,
+# which the ledger reads as "every record of the shard".
+_MIGRATIONS: dict[int, tuple[str, ...]] = {1: (
+    "ALTER TABLE events ADD COLUMN records_read INTEGER",
+    "CREATE TABLE IF NOT EXISTS event_records (seq INTEGER NOT NULL, data_source TEXT NOT NULL, "
+    "record TEXT NOT NULL, PRIMARY KEY (seq, record))",
+    "CREATE INDEX IF NOT EXISTS event_records_by_record ON event_records (data_source, record)",
+)}
 # Column order of _event_row(); seq and reservation_id never change after the insert.
 _EVENT_FIELDS = (
     "seq", "reservation_id", "data_source", "shard", "component", "purpose", "status", "operator",
     "event_json", "delta", "checkpoints_released", "details_json", "failure_reason", "created_at", "updated_at",
+    "records_read",
 )
 _EVENT_COLUMNS = ", ".join(_EVENT_FIELDS)
 _INSERT_EVENT = "INSERT INTO events ({}) VALUES ({})".format(
@@ -250,6 +268,10 @@ class SQLiteStorage:
                 if version is None:
                     raise LedgerCorruptError(f"{where} has no schema version")
                 user_version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version.isdigit() and int(version) == user_version and user_version in _MIGRATIONS:
+                    _migrate(conn, user_version)
+                    version, user_version = str(SCHEMA_VERSION), SCHEMA_VERSION
+                    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
                 if version != str(SCHEMA_VERSION) or user_version != SCHEMA_VERSION:
                     raise LedgerCorruptError(
                         f"{where} has unknown schema version {version!r} (this code reads version {SCHEMA_VERSION})"
@@ -315,10 +337,14 @@ class SQLiteStorage:
 
     # -- events ------------------------------------------------------------------------------
 
-    def reserve(self, events: Sequence[StoredEvent], check: ReservationCheck) -> list[StoredEvent]:
+    def reserve(self, events: Sequence[StoredEvent], check: ReservationCheck,
+                records: Sequence[frozenset[str]] | None = None) -> list[StoredEvent]:
+        records = list(records) if records is not None else [frozenset()] * len(events)
+        if len(records) != len(events):
+            raise InvalidParameterError("give one record set per event (an empty set: every record of the shard)")
         stored = []
         with self._transaction(write=True) as conn:  # one transaction: a refusal rolls back the whole batch
-            for event in events:
+            for event, read in zip(events, records):
                 existing = _select_events(conn, EventFilter(data_source=event.data_source, shard=event.shard))
                 source_budget = shard_budget = None
                 for row in conn.execute(
@@ -331,12 +357,24 @@ class SQLiteStorage:
                         source_budget = budget
                     else:
                         shard_budget = budget
-                check(event, existing, source_budget, shard_budget)
+                classes = _touching(conn, event, existing, read) if read else []
+                check(event, existing, source_budget, shard_budget, classes)
                 _ensure_source(conn, event.data_source)
                 _ensure_shard(conn, event.data_source, event.shard)
                 cursor = conn.execute(_INSERT_EVENT, _event_row(event)[1:])
-                stored.append(replace(event, seq=int(cursor.lastrowid)))
+                seq = int(cursor.lastrowid)
+                conn.executemany("INSERT INTO event_records (seq, data_source, record) VALUES (?, ?, ?)",
+                                 ((seq, event.data_source, r) for r in sorted(read)))
+                stored.append(replace(event, seq=seq))
         return stored
+
+    def record_classes(self, data_source: str, seqs: Sequence[int]) -> list[RecordClass]:
+        with self._transaction(write=False) as conn:
+            return _record_classes(conn, data_source, seqs)
+
+    def table_digests(self) -> dict[str, str]:
+        with self._transaction(write=False) as conn:
+            return {table: _table_digest(conn, table, order) for table, order in _DIGESTED.items()}
 
     def update_event(self, reservation_id: str, change: Callable[[StoredEvent], StoredEvent]) -> StoredEvent:
         with self._transaction(write=True) as conn:
@@ -415,6 +453,91 @@ def _ensure_shard(conn: sqlite3.Connection, data_source: str, shard: str) -> Non
     )
 
 
+#: The tables whose content :meth:`SQLiteStorage.table_digests` covers, with their row order.
+_DIGESTED = {
+    "data_sources": "name", "shards": "data_source, shard", "budgets": "data_source, shard",
+    "events": "seq", "event_records": "seq, record", "models": "name, position", "audits": "seq",
+}
+
+
+def _table_digest(conn: sqlite3.Connection, table: str, order: str) -> str:
+    """sha256 of the table's rows in a fixed order, as canonical JSON (floats exact, via repr)."""
+    digest = hashlib.sha256()
+    for row in conn.execute(f"SELECT * FROM {table} ORDER BY {order}"):  # noqa: S608 -- fixed names
+        digest.update(json.dumps(list(row), separators=(",", ":"), allow_nan=True).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def _migrate(conn: sqlite3.Connection, version: int) -> None:
+    """Upgrade an older ledger in place, one version at a time, in one write transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        while version in _MIGRATIONS:
+            for statement in _MIGRATIONS[version]:
+                conn.execute(statement)
+            version += 1
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+        conn.execute(f"PRAGMA user_version = {version}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.rollback()
+        raise
+
+
+def _record_classes(conn: sqlite3.Connection, data_source: str, seqs: Sequence[int]) -> list[RecordClass]:
+    """Records read by events ``seqs``, grouped by the set of ALL events of the source that read each."""
+    if not seqs:
+        return []
+    marks = ", ".join("?" * len(seqs))
+    rows = conn.execute(
+        "SELECT er.record, er.seq FROM event_records er WHERE er.data_source = ? AND er.record IN "
+        f"(SELECT record FROM event_records WHERE data_source = ? AND seq IN ({marks}))",
+        (data_source, data_source, *seqs),
+    )
+    readers: dict[str, set[int]] = {}
+    for record, seq in rows:
+        readers.setdefault(record, set()).add(int(seq))
+    counts: dict[frozenset[int], int] = {}
+    for seqs_of_record in readers.values():
+        key = frozenset(seqs_of_record)
+        counts[key] = counts.get(key, 0) + 1
+    return [RecordClass(key, n) for key, n in sorted(counts.items(), key=lambda kv: sorted(kv[0]))]
+
+
+def _touching(conn: sqlite3.Connection, event: StoredEvent, existing: list[StoredEvent],
+              read: frozenset[str]) -> list[tuple[list[StoredEvent], int]]:
+    """For the records ``event`` will read: the earlier events that read each (grouped, with counts).
+
+    Events of the shard that recorded no records are taken to have read all of its records.
+    """
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS reading (record TEXT PRIMARY KEY)")
+    conn.execute("DELETE FROM reading")
+    conn.executemany("INSERT INTO reading (record) VALUES (?)", ((r,) for r in read))
+    readers: dict[str, set[int]] = {}
+    for record, seq in conn.execute(
+        "SELECT er.record, er.seq FROM event_records er JOIN reading n ON n.record = er.record "
+        "WHERE er.data_source = ?", (event.data_source,),
+    ):
+        readers.setdefault(record, set()).add(int(seq))
+    whole_shard = {e.seq for e in existing if e.records_read is None}
+    counts: dict[frozenset[int], int] = {}
+    for record in read:
+        key = frozenset(readers.get(record, set()) | whole_shard)
+        counts[key] = counts.get(key, 0) + 1
+    wanted = sorted(set().union(*counts))
+    by_seq = {e.seq: e for e in _select_events_by_seq(conn, wanted)}
+    return [([by_seq[q] for q in sorted(key)], n) for key, n in counts.items()]
+
+
+def _select_events_by_seq(conn: sqlite3.Connection, seqs: Sequence[int]) -> list[StoredEvent]:
+    if not seqs:
+        return []
+    marks = ", ".join("?" * len(seqs))
+    return [_event_from_row(row) for row in conn.execute(
+        f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq IN ({marks}) ORDER BY seq", list(seqs))]
+
+
 def _budget(row: Sequence[Any]) -> Budget:
     data_source, shard, epsilon, delta, updated_at = row
     return Budget(data_source, None if shard == _SOURCE_LEVEL else shard, float(epsilon), float(delta), updated_at)
@@ -437,6 +560,7 @@ def _event_row(event: StoredEvent) -> tuple[Any, ...]:
         event.failure_reason,
         event.created_at,
         event.updated_at,
+        event.records_read,
     )
 
 
@@ -455,7 +579,7 @@ def _select_events(conn: sqlite3.Connection, where: EventFilter) -> list[StoredE
 
 def _event_from_row(row: Sequence[Any]) -> StoredEvent:
     (seq, rid, data_source, shard, component, purpose, status, operator, event_json, delta,
-     released, details_json, failure_reason, created_at, updated_at) = row
+     released, details_json, failure_reason, created_at, updated_at, records_read) = row
     try:
         event = event_from_json(event_json)
     except PrivacyAccountingError as exc:
@@ -476,6 +600,7 @@ def _event_from_row(row: Sequence[Any]) -> StoredEvent:
         updated_at=updated_at,
         details=_load_json(details_json, f"event {rid}"),
         failure_reason=failure_reason,
+        records_read=None if records_read is None else int(records_read),
     )
 
 

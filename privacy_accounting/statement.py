@@ -109,21 +109,27 @@ def model_statement(
             f"privacy, an upper bound from the {accountant.upper()} accountant (the tightest of the RDP, PRV and "
             "PLD upper bounds)."
         )
+    per_record = (
+        " Each unit is charged every run that ever read it (sequential composition), including runs of "
+        "components that were later removed or that feed other models."
+    )
     parallel = ""
     if len(shards) > 1:
-        worst = max(shards, key=lambda s: s.epsilon)
+        worst = max(shards, key=lambda s: s.record_epsilon)
         parallel = (
-            " The shards are disjoint, so each unit is protected by the guarantee of the one shard that holds it "
+            " The shards hold disjoint records (the ledger refuses an overlap unless the operator allows it, and then "
+            "charges the overlapping records for both), so each unit is protected by the runs on its own records "
             f"(parallel composition); the largest, on shard '{worst.shard}', is the one stated."
         )
-    reused = [s for s in shards if s.shard_total_epsilon > s.epsilon * (1 + 1e-9)]
+    reused = [s for s in shards if s.record_epsilon > s.epsilon * (1 + 1e-9)]
     reuse = ""
     if reused:
-        reuse = " Some of these shards also fed other releases; their all-time totals are higher: " + ", ".join(
-            f"'{s.shard}' {fmt_eps(s.shard_total_epsilon)}" for s in reused
-        ) + "."
+        reuse = " This model's own runs alone would give less; the stated figure also counts other runs on its " \
+            "records: " + ", ".join(
+                f"'{s.shard}' {fmt_eps(s.epsilon)} alone, {fmt_eps(s.record_epsilon)} with every run" for s in reused
+            ) + "."
     return (
-        f"{head} Unit of privacy: {unit}. {guarantee}{parallel}{reuse} Sampling: {sampling_text(entries)}. "
+        f"{head} Unit of privacy: {unit}. {guarantee}{per_record}{parallel}{reuse} Sampling: {sampling_text(entries)}. "
         f"Checkpoints: {checkpoints_text(entries)}. Audits: {audits_text(audits, ' for its components')}."
     )
 

@@ -15,9 +15,20 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 from privacy_accounting.records import AuditRecord, Budget, DataSource, Purpose, Status, StoredEvent
 
 #: Called inside the reservation's transaction with the event to insert, its shard's events so far
-#: (in order, earlier events of the same batch included), the data source's budget and the shard's
-#: own budget; raises to refuse (then nothing of the batch is written).
-ReservationCheck = Callable[[StoredEvent, list[StoredEvent], "Budget | None", "Budget | None"], None]
+#: (in order, earlier events of the same batch included), the data source's budget, the shard's
+#: own budget, and the records the event will read grouped by the earlier events that read them
+#: (``[(events, number of records)]``; empty when the event names no records); raises to refuse
+#: (then nothing of the batch is written).
+ReservationCheck = Callable[
+    [StoredEvent, list[StoredEvent], "Budget | None", "Budget | None", list[tuple[list[StoredEvent], int]]], None]
+
+
+@dataclass(frozen=True)
+class RecordClass:
+    """``count`` records that were read by exactly the events with sequence numbers ``seqs``."""
+
+    seqs: frozenset[int]
+    count: int
 
 
 @dataclass(frozen=True)
@@ -55,15 +66,24 @@ class LedgerStorage(Protocol):
     def budgets(self) -> list[Budget]:
         """All budgets."""
 
-    def reserve(self, events: Sequence[StoredEvent], check: ReservationCheck) -> list[StoredEvent]:
+    def reserve(self, events: Sequence[StoredEvent], check: ReservationCheck,
+                records: Sequence[frozenset[str]] | None = None) -> list[StoredEvent]:
         """Atomically, for each event in order: run ``check`` on its shard and insert it (creating its
-        source and shard if new). All or nothing: a refusal of any event writes none of them."""
+        source and shard if new) with the records it reads (``records[i]``; opaque keys, an empty set
+        meaning every record of the shard). All or nothing: a refusal of any event writes none."""
 
     def update_event(self, reservation_id: str, change: Callable[[StoredEvent], StoredEvent]) -> StoredEvent:
         """Atomically replace an event by ``change(current)``; unknown id raises UnknownReservationError."""
 
     def events(self, where: EventFilter = EventFilter()) -> list[StoredEvent]:
         """Events matching ``where``, in insertion order."""
+
+    def record_classes(self, data_source: str, seqs: Sequence[int]) -> list[RecordClass]:
+        """The records read by events ``seqs``, grouped by the set of all events of ``data_source``
+        that read each (events that named no records are not counted here)."""
+
+    def table_digests(self) -> dict[str, str]:
+        """Table name -> sha256 of its content: binds the ledger to a record kept elsewhere (an audit log)."""
 
     def set_model(self, name: str, components: Sequence[str], registered_at: str) -> None:
         """Create a model or replace its component list."""

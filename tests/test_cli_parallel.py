@@ -104,3 +104,32 @@ def test_a_retry_must_see_the_same_split_as_the_components_already_trained(tmp_p
     for other in (split_shards(digits, shards=2, seed=1)[1], split_shards(digits, shards=3, seed=0)[1]):
         with pytest.raises(WorkspaceError, match="shard 0 of this recipe does not hold the records 'm-shard-0'"):
             _check_same_split(ws, "m", other)
+
+
+def test_a_driver_killed_mid_training_leaves_a_reservation_the_next_command_fails_and_logs(tmp_path) -> None:
+    """kill -9 of `dp-tangent train` itself: nobody is left to mark its reservation failed."""
+    recipe, ws = tmp_path / "recipe.yaml", tmp_path / "ws"
+    recipe.write_text(RECIPE.format(epochs=100000))
+    cli = [sys.executable, "-m", "dp_tangent"]
+    process = subprocess.Popen([*cli, "train", str(recipe), "--name", "m", "-w", str(ws), "--executor", "serial"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        reserved = False
+        while not reserved and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.5)
+            if (ws / "ledger.sqlite").is_file():
+                reserved = any(e.status.value == "reserved" for e in Ledger.open(ws / "ledger.sqlite").events())
+        assert reserved, process.communicate(timeout=60) if process.poll() is not None else "no reservation"
+        time.sleep(1.0)
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    shown = subprocess.run([*cli, "budget", "show", "-w", str(ws)], capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    [event] = Ledger.open(ws / "ledger.sqlite").events()
+    assert event.status.value == "failed" and "abandoned" in event.failure_reason
+    log = subprocess.run([*cli, "audit", "log", "-w", str(ws)], capture_output=True, text=True, timeout=120)
+    assert "reservation_abandoned" in log.stdout

@@ -1,8 +1,10 @@
-"""Executors: local worker processes and Ray train components bit-identical to serial training;
-budget is reserved centrally before any task; a killed worker fails only its own shard."""
+"""Executors: local worker processes and Ray train components bit-identical to serial training (in
+the seeded mode: secure noise is fresh in every run); budget is reserved centrally before any task;
+a killed worker fails only its own shard."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -21,6 +23,7 @@ from privacy_accounting import BudgetExceededError
 SPEC = BackboneSpec("efficientnet_lite0", pretrained="packaged", num_classes=10)
 PRIVACY = PrivacySpec(epsilon=8.0, delta=1e-4)
 CONFIG = TrainConfig(epochs=3, batch_size=32, physical_batch_size=32, lr=0.05)
+SEEDED = dataclasses.replace(CONFIG, noise="seeded")  # reproducible, hence NOT private: for comparing executors
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +46,14 @@ def digests(run) -> dict[str, str]:  # noqa: ANN001
 
 @pytest.fixture(scope="module")
 def serial(tmp_path_factory, jobs) -> dict[str, str]:  # noqa: ANN001
-    _, run = train(tmp_path_factory.mktemp("serial"), jobs)
+    _, run = train(tmp_path_factory.mktemp("serial"), jobs, config=SEEDED)
     assert not run.failed and len(run.completed) == 3
     return digests(run)
 
 
 def test_local_workers_train_bit_identical_components_and_log_who_trained_them(tmp_path, jobs, serial) -> None:
     executor = LocalExecutor(workers=2, threads=1)
-    ws, run = train(tmp_path, jobs, executor)
+    ws, run = train(tmp_path, jobs, executor, config=SEEDED)
     assert not run.failed and digests(run) == serial
     trained = [e for e in ws.audit.entries() if e.operation == "training"]
     assert {e.parameters["status"] for e in trained} == {"completed"}
@@ -65,7 +68,7 @@ def test_local_workers_train_bit_identical_components_and_log_who_trained_them(t
 def test_ray_tasks_train_bit_identical_components(tmp_path, jobs, serial) -> None:
     pytest.importorskip("ray", reason="the [ray] extra is not installed")
     executor = create_executor("ray", init_options={"num_cpus": 2})
-    ws, run = train(tmp_path, jobs, executor)
+    ws, run = train(tmp_path, jobs, executor, config=SEEDED)
     assert not run.failed and digests(run) == serial
     workers = [e.parameters["worker"] for e in ws.audit.entries() if e.operation == "training"]
     assert all(w["executor"] == "ray" and w["node_id"] and w["pid"] != os.getpid() for w in workers)
@@ -86,6 +89,9 @@ def test_a_killed_worker_fails_only_its_shard_and_its_budget_stays_spent(tmp_pat
     [failed] = run.failed
     assert failed.name == "c1" and failed.lost and "SIGKILL" in failed.reason and str(killed[0]) in failed.reason
     assert sorted(c.metadata.name for c in run.completed) == ["c0", "c2"]
+    # secure noise drawn in the workers: private, and no seed recorded
+    assert all(c.metadata.privacy.private and c.metadata.privacy.secure_mode and c.metadata.training.seed is None
+               for c in run.completed)
     assert ws.list_components() == ["c0", "c2"] and not ws.component_path("c1").exists()
     [event] = ws.ledger.events(component="c1")
     assert event.status.value == "failed" and "SIGKILL" in event.failure_reason

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import date, datetime, timedelta, timezone
 
 import pytest
 import torch
-import torch.nn as nn
 
 from dp_tangent.workspace.audit_log import verify
-from dp_tangent.backbones import BackboneSpec
 from dp_tangent.components import compose
+from dp_tangent.components.component import SEEDED_LABEL
 from dp_tangent.errors import DPTangentError
 from dp_tangent.data import RecordSet
 from dp_tangent.workspace.deletion_requests import DeletionRequest, ForgetError, add_months, deadlines
@@ -21,6 +21,7 @@ from dp_tangent.io import sha256_file
 from dp_tangent.components.manifest import commit
 from dp_tangent.training import PrivacySpec, TrainConfig
 from dp_tangent.workspace import Workspace
+from privacy_accounting.events import is_non_private
 
 FAST = TrainConfig(epochs=1, batch_size=16, lr=0.1)
 NOW = datetime(2025, 3, 10, 9, 30, tzinfo=timezone.utc)
@@ -88,8 +89,9 @@ def test_removing_a_component_recomposes_every_model_bit_identically(ws) -> None
     for path in ws.root.rglob("*"):
         if path.is_file():
             assert b"rec-0-5" not in path.read_bytes(), f"raw record id stored in {path}"
-    last = ws.audit.entries()[-1]
+    last, sealed = ws.audit.entries()[-2:]
     assert last.operation == "deletion" and last.parameters["components_removed"] == ["c0"]
+    assert sealed.operation == "certificate_sealed" and cert.checkpoint.size == last.seq + 1
     assert verify(ws).ok
 
 
@@ -97,8 +99,11 @@ def test_retraining_replaces_the_component_trained_without_the_record(ws) -> Non
     old = ws.load_component("c0").metadata
     result = forget(ws, _request("rec-0-5", "rec-0-7"), retrain=True, shard_records={"c0": shard(0)})
     [added] = result.certificate.components_added
-    assert added.name == "c0.r1" and added.replaces == "c0" and added.records == 22 and added.seed != old.training.seed
+    assert added.name == "c0.r1" and added.replaces == "c0" and added.records == 22
     new = ws.load_component("c0.r1").metadata
+    # secure in, secure out: fresh noise from a new OS key, so no seed in the certificate or the metadata
+    assert added.seed is None and new.training.seed is None and new.training.noise == old.training.noise == "secure"
+    assert new.privacy.private and new.privacy.secure_mode and added.epsilon == new.privacy.epsilon
     key = ws.manifest_key()
     assert commit("rec-0-5", key) not in new.manifest.commitments and commit("rec-0-6", key) in new.manifest.commitments
     assert new.base_weights_sha256 == old.base_weights_sha256
@@ -111,8 +116,24 @@ def test_retraining_replaces_the_component_trained_without_the_record(ws) -> Non
     want = compose([c0r, c1, c2]).deltas
     assert all(torch.equal(deltas[n], want[n]) for n in want)
     assert ws.model_record("solo").component_names == ["c0.r1"]
-    assert [e.operation for e in ws.audit.entries()[-3:]] == ["deletion_request", "retraining", "deletion"]
+    assert [e.operation for e in ws.audit.entries()[-4:]] == ["deletion_request", "retraining", "deletion",
+                                                               "certificate_sealed"]
     assert verify(ws).ok
+
+
+def test_retraining_a_seeded_component_stays_seeded_with_a_fresh_seed_and_not_private(ws, mlp_backbone) -> None:
+    ws.train(mlp_backbone, None, shard(3), data_source="toy", shard="s3", name="c3",
+             privacy=PrivacySpec(noise_multiplier=1.0), config=dataclasses.replace(FAST, seed=11, noise="seeded"))
+    old = ws.load_component("c3").metadata
+    assert not old.privacy.private and old.training.seed == 11
+    result = forget(ws, _request("rec-3-2", request_id="req-seeded"), retrain=True, shard_records={"c3": shard(3)})
+    [added] = result.certificate.components_added
+    new = ws.load_component(added.name).metadata
+    assert new.training.noise == "seeded" and added.seed == new.training.seed is not None and added.seed != 11
+    assert not new.privacy.private and new.privacy.label == SEEDED_LABEL and added.epsilon is None
+    assert new.privacy.noise_multiplier == old.privacy.noise_multiplier
+    [event] = ws.ledger.events(component=added.name)
+    assert event.purpose.value == "retraining_after_deletion" and is_non_private(event.event)
 
 
 def test_a_record_no_component_holds_is_reported_and_still_logged(ws) -> None:
@@ -123,7 +144,7 @@ def test_a_record_no_component_holds_is_reported_and_still_logged(ws) -> None:
     assert result.certificate.not_found == [commit("nobody-42", ws.manifest_key())]
     assert ws.list_components() == ["c0", "c1", "c2"]
     assert digests == {m: sha256_file(ws.model_path(m)) for m in ws.list_models()}
-    last = ws.audit.entries()[-1]
+    last = ws.audit.entries()[-2]
     assert last.operation == "deletion" and last.parameters["outcome"] == "not_found_in_any_component"
     partial = forget(ws, _request("rec-1-0", "nobody-43", request_id="req-partial"))
     assert partial.found and "1 record(s) not found" in partial.message
@@ -193,4 +214,4 @@ def test_open_and_overdue_requests_are_listed(tmp_path) -> None:
     assert result.certificate.on_time is False and result.certificate.outcome == "not_found_in_any_component"
     assert [r.request_id for r in open_requests(ws, now)] == ["new"] and overdue_requests(ws, now) == []
     assert [e.operation for e in ws.audit.entries()] == ["workspace_created", "deletion_request", "deletion_request",
-                                                         "deletion"]
+                                                         "deletion", "certificate_sealed"]

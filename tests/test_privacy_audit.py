@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,8 @@ from scipy import optimize, stats
 from dp_tangent import TangentModel, linearize
 from dp_tangent.data import RecordSet
 from dp_tangent.training.privacy_audit import (LOWER_BOUND_LABEL, AuditError, AuditResult, audit_privacy,
-                                      epsilon_lower_bound, guess_membership, one_run_p_value)
+                                      epsilon_lower_bound, guess_membership, max_demonstrable_epsilon,
+                                      one_run_p_value)
 from dp_tangent.training import PrivacySpec, TrainConfig
 from privacy_accounting import BudgetExceededError, Ledger
 
@@ -141,14 +143,24 @@ def _deltas(tangent: TangentModel) -> dict[str, torch.Tensor]:
 def test_dp_run_stays_below_its_claim(target: float) -> None:
     tangent, records = _setup()
     start = _deltas(tangent)
-    result = audit_privacy(tangent, records, PrivacySpec(epsilon=target), CONFIG, canaries=200, seed=0)
+    result = audit_privacy(tangent, records, PrivacySpec(epsilon=target), CONFIG, canaries=200, seed=0,
+                           public_records=True)
     print(f"\nDP target {target}: {result.summary()}")
     assert isinstance(result, AuditResult) and result.label == LOWER_BOUND_LABEL
     assert "not a privacy guarantee" in result.label and "lower bound" in result.label
     assert result.noise_multiplier > 0 and result.claimed_epsilon is not None
     assert result.claimed_epsilon <= target * (1 + 1e-6)
     assert (result.canaries, result.guesses, result.guesses_in, result.guesses_out) == (200, 40, 20, 20)
-    assert result.epsilon_lower_bound < result.claimed_epsilon and result.consistent
+    assert result.max_demonstrable_epsilon == epsilon_lower_bound(200, 40, 40, result.delta)
+    assert result.max_demonstrable_epsilon == pytest.approx(2.55, abs=0.01)  # the ceiling the docs quote
+    assert result.epsilon_lower_bound < result.claimed_epsilon
+    if target == 2.0:  # claim 1.99 is below the ceiling: the audit tests it
+        assert result.testable and result.consistent is True
+        assert "cannot test" not in result.summary()
+    else:  # claim 3.99 is above anything 40 guesses could demonstrate
+        assert result.testable is False and result.consistent is None
+        assert ("; this audit cannot test this claim (it could demonstrate at most epsilon = 2.55 with 200 "
+                "canaries and 40 guesses). ") in result.summary()
     assert result.delta == pytest.approx(min(1e-5, 0.1 / (len(records) + result.canaries_included)))
     after = _deltas(tangent)
     assert all(torch.equal(start[n], after[n]) for n in start)  # the caller's model is untouched
@@ -158,9 +170,10 @@ def test_dp_run_stays_below_its_claim(target: float) -> None:
 def test_non_private_run_leaks_and_the_audit_sees_it(kind: str) -> None:
     tangent, records = _setup()
     result = audit_privacy(tangent, records, PrivacySpec(epsilon=float("inf")), CONFIG, canaries=200, seed=0,
-                           canary_kind=kind)
+                           canary_kind=kind, public_records=True)
     print(f"\nnon-private, {kind} canaries: {result.summary()}")
     assert result.claimed_epsilon is None and result.noise_multiplier == 0.0 and result.consistent is None
+    assert result.testable is None and "cannot test" not in result.summary()
     assert result.epsilon_lower_bound > 0.5
 
 
@@ -179,6 +192,10 @@ def test_audit_on_a_private_shard_spends_budget_and_records_the_bound(tmp_path) 
     assert audit.audit_id == result.audit_id and audit.component == "audit-shard-0"
     assert audit.epsilon_lower_bound == result.epsilon_lower_bound and audit.delta == result.delta
     assert audit.details["label"] == LOWER_BOUND_LABEL and "Steinke" in audit.method
+    # claim 3.99 is above the 2.55 that 40 guesses can show: the ledger says so, before and after
+    assert event.details["max_demonstrable_epsilon"] == result.max_demonstrable_epsilon
+    assert audit.details["max_demonstrable_epsilon"] == result.max_demonstrable_epsilon
+    assert audit.details["testable"] is False and audit.details["note"].startswith("this audit cannot test this claim")
 
 
 def test_audit_over_budget_is_refused_before_training(tmp_path) -> None:  # noqa: ANN001
@@ -196,4 +213,94 @@ def test_audit_over_budget_is_refused_before_training(tmp_path) -> None:  # noqa
 def test_ledger_arguments_come_together() -> None:
     tangent, records = _setup(n=20)
     with pytest.raises(AuditError):
-        audit_privacy(tangent, records, PrivacySpec(epsilon=4.0), CONFIG, shard="shard-0")
+        audit_privacy(tangent, records, PrivacySpec(epsilon=4.0), CONFIG, shard="shard-0", public_records=True)
+
+
+# -- what the design can show ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("m, r, delta", [(200, 40, 1e-5), (1000, 1000, 1e-5), (50, 20, 0.0), (10, 10, 1e-3)])
+def test_the_ceiling_is_the_bound_with_every_guess_correct(m: int, r: int, delta: float) -> None:
+    ceiling = max_demonstrable_epsilon(m, r, delta)
+    assert ceiling == epsilon_lower_bound(m, r, r, delta)
+    assert all(epsilon_lower_bound(m, r, v, delta) <= ceiling for v in range(0, r, max(1, r // 25)))
+    assert max_demonstrable_epsilon(m, r, delta, confidence=0.99) < ceiling  # more confidence, less to show
+
+
+def test_the_ceiling_quoted_in_the_docs() -> None:
+    assert max_demonstrable_epsilon(10, 10, 0.0) == pytest.approx(1.0519, abs=1e-4)  # the hand check
+    assert max_demonstrable_epsilon(200, 40, 1e-5) == pytest.approx(2.55, abs=0.005)
+    assert max_demonstrable_epsilon(1000, 200, 1e-5) == pytest.approx(4.17, abs=0.005)
+    assert max_demonstrable_epsilon(5000, 5000, 1e-5) == pytest.approx(7.28, abs=0.005)
+    # the 2·m·delta term: past m ~ 1/(2 delta) more canaries show less
+    assert max_demonstrable_epsilon(100_000, 100_000, 1e-5) < max_demonstrable_epsilon(50_000, 50_000, 1e-5) < 8.3
+
+
+def _result(lower: float, claimed: float | None, ceiling: float) -> AuditResult:
+    return AuditResult(epsilon_lower_bound=lower, claimed_epsilon=claimed, max_demonstrable_epsilon=ceiling,
+                       delta=1e-5, confidence=0.95, canaries=200, canaries_included=97, guesses=40, guesses_in=20,
+                       guesses_out=20, correct=30, canary_kind="random", records=200, steps=80, noise_multiplier=1.0)
+
+
+def test_a_claim_above_the_ceiling_is_reported_as_untestable() -> None:
+    result = _result(lower=0.4, claimed=8.0, ceiling=2.548)
+    assert result.testable is False and result.consistent is None
+    assert result.summary() == (
+        "epsilon >= 0.4 at delta = 1e-05, confidence 95% (30/40 guesses correct on 200 canaries); claimed (upper "
+        "bound) epsilon = 8; this audit cannot test this claim (it could demonstrate at most epsilon = 2.55 with "
+        f"200 canaries and 40 guesses). {LOWER_BOUND_LABEL}")
+
+
+@pytest.mark.parametrize("lower, consistent", [(0.4, True), (2.0, True), (2.5, False)])
+def test_a_claim_below_the_ceiling_keeps_the_comparison(lower: float, consistent: bool) -> None:
+    result = _result(lower=lower, claimed=2.0, ceiling=2.548)
+    assert result.testable is True and result.consistent is consistent
+    assert result.summary() == (
+        f"epsilon >= {lower:.3g} at delta = 1e-05, confidence 95% (30/40 guesses correct on 200 canaries); claimed "
+        f"(upper bound) epsilon = 2. {LOWER_BOUND_LABEL}")
+
+
+def test_non_private_results_have_no_claim_to_test() -> None:
+    result = _result(lower=2.0, claimed=None, ceiling=2.548)
+    assert result.testable is None and result.consistent is None and "cannot test" not in result.summary()
+
+
+# -- private records go through the ledger ---------------------------------------------------------
+
+def test_without_a_ledger_the_records_must_be_declared_public() -> None:
+    tangent, records = _setup(n=20)
+    start = _deltas(tangent)
+    with pytest.raises(AuditError, match=r"^an audit trains on its records: for private records pass ledger=, "
+                                         r"data_source=, shard= and component= so its budget is reserved first; for "
+                                         r"public records pass public_records=True$"):
+        audit_privacy(tangent, records, PrivacySpec(epsilon=4.0), CONFIG, canaries=20)
+    assert all(torch.equal(start[n], p) for n, p in tangent.named_deltas())
+
+
+def test_public_records_and_a_ledger_contradict_each_other(tmp_path: Path) -> None:
+    tangent, records = _setup(n=20)
+    ledger = Ledger.open(tmp_path / "ledger.sqlite")
+    with pytest.raises(AuditError, match="give the ledger .* or public_records=True .*, not both"):
+        audit_privacy(tangent, records, PrivacySpec(epsilon=4.0), CONFIG, canaries=20, ledger=ledger,
+                      data_source="digits", shard="shard-0", component="audit-shard-0", public_records=True)
+    assert ledger.events() == [] and ledger.audits() == []
+
+
+@pytest.mark.parametrize("mistake, message", [
+    (lambda r: RecordSet(r.inputs, torch.where(torch.arange(len(r)) == 3, 9, r.targets), r.record_ids),
+     ("audit 'audit-shard-0': labels must be in [0, 4) (the tangent model has 4 outputs), but 1 of 200 records are "
+      "not, e.g. record 'r3' has label 9; set the network's num_classes to at least 10 or fix the labels")),
+    (lambda r: RecordSet(torch.where(torch.arange(len(r)).unsqueeze(1) == 7, math.nan, r.inputs), r.targets,
+                         r.record_ids),
+     ("audit 'audit-shard-0': 1 of 200 records have NaN or infinite inputs (first: record 'r7'); remove or repair "
+      "them before training")),
+], ids=["label out of range", "NaN inputs"])
+def test_a_data_mistake_in_an_audit_is_refused_before_its_reservation(tmp_path: Path, mistake: Callable,
+                                                                       message: str) -> None:
+    tangent, records = _setup()
+    ledger = Ledger.open(tmp_path / "ledger.sqlite")
+    ledger.set_budget("digits", "shard-0", epsilon=10.0, delta=1e-5)
+    with pytest.raises(AuditError) as refused:
+        audit_privacy(tangent, mistake(records), PrivacySpec(epsilon=4.0), CONFIG, canaries=200, ledger=ledger,
+                      data_source="digits", shard="shard-0", component="audit-shard-0", operator="tester")
+    assert str(refused.value) == message
+    assert ledger.events() == [] and ledger.audits() == []

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from dp_tangent.cli import main
+from helpers import run_cli
+
 from dp_tangent.cli.demo_run import DemoConfig
 from dp_tangent.recipes import DEFAULT_RECIPE, RecipeError, default_recipe, load_recipe
 
@@ -32,16 +33,6 @@ TINY = {
 def write(path: Path, data: object) -> Path:
     path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
     return path
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as stop:
-        code = int(stop.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # -- shipped recipes ---------------------------------------------------------------------------------

@@ -6,14 +6,12 @@ import math
 
 import pytest
 import torch
-import torch.nn as nn
 from conftest import build
 from opacus import GradSampleModule, PrivacyEngine
 from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import GradSampleModuleFastGradientClipping
 from torch.utils.data import DataLoader, TensorDataset
 
 from dp_tangent import linearize
-from dp_tangent.backbones import BackboneSpec
 from dp_tangent.components.component import NON_PRIVATE_LABEL, load_component
 from dp_tangent.data import RecordSet
 from dp_tangent.training.losses import ConvexLoss
@@ -138,8 +136,10 @@ def test_component_artifact_records_everything_and_no_raw_ids(tmp_path, mlp_back
     assert (p.noise_multiplier, p.sample_rate, p.steps) == (plan.noise_multiplier, plan.sample_rate, plan.steps)
     assert p.max_grad_norm == 1.0 and p.sampling == "poisson" and p.accountant in {"pld", "prv", "rdp"}
     assert min(v for v in p.epsilon_by_accountant.values() if v is not None) == p.epsilon
-    assert not p.secure_mode and "not a CSPRNG" in p.noise_generator
-    assert meta.trainable == "all" and meta.training.seed == 7 and meta.versions["opacus"]
+    assert p.secure_mode and "ChaCha20" in p.noise_generator and "fresh 256-bit OS key" in p.noise_generator
+    # a secure run is not determined by any seed, so none is recorded (the config's 7 was not used)
+    assert meta.training.seed is None and meta.training.noise == "secure"
+    assert meta.trainable == "all" and meta.versions["opacus"] and meta.versions["cryptography"]
     assert meta.manifest.records == 96 and commit("rec-5", KEY) in meta.manifest.commitments
     blob = result.path.read_bytes()
     assert b"rec-5" not in blob and b"rec-" not in blob
@@ -216,6 +216,7 @@ def test_bad_privacy_requests_are_refused_before_anything_happens(tmp_path, mlp_
 
 
 def test_hooks_and_ghost_clipping_train_the_same_component(tmp_path, mlp_backbone) -> None:
+    """Same noise and batches needed: the seeded (reproducible, non-private) mode."""
     ledger = Ledger.open(tmp_path / "ledger.sqlite")
     deltas = {}
     for mode in ("hooks", "ghost"):
@@ -223,7 +224,8 @@ def test_hooks_and_ghost_clipping_train_the_same_component(tmp_path, mlp_backbon
                                  name=mode, output=tmp_path / f"{mode}.safetensors", manifest_key=KEY,
                                  privacy=PrivacySpec(noise_multiplier=0.8, max_grad_norm=0.5),
                                  config=TrainConfig(epochs=2, batch_size=32, physical_batch_size=16, lr=0.2,
-                                                    grad_sample_mode=mode))
+                                                    grad_sample_mode=mode, noise="seeded"),
+                                 allow_overlap=True)  # the same records twice, on purpose
         deltas[mode] = load_component(result.path).deltas
     for name in deltas["hooks"]:
         assert torch.allclose(deltas["hooks"][name], deltas["ghost"][name], rtol=1e-4, atol=1e-5), name

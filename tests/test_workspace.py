@@ -8,10 +8,8 @@ import stat
 
 import pytest
 import torch
-import torch.nn as nn
 
 from dp_tangent.workspace.audit_log import verify
-from dp_tangent.backbones import BackboneSpec
 from dp_tangent.data import RecordSet
 from dp_tangent.io import sha256_file
 from dp_tangent.components.manifest import key_id

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 
@@ -57,11 +57,22 @@ def main(argv: Optional[list[str]] = None) -> None:
     except (DPTangentError, PrivacyAccountingError, FileNotFoundError, PermissionError, ValueError) as err:
         typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
         sys.exit(2)
-    except (KeyboardInterrupt, typer.Abort):  # click turns Ctrl-C into Abort
-        typer.secho("interrupted: nothing half-written was kept; a reserved budget stays spent", err=True)
-        sys.exit(130)
+    except typer.Abort as stop:  # click turns Ctrl-C into Abort
+        if isinstance(stop.__cause__, EOFError):  # typer does the same with EOFError, yet no command reads stdin
+            typer.secho(f"error: a file ended early (empty or truncated): {stop.__cause__}", err=True,
+                        fg=typer.colors.RED)
+            sys.exit(2)
+        _interrupted()
+    except KeyboardInterrupt:
+        _interrupted()
     except typer.Exit as stop:
         sys.exit(stop.exit_code)
     except typer.TyperException as err:  # usage errors: show usage and the message
         err.show()  # type: ignore[attr-defined]
         sys.exit(getattr(err, "exit_code", 2))
+
+
+def _interrupted() -> NoReturn:
+    """Ctrl-C: exit 130, saying what the library kept."""
+    typer.secho("interrupted: nothing half-written was kept; a reserved budget stays spent", err=True)
+    sys.exit(130)

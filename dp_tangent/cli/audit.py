@@ -1,21 +1,49 @@
-"""``dp-tangent audit verify | log``: the hash-chained audit log."""
+"""``dp-tangent audit verify | log | keygen | checkpoint``: the hash-chained audit log and its checkpoints."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
 from .app import DEFAULT_WORKSPACE, WorkspaceOption, app, open_workspace
-
 
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 
 
 @audit_app.command("verify")
-def audit_verify(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
-    """Recompute the chain and every artifact digest; exit 0 only if all check out."""
-    result = open_workspace(workspace).audit.verify()
+def audit_verify(
+    checkpoint: Annotated[Optional[Path], typer.Option(
+        help="A checkpoint kept outside the workspace (from `audit checkpoint`): the log must extend it.")] = None,
+    verifier_key: Annotated[Optional[str], typer.Option(
+        help="The checkpoint's verifier key (name+hash+key, printed by `audit keygen`): its signature is checked.")] = None,
+    workspace: WorkspaceOption = DEFAULT_WORKSPACE,
+) -> None:
+    """Recompute the chain and every artifact digest (and, given a checkpoint, that the log extends it);
+    exit 0 only if all check out, else print every problem and exit 1."""
+    from ..workspace.checkpoint import CheckpointError, origin_of, parse, verify_signature
+
+    ws = open_workspace(workspace)
+    kept = None
+    if checkpoint is not None:
+        try:
+            note = checkpoint.read_text()
+        except OSError as err:
+            raise CheckpointError(f"cannot read the checkpoint {checkpoint}: {err.strerror}") from None
+        kept, _ = parse(note)
+        if kept.origin != origin_of(ws.info.manifest_key_id):
+            raise CheckpointError(f"{checkpoint} is a checkpoint of another workspace ({kept.origin})")
+        if verifier_key is not None and not verify_signature(note, verifier_key):
+            raise CheckpointError(f"{checkpoint}: the signature does not verify with the given verifier key")
+    elif verifier_key is not None:
+        raise CheckpointError("--verifier-key checks a --checkpoint; give both")
+    result = ws.audit.verify(checkpoint=kept)
     typer.echo(str(result))
+    if kept is not None and result.ok:
+        signed = "signature verified" if verifier_key else "signature NOT checked (give --verifier-key)"
+        typer.echo(f"extends checkpoint {checkpoint} ({kept.size} entries; {signed})")
     if not result.ok:
         raise typer.Exit(1)
 
@@ -26,3 +54,36 @@ def audit_log(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
     for entry in open_workspace(workspace).audit.entries():
         outputs = ", ".join(a.name for a in entry.outputs)
         typer.echo(f"{entry.seq:>4}  {entry.time}  {entry.operator:<10} {entry.operation:<12} {outputs}")
+
+
+@audit_app.command("keygen")
+def audit_keygen(
+    key: Annotated[Path, typer.Argument(help="New file for the signing key: keep it OUTSIDE the workspace.")],
+    name: Annotated[str, typer.Option(help="Key name, shown in every signature (e.g. your organisation).")] = "dp-tangent",
+) -> None:
+    """Create an Ed25519 key for signing checkpoints, and print its verifier key (publish that one)."""
+    from ..workspace.checkpoint import generate_key
+
+    typer.echo(generate_key(key, name))
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(
+    key: Annotated[Path, typer.Option(help="Signing key file (from `audit keygen`), kept outside the workspace.")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the checkpoint here.")] = None,
+    workspace: WorkspaceOption = DEFAULT_WORKSPACE,
+) -> None:
+    """Print a signed checkpoint of the audit log (size and Merkle root); keep it outside the workspace."""
+    from ..io import atomic_write_text
+    from ..workspace.checkpoint import checkpoint_of, origin_of, sign
+
+    ws = open_workspace(workspace)
+    with ws.lock():
+        result = ws.audit.verify()
+        if not result.ok:
+            typer.echo(str(result), err=True)
+            raise typer.Exit(1)  # never sign a log that does not verify
+        note = sign(checkpoint_of([e.hash for e in ws.audit.entries()], origin_of(ws.info.manifest_key_id)), key)
+    if output is not None:
+        atomic_write_text(output, note)
+    typer.echo(note, nl=False)

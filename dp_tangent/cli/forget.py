@@ -2,25 +2,61 @@
 
 from __future__ import annotations
 
+import shlex
+from datetime import datetime
 from typing import Annotated, Optional
 
 import typer
 
 from .app import DEFAULT_WORKSPACE, WorkspaceOption, app, busy, open_workspace
 
+#: Exit code when some requested id is in no component: the request is completed (and the id
+#: tombstoned), but the operator must tell "we hold no data on this person" from a typo.
+NOT_FOUND_EXIT = 3
+
+
+def _received_at(text: str | None, now: datetime):  # noqa: ANN202
+    """``--received-at``: an ISO date (that day, 00:00 UTC) or a date-time with its timezone."""
+    from datetime import date, timezone
+
+    from ..workspace.deletion_requests import ForgetError
+
+    if text is None:
+        return now
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00")) if "T" in text else date.fromisoformat(text)
+    except ValueError:
+        raise ForgetError(f"--received-at {text!r} is not an ISO date (2026-11-30) or date-time with a timezone "
+                          "(2026-11-30T09:15+01:00)") from None
+    if isinstance(moment, datetime) and moment.tzinfo is None:
+        raise ForgetError(f"--received-at {text!r} has no timezone; add one, e.g. {text}Z for UTC")
+    as_utc = moment.astimezone(timezone.utc) if isinstance(moment, datetime) else \
+        datetime.combine(moment, datetime.min.time(), tzinfo=timezone.utc)
+    if as_utc > now:
+        raise ForgetError(f"--received-at {text!r} is in the future")
+    return moment
+
 
 @app.command()
 def forget(
     record_ids: Annotated[list[str], typer.Argument(help="Record ids to delete.")],
     request_id: Annotated[Optional[str], typer.Option(help="Request id (default: a timestamp).")] = None,
+    received_at: Annotated[Optional[str], typer.Option(
+        help="When the request was received (ISO date or date-time with timezone; default: now). The legal "
+             "deadlines count from it.")] = None,
     retrain: Annotated[bool, typer.Option(help="Retrain affected shards without the records (needs registered data).")] = False,
     workspace: WorkspaceOption = DEFAULT_WORKSPACE,
 ) -> None:
-    """Serve a deletion request: remove every component holding the records, recompose, certify."""
-    from datetime import datetime, timezone
+    """Serve a deletion request: remove every component holding the records, recompose, certify.
 
+    The records are tombstoned (never trained again in this workspace). Exit code 3: some id is in
+    no component -- the request is completed, but check the id (a typo, or no data held on it).
+    """
+    from datetime import timezone
+
+    from ..errors import DPTangentError
     from ..workspace.data_sources import shard_records_for
-    from ..workspace.deletion_requests import DeletionRequest
+    from ..workspace.deletion_requests import DeletionRequest, ForgetError
     from ..workspace.forget import forget as serve
 
     ws = open_workspace(workspace)
@@ -28,8 +64,21 @@ def forget(
         raise typer.BadParameter(f"workspace {workspace} has no components: nothing to forget")
     now = datetime.now(timezone.utc)
     request = DeletionRequest(request_id=request_id or now.strftime("request-%Y%m%dT%H%M%S"),
-                              record_ids=tuple(record_ids), received_at=now)
-    with busy("serving the deletion request" + (" (retraining affected shards)…" if retrain else "…")):
-        result = serve(ws, request, retrain=retrain, shard_records=shard_records_for(ws) if retrain else None)
+                              record_ids=tuple(record_ids), received_at=_received_at(received_at, now))
+    try:
+        with busy("serving the deletion request" + (" (retraining affected shards)…" if retrain else "…")):
+            result = serve(ws, request, retrain=retrain, shard_records=shard_records_for(ws) if retrain else None)
+    except DPTangentError as err:
+        again = ["dp-tangent", "forget", *record_ids, "--request-id", request.request_id,
+                 *(["--retrain"] if retrain else []), "-w", str(ws.root)]
+        raise ForgetError(f"{err}; request {request.request_id} stays OPEN (its clock runs from "
+                          f"{request.received_at.isoformat()}): fix the cause and finish it with: "
+                          f"{shlex.join(again)}") from err
     typer.echo(result.message)
     typer.echo(f"certificate: {result.json_path}\n{result.text_path.read_text()}")
+    missing = len(result.certificate.not_found)
+    if missing:
+        typer.secho(f"NOT FOUND: {missing} of {len(result.certificate.record_commitments)} record id(s) are in no "
+                    "component. Check each id: if it is right, this workspace holds no trained data on it (it is "
+                    "tombstoned all the same, so it will never be trained here).", err=True, fg=typer.colors.YELLOW)
+        raise typer.Exit(NOT_FOUND_EXIT)

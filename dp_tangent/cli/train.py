@@ -45,16 +45,14 @@ def _check_unused(ws: Workspace, name: str, shards: int) -> None:
 def _register_source(ws: Workspace, recipe: Recipe) -> None:
     """Declare the data source and its shards; digits (random split) can be re-read for retraining."""
     from ..data.kinds import DigitsData
-    from ..workspace import data_sources as sources
+    from ..data.sources import DigitsSource
 
-    shards = [f"shard-{k}" for k in range(recipe.shards.count)]
-    ws.ledger.set_data_source(recipe.data_source, unit="record", description=f"recipe data {recipe.data.kind}",
-                              shards=shards)
     source = recipe.data.source
-    if isinstance(source, DigitsData):
-        sources.register(ws, recipe.data_source, sources.DigitsSource(
-            image_size=source.image_size, shards=recipe.shards.count, test_fraction=source.test_fraction,
-            seed=source.seed, max_records=source.max_records, by=recipe.shards.by))
+    loader = DigitsSource(image_size=source.image_size, shards=recipe.shards.count, test_fraction=source.test_fraction,
+                          seed=source.seed, max_records=source.max_records, by=recipe.shards.by) \
+        if isinstance(source, DigitsData) else None
+    ws.declare_data_source(recipe.data_source, description=f"recipe data {recipe.data.kind}",
+                           shards=[f"shard-{k}" for k in range(recipe.shards.count)], loader=loader)
     budget = recipe.budget
     current = next((b for b in ws.ledger.budgets() if (b.data_source, b.shard) == (recipe.data_source, None)), None)
     if budget and (current is None or (current.epsilon, current.delta) != (budget.epsilon, budget.delta)):
@@ -129,13 +127,18 @@ def train(
                                                         "at most one per shard).")] = None,
     address: Annotated[Optional[str], typer.Option(help="ray: 'auto' joins the running cluster, "
                                                         "'ray://HOST:10001' a remote one (default: a local instance).")] = None,
+    allow_overlap: Annotated[bool, typer.Option(
+        "--allow-overlap", help="Train shards whose records other shards already read, charging those records "
+                                "every run that read them (default: refuse).")] = False,
     workspace: WorkspaceOption = DEFAULT_WORKSPACE,
 ) -> None:
     """Train one DP component per shard of a recipe's data, and compose them (mean) into model NAME.
 
     Budget for every shard is reserved before any training starts. A shard that fails keeps its
     budget spent and leaves the others intact; retry it with --shard K, and the model is composed
-    once every shard has a component.
+    once every shard has a component. Records deleted by an earlier deletion request are left out
+    (and the output says how many); records another shard already read are refused unless
+    --allow-overlap.
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -167,19 +170,23 @@ def train(
     options = {"--shards": shards, "--epsilon": epsilon, "--delta": delta, "--executor": executor,
                "--workers": workers, "--address": address}
     retry = ["dp-tangent", "train", str(recipe_path), "--name", name, "-w", str(ws.root),
-             *(item for flag, value in options.items() if value is not None for item in (flag, str(value)))]
+             *(item for flag, value in options.items() if value is not None for item in (flag, str(value))),
+             *(["--allow-overlap"] if allow_overlap else [])]
     try:
         with Progress(*columns, console=console) as progress:
             bars = {job.name: progress.add_task(job.name, total=None) for job in jobs}
             run = ws.train_all(spec, recipe.trainable, jobs, data_source=recipe.data_source,
                                privacy=recipe.privacy_spec(), config=recipe.train_config(), executor=runner,
                                progress=lambda job, step, total: progress.update(bars[job], completed=step,
-                                                                                  total=total))
+                                                                                  total=total),
+                               deleted="exclude", allow_overlap=allow_overlap)
     except KeyboardInterrupt:
         missing = _missing_shards(_components_by_shard(ws, name), count)
         if missing and any(e.component in {j.name for j in jobs} for e in ws.ledger.events()):
             typer.echo(f"to train the shards without a component: {_retry_command(retry, missing)}", err=True)
         raise
+    for job_name, count_deleted in sorted(run.excluded_deleted.items()):
+        typer.echo(f"{job_name}: left out {count_deleted} record(s) deleted by an earlier deletion request")
     _report(ws, recipe, name, test, run, retry)
 
 
@@ -193,13 +200,16 @@ def _retry_command(retry: list[str], missing: list[int]) -> str:
 
 def _check_same_split(ws: Workspace, name: str, parts: list[RecordSet]) -> None:
     """A retry must see the very shards the model's other components were trained on."""
-    from ..components.manifest import RecordManifest
+    from ..components.manifest import RecordManifest, commit
     from ..workspace import WorkspaceError
+    from ..workspace.tombstones import Tombstones
 
     key = ws.manifest_key()
+    deleted = set(Tombstones(ws.root).read())
     for k, component in sorted(_components_by_shard(ws, name).items()):
         root = ws.load_component(component).metadata.manifest.root
-        if k >= len(parts) or RecordManifest.build(parts[k].record_ids, key).root != root:
+        kept = [r for r in parts[k].record_ids if commit(r, key) not in deleted] if k < len(parts) else []
+        if k >= len(parts) or RecordManifest.build(kept, key).root != root:
             raise WorkspaceError(f"shard {k} of this recipe does not hold the records {component!r} was trained on "
                                  "(its data, seed or --shards changed); retry with the same recipe and options")
 

@@ -2,9 +2,10 @@
 
 The metadata (validated by pydantic) records what is needed to rebuild, compose, audit and forget
 the component: the base model and the sha256 of its weights, the ``trainable`` selection, the loss,
-the keyed record-id manifest, every DP parameter and the accountants' epsilons, the seed, the noise
-generator, and library versions. ``deltas_sha256`` covers the tensors, so a file whose tensors
-were changed is refused on load. Files are written atomically.
+the keyed record-id manifest, every DP parameter and the accountants' epsilons, the noise mode and
+generator (and the seed, for runs that used one: never for a secure private run), and library
+versions. ``deltas_sha256`` covers the tensors, so a file whose tensors were changed is refused on
+load. Files are written atomically.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ..io import atomic_write_bytes, sha256_file
 FORMAT = "dp-tangent-component/1"
 Deltas = dict[str, torch.Tensor]  # base-model parameter name -> delta
 NON_PRIVATE_LABEL = "NON-PRIVATE (epsilon = infinity): no differential-privacy guarantee"
+SEEDED_LABEL = "NOT DIFFERENTIALLY PRIVATE: noise from a public seed (reproducible test mode)"
 
 
 class ComponentError(DPTangentError):
@@ -64,7 +66,8 @@ class PrivacyInfo(_Strict):
 
 
 class TrainingInfo(_Strict):
-    seed: int
+    seed: int | None  # None: a secure private run, whose noise no seed determines
+    noise: Literal["secure", "seeded", "none"] | None = None  # "none": non-private; None: written before noise modes
     epochs: int
     batch_size: int
     physical_batch_size: int
@@ -77,6 +80,9 @@ class TrainingInfo(_Strict):
 
 
 class ComponentMetadata(_Strict):
+    """What a component file says about itself (internal to the workspace: it holds the shard's record
+    count and manifest): base and theta0's digest, selection, loss, manifest, privacy, training."""
+
     format: Literal["dp-tangent-component/1"] = FORMAT
     name: str
     created_at: str

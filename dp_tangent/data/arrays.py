@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,19 @@ import torch
 
 from ..errors import DataError
 from .records import RecordSet
+
+# What numpy raises for a file that is empty (EOFError), not a zip (BadZipFile), truncated or corrupt.
+_UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def _reason(path: Path, err: BaseException) -> str:
+    """Why ``path`` could not be read, in a few words (an empty file is named as such)."""
+    try:
+        if path.is_file() and path.stat().st_size == 0:
+            return "empty file, 0 bytes"
+    except OSError:
+        pass
+    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}".rstrip(": ")
 
 
 def npz_records(path: Path, *, inputs: str, targets: str, record_ids: str) -> RecordSet:
@@ -19,20 +34,25 @@ def npz_records(path: Path, *, inputs: str, targets: str, record_ids: str) -> Re
             if missing:
                 raise DataError(f"{path}: no array {missing[0]!r} (arrays: {', '.join(archive.files)})")
             x, y, ids = (archive[k] for k in (inputs, targets, record_ids))
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: cannot read the npz file ({str(err).splitlines()[0]})") from None
+    except _UNREADABLE as err:
+        raise DataError(f"{path}: cannot read the npz file ({_reason(path, err)}); "
+                        "give a complete file written by numpy.savez") from None
     if not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"{path}: {targets!r} must hold integer class labels, got {y.dtype}")
-    return RecordSet(torch.as_tensor(x.astype(np.float32)), torch.as_tensor(y.astype(np.int64)),
-                     tuple(str(r) for r in ids.tolist()))
+    try:
+        return RecordSet(torch.as_tensor(x.astype(np.float32)), torch.as_tensor(y.astype(np.int64)),
+                         tuple(str(r) for r in ids.tolist()))
+    except (ValueError, TypeError) as err:  # e.g. text inputs, or arrays of different lengths
+        raise DataError(f"{path}: {(str(err).strip().splitlines() or [type(err).__name__])[0]}") from None
 
 
 def load_array(path: Path) -> torch.Tensor:
     """A ``.npy`` file as float32 model inputs: one (C, H, W) input or a (N, C, H, W) batch."""
     try:
         array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: cannot read the array ({str(err).splitlines()[0]})") from None
+    except _UNREADABLE as err:
+        raise DataError(f"{path}: cannot read the array ({_reason(path, err)}); "
+                        "give a complete file written by numpy.save") from None
     tensor = torch.as_tensor(np.asarray(array, dtype=np.float32))
     if tensor.ndim not in (3, 4):
         raise DataError(f"{path}: expected an array of shape (C, H, W) or (N, C, H, W), got {tuple(tensor.shape)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -10,8 +11,30 @@ import torch.nn.functional as F
 from ..errors import DataError
 from .records import RecordSet
 
+if TYPE_CHECKING:
+    from torchvision.datasets import ImageFolder
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _unreadable_errors() -> tuple[type[Exception], ...]:
+    """What PIL raises for a file that is not an image, is truncated or corrupt, or is absurdly large."""
+    from PIL import Image
+
+    # UnidentifiedImageError and "image file is truncated" are OSErrors
+    return OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError
+
+
+def _unreadable_image(path: str | Path, err: Exception) -> DataError:
+    """The one-line error for an image file PIL cannot decode."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(err, UnidentifiedImageError):  # its message repeats the path or shows a file object
+        detail = "empty, or not an image format PIL recognises"
+    else:
+        detail = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}".rstrip(": ")
+    return DataError(f"{path}: cannot read the image ({detail}); replace or remove the file")
 
 
 def normalise(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -29,10 +52,22 @@ def image_folder_records(root: Path, image_size: int) -> RecordSet:
 
     if not root.is_dir():
         raise DataError(f"{root}: image folder not found (data.image_folder.root)")
-    folder = datasets.ImageFolder(str(root), transform=transforms.ToTensor())
-    images = [normalise(folder[i][0].unsqueeze(0), image_size)[0] for i in range(len(folder))]
+    try:
+        folder = datasets.ImageFolder(str(root), transform=transforms.ToTensor())
+    except FileNotFoundError as err:  # no class folders, or no image files in them
+        raise DataError(f"{root}: {str(err).rstrip('.')}; put images in {root}/CLASS/FILE") from None
+    images = [_folder_image(folder, i, image_size) for i in range(len(folder))]
     ids = tuple(Path(p).relative_to(root).as_posix() for p, _ in folder.samples)
     return RecordSet(torch.stack(images), torch.tensor(folder.targets, dtype=torch.long), ids)
+
+
+def _folder_image(folder: ImageFolder, index: int, image_size: int) -> torch.Tensor:
+    """Image ``index`` of ``folder`` as a model input; a file PIL cannot decode is an error naming it."""
+    try:
+        pixels = folder[index][0]
+    except _unreadable_errors() as err:
+        raise _unreadable_image(folder.samples[index][0], err) from None
+    return normalise(pixels.unsqueeze(0), image_size)[0]
 
 
 def torchvision_records(name: str, root: str, *, download: bool, image_size: int,
@@ -60,12 +95,12 @@ def torchvision_records(name: str, root: str, *, download: bool, image_size: int
 
 def load_image(path: Path, image_size: int, *, grayscale: bool) -> torch.Tensor:
     """One image file as a (3, S, S) model input, resized and ImageNet-normalised."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
     from torchvision.transforms.functional import to_tensor
 
     try:
         with Image.open(path) as image:
             pixels = to_tensor(image.convert("L" if grayscale else "RGB"))
-    except (OSError, UnidentifiedImageError) as err:
-        raise DataError(f"{path}: cannot read the image ({type(err).__name__})") from None
+    except _unreadable_errors() as err:
+        raise _unreadable_image(path, err) from None
     return normalise(pixels.unsqueeze(0), image_size)[0]

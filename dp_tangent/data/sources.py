@@ -15,8 +15,9 @@ from .splits import split_shards
 
 
 class DigitsSource(BaseModel):
-    """scikit-learn digits split into a test set and ``shards`` shards named ``shard-<k>``; any other
-    shard name (e.g. a reference run) is the union of all shards."""
+    """scikit-learn digits split into a test set and ``shards`` private shards named ``shard-<k>``;
+    with ``public_split``, one more equal part of the training pool, named ``public``, is declared
+    public (for non-private baselines; no private shard holds its records)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     loader: str = "sklearn_digits"
@@ -26,10 +27,20 @@ class DigitsSource(BaseModel):
     seed: int
     max_records: int | None = None
     by: str = "random"
+    public_split: bool = False
 
-    def shard_records(self) -> list[RecordSet]:
+    def _parts(self) -> list[RecordSet]:
         digits = load_digits(image_size=self.image_size)
         if self.max_records:
             digits = digits.subset(range(min(self.max_records, len(digits))))
-        return split_shards(digits, shards=self.shards, test_fraction=self.test_fraction, seed=self.seed,
-                            by=self.by)[1]
+        parts = self.shards + (1 if self.public_split else 0)
+        return split_shards(digits, shards=parts, test_fraction=self.test_fraction, seed=self.seed, by=self.by)[1]
+
+    def shard_records(self) -> list[RecordSet]:
+        """The private shards, ``shard-0`` first."""
+        return self._parts()[:self.shards]
+
+    def split(self) -> tuple[list[RecordSet], RecordSet | None]:
+        """(private shards, the public split or None)."""
+        parts = self._parts()
+        return parts[:self.shards], (parts[self.shards] if self.public_split else None)

@@ -17,11 +17,13 @@ Order of operations (the privacy contract):
 ``epsilon = inf`` trains without clipping or noise, for comparison only: the component and the
 ledger say NON-PRIVATE, and a shard with a finite budget refuses it.
 
-Modules: ``config`` (what a run is asked for), ``plan``, ``sgd`` (the loop), ``deltas`` (a
-worker's part), ``write`` (the driver's part), ``in_process`` (all four in this process),
-``per_sample`` and ``grad_samplers`` (exact per-sample gradients, Opacus samplers for tangent
-twins), ``features`` (the frozen-prefix cache), ``losses``, ``evaluation``, ``privacy_audit``
-(the empirical audit) and ``executors`` (where tasks run).
+Modules: ``config`` (what a run is asked for), ``plan``, ``validation`` (data mistakes refused
+before anything is reserved), ``sgd`` (the loop), ``secure_random`` (the noise and Poisson batches
+of private runs: ChaCha20 under a fresh OS key), ``deltas`` (a worker's part), ``write`` (the
+driver's part), ``in_process`` (all of it in this process), ``per_sample`` and ``grad_samplers``
+(exact per-sample gradients, Opacus samplers for tangent twins), ``features`` (the frozen-prefix
+cache), ``losses``, ``evaluation``, ``privacy_audit`` (the empirical audit) and ``executors``
+(where tasks run).
 """
 
 from .config import GRAD_SAMPLE_MODES, PrivacySpec, ProgressFn, TrainConfig, TrainingError

@@ -1,7 +1,11 @@
 """What a private training run is asked for: the privacy target and the optimisation settings.
 
 ``epsilon = inf`` trains without clipping or noise, for comparison only: the component and the
-ledger say NON-PRIVATE, and a shard with a finite budget refuses it.
+ledger say NON-PRIVATE, and a shard with a finite budget refuses it. ``noise="seeded"`` runs DP-SGD
+with noise and Poisson sampling from the public ``seed`` (reproducible, for tests and baselines):
+anyone who knows the seed can recompute the noise, so such a run is not private either and is
+labelled and accounted as such; the default ``noise="secure"`` draws both from a CSPRNG under a
+fresh OS key (:mod:`.secure_random`).
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ from ..errors import DPTangentError
 from .losses import ConvexLoss
 
 GRAD_SAMPLE_MODES = ("hooks", "ghost")
+NOISE_MODES = ("secure", "seeded")
 ProgressFn = Callable[[int, int], None]
 
 
 class TrainingError(DPTangentError):
-    """A training request that cannot run as asked (nothing was spent or written)."""
+    """A training request that cannot run as asked: refused before its reservation (nothing spent or
+    written), or a run that failed (e.g. diverged) after it, whose reservation stays spent."""
 
 
 @dataclass(frozen=True)
@@ -67,10 +73,11 @@ class TrainConfig:
     lr: float = 0.5
     momentum: float = 0.9
     grad_sample_mode: str = "hooks"
-    seed: int = 0
+    seed: int | None = 0  # shuffling of non-private runs and the "seeded" noise; a secure private run ignores it
     loss: ConvexLoss = field(default_factory=ConvexLoss)
     cache_features: bool = True
     device: str = "cpu"  # "cuda" / "cuda:K" to train on a GPU (deltas come back on the CPU)
+    noise: str = "secure"  # "seeded": reproducible from ``seed``, NOT differentially private
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "physical_batch_size"):
@@ -88,3 +95,17 @@ class TrainConfig:
             raise TrainingError(f"device must be 'cpu' or 'cuda[:K]', got {self.device!r}") from err
         if kind not in ("cpu", "cuda"):
             raise TrainingError(f"device must be 'cpu' or 'cuda[:K]', got {self.device!r}")
+        if self.noise not in NOISE_MODES:
+            raise TrainingError(f"noise must be one of {NOISE_MODES}, got {self.noise!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise TrainingError(f"seed must be an integer or None, got {self.seed!r}")
+
+
+def differentially_private(privacy: PrivacySpec, config: TrainConfig) -> bool:
+    """True only for DP-SGD whose noise and sampling nobody can recompute: private and ``noise="secure"``."""
+    return privacy.private and config.noise == "secure"
+
+
+def uses_seed(privacy: PrivacySpec, config: TrainConfig) -> bool:
+    """Whether ``config.seed`` determines the run: non-private shuffling, or the seeded noise mode."""
+    return not differentially_private(privacy, config)

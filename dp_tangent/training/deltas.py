@@ -37,4 +37,14 @@ def train_deltas(task: TrainingTask, progress: ProgressFn | None = None) -> Trai
     if steps != task.plan.steps:
         raise TrainingError(f"took {steps} steps but planned {task.plan.steps}")
     deltas = {n: p.detach().cpu().clone() for n, p in tangent.named_deltas()}
+    check_finite_deltas(task, deltas)
     return TrainedDeltas(task.name, deltas, steps, tangent.trainable, weights_digest(base))
+
+
+def check_finite_deltas(task: TrainingTask, deltas: dict[str, torch.Tensor]) -> None:
+    """Every trained delta is finite; a NaN or infinite one means training diverged (nothing is kept)."""
+    for name, delta in deltas.items():
+        bad = int((~torch.isfinite(delta)).sum())
+        if bad:
+            raise TrainingError(f"training diverged: delta {name!r} has {bad} non-finite values; lower lr "
+                                f"(now {task.config.lr:g}) and train again under a new name")

@@ -5,11 +5,13 @@ Executors run the same steps with the training in a worker (see :mod:`dp_tangent
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from privacy_accounting import Ledger
 
 from ..backbones import BackboneSpec
+from ..components.manifest import RecordManifest
 from ..data.records import RecordSet
 from ..errors import failure_reason
 from ..tangent import linearize
@@ -17,6 +19,7 @@ from .config import PrivacySpec, ProgressFn, TrainConfig
 from .deltas import train_deltas
 from .per_sample import check_per_sample_support
 from .plan import plan_task, reservation_request
+from .validation import validate_task
 from .write import TrainedComponent, write_component
 
 
@@ -36,17 +39,24 @@ def train_component(
     operator: str | None = None,
     purpose: str = "training",
     progress: ProgressFn | None = None,
+    allow_overlap: bool = False,
 ) -> TrainedComponent:
     """Train one component on ``records`` (one shard) in this process and write it to ``output``.
 
     Plan, reserve, :func:`train_deltas`, :func:`write_component` (see the module doc); executors
-    run the same steps with the middle one in a worker.
+    run the same steps with the middle one in a worker. ``allow_overlap``: see
+    :meth:`privacy_accounting.Ledger.reserve_all`.
     """
     task = plan_task(backbone, trainable, records, name=name, shard=shard, privacy=privacy, config=config)
+    validate_task(task)
     if privacy.private:
         check_per_sample_support(linearize(backbone.build(), trainable))
-    reservation = ledger.reserve_all([reservation_request(task, data_source=data_source, shard=shard,
-                                                          operator=operator, purpose=purpose)])[0]
+    # The records it reads, as the manifest's commitments: the ledger charges exactly those and
+    # refuses records another shard already read (no workspace here, so no tombstone list).
+    read = frozenset(RecordManifest.build(records.record_ids, manifest_key).commitments)
+    reservation = ledger.reserve_all([replace(reservation_request(task, data_source=data_source, shard=shard,
+                                                                  operator=operator, purpose=purpose), records=read)],
+                                      allow_overlap=allow_overlap)[0]
     try:
         trained = train_deltas(task, progress)
         return write_component(task, trained, ledger=ledger, reservation=reservation, data_source=data_source,

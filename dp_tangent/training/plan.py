@@ -18,7 +18,7 @@ from privacy_accounting import ReservationRequest, calibrate_noise_multiplier, d
 
 from ..backbones import BackboneSpec
 from ..data.records import RecordSet
-from .config import PrivacySpec, TrainConfig, TrainingError
+from .config import PrivacySpec, TrainConfig, TrainingError, differentially_private, uses_seed
 
 
 @dataclass(frozen=True)
@@ -34,15 +34,22 @@ class Plan:
 
 
 def plan_run(n: int, privacy: PrivacySpec, config: TrainConfig) -> Plan:
-    """Sample rate, steps, sigma and the DP event of a run on ``n`` records (no data touched)."""
+    """Sample rate, steps, sigma and the DP event of a run on ``n`` records (no data touched).
+
+    A ``noise="seeded"`` run gets its sigma as usual but the event ``NonPrivateDpEvent`` (epsilon =
+    infinity): its noise can be recomputed from the public seed, so it protects nobody."""
     config.validate()
     delta = privacy.validate(n)
+    if uses_seed(privacy, config) and config.seed is None:
+        raise TrainingError("this run draws from config.seed (non-private or noise='seeded'): give an integer seed")
     batches = math.ceil(n / config.batch_size)
     sample_rate, steps = 1.0 / batches, config.epochs * batches
     if not privacy.private:
         return Plan(n, delta, sample_rate, steps, 0.0, dp_accounting.NonPrivateDpEvent())
     sigma = privacy.noise_multiplier or calibrate_noise_multiplier(
         privacy.epsilon, delta, sample_rate, steps, accountant=privacy.accountant)
+    if not differentially_private(privacy, config):
+        return Plan(n, delta, sample_rate, steps, sigma, dp_accounting.NonPrivateDpEvent())
     return Plan(n, delta, sample_rate, steps, sigma, dp_sgd_event(sigma, sample_rate, steps))
 
 

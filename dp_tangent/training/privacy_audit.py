@@ -20,6 +20,11 @@ their Theorem 5.2 gives, for every v,
 null hypothesis "the run is (eps, delta)-DP"; the audit reports the largest eps that p rejects at
 level beta, found by bisection as in the paper's reference code: the returned eps always has
 p(eps) < beta, so it is never above the exact crossing point.
+
+The ceiling. Even with every guess correct (v = r) the bound is finite:
+max_demonstrable_epsilon(m, r, delta, confidence), about ln(r / ln(1/beta)) for delta = 0. A
+claimed epsilon above it is one the design cannot test, whatever the run leaks; the result then
+says so instead of calling the claim consistent.
 """
 
 from __future__ import annotations
@@ -38,9 +43,10 @@ from ..data.records import RecordSet
 from ..errors import DPTangentError
 from .losses import ConvexLoss
 from ..tangent import TangentModel
-from .config import PrivacySpec, TrainConfig
+from .config import PrivacySpec, TrainConfig, TrainingError
 from .plan import plan_run
 from .sgd import fit
+from .validation import validate_records
 
 LOWER_BOUND_LABEL = "empirical lower bound (Steinke et al. 2023), not a privacy guarantee"
 METHOD = "one-run audit (Steinke, Nasr & Jagielski 2023, Thm 5.2), loss-drop score, top-k+/bottom-k- guesses"
@@ -115,6 +121,15 @@ def epsilon_lower_bound(m: int, r: int, v: int, delta: float, confidence: float 
     return low
 
 
+def max_demonstrable_epsilon(m: int, r: int, delta: float, confidence: float = 0.95) -> float:
+    """The largest epsilon an audit with ``m`` canaries and ``r`` guesses could ever demonstrate.
+
+    It is :func:`epsilon_lower_bound` when every guess is correct (v = r): a run whose claimed
+    epsilon is above it cannot be shown to break its claim by this design, however leaky it is.
+    """
+    return epsilon_lower_bound(m, r, r, delta, confidence)
+
+
 # -- the audit -------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -124,10 +139,13 @@ class AuditResult:
     ``claimed_epsilon`` is the accountant's upper bound for the same run at ``delta`` (None when
     the run was non-private). ``canaries`` = m, ``guesses`` = r = guesses_in + guesses_out,
     ``correct`` = v; the bound holds at ``confidence`` over the canary draw and training noise.
+    ``max_demonstrable_epsilon`` is the bound had all r guesses been correct: a claim above it is
+    one this audit cannot test (``testable`` is False and ``consistent`` None).
     """
 
     epsilon_lower_bound: float
     claimed_epsilon: float | None
+    max_demonstrable_epsilon: float
     delta: float
     confidence: float
     canaries: int
@@ -150,13 +168,27 @@ class AuditResult:
         return self.claimed_epsilon is not None
 
     @property
+    def testable(self) -> bool | None:
+        """Whether this design could demonstrate an epsilon above the claim (None when non-private)."""
+        return None if self.claimed_epsilon is None else self.claimed_epsilon <= self.max_demonstrable_epsilon
+
+    @property
     def consistent(self) -> bool | None:
-        """Lower bound <= claimed upper bound (None when non-private). False points to a bug."""
-        return None if self.claimed_epsilon is None else self.epsilon_lower_bound <= self.claimed_epsilon
+        """Lower bound <= claimed upper bound; None when non-private or untestable. False points to a bug."""
+        if not self.testable:
+            return None
+        return self.epsilon_lower_bound <= self.claimed_epsilon  # type: ignore[operator]
+
+    def untestable_note(self) -> str:
+        """What a claim above the ceiling means, in one sentence."""
+        return (f"this audit cannot test this claim (it could demonstrate at most epsilon = "
+                f"{self.max_demonstrable_epsilon:.3g} with {self.canaries} canaries and {self.guesses} guesses)")
 
     def summary(self) -> str:
         claim = (f"claimed (upper bound) epsilon = {self.claimed_epsilon:.3g}" if self.private
                  else "non-private run (no claim)")
+        if self.testable is False:
+            claim += f"; {self.untestable_note()}"
         return (f"epsilon >= {self.epsilon_lower_bound:.3g} at delta = {self.delta:.3g}, confidence "
                 f"{self.confidence:.0%} ({self.correct}/{self.guesses} guesses correct on {self.canaries} "
                 f"canaries); {claim}. {self.label}")
@@ -165,14 +197,6 @@ class AuditResult:
 def _draw_inclusion(m: int, generator: torch.Generator) -> torch.Tensor:
     """S_i ~ Bernoulli(1/2), independent: True = canary i joins the training set."""
     return torch.rand(m, generator=generator) < 0.5
-
-
-def _num_classes(tangent: TangentModel, example: torch.Tensor) -> int:
-    with torch.no_grad():
-        logits = tangent.base_forward(example[:1])
-    if logits.dim() != 2 or logits.shape[-1] < 2:
-        raise AuditError(f"the model must output (batch, classes) logits with >= 2 classes, got {tuple(logits.shape)}")
-    return int(logits.shape[-1])
 
 
 def make_canaries(records: RecordSet, m: int, kind: str, num_classes: int, generator: torch.Generator) -> RecordSet:
@@ -247,6 +271,7 @@ def audit_privacy(
     shard: str | None = None,
     component: str | None = None,
     operator: str | None = None,
+    public_records: bool = False,
 ) -> AuditResult:
     """One-run audit of ``fit`` on ``records`` plus canaries; returns an empirical lower bound on epsilon.
 
@@ -256,39 +281,25 @@ def audit_privacy(
     s_i = loss_before_i - loss_after_i (higher = more likely included), guesses the top k+ IN and
     the bottom k- OUT (default k+ = k- = m // 10) and bounds epsilon with
     :func:`epsilon_lower_bound` at the run's own delta. ``tangent``'s deltas are restored after.
+    The result also states the largest epsilon the design could demonstrate
+    (:func:`max_demonstrable_epsilon`); a claim above it is reported as untestable.
 
-    Privacy cost: synthetic canaries plus *public* records cost nothing. On a *private* shard the
-    run reads private data and spends budget: pass ``ledger``, ``data_source``, ``shard`` and
+    Privacy cost: the audit trains on ``records``. On a *private* shard it spends budget like
+    training, so it goes through the ledger: pass ``ledger``, ``data_source``, ``shard`` and
     ``component``; the run is reserved (purpose ``hyperparameter_search``, or
     ``non_private_baseline`` when epsilon = inf) before any record is read, completed or failed
-    like training, and the result is stored with ``ledger.record_audit``.
+    like training, and the result is stored with ``ledger.record_audit``. Without a ledger the
+    audit runs only on records declared public (``public_records=True``), which cost nothing.
     """
+    k_in, k_out = _check_request(records, canaries, guesses_in, guesses_out, canary_kind, confidence)
+    _check_ledger_use(ledger, (data_source, shard, component), public_records)
     m = canaries
-    if isinstance(m, bool) or not isinstance(m, int) or m < 2:
-        raise AuditError(f"canaries must be an integer >= 2, got {m!r}")
-    k_in = m // 10 if guesses_in is None else guesses_in
-    k_out = m // 10 if guesses_out is None else guesses_out
-    if k_in < 0 or k_out < 0 or k_in + k_out > m or k_in + k_out == 0:
-        raise AuditError(f"need guesses_in, guesses_out >= 0 and 0 < guesses_in + guesses_out <= {m}, got {k_in}, {k_out}")
-    if canary_kind not in CANARY_KINDS:
-        raise AuditError(f"canary kind must be one of {CANARY_KINDS}, got {canary_kind!r}")
-    if not 0 < confidence < 1:
-        raise AuditError(f"confidence must be in (0, 1), got {confidence}")
-    ledger_args = (data_source, shard, component)
-    if ledger is not None and any(a is None for a in ledger_args):
-        raise AuditError("an audit recorded in a ledger needs data_source, shard and component")
-    if ledger is None and any(a is not None for a in ledger_args):
-        raise AuditError("data_source/shard/component given without a ledger: pass the ledger to record the spend")
-
-    if canary_kind == "mislabeled" and m > len(records):
-        raise AuditError(f"{m} mislabeled canaries need >= {m} records to copy, got {len(records)}")
-    if any(r.startswith("canary-") for r in records.record_ids):
-        raise AuditError("record ids starting with 'canary-' clash with the canaries' ids; rename them")
-
     generator = torch.Generator().manual_seed(seed)
     included = _draw_inclusion(m, generator)  # independent of the data: drawn before anything is read
     plan = plan_run(len(records) + int(included.sum()), privacy, config)
     claimed = epsilon_bounds(plan.event, plan.delta).epsilon if privacy.private else None
+    ceiling = max_demonstrable_epsilon(m, k_in + k_out, plan.delta, confidence)
+    classes = _validate(tangent, records, component)  # a data mistake is refused before the reservation
     reservation = None
     if ledger is not None:
         reservation = ledger.reserve(
@@ -296,11 +307,12 @@ def audit_privacy(
             purpose="hyperparameter_search" if privacy.private else "non_private_baseline",
             operator=operator or getpass.getuser(), component=component,
             details={"kind": "privacy_audit", "method": METHOD, "canaries": m, "canary_kind": canary_kind,
+                     "guesses": k_in + k_out, "max_demonstrable_epsilon": ceiling,
                      "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate,
                      "steps": plan.steps, "records": plan.records, "trainable": tangent.trainable})
     start = {name: p.detach().clone() for name, p in tangent.named_deltas()}
     try:
-        canary_set = make_canaries(records, m, canary_kind, _num_classes(tangent, records.inputs), generator)
+        canary_set = make_canaries(records, m, canary_kind, classes, generator)
         before = canary_losses(tangent, canary_set, config.loss)
         train = _concat(records, canary_set.subset(torch.nonzero(included).flatten()))
         steps = fit(tangent, train, plan, privacy, config)
@@ -316,18 +328,74 @@ def audit_privacy(
     finally:
         tangent.load_deltas(start)
     result = AuditResult(
-        epsilon_lower_bound=bound, claimed_epsilon=claimed, delta=plan.delta, confidence=confidence,
-        canaries=m, canaries_included=int(included.sum()), guesses=k_in + k_out, guesses_in=k_in,
-        guesses_out=k_out, correct=correct, canary_kind=canary_kind, records=len(records), steps=steps,
-        noise_multiplier=plan.noise_multiplier, reservation_id=reservation)
+        epsilon_lower_bound=bound, claimed_epsilon=claimed, max_demonstrable_epsilon=ceiling, delta=plan.delta,
+        confidence=confidence, canaries=m, canaries_included=int(included.sum()), guesses=k_in + k_out,
+        guesses_in=k_in, guesses_out=k_out, correct=correct, canary_kind=canary_kind, records=len(records),
+        steps=steps, noise_multiplier=plan.noise_multiplier, reservation_id=reservation)
     if ledger is not None:
-        details = {"confidence": confidence, "canaries": m, "guesses": result.guesses, "correct": correct,
-                   "claimed_epsilon": claimed, "canary_kind": canary_kind, "label": LOWER_BOUND_LABEL}
-        ledger.complete(reservation, details={"epsilon_lower_bound": bound, "label": LOWER_BOUND_LABEL})
-        record = ledger.record_audit(component, bound, plan.delta, method=METHOD,
-                                     operator=operator or getpass.getuser(), details=details)
-        result = replace(result, audit_id=record.audit_id)
+        result = _record(ledger, result, reservation, component, operator)  # type: ignore[arg-type]
     return result
+
+
+def _check_request(records: RecordSet, m: int, guesses_in: int | None, guesses_out: int | None, kind: str,
+                   confidence: float) -> tuple[int, int]:
+    """The canary design is well-formed; returns (k+, k-), the guesses IN and OUT."""
+    if isinstance(m, bool) or not isinstance(m, int) or m < 2:
+        raise AuditError(f"canaries must be an integer >= 2, got {m!r}")
+    k_in = m // 10 if guesses_in is None else guesses_in
+    k_out = m // 10 if guesses_out is None else guesses_out
+    if k_in < 0 or k_out < 0 or k_in + k_out > m or k_in + k_out == 0:
+        raise AuditError(f"need guesses_in, guesses_out >= 0 and 0 < guesses_in + guesses_out <= {m}, "
+                         f"got {k_in}, {k_out}")
+    if kind not in CANARY_KINDS:
+        raise AuditError(f"canary kind must be one of {CANARY_KINDS}, got {kind!r}")
+    if not 0 < confidence < 1:
+        raise AuditError(f"confidence must be in (0, 1), got {confidence}")
+    if kind == "mislabeled" and m > len(records):
+        raise AuditError(f"{m} mislabeled canaries need >= {m} records to copy, got {len(records)}")
+    if any(r.startswith("canary-") for r in records.record_ids):
+        raise AuditError("record ids starting with 'canary-' clash with the canaries' ids; rename them")
+    return k_in, k_out
+
+
+def _check_ledger_use(ledger: Ledger | None, ledger_args: tuple[str | None, ...], public_records: bool) -> None:
+    """An audit reads its records: private ones only through the ledger, public ones only without it."""
+    if ledger is not None and public_records:
+        raise AuditError("public_records=True with a ledger: give the ledger (private records, the audit spends "
+                         "their budget) or public_records=True (no ledger, nothing spent), not both")
+    if ledger is not None and any(a is None for a in ledger_args):
+        raise AuditError("an audit recorded in a ledger needs data_source, shard and component")
+    if ledger is None and any(a is not None for a in ledger_args):
+        raise AuditError("data_source/shard/component given without a ledger: pass the ledger to record the spend")
+    if ledger is None and not public_records:
+        raise AuditError("an audit trains on its records: for private records pass ledger=, data_source=, shard= "
+                         "and component= so its budget is reserved first; for public records pass "
+                         "public_records=True")
+
+
+def _validate(tangent: TangentModel, records: RecordSet, component: str | None) -> int:
+    """The records fit the model (finite inputs of its shape, labels among its classes); returns the classes."""
+    subject = f"audit {component!r}" if component else "audit"
+    try:
+        return validate_records(records, tangent, subject, "the tangent model", noun="network")
+    except TrainingError as err:
+        raise AuditError(str(err)) from None
+
+
+def _record(ledger: Ledger, result: AuditResult, reservation: str, component: str, operator: str | None) -> AuditResult:
+    """Complete the reservation and store the bound, with the ceiling and whether the claim was testable."""
+    details = {"confidence": result.confidence, "canaries": result.canaries, "guesses": result.guesses,
+               "correct": result.correct, "claimed_epsilon": result.claimed_epsilon,
+               "max_demonstrable_epsilon": result.max_demonstrable_epsilon, "testable": result.testable,
+               "canary_kind": result.canary_kind, "label": LOWER_BOUND_LABEL}
+    if result.testable is False:
+        details["note"] = result.untestable_note()
+    ledger.complete(reservation, details={"epsilon_lower_bound": result.epsilon_lower_bound,
+                                          "max_demonstrable_epsilon": result.max_demonstrable_epsilon,
+                                          "label": LOWER_BOUND_LABEL})
+    record = ledger.record_audit(component, result.epsilon_lower_bound, result.delta, method=METHOD,
+                                 operator=operator or getpass.getuser(), details=details)
+    return replace(result, audit_id=record.audit_id)
 
 
 def _concat(a: RecordSet, b: RecordSet) -> RecordSet:

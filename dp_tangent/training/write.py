@@ -13,14 +13,15 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 from privacy_accounting import EpsilonBounds, Ledger, epsilon_bounds
+from privacy_accounting.events import is_non_private
 
-from ..components.component import (NON_PRIVATE_LABEL, ComponentMetadata, ManifestInfo, PrivacyInfo, TrainingInfo,
-                                    deltas_digest, save_component)
+from ..components.component import (NON_PRIVATE_LABEL, SEEDED_LABEL, ComponentMetadata, ManifestInfo, PrivacyInfo,
+                                    TrainingInfo, deltas_digest, save_component)
 from ..components.manifest import RecordManifest
-from .config import TrainingError
+from .config import TrainingError, differentially_private
 from .deltas import TrainedDeltas
 from .plan import TrainingTask
-from .sgd import NOISE_GENERATOR
+from .sgd import noise_generator_name
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ def write_component(task: TrainingTask, trained: TrainedDeltas, *, ledger: Ledge
     if trained.steps != task.plan.steps:
         raise TrainingError(f"took {trained.steps} steps but planned {task.plan.steps}")
     bounds = epsilon_bounds(task.plan.event, task.plan.delta)
+    if differentially_private(task.privacy, task.config) == is_non_private(task.plan.event):
+        raise TrainingError("the task's planned event does not match its privacy and noise mode; "
+                            "plan it with plan_task")
     metadata = _metadata(task, trained, bounds, data_source, shard, manifest_key, reservation)
     sha = save_component(output, trained.deltas, metadata)
     try:
@@ -52,7 +56,7 @@ def write_component(task: TrainingTask, trained: TrainedDeltas, *, ledger: Ledge
 
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for dist in ("dp-tangent", "torch", "opacus", "timm", "dp-accounting"):
+    for dist in ("dp-tangent", "torch", "opacus", "timm", "dp-accounting", "cryptography"):
         try:
             out[dist] = importlib_metadata.version(dist)
         except importlib_metadata.PackageNotFoundError:
@@ -64,7 +68,8 @@ def _metadata(task: TrainingTask, trained: TrainedDeltas, bounds: EpsilonBounds,
               manifest_key: bytes, reservation: str) -> ComponentMetadata:
     records, plan, privacy, config, backbone = task.records, task.plan, task.privacy, task.config, task.backbone
     manifest = RecordManifest.build(records.record_ids, manifest_key)
-    private = privacy.private
+    private = differentially_private(privacy, config)
+    noise = ("secure" if private else "seeded") if privacy.private else "none"  # DP-SGD ran iff privacy.private
     return ComponentMetadata(
         name=task.name,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -79,26 +84,27 @@ def _metadata(task: TrainingTask, trained: TrainedDeltas, bounds: EpsilonBounds,
         privacy=PrivacyInfo(
             private=private,
             label=(f"(epsilon={bounds.epsilon:.3g}, delta={plan.delta:.3g})-DP for each record of shard "
-                   f"{shard!r} (add/remove one record)" if private else NON_PRIVATE_LABEL),
+                   f"{shard!r} (add/remove one record)" if private else
+                   SEEDED_LABEL if noise == "seeded" else NON_PRIVATE_LABEL),
             epsilon=bounds.epsilon if private else None,
             delta=plan.delta if private else None,
             accountant=bounds.accountant if private else None,
             epsilon_by_accountant={"rdp": bounds.rdp, "prv": bounds.prv, "pld": bounds.pld} if private else {},
             noise_multiplier=plan.noise_multiplier,
-            max_grad_norm=privacy.max_grad_norm if private else None,
+            max_grad_norm=privacy.max_grad_norm if privacy.private else None,
             sample_rate=plan.sample_rate,
             steps=plan.steps,
-            sampling="poisson" if private else "shuffled batches (non-private)",
+            sampling={"secure": "poisson", "seeded": "poisson (seeded)"}.get(noise, "shuffled batches (non-private)"),
             neighbouring_relation="add or remove one record",
-            grad_sample_mode=config.grad_sample_mode if private else None,
-            noise_generator=NOISE_GENERATOR if private else "none (no noise)",
-            secure_mode=False,
+            grad_sample_mode=config.grad_sample_mode if privacy.private else None,
+            noise_generator=noise_generator_name(config) if privacy.private else "none (no noise)",
+            secure_mode=private,
             ledger_reservation=reservation,
         ),
-        training=TrainingInfo(seed=config.seed, epochs=config.epochs, batch_size=config.batch_size,
-                              physical_batch_size=config.physical_batch_size, optimizer="sgd", lr=config.lr,
-                              momentum=config.momentum, l2=config.loss.l2, device=config.device,
-                              worker=trained.worker or None),
+        training=TrainingInfo(seed=None if private else config.seed, noise=noise, epochs=config.epochs,
+                              batch_size=config.batch_size, physical_batch_size=config.physical_batch_size,
+                              optimizer="sgd", lr=config.lr, momentum=config.momentum, l2=config.loss.l2,
+                              device=config.device, worker=trained.worker or None),
         versions=_versions(),
         deltas_sha256=deltas_digest(trained.deltas),
     )

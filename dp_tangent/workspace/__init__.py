@@ -2,12 +2,16 @@
 audit log, deletion certificates and the manifest key; every operation that changes it is logged.
 
 * ``store``: :class:`Workspace` -- create/open, paths, key, ledger, log, and the operations
-  (train, compose, budget, release);
+  (train, compose, declare a data source, budget, release);
 * ``train``: the driver of a training run (plan, reserve all shards, run an executor, write, log);
 * ``forget``: serving a deletion request (remove, retrain, recompose, verify, certify), with
   ``deletion_requests`` (the request and its legal clock), ``request_register`` (receiving and
   listing requests) and ``certificates`` (the certificate files);
-* ``audit_log``, ``merkle``, ``audit_errors``: the hash-chained audit log and its Merkle tree;
+* ``tombstones``: records a deletion removed, never trained again;
+  ``certificate_check``: a certificate re-checked at any later time;
+* ``release``: the release bundle, the only thing meant to leave a workspace;
+* ``audit_log``, ``merkle``, ``checkpoint``, ``audit_errors``: the hash-chained audit log (bound to
+  the ledger), its Merkle tree and consistency proofs, and signed checkpoints;
 * ``model_record``: a composed model's record; ``data_sources``: how each data source is re-read;
 * ``names``, ``lock``: checked artifact names and the workspace lock.
 """

@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -32,12 +32,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..io import fsync_dir, sha256_file
 from .audit_errors import AuditChainError, AuditLogError
+from .checkpoint import Checkpoint, extends
 from .merkle import merkle_root
 
 GENESIS = "0" * 64
 OPERATIONS = frozenset({
     "workspace_created", "training", "retraining", "composition", "deletion_request", "deletion",
-    "budget_change", "release",
+    "budget_change", "release", "reservation_abandoned", "data_source", "certificate_sealed",
 })
 _HEX64 = r"^[0-9a-f]{64}$"
 _OPERATION = re.compile(r"^[a-z][a-z_]{0,63}$")
@@ -84,6 +85,7 @@ class AuditEntry(_Strict):
     inputs: list[ArtifactRecord]
     outputs: list[ArtifactRecord]
     parameters: dict[str, Any]
+    ledger: dict[str, str] | None = None  # sha256 of each ledger table after the operation
     prev_hash: str = Field(pattern=_HEX64)
     hash: str = Field(pattern=_HEX64)
 
@@ -123,7 +125,8 @@ class VerifyReport:
         if self.ok:
             gone = f", {len(self.missing_artifacts)} missing" if self.missing_artifacts else ""
             return f"{self.path}: {self.entries} entries, chain valid, {self.artifacts_checked} artifacts match{gone}"
-        return f"{self.path}: {self.first_bad}"
+        lines = [f"{self.path}: {len(self.problems)} problem(s) in {self.entries} entries"]
+        return "\n".join(lines + [f"  {p}" for p in sorted(self.problems, key=lambda p: p.seq)])
 
 
 def utc_now() -> str:
@@ -228,6 +231,41 @@ def _check_artifacts(root: Path, entries: Sequence[AuditEntry]) -> tuple[list[Pr
     return problems, checked, missing
 
 
+#: Files of a workspace that are not artifacts (the log itself, the ledger, the key) and folders of
+#: derived output (reports) that no operation reads: every other file must be accounted for by the log.
+NOT_ARTIFACTS = frozenset({"audit.log", "ledger.sqlite", "ledger.sqlite-journal", "ledger.sqlite-wal",
+                           "ledger.sqlite-shm", "manifest.key"})
+DERIVED_FOLDERS = frozenset({"reports"})
+
+
+def _check_unaccounted(root: Path, entries: Sequence[AuditEntry]) -> list[Problem]:
+    """Files in the workspace that no entry of the log wrote (or that it logged as removed)."""
+    present: dict[str, str | None] = {}
+    for entry in entries:
+        for art in entry.outputs:
+            if art.path is not None:
+                present[art.path] = art.sha256
+    problems = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink()):
+        rel = path.relative_to(root).as_posix()
+        if rel in NOT_ARTIFACTS or rel.split("/", 1)[0] in DERIVED_FOLDERS:
+            continue
+        if present.get(rel) is None:
+            problems.append(Problem(len(entries), f"file {rel} is not accounted for by the log (added or restored "
+                                                  "behind the tool's back)"))
+    return problems
+
+
+def _check_ledger(entries: Sequence[AuditEntry], current: Mapping[str, str]) -> list[Problem]:
+    """The ledger as the log last saw it, table by table, against the ledger now."""
+    last = next((e for e in reversed(entries) if e.ledger is not None), None)
+    if last is None:
+        return []
+    return [Problem(last.seq, f"ledger table {table!r} differs from the state this entry recorded: rows were "
+                              "added, removed or edited outside dp-tangent (or by an operation that did not finish)")
+            for table in sorted(set(last.ledger) | set(current)) if last.ledger.get(table) != current.get(table)]
+
+
 class _HasAuditLog(Protocol):
     audit_log_path: Path
 
@@ -240,11 +278,17 @@ def _log_path(target: "str | os.PathLike[str] | _HasAuditLog") -> Path:
 
 
 def verify(workspace_or_path: "str | os.PathLike[str] | _HasAuditLog", check_artifacts: bool = True,
-           expected_head: str | None = None) -> VerifyReport:
-    """Recompute the chain (and, if asked, every artifact's sha256); report the first bad entry.
+           expected_head: str | None = None, checkpoint: Checkpoint | None = None,
+           ledger_state: Mapping[str, str] | None = None, workspace: bool = False) -> VerifyReport:
+    """Recompute the chain (and, if asked, every artifact's sha256); report every problem found.
 
     ``expected_head``: an entry hash recorded earlier outside the log; missing means the log was
-    truncated or rewritten since.
+    truncated or rewritten since. ``checkpoint``: a checkpoint kept outside the workspace; the log
+    must extend it (RFC 9162 consistency proof), which catches truncation and rollback.
+    ``ledger_state``: the ledger's current table digests; each must equal what the last entry that
+    recorded them says (a row deleted, added or edited outside an operation breaks that).
+    ``workspace``: the log's folder is a workspace; every file in it must be accounted for by the log
+    (apart from the log, the ledger, the key and derived reports).
     """
     path = _log_path(workspace_or_path)
     if not path.is_file():
@@ -259,6 +303,14 @@ def verify(workspace_or_path: "str | os.PathLike[str] | _HasAuditLog", check_art
     if expected_head is not None and expected_head not in hashes:
         problems.append(Problem(len(entries), f"the expected head {expected_head[:12]} is not in the log "
                                               "(truncated or rewritten)"))
+    if ledger_state is not None:
+        problems += _check_ledger(entries, ledger_state)
+    if workspace and not problem:
+        problems += _check_unaccounted(path.parent, entries)
+    if checkpoint is not None:
+        why = extends(hashes, checkpoint)
+        if why:
+            problems.append(Problem(len(entries), why))
     head = hashes[-1] if hashes else None
     return VerifyReport(path, len(entries), head, merkle_root(hashes), tuple(problems), checked, tuple(missing))
 
@@ -266,8 +318,14 @@ def verify(workspace_or_path: "str | os.PathLike[str] | _HasAuditLog", check_art
 class AuditLog:
     """The audit log file at ``path`` (created on first append)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str],
+                 ledger_state: Callable[[], Mapping[str, str]] | None = None, workspace: bool = False) -> None:
+        """``ledger_state``: the digests of a ledger's tables, recorded in every entry appended and
+        checked by :meth:`verify` (binds the ledger to the log). ``workspace``: the log's folder is a
+        workspace, whose every file :meth:`verify` accounts for."""
         self.path = Path(path)
+        self.ledger_state = ledger_state
+        self.workspace = workspace
 
     def entries(self) -> list[AuditEntry]:
         """All entries; raises :class:`AuditChainError` if the chain is broken anywhere."""
@@ -297,6 +355,8 @@ class AuditLog:
             "outputs": [_artifact_json(a) for a in outputs],
             "parameters": _json_object(parameters),
         }
+        if self.ledger_state is not None:
+            body["ledger"] = dict(self.ledger_state())
         self.path.parent.mkdir(parents=True, exist_ok=True)
         created = not self.path.exists()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
@@ -318,8 +378,10 @@ class AuditLog:
             fsync_dir(self.path.parent)
         return AuditEntry.model_validate(raw)
 
-    def verify(self, check_artifacts: bool = True, expected_head: str | None = None) -> VerifyReport:
-        return verify(self.path, check_artifacts, expected_head)
+    def verify(self, check_artifacts: bool = True, expected_head: str | None = None,
+               checkpoint: Checkpoint | None = None) -> VerifyReport:
+        state = self.ledger_state() if self.ledger_state is not None else None
+        return verify(self.path, check_artifacts, expected_head, checkpoint, state, self.workspace)
 
 
 def _read_locked(path: Path) -> bytes:

@@ -47,7 +47,7 @@ class AddedComponent(ComponentRef):
     ledger_reservation: str
     epsilon: float | None
     delta: float | None
-    seed: int
+    seed: int | None  # None: a secure private run (fresh OS key, no seed)
 
 
 class ModelState(_Strict):
@@ -72,6 +72,16 @@ class Verification(_Strict):
     statement: str
 
 
+class LogCheckpoint(_Strict):
+    """The audit log right after the deletion was logged: its first ``size`` entries have this RFC 9162
+    Merkle ``root``. ``dp-tangent certificate verify`` checks, at any later time, that the log still
+    extends it."""
+
+    origin: str
+    size: int
+    root: str
+
+
 class DeletionCertificate(_Strict):
     format: Literal["dp-tangent-deletion/1"] = FORMAT
     request_id: str
@@ -93,6 +103,7 @@ class DeletionCertificate(_Strict):
     components_added: list[AddedComponent] = []
     models: list[ModelChange] = []
     verification: Verification | None = None
+    checkpoint: LogCheckpoint | None = None
     caveats: list[str] = list(CAVEATS)
 
 
@@ -131,11 +142,12 @@ def render_certificate(cert: DeletionCertificate) -> str:
         where = ", ".join(cert.found_in.get(c, [])) or "not found in any component"
         lines.append(f"  {c}  {where}")
     lines += ["", "Components removed:"]
-    lines += [f"  {r.name} ({r.data_source}/{r.shard}, {r.records} records) sha256 {r.sha256}"
-              for r in cert.components_removed] or ["  none"]
+    # The text is the requester's copy: no record counts (they would tell shard sizes); the JSON has them.
+    lines += [f"  {r.name} ({r.data_source}/{r.shard}) sha256 {r.sha256}" for r in cert.components_removed] \
+        or ["  none"]
     lines += ["Components added (retrained without the records):"]
-    lines += [f"  {a.name} replaces {a.replaces} ({a.records} records, "
-              f"{'non-private' if a.epsilon is None else f'epsilon {a.epsilon:.3g}, delta {a.delta:.3g}'}, "
+    lines += [f"  {a.name} replaces {a.replaces} "
+              f"({'non-private' if a.epsilon is None else f'epsilon {a.epsilon:.3g}, delta {a.delta:.3g}'}, "
               f"ledger {a.ledger_reservation}) sha256 {a.sha256}" for a in cert.components_added] or ["  none"]
     lines += ["", "Models (sha256 of the composed deltas, before -> after):"]
     for m in cert.models:
@@ -145,6 +157,10 @@ def render_certificate(cert: DeletionCertificate) -> str:
         lines.append("  none")
     if cert.verification:
         lines += ["", "Verification:", f"  {cert.verification.statement}"]
+    if cert.checkpoint:
+        lines += ["", "Audit log checkpoint after the deletion (check it later with "
+                      "`dp-tangent certificate verify`):",
+                  f"  {cert.checkpoint.origin}, {cert.checkpoint.size} entries, Merkle root {cert.checkpoint.root}"]
     lines += ["", "Notes:"] + [f"  - {c}" for c in cert.caveats]
     return "\n".join(lines) + "\n"
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .store import Workspace
 
 FILE = "data-sources.json"
+PUBLIC_SPLIT = "public"
 
 
 class Sources(BaseModel):
@@ -47,19 +48,22 @@ def register(ws: Workspace, name: str, source: DigitsSource) -> None:
 
 
 def shard_records_for(ws: Workspace) -> Callable[[ComponentMetadata], RecordSet]:
-    """A function from a component's metadata to the records of its shard (for ``forget(retrain=True)``)."""
+    """A function from a component's metadata to the records of its shard (for ``forget(retrain=True)``):
+    ``shard-<k>``, the ``public`` split, or (any other name) the union of the private shards."""
     sources = _read(ws)
-    cache: dict[str, list[RecordSet]] = {}
+    cache: dict[str, tuple[list[RecordSet], RecordSet | None]] = {}
 
     def records(meta: ComponentMetadata) -> RecordSet:
         source = sources.sources.get(meta.data_source)
         if source is None:
             raise DPTangentError(f"no loader registered for data source {meta.data_source!r}; retraining needs the "
                                  f"shard's records (run forget without --retrain to drop the component)")
-        shards = cache.setdefault(meta.data_source, source.shard_records())
+        shards, public = cache.setdefault(meta.data_source, source.split())
         prefix, _, index = meta.shard.rpartition("-")
         if prefix == "shard" and index.isdigit() and int(index) < len(shards):
             return shards[int(index)]
+        if meta.shard == PUBLIC_SPLIT and public is not None:
+            return public
         return RecordSet(torch.cat([s.inputs for s in shards]), torch.cat([s.targets for s in shards]),
                          tuple(r for s in shards for r in s.record_ids))
 

@@ -3,11 +3,13 @@
 A request names record ids; they are turned at once into keyed commitments
 HMAC-SHA256(workspace key, id) and only those are stored. A component saw a record iff its
 manifest holds the record's commitment. Because a composed model's delta is a fixed function of
-its components' deltas (``dp_tangent.components.compose``), removing a component and composing the others
-gives exactly the model that would have been built had the component never existed; a model with
-no component left is withdrawn. With ``retrain=True`` the affected shard is trained again from
-theta0 on its remaining records (charged to the ledger as ``retraining_after_deletion``, with a
-fresh noise seed) and the new component takes the old one's place and weight.
+its components' deltas (``dp_tangent.components.compose``), removing a component and composing the
+others gives exactly the model that would have been built had the component never existed; a model
+with no component left is withdrawn. With ``retrain=True`` the affected shard is trained again from
+theta0 on its remaining records (charged to the ledger as ``retraining_after_deletion``, with fresh
+secret noise) and the new component takes the old one's place and weight. Every requested record
+is tombstoned first: no later training in the workspace, this retraining included, uses it. The
+certificate is sealed with a checkpoint of the audit log after the deletion.
 
 The request and its legal clock: :mod:`~dp_tangent.workspace.deletion_requests`; its register:
 :mod:`~dp_tangent.workspace.request_register`; the certificate written at the end:
@@ -16,6 +18,7 @@ The request and its legal clock: :mod:`~dp_tangent.workspace.deletion_requests`;
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import math
 import re
@@ -41,7 +44,9 @@ from .certificates import (AddedComponent, ComponentRef, DeletionCertificate, De
 from .deletion_requests import DeletionRequest, ForgetError, resolve_now
 from .model_record import ModelRecord
 from .request_register import receive
+from .checkpoint import checkpoint_of, origin_of
 from .store import Workspace
+from .tombstones import Tombstones
 
 ShardRecords = Mapping[str, RecordSet] | Callable[[ComponentMetadata], RecordSet]
 
@@ -64,27 +69,35 @@ def _replacement_name(ws: Workspace, old: str) -> str:
 
 def _retrain_spec(meta: ComponentMetadata, privacy: PrivacySpec | None,
                   config: TrainConfig | None) -> tuple[PrivacySpec, TrainConfig]:
-    """The original run's settings, with a fresh seed: reusing the noise seed would correlate the noise
+    """The original run's settings and noise mode. A secure run gets fresh noise from a new OS key
+    (no seed); a seeded or non-private one a fresh seed: reusing the seed would correlate the noise
     of the two runs, which the ledger's composition (independent mechanisms) does not allow for."""
     p, t = meta.privacy, meta.training
+    seeded = t.noise == "seeded"  # None: written before noise modes; its DP-SGD is retrained securely
     if privacy is None:
         privacy = (PrivacySpec(noise_multiplier=p.noise_multiplier, max_grad_norm=p.max_grad_norm or 1.0, delta=p.delta)
-                   if p.private else PrivacySpec(epsilon=math.inf))
+                   if p.private or seeded else PrivacySpec(epsilon=math.inf))
     if config is None:
         config = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, physical_batch_size=t.physical_batch_size,
                              lr=t.lr, momentum=t.momentum, grad_sample_mode=p.grad_sample_mode or "hooks",
-                             seed=secrets.randbelow(2**31), loss=ConvexLoss(**meta.loss))
+                             seed=secrets.randbelow(2**31), loss=ConvexLoss(**meta.loss),
+                             noise="seeded" if seeded else "secure")
+    if privacy.private and config.noise == "secure":
+        config = dataclasses.replace(config, seed=None)  # nothing seeds it; the certificate must not say otherwise
     return privacy, config
 
 
-def _remaining_records(meta: ComponentMetadata, records: RecordSet, doomed: set[str], key: bytes) -> RecordSet:
+def _remaining_records(meta: ComponentMetadata, records: RecordSet, deleted: set[str], key: bytes) -> RecordSet:
+    """The shard's records without every deleted (tombstoned) one, this request's included; the rest
+    must be records the component was trained on (a loader re-supplies records deleted earlier)."""
     held = set(meta.manifest.commitments)
     commitments = [commit(r, key) for r in records.record_ids]
-    foreign = sum(c not in held for c in commitments)
+    keep = [i for i, c in enumerate(commitments) if c not in deleted]
+    foreign = sum(commitments[i] not in held for i in keep)
     if foreign:
         raise ForgetError(f"the records supplied for {meta.name!r} include {foreign} record(s) it was not trained on; "
                           f"pass the records of shard {meta.shard!r} only")
-    return records.subset([i for i, c in enumerate(commitments) if c not in doomed])
+    return records.subset(keep)
 
 
 def _plan_checks(ws: Workspace, affected: dict[str, ComponentMetadata], models: list[ModelRecord], retrain: bool,
@@ -156,22 +169,26 @@ def _verify(ws: Workspace, doomed: set[str], removed: set[str], now: datetime) -
         left = removed & set(ws.model_record(model).component_names)
         if left:
             raise ForgetError(f"verification failed: model {model!r} still includes {sorted(left)}")
+    tombstoned = doomed <= set(Tombstones(ws.root).read())
+    if not tombstoned:
+        raise ForgetError("verification failed: the requested records are not all on the tombstone list")
     statement = (f"Checked after the changes: none of the {len(remaining)} remaining components' record manifests "
-                 f"contains any of the {len(doomed)} requested record commitment(s), and no composed model "
-                 "includes a removed component.")
+                 f"contains any of the {len(doomed)} requested record commitment(s), no composed model "
+                 "includes a removed component, and the records are on the workspace's tombstone list, so no "
+                 "later training in this workspace will use them.")
     return Verification(verified=True, checked_at=now.isoformat(), components_checked=len(remaining),
                         commitments_checked=len(doomed), statement=statement)
 
 
 def _retrain_all(ws: Workspace, affected: Mapping[str, ComponentMetadata], shard_records: ShardRecords,
-                 doomed: set[str], privacy: PrivacySpec | None, config: TrainConfig | None,
+                 deleted: set[str], privacy: PrivacySpec | None, config: TrainConfig | None,
                  operator: str) -> list[AddedComponent]:
-    """Train a replacement for each affected component on its shard minus the requested records."""
+    """Train a replacement for each affected component on its shard minus every deleted record."""
     added = []
     key = ws.manifest_key()
     for name, meta in affected.items():
         records = shard_records[name] if isinstance(shard_records, Mapping) else shard_records(meta)
-        remaining = _remaining_records(meta, records, doomed, key)
+        remaining = _remaining_records(meta, records, deleted, key)
         if len(remaining) == 0:
             continue  # nothing left to learn from: removed without a replacement
         spec, cfg = _retrain_spec(meta, privacy, config)
@@ -216,12 +233,25 @@ def _log_deletion(ws: Workspace, cert: DeletionCertificate, paths: Sequence[Path
         inputs=[Artifact(r.name, r.sha256, rel) for r, rel in removed]
         + [Artifact(f"model:{c.name}", c.before.record_sha256, ws.relative(ws.model_path(c.name))) for c in changed],
         outputs=[Artifact(r.name, None, rel) for r, rel in removed]
-        + [a for c in changed for a in ws.model_artifacts(c.name)] + [ws.artifact(p) for p in paths],
+        + [a for c in changed for a in ws.model_artifacts(c.name)] + [ws.artifact(p) for p in paths]
+        + [ws.artifact(Tombstones(ws.root).path, "tombstones")],
         parameters={"request_id": cert.request_id, "outcome": cert.outcome,
                     "record_commitments": cert.record_commitments, "not_found": cert.not_found,
                     "components_removed": [r.name for r in cert.components_removed],
                     "components_added": [a.name for a in cert.components_added],
                     "models": {c.name: c.action for c in cert.models}})
+
+
+def _seal(ws: Workspace, cert: DeletionCertificate, operator: str) -> DeletionCertificate:
+    """Embed the checkpoint of the log as it stands after the deletion entry, rewrite the certificate
+    and log that (the certificate cannot hold a checkpoint of the entry that hashes it)."""
+    point = checkpoint_of([e.hash for e in ws.audit.entries()], origin_of(ws.info.manifest_key_id))
+    cert = DeletionCertificate.model_validate({
+        **cert.model_dump(), "checkpoint": {"origin": point.origin, "size": point.size, "root": point.root}})
+    paths = write_certificate(ws, cert)
+    ws.audit.append("certificate_sealed", operator=operator, outputs=[ws.artifact(p) for p in paths], parameters={
+        "request_id": cert.request_id, "checkpoint": {"size": point.size, "root": point.root}})
+    return cert
 
 
 def forget(
@@ -240,7 +270,7 @@ def forget(
 
     ``retrain``: retrain each affected shard on ``shard_records`` (a mapping component name ->
     RecordSet, or a function of the component's metadata) minus the requested records, with the
-    original run's settings and a fresh seed unless ``privacy``/``config`` are given.
+    original run's settings and fresh noise unless ``privacy``/``config`` are given.
     ``merge_data``: the public merge inputs of regmean models that must be rebuilt.
     Order: checks, retraining, models, removal of the old component files, verification,
     certificate, log entry. If a step fails the request stays open and can be run again.
@@ -253,6 +283,10 @@ def forget(
             raise ForgetError(f"request {request.request_id!r} was already completed on {cert.completed_at}")
         if set(cert.record_commitments) != doomed:
             raise ForgetError(f"request {request.request_id!r} was received with other record ids")
+        # First of all, so that nothing from now on -- this request's retraining included, or a
+        # run after a crash half-way through -- can train these records again.
+        tombstones = Tombstones(ws.root)
+        tombstones.add(doomed, request_id=request.request_id, deleted_at=resolve_now(now).isoformat())
         metas = {n: read_metadata(ws.component_path(n)) for n in ws.list_components()}
         for name, meta in metas.items():
             if meta.manifest.key_id != ws.key_id:
@@ -263,7 +297,8 @@ def forget(
         _plan_checks(ws, affected, models, retrain, shard_records, merge_data)
         removed = [ComponentRef(name=n, sha256=sha256_file(ws.component_path(n)), data_source=m.data_source,
                                 shard=m.shard, records=m.manifest.records) for n, m in affected.items()]
-        added = (_retrain_all(ws, affected, shard_records, doomed, privacy, config, operator)  # type: ignore[arg-type]
+        deleted = set(tombstones.read())
+        added = (_retrain_all(ws, affected, shard_records, deleted, privacy, config, operator)  # type: ignore[arg-type]
                  if retrain else [])
         changes = _rebuild_models(ws, models, set(affected), {a.replaces: a.name for a in added}, merge_data)
         for name in affected:
@@ -282,5 +317,6 @@ def forget(
             "models": [c.model_dump() for c in changes], "verification": verification.model_dump()})
         paths = write_certificate(ws, cert)
         _log_deletion(ws, cert, paths, operator)
+        cert = _seal(ws, cert, operator)
         return DeletionResult(cert, *paths)
 

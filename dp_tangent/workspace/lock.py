@@ -36,3 +36,34 @@ def workspace_lock(root: Path) -> Iterator[None]:
                 os.close(fd)  # releases the flock
             else:
                 _HELD[key] = (fd, depth - 1)
+
+
+@contextlib.contextmanager
+def workspace_lock_if_free(root: Path) -> Iterator[bool]:
+    """The lock if nobody holds it (yields True), else nothing (yields False): never waits, and
+    never takes it while any thread of this process holds it."""
+    key = str(root.resolve())
+    with _GUARD:
+        rlock = _THREAD_LOCKS.setdefault(key, threading.RLock())
+    if not rlock.acquire(blocking=False):
+        yield False
+        return
+    try:
+        if _HELD.get(key, (-1, 0))[1]:
+            yield False
+            return
+        fd = os.open(root / "workspace.json", os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            yield False
+            return
+        _HELD[key] = (fd, 1)
+        try:
+            yield True
+        finally:
+            del _HELD[key]
+            os.close(fd)
+    finally:
+        rlock.release()

@@ -1,6 +1,8 @@
 """Merkle tree over audit-log entry hashes, RFC 6962/9162 shape: leaf = H(0x00||h), node = H(0x01||l||r).
 
-The root commits to every entry in order; an inclusion proof shows one entry is in the tree.
+The root commits to every entry in order; an inclusion proof shows one entry is in the tree; a
+consistency proof (RFC 9162 §2.1.4) shows that the tree of the first m entries is a prefix of the
+tree of n entries, so whoever kept an older root can check that the log was only appended to.
 """
 
 from __future__ import annotations
@@ -63,3 +65,56 @@ def verify_inclusion(entry_hash_hex: str, proof: Iterable[tuple[str, str]], root
     for side, sibling in proof:
         node = _node(bytes.fromhex(sibling), node) if side == "L" else _node(node, bytes.fromhex(sibling))
     return node.hex() == root
+
+
+def consistency_proof(hashes: Sequence[str], first_size: int) -> list[str]:
+    """RFC 9162 PROOF(m, D[n]): the node hashes that link the root of the first ``first_size``
+    entries to the root of all of them (empty when m is 0 or n)."""
+    n = len(hashes)
+    if not 0 <= first_size <= n:
+        raise AuditLogError(f"cannot prove a tree of {first_size} entries inside a log of {n}")
+    if first_size in (0, n):
+        return []
+    leaves = [_leaf(h) for h in hashes]
+
+    def subproof(m: int, nodes: Sequence[bytes], whole: bool) -> list[bytes]:
+        if m == len(nodes):
+            return [] if whole else [_mth(nodes)]
+        k = _split(len(nodes))
+        if m <= k:
+            return subproof(m, nodes[:k], whole) + [_mth(nodes[k:])]
+        return subproof(m - k, nodes[k:], False) + [_mth(nodes[:k])]
+
+    return [node.hex() for node in subproof(first_size, leaves, True)]
+
+
+def verify_consistency(first_size: int, first_root: str | None, second_size: int, second_root: str | None,
+                       proof: Sequence[str]) -> bool:
+    """True iff ``proof`` shows the tree (first_size, first_root) is a prefix of (second_size, second_root)
+    (RFC 9162 §2.1.4.2; an empty first tree is a prefix of every tree)."""
+    if first_size == 0:
+        return not proof
+    if first_size > second_size or first_root is None or second_root is None:
+        return False
+    if first_size == second_size:
+        return not proof and first_root == second_root
+    path = [bytes.fromhex(h) for h in proof]
+    if first_size & (first_size - 1) == 0:  # a power of two: the old root is a node of the new tree
+        path = [bytes.fromhex(first_root)] + path
+    if not path:
+        return False
+    fn, sn = first_size - 1, second_size - 1
+    while fn & 1:
+        fn, sn = fn >> 1, sn >> 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr, sr = _node(c, fr), _node(c, sr)
+            while not fn & 1 and fn != 0:
+                fn, sn = fn >> 1, sn >> 1
+        else:
+            sr = _node(sr, c)
+        fn, sn = fn >> 1, sn >> 1
+    return fr.hex() == first_root and sr.hex() == second_root and sn == 0

@@ -18,6 +18,7 @@ workspace lock (``flock`` on ``workspace.json``; re-entrant within a process).
 from __future__ import annotations
 
 import contextlib
+import getpass
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -39,15 +40,18 @@ from ..components.component import Component, deltas_digest, load_component
 from ..components.compose import Composition, compose
 from ..components.manifest import key_id, new_key
 from ..data.records import RecordSet
+from ..data.sources import DigitsSource
 from ..io import atomic_write_bytes, atomic_write_text, sha256_file
 from ..training.config import PrivacySpec, ProgressFn, TrainConfig
 from ..training.executors import Executor, TaskProgressFn
 from ..training.write import TrainedComponent
+from . import data_sources
 from .audit_log import Artifact, AuditLog
-from .lock import workspace_lock
+from .lock import workspace_lock, workspace_lock_if_free
 from .model_record import ModelPart, ModelRecord
 from .names import WorkspaceError, check_name
-from .train import ShardJob, TrainingRun, train_all
+from .release import ReleaseStatement, release
+from .train import DeletedRecords, ShardJob, TrainingRun, train_all
 
 FORMAT = "dp-tangent-workspace/1"
 KEY_BYTES = 32
@@ -65,7 +69,8 @@ class WorkspaceInfo(_Strict):
 
 @dataclass(frozen=True)
 class Workspace:
-    """An opened workspace; use :meth:`create` or :meth:`open`."""
+    """An opened workspace; use :meth:`create` or :meth:`open`. ``root`` is absolute, whatever path was
+    given, so every artifact is found and hashed relative to it."""
 
     root: Path
     info: WorkspaceInfo
@@ -74,7 +79,7 @@ class Workspace:
     @classmethod
     def create(cls, path: str | os.PathLike[str], *, operator: str | None = None) -> "Workspace":
         """Create a workspace in a new or empty directory (a fresh manifest key, mode 0600)."""
-        root = Path(path)
+        root = Path(path).expanduser().absolute()  # relative paths would log artifacts at the wrong place
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise WorkspaceError(f"{root} already exists and is not an empty directory; open it or choose another path")
         root.mkdir(parents=True, exist_ok=True)
@@ -99,11 +104,11 @@ class Workspace:
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> "Workspace":
         """Open an existing workspace; anything else is refused in one line."""
-        root = Path(path)
+        root = Path(path).expanduser().absolute()
         marker = root / "workspace.json"
         if not marker.is_file():
             raise WorkspaceError(f"{root} is not a dp-tangent workspace (no workspace.json); "
-                                 "create one with Workspace.create")
+                                 "create one with `dp-tangent init -w PATH` (Workspace.create in Python)")
         try:
             info = WorkspaceInfo.model_validate_json(marker.read_bytes())
         except (ValidationError, ValueError) as err:
@@ -112,7 +117,28 @@ class Workspace:
         if ws.key_id != info.manifest_key_id:
             raise WorkspaceError(f"{ws.key_path} does not match workspace.json (key id {ws.key_id}, "
                                  f"expected {info.manifest_key_id}): the manifest key was replaced")
+        ws.resolve_abandoned_reservations()
         return ws
+
+    def resolve_abandoned_reservations(self) -> list[str]:
+        """Mark failed, and log, every reservation left ``reserved`` by a driver that died (e.g. a
+        ``kill -9``): a driver holds the workspace lock for its whole run, so a reservation still open
+        while the lock is free has no one left to finish it. Its budget stays spent (records may
+        have been read). Returns the reservation ids resolved; does nothing while the lock is held."""
+        resolved: list[str] = []
+        with workspace_lock_if_free(self.root) as free:
+            if not free or not self.ledger_path.is_file():
+                return resolved
+            for event in self.ledger.events(status="reserved"):
+                reason = ("abandoned: the process that reserved it stopped without finishing (killed?); marked "
+                          "failed when the workspace was next opened; its budget stays spent")
+                self.ledger.fail(event.reservation_id, reason=reason)
+                self.audit.append("reservation_abandoned", operator=getpass.getuser(), parameters={
+                    "component": event.component, "data_source": event.data_source, "shard": event.shard,
+                    "ledger_reservation": event.reservation_id, "reserved_at": event.created_at,
+                    "reason": reason})
+                resolved.append(event.reservation_id)
+        return resolved
 
     # -- paths ------------------------------------------------------------------------------------
     @property
@@ -188,7 +214,8 @@ class Workspace:
 
     @property
     def audit(self) -> AuditLog:
-        return AuditLog(self.audit_log_path)
+        """The audit log, bound to the ledger: every entry records the ledger's table digests."""
+        return AuditLog(self.audit_log_path, ledger_state=self.ledger.state_digest, workspace=True)
 
     def lock(self) -> contextlib.AbstractContextManager[None]:
         """Exclusive workspace lock across processes; re-entrant within this process."""
@@ -243,16 +270,20 @@ class Workspace:
         operator: str | None = None,
         purpose: str = "training",
         progress: ProgressFn | None = None,
+        deleted: DeletedRecords = "refuse",
+        allow_overlap: bool = False,
     ) -> TrainedComponent:
         """Train one component in this process into ``components/NAME.safetensors``, and log it.
 
         A failed or refused run is logged too (budget it reserved stays spent in the ledger) and its
         error re-raised. Names are never reused: a name the ledger has events for is refused, so
-        each name's spend is its own. Several shards at once, in parallel: :meth:`train_all`.
+        each name's spend is its own. Several shards at once, in parallel: :meth:`train_all`, which
+        also says what ``deleted`` and ``allow_overlap`` do.
         """
         report = (lambda _name, step, total: progress(step, total)) if progress else None
         run = self.train_all(backbone, trainable, [ShardJob(name, shard, records)], data_source=data_source,
-                             privacy=privacy, config=config, operator=operator, purpose=purpose, progress=report)
+                             privacy=privacy, config=config, operator=operator, purpose=purpose, progress=report,
+                             deleted=deleted, allow_overlap=allow_overlap)
         if run.failed:
             failure = run.failed[0]
             raise failure.error or WorkspaceError(f"component {name!r} failed: {failure.reason}")
@@ -261,14 +292,18 @@ class Workspace:
     def train_all(self, backbone: BackboneSpec, trainable: str | None, jobs: Sequence[ShardJob], *,
                   data_source: str, privacy: PrivacySpec, config: TrainConfig = TrainConfig(),
                   executor: Executor | None = None, operator: str | None = None, purpose: str = "training",
-                  progress: TaskProgressFn | None = None) -> TrainingRun:
+                  progress: TaskProgressFn | None = None, deleted: DeletedRecords = "refuse",
+                  allow_overlap: bool = False) -> TrainingRun:
         """One component per job, trained through ``executor`` (default: serial, in this process).
 
         Budget for every job is reserved before any task starts; components are written and logged
-        (with the worker that trained each) by this process. See :mod:`dp_tangent.workspace.train`.
+        (with the worker that trained each) by this process. Deleted records are refused (or, with
+        ``deleted="exclude"``, dropped); records another shard already read are refused unless
+        ``allow_overlap``. See :func:`dp_tangent.workspace.train.train_all`.
         """
         return train_all(self, backbone, trainable, jobs, data_source=data_source, privacy=privacy, config=config,
-                         executor=executor, operator=operator, purpose=purpose, progress=progress)
+                         executor=executor, operator=operator, purpose=purpose, progress=progress, deleted=deleted,
+                         allow_overlap=allow_overlap)
 
     def save_model(self, name: str, composition: Composition, *, replace: bool = False) -> ModelRecord:
         """Write ``models/NAME.safetensors`` then ``models/NAME.json`` (the record commits it). No log entry."""
@@ -328,6 +363,20 @@ class Workspace:
                             "replaced": before[0].sha256 is not None})
             return record
 
+    def declare_data_source(self, name: str, *, description: str, shards: Sequence[str], unit: str = "record",
+                            loader: DigitsSource | None = None, operator: str | None = None) -> None:
+        """Declare a data source and its shards in the ledger (and, with ``loader``, how to re-read it
+        for retraining, in ``data-sources.json``), and log it."""
+        with self.lock():
+            self.ledger.set_data_source(name, unit=unit, description=description, shards=shards)
+            outputs = []
+            if loader is not None:
+                data_sources.register(self, name, loader)
+                outputs.append(self.artifact(self.root / data_sources.FILE, "data-source registry"))
+            self.audit.append("data_source", operator=operator, outputs=outputs, parameters={
+                "data_source": name, "unit": unit, "description": description, "shards": list(shards),
+                "reloadable": loader is not None})
+
     def set_budget(self, data_source: str, shard: str | None, epsilon: float, delta: float, *,
                    operator: str | None = None) -> Budget:
         """``Ledger.set_budget``, logged with the previous budget."""
@@ -340,9 +389,16 @@ class Workspace:
                 "previous": None if previous is None else {"epsilon": previous.epsilon, "delta": previous.delta}})
             return budget
 
+    def release(self, model: str, out_dir: str | os.PathLike[str], *, operator: str | None = None,
+                allow_non_private: bool = False) -> ReleaseStatement:
+        """Write ``model``'s release bundle (deltas, base reference, privacy statement; no counts,
+        manifests or seeds) to the new directory ``out_dir`` and log it; see :mod:`.release`."""
+        return release(self, model, out_dir, operator=operator, allow_non_private=allow_non_private)
+
     def record_release(self, model: str, *, destination: str, operator: str | None = None,
-                       note: str = "") -> None:
-        """Log that ``model`` (its current files) left the workspace for ``destination``."""
+                       note: str = "", bundle: Mapping[str, str] | None = None) -> None:
+        """Log that ``model`` (its current files) left the workspace for ``destination``
+        (``bundle``: file name -> sha256 of what was written there, see :mod:`.release`)."""
         with self.lock():
             record, _ = self.load_model(model)
             guarantee = None
@@ -351,4 +407,4 @@ class Workspace:
                 guarantee = {"epsilon": g.epsilon if math.isfinite(g.epsilon) else "inf", "delta": g.delta}
             self.audit.append("release", operator=operator, inputs=self.model_artifacts(model), parameters={
                 "model": model, "destination": destination, "note": note, "components": record.component_names,
-                "deltas_sha256": record.deltas_sha256, "guarantee": guarantee})
+                "deltas_sha256": record.deltas_sha256, "guarantee": guarantee, "bundle": dict(bundle or {})})

@@ -20,12 +20,13 @@ from __future__ import annotations
 import contextlib
 import getpass
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Literal
 
 from privacy_accounting import Status
 
 from ..backbones import BackboneSpec, weights_digest
+from ..components.manifest import commit
 from ..data.records import RecordSet
 from ..errors import failure_reason
 from ..tangent import linearize
@@ -34,9 +35,13 @@ from ..training.executors import Executor, TaskFailed, TaskOutcome, TaskProgress
 from ..training.executors.serial import SerialExecutor
 from ..training.per_sample import check_per_sample_support
 from ..training.plan import plan_task, reservation_request
+from ..training.validation import validate_task
 from ..training.write import TrainedComponent, write_component
 from .audit_log import Artifact
 from .names import WorkspaceError
+from .tombstones import Tombstones
+
+DeletedRecords = Literal["refuse", "exclude"]
 
 if TYPE_CHECKING:
     from .store import Workspace
@@ -65,27 +70,39 @@ class FailedShard:
 
 @dataclass(frozen=True)
 class TrainingRun:
-    """Outcome of :func:`train_all`: components written, and shards to retry."""
+    """Outcome of :func:`train_all`: components written, shards to retry, and how many deleted
+    (tombstoned) records were dropped from each job's shard before training."""
 
     completed: list[TrainedComponent]
     failed: list[FailedShard]
+    excluded_deleted: dict[str, int] = field(default_factory=dict)
 
 
 def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jobs: Sequence[ShardJob], *,
               data_source: str, privacy: PrivacySpec, config: TrainConfig = TrainConfig(),
               executor: Executor | None = None, operator: str | None = None, purpose: str = "training",
-              progress: TaskProgressFn | None = None) -> TrainingRun:
-    """Train one component per job through ``executor`` (default: serial), as the module doc says."""
+              progress: TaskProgressFn | None = None, deleted: DeletedRecords = "refuse",
+              allow_overlap: bool = False) -> TrainingRun:
+    """Train one component per job through ``executor`` (default: serial), as the module doc says.
+
+    Records a deletion request removed (tombstoned) are never trained again: ``deleted="refuse"``
+    refuses a job whose records hold one, ``"exclude"`` drops them and says so in the result and
+    the log. Each reservation names the records it reads (their commitments), so the ledger charges
+    exactly those and refuses records another shard already read unless ``allow_overlap``.
+    """
     operator = operator or getpass.getuser()
     executor = executor or SerialExecutor()
     operation = "retraining" if purpose == "retraining_after_deletion" else "training"
+    key = ws.manifest_key()
+    jobs, excluded = _without_deleted(ws, jobs, key, deleted)
     by_name = {job.name: job for job in jobs}
+    commitments = {job.name: frozenset(commit(r, key) for r in job.records.record_ids) for job in jobs}
 
     def log(job: ShardJob, status: str, **extra: object) -> None:
         ws.audit.append(operation, operator=operator, parameters={
             "component": job.name, "data_source": data_source, "shard": job.shard, "purpose": purpose,
             "records": len(job.records), "trainable": trainable, "base": backbone.to_dict(),
-            "executor": executor.name, "status": status, **extra})
+            "executor": executor.name, "status": status, "excluded_deleted": excluded.get(job.name, 0), **extra})
 
     with ws.lock(), contextlib.closing(executor):
         _check_names(ws, jobs)  # a refused name spends nothing and is not logged
@@ -94,16 +111,19 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
             tasks = [plan_task(backbone, trainable, job.records, name=job.name, shard=job.shard, privacy=privacy,
                                config=config) for job in jobs]
             base = backbone.build()
+            for task in tasks:  # a data mistake costs no budget: refused before anything is reserved
+                validate_task(task, base)
             if privacy.private:
                 check_per_sample_support(linearize(base, trainable))
             expected_base = weights_digest(base)
             executor.prepare(tasks)  # workers up, devices there: a failure here costs no budget
             reservations = dict(zip(by_name, ws.ledger.reserve_all([
-                reservation_request(task, data_source=data_source, shard=job.shard, operator=operator,
-                                    purpose=purpose) for task, job in zip(tasks, jobs)])))
+                replace(reservation_request(task, data_source=data_source, shard=job.shard, operator=operator,
+                                            purpose=purpose), records=commitments[job.name])
+                for task, job in zip(tasks, jobs)], allow_overlap=allow_overlap)))
         except BaseException as err:
-            for job in jobs:
-                log(job, "failed", error=f"{type(err).__name__}: {err}"[:300])
+            for job in jobs:  # the message may name a record id: it goes to the operator, not into the log
+                log(job, "failed", error=f"{type(err).__name__} before any budget was reserved", reserved=False)
             raise
         completed: list[TrainedComponent] = []
         failed: list[FailedShard] = []
@@ -138,7 +158,7 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
             del open_jobs[job.name]
             completed.append(result)
             _log_completed(ws, operation, operator, backbone, job, data_source, purpose, result, executor.name,
-                           trained.worker)
+                           trained.worker, excluded.get(job.name, 0))
 
         try:
             with contextlib.closing(executor.run(tasks, progress)) as outcomes:
@@ -153,7 +173,7 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
                 except Exception:  # noqa: BLE001,S110
                     pass
             raise
-    return TrainingRun(completed, failed)
+    return TrainingRun(completed, failed, excluded)
 
 
 def _check_names(ws: "Workspace", jobs: Sequence[ShardJob]) -> None:
@@ -167,9 +187,33 @@ def _check_names(ws: "Workspace", jobs: Sequence[ShardJob]) -> None:
             raise WorkspaceError(f"component name {name!r} is already used in {ws.root}; choose another name")
 
 
+def _without_deleted(ws: "Workspace", jobs: Sequence[ShardJob], key: bytes,
+                     deleted: DeletedRecords) -> tuple[list[ShardJob], dict[str, int]]:
+    """The jobs without tombstoned records (``"exclude"``), or a refusal naming them (``"refuse"``)."""
+    if deleted not in ("refuse", "exclude"):
+        raise WorkspaceError(f"deleted must be 'refuse' or 'exclude', got {deleted!r}")
+    tombstones = Tombstones(ws.root)
+    out, excluded = [], {}
+    for job in jobs:
+        commitments = [commit(r, key) for r in job.records.record_ids]
+        found = tombstones.requests_for(commitments)
+        if not found:
+            out.append(job)
+            continue
+        if deleted == "refuse":
+            requests = ", ".join(sorted(set(found.values())))
+            raise WorkspaceError(f"shard {job.shard!r} holds {len(found)} record(s) deleted by request(s) {requests}; "
+                                 "deleted records are never trained again: drop them from the data, or exclude them "
+                                 "(deleted='exclude', or the CLI's default)")
+        keep = [i for i, c in enumerate(commitments) if c not in found]
+        out.append(ShardJob(job.name, job.shard, job.records.subset(keep)))
+        excluded[job.name] = len(found)
+    return out, excluded
+
+
 def _log_completed(ws: "Workspace", operation: str, operator: str, backbone: BackboneSpec, job: ShardJob,
                    data_source: str, purpose: str, result: TrainedComponent, executor: str,
-                   worker: dict[str, object]) -> None:
+                   worker: dict[str, object], excluded_deleted: int = 0) -> None:
     meta, p = result.metadata, result.metadata.privacy
     ws.audit.append(
         operation, operator=operator,
@@ -182,4 +226,5 @@ def _log_completed(ws: "Workspace", operation: str, operator: str, backbone: Bac
                     "private": p.private, "epsilon": p.epsilon, "delta": p.delta,
                     "noise_multiplier": p.noise_multiplier, "max_grad_norm": p.max_grad_norm,
                     "sample_rate": p.sample_rate, "steps": p.steps, "seed": meta.training.seed,
+                    "excluded_deleted": excluded_deleted,
                     "deltas_sha256": meta.deltas_sha256})

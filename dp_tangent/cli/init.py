@@ -1,0 +1,19 @@
+"""``dp-tangent init``: a new, empty workspace (key, ledger, audit log)."""
+
+from __future__ import annotations
+
+import typer
+
+from .app import DEFAULT_WORKSPACE, WorkspaceOption, app
+
+
+@app.command()
+def init(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
+    """Create a workspace in a new or empty directory: manifest key, ledger and audit log.
+
+    `train` creates one too when the directory does not exist yet; the key is mode 0600.
+    """
+    from ..workspace import Workspace
+
+    ws = Workspace.create(workspace)
+    typer.echo(f"created workspace {ws.root} (manifest key {ws.info.manifest_key_id})")

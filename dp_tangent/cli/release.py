@@ -1,0 +1,28 @@
+"""``dp-tangent release``: a composed model's release bundle, the only thing meant to leave a workspace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .app import DEFAULT_WORKSPACE, WorkspaceOption, app, open_workspace
+
+
+@app.command()
+def release(
+    model: Annotated[str, typer.Argument(help="A composed model in the workspace.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="New directory for the bundle (outside the "
+                                                                "workspace).")],
+    non_private: Annotated[bool, typer.Option("--non-private", help="Release a model without a DP guarantee, "
+                                                                    "labelled as such.")] = False,
+    workspace: WorkspaceOption = DEFAULT_WORKSPACE,
+) -> None:
+    """Write MODEL's deltas, its base model's reference and its privacy statement to a new directory.
+
+    Nothing else that depends on the data goes in: no record counts, manifests, sampling rates,
+    steps, noise multipliers or seeds. The release is recorded in the audit log.
+    """
+    statement = open_workspace(workspace).release(model, output, allow_non_private=non_private)
+    typer.echo(f"released {model} to {output}: {statement.privacy.statement}")

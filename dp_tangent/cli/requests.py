@@ -1,0 +1,42 @@
+"""``dp-tangent requests list``: deletion requests with their legal clock, open and overdue ones flagged."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .app import DEFAULT_WORKSPACE, WorkspaceOption, app, open_workspace
+
+requests_app = typer.Typer(help="Deletion requests and their deadlines.", no_args_is_help=True)
+app.add_typer(requests_app, name="requests")
+
+
+@requests_app.command("list")
+def requests_list(
+    overdue: Annotated[bool, typer.Option("--overdue", help="Only open requests past their deadline.")] = False,
+    open_only: Annotated[bool, typer.Option("--open", help="Only requests not completed yet.")] = False,
+    workspace: WorkspaceOption = DEFAULT_WORKSPACE,
+) -> None:
+    """Every deletion request: received, due by (the earliest of GDPR's and CCPA's deadlines), status.
+
+    Exit code 1 when an open request is overdue, so a scheduled check can alert on it.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..workspace.request_register import list_requests
+
+    rows = list_requests(open_workspace(workspace))
+    shown = [r for r in rows if (not overdue or r.overdue) and (not open_only or r.status == "open")]
+    table = Table()
+    for column in ("request", "status", "received (UTC)", "due by", "days left", "completed"):
+        table.add_column(column)
+    for r in shown:
+        state = "[red]OVERDUE[/]" if r.overdue else r.status
+        table.add_row(r.request_id, state, r.received_at.isoformat(timespec="minutes"), r.due_by.isoformat(),
+                      str(r.days_left) if r.status == "open" else "-",
+                      r.completed_at.isoformat(timespec="minutes") if r.completed_at else "-")
+    Console().print(table if shown else "no deletion requests" + (" match" if rows else ""))
+    if any(r.overdue for r in rows):
+        raise typer.Exit(1)

@@ -1,0 +1,211 @@
+"""A cryptographically secure random source for DP-SGD: Gaussian noise and Poisson batches from ChaCha20.
+
+Each :class:`SecureRandom` (one per private run) reads ChaCha20 keystreams under fresh 256-bit keys
+from the operating system (``os.urandom``), held only by OpenSSL's cipher contexts. A keystream word
+w gives v = floor(w / 2^11), uniform on the 2^53 integers of [-2^52, 2^52), and from it:
+
+* uniforms u = (v + 2^52 + 1) / 2^53 in (0, 1] (53-bit mantissas, never 0), angles theta = 2π·v/2^53;
+* Box–Muller in float64: r = sqrt(-2 ln u); z = r cos(theta), z' = r sin(theta) independent N(0, 1);
+* noise of std s = (s/2)·(z1 + z2 + z3 + z4) from two pairs, Opacus's ``secure_mode`` defence against
+  floating-point attacks on Gaussian sampling (Holohan & Braghin 2021, n = 2: each value depends on
+  4 x 53 random bits). A pair enters as z + z' = √2·r·sin(theta + π/4), drawn as √2·r·sin(theta):
+  theta + π/4 is theta relabelled on the same 2^53-point circle. Rounded once to the parameter dtype;
+* Poisson sampling: record i joins a batch iff u_i < q, independently (P = q up to 2^-53).
+
+Noise is made in chunks of 65536 values by one worker thread per torch thread (at most 8), each
+with its own keystream; OpenSSL and torch's kernels release the GIL.
+
+Not covered: timing (a step's time reveals its Poisson batch size; Python and torch are not
+constant-time); the float rounding of the final noise and of its sum with the clipped gradient
+(the limit Opacus's secure mode has too); the key in process memory (CPython cannot wipe the bytes
+``os.urandom`` returns, and OpenSSL holds the key for the run: a memory dump during the run
+reveals it). A forked child would repeat its parent's streams, so a generator refuses to run in
+another process than its creator's, and cannot be pickled or copied.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+from .config import TrainingError
+
+GENERATOR_NAME = ("ChaCha20 keystreams (pyca/cryptography, OpenSSL) under fresh 256-bit OS keys per run, never "
+                  "stored; noise = std/2 x (sum of 4 float64 Box-Muller normals); Poisson sampling from the same "
+                  "source")
+KEY_BYTES = 32
+WORDS_PER_NORMAL_PAIR = 2  # one radius, one angle
+NORMALS_PER_NOISE = 4
+_MANTISSA = 53
+_SHIFT = 64 - _MANTISSA
+_INV_2_53 = 2.0 ** -_MANTISSA
+_HALF_PLUS = 0.5 + _INV_2_53  # (2^52 + 1) / 2^53: v·2^-53 + this = (v + 2^52 + 1)/2^53, exact
+_ANGLE = 2.0 * math.pi * _INV_2_53
+_CHUNK = {"cpu": 1 << 16, "cuda": 1 << 22}  # noise values per chunk (CPU: the fastest size measured)
+_MAX_WORKERS = 8
+_REKEY_BYTES = 1 << 36  # 64 GiB per key, far inside ChaCha20's 2^32-block counter (256 GiB)
+
+
+def _fresh_cipher():  # noqa: ANN202 -- cryptography's CipherContext (a Rust type)
+    """A ChaCha20 encryptor under a fresh OS key; the key buffer is wiped once OpenSSL has its own copy."""
+    key = bytearray(os.urandom(KEY_BYTES))
+    try:
+        return Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
+    finally:
+        key[:] = bytes(KEY_BYTES)
+
+
+class _Keystream:
+    """One ChaCha20 keystream under its own fresh OS key, rekeyed from the OS every 64 GiB; one thread at a time."""
+
+    def __init__(self) -> None:
+        self._cipher = _fresh_cipher()
+        self._bytes_left = _REKEY_BYTES
+        self._zeros = bytearray(0)  # the plaintext: keystream = ChaCha20(zeros)
+        self._scratch = bytearray(0)
+        self._floats = torch.empty(0, dtype=torch.float64)  # reused: fresh pages every step cost page faults
+
+    def fill(self, buffer: bytearray | memoryview) -> None:
+        """Overwrite ``buffer`` with the next keystream bytes."""
+        n = len(buffer)
+        if n > self._bytes_left:
+            self._cipher, self._bytes_left = _fresh_cipher(), _REKEY_BYTES
+        if len(self._zeros) < n:
+            self._zeros = bytearray(n)
+        self._cipher.update_into(memoryview(self._zeros)[:n], buffer)
+        self._bytes_left -= n
+
+    def scratch_words(self, n: int) -> torch.Tensor:
+        """``n`` fresh words in this stream's reused buffer: valid until its next call."""
+        if len(self._scratch) < 8 * n:
+            self._scratch = bytearray(8 * n)
+        self.fill(memoryview(self._scratch)[:8 * n])
+        return torch.frombuffer(self._scratch, dtype=torch.int64, count=n)
+
+    def float_scratch(self, n: int, device: torch.device) -> torch.Tensor:
+        """A float64 work buffer of ``n`` values on ``device`` (kept between calls on the CPU)."""
+        if device.type != "cpu":
+            return torch.empty(n, dtype=torch.float64, device=device)
+        if self._floats.numel() < n:
+            self._floats = torch.empty(n, dtype=torch.float64)
+        return self._floats[:n]
+
+
+class SecureRandom:
+    """Uniforms, Gaussian noise and Bernoulli masks from ChaCha20 keystreams under fresh OS keys.
+
+    One per private run. Its state is cipher contexts and scratch buffers of spent keystream: no
+    key, seed or counter that could reproduce a stream is an attribute, part of its repr, or
+    recoverable by pickling or copying it.
+    """
+
+    def __init__(self) -> None:
+        self._pid = os.getpid()
+        self._streams = [_Keystream()]  # one more per noise worker, made when first needed
+
+    def __repr__(self) -> str:
+        return "SecureRandom(ChaCha20, fresh OS keys)"
+
+    def __reduce_ex__(self, protocol: object) -> object:
+        raise TypeError("a SecureRandom cannot be pickled or copied: two copies would repeat the same stream")
+
+    def _check_process(self) -> None:
+        if os.getpid() != self._pid:
+            raise TrainingError("a secure generator was inherited by a forked process; create one per process")
+
+    def words(self, n: int) -> torch.Tensor:
+        """``n`` fresh 64-bit words (int64, CPU) in a new tensor."""
+        self._check_process()
+        if n == 0:
+            return torch.empty(0, dtype=torch.int64)
+        buffer = bytearray(8 * n)
+        self._streams[0].fill(buffer)
+        return torch.frombuffer(buffer, dtype=torch.int64)
+
+    def uniform(self, n: int) -> torch.Tensor:
+        """``n`` uniforms in (0, 1] (float64): (floor(w/2^11) + 2^52 + 1) / 2^53."""
+        return _uniform_from(self.words(n))
+
+    def bernoulli(self, n: int, p: float) -> torch.Tensor:
+        """``n`` independent Bernoulli(p) draws (bool): u < p."""
+        return self.uniform(n) < p
+
+    def gaussian(self, n: int, std: float, *, dtype: torch.dtype = torch.float64,
+                 device: torch.device | str = "cpu") -> torch.Tensor:
+        """``n`` draws of N(0, std²) as std/2 · (z1 + z2 + z3 + z4), computed in float64 on ``device``.
+
+        In chunks, spread over one worker thread per torch thread (at most 8), each reading its
+        own keystream."""
+        self._check_process()
+        device = torch.device(device)
+        out = torch.empty(n, dtype=dtype, device=device)
+        size = _CHUNK["cuda" if device.type == "cuda" else "cpu"]
+        chunks = [(start, min(size, n - start)) for start in range(0, n, size)]
+        workers = max(1, min(len(chunks), torch.get_num_threads(), _MAX_WORKERS))
+        while len(self._streams) < workers:
+            self._streams.append(_Keystream())
+
+        def work(worker: int) -> None:
+            stream = self._streams[worker]
+            scratch = stream.float_scratch(NORMALS_PER_NOISE * min(size, n), device)
+            for start, m in chunks[worker::workers]:
+                words = stream.scratch_words(NORMALS_PER_NOISE * m).view(NORMALS_PER_NOISE, m).to(device)
+                out[start:start + m] = _four_normal_noise(words, std, scratch[:words.numel()].view(words.shape))
+
+        if workers == 1:
+            work(0)
+            return out
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(work, range(workers)))
+        return out
+
+    def noise_like(self, references: Sequence[torch.Tensor], std: float) -> list[torch.Tensor]:
+        """Fresh N(0, std²) noise shaped, typed and placed like each of ``references``: one draw per
+        (dtype, device), split into the references' shapes."""
+        groups: dict[tuple[torch.dtype, torch.device], list[int]] = {}
+        for i, ref in enumerate(references):
+            groups.setdefault((ref.dtype, ref.device), []).append(i)
+        noise: dict[int, torch.Tensor] = {}
+        for (dtype, device), members in groups.items():
+            sizes = [references[i].numel() for i in members]
+            flat = self.gaussian(sum(sizes), std, dtype=dtype, device=device)
+            noise.update({i: piece.view(references[i].shape) for i, piece in zip(members, flat.split(sizes))})
+        return [noise[i] for i in range(len(references))]
+
+
+def _uniform_from(words: torch.Tensor) -> torch.Tensor:
+    """u = (floor(w / 2^11) + 2^52 + 1) / 2^53 in (0, 1], exactly (every step is exact in float64)."""
+    return (words >> _SHIFT).to(torch.float64).mul_(_INV_2_53).add_(_HALF_PLUS)
+
+
+def _four_normal_noise(words: torch.Tensor, std: float, scratch: torch.Tensor) -> torch.Tensor:
+    """std/2 · (z1 + z2 + z3 + z4) from 4 words per value: rows 0-1 radii, rows 2-3 angles.
+
+    Pair k gives z + z' = √2·r_k·sin(theta_k) (see the module doc), so the sum is
+    std/√2 · (r_1 sin theta_1 + r_2 sin theta_2) = s_1 sin theta_1 + s_2 sin theta_2 with
+    s_k = sqrt(-std² ln u_k). ``words`` is overwritten; ``scratch`` is float64 of the same shape."""
+    v = scratch.copy_(words.bitwise_right_shift_(_SHIFT))  # exact: |v| < 2^52
+    radius = v[:WORDS_PER_NORMAL_PAIR].mul_(_INV_2_53).add_(_HALF_PLUS).log_().mul_(-std * std).sqrt_()
+    sine = v[WORDS_PER_NORMAL_PAIR:].mul_(_ANGLE).sin_()
+    return torch.addcmul(radius[0] * sine[0], radius[1], sine[1])
+
+
+class SecurePoissonSampler(UniformWithReplacementSampler):
+    """Opacus's Poisson batch sampler driven by a :class:`SecureRandom`: each record joins each batch
+    independently with probability q; ``int(1/q)`` batches per epoch, empty ones included."""
+
+    def __init__(self, *, num_samples: int, sample_rate: float, rng: SecureRandom) -> None:
+        if not 0 < sample_rate <= 1:
+            raise TrainingError(f"sample rate must be in (0, 1], got {sample_rate}")
+        super().__init__(num_samples=num_samples, sample_rate=sample_rate, generator=None)
+        self.rng = rng
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for _ in range(self.steps):
+            yield torch.nonzero(self.rng.bernoulli(self.num_samples, self.sample_rate)).flatten().tolist()

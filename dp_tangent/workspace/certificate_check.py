@@ -1,0 +1,92 @@
+"""Checking a deletion certificate at any later time: the deletion still holds in the workspace.
+
+For a completed certificate: the audit log still extends the checkpoint embedded after the deletion
+(RFC 9162 consistency proof) and holds the deletion entry for this request; no current component's
+manifest holds any of the certified commitments; no composed model includes a removed component;
+and every commitment is still on the tombstone list, so no later training can have used it. Only
+commitments are compared: the certificate never holds raw record ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from ..components.component import read_metadata
+from .certificates import DeletionCertificate
+from .checkpoint import Checkpoint, extends, origin_of
+from .deletion_requests import ForgetError
+from .tombstones import Tombstones
+
+if TYPE_CHECKING:
+    from .store import Workspace
+
+
+@dataclass(frozen=True)
+class CertificateCheck:
+    """Outcome of :func:`check_certificate`: ``ok`` iff no problem."""
+
+    request_id: str
+    problems: tuple[str, ...]
+    commitments: int
+    components_checked: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def __str__(self) -> str:
+        if self.ok:
+            return (f"certificate {self.request_id} holds: the audit log extends its checkpoint; none of the "
+                    f"{self.components_checked} current components holds any of its {self.commitments} record(s); "
+                    "no model includes a removed component; the records are still tombstoned")
+        return "\n".join([f"certificate {self.request_id} does NOT hold ({len(self.problems)} problem(s)):"]
+                         + [f"  {p}" for p in self.problems])
+
+
+def load_certificate(path: Path) -> DeletionCertificate:
+    try:
+        return DeletionCertificate.model_validate_json(path.read_bytes())
+    except OSError as err:
+        raise ForgetError(f"cannot read the certificate {path}: {err.strerror}") from None
+    except (ValidationError, ValueError) as err:
+        raise ForgetError(f"{path} is not a deletion certificate (the .json file; {type(err).__name__})") from None
+
+
+def check_certificate(ws: "Workspace", cert: DeletionCertificate) -> CertificateCheck:
+    """Re-check ``cert`` against the workspace as it is now (see the module doc)."""
+    if cert.key_id != ws.key_id:
+        raise ForgetError(f"certificate {cert.request_id} was issued under key {cert.key_id}, not this workspace's "
+                          f"({ws.key_id}): check it against the workspace that issued it")
+    if cert.status != "completed" or cert.checkpoint is None:
+        raise ForgetError(f"certificate {cert.request_id} is {cert.status} and has no checkpoint: only a completed "
+                          "deletion can be checked")
+    problems: list[str] = []
+    entries = ws.audit.entries()
+    point = cert.checkpoint
+    if point.origin != origin_of(ws.info.manifest_key_id):
+        problems.append(f"its checkpoint is of another workspace ({point.origin})")
+    why = extends([e.hash for e in entries], Checkpoint(point.origin, point.size, point.root))
+    if why:
+        problems.append(why)
+    if not any(e.operation == "deletion" and e.parameters.get("request_id") == cert.request_id
+               for e in entries[:point.size]):
+        problems.append(f"the audit log holds no deletion entry for request {cert.request_id} before its checkpoint")
+    doomed = set(cert.record_commitments)
+    components = sorted(p.name[:-len(".safetensors")] for p in ws.components_dir.glob("*.safetensors"))
+    for name in components:
+        held = doomed & set(read_metadata(ws.component_path(name)).manifest.commitments)
+        if held:
+            problems.append(f"component {name!r} holds {len(held)} of the deleted record(s)")
+    removed = {r.name for r in cert.components_removed}
+    for model in sorted(p.stem for p in ws.models_dir.glob("*.json")):
+        used = removed & set(ws.model_record(model).component_names)
+        if used:
+            problems.append(f"model {model!r} includes removed component(s) {sorted(used)}")
+    lost = doomed - set(Tombstones(ws.root).read())
+    if lost:
+        problems.append(f"{len(lost)} of the deleted record(s) are no longer tombstoned: later training may use them")
+    return CertificateCheck(cert.request_id, tuple(problems), len(doomed), len(components))

@@ -1,0 +1,160 @@
+"""Release bundles: what leaves the workspace -- a composed model's deltas, the reference of its base
+model and its privacy statement, and nothing else that depends on the data.
+
+``DIR/deltas.safetensors`` holds the composed deltas (base-model parameter names); ``DIR/release.json``
+the base model's spec, theta0's sha256, the ``trainable`` selection, the deltas' digests and the
+guarantee: (epsilon, delta) per record under add-or-remove-one, covering every run that read any of
+the model's records (:meth:`privacy_accounting.Ledger.model_guarantee`). Left out on purpose:
+record manifests and commitments, record counts, sampling rates, step counts and noise multipliers
+(each is set from a shard's size), seeds and keys, component files and per-record figures. The
+bundle is written to a new directory outside the workspace, atomically (a temporary sibling
+renamed into place), and the release is appended to the audit log with the bundle's digests.
+"""
+
+from __future__ import annotations
+
+import getpass
+import math
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict
+from safetensors.torch import save
+
+from ..components.component import deltas_digest
+from ..io import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_file
+from .names import WorkspaceError
+
+if TYPE_CHECKING:
+    from .store import Workspace
+
+FORMAT = "dp-tangent-release/1"
+DELTAS_FILE = "deltas.safetensors"
+STATEMENT_FILE = "release.json"
+RELATION = "add or remove one record"
+NOT_INCLUDED = (
+    "record manifests or record commitments",
+    "record counts of any shard",
+    "sampling rates, step counts and noise multipliers (each is set from a shard's size)",
+    "seeds, keys or any other randomness",
+    "component files, shard names and per-record figures",
+)
+CAVEATS = (
+    "Each training run's sampling rate and number of steps were set from its shard's size, which this bundle "
+    "does not disclose; as in standard DP-SGD accounting, the guarantee treats those settings as fixed.",
+    "The guarantee bounds what the released deltas reveal about one record; the base model is public and "
+    "identified by its sha256.",
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ReleasedBase(_Strict):
+    spec: dict[str, object]
+    weights_sha256: str
+    trainable: str
+
+
+class ReleasedPrivacy(_Strict):
+    differentially_private: bool
+    epsilon: float | None
+    delta: float | None
+    neighbouring_relation: str
+    unit: str
+    accountant: str
+    covers: str
+    statement: str
+
+
+class ReleaseStatement(_Strict):
+    """``release.json``: everything a recipient needs to load and judge the released model."""
+
+    format: Literal["dp-tangent-release/1"] = FORMAT
+    model: str
+    released_at: str
+    base: ReleasedBase
+    deltas_file: str = DELTAS_FILE
+    deltas_sha256: str
+    deltas_file_sha256: str
+    privacy: ReleasedPrivacy
+    not_included: list[str] = list(NOT_INCLUDED)
+    caveats: list[str] = list(CAVEATS)
+
+
+def _privacy(ws: "Workspace", model: str) -> ReleasedPrivacy:
+    guarantee = ws.ledger.model_guarantee(model)
+    sources = sorted({s.data_source for s in guarantee.shards})
+    units = sorted({ws.ledger.data_source(s).unit.value for s in sources}) or ["record"]
+    unit = " and ".join(units)
+    covers = ("every training run that read any record of the model, including runs of components later removed "
+              "or feeding other models; composing components is post-processing and adds nothing")
+    if not math.isfinite(guarantee.epsilon):
+        return ReleasedPrivacy(differentially_private=False, epsilon=None, delta=None, neighbouring_relation=RELATION,
+                               unit=unit, accountant="non-private", covers=covers,
+                               statement=f"Model {model!r} has NO differential-privacy guarantee: a non-private run "
+                                         "read some of its records.")
+    statement = (f"Model {model!r} is (epsilon = {guarantee.epsilon:.4g}, delta = {guarantee.delta:.3g})-"
+                 f"differentially private for each {unit} of its training data: adding or removing any one {unit} "
+                 f"changes the probability of any outcome computed from these deltas by at most a factor "
+                 f"e^{guarantee.epsilon:.3g} (plus {guarantee.delta:.3g}). The bound is the {guarantee.accountant.upper()} "
+                 "accountant's and covers " + covers + ".")
+    return ReleasedPrivacy(differentially_private=True, epsilon=guarantee.epsilon, delta=guarantee.delta,
+                           neighbouring_relation=RELATION, unit=unit, accountant=guarantee.accountant, covers=covers,
+                           statement=statement)
+
+
+def _check_destination(ws: "Workspace", out_dir: Path) -> Path:
+    target = out_dir.expanduser().absolute()
+    root = ws.root.resolve()
+    if target.resolve() == root or root in target.resolve().parents:
+        raise WorkspaceError(f"{out_dir} is inside the workspace {ws.root}: a release must leave it; choose a "
+                             "directory outside")
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise WorkspaceError(f"{out_dir} already exists and is not an empty directory; choose a new one")
+    return target
+
+
+def release(ws: "Workspace", model: str, out_dir: str | os.PathLike[str], *, operator: str | None = None,
+            allow_non_private: bool = False) -> ReleaseStatement:
+    """Write ``model``'s release bundle to the new directory ``out_dir`` and log the release.
+
+    A model some non-private run fed is refused unless ``allow_non_private`` (its statement then
+    says it has no guarantee).
+    """
+    operator = operator or getpass.getuser()
+    with ws.lock():
+        target = _check_destination(ws, Path(out_dir))
+        record, deltas = ws.load_model(model)
+        privacy = _privacy(ws, model)
+        if not privacy.differentially_private and not allow_non_private:
+            raise WorkspaceError(f"model {model!r} has no differential-privacy guarantee (a non-private run read "
+                                 "its records); refusing to release it (allow_non_private=True, or the CLI's "
+                                 "--non-private, releases it labelled as such)")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            deltas_path = staging / DELTAS_FILE
+            atomic_write_bytes(deltas_path, save({n: t.contiguous() for n, t in deltas.items()},
+                                                 metadata={"format": FORMAT}))
+            statement = ReleaseStatement(
+                model=model, released_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                base=ReleasedBase(spec=record.base, weights_sha256=record.base_weights_sha256,
+                                  trainable=record.trainable),
+                deltas_sha256=deltas_digest(deltas), deltas_file_sha256=sha256_file(deltas_path), privacy=privacy)
+            atomic_write_text(staging / STATEMENT_FILE, statement.model_dump_json(indent=2) + "\n")
+            digests = {name: sha256_file(staging / name) for name in (DELTAS_FILE, STATEMENT_FILE)}
+            if target.exists():
+                target.rmdir()  # checked empty above
+            os.rename(staging, target)
+            fsync_dir(target.parent)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        ws.record_release(model, destination=str(target), operator=operator, bundle=digests)
+        return statement

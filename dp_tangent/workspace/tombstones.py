@@ -1,0 +1,69 @@
+"""Tombstones (``tombstones.json``): the commitments of every record a deletion request removed.
+
+A tombstoned record is never trained again in this workspace: every later training run (a new
+recipe, a retry, a retraining after another deletion) drops it from its shard or is refused.
+Only keyed commitments HMAC-SHA256(workspace key, record id) are stored, as in manifests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..io import atomic_write_text
+from .names import WorkspaceError
+
+FILE = "tombstones.json"
+FORMAT = "dp-tangent-tombstones/1"
+
+
+class Tombstone(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    request_id: str
+    deleted_at: str
+
+
+class TombstoneFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    format: Literal["dp-tangent-tombstones/1"] = FORMAT
+    records: dict[str, Tombstone] = {}
+
+
+@dataclass(frozen=True)
+class Tombstones:
+    """The tombstone list of the workspace at ``root``; :meth:`add` rewrites it atomically."""
+
+    root: Path
+
+    @property
+    def path(self) -> Path:
+        return self.root / FILE
+
+    def read(self) -> dict[str, Tombstone]:
+        """Commitment -> the request that deleted it (empty when no record was ever deleted)."""
+        if not self.path.exists():
+            return {}
+        try:
+            return dict(TombstoneFile.model_validate_json(self.path.read_bytes()).records)
+        except (ValidationError, ValueError) as err:
+            raise WorkspaceError(f"{self.path} is not a valid tombstone list ({type(err).__name__}); restore it "
+                                 "from a backup: deleted records must stay deleted") from err
+
+    def add(self, commitments: Iterable[str], *, request_id: str, deleted_at: str) -> list[str]:
+        """Tombstone ``commitments`` (those already there keep their first request); returns the new ones."""
+        current = self.read()
+        new = sorted(set(commitments) - set(current))
+        if new:
+            current.update({c: Tombstone(request_id=request_id, deleted_at=deleted_at) for c in new})
+            text = TombstoneFile(records=dict(sorted(current.items()))).model_dump_json(indent=2) + "\n"
+            atomic_write_text(self.path, text)
+        return new
+
+    def requests_for(self, commitments: Iterable[str]) -> dict[str, str]:
+        """For each tombstoned commitment among ``commitments``: the request that deleted it."""
+        current = self.read()
+        return {c: current[c].request_id for c in commitments if c in current}

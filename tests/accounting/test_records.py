@@ -1,0 +1,108 @@
+"""Per-record accounting: events charge the records they read; overlapping shards are refused or charged."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from privacy_accounting import (
+    BudgetExceededError,
+    Ledger,
+    RecordOverlapError,
+    ReservationRequest,
+    compose_events,
+    dp_sgd_event,
+    epsilon_bounds,
+)
+
+DELTA = 1e-5
+RUN = dp_sgd_event(1.2, 0.02, 100)
+RETRAIN = dp_sgd_event(1.2, 0.02, 60)
+RECORDS = frozenset(f"r{i}" for i in range(200))
+
+
+def request(shard: str, component: str, records: frozenset[str] = RECORDS, event=RUN,
+            purpose: str = "training") -> ReservationRequest:
+    return ReservationRequest(data_source="digits", shard=shard, event=event, delta=DELTA, purpose=purpose,
+                              operator="alice", component=component, records=records)
+
+
+def eps(*events) -> float:
+    return epsilon_bounds(compose_events(list(events)), DELTA).epsilon
+
+
+def test_the_same_records_as_three_shards_are_refused_and_nothing_is_written(ledger: Ledger) -> None:
+    """Review finding 2: 200 records trained as three 'disjoint' shards were each accepted."""
+    with pytest.raises(RecordOverlapError, match=r"shard 'shard-1' of data source 'digits' overlaps other shards: "
+                                                 r"200 record\(s\) with shard 'shard-0'") as info:
+        ledger.reserve_all([request(f"shard-{k}", f"c{k}") for k in range(3)])
+    assert "\n" not in str(info.value) and info.value.overlaps == {"shard-0": 200}
+    assert ledger.events() == []
+    ledger.reserve_all([request("shard-0", "c0")])
+    with pytest.raises(RecordOverlapError, match="5 record"):  # later runs too, and partial overlaps
+        ledger.reserve_all([request("shard-1", "c1", frozenset(f"r{i}" for i in range(195, 260)))])
+    assert [e.component for e in ledger.events()] == ["c0"]
+
+
+def test_allowed_overlap_is_charged_by_sequential_composition(ledger: Ledger) -> None:
+    ledger.reserve_all([request(f"shard-{k}", f"c{k}") for k in range(3)], allow_overlap=True)
+    ledger.register_model("m", ["c0", "c1", "c2"])
+    guarantee = ledger.model_guarantee("m", delta=DELTA)
+    # Parallel composition would claim eps(RUN); every record was read three times.
+    assert guarantee.epsilon == pytest.approx(eps(RUN, RUN, RUN))
+    assert guarantee.epsilon > 1.5 * eps(RUN)
+    (bounds, count), = ledger.record_guarantees("digits", DELTA)
+    assert count == 200 and bounds.epsilon == pytest.approx(eps(RUN, RUN, RUN))
+
+
+def test_disjoint_shards_compose_in_parallel(ledger: Ledger) -> None:
+    halves = [frozenset(f"r{i}" for i in range(k, 200, 2)) for k in range(2)]
+    ledger.reserve_all([request(f"shard-{k}", f"c{k}", halves[k]) for k in range(2)])
+    ledger.register_model("m", ["c0", "c1"])
+    assert ledger.model_guarantee("m", delta=DELTA).epsilon == pytest.approx(eps(RUN))
+
+
+def test_a_record_removed_before_retraining_is_not_charged_again(ledger: Ledger) -> None:
+    ledger.reserve_all([request("shard-0", "c0")])
+    ledger.reserve_all([request("shard-0", "c0.r1", RECORDS - {"r7"}, event=RETRAIN,
+                                purpose="retraining_after_deletion")])
+    distribution = {round(b.epsilon, 9): n for b, n in ledger.record_guarantees("digits", DELTA)}
+    assert distribution == {round(eps(RUN, RETRAIN), 9): 199, round(eps(RUN), 9): 1}
+    ledger.register_model("m", ["c0.r1"])
+    guarantee = ledger.model_guarantee("m", delta=DELTA)
+    # The replaced component's run read the model's records too: it is counted.
+    assert guarantee.epsilon == pytest.approx(eps(RUN, RETRAIN))
+    (shard,) = guarantee.shards
+    assert shard.model_bounds.epsilon == pytest.approx(eps(RETRAIN))
+
+
+def test_per_record_budget_binds_records_charged_by_another_shard(ledger: Ledger) -> None:
+    assert eps(RUN, RUN) > 1.1 * eps(RUN)
+    ledger.set_budget("digits", None, epsilon=1.1 * eps(RUN), delta=DELTA)
+    ledger.reserve_all([request("shard-0", "c0")])
+    # shard-1 has spent nothing, but its records were all read by shard-0's run already.
+    with pytest.raises(BudgetExceededError, match="shard 'shard-"):
+        ledger.reserve_all([request("shard-1", "c1")], allow_overlap=True)
+    assert [e.component for e in ledger.events()] == ["c0"]
+    ledger.reserve_all([request("shard-1", "c1", frozenset({"other"}))], allow_overlap=True)
+
+
+def test_a_version_1_ledger_is_upgraded_in_place_and_its_events_read_their_whole_shard(ledger_path: Path) -> None:
+    old = Ledger.open(ledger_path)
+    old.reserve(data_source="digits", shard="shard-0", event=RUN, delta=DELTA, purpose="training",
+                operator="alice", component="c0")
+    with sqlite3.connect(ledger_path) as conn:  # what the previous release wrote
+        conn.execute("DROP TABLE event_records")
+        conn.execute("ALTER TABLE events DROP COLUMN records_read")
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+        conn.execute("PRAGMA user_version = 1")
+    ledger = Ledger.open(ledger_path)
+    (event,) = ledger.events()
+    assert event.records_read is None
+    ledger.reserve_all([request("shard-0", "c0.r1", event=RETRAIN)])
+    ledger.register_model("m", ["c0.r1"])
+    assert ledger.model_guarantee("m", delta=DELTA).epsilon == pytest.approx(eps(RUN, RETRAIN))
+    with sqlite3.connect(ledger_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2

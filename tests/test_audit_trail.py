@@ -1,0 +1,313 @@
+"""The audit trail sees what users do, with relative and absolute workspace paths (audit review finding 1)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import run_cli
+
+from dp_tangent.data import RecordSet
+from dp_tangent.training import PrivacySpec, TrainConfig
+from dp_tangent.workspace import Workspace
+from dp_tangent.workspace.audit_log import verify
+
+FAST = TrainConfig(epochs=1, batch_size=16, lr=0.1)
+
+
+def records(k: int, n: int = 32) -> RecordSet:
+    gen = torch.Generator().manual_seed(k)
+    x = torch.randn(n, 8, generator=gen)
+    return RecordSet(x, (x[:, 0] > 0).long(), tuple(f"rec-{k}-{i}" for i in range(n)))
+
+
+@pytest.fixture(params=["relative", "absolute"])
+def ws(request, tmp_path, monkeypatch, mlp_backbone) -> Workspace:
+    monkeypatch.chdir(tmp_path)
+    ws = Workspace.create("relws" if request.param == "relative" else tmp_path / "absws")
+    for k in range(2):
+        ws.train(mlp_backbone, None, records(k), data_source="toy", shard=f"s{k}", name=f"c{k}",
+                 privacy=PrivacySpec(noise_multiplier=1.0), config=FAST)
+    ws.train(mlp_backbone, None, records(9), data_source="toy", shard="public", name="ref",
+             privacy=PrivacySpec(epsilon=float("inf")), config=FAST)
+    ws.compose_model("m", ["c0", "c1"])
+    return ws
+
+
+def test_every_artifact_is_logged_with_its_path_and_hash(ws) -> None:
+    logged = {a.path: a.sha256 for e in ws.audit.entries() for a in e.outputs if a.path}
+    for path in ("components/c0.safetensors", "components/c1.safetensors", "models/m.json",
+                 "models/m.safetensors", "workspace.json"):
+        assert logged.get(path), (path, logged)
+    assert verify(ws).ok and verify(ws).artifacts_checked >= 5
+
+
+def test_swapping_a_component_for_the_non_private_one_is_caught(ws) -> None:
+    shutil.copyfile(ws.component_path("ref"), ws.component_path("c0"))
+    report = verify(ws)
+    assert not report.ok and any("components/c0.safetensors" in str(p) for p in report.problems)
+
+
+@pytest.mark.parametrize("target", ["models/m.safetensors", "models/m.json"])
+def test_a_flipped_byte_in_a_model_is_caught(ws, target: str) -> None:
+    path = ws.root / target
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    report = verify(ws)
+    assert not report.ok and any(target in str(p) for p in report.problems)
+
+
+def test_the_workspace_root_is_absolute_whatever_the_user_typed(ws, tmp_path) -> None:
+    assert ws.root.is_absolute() and ws.root.parent == Path(tmp_path)
+    assert Workspace.open(ws.root.name).root == ws.root
+
+
+# -- truncation and rollback, against a checkpoint kept outside the workspace (finding 2) ------------
+
+def _cli(capsys, *args: str) -> tuple[int, str]:
+    code, out, err = run_cli(capsys, *args)
+    return code, out + err
+
+
+@pytest.fixture
+def checkpointed(ws, tmp_path, capsys) -> tuple[Workspace, Path, str]:
+    """The workspace, a checkpoint of its log signed with a key outside it, and the verifier key."""
+    key = tmp_path / "keys" / "signing.key"
+    key.parent.mkdir()
+    code, vkey = _cli(capsys, "audit", "keygen", str(key), "--name", "acme-dpo")
+    assert code == 0 and vkey.startswith("acme-dpo+")
+    note = tmp_path / "keys" / "checkpoint-1.txt"
+    code, out = _cli(capsys, "audit", "checkpoint", "--key", str(key), "-o", str(note), "-w", str(ws.root))
+    assert code == 0 and out == note.read_text() and note.read_text().startswith("dp-tangent.workspace/")
+    return ws, note, vkey.strip()
+
+
+def test_a_log_that_only_grew_extends_its_checkpoint(checkpointed, mlp_backbone, capsys) -> None:
+    ws, note, vkey = checkpointed
+    ws.compose_model("m2", ["c1"])
+    code, out = _cli(capsys, "audit", "verify", "--checkpoint", str(note), "--verifier-key", vkey,
+                     "-w", ws.root.name)
+    assert code == 0 and "extends checkpoint" in out and "signature verified" in out, out
+
+
+@pytest.mark.parametrize("damage", ["truncate to 2 lines", "empty the log", "roll the workspace back"])
+def test_truncation_emptying_and_rollback_fail_against_a_checkpoint(checkpointed, tmp_path, capsys,
+                                                                    damage: str) -> None:
+    ws, note, vkey = checkpointed
+    log = ws.audit_log_path
+    if damage == "roll the workspace back":
+        old = tmp_path / "old-copy"
+        shutil.copytree(ws.root, old)  # an older copy of the whole workspace...
+        ws.compose_model("m2", ["c1"])
+        code, _ = _cli(capsys, "audit", "checkpoint", "--key", str(tmp_path / "keys" / "signing.key"),
+                       "-o", str(note), "-w", str(ws.root))  # ...the auditor holds a later checkpoint
+        assert code == 0
+        shutil.rmtree(ws.root)
+        shutil.copytree(old, ws.root)
+    else:
+        lines = log.read_bytes().splitlines(keepends=True)
+        log.write_bytes(b"".join(lines[:2]) if damage == "truncate to 2 lines" else b"")
+    code, out = _cli(capsys, "audit", "verify", "--checkpoint", str(note), "--verifier-key", vkey, "-w", str(ws.root))
+    assert code == 1, out
+    assert "entries were removed" in out or "rolled back" in out, out
+
+
+def test_a_forged_or_foreign_checkpoint_is_refused(checkpointed, tmp_path, capsys) -> None:
+    ws, note, vkey = checkpointed
+    other_key = tmp_path / "other.key"
+    _, other_vkey = _cli(capsys, "audit", "keygen", str(other_key))
+    code, out = _cli(capsys, "audit", "verify", "--checkpoint", str(note), "--verifier-key", other_vkey.strip(),
+                     "-w", str(ws.root))
+    assert code == 2 and "signature does not verify" in out
+    forged = note.read_text().replace("\n2", "\n1", 1) if "\n2" in note.read_text() else note.read_text() + "x"
+    (tmp_path / "forged.txt").write_text(forged)
+    code, out = _cli(capsys, "audit", "verify", "--checkpoint", str(tmp_path / "forged.txt"), "--verifier-key", vkey,
+                     "-w", str(ws.root))
+    assert code == 2 and out.count("\n") == 1, out
+    foreign = Workspace.create(tmp_path / "foreign")
+    code, out = _cli(capsys, "audit", "verify", "--checkpoint", str(note), "-w", str(foreign.root))
+    assert code == 2 and "another workspace" in out
+    code, out = _cli(capsys, "audit", "keygen", str(other_key))
+    assert code == 2 and "never overwritten" in out
+
+
+# -- the operator's workflow (finding 5) -----------------------------------------------------------
+
+def test_init_creates_a_workspace_and_errors_point_to_it(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out = _cli(capsys, "budget", "show", "-w", "ws")
+    assert code == 2 and "dp-tangent init -w PATH" in out and out.count("\n") == 1
+    code, out = _cli(capsys, "init", "-w", "ws")
+    assert code == 0 and (tmp_path / "ws" / "workspace.json").is_file() and verify(tmp_path / "ws").ok
+    code, out = _cli(capsys, "init", "-w", "ws")
+    assert code == 2 and "already exists" in out
+
+
+def test_budget_set_is_limited_to_declared_sources_and_shards(ws, capsys) -> None:
+    for target, message in (("../evil", "no data source '..'"), ("nope", "no data source 'nope'"),
+                            ("toy/s9", "has no shard 's9'")):
+        code, out = _cli(capsys, "budget", "set", target, "5", "-w", str(ws.root))
+        assert code == 2 and message in out and out.count("\n") == 1, out
+    assert ws.ledger.budgets() == []
+    code, out = _cli(capsys, "budget", "set", "toy/s0", "5", "-w", str(ws.root))
+    assert code == 0 and [(b.data_source, b.shard) for b in ws.ledger.budgets()] == [("toy", "s0")]
+
+
+def test_forget_records_when_the_request_was_received(ws, capsys) -> None:
+    code, out = _cli(capsys, "forget", "rec-0-1", "--request-id", "r1", "--received-at", "2026-10-01",
+                     "-w", str(ws.root))
+    assert code == 0, out
+    cert = json.loads((ws.root / "certificates" / "r1.json").read_text())
+    assert cert["received_at"].startswith("2026-10-01T00:00:00") and cert["deadlines"]["gdpr"] == "2026-11-01"
+    assert cert["on_time"] is False  # served after the one-month deadline: the certificate says so
+    for when, message in (("2026-10-01T09:00", "no timezone"), ("2999-01-01", "in the future"),
+                          ("yesterday", "not an ISO date")):
+        code, out = _cli(capsys, "forget", "rec-1-1", "--received-at", when, "-w", str(ws.root))
+        assert code == 2 and message in out, out
+
+
+def test_an_id_found_nowhere_is_flagged_with_its_own_exit_code(ws, capsys) -> None:
+    code, out = _cli(capsys, "forget", "digit-42", "--request-id", "typo", "-w", str(ws.root))
+    assert code == 3 and "NOT FOUND: 1 of 1" in out and "not found in any component" in out
+
+
+def test_a_failed_retraining_says_the_request_stays_open_and_how_to_finish(ws, capsys) -> None:
+    code, out = _cli(capsys, "forget", "rec-0-2", "--request-id", "r2", "--retrain", "-w", str(ws.root))
+    assert code == 2 and out.count("\n") == 1, out
+    assert "no loader registered for data source 'toy'" in out and "request r2 stays OPEN" in out
+    assert f"dp-tangent forget rec-0-2 --request-id r2 --retrain -w {ws.root}" in out
+    code, out = _cli(capsys, "requests", "list", "--open", "-w", str(ws.root))
+    assert code == 0 and "r2" in out
+    code, out = _cli(capsys, "forget", "rec-0-2", "--request-id", "r2", "-w", str(ws.root))  # drop, no retraining
+    assert code == 0 and "removed 1 component" in out
+    code, out = _cli(capsys, "requests", "list", "--open", "-w", str(ws.root))
+    assert "r2" not in out
+
+
+def test_requests_list_flags_overdue_requests(ws, capsys) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from dp_tangent.workspace.deletion_requests import DeletionRequest
+    from dp_tangent.workspace.request_register import receive
+
+    old = datetime.now(timezone.utc) - timedelta(days=60)
+    receive(ws, DeletionRequest("late", ("rec-1-3",), old))
+    receive(ws, DeletionRequest("fresh", ("rec-1-4",), datetime.now(timezone.utc)))
+    code, out = _cli(capsys, "requests", "list", "--overdue", "-w", str(ws.root))
+    assert code == 1 and "late" in out and "OVERDUE" in out and "fresh" not in out
+
+
+def test_a_reservation_abandoned_by_a_killed_driver_is_failed_and_logged(ws) -> None:
+    from privacy_accounting import ReservationRequest, dp_sgd_event
+
+    rid = ws.ledger.reserve_all([ReservationRequest(  # what a driver killed after reserving leaves behind
+        data_source="toy", shard="s2", event=dp_sgd_event(1.0, 0.1, 10), delta=1e-5, purpose="training",
+        operator="alice", component="c2")])[0]
+    with ws.lock():  # while a driver holds the workspace, nothing is touched
+        assert Workspace.open(ws.root).ledger.event(rid).status.value == "reserved"
+    reopened = Workspace.open(ws.root)
+    event = reopened.ledger.event(rid)
+    assert event.status.value == "failed" and "abandoned" in event.failure_reason
+    entry = reopened.audit.entries()[-1]
+    assert entry.operation == "reservation_abandoned" and entry.parameters["ledger_reservation"] == rid
+    assert verify(reopened).ok
+
+
+# -- the ledger is bound to the log (finding 3) ----------------------------------------------------
+
+def _sql(ws: Workspace, statement: str) -> None:
+    import sqlite3
+
+    with sqlite3.connect(ws.ledger_path) as conn:
+        conn.execute(statement)
+
+
+@pytest.mark.parametrize("tamper, table", [
+    ("DELETE FROM events WHERE component = 'c1'", "events"),
+    ("UPDATE events SET event_json = replace(event_json, '\"noise_multiplier\":1.0', '\"noise_multiplier\":10.0') "
+     "WHERE component = 'c0'", "events"),
+    ("INSERT INTO budgets (data_source, shard, epsilon, delta, updated_at) VALUES ('toy', 's0', 1000, 1e-5, 'x')",
+     "budgets"),
+    ("DELETE FROM event_records WHERE rowid IN (SELECT rowid FROM event_records LIMIT 3)", "event_records"),
+])
+def test_editing_the_ledger_behind_the_tools_back_fails_verification(ws, capsys, tamper: str, table: str) -> None:
+    assert ws.audit.verify().ok
+    before = dict(ws.ledger.state_digest())
+    _sql(ws, tamper)
+    assert ws.ledger.state_digest()[table] != before[table]  # the edit took effect
+    report = ws.audit.verify()
+    assert not report.ok and any(f"ledger table '{table}'" in str(p) for p in report.problems), str(report)
+    code, out = _cli(capsys, "audit", "verify", "-w", str(ws.root))
+    assert code == 1 and f"ledger table '{table}'" in out
+
+
+def test_every_problem_is_reported_not_just_the_first(ws) -> None:
+    for target in ("models/m.safetensors", "components/c1.safetensors"):
+        path = ws.root / target
+        path.write_bytes(path.read_bytes()[:-1] + b"\x00")
+    _sql(ws, "DELETE FROM budgets")
+    _sql(ws, "DELETE FROM models")
+    text = str(ws.audit.verify())
+    for needle in ("models/m.safetensors", "components/c1.safetensors", "ledger table 'models'"):
+        assert needle in text, text
+
+
+def test_a_file_the_log_does_not_account_for_fails_verification(ws, capsys) -> None:
+    shutil.copyfile(ws.component_path("c0"), ws.components_dir / "c9.safetensors")  # never trained here
+    (ws.root / "reports").mkdir()
+    (ws.root / "reports" / "r.html").write_text("derived output is not an artifact")
+    report = ws.audit.verify()
+    assert not report.ok and [str(p).split(": ", 1)[1] for p in report.problems] == [
+        "file components/c9.safetensors is not accounted for by the log (added or restored behind the tool's back)"]
+    (ws.components_dir / "c9.safetensors").unlink()
+    assert ws.audit.verify().ok
+
+
+# -- certificates can be checked years later (finding 4) --------------------------------------------
+
+def test_a_certificate_verifies_later_and_fails_once_the_record_comes_back(ws, capsys, mlp_backbone) -> None:
+    code, out = _cli(capsys, "forget", "rec-0-5", "--request-id", "req-7", "-w", str(ws.root))
+    assert code == 0, out
+    cert = ws.certificates_dir / "req-7.json"
+    assert json.loads(cert.read_text())["checkpoint"]["size"] == len(ws.audit.entries()) - 1
+    assert "Audit log checkpoint after the deletion" in (ws.certificates_dir / "req-7.txt").read_text()
+    ws.compose_model("later", ["c1"])  # the log grows: still fine
+    code, out = _cli(capsys, "certificate", "verify", str(cert), "-w", str(ws.root))
+    assert code == 0 and "certificate req-7 holds" in out, out
+    assert ws.audit.verify().ok
+    # The record comes back: its tombstone is removed behind the tool's back, and it is trained again.
+    tombstones = ws.root / "tombstones.json"
+    data = json.loads(tombstones.read_text())
+    data["records"] = {}
+    tombstones.write_text(json.dumps(data))
+    ws.train(mlp_backbone, None, records(0), data_source="toy", shard="s0", name="c0-again",
+             privacy=PrivacySpec(noise_multiplier=1.0), config=FAST)
+    code, out = _cli(capsys, "certificate", "verify", str(cert), "-w", str(ws.root))
+    assert code == 1, out
+    assert "component 'c0-again' holds 1 of the deleted record(s)" in out and "no longer tombstoned" in out
+    assert not ws.audit.verify().ok  # and the audit log saw the edited tombstone list
+
+
+def test_a_certificate_fails_against_a_rolled_back_log(ws, capsys) -> None:
+    _cli(capsys, "forget", "rec-1-2", "--request-id", "req-8", "-w", str(ws.root))
+    cert = ws.certificates_dir / "req-8.json"
+    kept = cert.read_bytes()
+    log = ws.audit_log_path.read_bytes().splitlines(keepends=True)
+    ws.audit_log_path.write_bytes(b"".join(log[:4]))  # truncated to before the deletion
+    code, out = _cli(capsys, "certificate", "verify", str(cert), "-w", str(ws.root))
+    assert code == 1 and "entries were removed" in out and cert.read_bytes() == kept
+
+
+def test_a_flipped_byte_in_a_certificate_is_caught(ws, capsys) -> None:
+    code, _ = _cli(capsys, "forget", "rec-0-4", "--request-id", "req-9", "-w", str(ws.root))
+    assert code == 0 and ws.audit.verify().ok
+    path = ws.certificates_dir / "req-9.json"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    path.write_bytes(bytes(data))
+    report = ws.audit.verify()
+    assert not report.ok and any("certificates/req-9.json" in str(p) for p in report.problems)

@@ -1,0 +1,257 @@
+"""The printed guarantee is true: per-record accounting, no overlap by accident, deleted means deleted,
+and a release bundle that carries nothing but the DP output (privacy review findings 2, 3 and 4)."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from dp_tangent.cli import main
+from dp_tangent.components.component import read_metadata
+from dp_tangent.components.manifest import commit
+from dp_tangent.data import RecordSet
+from dp_tangent.training import PrivacySpec, TrainConfig
+from dp_tangent.workspace import ShardJob, Workspace, WorkspaceError
+from dp_tangent.workspace.audit_log import verify
+from dp_tangent.workspace.deletion_requests import DeletionRequest
+from dp_tangent.workspace.forget import forget
+from dp_tangent.workspace.tombstones import Tombstones
+from privacy_accounting import RecordOverlapError, compose_events, epsilon_bounds
+
+FAST = TrainConfig(epochs=1, batch_size=16, lr=0.1)
+PRIVATE = PrivacySpec(noise_multiplier=1.0)
+NOW = datetime(2026, 11, 30, 9, 0, tzinfo=timezone.utc)
+
+
+def records(k: int, n: int = 48) -> RecordSet:
+    gen = torch.Generator().manual_seed(k)
+    x = torch.randn(n, 8, generator=gen)
+    return RecordSet(x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long(), tuple(f"rec-{k}-{i}" for i in range(n)))
+
+
+def composed_epsilon(ws: Workspace, *components: str) -> float:
+    events = [e for c in components for e in ws.ledger.events(component=c)]
+    return epsilon_bounds(compose_events([e.event for e in events]), events[0].delta).epsilon
+
+
+def test_the_same_records_as_three_shards_are_refused_before_anything_is_spent(tmp_path, mlp_backbone) -> None:
+    """Finding 2: three 'shards' holding the same 200 records were each accepted under one budget."""
+    ws = Workspace.create(tmp_path / "ws")
+    same = records(0, 200)
+    jobs = [ShardJob(f"c{k}", f"shard-{k}", same) for k in range(3)]
+    with pytest.raises(RecordOverlapError, match=r"overlaps other shards: 200 record\(s\) with shard 'shard-0'"):
+        ws.train_all(mlp_backbone, None, jobs, data_source="toy", privacy=PRIVATE, config=FAST)
+    assert ws.ledger.events() == [] and ws.list_components() == []
+    # A later run on another shard holding some of shard-0's records is refused too.
+    ws.train(mlp_backbone, None, same, data_source="toy", shard="shard-0", name="c0", privacy=PRIVATE, config=FAST)
+    with pytest.raises(RecordOverlapError, match="20 record"):
+        ws.train(mlp_backbone, None, RecordSet(same.inputs[:20], same.targets[:20], same.record_ids[:20]),
+                 data_source="toy", shard="shard-1", name="c1", privacy=PRIVATE, config=FAST)
+    assert [e.component for e in ws.ledger.events()] == ["c0"]
+
+
+def test_an_allowed_overlap_is_charged_by_sequential_composition(tmp_path, mlp_backbone) -> None:
+    ws = Workspace.create(tmp_path / "ws")
+    same = records(0, 200)
+    ws.train_all(mlp_backbone, None, [ShardJob(f"c{k}", f"shard-{k}", same) for k in range(3)], data_source="toy",
+                 privacy=PRIVATE, config=FAST, allow_overlap=True)
+    ws.compose_model("m", ["c0", "c1", "c2"])
+    one = ws.load_component("c0").metadata.privacy.epsilon
+    guarantee = ws.ledger.model_guarantee("m")
+    assert guarantee.epsilon == pytest.approx(composed_epsilon(ws, "c0", "c1", "c2"))
+    assert guarantee.epsilon > 1.3 * one  # not the parallel-composition figure
+    report = ws.ledger.record_guarantees("toy", guarantee.delta)
+    assert [(round(b.epsilon, 6), n) for b, n in report] == [(round(guarantee.epsilon, 6), 200)]
+
+
+def test_a_model_guarantee_counts_the_runs_of_removed_components(tmp_path, mlp_backbone) -> None:
+    ws = Workspace.create(tmp_path / "ws")
+    shards = {k: records(k) for k in range(2)}
+    for k, recs in shards.items():
+        ws.train(mlp_backbone, None, recs, data_source="toy", shard=f"s{k}", name=f"c{k}", privacy=PRIVATE,
+                 config=FAST)
+    ws.compose_model("m", ["c0", "c1"])
+    before = ws.ledger.model_guarantee("m").epsilon
+    forget(ws, DeletionRequest("req-1", ("rec-0-3",), NOW), retrain=True, shard_records={"c0": shards[0]},
+           now=NOW)
+    assert ws.model_record("m").component_names == ["c0.r1", "c1"]
+    after = ws.ledger.model_guarantee("m")
+    assert after.binding == ("toy", "s0")
+    assert after.epsilon == pytest.approx(composed_epsilon(ws, "c0", "c0.r1")) and after.epsilon > before
+
+
+def test_a_deleted_record_is_never_trained_again(tmp_path, mlp_backbone) -> None:
+    """Finding 3: after `forget`, training the same data again brought the record back."""
+    ws = Workspace.create(tmp_path / "ws")
+    recs = records(0)
+    ws.train(mlp_backbone, None, recs, data_source="toy", shard="s0", name="c0", privacy=PRIVATE, config=FAST)
+    forget(ws, DeletionRequest("req-1", ("rec-0-3",), NOW), now=NOW)
+    key = ws.manifest_key()
+    assert commit("rec-0-3", key) in Tombstones(ws.root).read()
+    with pytest.raises(WorkspaceError, match=r"shard 's0' holds 1 record\(s\) deleted by request\(s\) req-1"):
+        ws.train(mlp_backbone, None, recs, data_source="toy", shard="s0", name="again", privacy=PRIVATE,
+                 config=FAST)
+    assert not ws.ledger.events(component="again")
+    run = ws.train_all(mlp_backbone, None, [ShardJob("again", "s0", recs)], data_source="toy", privacy=PRIVATE,
+                       config=FAST, deleted="exclude")
+    assert run.excluded_deleted == {"again": 1}
+    meta = read_metadata(ws.component_path("again"))
+    assert meta.manifest.records == len(recs) - 1 and commit("rec-0-3", key) not in meta.manifest.commitments
+    assert verify(ws).ok
+
+
+def test_repeated_deletions_with_retraining_on_one_shard(tmp_path, mlp_backbone) -> None:
+    """The loader re-supplies the whole shard each time; every record deleted so far stays out."""
+    ws = Workspace.create(tmp_path / "ws")
+    recs = records(0)
+    ws.train(mlp_backbone, None, recs, data_source="toy", shard="s0", name="c0", privacy=PRIVATE, config=FAST)
+    ws.compose_model("m", ["c0"])
+    for i, victim in enumerate(("rec-0-3", "rec-0-4", "rec-0-5"), start=1):
+        result = forget(ws, DeletionRequest(f"req-{i}", (victim,), NOW), retrain=True,
+                        shard_records=lambda meta: recs, now=NOW)
+        assert result.found and result.certificate.verification.verified
+    (name,) = ws.list_components()
+    assert name == "c0.r3" and ws.model_record("m").component_names == ["c0.r3"]
+    held = set(read_metadata(ws.component_path(name)).manifest.commitments)
+    key = ws.manifest_key()
+    assert len(held) == len(recs) - 3
+    assert not {commit(r, key) for r in ("rec-0-3", "rec-0-4", "rec-0-5")} & held
+    assert verify(ws).ok
+
+
+def test_an_id_found_nowhere_is_still_tombstoned(tmp_path, mlp_backbone) -> None:
+    ws = Workspace.create(tmp_path / "ws")
+    ws.train(mlp_backbone, None, records(0), data_source="toy", shard="s0", name="c0", privacy=PRIVATE, config=FAST)
+    result = forget(ws, DeletionRequest("req-9", ("rec-1-7",), NOW), now=NOW)
+    assert not result.found
+    with pytest.raises(WorkspaceError, match="req-9"):
+        ws.train(mlp_backbone, None, records(1), data_source="toy", shard="s1", name="c1", privacy=PRIVATE,
+                 config=FAST)
+
+
+def _numbers(value: object) -> list[float]:
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in _numbers(v)]
+    if isinstance(value, list):
+        return [n for v in value for n in _numbers(v)]
+    return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
+
+
+def _keys(value: object) -> set[str]:
+    if isinstance(value, dict):
+        return set(value) | {k for v in value.values() for k in _keys(v)}
+    if isinstance(value, list):
+        return {k for v in value for k in _keys(v)}
+    return set()
+
+
+def test_a_release_bundle_holds_no_manifest_count_or_seed(tmp_path, mlp_backbone, monkeypatch) -> None:
+    """Finding 4: component files carry n and one commitment per record; the release carries neither."""
+    monkeypatch.chdir(tmp_path)
+    ws = Workspace.create("ws")  # relative, as users type it
+    sizes = {k: 40 + 7 * k for k in range(2)}
+    for k, n in sizes.items():
+        ws.train(mlp_backbone, None, records(k, n), data_source="toy", shard=f"s{k}", name=f"c{k}",
+                 privacy=PRIVATE, config=FAST)
+    ws.compose_model("m", ["c0", "c1"])
+    statement = ws.release("m", "out")
+    bundle = tmp_path / "out"
+    assert sorted(p.name for p in bundle.iterdir()) == ["deltas.safetensors", "release.json"]
+    data = json.loads((bundle / "release.json").read_text())
+    assert data["privacy"]["epsilon"] == pytest.approx(ws.ledger.model_guarantee("m").epsilon)
+    assert data["privacy"]["neighbouring_relation"] == "add or remove one record"
+    forbidden = {"manifest", "commitments", "records", "seed", "sample_rate", "steps", "noise_multiplier", "shard",
+                 "components", "key_id"}
+    assert not forbidden & _keys(data), forbidden & _keys(data)
+    for k, n in sizes.items():
+        assert n not in _numbers(data)
+    text = (bundle / "release.json").read_text()
+    for k in sizes:
+        meta = read_metadata(ws.component_path(f"c{k}"))
+        assert meta.manifest.root not in text and meta.manifest.commitments[0] not in text
+    with safe_open(str(bundle / "deltas.safetensors"), "pt") as f:
+        assert f.metadata() == {"format": "dp-tangent-release/1"}
+        loaded = {n: f.get_tensor(n) for n in f.keys()}
+    assert all(torch.equal(loaded[n], t) for n, t in ws.load_model("m")[1].items())
+    assert statement.deltas_sha256 == ws.model_record("m").deltas_sha256
+    entry = ws.audit.entries()[-1]
+    assert entry.operation == "release" and set(entry.parameters["bundle"]) == {"deltas.safetensors", "release.json"}
+
+
+def test_release_mistakes_are_one_line_errors_that_write_nothing(tmp_path, mlp_backbone, monkeypatch,
+                                                                  capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    ws = Workspace.create("ws")
+    ws.train(mlp_backbone, None, records(0), data_source="toy", shard="s0", name="c0", privacy=PRIVATE, config=FAST)
+    ws.train(mlp_backbone, None, records(1), data_source="toy", shard="public", name="ref",
+             privacy=PrivacySpec(epsilon=float("inf")), config=FAST)
+    ws.compose_model("m", ["c0"])
+    ws.compose_model("with-ref", ["c0", "ref"])
+    entries = len(ws.audit.entries())
+    for args, message in ((["release", "m", "-o", "ws/inside", "-w", "ws"], "inside the workspace"),
+                          (["release", "with-ref", "-o", "out", "-w", "ws"], "no differential-privacy guarantee"),
+                          (["release", "nope", "-o", "out", "-w", "ws"], "no model 'nope'")):
+        with pytest.raises(SystemExit) as stop:
+            main(args)
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "ws" / "inside").exists()
+    assert len(ws.audit.entries()) == entries
+    os.mkdir(tmp_path / "taken")
+    (tmp_path / "taken" / "file").write_text("x")
+    with pytest.raises(SystemExit):
+        main(["release", "m", "-o", "taken", "-w", "ws"])
+    assert "not an empty directory" in capsys.readouterr().err
+    main(["release", "with-ref", "-o", "out", "--non-private", "-w", "ws"])
+    assert json.loads((tmp_path / "out" / "release.json").read_text())["privacy"]["differentially_private"] is False
+    assert Path("out/deltas.safetensors").is_file()
+
+
+def test_retraining_from_everything_recorded_does_not_reproduce_a_private_component(tmp_path, mlp_backbone,
+                                                                                   monkeypatch) -> None:
+    """Finding 1: the noise regenerated from the seed stored in the component, log and certificate."""
+    import base64
+
+    import dp_tangent.training.secure_random as secure_random
+
+    keys: list[bytes] = []
+    real = secure_random.os.urandom
+
+    def recording(n: int) -> bytes:
+        key = real(n)
+        keys.append(key)
+        return key
+
+    monkeypatch.setattr(secure_random.os, "urandom", recording)
+    ws = Workspace.create(tmp_path / "ws")
+    recs = records(0, 64)
+    ws.train(mlp_backbone, None, recs, data_source="toy", shard="s0", name="c0", privacy=PRIVATE, config=FAST)
+    forget(ws, DeletionRequest("req-1", ("rec-0-3",), NOW), retrain=True, shard_records={"c0": recs}, now=NOW)
+    meta = read_metadata(ws.component_path("c0.r1"))
+    assert keys and meta.privacy.private and meta.training.seed is None and meta.privacy.secure_mode
+    # Everything the workspace recorded about the run: no seed anywhere, and no key bytes in any file.
+    logged = [e.parameters for e in ws.audit.entries() if e.parameters.get("component") == "c0.r1"]
+    assert logged and all(p.get("seed") is None for p in logged)
+    cert = json.loads((ws.certificates_dir / "req-1.json").read_text())
+    assert [a["seed"] for a in cert["components_added"]] == [None]
+    files = [p.read_bytes() for p in ws.root.rglob("*") if p.is_file()]
+    for key in keys:
+        for form in (key, key.hex().encode(), base64.b64encode(key)):
+            assert not any(form in data for data in files)
+    # Retraining with the recorded settings, in every way a seed could be supplied, gives other deltas.
+    remaining = recs.without(["rec-0-3"])
+    t = meta.training
+    for noise, seed in (("secure", None), ("seeded", 0), ("seeded", 1)):
+        config = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, physical_batch_size=t.physical_batch_size,
+                             lr=t.lr, momentum=t.momentum, seed=seed, noise=noise)
+        again = ws.train(mlp_backbone, None, remaining, data_source="toy", shard="s0", name=f"again-{noise}-{seed}",
+                         privacy=PrivacySpec(noise_multiplier=meta.privacy.noise_multiplier), config=config,
+                         deleted="exclude")
+        assert again.metadata.deltas_sha256 != meta.deltas_sha256

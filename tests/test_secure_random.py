@@ -1,0 +1,268 @@
+"""The secure noise source: its distributions, its key hygiene, and how private and seeded runs are labelled.
+
+The statistical tests draw from a CSPRNG under a fresh key, so they cannot be seeded: each uses a
+fixed significance of ALPHA = 1e-6, i.e. a correct sampler fails one in a million runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import pickle
+
+import dp_accounting
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from opacus import GradSampleModule
+from scipy import stats
+
+from dp_tangent import linearize
+from dp_tangent.components.component import SEEDED_LABEL, load_component, read_metadata
+from dp_tangent.data import RecordSet
+from dp_tangent.training import PrivacySpec, TrainConfig, TrainingError, plan_run, run_sgd, train_component
+from dp_tangent.training import secure_random
+from dp_tangent.training.secure_random import SecurePoissonSampler, SecureRandom
+from dp_tangent.training import sgd
+from dp_tangent.training.sgd import SecureDPOptimizer
+from privacy_accounting import BudgetExceededError, Ledger
+from privacy_accounting.events import is_non_private
+
+ALPHA = 1e-6
+KEY = bytes(range(32))
+NOISY = PrivacySpec(noise_multiplier=1.0)
+
+
+def tiny_records(n: int = 96) -> RecordSet:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 8, generator=gen)
+    return RecordSet(x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long(), tuple(f"rec-{i}" for i in range(n)))
+
+
+# -- distributions --------------------------------------------------------------------------------
+@pytest.fixture(params=[1, 3], ids=["1-thread", "3-threads"])
+def threads(request: pytest.FixtureRequest) -> int:
+    """Noise is made by one worker per torch thread, each with its own keystream: test both paths."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def test_noise_is_gaussian_with_the_asked_std(threads: int) -> None:
+    std, n = 2.5, 1_000_000
+    rng = SecureRandom()
+    x = rng.gaussian(n, std).numpy()
+    assert len(rng._streams) == threads  # one keystream per worker
+    assert x.dtype == np.float64 and np.isfinite(x).all()
+    assert np.unique(x).size == n  # no chunk repeats another's
+    assert stats.kstest(x, stats.norm(scale=std).cdf).pvalue > ALPHA
+    assert abs(x.mean()) < 4.9 * std / math.sqrt(n)  # two-sided z at 1e-6
+    assert abs(x.var() / std**2 - 1) < 4.9 * math.sqrt(2 / n)
+    # the same test has the power to see a 2% error in the std (p about 1e-20)
+    assert stats.kstest(x * 1.02, stats.norm(scale=std).cdf).pvalue < ALPHA
+
+
+def test_noise_in_float32_keeps_its_distribution() -> None:
+    x = SecureRandom().gaussian(400_000, 0.3, dtype=torch.float32)
+    assert x.dtype == torch.float32
+    assert stats.kstest(x.double().numpy(), stats.norm(scale=0.3).cdf).pvalue > ALPHA
+
+
+def test_uniforms_are_53_bit_and_never_zero() -> None:
+    u = SecureRandom().uniform(1_000_000)
+    assert u.dtype == torch.float64 and bool((u > 0).all()) and bool((u <= 1).all())
+    grid = u * 2.0**53
+    assert torch.equal(grid, grid.round())  # multiples of 2^-53: 53-bit mantissas
+    assert stats.kstest(u.numpy(), "uniform").pvalue > ALPHA
+
+
+def test_noise_like_shapes_types_and_places_like_the_references() -> None:
+    refs = [torch.zeros(3, 4), torch.zeros(5, dtype=torch.float64), torch.zeros(2, 2, 2)]
+    noise = SecureRandom().noise_like(refs, 1.0)
+    assert [(n.shape, n.dtype) for n in noise] == [(r.shape, r.dtype) for r in refs]
+    flat = torch.cat([n.double().flatten() for n in noise])
+    assert len(set(flat.tolist())) == flat.numel()  # fresh values everywhere, no repeated block
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_noise_generated_on_the_gpu_is_gaussian() -> None:
+    x = SecureRandom().gaussian(1_000_000, 1.5, dtype=torch.float32, device="cuda")
+    assert x.device.type == "cuda"
+    assert stats.kstest(x.double().cpu().numpy(), stats.norm(scale=1.5).cdf).pvalue > ALPHA
+
+
+# -- Poisson sampling -------------------------------------------------------------------------------
+def test_poisson_sampler_includes_each_record_independently_with_probability_q() -> None:
+    n, q, epochs = 500, 0.04, 40
+    sampler = SecurePoissonSampler(num_samples=n, sample_rate=q, rng=SecureRandom())
+    assert len(sampler) == int(1 / q) == 25  # as many batches per epoch as Opacus's sampler
+    batches = [b for _ in range(epochs) for b in sampler]
+    assert len(batches) == epochs * 25
+    sizes = np.array([len(b) for b in batches])
+    steps = len(batches)
+    # the inclusion rate: every (record, step) is one Bernoulli(q) trial
+    assert stats.binomtest(int(sizes.sum()), n * steps, q).pvalue > ALPHA
+    # batch sizes follow Binomial(n, q): chi-square over bins of >= 5 expected batches
+    edges = [0, 14, 17, 19, 21, 23, 25, 28, n + 1]
+    expected = np.diff(stats.binom(n, q).cdf(np.array(edges) - 1)) * steps
+    observed = np.histogram(sizes, bins=edges)[0]
+    assert expected.min() >= 5 and stats.chisquare(observed, expected * observed.sum() / expected.sum()).pvalue > ALPHA
+    # consecutive batch sizes are uncorrelated
+    assert stats.pearsonr(sizes[:-1], sizes[1:]).pvalue > ALPHA
+    # no record is favoured: per-record counts are Binomial(steps, q) around the same mean
+    counts = np.bincount(np.concatenate([np.array(b, dtype=int) for b in batches]), minlength=n)
+    statistic = ((counts - steps * q) ** 2 / (steps * q * (1 - q))).sum()
+    assert stats.chi2(n).sf(statistic) > ALPHA and stats.chi2(n).cdf(statistic) > ALPHA
+    assert all(b == sorted(set(b)) for b in batches)  # each record at most once per batch
+
+
+def test_poisson_sampler_refuses_a_rate_outside_0_1() -> None:
+    with pytest.raises(TrainingError, match="sample rate"):
+        SecurePoissonSampler(num_samples=10, sample_rate=0.0, rng=SecureRandom())
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_secure_runs_take_every_planned_step_through_empty_batches(mode: str, monkeypatch) -> None:
+    """q = 1/6 on 6 records: about a third of the batches are empty, and each still is a noisy step."""
+    sizes: list[int] = []
+
+    class Recording(SecurePoissonSampler):
+        def __iter__(self):  # noqa: ANN204
+            for batch in super().__iter__():
+                sizes.append(len(batch))
+                yield batch
+
+    monkeypatch.setattr(sgd, "SecurePoissonSampler", Recording)
+    net = nn.Sequential(nn.Linear(8, 3)).eval()
+    tangent = linearize(net)
+    records = tiny_records(6)
+    privacy, config = PrivacySpec(noise_multiplier=1.0), TrainConfig(epochs=8, batch_size=1, physical_batch_size=1,
+                                                                     lr=0.1, grad_sample_mode=mode)
+    plan = plan_run(len(records), privacy, config)
+    assert plan.steps == 48
+    steps = run_sgd(tangent, tangent.deltas(), records.inputs, records.targets, plan, privacy, config)
+    assert steps == plan.steps == len(sizes) and all(torch.isfinite(d).all() for d in tangent.deltas())
+    assert 0 in sizes, sizes  # P(no empty batch in 48) = (1 - (5/6)^6)^48, about 3e-9
+
+
+# -- the DP optimizer ---------------------------------------------------------------------------------
+def test_secure_optimizer_adds_noise_of_std_sigma_c_once_per_summed_gradient() -> None:
+    sigma, clip, batch = 1.5, 0.05, 8
+    layer = nn.Linear(300, 400)
+    gsm = GradSampleModule(layer)
+    optimizer = SecureDPOptimizer(torch.optim.SGD(layer.parameters(), lr=1.0), rng=SecureRandom(),
+                                  noise_multiplier=sigma, max_grad_norm=clip, expected_batch_size=batch)
+    gsm(torch.randn(batch, 300)).sum().backward()
+    optimizer.clip_and_accumulate()
+    summed = torch.cat([p.summed_grad.flatten() for p in optimizer.params])
+    optimizer.add_noise()
+    noise = (torch.cat([p.grad.flatten() for p in optimizer.params]) - summed).double().numpy()
+    assert noise.size == 120_400
+    assert stats.kstest(noise, stats.norm(scale=sigma * clip).cdf).pvalue > ALPHA
+    with pytest.raises(ValueError, match="zero_grad"):  # Opacus's rule: a summed gradient is noised once
+        optimizer.add_noise()
+
+
+# -- the key --------------------------------------------------------------------------------------------
+def test_the_stream_is_chacha20_under_the_os_key_and_the_key_buffer_is_wiped(monkeypatch) -> None:
+    passed: list[bytearray] = []
+    real = algorithms.ChaCha20
+
+    def capture(key: bytearray, nonce: bytes) -> algorithms.ChaCha20:
+        passed.append(key)
+        return real(key, nonce)
+
+    monkeypatch.setattr(secure_random.os, "urandom", lambda n: KEY[:n])
+    monkeypatch.setattr(secure_random.algorithms, "ChaCha20", capture)
+    rng = SecureRandom()
+    want = Cipher(real(KEY, bytes(16)), mode=None).encryptor().update(bytes(64))
+    assert rng.words(8).numpy().tobytes() == want  # the keystream under the OS key, from its start
+    [buffer] = passed
+    assert bytes(buffer) == bytes(32)  # wiped: OpenSSL kept its own copy and the stream goes on
+    assert KEY.hex() not in repr(rng) and KEY not in repr(rng).encode()
+    rng.gaussian(1 << 17, 1.0)  # the streams' scratch buffers now hold spent keystream
+    for owner in [rng, *rng._streams]:
+        for name, value in vars(owner).items():
+            assert not (isinstance(value, (bytes, bytearray, memoryview)) and KEY in bytes(value)), name
+            assert "key" not in name.lower() and "seed" not in name.lower(), name
+
+
+def test_a_generator_cannot_be_copied_pickled_or_used_after_a_fork(monkeypatch) -> None:
+    rng = SecureRandom()
+    for duplicate in (copy.copy, copy.deepcopy, pickle.dumps):
+        with pytest.raises(TypeError, match="repeat the same stream"):
+            duplicate(rng)
+    monkeypatch.setattr(secure_random.os, "getpid", lambda: -1)
+    with pytest.raises(TrainingError, match="forked"):
+        rng.uniform(4)
+
+
+# -- runs and their labels ------------------------------------------------------------------------------
+def _train(tmp_path, backbone, name: str, config: TrainConfig, ledger: Ledger | None = None, shard: str = "s0",
+           privacy: PrivacySpec = NOISY):  # noqa: ANN001, ANN202
+    ledger = ledger or Ledger.open(tmp_path / "ledger.sqlite")
+    return train_component(backbone, None, tiny_records(), ledger=ledger, data_source="toy", shard=shard, name=name,
+                           output=tmp_path / f"{name}.safetensors", manifest_key=KEY, privacy=privacy, config=config)
+
+
+def test_two_secure_runs_differ_and_two_seeded_runs_are_identical(tmp_path, mlp_backbone) -> None:
+    ledger = Ledger.open(tmp_path / "ledger.sqlite")
+    secure = TrainConfig(epochs=2, batch_size=32, lr=0.1, seed=5)
+    seeded = TrainConfig(epochs=2, batch_size=32, lr=0.1, seed=5, noise="seeded")
+    deltas = {name: load_component(_train(tmp_path, mlp_backbone, name, config, ledger).path).deltas
+              for name, config in (("a", secure), ("b", secure), ("c", seeded), ("d", seeded))}
+    assert all(torch.equal(deltas["c"][n], deltas["d"][n]) for n in deltas["c"])
+    assert all(not torch.equal(deltas["a"][n], deltas["b"][n]) for n in deltas["a"])
+    assert all(not torch.equal(deltas["a"][n], deltas["c"][n]) for n in deltas["a"])
+
+
+def test_a_secure_component_records_no_seed_and_claims_its_guarantee(tmp_path, mlp_backbone) -> None:
+    result = _train(tmp_path, mlp_backbone, "c0", TrainConfig(epochs=1, batch_size=32, lr=0.1, seed=918273645))
+    meta = read_metadata(result.path)
+    assert meta.privacy.private and meta.privacy.secure_mode and meta.privacy.epsilon is not None
+    assert meta.training.seed is None and meta.training.noise == "secure"
+    header = json.loads(result.path.read_bytes()[8:8 + int.from_bytes(result.path.read_bytes()[:8], "little")])
+    training = json.loads(header["__metadata__"]["dp_tangent"])["training"]
+    assert training["seed"] is None and b"918273645" not in result.path.read_bytes()
+
+
+def test_a_seeded_run_is_labelled_not_private_everywhere(tmp_path, mlp_backbone) -> None:
+    ledger = Ledger.open(tmp_path / "ledger.sqlite")
+    config = TrainConfig(epochs=1, batch_size=32, lr=0.1, seed=7, noise="seeded")
+    privacy = PrivacySpec(epsilon=2.0)
+    result = _train(tmp_path, mlp_backbone, "c0", config, ledger, privacy=privacy)
+    meta = read_metadata(result.path)
+    p = meta.privacy
+    assert not p.private and p.label == SEEDED_LABEL and "NOT DIFFERENTIALLY PRIVATE" in p.label
+    assert p.epsilon is None and p.delta is None and p.epsilon_by_accountant == {} and not p.secure_mode
+    assert "not a CSPRNG" in p.noise_generator and p.sampling == "poisson (seeded)" and meta.epsilon == math.inf
+    assert meta.training.seed == 7 and meta.training.noise == "seeded"
+    secure_plan = plan_run(96, privacy, TrainConfig(epochs=1, batch_size=32))
+    assert p.noise_multiplier == secure_plan.noise_multiplier > 0  # the same mechanism, minus the secrecy
+    [event] = ledger.events(component="c0")
+    assert is_non_private(event.event) and event.details["noise_multiplier"] == secure_plan.noise_multiplier
+    assert (event.details["sample_rate"], event.details["steps"]) == (secure_plan.sample_rate, secure_plan.steps)
+    assert event.details["epsilon"] is None and math.isinf(ledger.shard_spend("toy", "s0", delta=1e-5).epsilon)
+    ledger.set_budget("toy", "s1", epsilon=100.0, delta=1e-5)
+    with pytest.raises(BudgetExceededError):
+        _train(tmp_path, mlp_backbone, "c1", config, ledger, shard="s1", privacy=privacy)
+
+
+def test_plan_gives_a_seeded_run_a_non_private_event_and_needs_its_seed() -> None:
+    privacy = PrivacySpec(epsilon=3.0)
+    secure = plan_run(200, privacy, TrainConfig(batch_size=20))
+    seeded = plan_run(200, privacy, TrainConfig(batch_size=20, noise="seeded"))
+    assert isinstance(seeded.event, dp_accounting.NonPrivateDpEvent) and not is_non_private(secure.event)
+    assert (seeded.noise_multiplier, seeded.sample_rate, seeded.steps) == \
+        (secure.noise_multiplier, secure.sample_rate, secure.steps)
+    assert plan_run(200, privacy, TrainConfig(batch_size=20, seed=None)).noise_multiplier == secure.noise_multiplier
+    with pytest.raises(TrainingError, match="integer seed"):
+        plan_run(200, privacy, TrainConfig(seed=None, noise="seeded"))
+    with pytest.raises(TrainingError, match="integer seed"):
+        plan_run(200, PrivacySpec(epsilon=math.inf), TrainConfig(seed=None))
+    with pytest.raises(TrainingError, match="noise must be one of"):
+        plan_run(200, privacy, TrainConfig(noise="mersenne"))
