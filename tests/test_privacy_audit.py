@@ -304,3 +304,29 @@ def test_a_data_mistake_in_an_audit_is_refused_before_its_reservation(tmp_path: 
                       data_source="digits", shard="shard-0", component="audit-shard-0", operator="tester")
     assert str(refused.value) == message
     assert ledger.events() == [] and ledger.audits() == []
+
+
+def test_a_workspace_audit_is_logged_and_never_trains_a_deleted_record(tmp_path) -> None:  # noqa: ANN001
+    from datetime import datetime, timezone
+
+    from dp_tangent.workspace import Workspace, WorkspaceError
+    from dp_tangent.workspace.deletion_requests import DeletionRequest
+    from dp_tangent.workspace.request_register import receive
+    from dp_tangent.workspace.tombstones import Tombstones
+
+    tangent, records = _setup(n=100)
+    ws = Workspace.create(tmp_path / "ws")
+    small = TrainConfig(epochs=2, batch_size=50, physical_batch_size=50, lr=0.5)
+    result = ws.audit_privacy(tangent, records, PrivacySpec(epsilon=4.0), small, canaries=40, data_source="digits",
+                              shard="shard-0", component="audit-0", operator="tester")
+    entry = ws.audit.entries()[-1]
+    assert entry.operation == "privacy_audit" and entry.parameters["audit_id"] == result.audit_id
+    assert ws.audit.verify().ok  # the ledger rows the audit wrote are accounted for by the log
+    request = DeletionRequest("req-1", ("r7",), datetime(2026, 11, 30, tzinfo=timezone.utc))
+    receive(ws, request)
+    Tombstones(ws.root).add(request.commitments(ws.manifest_key()), request_id="req-1", deleted_at="now")
+    events = len(ws.ledger.events())
+    with pytest.raises(WorkspaceError, match=r"1 of these records were deleted by request\(s\) req-1"):
+        ws.audit_privacy(tangent, records, PrivacySpec(epsilon=4.0), small, canaries=40, data_source="digits",
+                         shard="shard-0", component="audit-1")
+    assert len(ws.ledger.events()) == events

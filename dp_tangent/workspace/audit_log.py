@@ -38,7 +38,7 @@ from .merkle import merkle_root
 GENESIS = "0" * 64
 OPERATIONS = frozenset({
     "workspace_created", "training", "retraining", "composition", "deletion_request", "deletion",
-    "budget_change", "release", "reservation_abandoned", "data_source", "certificate_sealed",
+    "budget_change", "release", "reservation_abandoned", "data_source", "certificate_sealed", "privacy_audit",
 })
 _HEX64 = r"^[0-9a-f]{64}$"
 _OPERATION = re.compile(r"^[a-z][a-z_]{0,63}$")

@@ -38,12 +38,14 @@ from privacy_accounting import Budget, Ledger, PrivacyAccountingError
 from ..backbones import BackboneSpec
 from ..components.component import Component, deltas_digest, load_component
 from ..components.compose import Composition, compose
-from ..components.manifest import key_id, new_key
+from ..components.manifest import commit, key_id, new_key
 from ..data.records import RecordSet
 from ..data.sources import DigitsSource
 from ..io import atomic_write_bytes, atomic_write_text, sha256_file
+from ..tangent import TangentModel
 from ..training.config import PrivacySpec, ProgressFn, TrainConfig
 from ..training.executors import Executor, TaskProgressFn
+from ..training.privacy_audit import AuditResult, audit_privacy
 from ..training.write import TrainedComponent
 from . import data_sources
 from .audit_log import Artifact, AuditLog
@@ -51,6 +53,7 @@ from .lock import workspace_lock, workspace_lock_if_free
 from .model_record import ModelPart, ModelRecord
 from .names import WorkspaceError, check_name
 from .release import ReleaseStatement, release
+from .tombstones import Tombstones
 from .train import DeletedRecords, ShardJob, TrainingRun, train_all
 
 FORMAT = "dp-tangent-workspace/1"
@@ -376,6 +379,32 @@ class Workspace:
             self.audit.append("data_source", operator=operator, outputs=outputs, parameters={
                 "data_source": name, "unit": unit, "description": description, "shards": list(shards),
                 "reloadable": loader is not None})
+
+    def audit_privacy(self, tangent: TangentModel, records: RecordSet, privacy: PrivacySpec,
+                      config: TrainConfig = TrainConfig(), *, data_source: str, shard: str, component: str,
+                      operator: str | None = None, **options: Any) -> AuditResult:
+        """An empirical privacy audit (:func:`dp_tangent.training.privacy_audit.audit_privacy`) on this
+        workspace's private records: charged to the ledger like training, logged, and refused on
+        records a deletion request removed."""
+        key = self.manifest_key()
+        with self.lock():
+            deleted = Tombstones(self.root).requests_for(commit(r, key) for r in records.record_ids)
+            if deleted:
+                raise WorkspaceError(f"{len(deleted)} of these records were deleted by request(s) "
+                                     f"{', '.join(sorted(set(deleted.values())))}; an audit may not train on them")
+            common = {"component": component, "data_source": data_source, "shard": shard}
+            try:
+                result = audit_privacy(tangent, records, privacy, config, ledger=self.ledger, operator=operator,
+                                       **common, **options)
+            except BaseException as err:
+                self.audit.append("privacy_audit", operator=operator, parameters={
+                    **common, "status": "failed", "error": type(err).__name__})
+                raise
+            self.audit.append("privacy_audit", operator=operator, parameters={
+                **common, "status": "completed", "epsilon_lower_bound": result.epsilon_lower_bound,
+                "claimed_epsilon": result.claimed_epsilon, "max_demonstrable_epsilon": result.max_demonstrable_epsilon,
+                "delta": result.delta, "ledger_reservation": result.reservation_id, "audit_id": result.audit_id})
+            return result
 
     def set_budget(self, data_source: str, shard: str | None, epsilon: float, delta: float, *,
                    operator: str | None = None) -> Budget:
