@@ -61,10 +61,10 @@ def records_bounds(feeding: Sequence[StoredEvent], events: Sequence[StoredEvent]
     the record. Events naming no records read their whole shard; if a feeding event names none,
     every event of its shard (and of any shard whose records overlap it) is counted."""
     by_seq = {e.seq: e for e in events}
-    whole_shard = {(e.data_source, e.shard): [] for e in feeding}
+    whole_shard: dict[tuple[str, str], list[StoredEvent]] = {}
     for e in events:
-        if e.records_read is None and (e.data_source, e.shard) in whole_shard:
-            whole_shard[(e.data_source, e.shard)].append(e)
+        if e.records_read is None:
+            whole_shard.setdefault((e.data_source, e.shard), []).append(e)
     if record_classes is None or any(e.records_read is None for e in feeding):
         shards = {(e.data_source, e.shard) for e in feeding}
         return composed_bounds([e.event for e in events if (e.data_source, e.shard) in shards], delta, settings)

@@ -66,13 +66,15 @@ class Ledger:
         *,
         busy_timeout: float = 30.0,
         settings: AccountantSettings = DEFAULT_SETTINGS,
+        create: bool = True,
     ) -> "Ledger":
-        """Open the SQLite ledger at ``path``, creating it (and its folder) if missing.
+        """Open the SQLite ledger at ``path``, creating it (and its folder) if missing and ``create``
+        (else a missing file raises :class:`LedgerError`: a lost ledger must not become an empty one).
 
         An existing file that is not a readable ledger raises :class:`LedgerCorruptError` and is
         left untouched. ``busy_timeout``: seconds to wait for another writer's lock.
         """
-        return cls(SQLiteStorage(path, busy_timeout=busy_timeout), settings=settings)
+        return cls(SQLiteStorage(path, busy_timeout=busy_timeout, create=create), settings=settings)
 
     @property
     def location(self) -> str:
@@ -221,17 +223,19 @@ class Ledger:
                 settings=self._settings,
             )
             overlaps: dict[str, int] = {}
+            here = (record.data_source, record.shard)
             for readers, count in touching:
-                for shard in {e.shard for e in readers if e.shard != record.shard}:
-                    overlaps[shard] = overlaps.get(shard, 0) + count
+                for key in {(e.data_source, e.shard) for e in readers if (e.data_source, e.shard) != here}:
+                    name = key[1] if key[0] == record.data_source else f"{key[0]}/{key[1]}"
+                    overlaps[name] = overlaps.get(name, 0) + count
             if overlaps and not allow_overlap:
                 raise RecordOverlapError(data_source=record.data_source, shard=record.shard, overlaps=overlaps)
             for readers, _ in touching:
-                for shard in sorted({e.shard for e in readers} | {record.shard}):
+                for source, shard in sorted({(e.data_source, e.shard) for e in readers} | {here}):
                     enforce_budget(
-                        data_source=record.data_source,
+                        data_source=source,
                         shard=shard,
-                        budget=_budget_of(budgets, record.data_source, shard),
+                        budget=_budget_of(budgets, source, shard),
                         existing=[e.event for e in readers],
                         new_event=record.event,
                         settings=self._settings,

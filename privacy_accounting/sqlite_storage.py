@@ -486,14 +486,17 @@ def _migrate(conn: sqlite3.Connection, version: int) -> None:
 
 
 def _record_classes(conn: sqlite3.Connection, data_source: str, seqs: Sequence[int]) -> list[RecordClass]:
-    """Records read by events ``seqs``, grouped by the set of ALL events of the source that read each."""
+    """Records read by events ``seqs`` (of ``data_source``), grouped by the set of ALL events, of any
+    data source, that read each."""
     if not seqs:
         return []
     marks = ", ".join("?" * len(seqs))
+    # A record key names one record whatever the data source: the same record under two source names
+    # is still one unit of privacy, charged for both.
     rows = conn.execute(
-        "SELECT er.record, er.seq FROM event_records er WHERE er.data_source = ? AND er.record IN "
+        "SELECT er.record, er.seq FROM event_records er WHERE er.record IN "
         f"(SELECT record FROM event_records WHERE data_source = ? AND seq IN ({marks}))",
-        (data_source, data_source, *seqs),
+        (data_source, *seqs),
     )
     readers: dict[str, set[int]] = {}
     for record, seq in rows:
@@ -515,9 +518,8 @@ def _touching(conn: sqlite3.Connection, event: StoredEvent, existing: list[Store
     conn.execute("DELETE FROM reading")
     conn.executemany("INSERT INTO reading (record) VALUES (?)", ((r,) for r in read))
     readers: dict[str, set[int]] = {}
-    for record, seq in conn.execute(
-        "SELECT er.record, er.seq FROM event_records er JOIN reading n ON n.record = er.record "
-        "WHERE er.data_source = ?", (event.data_source,),
+    for record, seq in conn.execute(  # every data source: one record key is one record
+        "SELECT er.record, er.seq FROM event_records er JOIN reading n ON n.record = er.record"
     ):
         readers.setdefault(record, set()).add(int(seq))
     whole_shard = {e.seq for e in existing if e.records_read is None}

@@ -79,8 +79,8 @@ class LedgerStorage(Protocol):
         """Events matching ``where``, in insertion order."""
 
     def record_classes(self, data_source: str, seqs: Sequence[int]) -> list[RecordClass]:
-        """The records read by events ``seqs``, grouped by the set of all events of ``data_source``
-        that read each (events that named no records are not counted here)."""
+        """The records read by events ``seqs`` of ``data_source``, grouped by the set of all events (of
+        any data source: one key is one record) that read each; events naming no records are not counted."""
 
     def table_digests(self) -> dict[str, str]:
         """Table name -> sha256 of its content: binds the ledger to a record kept elsewhere (an audit log)."""

@@ -12,7 +12,7 @@ from helpers import run_cli
 
 from dp_tangent.data import RecordSet
 from dp_tangent.training import PrivacySpec, TrainConfig
-from dp_tangent.workspace import Workspace
+from dp_tangent.workspace import Workspace, WorkspaceError
 from dp_tangent.workspace.audit_log import verify
 
 FAST = TrainConfig(epochs=1, batch_size=16, lr=0.1)
@@ -207,6 +207,7 @@ def test_a_reservation_abandoned_by_a_killed_driver_is_failed_and_logged(ws) -> 
     rid = ws.ledger.reserve_all([ReservationRequest(  # what a driver killed after reserving leaves behind
         data_source="toy", shard="s2", event=dp_sgd_event(1.0, 0.1, 10), delta=1e-5, purpose="training",
         operator="alice", component="c2")])[0]
+    ws.audit.append("reservation", operator="alice", parameters={"reservations": {"c2": {"ledger_reservation": rid}}})
     with ws.lock():  # while a driver holds the workspace, nothing is touched
         assert Workspace.open(ws.root).ledger.event(rid).status.value == "reserved"
     reopened = Workspace.open(ws.root)
@@ -311,3 +312,56 @@ def test_a_flipped_byte_in_a_certificate_is_caught(ws, capsys) -> None:
     path.write_bytes(bytes(data))
     report = ws.audit.verify()
     assert not report.ok and any("certificates/req-9.json" in str(p) for p in report.problems)
+
+
+# -- review findings on the first version of the above -------------------------------------------
+
+def test_a_missing_ledger_is_never_replaced_by_an_empty_one(ws, capsys) -> None:
+    ws.ledger_path.unlink()
+    code, out = _cli(capsys, "budget", "show", "-w", str(ws.root))
+    assert code == 2 and "ledger.sqlite is missing" in out and out.count("\n") == 1
+    assert not ws.ledger_path.exists()
+
+
+def test_an_edited_ledger_cannot_be_laundered_by_the_next_operation(ws, capsys) -> None:
+    _sql(ws, "DELETE FROM event_records")
+    _sql(ws, "DELETE FROM events")
+    code, _ = _cli(capsys, "budget", "set", "toy", "10", "-w", str(ws.root))  # an ordinary operation
+    assert code == 0
+    entries = ws.audit.entries()
+    assert [e.operation for e in entries[-2:]] == ["integrity_failure", "budget_change"]
+    report = ws.audit.verify()
+    assert not report.ok and any("did not verify when an operation began" in str(p) for p in report.problems)
+    ws.set_budget("toy", None, 9.0, 1e-5)  # still visible later, and recorded only once
+    assert [e.operation for e in ws.audit.entries()].count("integrity_failure") == 1
+    assert not ws.audit.verify().ok
+
+
+def test_a_deleted_tombstone_list_stops_training_and_fails_verification(ws, capsys, mlp_backbone) -> None:
+    code, _ = _cli(capsys, "forget", "rec-0-6", "--request-id", "req-t", "-w", str(ws.root))
+    assert code == 0
+    (ws.root / "tombstones.json").unlink()
+    report = ws.audit.verify()
+    assert not report.ok and any("tombstones.json is missing" in str(p) for p in report.problems)
+    with pytest.raises(WorkspaceError, match="tombstones.json is missing"):
+        ws.train(mlp_backbone, None, records(0), data_source="toy", shard="s0", name="back",
+                 privacy=PrivacySpec(noise_multiplier=1.0), config=FAST)
+
+
+def test_forget_in_a_workspace_without_components_still_registers_and_tombstones(tmp_path, capsys) -> None:
+    empty = Workspace.create(tmp_path / "empty")
+    code, out = _cli(capsys, "forget", "rec-3", "--request-id", "R1", "-w", str(empty.root))
+    assert code == 3 and "NOT FOUND" in out
+    from dp_tangent.components.manifest import commit
+    from dp_tangent.workspace.tombstones import Tombstones
+
+    assert commit("rec-3", empty.manifest_key()) in Tombstones(empty.root).read()
+    code, out = _cli(capsys, "requests", "list", "-w", str(empty.root))
+    assert "R1" in out and empty.audit.verify().ok
+
+
+def test_outputs_inside_the_workspace_are_refused(ws, tmp_path, capsys) -> None:
+    code, out = _cli(capsys, "report", "-o", str(ws.root / "r.md"), "-w", str(ws.root))
+    assert code == 2 and "inside the workspace" in out
+    code, out = _cli(capsys, "report", "-o", str(ws.root / "reports" / "r.md"), "-w", str(ws.root))
+    assert code == 0 and ws.audit.verify().ok

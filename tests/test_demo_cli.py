@@ -58,7 +58,8 @@ def test_demo_outcomes(demo_run) -> None:
         assert f"{event.details['epsilon']}"[:6] in report_text or event.details["epsilon"] is None
     assert math.isinf(figures["spent"]["public"])
     statement = json.loads((Path(figures["release"]) / "release.json").read_text())
-    assert statement["privacy"]["epsilon"] == pytest.approx(figures["composed_epsilon_after_deletion"])
+    # The bundle states the shards' budget, a bound that does not depend on the shard sizes.
+    assert statement["privacy"]["epsilon"] == SMALL.budget_epsilon > figures["composed_epsilon_after_deletion"]
     assert (root / "reports" / "privacy-report.html").read_text().startswith("<!DOCTYPE html>")
 
 
@@ -95,7 +96,7 @@ def test_cli_report_budget_and_forget_not_found(demo_run) -> None:
     (["report", "--format", "pdf", "--workspace", "."], "--format"),
     (["budget", "set", "digits", "-1", "--workspace", "{ws}"], "epsilon"),
     (["compose", "nope", "--name", "m", "--workspace", "{ws}"], "nope"),
-    (["forget", "digit-1", "--workspace", "{empty}"], "no components"),
+    (["forget", "digit-1", "--workspace", "{empty}"], "NOT FOUND"),  # registered and tombstoned all the same
 ])
 def test_cli_mistakes_are_one_line_errors(demo_run, tmp_path, args, message) -> None:
     root, _ = demo_run

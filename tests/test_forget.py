@@ -116,8 +116,8 @@ def test_retraining_replaces_the_component_trained_without_the_record(ws) -> Non
     want = compose([c0r, c1, c2]).deltas
     assert all(torch.equal(deltas[n], want[n]) for n in want)
     assert ws.model_record("solo").component_names == ["c0.r1"]
-    assert [e.operation for e in ws.audit.entries()[-4:]] == ["deletion_request", "retraining", "deletion",
-                                                               "certificate_sealed"]
+    assert [e.operation for e in ws.audit.entries()[-6:]] == ["deletion_request", "tombstoned", "reservation",
+                                                               "retraining", "deletion", "certificate_sealed"]
     assert verify(ws).ok
 
 
@@ -214,4 +214,4 @@ def test_open_and_overdue_requests_are_listed(tmp_path) -> None:
     assert result.certificate.on_time is False and result.certificate.outcome == "not_found_in_any_component"
     assert [r.request_id for r in open_requests(ws, now)] == ["new"] and overdue_requests(ws, now) == []
     assert [e.operation for e in ws.audit.entries()] == ["workspace_created", "deletion_request", "deletion_request",
-                                                         "deletion", "certificate_sealed"]
+                                                         "tombstoned", "deletion", "certificate_sealed"]

@@ -375,3 +375,12 @@ def test_cli_a_diverged_run_fails_its_shard_with_the_reason(tmp_path, capsys) ->
     ws = Workspace.open(tmp_path / "ws")
     (event,) = ws.ledger.events()
     assert event.status.value == "failed" and not list(ws.components_dir.glob("*"))
+
+
+def test_byte_string_record_ids_are_decoded(tmp_path) -> None:
+    """Review M5: str(b'rec-4') is "b'rec-4'", an id no deletion request would ever match."""
+    path = tmp_path / "bytes.npz"
+    np.savez(path, inputs=np.zeros((3, 8), np.float32), targets=np.array([0, 1, 2]),
+             record_ids=np.array([b"rec-1", b"rec-2", b"rec-3"]))
+    assert npz_records(path, inputs="inputs", targets="targets", record_ids="record_ids").record_ids == (
+        "rec-1", "rec-2", "rec-3")

@@ -99,8 +99,11 @@ def test_training_composition_budget_and_release_are_logged_with_digests(tmp_pat
     ws.set_budget("toy", None, epsilon=40.0, delta=1e-3, operator="alice")
 
     entries = ws.audit.entries()
-    assert [e.operation for e in entries] == ["workspace_created", "budget_change", "training", "training",
-                                              "composition", "release", "budget_change"]
+    assert [e.operation for e in entries] == ["workspace_created", "budget_change", "reservation", "training",
+                                              "reservation", "training", "composition", "release", "budget_change"]
+    assert entries[2].parameters["reservations"]["c0"]["ledger_reservation"] == \
+        ws.ledger.events(component="c0")[0].reservation_id  # logged when made, before training
+    entries = [e for e in entries if e.operation != "reservation"]
     train = entries[2]
     assert train.outputs[0].sha256 == sha256_file(ws.component_path("c0"))
     assert train.parameters["ledger_reservation"] == ws.ledger.events(component="c0")[0].reservation_id
@@ -136,7 +139,9 @@ def test_swapping_component_files_is_caught_by_verify_and_by_loading(tmp_path, m
     c0.write_bytes(b)
     c1.write_bytes(a)
     report = verify(ws)
-    assert not report.ok and report.first_bad.seq == 1 and "components/c0.safetensors" in report.first_bad.reason
+    logged_c0 = next(e.seq for e in ws.audit.entries() if e.operation == "training"
+                     and any(a.path == "components/c0.safetensors" for a in e.outputs))
+    assert not report.ok and report.first_bad.seq == logged_c0 and "components/c0.safetensors" in report.first_bad.reason
     assert ws.load_component("c0").name == "c1"  # a valid file, but not the one logged: only the log notices
     c0.write_bytes(a)
     c1.write_bytes(b)

@@ -36,6 +36,18 @@ def open_workspace(path: Path):  # noqa: ANN202
     return Workspace.open(path)
 
 
+def check_output_outside(ws, output: Path, allowed: str | None = None) -> None:  # noqa: ANN001
+    """Refuse an output file inside the workspace (every file there must be accounted for by its
+    log), except under its ``allowed`` folder of derived files."""
+    from ..workspace import WorkspaceError
+
+    target, root = output.expanduser().absolute().resolve(), ws.root.resolve()
+    if root in target.parents and not (allowed and (root / allowed) in target.parents):
+        where = f" (or under {ws.root / allowed})" if allowed else ""
+        raise WorkspaceError(f"{output} is inside the workspace {ws.root}: write it outside{where}; every file in "
+                             "a workspace must be accounted for by its audit log")
+
+
 def busy(message: str):  # noqa: ANN202
     """A spinner on stderr for steps that can take seconds (accounting, retraining)."""
     from rich.console import Console

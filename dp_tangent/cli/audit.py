@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import DEFAULT_WORKSPACE, WorkspaceOption, app, open_workspace
+from .app import DEFAULT_WORKSPACE, WorkspaceOption, app, check_output_outside, open_workspace
 
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
@@ -75,9 +75,13 @@ def audit_checkpoint(
 ) -> None:
     """Print a signed checkpoint of the audit log (size and Merkle root); keep it outside the workspace."""
     from ..io import atomic_write_text
-    from ..workspace.checkpoint import checkpoint_of, origin_of, sign
+    from ..workspace.checkpoint import CheckpointError, checkpoint_of, origin_of, sign
 
     ws = open_workspace(workspace)
+    if output is not None:
+        check_output_outside(ws, output)
+    if ws.root.resolve() in key.expanduser().absolute().resolve().parents:
+        raise CheckpointError(f"{key} is inside the workspace: a signing key must be kept outside it")
     with ws.lock():
         result = ws.audit.verify()
         if not result.ok:

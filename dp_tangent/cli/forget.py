@@ -59,9 +59,7 @@ def forget(
     from ..workspace.deletion_requests import DeletionRequest, ForgetError
     from ..workspace.forget import forget as serve
 
-    ws = open_workspace(workspace)
-    if not ws.list_components():
-        raise typer.BadParameter(f"workspace {workspace} has no components: nothing to forget")
+    ws = open_workspace(workspace)  # even with no component: the request is registered and the ids tombstoned
     now = datetime.now(timezone.utc)
     request = DeletionRequest(request_id=request_id or now.strftime("request-%Y%m%dT%H%M%S"),
                               record_ids=tuple(record_ids), received_at=_received_at(received_at, now))

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import DEFAULT_WORKSPACE, WorkspaceOption, app, busy, open_workspace
+from .app import DEFAULT_WORKSPACE, WorkspaceOption, app, busy, check_output_outside, open_workspace
 
 
 @app.command()
@@ -24,7 +24,10 @@ def report(
     renderers = {"md": "to_markdown", "json": "to_json", "html": "to_html"}
     if format not in renderers:
         raise typer.BadParameter(f"--format must be one of {', '.join(renderers)}, got {format!r}")
-    ledger = open_workspace(workspace).ledger
+    ws = open_workspace(workspace)
+    if output is not None:
+        check_output_outside(ws, output, allowed="reports")
+    ledger = ws.ledger
     with busy("computing every accountant's epsilon…"):
         text = getattr(build_report(ledger), renderers[format])()
     if output is None:

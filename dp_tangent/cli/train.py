@@ -55,8 +55,13 @@ def _register_source(ws: Workspace, recipe: Recipe) -> None:
                            shards=[f"shard-{k}" for k in range(recipe.shards.count)], loader=loader)
     budget = recipe.budget
     current = next((b for b in ws.ledger.budgets() if (b.data_source, b.shard) == (recipe.data_source, None)), None)
-    if budget and (current is None or (current.epsilon, current.delta) != (budget.epsilon, budget.delta)):
+    if budget and current is None:
         ws.set_budget(recipe.data_source, None, budget.epsilon, budget.delta)
+    elif budget and (current.epsilon, current.delta) != (budget.epsilon, budget.delta):
+        # A recipe never overrides a budget set in the workspace (a privacy officer may have lowered it).
+        typer.echo(f"note: data source {recipe.data_source!r} keeps its budget epsilon {current.epsilon:g} at delta "
+                   f"{current.delta:g}; the recipe's ({budget.epsilon:g}, {budget.delta:g}) is not applied (use "
+                   "`dp-tangent budget set` to change it)", err=True)
 
 
 _COMPONENT = r"^{name}-shard-(\d+)(?:-retry-\d+)?$"

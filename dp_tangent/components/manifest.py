@@ -3,7 +3,7 @@
 commitment(id) = HMAC-SHA256(key, id). The key stays with the operator (the workspace), so a
 shipped component reveals nothing about its record ids; the key holder can test whether a record
 id is in it (to serve a deletion request). ``root`` = SHA-256 of the sorted commitments.
-The number of commitments is the shard size, which DP accounting treats as public.
+The number of commitments is the shard size: internal to the workspace, never released.
 """
 
 from __future__ import annotations

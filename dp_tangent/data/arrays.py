@@ -41,7 +41,7 @@ def npz_records(path: Path, *, inputs: str, targets: str, record_ids: str) -> Re
         raise DataError(f"{path}: {targets!r} must hold integer class labels, got {y.dtype}")
     try:
         return RecordSet(torch.as_tensor(x.astype(np.float32)), torch.as_tensor(y.astype(np.int64)),
-                         tuple(str(r) for r in ids.tolist()))
+                         _record_ids(path, record_ids, ids))
     except (ValueError, TypeError) as err:  # e.g. text inputs, or arrays of different lengths
         raise DataError(f"{path}: {(str(err).strip().splitlines() or [type(err).__name__])[0]}") from None
 
@@ -57,3 +57,16 @@ def load_array(path: Path) -> torch.Tensor:
     if tensor.ndim not in (3, 4):
         raise DataError(f"{path}: expected an array of shape (C, H, W) or (N, C, H, W), got {tuple(tensor.shape)}")
     return tensor if tensor.ndim == 4 else tensor.unsqueeze(0)
+
+
+def _record_ids(path: Path, name: str, ids: np.ndarray) -> tuple[str, ...]:
+    """Record ids as the strings a deletion request names: text or integers; bytes are decoded as UTF-8
+    (``str(b"x")`` would be ``"b'x'"``, an id no request would ever match)."""
+    if ids.dtype.kind == "S":
+        try:
+            return tuple(r.decode("utf-8") for r in ids.tolist())
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: {name!r} holds byte strings that are not UTF-8 text") from None
+    if ids.dtype.kind not in ("U", "i", "u"):
+        raise DataError(f"{path}: {name!r} must hold text or integer record ids, got {ids.dtype}")
+    return tuple(str(r) for r in ids.tolist())

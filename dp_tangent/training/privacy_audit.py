@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from scipy import special, stats
 
-from privacy_accounting import Ledger, epsilon_bounds
+from privacy_accounting import Ledger, ReservationRequest, epsilon_bounds
 
 from ..data.records import RecordSet
 from ..errors import DPTangentError
@@ -272,6 +272,8 @@ def audit_privacy(
     component: str | None = None,
     operator: str | None = None,
     public_records: bool = False,
+    record_keys: frozenset[str] = frozenset(),
+    allow_overlap: bool = False,
 ) -> AuditResult:
     """One-run audit of ``fit`` on ``records`` plus canaries; returns an empirical lower bound on epsilon.
 
@@ -290,6 +292,9 @@ def audit_privacy(
     ``non_private_baseline`` when epsilon = inf) before any record is read, completed or failed
     like training, and the result is stored with ``ledger.record_audit``. Without a ledger the
     audit runs only on records declared public (``public_records=True``), which cost nothing.
+    ``record_keys``: the keys (commitments) of ``records``, so the ledger charges exactly them and
+    refuses records another shard read unless ``allow_overlap`` (without keys: every record of
+    ``shard``); :meth:`dp_tangent.workspace.Workspace.audit_privacy` passes them.
     """
     k_in, k_out = _check_request(records, canaries, guesses_in, guesses_out, canary_kind, confidence)
     _check_ledger_use(ledger, (data_source, shard, component), public_records)
@@ -302,14 +307,15 @@ def audit_privacy(
     classes = _validate(tangent, records, component)  # a data mistake is refused before the reservation
     reservation = None
     if ledger is not None:
-        reservation = ledger.reserve(
+        reservation = ledger.reserve_all([ReservationRequest(
             data_source=data_source, shard=shard, event=plan.event, delta=plan.delta,
             purpose="hyperparameter_search" if privacy.private else "non_private_baseline",
-            operator=operator or getpass.getuser(), component=component,
+            operator=operator or getpass.getuser(), component=component, records=frozenset(record_keys),
             details={"kind": "privacy_audit", "method": METHOD, "canaries": m, "canary_kind": canary_kind,
                      "guesses": k_in + k_out, "max_demonstrable_epsilon": ceiling,
                      "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate,
-                     "steps": plan.steps, "records": plan.records, "trainable": tangent.trainable})
+                     "steps": plan.steps, "records": plan.records, "trainable": tangent.trainable})],
+            allow_overlap=allow_overlap)[0]
     start = {name: p.detach().clone() for name, p in tangent.named_deltas()}
     try:
         canary_set = make_canaries(records, m, canary_kind, classes, generator)

@@ -39,6 +39,7 @@ GENESIS = "0" * 64
 OPERATIONS = frozenset({
     "workspace_created", "training", "retraining", "composition", "deletion_request", "deletion",
     "budget_change", "release", "reservation_abandoned", "data_source", "certificate_sealed", "privacy_audit",
+    "reservation", "tombstoned", "integrity_failure",
 })
 _HEX64 = r"^[0-9a-f]{64}$"
 _OPERATION = re.compile(r"^[a-z][a-z_]{0,63}$")
@@ -219,7 +220,10 @@ def _check_artifacts(root: Path, entries: Sequence[AuditEntry]) -> tuple[list[Pr
             problems.append(Problem(seq, f"artifact path {rel!r} leaves the workspace"))
             continue
         if not path.is_file():
-            if sha is not None:
+            if sha is not None and (rel in MUST_STAY or rel.startswith(MUST_STAY_FOLDERS)):
+                problems.append(Problem(seq, f"artifact {rel} is missing: it must stay (deleted records or "
+                                             "certificates depend on it)"))
+            elif sha is not None:
                 missing.append(rel)  # reported, not a problem: moved away or archived
             continue
         checked += 1
@@ -236,6 +240,33 @@ def _check_artifacts(root: Path, entries: Sequence[AuditEntry]) -> tuple[list[Pr
 NOT_ARTIFACTS = frozenset({"audit.log", "ledger.sqlite", "ledger.sqlite-journal", "ledger.sqlite-wal",
                            "ledger.sqlite-shm", "manifest.key"})
 DERIVED_FOLDERS = frozenset({"reports"})
+#: Logged files whose disappearance is tampering, not archiving.
+MUST_STAY = frozenset({"workspace.json", "tombstones.json", "data-sources.json"})
+MUST_STAY_FOLDERS = ("certificates/",)
+
+
+INTEGRITY_FAILURE_REASON = "the workspace did not verify when an operation began"
+
+
+def _check_integrity_failures(entries: Sequence[AuditEntry]) -> list[Problem]:
+    """Every recorded integrity failure stays a problem: what it recorded happened."""
+    return [Problem(e.seq, f"{INTEGRITY_FAILURE_REASON}: {e.parameters.get('count')} problem(s), first: "
+                           f"{(e.parameters.get('problems') or ['?'])[0]}")
+            for e in entries if e.operation == "integrity_failure"]
+
+
+def integrity_snapshot(root: Path, entries: Sequence[AuditEntry]) -> list[Artifact]:
+    """The workspace's files as they are now (logged ones that are gone, as removed): what an
+    ``integrity_failure`` entry records, so that later checks compare against the present."""
+    present = {p.relative_to(root).as_posix(): p for p in root.rglob("*") if p.is_file()}
+    logged = {a.path for e in entries for a in e.outputs if a.path is not None}
+    out = []
+    for rel in sorted(set(present) | logged):
+        if rel in NOT_ARTIFACTS or rel.split("/", 1)[0] in DERIVED_FOLDERS:
+            continue
+        path = present.get(rel)
+        out.append(Artifact(rel, sha256_file(path) if path is not None else None, rel))
+    return out
 
 
 def _check_unaccounted(root: Path, entries: Sequence[AuditEntry]) -> list[Problem]:
@@ -303,6 +334,7 @@ def verify(workspace_or_path: "str | os.PathLike[str] | _HasAuditLog", check_art
     if expected_head is not None and expected_head not in hashes:
         problems.append(Problem(len(entries), f"the expected head {expected_head[:12]} is not in the log "
                                               "(truncated or rewritten)"))
+    problems += _check_integrity_failures(entries)
     if ledger_state is not None:
         problems += _check_ledger(entries, ledger_state)
     if workspace and not problem:

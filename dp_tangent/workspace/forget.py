@@ -286,7 +286,9 @@ def forget(
         # First of all, so that nothing from now on -- this request's retraining included, or a
         # run after a crash half-way through -- can train these records again.
         tombstones = Tombstones(ws.root)
-        tombstones.add(doomed, request_id=request.request_id, deleted_at=resolve_now(now).isoformat())
+        if tombstones.add(doomed, request_id=request.request_id, deleted_at=resolve_now(now).isoformat()):
+            ws.audit.append("tombstoned", operator=operator, outputs=[ws.artifact(tombstones.path, "tombstones")],
+                            parameters={"request_id": request.request_id, "record_commitments": sorted(doomed)})
         metas = {n: read_metadata(ws.component_path(n)) for n in ws.list_components()}
         for name, meta in metas.items():
             if meta.manifest.key_id != ws.key_id:

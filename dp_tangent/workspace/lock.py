@@ -15,9 +15,9 @@ _GUARD = threading.Lock()
 
 
 @contextlib.contextmanager
-def workspace_lock(root: Path) -> Iterator[None]:
+def workspace_lock(root: Path) -> Iterator[bool]:
     """Exclusive lock on the workspace at ``root`` across processes (``flock`` on ``workspace.json``);
-    re-entrant within this process."""
+    re-entrant within this process. Yields True for the outermost acquisition."""
     key = str(root.resolve())
     with _GUARD:
         rlock = _THREAD_LOCKS.setdefault(key, threading.RLock())
@@ -28,7 +28,7 @@ def workspace_lock(root: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX)
         _HELD[key] = (fd, depth + 1)
         try:
-            yield
+            yield depth == 0
         finally:
             fd, depth = _HELD[key]
             if depth == 1:

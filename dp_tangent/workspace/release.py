@@ -4,7 +4,9 @@ model and its privacy statement, and nothing else that depends on the data.
 ``DIR/deltas.safetensors`` holds the composed deltas (base-model parameter names); ``DIR/release.json``
 the base model's spec, theta0's sha256, the ``trainable`` selection, the deltas' digests and the
 guarantee: (epsilon, delta) per record under add-or-remove-one, covering every run that read any of
-the model's records (:meth:`privacy_accounting.Ledger.model_guarantee`). Left out on purpose:
+the model's records -- stated as the shards' budgets, which the ledger enforces for every record:
+the exact figure (:meth:`privacy_accounting.Ledger.model_guarantee`) is a function of the shard
+sizes through q and T, so printing it would reveal whether one record was added. Left out on purpose:
 record manifests and commitments, record counts, sampling rates, step counts and noise multipliers
 (each is set from a shard's size), seeds and keys, component files and per-record figures. The
 bundle is written to a new directory outside the workspace, atomically (a temporary sibling
@@ -18,12 +20,15 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
 from safetensors.torch import save
+
+from privacy_accounting import ModelShardGuarantee
 
 from ..components.component import deltas_digest
 from ..io import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_file
@@ -99,14 +104,37 @@ def _privacy(ws: "Workspace", model: str) -> ReleasedPrivacy:
                                unit=unit, accountant="non-private", covers=covers,
                                statement=f"Model {model!r} has NO differential-privacy guarantee: a non-private run "
                                          "read some of its records.")
-    statement = (f"Model {model!r} is (epsilon = {guarantee.epsilon:.4g}, delta = {guarantee.delta:.3g})-"
-                 f"differentially private for each {unit} of its training data: adding or removing any one {unit} "
-                 f"changes the probability of any outcome computed from these deltas by at most a factor "
-                 f"e^{guarantee.epsilon:.3g} (plus {guarantee.delta:.3g}). The bound is the {guarantee.accountant.upper()} "
-                 "accountant's and covers " + covers + ".")
-    return ReleasedPrivacy(differentially_private=True, epsilon=guarantee.epsilon, delta=guarantee.delta,
-                           neighbouring_relation=RELATION, unit=unit, accountant=guarantee.accountant, covers=covers,
+    epsilon, delta = _budget_bound(ws, model, guarantee.shards)
+    statement = (f"Model {model!r} is (epsilon <= {epsilon:g}, delta <= {delta:g})-differentially private for each "
+                 f"{unit} of its training data: adding or removing any one {unit} changes the probability of any "
+                 f"outcome computed from these deltas by at most a factor e^{epsilon:g} (plus {delta:g}). These are "
+                 "the privacy budgets of its shards, which the ledger enforces for every record; the exact figure "
+                 "stays in the workspace, as it depends on the shards' sizes. The bound covers " + covers + ".")
+    return ReleasedPrivacy(differentially_private=True, epsilon=epsilon, delta=delta, neighbouring_relation=RELATION,
+                           unit=unit, accountant="budget (upper bound on every accountant's figure)", covers=covers,
                            statement=statement)
+
+
+def _budget_bound(ws: "Workspace", model: str, shards: Sequence[ModelShardGuarantee]) -> tuple[float, float]:
+    """(epsilon, delta): the largest budget of the model's shards, once the ledger's exact per-record
+    figure is checked against it. The exact figure is a function of the shard sizes (through q and T),
+    so printing it would tell one record's presence; the budget is set by the operator, not the data."""
+    budgets = {}
+    for shard in shards:
+        budget = ws.ledger.budget(shard.data_source, shard.shard)
+        if budget is None:
+            raise WorkspaceError(f"shard {shard.data_source}/{shard.shard} of model {model!r} has no privacy budget; a "
+                                 "release states the budgets, a bound that does not depend on the data: set one with "
+                                 f"`dp-tangent budget set {shard.data_source} EPSILON`")
+        budgets[(shard.data_source, shard.shard)] = budget
+    epsilon = max(b.epsilon for b in budgets.values())
+    delta = max(b.delta for b in budgets.values())
+    exact = ws.ledger.model_guarantee(model, delta=delta)
+    if exact.epsilon > epsilon:
+        raise WorkspaceError(f"model {model!r} has spent epsilon {exact.epsilon:.4g} at delta {delta:g}, above its "
+                             f"shards' budget {epsilon:g} (a budget lowered after training); it cannot be released "
+                             "under that budget")
+    return epsilon, delta
 
 
 def _check_destination(ws: "Workspace", out_dir: Path) -> Path:
@@ -130,6 +158,10 @@ def release(ws: "Workspace", model: str, out_dir: str | os.PathLike[str], *, ope
     operator = operator or getpass.getuser()
     with ws.lock():
         target = _check_destination(ws, Path(out_dir))
+        check = ws.audit.verify()
+        if not check.ok:  # never put a DP statement on files the log cannot vouch for
+            raise WorkspaceError(f"the workspace does not verify ({check.first_bad}); run `dp-tangent audit verify` "
+                                 "and resolve it before releasing")
         record, deltas = ws.load_model(model)
         privacy = _privacy(ws, model)
         if not privacy.differentially_private and not allow_non_private:

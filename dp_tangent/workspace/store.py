@@ -21,7 +21,7 @@ import contextlib
 import getpass
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
@@ -48,7 +48,7 @@ from ..training.executors import Executor, TaskProgressFn
 from ..training.privacy_audit import AuditResult, audit_privacy
 from ..training.write import TrainedComponent
 from . import data_sources
-from .audit_log import Artifact, AuditLog
+from .audit_log import INTEGRITY_FAILURE_REASON, Artifact, AuditLog, integrity_snapshot
 from .lock import workspace_lock, workspace_lock_if_free
 from .model_record import ModelPart, ModelRecord
 from .names import WorkspaceError, check_name
@@ -213,16 +213,37 @@ class Workspace:
 
     @cached_property
     def ledger(self) -> Ledger:
-        return Ledger.open(self.ledger_path)
+        """The workspace's ledger; a missing one is an error, never silently a new, empty one."""
+        if not self.ledger_path.is_file():
+            raise WorkspaceError(f"{self.ledger_path} is missing: every privacy spend of this workspace is in it; "
+                                 "restore it from a backup (dp-tangent audit verify checks the restored copy)")
+        return Ledger.open(self.ledger_path, create=False)
 
     @property
     def audit(self) -> AuditLog:
         """The audit log, bound to the ledger: every entry records the ledger's table digests."""
         return AuditLog(self.audit_log_path, ledger_state=self.ledger.state_digest, workspace=True)
 
-    def lock(self) -> contextlib.AbstractContextManager[None]:
-        """Exclusive workspace lock across processes; re-entrant within this process."""
-        return workspace_lock(self.root)
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive workspace lock across processes; re-entrant within this process.
+
+        Taking it (outermost) first checks the workspace against its log; anything that does not
+        verify is recorded at once in an ``integrity_failure`` entry, which ``audit verify`` then
+        reports for ever: an operation can never log over (and so launder) a tampered ledger or file.
+        """
+        with workspace_lock(self.root) as outermost:
+            if outermost and self.audit_log_path.is_file():
+                self._record_integrity_failure()
+            yield
+
+    def _record_integrity_failure(self) -> None:
+        audit = self.audit
+        report = audit.verify()
+        new = [p for p in report.problems if not p.reason.startswith(INTEGRITY_FAILURE_REASON)]
+        if new:
+            audit.append("integrity_failure", outputs=integrity_snapshot(self.root, audit.entries()), parameters={
+                "problems": [str(p) for p in new][:50], "count": len(new)})
 
     # -- listing and loading --------------------------------------------------------------------------
     def list_components(self) -> list[str]:
@@ -394,8 +415,9 @@ class Workspace:
                                      f"{', '.join(sorted(set(deleted.values())))}; an audit may not train on them")
             common = {"component": component, "data_source": data_source, "shard": shard}
             try:
+                keys = frozenset(commit(r, key) for r in records.record_ids)
                 result = audit_privacy(tangent, records, privacy, config, ledger=self.ledger, operator=operator,
-                                       **common, **options)
+                                       record_keys=keys, **common, **options)
             except BaseException as err:
                 self.audit.append("privacy_audit", operator=operator, parameters={
                     **common, "status": "failed", "error": type(err).__name__})

@@ -44,8 +44,13 @@ class Tombstones:
         return self.root / FILE
 
     def read(self) -> dict[str, Tombstone]:
-        """Commitment -> the request that deleted it (empty when no record was ever deleted)."""
+        """Commitment -> the request that deleted it (empty when no record was ever deleted). A list the
+        audit log says was written but that is gone is an error: deleted records would come back."""
         if not self.path.exists():
+            log = self.root / "audit.log"
+            if log.is_file() and f'"path":"{FILE}"'.encode() in log.read_bytes():
+                raise WorkspaceError(f"{self.path} is missing but the audit log recorded it: deleted records would "
+                                     "be trained again; restore it from a backup")
             return {}
         try:
             return dict(TombstoneFile.model_validate_json(self.path.read_bytes()).records)

@@ -94,9 +94,6 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
     executor = executor or SerialExecutor()
     operation = "retraining" if purpose == "retraining_after_deletion" else "training"
     key = ws.manifest_key()
-    jobs, excluded = _without_deleted(ws, jobs, key, deleted)
-    by_name = {job.name: job for job in jobs}
-    commitments = {job.name: frozenset(commit(r, key) for r in job.records.record_ids) for job in jobs}
 
     def log(job: ShardJob, status: str, **extra: object) -> None:
         ws.audit.append(operation, operator=operator, parameters={
@@ -105,6 +102,10 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
             "executor": executor.name, "status": status, "excluded_deleted": excluded.get(job.name, 0), **extra})
 
     with ws.lock(), contextlib.closing(executor):
+        # Under the lock: a deletion served while this run waited for it is seen here.
+        jobs, excluded = _without_deleted(ws, jobs, key, deleted)
+        by_name = {job.name: job for job in jobs}
+        commitments = {job.name: frozenset(commit(r, key) for r in job.records.record_ids) for job in jobs}
         _check_names(ws, jobs)  # a refused name spends nothing and is not logged
         executor.start(len(jobs))  # before reserving: an unreachable cluster costs no budget
         try:
@@ -121,6 +122,12 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
                 replace(reservation_request(task, data_source=data_source, shard=job.shard, operator=operator,
                                             purpose=purpose), records=commitments[job.name])
                 for task, job in zip(tasks, jobs)], allow_overlap=allow_overlap)))
+            # Logged at once, so the ledger never holds rows the log has not seen (a kill -9 from
+            # here on leaves reservations the next opening resolves, in the log too).
+            ws.audit.append("reservation", operator=operator, parameters={
+                "purpose": purpose, "data_source": data_source,
+                "reservations": {job.name: {"shard": job.shard, "ledger_reservation": reservations[job.name]}
+                                 for job in jobs}})
         except BaseException as err:
             for job in jobs:  # the message may name a record id: it goes to the operator, not into the log
                 log(job, "failed", error=f"{type(err).__name__} before any budget was reserved", reserved=False)
