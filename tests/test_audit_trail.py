@@ -365,3 +365,20 @@ def test_outputs_inside_the_workspace_are_refused(ws, tmp_path, capsys) -> None:
     assert code == 2 and "inside the workspace" in out
     code, out = _cli(capsys, "report", "-o", str(ws.root / "reports" / "r.md"), "-w", str(ws.root))
     assert code == 0 and ws.audit.verify().ok
+
+
+def test_a_certificate_edited_to_match_an_edited_tombstone_list_is_caught(ws, capsys) -> None:
+    """Review M8: editing the certificate's commitments (and the tombstones) consistently."""
+    _cli(capsys, "forget", "rec-0-3", "--request-id", "req-e", "-w", str(ws.root))
+    cert = ws.certificates_dir / "req-e.json"
+    data = json.loads(cert.read_text())
+    data["record_commitments"] = ["0" * 64]
+    cert.write_text(json.dumps(data))
+    code, out = _cli(capsys, "certificate", "verify", str(cert), "-w", str(ws.root))
+    assert code == 1 and "differ from those its deletion entry logged" in out
+
+
+def test_budget_set_keeps_the_delta_unless_told(ws, capsys) -> None:
+    ws.set_budget("toy", None, epsilon=5.0, delta=1e-4)
+    code, _ = _cli(capsys, "budget", "set", "toy", "4", "-w", str(ws.root))
+    assert code == 0 and [(b.epsilon, b.delta) for b in ws.ledger.budgets()] == [(4.0, 1e-4)]

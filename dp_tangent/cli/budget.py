@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -17,7 +17,8 @@ app.add_typer(budget_app, name="budget")
 def budget_set(
     target: Annotated[str, typer.Argument(help="DATA_SOURCE or DATA_SOURCE/SHARD.")],
     epsilon: Annotated[float, typer.Argument(help="Epsilon limit.")],
-    delta: Annotated[float, typer.Option(help="Delta at which the limit holds.")] = 1e-5,
+    delta: Annotated[Optional[float], typer.Option(
+        help="Delta at which the limit holds (default: the current budget's, else 1e-5).")] = None,
     workspace: WorkspaceOption = DEFAULT_WORKSPACE,
 ) -> None:
     """Set the epsilon limit of a data source (every shard of it) or of one shard; both must be declared
@@ -33,6 +34,9 @@ def budget_set(
     shards = [s for _, s in ws.ledger.shards(source)]
     if shard and shard not in shards:
         raise WorkspaceError(f"data source {source!r} has no shard {shard!r} (shards: {', '.join(shards) or 'none'})")
+    if delta is None:  # never change a budget's delta silently
+        current = next((b for b in ws.ledger.budgets() if (b.data_source, b.shard) == (source, shard or None)), None)
+        delta = current.delta if current is not None else 1e-5
     budget = ws.set_budget(source, shard or None, epsilon, delta)
     typer.echo(f"budget {target}: epsilon {budget.epsilon:g} at delta {budget.delta:g}")
 

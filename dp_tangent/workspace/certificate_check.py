@@ -72,9 +72,13 @@ def check_certificate(ws: "Workspace", cert: DeletionCertificate) -> Certificate
     why = extends([e.hash for e in entries], Checkpoint(point.origin, point.size, point.root))
     if why:
         problems.append(why)
-    if not any(e.operation == "deletion" and e.parameters.get("request_id") == cert.request_id
-               for e in entries[:point.size]):
+    deletion = next((e for e in entries[:point.size] if e.operation == "deletion"
+                     and e.parameters.get("request_id") == cert.request_id), None)
+    if deletion is None:
         problems.append(f"the audit log holds no deletion entry for request {cert.request_id} before its checkpoint")
+    elif sorted(deletion.parameters.get("record_commitments", [])) != sorted(cert.record_commitments):
+        problems.append("the certificate's record commitments differ from those its deletion entry logged "
+                        "(the certificate was edited)")
     doomed = set(cert.record_commitments)
     components = sorted(p.name[:-len(".safetensors")] for p in ws.components_dir.glob("*.safetensors"))
     for name in components:
