@@ -80,13 +80,13 @@ def check_certificate(ws: "Workspace", cert: DeletionCertificate) -> Certificate
         problems.append("the certificate's record commitments differ from those its deletion entry logged "
                         "(the certificate was edited)")
     doomed = set(cert.record_commitments)
-    components = sorted(p.name[:-len(".safetensors")] for p in ws.components_dir.glob("*.safetensors"))
+    components = ws.list_components()
     for name in components:
         held = doomed & set(read_metadata(ws.component_path(name)).manifest.commitments)
         if held:
             problems.append(f"component {name!r} holds {len(held)} of the deleted record(s)")
     removed = {r.name for r in cert.components_removed}
-    for model in sorted(p.stem for p in ws.models_dir.glob("*.json")):
+    for model in ws.list_models():
         used = removed & set(ws.model_record(model).component_names)
         if used:
             problems.append(f"model {model!r} includes removed component(s) {sorted(used)}")

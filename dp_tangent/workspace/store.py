@@ -409,13 +409,13 @@ class Workspace:
         records a deletion request removed."""
         key = self.manifest_key()
         with self.lock():
-            deleted = Tombstones(self.root).requests_for(commit(r, key) for r in records.record_ids)
+            keys = frozenset(commit(r, key) for r in records.record_ids)
+            deleted = Tombstones(self.root).requests_for(keys)
             if deleted:
                 raise WorkspaceError(f"{len(deleted)} of these records were deleted by request(s) "
                                      f"{', '.join(sorted(set(deleted.values())))}; an audit may not train on them")
             common = {"component": component, "data_source": data_source, "shard": shard}
             try:
-                keys = frozenset(commit(r, key) for r in records.record_ids)
                 result = audit_privacy(tangent, records, privacy, config, ledger=self.ledger, operator=operator,
                                        record_keys=keys, **common, **options)
             except BaseException as err:

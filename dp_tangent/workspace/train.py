@@ -103,9 +103,8 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
 
     with ws.lock(), contextlib.closing(executor):
         # Under the lock: a deletion served while this run waited for it is seen here.
-        jobs, excluded = _without_deleted(ws, jobs, key, deleted)
+        jobs, excluded, commitments = _without_deleted(ws, jobs, key, deleted)
         by_name = {job.name: job for job in jobs}
-        commitments = {job.name: frozenset(commit(r, key) for r in job.records.record_ids) for job in jobs}
         _check_names(ws, jobs)  # a refused name spends nothing and is not logged
         executor.start(len(jobs))  # before reserving: an unreachable cluster costs no budget
         try:
@@ -194,18 +193,20 @@ def _check_names(ws: "Workspace", jobs: Sequence[ShardJob]) -> None:
             raise WorkspaceError(f"component name {name!r} is already used in {ws.root}; choose another name")
 
 
-def _without_deleted(ws: "Workspace", jobs: Sequence[ShardJob], key: bytes,
-                     deleted: DeletedRecords) -> tuple[list[ShardJob], dict[str, int]]:
-    """The jobs without tombstoned records (``"exclude"``), or a refusal naming them (``"refuse"``)."""
+def _without_deleted(ws: "Workspace", jobs: Sequence[ShardJob], key: bytes, deleted: DeletedRecords
+                     ) -> tuple[list[ShardJob], dict[str, int], dict[str, frozenset[str]]]:
+    """The jobs without tombstoned records (``"exclude"``), or a refusal naming them (``"refuse"``);
+    with how many each lost and the commitments of the records each keeps."""
     if deleted not in ("refuse", "exclude"):
         raise WorkspaceError(f"deleted must be 'refuse' or 'exclude', got {deleted!r}")
-    tombstones = Tombstones(ws.root)
-    out, excluded = [], {}
+    tombstones = Tombstones(ws.root).read()
+    out, excluded, kept = [], {}, {}
     for job in jobs:
         commitments = [commit(r, key) for r in job.records.record_ids]
-        found = tombstones.requests_for(commitments)
+        found = {c: tombstones[c].request_id for c in commitments if c in tombstones}
         if not found:
             out.append(job)
+            kept[job.name] = frozenset(commitments)
             continue
         if deleted == "refuse":
             requests = ", ".join(sorted(set(found.values())))
@@ -215,7 +216,8 @@ def _without_deleted(ws: "Workspace", jobs: Sequence[ShardJob], key: bytes,
         keep = [i for i, c in enumerate(commitments) if c not in found]
         out.append(ShardJob(job.name, job.shard, job.records.subset(keep)))
         excluded[job.name] = len(found)
-    return out, excluded
+        kept[job.name] = frozenset(commitments[i] for i in keep)
+    return out, excluded, kept
 
 
 def _log_completed(ws: "Workspace", operation: str, operator: str, backbone: BackboneSpec, job: ShardJob,
