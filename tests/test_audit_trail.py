@@ -382,3 +382,70 @@ def test_budget_set_keeps_the_delta_unless_told(ws, capsys) -> None:
     ws.set_budget("toy", None, epsilon=5.0, delta=1e-4)
     code, _ = _cli(capsys, "budget", "set", "toy", "4", "-w", str(ws.root))
     assert code == 0 and [(b.epsilon, b.delta) for b in ws.ledger.budgets()] == [(4.0, 1e-4)]
+
+
+def test_the_requesters_text_copy_verifies_and_catches_an_edited_workspace_certificate(ws, capsys) -> None:
+    """Review M8: the requester holds the .txt; it is checked against the log, not against the
+    workspace's own (editable) .json."""
+    code, _ = _cli(capsys, "forget", "rec-0-6", "--request-id", "req-t", "-w", str(ws.root))
+    assert code == 0
+    held = ws.root.parent / "requester-copy.txt"
+    held.write_text((ws.certificates_dir / "req-t.txt").read_text())
+    code, out = _cli(capsys, "certificate", "verify", str(held), "-w", str(ws.root))
+    assert code == 0 and "certificate req-t holds" in out, out
+    forged = held.read_text().replace(json.loads((ws.certificates_dir / "req-t.json").read_text())
+                                      ["record_commitments"][0], "1" * 64)
+    (ws.root.parent / "forged.txt").write_text(forged)
+    code, out = _cli(capsys, "certificate", "verify", str(ws.root.parent / "forged.txt"), "-w", str(ws.root))
+    assert code == 1 and "differ from those its deletion entry logged" in out, out
+    (ws.root.parent / "junk.txt").write_text("hello")
+    code, out = _cli(capsys, "certificate", "verify", str(ws.root.parent / "junk.txt"), "-w", str(ws.root))
+    assert code == 2 and "not a deletion certificate" in out and out.count("\n") == 1, out
+
+
+def test_a_certificate_is_checked_against_a_later_kept_checkpoint(checkpointed, tmp_path, capsys) -> None:
+    """Review M8: a rollback to a point after the certificate's own checkpoint is caught by a later
+    checkpoint the auditor keeps."""
+    ws, note, vkey = checkpointed
+    code, _ = _cli(capsys, "forget", "rec-0-7", "--request-id", "req-k", "-w", str(ws.root))
+    assert code == 0
+    cert = ws.certificates_dir / "req-k.txt"
+    before = tmp_path / "before-compose"
+    shutil.copytree(ws.root, before)
+    ws.compose_model("m3", ["c1"])
+    later = tmp_path / "keys" / "checkpoint-2.txt"
+    code, _ = _cli(capsys, "audit", "checkpoint", "--key", str(tmp_path / "keys" / "signing.key"), "-o", str(later),
+                   "-w", str(ws.root))
+    assert code == 0
+    code, out = _cli(capsys, "certificate", "verify", str(cert), "--checkpoint", str(later), "--verifier-key", vkey,
+                     "-w", str(ws.root))
+    assert code == 0, out
+    shutil.rmtree(ws.root)
+    shutil.copytree(before, ws.root)  # rolled back to after the deletion, before the later checkpoint
+    code, out = _cli(capsys, "certificate", "verify", str(cert), "-w", str(ws.root))
+    assert code == 0  # its own checkpoint cannot see this rollback...
+    code, out = _cli(capsys, "certificate", "verify", str(cert), "--checkpoint", str(later), "--verifier-key", vkey,
+                     "-w", str(ws.root))
+    assert code == 1 and "against the given checkpoint" in out, out  # ...the kept one does
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["budget", "set"], "Missing argument 'target'. (usage: dp-tangent budget set [OPTIONS] {target} {epsilon}; "
+                        "see `dp-tangent budget set --help`)"),
+    (["budget", "set", "toy", "abc"], "Invalid value for 'epsilon'"),
+    (["forget", "--received-at"], "Option '--received-at' requires an argument."),
+    (["no-such-command"], "No such command"),
+])
+def test_usage_mistakes_are_one_line_errors(capsys, args: list[str], expected: str) -> None:
+    """Review m5: a malformed command line is one line on stderr and exit 2, not a usage block."""
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2 and expected in err and err.strip().count("\n") == 0 and err.startswith("error: "), err
+
+
+def test_a_name_left_by_an_interrupted_run_points_to_the_missing_shards(ws, mlp_backbone) -> None:
+    from dp_tangent.cli.train import _check_unused
+
+    ws.train(mlp_backbone, None, records(5), data_source="toy", shard="s0", name="m9-shard-0",
+             privacy=PrivacySpec(noise_multiplier=1.0), config=FAST)  # shard 0 done, then the run was killed
+    with pytest.raises(WorkspaceError, match="already used .* train only its missing shards: --shard 1 --shard 2"):
+        _check_unused(ws, "m9", 3)

@@ -110,7 +110,8 @@ def test_training_composition_budget_and_release_are_logged_with_digests(tmp_pat
     assert train.inputs[1].sha256 == ws.load_component("c0").metadata.manifest.root
     compose_entry = entries[4]
     assert [a.sha256 for a in compose_entry.inputs] == [sha256_file(ws.component_path(c)) for c in ("c0", "c1")]
-    assert compose_entry.outputs[0].sha256 == sha256_file(ws.model_path("both"))
+    written = {a.path: a.sha256 for a in compose_entry.outputs}
+    assert written == {f"models/both.{ext}": sha256_file(ws.models_dir / f"both.{ext}") for ext in ("json", "safetensors")}
     assert entries[5].parameters["guarantee"]["epsilon"] > 0
     assert entries[6].parameters["previous"] == {"epsilon": 50.0, "delta": 1e-3}
     assert b"rec-" not in ws.audit_log_path.read_bytes()

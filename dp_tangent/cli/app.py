@@ -12,8 +12,6 @@ from typing import Annotated, NoReturn, Optional
 
 import typer
 
-from privacy_accounting import PrivacyAccountingError
-
 from ..errors import DPTangentError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -61,12 +59,12 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
     try:
-        code = app(args=argv, standalone_mode=False)  # without standalone mode, Exit(n) comes back as n
+        code = app(args=argv, standalone_mode=False, prog_name="dp-tangent")  # Exit(n) comes back as n
         if code == 130:  # typer turns Ctrl-C into Exit(130)
             raise KeyboardInterrupt
         if isinstance(code, int) and code:
             sys.exit(code)
-    except (DPTangentError, PrivacyAccountingError, FileNotFoundError, PermissionError, ValueError) as err:
+    except (DPTangentError, FileNotFoundError, PermissionError, ValueError) as err:
         typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
         sys.exit(2)
     except typer.Abort as stop:  # click turns Ctrl-C into Abort
@@ -79,9 +77,22 @@ def main(argv: Optional[list[str]] = None) -> None:
         _interrupted()
     except typer.Exit as stop:
         sys.exit(stop.exit_code)
-    except typer.TyperException as err:  # usage errors: show usage and the message
-        err.show()  # type: ignore[attr-defined]
+    except typer.TyperException as err:  # usage errors (typer's own click)
+        if type(err).__name__ == "NoArgsIsHelpError":  # a group called alone: its help
+            err.show()  # type: ignore[attr-defined]
+            sys.exit(getattr(err, "exit_code", 0))
+        ctx = getattr(err, "ctx", None)  # a missing or malformed argument: one line, and where to look
+        usage = " ".join(ctx.get_usage().split()).removeprefix("Usage: ") if ctx is not None else ""
+        hint = f" (usage: {usage}; see `{ctx.command_path} --help`)" if ctx is not None else ""
+        message = " ".join(err.format_message().split())  # type: ignore[attr-defined]
+        typer.secho(f"error: {message}{hint}", err=True, fg=typer.colors.RED)
         sys.exit(getattr(err, "exit_code", 2))
+    except Exception as err:
+        accounting = sys.modules.get("privacy_accounting.errors")  # loaded iff the error can come from it
+        if accounting is None or not isinstance(err, accounting.PrivacyAccountingError):
+            raise
+        typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
+        sys.exit(2)
 
 
 def _interrupted() -> NoReturn:

@@ -23,22 +23,13 @@ def audit_verify(
 ) -> None:
     """Recompute the chain and every artifact digest (and, given a checkpoint, that the log extends it);
     exit 0 only if all check out, else print every problem and exit 1."""
-    from ..workspace.checkpoint import CheckpointError, origin_of, parse, verify_signature
+    from ..workspace.checkpoint import CheckpointError, origin_of, read_kept_checkpoint
 
     ws = open_workspace(workspace)
-    kept = None
-    if checkpoint is not None:
-        try:
-            note = checkpoint.read_text()
-        except OSError as err:
-            raise CheckpointError(f"cannot read the checkpoint {checkpoint}: {err.strerror}") from None
-        kept, _ = parse(note)
-        if kept.origin != origin_of(ws.info.manifest_key_id):
-            raise CheckpointError(f"{checkpoint} is a checkpoint of another workspace ({kept.origin})")
-        if verifier_key is not None and not verify_signature(note, verifier_key):
-            raise CheckpointError(f"{checkpoint}: the signature does not verify with the given verifier key")
-    elif verifier_key is not None:
+    if checkpoint is None and verifier_key is not None:
         raise CheckpointError("--verifier-key checks a --checkpoint; give both")
+    kept = None if checkpoint is None else \
+        read_kept_checkpoint(checkpoint, origin_of(ws.info.manifest_key_id), verifier_key)
     result = ws.audit.verify(checkpoint=kept)
     typer.echo(str(result))
     if kept is not None and result.ok:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -15,14 +15,26 @@ app.add_typer(certificate_app, name="certificate")
 
 @certificate_app.command("verify")
 def certificate_verify(
-    certificate: Annotated[Path, typer.Argument(help="The certificate's .json file (certificates/REQUEST.json).")],
+    certificate: Annotated[Path, typer.Argument(
+        help="The certificate: the requester's .txt copy or the .json (certificates/REQUEST.txt|.json).")],
+    checkpoint: Annotated[Optional[Path], typer.Option(
+        help="A later checkpoint kept outside the workspace (`audit checkpoint`): the log must extend it too.")] = None,
+    verifier_key: Annotated[Optional[str], typer.Option(
+        help="The checkpoint's verifier key (printed by `audit keygen`): its signature is checked.")] = None,
     workspace: WorkspaceOption = DEFAULT_WORKSPACE,
 ) -> None:
-    """Check that the deletion still holds: the log extends the certificate's checkpoint, no current
-    component or model holds the records, and they are still tombstoned. Exit 1 if not."""
+    """Check that the deletion still holds: the log extends the certificate's checkpoint (and the given
+    one), the records are those its deletion entry logged, no current component or model holds them,
+    and they are still tombstoned. Exit 1 if not."""
     from ..workspace.certificate_check import check_certificate, load_certificate
+    from ..workspace.checkpoint import CheckpointError, origin_of, read_kept_checkpoint
 
-    result = check_certificate(open_workspace(workspace), load_certificate(certificate))
+    if checkpoint is None and verifier_key is not None:
+        raise CheckpointError("--verifier-key checks a --checkpoint; give both")
+    ws = open_workspace(workspace)
+    kept = None if checkpoint is None else \
+        read_kept_checkpoint(checkpoint, origin_of(ws.info.manifest_key_id), verifier_key)
+    result = check_certificate(ws, load_certificate(certificate), kept)
     typer.echo(str(result))
     if not result.ok:
         raise typer.Exit(1)

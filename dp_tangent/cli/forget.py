@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import shlex
 from datetime import datetime
 from typing import Annotated, Optional
@@ -40,7 +41,8 @@ def _received_at(text: str | None, now: datetime):  # noqa: ANN202
 @app.command()
 def forget(
     record_ids: Annotated[list[str], typer.Argument(help="Record ids to delete.")],
-    request_id: Annotated[Optional[str], typer.Option(help="Request id (default: a timestamp).")] = None,
+    request_id: Annotated[Optional[str], typer.Option(
+        help="Request id (default: a timestamp and a random suffix, so two requests never collide).")] = None,
     received_at: Annotated[Optional[str], typer.Option(
         help="When the request was received (ISO date or date-time with timezone; default: now). The legal "
              "deadlines count from it.")] = None,
@@ -61,7 +63,7 @@ def forget(
 
     ws = open_workspace(workspace)  # even with no component: the request is registered and the ids tombstoned
     now = datetime.now(timezone.utc)
-    request = DeletionRequest(request_id=request_id or now.strftime("request-%Y%m%dT%H%M%S"),
+    request = DeletionRequest(request_id=request_id or now.strftime("request-%Y%m%dT%H%M%S-") + secrets.token_hex(2),
                               record_ids=tuple(record_ids), received_at=_received_at(received_at, now))
     try:
         with busy("serving the deletion request" + (" (retraining affected shards)…" if retrain else "…")):

@@ -8,13 +8,19 @@
 * ``rebuild``: a component's tangent model, rebuilt from its metadata.
 """
 
-from .centroid import Centroid, CentroidRecord, centroid_base, save_centroid, state_digest
-from .component import (NON_PRIVATE_LABEL, Component, ComponentError, ComponentMetadata, Deltas, deltas_digest,
-                        load_component, read_metadata, save_component)
-from .compose import METHODS, ComposedPart, Composition, CompositionRecord, check_compatible, compose, weighted_sum
-from .errors import CompositionError, PrivateMergeDataError
-from .rebuild import tangent_for
-from .regmean import conjugate_gradients, tensor_digest
+from ..lazy import lazy_package
+
+_EXPORTS = {
+    **dict.fromkeys(["Centroid", "CentroidRecord", "centroid_base", "save_centroid", "state_digest"], ".centroid"),
+    **dict.fromkeys(["NON_PRIVATE_LABEL", "Component", "ComponentError", "ComponentMetadata", "Deltas",
+                     "deltas_digest", "load_component", "read_metadata", "save_component"], ".component"),
+    **dict.fromkeys(["METHODS", "ComposedPart", "Composition", "CompositionRecord", "check_compatible", "compose",
+                     "weighted_sum"], ".compose"),
+    **dict.fromkeys(["CompositionError", "PrivateMergeDataError"], ".errors"),
+    "tangent_for": ".rebuild",
+    **dict.fromkeys(["conjugate_gradients", "tensor_digest"], ".regmean"),
+}
+lazy_package(__name__, _EXPORTS)
 
 __all__ = ["METHODS", "NON_PRIVATE_LABEL", "Centroid", "CentroidRecord", "Component", "ComponentError",
            "ComponentMetadata", "ComposedPart", "Composition", "CompositionError", "CompositionRecord", "Deltas",

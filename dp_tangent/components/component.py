@@ -14,18 +14,18 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save
 
 from ..errors import DPTangentError
 from ..io import atomic_write_bytes, sha256_file
 
 FORMAT = "dp-tangent-component/1"
-Deltas = dict[str, torch.Tensor]  # base-model parameter name -> delta
+if TYPE_CHECKING:  # torch is imported where tensors are handled: reading metadata needs none
+    import torch
+
+Deltas = dict[str, "torch.Tensor"]  # base-model parameter name -> delta
 NON_PRIVATE_LABEL = "NON-PRIVATE (epsilon = infinity): no differential-privacy guarantee"
 SEEDED_LABEL = "NOT DIFFERENTIALLY PRIVATE: noise from a public seed (reproducible test mode)"
 
@@ -104,6 +104,9 @@ class ComponentMetadata(_Strict):
 
 
 def deltas_digest(deltas: dict[str, torch.Tensor]) -> str:
+    """sha256 over every delta's name, dtype, shape and bytes, in name order."""
+    import torch
+
     digest = hashlib.sha256()
     for name in sorted(deltas):
         t = deltas[name].detach().cpu().contiguous().reshape(-1)
@@ -112,13 +115,20 @@ def deltas_digest(deltas: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def save_component(path: str | Path, deltas: dict[str, torch.Tensor], metadata: ComponentMetadata) -> str:
-    """Write atomically; returns the file's sha256."""
+def component_bytes(deltas: dict[str, torch.Tensor], metadata: ComponentMetadata) -> bytes:
+    """The component file's content: the deltas as safetensors, the metadata in its header."""
+    from safetensors.torch import save
+
     if metadata.deltas_sha256 != deltas_digest(deltas):
         raise ComponentError("metadata.deltas_sha256 does not match the deltas being saved")
+
     tensors = {name: t.detach().cpu().contiguous() for name, t in deltas.items()}
-    blob = save(tensors, metadata={"dp_tangent": metadata.model_dump_json()})
-    atomic_write_bytes(path, blob)
+    return save(tensors, metadata={"dp_tangent": metadata.model_dump_json()})
+
+
+def save_component(path: str | Path, deltas: dict[str, torch.Tensor], metadata: ComponentMetadata) -> str:
+    """Write atomically; returns the file's sha256."""
+    atomic_write_bytes(path, component_bytes(deltas, metadata))
     return sha256_file(path)
 
 
@@ -151,6 +161,9 @@ def read_metadata(path: str | Path) -> ComponentMetadata:
 def load_component(path: str | Path) -> Component:
     """Load and verify: schema, and the tensors' digest against ``deltas_sha256``."""
     path = Path(path)
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     metadata = read_metadata(path)
     try:
         deltas = load_file(str(path))

@@ -16,10 +16,12 @@ audit log, deletion certificates and the manifest key; every operation that chan
 * ``names``, ``lock``: checked artifact names and the workspace lock.
 """
 
+from ..lazy import lazy_package
 from .model_record import ModelPart, ModelRecord
 from .names import WorkspaceError, check_name
 from .store import Workspace
-from .train import FailedShard, ShardJob, TrainingRun
+
+lazy_package(__name__, {"FailedShard": ".train", "ShardJob": ".train", "TrainingRun": ".train"})  # torch
 
 __all__ = ["FailedShard", "ModelPart", "ModelRecord", "ShardJob", "TrainingRun", "Workspace", "WorkspaceError",
            "check_name"]

@@ -240,6 +240,8 @@ def _check_artifacts(root: Path, entries: Sequence[AuditEntry]) -> tuple[list[Pr
 NOT_ARTIFACTS = frozenset({"audit.log", "ledger.sqlite", "ledger.sqlite-journal", "ledger.sqlite-wal",
                            "ledger.sqlite-shm", "manifest.key"})
 DERIVED_FOLDERS = frozenset({"reports"})
+#: Where a change stages its files and intent (dp_tangent.workspace.commit); checked on its own.
+PENDING_FOLDER = ".pending"
 #: Logged files whose disappearance is tampering, not archiving.
 MUST_STAY = frozenset({"workspace.json", "tombstones.json", "data-sources.json"})
 MUST_STAY_FOLDERS = ("certificates/",)
@@ -262,7 +264,7 @@ def integrity_snapshot(root: Path, entries: Sequence[AuditEntry]) -> list[Artifa
     logged = {a.path for e in entries for a in e.outputs if a.path is not None}
     out = []
     for rel in sorted(set(present) | logged):
-        if rel in NOT_ARTIFACTS or rel.split("/", 1)[0] in DERIVED_FOLDERS:
+        if rel in NOT_ARTIFACTS or rel.split("/", 1)[0] in DERIVED_FOLDERS | {PENDING_FOLDER}:
             continue
         path = present.get(rel)
         out.append(Artifact(rel, sha256_file(path) if path is not None else None, rel))
@@ -279,11 +281,17 @@ def _check_unaccounted(root: Path, entries: Sequence[AuditEntry]) -> list[Proble
     problems = []
     for path in sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink()):
         rel = path.relative_to(root).as_posix()
+        if rel.split("/", 1)[0] == PENDING_FOLDER:
+            continue
         if rel in NOT_ARTIFACTS or rel.split("/", 1)[0] in DERIVED_FOLDERS:
             continue
         if present.get(rel) is None:
             problems.append(Problem(len(entries), f"file {rel} is not accounted for by the log (added or restored "
                                                   "behind the tool's back)"))
+    pending = sorted(p.parent.name for p in (root / PENDING_FOLDER).glob("*/intent.json"))
+    if pending:
+        problems.append(Problem(len(entries), f"{len(pending)} operation(s) were interrupted and are not finished: "
+                                              "open the workspace (any dp-tangent command on it) to finish them"))
     return problems
 
 

@@ -5,10 +5,17 @@ For a completed certificate: the audit log still extends the checkpoint embedded
 manifest holds any of the certified commitments; no composed model includes a removed component;
 and every commitment is still on the tombstone list, so no later training can have used it. Only
 commitments are compared: the certificate never holds raw record ids.
+
+What is checked is the certificate the *requester* holds: its ``.txt`` copy works as well as the
+``.json`` (:func:`load_certificate` reads either), and nothing is taken from the workspace's own
+copy: the commitments must equal those the deletion entry logged, and the components removed are
+the entry's. A checkpoint kept outside the workspace (``external``) must be extended too, which
+also catches a rollback of the log to a point after the certificate's own checkpoint.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +23,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from ..components.component import read_metadata
-from .certificates import DeletionCertificate
+from .certificates import DeletionCertificate, LogCheckpoint
 from .checkpoint import Checkpoint, extends, origin_of
 from .deletion_requests import ForgetError
 from .tombstones import Tombstones
@@ -47,17 +54,61 @@ class CertificateCheck:
                          + [f"  {p}" for p in self.problems])
 
 
-def load_certificate(path: Path) -> DeletionCertificate:
+@dataclass(frozen=True)
+class CertificateClaim:
+    """What a certificate asserts that can be checked later: its request, commitments, key and checkpoint."""
+
+    request_id: str
+    status: str
+    key_id: str
+    record_commitments: tuple[str, ...]
+    checkpoint: LogCheckpoint | None
+    components_removed: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, cert: DeletionCertificate) -> "CertificateClaim":
+        return cls(cert.request_id, cert.status, cert.key_id, tuple(cert.record_commitments), cert.checkpoint,
+                   tuple(r.name for r in cert.components_removed))
+
+
+_TEXT_REQUEST = re.compile(r"^DELETION CERTIFICATE -- request (\S+)$", re.M)
+_TEXT_STATUS = re.compile(r"^Status:\s+(\w+) ", re.M)
+_TEXT_KEY = re.compile(r"^Records \(\d+\), as \S+ commitments under key ([0-9a-f]+):$", re.M)
+_TEXT_COMMITMENT = re.compile(r"^  ([0-9a-f]{64})  ", re.M)
+_TEXT_CHECKPOINT = re.compile(r"^  (\S+), (\d+) entries, Merkle root ([0-9a-f]{64})$", re.M)
+
+
+def parse_certificate_text(text: str) -> CertificateClaim:
+    """The claim of a certificate's ``.txt`` copy (:func:`~.certificates.render_certificate`)."""
+    request, status, key = _TEXT_REQUEST.search(text), _TEXT_STATUS.search(text), _TEXT_KEY.search(text)
+    if request is None or status is None or key is None:
+        raise ValueError("not a dp-tangent deletion certificate")
+    point = _TEXT_CHECKPOINT.search(text)
+    checkpoint = None if point is None else LogCheckpoint(origin=point[1], size=int(point[2]), root=point[3])
+    return CertificateClaim(request[1], status[1], key[1], tuple(_TEXT_COMMITMENT.findall(text)), checkpoint)
+
+
+def load_certificate(path: Path) -> CertificateClaim:
+    """The claim of a certificate file: the ``.json`` or the requester's ``.txt`` copy."""
     try:
-        return DeletionCertificate.model_validate_json(path.read_bytes())
+        data = path.read_bytes()
     except OSError as err:
         raise ForgetError(f"cannot read the certificate {path}: {err.strerror}") from None
+    try:
+        if data.lstrip().startswith(b"{"):
+            return CertificateClaim.of(DeletionCertificate.model_validate_json(data))
+        return parse_certificate_text(data.decode("utf-8"))
     except (ValidationError, ValueError) as err:
-        raise ForgetError(f"{path} is not a deletion certificate (the .json file; {type(err).__name__})") from None
+        raise ForgetError(f"{path} is not a deletion certificate (its .json or .txt file; {type(err).__name__})") \
+            from None
 
 
-def check_certificate(ws: "Workspace", cert: DeletionCertificate) -> CertificateCheck:
-    """Re-check ``cert`` against the workspace as it is now (see the module doc)."""
+def check_certificate(ws: "Workspace", cert: DeletionCertificate | CertificateClaim,
+                      external: Checkpoint | None = None) -> CertificateCheck:
+    """Re-check ``cert`` against the workspace as it is now (see the module doc); ``external``: a
+    checkpoint kept outside the workspace, which the log must extend too."""
+    if isinstance(cert, DeletionCertificate):
+        cert = CertificateClaim.of(cert)
     if cert.key_id != ws.key_id:
         raise ForgetError(f"certificate {cert.request_id} was issued under key {cert.key_id}, not this workspace's "
                           f"({ws.key_id}): check it against the workspace that issued it")
@@ -72,6 +123,11 @@ def check_certificate(ws: "Workspace", cert: DeletionCertificate) -> Certificate
     why = extends([e.hash for e in entries], Checkpoint(point.origin, point.size, point.root))
     if why:
         problems.append(why)
+    if external is not None:
+        if external.origin != origin_of(ws.info.manifest_key_id):
+            problems.append(f"the given checkpoint is of another workspace ({external.origin})")
+        elif why := extends([e.hash for e in entries], external):
+            problems.append(f"against the given checkpoint: {why}")
     deletion = next((e for e in entries[:point.size] if e.operation == "deletion"
                      and e.parameters.get("request_id") == cert.request_id), None)
     if deletion is None:
@@ -85,7 +141,7 @@ def check_certificate(ws: "Workspace", cert: DeletionCertificate) -> Certificate
         held = doomed & set(read_metadata(ws.component_path(name)).manifest.commitments)
         if held:
             problems.append(f"component {name!r} holds {len(held)} of the deleted record(s)")
-    removed = {r.name for r in cert.components_removed}
+    removed = set(deletion.parameters.get("components_removed", []) if deletion else cert.components_removed)
     for model in ws.list_models():
         used = removed & set(ws.model_record(model).component_names)
         if used:

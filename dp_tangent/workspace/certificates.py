@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..components.manifest import SCHEME
-from ..io import atomic_write_text
+from .commit import FileWrite
 from .deletion_requests import ForgetError
 
 if TYPE_CHECKING:
@@ -165,11 +165,11 @@ def render_certificate(cert: DeletionCertificate) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_certificate(ws: Workspace, cert: DeletionCertificate) -> tuple[Path, Path]:
+def certificate_writes(ws: Workspace, cert: DeletionCertificate) -> list[FileWrite]:
+    """The certificate's two files (``.txt`` for the requester, ``.json``), for a change to write."""
     json_path, text_path = ws.certificate_paths(cert.request_id)
-    atomic_write_text(text_path, render_certificate(cert))
-    atomic_write_text(json_path, cert.model_dump_json(indent=2) + "\n")
-    return json_path, text_path
+    return [FileWrite(ws.relative(text_path), render_certificate(cert).encode()),
+            FileWrite(ws.relative(json_path), (cert.model_dump_json(indent=2) + "\n").encode())]
 
 
 def read_certificate(ws: Workspace, request_id: str) -> DeletionCertificate | None:

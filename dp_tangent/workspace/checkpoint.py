@@ -195,3 +195,18 @@ def extends(hashes: list[str], checkpoint: Checkpoint) -> str | None:
         return (f"the log's first {checkpoint.size} entries do not match the checkpoint's root hash: "
                 "the log was rewritten or rolled back")
     return None
+
+
+def read_kept_checkpoint(path: str | os.PathLike[str], origin: str, verifier: str | None) -> Checkpoint:
+    """A checkpoint file kept outside the workspace whose origin is ``origin``; with ``verifier``, its
+    signature must verify. Anything else is refused in one line."""
+    try:
+        note = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"cannot read the checkpoint {path}: {getattr(err, 'strerror', None) or err}") from None
+    kept, _ = parse(note)
+    if kept.origin != origin:
+        raise CheckpointError(f"{path} is a checkpoint of another workspace ({kept.origin})")
+    if verifier is not None and not verify_signature(note, verifier):
+        raise CheckpointError(f"{path}: the signature does not verify with the given verifier key")
+    return kept

@@ -24,8 +24,8 @@ import math
 import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
-from pathlib import Path
 
 import torch
 
@@ -35,18 +35,32 @@ from ..components.compose import compose
 from ..components.manifest import commit
 from ..components.regmean import tensor_digest
 from ..data.records import RecordSet
-from ..io import fsync_dir, sha256_file
+from ..io import sha256_file
 from ..training.config import PrivacySpec, TrainConfig
 from ..training.losses import ConvexLoss
 from .audit_log import Artifact
-from .certificates import (AddedComponent, ComponentRef, DeletionCertificate, DeletionResult, ModelChange, ModelState,
-                           Verification, read_certificate, write_certificate)
+from .certificate_check import check_certificate
+from .certificates import (
+    AddedComponent,
+    ComponentRef,
+    DeletionCertificate,
+    DeletionResult,
+    ModelChange,
+    ModelState,
+    Verification,
+    certificate_writes,
+    read_certificate,
+)
+from .checkpoint import checkpoint_of, origin_of
+from .commit import Change, FileRemoval, FileWrite, apply
 from .deletion_requests import DeletionRequest, ForgetError, resolve_now
+from .ledger_ops import RegisterModel
 from .model_record import ModelRecord
 from .request_register import receive
-from .checkpoint import checkpoint_of, origin_of
 from .store import Workspace
+from .tombstones import FILE as TOMBSTONES_FILE
 from .tombstones import Tombstones
+from .train import ShardJob
 
 ShardRecords = Mapping[str, RecordSet] | Callable[[ComponentMetadata], RecordSet]
 
@@ -131,7 +145,9 @@ def _plan_checks(ws: Workspace, affected: dict[str, ComponentMetadata], models: 
 
 
 def _recompose(ws: Workspace, record: ModelRecord, affected: set[str], replacements: Mapping[str, str],
-               merge_data: Mapping[str, torch.Tensor] | None) -> ModelRecord | None:
+               merge_data: Mapping[str, torch.Tensor] | None) -> tuple[ModelRecord, list[FileWrite]] | None:
+    """The model rebuilt without the affected components (with their replacements): its new record
+    and files, or None when no component is left."""
     names, weights, data = [], [], {}
     for part in record.components:
         name = replacements.get(part.name) if part.name in affected else part.name
@@ -151,26 +167,23 @@ def _recompose(ws: Workspace, record: ModelRecord, affected: set[str], replaceme
                    "batch_size": m["batch_size"]}
     composition = compose([ws.load_component(n) for n in names], weights if record.weights_given else None,
                           record.method, **options)
-    saved = ws.save_model(record.name, composition, replace=True)
-    ws.ledger.register_model(record.name, names)
-    return saved
+    return ws.model_writes(record.name, composition)
 
 
-def _verify(ws: Workspace, doomed: set[str], removed: set[str], now: datetime) -> Verification:
-    """Re-read every remaining manifest and model record after the changes."""
-    remaining = ws.list_components()
-    for name in remaining:
-        meta = read_metadata(ws.component_path(name))
+def _verify(ws: Workspace, remaining: Mapping[str, ComponentMetadata], models: Sequence[ModelChange], doomed: set[str],
+            removed: set[str], now: datetime) -> Verification:
+    """Check the workspace as the deletion leaves it: every remaining manifest, every model's
+    components, and the tombstone list (re-checked on disk before the certificate is sealed)."""
+    for name, meta in remaining.items():
         if meta.manifest.key_id != ws.key_id:
             raise ForgetError(f"component {name!r} was committed under another key; membership cannot be checked")
         if doomed & set(meta.manifest.commitments):
             raise ForgetError(f"verification failed: component {name!r} still holds a requested record")
-    for model in ws.list_models():
-        left = removed & set(ws.model_record(model).component_names)
+    for model in models:
+        left = removed & set(model.after.components if model.after else ())
         if left:
-            raise ForgetError(f"verification failed: model {model!r} still includes {sorted(left)}")
-    tombstoned = doomed <= set(Tombstones(ws.root).read())
-    if not tombstoned:
+            raise ForgetError(f"verification failed: model {model.name!r} still includes {sorted(left)}")
+    if not doomed <= set(Tombstones(ws.root).read()):
         raise ForgetError("verification failed: the requested records are not all on the tombstone list")
     statement = (f"Checked after the changes: none of the {len(remaining)} remaining components' record manifests "
                  f"contains any of the {len(doomed)} requested record commitment(s), no composed model "
@@ -180,22 +193,50 @@ def _verify(ws: Workspace, doomed: set[str], removed: set[str], now: datetime) -
                         commitments_checked=len(doomed), statement=statement)
 
 
-def _retrain_all(ws: Workspace, affected: Mapping[str, ComponentMetadata], shard_records: ShardRecords,
-                 deleted: set[str], privacy: PrivacySpec | None, config: TrainConfig | None,
-                 operator: str) -> list[AddedComponent]:
-    """Train a replacement for each affected component on its shard minus every deleted record."""
+def _replacements_done(ws: Workspace, request_id: str) -> dict[str, AddedComponent]:
+    """Replacements an interrupted run of this request already trained (old name -> added component):
+    reused, not trained (and charged) again."""
+    present = set(ws.list_components())
+    done = {}
+    for entry in ws.audit.entries():
+        p = entry.parameters
+        if (entry.operation == "retraining" and p.get("status") == "completed" and p.get("request_id") == request_id
+                and p.get("component") in present):
+            meta = read_metadata(ws.component_path(p["component"]))
+            done[p["replaces"]] = AddedComponent(
+                name=meta.name, sha256=sha256_file(ws.component_path(meta.name)), data_source=meta.data_source,
+                shard=meta.shard, records=meta.manifest.records, replaces=p["replaces"],
+                ledger_reservation=p["ledger_reservation"], epsilon=meta.privacy.epsilon, delta=meta.privacy.delta,
+                seed=meta.training.seed)
+    return done
+
+
+def _retrain_all(ws: Workspace, request_id: str, affected: Mapping[str, ComponentMetadata],
+                 shard_records: ShardRecords, deleted: set[str], privacy: PrivacySpec | None,
+                 config: TrainConfig | None, operator: str) -> list[AddedComponent]:
+    """Train a replacement for each affected component on its shard minus every deleted record
+    (reusing those an interrupted run of the same request finished)."""
+    done = _replacements_done(ws, request_id)
     added = []
     key = ws.manifest_key()
     for name, meta in affected.items():
+        if name in done:
+            added.append(done[name])
+            continue
         records = shard_records[name] if isinstance(shard_records, Mapping) else shard_records(meta)
         remaining = _remaining_records(meta, records, deleted, key)
         if len(remaining) == 0:
             continue  # nothing left to learn from: removed without a replacement
         spec, cfg = _retrain_spec(meta, privacy, config)
         new = _replacement_name(ws, name)
-        result = ws.train(BackboneSpec.from_dict(meta.base), meta.trainable, remaining, data_source=meta.data_source,
-                          shard=meta.shard, name=new, privacy=spec, config=cfg, operator=operator,
-                          purpose="retraining_after_deletion")
+        run = ws.train_all(BackboneSpec.from_dict(meta.base), meta.trainable,
+                           [ShardJob(new, meta.shard, remaining, log={"request_id": request_id, "replaces": name})],
+                           data_source=meta.data_source, privacy=spec, config=cfg, operator=operator,
+                           purpose="retraining_after_deletion")
+        if run.failed:
+            failure = run.failed[0]
+            raise failure.error or ForgetError(f"retraining {name!r} failed: {failure.reason}")
+        result = run.completed[0]
         if result.metadata.base_weights_sha256 != meta.base_weights_sha256:
             raise ForgetError(f"retraining {name!r} rebuilt a base model with other weights; {new!r} cannot replace it")
         p = result.metadata.privacy
@@ -205,36 +246,50 @@ def _retrain_all(ws: Workspace, affected: Mapping[str, ComponentMetadata], shard
     return added
 
 
+@dataclass(frozen=True)
+class _ModelPlan:
+    changes: list[ModelChange]
+    writes: list[FileWrite]
+    removals: list[FileRemoval]
+    ledger: list[RegisterModel]
+
+
 def _rebuild_models(ws: Workspace, models: Sequence[ModelRecord], affected: set[str], replacements: Mapping[str, str],
-                    merge_data: Mapping[str, torch.Tensor] | None) -> list[ModelChange]:
-    """Recompose every model that uses an affected component; withdraw those left with none."""
-    changes = []
+                    merge_data: Mapping[str, torch.Tensor] | None) -> _ModelPlan:
+    """Every model that uses an affected component, recomposed (or withdrawn when none is left)."""
+    plan = _ModelPlan([], [], [], [])
     for record in models:
         before = _model_state(ws, record)
         if not affected & set(record.component_names):
-            changes.append(ModelChange(name=record.name, action="unchanged", before=before, after=before))
+            plan.changes.append(ModelChange(name=record.name, action="unchanged", before=before, after=before))
             continue
-        saved = _recompose(ws, record, affected, replacements, merge_data)
-        if saved is None:
-            for path in (ws.model_path(record.name), ws.model_deltas_path(record.name)):
-                path.unlink(missing_ok=True)
-            changes.append(ModelChange(name=record.name, action="withdrawn", before=before, after=None))
-        else:
-            changes.append(ModelChange(name=record.name, action="recomposed", before=before,
-                                       after=_model_state(ws, saved)))
-    return changes
+        rebuilt = _recompose(ws, record, affected, replacements, merge_data)
+        if rebuilt is None:
+            plan.removals.extend([
+                FileRemoval(ws.relative(ws.model_path(record.name)), f"model:{record.name}"),
+                FileRemoval(ws.relative(ws.model_deltas_path(record.name)), f"model:{record.name} deltas")])
+            plan.changes.append(ModelChange(name=record.name, action="withdrawn", before=before, after=None))
+            continue
+        saved, writes = rebuilt
+        plan.writes.extend(writes)
+        plan.ledger.append(RegisterModel(record.name, saved.component_names))
+        after = ModelState(record_sha256=writes[-1].sha256, deltas_file_sha256=saved.deltas_file_sha256,
+                           deltas_sha256=saved.deltas_sha256, components=saved.component_names)
+        plan.changes.append(ModelChange(name=record.name, action="recomposed", before=before, after=after))
+    return plan
 
 
-def _log_deletion(ws: Workspace, cert: DeletionCertificate, paths: Sequence[Path], operator: str) -> None:
+def _deletion_change(ws: Workspace, cert: DeletionCertificate, plan: _ModelPlan, operator: str) -> Change:
+    """The deletion in one change: components removed, models rebuilt or withdrawn, certificate written."""
     changed = [c for c in cert.models if c.action != "unchanged"]
-    removed = [(r, ws.relative(ws.component_path(r.name))) for r in cert.components_removed]
-    ws.audit.append(
+    return Change(
         "deletion", operator=operator,
-        inputs=[Artifact(r.name, r.sha256, rel) for r, rel in removed]
+        inputs=[Artifact(r.name, r.sha256, ws.relative(ws.component_path(r.name))) for r in cert.components_removed]
         + [Artifact(f"model:{c.name}", c.before.record_sha256, ws.relative(ws.model_path(c.name))) for c in changed],
-        outputs=[Artifact(r.name, None, rel) for r, rel in removed]
-        + [a for c in changed for a in ws.model_artifacts(c.name)] + [ws.artifact(p) for p in paths]
-        + [ws.artifact(Tombstones(ws.root).path, "tombstones")],
+        writes=plan.writes + certificate_writes(ws, cert),
+        removals=[FileRemoval(ws.relative(ws.component_path(r.name)), r.name) for r in cert.components_removed]
+        + plan.removals,
+        ledger=plan.ledger,
         parameters={"request_id": cert.request_id, "outcome": cert.outcome,
                     "record_commitments": cert.record_commitments, "not_found": cert.not_found,
                     "components_removed": [r.name for r in cert.components_removed],
@@ -243,14 +298,17 @@ def _log_deletion(ws: Workspace, cert: DeletionCertificate, paths: Sequence[Path
 
 
 def _seal(ws: Workspace, cert: DeletionCertificate, operator: str) -> DeletionCertificate:
-    """Embed the checkpoint of the log as it stands after the deletion entry, rewrite the certificate
-    and log that (the certificate cannot hold a checkpoint of the entry that hashes it)."""
+    """Check the deletion on disk as ``certificate verify`` will, embed the checkpoint of the log as it
+    stands after the deletion entry, rewrite the certificate and log that (the certificate cannot
+    hold a checkpoint of the entry that hashes it)."""
     point = checkpoint_of([e.hash for e in ws.audit.entries()], origin_of(ws.info.manifest_key_id))
     cert = DeletionCertificate.model_validate({
         **cert.model_dump(), "checkpoint": {"origin": point.origin, "size": point.size, "root": point.root}})
-    paths = write_certificate(ws, cert)
-    ws.audit.append("certificate_sealed", operator=operator, outputs=[ws.artifact(p) for p in paths], parameters={
-        "request_id": cert.request_id, "checkpoint": {"size": point.size, "root": point.root}})
+    check = check_certificate(ws, cert)
+    if not check.ok:
+        raise ForgetError(f"the deletion of request {cert.request_id} does not verify on disk: {check.problems[0]}")
+    apply(ws, Change("certificate_sealed", operator=operator, writes=certificate_writes(ws, cert), parameters={
+        "request_id": cert.request_id, "checkpoint": {"size": point.size, "root": point.root}}))
     return cert
 
 
@@ -272,13 +330,19 @@ def forget(
     RecordSet, or a function of the component's metadata) minus the requested records, with the
     original run's settings and fresh noise unless ``privacy``/``config`` are given.
     ``merge_data``: the public merge inputs of regmean models that must be rebuilt.
-    Order: checks, retraining, models, removal of the old component files, verification,
-    certificate, log entry. If a step fails the request stays open and can be run again.
+    Order: registration, tombstoning, checks, retraining, then one change (old components removed,
+    models rebuilt, certificate written, logged), then the seal. If a step fails the request stays
+    open and running it again finishes it: replacements already trained are reused, a change killed
+    half-way is finished when the workspace is next opened, and a deletion done but not sealed is
+    sealed.
     """
     operator = operator or getpass.getuser()
     with ws.lock():
         cert = read_certificate(ws, request.request_id) or receive(ws, request, operator=operator, now=now)
         doomed = set(request.commitments(ws.manifest_key()))
+        if cert.status == "completed" and cert.checkpoint is None and set(cert.record_commitments) == doomed:
+            cert = _seal(ws, cert, operator)  # the deletion was done; a stop before sealing left only this
+            return DeletionResult(cert, *ws.certificate_paths(cert.request_id))
         if cert.status == "completed":
             raise ForgetError(f"request {request.request_id!r} was already completed on {cert.completed_at}")
         if set(cert.record_commitments) != doomed:
@@ -286,9 +350,10 @@ def forget(
         # First of all, so that nothing from now on -- this request's retraining included, or a
         # run after a crash half-way through -- can train these records again.
         tombstones = Tombstones(ws.root)
-        if tombstones.add(doomed, request_id=request.request_id, deleted_at=resolve_now(now).isoformat()):
-            ws.audit.append("tombstoned", operator=operator, outputs=[ws.artifact(tombstones.path, "tombstones")],
-                            parameters={"request_id": request.request_id, "record_commitments": sorted(doomed)})
+        data, new = tombstones.added(doomed, request_id=request.request_id, deleted_at=resolve_now(now).isoformat())
+        if new:
+            apply(ws, Change("tombstoned", operator=operator, writes=[FileWrite(TOMBSTONES_FILE, data, "tombstones")],
+                             parameters={"request_id": request.request_id, "record_commitments": sorted(doomed)}))
         metas = {n: read_metadata(ws.component_path(n)) for n in ws.list_components()}
         for name, meta in metas.items():
             if meta.manifest.key_id != ws.key_id:
@@ -300,14 +365,13 @@ def forget(
         removed = [ComponentRef(name=n, sha256=sha256_file(ws.component_path(n)), data_source=m.data_source,
                                 shard=m.shard, records=m.manifest.records) for n, m in affected.items()]
         deleted = set(tombstones.read())
-        added = (_retrain_all(ws, affected, shard_records, deleted, privacy, config, operator)  # type: ignore[arg-type]
-                 if retrain else [])
-        changes = _rebuild_models(ws, models, set(affected), {a.replaces: a.name for a in added}, merge_data)
-        for name in affected:
-            ws.component_path(name).unlink()
-        fsync_dir(ws.components_dir)
+        added = (_retrain_all(ws, request.request_id, affected, shard_records, deleted, privacy,  # type: ignore[arg-type]
+                              config, operator) if retrain else [])
+        plan = _rebuild_models(ws, models, set(affected), {a.replaces: a.name for a in added}, merge_data)
+        remaining = {n: m for n, m in metas.items() if n not in affected}
+        remaining.update({a.name: read_metadata(ws.component_path(a.name)) for a in added})
         finished = resolve_now(now)
-        verification = _verify(ws, doomed, set(affected), finished)
+        verification = _verify(ws, remaining, plan.changes, doomed, set(affected), finished)
         cert = DeletionCertificate.model_validate({
             **cert.model_dump(), "status": "completed",
             "outcome": "deleted" if affected else "not_found_in_any_component",
@@ -316,9 +380,8 @@ def forget(
             "not_found": [c for c, n in found_in.items() if not n],
             "components_removed": [r.model_dump() for r in removed],
             "components_added": [a.model_dump() for a in added],
-            "models": [c.model_dump() for c in changes], "verification": verification.model_dump()})
-        paths = write_certificate(ws, cert)
-        _log_deletion(ws, cert, paths, operator)
+            "models": [c.model_dump() for c in plan.changes], "verification": verification.model_dump()})
+        apply(ws, _deletion_change(ws, cert, plan, operator))
         cert = _seal(ws, cert, operator)
-        return DeletionResult(cert, *paths)
+        return DeletionResult(cert, *ws.certificate_paths(cert.request_id))
 

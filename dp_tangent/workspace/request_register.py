@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import TYPE_CHECKING
 
-from .certificates import DeletionCertificate, read_certificate, write_certificate
+from .certificates import DeletionCertificate, certificate_writes, read_certificate
+from .commit import Change, apply
 from .deletion_requests import REGIMES, DeletionRequest, ForgetError, deadlines, resolve_now
 
 if TYPE_CHECKING:
@@ -27,10 +28,9 @@ def receive(ws: Workspace, request: DeletionRequest, *, operator: str | None = N
             received_at=request.received_at.isoformat(), regimes={r: REGIMES[r] for r in request.regimes},
             deadlines={r: d.isoformat() for r, d in due.items()}, due_by=min(due.values()).isoformat(),
             operator=operator, key_id=ws.key_id, record_commitments=request.commitments(ws.manifest_key()))
-        paths = write_certificate(ws, cert)
-        ws.audit.append("deletion_request", operator=operator, outputs=[ws.artifact(p) for p in paths], parameters={
+        apply(ws, Change("deletion_request", operator=operator, writes=certificate_writes(ws, cert), parameters={
             "request_id": request.request_id, "record_commitments": cert.record_commitments,
-            "received_at": cert.received_at, "deadlines": cert.deadlines, "logged_at": resolve_now(now).isoformat()})
+            "received_at": cert.received_at, "deadlines": cert.deadlines, "logged_at": resolve_now(now).isoformat()}))
         return cert
 
 

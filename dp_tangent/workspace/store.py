@@ -10,15 +10,19 @@ Layout::
     models/NAME.json               composed model records (+ NAME.safetensors: the composed delta)
     certificates/REQUEST.json|.txt deletion requests and certificates
 
-Operations that change the workspace (training, composition, budget changes, releases) are
-appended to the audit log with the sha256 of every artifact they read or write, and hold the
-workspace lock (``flock`` on ``workspace.json``; re-entrant within a process).
+Every operation that changes the workspace (training, composition, deletion, budget changes,
+releases) is a :class:`~dp_tangent.workspace.commit.Change` applied by
+:func:`~dp_tangent.workspace.commit.apply`: files written atomically, ledger operations, and one
+audit entry with the sha256 of every artifact it read or wrote, under the workspace lock (``flock``
+on ``workspace.json``; re-entrant within a process). A change interrupted half-way is finished the
+next time the workspace is opened or locked.
 """
 
 from __future__ import annotations
 
 import contextlib
 import getpass
+import hashlib
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,35 +30,39 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save
 
-from privacy_accounting import Budget, Ledger, PrivacyAccountingError
-
-from ..backbones import BackboneSpec
-from ..components.component import Component, deltas_digest, load_component
-from ..components.compose import Composition, compose
 from ..components.manifest import commit, key_id, new_key
-from ..data.records import RecordSet
-from ..data.sources import DigitsSource
-from ..io import atomic_write_bytes, atomic_write_text, sha256_file
-from ..tangent import TangentModel
-from ..training.config import PrivacySpec, ProgressFn, TrainConfig
-from ..training.executors import Executor, TaskProgressFn
-from ..training.privacy_audit import AuditResult, audit_privacy
-from ..training.write import TrainedComponent
-from . import data_sources
+from ..io import atomic_write_text, sha256_file
 from .audit_log import INTEGRITY_FAILURE_REASON, Artifact, AuditLog, integrity_snapshot
+from .commit import Change, FileWrite, apply, finish_interrupted
+from .ledger_ops import FailReservation, RegisterModel, SetBudget, SetDataSource
 from .lock import workspace_lock, workspace_lock_if_free
 from .model_record import ModelPart, ModelRecord
 from .names import WorkspaceError, check_name
-from .release import ReleaseStatement, release
 from .tombstones import Tombstones
-from .train import DeletedRecords, ShardJob, TrainingRun, train_all
+
+# What trains, composes or loads tensors is imported where it is used: opening a workspace, reading its
+# ledger and log, and verifying them (``budget``, ``audit``, ``requests``, ``certificate``) need no torch.
+if TYPE_CHECKING:
+    import torch
+
+    from privacy_accounting import Budget, Ledger
+
+    from ..backbones import BackboneSpec
+    from ..components.component import Component
+    from ..components.compose import Composition
+    from ..data.records import RecordSet
+    from ..data.sources import ReloadableSource
+    from ..tangent import TangentModel
+    from ..training.config import PrivacySpec, ProgressFn, TrainConfig
+    from ..training.executors import Executor, TaskProgressFn
+    from ..training.privacy_audit import AuditResult
+    from ..training.write import TrainedComponent
+    from .release import ReleaseStatement
+    from .train import DeletedRecords, ShardJob, TrainingRun
 
 FORMAT = "dp-tangent-workspace/1"
 KEY_BYTES = 32
@@ -95,6 +103,8 @@ class Workspace:
             os.fsync(fd)
         finally:
             os.close(fd)
+        from privacy_accounting import Ledger
+
         Ledger.open(root / "ledger.sqlite")
         info = WorkspaceInfo(created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                              manifest_key_id=key_id(key))
@@ -120,27 +130,38 @@ class Workspace:
         if ws.key_id != info.manifest_key_id:
             raise WorkspaceError(f"{ws.key_path} does not match workspace.json (key id {ws.key_id}, "
                                  f"expected {info.manifest_key_id}): the manifest key was replaced")
-        ws.resolve_abandoned_reservations()
+        ws.finish_interrupted_work()
         return ws
+
+    def finish_interrupted_work(self) -> tuple[list[str], list[str]]:
+        """If nobody holds the lock: finish every change a killed process left half-done (see
+        :mod:`.commit`), then resolve abandoned reservations. Returns (operations finished,
+        reservations resolved)."""
+        with workspace_lock_if_free(self.root) as free:
+            if not free or not self.audit_log_path.is_file():
+                return [], []
+            return finish_interrupted(self), self._resolve_abandoned()
 
     def resolve_abandoned_reservations(self) -> list[str]:
         """Mark failed, and log, every reservation left ``reserved`` by a driver that died (e.g. a
         ``kill -9``): a driver holds the workspace lock for its whole run, so a reservation still open
         while the lock is free has no one left to finish it. Its budget stays spent (records may
         have been read). Returns the reservation ids resolved; does nothing while the lock is held."""
-        resolved: list[str] = []
         with workspace_lock_if_free(self.root) as free:
             if not free or not self.ledger_path.is_file():
-                return resolved
-            for event in self.ledger.events(status="reserved"):
-                reason = ("abandoned: the process that reserved it stopped without finishing (killed?); marked "
-                          "failed when the workspace was next opened; its budget stays spent")
-                self.ledger.fail(event.reservation_id, reason=reason)
-                self.audit.append("reservation_abandoned", operator=getpass.getuser(), parameters={
-                    "component": event.component, "data_source": event.data_source, "shard": event.shard,
-                    "ledger_reservation": event.reservation_id, "reserved_at": event.created_at,
-                    "reason": reason})
-                resolved.append(event.reservation_id)
+                return []
+            return self._resolve_abandoned()
+
+    def _resolve_abandoned(self) -> list[str]:
+        resolved: list[str] = []
+        for event in self.ledger.events(status="reserved"):
+            reason = ("abandoned: the process that reserved it stopped without finishing (killed?); marked "
+                      "failed when the workspace was next opened; its budget stays spent")
+            apply(self, Change("reservation_abandoned", operator=getpass.getuser(),
+                               ledger=[FailReservation(event.reservation_id, reason)], parameters={
+                "component": event.component, "data_source": event.data_source, "shard": event.shard,
+                "ledger_reservation": event.reservation_id, "reserved_at": event.created_at, "reason": reason}))
+            resolved.append(event.reservation_id)
         return resolved
 
     # -- paths ------------------------------------------------------------------------------------
@@ -214,6 +235,8 @@ class Workspace:
     @cached_property
     def ledger(self) -> Ledger:
         """The workspace's ledger; a missing one is an error, never silently a new, empty one."""
+        from privacy_accounting import Ledger
+
         if not self.ledger_path.is_file():
             raise WorkspaceError(f"{self.ledger_path} is missing: every privacy spend of this workspace is in it; "
                                  "restore it from a backup (dp-tangent audit verify checks the restored copy)")
@@ -234,6 +257,7 @@ class Workspace:
         """
         with workspace_lock(self.root) as outermost:
             if outermost and self.audit_log_path.is_file():
+                finish_interrupted(self)  # a change killed half-way is finished, not mistaken for tampering
                 self._record_integrity_failure()
             yield
 
@@ -253,6 +277,8 @@ class Workspace:
         return sorted(p.stem for p in self.models_dir.glob("*.json"))
 
     def load_component(self, name: str) -> Component:
+        from ..components.component import load_component
+
         return load_component(self.component_path(name))
 
     def model_record(self, name: str) -> ModelRecord:
@@ -267,6 +293,11 @@ class Workspace:
 
     def load_model(self, name: str) -> tuple[ModelRecord, dict[str, torch.Tensor]]:
         """The record and the composed delta, both checked against the record's digests."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        from ..components.component import deltas_digest
+
         record = self.model_record(name)
         path = self.models_dir / record.deltas_file
         if not path.is_file() or sha256_file(path) != record.deltas_file_sha256:
@@ -290,7 +321,7 @@ class Workspace:
         shard: str,
         name: str,
         privacy: PrivacySpec,
-        config: TrainConfig = TrainConfig(),
+        config: TrainConfig | None = None,
         operator: str | None = None,
         purpose: str = "training",
         progress: ProgressFn | None = None,
@@ -304,6 +335,8 @@ class Workspace:
         each name's spend is its own. Several shards at once, in parallel: :meth:`train_all`, which
         also says what ``deleted`` and ``allow_overlap`` do.
         """
+        from .train import ShardJob
+
         report = (lambda _name, step, total: progress(step, total)) if progress else None
         run = self.train_all(backbone, trainable, [ShardJob(name, shard, records)], data_source=data_source,
                              privacy=privacy, config=config, operator=operator, purpose=purpose, progress=report,
@@ -314,7 +347,7 @@ class Workspace:
         return run.completed[0]
 
     def train_all(self, backbone: BackboneSpec, trainable: str | None, jobs: Sequence[ShardJob], *,
-                  data_source: str, privacy: PrivacySpec, config: TrainConfig = TrainConfig(),
+                  data_source: str, privacy: PrivacySpec, config: TrainConfig | None = None,
                   executor: Executor | None = None, operator: str | None = None, purpose: str = "training",
                   progress: TaskProgressFn | None = None, deleted: DeletedRecords = "refuse",
                   allow_overlap: bool = False) -> TrainingRun:
@@ -325,18 +358,22 @@ class Workspace:
         ``deleted="exclude"``, dropped); records another shard already read are refused unless
         ``allow_overlap``. See :func:`dp_tangent.workspace.train.train_all`.
         """
-        return train_all(self, backbone, trainable, jobs, data_source=data_source, privacy=privacy, config=config,
+        from ..training.config import TrainConfig
+        from .train import train_all
+
+        return train_all(self, backbone, trainable, jobs, data_source=data_source, privacy=privacy,
+                         config=config or TrainConfig(),
                          executor=executor, operator=operator, purpose=purpose, progress=progress, deleted=deleted,
                          allow_overlap=allow_overlap)
 
-    def save_model(self, name: str, composition: Composition, *, replace: bool = False) -> ModelRecord:
-        """Write ``models/NAME.safetensors`` then ``models/NAME.json`` (the record commits it). No log entry."""
+    def model_writes(self, name: str, composition: Composition) -> tuple[ModelRecord, list[FileWrite]]:
+        """The record and the files of model ``name`` (``models/NAME.safetensors`` and ``.json``),
+        to be written by a :class:`~dp_tangent.workspace.commit.Change`."""
+        from safetensors.torch import save
+
         record_path, deltas_path = self.model_path(name), self.model_deltas_path(name)
-        if record_path.exists() and not replace:
-            raise WorkspaceError(f"model {name!r} already exists; pass replace=True to overwrite it")
         rec = composition.record
-        atomic_write_bytes(deltas_path, save({n: t.contiguous() for n, t in composition.deltas.items()},
-                                             metadata={"dp_tangent_model": name}))
+        blob = save({n: t.contiguous() for n, t in composition.deltas.items()}, metadata={"dp_tangent_model": name})
         record = ModelRecord(
             name=name, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), method=rec.method,
             weights_given=rec.weights_given,
@@ -344,10 +381,11 @@ class Workspace:
                                   data_source=p.data_source, shard=p.shard, weight=p.weight,
                                   coefficient=p.coefficient, merge_data_sha256=p.merge_data_sha256) for p in rec.parts],
             base=rec.base, base_weights_sha256=rec.base_weights_sha256, trainable=rec.trainable,
-            deltas_sha256=rec.deltas_sha256, deltas_file=deltas_path.name, deltas_file_sha256=sha256_file(deltas_path),
-            merge=rec.merge)
-        atomic_write_text(record_path, record.model_dump_json(indent=2) + "\n")
-        return record
+            deltas_sha256=rec.deltas_sha256, deltas_file=deltas_path.name,
+            deltas_file_sha256=hashlib.sha256(blob).hexdigest(), merge=rec.merge)
+        return record, [FileWrite(self.relative(deltas_path), blob, f"model:{name} deltas"),
+                        FileWrite(self.relative(record_path), (record.model_dump_json(indent=2) + "\n").encode(),
+                                  f"model:{name}")]
 
     def model_artifacts(self, name: str) -> list[Artifact]:
         """The record and delta files of a model, with their current digests (None if absent)."""
@@ -368,45 +406,54 @@ class Workspace:
         **options: Any,
     ) -> ModelRecord:
         """Compose workspace components into ``models/NAME``, register it in the ledger, and log it."""
+        from ..components.compose import compose
+
         check_name(name, "model")
         with self.lock():
+            exists = self.model_path(name).exists()
+            if exists and not replace:
+                raise WorkspaceError(f"model {name!r} already exists; pass replace=True to overwrite it")
             loaded = [self.load_component(c) for c in components]
             composition = compose(loaded, weights, method, merge_data=merge_data,
                                   merge_data_public=merge_data_public, **options)
-            before = self.model_artifacts(name)
-            record = self.save_model(name, composition, replace=replace)
-            self.ledger.register_model(name, record.component_names)
-            self.audit.append(
-                "composition", operator=operator,
+            record, writes = self.model_writes(name, composition)
+            apply(self, Change(
+                "composition", operator=operator, writes=writes,
                 inputs=[self.artifact(c.path, c.name) for c in loaded],
-                outputs=self.model_artifacts(name),
+                ledger=[RegisterModel(name, record.component_names)],
                 parameters={"model": name, "method": method, "weights": record.weights,
                             "coefficients": [p.coefficient for p in record.components],
                             "base_weights_sha256": record.base_weights_sha256, "trainable": record.trainable,
-                            "deltas_sha256": record.deltas_sha256, "merge": record.merge,
-                            "replaced": before[0].sha256 is not None})
+                            "deltas_sha256": record.deltas_sha256, "merge": record.merge, "replaced": exists}))
             return record
 
     def declare_data_source(self, name: str, *, description: str, shards: Sequence[str], unit: str = "record",
-                            loader: DigitsSource | None = None, operator: str | None = None) -> None:
+                            loader: ReloadableSource | None = None, operator: str | None = None) -> None:
         """Declare a data source and its shards in the ledger (and, with ``loader``, how to re-read it
         for retraining, in ``data-sources.json``), and log it."""
+        from . import data_sources
+
         with self.lock():
-            self.ledger.set_data_source(name, unit=unit, description=description, shards=shards)
-            outputs = []
+            writes = []
             if loader is not None:
-                data_sources.register(self, name, loader)
-                outputs.append(self.artifact(self.root / data_sources.FILE, "data-source registry"))
-            self.audit.append("data_source", operator=operator, outputs=outputs, parameters={
+                writes.append(FileWrite(data_sources.FILE, data_sources.registered(self, name, loader),
+                                        "data-source registry"))
+            apply(self, Change("data_source", operator=operator, writes=writes,
+                               ledger=[SetDataSource(name, str(getattr(unit, "value", unit)), description,
+                                                     list(shards))], parameters={
                 "data_source": name, "unit": unit, "description": description, "shards": list(shards),
-                "reloadable": loader is not None})
+                "reloadable": loader is not None}))
 
     def audit_privacy(self, tangent: TangentModel, records: RecordSet, privacy: PrivacySpec,
-                      config: TrainConfig = TrainConfig(), *, data_source: str, shard: str, component: str,
+                      config: TrainConfig | None = None, *, data_source: str, shard: str, component: str,
                       operator: str | None = None, **options: Any) -> AuditResult:
         """An empirical privacy audit (:func:`dp_tangent.training.privacy_audit.audit_privacy`) on this
         workspace's private records: charged to the ledger like training, logged, and refused on
         records a deletion request removed."""
+        from ..training.config import TrainConfig
+        from ..training.privacy_audit import audit_privacy
+
+        config = config or TrainConfig()
         key = self.manifest_key()
         with self.lock():
             keys = frozenset(commit(r, key) for r in records.record_ids)
@@ -419,13 +466,13 @@ class Workspace:
                 result = audit_privacy(tangent, records, privacy, config, ledger=self.ledger, operator=operator,
                                        record_keys=keys, **common, **options)
             except BaseException as err:
-                self.audit.append("privacy_audit", operator=operator, parameters={
-                    **common, "status": "failed", "error": type(err).__name__})
+                apply(self, Change("privacy_audit", operator=operator, parameters={
+                    **common, "status": "failed", "error": type(err).__name__}))
                 raise
-            self.audit.append("privacy_audit", operator=operator, parameters={
+            apply(self, Change("privacy_audit", operator=operator, parameters={
                 **common, "status": "completed", "epsilon_lower_bound": result.epsilon_lower_bound,
                 "claimed_epsilon": result.claimed_epsilon, "max_demonstrable_epsilon": result.max_demonstrable_epsilon,
-                "delta": result.delta, "ledger_reservation": result.reservation_id, "audit_id": result.audit_id})
+                "delta": result.delta, "ledger_reservation": result.reservation_id, "audit_id": result.audit_id}))
             return result
 
     def set_budget(self, data_source: str, shard: str | None, epsilon: float, delta: float, *,
@@ -434,28 +481,32 @@ class Workspace:
         with self.lock():
             previous = next((b for b in self.ledger.budgets() if (b.data_source, b.shard) == (data_source, shard)),
                             None)
-            budget = self.ledger.set_budget(data_source, shard, epsilon, delta)
-            self.audit.append("budget_change", operator=operator, parameters={
-                "data_source": data_source, "shard": shard, "epsilon": budget.epsilon, "delta": budget.delta,
-                "previous": None if previous is None else {"epsilon": previous.epsilon, "delta": previous.delta}})
-            return budget
+            apply(self, Change("budget_change", operator=operator,
+                               ledger=[SetBudget(data_source, shard, float(epsilon), float(delta))], parameters={
+                "data_source": data_source, "shard": shard, "epsilon": float(epsilon), "delta": float(delta),
+                "previous": None if previous is None else {"epsilon": previous.epsilon, "delta": previous.delta}}))
+            return next(b for b in self.ledger.budgets() if (b.data_source, b.shard) == (data_source, shard))
 
     def release(self, model: str, out_dir: str | os.PathLike[str], *, operator: str | None = None,
                 allow_non_private: bool = False) -> ReleaseStatement:
         """Write ``model``'s release bundle (deltas, base reference, privacy statement; no counts,
         manifests or seeds) to the new directory ``out_dir`` and log it; see :mod:`.release`."""
+        from .release import release
+
         return release(self, model, out_dir, operator=operator, allow_non_private=allow_non_private)
 
     def record_release(self, model: str, *, destination: str, operator: str | None = None,
                        note: str = "", bundle: Mapping[str, str] | None = None) -> None:
         """Log that ``model`` (its current files) left the workspace for ``destination``
         (``bundle``: file name -> sha256 of what was written there, see :mod:`.release`)."""
+        from privacy_accounting import PrivacyAccountingError
+
         with self.lock():
             record, _ = self.load_model(model)
             guarantee = None
             with contextlib.suppress(PrivacyAccountingError):
                 g = self.ledger.model_guarantee(model)
                 guarantee = {"epsilon": g.epsilon if math.isfinite(g.epsilon) else "inf", "delta": g.delta}
-            self.audit.append("release", operator=operator, inputs=self.model_artifacts(model), parameters={
+            apply(self, Change("release", operator=operator, inputs=self.model_artifacts(model), parameters={
                 "model": model, "destination": destination, "note": note, "components": record.component_names,
-                "deltas_sha256": record.deltas_sha256, "guarantee": guarantee, "bundle": dict(bundle or {})})
+                "deltas_sha256": record.deltas_sha256, "guarantee": guarantee, "bundle": dict(bundle or {})}))

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ..io import atomic_write_text
+from ..io import atomic_write_bytes
 from .names import WorkspaceError
 
 FILE = "tombstones.json"
@@ -58,14 +58,20 @@ class Tombstones:
             raise WorkspaceError(f"{self.path} is not a valid tombstone list ({type(err).__name__}); restore it "
                                  "from a backup: deleted records must stay deleted") from err
 
-    def add(self, commitments: Iterable[str], *, request_id: str, deleted_at: str) -> list[str]:
-        """Tombstone ``commitments`` (those already there keep their first request); returns the new ones."""
+    def added(self, commitments: Iterable[str], *, request_id: str, deleted_at: str) -> tuple[bytes, list[str]]:
+        """The list's new content with ``commitments`` tombstoned (those already there keep their first
+        request), and the new ones; written by the caller's change (:mod:`.commit`)."""
         current = self.read()
         new = sorted(set(commitments) - set(current))
+        current.update({c: Tombstone(request_id=request_id, deleted_at=deleted_at) for c in new})
+        text = TombstoneFile(records=dict(sorted(current.items()))).model_dump_json(indent=2) + "\n"
+        return text.encode(), new
+
+    def add(self, commitments: Iterable[str], *, request_id: str, deleted_at: str) -> list[str]:
+        """Tombstone ``commitments`` at once, unlogged (a workspace's deletion does it through a logged change)."""
+        data, new = self.added(commitments, request_id=request_id, deleted_at=deleted_at)
         if new:
-            current.update({c: Tombstone(request_id=request_id, deleted_at=deleted_at) for c in new})
-            text = TombstoneFile(records=dict(sorted(current.items()))).model_dump_json(indent=2) + "\n"
-            atomic_write_text(self.path, text)
+            atomic_write_bytes(self.path, data)
         return new
 
     def requests_for(self, commitments: Iterable[str]) -> dict[str, str]:

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from privacy_accounting import Status
 
@@ -36,8 +36,10 @@ from ..training.executors.serial import SerialExecutor
 from ..training.per_sample import check_per_sample_support
 from ..training.plan import plan_task, reservation_request
 from ..training.validation import validate_task
-from ..training.write import TrainedComponent, write_component
+from ..training.write import ComponentFile, TrainedComponent, component_file
 from .audit_log import Artifact
+from .commit import Change, FileWrite, apply
+from .ledger_ops import CompleteReservation, FailReservation, LedgerOp
 from .names import WorkspaceError
 from .tombstones import Tombstones
 
@@ -49,11 +51,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ShardJob:
-    """One component to train: its (unused) name, the shard it is trained on, and the shard's records."""
+    """One component to train: its (unused) name, the shard it is trained on, and the shard's records;
+    ``log``: extra parameters for its audit entries (e.g. the deletion request a retraining serves)."""
 
     name: str
     shard: str
     records: RecordSet
+    log: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -95,11 +99,12 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
     operation = "retraining" if purpose == "retraining_after_deletion" else "training"
     key = ws.manifest_key()
 
-    def log(job: ShardJob, status: str, **extra: object) -> None:
-        ws.audit.append(operation, operator=operator, parameters={
+    def log(job: ShardJob, status: str, ledger: Sequence[LedgerOp] = (), **extra: object) -> None:
+        apply(ws, Change(operation, operator=operator, ledger=ledger, parameters={
             "component": job.name, "data_source": data_source, "shard": job.shard, "purpose": purpose,
             "records": len(job.records), "trainable": trainable, "base": backbone.to_dict(),
-            "executor": executor.name, "status": status, "excluded_deleted": excluded.get(job.name, 0), **extra})
+            "executor": executor.name, "status": status, "excluded_deleted": excluded.get(job.name, 0),
+            **job.log, **extra}))
 
     with ws.lock(), contextlib.closing(executor):
         # Under the lock: a deletion served while this run waited for it is seen here.
@@ -123,10 +128,10 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
                 for task, job in zip(tasks, jobs)], allow_overlap=allow_overlap)))
             # Logged at once, so the ledger never holds rows the log has not seen (a kill -9 from
             # here on leaves reservations the next opening resolves, in the log too).
-            ws.audit.append("reservation", operator=operator, parameters={
+            apply(ws, Change("reservation", operator=operator, parameters={
                 "purpose": purpose, "data_source": data_source,
                 "reservations": {job.name: {"shard": job.shard, "ledger_reservation": reservations[job.name]}
-                                 for job in jobs}})
+                                 for job in jobs}}))
         except BaseException as err:
             for job in jobs:  # the message may name a record id: it goes to the operator, not into the log
                 log(job, "failed", error=f"{type(err).__name__} before any budget was reserved", reserved=False)
@@ -138,10 +143,11 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
         def fail(name: str, reason: str, worker: dict[str, object], lost: bool = False,
                  error: BaseException | None = None) -> None:
             job = open_jobs[name]
-            ws.ledger.fail(reservations[name], reason=reason[:500], details={"worker": worker})
             del open_jobs[name]
             failed.append(FailedShard(job.name, job.shard, reason, worker, lost, error))
-            log(job, "failed", error=reason[:300], worker=worker, lost=lost, ledger_reservation=reservations[name])
+            log(job, "failed", ledger=[FailReservation(reservations[name], " ".join(reason.split())[:500] or "failed",
+                                                       {"worker": worker})],
+                error=reason[:300], worker=worker, lost=lost, ledger_reservation=reservations[name])
 
         def _handle(outcome: TaskOutcome) -> None:
             if isinstance(outcome, TaskFailed):
@@ -154,17 +160,17 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
                                 "packages and checkpoint", trained.worker)
                 return
             job = by_name[task.name]
+            path = ws.component_path(job.name)
             try:
-                result = write_component(task, trained, ledger=ws.ledger, reservation=reservations[job.name],
-                                         data_source=data_source, shard=job.shard,
-                                         output=ws.component_path(job.name), manifest_key=ws.manifest_key())
+                built = component_file(task, trained, reservation=reservations[job.name], data_source=data_source,
+                                       shard=job.shard, output=path, manifest_key=key)
+                apply(ws, _completed_change(ws, operation, operator, backbone, job, data_source, purpose, built,
+                                            executor.name, trained.worker, excluded.get(job.name, 0)))
             except Exception as err:  # noqa: BLE001 -- e.g. disk full: this shard failed, go on with the rest
                 fail(task.name, failure_reason(err), trained.worker, error=err)
                 return
             del open_jobs[job.name]
-            completed.append(result)
-            _log_completed(ws, operation, operator, backbone, job, data_source, purpose, result, executor.name,
-                           trained.worker, excluded.get(job.name, 0))
+            completed.append(TrainedComponent(path, built.metadata, built.sha256, reservations[job.name]))
 
         try:
             with contextlib.closing(executor.run(tasks, progress)) as outcomes:
@@ -220,20 +226,21 @@ def _without_deleted(ws: "Workspace", jobs: Sequence[ShardJob], key: bytes, dele
     return out, excluded, kept
 
 
-def _log_completed(ws: "Workspace", operation: str, operator: str, backbone: BackboneSpec, job: ShardJob,
-                   data_source: str, purpose: str, result: TrainedComponent, executor: str,
-                   worker: dict[str, object], excluded_deleted: int = 0) -> None:
-    meta, p = result.metadata, result.metadata.privacy
-    ws.audit.append(
+def _completed_change(ws: "Workspace", operation: str, operator: str, backbone: BackboneSpec, job: ShardJob,
+                      data_source: str, purpose: str, built: ComponentFile, executor: str,
+                      worker: dict[str, object], excluded_deleted: int = 0) -> Change:
+    """The component file written and its reservation completed, in one logged change."""
+    meta, p = built.metadata, built.metadata.privacy
+    return Change(
         operation, operator=operator,
         inputs=[Artifact(f"base:{backbone.name}", meta.base_weights_sha256),
                 Artifact(f"records:{data_source}/{job.shard} (manifest root)", meta.manifest.root)],
-        outputs=[ws.artifact(result.path, job.name)],
+        writes=[FileWrite(ws.relative(ws.component_path(job.name)), built.data, job.name)],
+        ledger=[CompleteReservation(p.ledger_reservation, built.ledger_details)],
         parameters={"component": job.name, "data_source": data_source, "shard": job.shard, "purpose": purpose,
                     "records": len(job.records), "base": backbone.to_dict(), "executor": executor, "worker": worker,
-                    "status": "completed", "trainable": meta.trainable, "ledger_reservation": result.reservation_id,
+                    "status": "completed", "trainable": meta.trainable, "ledger_reservation": p.ledger_reservation,
                     "private": p.private, "epsilon": p.epsilon, "delta": p.delta,
                     "noise_multiplier": p.noise_multiplier, "max_grad_norm": p.max_grad_norm,
                     "sample_rate": p.sample_rate, "steps": p.steps, "seed": meta.training.seed,
-                    "excluded_deleted": excluded_deleted,
-                    "deltas_sha256": meta.deltas_sha256})
+                    "excluded_deleted": excluded_deleted, "deltas_sha256": meta.deltas_sha256, **job.log})

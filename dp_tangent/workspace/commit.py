@@ -1,0 +1,213 @@
+"""The one commit path: every change to a workspace is a :class:`Change` value, applied by :func:`apply`.
+
+A change names the files it writes (their bytes) and removes, the ledger operations it performs
+(small values, :mod:`.ledger_ops`) and the audit entry that records it. :func:`apply`, under the
+workspace lock:
+
+1. stages the new files' bytes in ``.pending/ID/`` and writes the intent ``.pending/ID/intent.json``
+   last (fsynced): the commit point. Killed before it, nothing changed and the staging is discarded;
+2. moves each staged file into place (a rename: atomic), removes the files the change removes;
+3. applies the ledger operations;
+4. appends one audit entry whose outputs are every written file's sha256 (removed ones as ``None``),
+   whose ``ledger`` field holds the ledger's table digests after step 3, and whose parameters carry
+   ``commit: ID``;
+5. deletes the intent.
+
+A process killed between 1 and 5 leaves an intent that :func:`finish_interrupted` rolls forward the
+next time the workspace is opened or locked, before anything else: each step is idempotent (a file
+already in place is left, a removed one stays removed, an entry is not appended twice), so an
+interrupted training, composition or deletion ends exactly as if it had not been interrupted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..io import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_file
+from .audit_log import Artifact, AuditEntry
+from .ledger_ops import LedgerOp, ledger_op_from_json
+from .names import WorkspaceError
+
+if TYPE_CHECKING:
+    from .store import Workspace
+
+PENDING = ".pending"
+INTENT = "intent.json"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class FileWrite:
+    """``data`` written atomically at ``path`` (relative to the workspace); ``name`` labels it in the log."""
+
+    path: str
+    data: bytes
+    name: str | None = None
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+@dataclass(frozen=True)
+class FileRemoval:
+    """The file at ``path`` (relative to the workspace) removed; logged with sha256 ``None``."""
+
+    path: str
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class Change:
+    """One operation on a workspace: what it reads (``inputs``), writes, removes and does to the ledger,
+    and the audit entry (``operation``, ``parameters``) that records it."""
+
+    operation: str
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    operator: str | None = None
+    inputs: Sequence[Artifact] = ()
+    writes: Sequence[FileWrite] = ()
+    removals: Sequence[FileRemoval] = ()
+    ledger: Sequence[LedgerOp] = ()
+
+    def __post_init__(self) -> None:
+        _check_paths([w.path for w in self.writes] + [r.path for r in self.removals])
+
+    @property
+    def outputs(self) -> list[Artifact]:
+        return ([Artifact(w.name or Path(w.path).name, w.sha256, w.path) for w in self.writes]
+                + [Artifact(r.name or Path(r.path).name, None, r.path) for r in self.removals])
+
+
+def _check_paths(paths: Sequence[str]) -> None:
+    """Paths relative to the workspace, inside it, outside the staging area, each named once; also
+    applied to an interrupted change's intent before it is finished (a planted intent must not make
+    the tool write outside the workspace)."""
+    if len(set(paths)) != len(paths):
+        raise WorkspaceError(f"a change writes or removes the same file twice: {sorted(paths)}")
+    for path in paths:
+        parts = Path(path).parts
+        if not isinstance(path, str) or Path(path).is_absolute() or ".." in parts or not parts or parts[0] == PENDING:
+            raise WorkspaceError(f"a change may only write inside the workspace, got {path!r}")
+
+
+def apply(ws: "Workspace", change: Change) -> AuditEntry:
+    """Carry out ``change`` as the module doc says, and return its audit entry."""
+    with ws.lock():
+        for op in change.ledger:  # what the ledger would refuse is refused before anything is written
+            op.check(ws.ledger)
+        commit_id = uuid.uuid4().hex
+        staging = ws.root / PENDING / commit_id
+        _stage(staging, change, commit_id)
+        return _finish(ws, staging)
+
+
+def finish_interrupted(ws: "Workspace") -> list[str]:
+    """Roll forward every change whose intent was written (discard staging without one); the caller
+    holds the lock. Returns the operations finished."""
+    pending = ws.root / PENDING
+    if not pending.is_dir():
+        return []
+    done = []
+    for staging in sorted(p for p in pending.iterdir()):
+        if (staging / INTENT).is_file():
+            done.append(_finish(ws, staging).operation)
+        else:
+            shutil.rmtree(staging, ignore_errors=True)  # killed before its commit point: nothing happened
+    with_contents = any(pending.iterdir())
+    if not with_contents:
+        pending.rmdir()
+        fsync_dir(ws.root)
+    return done
+
+
+def _stage(staging: Path, change: Change, commit_id: str) -> None:
+    staging.mkdir(parents=True)
+    for write in change.writes:
+        blob = staging / write.sha256
+        if not blob.exists():
+            with open(blob, "wb") as handle:
+                handle.write(write.data)
+                handle.flush()
+                os.fsync(handle.fileno())
+    intent = {
+        "commit": commit_id, "operation": change.operation, "operator": change.operator,
+        "parameters": dict(change.parameters),
+        "inputs": [a.to_json() for a in change.inputs],
+        "writes": [{"path": w.path, "name": w.name, "sha256": w.sha256} for w in change.writes],
+        "removals": [{"path": r.path, "name": r.name} for r in change.removals],
+        "ledger": [op.to_json() for op in change.ledger],
+    }
+    try:
+        text = json.dumps(intent, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise WorkspaceError(f"the {change.operation} entry's parameters are not plain JSON: {err}") from None
+    fsync_dir(staging)
+    atomic_write_text(staging / INTENT, text)  # the commit point
+
+
+def _finish(ws: "Workspace", staging: Path) -> AuditEntry:
+    intent = json.loads((staging / INTENT).read_text())
+    commit_id = intent["commit"]
+    _check_paths([w["path"] for w in intent["writes"]] + [r["path"] for r in intent["removals"]])
+    if commit_id != staging.name or not all(_SHA256.fullmatch(str(w["sha256"])) for w in intent["writes"]):
+        raise WorkspaceError(f"{staging / INTENT} is not an intent this tool wrote; remove {staging} and run "
+                             "`dp-tangent audit verify`")
+    entries = ws.audit.entries()
+    if entries and entries[-1].parameters.get("commit") == commit_id:
+        entry = entries[-1]  # only the intent's removal was left to do
+    else:
+        change = Change(
+            operation=intent["operation"], parameters={**intent["parameters"], "commit": commit_id},
+            operator=intent["operator"], inputs=[Artifact(**a) for a in intent["inputs"]],
+            writes=(), removals=[_removal(r) for r in intent["removals"]],
+            ledger=[ledger_op_from_json(op) for op in intent["ledger"]])
+        uses = Counter(w["sha256"] for w in intent["writes"])
+        for write in intent["writes"]:
+            _put(ws.root, staging, write["path"], write["sha256"], shared=uses[write["sha256"]] > 1)
+        for removal in change.removals:
+            (ws.root / removal.path).unlink(missing_ok=True)
+        for folder in {(ws.root / w["path"]).parent for w in intent["writes"]} | \
+                {(ws.root / r.path).parent for r in change.removals}:
+            fsync_dir(folder)
+        for op in change.ledger:
+            op.apply(ws.ledger)
+        outputs = ([Artifact(w["name"] or Path(w["path"]).name, w["sha256"], w["path"]) for w in intent["writes"]]
+                   + change.outputs)
+        entry = ws.audit.append(change.operation, operator=change.operator, inputs=change.inputs, outputs=outputs,
+                                parameters=change.parameters)
+    shutil.rmtree(staging)
+    return entry
+
+
+def _removal(raw: Mapping[str, Any]) -> FileRemoval:
+    return FileRemoval(raw["path"], raw.get("name"))
+
+
+def _put(root: Path, staging: Path, rel: str, sha: str, shared: bool) -> None:
+    """Move the staged bytes to ``rel`` (copy them if another write shares them) unless the file is
+    already there with that digest."""
+    target = root / rel
+    blob = staging / sha
+    if blob.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if shared:
+            atomic_write_bytes(target, blob.read_bytes())
+        else:
+            os.replace(blob, target)
+        return
+    if target.is_file() and sha256_file(target) == sha:
+        return
+    raise WorkspaceError(f"cannot finish an interrupted operation: the staged copy of {rel} is gone and the file "
+                         f"does not hold it; restore {staging} or the workspace from a backup")

@@ -1,0 +1,198 @@
+"""One commit path (issue 13): every change is staged, committed by its intent, and finished after a kill.
+
+The kills are real: a child process dies with ``os._exit`` (no ``finally`` runs, as with ``kill -9``)
+at a chosen point of an operation; the parent then opens the workspace as the next command would.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import textwrap
+from datetime import date
+from pathlib import Path
+
+import pytest
+import torch
+
+from dp_tangent.data import RecordSet
+from dp_tangent.training import PrivacySpec, TrainConfig
+from dp_tangent.workspace import Workspace, WorkspaceError
+from dp_tangent.workspace.certificate_check import check_certificate
+from dp_tangent.workspace.commit import PENDING, Change, FileWrite, apply
+from dp_tangent.workspace.deletion_requests import DeletionRequest
+from dp_tangent.workspace.forget import forget
+
+PACKAGE = Path(__file__).resolve().parents[1] / "dp_tangent"
+
+# The child: the workspace of the parent (relative path ``ws`` in its working directory), the same
+# tiny backbone as the mlp_backbone fixture, then the operation, killed where KILL says.
+CHILD = textwrap.dedent('''
+    import os, sys, torch, torch.nn as nn
+    torch.set_num_threads(1)
+    from dp_tangent.backbones import BackboneSpec
+    def build(self):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 3)).eval()
+    BackboneSpec.build = build
+    from dp_tangent.data import RecordSet
+    from dp_tangent.workspace import Workspace
+    from dp_tangent.workspace.deletion_requests import DeletionRequest
+    import dp_tangent.workspace.forget as forget_module
+    import privacy_accounting
+    def records(k, n=32):
+        gen = torch.Generator().manual_seed(k)
+        x = torch.randn(n, 8, generator=gen)
+        return RecordSet(x, (x[:, 0] > 0).long(), tuple(f"rec-{k}-{i}" for i in range(n)))
+    def die(*args, **kwargs):
+        os._exit(9)
+    ws = Workspace.open("ws")
+    where = sys.argv[1]
+    if where == "compose-ledger":
+        privacy_accounting.Ledger.register_model = die
+        ws.compose_model("m2", ["c0", "c1"])
+    else:
+        if where == "deletion-ledger":
+            privacy_accounting.Ledger.register_model = die
+        elif where == "after-retraining":
+            forget_module._rebuild_models = die
+        elif where == "before-seal":
+            forget_module.check_certificate = die
+        import datetime
+        request = DeletionRequest("req-1", ("rec-0-3",), datetime.date(2026, 11, 30))
+        forget_module.forget(ws, request, retrain=True, shard_records={"c0": records(0)})
+    raise SystemExit("not killed")
+''')
+
+FAST = TrainConfig(epochs=1, batch_size=16, lr=0.1)
+REQUEST = DeletionRequest("req-1", ("rec-0-3",), date(2026, 11, 30))
+
+
+def records(k: int, n: int = 32) -> RecordSet:
+    gen = torch.Generator().manual_seed(k)
+    x = torch.randn(n, 8, generator=gen)
+    return RecordSet(x, (x[:, 0] > 0).long(), tuple(f"rec-{k}-{i}" for i in range(n)))
+
+
+@pytest.fixture
+def ws(tmp_path, monkeypatch, mlp_backbone) -> Workspace:
+    monkeypatch.chdir(tmp_path)
+    ws = Workspace.create("ws")
+    for k in range(2):
+        ws.train(mlp_backbone, None, records(k), data_source="toy", shard=f"s{k}", name=f"c{k}",
+                 privacy=PrivacySpec(noise_multiplier=1.0), config=FAST)
+    ws.compose_model("m", ["c0", "c1"])
+    return ws
+
+
+def kill_child(where: str) -> None:
+    done = subprocess.run([sys.executable, "-c", CHILD, where], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 9, (done.returncode, done.stderr[-2000:])
+
+
+def pending(ws: Workspace) -> list[Path]:
+    return sorted((ws.root / PENDING).glob("*/intent.json"))
+
+
+def test_every_change_to_a_workspace_goes_through_the_commit_path() -> None:
+    """No module but the commit path appends to the audit log (workspace creation and the
+    integrity-failure record, which change nothing, excepted)."""
+    allowed = {("workspace/commit.py", 1), ("workspace/store.py", 2)}
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        calls = [node for node in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "append"
+                 and ast.unparse(node.func.value).split(".")[-1] == "audit"]
+        if calls:
+            found[path.relative_to(PACKAGE).as_posix()] = len(calls)
+    assert set(found.items()) == allowed, found
+
+
+def test_a_composition_killed_after_moving_its_files_is_finished_when_the_workspace_is_next_opened(ws) -> None:
+    kill_child("compose-ledger")
+    report = ws.audit.verify()  # before anything opens the workspace: seen as interrupted, not as fine
+    assert len(pending(ws)) == 1 and not report.ok and "interrupted" in str(report)
+    reopened = Workspace.open("ws")
+    assert not pending(reopened) and not (reopened.root / PENDING).exists()
+    assert reopened.ledger.models()["m2"] == ("c0", "c1")
+    entry = reopened.audit.entries()[-1]
+    assert entry.operation == "composition" and entry.parameters["model"] == "m2" and entry.parameters["commit"]
+    assert reopened.audit.verify().ok
+    assert reopened.load_model("m2")[0].component_names == ["c0", "c1"]
+
+
+def test_a_deletion_killed_half_way_is_finished_then_sealed_by_running_it_again(ws, mlp_backbone) -> None:
+    kill_child("deletion-ledger")
+    reopened = Workspace.open("ws")  # finishes the deletion change
+    assert reopened.audit.verify().ok
+    assert "c0" not in reopened.list_components() and "c0.r1" in reopened.list_components()
+    assert reopened.model_record("m").component_names == ["c0.r1", "c1"]
+    result = forget(reopened, REQUEST, retrain=True, shard_records={"c0": records(0)})  # seals it
+    assert result.certificate.status == "completed" and result.certificate.checkpoint is not None
+    assert check_certificate(reopened, result.certificate).ok and reopened.audit.verify().ok
+    retrainings = reopened.ledger.events(purpose="retraining_after_deletion")
+    assert len(retrainings) == 1  # never trained (and charged) twice
+
+
+def test_a_deletion_killed_after_retraining_reuses_the_replacement(ws, mlp_backbone) -> None:
+    kill_child("after-retraining")
+    reopened = Workspace.open("ws")
+    assert reopened.audit.verify().ok and "c0.r1" in reopened.list_components()
+    assert "c0" in reopened.list_components()  # nothing deleted yet: the request is still open
+    result = forget(reopened, REQUEST, retrain=True, shard_records={"c0": records(0)})
+    assert [a.name for a in result.certificate.components_added] == ["c0.r1"]
+    assert len(reopened.ledger.events(purpose="retraining_after_deletion")) == 1
+    assert check_certificate(reopened, result.certificate).ok and reopened.audit.verify().ok
+
+
+def test_a_deletion_killed_before_its_seal_is_sealed_by_running_it_again(ws, mlp_backbone) -> None:
+    kill_child("before-seal")
+    reopened = Workspace.open("ws")
+    assert reopened.audit.verify().ok
+    result = forget(reopened, REQUEST, retrain=True, shard_records={"c0": records(0)})
+    assert result.certificate.checkpoint is not None and check_certificate(reopened, result.certificate).ok
+    assert [e.operation for e in reopened.audit.entries()].count("deletion") == 1
+
+
+def test_a_change_killed_before_its_commit_point_leaves_nothing(ws) -> None:
+    staging = ws.root / PENDING / "0123"
+    staging.mkdir(parents=True)
+    (staging / "deadbeef").write_bytes(b"half a file")  # staged bytes, no intent: nothing was committed
+    before = ws.audit.entries()
+    reopened = Workspace.open("ws")
+    assert not (reopened.root / PENDING).exists() and reopened.audit.entries() == before
+    assert reopened.audit.verify().ok
+
+
+def test_what_the_ledger_refuses_is_refused_before_anything_is_staged(ws) -> None:
+    before = ws.audit.entries()
+    with pytest.raises(Exception, match="epsilon"):
+        ws.set_budget("toy", None, epsilon=-1.0, delta=1e-5)
+    assert ws.audit.entries() == before and not (ws.root / PENDING).exists()
+
+
+def test_a_change_writes_only_inside_the_workspace(ws) -> None:
+    with pytest.raises(WorkspaceError, match="inside the workspace"):
+        apply(ws, Change("composition", writes=[FileWrite("../outside.txt", b"x")]))
+    with pytest.raises(WorkspaceError, match="twice"):
+        Change("composition", writes=[FileWrite("a", b"x"), FileWrite("a", b"y")])
+
+
+def test_a_planted_intent_cannot_make_the_tool_write_outside_the_workspace(ws, tmp_path) -> None:
+    """An intent is finished by whoever opens the workspace next: one planted by someone else must
+    not write (or remove) files outside it."""
+    import hashlib
+    import json
+
+    staging = ws.root / PENDING / "feed"
+    staging.mkdir(parents=True)
+    data = b"echo owned\n"
+    sha = hashlib.sha256(data).hexdigest()
+    (staging / sha).write_bytes(data)
+    (staging / "intent.json").write_text(json.dumps({
+        "commit": "feed", "operation": "composition", "operator": "mallory", "parameters": {}, "inputs": [],
+        "writes": [{"path": "../victim.sh", "name": None, "sha256": sha}], "removals": [], "ledger": []}))
+    with pytest.raises(WorkspaceError, match="only write inside the workspace"):
+        Workspace.open("ws")
+    assert not (tmp_path / "victim.sh").exists()
