@@ -4,7 +4,7 @@ Import this module before torch: it sets ``OMP_WAIT_POLICY`` (see below).
 
 A step is a generator function that yields a phase name at the end of each phase (``"forward"``,
 ``"backward"``, ...), so one timed run gives the total and where it went without extra syncs: on
-CPU every op has finished when Python regains control.
+CPU every op has finished when Python regains control (on a GPU, pass ``sync`` to :func:`time_step`).
 """
 
 from __future__ import annotations
@@ -35,11 +35,17 @@ StepFn = Callable[[], Iterator[str]]
 MiB = 2**20
 
 
-def time_step(step: StepFn) -> dict[str, float]:
-    """Seconds spent in each phase of one run of ``step``, plus ``"total"``."""
+def time_step(step: StepFn, sync: Callable[[], object] | None = None) -> dict[str, float]:
+    """Seconds spent in each phase of one run of ``step``, plus ``"total"``. ``sync`` (e.g.
+    ``torch.cuda.synchronize``) is called before every clock reading, so that queued GPU work counts
+    in the phase that launched it."""
     phases: dict[str, float] = {}
+    if sync is not None:
+        sync()
     start = last = time.perf_counter()
     for phase in step():
+        if sync is not None:
+            sync()
         now = time.perf_counter()
         phases[phase] = phases.get(phase, 0.0) + now - last
         last = now

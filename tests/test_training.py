@@ -215,11 +215,11 @@ def test_bad_privacy_requests_are_refused_before_anything_happens(tmp_path, mlp_
     assert ledger.events() == []
 
 
-def test_hooks_and_ghost_clipping_train_the_same_component(tmp_path, mlp_backbone) -> None:
+def test_gram_hooks_and_ghost_clipping_train_the_same_component(tmp_path, mlp_backbone) -> None:
     """Same noise and batches needed: the seeded (reproducible, non-private) mode."""
     ledger = Ledger.open(tmp_path / "ledger.sqlite")
     deltas = {}
-    for mode in ("hooks", "ghost"):
+    for mode in ("hooks", "ghost", "gram"):
         result = train_component(mlp_backbone, None, tiny_records(), ledger=ledger, data_source="toy", shard=mode,
                                  name=mode, output=tmp_path / f"{mode}.safetensors", manifest_key=KEY,
                                  privacy=PrivacySpec(noise_multiplier=0.8, max_grad_norm=0.5),
@@ -227,6 +227,8 @@ def test_hooks_and_ghost_clipping_train_the_same_component(tmp_path, mlp_backbon
                                                     grad_sample_mode=mode, noise="seeded"),
                                  allow_overlap=True)  # the same records twice, on purpose
         deltas[mode] = load_component(result.path).deltas
+        assert load_component(result.path).metadata.privacy.grad_sample_mode == mode
     for name in deltas["hooks"]:
-        assert torch.allclose(deltas["hooks"][name], deltas["ghost"][name], rtol=1e-4, atol=1e-5), name
+        for mode in ("ghost", "gram"):
+            assert torch.allclose(deltas["hooks"][name], deltas[mode][name], rtol=1e-4, atol=1e-5), (mode, name)
     assert any(d.abs().max() > 1e-3 for d in deltas["hooks"].values())

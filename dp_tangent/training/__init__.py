@@ -8,9 +8,9 @@ Order of operations (the privacy contract):
 2. reserve the planned event PoissonSampled(q, Gaussian(sigma)) composed T times in the ledger,
    which refuses it if the shard's budget would be exceeded -- before any record is read;
 3. train (``deltas``, ``sgd``): frozen-prefix features computed once, then Opacus's
-   ``PrivacyEngine`` (Poisson ``DPDataLoader``, per-sample clipping at C, Gaussian noise of std
-   sigma·C on the summed gradient, ``BatchMemoryManager`` for physical batches), hooks or ghost
-   clipping;
+   parts (Poisson ``DPDataLoader``, clipping at C, Gaussian noise of std sigma·C on the summed
+   gradient, ``BatchMemoryManager`` for physical batches), the clipped sum from per-example NTK
+   Grams (default), Opacus's hooks or ghost clipping;
 4. write the component atomically and mark the reservation completed (``write``). Any failure,
    Ctrl-C included, marks it failed: the budget stays spent, and no component file appears.
 
@@ -20,8 +20,9 @@ ledger say NON-PRIVATE, and a shard with a finite budget refuses it.
 Modules: ``config`` (what a run is asked for), ``plan``, ``validation`` (data mistakes refused
 before anything is reserved), ``sgd`` (the loop), ``secure_random`` (the noise and Poisson batches
 of private runs: ChaCha20 under a fresh OS key), ``deltas`` (a worker's part), ``write`` (the
-driver's part), ``in_process`` (all of it in this process), ``per_sample`` and ``grad_samplers``
-(exact per-sample gradients, Opacus samplers for tangent twins), ``features`` (the frozen-prefix
+driver's part), ``in_process`` (all of it in this process), ``ntk_gram`` (per-example NTK Grams and
+clipping from them), ``per_sample`` and ``grad_samplers`` (exact per-sample gradients, Opacus samplers
+for tangent twins), ``features`` (the frozen-prefix
 cache), ``losses``, ``evaluation``, ``privacy_audit`` (the empirical audit) and ``executors``
 (where tasks run).
 """

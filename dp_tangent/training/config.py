@@ -19,7 +19,7 @@ import torch
 from ..errors import DPTangentError
 from .losses import ConvexLoss
 
-GRAD_SAMPLE_MODES = ("hooks", "ghost")
+GRAD_SAMPLE_MODES = ("gram", "hooks", "ghost")
 NOISE_MODES = ("secure", "seeded")
 ProgressFn = Callable[[int, int], None]
 
@@ -72,7 +72,9 @@ class TrainConfig:
     physical_batch_size: int = 64
     lr: float = 0.5
     momentum: float = 0.9
-    grad_sample_mode: str = "hooks"
+    # "gram": exact clipping from per-example NTK Grams (falls back to "ghost" where it cannot run);
+    # "hooks"/"ghost": Opacus's per-sample gradient hooks / ghost clipping (see training.sgd)
+    grad_sample_mode: str = "gram"
     seed: int | None = 0  # shuffling of non-private runs and the "seeded" noise; a secure private run ignores it
     loss: ConvexLoss = field(default_factory=ConvexLoss)
     cache_features: bool = True

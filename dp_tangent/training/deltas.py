@@ -6,7 +6,7 @@ process, a local worker process or a Ray node.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -14,7 +14,7 @@ from ..backbones import weights_digest
 from ..tangent import linearize
 from .config import ProgressFn, TrainingError
 from .plan import TrainingTask
-from .sgd import fit
+from .sgd import fit, resolved_grad_sample_mode
 
 
 @dataclass(frozen=True)
@@ -27,18 +27,20 @@ class TrainedDeltas:
     trainable: str
     base_weights_sha256: str
     worker: dict[str, object] = field(default_factory=dict)
+    grad_sample_mode: str | None = None  # the mode that ran ("gram" may have fallen back to "ghost")
 
 
 def train_deltas(task: TrainingTask, progress: ProgressFn | None = None) -> TrainedDeltas:
     """Build theta0, linearize and :func:`fit` as planned; the part of training that touches records."""
     base = task.backbone.build()
     tangent = linearize(base, task.trainable)
-    steps = fit(tangent, task.records, task.plan, task.privacy, task.config, progress)
+    mode = resolved_grad_sample_mode(tangent, tangent.deltas(), task.records.inputs, task.privacy, task.config)
+    steps = fit(tangent, task.records, task.plan, task.privacy, replace(task.config, grad_sample_mode=mode), progress)
     if steps != task.plan.steps:
         raise TrainingError(f"took {steps} steps but planned {task.plan.steps}")
     deltas = {n: p.detach().cpu().clone() for n, p in tangent.named_deltas()}
     check_finite_deltas(task, deltas)
-    return TrainedDeltas(task.name, deltas, steps, tangent.trainable, weights_digest(base))
+    return TrainedDeltas(task.name, deltas, steps, tangent.trainable, weights_digest(base), grad_sample_mode=mode)
 
 
 def check_finite_deltas(task: TrainingTask, deltas: dict[str, torch.Tensor]) -> None:

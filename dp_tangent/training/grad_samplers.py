@@ -85,14 +85,23 @@ def compute_conv2d_grad_sample(
     return result
 
 
-def _conv2d_operands(layer: nn.Conv2d, x: torch.Tensor, backprops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per group: backprops (n, G, O/G, L) and unfolded inputs (n, G, C_in/G·k·k, L)."""
-    n, groups = x.shape[0], layer.groups
+def conv2d_columns(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """Unfolded inputs per group, (n, G, C_in/G·k·k, L) for L output positions (no copy for 1x1 convs)."""
     pointwise = layer.kernel_size == (1, 1) and layer.stride == (1, 1) and layer.padding == (0, 0)
     cols = x.flatten(2) if pointwise else F.unfold(
         x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding, stride=layer.stride)
-    length = cols.shape[-1]
-    return backprops.reshape(n, groups, -1, length), cols.reshape(n, groups, -1, length)
+    return cols.reshape(x.shape[0], layer.groups, -1, cols.shape[-1])
+
+
+def _conv2d_operands(layer: nn.Conv2d, x: torch.Tensor, backprops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per group: backprops (n, G, O/G, L) and unfolded inputs (n, G, C_in/G·k·k, L)."""
+    cols = conv2d_columns(layer, x)
+    return backprops.reshape(*cols.shape[:2], -1, cols.shape[-1]), cols
+
+
+def unfoldable(layer: nn.Conv2d) -> bool:
+    """Whether :func:`conv2d_columns` applies: zero padding given as numbers (not "same"/"valid")."""
+    return layer.padding_mode == "zeros" and not isinstance(layer.padding, str)
 
 
 def compute_conv2d_norm_sample(
@@ -117,16 +126,29 @@ def compute_conv2d_norm_sample(
 
 
 def _conv2d_norm_sampler(layer: nn.Module, activations: list[torch.Tensor], backprops: torch.Tensor) -> dict:
-    if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+    if not unfoldable(layer):
         samples = _conv2d_sampler(layer, activations, backprops)
         return {p: gs.flatten(1).norm(dim=1) for p, gs in samples.items()}
     return compute_conv2d_norm_sample(layer, activations, backprops)
 
 
 def _conv2d_sampler(layer: nn.Module, activations: list[torch.Tensor], backprops: torch.Tensor) -> dict:
-    if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+    if not unfoldable(layer):
         return _as_base(nn.Conv2d, GradSampleHooks.GRAD_SAMPLERS[nn.Conv2d])(layer, activations, backprops)
     return compute_conv2d_grad_sample(layer, activations, backprops)
+
+
+def _without_padding_row(sampler: Callable) -> Callable:
+    """Opacus's embedding sampler scatters every position's gradient, ``padding_idx`` included; F.embedding
+    gives the padding row no gradient, so its per-sample gradients are zeroed here."""
+
+    def sample(layer: nn.Module, activations: list[torch.Tensor], backprops: torch.Tensor) -> dict:
+        samples = sampler(layer, activations, backprops)
+        if layer.padding_idx is not None and layer.weight in samples:
+            samples[layer.weight][:, layer.padding_idx] = 0
+        return samples
+
+    return sample
 
 
 def register() -> None:
@@ -143,7 +165,8 @@ def register() -> None:
         opacus_base = next((c for c in base.__mro__ if c in GradSampleHooks.GRAD_SAMPLERS), None)
         if opacus_base is None:
             continue
-        register_grad_sampler(twin)(_as_base(opacus_base, GradSampleHooks.GRAD_SAMPLERS[opacus_base]))
+        sampler = _as_base(opacus_base, GradSampleHooks.GRAD_SAMPLERS[opacus_base])
+        register_grad_sampler(twin)(_without_padding_row(sampler) if base is nn.Embedding else sampler)
         norm_sampler = GradSampleHooksFastGradientClipping.NORM_SAMPLERS.get(opacus_base)
         if norm_sampler is not None:
             register_norm_sampler(twin)(_as_base(opacus_base, norm_sampler))

@@ -1,9 +1,16 @@
-"""The DP-SGD loop: Opacus's per-sample machinery on a tangent model's deltas (or any Opacus-ready module).
+"""The DP-SGD loop on a tangent model's deltas (or, with Opacus's per-sample machinery, any Opacus-ready module).
 
-Frozen-prefix features are computed once, then Opacus's parts run: a ``GradSampleModule`` (hooks)
-or ghost clipping's module and loss wrapper, a ``DPOptimizer`` that clips each per-sample gradient
-at C and adds Gaussian noise of std sigma·C to the sum, a Poisson data loader (each record joins
-each batch with probability q), and ``BatchMemoryManager`` for physical batches. By default
+Frozen-prefix features are computed once. The default ``grad_sample_mode="gram"`` then computes each
+record's K x K NTK Gram once (:mod:`.ntk_gram`) and clips exactly from it: per step one dual forward,
+c_i = min(1, C/||g_i||) with ||g_i||^2 = v_i^T Theta_i v_i, one backward seeded with c_i v_i (the sum
+of the clipped per-sample gradients, none materialised); where it cannot (too many outputs, a layer
+without a Gram route, a module that is not a tangent model) ghost clipping runs instead. The
+``"hooks"``/``"ghost"`` modes use Opacus's parts: a ``GradSampleModule`` (hooks) or ghost
+clipping's module and loss wrapper. Every mode shares the rest: a DP optimizer that adds Gaussian
+noise of std sigma·C to the clipped sum (Opacus's ``DPOptimizer``; the Gram and ghost modes its
+fast-gradient-clipping variant, which takes the sum from ``.grad``), a Poisson data loader (each
+record joins each batch with probability q), and ``BatchMemoryManager`` for physical batches: the
+mechanism, and so the ledger's DP event, is the same in every mode. By default
 (``noise="secure"``) the noise and the Poisson batches come from :class:`.secure_random.SecureRandom`
 (ChaCha20 under a fresh OS key per run); ``noise="seeded"`` uses Opacus's own seeded draws, which
 are reproducible and therefore not private.
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 from opacus import GradSampleModule
@@ -32,6 +40,7 @@ from . import grad_samplers  # noqa: F401 -- registers the twins' grad samplers
 from .config import PrivacySpec, ProgressFn, TrainConfig, TrainingError, uses_seed
 from .features import precompute_features
 from .losses import ConvexLoss
+from .ntk_gram import add_clipped_gradient, gram_fallback_reason, per_example_grams
 from .per_sample import check_per_sample_support
 from .plan import Plan
 from .secure_random import GENERATOR_NAME, SecurePoissonSampler, SecureRandom
@@ -108,8 +117,11 @@ def _poisson_loader(dataset: TensorDataset, sample_rate: float, rng: SecureRando
 
 def _dp_optimizer(optimizer: torch.optim.Optimizer, noise_multiplier: float, privacy: PrivacySpec,
                   config: TrainConfig, expected_batch_size: int, rng: SecureRandom | None) -> DPOptimizer:
-    """Opacus's optimizer for the grad-sample mode; its noise from ``rng``, or seeded (``rng`` None)."""
-    ghost = config.grad_sample_mode == "ghost"
+    """Opacus's optimizer for the grad-sample mode; its noise from ``rng``, or seeded (``rng`` None).
+
+    Ghost and Gram modes leave the clipped sum in ``.grad``: the fast-gradient-clipping optimizer takes
+    it from there (no clipping of its own), then adds the same noise, scales and steps as ``DPOptimizer``."""
+    ghost = config.grad_sample_mode in ("ghost", "gram")
     kwargs = {"noise_multiplier": noise_multiplier, "max_grad_norm": privacy.max_grad_norm,
               "expected_batch_size": expected_batch_size, "loss_reduction": "mean"}
     if rng is not None:
@@ -142,15 +154,20 @@ def dp_parts(module: torch.nn.Module, params: list[torch.nn.Parameter], noise_mu
     return gsm, dp_optimizer, criterion
 
 
-def _fit_private(module: torch.nn.Module, params: list[torch.nn.Parameter], dataset: TensorDataset, plan: Plan,
-                 privacy: PrivacySpec, config: TrainConfig, progress: ProgressFn | None) -> int:
-    """Opacus DP-SGD; returns the number of optimizer steps taken."""
+def _private_loader(dataset: TensorDataset, plan: Plan, config: TrainConfig) -> tuple[DataLoader, int, SecureRandom | None]:
+    """The Poisson loader at the planned rate, the expected batch size n·q that the "mean" divides by
+    (as Opacus's ``make_private``), and the secure generator (None in the seeded mode)."""
     rng = SecureRandom() if config.noise == "secure" else None
     loader = _poisson_loader(dataset, plan.sample_rate, rng)
     if abs(1.0 / len(loader) - plan.sample_rate) > 1e-12:
         raise TrainingError("the Poisson loader's sample rate differs from the planned one")
-    # as Opacus's make_private: the "mean" of a Poisson batch divides by the expected size n·q
-    expected_batch_size = int(len(dataset) * (1 / len(loader)))
+    return loader, int(len(dataset) * (1 / len(loader))), rng
+
+
+def _fit_private(module: torch.nn.Module, params: list[torch.nn.Parameter], dataset: TensorDataset, plan: Plan,
+                 privacy: PrivacySpec, config: TrainConfig, progress: ProgressFn | None) -> int:
+    """Opacus DP-SGD (hooks or ghost clipping); returns the number of optimizer steps taken."""
+    loader, expected_batch_size, rng = _private_loader(dataset, plan, config)
     gsm, dp_optimizer, criterion = dp_parts(module, params, plan.noise_multiplier, privacy, config,
                                             expected_batch_size, rng)
     gsm.forbid_grad_accumulation()  # Poisson sampling: one logical batch per step
@@ -177,6 +194,74 @@ def _fit_private(module: torch.nn.Module, params: list[torch.nn.Parameter], data
     return steps
 
 
+def gram_optimizer(params: list[torch.nn.Parameter], noise_multiplier: float, privacy: PrivacySpec,
+                   config: TrainConfig, expected_batch_size: int, rng: SecureRandom | None) -> DPOptimizer:
+    """The Gram mode's DP optimizer over ``params``: it takes the clipped sum from ``.grad``, adds noise
+    sigma·C from ``rng`` (seeded when None), divides by ``expected_batch_size`` and steps SGD with the
+    config's lr, momentum and l2, as the Opacus modes' optimizers do."""
+    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.loss.l2)
+    return _dp_optimizer(optimizer, noise_multiplier, privacy, replace(config, grad_sample_mode="gram"),
+                         expected_batch_size, rng)
+
+
+def _fit_private_gram(module: torch.nn.Module, tangent: TangentModel, dataset: TensorDataset, plan: Plan,
+                      privacy: PrivacySpec, config: TrainConfig, progress: ProgressFn | None) -> int:
+    """DP-SGD with clipping from per-example NTK Grams (``dataset`` rows: input, target, Theta); returns
+    the optimizer steps taken. Same loader, noise, scaling and update as the Opacus modes."""
+    loader, expected_batch_size, rng = _private_loader(dataset, plan, config)
+    params = tangent.deltas()
+    dp_optimizer = gram_optimizer(params, plan.noise_multiplier, privacy, config, expected_batch_size, rng)
+    module.train(False)  # the eval-mode tangent, as the Opacus modes train it (only hooked layers change mode)
+    steps = 0
+    try:
+        for _ in range(config.epochs):
+            with BatchMemoryManager(data_loader=loader, max_physical_batch_size=config.physical_batch_size,
+                                    optimizer=dp_optimizer) as physical:
+                for h, y, grams in physical:
+                    dp_optimizer.zero_grad(set_to_none=True)
+                    if len(h):
+                        add_clipped_gradient(module, h, y, grams, config.loss, privacy.max_grad_norm)
+                    for p in params:  # an empty batch (or a delta the batch does not reach) adds zero
+                        if p.grad is None:
+                            p.grad = torch.zeros_like(p)
+                    dp_optimizer.step()
+                    if not dp_optimizer._is_last_step_skipped:
+                        steps += 1
+                        if progress:
+                            progress(steps, plan.steps)
+    finally:
+        for p in params:
+            p.grad = None
+    return steps
+
+
+def _tangent_of(module: torch.nn.Module, params: list[torch.nn.Parameter]) -> TangentModel | None:
+    """The tangent model ``module`` is (or views through ``on_features()``) when ``params`` are its deltas."""
+    tangent = getattr(module, "tangent", module)
+    if not isinstance(tangent, TangentModel):
+        return None
+    return tangent if [id(p) for p in params] == [id(p) for p in tangent.deltas()] else None
+
+
+def gram_fallback(module: torch.nn.Module, params: list[torch.nn.Parameter], inputs: torch.Tensor) -> str | None:
+    """Why ``grad_sample_mode="gram"`` cannot train ``params`` of ``module`` on ``inputs`` (None: it can)."""
+    tangent = _tangent_of(module, params)
+    if tangent is None:
+        return "not the deltas of a tangent model"
+    with torch.no_grad():
+        outputs = module(inputs[:1]).shape[-1]
+    return gram_fallback_reason(tangent, len(inputs), outputs)
+
+
+def resolved_grad_sample_mode(module: torch.nn.Module, params: list[torch.nn.Parameter], inputs: torch.Tensor,
+                              privacy: PrivacySpec, config: TrainConfig) -> str:
+    """The mode a run of ``config`` trains with: ``"gram"`` falls back to ``"ghost"`` where it cannot run
+    (see :func:`gram_fallback`); other modes, and non-private runs, keep theirs."""
+    if privacy.private and config.grad_sample_mode == "gram" and gram_fallback(module, params, inputs) is not None:
+        return "ghost"
+    return config.grad_sample_mode
+
+
 def _fit_non_private(module: torch.nn.Module, params: list[torch.nn.Parameter], dataset: TensorDataset, plan: Plan,
                      config: TrainConfig, progress: ProgressFn | None) -> int:
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.loss.l2)
@@ -199,17 +284,26 @@ def run_sgd(module: torch.nn.Module, params: list[torch.nn.Parameter], inputs: t
             plan: Plan, privacy: PrivacySpec, config: TrainConfig, progress: ProgressFn | None = None) -> int:
     """The planned optimisation of ``params`` (of ``module``) on (inputs, targets); returns steps taken.
 
-    Private: Opacus DP-SGD with Poisson sampling at ``plan.sample_rate``, clipping at C and noise
-    sigma·C (hooks or ghost clipping), noise and batches from a fresh :class:`SecureRandom`
-    (``noise="secure"``) or from ``config.seed`` (``noise="seeded"``); else shuffled mini-batches
-    seeded by ``config.seed``. Any module whose trainable layers Opacus supports will do (the
-    benchmarks train non-linear baselines with it); :func:`fit` calls it on a tangent model.
+    Private: DP-SGD with Poisson sampling at ``plan.sample_rate``, clipping at C and noise sigma·C
+    (from per-example NTK Grams, hooks or ghost clipping: :func:`resolved_grad_sample_mode`), noise
+    and batches from a fresh :class:`SecureRandom` (``noise="secure"``) or from ``config.seed``
+    (``noise="seeded"``); else shuffled mini-batches seeded by ``config.seed``. Any module whose
+    trainable layers Opacus supports will do with hooks or ghost clipping (the benchmarks train
+    non-linear baselines with it); :func:`fit` calls it on a tangent model.
     """
+    mode = resolved_grad_sample_mode(module, params, inputs, privacy, config)
+    config = replace(config, grad_sample_mode=mode)
     with torch.random.fork_rng(devices=[]):
         if uses_seed(privacy, config):
             torch.manual_seed(config.seed)
-        dataset = TensorDataset(inputs, targets)
         try:
+            if privacy.private and mode == "gram":
+                tangent = _tangent_of(module, params)
+                grams = per_example_grams(tangent, inputs, from_features=module is not tangent,
+                                          batch_size=config.physical_batch_size)
+                return _fit_private_gram(module, tangent, TensorDataset(inputs, targets, grams), plan, privacy,
+                                         config, progress)
+            dataset = TensorDataset(inputs, targets)
             if privacy.private:
                 return _fit_private(module, params, dataset, plan, privacy, config, progress)
             return _fit_non_private(module, params, dataset, plan, config, progress)

@@ -6,6 +6,7 @@ file appears without a completed reservation.
 
 from __future__ import annotations
 
+import hashlib
 import platform
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -15,9 +16,18 @@ from pathlib import Path
 from privacy_accounting import EpsilonBounds, Ledger, epsilon_bounds
 from privacy_accounting.events import is_non_private
 
-from ..components.component import (NON_PRIVATE_LABEL, SEEDED_LABEL, ComponentMetadata, ManifestInfo, PrivacyInfo,
-                                    TrainingInfo, deltas_digest, save_component)
+from ..components.component import (
+    NON_PRIVATE_LABEL,
+    SEEDED_LABEL,
+    ComponentMetadata,
+    ManifestInfo,
+    PrivacyInfo,
+    TrainingInfo,
+    component_bytes,
+    deltas_digest,
+)
 from ..components.manifest import RecordManifest
+from ..io import atomic_write_bytes
 from .config import TrainingError, differentially_private
 from .deltas import TrainedDeltas
 from .plan import TrainingTask
@@ -32,10 +42,23 @@ class TrainedComponent:
     reservation_id: str
 
 
-def write_component(task: TrainingTask, trained: TrainedDeltas, *, ledger: Ledger, reservation: str,
-                    data_source: str, shard: str, output: str | Path, manifest_key: bytes) -> TrainedComponent:
-    """Write the component atomically and complete its reservation (the driver's side of a task)."""
-    output = Path(output)
+@dataclass(frozen=True)
+class ComponentFile:
+    """A finished task's component, not yet written: the file's bytes, its metadata, and the details
+    its reservation is completed with."""
+
+    data: bytes
+    metadata: ComponentMetadata
+    ledger_details: dict[str, object]
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+def component_file(task: TrainingTask, trained: TrainedDeltas, *, reservation: str, data_source: str, shard: str,
+                   output: str | Path, manifest_key: bytes) -> ComponentFile:
+    """Check a finished task against its plan and build its component file (see :func:`write_component`)."""
     if trained.steps != task.plan.steps:
         raise TrainingError(f"took {trained.steps} steps but planned {task.plan.steps}")
     bounds = epsilon_bounds(task.plan.event, task.plan.delta)
@@ -43,15 +66,26 @@ def write_component(task: TrainingTask, trained: TrainedDeltas, *, ledger: Ledge
         raise TrainingError("the task's planned event does not match its privacy and noise mode; "
                             "plan it with plan_task")
     metadata = _metadata(task, trained, bounds, data_source, shard, manifest_key, reservation)
-    sha = save_component(output, trained.deltas, metadata)
+    data = component_bytes(trained.deltas, metadata)
+    details = {"artifact": str(output), "sha256": hashlib.sha256(data).hexdigest(),
+               "epsilon": metadata.privacy.epsilon, "accountant": bounds.accountant, "worker": trained.worker}
+    return ComponentFile(data, metadata, details)
+
+
+def write_component(task: TrainingTask, trained: TrainedDeltas, *, ledger: Ledger, reservation: str,
+                    data_source: str, shard: str, output: str | Path, manifest_key: bytes) -> TrainedComponent:
+    """Write the component atomically and complete its reservation (the driver's side of a task
+    outside a workspace; a workspace commits both through one change)."""
+    output = Path(output)
+    built = component_file(task, trained, reservation=reservation, data_source=data_source, shard=shard,
+                           output=output, manifest_key=manifest_key)
+    atomic_write_bytes(output, built.data)
     try:
-        ledger.complete(reservation, details={"artifact": str(output), "sha256": sha,
-                                              "epsilon": metadata.privacy.epsilon, "accountant": bounds.accountant,
-                                              "worker": trained.worker})
+        ledger.complete(reservation, details=built.ledger_details)
     except BaseException:
         output.unlink(missing_ok=True)  # no component without a completed reservation
         raise
-    return TrainedComponent(output, metadata, sha, reservation)
+    return TrainedComponent(output, built.metadata, built.sha256, reservation)
 
 
 def _versions() -> dict[str, str]:
@@ -96,7 +130,7 @@ def _metadata(task: TrainingTask, trained: TrainedDeltas, bounds: EpsilonBounds,
             steps=plan.steps,
             sampling={"secure": "poisson", "seeded": "poisson (seeded)"}.get(noise, "shuffled batches (non-private)"),
             neighbouring_relation="add or remove one record",
-            grad_sample_mode=config.grad_sample_mode if privacy.private else None,
+            grad_sample_mode=(trained.grad_sample_mode or config.grad_sample_mode) if privacy.private else None,
             noise_generator=noise_generator_name(config) if privacy.private else "none (no noise)",
             secure_mode=private,
             ledger_reservation=reservation,

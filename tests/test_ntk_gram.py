@@ -1,0 +1,283 @@
+"""DP-SGD from per-example NTK Grams: exact clipped sums against the vmap(grad(jvp)) reference, the same
+training run as the Opacus hooks, and the fallbacks chosen and recorded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+from conftest import build
+from timm.layers import BatchNormAct2d
+
+from dp_tangent import linearize
+from dp_tangent.components.component import load_component
+from dp_tangent.data import RecordSet
+from dp_tangent.tangent.twins import make_twin
+from dp_tangent.training import PrivacySpec, TrainConfig, plan_run, run_sgd, train_component
+from dp_tangent.training import ntk_gram
+from dp_tangent.training.losses import LOSS_KINDS, ConvexLoss
+from dp_tangent.training.ntk_gram import add_clipped_gradient, per_example_grams
+from dp_tangent.training.per_sample import per_sample_gradients, reference_per_sample_gradients
+from dp_tangent.training.sgd import resolved_grad_sample_mode
+from privacy_accounting import Ledger
+
+KEY = bytes(range(32))
+
+
+def _half_clipped_norm(norms: torch.Tensor) -> float:
+    """A clipping norm between the middle two per-sample norms: half the examples are clipped."""
+    ordered = norms.sort().values
+    middle = len(ordered) // 2
+    return float((ordered[middle - 1] + ordered[middle]) / 2)
+
+
+@pytest.mark.parametrize("arch", ["efficientnet_lite0", "resnet", "vit"])  # conv+BN(+act)+linear; attention+LN
+@pytest.mark.parametrize("kind", LOSS_KINDS)
+def test_gram_clipped_sum_equals_the_clipped_sum_of_the_vmap_reference(arch: str, kind: str) -> None:
+    model, x, suffix = build(arch)  # float64
+    x = torch.cat([x, 0.5 * x.flip(0)])  # 8 examples
+    y = torch.randint(0, 10, (len(x),), generator=torch.Generator().manual_seed(1))
+    tangent = linearize(model, suffix)
+    deltas = {n: 0.05 * torch.randn_like(p) for n, p in tangent.named_deltas()}
+    tangent.load_deltas(deltas)
+    loss = ConvexLoss(kind)
+    want = reference_per_sample_gradients(model, deltas, x, y, loss)
+    names = [n for n, _ in tangent.named_deltas()]
+    flat = torch.cat([want[n].flatten(1) for n in names], dim=1)
+    norms = flat.norm(dim=1)
+    clip = _half_clipped_norm(norms)
+    factors = (clip / (norms + 1e-6)).clamp(max=1.0)  # Opacus's clip factors
+    assert int((factors < 1).sum()) == len(x) // 2
+    reference = (factors[:, None] * flat).sum(dim=0)
+
+    h = tangent.features(x)
+    grams = per_example_grams(tangent, h)
+    assert grams.shape == (len(x), 10, 10) and grams.dtype == torch.float64
+    assert torch.allclose(grams, grams.transpose(1, 2), rtol=0, atol=1e-12 * grams.abs().max())
+    got_factors = add_clipped_gradient(tangent.on_features(), h, y, grams, loss, clip)
+    got = torch.cat([p.grad.flatten() for p in tangent.deltas()])
+    assert (got - reference).norm() <= 1e-10 * reference.norm()
+    assert torch.allclose(got_factors, factors, rtol=1e-10, atol=0)
+
+
+def test_float32_clip_factors_never_let_a_gradient_exceed_the_clipping_norm() -> None:
+    """In the model's float32, the Gram's norms and the per-sample gradients' norms round differently:
+    the factors' slack keeps every clipped per-sample gradient (as the hooks compute it) within C."""
+    model, x, suffix = build("vit", dtype=torch.float32)
+    y = torch.arange(len(x)) % 10
+    tangent = linearize(model, suffix)
+    tangent.load_deltas({n: 0.05 * torch.randn_like(p) for n, p in tangent.named_deltas()})
+    loss = ConvexLoss()
+    per_sample = per_sample_gradients(tangent, x, y, loss)
+    norms = torch.cat([g.flatten(1) for g in per_sample.values()], dim=1).double().norm(dim=1)
+    h = tangent.features(x)
+    for clip in (norms.min().item(), _half_clipped_norm(norms), norms.max().item()):
+        factors = add_clipped_gradient(tangent.on_features(), h, y, per_example_grams(tangent, h), loss, clip)
+        assert (factors * norms <= clip).all()
+        assert torch.allclose(factors, (clip / norms).clamp(max=1.0), rtol=1e-4)
+
+
+@pytest.mark.parametrize("layer, shape", [
+    (nn.Linear(6, 5), (4, 6)),  # one position: the Gram of the per-seed gradients is cheaper to get directly
+    (nn.Linear(6, 5), (4, 40, 6)),  # 40 tokens, narrow: materialising is cheaper
+    (nn.Linear(48, 40), (4, 7, 48)),  # wide: ghost-style
+    (nn.Conv2d(4, 6, 3, padding=1), (3, 4, 5, 5)),
+    (nn.Conv2d(8, 8, 3, padding=1, groups=8), (3, 8, 6, 6)),  # depthwise
+    (nn.Conv2d(8, 12, 3, stride=2, dilation=2, padding=2, groups=4), (3, 8, 9, 9)),
+    (nn.Conv2d(16, 24, 1, bias=False), (3, 16, 2, 2)),  # pointwise, few positions: ghost-style
+    (nn.BatchNorm2d(6), (3, 6, 4, 4)),
+    (nn.BatchNorm1d(6), (3, 6)),
+    (BatchNormAct2d(6, act_layer=nn.ReLU6, inplace=False), (3, 6, 3, 3)),  # as linearize leaves it
+    (nn.LayerNorm(8), (3, 5, 8)),
+    (nn.Embedding(7, 4, padding_idx=0), (3, 6)),  # token ids, repeated ones included
+])
+def test_gram_kernels_equal_the_grams_of_the_per_sample_gradients(layer: nn.Module, shape: tuple[int, ...]) -> None:
+    """Both branches of each kernel against the Grams of per-seed gradients from the layer's grad sampler."""
+    torch.manual_seed(0)
+    layer = layer.double().eval()
+    for name, buffer in layer.named_buffers():  # pretrained-like BatchNorm statistics
+        if name in ("running_mean", "running_var"):
+            buffer.uniform_(0.5, 1.5)
+    twin = make_twin(layer, {name for name, _ in layer.named_parameters()})
+    with torch.no_grad():
+        for name in twin.delta_names:
+            getattr(twin, f"{name}_theta0").uniform_(-1, 1)
+    x = (torch.randint(0, 7, shape) if isinstance(layer, nn.Embedding) else 2 * torch.randn(*shape, dtype=torch.float64))
+    out = twin(x)
+    g = torch.randn(5, *out.shape, dtype=torch.float64)  # 5 seeds
+    kernel = ntk_gram._KERNELS[twin._tangent_base]
+    got = kernel(twin, x, g)
+    want = ntk_gram._per_sample_gram(twin, [(x, g)])
+    assert got.shape == (shape[0], 5, 5) and want.abs().max() > 1e-3
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-12 * want.abs().max())
+
+
+class _SharedLayers(nn.Module):
+    """A Conv1d (no Gram kernel: its grad sampler) and a Linear called twice per forward (cross terms)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(2, 3, 3, padding=1)
+        self.fc = nn.Linear(12, 12)
+        self.head = nn.Linear(12, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.conv(x).flatten(1))
+        return self.head(torch.tanh(self.fc(torch.tanh(self.fc(h)))))
+
+
+def test_layers_without_a_kernel_and_layers_called_twice_take_their_grad_samplers_route() -> None:
+    torch.manual_seed(0)
+    model = _SharedLayers().double().eval()
+    x = torch.randn(8, 2, 4, dtype=torch.float64)
+    y = torch.arange(8) % 4
+    tangent = linearize(model, example_input=x[:2])
+    assert ntk_gram.layer_routes(tangent) == {"conv": "per-sample", "fc": "kernel", "head": "kernel"}
+    deltas = {n: 0.1 * torch.randn_like(p) for n, p in tangent.named_deltas()}
+    tangent.load_deltas(deltas)
+    loss = ConvexLoss()
+    want = reference_per_sample_gradients(model, deltas, x, y, loss)
+    flat = torch.cat([want[n].flatten(1) for n, _ in tangent.named_deltas()], dim=1)
+    norms = flat.norm(dim=1)
+    clip = _half_clipped_norm(norms)
+    reference = ((clip / (norms + 1e-6)).clamp(max=1.0)[:, None] * flat).sum(dim=0)
+    add_clipped_gradient(tangent, x, y, per_example_grams(tangent, x, from_features=False), loss, clip)
+    got = torch.cat([p.grad.flatten() for p in tangent.deltas()])
+    assert (got - reference).norm() <= 1e-10 * reference.norm()
+
+
+class _Tokens(nn.Module):
+    """Token ids -> embedding (padding id 0) -> mean over positions -> linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(9, 4, padding_idx=0)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.embed(ids)).mean(dim=1))
+
+
+def test_embeddings_with_a_padding_id_match_the_reference_in_gram_and_hooks_modes() -> None:
+    """F.embedding gives the padding row no gradient; Opacus's sampler alone would (grad_samplers fixes it)."""
+    torch.manual_seed(0)
+    model = _Tokens().double().eval()
+    ids = torch.tensor([[1, 2, 0, 0], [3, 3, 4, 0], [5, 6, 7, 8], [0, 2, 2, 1], [8, 0, 1, 1], [4, 4, 4, 4]])
+    y = torch.arange(6) % 3
+    tangent = linearize(model, example_input=ids[:2])
+    deltas = {n: 0.1 * torch.randn_like(p) for n, p in tangent.named_deltas()}
+    tangent.load_deltas(deltas)
+    loss = ConvexLoss()
+    want = reference_per_sample_gradients(model, deltas, ids, y, loss)
+    assert want["embed.weight"][:, 0].abs().max() == 0 and want["embed.weight"].abs().max() > 1e-3
+    hooks = per_sample_gradients(tangent, ids, y, loss)
+    assert all(torch.allclose(hooks[n], want[n], rtol=1e-10, atol=1e-14) for n in want)
+    flat = torch.cat([want[n].flatten(1) for n, _ in tangent.named_deltas()], dim=1)
+    norms = flat.norm(dim=1)
+    clip = _half_clipped_norm(norms)
+    reference = ((clip / (norms + 1e-6)).clamp(max=1.0)[:, None] * flat).sum(dim=0)
+    add_clipped_gradient(tangent, ids, y, per_example_grams(tangent, ids, from_features=False), loss, clip)
+    got = torch.cat([p.grad.flatten() for p in tangent.deltas()])
+    assert (got - reference).norm() <= 1e-10 * reference.norm()
+
+
+def _conv_net() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+    net[1].running_mean.uniform_(-0.5, 0.5)
+    net[1].running_var.uniform_(0.5, 2.0)
+    return net.double().eval()
+
+
+def _conv_records(n: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(n, 2, 4, 4, generator=gen, dtype=torch.float64)
+    return x, (x[:, 0].mean(dim=(1, 2)) > 0).long() + (x[:, 1].mean(dim=(1, 2)) > 0).long()
+
+
+def test_a_gram_run_trains_the_same_deltas_as_the_hooks_given_the_same_noise_and_batches() -> None:
+    """Seeded noise (the same noise and Poisson batches in both runs), physical batches smaller than the
+    logical ones, clipping active: a conv + BatchNorm + linear tangent model in float64."""
+    x, y = _conv_records()
+    privacy = PrivacySpec(noise_multiplier=0.7, max_grad_norm=0.3)
+    deltas = {}
+    for mode in ("gram", "hooks"):
+        tangent = linearize(_conv_net(), example_input=x[:2])
+        config = TrainConfig(epochs=3, batch_size=8, physical_batch_size=3, lr=0.2, grad_sample_mode=mode,
+                             noise="seeded", seed=5)
+        plan = plan_run(len(x), privacy, config)
+        assert run_sgd(tangent, tangent.deltas(), x, y, plan, privacy, config) == plan.steps
+        deltas[mode] = dict(tangent.named_deltas())
+    for name, delta in deltas["hooks"].items():
+        assert torch.allclose(deltas["gram"][name], delta, rtol=1e-9, atol=1e-12), name
+    assert all(d.abs().max() > 1e-3 for d in deltas["hooks"].values())
+
+
+def _records(n: int = 96) -> RecordSet:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 8, generator=gen)
+    return RecordSet(x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long(), tuple(f"rec-{i}" for i in range(n)))
+
+
+def test_the_default_mode_is_gram_and_the_component_records_the_mode_that_ran(tmp_path, mlp_backbone,
+                                                                                monkeypatch) -> None:
+    ledger = Ledger.open(tmp_path / "ledger.sqlite")
+    assert TrainConfig().grad_sample_mode == "gram"
+
+    def train(name: str) -> str:
+        result = train_component(mlp_backbone, None, _records(), ledger=ledger, data_source="toy", shard=name,
+                                 name=name, output=tmp_path / f"{name}.safetensors", manifest_key=KEY,
+                                 privacy=PrivacySpec(epsilon=4.0), config=TrainConfig(epochs=1, batch_size=32),
+                                 allow_overlap=True)
+        return load_component(result.path).metadata.privacy.grad_sample_mode
+
+    assert train("default") == "gram"
+    monkeypatch.setattr(ntk_gram, "GRAM_MAX_OUTPUTS", 2)  # the MLP has 3 outputs
+    assert train("many-outputs") == "ghost"
+    monkeypatch.setattr(ntk_gram, "GRAM_MAX_OUTPUTS", 64)
+    monkeypatch.setattr(ntk_gram, "GRAM_MAX_BYTES", 96 * 9 * 8 - 1)  # one byte short of 96 records' Grams
+    assert train("large-shard") == "ghost"
+
+
+def test_gram_mode_on_a_module_that_is_not_a_tangent_model_runs_ghost_clipping() -> None:
+    net = nn.Sequential(nn.Linear(8, 3))
+    records = _records(32)
+    privacy, config = PrivacySpec(noise_multiplier=1.0), TrainConfig(epochs=1, batch_size=8, lr=0.1)
+    params = list(net.parameters())
+    assert resolved_grad_sample_mode(net, params, records.inputs, privacy, config) == "ghost"
+    tangent = linearize(net)
+    assert resolved_grad_sample_mode(tangent, tangent.deltas(), records.inputs, privacy, config) == "gram"
+    assert resolved_grad_sample_mode(tangent, tangent.deltas(), records.inputs, PrivacySpec(epsilon=float("inf")),
+                                     config) == "gram"  # non-private: no clipping, nothing to resolve
+    before = [p.detach().clone() for p in params]
+    plan = plan_run(len(records), privacy, config)
+    assert run_sgd(net, params, records.inputs, records.targets, plan, privacy, config) == plan.steps
+    assert any(not torch.equal(a, b) for a, b in zip(before, params))
+
+
+def test_secure_gram_runs_take_every_planned_step_through_empty_batches() -> None:
+    """q = 1/6 on 6 records: about a third of the batches are empty, and each still is a noisy step."""
+    tangent = linearize(nn.Sequential(nn.Linear(8, 3)).eval())
+    records = _records(6)
+    privacy = PrivacySpec(noise_multiplier=1.0)
+    config = TrainConfig(epochs=8, batch_size=1, physical_batch_size=1, lr=0.1)
+    plan = plan_run(len(records), privacy, config)
+    assert run_sgd(tangent, tangent.deltas(), records.inputs, records.targets, plan, privacy, config) == 48
+    assert all(torch.isfinite(d).all() and d.abs().max() > 0 for d in tangent.deltas())
+
+
+def test_one_backward_per_seed_where_the_batched_backward_fails(monkeypatch) -> None:
+    """An op without a batching rule (or memory for K seeds at once): the Grams come from K backwards."""
+    model, x, suffix = build("vit")
+    tangent = linearize(model, suffix)
+    h = tangent.features(x)
+    batched = per_example_grams(tangent, h)
+    grad = torch.autograd.grad
+
+    def no_batching(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        if kwargs.get("is_grads_batched"):
+            raise RuntimeError("vmap: no batching rule")
+        return grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", no_batching)
+    assert torch.allclose(per_example_grams(tangent, h), batched, rtol=1e-12, atol=0)
