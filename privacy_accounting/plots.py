@@ -18,29 +18,54 @@ def _png(figure) -> bytes:  # type: ignore[no-untyped-def]
     return buffer.getvalue()
 
 
+Curve = tuple[list[str], list[tuple[int, float]], float | None, bool]
+
+
+def drawable_curves(shards: Sequence[ShardEntry]) -> list[Curve]:
+    """The curves worth drawing: (shard labels, finite points, budget, turns non-private), shards with the
+    same points and budget merged into one line (one legend entry), shards with no finite step left out."""
+    prefix = len({s.data_source for s in shards}) > 1
+    merged: dict[tuple[tuple[tuple[int, float], ...], float | None], tuple[list[str], bool]] = {}
+    for shard in shards:
+        points = tuple((p.steps, p.epsilon) for p in shard.curve if math.isfinite(p.epsilon))
+        if not any(steps > 0 for steps, _ in points):
+            continue  # nothing to draw: a non-private run only
+        label = f"{shard.data_source}/{shard.shard}" if prefix else shard.shard
+        key = (points, shard.budget.epsilon if shard.budget else None)
+        labels, turns = merged.get(key, ([], False))
+        merged[key] = ([*labels, label], turns or len(points) < len(shard.curve))
+    return [(labels, list(points), budget, turns) for (points, budget), (labels, turns) in merged.items()]
+
+
 def epsilon_curve_png(shards: Sequence[ShardEntry]) -> bytes | None:
-    """Epsilon of each shard's composition against cumulative steps, budgets dashed; None if no curve."""
+    """Epsilon of each shard's composition against cumulative steps, budgets dashed; None if no curve.
+
+    Every legend entry is a drawn line: shards with identical curves share one, shards with no finite
+    epsilon (non-private runs only) are left out (the caller says so), budgets share one entry."""
     from matplotlib.figure import Figure
 
-    drawn = [s for s in shards if len(s.curve) > 1]
-    if not drawn:
+    curves = drawable_curves(shards)
+    if not curves:
         return None
     figure = Figure(figsize=(7.0, 3.8))
     axes = figure.add_subplot(1, 1, 1)
-    for index, shard in enumerate(drawn):
+    budgets_drawn: set[float] = set()
+    for index, (labels, points, budget, turns) in enumerate(curves):
         color = f"C{index % 10}"
-        points = [(p.steps, p.epsilon) for p in shard.curve if math.isfinite(p.epsilon)]
-        label = f"{shard.data_source}/{shard.shard}"
-        if len(points) < len(shard.curve):
-            label += " (then non-private: inf)"
-        axes.plot([x for x, _ in points], [y for _, y in points], marker="o", markersize=3, color=color, label=label)
-        if shard.budget is not None:
-            axes.axhline(shard.budget.epsilon, color=color, linestyle="--", linewidth=1)
+        label = ", ".join(labels) + (" (then non-private: ∞)" if turns else "")
+        width = 1.5 + 1.5 * (len(curves) - 1 - index)  # earlier lines wider: one that another overlays stays visible
+        axes.plot([x for x, _ in points], [y for _, y in points], marker="o", markersize=2 + width, color=color,
+                  linewidth=width, label=label)
+        if budget is not None and budget not in budgets_drawn:
+            axes.axhline(budget, color="#57606a", linestyle="--", linewidth=1,
+                         label="budget" if not budgets_drawn else None)
+            budgets_drawn.add(budget)
     axes.set_xlabel("cumulative steps on the shard")
     axes.set_ylabel("epsilon (upper bound)")
+    axes.set_ylim(bottom=0)
     axes.set_title("Epsilon against steps per shard (dashed: budget)")
     axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=8, loc="lower right")
     return _png(figure)
 
 
@@ -74,7 +99,11 @@ def budget_bars_png(shards: Sequence[ShardEntry]) -> bytes | None:
             else:
                 axes.barh(row, shown - limit, left=limit, color="#ef9a9a")
             note = f"{_fmt(spent)} of {limit:.3g}"
-        axes.text(shown, row, f"  {_fmt(spent) if shard.budget is None else ''} {note}", va="center", fontsize=8)
+        if math.isinf(spent):
+            note = "∞: non-private" + ("" if shard.budget is not None else ", no budget set")
+        elif shard.budget is None:
+            note = f"{_fmt(spent)}, no budget set"
+        axes.text(shown, row, f"  {note}", va="center", fontsize=8)
     axes.set_yticks(range(len(shards)), labels)
     axes.invert_yaxis()
     axes.set_xlabel("epsilon (dark: spent, light green: remaining, red: over budget)")

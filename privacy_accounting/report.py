@@ -1,5 +1,10 @@
 """Build a :class:`PrivacyReport` from a ledger; render it with its ``to_json/to_markdown/to_html``.
 
+The report opens with a headline per model (who is protected, at what, what that bounds, the
+verdict against the budget) and any run without a guarantee; the figures behind them follow for
+specialists. Sections only a workspace knows (record counts per shard, deletion requests, the
+audit log) are passed in as :class:`WorkspaceSections`.
+
 Which delta each figure uses:
 
 * a shard with a budget: the budget's delta (so spent and remaining match enforcement);
@@ -39,10 +44,14 @@ from privacy_accounting.report_models import (
     Figures,
     ModelEntry,
     ModelShardEntry,
+    NonPrivateRun,
     PrivacyReport,
     ShardEntry,
+    SourceGuarantees,
+    WorkspaceSections,
 )
-from privacy_accounting.statement import model_statement, overall_statement
+from privacy_accounting.report_records import record_distribution
+from privacy_accounting.statement import headline, model_statement, overall_statement, source_guarantee_text
 from privacy_accounting.validation import check_delta
 
 __all__ = [
@@ -57,6 +66,7 @@ __all__ = [
     "ModelEntry",
     "ModelShardEntry",
     "ShardEntry",
+    "WorkspaceSections",
 ]
 
 ACCOUNTANTS_TEXT = (
@@ -67,8 +77,9 @@ ACCOUNTANTS_TEXT = (
 )
 
 NOTES = [
-    "Shards of a data source are assumed disjoint in the unit of privacy; a data-source budget bounds each of "
-    "its shards separately (parallel composition).",
+    "A data-source budget bounds each of its shards separately; each record is also checked against the budgets "
+    "of every shard whose runs read it. Whether shards hold disjoint records is checked record by record where "
+    "runs name their records, and stated per data source under Data.",
     "Events on one shard compose sequentially and are accounted jointly (ComposedDpEvent); adding per-event "
     "epsilons would only be a looser upper bound.",
     "Reserved, completed and failed events all count as spent: a run that failed may already have touched data.",
@@ -77,6 +88,11 @@ NOTES = [
     "Empirical audits give empirical lower bounds, not guarantees.",
 ]
 
+NOTICE = (
+    "Internal document: it names shards and their record counts, which a release must not carry (a release bundle "
+    "states only the budget)."
+)
+
 
 def build_report(
     ledger: Ledger,
@@ -84,11 +100,14 @@ def build_report(
     delta: float | None = None,
     curve_points: int = 12,
     title: str = "Privacy report",
+    workspace: WorkspaceSections | None = None,
 ) -> PrivacyReport:
     """Assemble the report (an empty ledger gives a valid, empty report).
 
     ``curve_points``: about how many points of the epsilon-versus-steps curve to compute per
     shard (0 disables the curves); curves use a coarse PLD grid (still an upper bound).
+    ``workspace``: sections the ledger cannot know (record counts, deletions, the audit log),
+    shown as given.
     """
     if delta is not None:
         delta = check_delta(delta)
@@ -108,10 +127,12 @@ def build_report(
         for ds, shard in ledger.shards()
     ]
     audit_entries = [_audit_entry(a, events, settings) for a in audits]
+    models = ledger.models()
     model_entries = [
         _model_entry(name, comps, events, components, audit_entries, sources, delta, settings, ledger.record_classes)
-        for name, comps in sorted(ledger.models().items())
+        for name, comps in sorted(models.items())
     ]
+    guarantees = [_source_guarantees(s, events, budgets, delta, settings, ledger) for s in sources.values()]
     return PrivacyReport(
         title=title,
         generated_at=utc_now(),
@@ -131,7 +152,72 @@ def build_report(
             {c for m in model_entries for c in m.components},
         ),
         notes=list(NOTES),
+        notice=NOTICE,
+        headlines=[headline(m, shard_entries) for m in model_entries],
+        non_private=[_non_private(e, model_entries, guarantees, workspace) for e in events
+                     if is_non_private(e.event)],
+        record_guarantees=guarantees,
+        workspace=workspace,
     )
+
+
+def _source_guarantees(source: DataSource, events: Sequence[StoredEvent], budgets: Sequence[Budget],
+                       report_delta: float | None, settings: AccountantSettings, ledger: Ledger) -> SourceGuarantees:
+    """Per-record guarantees of one data source, at its budget's delta (else the report's, else the
+    smallest recorded on its events)."""
+    mine = [e for e in events if e.data_source == source.name]
+    budget = _find_budget(budgets, source.name, None)
+    delta = budget.delta if budget else report_delta if report_delta is not None else min(
+        (e.delta for e in mine), default=None)
+    if delta is None:
+        return SourceGuarantees(data_source=source.name, delta=None, groups=[], disjointness="no events",
+                                text=source_guarantee_text(source.name, "no events", []))
+    found = record_distribution(mine, events, delta, settings, ledger.record_classes)
+    return SourceGuarantees(data_source=source.name, delta=delta, groups=found.groups,
+                            disjointness=found.disjointness, overlaps=found.overlaps,  # type: ignore[arg-type]
+                            text=source_guarantee_text(source.name, found.disjointness, found.overlaps))
+
+
+def _purpose(event: StoredEvent) -> str:
+    return event.purpose.value.replace("non_private", "non-private").replace("_", " ")
+
+
+def _non_private(event: StoredEvent, models: Sequence[ModelEntry], guarantees: Sequence[SourceGuarantees],
+                 workspace: WorkspaceSections | None) -> NonPrivateRun:
+    """A run without a guarantee: what it fed, whose records it read, whether they were declared public."""
+    feeds = sorted(m.model for m in models if event.component in m.components)
+    here = (event.data_source, event.shard)
+    reads = sorted(m.model for m in models if m.model not in feeds and any(
+        (o.data_source, s) == here for o in m.overlaps for s in o.shards))
+    public = None
+    if workspace is not None:
+        public = any(s.public for d in workspace.data if d.data_source == event.data_source
+                     for s in d.shards if s.shard == event.shard)
+    source = next((g for g in guarantees if g.data_source == event.data_source), None)
+    shared = [o for o in (source.overlaps if source else []) if event.shard in o.shards]
+    where = f"'{event.data_source}/{event.shard}'"
+    parts = [f"NOT DIFFERENTIALLY PRIVATE: component '{event.component}' ({_purpose(event)}, "
+             f"{event.status.value}) read {where} without any privacy guarantee (\u03b5 = \u221e)."]
+    if public:
+        parts.append(f"Its data owner declared {where} public.")
+    elif public is False:
+        parts.append(f"{where} is NOT declared public: its records have no protection.")
+    if shared:
+        parts.append("Records it read were also read by runs on " + ", ".join(
+            f"{' and '.join(s for s in o.shards if s != event.shard)} ({o.records} record(s))" for o in shared)
+            + ": those records have no guarantee.")
+    elif event.records_read is not None and source is not None and source.disjointness != "unchecked":
+        parts.append("No record it read was read by any other shard's run (checked record by record).")
+    if feeds:
+        parts.append(f"It feeds model(s) {', '.join(repr(m) for m in feeds)}, which therefore have no guarantee.")
+    if reads:
+        parts.append(f"It read records that model(s) {', '.join(repr(m) for m in reads)} were trained on, which "
+                     "therefore have no guarantee for them.")
+    if not feeds and not reads:
+        parts.append("It is part of no model in this report.")
+    return NonPrivateRun(component=event.component, data_source=event.data_source, shard=event.shard,
+                         purpose=event.purpose.value, status=event.status.value, created_at=event.created_at,
+                         models=feeds, affects=reads, declared_public=public, text=" ".join(parts))
 
 
 def _figures(bounds: EpsilonBounds) -> Figures:
@@ -334,6 +420,9 @@ def _model_entry(
             for s in guarantee.shards
         ]
         epsilon, accountant, binding = guarantee.epsilon, guarantee.accountant, guarantee.binding
+    found = record_distribution(mine, events, delta, settings, record_classes) if delta is not None else None
+    disjointness = found.disjointness if found else "no events"
+    overlaps = found.overlaps if found else []
     return ModelEntry(
         model=name,
         components=list(components),
@@ -345,5 +434,8 @@ def _model_entry(
         units=units,
         checkpoints_released=any(e.checkpoints_released for e in mine),
         shards=shards,
-        statement=model_statement(name, epsilon, delta, accountant, shards, units, entries, my_audits),
+        statement=model_statement(name, epsilon, delta, accountant, shards, units, entries, my_audits,
+                                  disjointness, overlaps),
+        record_distribution=found.groups if found else [],
+        overlaps=overlaps,
     )

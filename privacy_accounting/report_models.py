@@ -1,6 +1,9 @@
 """Pydantic models of a privacy report (stable, machine-readable field names).
 
-Infinite epsilons (non-private events) serialise as the JSON string ``"Infinity"``.
+Infinite epsilons (non-private events) serialise as the JSON string ``"Infinity"``. The
+:class:`WorkspaceSections` are plain data that a caller who keeps more than a ledger (a
+workspace: record counts, deletion requests, an audit log) passes in; the ledger alone cannot
+know them, and this package never reads them itself.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from privacy_accounting.renderers import render
 
 AUDIT_LABEL = "empirical lower bound, not a guarantee"
-REPORT_SCHEMA_VERSION = 2
+REPORT_SCHEMA_VERSION = 3
 
 
 class _Model(BaseModel):
@@ -118,6 +121,37 @@ class ModelShardEntry(_Model):
     record_accountant: str
 
 
+class GuaranteeGroup(_Model):
+    """``records`` records whose guarantee is ``epsilon``: the composition of every event that read
+    each of them. ``records`` is None where the events named no records (the whole shard is one group)."""
+
+    epsilon: float
+    accountant: str
+    records: int | None
+    shards: list[str]
+
+
+class ShardOverlap(_Model):
+    """``records`` records of ``data_source`` that events on more than one shard read (``shards``:
+    ``shard`` or ``source/shard`` for another data source's)."""
+
+    data_source: str
+    shards: list[str]
+    records: int
+
+
+class SourceGuarantees(_Model):
+    """The per-record guarantees of one data source at ``delta``: how many records sit at which epsilon,
+    and whether its shards were checked to be disjoint (``disjointness``: checked, overlap or unchecked)."""
+
+    data_source: str
+    delta: float | None
+    groups: list[GuaranteeGroup]
+    disjointness: Literal["checked", "overlap", "unchecked", "no events"]
+    overlaps: list[ShardOverlap] = Field(default_factory=list)
+    text: str
+
+
 class ModelEntry(_Model):
     """Per-record guarantee of a composed model: over its records, the largest composition of every
     event that read the record (max over shards; disjoint shards compose in parallel)."""
@@ -133,6 +167,44 @@ class ModelEntry(_Model):
     checkpoints_released: bool
     shards: list[ModelShardEntry]
     statement: str
+    record_distribution: list[GuaranteeGroup] = Field(default_factory=list)
+    overlaps: list[ShardOverlap] = Field(default_factory=list)
+
+
+Verdict = Literal["within budget", "over budget", "no budget set", "not differentially private", "no events"]
+
+
+class Headline(_Model):
+    """The first screen for one model: who is protected, at what (epsilon, delta), what that bounds,
+    and the verdict against the budget, in plain language (the figures are the model entry's)."""
+
+    model: str
+    unit: str
+    epsilon: float
+    delta: float | None
+    odds_factor: float | None  # e^epsilon: the most any one unit's presence can multiply the odds of an outcome
+    strength: Literal["strong", "reasonable", "weak", "none", "n/a"]
+    sentence: str
+    meaning: str
+    scale: str
+    records_differ: str
+    verdict: Verdict
+    verdict_text: str
+
+
+class NonPrivateRun(_Model):
+    """A ledger event without any differential-privacy guarantee, shown as what it is."""
+
+    component: str
+    data_source: str
+    shard: str
+    purpose: str
+    status: str
+    created_at: str
+    models: list[str]  # the models it feeds
+    affects: list[str] = Field(default_factory=list)  # other models whose records it read
+    declared_public: bool | None
+    text: str
 
 
 class AuditEntry(_Model):
@@ -148,6 +220,82 @@ class AuditEntry(_Model):
     accounted_epsilon: float | None = None
     consistent: bool | None = None
     details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ShardRecords(_Model):
+    """A shard as the workspace knows it: ``records`` is how many records its latest completed run read
+    (None: unknown), ``public`` that its data owner declared it public (no private record in it)."""
+
+    data_source: str
+    shard: str
+    records: int | None = None
+    counted_from: str = ""
+    public: bool = False
+
+
+class DataSourceDetails(_Model):
+    """What the workspace knows of a data source beyond the ledger: its shards' record counts and
+    how it is re-read for retraining (``loader``; empty if it is not)."""
+
+    data_source: str
+    loader: str = ""
+    shards: list[ShardRecords] = Field(default_factory=list)
+
+
+class DeletionEntry(_Model):
+    """One deletion request and its legal clock (``deadlines``: regime -> last day, UTC)."""
+
+    request_id: str
+    received_at: str
+    regimes: dict[str, str]
+    deadlines: dict[str, str]
+    due_by: str
+    status: Literal["open", "completed"]
+    outcome: str
+    completed_at: str | None = None
+    on_time: bool | None = None
+    overdue: bool
+    days_left: int | None = None
+    records: int
+    certificate: str
+    certificate_href: str
+
+
+class LogCheckpoint(_Model):
+    """A checkpoint of the audit log (the Merkle ``root`` of its first ``size`` entries), where it came
+    from, whether the log still extends it, and whether its signature was checked."""
+
+    origin: str
+    size: int
+    root: str
+    source: str
+    extends: bool
+    problem: str | None = None
+    signature: Literal["verified", "not checked", "not signed"] = "not signed"
+
+
+class AuditLogResult(_Model):
+    """The audit log as verified when the report was made."""
+
+    log: str
+    verified: bool
+    checked_at: str
+    entries: int
+    head: str | None
+    merkle_root: str | None
+    artifacts_checked: int
+    missing_artifacts: list[str] = Field(default_factory=list)
+    problems: list[str] = Field(default_factory=list)
+    checkpoint: LogCheckpoint | None = None
+
+
+class WorkspaceSections(_Model):
+    """Sections only a workspace can fill, passed in as plain data (see the module doc)."""
+
+    workspace: str
+    data: list[DataSourceDetails] = Field(default_factory=list)
+    deletions: list[DeletionEntry] = Field(default_factory=list)
+    audit: AuditLogResult | None = None
 
 
 class PrivacyReport(_Model):
@@ -166,6 +314,11 @@ class PrivacyReport(_Model):
     audits: list[AuditEntry]
     statement: str
     notes: list[str]
+    notice: str = ""
+    headlines: list[Headline] = Field(default_factory=list)
+    non_private: list[NonPrivateRun] = Field(default_factory=list)
+    record_guarantees: list[SourceGuarantees] = Field(default_factory=list)
+    workspace: WorkspaceSections | None = None
 
     def to_json(self, indent: int | None = 2) -> str:
         """Machine-readable JSON (infinite epsilon as ``"Infinity"``)."""

@@ -1,16 +1,189 @@
 """The report's tables as (headers, rows), shared by the Markdown and HTML renderers so that both
-always show the same columns; each renderer only formats cells."""
+always show the same columns and words; each renderer only formats cells (a :class:`Link` becomes
+a link, a :class:`Flag` is emphasised)."""
 
 from __future__ import annotations
 
-from privacy_accounting.report_models import PrivacyReport
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from privacy_accounting.report_models import (
+    DataSourceEntry,
+    DeletionEntry,
+    GuaranteeGroup,
+    PrivacyReport,
+    ShardRecords,
+)
+from privacy_accounting.statement import fmt_delta, fmt_eps, unit_text
 
 Table = tuple[list[str], list[tuple[object, ...]]]
+
+
+@dataclass(frozen=True)
+class Link:
+    """A cell that links to ``href``."""
+
+    text: str
+    href: str
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A cell that must stand out (an overdue request, a failed check, a run without a guarantee)."""
+
+    text: str
+
+
+def _words(value: str) -> str:
+    """A machine word as words (``retraining_after_deletion`` -> ``retraining after deletion``)."""
+    return value.replace("non_private", "non-private").replace("_", " ")
 
 
 def _delta(value: float | None) -> str | None:
     return None if value is None else f"{value:.3g}"
 
+
+def fmt_time(value: str | None) -> str | None:
+    """An ISO timestamp as ``2025-01-31 12:00 UTC`` (a date stays a date)."""
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if len(value) <= 10:
+        return moment.date().isoformat()
+    if moment.tzinfo is None:
+        return moment.strftime("%Y-%m-%d %H:%M")
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+#: The report's sections, in order: (anchor, heading). Both renderers use these words.
+SECTIONS = [("summary", "Summary"), ("data", "Data"), ("deletions", "Deletion requests"), ("audit", "Audit log"),
+            ("specialists", "For specialists")]
+NO_WORKSPACE = ("Not part of this report: it was built from the ledger alone; a workspace's report "
+                "(dp-tangent report) adds it.")
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+def source_facts(report: PrivacyReport, source: DataSourceEntry) -> list[tuple[str, str]]:
+    """(label, value) lines of a data source: description, unit, budget, how it is re-read."""
+    details = next((d for d in (report.workspace.data if report.workspace else []) if d.data_source ==
+                    source.data_source), None)
+    budget = (f"\u03b5 = {fmt_eps(source.budget.epsilon)} at \u03b4 = {fmt_delta(source.budget.delta)} for each shard"
+              if source.budget else "none for the whole source (see each shard)")
+    facts = [("Description", source.description or "(none given)"), ("Unit of privacy", unit_text(source.unit)),
+             ("Budget", budget)]
+    if details is not None and details.loader:
+        facts.append(("Re-read for retraining from", details.loader))
+    return facts
+
+
+def _shard_records(report: PrivacyReport, data_source: str, shard: str) -> ShardRecords | None:
+    for details in report.workspace.data if report.workspace else []:
+        if details.data_source == data_source:
+            return next((s for s in details.shards if s.shard == shard), None)
+    return None
+
+
+def data_shards_table(report: PrivacyReport, data_source: str) -> Table:
+    """One row per shard of ``data_source``: records, whether public, runs, spend against the budget."""
+    rows: list[tuple[object, ...]] = []
+    for s in (s for s in report.shards if s.data_source == data_source):
+        known = _shard_records(report, data_source, s.shard)
+        records = None if known is None or known.records is None else f"{known.records:,}"
+        public = "declared public" if known is not None and known.public else "private" if known else None
+        spent = Flag("\u221e: NOT DIFFERENTIALLY PRIVATE") if math.isinf(s.spent.epsilon) else s.spent.epsilon
+        status = Flag(s.budget_status) if s.budget_status == "exceeded" else s.budget_status
+        rows.append((s.shard, records, public, s.n_events, spent,
+                     f"{s.budget.epsilon:.4g}" if s.budget else "none", status))
+    return (["shard", "records (latest run)", "kind", "runs", "spent \u03b5", "budget \u03b5", "status"], rows)
+
+
+def distribution_table(groups: list[GuaranteeGroup]) -> Table:
+    """How many records sit at which epsilon (every run that read each record composed)."""
+    rows: list[tuple[object, ...]] = []
+    for g in groups:
+        records = "whole shard (runs named no records)" if g.records is None else f"{g.records:,}"
+        eps = Flag("no guarantee (non-private run)") if math.isinf(g.epsilon) else f"\u2264 {fmt_eps(g.epsilon)}"
+        rows.append((records, ", ".join(g.shards), eps))
+    return (["records", "shards", "\u03b5 per record"], rows)
+
+
+# -- deletions -------------------------------------------------------------------------------------
+
+def _deletion_status(d: DeletionEntry) -> object:
+    if d.overdue:
+        return Flag(f"OVERDUE: open, was due {d.due_by}")
+    if d.status == "open":
+        left = "" if d.days_left is None else f", {d.days_left} day(s) left"
+        return f"open{left}"
+    timing = "" if d.on_time is None else " on time" if d.on_time else None
+    if timing is None:
+        return Flag(f"completed LATE ({d.outcome.replace('_', ' ')})")
+    return f"completed{timing} ({d.outcome.replace('_', ' ')})"
+
+
+def deletions_table(report: PrivacyReport) -> Table:
+    """One row per deletion request with its legal deadlines, status and certificate."""
+    entries = report.workspace.deletions if report.workspace else []
+    regimes = sorted({r for d in entries for r in d.deadlines})
+    headers = ["request", "received"] + [f"{r.upper()} deadline" for r in regimes] + [
+        "status", "completed", "certificate"]
+    rows = [(d.request_id, fmt_time(d.received_at), *(d.deadlines.get(r) for r in regimes), _deletion_status(d),
+             fmt_time(d.completed_at), Link(d.certificate.rsplit("/", 1)[-1], d.certificate_href)) for d in entries]
+    return headers, rows
+
+
+def legal_bases(report: PrivacyReport) -> list[str]:
+    """What each deadline column counts, once per regime."""
+    seen: dict[str, str] = {}
+    for d in report.workspace.deletions if report.workspace else []:
+        seen.update(d.regimes)
+    return [f"{regime.upper()}: {text}" for regime, text in sorted(seen.items())]
+
+
+# -- audit -----------------------------------------------------------------------------------------
+
+def audit_facts(report: PrivacyReport) -> list[tuple[str, object]]:
+    """(label, value) lines of the audit log's verification."""
+    audit = report.workspace.audit if report.workspace else None
+    if audit is None:
+        return []
+    facts: list[tuple[str, object]] = [
+        ("Result", "VERIFIED" if audit.verified else Flag(f"FAILED: {len(audit.problems)} problem(s)")),
+        ("Checked at", fmt_time(audit.checked_at) or audit.checked_at),
+        ("Log", audit.log),
+        ("Entries", str(audit.entries)),
+        ("Head (hash of the last entry)", audit.head or "(empty log)"),
+        ("Merkle root (RFC 9162)", audit.merkle_root or "(empty log)"),
+        ("Artifacts checked", f"{audit.artifacts_checked}"
+         + (f"; {len(audit.missing_artifacts)} logged but no longer on disk" if audit.missing_artifacts else "")),
+    ]
+    point = audit.checkpoint
+    if point is None:
+        facts.append(("Latest checkpoint", "none recorded"))
+    else:
+        signature = {"verified": "signature verified", "not checked": "signature NOT checked (no verifier key given)",
+                     "not signed": "unsigned"}[point.signature]
+        facts.append(("Latest checkpoint", f"the first {point.size} entries; {point.source}; {signature}"))
+        facts.append(("Checkpoint root", point.root))
+        facts.append(("Checkpoint check", "the log extends it (RFC 9162 consistency proof)" if point.extends
+                      else Flag(f"the log does NOT extend it: {point.problem}")))
+    return facts
+
+
+def non_private_table(report: PrivacyReport) -> Table:
+    """Every run without a differential-privacy guarantee."""
+    rows = [(r.component, f"{r.data_source}/{r.shard}", _words(r.purpose), r.status,
+             {True: "yes", False: Flag("NO"), None: None}[r.declared_public], ", ".join(r.models) or "none",
+             Flag("NOT DIFFERENTIALLY PRIVATE")) for r in report.non_private]
+    return (["component", "data", "purpose", "status", "declared public", "in models", "guarantee"], rows)
+
+
+# -- for specialists ---------------------------------------------------------------------------------
 
 def models_table(report: PrivacyReport) -> Table:
     return (["model", "components", "epsilon", "delta", "accountant", "binding shard", "unit"],
@@ -25,13 +198,15 @@ def shards_table(report: PrivacyReport) -> Table:
             [(s.data_source, s.shard, s.unit, s.spent.epsilon, _delta(s.spent.delta), s.spent.accountant,
               s.spent.rdp, s.spent.prv, s.spent.pld,
               f"{s.budget.epsilon:.4g} ({s.budget.scope})" if s.budget else "no budget set",
-              s.remaining_epsilon, s.budget_status, s.n_events) for s in report.shards])
+              s.remaining_epsilon, Flag(s.budget_status) if s.budget_status == "exceeded" else s.budget_status,
+              s.n_events) for s in report.shards])
 
 
 def components_table(report: PrivacyReport) -> Table:
     return (["component", "data source", "shard", "purpose", "status", "epsilon", "delta", "accountant",
              "noise multiplier", "sample rate", "steps", "mechanism", "checkpoints released", "failure"],
-            [(c.component, c.data_source, c.shard, c.purpose, c.status, c.epsilon, _delta(c.delta), c.accountant,
+            [(c.component, c.data_source, c.shard, _words(c.purpose), c.status, c.epsilon, _delta(c.delta),
+              c.accountant,
               c.noise_multiplier, c.sample_rate, c.steps, c.mechanism, "yes" if c.checkpoints_released else "no",
               c.failure_reason) for c in report.components])
 
@@ -39,4 +214,33 @@ def components_table(report: PrivacyReport) -> Table:
 def audits_table(report: PrivacyReport) -> Table:
     return (["component", "epsilon lower bound", "delta", "method", "accounted upper bound", "consistent", "label"],
             [(a.component, a.epsilon_lower_bound, _delta(a.delta), a.method, a.accounted_epsilon,
-              {True: "yes", False: "NO", None: None}[a.consistent], a.label) for a in report.audits])
+              {True: "yes", False: Flag("NO"), None: None}[a.consistent], a.label) for a in report.audits])
+
+
+def status_lines(report: PrivacyReport) -> list[object]:
+    """The summary's lines on deletions and the audit log (a :class:`Flag` when something is wrong)."""
+    if report.workspace is None:
+        return ["Deletion requests and the audit log: " + NO_WORKSPACE[0].lower() + NO_WORKSPACE[1:]]
+    lines: list[object] = []
+    requests = report.workspace.deletions
+    overdue = [d.request_id for d in requests if d.overdue]
+    still_open = sum(d.status == "open" for d in requests)
+    if overdue:
+        lines.append(Flag(f"Deletion requests: {len(overdue)} OVERDUE ({', '.join(overdue)}); "
+                          f"{len(requests)} received, {still_open} open."))
+    elif requests:
+        late = sum(d.on_time is False for d in requests)
+        lines.append(f"Deletion requests: {len(requests)} received, {still_open} open, none overdue"
+                     + (f", {late} completed late." if late else "."))
+    else:
+        lines.append("Deletion requests: none received.")
+    audit = report.workspace.audit
+    if audit is None:
+        lines.append(Flag("Audit log: not checked for this report."))
+    elif audit.verified:
+        lines.append(f"Audit log: verified when this report was made ({audit.entries} entries, every artifact and "
+                     "the ledger's state matching).")
+    else:
+        lines.append(Flag(f"Audit log: verification FAILED when this report was made ({len(audit.problems)} "
+                          "problem(s)); the figures below may not reflect what happened."))
+    return lines

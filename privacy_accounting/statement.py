@@ -1,8 +1,13 @@
 """Plain-language privacy statements (in the spirit of TF Privacy's ``compute_dp_sgd_privacy_statement``).
 
-Each statement says what is protected, the unit of privacy, the neighbouring relation, the
-sampling scheme that was accounted for, whether intermediate checkpoints were released, and
-what empirical audits found (labelled as lower bounds, never as guarantees).
+Two levels. The *headline* of a model is for a reader who is not an ML engineer: who is
+protected (the unit), at what (epsilon, delta), what that bounds -- adding or removing one unit
+changes the probability of any outcome by at most a factor e^epsilon, except with probability
+delta -- where epsilon sits on a commonly used scale, and the verdict against the budget. The
+*statement* is for specialists: the unit and neighbouring relation, the sampling that was
+accounted for, whether shards were checked to be disjoint (never claimed when runs read the same
+records), whether intermediate checkpoints were released, and what empirical audits found
+(labelled as lower bounds, never as guarantees).
 """
 
 from __future__ import annotations
@@ -10,7 +15,18 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from privacy_accounting.report_models import AUDIT_LABEL, AuditEntry, ComponentEntry, ModelShardEntry, ShardEntry
+from privacy_accounting.report_models import (
+    AUDIT_LABEL,
+    AuditEntry,
+    ComponentEntry,
+    GuaranteeGroup,
+    Headline,
+    ModelEntry,
+    ModelShardEntry,
+    ShardEntry,
+    ShardOverlap,
+    Verdict,
+)
 
 _UNIT_TEXT = {
     "record": "one record (neighbouring datasets differ by adding or removing one record)",
@@ -19,6 +35,14 @@ _UNIT_TEXT = {
         "all records of one user; this requires that sampling and clipping were done per user)"
     ),
 }
+#: Who is protected, as the headline names it (``{model}``: the model's name).
+_WHO = {"record": "Every record used to train model '{model}'",
+        "user": "Every user whose records were used to train model '{model}' (all of a user's records together)"}
+_ONE = {"record": "any one record", "user": "all the records of any one user"}
+#: Ponomareva et al., "How to DP-fy ML: A Practical Guide to Machine Learning with Differential
+#: Privacy" (JAIR 2023), section 5.2: tiers of epsilon for ML models.
+SCALE = ("For orientation (Ponomareva et al., “How to DP-fy ML”, 2023): ε ≤ 1 is a strong "
+         "guarantee, ε ≤ 10 a reasonable one for machine learning, above 10 a weak formal guarantee.")
 
 
 def fmt_eps(value: float | None) -> str:
@@ -26,6 +50,39 @@ def fmt_eps(value: float | None) -> str:
     if value is None:
         return "n/a"
     return "infinite (no guarantee)" if math.isinf(value) else f"{value:.4g}"
+
+
+def fmt_delta(delta: float | None) -> str:
+    """Delta for humans: a plain decimal down to 1e-8 (``0.00001``), else scientific."""
+    if delta is None:
+        return "n/a"
+    if delta >= 1e-8:
+        return f"{delta:.8f}".rstrip("0").rstrip(".") if delta < 1 else f"{delta:g}"
+    return f"{delta:.2g}"
+
+
+def odds_factor(epsilon: float) -> float | None:
+    """e^epsilon (inf when it overflows); None without a guarantee."""
+    if math.isinf(epsilon):
+        return None
+    return math.exp(epsilon) if epsilon < 709 else math.inf
+
+
+def fmt_factor(factor: float) -> str:
+    """e^epsilon for humans: 3 significant digits with thousands separators (``139,000``)."""
+    if math.isinf(factor) or factor >= 1e15:
+        return f"{factor:.2e}"
+    if factor < 10:
+        return f"{factor:.3g}"
+    digits = int(math.floor(math.log10(factor))) - 2
+    return f"{round(factor, -digits):,.0f}"
+
+
+def strength(epsilon: float) -> str:
+    """Where epsilon sits on :data:`SCALE`: strong, reasonable, weak or none."""
+    if math.isinf(epsilon):
+        return "none"
+    return "strong" if epsilon <= 1 else "reasonable" if epsilon <= 10 else "weak"
 
 
 def unit_text(unit: str) -> str:
@@ -89,8 +146,11 @@ def model_statement(
     units: Sequence[str],
     entries: Sequence[ComponentEntry],
     audits: Sequence[AuditEntry],
+    disjointness: str = "unchecked",
+    overlaps: Sequence[ShardOverlap] = (),
 ) -> str:
-    """Statement for one composed model."""
+    """Statement for one composed model (``disjointness``, ``overlaps``: what the ledger found about
+    the records its shards share, see :func:`disjointness_text`)."""
     sources = sorted({s.data_source for s in shards})
     if not shards:
         return f"Model '{model}' draws on no recorded events."
@@ -113,14 +173,7 @@ def model_statement(
         " Each unit is charged every run that ever read it (sequential composition), including runs of "
         "components that were later removed or that feed other models."
     )
-    parallel = ""
-    if len(shards) > 1:
-        worst = max(shards, key=lambda s: s.record_epsilon)
-        parallel = (
-            " The shards hold disjoint records (the ledger refuses an overlap unless the operator allows it, and then "
-            "charges the overlapping records for both), so each unit is protected by the runs on its own records "
-            f"(parallel composition); the largest, on shard '{worst.shard}', is the one stated."
-        )
+    parallel = " " + disjointness_text(disjointness, overlaps, shards) if len(shards) > 1 or overlaps else ""
     reused = [s for s in shards if s.record_epsilon > s.epsilon * (1 + 1e-9)]
     reuse = ""
     if reused:
@@ -172,3 +225,112 @@ def overall_statement(
     if model_statements and others:
         paragraphs.append(f"Audits of components outside the models: {audits_text(others)}.")
     return "\n\n".join(paragraphs)
+
+
+def _overlap_list(overlaps: Sequence[ShardOverlap]) -> str:
+    return "; ".join(f"{o.records} record(s) of '{o.data_source}' on {' and '.join(o.shards)}" for o in overlaps)
+
+
+def disjointness_text(disjointness: str, overlaps: Sequence[ShardOverlap],
+                      shards: Sequence[ModelShardEntry] = ()) -> str:
+    """Whether the shards were checked to hold disjoint records, in one or two sentences: never claimed
+    when runs on several shards read the same records, nor when runs did not name their records."""
+    worst = max(shards, key=lambda s: s.record_epsilon) if shards else None
+    stated = f"; the largest, on shard '{worst.shard}', is the one stated" if worst is not None else ""
+    if disjointness == "overlap":
+        return (f"The shards are NOT disjoint: {_overlap_list(overlaps)} were read by runs on more than one shard. "
+                "Each such record is charged every run that read it, on every shard, and the figures include that.")
+    if disjointness == "checked":
+        return ("The shards hold disjoint records: the ledger checked every record each run read, and none was read "
+                "on two shards; so each unit is protected by the runs on its own records (parallel composition)"
+                f"{stated}.")
+    if disjointness == "no events":
+        return "No run has read these records."
+    return ("That the shards hold disjoint records is ASSUMED, not checked: some runs did not name the records they "
+            "read. Each shard is charged everything run on it (parallel composition across shards)"
+            f"{stated}; a record present on several shards would be protected only by the composition of their runs.")
+
+
+def source_guarantee_text(data_source: str, disjointness: str, overlaps: Sequence[ShardOverlap]) -> str:
+    """Whether a data source's shards were checked to hold disjoint records (its per-record guarantees
+    are a table next to it)."""
+    if disjointness == "no events":
+        return f"No run has read data source '{data_source}'."
+    return disjointness_text(disjointness, overlaps)
+
+
+def _group_text(group: GuaranteeGroup) -> str:
+    who = "the records" if group.records is None else f"{group.records:,} record{'s' if group.records != 1 else ''}"
+    where = ", ".join(group.shards)
+    if math.isinf(group.epsilon):
+        return f"{who} of {where}: NO guarantee (a non-private run read them)"
+    return f"{who} of {where} at ε ≤ {fmt_eps(group.epsilon)}"
+
+
+def records_differ_text(groups: Sequence[GuaranteeGroup]) -> str:
+    """"Records differ: ..." when records carry different guarantees; empty when they all carry one."""
+    if len(groups) < 2:
+        return ""
+    return "Records differ: " + "; ".join(_group_text(g) for g in groups) + "."
+
+
+def verdict(model: ModelEntry, shards: Sequence[ShardEntry]) -> tuple[Verdict, str]:
+    """The model against the budgets of the shards it draws on."""
+    if not model.shards:
+        return "no events", "No run fed this model: nothing was spent."
+    if math.isinf(model.epsilon):
+        return "not differentially private", (
+            "NOT DIFFERENTIALLY PRIVATE: a run without any privacy guarantee read records this model was trained "
+            "on; nothing bounds what the model reveals about them.")
+    wanted = {(s.data_source, s.shard) for s in model.shards}
+    mine = [s for s in shards if (s.data_source, s.shard) in wanted]
+    label = lambda s: f"{s.data_source}/{s.shard}"  # noqa: E731
+    over = [s for s in mine if s.budget_status == "exceeded"]
+    if over:
+        return "over budget", "OVER BUDGET: " + "; ".join(
+            f"{label(s)} has spent ε = {fmt_eps(s.spent.epsilon)} of its limit {fmt_eps(s.budget.epsilon)}"
+            for s in over if s.budget is not None) + "."
+    unlimited = [s for s in mine if s.budget is None]
+    if unlimited:
+        return "no budget set", (f"NO BUDGET SET for {', '.join(label(s) for s in unlimited)}: nothing limits further "
+                                 "runs on their records.")
+    worst = max(mine, key=lambda s: s.spent.epsilon / s.budget.epsilon if s.budget and s.budget.epsilon else 0.0)
+    assert worst.budget is not None
+    share = worst.spent.epsilon / worst.budget.epsilon if worst.budget.epsilon else 1.0
+    left = worst.remaining_epsilon if worst.remaining_epsilon is not None else 0.0
+    return "within budget", (
+        f"WITHIN BUDGET: every shard it draws on is within its limit. The most used, {label(worst)}, has spent "
+        f"ε = {fmt_eps(worst.spent.epsilon)} of {fmt_eps(worst.budget.epsilon)} ({share:.0%}), leaving "
+        f"{fmt_eps(left)} for further runs on its records.")
+
+
+def headline(model: ModelEntry, shards: Sequence[ShardEntry]) -> Headline:
+    """The first screen for ``model``: one plain sentence, what it bounds, the scale, the verdict."""
+    unit = model.units[0] if len(model.units) == 1 else "mixed" if model.units else "record"
+    kind, judged = verdict(model, shards)
+    eps, delta = model.epsilon, model.delta
+    factor = odds_factor(eps)
+    who = _WHO.get(unit, "Every unit of privacy (" + ", ".join(model.units) + ") used to train model '{model}'")
+    one = _ONE.get(unit, "any one unit of privacy")
+    if not model.shards:
+        sentence = f"Model '{model.model}' draws on no recorded run."
+        meaning = ""
+    elif factor is None:
+        sentence = (f"Model '{model.model}' is NOT DIFFERENTIALLY PRIVATE: no ε bounds what it reveals about "
+                    "the records it was trained on.")
+        meaning = (f"A run without any privacy guarantee read its training data: {one} may change what the model "
+                   "shows by any amount.")
+    else:
+        sentence = (f"{who.replace('{model}', model.model)} is protected by differential privacy at "
+                    f"ε = {fmt_eps(eps)} and δ = {fmt_delta(delta)}.")
+        noun = "record" if unit == "record" else "user" if unit == "user" else "unit"
+        group = " A person who contributed k records is protected at about k·ε." if unit == "record" else ""
+        meaning = (f"What this bounds: adding or removing {one} changes the probability of any outcome computed from "
+                   f"the model — any prediction, any conclusion drawn about that {noun} "
+                   f"— by at most a factor e^ε ≈ {fmt_factor(factor)} (so an observer's odds that it was "
+                   f"used can grow at most that much), except with probability δ = {fmt_delta(delta)}.{group}")
+    tier = strength(eps) if model.shards else "n/a"
+    scale = f"{SCALE} This model: {tier} (ε = {fmt_eps(eps)})." if model.shards else ""
+    return Headline(model=model.model, unit=unit, epsilon=eps, delta=delta, odds_factor=factor,
+                    strength=tier, sentence=sentence, meaning=meaning, scale=scale,
+                    records_differ=records_differ_text(model.record_distribution), verdict=kind, verdict_text=judged)

@@ -1,4 +1,9 @@
-"""``dp-tangent report``: the privacy budget report as Markdown, JSON or HTML."""
+"""``dp-tangent report``: the workspace's privacy report as Markdown, JSON or HTML.
+
+The ledger's figures with what only the workspace knows (record counts per shard, deletion
+requests and their deadlines, the audit log verified now), gathered read-only by
+:mod:`dp_tangent.workspace.report_context`.
+"""
 
 from __future__ import annotations
 
@@ -9,29 +14,47 @@ import typer
 
 from .app import DEFAULT_WORKSPACE, WorkspaceOption, app, busy, check_output_outside, open_workspace
 
+RENDERERS = {"md": "to_markdown", "json": "to_json", "html": "to_html"}
+
 
 @app.command()
 def report(
     workspace: WorkspaceOption = DEFAULT_WORKSPACE,
     format: Annotated[str, typer.Option("--format", "-f", help="md, json or html.")] = "md",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(
+        help="A checkpoint kept outside the workspace (from `audit checkpoint`): the report says whether the log "
+             "extends it (default: the latest one sealed into a deletion certificate).")] = None,
+    verifier_key: Annotated[Optional[str], typer.Option(
+        help="The checkpoint's verifier key (from `audit keygen`): its signature is checked.")] = None,
 ) -> None:
-    """The privacy budget report: every shard, component and composed model, with the statement."""
+    """The privacy report: per model who is protected and at what, the data, deletion requests, the audit
+    log, then every shard, component and accountant for specialists. Exit 1 if the audit log does not verify
+    (the report is still written)."""
     from privacy_accounting import build_report
 
     from ..io import atomic_write_text
+    from ..workspace.checkpoint import CheckpointError
+    from ..workspace.report_context import load_checkpoint, report_sections
 
-    renderers = {"md": "to_markdown", "json": "to_json", "html": "to_html"}
-    if format not in renderers:
-        raise typer.BadParameter(f"--format must be one of {', '.join(renderers)}, got {format!r}")
+    if format not in RENDERERS:
+        raise typer.BadParameter(f"--format must be one of {', '.join(RENDERERS)}, got {format!r}")
+    if verifier_key is not None and checkpoint is None:
+        raise CheckpointError("--verifier-key checks a --checkpoint; give both")
     ws = open_workspace(workspace)
     if output is not None:
         check_output_outside(ws, output, allowed="reports")
-    ledger = ws.ledger
-    with busy("computing every accountant's epsilon…"):
-        text = getattr(build_report(ledger), renderers[format])()
+    kept = load_checkpoint(ws, checkpoint, verifier_key) if checkpoint is not None else None
+    with busy("verifying the audit log and computing every accountant's epsilon…"):
+        sections = report_sections(ws, report_dir=output.expanduser().absolute().parent if output else None,
+                                   checkpoint=kept)
+        text = getattr(build_report(ws.ledger, workspace=sections), RENDERERS[format])()
     if output is None:
         typer.echo(text)
     else:
         atomic_write_text(output, text)
         typer.echo(f"wrote {output}")
+    if sections.audit is not None and not sections.audit.verified:
+        typer.secho(f"warning: the audit log did not verify ({len(sections.audit.problems)} problem(s)); "
+                    "the report says so", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1)

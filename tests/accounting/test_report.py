@@ -97,6 +97,7 @@ def test_statement_is_plain_and_complete(scenario: tuple[Ledger, PrivacyReport])
     _, report = scenario
     text = report.statement
     for needle in ("one record", "adding or removing one record", "Poisson sampling", "parallel composition",
+                   "ASSUMED, not checked",
                    "intermediate checkpoints were released for c1", "empirical lower bound, not a guarantee",
                    "EXCEEDS the accounted upper bound", "no budget set", "unit: user"):
         assert needle in text, needle
@@ -109,7 +110,8 @@ def test_markdown_rendering(scenario: tuple[Ledger, PrivacyReport]) -> None:
     _, report = scenario
     markdown = report.to_markdown()
     assert markdown.startswith("# Privacy report")
-    for needle in ("## Privacy statement", "| c0 |", "no budget set", "empirical lower bound, not a guarantee",
+    for needle in ("## Summary", "### Privacy statement", "| c0 |", "no budget set",
+                   "empirical lower bound, not a guarantee",
                    "add-or-remove-one", "infinite (no guarantee)"):
         assert needle in markdown, needle
 
@@ -118,7 +120,8 @@ def test_html_is_self_contained_with_plots(scenario: tuple[Ledger, PrivacyReport
     _, report = scenario
     page = report.to_html()
     assert "<style>" in page and "http://" not in page.replace("http://www.w3.org", "")
-    assert not re.search(r'(src|href)="(?!data:)', page)
+    assert not re.search(r'src="(?!data:)', page) and not re.search(r'href="(?!#)', page)  # no external resource
+    assert "<script" not in page and "@media print" in page  # usable without JavaScript, printable
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(images) == 2
     assert all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
@@ -133,3 +136,110 @@ def test_report_escapes_user_text(tmp_path: Path) -> None:
     assert "<script>x</script>" not in report.to_html()
     assert "s\\|0" in report.to_markdown()
     assert report.shards[0].curve == []
+
+
+def test_headline_is_plain_with_a_verdict(scenario: tuple[Ledger, PrivacyReport]) -> None:
+    _, report = scenario
+    (model,) = report.models
+    (head,) = report.headlines
+    assert head.model == "ensemble" and head.unit == "record" and head.verdict == "within budget"
+    assert head.sentence == (f"Every record used to train model 'ensemble' is protected by differential privacy at "
+                             f"ε = {model.epsilon:.4g} and δ = 0.00001.")
+    assert head.odds_factor == pytest.approx(math.exp(model.epsilon))
+    assert "e^ε ≈" in head.meaning and "k·ε" in head.meaning
+    assert head.strength == ("strong" if model.epsilon <= 1 else "reasonable")
+    assert head.verdict_text.startswith("WITHIN BUDGET") and "of 3 (" in head.verdict_text
+    assert not any(word in head.sentence + head.meaning for word in ("PLD", "RDP", "sigma", "Poisson", "q ="))
+    # The run without a guarantee is named as what it is, first screen and audit section alike.
+    (run,) = report.non_private
+    assert run.component == "baseline" and run.text.startswith("NOT DIFFERENTIALLY PRIVATE")
+    assert run.declared_public is None  # the ledger alone cannot know
+    page, markdown = report.to_html(), report.to_markdown()
+    summary = page[page.index('id="summary"'):page.index('id="data"')]
+    assert "NOT DIFFERENTIALLY PRIVATE" in summary and "PLD" not in summary and "RDP" not in summary
+    assert markdown.index("## Summary") < markdown.index("## Data") < markdown.index("## Deletion requests") \
+        < markdown.index("## Audit log") < markdown.index("## For specialists")
+    assert "Not part of this report" in markdown and "Not part of this report" in page
+
+
+def test_verdicts_against_the_budget(ledger: Ledger) -> None:
+    ledger.set_data_source("d", description="survey answers")
+    for shard, budget in (("a", 0.5), ("b", None)):
+        if budget is not None:
+            ledger.set_budget("d", shard, 50.0, DELTA)
+        ledger.reserve(data_source="d", shard=shard, event=RUN, delta=DELTA, purpose="training", operator="o",
+                       component=f"c-{shard}")
+    ledger.set_budget("d", "a", 0.5, DELTA)  # lowered below what was spent: the report says exceeded
+    ledger.register_model("over", ["c-a"])
+    ledger.register_model("unlimited", ["c-b"])
+    heads = {h.model: h for h in build_report(ledger, curve_points=0).headlines}
+    assert heads["over"].verdict == "over budget" and "d/a has spent" in heads["over"].verdict_text
+    assert heads["unlimited"].verdict == "no budget set" and "NO BUDGET SET for d/b" in heads["unlimited"].verdict_text
+
+
+def _records(prefix: str, n: int) -> frozenset[str]:
+    return frozenset(f"{prefix}{i}" for i in range(n))
+
+
+def test_overlapping_shards_are_stated_never_called_disjoint(ledger: Ledger) -> None:
+    """The old demo's bug: a non-private reference read every record, yet the statement said disjoint."""
+    from privacy_accounting import ReservationRequest
+
+    common = dict(data_source="d", delta=DELTA, operator="o")
+    ledger.reserve_all([ReservationRequest(shard="s0", event=RUN, purpose="training", component="c0",
+                                           records=_records("a", 30), **common),
+                        ReservationRequest(shard="s1", event=RUN, purpose="training", component="c1",
+                                           records=_records("b", 20), **common)])
+    ledger.register_model("m", ["c0", "c1"])
+    checked = build_report(ledger, curve_points=0)
+    assert "hold disjoint records: the ledger checked every record" in checked.models[0].statement
+    assert [(g.records, g.shards) for g in checked.models[0].record_distribution] == [(50, ["s0", "s1"])]
+    assert checked.record_guarantees[0].disjointness == "checked"
+
+    ledger.reserve_all([ReservationRequest(shard="all", event=dp_accounting.NonPrivateDpEvent(),
+                                           purpose="non_private_baseline", component="reference",
+                                           records=_records("a", 30) | _records("b", 5), **common)],
+                       allow_overlap=True)
+    report = build_report(ledger, curve_points=0)
+    (model,) = report.models
+    assert "disjoint records" not in model.statement.replace("NOT disjoint", "")
+    assert "The shards are NOT disjoint: 30 record(s) of 'd' on all and s0; 5 record(s) of 'd' on all and s1" \
+        in model.statement
+    assert {(o.records, tuple(o.shards)) for o in model.overlaps} == {(30, ("all", "s0")), (5, ("all", "s1"))}
+    (head,) = report.headlines
+    assert head.verdict == "not differentially private" and math.isinf(head.epsilon) and head.odds_factor is None
+    assert "NOT DIFFERENTIALLY PRIVATE" in head.sentence
+    groups = {(g.records, tuple(g.shards)): g.epsilon for g in model.record_distribution}
+    assert groups[(15, ("s1",))] == pytest.approx(eps_run()) and math.isinf(groups[(35, ("all", "s0", "s1"))])
+    (run,) = report.non_private
+    assert "also read by runs on s0 (30 record(s)), s1 (5 record(s))" in run.text
+    assert run.affects == ["m"] and run.models == [] and "model(s) 'm' were trained on" in run.text
+    assert report.record_guarantees[0].disjointness == "overlap"
+
+
+def test_plots_draw_every_legend_entry(scenario: tuple[Ledger, PrivacyReport]) -> None:
+    from privacy_accounting.plots import drawable_curves, epsilon_curve_png
+
+    _, report = scenario
+    curves = drawable_curves(report.shards)
+    labels = [label for names, _, _, _ in curves for label in names]
+    assert "all" not in labels  # the non-private shard has no finite point to draw: left out, not listed
+    assert all(len(points) > 1 for _, points, _, _ in curves)
+    same = [s for s in report.shards if s.curve and s.shard != "all"]
+    twin = same[0].model_copy(update={"shard": "twin"})
+    merged = drawable_curves([same[0], twin])
+    assert len(merged) == 1 and merged[0][0] == [same[0].shard, "twin"]  # identical curves: one line, one entry
+    only_private = [s for s in report.shards if s.data_source == "people"]
+    assert epsilon_curve_png(only_private) is None
+
+
+def test_user_level_headline_names_users(ledger: Ledger) -> None:
+    ledger.set_data_source("people", unit="user", description="one row per message, grouped by sender")
+    ledger.set_budget("people", None, 10.0, DELTA)
+    ledger.reserve(data_source="people", shard="all", event=RUN, delta=DELTA, purpose="training", operator="o",
+                   component="c")
+    ledger.register_model("m{0}", ["c"])  # braces in a name are text, not a template
+    (head,) = build_report(ledger, curve_points=0).headlines
+    assert head.sentence.startswith("Every user whose records were used to train model 'm{0}' (all of a user's "
+                                    "records together) is protected")
+    assert "all the records of any one user" in head.meaning and "k·ε" not in head.meaning

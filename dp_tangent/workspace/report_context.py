@@ -1,0 +1,179 @@
+"""What a workspace adds to its ledger's privacy report, gathered as plain data (read-only).
+
+:func:`report_sections` returns the :class:`~privacy_accounting.report_models.WorkspaceSections`
+that ``privacy_accounting.build_report(ledger, workspace=...)`` shows as given:
+
+* data: each shard's record count (the latest completed run's, from the audit log), whether its
+  data owner declared it public, and how the source is re-read for retraining;
+* deletions: every request with its receipt time, legal deadlines, status, overdue flag and
+  certificate (linked relative to the report's folder when known);
+* audit: the log verified now (chain, artifacts, ledger state), its head and Merkle root, and the
+  latest checkpoint -- one kept outside the workspace if given, else the last one sealed into a
+  deletion certificate -- with whether the log still extends it.
+
+Record counts tell shard sizes: they belong in the workspace's own report, never in a release.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from privacy_accounting.report_models import (
+    AuditLogResult,
+    DataSourceDetails,
+    DeletionEntry,
+    LogCheckpoint,
+    ShardRecords,
+    WorkspaceSections,
+)
+
+from ..errors import DPTangentError
+from . import data_sources
+from .audit_errors import AuditLogError
+from .audit_log import AuditEntry
+from .certificates import read_certificate
+from .checkpoint import Checkpoint, extends, origin_of, read_kept_checkpoint
+from .deletion_requests import resolve_now
+from .request_register import list_requests
+
+if TYPE_CHECKING:
+    from .store import Workspace
+
+TRAINING_OPERATIONS = ("training", "retraining")
+MAX_PROBLEMS = 100
+
+
+@dataclass(frozen=True)
+class KeptCheckpoint:
+    """A checkpoint kept outside the workspace, where it was read from, and whether its signature was checked."""
+
+    checkpoint: Checkpoint
+    source: str
+    signature: Literal["verified", "not checked"]
+
+
+def load_checkpoint(ws: Workspace, path: str | os.PathLike[str], verifier_key: str | None = None) -> KeptCheckpoint:
+    """Read a signed checkpoint of this workspace's log (from ``dp-tangent audit checkpoint``); with
+    ``verifier_key`` its signature must verify. Anything else is a one-line :class:`CheckpointError`."""
+    kept = read_kept_checkpoint(path, origin_of(ws.info.manifest_key_id), verifier_key)
+    return KeptCheckpoint(kept, f"kept outside the workspace in {Path(path).absolute()}",
+                          "verified" if verifier_key is not None else "not checked")
+
+
+def report_sections(ws: Workspace, *, now: datetime | None = None, report_dir: str | os.PathLike[str] | None = None,
+                    checkpoint: KeptCheckpoint | None = None) -> WorkspaceSections:
+    """The workspace's sections of its privacy report, as of ``now`` (default: the current time).
+
+    ``report_dir``: the folder the report will be written to (certificate links are relative to
+    it); None links by absolute ``file:`` URI. ``checkpoint``: one kept outside the workspace
+    (:func:`load_checkpoint`); without it, the latest sealed into a deletion certificate.
+    """
+    moment = resolve_now(now)
+    try:
+        entries = ws.audit.entries()
+    except AuditLogError:
+        entries = []  # a broken chain: no count is taken from it, and the audit section says why
+    return WorkspaceSections(
+        workspace=str(ws.root),
+        data=_data(ws, entries),
+        deletions=_deletions(ws, moment, report_dir),
+        audit=_audit(ws, entries, moment, checkpoint),
+    )
+
+
+def _data(ws: Workspace, entries: Sequence[AuditEntry]) -> list[DataSourceDetails]:
+    latest: dict[tuple[str, str], AuditEntry] = {}
+    for entry in entries:
+        p = entry.parameters
+        if entry.operation in TRAINING_OPERATIONS and p.get("status") == "completed" and isinstance(
+                p.get("records"), int):
+            latest[(str(p.get("data_source")), str(p.get("shard")))] = entry
+    out = []
+    for source in ws.ledger.data_sources():
+        loader = _loader(ws, source.name)
+        shards = []
+        for _, shard in ws.ledger.shards(source.name):
+            entry = latest.get((source.name, shard))
+            shards.append(ShardRecords(
+                data_source=source.name, shard=shard,
+                records=None if entry is None else entry.parameters["records"],
+                counted_from="" if entry is None else
+                f"{entry.operation} of {entry.parameters.get('component')} at {entry.time} (log entry {entry.seq})",
+                public=bool(getattr(loader, "public_split", False)) and shard == data_sources.PUBLIC_SPLIT))
+        out.append(DataSourceDetails(data_source=source.name, loader=_describe(loader), shards=shards))
+    return out
+
+
+def _loader(ws: Workspace, name: str) -> object | None:
+    """How the workspace re-reads ``name`` (None if it does not, or its registry cannot be read: the
+    audit section reports a damaged registry, and no count depends on it)."""
+    try:
+        return data_sources.source_of(ws, name)
+    except DPTangentError:
+        return None
+
+
+def _describe(loader: object | None) -> str:
+    if loader is None:
+        return ""
+    describe = getattr(loader, "describe", None)
+    return str(describe()) if callable(describe) else type(loader).__name__
+
+
+def _href(path: Path, report_dir: str | os.PathLike[str] | None) -> str:
+    if report_dir is None:
+        return path.as_uri()
+    return Path(os.path.relpath(path, Path(report_dir).absolute())).as_posix()
+
+
+def _deletions(ws: Workspace, now: datetime, report_dir: str | os.PathLike[str] | None) -> list[DeletionEntry]:
+    out = []
+    for status in list_requests(ws, now):
+        cert = read_certificate(ws, status.request_id)
+        if cert is None:  # removed while we read: audit verification reports it
+            continue
+        _, text_path = ws.certificate_paths(cert.request_id)
+        out.append(DeletionEntry(
+            request_id=cert.request_id, received_at=cert.received_at, regimes=dict(cert.regimes),
+            deadlines=dict(cert.deadlines), due_by=cert.due_by, status=cert.status, outcome=cert.outcome,
+            completed_at=cert.completed_at, on_time=cert.on_time, overdue=status.overdue,
+            days_left=status.days_left if cert.status == "open" else None, records=len(cert.record_commitments),
+            certificate=str(text_path), certificate_href=_href(text_path, report_dir)))
+    return out
+
+
+def _audit(ws: Workspace, entries: Sequence[AuditEntry], now: datetime,
+           kept: KeptCheckpoint | None) -> AuditLogResult:
+    result = ws.audit.verify()
+    problems = [str(p) for p in sorted(result.problems, key=lambda p: p.seq)]
+    if len(problems) > MAX_PROBLEMS:
+        problems = problems[:MAX_PROBLEMS] + [f"... and {len(problems) - MAX_PROBLEMS} more"]
+    return AuditLogResult(
+        log=str(result.path), verified=result.ok, checked_at=now.isoformat(), entries=result.entries,
+        head=result.head, merkle_root=result.merkle_root, artifacts_checked=result.artifacts_checked,
+        missing_artifacts=list(result.missing_artifacts), problems=problems,
+        checkpoint=_checkpoint(ws, entries, kept))
+
+
+def _checkpoint(ws: Workspace, entries: Sequence[AuditEntry], kept: KeptCheckpoint | None) -> LogCheckpoint | None:
+    if kept is not None:
+        point, source, signature = kept.checkpoint, kept.source, kept.signature
+    else:
+        sealed = [e for e in entries if e.operation == "certificate_sealed"
+                  and isinstance(e.parameters.get("checkpoint"), dict)]
+        if not sealed:
+            return None
+        last = sealed[-1]
+        recorded = last.parameters["checkpoint"]
+        point = Checkpoint(origin_of(ws.info.manifest_key_id), int(recorded["size"]), str(recorded["root"]))
+        source = (f"sealed into the certificate of deletion request {last.parameters.get('request_id')} "
+                  f"(log entry {last.seq})")
+        signature = "not signed"
+    why = extends([e.hash for e in entries], point) if entries else "the log could not be read"
+    return LogCheckpoint(origin=point.origin, size=point.size, root=point.root, source=source, extends=why is None,
+                         problem=why, signature=signature)

@@ -1,0 +1,84 @@
+"""Per-record guarantees for the report: how many records sit at which epsilon, and which shards overlap.
+
+A record's guarantee is the composition of every event that read it (see :mod:`.composition`):
+an event that names its records charges exactly those, one that names none charges its whole
+shard. Records are grouped by the set of events that read them, so each record counts once;
+groups with the same epsilon are merged. A group read by events on more than one shard is an
+*overlap*: those records are charged every run on every such shard, and the report says so
+instead of claiming the shards are disjoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from privacy_accounting.accountants import AccountantSettings, EpsilonBounds
+from privacy_accounting.budgets import composed_bounds
+from privacy_accounting.composition import RecordClasses, ShardKey, group_by_shard
+from privacy_accounting.records import StoredEvent
+from privacy_accounting.report_models import GuaranteeGroup, ShardOverlap
+
+Disjointness = str  # "checked" | "overlap" | "unchecked" | "no events"
+
+
+@dataclass(frozen=True)
+class RecordDistribution:
+    """Groups of records by guarantee, overlaps between shards, and how disjointness is known."""
+
+    groups: list[GuaranteeGroup]
+    overlaps: list[ShardOverlap]
+    disjointness: Disjointness
+
+
+def _label(key: ShardKey, data_source: str) -> str:
+    return key[1] if key[0] == data_source else f"{key[0]}/{key[1]}"
+
+
+def record_distribution(feeding: Sequence[StoredEvent], events: Sequence[StoredEvent], delta: float,
+                        settings: AccountantSettings, record_classes: RecordClasses | None) -> RecordDistribution:
+    """The guarantees of the records ``feeding`` read, each the composition of every event in ``events``
+    that read it. A shard where a feeding event named no records (or every shard, without
+    ``record_classes``) is one group of unknown size charged everything run on it: the cautious
+    reading, the same one :func:`~privacy_accounting.composition.model_guarantee` takes."""
+    if not feeding:
+        return RecordDistribution([], [], "no events")
+    shards = group_by_shard(events)
+    whole = {(e.data_source, e.shard) for e in feeding if e.records_read is None or record_classes is None}
+    raw: list[tuple[EpsilonBounds, int | None, list[str]]] = []
+    for key in sorted(whole):
+        bounds = composed_bounds([e.event for e in shards.get(key, [])], delta, settings)
+        raw.append((bounds, None, [_label(key, key[0])]))
+    by_seq = {e.seq: e for e in events}
+    overlaps: dict[tuple[str, tuple[str, ...]], int] = {}
+    named = [e for e in feeding if (e.data_source, e.shard) not in whole]
+    for data_source in sorted({e.data_source for e in named}):
+        seqs = [e.seq for e in named if e.data_source == data_source]
+        for group in record_classes(data_source, seqs):  # type: ignore[misc]  # None only when ``whole`` has all
+            readers = {q: by_seq[q] for q in group.seqs if q in by_seq}
+            keys = {(e.data_source, e.shard) for e in readers.values()}
+            for key in keys:  # events naming no records read every record of their shard
+                readers.update((e.seq, e) for e in shards.get(key, []) if e.records_read is None)
+            labels = sorted(_label(k, data_source) for k in keys)
+            bounds = composed_bounds([readers[q].event for q in sorted(readers)], delta, settings)
+            raw.append((bounds, group.count, labels))
+            if len(keys) > 1:
+                overlaps[(data_source, tuple(labels))] = overlaps.get((data_source, tuple(labels)), 0) + group.count
+    disjointness = "unchecked" if whole else "overlap" if overlaps else "checked"
+    return RecordDistribution(_merge(raw), [ShardOverlap(data_source=ds, shards=list(s), records=n)
+                                            for (ds, s), n in sorted(overlaps.items())], disjointness)
+
+
+def _merge(raw: list[tuple[EpsilonBounds, int | None, list[str]]]) -> list[GuaranteeGroup]:
+    """Groups with the same epsilon (to 10 significant digits) and known sizes merged, by epsilon."""
+    merged: dict[tuple[str, bool], GuaranteeGroup] = {}
+    for bounds, count, labels in raw:
+        key = (f"{bounds.epsilon:.10g}", count is None)
+        if key in merged:
+            old = merged[key]
+            records = None if count is None else (old.records or 0) + count
+            merged[key] = old.model_copy(update={"records": records, "shards": sorted(set(old.shards) | set(labels))})
+        else:
+            merged[key] = GuaranteeGroup(epsilon=bounds.epsilon, accountant=bounds.accountant, records=count,
+                                         shards=sorted(labels))
+    return sorted(merged.values(), key=lambda g: (g.epsilon, g.records is None))

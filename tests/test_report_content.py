@@ -1,0 +1,199 @@
+"""A workspace's privacy report: the first screen, data with record counts, deletions with their
+deadlines, the audit log as verified, in HTML, Markdown and JSON alike; the CLI that writes it."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from dp_tangent.backbones import BackboneSpec
+from dp_tangent.data import RecordSet
+from dp_tangent.training import PrivacySpec, TrainConfig
+from dp_tangent.workspace import Workspace
+from dp_tangent.workspace.deletion_requests import DeletionRequest, deadlines
+from dp_tangent.workspace.forget import forget
+from dp_tangent.workspace.report_context import report_sections
+from dp_tangent.workspace.request_register import receive
+from helpers import run_cli
+from privacy_accounting import PrivacyReport, build_report
+
+FAST = TrainConfig(epochs=1, batch_size=16, lr=0.1)
+NOW = datetime(2025, 3, 10, 9, 30, tzinfo=timezone.utc)
+MLP = BackboneSpec("test_mlp")
+JARGON = ("PLD", "RDP", "PRV", "sigma", "σ", "sample rate", "q = ")
+
+
+def _mlp(self: BackboneSpec) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 3)).eval()
+
+
+def shard(k: int, n: int = 24) -> RecordSet:
+    gen = torch.Generator().manual_seed(k)
+    x = torch.randn(n, 8, generator=gen)
+    return RecordSet(x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long(), tuple(f"rec-{k}-{i}" for i in range(n)))
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """Two private shards and a non-private run on a third, a model, one deletion served (retrained)
+    and one request left open past its deadline."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(BackboneSpec, "build", _mlp)
+        ws = Workspace.create(tmp_path_factory.mktemp("report") / "ws")
+        ws.declare_data_source("toy", description="synthetic survey answers (8 features)",
+                               shards=["s0", "s1", "extra"], operator="dpo")
+        for k in range(2):
+            ws.set_budget("toy", f"s{k}", 40.0, 1e-5, operator="dpo")
+            ws.train(MLP, None, shard(k), data_source="toy", shard=f"s{k}", name=f"c{k}",
+                     privacy=PrivacySpec(noise_multiplier=1.0), config=FAST)
+        ws.train(MLP, None, shard(2), data_source="toy", shard="extra", name="baseline",
+                 privacy=PrivacySpec(epsilon=math.inf), config=FAST)
+        ws.compose_model("m", ["c0", "c1"])
+        done = DeletionRequest("req-done", ("rec-1-3",), NOW - timedelta(days=3))
+        forget(ws, done, retrain=True, shard_records={"c1": shard(1)}, operator="dpo", now=NOW - timedelta(days=1))
+        receive(ws, DeletionRequest("req-late", ("rec-0-1",), NOW - timedelta(days=60)), operator="dpo",
+                now=NOW - timedelta(days=60))
+    return ws
+
+
+@pytest.fixture(scope="module")
+def report(ws: Workspace) -> PrivacyReport:
+    return build_report(ws.ledger, workspace=report_sections(ws, now=NOW, report_dir=ws.root / "reports"),
+                        curve_points=4)
+
+
+def _before_specialists(page: str) -> str:
+    return page[:page.index('id="specialists"')]
+
+
+def test_first_screen_says_who_at_what_and_the_verdict(report: PrivacyReport) -> None:
+    (model,) = report.models
+    (head,) = report.headlines
+    assert head.sentence == (f"Every record used to train model 'm' is protected by differential privacy at "
+                             f"ε = {model.epsilon:.4g} and δ = 0.00001.")
+    assert head.verdict == "within budget" and head.verdict_text.startswith("WITHIN BUDGET")
+    # c1 was retrained after the deletion: its records carry both runs, c0's only one.
+    eps = {tuple(g.shards): (g.epsilon, g.records) for g in model.record_distribution}
+    assert eps[("s0",)][1] == 24 and eps[("s1",)][1] == 23 and eps[("s1",)][0] > eps[("s0",)][0]
+    assert head.records_differ.startswith("Records differ: 24 records of s0")
+    page = report.to_html()
+    first = _before_specialists(page)
+    assert first.index('id="summary"') < first.index('id="data"') < first.index('id="deletions"') \
+        < first.index('id="audit"')
+    assert html.escape(head.sentence) in first and html.escape(head.meaning) in first
+    for word in JARGON:  # technical detail stays in the section for specialists
+        assert word not in first, word
+    assert "PLD" in page[page.index('id="specialists"'):]
+
+
+def test_data_section_has_descriptions_counts_and_the_distribution(report: PrivacyReport) -> None:
+    (details,) = report.workspace.data
+    counts = {s.shard: s.records for s in details.shards}
+    assert counts == {"s0": 24, "s1": 23, "extra": 24}  # s1 as retrained, without the deleted record
+    assert all(not s.public for s in details.shards)
+    (source,) = report.record_guarantees
+    assert source.disjointness == "checked" and "hold disjoint records" in source.text
+    assert sum(g.records for g in source.groups) == 24 * 3  # every record ever read, the deleted one included
+    page, markdown = report.to_html(), report.to_markdown()
+    for text in ("synthetic survey answers (8 features)", "records (latest run)", "per record"):
+        assert text in page and text in markdown
+    assert "| s1 | 23 | private | 2 |" in markdown
+
+
+def test_non_private_run_is_shown_as_what_it_is(report: PrivacyReport) -> None:
+    (run,) = report.non_private
+    assert run.component == "baseline" and run.declared_public is False
+    assert "'toy/extra' is NOT declared public" in run.text and "part of no model" in run.text
+    page = report.to_html()
+    assert page.count("NOT DIFFERENTIALLY PRIVATE") >= 3  # summary, data table, audit section
+    assert html.escape(run.text) in _before_specialists(page)
+
+
+def test_deletions_with_deadlines_status_certificates_and_overdue_flag(ws: Workspace, report: PrivacyReport) -> None:
+    rows = {d.request_id: d for d in report.workspace.deletions}
+    late, done = rows["req-late"], rows["req-done"]
+    due = deadlines(NOW - timedelta(days=60))  # GDPR: one month; CCPA: 45 days counting the day of receipt
+    assert late.overdue and late.status == "open" and late.days_left < 0
+    assert late.deadlines == {r: d.isoformat() for r, d in due.items()} and late.due_by == min(due.values()).isoformat()
+    assert not done.overdue and done.status == "completed" and done.on_time is True and done.records == 1
+    assert done.certificate_href == "../certificates/req-done.txt"
+    assert (ws.root / "reports" / done.certificate_href).resolve() == (ws.certificates_dir / "req-done.txt").resolve()
+    page, markdown = report.to_html(), report.to_markdown()
+    assert '<tr class="overdue">' in page and f"OVERDUE: open, was due {late.due_by}" in page
+    assert '<a href="../certificates/req-done.txt">req-done.txt</a>' in page
+    assert f"**OVERDUE: open, was due {late.due_by}**" in markdown and "[req-done.txt](../certificates/req-done.txt)" \
+        in markdown
+    assert "Deletion requests: 1 OVERDUE (req-late)" in _before_specialists(page)
+    assert "GDPR Art. 12(3)" in page and "CCPA regulations" in markdown
+
+
+def test_audit_section_verifies_and_names_the_head_and_checkpoint(ws: Workspace, report: PrivacyReport) -> None:
+    audit = report.workspace.audit
+    entries = ws.audit.entries()
+    assert audit.verified and not audit.problems and audit.entries == len(entries)
+    assert audit.head == entries[-1].hash
+    sealed = [e for e in entries if e.operation == "certificate_sealed"][-1]
+    assert audit.checkpoint is not None and audit.checkpoint.extends
+    assert (audit.checkpoint.size, audit.checkpoint.root) == (sealed.parameters["checkpoint"]["size"],
+                                                              sealed.parameters["checkpoint"]["root"])
+    page = report.to_html()
+    assert audit.head in page and audit.checkpoint.root in page and "VERIFIED" in page
+
+
+def test_every_format_carries_the_same_content(report: PrivacyReport) -> None:
+    page, markdown, data = report.to_html(), report.to_markdown(), report.to_json()
+    assert PrivacyReport.model_validate_json(data) == report
+    parsed = json.loads(data)
+    texts = [h.sentence for h in report.headlines] + [h.verdict_text for h in report.headlines] + [
+        r.text for r in report.non_private] + [report.workspace.audit.head, report.workspace.audit.checkpoint.root] + [
+        s.text for s in report.record_guarantees] + [d.request_id for d in report.workspace.deletions]
+    for text in texts:
+        assert html.escape(text) in page and text in markdown and text in data, text
+    assert parsed["workspace"]["deletions"][1]["overdue"] is True or parsed["workspace"]["deletions"][0]["overdue"]
+    headings = re.findall(r"<h2>([^<]+)</h2>", page)
+    assert headings == [line[3:] for line in markdown.splitlines() if line.startswith("## ")]
+
+
+def test_a_workspace_that_does_not_verify_says_so(ws: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
+    stray = ws.components_dir / "stray.safetensors"
+    stray.write_bytes(b"not logged")
+    try:
+        sections = report_sections(ws, now=NOW)
+        assert not sections.audit.verified and any("stray.safetensors" in p for p in sections.audit.problems)
+        report = build_report(ws.ledger, workspace=sections, curve_points=0)
+        page = report.to_html()
+        assert "FAILED: 1 problem(s)" in page and "verification FAILED" in _before_specialists(page)
+        code, _, err = run_cli(capsys, "report", "-w", str(ws.root), "-f", "md")
+        assert code == 1 and "did not verify" in err
+    finally:
+        stray.unlink()
+
+
+def test_cli_writes_the_report_and_checks_a_kept_checkpoint(ws: Workspace, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out" / "report.html"
+    code, stdout, _ = run_cli(capsys, "report", "-w", str(ws.root), "-f", "html", "-o", str(out))
+    assert code == 0 and "wrote" in stdout
+    page = out.read_text()
+    assert page.startswith("<!DOCTYPE html>") and "req-done.txt" in page
+    assert f'href="{(ws.certificates_dir / "req-done.txt").as_uri()}"' not in page  # relative to the report
+    key = tmp_path / "signing.key"
+    code, verifier, _ = run_cli(capsys, "audit", "keygen", str(key), "--name", "dpo")
+    point = tmp_path / "checkpoint.txt"
+    assert run_cli(capsys, "audit", "checkpoint", "--key", str(key), "-o", str(point), "-w", str(ws.root))[0] == 0
+    code, markdown, _ = run_cli(capsys, "report", "-w", str(ws.root), "--checkpoint", str(point),
+                                "--verifier-key", verifier.strip())
+    assert code == 0 and "signature verified" in markdown and "kept outside the workspace" in markdown
+    code, _, err = run_cli(capsys, "report", "-w", str(ws.root), "--verifier-key", verifier.strip())
+    assert code == 2 and "give both" in err
+    code, _, err = run_cli(capsys, "report", "-w", str(ws.root), "--checkpoint", str(tmp_path / "missing.txt"))
+    assert code == 2 and "cannot read the checkpoint" in err
