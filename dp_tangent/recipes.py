@@ -15,7 +15,8 @@ from typing import Any, Literal, Union
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 from .backbones import BackboneSpec
 from .data.kinds import DataSection, ShardsSection, load_data, preprocess_image
@@ -35,20 +36,31 @@ class _Strict(BaseModel):
 
 
 class BackboneSection(_Strict):
+    family: str = "timm"  # how it is built: a registered backbone family (timm, mlp, ...)
     name: str
     pretrained: Union[bool, Literal["packaged"]] = False
     checkpoint: str | None = None
     num_classes: PositiveInt | None = None
     head_seed: int = 0
     timm_kwargs: dict[str, Any] = {}
+    options: dict[str, Any] = {}  # the family's build options (mlp: in_features, hidden, activation)
+
+    @field_validator("family")
+    @classmethod
+    def _family(cls, value: str) -> str:
+        from .backbones import family_names
+
+        if value not in family_names():
+            raise ValueError(f"unknown backbone family {value!r}; registered: {', '.join(family_names())}")
+        return value
 
     @field_validator("name")
     @classmethod
-    def _known(cls, name: str) -> str:
-        import timm
+    def _known(cls, name: str, info: ValidationInfo) -> str:
+        from .backbones import family
 
-        if not timm.is_model(name):
-            raise ValueError(f"unknown timm model {name!r}")
+        if "family" in info.data:  # else the family was refused already
+            family(info.data["family"]).check_name(name)
         return name
 
     @field_validator("pretrained", mode="before")
@@ -60,14 +72,18 @@ class BackboneSection(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> "BackboneSection":
+        from .backbones import family
+
         if self.pretrained and self.checkpoint:
             raise ValueError("give either pretrained or checkpoint, not both")
+        family(self.family).check(self.spec())  # e.g. an unknown timm name, an MLP without in_features
         return self
 
     def spec(self) -> BackboneSpec:
         return BackboneSpec(self.name, pretrained=self.pretrained, checkpoint=self.checkpoint,
                             num_classes=self.num_classes, head_seed=self.head_seed,
-                            timm_kwargs=tuple(sorted(self.timm_kwargs.items())))
+                            timm_kwargs=tuple(sorted(self.timm_kwargs.items())), family=self.family,
+                            options=tuple(sorted(self.options.items())))
 
 
 class PrivacySection(_Strict):
@@ -83,7 +99,7 @@ class TrainingSection(_Strict):
     physical_batch_size: PositiveInt | None = None  # default: batch_size
     lr: PositiveFloat = 0.5
     momentum: float = Field(default=0.9, ge=0, lt=1)
-    grad_sample_mode: Literal[GRAD_SAMPLE_MODES] = "hooks"  # type: ignore[valid-type]
+    grad_sample_mode: Literal[GRAD_SAMPLE_MODES] = "gram"  # type: ignore[valid-type]
     seed: int = 0
     loss: Literal[LOSS_KINDS] = "cross_entropy"  # type: ignore[valid-type]
     kappa: PositiveFloat = 15.0
@@ -202,8 +218,31 @@ def _resolve(recipe: Recipe, base: Path) -> Recipe:
 
     absolute(data["backbone"], "checkpoint")
     source = data["data"][recipe.data.kind]
-    absolute(source, "root" if "root" in source else "path") if recipe.data.kind != "sklearn_digits" else None
+    for key in ("root", "path", "public_path"):
+        if key in source:
+            absolute(source, key)
+    _local_directories(recipe, data, base)
     return Recipe.model_validate(data)
+
+
+def _local_directories(recipe: Recipe, data: dict[str, Any], base: Path) -> None:
+    """A transformers model or tokenizer named by a directory relative to the recipe becomes absolute; a
+    text kind without a tokenizer gets its transformers backbone's own (the packaged model's directory,
+    or the model's name)."""
+    from .backbones.hf_family import FAMILY, model_source
+
+    def local(value: str) -> str:
+        candidate = (base / value).expanduser()
+        return str(candidate.resolve()) if not Path(value).expanduser().is_absolute() and candidate.is_dir() else value
+
+    if recipe.backbone.family == FAMILY:
+        data["backbone"]["name"] = local(recipe.backbone.name)
+    if "tokenizer" in type(recipe.data.source).model_fields:  # text kinds
+        text = data["data"][recipe.data.kind]
+        if text.get("tokenizer"):
+            text["tokenizer"] = local(text["tokenizer"])
+        elif recipe.backbone.family == FAMILY:
+            text["tokenizer"] = model_source(Recipe.model_validate(data).backbone.spec())
 
 
 def load_recipe(path: str | Path) -> Recipe:

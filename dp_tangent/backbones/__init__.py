@@ -2,7 +2,10 @@
 
 * ``timm_family``: :func:`create_backbone` for timm models, with the weight sources below;
 * ``weights``: packaged weights, checkpoint files and :func:`weights_digest` (theta0's identity);
-* ``spec``: :class:`BackboneSpec`, a backbone as a value that rebuilds theta0 exactly.
+* ``spec``: :class:`BackboneSpec`, a backbone as a value that rebuilds theta0 exactly;
+* ``families``: how a spec is built, by registration (``timm``; ``mlp`` in ``mlp_family``: tabular MLPs
+  with a random or publicly pretrained theta0; ``transformers`` in ``hf_family``: Hugging Face text
+  encoders with a linear head, e.g. the packaged all-MiniLM-L6-v2).
 
 Weight sources: ``pretrained="packaged"`` (ImageNet weights shipped inside a package from the
 registry, no download at run time), ``pretrained=True`` (timm's own hub weights, needs internet),
@@ -12,9 +15,10 @@ pretrained head replaces the classifier by a seeded random one (``head_seed``): 
 so choosing it costs no privacy. A ``checkpoint`` must match the whole architecture, head included.
 """
 
+from .families import BackboneFamily, family, family_names, register_family
 from .spec import BackboneSpec
 from .timm_family import create_backbone
 from .weights import PACKAGED, PackagedWeights, load_weights, map_state_dict, read_state_dict, weights_digest
 
-__all__ = ["PACKAGED", "BackboneSpec", "PackagedWeights", "create_backbone", "load_weights", "map_state_dict",
+__all__ = ["PACKAGED", "BackboneFamily", "BackboneSpec", "family", "family_names", "register_family", "PackagedWeights", "create_backbone", "load_weights", "map_state_dict",
            "read_state_dict", "weights_digest"]

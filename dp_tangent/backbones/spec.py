@@ -1,4 +1,9 @@
-"""A backbone as a value: everything needed to rebuild theta0 exactly, recorded in every component."""
+"""A backbone as a value: everything needed to rebuild theta0 exactly, recorded in every component.
+
+``family`` names how it is built (:mod:`~dp_tangent.backbones.families`: ``timm`` by default,
+``mlp``, ...); ``options`` are that family's build options. A timm spec's dict is the same as before
+families existed, so components written then still read back equal.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,21 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from .timm_family import create_backbone
+from . import hf_family, mlp_family, timm_family  # noqa: F401 -- each registers its family
+from .families import family
+
+
+def _frozen(value: object) -> object:
+    """Lists (as JSON gives them back) as tuples, so that equal specs compare equal."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+def _thawed(value: object) -> object:
+    if isinstance(value, tuple):
+        return [_thawed(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -20,18 +39,33 @@ class BackboneSpec:
     num_classes: int | None = None
     head_seed: int = 0
     timm_kwargs: tuple[tuple[str, object], ...] = ()
+    family: str = "timm"
+    options: tuple[tuple[str, object], ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", tuple(sorted((str(k), _frozen(v)) for k, v in dict(self.options).items())))
 
     def build(self) -> nn.Module:
-        return create_backbone(self.name, pretrained=self.pretrained, checkpoint=self.checkpoint,
-                               num_classes=self.num_classes, head_seed=self.head_seed, **dict(self.timm_kwargs))
+        return family(self.family).build(self)
+
+    def describe(self) -> str:
+        """Where theta0's weights come from, in one line (e.g. "random initialisation, seed 0")."""
+        return family(self.family).describe(self)
 
     def to_dict(self) -> dict[str, object]:
-        return {"name": self.name, "pretrained": self.pretrained, "checkpoint": self.checkpoint,
-                "num_classes": self.num_classes, "head_seed": self.head_seed, "timm_kwargs": dict(self.timm_kwargs)}
+        data: dict[str, object] = {"name": self.name, "pretrained": self.pretrained, "checkpoint": self.checkpoint,
+                                   "num_classes": self.num_classes, "head_seed": self.head_seed,
+                                   "timm_kwargs": dict(self.timm_kwargs)}
+        if self.family != "timm":
+            data.update(family=self.family, options={k: _thawed(v) for k, v in self.options},
+                        theta0=self.describe())
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> "BackboneSpec":
-        kwargs = dict(data.get("timm_kwargs") or {})
+        kwargs = dict(data.get("timm_kwargs") or {})  # type: ignore[call-overload]
         return cls(name=str(data["name"]), pretrained=data.get("pretrained", False),  # type: ignore[arg-type]
                    checkpoint=data.get("checkpoint"), num_classes=data.get("num_classes"),  # type: ignore[arg-type]
-                   head_seed=int(data.get("head_seed", 0)), timm_kwargs=tuple(sorted(kwargs.items())))
+                   head_seed=int(data.get("head_seed", 0)), timm_kwargs=tuple(sorted(kwargs.items())),  # type: ignore[arg-type]
+                   family=str(data.get("family", "timm")),
+                   options=tuple(dict(data.get("options") or {}).items()))  # type: ignore[call-overload]

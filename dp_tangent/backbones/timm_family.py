@@ -20,13 +20,18 @@ seeded random one (``head_seed``): data-independent, so choosing it costs no pri
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import timm
 import torch
 import torch.nn as nn
 
 from ..errors import WeightsError
+from .families import BackboneFamily, register_family
 from .weights import PACKAGED, load_weights, read_state_dict
+
+if TYPE_CHECKING:
+    from .spec import BackboneSpec
 
 
 def create_backbone(
@@ -76,3 +81,32 @@ def create_backbone(
             torch.manual_seed(head_seed)
             model.reset_classifier(num_classes)
     return model.eval()
+
+
+def _build(spec: "BackboneSpec") -> nn.Module:
+    return create_backbone(spec.name, pretrained=spec.pretrained, checkpoint=spec.checkpoint,
+                           num_classes=spec.num_classes, head_seed=spec.head_seed, **dict(spec.timm_kwargs))
+
+
+def _describe(spec: "BackboneSpec") -> str:
+    if spec.pretrained == "packaged":
+        return f"pretrained ImageNet weights packaged in {PACKAGED[spec.name].package}" if spec.name in PACKAGED \
+            else "packaged weights"
+    if spec.pretrained:
+        return "pretrained weights from timm's hub"
+    if spec.checkpoint:
+        return f"weights from checkpoint {spec.checkpoint}"
+    return f"random initialisation (seed {spec.head_seed}), no pretrained weights"
+
+
+def _check_name(name: str) -> None:
+    if not timm.is_model(name):
+        raise ValueError(f"unknown timm model {name!r}")
+
+
+def _check(spec: "BackboneSpec") -> None:
+    if spec.options:
+        raise ValueError(f"timm backbones take timm_kwargs, not options ({', '.join(k for k, _ in spec.options)})")
+
+
+register_family(BackboneFamily("timm", _build, _describe, _check, _check_name))

@@ -39,6 +39,7 @@ from ..workspace import data_sources
 from ..workspace.data_sources import PUBLIC_SPLIT
 from ..workspace.deletion_requests import DeletionRequest
 from ..workspace.forget import forget
+from ..workspace.report_context import report_sections
 from ..workspace.store import Workspace
 from ..workspace.train import ShardJob
 
@@ -194,7 +195,8 @@ def run_demo(workspace: Path, config: DemoConfig = DemoConfig(), console: Consol
         console.print(f"  {statement.privacy.statement}")
 
     reports = ws.root / "reports"
-    report = build_report(ws.ledger, title="dp-tangent demo: privacy budget report")
+    report = build_report(ws.ledger, title="dp-tangent demo: privacy report",
+                          workspace=report_sections(ws, report_dir=reports))
     atomic_write_text(reports / "privacy-report.html", report.to_html())
     atomic_write_text(reports / "privacy-report.md", report.to_markdown())
     atomic_write_text(reports / "privacy-report.json", report.to_json())

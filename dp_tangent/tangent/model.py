@@ -235,6 +235,9 @@ class TangentOnFeatures(nn.Module):
 
 
 def _example_input(model: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    own = getattr(model, "example_input", None)
+    if callable(own):  # e.g. token ids for a text classifier
+        return own(dtype)
     patch_embed = getattr(model, "patch_embed", None)
     if patch_embed is not None and getattr(patch_embed, "img_size", None):
         chans = patch_embed.proj.in_channels

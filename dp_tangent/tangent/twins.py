@@ -125,6 +125,12 @@ def _conv(layer: TangentLayer, x: torch.Tensor) -> torch.Tensor:
     return layer._conv_forward(x, layer.effective("weight"), layer.effective("bias"))  # type: ignore[attr-defined]
 
 
+@register_tangent_layer(nn.Embedding)
+def _embedding(layer: TangentLayer, x: torch.Tensor) -> torch.Tensor:
+    return F.embedding(x, layer.effective("weight"), layer.padding_idx, layer.max_norm,  # type: ignore[arg-type]
+                       layer.norm_type, layer.scale_grad_by_freq, layer.sparse)
+
+
 @register_tangent_layer(nn.LayerNorm, TimmLayerNorm)
 def _layer_norm(layer: TangentLayer, x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x, layer.normalized_shape, layer.effective("weight"), layer.effective("bias"), layer.eps)

@@ -1,34 +1,66 @@
-"""The workspace's registry of data sources (``data-sources.json``): how each is re-read for retraining.
+"""The workspace's registry of data sources (``data-sources.json``): how each is re-read, and what it held.
 
-Raw records stay with the data owner; a workspace only records *how* to load a data source
-(``data-sources.json``). The embedded default is scikit-learn's digits with a fixed split, so
-``dp-tangent forget --retrain`` can rebuild exactly the shards the components were trained on.
+Raw records stay with the data owner; for each registered source the workspace records *how* to
+load it (a value of :mod:`dp_tangent.data.sources`: a path and the recipe's description of the
+data, one type per data kind) and, per record, a keyed digest of its content: HMAC under a key
+derived from the workspace's manifest key, of the record's id, label and content (file bytes for
+images), stored under the record's commitment. Keyed, so that the registry cannot be used to test
+a guess of a record's content without the workspace key.
+
+Reloading (retraining after a deletion, ``evaluate``, ``predict``) checks that the source still
+holds exactly those records, except records a deletion request removed (the owner may delete their
+files); anything else is refused in one line. A component's shard is then the records its own
+manifest names, less every tombstoned record: right after any number of deletions on the same
+shard, however the remaining files are ordered.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+import hashlib
+import hmac
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..components.component import ComponentMetadata
+from ..components.manifest import commit
 from ..data.records import RecordSet
-from ..data.sources import DigitsSource
+from ..data.sources import DigitsSource, ReloadableSource, content_digests, parse_source
 from ..errors import DPTangentError
-from ..io import atomic_write_text
+from ..io import atomic_write_bytes
+from .tombstones import Tombstones
 
 if TYPE_CHECKING:
     from .store import Workspace
 
 FILE = "data-sources.json"
 PUBLIC_SPLIT = "public"
+_TAG_CONTEXT = b"dp-tangent data-source content digest v1"
+
+__all__ = ["FILE", "PUBLIC_SPLIT", "DataSourceError", "DigitsSource", "Sources", "check_unchanged", "register",
+           "registered", "reload", "shard_records_for", "source_of", "test_records"]
+
+
+class DataSourceError(DPTangentError):
+    """A data source cannot be reloaded: not registered, or its records changed since."""
+
+
+class Content(BaseModel):
+    """Keyed content digests of a source's records when it was registered (commitment -> tag), and
+    the commitments of its test split then (so that the test split stays the same records when
+    deleted ones are later removed from the data)."""
+
+    model_config = ConfigDict(extra="forbid")
+    records: int
+    tags: dict[str, str]
+    test: list[str] = []
 
 
 class Sources(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    sources: dict[str, DigitsSource] = {}
+    sources: dict[str, dict[str, Any]] = {}  # name -> a registered source value (see data.sources)
+    content: dict[str, Content] = {}  # absent for sources registered before digests were recorded
 
 
 def _read(ws: Workspace) -> Sources:
@@ -41,30 +73,96 @@ def _read(ws: Workspace) -> Sources:
         raise DPTangentError(f"{path} is not a valid data-source registry ({err.error_count()} errors)") from err
 
 
-def register(ws: Workspace, name: str, source: DigitsSource) -> None:
-    sources = _read(ws)
-    sources.sources[name] = source
-    atomic_write_text(ws.root / FILE, sources.model_dump_json(indent=2) + "\n")
+def _tags(ws: Workspace, records: RecordSet) -> dict[str, str]:
+    """commitment -> keyed content tag of each record."""
+    key = ws.manifest_key()
+    tag_key = hmac.new(key, _TAG_CONTEXT, hashlib.sha256).digest()
+    return {commit(r, key): hmac.new(tag_key, d, hashlib.sha256).hexdigest()[:32]
+            for r, d in zip(records.record_ids, content_digests(records))}
+
+
+def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes:
+    """The registry's new content with ``source`` registered as ``name`` and the content of its records
+    digested (written by the caller's :class:`~dp_tangent.workspace.commit.Change`)."""
+    sources, key = _read(ws), ws.manifest_key()
+    tags = _tags(ws, source.records())
+    test = source.test_split()
+    sources.sources[name] = source.model_dump(mode="json")
+    sources.content[name] = Content(records=len(tags), tags=tags,
+                                    test=sorted(commit(r, key) for r in (test.record_ids if test else ())))
+    return (sources.model_dump_json(indent=2) + "\n").encode()
+
+
+def register(ws: Workspace, name: str, source: ReloadableSource) -> None:
+    """Register ``source`` as ``name`` at once (unlogged: :meth:`Workspace.declare_data_source` logs it)."""
+    atomic_write_bytes(ws.root / FILE, registered(ws, name, source))
+
+
+def source_of(ws: Workspace, name: str) -> ReloadableSource | None:
+    """How data source ``name`` is reloaded, or None if the workspace has no loader for it."""
+    entry = _read(ws).sources.get(name)
+    return None if entry is None else parse_source(entry)
+
+
+def check_unchanged(ws: Workspace, name: str, records: RecordSet, deleted: Iterable[str] = ()) -> list[str]:
+    """The commitments of ``records`` (reloaded from source ``name``), after checking they are the
+    records registered, with the same content, less only ``deleted`` (tombstoned) ones."""
+    content = _read(ws).content.get(name)
+    tags = _tags(ws, records)
+    if content is None:  # registered before content digests were recorded: nothing to compare with
+        return list(tags)
+    changed = [r for r, (c, t) in zip(records.record_ids, tags.items()) if c in content.tags and content.tags[c] != t]
+    added = [r for r, c in zip(records.record_ids, tags) if c not in content.tags]
+    missing = len(set(content.tags) - set(tags) - set(deleted))
+    if changed or added or missing:
+        parts = [f"{len(changed)} record(s) changed, e.g. {changed[0]!r}" if changed else "",
+                 f"{len(added)} added, e.g. {added[0]!r}" if added else "",
+                 f"{missing} missing that no deletion request removed" if missing else ""]
+        raise DataSourceError(f"data source {name!r} is not the data it was registered with "
+                              f"({'; '.join(p for p in parts if p)}): restore it (removing deleted records is allowed)")
+    return list(tags)
+
+
+def test_records(ws: Workspace, name: str) -> tuple[ReloadableSource, RecordSet | None]:
+    """(source, its test split): the records that were its test split when it was registered (checked
+    unchanged), or, for a source whose test split is its own (CIFAR's) or registered before this was
+    recorded, the split as its loader makes it."""
+    source, records, commitments = reload(ws, name)
+    content = _read(ws).content.get(name)
+    held = set(content.test) if content is not None else set()
+    picked = [i for i, c in enumerate(commitments) if c in held]
+    return source, (records.subset(picked) if picked else source.test_split())
+
+
+def reload(ws: Workspace, name: str) -> tuple[ReloadableSource, RecordSet, list[str]]:
+    """(source, every record it holds, their commitments), checked unchanged since registration."""
+    source = source_of(ws, name)
+    if source is None:
+        raise DataSourceError(f"no loader registered for data source {name!r} (it was not trained from a recipe's "
+                              "data in this workspace); give its data explicitly")
+    records = source.records()
+    return source, records, check_unchanged(ws, name, records, Tombstones(ws.root).read())
 
 
 def shard_records_for(ws: Workspace) -> Callable[[ComponentMetadata], RecordSet]:
     """A function from a component's metadata to the records of its shard (for ``forget(retrain=True)``):
-    ``shard-<k>``, the ``public`` split, or (any other name) the union of the private shards."""
-    sources = _read(ws)
-    cache: dict[str, tuple[list[RecordSet], RecordSet | None]] = {}
+    the reloaded source's records that the component's manifest names, less every tombstoned one."""
+    cache: dict[str, tuple[RecordSet, list[str]]] = {}
 
     def records(meta: ComponentMetadata) -> RecordSet:
-        source = sources.sources.get(meta.data_source)
-        if source is None:
-            raise DPTangentError(f"no loader registered for data source {meta.data_source!r}; retraining needs the "
-                                 f"shard's records (run forget without --retrain to drop the component)")
-        shards, public = cache.setdefault(meta.data_source, source.split())
-        prefix, _, index = meta.shard.rpartition("-")
-        if prefix == "shard" and index.isdigit() and int(index) < len(shards):
-            return shards[int(index)]
-        if meta.shard == PUBLIC_SPLIT and public is not None:
-            return public
-        return RecordSet(torch.cat([s.inputs for s in shards]), torch.cat([s.targets for s in shards]),
-                         tuple(r for s in shards for r in s.record_ids))
+        if meta.data_source not in cache:
+            if source_of(ws, meta.data_source) is None:
+                raise DataSourceError(f"no loader registered for data source {meta.data_source!r}; retraining needs "
+                                      "the shard's records (run forget without --retrain to drop the component)")
+            _, pool, commitments = reload(ws, meta.data_source)
+            cache[meta.data_source] = (pool, commitments)
+        pool, commitments = cache[meta.data_source]
+        deleted = set(Tombstones(ws.root).read())
+        held = set(meta.manifest.commitments) - deleted
+        keep = [i for i, c in enumerate(commitments) if c in held]
+        if len(keep) != len(held):
+            raise DataSourceError(f"data source {meta.data_source!r} no longer holds {len(held) - len(keep)} record(s) "
+                                  f"component {meta.name!r} was trained on (and no deletion request removed them)")
+        return pool.subset(keep)
 
     return records

@@ -1,0 +1,174 @@
+"""Tables as records: CSV or Parquet files with named feature, label and record-id columns.
+
+Features are scaled only with statistics that are *not* computed from the private table: the mean
+and spread of a private column are themselves a release about its records (one outlier moves
+them), outside the DP guarantee of training. So the scaling is one of: ``public`` (mean and
+standard deviation of a public table with the same columns), ``given`` (a mean and standard
+deviation the user states, e.g. from published statistics), ``bounds`` (declared ranges: clip to
+[lower, upper], then map to [-1, 1]) or ``none`` (features as they are). Text labels need their
+``classes`` listed for the same reason: the set of classes read from the private table would reveal
+a class that only a few records have. Columns are read with pyarrow.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from .records import RecordSet
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+SCALINGS = ("public", "given", "bounds", "none")
+SUFFIXES = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def read_table(path: Path, columns: Sequence[str], optional: Sequence[str] = ()) -> pa.Table:
+    """The ``columns`` (and those of ``optional`` it has) of a CSV (``.csv``/``.tsv``) or Parquet
+    (``.parquet``) file; a missing column or an unreadable file is a one-line :class:`DataError`."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    kind = SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(f"{path}: a table must be a .csv, .tsv or .parquet file")
+    if not path.is_file():
+        raise DataError(f"{path}: table file not found")
+    try:
+        if kind == "parquet":
+            table = pq.read_table(path)
+        else:
+            options = pacsv.ParseOptions(delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+            table = pacsv.read_csv(path, parse_options=options)
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(f"{path}: cannot read the table ({(str(err).strip().splitlines() or [''])[0]})") from None
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise DataError(f"{path}: no column {missing[0]!r} (columns: {', '.join(table.column_names)})")
+    present = [c for c in optional if c in table.column_names]
+    return table.select(list(dict.fromkeys([*columns, *present])))
+
+
+def feature_matrix(path: Path, table: pa.Table, features: Sequence[str], ids: Sequence[str]) -> np.ndarray:
+    """The feature columns as an (N, F) float64 array: numeric columns only, no missing values."""
+    import pyarrow as pa
+
+    columns = []
+    for name in features:
+        column = table.column(name)
+        if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
+                or pa.types.is_boolean(column.type)):
+            raise DataError(f"{path}: feature column {name!r} is {column.type}, not numeric; encode it as numbers "
+                            "(text and categorical columns are not supported as features)")
+        values = column.to_numpy(zero_copy_only=False).astype(np.float64)
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            raise DataError(f"{path}: feature column {name!r} has {bad.size} missing or non-finite value(s) "
+                            f"(first: record {ids[int(bad[0])]!r}); fill or drop them before training")
+        columns.append(values)
+    return np.stack(columns, axis=1) if columns else np.zeros((len(ids), 0))
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """x -> (clip(x, lower, upper) - shift) / scale, per feature (no clipping where a bound is infinite)."""
+
+    shift: np.ndarray
+    scale: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return (np.clip(x, self.lower, self.upper) - self.shift) / self.scale
+
+    @classmethod
+    def identity(cls, width: int) -> "Scaling":
+        return cls(np.zeros(width), np.ones(width), np.full(width, -np.inf), np.full(width, np.inf))
+
+    @classmethod
+    def standardize(cls, mean: Sequence[float], std: Sequence[float]) -> "Scaling":
+        mean, std = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
+        return cls(mean, np.where(std > 0, std, 1.0), np.full(len(mean), -np.inf), np.full(len(mean), np.inf))
+
+    @classmethod
+    def bounds(cls, lower: Sequence[float], upper: Sequence[float]) -> "Scaling":
+        lower, upper = np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)
+        return cls((lower + upper) / 2, (upper - lower) / 2, lower, upper)
+
+
+def label_indices(path: Path, table: pa.Table, label: str, classes: Sequence[str] | None,
+                  ids: Sequence[str]) -> np.ndarray:
+    """Labels as class indices: integers as they are, or each label's position in ``classes``."""
+    import pyarrow as pa
+
+    column = table.column(label)
+    if column.null_count:
+        raise DataError(f"{path}: label column {label!r} has {column.null_count} missing value(s)")
+    values = column.to_pylist()
+    if classes is not None:
+        position = {str(c): k for k, c in enumerate(classes)}
+        out = np.empty(len(values), dtype=np.int64)
+        for i, value in enumerate(values):
+            key = str(value)
+            if key not in position:
+                raise DataError(f"{path}: record {ids[i]!r} has label {key!r}, not one of classes "
+                                f"({', '.join(map(str, classes))})")
+            out[i] = position[key]
+        return out
+    if not pa.types.is_integer(column.type):
+        raise DataError(f"{path}: label column {label!r} holds {column.type}, not integer classes; list the labels "
+                        "in class order as classes: [...] (they are not read from the private table: a rare class "
+                        "would reveal its records)")
+    return np.asarray(values, dtype=np.int64)
+
+
+def record_ids(path: Path, table: pa.Table, column: str | None, n: int) -> tuple[str, ...]:
+    """The ``column``'s values as text, or ``row-<i>`` (data row i, from 0) when no column is named."""
+    if column is None:
+        return tuple(f"row-{i}" for i in range(n))
+    values = table.column(column)
+    if values.null_count:
+        raise DataError(f"{path}: record-id column {column!r} has {values.null_count} missing value(s)")
+    ids = tuple(str(v) for v in values.to_pylist())
+    if len(set(ids)) != len(ids):
+        repeated = next(r for r, count in Counter(ids).items() if count > 1)
+        raise DataError(f"{path}: record id {repeated!r} appears more than once in column {column!r}")
+    return ids
+
+
+def table_records(path: Path, *, features: Sequence[str], label: str, record_id: str | None,
+                  classes: Sequence[str] | None, scaling: Scaling) -> RecordSet:
+    """Each row a record: its scaled features as float32 inputs, its label, its id."""
+    table = read_table(path, [*features, label, *([record_id] if record_id else [])])
+    ids = record_ids(path, table, record_id, table.num_rows)
+    x = scaling(feature_matrix(path, table, features, ids))
+    y = label_indices(path, table, label, classes, ids)
+    return RecordSet(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y), ids)
+
+
+def table_inputs(path: Path, *, features: Sequence[str], record_id: str | None,
+                 scaling: Scaling) -> tuple[torch.Tensor, tuple[str, ...]]:
+    """The scaled feature rows of any table with the ``features`` columns (no label needed) and their
+    ids (the ``record_id`` column where the table has it, else ``row-<i>``)."""
+    table = read_table(path, features, optional=[record_id] if record_id else [])
+    ids = record_ids(path, table, record_id if record_id in table.column_names else None, table.num_rows)
+    x = scaling(feature_matrix(path, table, features, ids))
+    return torch.as_tensor(x, dtype=torch.float32), ids
+
+
+def public_scaling(path: Path, features: Sequence[str]) -> Scaling:
+    """Standardisation with the mean and standard deviation of a *public* table's feature columns."""
+    table = read_table(path, features)
+    if table.num_rows < 2:
+        raise DataError(f"{path}: a public table needs at least 2 rows to standardise with")
+    x = feature_matrix(path, table, features, [f"row-{i}" for i in range(table.num_rows)])
+    return Scaling.standardize(x.mean(axis=0), x.std(axis=0))

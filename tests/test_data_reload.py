@@ -1,0 +1,128 @@
+"""Every data source reloads for retraining: per-kind registry, content digests, repeated deletions,
+and evaluate/predict on the model's own data."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dp_tangent.data.kinds import DataSection
+from dp_tangent.data.sources import DigitsSource, parse_source, source_kinds
+from dp_tangent.errors import DataError
+from dp_tangent.workspace import Workspace
+from dp_tangent.workspace.data_sources import Sources
+from helpers import run_cli
+from owndata import mlp_recipe, write_npz, write_recipe
+
+
+def test_every_data_kind_has_a_registered_source_type() -> None:
+    assert set(DataSection.model_fields) <= set(source_kinds())
+    legacy = {"loader": "sklearn_digits", "image_size": 16, "shards": 2, "test_fraction": 0.2, "seed": 0}
+    assert parse_source(legacy) == DigitsSource(**legacy)  # registries written before content digests
+    assert Sources.model_validate({"sources": {"digits": legacy}}).content == {}
+    with pytest.raises(DataError, match="unknown data-source loader 'hdf5'; known: image_folder, npz, sklearn_digits"):
+        parse_source({"loader": "hdf5"})
+
+
+def _forget(capsys: pytest.CaptureFixture[str], *ids: str) -> tuple[int, str, str]:
+    # an explicit request id: the default (a timestamp to the second) repeats within a second
+    return run_cli(capsys, "forget", *ids, "--request-id", f"req-{'-'.join(ids)}", "--retrain", "-w", "ws")
+
+
+def test_npz_source_retrains_after_repeated_deletions_on_one_shard_and_refuses_changed_data(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_npz(Path("rows.npz"))
+    recipe = write_recipe(Path("rows.yaml"), mlp_recipe({"npz": {"path": "rows.npz"}}, in_features=6, classes=2,
+                                                        source="rows"))
+    code, out, err = run_cli(capsys, "train", str(recipe), "-w", "ws", "--executor", "serial")
+    assert code == 0, err
+    ws = Workspace.open("ws")
+    registry = json.loads(Path("ws/data-sources.json").read_text())
+    assert registry["sources"]["rows"]["loader"] == "npz" and registry["content"]["rows"]["records"] == 96
+    assert not any("row-0" in key or "row-0" in tag for key, tag in registry["content"]["rows"]["tags"].items())
+    shard0 = sorted(ws.load_component("rows-shard-0").metadata.manifest.commitments)
+    from dp_tangent.recipes import load_recipe
+
+    _, shards = load_recipe(recipe).load_data()
+    first, second, third = shards[0].record_ids[:3]
+
+    for k, record in enumerate((first, second), start=1):  # twice on the same shard
+        code, out, err = _forget(capsys, record)
+        assert code == 0, err
+        meta = Workspace.open("ws").load_component(f"rows-shard-0.r{k}").metadata
+        assert meta.manifest.records == len(shard0) - k
+    assert Workspace.open("ws").list_models() == ["rows"]
+
+    # The owner erases the deleted rows from the file: still the registered data, less deleted records.
+    arrays = dict(np.load("rows.npz"))
+    kept = ~np.isin(arrays["record_ids"], [first, second])
+    np.savez("rows.npz", **{k: v[kept] for k, v in arrays.items()})
+    code, out, err = _forget(capsys, third)
+    assert code == 0, err
+    assert Workspace.open("ws").load_component("rows-shard-0.r3").metadata.manifest.records == len(shard0) - 3
+
+    arrays = dict(np.load("rows.npz"))
+    arrays["inputs"][5, 0] += 1.0  # one record's content changed
+    np.savez("rows.npz", **arrays)
+    fourth = shards[0].record_ids[3]
+    code, _, err = _forget(capsys, fourth)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "data source 'rows' is not the data it was registered with (1 record(s) changed, e.g. 'row-" in err
+    assert "stays OPEN" in err
+    code, _, err = run_cli(capsys, "evaluate", "rows", "-w", "ws")
+    assert code == 2 and "is not the data it was registered with" in err
+
+
+def test_evaluate_and_predict_use_the_models_own_data_and_refuse_other_data(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from dp_tangent.recipes import DEFAULT_RECIPE
+
+    monkeypatch.chdir(tmp_path)
+    write_npz(Path("rows.npz"), n=64)
+    recipe = write_recipe(Path("rows.yaml"), mlp_recipe({"npz": {"path": "rows.npz"}}, in_features=6, classes=2,
+                                                        source="rows"))
+    code, out, err = run_cli(capsys, "train", str(recipe), "-w", "ws", "--executor", "serial")
+    assert code == 0, err
+    trained = out.split("model rows:")[1].split("test accuracy ")[1].split("%")[0]
+
+    code, out, err = run_cli(capsys, "evaluate", "rows", "-w", "ws")
+    assert code == 0, err
+    evaluated = re.fullmatch(r"rows: test accuracy ([\d.]+)% on 13 records \(npz\)\n", out)
+    assert evaluated and abs(float(evaluated.group(1)) - float(trained)) <= 0.06  # the test split training used
+    code, out, err = run_cli(capsys, "evaluate", "rows", "--data", str(recipe), "-w", "ws")  # the same data: fine
+    assert code == 0 and "on 13 records (npz)" in out, err
+
+    for other, message in ((DEFAULT_RECIPE, "its data source 'digits' is not the one 'rows' was trained on (rows)"),
+                           (None, "its data section differs from the data 'rows' was registered with")):
+        if other is None:
+            write_npz(Path("other.npz"), n=64, seed=1)
+            other = write_recipe(Path("other.yaml"), mlp_recipe({"npz": {"path": "other.npz"}}, in_features=6,
+                                                                classes=2, source="rows"))
+        for command in (["evaluate", "rows"], ["predict", "rows", "x.png"]):
+            Path("x.png").write_bytes(b"")
+            code, _, err = run_cli(capsys, *command, "--data", str(other), "-w", "ws")
+            assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+    np.save("x.npy", np.zeros(6, dtype=np.float32))
+    code, out, err = run_cli(capsys, "predict", "rows-shard-1", "x.npy", "-w", "ws")
+    assert code == 0 and out.startswith("x.npy: ") and out.split(": ")[1].strip() in {"0", "1"}, err
+    code, _, err = run_cli(capsys, "predict", "rows", "x.png", "-w", "ws")  # an npz source reads no image files
+    assert code == 2 and "does not read input files; give a .npy array" in err
+
+
+def test_tabular_npz_rows_for_an_image_backbone_are_refused_before_any_budget(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_npz(Path("rows.npz"))
+    recipe = mlp_recipe({"npz": {"path": "rows.npz"}}, in_features=6, classes=2, source="rows")
+    recipe["backbone"], recipe["trainable"] = {"name": "test_efficientnet", "num_classes": 2}, "head"
+    code, _, err = run_cli(capsys, "train", str(write_recipe(Path("r.yaml"), recipe)), "-w", "ws",
+                           "--executor", "serial")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "inputs of shape (6,) per record (torch.float32) do not fit backbone 'test_efficientnet'" in err
+    assert Workspace.open("ws").ledger.events() == []  # refused before anything was reserved

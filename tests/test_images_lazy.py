@@ -1,0 +1,121 @@
+"""Images at scale: folders and CIFAR read lazily (no decoded image held), corrupt files refused up front."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dp_tangent.data import images
+from dp_tangent.data.images import CifarImages, ImageFiles, image_folder_records, torchvision_records
+from dp_tangent.data.records import LazyInputs, RecordSet
+from dp_tangent.errors import DataError
+from helpers import run_cli
+from owndata import write_image_folder, write_recipe
+
+
+def _holds_arrays(value: object) -> bool:
+    """Whether a lazy inputs value holds any tensor or array (it should hold paths and numbers only)."""
+    return any(isinstance(getattr(value, f.name), (torch.Tensor, np.ndarray)) for f in dataclasses.fields(value))
+
+
+def test_an_image_folder_holds_paths_not_pixels_whatever_its_size(tmp_path: Path) -> None:
+    write_image_folder(tmp_path / "small", 8)
+    write_image_folder(tmp_path / "large", 32)
+    small, large = (image_folder_records(tmp_path / name, 64) for name in ("small", "large"))
+    for records in (small, large):
+        assert isinstance(records.inputs, ImageFiles) and not _holds_arrays(records.inputs)
+        assert records.inputs.shape == (len(records), 3, 64, 64)
+    # What a record costs is its path: 4x the images, about 4x a few bytes, not 4x 64x64x3 floats.
+    per_image = (len(pickle.dumps(large)) - len(pickle.dumps(small))) / 24
+    assert per_image < 200, per_image
+    # Read a batch at a time; a subset, and the shard handed to a worker, stay lazy.
+    part = large.subset([5, 1, 30])
+    assert isinstance(part.inputs, ImageFiles) and part.record_ids == tuple(large.record_ids[i] for i in (5, 1, 30))
+    assert torch.equal(part.inputs[0:3], large.inputs[torch.tensor([5, 1, 30])])
+    assert torch.equal(part.inputs[1], images.load_image(tmp_path / "large" / large.record_ids[1], 64, grayscale=False))
+    assert isinstance(pickle.loads(pickle.dumps(part)).inputs, ImageFiles)
+    # A torch function given the inputs whole still works (reading every row): existing callers keep working.
+    assert torch.equal(torch.cat([part.inputs, part.inputs[:1]]), torch.cat([part.inputs[0:3], part.inputs[0:1]]))
+    assert part.inputs.to("cpu").device == "cpu" and len(part.inputs[2:2]) == 0
+
+
+def test_cifar_keeps_its_uint8_rows_and_resizes_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(20) % 10
+    monkeypatch.setattr(images, "cifar_arrays", lambda name, root, train: (pixels, labels))
+    train, test = torchvision_records("CIFAR10", "unused", download=False, image_size=224, max_records=12)
+    assert isinstance(train.inputs, CifarImages) and not _holds_arrays(train.inputs) and len(test) == 20
+    assert train.inputs[:2].shape == (2, 3, 224, 224) and train.record_ids[3] == "cifar10-train-3"
+    expected = images.normalise(torch.as_tensor(pixels[3:4]).permute(0, 3, 1, 2).float() / 255, 224)
+    assert torch.equal(train.subset([3]).inputs[0:1], expected)
+
+
+def test_a_corrupt_image_is_refused_by_name_before_any_budget(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from dp_tangent.workspace import Workspace
+
+    monkeypatch.chdir(tmp_path)
+    write_image_folder(Path("imgs"), 6)
+    good = Path("imgs/a/0003.png").read_bytes()
+    Path("imgs/a/0003.png").write_bytes(good[:60])  # truncated
+    recipe = write_recipe(Path("r.yaml"), {
+        "backbone": {"name": "test_efficientnet", "num_classes": 2}, "trainable": "head",
+        "data": {"image_folder": {"root": "imgs", "image_size": 32}}, "privacy": {"epsilon": 8, "delta": 1e-5},
+        "training": {"batch_size": 2}, "data_source": "imgs"})
+    code, _, err = run_cli(capsys, "train", str(recipe), "-w", "ws", "--executor", "serial")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "imgs/a/0003.png: cannot read the image" in err and "replace or remove the file" in err
+    assert not Path("ws").exists()  # refused while loading: no workspace, no ledger, nothing spent
+    assert run_cli(capsys, "init", "-w", "ws")[0] == 0
+    code, _, err = run_cli(capsys, "train", str(recipe), "-w", "ws", "--executor", "serial")
+    assert code == 2 and "imgs/a/0003.png: cannot read the image" in err
+    assert Workspace.open("ws").ledger.events() == []  # an existing workspace: nothing reserved or spent
+    Path("imgs/a/0003.png").write_bytes(good)
+    Path("imgs/b/0004.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"cannot read the image \(empty, or not an image format PIL recognises\)"):
+        image_folder_records(Path("imgs"), 32)
+
+
+def test_images_are_finite_by_construction_so_validation_decodes_none(tmp_path: Path) -> None:
+    from dp_tangent.training.validation import check_finite_inputs
+
+    write_image_folder(tmp_path / "imgs", 4)
+    records = image_folder_records(tmp_path / "imgs", 16)
+    assert ImageFiles.finite and CifarImages.finite and not LazyInputs.finite
+    broken = RecordSet(dataclasses.replace(records.inputs, files=("missing.png",) * 4), records.targets,
+                       records.record_ids)
+    check_finite_inputs(broken, "component 'c'")  # would fail if it decoded the (missing) files
+
+
+def test_an_image_folder_trains_lazily_and_retrains_after_a_deletion(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from dp_tangent.workspace import Workspace
+
+    monkeypatch.chdir(tmp_path)
+    write_image_folder(Path("imgs"), 40, size=16)
+    recipe = write_recipe(Path("r.yaml"), {
+        "backbone": {"name": "test_efficientnet", "num_classes": 2}, "trainable": "head",
+        "data": {"image_folder": {"root": "imgs", "image_size": 16}}, "shards": {"count": 2},
+        "privacy": {"epsilon": 8, "delta": 1e-5}, "training": {"epochs": 2, "batch_size": 8}, "data_source": "imgs"})
+    code, out, err = run_cli(capsys, "train", str(recipe), "-w", "ws", "--executor", "serial")
+    assert code == 0, err
+    assert "theta0: random initialisation (seed 0), no pretrained weights" in out
+    ws = Workspace.open("ws")
+    shard = ws.load_component("r-shard-1").metadata
+    from dp_tangent.recipes import load_recipe
+
+    doomed = load_recipe(recipe).load_data()[1][1].record_ids[0]
+    Path("imgs", doomed).unlink()  # the owner erases the file too: allowed once the record is deleted
+    code, out, err = run_cli(capsys, "forget", doomed, "--request-id", "r1", "--retrain", "-w", "ws")
+    assert code == 0, err
+    assert Workspace.open("ws").load_component("r-shard-1.r1").metadata.manifest.records == shard.manifest.records - 1
+    code, out, err = run_cli(capsys, "evaluate", "r", "-w", "ws")
+    assert code == 0 and out.endswith("on 8 records (image_folder)\n"), err  # the same 8 test images as trained
+    image = next(p for p in sorted(Path("imgs").rglob("*.png")))
+    code, out, err = run_cli(capsys, "predict", "r", str(image), "-w", "ws")
+    assert code == 0 and out.strip() in {f"{image}: 0", f"{image}: 1"}, err

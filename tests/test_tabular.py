@@ -1,0 +1,156 @@
+"""Tables: CSV/Parquet records, scaling without private statistics, the MLP family, training end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dp_tangent.backbones import BackboneSpec, weights_digest
+from dp_tangent.data.kinds import DataSection, ShardsSection, load_data
+from dp_tangent.errors import DataError, RecipeError, WeightsError
+from dp_tangent.recipes import load_recipe
+from dp_tangent.tangent import linearize
+from helpers import run_cli
+from owndata import WINE_FEATURES, mlp_recipe, wine_bounds, write_recipe, write_wine_csv
+
+
+def _table(path: Path, names: list[str], **extra: object) -> dict[str, object]:
+    lower, upper = wine_bounds()
+    return {"table": {"path": str(path), "features": names, "label": "cultivar", "record_id": "wine_id",
+                      "classes": ["class_0", "class_1", "class_2"], "scaling": "bounds", "lower": lower,
+                      "upper": upper, **extra}}
+
+
+def test_csv_and_parquet_give_the_same_records_scaled_by_declared_bounds(tmp_path: Path) -> None:
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    names = write_wine_csv(tmp_path / "wine.csv")
+    pq.write_table(pacsv.read_csv(tmp_path / "wine.csv"), tmp_path / "wine.parquet")
+    loaded = []
+    for name in ("wine.csv", "wine.parquet"):
+        test, shards = load_data(DataSection.model_validate({"csv": _table(tmp_path / name, names)["table"]}),
+                                 ShardsSection(count=2))
+        loaded.append((test, shards))
+        assert len(test) == 36 and [len(s) for s in shards] == [71, 71]
+        assert shards[0].inputs.shape == (71, WINE_FEATURES) and shards[0].inputs.abs().max() <= 1
+        assert set(shards[0].targets.tolist()) == {0, 1, 2} and shards[0].record_ids[0].startswith("wine-")
+    (t1, s1), (t2, s2) = loaded
+    assert t1.record_ids == t2.record_ids and torch.equal(s1[1].inputs, s2[1].inputs)
+
+
+def _unscaled(table: dict[str, object], **changes: object) -> None:
+    table.update(scaling="none", **changes)
+    del table["lower"], table["upper"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t.pop("scaling"), "give scaling: public"),
+    (lambda t: t.update(scaling="given", mean=[0.0] * WINE_FEATURES), "scaling given needs std"),
+    (lambda t: t.update(lower=[0.0]), "lower has 1 values for 13 features"),
+    (lambda t: t.update(features=["alcohol", "cultivar"]), "label and record-id columns cannot also be features"),
+    (lambda t: t.update(scaling="none"), "lower is given but scaling is none"),
+    (lambda t: _unscaled(t, features=["alcohol", "colour"]), "no column 'colour'"),
+    (lambda t: _unscaled(t, features=["alcohol", "wine_id"], record_id=None),
+     "feature column 'wine_id' is string, not numeric"),
+    (lambda t: t.pop("classes"), "holds string, not integer classes; list the labels"),
+    (lambda t: t.update(classes=["class_0", "class_1"]), "has label 'class_2', not one of classes"),
+    (lambda t: t.update(path="wine.xlsx"), "a table must be a .csv, .tsv or .parquet file"),
+])
+def test_table_mistakes_are_one_line_errors(tmp_path: Path, change, message: str) -> None:
+    names = write_wine_csv(tmp_path / "wine.csv")
+    table = _table(tmp_path / "wine.csv", names)["table"]
+    change(table)
+    recipe = write_recipe(tmp_path / "r.yaml", mlp_recipe({"table": table}, in_features=13, classes=3, source="w"))
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(recipe).load_data()
+    assert message in str(caught.value) and "\n" not in str(caught.value), caught.value
+
+
+def test_missing_values_and_repeated_ids_name_the_record(tmp_path: Path) -> None:
+    names = write_wine_csv(tmp_path / "wine.csv")
+    text = (tmp_path / "wine.csv").read_text().splitlines()
+    first = text[5].split(",")
+    (tmp_path / "gap.csv").write_text("\n".join([*text[:5], ",".join([first[0], "", *first[2:]]), *text[6:]]) + "\n")
+    (tmp_path / "twice.csv").write_text("\n".join([*text, text[1]]) + "\n")
+    for name, message in (("gap.csv", "'alcohol' has 1 missing or non-finite value(s) (first: record 'wine-004')"),
+                          ("twice.csv", "record id 'wine-000' appears more than once")):
+        with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            load_data(DataSection.model_validate(_table(tmp_path / name, names)), ShardsSection())
+
+
+def test_an_unknown_data_kind_lists_the_supported_kinds(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path / "r.yaml", mlp_recipe({"parquet": {"path": "x"}}, in_features=2, classes=2,
+                                                          source="w"))
+    with pytest.raises(RecipeError, match=r"unknown data kind 'parquet'; supported kinds: sklearn_digits, npz, "
+                                          r"image_folder, torchvision, table \(or csv\)"):
+        load_recipe(recipe)
+
+
+def test_mlp_spec_rebuilds_theta0_and_states_a_random_init(tmp_path: Path) -> None:
+    spec = BackboneSpec("mlp", num_classes=3, family="mlp", options=(("in_features", 5), ("hidden", [8, 4])))
+    again = BackboneSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+    assert again == spec and weights_digest(again.build()) == weights_digest(spec.build())
+    assert spec.to_dict()["theta0"].startswith("random initialisation (seed 0), not pretrained")
+    tangent = linearize(spec.build(), "blocks[-2:]")  # the last hidden block and the head
+    assert tangent.cut == 1 and tangent(torch.randn(4, 5)).shape == (4, 3)
+    with pytest.raises(WeightsError, match="options.in_features must be a positive integer"):
+        BackboneSpec("mlp", num_classes=3, family="mlp").build()
+    with pytest.raises(WeightsError, match="unknown backbone family 'xgboost'; registered: mlp, timm"):
+        BackboneSpec("x", family="xgboost").build()
+
+
+def test_pretrain_on_public_rows_gives_the_checkpoint_theta0(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    names = write_wine_csv(Path("data/private.csv"), rows=[i for i in range(178) if i % 3])
+    write_wine_csv(Path("data/public.csv"), rows=range(0, 178, 3))  # every third row declared public
+    table = {**_table(Path("data/private.csv"), names)["table"], "scaling": "public",
+             "public_path": "data/public.csv"}
+    del table["lower"], table["upper"]
+    recipe = mlp_recipe({"table": table}, in_features=13, classes=3, source="wine")
+    recipe["backbone"]["checkpoint"] = "data/theta0.safetensors"
+    path = write_recipe(Path("wine.yaml"), recipe)
+    code, out, err = run_cli(capsys, "pretrain", str(path), "--epochs", "30")
+    assert code == 0, err
+    assert "MLP pretrained on 60 public records" in out and Path("data/theta0.safetensors").is_file()
+    spec = load_recipe(path).backbone.spec()
+    assert spec.describe().startswith("pretrained weights from checkpoint ") and "theta0.safetensors" in spec.describe()
+    public = load_recipe(path).data.source.public_records()
+    with torch.no_grad():
+        assert (spec.build()(public.inputs).argmax(-1) == public.targets).float().mean() > 0.9
+    code, _, err = run_cli(capsys, "pretrain", str(path))
+    assert code == 2 and "exists; pass --force" in err
+
+
+def test_table_trains_composes_evaluates_and_predicts_from_a_relative_workspace(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from dp_tangent.workspace import Workspace
+
+    monkeypatch.chdir(tmp_path)
+    names = write_wine_csv(Path("data/wine.csv"))
+    recipe = write_recipe(Path("wine.yaml"), mlp_recipe(_table(Path("data/wine.csv"), names), in_features=13,
+                                                        classes=3, source="wine"))
+    code, out, err = run_cli(capsys, "train", str(recipe), "-w", "ws", "--executor", "serial")
+    assert code == 0, err
+    assert "theta0: random initialisation (seed 0), not pretrained" in out
+    ws = Workspace.open("ws")
+    meta = ws.load_component("wine-shard-0").metadata
+    assert meta.base["family"] == "mlp" and meta.base["theta0"].startswith("random initialisation")
+    accuracy = float(out.split("model wine:")[1].split("test accuracy ")[1].split("%")[0])
+    assert accuracy > 50  # 3 classes: chance is 33%
+
+    code, out, err = run_cli(capsys, "evaluate", "wine", "-w", "ws")  # the model's own data, no --data
+    assert code == 0, err
+    assert out.startswith("wine: test accuracy") and "on 36 records (table)" in out
+    Path("new.csv").write_text("\n".join(Path("data/wine.csv").read_text().splitlines()[:4]) + "\n")
+    code, out, err = run_cli(capsys, "predict", "wine", "new.csv", "-w", "ws")
+    assert code == 0, err
+    assert [line.split(": ")[0] for line in out.splitlines()] == [f"new.csv:wine-00{i}" for i in range(3)]
+    np.save("rows.npy", np.zeros((2, 13), dtype=np.float32))
+    code, out, err = run_cli(capsys, "predict", "wine", "rows.npy", "-w", "ws")
+    assert code == 0 and len(out.split(": ")[1].split()) == 2, err
