@@ -33,19 +33,25 @@ COMMANDS = {
     "requests list": ["requests", "list", "-w", "ws"],
     "certificate verify": ["certificate", "verify", "ws/certificates/r1.txt", "-w", "ws"],
 }
-# Peak RSS of the child, read from /proc when it exits (resource.getrusage(RUSAGE_CHILDREN) keeps the
-# maximum over all children, which would hide smaller ones).
-RUNNER = """
-import resource, sys
+# Peak RSS of the child: VmHWM from /proc, which starts afresh at exec (getrusage's ru_maxrss is kept
+# across fork and exec on Linux, so a child of this process would report this process's peak).
+PEAK = """
+def _peak_mib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+"""
+RUNNER = PEAK + """
+import sys
 from dp_tangent.cli import main
 try:
     main(sys.argv[1:])
 finally:
-    print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+    print("PEAK_MIB", _peak_mib(), file=sys.stderr)
 """
-REFERENCE = """
-import resource, sys, torch, timm
-print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+REFERENCE = PEAK + """
+import sys, torch, timm
+print("PEAK_MIB", _peak_mib(), file=sys.stderr)
 """
 
 
@@ -67,8 +73,7 @@ def _run(code: str, args: list[str], cwd: Path) -> tuple[float, float]:
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"{args}: exit {done.returncode}: {done.stderr[-500:]}")
-    kb = next(int(line.split()[1]) for line in done.stderr.splitlines() if line.startswith("MAXRSS_KB"))
-    return seconds, kb / 1024
+    return seconds, next(float(line.split()[1]) for line in done.stderr.splitlines() if line.startswith("PEAK_MIB"))
 
 
 def measure() -> dict[str, dict[str, float]]:

@@ -196,3 +196,9 @@ def test_a_planted_intent_cannot_make_the_tool_write_outside_the_workspace(ws, t
     with pytest.raises(WorkspaceError, match="only write inside the workspace"):
         Workspace.open("ws")
     assert not (tmp_path / "victim.sh").exists()
+
+
+def test_an_unknown_operation_is_refused_before_anything_is_staged(ws) -> None:
+    with pytest.raises(WorkspaceError, match="unknown operation"):
+        apply(ws, Change("teleport", writes=[FileWrite("models/x.json", b"{}")]))
+    assert not (ws.root / PENDING).exists() and not (ws.root / "models" / "x.json").exists()

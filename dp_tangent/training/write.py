@@ -16,16 +16,8 @@ from pathlib import Path
 from privacy_accounting import EpsilonBounds, Ledger, epsilon_bounds
 from privacy_accounting.events import is_non_private
 
-from ..components.component import (
-    NON_PRIVATE_LABEL,
-    SEEDED_LABEL,
-    ComponentMetadata,
-    ManifestInfo,
-    PrivacyInfo,
-    TrainingInfo,
-    component_bytes,
-    deltas_digest,
-)
+from ..components.component import (NON_PRIVATE_LABEL, SEEDED_LABEL, ComponentMetadata, ManifestInfo, PrivacyInfo,
+                                    TrainingInfo, component_bytes, deltas_digest)
 from ..components.manifest import RecordManifest
 from ..io import atomic_write_bytes
 from .config import TrainingError, differentially_private

@@ -21,6 +21,7 @@ interrupted training, composition or deletion ends exactly as if it had not been
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..io import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_file
-from .audit_log import Artifact, AuditEntry
+from .audit_log import OPERATIONS, Artifact, AuditEntry
 from .ledger_ops import LedgerOp, ledger_op_from_json
 from .names import WorkspaceError
 
@@ -81,6 +82,8 @@ class Change:
     ledger: Sequence[LedgerOp] = ()
 
     def __post_init__(self) -> None:
+        if self.operation not in OPERATIONS:  # refused before staging: the entry could never be appended
+            raise WorkspaceError(f"unknown operation {self.operation!r}; one of: {', '.join(sorted(OPERATIONS))}")
         _check_paths([w.path for w in self.writes] + [r.path for r in self.removals])
 
     @property
@@ -124,10 +127,9 @@ def finish_interrupted(ws: "Workspace") -> list[str]:
             done.append(_finish(ws, staging).operation)
         else:
             shutil.rmtree(staging, ignore_errors=True)  # killed before its commit point: nothing happened
-    with_contents = any(pending.iterdir())
-    if not with_contents:
+    with contextlib.suppress(OSError):  # gone already, or not empty
         pending.rmdir()
-        fsync_dir(ws.root)
+    fsync_dir(ws.root)
     return done
 
 
@@ -188,6 +190,8 @@ def _finish(ws: "Workspace", staging: Path) -> AuditEntry:
         entry = ws.audit.append(change.operation, operator=change.operator, inputs=change.inputs, outputs=outputs,
                                 parameters=change.parameters)
     shutil.rmtree(staging)
+    with contextlib.suppress(OSError):  # the last one out removes the staging area
+        staging.parent.rmdir()
     return entry
 
 

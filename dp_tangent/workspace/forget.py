@@ -40,17 +40,8 @@ from ..training.config import PrivacySpec, TrainConfig
 from ..training.losses import ConvexLoss
 from .audit_log import Artifact
 from .certificate_check import check_certificate
-from .certificates import (
-    AddedComponent,
-    ComponentRef,
-    DeletionCertificate,
-    DeletionResult,
-    ModelChange,
-    ModelState,
-    Verification,
-    certificate_writes,
-    read_certificate,
-)
+from .certificates import (AddedComponent, ComponentRef, DeletionCertificate, DeletionResult, ModelChange, ModelState,
+                           Verification, certificate_writes, read_certificate)
 from .checkpoint import checkpoint_of, origin_of
 from .commit import Change, FileRemoval, FileWrite, apply
 from .deletion_requests import DeletionRequest, ForgetError, resolve_now
