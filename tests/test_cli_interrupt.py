@@ -28,10 +28,16 @@ def _recipe(tmp_path: Path, epochs: int) -> Path:
     return path
 
 
+def _default_sigint() -> None:
+    # A shell without job control starts background jobs with SIGINT ignored, and Python keeps an
+    # inherited SIG_IGN (no KeyboardInterrupt): the child must get Ctrl-C as a user's terminal gives it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(*args: str, **kwargs) -> subprocess.Popen:  # noqa: ANN003
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "dp_tangent", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, **kwargs)
+                            stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_default_sigint, **kwargs)
 
 
 def test_ctrl_c_during_training_keeps_no_component_and_the_budget_stays_spent(tmp_path) -> None:
