@@ -51,9 +51,16 @@ def read_table(path: Path, columns: Sequence[str], optional: Sequence[str] = ())
             table = pacsv.read_csv(path, parse_options=options)
     except (pa.ArrowException, OSError) as err:
         raise DataError(f"{path}: cannot read the table ({(str(err).strip().splitlines() or [''])[0]})") from None
+    return select_columns(path, table, columns, optional)
+
+
+def select_columns(path: Path, table: pa.Table, columns: Sequence[str], optional: Sequence[str] = (),
+                   noun: str = "column") -> pa.Table:
+    """``table``'s ``columns`` (each required) and those of ``optional`` it has, in that order; a missing
+    one is a one-line :class:`DataError` naming the ``noun`` (column, or field for JSON lines)."""
     missing = [c for c in columns if c not in table.column_names]
     if missing:
-        raise DataError(f"{path}: no column {missing[0]!r} (columns: {', '.join(table.column_names)})")
+        raise DataError(f"{path}: no {noun} {missing[0]!r} ({noun}s: {', '.join(table.column_names)})")
     present = [c for c in optional if c in table.column_names]
     return table.select(list(dict.fromkeys([*columns, *present])))
 

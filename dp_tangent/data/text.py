@@ -18,7 +18,7 @@ import torch
 
 from ..errors import DataError
 from .records import RecordSet
-from .tables import SUFFIXES, label_indices, read_table, record_ids
+from .tables import SUFFIXES, label_indices, read_table, record_ids, select_columns
 
 JSON_SUFFIXES = (".jsonl", ".ndjson")
 #: Texts tokenized per call (bounds the tokenizer's temporary memory).
@@ -43,11 +43,7 @@ def read_text_table(path: Path, columns: Sequence[str], optional: Sequence[str] 
         table = pajson.read_json(path)
     except (pa.ArrowException, OSError) as err:
         raise DataError(f"{path}: cannot read the JSON lines ({(str(err).strip().splitlines() or [''])[0]})") from None
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:
-        raise DataError(f"{path}: no field {missing[0]!r} (fields: {', '.join(table.column_names)})")
-    present = [c for c in optional if c in table.column_names]
-    return table.select(list(dict.fromkeys([*columns, *present])))
+    return select_columns(path, table, columns, optional, noun="field")
 
 
 def text_column(path: Path, table, column: str, ids: Sequence[str]) -> list[str]:  # noqa: ANN001

@@ -164,6 +164,26 @@ def _private_loader(dataset: TensorDataset, plan: Plan, config: TrainConfig) -> 
     return loader, int(len(dataset) * (1 / len(loader))), rng
 
 
+def _dp_epochs(loader: DataLoader, dp_optimizer: DPOptimizer, plan: Plan, config: TrainConfig,
+               progress: ProgressFn | None, gradient: Callable[..., None]) -> int:
+    """The DP-SGD loop every private mode shares: each epoch's Poisson batches split into physical
+    batches, ``gradient(*batch)`` filling ``.grad``/``.grad_sample``, one optimizer step per logical
+    batch; returns the steps taken (a skipped partial step is not counted)."""
+    steps = 0
+    for _ in range(config.epochs):
+        with BatchMemoryManager(data_loader=loader, max_physical_batch_size=config.physical_batch_size,
+                                optimizer=dp_optimizer) as physical:
+            for batch in physical:
+                dp_optimizer.zero_grad(set_to_none=True)
+                gradient(*batch)
+                dp_optimizer.step()
+                if not dp_optimizer._is_last_step_skipped:
+                    steps += 1
+                    if progress:
+                        progress(steps, plan.steps)
+    return steps
+
+
 def _fit_private(module: torch.nn.Module, params: list[torch.nn.Parameter], dataset: TensorDataset, plan: Plan,
                  privacy: PrivacySpec, config: TrainConfig, progress: ProgressFn | None) -> int:
     """Opacus DP-SGD (hooks or ghost clipping); returns the number of optimizer steps taken."""
@@ -171,21 +191,11 @@ def _fit_private(module: torch.nn.Module, params: list[torch.nn.Parameter], data
     gsm, dp_optimizer, criterion = dp_parts(module, params, plan.noise_multiplier, privacy, config,
                                             expected_batch_size, rng)
     gsm.forbid_grad_accumulation()  # Poisson sampling: one logical batch per step
-    steps = 0
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            for _ in range(config.epochs):
-                with BatchMemoryManager(data_loader=loader, max_physical_batch_size=config.physical_batch_size,
-                                        optimizer=dp_optimizer) as physical:
-                    for h, y in physical:
-                        dp_optimizer.zero_grad(set_to_none=True)
-                        criterion(gsm(h), y).backward()
-                        dp_optimizer.step()
-                        if not dp_optimizer._is_last_step_skipped:
-                            steps += 1
-                            if progress:
-                                progress(steps, plan.steps)
+            steps = _dp_epochs(loader, dp_optimizer, plan, config, progress,
+                               lambda h, y: criterion(gsm(h), y).backward())
     finally:
         if hasattr(gsm, "_close"):
             gsm._close()
@@ -212,23 +222,16 @@ def _fit_private_gram(module: torch.nn.Module, tangent: TangentModel, dataset: T
     params = tangent.deltas()
     dp_optimizer = gram_optimizer(params, plan.noise_multiplier, privacy, config, expected_batch_size, rng)
     module.train(False)  # the eval-mode tangent, as the Opacus modes train it (only hooked layers change mode)
-    steps = 0
+
+    def clipped_sum(h: torch.Tensor, y: torch.Tensor, grams: torch.Tensor) -> None:
+        if len(h):
+            add_clipped_gradient(module, h, y, grams, config.loss, privacy.max_grad_norm)
+        for p in params:  # an empty batch (or a delta the batch does not reach) adds zero
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+
     try:
-        for _ in range(config.epochs):
-            with BatchMemoryManager(data_loader=loader, max_physical_batch_size=config.physical_batch_size,
-                                    optimizer=dp_optimizer) as physical:
-                for h, y, grams in physical:
-                    dp_optimizer.zero_grad(set_to_none=True)
-                    if len(h):
-                        add_clipped_gradient(module, h, y, grams, config.loss, privacy.max_grad_norm)
-                    for p in params:  # an empty batch (or a delta the batch does not reach) adds zero
-                        if p.grad is None:
-                            p.grad = torch.zeros_like(p)
-                    dp_optimizer.step()
-                    if not dp_optimizer._is_last_step_skipped:
-                        steps += 1
-                        if progress:
-                            progress(steps, plan.steps)
+        steps = _dp_epochs(loader, dp_optimizer, plan, config, progress, clipped_sum)
     finally:
         for p in params:
             p.grad = None
