@@ -32,7 +32,7 @@ from timm.layers import BatchNormAct2d
 
 from dp_tangent import TangentModel
 from dp_tangent.training.grad_samplers import compute_conv2d_grad_sample, compute_conv2d_norm_sample
-from dp_tangent.training import Plan, PrivacySpec, TrainConfig, run_sgd
+from dp_tangent.training import Plan, PrivacySpec, ProgressFn, TrainConfig, run_sgd
 
 
 class FrozenStatsBatchNormAct2d(BatchNormAct2d):
@@ -113,11 +113,12 @@ def trained_parameters(module: nn.Module) -> list[nn.Parameter]:
 
 
 def train(module: nn.Module, h: torch.Tensor, y: torch.Tensor, plan: Plan, privacy: PrivacySpec,
-          config: TrainConfig) -> None:
+          config: TrainConfig, progress: ProgressFn | None = None) -> None:
     """Train ``module``'s trainable parameters in place on cached features ``h`` as ``plan`` says.
 
     The library's own loop (:func:`dp_tangent.training.run_sgd`), for every method alike, with the
     noise seeded by ``config.seed`` (reproducible benchmark numbers; see the module doc)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        run_sgd(module, trained_parameters(module), h, y, plan, privacy, dataclasses.replace(config, noise="seeded"))
+        run_sgd(module, trained_parameters(module), h, y, plan, privacy, dataclasses.replace(config, noise="seeded"),
+                progress)

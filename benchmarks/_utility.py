@@ -25,7 +25,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -50,7 +50,9 @@ METHODS = {
     "tangent": "tangent fine-tuning (dp-tangent)",
     "nonlinear": "non-linear fine-tuning of the same parameters",
     "head": "head only (linear probe)",
+    "lora": "LoRA adapters on the same blocks' linear layers, and the head (peft)",
 }
+IMAGE_METHODS = ("tangent", "nonlinear", "head")
 RANDOM_VIT_NOTE = ("randomly initialised (no pretrained ViT weights install offline), so its numbers show cost and "
                    "the tangent-vs-non-linear gap around a random base, not pretrained utility")
 
@@ -59,7 +61,7 @@ RANDOM_VIT_NOTE = ("randomly initialised (no pretrained ViT weights install offl
 class ModelSpec:
     description: str
     build: Callable[[], nn.Module]
-    image_size: int
+    image_size: int | None  # None: not an image model
     trainable: str
     pretrained: bool
 
@@ -80,10 +82,33 @@ MODELS = {
 }
 
 
-def train_config(epochs: int, lr: float, seed: int, batch_size: int) -> TrainConfig:
-    """The one optimiser setting of every method (SGD, momentum 0.9, cross-entropy, ghost clipping)."""
+def train_config(epochs: int, lr: float, seed: int, batch_size: int, mode: str = "ghost") -> TrainConfig:
+    """The one optimiser setting of every method (SGD, momentum 0.9, cross-entropy; ghost clipping unless
+    ``mode`` says otherwise: the clipped sums are exact in every mode, so the choice changes cost only)."""
     return TrainConfig(epochs=epochs, batch_size=batch_size, physical_batch_size=batch_size, lr=lr, seed=seed,
-                       loss=ConvexLoss("cross_entropy"), grad_sample_mode="ghost")
+                       loss=ConvexLoss("cross_entropy"), grad_sample_mode=mode)
+
+
+@dataclass
+class StepClock:
+    """When each optimizer step of one run ended (the train loop's progress callback), to time the steps
+    apart from the set-up before the first one (e.g. the NTK Gram precompute)."""
+
+    started: float = field(default_factory=time.perf_counter)
+    ends: list[float] = field(default_factory=list)
+
+    def __call__(self, done: int, total: int) -> None:
+        self.ends.append(time.perf_counter())
+
+    def seconds_per_step(self) -> float:
+        """Mean time of the steps after the first (the first also pays one-off costs)."""
+        if len(self.ends) < 2:
+            return math.nan
+        return (self.ends[-1] - self.ends[0]) / (len(self.ends) - 1)
+
+    def setup_seconds(self) -> float:
+        """Time before the first step's own work began: start to first step end, less one mean step."""
+        return (self.ends[0] - self.started - self.seconds_per_step()) if len(self.ends) > 1 else math.nan
 
 
 @dataclass
@@ -103,6 +128,10 @@ class Prepared:
         """A fresh, untrained model of ``method`` taking that method's cached features."""
         if method == "nonlinear":
             return NonLinearSuffix(self.base, self.tangent)
+        if method == "lora":
+            from ._lora import LoRASuffix  # peft loads only where LoRA runs
+
+            return LoRASuffix(self.base, self.tangent)
         tangent = self.head if method == "head" else self.tangent
         tangent.load_deltas({n: torch.zeros_like(p) for n, p in tangent.named_deltas()})
         return tangent.on_features()
@@ -136,8 +165,9 @@ def accuracy_of(out: torch.Tensor, targets: torch.Tensor) -> float:
 
 
 def fit_method(prepared: Prepared, method: str, rows: torch.Tensor | None, epsilon: float, config: TrainConfig,
-               part: str = "train") -> tuple[nn.Module, Plan, float]:
-    """Train a fresh model of ``method`` on ``rows`` of the training set; returns it, the plan and seconds."""
+               part: str = "train", clock: StepClock | None = None) -> tuple[nn.Module, Plan, float]:
+    """Train a fresh model of ``method`` on ``rows`` of the training set; returns it, the plan and seconds
+    (``clock``, if given, times each step)."""
     h, y = prepared.inputs(method, part), getattr(prepared, part).targets
     if rows is not None:
         h, y = h[rows], y[rows]
@@ -145,7 +175,9 @@ def fit_method(prepared: Prepared, method: str, rows: torch.Tensor | None, epsil
     plan = plan_run(len(y), privacy, config)
     module = prepared.module(method)
     start = time.perf_counter()
-    train(module, h, y, plan, privacy, config)
+    if clock is not None:
+        clock.started = start
+    train(module, h, y, plan, privacy, config, progress=clock)
     return module, plan, time.perf_counter() - start
 
 
@@ -291,22 +323,34 @@ class Sweep:
     lr_grid_private: tuple[float, ...]
     lr_grid_non_private: tuple[float, ...]
     tune_epsilon: float  # the private learning rate is chosen at this epsilon and used for every finite one
-    methods: tuple[str, ...] = tuple(METHODS)
+    methods: tuple[str, ...] = IMAGE_METHODS
     max_records: int | None = None
+    tangent_mode: str = "ghost"  # the tangent's clipping mode (the others use Opacus ghost clipping)
+
+    def config(self, method: str, lr: float, seed: int) -> TrainConfig:
+        return train_config(self.epochs, lr, seed, self.batch_size,
+                            self.tangent_mode if method == "tangent" else "ghost")
 
     def settings(self) -> dict:
         return {"epsilons": [json_epsilon(e) for e in self.epsilons], "seeds": list(self.seeds),
                 "epochs": self.epochs, "batch_size": self.batch_size, "lr_grid_private": list(self.lr_grid_private),
                 "lr_grid_non_private": list(self.lr_grid_non_private), "tune_epsilon": self.tune_epsilon,
                 "methods": {m: METHODS[m] for m in self.methods}, "delta": DELTA, "momentum": 0.9,
-                "loss": "cross_entropy", "grad_sample_mode": "ghost", "max_grad_norm": PrivacySpec().max_grad_norm,
+                "loss": "cross_entropy", "grad_sample_mode": "ghost", "tangent_grad_sample_mode": self.tangent_mode,
+                "max_grad_norm": PrivacySpec().max_grad_norm,
                 "accountant_for_noise": PrivacySpec().accountant, "max_records": self.max_records,
                 "test_fraction": 0.2, "validation_fraction": 0.2}
 
 
 def run_sweep(name: str, sweep: Sweep) -> dict:
     """Every (method, epsilon, seed) of ``sweep`` on model ``name``: raw test accuracies and their plans."""
-    prepared = prepare(name, sweep.max_records)
+    return sweep_prepared(prepare(name, sweep.max_records), sweep)
+
+
+def sweep_prepared(prepared: Prepared, sweep: Sweep) -> dict:
+    """Every (method, epsilon, seed) of ``sweep`` on ``prepared``: raw test accuracies, their plans, and
+    the time of each run's steps (per epoch) and of its set-up before the first step."""
+    name = prepared.name
     entry: dict = {"description": prepared.spec.description, "trainable": prepared.spec.trainable,
                    "pretrained": prepared.spec.pretrained, "n_train": len(prepared.train),
                    "n_test": len(prepared.test), "lr": {}, "runs": {}}
@@ -317,18 +361,20 @@ def run_sweep(name: str, sweep: Sweep) -> dict:
             grid = sweep.lr_grid_private if private else sweep.lr_grid_non_private
             tune_at = sweep.tune_epsilon if private else math.inf
             progress(f"{name}/{method}: choosing the learning rate at epsilon {eps_label(tune_at)} from {grid}")
-            chosen[private], scores = choose_lr(prepared, method, grid, tune_at,
-                                                train_config(sweep.epochs, grid[0], 0, sweep.batch_size))
+            chosen[private], scores = choose_lr(prepared, method, grid, tune_at, sweep.config(method, grid[0], 0))
             entry["lr"][method]["private" if private else "non_private"] = {
                 "chosen": chosen[private], "tuned_at_epsilon": json_epsilon(tune_at), "validation_accuracy": scores}
         for epsilon in sweep.epsilons:
             lr = chosen[not math.isinf(epsilon)]
             runs = []
             for seed in sweep.seeds:
-                module, plan, seconds = fit_method(prepared, method, None, epsilon,
-                                                   train_config(sweep.epochs, lr, seed, sweep.batch_size))
+                clock = StepClock()
+                module, plan, seconds = fit_method(prepared, method, None, epsilon, sweep.config(method, lr, seed),
+                                                   clock=clock)
                 runs.append({"seed": seed, "accuracy": test_accuracy(prepared, method, module), "seconds": seconds,
-                             "lr": lr, "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate,
+                             "seconds_per_epoch": clock.seconds_per_step() * plan.steps / sweep.epochs,
+                             "setup_seconds": clock.setup_seconds(), "lr": lr,
+                             "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate,
                              "steps": plan.steps, "delta": plan.delta})
             progress(f"{name}/{method}: epsilon {eps_label(epsilon)}: "
                      f"{pct(summary([r['accuracy'] for r in runs]))}% ({sum(r['seconds'] for r in runs):.0f} s)")

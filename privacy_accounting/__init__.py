@@ -5,46 +5,68 @@ are the tightest of three valid upper bounds (Opacus RDP, Opacus PRV, dp-account
 the add-or-remove-one neighbouring relation. See ``docs/privacy-accounting.md``.
 """
 
-from privacy_accounting.accountants import (
-    ACCOUNTANTS,
-    DEFAULT_SETTINGS,
-    NEIGHBOURING_RELATION,
-    AccountantSettings,
-    EpsilonBounds,
-    epsilon_bounds,
-    epsilon_for,
-)
-from privacy_accounting.calibration import calibrate_noise_multiplier
-from privacy_accounting.composition import ModelGuarantee, ModelShardGuarantee
-from privacy_accounting.errors import (
-    AccountingError,
-    BudgetExceededError,
-    CalibrationError,
-    InvalidParameterError,
-    LedgerBusyError,
-    LedgerCorruptError,
-    LedgerError,
-    NotFoundError,
-    PrivacyAccountingError,
-    RecordOverlapError,
-    ReservationStateError,
-    UnknownComponentError,
-    UnknownDataSourceError,
-    UnknownModelError,
-    UnknownReservationError,
-    UnknownShardError,
-    UnsupportedEventError,
-)
-from privacy_accounting.events import compose_events, dp_sgd_event, gaussian_event
-from privacy_accounting.ledger import Ledger
-from privacy_accounting.records import (AuditRecord, Budget, DataSource, Purpose, ReservationRequest, Status,
-                                        StoredEvent, Unit)
-from privacy_accounting import render_html, render_markdown  # noqa: F401 -- register the report renderers
-from privacy_accounting.report import build_report
-from privacy_accounting.report_models import PrivacyReport
-from privacy_accounting.serialization import event_from_json, event_to_json
-from privacy_accounting.sqlite_storage import SQLiteStorage
-from privacy_accounting.storage import EventFilter, LedgerStorage, RecordClass
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Exports are imported on first use (PEP 562), so that reading a ledger loads neither the accountants'
+# libraries nor the report models: each name, and the submodule that defines it.
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(("ACCOUNTANTS", "DEFAULT_SETTINGS", "NEIGHBOURING_RELATION", "AccountantSettings",
+                     "EpsilonBounds", "epsilon_bounds", "epsilon_for"), "accountants"),
+    "calibrate_noise_multiplier": "calibration",
+    **dict.fromkeys(("ModelGuarantee", "ModelShardGuarantee"), "composition"),
+    **dict.fromkeys(("AccountingError", "BudgetExceededError", "CalibrationError", "InvalidParameterError",
+                     "LedgerBusyError", "LedgerCorruptError", "LedgerError", "NotFoundError", "PrivacyAccountingError",
+                     "RecordOverlapError", "ReservationStateError", "UnknownComponentError", "UnknownDataSourceError",
+                     "UnknownModelError", "UnknownReservationError", "UnknownShardError", "UnsupportedEventError"),
+                    "errors"),
+    **dict.fromkeys(("compose_events", "dp_sgd_event", "gaussian_event"), "events"),
+    "Ledger": "ledger",
+    **dict.fromkeys(("AuditRecord", "Budget", "DataSource", "Purpose", "ReservationRequest", "Status", "StoredEvent",
+                     "Unit"), "records"),
+    "build_report": "report",
+    "PrivacyReport": "report_models",
+    **dict.fromkeys(("event_from_json", "event_to_json"), "serialization"),
+    "SQLiteStorage": "sqlite_storage",
+    **dict.fromkeys(("EventFilter", "LedgerStorage", "RecordClass"), "storage"),
+}
+
+if TYPE_CHECKING:
+    from privacy_accounting.accountants import (ACCOUNTANTS, DEFAULT_SETTINGS, NEIGHBOURING_RELATION,
+                                                AccountantSettings, EpsilonBounds, epsilon_bounds, epsilon_for)
+    from privacy_accounting.calibration import calibrate_noise_multiplier
+    from privacy_accounting.composition import ModelGuarantee, ModelShardGuarantee
+    from privacy_accounting.errors import (AccountingError, BudgetExceededError, CalibrationError,
+                                           InvalidParameterError, LedgerBusyError, LedgerCorruptError, LedgerError,
+                                           NotFoundError, PrivacyAccountingError, RecordOverlapError,
+                                           ReservationStateError, UnknownComponentError, UnknownDataSourceError,
+                                           UnknownModelError, UnknownReservationError, UnknownShardError,
+                                           UnsupportedEventError)
+    from privacy_accounting.events import compose_events, dp_sgd_event, gaussian_event
+    from privacy_accounting.ledger import Ledger
+    from privacy_accounting.records import (AuditRecord, Budget, DataSource, Purpose, ReservationRequest, Status,
+                                            StoredEvent, Unit)
+    from privacy_accounting.report import build_report
+    from privacy_accounting.report_models import PrivacyReport
+    from privacy_accounting.serialization import event_from_json, event_to_json
+    from privacy_accounting.sqlite_storage import SQLiteStorage
+    from privacy_accounting.storage import EventFilter, LedgerStorage, RecordClass
+
+
+def __getattr__(name: str) -> Any:
+    """Import the submodule that defines export ``name`` (once: the value is then a module global)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
 
 __all__ = [
     "ACCOUNTANTS",

@@ -11,21 +11,26 @@
 The reported epsilon is the minimum of these upper bounds, itself a valid upper bound.
 Opacus's GDP accountant is deliberately absent: it is a CLT approximation that can fall below
 the true epsilon (measured here below the PLD lower bound), so it is not a guarantee.
+
+Opacus, ``dp_accounting`` and numpy are imported by the accountant that computes, not here; each
+result is memoised in-process and, when a cache folder is set, on disk (``bounds_cache``).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from privacy_accounting import bounds_cache, event_tree
 from privacy_accounting.errors import AccountingError, InvalidParameterError, PrivacyAccountingError
-from privacy_accounting.events import DpEvent, gaussian_history, is_non_private, merged_history, normalize_event
-from privacy_accounting.serialization import event_to_json
+from privacy_accounting.event_tree import EventTree, from_json, gaussian_history, is_non_private, merged_history
+from privacy_accounting.events import AnyEvent, as_tree, to_dp_event
 from privacy_accounting.validation import check_delta
 
 #: Accountants that give valid upper bounds, in the order they are listed in reports.
@@ -89,13 +94,14 @@ class EpsilonBounds:
         return out
 
 
-def rdp_epsilon(event: DpEvent, delta: float) -> float:
+def rdp_epsilon(event: AnyEvent, delta: float) -> float:
     """Opacus RDP epsilon at ``delta`` for the event's (sigma, q, steps) history."""
     from opacus.accountants import RDPAccountant
 
-    if is_non_private(event):
+    tree = as_tree(event)
+    if is_non_private(tree):
         return math.inf
-    history = merged_history(event)
+    history = merged_history(tree)
     if not history:
         return 0.0
     accountant = RDPAccountant()
@@ -106,13 +112,15 @@ def rdp_epsilon(event: DpEvent, delta: float) -> float:
         return float(accountant.get_epsilon(delta))
 
 
-def prv_epsilon(event: DpEvent, delta: float, settings: AccountantSettings = DEFAULT_SETTINGS) -> float:
+def prv_epsilon(event: AnyEvent, delta: float, settings: AccountantSettings = DEFAULT_SETTINGS) -> float:
     """Upper end of Opacus PRV's error interval for epsilon at ``delta`` (what ``get_epsilon`` returns)."""
+    import numpy as np
     from opacus.accountants import PRVAccountant
 
-    if is_non_private(event):
+    tree = as_tree(event)
+    if is_non_private(tree):
         return math.inf
-    history = merged_history(event)
+    history = merged_history(tree)
     if not history:
         return 0.0
     accountant = PRVAccountant()
@@ -136,21 +144,22 @@ def prv_epsilon(event: DpEvent, delta: float, settings: AccountantSettings = DEF
     return eps
 
 
-def pld_epsilon(event: DpEvent, delta: float, settings: AccountantSettings = DEFAULT_SETTINGS) -> float:
+def pld_epsilon(event: AnyEvent, delta: float, settings: AccountantSettings = DEFAULT_SETTINGS) -> float:
     """dp-accounting PLD epsilon at ``delta`` (pessimistic estimate, add-or-remove-one)."""
     import dp_accounting
     from dp_accounting.pld import PLDAccountant
 
-    if is_non_private(event):
+    tree = as_tree(event)
+    if is_non_private(tree):
         return math.inf
-    if not gaussian_history(event):
+    if not gaussian_history(tree):
         return 0.0
     accountant = PLDAccountant(
         neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
         value_discretization_interval=settings.pld_value_discretization_interval,
     )
     try:
-        accountant.compose(event)
+        accountant.compose(to_dp_event(tree))
         eps = float(accountant.get_epsilon(delta))
     except (ValueError, ArithmeticError, dp_accounting.UnsupportedEventError) as exc:
         raise AccountingError(f"PLD accountant failed: {exc}") from exc
@@ -160,32 +169,32 @@ def pld_epsilon(event: DpEvent, delta: float, settings: AccountantSettings = DEF
 
 
 def epsilon_for(
-    event: DpEvent, delta: float, accountant: str, settings: AccountantSettings = DEFAULT_SETTINGS
+    event: AnyEvent, delta: float, accountant: str, settings: AccountantSettings = DEFAULT_SETTINGS
 ) -> float:
     """Epsilon upper bound at ``delta`` from one named accountant (``"rdp"``, ``"prv"`` or ``"pld"``).
 
-    Computed on :func:`normalize_event` (same mechanism) and cached per (event, delta, accountant).
+    Computed on the normalised event (same mechanism) and cached per (event, delta, accountant).
     """
     delta = check_delta(delta)
     if accountant not in ACCOUNTANTS:
         raise InvalidParameterError(f"unknown accountant {accountant!r}; choose one of {ACCOUNTANTS}")
-    value, error = _cached_epsilon(event_to_json(normalize_event(event)), delta, accountant, settings)
+    value, error = _cached_epsilon(_key(as_tree(event)), delta, accountant, settings)
     if value is None:
         raise AccountingError(error)
     return value
 
 
-def epsilon_bounds(event: DpEvent, delta: float, settings: AccountantSettings = DEFAULT_SETTINGS) -> EpsilonBounds:
+def epsilon_bounds(event: AnyEvent, delta: float, settings: AccountantSettings = DEFAULT_SETTINGS) -> EpsilonBounds:
     """Every accountant's epsilon at ``delta`` and the reported one, the tightest valid upper bound."""
     delta = check_delta(delta)
-    normalized = normalize_event(event)
+    normalized = event_tree.normalize(as_tree(event))
     if is_non_private(normalized):
         figures = {name: (math.inf if name in settings.accountants else None) for name in ACCOUNTANTS}
         return EpsilonBounds(delta=delta, **figures, epsilon=math.inf, accountant="non-private")
     if not gaussian_history(normalized):
         figures = {name: (0.0 if name in settings.accountants else None) for name in ACCOUNTANTS}
         return EpsilonBounds(delta=delta, **figures, epsilon=0.0, accountant="none")
-    key = event_to_json(normalized)
+    key = event_tree.to_json(normalized)
     figures: dict[str, float | None] = {name: None for name in ACCOUNTANTS}
     notes: list[str] = []
     for name in settings.accountants:
@@ -200,7 +209,7 @@ def epsilon_bounds(event: DpEvent, delta: float, settings: AccountantSettings = 
 
 
 def epsilon_within(
-    event: DpEvent, delta: float, limit: float, settings: AccountantSettings = DEFAULT_SETTINGS
+    event: AnyEvent, delta: float, limit: float, settings: AccountantSettings = DEFAULT_SETTINGS
 ) -> bool:
     """Whether the tightest bound is <= ``limit``, evaluating the cheapest accountants first.
 
@@ -208,7 +217,7 @@ def epsilon_within(
     implies the tightest is), but stops at the first accountant that shows it.
     """
     delta = check_delta(delta)
-    key = event_to_json(normalize_event(event))
+    key = _key(as_tree(event))
     for name in ("rdp", "pld", "prv"):
         if name in settings.accountants:
             value, _ = _cached_epsilon(key, delta, name, settings)
@@ -218,21 +227,48 @@ def epsilon_within(
 
 
 def clear_cache() -> None:
-    """Drop cached results (tests, or after changing Opacus / dp-accounting in-process)."""
+    """Drop the in-process results (tests, or after changing Opacus / dp-accounting in-process); the
+    on-disk cache (``bounds_cache``) is keyed by the libraries' versions and this code's digest."""
     _cached_epsilon.cache_clear()
+
+
+def _key(tree: EventTree) -> str:
+    """Canonical JSON of the normalised event: equal for every event describing the same mechanism."""
+    return event_tree.to_json(event_tree.normalize(tree))
 
 
 @functools.lru_cache(maxsize=4096)
 def _cached_epsilon(
     event_json: str, delta: float, accountant: str, settings: AccountantSettings
 ) -> tuple[float | None, str]:
-    """(epsilon, "") or (None, error message) for a normalised event's JSON."""
-    from privacy_accounting.serialization import event_from_json
-
-    event = event_from_json(event_json)
+    """(epsilon, "") or (None, error message) for a normalised event's JSON; read from and written to
+    the on-disk cache when one is in use."""
+    computation = _computation(event_json, delta, accountant, settings)
+    stored = bounds_cache.lookup(computation)
+    if stored is not None:
+        return stored
+    tree = from_json(event_json)
     compute = {"rdp": rdp_epsilon, "prv": prv_epsilon, "pld": pld_epsilon}[accountant]
     try:
-        value = compute(event, delta) if accountant == "rdp" else compute(event, delta, settings)
+        result: tuple[float | None, str] = (
+            compute(tree, delta) if accountant == "rdp" else compute(tree, delta, settings), "")
     except PrivacyAccountingError as exc:
-        return None, str(exc)
-    return value, ""
+        result = (None, str(exc))
+    bounds_cache.store(computation, result)
+    return result
+
+
+def _computation(event_json: str, delta: float, accountant: str, settings: AccountantSettings) -> str:
+    """What a figure is a function of, as JSON text: the on-disk cache's key before versions."""
+    knobs = {k: v for k, v in asdict(settings).items() if k != "accountants"}
+    return json.dumps({"event": event_json, "delta": float(delta).hex(), "accountant": accountant,
+                       "settings": knobs, "code": _code_digest()}, sort_keys=True)
+
+
+@functools.lru_cache(maxsize=1)
+def _code_digest() -> str:
+    """sha256 of the modules that turn an event into a figure (this one, the event conversions)."""
+    digest = hashlib.sha256()
+    for name in ("accountants.py", "events.py", "event_tree.py"):
+        digest.update((Path(__file__).with_name(name)).read_bytes())
+    return digest.hexdigest()

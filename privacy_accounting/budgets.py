@@ -13,7 +13,8 @@ from typing import Sequence
 
 from privacy_accounting.accountants import AccountantSettings, EpsilonBounds, epsilon_bounds, epsilon_within
 from privacy_accounting.errors import BudgetExceededError
-from privacy_accounting.events import DpEvent, compose_events, is_non_private
+from privacy_accounting.event_tree import compose
+from privacy_accounting.events import AnyEvent, as_tree, is_non_private
 from privacy_accounting.records import Budget
 
 
@@ -22,9 +23,9 @@ def effective_budget(source_budget: Budget | None, shard_budget: Budget | None) 
     return shard_budget if shard_budget is not None else source_budget
 
 
-def composed_bounds(events: Sequence[DpEvent], delta: float, settings: AccountantSettings) -> EpsilonBounds:
+def composed_bounds(events: Sequence[AnyEvent], delta: float, settings: AccountantSettings) -> EpsilonBounds:
     """Epsilon bounds of the sequential composition of ``events`` (``ComposedDpEvent``) at ``delta``."""
-    return epsilon_bounds(compose_events(events), delta, settings)
+    return epsilon_bounds(compose([as_tree(e) for e in events]), delta, settings)
 
 
 def enforce_budget(
@@ -32,8 +33,8 @@ def enforce_budget(
     data_source: str,
     shard: str,
     budget: Budget | None,
-    existing: Sequence[DpEvent],
-    new_event: DpEvent,
+    existing: Sequence[AnyEvent],
+    new_event: AnyEvent,
     settings: AccountantSettings,
 ) -> None:
     """Raise :class:`BudgetExceededError` if adding ``new_event`` takes the shard above ``budget``.
@@ -61,7 +62,7 @@ def enforce_budget(
             accountant="non-private",
             requested_kind="the event's own epsilon: a non-private event is refused under any finite budget",
         )
-    if epsilon_within(compose_events([*existing, new_event]), budget.delta, budget.epsilon, settings):
+    if epsilon_within(compose([as_tree(e) for e in [*existing, new_event]]), budget.delta, budget.epsilon, settings):
         return
     before = composed_bounds(existing, budget.delta, settings)
     after = composed_bounds([*existing, new_event], budget.delta, settings)

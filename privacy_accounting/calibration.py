@@ -19,7 +19,7 @@ from typing import Callable
 
 from privacy_accounting.accountants import ACCOUNTANTS, DEFAULT_SETTINGS, AccountantSettings, epsilon_for
 from privacy_accounting.errors import CalibrationError, InvalidParameterError
-from privacy_accounting.events import dp_sgd_event
+from privacy_accounting.event_tree import sgd
 from privacy_accounting.validation import check_delta, check_epsilon, check_sample_rate, check_steps
 
 MIN_NOISE_MULTIPLIER = 1e-2
@@ -39,7 +39,8 @@ def calibrate_noise_multiplier(
     """Smallest-within-tolerance sigma with ``eps(sigma) <= target_epsilon`` for DP-SGD.
 
     Guarantee on the result: ``target_epsilon * (1 - tolerance) <= eps(sigma) <= target_epsilon``,
-    eps being ``epsilon_for(dp_sgd_event(sigma, sample_rate, steps), target_delta, accountant, settings)``.
+    eps being ``epsilon_for(dp_sgd_event(sigma, sample_rate, steps), target_delta, accountant, settings)``
+    (computed on the same event's tree).
     Raises :class:`CalibrationError` if sigma would leave [1e-2, 1e4].
     """
     target = check_epsilon(target_epsilon, "target_epsilon")
@@ -52,7 +53,7 @@ def calibrate_noise_multiplier(
         raise InvalidParameterError(f"tolerance must be in (0, 0.5), got {tolerance!r}")
 
     def eps_fn(name: str, acc_settings: AccountantSettings) -> Callable[[float], float]:
-        return lambda sigma: epsilon_for(dp_sgd_event(sigma, q, n), delta, name, acc_settings)
+        return lambda sigma: epsilon_for(sgd(sigma, q, n), delta, name, acc_settings)
 
     # 1. RDP (cheap evaluations) gives the starting point and the log-log slope.
     sigma, slope = _solve(eps_fn("rdp", settings), target, tolerance, sigma0=1.0, slope=-1.5)

@@ -37,7 +37,7 @@ def group_by_shard(events: Iterable[StoredEvent]) -> dict[ShardKey, list[StoredE
 
 def shard_bounds(events: Sequence[StoredEvent], delta: float, settings: AccountantSettings) -> EpsilonBounds:
     """Bounds of the sequential composition of ``events`` (all statuses count) at ``delta``."""
-    return composed_bounds([e.event for e in events], delta, settings)
+    return composed_bounds([e.tree for e in events], delta, settings)
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def records_bounds(feeding: Sequence[StoredEvent], events: Sequence[StoredEvent]
             whole_shard.setdefault((e.data_source, e.shard), []).append(e)
     if record_classes is None or any(e.records_read is None for e in feeding):
         shards = {(e.data_source, e.shard) for e in feeding}
-        return composed_bounds([e.event for e in events if (e.data_source, e.shard) in shards], delta, settings)
+        return composed_bounds([e.tree for e in events if (e.data_source, e.shard) in shards], delta, settings)
     worst: EpsilonBounds | None = None
     for data_source in sorted({e.data_source for e in feeding}):
         mine = [e.seq for e in feeding if e.data_source == data_source]
@@ -75,10 +75,10 @@ def records_bounds(feeding: Sequence[StoredEvent], events: Sequence[StoredEvent]
             readers = {q: by_seq[q] for q in group.seqs if q in by_seq}
             for key in {(e.data_source, e.shard) for e in readers.values()}:
                 readers.update((e.seq, e) for e in whole_shard.get(key, ()))
-            bounds = composed_bounds([readers[q].event for q in sorted(readers)], delta, settings)
+            bounds = composed_bounds([readers[q].tree for q in sorted(readers)], delta, settings)
             if worst is None or bounds.epsilon > worst.epsilon:
                 worst = bounds
-    return worst if worst is not None else composed_bounds([e.event for e in feeding], delta, settings)
+    return worst if worst is not None else composed_bounds([e.tree for e in feeding], delta, settings)
 
 
 def record_guarantees(events: Sequence[StoredEvent], delta: float, settings: AccountantSettings,
@@ -91,9 +91,9 @@ def record_guarantees(events: Sequence[StoredEvent], delta: float, settings: Acc
         named = [e.seq for e in events if e.data_source == data_source and e.records_read is not None]
         for group in record_classes(data_source, named):
             readers = sorted((by_seq[q] for q in group.seqs if q in by_seq), key=lambda e: e.seq)
-            out.append((composed_bounds([e.event for e in readers], delta, settings), group.count))
+            out.append((composed_bounds([e.tree for e in readers], delta, settings), group.count))
     for shard_events in group_by_shard(e for e in events if e.records_read is None).values():
-        out.append((composed_bounds([e.event for e in shard_events], delta, settings), 0))
+        out.append((composed_bounds([e.tree for e in shard_events], delta, settings), 0))
     return out
 
 

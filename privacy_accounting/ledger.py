@@ -35,7 +35,8 @@ from privacy_accounting.errors import (
     UnknownReservationError,
     UnknownShardError,
 )
-from privacy_accounting.events import DpEvent, compose_events, is_non_private, validate_event
+from privacy_accounting.event_tree import compose, is_non_private, to_json
+from privacy_accounting.events import AnyEvent, as_tree
 from privacy_accounting.records import (
     AuditRecord,
     Budget,
@@ -176,7 +177,7 @@ class Ledger:
         *,
         data_source: str,
         shard: str,
-        event: DpEvent,
+        event: AnyEvent,
         delta: float,
         purpose: str | Purpose,
         operator: str,
@@ -218,8 +219,8 @@ class Ledger:
                 data_source=record.data_source,
                 shard=record.shard,
                 budget=effective_budget(source_budget, shard_budget),
-                existing=[e.event for e in existing],
-                new_event=record.event,
+                existing=[e.tree for e in existing],
+                new_event=record.tree,
                 settings=self._settings,
             )
             overlaps: dict[str, int] = {}
@@ -236,8 +237,8 @@ class Ledger:
                         data_source=source,
                         shard=shard,
                         budget=_budget_of(budgets, source, shard),
-                        existing=[e.event for e in readers],
-                        new_event=record.event,
+                        existing=[e.tree for e in readers],
+                        new_event=record.tree,
                         settings=self._settings,
                     )
 
@@ -255,7 +256,7 @@ class Ledger:
             purpose=Purpose.parse(request.purpose),
             status=Status.RESERVED,
             operator=check_name(request.operator, "operator"),
-            event=validate_event(request.event),
+            event_json=to_json(as_tree(request.event)),
             delta=check_delta(request.delta),
             checkpoints_released=_check_bool(request.checkpoints_released, "checkpoints_released"),
             created_at=now,
@@ -263,7 +264,7 @@ class Ledger:
             details=_check_details(request.details),
             records_read=_check_records(request.records),
         )
-        if record.purpose is Purpose.NON_PRIVATE_BASELINE and not is_non_private(record.event):
+        if record.purpose is Purpose.NON_PRIVATE_BASELINE and not is_non_private(record.tree):
             raise InvalidParameterError("purpose 'non_private_baseline' requires a NonPrivateDpEvent")
         return record
 
@@ -275,10 +276,10 @@ class Ledger:
         A refusal found here is not final: it is raised only by the check inside the lock.
         """
         budget = self._effective_budget(record.data_source, record.shard)
-        if budget is None or is_non_private(record.event):
+        if budget is None or is_non_private(record.tree):
             return
-        existing = [e.event for e in self._storage.events(EventFilter(record.data_source, record.shard))]
-        epsilon_within(compose_events([*existing, record.event]), budget.delta, budget.epsilon, self._settings)
+        existing = [e.tree for e in self._storage.events(EventFilter(record.data_source, record.shard))]
+        epsilon_within(compose([*existing, record.tree]), budget.delta, budget.epsilon, self._settings)
 
     def complete(
         self,

@@ -5,10 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from privacy_accounting.errors import InvalidParameterError
-from privacy_accounting.events import DpEvent
+from privacy_accounting.event_tree import EventTree, from_json
+from privacy_accounting.events import AnyEvent, to_dp_event
+
+if TYPE_CHECKING:
+    from dp_accounting import DpEvent
 
 
 class _StrEnum(str, Enum):
@@ -59,6 +63,8 @@ def utc_now() -> str:
 class StoredEvent:
     """One privacy event of the ledger (a reservation and what became of it).
 
+    ``event_json`` is the event in the ledger's canonical JSON (``event_tree``); :attr:`tree` reads
+    it without ``dp_accounting``, :attr:`event` gives the ``dp_accounting`` value.
     ``delta`` is the delta at which the event's own epsilon is reported; budgets use their own.
     ``details`` is a JSON object owned by this value (a fresh copy per read): do not mutate it.
     """
@@ -71,7 +77,7 @@ class StoredEvent:
     purpose: Purpose
     status: Status
     operator: str
-    event: DpEvent
+    event_json: str
     delta: float
     checkpoints_released: bool
     created_at: str
@@ -85,6 +91,16 @@ class StoredEvent:
         """Alias of ``reservation_id``."""
         return self.reservation_id
 
+    @property
+    def tree(self) -> EventTree:
+        """The event's JSON tree (a fresh copy, validated)."""
+        return from_json(self.event_json)
+
+    @property
+    def event(self) -> DpEvent:
+        """The event as a ``dp_accounting`` value (imports ``dp_accounting``)."""
+        return to_dp_event(self.tree)
+
 
 @dataclass(frozen=True)
 class ReservationRequest:
@@ -96,7 +112,7 @@ class ReservationRequest:
 
     data_source: str
     shard: str
-    event: DpEvent
+    event: AnyEvent
     delta: float
     purpose: str | Purpose
     operator: str

@@ -22,12 +22,9 @@ from typing import Sequence
 from privacy_accounting.accountants import NEIGHBOURING_RELATION, AccountantSettings, EpsilonBounds, epsilon_bounds
 from privacy_accounting.composition import RecordClasses, group_by_shard, model_guarantee, shard_bounds
 from privacy_accounting.errors import InvalidParameterError
+from privacy_accounting.event_tree import EventTree, compose, sgd
 from privacy_accounting.events import (
-    DpEvent,
-    compose_events,
     describe_event,
-    dp_sgd_event,
-    gaussian_event,
     is_non_private,
     sgd_parameters,
     total_steps,
@@ -155,7 +152,7 @@ def build_report(
         notice=NOTICE,
         headlines=[headline(m, shard_entries) for m in model_entries],
         non_private=[_non_private(e, model_entries, guarantees, workspace) for e in events
-                     if is_non_private(e.event)],
+                     if is_non_private(e.tree)],
         record_guarantees=guarantees,
         workspace=workspace,
     )
@@ -252,15 +249,16 @@ def _source_entry(source: DataSource, budgets: Sequence[Budget], shards: Sequenc
     )
 
 
-def _sampling(event: DpEvent) -> str:
+def _sampling(event: EventTree) -> str:
     if is_non_private(event):
         return "n/a"
     return "poisson" if uses_poisson_sampling(event) else "none (full batch)"
 
 
 def _component_entry(event: StoredEvent, settings: AccountantSettings) -> ComponentEntry:
-    bounds = epsilon_bounds(event.event, event.delta, settings)
-    params = sgd_parameters(event.event)
+    tree = event.tree
+    bounds = epsilon_bounds(tree, event.delta, settings)
+    params = sgd_parameters(tree)
     return ComponentEntry(
         reservation_id=event.reservation_id,
         component=event.component,
@@ -279,9 +277,9 @@ def _component_entry(event: StoredEvent, settings: AccountantSettings) -> Compon
         pld_epsilon=bounds.pld,
         noise_multiplier=None if params is None else params.noise_multiplier,
         sample_rate=None if params is None else params.sample_rate,
-        steps=params.steps if params is not None else total_steps(event.event),
-        mechanism=describe_event(event.event),
-        sampling=_sampling(event.event),
+        steps=params.steps if params is not None else total_steps(tree),
+        mechanism=describe_event(tree),
+        sampling=_sampling(tree),
         checkpoints_released=event.checkpoints_released,
         failure_reason=event.failure_reason,
         details=event.details,
@@ -313,7 +311,7 @@ def _shard_entry(
         status = "within budget" if spent.epsilon <= budget.epsilon else "exceeded"
     curve, curve_name = ([], "")
     if curve_points and events and delta is not None:
-        curve, curve_name = _curve([e.event for e in events], delta, curve_points, settings)
+        curve, curve_name = _curve([e.tree for e in events], delta, curve_points, settings)
     return ShardEntry(
         data_source=data_source,
         shard=shard,
@@ -333,7 +331,7 @@ def _shard_entry(
 
 
 def _curve(
-    events: Sequence[DpEvent], delta: float, points: int, settings: AccountantSettings
+    events: Sequence[EventTree], delta: float, points: int, settings: AccountantSettings
 ) -> tuple[list[CurvePoint], str]:
     """Epsilon of the shard's composition against cumulative steps, at ~``points`` step counts."""
     interval = max(settings.pld_value_discretization_interval, 1e-3)
@@ -341,7 +339,7 @@ def _curve(
     steps_per_event = [total_steps(e) for e in events]
     total = max(sum(steps_per_event), 1)
     out = [CurvePoint(steps=0, epsilon=0.0)]
-    done: list[DpEvent] = []
+    done: list[EventTree] = []
     offset = 0
     for event, n in zip(events, steps_per_event):
         params = sgd_parameters(event)
@@ -351,14 +349,10 @@ def _curve(
             ks = sorted({max(1, round(n * (i + 1) / share)) for i in range(share)})
         for k in ks:
             if params is not None and k < n:
-                partial = (
-                    dp_sgd_event(params.noise_multiplier, params.sample_rate, k)
-                    if params.sample_rate < 1.0
-                    else gaussian_event(params.noise_multiplier, k)
-                )
+                partial = sgd(params.noise_multiplier, params.sample_rate, k)
             else:
                 partial = event
-            eps = epsilon_bounds(compose_events([*done, partial]), delta, plot_settings).epsilon
+            eps = epsilon_bounds(compose([*done, partial]), delta, plot_settings).epsilon
             out.append(CurvePoint(steps=offset + k, epsilon=eps))
         done.append(event)
         offset += n
@@ -366,8 +360,8 @@ def _curve(
 
 
 def _audit_entry(audit: AuditRecord, events: Sequence[StoredEvent], settings: AccountantSettings) -> AuditEntry:
-    own = [e.event for e in events if e.component == audit.component]
-    accounted = epsilon_bounds(compose_events(own), audit.delta, settings).epsilon if own else None
+    own = [e.tree for e in events if e.component == audit.component]
+    accounted = epsilon_bounds(compose(own), audit.delta, settings).epsilon if own else None
     return AuditEntry(
         component=audit.component,
         epsilon_lower_bound=audit.epsilon_lower_bound,

@@ -47,7 +47,7 @@ def record_distribution(feeding: Sequence[StoredEvent], events: Sequence[StoredE
     whole = {(e.data_source, e.shard) for e in feeding if e.records_read is None or record_classes is None}
     raw: list[tuple[EpsilonBounds, int | None, list[str]]] = []
     for key in sorted(whole):
-        bounds = composed_bounds([e.event for e in shards.get(key, [])], delta, settings)
+        bounds = composed_bounds([e.tree for e in shards.get(key, [])], delta, settings)
         raw.append((bounds, None, [_label(key, key[0])]))
     by_seq = {e.seq: e for e in events}
     overlaps: dict[tuple[str, tuple[str, ...]], int] = {}
@@ -60,7 +60,7 @@ def record_distribution(feeding: Sequence[StoredEvent], events: Sequence[StoredE
             for key in keys:  # events naming no records read every record of their shard
                 readers.update((e.seq, e) for e in shards.get(key, []) if e.records_read is None)
             labels = sorted(_label(k, data_source) for k in keys)
-            bounds = composed_bounds([readers[q].event for q in sorted(readers)], delta, settings)
+            bounds = composed_bounds([readers[q].tree for q in sorted(readers)], delta, settings)
             raw.append((bounds, group.count, labels))
             if len(keys) > 1:
                 overlaps[(data_source, tuple(labels))] = overlaps.get((data_source, tuple(labels)), 0) + group.count

@@ -32,7 +32,7 @@ from privacy_accounting.errors import (
     UnknownReservationError,
 )
 from privacy_accounting.records import AuditRecord, Budget, DataSource, Purpose, Status, StoredEvent, Unit, utc_now
-from privacy_accounting.serialization import event_from_json, event_to_json
+from privacy_accounting.event_tree import from_json, to_json
 from privacy_accounting.storage import EventFilter, RecordClass, ReservationCheck
 
 SCHEMA_VERSION = 2
@@ -555,7 +555,7 @@ def _event_row(event: StoredEvent) -> tuple[Any, ...]:
         event.purpose.value,
         event.status.value,
         event.operator,
-        event_to_json(event.event),
+        event.event_json,
         float(event.delta),
         int(bool(event.checkpoints_released)),
         json.dumps(event.details, sort_keys=True, allow_nan=False),
@@ -583,7 +583,7 @@ def _event_from_row(row: Sequence[Any]) -> StoredEvent:
     (seq, rid, data_source, shard, component, purpose, status, operator, event_json, delta,
      released, details_json, failure_reason, created_at, updated_at, records_read) = row
     try:
-        event = event_from_json(event_json)
+        event = to_json(from_json(event_json))
     except PrivacyAccountingError as exc:
         raise LedgerCorruptError(f"event {rid} holds an unreadable DP event: {exc}") from exc
     return StoredEvent(
@@ -595,7 +595,7 @@ def _event_from_row(row: Sequence[Any]) -> StoredEvent:
         purpose=_parse(Purpose, purpose, rid),
         status=_parse(Status, status, rid),
         operator=operator,
-        event=event,
+        event_json=event,
         delta=float(delta),
         checkpoints_released=bool(released),
         created_at=created_at,

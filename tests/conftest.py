@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import timm
 import torch
@@ -12,6 +14,10 @@ from dp_tangent.backbones import BackboneSpec
 # One intra-op thread: the suite runs one pytest-xdist worker per core (-n 2 on 2 cores), and the many
 # tiny ops here get slower, not faster, with OpenMP threads spin-waiting for a busy core.
 torch.set_num_threads(1)
+
+# The suite never reads or writes the user's own cache of epsilons (privacy_accounting.bounds_cache, which
+# the command line uses): every figure is computed, or read from a cache folder a test made for itself.
+os.environ["PRIVACY_ACCOUNTING_CACHE"] = "off"
 
 
 def small_vit(**kwargs: object) -> nn.Module:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from benchmarks import _utility as U
-from benchmarks import accounting_tightness, composition, forgetting_cost, utility_accuracy, utility_dp
+from benchmarks import accounting_tightness, composition, forgetting_cost, utility_accuracy, utility_dp, utility_text
 from benchmarks._baselines import NonLinearSuffix, train
 from dp_tangent.training import PrivacySpec, fit, plan_run
 
@@ -64,7 +64,7 @@ def test_nonlinear_baseline_trains_exactly_the_tangent_parameters(vit: U.Prepare
 
 def _check_sweep(results: dict, epsilons: tuple[float, ...]) -> None:
     entry = results["models"]["vit_small"]
-    assert set(entry["runs"]) == set(U.METHODS)
+    assert set(entry["runs"]) == set(U.IMAGE_METHODS)
     for method, by_eps in entry["runs"].items():
         assert list(by_eps) == [str(U.json_epsilon(e)) for e in epsilons]
         for eps, runs in by_eps.items():
@@ -144,7 +144,7 @@ def test_accounting_reports_the_tightest_valid_bound(monkeypatch: pytest.MonkeyP
 def test_committed_sections_render_from_their_json() -> None:
     """Every committed result JSON renders to exactly the section in docs/benchmarks.md."""
     doc = (Path(U.ROOT) / "docs" / "benchmarks.md").read_text()
-    for module in (utility_accuracy, utility_dp, composition, forgetting_cost, accounting_tightness):
+    for module in (utility_accuracy, utility_dp, utility_text, composition, forgetting_cost, accounting_tightness):
         path = U.result_file(module.NAME, quick=False)
         if not path.exists():
             continue

@@ -57,9 +57,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     """Console entry point: run the app, turning expected errors into one-line messages."""
     import warnings
 
+    from privacy_accounting.bounds_cache import use_cache_dir, user_cache_dir
+
     warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
     try:
-        code = app(args=argv, standalone_mode=False, prog_name="dp-tangent")  # Exit(n) comes back as n
+        # Epsilons this user already computed are read from their private cache, not recomputed: a
+        # command that prints one then needs neither dp_accounting (scipy) nor Opacus (torch).
+        with use_cache_dir(user_cache_dir()):
+            code = app(args=argv, standalone_mode=False, prog_name="dp-tangent")  # Exit(n) comes back as n
         if code == 130:  # typer turns Ctrl-C into Exit(130)
             raise KeyboardInterrupt
         if isinstance(code, int) and code:

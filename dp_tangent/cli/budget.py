@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from .app import DEFAULT_WORKSPACE, WorkspaceOption, app, open_workspace
 
+
+if TYPE_CHECKING:
+    from privacy_accounting import Ledger
 
 budget_app = typer.Typer(help="Privacy budgets per data source or shard.", no_args_is_help=True)
 app.add_typer(budget_app, name="budget")
@@ -44,8 +49,6 @@ def budget_set(
 @budget_app.command("show")
 def budget_show(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
     """Spent and remaining epsilon of every shard."""
-    import math
-
     from rich.console import Console
     from rich.table import Table
 
@@ -54,12 +57,36 @@ def budget_show(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
     for column in ("data source", "shard", "spent ε", "limit ε", "remaining ε", "δ"):
         table.add_column(column)
     for source, shard in ledger.shards():
-        limit = ledger.budget(source, shard)
-        events = ledger.events(data_source=source, shard=shard)
-        delta = limit.delta if limit else min((e.delta for e in events), default=None)
-        spent = ledger.shard_spend(source, shard, delta=delta).epsilon if delta else 0.0
-        remaining = ledger.remaining(source, shard)
-        table.add_row(source, shard, f"{spent:.3g}" if math.isfinite(spent) else "∞ (non-private)",
-                      f"{limit.epsilon:g}" if limit else "no budget set",
-                      "-" if remaining is None else f"{remaining:.3g}", f"{delta:g}" if delta else "-")
+        state = shard_state(ledger, source, shard)
+        table.add_row(source, shard, f"{state.spent:.3g}" if math.isfinite(state.spent) else "∞ (non-private)",
+                      f"{state.limit:g}" if state.limit is not None else "no budget set",
+                      "-" if state.remaining is None else f"{state.remaining:.3g}",
+                      f"{state.delta:g}" if state.delta else "-")
     Console().print(table)
+
+
+@dataclass(frozen=True)
+class ShardState:
+    """A shard's spent epsilon at ``delta`` (the budget's, else the smallest of its runs), its limit and
+    what remains (None: no budget)."""
+
+    spent: float
+    limit: float | None
+    remaining: float | None
+    delta: float | None
+
+    def text(self) -> str:
+        spent = f"{self.spent:.3g}" if math.isfinite(self.spent) else "∞ (non-private)"
+        if self.limit is None:
+            return f"spent epsilon {spent}, no budget set"
+        return f"spent epsilon {spent} of its budget {self.limit:g} at delta {self.delta:g}, {self.remaining:.3g} left"
+
+
+def shard_state(ledger: "Ledger", source: str, shard: str) -> ShardState:
+    """What ``budget show`` prints for one shard (computing it also fills the per-user cache of
+    epsilons, so a later ``budget show`` answers without loading the accountants)."""
+    limit = ledger.budget(source, shard)
+    events = ledger.events(data_source=source, shard=shard)
+    delta = limit.delta if limit else min((e.delta for e in events), default=None)
+    spent = ledger.shard_spend(source, shard, delta=delta).epsilon if delta else 0.0
+    return ShardState(spent, limit.epsilon if limit else None, ledger.remaining(source, shard), delta)

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from .app import DEFAULT_WORKSPACE, WorkspaceOption, app, busy, open_workspace
+from .budget import shard_state
 
 #: Exit code when some requested id is in no component: the request is completed (and the id
 #: tombstoned), but the operator must tell "we hold no data on this person" from a typo.
@@ -75,6 +76,9 @@ def forget(
                           f"{request.received_at.isoformat()}): fix the cause and finish it with: "
                           f"{shlex.join(again)}") from err
     typer.echo(result.message)
+    for added in result.certificate.components_added:  # what `budget show` would now print for it
+        typer.echo(f"  {added.data_source}/{added.shard}: "
+                   f"{shard_state(ws.ledger, added.data_source, added.shard).text()}")
     typer.echo(f"certificate: {result.json_path}\n{result.text_path.read_text()}")
     missing = len(result.certificate.not_found)
     if missing:

@@ -3,7 +3,9 @@
 ``train`` spends privacy budget: one DP component per shard (``NAME-shard-K`` on shard ``shard-K``
 of the recipe's data source), every shard reserved in the ledger before any record is read, trained
 by an executor (local worker processes by default, or Ray), then composes them (mean) into model
-``NAME``. A failed shard is retried with ``--shard K`` as ``NAME-shard-K-retry-J``.
+``NAME``. A failed shard is retried with ``--shard K`` as ``NAME-shard-K-retry-J``. Training in this
+process (``--executor serial``) shows the NTK Gram precompute as a bar of its own; a shard whose Grams
+came (partly) from the workspace's cache, or whose cache file was ignored, says so in one line.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import typer
 
 from ..errors import DPTangentError
 from .app import DEFAULT_WORKSPACE, WorkspaceOption, app
+from .budget import shard_state
 
 if TYPE_CHECKING:
     from ..data import RecordSet
@@ -148,6 +151,7 @@ def train(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..recipes import load_recipe
+    from ..training.ntk_gram import precompute_progress
     from ..workspace import ShardJob, Workspace, check_name
 
     recipe = load_recipe(recipe_path).with_overrides(shards=shards, epsilon=epsilon, delta=delta)
@@ -180,11 +184,20 @@ def train(
     try:
         with Progress(*columns, console=console) as progress:
             bars = {job.name: progress.add_task(job.name, total=None) for job in jobs}
-            run = ws.train_all(spec, recipe.trainable, jobs, data_source=recipe.data_source,
-                               privacy=recipe.privacy_spec(), config=recipe.train_config(), executor=runner,
-                               progress=lambda job, step, total: progress.update(bars[job], completed=step,
-                                                                                  total=total),
-                               deleted="exclude", allow_overlap=allow_overlap)
+
+            gram_bar: list = []  # added on the first report: only training in this process reports here
+
+            def grams(done: int, total: int) -> None:
+                if not gram_bar:
+                    gram_bar.append(progress.add_task("NTK Grams (precompute)", total=total))
+                progress.update(gram_bar[0], completed=done, total=total)
+
+            with precompute_progress(grams):
+                run = ws.train_all(spec, recipe.trainable, jobs, data_source=recipe.data_source,
+                                   privacy=recipe.privacy_spec(), config=recipe.train_config(), executor=runner,
+                                   progress=lambda job, step, total: progress.update(bars[job], completed=step,
+                                                                                      total=total),
+                                   deleted="exclude", allow_overlap=allow_overlap)
     except KeyboardInterrupt:
         missing = _missing_shards(_components_by_shard(ws, name), count)
         if missing and any(e.component in {j.name for j in jobs} for e in ws.ledger.events()):
@@ -192,6 +205,12 @@ def train(
         raise
     for job_name, count_deleted in sorted(run.excluded_deleted.items()):
         typer.echo(f"{job_name}: left out {count_deleted} record(s) deleted by an earlier deletion request")
+    for job_name, use in sorted(run.gram_cache.items()):
+        if use.get("ignored"):
+            typer.echo(f"{job_name}: gram cache {use['ignored']}", err=True)
+        if use["hits"]:
+            typer.echo(f"{job_name}: NTK Grams of {use['hits']} record(s) from the workspace's cache, "
+                       f"{use['misses']} computed")
     _report(ws, recipe, name, test, run, retry)
 
 
@@ -244,6 +263,8 @@ def _report(ws: Workspace, recipe: Recipe, name: str, test: RecordSet | None, ru
         line = (f"{component.name}: epsilon {epsilon:.3g}" if math.isfinite(epsilon)
                 else f"{component.name}: NON-PRIVATE (epsilon = inf)")
         typer.echo(with_accuracy(line, component.deltas) + where)
+        source, shard = component.metadata.data_source, component.metadata.shard
+        typer.echo(f"  {source}/{shard}: {shard_state(ws.ledger, source, shard).text()}")
     for failure in sorted(run.failed, key=lambda f: f.name):
         typer.secho(f"{failure.name} ({failure.shard}) FAILED: {failure.reason}; its reserved budget stays spent",
                     err=True, fg=typer.colors.RED)

@@ -13,6 +13,7 @@ import torch
 from ..backbones import weights_digest
 from ..tangent import linearize
 from .config import ProgressFn, TrainingError
+from .gram_reuse import GramReuse, GramsUsed
 from .plan import TrainingTask
 from .sgd import fit, resolved_grad_sample_mode
 
@@ -28,6 +29,7 @@ class TrainedDeltas:
     base_weights_sha256: str
     worker: dict[str, object] = field(default_factory=dict)
     grad_sample_mode: str | None = None  # the mode that ran ("gram" may have fallen back to "ghost")
+    grams: GramsUsed | None = None  # the Thetas it computed and reused, when the task asked (task.gram_cache)
 
 
 def train_deltas(task: TrainingTask, progress: ProgressFn | None = None) -> TrainedDeltas:
@@ -35,12 +37,15 @@ def train_deltas(task: TrainingTask, progress: ProgressFn | None = None) -> Trai
     base = task.backbone.build()
     tangent = linearize(base, task.trainable)
     mode = resolved_grad_sample_mode(tangent, tangent.deltas(), task.records.inputs, task.privacy, task.config)
-    steps = fit(tangent, task.records, task.plan, task.privacy, replace(task.config, grad_sample_mode=mode), progress)
+    reuse = None if task.gram_cache is None else GramReuse(task.gram_cache)
+    steps = fit(tangent, task.records, task.plan, task.privacy, replace(task.config, grad_sample_mode=mode), progress,
+                grams=reuse)
     if steps != task.plan.steps:
         raise TrainingError(f"took {steps} steps but planned {task.plan.steps}")
     deltas = {n: p.detach().cpu().clone() for n, p in tangent.named_deltas()}
     check_finite_deltas(task, deltas)
-    return TrainedDeltas(task.name, deltas, steps, tangent.trainable, weights_digest(base), grad_sample_mode=mode)
+    return TrainedDeltas(task.name, deltas, steps, tangent.trainable, weights_digest(base), grad_sample_mode=mode,
+                         grams=None if reuse is None else reuse.used)
 
 
 def check_finite_deltas(task: TrainingTask, deltas: dict[str, torch.Tensor]) -> None:

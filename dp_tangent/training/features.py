@@ -12,11 +12,16 @@ from ..tangent import TangentModel
 
 
 def precompute_features(model: TangentModel, inputs: torch.Tensor, *, batch_size: int = 256,
-                        progress: Callable[[int], None] | None = None) -> torch.Tensor:
-    """``model.features`` of every row of ``inputs``, in batches (no gradients, eval mode)."""
+                        progress: Callable[[int], None] | None = None,
+                        rows: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+    """``model.features`` of every row of ``inputs``, in batches (no gradients, eval mode); ``rows`` sees
+    each batch of inputs as read (e.g. to digest them without reading lazy inputs twice)."""
     chunks = []
     for start in range(0, len(inputs), batch_size):
-        chunks.append(model.features(inputs[start:start + batch_size]))
+        batch = inputs[start:start + batch_size]
+        if rows is not None:
+            rows(batch)
+        chunks.append(model.features(batch))
         if progress is not None:
             progress(min(start + batch_size, len(inputs)))
     return torch.cat(chunks) if chunks else inputs[:0]

@@ -17,7 +17,11 @@ channel). Any other layer with an Opacus grad sampler, and a layer called more t
 c_i = min(1, C / ||g_i||) from Theta_i (in float64), and ONE vector-Jacobian product at theta0 seeded
 with c_i v_i, which is sum_i c_i g_i exactly (:func:`add_clipped_gradient`).
 
-Theta is derived from private records: it lives in memory for the run and is never written out.
+Theta is derived from private records: a run holds it in memory; a workspace may keep it for later runs
+on the same records (:mod:`dp_tangent.workspace.gram_cache`, matched row by row in :mod:`.gram_reuse`),
+inside the workspace only. :data:`GRAM_VERSION` names this code's Theta in that cache's key. The
+precompute reports ``(done, total)`` examples to a ``progress`` callback, or to the one
+:func:`precompute_progress` installs for the calls it wraps (e.g. the CLI's progress bar, in-process).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 import torch.nn as nn
@@ -48,6 +53,22 @@ GRAM_MAX_BYTES = 1 << 30
 GRAM_DTYPE = torch.float64
 PRECOMPUTE_BATCH = 64  # at most this many examples per precompute chunk ...
 PRECOMPUTE_MEMORY = 64 << 20  # ... and about this many bytes of the K seeds' output gradients of a chunk
+# In a cached Theta's key with the digest of the sources that compute Theta (gram_reuse.gram_code_version),
+# so an edit of those misses anyway; bump it when Theta's meaning changes in a way no source edit here shows.
+GRAM_VERSION = 1
+
+PrecomputeProgress = Callable[[int, int], None]  # (examples done, examples in all)
+_PROGRESS: ContextVar[PrecomputeProgress | None] = ContextVar("dp_tangent_gram_precompute_progress", default=None)
+
+
+@contextmanager
+def precompute_progress(report: PrecomputeProgress | None) -> Iterator[None]:
+    """Send the progress of every :func:`per_example_grams` run meanwhile (in this thread) to ``report``."""
+    token = _PROGRESS.set(report)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
 
 # kernel(layer, x, g) -> (n, K, K) Gram of the layer's deltas, or None when it does not apply to this
 # call; x is the layer's input (n, ...), g the gradients of its output for the K seeds (K, n, ...).
@@ -314,26 +335,32 @@ def _layer_gram(layer: TangentLayer, calls: list[tuple[torch.Tensor, torch.Tenso
 
 
 def per_example_grams(tangent: TangentModel, inputs: torch.Tensor, *, from_features: bool = True,
-                      batch_size: int = PRECOMPUTE_BATCH) -> torch.Tensor:
+                      batch_size: int = PRECOMPUTE_BATCH, progress: PrecomputeProgress | None = None) -> torch.Tensor:
     """Theta_i = J_i J_i^T over ``tangent``'s deltas for every row of ``inputs`` (cached features when
     ``from_features``, else raw inputs): (n, K, K) in float64, on the inputs' device.
 
     In chunks of at most ``batch_size`` examples, sized after the first (4 examples) so that the K
-    seeds' gradients of a chunk take about ``PRECOMPUTE_MEMORY`` bytes."""
+    seeds' gradients of a chunk take about ``PRECOMPUTE_MEMORY`` bytes. ``progress(done, n)`` is called
+    before the first chunk and after each (default: the :func:`precompute_progress` in effect)."""
     reason = _unsupported(tangent)
     if reason is not None:
         raise UnsupportedModelError(f"cannot compute NTK Grams: {reason}")
+    report = progress or _PROGRESS.get()
     layers = delta_layers(tangent)
     was_training = tangent.training
     tangent.train(False)
     chunks, start, size = [], 0, min(4, batch_size)
     try:
+        if report is not None:
+            report(0, len(inputs))
         while start < len(inputs):
             chunk = inputs[start:start + size]
             gram, per_example = _chunk_grams(tangent, layers, chunk if from_features else tangent.features(chunk))
             chunks.append(gram)
             start += len(chunk)
             size = max(1, min(batch_size, PRECOMPUTE_MEMORY // max(per_example, 1)))
+            if report is not None:
+                report(start, len(inputs))
     finally:
         tangent.train(was_training)
         for param in tangent.deltas():

@@ -19,6 +19,7 @@ from privacy_accounting import ReservationRequest, calibrate_noise_multiplier, d
 from ..backbones import BackboneSpec
 from ..data.records import RecordSet
 from .config import PrivacySpec, TrainConfig, TrainingError, differentially_private, uses_seed
+from .gram_reuse import KnownGrams
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class TrainingTask:
     """One component's training, as a value a worker process or a Ray node can run.
 
     Holds no ledger, key or path: budget is reserved and the component written by the driver.
+    ``gram_cache``: Thetas a workspace kept from earlier runs on these records (None: the run keeps
+    none and reports none back; see :mod:`.gram_reuse`).
     """
 
     name: str
@@ -67,6 +70,7 @@ class TrainingTask:
     plan: Plan
     privacy: PrivacySpec
     config: TrainConfig
+    gram_cache: KnownGrams | None = None
 
 
 def reservation_request(task: TrainingTask, *, data_source: str, shard: str, operator: str | None,

@@ -4,7 +4,9 @@ Frozen-prefix features are computed once. The default ``grad_sample_mode="gram"`
 record's K x K NTK Gram once (:mod:`.ntk_gram`) and clips exactly from it: per step one dual forward,
 c_i = min(1, C/||g_i||) with ||g_i||^2 = v_i^T Theta_i v_i, one backward seeded with c_i v_i (the sum
 of the clipped per-sample gradients, none materialised); where it cannot (too many outputs, a layer
-without a Gram route, a module that is not a tangent model) ghost clipping runs instead. The
+without a Gram route, a module that is not a tangent model) ghost clipping runs instead. Thetas an
+earlier run computed can be offered (:class:`.gram_reuse.GramReuse`): rows whose model input has the
+same digest take them, the others are computed. The
 ``"hooks"``/``"ghost"`` modes use Opacus's parts: a ``GradSampleModule`` (hooks) or ghost
 clipping's module and loss wrapper. Every mode shares the rest: a DP optimizer that adds Gaussian
 noise of std sigma·C to the clipped sum (Opacus's ``DPOptimizer``; the Gram and ghost modes its
@@ -39,6 +41,7 @@ from ..tangent import TangentModel
 from . import grad_samplers  # noqa: F401 -- registers the twins' grad samplers
 from .config import PrivacySpec, ProgressFn, TrainConfig, TrainingError, uses_seed
 from .features import precompute_features
+from .gram_reuse import GramReuse, complete_grams, input_digests, row_digests
 from .losses import ConvexLoss
 from .ntk_gram import add_clipped_gradient, gram_fallback_reason, per_example_grams
 from .per_sample import check_per_sample_support
@@ -96,10 +99,21 @@ class _Criterion:
         return {"none": per_sample, "mean": per_sample.mean(), "sum": per_sample.sum()}[self.reduction]
 
 
-def _inputs_for(tangent: TangentModel, inputs: torch.Tensor, config: TrainConfig) -> tuple[torch.nn.Module, torch.Tensor]:
+def _inputs_for(tangent: TangentModel, inputs: torch.Tensor, config: TrainConfig,
+                reuse: GramReuse | None = None) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The module to train and its inputs (cached features where it can); with ``reuse``, the digests of
+    the raw inputs are set there as they are read."""
+    digests: list[str] = []
     if config.cache_features and tangent.cut is not None:
-        return tangent.on_features(), precompute_features(tangent, inputs, batch_size=256)
-    return tangent, inputs
+        seen = None if reuse is None else lambda batch: digests.extend(row_digests(batch))
+        module, inputs = tangent.on_features(), precompute_features(tangent, inputs, batch_size=256, rows=seen)
+    else:
+        module = tangent
+        if reuse is not None:
+            digests = input_digests(inputs)
+    if reuse is not None:
+        reuse.digests = digests
+    return module, inputs
 
 
 def _poisson_loader(dataset: TensorDataset, sample_rate: float, rng: SecureRandom | None) -> DataLoader:
@@ -283,8 +297,25 @@ def _fit_non_private(module: torch.nn.Module, params: list[torch.nn.Parameter], 
     return steps
 
 
+def _grams(module: torch.nn.Module, tangent: TangentModel, inputs: torch.Tensor, config: TrainConfig,
+           reuse: GramReuse | None) -> torch.Tensor:
+    """Theta of every row of ``inputs``: all computed, or those ``reuse`` offers for rows of the same
+    digest taken and the rest computed (recorded in ``reuse.used``)."""
+    from_features = module is not tangent
+    if reuse is None:
+        return per_example_grams(tangent, inputs, from_features=from_features, batch_size=config.physical_batch_size)
+    if reuse.digests is None:  # called without fit: the rows given are the ones to match
+        reuse.digests = input_digests(inputs)
+    with torch.no_grad():
+        outputs = module(inputs[:1]).shape[-1]
+    grams, reuse.used = complete_grams(tangent, inputs, reuse.digests, reuse.known, outputs=outputs,
+                                       from_features=from_features, batch_size=config.physical_batch_size)
+    return grams
+
+
 def run_sgd(module: torch.nn.Module, params: list[torch.nn.Parameter], inputs: torch.Tensor, targets: torch.Tensor,
-            plan: Plan, privacy: PrivacySpec, config: TrainConfig, progress: ProgressFn | None = None) -> int:
+            plan: Plan, privacy: PrivacySpec, config: TrainConfig, progress: ProgressFn | None = None,
+            grams: GramReuse | None = None) -> int:
     """The planned optimisation of ``params`` (of ``module``) on (inputs, targets); returns steps taken.
 
     Private: DP-SGD with Poisson sampling at ``plan.sample_rate``, clipping at C and noise sigma·C
@@ -292,7 +323,8 @@ def run_sgd(module: torch.nn.Module, params: list[torch.nn.Parameter], inputs: t
     and batches from a fresh :class:`SecureRandom` (``noise="secure"``) or from ``config.seed``
     (``noise="seeded"``); else shuffled mini-batches seeded by ``config.seed``. Any module whose
     trainable layers Opacus supports will do with hooks or ghost clipping (the benchmarks train
-    non-linear baselines with it); :func:`fit` calls it on a tangent model.
+    non-linear baselines with it); :func:`fit` calls it on a tangent model. ``grams``: Thetas offered
+    from earlier runs, and where the Gram mode reports what it reused and computed.
     """
     mode = resolved_grad_sample_mode(module, params, inputs, privacy, config)
     config = replace(config, grad_sample_mode=mode)
@@ -302,9 +334,8 @@ def run_sgd(module: torch.nn.Module, params: list[torch.nn.Parameter], inputs: t
         try:
             if privacy.private and mode == "gram":
                 tangent = _tangent_of(module, params)
-                grams = per_example_grams(tangent, inputs, from_features=module is not tangent,
-                                          batch_size=config.physical_batch_size)
-                return _fit_private_gram(module, tangent, TensorDataset(inputs, targets, grams), plan, privacy,
+                theta = _grams(module, tangent, inputs, config, grams)
+                return _fit_private_gram(module, tangent, TensorDataset(inputs, targets, theta), plan, privacy,
                                          config, progress)
             dataset = TensorDataset(inputs, targets)
             if privacy.private:
@@ -315,12 +346,12 @@ def run_sgd(module: torch.nn.Module, params: list[torch.nn.Parameter], inputs: t
 
 
 def fit(tangent: TangentModel, records: RecordSet, plan: Plan, privacy: PrivacySpec, config: TrainConfig,
-        progress: ProgressFn | None = None) -> int:
+        progress: ProgressFn | None = None, grams: GramReuse | None = None) -> int:
     """Train ``tangent``'s deltas in place on ``records`` as planned; returns optimizer steps.
 
     Runs on ``config.device`` (the model is moved there). A secure private run draws fresh noise
     every time; any other run depends only on the inputs and ``config.seed``, not on the process
-    it runs in.
+    it runs in. ``grams``: see :func:`run_sgd`; the records' input digests are taken as they are read.
     """
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise TrainingError(f"device {config.device!r} was asked for but this machine has no CUDA GPU")
@@ -328,8 +359,9 @@ def fit(tangent: TangentModel, records: RecordSet, plan: Plan, privacy: PrivacyS
         check_per_sample_support(tangent)
     tangent.to(config.device)
     try:
-        module, inputs = _inputs_for(tangent, records.inputs.to(config.device), config)
+        reuse = grams if privacy.private and config.grad_sample_mode == "gram" else None
+        module, inputs = _inputs_for(tangent, records.inputs.to(config.device), config, reuse)
         return run_sgd(module, tangent.deltas(), inputs, records.targets.to(config.device), plan, privacy, config,
-                       progress)
+                       progress, grams=reuse)
     finally:
         tangent.train(False)

@@ -7,6 +7,7 @@ audit log, deletion certificates and the manifest key; every operation that chan
 * ``forget``: serving a deletion request (remove, retrain, recompose, verify, certify), with
   ``deletion_requests`` (the request and its legal clock), ``request_register`` (receiving and
   listing requests) and ``certificates`` (the certificate files);
+* ``gram_cache``: per-record NTK Grams kept for later runs on the same records (never released);
 * ``tombstones``: records a deletion removed, never trained again;
   ``certificate_check``: a certificate re-checked at any later time;
 * ``release``: the release bundle, the only thing meant to leave a workspace;

@@ -8,8 +8,11 @@ others gives exactly the model that would have been built had the component neve
 with no component left is withdrawn. With ``retrain=True`` the affected shard is trained again from
 theta0 on its remaining records (charged to the ledger as ``retraining_after_deletion``, with fresh
 secret noise) and the new component takes the old one's place and weight. Every requested record
-is tombstoned first: no later training in the workspace, this retraining included, uses it. The
-certificate is sealed with a checkpoint of the audit log after the deletion.
+is tombstoned first: no later training in the workspace, this retraining included, uses it, and the
+same change removes its cached NTK Gram from every gram cache file (:mod:`.gram_cache`; the deletion
+change removes any left, and the seal checks on disk that none is), so that nothing derived from it
+survives while the retraining still reuses the other records' Grams. The certificate is sealed with
+a checkpoint of the audit log after the deletion.
 
 The request and its legal clock: :mod:`~dp_tangent.workspace.deletion_requests`; its register:
 :mod:`~dp_tangent.workspace.request_register`; the certificate written at the end:
@@ -43,6 +46,7 @@ from .certificate_check import check_certificate
 from .certificates import (AddedComponent, ComponentRef, DeletionCertificate, DeletionResult, ModelChange, ModelState,
                            Verification, certificate_writes, read_certificate)
 from .checkpoint import checkpoint_of, origin_of
+from . import gram_cache
 from .commit import Change, FileRemoval, FileWrite, apply
 from .deletion_requests import DeletionRequest, ForgetError, resolve_now
 from .ledger_ops import RegisterModel
@@ -270,16 +274,19 @@ def _rebuild_models(ws: Workspace, models: Sequence[ModelRecord], affected: set[
     return plan
 
 
-def _deletion_change(ws: Workspace, cert: DeletionCertificate, plan: _ModelPlan, operator: str) -> Change:
-    """The deletion in one change: components removed, models rebuilt or withdrawn, certificate written."""
+def _deletion_change(ws: Workspace, cert: DeletionCertificate, plan: _ModelPlan, operator: str,
+                     doomed: set[str]) -> Change:
+    """The deletion in one change: components removed, models rebuilt or withdrawn, any cached Gram of a
+    requested record left removed, certificate written."""
     changed = [c for c in cert.models if c.action != "unchanged"]
+    cache_writes, cache_removals = gram_cache.without_records(ws, doomed)
     return Change(
         "deletion", operator=operator,
         inputs=[Artifact(r.name, r.sha256, ws.relative(ws.component_path(r.name))) for r in cert.components_removed]
         + [Artifact(f"model:{c.name}", c.before.record_sha256, ws.relative(ws.model_path(c.name))) for c in changed],
-        writes=plan.writes + certificate_writes(ws, cert),
+        writes=plan.writes + cache_writes + certificate_writes(ws, cert),
         removals=[FileRemoval(ws.relative(ws.component_path(r.name)), r.name) for r in cert.components_removed]
-        + plan.removals,
+        + plan.removals + cache_removals,
         ledger=plan.ledger,
         parameters={"request_id": cert.request_id, "outcome": cert.outcome,
                     "record_commitments": cert.record_commitments, "not_found": cert.not_found,
@@ -298,6 +305,10 @@ def _seal(ws: Workspace, cert: DeletionCertificate, operator: str) -> DeletionCe
     check = check_certificate(ws, cert)
     if not check.ok:
         raise ForgetError(f"the deletion of request {cert.request_id} does not verify on disk: {check.problems[0]}")
+    cached = gram_cache.holding(ws, set(cert.record_commitments))
+    if cached:
+        raise ForgetError(f"the deletion of request {cert.request_id} does not verify on disk: gram cache file "
+                          f"{cached[0]} may still hold a requested record's Theta")
     apply(ws, Change("certificate_sealed", operator=operator, writes=certificate_writes(ws, cert), parameters={
         "request_id": cert.request_id, "checkpoint": {"size": point.size, "root": point.root}}))
     return cert
@@ -340,11 +351,17 @@ def forget(
             raise ForgetError(f"request {request.request_id!r} was received with other record ids")
         # First of all, so that nothing from now on -- this request's retraining included, or a
         # run after a crash half-way through -- can train these records again.
+        # The same change drops their cached NTK Grams (the deletion change drops any left).
         tombstones = Tombstones(ws.root)
         data, new = tombstones.added(doomed, request_id=request.request_id, deleted_at=resolve_now(now).isoformat())
         if new:
-            apply(ws, Change("tombstoned", operator=operator, writes=[FileWrite(TOMBSTONES_FILE, data, "tombstones")],
-                             parameters={"request_id": request.request_id, "record_commitments": sorted(doomed)}))
+            cache_writes, cache_removals = gram_cache.without_records(ws, doomed)
+            apply(ws, Change("tombstoned", operator=operator,
+                             writes=[FileWrite(TOMBSTONES_FILE, data, "tombstones"), *cache_writes],
+                             removals=cache_removals,
+                             parameters={"request_id": request.request_id, "record_commitments": sorted(doomed),
+                                         "gram_cache_files": {"rewritten": len(cache_writes),
+                                                              "removed": len(cache_removals)}}))
         metas = {n: read_metadata(ws.component_path(n)) for n in ws.list_components()}
         for name, meta in metas.items():
             if meta.manifest.key_id != ws.key_id:
@@ -372,7 +389,7 @@ def forget(
             "components_removed": [r.model_dump() for r in removed],
             "components_added": [a.model_dump() for a in added],
             "models": [c.model_dump() for c in plan.changes], "verification": verification.model_dump()})
-        apply(ws, _deletion_change(ws, cert, plan, operator))
+        apply(ws, _deletion_change(ws, cert, plan, operator, doomed))
         cert = _seal(ws, cert, operator)
         return DeletionResult(cert, *ws.certificate_paths(cert.request_id))
 

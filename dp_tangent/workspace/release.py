@@ -8,7 +8,8 @@ the model's records -- stated as the shards' budgets, which the ledger enforces 
 the exact figure (:meth:`privacy_accounting.Ledger.model_guarantee`) is a function of the shard
 sizes through q and T, so printing it would reveal whether one record was added. Left out on purpose:
 record manifests and commitments, record counts, sampling rates, step counts and noise multipliers
-(each is set from a shard's size), seeds and keys, component files and per-record figures. The
+(each is set from a shard's size), seeds and keys, component files, per-record figures and the
+workspace's cache of per-record NTK Grams (``cache/grams/``, derived from the records). The
 bundle is written to a new directory outside the workspace, atomically (a temporary sibling
 renamed into place), and the release is appended to the audit log with the bundle's digests.
 """
@@ -47,6 +48,7 @@ NOT_INCLUDED = (
     "sampling rates, step counts and noise multipliers (each is set from a shard's size)",
     "seeds, keys or any other randomness",
     "component files, shard names and per-record figures",
+    "per-record NTK Grams (the workspace's gram cache)",
 )
 CAVEATS = (
     "Each training run's sampling rate and number of steps were set from its shard's size, which this bundle "

@@ -9,6 +9,10 @@ Layout::
     components/NAME.safetensors    trained components
     models/NAME.json               composed model records (+ NAME.safetensors: the composed delta)
     certificates/REQUEST.json|.txt deletion requests and certificates
+    tombstones.json                keyed commitments of deleted records (never trained again)
+    data-sources.json              how to reload each data source, with keyed content digests
+    cache/grams/KEY/SOURCE/SHARD.safetensors  per-record NTK Grams for later runs (never released)
+    reports/                       generated reports (derived; no operation reads them)
 
 Every operation that changes the workspace (training, composition, deletion, budget changes,
 releases) is a :class:`~dp_tangent.workspace.commit.Change` applied by

@@ -13,6 +13,11 @@ The privacy bookkeeping never leaves the driver (this process):
    failed (its budget stays spent) and logged, and comes back in ``TrainingRun.failed`` for a
    retry under a new name. Ctrl-C or an executor error marks every unfinished task failed and
    re-raises.
+
+A private run in the Gram mode is offered the Thetas the workspace's cache holds for its records
+(:mod:`.gram_cache`, checked against the audit log first), and its completion change writes the
+cache file of its shard with the Thetas of its records; the entry says how many were reused (hits)
+and computed (misses), nothing per record.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from ..backbones import BackboneSpec, weights_digest
 from ..components.manifest import commit
 from ..data.records import RecordSet
 from ..errors import failure_reason
-from ..tangent import linearize
+from ..tangent import TangentModel, linearize
 from ..training.config import PrivacySpec, TrainConfig
 from ..training.executors import Executor, TaskFailed, TaskOutcome, TaskProgressFn
 from ..training.executors.serial import SerialExecutor
@@ -37,6 +42,7 @@ from ..training.per_sample import check_per_sample_support
 from ..training.plan import plan_task, reservation_request
 from ..training.validation import validate_task
 from ..training.write import ComponentFile, TrainedComponent, component_file
+from . import gram_cache
 from .audit_log import Artifact
 from .commit import Change, FileWrite, apply
 from .ledger_ops import CompleteReservation, FailReservation, LedgerOp
@@ -74,12 +80,15 @@ class FailedShard:
 
 @dataclass(frozen=True)
 class TrainingRun:
-    """Outcome of :func:`train_all`: components written, shards to retry, and how many deleted
-    (tombstoned) records were dropped from each job's shard before training."""
+    """Outcome of :func:`train_all`: components written, shards to retry, how many deleted
+    (tombstoned) records were dropped from each job's shard before training, and for each completed
+    component how its Thetas were had (``gram_cache``: hits, misses, and why a cache file was
+    ignored; absent when the run did not clip from Grams)."""
 
     completed: list[TrainedComponent]
     failed: list[FailedShard]
     excluded_deleted: dict[str, int] = field(default_factory=dict)
+    gram_cache: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jobs: Sequence[ShardJob], *,
@@ -118,9 +127,13 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
             base = backbone.build()
             for task in tasks:  # a data mistake costs no budget: refused before anything is reserved
                 validate_task(task, base)
-            if privacy.private:
-                check_per_sample_support(linearize(base, trainable))
+            tangent = linearize(base, trainable) if privacy.private else None
+            if tangent is not None:
+                check_per_sample_support(tangent)
             expected_base = weights_digest(base)
+            caches = _gram_caches(ws, backbone, expected_base, tangent, jobs, key, data_source, config)
+            tasks = [replace(task, gram_cache=caches[task.name].known) if task.name in caches else task
+                     for task in tasks]
             executor.prepare(tasks)  # workers up, devices there: a failure here costs no budget
             reservations = dict(zip(by_name, ws.ledger.reserve_all([
                 replace(reservation_request(task, data_source=data_source, shard=job.shard, operator=operator,
@@ -138,6 +151,7 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
             raise
         completed: list[TrainedComponent] = []
         failed: list[FailedShard] = []
+        gram_use: dict[str, dict[str, Any]] = {}
         open_jobs = dict(by_name)
 
         def fail(name: str, reason: str, worker: dict[str, object], lost: bool = False,
@@ -164,13 +178,17 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
             try:
                 built = component_file(task, trained, reservation=reservations[job.name], data_source=data_source,
                                        shard=job.shard, output=path, manifest_key=key)
+                cache_writes, cache_use = gram_cache.completion(caches.get(job.name), trained.grams)
                 apply(ws, _completed_change(ws, operation, operator, backbone, job, data_source, purpose, built,
-                                            executor.name, trained.worker, excluded.get(job.name, 0)))
+                                            executor.name, trained.worker, excluded.get(job.name, 0),
+                                            cache_writes, cache_use))
             except Exception as err:  # noqa: BLE001 -- e.g. disk full: this shard failed, go on with the rest
                 fail(task.name, failure_reason(err), trained.worker, error=err)
                 return
             del open_jobs[job.name]
             completed.append(TrainedComponent(path, built.metadata, built.sha256, reservations[job.name]))
+            if cache_use is not None:
+                gram_use[job.name] = cache_use
 
         try:
             with contextlib.closing(executor.run(tasks, progress)) as outcomes:
@@ -185,7 +203,20 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
                 except Exception:  # noqa: BLE001,S110
                     pass
             raise
-    return TrainingRun(completed, failed, excluded)
+    return TrainingRun(completed, failed, excluded, gram_use)
+
+
+def _gram_caches(ws: "Workspace", backbone: BackboneSpec, base_sha256: str, tangent: TangentModel | None,
+                 jobs: Sequence[ShardJob], key: bytes, data_source: str, config: TrainConfig
+                 ) -> dict[str, gram_cache.JobCache]:
+    """For a private run in the Gram mode: each job's cache file and the Thetas offered from it."""
+    if tangent is None or config.grad_sample_mode != "gram":
+        return {}
+    cache_key = gram_cache.gram_key(backbone, base_sha256, tangent, config)
+    deleted, logged = frozenset(Tombstones(ws.root).read()), gram_cache.logged_digests(ws)
+    return {job.name: gram_cache.prepare(ws, cache_key, data_source, job.shard,
+                                         [commit(r, key) for r in job.records.record_ids], deleted, logged)
+            for job in jobs}
 
 
 def _check_names(ws: "Workspace", jobs: Sequence[ShardJob]) -> None:
@@ -228,14 +259,16 @@ def _without_deleted(ws: "Workspace", jobs: Sequence[ShardJob], key: bytes, dele
 
 def _completed_change(ws: "Workspace", operation: str, operator: str, backbone: BackboneSpec, job: ShardJob,
                       data_source: str, purpose: str, built: ComponentFile, executor: str,
-                      worker: dict[str, object], excluded_deleted: int = 0) -> Change:
-    """The component file written and its reservation completed, in one logged change."""
+                      worker: dict[str, object], excluded_deleted: int = 0, cache_writes: Sequence[FileWrite] = (),
+                      cache_use: Mapping[str, Any] | None = None) -> Change:
+    """The component file (and its shard's gram cache file) written and its reservation completed, in
+    one logged change."""
     meta, p = built.metadata, built.metadata.privacy
     return Change(
         operation, operator=operator,
         inputs=[Artifact(f"base:{backbone.name}", meta.base_weights_sha256),
                 Artifact(f"records:{data_source}/{job.shard} (manifest root)", meta.manifest.root)],
-        writes=[FileWrite(ws.relative(ws.component_path(job.name)), built.data, job.name)],
+        writes=[FileWrite(ws.relative(ws.component_path(job.name)), built.data, job.name), *cache_writes],
         ledger=[CompleteReservation(p.ledger_reservation, built.ledger_details)],
         parameters={"component": job.name, "data_source": data_source, "shard": job.shard, "purpose": purpose,
                     "records": len(job.records), "base": backbone.to_dict(), "executor": executor, "worker": worker,
@@ -243,4 +276,5 @@ def _completed_change(ws: "Workspace", operation: str, operator: str, backbone: 
                     "private": p.private, "epsilon": p.epsilon, "delta": p.delta,
                     "noise_multiplier": p.noise_multiplier, "max_grad_norm": p.max_grad_norm,
                     "sample_rate": p.sample_rate, "steps": p.steps, "seed": meta.training.seed,
-                    "excluded_deleted": excluded_deleted, "deltas_sha256": meta.deltas_sha256, **job.log})
+                    "excluded_deleted": excluded_deleted, "deltas_sha256": meta.deltas_sha256,
+                    "gram_cache": None if cache_use is None else dict(cache_use), **job.log})

@@ -1,0 +1,234 @@
+"""The demo's one story, told for any task: what differs between tasks is a :class:`DemoTask` value.
+
+A held-out test set, disjoint private shards and a split declared public. One DP component is
+trained per private shard (in parallel, on local worker processes), the components are composed,
+and a non-private component is trained for reference on the public split only (no private record
+goes through a non-private run), labelled NON-PRIVATE. A deletion request for one record is then
+served (drop + retrain from the registered source), the release bundle written, the budget report
+printed and the audit log verified. :mod:`.demo_run` (images) and :mod:`.demo_text` (text) build
+the task.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Protocol
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from privacy_accounting import build_report
+
+from ..backbones import BackboneSpec
+from ..data import RecordSet
+from ..data.sources import ReloadableSource
+from ..errors import DPTangentError
+from ..io import atomic_write_text
+from ..tangent import linearize
+from ..training.config import PrivacySpec, TrainConfig
+from ..training.evaluation import accuracy
+from ..training.executors import available_cores, create_executor
+from ..workspace import data_sources
+from ..workspace.data_sources import PUBLIC_SPLIT
+from ..workspace.deletion_requests import DeletionRequest
+from ..workspace.forget import forget
+from ..workspace.report_context import report_sections
+from ..workspace.store import Workspace
+from ..workspace.train import ShardJob
+
+
+class DemoError(DPTangentError):
+    """A demo step that failed."""
+
+
+class StoryConfig(Protocol):
+    """The settings every task's demo has."""
+
+    epsilon: float
+    delta: float
+    trainable: str
+    workers: int | None
+    executor: str
+
+    @property
+    def budget_epsilon(self) -> float: ...
+
+    def train_config(self) -> TrainConfig: ...
+
+
+@dataclass(frozen=True)
+class DemoTask:
+    """One task's model, data and wording; component ``k`` is ``{prefix}-shard-{k}``."""
+
+    title: str  # the opening rule
+    spec: BackboneSpec
+    backbone_text: str  # what the backbone is, for the opening lines
+    data_text: str  # what the data is, before the split sizes
+    source: str  # the data source's name in the workspace
+    source_text: str  # what the data source holds, before the shard list
+    loader: ReloadableSource  # how the workspace reloads the source
+    test: RecordSet
+    shards: tuple[RecordSet, ...]
+    public: RecordSet
+    prefix: str
+    model: str  # the composed model
+    accuracy_title: str
+    report_title: str
+    forget_hint: str  # the record id pattern of the closing hint, e.g. "digit-<row>"
+    base_rate_label: str | None = None  # e.g. "always 'ham'": the majority-class row, for skewed labels
+
+
+class _Steps:
+    """A rich progress bar as a ``progress(step, total)`` callback."""
+
+    def __init__(self, progress: Progress, label: str) -> None:
+        self.progress, self.task = progress, progress.add_task(label, total=None)
+
+    def __call__(self, step: int, total: int) -> None:
+        self.progress.update(self.task, completed=step, total=total)
+
+
+def _executor(config: StoryConfig, jobs: int, console: Console):  # noqa: ANN202 -- an Executor
+    if config.executor == "local":
+        workers = available_cores() if config.workers is None else config.workers
+        executor = create_executor("local", workers=min(workers, jobs))
+        console.print(f"Training the {jobs} components in parallel: {executor.workers} local worker processes, "
+                      f"{executor.threads} torch thread(s) each")
+        return executor
+    console.print(f"Training the {jobs} components on the {config.executor} executor")
+    return create_executor(config.executor)
+
+
+def tell(ws: Workspace, task: DemoTask, config: StoryConfig, console: Console, started: float) -> dict[str, object]:
+    """Run ``task``'s story in the new workspace ``ws`` (the demo began at ``started``, a
+    ``time.perf_counter()``); returns the figures it printed (for tests)."""
+    shard_names = [f"shard-{k}" for k in range(len(task.shards))]
+    console.rule(f"[bold]{task.title}")
+    console.print(f"Backbone: {task.backbone_text}; linearized: [bold]{config.trainable}[/] (tangent model around "
+                  "the pretrained weights)")
+    console.print(f"Data: {task.data_text}; test set {len(task.test)}, {len(task.shards)} disjoint private shards of "
+                  f"{[len(s) for s in task.shards]} records, and a split of {len(task.public)} records declared "
+                  "public for the non-private reference")
+    console.print(f"Privacy: each component ({config.epsilon:g}, {config.delta:g})-DP per record (add/remove one), "
+                  f"Poisson sampling, budget {config.budget_epsilon:g} per shard; workspace {ws.root}")
+    ws.declare_data_source(task.source, description=f"{task.source_text}: private shards shard-0.."
+                                                    f"{len(task.shards) - 1}; split '{PUBLIC_SPLIT}' declared public "
+                                                    "(non-private reference only)",
+                           shards=shard_names, loader=task.loader, operator="demo")
+    for shard in shard_names:
+        ws.set_budget(task.source, shard, config.budget_epsilon, config.delta, operator="demo")
+
+    tangent = linearize(task.spec.build(), config.trainable)
+    test_features = tangent.features(task.test.inputs)
+
+    def test_accuracy(deltas: dict[str, torch.Tensor]) -> float:
+        tangent.load_deltas(deltas)
+        return accuracy(tangent, task.test, features=test_features)
+
+    figures: dict[str, object] = {"components": {}}
+    jobs = [ShardJob(f"{task.prefix}-shard-{k}", shard, records)
+            for k, (shard, records) in enumerate(zip(shard_names, task.shards))]
+    names = [job.name for job in jobs]
+    reference = f"{task.prefix}-non-private-reference"
+    executor = _executor(config, len(jobs), console)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        bars = {job.name: _Steps(progress, f"DP component {job.name}") for job in jobs}
+        run = ws.train_all(task.spec, config.trainable, jobs, data_source=task.source,
+                           privacy=PrivacySpec(epsilon=config.epsilon, delta=config.delta),
+                           config=config.train_config(), executor=executor, operator="demo",
+                           progress=lambda name, step, total: bars[name](step, total))
+        if run.failed:
+            raise run.failed[0].error or DemoError(f"{run.failed[0].name} failed: {run.failed[0].reason}")
+        ws.train(task.spec, config.trainable, task.public, data_source=task.source, shard=PUBLIC_SPLIT,
+                 name=reference, privacy=PrivacySpec(epsilon=math.inf), config=config.train_config(),
+                 operator="demo", progress=_Steps(progress, "NON-PRIVATE reference (public split only)"))
+    ws.compose_model(task.model, names, method="mean", operator="demo")
+
+    table = Table(title=task.accuracy_title)
+    for column, justify in (("model", "left"), ("privacy", "left"), ("accuracy", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for name in names:
+        component = ws.load_component(name)
+        acc = test_accuracy(component.deltas)
+        figures["components"][name] = acc  # type: ignore[index]
+        table.add_row(name, f"ε={component.metadata.privacy.epsilon:.2f}, δ={config.delta:g}", f"{acc:.1%}")
+    composed_acc = test_accuracy(ws.load_model(task.model)[1])
+    guarantee = ws.ledger.model_guarantee(task.model)
+    table.add_row(f"[bold]{task.model}[/] (mean of deltas)",
+                  f"ε={guarantee.epsilon:.2f} per record (every run on its records)", f"[bold]{composed_acc:.1%}")
+    reference_acc = test_accuracy(ws.load_component(reference).deltas)
+    table.add_row(reference, f"[red]NON-PRIVATE (ε=∞)[/], trained on the public split only ({len(task.public)} "
+                  "records)", f"{reference_acc:.1%}")
+    if task.base_rate_label:
+        base_rate = torch.bincount(task.test.targets).max().item() / max(len(task.test), 1)
+        table.add_row(task.base_rate_label, "(no model)", f"{base_rate:.1%}")
+        figures["majority"] = base_rate
+    console.print(table)
+    figures.update(composed=composed_acc, reference=reference_acc, composed_epsilon=guarantee.epsilon)
+
+    # A deletion request for one record of shard 1 (or the only shard): drop + retrain.
+    record_id = task.shards[1 if len(task.shards) > 1 else 0].record_ids[0]
+    request = DeletionRequest(request_id="demo-request-1", record_ids=(record_id,),
+                              received_at=datetime.now(timezone.utc))
+    console.rule(f"Deletion request demo-request-1: forget {record_id}")
+    result = forget(ws, request, retrain=True, shard_records=data_sources.shard_records_for(ws), operator="demo")
+    console.print(result.message)
+    after_acc = test_accuracy(ws.load_model(task.model)[1])
+    verification = result.certificate.verification
+    after = ws.ledger.model_guarantee(task.model)
+    figures.update(forgotten=record_id, composed_after_deletion=after_acc, certificate=str(result.json_path),
+                   removed=[c.name for c in result.certificate.components_removed],
+                   deletion_verified=bool(verification and verification.verified),
+                   composed_epsilon_after_deletion=after.epsilon)
+    console.print(f"{task.model} after the deletion: {after_acc:.1%} test accuracy; ε={after.epsilon:.2f} per "
+                  "record (the removed component's run still counts for the records it read)")
+    if verification:
+        console.print(f"Verified: {verification.statement}")
+
+    bundle = ws.root.parent / f"{ws.root.name}-release"
+    if not bundle.exists():
+        statement = ws.release(task.model, bundle, operator="demo")
+        figures["release"] = str(bundle)
+        console.print(f"Release bundle (deltas + base reference + privacy statement, no counts or manifests): {bundle}")
+        console.print(f"  {statement.privacy.statement}")
+
+    reports = ws.root / "reports"
+    report = build_report(ws.ledger, title=task.report_title, workspace=report_sections(ws, report_dir=reports))
+    atomic_write_text(reports / "privacy-report.html", report.to_html())
+    atomic_write_text(reports / "privacy-report.md", report.to_markdown())
+    atomic_write_text(reports / "privacy-report.json", report.to_json())
+    figures["spent"] = _budget_table(ws, task.source, [*shard_names, PUBLIC_SPLIT], config.delta, console)
+
+    check = ws.audit.verify()
+    figures["audit_ok"] = check.ok
+    console.print(f"Audit log: {check}")
+    console.rule("Done")
+    console.print(f"HTML privacy report: {reports / 'privacy-report.html'}")
+    console.print(f"Deletion certificate: {result.json_path} (text: {result.text_path})")
+    figures["seconds"] = time.perf_counter() - started
+    console.print(f"Try: dp-tangent forget {task.forget_hint} --workspace {ws.root} --retrain   "
+                  f"(finished in {figures['seconds']:.0f} s)")
+    return figures
+
+
+def _budget_table(ws: Workspace, source: str, shards: list[str], delta: float, console: Console) -> dict[str, float]:
+    """Print spent and limit ε per shard; returns the spent ε."""
+    console.rule("Budget report (per shard)")
+    table = Table()
+    for column in ("shard", "spent ε", "limit ε", "runs"):
+        table.add_column(column)
+    spent_by = {}
+    for shard in shards:
+        runs = len(ws.ledger.events(data_source=source, shard=shard))
+        limit = ws.ledger.budget(source, shard)
+        spent = spent_by[shard] = ws.ledger.shard_spend(source, shard, delta=delta).epsilon
+        table.add_row(shard, f"{spent:.2f}" if math.isfinite(spent) else "[red]∞ (non-private)",
+                      f"{limit.epsilon:g}" if limit else "no budget", str(runs))
+    console.print(table)
+    return spent_by

@@ -1,0 +1,246 @@
+"""The workspace's cache of per-record NTK Grams (``cache/grams/``): Theta_i kept for later runs on the same records.
+
+Theta_i = J_i J_i^T (:mod:`dp_tangent.training.ntk_gram`) costs about K backward passes per record and
+depends on theta0, the trainable selection and the record's model input only, so a second training of
+a shard (another lr, a sweep, a retraining after a deletion) can take it from here. It is derived from
+a private record, so:
+
+* it stays inside the workspace: written and removed only through the commit path (every file's
+  sha256 is in the audit log), never put in a release bundle or a report;
+* it is trusted only as logged: a file whose sha256 is not the one the audit log last recorded for
+  it is not used (its Thetas are computed again and the file rewritten) -- a Theta edited behind the
+  tool's back would change clipping and so the DP guarantee -- and the workspace lock's integrity
+  check has recorded the edit for ``audit verify`` already;
+* a deleted record's Theta goes with it: the change that tombstones a record rewrites every cache
+  file without it (or removes the file), as does the deletion change for anything left; a file
+  that cannot be vouched for is removed. Tombstoned records are never offered.
+
+Layout: ``cache/grams/KEY/DATA_SOURCE/SHARD.safetensors``, KEY the first 32 hex digits of the sha256 of
+:func:`gram_key`'s fields: the backbone spec and theta0's weights digest, the selection (spec, delta
+names and shapes, cut), whether Theta is computed from cached features, the deltas' dtype, the device
+type, and the code (:func:`~dp_tangent.training.gram_reuse.gram_code_version`: ``GRAM_VERSION``, the
+sha256 of the package sources that compute Theta, the versions of torch, timm, opacus and
+transformers). A file holds, per record,
+its commitment, the sha256 of the model input its Theta was computed from (checked against the row
+by the run itself, :mod:`dp_tangent.training.gram_reuse`) and Theta_i in float64. After a run the file
+holds exactly the run's records (it is rewritten only when a Theta was computed or the records changed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from ..backbones import BackboneSpec
+from ..tangent import TangentModel
+from ..training.config import TrainConfig
+from ..training.gram_reuse import GramsUsed, KnownGrams, gram_code_version
+from ..training.ntk_gram import GRAM_DTYPE
+from .audit_log import canonical_json
+from .commit import FileRemoval, FileWrite
+from .names import WorkspaceError, check_name
+
+if TYPE_CHECKING:
+    from .store import Workspace
+
+CACHE_DIR = "cache/grams"
+FORMAT = "dp-tangent-gram-cache/1"
+LABEL = "gram cache"  # the artifact name in the audit log
+
+
+@dataclass(frozen=True)
+class GramKey:
+    """What Theta depends on besides the record (``fields``) and its sha256 (``digest``)."""
+
+    digest: str
+    fields: dict[str, Any]
+
+
+def gram_key(backbone: BackboneSpec, base_sha256: str, tangent: TangentModel, config: TrainConfig) -> GramKey:
+    """The key of Thetas of ``tangent`` (``backbone`` linearized, theta0 of digest ``base_sha256``) as a run
+    of ``config`` computes them."""
+    deltas = list(tangent.named_deltas())
+    fields = {"format": FORMAT, "base": backbone.to_dict(), "base_weights_sha256": base_sha256,
+              "trainable": tangent.trainable, "cut": tangent.cut,
+              "deltas": [[name, list(p.shape)] for name, p in deltas],
+              "from_features": bool(config.cache_features and tangent.cut is not None),
+              "dtype": sorted({str(p.dtype) for _, p in deltas}), "device": torch.device(config.device).type,
+              "code": gram_code_version()}
+    return GramKey(hashlib.sha256(canonical_json(fields)).hexdigest(), fields)
+
+
+def cache_path(key: GramKey, data_source: str, shard: str) -> str:
+    """Where the Thetas of ``shard`` of ``data_source`` under ``key`` are kept (relative to the workspace)."""
+    source, shard = check_name(data_source, "data_source"), check_name(shard, "shard")
+    return f"{CACHE_DIR}/{key.digest[:32]}/{source}/{shard}.safetensors"
+
+
+@dataclass(frozen=True)
+class GramFile:
+    """One cache file's content: per row, a record's commitment, its input digest and its Theta."""
+
+    key: str
+    commitments: tuple[str, ...]
+    digests: tuple[str, ...]
+    grams: torch.Tensor  # (m, K, K) float64
+
+    def encode(self, rows: Sequence[int] | None = None) -> bytes:
+        """The file's bytes (only ``rows``, if given)."""
+        rows = range(len(self.commitments)) if rows is None else rows
+        tensors = {"commitments": _hex_rows([self.commitments[j] for j in rows]),
+                   "inputs": _hex_rows([self.digests[j] for j in rows]),
+                   "grams": self.grams[list(rows)].to(GRAM_DTYPE).contiguous()}
+        return save_tensors(tensors, metadata={"format": FORMAT, "key": self.key})
+
+
+def _hex_rows(values: Sequence[str]) -> torch.Tensor:
+    """32-byte hex digests as an (m, 32) uint8 tensor."""
+    return torch.frombuffer(bytearray(b"".join(bytes.fromhex(v) for v in values)), dtype=torch.uint8).reshape(-1, 32)
+
+
+def _row_hex(rows: torch.Tensor) -> tuple[str, ...]:
+    return tuple(row.tobytes().hex() for row in rows.numpy())
+
+
+def _decode(data: bytes) -> GramFile:
+    """Parse a cache file's bytes; ValueError (or a safetensors error) if they are not one."""
+    size = int.from_bytes(data[:8], "little")
+    meta = json.loads(data[8:8 + size]).get("__metadata__") or {}
+    tensors = load_tensors(data)
+    commitments, inputs, grams = tensors["commitments"], tensors["inputs"], tensors["grams"]
+    m = len(commitments)
+    if (meta.get("format") != FORMAT or commitments.shape != (m, 32) or inputs.shape != (m, 32)
+            or commitments.dtype != torch.uint8 or inputs.dtype != torch.uint8
+            or grams.dim() != 3 or len(grams) != m or grams.shape[1] != grams.shape[2] or grams.dtype != GRAM_DTYPE):
+        raise ValueError("not a gram cache file of this format")
+    return GramFile(str(meta.get("key")), _row_hex(commitments), _row_hex(inputs), grams)
+
+
+def logged_digests(ws: "Workspace") -> dict[str, str | None]:
+    """Each cache file's sha256 as the tool last wrote it, by the audit log (None: logged as removed).
+    An ``integrity_failure`` entry's snapshot of the files as it found them does not count: it records
+    an edit, it does not vouch for it."""
+    return {a.path: a.sha256 for e in ws.audit.entries() if e.operation != "integrity_failure" for a in e.outputs
+            if a.path is not None and a.path.startswith(CACHE_DIR + "/")}
+
+
+def read(ws: "Workspace", rel: str, logged: Mapping[str, str | None]) -> tuple[GramFile | None, str | None]:
+    """The cache file ``rel`` if it is there and is what the audit log recorded; else (None, why not),
+    ``why`` None when there is simply no file. The bytes hashed are the bytes parsed."""
+    path = ws.root / rel
+    if not path.is_file():
+        return None, None
+    data = path.read_bytes()
+    if logged.get(rel) is None:
+        return None, f"{rel} is not accounted for by the audit log: not used, its Thetas computed again"
+    if hashlib.sha256(data).hexdigest() != logged[rel]:
+        return None, (f"{rel} differs from the sha256 the audit log recorded for it (edited behind the tool's "
+                      "back?): not used, its Thetas computed again")
+    try:
+        return _decode(data), None
+    except Exception:  # noqa: BLE001 -- any parse failure: the file is not usable, and we say so
+        return None, f"{rel} is not a readable gram cache file: not used, its Thetas computed again"
+
+
+@dataclass(frozen=True)
+class JobCache:
+    """A training job's use of the cache: its file, the records' commitments, what was offered, and
+    why a file on disk was not used (if one was not)."""
+
+    path: str
+    key: GramKey
+    commitments: tuple[str, ...]
+    file: GramFile | None
+    known: KnownGrams
+    note: str | None = None
+
+
+def prepare(ws: "Workspace", key: GramKey, data_source: str, shard: str, commitments: Sequence[str],
+            deleted: set[str] | frozenset[str], logged: Mapping[str, str | None]) -> JobCache:
+    """What to offer a job on ``shard``: the logged Thetas of its records (never a tombstoned one's)."""
+    rel = cache_path(key, data_source, shard)
+    file, note = read(ws, rel, logged)
+    if file is not None and file.key != key.digest:
+        file, note = None, f"{rel} was written under another key: not used, its Thetas computed again"
+    known = KnownGrams()
+    if file is not None:
+        at = {c: j for j, c in enumerate(file.commitments)}
+        pairs = [(i, at[c]) for i, c in enumerate(commitments) if c in at and c not in deleted]
+        if pairs:
+            index, rows = (list(t) for t in zip(*pairs))
+            known = KnownGrams(tuple(index), tuple(file.digests[j] for j in rows), file.grams[rows])
+    return JobCache(rel, key, tuple(commitments), file, known, note)
+
+
+def completion(job: JobCache | None, used: GramsUsed | None) -> tuple[list[FileWrite], dict[str, Any] | None]:
+    """The cache write of a finished job (none when nothing changed) and what its log entry says:
+    counts only (hits, misses), never which records."""
+    if job is None or used is None:
+        return [], None
+    if len(used.digests) != len(job.commitments):
+        raise WorkspaceError("the worker reported Thetas for another number of records than it was given")
+    offered = {i: r for r, i in enumerate(job.known.index)}
+    computed = set(used.computed)
+    hits = [i for i in range(len(job.commitments)) if i not in computed]
+    if any(i not in offered or job.known.digests[offered[i]] != used.digests[i] for i in hits):
+        raise WorkspaceError("the worker reported a cached Theta it was not offered for that input")
+    params: dict[str, Any] = {"hits": used.hits, "misses": used.misses}
+    if job.note:
+        params["ignored"] = job.note
+    unchanged = (not computed and job.file is not None and set(job.file.commitments) == set(job.commitments)
+                 and len(job.file.commitments) == len(job.commitments))
+    if unchanged or not job.commitments:
+        return [], {**params, "file": "unchanged"}
+    k = used.grams.shape[-1] if computed else job.known.grams.shape[-1]
+    grams = torch.zeros(len(job.commitments), k, k, dtype=GRAM_DTYPE)
+    if computed:
+        grams[list(used.computed)] = used.grams.to(GRAM_DTYPE)
+    if hits:
+        grams[hits] = job.known.grams[[offered[i] for i in hits]].to(GRAM_DTYPE)
+    data = GramFile(job.key.digest, job.commitments, used.digests, grams).encode()
+    return [FileWrite(job.path, data, LABEL)], {**params, "file": "written"}
+
+
+def cache_files(ws: "Workspace") -> list[str]:
+    """Every file under ``cache/grams`` (relative paths), whatever wrote it."""
+    folder = ws.root / CACHE_DIR
+    return sorted(ws.relative(p) for p in folder.rglob("*") if p.is_file() or p.is_symlink()) if folder.is_dir() else []
+
+
+def without_records(ws: "Workspace", doomed: set[str] | frozenset[str]) -> tuple[list[FileWrite], list[FileRemoval]]:
+    """The cache with the Thetas of ``doomed`` commitments gone: each file holding one rewritten without
+    it (removed when nothing is left), and every file that cannot be vouched for (not as logged,
+    unreadable) removed, since what it holds is unknown."""
+    logged = logged_digests(ws)
+    writes, removals = [], []
+    for rel in cache_files(ws):
+        file, _ = read(ws, rel, logged)
+        if file is None:
+            removals.append(FileRemoval(rel, LABEL))
+            continue
+        keep = [j for j, c in enumerate(file.commitments) if c not in doomed]
+        if len(keep) == len(file.commitments):
+            continue
+        if keep:
+            writes.append(FileWrite(rel, file.encode(keep), LABEL))
+        else:
+            removals.append(FileRemoval(rel, LABEL))
+    return writes, removals
+
+
+def holding(ws: "Workspace", doomed: set[str] | frozenset[str]) -> list[str]:
+    """Cache files that hold a Theta of a ``doomed`` commitment, or cannot be read to tell."""
+    logged = logged_digests(ws)
+    out = []
+    for rel in cache_files(ws):
+        file, _ = read(ws, rel, logged)
+        if file is None or doomed & set(file.commitments):
+            out.append(rel)
+    return out

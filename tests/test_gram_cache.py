@@ -1,0 +1,201 @@
+"""The workspace's NTK Gram cache (issue 15): reused across runs on the same records, trusted only as the
+audit log recorded it, gone with a deleted record, never released; and the precompute's progress."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import run_cli
+from owndata import mlp_recipe, write_npz, write_recipe
+
+from dp_tangent import linearize
+from dp_tangent.components.manifest import commit
+from dp_tangent.data import RecordSet
+from dp_tangent.training import PrivacySpec, TrainConfig
+from dp_tangent.training.ntk_gram import per_example_grams, precompute_progress
+from dp_tangent.workspace import ShardJob, Workspace, gram_cache
+from dp_tangent.workspace.audit_log import verify
+from dp_tangent.workspace.commit import Change, FileWrite, apply
+
+SEEDED = TrainConfig(epochs=1, batch_size=16, lr=0.1, noise="seeded", seed=0)  # reproducible: deltas compared
+CLIPPED = PrivacySpec(noise_multiplier=1.0, max_grad_norm=0.01)  # every per-sample gradient clipped: Theta matters
+
+
+def records(n: int = 32, changed: int | None = None) -> RecordSet:
+    x = torch.randn(n, 8, generator=torch.Generator().manual_seed(0))
+    if changed is not None:
+        x[changed] += 1.0
+    return RecordSet(x, (x[:, 0] > 0).long(), tuple(f"rec-{i}" for i in range(n)))
+
+
+@pytest.fixture
+def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlp_backbone) -> Workspace:
+    monkeypatch.chdir(tmp_path)
+    return Workspace.create("ws")
+
+
+def train(ws: Workspace, backbone, name: str, recs: RecordSet, trainable: str | None = None) -> dict:
+    run = ws.train_all(backbone, trainable, [ShardJob(name, "s0", recs)], data_source="toy", privacy=CLIPPED,
+                       config=SEEDED)
+    assert not run.failed, run.failed
+    entry = ws.audit.entries()[-1]
+    assert entry.parameters["component"] == name and entry.parameters["gram_cache"] == run.gram_cache[name]
+    return run.gram_cache[name]
+
+
+def only_file(ws: Workspace) -> tuple[str, gram_cache.GramFile]:
+    (rel,) = gram_cache.cache_files(ws)
+    file, note = gram_cache.read(ws, rel, gram_cache.logged_digests(ws))
+    assert note is None and file is not None
+    return rel, file
+
+
+def same_deltas(ws: Workspace, a: str, b: str) -> bool:
+    x, y = ws.load_component(a).deltas, ws.load_component(b).deltas
+    return all(torch.equal(x[k], y[k]) for k in x)
+
+
+def fresh_grams(backbone, trainable: str | None, recs: RecordSet) -> torch.Tensor:
+    tangent = linearize(backbone.build(), trainable)
+    return per_example_grams(tangent, tangent.features(recs.inputs), from_features=tangent.cut is not None)
+
+
+@pytest.mark.parametrize("trainable", [None, "blocks[-1:]"])  # Thetas from raw inputs; from cached features
+def test_a_second_training_of_the_same_shard_reuses_every_gram_and_trains_the_same_component(
+        ws, mlp_backbone, trainable) -> None:
+    recs = records()
+    assert train(ws, mlp_backbone, "a", recs, trainable) == {"hits": 0, "misses": 32, "file": "written"}
+    rel, file = only_file(ws)
+    assert rel.startswith("cache/grams/") and rel.endswith("/toy/s0.safetensors")
+    key = ws.manifest_key()
+    assert file.commitments == tuple(commit(r, key) for r in recs.record_ids)
+    assert torch.equal(file.grams, fresh_grams(mlp_backbone, trainable, recs))
+    assert train(ws, mlp_backbone, "b", recs, trainable) == {"hits": 32, "misses": 0, "file": "unchanged"}
+    assert same_deltas(ws, "a", "b")
+    assert verify(ws, workspace=True).ok
+
+
+def test_the_cached_gram_is_what_clips(ws, mlp_backbone) -> None:
+    """A Theta the log vouches for is used as it is: one ten times too large (written through the commit
+    path, as if the tool had) changes the component -- so equal components above are not vacuous."""
+    recs = records()
+    train(ws, mlp_backbone, "a", recs)
+    rel, file = only_file(ws)
+    scaled = gram_cache.GramFile(file.key, file.commitments, file.digests, 100 * file.grams)
+    apply(ws, Change("training", writes=[FileWrite(rel, scaled.encode(), gram_cache.LABEL)]))
+    assert train(ws, mlp_backbone, "b", recs)["hits"] == 32
+    assert not same_deltas(ws, "a", "b")
+
+
+def test_an_edited_cache_file_is_not_used_and_fails_verification(ws, mlp_backbone) -> None:
+    recs = records()
+    train(ws, mlp_backbone, "a", recs)
+    rel, file = only_file(ws)
+    (ws.root / rel).write_bytes(gram_cache.GramFile(file.key, file.commitments, file.digests,
+                                                    100 * file.grams).encode())
+    report = verify(ws, workspace=True)
+    assert not report.ok and any(rel in p.reason for p in report.problems)
+    use = train(ws, mlp_backbone, "b", recs)
+    assert (use["hits"], use["misses"], use["file"]) == (0, 32, "written")
+    assert "differs from the sha256 the audit log recorded" in use["ignored"] and "\n" not in use["ignored"]
+    assert same_deltas(ws, "a", "b")  # computed afresh, not the edited Theta
+    assert torch.equal(only_file(ws)[1].grams, file.grams)  # and the file rewritten through the commit path
+    after = ws.audit.verify()
+    assert not after.ok and all("did not verify when an operation began" in p.reason for p in after.problems)
+
+
+def test_a_changed_input_misses_and_only_its_gram_is_computed(ws, mlp_backbone) -> None:
+    train(ws, mlp_backbone, "a", records())
+    changed = records(changed=5)  # same record ids, one input different
+    assert train(ws, mlp_backbone, "b", changed) == {"hits": 31, "misses": 1, "file": "written"}
+    _, file = only_file(ws)
+    assert torch.allclose(file.grams, fresh_grams(mlp_backbone, None, changed), rtol=1e-6, atol=0)
+
+
+def test_another_theta0_or_selection_misses(ws, mlp_backbone, monkeypatch: pytest.MonkeyPatch) -> None:
+    recs = records()
+    train(ws, mlp_backbone, "a", recs)
+    assert train(ws, mlp_backbone, "b", recs, "blocks[-1:]")["hits"] == 0  # another selection: another key
+    build = type(mlp_backbone).build
+
+    def other_theta0(self: object) -> torch.nn.Module:
+        net = build(self)
+        torch.nn.init.normal_(net[0].weight)
+        return net
+
+    monkeypatch.setattr(type(mlp_backbone), "build", other_theta0)
+    assert train(ws, mlp_backbone, "c", recs)["hits"] == 0
+    assert len(gram_cache.cache_files(ws)) == 3
+
+
+def test_a_tombstoned_records_gram_is_never_offered(ws, mlp_backbone) -> None:
+    train(ws, mlp_backbone, "a", records())
+    rel, file = only_file(ws)
+    logged = gram_cache.logged_digests(ws)
+    key = gram_cache.GramKey(file.key, {})
+    job = gram_cache.prepare(ws, key, "toy", "s0", file.commitments, {file.commitments[3]}, logged)
+    assert job.path == rel and job.known.index == tuple(i for i in range(32) if i != 3) and job.note is None
+    other = gram_cache.GramKey(file.key[:32] + "0" * 32, {})  # same folder, another key: not used
+    assert gram_cache.prepare(ws, other, "toy", "s0", file.commitments, set(), logged).known.index == ()
+
+
+def test_the_precompute_reports_its_progress(mlp_backbone) -> None:
+    tangent = linearize(mlp_backbone.build(), None)
+    seen: list[tuple[int, int]] = []
+    per_example_grams(tangent, records(10).inputs, from_features=False, batch_size=4,
+                      progress=lambda done, total: seen.append((done, total)))
+    assert seen[0] == (0, 10) and seen[-1] == (10, 10) and len(seen) >= 3
+    with precompute_progress(lambda done, total: seen.append((-done, total))):
+        per_example_grams(tangent, records(3).inputs, from_features=False)
+    assert seen[-1] == (-3, 3)
+
+
+def test_cli_train_again_then_forget_retrain_reuses_the_rest_and_the_release_has_no_cache(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_npz(Path("rows.npz"))
+    recipe = write_recipe(Path("rows.yaml"), mlp_recipe({"npz": {"path": "rows.npz"}}, in_features=6, classes=2,
+                                                        source="rows", budget={"epsilon": 100, "delta": 1e-4},
+                                                        training={"epochs": 1, "batch_size": 64, "lr": 0.2},
+                                                        shards={"count": 1}, privacy={"epsilon": 2, "delta": 1e-4}))
+    code, out, err = run_cli(capsys, "train", str(recipe), "-w", "ws", "--executor", "serial")
+    assert code == 0, err
+    assert "from the workspace's cache" not in out
+    ws = Workspace.open("ws")
+    files = gram_cache.cache_files(ws)
+    assert len(files) == 1 and files[0].endswith("/rows/shard-0.safetensors")
+    code, out, err = run_cli(capsys, "train", str(recipe), "--name", "again", "-w", "ws", "--executor", "serial")
+    assert code == 0, err
+    size = len(ws.load_component("rows-shard-0").metadata.manifest.commitments)
+    assert f"again-shard-0: NTK Grams of {size} record(s) from the workspace's cache, 0 computed" in out
+    assert gram_cache.cache_files(ws) == files
+
+    from dp_tangent.recipes import load_recipe
+
+    _, shards = load_recipe(recipe).load_data()
+    victim = shards[0].record_ids[0]
+    doomed = commit(victim, ws.manifest_key())
+    code, out, err = run_cli(capsys, "forget", victim, "--request-id", "req-1", "--retrain", "-w", "ws")
+    assert code == 0, err
+    spent = ws.ledger.shard_spend("rows", "shard-0", delta=1e-4).epsilon  # both runs, and both retrainings
+    assert f"rows/shard-0: spent epsilon {spent:.3g} of its budget 100 at delta 0.0001, {100 - spent:.3g} left" in out
+    entries = ws.audit.entries()
+    (tombstoned,) = [e for e in entries if e.operation == "tombstoned"]
+    assert tombstoned.parameters["gram_cache_files"] == {"rewritten": 1, "removed": 0}
+    assert [a.path for a in tombstoned.outputs if a.path in files] == files  # the Theta went in the same change
+    retrained = [e.parameters["gram_cache"] for e in entries if e.operation == "retraining"
+                 and e.parameters["status"] == "completed"]
+    assert retrained == [{"hits": size - 1, "misses": 0, "file": "unchanged"}] * 2  # rows and again
+    held = gram_cache.read(ws, files[0], gram_cache.logged_digests(ws))[0].commitments
+    assert doomed not in held and len(held) == size - 1
+    code, out, err = run_cli(capsys, "audit", "verify", "-w", "ws")
+    assert code == 0, out + err
+
+    code, out, err = run_cli(capsys, "release", "rows", "-o", "bundle", "-w", "ws")
+    assert code == 0, err
+    bundle = tmp_path / "bundle"
+    assert sorted(p.name for p in bundle.iterdir()) == ["deltas.safetensors", "release.json"]
+    assert "gram" in (bundle / "release.json").read_text()  # named among what is left out, nothing of it put in
+    assert b"cache/grams" not in b"".join(p.read_bytes() for p in bundle.iterdir())
