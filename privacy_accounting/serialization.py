@@ -1,14 +1,6 @@
 """Explicit JSON (de)serialiser for the supported ``dp_accounting`` events.
 
-Format (one JSON object per event, tagged by ``type``)::
-
-    {"type": "gaussian", "noise_multiplier": 1.1}
-    {"type": "poisson_sampled", "sampling_probability": 0.05, "event": {...}}
-    {"type": "self_composed", "count": 300, "event": {...}}
-    {"type": "composed", "events": [{...}, ...]}
-    {"type": "non_private"}
-    {"type": "no_op"}
-
+Format: one JSON object per event, tagged by ``type`` (listed in ``event_tree``).
 Unknown types or keys are rejected with :class:`UnsupportedEventError`; floats round-trip
 exactly (Python writes the shortest repr that reads back to the same double). The checks and the
 JSON text live in ``event_tree`` (no ``dp_accounting`` needed); this module adds the conversion
