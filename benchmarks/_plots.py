@@ -33,8 +33,10 @@ def bar_chart(groups: dict[str, dict[str, Stats]], ylabel: str, path: Path, scal
 
 
 def line_panels(panels: dict[str, dict[str, tuple[list[float], list[Stats]]]], xlabel: str, ylabel: str, path: Path,
-                xticklabels: list[str] | None = None, scale: float = 100.0, logy: bool = False) -> None:
-    """One panel per key; one line per series: (x values, stats per x), mean with a ± std band."""
+                xticklabels: list[str] | None = None, scale: float = 100.0, logy: bool = False,
+                legend_below: bool = False) -> None:
+    """One panel per key; one line per series: (x values, stats per x), mean with a ± std band; the legend
+    inside each panel, or below it (``legend_below``) where the lines fill the panel."""
     fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.6), squeeze=False)
     for ax, (title, series) in zip(axes[0], panels.items()):
         for label, (xs, stats) in series.items():
@@ -49,5 +51,10 @@ def line_panels(panels: dict[str, dict[str, tuple[list[float], list[Stats]]]], x
         ax.set_title(title, fontsize=9)
         ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel(ylabel, fontsize=8)
-        ax.legend(fontsize=7)
+        if legend_below:
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+        else:
+            ax.legend(fontsize=7)
+    if legend_below:
+        fig.set_figheight(fig.get_figheight() + 1.0)
     _save(fig, path)

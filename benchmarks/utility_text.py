@@ -165,7 +165,8 @@ def plot(results: dict, path) -> None:  # noqa: ANN001
     xs = list(range(len(eps)))
     panels = {"all-MiniLM-L6-v2, SMS spam": {U.METHODS[m]: (xs, [U.accuracies(entry, m, e) for e in eps])
                                              for m in entry["runs"]}}
-    line_panels(panels, "ε (δ = 1e-5)", "test accuracy, %", path, xticklabels=[U.eps_label(e) for e in eps])
+    line_panels(panels, "ε (δ = 1e-5)", "test accuracy, %", path, xticklabels=[U.eps_label(e) for e in eps],
+                legend_below=True)
 
 
 if __name__ == "__main__":
