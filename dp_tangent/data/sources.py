@@ -247,26 +247,28 @@ class TorchvisionSource(KindSource):
         return _image_inputs(self.data.image_size)(path)
 
 
+class _RowFileSource(KindSource):
+    """A kind whose data reads any file with its input columns (``data.inputs``: tables, texts)."""
+
+    data: TableData | TextData
+
+    def inputs_from_file(self, path: Path) -> tuple[torch.Tensor, list[str]]:
+        """Every row of a file with the input columns (the label may be absent), prepared like the records
+        (tables scaled, texts tokenized); ids ``PATH:ROW_ID``."""
+        inputs, ids = self.data.inputs(path)
+        return inputs, [f"{path}:{r}" for r in ids]
+
+
 @register_source_kind
-class TableSource(KindSource):
+class TableSource(_RowFileSource):
     loader: Literal["table"] = "table"
     data: TableData
 
-    def inputs_from_file(self, path: Path) -> tuple[torch.Tensor, list[str]]:
-        """Every row of a table with the feature columns (the label may be absent), scaled like the records."""
-        inputs, ids = self.data.inputs(path)
-        return inputs, [f"{path}:{r}" for r in ids]
-
 
 @register_source_kind
-class TextSource(KindSource):
+class TextSource(_RowFileSource):
     loader: Literal["text"] = "text"
     data: TextData
-
-    def inputs_from_file(self, path: Path) -> tuple[torch.Tensor, list[str]]:
-        """Every row of a file with the text column (the label may be absent), tokenized like the records."""
-        inputs, ids = self.data.inputs(path)
-        return inputs, [f"{path}:{r}" for r in ids]
 
 
 @register_source_kind
