@@ -89,4 +89,8 @@ def shard_state(ledger: "Ledger", source: str, shard: str) -> ShardState:
     events = ledger.events(data_source=source, shard=shard)
     delta = limit.delta if limit else min((e.delta for e in events), default=None)
     spent = ledger.shard_spend(source, shard, delta=delta).epsilon if delta else 0.0
-    return ShardState(spent, limit.epsilon if limit else None, ledger.remaining(source, shard), delta)
+    if limit is None:
+        return ShardState(spent, None, None, delta)
+    # Ledger.remaining's figure, from the spend just computed at the budget's delta (not computed again)
+    remaining = max(0.0, limit.epsilon - spent) if math.isfinite(spent) else 0.0
+    return ShardState(spent, limit.epsilon, remaining, delta)
