@@ -4,9 +4,9 @@
 ``trainable`` into deltas (zero at start, so f_lin(x; 0) = f(x; theta0) bit for bit). The value
 comes from one forward-mode dual pass (PyTorch's own forward derivative of every op, GELU
 included): primal f(x; theta0) and tangent J·delta together, without autograd. When gradients are
-needed, a plain pass at theta0 records the graph and receives the gradient of the output, which
-makes it J^T v with v = dLoss/d(output) at f_lin -- the exact gradient of the tangent model's loss --
-and lets Opacus's per-layer hooks see the activations at theta0 and produce exact per-sample
+needed, a plain pass at theta0 runs first (the dual pass then reuses its linear products),
+records the graph and receives the gradient of the output, which makes it J^T v with
+v = dLoss/d(output) at f_lin -- the exact gradient of the tangent model's loss -- and lets Opacus's per-layer hooks see the activations at theta0 and produce exact per-sample
 gradients (see ``docs/tangent-models.md``)."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.utils import parametrize
 
 from ..errors import UnsupportedModelError
-from .twins import TangentLayer, _DUAL_ACTIVE, is_batch_norm, make_twin, tangent_mode, twin_class
+from .twins import PrimalReuse, TangentLayer, _DUAL_ACTIVE, is_batch_norm, make_twin, tangent_mode, twin_class
 from .ops import TangentOps
 from .layouts import BlockLayout, layout_for
 from .selection import Selection, select
@@ -183,18 +183,25 @@ class TangentModel(nn.Module):
         """f_lin from cached prefix outputs ``h = features(x)``.
 
         The value comes from one dual pass without autograd (primal + tangent, no graph). When
-        gradients are needed, a plain pass at theta0 records the graph (and feeds Opacus's hooks)
-        and receives them: d loss/d delta = J^T v exactly, with v = d loss/d output at f_lin.
-        Recording only the primal keeps memory close to an ordinary forward pass.
+        gradients are needed, a plain pass at theta0 first records the graph (and feeds Opacus's hooks)
+        and receives them: d loss/d delta = J^T v exactly, with v = d loss/d output at f_lin. The dual
+        pass then takes the linear and convolution twins' primal outputs from it (:class:`PrimalReuse`),
+        so their products at theta0 run once. Recording only the primal keeps memory close to an
+        ordinary forward pass.
         """
+        if not (torch.is_grad_enabled() and any(p.requires_grad for p in self.deltas())):
+            return self._dual_value(h)
+        reuse = PrimalReuse()
+        with TangentOps(), reuse.recording():  # the same op overrides, e.g. in-place arithmetic on hooked outputs
+            at_theta0 = self._suffix(h)
+        with reuse.replaying():
+            value = self._dual_value(h)
+        return _ValueWithGradientTo.apply(at_theta0, value)
+
+    def _dual_value(self, h: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), tangent_mode():
             primal, tangent = fwAD.unpack_dual(self._suffix(h))
-        value = primal if tangent is None else primal + tangent
-        if not (torch.is_grad_enabled() and any(p.requires_grad for p in self.deltas())):
-            return value
-        with TangentOps():  # the same op overrides, e.g. in-place arithmetic on hooked outputs
-            at_theta0 = self._suffix(h)
-        return _ValueWithGradientTo.apply(at_theta0, value)
+        return primal if tangent is None else primal + tangent
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """f_lin(x; delta) = f(x; theta0) + J(x)·delta."""

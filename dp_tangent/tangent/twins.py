@@ -15,6 +15,7 @@ New layer types are supported by registration (:func:`register_tangent_layer`), 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
 from collections.abc import Callable, Iterator
@@ -34,6 +35,10 @@ _DUAL_ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("dp_tangent_
 ForwardFn = Callable[["TangentLayer", torch.Tensor], torch.Tensor]
 _FORWARDS: dict[type[nn.Module], ForwardFn] = {}
 _TWIN_CLASSES: dict[type[nn.Module], type[nn.Module]] = {}
+# tangent(layer, x, dx, y) -> J·delta at the layer's output y (None: zero), from the primal input x and its tangent dx
+TangentFn = Callable[["TangentLayer", torch.Tensor, "torch.Tensor | None", torch.Tensor], "torch.Tensor | None"]
+_TANGENTS: dict[type[nn.Module], TangentFn] = {}
+_PRIMALS: contextvars.ContextVar["PrimalReuse | None"] = contextvars.ContextVar("dp_tangent_primals", default=None)
 
 
 @contextlib.contextmanager
@@ -74,6 +79,9 @@ class TangentLayer(nn.Module):
         return getattr(self, theta0_name(name)) if name in self.delta_names else getattr(self, name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        reuse = _PRIMALS.get()
+        if reuse is not None and self._tangent_base in _TANGENTS:
+            return reuse.forward(self, x)
         return _FORWARDS[self._tangent_base](self, x)
 
     _tangent_base: type[nn.Module]
@@ -91,6 +99,73 @@ def register_tangent_layer(*base_types: type[nn.Module]) -> Callable[[ForwardFn]
         return fn
 
     return decorator
+
+
+def register_tangent_rule(*base_types: type[nn.Module]) -> Callable[[TangentFn], TangentFn]:
+    """Register ``tangent(layer, x, dx, y)`` for the twins of ``base_types``: the output's tangent J·delta alone,
+    so that a dual pass after a recorded pass (:class:`PrimalReuse`) skips the layer's primal product."""
+
+    def decorator(fn: TangentFn) -> TangentFn:
+        for base in base_types:
+            _TANGENTS[base] = fn
+        return fn
+
+    return decorator
+
+
+class PrimalReuse:
+    """One forward's twins run their primal product once instead of twice.
+
+    :meth:`recording`: the plain pass at theta0 keeps each registered twin's (input, output) by reference
+    (autograd keeps most of them anyway). :meth:`replaying`: in the dual pass that follows, a twin whose
+    primal input equals the recorded one (same values, neither modified in place since) takes the recorded
+    output as its primal and computes only the tangent by its rule; any other call runs in full. The
+    recorded pass is what the backward runs through, so this changes where the value's primal products
+    come from, never the gradient (nor, in Gram mode, the clipping bound)."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, collections.deque] = {}
+        self._replaying = False
+        self.reused = 0
+        self.recomputed = 0
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator["PrimalReuse"]:
+        token = _PRIMALS.set(self)
+        try:
+            yield self
+        finally:
+            _PRIMALS.reset(token)
+
+    @contextlib.contextmanager
+    def replaying(self) -> Iterator["PrimalReuse"]:
+        self._replaying = True
+        token = _PRIMALS.set(self)
+        try:
+            yield self
+        finally:
+            _PRIMALS.reset(token)
+            self._calls.clear()
+
+    def forward(self, layer: "TangentLayer", x: torch.Tensor) -> torch.Tensor:
+        """``layer(x)`` while recording or replaying."""
+        full = _FORWARDS[layer._tangent_base]
+        if not self._replaying:
+            y = full(layer, x)
+            x0, y0 = x.detach(), y.detach()  # share the version counters: in-place edits stay visible
+            self._calls.setdefault(id(layer), collections.deque()).append((x0, x0._version, y0, y0._version))
+            return y
+        queue = self._calls.get(id(layer))
+        primal, tangent = fwAD.unpack_dual(x)
+        if queue:
+            x0, x_version, y0, y_version = queue.popleft()
+            if (x0._version == x_version and y0._version == y_version and x0.shape == primal.shape
+                    and x0.dtype == primal.dtype and torch.equal(x0, primal)):
+                self.reused += 1
+                dy = _TANGENTS[layer._tangent_base](layer, primal, tangent, y0)
+                return y0 if dy is None else fwAD.make_dual(y0, dy)
+        self.recomputed += 1
+        return full(layer, x)
 
 
 def twin_class(base: type[nn.Module]) -> type[nn.Module] | None:
@@ -120,9 +195,44 @@ def _linear(layer: TangentLayer, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, layer.effective("weight"), layer.effective("bias"))
 
 
+@register_tangent_rule(nn.Linear)
+def _linear_tangent(layer: TangentLayer, x: torch.Tensor, dx: torch.Tensor | None,
+                    y: torch.Tensor) -> torch.Tensor | None:
+    """d(W x + b) = dW x + db + W0 dx, the products accumulated in one buffer."""
+    weight, bias = _deltas(layer)
+    terms = ([(x, weight)] if weight is not None else []) + ([(dx, layer.theta0("weight"))] if dx is not None else [])
+    if not terms:
+        return None if bias is None else bias.expand_as(y)
+    flat = [(a.reshape(-1, a.shape[-1]), w.t()) for a, w in terms]
+    out = flat[0][0] @ flat[0][1] if bias is None else torch.addmm(bias, *flat[0])
+    for a, w in flat[1:]:
+        out.addmm_(a, w)
+    return out.view(y.shape)
+
+
+def _deltas(layer: TangentLayer) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(weight, bias) deltas of ``layer`` as tangents (None where that parameter is not linearized)."""
+    return tuple(getattr(layer, n).detach() if n in layer.delta_names else None  # type: ignore[return-value]
+                 for n in ("weight", "bias"))
+
+
 @register_tangent_layer(nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def _conv(layer: TangentLayer, x: torch.Tensor) -> torch.Tensor:
     return layer._conv_forward(x, layer.effective("weight"), layer.effective("bias"))  # type: ignore[attr-defined]
+
+
+@register_tangent_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def _conv_tangent(layer: TangentLayer, x: torch.Tensor, dx: torch.Tensor | None,
+                  y: torch.Tensor) -> torch.Tensor | None:
+    """d conv(x; W, b) = conv(x; dW, db) + conv(dx; W0)."""
+    weight, bias = _deltas(layer)
+    conv = layer._conv_forward  # type: ignore[attr-defined]
+    if weight is not None:
+        out = conv(x, weight, bias)
+        return out if dx is None else out.add_(conv(dx, layer.theta0("weight"), None))
+    if dx is not None:
+        return conv(dx, layer.theta0("weight"), bias)
+    return None if bias is None else bias.view((1, -1) + (1,) * (y.dim() - 2)).expand_as(y)
 
 
 @register_tangent_layer(nn.Embedding)

@@ -1,0 +1,77 @@
+"""With gradients on, f_lin's value takes the linear and convolution twins' primal outputs from the recorded pass
+at theta0 (``PrimalReuse``) and computes only their tangents: the value and the gradient stay exact, and a twin
+whose recorded input or output was edited in place runs in full."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+from conftest import build
+from test_linearize_exact import random_deltas, reference_f_lin
+
+from dp_tangent import linearize
+from dp_tangent.tangent import model as tangent_model
+from dp_tangent.tangent.twins import PrimalReuse
+
+
+@pytest.fixture
+def reuses(monkeypatch: pytest.MonkeyPatch) -> list[PrimalReuse]:
+    """Every PrimalReuse that forward_from_features makes meanwhile."""
+    made: list[PrimalReuse] = []
+
+    class Recorded(PrimalReuse):
+        def __init__(self) -> None:
+            super().__init__()
+            made.append(self)
+
+    monkeypatch.setattr(tangent_model, "PrimalReuse", Recorded)
+    return made
+
+
+def test_value_with_gradients_reuses_every_twin_and_stays_exact(arch: str, reuses: list[PrimalReuse]) -> None:
+    model, x, suffix = build(arch)
+    tangent = linearize(model, suffix)
+    deltas = random_deltas(tangent)
+    tangent.load_deltas(deltas)
+    reuses.clear()
+    out = tangent(x)
+    assert out.requires_grad and len(reuses) == 1
+    assert reuses[0].reused > 0 and reuses[0].recomputed == 0
+    with torch.no_grad():
+        want = reference_f_lin(model, deltas, x)
+        full_dual = tangent(x)
+    assert ((out.detach() - want).norm() / want.norm()).item() < 1e-9
+    assert ((out.detach() - full_dual).norm() / want.norm()).item() < 1e-12
+    out.pow(2).sum().backward()
+    expected = torch.func.grad(lambda d: reference_f_lin(model, d, x).pow(2).sum())(deltas)
+    for name, param in tangent.named_deltas():
+        assert torch.allclose(param.grad, expected[name], rtol=1e-9, atol=1e-12), name
+
+
+class _EditsInPlace(nn.Module):
+    """A block that scales a linear layer's output in place after the layer returns it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Linear(6, 5)
+        self.second = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.first(x)
+        h.mul_(2.0)
+        return self.second(torch.tanh(h))
+
+
+def test_a_twin_output_edited_in_place_is_recomputed_not_reused(reuses: list[PrimalReuse]) -> None:
+    torch.manual_seed(0)
+    model = _EditsInPlace().double()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    tangent = linearize(model, example_input=x)
+    deltas = random_deltas(tangent)
+    tangent.load_deltas(deltas)
+    reuses.clear()
+    out = tangent(x)
+    assert reuses[0].recomputed == 1 and reuses[0].reused == 1  # `first` edited in place; `second` reused
+    want = reference_f_lin(model, deltas, x)
+    assert ((out.detach() - want).norm() / want.norm()).item() < 1e-12
