@@ -676,8 +676,8 @@ def _explain_time(model: str, entry: dict) -> str:
     a, t, b, e, f = (cases[k] for k in ("nonprivate", "tangent", "gram", "dp_hooks", "dp_ghost"))
     pa, pt, pb = (x["phase_seconds"] for x in (a, t, b))
     noise = entry["noise"]["cases"]["gram"]
-    return (f"- **{model}**: (b) {_ms(b['seconds_per_step'])} ms/step: forward {_ms(pb['forward'])} ms (the dual "
-            f"pass for f_lin, the pass at θ0 recorded for the backward, v and the clip factors from the Grams), "
+    return (f"- **{model}**: (b) {_ms(b['seconds_per_step'])} ms/step: forward {_ms(pb['forward'])} ms (the pass "
+            f"at θ0 recorded for the backward, the dual pass for f_lin, v and the clip factors from the Grams), "
             f"backward {_ms(pb['backward'])} ms (one, seeded with c_i v_i), update {_ms(pb['update'])} ms (noise: "
             f"{noise['noise_share']:.0%} of a step in the noise measurement below). Linearization alone, (a'), takes "
             f"{_ms(t['seconds_per_step'])} ms ({t['seconds_per_step'] / a['seconds_per_step']:.2f}x (a)'s "
@@ -694,7 +694,9 @@ def _explain_memory(model: str, entry: dict, peak_label: str) -> str:
             f"tangent model without DP (a'), {_mib(a['peak_mib'])} MiB for (a) and {_mib(d['peak_mib'])} MiB for "
             f"ghost clipping (d); allocator peaks {_mib(b['allocator_peak_mib'])}, {_mib(t['allocator_peak_mib'])}, "
             f"{_mib(a['allocator_peak_mib'])} and {_mib(d['allocator_peak_mib'])} MiB. (a') over (a) is the "
-            "linearization's (the dual pass's transient tangents, the value computed beside the recorded pass). "
+            "linearization's: the dual pass runs after the recorded pass, while its graph is held (so that the "
+            "linear and convolution twins' primal products run once, `twins.PrimalReuse`), and its transient "
+            "tangents and values add to that graph's tensors; math attention instead of fused for the ViT. "
             "(b) holds what (a') holds plus the batch's Grams and seeds (a few KiB), so what (b) adds to (a') "
             "lies outside the step's tensor peak: the DP optimizer's summed-gradient and noise tensors (made "
             "after the backward) and the secure generator's worker threads and buffers, which every DP mode has.")
@@ -713,20 +715,23 @@ def _explain_job(model: str, entry: dict, batch: int) -> str:
 
 WHY_TIME = """\
 Why (b) is slower than (a): *linearization*, (a') against (a). The tangent model's forward is two
-passes: a forward-mode dual pass without autograd gives the value f(x; θ0) + J·δ (every linearized
-matmul or convolution after the first runs three products, W0·x, δW·x and W0·dx, and every
-elementwise op also evaluates its JVP formula), then a plain pass at θ0 records the graph the
-backward runs through; the ViT suffix runs attention in math mode, since fused SDPA has no forward
-derivative. Counting matmul/convolution FLOPs, that is about 6 units against 3 for (a). DP adds
-little on top of it in (b): no per-sample gradient is materialized and there is one backward; what
-is left is v_i, the clip factors vᵢᵀΘᵢvᵢ (K² products per example) and the secure noise. What would
-close the rest: with no augmentation the suffix's inputs and θ0 never change, so its activations at
-θ0 are constants per example; caching them would leave the tangent products and the backward (about
-4 units against 3, 1.33x), at a memory cost of the suffix's activations times the number of
-examples. Fused tangent kernels (primal and tangent of LayerNorm, GELU and attention in one pass)
-or a compiled dual forward would shrink the dual pass. Letting the dual pass record the graph itself
-(one pass instead of two) saves a forward but keeps the tangent computations' intermediate tensors
-alive until the backward: dp-tangent keeps two passes for the memory target."""
+passes: a plain pass at θ0 records the graph the backward runs through, then a forward-mode dual pass
+without autograd gives the value f(x; θ0) + J·δ. In the dual pass the linear and convolution twins
+take their primal outputs from the recorded pass (`twins.PrimalReuse`, checked bit for bit) and run
+only their two tangent products, δW·x and W0·dx (one for the first linearized layer); every other op
+(LayerNorm, GELU, attention, residuals) runs its primal and its JVP formula; the ViT suffix runs
+attention in math mode, since fused SDPA has no forward derivative. Counting matmul/convolution
+FLOPs, that is about 5 units against 3 for (a). DP adds little on top of it in (b): no per-sample
+gradient is materialized and there is one backward; what is left is v_i, the clip factors vᵢᵀΘᵢvᵢ
+(K² products per example) and the secure noise. What would close the rest: with no augmentation
+the suffix's inputs and θ0 never change, so its activations at θ0 are constants per example;
+caching them would leave the tangent products and the backward (about 4 units against 3), at a
+memory cost of the suffix's activations times the number of examples. Fused tangent kernels (primal
+and tangent of LayerNorm, GELU and attention in one pass) or a compiled dual forward would shrink
+the dual pass. On EfficientNet-Lite0 a third of (a)'s and (b)'s backward is PyTorch's CPU kernel
+for the depthwise convolution's weight gradient at a 2x2 output (about 17 ms of the step); computing
+it as a grouped convolution of the input with the output gradient took 4 ms in isolation (slower
+than PyTorch's kernel from about 12x12 outputs up): not built yet."""
 
 
 NOISE_SHARE_LIMIT = 0.10  # target: secure noise and Poisson sampling together at most 10% of a DP step
