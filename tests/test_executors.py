@@ -83,7 +83,8 @@ def test_a_killed_worker_fails_only_its_shard_and_its_budget_stays_spent(tmp_pat
             killed.append(executor.running["c1"])
             os.kill(killed[0], signal.SIGKILL)
 
-    ws, run = train(tmp_path, jobs, executor, config=TrainConfig(**{**CONFIG.__dict__, "epochs": 8}),
+    # enough epochs that c1 is still running when the parent reads its step-2 report, even on a loaded machine
+    ws, run = train(tmp_path, jobs, executor, config=TrainConfig(**{**CONFIG.__dict__, "epochs": 40}),
                     progress=kill_c1)
     assert killed, "the kill never happened"
     [failed] = run.failed
