@@ -6,8 +6,9 @@ comes from one forward-mode dual pass (PyTorch's own forward derivative of every
 included): primal f(x; theta0) and tangent J·delta together, without autograd. When gradients are
 needed, a plain pass at theta0 runs first (the dual pass then reuses its linear products),
 records the graph and receives the gradient of the output, which makes it J^T v with
-v = dLoss/d(output) at f_lin -- the exact gradient of the tangent model's loss -- and lets Opacus's per-layer hooks see the activations at theta0 and produce exact per-sample
-gradients (see ``docs/tangent-models.md``)."""
+v = dLoss/d(output) at f_lin -- the exact gradient of the tangent model's loss -- and lets
+Opacus's per-layer hooks see the activations at theta0 and produce exact per-sample gradients
+(see ``docs/tangent-models.md``)."""
 
 from __future__ import annotations
 
@@ -186,8 +187,9 @@ class TangentModel(nn.Module):
         gradients are needed, a plain pass at theta0 first records the graph (and feeds Opacus's hooks)
         and receives them: d loss/d delta = J^T v exactly, with v = d loss/d output at f_lin. The dual
         pass then takes the linear and convolution twins' primal outputs from it (:class:`PrimalReuse`),
-        so their products at theta0 run once. Recording only the primal keeps memory close to an
-        ordinary forward pass.
+        so their products at theta0 run once. The tangent computations are never recorded, but they
+        run while the recorded graph is held: the price of the reuse is that their transient tensors
+        add to the graph's at the peak.
         """
         if not (torch.is_grad_enabled() and any(p.requires_grad for p in self.deltas())):
             return self._dual_value(h)

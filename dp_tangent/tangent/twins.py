@@ -130,21 +130,23 @@ class PrimalReuse:
         self.recomputed = 0
 
     @contextlib.contextmanager
-    def recording(self) -> Iterator["PrimalReuse"]:
+    def _installed(self) -> Iterator["PrimalReuse"]:
         token = _PRIMALS.set(self)
         try:
             yield self
         finally:
             _PRIMALS.reset(token)
 
+    def recording(self) -> contextlib.AbstractContextManager["PrimalReuse"]:
+        return self._installed()
+
     @contextlib.contextmanager
     def replaying(self) -> Iterator["PrimalReuse"]:
         self._replaying = True
-        token = _PRIMALS.set(self)
         try:
-            yield self
+            with self._installed():
+                yield self
         finally:
-            _PRIMALS.reset(token)
             self._calls.clear()
 
     def forward(self, layer: "TangentLayer", x: torch.Tensor) -> torch.Tensor:
