@@ -32,9 +32,9 @@ memory. On a GPU every clock reading follows ``torch.cuda.synchronize()``. The w
 each case alone in its own process (peak RSS increase on the CPU, the CUDA allocator's peak on a
 GPU). Child processes are forked from this one, which imports everything but runs no model (spawned
 on a GPU, where a forked child cannot use CUDA). A full run writes
-``benchmarks/results/training_cost.json`` and its section of ``docs/benchmarks.md``; ``--quick``
-(batch 16, fewer steps) writes the git-ignored ``training_cost.quick.json.tmp`` and only prints the
-section.
+``benchmarks/results/training_cost.json`` and its section of ``docs/benchmarks.md``; on a GPU,
+``training_cost.cuda.json`` and a section of its own. ``--quick`` (batch 16, fewer steps) writes
+the git-ignored ``training_cost.quick.json.tmp`` (``.cuda.quick.json.tmp``) and only prints the section.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from pathlib import Path
 
 # First, before torch loads its OpenMP runtime: _measure sets the OpenMP wait policy.
 from ._doc import write_section
+
 from ._measure import (MiB, PeakRSS, StepFn, keep_freed_memory, load_average, machine, minor_faults,  # isort: skip
                        profile_step, run_queue_wait, time_step)
 
@@ -78,6 +79,17 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 RESULT_FILES = {False: "training_cost.json", True: "training_cost.quick.json.tmp"}  # quick: git-ignored *.tmp
 SECTION = "training_cost"  # between <!-- training_cost:start --> and <!-- training_cost:end --> in docs/benchmarks.md
+
+
+def result_file(quick: bool, device: str) -> str:
+    """CPU and GPU runs keep separate raw numbers (``training_cost.cuda.json``), so neither overwrites the other."""
+    name = RESULT_FILES[quick]
+    return name if not device.startswith("cuda") else name.replace("training_cost.", "training_cost.cuda.", 1)
+
+
+def section_name(device: str) -> str:
+    """The GPU run has its own section of docs/benchmarks.md (``training_cost_cuda``)."""
+    return SECTION + ("_cuda" if device.startswith("cuda") else "")
 
 CASES = {
     "nonprivate": "(a) non-private, non-linear fine-tuning",
@@ -682,8 +694,9 @@ def _explain_time(model: str, entry: dict) -> str:
             f"{noise['noise_share']:.0%} of a step in the noise measurement below). Linearization alone, (a'), takes "
             f"{_ms(t['seconds_per_step'])} ms ({t['seconds_per_step'] / a['seconds_per_step']:.2f}x (a)'s "
             f"{_ms(a['seconds_per_step'])} ms): forward {_ms(pt['forward'])} vs {_ms(pa['forward'])} ms, backward "
-            f"{_ms(pt['backward'])} vs {_ms(pa['backward'])} ms; (b) is {b['seconds_per_step'] / t['seconds_per_step']:.2f}x "
-            f"(a'). DP non-linear: (e) {_ms(e['seconds_per_step'])} ms, (f) {_ms(f['seconds_per_step'])} ms.")
+            f"{_ms(pt['backward'])} vs {_ms(pa['backward'])} ms; (b) is "
+            f"{b['seconds_per_step'] / t['seconds_per_step']:.2f}x (a'). DP non-linear: (e) "
+            f"{_ms(e['seconds_per_step'])} ms, (f) {_ms(f['seconds_per_step'])} ms.")
 
 
 def _explain_memory(model: str, entry: dict, peak_label: str) -> str:
@@ -705,12 +718,12 @@ def _explain_memory(model: str, entry: dict, peak_label: str) -> str:
 def _explain_job(model: str, entry: dict, batch: int) -> str:
     timing = entry["timing"]
     t, b = (timing["cases"][k]["seconds_per_step"] for k in ("tangent", "gram"))
+    job = _divide(*(job_seconds_per_example(timing, c, TARGET_JOB_EPOCHS, batch) for c in ("gram", "tangent")))
     return (f"- **{model}**: the precompute takes {timing['precompute_seconds_per_example'] * 1e3:,.1f} ms per "
             f"example, {_precompute_epochs(timing, batch):.1f} epochs of (b), and each (b) epoch "
-            f"{b / t:.2f}x an (a') epoch: over {TARGET_JOB_EPOCHS} epochs (b)'s job is "
-            f"{_divide(*(job_seconds_per_example(timing, c, TARGET_JOB_EPOCHS, batch) for c in ('gram', 'tangent'))):.2f}x "
-            f"(a')'s (from the medians). The precompute is K = 10 backward passes per example (all seeds at once); it is paid once "
-            f"per record and run, so its share falls with the epochs (table above).")
+            f"{b / t:.2f}x an (a') epoch: over {TARGET_JOB_EPOCHS} epochs (b)'s job is {job:.2f}x "
+            "(a')'s (from the medians). The precompute is K = 10 backward passes per example (all seeds at once); "
+            "it is paid once per record and run, so its share falls with the epochs (table above).")
 
 
 WHY_TIME = """\
@@ -790,9 +803,10 @@ def render(results: dict) -> str:
         "descheduled peers need when other processes share the cores; on an idle machine the default "
         "(`ACTIVE`) can be a little faster: set `OMP_WAIT_POLICY` to compare.")
     lines = [
-        "## Training cost: time per logical step and peak memory", "",
+        "## Training cost" + (" on a GPU" if cuda else "") + ": time per logical step and peak memory", "",
         f"_Generated by `python -m benchmarks.training_cost{quick}` at {results['created']} (git {m['git']}); do not "
-        f"edit by hand. Raw numbers: `benchmarks/results/{RESULT_FILES[bool(quick)]}`._", "",
+        f"edit by hand. Raw numbers: `benchmarks/results/{result_file(bool(quick), cfg.get('device', 'cpu'))}`._",
+        "",
         machine_text, "",
         f"**Setup.** Batch {batch} (logical = physical: one forward and backward per step), random "
         f"inputs and labels (the cost does not depend on the values), {tr['loss']} loss, SGD lr {tr['lr']} momentum "
@@ -880,11 +894,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     results = run(replace(QUICK if args.quick else FULL, device=device), args.quick)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / RESULT_FILES[args.quick]
+    out = RESULTS / result_file(args.quick, device)
     out.write_text(json.dumps(results, indent=2) + "\n")
     section = render(results)
     if not args.quick:
-        write_section(SECTION, section)
+        write_section(section_name(device), section)
     print(section)
     print(f"\nwrote {out}" + ("" if args.quick else " and its section of docs/benchmarks.md"), file=sys.stderr)
 

@@ -23,10 +23,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.utils import parametrize
 
 from ..errors import UnsupportedModelError
-from .twins import PrimalReuse, TangentLayer, _DUAL_ACTIVE, is_batch_norm, make_twin, tangent_mode, twin_class
-from .ops import TangentOps
 from .layouts import BlockLayout, layout_for
+from .ops import TangentOps
 from .selection import Selection, select
+from .twins import _DUAL_ACTIVE, PrimalReuse, TangentLayer, is_batch_norm, make_twin, tangent_mode, twin_class
 
 
 class _TangentParametrization(nn.Module):
@@ -38,7 +38,8 @@ class _TangentParametrization(nn.Module):
         self.register_buffer("theta0", theta0.detach().clone(), persistent=False)
 
     def forward(self, delta: torch.Tensor) -> torch.Tensor:
-        value = self.theta0 + (delta - delta.detach()) if torch.is_grad_enabled() and delta.requires_grad else self.theta0
+        trained = torch.is_grad_enabled() and delta.requires_grad
+        value = self.theta0 + (delta - delta.detach()) if trained else self.theta0
         return fwAD.make_dual(value, delta.detach()) if _DUAL_ACTIVE.get() else value
 
     def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
@@ -88,7 +89,8 @@ def _convert(net: nn.Module, selected: Sequence[str]) -> list[str]:
                     f"{path or 'model'} ({type(module).__name__}): this batch-norm type cannot be frozen to its "
                     "running statistics; register a tangent layer for it")
             if getattr(module, "running_mean", None) is None:
-                raise UnsupportedModelError(f"{path or 'model'}: batch norm without running statistics cannot be frozen")
+                raise UnsupportedModelError(
+                    f"{path or 'model'}: batch norm without running statistics cannot be frozen")
             make_twin(module, own)
         elif own and twin_class(type(module)) is not None:
             make_twin(module, own)
@@ -159,7 +161,8 @@ class TangentModel(nn.Module):
         own = dict(self.named_deltas())
         missing, unexpected = sorted(set(own) - set(mapping)), sorted(set(mapping) - set(own))
         if missing or unexpected:
-            raise KeyError(f"deltas do not match this tangent model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+            raise KeyError(
+                f"deltas do not match this tangent model: missing {missing[:3]}, unexpected {unexpected[:3]}")
         for name, param in own.items():
             value = mapping[name]
             if tuple(value.shape) != tuple(param.shape):

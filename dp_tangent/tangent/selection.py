@@ -93,7 +93,8 @@ def select(model: nn.Module, trainable: str | Sequence[str] | None, layout: Bloc
     elif isinstance(trainable, str) and trainable.startswith("params:"):
         prefixes = [p.strip() for p in trainable[len("params:"):].split(",") if p.strip()]
         spec, names = "params:" + ",".join(prefixes), _by_prefixes(all_names, prefixes, trainable)
-    elif isinstance(trainable, Sequence) and not isinstance(trainable, str) and all(isinstance(p, str) for p in trainable):
+    elif (isinstance(trainable, Sequence) and not isinstance(trainable, str)
+          and all(isinstance(p, str) for p in trainable)):
         spec, names = "params:" + ",".join(trainable), _by_prefixes(all_names, list(trainable), str(list(trainable)))
     else:
         raise SelectionError(f"trainable {trainable!r} is not understood; use {FORMS}")

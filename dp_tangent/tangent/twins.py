@@ -28,6 +28,7 @@ from timm.layers import BatchNormAct2d
 from timm.layers import LayerNorm as TimmLayerNorm
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from . import depthwise
 from .ops import TangentOps
 
 _DUAL_ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("dp_tangent_dual", default=False)
@@ -220,7 +221,10 @@ def _deltas(layer: TangentLayer) -> tuple[torch.Tensor | None, torch.Tensor | No
 
 @register_tangent_layer(nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def _conv(layer: TangentLayer, x: torch.Tensor) -> torch.Tensor:
-    return layer._conv_forward(x, layer.effective("weight"), layer.effective("bias"))  # type: ignore[attr-defined]
+    weight, bias = layer.effective("weight"), layer.effective("bias")
+    if not _DUAL_ACTIVE.get() and depthwise.applies(layer, x, weight):
+        return depthwise.conv2d(x, weight, bias, layer.stride, layer.padding, layer.dilation)  # type: ignore[arg-type]
+    return layer._conv_forward(x, weight, bias)  # type: ignore[attr-defined]
 
 
 @register_tangent_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
