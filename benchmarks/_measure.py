@@ -200,7 +200,9 @@ def _memory_gib() -> float | None:
 
 
 def _git_revision(root: Path) -> str | None:
-    """Commit, plus the tracked Python files with uncommitted changes (then the commit is not what ran)."""
+    """Commit, plus the tracked Python files with uncommitted changes (then the commit is not what ran).
+
+    In a copy of the tree without ``.git`` (a remote GPU machine), ``BENCHMARK_GIT_REVISION`` names it."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
 
@@ -208,7 +210,8 @@ def _git_revision(root: Path) -> str | None:
         head = git("rev-parse", "--short", "HEAD")
         changed = git("diff", "HEAD", "--name-only", "--", "*.py").splitlines()
     except (OSError, subprocess.CalledProcessError):
-        return None
+        copied = os.environ.get("BENCHMARK_GIT_REVISION")
+        return f"{copied} (a copy of the tree without .git)" if copied else None
     return f"{head} + uncommitted changes to {', '.join(changed)}" if changed else head
 
 
