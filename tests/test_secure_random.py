@@ -95,6 +95,17 @@ def test_noise_generated_on_the_gpu_is_gaussian() -> None:
     assert stats.kstest(x.double().cpu().numpy(), stats.norm(scale=1.5).cdf).pvalue > ALPHA
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_noise_never_repeats_a_chunk_of_its_double_buffered_staging() -> None:
+    """Many chunks per worker pass through each page-locked buffer: a buffer refilled before its copy
+    finished would hand the same keystream to two chunks, and repeat noise values."""
+    rng = SecureRandom()
+    with torch.device("cpu"):
+        draws = [rng.gaussian(3_000_000, 1.0, device="cuda") for _ in range(3)]
+    flat = torch.cat(draws).cpu()
+    assert torch.unique(flat).numel() == flat.numel()
+
+
 # -- Poisson sampling -------------------------------------------------------------------------------
 def test_poisson_sampler_includes_each_record_independently_with_probability_q() -> None:
     n, q, epochs = 500, 0.04, 40
