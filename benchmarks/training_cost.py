@@ -741,10 +741,20 @@ the suffix's inputs and θ0 never change, so its activations at θ0 are constant
 caching them would leave the tangent products and the backward (about 4 units against 3), at a
 memory cost of the suffix's activations times the number of examples. Fused tangent kernels (primal
 and tangent of LayerNorm, GELU and attention in one pass) or a compiled dual forward would shrink
-the dual pass. On EfficientNet-Lite0 a third of (a)'s and (b)'s backward is PyTorch's CPU kernel
-for the depthwise convolution's weight gradient at a 2x2 output (about 17 ms of the step); computing
-it as a grouped convolution of the input with the output gradient took 4 ms in isolation (slower
-than PyTorch's kernel from about 12x12 outputs up): not built yet."""
+the dual pass. One kernel choice differs between the cases: on EfficientNet-Lite0 at this size the
+trainable block's depthwise convolution has a 2x2 output, where PyTorch's CPU kernel for its weight
+gradient is slow in the contiguous layout; the tangent twins, (a') to (d), take that gradient in
+channels-last layout when that times faster on its first backward (`tangent.depthwise`), while
+stock timm in (a), (e) and (f) keeps PyTorch's choice (a user of plain PyTorch could convert the
+model and inputs to channels-last)."""
+
+WHY_TIME_CUDA = """On a GPU at this batch and model size, the steps are bound by kernel launches and Python rather than
+arithmetic: (a) runs in a few milliseconds, while the tangent model's dual pass launches several
+kernels per op (primal and tangent) and `twins.PrimalReuse` compares each linear or convolution
+input bit for bit, which waits for the GPU. The secure noise is drawn on the CPU (ChaCha20
+keystream, written into page-locked memory) and copied to the GPU for the Box–Muller arithmetic,
+so its cost does not shrink with the GPU and its share of a step is larger than on the CPU. Larger
+batches and models, where arithmetic would weigh more, were not measured on a GPU."""
 
 
 NOISE_SHARE_LIMIT = 0.10  # target: secure noise and Poisson sampling together at most 10% of a DP step
@@ -862,7 +872,7 @@ def render(results: dict) -> str:
     if time_missed:
         lines += ["### Why time targets are missed", ""]
         lines += [_explain_time(model, models[model]) for model in time_missed]
-        lines += ["", _paragraph(WHY_TIME), ""]
+        lines += ["", _paragraph(WHY_TIME_CUDA if cuda else WHY_TIME), ""]
     if missed["gram_memory"]:
         lines += ["### Why the memory target is missed", ""]
         lines += [_explain_memory(model, models[model], peak_label) for model in missed["gram_memory"]]
