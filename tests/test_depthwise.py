@@ -1,6 +1,7 @@
 """Depthwise convolutions with small outputs compute their weight gradient in the faster layout (timed once per
-geometry): the value is PyTorch's own, and every gradient equals PyTorch's in both layouts, also under the Gram
-precompute's batched seeds and under torch.func; the tangent model's twins take this path only in the plain pass."""
+geometry and batch-size bucket): the value is PyTorch's own, and every gradient equals PyTorch's in both layouts,
+also under the Gram precompute's batched seeds and under torch.func; the tangent model's twins take this path only
+in the plain pass."""
 
 from __future__ import annotations
 
@@ -78,14 +79,15 @@ def test_per_example_gradients_under_torch_func(geometry: tuple[int, ...], layou
                           atol=1e-12)
 
 
-def test_the_timed_choice_is_made_once_per_geometry_and_batch_size_does_not_matter() -> None:
-    x, weight, bias, stride, padding, dilation = _case((8, 2, 3, 1, 1, 1))
+def test_the_timed_choice_is_made_once_per_geometry_and_batch_size_bucket() -> None:
+    x, weight, bias, stride, padding, dilation = _case((8, 2, 3, 1, 1, 1))  # a batch of 7
     key = depthwise.layout_key(x, weight, stride, padding, dilation)
     depthwise._CHANNELS_LAST_FASTER.pop(key, None)
     depthwise.conv2d(x, weight, bias, stride, padding, dilation).sum().backward()
     assert key in depthwise._CHANNELS_LAST_FASTER
-    smaller = x.detach()[:3].requires_grad_()
-    assert depthwise.layout_key(smaller, weight, stride, padding, dilation) == key
+    same_bucket, other_bucket = x.detach()[:5], x.detach()[:4]  # batch sizes rounded up to 8, and to 4
+    assert depthwise.layout_key(same_bucket, weight, stride, padding, dilation) == key
+    assert depthwise.layout_key(other_bucket, weight, stride, padding, dilation) != key
 
 
 def test_only_small_depthwise_convolutions_with_weight_gradients_take_the_path() -> None:

@@ -7,13 +7,15 @@ gradient is sometimes slow on contiguous (N, C, H, W) tensors when the output is
 images), or of 672 channels at 3×3 with 5×5 filters. The same kernel on channels-last copies of x and g
 takes 5–10 ms there, but is slower at other small shapes (3×3 filters at 4×4 outputs) and at every
 output from 7×7 on. Which layout wins is not predictable from the shape, so for outputs up to 6×6
-(:func:`applies`) the first backward of each layer geometry times both once and keeps the faster
-(like ``torch.backends.cudnn.benchmark``). The forward and the input gradient are PyTorch's own calls,
-so the value is bit-identical; both weight gradients agree to float rounding.
+(:func:`applies`) the first backward of each layer geometry and batch size (rounded up to a power of
+two) times both and keeps the faster (like ``torch.backends.cudnn.benchmark``). The forward and the
+input gradient are PyTorch's own calls, so the value is bit-identical; both weight gradients agree to
+float rounding.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,8 +27,9 @@ import torch.nn.functional as F
 # Largest output (height × width) for which the channels-last weight gradient is tried: it was slower at
 # every shape measured from 7×7 on (3×3 and 5×5 filters at EfficientNet-Lite0's widths, two cores).
 MAX_OUTPUT_PIXELS = 36
-# (channels, height, width, filter, stride, padding, dilation, dtype, threads) -> channels-last was faster
+# (batch bucket, channels, height, width, filter, stride, padding, dilation, dtype, threads) -> channels-last faster
 _CHANNELS_LAST_FASTER: dict[tuple[object, ...], bool] = {}
+_TIMED_ROUNDS = 3  # the faster of each layout's best of 3, alternating, after one untimed call of each
 
 
 def applies(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -66,16 +69,22 @@ def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, weight: torch.Tensor, s
     if key not in _CHANNELS_LAST_FASTER:
         if _batched(x) or _batched(grad_out):  # under vmap (the Gram precompute's batched seeds): do not time
             return native(False)
-        seconds = {last: min(_timed(native, last) for _ in range(2)) for last in (False, True)}
+        seconds: dict[bool, float] = {False: math.inf, True: math.inf}
+        for last in (False, True):  # untimed: each layout's first call builds oneDNN's kernel for the shape
+            native(last)
+        for _ in range(_TIMED_ROUNDS):
+            for last in (False, True):
+                seconds[last] = min(seconds[last], _timed(native, last))
         _CHANNELS_LAST_FASTER[key] = seconds[True] < seconds[False]
     return native(_CHANNELS_LAST_FASTER[key])
 
 
 def layout_key(x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int], padding: tuple[int, int],
                dilation: tuple[int, int]) -> tuple[object, ...]:
-    """What the layout choice is remembered by: the geometry, not the batch size (Poisson batches vary)."""
-    return (*x.shape[1:], *weight.shape[2:], tuple(stride), tuple(padding), tuple(dilation), x.dtype,
-            torch.get_num_threads())
+    """What the layout choice is remembered by: the geometry and the batch size rounded up to a power of
+    two (Poisson batches vary around their mean; the faster layout depends on the batch size too)."""
+    return (1 << max(x.shape[0] - 1, 0).bit_length(), *x.shape[1:], *weight.shape[2:], tuple(stride),
+            tuple(padding), tuple(dilation), x.dtype, torch.get_num_threads())
 
 
 def _timed(fn: Callable[[bool], torch.Tensor], arg: bool) -> float:
