@@ -834,7 +834,13 @@ def render(results: dict) -> str:
         "(`benchmarks._baselines.NonLinearSuffix`: BatchNorm on its running statistics, timm's fused attention; "
         "convolutions with the grouped per-sample kernels of `training.grad_samplers`) through the same "
         "`dp_parts`, Opacus hooks and ghost clipping. Every case runs on fixed batches instead of Poisson "
-        "sampling, so that every case sees exactly the same batch. Data loading and sampling are not timed.", "",
+        "sampling, so that every case sees exactly the same batch. Data loading and sampling are not timed."
+        + ("" if cuda else
+           " One kernel choice differs: the tangent model's depthwise convolutions with small outputs, in (a') to "
+           "(d), take their weight gradient in the faster of two memory layouts, timed on their first backward "
+           "(`tangent.depthwise`; on EfficientNet-Lite0 here, channels-last at a 2x2 output), while stock timm in "
+           "(a), (e) and (f) keeps PyTorch's contiguous layout; a plain-PyTorch user could convert to "
+           "channels-last."), "",
         f"**Measures.** *Time*: for each model all cases run in one process; after {cfg['warmup']} warm-up steps "
         f"each, {cfg['steps']} rounds time one step of every case with `time.perf_counter`"
         + (" after `torch.cuda.synchronize()`" if cuda else "")
