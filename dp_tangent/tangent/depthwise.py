@@ -1,4 +1,4 @@
-"""Depthwise 2-D convolution whose weight gradient is computed in channels-last layout.
+"""Depthwise 2-D convolution whose weight gradient is computed in the faster of two memory layouts.
 
 For y = conv2d(x, w, groups=C) with one filter per channel, dL/dw[c, p, q] = sum over n, i, j of
 g[n, c, i, j] · x_pad[n, c, i·s + p·d, j·s + q·d]. PyTorch's CPU kernel (oneDNN) for this weight
