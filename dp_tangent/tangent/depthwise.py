@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -56,27 +55,33 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, str
     return _DepthwiseConv2d.apply(x, weight, bias, stride, padding, dilation)
 
 
-def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int],
-                padding: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
-    """dL/dw (C×1×k×k) of a depthwise convolution from its input and output gradient, in the faster layout."""
-
-    def native(last: bool) -> torch.Tensor:
-        inputs = (_channels_last(grad_out), _channels_last(x)) if last else (grad_out, x)
-        return torch.ops.aten.convolution_backward(*inputs, weight, None, stride, padding, dilation, False, (0, 0),
-                                                   x.shape[1], (False, True, False))[1]
-
-    key = layout_key(x, weight, stride, padding, dilation)
+def channels_last_faster(x: torch.Tensor, grad_out: torch.Tensor, weight: torch.Tensor,
+                         geometry: tuple[tuple[int, int], ...]) -> bool:
+    """Whether this weight gradient is faster in channels-last layout: timed on the first call of each
+    :func:`layout_key`, then remembered; False under vmap until a plain call has timed it."""
+    key = layout_key(x, weight, *geometry)
     if key not in _CHANNELS_LAST_FASTER:
         if _batched(x) or _batched(grad_out):  # under vmap (the Gram precompute's batched seeds): do not time
-            return native(False)
+            return False
         seconds: dict[bool, float] = {False: math.inf, True: math.inf}
         for last in (False, True):  # untimed: each layout's first call builds oneDNN's kernel for the shape
-            native(last)
+            weight_grad(x, grad_out, weight, geometry, last)
         for _ in range(_TIMED_ROUNDS):
             for last in (False, True):
-                seconds[last] = min(seconds[last], _timed(native, last))
+                start = time.perf_counter()
+                weight_grad(x, grad_out, weight, geometry, last)
+                seconds[last] = min(seconds[last], time.perf_counter() - start)
         _CHANNELS_LAST_FASTER[key] = seconds[True] < seconds[False]
-    return native(_CHANNELS_LAST_FASTER[key])
+    return _CHANNELS_LAST_FASTER[key]
+
+
+def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, weight: torch.Tensor, geometry: tuple[tuple[int, int], ...],
+                channels_last: bool) -> torch.Tensor:
+    """dL/dw (C×1×k×k) of a depthwise convolution from its input and output gradient, by PyTorch's kernel on
+    tensors in the given layout. ``geometry``: (stride, padding, dilation)."""
+    inputs = (_channels_last(grad_out), _channels_last(x)) if channels_last else (grad_out, x)
+    return torch.ops.aten.convolution_backward(*inputs, weight, None, *geometry, False, (0, 0), x.shape[1],
+                                               (False, True, False))[1]
 
 
 def layout_key(x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int], padding: tuple[int, int],
@@ -85,12 +90,6 @@ def layout_key(x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int], p
     two (Poisson batches vary around their mean; the faster layout depends on the batch size too)."""
     return (1 << max(x.shape[0] - 1, 0).bit_length(), *x.shape[1:], *weight.shape[2:], tuple(stride),
             tuple(padding), tuple(dilation), x.dtype, torch.get_num_threads())
-
-
-def _timed(fn: Callable[[bool], torch.Tensor], arg: bool) -> float:
-    start = time.perf_counter()
-    fn(arg)
-    return time.perf_counter() - start
 
 
 def _batched(t: torch.Tensor) -> bool:
@@ -120,12 +119,12 @@ class _DepthwiseConv2d(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
-        stride, padding, dilation = ctx.geometry
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.nn.grad.conv2d_input(x.shape, weight, grad_out, stride, padding, dilation, x.shape[1])
-        if ctx.needs_input_grad[1]:
-            grad_w = weight_grad(x, grad_out, weight, stride, padding, dilation)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_out.sum((0, 2, 3))
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        last = need_w and channels_last_faster(x, grad_out, weight, ctx.geometry)
+        # PyTorch's own backward, less the weight gradient when that is taken in channels-last layout
+        grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+            grad_out, x, weight, [weight.shape[0]] if ctx.has_bias else None, *ctx.geometry, False, (0, 0),
+            x.shape[1], (need_x, need_w and not last, ctx.has_bias and need_b))
+        if last:
+            grad_w = weight_grad(x, grad_out, weight, ctx.geometry, True)
         return grad_x, grad_w, grad_b, None, None, None
