@@ -202,7 +202,12 @@ def _memory_gib() -> float | None:
 def _git_revision(root: Path) -> str | None:
     """Commit, plus the tracked Python files with uncommitted changes (then the commit is not what ran).
 
-    In a copy of the tree without ``.git`` (a remote GPU machine), ``BENCHMARK_GIT_REVISION`` names it."""
+    ``BENCHMARK_GIT_REVISION``, when set, names it instead: a copy of the tree on a remote GPU machine may
+    carry no ``.git``, or one whose HEAD is not the commit its files come from."""
+    named = os.environ.get("BENCHMARK_GIT_REVISION")
+    if named:
+        return f"{named} (named by BENCHMARK_GIT_REVISION)"
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
 
@@ -210,8 +215,7 @@ def _git_revision(root: Path) -> str | None:
         head = git("rev-parse", "--short", "HEAD")
         changed = git("diff", "HEAD", "--name-only", "--", "*.py").splitlines()
     except (OSError, subprocess.CalledProcessError):
-        copied = os.environ.get("BENCHMARK_GIT_REVISION")
-        return f"{copied} (a copy of the tree without .git)" if copied else None
+        return None
     return f"{head} + uncommitted changes to {', '.join(changed)}" if changed else head
 
 
