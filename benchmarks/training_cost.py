@@ -741,12 +741,8 @@ the suffix's inputs and θ0 never change, so its activations at θ0 are constant
 caching them would leave the tangent products and the backward (about 4 units against 3), at a
 memory cost of the suffix's activations times the number of examples. Fused tangent kernels (primal
 and tangent of LayerNorm, GELU and attention in one pass) or a compiled dual forward would shrink
-the dual pass. One kernel choice differs between the cases: on EfficientNet-Lite0 at this size the
-trainable block's depthwise convolution has a 2x2 output, where PyTorch's CPU kernel for its weight
-gradient is slow in the contiguous layout; the tangent twins, (a') to (d), take that gradient in
-channels-last layout when that times faster on its first backward (`tangent.depthwise`), while
-stock timm in (a), (e) and (f) keeps PyTorch's choice (a user of plain PyTorch could convert the
-model and inputs to channels-last)."""
+the dual pass. The one kernel choice that differs between the cases (depthwise weight gradients)
+is stated under Setup."""
 
 WHY_TIME_CUDA = """On a GPU at this batch and model size, the steps are bound by kernel launches and Python rather than
 arithmetic: (a) runs in a few milliseconds, while the tangent model's dual pass launches several
