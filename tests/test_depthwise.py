@@ -1,7 +1,6 @@
-"""Depthwise convolutions with small outputs compute their weight gradient in the faster layout (timed once per
-geometry and batch-size bucket): the value is PyTorch's own, and every gradient equals PyTorch's in both layouts,
-also under the Gram precompute's batched seeds and under torch.func; the tangent model's twins take this path only
-in the plain pass."""
+"""Depthwise convolutions with small outputs compute their weight gradient from a Gram of positions: the value is
+PyTorch's own, and every gradient equals PyTorch's, also under the Gram precompute's batched seeds and under
+torch.func; the tangent model's twins take this path only in the plain pass, where its extra work is bounded."""
 
 from __future__ import annotations
 
@@ -18,21 +17,6 @@ from dp_tangent.tangent import depthwise
 GEOMETRIES = [(6, 2, 3, 1, 1, 1), (5, 6, 5, 2, 2, 1), (4, 5, 3, 1, 2, 2), (3, 9, 3, 3, 1, 1), (4, 1, 3, 1, 1, 1)]
 
 
-@pytest.fixture(params=[False, True], ids=["contiguous", "channels_last"])
-def layout(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
-    """Every geometry's weight gradient forced to one layout (instead of the timed choice)."""
-
-    class Forced(dict):
-        def __contains__(self, key: object) -> bool:
-            return True
-
-        def __getitem__(self, key: object) -> bool:
-            return request.param
-
-    monkeypatch.setattr(depthwise, "_CHANNELS_LAST_FASTER", Forced())
-    return request.param
-
-
 def _case(geometry: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple, tuple, tuple]:
     channels, size, kernel, stride, padding, dilation = geometry
     torch.manual_seed(sum(geometry))
@@ -43,7 +27,7 @@ def _case(geometry: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.
 
 
 @pytest.mark.parametrize("geometry", GEOMETRIES)
-def test_value_and_gradients_equal_pytorch_in_both_layouts(geometry: tuple[int, ...], layout: bool) -> None:
+def test_value_and_gradients_equal_pytorch(geometry: tuple[int, ...]) -> None:
     x, weight, bias, stride, padding, dilation = _case(geometry)
     out = depthwise.conv2d(x, weight, bias, stride, padding, dilation)
     want = F.conv2d(x, weight, bias, stride, padding, dilation, x.shape[1])
@@ -65,7 +49,7 @@ def test_value_and_gradients_equal_pytorch_in_both_layouts(geometry: tuple[int, 
 
 
 @pytest.mark.parametrize("geometry", GEOMETRIES[:2])
-def test_per_example_gradients_under_torch_func(geometry: tuple[int, ...], layout: bool) -> None:
+def test_per_example_gradients_under_torch_func(geometry: tuple[int, ...]) -> None:
     x, weight, _, stride, padding, dilation = _case(geometry)
 
     def loss(conv: object, xi: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -79,23 +63,36 @@ def test_per_example_gradients_under_torch_func(geometry: tuple[int, ...], layou
                           atol=1e-12)
 
 
-def test_the_timed_choice_is_made_once_per_geometry_and_batch_size_bucket() -> None:
-    x, weight, bias, stride, padding, dilation = _case((8, 2, 3, 1, 1, 1))  # a batch of 7
-    key = depthwise.layout_key(x, weight, stride, padding, dilation)
-    depthwise._CHANNELS_LAST_FASTER.pop(key, None)
-    depthwise.conv2d(x, weight, bias, stride, padding, dilation).sum().backward()
-    assert key in depthwise._CHANNELS_LAST_FASTER
-    same_bucket, other_bucket = x.detach()[:5], x.detach()[:4]  # batch sizes rounded up to 8, and to 4
-    assert depthwise.layout_key(same_bucket, weight, stride, padding, dilation) == key
-    assert depthwise.layout_key(other_bucket, weight, stride, padding, dilation) != key
+def test_rectangular_filters_inputs_and_geometries_give_pytorchs_weight_gradient() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(5, 3, 4, 7, dtype=torch.float64)
+    weight = torch.randn(3, 1, 3, 5, dtype=torch.float64, requires_grad=True)
+    geometry = ((2, 1), (1, 3), (1, 2))
+    want = F.conv2d(x, weight, None, *geometry, 3)
+    seed = torch.randn_like(want)
+    (expected,) = torch.autograd.grad(want, weight, seed)
+    assert torch.allclose(depthwise.weight_grad(x, seed, (3, 5), geometry), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_each_filter_tap_links_the_position_pairs_inside_the_input() -> None:
+    """1x1 input, 3x3 filter, padding 1: only the centre tap reaches the one input position."""
+    selection = depthwise.tap_selection((1, 1), (1, 1), (3, 3), (1, 1), (1, 1), (1, 1), torch.float32)
+    assert selection.shape == (1, 9) and selection.tolist() == [[0, 0, 0, 0, 1, 0, 0, 0, 0]]
+    # 2x2 input and output, 3x3 filter, padding 1: each of the 4 output positions sees the 4 inputs, by 4 taps
+    selection = depthwise.tap_selection((2, 2), (2, 2), (3, 3), (1, 1), (1, 1), (1, 1), torch.float32)
+    assert selection.sum().item() == 16 and selection.sum(dim=1).max().item() == 1
 
 
 def test_only_small_depthwise_convolutions_with_weight_gradients_take_the_path() -> None:
     depthwise_layer = nn.Conv2d(8, 8, 3, padding=1, groups=8)
-    small, large = torch.randn(2, 8, 6, 6), torch.randn(2, 8, 7, 7)
+    small, large = torch.randn(64, 8, 6, 6), torch.randn(64, 8, 9, 9)
     weight = depthwise_layer.weight
     assert depthwise.applies(depthwise_layer, small, weight)
-    assert not depthwise.applies(depthwise_layer, large, weight)  # 7×7 output: PyTorch's layout was faster
+    assert not depthwise.applies(depthwise_layer, large, weight)  # 81 output positions > 64
+    wide = nn.Conv2d(8, 8, 5, padding=2, groups=8)
+    assert depthwise.applies(wide, torch.randn(64, 8, 8, 8), wide.weight)  # 5×5 taps: little extra work
+    strided = nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8)
+    assert not depthwise.applies(strided, torch.randn(64, 8, 12, 12), strided.weight)  # 144 inputs for 9 taps
     assert not depthwise.applies(nn.Conv2d(8, 8, 3, padding=1, groups=4), small, weight)  # not depthwise
     assert not depthwise.applies(nn.Conv2d(8, 8, 3, padding=1, groups=8, padding_mode="reflect"), small, weight)
     assert not depthwise.applies(depthwise_layer, small, weight.detach())  # no weight gradient wanted
@@ -103,25 +100,32 @@ def test_only_small_depthwise_convolutions_with_weight_gradients_take_the_path()
         assert not depthwise.applies(depthwise_layer, small, weight)
 
 
-def test_tangent_efficientnet_uses_it_in_the_plain_pass_and_its_gradient_stays_exact(
+def test_tangent_efficientnet_uses_it_in_both_plain_passes_and_its_gradient_stays_exact(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """EfficientNet-Lite0's last two stages (five inverted-residual blocks) at 32×32 have 1×1 depthwise outputs."""
+    """EfficientNet-Lite0's last two stages (five inverted-residual blocks) at 32×32 have 1×1 depthwise outputs:
+    the step's plain pass replays them (their weight gradient from here), the Gram precompute's runs them."""
     model, x, suffix = build("efficientnet_lite0")
     tangent = linearize(model, suffix)
+    twins = [m for m in tangent.modules() if isinstance(m, nn.Conv2d) and m.groups > 1 and hasattr(m, "delta_names")]
+    assert len(twins) == 5 and all(depthwise.applies(t, torch.zeros(8, t.in_channels, 1, 1), t.weight) for t in twins)
+    called = []
+    weight_grad = depthwise.weight_grad
+    monkeypatch.setattr(depthwise, "weight_grad", lambda *args: called.append(1) or weight_grad(*args))
     features = tangent.features(x)
-    out = tangent.forward_from_features(features)
-    seen, stack = {}, [out.grad_fn]
+    tangent.forward_from_features(features).pow(2).sum().backward()
+    assert len(called) == len(twins)
+    got = {name: param.grad.clone() for name, param in tangent.named_deltas()}
+    plain = tangent._suffix(features)  # a plain pass alone, as the Gram precompute runs it (kept: ids stay unique)
+    seen, stack = {}, [plain.grad_fn]
     while stack:
         node = stack.pop()
         if node is not None and id(node) not in seen:
             seen[id(node)] = type(node).__name__
             stack.extend(next_fn for next_fn, _ in node.next_functions)
-    twins = [m for m in tangent.modules() if isinstance(m, nn.Conv2d) and m.groups > 1 and hasattr(m, "delta_names")]
-    assert len(twins) == 5 and sum("Depthwise" in name for name in seen.values()) == len(twins)
-    out.pow(2).sum().backward()
-    got = {name: param.grad.clone() for name, param in tangent.named_deltas()}
-    monkeypatch.setattr(depthwise, "applies", lambda *args: False)  # the same model with PyTorch's own backward
+    assert sum("Depthwise" in name for name in seen.values()) == len(twins)
+    monkeypatch.setattr(depthwise, "covers", lambda *args: False)  # the same model with PyTorch's own backward
     tangent.zero_grad()
     tangent.forward_from_features(features).pow(2).sum().backward()
+    assert len(called) == len(twins)
     for name, param in tangent.named_deltas():
         assert torch.allclose(got[name], param.grad, rtol=1e-10, atol=1e-12), name

@@ -1,6 +1,7 @@
-"""With gradients on, f_lin's value takes the linear and convolution twins' primal outputs from the recorded pass
-at theta0 (``PrimalReuse``) and computes only their tangents: the value and the gradient stay exact, and a twin
-whose recorded input or output was edited in place runs in full."""
+"""With gradients on, the dual pass runs first and the plain pass at theta0 that records the graph takes the linear
+and convolution twins' outputs from its primals (``PrimalReuse``), with the layers' own backward rules: the value
+and the gradient stay exact, and a twin whose recorded input or output was edited in place, or whose rule does not
+cover the call, runs in full."""
 
 from __future__ import annotations
 
@@ -38,6 +39,13 @@ def test_value_with_gradients_reuses_every_twin_and_stays_exact(arch: str, reuse
     out = tangent(x)
     assert out.requires_grad and len(reuses) == 1
     assert reuses[0].reused > 0 and reuses[0].recomputed == 0
+    seen, stack = {}, [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and id(node) not in seen:
+            seen[id(node)] = type(node).__name__
+            stack.extend(next_fn for next_fn, _ in node.next_functions)
+    assert sum(name == "_ReplayedBackward" for name in seen.values()) == reuses[0].reused
     with torch.no_grad():
         want = reference_f_lin(model, deltas, x)
         full_dual = tangent(x)
@@ -75,3 +83,20 @@ def test_a_twin_output_edited_in_place_is_recomputed_not_reused(reuses: list[Pri
     assert reuses[0].recomputed == 1 and reuses[0].reused == 1  # `first` edited in place; `second` reused
     want = reference_f_lin(model, deltas, x)
     assert ((out.detach() - want).norm() / want.norm()).item() < 1e-12
+
+
+def test_a_convolution_with_reflect_padding_is_recomputed_and_stays_exact(reuses: list[PrimalReuse]) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, padding_mode="reflect"), nn.Tanh(), nn.Conv2d(3, 2, 3),
+                          nn.Flatten()).double()
+    x = torch.randn(3, 2, 5, 5, dtype=torch.float64)
+    tangent = linearize(model, example_input=x)
+    deltas = random_deltas(tangent)
+    tangent.load_deltas(deltas)
+    reuses.clear()
+    out = tangent(x)
+    assert reuses[0].recomputed == 1 and reuses[0].reused == 1  # the reflect-padded conv has no replay rule
+    out.pow(2).sum().backward()
+    expected = torch.func.grad(lambda d: reference_f_lin(model, d, x).pow(2).sum())(deltas)
+    for name, param in tangent.named_deltas():
+        assert torch.allclose(param.grad, expected[name], rtol=1e-9, atol=1e-12), name

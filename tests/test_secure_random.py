@@ -80,6 +80,24 @@ def test_uniforms_are_53_bit_and_never_zero() -> None:
     assert stats.kstest(u.numpy(), "uniform").pvalue > ALPHA
 
 
+def test_noise_added_in_place_spans_chunks_and_tensors_with_the_asked_std(threads: int) -> None:
+    """Tensors of odd sizes whose concatenation crosses chunk boundaries mid-tensor: every value gets its own
+    draw, rounded to the tensor's dtype, and the sums keep the asked std."""
+    std, chunk = 1.5, secure_random._CHUNK["cpu"]
+    sizes = [3, chunk + 11, 5, 2 * chunk - 7, 1]
+    base = [torch.zeros(n, dtype=torch.float32) for n in sizes[:3]] + [
+        torch.full((n,), -4.0, dtype=torch.float64) for n in sizes[3:]]
+    tensors = [t.clone() for t in base]
+    SecureRandom().add_gaussian_(tensors, std)
+    assert [(t.shape, t.dtype) for t in tensors] == [(b.shape, b.dtype) for b in base]
+    noise = torch.cat([(t - b).double() for t, b in zip(tensors, base)]).numpy()
+    wide = noise[sum(sizes[:3]):]  # float64: distinct values unless a draw repeats
+    assert np.unique(wide).size == wide.size and (noise != 0).all()  # no chunk or piece drawn twice or skipped
+    assert stats.kstest(noise, stats.norm(scale=std).cdf).pvalue > ALPHA
+    with pytest.raises(ValueError, match="contiguous"):
+        SecureRandom().add_gaussian_([torch.zeros(4, 4).t()], std)
+
+
 def test_noise_like_shapes_types_and_places_like_the_references() -> None:
     refs = [torch.zeros(3, 4), torch.zeros(5, dtype=torch.float64), torch.zeros(2, 2, 2)]
     noise = SecureRandom().noise_like(refs, 1.0)
@@ -178,6 +196,29 @@ def test_secure_optimizer_adds_noise_of_std_sigma_c_once_per_summed_gradient() -
         optimizer.add_noise()
 
 
+def test_ghost_and_gram_optimizer_sums_physical_batches_without_a_copy_and_either_zero_grad_keeps_it() -> None:
+    """The clipped sum in ``.grad`` becomes ``summed_grad`` (not a copy); ``.grad`` is cleared, so neither a
+    zero_grad that zeroes in place nor the next backward touches it; the noised sum comes back in ``.grad``."""
+    layer = nn.Linear(3, 2)
+    optimizer = sgd.SecureDPOptimizerFastGradientClipping(
+        torch.optim.SGD(layer.parameters(), lr=1.0), rng=SecureRandom(), noise_multiplier=0.0, max_grad_norm=1.0,
+        expected_batch_size=4)
+    first, second = [torch.randn_like(p) for p in layer.parameters()], [torch.randn_like(p) for p in layer.parameters()]
+    for p, g in zip(layer.parameters(), first):
+        p.grad = g.clone()
+    grads = [p.grad.data_ptr() for p in layer.parameters()]
+    optimizer.signal_skip_step(do_skip=True)  # the first physical batch of a logical one
+    assert optimizer.pre_step() is False
+    assert [p.summed_grad.data_ptr() for p in layer.parameters()] == grads and all(
+        p.grad is None for p in layer.parameters())
+    optimizer.zero_grad(set_to_none=False)
+    for p, g in zip(layer.parameters(), second):
+        p.grad = g.clone()
+    assert optimizer.pre_step() is True
+    for p, a, b in zip(layer.parameters(), first, second):
+        assert torch.allclose(p.grad, (a + b) / 4)  # sigma 0: the sum of both, scaled by the expected batch
+
+
 # -- the key --------------------------------------------------------------------------------------------
 def test_the_stream_is_chacha20_under_the_os_key_and_the_key_buffer_is_wiped(monkeypatch) -> None:
     passed: list[bytearray] = []
@@ -192,6 +233,8 @@ def test_the_stream_is_chacha20_under_the_os_key_and_the_key_buffer_is_wiped(mon
     rng = SecureRandom()
     want = Cipher(real(KEY, bytes(16)), mode=None).encryptor().update(bytes(64))
     assert rng.words(8).numpy().tobytes() == want  # the keystream under the OS key, from its start
+    long = Cipher(real(KEY, bytes(16)), mode=None).encryptor().update(bytes(64 + 3 * secure_random._PLAINTEXT_BYTES))
+    assert rng.words(3 * secure_random._PLAINTEXT_BYTES // 8).numpy().tobytes() == long[64:]  # over several pieces
     [buffer] = passed
     assert bytes(buffer) == bytes(32)  # wiped: OpenSSL kept its own copy and the stream goes on
     assert KEY.hex() not in repr(rng) and KEY not in repr(rng).encode()

@@ -4,7 +4,7 @@
 ``trainable`` into deltas (zero at start, so f_lin(x; 0) = f(x; theta0) bit for bit). The value
 comes from one forward-mode dual pass (PyTorch's own forward derivative of every op, GELU
 included): primal f(x; theta0) and tangent J·delta together, without autograd. When gradients are
-needed, a plain pass at theta0 runs first (the dual pass then reuses its linear products),
+needed, a plain pass at theta0 follows (reusing the dual pass's linear products) and
 records the graph and receives the gradient of the output, which makes it J^T v with
 v = dLoss/d(output) at f_lin -- the exact gradient of the tangent model's loss -- and lets
 Opacus's per-layer hooks see the activations at theta0 and produce exact per-sample gradients
@@ -187,20 +187,19 @@ class TangentModel(nn.Module):
         """f_lin from cached prefix outputs ``h = features(x)``.
 
         The value comes from one dual pass without autograd (primal + tangent, no graph). When
-        gradients are needed, a plain pass at theta0 first records the graph (and feeds Opacus's hooks)
-        and receives them: d loss/d delta = J^T v exactly, with v = d loss/d output at f_lin. The dual
-        pass then takes the linear and convolution twins' primal outputs from it (:class:`PrimalReuse`),
-        so their products at theta0 run once. The tangent computations are never recorded, but they
-        run while the recorded graph is held: the price of the reuse is that their transient tensors
-        add to the graph's at the peak.
+        gradients are needed, a plain pass at theta0 then records the graph (and feeds Opacus's hooks)
+        and receives them: d loss/d delta = J^T v exactly, with v = d loss/d output at f_lin. That pass
+        takes the linear and convolution twins' outputs from the dual pass's primals
+        (:class:`PrimalReuse`), so their products at theta0 run once; the dual pass's transient tangents
+        are gone before the graph is built.
         """
         if not (torch.is_grad_enabled() and any(p.requires_grad for p in self.deltas())):
             return self._dual_value(h)
         reuse = PrimalReuse()
-        with TangentOps(), reuse.recording():  # the same op overrides, e.g. in-place arithmetic on hooked outputs
-            at_theta0 = self._suffix(h)
-        with reuse.replaying():
+        with reuse.recording():
             value = self._dual_value(h)
+        with TangentOps(), reuse.replaying():  # the same op overrides, e.g. in-place arithmetic on hooked outputs
+            at_theta0 = self._suffix(h)
         return _ValueWithGradientTo.apply(at_theta0, value)
 
     def _dual_value(self, h: torch.Tensor) -> torch.Tensor:

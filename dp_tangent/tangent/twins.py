@@ -36,9 +36,12 @@ _DUAL_ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("dp_tangent_
 ForwardFn = Callable[["TangentLayer", torch.Tensor], torch.Tensor]
 _FORWARDS: dict[type[nn.Module], ForwardFn] = {}
 _TWIN_CLASSES: dict[type[nn.Module], type[nn.Module]] = {}
-# tangent(layer, x, dx, y) -> J·delta at the layer's output y (None: zero), from the primal input x and its tangent dx
-TangentFn = Callable[["TangentLayer", torch.Tensor, "torch.Tensor | None", torch.Tensor], "torch.Tensor | None"]
-_TANGENTS: dict[type[nn.Module], TangentFn] = {}
+# backward(layer, x, weight, grad_out, needs) -> (dL/dx, dL/dweight, dL/dbias) of y = layer(x) at theta0, each None
+# where ``needs`` (x, weight, bias) says it is not wanted; ``weight`` is the effective weight the forward read
+BackwardFn = Callable[["TangentLayer", torch.Tensor, torch.Tensor, torch.Tensor, tuple[bool, bool, bool]],
+                      tuple["torch.Tensor | None", "torch.Tensor | None", "torch.Tensor | None"]]
+# replayable(layer, x) -> whether the rule covers this call (e.g. not a convolution with reflect padding)
+_BACKWARDS: dict[type[nn.Module], tuple[BackwardFn, Callable[["TangentLayer", torch.Tensor], bool]]] = {}
 _PRIMALS: contextvars.ContextVar["PrimalReuse | None"] = contextvars.ContextVar("dp_tangent_primals", default=None)
 
 
@@ -81,7 +84,7 @@ class TangentLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         reuse = _PRIMALS.get()
-        if reuse is not None and self._tangent_base in _TANGENTS:
+        if reuse is not None and self._tangent_base in _BACKWARDS:
             return reuse.forward(self, x)
         return _FORWARDS[self._tangent_base](self, x)
 
@@ -102,27 +105,49 @@ def register_tangent_layer(*base_types: type[nn.Module]) -> Callable[[ForwardFn]
     return decorator
 
 
-def register_tangent_rule(*base_types: type[nn.Module]) -> Callable[[TangentFn], TangentFn]:
-    """Register ``tangent(layer, x, dx, y)`` for the twins of ``base_types``: the output's tangent J·delta alone,
-    so that a dual pass after a recorded pass (:class:`PrimalReuse`) skips the layer's primal product."""
+def register_backward_rule(*base_types: type[nn.Module], replayable: Callable[["TangentLayer", torch.Tensor], bool]
+                           = lambda layer, x: True) -> Callable[[BackwardFn], BackwardFn]:
+    """Register ``backward(layer, x, weight, grad_out, needs)`` for the twins of ``base_types``: the layer's
+    vector-Jacobian product at theta0, so that a plain pass after a dual pass (:class:`PrimalReuse`) builds its
+    graph around the dual pass's primal output instead of computing it again."""
 
-    def decorator(fn: TangentFn) -> TangentFn:
+    def decorator(fn: BackwardFn) -> BackwardFn:
         for base in base_types:
-            _TANGENTS[base] = fn
+            _BACKWARDS[base] = (fn, replayable)
         return fn
 
     return decorator
 
 
-class PrimalReuse:
-    """One forward's twins run their primal product once instead of twice.
+class _Replayed(torch.autograd.Function):
+    """y = layer(x) at theta0, its value ``recorded`` by the dual pass; the backward is the layer's own rule."""
 
-    :meth:`recording`: the plain pass at theta0 keeps each registered twin's (input, output) by reference
-    (autograd keeps most of them anyway). :meth:`replaying`: in the dual pass that follows, a twin whose
-    primal input equals the recorded one (same values, neither modified in place since) takes the recorded
-    output as its primal and computes only the tangent by its rule; any other call runs in full. The
-    recorded pass is what the backward runs through, so this changes where the value's primal products
-    come from, never the gradient (nor, in Gram mode, the clipping bound)."""
+    @staticmethod
+    def forward(ctx, layer: "TangentLayer", recorded: list[torch.Tensor], x: torch.Tensor,  # noqa: ANN001
+                weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.layer = layer
+        ctx.save_for_backward(x, weight)
+        return recorded.pop().detach()  # the list hides the tensor from autograd: not an input, so not a view of one
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # noqa: ANN001
+        x, weight = ctx.saved_tensors
+        rule, _ = _BACKWARDS[ctx.layer._tangent_base]
+        return (None, None, *rule(ctx.layer, x, weight, grad_out, tuple(ctx.needs_input_grad[2:5])))
+
+
+class PrimalReuse:
+    """One forward's linear and convolution twins run their primal product once instead of twice.
+
+    :meth:`recording`: in the dual pass, each registered twin's primal input and output are kept by reference
+    (the plain pass's graph keeps most of them anyway). :meth:`replaying`: in the plain pass at theta0 that
+    follows, a twin whose input equals the recorded primal input (same values, neither recorded tensor modified
+    in place since) returns the recorded output through :class:`_Replayed`, whose backward is the layer's own
+    (:func:`register_backward_rule`); any other call, and any call under ``torch.func`` transforms, runs in full.
+    The gradient is the layer's vector-Jacobian product at theta0 either way, so the reuse changes where the
+    recorded graph's values come from (a rounding of the same product), never the gradient's formula, nor the
+    value f_lin, which is the dual pass's. The dual pass runs before the graph exists, so its transient
+    tangents never add to the graph's tensors."""
 
     def __init__(self) -> None:
         self._calls: dict[int, collections.deque] = {}
@@ -155,18 +180,20 @@ class PrimalReuse:
         full = _FORWARDS[layer._tangent_base]
         if not self._replaying:
             y = full(layer, x)
-            x0, y0 = x.detach(), y.detach()  # share the version counters: in-place edits stay visible
+            # detached primals: they share the version counters (in-place edits stay visible) but, unlike the
+            # views unpack_dual returns, do not keep the dual tensors, and so their tangents, alive
+            x0, y0 = fwAD.unpack_dual(x).primal.detach(), fwAD.unpack_dual(y).primal.detach()
             self._calls.setdefault(id(layer), collections.deque()).append((x0, x0._version, y0, y0._version))
             return y
         queue = self._calls.get(id(layer))
-        primal, tangent = fwAD.unpack_dual(x)
         if queue:
             x0, x_version, y0, y_version = queue.popleft()
-            if (x0._version == x_version and y0._version == y_version and x0.shape == primal.shape
-                    and x0.dtype == primal.dtype and torch.equal(x0, primal)):
+            backward_rule, replayable = _BACKWARDS[layer._tangent_base]
+            if (x0._version == x_version and y0._version == y_version and x0.shape == x.shape
+                    and x0.dtype == x.dtype and not torch._C._are_functorch_transforms_active()
+                    and replayable(layer, x) and torch.equal(x0, x.detach())):
                 self.reused += 1
-                dy = _TANGENTS[layer._tangent_base](layer, primal, tangent, y0)
-                return y0 if dy is None else fwAD.make_dual(y0, dy)
+                return _Replayed.apply(layer, [y0], x, layer.effective("weight"), layer.effective("bias"))
         self.recomputed += 1
         return full(layer, x)
 
@@ -198,25 +225,14 @@ def _linear(layer: TangentLayer, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, layer.effective("weight"), layer.effective("bias"))
 
 
-@register_tangent_rule(nn.Linear)
-def _linear_tangent(layer: TangentLayer, x: torch.Tensor, dx: torch.Tensor | None,
-                    y: torch.Tensor) -> torch.Tensor | None:
-    """d(W x + b) = dW x + db + W0 dx, the products accumulated in one buffer."""
-    weight, bias = _deltas(layer)
-    terms = ([(x, weight)] if weight is not None else []) + ([(dx, layer.theta0("weight"))] if dx is not None else [])
-    if not terms:
-        return None if bias is None else bias.expand_as(y)
-    flat = [(a.reshape(-1, a.shape[-1]), w.t()) for a, w in terms]
-    out = flat[0][0] @ flat[0][1] if bias is None else torch.addmm(bias, *flat[0])
-    for a, w in flat[1:]:
-        out.addmm_(a, w)
-    return out.view(y.shape)
-
-
-def _deltas(layer: TangentLayer) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(weight, bias) deltas of ``layer`` as tangents (None where that parameter is not linearized)."""
-    return tuple(getattr(layer, n).detach() if n in layer.delta_names else None  # type: ignore[return-value]
-                 for n in ("weight", "bias"))
+@register_backward_rule(nn.Linear)
+def _linear_backward(layer: TangentLayer, x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor,
+                     needs: tuple[bool, bool, bool]) -> tuple[torch.Tensor | None, ...]:
+    """y = x W^T + b: dL/dx = g W, dL/dW = g^T x, dL/db = sum of g (over every position)."""
+    g = grad_out.reshape(-1, grad_out.shape[-1])
+    return (grad_out @ weight if needs[0] else None,
+            g.t() @ x.reshape(-1, x.shape[-1]) if needs[1] else None,
+            g.sum(0) if needs[2] else None)
 
 
 @register_tangent_layer(nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -227,18 +243,22 @@ def _conv(layer: TangentLayer, x: torch.Tensor) -> torch.Tensor:
     return layer._conv_forward(x, weight, bias)  # type: ignore[attr-defined]
 
 
-@register_tangent_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
-def _conv_tangent(layer: TangentLayer, x: torch.Tensor, dx: torch.Tensor | None,
-                  y: torch.Tensor) -> torch.Tensor | None:
-    """d conv(x; W, b) = conv(x; dW, db) + conv(dx; W0)."""
-    weight, bias = _deltas(layer)
-    conv = layer._conv_forward  # type: ignore[attr-defined]
-    if weight is not None:
-        out = conv(x, weight, bias)
-        return out if dx is None else out.add_(conv(dx, layer.theta0("weight"), None))
-    if dx is not None:
-        return conv(dx, layer.theta0("weight"), bias)
-    return None if bias is None else bias.view((1, -1) + (1,) * (y.dim() - 2)).expand_as(y)
+def _zero_padded(layer: TangentLayer, x: torch.Tensor) -> bool:
+    return layer.padding_mode == "zeros" and not isinstance(layer.padding, str)  # type: ignore[attr-defined]
+
+
+@register_backward_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d, replayable=_zero_padded)
+def _conv_backward(layer: TangentLayer, x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor,
+                   needs: tuple[bool, bool, bool]) -> tuple[torch.Tensor | None, ...]:
+    """PyTorch's convolution backward (a small depthwise one: its weight gradient from :mod:`.depthwise`)."""
+    geometry = (layer.stride, layer.padding, layer.dilation)  # type: ignore[attr-defined]
+    small_depthwise = needs[1] and depthwise.covers(layer, x, weight)
+    grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+        grad_out, x, weight, [weight.shape[0]] if needs[2] else None, *geometry, False,
+        (0,) * (x.dim() - 2), layer.groups, (needs[0], needs[1] and not small_depthwise, needs[2]))  # type: ignore[attr-defined]
+    if small_depthwise:
+        grad_w = depthwise.weight_grad(x, grad_out, tuple(weight.shape[2:]), geometry)  # type: ignore[arg-type]
+    return grad_x, grad_w, grad_b
 
 
 @register_tangent_layer(nn.Embedding)

@@ -27,6 +27,8 @@ another process than its creator's, and cannot be pickled or copied.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -54,6 +56,8 @@ _ANGLE = 2.0 * math.pi * _INV_2_53
 _CHUNK = {"cpu": 1 << 16, "cuda": 1 << 18}
 _MAX_WORKERS = 8
 _REKEY_BYTES = 1 << 36  # 64 GiB per key, far inside ChaCha20's 2^32-block counter (256 GiB)
+_PLAINTEXT_BYTES = 1 << 16  # keystream = ChaCha20(zeros), encrypted this many zero bytes at a time
+_ZEROS = bytes(_PLAINTEXT_BYTES)
 
 
 def _fresh_cipher():  # noqa: ANN202 -- cryptography's CipherContext (a Rust type)
@@ -71,7 +75,6 @@ class _Keystream:
     def __init__(self) -> None:
         self._cipher = _fresh_cipher()
         self._bytes_left = _REKEY_BYTES
-        self._zeros = bytearray(0)  # the plaintext: keystream = ChaCha20(zeros)
         self._scratch = bytearray(0)
         self._floats = torch.empty(0, dtype=torch.float64)  # reused: fresh pages every step cost page faults
         # two page-locked staging buffers for copies to a GPU, each with the event of the copy that last read it
@@ -84,9 +87,10 @@ class _Keystream:
         n = len(buffer)
         if n > self._bytes_left:
             self._cipher, self._bytes_left = _fresh_cipher(), _REKEY_BYTES
-        if len(self._zeros) < n:
-            self._zeros = bytearray(n)
-        self._cipher.update_into(memoryview(self._zeros)[:n], buffer)
+        out = memoryview(buffer).cast("B")
+        for start in range(0, n, _PLAINTEXT_BYTES):  # the plaintext zeros in pieces: no buffer of n zero bytes
+            piece = out[start:start + _PLAINTEXT_BYTES]
+            self._cipher.update_into(memoryview(_ZEROS)[:len(piece)], piece)
         self._bytes_left -= n
 
     def scratch_words(self, n: int) -> torch.Tensor:
@@ -168,9 +172,29 @@ class SecureRandom:
 
         In chunks, spread over one worker thread per torch thread (at most 8), each reading its
         own keystream."""
-        self._check_process()
-        device = torch.device(device)
         out = torch.empty(n, dtype=dtype, device=device)
+        self._draw([out], std, add=False)
+        return out
+
+    def add_gaussian_(self, tensors: Sequence[torch.Tensor], std: float) -> None:
+        """Add fresh N(0, std²) noise to every tensor, in place: each draw computed in float64 and rounded
+        to the tensor's dtype, as :meth:`noise_like` makes it, without a noise tensor the size of the
+        model (only a chunk per worker). One draw per (dtype, device), as :meth:`noise_like`."""
+        groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+        for tensor in tensors:
+            if not tensor.is_contiguous():
+                raise ValueError("add_gaussian_ needs contiguous tensors (it adds through flat views)")
+            groups.setdefault((tensor.dtype, tensor.device), []).append(tensor.view(-1))
+        for flats in groups.values():
+            self._draw(flats, std, add=True)
+
+    def _draw(self, flats: list[torch.Tensor], std: float, *, add: bool) -> None:
+        """Write (``add``: add) N(0, std²) draws into the 1-D tensors ``flats`` (one dtype and device),
+        in chunks of their concatenation spread over the worker threads."""
+        self._check_process()
+        device = flats[0].device
+        ends = list(itertools.accumulate(t.numel() for t in flats))
+        n = ends[-1] if ends else 0
         size = _CHUNK["cuda" if device.type == "cuda" else "cpu"]
         chunks = [(start, min(size, n - start)) for start in range(0, n, size)]
         workers = max(1, min(len(chunks), torch.get_num_threads(), _MAX_WORKERS))
@@ -182,27 +206,35 @@ class SecureRandom:
             scratch = stream.float_scratch(NORMALS_PER_NOISE * min(size, n), device)
             for start, m in chunks[worker::workers]:
                 words = stream.words_on(NORMALS_PER_NOISE * m, device).view(NORMALS_PER_NOISE, m)
-                out[start:start + m] = _four_normal_noise(words, std, scratch[:words.numel()].view(words.shape))
+                noise = _four_normal_noise(words, std, scratch[:words.numel()].view(words.shape))
+                first = bisect.bisect_right(ends, start)
+                for i in range(first, len(flats)):  # the tensors this chunk of the concatenation covers
+                    lo = start - (ends[i - 1] if i else 0)
+                    piece = noise[max(0, -lo):min(m, ends[i] - start)]
+                    target = flats[i][max(0, lo):max(0, lo) + len(piece)]
+                    if add:
+                        target.add_(piece.to(target.dtype))
+                    else:
+                        target.copy_(piece)
+                    if ends[i] >= start + m:
+                        break
 
         if workers == 1:
             work(0)
-            return out
+            return
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(work, range(workers)))
-        return out
 
     def noise_like(self, references: Sequence[torch.Tensor], std: float) -> list[torch.Tensor]:
         """Fresh N(0, std²) noise shaped, typed and placed like each of ``references``: one draw per
         (dtype, device), split into the references' shapes."""
-        groups: dict[tuple[torch.dtype, torch.device], list[int]] = {}
-        for i, ref in enumerate(references):
-            groups.setdefault((ref.dtype, ref.device), []).append(i)
-        noise: dict[int, torch.Tensor] = {}
-        for (dtype, device), members in groups.items():
-            sizes = [references[i].numel() for i in members]
-            flat = self.gaussian(sum(sizes), std, dtype=dtype, device=device)
-            noise.update({i: piece.view(references[i].shape) for i, piece in zip(members, flat.split(sizes))})
-        return [noise[i] for i in range(len(references))]
+        noise = [torch.empty(ref.shape, dtype=ref.dtype, device=ref.device) for ref in references]
+        groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+        for tensor in noise:
+            groups.setdefault((tensor.dtype, tensor.device), []).append(tensor.view(-1))
+        for flats in groups.values():
+            self._draw(flats, std, add=False)
+        return noise
 
 
 def _uniform_from(words: torch.Tensor) -> torch.Tensor:

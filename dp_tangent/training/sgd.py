@@ -62,7 +62,10 @@ class _SecureNoise:
     """Replaces Opacus's ``add_noise``: p.grad = p.summed_grad + N(0, (sigma·C)²) from a SecureRandom.
 
     Same contract as Opacus's: every ``summed_grad`` is used once (checked, then marked), and the
-    noise multiplier may be overridden by ``_adjusted_noise_multiplier`` (adaptive clipping)."""
+    noise multiplier may be overridden by ``_adjusted_noise_multiplier`` (adaptive clipping). The noise
+    is added into ``summed_grad`` in place, chunk by chunk, and ``p.grad`` becomes that tensor: Opacus
+    makes a noise tensor and a third copy the size of the model (add_noise runs once per logical
+    step, and the optimizer's ``zero_grad`` drops ``summed_grad`` after it)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, rng: SecureRandom, **kwargs: object) -> None:
         # Opacus's generator and secure_mode are read only by the add_noise replaced below
@@ -74,9 +77,10 @@ class _SecureNoise:
         for p in params:
             _check_processed_flag(p.summed_grad)
         sigma = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier)
-        noise = self.rng.noise_like([p.summed_grad for p in params], sigma * self.max_grad_norm)
-        for p, n in zip(params, noise):
-            p.grad = (p.summed_grad + n).view_as(p)
+        summed = [p.summed_grad if p.summed_grad.is_contiguous() else p.summed_grad.contiguous() for p in params]
+        self.rng.add_gaussian_(summed, sigma * self.max_grad_norm)
+        for p, noised in zip(params, summed):
+            p.grad = noised.view_as(p)
             _mark_as_processed(p.summed_grad)
 
 
@@ -86,6 +90,17 @@ class SecureDPOptimizer(_SecureNoise, DPOptimizer):
 
 class SecureDPOptimizerFastGradientClipping(_SecureNoise, DPOptimizerFastGradientClipping):
     """Opacus's ghost-clipping optimizer with noise from a SecureRandom."""
+
+    def accumulate(self) -> None:
+        """``summed_grad`` += ``.grad`` (the clipped sum), taking the first one over instead of copying it
+        as Opacus does: ``.grad`` is cleared, so a later backward, or zero_grad in either mode, cannot
+        touch the sum (add_noise sets ``.grad`` again)."""
+        for p in self.params:
+            if p.summed_grad is not None:
+                p.summed_grad.add_(p.grad.data)
+            else:
+                p.summed_grad = p.grad.data
+            p.grad = None
 
 
 class _Criterion:
