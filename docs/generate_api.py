@@ -11,7 +11,7 @@ PUBLIC = {
     "dp_tangent": ["linearize", "TangentModel"],
     "dp_tangent.tangent.selection": ["select"],
     "dp_tangent.tangent.layouts": ["register_layout", "layout_for"],
-    "dp_tangent.tangent.twins": ["register_tangent_layer", "register_tangent_rule"],
+    "dp_tangent.tangent.twins": ["register_tangent_layer", "register_tangent_rule", "register_backward_rule"],
     "dp_tangent.backbones": ["create_backbone", "BackboneSpec", "weights_digest", "register_family"],
     "dp_tangent.backbones.mlp_family": ["MLP", "pretrain_mlp", "save_mlp"],
     "dp_tangent.data": ["RecordSet", "load_digits", "split_shards"],

@@ -36,8 +36,11 @@ _DUAL_ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("dp_tangent_
 ForwardFn = Callable[["TangentLayer", torch.Tensor], torch.Tensor]
 _FORWARDS: dict[type[nn.Module], ForwardFn] = {}
 _TWIN_CLASSES: dict[type[nn.Module], type[nn.Module]] = {}
+# tangent(layer, x, dx, y) -> J·delta at the layer's output y (None: zero), from the primal input x and its tangent dx
+TangentFn = Callable[["TangentLayer", torch.Tensor, "torch.Tensor | None", torch.Tensor], "torch.Tensor | None"]
+_TANGENTS: dict[type[nn.Module], TangentFn] = {}
 # backward(layer, x, weight, grad_out, needs) -> (dL/dx, dL/dweight, dL/dbias) of y = layer(x) at theta0, each None
-# where ``needs`` (x, weight, bias) says it is not wanted; ``weight`` is the effective weight the forward read
+# where ``needs`` (x, weight, bias) says it is not wanted; ``weight`` is the weight's value at theta0
 BackwardFn = Callable[["TangentLayer", torch.Tensor, torch.Tensor, torch.Tensor, tuple[bool, bool, bool]],
                       tuple["torch.Tensor | None", "torch.Tensor | None", "torch.Tensor | None"]]
 # replayable(layer, x) -> whether the rule covers this call (e.g. not a convolution with reflect padding)
@@ -86,7 +89,7 @@ class TangentLayer(nn.Module):
         reuse = _PRIMALS.get()
         if reuse is not None and self._tangent_base in _BACKWARDS:
             return reuse.forward(self, x)
-        return _FORWARDS[self._tangent_base](self, x)
+        return _dual_forward(self, x)
 
     _tangent_base: type[nn.Module]
 
@@ -105,35 +108,58 @@ def register_tangent_layer(*base_types: type[nn.Module]) -> Callable[[ForwardFn]
     return decorator
 
 
-def register_backward_rule(*base_types: type[nn.Module], replayable: Callable[["TangentLayer", torch.Tensor], bool]
-                           = lambda layer, x: True) -> Callable[[BackwardFn], BackwardFn]:
-    """Register ``backward(layer, x, weight, grad_out, needs)`` for the twins of ``base_types``: the layer's
-    vector-Jacobian product at theta0, so that a plain pass after a dual pass (:class:`PrimalReuse`) builds its
-    graph around the dual pass's primal output instead of computing it again."""
+def register_tangent_rule(*base_types: type[nn.Module]) -> Callable[[TangentFn], TangentFn]:
+    """Register ``tangent(layer, x, dx, y)`` for the twins of ``base_types``: the output's tangent J·delta alone,
+    given the primal input x, its tangent dx and the primal output y. The dual pass then computes y once at
+    theta0 and the tangent by this rule (its products accumulated in one buffer) instead of PyTorch's forward
+    derivatives, which make a tensor per product."""
 
-    def decorator(fn: BackwardFn) -> BackwardFn:
+    def decorator(fn: TangentFn) -> TangentFn:
         for base in base_types:
-            _BACKWARDS[base] = (fn, replayable)
+            _TANGENTS[base] = fn
         return fn
 
     return decorator
 
 
+def register_backward_rule(*base_types: type[nn.Module],
+                           replayable: Callable[["TangentLayer", torch.Tensor], bool] | None = None,
+                           ) -> Callable[[BackwardFn], BackwardFn]:
+    """Register ``backward(layer, x, weight, grad_out, needs)`` for the twins of ``base_types``: the layer's
+    vector-Jacobian product at theta0, so that a plain pass after a dual pass (:class:`PrimalReuse`) builds its
+    graph around the dual pass's primal output instead of computing it again. ``replayable(layer, x)``, if
+    given, says which calls the rule covers (the others run in full)."""
+
+    def decorator(fn: BackwardFn) -> BackwardFn:
+        for base in base_types:
+            _BACKWARDS[base] = (fn, replayable or _every_call)
+        return fn
+
+    return decorator
+
+
+def _every_call(layer: "TangentLayer", x: torch.Tensor) -> bool:
+    return True
+
+
 class _Replayed(torch.autograd.Function):
-    """y = layer(x) at theta0, its value ``recorded`` by the dual pass; the backward is the layer's own rule."""
+    """y = layer(x) at theta0, its value ``recorded`` by the dual pass; the backward is the layer's own rule at
+    theta0. ``weight`` and ``bias`` are the layer's parameters (the deltas where linearized): the gradient goes
+    to them directly, as through weight_eff = theta0 + (delta - delta.detach()), without making weight_eff."""
 
     @staticmethod
     def forward(ctx, layer: "TangentLayer", recorded: list[torch.Tensor], x: torch.Tensor,  # noqa: ANN001
                 weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         ctx.layer = layer
-        ctx.save_for_backward(x, weight)
+        ctx.save_for_backward(x)
         return recorded.pop().detach()  # the list hides the tensor from autograd: not an input, so not a view of one
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # noqa: ANN001
-        x, weight = ctx.saved_tensors
-        rule, _ = _BACKWARDS[ctx.layer._tangent_base]
-        return (None, None, *rule(ctx.layer, x, weight, grad_out, tuple(ctx.needs_input_grad[2:5])))
+        (x,) = ctx.saved_tensors
+        layer = ctx.layer
+        rule, _ = _BACKWARDS[layer._tangent_base]
+        return (None, None, *rule(layer, x, layer.theta0("weight"), grad_out, tuple(ctx.needs_input_grad[2:5])))
 
 
 class PrimalReuse:
@@ -179,7 +205,7 @@ class PrimalReuse:
         """``layer(x)`` while recording or replaying."""
         full = _FORWARDS[layer._tangent_base]
         if not self._replaying:
-            y = full(layer, x)
+            y = _dual_forward(layer, x)
             # detached primals: they share the version counters (in-place edits stay visible) but, unlike the
             # views unpack_dual returns, do not keep the dual tensors, and so their tangents, alive
             x0, y0 = fwAD.unpack_dual(x).primal.detach(), fwAD.unpack_dual(y).primal.detach()
@@ -188,14 +214,31 @@ class PrimalReuse:
         queue = self._calls.get(id(layer))
         if queue:
             x0, x_version, y0, y_version = queue.popleft()
-            backward_rule, replayable = _BACKWARDS[layer._tangent_base]
+            _, replayable = _BACKWARDS[layer._tangent_base]
             if (x0._version == x_version and y0._version == y_version and x0.shape == x.shape
                     and x0.dtype == x.dtype and not torch._C._are_functorch_transforms_active()
                     and replayable(layer, x) and torch.equal(x0, x.detach())):
                 self.reused += 1
-                return _Replayed.apply(layer, [y0], x, layer.effective("weight"), layer.effective("bias"))
+                return _Replayed.apply(layer, [y0], x, layer.weight, layer.bias)
         self.recomputed += 1
         return full(layer, x)
+
+
+def _dual_forward(layer: "TangentLayer", x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)``; in the dual pass by the layer's tangent rule where it has one (the primal at theta0, then
+    the tangent's products accumulated in one buffer: fewer transient tensors than PyTorch's forward
+    derivatives), else PyTorch's forward derivatives."""
+    rule = _TANGENTS.get(layer._tangent_base)
+    if rule is None or not _DUAL_ACTIVE.get():
+        return _FORWARDS[layer._tangent_base](layer, x)
+    primal, tangent = fwAD.unpack_dual(x)
+    token = _DUAL_ACTIVE.set(False)
+    try:
+        y = _FORWARDS[layer._tangent_base](layer, primal)  # theta0's parameters, no dual weights
+    finally:
+        _DUAL_ACTIVE.reset(token)
+    dy = rule(layer, primal, tangent, y)
+    return y if dy is None else fwAD.make_dual(y, dy)
 
 
 def twin_class(base: type[nn.Module]) -> type[nn.Module] | None:
@@ -225,6 +268,27 @@ def _linear(layer: TangentLayer, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, layer.effective("weight"), layer.effective("bias"))
 
 
+@register_tangent_rule(nn.Linear)
+def _linear_tangent(layer: TangentLayer, x: torch.Tensor, dx: torch.Tensor | None,
+                    y: torch.Tensor) -> torch.Tensor | None:
+    """d(W x + b) = dW x + db + W0 dx, the products accumulated in one buffer."""
+    weight, bias = _deltas(layer)
+    terms = ([(x, weight)] if weight is not None else []) + ([(dx, layer.theta0("weight"))] if dx is not None else [])
+    if not terms:
+        return None if bias is None else bias.expand_as(y)
+    flat = [(a.reshape(-1, a.shape[-1]), w.t()) for a, w in terms]
+    out = flat[0][0] @ flat[0][1] if bias is None else torch.addmm(bias, *flat[0])
+    for a, w in flat[1:]:
+        out.addmm_(a, w)
+    return out.view(y.shape)
+
+
+def _deltas(layer: TangentLayer) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(weight, bias) deltas of ``layer`` as tangents (None where that parameter is not linearized)."""
+    return tuple(getattr(layer, n).detach() if n in layer.delta_names else None  # type: ignore[return-value]
+                 for n in ("weight", "bias"))
+
+
 @register_backward_rule(nn.Linear)
 def _linear_backward(layer: TangentLayer, x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor,
                      needs: tuple[bool, bool, bool]) -> tuple[torch.Tensor | None, ...]:
@@ -241,6 +305,20 @@ def _conv(layer: TangentLayer, x: torch.Tensor) -> torch.Tensor:
     if not _DUAL_ACTIVE.get() and depthwise.applies(layer, x, weight):
         return depthwise.conv2d(x, weight, bias, layer.stride, layer.padding, layer.dilation)  # type: ignore[arg-type]
     return layer._conv_forward(x, weight, bias)  # type: ignore[attr-defined]
+
+
+@register_tangent_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def _conv_tangent(layer: TangentLayer, x: torch.Tensor, dx: torch.Tensor | None,
+                  y: torch.Tensor) -> torch.Tensor | None:
+    """d conv(x; W, b) = conv(x; dW, db) + conv(dx; W0)."""
+    weight, bias = _deltas(layer)
+    conv = layer._conv_forward  # type: ignore[attr-defined]
+    if weight is not None:
+        out = conv(x, weight, bias)
+        return out if dx is None else out.add_(conv(dx, layer.theta0("weight"), None))
+    if dx is not None:
+        return conv(dx, layer.theta0("weight"), bias)
+    return None if bias is None else bias.view((1, -1) + (1,) * (y.dim() - 2)).expand_as(y)
 
 
 def _zero_padded(layer: TangentLayer, x: torch.Tensor) -> bool:
