@@ -23,10 +23,17 @@ from scipy import stats
 from dp_tangent import linearize
 from dp_tangent.components.component import SEEDED_LABEL, load_component, read_metadata
 from dp_tangent.data import RecordSet
-from dp_tangent.training import PrivacySpec, TrainConfig, TrainingError, plan_run, run_sgd, train_component
-from dp_tangent.training import secure_random
+from dp_tangent.training import (
+    PrivacySpec,
+    TrainConfig,
+    TrainingError,
+    plan_run,
+    run_sgd,
+    secure_random,
+    sgd,
+    train_component,
+)
 from dp_tangent.training.secure_random import SecurePoissonSampler, SecureRandom
-from dp_tangent.training import sgd
 from dp_tangent.training.sgd import SecureDPOptimizer
 from privacy_accounting import BudgetExceededError, Ledger
 from privacy_accounting.events import is_non_private
@@ -64,6 +71,19 @@ def test_noise_is_gaussian_with_the_asked_std(threads: int) -> None:
     assert abs(x.var() / std**2 - 1) < 4.9 * math.sqrt(2 / n)
     # the same test has the power to see a 2% error in the std (p about 1e-20)
     assert stats.kstest(x * 1.02, stats.norm(scale=std).cdf).pvalue < ALPHA
+
+
+def test_noise_from_words_is_the_stated_formula_computed_in_place() -> None:
+    """s_1 sin(theta_1) + s_2 sin(theta_2), s_k = sqrt(-std² ln u_k), from 4 words per value, written over the words'
+    own memory (int64 reinterpreted as float64): the same values as the formula computed in fresh tensors."""
+    torch.manual_seed(0)
+    words = torch.randint(-2**63, 2**63 - 1, (4, 50_000), dtype=torch.int64)
+    v = (words >> 11).double()
+    radius = (v[:2] * 2.0**-53 + (0.5 + 2.0**-53)).log().mul(-0.7**2).sqrt()
+    want = radius[0] * (v[2] * 2 * math.pi * 2.0**-53).sin() + radius[1] * (v[3] * 2 * math.pi * 2.0**-53).sin()
+    address = words.data_ptr()
+    got = secure_random._four_normal_noise(words, 0.7)
+    assert got.data_ptr() == address and torch.allclose(got, want, rtol=1e-13, atol=1e-15)  # addcmul may fuse
 
 
 def test_noise_in_float32_keeps_its_distribution() -> None:

@@ -13,9 +13,11 @@ w gives v = floor(w / 2^11), uniform on the 2^53 integers of [-2^52, 2^52), and 
 * Poisson sampling: record i joins a batch iff u_i < q, independently (P = q up to 2^-53).
 
 Noise is made in chunks of 65536 values (2^18 for a GPU) by one worker thread per torch thread (at
-most 8), each with its own keystream; OpenSSL and torch's kernels release the GIL. For a GPU, the
-keystream is written into page-locked memory and copied asynchronously, the Box–Muller arithmetic
-runs on the GPU.
+most 8, kept for the run), each with its own keystream; OpenSSL and torch's kernels release the GIL.
+The Box–Muller arithmetic runs in place in the keystream words' buffer, and the noise is written or
+added chunk by chunk where it goes (:meth:`SecureRandom.add_gaussian_` adds it to the clipped sum
+without a noise tensor the size of the model). For a GPU, the keystream is written into page-locked
+memory and copied asynchronously, the Box–Muller arithmetic runs on the GPU.
 
 Not covered: timing (a step's time reveals its Poisson batch size; Python and torch are not
 constant-time); the float rounding of the final noise and of its sum with the clipped gradient
@@ -31,6 +33,7 @@ import bisect
 import itertools
 import math
 import os
+import weakref
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -76,7 +79,6 @@ class _Keystream:
         self._cipher = _fresh_cipher()
         self._bytes_left = _REKEY_BYTES
         self._scratch = bytearray(0)
-        self._floats = torch.empty(0, dtype=torch.float64)  # reused: fresh pages every step cost page faults
         # two page-locked staging buffers for copies to a GPU, each with the event of the copy that last read it
         self._pinned: list[torch.Tensor | None] = [None, None]
         self._copied: list[torch.cuda.Event | None] = [None, None]
@@ -118,14 +120,6 @@ class _Keystream:
         copied.record(torch.cuda.current_stream(device))
         return words
 
-    def float_scratch(self, n: int, device: torch.device) -> torch.Tensor:
-        """A float64 work buffer of ``n`` values on ``device`` (kept between calls on the CPU)."""
-        if device.type != "cpu":
-            return torch.empty(n, dtype=torch.float64, device=device)
-        if self._floats.numel() < n:
-            self._floats = torch.empty(n, dtype=torch.float64)
-        return self._floats[:n]
-
 
 class SecureRandom:
     """Uniforms, Gaussian noise and Bernoulli masks from ChaCha20 keystreams under fresh OS keys.
@@ -138,6 +132,8 @@ class SecureRandom:
     def __init__(self) -> None:
         self._pid = os.getpid()
         self._streams = [_Keystream()]  # one more per noise worker, made when first needed
+        self._pool: ThreadPoolExecutor | None = None  # the noise workers, kept for the run (made when first needed)
+        self._pool_size = 0
 
     def __repr__(self) -> str:
         return "SecureRandom(ChaCha20, fresh OS keys)"
@@ -203,10 +199,9 @@ class SecureRandom:
 
         def work(worker: int) -> None:
             stream = self._streams[worker]
-            scratch = stream.float_scratch(NORMALS_PER_NOISE * min(size, n), device)
             for start, m in chunks[worker::workers]:
                 words = stream.words_on(NORMALS_PER_NOISE * m, device).view(NORMALS_PER_NOISE, m)
-                noise = _four_normal_noise(words, std, scratch[:words.numel()].view(words.shape))
+                noise = _four_normal_noise(words, std)  # in the words' memory: valid until the next chunk
                 first = bisect.bisect_right(ends, start)
                 for i in range(first, len(flats)):  # the tensors this chunk of the concatenation covers
                     lo = start - (ends[i - 1] if i else 0)
@@ -222,8 +217,17 @@ class SecureRandom:
         if workers == 1:
             work(0)
             return
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(work, range(workers)))
+        list(self._workers(workers).map(work, range(workers)))
+
+    def _workers(self, n: int) -> ThreadPoolExecutor:
+        """A pool of at least ``n`` threads, kept between draws: threads made once per run (not per step),
+        whose allocations stay in the same malloc arenas."""
+        if self._pool is None or self._pool_size < n:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+            self._pool, self._pool_size = ThreadPoolExecutor(max_workers=n, thread_name_prefix="secure-noise"), n
+            weakref.finalize(self, self._pool.shutdown, wait=False)
+        return self._pool
 
     def noise_like(self, references: Sequence[torch.Tensor], std: float) -> list[torch.Tensor]:
         """Fresh N(0, std²) noise shaped, typed and placed like each of ``references``: one draw per
@@ -242,16 +246,18 @@ def _uniform_from(words: torch.Tensor) -> torch.Tensor:
     return (words >> _SHIFT).to(torch.float64).mul_(_INV_2_53).add_(_HALF_PLUS)
 
 
-def _four_normal_noise(words: torch.Tensor, std: float, scratch: torch.Tensor) -> torch.Tensor:
+def _four_normal_noise(words: torch.Tensor, std: float) -> torch.Tensor:
     """std/2 · (z1 + z2 + z3 + z4) from 4 words per value: rows 0-1 radii, rows 2-3 angles.
 
     Pair k gives z + z' = √2·r_k·sin(theta_k) (see the module doc), so the sum is
     std/√2 · (r_1 sin theta_1 + r_2 sin theta_2) = s_1 sin theta_1 + s_2 sin theta_2 with
-    s_k = sqrt(-std² ln u_k). ``words`` is overwritten; ``scratch`` is float64 of the same shape."""
-    v = scratch.copy_(words.bitwise_right_shift_(_SHIFT))  # exact: |v| < 2^52
+    s_k = sqrt(-std² ln u_k). Computed in place: ``words`` (int64, contiguous) is reinterpreted as float64,
+    and the result is a view of its first row."""
+    shifted = words.bitwise_right_shift_(_SHIFT)
+    v = shifted.view(torch.float64).copy_(shifted)  # same memory, element by element: exact, |v| < 2^52
     radius = v[:WORDS_PER_NORMAL_PAIR].mul_(_INV_2_53).add_(_HALF_PLUS).log_().mul_(-std * std).sqrt_()
     sine = v[WORDS_PER_NORMAL_PAIR:].mul_(_ANGLE).sin_()
-    return torch.addcmul(radius[0] * sine[0], radius[1], sine[1])
+    return radius[0].mul_(sine[0]).addcmul_(radius[1], sine[1])
 
 
 class SecurePoissonSampler(UniformWithReplacementSampler):
