@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import contextvars
+import math
 from collections.abc import Callable, Iterator
 
 import torch
@@ -348,6 +349,37 @@ def _embedding(layer: TangentLayer, x: torch.Tensor) -> torch.Tensor:
 @register_tangent_layer(nn.LayerNorm, TimmLayerNorm)
 def _layer_norm(layer: TangentLayer, x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x, layer.normalized_shape, layer.effective("weight"), layer.effective("bias"), layer.eps)
+
+
+@register_tangent_rule(nn.LayerNorm, TimmLayerNorm)
+def _layer_norm_tangent(layer: TangentLayer, x: torch.Tensor, dx: torch.Tensor | None,
+                        y: torch.Tensor) -> torch.Tensor | None:
+    """d LN(x; w, b) = w0·dx_hat + x_hat·dw + db, with x_hat = (x - mean)·rstd over the normalized dims and
+    dx_hat = rstd·(dx - mean(dx) - x_hat·mean(dx·x_hat)): two tensors the size of x (PyTorch's forward
+    derivative of layer_norm makes about twenty)."""
+    weight, bias = _deltas(layer)
+    if dx is None and weight is None:
+        return None if bias is None else bias.expand_as(y)
+    size = math.prod(layer.normalized_shape)
+    flat = x.reshape(-1, size)
+    var, mean = torch.var_mean(flat, dim=-1, correction=0, keepdim=True)
+    rstd = var.add_(layer.eps).rsqrt_()
+    x_hat = (flat - mean).mul_(rstd)
+    if dx is None:
+        out = x_hat.mul_(weight.reshape(size))
+    else:
+        d = dx.reshape(-1, size)
+        out = d - d.mean(dim=-1, keepdim=True)
+        projection = (d.unsqueeze(-2) @ x_hat.unsqueeze(-1)).squeeze(-1).div_(size)  # mean(dx·x_hat), no temporary
+        out.addcmul_(x_hat, projection, value=-1.0).mul_(rstd)
+        theta0 = layer.theta0("weight")
+        if theta0 is not None:
+            out.mul_(theta0.reshape(size))
+        if weight is not None:
+            out.addcmul_(x_hat, weight.reshape(size))
+    if bias is not None:
+        out.add_(bias.reshape(size))
+    return out.view(y.shape)
 
 
 @register_tangent_layer(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
