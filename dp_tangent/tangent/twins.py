@@ -361,10 +361,7 @@ def _layer_norm_tangent(layer: TangentLayer, x: torch.Tensor, dx: torch.Tensor |
     if dx is None and weight is None:
         return None if bias is None else bias.expand_as(y)
     size = math.prod(layer.normalized_shape)
-    flat = x.reshape(-1, size)
-    var, mean = torch.var_mean(flat, dim=-1, correction=0, keepdim=True)
-    rstd = var.add_(layer.eps).rsqrt_()
-    x_hat = (flat - mean).mul_(rstd)
+    x_hat, _, rstd = torch.native_layer_norm(x.reshape(-1, size), (size,), None, None, layer.eps)  # rstd: (M, 1)
     if dx is None:
         out = x_hat.mul_(weight.reshape(size))
     else:
