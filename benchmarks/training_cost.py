@@ -712,8 +712,10 @@ def _explain_memory(model: str, entry: dict, peak_label: str) -> str:
             "at θ0 run once), so at its peak those recorded tensors and the pass's transient tangents are live "
             "together; the graph holds the effective weights θ0 + (δ − δ.detach()); math attention instead of "
             "fused for the ViT. (b) holds what (a') holds plus the batch's Grams and seeds (a few KiB); the DP "
-            "optimizer adds its noise into the clipped sum in place. The peak RSS increase also counts what "
-            "glibc keeps of freed blocks: the many transient tensors of the dual pass leave more of it than (a).")
+            "optimizer adds its noise into the clipped sum in place, so what (b) adds to (a') lies outside the "
+            "allocator: the secure noise's worker threads and their keystream buffers (2 MiB per worker), which "
+            "every DP mode has. The peak RSS increase also counts what glibc keeps of freed blocks: the many "
+            "transient tensors of the dual pass leave more of it than (a) does.")
 
 
 def _explain_job(model: str, entry: dict, batch: int) -> str:
