@@ -44,6 +44,18 @@ ARCHITECTURES = {
 }
 
 
+def autograd_node_names(output: torch.Tensor) -> list[str]:
+    """The class names of every node in ``output``'s autograd graph (keep ``output`` alive meanwhile: node ids
+    are only unique while the graph lives)."""
+    seen, stack = {}, [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and id(node) not in seen:
+            seen[id(node)] = type(node).__name__
+            stack.extend(next_fn for next_fn, _ in node.next_functions)
+    return list(seen.values())
+
+
 def build(arch: str, dtype: torch.dtype = torch.float64, seed: int = 0) -> tuple[nn.Module, torch.Tensor, str]:
     """(model in eval mode with non-trivial BatchNorm statistics, a batch of inputs, a block suffix spec)."""
     factory, shape, suffix = ARCHITECTURES[arch]
