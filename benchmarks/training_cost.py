@@ -713,9 +713,11 @@ def _explain_memory(model: str, entry: dict, peak_label: str) -> str:
             "together; the graph holds the effective weights θ0 + (δ − δ.detach()); math attention instead of "
             "fused for the ViT. (b) holds what (a') holds plus the batch's Grams and seeds (a few KiB); the DP "
             "optimizer adds its noise into the clipped sum in place, so what (b) adds to (a') lies outside the "
-            "allocator: the secure noise's worker threads and their keystream buffers (2 MiB per worker), which "
-            "every DP mode has. The peak RSS increase also counts what glibc keeps of freed blocks: the many "
-            "transient tensors of the dual pass leave more of it than (a) does.")
+            "allocator: the secure generator's keystream buffers (2 MiB per worker), which every DP mode has, "
+            "and heap that glibc keeps after the update (a run with one noise worker instead of two measured "
+            "the same, so the threads themselves are not the cause). The peak RSS increase also counts what "
+            "glibc keeps of freed blocks: the many transient tensors of the dual pass leave more of it than "
+            "(a) does.")
 
 
 def _explain_job(model: str, entry: dict, batch: int) -> str:
