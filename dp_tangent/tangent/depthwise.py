@@ -96,6 +96,20 @@ def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel: tuple[int, int]
     return (positions.reshape(channels, -1) @ selection).view(channels, 1, *kernel)
 
 
+def convolution_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                         geometry: tuple[tuple[int, ...], ...], groups: int, needs: tuple[bool, bool, bool],
+                         small_depthwise: bool) -> tuple[torch.Tensor | None, ...]:
+    """(dL/dx, dL/dw, dL/db) of a convolution at ``weight``, each None where ``needs`` says so: PyTorch's
+    ``convolution_backward``, less the weight gradient of a ``small_depthwise`` one (see :func:`covers`),
+    which :func:`weight_grad` gives. ``geometry``: (stride, padding, dilation)."""
+    grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+        grad_out, x, weight, [weight.shape[0]] if needs[2] else None, *geometry, False, (0,) * (x.dim() - 2),
+        groups, (needs[0], needs[1] and not small_depthwise, needs[2]))
+    if needs[1] and small_depthwise:
+        grad_w = weight_grad(x, grad_out, tuple(weight.shape[2:]), geometry)  # type: ignore[arg-type]
+    return grad_x, grad_w, grad_b
+
+
 class _DepthwiseConv2d(torch.autograd.Function):
     generate_vmap_rule = True  # the batched one-hot backward of the Gram precompute (is_grads_batched)
 
@@ -115,9 +129,6 @@ class _DepthwiseConv2d(torch.autograd.Function):
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        # PyTorch's own backward for the input and bias gradients
-        grad_x, _, grad_b = torch.ops.aten.convolution_backward(
-            grad_out, x, weight, [weight.shape[0]] if ctx.has_bias else None, *ctx.geometry, False, (0, 0),
-            x.shape[1], (need_x, False, ctx.has_bias and need_b))
-        grad_w = weight_grad(x, grad_out, tuple(weight.shape[2:]), ctx.geometry) if need_w else None
-        return grad_x, grad_w, grad_b, None, None, None
+        grads = convolution_backward(grad_out, x, weight, ctx.geometry, x.shape[1],
+                                     (need_x, need_w, ctx.has_bias and need_b), small_depthwise=True)
+        return *grads, None, None, None

@@ -331,13 +331,8 @@ def _conv_backward(layer: TangentLayer, x: torch.Tensor, weight: torch.Tensor, g
                    needs: tuple[bool, bool, bool]) -> tuple[torch.Tensor | None, ...]:
     """PyTorch's convolution backward (a small depthwise one: its weight gradient from :mod:`.depthwise`)."""
     geometry = (layer.stride, layer.padding, layer.dilation)  # type: ignore[attr-defined]
-    small_depthwise = needs[1] and depthwise.covers(layer, x, weight)
-    grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
-        grad_out, x, weight, [weight.shape[0]] if needs[2] else None, *geometry, False,
-        (0,) * (x.dim() - 2), layer.groups, (needs[0], needs[1] and not small_depthwise, needs[2]))  # type: ignore[attr-defined]
-    if small_depthwise:
-        grad_w = depthwise.weight_grad(x, grad_out, tuple(weight.shape[2:]), geometry)  # type: ignore[arg-type]
-    return grad_x, grad_w, grad_b
+    return depthwise.convolution_backward(grad_out, x, weight, geometry, layer.groups, needs,  # type: ignore[arg-type]
+                                          small_depthwise=needs[1] and depthwise.covers(layer, x, weight))
 
 
 @register_tangent_layer(nn.Embedding)
