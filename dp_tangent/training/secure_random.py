@@ -176,13 +176,17 @@ class SecureRandom:
         """Add fresh N(0, std²) noise to every tensor, in place: each draw computed in float64 and rounded
         to the tensor's dtype, as :meth:`noise_like` makes it, without a noise tensor the size of the
         model (only a chunk per worker). One draw per (dtype, device), as :meth:`noise_like`."""
+        if not all(tensor.is_contiguous() for tensor in tensors):
+            raise ValueError("add_gaussian_ needs contiguous tensors (it adds through flat views)")
+        self._draw_grouped(tensors, std, add=True)
+
+    def _draw_grouped(self, tensors: Sequence[torch.Tensor], std: float, *, add: bool) -> None:
+        """:meth:`_draw` once per (dtype, device) over the flat views of the contiguous ``tensors``."""
         groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
         for tensor in tensors:
-            if not tensor.is_contiguous():
-                raise ValueError("add_gaussian_ needs contiguous tensors (it adds through flat views)")
             groups.setdefault((tensor.dtype, tensor.device), []).append(tensor.view(-1))
         for flats in groups.values():
-            self._draw(flats, std, add=True)
+            self._draw(flats, std, add=add)
 
     def _draw(self, flats: list[torch.Tensor], std: float, *, add: bool) -> None:
         """Write (``add``: add) N(0, std²) draws into the 1-D tensors ``flats`` (one dtype and device),
@@ -233,11 +237,7 @@ class SecureRandom:
         """Fresh N(0, std²) noise shaped, typed and placed like each of ``references``: one draw per
         (dtype, device), split into the references' shapes."""
         noise = [torch.empty(ref.shape, dtype=ref.dtype, device=ref.device) for ref in references]
-        groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
-        for tensor in noise:
-            groups.setdefault((tensor.dtype, tensor.device), []).append(tensor.view(-1))
-        for flats in groups.values():
-            self._draw(flats, std, add=False)
+        self._draw_grouped(noise, std, add=False)
         return noise
 
 
