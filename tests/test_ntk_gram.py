@@ -13,11 +13,20 @@ from dp_tangent import linearize
 from dp_tangent.components.component import load_component
 from dp_tangent.data import RecordSet
 from dp_tangent.tangent.twins import make_twin
-from dp_tangent.training import PrivacySpec, TrainConfig, plan_run, run_sgd, train_component
-from dp_tangent.training import ntk_gram
+from dp_tangent.training import (
+    PrivacySpec,
+    TrainConfig,
+    ntk_gram,
+    plan_run,
+    run_sgd,
+    train_component,
+)
 from dp_tangent.training.losses import LOSS_KINDS, ConvexLoss
 from dp_tangent.training.ntk_gram import add_clipped_gradient, per_example_grams
-from dp_tangent.training.per_sample import per_sample_gradients, reference_per_sample_gradients
+from dp_tangent.training.per_sample import (
+    per_sample_gradients,
+    reference_per_sample_gradients,
+)
 from dp_tangent.training.sgd import resolved_grad_sample_mode
 from privacy_accounting import Ledger
 
@@ -92,7 +101,8 @@ def test_float32_clip_factors_never_let_a_gradient_exceed_the_clipping_norm() ->
     (nn.Embedding(7, 4, padding_idx=0), (3, 6)),  # token ids, repeated ones included
 ])
 def test_gram_kernels_equal_the_grams_of_the_per_sample_gradients(layer: nn.Module, shape: tuple[int, ...]) -> None:
-    """Both branches of each kernel against the Grams of per-seed gradients from the layer's grad sampler."""
+    """Both branches of each kernel against the Grams of per-seed gradients from the layer's grad sampler
+    (a BatchNormAct's seeds taken before its activation, in both)."""
     torch.manual_seed(0)
     layer = layer.double().eval()
     for name, buffer in layer.named_buffers():  # pretrained-like BatchNorm statistics
@@ -133,6 +143,43 @@ def test_layers_without_a_kernel_and_layers_called_twice_take_their_grad_sampler
     y = torch.arange(8) % 4
     tangent = linearize(model, example_input=x[:2])
     assert ntk_gram.layer_routes(tangent) == {"conv": "per-sample", "fc": "kernel", "head": "kernel"}
+    deltas = {n: 0.1 * torch.randn_like(p) for n, p in tangent.named_deltas()}
+    tangent.load_deltas(deltas)
+    loss = ConvexLoss()
+    want = reference_per_sample_gradients(model, deltas, x, y, loss)
+    flat = torch.cat([want[n].flatten(1) for n, _ in tangent.named_deltas()], dim=1)
+    norms = flat.norm(dim=1)
+    clip = _half_clipped_norm(norms)
+    reference = ((clip / (norms + 1e-6)).clamp(max=1.0)[:, None] * flat).sum(dim=0)
+    add_clipped_gradient(tangent, x, y, per_example_grams(tangent, x, from_features=False), loss, clip)
+    got = torch.cat([p.grad.flatten() for p in tangent.deltas()])
+    assert (got - reference).norm() <= 1e-10 * reference.norm()
+
+
+class _NormActTwice(nn.Module):
+    """A BatchNormAct (SiLU: a slope that is not 0 or 1, so a second pullback through it would show)
+    applied twice per forward: cross terms, so its grad sampler's route, on seeds recorded before the activation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.bn = BatchNormAct2d(3, act_layer=nn.SiLU, inplace=False)
+        self.head = nn.Linear(3 * 16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.bn(2.0 * self.bn(self.conv(x))).flatten(1))
+
+
+def test_a_batch_norm_act_called_twice_takes_its_grad_samplers_route_before_the_activation() -> None:
+    torch.manual_seed(0)
+    model = _NormActTwice().double().eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(8, 2, 4, 4, dtype=torch.float64)
+    y = torch.arange(8) % 4
+    tangent = linearize(model, example_input=x[:2])
+    assert ntk_gram.layer_routes(tangent)["bn"] == "kernel"  # ... which falls back per call pattern
     deltas = {n: 0.1 * torch.randn_like(p) for n, p in tangent.named_deltas()}
     tangent.load_deltas(deltas)
     loss = ConvexLoss()

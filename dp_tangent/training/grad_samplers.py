@@ -39,7 +39,12 @@ def compute_batch_norm_grad_sample(
 ) -> dict[nn.Parameter, torch.Tensor]:
     """weight: sum over positions of x_hat * g; bias: sum of g (per sample, per channel)."""
     x = activations[0].to(backprops.dtype)
-    g = _pre_activation_backprops(layer, x, backprops)
+    return batch_norm_samples(layer, x, _pre_activation_backprops(layer, x, backprops))
+
+
+def batch_norm_samples(layer: TangentLayer, x: torch.Tensor, g: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
+    """Per-sample gradients of an eval-mode BatchNorm's deltas from the gradient ``g`` of its normalisation's
+    output (before a BatchNormAct's activation)."""
     shape = (1, -1) + (1,) * (x.dim() - 2)
     x_hat = (x - layer.running_mean.view(shape)) * torch.rsqrt(layer.running_var.view(shape) + layer.eps)
     reduce = tuple(range(2, x.dim()))

@@ -43,7 +43,7 @@ from ..tangent import TangentModel
 from ..tangent.ops import TangentOps
 from ..tangent.twins import TangentLayer, is_batch_norm
 from . import grad_samplers  # noqa: F401 -- registers the twins' grad samplers (the per-sample route)
-from .grad_samplers import conv2d_columns, unfoldable
+from .grad_samplers import batch_norm_samples, conv2d_columns, unfoldable
 from .losses import ConvexLoss
 
 # Fall back to ghost clipping above these: Theta holds n·K² float64 values for the run, and its
@@ -71,7 +71,8 @@ def precompute_progress(report: PrecomputeProgress | None) -> Iterator[None]:
         _PROGRESS.reset(token)
 
 # kernel(layer, x, g) -> (n, K, K) Gram of the layer's deltas, or None when it does not apply to this
-# call; x is the layer's input (n, ...), g the gradients of its output for the K seeds (K, n, ...).
+# call; x is the layer's input (n, ...), g the gradients of its output for the K seeds (K, n, ...)
+# (for a BatchNormAct, of its normalisation's output, before the activation).
 GramKernel = Callable[[TangentLayer, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
 _KERNELS: dict[type[nn.Module], GramKernel] = {}
 
@@ -169,17 +170,11 @@ def _norm_gram(layer: TangentLayer, x_hat: torch.Tensor, g: torch.Tensor, reduce
 
 @register_gram_kernel(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, BatchNormAct2d)
 def batch_norm_gram(layer: TangentLayer, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Eval-mode BatchNorm, an affine map per channel: w from sum over positions of x_hat·g, b from sum of g,
-    with g pulled back through a BatchNormAct's activation first."""
+    """Eval-mode BatchNorm, an affine map per channel: w from sum over positions of x_hat·g, b from sum of g
+    (g taken before a BatchNormAct's activation, see :func:`_affine_batch_norm`)."""
     shape = (1, -1) + (1,) * (x.dim() - 2)
     x = x.to(g.dtype)
     x_hat = (x - layer.running_mean.view(shape)) * torch.rsqrt(layer.running_var.view(shape) + layer.eps)
-    if isinstance(layer, BatchNormAct2d):
-        weight, bias = layer.theta0("weight"), layer.theta0("bias")
-        y = x_hat if weight is None else x_hat * weight.view(shape)
-        y = y if bias is None else y + bias.view(shape)
-        _, pullback = torch.func.vjp(lambda z: layer.act(layer.drop(z)), y.expand(g.shape))
-        g = pullback(g)[0]
     return _norm_gram(layer, x_hat, g, tuple(range(3, g.dim())))
 
 
@@ -190,9 +185,15 @@ def layer_norm_gram(layer: TangentLayer, x: torch.Tensor, g: torch.Tensor) -> to
     return _norm_gram(layer, x_hat, g, tuple(range(2, g.dim() - len(layer.normalized_shape))))
 
 
+def _pre_activation_sampler(layer: TangentLayer, activations: list[torch.Tensor], g: torch.Tensor) -> dict:
+    return batch_norm_samples(layer, activations[0].to(g.dtype), g)
+
+
 def _per_sample_gram(layer: TangentLayer, calls: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """The layer's Opacus grad sampler on the K seeds (as K·n examples), summed over its calls, then Grams."""
-    sampler = GradSampleHooks.GRAD_SAMPLERS[type(layer)]
+    """The layer's Opacus grad sampler on the K seeds (as K·n examples), summed over its calls, then Grams
+    (a BatchNormAct's seeds are taken before its activation, see :func:`_affine_batch_norm`)."""
+    sampler = (_pre_activation_sampler if isinstance(layer, BatchNormAct2d)
+               else GradSampleHooks.GRAD_SAMPLERS[type(layer)])
     total: dict[int, torch.Tensor] = {}
     for x, g in calls:
         k, n = g.shape[:2]
@@ -247,21 +248,32 @@ def gram_fallback_reason(tangent: TangentModel, records: int, outputs: int) -> s
     return None
 
 
+# The tensor a layer's call asks to be recorded instead of its output (set by the call, taken by the hook
+# that follows it): a BatchNormAct's normalisation before its activation (see _affine_batch_norm).
+_RECORD_INSTEAD: ContextVar[dict[nn.Module, torch.Tensor] | None] = ContextVar("dp_tangent_gram_record_instead",
+                                                                               default=None)
+
+
 @contextmanager
 def _captured(layers: dict[str, TangentLayer]) -> Iterator[dict[str, list[tuple[torch.Tensor, torch.Tensor]]]]:
-    """Each delta layer's (input, output) of every call recorded in the autograd graph."""
+    """Each delta layer's (input, output) of every call recorded in the autograd graph (the output, or
+    the tensor the call put in :data:`_RECORD_INSTEAD`)."""
     calls: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {name: [] for name in layers}
+    instead: dict[nn.Module, torch.Tensor] = {}
 
     def hook(name: str) -> Callable:
         def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            output = instead.pop(module, output)
             if isinstance(output, torch.Tensor) and output.requires_grad:
                 calls[name].append((inputs[0].detach(), output))
         return record
 
     handles = [layer.register_forward_hook(hook(name)) for name, layer in layers.items()]
+    token = _RECORD_INSTEAD.set(instead)
     try:
         yield calls
     finally:
+        _RECORD_INSTEAD.reset(token)
         for handle in handles:
             handle.remove()
 
@@ -269,13 +281,20 @@ def _captured(layers: dict[str, TangentLayer]) -> Iterator[dict[str, list[tuple[
 def _affine_batch_norm(layer: TangentLayer, x: torch.Tensor) -> torch.Tensor:
     """Eval-mode BatchNorm as the affine map it is, (x - mean)·rsqrt(var + eps)·w + b (then a BatchNormAct's
     activation): the same function, whose backward batches over the K seeds as cheap elementwise products
-    (the batched backward of ``batch_norm`` costs several times more)."""
+    (the batched backward of ``batch_norm`` costs several times more). A BatchNormAct's normalisation
+    output is recorded instead of its activation's, so that its Gram needs no pullback through the
+    activation (which would run the activation once per seed)."""
     shape = (1, -1) + (1,) * (x.dim() - 2)
     x_hat = (x - layer.running_mean.view(shape)) * torch.rsqrt(layer.running_var.view(shape) + layer.eps).view(shape)
     weight, bias = layer.effective("weight"), layer.effective("bias")
     y = x_hat if weight is None else x_hat * weight.view(shape)
     y = y if bias is None else y + bias.view(shape)
-    return layer.act(layer.drop(y)) if isinstance(layer, BatchNormAct2d) else y
+    if not isinstance(layer, BatchNormAct2d):
+        return y
+    instead = _RECORD_INSTEAD.get()
+    if instead is not None:
+        instead[layer] = y
+    return layer.act(layer.drop(y))
 
 
 @contextmanager
