@@ -94,6 +94,8 @@ def test_float32_clip_factors_never_let_a_gradient_exceed_the_clipping_norm() ->
     (nn.Conv2d(8, 8, 3, padding=1, groups=8), (3, 8, 6, 6)),  # depthwise
     (nn.Conv2d(8, 12, 3, stride=2, dilation=2, padding=2, groups=4), (3, 8, 9, 9)),
     (nn.Conv2d(16, 24, 1, bias=False), (3, 16, 2, 2)),  # pointwise, few positions: ghost-style
+    (nn.Conv2d(8, 8, 5, padding=2, groups=8), (3, 8, 2, 2)),  # depthwise, few positions: ghost-style, seeds folded
+    (nn.Conv2d(8, 16, 3, padding=1, groups=4), (3, 8, 2, 2)),  # grouped, 4 filters per group: the same
     (nn.BatchNorm2d(6), (3, 6, 4, 4)),
     (nn.BatchNorm1d(6), (3, 6)),
     (BatchNormAct2d(6, act_layer=nn.ReLU6, inplace=False), (3, 6, 3, 3)),  # as linearize leaves it

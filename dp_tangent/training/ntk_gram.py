@@ -129,7 +129,13 @@ def conv2d_gram(layer: TangentLayer, x: torch.Tensor, g: torch.Tensor) -> torch.
     if "weight" in layer.delta_names:
         ghost = groups * (p * length * length + k * o * length * length + k * k * o * length)
         if ghost <= groups * (k * o * p * length + k * k * o * p):
-            gram += _pair_gram(b, b @ (cols.transpose(2, 3) @ cols))
+            positions = cols.transpose(2, 3) @ cols  # (n, G, L, L)
+            if groups == 1:
+                gram += _pair_gram(b, b @ positions)
+            else:  # the K seeds as rows of one product per (example, group): K times fewer, larger matmuls
+                rows = b.permute(1, 2, 0, 3, 4).reshape(n, groups, k * o, length)
+                gram += torch.einsum("ngkos,nglos->nkl", (rows @ positions).view(n, groups, k, o, length),
+                                     rows.view(n, groups, k, o, length))
         else:
             per_seed = b @ cols.transpose(2, 3)  # (K, n, G, O, P)
             gram += _pair_gram(per_seed, per_seed)
