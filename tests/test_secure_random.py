@@ -50,20 +50,38 @@ def tiny_records(n: int = 96) -> RecordSet:
 
 
 # -- distributions --------------------------------------------------------------------------------
-@pytest.fixture(params=[1, 3], ids=["1-thread", "3-threads"])
-def threads(request: pytest.FixtureRequest) -> int:
-    """Noise is made by one worker per torch thread, each with its own keystream: test both paths."""
+@pytest.fixture(params=[(1, 1), (3, 1), (3, 3)], ids=["1-thread", "3-threads", "3-workers"])
+def workers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """On the CPU the calling thread makes the noise with torch's intra-op threads (1 or 3 here); a GPU draw
+    spreads its chunks over worker threads with a keystream each, a path run here on the CPU (3 workers)."""
+    threads, count = request.param
     before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
+    torch.set_num_threads(threads)
+    if count > 1:
+        monkeypatch.setattr(secure_random, "_worker_count", lambda device, chunks: min(count, chunks))
+    yield count
     torch.set_num_threads(before)
 
 
-def test_noise_is_gaussian_with_the_asked_std(threads: int) -> None:
+def test_the_cpu_noise_is_made_in_the_calling_thread_and_a_gpu_draw_by_one_worker_per_torch_thread() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        assert secure_random._worker_count(cpu, 100) == 1
+        assert (secure_random._worker_count(cuda, 100), secure_random._worker_count(cuda, 2)) == (3, 2)
+        rng = SecureRandom()
+        rng.gaussian(1_000_000, 1.0)
+        assert len(rng._streams) == 1 and rng._pool is None
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_noise_is_gaussian_with_the_asked_std(workers: int) -> None:
     std, n = 2.5, 1_000_000
     rng = SecureRandom()
     x = rng.gaussian(n, std).numpy()
-    assert len(rng._streams) == threads  # one keystream per worker
+    assert len(rng._streams) == workers  # one keystream per worker
     assert x.dtype == np.float64 and np.isfinite(x).all()
     assert np.unique(x).size == n  # no chunk repeats another's
     assert stats.kstest(x, stats.norm(scale=std).cdf).pvalue > ALPHA
@@ -100,7 +118,7 @@ def test_uniforms_are_53_bit_and_never_zero() -> None:
     assert stats.kstest(u.numpy(), "uniform").pvalue > ALPHA
 
 
-def test_noise_added_in_place_spans_chunks_and_tensors_with_the_asked_std(threads: int) -> None:
+def test_noise_added_in_place_spans_chunks_and_tensors_with_the_asked_std(workers: int) -> None:
     """Tensors of odd sizes whose concatenation crosses chunk boundaries mid-tensor: every value gets its own
     draw, rounded to the tensor's dtype, and the sums keep the asked std."""
     std, chunk = 1.5, secure_random._CHUNK["cpu"]

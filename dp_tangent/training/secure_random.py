@@ -12,12 +12,16 @@ w gives v = floor(w / 2^11), uniform on the 2^53 integers of [-2^52, 2^52), and 
   theta + π/4 is theta relabelled on the same 2^53-point circle. Rounded once to the parameter dtype;
 * Poisson sampling: record i joins a batch iff u_i < q, independently (P = q up to 2^-53).
 
-Noise is made in chunks of 65536 values (2^18 for a GPU) by one worker thread per torch thread (at
-most 8, kept for the run), each with its own keystream; OpenSSL and torch's kernels release the GIL.
-The Box–Muller arithmetic runs in place in the keystream words' buffer, and the noise is written or
-added chunk by chunk where it goes (:meth:`SecureRandom.add_gaussian_` adds it to the clipped sum
-without a noise tensor the size of the model). For a GPU, the keystream is written into page-locked
-memory and copied asynchronously, the Box–Muller arithmetic runs on the GPU.
+Noise is made in chunks of 65536 values (2^18 for a GPU). On the CPU the calling thread makes every
+chunk, each op spread over torch's intra-op threads: worker threads calling torch ops of their own
+made the noise no faster on 2 cores and slowed the training step's next forward and backward by
+10-20% (measured on EfficientNet-Lite0 and a ViT: their OpenMP teams compete with the main one). For
+a GPU, one worker thread per torch thread (at most 8, kept for the run), each with its own keystream,
+writes keystream into page-locked memory (OpenSSL releases the GIL) and copies it asynchronously, and
+the Box–Muller arithmetic runs on the GPU. The arithmetic runs in place in the keystream words'
+buffer, and the noise is written or added chunk by chunk where it goes
+(:meth:`SecureRandom.add_gaussian_` adds it to the clipped sum without a noise tensor the size of the
+model).
 
 Not covered: timing (a step's time reveals its Poisson batch size; Python and torch are not
 constant-time); the float rounding of the final noise and of its sum with the clipped gradient
@@ -131,8 +135,8 @@ class SecureRandom:
 
     def __init__(self) -> None:
         self._pid = os.getpid()
-        self._streams = [_Keystream()]  # one more per noise worker, made when first needed
-        self._pool: ThreadPoolExecutor | None = None  # the noise workers, kept for the run (made when first needed)
+        self._streams = [_Keystream()]  # one more per GPU noise worker, made when first needed
+        self._pool: ThreadPoolExecutor | None = None  # the GPU noise workers, kept for the run (made when first needed)
         self._pool_size = 0
 
     def __repr__(self) -> str:
@@ -166,8 +170,8 @@ class SecureRandom:
                  device: torch.device | str = "cpu") -> torch.Tensor:
         """``n`` draws of N(0, std²) as std/2 · (z1 + z2 + z3 + z4), computed in float64 on ``device``.
 
-        In chunks, spread over one worker thread per torch thread (at most 8), each reading its
-        own keystream."""
+        In chunks: on the CPU made by the calling thread; for a GPU spread over one worker thread per
+        torch thread (at most 8), each reading its own keystream."""
         out = torch.empty(n, dtype=dtype, device=device)
         self._draw([out], std, add=False)
         return out
@@ -175,7 +179,7 @@ class SecureRandom:
     def add_gaussian_(self, tensors: Sequence[torch.Tensor], std: float) -> None:
         """Add fresh N(0, std²) noise to every tensor, in place: each draw computed in float64 and rounded
         to the tensor's dtype, as :meth:`noise_like` makes it, without a noise tensor the size of the
-        model (only a chunk per worker). One draw per (dtype, device), as :meth:`noise_like`."""
+        model (only a chunk at a time, per GPU worker). One draw per (dtype, device), as :meth:`noise_like`."""
         if not all(tensor.is_contiguous() for tensor in tensors):
             raise ValueError("add_gaussian_ needs contiguous tensors (it adds through flat views)")
         self._draw_grouped(tensors, std, add=True)
@@ -190,14 +194,14 @@ class SecureRandom:
 
     def _draw(self, flats: list[torch.Tensor], std: float, *, add: bool) -> None:
         """Write (``add``: add) N(0, std²) draws into the 1-D tensors ``flats`` (one dtype and device),
-        in chunks of their concatenation spread over the worker threads."""
+        in chunks of their concatenation (for a GPU spread over the worker threads)."""
         self._check_process()
         device = flats[0].device
         ends = list(itertools.accumulate(t.numel() for t in flats))
         n = ends[-1] if ends else 0
         size = _CHUNK["cuda" if device.type == "cuda" else "cpu"]
         chunks = [(start, min(size, n - start)) for start in range(0, n, size)]
-        workers = max(1, min(len(chunks), torch.get_num_threads(), _MAX_WORKERS))
+        workers = _worker_count(device, len(chunks))
         while len(self._streams) < workers:
             self._streams.append(_Keystream())
 
@@ -224,8 +228,8 @@ class SecureRandom:
         list(self._workers(workers).map(work, range(workers)))
 
     def _workers(self, n: int) -> ThreadPoolExecutor:
-        """A pool of at least ``n`` threads, kept between draws: threads made once per run (not per step),
-        whose allocations stay in the same malloc arenas."""
+        """A pool of at least ``n`` threads for GPU draws, kept between draws: threads made once per run
+        (not per step), whose allocations stay in the same malloc arenas."""
         if self._pool is None or self._pool_size < n:
             if self._pool is not None:
                 self._pool.shutdown(wait=False)
@@ -239,6 +243,12 @@ class SecureRandom:
         noise = [torch.empty(ref.shape, dtype=ref.dtype, device=ref.device) for ref in references]
         self._draw_grouped(noise, std, add=False)
         return noise
+
+
+def _worker_count(device: torch.device, chunks: int) -> int:
+    """Threads that make a draw's chunks: the calling thread alone on the CPU (see the module doc), one
+    per torch thread (at most 8) for a GPU."""
+    return 1 if device.type == "cpu" else max(1, min(chunks, torch.get_num_threads(), _MAX_WORKERS))
 
 
 def _uniform_from(words: torch.Tensor) -> torch.Tensor:
