@@ -749,9 +749,8 @@ def _explain_memory(model: str, entry: dict, peak_label: str) -> str:
             "together; math attention instead of fused for the ViT. (b) holds what (a') holds plus the batch's "
             "Grams and seeds (a few KiB); the DP "
             "optimizer adds its noise into the clipped sum in place, so what (b) adds to (a') lies outside the "
-            "allocator: the secure generator's keystream buffers (2 MiB per worker), which every DP mode has, "
-            "and heap that glibc keeps after the update (a run with one noise worker instead of two measured "
-            "the same, so the threads themselves are not the cause). The peak RSS increase also counts what "
+            "allocator: the secure generator's keystream buffer (2 MiB), which every DP mode has, and heap "
+            "that glibc keeps after the update. The peak RSS increase also counts what "
             "glibc keeps of freed blocks: the many transient tensors of the dual pass leave more of it than "
             "(a) does.")
 
@@ -800,12 +799,18 @@ batches and models, where arithmetic would weigh more, were not measured on a GP
 NOISE_SHARE_LIMIT = 0.10  # target: secure noise and Poisson sampling together at most 10% of a DP step
 
 
-def render_noise(models: dict[str, dict], threads: int) -> list[str]:
+def render_noise(models: dict[str, dict], threads: int, cuda: bool = False) -> list[str]:
     """The secure generator's share of a DP step, per model and DP case, against the 10% target."""
+    made_by = ("its keystream made on the CPU by one worker thread per torch thread, the arithmetic on the GPU"
+               if cuda else
+               "made by the training thread with its ops on the torch threads (worker threads running torch ops, "
+               "as before 2026-12-01, made the noise no faster and slowed every case timed in the same process by "
+               "10-20%, so earlier runs' absolute times are not comparable)")
     lines = ["### Secure noise and sampling: share of a DP step", "",
              "Noise: the DP optimizer's `add_noise` (ChaCha20 keystream, 4 float64 Box–Muller normals per value, "
-             "added to the summed gradient) as a share of the same step, median over rounds. Sampling: one secure "
-             f"Poisson batch (one uniform per record) from a shard of the stated size. {threads} torch threads.", "",
+             f"added to the summed gradient) as a share of the same step, median over rounds, {made_by}. Sampling: "
+             "one secure Poisson batch (one uniform per record) from a shard of the stated size. "
+             f"{threads} torch threads.", "",
              "| model | case | deltas | step, ms | noise, ms | noise share | Poisson batch, ms (records) "
              "| sampling share | noise values/s in step | noise values/s, bulk | verdict |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -910,7 +915,7 @@ def render(results: dict) -> str:
               "that measured it found hooks 0.7–1.3x the vmap step). It is replaced by the comparison a user "
               "makes: the DP tangent step against DP fine-tuning of the ordinary network.", "",
               *_targets_table(results["targets"])]
-    lines += render_noise(results["models"], cfg["threads"])
+    lines += render_noise(results["models"], cfg["threads"], cuda)
     models = results["models"]
     missed = {t.key: [r["model"] for r in results["targets"] if r["target"] == t.key and not r["pass"]]
               for t in TARGETS}
@@ -950,7 +955,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.noise:
         config = replace(FULL, device=device)
         models = {model: {"noise": _in_fresh_process(measure_noise, model, config)} for model in MODELS}
-        print("\n".join(render_noise(models, config.threads)))
+        print("\n".join(render_noise(models, config.threads, device.startswith("cuda"))))
         print(json.dumps({model: entry["noise"] for model, entry in models.items()}, indent=2), file=sys.stderr)
         return
     results = run(replace(QUICK if args.quick else FULL, device=device), args.quick)

@@ -114,7 +114,8 @@ def test_gram_kernels_equal_the_grams_of_the_per_sample_gradients(layer: nn.Modu
     with torch.no_grad():
         for name in twin.delta_names:
             getattr(twin, f"{name}_theta0").uniform_(-1, 1)
-    x = (torch.randint(0, 7, shape) if isinstance(layer, nn.Embedding) else 2 * torch.randn(*shape, dtype=torch.float64))
+    x = (torch.randint(0, 7, shape) if isinstance(layer, nn.Embedding)
+         else 2 * torch.randn(*shape, dtype=torch.float64))
     out = twin(x)
     g = torch.randn(5, *out.shape, dtype=torch.float64)  # 5 seeds
     kernel = ntk_gram._KERNELS[twin._tangent_base]
