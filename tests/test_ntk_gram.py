@@ -3,13 +3,15 @@ training run as the Opacus hooks, and the fallbacks chosen and recorded."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn as nn
 from conftest import build
 from timm.layers import BatchNormAct2d
 
-from dp_tangent import linearize
+from dp_tangent import TangentModel, linearize
 from dp_tangent.components.component import load_component
 from dp_tangent.data import RecordSet
 from dp_tangent.tangent.twins import make_twin
@@ -139,17 +141,16 @@ class _SharedLayers(nn.Module):
         return self.head(torch.tanh(self.fc(torch.tanh(self.fc(h)))))
 
 
-def test_layers_without_a_kernel_and_layers_called_twice_take_their_grad_samplers_route() -> None:
-    torch.manual_seed(0)
-    model = _SharedLayers().double().eval()
-    x = torch.randn(8, 2, 4, dtype=torch.float64)
-    y = torch.arange(8) % 4
-    tangent = linearize(model, example_input=x[:2])
-    assert ntk_gram.layer_routes(tangent) == {"conv": "per-sample", "fc": "kernel", "head": "kernel"}
+def _assert_gram_clipped_sum_is_the_reference(model: nn.Module, tangent: TangentModel, x: torch.Tensor, y: torch.Tensor,
+                                              checks: Callable[[dict], None] | None = None) -> None:
+    """With random deltas and half the examples clipped, the Gram mode's clipped sum (Grams from the raw
+    inputs) equals the clipped sum of the vmap reference's per-sample gradients to 1e-10."""
     deltas = {n: 0.1 * torch.randn_like(p) for n, p in tangent.named_deltas()}
     tangent.load_deltas(deltas)
     loss = ConvexLoss()
     want = reference_per_sample_gradients(model, deltas, x, y, loss)
+    if checks is not None:
+        checks(want)
     flat = torch.cat([want[n].flatten(1) for n, _ in tangent.named_deltas()], dim=1)
     norms = flat.norm(dim=1)
     clip = _half_clipped_norm(norms)
@@ -157,6 +158,16 @@ def test_layers_without_a_kernel_and_layers_called_twice_take_their_grad_sampler
     add_clipped_gradient(tangent, x, y, per_example_grams(tangent, x, from_features=False), loss, clip)
     got = torch.cat([p.grad.flatten() for p in tangent.deltas()])
     assert (got - reference).norm() <= 1e-10 * reference.norm()
+
+
+def test_layers_without_a_kernel_and_layers_called_twice_take_their_grad_samplers_route() -> None:
+    torch.manual_seed(0)
+    model = _SharedLayers().double().eval()
+    x = torch.randn(8, 2, 4, dtype=torch.float64)
+    y = torch.arange(8) % 4
+    tangent = linearize(model, example_input=x[:2])
+    assert ntk_gram.layer_routes(tangent) == {"conv": "per-sample", "fc": "kernel", "head": "kernel"}
+    _assert_gram_clipped_sum_is_the_reference(model, tangent, x, y)
 
 
 class _NormActTwice(nn.Module):
@@ -183,17 +194,7 @@ def test_a_batch_norm_act_called_twice_takes_its_grad_samplers_route_before_the_
     y = torch.arange(8) % 4
     tangent = linearize(model, example_input=x[:2])
     assert ntk_gram.layer_routes(tangent)["bn"] == "kernel"  # ... which falls back per call pattern
-    deltas = {n: 0.1 * torch.randn_like(p) for n, p in tangent.named_deltas()}
-    tangent.load_deltas(deltas)
-    loss = ConvexLoss()
-    want = reference_per_sample_gradients(model, deltas, x, y, loss)
-    flat = torch.cat([want[n].flatten(1) for n, _ in tangent.named_deltas()], dim=1)
-    norms = flat.norm(dim=1)
-    clip = _half_clipped_norm(norms)
-    reference = ((clip / (norms + 1e-6)).clamp(max=1.0)[:, None] * flat).sum(dim=0)
-    add_clipped_gradient(tangent, x, y, per_example_grams(tangent, x, from_features=False), loss, clip)
-    got = torch.cat([p.grad.flatten() for p in tangent.deltas()])
-    assert (got - reference).norm() <= 1e-10 * reference.norm()
+    _assert_gram_clipped_sum_is_the_reference(model, tangent, x, y)
 
 
 class _Tokens(nn.Module):
@@ -215,20 +216,13 @@ def test_embeddings_with_a_padding_id_match_the_reference_in_gram_and_hooks_mode
     ids = torch.tensor([[1, 2, 0, 0], [3, 3, 4, 0], [5, 6, 7, 8], [0, 2, 2, 1], [8, 0, 1, 1], [4, 4, 4, 4]])
     y = torch.arange(6) % 3
     tangent = linearize(model, example_input=ids[:2])
-    deltas = {n: 0.1 * torch.randn_like(p) for n, p in tangent.named_deltas()}
-    tangent.load_deltas(deltas)
-    loss = ConvexLoss()
-    want = reference_per_sample_gradients(model, deltas, ids, y, loss)
-    assert want["embed.weight"][:, 0].abs().max() == 0 and want["embed.weight"].abs().max() > 1e-3
-    hooks = per_sample_gradients(tangent, ids, y, loss)
-    assert all(torch.allclose(hooks[n], want[n], rtol=1e-10, atol=1e-14) for n in want)
-    flat = torch.cat([want[n].flatten(1) for n, _ in tangent.named_deltas()], dim=1)
-    norms = flat.norm(dim=1)
-    clip = _half_clipped_norm(norms)
-    reference = ((clip / (norms + 1e-6)).clamp(max=1.0)[:, None] * flat).sum(dim=0)
-    add_clipped_gradient(tangent, ids, y, per_example_grams(tangent, ids, from_features=False), loss, clip)
-    got = torch.cat([p.grad.flatten() for p in tangent.deltas()])
-    assert (got - reference).norm() <= 1e-10 * reference.norm()
+
+    def hooks_match(want: dict) -> None:
+        assert want["embed.weight"][:, 0].abs().max() == 0 and want["embed.weight"].abs().max() > 1e-3
+        hooks = per_sample_gradients(tangent, ids, y, ConvexLoss())
+        assert all(torch.allclose(hooks[n], want[n], rtol=1e-10, atol=1e-14) for n in want)
+
+    _assert_gram_clipped_sum_is_the_reference(model, tangent, ids, y, hooks_match)
 
 
 def _conv_net() -> nn.Module:
