@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import mmap
 import pickle
 
 import dp_accounting
@@ -134,6 +135,20 @@ def test_noise_added_in_place_spans_chunks_and_tensors_with_the_asked_std(worker
     assert stats.kstest(noise, stats.norm(scale=std).cdf).pvalue > ALPHA
     with pytest.raises(ValueError, match="contiguous"):
         SecureRandom().add_gaussian_([torch.zeros(4, 4).t()], std)
+
+
+def test_noise_added_to_a_lower_precision_tensor_is_the_float64_draw_rounded_once(monkeypatch) -> None:
+    """The same keystream (a fixed OS key) as a float64 draw and as noise added in place to float32 and float16
+    zeros, across chunk boundaries: each added value is the float64 draw rounded once to the tensor's dtype
+    (rounded in the chunk's spent words, not in a temporary)."""
+    monkeypatch.setattr(secure_random.os, "urandom", lambda n: KEY[:n])
+    chunk = secure_random._CHUNK["cpu"]
+    sizes = [chunk - 3, chunk + 5, 7]
+    drawn = SecureRandom().gaussian(sum(sizes), 2.0)
+    for dtype in (torch.float32, torch.float16):
+        tensors = [torch.zeros(n, dtype=dtype) for n in sizes]
+        SecureRandom().add_gaussian_(tensors, 2.0)
+        assert torch.equal(torch.cat(tensors), drawn.to(dtype))
 
 
 def test_noise_like_shapes_types_and_places_like_the_references() -> None:
@@ -279,7 +294,7 @@ def test_the_stream_is_chacha20_under_the_os_key_and_the_key_buffer_is_wiped(mon
     rng.gaussian(1 << 17, 1.0)  # the streams' scratch buffers now hold spent keystream
     for owner in [rng, *rng._streams]:
         for name, value in vars(owner).items():
-            assert not (isinstance(value, (bytes, bytearray, memoryview)) and KEY in bytes(value)), name
+            assert not (isinstance(value, (bytes, bytearray, memoryview, mmap.mmap)) and KEY in bytes(value)), name
             assert "key" not in name.lower() and "seed" not in name.lower(), name
 
 

@@ -19,9 +19,10 @@ made the noise no faster on 2 cores and slowed the training step's next forward 
 a GPU, one worker thread per torch thread (at most 8, kept for the run), each with its own keystream,
 writes keystream into page-locked memory (OpenSSL releases the GIL) and copies it asynchronously, and
 the Box–Muller arithmetic runs on the GPU. The arithmetic runs in place in the keystream words'
-buffer, and the noise is written or added chunk by chunk where it goes
-(:meth:`SecureRandom.add_gaussian_` adds it to the clipped sum without a noise tensor the size of the
-model).
+buffer (on the CPU an anonymous memory mapping of its own, outside the malloc heap), and the noise is
+written or added chunk by chunk where it goes (:meth:`SecureRandom.add_gaussian_` adds it to the
+clipped sum without a noise tensor the size of the model, rounding it to the tensor's dtype in the
+chunk's spent words).
 
 Not covered: timing (a step's time reveals its Poisson batch size; Python and torch are not
 constant-time); the float rounding of the final noise and of its sum with the clipped gradient
@@ -36,6 +37,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+import mmap
 import os
 import weakref
 from collections.abc import Iterator, Sequence
@@ -82,7 +84,7 @@ class _Keystream:
     def __init__(self) -> None:
         self._cipher = _fresh_cipher()
         self._bytes_left = _REKEY_BYTES
-        self._scratch = bytearray(0)
+        self._scratch = mmap.mmap(-1, mmap.PAGESIZE)  # its own mapping: never part of the malloc heap
         # two page-locked staging buffers for copies to a GPU, each with the event of the copy that last read it
         self._pinned: list[torch.Tensor | None] = [None, None]
         self._copied: list[torch.cuda.Event | None] = [None, None]
@@ -101,8 +103,8 @@ class _Keystream:
 
     def scratch_words(self, n: int) -> torch.Tensor:
         """``n`` fresh words in this stream's reused buffer: valid until its next call."""
-        if len(self._scratch) < 8 * n:
-            self._scratch = bytearray(8 * n)
+        if len(self._scratch) < 8 * n:  # the old mapping is unmapped once no tensor views it
+            self._scratch = mmap.mmap(-1, 8 * n)
         self.fill(memoryview(self._scratch)[:8 * n])
         return torch.frombuffer(self._scratch, dtype=torch.int64, count=n)
 
@@ -209,14 +211,17 @@ class SecureRandom:
             stream = self._streams[worker]
             for start, m in chunks[worker::workers]:
                 words = stream.words_on(NORMALS_PER_NOISE * m, device).view(NORMALS_PER_NOISE, m)
-                noise = _four_normal_noise(words, std)  # in the words' memory: valid until the next chunk
+                noise = _four_normal_noise(words, std)  # row 0 of the words' memory: valid until the next chunk
+                spare = words[1].view(torch.uint8)  # spent words: the noise rounded to a tensor's dtype goes here
                 first = bisect.bisect_right(ends, start)
                 for i in range(first, len(flats)):  # the tensors this chunk of the concatenation covers
                     lo = start - (ends[i - 1] if i else 0)
                     piece = noise[max(0, -lo):min(m, ends[i] - start)]
                     target = flats[i][max(0, lo):max(0, lo) + len(piece)]
-                    if add:
-                        target.add_(piece.to(target.dtype))
+                    if add and piece.dtype == target.dtype:
+                        target.add_(piece)
+                    elif add:
+                        target.add_(spare[:len(piece) * target.element_size()].view(target.dtype).copy_(piece))
                     else:
                         target.copy_(piece)
                     if ends[i] >= start + m:
