@@ -801,10 +801,12 @@ W0·dx (one for the first linearized layer), are their only products; every othe
 GELU, attention, residuals) runs its primal and its JVP formula in the dual pass and its primal
 again in the plain pass; the ViT suffix runs attention in math mode, since fused SDPA has no
 forward derivative. Counting matmul/convolution
-FLOPs, that is about 5 units against 3 for (a). DP adds little on top of it in (b): no per-sample
-gradient is materialized and there is one backward; what is left is v_i, the clip factors vᵢᵀΘᵢvᵢ
-(K² products per example) and the secure noise. What would close the rest: with no augmentation
-the suffix's inputs and θ0 never change, so its activations at θ0 are constants per example;
+FLOPs, that is about 5 units against 3 for (a). DP adds little else in (b): no per-sample gradient
+is materialized and there is one backward; what is left is v_i, the clip factors vᵢᵀΘᵢvᵢ (K²
+products per example) and the secure noise, whose cost follows the number of deltas, not the batch
+(4 float64 normals per delta: 20–35 ms per step for 1 M deltas on 2 cores, nearly all of (b) − (a')
+where the step is short, as on EfficientNet-Lite0; larger batches dilute it). What would close the
+rest: with no augmentation the suffix's inputs and θ0 never change, so its activations at θ0 are constants per example;
 caching them would leave the tangent products and the backward (about 4 units against 3), at a
 memory cost of the suffix's activations times the number of examples. Fused tangent kernels (primal
 and tangent of LayerNorm, GELU and attention in one pass) or a compiled dual forward would shrink
