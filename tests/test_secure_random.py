@@ -10,6 +10,7 @@ import copy
 import json
 import math
 import mmap
+import os
 import pickle
 
 import dp_accounting
@@ -296,6 +297,35 @@ def test_the_stream_is_chacha20_under_the_os_key_and_the_key_buffer_is_wiped(mon
         for name, value in vars(owner).items():
             assert not (isinstance(value, (bytes, bytearray, memoryview, mmap.mmap)) and KEY in bytes(value)), name
             assert "key" not in name.lower() and "seed" not in name.lower(), name
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_never_sees_keystream_its_parent_writes_later() -> None:
+    """The CPU keystream buffer is a private mapping: after a fork, the parent's next draws stay out of the
+    child's memory (a shared mapping, Python's default, would hand the child the parent's noise)."""
+    rng = SecureRandom()
+    rng.gaussian(1 << 10, 1.0)
+    scratch = rng._streams[0]._scratch
+    go_read, go_write = os.pipe()
+    seen_read, seen_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: wait until the parent has drawn again, then report its view of the buffer
+        try:
+            os.read(go_read, 1)
+            os.write(seen_write, bytes(scratch[:4096]))
+        finally:
+            os._exit(0)
+    rng.gaussian(1 << 10, 1.0)  # overwrites the buffer with fresh keystream (the same size: no new buffer)
+    assert rng._streams[0]._scratch is scratch
+    parent_view = bytes(scratch[:4096])
+    os.write(go_write, b"x")
+    child_view = b""
+    while len(child_view) < 4096:
+        child_view += os.read(seen_read, 4096 - len(child_view))
+    os.waitpid(pid, 0)
+    for fd in (go_read, go_write, seen_read, seen_write):
+        os.close(fd)
+    assert child_view != parent_view
 
 
 def test_a_generator_cannot_be_copied_pickled_or_used_after_a_fork(monkeypatch) -> None:

@@ -78,13 +78,22 @@ def _fresh_cipher():  # noqa: ANN202 -- cryptography's CipherContext (a Rust typ
         key[:] = bytes(KEY_BYTES)
 
 
+def _private_buffer(size: int) -> mmap.mmap | bytearray:
+    """``size`` writable bytes outside the malloc heap: an anonymous mapping private to this process
+    (copy-on-write after a fork, so no child ever sees keystream written later; Python's default anonymous
+    mapping is shared). A bytearray where mmap has no MAP_PRIVATE (Windows)."""
+    if not hasattr(mmap, "MAP_PRIVATE"):
+        return bytearray(size)
+    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+
+
 class _Keystream:
     """One ChaCha20 keystream under its own fresh OS key, rekeyed from the OS every 64 GiB; one thread at a time."""
 
     def __init__(self) -> None:
         self._cipher = _fresh_cipher()
         self._bytes_left = _REKEY_BYTES
-        self._scratch = mmap.mmap(-1, mmap.PAGESIZE)  # its own mapping: never part of the malloc heap
+        self._scratch = _private_buffer(mmap.PAGESIZE)
         # two page-locked staging buffers for copies to a GPU, each with the event of the copy that last read it
         self._pinned: list[torch.Tensor | None] = [None, None]
         self._copied: list[torch.cuda.Event | None] = [None, None]
@@ -104,7 +113,7 @@ class _Keystream:
     def scratch_words(self, n: int) -> torch.Tensor:
         """``n`` fresh words in this stream's reused buffer: valid until its next call."""
         if len(self._scratch) < 8 * n:  # the old mapping is unmapped once no tensor views it
-            self._scratch = mmap.mmap(-1, 8 * n)
+            self._scratch = _private_buffer(8 * n)
         self.fill(memoryview(self._scratch)[:8 * n])
         return torch.frombuffer(self._scratch, dtype=torch.int64, count=n)
 
