@@ -133,7 +133,7 @@ class Config:
     warmup: int = 2  # steps per case before timing
     steps: int = 9  # timed rounds; each round times one step of every case
     memory_steps: int = 2  # steps per case in its own process for peak memory (then one profiled step)
-    memory_runs: int = 3  # fresh processes per case of the memory target (median): one run's peak RSS varies ±10 MiB
+    memory_runs: int = 3  # fresh processes per case of the memory target (median): one's peak RSS is noisy
     threads: int = 2
     seed: int = 0
     poisson_records: int = 50_000  # shard size for the secure Poisson sampling cost (it grows with the shard)
@@ -774,8 +774,8 @@ def _explain_memory(model: str, entry: dict, peak_label: str) -> str:
             "together; math attention instead of fused for the ViT. (b) holds what (a') holds plus the batch's "
             "Grams and seeds (a few KiB); the DP "
             "optimizer adds its noise into the clipped sum in place, so what (b) adds to (a') lies outside the "
-            "allocator: the secure generator's keystream buffer (2 MiB), which every DP mode has, and heap "
-            "that glibc keeps after the update. The peak RSS increase also counts what "
+            "allocator: the secure generator's keystream buffer (2 MiB, a mapping of its own), which every DP mode "
+            "has, and heap that glibc keeps after the update. The peak RSS increase also counts what "
             "glibc keeps of freed blocks: the many transient tensors of the dual pass leave more of it than "
             "(a) does.")
 
@@ -920,9 +920,11 @@ def render(results: dict) -> str:
         "by other work) as a check. The same is repeated in a second process in which glibc keeps freed memory "
         "(`mallopt`: no `mmap`, no trimming) instead of returning it to the OS. The Gram precompute of the "
         "batch's examples takes part in every round like a case. *Memory*: "
-        "each case runs alone in a fresh process; (a), (a') and (b) in "
-        f"{cfg.get('memory_runs', 1)} processes each, and their median counts (one process's peak RSS was "
-        "seen to vary by about ±10 MiB from the next one's). "
+        "each case runs alone in a fresh process"
+        + (f"; (a), (a') and (b) in {cfg['memory_runs']} processes each, and their median counts (the same "
+           "case's peak RSS was seen to differ by up to 10 MiB between processes on EfficientNet-Lite0 and up "
+           "to 60 MiB on the ViT, while the allocator peak did not move). " if cfg.get("memory_runs", 1) > 1
+           else ". ")
         + ("The figure is the CUDA allocator's peak (`torch.cuda.max_memory_allocated`) above the memory live "
            f"before the first of {cfg['memory_steps']} steps." if cuda else
            "After setup (model, features, optimizer; for (b) its Grams) garbage is collected, free heap returned "
