@@ -923,7 +923,7 @@ def render(results: dict) -> str:
         "each case runs alone in a fresh process"
         + (f"; (a), (a') and (b) in {cfg['memory_runs']} processes each, and their median counts (the same "
            "case's peak RSS was seen to differ by up to 10 MiB between processes on EfficientNet-Lite0 and up "
-           "to 60 MiB on the ViT, while the allocator peak did not move). " if cfg.get("memory_runs", 1) > 1
+           "to 50 MiB on the ViT, while the allocator peak did not move). " if cfg.get("memory_runs", 1) > 1
            else ". ")
         + ("The figure is the CUDA allocator's peak (`torch.cuda.max_memory_allocated`) above the memory live "
            f"before the first of {cfg['memory_steps']} steps." if cuda else
