@@ -311,20 +311,27 @@ def test_a_forked_child_never_sees_keystream_its_parent_writes_later() -> None:
     pid = os.fork()
     if pid == 0:  # the child: wait until the parent has drawn again, then report its view of the buffer
         try:
+            os.close(go_write)
+            os.close(seen_read)
             os.read(go_read, 1)
             os.write(seen_write, bytes(scratch[:4096]))
         finally:
             os._exit(0)
-    rng.gaussian(1 << 10, 1.0)  # overwrites the buffer with fresh keystream (the same size: no new buffer)
-    assert rng._streams[0]._scratch is scratch
-    parent_view = bytes(scratch[:4096])
-    os.write(go_write, b"x")
-    child_view = b""
-    while len(child_view) < 4096:
-        child_view += os.read(seen_read, 4096 - len(child_view))
-    os.waitpid(pid, 0)
-    for fd in (go_read, go_write, seen_read, seen_write):
-        os.close(fd)
+    os.close(go_read)
+    os.close(seen_write)
+    try:
+        rng.gaussian(1 << 10, 1.0)  # overwrites the buffer with fresh keystream (the same size: no new buffer)
+        same_buffer = rng._streams[0]._scratch is scratch
+        parent_view = bytes(scratch[:4096])
+    finally:  # the child is released and reaped whatever happened here
+        os.write(go_write, b"x")
+        os.close(go_write)
+        child_view = b""
+        while piece := os.read(seen_read, 4096):
+            child_view += piece
+        os.close(seen_read)
+        os.waitpid(pid, 0)
+    assert same_buffer and len(child_view) == 4096
     assert child_view != parent_view
 
 
