@@ -716,8 +716,8 @@ def _recipe_job_lines(job: dict) -> list[str]:
             f"| without DP | {median_no_dp:.1f} ({min(no_dp):.1f}–{max(no_dp):.1f}) |", "",
             _paragraph(f"""Median ratio of the rounds {job['ratio']:.2f}x (range {job['min']:.2f}–{job['max']:.2f}x).
             What DP adds, {median_dp - median_no_dp:.1f} s of medians, is the Gram precompute, the DP steps' extra
-            cost and calibration; the other {median_no_dp:.1f} s are work both jobs do, which the training-part
-            figures above leave out."""), ""]
+            cost and calibration; the other {median_no_dp:.1f} s are the job without DP, most of it work the
+            training-part figures above leave out (imports, data, features, evaluation, composition)."""), ""]
 
 
 def _targets_table(rows: list[dict]) -> list[str]:
