@@ -26,7 +26,7 @@ precompute reports ``(done, total)`` examples to a ``progress`` callback, or to 
 
 from __future__ import annotations
 
-import types
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -254,18 +254,17 @@ def gram_fallback_reason(tangent: TangentModel, records: int, outputs: int) -> s
     return None
 
 
-# The tensor a layer's call asks to be recorded instead of its output (set by the call, taken by the hook
-# that follows it): a BatchNormAct's normalisation before its activation (see _affine_batch_norm).
-_RECORD_INSTEAD: ContextVar[dict[nn.Module, torch.Tensor] | None] = ContextVar("dp_tangent_gram_record_instead",
-                                                                               default=None)
+# The tensor a layer's call asks to be recorded instead of its output: set by the call, taken by the hook
+# that follows it (a BatchNormAct's normalisation before its activation, see _affine_batch_norm).
+RecordInstead = dict[nn.Module, torch.Tensor]
 
 
 @contextmanager
-def _captured(layers: dict[str, TangentLayer]) -> Iterator[dict[str, list[tuple[torch.Tensor, torch.Tensor]]]]:
+def _captured(layers: dict[str, TangentLayer],
+              instead: RecordInstead) -> Iterator[dict[str, list[tuple[torch.Tensor, torch.Tensor]]]]:
     """Each delta layer's (input, output) of every call recorded in the autograd graph (the output, or
-    the tensor the call put in :data:`_RECORD_INSTEAD`)."""
+    the tensor the call put in ``instead``)."""
     calls: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {name: [] for name in layers}
-    instead: dict[nn.Module, torch.Tensor] = {}
 
     def hook(name: str) -> Callable:
         def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
@@ -275,16 +274,14 @@ def _captured(layers: dict[str, TangentLayer]) -> Iterator[dict[str, list[tuple[
         return record
 
     handles = [layer.register_forward_hook(hook(name)) for name, layer in layers.items()]
-    token = _RECORD_INSTEAD.set(instead)
     try:
         yield calls
     finally:
-        _RECORD_INSTEAD.reset(token)
         for handle in handles:
             handle.remove()
 
 
-def _affine_batch_norm(layer: TangentLayer, x: torch.Tensor) -> torch.Tensor:
+def _affine_batch_norm(layer: TangentLayer, x: torch.Tensor, instead: RecordInstead) -> torch.Tensor:
     """Eval-mode BatchNorm as the affine map it is, (x - mean)·rsqrt(var + eps)·w + b (then a BatchNormAct's
     activation): the same function, whose backward batches over the K seeds as cheap elementwise products
     (the batched backward of ``batch_norm`` costs several times more). A BatchNormAct's normalisation
@@ -297,18 +294,16 @@ def _affine_batch_norm(layer: TangentLayer, x: torch.Tensor) -> torch.Tensor:
     y = y if bias is None else y + bias.view(shape)
     if not isinstance(layer, BatchNormAct2d):
         return y
-    instead = _RECORD_INSTEAD.get()
-    if instead is not None:
-        instead[layer] = y
+    instead[layer] = y
     return layer.act(layer.drop(y))
 
 
 @contextmanager
-def _batch_norms_as_affine(net: nn.Module) -> Iterator[None]:
+def _batch_norms_as_affine(net: nn.Module, instead: RecordInstead) -> Iterator[None]:
     """Run every BatchNorm twin of ``net`` through :func:`_affine_batch_norm` meanwhile (per instance)."""
     patched = [m for m in net.modules() if isinstance(m, TangentLayer) and is_batch_norm(m)]
     for module in patched:
-        module.forward = types.MethodType(_affine_batch_norm, module)
+        module.forward = functools.partial(_affine_batch_norm, module, instead=instead)
     try:
         yield
     finally:
@@ -319,7 +314,9 @@ def _batch_norms_as_affine(net: nn.Module) -> Iterator[None]:
 def _chunk_grams(tangent: TangentModel, layers: dict[str, TangentLayer], h: torch.Tensor) -> tuple[torch.Tensor, int]:
     """(n, K, K) Grams of the features ``h`` of n examples (one forward at theta0, K seeds back at once),
     and the bytes per example of the seeds' gradients of the delta layers' outputs."""
-    with (_captured(layers) as calls, torch.enable_grad(), TangentOps(), _batch_norms_as_affine(tangent.net)):
+    instead: RecordInstead = {}
+    with (_captured(layers, instead) as calls, torch.enable_grad(), TangentOps(),
+          _batch_norms_as_affine(tangent.net, instead)):
         out = tangent._suffix(h)  # the plain pass at theta0 that forward_from_features records
     n, k = out.shape
     seeds = torch.eye(k, dtype=out.dtype, device=out.device).unsqueeze(1).expand(k, n, k)
