@@ -4,7 +4,7 @@
 
 The job is ``dp-tangent train`` of ``recipes/digits-efficientnet-lite0.yaml`` with ``trainable:
 blocks[-1:]`` and 8 epochs, the recipe's data, shards, batch size and executor, and the default DP
-mode (the recipe's ``grad_sample_mode`` removed): everything the command does, from its start to its
+mode (any ``grad_sample_mode`` the recipe sets removed): everything the command does, from its start to its
 exit (imports, data, the shards' frozen-prefix features, the NTK Gram precompute, training, accounting,
 the ledger, composition and evaluation). The job without DP is the same recipe with ``epsilon: .inf``
 and no budget (a budget refuses non-private runs). Each run starts in a fresh temporary directory
