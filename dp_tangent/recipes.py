@@ -143,6 +143,13 @@ class Recipe(_Strict):
             raise ValueError("resources.gpus > 0 needs training.device: cuda (else the GPU would sit idle)")
         return self
 
+    @model_validator(mode="after")
+    def _non_private_without_budget(self) -> "Recipe":
+        if math.isinf(self.privacy.epsilon) and self.budget is not None:  # the ledger would refuse every shard
+            raise ValueError("privacy.epsilon inf (a non-private run) is refused under any budget: remove the "
+                             "budget section to train a non-private baseline")
+        return self
+
     @field_validator("trainable")
     @classmethod
     def _trainable(cls, value: str) -> str:

@@ -207,6 +207,15 @@ class Ledger:
         included, must fit the budgets of the shards those events ran on; and a record already read
         by another shard's event is refused (:class:`RecordOverlapError`) unless ``allow_overlap``.
         """
+        return [event.reservation_id for event in self._reserve(requests, allow_overlap, dry_run=False)]
+
+    def check_reservations(self, requests: Sequence[ReservationRequest], *, allow_overlap: bool = False) -> None:
+        """Raise what :meth:`reserve_all` would raise for ``requests`` now, and write nothing: a caller refuses
+        a run before costly preparation (the reservation itself still checks again, since the ledger may change)."""
+        self._reserve(requests, allow_overlap, dry_run=True)
+
+    def _reserve(self, requests: Sequence[ReservationRequest], allow_overlap: bool, *,
+                 dry_run: bool) -> list[StoredEvent]:
         now = utc_now()
         records = [self._record(request, now) for request in requests]
         for record in records:
@@ -242,8 +251,7 @@ class Ledger:
                         settings=self._settings,
                     )
 
-        stored = self._storage.reserve(records, check, [frozenset(r.records) for r in requests])
-        return [event.reservation_id for event in stored]
+        return self._storage.reserve(records, check, [frozenset(r.records) for r in requests], dry_run=dry_run)
 
     @staticmethod
     def _record(request: ReservationRequest, now: str) -> StoredEvent:

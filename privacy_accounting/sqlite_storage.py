@@ -31,8 +31,17 @@ from privacy_accounting.errors import (
     PrivacyAccountingError,
     UnknownReservationError,
 )
-from privacy_accounting.records import AuditRecord, Budget, DataSource, Purpose, Status, StoredEvent, Unit, utc_now
 from privacy_accounting.event_tree import from_json, to_json
+from privacy_accounting.records import (
+    AuditRecord,
+    Budget,
+    DataSource,
+    Purpose,
+    Status,
+    StoredEvent,
+    Unit,
+    utc_now,
+)
 from privacy_accounting.storage import EventFilter, RecordClass, ReservationCheck
 
 SCHEMA_VERSION = 2
@@ -176,13 +185,13 @@ class SQLiteStorage:
             raise LedgerCorruptError(f"ledger {self._path} is corrupt: {exc}") from exc
 
     @contextmanager
-    def _transaction(self, *, write: bool) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, *, write: bool, commit: bool = True) -> Iterator[sqlite3.Connection]:
         with self._errors():
             conn = self._connect()
             try:
                 conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 yield conn
-                conn.execute("COMMIT")
+                conn.execute("COMMIT" if commit else "ROLLBACK")
             except BaseException:
                 if conn.in_transaction:
                     conn.rollback()
@@ -338,12 +347,13 @@ class SQLiteStorage:
     # -- events ------------------------------------------------------------------------------
 
     def reserve(self, events: Sequence[StoredEvent], check: ReservationCheck,
-                records: Sequence[frozenset[str]] | None = None) -> list[StoredEvent]:
+                records: Sequence[frozenset[str]] | None = None, *, dry_run: bool = False) -> list[StoredEvent]:
         records = list(records) if records is not None else [frozenset()] * len(events)
         if len(records) != len(events):
             raise InvalidParameterError("give one record set per event (an empty set: every record of the shard)")
         stored = []
-        with self._transaction(write=True) as conn:  # one transaction: a refusal rolls back the whole batch
+        # one transaction: a refusal rolls back the whole batch, and a dry run rolls back in any case
+        with self._transaction(write=True, commit=not dry_run) as conn:
             for event, read in zip(events, records):
                 existing = _select_events(conn, EventFilter(data_source=event.data_source, shard=event.shard))
                 source_budget = shard_budget = None

@@ -67,10 +67,11 @@ class LedgerStorage(Protocol):
         """All budgets."""
 
     def reserve(self, events: Sequence[StoredEvent], check: ReservationCheck,
-                records: Sequence[frozenset[str]] | None = None) -> list[StoredEvent]:
+                records: Sequence[frozenset[str]] | None = None, *, dry_run: bool = False) -> list[StoredEvent]:
         """Atomically, for each event in order: run ``check`` on its shard and insert it (creating its
         source and shard if new) with the records it reads (``records[i]``; opaque keys, an empty set
-        meaning every record of the shard). All or nothing: a refusal of any event writes none."""
+        meaning every record of the shard). All or nothing: a refusal of any event writes none.
+        ``dry_run``: the same checks, then nothing is kept (the transaction is rolled back)."""
 
     def update_event(self, reservation_id: str, change: Callable[[StoredEvent], StoredEvent]) -> StoredEvent:
         """Atomically replace an event by ``change(current)``; unknown id raises UnknownReservationError."""

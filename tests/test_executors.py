@@ -13,11 +13,10 @@ import pytest
 
 from dp_tangent.backbones import BackboneSpec
 from dp_tangent.data import load_digits, split_shards
+from dp_tangent.training import PrivacySpec, TrainConfig, plan_task
 from dp_tangent.training.executors import ExecutorError, create_executor
 from dp_tangent.training.executors.local import LocalExecutor
-from dp_tangent.training import PrivacySpec, TrainConfig, plan_task
-from dp_tangent.workspace import ShardJob
-from dp_tangent.workspace import Workspace
+from dp_tangent.workspace import ShardJob, Workspace
 from privacy_accounting import BudgetExceededError
 
 SPEC = BackboneSpec("efficientnet_lite0", pretrained="packaged", num_classes=10)
@@ -103,15 +102,16 @@ def test_a_killed_worker_fails_only_its_shard_and_its_budget_stays_spent(tmp_pat
 
 
 def test_budget_for_every_shard_is_reserved_before_any_task_or_none_is(tmp_path, jobs) -> None:
+    """A run the ledger would refuse is refused before any worker starts or any feature is computed."""
     class Never:
         name = "never"
         closed = False
 
         def start(self, tasks: int) -> None:
-            pass
+            raise AssertionError("no worker may start when a reservation would be refused")
 
         def prepare(self, tasks) -> None:  # noqa: ANN001
-            pass
+            raise AssertionError("nothing may be prepared when a reservation would be refused")
 
         def run(self, tasks, progress=None):  # noqa: ANN001, ANN201
             raise AssertionError("no task may start when a reservation is refused")

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -120,10 +120,28 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
         jobs, excluded, commitments = _without_deleted(ws, jobs, key, deleted)
         by_name = {job.name: job for job in jobs}
         _check_names(ws, jobs)  # a refused name spends nothing and is not logged
-        executor.start(len(jobs))  # before reserving: an unreachable cluster costs no budget
-        try:
+
+        @contextlib.contextmanager
+        def unreserved() -> Iterator[None]:
+            """A refusal or failure before the reservation: logged per job, nothing spent."""
+            try:
+                yield
+            except BaseException as err:
+                for job in jobs:  # the message may name a record id: it goes to the operator, not into the log
+                    log(job, "failed", error=f"{type(err).__name__} before any budget was reserved", reserved=False)
+                raise
+
+        with unreserved():
             tasks = [plan_task(backbone, trainable, job.records, name=job.name, shard=job.shard, privacy=privacy,
                                config=config) for job in jobs]
+            requests = [replace(reservation_request(task, data_source=data_source, shard=job.shard, operator=operator,
+                                                    purpose=purpose), records=commitments[job.name])
+                        for task, job in zip(tasks, jobs)]
+            # what the reservation would refuse (a budget, an overlap, a non-private run under a budget)
+            # is refused now, before any worker starts or any feature is computed
+            ws.ledger.check_reservations(requests, allow_overlap=allow_overlap)
+        executor.start(len(jobs))  # before reserving: an unreachable cluster costs no budget
+        with unreserved():
             base = backbone.build()
             for task in tasks:  # a data mistake costs no budget: refused before anything is reserved
                 validate_task(task, base)
@@ -135,20 +153,13 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
             tasks = [replace(task, gram_cache=caches[task.name].known) if task.name in caches else task
                      for task in tasks]
             executor.prepare(tasks)  # workers up, devices there: a failure here costs no budget
-            reservations = dict(zip(by_name, ws.ledger.reserve_all([
-                replace(reservation_request(task, data_source=data_source, shard=job.shard, operator=operator,
-                                            purpose=purpose), records=commitments[job.name])
-                for task, job in zip(tasks, jobs)], allow_overlap=allow_overlap)))
+            reservations = dict(zip(by_name, ws.ledger.reserve_all(requests, allow_overlap=allow_overlap)))
             # Logged at once, so the ledger never holds rows the log has not seen (a kill -9 from
             # here on leaves reservations the next opening resolves, in the log too).
             apply(ws, Change("reservation", operator=operator, parameters={
                 "purpose": purpose, "data_source": data_source,
                 "reservations": {job.name: {"shard": job.shard, "ledger_reservation": reservations[job.name]}
                                  for job in jobs}}))
-        except BaseException as err:
-            for job in jobs:  # the message may name a record id: it goes to the operator, not into the log
-                log(job, "failed", error=f"{type(err).__name__} before any budget was reserved", reserved=False)
-            raise
         completed: list[TrainedComponent] = []
         failed: list[FailedShard] = []
         gram_use: dict[str, dict[str, Any]] = {}

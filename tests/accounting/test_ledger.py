@@ -174,6 +174,26 @@ def test_reserve_all_is_all_or_nothing_and_checks_a_batch_against_itself(ledger:
     assert [e.component for e in ledger.events()] == ["a", "b"]
 
 
+def test_check_reservations_refuses_what_reserve_all_would_and_writes_nothing(ledger: Ledger) -> None:
+    def request(shard: str, component: str, event=RUN) -> ReservationRequest:  # noqa: ANN001
+        return ReservationRequest(data_source="digits", shard=shard, event=event, delta=DELTA, purpose="training",
+                                  operator="alice", component=component)
+
+    ledger.set_data_source("digits", shards=["shard-0", "shard-1"])
+    ledger.set_budget("digits", "shard-1", epsilon=epsilon_bounds(RUN, DELTA).epsilon * 1.1, delta=DELTA)
+    refused = [request("shard-0", "a"), request("shard-1", "b"), request("shard-1", "c")]  # the batch against itself
+    with pytest.raises(BudgetExceededError, match="shard-1"):
+        ledger.check_reservations(refused)
+    with pytest.raises(BudgetExceededError, match="non-private"):
+        ledger.check_reservations([request("shard-1", "b", dp_accounting.NonPrivateDpEvent())])
+    ledger.check_reservations([request("shard-0", "a"), request("shard-1", "b")])  # allowed: still nothing written
+    assert ledger.events() == [] and ledger.shard_spend("digits", "shard-1", delta=DELTA).epsilon == 0
+    ids = ledger.reserve_all([request("shard-0", "a"), request("shard-1", "b")])
+    assert [e.reservation_id for e in ledger.events()] == ids
+    with pytest.raises(BudgetExceededError, match="shard-1"):  # the check sees what is reserved since
+        ledger.check_reservations([request("shard-1", "c")])
+
+
 def test_parallel_composition_across_disjoint_shards(ledger: Ledger) -> None:
     reserve(ledger, shard="shard-0", component="c0")
     reserve(ledger, shard="shard-1", component="c1", event=RETRAIN)
