@@ -24,6 +24,51 @@ def test_fused_attention_vit_is_linearized_without_user_action() -> None:
     assert torch.isfinite(out).all() and model.blocks[0].attn.fused_attn
 
 
+@pytest.fixture
+def sdpa_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per call of the fused ``F.scaled_dot_product_attention`` (timm's fused path) meanwhile."""
+    calls: list[int] = []
+    fused = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *args, **kwargs: calls.append(1) or fused(*args, **kwargs))
+    return calls
+
+
+def test_the_frozen_prefix_runs_the_base_networks_fused_attention_and_the_suffix_the_math_path(
+        sdpa_calls: list[int]) -> None:
+    timm.layers.set_fused_attn(True)
+    torch.manual_seed(0)
+    tangent = linearize(small_vit().double().eval(), "blocks[-1:]")
+    assert tangent.fused_attention == ("blocks.0.attn", "blocks.1.attn", "blocks.2.attn")
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    sdpa_calls.clear()
+    fused = tangent.features(x)
+    assert len(sdpa_calls) == 2  # blocks 0 and 1, the prefix
+    names, tangent.fused_attention = tangent.fused_attention, ()
+    math = tangent.features(x)
+    tangent.fused_attention = names
+    assert len(sdpa_calls) == 2
+    torch.testing.assert_close(fused, math, rtol=1e-12, atol=1e-14)  # the same function up to rounding
+    tangent.load_deltas({n: 0.01 * torch.randn_like(p) for n, p in tangent.named_deltas()})
+    tangent.forward_from_features(fused).sum().backward()  # dual and plain passes of the suffix: math
+    assert len(sdpa_calls) == 2
+    assert not any(m.fused_attn for m in tangent.net.modules() if hasattr(m, "fused_attn"))  # left on math
+    _, jvp = torch.func.jvp(tangent.features, (x,), (x,))  # forward mode through the prefix: math again
+    assert torch.isfinite(jvp).all() and len(sdpa_calls) == 2
+
+
+def test_a_model_without_fused_attention_keeps_the_math_path(sdpa_calls: list[int]) -> None:
+    timm.layers.set_fused_attn(False)
+    try:
+        tangent = linearize(small_vit().eval(), "blocks[-1:]")
+    finally:
+        timm.layers.set_fused_attn(True)
+    assert tangent.fused_attention == ()
+    sdpa_calls.clear()
+    tangent.features(torch.randn(2, 3, 32, 32))
+    assert sdpa_calls == []
+
+
 class _NoForwardDerivative(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):  # noqa: ANN001, ANN205
