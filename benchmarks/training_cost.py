@@ -810,8 +810,8 @@ rest: with no augmentation the suffix's inputs and θ0 never change, so its acti
 caching them would leave the tangent products and the backward (about 4 units against 3), at a
 memory cost of the suffix's activations times the number of examples. Fused tangent kernels (primal
 and tangent of LayerNorm, GELU and attention in one pass) or a compiled dual forward would shrink
-the dual pass. The one kernel choice that differs between the cases (depthwise weight gradients)
-is stated under Setup."""
+the dual pass. The two kernel choices that differ between the cases (depthwise weight gradients,
+1x1 convolution backward at small outputs) are stated under Setup."""
 
 WHY_TIME_CUDA = """On a GPU at this batch and model size, the steps are bound by kernel launches and Python rather than
 arithmetic: (a) runs in a few milliseconds, while the tangent model's dual pass launches several
@@ -908,10 +908,11 @@ def render(results: dict) -> str:
         "`dp_parts`, Opacus hooks and ghost clipping. Every case runs on fixed batches instead of Poisson "
         "sampling, so that every case sees exactly the same batch. Data loading and sampling are not timed."
         + ("" if cuda else
-           " One kernel differs: the tangent model's depthwise convolutions with small outputs, in (a') to (d), "
+           " Two kernels differ: the tangent model's depthwise convolutions with small outputs, in (a') to (d), "
            "take their weight gradient from a Gram of positions (`tangent.depthwise`; on EfficientNet-Lite0 here, "
-           "the last block's 2x2 output, 0.2 ms against PyTorch's 24 ms), while stock timm in (a), (e) and (f) "
-           "keeps PyTorch's kernel."), "",
+           "the last block's 2x2 output, 0.2 ms against PyTorch's 24 ms), and its 1x1 convolutions with at most 9 "
+           "output positions their backward from two matrix products (`tangent.pointwise`; 2–5 ms against "
+           "1.3–2.2 ms per layer here), while stock timm in (a), (e) and (f) keeps PyTorch's kernels."), "",
         f"**Measures.** *Time*: for each model all cases run in one process; after {cfg['warmup']} warm-up steps "
         f"each, {cfg['steps']} rounds time one step of every case with `time.perf_counter`"
         + (" after `torch.cuda.synchronize()`" if cuda else "")

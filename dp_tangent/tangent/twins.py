@@ -29,7 +29,7 @@ from timm.layers import BatchNormAct2d
 from timm.layers import LayerNorm as TimmLayerNorm
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from . import depthwise
+from . import depthwise, pointwise
 from .ops import TangentOps
 
 _DUAL_ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("dp_tangent_dual", default=False)
@@ -329,7 +329,10 @@ def _zero_padded(layer: TangentLayer, x: torch.Tensor) -> bool:
 @register_backward_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d, replayable=_zero_padded)
 def _conv_backward(layer: TangentLayer, x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor,
                    needs: tuple[bool, bool, bool]) -> tuple[torch.Tensor | None, ...]:
-    """PyTorch's convolution backward (a small depthwise one: its weight gradient from :mod:`.depthwise`)."""
+    """PyTorch's convolution backward (a small depthwise one: its weight gradient from :mod:`.depthwise`; a 1x1
+    one with a small output: two matrix products, :mod:`.pointwise`)."""
+    if pointwise.covers(layer, x, weight):
+        return pointwise.convolution_backward(grad_out, x, weight, needs)
     geometry = (layer.stride, layer.padding, layer.dilation)  # type: ignore[attr-defined]
     return depthwise.convolution_backward(grad_out, x, weight, geometry, layer.groups, needs,  # type: ignore[arg-type]
                                           small_depthwise=needs[1] and depthwise.covers(layer, x, weight))
