@@ -37,12 +37,12 @@ def convolution_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.
     n, c_out, height, width = grad_out.shape
     c_in = x.shape[1]
     g = grad_out.permute(0, 2, 3, 1).reshape(-1, c_out)  # (N·P, C_out), channels last
-    matrix = weight.view(c_out, c_in)
     grad_x = grad_w = grad_b = None
-    if needs[0]:
-        grad_x = (g @ matrix).view(n, height, width, c_in).permute(0, 3, 1, 2).contiguous()
-    if needs[1]:
+    if needs[1]:  # first, so that x's channels-last copy is freed before grad_x's two buffers exist
         grad_w = (g.t() @ x.permute(0, 2, 3, 1).reshape(-1, c_in)).view_as(weight)
     if needs[2]:
         grad_b = g.sum(0)
+    if needs[0]:
+        flat, g = g @ weight.view(c_out, c_in), None
+        grad_x = flat.view(n, height, width, c_in).permute(0, 3, 1, 2).contiguous()
     return grad_x, grad_w, grad_b
