@@ -564,6 +564,10 @@ def evaluate(models: dict[str, dict], batch: int, job: dict | None = None) -> li
             if "min" in ratio:
                 row["every_round"] = _meets(ratio["min"], limit, target.at_most) == _meets(ratio["max"], limit,
                                                                                             target.at_most)
+                # rounds slowed by other work on the machine can pull the median either way: a pass needs the
+                # fastest steps (the least disturbed) to pass too
+                row["fastest_pass"] = _meets(ratio["ratio_of_fastest"], limit, target.at_most)
+                row["pass"] = row["pass"] and row["fastest_pass"]
             rows.append(row)
     return rows
 
@@ -629,13 +633,18 @@ def _share(values: list[float]) -> str:
 
 
 def _verdict(row: dict) -> str:
+    fastest_only = not row["pass"] and not row.get("fastest_pass", True) and _meets(row["ratio"], row["limit"],
+                                                                                    row["at_most"])
+    value = row["ratio_of_fastest"] if fastest_only else row["ratio"]
     if row["pass"]:
         text = "PASS"
     elif row["at_most"]:
-        text = f"MISS: {row['ratio'] / row['limit']:.2f}x the limit"
+        text = f"MISS: {value / row['limit']:.2f}x the limit"
     else:
-        text = f"MISS: {row['ratio'] / row['limit']:.0%} of the target"
-    if "every_round" in row:
+        text = f"MISS: {value / row['limit']:.0%} of the target"
+    if fastest_only:
+        text += " by the fastest steps (the median of the rounds passes: disturbed rounds)"
+    elif "every_round" in row:
         text += " (every round)" if row["every_round"] else " (rounds straddle the limit)"
     elif max(row.get("runs", (1,))) > 1:
         same = _meets(row["ratio_low"], row["limit"], row["at_most"]) == _meets(row["ratio_high"], row["limit"],
@@ -917,9 +926,9 @@ def render(results: dict) -> str:
         f"each, {cfg['steps']} rounds time one step of every case with `time.perf_counter`"
         + (" after `torch.cuda.synchronize()`" if cuda else "")
         + ", the order rotating every round. The tables give the median and range per case; a target's ratio is "
-        "the median over rounds of the per-round ratio, with the ratio of the fastest steps (the least disturbed "
-        "by other work) as a check. The same is repeated in a second process in which glibc keeps freed memory "
-        "(`mallopt`: no `mmap`, no trimming) instead of returning it to the OS. The Gram precompute of the "
+        "the median over rounds of the per-round ratio, and a target passes only if the ratio of the fastest steps "
+        "(the least disturbed by other work) passes too. The same is repeated in a second process in which glibc "
+        "keeps freed memory (`mallopt`: no `mmap`, no trimming) instead of returning it to the OS. The Gram precompute of the "
         "batch's examples takes part in every round like a case. *Memory*: "
         "each case runs alone in a fresh process"
         + (f"; (a), (a') and (b) in {cfg['memory_runs']} processes each, and their median counts (the same "
