@@ -42,11 +42,17 @@ def compute_batch_norm_grad_sample(
     return batch_norm_samples(layer, x, _pre_activation_backprops(layer, x, backprops))
 
 
+def batch_norm_x_hat(layer: TangentLayer, x: torch.Tensor) -> torch.Tensor:
+    """x_hat = (x - running_mean) · rsqrt(running_var + eps), per channel (dim 1): an eval-mode BatchNorm's
+    normalisation."""
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    return (x - layer.running_mean.view(shape)) * torch.rsqrt(layer.running_var.view(shape) + layer.eps)
+
+
 def batch_norm_samples(layer: TangentLayer, x: torch.Tensor, g: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
     """Per-sample gradients of an eval-mode BatchNorm's deltas from the gradient ``g`` of its normalisation's
     output (before a BatchNormAct's activation)."""
-    shape = (1, -1) + (1,) * (x.dim() - 2)
-    x_hat = (x - layer.running_mean.view(shape)) * torch.rsqrt(layer.running_var.view(shape) + layer.eps)
+    x_hat = batch_norm_x_hat(layer, x)
     reduce = tuple(range(2, x.dim()))
     result = {}
     if "weight" in layer.delta_names:

@@ -43,7 +43,7 @@ from ..tangent import TangentModel
 from ..tangent.ops import TangentOps
 from ..tangent.twins import TangentLayer, is_batch_norm
 from . import grad_samplers  # noqa: F401 -- registers the twins' grad samplers (the per-sample route)
-from .grad_samplers import batch_norm_samples, conv2d_columns, unfoldable
+from .grad_samplers import batch_norm_samples, batch_norm_x_hat, conv2d_columns, unfoldable
 from .losses import ConvexLoss
 
 # Fall back to ghost clipping above these: Theta holds n·K² float64 values for the run, and its
@@ -178,10 +178,7 @@ def _norm_gram(layer: TangentLayer, x_hat: torch.Tensor, g: torch.Tensor, reduce
 def batch_norm_gram(layer: TangentLayer, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Eval-mode BatchNorm, an affine map per channel: w from sum over positions of x_hat·g, b from sum of g
     (g taken before a BatchNormAct's activation, see :func:`_affine_batch_norm`)."""
-    shape = (1, -1) + (1,) * (x.dim() - 2)
-    x = x.to(g.dtype)
-    x_hat = (x - layer.running_mean.view(shape)) * torch.rsqrt(layer.running_var.view(shape) + layer.eps)
-    return _norm_gram(layer, x_hat, g, tuple(range(3, g.dim())))
+    return _norm_gram(layer, batch_norm_x_hat(layer, x.to(g.dtype)), g, tuple(range(3, g.dim())))
 
 
 @register_gram_kernel(nn.LayerNorm, TimmLayerNorm)
@@ -288,7 +285,7 @@ def _affine_batch_norm(layer: TangentLayer, x: torch.Tensor, instead: RecordInst
     output is recorded instead of its activation's, so that its Gram needs no pullback through the
     activation (which would run the activation once per seed)."""
     shape = (1, -1) + (1,) * (x.dim() - 2)
-    x_hat = (x - layer.running_mean.view(shape)) * torch.rsqrt(layer.running_var.view(shape) + layer.eps).view(shape)
+    x_hat = batch_norm_x_hat(layer, x)
     weight, bias = layer.effective("weight"), layer.effective("bias")
     y = x_hat if weight is None else x_hat * weight.view(shape)
     y = y if bias is None else y + bias.view(shape)
