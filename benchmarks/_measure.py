@@ -27,7 +27,11 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # keep the profiler's stage logs
 # OpenMP threads spin while they wait for each other. On cores shared with other processes a spinning
 # thread burns the time slice its descheduled peer needs: steps took up to 10x longer here, erratically.
 # Passive waiting keeps the measurements usable; it must be set before torch loads its OpenMP runtime.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# A process started with OMP_DEFAULT_FLAG=1 keeps the runtime's own default instead (spin briefly, then
+# sleep), as a user's process runs: passive waiting slows steps made of many small ops more than others.
+OMP_DEFAULT_FLAG = "BENCHMARK_OMP_DEFAULT"
+if os.environ.get(OMP_DEFAULT_FLAG) != "1":
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
@@ -84,6 +88,22 @@ def keep_freed_memory() -> bool:
     libc = _glibc()
     m_trim_threshold, m_mmap_max = -1, -4
     return libc is not None and bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**30))
+
+
+def return_freed_memory(threshold: int = 64 * 2**10) -> bool:
+    """Make glibc return freed memory to the OS: every block over ``threshold`` bytes gets a mapping of its
+    own, unmapped when freed, and free heap above ``2 * threshold`` is trimmed. The opposite of
+    :func:`keep_freed_memory`; call it before the work whose memory is measured.
+
+    By default glibc's mmap threshold is dynamic: freeing a mapped block raises it to that block's size
+    (up to 32 MiB), and blocks below it then come from the heap, where freed ones stay resident. How
+    much stays then depends on what the process freed before (a model's setup, a precompute), not on
+    the work measured. Setting the threshold turns the adjustment off. Returns whether the policy could
+    be set (glibc only)."""
+    libc = _glibc()
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return (libc is not None and bool(libc.mallopt(m_mmap_threshold, threshold))
+            and bool(libc.mallopt(m_trim_threshold, 2 * threshold)))
 
 
 def run_queue_wait() -> float | None:

@@ -27,11 +27,13 @@ a sum of 4 normals) per second (``--noise`` measures only this and prints it).
 
 Time: per model, all cases in one process, one step of each per round, interleaved, so that load
 from other work hits them alike; once with the default allocator, once with glibc keeping freed
-memory. On a GPU every clock reading follows ``torch.cuda.synchronize()``. The whole-job figures
-(Gram precompute + E epochs, per example) are derived from the step and precompute medians. Memory:
-each case alone in its own process (peak RSS increase on the CPU, the CUDA allocator's peak on a
-GPU). Child processes are forked from this one, which imports everything but runs no model (spawned
-on a GPU, where a forked child cannot use CUDA). A full run writes
+memory (both with passive OpenMP waiting), and on the CPU once with OpenMP's default wait policy. On
+a GPU every clock reading follows ``torch.cuda.synchronize()``. The whole-job figures (Gram
+precompute + E epochs, per example) are derived from the step and precompute medians. Memory: each
+case alone in its own process (on the CPU the peak RSS increase with glibc returning freed memory to
+the OS, and once more under glibc's default policy; the CUDA allocator's peak on a GPU). Child
+processes are forked from this one, which imports everything but runs no model (spawned on a GPU,
+where a forked child cannot use CUDA, and for OpenMP's default wait policy). A full run writes
 ``benchmarks/results/training_cost.json`` and its section of ``docs/benchmarks.md``; on a GPU,
 ``training_cost.cuda.json`` and a section of its own. ``--quick`` (batch 16, fewer steps) writes
 the git-ignored ``training_cost.quick.json.tmp`` (``.cuda.quick.json.tmp``) and only prints the section.
@@ -57,8 +59,8 @@ from pathlib import Path
 # First, before torch loads its OpenMP runtime: _measure sets the OpenMP wait policy.
 from ._doc import write_section
 
-from ._measure import (MiB, PeakRSS, StepFn, keep_freed_memory, load_average, machine, minor_faults,  # isort: skip
-                       profile_step, run_queue_wait, time_step)
+from ._measure import (OMP_DEFAULT_FLAG, MiB, PeakRSS, StepFn, keep_freed_memory, load_average,  # isort: skip
+                       machine, minor_faults, profile_step, return_freed_memory, run_queue_wait, time_step)
 
 import timm
 import torch
@@ -362,10 +364,13 @@ def _delta_layers(tangent: TangentModel) -> list[dict[str, object]]:
             if any(p.requires_grad for p in module.parameters(recurse=False))]
 
 
-def measure_memory(model: str, case: str, config: Config) -> dict[str, object]:
+def measure_memory(model: str, case: str, config: Config, returning: bool = True) -> dict[str, object]:
     """One case alone in this process: peak memory over ``memory_steps`` steps (on the CPU the RSS
     increase, page faults in the last step, then one profiled step for the allocator peak and top
-    ops; on a GPU the CUDA allocator's peak above the memory live before the first step)."""
+    ops; on a GPU the CUDA allocator's peak above the memory live before the first step). On the CPU,
+    ``returning``: glibc returns freed memory to the OS from the start (:func:`return_freed_memory`),
+    else its default policy."""
+    returned = return_freed_memory() if returning and not config.device.startswith("cuda") else False
     spec, base, x, y = _setup(model, config)
     tangent = _linearized(base, spec, config.device)
     h = tangent.features(x)
@@ -384,6 +389,7 @@ def measure_memory(model: str, case: str, config: Config) -> dict[str, object]:
     time_step(step, sync)  # the last one counts page faults: past the first step's one-time allocations
     faults, increase = minor_faults() - faults, rss.increase()
     result = {
+        "glibc_returns_freed_memory": returned,
         "rss_baseline_mib": rss.baseline / MiB,
         "rss_peak_increase_mib": increase / MiB,
         "rss_method": rss.method,
@@ -450,14 +456,25 @@ def measure_noise(model: str, config: Config) -> dict[str, object]:
 
 
 # -- orchestration ----------------------------------------------------------------------------------
-def _in_fresh_process(fn: Callable[..., dict], *args: object) -> dict:
+def _in_fresh_process(fn: Callable[..., dict], *args: object, omp_default: bool = False) -> dict:
     """``fn(*args)`` in a new process, forked from this one (which has imported everything but has run
     no model: import time is paid once, and each measurement gets its own heap and RSS peak), or
-    spawned for a GPU run, since a forked child cannot use CUDA."""
+    spawned for a GPU run, since a forked child cannot use CUDA. ``omp_default``: spawned with OpenMP's
+    default wait policy (``OMP_WAIT_POLICY`` unset), which a forked child cannot change."""
     config = next((a for a in args if isinstance(a, Config)), None)
-    spawn = sys.platform != "linux" or (config is not None and config.device.startswith("cuda"))
-    with multiprocessing.get_context("spawn" if spawn else "fork").Pool(1) as pool:
-        return pool.apply(fn, args)
+    spawn = omp_default or sys.platform != "linux" or (config is not None and config.device.startswith("cuda"))
+    saved = dict(os.environ)
+    if omp_default:
+        os.environ.pop("OMP_WAIT_POLICY", None)
+        os.environ[OMP_DEFAULT_FLAG] = "1"
+    try:
+        with multiprocessing.get_context("spawn" if spawn else "fork").Pool(1) as pool:
+            os.environ.clear()
+            os.environ.update(saved)
+            return pool.apply(fn, args)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @dataclass(frozen=True)
@@ -522,21 +539,25 @@ def _paired_job(timing: dict, target: Target, batch: int) -> dict[str, float]:
 
 def _ratio(result: dict, target: Target, batch: int) -> dict[str, float | None]:
     if target.measure == "recipe_job":
-        return {key: result[key] for key in ("ratio", "min", "max", "ratio_of_fastest")} | {"ratio_kept_memory": None}
-    if target.measure == "time":
-        timing, kept = result["timing"], result["timing_kept_memory"]
-        kept_ratio = _paired(kept, target.numerator, target.denominator)["ratio"] if kept["keep_freed_memory"] else None
-        return {**_paired(timing, target.numerator, target.denominator), "ratio_kept_memory": kept_ratio}
-    if target.measure == "job":
-        timing, kept = result["timing"], result["timing_kept_memory"]
-        kept_ratio = _paired_job(kept, target, batch)["ratio"] if kept["keep_freed_memory"] else None
-        return {**_paired_job(timing, target, batch), "ratio_kept_memory": kept_ratio}
+        return {key: result[key] for key in ("ratio", "min", "max", "ratio_of_fastest")} | {
+            "ratio_kept_memory": None, "ratio_omp_default": None}
+    if target.measure in ("time", "job"):
+        def paired(timing: dict) -> dict[str, float]:
+            return (_paired(timing, target.numerator, target.denominator) if target.measure == "time" else
+                    _paired_job(timing, target, batch))
+
+        kept, omp = result["timing_kept_memory"], result.get("timing_omp_default")
+        return {**paired(result["timing"]),
+                "ratio_kept_memory": paired(kept)["ratio"] if kept["keep_freed_memory"] else None,
+                "ratio_omp_default": None if omp is None else paired(omp)["ratio"]}
     memory = result["memory"]
     peak, alloc = ([memory[c][key] for c in (target.numerator, target.denominator)]
                    for key in ("peak_mib", "allocator_peak_mib"))
     top, bottom = (memory[c].get("peak_mib_runs", [memory[c]["peak_mib"]]) for c in (target.numerator,
                                                                                       target.denominator))
+    default = [memory[c].get("glibc_default", {}).get("peak_mib") for c in (target.numerator, target.denominator)]
     return {"ratio": _divide(*peak), "allocator_ratio": None if None in alloc else _divide(*alloc),
+            "glibc_default_ratio": None if None in default else _divide(*default),
             "runs": (len(top), len(bottom)), "ratio_low": _divide(min(top), max(bottom)),
             "ratio_high": _divide(max(top), min(bottom))}
 
@@ -588,12 +609,18 @@ def run(config: Config, quick: bool) -> dict[str, object]:
             print(f"{model}: timing the {len(CASES)} cases, interleaved{' (freed memory kept)' if keep else ''} ...",
                   file=sys.stderr, flush=True)
             entry[key] = _in_fresh_process(time_cases, model, config, keep)
+        if not config.device.startswith("cuda"):
+            print(f"{model}: timing the {len(CASES)} cases, interleaved (OpenMP's default wait policy) ...",
+                  file=sys.stderr, flush=True)
+            entry["timing_omp_default"] = _in_fresh_process(time_cases, model, config, False, omp_default=True)
         for case in (*CASES, PRECOMPUTE):
             runs = config.memory_runs if case in MEMORY_TARGET_CASES else 1
             print(f"{model}: peak memory of {case} ({runs} run{'s' if runs > 1 else ''}) ...", file=sys.stderr,
                   flush=True)
             entry["memory"][case] = median_memory([_in_fresh_process(measure_memory, model, case, config)
                                                    for _ in range(runs)])
+            if entry["memory"][case]["glibc_returns_freed_memory"]:  # and once as a process runs by default
+                entry["memory"][case]["glibc_default"] = _in_fresh_process(measure_memory, model, case, config, False)
         print(f"{model}: secure noise and sampling share ...", file=sys.stderr, flush=True)
         entry["noise"] = _in_fresh_process(measure_noise, model, config)
         results["models"][model] = entry
@@ -661,22 +688,30 @@ def _precompute_epochs(timing: dict, batch: int) -> float:
 def _model_table(model: str, entry: dict, batch: int, peak_label: str) -> list[str]:
     timing, kept, memory = entry["timing"], entry["timing_kept_memory"], entry["memory"]
     params = timing["trainable_parameters"]
+    defaults = any("glibc_default" in m for m in memory.values())
+    omp = entry.get("timing_omp_default")
     lines = [f"### {model}", "",
              f"{entry['description']}; trainable `{entry['trainable']}` = {params / 1e6:.2f} M parameters; "
              f"cached features {'x'.join(map(str, timing['features_shape']))}; per-sample gradients of all "
              f"deltas: {batch} x {params / 1e6:.2f} M floats = {_size(batch * params * 4)}; the NTK Grams (b) "
              f"keeps instead: {batch} x 10 x 10 float64 = {_size(batch * 100 * 8)}.", "",
-             f"| case | s / step, median (range) | phases, median ms | s / step, freed memory kept | {peak_label} "
-             "| allocator peak, MiB | fresh pages, MiB / step |",
-             "|---|---:|---|---:|---:|---:|---:|"]
+             "| case | s / step, median (range) | phases, median ms | s / step, freed memory kept "
+             + ("| s / step, OpenMP default wait policy " if omp is not None else "") + f"| {peak_label} "
+             "| allocator peak, MiB |" + (" peak RSS increase, glibc default, MiB |" if defaults else "")
+             + " fresh pages, MiB / step |",
+             "|---|---:|---|---:|---:|---:|---:|" + "---:|" * (defaults + (omp is not None))]
     for case, label in CASES.items():
         t, k, m = timing["cases"][case], kept["cases"][case], memory[case]
         phases = " · ".join(f"{name} {_ms(v)}" for name, v in t["phase_seconds"].items())
         kept_time = f"{k['seconds_per_step']:.3f}" if kept["keep_freed_memory"] else "n/a (not glibc)"
+        # fresh pages as the timed processes see them: under glibc's default policy
+        default = m.get("glibc_default", m)
+        default_peak = f"| {_mib(default['peak_mib'])} " if defaults else ""
+        omp_time = "" if omp is None else f"| {omp['cases'][case]['seconds_per_step']:.3f} "
         lines.append(f"| {label} | {t['seconds_per_step']:.3f} ({min(t['step_seconds']):.3f}–"
-                     f"{max(t['step_seconds']):.3f}) | {phases} | {kept_time} "
-                     f"| {_mib(m['peak_mib'])} | {_mib(m['allocator_peak_mib'])} "
-                     f"| {_mib(m['fresh_pages_mib_per_step'])} |")
+                     f"{max(t['step_seconds']):.3f}) | {phases} | {kept_time} {omp_time}"
+                     f"| {_mib(m['peak_mib'])} | {_mib(m['allocator_peak_mib'])} {default_peak}"
+                     f"| {_mib(default['fresh_pages_mib_per_step'])} |")
     pre, runs = memory[PRECOMPUTE], timing["precompute_seconds"]
     lines += ["", f"Gram precompute for (b): {timing['precompute_seconds_per_example'] * 1e3:,.1f} ms per example "
               f"(median over the {len(runs)} rounds, the batch of {batch} each; range "
@@ -731,26 +766,52 @@ def _recipe_job_lines(job: dict) -> list[str]:
 
 def _targets_table(rows: list[dict]) -> list[str]:
     lines = ["| target | model | measured | range over rounds | ratio of fastest steps "
-             "| with freed memory kept | verdict |", "|---|---|---:|---:|---:|---:|---|"]
+             "| with freed memory kept | OpenMP default wait policy | verdict |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
     for row in rows:
         if "min" in row:
-            kept = "n/a" if row["ratio_kept_memory"] is None else f"{row['ratio_kept_memory']:.2f}x"
+            kept, omp = ("n/a" if row.get(key) is None else f"{row[key]:.2f}x"
+                         for key in ("ratio_kept_memory", "ratio_omp_default"))
             cells = [f"{row['ratio']:.2f}x", f"{row['min']:.2f}–{row['max']:.2f}x", f"{row['ratio_of_fastest']:.2f}x",
-                     kept]
+                     kept, omp]
         else:
-            alloc = "" if row["allocator_ratio"] is None else f" (allocator: {row['allocator_ratio']:.2f}x)"
+            views = [f"{name}: {row[key]:.2f}x" for name, key in (("allocator", "allocator_ratio"),
+                                                                   ("glibc default", "glibc_default_ratio"))
+                     if row.get(key) is not None]
+            alloc = f" ({'; '.join(views)})" if views else ""
             if "runs" in row and max(row["runs"]) > 1:
                 spread = (f"medians of {' and '.join(map(str, sorted(set(row['runs']))))} runs; extremes "
                           f"{row['ratio_low']:.2f}–{row['ratio_high']:.2f}x")
             else:
                 spread = "one run"
-            cells = [f"{row['ratio']:.2f}x{alloc}", spread, "", ""]
+            cells = [f"{row['ratio']:.2f}x{alloc}", spread, "", "", ""]
         lines.append(f"| {row['label']} | {row['model']} | {' | '.join(cells)} | {_verdict(row)} |")
     return lines + [""]
 
 
 def _top(memory: dict, n: int = 3) -> str:
     return ", ".join(f"`{name}` {ms:,.0f} ms" for name, ms in memory["profiled_top_ops_ms"][:n]) or "n/a"
+
+
+def _glibc_default(models: dict[str, dict]) -> str:
+    """What glibc's default policy adds to the peak RSS of (a) and (b), per model, and why."""
+    figures = "; ".join(
+        f"{model}: (b) {_mib(b['glibc_default']['peak_mib'])} MiB against (a) {_mib(a['glibc_default']['peak_mib'])}"
+        f" MiB ({_divide(b['glibc_default']['peak_mib'], a['glibc_default']['peak_mib']):.2f}x), against "
+        f"{_mib(b['peak_mib'])} and {_mib(a['peak_mib'])} MiB ({_divide(b['peak_mib'], a['peak_mib']):.2f}x) with "
+        "freed memory returned"
+        for model, entry in models.items() for a, b in [(entry["memory"]["nonprivate"], entry["memory"]["gram"])])
+    fresh = "; ".join(f"{model}'s (b) {_mib(b['fresh_pages_mib_per_step'])} MiB against "
+                      f"{_mib(b['glibc_default']['fresh_pages_mib_per_step'])} MiB"
+                      for model, entry in models.items() for b in [entry["memory"]["gram"]])
+    return _paragraph(f"""**Under glibc's default policy** a process's peak RSS also holds freed blocks that glibc
+    keeps for reuse, and how many depends on what the process freed before the step: the mmap threshold rises to
+    the largest mapped block freed so far (up to 32 MiB), model setup and the Gram precompute free such blocks,
+    and from then on blocks below it come from the heap, where freed ones stay resident. Peak RSS increase under
+    the default policy, one process each: {figures}. (b)'s extra over the returned figure is heap that its dual
+    pass and precompute leave behind, not memory its step needs. To get the lower figure in training, set
+    `MALLOC_MMAP_THRESHOLD_=65536` in the environment; each step then maps and zeroes its large blocks afresh
+    ({fresh} fresh pages per step), which costs time (`docs/training.md`, \"Peak memory\").""")
 
 
 def _explain_time(model: str, entry: dict) -> str:
@@ -783,10 +844,8 @@ def _explain_memory(model: str, entry: dict, peak_label: str) -> str:
             "together; math attention instead of fused for the ViT. (b) holds what (a') holds plus the batch's "
             "Grams and seeds (a few KiB); the DP "
             "optimizer adds its noise into the clipped sum in place, so what (b) adds to (a') lies outside the "
-            "allocator: the secure generator's keystream buffer (2 MiB, a mapping of its own), which every DP mode "
-            "has, and heap that glibc keeps after the update. The peak RSS increase also counts what "
-            "glibc keeps of freed blocks: the many transient tensors of the dual pass leave more of it than "
-            "(a) does.")
+            "allocator: the secure generator's keystream buffer (2 MiB, a mapping of its own) and the noise's "
+            "float64 chunks, which every DP mode has.")
 
 
 def _explain_job(model: str, entry: dict, batch: int) -> str:
@@ -870,12 +929,16 @@ def render(results: dict) -> str:
     versions = m["versions"]
     batch = cfg["batch_size"]
     cuda = cfg.get("device", "cpu").startswith("cuda")
-    peak_label = "CUDA allocator peak, MiB" if cuda else "peak RSS increase, MiB"
+    returned = any(m.get("glibc_returns_freed_memory") for e in results["models"].values()
+                   for m in e["memory"].values())
+    peak_label = ("CUDA allocator peak, MiB" if cuda else
+                  f"peak RSS increase{', freed memory returned' if returned else ''}, MiB")
     timings = [entry[key] for entry in results["models"].values() for key in ("timing", "timing_kept_memory")]
     loads = [load for t in timings for load in t["load_average_per_round"] if load is not None]
     waits = [t["run_queue_wait_share"] for t in timings if t["run_queue_wait_share"] is not None]
     shared = max(loads, default=0.0) > m["usable_cpus"] or max(waits, default=0.0) > 0.05
     policy = ", ".join(sorted({str(t["omp_wait_policy"]) for t in timings}))
+    omp_default = any("timing_omp_default" in entry for entry in results["models"].values())
     quick = " --quick" if results["quick"] else ""
     device = f" GPU: {results['device']} (`{cfg['device']}`)." if cuda else ""
     machine_text = (
@@ -891,8 +954,12 @@ def render(results: dict) -> str:
            "drifts in load but not fast ones: check the range over rounds before trusting a ratio near its "
            "limit." if shared else "")
         + f" OpenMP wait policy: {policy}, because spin-waiting OpenMP threads burn the time slices their "
-        "descheduled peers need when other processes share the cores; on an idle machine the default "
-        "(`ACTIVE`) can be a little faster: set `OMP_WAIT_POLICY` to compare.")
+        "descheduled peers need when other processes share the cores"
+        + ("; a third process per model times every case under OpenMP's default instead (`OMP_WAIT_POLICY` "
+           "unset: threads spin briefly, then sleep), as a user's process runs. Passive waiting wakes a sleeping "
+           "thread for every parallel op, so it slows steps made of many small ops (the tangent model's dual "
+           "pass, the secure noise's chunks) more than steps made of a few large ones." if omp_default else
+           ": set `OMP_WAIT_POLICY` to compare."))
     lines = [
         "## Training cost" + (" on a GPU" if cuda else "") + ": time per logical step and peak memory", "",
         f"_Generated by `python -m benchmarks.training_cost{quick}` at {results['created']} (git {m['git']}); do not "
@@ -931,20 +998,27 @@ def render(results: dict) -> str:
         "keeps freed memory (`mallopt`: no `mmap`, no trimming) instead of returning it to the OS. The Gram "
         "precompute of the batch's examples takes part in every round like a case. *Memory*: "
         "each case runs alone in a fresh process"
-        + (f"; (a), (a') and (b) in {cfg['memory_runs']} processes each, and their median counts (the same "
-           "case's peak RSS was seen to differ by up to 10 MiB between processes on EfficientNet-Lite0 and up "
-           "to 50 MiB on the ViT, while the allocator peak did not move). " if cfg.get("memory_runs", 1) > 1
-           else ". ")
+        + (f"; (a), (a') and (b) in {cfg['memory_runs']} processes each, and their median counts. "
+           if cfg.get("memory_runs", 1) > 1 else ". ")
         + ("The figure is the CUDA allocator's peak (`torch.cuda.max_memory_allocated`) above the memory live "
            f"before the first of {cfg['memory_steps']} steps." if cuda else
-           "After setup (model, features, optimizer; for (b) its Grams) garbage is collected, free heap returned "
+           ("Before setup, glibc is told to return freed memory to the OS (`mallopt`: a fixed mmap threshold of "
+            "64 KiB, so that every larger block is a mapping of its own, unmapped when freed, and heap trimming "
+            "above 128 KiB). " if returned else "")
+           + "After setup (model, features, optimizer; for (b) its Grams) garbage is collected, free heap returned "
            "to the OS (`malloc_trim`) and the kernel's RSS high-water mark reset; the peak RSS increase is VmHWM "
-           f"after {cfg['memory_steps']} steps minus RSS at that point, and the memory target uses it. The "
-           "allocator column is PyTorch's own view: the peak of live tensor bytes during one further, profiled "
-           "step, from the profiler's allocation events (it leaves out oneDNN scratch space and Python objects). "
-           "Fresh pages are minor page faults times the page size during the last of those steps: memory the "
-           "kernel had to map and zero in a step."), "",
+           f"after {cfg['memory_steps']} steps minus RSS at that point, and the memory target uses it"
+           + (": all the memory the steps touch (tensors, oneDNN scratch space, the secure generator's keystream "
+              "buffer, Python objects) but not freed memory that glibc chooses to keep. One more process per case "
+              "measures the same under glibc's default policy (\"glibc default\"; see below)." if returned else ".")
+           + " The allocator column is PyTorch's own view: the peak of live tensor bytes during one further, "
+           "profiled step, from the profiler's allocation events (it leaves out oneDNN scratch space and Python "
+           "objects). Fresh pages are minor page faults times the page size during the last of those steps, "
+           "under glibc's default policy as in the timed processes: memory the kernel had to map and zero in a "
+           "step."), "",
     ]
+    if returned:
+        lines += [_glibc_default(results["models"]), ""]
     for model, entry in results["models"].items():
         lines += _model_table(model, entry, batch, peak_label)
     lines += _job_table(results["models"], batch)
