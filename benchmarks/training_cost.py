@@ -985,10 +985,12 @@ def render(results: dict) -> str:
         "sampling, so that every case sees exactly the same batch. Data loading and sampling are not timed."
         + ("" if cuda else
            " Two kernels differ: the tangent model's depthwise convolutions with small outputs, in (a') to (d), "
-           "take their weight gradient from a Gram of positions (`tangent.depthwise`; on EfficientNet-Lite0 here, "
+           "take their weight gradient from a Gram of positions (`tangent.depthwise`; on EfficientNet-Lite0, "
            "the last block's 2x2 output, 0.2 ms against PyTorch's 24 ms), and its 1x1 convolutions with at most 9 "
-           "output positions their backward from two matrix products (`tangent.pointwise`; 2–5 ms against "
-           "1.3–2.2 ms per layer here), while stock timm in (a), (e) and (f) keeps PyTorch's kernels."), "",
+           "output positions their backward from two matrix products (`tangent.pointwise`; PyTorch's kernel "
+           "takes 2–5 ms per layer against 0.5–2.5 ms), while stock timm in (a), (e) and (f) keeps PyTorch's "
+           "kernels (times per layer measured apart, two cores of an Intel Xeon on 2026-11-30; the 1x1 "
+           "figures checked on an AMD EPYC on 2026-12-01)."), "",
         f"**Measures.** *Time*: for each model all cases run in one process; after {cfg['warmup']} warm-up steps "
         f"each, {cfg['steps']} rounds time one step of every case with `time.perf_counter`"
         + (" after `torch.cuda.synchronize()`" if cuda else "")
