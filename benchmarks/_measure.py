@@ -30,8 +30,16 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # keep the profiler's stage logs
 # A process started with OMP_DEFAULT_FLAG=1 keeps the runtime's own default instead (spin briefly, then
 # sleep), as a user's process runs: passive waiting slows steps made of many small ops more than others.
 OMP_DEFAULT_FLAG = "BENCHMARK_OMP_DEFAULT"
+_USER_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")  # as the benchmark was started
 if os.environ.get(OMP_DEFAULT_FLAG) != "1":
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def user_environment() -> dict[str, str]:
+    """This process's environment with ``OMP_WAIT_POLICY`` as it was before this module set it: for a
+    command timed as a user runs it."""
+    env = {key: value for key, value in os.environ.items() if key not in ("OMP_WAIT_POLICY", OMP_DEFAULT_FLAG)}
+    return env if _USER_OMP_WAIT_POLICY is None else {**env, "OMP_WAIT_POLICY": _USER_OMP_WAIT_POLICY}
 
 import torch  # noqa: E402
 

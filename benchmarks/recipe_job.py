@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -47,21 +48,25 @@ def job_recipes(base: dict) -> dict[str, dict]:
     return {"dp": dp, "no_dp": no_dp}
 
 
-def run_job(recipe: dict, scratch: Path) -> float:
-    """Seconds of ``dp-tangent train`` on ``recipe`` in a fresh directory under ``scratch``, workspace ``ws``."""
+def run_job(recipe: dict, scratch: Path, env: dict[str, str] | None = None) -> float:
+    """Seconds of ``dp-tangent train`` on ``recipe`` in a fresh directory under ``scratch``, workspace ``ws``,
+    in ``env`` (default: this process's environment)."""
     folder = Path(tempfile.mkdtemp(dir=scratch))
     (folder / "job.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
     command = [sys.executable, "-m", "dp_tangent", "train", "job.yaml", "--name", "job", "-w", "ws"]
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=folder, capture_output=True, text=True, check=False)
+    done = subprocess.run(command, cwd=folder, capture_output=True, text=True, check=False, env=env)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited {done.returncode}: {done.stderr.strip()[-500:]}")
     return seconds
 
 
-def measure_recipe_job(rounds: int = ROUNDS, recipe_path: Path = RECIPE) -> dict[str, object]:
-    """Both jobs ``rounds`` times, alternating which goes first; seconds per job and the paired ratios."""
+def measure_recipe_job(rounds: int = ROUNDS, recipe_path: Path = RECIPE,
+                       env: dict[str, str] | None = None) -> dict[str, object]:
+    """Both jobs ``rounds`` times, alternating which goes first, in ``env`` (default: this process's
+    environment); seconds per job and the paired ratios."""
+    environment = os.environ if env is None else env
     base = yaml.safe_load(recipe_path.read_text(encoding="utf-8"))
     recipes = job_recipes(base)
     seconds: dict[str, list[float]] = {job: [] for job in JOBS}
@@ -69,13 +74,14 @@ def measure_recipe_job(rounds: int = ROUNDS, recipe_path: Path = RECIPE) -> dict
         for r in range(rounds):
             for job in (JOBS if r % 2 == 0 else JOBS[::-1]):
                 print(f"recipe job: round {r + 1}/{rounds}, {job} ...", file=sys.stderr, flush=True)
-                seconds[job].append(run_job(recipes[job], Path(scratch)))
+                seconds[job].append(run_job(recipes[job], Path(scratch), env))
     paired = [a / b for a, b in zip(seconds["dp"], seconds["no_dp"])]
     return {"recipe": str(recipe_path.relative_to(ROOT)), "trainable": TRAINABLE, "epochs": EPOCHS,
             "shards": base["shards"]["count"], "epsilon": base["privacy"]["epsilon"],
             "batch_size": base["training"]["batch_size"],
             "seconds": seconds, "ratio": statistics.median(paired), "min": min(paired), "max": max(paired),
-            "ratio_of_fastest": min(seconds["dp"]) / min(seconds["no_dp"])}
+            "ratio_of_fastest": min(seconds["dp"]) / min(seconds["no_dp"]),
+            "omp_wait_policy": environment.get("OMP_WAIT_POLICY")}
 
 
 def main(argv: list[str] | None = None) -> None:
