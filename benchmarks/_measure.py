@@ -9,12 +9,8 @@ CPU every op has finished when Python regains control (on a GPU, pass ``sync`` t
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import gc
 import os
 import platform
-import re
 import resource
 import subprocess
 import time
@@ -22,6 +18,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+
+from ._malloc import release_free_memory, status_bytes
 
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # keep the profiler's stage logs out of the output
 # OpenMP threads spin while they wait for each other. On cores shared with other processes a spinning
@@ -65,55 +63,6 @@ def time_step(step: StepFn, sync: Callable[[], object] | None = None) -> dict[st
     return phases
 
 
-def _status_bytes(field: str) -> int | None:
-    """``VmRSS``/``VmHWM`` of this process from ``/proc/self/status`` (Linux), in bytes."""
-    try:
-        text = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
-    return int(match.group(1)) * 1024 if match else None
-
-
-def _glibc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c") if platform.system() == "Linux" else None
-    return ctypes.CDLL(name) if name else None
-
-
-def _release_free_memory() -> None:
-    """Collect garbage and hand freed heap pages back to the OS, so that RSS is close to live memory."""
-    gc.collect()
-    if (libc := _glibc()) is not None:
-        libc.malloc_trim(0)
-
-
-def keep_freed_memory() -> bool:
-    """Make glibc keep freed memory in the process: no ``mmap`` for large blocks, no heap trimming.
-
-    By default glibc returns large freed blocks to the OS, so a buffer allocated anew every step
-    (per-sample gradients) is page-faulted and zeroed by the kernel every step. Returns whether the
-    policy could be set (glibc only)."""
-    libc = _glibc()
-    m_trim_threshold, m_mmap_max = -1, -4
-    return libc is not None and bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**30))
-
-
-def return_freed_memory(threshold: int = 64 * 2**10) -> bool:
-    """Make glibc return freed memory to the OS: every block over ``threshold`` bytes gets a mapping of its
-    own, unmapped when freed, and free heap above ``2 * threshold`` is trimmed. The opposite of
-    :func:`keep_freed_memory`; call it before the work whose memory is measured.
-
-    By default glibc's mmap threshold is dynamic: freeing a mapped block raises it to that block's size
-    (up to 32 MiB), and blocks below it then come from the heap, where freed ones stay resident. How
-    much stays then depends on what the process freed before (a model's setup, a precompute), not on
-    the work measured. Setting the threshold turns the adjustment off. Returns whether the policy could
-    be set (glibc only)."""
-    libc = _glibc()
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return (libc is not None and bool(libc.mallopt(m_mmap_threshold, threshold))
-            and bool(libc.mallopt(m_trim_threshold, 2 * threshold)))
-
-
 def run_queue_wait() -> float | None:
     """Seconds this process's threads have spent runnable but waiting for a CPU (Linux schedstat),
     summed over threads: zero on an idle machine, large when other work competes for the cores."""
@@ -149,10 +98,10 @@ class PeakRSS:
 
     @classmethod
     def start(cls) -> "PeakRSS":
-        _release_free_memory()
+        release_free_memory()
         try:
             Path("/proc/self/clear_refs").write_text("5")
-            rss = _status_bytes("VmRSS")
+            rss = status_bytes("VmRSS")
             if rss is not None:
                 return cls(rss, "VmHWM - VmRSS at start (Linux, high-water mark reset)")
         except OSError:
@@ -160,7 +109,7 @@ class PeakRSS:
         return cls(_ru_maxrss(), "ru_maxrss increase")
 
     def increase(self) -> int:
-        peak = _status_bytes("VmHWM") if self.method.startswith("VmHWM") else _ru_maxrss()
+        peak = status_bytes("VmHWM") if self.method.startswith("VmHWM") else _ru_maxrss()
         return max(0, (peak or 0) - self.baseline)
 
 

@@ -59,9 +59,9 @@ from pathlib import Path
 # First, before torch loads its OpenMP runtime: _measure sets the OpenMP wait policy.
 from ._doc import write_section
 
-from ._measure import (OMP_DEFAULT_FLAG, MiB, PeakRSS, StepFn, keep_freed_memory, load_average,  # isort: skip
-                       machine, minor_faults, profile_step, return_freed_memory, run_queue_wait, time_step,
-                       user_environment)
+from ._measure import (OMP_DEFAULT_FLAG, MiB, PeakRSS, StepFn, load_average, machine,  # isort: skip
+                       minor_faults, profile_step, run_queue_wait, time_step, user_environment)
+from ._malloc import keep_freed_memory, return_freed_memory  # isort: skip
 
 import timm
 import torch
@@ -314,11 +314,13 @@ def _seconds(fn: Callable[[], object], sync: Callable[[], None] | None = None) -
     return time.perf_counter() - start
 
 
-def time_cases(model: str, config: Config, keep_memory: bool) -> dict[str, object]:
+def time_cases(model: str, config: Config, keep_memory: bool, return_memory: bool = False) -> dict[str, object]:
     """All cases in one process, one step of each per round (order rotated every round), so that the
     load from other work on a shared machine hits every case alike and ratios can be paired by round.
-    The Gram precompute of the batch's examples takes part in the rounds like a case."""
+    The Gram precompute of the batch's examples takes part in the rounds like a case. ``keep_memory`` /
+    ``return_memory``: glibc keeps freed memory / returns it to the OS, from the start (else its default)."""
     kept = keep_freed_memory() if keep_memory else False
+    returned = return_freed_memory() if return_memory else False
     spec, base, x, y = _setup(model, config)
     sync = _sync(config.device)
     tangents = {case: _linearized(base, spec, config.device) for case in CASES}
@@ -341,6 +343,7 @@ def time_cases(model: str, config: Config, keep_memory: bool) -> dict[str, objec
     waited = None if waited is None else (run_queue_wait() or 0.0) - waited
     return {
         "keep_freed_memory": kept,
+        "return_freed_memory": returned,
         "cases": {case: {"seconds_per_step": statistics.median(t["total"] for t in ts),
                          "step_seconds": [t["total"] for t in ts],
                          "phase_seconds": {p: statistics.median(t[p] for t in ts) for p in ts[0] if p != "total"}}
@@ -556,11 +559,16 @@ def _ratio(result: dict, target: Target, batch: int) -> dict[str, float | None]:
                    for key in ("peak_mib", "allocator_peak_mib"))
     top, bottom = (memory[c].get("peak_mib_runs", [memory[c]["peak_mib"]]) for c in (target.numerator,
                                                                                       target.denominator))
-    default = [memory[c].get("glibc_default", {}).get("peak_mib") for c in (target.numerator, target.denominator)]
-    return {"ratio": _divide(*peak), "allocator_ratio": None if None in alloc else _divide(*alloc),
-            "glibc_default_ratio": None if None in default else _divide(*default),
-            "runs": (len(top), len(bottom)), "ratio_low": _divide(min(top), max(bottom)),
-            "ratio_high": _divide(max(top), min(bottom))}
+    row = {"ratio": _divide(*peak), "allocator_ratio": None if None in alloc else _divide(*alloc),
+           "glibc_default_ratio": None, "runs": (len(top), len(bottom)), "ratio_low": _divide(min(top), max(bottom)),
+           "ratio_high": _divide(max(top), min(bottom))}
+    defaults = [memory[c].get("glibc_default") for c in (target.numerator, target.denominator)]
+    if None not in defaults:  # measured under glibc's default policy too: shown, and judged apart
+        top, bottom = (d.get("peak_mib_runs", [d["peak_mib"]]) for d in defaults)
+        row |= {"glibc_default_ratio": _divide(defaults[0]["peak_mib"], defaults[1]["peak_mib"]),
+                "glibc_default_low": _divide(min(top), max(bottom)),
+                "glibc_default_high": _divide(max(top), min(bottom))}
+    return row
 
 
 def _meets(value: float, limit: float, at_most: bool) -> bool:
@@ -606,22 +614,24 @@ def run(config: Config, quick: bool) -> dict[str, object]:
     for model, spec in MODELS.items():
         entry: dict[str, object] = {"description": spec.description, "trainable": spec.trainable,
                                     "input_shape": list(spec.input_shape), "memory": {}}
-        for key, keep in (("timing", False), ("timing_kept_memory", True)):
-            print(f"{model}: timing the {len(CASES)} cases, interleaved{' (freed memory kept)' if keep else ''} ...",
-                  file=sys.stderr, flush=True)
-            entry[key] = _in_fresh_process(time_cases, model, config, keep)
-        if not config.device.startswith("cuda"):
-            print(f"{model}: timing the {len(CASES)} cases, interleaved (OpenMP's default wait policy) ...",
-                  file=sys.stderr, flush=True)
-            entry["timing_omp_default"] = _in_fresh_process(time_cases, model, config, False, omp_default=True)
+        cpu = not config.device.startswith("cuda")
+        for key, keep, give_back, omp_default, what in (
+                ("timing", False, False, False, ""), ("timing_kept_memory", True, False, False, " (freed memory kept)"),
+                ("timing_returned_memory", False, True, False, " (freed memory returned)"),
+                ("timing_omp_default", False, False, True, " (OpenMP's default wait policy)")):
+            if (give_back or omp_default) and not cpu:
+                continue
+            print(f"{model}: timing the {len(CASES)} cases, interleaved{what} ...", file=sys.stderr, flush=True)
+            entry[key] = _in_fresh_process(time_cases, model, config, keep, give_back, omp_default=omp_default)
         for case in (*CASES, PRECOMPUTE):
             runs = config.memory_runs if case in MEMORY_TARGET_CASES else 1
-            print(f"{model}: peak memory of {case} ({runs} run{'s' if runs > 1 else ''}) ...", file=sys.stderr,
-                  flush=True)
+            print(f"{model}: peak memory of {case} ({runs} run{'s' if runs > 1 else ''} per glibc policy) ...",
+                  file=sys.stderr, flush=True)
             entry["memory"][case] = median_memory([_in_fresh_process(measure_memory, model, case, config)
                                                    for _ in range(runs)])
-            if entry["memory"][case]["glibc_returns_freed_memory"]:  # and once as a process runs by default
-                entry["memory"][case]["glibc_default"] = _in_fresh_process(measure_memory, model, case, config, False)
+            if entry["memory"][case]["glibc_returns_freed_memory"]:  # and as a process runs by default
+                entry["memory"][case]["glibc_default"] = median_memory(
+                    [_in_fresh_process(measure_memory, model, case, config, False) for _ in range(runs)])
         print(f"{model}: secure noise and sampling share ...", file=sys.stderr, flush=True)
         entry["noise"] = _in_fresh_process(measure_noise, model, config)
         results["models"][model] = entry
@@ -679,6 +689,11 @@ def _verdict(row: dict) -> str:
         same = _meets(row["ratio_low"], row["limit"], row["at_most"]) == _meets(row["ratio_high"], row["limit"],
                                                                                  row["at_most"])
         text += " (at the extremes too)" if same else " (the runs' extremes straddle the limit)"
+    if row.get("glibc_default_ratio") is not None:
+        default = row["glibc_default_ratio"]
+        text = (f"{text} with freed memory returned; under glibc's default policy {default:.2f}x "
+                f"({row['glibc_default_low']:.2f}–{row['glibc_default_high']:.2f}x at the extremes): "
+                + ("within the limit" if _meets(default, row["limit"], row["at_most"]) else "over the limit"))
     return text
 
 
@@ -691,29 +706,40 @@ def _model_table(model: str, entry: dict, batch: int, peak_label: str) -> list[s
     timing, kept, memory = entry["timing"], entry["timing_kept_memory"], entry["memory"]
     params = timing["trainable_parameters"]
     defaults = any("glibc_default" in m for m in memory.values())
-    omp = entry.get("timing_omp_default")
+
+    def step_time(key: str) -> Callable[[str], str]:
+        return lambda case: f"{entry[key]['cases'][case]['seconds_per_step']:.3f}"
+
+    def measured(case: str) -> str:
+        t = timing["cases"][case]
+        return f"{t['seconds_per_step']:.3f} ({min(t['step_seconds']):.3f}–{max(t['step_seconds']):.3f})"
+
+    columns: list[tuple[str, Callable[[str], str]]] = [
+        ("s / step, median (range)", measured),
+        ("phases, median ms", lambda case: " · ".join(f"{name} {_ms(v)}" for name, v in
+                                                      timing["cases"][case]["phase_seconds"].items())),
+        ("s / step, freed memory kept", step_time("timing_kept_memory") if kept["keep_freed_memory"] else
+         lambda case: "n/a (not glibc)")]
+    if entry.get("timing_returned_memory", {}).get("return_freed_memory"):
+        columns.append(("s / step, freed memory returned", step_time("timing_returned_memory")))
+    if "timing_omp_default" in entry:
+        columns.append(("s / step, OpenMP default wait policy", step_time("timing_omp_default")))
+    columns += [(peak_label, lambda case: _mib(memory[case]["peak_mib"])),
+                ("allocator peak, MiB", lambda case: _mib(memory[case]["allocator_peak_mib"]))]
+    if defaults:
+        columns.append(("peak RSS increase, glibc default, MiB",
+                        lambda case: _mib(memory[case].get("glibc_default", {}).get("peak_mib"))))
+    # fresh pages as the timed processes see them: under glibc's default policy
+    columns.append(("fresh pages, MiB / step", lambda case: _mib(memory[case].get("glibc_default", memory[case])
+                                                                 ["fresh_pages_mib_per_step"])))
     lines = [f"### {model}", "",
              f"{entry['description']}; trainable `{entry['trainable']}` = {params / 1e6:.2f} M parameters; "
              f"cached features {'x'.join(map(str, timing['features_shape']))}; per-sample gradients of all "
              f"deltas: {batch} x {params / 1e6:.2f} M floats = {_size(batch * params * 4)}; the NTK Grams (b) "
              f"keeps instead: {batch} x 10 x 10 float64 = {_size(batch * 100 * 8)}.", "",
-             "| case | s / step, median (range) | phases, median ms | s / step, freed memory kept "
-             + ("| s / step, OpenMP default wait policy " if omp is not None else "") + f"| {peak_label} "
-             "| allocator peak, MiB |" + (" peak RSS increase, glibc default, MiB |" if defaults else "")
-             + " fresh pages, MiB / step |",
-             "|---|---:|---|---:|---:|---:|---:|" + "---:|" * (defaults + (omp is not None))]
-    for case, label in CASES.items():
-        t, k, m = timing["cases"][case], kept["cases"][case], memory[case]
-        phases = " · ".join(f"{name} {_ms(v)}" for name, v in t["phase_seconds"].items())
-        kept_time = f"{k['seconds_per_step']:.3f}" if kept["keep_freed_memory"] else "n/a (not glibc)"
-        # fresh pages as the timed processes see them: under glibc's default policy
-        default = m.get("glibc_default", m)
-        default_peak = f"| {_mib(default['peak_mib'])} " if defaults else ""
-        omp_time = "" if omp is None else f"| {omp['cases'][case]['seconds_per_step']:.3f} "
-        lines.append(f"| {label} | {t['seconds_per_step']:.3f} ({min(t['step_seconds']):.3f}–"
-                     f"{max(t['step_seconds']):.3f}) | {phases} | {kept_time} {omp_time}"
-                     f"| {_mib(m['peak_mib'])} | {_mib(m['allocator_peak_mib'])} {default_peak}"
-                     f"| {_mib(default['fresh_pages_mib_per_step'])} |")
+             "| case | " + " | ".join(header for header, _ in columns) + " |",
+             "|---|---:|---|" + "---:|" * (len(columns) - 2)]
+    lines += [f"| {label} | " + " | ".join(cell(case) for _, cell in columns) + " |" for case, label in CASES.items()]
     pre, runs = memory[PRECOMPUTE], timing["precompute_seconds"]
     lines += ["", f"Gram precompute for (b): {timing['precompute_seconds_per_example'] * 1e3:,.1f} ms per example "
               f"(median over the {len(runs)} rounds, the batch of {batch} each; range "
@@ -772,26 +798,24 @@ def _recipe_job_lines(job: dict) -> list[str]:
 
 
 def _targets_table(rows: list[dict]) -> list[str]:
-    lines = ["| target | model | measured | range over rounds | ratio of fastest steps "
-             "| with freed memory kept | OpenMP default wait policy | verdict |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
+    omp_column = any(row.get("ratio_omp_default") is not None for row in rows)
+    lines = ["| target | model | measured | range over rounds | ratio of fastest steps | with freed memory kept "
+             + ("| OpenMP default wait policy " if omp_column else "") + "| verdict |",
+             "|---|---|---:|---:|---:|---:|" + ("---:|" if omp_column else "") + "---|"]
     for row in rows:
         if "min" in row:
             kept, omp = ("n/a" if row.get(key) is None else f"{row[key]:.2f}x"
                          for key in ("ratio_kept_memory", "ratio_omp_default"))
             cells = [f"{row['ratio']:.2f}x", f"{row['min']:.2f}–{row['max']:.2f}x", f"{row['ratio_of_fastest']:.2f}x",
-                     kept, omp]
+                     kept] + ([omp] if omp_column else [])
         else:
-            views = [f"{name}: {row[key]:.2f}x" for name, key in (("allocator", "allocator_ratio"),
-                                                                   ("glibc default", "glibc_default_ratio"))
-                     if row.get(key) is not None]
-            alloc = f" ({'; '.join(views)})" if views else ""
+            alloc = "" if row["allocator_ratio"] is None else f" (allocator: {row['allocator_ratio']:.2f}x)"
             if "runs" in row and max(row["runs"]) > 1:
                 spread = (f"medians of {' and '.join(map(str, sorted(set(row['runs']))))} runs; extremes "
                           f"{row['ratio_low']:.2f}–{row['ratio_high']:.2f}x")
             else:
                 spread = "one run"
-            cells = [f"{row['ratio']:.2f}x{alloc}", spread, "", "", ""]
+            cells = [f"{row['ratio']:.2f}x{alloc}", spread, "", ""] + ([""] if omp_column else [])
         lines.append(f"| {row['label']} | {row['model']} | {' | '.join(cells)} | {_verdict(row)} |")
     return lines + [""]
 
@@ -800,25 +824,45 @@ def _top(memory: dict, n: int = 3) -> str:
     return ", ".join(f"`{name}` {ms:,.0f} ms" for name, ms in memory["profiled_top_ops_ms"][:n]) or "n/a"
 
 
+def _runs(memory: dict) -> str:
+    runs = memory.get("peak_mib_runs", [memory["peak_mib"]])
+    return _mib(runs[0]) if len(runs) == 1 else f"{_mib(min(runs))}–{_mib(max(runs))}"
+
+
 def _glibc_default(models: dict[str, dict]) -> str:
-    """What glibc's default policy adds to the peak RSS of (a) and (b), per model, and why."""
+    """What glibc's default policy adds to the peak RSS of (a) and (b), per model, and what returning freed
+    memory costs in time."""
+    measured = {model: entry for model, entry in models.items()
+                if all("glibc_default" in entry["memory"][c] for c in ("nonprivate", "gram"))}
     figures = "; ".join(
-        f"{model}: (b) {_mib(b['glibc_default']['peak_mib'])} MiB against (a) {_mib(a['glibc_default']['peak_mib'])}"
-        f" MiB ({_divide(b['glibc_default']['peak_mib'], a['glibc_default']['peak_mib']):.2f}x), against "
-        f"{_mib(b['peak_mib'])} and {_mib(a['peak_mib'])} MiB ({_divide(b['peak_mib'], a['peak_mib']):.2f}x) with "
-        "freed memory returned"
-        for model, entry in models.items() for a, b in [(entry["memory"]["nonprivate"], entry["memory"]["gram"])])
-    fresh = "; ".join(f"{model}'s (b) {_mib(b['fresh_pages_mib_per_step'])} MiB against "
-                      f"{_mib(b['glibc_default']['fresh_pages_mib_per_step'])} MiB"
-                      for model, entry in models.items() for b in [entry["memory"]["gram"]])
+        f"{model}: (b) {_mib(b['glibc_default']['peak_mib'])} MiB ({_runs(b['glibc_default'])} over the processes) "
+        f"against (a) {_mib(a['glibc_default']['peak_mib'])} MiB ({_runs(a['glibc_default'])}), "
+        f"{_divide(b['glibc_default']['peak_mib'], a['glibc_default']['peak_mib']):.2f}x, against "
+        f"{_mib(b['peak_mib'])} ({_runs(b)}) and {_mib(a['peak_mib'])} MiB ({_runs(a)}), "
+        f"{_divide(b['peak_mib'], a['peak_mib']):.2f}x, with freed memory returned"
+        for model, entry in measured.items() for a, b in [(entry["memory"]["nonprivate"], entry["memory"]["gram"])])
+    costs = "; ".join(
+        f"{model}: (b) {_ratio_of_medians(entry, 'gram')}, (a) {_ratio_of_medians(entry, 'nonprivate')}, "
+        f"{_mib(entry['memory']['gram']['fresh_pages_mib_per_step'])} MiB of fresh pages per (b) step against "
+        f"{_mib(entry['memory']['gram']['glibc_default']['fresh_pages_mib_per_step'])} MiB"
+        for model, entry in measured.items() if "timing_returned_memory" in entry)
     return _paragraph(f"""**Under glibc's default policy** a process's peak RSS also holds freed blocks that glibc
-    keeps for reuse, and how many depends on what the process freed before the step: the mmap threshold rises to
-    the largest mapped block freed so far (up to 32 MiB), model setup and the Gram precompute free such blocks,
-    and from then on blocks below it come from the heap, where freed ones stay resident. Peak RSS increase under
-    the default policy, one process each: {figures}. (b)'s extra over the returned figure is heap that its dual
-    pass and precompute leave behind, not memory its step needs. To get the lower figure in training, set
-    `MALLOC_MMAP_THRESHOLD_=65536` in the environment; each step then maps and zeroes its large blocks afresh
-    ({fresh} fresh pages per step), which costs time (`docs/training.md`, \"Peak memory\").""")
+    keeps for reuse, and how many depends on what the process freed before: the mmap threshold rises to the
+    largest mapped block freed so far (up to 32 MiB; model setup and the Gram precompute free such blocks), and
+    from then on blocks below it come from the heap, where freed ones stay resident. Peak RSS increase, median of
+    the processes: {figures}. The difference between the two policies is freed memory that glibc keeps resident:
+    a process under the default policy does hold it, but the steps do not need it, and the figures with freed
+    memory returned include everything they touch (the allocator peaks, tensors alone, lie below both). A user
+    who needs the lower figure can train with `MALLOC_MMAP_THRESHOLD_=65536` in the environment, which sets the
+    policy measured here; each step then maps and zeroes its large blocks afresh"""
+                      + (f". Step time with freed memory returned over the default's (medians, separate processes): "
+                         f"{costs}." if costs else "."))
+
+
+def _ratio_of_medians(entry: dict, case: str) -> str:
+    """A case's median step time with freed memory returned over its median under glibc's default policy."""
+    returned, default = (entry[key]["cases"][case]["seconds_per_step"] for key in ("timing_returned_memory", "timing"))
+    return f"{_divide(returned, default):.2f}x"
 
 
 def _explain_time(model: str, entry: dict) -> str:
@@ -962,10 +1006,12 @@ def render(results: dict) -> str:
            "limit." if shared else "")
         + f" OpenMP wait policy: {policy}, because spin-waiting OpenMP threads burn the time slices their "
         "descheduled peers need when other processes share the cores"
-        + ("; a third process per model times every case under OpenMP's default instead (`OMP_WAIT_POLICY` "
-           "unset: threads spin briefly, then sleep), as a user's process runs. Passive waiting wakes a sleeping "
-           "thread for every parallel op, so it slows steps made of many small ops (the tangent model's dual "
-           "pass, the secure noise's chunks) more than steps made of a few large ones." if omp_default else
+        + ("; another process per model times every case under OpenMP's default instead (`OMP_WAIT_POLICY` "
+           "unset: threads spin briefly, then sleep), as a user's process runs unless the user sets it. Passive "
+           "waiting wakes a sleeping thread for every parallel op, which can slow steps made of many small ops "
+           "(the tangent model's dual pass, the secure noise's chunks) more than steps made of a few large ones. "
+           "That process, like the one with freed memory returned, is spawned and timed after the others, so "
+           "compare its ratios, not its absolute times, with theirs." if omp_default else
            ": set `OMP_WAIT_POLICY` to compare."))
     lines = [
         "## Training cost" + (" on a GPU" if cuda else "") + ": time per logical step and peak memory", "",
@@ -993,18 +1039,19 @@ def render(results: dict) -> str:
         + ("" if cuda else
            " Two kernels differ: the tangent model's depthwise convolutions with small outputs, in (a') to (d), "
            "take their weight gradient from a Gram of positions (`tangent.depthwise`; on EfficientNet-Lite0, "
-           "the last block's 2x2 output, 0.2 ms against PyTorch's 24 ms), and its 1x1 convolutions with at most 9 "
-           "output positions their backward from two matrix products (`tangent.pointwise`; PyTorch's kernel "
-           "takes 2–5 ms per layer against 0.5–2.5 ms), while stock timm in (a), (e) and (f) keeps PyTorch's "
-           "kernels (times per layer measured apart, two cores of an Intel Xeon on 2026-11-30; the 1x1 "
-           "figures checked on an AMD EPYC on 2026-12-01)."), "",
+           "the last block's 2x2 output), and its 1x1 convolutions with at most 9 output positions their "
+           "backward from two matrix products (`tangent.pointwise`), while stock timm in (a), (e) and (f) keeps "
+           "PyTorch's kernels: both routes measured faster than PyTorch's kernels where they are taken (each "
+           "module's docstring gives its per-layer timings)."), "",
         f"**Measures.** *Time*: for each model all cases run in one process; after {cfg['warmup']} warm-up steps "
         f"each, {cfg['steps']} rounds time one step of every case with `time.perf_counter`"
         + (" after `torch.cuda.synchronize()`" if cuda else "")
         + ", the order rotating every round. The tables give the median and range per case; a target's ratio is "
         "the median over rounds of the per-round ratio, and a target passes only if the ratio of the fastest steps "
         "(the least disturbed by other work) passes too. The same is repeated in a second process in which glibc "
-        "keeps freed memory (`mallopt`: no `mmap`, no trimming) instead of returning it to the OS. The Gram "
+        "keeps freed memory (`mallopt`: no `mmap`, no trimming)"
+        + ("" if cuda else ", and in a third in which it returns freed memory (as for the memory figures below)")
+        + ". The Gram "
         "precompute of the batch's examples takes part in every round like a case. *Memory*: "
         "each case runs alone in a fresh process"
         + (f"; (a), (a') and (b) in {cfg['memory_runs']} processes each, and their median counts. "
@@ -1018,13 +1065,13 @@ def render(results: dict) -> str:
            "to the OS (`malloc_trim`) and the kernel's RSS high-water mark reset; the peak RSS increase is VmHWM "
            f"after {cfg['memory_steps']} steps minus RSS at that point, and the memory target uses it"
            + (": all the memory the steps touch (tensors, oneDNN scratch space, the secure generator's keystream "
-              "buffer, Python objects) but not freed memory that glibc chooses to keep. One more process per case "
-              "measures the same under glibc's default policy (\"glibc default\"; see below)." if returned else ".")
+              "buffer, Python objects) but not freed memory that glibc chooses to keep. As many processes per case "
+              "measure the same under glibc's default policy (\"glibc default\"; see below)." if returned else ".")
            + " The allocator column is PyTorch's own view: the peak of live tensor bytes during one further, "
            "profiled step, from the profiler's allocation events (it leaves out oneDNN scratch space and Python "
-           "objects). Fresh pages are minor page faults times the page size during the last of those steps, "
-           "under glibc's default policy as in the timed processes: memory the kernel had to map and zero in a "
-           "step."), "",
+           "objects). Fresh pages are minor page faults times the page size during the last of those steps"
+           + (", under glibc's default policy as in the timed processes" if returned else "")
+           + ": memory the kernel had to map and zero in a step."), "",
     ]
     if returned:
         lines += [_glibc_default(results["models"]), ""]
