@@ -1010,8 +1010,9 @@ def render(results: dict) -> str:
            "unset: threads spin briefly, then sleep), as a user's process runs unless the user sets it. Passive "
            "waiting wakes a sleeping thread for every parallel op, which can slow steps made of many small ops "
            "(the tangent model's dual pass, the secure noise's chunks) more than steps made of a few large ones. "
-           "That process, like the one with freed memory returned, is spawned and timed after the others, so "
-           "compare its ratios, not its absolute times, with theirs." if omp_default else
+           "That process and the one with freed memory returned run after the first two (on a machine whose "
+           "load may have changed), so compare their ratios, not their absolute times, with the others'."
+           if omp_default else
            ": set `OMP_WAIT_POLICY` to compare."))
     lines = [
         "## Training cost" + (" on a GPU" if cuda else "") + ": time per logical step and peak memory", "",
