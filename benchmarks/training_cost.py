@@ -26,8 +26,9 @@ from a shard of ``poisson_records`` records, and the generator's throughput in n
 a sum of 4 normals) per second (``--noise`` measures only this and prints it).
 
 Time: per model, all cases in one process, one step of each per round, interleaved, so that load
-from other work hits them alike; once with the default allocator, once with glibc keeping freed
-memory (both with passive OpenMP waiting), and on the CPU once with OpenMP's default wait policy. On
+from other work hits them alike; once with the default allocator and once with glibc keeping freed
+memory (both with passive OpenMP waiting), and on the CPU once with glibc returning freed memory and
+once with OpenMP's default wait policy. On
 a GPU every clock reading follows ``torch.cuda.synchronize()``. The whole-job figures (Gram
 precompute + E epochs, per example) are derived from the step and precompute medians. Memory: each
 case alone in its own process (on the CPU the peak RSS increase with glibc returning freed memory to
@@ -472,9 +473,7 @@ def _in_fresh_process(fn: Callable[..., dict], *args: object, omp_default: bool 
         os.environ.pop("OMP_WAIT_POLICY", None)
         os.environ[OMP_DEFAULT_FLAG] = "1"
     try:
-        with multiprocessing.get_context("spawn" if spawn else "fork").Pool(1) as pool:
-            os.environ.clear()
-            os.environ.update(saved)
+        with multiprocessing.get_context("spawn" if spawn else "fork").Pool(1) as pool:  # its worker starts here
             return pool.apply(fn, args)
     finally:
         os.environ.clear()
@@ -895,8 +894,8 @@ def _explain_memory(model: str, entry: dict, peak_label: str) -> str:
             "together; math attention instead of fused for the ViT. (b) holds what (a') holds plus the batch's "
             "Grams and seeds (a few KiB); the DP "
             "optimizer adds its noise into the clipped sum in place, so what (b) adds to (a') lies outside the "
-            "allocator: the secure generator's keystream buffer (2 MiB, a mapping of its own) and the noise's "
-            "float64 chunks, which every DP mode has.")
+            "allocator: the secure generator's keystream buffer (2 MiB, a mapping of its own, in which the noise "
+            "is computed), which every DP mode has.")
 
 
 def _explain_job(model: str, entry: dict, batch: int) -> str:
