@@ -554,20 +554,28 @@ def _ratio(result: dict, target: Target, batch: int) -> dict[str, float | None]:
                 "ratio_kept_memory": paired(kept)["ratio"] if kept["keep_freed_memory"] else None,
                 "ratio_omp_default": None if omp is None else paired(omp)["ratio"]}
     memory = result["memory"]
-    peak, alloc = ([memory[c][key] for c in (target.numerator, target.denominator)]
-                   for key in ("peak_mib", "allocator_peak_mib"))
-    top, bottom = (memory[c].get("peak_mib_runs", [memory[c]["peak_mib"]]) for c in (target.numerator,
-                                                                                      target.denominator))
-    row = {"ratio": _divide(*peak), "allocator_ratio": None if None in alloc else _divide(*alloc),
-           "glibc_default_ratio": None, "runs": (len(top), len(bottom)), "ratio_low": _divide(min(top), max(bottom)),
-           "ratio_high": _divide(max(top), min(bottom))}
-    defaults = [memory[c].get("glibc_default") for c in (target.numerator, target.denominator)]
-    if None not in defaults:  # measured under glibc's default policy too: shown, and judged apart
-        top, bottom = (d.get("peak_mib_runs", [d["peak_mib"]]) for d in defaults)
-        row |= {"glibc_default_ratio": _divide(defaults[0]["peak_mib"], defaults[1]["peak_mib"]),
-                "glibc_default_low": _divide(min(top), max(bottom)),
-                "glibc_default_high": _divide(max(top), min(bottom))}
+    alloc = [memory[c]["allocator_peak_mib"] for c in (target.numerator, target.denominator)]
+    top, bottom = (memory[c] for c in (target.numerator, target.denominator))
+    ratio, low, high = _peak_ratios(top, bottom)
+    row = {"ratio": ratio, "allocator_ratio": None if None in alloc else _divide(*alloc),
+           "glibc_default_ratio": None, "runs": (len(_peak_runs(top)), len(_peak_runs(bottom))),
+           "ratio_low": low, "ratio_high": high}
+    if "glibc_default" in top and "glibc_default" in bottom:  # measured under glibc's default policy too
+        ratio, low, high = _peak_ratios(top["glibc_default"], bottom["glibc_default"])
+        row |= {"glibc_default_ratio": ratio, "glibc_default_low": low, "glibc_default_high": high}
     return row
+
+
+def _peak_runs(memory: dict) -> list[float]:
+    """A memory entry's peak in each of its processes (one, in results from before they were kept)."""
+    return memory.get("peak_mib_runs", [memory["peak_mib"]])
+
+
+def _peak_ratios(top: dict, bottom: dict) -> tuple[float, float, float]:
+    """(ratio of the median peaks, lowest and highest ratio of the processes' extremes)."""
+    tops, bottoms = _peak_runs(top), _peak_runs(bottom)
+    return (_divide(top["peak_mib"], bottom["peak_mib"]), _divide(min(tops), max(bottoms)),
+            _divide(max(tops), min(bottoms)))
 
 
 def _meets(value: float, limit: float, at_most: bool) -> bool:
@@ -824,7 +832,7 @@ def _top(memory: dict, n: int = 3) -> str:
 
 
 def _runs(memory: dict) -> str:
-    runs = memory.get("peak_mib_runs", [memory["peak_mib"]])
+    runs = _peak_runs(memory)
     return _mib(runs[0]) if len(runs) == 1 else f"{_mib(min(runs))}–{_mib(max(runs))}"
 
 
