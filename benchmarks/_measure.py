@@ -1,6 +1,6 @@
 """Shared measurement helpers for the benchmarks: phase timing, peak memory, machine description.
 
-Import this module before torch: it sets ``OMP_WAIT_POLICY`` (see below).
+Import this module before torch: it sets how OpenMP threads wait (see below).
 
 A step is a generator function that yields a phase name at the end of each phase (``"forward"``,
 ``"backward"``, ...), so one timed run gives the total and where it went without extra syncs: on
@@ -19,25 +19,33 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from dp_tangent.openmp import USER_CHOICE, use_short_spin
+
 from ._malloc import release_free_memory, status_bytes
 
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # keep the profiler's stage logs out of the output
-# OpenMP threads spin while they wait for each other. On cores shared with other processes a spinning
-# thread burns the time slice its descheduled peer needs: steps took up to 10x longer here, erratically.
-# Passive waiting keeps the measurements usable; it must be set before torch loads its OpenMP runtime.
-# A process started with OMP_DEFAULT_FLAG=1 keeps the runtime's own default instead (spin briefly, then
-# sleep), as a user's process runs: passive waiting slows steps made of many small ops more than others.
+# OpenMP threads spin while they wait for each other; libgomp's default spin (about 3 ms) holds a core
+# that the secure noise's worker threads need, and on cores shared with other processes a spinning
+# thread burns the time slice its descheduled peer needs. Timed processes use what `dp-tangent` sets
+# (a 0.1 ms spin, dp_tangent.openmp) before torch loads its OpenMP runtime, unless the user set a wait
+# policy. A process started with OMP_DEFAULT_FLAG=1 keeps the runtime's own default instead, as a
+# process that imports the library without setting anything runs.
 OMP_DEFAULT_FLAG = "BENCHMARK_OMP_DEFAULT"
-_USER_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")  # as the benchmark was started
+_USER_ENVIRONMENT = dict(os.environ)  # as the benchmark was started
 if os.environ.get(OMP_DEFAULT_FLAG) != "1":
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    use_short_spin()
 
 
 def user_environment() -> dict[str, str]:
-    """This process's environment with ``OMP_WAIT_POLICY`` as it was before this module set it: for a
+    """The environment the benchmark was started with (without the wait policy this module set): for a
     command timed as a user runs it."""
-    env = {key: value for key, value in os.environ.items() if key not in ("OMP_WAIT_POLICY", OMP_DEFAULT_FLAG)}
-    return env if _USER_OMP_WAIT_POLICY is None else {**env, "OMP_WAIT_POLICY": _USER_OMP_WAIT_POLICY}
+    return {key: value for key, value in _USER_ENVIRONMENT.items() if key != OMP_DEFAULT_FLAG}
+
+
+def wait_policy() -> str:
+    """How this process's OpenMP threads wait, as set in its environment."""
+    chosen = {name: os.environ[name] for name in USER_CHOICE if name in os.environ}
+    return ", ".join(f"{name}={value}" for name, value in chosen.items()) or "the OpenMP runtime's default"
 
 import torch  # noqa: E402
 

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import yaml
 
+from dp_tangent.openmp import USER_CHOICE
+
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "digits-efficientnet-lite0.yaml"
 TRAINABLE = "blocks[-1:]"
@@ -81,7 +83,9 @@ def measure_recipe_job(rounds: int = ROUNDS, recipe_path: Path = RECIPE,
             "batch_size": base["training"]["batch_size"],
             "seconds": seconds, "ratio": statistics.median(paired), "min": min(paired), "max": max(paired),
             "ratio_of_fastest": min(seconds["dp"]) / min(seconds["no_dp"]),
-            "omp_wait_policy": environment.get("OMP_WAIT_POLICY")}
+            # the wait policy the environment chose, if any (else `dp-tangent` sets its own)
+            "omp_wait_policy": ", ".join(f"{name}={environment[name]}" for name in USER_CHOICE if name in environment)
+            or None}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,14 +27,14 @@ a sum of 4 normals) per second (``--noise`` measures only this and prints it).
 
 Time: per model, all cases in one process, one step of each per round, interleaved, so that load
 from other work hits them alike; once with the default allocator and once with glibc keeping freed
-memory (both with passive OpenMP waiting), and on the CPU once with glibc returning freed memory and
-once with OpenMP's default wait policy. On
+memory (both with OpenMP threads waiting as ``dp-tangent`` sets them, :mod:`dp_tangent.openmp`), and
+on the CPU once with glibc returning freed memory and once with the OpenMP runtime's default wait. On
 a GPU every clock reading follows ``torch.cuda.synchronize()``. The whole-job figures (Gram
 precompute + E epochs, per example) are derived from the step and precompute medians. Memory: each
 case alone in its own process (on the CPU the peak RSS increase with glibc returning freed memory to
 the OS, and once more under glibc's default policy; the CUDA allocator's peak on a GPU). Child
 processes are forked from this one, which imports everything but runs no model (spawned on a GPU,
-where a forked child cannot use CUDA, and for OpenMP's default wait policy). A full run writes
+where a forked child cannot use CUDA, and for the OpenMP runtime's default wait). A full run writes
 ``benchmarks/results/training_cost.json`` and its section of ``docs/benchmarks.md``; on a GPU,
 ``training_cost.cuda.json`` and a section of its own. ``--quick`` (batch 16, fewer steps) writes
 the git-ignored ``training_cost.quick.json.tmp`` (``.cuda.quick.json.tmp``) and only prints the section.
@@ -61,7 +61,7 @@ from pathlib import Path
 from ._doc import write_section
 
 from ._measure import (OMP_DEFAULT_FLAG, MiB, PeakRSS, StepFn, load_average, machine,  # isort: skip
-                       minor_faults, profile_step, run_queue_wait, time_step, user_environment)
+                       minor_faults, profile_step, run_queue_wait, time_step, user_environment, wait_policy)
 from ._malloc import keep_freed_memory, return_freed_memory  # isort: skip
 
 import timm
@@ -354,7 +354,7 @@ def time_cases(model: str, config: Config, keep_memory: bool, return_memory: boo
         "precompute_seconds_per_example": statistics.median(precompute) / len(h),
         "load_average_per_round": loads,
         "run_queue_wait_share": None if waited is None else waited / (wall * config.threads),  # per thread
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "omp_wait_policy": wait_policy(),
         "features_shape": list(h.shape),
         "trainable_parameters": sum(p.numel() for p in tangents["hooks"].deltas()),
     }
@@ -464,14 +464,14 @@ def measure_noise(model: str, config: Config) -> dict[str, object]:
 def _in_fresh_process(fn: Callable[..., dict], *args: object, omp_default: bool = False) -> dict:
     """``fn(*args)`` in a new process, forked from this one (which has imported everything but has run
     no model: import time is paid once, and each measurement gets its own heap and RSS peak), or
-    spawned for a GPU run, since a forked child cannot use CUDA. ``omp_default``: spawned with OpenMP's
-    default wait policy (``OMP_WAIT_POLICY`` unset), which a forked child cannot change."""
+    spawned for a GPU run, since a forked child cannot use CUDA. ``omp_default``: spawned in the user's
+    environment, without the wait policy ``_measure`` set (a forked child keeps its parent's OpenMP runtime)."""
     config = next((a for a in args if isinstance(a, Config)), None)
     spawn = omp_default or sys.platform != "linux" or (config is not None and config.device.startswith("cuda"))
     saved = dict(os.environ)
     if omp_default:
-        os.environ.pop("OMP_WAIT_POLICY", None)
-        os.environ[OMP_DEFAULT_FLAG] = "1"
+        os.environ.clear()
+        os.environ.update({**user_environment(), OMP_DEFAULT_FLAG: "1"})
     try:
         with multiprocessing.get_context("spawn" if spawn else "fork").Pool(1) as pool:  # its worker starts here
             return pool.apply(fn, args)
@@ -777,9 +777,20 @@ def _job_table(models: dict[str, dict], batch: int) -> list[str]:
     return lines + [""]
 
 
-def _policy(omp_wait_policy: str | None) -> str:
-    return ("with OpenMP's default wait policy, as a user's shell runs it" if omp_wait_policy is None else
-            f"with `OMP_WAIT_POLICY={omp_wait_policy}`")
+def _policy(user_choice: str | None) -> str:
+    """How the whole job's OpenMP threads waited: ``user_choice`` is the wait policy the benchmark's
+    environment set (``NAME=value``; a bare value is an older run's ``OMP_WAIT_POLICY``)."""
+    if user_choice is None:
+        return "in the user's environment, where `dp-tangent` sets its short OpenMP spin (`dp_tangent.openmp`)"
+    setting = user_choice if "=" in user_choice else f"OMP_WAIT_POLICY={user_choice}"
+    return f"with `{setting}` from the user's environment"
+
+
+def _wait_text(recorded: str | None) -> str:
+    """A timed process's recorded OpenMP wait as text (older runs recorded ``OMP_WAIT_POLICY``'s bare value)."""
+    if recorded is None:
+        return "the OpenMP runtime's default"
+    return f"`{recorded}`" if "=" in recorded else f"`OMP_WAIT_POLICY={recorded}`" if " " not in recorded else recorded
 
 
 def _recipe_job_lines(job: dict) -> list[str]:
@@ -956,9 +967,8 @@ def render_noise(models: dict[str, dict], threads: int, cuda: bool = False) -> l
     """The secure generator's share of a DP step, per model and DP case, against the 10% target."""
     made_by = ("its keystream made on the CPU by one worker thread per torch thread, the arithmetic on the GPU"
                if cuda else
-               "made by the training thread with its ops on the torch threads (worker threads running torch ops, "
-               "as before 2026-12-01, made the noise no faster and slowed every case timed in the same process by "
-               "10-20%, so earlier runs' absolute times are not comparable)")
+               "made by one worker thread per torch thread, the training thread among them, computing with numpy "
+               "(no OpenMP threads of their own)")
     lines = ["### Secure noise and sampling: share of a DP step", "",
              "Noise: the DP optimizer's `add_noise` (ChaCha20 keystream, 4 float64 Box–Muller normals per value, "
              f"added to the summed gradient) as a share of the same step, median over rounds, {made_by}. Sampling: "
@@ -995,7 +1005,7 @@ def render(results: dict) -> str:
     loads = [load for t in timings for load in t["load_average_per_round"] if load is not None]
     waits = [t["run_queue_wait_share"] for t in timings if t["run_queue_wait_share"] is not None]
     shared = max(loads, default=0.0) > m["usable_cpus"] or max(waits, default=0.0) > 0.05
-    policy = ", ".join(sorted({str(t["omp_wait_policy"]) for t in timings}))
+    policy = ", ".join(sorted({_wait_text(t["omp_wait_policy"]) for t in timings}))
     omp_default = any("timing_omp_default" in entry for entry in results["models"].values())
     quick = " --quick" if results["quick"] else ""
     device = f" GPU: {results['device']} (`{cfg['device']}`)." if cuda else ""
@@ -1011,16 +1021,16 @@ def render(results: dict) -> str:
         + (" Absolute times are inflated and noisy; the ratios are paired by round (below), which removes slow "
            "drifts in load but not fast ones: check the range over rounds before trusting a ratio near its "
            "limit." if shared else "")
-        + f" OpenMP wait policy: {policy}, because spin-waiting OpenMP threads burn the time slices their "
-        "descheduled peers need when other processes share the cores"
-        + ("; another process per model times every case under OpenMP's default instead (`OMP_WAIT_POLICY` "
-           "unset: threads spin briefly, then sleep), as a user's process runs unless the user sets it. Passive "
-           "waiting wakes a sleeping thread for every parallel op, which can slow steps made of many small ops "
-           "(the tangent model's dual pass, the secure noise's chunks) more than steps made of a few large ones. "
-           "That process and the one with freed memory returned run after the first two (on a machine whose "
-           "load may have changed), so compare their ratios, not their absolute times, with the others'."
-           if omp_default else
-           ": set `OMP_WAIT_POLICY` to compare."))
+        + f" OpenMP wait: {policy}"
+        + (" (passive: spin-waiting OpenMP threads burn the time slices their descheduled peers need when other "
+           "processes share the cores)" if "PASSIVE" in policy else
+           " (as `dp-tangent` sets it: a 0.1 ms spin after each parallel op instead of libgomp's 3 ms, which held a "
+           "core the secure noise's worker threads needed; `dp_tangent.openmp`)" if "GOMP_SPINCOUNT" in policy else "")
+        + ("; another process per model times every case with the OpenMP runtime's default wait (spin about "
+           "3 ms, then sleep), as a program that imports the library without setting it runs. That process and "
+           "the one with freed memory returned run after the first two (on a machine whose load may have "
+           "changed), so compare their ratios, not their absolute times, with the others'."
+           if omp_default else "."))
     lines = [
         "## Training cost" + (" on a GPU" if cuda else "") + ": time per logical step and peak memory", "",
         f"_Generated by `python -m benchmarks.training_cost{quick}` at {results['created']} (git {m['git']}); do not "

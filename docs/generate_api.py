@@ -32,6 +32,7 @@ PUBLIC = {
     "dp_tangent.training.evaluation": ["accuracy", "predict"],
     "dp_tangent.training.privacy_audit": ["audit_privacy", "epsilon_lower_bound", "max_demonstrable_epsilon",
                                           "AuditResult"],
+    "dp_tangent.openmp": ["use_short_spin"],
     "dp_tangent.training.executors": ["create_executor", "register_executor", "Executor", "TaskDone", "TaskFailed"],
     "dp_tangent.training.executors.local": ["LocalExecutor"],
     "dp_tangent.training.executors.ray_cluster": ["RayExecutor"],

@@ -12,6 +12,7 @@ import math
 import mmap
 import os
 import pickle
+import threading
 
 import dp_accounting
 import numpy as np
@@ -52,29 +53,47 @@ def tiny_records(n: int = 96) -> RecordSet:
 
 
 # -- distributions --------------------------------------------------------------------------------
-@pytest.fixture(params=[(1, 1), (3, 1), (3, 3)], ids=["1-thread", "3-threads", "3-workers"])
+@pytest.fixture(params=[(1, "numpy"), (3, "numpy"), (3, "torch")], ids=["1-thread", "3-threads", "torch-3-workers"])
 def workers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
-    """On the CPU the calling thread makes the noise with torch's intra-op threads (1 or 3 here); a GPU draw
-    spreads its chunks over worker threads with a keystream each, a path run here on the CPU (3 workers)."""
-    threads, count = request.param
+    """A CPU draw spreads its chunks over one worker per torch thread (1 or 3 here), each with a keystream,
+    computing with numpy; a GPU draw computes with torch ops, a path run here on the CPU (3 workers)."""
+    threads, arithmetic = request.param
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
-    if count > 1:
-        monkeypatch.setattr(secure_random, "_worker_count", lambda device, chunks: min(count, chunks))
-    yield count
+    if arithmetic == "torch":
+        monkeypatch.setattr(secure_random, "_NUMPY_DTYPES", {})
+        monkeypatch.setattr(secure_random, "_worker_count", lambda device, dtype, chunks: min(threads, chunks))
+    yield threads
     torch.set_num_threads(before)
 
 
-def test_the_cpu_noise_is_made_in_the_calling_thread_and_a_gpu_draw_by_one_worker_per_torch_thread() -> None:
+def _os_threads() -> set[str]:
+    return set(os.listdir("/proc/self/task"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_a_cpu_draw_runs_on_one_worker_per_torch_thread_none_of_which_starts_an_openmp_team() -> None:
+    """Workers whose torch ops went parallel would each start an OpenMP team (torch threads - 1 more OS
+    threads per worker) competing with the training step's: only the pool's own threads may appear."""
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(3)
-        assert secure_random._worker_count(cpu, 100) == 1
-        assert (secure_random._worker_count(cuda, 100), secure_random._worker_count(cuda, 2)) == (3, 2)
+        assert [secure_random._worker_count(cpu, torch.float32, n) for n in (100, 2)] == [3, 2]
+        assert secure_random._worker_count(cpu, torch.bfloat16, 100) == 1  # numpy has no bfloat16
+        assert [secure_random._worker_count(cuda, torch.float32, n) for n in (100, 2)] == [3, 2]
+        torch.ones(1 << 20).mul_(2)  # the calling thread's own OpenMP team exists before counting
+        warm = threading.Thread(target=lambda: torch.ones(8).sin_())  # torch's per-thread set-up, in a thread
+        warm.start()
+        warm.join()
+        threads = _os_threads()
         rng = SecureRandom()
-        rng.gaussian(1_000_000, 1.0)
-        assert len(rng._streams) == 1 and rng._pool is None
+        x = rng.gaussian(1_000_000, 1.0)
+        assert len(rng._streams) == 3 and len(_os_threads() - threads) == 2  # the two pool threads, nothing else
+        assert torch.unique(x).numel() == x.numel()  # no chunk drawn twice
+        single = SecureRandom()
+        single.gaussian(100_000, 1.0, dtype=torch.bfloat16)
+        assert len(single._streams) == 1 and single._pool is None
     finally:
         torch.set_num_threads(before)
 
@@ -101,14 +120,20 @@ def test_noise_from_words_is_the_stated_formula_computed_in_place() -> None:
     v = (words >> 11).double()
     radius = (v[:2] * 2.0**-53 + (0.5 + 2.0**-53)).log().mul(-0.7**2).sqrt()
     want = radius[0] * (v[2] * 2 * math.pi * 2.0**-53).sin() + radius[1] * (v[3] * 2 * math.pi * 2.0**-53).sin()
+    array = words.numpy().copy()
     address = words.data_ptr()
     got = secure_random._four_normal_noise(words, 0.7)
     assert got.data_ptr() == address and torch.allclose(got, want, rtol=1e-13, atol=1e-15)  # addcmul may fuse
+    # the CPU workers' numpy version: sin theta = 2t / (1 + t²), t = tan(theta / 2), within a few ulps
+    got = secure_random._four_normal_noise_numpy(array, 0.7)
+    assert got.ctypes.data == array.ctypes.data
+    assert torch.allclose(torch.from_numpy(got), want, rtol=1e-13, atol=1e-15)
 
 
-def test_noise_in_float32_keeps_its_distribution() -> None:
-    x = SecureRandom().gaussian(400_000, 0.3, dtype=torch.float32)
-    assert x.dtype == torch.float32
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_noise_in_lower_precision_keeps_its_distribution(dtype: torch.dtype) -> None:
+    x = SecureRandom().gaussian(400_000, 0.3, dtype=dtype)
+    assert x.dtype == dtype
     assert stats.kstest(x.double().numpy(), stats.norm(scale=0.3).cdf).pvalue > ALPHA
 
 
@@ -146,10 +171,11 @@ def test_noise_added_to_a_lower_precision_tensor_is_the_float64_draw_rounded_onc
     chunk = secure_random._CHUNK["cpu"]
     sizes = [chunk - 3, chunk + 5, 7]
     drawn = SecureRandom().gaussian(sum(sizes), 2.0)
-    for dtype in (torch.float32, torch.float16):
+    for dtype, numpy_dtype in ((torch.float32, np.float32), (torch.float16, np.float16)):
         tensors = [torch.zeros(n, dtype=dtype) for n in sizes]
         SecureRandom().add_gaussian_(tensors, 2.0)
-        assert torch.equal(torch.cat(tensors), drawn.to(dtype))
+        # numpy rounds float64 to float16 once; torch's .to() goes through float32 (twice, off in rare ties)
+        assert torch.equal(torch.cat(tensors), torch.from_numpy(drawn.numpy().astype(numpy_dtype)))
 
 
 def test_noise_like_shapes_types_and_places_like_the_references() -> None:

@@ -59,6 +59,10 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     from privacy_accounting.bounds_cache import use_cache_dir, user_cache_dir
 
+    from ..openmp import use_short_spin
+
+    use_short_spin()  # before any command loads torch and its OpenMP runtime
+
     warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
     try:
         # Epsilons this user already computed are read from their private cache, not recomputed: a

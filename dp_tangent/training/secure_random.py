@@ -12,17 +12,20 @@ w gives v = floor(w / 2^11), uniform on the 2^53 integers of [-2^52, 2^52), and 
   theta + π/4 is theta relabelled on the same 2^53-point circle. Rounded once to the parameter dtype;
 * Poisson sampling: record i joins a batch iff u_i < q, independently (P = q up to 2^-53).
 
-Noise is made in chunks of 65536 values (2^18 for a GPU). On the CPU the calling thread makes every
-chunk, each op spread over torch's intra-op threads: worker threads calling torch ops of their own
-made the noise no faster on 2 cores and slowed the training step's next forward and backward by
-10-20% (measured on EfficientNet-Lite0 and a ViT: their OpenMP teams compete with the main one). For
-a GPU, one worker thread per torch thread (at most 8, kept for the run), each with its own keystream,
-writes keystream into page-locked memory (OpenSSL releases the GIL) and copies it asynchronously, and
-the Box–Muller arithmetic runs on the GPU. The arithmetic runs in place in the keystream words'
-buffer (on the CPU an anonymous memory mapping of its own, outside the malloc heap), and the noise is
-written or added chunk by chunk where it goes (:meth:`SecureRandom.add_gaussian_` adds it to the
-clipped sum without a noise tensor the size of the model, rounding it to the tensor's dtype in the
-chunk's spent words).
+Noise is made in chunks of 32768 values (2^18 for a GPU), spread over one worker thread per torch
+thread (at most 8, kept for the run; the calling thread is one of them), each reading its own
+keystream (OpenSSL releases the GIL). On the CPU a worker computes with numpy, which releases the GIL
+and starts no threads; each sine comes from the half angle's tangent, which numpy vectorises (its
+float64 sine is scalar). So the noise runs on every core, and no worker starts an OpenMP team to
+compete with the training step's: workers calling torch ops did (even a 100-value torch sine starts
+one), which made the noise no faster on 2 cores and slowed the next forward and backward by 10-20%.
+For a GPU a worker writes keystream into page-locked memory and copies it asynchronously, and the
+Box–Muller arithmetic runs on the GPU. The arithmetic runs in place in the keystream words' buffer
+(on the CPU an anonymous memory mapping of its own, outside the malloc heap), and the noise is written
+or added chunk by chunk where it goes (:meth:`SecureRandom.add_gaussian_` adds it to the clipped sum
+without a noise tensor the size of the model, rounding it to the tensor's dtype in the chunk's spent
+words). A CPU tensor of a dtype numpy lacks (bfloat16) gets its noise from the calling thread alone,
+with torch ops, as a GPU draw computes it.
 
 Not covered: timing (a step's time reveals its Poisson batch size; Python and torch are not
 constant-time); the float rounding of the final noise and of its sum with the clipped gradient
@@ -43,6 +46,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
@@ -60,9 +64,11 @@ _SHIFT = 64 - _MANTISSA
 _INV_2_53 = 2.0 ** -_MANTISSA
 _HALF_PLUS = 0.5 + _INV_2_53  # (2^52 + 1) / 2^53: v·2^-53 + this = (v + 2^52 + 1)/2^53, exact
 _ANGLE = 2.0 * math.pi * _INV_2_53
-# noise values per chunk (CPU: the fastest size measured; CUDA: 8 MiB of keystream, so that a model's
-# noise is spread over the workers and one chunk's copy to the GPU overlaps the next one's keystream)
-_CHUNK = {"cpu": 1 << 16, "cuda": 1 << 18}
+# noise values per chunk (CPU: 1 MiB of keystream per worker, as fast as larger chunks; CUDA: 8 MiB, so that a
+# model's noise is spread over the workers and one chunk's copy to the GPU overlaps the next one's keystream)
+_CHUNK = {"cpu": 1 << 15, "cuda": 1 << 18}
+# CPU dtypes whose noise numpy writes (numpy has no bfloat16)
+_NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
 _MAX_WORKERS = 8
 _REKEY_BYTES = 1 << 36  # 64 GiB per key, far inside ChaCha20's 2^32-block counter (256 GiB)
 _PLAINTEXT_BYTES = 1 << 16  # keystream = ChaCha20(zeros), encrypted this many zero bytes at a time
@@ -110,12 +116,23 @@ class _Keystream:
             self._cipher.update_into(memoryview(_ZEROS)[:len(piece)], piece)
         self._bytes_left -= n
 
-    def scratch_words(self, n: int) -> torch.Tensor:
-        """``n`` fresh words in this stream's reused buffer: valid until its next call."""
-        if len(self._scratch) < 8 * n:  # the old mapping is unmapped once no tensor views it
+    def _fresh_scratch(self, n: int) -> None:
+        """Fill the first ``n`` words of this stream's reused buffer with fresh keystream."""
+        if len(self._scratch) < 8 * n:  # the old mapping is unmapped once no array views it
             self._scratch = _private_buffer(8 * n)
         self.fill(memoryview(self._scratch)[:8 * n])
+
+    def scratch_words(self, n: int) -> torch.Tensor:
+        """``n`` fresh words in this stream's reused buffer: valid until its next call."""
+        self._fresh_scratch(n)
         return torch.frombuffer(self._scratch, dtype=torch.int64, count=n)
+
+    def cpu_noise(self, m: int, std: float) -> tuple[np.ndarray, np.ndarray]:
+        """``m`` draws of N(0, std²) (float64) from 4·m fresh words, and the chunk's spent bytes (room for
+        ``m`` float64 values), both views of this stream's reused buffer: valid until its next call."""
+        self._fresh_scratch(NORMALS_PER_NOISE * m)
+        words = np.frombuffer(self._scratch, dtype=np.int64, count=NORMALS_PER_NOISE * m).reshape(-1, m)
+        return _four_normal_noise_numpy(words, std), words[1].view(np.uint8)
 
     def words_on(self, n: int, device: torch.device) -> torch.Tensor:
         """``n`` fresh words on ``device``: this stream's reused buffer on the CPU (valid until its next
@@ -181,8 +198,8 @@ class SecureRandom:
                  device: torch.device | str = "cpu") -> torch.Tensor:
         """``n`` draws of N(0, std²) as std/2 · (z1 + z2 + z3 + z4), computed in float64 on ``device``.
 
-        In chunks: on the CPU made by the calling thread; for a GPU spread over one worker thread per
-        torch thread (at most 8), each reading its own keystream."""
+        In chunks spread over one worker thread per torch thread (at most 8, the calling thread among
+        them), each reading its own keystream: with numpy on the CPU, on the GPU for a GPU."""
         out = torch.empty(n, dtype=dtype, device=device)
         self._draw([out], std, add=False)
         return out
@@ -205,45 +222,49 @@ class SecureRandom:
 
     def _draw(self, flats: list[torch.Tensor], std: float, *, add: bool) -> None:
         """Write (``add``: add) N(0, std²) draws into the 1-D tensors ``flats`` (one dtype and device),
-        in chunks of their concatenation (for a GPU spread over the worker threads)."""
+        in chunks of their concatenation spread over the worker threads."""
         self._check_process()
-        device = flats[0].device
+        device, dtype = flats[0].device, flats[0].dtype
         ends = list(itertools.accumulate(t.numel() for t in flats))
         n = ends[-1] if ends else 0
         size = _CHUNK["cuda" if device.type == "cuda" else "cpu"]
         chunks = [(start, min(size, n - start)) for start in range(0, n, size)]
-        workers = _worker_count(device, len(chunks))
+        with_numpy = device.type == "cpu" and dtype in _NUMPY_DTYPES
+        workers = _worker_count(device, dtype, len(chunks))
         while len(self._streams) < workers:
             self._streams.append(_Keystream())
+        targets: list[np.ndarray] | list[torch.Tensor] = [t.detach().numpy() for t in flats] if with_numpy else flats
 
         def work(worker: int) -> None:
             stream = self._streams[worker]
             for start, m in chunks[worker::workers]:
-                words = stream.words_on(NORMALS_PER_NOISE * m, device).view(NORMALS_PER_NOISE, m)
-                noise = _four_normal_noise(words, std)  # row 0 of the words' memory: valid until the next chunk
-                spare = words[1].view(torch.uint8)  # spent words: the noise rounded to a tensor's dtype goes here
+                if with_numpy:
+                    noise, spare = stream.cpu_noise(m, std)
+                else:
+                    words = stream.words_on(NORMALS_PER_NOISE * m, device).view(NORMALS_PER_NOISE, m)
+                    noise = _four_normal_noise(words, std)  # row 0 of the words' memory: valid until the next chunk
+                    spare = words[1].view(torch.uint8)  # spent words: the noise rounded to a tensor's dtype goes here
                 first = bisect.bisect_right(ends, start)
-                for i in range(first, len(flats)):  # the tensors this chunk of the concatenation covers
+                for i in range(first, len(targets)):  # the tensors this chunk of the concatenation covers
                     lo = start - (ends[i - 1] if i else 0)
                     piece = noise[max(0, -lo):min(m, ends[i] - start)]
-                    target = flats[i][max(0, lo):max(0, lo) + len(piece)]
-                    if add and piece.dtype == target.dtype:
-                        target.add_(piece)
-                    elif add:
-                        target.add_(spare[:len(piece) * target.element_size()].view(target.dtype).copy_(piece))
-                    else:
-                        target.copy_(piece)
+                    (_write_numpy if with_numpy else _write_torch)(targets[i][max(0, lo):max(0, lo) + len(piece)],
+                                                                   piece, spare, add=add)
                     if ends[i] >= start + m:
                         break
 
         if workers == 1:
             work(0)
             return
-        list(self._workers(workers).map(work, range(workers)))
+        pool = self._workers(workers - 1)
+        helpers = [pool.submit(work, worker) for worker in range(1, workers)]
+        work(0)  # the calling thread is a worker too
+        for helper in helpers:
+            helper.result()
 
     def _workers(self, n: int) -> ThreadPoolExecutor:
-        """A pool of at least ``n`` threads for GPU draws, kept between draws: threads made once per run
-        (not per step), whose allocations stay in the same malloc arenas."""
+        """A pool of at least ``n`` threads, kept between draws: threads made once per run (not per step),
+        whose allocations stay in the same malloc arenas."""
         if self._pool is None or self._pool_size < n:
             if self._pool is not None:
                 self._pool.shutdown(wait=False)
@@ -259,10 +280,34 @@ class SecureRandom:
         return noise
 
 
-def _worker_count(device: torch.device, chunks: int) -> int:
-    """Threads that make a draw's chunks: the calling thread alone on the CPU (see the module doc), one
-    per torch thread (at most 8) for a GPU."""
-    return 1 if device.type == "cpu" else max(1, min(chunks, torch.get_num_threads(), _MAX_WORKERS))
+def _worker_count(device: torch.device, dtype: torch.dtype, chunks: int) -> int:
+    """Threads that make a draw's chunks (the calling thread included): one per torch thread, at most 8;
+    the calling thread alone for a CPU dtype numpy lacks (its torch ops run on OpenMP threads)."""
+    if device.type == "cpu" and dtype not in _NUMPY_DTYPES:
+        return 1
+    return max(1, min(chunks, torch.get_num_threads(), _MAX_WORKERS))
+
+
+def _write_torch(target: torch.Tensor, piece: torch.Tensor, spare: torch.Tensor, *, add: bool) -> None:
+    """Write or add the float64 noise ``piece`` to ``target``, rounded once to its dtype (in ``spare``)."""
+    if add and piece.dtype == target.dtype:
+        target.add_(piece)
+    elif add:
+        target.add_(spare[:len(piece) * target.element_size()].view(target.dtype).copy_(piece))
+    else:
+        target.copy_(piece)
+
+
+def _write_numpy(target: np.ndarray, piece: np.ndarray, spare: np.ndarray, *, add: bool) -> None:
+    """:func:`_write_torch` with numpy, which neither holds the GIL nor starts threads."""
+    if not add:
+        np.copyto(target, piece, casting="same_kind")
+    elif piece.dtype == target.dtype:
+        np.add(target, piece, out=target)
+    else:
+        rounded = spare[:piece.size * target.itemsize].view(target.dtype)
+        np.copyto(rounded, piece, casting="same_kind")
+        np.add(target, rounded, out=target)
 
 
 def _uniform_from(words: torch.Tensor) -> torch.Tensor:
@@ -282,6 +327,34 @@ def _four_normal_noise(words: torch.Tensor, std: float) -> torch.Tensor:
     radius = v[:WORDS_PER_NORMAL_PAIR].mul_(_INV_2_53).add_(_HALF_PLUS).log_().mul_(-std * std).sqrt_()
     sine = v[WORDS_PER_NORMAL_PAIR:].mul_(_ANGLE).sin_()
     return radius[0].mul_(sine[0]).addcmul_(radius[1], sine[1])
+
+
+def _four_normal_noise_numpy(words: np.ndarray, std: float) -> np.ndarray:
+    """:func:`_four_normal_noise` with numpy, for a CPU worker thread: s_1 sin theta_1 + s_2 sin theta_2 from 4 words
+    per value (rows 0-1 radii, rows 2-3 angles), computed in place in ``words``'s memory as float64; the result is
+    a view of its first row.
+
+    numpy's float64 sine is scalar (14 ns a value here) but its tangent is vectorised, so each sine comes from
+    the same angle theta = 2·phi as sin theta = 2t / (1 + t²) with t = tan(phi), phi = π·v/2^53 in [-π/2, π/2)
+    (within 2 ulps of the sine): s·sin theta = 2s·t / (1 + t²), with 2s = sqrt(-4·std² ln u)."""
+    np.right_shift(words, _SHIFT, out=words)
+    v = words.view(np.float64)
+    # same memory, element by element (exact, |v| < 2^52); flat, as numpy copies an overlapping source first
+    # unless both are 1-D
+    np.copyto(v.reshape(-1), words.reshape(-1), casting="unsafe")
+    radius, t = v[:WORDS_PER_NORMAL_PAIR], v[WORDS_PER_NORMAL_PAIR:]
+    np.multiply(radius, _INV_2_53, out=radius)
+    np.add(radius, _HALF_PLUS, out=radius)
+    np.log(radius, out=radius)
+    np.multiply(radius, -4.0 * std * std, out=radius)
+    np.sqrt(radius, out=radius)
+    np.multiply(t, _ANGLE / 2, out=t)
+    np.tan(t, out=t)
+    np.multiply(radius, t, out=radius)
+    np.multiply(t, t, out=t)
+    np.add(t, 1.0, out=t)
+    np.divide(radius, t, out=radius)
+    return np.add(radius[0], radius[1], out=radius[0])
 
 
 class SecurePoissonSampler(UniformWithReplacementSampler):
