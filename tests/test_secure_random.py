@@ -13,6 +13,7 @@ import mmap
 import os
 import pickle
 import threading
+import time
 
 import dp_accounting
 import numpy as np
@@ -94,6 +95,31 @@ def test_a_cpu_draw_runs_on_one_worker_per_torch_thread_none_of_which_starts_an_
         single = SecureRandom()
         single.gaussian(100_000, 1.0, dtype=torch.bfloat16)
         assert len(single._streams) == 1 and single._pool is None
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_failed_draw_returns_only_once_no_worker_writes_any_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The calling thread fails on its first chunk while the other workers are still drawing: the error
+    reaches the caller only after they finished, so nothing changes the tensor once the caller has it."""
+    real = secure_random._Keystream.cpu_noise
+
+    def failing_in_the_calling_thread(stream, m: int, std: float):  # noqa: ANN001, ANN202
+        if threading.current_thread() is threading.main_thread():
+            raise RuntimeError("boom")
+        time.sleep(0.01)
+        return real(stream, m, std)
+
+    monkeypatch.setattr(secure_random._Keystream, "cpu_noise", failing_in_the_calling_thread)
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        target = torch.zeros(20 * secure_random._CHUNK["cpu"])
+        with pytest.raises(RuntimeError, match="boom"):
+            SecureRandom().add_gaussian_([target], 1.0)
+        seen = target.clone()
+        time.sleep(0.1)
+        assert torch.equal(target, seen) and bool((seen != 0).any())  # the helpers drew, and had finished
     finally:
         torch.set_num_threads(before)
 

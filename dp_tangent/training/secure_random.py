@@ -44,6 +44,7 @@ import mmap
 import os
 import weakref
 from collections.abc import Iterator, Sequence
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -258,7 +259,10 @@ class SecureRandom:
             return
         pool = self._workers(workers - 1)
         helpers = [pool.submit(work, worker) for worker in range(1, workers)]
-        work(0)  # the calling thread is a worker too
+        try:
+            work(0)  # the calling thread is a worker too
+        finally:  # returns or raises only once no worker writes into the tensors any more
+            futures.wait(helpers)
         for helper in helpers:
             helper.result()
 
