@@ -24,10 +24,10 @@ from dp_tangent.openmp import USER_CHOICE, use_short_spin
 from ._malloc import release_free_memory, status_bytes
 
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # keep the profiler's stage logs out of the output
-# OpenMP threads spin while they wait for each other; libgomp's default spin (about 3 ms) holds a core
+# OpenMP threads spin while they wait for each other; libgomp's default spin (3-8 ms) holds a core
 # that the secure noise's worker threads need, and on cores shared with other processes a spinning
 # thread burns the time slice its descheduled peer needs. Timed processes use what `dp-tangent` sets
-# (a 0.1 ms spin, dp_tangent.openmp) before torch loads its OpenMP runtime, unless the user set a wait
+# (a spin 1/30 as long, dp_tangent.openmp) before torch loads its OpenMP runtime, unless the user set a wait
 # policy. A process started with OMP_DEFAULT_FLAG=1 keeps the runtime's own default instead, as a
 # process that imports the library without setting anything runs.
 OMP_DEFAULT_FLAG = "BENCHMARK_OMP_DEFAULT"

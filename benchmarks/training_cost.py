@@ -1024,10 +1024,10 @@ def render(results: dict) -> str:
         + f" OpenMP wait: {policy}"
         + (" (passive: spin-waiting OpenMP threads burn the time slices their descheduled peers need when other "
            "processes share the cores)" if "PASSIVE" in policy else
-           " (as `dp-tangent` sets it: a 0.1 ms spin after each parallel op instead of libgomp's 3 ms, which held a "
+           " (as `dp-tangent` sets it: a spin after each parallel op 1/30 of libgomp's default, which held a "
            "core the secure noise's worker threads needed; `dp_tangent.openmp`)" if "GOMP_SPINCOUNT" in policy else "")
         + ("; another process per model times every case with the OpenMP runtime's default wait (spin about "
-           "3 ms, then sleep), as a program that imports the library without setting it runs. That process and "
+           "3-8 ms, then sleep), as a program that imports the library without setting it runs. That process and "
            "the one with freed memory returned run after the first two (on a machine whose load may have "
            "changed), so compare their ratios, not their absolute times, with the others'."
            if omp_default else "."))

@@ -1,17 +1,18 @@
 """How long torch's OpenMP threads spin between parallel ops in a dp-tangent process: briefly.
 
 torch's CPU ops run on GNU OpenMP (libgomp) threads. After a parallel op each of them spins for
-``GOMP_SPINCOUNT`` iterations (300,000 by default, about 3 ms) before it sleeps. A DP step's secure
-noise runs right after the backward on worker threads of its own (numpy, no OpenMP): for those
-milliseconds a spinning thread holds a core the noise needs. Measured on 2 cores: 1 M noise values
-took 17–19 ms after a parallel op under the default, 10 ms with a 10,000-iteration spin (about
-0.1 ms), which keeps consecutive ops of a step from waking sleeping threads as passive waiting
-(``OMP_WAIT_POLICY=PASSIVE``, no spin) does: fine-tuning steps of many small ops took up to 1.4x as
-long under passive waiting.
+``GOMP_SPINCOUNT`` iterations (300,000 by default: libgomp's estimate is 3 ms, an AMD EPYC here
+spent about 8 ms of CPU) before it sleeps. A DP step's secure noise runs right after the backward on
+worker threads of its own (numpy, no OpenMP): for those milliseconds a spinning thread holds a core
+the noise needs. Measured on 2 cores: 1 M noise values took 17–19 ms after a parallel op under the
+default, 10 ms with a 10,000-iteration spin, which still keeps consecutive ops of a step from waking
+sleeping threads as passive waiting (``OMP_WAIT_POLICY=PASSIVE``, no spin) does: fine-tuning steps of
+many small ops took up to 1.4x as long under passive waiting.
 
 libgomp reads its environment once, when torch loads it: :func:`use_short_spin` must run before
-torch is imported, as the ``dp-tangent`` command does. A user's own ``OMP_WAIT_POLICY`` or
-``GOMP_SPINCOUNT`` is kept. Other OpenMP runtimes (LLVM's libomp on macOS) ignore the variable.
+torch is imported, as the ``dp-tangent`` command does; child processes inherit it. A user's own
+``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is kept. Other OpenMP runtimes ignore the variable (LLVM's
+libomp on macOS; Intel's, whose idle wait is ``KMP_BLOCKTIME``).
 """
 
 from __future__ import annotations

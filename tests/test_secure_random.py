@@ -14,6 +14,7 @@ import os
 import pickle
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import dp_accounting
 import numpy as np
@@ -54,16 +55,23 @@ def tiny_records(n: int = 96) -> RecordSet:
 
 
 # -- distributions --------------------------------------------------------------------------------
+@pytest.fixture
+def numpy_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU draws by numpy workers even on a machine whose numpy tangent is scalar (where the calling
+    thread would make them with torch ops, for speed alone)."""
+    monkeypatch.setattr(secure_random, "_numpy_tangent_is_vectorised", lambda: True)
+
+
 @pytest.fixture(params=[(1, "numpy"), (3, "numpy"), (3, "torch")], ids=["1-thread", "3-threads", "torch-3-workers"])
-def workers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+def workers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, numpy_workers: None) -> int:
     """A CPU draw spreads its chunks over one worker per torch thread (1 or 3 here), each with a keystream,
     computing with numpy; a GPU draw computes with torch ops, a path run here on the CPU (3 workers)."""
     threads, arithmetic = request.param
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     if arithmetic == "torch":
-        monkeypatch.setattr(secure_random, "_NUMPY_DTYPES", {})
-        monkeypatch.setattr(secure_random, "_worker_count", lambda device, dtype, chunks: min(threads, chunks))
+        monkeypatch.setattr(secure_random, "_arithmetic", lambda flats: "torch")
+        monkeypatch.setattr(secure_random, "_worker_count", lambda device, arithmetic, chunks: min(threads, chunks))
     yield threads
     torch.set_num_threads(before)
 
@@ -73,16 +81,16 @@ def _os_threads() -> set[str]:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
-def test_a_cpu_draw_runs_on_one_worker_per_torch_thread_none_of_which_starts_an_openmp_team() -> None:
+def test_a_cpu_draw_runs_on_one_worker_per_torch_thread_none_of_which_starts_an_openmp_team(numpy_workers) -> None:
     """Workers whose torch ops went parallel would each start an OpenMP team (torch threads - 1 more OS
     threads per worker) competing with the training step's: only the pool's own threads may appear."""
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(3)
-        assert [secure_random._worker_count(cpu, torch.float32, n) for n in (100, 2)] == [3, 2]
-        assert secure_random._worker_count(cpu, torch.bfloat16, 100) == 1  # numpy has no bfloat16
-        assert [secure_random._worker_count(cuda, torch.float32, n) for n in (100, 2)] == [3, 2]
+        assert [secure_random._worker_count(cpu, "numpy", n) for n in (100, 2)] == [3, 2]
+        assert secure_random._worker_count(cpu, "torch", 100) == 1  # torch ops: on the calling thread's team
+        assert [secure_random._worker_count(cuda, "torch", n) for n in (100, 2)] == [3, 2]
         torch.ones(1 << 20).mul_(2)  # the calling thread's own OpenMP team exists before counting
         warm = threading.Thread(target=lambda: torch.ones(8).sin_())  # torch's per-thread set-up, in a thread
         warm.start()
@@ -99,7 +107,7 @@ def test_a_cpu_draw_runs_on_one_worker_per_torch_thread_none_of_which_starts_an_
         torch.set_num_threads(before)
 
 
-def test_a_failed_draw_returns_only_once_no_worker_writes_any_more(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_draw_returns_only_once_no_worker_writes_any_more(monkeypatch, numpy_workers) -> None:
     """The calling thread fails on its first chunk while the other workers are still drawing: the error
     reaches the caller only after they finished, so nothing changes the tensor once the caller has it."""
     real = secure_random._Keystream.cpu_noise
@@ -122,6 +130,53 @@ def test_a_failed_draw_returns_only_once_no_worker_writes_any_more(monkeypatch: 
         assert torch.equal(target, seen) and bool((seen != 0).any())  # the helpers drew, and had finished
     finally:
         torch.set_num_threads(before)
+
+
+def test_waiting_for_the_workers_outlasts_ctrl_c(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while the calling thread waits for its helpers is raised only once they finished writing."""
+    finished = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        helper = pool.submit(lambda: (time.sleep(0.05), finished.set()))
+        real, calls = secure_random.futures.wait, []
+
+        def interrupted_once(pending):  # noqa: ANN001, ANN202
+            calls.append(1)
+            if len(calls) == 1:
+                raise KeyboardInterrupt
+            return real(pending)
+
+        monkeypatch.setattr(secure_random.futures, "wait", interrupted_once)
+        with pytest.raises(KeyboardInterrupt):
+            secure_random._wait_for([helper])
+        assert finished.is_set() and len(calls) == 2
+
+
+def test_cpu_noise_goes_to_numpy_workers_only_where_numpy_computes_and_writes_as_torch_would(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """numpy workers where numpy's tangent is vectorised and the tensors are plain float CPU tensors; torch ops in
+    the calling thread otherwise: where the tangent is scalar (slower than torch), for bfloat16 (numpy has none),
+    and where torch checks in-place writes (autograd, inference tensors), whose errors torch then raises."""
+    assert isinstance(secure_random._numpy_tangent_is_vectorised(), bool)
+    monkeypatch.setattr(secure_random, "_numpy_tangent_is_vectorised", lambda: True)
+    arithmetic = secure_random._arithmetic
+    assert arithmetic([torch.zeros(3), torch.zeros(2, dtype=torch.float64)]) == "numpy"
+    assert arithmetic([torch.zeros(3, dtype=torch.float16)]) == "numpy"
+    assert arithmetic([torch.zeros(3, dtype=torch.bfloat16)]) == "torch"
+    leaf = torch.zeros(3, requires_grad=True)
+    assert arithmetic([torch.zeros(3), leaf]) == "torch"
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+        SecureRandom().add_gaussian_([leaf], 1.0)
+    with torch.inference_mode():
+        frozen = torch.zeros(3)
+    assert arithmetic([frozen]) == "torch"
+    with pytest.raises(RuntimeError, match="[Ii]nference tensor"):
+        SecureRandom().add_gaussian_([frozen], 1.0)
+    plain = torch.zeros(1000)
+    version = plain._version
+    SecureRandom().add_gaussian_([plain], 1.0)  # numpy wrote it: autograd's version counter still moves
+    assert plain._version > version and bool((plain != 0).all())
+    monkeypatch.setattr(secure_random, "_numpy_tangent_is_vectorised", lambda: False)
+    assert arithmetic([torch.zeros(3)]) == "torch"
 
 
 def test_noise_is_gaussian_with_the_asked_std(workers: int) -> None:
@@ -189,7 +244,7 @@ def test_noise_added_in_place_spans_chunks_and_tensors_with_the_asked_std(worker
         SecureRandom().add_gaussian_([torch.zeros(4, 4).t()], std)
 
 
-def test_noise_added_to_a_lower_precision_tensor_is_the_float64_draw_rounded_once(monkeypatch) -> None:
+def test_noise_added_to_a_lower_precision_tensor_is_the_float64_draw_rounded_once(monkeypatch, numpy_workers) -> None:
     """The same keystream (a fixed OS key) as a float64 draw and as noise added in place to float32 and float16
     zeros, across chunk boundaries: each added value is the float64 draw rounded once to the tensor's dtype
     (rounded in the chunk's spent words, not in a temporary)."""

@@ -9,23 +9,26 @@ w gives v = floor(w / 2^11), uniform on the 2^53 integers of [-2^52, 2^52), and 
 * noise of std s = (s/2)·(z1 + z2 + z3 + z4) from two pairs, Opacus's ``secure_mode`` defence against
   floating-point attacks on Gaussian sampling (Holohan & Braghin 2021, n = 2: each value depends on
   4 x 53 random bits). A pair enters as z + z' = √2·r·sin(theta + π/4), drawn as √2·r·sin(theta):
-  theta + π/4 is theta relabelled on the same 2^53-point circle. Rounded once to the parameter dtype;
+  theta + π/4 is theta relabelled on the same 2^53-point circle. Rounded to the parameter dtype;
 * Poisson sampling: record i joins a batch iff u_i < q, independently (P = q up to 2^-53).
 
 Noise is made in chunks of 32768 values (2^18 for a GPU), spread over one worker thread per torch
 thread (at most 8, kept for the run; the calling thread is one of them), each reading its own
 keystream (OpenSSL releases the GIL). On the CPU a worker computes with numpy, which releases the GIL
-and starts no threads; each sine comes from the half angle's tangent, which numpy vectorises (its
-float64 sine is scalar). So the noise runs on every core, and no worker starts an OpenMP team to
-compete with the training step's: workers calling torch ops did (even a 100-value torch sine starts
-one), which made the noise no faster on 2 cores and slowed the next forward and backward by 10-20%.
-For a GPU a worker writes keystream into page-locked memory and copies it asynchronously, and the
-Box–Muller arithmetic runs on the GPU. The arithmetic runs in place in the keystream words' buffer
-(on the CPU an anonymous memory mapping of its own, outside the malloc heap), and the noise is written
-or added chunk by chunk where it goes (:meth:`SecureRandom.add_gaussian_` adds it to the clipped sum
-without a noise tensor the size of the model, rounding it to the tensor's dtype in the chunk's spent
-words). A CPU tensor of a dtype numpy lacks (bfloat16) gets its noise from the calling thread alone,
-with torch ops, as a GPU draw computes it.
+and starts no threads; each sine comes from the half angle's tangent, which numpy vectorises on
+x86-64 with AVX-512 (its float64 sine is scalar). So the noise runs on every core, and no worker
+starts an OpenMP team to compete with the training step's: workers calling torch ops did (even a
+100-value torch sine starts one), which made the noise no faster on 2 cores and slowed the next
+forward and backward by 10-20%. The calling thread makes the noise alone, with torch ops on its
+OpenMP threads, where numpy's tangent is scalar (measured once per process), for a dtype numpy lacks
+(bfloat16), and for tensors autograd tracks or inference tensors (whose in-place writes torch
+checks). For a GPU a worker writes keystream into page-locked memory and copies it asynchronously on
+the caller's stream, and the Box–Muller arithmetic runs on the GPU. The arithmetic runs in place in
+the keystream words' buffer (on the CPU an anonymous memory mapping of its own, outside the malloc
+heap), and the noise is written or added chunk by chunk where it goes
+(:meth:`SecureRandom.add_gaussian_` adds it to the clipped sum without a noise tensor the size of the
+model, rounding it to the tensor's dtype in the chunk's spent words: once with numpy; torch converts
+float64 to float16 and bfloat16 through float32, which rounds twice).
 
 Not covered: timing (a step's time reveals its Poisson batch size; Python and torch are not
 constant-time); the float rounding of the final noise and of its sum with the clipped gradient
@@ -38,10 +41,13 @@ another process than its creator's, and cannot be pickled or copied.
 from __future__ import annotations
 
 import bisect
+import contextlib
+import functools
 import itertools
 import math
 import mmap
 import os
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from concurrent import futures
@@ -225,44 +231,50 @@ class SecureRandom:
         """Write (``add``: add) N(0, std²) draws into the 1-D tensors ``flats`` (one dtype and device),
         in chunks of their concatenation spread over the worker threads."""
         self._check_process()
-        device, dtype = flats[0].device, flats[0].dtype
+        device = flats[0].device
         ends = list(itertools.accumulate(t.numel() for t in flats))
         n = ends[-1] if ends else 0
         size = _CHUNK["cuda" if device.type == "cuda" else "cpu"]
         chunks = [(start, min(size, n - start)) for start in range(0, n, size)]
-        with_numpy = device.type == "cpu" and dtype in _NUMPY_DTYPES
-        workers = _worker_count(device, dtype, len(chunks))
+        arithmetic = _arithmetic(flats)
+        workers = _worker_count(device, arithmetic, len(chunks))
         while len(self._streams) < workers:
             self._streams.append(_Keystream())
+        with_numpy = arithmetic == "numpy"
         targets: list[np.ndarray] | list[torch.Tensor] = [t.detach().numpy() for t in flats] if with_numpy else flats
+        # every GPU worker queues its copies and arithmetic on the caller's stream, where the tensors are used
+        caller_stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
 
         def work(worker: int) -> None:
             stream = self._streams[worker]
-            for start, m in chunks[worker::workers]:
-                if with_numpy:
-                    noise, spare = stream.cpu_noise(m, std)
-                else:
-                    words = stream.words_on(NORMALS_PER_NOISE * m, device).view(NORMALS_PER_NOISE, m)
-                    noise = _four_normal_noise(words, std)  # row 0 of the words' memory: valid until the next chunk
-                    spare = words[1].view(torch.uint8)  # spent words: the noise rounded to a tensor's dtype goes here
-                first = bisect.bisect_right(ends, start)
-                for i in range(first, len(targets)):  # the tensors this chunk of the concatenation covers
-                    lo = start - (ends[i - 1] if i else 0)
-                    piece = noise[max(0, -lo):min(m, ends[i] - start)]
-                    (_write_numpy if with_numpy else _write_torch)(targets[i][max(0, lo):max(0, lo) + len(piece)],
-                                                                   piece, spare, add=add)
-                    if ends[i] >= start + m:
-                        break
+            with contextlib.nullcontext() if caller_stream is None else torch.cuda.stream(caller_stream):
+                for start, m in chunks[worker::workers]:
+                    if with_numpy:
+                        noise, spare = stream.cpu_noise(m, std)
+                    else:
+                        words = stream.words_on(NORMALS_PER_NOISE * m, device).view(NORMALS_PER_NOISE, m)
+                        noise = _four_normal_noise(words, std)  # row 0 of the words' memory: valid until the next chunk
+                        spare = words[1].view(torch.uint8)  # spent words: the noise rounded to a dtype goes here
+                    first = bisect.bisect_right(ends, start)
+                    for i in range(first, len(targets)):  # the tensors this chunk of the concatenation covers
+                        lo = start - (ends[i - 1] if i else 0)
+                        piece = noise[max(0, -lo):min(m, ends[i] - start)]
+                        (_write_numpy if with_numpy else _write_torch)(targets[i][max(0, lo):max(0, lo) + len(piece)],
+                                                                       piece, spare, add=add)
+                        if ends[i] >= start + m:
+                            break
 
-        if workers == 1:
-            work(0)
-            return
-        pool = self._workers(workers - 1)
-        helpers = [pool.submit(work, worker) for worker in range(1, workers)]
+        helpers: list[futures.Future] = []
         try:
+            if workers > 1:
+                pool = self._workers(workers - 1)
+                helpers = [pool.submit(work, worker) for worker in range(1, workers)]
             work(0)  # the calling thread is a worker too
         finally:  # returns or raises only once no worker writes into the tensors any more
-            futures.wait(helpers)
+            _wait_for(helpers)
+            if with_numpy:  # numpy wrote behind autograd's back: tell it, as an in-place torch op would
+                for flat in flats:
+                    torch.autograd.graph.increment_version(flat)
         for helper in helpers:
             helper.result()
 
@@ -284,16 +296,59 @@ class SecureRandom:
         return noise
 
 
-def _worker_count(device: torch.device, dtype: torch.dtype, chunks: int) -> int:
+def _arithmetic(flats: Sequence[torch.Tensor]) -> str:
+    """``"numpy"`` for CPU worker threads, or ``"torch"``: on a GPU; on the CPU where numpy's tangent is not
+    vectorised, or for tensors numpy cannot write as torch would (a dtype numpy lacks, tensors autograd
+    tracks or inference tensors, whose in-place writes torch checks)."""
+    first = flats[0]
+    if first.device.type != "cpu" or first.dtype not in _NUMPY_DTYPES or not _numpy_tangent_is_vectorised():
+        return "torch"
+    return "torch" if any(t.requires_grad or t.is_inference() for t in flats) else "numpy"
+
+
+@functools.cache
+def _numpy_tangent_is_vectorised() -> bool:
+    """Whether numpy's float64 tangent runs vectorised here (SVML: x86-64 with AVX-512, outside Windows):
+    within 4x its square root's time (measured 1.2x), where scalar libm code takes 15-25x."""
+    x = np.linspace(0.1, 1.4, 1 << 14)
+    out = np.empty_like(x)
+
+    def fastest(ufunc: np.ufunc) -> float:
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            ufunc(x, out=out)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    return fastest(np.tan) < 4 * fastest(np.sqrt)
+
+
+def _wait_for(helpers: Sequence[futures.Future]) -> None:
+    """Wait until every helper has finished, through Ctrl-C too (raised once they have: a worker still
+    writing after the caller got control back would change tensors it considers final)."""
+    interrupted: KeyboardInterrupt | None = None
+    while True:
+        try:
+            futures.wait(helpers)
+            break
+        except KeyboardInterrupt as stop:
+            interrupted = stop
+    if interrupted is not None:
+        raise interrupted
+
+
+def _worker_count(device: torch.device, arithmetic: str, chunks: int) -> int:
     """Threads that make a draw's chunks (the calling thread included): one per torch thread, at most 8;
-    the calling thread alone for a CPU dtype numpy lacks (its torch ops run on OpenMP threads)."""
-    if device.type == "cpu" and dtype not in _NUMPY_DTYPES:
+    the calling thread alone for torch arithmetic on the CPU (its ops run on OpenMP threads)."""
+    if device.type == "cpu" and arithmetic == "torch":
         return 1
     return max(1, min(chunks, torch.get_num_threads(), _MAX_WORKERS))
 
 
 def _write_torch(target: torch.Tensor, piece: torch.Tensor, spare: torch.Tensor, *, add: bool) -> None:
-    """Write or add the float64 noise ``piece`` to ``target``, rounded once to its dtype (in ``spare``)."""
+    """Write or add the float64 noise ``piece`` to ``target``, rounded to its dtype (in ``spare``; through
+    float32 for float16 and bfloat16, as torch converts float64)."""
     if add and piece.dtype == target.dtype:
         target.add_(piece)
     elif add:
@@ -340,7 +395,7 @@ def _four_normal_noise_numpy(words: np.ndarray, std: float) -> np.ndarray:
 
     numpy's float64 sine is scalar (14 ns a value here) but its tangent is vectorised, so each sine comes from
     the same angle theta = 2·phi as sin theta = 2t / (1 + t²) with t = tan(phi), phi = π·v/2^53 in [-π/2, π/2)
-    (within 2 ulps of the sine): s·sin theta = 2s·t / (1 + t²), with 2s = sqrt(-4·std² ln u)."""
+    (within 3 ulps of the sine): s·sin theta = 2s·t / (1 + t²), with 2s = sqrt(-4·std² ln u)."""
     np.right_shift(words, _SHIFT, out=words)
     v = words.view(np.float64)
     # same memory, element by element (exact, |v| < 2^52); flat, as numpy copies an overlapping source first
