@@ -87,6 +87,16 @@ def run_queue_wait() -> float | None:
     return total / 1e9
 
 
+def steal_time() -> float | None:
+    """Seconds of CPU time the hypervisor gave to other guests while this machine's CPUs wanted it (the
+    ``steal`` column of Linux's /proc/stat, summed over CPUs): invisible to the run-queue wait above."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def minor_faults() -> int:
     """Minor page faults of this process so far: each maps a fresh (zeroed) page in."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -61,7 +61,8 @@ from pathlib import Path
 from ._doc import write_section
 
 from ._measure import (OMP_DEFAULT_FLAG, MiB, PeakRSS, StepFn, load_average, machine,  # isort: skip
-                       minor_faults, profile_step, run_queue_wait, time_step, user_environment, wait_policy)
+                       minor_faults, profile_step, run_queue_wait, steal_time, time_step, user_environment,
+                       wait_policy)
 from ._malloc import keep_freed_memory, return_freed_memory  # isort: skip
 
 import timm
@@ -334,7 +335,7 @@ def time_cases(model: str, config: Config, keep_memory: bool, return_memory: boo
             time_step(steps[case], sync)
     timings: dict[str, list[dict[str, float]]] = {case: [] for case in timed}
     loads = [load_average()]
-    waited, wall = run_queue_wait(), time.perf_counter()
+    waited, stolen, wall = run_queue_wait(), steal_time(), time.perf_counter()
     for r in range(config.steps):
         for case in timed[r % len(timed):] + timed[:r % len(timed)]:
             timings[case].append(time_step(steps[case], sync))
@@ -342,6 +343,7 @@ def time_cases(model: str, config: Config, keep_memory: bool, return_memory: boo
     precompute = [t["total"] for t in timings.pop(PRECOMPUTE)]
     wall = time.perf_counter() - wall
     waited = None if waited is None else (run_queue_wait() or 0.0) - waited
+    stolen = None if stolen is None else (steal_time() or 0.0) - stolen
     return {
         "keep_freed_memory": kept,
         "return_freed_memory": returned,
@@ -354,6 +356,7 @@ def time_cases(model: str, config: Config, keep_memory: bool, return_memory: boo
         "precompute_seconds_per_example": statistics.median(precompute) / len(h),
         "load_average_per_round": loads,
         "run_queue_wait_share": None if waited is None else waited / (wall * config.threads),  # per thread
+        "steal_share": None if stolen is None else stolen / (wall * (os.cpu_count() or 1)),  # per CPU
         "omp_wait_policy": wait_policy(),
         "features_shape": list(h.shape),
         "trainable_parameters": sum(p.numel() for p in tangents["hooks"].deltas()),
@@ -1004,7 +1007,9 @@ def render(results: dict) -> str:
     timings = [entry[key] for entry in results["models"].values() for key in ("timing", "timing_kept_memory")]
     loads = [load for t in timings for load in t["load_average_per_round"] if load is not None]
     waits = [t["run_queue_wait_share"] for t in timings if t["run_queue_wait_share"] is not None]
-    shared = max(loads, default=0.0) > m["usable_cpus"] or max(waits, default=0.0) > 0.05
+    steals = [t["steal_share"] for t in timings if t.get("steal_share") is not None]
+    shared = (max(loads, default=0.0) > m["usable_cpus"] or max(waits, default=0.0) > 0.05
+              or max(steals, default=0.0) > 0.05)
     policy = ", ".join(sorted({_wait_text(t["omp_wait_policy"]) for t in timings}))
     omp_default = any("timing_omp_default" in entry for entry in results["models"].values())
     quick = " --quick" if results["quick"] else ""
@@ -1017,7 +1022,9 @@ def render(results: dict) -> str:
         + ("**The cores were shared with other work during the run**: " if shared else "Other load: ")
         + f"the 1-minute load average ranged from {min(loads):.1f} to {max(loads):.1f} while timing, and this "
         f"benchmark's compute threads spent {_share(waits)} of the timing wall time runnable but waiting for a "
-        "CPU (Linux schedstat run-queue wait, per thread; 0% on an idle machine)."
+        "CPU (Linux schedstat run-queue wait, per thread; 0% on an idle machine)"
+        + (f", and the hypervisor gave {_share(steals)} of the CPUs' time to other guests (steal time, which the "
+           "run-queue wait does not see)." if steals else ".")
         + (" Absolute times are inflated and noisy; the ratios are paired by round (below), which removes slow "
            "drifts in load but not fast ones: check the range over rounds before trusting a ratio near its "
            "limit." if shared else "")
