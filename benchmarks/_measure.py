@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from dp_tangent.openmp import USER_CHOICE, use_short_spin
+from dp_tangent.openmp import chosen_wait, use_short_spin
 
 from ._malloc import release_free_memory, status_bytes
 
@@ -44,8 +44,7 @@ def user_environment() -> dict[str, str]:
 
 def wait_policy() -> str:
     """How this process's OpenMP threads wait, as set in its environment."""
-    chosen = {name: os.environ[name] for name in USER_CHOICE if name in os.environ}
-    return ", ".join(f"{name}={value}" for name, value in chosen.items()) or "the OpenMP runtime's default"
+    return chosen_wait(os.environ) or "the OpenMP runtime's default"
 
 import torch  # noqa: E402
 

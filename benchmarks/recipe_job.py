@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from dp_tangent.openmp import USER_CHOICE
+from dp_tangent.openmp import chosen_wait
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "digits-efficientnet-lite0.yaml"
@@ -84,8 +84,7 @@ def measure_recipe_job(rounds: int = ROUNDS, recipe_path: Path = RECIPE,
             "seconds": seconds, "ratio": statistics.median(paired), "min": min(paired), "max": max(paired),
             "ratio_of_fastest": min(seconds["dp"]) / min(seconds["no_dp"]),
             # the wait policy the environment chose, if any (else `dp-tangent` sets its own)
-            "omp_wait_policy": ", ".join(f"{name}={environment[name]}" for name in USER_CHOICE if name in environment)
-            or None}
+            "omp_wait_policy": chosen_wait(environment)}
 
 
 def main(argv: list[str] | None = None) -> None:

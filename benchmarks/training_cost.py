@@ -785,15 +785,19 @@ def _policy(user_choice: str | None) -> str:
     environment set (``NAME=value``; a bare value is an older run's ``OMP_WAIT_POLICY``)."""
     if user_choice is None:
         return "in the user's environment, where `dp-tangent` sets its short OpenMP spin (`dp_tangent.openmp`)"
-    setting = user_choice if "=" in user_choice else f"OMP_WAIT_POLICY={user_choice}"
-    return f"with `{setting}` from the user's environment"
+    return f"with `{_setting(user_choice)}` from the user's environment"
 
 
 def _wait_text(recorded: str | None) -> str:
     """A timed process's recorded OpenMP wait as text (older runs recorded ``OMP_WAIT_POLICY``'s bare value)."""
     if recorded is None:
         return "the OpenMP runtime's default"
-    return f"`{recorded}`" if "=" in recorded else f"`OMP_WAIT_POLICY={recorded}`" if " " not in recorded else recorded
+    return recorded if " " in recorded else f"`{_setting(recorded)}`"  # " ": already text (the runtime's default)
+
+
+def _setting(recorded: str) -> str:
+    """A recorded wait policy as ``NAME=value``: older runs recorded ``OMP_WAIT_POLICY``'s bare value."""
+    return recorded if "=" in recorded else f"OMP_WAIT_POLICY={recorded}"
 
 
 def _recipe_job_lines(job: dict) -> list[str]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 
 SPIN_COUNT = 10_000
 #: Variables by which a user chooses how OpenMP threads wait; either one leaves the choice to them.
@@ -35,3 +35,8 @@ def use_short_spin(environ: MutableMapping[str, str] | None = None) -> bool:
         return False
     environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
     return True
+
+
+def chosen_wait(environ: Mapping[str, str]) -> str | None:
+    """The wait policy ``environ`` sets, as ``NAME=value`` (comma-separated), or None where it sets none."""
+    return ", ".join(f"{name}={environ[name]}" for name in USER_CHOICE if name in environ) or None

@@ -9,17 +9,21 @@ import sys
 
 import pytest
 
-from dp_tangent.openmp import SPIN_COUNT, use_short_spin
+from dp_tangent.openmp import SPIN_COUNT, USER_CHOICE, chosen_wait, use_short_spin
 
-USER_FREE = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+USER_FREE = {k: v for k, v in os.environ.items() if k not in USER_CHOICE}
 
 
 def test_the_short_spin_is_set_unless_the_user_chose_a_wait_policy() -> None:
     environ: dict[str, str] = {}
     assert use_short_spin(environ) and environ == {"GOMP_SPINCOUNT": str(SPIN_COUNT)}
+    assert chosen_wait(environ) == f"GOMP_SPINCOUNT={SPIN_COUNT}"
     for choice in ({"OMP_WAIT_POLICY": "PASSIVE"}, {"GOMP_SPINCOUNT": "0"}, {"OMP_WAIT_POLICY": "active"}):
         environ = dict(choice)
         assert not use_short_spin(environ) and environ == choice
+    assert chosen_wait({}) is None
+    both = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "0"}
+    assert chosen_wait(both) == "OMP_WAIT_POLICY=PASSIVE, GOMP_SPINCOUNT=0"
 
 
 def _run(code: str, env: dict[str, str]) -> str:
