@@ -12,8 +12,9 @@ The reported epsilon is the minimum of these upper bounds, itself a valid upper 
 Opacus's GDP accountant is deliberately absent: it is a CLT approximation that can fall below
 the true epsilon (measured here below the PLD lower bound), so it is not a guarantee.
 
-Opacus, ``dp_accounting`` and numpy are imported by the accountant that computes, not here; each
-result is memoised in-process and, when a cache folder is set, on disk (``bounds_cache``).
+Opacus, ``dp_accounting`` and numpy are imported by the accountant that computes, not here (Opacus's
+accountant files without torch unless torch is loaded: ``opacus_accountants``); each result is
+memoised in-process and, when a cache folder is set, on disk (``bounds_cache``).
 """
 
 from __future__ import annotations
@@ -96,7 +97,9 @@ class EpsilonBounds:
 
 def rdp_epsilon(event: AnyEvent, delta: float) -> float:
     """Opacus RDP epsilon at ``delta`` for the event's (sigma, q, steps) history."""
-    from opacus.accountants import RDPAccountant
+    from privacy_accounting.opacus_accountants import accountant_classes
+
+    RDPAccountant, _ = accountant_classes()
 
     tree = as_tree(event)
     if is_non_private(tree):
@@ -115,7 +118,10 @@ def rdp_epsilon(event: AnyEvent, delta: float) -> float:
 def prv_epsilon(event: AnyEvent, delta: float, settings: AccountantSettings = DEFAULT_SETTINGS) -> float:
     """Upper end of Opacus PRV's error interval for epsilon at ``delta`` (what ``get_epsilon`` returns)."""
     import numpy as np
-    from opacus.accountants import PRVAccountant
+
+    from privacy_accounting.opacus_accountants import accountant_classes
+
+    _, PRVAccountant = accountant_classes()
 
     tree = as_tree(event)
     if is_non_private(tree):

@@ -11,14 +11,12 @@ import json
 import os
 import subprocess
 import sys
-from datetime import date
 from pathlib import Path
 
 import pytest
 
+from benchmarks import startup
 from dp_tangent.workspace import Workspace
-from dp_tangent.workspace.deletion_requests import DeletionRequest
-from dp_tangent.workspace.forget import forget
 from privacy_accounting import dp_sgd_event
 from privacy_accounting.bounds_cache import ENV as CACHE_ENV
 
@@ -44,11 +42,7 @@ def run_probed(*args: str, cwd: Path) -> tuple[str, list[str]]:
 
 
 def small_workspace(root: Path) -> Workspace:
-    ws = Workspace.create(root / "ws")
-    ws.declare_data_source("toy", description="toy records", shards=["s0"])
-    ws.set_budget("toy", None, epsilon=4.0, delta=1e-5)
-    forget(ws, DeletionRequest("r1", ("someone",), date(2026, 11, 30)))  # no component: registered, certified
-    return ws
+    return startup.small_workspace(root / "ws")
 
 
 def test_importing_the_command_line_pulls_in_no_heavy_module() -> None:
@@ -70,18 +64,44 @@ def test_commands_that_train_nothing_import_no_torch_and_no_accountant(tmp_path,
     assert run_probed(*command, cwd=tmp_path)[1] == []
 
 
-def test_budget_show_reads_epsilons_this_user_computed_before_without_the_accountants(tmp_path,
-                                                                                      monkeypatch) -> None:
+def _spent_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cached: bool) -> tuple[Workspace, float]:
+    """The small workspace with one DP-SGD run on ``toy/s0`` and that shard's spent epsilon, computed in this
+    process, written to the children's cache (``cache/``) only if ``cached``."""
     from privacy_accounting.accountants import clear_cache
 
     ws = small_workspace(tmp_path)
-    rid = ws.ledger.reserve(data_source="toy", shard="s0", event=dp_sgd_event(1.0, 0.1, 20), delta=1e-5,
-                            purpose="training", operator="tester", component="c0")
-    ws.ledger.complete(rid)
+    startup.spend(ws, dp_sgd_event(1.0, 0.1, 20))
     clear_cache()  # figures computed in this process so far were not written to that cache
-    with monkeypatch.context() as patch:  # what an earlier command of this user computed
-        patch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    with monkeypatch.context() as patch:  # what an earlier command of this user computed, or nothing
+        patch.setenv(CACHE_ENV, str(tmp_path / "cache") if cached else "off")
         spent = ws.ledger.shard_spend("toy", "s0")
+    clear_cache()
     assert 0 < spent.epsilon < 4.0 and spent.accountant in ("prv", "pld")
+    return ws, spent.epsilon
+
+
+def test_budget_show_reads_epsilons_this_user_computed_before_without_the_accountants(tmp_path,
+                                                                                      monkeypatch) -> None:
+    _, epsilon = _spent_workspace(tmp_path, monkeypatch, cached=True)
     out, loaded = run_probed("budget", "show", "-w", "ws", cwd=tmp_path)
-    assert loaded == [] and f"{spent.epsilon:.3g}" in out and f"{4.0 - spent.epsilon:.3g}" in out
+    assert loaded == [] and f"{epsilon:.3g}" in out and f"{4.0 - epsilon:.3g}" in out
+
+
+def test_budget_show_computes_an_epsilon_with_the_accountants_libraries_only(tmp_path, monkeypatch) -> None:
+    _, epsilon = _spent_workspace(tmp_path, monkeypatch, cached=False)
+    out, loaded = run_probed("budget", "show", "-w", "ws", cwd=tmp_path)
+    assert f"{epsilon:.3g}" in out and f"{4.0 - epsilon:.3g}" in out  # the same figure as Opacus imported whole
+    assert loaded == sorted(ACCOUNTING)  # no torch: Opacus's accountant files ran without it
+    out, loaded = run_probed("budget", "show", "-w", "ws", cwd=tmp_path)
+    assert loaded == [] and f"{epsilon:.3g}" in out  # and the figures it computed were cached
+
+
+@pytest.mark.parametrize("form", ["md", "json", "html"])
+def test_the_report_reads_a_workspace_without_torch(tmp_path, monkeypatch, form: str) -> None:
+    _, epsilon = _spent_workspace(tmp_path, monkeypatch, cached=True)
+    figures = ["matplotlib"] if form == "html" else []  # the HTML report's two figures
+    for libraries in (ACCOUNTING, ()):  # its epsilon curves computed, then read from the cache
+        (tmp_path / f"report.{form}").unlink(missing_ok=True)
+        _, loaded = run_probed("report", "-w", "ws", "-f", form, "-o", f"report.{form}", cwd=tmp_path)
+        assert loaded == sorted([*figures, *libraries])
+        assert f"{epsilon:.3g}" in (tmp_path / f"report.{form}").read_text()

@@ -355,7 +355,7 @@ def test_cli_an_eof_error_from_a_reader_is_an_error_not_an_interruption(tmp_path
     def truncated(*_args: object, **_kwargs: object) -> RecordSet:
         raise EOFError("Ran out of input")
 
-    monkeypatch.setattr("dp_tangent.data.kinds.npz_records", truncated)
+    monkeypatch.setattr("dp_tangent.data.arrays.npz_records", truncated)
     _write_npz(tmp_path / "data.npz")
     code, _, err = run_cli(capsys, "train", str(_recipe(tmp_path)), "--name", "m", "-w", str(tmp_path / "ws"))
     assert code == 2  # typer echoes a blank line before it raises Abort: the message is still one line

@@ -13,9 +13,12 @@
   type per data kind, registered with :func:`~dp_tangent.data.sources.register_source_kind`.
 """
 
-from .digits import load_digits
-from .images import IMAGENET_MEAN, IMAGENET_STD
-from .records import RecordSet
-from .splits import split_shards
+from ..lazy import lazy_package
+
+# imported on first use: ``digits`` and ``images`` load torch, which a command reading a workspace never needs
+_LAZY = {"load_digits": ".digits", "IMAGENET_MEAN": ".images", "IMAGENET_STD": ".images", "RecordSet": ".records",
+         "split_shards": ".splits"}
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "RecordSet", "load_digits", "split_shards"]
+
+lazy_package(__name__, _LAZY)

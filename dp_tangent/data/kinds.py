@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, model_validator
 
 from ..errors import DataError
-from .arrays import npz_records
-from .digits import load_digits
-from .images import image_folder_records, load_image, torchvision_records
-from .records import RecordSet
-from .splits import split_shards
-from .tables import SCALINGS, Scaling, public_scaling, table_inputs, table_records
-from .sms_spam import sms_spam_texts
-from .text import text_inputs, text_records, tokenized_records
 
+if TYPE_CHECKING:  # the loaders (torch, numpy) are imported by the methods that load: a recipe or a workspace's
+    import torch  # list of sources is read without them
+
+    from .records import RecordSet
+    from .tables import Scaling
+
+#: How a table's features are scaled (:mod:`~dp_tangent.data.tables`).
+SCALINGS = ("public", "given", "bounds", "none")
 Fraction = Field(default=0.2, ge=0, lt=1)
 #: Other names a recipe may use for a kind.
 ALIASES = {"csv": "table"}
@@ -50,6 +49,8 @@ class _Kind(_Strict):
         raise NotImplementedError
 
     def load(self, shards: ShardsSection) -> tuple[RecordSet | None, list[RecordSet]]:
+        from .splits import split_shards
+
         test, parts = split_shards(self.records(), shards=shards.count, test_fraction=self.test_fraction,
                                    seed=self.seed, by=shards.by)
         return (test if len(test) else None), parts
@@ -60,6 +61,8 @@ class DigitsData(_Kind):
     max_records: PositiveInt | None = None
 
     def records(self) -> RecordSet:
+        from .digits import load_digits
+
         records = load_digits(image_size=self.image_size)
         return records.subset(range(min(self.max_records, len(records)))) if self.max_records else records
 
@@ -71,6 +74,8 @@ class NpzData(_Kind):
     record_ids: str = "record_ids"
 
     def records(self) -> RecordSet:
+        from .arrays import npz_records
+
         return npz_records(Path(self.path), inputs=self.inputs, targets=self.targets, record_ids=self.record_ids)
 
 
@@ -80,6 +85,8 @@ class ImageFolderData(_Kind):
     _verify: bool = PrivateAttr(default=True)
 
     def records(self) -> RecordSet:
+        from .images import image_folder_records
+
         return image_folder_records(Path(self.root), self.image_size, verify=self._verify)
 
     def unverified(self) -> "ImageFolderData":
@@ -102,6 +109,9 @@ class TorchvisionData(_Strict):
         return self.load(ShardsSection())[1][0]
 
     def load(self, shards: ShardsSection) -> tuple[RecordSet | None, list[RecordSet]]:
+        from .images import torchvision_records
+        from .splits import split_shards
+
         train, test = torchvision_records(self.name, self.root, download=self.download, image_size=self.image_size,
                                           max_records=self.max_records)
         return test, split_shards(train, shards=shards.count, test_fraction=0.0, by=shards.by)[1]
@@ -154,6 +164,8 @@ class TableData(_Kind):
 
     def scaler(self) -> Scaling:
         """The feature scaling: from public data or declared values only."""
+        from .tables import Scaling, public_scaling
+
         if self.scaling == "public":
             return public_scaling(Path(self.public_path), self.features)  # type: ignore[arg-type]
         if self.scaling == "given":
@@ -163,6 +175,8 @@ class TableData(_Kind):
         return Scaling.identity(len(self.features))
 
     def records(self) -> RecordSet:
+        from .tables import table_records
+
         return table_records(Path(self.path), features=self.features, label=self.label, record_id=self.record_id,
                              classes=self.classes, scaling=self.scaler())
 
@@ -171,11 +185,15 @@ class TableData(_Kind):
         pretraining theta0 (``dp-tangent pretrain``)."""
         if self.public_path is None:
             raise DataError("data.table: no public_path given; pretraining needs a public table")
+        from .tables import table_records
+
         return table_records(Path(self.public_path), features=self.features, label=self.label, record_id=None,
                              classes=self.classes, scaling=self.scaler())
 
     def inputs(self, path: Path) -> tuple[torch.Tensor, tuple[str, ...]]:
         """The scaled feature rows of any table with these feature columns (for prediction), and their ids."""
+        from .tables import table_inputs
+
         return table_inputs(path, features=self.features, record_id=self.record_id, scaling=self.scaler())
 
 
@@ -204,11 +222,15 @@ class TextData(_Tokenized):
     classes: list[str] | None = Field(default=None, min_length=2)
 
     def records(self) -> RecordSet:
+        from .text import text_records
+
         return text_records(Path(self.path), text=self.text, label=self.label, record_id=self.record_id,
                             classes=self.classes, tokenizer=self._tokenizer(), max_length=self.max_length)
 
     def inputs(self, path: Path) -> tuple[torch.Tensor, tuple[str, ...]]:
         """Token ids of any file with this text column (for prediction), and their ids."""
+        from .text import text_inputs
+
         return text_inputs(path, text=self.text, record_id=self.record_id, tokenizer=self._tokenizer(),
                            max_length=self.max_length)
 
@@ -220,6 +242,9 @@ class SmsSpamData(_Tokenized):
     max_records: PositiveInt | None = None  # the first N messages only
 
     def records(self) -> RecordSet:
+        from .sms_spam import sms_spam_texts
+        from .text import tokenized_records
+
         texts, labels, ids = sms_spam_texts()
         n = min(self.max_records or len(ids), len(ids))
         return tokenized_records(texts[:n], labels[:n], ids[:n], tokenizer=self._tokenizer(),
@@ -277,4 +302,6 @@ def preprocess_image(data: DataSection, path: Path) -> torch.Tensor:
     size = getattr(data.source, "image_size", None)
     if size is None:
         raise DataError(f"{path}: the recipe's data ({data.kind}) has no image size; give a .npy array")
+    from .images import load_image
+
     return load_image(path, size, grayscale=isinstance(data.source, DigitsData))

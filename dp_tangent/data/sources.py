@@ -13,19 +13,18 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
-import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import DataError
-from .digits import load_digits
-from .images import CifarImages, ImageFiles, cifar_arrays, load_image
 from .kinds import (DataSection, ImageFolderData, NpzData, ShardsSection, SmsSpamData, TableData, TextData,
                     TorchvisionData, _Kind)
-from .records import RecordSet
-from .splits import split_shards
+
+if TYPE_CHECKING:  # torch and numpy load where records are read, not where a workspace lists its sources
+    import torch
+
+    from .records import RecordSet
 
 
 class ReloadableSource(BaseModel):
@@ -108,6 +107,11 @@ def _file_digest(path: Path) -> bytes:
 
 def _input_digests(inputs: torch.Tensor | object) -> list[bytes]:
     """The content of each row: a lazy image's file bytes or 8-bit pixels, else the row's float32 bytes."""
+    import numpy as np
+    import torch
+
+    from .images import CifarImages, ImageFiles, cifar_arrays
+
     if isinstance(inputs, ImageFiles):
         return [_file_digest(Path(inputs.root) / f) for f in inputs.files]
     if isinstance(inputs, CifarImages):
@@ -148,10 +152,14 @@ class DigitsSource(ReloadableSource):
                    max_records=d.max_records, by=shards.by)
 
     def records(self) -> RecordSet:
+        from .digits import load_digits
+
         digits = load_digits(image_size=self.image_size)
         return digits.subset(range(min(self.max_records, len(digits)))) if self.max_records else digits
 
     def _split(self) -> tuple[RecordSet, list[RecordSet]]:
+        from .splits import split_shards
+
         parts = self.shards + (1 if self.public_split else 0)
         return split_shards(self.records(), shards=parts, test_fraction=self.test_fraction, seed=self.seed,
                             by=self.by)
@@ -178,6 +186,8 @@ class DigitsSource(ReloadableSource):
                                                      seed=self.seed, max_records=self.max_records))
 
     def inputs_from_file(self, path: Path) -> tuple[torch.Tensor, list[str]]:
+        from .images import load_image
+
         return load_image(path, self.image_size, grayscale=True).unsqueeze(0), [str(path)]
 
     def describe(self) -> str:
@@ -215,6 +225,8 @@ class KindSource(ReloadableSource):
 
 
 def _image_inputs(size: int) -> Callable[[Path], tuple[torch.Tensor, list[str]]]:
+    from .images import load_image
+
     return lambda path: (load_image(path, size, grayscale=False).unsqueeze(0), [str(path)])
 
 

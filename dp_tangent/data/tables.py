@@ -27,7 +27,6 @@ from .records import RecordSet
 if TYPE_CHECKING:
     import pyarrow as pa
 
-SCALINGS = ("public", "given", "bounds", "none")
 SUFFIXES = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 

@@ -25,13 +25,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..components.component import ComponentMetadata
 from ..components.manifest import commit
-from ..data.records import RecordSet
 from ..data.sources import DigitsSource, ReloadableSource, content_digests, parse_source
 from ..errors import DPTangentError
 from ..io import atomic_write_bytes
 from .tombstones import Tombstones
 
 if TYPE_CHECKING:
+    from ..data.records import RecordSet  # torch: loaded only by the commands that read records
     from .store import Workspace
 
 FILE = "data-sources.json"

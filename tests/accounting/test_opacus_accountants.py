@@ -1,0 +1,79 @@
+"""Opacus's accountants run without torch (``privacy_accounting.opacus_accountants``) give exactly the
+figures of Opacus imported normally, and an Opacus the loader does not know falls back to that import."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+# (sigma, q, steps) histories: one phase, several phases, q = 1, a large sigma, few and many steps
+HISTORIES = [
+    [(1.0, 256 / 50000, 1953)],
+    [(0.7, 0.01, 300), (1.3, 0.02, 50)],
+    [(2.0, 1.0, 5)],
+    [(10.0, 0.5, 1)],
+    [(0.9, 0.004, 20000)],
+]
+DELTAS = [1e-5, 1e-8]
+TORCH_FREE = """
+import json, sys
+from privacy_accounting.opacus_accountants import accountant_classes
+rdp, prv = accountant_classes()
+figures = []
+for history in json.loads(sys.argv[1]):
+    for delta in json.loads(sys.argv[2]):
+        for cls in (rdp, prv):
+            accountant = cls()
+            accountant.history = [tuple(h) for h in history]
+            figures.append(float(accountant.get_epsilon(delta)).hex())
+print(json.dumps({"figures": figures, "classes": [rdp.__module__, prv.__module__],
+                  "loaded": sorted(m for m in ("torch", "opacus") if m in sys.modules)}))
+"""
+
+
+def _run(code: str, *args: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_torch_free_accountants_give_opacus_figures_bit_for_bit() -> None:
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    result = _run(TORCH_FREE, json.dumps(HISTORIES), json.dumps(DELTAS))
+    assert result["loaded"] == []  # neither torch nor the opacus package was imported
+    assert all(m.startswith("privacy_accounting._opacus_accountants.") for m in result["classes"])
+    expected = []
+    for history in HISTORIES:
+        for delta in DELTAS:
+            for cls in (RDPAccountant, PRVAccountant):
+                accountant = cls()
+                accountant.history = list(history)
+                expected.append(float(accountant.get_epsilon(delta)).hex())
+    assert result["figures"] == expected
+
+
+def test_an_unknown_opacus_layout_falls_back_to_the_ordinary_import() -> None:
+    code = """
+import importlib.util, json, sys
+importlib.util.find_spec = lambda name, *a: None  # as if Opacus's files were not where the loader looks
+from privacy_accounting.opacus_accountants import ALIAS, accountant_classes
+rdp, prv = accountant_classes()
+print(json.dumps({"classes": [rdp.__module__, prv.__module__],
+                  "alias_left": [m for m in sys.modules if m.startswith(ALIAS)]}))
+"""
+    result = _run(code)
+    assert result == {"classes": ["opacus.accountants.rdp", "opacus.accountants.prv"], "alias_left": []}
+
+
+def test_once_torch_is_loaded_opacus_own_classes_are_used() -> None:
+    pytest.importorskip("torch")
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    from privacy_accounting.opacus_accountants import accountant_classes
+
+    assert accountant_classes() == (RDPAccountant, PRVAccountant)
