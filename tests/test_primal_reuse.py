@@ -1,7 +1,7 @@
 """With gradients on, the dual pass runs first and the plain pass at theta0 that records the graph takes the linear
-and convolution twins' outputs from its primals (``PrimalReuse``), with the layers' own backward rules: the value
-and the gradient stay exact, and a twin whose recorded input or output was edited in place, or whose rule does not
-cover the call, runs in full."""
+and convolution twins' outputs, and GELU's, from its primals (``PrimalReuse``), with the layers' own backward rules:
+the value and the gradient stay exact, and a twin or activation whose recorded input or output was edited in place,
+or whose rule does not cover the call, runs in full."""
 
 from __future__ import annotations
 
@@ -41,6 +41,10 @@ def test_value_with_gradients_reuses_every_twin_and_stays_exact(arch: str, reuse
     assert reuses[0].reused > 0 and reuses[0].recomputed == 0
     names = autograd_node_names(out)
     assert sum(name == "_ReplayedBackward" for name in names) == reuses[0].reused
+    gelus = 2 if arch == "vit" else 0  # the suffix's GELUs: one per ViT block
+    assert reuses[0].activations_reused == gelus
+    assert sum(name == "_ReplayedActivationBackward" for name in names) == gelus
+    assert "GeluBackward0" not in names
     with torch.no_grad():
         want = reference_f_lin(model, deltas, x)
         full_dual = tangent(x)
@@ -91,6 +95,40 @@ def test_a_convolution_with_reflect_padding_is_recomputed_and_stays_exact(reuses
     reuses.clear()
     out = tangent(x)
     assert reuses[0].recomputed == 1 and reuses[0].reused == 1  # the reflect-padded conv has no replay rule
+    out.pow(2).sum().backward()
+    expected = torch.func.grad(lambda d: reference_f_lin(model, d, x).pow(2).sum())(deltas)
+    for name, param in tangent.named_deltas():
+        assert torch.allclose(param.grad, expected[name], rtol=1e-9, atol=1e-12), name
+
+
+class _GeluThenEdit(nn.Module):
+    """A GELU (tanh approximation) whose output the block edits in place, then a GELU (exact) left alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Linear(6, 5)
+        self.second = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        edited = nn.functional.gelu(self.first(x), approximate="tanh")
+        edited.mul_(2.0)  # the first GELU's recorded output changes: the plain pass must compute it again
+        return nn.functional.gelu(self.second(edited))
+
+
+def test_a_gelu_whose_output_was_edited_in_place_is_recomputed_and_both_stay_exact(reuses: list[PrimalReuse]) -> None:
+    torch.manual_seed(0)
+    model = _GeluThenEdit().double()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    tangent = linearize(model, example_input=x)
+    deltas = random_deltas(tangent)
+    tangent.load_deltas(deltas)
+    reuses.clear()
+    out = tangent(x)
+    assert reuses[0].activations_reused == 1  # the second GELU; the first's output was edited after it ran
+    names = autograd_node_names(out)
+    assert names.count("_ReplayedActivationBackward") == 1 and names.count("GeluBackward0") == 1
+    want = reference_f_lin(model, deltas, x)
+    assert ((out.detach() - want).norm() / want.norm()).item() < 1e-12
     out.pow(2).sum().backward()
     expected = torch.func.grad(lambda d: reference_f_lin(model, d, x).pow(2).sum())(deltas)
     for name, param in tangent.named_deltas():

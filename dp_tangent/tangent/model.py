@@ -213,8 +213,8 @@ class TangentModel(nn.Module):
         The value comes from one dual pass without autograd (primal + tangent, no graph). When
         gradients are needed, a plain pass at theta0 then records the graph (and feeds Opacus's hooks)
         and receives them: d loss/d delta = J^T v exactly, with v = d loss/d output at f_lin. That pass
-        takes the linear and convolution twins' outputs from the dual pass's primals
-        (:class:`PrimalReuse`), so their products at theta0 run once; the dual pass's transient tangents
+        takes the linear and convolution twins' outputs, and GELU's, from the dual pass's primals
+        (:class:`PrimalReuse`), so they run once at theta0; the dual pass's transient tangents
         are gone before the graph is built.
         """
         if not (torch.is_grad_enabled() and any(p.requires_grad for p in self.deltas())):

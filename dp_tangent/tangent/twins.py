@@ -30,7 +30,7 @@ from timm.layers import LayerNorm as TimmLayerNorm
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import depthwise, pointwise
-from .ops import TangentOps
+from .ops import TangentOps, register_op_override
 
 _DUAL_ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("dp_tangent_dual", default=False)
 
@@ -46,6 +46,9 @@ BackwardFn = Callable[["TangentLayer", torch.Tensor, torch.Tensor, torch.Tensor,
                       tuple["torch.Tensor | None", "torch.Tensor | None", "torch.Tensor | None"]]
 # replayable(layer, x) -> whether the rule covers this call (e.g. not a convolution with reflect padding)
 _BACKWARDS: dict[type[nn.Module], tuple[BackwardFn, Callable[["TangentLayer", torch.Tensor], bool]]] = {}
+# activation_backward(grad_out, x, *args, **kwargs) -> dL/dx of an elementwise y = fn(x, *args, **kwargs)
+ActivationBackwardFn = Callable[..., torch.Tensor]
+_ACTIVATION_BACKWARDS: dict[Callable[..., torch.Tensor], ActivationBackwardFn] = {}
 _PRIMALS: contextvars.ContextVar["PrimalReuse | None"] = contextvars.ContextVar("dp_tangent_primals", default=None)
 
 
@@ -139,6 +142,32 @@ def register_backward_rule(*base_types: type[nn.Module],
     return decorator
 
 
+def register_activation_backward(*functions: Callable[..., torch.Tensor],
+                                 ) -> Callable[[ActivationBackwardFn], ActivationBackwardFn]:
+    """Register ``backward(grad_out, x, *args, **kwargs)``, the vector-Jacobian product of each elementwise
+    function of ``functions`` (e.g. ``F.gelu``), so that the plain pass after a dual pass returns the dual pass's
+    fn(x) instead of computing it again (:class:`PrimalReuse`); the backward then runs this rule on x. The
+    function's other arguments must be plain values (a call is replayed only with equal ones)."""
+
+    def decorator(backward: ActivationBackwardFn) -> ActivationBackwardFn:
+        for fn in functions:
+            _ACTIVATION_BACKWARDS[fn] = backward
+            register_op_override(fn)(_activation_impl(fn))
+        return backward
+
+    return decorator
+
+
+def _activation_impl(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    def impl(x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        reuse = _PRIMALS.get()
+        if reuse is None or torch._C._are_functorch_transforms_active():
+            return fn(x, *args, **kwargs)
+        return reuse.activation(fn, x, args, kwargs)
+
+    return impl
+
+
 def _every_call(layer: "TangentLayer", x: torch.Tensor) -> bool:
     return True
 
@@ -163,8 +192,26 @@ class _Replayed(torch.autograd.Function):
         return (None, None, *rule(layer, x, layer.theta0("weight"), grad_out, tuple(ctx.needs_input_grad[2:5])))
 
 
+class _ReplayedActivation(torch.autograd.Function):
+    """y = fn(x) elementwise, its value ``recorded`` by the dual pass; the backward is fn's registered rule on x
+    (:func:`register_activation_backward`), which keeps x as fn's own backward would."""
+
+    @staticmethod
+    def forward(ctx, fn: Callable[..., torch.Tensor], recorded: list[torch.Tensor], x: torch.Tensor,  # noqa: ANN001
+                args: tuple, kwargs: dict) -> torch.Tensor:
+        ctx.fn, ctx.args, ctx.kwargs = fn, args, kwargs
+        ctx.save_for_backward(x)
+        return recorded.pop().detach()
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # noqa: ANN001
+        (x,) = ctx.saved_tensors
+        return None, None, _ACTIVATION_BACKWARDS[ctx.fn](grad_out, x, *ctx.args, **ctx.kwargs), None, None
+
+
 class PrimalReuse:
-    """One forward's linear and convolution twins run their primal product once instead of twice.
+    """One forward's linear and convolution twins run their primal product once instead of twice, and its
+    activations with a registered backward (:func:`register_activation_backward`: GELU) run once.
 
     :meth:`recording`: in the dual pass, each registered twin's primal input and output are kept by reference
     (the plain pass's graph keeps most of them anyway). :meth:`replaying`: in the plain pass at theta0 that
@@ -178,9 +225,11 @@ class PrimalReuse:
 
     def __init__(self) -> None:
         self._calls: dict[int, collections.deque] = {}
+        self._activations: dict[Callable[..., torch.Tensor], collections.deque] = {}
         self._replaying = False
         self.reused = 0
         self.recomputed = 0
+        self.activations_reused = 0
 
     @contextlib.contextmanager
     def _installed(self) -> Iterator["PrimalReuse"]:
@@ -201,6 +250,7 @@ class PrimalReuse:
                 yield self
         finally:
             self._calls.clear()
+            self._activations.clear()
 
     def forward(self, layer: "TangentLayer", x: torch.Tensor) -> torch.Tensor:
         """``layer(x)`` while recording or replaying."""
@@ -218,11 +268,37 @@ class PrimalReuse:
             _, replayable = _BACKWARDS[layer._tangent_base]
             if (x0._version == x_version and y0._version == y_version and x0.shape == x.shape
                     and x0.dtype == x.dtype and not torch._C._are_functorch_transforms_active()
-                    and replayable(layer, x) and torch.equal(x0, x.detach())):
+                    and replayable(layer, x) and _same_values(x0, x)):
                 self.reused += 1
                 return _Replayed.apply(layer, [y0], x, layer.weight, layer.bias)
         self.recomputed += 1
         return full(layer, x)
+
+    def activation(self, fn: Callable[..., torch.Tensor], x: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+        """``fn(x, *args, **kwargs)`` for an elementwise function with a registered backward: recorded in the dual
+        pass (computed there as usual), the recorded value in the plain pass when its input is the recorded one."""
+        if not self._replaying:
+            y = fn(x, *args, **kwargs)
+            x0, y0 = fwAD.unpack_dual(x).primal.detach(), fwAD.unpack_dual(y).primal.detach()
+            self._activations.setdefault(fn, collections.deque()).append((x0, x0._version, y0, y0._version, args,
+                                                                          kwargs))
+            return y
+        queue = self._activations.get(fn)
+        if queue:
+            x0, x_version, y0, y_version, args0, kwargs0 = queue.popleft()
+            if (x0._version == x_version and y0._version == y_version and x0.shape == x.shape
+                    and x0.dtype == x.dtype and args0 == args and kwargs0 == kwargs and _same_values(x0, x)):
+                self.activations_reused += 1
+                return _ReplayedActivation.apply(fn, [y0], x, args, kwargs)
+        return fn(x, *args, **kwargs)
+
+
+def _same_values(recorded: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether ``x`` holds the recorded primal input's values (the caller has checked shape, dtype and that the
+    recorded tensor was not modified in place): the same memory (a replayed output feeding the next layer) or
+    equal values (an input the plain pass computed again)."""
+    return ((recorded.data_ptr() == x.data_ptr() and recorded.stride() == x.stride() and recorded.device == x.device)
+            or torch.equal(recorded, x.detach()))
 
 
 def _dual_forward(layer: "TangentLayer", x: torch.Tensor) -> torch.Tensor:
@@ -240,6 +316,11 @@ def _dual_forward(layer: "TangentLayer", x: torch.Tensor) -> torch.Tensor:
         _DUAL_ACTIVE.reset(token)
     dy = rule(layer, primal, tangent, y)
     return y if dy is None else fwAD.make_dual(y, dy)
+
+
+@register_activation_backward(F.gelu)
+def _gelu_backward(grad_out: torch.Tensor, x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    return torch.ops.aten.gelu_backward(grad_out, x, approximate=approximate)
 
 
 def twin_class(base: type[nn.Module]) -> type[nn.Module] | None:
