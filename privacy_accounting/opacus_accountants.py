@@ -2,20 +2,23 @@
 
 Opacus's accountant mathematics (``opacus/accountants/analysis``: numpy and scipy) is reached through
 ``opacus/__init__``, which imports torch (3-4 s, 600 MB) for the privacy engine; ``budget show``
-needs none of that to print an epsilon. When torch is not loaded yet, :func:`accountant_classes`
+needs none of that to print an epsilon. When torch is not loaded yet and the installed Opacus is a
+version this loader was checked against (:data:`CHECKED_VERSIONS`), :func:`accountant_classes`
 executes Opacus's own ``rdp.py``, ``prv.py`` and ``analysis/`` files under a private package name
 (``privacy_accounting._opacus_accountants``), with one module replaced: ``accountant.py``, whose only
 import of consequence is the optimizer type for ``get_optimizer_hook_fn`` (training hooks), gets the
 stand-in below with the same ``IAccountant`` base (``history`` list, the same abstract methods).
-Every figure is computed by Opacus's unchanged code; tests/test_opacus_accountants.py checks that
-both ways give bit-identical epsilons. Anything unexpected in the installed Opacus (files moved,
-an import that fails) falls back to the ordinary ``import opacus.accountants``.
+Every figure is computed by Opacus's unchanged code; tests/accounting/test_opacus_accountants.py
+checks that both ways give bit-identical epsilons. Another Opacus version, or anything unexpected
+(files moved, an import that fails), falls back to the ordinary ``import opacus.accountants``.
+The private classes live only in this process: do not pickle their instances to another one.
 """
 
 from __future__ import annotations
 
 import abc
 import importlib
+import importlib.metadata
 import importlib.util
 import sys
 import threading
@@ -25,11 +28,13 @@ from typing import Any
 
 #: The private package Opacus's accountant files run under when torch is not loaded.
 ALIAS = "privacy_accounting._opacus_accountants"
+#: Opacus versions whose ``IAccountant`` the stand-in mirrors (checked by the tests); others are imported whole.
+CHECKED_VERSIONS = ("1.6.0",)
 _lock = threading.Lock()
 
 
 class IAccountant(abc.ABC):
-    """Opacus's ``IAccountant`` without the optimizer hook (which would need torch)."""
+    """Opacus's ``IAccountant`` without the optimizer hook and state dicts (training only, torch-bound)."""
 
     @abc.abstractmethod
     def __init__(self) -> None:
@@ -53,36 +58,39 @@ def accountant_classes() -> tuple[type, type]:
     """(``RDPAccountant``, ``PRVAccountant``): Opacus's own once torch is loaded, else the same files
     run without torch (see the module docstring)."""
     if "torch" not in sys.modules:
-        try:
-            return _torch_free()
-        except Exception:  # noqa: BLE001 - a layout this loader does not know: Opacus's normal import
-            _forget_alias()
+        with _lock:
+            try:
+                return _torch_free()
+            except Exception:  # noqa: BLE001 - a layout this loader does not know: Opacus's normal import
+                for name in [n for n in list(sys.modules) if n == ALIAS or n.startswith(ALIAS + ".")]:
+                    sys.modules.pop(name, None)
     from opacus.accountants import PRVAccountant, RDPAccountant
 
     return RDPAccountant, PRVAccountant
 
 
+def _accountants_folder() -> Path:
+    """The installed Opacus's ``accountants`` folder, found without executing ``opacus/__init__``."""
+    if importlib.metadata.version("opacus") not in CHECKED_VERSIONS:
+        raise ImportError("an Opacus version this loader was not checked against")
+    spec = importlib.util.find_spec("opacus")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("opacus is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "accountants"
+
+
 def _torch_free() -> tuple[type, type]:
-    with _lock:
-        if ALIAS + ".prv" not in sys.modules:
-            spec = importlib.util.find_spec("opacus")  # finds the package without executing its __init__
-            if spec is None or not spec.submodule_search_locations:
-                raise ImportError("opacus is not installed")
-            folder = Path(next(iter(spec.submodule_search_locations))) / "accountants"
-            package = ModuleType(ALIAS)
-            package.__path__ = [str(folder)]  # submodules load from Opacus's folder, under this name
-            package.__package__ = ALIAS
-            sys.modules[ALIAS] = package
-            shim = ModuleType(ALIAS + ".accountant")
-            shim.IAccountant = IAccountant  # type: ignore[attr-defined]
-            sys.modules[shim.__name__] = shim
-            importlib.import_module(ALIAS + ".rdp")
-            importlib.import_module(ALIAS + ".prv")
-            if "torch" in sys.modules:
-                raise ImportError("Opacus's accountant files imported torch")
+    """Load (once) and return the private copies; the caller holds the lock."""
+    if ALIAS + ".prv" not in sys.modules:
+        package = ModuleType(ALIAS)
+        package.__path__ = [str(_accountants_folder())]  # submodules load from Opacus's folder, under this name
+        package.__package__ = ALIAS
+        sys.modules[ALIAS] = package
+        shim = ModuleType(ALIAS + ".accountant")
+        shim.IAccountant = IAccountant  # type: ignore[attr-defined]
+        sys.modules[shim.__name__] = shim
+        importlib.import_module(ALIAS + ".rdp")
+        importlib.import_module(ALIAS + ".prv")
+        if "torch" in sys.modules:
+            raise ImportError("Opacus's accountant files imported torch")
     return sys.modules[ALIAS + ".rdp"].RDPAccountant, sys.modules[ALIAS + ".prv"].PRVAccountant
-
-
-def _forget_alias() -> None:
-    for name in [n for n in sys.modules if n == ALIAS or n.startswith(ALIAS + ".")]:
-        del sys.modules[name]

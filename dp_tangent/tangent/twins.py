@@ -146,8 +146,9 @@ def register_activation_backward(*functions: Callable[..., torch.Tensor],
                                  ) -> Callable[[ActivationBackwardFn], ActivationBackwardFn]:
     """Register ``backward(grad_out, x, *args, **kwargs)``, the vector-Jacobian product of each elementwise
     function of ``functions`` (e.g. ``F.gelu``), so that the plain pass after a dual pass returns the dual pass's
-    fn(x) instead of computing it again (:class:`PrimalReuse`); the backward then runs this rule on x. The
-    function's other arguments must be plain values (a call is replayed only with equal ones)."""
+    fn(x) instead of computing it again (:class:`PrimalReuse`); the backward then runs this rule on x. Only for
+    deterministic functions without state (not dropout), whose other arguments are plain values (a call is
+    replayed only with equal ones); it replaces any other override of the same function."""
 
     def decorator(backward: ActivationBackwardFn) -> ActivationBackwardFn:
         for fn in functions:
@@ -159,11 +160,11 @@ def register_activation_backward(*functions: Callable[..., torch.Tensor],
 
 
 def _activation_impl(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    def impl(x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+    def impl(*args: object, **kwargs: object) -> torch.Tensor:
         reuse = _PRIMALS.get()
-        if reuse is None or torch._C._are_functorch_transforms_active():
-            return fn(x, *args, **kwargs)
-        return reuse.activation(fn, x, args, kwargs)
+        if reuse is None or torch._C._are_functorch_transforms_active() or not args:  # fn(input=x): not replayed
+            return fn(*args, **kwargs)
+        return reuse.activation(fn, args[0], args[1:], kwargs)  # type: ignore[arg-type]
 
     return impl
 

@@ -4,6 +4,7 @@ figures of Opacus imported normally, and an Opacus the loader does not know fall
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -20,6 +21,7 @@ HISTORIES = [
 DELTAS = [1e-5, 1e-8]
 TORCH_FREE = """
 import json, sys
+from privacy_accounting import accountants, dp_sgd_event
 from privacy_accounting.opacus_accountants import accountant_classes
 rdp, prv = accountant_classes()
 figures = []
@@ -29,8 +31,24 @@ for history in json.loads(sys.argv[1]):
             accountant = cls()
             accountant.history = [tuple(h) for h in history]
             figures.append(float(accountant.get_epsilon(delta)).hex())
+event = dp_sgd_event(*json.loads(sys.argv[1])[0][0])
+figures += [accountants.rdp_epsilon(event, 1e-5).hex(), accountants.prv_epsilon(event, 1e-5).hex()]
 print(json.dumps({"figures": figures, "classes": [rdp.__module__, prv.__module__],
                   "loaded": sorted(m for m in ("torch", "opacus") if m in sys.modules)}))
+"""
+FALLBACK = """
+import importlib.metadata, json, sys
+from privacy_accounting import opacus_accountants
+from privacy_accounting.opacus_accountants import ALIAS, accountant_classes
+if sys.argv[1] == "version":
+    version = importlib.metadata.version
+    importlib.metadata.version = lambda name: "9.9" if name == "opacus" else version(name)
+else:  # Opacus's files where the loader looks, but one of them fails to load
+    from pathlib import Path
+    opacus_accountants._accountants_folder = lambda: Path(sys.argv[1])
+rdp, prv = accountant_classes()
+print(json.dumps({"classes": [rdp.__module__, prv.__module__],
+                  "alias_left": [m for m in sys.modules if m.startswith(ALIAS)]}))
 """
 
 
@@ -44,6 +62,8 @@ def _run(code: str, *args: str) -> dict:
 def test_the_torch_free_accountants_give_opacus_figures_bit_for_bit() -> None:
     from opacus.accountants import PRVAccountant, RDPAccountant
 
+    from privacy_accounting import accountants, dp_sgd_event
+
     result = _run(TORCH_FREE, json.dumps(HISTORIES), json.dumps(DELTAS))
     assert result["loaded"] == []  # neither torch nor the opacus package was imported
     assert all(m.startswith("privacy_accounting._opacus_accountants.") for m in result["classes"])
@@ -54,19 +74,20 @@ def test_the_torch_free_accountants_give_opacus_figures_bit_for_bit() -> None:
                 accountant = cls()
                 accountant.history = list(history)
                 expected.append(float(accountant.get_epsilon(delta)).hex())
+    event = dp_sgd_event(*HISTORIES[0][0])  # as the library calls them, with its PRV error settings
+    expected += [accountants.rdp_epsilon(event, 1e-5).hex(), accountants.prv_epsilon(event, 1e-5).hex()]
     assert result["figures"] == expected
 
 
-def test_an_unknown_opacus_layout_falls_back_to_the_ordinary_import() -> None:
-    code = """
-import importlib.util, json, sys
-importlib.util.find_spec = lambda name, *a: None  # as if Opacus's files were not where the loader looks
-from privacy_accounting.opacus_accountants import ALIAS, accountant_classes
-rdp, prv = accountant_classes()
-print(json.dumps({"classes": [rdp.__module__, prv.__module__],
-                  "alias_left": [m for m in sys.modules if m.startswith(ALIAS)]}))
-"""
-    result = _run(code)
+@pytest.mark.parametrize("case", ["version", "file"])
+def test_an_unchecked_opacus_falls_back_to_the_ordinary_import(tmp_path, case: str) -> None:
+    """Another Opacus version, or a file that fails to load (the private modules loaded so far are removed)."""
+    from privacy_accounting.opacus_accountants import _accountants_folder
+
+    folder = tmp_path / "accountants"
+    shutil.copytree(_accountants_folder(), folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (folder / "prv.py").write_text("raise ImportError('moved in this Opacus')\n")  # after rdp.py loaded
+    result = _run(FALLBACK, "version" if case == "version" else str(folder))
     assert result == {"classes": ["opacus.accountants.rdp", "opacus.accountants.prv"], "alias_left": []}
 
 
