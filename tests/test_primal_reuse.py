@@ -30,6 +30,27 @@ def reuses(monkeypatch: pytest.MonkeyPatch) -> list[PrimalReuse]:
     return made
 
 
+def _tangent_output(model: nn.Module, x: torch.Tensor, reuses: list[PrimalReuse],
+                    ) -> tuple[nn.Module, dict[str, torch.Tensor], torch.Tensor]:
+    """(tangent model of ``model`` at random deltas, the deltas, its output on ``x`` with gradients on)."""
+    tangent = linearize(model, example_input=x)
+    deltas = random_deltas(tangent)
+    tangent.load_deltas(deltas)
+    reuses.clear()
+    return tangent, deltas, tangent(x)
+
+
+def _assert_exact(model: nn.Module, tangent: nn.Module, deltas: dict[str, torch.Tensor], x: torch.Tensor,
+                  out: torch.Tensor) -> None:
+    """``out`` is f_lin(x) and its gradients in the deltas are the reference's (float64)."""
+    want = reference_f_lin(model, deltas, x)
+    assert ((out.detach() - want).norm() / want.norm()).item() < 1e-12
+    out.pow(2).sum().backward()
+    expected = torch.func.grad(lambda d: reference_f_lin(model, d, x).pow(2).sum())(deltas)
+    for name, param in tangent.named_deltas():
+        assert torch.allclose(param.grad, expected[name], rtol=1e-9, atol=1e-12), name
+
+
 def test_value_with_gradients_reuses_every_twin_and_stays_exact(arch: str, reuses: list[PrimalReuse]) -> None:
     model, x, suffix = build(arch)
     tangent = linearize(model, suffix)
@@ -74,14 +95,9 @@ def test_a_twin_output_edited_in_place_is_recomputed_not_reused(reuses: list[Pri
     torch.manual_seed(0)
     model = _EditsInPlace().double()
     x = torch.randn(4, 6, dtype=torch.float64)
-    tangent = linearize(model, example_input=x)
-    deltas = random_deltas(tangent)
-    tangent.load_deltas(deltas)
-    reuses.clear()
-    out = tangent(x)
+    tangent, deltas, out = _tangent_output(model, x, reuses)
     assert reuses[0].recomputed == 1 and reuses[0].reused == 1  # `first` edited in place; `second` reused
-    want = reference_f_lin(model, deltas, x)
-    assert ((out.detach() - want).norm() / want.norm()).item() < 1e-12
+    _assert_exact(model, tangent, deltas, x, out)
 
 
 def test_a_convolution_with_reflect_padding_is_recomputed_and_stays_exact(reuses: list[PrimalReuse]) -> None:
@@ -89,16 +105,9 @@ def test_a_convolution_with_reflect_padding_is_recomputed_and_stays_exact(reuses
     model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, padding_mode="reflect"), nn.Tanh(), nn.Conv2d(3, 2, 3),
                           nn.Flatten()).double()
     x = torch.randn(3, 2, 5, 5, dtype=torch.float64)
-    tangent = linearize(model, example_input=x)
-    deltas = random_deltas(tangent)
-    tangent.load_deltas(deltas)
-    reuses.clear()
-    out = tangent(x)
+    tangent, deltas, out = _tangent_output(model, x, reuses)
     assert reuses[0].recomputed == 1 and reuses[0].reused == 1  # the reflect-padded conv has no replay rule
-    out.pow(2).sum().backward()
-    expected = torch.func.grad(lambda d: reference_f_lin(model, d, x).pow(2).sum())(deltas)
-    for name, param in tangent.named_deltas():
-        assert torch.allclose(param.grad, expected[name], rtol=1e-9, atol=1e-12), name
+    _assert_exact(model, tangent, deltas, x, out)
 
 
 class _GeluThenEdit(nn.Module):
@@ -120,17 +129,8 @@ def test_an_edited_gelu_output_is_recomputed_and_every_gelu_stays_exact(reuses: 
     torch.manual_seed(0)
     model = _GeluThenEdit().double()
     x = torch.randn(4, 6, dtype=torch.float64)
-    tangent = linearize(model, example_input=x)
-    deltas = random_deltas(tangent)
-    tangent.load_deltas(deltas)
-    reuses.clear()
-    out = tangent(x)
+    tangent, deltas, out = _tangent_output(model, x, reuses)
     assert reuses[0].activations_reused == 1  # the tanh GELU; the first's output was edited, the last is by keyword
     names = autograd_node_names(out)
     assert names.count("_ReplayedActivationBackward") == 1 and names.count("GeluBackward0") == 2
-    want = reference_f_lin(model, deltas, x)
-    assert ((out.detach() - want).norm() / want.norm()).item() < 1e-12
-    out.pow(2).sum().backward()
-    expected = torch.func.grad(lambda d: reference_f_lin(model, d, x).pow(2).sum())(deltas)
-    for name, param in tangent.named_deltas():
-        assert torch.allclose(param.grad, expected[name], rtol=1e-9, atol=1e-12), name
+    _assert_exact(model, tangent, deltas, x, out)
