@@ -258,20 +258,15 @@ class PrimalReuse:
         full = _FORWARDS[layer._tangent_base]
         if not self._replaying:
             y = _dual_forward(layer, x)
-            # detached primals: they share the version counters (in-place edits stay visible) but, unlike the
-            # views unpack_dual returns, do not keep the dual tensors, and so their tangents, alive
-            x0, y0 = fwAD.unpack_dual(x).primal.detach(), fwAD.unpack_dual(y).primal.detach()
-            self._calls.setdefault(id(layer), collections.deque()).append((x0, x0._version, y0, y0._version))
+            self._calls.setdefault(id(layer), collections.deque()).append(_Recorded.of(x, y))
             return y
         queue = self._calls.get(id(layer))
         if queue:
-            x0, x_version, y0, y_version = queue.popleft()
+            recorded = queue.popleft()
             _, replayable = _BACKWARDS[layer._tangent_base]
-            if (x0._version == x_version and y0._version == y_version and x0.shape == x.shape
-                    and x0.dtype == x.dtype and not torch._C._are_functorch_transforms_active()
-                    and replayable(layer, x) and _same_values(x0, x)):
+            if (not torch._C._are_functorch_transforms_active() and replayable(layer, x) and recorded.matches(x)):
                 self.reused += 1
-                return _Replayed.apply(layer, [y0], x, layer.weight, layer.bias)
+                return _Replayed.apply(layer, [recorded.y], x, layer.weight, layer.bias)
         self.recomputed += 1
         return full(layer, x)
 
@@ -280,18 +275,39 @@ class PrimalReuse:
         pass (computed there as usual), the recorded value in the plain pass when its input is the recorded one."""
         if not self._replaying:
             y = fn(x, *args, **kwargs)
-            x0, y0 = fwAD.unpack_dual(x).primal.detach(), fwAD.unpack_dual(y).primal.detach()
-            self._activations.setdefault(fn, collections.deque()).append((x0, x0._version, y0, y0._version, args,
-                                                                          kwargs))
+            self._activations.setdefault(fn, collections.deque()).append((_Recorded.of(x, y), args, kwargs))
             return y
         queue = self._activations.get(fn)
         if queue:
-            x0, x_version, y0, y_version, args0, kwargs0 = queue.popleft()
-            if (x0._version == x_version and y0._version == y_version and x0.shape == x.shape
-                    and x0.dtype == x.dtype and args0 == args and kwargs0 == kwargs and _same_values(x0, x)):
+            recorded, args0, kwargs0 = queue.popleft()
+            if args0 == args and kwargs0 == kwargs and recorded.matches(x):
                 self.activations_reused += 1
-                return _ReplayedActivation.apply(fn, [y0], x, args, kwargs)
+                return _ReplayedActivation.apply(fn, [recorded.y], x, args, kwargs)
         return fn(x, *args, **kwargs)
+
+
+class _Recorded:
+    """A dual-pass call's primal input and output, and their versions then.
+
+    Detached primals: they share the version counters (in-place edits stay visible) but, unlike the views
+    ``unpack_dual`` returns, do not keep the dual tensors, and so their tangents, alive."""
+
+    __slots__ = ("x", "x_version", "y", "y_version")
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+        self.x_version, self.y_version = x._version, y._version
+
+    @classmethod
+    def of(cls, x: torch.Tensor, y: torch.Tensor) -> "_Recorded":
+        """The primals of the dual pass's input ``x`` and output ``y``."""
+        return cls(fwAD.unpack_dual(x).primal.detach(), fwAD.unpack_dual(y).primal.detach())
+
+    def matches(self, x: torch.Tensor) -> bool:
+        """Whether the plain pass's input ``x`` is the recorded input, neither recorded tensor edited in place
+        since: its values compared last, and only where ``x`` is not the recorded memory itself."""
+        return (self.x._version == self.x_version and self.y._version == self.y_version
+                and self.x.shape == x.shape and self.x.dtype == x.dtype and _same_values(self.x, x))
 
 
 def _same_values(recorded: torch.Tensor, x: torch.Tensor) -> bool:
