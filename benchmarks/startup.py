@@ -6,8 +6,9 @@ the reference is ``python -c "import torch, timm"``, what every command paid bef
 made lazy. ``budget show`` also runs on a workspace whose shard has spent budget (one DP-SGD event
 at the reference point of docs/privacy-accounting.md, recorded on the ledger directly: no training),
 once with its epsilons in the user's cache (``privacy_accounting.bounds_cache``), once with an empty
-cache before every run (the accountants compute). The children use a cache folder of their own, never
-the user's. Writes ``benchmarks/results/startup.json`` and its section of ``docs/benchmarks.md``.
+cache before every run (the accountants compute). ``train`` runs on the default recipe with a mistake
+in it (an unknown key): it trains nothing and must say so at once. The children use a cache folder of
+their own, never the user's. Writes ``benchmarks/results/startup.json`` and its section of ``docs/benchmarks.md``.
 Run: ``python -m benchmarks.startup``.
 """
 
@@ -49,6 +50,9 @@ SPENT = ["budget", "show", "-w", "ws-spent"]
 SPENT_RUN = (1.0, 256 / 50000, 1953)
 #: The report of the spent workspace in each format, its epsilons cached.
 REPORTS = {f"report -f {f}": ["report", "-w", "ws-spent", "-f", f, "-o", f"report.{f}"] for f in ("md", "json", "html")}
+#: ``train`` on the default recipe with one mistake (exit 2, nothing created): checked before torch loads.
+MISTAKE = "train, a mistake in the recipe"
+MISTAKE_ARGS = ["train", "mistake.yaml", "-w", "ws-new"]
 CACHED, COMPUTED = "budget show, spent shard, ε cached", "budget show, spent shard, ε computed"
 # Peak RSS of the child: VmHWM from /proc, which starts afresh at exec (getrusage's ru_maxrss is kept
 # across fork and exec on Linux, so a child of this process would report this process's peak).
@@ -110,8 +114,15 @@ def spend(ws: "Workspace", event: "AnyEvent" = None, shard: str = "s0") -> None:
 
 
 def _workspace(root: Path) -> None:
+    import yaml
+
+    from dp_tangent.recipes import DEFAULT_RECIPE
+
     small_workspace(root / "ws")
     spend(small_workspace(root / "ws-spent"))
+    recipe = yaml.safe_load(DEFAULT_RECIPE.read_text())
+    recipe["training"]["epochz"] = recipe["training"].pop("epochs")  # a typo
+    (root / "mistake.yaml").write_text(yaml.safe_dump(recipe))
 
 
 def _run(code: str, args: list[str], cwd: Path) -> tuple[float, float]:
@@ -119,7 +130,8 @@ def _run(code: str, args: list[str], cwd: Path) -> tuple[float, float]:
     done = subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, check=False,
                           env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", CACHE_ENV: str(cwd / "cache")})
     seconds = time.perf_counter() - start
-    if done.returncode != 0:
+    expected = 2 if args == MISTAKE_ARGS else 0
+    if done.returncode != expected or (expected and "training.epochz" not in done.stderr):
         raise RuntimeError(f"{args}: exit {done.returncode}: {done.stderr[-500:]}")
     return seconds, next(float(line.split()[1]) for line in done.stderr.splitlines() if line.startswith("PEAK_MIB"))
 
@@ -139,6 +151,7 @@ def measure() -> dict[str, dict[str, float]]:
         cases: dict[str, tuple[str, list[str], Callable[[], None]]] = {
             "import torch, timm (reference)": (REFERENCE, [], keep),
             **{k: (RUNNER, v, keep) for k, v in COMMANDS.items()},
+            MISTAKE: (RUNNER, MISTAKE_ARGS, keep),
             CACHED: (RUNNER, SPENT, keep),  # its first run, untimed, fills the cache
             **{k: (RUNNER, v, keep) for k, v in REPORTS.items()},
             COMPUTED: (RUNNER, SPENT, empty_cache),
@@ -180,7 +193,10 @@ def render(rows: dict[str, dict[str, float]]) -> str:
               "trained with its spent ε (the figure `budget show` prints), so after the tool's own changes the "
               "figure is there already; the `ε computed` row is what a user pays after a ledger change made "
               "elsewhere (another user, or with the cache off). The HTML report draws its two figures with "
-              "matplotlib."]
+              "matplotlib. `train, a mistake in the recipe` is `dp-tangent train` on the default recipe with "
+              "`training.epochs` misspelt: the recipe's schema is checked before torch loads "
+              "(`dp_tangent.recipes`), where the error used to come after importing torch and timm, and the "
+              "backbone's name against its family only once the rest holds."]
     return "\n".join(lines)
 
 

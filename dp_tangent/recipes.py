@@ -4,6 +4,10 @@
 :class:`RecipeError` with one line naming the file and the offending field, e.g.
 ``recipes/x.yaml: training.epochs: Input should be greater than 0``. Relative ``checkpoint`` and
 data paths are resolved against the recipe's directory. See ``docs/recipes.md`` for the schema.
+
+A recipe is checked in two steps, so that a mistake in it is reported at once: first the schema, with
+nothing heavier than pydantic loaded; then, once that holds, the backbone against its family (which
+imports torch and, for timm, timm's model registry: seconds).
 """
 
 from __future__ import annotations
@@ -11,23 +15,28 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
-import torch
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, ValidationInfo,
                       field_validator, model_validator)
 
-from .backbones import BackboneSpec
 from .data.kinds import DataSection, ShardsSection, load_data, preprocess_image
-from .data.records import RecordSet
 from .errors import RecipeError
-from .tangent.selection import FORMS
-from .training.config import GRAD_SAMPLE_MODES, PrivacySpec, TrainConfig
-from .training.losses import LOSS_KINDS, ConvexLoss
+from .tangent.trainable_forms import FORMS, STRING_FORM
+from .training.config import GRAD_SAMPLE_MODES
+from .training.losses import LOSS_KINDS
+
+if TYPE_CHECKING:
+    import torch
+
+    from .backbones import BackboneSpec
+    from .data.records import RecordSet
+    from .training.config import PrivacySpec, TrainConfig
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "digits-efficientnet-lite0.yaml"
-_TRAINABLE = re.compile(r"^(all|head|blocks\[-?\d+:\]|params:\s*[A-Za-z0-9_.]+(\s*,\s*[A-Za-z0-9_.]+)*)$")
+#: Validation context of the second step: check the backbone against its family (imports torch).
+_CHECK_BACKBONE = "check_backbone"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -47,7 +56,9 @@ class BackboneSection(_Strict):
 
     @field_validator("family")
     @classmethod
-    def _family(cls, value: str) -> str:
+    def _family(cls, value: str, info: ValidationInfo) -> str:
+        if not _checking_backbone(info):
+            return value
         from .backbones import family_names
 
         if value not in family_names():
@@ -57,6 +68,8 @@ class BackboneSection(_Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, name: str, info: ValidationInfo) -> str:
+        if not _checking_backbone(info):
+            return name
         from .backbones import family
 
         if "family" in info.data:  # else the family was refused already
@@ -71,15 +84,18 @@ class BackboneSection(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _one_source(self) -> "BackboneSection":
-        from .backbones import family
-
+    def _one_source(self, info: ValidationInfo) -> "BackboneSection":
         if self.pretrained and self.checkpoint:
             raise ValueError("give either pretrained or checkpoint, not both")
-        family(self.family).check(self.spec())  # e.g. an unknown timm name, an MLP without in_features
+        if _checking_backbone(info):
+            from .backbones import family
+
+            family(self.family).check(self.spec())  # e.g. an unknown timm name, an MLP without in_features
         return self
 
     def spec(self) -> BackboneSpec:
+        from .backbones import BackboneSpec
+
         return BackboneSpec(self.name, pretrained=self.pretrained, checkpoint=self.checkpoint,
                             num_classes=self.num_classes, head_seed=self.head_seed,
                             timm_kwargs=tuple(sorted(self.timm_kwargs.items())), family=self.family,
@@ -153,7 +169,7 @@ class Recipe(_Strict):
     @field_validator("trainable")
     @classmethod
     def _trainable(cls, value: str) -> str:
-        if not _TRAINABLE.match(value.strip()):
+        if not STRING_FORM.match(value.strip()):
             raise ValueError(f"{value!r} is not understood; use {FORMS}")
         return value.strip()
 
@@ -178,10 +194,15 @@ class Recipe(_Strict):
 
     # -- what the recipe builds --------------------------------------------------------------
     def privacy_spec(self) -> PrivacySpec:
+        from .training.config import PrivacySpec
+
         p = self.privacy
         return PrivacySpec(epsilon=p.epsilon, delta=p.delta, max_grad_norm=p.max_grad_norm, accountant=p.accountant)
 
     def train_config(self) -> TrainConfig:
+        from .training.config import TrainConfig
+        from .training.losses import ConvexLoss
+
         t = self.training
         return TrainConfig(epochs=t.epochs, batch_size=t.batch_size, physical_batch_size=t.physical_batch_size or
                            t.batch_size, lr=t.lr, momentum=t.momentum, grad_sample_mode=t.grad_sample_mode,
@@ -196,15 +217,20 @@ class Recipe(_Strict):
         return preprocess_image(self.data, path)
 
 
+def _checking_backbone(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get(_CHECK_BACKBONE))
+
+
 def _location(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc if not str(part).startswith(("function-", "literal[", "bool")))
 
 
-def _validate(data: object, origin: str) -> Recipe:
+def _validate(data: object, origin: str, check_backbone: bool = False) -> Recipe:
+    """The recipe ``data`` describes; with ``check_backbone``, its backbone is checked against its family too."""
     if not isinstance(data, dict):
         raise RecipeError(f"{origin}: a recipe must be a YAML mapping, got {type(data).__name__}")
     try:
-        return Recipe.model_validate(data)
+        return Recipe.model_validate(data, context={_CHECK_BACKBONE: check_backbone})
     except ValidationError as err:
         first = err.errors()[0]
         where = _location(first["loc"])
@@ -213,8 +239,8 @@ def _validate(data: object, origin: str) -> Recipe:
         raise RecipeError(f"{origin}: {where + ': ' if where else ''}{message}{more}") from None
 
 
-def _resolve(recipe: Recipe, base: Path) -> Recipe:
-    """Relative checkpoint and data paths become absolute, against the recipe's directory."""
+def _resolve(recipe: Recipe, base: Path) -> dict[str, Any]:
+    """The recipe's data, relative checkpoint and data paths made absolute against the recipe's directory."""
     data = recipe.model_dump()
 
     def absolute(section: dict[str, Any], key: str) -> None:
@@ -229,7 +255,7 @@ def _resolve(recipe: Recipe, base: Path) -> Recipe:
         if key in source:
             absolute(source, key)
     _local_directories(recipe, data, base)
-    return Recipe.model_validate(data)
+    return data
 
 
 def _local_directories(recipe: Recipe, data: dict[str, Any], base: Path) -> None:
@@ -268,7 +294,8 @@ def load_recipe(path: str | Path) -> Recipe:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or type(err).__name__
         raise RecipeError(f"{path}: invalid YAML{where}: {problem}") from None
-    return _resolve(_validate(data, str(path)), path.resolve().parent)
+    schema_only = _validate(data, str(path))  # every mistake but the backbone's, before torch loads
+    return _validate(_resolve(schema_only, path.resolve().parent), str(path), check_backbone=True)
 
 
 def default_recipe() -> Recipe:

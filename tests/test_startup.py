@@ -14,8 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from benchmarks import startup
+from dp_tangent.recipes import DEFAULT_RECIPE
 from dp_tangent.workspace import Workspace
 from privacy_accounting import dp_sgd_event
 from privacy_accounting.bounds_cache import ENV as CACHE_ENV
@@ -30,15 +32,17 @@ main(sys.argv[1:])
 """
 
 
-def run_probed(*args: str, cwd: Path) -> tuple[str, list[str]]:
-    """(stdout, heavy modules loaded) of ``dp-tangent *args`` in a fresh interpreter, its epsilon cache
-    in ``cwd/cache`` (never the user's own)."""
+def run_probed(*args: str, cwd: Path, exit_code: int = 0) -> tuple[str, list[str]]:
+    """(stdout, or stderr if it fails, and the heavy modules loaded) of ``dp-tangent *args`` in a fresh
+    interpreter, its epsilon cache in ``cwd/cache`` (never the user's own)."""
     env = {**os.environ, CACHE_ENV: str(cwd / "cache")}
     done = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY + ACCOUNTING), *args], capture_output=True,
                           text=True, cwd=cwd, env=env, timeout=120, check=False)
-    assert done.returncode == 0, (args, done.stdout[-1000:], done.stderr[-2000:])
-    line = next(x for x in done.stderr.splitlines() if x.startswith("LOADED "))
-    return done.stdout, json.loads(line[len("LOADED "):])
+    assert done.returncode == exit_code, (args, done.stdout[-1000:], done.stderr[-2000:])
+    lines = done.stderr.splitlines()
+    loaded = next(x for x in lines if x.startswith("LOADED "))
+    output = done.stdout if exit_code == 0 else "\n".join(x for x in lines if x != loaded)
+    return output, json.loads(loaded[len("LOADED "):])
 
 
 def small_workspace(root: Path) -> Workspace:
@@ -105,3 +109,28 @@ def test_the_report_reads_a_workspace_without_torch(tmp_path, monkeypatch, form:
         _, loaded = run_probed("report", "-w", "ws", "-f", form, "-o", f"report.{form}", cwd=tmp_path)
         assert loaded == sorted([*figures, *libraries])
         assert f"{epsilon:.3g}" in (tmp_path / f"report.{form}").read_text()
+
+
+RECIPE_MISTAKES = [  # (section, key, value, the error's field and message)
+    ("training", "epochz", 20, "training.epochz: Extra inputs are not permitted"),
+    ("privacy", "epsilon", -1, "privacy.epsilon: Input should be greater than 0"),
+    ("training", "loss", "hinge", "training.loss: Input should be 'cross_entropy' or 'square'"),
+    ("training", "grad_sample_mode", "vmap", "training.grad_sample_mode: Input should be 'gram', 'hooks' or 'ghost'"),
+    (None, "trainable", "blocks[-1]", "trainable: 'blocks[-1]' is not understood; use None/'all', 'blocks[-K:]'"),
+]
+
+
+@pytest.mark.parametrize("command", ["train", "pretrain"])
+@pytest.mark.parametrize("section, key, value, message", RECIPE_MISTAKES)
+def test_a_mistake_in_a_recipe_is_reported_before_torch_loads(tmp_path, command: str, section: str | None, key: str,
+                                                               value: object, message: str) -> None:
+    """The default recipe with one mistake, as a user writes it: one line naming the file and the field, exit 2,
+    and neither torch, timm nor Opacus loaded (they took 6 s before the error)."""
+    recipe = yaml.safe_load(DEFAULT_RECIPE.read_text())
+    (recipe[section] if section else recipe)[key] = value
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(recipe))
+    args = ["train", "mine.yaml", "-w", "ws"] if command == "train" else ["pretrain", "mine.yaml"]
+    output, loaded = run_probed(*args, cwd=tmp_path, exit_code=2)
+    assert output == f"error: mine.yaml: {message}" or output.startswith(f"error: mine.yaml: {message}"), output
+    assert "\n" not in output and loaded == []
+    assert not (tmp_path / "ws").exists()  # nothing created

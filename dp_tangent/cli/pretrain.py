@@ -29,9 +29,6 @@ def pretrain(
     """Pretrain an MLP backbone (non-privately) on the recipe's public table and write its checkpoint."""
     from dataclasses import replace
 
-    import torch
-
-    from ..backbones.mlp_family import pretrain_mlp, save_mlp
     from ..data.kinds import TableData
     from ..errors import RecipeError
     from ..recipes import load_recipe
@@ -48,6 +45,10 @@ def pretrain(
     if target.exists() and not force:
         raise RecipeError(f"{target} exists; pass --force to overwrite it (components trained on it would no longer "
                           "rebuild their theta0)")
+    import torch  # after the recipe and options were checked: a mistake in them is reported at once
+
+    from ..backbones.mlp_family import pretrain_mlp, save_mlp
+
     public = table.public_records()
     spec = replace(recipe.backbone.spec(), checkpoint=None)
     model = pretrain_mlp(spec, public.inputs, public.targets, epochs=epochs, lr=lr, seed=seed)

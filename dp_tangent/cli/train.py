@@ -151,10 +151,13 @@ def train(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..recipes import load_recipe
-    from ..training.ntk_gram import precompute_progress
-    from ..workspace import ShardJob, Workspace, check_name
+    from ..workspace import Workspace, check_name
 
     recipe = load_recipe(recipe_path).with_overrides(shards=shards, epsilon=epsilon, delta=delta)
+    # torch loads here, after the recipe was read: a mistake in it is reported at once
+    from ..training.ntk_gram import precompute_progress
+    from ..workspace import ShardJob
+
     name = check_name(name or recipe_path.stem, "model")
     count = recipe.shards.count
     ws = Workspace.open(workspace) if (workspace / "workspace.json").exists() else None

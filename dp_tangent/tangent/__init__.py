@@ -7,6 +7,9 @@
 * ``selection``: which parameters are linearized (the ``trainable`` specification).
 """
 
-from .model import TangentModel, linearize
+from ..lazy import lazy_package
 
+# imported on first use: ``trainable_forms`` is read when a recipe is checked, before torch loads
 __all__ = ["TangentModel", "linearize"]
+
+lazy_package(__name__, dict.fromkeys(__all__, ".model"))

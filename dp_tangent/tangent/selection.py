@@ -24,9 +24,9 @@ import torch.nn as nn
 
 from ..errors import SelectionError
 from .layouts import BlockLayout
+from .trainable_forms import FORMS
 
 _BLOCK_SUFFIX = re.compile(r"^blocks\[(-?\d+):\]$")
-FORMS = "None/'all', 'blocks[-K:]', 'head', 'params:a,b' or a list of parameter-name prefixes"
 
 
 @dataclass(frozen=True)

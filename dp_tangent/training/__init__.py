@@ -27,13 +27,21 @@ cache), ``losses``, ``evaluation``, ``privacy_audit`` (the empirical audit) and 
 (where tasks run).
 """
 
-from .config import GRAD_SAMPLE_MODES, PrivacySpec, ProgressFn, TrainConfig, TrainingError
-from .deltas import TrainedDeltas, train_deltas
-from .in_process import train_component
-from .plan import Plan, TrainingTask, plan_run, plan_task, reservation_request
-from .sgd import NOISE_GENERATOR, fit, run_sgd
-from .write import TrainedComponent, write_component
+from ..lazy import lazy_package
+
+# imported on first use: a recipe is read and checked (``dp_tangent.recipes``, which needs ``config`` and
+# ``losses``) before torch and Opacus load, so that a mistake in it is reported at once
+_LAZY = {
+    **dict.fromkeys(("GRAD_SAMPLE_MODES", "PrivacySpec", "ProgressFn", "TrainConfig", "TrainingError"), ".config"),
+    **dict.fromkeys(("TrainedDeltas", "train_deltas"), ".deltas"),
+    "train_component": ".in_process",
+    **dict.fromkeys(("Plan", "TrainingTask", "plan_run", "plan_task", "reservation_request"), ".plan"),
+    **dict.fromkeys(("NOISE_GENERATOR", "fit", "run_sgd"), ".sgd"),
+    **dict.fromkeys(("TrainedComponent", "write_component"), ".write"),
+}
 
 __all__ = ["GRAD_SAMPLE_MODES", "NOISE_GENERATOR", "Plan", "PrivacySpec", "ProgressFn", "TrainConfig",
            "TrainedComponent", "TrainedDeltas", "TrainingError", "TrainingTask", "fit", "plan_run", "plan_task",
            "reservation_request", "run_sgd", "train_component", "train_deltas", "write_component"]
+
+lazy_package(__name__, _LAZY)

@@ -14,8 +14,6 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import torch
-
 from ..errors import DPTangentError
 from .losses import ConvexLoss
 
@@ -91,6 +89,8 @@ class TrainConfig:
             raise TrainingError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
             raise TrainingError(f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}, got {self.grad_sample_mode!r}")
+        import torch  # here, not at the top: a recipe's choices (GRAD_SAMPLE_MODES) are read before torch loads
+
         try:
             kind = torch.device(self.device).type
         except RuntimeError as err:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
+if TYPE_CHECKING:
+    import torch
 
 LOSS_KINDS = ("cross_entropy", "square")
 
@@ -35,6 +36,9 @@ class ConvexLoss:
 
     def per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Loss of each example, shape (batch,)."""
+        import torch  # here, not at the top: a recipe names its loss (LOSS_KINDS) before torch loads
+        import torch.nn.functional as F
+
         if self.kind == "cross_entropy":
             return F.cross_entropy(logits, target, reduction="none")
         goal = torch.zeros_like(logits).scatter(-1, target.unsqueeze(-1), self.kappa)
