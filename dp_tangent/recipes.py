@@ -35,8 +35,9 @@ if TYPE_CHECKING:
     from .training.config import PrivacySpec, TrainConfig
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "digits-efficientnet-lite0.yaml"
-#: Validation context of the second step: check the backbone against its family (imports torch).
-_CHECK_BACKBONE = "check_backbone"
+#: Validation context of the first step: the schema only, the backbone not checked against its family (which
+#: imports torch). Without it (any other validation of a Recipe) the backbone is checked.
+_SCHEMA_ONLY = "schema_only"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -218,19 +219,19 @@ class Recipe(_Strict):
 
 
 def _checking_backbone(info: ValidationInfo) -> bool:
-    return bool(info.context and info.context.get(_CHECK_BACKBONE))
+    return not (info.context and info.context.get(_SCHEMA_ONLY))
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc if not str(part).startswith(("function-", "literal[", "bool")))
 
 
-def _validate(data: object, origin: str, check_backbone: bool = False) -> Recipe:
-    """The recipe ``data`` describes; with ``check_backbone``, its backbone is checked against its family too."""
+def _validate(data: object, origin: str, schema_only: bool = False) -> Recipe:
+    """The recipe ``data`` describes, its backbone checked against its family unless ``schema_only``."""
     if not isinstance(data, dict):
         raise RecipeError(f"{origin}: a recipe must be a YAML mapping, got {type(data).__name__}")
     try:
-        return Recipe.model_validate(data, context={_CHECK_BACKBONE: check_backbone})
+        return Recipe.model_validate(data, context={_SCHEMA_ONLY: schema_only})
     except ValidationError as err:
         first = err.errors()[0]
         where = _location(first["loc"])
@@ -294,8 +295,9 @@ def load_recipe(path: str | Path) -> Recipe:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or type(err).__name__
         raise RecipeError(f"{path}: invalid YAML{where}: {problem}") from None
-    schema_only = _validate(data, str(path))  # every mistake but the backbone's, before torch loads
-    return _validate(_resolve(schema_only, path.resolve().parent), str(path), check_backbone=True)
+    _validate(data, str(path), schema_only=True)  # every mistake but the backbone's, before torch loads
+    recipe = _validate(data, str(path))  # then the backbone, before its name is used to resolve paths
+    return _validate(_resolve(recipe, path.resolve().parent), str(path))
 
 
 def default_recipe() -> Recipe:

@@ -124,6 +124,28 @@ def test_bad_recipes_are_one_line_errors_naming_file_and_field(tmp_path: Path, d
     assert "\n" not in text
 
 
+def test_a_text_recipe_with_an_unknown_packaged_encoder_names_file_and_field(tmp_path: Path) -> None:
+    """Its default tokenizer comes from the backbone: the backbone is checked before it is looked up."""
+    path = tmp_path / "sms.yaml"
+    path.write_text((RECIPES / "sms-spam-minilm.yaml").read_text().replace("name: all-MiniLM-L6-v2", "name: MiniLM-L6"))
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    assert str(caught.value) == f"{path}: backbone: no packaged weights for 'MiniLM-L6'; packaged: all-MiniLM-L6-v2"
+
+
+def test_a_recipe_built_in_code_has_its_backbone_checked() -> None:
+    """Only ``load_recipe``'s first step skips the backbone's family check (to answer before torch loads)."""
+    from pydantic import ValidationError
+
+    from dp_tangent.recipes import Recipe
+
+    data = yaml.safe_load(DEFAULT_RECIPE.read_text())
+    for backbone, message in (({"family": "nope"}, "unknown backbone family 'nope'"),
+                              ({"name": "no_such_net"}, "unknown timm model 'no_such_net'")):
+        with pytest.raises(ValidationError, match=message):
+            Recipe.model_validate({**data, "backbone": {**data["backbone"], **backbone}})
+
+
 def test_missing_recipe_file(tmp_path: Path) -> None:
     with pytest.raises(RecipeError, match=re.escape(f"{tmp_path / 'nope.yaml'}: recipe file not found")):
         load_recipe(tmp_path / "nope.yaml")

@@ -153,12 +153,12 @@ def train(
     from ..recipes import load_recipe
     from ..workspace import Workspace, check_name
 
+    name = check_name(name or recipe_path.stem, "model")
     recipe = load_recipe(recipe_path).with_overrides(shards=shards, epsilon=epsilon, delta=delta)
-    # torch loads here, after the recipe was read: a mistake in it is reported at once
+    # torch loads here, after the recipe's schema was checked: a mistake in it is reported at once
     from ..training.ntk_gram import precompute_progress
     from ..workspace import ShardJob
 
-    name = check_name(name or recipe_path.stem, "model")
     count = recipe.shards.count
     ws = Workspace.open(workspace) if (workspace / "workspace.json").exists() else None
     selected = sorted(set(only)) if only else list(range(count))
