@@ -1,7 +1,10 @@
 """Block layouts: how a network splits into stem, a sequence of blocks, and a tail.
 
 A layout lets :func:`dp_tangent.linearize` cut a network into a frozen prefix (stem + the blocks
-before the first linearized one), whose outputs can be cached, and the linearized suffix. Each
+before the first linearized one), whose outputs can be cached, and the linearized suffix. A timm
+layout also understands the cut after every block, ``len(blocks) + 1``: the prefix then runs to the
+classifier's input (timm's ``forward_head(..., pre_logits=True)``: pooled, a vector per example) and
+the suffix is the classifier alone, so that a linear probe trains on cached pre-logits. Each
 layout mirrors its family's own ``forward``; ``tests/test_layouts.py`` checks that
 ``suffix(prefix(x)) == model(x)`` bit for bit so that drift in the upstream code is caught.
 Register a layout for a new family with :func:`register_layout`, or let the model state its own
@@ -28,12 +31,15 @@ class BlockLayout:
 
     ``run_prefix(net, x, cut)`` runs the stem and blocks ``[:cut]``; ``run_suffix(net, h, cut)`` runs
     blocks ``[cut:]`` and the tail, so that ``run_suffix(net, run_prefix(net, x, k), k) == net(x)``.
+    With ``pre_logits``, ``k = len(blocks) + 1`` is a cut too: everything before the classifier in the prefix,
+    the classifier alone in the suffix (:func:`timm_layout`).
     """
 
     block_names: Callable[[nn.Module], list[str]]
     stem: tuple[str, ...]
     run_prefix: Runner
     run_suffix: Runner
+    pre_logits: bool = False
 
 
 _LAYOUTS: dict[type[nn.Module], BlockLayout] = {}
@@ -106,13 +112,30 @@ def _resnet_suffix(net: nn.Module, h: torch.Tensor, cut: int) -> torch.Tensor:
     return net.forward_head(h)
 
 
+def timm_layout(block_names: Callable[[nn.Module], list[str]], stem: tuple[str, ...], run_prefix: Runner,
+                run_suffix: Runner) -> BlockLayout:
+    """A layout of a timm model, whose cut ``len(blocks) + 1`` leaves the classifier alone in the suffix: the
+    prefix is ``forward_head(forward_features(x), pre_logits=True)``, the suffix ``get_classifier()``, the same
+    ops as ``net(x)`` (the dropout before timm's classifiers is off in eval mode, as in the tangent model)."""
+
+    def prefix(net: nn.Module, x: torch.Tensor, cut: int) -> torch.Tensor:
+        if cut > len(block_names(net)):
+            return net.forward_head(net.forward_features(x), pre_logits=True)
+        return run_prefix(net, x, cut)
+
+    def suffix(net: nn.Module, h: torch.Tensor, cut: int) -> torch.Tensor:
+        return net.get_classifier()(h) if cut > len(block_names(net)) else run_suffix(net, h, cut)
+
+    return BlockLayout(block_names, stem, prefix, suffix, pre_logits=True)
+
+
 register_layout(
     VisionTransformer,
-    BlockLayout(_children_of("blocks"), ("patch_embed", "cls_token", "reg_token", "pos_embed", "norm_pre"),
+    timm_layout(_children_of("blocks"), ("patch_embed", "cls_token", "reg_token", "pos_embed", "norm_pre"),
                 _vit_prefix, _vit_suffix),
 )
-register_layout(EfficientNet, BlockLayout(_children_of("blocks"), ("conv_stem", "bn1"), _effnet_prefix, _effnet_suffix))
-register_layout(ResNet, BlockLayout(lambda net: list(_RESNET_STAGES), ("conv1", "bn1"), _resnet_prefix, _resnet_suffix))
+register_layout(EfficientNet, timm_layout(_children_of("blocks"), ("conv_stem", "bn1"), _effnet_prefix, _effnet_suffix))
+register_layout(ResNet, timm_layout(lambda net: list(_RESNET_STAGES), ("conv1", "bn1"), _resnet_prefix, _resnet_suffix))
 register_layout(
     nn.Sequential,
     BlockLayout(lambda net: [name for name, _ in net.named_children()], (),

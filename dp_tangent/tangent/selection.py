@@ -11,7 +11,10 @@ Forms (one string form each, recorded verbatim in component metadata):
   (at a ``.`` boundary), e.g. ``["blocks.2.mlp", "head"]``.
 
 Everything not selected stays frozen at theta0. The *cut* is where the frozen prefix ends: the
-stem plus the blocks before the first block that holds a selected parameter.
+stem plus the blocks before the first block that holds a selected parameter. When only the classifier
+is selected (a linear probe) and the layout allows it (``BlockLayout.pre_logits``), the prefix runs up
+to the classifier's input (the pooled pre-logits: cut ``len(blocks) + 1``), so training runs the
+classifier alone on them.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ def _classifier_prefix(model: nn.Module) -> str:
     raise SelectionError("trainable 'head': this model does not name its classifier; give parameter prefixes")
 
 
-def _cut(names: Sequence[str], blocks: list[str], layout: BlockLayout) -> int:
+def _cut(model: nn.Module, names: Sequence[str], blocks: list[str], layout: BlockLayout) -> int:
     cut = len(blocks)
     for name in names:
         if any(_under(name, s) for s in layout.stem):
@@ -67,7 +70,21 @@ def _cut(names: Sequence[str], blocks: list[str], layout: BlockLayout) -> int:
             if _under(name, block):
                 cut = index
                 break
+    classifier = _classifier_of(model) if cut == len(blocks) and layout.pre_logits else None
+    if classifier is not None and all(_under(n, classifier) for n in names):
+        return cut + 1  # a linear probe: the prefix runs to the classifier's input
     return cut
+
+
+def _classifier_of(model: nn.Module) -> str | None:
+    """The prefix of the parameters the layout's ``cut = len(blocks) + 1`` leaves in the suffix, if any."""
+    try:
+        name = _classifier_prefix(model)
+        module = model.get_submodule(name)
+    except (SelectionError, AttributeError):
+        return None
+    get_classifier = getattr(model, "get_classifier", None)
+    return name if callable(get_classifier) and module is get_classifier() else None
 
 
 def select(model: nn.Module, trainable: str | Sequence[str] | None, layout: BlockLayout | None) -> Selection:
@@ -100,5 +117,5 @@ def select(model: nn.Module, trainable: str | Sequence[str] | None, layout: Bloc
         raise SelectionError(f"trainable {trainable!r} is not understood; use {FORMS}")
     if not names:
         raise SelectionError(f"trainable {spec!r} selects no parameter")
-    cut = _cut(names, blocks, layout) if layout else -1
+    cut = _cut(model, names, blocks, layout) if layout else -1
     return Selection(spec=spec, names=tuple(names), cut=None if cut < 0 else cut)
