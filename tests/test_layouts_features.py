@@ -7,8 +7,8 @@ import torch
 from conftest import build
 
 from dp_tangent import linearize
-from dp_tangent.training.features import FeatureDataset, precompute_features
 from dp_tangent.tangent.layouts import layout_for
+from dp_tangent.training.features import FeatureDataset, precompute_features
 
 
 def test_prefix_then_suffix_is_the_model_bit_for_bit(arch: str) -> None:
