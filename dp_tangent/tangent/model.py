@@ -26,7 +26,8 @@ from ..errors import UnsupportedModelError
 from .layouts import BlockLayout, layout_for
 from .ops import TangentOps
 from .selection import Selection, select
-from .twins import _DUAL_ACTIVE, PrimalReuse, TangentLayer, is_batch_norm, make_twin, tangent_mode, twin_class
+from .twins import (_DUAL_ACTIVE, PrimalReuse, TangentLayer, effective_value, is_batch_norm, make_twin, tangent_mode,
+                    twin_class)
 
 
 class _TangentParametrization(nn.Module):
@@ -38,9 +39,7 @@ class _TangentParametrization(nn.Module):
         self.register_buffer("theta0", theta0.detach().clone(), persistent=False)
 
     def forward(self, delta: torch.Tensor) -> torch.Tensor:
-        trained = torch.is_grad_enabled() and delta.requires_grad
-        value = self.theta0 + (delta - delta.detach()) if trained else self.theta0
-        return fwAD.make_dual(value, delta.detach()) if _DUAL_ACTIVE.get() else value
+        return effective_value(self.theta0, delta)
 
     def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
         return value - self.theta0

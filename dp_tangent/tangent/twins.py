@@ -69,6 +69,14 @@ def theta0_name(name: str) -> str:
     return f"{name}_theta0"
 
 
+def effective_value(theta0: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """theta0 in value, ``delta`` in gradient (theta0 + (delta - delta.detach()) while delta is trained) and, in
+    :func:`tangent_mode`, in tangent."""
+    trained = torch.is_grad_enabled() and delta.requires_grad
+    value = theta0 + (delta - delta.detach()) if trained else theta0
+    return fwAD.make_dual(value, delta.detach()) if _DUAL_ACTIVE.get() else value
+
+
 class TangentLayer(nn.Module):
     """Mixin for twins: ``delta_names`` are the parameters that are linearized (deltas, zero at start)."""
 
@@ -79,11 +87,7 @@ class TangentLayer(nn.Module):
         param = getattr(self, name)
         if name not in self.delta_names:
             return param
-        theta0 = getattr(self, theta0_name(name))
-        value = theta0 + (param - param.detach()) if torch.is_grad_enabled() and param.requires_grad else theta0
-        if _DUAL_ACTIVE.get():
-            value = fwAD.make_dual(value, param.detach())
-        return value
+        return effective_value(getattr(self, theta0_name(name)), param)
 
     def theta0(self, name: str) -> torch.Tensor | None:
         """The parameter's value at theta0 (the linearization point)."""
