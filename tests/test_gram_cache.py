@@ -3,6 +3,7 @@ audit log recorded it, gone with a deleted record, never released; and the preco
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -128,6 +129,30 @@ def test_another_theta0_or_selection_misses(ws, mlp_backbone, monkeypatch: pytes
     monkeypatch.setattr(type(mlp_backbone), "build", other_theta0)
     assert train(ws, mlp_backbone, "c", recs)["hits"] == 0
     assert len(gram_cache.cache_files(ws)) == 3
+
+
+def test_a_run_removes_the_files_of_its_shard_no_run_of_this_code_can_use(ws, mlp_backbone, monkeypatch) -> None:
+    """After an upgrade the old code's Thetas would stay for good (no key of the new code matches theirs): the next
+    run on the shard removes them in its logged change, with a file whose code version was never recorded; this
+    code's files under another selection stay."""
+    recs = records()
+    current = gram_cache.gram_code_version()
+    with monkeypatch.context() as patch:  # the same run as older code made it
+        patch.setattr(gram_cache, "gram_code_version", lambda: {**current, "sources_sha256": "0" * 64})
+        train(ws, mlp_backbone, "old", recs)
+    [old], old_file = gram_cache.cache_files(ws), only_file(ws)[1]
+    unrecorded = f"{gram_cache.CACHE_DIR}/{'f' * 32}/toy/s0.safetensors"  # as written before versions were recorded
+    apply(ws, Change("training", writes=[FileWrite(unrecorded, dataclasses.replace(old_file, code=None).encode(),
+                                                   gram_cache.LABEL)]))
+    assert train(ws, mlp_backbone, "b", recs, "blocks[-1:]") == {"hits": 0, "misses": 32, "file": "written",
+                                                                  "superseded": 2}
+    entry = ws.audit.entries()[-1]
+    assert {(a.path, a.sha256) for a in entry.outputs if a.sha256 is None} == {(old, None), (unrecorded, None)}
+    [kept] = gram_cache.cache_files(ws)
+    assert train(ws, mlp_backbone, "c", recs) == {"hits": 0, "misses": 32, "file": "written"}  # nothing to remove
+    assert kept in gram_cache.cache_files(ws) and len(gram_cache.cache_files(ws)) == 2
+    assert train(ws, mlp_backbone, "d", recs)["hits"] == 32  # and this code's files are still used
+    assert verify(ws, workspace=True).ok
 
 
 def test_a_tombstoned_records_gram_is_never_offered(ws, mlp_backbone) -> None:

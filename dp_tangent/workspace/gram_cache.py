@@ -13,7 +13,10 @@ a private record, so:
   check has recorded the edit for ``audit verify`` already;
 * a deleted record's Theta goes with it: the change that tombstones a record rewrites every cache
   file without it (or removes the file), as does the deletion change for anything left; a file
-  that cannot be vouched for is removed. Tombstoned records are never offered.
+  that cannot be vouched for is removed. Tombstoned records are never offered;
+* nothing is kept that can no longer be used: a file records the version of the code that computed it,
+  and a run's completion change removes the shard's files of other code versions (or none recorded),
+  which no run of this code can match (after an upgrade they would otherwise stay for good).
 
 Layout: ``cache/grams/KEY/DATA_SOURCE/SHARD.safetensors``, KEY the first 32 hex digits of the sha256 of
 :func:`gram_key`'s fields: the backbone spec and theta0's weights digest, the selection (spec, delta
@@ -90,6 +93,7 @@ class GramFile:
     commitments: tuple[str, ...]
     digests: tuple[str, ...]
     grams: torch.Tensor  # (m, K, K) float64
+    code: str | None = None  # the code version that computed the Thetas (canonical JSON; None: not recorded)
 
     def encode(self, rows: Sequence[int] | None = None) -> bytes:
         """The file's bytes (only ``rows``, if given)."""
@@ -97,7 +101,8 @@ class GramFile:
         tensors = {"commitments": _hex_rows([self.commitments[j] for j in rows]),
                    "inputs": _hex_rows([self.digests[j] for j in rows]),
                    "grams": self.grams[list(rows)].to(GRAM_DTYPE).contiguous()}
-        return save_tensors(tensors, metadata={"format": FORMAT, "key": self.key})
+        code = {} if self.code is None else {"code": self.code}
+        return save_tensors(tensors, metadata={"format": FORMAT, "key": self.key, **code})
 
 
 def _hex_rows(values: Sequence[str]) -> torch.Tensor:
@@ -109,10 +114,19 @@ def _row_hex(rows: torch.Tensor) -> tuple[str, ...]:
     return tuple(row.tobytes().hex() for row in rows.numpy())
 
 
+def _metadata(data: bytes) -> dict[str, str]:
+    """A safetensors file's metadata (from its header alone)."""
+    size = int.from_bytes(data[:8], "little")
+    return json.loads(data[8:8 + size]).get("__metadata__") or {}
+
+
+def _code(key: GramKey) -> str:
+    return canonical_json(key.fields["code"]).decode("ascii")
+
+
 def _decode(data: bytes) -> GramFile:
     """Parse a cache file's bytes; ValueError (or a safetensors error) if they are not one."""
-    size = int.from_bytes(data[:8], "little")
-    meta = json.loads(data[8:8 + size]).get("__metadata__") or {}
+    meta = _metadata(data)
     tensors = load_tensors(data)
     commitments, inputs, grams = tensors["commitments"], tensors["inputs"], tensors["grams"]
     m = len(commitments)
@@ -120,7 +134,7 @@ def _decode(data: bytes) -> GramFile:
             or commitments.dtype != torch.uint8 or inputs.dtype != torch.uint8
             or grams.dim() != 3 or len(grams) != m or grams.shape[1] != grams.shape[2] or grams.dtype != GRAM_DTYPE):
         raise ValueError("not a gram cache file of this format")
-    return GramFile(str(meta.get("key")), _row_hex(commitments), _row_hex(inputs), grams)
+    return GramFile(str(meta.get("key")), _row_hex(commitments), _row_hex(inputs), grams, meta.get("code"))
 
 
 def logged_digests(ws: "Workspace") -> dict[str, str | None]:
@@ -160,6 +174,7 @@ class JobCache:
     file: GramFile | None
     known: KnownGrams
     note: str | None = None
+    superseded: tuple[str, ...] = ()  # the shard's files no run of this code can use, removed on completion
 
 
 def prepare(ws: "Workspace", key: GramKey, data_source: str, shard: str, commitments: Sequence[str],
@@ -176,14 +191,39 @@ def prepare(ws: "Workspace", key: GramKey, data_source: str, shard: str, commitm
         if pairs:
             index, rows = (list(t) for t in zip(*pairs))
             known = KnownGrams(tuple(index), tuple(file.digests[j] for j in rows), file.grams[rows])
-    return JobCache(rel, key, tuple(commitments), file, known, note)
+    return JobCache(rel, key, tuple(commitments), file, known, note, superseded(ws, key, data_source, shard))
 
 
-def completion(job: JobCache | None, used: GramsUsed | None) -> tuple[list[FileWrite], dict[str, Any] | None]:
-    """The cache write of a finished job (none when nothing changed) and what its log entry says:
-    counts only (hits, misses), never which records."""
+def superseded(ws: "Workspace", key: GramKey, data_source: str, shard: str) -> tuple[str, ...]:
+    """The other cache files of ``shard`` that code of ``key``'s version can never use: written by another
+    version of the code, by one that did not record its version, or unreadable."""
+    own = cache_path(key, data_source, shard).split("/")
+    out = []
+    for rel in cache_files(ws):
+        parts = rel.split("/")
+        if len(parts) == len(own) and parts[-2:] == own[-2:] and parts != own:
+            try:
+                recorded = _metadata((ws.root / rel).read_bytes()).get("code")
+            except (OSError, ValueError, AttributeError):  # not a safetensors file: nothing to vouch for it
+                recorded = None
+            if recorded != _code(key):
+                out.append(rel)
+    return tuple(out)
+
+
+def completion(ws: "Workspace", job: JobCache | None, used: GramsUsed | None
+               ) -> tuple[list[FileWrite], list[FileRemoval], dict[str, Any] | None]:
+    """The cache write of a finished job (none when nothing changed), the removal of the shard's files this
+    code cannot use (:func:`superseded`), and what its log entry says: counts only (hits, misses, files
+    superseded), never which records."""
     if job is None or used is None:
-        return [], None
+        return [], [], None
+    removals = [FileRemoval(rel, LABEL) for rel in job.superseded if (ws.root / rel).exists()]
+    writes, params = _written(job, used)
+    return writes, removals, {**params, "superseded": len(removals)} if removals else params
+
+
+def _written(job: JobCache, used: GramsUsed) -> tuple[list[FileWrite], dict[str, Any]]:
     if len(used.digests) != len(job.commitments):
         raise WorkspaceError("the worker reported Thetas for another number of records than it was given")
     offered = {i: r for r, i in enumerate(job.known.index)}
@@ -204,7 +244,7 @@ def completion(job: JobCache | None, used: GramsUsed | None) -> tuple[list[FileW
         grams[list(used.computed)] = used.grams.to(GRAM_DTYPE)
     if hits:
         grams[hits] = job.known.grams[[offered[i] for i in hits]].to(GRAM_DTYPE)
-    data = GramFile(job.key.digest, job.commitments, used.digests, grams).encode()
+    data = GramFile(job.key.digest, job.commitments, used.digests, grams, _code(job.key)).encode()
     return [FileWrite(job.path, data, LABEL)], {**params, "file": "written"}
 
 

@@ -44,7 +44,7 @@ from ..training.validation import validate_task
 from ..training.write import ComponentFile, TrainedComponent, component_file
 from . import gram_cache
 from .audit_log import Artifact
-from .commit import Change, FileWrite, apply
+from .commit import Change, FileRemoval, FileWrite, apply
 from .ledger_ops import CompleteReservation, FailReservation, LedgerOp
 from .names import WorkspaceError
 from .tombstones import Tombstones
@@ -189,10 +189,11 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
             try:
                 built = component_file(task, trained, reservation=reservations[job.name], data_source=data_source,
                                        shard=job.shard, output=path, manifest_key=key)
-                cache_writes, cache_use = gram_cache.completion(caches.get(job.name), trained.grams)
+                cache_writes, cache_removals, cache_use = gram_cache.completion(ws, caches.get(job.name),
+                                                                                trained.grams)
                 apply(ws, _completed_change(ws, operation, operator, backbone, job, data_source, purpose, built,
                                             executor.name, trained.worker, excluded.get(job.name, 0),
-                                            cache_writes, cache_use))
+                                            cache_writes, cache_use, cache_removals))
             except Exception as err:  # noqa: BLE001 -- e.g. disk full: this shard failed, go on with the rest
                 fail(task.name, failure_reason(err), trained.worker, error=err)
                 return
@@ -271,15 +272,16 @@ def _without_deleted(ws: "Workspace", jobs: Sequence[ShardJob], key: bytes, dele
 def _completed_change(ws: "Workspace", operation: str, operator: str, backbone: BackboneSpec, job: ShardJob,
                       data_source: str, purpose: str, built: ComponentFile, executor: str,
                       worker: dict[str, object], excluded_deleted: int = 0, cache_writes: Sequence[FileWrite] = (),
-                      cache_use: Mapping[str, Any] | None = None) -> Change:
-    """The component file (and its shard's gram cache file) written and its reservation completed, in
-    one logged change."""
+                      cache_use: Mapping[str, Any] | None = None, cache_removals: Sequence[FileRemoval] = ()) -> Change:
+    """The component file (and its shard's gram cache file, its superseded ones removed) written and its
+    reservation completed, in one logged change."""
     meta, p = built.metadata, built.metadata.privacy
     return Change(
         operation, operator=operator,
         inputs=[Artifact(f"base:{backbone.name}", meta.base_weights_sha256),
                 Artifact(f"records:{data_source}/{job.shard} (manifest root)", meta.manifest.root)],
         writes=[FileWrite(ws.relative(ws.component_path(job.name)), built.data, job.name), *cache_writes],
+        removals=list(cache_removals),
         ledger=[CompleteReservation(p.ledger_reservation, built.ledger_details)],
         parameters={"component": job.name, "data_source": data_source, "shard": job.shard, "purpose": purpose,
                     "records": len(job.records), "base": backbone.to_dict(), "executor": executor, "worker": worker,
