@@ -133,26 +133,48 @@ def test_another_theta0_or_selection_misses(ws, mlp_backbone, monkeypatch: pytes
 
 def test_a_run_removes_the_files_of_its_shard_no_run_of_this_code_can_use(ws, mlp_backbone, monkeypatch) -> None:
     """After an upgrade the old code's Thetas would stay for good (no key of the new code matches theirs): the next
-    run on the shard removes them in its logged change, with a file whose code version was never recorded; this
-    code's files under another selection stay."""
+    run on the shard removes them in its logged change. A file recording no code version (written before versions
+    were recorded, maybe by this very code) stays, as do this code's files under another selection."""
     recs = records()
     current = gram_cache.gram_code_version()
     with monkeypatch.context() as patch:  # the same run as older code made it
         patch.setattr(gram_cache, "gram_code_version", lambda: {**current, "sources_sha256": "0" * 64})
         train(ws, mlp_backbone, "old", recs)
     [old], old_file = gram_cache.cache_files(ws), only_file(ws)[1]
-    unrecorded = f"{gram_cache.CACHE_DIR}/{'f' * 32}/toy/s0.safetensors"  # as written before versions were recorded
+    unrecorded = f"{gram_cache.CACHE_DIR}/{'f' * 32}/toy/s0.safetensors"
     apply(ws, Change("training", writes=[FileWrite(unrecorded, dataclasses.replace(old_file, code=None).encode(),
                                                    gram_cache.LABEL)]))
     assert train(ws, mlp_backbone, "b", recs, "blocks[-1:]") == {"hits": 0, "misses": 32, "file": "written",
-                                                                  "superseded": 2}
+                                                                  "superseded": 1}
     entry = ws.audit.entries()[-1]
-    assert {(a.path, a.sha256) for a in entry.outputs if a.sha256 is None} == {(old, None), (unrecorded, None)}
-    [kept] = gram_cache.cache_files(ws)
+    assert [(a.path, a.sha256) for a in entry.outputs if a.sha256 is None] == [(old, None)]
+    assert old not in gram_cache.cache_files(ws) and unrecorded in gram_cache.cache_files(ws)
     assert train(ws, mlp_backbone, "c", recs) == {"hits": 0, "misses": 32, "file": "written"}  # nothing to remove
-    assert kept in gram_cache.cache_files(ws) and len(gram_cache.cache_files(ws)) == 2
+    assert len(gram_cache.cache_files(ws)) == 3
     assert train(ws, mlp_backbone, "d", recs)["hits"] == 32  # and this code's files are still used
     assert verify(ws, workspace=True).ok
+
+
+def test_a_file_of_this_key_without_a_code_version_is_used_and_rewritten_to_record_it(ws, mlp_backbone) -> None:
+    recs = records()
+    train(ws, mlp_backbone, "a", recs)
+    rel, file = only_file(ws)
+    assert file.code is not None
+    apply(ws, Change("training", writes=[FileWrite(rel, dataclasses.replace(file, code=None).encode(),
+                                                   gram_cache.LABEL)]))  # as written before versions were recorded
+    assert train(ws, mlp_backbone, "b", recs) == {"hits": 32, "misses": 0, "file": "written"}
+    assert only_file(ws)[1].code == file.code and same_deltas(ws, "a", "b")
+
+
+def test_a_link_planted_in_the_cache_does_not_stop_training(ws, mlp_backbone, tmp_path: Path) -> None:
+    recs = records()
+    train(ws, mlp_backbone, "a", recs)
+    rel, _ = only_file(ws)
+    planted = ws.root / gram_cache.CACHE_DIR / ("d" * 32) / "toy" / "s0.safetensors"
+    planted.parent.mkdir(parents=True)
+    planted.symlink_to(tmp_path)  # outside the workspace
+    assert train(ws, mlp_backbone, "b", recs) == {"hits": 32, "misses": 0, "file": "unchanged"}
+    assert gram_cache.cache_files(ws) == sorted([rel, ws.relative(planted.parent) + "/s0.safetensors"])
 
 
 def test_a_tombstoned_records_gram_is_never_offered(ws, mlp_backbone) -> None:

@@ -15,8 +15,9 @@ a private record, so:
   file without it (or removes the file), as does the deletion change for anything left; a file
   that cannot be vouched for is removed. Tombstoned records are never offered;
 * nothing is kept that can no longer be used: a file records the version of the code that computed it,
-  and a run's completion change removes the shard's files of other code versions (or none recorded),
-  which no run of this code can match (after an upgrade they would otherwise stay for good).
+  and a run's completion change removes the shard's files of another code version, which no run of this
+  code can match (after an upgrade they would otherwise stay for good). A file that records no version
+  (written before versions were recorded) is kept, since the running code may have written it.
 
 Layout: ``cache/grams/KEY/DATA_SOURCE/SHARD.safetensors``, KEY the first 32 hex digits of the sha256 of
 :func:`gram_key`'s fields: the backbone spec and theta0's weights digest, the selection (spec, delta
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
     from .store import Workspace
 
 CACHE_DIR = "cache/grams"
+_MAX_HEADER = 1 << 20  # a cache file's safetensors header is a few hundred bytes
 FORMAT = "dp-tangent-gram-cache/1"
 LABEL = "gram cache"  # the artifact name in the audit log
 
@@ -120,8 +123,9 @@ def _metadata(data: bytes) -> dict[str, str]:
     return json.loads(data[8:8 + size]).get("__metadata__") or {}
 
 
-def _code(key: GramKey) -> str:
-    return canonical_json(key.fields["code"]).decode("ascii")
+def _code(key: GramKey) -> str | None:
+    """The code version in ``key`` (canonical JSON), None for a key that names none."""
+    return canonical_json(key.fields["code"]).decode("ascii") if "code" in key.fields else None
 
 
 def _decode(data: bytes) -> GramFile:
@@ -195,20 +199,34 @@ def prepare(ws: "Workspace", key: GramKey, data_source: str, shard: str, commitm
 
 
 def superseded(ws: "Workspace", key: GramKey, data_source: str, shard: str) -> tuple[str, ...]:
-    """The other cache files of ``shard`` that code of ``key``'s version can never use: written by another
-    version of the code, by one that did not record its version, or unreadable."""
+    """The other cache files of ``shard`` that code of ``key``'s version can never use: those that record
+    another version of the code (one recording none, or not readable as a cache file, is not among them)."""
     own = cache_path(key, data_source, shard).split("/")
+    current = _code(key)
+    if current is None:
+        return ()
     out = []
     for rel in cache_files(ws):
         parts = rel.split("/")
         if len(parts) == len(own) and parts[-2:] == own[-2:] and parts != own:
-            try:
-                recorded = _metadata((ws.root / rel).read_bytes()).get("code")
-            except (OSError, ValueError, AttributeError):  # not a safetensors file: nothing to vouch for it
-                recorded = None
-            if recorded != _code(key):
+            recorded = _recorded_code(ws.root / rel)
+            if recorded is not None and recorded != current:
                 out.append(rel)
     return tuple(out)
+
+
+def _recorded_code(path: Path) -> str | None:
+    """The code version a cache file records in its header, or None (none recorded, or not a cache file)."""
+    try:
+        with path.open("rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            if not 0 < size <= _MAX_HEADER:
+                return None
+            meta = json.loads(handle.read(size)).get("__metadata__") or {}
+    except (OSError, ValueError, AttributeError, RecursionError):  # whatever is there, it vouches for nothing
+        return None
+    code = meta.get("code") if isinstance(meta, dict) else None
+    return code if isinstance(code, str) else None
 
 
 def completion(ws: "Workspace", job: JobCache | None, used: GramsUsed | None
@@ -235,7 +253,8 @@ def _written(job: JobCache, used: GramsUsed) -> tuple[list[FileWrite], dict[str,
     if job.note:
         params["ignored"] = job.note
     unchanged = (not computed and job.file is not None and set(job.file.commitments) == set(job.commitments)
-                 and len(job.file.commitments) == len(job.commitments))
+                 and len(job.file.commitments) == len(job.commitments)
+                 and job.file.code is not None)  # else rewritten to record its code version
     if unchanged or not job.commitments:
         return [], {**params, "file": "unchanged"}
     k = used.grams.shape[-1] if computed else job.known.grams.shape[-1]
@@ -251,7 +270,9 @@ def _written(job: JobCache, used: GramsUsed) -> tuple[list[FileWrite], dict[str,
 def cache_files(ws: "Workspace") -> list[str]:
     """Every file under ``cache/grams`` (relative paths), whatever wrote it."""
     folder = ws.root / CACHE_DIR
-    return sorted(ws.relative(p) for p in folder.rglob("*") if p.is_file() or p.is_symlink()) if folder.is_dir() else []
+    # relative as found, not resolved: a link planted there may point anywhere, and is listed (and removed) itself
+    return sorted(p.relative_to(ws.root).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink()
+                  ) if folder.is_dir() else []
 
 
 def without_records(ws: "Workspace", doomed: set[str] | frozenset[str]) -> tuple[list[FileWrite], list[FileRemoval]]:
