@@ -1,16 +1,22 @@
 """Package exports imported on first use: a package names what it exports and from which submodule,
-and nothing heavy (torch, Opacus, the accountants) is imported until someone asks for it.
+and nothing heavy (torch, Opacus, the accountants) is imported until someone asks for it; and
+registrations for a library's types deferred until that library is imported (:func:`when_imported`).
 
 ``import dp_tangent.cli`` must not import torch: commands that only read a workspace answer in a
-fraction of a second (tests/test_startup.py holds that line).
+fraction of a second (tests/test_startup.py holds that line). Nor does a job on a table import timm
+(and torchvision through it): only a timm network needs timm's layer types registered.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from importlib import import_module
 from types import ModuleType
+
+_PENDING: dict[str, list[Callable[[], None]]] = {}
+_PENDING_LOCK = threading.RLock()
 
 
 class _LazyPackage(ModuleType):
@@ -32,3 +38,25 @@ def lazy_package(package: str, exports: Mapping[str, str]) -> None:
     module = sys.modules[package]
     module._LAZY_EXPORTS = dict(exports)  # type: ignore[attr-defined]
     module.__class__ = _LazyPackage
+
+
+def when_imported(module: str, register: Callable[[], None]) -> None:
+    """Run ``register`` (which imports ``module`` and registers its types) now if ``module`` is imported already,
+    else at the first :func:`run_pending` after it is. The registries that hold such types call
+    :func:`run_pending` before each lookup: an object of those types exists only once ``module`` is imported."""
+    with _PENDING_LOCK:
+        if module in sys.modules:
+            register()
+        else:
+            _PENDING.setdefault(module, []).append(register)
+
+
+def run_pending() -> None:
+    """Run, in the order they were deferred, the registrations of every module imported since (a dict lookup
+    per deferred module when none is)."""
+    if not any(module in sys.modules for module in _PENDING):
+        return
+    with _PENDING_LOCK:
+        for module in [m for m in _PENDING if m in sys.modules]:
+            for register in _PENDING.pop(module):
+                register()

@@ -154,3 +154,21 @@ def test_table_trains_composes_evaluates_and_predicts_from_a_relative_workspace(
     np.save("rows.npy", np.zeros((2, 13), dtype=np.float32))
     code, out, err = run_cli(capsys, "predict", "wine", "rows.npy", "-w", "ws")
     assert code == 0 and len(out.split(": ")[1].split()) == 2, err
+
+
+def test_a_table_trains_without_importing_timm(tmp_path: Path) -> None:
+    """timm (and torchvision through it, about 1.5 s a process) is for timm networks: a job on a table trains,
+    evaluates and composes with neither loaded (in this process: a local worker runs the same training code)."""
+    import subprocess
+    import sys
+
+    names = write_wine_csv(tmp_path / "data" / "wine.csv")
+    recipe = write_recipe(tmp_path / "wine.yaml", mlp_recipe(_table(tmp_path / "data" / "wine.csv", names),
+                                                             in_features=13, classes=3, source="wine"))
+    code = ("import atexit, sys; atexit.register(lambda: print('LOADED', sorted(m for m in ('timm', 'torchvision') "
+            "if m in sys.modules), file=sys.stderr)); from dp_tangent.cli import main; main(sys.argv[1:])")
+    done = subprocess.run([sys.executable, "-c", code, "train", str(recipe), "-w", "ws", "--executor", "serial"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "model wine: mean of" in done.stdout and "test accuracy" in done.stdout
+    assert "LOADED []" in done.stderr.splitlines(), done.stderr[-500:]

@@ -15,10 +15,19 @@ pretrained head replaces the classifier by a seeded random one (``head_seed``): 
 so choosing it costs no privacy. A ``checkpoint`` must match the whole architecture, head included.
 """
 
-from .families import BackboneFamily, family, family_names, register_family
-from .spec import BackboneSpec
-from .timm_family import create_backbone
-from .weights import PACKAGED, PackagedWeights, load_weights, map_state_dict, read_state_dict, weights_digest
+from ..lazy import lazy_package
 
-__all__ = ["PACKAGED", "BackboneFamily", "BackboneSpec", "family", "family_names", "register_family", "PackagedWeights", "create_backbone", "load_weights", "map_state_dict",
-           "read_state_dict", "weights_digest"]
+# imported on first use, a family's module when the family is first named (``families.BUILT_IN``): a table's
+# MLP never imports timm
+_LAZY = {
+    **dict.fromkeys(("BackboneFamily", "family", "family_names", "register_family"), ".families"),
+    "BackboneSpec": ".spec",
+    "create_backbone": ".timm_family",
+    **dict.fromkeys(("PACKAGED", "PackagedWeights", "load_weights", "map_state_dict", "read_state_dict",
+                     "weights_digest"), ".weights"),
+}
+
+__all__ = ["PACKAGED", "BackboneFamily", "BackboneSpec", "family", "family_names", "register_family", "PackagedWeights",
+           "create_backbone", "load_weights", "map_state_dict", "read_state_dict", "weights_digest"]
+
+lazy_package(__name__, _LAZY)

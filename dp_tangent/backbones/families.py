@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import import_module
 from typing import TYPE_CHECKING
 
 import torch.nn as nn
@@ -37,6 +38,11 @@ class BackboneFamily:
 _FAMILIES: dict[str, BackboneFamily] = {}
 
 
+#: The families that ship with the package, by the module that registers each: imported when first named, so that
+#: a tabular job never imports timm (and torchvision through it), nor an image job transformers.
+BUILT_IN = {"timm": ".timm_family", "mlp": ".mlp_family", "transformers": ".hf_family"}
+
+
 def register_family(family: BackboneFamily) -> BackboneFamily:
     _FAMILIES[family.name] = family
     return family
@@ -44,11 +50,13 @@ def register_family(family: BackboneFamily) -> BackboneFamily:
 
 def family(name: str) -> BackboneFamily:
     """The registered family ``name``; an unknown one is a one-line error listing those registered."""
+    if name not in _FAMILIES and name in BUILT_IN:
+        import_module(BUILT_IN[name], __package__)  # registers it
     try:
         return _FAMILIES[name]
     except KeyError:
-        raise WeightsError(f"unknown backbone family {name!r}; registered: {', '.join(sorted(_FAMILIES))}") from None
+        raise WeightsError(f"unknown backbone family {name!r}; registered: {', '.join(family_names())}") from None
 
 
 def family_names() -> tuple[str, ...]:
-    return tuple(sorted(_FAMILIES))
+    return tuple(sorted(set(_FAMILIES) | set(BUILT_IN)))

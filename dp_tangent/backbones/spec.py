@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from . import hf_family, mlp_family, timm_family  # noqa: F401 -- each registers its family
-from .families import family
+from .families import family  # which imports a built-in family's module when it is first named
 
 
 def _frozen(value: object) -> object:

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from timm.models.efficientnet import EfficientNet
-from timm.models.resnet import ResNet
-from timm.models.vision_transformer import VisionTransformer
+
+from ..lazy import run_pending, when_imported
 
 Runner = Callable[[nn.Module, torch.Tensor, int], torch.Tensor]
 
@@ -50,6 +49,7 @@ def register_layout(model_type: type[nn.Module], layout: BlockLayout) -> None:
 
 
 def layout_for(model: nn.Module) -> BlockLayout | None:
+    run_pending()  # timm's layouts, registered once timm is imported
     for cls in type(model).__mro__:
         if cls in _LAYOUTS:
             return _LAYOUTS[cls]
@@ -129,13 +129,23 @@ def timm_layout(block_names: Callable[[nn.Module], list[str]], stem: tuple[str, 
     return BlockLayout(block_names, stem, prefix, suffix, pre_logits=True)
 
 
-register_layout(
-    VisionTransformer,
-    timm_layout(_children_of("blocks"), ("patch_embed", "cls_token", "reg_token", "pos_embed", "norm_pre"),
-                _vit_prefix, _vit_suffix),
-)
-register_layout(EfficientNet, timm_layout(_children_of("blocks"), ("conv_stem", "bn1"), _effnet_prefix, _effnet_suffix))
-register_layout(ResNet, timm_layout(lambda net: list(_RESNET_STAGES), ("conv1", "bn1"), _resnet_prefix, _resnet_suffix))
+def _register_timm_layouts() -> None:
+    from timm.models.efficientnet import EfficientNet
+    from timm.models.resnet import ResNet
+    from timm.models.vision_transformer import VisionTransformer
+
+    register_layout(
+        VisionTransformer,
+        timm_layout(_children_of("blocks"), ("patch_embed", "cls_token", "reg_token", "pos_embed", "norm_pre"),
+                    _vit_prefix, _vit_suffix),
+    )
+    register_layout(EfficientNet,
+                    timm_layout(_children_of("blocks"), ("conv_stem", "bn1"), _effnet_prefix, _effnet_suffix))
+    register_layout(ResNet,
+                    timm_layout(lambda net: list(_RESNET_STAGES), ("conv1", "bn1"), _resnet_prefix, _resnet_suffix))
+
+
+when_imported("timm", _register_timm_layouts)
 register_layout(
     nn.Sequential,
     BlockLayout(lambda net: [name for name, _ in net.named_children()], (),

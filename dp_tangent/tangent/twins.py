@@ -25,10 +25,9 @@ import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import BatchNormAct2d
-from timm.layers import LayerNorm as TimmLayerNorm
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..lazy import run_pending, when_imported
 from . import depthwise, pointwise
 from .ops import TangentOps, register_op_override
 
@@ -345,10 +344,12 @@ def _gelu_backward(grad_out: torch.Tensor, x: torch.Tensor, approximate: str = "
 
 
 def twin_class(base: type[nn.Module]) -> type[nn.Module] | None:
+    run_pending()  # e.g. timm's layers, registered once timm is imported
     return _TWIN_CLASSES.get(base)
 
 
 def supported_types() -> tuple[type[nn.Module], ...]:
+    run_pending()
     return tuple(_TWIN_CLASSES)
 
 
@@ -446,12 +447,12 @@ def _embedding(layer: TangentLayer, x: torch.Tensor) -> torch.Tensor:
                        layer.norm_type, layer.scale_grad_by_freq, layer.sparse)
 
 
-@register_tangent_layer(nn.LayerNorm, TimmLayerNorm)
+@register_tangent_layer(nn.LayerNorm)
 def _layer_norm(layer: TangentLayer, x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x, layer.normalized_shape, layer.effective("weight"), layer.effective("bias"), layer.eps)
 
 
-@register_tangent_rule(nn.LayerNorm, TimmLayerNorm)
+@register_tangent_rule(nn.LayerNorm)
 def _layer_norm_tangent(layer: TangentLayer, x: torch.Tensor, dx: torch.Tensor | None,
                         y: torch.Tensor) -> torch.Tensor | None:
     """d LN(x; w, b) = w0·dx_hat + x_hat·dw + db, with x_hat = (x - mean)·rstd over the normalized dims and
@@ -489,10 +490,32 @@ def _batch_norm(layer: TangentLayer, x: torch.Tensor) -> torch.Tensor:
     )
 
 
-@register_tangent_layer(BatchNormAct2d)
 def _batch_norm_act(layer: TangentLayer, x: torch.Tensor) -> torch.Tensor:
     return layer.act(layer.drop(_batch_norm(layer, x)))  # type: ignore[operator]
 
 
+_NORM_ACTS: list[type[nn.Module]] = []  # batch norms followed by their own activation (timm's BatchNormAct2d)
+
+
+def _register_timm_layers() -> None:
+    """timm's LayerNorm (nn.LayerNorm's function) and BatchNormAct2d (a batch norm, then its activation)."""
+    from timm.layers import BatchNormAct2d
+    from timm.layers import LayerNorm as TimmLayerNorm
+
+    register_tangent_layer(TimmLayerNorm)(_layer_norm)
+    register_tangent_rule(TimmLayerNorm)(_layer_norm_tangent)
+    register_tangent_layer(BatchNormAct2d)(_batch_norm_act)
+    _NORM_ACTS.append(BatchNormAct2d)
+
+
+when_imported("timm", _register_timm_layers)
+
+
 def is_batch_norm(module: nn.Module) -> bool:
     return isinstance(module, _BatchNorm)
+
+
+def is_batch_norm_act(module: nn.Module) -> bool:
+    """A batch norm followed by its own activation (``module.act(module.drop(batch_norm(x)))``)."""
+    run_pending()
+    return isinstance(module, tuple(_NORM_ACTS))

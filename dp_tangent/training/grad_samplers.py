@@ -16,11 +16,10 @@ import torch.nn.functional as F
 from opacus.grad_sample.grad_sample_module import GradSampleHooks
 from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import GradSampleHooksFastGradientClipping
 from opacus.grad_sample.utils import register_grad_sampler, register_norm_sampler
-from timm.layers import BatchNormAct2d
+from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..tangent.twins import TangentLayer, supported_types, twin_class
-
-_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, BatchNormAct2d)
+from ..lazy import when_imported
+from ..tangent.twins import TangentLayer, is_batch_norm_act, supported_types, twin_class
 
 
 def _pre_activation_backprops(layer: TangentLayer, x: torch.Tensor, backprops: torch.Tensor) -> torch.Tensor:
@@ -28,7 +27,7 @@ def _pre_activation_backprops(layer: TangentLayer, x: torch.Tensor, backprops: t
     activation, so pull the gradient back through act(drop(.)) at theta0."""
     y = F.batch_norm(x, layer.running_mean, layer.running_var, layer.theta0("weight"), layer.theta0("bias"),
                      False, 0.0, layer.eps)
-    if not isinstance(layer, BatchNormAct2d):
+    if not is_batch_norm_act(layer):
         return backprops
     _, pullback = torch.func.vjp(lambda z: layer.act(layer.drop(z)), y)
     return pullback(backprops)[0]
@@ -166,7 +165,7 @@ def register() -> None:
     """Map every twin class to its base layer's samplers (idempotent)."""
     for base in supported_types():
         twin = twin_class(base)
-        if base in _BATCH_NORMS:
+        if issubclass(base, _BatchNorm):  # timm's BatchNormAct2d too
             register_grad_sampler(twin)(compute_batch_norm_grad_sample)
             continue
         if base is nn.Conv2d:
@@ -188,3 +187,4 @@ def hookable(module: nn.Module) -> bool:
 
 
 register()
+when_imported("timm", register)  # again once timm's layers have twins

@@ -35,13 +35,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from opacus.grad_sample.grad_sample_module import GradSampleHooks
-from timm.layers import BatchNormAct2d
-from timm.layers import LayerNorm as TimmLayerNorm
 
 from ..errors import UnsupportedModelError
+from ..lazy import run_pending, when_imported
 from ..tangent import TangentModel
 from ..tangent.ops import TangentOps
-from ..tangent.twins import TangentLayer, is_batch_norm
+from ..tangent.twins import TangentLayer, is_batch_norm, is_batch_norm_act
 from . import grad_samplers  # noqa: F401 -- registers the twins' grad samplers (the per-sample route)
 from .grad_samplers import batch_norm_samples, batch_norm_x_hat, conv2d_columns, unfoldable
 from .losses import ConvexLoss
@@ -174,18 +173,29 @@ def _norm_gram(layer: TangentLayer, x_hat: torch.Tensor, g: torch.Tensor, reduce
     return gram
 
 
-@register_gram_kernel(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, BatchNormAct2d)
+@register_gram_kernel(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 def batch_norm_gram(layer: TangentLayer, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Eval-mode BatchNorm, an affine map per channel: w from sum over positions of x_hat·g, b from sum of g
     (g taken before a BatchNormAct's activation, see :func:`_affine_batch_norm`)."""
     return _norm_gram(layer, batch_norm_x_hat(layer, x.to(g.dtype)), g, tuple(range(3, g.dim())))
 
 
-@register_gram_kernel(nn.LayerNorm, TimmLayerNorm)
+@register_gram_kernel(nn.LayerNorm)
 def layer_norm_gram(layer: TangentLayer, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """LayerNorm over its last dims: w from sum over the other positions of x_hat·g, b from sum of g."""
     x_hat = F.layer_norm(x.to(g.dtype), layer.normalized_shape, eps=layer.eps)
     return _norm_gram(layer, x_hat, g, tuple(range(2, g.dim() - len(layer.normalized_shape))))
+
+
+def _register_timm_kernels() -> None:
+    from timm.layers import BatchNormAct2d
+    from timm.layers import LayerNorm as TimmLayerNorm
+
+    register_gram_kernel(BatchNormAct2d)(batch_norm_gram)
+    register_gram_kernel(TimmLayerNorm)(layer_norm_gram)
+
+
+when_imported("timm", _register_timm_kernels)
 
 
 def _pre_activation_sampler(layer: TangentLayer, activations: list[torch.Tensor], g: torch.Tensor) -> dict:
@@ -195,7 +205,7 @@ def _pre_activation_sampler(layer: TangentLayer, activations: list[torch.Tensor]
 def _per_sample_gram(layer: TangentLayer, calls: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """The layer's Opacus grad sampler on the K seeds (as K·n examples), summed over its calls, then Grams
     (a BatchNormAct's seeds are taken before its activation, see :func:`_affine_batch_norm`)."""
-    sampler = (_pre_activation_sampler if isinstance(layer, BatchNormAct2d)
+    sampler = (_pre_activation_sampler if is_batch_norm_act(layer)
                else GradSampleHooks.GRAD_SAMPLERS[type(layer)])
     total: dict[int, torch.Tensor] = {}
     for x, g in calls:
@@ -219,6 +229,7 @@ def delta_layers(tangent: TangentModel) -> dict[str, TangentLayer]:
 def layer_routes(tangent: TangentModel) -> dict[str, str | None]:
     """How each delta layer's Gram is computed: ``"kernel"`` (registered Gram kernel, falling back to the
     grad sampler for calls it does not cover), ``"per-sample"`` (its grad sampler), or None (no route)."""
+    run_pending()  # timm's kernels and samplers, registered once timm is imported
     routes: dict[str, str | None] = {}
     for name, layer in delta_layers(tangent).items():
         sampler = type(layer) in GradSampleHooks.GRAD_SAMPLERS
@@ -289,7 +300,7 @@ def _affine_batch_norm(layer: TangentLayer, x: torch.Tensor, instead: RecordInst
     weight, bias = layer.effective("weight"), layer.effective("bias")
     y = x_hat if weight is None else x_hat * weight.view(shape)
     y = y if bias is None else y + bias.view(shape)
-    if not isinstance(layer, BatchNormAct2d):
+    if not is_batch_norm_act(layer):
         return y
     instead[layer] = y
     return layer.act(layer.drop(y))
@@ -343,6 +354,7 @@ def _seed_gradients(out: torch.Tensor, outputs: list[torch.Tensor], seeds: torch
 
 
 def _layer_gram(layer: TangentLayer, calls: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    run_pending()  # timm's kernels, registered once timm is imported
     kernel = _KERNELS.get(layer._tangent_base)
     if kernel is not None and len(calls) == 1:  # a layer called twice has cross terms: per-sample route
         gram = kernel(layer, *calls[0])
