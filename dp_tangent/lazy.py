@@ -53,10 +53,20 @@ def when_imported(module: str, register: Callable[[], None]) -> None:
 
 def run_pending() -> None:
     """Run, in the order they were deferred, the registrations of every module imported since (a dict lookup
-    per deferred module when none is)."""
-    if not any(module in sys.modules for module in _PENDING):
+    per deferred module when none is). A registration that raises stays pending (the next lookup runs it again),
+    and a module's entry is dropped only once all its registrations ran, so that another thread waits for them
+    (on the lock) instead of reading half-filled registries; one that looks up a registry itself (which calls
+    this again) finds the registrations still to run, not itself."""
+    if not any(module in sys.modules for module in list(_PENDING)):
         return
     with _PENDING_LOCK:
-        for module in [m for m in _PENDING if m in sys.modules]:
-            for register in _PENDING.pop(module):
-                register()
+        for module in [m for m in list(_PENDING) if m in sys.modules]:
+            queue = _PENDING.get(module, [])
+            while queue:
+                register = queue.pop(0)
+                try:
+                    register()
+                except BaseException:
+                    queue.insert(0, register)
+                    raise
+            _PENDING.pop(module, None)

@@ -43,7 +43,11 @@ _FAMILIES: dict[str, BackboneFamily] = {}
 BUILT_IN = {"timm": ".timm_family", "mlp": ".mlp_family", "transformers": ".hf_family"}
 
 
-def register_family(family: BackboneFamily) -> BackboneFamily:
+def register_family(family: BackboneFamily, built_in: bool = False) -> BackboneFamily:
+    """Make ``family`` known by its name; a built-in one (its module imported when first named) does not replace
+    a family registered under that name before."""
+    if built_in and family.name in _FAMILIES:
+        return _FAMILIES[family.name]
     _FAMILIES[family.name] = family
     return family
 

@@ -136,4 +136,4 @@ def save_mlp(model: MLP, path: str | Path) -> str:
     return sha256_file(path)
 
 
-register_family(BackboneFamily("mlp", build_mlp, describe_mlp, check_mlp, input_rank=1))
+register_family(BackboneFamily("mlp", build_mlp, describe_mlp, check_mlp, input_rank=1), built_in=True)

@@ -109,4 +109,4 @@ def _check(spec: "BackboneSpec") -> None:
         raise ValueError(f"timm backbones take timm_kwargs, not options ({', '.join(k for k, _ in spec.options)})")
 
 
-register_family(BackboneFamily("timm", _build, _describe, _check, _check_name))
+register_family(BackboneFamily("timm", _build, _describe, _check, _check_name), built_in=True)

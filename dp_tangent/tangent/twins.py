@@ -355,6 +355,7 @@ def supported_types() -> tuple[type[nn.Module], ...]:
 
 def make_twin(module: nn.Module, selected: set[str]) -> nn.Module:
     """Turn ``module`` (in place) into its twin; ``selected`` direct parameter names become zero deltas."""
+    run_pending()
     cls = _TWIN_CLASSES[type(module)]
     for name, param in list(module.named_parameters(recurse=False)):
         if name in selected:
