@@ -34,9 +34,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -118,7 +118,7 @@ def _row_hex(rows: torch.Tensor) -> tuple[str, ...]:
 
 
 def _metadata(data: bytes) -> dict[str, str]:
-    """A safetensors file's metadata (from its header alone)."""
+    """A safetensors file's metadata (from its header alone: ``data`` may stop after it)."""
     size = int.from_bytes(data[:8], "little")
     return json.loads(data[8:8 + size]).get("__metadata__") or {}
 
@@ -219,10 +219,11 @@ def _recorded_code(path: Path) -> str | None:
     """The code version a cache file records in its header, or None (none recorded, or not a cache file)."""
     try:
         with path.open("rb") as handle:
-            size = int.from_bytes(handle.read(8), "little")
+            prefix = handle.read(8)
+            size = int.from_bytes(prefix, "little")
             if not 0 < size <= _MAX_HEADER:
                 return None
-            meta = json.loads(handle.read(size)).get("__metadata__") or {}
+            meta = _metadata(prefix + handle.read(size))
     except (OSError, ValueError, AttributeError, RecursionError):  # whatever is there, it vouches for nothing
         return None
     code = meta.get("code") if isinstance(meta, dict) else None
