@@ -23,6 +23,7 @@ import functools
 import hashlib
 import json
 import math
+import sys
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -153,14 +154,15 @@ def prv_epsilon(event: AnyEvent, delta: float, settings: AccountantSettings = DE
 def pld_epsilon(event: AnyEvent, delta: float, settings: AccountantSettings = DEFAULT_SETTINGS) -> float:
     """dp-accounting PLD epsilon at ``delta`` (pessimistic estimate, add-or-remove-one)."""
     import dp_accounting
-    from dp_accounting.pld import PLDAccountant
+
+    from privacy_accounting.pld_accountant import pld_accountant
 
     tree = as_tree(event)
     if is_non_private(tree):
         return math.inf
     if not gaussian_history(tree):
         return 0.0
-    accountant = PLDAccountant(
+    accountant = pld_accountant()(
         neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
         value_discretization_interval=settings.pld_value_discretization_interval,
     )
@@ -236,6 +238,8 @@ def clear_cache() -> None:
     """Drop the in-process results (tests, or after changing Opacus / dp-accounting in-process); the
     on-disk cache (``bounds_cache``) is keyed by the libraries' versions and this code's digest."""
     _cached_epsilon.cache_clear()
+    if "privacy_accounting.pld_accountant" in sys.modules:
+        sys.modules["privacy_accounting.pld_accountant"].clear()
 
 
 def _key(tree: EventTree) -> str:
@@ -276,6 +280,6 @@ def _code_digest() -> str:
     """sha256 of the modules that turn an event into a figure (this one, the event conversions, the loader of
     Opacus's accountants)."""
     digest = hashlib.sha256()
-    for name in ("accountants.py", "events.py", "event_tree.py", "opacus_accountants.py"):
+    for name in ("accountants.py", "events.py", "event_tree.py", "opacus_accountants.py", "pld_accountant.py"):
         digest.update((Path(__file__).with_name(name)).read_bytes())
     return digest.hexdigest()

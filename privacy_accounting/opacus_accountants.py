@@ -8,8 +8,11 @@ executes Opacus's own ``rdp.py``, ``prv.py`` and ``analysis/`` files under a pri
 (``privacy_accounting._opacus_accountants``), with one module replaced: ``accountant.py``, whose only
 import of consequence is the optimizer type for ``get_optimizer_hook_fn`` (training hooks), gets the
 stand-in below with the same ``IAccountant`` base (``history`` list, the same abstract methods).
-Every figure is computed by Opacus's unchanged code; tests/accounting/test_opacus_accountants.py
-checks that both ways give bit-identical epsilons. Another Opacus version, or anything unexpected
+Every figure is computed by Opacus's unchanged code; one pure function is memoised in the private
+copy: ``analysis/rdp.py``'s ``_compute_rdp(q, sigma, alpha)``, the RDP of one step at one order, which
+Opacus recomputes for each of its 151 orders in every ``get_epsilon`` (pure Python series for the 99
+fractional ones), and again for the PRV accountant's domain, although a workspace's figures share a few
+(q, sigma). tests/accounting/test_opacus_accountants.py checks that both ways give bit-identical epsilons. Another Opacus version, or anything unexpected
 (files moved, an import that fails), falls back to the ordinary ``import opacus.accountants``.
 The private classes live only in this process: do not pickle their instances to another one.
 """
@@ -17,6 +20,7 @@ The private classes live only in this process: do not pickle their instances to 
 from __future__ import annotations
 
 import abc
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
@@ -90,6 +94,8 @@ def _torch_free() -> tuple[type, type]:
         shim.IAccountant = IAccountant  # type: ignore[attr-defined]
         sys.modules[shim.__name__] = shim
         importlib.import_module(ALIAS + ".rdp")
+        analysis = sys.modules[ALIAS + ".analysis.rdp"]
+        analysis._compute_rdp = functools.lru_cache(maxsize=4096, typed=True)(analysis._compute_rdp)
         importlib.import_module(ALIAS + ".prv")
         if "torch" in sys.modules:
             raise ImportError("Opacus's accountant files imported torch")
