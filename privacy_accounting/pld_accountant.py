@@ -31,7 +31,7 @@ CHECKED_VERSIONS = ("0.6.0",)
 
 #: The most the kept PLDs hold (their probability arrays), in bytes: a long run on a fine grid can take
 #: tens of MiB, and a long-lived process (a notebook, a driver) should not grow without bound.
-BUDGET_BYTES = 256 * 2**20
+BUDGET_BYTES = 64 * 2**20
 
 PLD = privacy_loss_distribution.PrivacyLossDistribution
 
