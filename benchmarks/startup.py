@@ -6,7 +6,8 @@ the reference is ``python -c "import torch, timm"``, what every command paid bef
 made lazy. ``budget show`` also runs on a workspace whose shard has spent budget (one DP-SGD event
 at the reference point of docs/privacy-accounting.md, recorded on the ledger directly: no training),
 once with its epsilons in the user's cache (``privacy_accounting.bounds_cache``), once with an empty
-cache before every run (the accountants compute). ``train`` runs on the default recipe with a mistake
+cache before every run (the accountants compute); ``budget show`` and ``report`` compute every figure of a
+four-shard workspace too. ``train`` runs on the default recipe with a mistake
 in it (an unknown key): it trains nothing and must say so at once. The children use a cache folder of
 their own, never the user's. Writes ``benchmarks/results/startup.json`` and its section of ``docs/benchmarks.md``.
 Run: ``python -m benchmarks.startup``.
@@ -54,6 +55,12 @@ REPORTS = {f"report -f {f}": ["report", "-w", "ws-spent", "-f", f, "-o", f"repor
 MISTAKE = "train, a mistake in the recipe"
 MISTAKE_ARGS = ["train", "mistake.yaml", "-w", "ws-new"]
 CACHED, COMPUTED = "budget show, spent shard, ε cached", "budget show, spent shard, ε computed"
+#: Four shards trained by one recipe, one of them twice, like the demo's workspace after a retrain: the same
+#: sigma and steps, and a q that differs with the shards' sizes (a split of 200,002 records into four).
+SHARDS = ("s0", "s1", "s2", "s3")
+SHARD_RUNS = [(1.0, 256 / n, 1953) for n in (50001, 50001, 50000, 50000)]
+SHARDS_COMPUTED = {"budget show, 4 shards, ε computed": ["budget", "show", "-w", "ws-shards"],
+                   "report -f md, 4 shards, ε computed": ["report", "-w", "ws-shards", "-f", "md", "-o", "shards.md"]}
 # Peak RSS of the child: VmHWM from /proc, which starts afresh at exec (getrusage's ru_maxrss is kept
 # across fork and exec on Linux, so a child of this process would report this process's peak).
 PEAK = """
@@ -83,20 +90,20 @@ print("PEAK_MIB", _peak_mib(), file=sys.stderr)
 """
 
 
-def small_workspace(root: Path) -> "Workspace":
+def small_workspace(root: Path, shards: tuple[str, ...] = ("s0",)) -> "Workspace":
     """``root``: one data source with a budget, a served deletion request, nothing spent."""
     from dp_tangent.workspace import Workspace
     from dp_tangent.workspace.deletion_requests import DeletionRequest
     from dp_tangent.workspace.forget import forget
 
     ws = Workspace.create(root)
-    ws.declare_data_source("toy", description="toy records", shards=["s0"])
+    ws.declare_data_source("toy", description="toy records", shards=list(shards))
     ws.set_budget("toy", None, epsilon=4.0, delta=1e-5)
     forget(ws, DeletionRequest("r1", ("someone",), date(2026, 11, 30)))  # no component: registered, certified
     return ws
 
 
-def spend(ws: "Workspace", event: "AnyEvent" = None, shard: str = "s0") -> None:
+def spend(ws: "Workspace", event: "AnyEvent" = None, shard: str = "s0", component: str = "c0") -> None:
     """Record one completed training run of ``event`` (default: the spent shard's) on ``toy/shard`` as training
     records it (reserved and logged under the lock, completed in a logged change), without training."""
     from dp_tangent.workspace.commit import Change, apply
@@ -106,10 +113,10 @@ def spend(ws: "Workspace", event: "AnyEvent" = None, shard: str = "s0") -> None:
     event = event if event is not None else dp_sgd_event(*SPENT_RUN)
     with ws.lock():
         rid = ws.ledger.reserve(data_source="toy", shard=shard, event=event, delta=1e-5, purpose="training",
-                                operator="benchmark", component="c0")
+                                operator="benchmark", component=component)
         apply(ws, Change("reservation", operator="benchmark", parameters={
             "purpose": "training", "data_source": "toy",
-            "reservations": {"c0": {"shard": shard, "ledger_reservation": rid}}}))
+            "reservations": {component: {"shard": shard, "ledger_reservation": rid}}}))
     apply(ws, Change("training", operator="benchmark", ledger=[CompleteReservation(rid)]))
 
 
@@ -117,9 +124,14 @@ def _workspace(root: Path) -> None:
     import yaml
 
     from dp_tangent.recipes import DEFAULT_RECIPE
+    from privacy_accounting import dp_sgd_event
 
     small_workspace(root / "ws")
     spend(small_workspace(root / "ws-spent"))
+    shards = small_workspace(root / "ws-shards", SHARDS)
+    for event, shard in zip(SHARD_RUNS, SHARDS):
+        spend(shards, dp_sgd_event(*event), shard=shard, component=f"c-{shard}")
+    spend(shards, dp_sgd_event(*SHARD_RUNS[1]), shard="s1", component="c-s1-retrain")
     recipe = yaml.safe_load(DEFAULT_RECIPE.read_text())
     recipe["training"]["epochz"] = recipe["training"].pop("epochs")  # a typo
     (root / "mistake.yaml").write_text(yaml.safe_dump(recipe))
@@ -155,6 +167,7 @@ def measure() -> dict[str, dict[str, float]]:
             CACHED: (RUNNER, SPENT, keep),  # its first run, untimed, fills the cache
             **{k: (RUNNER, v, keep) for k, v in REPORTS.items()},
             COMPUTED: (RUNNER, SPENT, empty_cache),
+            **{k: (RUNNER, v, empty_cache) for k, v in SHARDS_COMPUTED.items()},
             "import the accountants' libraries (reference)": (ACCOUNTING_LIBRARIES, [], keep),
         }
         for name, (code, args, before) in cases.items():
@@ -192,7 +205,13 @@ def render(rows: dict[str, dict[str, float]]) -> str:
               "computation, mostly the PLD's. `dp-tangent train` and `forget --retrain` print each shard they "
               "trained with its spent ε (the figure `budget show` prints), so after the tool's own changes the "
               "figure is there already; the `ε computed` row is what a user pays after a ledger change made "
-              "elsewhere (another user, or with the cache off). The HTML report draws its two figures with "
+              "elsewhere (another user, or with the cache off). The `4 shards` rows compute every figure of a "
+              f"workspace whose {len(SHARDS)} shards each hold such a run (q differing with the shards' sizes, "
+              f"{', '.join(f'{r[1]:.7f}' for r in SHARD_RUNS)}) and one shard a second, as one recipe trains them "
+              "and a retrain adds; the report also computes each shard's ε-against-steps curve, whose points "
+              "compose the same runs again. Within a process the accountants build each mechanism's one-step "
+              "PLD and RDP once (`privacy_accounting.pld_accountant`, docs/privacy-accounting.md). "
+              "The HTML report draws its two figures with "
               "matplotlib. `train, a mistake in the recipe` is `dp-tangent train` on the default recipe with "
               "`training.epochs` misspelt: the recipe's schema is checked before torch loads "
               "(`dp_tangent.recipes`), where the error used to come after importing torch and timm, and the "

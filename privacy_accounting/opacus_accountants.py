@@ -12,8 +12,9 @@ Every figure is computed by Opacus's unchanged code; one pure function is memois
 copy: ``analysis/rdp.py``'s ``_compute_rdp(q, sigma, alpha)``, the RDP of one step at one order, which
 Opacus recomputes for each of its 151 orders in every ``get_epsilon`` (pure Python series for the 99
 fractional ones), and again for the PRV accountant's domain, although a workspace's figures share a few
-(q, sigma). tests/accounting/test_opacus_accountants.py checks that both ways give bit-identical epsilons. Another Opacus version, or anything unexpected
-(files moved, an import that fails), falls back to the ordinary ``import opacus.accountants``.
+(q, sigma). tests/accounting/test_opacus_accountants.py checks that both ways give bit-identical
+epsilons. Another Opacus version, or anything unexpected (files moved, an import that fails), falls
+back to the ordinary ``import opacus.accountants``.
 The private classes live only in this process: do not pickle their instances to another one.
 """
 

@@ -2,12 +2,13 @@
 
 A figure's composition is mostly Poisson-subsampled Gaussian runs, and the same run recurs: every shard
 of a workspace composes its own runs with the same (sigma, q), a report's epsilon-against-steps curve
-composes the same earlier runs again at every point, and one step's PLD (0.03 s on a 1e-3 grid, 0.4 s on
-the default 1e-4, most of a run's cost) is the same for every step count. :class:`MemoizedPLDAccountant` builds those PLDs with the
-call ``PLDAccountant`` makes itself -- ``from_gaussian_mechanism(standard_deviation=sigma,
-value_discretization_interval=..., sampling_prob=q, neighboring_relation=...).self_compose(count)`` --
-and keeps the last ones used, up to :data:`BUDGET_BYTES`; PLDs are immutable (every operation returns a new one), so a kept one
-composes into every later figure exactly as a fresh one would: the epsilons are bit for bit those of
+composes the same earlier runs again at every point, and one step's PLD (0.03 s on a 1e-3 grid, 0.4 s
+on the default 1e-4, most of a run's cost) is the same for every step count.
+:class:`MemoizedPLDAccountant` builds those PLDs with the call ``PLDAccountant`` makes itself --
+``from_gaussian_mechanism(standard_deviation=sigma, value_discretization_interval=..., sampling_prob=q,
+neighboring_relation=...).self_compose(count)`` -- and keeps the last ones used, up to
+:data:`BUDGET_BYTES`; PLDs are immutable (every operation returns a new one), so a kept one composes
+into every later figure exactly as a fresh one would: the epsilons are bit for bit those of
 ``PLDAccountant`` (tests/accounting/test_pld_accountant.py). Every other event goes to
 ``PLDAccountant`` unchanged. The subclass relies on ``_maybe_compose`` and ``_pld``, internals of the
 dp-accounting versions in :data:`CHECKED_VERSIONS`; with another version :func:`pld_accountant` returns

@@ -21,7 +21,8 @@ def _sgd(sigma: float, q: float, steps: int) -> dp_event.DpEvent:
 EVENTS = {
     "one run": _sgd(1.0, 256 / 50000, 1953),
     "two runs, same mechanism": dp_event.ComposedDpEvent([_sgd(1.1, 0.02, 300), _sgd(1.1, 0.02, 40)]),
-    "nested counts": dp_event.SelfComposedDpEvent(dp_event.ComposedDpEvent([_sgd(0.8, 0.01, 25), _sgd(2.0, 0.1, 3)]), 4),
+    "nested counts": dp_event.SelfComposedDpEvent(
+        dp_event.ComposedDpEvent([_sgd(0.8, 0.01, 25), _sgd(2.0, 0.1, 3)]), 4),
     "with a plain Gaussian": dp_event.ComposedDpEvent([_sgd(1.1, 0.02, 300), dp_event.GaussianDpEvent(30.0)]),
     "q = 1": _sgd(3.0, 1.0, 10),
     "q = 0": dp_event.ComposedDpEvent([_sgd(1.1, 0.0, 300), _sgd(1.1, 0.02, 40)]),
