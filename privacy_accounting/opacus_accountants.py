@@ -27,6 +27,7 @@ import importlib.metadata
 import importlib.util
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -74,6 +75,22 @@ def accountant_classes() -> tuple[type, type]:
     return RDPAccountant, PRVAccountant
 
 
+def _memoised(compute_rdp: Callable[[Any, Any, Any], Any]) -> Callable[[Any, Any, Any], Any]:
+    """``compute_rdp`` with its results kept per (q, sigma, alpha) and their types; unhashable arguments (a
+    0-d array) are computed each time."""
+    memo = functools.lru_cache(maxsize=4096, typed=True)(compute_rdp)
+
+    @functools.wraps(compute_rdp)
+    def compute(q: Any, sigma: Any, alpha: Any) -> Any:
+        try:
+            return memo(q, sigma, alpha)
+        except TypeError:  # unhashable: not kept (a TypeError of the computation itself is raised again below)
+            return compute_rdp(q, sigma, alpha)
+
+    compute.cache_info = memo.cache_info  # type: ignore[attr-defined]
+    return compute
+
+
 def _accountants_folder() -> Path:
     """The installed Opacus's ``accountants`` folder, found without executing ``opacus/__init__``."""
     if importlib.metadata.version("opacus") not in CHECKED_VERSIONS:
@@ -96,7 +113,7 @@ def _torch_free() -> tuple[type, type]:
         sys.modules[shim.__name__] = shim
         importlib.import_module(ALIAS + ".rdp")
         analysis = sys.modules[ALIAS + ".analysis.rdp"]
-        analysis._compute_rdp = functools.lru_cache(maxsize=4096, typed=True)(analysis._compute_rdp)
+        analysis._compute_rdp = _memoised(analysis._compute_rdp)
         importlib.import_module(ALIAS + ".prv")
         if "torch" in sys.modules:
             raise ImportError("Opacus's accountant files imported torch")

@@ -1,49 +1,54 @@
-"""dp-accounting's ``PLDAccountant`` with the PLDs of DP-SGD runs kept in-process.
+"""dp-accounting's ``PLDAccountant`` with the one-step PLDs of DP-SGD kept in-process.
 
-A figure's composition is mostly Poisson-subsampled Gaussian runs, and the same run recurs: every shard
-of a workspace composes its own runs with the same (sigma, q), a report's epsilon-against-steps curve
-composes the same earlier runs again at every point, and one step's PLD (0.03 s on a 1e-3 grid, 0.4 s
-on the default 1e-4, most of a run's cost) is the same for every step count.
-:class:`MemoizedPLDAccountant` builds those PLDs with the call ``PLDAccountant`` makes itself --
-``from_gaussian_mechanism(standard_deviation=sigma, value_discretization_interval=..., sampling_prob=q,
-neighboring_relation=...).self_compose(count)`` -- and keeps the last ones used, up to
-:data:`BUDGET_BYTES`; PLDs are immutable (every operation returns a new one), so a kept one composes
-into every later figure exactly as a fresh one would: the epsilons are bit for bit those of
-``PLDAccountant`` (tests/accounting/test_pld_accountant.py). Every other event goes to
-``PLDAccountant`` unchanged. The subclass relies on ``_maybe_compose`` and ``_pld``, internals of the
-dp-accounting versions in :data:`CHECKED_VERSIONS`; with another version :func:`pld_accountant` returns
-the stock class.
+The PLD of a run of the Poisson-subsampled Gaussian mechanism is its one-step PLD self-composed
+``count`` times, and building that one-step PLD is most of a run's cost (0.03 s on a 1e-3 grid, 0.4 s
+on the default 1e-4, for sigma = 1, q = 0.005). It depends on (sigma, q, grid, relation) only, not on
+the count, and recurs: a report's epsilon-against-steps curve composes the same mechanism at a dozen
+step counts per shard, shards trained by one recipe on equal-sized shards share it, and a figure is
+asked at several deltas. :class:`MemoizedPLDAccountant` builds it with the call ``PLDAccountant`` makes
+itself, ``from_gaussian_mechanism(standard_deviation=sigma, value_discretization_interval=...,
+sampling_prob=q, neighboring_relation=...)``, then ``self_compose(count)`` as ``PLDAccountant`` does,
+and keeps the last ones used, up to :data:`BUDGET_BYTES`. PLDs are immutable (every operation returns a
+new one), so a kept one gives every later figure exactly as a fresh one would: the epsilons are bit for
+bit those of ``PLDAccountant`` (tests/accounting/test_pld_accountant.py). The key holds each value's
+type as well (an ``np.float32`` q equals its float64 value but gives another PLD). Every other event
+goes to ``PLDAccountant`` unchanged. The subclass relies on ``_maybe_compose`` and ``_pld``, internals of
+the dp-accounting versions in :data:`CHECKED_VERSIONS`; with another version, or without the
+package's metadata to tell, :func:`pld_accountant` returns the stock class.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import importlib.metadata
 import threading
-from collections.abc import Callable
 
 from dp_accounting import dp_event
-from dp_accounting.pld import privacy_loss_distribution
+from dp_accounting.pld import pld_pmf, privacy_loss_distribution
 from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
 
 #: dp-accounting versions whose ``PLDAccountant`` internals the subclass was checked against.
 CHECKED_VERSIONS = ("0.6.0",)
-
-
-#: The most the kept PLDs hold (their probability arrays), in bytes: a long run on a fine grid can take
-#: tens of MiB, and a long-lived process (a notebook, a driver) should not grow without bound.
+#: The most the kept PLDs take, in bytes (as estimated by :func:`_nbytes`): a long-lived process (a
+#: notebook, a driver calibrating many sigmas) should not grow without bound.
 BUDGET_BYTES = 64 * 2**20
+#: Estimated bytes per entry of a sparse PMF (a dict of Python int -> float), and per kept PLD.
+_SPARSE_ENTRY_BYTES, _PLD_BYTES = 160, 20 * 1024
 
 PLD = privacy_loss_distribution.PrivacyLossDistribution
 
 
 def _nbytes(pld: PLD) -> int:
+    """Memory a PLD holds, estimated: 8 bytes per value of a dense PMF, a dict entry's worth per sparse one."""
     pmfs = {id(pmf): pmf for pmf in (pld._pmf_remove, pld._pmf_add)}  # one object when symmetric
-    return sum(8 * pmf.size for pmf in pmfs.values())
+    return _PLD_BYTES + sum(pmf.size * (_SPARSE_ENTRY_BYTES if isinstance(pmf, pld_pmf.SparsePLDPmf) else 8)
+                            for pmf in pmfs.values())
 
 
 class _Kept:
-    """Least-recently-used PLDs by key, at most :data:`BUDGET_BYTES` in all (one larger is used, not kept)."""
+    """Least-recently-used one-step PLDs by key, at most :data:`BUDGET_BYTES` in all (a larger one is used,
+    not kept)."""
 
     def __init__(self) -> None:
         self._plds: collections.OrderedDict[tuple, tuple[PLD, int]] = collections.OrderedDict()
@@ -51,14 +56,18 @@ class _Kept:
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
-    def get(self, key: tuple, build: Callable[[], PLD]) -> PLD:
+    def get(self, noise_multiplier: float, sampling_probability: float, interval: float, relation: object) -> PLD:
+        key = tuple((type(v), v) for v in (noise_multiplier, sampling_probability, interval, relation))
         with self._lock:
             if key in self._plds:
                 self._plds.move_to_end(key)
                 self.hits += 1
                 return self._plds[key][0]
             self.misses += 1
-        pld = build()  # outside the lock: another thread may build the same one, with the same result
+        # outside the lock: another thread may build the same one, with the same result
+        pld = privacy_loss_distribution.from_gaussian_mechanism(
+            standard_deviation=noise_multiplier, value_discretization_interval=interval,
+            sampling_prob=sampling_probability, neighboring_relation=relation)
         size = _nbytes(pld)
         with self._lock:
             if key not in self._plds and size <= BUDGET_BYTES:
@@ -76,43 +85,33 @@ class _Kept:
             self.hits = self.misses = 0
 
 
-_ONE_STEP, _RUNS = _Kept(), _Kept()
-
-
-def _one_step(noise_multiplier: float, sampling_probability: float, interval: float, relation: object) -> PLD:
-    return _ONE_STEP.get((noise_multiplier, sampling_probability, interval, relation),
-                         lambda: privacy_loss_distribution.from_gaussian_mechanism(
-                             standard_deviation=noise_multiplier, value_discretization_interval=interval,
-                             sampling_prob=sampling_probability, neighboring_relation=relation))
-
-
-def _run(noise_multiplier: float, sampling_probability: float, count: int, interval: float, relation: object) -> PLD:
-    """PLD of ``count`` steps of the Poisson-subsampled Gaussian mechanism, as ``PLDAccountant`` builds it."""
-    return _RUNS.get((noise_multiplier, sampling_probability, count, interval, relation),
-                     lambda: _one_step(noise_multiplier, sampling_probability, interval, relation).self_compose(count))
+_ONE_STEP = _Kept()
 
 
 class MemoizedPLDAccountant(PLDAccountant):
-    """``PLDAccountant`` whose subsampled-Gaussian runs come from the in-process memo (see the module)."""
+    """``PLDAccountant`` whose subsampled-Gaussian steps come from the in-process memo (see the module)."""
 
     def _maybe_compose(self, event: dp_event.DpEvent, count: int, do_compose: bool):  # noqa: ANN201
         if (do_compose and isinstance(event, dp_event.PoissonSampledDpEvent)
                 and isinstance(event.event, dp_event.GaussianDpEvent)
                 and event.sampling_probability != 0 and event.event.noise_multiplier != 0):
-            self._pld = self._pld.compose(_run(event.event.noise_multiplier, event.sampling_probability, count,
-                                               self._value_discretization_interval, self.neighboring_relation))
+            one_step = _ONE_STEP.get(event.event.noise_multiplier, event.sampling_probability,
+                                     self._value_discretization_interval, self.neighboring_relation)
+            self._pld = self._pld.compose(one_step.self_compose(count))
             return None
         return super()._maybe_compose(event, count, do_compose)
 
 
+@functools.cache
 def pld_accountant() -> type[PLDAccountant]:
     """:class:`MemoizedPLDAccountant` on a checked dp-accounting version, else dp-accounting's own class."""
-    if importlib.metadata.version("dp-accounting") in CHECKED_VERSIONS:
-        return MemoizedPLDAccountant
-    return PLDAccountant
+    try:
+        checked = importlib.metadata.version("dp-accounting") in CHECKED_VERSIONS
+    except importlib.metadata.PackageNotFoundError:  # a copy without metadata: its version is unknown
+        checked = False
+    return MemoizedPLDAccountant if checked else PLDAccountant
 
 
 def clear() -> None:
     """Drop the kept PLDs (tests; memory)."""
-    _RUNS.clear()
     _ONE_STEP.clear()

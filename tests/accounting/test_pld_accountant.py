@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import dp_accounting
+import numpy as np
 import pytest
 from dp_accounting import dp_event
 from dp_accounting.pld import PLDAccountant
@@ -46,11 +47,8 @@ def test_figures_are_pld_accountant_figures_bit_for_bit(relation: object) -> Non
             got = _epsilon(MemoizedPLDAccountant, event, relation)
             assert got.hex() == expected.hex(), name
     assert _epsilon(MemoizedPLDAccountant, EVENTS["sigma = 0"], relation) == math.inf
-    # each of the 6 distinct runs with q, sigma > 0 was built once, and its one step once per mechanism: 1.1, 0.02
-    # serves 300 and 40 steps
-    runs = pld_accountant._RUNS
-    assert runs.misses == 6 and runs.hits >= runs.misses
-    assert pld_accountant._ONE_STEP.misses == 5
+    # one step's PLD built once per mechanism (sigma, q) with q, sigma > 0: 1.1, 0.02 serves 300 and 40 steps
+    assert pld_accountant._ONE_STEP.misses == 5 and pld_accountant._ONE_STEP.hits >= 5
     pld_accountant.clear()
 
 
@@ -64,22 +62,49 @@ def test_the_memo_is_keyed_by_the_grid_and_the_relation() -> None:
     pld_accountant.clear()
 
 
-def test_an_unchecked_dp_accounting_gets_the_stock_accountant(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert pld_accountant.pld_accountant() is MemoizedPLDAccountant
-    monkeypatch.setattr(pld_accountant, "CHECKED_VERSIONS", ("0.0.1",))
-    assert pld_accountant.pld_accountant() is PLDAccountant
+def test_the_memo_tells_equal_values_of_other_types_apart() -> None:
+    """An np.float32 q equals its float64 value (and hashes alike) but gives another PLD: never the other's."""
+    relation = RELATIONS[0]
+    for first, second in ((np.float32(2**-7), 2**-7), (2**-7, np.float32(2**-7))):
+        pld_accountant.clear()
+        for q in (first, second):
+            expected = _epsilon(PLDAccountant, _sgd(1.0, q, 100), relation)
+            assert _epsilon(MemoizedPLDAccountant, _sgd(1.0, q, 100), relation).hex() == expected.hex()
+    assert pld_accountant._ONE_STEP.misses == 2
+    pld_accountant.clear()
 
 
 def test_the_kept_plds_stay_within_their_byte_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     pld_accountant.clear()
-    one = pld_accountant._run(1.0, 0.01, 10, 1e-3, RELATIONS[0])
-    size = pld_accountant._nbytes(one)
+    relation, kept = RELATIONS[0], pld_accountant._ONE_STEP
+    size = pld_accountant._nbytes(kept.get(1.0, 0.01, 1e-3, relation))
     monkeypatch.setattr(pld_accountant, "BUDGET_BYTES", int(2.5 * size))
-    for steps in (11, 12, 13):  # similar sizes: the oldest runs go first
-        pld_accountant._run(1.0, 0.01, steps, 1e-3, RELATIONS[0])
-    kept = pld_accountant._RUNS._plds
-    assert [key[2] for key in kept] == [12, 13] and pld_accountant._RUNS._bytes <= 2.5 * size
+    for sigma in (1.0001, 1.0002, 1.0003):  # similar sizes: the least recently used go first
+        kept.get(sigma, 0.01, 1e-3, relation)
+    assert [key[0][1] for key in kept._plds] == [1.0002, 1.0003] and kept._bytes <= 2.5 * size
     monkeypatch.setattr(pld_accountant, "BUDGET_BYTES", size // 2)  # larger than the whole budget: used, not kept
-    big = pld_accountant._run(1.0, 0.01, 14, 1e-3, RELATIONS[0])
-    assert big.get_epsilon_for_delta(1e-5) > 0 and 14 not in [key[2] for key in kept]
+    big = kept.get(1.0004, 0.01, 1e-3, relation)
+    assert big.get_epsilon_for_delta(1e-5) > 0 and 1.0004 not in [key[0][1] for key in kept._plds]
     pld_accountant.clear()
+
+
+def test_a_sparse_pmf_is_counted_as_the_dict_it_is() -> None:
+    """On a coarse grid with a large sigma the PMF is a dict of Python objects, not 8 bytes a value."""
+    pld = pld_accountant._ONE_STEP.get(3.0, 0.01, 1e-3, RELATIONS[0])
+    assert type(pld._pmf_remove).__name__ == "SparsePLDPmf"
+    assert pld_accountant._nbytes(pld) >= 100 * pld._pmf_remove.size
+    pld_accountant.clear()
+
+
+def test_an_unchecked_or_unknown_dp_accounting_gets_the_stock_accountant(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert pld_accountant.pld_accountant() is MemoizedPLDAccountant
+    for version in (lambda name: "0.0.1", _no_metadata):
+        pld_accountant.pld_accountant.cache_clear()
+        monkeypatch.setattr(pld_accountant.importlib.metadata, "version", version)
+        assert pld_accountant.pld_accountant() is PLDAccountant
+    monkeypatch.undo()
+    pld_accountant.pld_accountant.cache_clear()
+
+
+def _no_metadata(name: str) -> str:
+    raise pld_accountant.importlib.metadata.PackageNotFoundError(name)
