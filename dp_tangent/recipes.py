@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union
 
@@ -279,8 +280,11 @@ def _local_directories(recipe: Recipe, data: dict[str, Any], base: Path) -> None
             text["tokenizer"] = model_source(Recipe.model_validate(data).backbone.spec())
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe file; every problem is one :class:`RecipeError` line."""
+def load_recipe(path: str | Path, *, schema_checked: Callable[[Recipe], None] | None = None) -> Recipe:
+    """Read and validate a recipe file; every problem is one :class:`RecipeError` line.
+
+    ``schema_checked``, if given, is called with the recipe once everything but its backbone holds, before
+    checking the backbone imports torch (the CLI starts its workers there, to import torch meanwhile)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -295,7 +299,9 @@ def load_recipe(path: str | Path) -> Recipe:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or type(err).__name__
         raise RecipeError(f"{path}: invalid YAML{where}: {problem}") from None
-    _validate(data, str(path), schema_only=True)  # every mistake but the backbone's, before torch loads
+    schema = _validate(data, str(path), schema_only=True)  # every mistake but the backbone's, before torch loads
+    if schema_checked is not None:
+        schema_checked(schema)
     recipe = _validate(data, str(path))  # then the backbone, before its name is used to resolve paths
     return _validate(_resolve(recipe, path.resolve().parent), str(path))
 

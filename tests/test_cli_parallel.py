@@ -133,3 +133,44 @@ def test_a_driver_killed_mid_training_leaves_a_reservation_the_next_command_fail
     assert event.status.value == "failed" and "abandoned" in event.failure_reason
     log = subprocess.run([*cli, "audit", "log", "-w", str(ws)], capture_output=True, text=True, timeout=120)
     assert "reservation_abandoned" in log.stdout
+
+
+def test_workers_start_once_the_recipe_schema_holds_and_stop_when_the_command_then_fails(tmp_path, capsys,
+                                                                                           monkeypatch) -> None:
+    """``train`` starts its local workers before checking the backbone and loading the data (they import torch
+    meanwhile); a mistake found after that (an unknown backbone, a shard out of range) stops them at once."""
+    import yaml
+    from helpers import run_cli
+
+    from dp_tangent.recipes import Recipe
+    from dp_tangent.training.executors.local import LocalExecutor
+    from dp_tangent.workspace import Workspace
+
+    events: list[str] = []
+    start, load_data = LocalExecutor.start, Recipe.load_data
+
+    def recorded_start(self: LocalExecutor, tasks: int) -> None:
+        events.append(f"start {tasks}")
+        start(self, tasks)
+
+    def recorded_load(self: Recipe) -> object:
+        events.append("data")
+        return load_data(self)
+
+    monkeypatch.setattr(LocalExecutor, "start", recorded_start)
+    monkeypatch.setattr(Recipe, "load_data", recorded_load)
+    ws = Workspace.create(tmp_path / "ws")
+    recipe = yaml.safe_load(RECIPE.format(epochs=1))
+    (tmp_path / "good.yaml").write_text(yaml.safe_dump(recipe))
+    recipe["shards"]["count"], recipe["backbone"]["name"] = 2, "no_such_net"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(recipe))
+    for args, started, message in (
+            (["bad.yaml"], ["start 2"], "backbone.name: unknown timm model 'no_such_net'"),
+            (["good.yaml", "--shard", "7"], ["start 1"], "--shard 7 is out of range")):
+        events.clear()
+        began = time.monotonic()
+        code, _, err = run_cli(capsys, "train", str(tmp_path / args[0]), *args[1:], "-w", str(ws.root))
+        assert code == 2 and message in err, err
+        assert events == started and _workers_of(os.getpid()) == []  # started, then stopped and reaped
+        assert time.monotonic() - began < 10  # not waiting for workers still importing torch to read a stop
+    assert ws.list_components() == []

@@ -285,3 +285,17 @@ def test_train_on_a_missing_recipe_creates_no_workspace(capsys, tmp_path: Path) 
     code, _, err = run_cli(capsys, "train", str(tmp_path / "missing.yaml"), "--workspace", str(tmp_path / "ws"))
     assert code == 2 and err == f"error: {tmp_path / 'missing.yaml'}: recipe file not found\n"
     assert not (tmp_path / "ws").exists()
+
+
+def test_schema_checked_is_called_once_everything_but_the_backbone_holds(tmp_path: Path) -> None:
+    """The hook the CLI starts its workers from: after the schema, before the backbone (which imports torch)."""
+    seen: list[int] = []
+    load_recipe(write(tmp_path / "ok.yaml", TINY), schema_checked=lambda schema: seen.append(schema.shards.count))
+    assert seen == [TINY["shards"]["count"]]
+    with pytest.raises(RecipeError, match="unknown timm model"):
+        load_recipe(write(tmp_path / "net.yaml", _with("backbone", "name", "no_such_net")),
+                    schema_checked=lambda schema: seen.append(schema.shards.count))
+    assert len(seen) == 2
+    with pytest.raises(RecipeError, match="training.epochs"):
+        load_recipe(write(tmp_path / "epochs.yaml", _with("training", "epochs", 0)), schema_checked=seen.append)
+    assert len(seen) == 2

@@ -154,67 +154,81 @@ def train(
     from ..workspace import Workspace, check_name
 
     name = check_name(name or recipe_path.stem, "model")
-    recipe = load_recipe(recipe_path).with_overrides(shards=shards, epsilon=epsilon, delta=delta)
-    # torch loads here, after the recipe's schema was checked: a mistake in it is reported at once
-    from ..training.ntk_gram import precompute_progress
-    from ..workspace import ShardJob
+    started = []
 
-    count = recipe.shards.count
-    ws = Workspace.open(workspace) if (workspace / "workspace.json").exists() else None
-    selected = sorted(set(only)) if only else list(range(count))
-    if only:
-        _check_retry(ws, name, selected, count)
-    elif ws is not None:
-        _check_unused(ws, name, count)
-    runner = _executor(executor, workers, address, recipe, len(selected))
-    test, parts = recipe.load_data()  # before creating anything: a data set that does not load leaves no trace
-    if only and ws is not None:
-        _check_same_split(ws, name, parts)
-    ws = ws or Workspace.create(workspace)
-    _register_source(ws, recipe)
-    spec, console = recipe.backbone.spec(), Console()
-    jobs = [ShardJob(_retry_name(ws, name, k), f"shard-{k}", parts[k]) for k in selected]
-    typer.echo(f"theta0: {spec.describe()}")
-    console.print(f"{recipe_path}: {spec.name} ({recipe.trainable}), {len(jobs)} of {count} shards "
-                  f"({[len(j.records) for j in jobs]} records), epsilon {recipe.privacy.epsilon:g} each, "
-                  f"executor {runner.name}; workspace {ws.root}")
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    options = {"--shards": shards, "--epsilon": epsilon, "--delta": delta, "--executor": executor,
-               "--workers": workers, "--address": address}
-    retry = ["dp-tangent", "train", str(recipe_path), "--name", name, "-w", str(ws.root),
-             *(item for flag, value in options.items() if value is not None for item in (flag, str(value))),
-             *(["--allow-overlap"] if allow_overlap else [])]
+    def start_workers(schema: Recipe) -> None:
+        """Once the recipe's schema holds: workers (or the cluster) start importing torch while this process
+        does (checking the backbone), loads the data and plans."""
+        jobs = len(set(only)) if only else (shards if shards is not None else schema.shards.count)
+        started.append(_executor(executor, workers, address, schema, max(1, jobs)))
+        started[0].start(max(1, jobs))
+
     try:
-        with Progress(*columns, console=console) as progress:
-            bars = {job.name: progress.add_task(job.name, total=None) for job in jobs}
+        recipe = load_recipe(recipe_path, schema_checked=start_workers).with_overrides(
+            shards=shards, epsilon=epsilon, delta=delta)
+        # torch loads here, after the recipe's schema was checked: a mistake in it is reported at once
+        from ..training.ntk_gram import precompute_progress
+        from ..workspace import ShardJob
 
-            gram_bar: list = []  # added on the first report: only training in this process reports here
+        count = recipe.shards.count
+        ws = Workspace.open(workspace) if (workspace / "workspace.json").exists() else None
+        selected = sorted(set(only)) if only else list(range(count))
+        if only:
+            _check_retry(ws, name, selected, count)
+        elif ws is not None:
+            _check_unused(ws, name, count)
+        runner = started[0]
+        test, parts = recipe.load_data()  # before creating anything: a data set that does not load leaves no trace
+        if only and ws is not None:
+            _check_same_split(ws, name, parts)
+        ws = ws or Workspace.create(workspace)
+        _register_source(ws, recipe)
+        spec, console = recipe.backbone.spec(), Console()
+        jobs = [ShardJob(_retry_name(ws, name, k), f"shard-{k}", parts[k]) for k in selected]
+        typer.echo(f"theta0: {spec.describe()}")
+        console.print(f"{recipe_path}: {spec.name} ({recipe.trainable}), {len(jobs)} of {count} shards "
+                      f"({[len(j.records) for j in jobs]} records), epsilon {recipe.privacy.epsilon:g} each, "
+                      f"executor {runner.name}; workspace {ws.root}")
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        options = {"--shards": shards, "--epsilon": epsilon, "--delta": delta, "--executor": executor,
+                   "--workers": workers, "--address": address}
+        retry = ["dp-tangent", "train", str(recipe_path), "--name", name, "-w", str(ws.root),
+                 *(item for flag, value in options.items() if value is not None for item in (flag, str(value))),
+                 *(["--allow-overlap"] if allow_overlap else [])]
+        try:
+            with Progress(*columns, console=console) as progress:
+                bars = {job.name: progress.add_task(job.name, total=None) for job in jobs}
 
-            def grams(done: int, total: int) -> None:
-                if not gram_bar:
-                    gram_bar.append(progress.add_task("NTK Grams (precompute)", total=total))
-                progress.update(gram_bar[0], completed=done, total=total)
+                gram_bar: list = []  # added on the first report: only training in this process reports here
 
-            with precompute_progress(grams):
-                run = ws.train_all(spec, recipe.trainable, jobs, data_source=recipe.data_source,
-                                   privacy=recipe.privacy_spec(), config=recipe.train_config(), executor=runner,
-                                   progress=lambda job, step, total: progress.update(bars[job], completed=step,
-                                                                                      total=total),
-                                   deleted="exclude", allow_overlap=allow_overlap)
-    except KeyboardInterrupt:
-        missing = _missing_shards(_components_by_shard(ws, name), count)
-        if missing and any(e.component in {j.name for j in jobs} for e in ws.ledger.events()):
-            typer.echo(f"to train the shards without a component: {_retry_command(retry, missing)}", err=True)
-        raise
-    for job_name, count_deleted in sorted(run.excluded_deleted.items()):
-        typer.echo(f"{job_name}: left out {count_deleted} record(s) deleted by an earlier deletion request")
-    for job_name, use in sorted(run.gram_cache.items()):
-        if use.get("ignored"):
-            typer.echo(f"{job_name}: gram cache {use['ignored']}", err=True)
-        if use["hits"]:
-            typer.echo(f"{job_name}: NTK Grams of {use['hits']} record(s) from the workspace's cache, "
-                       f"{use['misses']} computed")
-    _report(ws, recipe, name, test, run, retry)
+                def grams(done: int, total: int) -> None:
+                    if not gram_bar:
+                        gram_bar.append(progress.add_task("NTK Grams (precompute)", total=total))
+                    progress.update(gram_bar[0], completed=done, total=total)
+
+                with precompute_progress(grams):
+                    run = ws.train_all(spec, recipe.trainable, jobs, data_source=recipe.data_source,
+                                       privacy=recipe.privacy_spec(), config=recipe.train_config(), executor=runner,
+                                       progress=lambda job, step, total: progress.update(bars[job], completed=step,
+                                                                                          total=total),
+                                       deleted="exclude", allow_overlap=allow_overlap)
+        except KeyboardInterrupt:
+            missing = _missing_shards(_components_by_shard(ws, name), count)
+            if missing and any(e.component in {j.name for j in jobs} for e in ws.ledger.events()):
+                typer.echo(f"to train the shards without a component: {_retry_command(retry, missing)}", err=True)
+            raise
+        for job_name, count_deleted in sorted(run.excluded_deleted.items()):
+            typer.echo(f"{job_name}: left out {count_deleted} record(s) deleted by an earlier deletion request")
+        for job_name, use in sorted(run.gram_cache.items()):
+            if use.get("ignored"):
+                typer.echo(f"{job_name}: gram cache {use['ignored']}", err=True)
+            if use["hits"]:
+                typer.echo(f"{job_name}: NTK Grams of {use['hits']} record(s) from the workspace's cache, "
+                           f"{use['misses']} computed")
+        _report(ws, recipe, name, test, run, retry)
+    finally:
+        for early in started:
+            early.close()  # idempotent: train_all closes it when it ran
 
 
 def _missing_shards(done: dict[int, str], count: int) -> list[int]:

@@ -11,11 +11,13 @@ import os
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ...errors import DPTangentError
-from ..deltas import TrainedDeltas
-from ..plan import TrainingTask
+
+if TYPE_CHECKING:  # the command line starts workers before the driver imports torch: no training imports here
+    from ..deltas import TrainedDeltas
+    from ..plan import TrainingTask
 
 #: ``progress(task_name, step, total)``: called by the driver as a task advances.
 TaskProgressFn = Callable[[str, int, int], None]

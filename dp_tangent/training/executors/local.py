@@ -20,12 +20,14 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-from ..plan import TrainingTask
 from .base import (ExecutorError, TaskDone, TaskFailed, TaskOutcome, TaskProgressFn, available_cores,
                    check_local_device)
 from .local_worker import receive, send
+
+if TYPE_CHECKING:
+    from ..plan import TrainingTask
 
 _STOP_GRACE_S = 5.0
 
@@ -190,10 +192,11 @@ class LocalExecutor:
 
 
 def _stop(pool: list[_Worker]) -> None:
-    """Ask idle workers to stop, terminate busy ones (the driver is leaving), reap all."""
+    """Ask idle workers to stop, terminate busy ones and those still starting (the driver is leaving: one still
+    importing torch would read the stop only seconds later), reap all."""
     for worker in pool:
         try:
-            if worker.task is None:
+            if worker.task is None and worker.identity is not None:
                 send(worker.tasks, None)
             else:
                 worker.process.terminate()
