@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from helpers import worker_processes_of
+
 from privacy_accounting import Ledger
 
 RECIPE = """
@@ -24,18 +26,6 @@ budget: {{epsilon: 20, delta: 1.0e-5}}
 """
 #: CPU seconds after which a worker is surely training (start-up: imports, model, features, ~5 s).
 TRAINING_CPU_S = 12.0
-
-
-def _workers_of(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid \
-                    and b"dp_tangent.training.executors.local_worker" in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -53,7 +43,7 @@ def test_a_killed_worker_fails_its_shard_with_a_retry_command_that_then_complete
     try:
         deadline = time.monotonic() + 300
         while killed is None and time.monotonic() < deadline and process.poll() is None:
-            for pid in _workers_of(process.pid):
+            for pid in worker_processes_of(process.pid):
                 if _cpu_seconds(pid) > TRAINING_CPU_S:
                     os.kill(pid, signal.SIGKILL)
                     killed = pid
@@ -171,6 +161,6 @@ def test_workers_start_once_the_recipe_schema_holds_and_stop_when_the_command_th
         began = time.monotonic()
         code, _, err = run_cli(capsys, "train", str(tmp_path / args[0]), *args[1:], "-w", str(ws.root))
         assert code == 2 and message in err, err
-        assert events == started and _workers_of(os.getpid()) == []  # started, then stopped and reaped
+        assert events == started and worker_processes_of(os.getpid()) == []  # started, then stopped and reaped
         assert time.monotonic() - began < 10  # not waiting for workers still importing torch to read a stop
     assert ws.list_components() == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -106,3 +107,25 @@ def test_cli_mistakes_are_one_line_errors(demo_run, tmp_path, args, message) -> 
     assert result.returncode != 0
     assert message in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_the_demo_command_runs_as_the_readme_runs_it(tmp_path: Path) -> None:
+    """``dp-tangent demo`` in an empty folder, its workspace the default relative path; its local workers are
+    started before the demo's modules (and torch) load, and handed to the story."""
+    done = subprocess.run([sys.executable, "-m", "dp_tangent", "demo", "--quick", "--shards", "2"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Training the 2 components in parallel: 2 local worker processes" in done.stdout.replace("\n", " ")
+    assert "digits-composed" in done.stdout and "Traceback" not in done.stderr
+    ws = Workspace.open(tmp_path / "dp-tangent-workspace")
+    assert ws.list_components() and (tmp_path / "dp-tangent-workspace-release").is_dir()
+
+
+def test_a_demo_that_stops_early_leaves_no_worker_behind(tmp_path: Path, capsys) -> None:
+    """The workers started before the story are stopped when it fails (here at once: the workspace exists)."""
+    from helpers import run_cli, worker_processes_of
+
+    Workspace.create(tmp_path / "ws")
+    code, _, err = run_cli(capsys, "demo", "-w", str(tmp_path / "ws"))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert worker_processes_of(os.getpid()) == []

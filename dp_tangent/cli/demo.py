@@ -25,16 +25,24 @@ def demo(
     (``--task text``: packaged all-MiniLM-L6-v2 + the SMS Spam Collection)."""
     from dataclasses import replace
 
-    from .demo_run import DemoConfig, DemoError, run_demo
+    from .demo_configs import DemoConfig, DemoError, TextDemoConfig, demo_executor
 
-    given = {"epsilon": epsilon, "shards": shards, "trainable": trainable, "workers": workers}
-    if task == "text":
-        from .demo_text import TextDemoConfig, run_text_demo
-
-        text_config = replace(TextDemoConfig(), **{k: v for k, v in given.items() if v is not None})
-        run_text_demo(workspace, text_config.quick() if quick else text_config)
-        return
-    if task != "image":
+    if task not in ("image", "text"):
         raise DemoError(f"--task must be image or text, got {task!r}")
-    config = replace(DemoConfig(), **{k: v for k, v in given.items() if v is not None})
-    run_demo(workspace, config.quick() if quick else config)
+    given = {"epsilon": epsilon, "shards": shards, "trainable": trainable, "workers": workers}
+    config = replace(TextDemoConfig() if task == "text" else DemoConfig(),
+                     **{k: v for k, v in given.items() if v is not None})
+    config = config.quick() if quick else config
+    executor = demo_executor(config, max(1, config.shards))  # a wrong count is the story's to report
+    executor.start(max(1, config.shards))  # local workers import torch while this process does (the demo imports it)
+    try:
+        if task == "text":
+            from .demo_text import run_text_demo
+
+            run_text_demo(workspace, config, executor=executor)
+        else:
+            from .demo_run import run_demo
+
+            run_demo(workspace, config, executor=executor)
+    finally:
+        executor.close()  # idempotent: the story closed it once the components were trained

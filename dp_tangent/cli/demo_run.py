@@ -10,7 +10,6 @@ sklearn.datasets.load_digits()>``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -18,47 +17,20 @@ from rich.console import Console
 from ..backbones import BackboneSpec
 from ..data import load_digits, split_shards
 from ..data.sources import DigitsSource
-from ..training.config import TrainConfig
-from ..training.losses import ConvexLoss
 from ..workspace.store import Workspace
-from .demo_story import DemoError, DemoTask, tell
+from ..training.executors import Executor
+from .demo_configs import DemoConfig, DemoError
+from .demo_story import DemoTask, tell
 
 __all__ = ["DemoConfig", "DemoError", "run_demo"]
 
 DATA_SOURCE = "digits"
 
 
-@dataclass(frozen=True)
-class DemoConfig:
-    epsilon: float = 8.0
-    delta: float = 1e-5
-    shards: int = 4
-    image_size: int = 48
-    trainable: str = "head"
-    epochs: int = 20
-    batch_size: int = 128
-    lr: float = 0.05
-    seed: int = 0
-    test_fraction: float = 0.2
-    max_records: int | None = None  # use the first N digits only (tests)
-    workers: int | None = None  # local worker processes (default: one per core, at most one per shard)
-    executor: str = "local"  # or "serial": every component in this process
-
-    def quick(self) -> "DemoConfig":
-        return replace(self, epochs=4, max_records=self.max_records or 600)
-
-    @property
-    def budget_epsilon(self) -> float:
-        """Per-shard budget: room for the first run and one retraining after a deletion."""
-        return 2 * self.epsilon
-
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, physical_batch_size=self.batch_size,
-                           lr=self.lr, seed=self.seed, loss=ConvexLoss("cross_entropy"))
-
-
-def run_demo(workspace: Path, config: DemoConfig = DemoConfig(), console: Console | None = None) -> dict[str, object]:
-    """Run the story in a new workspace; returns the figures it printed (for tests)."""
+def run_demo(workspace: Path, config: DemoConfig = DemoConfig(), console: Console | None = None,
+             executor: Executor | None = None) -> dict[str, object]:
+    """Run the story in a new workspace; returns the figures it printed (for tests). ``executor``: the one
+    ``config`` names, started already (the command line starts it before importing this module)."""
     console = console or Console()
     started = time.perf_counter()
     ws = Workspace.create(workspace)
@@ -77,4 +49,4 @@ def run_demo(workspace: Path, config: DemoConfig = DemoConfig(), console: Consol
         source=DATA_SOURCE, source_text="scikit-learn load_digits()", loader=source, test=test,
         shards=tuple(shards), public=public, prefix="digits", model="digits-composed",
         accuracy_title="Test accuracy", report_title="dp-tangent demo: privacy report", forget_hint="digit-<row>")
-    return tell(ws, task, config, console, started)
+    return tell(ws, task, config, console, started, executor)

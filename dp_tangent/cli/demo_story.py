@@ -27,12 +27,11 @@ from privacy_accounting import build_report
 from ..backbones import BackboneSpec
 from ..data import RecordSet
 from ..data.sources import ReloadableSource
-from ..errors import DPTangentError
 from ..io import atomic_write_text
 from ..tangent import linearize
 from ..training.config import PrivacySpec, TrainConfig
 from ..training.evaluation import accuracy
-from ..training.executors import available_cores, create_executor
+from ..training.executors import Executor
 from ..workspace import data_sources
 from ..workspace.data_sources import PUBLIC_SPLIT
 from ..workspace.deletion_requests import DeletionRequest
@@ -40,10 +39,7 @@ from ..workspace.forget import forget
 from ..workspace.report_context import report_sections
 from ..workspace.store import Workspace
 from ..workspace.train import ShardJob
-
-
-class DemoError(DPTangentError):
-    """A demo step that failed."""
+from .demo_configs import DemoError, demo_executor
 
 
 class StoryConfig(Protocol):
@@ -93,20 +89,21 @@ class _Steps:
         self.progress.update(self.task, completed=step, total=total)
 
 
-def _executor(config: StoryConfig, jobs: int, console: Console):  # noqa: ANN202 -- an Executor
+def _executor(config: StoryConfig, jobs: int, console: Console, started: Executor | None) -> Executor:
+    executor = started or demo_executor(config, jobs)
     if config.executor == "local":
-        workers = available_cores() if config.workers is None else config.workers
-        executor = create_executor("local", workers=min(workers, jobs))
         console.print(f"Training the {jobs} components in parallel: {executor.workers} local worker processes, "
                       f"{executor.threads} torch thread(s) each")
-        return executor
-    console.print(f"Training the {jobs} components on the {config.executor} executor")
-    return create_executor(config.executor)
+    else:
+        console.print(f"Training the {jobs} components on the {config.executor} executor")
+    return executor
 
 
-def tell(ws: Workspace, task: DemoTask, config: StoryConfig, console: Console, started: float) -> dict[str, object]:
+def tell(ws: Workspace, task: DemoTask, config: StoryConfig, console: Console, started: float,
+         executor: Executor | None = None) -> dict[str, object]:
     """Run ``task``'s story in the new workspace ``ws`` (the demo began at ``started``, a
-    ``time.perf_counter()``); returns the figures it printed (for tests)."""
+    ``time.perf_counter()``); returns the figures it printed (for tests). ``executor``: the components'
+    (default: the one ``config`` names), closed once they are trained."""
     shard_names = [f"shard-{k}" for k in range(len(task.shards))]
     console.rule(f"[bold]{task.title}")
     console.print(f"Backbone: {task.backbone_text}; linearized: [bold]{config.trainable}[/] (tangent model around "
@@ -135,7 +132,7 @@ def tell(ws: Workspace, task: DemoTask, config: StoryConfig, console: Console, s
             for k, (shard, records) in enumerate(zip(shard_names, task.shards))]
     names = [job.name for job in jobs]
     reference = f"{task.prefix}-non-private-reference"
-    executor = _executor(config, len(jobs), console)
+    executor = _executor(config, len(jobs), console, executor)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         bars = {job.name: _Steps(progress, f"DP component {job.name}") for job in jobs}

@@ -11,7 +11,6 @@ verification. Record ids are ``sms-<line of the data file>``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -22,49 +21,19 @@ from ..data import split_shards
 from ..data.kinds import SmsSpamData
 from ..data.sms_spam import CLASSES, PROVENANCE
 from ..data.sources import SmsSpamSource
-from ..training.config import TrainConfig
-from ..training.losses import ConvexLoss
 from ..workspace.store import Workspace
+from ..training.executors import Executor
+from .demo_configs import TextDemoConfig
 from .demo_story import DemoTask, tell
 
 DATA_SOURCE = "sms-spam"
 MODEL = "sms-composed"
 
 
-@dataclass(frozen=True)
-class TextDemoConfig:
-    epsilon: float = 8.0
-    delta: float = 1e-5
-    shards: int = 4
-    max_length: int = 32  # tokens per message (about 2 in 3 messages fit whole)
-    trainable: str = "blocks[-1:]"  # the last transformer layer (attention, MLP, LayerNorms) and the head
-    epochs: int = 3
-    batch_size: int = 64
-    lr: float = 0.5
-    grad_sample_mode: str = "gram"  # exact clipping from per-record 2x2 NTK Grams: no per-sample gradients
-    seed: int = 0
-    test_fraction: float = 0.2
-    max_records: int | None = None  # the first N messages only (tests)
-    workers: int | None = None  # local worker processes (default: one per core, at most one per shard)
-    executor: str = "local"  # or "serial": every component in this process (tests)
-
-    def quick(self) -> "TextDemoConfig":
-        return replace(self, epochs=1, max_records=self.max_records or 600)
-
-    @property
-    def budget_epsilon(self) -> float:
-        """Per-shard budget: room for the first run and one retraining after a deletion."""
-        return 2 * self.epsilon
-
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, physical_batch_size=self.batch_size,
-                           lr=self.lr, seed=self.seed, grad_sample_mode=self.grad_sample_mode,
-                           loss=ConvexLoss("cross_entropy"))
-
-
 def run_text_demo(workspace: Path, config: TextDemoConfig = TextDemoConfig(),
-                  console: Console | None = None) -> dict[str, object]:
-    """Run the text story in a new workspace; returns the figures it printed (for tests)."""
+                  console: Console | None = None, executor: Executor | None = None) -> dict[str, object]:
+    """Run the text story in a new workspace; returns the figures it printed (for tests). ``executor``: the
+    one ``config`` names, started already (see :func:`.demo_run.run_demo`)."""
     console = console or Console()
     started = time.perf_counter()
     ws = Workspace.create(workspace)
@@ -82,4 +51,4 @@ def run_text_demo(workspace: Path, config: TextDemoConfig = TextDemoConfig(),
         public=parts[config.shards], prefix="sms", model=MODEL, accuracy_title="Test accuracy (spam vs ham)",
         report_title="dp-tangent text demo: privacy report", forget_hint="sms-<line>",
         base_rate_label="always 'ham'")
-    return tell(ws, task, config, console, started)
+    return tell(ws, task, config, console, started, executor)

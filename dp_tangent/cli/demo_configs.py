@@ -1,0 +1,96 @@
+"""The demos' settings (``dp-tangent demo``, image and text), importable without torch: the command reads them
+to start its worker processes before it imports the demo itself (and torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Protocol
+
+from ..errors import DPTangentError
+from ..training.config import TrainConfig
+from ..training.losses import ConvexLoss
+
+if TYPE_CHECKING:
+    from ..training.executors import Executor
+
+__all__ = ["DemoConfig", "DemoError", "TextDemoConfig", "demo_executor"]
+
+
+class DemoError(DPTangentError):
+    """A demo step that failed."""
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    epsilon: float = 8.0
+    delta: float = 1e-5
+    shards: int = 4
+    image_size: int = 48
+    trainable: str = "head"
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 0.05
+    seed: int = 0
+    test_fraction: float = 0.2
+    max_records: int | None = None  # use the first N digits only (tests)
+    workers: int | None = None  # local worker processes (default: one per core, at most one per shard)
+    executor: str = "local"  # or "serial": every component in this process
+
+    def quick(self) -> "DemoConfig":
+        return replace(self, epochs=4, max_records=self.max_records or 600)
+
+    @property
+    def budget_epsilon(self) -> float:
+        """Per-shard budget: room for the first run and one retraining after a deletion."""
+        return 2 * self.epsilon
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, physical_batch_size=self.batch_size,
+                           lr=self.lr, seed=self.seed, loss=ConvexLoss("cross_entropy"))
+
+
+@dataclass(frozen=True)
+class TextDemoConfig:
+    epsilon: float = 8.0
+    delta: float = 1e-5
+    shards: int = 4
+    max_length: int = 32  # tokens per message (about 2 in 3 messages fit whole)
+    trainable: str = "blocks[-1:]"  # the last transformer layer (attention, MLP, LayerNorms) and the head
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 0.5
+    grad_sample_mode: str = "gram"  # exact clipping from per-record 2x2 NTK Grams: no per-sample gradients
+    seed: int = 0
+    test_fraction: float = 0.2
+    max_records: int | None = None  # the first N messages only (tests)
+    workers: int | None = None  # local worker processes (default: one per core, at most one per shard)
+    executor: str = "local"  # or "serial": every component in this process (tests)
+
+    def quick(self) -> "TextDemoConfig":
+        return replace(self, epochs=1, max_records=self.max_records or 600)
+
+    @property
+    def budget_epsilon(self) -> float:
+        """Per-shard budget: room for the first run and one retraining after a deletion."""
+        return 2 * self.epsilon
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, physical_batch_size=self.batch_size,
+                           lr=self.lr, seed=self.seed, grad_sample_mode=self.grad_sample_mode,
+                           loss=ConvexLoss("cross_entropy"))
+
+
+class _ExecutorSettings(Protocol):
+    executor: str
+    workers: int | None
+
+
+def demo_executor(config: _ExecutorSettings, jobs: int) -> "Executor":
+    """The executor ``config`` names, for ``jobs`` components: local workers (one per core, at most one per
+    shard, unless ``config.workers`` says), or another executor by name."""
+    from ..training.executors import available_cores, create_executor
+
+    if config.executor == "local":
+        workers = available_cores() if config.workers is None else config.workers
+        return create_executor("local", workers=min(workers, jobs))
+    return create_executor(config.executor)
