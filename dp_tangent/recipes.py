@@ -183,8 +183,9 @@ class Recipe(_Strict):
         return value
 
     def with_overrides(self, *, shards: int | None = None, epsilon: float | None = None,
-                       delta: float | None = None) -> "Recipe":
-        """A re-validated copy with command-line overrides (``None`` keeps the recipe's value)."""
+                       delta: float | None = None, schema_only: bool = False) -> "Recipe":
+        """A re-validated copy with command-line overrides (``None`` keeps the recipe's value); ``schema_only``:
+        without checking the backbone (which imports torch)."""
         data = self.model_dump()
         if shards is not None:
             data["shards"]["count"] = shards
@@ -192,7 +193,7 @@ class Recipe(_Strict):
             data["privacy"]["epsilon"] = epsilon
         if delta is not None:
             data["privacy"]["delta"] = delta
-        return _validate(data, "overrides")
+        return _validate(data, "overrides", schema_only)
 
     # -- what the recipe builds --------------------------------------------------------------
     def privacy_spec(self) -> PrivacySpec:

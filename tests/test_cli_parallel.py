@@ -156,11 +156,28 @@ def test_workers_start_once_the_recipe_schema_holds_and_stop_when_the_command_th
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(recipe))
     for args, started, message in (
             (["bad.yaml"], ["start 2"], "backbone.name: unknown timm model 'no_such_net'"),
-            (["good.yaml", "--shard", "7"], ["start 1"], "--shard 7 is out of range")):
+            # mistakes found without torch come before any worker starts
+            (["good.yaml", "--shard", "7"], [], "--shard 7 is out of range"),
+            (["good.yaml", "--epsilon", "-1"], [], "overrides: privacy.epsilon"),
+            (["bad.yaml", "--executor", "serial"], [], "unknown timm model")):
         events.clear()
         began = time.monotonic()
         code, _, err = run_cli(capsys, "train", str(tmp_path / args[0]), *args[1:], "-w", str(ws.root))
-        assert code == 2 and message in err, err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
         assert events == started and worker_processes_of(os.getpid()) == []  # started, then stopped and reaped
         assert time.monotonic() - began < 10  # not waiting for workers still importing torch to read a stop
     assert ws.list_components() == []
+
+    # another run holds the workspace: no worker starts early, to wait for it idle
+    hold = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); "
+            "print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(ws.root / "workspace.json")], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        events.clear()
+        code, _, err = run_cli(capsys, "train", str(tmp_path / "bad.yaml"), "-w", str(ws.root))
+        assert code == 2 and "unknown timm model" in err and events == []
+    finally:
+        holder.kill()
+        holder.wait()

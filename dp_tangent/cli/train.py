@@ -154,29 +154,33 @@ def train(
     from ..workspace import Workspace, check_name
 
     name = check_name(name or recipe_path.stem, "model")
+    ws = Workspace.open(workspace) if (workspace / "workspace.json").exists() else None
     started = []
 
-    def start_workers(schema: Recipe) -> None:
-        """Once the recipe's schema holds: workers (or the cluster) start importing torch while this process
-        does (checking the backbone), loads the data and plans."""
-        jobs = len(set(only)) if only else (shards if shards is not None else schema.shards.count)
-        started.append(_executor(executor, workers, address, schema, max(1, jobs)))
-        started[0].start(max(1, jobs))
+    def checked(schema: Recipe) -> None:
+        """Once the recipe's schema holds, before torch loads: the checks that need no torch, then the executor,
+        whose local workers import torch while this process checks the backbone, loads the data and plans
+        (not while another run holds the workspace: this one would wait for it with idle workers)."""
+        count = schema.with_overrides(shards=shards, epsilon=epsilon, delta=delta, schema_only=True).shards.count
+        selected = sorted(set(only)) if only else list(range(count))
+        if only:
+            _check_retry(ws, name, selected, count)
+        elif ws is not None:
+            _check_unused(ws, name, count)
+        runner = _executor(executor, workers, address, schema, max(1, len(selected)))
+        started.append(runner)
+        if executor == "local" and (ws is None or _workspace_free(ws)):
+            runner.start(max(1, len(selected)))
 
     try:
-        recipe = load_recipe(recipe_path, schema_checked=start_workers).with_overrides(
+        recipe = load_recipe(recipe_path, schema_checked=checked).with_overrides(
             shards=shards, epsilon=epsilon, delta=delta)
         # torch loads here, after the recipe's schema was checked: a mistake in it is reported at once
         from ..training.ntk_gram import precompute_progress
         from ..workspace import ShardJob
 
         count = recipe.shards.count
-        ws = Workspace.open(workspace) if (workspace / "workspace.json").exists() else None
         selected = sorted(set(only)) if only else list(range(count))
-        if only:
-            _check_retry(ws, name, selected, count)
-        elif ws is not None:
-            _check_unused(ws, name, count)
         runner = started[0]
         test, parts = recipe.load_data()  # before creating anything: a data set that does not load leaves no trace
         if only and ws is not None:
@@ -229,6 +233,14 @@ def train(
     finally:
         for early in started:
             early.close()  # idempotent: train_all closes it when it ran
+
+
+def _workspace_free(ws: Workspace) -> bool:
+    """Whether no other run holds ``ws`` now (it may take it before this one does: then the workers wait)."""
+    from ..workspace.lock import workspace_lock_if_free
+
+    with workspace_lock_if_free(ws.root) as free:
+        return free
 
 
 def _missing_shards(done: dict[int, str], count: int) -> list[int]:

@@ -97,7 +97,9 @@ class LocalExecutor:
         """Start min(workers, tasks) worker processes; they import torch while the driver plans."""
         if self._pool is None:
             self._startup_failures = 0
-            self._pool = [self._start() for _ in range(min(self.workers, max(1, tasks)))]
+            self._pool = []
+            for _ in range(min(self.workers, max(1, tasks))):  # each in the pool at once: close() stops it
+                self._pool.append(self._start())
 
     def prepare(self, tasks: Sequence[TrainingTask]) -> None:
         """Wait until every worker has started (replacing any that die), so a failed start costs no budget."""
