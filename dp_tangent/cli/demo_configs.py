@@ -37,7 +37,8 @@ class DemoConfig:
     executor: str = "local"  # or "serial": every component in this process
 
     def quick(self) -> "DemoConfig":
-        return replace(self, epochs=4, max_records=self.max_records or 600)
+        # 600 records split five ways leave about 96 per shard: the full run's batch of 128 would not fit
+        return replace(self, epochs=4, max_records=self.max_records or 600, batch_size=min(self.batch_size, 64))
 
     @property
     def budget_epsilon(self) -> float:
