@@ -128,7 +128,8 @@ def test_a_driver_killed_mid_training_leaves_a_reservation_the_next_command_fail
 def test_workers_start_once_the_recipe_schema_holds_and_stop_when_the_command_then_fails(tmp_path, capsys,
                                                                                            monkeypatch) -> None:
     """``train`` starts its local workers before checking the backbone and loading the data (they import torch
-    meanwhile); a mistake found after that (an unknown backbone, a shard out of range) stops them at once."""
+    meanwhile), once the checks that need no torch hold; a mistake found after that (an unknown backbone) stops
+    them at once; none start for the serial executor or while another process holds the workspace."""
     import yaml
     from helpers import run_cli
 
