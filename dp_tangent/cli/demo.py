@@ -33,8 +33,9 @@ def demo(
     config = replace(TextDemoConfig() if task == "text" else DemoConfig(),
                      **{k: v for k, v in given.items() if v is not None})
     config = config.quick() if quick else config
-    executor = demo_executor(config, max(1, config.shards))  # a wrong count is the story's to report
-    executor.start(max(1, config.shards))  # local workers import torch while this process does (the demo imports it)
+    jobs = max(1, config.shards)  # a wrong count is the story's to report
+    executor = demo_executor(config, jobs)
+    executor.start(jobs)  # local workers import torch while this process does (the demo imports it)
     try:
         if task == "text":
             from .demo_text import run_text_demo

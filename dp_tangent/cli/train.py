@@ -155,12 +155,13 @@ def train(
 
     name = check_name(name or recipe_path.stem, "model")
     ws = Workspace.open(workspace) if (workspace / "workspace.json").exists() else None
-    started = []
+    runner, count, selected = None, 0, []
 
     def checked(schema: Recipe) -> None:
         """Once the recipe's schema holds, before torch loads: the checks that need no torch, then the executor,
         whose local workers import torch while this process checks the backbone, loads the data and plans
         (not while another run holds the workspace: this one would wait for it with idle workers)."""
+        nonlocal runner, count, selected
         count = schema.with_overrides(shards=shards, epsilon=epsilon, delta=delta, schema_only=True).shards.count
         selected = sorted(set(only)) if only else list(range(count))
         if only:
@@ -168,7 +169,6 @@ def train(
         elif ws is not None:
             _check_unused(ws, name, count)
         runner = _executor(executor, workers, address, schema, max(1, len(selected)))
-        started.append(runner)
         if executor == "local" and (ws is None or _workspace_free(ws)):
             runner.start(max(1, len(selected)))
 
@@ -179,9 +179,6 @@ def train(
         from ..training.ntk_gram import precompute_progress
         from ..workspace import ShardJob
 
-        count = recipe.shards.count
-        selected = sorted(set(only)) if only else list(range(count))
-        runner = started[0]
         test, parts = recipe.load_data()  # before creating anything: a data set that does not load leaves no trace
         if only and ws is not None:
             _check_same_split(ws, name, parts)
@@ -231,8 +228,8 @@ def train(
                            f"{use['misses']} computed")
         _report(ws, recipe, name, test, run, retry)
     finally:
-        for early in started:
-            early.close()  # idempotent: train_all closes it when it ran
+        if runner is not None:
+            runner.close()  # idempotent: train_all closes it when it ran
 
 
 def _workspace_free(ws: Workspace) -> bool:
