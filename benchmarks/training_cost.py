@@ -74,9 +74,9 @@ from dp_tangent import TangentModel, linearize
 from dp_tangent.backbones import create_backbone
 from dp_tangent.training import PrivacySpec, TrainConfig
 from dp_tangent.training.ntk_gram import clipped_seeds, per_example_grams
-from dp_tangent.training.per_sample import check_per_sample_support
 from dp_tangent.training.secure_random import SecurePoissonSampler, SecureRandom
 from dp_tangent.training.sgd import dp_parts, gram_optimizer
+from dp_tangent.training.validation import check_per_sample_support
 
 from . import recipe_job
 from ._baselines import NonLinearSuffix

@@ -2,9 +2,10 @@
 
 Opacus's accountant mathematics (``opacus/accountants/analysis``: numpy and scipy) is reached through
 ``opacus/__init__``, which imports torch (3-4 s, 600 MB) for the privacy engine; ``budget show``
-needs none of that to print an epsilon. When torch is not loaded yet and the installed Opacus is a
-version this loader was checked against (:data:`CHECKED_VERSIONS`), :func:`accountant_classes`
-executes Opacus's own ``rdp.py``, ``prv.py`` and ``analysis/`` files under a private package name
+needs none of that to print an epsilon, nor does a training command's driver, which loads torch for the
+network but leaves Opacus to its workers. When the opacus package is not loaded yet and the installed Opacus
+is a version this loader was checked against (:data:`CHECKED_VERSIONS`), :func:`accountant_classes` executes
+Opacus's own ``rdp.py``, ``prv.py`` and ``analysis/`` files under a private package name
 (``privacy_accounting._opacus_accountants``), with one module replaced: ``accountant.py``, whose only
 import of consequence is the optimizer type for ``get_optimizer_hook_fn`` (training hooks), gets the
 stand-in below with the same ``IAccountant`` base (``history`` list, the same abstract methods).
@@ -32,7 +33,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-#: The private package Opacus's accountant files run under when torch is not loaded.
+#: The private package Opacus's accountant files run under while the opacus package is not loaded.
 ALIAS = "privacy_accounting._opacus_accountants"
 #: Opacus versions whose ``IAccountant`` the stand-in mirrors (checked by the tests); others are imported whole.
 CHECKED_VERSIONS = ("1.6.0",)
@@ -61,9 +62,9 @@ class IAccountant(abc.ABC):
 
 
 def accountant_classes() -> tuple[type, type]:
-    """(``RDPAccountant``, ``PRVAccountant``): Opacus's own once torch is loaded, else the same files
-    run without torch (see the module docstring)."""
-    if "torch" not in sys.modules:
+    """(``RDPAccountant``, ``PRVAccountant``): Opacus's own once the opacus package is loaded (a process that
+    trains), else the same files run without it, and so without torch (see the module docstring)."""
+    if "opacus" not in sys.modules:
         with _lock:
             try:
                 return _torch_free()
@@ -104,6 +105,7 @@ def _accountants_folder() -> Path:
 def _torch_free() -> tuple[type, type]:
     """Load (once) and return the private copies; the caller holds the lock."""
     if ALIAS + ".prv" not in sys.modules:
+        had_torch = "torch" in sys.modules
         package = ModuleType(ALIAS)
         package.__path__ = [str(_accountants_folder())]  # submodules load from Opacus's folder, under this name
         package.__package__ = ALIAS
@@ -115,6 +117,6 @@ def _torch_free() -> tuple[type, type]:
         analysis = sys.modules[ALIAS + ".analysis.rdp"]
         analysis._compute_rdp = _memoised(analysis._compute_rdp)
         importlib.import_module(ALIAS + ".prv")
-        if "torch" in sys.modules:
-            raise ImportError("Opacus's accountant files imported torch")
+        if "opacus" in sys.modules or ("torch" in sys.modules and not had_torch):
+            raise ImportError("Opacus's accountant files imported the opacus package or torch")
     return sys.modules[ALIAS + ".rdp"].RDPAccountant, sys.modules[ALIAS + ".prv"].PRVAccountant

@@ -182,3 +182,56 @@ def test_workers_start_once_the_recipe_schema_holds_and_stop_when_the_command_th
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_the_driver_of_a_local_run_leaves_opacus_to_its_workers(tmp_path) -> None:
+    """With local workers, ``train``'s own process plans, reserves, writes and accounts without importing Opacus
+    (about a second on the critical path before training): the workers import it, the driver's epsilons come
+    from the accountants' torch-free copy, and the component it writes names the secure generator as before."""
+    from safetensors import safe_open
+
+    from dp_tangent.training.secure_random import GENERATOR_NAME
+
+    (tmp_path / "recipe.yaml").write_text(RECIPE.format(epochs=1))
+    driver = ("import sys\nfrom dp_tangent.cli import main\ntry:\n    main(sys.argv[1:])\nfinally:\n"
+              "    print('DRIVER LOADED', sorted(m for m in ('opacus', 'torch') if m in sys.modules), file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", driver, "train", "recipe.yaml", "--name", "m", "-w", "ws",
+                           "--workers", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "DRIVER LOADED ['torch']" in done.stderr  # torch for the backbone's check and the data; no Opacus
+    assert "m-shard-0: epsilon 7.9" in done.stdout and "model m: mean of 1 components" in done.stdout
+    [component] = (tmp_path / "ws" / "components").glob("*.safetensors")
+    with safe_open(str(component), "pt") as f:
+        assert GENERATOR_NAME in f.metadata()["dp_tangent"]
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is alive (a zombie waiting for its new parent to reap it is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def test_workers_die_with_a_driver_that_is_terminated(tmp_path) -> None:
+    """SIGTERM (or any death) of ``train``'s driver while its early workers import torch: the kernel kills them
+    (parent-death signal) instead of leaving them to run on until they next touch their pipe."""
+    (tmp_path / "recipe.yaml").write_text(RECIPE.format(epochs=100000))
+    process = subprocess.Popen([sys.executable, "-m", "dp_tangent", "train", "recipe.yaml", "--name", "m", "-w", "ws",
+                                "--workers", "1"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline, workers = time.monotonic() + 120, []
+        while not workers and time.monotonic() < deadline and process.poll() is None:
+            workers = worker_processes_of(process.pid)
+            time.sleep(0.05)
+        assert workers, process.communicate(timeout=60)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    deadline = time.monotonic() + 1  # at once: without the signal they ran on for seconds, importing torch
+    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not any(_running(pid) for pid in workers)

@@ -155,7 +155,7 @@ def test_budget_is_reserved_before_data_and_refusal_writes_nothing(tmp_path, mlp
     def touch_data(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("training started although the budget refuses the run")
 
-    monkeypatch.setattr("dp_tangent.training.deltas.fit", touch_data)
+    monkeypatch.setattr("dp_tangent.training.sgd.fit", touch_data)  # train_deltas takes it from there
     with pytest.raises(BudgetExceededError, match="s0"):
         train_component(mlp_backbone, None, tiny_records(), ledger=ledger, data_source="toy", shard="s0", name="c0",
                         output=out, manifest_key=KEY, privacy=PrivacySpec(epsilon=2.0, delta=1e-5),

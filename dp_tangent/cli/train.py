@@ -176,7 +176,7 @@ def train(
         recipe = load_recipe(recipe_path, schema_checked=checked).with_overrides(
             shards=shards, epsilon=epsilon, delta=delta)
         # torch loads here, after the recipe's schema was checked: a mistake in it is reported at once
-        from ..training.ntk_gram import precompute_progress
+        from ..training.progress import precompute_progress  # not ntk_gram: that imports Opacus
         from ..workspace import ShardJob
 
         test, parts = recipe.load_data()  # before creating anything: a data set that does not load leaves no trace

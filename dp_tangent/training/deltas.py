@@ -15,7 +15,6 @@ from ..tangent import linearize
 from .config import ProgressFn, TrainingError
 from .gram_reuse import GramReuse, GramsUsed
 from .plan import TrainingTask
-from .sgd import fit, resolved_grad_sample_mode
 
 
 @dataclass(frozen=True)
@@ -34,6 +33,9 @@ class TrainedDeltas:
 
 def train_deltas(task: TrainingTask, progress: ProgressFn | None = None) -> TrainedDeltas:
     """Build theta0, linearize and :func:`fit` as planned; the part of training that touches records."""
+    # here, not above: a driver unpickling the TrainedDeltas a worker sends imports this module, not Opacus
+    from .sgd import fit, resolved_grad_sample_mode
+
     base = task.backbone.build()
     tangent = linearize(base, task.trainable)
     mode = resolved_grad_sample_mode(tangent, tangent.deltas(), task.records.inputs, task.privacy, task.config)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..tangent import TangentModel
-from .ntk_gram import GRAM_DTYPE, GRAM_VERSION, PrecomputeProgress, per_example_grams
+from .progress import PrecomputeProgress
 
 log = logging.getLogger(__name__)
 DIGEST_BATCH = 256  # rows read at a time when digesting inputs that are not a tensor (lazy images)
@@ -30,11 +30,15 @@ DIGEST_BATCH = 256  # rows read at a time when digesting inputs that are not a t
 _PACKAGE = Path(__file__).resolve().parents[1]
 _SOURCES = ("training/ntk_gram.py", "training/grad_samplers.py", "tangent/*.py", "backbones/*.py")
 _DISTRIBUTIONS = ("torch", "timm", "opacus", "transformers")
+GRAM_DTYPE = torch.float64  # Theta is computed, kept and offered in float64
+# In a cached Theta's key with the digest of the sources that compute Theta (gram_code_version), so an edit of
+# those misses anyway; bump it when Theta's meaning changes in a way no source edit there shows.
+GRAM_VERSION = 1
 
 
 @functools.cache
 def gram_code_version() -> dict[str, object]:
-    """What identifies the code that computes Theta: :data:`~.ntk_gram.GRAM_VERSION`, the sha256 of the
+    """What identifies the code that computes Theta: :data:`GRAM_VERSION`, the sha256 of the
     package's sources it runs (any edit changes it: cached Thetas of older code then miss) and the
     versions of the libraries the network's forward comes from."""
     digest = hashlib.sha256()
@@ -131,6 +135,8 @@ def complete_grams(tangent: TangentModel, inputs: torch.Tensor, digests: Sequenc
              len(missing))
     computed = theta.new_zeros(0, outputs, outputs)
     if missing:
+        from .ntk_gram import per_example_grams  # here: the driver plans with this module, and ntk_gram loads Opacus
+
         computed = per_example_grams(tangent, inputs[list(missing)], from_features=from_features,
                                      batch_size=batch_size, progress=progress)
         theta[list(missing)] = computed

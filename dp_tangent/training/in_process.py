@@ -17,9 +17,8 @@ from ..errors import failure_reason
 from ..tangent import linearize
 from .config import PrivacySpec, ProgressFn, TrainConfig
 from .deltas import train_deltas
-from .per_sample import check_per_sample_support
 from .plan import plan_task, reservation_request
-from .validation import validate_task
+from .validation import check_per_sample_support, validate_task
 from .write import TrainedComponent, write_component
 
 

@@ -19,9 +19,10 @@ with c_i v_i, which is sum_i c_i g_i exactly (:func:`add_clipped_gradient`).
 
 Theta is derived from private records: a run holds it in memory; a workspace may keep it for later runs
 on the same records (:mod:`dp_tangent.workspace.gram_cache`, matched row by row in :mod:`.gram_reuse`),
-inside the workspace only. :data:`GRAM_VERSION` names this code's Theta in that cache's key. The
+inside the workspace only. :data:`~.gram_reuse.GRAM_VERSION` names this code's Theta in that cache's key. The
 precompute reports ``(done, total)`` examples to a ``progress`` callback, or to the one
-:func:`precompute_progress` installs for the calls it wraps (e.g. the CLI's progress bar, in-process).
+:func:`~dp_tangent.training.progress.precompute_progress` installs for the calls it wraps (e.g. the CLI's
+progress bar, in-process; re-exported here).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 
 import torch
 import torch.nn as nn
@@ -43,31 +43,16 @@ from ..tangent.ops import TangentOps
 from ..tangent.twins import TangentLayer, is_batch_norm, is_batch_norm_act
 from . import grad_samplers  # noqa: F401 -- registers the twins' grad samplers (the per-sample route)
 from .grad_samplers import batch_norm_samples, batch_norm_x_hat, conv2d_columns, unfoldable
+from .gram_reuse import GRAM_DTYPE, GRAM_VERSION  # noqa: F401 -- defined there, torch-light for the driver
 from .losses import ConvexLoss
+from .progress import PrecomputeProgress, current_precompute_progress, precompute_progress  # noqa: F401
 
 # Fall back to ghost clipping above these: Theta holds n·K² float64 values for the run, and its
 # precompute costs about K backward passes per example (worth it while K is small against the epochs).
 GRAM_MAX_OUTPUTS = 64
 GRAM_MAX_BYTES = 1 << 30
-GRAM_DTYPE = torch.float64
 PRECOMPUTE_BATCH = 64  # at most this many examples per precompute chunk ...
 PRECOMPUTE_MEMORY = 64 << 20  # ... and about this many bytes of the K seeds' output gradients of a chunk
-# In a cached Theta's key with the digest of the sources that compute Theta (gram_reuse.gram_code_version),
-# so an edit of those misses anyway; bump it when Theta's meaning changes in a way no source edit here shows.
-GRAM_VERSION = 1
-
-PrecomputeProgress = Callable[[int, int], None]  # (examples done, examples in all)
-_PROGRESS: ContextVar[PrecomputeProgress | None] = ContextVar("dp_tangent_gram_precompute_progress", default=None)
-
-
-@contextmanager
-def precompute_progress(report: PrecomputeProgress | None) -> Iterator[None]:
-    """Send the progress of every :func:`per_example_grams` run meanwhile (in this thread) to ``report``."""
-    token = _PROGRESS.set(report)
-    try:
-        yield
-    finally:
-        _PROGRESS.reset(token)
 
 # kernel(layer, x, g) -> (n, K, K) Gram of the layer's deltas, or None when it does not apply to this
 # call; x is the layer's input (n, ...), g the gradients of its output for the K seeds (K, n, ...)
@@ -376,7 +361,7 @@ def per_example_grams(tangent: TangentModel, inputs: torch.Tensor, *, from_featu
     reason = _unsupported(tangent)
     if reason is not None:
         raise UnsupportedModelError(f"cannot compute NTK Grams: {reason}")
-    report = progress or _PROGRESS.get()
+    report = progress or current_precompute_progress()
     layers = delta_layers(tangent)
     was_training = tangent.training
     tangent.train(False)

@@ -19,17 +19,9 @@ from opacus import GradSampleModule
 from torch.func import functional_call, grad, jvp, vmap
 
 from . import grad_samplers  # noqa: F401 -- registers the twins' grad samplers
-from ..errors import UnsupportedModelError
 from .losses import ConvexLoss
 from ..tangent.model import TangentModel, _disable_fused_attention
-
-
-def check_per_sample_support(model: TangentModel) -> None:
-    """Every delta must sit in a layer with an Opacus grad sampler (not on the fallback path)."""
-    if model.fallback_parameters:
-        names = ", ".join(model.fallback_parameters[:4])
-        raise UnsupportedModelError(
-            f"no per-sample gradient hook for {names}: select blocks or layers instead (e.g. trainable='blocks[-2:]')")
+from .validation import check_per_sample_support
 
 
 def per_sample_gradients(model: TangentModel, x: torch.Tensor, y: torch.Tensor, loss: ConvexLoss,

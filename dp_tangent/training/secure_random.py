@@ -59,10 +59,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
 from .config import TrainingError
+from .noise_sources import SECURE_NOISE_GENERATOR
 
-GENERATOR_NAME = ("ChaCha20 keystreams (pyca/cryptography, OpenSSL) under fresh 256-bit OS keys per run, never "
-                  "stored; noise = std/2 x (sum of 4 float64 Box-Muller normals); Poisson sampling from the same "
-                  "source")
+GENERATOR_NAME = SECURE_NOISE_GENERATOR  # its description, as components record it
 KEY_BYTES = 32
 WORDS_PER_NORMAL_PAIR = 2  # one radius, one angle
 NORMALS_PER_NOISE = 4

@@ -43,19 +43,13 @@ from .config import PrivacySpec, ProgressFn, TrainConfig, TrainingError, uses_se
 from .features import precompute_features
 from .gram_reuse import GramReuse, complete_grams, input_digests, row_digests
 from .losses import ConvexLoss
+from .noise_sources import SEEDED_NOISE_GENERATOR, noise_generator_name  # noqa: F401 -- re-exported
 from .ntk_gram import add_clipped_gradient, gram_fallback_reason, per_example_grams
-from .per_sample import check_per_sample_support
 from .plan import Plan
 from .secure_random import GENERATOR_NAME, SecurePoissonSampler, SecureRandom
+from .validation import check_per_sample_support
 
 NOISE_GENERATOR = GENERATOR_NAME  # what private (noise="secure") runs draw from
-SEEDED_NOISE_GENERATOR = ("torch.Generator (Mersenne Twister) seeded from the public config.seed, Poisson sampling "
-                          "from torch's global generator seeded likewise: reproducible, not a CSPRNG")
-
-
-def noise_generator_name(config: TrainConfig) -> str:
-    """What a private run with ``config`` draws its noise and Poisson batches from."""
-    return NOISE_GENERATOR if config.noise == "secure" else SEEDED_NOISE_GENERATOR
 
 
 class _SecureNoise:

@@ -6,6 +6,8 @@ import torch
 from torch import nn
 
 from ..data.records import LazyInputs, RecordSet
+from ..errors import UnsupportedModelError
+from ..tangent.model import TangentModel
 from .config import TrainingError
 from .plan import TrainingTask
 
@@ -119,3 +121,11 @@ def check_labels(records: RecordSet, classes: int, subject: str, model: str, nou
     raise TrainingError(f"{subject}: labels must be in [0, {classes}) ({model} has {classes} outputs), but "
                         f"{count} of {len(ids)} records are not, e.g. record {ids[index]!r} has label "
                         f"{int(targets[index])}; {fix}")
+
+
+def check_per_sample_support(model: TangentModel) -> None:
+    """Every delta must sit in a layer with an Opacus grad sampler (not on the fallback path)."""
+    if model.fallback_parameters:
+        names = ", ".join(model.fallback_parameters[:4])
+        raise UnsupportedModelError(
+            f"no per-sample gradient hook for {names}: select blocks or layers instead (e.g. trainable='blocks[-2:]')")

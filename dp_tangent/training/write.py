@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from privacy_accounting import EpsilonBounds, Ledger, epsilon_bounds
 from privacy_accounting.events import is_non_private
@@ -21,9 +22,11 @@ from ..components.component import (NON_PRIVATE_LABEL, SEEDED_LABEL, ComponentMe
 from ..components.manifest import RecordManifest
 from ..io import atomic_write_bytes
 from .config import TrainingError, differentially_private
-from .deltas import TrainedDeltas
+from .noise_sources import noise_generator_name
 from .plan import TrainingTask
-from .sgd import noise_generator_name
+
+if TYPE_CHECKING:
+    from .deltas import TrainedDeltas
 
 
 @dataclass(frozen=True)

@@ -46,8 +46,7 @@ from safetensors.torch import save as save_tensors
 from ..backbones import BackboneSpec
 from ..tangent import TangentModel
 from ..training.config import TrainConfig
-from ..training.gram_reuse import GramsUsed, KnownGrams, gram_code_version
-from ..training.ntk_gram import GRAM_DTYPE
+from ..training.gram_reuse import GRAM_DTYPE, GramsUsed, KnownGrams, gram_code_version
 from .audit_log import canonical_json
 from .commit import FileRemoval, FileWrite
 from .names import WorkspaceError, check_name

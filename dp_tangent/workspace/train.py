@@ -38,9 +38,8 @@ from ..tangent import TangentModel, linearize
 from ..training.config import PrivacySpec, TrainConfig
 from ..training.executors import Executor, TaskFailed, TaskOutcome, TaskProgressFn
 from ..training.executors.serial import SerialExecutor
-from ..training.per_sample import check_per_sample_support
 from ..training.plan import plan_task, reservation_request
-from ..training.validation import validate_task
+from ..training.validation import check_per_sample_support, validate_task
 from ..training.write import ComponentFile, TrainedComponent, component_file
 from . import gram_cache
 from .audit_log import Artifact

@@ -103,10 +103,20 @@ def test_an_unchecked_opacus_falls_back_to_the_ordinary_import(tmp_path, case: s
     assert result == {"classes": ["opacus.accountants.rdp", "opacus.accountants.prv"], "alias_left": []}
 
 
-def test_once_torch_is_loaded_opacus_own_classes_are_used() -> None:
+def test_once_opacus_is_loaded_its_own_classes_are_used() -> None:
     pytest.importorskip("torch")
     from opacus.accountants import PRVAccountant, RDPAccountant
 
     from privacy_accounting.opacus_accountants import accountant_classes
 
     assert accountant_classes() == (RDPAccountant, PRVAccountant)
+
+
+def test_with_torch_loaded_but_not_opacus_the_private_copy_is_used() -> None:
+    """A training command's driver: torch for the network, no Opacus; the same figures from the copy."""
+    pytest.importorskip("torch")
+    result = _run("import torch\n" + TORCH_FREE, json.dumps(HISTORIES[:1]), json.dumps(DELTAS[:1]))
+    assert result["loaded"] == ["torch"]  # Opacus's package still not imported
+    assert all(m.startswith("privacy_accounting._opacus_accountants.") for m in result["classes"])
+    plain = _run(TORCH_FREE, json.dumps(HISTORIES[:1]), json.dumps(DELTAS[:1]))
+    assert result["figures"] == plain["figures"]  # which the first test compares with Opacus's own

@@ -6,7 +6,8 @@ Each worker is a fresh interpreter (``python -m dp_tangent.training.executors.lo
 for the whole run, each with ``threads`` torch/OpenMP threads (default: cores // workers) so they
 do not fight over cores. A worker that dies (killed, out of memory, segfault) fails only the task
 it was running; a fresh worker takes over the queue. Workers run in their own session and ignore
-SIGINT: Ctrl-C reaches the driver, which stops them.
+SIGINT: Ctrl-C reaches the driver, which stops them. On Linux a worker started from the driver's main thread
+also dies with the driver, however the driver ends (SIGTERM, SIGKILL): nothing trains on for nobody.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -82,10 +84,13 @@ class LocalExecutor:
         result_read, result_write = os.pipe()
         threads = str(self.threads)
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        # the worker dies with this process (local_worker._die_with), which follows the starting thread: main only
+        driver = str(os.getpid() if threading.current_thread() is threading.main_thread() else 0)
         stderr = tempfile.TemporaryFile()
         try:
             process = subprocess.Popen(
-                [sys.executable, "-m", "dp_tangent.training.executors.local_worker", str(task_read), str(result_write), threads],
+                [sys.executable, "-m", "dp_tangent.training.executors.local_worker", str(task_read), str(result_write),
+                 threads, driver],
                 pass_fds=(task_read, result_write), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=stderr, start_new_session=True)  # a terminal's Ctrl-C goes to the driver only
         finally:

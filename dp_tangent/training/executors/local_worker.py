@@ -17,6 +17,8 @@ from dataclasses import replace
 from multiprocessing.connection import Connection
 from typing import Any
 
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
 
 def send(conn: Connection, *message: Any) -> None:
     conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
@@ -31,9 +33,12 @@ def main(argv: list[str]) -> None:
     tasks = Connection(int(argv[0]), writable=False)
     results = Connection(int(argv[1]), readable=False)
     threads = int(argv[2])
+    if len(argv) > 3 and int(argv[3]):
+        _die_with(int(argv[3]))
 
     import torch
 
+    from .. import sgd  # noqa: F401 -- the training stack (Opacus included) loads while the driver plans, not later
     from ..deltas import train_deltas
     from .base import worker_identity
 
@@ -50,6 +55,24 @@ def main(argv: list[str]) -> None:
             send(results, "failed", f"{type(err).__name__}: {err}", traceback.format_exc())
         else:
             send(results, "done", replace(result, worker=worker))
+
+
+def _die_with(driver: int) -> None:
+    """Have the kernel kill this worker when its driver exits, however it exits (SIGTERM, SIGKILL, a crash):
+    else a worker would go on importing torch, or training on private records for nobody, until it next
+    touches the pipe. Linux's parent-death signal (``prctl(PR_SET_PDEATHSIG)``); elsewhere nothing is done.
+    The driver asks for it only from its main thread: the signal follows the thread that started us."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # no prctl to call: the pipe's end of file still stops us later
+        return
+    if os.getppid() != driver:  # the driver left before the signal was set
+        os._exit(0)
 
 
 def _leave() -> None:

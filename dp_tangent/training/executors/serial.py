@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from ..deltas import train_deltas
-from ..plan import TrainingTask
 from .base import TaskDone, TaskFailed, TaskOutcome, TaskProgressFn, check_local_device, worker_identity
+
+if TYPE_CHECKING:
+    from ..plan import TrainingTask
 
 
 class SerialExecutor:
@@ -23,6 +25,8 @@ class SerialExecutor:
         pass
 
     def run(self, tasks: Sequence[TrainingTask], progress: TaskProgressFn | None = None) -> Iterator[TaskOutcome]:
+        from ..deltas import train_deltas  # here: a driver that only creates this executor imports no training
+
         for task in tasks:
             report = (lambda step, total, name=task.name: progress(name, step, total)) if progress else None
             worker = worker_identity(self.name)
