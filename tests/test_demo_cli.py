@@ -130,3 +130,22 @@ def test_a_demo_that_stops_early_leaves_no_worker_behind(tmp_path: Path, capsys)
     code, _, err = run_cli(capsys, "demo", "-w", str(tmp_path / "ws"))
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert worker_processes_of(os.getpid()) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--shards", "0"], "shards must be at least 1, got 0"),
+    (["--shards", "-2"], "shards must be at least 1, got -2"),
+    (["--epsilon", "-1", "--quick"], "epsilon must be finite and > 0, got -1"),
+    (["--epsilon", "nan"], "epsilon must be finite and > 0, got nan"),
+    (["--workers", "0"], "workers must be at least 1, got 0"),
+    (["--trainable", "bogus"], "trainable 'bogus' is not understood"),
+    (["--task", "text", "--shards", "0"], "shards must be at least 1, got 0"),
+])
+def test_demo_setting_mistakes_create_nothing(tmp_path: Path, capsys, args: list[str], message: str) -> None:
+    """Refused in one line before any worker starts or the workspace exists (each used to leave a workspace
+    behind, or to print that it was training zero components first)."""
+    from helpers import run_cli, worker_processes_of
+
+    code, out, err = run_cli(capsys, "demo", "-w", str(tmp_path / "ws"), *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert out == "" and not (tmp_path / "ws").exists() and worker_processes_of(os.getpid()) == []

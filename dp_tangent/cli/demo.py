@@ -25,7 +25,7 @@ def demo(
     (``--task text``: packaged all-MiniLM-L6-v2 + the SMS Spam Collection)."""
     from dataclasses import replace
 
-    from .demo_configs import DemoConfig, DemoError, TextDemoConfig, demo_executor
+    from .demo_configs import DemoConfig, DemoError, TextDemoConfig, check_demo_settings, demo_executor
 
     if task not in ("image", "text"):
         raise DemoError(f"--task must be image or text, got {task!r}")
@@ -33,7 +33,8 @@ def demo(
     config = replace(TextDemoConfig() if task == "text" else DemoConfig(),
                      **{k: v for k, v in given.items() if v is not None})
     config = config.quick() if quick else config
-    jobs = max(1, config.shards)  # a wrong count is the story's to report
+    check_demo_settings(config)  # before any worker starts or the workspace is created
+    jobs = config.shards
     executor = demo_executor(config, jobs)
     executor.start(jobs)  # local workers import torch while this process does (the demo imports it)
     try:

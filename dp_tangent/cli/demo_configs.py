@@ -3,17 +3,19 @@ to start its worker processes before it imports the demo itself (and torch)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
 from ..errors import DPTangentError
+from ..tangent.trainable_forms import FORMS, STRING_FORM
 from ..training.config import TrainConfig
 from ..training.losses import ConvexLoss
 
 if TYPE_CHECKING:
     from ..training.executors import Executor
 
-__all__ = ["DemoConfig", "DemoError", "TextDemoConfig", "demo_executor"]
+__all__ = ["DemoConfig", "DemoError", "TextDemoConfig", "check_demo_settings", "demo_executor"]
 
 
 class DemoError(DPTangentError):
@@ -84,6 +86,24 @@ class TextDemoConfig:
 class _ExecutorSettings(Protocol):
     executor: str
     workers: int | None
+
+
+class _DemoSettings(_ExecutorSettings, Protocol):
+    epsilon: float
+    shards: int
+    trainable: str
+
+
+def check_demo_settings(config: _DemoSettings) -> None:
+    """Refuse, in one line and before anything is created or loaded, settings the story cannot run with."""
+    if config.shards < 1:
+        raise DemoError(f"shards must be at least 1, got {config.shards}")
+    if not (config.epsilon > 0 and math.isfinite(config.epsilon)):  # the story is about private components
+        raise DemoError(f"epsilon must be finite and > 0, got {config.epsilon:g}")
+    if config.workers is not None and config.workers < 1:
+        raise DemoError(f"workers must be at least 1, got {config.workers}")
+    if not STRING_FORM.match(config.trainable.strip()):
+        raise DemoError(f"trainable {config.trainable!r} is not understood; use {FORMS}")
 
 
 def demo_executor(config: _ExecutorSettings, jobs: int) -> "Executor":

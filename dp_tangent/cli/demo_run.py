@@ -19,7 +19,7 @@ from ..data import load_digits, split_shards
 from ..data.sources import DigitsSource
 from ..workspace.store import Workspace
 from ..training.executors import Executor
-from .demo_configs import DemoConfig, DemoError
+from .demo_configs import DemoConfig, DemoError, check_demo_settings
 from .demo_story import DemoTask, tell
 
 __all__ = ["DemoConfig", "DemoError", "run_demo"]
@@ -33,6 +33,7 @@ def run_demo(workspace: Path, config: DemoConfig = DemoConfig(), console: Consol
     ``config`` names, started already (the command line starts it before importing this module)."""
     console = console or Console()
     started = time.perf_counter()
+    check_demo_settings(config)
     ws = Workspace.create(workspace)
     digits = load_digits(image_size=config.image_size)
     if config.max_records:

@@ -23,7 +23,7 @@ from ..data.sms_spam import CLASSES, PROVENANCE
 from ..data.sources import SmsSpamSource
 from ..workspace.store import Workspace
 from ..training.executors import Executor
-from .demo_configs import TextDemoConfig
+from .demo_configs import TextDemoConfig, check_demo_settings
 from .demo_story import DemoTask, tell
 
 DATA_SOURCE = "sms-spam"
@@ -36,6 +36,7 @@ def run_text_demo(workspace: Path, config: TextDemoConfig = TextDemoConfig(),
     one ``config`` names, started already (see :func:`.demo_run.run_demo`)."""
     console = console or Console()
     started = time.perf_counter()
+    check_demo_settings(config)
     ws = Workspace.create(workspace)
     spec = BackboneSpec("all-MiniLM-L6-v2", pretrained="packaged", num_classes=len(CLASSES), family=FAMILY)
     data = SmsSpamData(max_length=config.max_length, tokenizer=model_source(spec), max_records=config.max_records,
