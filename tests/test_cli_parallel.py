@@ -213,9 +213,10 @@ def _running(pid: int) -> bool:
         return False
 
 
-def test_workers_die_with_a_driver_that_is_terminated(tmp_path) -> None:
-    """SIGTERM (or any death) of ``train``'s driver while its early workers import torch: the kernel kills them
-    (parent-death signal) instead of leaving them to run on until they next touch their pipe."""
+def test_workers_die_with_a_driver_that_is_killed(tmp_path) -> None:
+    """SIGKILL (or any death the driver cannot handle) of ``train``'s driver while its early workers import torch:
+    the kernel kills them (parent-death signal) instead of leaving them to run on until they next touch their
+    pipe."""
     (tmp_path / "recipe.yaml").write_text(RECIPE.format(epochs=100000))
     process = subprocess.Popen([sys.executable, "-m", "dp_tangent", "train", "recipe.yaml", "--name", "m", "-w", "ws",
                                 "--workers", "1"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -225,7 +226,7 @@ def test_workers_die_with_a_driver_that_is_terminated(tmp_path) -> None:
             workers = worker_processes_of(process.pid)
             time.sleep(0.05)
         assert workers, process.communicate(timeout=60)
-        process.send_signal(signal.SIGTERM)
+        process.kill()
         process.wait(timeout=60)
     finally:
         if process.poll() is None:
@@ -234,4 +235,33 @@ def test_workers_die_with_a_driver_that_is_terminated(tmp_path) -> None:
     deadline = time.monotonic() + 1  # at once: without the signal they ran on for seconds, importing torch
     while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.02)
+    assert not any(_running(pid) for pid in workers)
+
+
+def test_sigterm_ends_a_training_run_as_ctrl_c_does(tmp_path) -> None:
+    """``kill``/``timeout``/a scheduler's stop mid-training: the run's reservation is marked failed and its worker
+    stopped at once, with the retry command and exit code 130, as for Ctrl-C (not left reserved for the next
+    command to find)."""
+    (tmp_path / "recipe.yaml").write_text(RECIPE.format(epochs=100000))
+    process = subprocess.Popen([sys.executable, "-m", "dp_tangent", "train", "recipe.yaml", "--name", "m", "-w", "ws",
+                                "--workers", "1"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    ledger = tmp_path / "ws" / "ledger.sqlite"
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and process.poll() is None and not (
+                ledger.exists() and Ledger.open(ledger).events()):
+            time.sleep(0.2)
+        workers = worker_processes_of(process.pid)
+        assert workers, process.communicate(timeout=60)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    assert "--shard 0" in err  # the retry command
+    [event] = Ledger.open(ledger).events()
+    assert event.component == "m-shard-0" and event.status.value == "failed"
     assert not any(_running(pid) for pid in workers)

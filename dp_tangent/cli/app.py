@@ -1,12 +1,16 @@
 """The ``dp-tangent`` app: the Typer application, the options commands share, and the entry point.
 
 Every mistake a user can make ends in one line on stderr and exit code 2 (no traceback); Ctrl-C
-ends with exit code 130 after the library has recorded what it must (a reserved budget stays spent).
+ends with exit code 130 after the library has recorded what it must (a reserved budget stays spent),
+and so do SIGTERM and SIGHUP (``kill``, ``timeout``, a closed terminal, a scheduler stopping a job).
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
 
@@ -67,7 +71,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     try:
         # Epsilons this user already computed are read from their private cache, not recomputed: a
         # command that prints one then needs neither dp_accounting (scipy) nor Opacus (torch).
-        with use_cache_dir(user_cache_dir()):
+        with use_cache_dir(user_cache_dir()), _termination_as_interrupt():
             code = app(args=argv, standalone_mode=False, prog_name="dp-tangent")  # Exit(n) comes back as n
         if code == 130:  # typer turns Ctrl-C into Exit(130)
             raise KeyboardInterrupt
@@ -102,6 +106,26 @@ def main(argv: Optional[list[str]] = None) -> None:
             raise
         typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
         sys.exit(2)
+
+
+@contextlib.contextmanager
+def _termination_as_interrupt() -> Iterator[None]:
+    """Meanwhile SIGTERM and SIGHUP end the command as Ctrl-C does (where nobody else handles them): an unfinished
+    run's reservations are marked failed and its workers stopped now, not found by the next command."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    installed = {}
+    with contextlib.suppress(ValueError):  # not the main thread: signals are not ours to handle
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(sig) is signal.SIG_DFL:
+                installed[sig] = signal.signal(sig, interrupt)
+    try:
+        yield
+    finally:
+        for sig, previous in installed.items():
+            signal.signal(sig, previous)
 
 
 def _interrupted() -> NoReturn:
