@@ -109,9 +109,8 @@ def check_demo_settings(config: _DemoSettings) -> None:
 def demo_executor(config: _ExecutorSettings, jobs: int) -> "Executor":
     """The executor ``config`` names, for ``jobs`` components: local workers (one per core, at most one per
     shard, unless ``config.workers`` says), or another executor by name."""
-    from ..training.executors import available_cores, create_executor
+    from ..training.executors import create_executor, local_executor_for
 
     if config.executor == "local":
-        workers = available_cores() if config.workers is None else config.workers
-        return create_executor("local", workers=min(workers, jobs))
+        return local_executor_for(jobs, config.workers)
     return create_executor(config.executor)

@@ -104,14 +104,14 @@ def _check_retry(ws: Workspace | None, name: str, selected: list[int], count: in
 
 
 def _executor(kind: str, workers: int | None, address: str | None, recipe: Recipe, jobs: int):  # noqa: ANN202
-    from ..training.executors import ExecutorError, available_cores, create_executor
+    from ..training.executors import ExecutorError, create_executor, local_executor_for
 
     if workers is not None and kind != "local":
         raise ExecutorError("--workers applies to the local executor only")
     if address is not None and kind != "ray":
         raise ExecutorError("--address applies to the ray executor only")
     if kind == "local":
-        return create_executor("local", workers=min(available_cores(), jobs) if workers is None else min(workers, jobs))
+        return local_executor_for(jobs, workers)
     if kind == "ray":
         return create_executor("ray", address=address, num_cpus=recipe.resources.cpus,
                                num_gpus=recipe.resources.gpus)

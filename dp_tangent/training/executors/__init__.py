@@ -38,6 +38,12 @@ def _serial(**options: object) -> Executor:
     return SerialExecutor(**options)
 
 
+def local_executor_for(jobs: int, workers: int | None = None) -> Executor:
+    """The local executor for ``jobs`` tasks: ``workers`` processes (default: one per core), never more than the
+    tasks (an idle worker would only import torch)."""
+    return create_executor("local", workers=min(available_cores() if workers is None else workers, jobs))
+
+
 def _local(**options: object) -> Executor:
     from .local import LocalExecutor
 
@@ -55,4 +61,5 @@ register_executor("local", _local)
 register_executor("ray", _ray)
 
 __all__ = ["DEFAULT_EXECUTOR", "Executor", "ExecutorError", "TaskDone", "TaskFailed", "TaskOutcome", "TaskProgressFn",
-           "available_cores", "create_executor", "executor_names", "register_executor", "worker_identity"]
+           "available_cores", "create_executor", "executor_names", "local_executor_for", "register_executor",
+           "worker_identity"]
