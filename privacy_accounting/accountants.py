@@ -13,7 +13,7 @@ Opacus's GDP accountant is deliberately absent: it is a CLT approximation that c
 the true epsilon (measured here below the PLD lower bound), so it is not a guarantee.
 
 Opacus, ``dp_accounting`` and numpy are imported by the accountant that computes, not here (Opacus's
-accountant files without torch unless torch is loaded: ``opacus_accountants``); each result is
+accountant files without torch unless the opacus package is loaded: ``opacus_accountants``); each result is
 memoised in-process and, when a cache folder is set, on disk (``bounds_cache``).
 """
 

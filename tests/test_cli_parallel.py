@@ -265,3 +265,24 @@ def test_sigterm_ends_a_training_run_as_ctrl_c_does(tmp_path) -> None:
     [event] = Ledger.open(ledger).events()
     assert event.component == "m-shard-0" and event.status.value == "failed"
     assert not any(_running(pid) for pid in workers)
+
+
+def test_an_opacus_that_does_not_import_fails_training_before_any_budget_is_spent(tmp_path) -> None:
+    """The driver plans and accounts without Opacus, so the executor checks that training can load before the
+    budget is reserved: in its workers (local) or in this process (serial). One line, nothing reserved."""
+    import importlib.util
+
+    real = Path(next(iter(importlib.util.find_spec("opacus").submodule_search_locations)))
+    broken = tmp_path / "shadow" / "opacus"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('opacus does not load with this torch (simulated)')\n")
+    (broken / "accountants").symlink_to(real / "accountants")  # what the accountants' private copy reads
+    (tmp_path / "recipe.yaml").write_text(RECIPE.format(epochs=1))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(broken.parent), *sys.path])}
+    for executor, message in ((["--executor", "serial"], "training cannot start in this process: ImportError"),
+                              (["--workers", "1"], "local worker processes fail to start")):
+        done = subprocess.run([sys.executable, "-m", "dp_tangent", "train", "recipe.yaml", "--name", "m", "-w", "ws",
+                               *executor], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+        ledger = tmp_path / "ws" / "ledger.sqlite"
+        assert not ledger.exists() or Ledger.open(ledger).events() == []

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..tangent import TangentModel
+from .gram_format import GRAM_DTYPE, GRAM_VERSION
 from .progress import PrecomputeProgress
 
 log = logging.getLogger(__name__)
@@ -28,17 +29,14 @@ DIGEST_BATCH = 256  # rows read at a time when digesting inputs that are not a t
 # The code a Theta comes from besides theta0's weights: the network's forward (backbone families and the
 # packages they build on), its tangent twins, layouts and op overrides, and the Gram kernels and samplers.
 _PACKAGE = Path(__file__).resolve().parents[1]
-_SOURCES = ("training/ntk_gram.py", "training/grad_samplers.py", "tangent/*.py", "backbones/*.py")
+_SOURCES = ("training/ntk_gram.py", "training/gram_format.py", "training/grad_samplers.py", "tangent/*.py",
+            "backbones/*.py")
 _DISTRIBUTIONS = ("torch", "timm", "opacus", "transformers")
-GRAM_DTYPE = torch.float64  # Theta is computed, kept and offered in float64
-# In a cached Theta's key with the digest of the sources that compute Theta (gram_code_version), so an edit of
-# those misses anyway; bump it when Theta's meaning changes in a way no source edit there shows.
-GRAM_VERSION = 1
 
 
 @functools.cache
 def gram_code_version() -> dict[str, object]:
-    """What identifies the code that computes Theta: :data:`GRAM_VERSION`, the sha256 of the
+    """What identifies the code that computes Theta: :data:`~.gram_format.GRAM_VERSION`, the sha256 of the
     package's sources it runs (any edit changes it: cached Thetas of older code then miss) and the
     versions of the libraries the network's forward comes from."""
     digest = hashlib.sha256()
@@ -135,7 +133,8 @@ def complete_grams(tangent: TangentModel, inputs: torch.Tensor, digests: Sequenc
              len(missing))
     computed = theta.new_zeros(0, outputs, outputs)
     if missing:
-        from .ntk_gram import per_example_grams  # here: the driver plans with this module, and ntk_gram loads Opacus
+        # here: the driver matches Thetas with this module, and ntk_gram loads Opacus
+        from .ntk_gram import per_example_grams
 
         computed = per_example_grams(tangent, inputs[list(missing)], from_features=from_features,
                                      batch_size=batch_size, progress=progress)

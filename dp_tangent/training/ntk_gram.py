@@ -19,7 +19,7 @@ with c_i v_i, which is sum_i c_i g_i exactly (:func:`add_clipped_gradient`).
 
 Theta is derived from private records: a run holds it in memory; a workspace may keep it for later runs
 on the same records (:mod:`dp_tangent.workspace.gram_cache`, matched row by row in :mod:`.gram_reuse`),
-inside the workspace only. :data:`~.gram_reuse.GRAM_VERSION` names this code's Theta in that cache's key. The
+inside the workspace only. :data:`~.gram_format.GRAM_VERSION` names this code's Theta in that cache's key. The
 precompute reports ``(done, total)`` examples to a ``progress`` callback, or to the one
 :func:`~dp_tangent.training.progress.precompute_progress` installs for the calls it wraps (e.g. the CLI's
 progress bar, in-process; re-exported here).
@@ -43,7 +43,7 @@ from ..tangent.ops import TangentOps
 from ..tangent.twins import TangentLayer, is_batch_norm, is_batch_norm_act
 from . import grad_samplers  # noqa: F401 -- registers the twins' grad samplers (the per-sample route)
 from .grad_samplers import batch_norm_samples, batch_norm_x_hat, conv2d_columns, unfoldable
-from .gram_reuse import GRAM_DTYPE, GRAM_VERSION  # noqa: F401 -- defined there, torch-light for the driver
+from .gram_format import GRAM_DTYPE, GRAM_VERSION  # noqa: F401 -- defined there, for the driver too
 from .losses import ConvexLoss
 from .progress import PrecomputeProgress, current_precompute_progress, precompute_progress  # noqa: F401
 

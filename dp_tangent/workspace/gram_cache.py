@@ -46,7 +46,8 @@ from safetensors.torch import save as save_tensors
 from ..backbones import BackboneSpec
 from ..tangent import TangentModel
 from ..training.config import TrainConfig
-from ..training.gram_reuse import GRAM_DTYPE, GramsUsed, KnownGrams, gram_code_version
+from ..training.gram_format import GRAM_DTYPE
+from ..training.gram_reuse import GramsUsed, KnownGrams, gram_code_version
 from .audit_log import canonical_json
 from .commit import FileRemoval, FileWrite
 from .names import WorkspaceError, check_name

@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from .base import TaskDone, TaskFailed, TaskOutcome, TaskProgressFn, check_local_device, worker_identity
+from .base import ExecutorError, TaskDone, TaskFailed, TaskOutcome, TaskProgressFn, check_local_device, worker_identity
 
 if TYPE_CHECKING:
     from ..plan import TrainingTask
@@ -20,6 +20,10 @@ class SerialExecutor:
 
     def prepare(self, tasks: Sequence[TrainingTask]) -> None:
         check_local_device(tasks)
+        try:  # the training stack (Opacus) loads now, before anything is reserved: a broken install spends nothing
+            from .. import sgd  # noqa: F401
+        except ImportError as err:
+            raise ExecutorError(f"training cannot start in this process: {type(err).__name__}: {err}") from err
 
     def close(self) -> None:
         pass
