@@ -15,8 +15,8 @@ from ..components.manifest import RecordManifest
 from ..data.records import RecordSet
 from ..errors import failure_reason
 from ..tangent import linearize
-from .config import PrivacySpec, ProgressFn, TrainConfig
 from . import sgd  # noqa: F401 -- all of training runs here: a broken Opacus fails before anything is reserved
+from .config import PrivacySpec, ProgressFn, TrainConfig
 from .deltas import train_deltas
 from .plan import plan_task, reservation_request
 from .validation import check_per_sample_support, validate_task
