@@ -202,3 +202,70 @@ def test_an_unknown_operation_is_refused_before_anything_is_staged(ws) -> None:
     with pytest.raises(WorkspaceError, match="unknown operation"):
         apply(ws, Change("teleport", writes=[FileWrite("models/x.json", b"{}")]))
     assert not (ws.root / PENDING).exists() and not (ws.root / "models" / "x.json").exists()
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_an_interrupt_during_a_commit_is_raised_once_the_change_is_done(tmp_path, monkeypatch, mlp_backbone,
+                                                                        signum: str) -> None:
+    """Ctrl-C (or SIGTERM under the command line) landing just after a training's component file was moved into
+    place, before its reservation is completed: held back until the change is done, then raised. The run's
+    failure handling then finds the reservation completed, not half so; before, it marked it failed and every
+    later command refused to finish the change ("reservation ... is failed, cannot mark it completed")."""
+    import os
+    import signal
+
+    import dp_tangent.workspace.commit as commit_module
+    from dp_tangent.cli.app import _termination_as_interrupt
+    from dp_tangent.workspace import ShardJob
+
+    monkeypatch.chdir(tmp_path)
+    ws = Workspace.create("ws")
+    put, sent = commit_module._put, []
+
+    def put_then_interrupt(root: Path, staging: Path, rel: str, sha: str, shared: bool) -> None:
+        put(root, staging, rel, sha, shared)
+        if rel.endswith(".safetensors") and not sent:
+            sent.append(rel)
+            os.kill(os.getpid(), getattr(signal, signum))
+
+    monkeypatch.setattr(commit_module, "_put", put_then_interrupt)
+    with _termination_as_interrupt(), pytest.raises(KeyboardInterrupt):
+        ws.train_all(mlp_backbone, None, [ShardJob("c0", "s0", records(0))], data_source="toy",
+                     privacy=PrivacySpec(noise_multiplier=1.0), config=FAST)
+    assert sent
+    reopened = Workspace.open("ws")  # the next command
+    [event] = reopened.ledger.events()
+    assert event.status.value == "completed" and reopened.list_components() == ["c0"]
+    assert not pending(reopened) and reopened.audit.verify().ok
+    assert [e.operation for e in reopened.audit.entries()][-2:] == ["reservation", "training"]
+
+
+def test_an_interrupt_while_reserving_fails_the_reservations_it_waited_for(tmp_path, monkeypatch,
+                                                                            mlp_backbone) -> None:
+    """Ctrl-C between the ledger's reservation and its audit entry: held back until both are made, then the run's
+    failure handling marks the reservation failed (budget spent, logged), rather than logging 'failed before any
+    budget was reserved' and leaving the reservation for the next command."""
+    import os
+    import signal
+
+    from dp_tangent.workspace import ShardJob
+    from privacy_accounting import Ledger
+
+    monkeypatch.chdir(tmp_path)
+    ws = Workspace.create("ws")
+    reserve_all = Ledger.reserve_all
+
+    def reserve_then_interrupt(self: Ledger, *args: object, **kwargs: object) -> list[str]:
+        made = reserve_all(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+        return made
+
+    monkeypatch.setattr(Ledger, "reserve_all", reserve_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        ws.train_all(mlp_backbone, None, [ShardJob("c0", "s0", records(0))], data_source="toy",
+                     privacy=PrivacySpec(noise_multiplier=1.0), config=FAST)
+    [event] = ws.ledger.events()
+    assert event.status.value == "failed" and ws.list_components() == []
+    failures = [e for e in ws.audit.entries() if e.operation == "training"]
+    assert failures and all(e.parameters.get("reserved", True) for e in failures), failures
+    assert ws.audit.verify().ok

@@ -135,11 +135,12 @@ def test_a_demo_that_stops_early_leaves_no_worker_behind(tmp_path: Path, capsys)
 @pytest.mark.parametrize("args, message", [
     (["--shards", "0"], "shards must be at least 1, got 0"),
     (["--shards", "-2"], "shards must be at least 1, got -2"),
-    (["--epsilon", "-1", "--quick"], "epsilon must be finite and > 0, got -1"),
-    (["--epsilon", "nan"], "epsilon must be finite and > 0, got nan"),
+    (["--epsilon", "-1", "--quick"], "epsilon must be finite and > 0 (and twice it, each shard's budget, too), got -1"),
+    (["--epsilon", "nan"], "epsilon must be finite and > 0 (and twice it, each shard's budget, too), got nan"),
     (["--workers", "0"], "workers must be at least 1, got 0"),
     (["--trainable", "bogus"], "trainable 'bogus' is not understood"),
     (["--task", "text", "--shards", "0"], "shards must be at least 1, got 0"),
+    (["--epsilon", "1e308"], "twice it, each shard's budget, too), got 1e+308"),
 ])
 def test_demo_setting_mistakes_create_nothing(tmp_path: Path, capsys, args: list[str], message: str) -> None:
     """Refused in one line before any worker starts or the workspace exists (each used to leave a workspace
@@ -149,3 +150,20 @@ def test_demo_setting_mistakes_create_nothing(tmp_path: Path, capsys, args: list
     code, out, err = run_cli(capsys, "demo", "-w", str(tmp_path / "ws"), *args)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert out == "" and not (tmp_path / "ws").exists() and worker_processes_of(os.getpid()) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--quick", "--epsilon", "0.01"], "noise multiplier"),  # found while planning: calibration
+    (["--quick", "--shards", "12"], "is larger than its shard"),  # found while planning: the batch
+])
+def test_a_demo_setting_found_unworkable_while_planning_leaves_no_workspace(tmp_path: Path, capsys,
+                                                                            args: list[str], message: str) -> None:
+    """The story created its workspace, then stopped before reserving any budget: the workspace goes again, so
+    the corrected command runs (it used to fail with 'already exists'); an empty folder given stays, empty."""
+    from helpers import run_cli
+
+    (tmp_path / "given").mkdir()
+    for ws in (tmp_path / "ws", tmp_path / "given"):
+        code, _, err = run_cli(capsys, "demo", "-w", str(ws), *args)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "ws").exists() and list((tmp_path / "given").iterdir()) == []

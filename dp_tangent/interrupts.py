@@ -1,0 +1,50 @@
+"""Critical sections that Ctrl-C, SIGTERM and SIGHUP do not cut in two.
+
+A workspace change has a commit point (:mod:`dp_tangent.workspace.commit`): killed after it, the next command
+finishes the change. An interrupt raised *inside* the process after that point is different: the failure path
+then runs with the change half applied and records, say, a failed reservation that the change being finished
+later marks completed. Inside :func:`deferred_interrupts` such a signal is only noted, and raised as
+``KeyboardInterrupt`` once the section has ended, with everything it did done (a change takes milliseconds).
+Signals are a main-thread matter: elsewhere, and for a signal whose handler is neither Python's default
+(SIGINT) nor the command line's (:func:`dp_tangent.cli.app`), nothing is changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
+#: The handlers a deferred section stands in for: SIGINT's default, and whatever the command line installed.
+_DEFERRABLE = {signal.default_int_handler}
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def register_interrupt_handler(handler: object) -> None:
+    """Let :func:`deferred_interrupts` hold back ``handler`` too (a handler that raises ``KeyboardInterrupt``)."""
+    _DEFERRABLE.add(handler)
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Meanwhile, an interrupting signal is noted and raised as ``KeyboardInterrupt`` when the section ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def note(signum: int, frame: object) -> None:
+        caught.append(signum)
+
+    replaced = {}
+    for sig in _SIGNALS:
+        if signal.getsignal(sig) in _DEFERRABLE:
+            replaced[sig] = signal.signal(sig, note)
+    try:
+        yield
+    finally:
+        for sig, handler in replaced.items():
+            signal.signal(sig, handler)
+    if caught:
+        raise KeyboardInterrupt(signal.Signals(caught[0]).name)
