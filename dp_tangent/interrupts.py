@@ -28,7 +28,8 @@ def register_interrupt_handler(handler: object) -> None:
 
 @contextlib.contextmanager
 def deferred_interrupts() -> Iterator[None]:
-    """Meanwhile, an interrupting signal is noted and raised as ``KeyboardInterrupt`` when the section ends."""
+    """Meanwhile, an interrupting signal is noted and raised as ``KeyboardInterrupt`` when the section ends (from
+    the section's own exception, if it raised one: the operator's stop is not lost)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -37,14 +38,33 @@ def deferred_interrupts() -> Iterator[None]:
     def note(signum: int, frame: object) -> None:
         caught.append(signum)
 
-    replaced = {}
-    for sig in _SIGNALS:
-        if signal.getsignal(sig) in _DEFERRABLE:
-            replaced[sig] = signal.signal(sig, note)
+    replaced: dict[int, object] = {}
+    with _blocked():  # swapped all at once: a signal between two swaps would leave a recorder installed
+        for sig in _SIGNALS:
+            if signal.getsignal(sig) in _DEFERRABLE:
+                replaced[sig] = signal.signal(sig, note)
+    try:
+        yield
+    except BaseException as err:
+        if caught and not isinstance(err, KeyboardInterrupt):
+            raise KeyboardInterrupt(signal.Signals(caught[0]).name) from err
+        raise
+    finally:
+        with _blocked():
+            for sig, handler in replaced.items():
+                signal.signal(sig, handler)
+    if caught:
+        raise KeyboardInterrupt(signal.Signals(caught[0]).name)
+
+
+@contextlib.contextmanager
+def _blocked() -> Iterator[None]:
+    """The interrupting signals held by the kernel meanwhile (delivered when it ends), where the platform can."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     try:
         yield
     finally:
-        for sig, handler in replaced.items():
-            signal.signal(sig, handler)
-    if caught:
-        raise KeyboardInterrupt(signal.Signals(caught[0]).name)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -269,3 +269,50 @@ def test_an_interrupt_while_reserving_fails_the_reservations_it_waited_for(tmp_p
     failures = [e for e in ws.audit.entries() if e.operation == "training"]
     assert failures and all(e.parameters.get("reserved", True) for e in failures), failures
     assert ws.audit.verify().ok
+
+
+def test_an_interrupt_is_not_lost_when_the_held_section_fails(monkeypatch) -> None:
+    """Ctrl-C noted during a section that then raises (a disk filling up): the interrupt is raised, from that
+    error, so the operator's stop is not swallowed by code that handles the error and carries on."""
+    import errno
+    import os
+    import signal
+
+    from dp_tangent.interrupts import deferred_interrupts
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt) as raised:
+        with deferred_interrupts():
+            os.kill(os.getpid(), signal.SIGINT)
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert isinstance(raised.value.__cause__, OSError) and signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_completion_that_fails_after_its_commit_point_is_finished_not_failed(tmp_path, monkeypatch,
+                                                                               mlp_backbone) -> None:
+    """The component's file moved into place, then the disk fills before the ledger is updated: the run's failure
+    path first finishes the committed change, as the next command would (before, it marked the reservation failed
+    and every later command refused to finish the change)."""
+    import errno
+
+    import dp_tangent.workspace.commit as commit_module
+    from dp_tangent.workspace import ShardJob
+
+    monkeypatch.chdir(tmp_path)
+    ws = Workspace.create("ws")
+    put, failures = commit_module._put, []
+
+    def put_then_fill(root: Path, staging: Path, rel: str, sha: str, shared: bool) -> None:
+        put(root, staging, rel, sha, shared)
+        if rel.endswith(".safetensors") and not failures:
+            failures.append(rel)
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(commit_module, "_put", put_then_fill)
+    run = ws.train_all(mlp_backbone, None, [ShardJob("c0", "s0", records(0))], data_source="toy",
+                       privacy=PrivacySpec(noise_multiplier=1.0), config=FAST)
+    assert failures and run.failed == []
+    reopened = Workspace.open("ws")
+    [event] = reopened.ledger.events()
+    assert event.status.value == "completed" and reopened.list_components() == ["c0"]
+    assert not pending(reopened) and reopened.audit.verify().ok

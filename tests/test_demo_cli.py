@@ -156,14 +156,17 @@ def test_demo_setting_mistakes_create_nothing(tmp_path: Path, capsys, args: list
     (["--quick", "--epsilon", "0.01"], "noise multiplier"),  # found while planning: calibration
     (["--quick", "--shards", "12"], "is larger than its shard"),  # found while planning: the batch
 ])
-def test_a_demo_setting_found_unworkable_while_planning_leaves_no_workspace(tmp_path: Path, capsys,
+def test_a_demo_setting_found_unworkable_while_planning_leaves_no_workspace(tmp_path: Path, capsys, monkeypatch,
                                                                             args: list[str], message: str) -> None:
     """The story created its workspace, then stopped before reserving any budget: the workspace goes again, so
     the corrected command runs (it used to fail with 'already exists'); an empty folder given stays, empty."""
     from helpers import run_cli
 
     (tmp_path / "given").mkdir()
-    for ws in (tmp_path / "ws", tmp_path / "given"):
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    for ws in (tmp_path / "ws", tmp_path / "given", "."):  # "." : the folder the user is in stays, empty
         code, _, err = run_cli(capsys, "demo", "-w", str(ws), *args)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "ws").exists() and list((tmp_path / "given").iterdir()) == []
+    assert Path.cwd() == tmp_path / "here" and list(Path.cwd().iterdir()) == []

@@ -66,7 +66,7 @@ def new_workspace(path: Path) -> Iterator[Workspace]:
     """The story's workspace, created here. If the story stops before any budget is reserved (a setting found
     unworkable while loading or planning: an epsilon too small to calibrate, shards smaller than a batch), the
     workspace goes again, so that the corrected command can run: nothing was spent, and nothing but the story's
-    own set-up is lost (a folder that existed empty is left empty)."""
+    own set-up is lost (a folder that existed, empty, is emptied again and kept, as is a link to one)."""
     existed = Path(path).exists()
     ws = Workspace.create(path)
     try:
@@ -74,9 +74,13 @@ def new_workspace(path: Path) -> Iterator[Workspace]:
     except BaseException:
         with contextlib.suppress(Exception):  # the story's own error is the one to report
             if not ws.ledger.events():
-                shutil.rmtree(ws.root)
-                if existed:
-                    ws.root.mkdir()
+                for entry in list(ws.root.iterdir()):
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry)
+                    else:
+                        entry.unlink()
+                if not existed:
+                    ws.root.rmdir()
         raise
 
 

@@ -44,7 +44,7 @@ from ..training.validation import check_per_sample_support, validate_task
 from ..training.write import ComponentFile, TrainedComponent, component_file
 from . import gram_cache
 from .audit_log import Artifact
-from .commit import Change, FileRemoval, FileWrite, apply
+from .commit import Change, FileRemoval, FileWrite, apply, finish_interrupted
 from .ledger_ops import CompleteReservation, FailReservation, LedgerOp
 from .names import WorkspaceError
 from .tombstones import Tombstones
@@ -175,8 +175,12 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
 
         def fail(name: str, reason: str, worker: dict[str, object], lost: bool = False,
                  error: BaseException | None = None) -> None:
-            job = open_jobs[name]
-            del open_jobs[name]
+            job = open_jobs.pop(name)
+            # a change that failed after its commit point (its files half moved when the disk filled) is finished
+            # first, as the next command would: a reservation it completed is not failed over it
+            finish_interrupted(ws)
+            if ws.ledger.event(reservations[name]).status is not Status.RESERVED:
+                return
             failed.append(FailedShard(job.name, job.shard, reason, worker, lost, error))
             log(job, "failed", ledger=[FailReservation(reservations[name], " ".join(reason.split())[:500] or "failed",
                                                        {"worker": worker})],
