@@ -204,6 +204,23 @@ def test_an_unknown_operation_is_refused_before_anything_is_staged(ws) -> None:
     assert not (ws.root / PENDING).exists() and not (ws.root / "models" / "x.json").exists()
 
 
+def after_the_first_component_moves(monkeypatch: pytest.MonkeyPatch, action) -> list[str]:  # noqa: ANN001
+    """Run ``action`` in the commit path right after the first component file is moved into place (between the
+    commit point and the ledger's update); returns the list of such moves, for the test to check it happened."""
+    import dp_tangent.workspace.commit as commit_module
+
+    put, moved = commit_module._put, []
+
+    def put_then(root: Path, staging: Path, rel: str, sha: str, shared: bool) -> None:
+        put(root, staging, rel, sha, shared)
+        if rel.endswith(".safetensors") and not moved:
+            moved.append(rel)
+            action()
+
+    monkeypatch.setattr(commit_module, "_put", put_then)
+    return moved
+
+
 @pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
 def test_an_interrupt_during_a_commit_is_raised_once_the_change_is_done(tmp_path, monkeypatch, mlp_backbone,
                                                                         signum: str) -> None:
@@ -214,21 +231,12 @@ def test_an_interrupt_during_a_commit_is_raised_once_the_change_is_done(tmp_path
     import os
     import signal
 
-    import dp_tangent.workspace.commit as commit_module
     from dp_tangent.cli.app import _termination_as_interrupt
     from dp_tangent.workspace import ShardJob
 
     monkeypatch.chdir(tmp_path)
     ws = Workspace.create("ws")
-    put, sent = commit_module._put, []
-
-    def put_then_interrupt(root: Path, staging: Path, rel: str, sha: str, shared: bool) -> None:
-        put(root, staging, rel, sha, shared)
-        if rel.endswith(".safetensors") and not sent:
-            sent.append(rel)
-            os.kill(os.getpid(), getattr(signal, signum))
-
-    monkeypatch.setattr(commit_module, "_put", put_then_interrupt)
+    sent = after_the_first_component_moves(monkeypatch, lambda: os.kill(os.getpid(), getattr(signal, signum)))
     with _termination_as_interrupt(), pytest.raises(KeyboardInterrupt):
         ws.train_all(mlp_backbone, None, [ShardJob("c0", "s0", records(0))], data_source="toy",
                      privacy=PrivacySpec(noise_multiplier=1.0), config=FAST)
@@ -295,20 +303,14 @@ def test_a_completion_that_fails_after_its_commit_point_is_finished_not_failed(t
     and every later command refused to finish the change)."""
     import errno
 
-    import dp_tangent.workspace.commit as commit_module
     from dp_tangent.workspace import ShardJob
+
+    def fill_the_disk() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.chdir(tmp_path)
     ws = Workspace.create("ws")
-    put, failures = commit_module._put, []
-
-    def put_then_fill(root: Path, staging: Path, rel: str, sha: str, shared: bool) -> None:
-        put(root, staging, rel, sha, shared)
-        if rel.endswith(".safetensors") and not failures:
-            failures.append(rel)
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(commit_module, "_put", put_then_fill)
+    failures = after_the_first_component_moves(monkeypatch, fill_the_disk)
     run = ws.train_all(mlp_backbone, None, [ShardJob("c0", "s0", records(0))], data_source="toy",
                        privacy=PrivacySpec(noise_multiplier=1.0), config=FAST)
     assert failures and run.failed == []
