@@ -185,9 +185,9 @@ def test_workers_start_once_the_recipe_schema_holds_and_stop_when_the_command_th
 
 
 def test_the_driver_of_a_local_run_leaves_opacus_to_its_workers(tmp_path) -> None:
-    """With local workers, ``train``'s own process plans, reserves, writes and accounts without importing Opacus
-    (about a second on the critical path before training): the workers import it, the driver's epsilons come
-    from the accountants' torch-free copy, and the component it writes names the secure generator as before."""
+    """With local workers, ``train``'s own process plans, reserves, writes and accounts without importing Opacus:
+    the workers import it, the driver's epsilons come from the accountants' private copy (which memoises one
+    step's RDP), and the component it writes names the secure generator as before."""
     from safetensors import safe_open
 
     from dp_tangent.training.secure_random import GENERATOR_NAME
