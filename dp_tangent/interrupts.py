@@ -6,7 +6,7 @@ then runs with the change half applied and records, say, a failed reservation th
 later marks completed. Inside :func:`deferred_interrupts` such a signal is only noted, and raised as
 ``KeyboardInterrupt`` once the section has ended, with everything it did done (a change takes milliseconds).
 Signals are a main-thread matter: elsewhere, and for a signal whose handler is neither Python's default
-(SIGINT) nor the command line's (:func:`dp_tangent.cli.app`), nothing is changed.
+(SIGINT) nor :func:`interrupt` (which the command line installs for SIGTERM and SIGHUP), nothing is changed.
 """
 
 from __future__ import annotations
@@ -16,14 +16,16 @@ import signal
 import threading
 from collections.abc import Iterator
 
-#: The handlers a deferred section stands in for: SIGINT's default, and whatever the command line installed.
-_DEFERRABLE = {signal.default_int_handler}
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def register_interrupt_handler(handler: object) -> None:
-    """Let :func:`deferred_interrupts` hold back ``handler`` too (a handler that raises ``KeyboardInterrupt``)."""
-    _DEFERRABLE.add(handler)
+def interrupt(signum: int, frame: object) -> None:
+    """A signal handler that ends the program as Ctrl-C does (``KeyboardInterrupt`` naming the signal)."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+#: The handlers a deferred section stands in for: SIGINT's default, and :func:`interrupt`.
+_DEFERRABLE = (signal.default_int_handler, interrupt)
 
 
 @contextlib.contextmanager

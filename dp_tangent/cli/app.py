@@ -108,22 +108,18 @@ def main(argv: Optional[list[str]] = None) -> None:
         sys.exit(2)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 @contextlib.contextmanager
 def _termination_as_interrupt() -> Iterator[None]:
     """Meanwhile SIGTERM and SIGHUP end the command as Ctrl-C does (where nobody else handles them): an unfinished
-    run's reservations are marked failed and its workers stopped now, not found by the next command."""
-    from ..interrupts import register_interrupt_handler
+    run's reservations are marked failed and its workers stopped now, not found by the next command; like Ctrl-C,
+    they are held back while a workspace change is committed (:mod:`dp_tangent.interrupts`)."""
+    from ..interrupts import interrupt
 
-    register_interrupt_handler(_interrupt)  # held back, like Ctrl-C, while a workspace change is committed
     installed = {}
     with contextlib.suppress(ValueError):  # not the main thread: signals are not ours to handle
         for sig in (signal.SIGTERM, signal.SIGHUP):
             if signal.getsignal(sig) is signal.SIG_DFL:
-                installed[sig] = signal.signal(sig, _interrupt)
+                installed[sig] = signal.signal(sig, interrupt)
     try:
         yield
     finally:

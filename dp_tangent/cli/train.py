@@ -168,9 +168,10 @@ def train(
             _check_retry(ws, name, selected, count)
         elif ws is not None:
             _check_unused(ws, name, count)
-        runner = _executor(executor, workers, address, schema, max(1, len(selected)))
+        tasks = max(1, len(selected))
+        runner = _executor(executor, workers, address, schema, tasks)
         if executor == "local" and (ws is None or _workspace_free(ws)):
-            runner.start(max(1, len(selected)))
+            runner.start(tasks)
 
     try:
         recipe = load_recipe(recipe_path, schema_checked=checked).with_overrides(
