@@ -211,8 +211,9 @@ def render(rows: dict[str, dict[str, float]]) -> str:
               "and a retrain adds; the report also computes each shard's ε-against-steps curve, the shard's "
               "mechanism at a dozen step counts. Within a process the accountants build each mechanism's one-step "
               "PLD and RDP once (`privacy_accounting.pld_accountant`, docs/privacy-accounting.md). "
-              "The HTML report draws its two figures with "
-              "matplotlib. `train, a mistake in the recipe` is `dp-tangent train` on the default recipe with "
+              "The HTML report draws its two figures as inline SVG (`privacy_accounting.svg`), without a "
+              "plotting library. "
+              "`train, a mistake in the recipe` is `dp-tangent train` on the default recipe with "
               "`training.epochs` misspelt: the recipe's schema is checked before torch loads "
               "(`dp_tangent.recipes`), where the error used to come after importing torch and timm, and the "
               "backbone's name against its family only once the rest holds."]

@@ -1,4 +1,4 @@
-"""Self-contained HTML rendering of a :class:`PrivacyReport` (inline CSS, base64 PNG plots, no script).
+"""Self-contained HTML rendering of a :class:`PrivacyReport` (inline CSS, inline SVG figures, no script).
 
 Layout: the summary first (one card per model, runs without a guarantee, deletions and audit in
 a line each), then Data, Deletion requests, Audit log, and the figures for specialists. The page
@@ -8,12 +8,11 @@ no navigation, tables wrap, every section shown), and needs no JavaScript.
 
 from __future__ import annotations
 
-import base64
 import html
 import math
 from typing import Iterable, Sequence
 
-from privacy_accounting.plots import budget_bars_png, epsilon_curve_png
+from privacy_accounting.plots import budget_bars_svg, epsilon_curve_svg
 from privacy_accounting.renderers import register_renderer
 from privacy_accounting.report_models import AUDIT_LABEL, Headline, PrivacyReport
 from privacy_accounting.report_tables import (
@@ -80,7 +79,7 @@ tr.overdue td { background: #ffebe9; }
 .wide table { font-size: 0.78rem; }
 .statement { background: #f6f8fa; border-left: 4px solid #0969da; padding: 0.6rem 1rem; }
 .label { font-style: italic; color: #6639ba; }
-figure { margin: 1rem 0; } figure img { max-width: 100%; height: auto; display: block; }
+figure { margin: 1rem 0; } figure svg { max-width: 100%; height: auto; display: block; }
 figcaption { color: #57606a; font-size: 0.85rem; }
 @page { size: A4; margin: 14mm; }
 @page wide { size: A4 landscape; margin: 12mm; }
@@ -130,12 +129,10 @@ def _facts(pairs: Sequence[tuple[str, object]], hashes: Sequence[str] = ()) -> s
     return f'<dl class="facts">{items}</dl>'
 
 
-def _figure(png: bytes | None, alt: str, caption: str) -> str:
-    if png is None:
+def _figure(svg: str | None, caption: str) -> str:
+    if svg is None:
         return ""
-    data = base64.b64encode(png).decode("ascii")
-    return (f'<figure><img alt="{html.escape(alt, quote=True)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    return f"<figure>{svg}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
 def _p(text: str, cls: str = "") -> str:
@@ -239,7 +236,7 @@ def _specialists(report: PrivacyReport) -> list[str]:
     if report.shards:
         skipped = [f"{s.data_source}/{s.shard}" for s in report.shards if len(s.curve) > 1
                    and not any(math.isfinite(p.epsilon) and p.steps > 0 for p in s.curve)]
-        parts.append(_figure(budget_bars_png(report.shards), "Spent and remaining budget per shard",
+        parts.append(_figure(budget_bars_svg(report.shards),
                              "Spent (dark) and remaining (light green) \u03b5 per shard; hatched grey: no budget set; "
                              "red: over budget."))
         curve_names = sorted({s.curve_accountant for s in report.shards if s.curve_accountant})
@@ -247,7 +244,7 @@ def _specialists(report: PrivacyReport) -> list[str]:
             "; ".join(curve_names) or "the PLD accountant") + "; the tables give the reported (tightest) figures."
         if skipped:
             caption += f" Not drawn (no finite \u03b5, non-private): {', '.join(skipped)}."
-        parts.append(_figure(epsilon_curve_png(report.shards), "Epsilon against steps per shard", caption))
+        parts.append(_figure(epsilon_curve_svg(report.shards), caption))
         parts.append('<div class="wide-block"><h4>Every accountant\'s figure per shard</h4>'
                      + _table(*shards_table(report), wide=True) + "</div>")
     else:

@@ -164,3 +164,41 @@ def test_page_prints_to_pdf(page: Path, tmp_path: Path) -> None:
     data = pdf.read_bytes()
     assert data.startswith(b"%PDF") and len(re.findall(rb"/Type\s*/Page\b", data)) >= 3
     assert re.search(rb"/MediaBox\s*\[\s*0 0 841", data)  # the wide tables' landscape A4 pages
+
+
+#: Appended to a copy of the page: every text box of each figure, as the browser lays it out.
+FIGURE_TEXTS = """<script>
+window.addEventListener("load", () => {
+  const rect = el => { const r = el.getBoundingClientRect();
+                       return {left: r.left, right: r.right, top: r.top, bottom: r.bottom}; };
+  const figures = [...document.querySelectorAll("figure svg")].map(svg => ({
+    box: rect(svg), texts: [...svg.querySelectorAll("text")].map(t => ({text: t.textContent, ...rect(t)}))}));
+  const pre = document.createElement("pre");
+  pre.id = "__figures";
+  pre.textContent = JSON.stringify(figures);
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def test_figures_keep_every_text_inside_and_apart(page: Path, tmp_path: Path) -> None:
+    """Text widths in the figures are estimated, not measured (``privacy_accounting.svg``): in a real browser
+    with a real font no label, tick, note or legend entry leaves its figure or runs into another."""
+    measured = tmp_path / "figures.html"
+    measured.write_text(page.read_text().replace("</body>", FIGURE_TEXTS + "</body>"))
+    result = _run(tmp_path, "--run-all-compositor-stages-before-draw", "--virtual-time-budget=10000",
+                  "--dump-dom", measured.as_uri())
+    found = re.search(r'<pre id="__figures">(.*?)</pre>', result.stdout, re.S)
+    assert found, f"no measurement in the dumped DOM (exit {result.returncode}): {result.stderr[-2000:]}"
+    figures = json.loads(html.unescape(found.group(1)))
+    assert len(figures) == 2 and all(len(f["texts"]) > 10 for f in figures)
+    for figure in figures:
+        box, texts = figure["box"], figure["texts"]
+        for t in texts:
+            assert (t["left"] >= box["left"] - 0.5 and t["right"] <= box["right"] + 0.5
+                    and t["top"] >= box["top"] - 0.5 and t["bottom"] <= box["bottom"] + 0.5), (t, box)
+        for i, a in enumerate(texts):
+            for b in texts[i + 1:]:
+                across = min(a["right"], b["right"]) - max(a["left"], b["left"])
+                down = min(a["bottom"], b["bottom"]) - max(a["top"], b["top"])
+                assert across <= 0.5 or down <= 0.5, (a["text"], b["text"])

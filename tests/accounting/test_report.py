@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import re
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import dp_accounting
@@ -122,9 +122,9 @@ def test_html_is_self_contained_with_plots(scenario: tuple[Ledger, PrivacyReport
     assert "<style>" in page and "http://" not in page.replace("http://www.w3.org", "")
     assert not re.search(r'src="(?!data:)', page) and not re.search(r'href="(?!#)', page)  # no external resource
     assert "<script" not in page and "@media print" in page  # usable without JavaScript, printable
-    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(images) == 2
-    assert all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
+    figures = re.findall(r"<figure>(<svg .*?</svg>)<figcaption>", page, re.S)
+    assert len(figures) == 2 and "<img" not in page  # drawn inline, as vector graphics
+    assert [ET.fromstring(f).get("role") for f in figures] == ["img", "img"]  # well-formed XML, named for readers
     assert "empirical lower bound, not a guarantee" in page and "no budget set" in page
 
 
@@ -218,7 +218,7 @@ def test_overlapping_shards_are_stated_never_called_disjoint(ledger: Ledger) -> 
 
 
 def test_plots_draw_every_legend_entry(scenario: tuple[Ledger, PrivacyReport]) -> None:
-    from privacy_accounting.plots import drawable_curves, epsilon_curve_png
+    from privacy_accounting.plots import drawable_curves, epsilon_curve_svg
 
     _, report = scenario
     curves = drawable_curves(report.shards)
@@ -230,7 +230,7 @@ def test_plots_draw_every_legend_entry(scenario: tuple[Ledger, PrivacyReport]) -
     merged = drawable_curves([same[0], twin])
     assert len(merged) == 1 and merged[0][0] == [same[0].shard, "twin"]  # identical curves: one line, one entry
     only_private = [s for s in report.shards if s.data_source == "people"]
-    assert epsilon_curve_png(only_private) is None
+    assert epsilon_curve_svg(only_private) is None
 
 
 def test_user_level_headline_names_users(ledger: Ledger) -> None:
