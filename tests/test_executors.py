@@ -13,6 +13,7 @@ import pytest
 
 from dp_tangent.backbones import BackboneSpec
 from dp_tangent.data import load_digits, split_shards
+from dp_tangent.interrupts import interrupt
 from dp_tangent.training import PrivacySpec, TrainConfig, plan_task
 from dp_tangent.training.executors import ExecutorError, create_executor
 from dp_tangent.training.executors.local import LocalExecutor
@@ -65,9 +66,16 @@ def test_local_workers_train_bit_identical_components_and_log_who_trained_them(t
 
 
 def test_ray_tasks_train_bit_identical_components(tmp_path, jobs, serial) -> None:
+    """Also: the command line's SIGTERM handler (Ctrl-C's behaviour, held back while a workspace change commits)
+    survives ``ray.init``, which installs its own; with Ray's, SIGTERM aborted ``train`` mid-run (SIGABRT)."""
     pytest.importorskip("ray", reason="the [ray] extra is not installed")
     executor = create_executor("ray", init_options={"num_cpus": 2})
-    ws, run = train(tmp_path, jobs, executor, config=SEEDED)
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        ws, run = train(tmp_path, jobs, executor, config=SEEDED)
+        assert signal.getsignal(signal.SIGTERM) is interrupt
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     assert not run.failed and digests(run) == serial
     workers = [e.parameters["worker"] for e in ws.audit.entries() if e.operation == "training"]
     assert all(w["executor"] == "ray" and w["node_id"] and w["pid"] != os.getpid() for w in workers)

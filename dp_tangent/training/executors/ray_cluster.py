@@ -9,7 +9,10 @@ not per step. Needs the optional extra ``pip install 'dp-tangent[ray]'`` (Ray wi
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
@@ -27,6 +30,20 @@ def _import_ray() -> Any:
     except ImportError as err:
         raise ExecutorError(INSTALL_HINT) from err
     return ray
+
+
+@contextlib.contextmanager
+def _keeping_sigterm_handler() -> Iterator[None]:
+    """``ray.init`` replaces the driver's SIGTERM handler with ``sys.exit`` (and its core adds a crash handler that
+    aborts the process): a program that handles SIGTERM itself (``dp-tangent``: as Ctrl-C, held back while a
+    workspace change commits) gets its own handler back, which replaces both. A program without a handler of
+    its own gets Ray's behaviour unchanged."""
+    own = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    try:
+        yield
+    finally:
+        if own not in (None, signal.SIG_DFL):
+            signal.signal(signal.SIGTERM, own)
 
 
 def _train_on_node(task: TrainingTask) -> TrainedDeltas:
@@ -67,7 +84,8 @@ class RayExecutor:
         if self._started or ray.is_initialized():
             return
         try:
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=False, **self.init_options)
+            with _keeping_sigterm_handler():
+                ray.init(address=self.address, include_dashboard=False, log_to_driver=False, **self.init_options)
         except (OSError, RuntimeError, ValueError) as err:  # ConnectionError, TimeoutError are OSErrors
             where = self.address or "a new local instance"
             raise ExecutorError(f"cannot start or reach Ray at {where}: {str(err).splitlines()[0]}") from err
