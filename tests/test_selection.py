@@ -50,7 +50,8 @@ def test_unselected_parameters_stay_frozen_and_model_is_untouched() -> None:
     assert all(p.requires_grad for p in model.parameters())
 
 
-@pytest.mark.parametrize("bad", ["blocks[-9:]", "blocks[1:2]", "params:nope", ["nope"], 3, "everything"])
+@pytest.mark.parametrize("bad", ["blocks[-9:]", "blocks[1:2]", "blocks[-0:]", "blocks[-00:]", "params:nope", ["nope"],
+                                 3, "everything"])
 def test_bad_specifications_are_refused_with_a_message(bad) -> None:
     with pytest.raises(SelectionError, match="trainable"):
         linearize(small_vit(), bad)

@@ -97,6 +97,9 @@ def select(model: nn.Module, trainable: str | Sequence[str] | None, layout: Bloc
         if layout is None:
             raise SelectionError(f"trainable {trainable!r}: no block layout is registered for {type(model).__name__}")
         start = int(match.group(1))
+        if start == 0 and match.group(1).startswith("-"):  # Python's -0 is 0: every block, not the last none
+            raise SelectionError(f"trainable {trainable!r}: -0 is 0, every block; write 'blocks[-K:]' with K >= 1 "
+                                 "for the last K blocks, or 'blocks[0:]' for every block")
         if not -len(blocks) <= start < len(blocks):
             raise SelectionError(f"trainable {trainable!r}: the model has {len(blocks)} blocks")
         start %= len(blocks)
