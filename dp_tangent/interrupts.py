@@ -19,9 +19,20 @@ from collections.abc import Iterator
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+#: The interrupting signals this process received through :func:`interrupt` or a deferred section, in order.
+_received: list[int] = []
+
+
 def interrupt(signum: int, frame: object) -> None:
     """A signal handler that ends the program as Ctrl-C does (``KeyboardInterrupt`` naming the signal)."""
+    _received.append(signum)
     raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def exit_status() -> int:
+    """What a program stopped by an interrupt exits with: 128 + the signal's number, as a shell reports a process
+    the signal killed (SIGINT: 130, SIGHUP: 129, SIGTERM: 143); SIGINT's unless another came through here."""
+    return 128 + (_received[-1] if _received else signal.SIGINT)
 
 
 #: The handlers a deferred section stands in for: SIGINT's default, and :func:`interrupt`.
@@ -39,6 +50,7 @@ def deferred_interrupts() -> Iterator[None]:
 
     def note(signum: int, frame: object) -> None:
         caught.append(signum)
+        _received.append(signum)
 
     replaced: dict[int, object] = {}
     with _blocked():  # swapped all at once: a signal between two swaps would leave a recorder installed

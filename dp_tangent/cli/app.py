@@ -2,7 +2,8 @@
 
 Every mistake a user can make ends in one line on stderr and exit code 2 (no traceback); Ctrl-C
 ends with exit code 130 after the library has recorded what it must (a reserved budget stays spent),
-and so do SIGTERM and SIGHUP (``kill``, ``timeout``, a closed terminal, a scheduler stopping a job).
+and so do SIGTERM and SIGHUP (``kill``, ``timeout``, a closed terminal, a scheduler stopping a job), with
+128 + the signal's number as a shell reports it (143, 129).
 """
 
 from __future__ import annotations
@@ -128,6 +129,8 @@ def _termination_as_interrupt() -> Iterator[None]:
 
 
 def _interrupted() -> NoReturn:
-    """Ctrl-C: exit 130, saying what the library kept."""
+    """Ctrl-C (exit 130), SIGTERM (143) or SIGHUP (129): saying what the library kept."""
+    from ..interrupts import exit_status
+
     typer.secho("interrupted: nothing half-written was kept; a reserved budget stays spent", err=True)
-    sys.exit(130)
+    sys.exit(exit_status())
