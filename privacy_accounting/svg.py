@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import html
 import math
+import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -17,57 +19,88 @@ FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif"
 #: Matplotlib's default cycle (tab10): distinct in colour and in lightness.
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf")
+#: A line's dash pattern on each pass through the palette: 40 lines before two look alike.
+DASHES = ("", "9 3", "2 3", "9 3 2 3")
 INK, MUTED, GRID = "#1b1b1b", "#57606a", "#d0d7de"
-#: Average advance of a character, as a fraction of the font size, wide enough for digits and capitals
-#: of common sans-serif faces (their averages are 0.50-0.56).
-_ADVANCE = 0.6
+#: What an axis spans at least and at most: a figure beyond is drawn at the axis's end (and printed as it is).
+LOWEST, HIGHEST = 1e-12, 1e300
+#: Characters XML 1.0 does not allow (a name may hold them): shown as U+FFFD.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def esc(text: str) -> str:
-    """Text or attribute value, escaped for XML (and so for HTML)."""
-    return html.escape(text, quote=True)
+    """Text or attribute value, escaped for XML (and so for HTML); characters XML does not allow become U+FFFD."""
+    return html.escape(_NOT_XML.sub("\ufffd", text), quote=True)
+
+
+def _advance(char: str) -> float:
+    """A character's advance as a fraction of the font size, at or above common sans-serif faces' (DejaVu,
+    Segoe UI, Roboto): wide East Asian characters and emoji a full em, M and W nearly, capitals 0.75, the
+    rest 0.6 (lower case and digits average 0.50-0.56)."""
+    if unicodedata.east_asian_width(char) in ("W", "F") or ord(char) >= 0x1F000:
+        return 1.0
+    if char in "MWmw@%":
+        return 0.95
+    return 0.75 if char.isupper() else 0.6
 
 
 def text_width(text: str, size: float) -> float:
-    """Estimated width in px of ``text`` at font size ``size``: an upper estimate for Latin text."""
-    return len(text) * size * _ADVANCE
+    """Estimated width in px of ``text`` at font size ``size``: an upper estimate, not a measurement."""
+    return size * sum(_advance(c) for c in text)
 
 
 def fit(text: str, size: float, width: float) -> str:
-    """``text``, cut with an ellipsis so that its estimated width stays within ``width``."""
+    """``text``, or its start and end around an ellipsis so that its estimated width stays within ``width``:
+    names that share a long prefix (``clinic-visits/shard-01``, ``-02``) still differ where they differ."""
     if text_width(text, size) <= width:
         return text
-    keep = max(1, int(width / (size * _ADVANCE)) - 1)
-    return text[:keep] + "…"
+    room = width - size * _advance("…")
+    head, tail, i, j = "", "", 0, len(text) - 1
+    while i <= j:
+        from_end = len(tail) <= len(head)  # the end first: where names built from one pattern differ
+        char = text[j] if from_end else text[i]
+        room -= size * _advance(char)
+        if room < 0:
+            break
+        if from_end:
+            tail, j = char + tail, j - 1
+        else:
+            head, i = head + char, i + 1
+    return head + "…" + tail
 
 
 def nice_ticks(high: float, count: int = 5) -> list[float]:
-    """Ticks 0, s, 2s, ... up to the first >= ``high``, s = 1, 2, 2.5 or 5 times a power of ten, about
-    ``count`` intervals."""
-    if not math.isfinite(high) or high <= 0:
-        high = 1.0
-    raw = high / count
-    power = 10.0 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
-    intervals = math.ceil(high / step - 1e-9)
-    return [round(i * step, 12) for i in range(intervals + 1)]
+    """Ticks 0, s, 2s, ... up to the first >= ``high``, s = 1, 2, 2.5 or 5 times a power of ten, about ``count``
+    intervals; ``high`` held within [LOWEST, HIGHEST] (not finite or not positive: 1)."""
+    high = min(max(high, LOWEST), HIGHEST) if math.isfinite(high) and high > 0 else 1.0
+    exponent = math.floor(math.log10(high / count))
+    raw = high / count / 10.0 ** exponent  # in [1, 10), up to rounding
+    mantissa = next(m for m in (1, 2, 2.5, 5, 10) if m >= raw * (1 - 1e-12))
+    intervals = max(1, math.ceil(high / (mantissa * 10.0 ** exponent) * (1 - 1e-12)))
+    return [float(f"{i * mantissa!r}e{exponent}") for i in range(intervals + 1)]  # decimal, no 0.30000000000000004
 
 
-def tick_label(value: float) -> str:
-    """A tick value as people write it: 0, 0.25, 2, 1500, 2e+04."""
-    return f"{value:.6g}" if abs(value) < 1e5 else f"{value:.3g}"
+def tick_labels(ticks: Sequence[float]) -> list[str]:
+    """One format for a whole axis: as many decimals as its ticks need (``0.0, 2.5, 5.0``), thousands grouped
+    (``125,000``), scientific beyond 1e9 or below 1e-4."""
+    top = max(ticks)
+    if top >= 1e9 or top < 1e-4:
+        return [f"{t:.3g}" if t else "0" for t in ticks]
+    decimals = next(d for d in range(13) if all(abs(round(t, d) - t) <= 1e-9 * top for t in ticks))
+    return [f"{t:,.{decimals}f}" for t in ticks]
 
 
 @dataclass(frozen=True)
 class Scale:
-    """The linear map from [0, high] to pixels [start, end] (end < start for a y axis, which grows upward)."""
+    """The linear map from [0, high] to pixels [start, end] (end < start for a y axis, which grows upward); a value
+    beyond ``high`` is drawn at ``end``."""
 
     high: float
     start: float
     end: float
 
     def __call__(self, value: float) -> float:
-        return round(self.start + (self.end - self.start) * value / self.high, 2)
+        return round(self.start + (self.end - self.start) * min(max(value, 0.0), self.high) / self.high, 2)
 
 
 def svg_open(width: float, height: float, label_id: str, title: str, description: str) -> str:
@@ -110,12 +143,12 @@ def grid_and_ticks(scale: Scale, ticks: Sequence[float], across: tuple[float, fl
     """Grid lines across the plot at each tick and the tick labels beside the axis: ``vertical`` for an
     x axis (labels below ``across[1]``), else a y axis (labels left of ``across[0]``)."""
     parts = []
-    for value in ticks:
+    for value, label in zip(ticks, tick_labels(ticks)):
         at = scale(value)
         if vertical:
             parts.append(line(at, across[0], at, across[1], GRID))
-            parts.append(text(at, across[1] + 11, tick_label(value), size=11, anchor="middle", fill=MUTED))
+            parts.append(text(at, across[1] + 11, label, size=11, anchor="middle", fill=MUTED))
         else:
             parts.append(line(across[0], at, across[1], at, GRID))
-            parts.append(text(across[0] - 6, at, tick_label(value), size=11, anchor="end", fill=MUTED))
+            parts.append(text(across[0] - 6, at, label, size=11, anchor="end", fill=MUTED))
     return parts

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import os
 import re
 import shutil
@@ -19,8 +20,10 @@ from pathlib import Path
 
 import dp_accounting
 import pytest
+from accounting.shard_entries import shard_entry
 
 from privacy_accounting import Ledger, PrivacyReport, ReservationRequest, build_report, dp_sgd_event
+from privacy_accounting.plots import budget_bars_svg, epsilon_curve_svg
 from privacy_accounting.report_models import (
     AuditLogResult,
     DataSourceDetails,
@@ -181,11 +184,26 @@ window.addEventListener("load", () => {
 </script>"""
 
 
-def test_figures_keep_every_text_inside_and_apart(page: Path, tmp_path: Path) -> None:
+def _hard_figures(tmp: Path) -> Path:
+    """The figures alone, for names and counts that strain their layout: capitals and wide letters, a long shared
+    prefix, two data sources, 24 curves past 100,000 steps, a budget exceeded, a non-private shard."""
+    shards = [shard_entry(f"MMWW-OUTPATIENT-VISITS-HOSPITAL-SHARD-{i:02d}", 0.5 + 0.25 * i, 5.0 if i % 3 else None,
+                          [(0, 0.0), (60_000 + 9_000 * i, 0.5 + 0.25 * i)], data_source=("CLINIC", "WARD")[i % 2])
+              for i in range(24)]
+    shards.append(shard_entry("public", math.inf, None, [(0, 0.0)], data_source="WARD"))
+    figures = "".join(f"<figure>{draw(shards)}</figure>" for draw in (budget_bars_svg, epsilon_curve_svg))
+    path = tmp / "figures.html"
+    path.write_text(f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"></head><body>{figures}</body></html>')
+    return path
+
+
+@pytest.mark.parametrize("which", ["report", "hard names and counts"])
+def test_figures_keep_every_text_inside_and_apart(which: str, page: Path, tmp_path: Path) -> None:
     """Text widths in the figures are estimated, not measured (``privacy_accounting.svg``): in a real browser
     with a real font no label, tick, note or legend entry leaves its figure or runs into another."""
-    measured = tmp_path / "figures.html"
-    measured.write_text(page.read_text().replace("</body>", FIGURE_TEXTS + "</body>"))
+    source = page if which == "report" else _hard_figures(tmp_path)
+    measured = tmp_path / "measured.html"
+    measured.write_text(source.read_text().replace("</body>", FIGURE_TEXTS + "</body>"))
     result = _run(tmp_path, "--run-all-compositor-stages-before-draw", "--virtual-time-budget=10000",
                   "--dump-dom", measured.as_uri())
     found = re.search(r'<pre id="__figures">(.*?)</pre>', result.stdout, re.S)

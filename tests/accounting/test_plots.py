@@ -10,10 +10,11 @@ from pathlib import Path
 import dp_accounting
 import pytest
 
+from accounting.shard_entries import shard_entry
 from privacy_accounting import Ledger, PrivacyReport, build_report, dp_sgd_event
 from privacy_accounting.plots import OVER_SPENT, SPENT, budget_bars_svg, drawable_curves, epsilon_curve_svg
 from privacy_accounting.report_models import ShardEntry
-from privacy_accounting.svg import nice_ticks, tick_label
+from privacy_accounting.svg import esc, fit, nice_ticks, tick_labels
 
 DELTA = 1e-5
 RUN = dp_sgd_event(1.2, 0.02, 100)
@@ -56,7 +57,7 @@ def _axis(root: ET.Element, anchor: str) -> tuple[float, float]:
     ticks = []
     for element in root.iter(f"{SVG}text"):
         try:
-            value = float(_label(element))
+            value = float(_label(element).replace(",", ""))
         except ValueError:
             continue
         if element.get("text-anchor") == anchor:
@@ -105,6 +106,7 @@ def test_every_bar_is_as_long_as_its_figure(report: PrivacyReport) -> None:
     root = ET.fromstring(budget_bars_svg(report.shards))
     x0, dx = _axis(root, "middle")
     bars = _titled(root, "rect")
+    markers = [m for m in root.iter(f"{SVG}line") if m.get("x1") == m.get("x2") and m.get("stroke-width") == "2"]
     for shard in report.shards:
         name, spent = f"{shard.data_source}/{shard.shard}", shard.spent.epsilon
         if shard.budget is None:
@@ -115,13 +117,14 @@ def test_every_bar_is_as_long_as_its_figure(report: PrivacyReport) -> None:
                 assert float(bar.get("width")) == pytest.approx(dx * spent, abs=0.06)
             continue
         limit = shard.budget.epsilon
-        bar = bars[f"{name}: spent {spent:.3g} of {limit:.3g}"]
+        [bar] = [r for title, r in bars.items() if title.startswith(f"{name}: spent ")]
         assert float(bar.get("x")) == pytest.approx(x0, abs=0.06)
         assert float(bar.get("width")) == pytest.approx(dx * min(spent, limit), abs=0.06)
         assert bar.get("fill") == (OVER_SPENT if shard.budget_status == "exceeded" else SPENT)
         rest = next(r for title, r in bars.items() if title.startswith(f"{name}: ") and r is not bar)
         end = float(rest.get("x")) + float(rest.get("width"))
         assert end == pytest.approx(x0 + dx * max(spent, limit), abs=0.06)  # remaining to the limit, or over it
+        assert x0 + dx * limit in [pytest.approx(float(m.get("x1")), abs=0.06) for m in markers]  # the budget mark
     assert _shard(report, "digits", "tight").budget_status == "exceeded"
     widest_finite = max(float(r.get("width")) for t, r in bars.items() if "inf" not in t)
     assert float(bars["people/all: spent inf, no budget set"].get("width")) > widest_finite  # ∞ reaches furthest
@@ -138,10 +141,54 @@ def test_figures_escape_user_text_and_are_the_same_for_the_same_ledger(report: P
     assert budget_bars_svg([]) is None
 
 
-@pytest.mark.parametrize("high, expected", [(1.0, [0, 0.2, 0.4, 0.6, 0.8, 1.0]), (1953, [0, 500, 1000, 1500, 2000]),
-                                            (3.3, [0, 1, 2, 3, 4]), (0.0123, [0, 0.0025, 0.005, 0.0075, 0.01, 0.0125]),
-                                            (0.0, [0, 0.2, 0.4, 0.6, 0.8, 1.0])])
-def test_ticks_are_round_numbers_that_cover_the_data(high: float, expected: list[float]) -> None:
+@pytest.mark.parametrize("high, expected, labels", [
+    (1.0, [0, 0.2, 0.4, 0.6, 0.8, 1.0], ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"]),
+    (1953, [0, 500, 1000, 1500, 2000], ["0", "500", "1,000", "1,500", "2,000"]),
+    (3.3, [0, 1, 2, 3, 4], ["0", "1", "2", "3", "4"]),
+    (12.0, [0, 2.5, 5, 7.5, 10, 12.5], ["0.0", "2.5", "5.0", "7.5", "10.0", "12.5"]),
+    (110_000, [0, 25_000, 50_000, 75_000, 100_000, 125_000],
+     ["0", "25,000", "50,000", "75,000", "100,000", "125,000"]),  # one format on the axis (not 75000 and 1e+05)
+    (0.0123, [0, 0.0025, 0.005, 0.0075, 0.01, 0.0125], ["0.0000", "0.0025", "0.0050", "0.0075", "0.0100", "0.0125"]),
+    (7.5e-11, [0, 2e-11, 4e-11, 6e-11, 8e-11], ["0", "2e-11", "4e-11", "6e-11", "8e-11"]),
+    (0.0, [0, 0.2, 0.4, 0.6, 0.8, 1.0], ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"]),
+    (5e-324, [0, 2e-13, 4e-13, 6e-13, 8e-13, 1e-12], ["0", "2e-13", "4e-13", "6e-13", "8e-13", "1e-12"]),
+    (1.7e308, [0, 2e299, 4e299, 6e299, 8e299, 1e300], ["0", "2e+299", "4e+299", "6e+299", "8e+299", "1e+300"])])
+def test_ticks_are_round_numbers_that_cover_the_data(high: float, expected: list[float], labels: list[str]) -> None:
     ticks = nice_ticks(high)
-    assert ticks == pytest.approx(expected) and ticks[-1] >= high
-    assert [tick_label(t) for t in nice_ticks(12.0)] == ["0", "2.5", "5", "7.5", "10", "12.5"]
+    assert ticks == pytest.approx(expected, rel=1e-12, abs=0) and len(set(ticks)) == len(ticks)
+    assert ticks[-1] >= min(high, 1e300) and all(math.isfinite(t) for t in ticks)
+    assert tick_labels(ticks) == labels
+
+
+def test_bar_labels_that_share_a_long_prefix_stay_distinct() -> None:
+    names = [f"outpatient-visits-2019-2023-hospital-shard-{i:02d}" for i in range(3)]
+    root = ET.fromstring(budget_bars_svg([shard_entry(n, s, 3.0) for n, s in zip(names, (1.0, 3.4, 2.0))]))
+    labels = [_label(t) for t in root.iter(f"{SVG}text") if t.get("text-anchor") == "end"]
+    assert len(set(labels)) == 3 and all(label.endswith(f"-{i:02d}") for i, label in enumerate(labels))
+    assert fit("WWWWWWWWWWWWWWWWWWWWWWWWW/MMMMM", 12, 200).endswith("MMMMM")
+
+
+def test_a_figure_below_1e_12_or_with_an_unprintable_name_still_draws() -> None:
+    for shards in ([shard_entry("a", 0.0, 1e-13)], [shard_entry("a", 1e-14, None, [(0, 0.0), (1, 1e-14)])],
+                   [shard_entry("a\x0bb\x00", 0.5, 1.0, [(0, 0.0), (5, 0.5)])]):
+        for draw in (budget_bars_svg, epsilon_curve_svg):
+            markup = draw(shards)
+            if markup is None:  # the curve of a shard that has run nothing
+                continue
+            root = ET.fromstring(markup)  # well-formed XML: the control characters are shown as U+FFFD
+            assert all(math.isfinite(float(v)) for e in root.iter() for k, v in e.attrib.items()
+                       if k in ("x", "y", "x1", "x2", "y1", "y2", "cx", "cy", "width") and not v.endswith("%"))
+    assert esc("a\x0bb") == "a\ufffdb"
+
+
+def test_an_overrun_that_rounding_would_hide_is_printed() -> None:
+    root = ET.fromstring(budget_bars_svg([shard_entry("over", 3.0004, 3.0), shard_entry("under", 2.9996, 3.0)]))
+    notes = {_label(t) for t in root.iter(f"{SVG}text")}
+    assert {"3.0004 of 3", "2.9996 of 3"} <= notes
+
+
+def test_more_lines_than_colours_still_look_different() -> None:
+    shards = [shard_entry(f"shard-{i:02d}", 0.1 * (i + 1), None, [(0, 0.0), (10, 0.1 * (i + 1))]) for i in range(24)]
+    root = ET.fromstring(epsilon_curve_svg(shards))
+    looks = [(p.get("stroke"), p.get("stroke-dasharray"), p.get("stroke-width")) for p in root.iter(f"{SVG}polyline")]
+    assert len(looks) == 24 and len(set(looks)) == 24
