@@ -318,3 +318,35 @@ def test_a_completion_that_fails_after_its_commit_point_is_finished_not_failed(t
     [event] = reopened.ledger.events()
     assert event.status.value == "completed" and reopened.list_components() == ["c0"]
     assert not pending(reopened) and reopened.audit.verify().ok
+
+
+def test_a_reservation_whose_log_entry_fails_is_failed_and_logged_as_reserved(tmp_path, monkeypatch,
+                                                                               mlp_backbone) -> None:
+    """The ledger reserves, then the disk fills before the reservation's audit entry is written: the run marks the
+    reservation failed (its budget spent) and logs that, instead of logging 'failed before any budget was reserved'
+    over a reservation the ledger holds."""
+    import errno
+
+    import dp_tangent.workspace.train as train_module
+    from dp_tangent.workspace import ShardJob
+
+    monkeypatch.chdir(tmp_path)
+    ws = Workspace.create("ws")
+
+    def apply_but_the_reservation(ws: Workspace, change: Change) -> object:
+        if change.operation == "reservation":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return apply(ws, change)
+
+    monkeypatch.setattr(train_module, "apply", apply_but_the_reservation)
+    with pytest.raises(OSError, match="No space left"):
+        ws.train_all(mlp_backbone, None, [ShardJob("c0", "s0", records(0)), ShardJob("c1", "s1", records(1))],
+                     data_source="toy", privacy=PrivacySpec(noise_multiplier=1.0), config=FAST)
+    events = ws.ledger.events()
+    assert [e.status.value for e in events] == ["failed", "failed"] and ws.list_components() == []
+    failures = [e.parameters for e in ws.audit.entries() if e.operation == "training"]
+    assert sorted(f["ledger_reservation"] for f in failures) == sorted(e.reservation_id for e in events)
+    assert all(f["reserved"] is True and "after the budget was reserved" in f["error"] for f in failures)
+    reopened = Workspace.open("ws")  # nothing left for the next command to resolve
+    assert not [e for e in reopened.audit.entries() if e.operation == "reservation_abandoned"]
+    assert reopened.audit.verify().ok

@@ -4,7 +4,8 @@ The privacy bookkeeping never leaves the driver (this process):
 
 1. every task is validated and planned, and the base model checked, before anything is written;
 2. the budget of every shard is reserved in the workspace ledger in one transaction, all or
-   nothing, before any task is submitted;
+   nothing, before any task is submitted, and logged at once (should that log entry fail, the
+   reservations are marked failed and logged so, their budget spent);
 3. the executor, started and prepared before step 2 (so an unreachable cluster, workers that do
    not start or a missing GPU cost no budget), trains: in this process, in local worker
    processes or on a Ray cluster;
@@ -121,14 +122,26 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
         by_name = {job.name: job for job in jobs}
         _check_names(ws, jobs)  # a refused name spends nothing and is not logged
 
+        reservations: dict[str, str] = {}
+
         @contextlib.contextmanager
         def unreserved() -> Iterator[None]:
-            """A refusal or failure before the reservation: logged per job, nothing spent."""
+            """A refusal or failure before the reservation is logged: logged per job, nothing spent; or, if the
+            ledger had reserved (its log entry is what failed, a disk filling up), the reservation marked failed
+            and logged as such, its budget spent (as the next command would, finding it abandoned)."""
             try:
                 yield
             except BaseException as err:
                 for job in jobs:  # the message may name a record id: it goes to the operator, not into the log
-                    log(job, "failed", error=f"{type(err).__name__} before any budget was reserved", reserved=False)
+                    if job.name not in reservations:
+                        log(job, "failed", error=f"{type(err).__name__} before any budget was reserved",
+                            reserved=False)
+                        continue
+                    reason = f"{type(err).__name__} after the budget was reserved, before the reservation was logged"
+                    with contextlib.suppress(Exception):  # else the next command resolves it, as abandoned
+                        finish_interrupted(ws)  # a reservation entry that failed after its commit point, first
+                        log(job, "failed", ledger=[FailReservation(reservations[job.name], reason)], error=reason,
+                            reserved=True, ledger_reservation=reservations[job.name])
                 raise
 
         with unreserved():
@@ -158,7 +171,7 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
             held = contextlib.ExitStack()
             held.enter_context(deferred_interrupts())
             try:
-                reservations = dict(zip(by_name, ws.ledger.reserve_all(requests, allow_overlap=allow_overlap)))
+                reservations.update(zip(by_name, ws.ledger.reserve_all(requests, allow_overlap=allow_overlap)))
                 # Logged at once, so the ledger never holds rows the log has not seen (a kill -9 from
                 # here on leaves reservations the next opening resolves, in the log too).
                 apply(ws, Change("reservation", operator=operator, parameters={
