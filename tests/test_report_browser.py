@@ -138,14 +138,19 @@ def page(report: PrivacyReport, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return path
 
 
-def test_page_fits_1280_px_with_every_section(report: PrivacyReport, page: Path, tmp_path: Path) -> None:
-    measured = tmp_path / "measured.html"
-    measured.write_text(page.read_text().replace("</body>", MEASURE + "</body>"))
-    result = _run(tmp_path, "--run-all-compositor-stages-before-draw", "--virtual-time-budget=10000",
+def _measured(page: Path, script: str, element_id: str, tmp: Path) -> object:
+    """What ``script``, appended to a copy of ``page``, wrote as JSON into ``<pre id=element_id>`` once loaded."""
+    measured = tmp / "measured.html"
+    measured.write_text(page.read_text().replace("</body>", script + "</body>"))
+    result = _run(tmp, "--run-all-compositor-stages-before-draw", "--virtual-time-budget=10000",
                   "--dump-dom", measured.as_uri())
-    found = re.search(r'<pre id="__measure">(.*?)</pre>', result.stdout, re.S)
+    found = re.search(rf'<pre id="{element_id}">(.*?)</pre>', result.stdout, re.S)
     assert found, f"no measurement in the dumped DOM (exit {result.returncode}): {result.stderr[-2000:]}"
-    m = json.loads(html.unescape(found.group(1)))
+    return json.loads(html.unescape(found.group(1)))
+
+
+def test_page_fits_1280_px_with_every_section(report: PrivacyReport, page: Path, tmp_path: Path) -> None:
+    m = _measured(page, MEASURE, "__measure", tmp_path)
     assert m["innerWidth"] == WIDTH, m["innerWidth"]
     assert m["scrollWidth"] <= WIDTH and m["bodyScrollWidth"] <= WIDTH, (m["scrollWidth"], m["outside"])
     assert not m["outside"], m["outside"]  # only tables may scroll, inside their own box
@@ -201,14 +206,7 @@ def _hard_figures(tmp: Path) -> Path:
 def test_figures_keep_every_text_inside_and_apart(which: str, page: Path, tmp_path: Path) -> None:
     """Text widths in the figures are estimated, not measured (``privacy_accounting.svg``): in a real browser
     with a real font no label, tick, note or legend entry leaves its figure or runs into another."""
-    source = page if which == "report" else _hard_figures(tmp_path)
-    measured = tmp_path / "measured.html"
-    measured.write_text(source.read_text().replace("</body>", FIGURE_TEXTS + "</body>"))
-    result = _run(tmp_path, "--run-all-compositor-stages-before-draw", "--virtual-time-budget=10000",
-                  "--dump-dom", measured.as_uri())
-    found = re.search(r'<pre id="__figures">(.*?)</pre>', result.stdout, re.S)
-    assert found, f"no measurement in the dumped DOM (exit {result.returncode}): {result.stderr[-2000:]}"
-    figures = json.loads(html.unescape(found.group(1)))
+    figures = _measured(page if which == "report" else _hard_figures(tmp_path), FIGURE_TEXTS, "__figures", tmp_path)
     assert len(figures) == 2 and all(len(f["texts"]) > 10 for f in figures)
     for figure in figures:
         box, texts = figure["box"], figure["texts"]
