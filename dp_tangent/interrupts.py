@@ -31,8 +31,14 @@ def interrupt(signum: int, frame: object) -> None:
 
 def exit_status() -> int:
     """What a program stopped by an interrupt exits with: 128 + the signal's number, as a shell reports a process
-    the signal killed (SIGINT: 130, SIGHUP: 129, SIGTERM: 143); SIGINT's unless another came through here."""
+    the signal killed (SIGINT: 130, SIGHUP: 129, SIGTERM: 143); SIGINT's unless another came through here since
+    :func:`forget_received`."""
     return 128 + (_received[-1] if _received else signal.SIGINT)
+
+
+def forget_received() -> None:
+    """Start a new command: the signals an earlier one received in this process do not decide its exit status."""
+    _received.clear()
 
 
 #: The handlers a deferred section stands in for: SIGINT's default, and :func:`interrupt`.

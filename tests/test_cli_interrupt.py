@@ -84,3 +84,26 @@ def test_corrupt_component_file_is_refused_in_one_line(tmp_path) -> None:
     verify = subprocess.run([sys.executable, "-m", "dp_tangent", "audit", "verify", "--workspace", str(ws)],
                             capture_output=True, text=True, timeout=300)
     assert verify.returncode == 1
+
+
+def test_the_exit_status_names_the_signal_that_stopped_this_command(tmp_path, monkeypatch, capsys) -> None:
+    """SIGTERM: 143, SIGHUP: 129, Ctrl-C: 130 (128 + the signal, as a shell reports it), decided by what reached this
+    command: a signal an earlier command of the same process received does not count."""
+    import pytest
+    from helpers import run_cli
+
+    from dp_tangent.interrupts import exit_status, interrupt
+    from dp_tangent.workspace import Workspace
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        with pytest.raises(KeyboardInterrupt):
+            interrupt(sig, None)
+        assert exit_status() == 128 + sig
+
+    def ctrl_c(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # Python's own Ctrl-C: its default handler records nothing
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(Workspace, "create", ctrl_c)
+    code, _, err = run_cli(capsys, "init", "-w", "ws")
+    assert code == 130 and "interrupted" in err

@@ -114,8 +114,9 @@ def _termination_as_interrupt() -> Iterator[None]:
     """Meanwhile SIGTERM and SIGHUP end the command as Ctrl-C does (where nobody else handles them): an unfinished
     run's reservations are marked failed and its workers stopped now, not found by the next command; like Ctrl-C,
     they are held back while a workspace change is committed (:mod:`dp_tangent.interrupts`)."""
-    from ..interrupts import interrupt
+    from ..interrupts import forget_received, interrupt
 
+    forget_received()
     installed = {}
     with contextlib.suppress(ValueError):  # not the main thread: signals are not ours to handle
         for sig in (signal.SIGTERM, signal.SIGHUP):
