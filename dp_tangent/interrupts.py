@@ -30,10 +30,10 @@ def interrupt(signum: int, frame: object) -> None:
 
 
 def exit_status() -> int:
-    """What a program stopped by an interrupt exits with: 128 + the signal's number, as a shell reports a process
-    the signal killed (SIGINT: 130, SIGHUP: 129, SIGTERM: 143); SIGINT's unless another came through here since
-    :func:`forget_received`."""
-    return 128 + (_received[-1] if _received else signal.SIGINT)
+    """What a program stopped by an interrupt exits with: 128 + the number of the signal that stopped it (the first
+    received through here since :func:`forget_received`), as a shell reports a process the signal killed
+    (SIGINT: 130, SIGHUP: 129, SIGTERM: 143); SIGINT's if none came through here."""
+    return 128 + (_received[0] if _received else signal.SIGINT)
 
 
 def forget_received() -> None:

@@ -449,3 +449,23 @@ def test_a_name_left_by_an_interrupted_run_points_to_the_missing_shards(ws, mlp_
              privacy=PrivacySpec(noise_multiplier=1.0), config=FAST)  # shard 0 done, then the run was killed
     with pytest.raises(WorkspaceError, match="already used .* train only its missing shards: --shard 1 --shard 2"):
         _check_unused(ws, "m9", 3)
+
+
+def test_a_name_left_by_a_run_stopped_before_composing_points_to_compose(ws, mlp_backbone, capsys) -> None:
+    """Every shard trained, the model not composed (stopped while the executor closed): the way on is `compose`,
+    which spends nothing; another --name would train, and spend, again."""
+    import shlex
+
+    from dp_tangent.cli.train import _check_unused
+
+    for k in range(2):
+        ws.train(mlp_backbone, None, records(6 + k), data_source="toy", shard=f"s{k}", name=f"m8-shard-{k}",
+                 privacy=PrivacySpec(noise_multiplier=1.0), config=FAST)
+    with pytest.raises(WorkspaceError, match="has a component: compose it") as refused:
+        _check_unused(ws, "m8", 2)
+    command = shlex.split(str(refused.value).rsplit(" with ", 1)[1])
+    assert command[:2] == ["dp-tangent", "compose"]
+    spent = [e.status.value for e in ws.ledger.events()]
+    code, out, err = run_cli(capsys, *command[1:])
+    assert code == 0 and "m8" in Workspace.open(ws.root).list_models(), err
+    assert [e.status.value for e in ws.ledger.events()] == spent  # nothing trained, nothing spent

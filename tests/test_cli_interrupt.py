@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from privacy_accounting import Ledger
 
 RECIPE = """
@@ -86,24 +88,56 @@ def test_corrupt_component_file_is_refused_in_one_line(tmp_path) -> None:
     assert verify.returncode == 1
 
 
-def test_the_exit_status_names_the_signal_that_stopped_this_command(tmp_path, monkeypatch, capsys) -> None:
-    """SIGTERM: 143, SIGHUP: 129, Ctrl-C: 130 (128 + the signal, as a shell reports it), decided by what reached this
-    command: a signal an earlier command of the same process received does not count."""
-    import pytest
+@pytest.mark.parametrize("stop, status", [(None, 130), (signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_the_exit_status_names_the_signal_that_stopped_this_command(tmp_path, monkeypatch, capsys, stop,
+                                                                    status) -> None:
+    """SIGTERM: 143, SIGHUP: 129, Ctrl-C: 130 (128 + the signal, as a shell reports it): the first signal that
+    reached this command, not one a later signal during its clean-up, nor one an earlier command of the same
+    process received."""
     from helpers import run_cli
 
-    from dp_tangent.interrupts import exit_status, interrupt
+    from dp_tangent.interrupts import exit_status, forget_received, interrupt
     from dp_tangent.workspace import Workspace
 
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        with pytest.raises(KeyboardInterrupt):
-            interrupt(sig, None)
-        assert exit_status() == 128 + sig
+    for first, then in ((signal.SIGTERM, None), (signal.SIGHUP, signal.SIGTERM)):
+        forget_received()
+        for sig in filter(None, (first, then)):
+            with pytest.raises(KeyboardInterrupt):
+                interrupt(sig, None)
+        assert exit_status() == 128 + first
 
-    def ctrl_c(*args: object, **kwargs: object) -> None:
-        raise KeyboardInterrupt  # Python's own Ctrl-C: its default handler records nothing
+    def stopped(*args: object, **kwargs: object) -> None:
+        if stop is None:
+            raise KeyboardInterrupt  # as Python's own SIGINT handler raises it, recording nothing
+        os.kill(os.getpid(), stop)  # through the handlers the command line installed
+        time.sleep(5)
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(Workspace, "create", ctrl_c)
-    code, _, err = run_cli(capsys, "init", "-w", "ws")
-    assert code == 130 and "interrupted" in err
+    monkeypatch.setattr(Workspace, "create", stopped)
+    code, _, err = run_cli(capsys, "init", "-w", "ws")  # after the SIGHUP and SIGTERM above, in this process
+    assert code == status and "interrupted" in err
+
+
+def test_a_full_disk_while_training_is_one_line_with_the_retry_command(tmp_path, monkeypatch, capsys) -> None:
+    """The disk fills as the reservation is logged (after the ledger reserved): the shard is failed with its budget
+    spent, and the operator gets the cause in one line and the retry command, not a traceback."""
+    import errno
+
+    from helpers import run_cli
+
+    import dp_tangent.workspace.train as train_module
+
+    def apply_but_the_reservation(ws: object, change: object) -> object:
+        if change.operation == "reservation":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_apply(ws, change)
+
+    real_apply = train_module.apply
+    monkeypatch.setattr(train_module, "apply", apply_but_the_reservation)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, "train", str(_recipe(tmp_path, 1)), "--name", "m", "-w", "ws",
+                           "--executor", "serial")
+    assert code == 2 and "Traceback" not in err, err
+    assert "error: [Errno 28] No space left on device" in err and "--shard 0" in err
+    [event] = Ledger.open(tmp_path / "ws" / "ledger.sqlite").events()
+    assert event.status.value == "failed"

@@ -67,13 +67,16 @@ def test_local_workers_train_bit_identical_components_and_log_who_trained_them(t
 
 def test_ray_tasks_train_bit_identical_components(tmp_path, jobs, serial) -> None:
     """Also: the command line's SIGTERM handler (Ctrl-C's behaviour, held back while a workspace change commits)
-    survives ``ray.init``, which installs its own; with Ray's, SIGTERM aborted ``train`` mid-run (SIGABRT)."""
+    survives ``ray.init``, which installs its own (with Ray's, SIGTERM aborted ``train`` mid-run: SIGABRT), and
+    ``ray.shutdown``, which leaves SIGTERM to kill the process."""
     pytest.importorskip("ray", reason="the [ray] extra is not installed")
     executor = create_executor("ray", init_options={"num_cpus": 2})
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         ws, run = train(tmp_path, jobs, executor, config=SEEDED)
         assert signal.getsignal(signal.SIGTERM) is interrupt
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):  # armed, too: ray.shutdown leaves the default action
+            os.kill(os.getpid(), signal.SIGTERM)
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert not run.failed and digests(run) == serial

@@ -78,7 +78,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             raise KeyboardInterrupt
         if isinstance(code, int) and code:
             sys.exit(code)
-    except (DPTangentError, FileNotFoundError, PermissionError, ValueError) as err:
+    except (DPTangentError, OSError, ValueError) as err:  # OSError: a missing file, no permission, a full disk
         typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
         sys.exit(2)
     except typer.Abort as stop:  # click turns Ctrl-C into Abort
@@ -119,8 +119,9 @@ def _termination_as_interrupt() -> Iterator[None]:
     forget_received()
     installed = {}
     with contextlib.suppress(ValueError):  # not the main thread: signals are not ours to handle
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            if signal.getsignal(sig) is signal.SIG_DFL:
+        for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL),
+                             (signal.SIGHUP, signal.SIG_DFL)):
+            if signal.getsignal(sig) is default:  # SIGINT too, as Python would: so that its exit status is known
                 installed[sig] = signal.signal(sig, interrupt)
     try:
         yield

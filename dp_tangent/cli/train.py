@@ -41,11 +41,14 @@ def _check_unused(ws: Workspace, name: str, shards: int) -> None:
         raise WorkspaceError(f"model {name!r} already exists in {ws.root}; choose another --name")
     used = [k for k in range(shards) if ws.component_name_used(f"{name}-shard-{k}")]
     if used:  # e.g. a run stopped (or killed) before composing: its other shards can be trained on their own
-        missing = [k for k in range(shards) if k not in _components_by_shard(ws, name)]
-        retry = (f"; to finish an earlier run of {name!r}, train only its missing shards: "
-                 + " ".join(f"--shard {k}" for k in missing)) if missing else ""
-        raise WorkspaceError(f"component name '{name}-shard-{used[0]}' is already used in {ws.root} (names are never "
-                             f"reused): choose another --name{retry}")
+        done = _components_by_shard(ws, name)
+        missing = [k for k in range(shards) if k not in done]
+        taken = f"component name '{name}-shard-{used[0]}' is already used in {ws.root} (names are never reused)"
+        if not missing:  # training again under another name would spend the budget again
+            raise WorkspaceError(f"{taken}; every shard of an earlier run of {name!r} has a component: compose it "
+                                 f"(no training, no budget) with {_compose_command(ws, name, done, shards)}")
+        raise WorkspaceError(f"{taken}: choose another --name; to finish an earlier run of {name!r}, train only its "
+                             "missing shards: " + " ".join(f"--shard {k}" for k in missing))
 
 
 def _register_source(ws: Workspace, recipe: Recipe) -> None:
@@ -214,10 +217,14 @@ def train(
                                        progress=lambda job, step, total: progress.update(bars[job], completed=step,
                                                                                           total=total),
                                        deleted="exclude", allow_overlap=allow_overlap)
-        except KeyboardInterrupt:
-            missing = _missing_shards(_components_by_shard(ws, name), count)
+        except (KeyboardInterrupt, OSError):  # stopped, or the disk filled: what is left to do, then the cause
+            done = _components_by_shard(ws, name)
+            missing = _missing_shards(done, count)
             if missing and any(e.component in {j.name for j in jobs} for e in ws.ledger.events()):
                 typer.echo(f"to train the shards without a component: {_retry_command(retry, missing)}", err=True)
+            elif not missing and name not in ws.list_models():
+                typer.echo(f"every shard has a component; compose the model (no training, no budget): "
+                           f"{_compose_command(ws, name, done, count)}", err=True)
             raise
         for job_name, count_deleted in sorted(run.excluded_deleted.items()):
             typer.echo(f"{job_name}: left out {count_deleted} record(s) deleted by an earlier deletion request")
@@ -247,6 +254,11 @@ def _missing_shards(done: dict[int, str], count: int) -> list[int]:
 
 def _retry_command(retry: list[str], missing: list[int]) -> str:
     return shlex.join([*retry, *(item for k in missing for item in ("--shard", str(k)))])
+
+
+def _compose_command(ws: Workspace, name: str, done: dict[int, str], count: int) -> str:
+    """What ``train`` would have run last: the mean of the model's shard components."""
+    return shlex.join(["dp-tangent", "compose", *(done[k] for k in range(count)), "--name", name, "-w", str(ws.root)])
 
 
 def _check_same_split(ws: Workspace, name: str, parts: list[RecordSet]) -> None:

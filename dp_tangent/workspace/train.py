@@ -137,7 +137,10 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
                         log(job, "failed", error=f"{type(err).__name__} before any budget was reserved",
                             reserved=False)
                         continue
-                    reason = f"{type(err).__name__} after the budget was reserved, before the reservation was logged"
+                    cause = err.__cause__ or err.__context__  # an interrupt held back while the disk filled: both
+                    why = type(err).__name__ + (f" (after {type(cause).__name__})"
+                                                if isinstance(err, KeyboardInterrupt) and cause is not None else "")
+                    reason = f"{why} after the budget was reserved, while its reservation was being logged"
                     with contextlib.suppress(Exception):  # else the next command resolves it, as abandoned
                         finish_interrupted(ws)  # a reservation entry that failed after its commit point, first
                         log(job, "failed", ledger=[FailReservation(reservations[job.name], reason)], error=reason,

@@ -34,16 +34,39 @@ def _import_ray() -> Any:
 
 @contextlib.contextmanager
 def _keeping_sigterm_handler() -> Iterator[None]:
-    """``ray.init`` replaces the driver's SIGTERM handler with ``sys.exit`` (and its core adds a crash handler that
-    aborts the process): a program that handles SIGTERM itself (``dp-tangent``: as Ctrl-C, held back while a
-    workspace change commits) gets its own handler back, which replaces both. A program without a handler of
-    its own gets Ray's behaviour unchanged."""
+    """Ray changes the driver's SIGTERM handling: ``ray.init`` installs ``sys.exit`` as its handler (and its core a
+    crash handler that aborts the process), and ``ray.shutdown`` leaves SIGTERM to its default action (the process
+    dies) while Python still names the old handler. A program that handles SIGTERM itself (``dp-tangent``: as Ctrl-C,
+    held back while a workspace change commits) gets its own handler back, re-armed, after either call; a SIGTERM
+    that Ray's handler turned into ``SystemExit`` meanwhile goes to it. A program without a handler of its own gets
+    Ray's behaviour unchanged."""
     own = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    if own in (None, signal.SIG_DFL):
+        yield
+        return
+    try:
+        yield
+    except SystemExit as stop:
+        if stop.code != signal.SIGTERM or not callable(own):  # Ray's handler: sys.exit(signum)
+            raise
+        signal.signal(signal.SIGTERM, own)
+        own(signal.SIGTERM, None)  # the program's answer to the signal (dp-tangent's raises KeyboardInterrupt)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, own)
+
+
+@contextlib.contextmanager
+def _held(*signals: signal.Signals) -> Iterator[None]:
+    """``signals`` blocked meanwhile (delivered when it ends), from the main thread, where the platform can."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
     try:
         yield
     finally:
-        if own not in (None, signal.SIG_DFL):
-            signal.signal(signal.SIGTERM, own)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _train_on_node(task: TrainingTask) -> TrainedDeltas:
@@ -104,7 +127,8 @@ class RayExecutor:
     def close(self) -> None:
         if self._started:
             self._started = False
-            self.ray.shutdown()
+            with _held(signal.SIGTERM, signal.SIGHUP), _keeping_sigterm_handler():
+                self.ray.shutdown()  # meanwhile SIGTERM's action is the default (death): held until re-armed
 
     def run(self, tasks: Sequence[TrainingTask], progress: TaskProgressFn | None = None) -> Iterator[TaskOutcome]:
         ray = self.ray
