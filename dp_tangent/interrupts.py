@@ -59,7 +59,7 @@ def deferred_interrupts() -> Iterator[None]:
         _received.append(signum)
 
     replaced: dict[int, object] = {}
-    with _blocked():  # swapped all at once: a signal between two swaps would leave a recorder installed
+    with blocked():  # swapped all at once: a signal between two swaps would leave a recorder installed
         for sig in _SIGNALS:
             if signal.getsignal(sig) in _DEFERRABLE:
                 replaced[sig] = signal.signal(sig, note)
@@ -70,7 +70,7 @@ def deferred_interrupts() -> Iterator[None]:
             raise KeyboardInterrupt(signal.Signals(caught[0]).name) from err
         raise
     finally:
-        with _blocked():
+        with blocked():
             for sig, handler in replaced.items():
                 signal.signal(sig, handler)
     if caught:
@@ -78,12 +78,13 @@ def deferred_interrupts() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _blocked() -> Iterator[None]:
-    """The interrupting signals held by the kernel meanwhile (delivered when it ends), where the platform can."""
+def blocked(signals: tuple[int, ...] = _SIGNALS) -> Iterator[None]:
+    """``signals`` (default: the interrupting ones) held by the kernel meanwhile, in this thread (delivered when it
+    ends), where the platform can."""
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
     try:
         yield
     finally:

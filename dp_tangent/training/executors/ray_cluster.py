@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
+from ...interrupts import blocked
 from ..deltas import TrainedDeltas, train_deltas
 from ..plan import TrainingTask
 from .base import ExecutorError, TaskDone, TaskFailed, TaskOutcome, TaskProgressFn, worker_identity
@@ -54,19 +55,6 @@ def _keeping_sigterm_handler() -> Iterator[None]:
         raise
     finally:
         signal.signal(signal.SIGTERM, own)
-
-
-@contextlib.contextmanager
-def _held(*signals: signal.Signals) -> Iterator[None]:
-    """``signals`` blocked meanwhile (delivered when it ends), from the main thread, where the platform can."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _train_on_node(task: TrainingTask) -> TrainedDeltas:
@@ -127,7 +115,7 @@ class RayExecutor:
     def close(self) -> None:
         if self._started:
             self._started = False
-            with _held(signal.SIGTERM, signal.SIGHUP), _keeping_sigterm_handler():
+            with blocked((signal.SIGTERM, signal.SIGHUP)), _keeping_sigterm_handler():
                 self.ray.shutdown()  # meanwhile SIGTERM's action is the default (death): held until re-armed
 
     def run(self, tasks: Sequence[TrainingTask], progress: TaskProgressFn | None = None) -> Iterator[TaskOutcome]:
