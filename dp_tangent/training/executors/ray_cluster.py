@@ -50,7 +50,6 @@ def _keeping_sigterm_handler() -> Iterator[None]:
     except SystemExit as stop:
         if stop.code != signal.SIGTERM or not callable(own):  # Ray's handler: sys.exit(signum)
             raise
-        signal.signal(signal.SIGTERM, own)
         own(signal.SIGTERM, None)  # the program's answer to the signal (dp-tangent's raises KeyboardInterrupt)
         raise
     finally:
