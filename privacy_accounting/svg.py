@@ -134,8 +134,12 @@ def line(x1: float, y1: float, x2: float, y2: float, stroke: str, width: float =
             f'stroke-width="{width:g}"{dashes}/>')
 
 
-def rect(x: float, y: float, width: float, height: float, fill: str, tooltip: str = "") -> str:
+def rect(x: float, y: float, width: float, height: float, fill: str, tooltip: str = "", edge: str | None = None,
+         ) -> str:
+    """A rectangle; ``edge``, if given, outlines it (1.5 px, centred on its border as SVG strokes are)."""
     attrs = f'x="{x:.2f}" y="{y:.2f}" width="{max(width, 0.0):.2f}" height="{height:.2f}" fill="{fill}"'
+    if edge is not None:
+        attrs += f' stroke="{edge}" stroke-width="1.5"'
     return f"<rect {attrs}><title>{esc(tooltip)}</title></rect>" if tooltip else f"<rect {attrs}/>"
 
 

@@ -130,6 +130,36 @@ def test_every_bar_is_as_long_as_its_figure(report: PrivacyReport) -> None:
     assert float(bars["people/all: spent inf, no budget set"].get("width")) > widest_finite  # ∞ reaches furthest
 
 
+def _luminance(colour: str) -> float:
+    """WCAG 2 relative luminance of ``#rrggbb``."""
+    channels = [int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def _contrast(a: str, b: str) -> float:
+    light, dark = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def test_every_bar_stands_out_from_the_page_by_3_to_1(report: PrivacyReport) -> None:
+    """WCAG 1.4.11: a graphic that carries meaning contrasts 3:1 with what surrounds it; a pale segment does so by
+    its outline, the hatch (no budget) by its stripes."""
+    root = ET.fromstring(budget_bars_svg(report.shards))
+    [page] = [r for r in root.iter(f"{SVG}rect") if r.get("width") == "100%"]
+    segments = [r for r in root.iter(f"{SVG}rect") if r.find(f"{SVG}title") is not None]
+    fills = {r.get("fill") for r in segments}
+    assert {"url(#dpt-bars-hatch)", OVER_SPENT, SPENT} <= fills and len(fills) == 5  # remaining and over, too
+    for segment in segments:
+        if segment.get("fill") == "url(#dpt-bars-hatch)":
+            [stripe] = [line for line in root.iter(f"{SVG}line") if line.get("x1") == "0"]
+            colours = [stripe.get("stroke")]
+        else:
+            colours = [segment.get("fill"), segment.get("stroke") or segment.get("fill")]
+        best = max(_contrast(colour, page.get("fill")) for colour in colours)
+        assert best >= 3.0, (segment.find(f"{SVG}title").text, best)
+
+
 def test_figures_escape_user_text_and_are_the_same_for_the_same_ledger(report: PrivacyReport,
                                                                        tmp_path: Path) -> None:
     again = build_report(_ledger(tmp_path / "ledger.sqlite"), curve_points=6)
