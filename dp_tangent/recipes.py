@@ -24,7 +24,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, 
 
 from .data.kinds import DataSection, ShardsSection, load_data, preprocess_image
 from .errors import RecipeError
-from .tangent.trainable_forms import FORMS, STRING_FORM
+from .tangent.trainable_forms import written_form
 from .training.config import GRAD_SAMPLE_MODES
 from .training.losses import LOSS_KINDS
 
@@ -171,9 +171,7 @@ class Recipe(_Strict):
     @field_validator("trainable")
     @classmethod
     def _trainable(cls, value: str) -> str:
-        if not STRING_FORM.match(value.strip()):
-            raise ValueError(f"{value!r} is not understood; use {FORMS}")
-        return value.strip()
+        return written_form(value)
 
     @field_validator("data_source")
     @classmethod

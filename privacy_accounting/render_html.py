@@ -237,8 +237,8 @@ def _specialists(report: PrivacyReport) -> list[str]:
         skipped = [f"{s.data_source}/{s.shard}" for s in report.shards if len(s.curve) > 1
                    and not any(math.isfinite(p.epsilon) and p.steps > 0 for p in s.curve)]
         parts.append(_figure(budget_bars_svg(report.shards),
-                             "Spent (dark) and remaining (light green, outlined) \u03b5 per shard; hatched grey: no budget "
-                             "set; red: over budget; the dark bar across marks the budget."))
+                             "Spent (dark) and remaining (light green, outlined) \u03b5 per shard; hatched grey: no "
+                             "budget set; red: over budget; the dark bar across marks the budget."))
         curve_names = sorted({s.curve_accountant for s in report.shards if s.curve_accountant})
         caption = "\u03b5 of each shard's runs against cumulative steps; dashed: the budget. Curves from " + (
             "; ".join(curve_names) or "the PLD accountant") + "; the tables give the reported (tightest) figures."

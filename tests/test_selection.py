@@ -7,6 +7,7 @@ import torch
 from conftest import build, small_vit
 
 from dp_tangent import SelectionError, linearize
+from dp_tangent.tangent.trainable_forms import written_form
 
 
 def names(tangent) -> list[str]:
@@ -50,8 +51,19 @@ def test_unselected_parameters_stay_frozen_and_model_is_untouched() -> None:
     assert all(p.requires_grad for p in model.parameters())
 
 
-@pytest.mark.parametrize("bad", ["blocks[-9:]", "blocks[1:2]", "blocks[-0:]", "blocks[-00:]", "params:nope", ["nope"],
-                                 3, "everything"])
+MALFORMED = ["blocks[1:2]", "blocks[-0:]", "blocks[-00:]", "everything", "blocks[-1 :]", "blocks[- 1:]",
+             "blocks[-\uff11:]", "blocks[\u0661:]", "head\n2", "params:a;b"]  # full-width 1, Arabic-Indic 1
+
+
+@pytest.mark.parametrize("bad", ["blocks[-9:]", "params:nope", ["nope"], 3, *MALFORMED])
 def test_bad_specifications_are_refused_with_a_message(bad) -> None:
     with pytest.raises(SelectionError, match="trainable"):
         linearize(small_vit(), bad)
+
+
+@pytest.mark.parametrize("bad", MALFORMED)
+def test_the_api_takes_the_forms_a_recipe_takes_and_no_others(bad: str) -> None:
+    """No inner spaces, ASCII digits only: what a recipe's check refuses, the Python API refuses too."""
+    with pytest.raises(ValueError):
+        written_form(bad)  # a recipe's ``trainable`` check
+    assert written_form(" blocks[-1:]\n") == "blocks[-1:]" and names(linearize(small_vit(), " head "))

@@ -116,7 +116,7 @@ RECIPE_MISTAKES = [  # (section, key, value, the error's field and message)
     ("training", "loss", "hinge", "training.loss: Input should be 'cross_entropy' or 'square'"),
     ("training", "grad_sample_mode", "vmap", "training.grad_sample_mode: Input should be 'gram', 'hooks' or 'ghost'"),
     (None, "trainable", "blocks[-1]", "trainable: 'blocks[-1]' is not understood; use None/'all', 'blocks[-K:]'"),
-    (None, "trainable", "blocks[-0:]", "trainable: 'blocks[-0:]' is not understood; use None/'all', 'blocks[-K:]'"),
+    (None, "trainable", "blocks[-0:]", "trainable: 'blocks[-0:]': -0 is 0, every block; write 'blocks[-K:]' with K"),
 ]
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
 from ..errors import DPTangentError
-from ..tangent.trainable_forms import FORMS, STRING_FORM
+from ..tangent.trainable_forms import written_form
 from ..training.config import TrainConfig
 from ..training.losses import ConvexLoss
 
@@ -103,8 +103,10 @@ def check_demo_settings(config: _DemoSettings) -> None:
                         f"{config.epsilon:g}")
     if config.workers is not None and config.workers < 1:
         raise DemoError(f"workers must be at least 1, got {config.workers}")
-    if not STRING_FORM.match(config.trainable.strip()):
-        raise DemoError(f"trainable {config.trainable!r} is not understood; use {FORMS}")
+    try:
+        written_form(config.trainable)
+    except ValueError as error:
+        raise DemoError(f"trainable {error}") from None
 
 
 def demo_executor(config: _ExecutorSettings, jobs: int) -> "Executor":

@@ -27,9 +27,9 @@ import torch.nn as nn
 
 from ..errors import SelectionError
 from .layouts import BlockLayout
-from .trainable_forms import FORMS
+from .trainable_forms import FORMS, written_form
 
-_BLOCK_SUFFIX = re.compile(r"^blocks\[(-?\d+):\]$")
+_BLOCK_SUFFIX = re.compile(r"blocks\[(-?\d+):\]", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -91,15 +91,17 @@ def select(model: nn.Module, trainable: str | Sequence[str] | None, layout: Bloc
     """Resolve ``trainable`` to parameter names (model order) and the frozen-prefix cut."""
     all_names = [n for n, _ in model.named_parameters()]
     blocks = layout.block_names(model) if layout else []
+    if isinstance(trainable, str):  # the forms a recipe accepts, and no others
+        try:
+            trainable = written_form(trainable)
+        except ValueError as error:
+            raise SelectionError(f"trainable {error}") from None
     if trainable is None or trainable == "all":
         spec, names = "all", all_names
-    elif isinstance(trainable, str) and (match := _BLOCK_SUFFIX.match(trainable.replace(" ", ""))):
+    elif isinstance(trainable, str) and (match := _BLOCK_SUFFIX.fullmatch(trainable)):
         if layout is None:
             raise SelectionError(f"trainable {trainable!r}: no block layout is registered for {type(model).__name__}")
         start = int(match.group(1))
-        if start == 0 and match.group(1).startswith("-"):  # Python's -0 is 0: every block, not the last none
-            raise SelectionError(f"trainable {trainable!r}: -0 is 0, every block; write 'blocks[-K:]' with K >= 1 "
-                                 "for the last K blocks, or 'blocks[0:]' for every block")
         if not -len(blocks) <= start < len(blocks):
             raise SelectionError(f"trainable {trainable!r}: the model has {len(blocks)} blocks")
         start %= len(blocks)
