@@ -159,8 +159,9 @@ class Workspace:
     def _resolve_abandoned(self) -> list[str]:
         resolved: list[str] = []
         for event in self.ledger.events(status="reserved"):
-            reason = ("abandoned: the process that reserved it stopped without finishing (killed?); marked "
-                      "failed when the workspace was next opened; its budget stays spent")
+            reason = ("abandoned: the process that reserved it did not record how it ended (it was killed, or "
+                      "could not write its failure, e.g. on a full disk); marked failed when the workspace was next "
+                      "opened; its budget stays spent")
             apply(self, Change("reservation_abandoned", operator=getpass.getuser(),
                                ledger=[FailReservation(event.reservation_id, reason)], parameters={
                 "component": event.component, "data_source": event.data_source, "shard": event.shard,
