@@ -21,7 +21,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from privacy_accounting.errors import (
     InvalidParameterError,
@@ -382,9 +382,11 @@ class SQLiteStorage:
         with self._transaction(write=False) as conn:
             return _record_classes(conn, data_source, seqs)
 
-    def table_digests(self) -> dict[str, str]:
+    def table_digests(self, without_events: Sequence[int] = ()) -> dict[str, str]:
         with self._transaction(write=False) as conn:
-            return {table: _table_digest(conn, table, order) for table, order in _DIGESTED.items()}
+            if not without_events:
+                return {table: _table_digest(conn, table, order) for table, order in _DIGESTED.items()}
+            return _digests_without(conn, sorted({int(seq) for seq in without_events}))
 
     def update_event(self, reservation_id: str, change: Callable[[StoredEvent], StoredEvent]) -> StoredEvent:
         with self._transaction(write=True) as conn:
@@ -472,10 +474,44 @@ _DIGESTED = {
 
 def _table_digest(conn: sqlite3.Connection, table: str, order: str) -> str:
     """sha256 of the table's rows in a fixed order, as canonical JSON (floats exact, via repr)."""
+    return _rows_digest(conn.execute(f"SELECT * FROM {table} ORDER BY {order}"))  # noqa: S608 -- fixed names
+
+
+def _rows_digest(rows: Iterable[Sequence[Any]]) -> str:
     digest = hashlib.sha256()
-    for row in conn.execute(f"SELECT * FROM {table} ORDER BY {order}"):  # noqa: S608 -- fixed names
+    for row in rows:
         digest.update(json.dumps(list(row), separators=(",", ":"), allow_nan=True).encode() + b"\n")
     return digest.hexdigest()
+
+
+def _digests_without(conn: sqlite3.Connection, seqs: list[int]) -> dict[str, str]:
+    """:func:`_table_digest` of every table as if events ``seqs`` had never been inserted: their rows and records
+    left out, and so are the shard and data source rows that only an insert of theirs can have made (created at
+    or after the earliest of them, with no other event, budget or shard naming them; a data source's row also
+    with the defaults ``_ensure_source`` writes)."""
+    marks = ", ".join("?" * len(seqs))
+    gone = conn.execute(f"SELECT data_source, shard, created_at FROM events WHERE seq IN ({marks})",  # noqa: S608
+                        seqs).fetchall()
+    if not gone:
+        return {table: _table_digest(conn, table, order) for table, order in _DIGESTED.items()}
+    since = min(created for _, _, created in gone)
+    kept = conn.execute(f"SELECT data_source, shard FROM events WHERE seq NOT IN ({marks})", seqs).fetchall()  # noqa: S608
+    budgets = conn.execute("SELECT data_source, shard FROM budgets").fetchall()
+    named = {tuple(row) for row in kept} | {tuple(row) for row in budgets}
+    made = {(source, shard) for source, shard, _ in gone}
+    shards = conn.execute(f"SELECT * FROM shards ORDER BY {_DIGESTED['shards']}").fetchall()  # noqa: S608
+    shards = [row for row in shards if not ((row[0], row[1]) in made and row[2] >= since
+                                            and (row[0], row[1]) not in named)]
+    still = {row[0] for row in shards} | {source for source, _ in named}
+    sources = conn.execute(f"SELECT * FROM data_sources ORDER BY {_DIGESTED['data_sources']}").fetchall()  # noqa: S608
+    sources = [row for row in sources if not (row[0] in {source for source, _ in made} and row[0] not in still
+                                              and row[1] == "record" and row[2] == "" and row[3] >= since)]
+    digests = {"shards": _rows_digest(shards), "data_sources": _rows_digest(sources)}
+    for table in ("events", "event_records"):
+        digests[table] = _rows_digest(conn.execute(
+            f"SELECT * FROM {table} WHERE seq NOT IN ({marks}) ORDER BY {_DIGESTED[table]}", seqs))  # noqa: S608
+    return {table: digests[table] if table in digests else _table_digest(conn, table, order)
+            for table, order in _DIGESTED.items()}
 
 
 def _migrate(conn: sqlite3.Connection, version: int) -> None:

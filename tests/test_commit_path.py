@@ -7,6 +7,7 @@ at a chosen point of an operation; the parent then opens the workspace as the ne
 from __future__ import annotations
 
 import ast
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -51,6 +52,17 @@ CHILD = textwrap.dedent('''
     where = sys.argv[1]
     if where == "compose-ledger":
         privacy_accounting.Ledger.register_model = die
+        ws.compose_model("m2", ["c0", "c1"])
+    elif where == "compose-entry":  # the ledger operation applied and its state recorded, the entry not appended
+        import dp_tangent.workspace.audit_log as audit_log
+        audit_log.AuditLog.append = die
+        ws.compose_model("m2", ["c0", "c1"])
+    elif where == "compose-after-ledger":  # killed in the instant after the ledger operation, nothing recorded
+        register = privacy_accounting.Ledger.register_model
+        def register_then_die(self, *args, **kwargs):
+            register(self, *args, **kwargs)
+            os._exit(9)
+        privacy_accounting.Ledger.register_model = register_then_die
         ws.compose_model("m2", ["c0", "c1"])
     else:
         if where == "deletion-ledger":
@@ -120,6 +132,55 @@ def test_a_composition_killed_after_moving_its_files_is_finished_when_the_worksp
     assert entry.operation == "composition" and entry.parameters["model"] == "m2" and entry.parameters["commit"]
     assert reopened.audit.verify().ok
     assert reopened.load_model("m2")[0].component_names == ["c0", "c1"]
+
+
+@pytest.mark.parametrize("where", ["compose-entry", "compose-after-ledger"])
+def test_a_change_killed_after_its_ledger_operation_is_finished_without_an_integrity_failure(ws, where: str) -> None:
+    kill_child(where)
+    log_before = (ws.root / "audit.log").read_bytes()
+    done = subprocess.run([sys.executable, "-m", "dp_tangent", "audit", "verify", "-w", "ws"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1 and "interrupted" in done.stdout  # reported, and left as it was: a check writes nothing
+    assert (ws.root / "audit.log").read_bytes() == log_before and len(pending(ws)) == 1
+    reopened = Workspace.open("ws")
+    assert [e.operation for e in reopened.audit.entries()][-1] == "composition"
+    assert reopened.ledger.models()["m2"] == ("c0", "c1") and reopened.audit.verify().ok
+
+
+def test_a_ledger_edit_next_to_a_killed_change_is_recorded_before_the_change_is_finished(ws) -> None:
+    """The change's own ledger operation is explained by what its intent recorded; a training event edited
+    besides is not, and is recorded in an integrity_failure entry before the entry that logs the ledger as it is."""
+    kill_child("compose-entry")
+    with sqlite3.connect(ws.ledger_path) as conn:
+        conn.execute("UPDATE events SET event_json = replace(event_json, '1.0', '9.0') WHERE component = 'c1'")
+    reopened = Workspace.open("ws")
+    operations = [e.operation for e in reopened.audit.entries()]
+    assert operations[-2:] == ["integrity_failure", "composition"]
+    report = reopened.audit.verify()
+    assert not report.ok and "'events'" in str(report)
+    assert not Workspace.open("ws").audit.verify().ok  # for ever: later commands cannot launder it
+
+
+def _plant_reservation(ws: Workspace, reservation_id: str = "planted") -> None:
+    """A reserved events row as a driver killed right after reserving leaves it (no entry names it)."""
+    columns = ("data_source, shard, component, purpose, operator, event_json, delta, checkpoints_released, "
+               "details_json, created_at, updated_at, records_read")
+    with sqlite3.connect(ws.ledger_path) as conn:
+        conn.execute(f"INSERT INTO events (reservation_id, status, {columns}) SELECT ?, 'reserved', {columns} "
+                     "FROM events WHERE component = 'c0' ORDER BY seq LIMIT 1", (reservation_id,))
+
+
+def test_a_killed_drivers_reservation_is_resolved_cleanly_but_an_edit_beside_it_is_recorded_first(ws) -> None:
+    _plant_reservation(ws, "killed")
+    reopened = Workspace.open("ws")
+    assert reopened.audit.entries()[-1].operation == "reservation_abandoned" and reopened.audit.verify().ok
+    _plant_reservation(ws, "planted")
+    with sqlite3.connect(ws.ledger_path) as conn:  # and a raised budget: laundered before, by the resolution
+        conn.execute("INSERT OR REPLACE INTO budgets VALUES ('toy', 's0', 1000.0, 1e-05, '2026-01-01T00:00:00')")
+    reopened = Workspace.open("ws")
+    assert [e.operation for e in reopened.audit.entries()][-2:] == ["integrity_failure", "reservation_abandoned"]
+    report = reopened.audit.verify()
+    assert not report.ok and "'budgets'" in str(report)
 
 
 def test_a_deletion_killed_half_way_is_finished_then_sealed_by_running_it_again(ws, mlp_backbone) -> None:

@@ -15,7 +15,9 @@ from dp_tangent.components.component import SEEDED_LABEL
 from dp_tangent.errors import DPTangentError
 from dp_tangent.data import RecordSet
 from dp_tangent.workspace.deletion_requests import DeletionRequest, ForgetError, add_months, deadlines
+from dp_tangent.workspace.certificate_check import check_certificate
 from dp_tangent.workspace.forget import forget
+from dp_tangent.workspace.tombstones import Tombstones
 from dp_tangent.workspace.request_register import list_requests, open_requests, overdue_requests, receive
 from dp_tangent.io import sha256_file
 from dp_tangent.components.manifest import commit
@@ -149,6 +151,40 @@ def test_a_record_no_component_holds_is_reported_and_still_logged(ws) -> None:
     partial = forget(ws, _request("rec-1-0", "nobody-43", request_id="req-partial"))
     assert partial.found and "1 record(s) not found" in partial.message
     assert len(partial.certificate.not_found) == 1 and ws.list_components() == ["c0", "c2"]
+
+
+@pytest.mark.parametrize("away", ["component", "model"])
+def test_a_deletion_is_refused_while_a_logged_component_or_model_is_away(ws, tmp_path, away: str) -> None:
+    """A component (or model) archived out of the workspace could hold the record: forget must not certify "not
+    found" (or rebuild without it) while it cannot see it. The records are tombstoned meanwhile; once the file is
+    back, the deletion runs and the certificate checks out."""
+    moved = [ws.component_path("c0")] if away == "component" else [ws.model_path("solo"),
+                                                                   ws.model_deltas_path("solo")]
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    for path in moved:
+        path.rename(archive / path.name)
+    assert ws.audit.verify().ok  # archiving alone is not a problem
+    with pytest.raises(ForgetError, match="not in the workspace .*stays open"):
+        forget(ws, _request("rec-0-5"), now=NOW)
+    assert commit("rec-0-5", ws.manifest_key()) in Tombstones(ws.root).read()
+    assert [r.request_id for r in open_requests(ws, NOW)] == ["req-1"]
+    for path in moved:
+        (archive / path.name).rename(path)
+    result = forget(ws, _request("rec-0-5"), now=NOW)
+    assert result.found and "c0" not in ws.list_components() and "solo" not in ws.list_models()
+    assert check_certificate(ws, result.certificate).ok
+
+
+def test_a_certificate_check_fails_when_a_model_is_not_the_one_the_log_holds(ws, tmp_path) -> None:
+    """The check reads models by their component lists; their bytes must be the logged ones too (a model composed
+    before the deletion, copied back over the rebuilt one, keeps the rebuilt one's component list)."""
+    old = ws.model_deltas_path("mean_all").read_bytes()
+    result = forget(ws, _request("rec-0-5"), now=NOW)
+    assert check_certificate(ws, result.certificate).ok
+    ws.model_deltas_path("mean_all").write_bytes(old)
+    check = check_certificate(ws, result.certificate)
+    assert not check.ok and "does not verify against its audit log" in str(check)
 
 
 def test_refusals_happen_before_anything_changes(ws, mlp_backbone) -> None:

@@ -32,11 +32,12 @@ WorkspaceOption = Annotated[Path, typer.Option("--workspace", "-w", help="Worksp
 DEFAULT_WORKSPACE = Path("dp-tangent-workspace")
 
 
-def open_workspace(path: Path):  # noqa: ANN202
-    """The workspace at ``path`` (a one-line error if it is not one)."""
+def open_workspace(path: Path, *, finish: bool = True):  # noqa: ANN202
+    """The workspace at ``path`` (a one-line error if it is not one); ``finish=False`` for a check that must not
+    write (see ``Workspace.open``)."""
     from ..workspace import Workspace
 
-    return Workspace.open(path)
+    return Workspace.open(path, finish=finish)
 
 
 def check_output_outside(ws, output: Path, allowed: str | None = None) -> None:  # noqa: ANN001

@@ -25,7 +25,7 @@ def audit_verify(
     exit 0 only if all check out, else print every problem and exit 1."""
     from ..workspace.checkpoint import CheckpointError, origin_of, read_kept_checkpoint
 
-    ws = open_workspace(workspace)
+    ws = open_workspace(workspace, finish=False)  # a check writes nothing: an unfinished change is reported
     if checkpoint is None and verifier_key is not None:
         raise CheckpointError("--verifier-key checks a --checkpoint; give both")
     kept = None if checkpoint is None else \
@@ -42,7 +42,7 @@ def audit_verify(
 @audit_app.command("log")
 def audit_log(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
     """Print the audit log, one entry per line."""
-    for entry in open_workspace(workspace).audit.entries():
+    for entry in open_workspace(workspace, finish=False).audit.entries():
         outputs = ", ".join(a.name for a in entry.outputs)
         typer.echo(f"{entry.seq:>4}  {entry.time}  {entry.operator:<10} {entry.operation:<12} {outputs}")
 

@@ -31,7 +31,7 @@ def certificate_verify(
 
     if checkpoint is None and verifier_key is not None:
         raise CheckpointError("--verifier-key checks a --checkpoint; give both")
-    ws = open_workspace(workspace)
+    ws = open_workspace(workspace, finish=False)  # a check writes nothing
     kept = None if checkpoint is None else \
         read_kept_checkpoint(checkpoint, origin_of(ws.info.manifest_key_id), verifier_key)
     result = check_certificate(ws, load_certificate(certificate), kept)

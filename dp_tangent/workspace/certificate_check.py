@@ -116,6 +116,10 @@ def check_certificate(ws: "Workspace", cert: DeletionCertificate | CertificateCl
         raise ForgetError(f"certificate {cert.request_id} is {cert.status} and has no checkpoint: only a completed "
                           "deletion can be checked")
     problems: list[str] = []
+    report = ws.audit.verify()  # every file the checks below read is the one the log holds (a model's bytes too)
+    if not report.ok:
+        problems.append(f"the workspace does not verify against its audit log ({len(report.problems)} problem(s), "
+                        f"the first: {report.first_bad}); `dp-tangent audit verify` lists them")
     entries = ws.audit.entries()
     point = cert.checkpoint
     if point.origin != origin_of(ws.info.manifest_key_id):

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 PENDING = ".pending"
 INTENT = "intent.json"
+LEDGER_APPLIED = "ledger-applied.json"  # in a staging folder: the ledger's digests once the change's operations ran
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -81,6 +82,8 @@ class Change:
     writes: Sequence[FileWrite] = ()
     removals: Sequence[FileRemoval] = ()
     ledger: Sequence[LedgerOp] = ()
+    #: ledger tables the operation wrote itself before this change (a privacy audit stores its result)
+    wrote: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         if self.operation not in OPERATIONS:  # refused before staging: the entry could never be appended
@@ -152,6 +155,7 @@ def _stage(staging: Path, change: Change, commit_id: str) -> None:
         "writes": [{"path": w.path, "name": w.name, "sha256": w.sha256} for w in change.writes],
         "removals": [{"path": r.path, "name": r.name} for r in change.removals],
         "ledger": [op.to_json() for op in change.ledger],
+        "wrote": sorted(change.wrote),
     }
     try:
         text = json.dumps(intent, sort_keys=True, allow_nan=False)
@@ -177,7 +181,12 @@ def _finish(ws: "Workspace", staging: Path) -> AuditEntry:
             operation=intent["operation"], parameters={**intent["parameters"], "commit": commit_id},
             operator=intent["operator"], inputs=[Artifact(**a) for a in intent["inputs"]],
             writes=(), removals=[_removal(r) for r in intent["removals"]],
-            ledger=[ledger_op_from_json(op) for op in intent["ledger"]])
+            ledger=[ledger_op_from_json(op) for op in intent["ledger"]], wrote=tuple(intent.get("wrote", ())))
+        unexplained = _unexplained_ledger(ws, entries, staging, change.ledger, intent.get("wrote", ()))
+        if unexplained:  # recorded before this entry logs the ledger as it is now: never laundered
+            ws.record_integrity_failure([f"ledger table {table!r} differs from the state the log last recorded, in a "
+                                         f"way the {change.operation} being logged does not explain: rows were "
+                                         "added, removed or edited outside dp-tangent" for table in unexplained])
         uses = Counter(w["sha256"] for w in intent["writes"])
         for write in intent["writes"]:
             _put(ws.root, staging, write["path"], write["sha256"], shared=uses[write["sha256"]] > 1)
@@ -188,6 +197,8 @@ def _finish(ws: "Workspace", staging: Path) -> AuditEntry:
             fsync_dir(folder)
         for op in change.ledger:
             op.apply(ws.ledger)
+        if change.ledger:  # the ledger as its operations left it, in case of a kill before the entry
+            atomic_write_text(staging / LEDGER_APPLIED, json.dumps(ws.ledger.state_digest(), sort_keys=True))
         outputs = ([Artifact(w["name"] or Path(w["path"]).name, w["sha256"], w["path"]) for w in intent["writes"]]
                    + change.outputs)
         entry = ws.audit.append(change.operation, operator=change.operator, inputs=change.inputs, outputs=outputs,
@@ -196,6 +207,50 @@ def _finish(ws: "Workspace", staging: Path) -> AuditEntry:
     with contextlib.suppress(OSError):  # the last one out removes the staging area
         staging.parent.rmdir()
     return entry
+
+
+def _unexplained_ledger(ws: "Workspace", entries: Sequence[AuditEntry], staging: Path, ops: Sequence[LedgerOp],
+                        wrote: Sequence[str]) -> list[str]:
+    """The ledger tables that differ from the log's last record of them in a way the change being logged does not
+    explain. Explained: the reservations no entry names yet (made just before this change, or by a process killed
+    before logging them: :meth:`Ledger.state_digest` without them must be the logged state); the change's own
+    ledger operations, applied before a kill (the ledger then holds what ``LEDGER_APPLIED`` says, or, killed before
+    that file was written, differs only in tables the operations write); tables the operation wrote itself."""
+    last = next((e.ledger for e in reversed(entries) if e.ledger is not None), None)
+    now = ws.ledger.state_digest()
+    if last is None or now == last:
+        return []
+    marker = staging / LEDGER_APPLIED
+    if marker.is_file() and json.loads(marker.read_text()) == now:
+        return []
+    named = _named_reservations(entries)
+    events = ws.ledger.events()
+    newest_named = max((e.seq for e in events if e.reservation_id in named), default=0)
+    unlogged = [e.seq for e in events if e.reservation_id not in named and e.seq > newest_named]
+    if unlogged:
+        now = ws.ledger.state_digest(without_events=unlogged)
+    allowed = set(wrote) | {table for op in ops for table in op.tables}
+    return sorted(t for t in set(last) | set(now) if last.get(t) != now.get(t) and t not in allowed)
+
+
+def _named_reservations(entries: Sequence[AuditEntry]) -> set[str]:
+    """Every ledger reservation id an entry names (``ledger_reservation`` anywhere in its parameters)."""
+    named: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                if key == "ledger_reservation" and isinstance(item, str):
+                    named.add(item)
+                else:
+                    walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    for entry in entries:
+        walk(entry.parameters)
+    return named
 
 
 def _removal(raw: Mapping[str, Any]) -> FileRemoval:

@@ -314,6 +314,23 @@ def _seal(ws: Workspace, cert: DeletionCertificate, operator: str) -> DeletionCe
     return cert
 
 
+#: Where the files that may hold a record live: a deletion must see each of them that the log holds as current
+HOLDERS = ("components/", "models/", gram_cache.CACHE_DIR + "/")
+
+
+def _check_nothing_away(ws: Workspace, request_id: str) -> None:
+    """Refuse a deletion while a component, model or cached Gram file that the log holds as current is missing from
+    the workspace (archived or moved away): the deletion could not see, remove or rebuild it, and would certify
+    that no copy of the records is kept while one may be. The records stay tombstoned meanwhile."""
+    away = [p for p in ws.audit.verify().missing_artifacts if p.startswith(HOLDERS)]
+    if away:
+        listed = ", ".join(away[:3]) + (f" and {len(away) - 3} more" if len(away) > 3 else "")
+        raise ForgetError(f"{len(away)} file(s) the audit log holds as current are not in the workspace ({listed}): "
+                          "a deletion must see every component, model and cached Gram that may hold the records; "
+                          f"put them back and run forget again (request {request_id} stays open, its records "
+                          "tombstoned)")
+
+
 def forget(
     ws: Workspace,
     request: DeletionRequest,
@@ -362,6 +379,7 @@ def forget(
                              parameters={"request_id": request.request_id, "record_commitments": sorted(doomed),
                                          "gram_cache_files": {"rewritten": len(cache_writes),
                                                               "removed": len(cache_removals)}}))
+        _check_nothing_away(ws, request.request_id)
         metas = {n: read_metadata(ws.component_path(n)) for n in ws.list_components()}
         for name, meta in metas.items():
             if meta.manifest.key_id != ws.key_id:

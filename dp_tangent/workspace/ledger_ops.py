@@ -20,6 +20,7 @@ from .names import WorkspaceError
 
 class LedgerOp(Protocol):
     kind: ClassVar[str]
+    tables: ClassVar[frozenset[str]]  # the ledger tables ``apply`` may write (:meth:`Ledger.state_digest`'s names)
 
     def check(self, ledger: Ledger) -> None: ...
 
@@ -52,6 +53,7 @@ class RegisterModel:
     """Model ``name`` is composed of ``components`` (replaces any earlier list)."""
 
     kind: ClassVar[str] = "register_model"
+    tables: ClassVar[frozenset[str]] = frozenset({"models"})
     name: str
     components: list[str]
 
@@ -71,6 +73,7 @@ class SetBudget:
     """The (epsilon, delta) budget of a data source (``shard=None``) or one shard."""
 
     kind: ClassVar[str] = "set_budget"
+    tables: ClassVar[frozenset[str]] = frozenset({"budgets", "shards", "data_sources"})
     data_source: str
     shard: str | None
     epsilon: float
@@ -93,6 +96,7 @@ class SetDataSource:
     """Declare a data source, its unit of privacy and its shards."""
 
     kind: ClassVar[str] = "set_data_source"
+    tables: ClassVar[frozenset[str]] = frozenset({"data_sources", "shards"})
     name: str
     unit: str
     description: str
@@ -137,6 +141,7 @@ class CompleteReservation:
     """A reservation's run finished and its artifact was written."""
 
     kind: ClassVar[str] = "complete_reservation"
+    tables: ClassVar[frozenset[str]] = frozenset({"events"})
     reservation_id: str
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -154,6 +159,7 @@ class FailReservation:
     """A reservation's run failed or was abandoned; its budget stays spent."""
 
     kind: ClassVar[str] = "fail_reservation"
+    tables: ClassVar[frozenset[str]] = frozenset({"events"})
     reservation_id: str
     reason: str
     details: dict[str, Any] = field(default_factory=dict)

@@ -119,8 +119,9 @@ class Workspace:
         return ws
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> "Workspace":
-        """Open an existing workspace; anything else is refused in one line."""
+    def open(cls, path: str | os.PathLike[str], *, finish: bool = True) -> "Workspace":
+        """Open an existing workspace; anything else is refused in one line. ``finish=False`` (a verifier's view)
+        writes nothing: a change a killed process left unfinished stays as it is, for the check to report."""
         root = Path(path).expanduser().absolute()
         marker = root / "workspace.json"
         if not marker.is_file():
@@ -134,7 +135,8 @@ class Workspace:
         if ws.key_id != info.manifest_key_id:
             raise WorkspaceError(f"{ws.key_path} does not match workspace.json (key id {ws.key_id}, "
                                  f"expected {info.manifest_key_id}): the manifest key was replaced")
-        ws.finish_interrupted_work()
+        if finish:
+            ws.finish_interrupted_work()
         return ws
 
     def finish_interrupted_work(self) -> tuple[list[str], list[str]]:
@@ -263,16 +265,19 @@ class Workspace:
         with workspace_lock(self.root) as outermost:
             if outermost and self.audit_log_path.is_file():
                 finish_interrupted(self)  # a change killed half-way is finished, not mistaken for tampering
-                self._record_integrity_failure()
+                self.record_integrity_failure()
             yield
 
-    def _record_integrity_failure(self) -> None:
+    def record_integrity_failure(self, found: Sequence[str] = ()) -> None:
+        """Record in an ``integrity_failure`` entry what does not verify: ``found`` (what a caller found, e.g. a
+        ledger edit an interrupted change being finished does not explain) and every new problem of the log's own
+        check. ``audit verify`` reports the entry for ever."""
         audit = self.audit
         report = audit.verify()
-        new = [p for p in report.problems if not p.reason.startswith(INTEGRITY_FAILURE_REASON)]
+        new = [*found, *(str(p) for p in report.problems if not p.reason.startswith(INTEGRITY_FAILURE_REASON))]
         if new:
             audit.append("integrity_failure", outputs=integrity_snapshot(self.root, audit.entries()), parameters={
-                "problems": [str(p) for p in new][:50], "count": len(new)})
+                "problems": new[:50], "count": len(new)})
 
     # -- listing and loading --------------------------------------------------------------------------
     def list_components(self) -> list[str]:
@@ -471,10 +476,13 @@ class Workspace:
                 result = audit_privacy(tangent, records, privacy, config, ledger=self.ledger, operator=operator,
                                        record_keys=keys, **common, **options)
             except BaseException as err:
+                # the reservation it failed, if it got that far (the newest failed one of the component)
+                failed = next((e.reservation_id for e in reversed(self.ledger.events(component=component))
+                               if e.status.value == "failed"), None)
                 apply(self, Change("privacy_audit", operator=operator, parameters={
-                    **common, "status": "failed", "error": type(err).__name__}))
+                    **common, "status": "failed", "error": type(err).__name__, "ledger_reservation": failed}))
                 raise
-            apply(self, Change("privacy_audit", operator=operator, parameters={
+            apply(self, Change("privacy_audit", operator=operator, wrote=("audits",), parameters={
                 **common, "status": "completed", "epsilon_lower_bound": result.epsilon_lower_bound,
                 "claimed_epsilon": result.claimed_epsilon, "max_demonstrable_epsilon": result.max_demonstrable_epsilon,
                 "delta": result.delta, "ledger_reservation": result.reservation_id, "audit_id": result.audit_id}))

@@ -12,6 +12,7 @@ from privacy_accounting import (
     LedgerBusyError,
     LedgerCorruptError,
     LedgerStorage,
+    ReservationRequest,
     SQLiteStorage,
     dp_sgd_event,
 )
@@ -102,3 +103,25 @@ def test_writer_holding_the_lock_gives_busy_error(ledger_path: Path) -> None:
         blocker.close()
     reserve(ledger)
     assert len(ledger.events()) == 1
+
+
+def test_digests_without_events_are_the_digests_before_those_events_were_reserved(tmp_path: Path) -> None:
+    """What a reservation inserts (its event, the records it read, a new shard's and data source's rows) is left
+    out, and only that: the digests equal those taken before it, whatever else stays."""
+    ledger = Ledger.open(tmp_path / "ledger.sqlite")
+    ledger.set_data_source(data_source="people", unit="user", description="kept")
+    ledger.set_budget(data_source="digits", shard="shard-1", epsilon=3.0, delta=1e-5)  # a shard no event names
+    ledger.complete(reserve(ledger, "c0"))
+    before = ledger.state_digest()
+    new = ledger.reserve_all([ReservationRequest(source, shard, EVENT, 1e-5, "training", "bob", f"n{i}",
+                                                 records=(f"r{i}", f"s{i}"))
+                              for i, (source, shard) in enumerate([("digits", "shard-0"), ("digits", "shard-9"),
+                                                                   ("fresh", "a")])])
+    seqs = [ledger.event(r).seq for r in new]
+    after = ledger.state_digest()
+    assert {t for t in before if before[t] != after[t]} == {"data_sources", "shards", "events", "event_records"}
+    assert ledger.state_digest(without_events=seqs) == before
+    assert ledger.state_digest(without_events=seqs[:2]) != before  # the third one's rows still count
+    with sqlite3.connect(tmp_path / "ledger.sqlite") as conn:  # an edit of an older row is not hidden
+        conn.execute("UPDATE events SET delta = 0.5 WHERE component = 'c0'")
+    assert ledger.state_digest(without_events=seqs)["events"] != before["events"]
