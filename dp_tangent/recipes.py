@@ -109,6 +109,9 @@ class PrivacySection(_Strict):
     delta: float | None = Field(default=None, gt=0, lt=1)
     max_grad_norm: PositiveFloat = 1.0
     accountant: Literal["pld", "prv", "rdp"] = "pld"
+    # N, the shard size every shard's run is planned for, stated in advance (public): q, T, sigma, the default delta
+    # and the batch mean's divisor come from it, not from whether one record is in a shard (PrivacySpec)
+    planned_shard_size: PositiveInt | None = None
 
 
 class TrainingSection(_Strict):
@@ -198,7 +201,8 @@ class Recipe(_Strict):
         from .training.config import PrivacySpec
 
         p = self.privacy
-        return PrivacySpec(epsilon=p.epsilon, delta=p.delta, max_grad_norm=p.max_grad_norm, accountant=p.accountant)
+        return PrivacySpec(epsilon=p.epsilon, delta=p.delta, max_grad_norm=p.max_grad_norm, accountant=p.accountant,
+                           planned_shard_size=p.planned_shard_size)
 
     def train_config(self) -> TrainConfig:
         from .training.config import TrainConfig

@@ -11,12 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from torch.utils.data import TensorDataset
 
 from dp_tangent.cli import main
-from dp_tangent.components.component import read_metadata
+from dp_tangent.components.component import RELATION, RELATION_SIZE_PUBLIC, read_metadata
 from dp_tangent.components.manifest import commit
-from dp_tangent.data import RecordSet
+from dp_tangent.data import RecordSet, split_shards
 from dp_tangent.training import PrivacySpec, TrainConfig
+from dp_tangent.training.plan import plan_run
+from dp_tangent.training.sgd import _private_loader
 from dp_tangent.workspace import ShardJob, Workspace, WorkspaceError
 from dp_tangent.workspace.audit_log import verify
 from dp_tangent.workspace.deletion_requests import DeletionRequest
@@ -26,6 +29,7 @@ from privacy_accounting import RecordOverlapError, compose_events, epsilon_bound
 
 FAST = TrainConfig(epochs=1, batch_size=16, lr=0.1)
 PRIVATE = PrivacySpec(noise_multiplier=1.0)
+PLANNED = PrivacySpec(noise_multiplier=1.0, planned_shard_size=48)  # N stated in advance, whatever a shard holds
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=timezone.utc)
 
 
@@ -164,7 +168,7 @@ def test_a_release_bundle_holds_no_manifest_count_or_seed(tmp_path, mlp_backbone
         ws.release("x", "never")
     for k, n in sizes.items():
         ws.train(mlp_backbone, None, records(k, n), data_source="toy", shard=f"s{k}", name=f"c{k}",
-                 privacy=PRIVATE, config=FAST)
+                 privacy=PLANNED, config=FAST)
     ws.compose_model("m", ["c0", "c1"])
     statement = ws.release("m", "out")
     bundle = tmp_path / "out"
@@ -313,3 +317,87 @@ def test_an_audit_is_charged_to_the_records_it_reads(tmp_path, mlp_backbone) -> 
     ws.audit_privacy(tangent, recs, PrivacySpec(epsilon=4.0), small, shard="s0", **audit)
     assert ws.ledger.model_guarantee("m").epsilon > before + 1.0  # the model's records paid for the audit
     assert ws.audit.verify().ok
+
+
+@pytest.mark.parametrize("n", [255, 257])
+def test_with_a_planned_size_the_mechanism_does_not_depend_on_one_record(n: int) -> None:
+    """Review: q, T, sigma (calibrated), delta and the batch mean's divisor all followed the shard's count, so the
+    deltas' noise scale told 256 from 255 or 257 records. Planned from a stated N they are the same either way."""
+    privacy = PrivacySpec(epsilon=8.0, planned_shard_size=256)
+    config = TrainConfig(epochs=20, batch_size=128)
+    here, there = plan_run(256, privacy, config), plan_run(n, privacy, config)
+    assert (here.sample_rate, here.steps, here.noise_multiplier, here.delta, here.expected_batch_size) == \
+        (there.sample_rate, there.steps, there.noise_multiplier, there.delta, there.expected_batch_size)
+    assert here.event == there.event and here.records != there.records  # the count itself stays internal
+    unplanned = PrivacySpec(epsilon=8.0)
+    assert plan_run(256, unplanned, config).noise_multiplier != plan_run(257, unplanned, config).noise_multiplier
+
+
+@pytest.mark.parametrize("n", [32, 40])
+def test_the_batch_mean_divides_by_the_planned_size_not_the_count(n: int) -> None:
+    plan = plan_run(n, PrivacySpec(noise_multiplier=1.0, planned_shard_size=48), FAST)
+    dataset = TensorDataset(torch.zeros(n, 2), torch.zeros(n, dtype=torch.long))
+    loader, divisor, _ = _private_loader(dataset, plan, FAST)
+    assert divisor == 16 and len(loader) == 3  # N q = 48 / 3, and 3 batches an epoch, for either count
+
+
+@pytest.mark.parametrize("k", [93, 99, 105])
+def test_every_planned_batch_count_gets_its_loader(k: int) -> None:
+    """1/(1/k) rounds below k for these k, and Opacus's int(1/q) made k - 1 batches: the run failed after its
+    budget was reserved. The loader now takes the plan's count."""
+    plan = plan_run(4 * k, PrivacySpec(noise_multiplier=1.0), TrainConfig(epochs=1, batch_size=4))
+    dataset = TensorDataset(torch.zeros(4 * k, 2), torch.zeros(4 * k, dtype=torch.long))
+    assert len(_private_loader(dataset, plan, TrainConfig(epochs=1, batch_size=4))[0]) == k == plan.batches
+
+
+def test_a_planned_size_is_recorded_and_kept_by_the_retraining_after_a_deletion(tmp_path, mlp_backbone) -> None:
+    """The replacement of a component planned from N is planned from N as well: the same q, T and sigma as a run
+    on a shard that never held the deleted record (from its own count, both would follow the count)."""
+    ws = Workspace.create(tmp_path / "ws")
+    ws.train(mlp_backbone, None, records(0, 40), data_source="toy", shard="s0", name="c0", privacy=PLANNED,
+             config=FAST)
+    ws.train(mlp_backbone, None, records(1, 40), data_source="toy", shard="s1", name="c1", privacy=PRIVATE,
+             config=FAST)
+    before = read_metadata(ws.component_path("c0")).privacy
+    assert before.planned_shard_size == 48 and before.neighbouring_relation == RELATION
+    assert read_metadata(ws.component_path("c1")).privacy.neighbouring_relation == RELATION_SIZE_PUBLIC
+    result = forget(ws, DeletionRequest("r1", ("rec-0-3",), NOW), retrain=True,
+                    shard_records={"c0": records(0, 40)}, now=NOW)
+    [added] = result.certificate.components_added
+    after = read_metadata(ws.component_path(added.name)).privacy
+    assert (after.sample_rate, after.steps, after.noise_multiplier, after.planned_shard_size) == \
+        (before.sample_rate, before.steps, before.noise_multiplier, 48)
+    fresh = plan_run(39, PLANNED, FAST)
+    assert (after.sample_rate, after.steps, after.noise_multiplier) == (fresh.sample_rate, fresh.steps,
+                                                                       fresh.noise_multiplier)
+
+
+def test_a_release_says_when_shard_sizes_are_taken_as_public(tmp_path, mlp_backbone) -> None:
+    statements = {}
+    for privacy in (PLANNED, PRIVATE):
+        ws = Workspace.create(tmp_path / f"ws{privacy.planned_shard_size}")
+        ws.set_budget("toy", None, epsilon=20.0, delta=1e-5)
+        ws.train(mlp_backbone, None, records(0), data_source="toy", shard="s0", name="c0", privacy=privacy,
+                 config=FAST)
+        ws.compose_model("m", ["c0"])
+        statements[privacy.planned_shard_size] = ws.release("m", tmp_path / f"out{privacy.planned_shard_size}").privacy
+    assert statements[48].neighbouring_relation == RELATION and "public" not in statements[48].statement
+    assert statements[None].neighbouring_relation == RELATION_SIZE_PUBLIC
+    assert "taken as public" in statements[None].statement
+
+
+@pytest.mark.parametrize("by", ["random", "label"])
+def test_adding_or_removing_a_record_moves_no_other_record(by: str) -> None:
+    """Review: a permutation of the whole set placed records, so removing one of 1797 digits moved 1461 others
+    between shards and the test set; each record is now placed by its own id."""
+    full = records(7, 400)
+    without = full.subset(list(range(399)))
+    count = 4 if by == "random" else 3  # three labels
+    (test_a, shards_a), (test_b, shards_b) = (split_shards(r, shards=count, seed=3, by=by) for r in (full, without))
+    place = [{i: k for k, part in enumerate([test, *parts]) for i in part.record_ids}
+             for test, parts in ((test_a, shards_a), (test_b, shards_b))]
+    assert {i for i in place[1] if place[0][i] != place[1][i]} == set()
+    assert set(place[0]) - set(place[1]) == {full.record_ids[399]}
+    if by == "random":
+        assert 50 <= len(test_a) <= 110 and all(60 <= len(part) <= 110 for part in shards_a)  # about 80, 80 each
+    assert split_shards(full, shards=count, seed=4, by=by)[0].record_ids != test_a.record_ids  # the seed matters

@@ -19,7 +19,7 @@ from ..data import load_digits, split_shards
 from ..data.sources import DigitsSource
 from ..training.executors import Executor
 from .demo_configs import DemoConfig, DemoError, check_demo_settings
-from .demo_story import DemoTask, new_workspace, tell
+from .demo_story import DemoTask, new_workspace, planned_shard_size, tell
 
 __all__ = ["DemoConfig", "DemoError", "run_demo"]
 
@@ -48,5 +48,6 @@ def run_demo(workspace: Path, config: DemoConfig = DemoConfig(), console: Consol
             data_text=f"{len(digits)} handwritten digits from scikit-learn ({config.image_size}x{config.image_size})",
             source=DATA_SOURCE, source_text="scikit-learn load_digits()", loader=source, test=test,
             shards=tuple(shards), public=public, prefix="digits", model="digits-composed",
-            accuracy_title="Test accuracy", report_title="dp-tangent demo: privacy report", forget_hint="digit-<row>")
+            accuracy_title="Test accuracy", report_title="dp-tangent demo: privacy report", forget_hint="digit-<row>",
+            planned_shard_size=planned_shard_size(len(digits), config.test_fraction, config.shards))
         return tell(ws, task, config, console, started, executor)

@@ -103,7 +103,15 @@ class DemoTask:
     accuracy_title: str
     report_title: str
     forget_hint: str  # the record id pattern of the closing hint, e.g. "digit-<row>"
+    planned_shard_size: int  # N that every DP run is planned for (see planned_shard_size below)
     base_rate_label: str | None = None  # e.g. "always 'ham'": the majority-class row, for skewed labels
+
+
+def planned_shard_size(published: int, test_fraction: float, shards: int) -> int:
+    """N for each shard's run: the expected size of a shard of a dataset whose size is published (the built-in
+    datasets'), after the test split, among the shards and the public split. Stated in advance like this, it is not
+    a function of whether any one record is in a shard (docs/threat-model.md)."""
+    return max(1, round(published * (1 - test_fraction) / (shards + 1)))
 
 
 class _Steps:
@@ -164,7 +172,8 @@ def tell(ws: Workspace, task: DemoTask, config: StoryConfig, console: Console, s
     with Progress(*columns, console=console, transient=False) as progress:
         bars = {job.name: _Steps(progress, f"DP component {job.name}") for job in jobs}
         run = ws.train_all(task.spec, config.trainable, jobs, data_source=task.source,
-                           privacy=PrivacySpec(epsilon=config.epsilon, delta=config.delta),
+                           privacy=PrivacySpec(epsilon=config.epsilon, delta=config.delta,
+                                               planned_shard_size=task.planned_shard_size),
                            config=config.train_config(), executor=executor, operator="demo",
                            progress=lambda name, step, total: bars[name](step, total))
         if run.failed:

@@ -23,7 +23,7 @@ from ..data.sms_spam import CLASSES, PROVENANCE
 from ..data.sources import SmsSpamSource
 from ..training.executors import Executor
 from .demo_configs import TextDemoConfig, check_demo_settings
-from .demo_story import DemoTask, new_workspace, tell
+from .demo_story import DemoTask, new_workspace, planned_shard_size, tell
 
 DATA_SOURCE = "sms-spam"
 MODEL = "sms-composed"
@@ -50,5 +50,6 @@ def run_text_demo(workspace: Path, config: TextDemoConfig = TextDemoConfig(),
             loader=SmsSpamSource(data=data), test=test, shards=tuple(parts[:config.shards]),
             public=parts[config.shards], prefix="sms", model=MODEL, accuracy_title="Test accuracy (spam vs ham)",
             report_title="dp-tangent text demo: privacy report", forget_hint="sms-<line>",
+            planned_shard_size=planned_shard_size(len(messages), config.test_fraction, config.shards),
             base_rate_label="always 'ham'")
         return tell(ws, task, config, console, started, executor)

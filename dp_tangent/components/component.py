@@ -27,6 +27,9 @@ if TYPE_CHECKING:  # torch is imported where tensors are handled: reading metada
 
 Deltas = dict[str, "torch.Tensor"]  # base-model parameter name -> delta
 NON_PRIVATE_LABEL = "NON-PRIVATE (epsilon = infinity): no differential-privacy guarantee"
+#: The neighbouring relation of a private run planned from a stated shard size, and of one planned from its own count
+RELATION = "add or remove one record"
+RELATION_SIZE_PUBLIC = "add or remove one record, the shard's size public (the run was planned from it)"
 SEEDED_LABEL = "NOT DIFFERENTIALLY PRIVATE: noise from a public seed (reproducible test mode)"
 
 
@@ -59,6 +62,7 @@ class PrivacyInfo(_Strict):
     steps: int
     sampling: str
     neighbouring_relation: str
+    planned_shard_size: int | None = None  # N, stated in advance; None: planned from the shard's (public) count
     grad_sample_mode: str | None
     noise_generator: str
     secure_mode: bool

@@ -1,28 +1,47 @@
-"""Disjoint shards and a held-out test set, by random order or by label."""
+"""Disjoint shards and a held-out test set, each record placed by its own id.
+
+A record's place (test set, and shard) is drawn from a keyed hash of its id alone: with a permutation of the whole
+set, as before, adding or removing one record reshuffled hundreds of others between shards and the test set, so a
+shard's contents, and every run on it, depended on records it never held (the per-shard accounting charges a record
+only for the runs that read it). The key is the public split seed; which shard a record would land in is no secret.
+"""
 
 from __future__ import annotations
+
+import hashlib
 
 import torch
 
 from .records import RecordSet
 
 
+def placement(record_ids: tuple[str, ...], seed: int, purpose: bytes) -> torch.Tensor:
+    """u in [0, 1) per record, a function of its id, the seed and ``purpose`` (at most 16 bytes) only: the first 8
+    bytes of BLAKE2b(id, key=seed, person=purpose) over 2^64."""
+    key = (int(seed) % 2**128).to_bytes(16, "little")
+    return torch.tensor([int.from_bytes(hashlib.blake2b(r.encode(), key=key, person=purpose, digest_size=8).digest(),
+                                        "big") / 2.0**64 for r in record_ids], dtype=torch.float64)
+
+
 def split_shards(records: RecordSet, *, shards: int, test_fraction: float = 0.2, seed: int = 0,
                  by: str = "random") -> tuple[RecordSet, list[RecordSet]]:
-    """A held-out test set and ``shards`` disjoint shards of the rest.
+    """A held-out test set and ``shards`` disjoint shards of the rest, each record placed by its id (see the module
+    doc): each record is held out with probability ``test_fraction``, so sizes vary around their expected values.
 
-    ``by="random"``: data-incremental split. ``by="label"``: class-incremental (shard k holds a
-    contiguous block of labels), as in the Tangent Model Composition experiments.
+    ``by="random"``: data-incremental split, each record in shard k with probability 1/shards. ``by="label"``:
+    class-incremental (shard k holds a contiguous block of the labels present), as in the Tangent Model
+    Composition experiments; the blocks follow the set of labels present, which one record of a label no other
+    record has would change.
     """
     if shards < 1:
         raise ValueError(f"shards must be >= 1, got {shards}")
     if not 0 <= test_fraction < 1:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
-    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed))
-    n_test = int(round(test_fraction * len(records)))
-    test, rest = records.subset(order[:n_test]), order[n_test:]
+    held_out = placement(records.record_ids, seed, b"dp-tangent-test") < test_fraction
+    test, rest = records.subset(torch.nonzero(held_out).flatten()), torch.nonzero(~held_out).flatten()
     if by == "random":
-        parts = [rest[k::shards] for k in range(shards)]
+        shard_of = (placement(records.record_ids, seed, b"dp-tangent-shard") * shards).long().clamp_(max=shards - 1)
+        parts = [rest[shard_of[rest] == k] for k in range(shards)]
     elif by == "label":
         labels = records.targets[rest]
         classes = labels.unique().tolist()

@@ -31,7 +31,13 @@ class TrainingError(DPTangentError):
 class PrivacySpec:
     """Target (epsilon, delta), or an explicit noise multiplier; ``epsilon=inf`` is non-private.
 
-    ``delta=None`` becomes min(1e-5, 0.1/n) for a shard of n records (well below 1/n).
+    ``delta=None`` becomes min(1e-5, 0.1/N) for a shard of N records (well below 1/N).
+
+    ``planned_shard_size``: N, the shard size the run is planned for, stated in advance and public (e.g. the
+    expected size of a random split of a dataset of known size). The sampling rate, steps, calibrated sigma,
+    default delta and the batch mean's divisor then come from N, not from the count of records the shard holds,
+    so none of them depends on whether any one record is in it. None: they come from the shard's own count,
+    which the guarantee then treats as public (see docs/threat-model.md).
     """
 
     epsilon: float | None = None
@@ -39,6 +45,7 @@ class PrivacySpec:
     noise_multiplier: float | None = None
     max_grad_norm: float = 1.0
     accountant: str = "pld"
+    planned_shard_size: int | None = None
 
     @property
     def private(self) -> bool:
@@ -54,6 +61,9 @@ class PrivacySpec:
             raise TrainingError(f"noise_multiplier must be > 0, got {self.noise_multiplier}")
         if not self.max_grad_norm > 0:
             raise TrainingError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+        if self.planned_shard_size is not None and (isinstance(self.planned_shard_size, bool) or not isinstance(
+                self.planned_shard_size, int) or self.planned_shard_size < 1):
+            raise TrainingError(f"planned_shard_size must be a positive integer, got {self.planned_shard_size!r}")
         delta = self.delta if self.delta is not None else min(1e-5, 0.1 / n)
         if not 0 < delta < 1:
             raise TrainingError(f"delta must be in (0, 1), got {delta}")

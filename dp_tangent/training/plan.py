@@ -1,9 +1,13 @@
 """Planning a run before any record is read: what it will spend, and the task a worker runs.
 
-Sample rate q = 1/ceil(n/B) (Opacus's Poisson rate for expected batch size B), steps
-T = epochs · ceil(n/B), noise multiplier (given, or calibrated for the target epsilon with the
-chosen accountant); the ledger reserves the planned event PoissonSampled(q, Gaussian(sigma))
-composed T times, and refuses it if the shard's budget would be exceeded.
+Sample rate q = 1/ceil(N/B) (Opacus's Poisson rate for expected batch size B), steps
+T = epochs · ceil(N/B), noise multiplier (given, or calibrated for the target epsilon with the
+chosen accountant), the default delta and the divisor of the batch mean N·q; the ledger reserves the
+planned event PoissonSampled(q, Gaussian(sigma)) composed T times, and refuses it if the shard's budget
+would be exceeded. N is the shard size the run is planned for: ``PrivacySpec.planned_shard_size``, a
+public figure stated in advance, so that nothing of the mechanism depends on whether one record is in
+the shard (add/remove-one DP as accounted); without it, the shard's own count n, which the guarantee
+then treats as public (q, T, sigma and the divisor are functions of it, and so are the deltas).
 """
 
 from __future__ import annotations
@@ -32,6 +36,22 @@ class Plan:
     steps: int
     noise_multiplier: float
     event: object
+    planned_size: int | None = None  # N when stated in advance (public); None: planned from ``records``
+
+    @property
+    def size(self) -> int:
+        """N, the shard size q, T, sigma, delta and the mean's divisor come from."""
+        return self.planned_size if self.planned_size is not None else self.records
+
+    @property
+    def expected_batch_size(self) -> int:
+        """N·q, the divisor of the batch mean (as Opacus's ``make_private`` takes it: ``int(n * q)``)."""
+        return max(1, int(self.size * self.sample_rate))
+
+    @property
+    def batches(self) -> int:
+        """Poisson batches per epoch, ceil(N/B) = 1/q."""
+        return round(1 / self.sample_rate)
 
 
 def plan_run(n: int, privacy: PrivacySpec, config: TrainConfig) -> Plan:
@@ -40,18 +60,20 @@ def plan_run(n: int, privacy: PrivacySpec, config: TrainConfig) -> Plan:
     A ``noise="seeded"`` run gets its sigma as usual but the event ``NonPrivateDpEvent`` (epsilon =
     infinity): its noise can be recomputed from the public seed, so it protects nobody."""
     config.validate()
-    delta = privacy.validate(n)
+    planned = privacy.planned_shard_size
+    size = planned if planned is not None else n
+    delta = privacy.validate(size)
     if uses_seed(privacy, config) and config.seed is None:
         raise TrainingError("this run draws from config.seed (non-private or noise='seeded'): give an integer seed")
-    batches = math.ceil(n / config.batch_size)
+    batches = math.ceil(size / config.batch_size)
     sample_rate, steps = 1.0 / batches, config.epochs * batches
     if not privacy.private:
-        return Plan(n, delta, sample_rate, steps, 0.0, dp_accounting.NonPrivateDpEvent())
+        return Plan(n, delta, sample_rate, steps, 0.0, dp_accounting.NonPrivateDpEvent(), planned)
     sigma = privacy.noise_multiplier or calibrate_noise_multiplier(
         privacy.epsilon, delta, sample_rate, steps, accountant=privacy.accountant)
     if not differentially_private(privacy, config):
-        return Plan(n, delta, sample_rate, steps, sigma, dp_accounting.NonPrivateDpEvent())
-    return Plan(n, delta, sample_rate, steps, sigma, dp_sgd_event(sigma, sample_rate, steps))
+        return Plan(n, delta, sample_rate, steps, sigma, dp_accounting.NonPrivateDpEvent(), planned)
+    return Plan(n, delta, sample_rate, steps, sigma, dp_sgd_event(sigma, sample_rate, steps), planned)
 
 
 @dataclass(frozen=True)
@@ -83,6 +105,7 @@ def reservation_request(task: TrainingTask, *, data_source: str, shard: str, ope
         component=task.name,
         details={"noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate, "steps": plan.steps,
                  "max_grad_norm": task.privacy.max_grad_norm if private else None, "records": plan.records,
+                 "planned_shard_size": plan.planned_size,
                  "trainable": task.trainable, "grad_sample_mode": task.config.grad_sample_mode})
 
 

@@ -314,7 +314,8 @@ def audit_privacy(
             details={"kind": "privacy_audit", "method": METHOD, "canaries": m, "canary_kind": canary_kind,
                      "guesses": k_in + k_out, "max_demonstrable_epsilon": ceiling,
                      "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate,
-                     "steps": plan.steps, "records": plan.records, "trainable": tangent.trainable})],
+                     "steps": plan.steps, "records": plan.records, "planned_shard_size": plan.planned_size,
+                     "trainable": tangent.trainable})],
             allow_overlap=allow_overlap)[0]
     start = {name: p.detach().clone() for name, p in tangent.named_deltas()}
     try:

@@ -417,12 +417,13 @@ def _four_normal_noise_numpy(words: np.ndarray, std: float) -> np.ndarray:
 
 class SecurePoissonSampler(UniformWithReplacementSampler):
     """Opacus's Poisson batch sampler driven by a :class:`SecureRandom`: each record joins each batch
-    independently with probability q; ``int(1/q)`` batches per epoch, empty ones included."""
+    independently with probability q; ``steps`` batches per epoch (Opacus's default ``int(1/q)``), empty ones
+    included."""
 
-    def __init__(self, *, num_samples: int, sample_rate: float, rng: SecureRandom) -> None:
+    def __init__(self, *, num_samples: int, sample_rate: float, rng: SecureRandom, steps: int | None = None) -> None:
         if not 0 < sample_rate <= 1:
             raise TrainingError(f"sample rate must be in (0, 1], got {sample_rate}")
-        super().__init__(num_samples=num_samples, sample_rate=sample_rate, generator=None)
+        super().__init__(num_samples=num_samples, sample_rate=sample_rate, generator=None, steps=steps)
         self.rng = rng
 
     def __iter__(self) -> Iterator[list[int]]:

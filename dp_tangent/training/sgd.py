@@ -26,12 +26,13 @@ from dataclasses import replace
 
 import torch
 from opacus import GradSampleModule
-from opacus.data_loader import DPDataLoader, dtype_safe, shape_safe, wrap_collate_with_empty
+from opacus.data_loader import dtype_safe, shape_safe, wrap_collate_with_empty
 from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import GradSampleModuleFastGradientClipping
 from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from opacus.utils.batch_memory_manager import BatchMemoryManager
 from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from opacus.validators import ModuleValidator
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data._utils.collate import default_collate
@@ -125,16 +126,17 @@ def _inputs_for(tangent: TangentModel, inputs: torch.Tensor, config: TrainConfig
     return module, inputs
 
 
-def _poisson_loader(dataset: TensorDataset, sample_rate: float, rng: SecureRandom | None) -> DataLoader:
-    """Poisson batches at rate q, empty ones included: Opacus's ``DPDataLoader`` (global torch RNG) when
-    ``rng`` is None, else the same loader around a :class:`SecurePoissonSampler`."""
-    if rng is None:
-        return DPDataLoader(dataset, sample_rate=sample_rate)
+def _poisson_loader(dataset: TensorDataset, sample_rate: float, rng: SecureRandom | None, batches: int) -> DataLoader:
+    """``batches`` Poisson batches per epoch at rate q, empty ones included: Opacus's ``DPDataLoader``'s sampler
+    (global torch RNG) when ``rng`` is None, else a :class:`SecurePoissonSampler`. The count is the plan's, not
+    Opacus's ``int(1/q)``, which falls one short where 1/(1/k) rounds below k (k = 93, 99, 105, ...)."""
     first = dataset[0]
     collate = wrap_collate_with_empty(collate_fn=default_collate,
                                       sample_empty_shapes=[(0, *shape_safe(x)) for x in first],
                                       dtypes=[dtype_safe(x) for x in first])
-    sampler = SecurePoissonSampler(num_samples=len(dataset), sample_rate=sample_rate, rng=rng)
+    sampler = (UniformWithReplacementSampler(num_samples=len(dataset), sample_rate=sample_rate, steps=batches)
+               if rng is None else SecurePoissonSampler(num_samples=len(dataset), sample_rate=sample_rate, rng=rng,
+                                                        steps=batches))
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
 
 
@@ -178,13 +180,14 @@ def dp_parts(module: torch.nn.Module, params: list[torch.nn.Parameter], noise_mu
 
 
 def _private_loader(dataset: TensorDataset, plan: Plan, config: TrainConfig) -> tuple[DataLoader, int, SecureRandom | None]:
-    """The Poisson loader at the planned rate, the expected batch size n·q that the "mean" divides by
-    (as Opacus's ``make_private``), and the secure generator (None in the seeded mode)."""
+    """The Poisson loader at the planned rate, the expected batch size N·q that the "mean" divides by (the plan's
+    N: as Opacus's ``make_private`` with the planned size, never the shard's count unless that is what the run is
+    planned from), and the secure generator (None in the seeded mode)."""
     rng = SecureRandom() if config.noise == "secure" else None
-    loader = _poisson_loader(dataset, plan.sample_rate, rng)
+    loader = _poisson_loader(dataset, plan.sample_rate, rng, plan.batches)
     if abs(1.0 / len(loader) - plan.sample_rate) > 1e-12:
         raise TrainingError("the Poisson loader's sample rate differs from the planned one")
-    return loader, int(len(dataset) * (1 / len(loader))), rng
+    return loader, plan.expected_batch_size, rng
 
 
 def _dp_epochs(loader: DataLoader, dp_optimizer: DPOptimizer, plan: Plan, config: TrainConfig,

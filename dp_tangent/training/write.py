@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 from privacy_accounting import EpsilonBounds, Ledger, epsilon_bounds
 from privacy_accounting.events import is_non_private
 
-from ..components.component import (NON_PRIVATE_LABEL, SEEDED_LABEL, ComponentMetadata, ManifestInfo, PrivacyInfo,
-                                    TrainingInfo, component_bytes, deltas_digest)
+from ..components.component import (NON_PRIVATE_LABEL, RELATION, RELATION_SIZE_PUBLIC, SEEDED_LABEL, ComponentMetadata,
+                                    ManifestInfo, PrivacyInfo, TrainingInfo, component_bytes, deltas_digest)
 from ..components.manifest import RecordManifest
 from ..io import atomic_write_bytes
 from .config import TrainingError, differentially_private
@@ -99,6 +99,7 @@ def _metadata(task: TrainingTask, trained: TrainedDeltas, bounds: EpsilonBounds,
     manifest = RecordManifest.build(records.record_ids, manifest_key)
     private = differentially_private(privacy, config)
     noise = ("secure" if private else "seeded") if privacy.private else "none"  # DP-SGD ran iff privacy.private
+    relation = RELATION if plan.planned_size is not None else RELATION_SIZE_PUBLIC
     return ComponentMetadata(
         name=task.name,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -113,7 +114,7 @@ def _metadata(task: TrainingTask, trained: TrainedDeltas, bounds: EpsilonBounds,
         privacy=PrivacyInfo(
             private=private,
             label=(f"(epsilon={bounds.epsilon:.3g}, delta={plan.delta:.3g})-DP for each record of shard "
-                   f"{shard!r} (add/remove one record)" if private else
+                   f"{shard!r} ({relation})" if private else
                    SEEDED_LABEL if noise == "seeded" else NON_PRIVATE_LABEL),
             epsilon=bounds.epsilon if private else None,
             delta=plan.delta if private else None,
@@ -124,7 +125,8 @@ def _metadata(task: TrainingTask, trained: TrainedDeltas, bounds: EpsilonBounds,
             sample_rate=plan.sample_rate,
             steps=plan.steps,
             sampling={"secure": "poisson", "seeded": "poisson (seeded)"}.get(noise, "shuffled batches (non-private)"),
-            neighbouring_relation="add or remove one record",
+            neighbouring_relation=relation,
+            planned_shard_size=plan.planned_size,
             grad_sample_mode=(trained.grad_sample_mode or config.grad_sample_mode) if privacy.private else None,
             noise_generator=noise_generator_name(config) if privacy.private else "none (no noise)",
             secure_mode=private,

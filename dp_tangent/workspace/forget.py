@@ -84,7 +84,10 @@ def _retrain_spec(meta: ComponentMetadata, privacy: PrivacySpec | None,
     p, t = meta.privacy, meta.training
     seeded = t.noise == "seeded"  # None: written before noise modes; its DP-SGD is retrained securely
     if privacy is None:
-        privacy = (PrivacySpec(noise_multiplier=p.noise_multiplier, max_grad_norm=p.max_grad_norm or 1.0, delta=p.delta)
+        # the same N, and with it the same q, T and sigma: a replacement run is then distributed exactly as a run
+        # on a shard that never held the record (planned from its own count, the count changes q and T)
+        privacy = (PrivacySpec(noise_multiplier=p.noise_multiplier, max_grad_norm=p.max_grad_norm or 1.0, delta=p.delta,
+                               planned_shard_size=p.planned_shard_size)
                    if p.private or seeded else PrivacySpec(epsilon=math.inf))
     if config is None:
         config = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, physical_batch_size=t.physical_batch_size,

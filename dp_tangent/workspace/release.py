@@ -31,7 +31,7 @@ from safetensors.torch import save
 
 from privacy_accounting import ModelShardGuarantee
 
-from ..components.component import deltas_digest
+from ..components.component import RELATION, RELATION_SIZE_PUBLIC, deltas_digest
 from ..io import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_file
 from .names import WorkspaceError
 
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 FORMAT = "dp-tangent-release/1"
 DELTAS_FILE = "deltas.safetensors"
 STATEMENT_FILE = "release.json"
-RELATION = "add or remove one record"
 NOT_INCLUDED = (
     "record manifests or record commitments",
     "record counts of any shard",
@@ -107,14 +106,28 @@ def _privacy(ws: "Workspace", model: str) -> ReleasedPrivacy:
                                statement=f"Model {model!r} has NO differential-privacy guarantee: a non-private run "
                                          "read some of its records.")
     epsilon, delta = _budget_bound(ws, model, guarantee.shards)
+    sizes_public = _planned_from_counts(ws, guarantee.shards)
     statement = (f"Model {model!r} is (epsilon <= {epsilon:g}, delta <= {delta:g})-differentially private for each "
                  f"{unit} of its training data: adding or removing any one {unit} changes the probability of any "
                  f"outcome computed from these deltas by at most a factor e^{epsilon:g} (plus {delta:g}). These are "
                  "the privacy budgets of its shards, which the ledger enforces for every record; the exact figure "
                  "stays in the workspace, as it depends on the shards' sizes. The bound covers " + covers + ".")
-    return ReleasedPrivacy(differentially_private=True, epsilon=epsilon, delta=delta, neighbouring_relation=RELATION,
+    if sizes_public:
+        statement += (" Some of these runs were planned from their shard's own record count (no planned_shard_size "
+                      "was stated): their sampling rate, steps, noise and batch mean follow that count, so for them "
+                      "the guarantee holds only with the shard sizes taken as public: the deltas can reveal a shard's "
+                      f"size, and so whether one {unit} is in it.")
+    return ReleasedPrivacy(differentially_private=True, epsilon=epsilon, delta=delta,
+                           neighbouring_relation=RELATION_SIZE_PUBLIC if sizes_public else RELATION,
                            unit=unit, accountant="budget (upper bound on every accountant's figure)", covers=covers,
                            statement=statement)
+
+
+def _planned_from_counts(ws: "Workspace", shards: Sequence[ModelShardGuarantee]) -> bool:
+    """Whether a private run on these shards (completed, failed or reserved: each may have read records) was planned
+    from its shard's own count rather than a stated size (its ledger details name no ``planned_shard_size``)."""
+    return any(e.details.get("planned_shard_size") is None and e.purpose.value != "non_private_baseline"
+               for s in shards for e in ws.ledger.events(data_source=s.data_source, shard=s.shard))
 
 
 def _budget_bound(ws: "Workspace", model: str, shards: Sequence[ModelShardGuarantee]) -> tuple[float, float]:
