@@ -98,9 +98,8 @@ def one_setting(name: str, shards: int, cfg: Config, folder: Path) -> dict:
     image_size = U.MODELS[name].image_size
     source = sources.DigitsSource(image_size=image_size, shards=shards, test_fraction=0.2, seed=0,
                                   max_records=cfg.max_records)
-    sources.register(ws, SOURCE, source)
-    ws.ledger.set_data_source(SOURCE, unit="record", description="scikit-learn load_digits()",
-                              shards=[f"shard-{k}" for k in range(shards)])
+    ws.declare_data_source(SOURCE, description="scikit-learn load_digits()", loader=source,
+                           shards=[f"shard-{k}" for k in range(shards)], operator="benchmark")
     digits = load_digits(image_size=image_size)
     if cfg.max_records:
         digits = digits.subset(range(min(cfg.max_records, len(digits))))

@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dp_tangent.components.manifest import commit
 from dp_tangent.data.kinds import DataSection
 from dp_tangent.data.sources import DigitsSource, parse_source, source_kinds
 from dp_tangent.errors import DataError
 from dp_tangent.workspace import Workspace
 from dp_tangent.workspace.data_sources import Sources
+from dp_tangent.workspace.data_sources import test_records as held_out_records
 from helpers import run_cli
 from owndata import mlp_recipe, write_npz, write_recipe
 
@@ -57,6 +59,15 @@ def test_npz_source_retrains_after_repeated_deletions_on_one_shard_and_refuses_c
         meta = Workspace.open("ws").load_component(f"rows-shard-0.r{k}").metadata
         assert meta.manifest.records == len(shard0) - k
     assert Workspace.open("ws").list_models() == ["rows"]
+    # nothing derived from a deleted record stays: its keyed content tag went with its deletion (the file still
+    # holds the record, and reloads as the registered data all the same)
+    key = Workspace.open("ws").manifest_key()
+    tags = json.loads(Path("ws/data-sources.json").read_text())["content"]["rows"]["tags"]
+    assert commit(first, key) not in tags and commit(second, key) not in tags and commit(third, key) in tags
+    test_id = load_recipe(recipe).load_data()[0].record_ids[0]  # a test record: deleted, it leaves the test figures
+    assert test_id in held_out_records(Workspace.open("ws"), "rows")[1].record_ids
+    code, out, err = _forget(capsys, test_id)
+    assert code == 3 and test_id not in held_out_records(Workspace.open("ws"), "rows")[1].record_ids
 
     # The owner erases the deleted rows from the file: still the registered data, less deleted records.
     arrays = dict(np.load("rows.npz"))
@@ -67,9 +78,9 @@ def test_npz_source_retrains_after_repeated_deletions_on_one_shard_and_refuses_c
     assert Workspace.open("ws").load_component("rows-shard-0.r3").metadata.manifest.records == len(shard0) - 3
 
     arrays = dict(np.load("rows.npz"))
-    arrays["inputs"][5, 0] += 1.0  # one record's content changed
-    np.savez("rows.npz", **arrays)
     fourth = shards[0].record_ids[3]
+    arrays["inputs"][list(arrays["record_ids"]).index(shards[0].record_ids[4]), 0] += 1.0  # a kept record changed
+    np.savez("rows.npz", **arrays)
     code, _, err = _forget(capsys, fourth)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "data source 'rows' is not the data it was registered with (1 record(s) changed, e.g. 'row-" in err

@@ -22,7 +22,7 @@ from dp_tangent.workspace.request_register import list_requests, open_requests, 
 from dp_tangent.io import sha256_file
 from dp_tangent.components.manifest import commit
 from dp_tangent.training import PrivacySpec, TrainConfig
-from dp_tangent.workspace import Workspace
+from dp_tangent.workspace import Workspace, WorkspaceError
 from privacy_accounting.events import is_non_private
 
 FAST = TrainConfig(epochs=1, batch_size=16, lr=0.1)
@@ -185,6 +185,67 @@ def test_a_certificate_check_fails_when_a_model_is_not_the_one_the_log_holds(ws,
     ws.model_deltas_path("mean_all").write_bytes(old)
     check = check_certificate(ws, result.certificate)
     assert not check.ok and "does not verify against its audit log" in str(check)
+
+
+def test_a_model_holding_records_of_an_unfinished_deletion_is_not_released(ws, tmp_path) -> None:
+    """A deletion that stopped after tombstoning (here: retraining refused for the wrong records; in the review, a
+    killed retraining) leaves its component in place; a release then would let the record leave after its erasure
+    was requested."""
+    ws.set_budget("toy", None, epsilon=50.0, delta=1e-5)
+    with pytest.raises(ForgetError, match="not trained on"):
+        forget(ws, _request("rec-0-1", request_id="r1"), retrain=True, shard_records={"c0": shard(1)})
+    with pytest.raises(WorkspaceError, match="holds records deleted by request.s. r1 whose deletion has not finished"):
+        ws.release("solo", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    ws.release("others", tmp_path / "out")  # c1 and c2 hold none of them
+    forget(ws, _request("rec-0-1", request_id="r1"))
+    ws.release("mean_all", tmp_path / "out2")
+
+
+def test_an_edited_tombstone_list_stops_training_and_deletions(ws, mlp_backbone) -> None:
+    """Review: with the list emptied behind the tool's back, training went ahead on a deleted record (audit verify
+    reported the edit, but nothing checked it before reading records)."""
+    forget(ws, _request("rec-0-1", request_id="r1"))
+    tombstones = ws.root / "tombstones.json"
+    tombstones.write_text(tombstones.read_text().replace("r1", "r9"))
+    with pytest.raises(WorkspaceError, match="not the list the audit log recorded"):
+        ws.train(mlp_backbone, None, shard(0), data_source="toy", shard="s0", name="again",
+                 privacy=PrivacySpec(noise_multiplier=1.0), config=FAST)
+    with pytest.raises(WorkspaceError, match="not the list the audit log recorded"):
+        forget(ws, _request("rec-1-1", request_id="r2"))
+    tombstones.unlink()
+    with pytest.raises(WorkspaceError, match="is missing but the audit log recorded it"):
+        forget(ws, _request("rec-1-1", request_id="r2"))
+
+
+def test_a_release_is_logged_before_its_bundle_is_in_place(ws, tmp_path, monkeypatch) -> None:
+    """Review: a bundle renamed into place before its log entry could leave unlogged (a full disk at the entry, a
+    kill between). Logged first: a failed entry leaves no bundle; a failed move leaves a logged, complete bundle
+    where the error says."""
+    import dp_tangent.workspace.release as release_module
+
+    ws.set_budget("toy", None, epsilon=50.0, delta=1e-5)
+    entries = len(ws.audit.entries())
+
+    def full(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Workspace, "record_release", full)
+        with pytest.raises(OSError):
+            ws.release("others", tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+    assert len(ws.audit.entries()) == entries
+    with monkeypatch.context() as patch:
+        patch.setattr(release_module.os, "rename", full)
+        with pytest.raises(WorkspaceError, match="is logged, but its bundle could not be moved") as info:
+            ws.release("others", tmp_path / "out")
+    [staged] = tmp_path.glob(".out.*")
+    assert str(staged) in str(info.value) and sorted(p.name for p in staged.iterdir()) == ["deltas.safetensors",
+                                                                                           "release.json"]
+    last = ws.audit.entries()[-1]
+    assert last.operation == "release" and last.parameters["bundle"]["release.json"] == sha256_file(
+        staged / "release.json")
 
 
 def test_refusals_happen_before_anything_changes(ws, mlp_backbone) -> None:

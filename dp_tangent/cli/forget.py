@@ -69,10 +69,11 @@ def forget(
     try:
         with busy("serving the deletion request" + (" (retraining affected shards)…" if retrain else "…")):
             result = serve(ws, request, retrain=retrain, shard_records=shard_records_for(ws) if retrain else None)
-    except DPTangentError as err:
+    except (DPTangentError, OSError) as err:  # a full disk, too: the request's state is what the hint says
         again = ["dp-tangent", "forget", *record_ids, "--request-id", request.request_id,
                  *(["--retrain"] if retrain else []), "-w", str(ws.root)]
-        raise ForgetError(f"{err}; request {request.request_id} stays OPEN (its clock runs from "
+        cause = f"{err.strerror or err} ({type(err).__name__})" if isinstance(err, OSError) else str(err)
+        raise ForgetError(f"{cause}; request {request.request_id} stays OPEN (its clock runs from "
                           f"{request.received_at.isoformat()}): fix the cause and finish it with: "
                           f"{shlex.join(again)}") from err
     typer.echo(result.message)

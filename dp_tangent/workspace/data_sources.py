@@ -39,7 +39,7 @@ PUBLIC_SPLIT = "public"
 _TAG_CONTEXT = b"dp-tangent data-source content digest v1"
 
 __all__ = ["FILE", "PUBLIC_SPLIT", "DataSourceError", "DigitsSource", "Sources", "check_unchanged", "register",
-           "registered", "reload", "shard_records_for", "source_of", "test_records"]
+           "registered", "reload", "shard_records_for", "source_of", "test_records", "without_records"]
 
 
 class DataSourceError(DPTangentError):
@@ -98,6 +98,20 @@ def register(ws: Workspace, name: str, source: ReloadableSource) -> None:
     atomic_write_bytes(ws.root / FILE, registered(ws, name, source))
 
 
+def without_records(ws: Workspace, doomed: Iterable[str]) -> bytes | None:
+    """The registry's new content without the content tags of the ``doomed`` records (keyed digests of their
+    content: a deletion keeps nothing derived from a deleted record), or None if it holds none of them; written by
+    the deletion's tombstoning change. Their commitments stay in a test split's list, like the tombstones'."""
+    if not (ws.root / FILE).exists():
+        return None
+    sources, doomed = _read(ws), set(doomed)
+    if not any(doomed & set(content.tags) for content in sources.content.values()):
+        return None
+    for content in sources.content.values():
+        content.tags = {c: t for c, t in content.tags.items() if c not in doomed}
+    return (sources.model_dump_json(indent=2) + "\n").encode()
+
+
 def source_of(ws: Workspace, name: str) -> ReloadableSource | None:
     """How data source ``name`` is reloaded, or None if the workspace has no loader for it."""
     entry = _read(ws).sources.get(name)
@@ -111,8 +125,10 @@ def check_unchanged(ws: Workspace, name: str, records: RecordSet, deleted: Itera
     tags = _tags(ws, records)
     if content is None:  # registered before content digests were recorded: nothing to compare with
         return list(tags)
+    deleted = set(deleted)
     changed = [r for r, (c, t) in zip(records.record_ids, tags.items()) if c in content.tags and content.tags[c] != t]
-    added = [r for r, c in zip(records.record_ids, tags) if c not in content.tags]
+    # a deleted record's tag is dropped with its deletion: if the data still holds it, it is not "added"
+    added = [r for r, c in zip(records.record_ids, tags) if c not in content.tags and c not in deleted]
     missing = len(set(content.tags) - set(tags) - set(deleted))
     if changed or added or missing:
         parts = [f"{len(changed)} record(s) changed, e.g. {changed[0]!r}" if changed else "",
@@ -130,8 +146,13 @@ def test_records(ws: Workspace, name: str) -> tuple[ReloadableSource, RecordSet 
     source, records, commitments = reload(ws, name)
     content = _read(ws).content.get(name)
     held = set(content.test) if content is not None else set()
-    picked = [i for i, c in enumerate(commitments) if c in held]
-    return source, (records.subset(picked) if picked else source.test_split())
+    deleted = set(Tombstones(ws.root).read())  # a deleted record no longer counts in any figure, test ones included
+    picked = [i for i, c in enumerate(commitments) if c in held and c not in deleted]
+    if picked:
+        return source, records.subset(picked)
+    test, key = source.test_split(), ws.manifest_key()
+    return source, (None if test is None else test.subset([i for i, r in enumerate(test.record_ids)
+                                                            if commit(r, key) not in deleted]))
 
 
 def reload(ws: Workspace, name: str) -> tuple[ReloadableSource, RecordSet, list[str]]:

@@ -46,7 +46,7 @@ from .certificate_check import check_certificate
 from .certificates import (AddedComponent, ComponentRef, DeletionCertificate, DeletionResult, ModelChange, ModelState,
                            Verification, certificate_writes, read_certificate)
 from .checkpoint import checkpoint_of, origin_of
-from . import gram_cache
+from . import data_sources, gram_cache
 from .commit import Change, FileRemoval, FileWrite, apply
 from .deletion_requests import DeletionRequest, ForgetError, resolve_now
 from .ledger_ops import RegisterModel
@@ -374,10 +374,13 @@ def forget(
         # The same change drops their cached NTK Grams (the deletion change drops any left).
         tombstones = Tombstones(ws.root)
         data, new = tombstones.added(doomed, request_id=request.request_id, deleted_at=resolve_now(now).isoformat())
-        if new:
+        registry = data_sources.without_records(ws, doomed)
+        if new or registry is not None:
             cache_writes, cache_removals = gram_cache.without_records(ws, doomed)
+            registry_write = ([] if registry is None
+                              else [FileWrite(data_sources.FILE, registry, "data-source registry")])
             apply(ws, Change("tombstoned", operator=operator,
-                             writes=[FileWrite(TOMBSTONES_FILE, data, "tombstones"), *cache_writes],
+                             writes=[FileWrite(TOMBSTONES_FILE, data, "tombstones"), *cache_writes, *registry_write],
                              removals=cache_removals,
                              parameters={"request_id": request.request_id, "record_commitments": sorted(doomed),
                                          "gram_cache_files": {"rewritten": len(cache_writes),

@@ -178,6 +178,7 @@ def release(ws: "Workspace", model: str, out_dir: str | os.PathLike[str], *, ope
             raise WorkspaceError(f"the workspace does not verify ({check.first_bad}); run `dp-tangent audit verify` "
                                  "and resolve it before releasing")
         record, deltas = ws.load_model(model)
+        _check_no_deleted_records(ws, model, record.component_names)
         privacy = _privacy(ws, model)
         if not privacy.differentially_private and not allow_non_private:
             raise WorkspaceError(f"model {model!r} has no differential-privacy guarantee (a non-private run read "
@@ -196,12 +197,34 @@ def release(ws: "Workspace", model: str, out_dir: str | os.PathLike[str], *, ope
                 deltas_sha256=deltas_digest(deltas), deltas_file_sha256=sha256_file(deltas_path), privacy=privacy)
             atomic_write_text(staging / STATEMENT_FILE, statement.model_dump_json(indent=2) + "\n")
             digests = {name: sha256_file(staging / name) for name in (DELTAS_FILE, STATEMENT_FILE)}
+            # logged before the bundle is in place: a bundle may be logged and not moved (the error then says where
+            # it waits), never moved and not logged
+            ws.record_release(model, destination=str(target), operator=operator, bundle=digests)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        try:
             if target.exists():
                 target.rmdir()  # checked empty above
             os.rename(staging, target)
             fsync_dir(target.parent)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        ws.record_release(model, destination=str(target), operator=operator, bundle=digests)
+        except OSError as err:
+            raise WorkspaceError(f"the release of {model!r} to {target} is logged, but its bundle could not be moved "
+                                 f"there ({err.strerror}); it is complete in {staging}: move it to {target}") from None
         return statement
+
+
+def _check_no_deleted_records(ws: "Workspace", model: str, components: Sequence[str]) -> None:
+    """Refuse a model one of whose components holds a tombstoned record: a deletion that has not finished (its
+    retraining failed or was interrupted) would otherwise let the record leave after its erasure was requested."""
+    from ..components.component import read_metadata
+    from .tombstones import Tombstones
+
+    deleted = Tombstones(ws.root).read()
+    for name in components:
+        held = sorted({deleted[c].request_id for c in read_metadata(ws.component_path(name)).manifest.commitments
+                       if c in deleted})
+        if held:
+            raise WorkspaceError(f"model {model!r} includes component {name!r}, which holds records deleted by "
+                                 f"request(s) {', '.join(held)} whose deletion has not finished: run `dp-tangent "
+                                 "forget` again for them, then release")

@@ -7,6 +7,7 @@ Only keyed commitments HMAC-SHA256(workspace key, record id) are stored, as in m
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,18 +46,40 @@ class Tombstones:
 
     def read(self) -> dict[str, Tombstone]:
         """Commitment -> the request that deleted it (empty when no record was ever deleted). A list the
-        audit log says was written but that is gone is an error: deleted records would come back."""
+        audit log says was written but that is gone, or holds other bytes than the log's last record of it, is an
+        error: deleted records would come back (training and deletions refuse to run on it)."""
+        logged = self._logged_sha256()
         if not self.path.exists():
-            log = self.root / "audit.log"
-            if log.is_file() and f'"path":"{FILE}"'.encode() in log.read_bytes():
+            if logged is not None:
                 raise WorkspaceError(f"{self.path} is missing but the audit log recorded it: deleted records would "
                                      "be trained again; restore it from a backup")
             return {}
+        data = self.path.read_bytes()
+        if logged is not None and hashlib.sha256(data).hexdigest() != logged:
+            raise WorkspaceError(f"{self.path} is not the list the audit log recorded (edited behind the tool's back): "
+                                 "deleted records could be trained again; restore it from a backup (`dp-tangent audit "
+                                 "verify` names the difference)")
         try:
-            return dict(TombstoneFile.model_validate_json(self.path.read_bytes()).records)
+            return dict(TombstoneFile.model_validate_json(data).records)
         except (ValidationError, ValueError) as err:
             raise WorkspaceError(f"{self.path} is not a valid tombstone list ({type(err).__name__}); restore it "
                                  "from a backup: deleted records must stay deleted") from err
+
+    def _logged_sha256(self) -> str | None:
+        """The sha256 the workspace's audit log last recorded for the list (None: never written through it)."""
+        log = self.root / "audit.log"
+        if not log.is_file() or f'"path":"{FILE}"'.encode() not in log.read_bytes():
+            return None
+        from .audit_log import AuditLog
+
+        last = None
+        for entry in AuditLog(log).entries():
+            if entry.operation == "integrity_failure":  # a snapshot of the files as found, not what was written
+                continue
+            for artifact in entry.outputs:
+                if artifact.path == FILE:
+                    last = artifact.sha256
+        return last
 
     def added(self, commitments: Iterable[str], *, request_id: str, deleted_at: str) -> tuple[bytes, list[str]]:
         """The list's new content with ``commitments`` tombstoned (those already there keep their first
