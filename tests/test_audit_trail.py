@@ -268,6 +268,20 @@ def test_a_file_the_log_does_not_account_for_fails_verification(ws, capsys) -> N
     assert ws.audit.verify().ok
 
 
+@pytest.mark.parametrize("planted", [".pending/c0.safetensors", ".pending/notes/c0.safetensors", "ledger.sqlite-shm",
+                                     ".pending/" + "a" * 32 + "/c0.safetensors"])
+def test_a_file_planted_where_the_log_does_not_look_fails_verification(ws, planted: str) -> None:
+    """Review: a removed component copied under .pending/ (as a plain file: the next command's clean-up skipped it) or
+    as ledger.sqlite-shm (a file this ledger, in rollback-journal mode, never makes) passed both verifiers."""
+    target = ws.root / planted
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ws.component_path("c0"), target)
+    report = ws.audit.verify()
+    assert not report.ok and planted in str(report)
+    target.unlink()
+    assert ws.audit.verify().ok
+
+
 # -- certificates can be checked years later (finding 4) --------------------------------------------
 
 def test_a_certificate_verifies_later_and_fails_once_the_record_comes_back(ws, capsys, mlp_backbone) -> None:
@@ -280,16 +294,19 @@ def test_a_certificate_verifies_later_and_fails_once_the_record_comes_back(ws, c
     code, out = _cli(capsys, "certificate", "verify", str(cert), "-w", str(ws.root))
     assert code == 0 and "certificate req-7 holds" in out, out
     assert ws.audit.verify().ok
-    # The record comes back: its tombstone is removed behind the tool's back, and it is trained again.
+    # The record's tombstone is removed behind the tool's back: training refuses the edited list (it used to train
+    # the record again), and the certificate no longer holds.
     tombstones = ws.root / "tombstones.json"
     data = json.loads(tombstones.read_text())
     data["records"] = {}
     tombstones.write_text(json.dumps(data))
-    ws.train(mlp_backbone, None, records(0), data_source="toy", shard="s0", name="c0-again",
-             privacy=PrivacySpec(noise_multiplier=1.0), config=FAST)
+    with pytest.raises(WorkspaceError, match="not the list the audit log recorded"):
+        ws.train(mlp_backbone, None, records(0), data_source="toy", shard="s0", name="c0-again",
+                 privacy=PrivacySpec(noise_multiplier=1.0), config=FAST)
+    assert "c0-again" not in ws.list_components()
     code, out = _cli(capsys, "certificate", "verify", str(cert), "-w", str(ws.root))
     assert code == 1, out
-    assert "component 'c0-again' holds 1 of the deleted record(s)" in out and "no longer tombstoned" in out
+    assert "no longer tombstoned" in out and "does not verify against its audit log" in out
     assert not ws.audit.verify().ok  # and the audit log saw the edited tombstone list
 
 

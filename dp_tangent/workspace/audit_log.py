@@ -237,11 +237,14 @@ def _check_artifacts(root: Path, entries: Sequence[AuditEntry]) -> tuple[list[Pr
 
 #: Files of a workspace that are not artifacts (the log itself, the ledger, the key) and folders of
 #: derived output (reports) that no operation reads: every other file must be accounted for by the log.
-NOT_ARTIFACTS = frozenset({"audit.log", "ledger.sqlite", "ledger.sqlite-journal", "ledger.sqlite-wal",
-                           "ledger.sqlite-shm", "manifest.key"})
+NOT_ARTIFACTS = frozenset({"audit.log", "ledger.sqlite", "ledger.sqlite-journal", "manifest.key"})
 DERIVED_FOLDERS = frozenset({"reports"})
 #: Where a change stages its files and intent (dp_tangent.workspace.commit); checked on its own.
 PENDING_FOLDER = ".pending"
+#: What an operation stages (dp_tangent.workspace.commit): ``.pending/ID/`` holding its intent, the ledger's state once
+#: its operations ran, the new files' bytes by sha256, and the temporary files of an atomic write killed half-way
+_STAGED = re.compile(r"\.pending/[0-9a-f]{32}/(intent\.json|ledger-applied\.json|[0-9a-f]{64}"
+                     r"|\.(intent|ledger-applied)\.json\.[^/]+\.tmp)")
 #: Logged files whose disappearance is tampering, not archiving.
 MUST_STAY = frozenset({"workspace.json", "tombstones.json", "data-sources.json"})
 MUST_STAY_FOLDERS = ("certificates/",)
@@ -282,6 +285,9 @@ def _check_unaccounted(root: Path, entries: Sequence[AuditEntry]) -> list[Proble
     for path in sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink()):
         rel = path.relative_to(root).as_posix()
         if rel.split("/", 1)[0] == PENDING_FOLDER:
+            if not _STAGED.fullmatch(rel):
+                problems.append(Problem(len(entries), f"file {rel} is not part of an interrupted operation's staging "
+                                                      "(planted there: no operation would move or check it)"))
             continue
         if rel in NOT_ARTIFACTS or rel.split("/", 1)[0] in DERIVED_FOLDERS:
             continue
