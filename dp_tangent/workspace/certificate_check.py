@@ -26,6 +26,7 @@ from ..components.component import read_metadata
 from .certificates import DeletionCertificate, LogCheckpoint
 from .checkpoint import Checkpoint, extends, origin_of
 from .deletion_requests import ForgetError
+from .names import WorkspaceError
 from .tombstones import Tombstones
 
 if TYPE_CHECKING:
@@ -150,7 +151,12 @@ def check_certificate(ws: "Workspace", cert: DeletionCertificate | CertificateCl
         used = removed & set(ws.model_record(model).component_names)
         if used:
             problems.append(f"model {model!r} includes removed component(s) {sorted(used)}")
-    lost = doomed - set(Tombstones(ws.root).read())
+    try:
+        tombstoned = set(Tombstones(ws.root).read())
+    except WorkspaceError as err:  # edited or removed behind the tool's back: it vouches for nothing
+        problems.append(str(err))
+        tombstoned = set()
+    lost = doomed - tombstoned
     if lost:
         problems.append(f"{len(lost)} of the deleted record(s) are no longer tombstoned: later training may use them")
     return CertificateCheck(cert.request_id, tuple(problems), len(doomed), len(components))
