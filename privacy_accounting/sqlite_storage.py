@@ -382,11 +382,16 @@ class SQLiteStorage:
         with self._transaction(write=False) as conn:
             return _record_classes(conn, data_source, seqs)
 
-    def table_digests(self, without_events: Sequence[int] = ()) -> dict[str, str]:
+    def table_digests(self, without_events: Sequence[int] = (), without_audits: Sequence[str] = ()) -> dict[str, str]:
         with self._transaction(write=False) as conn:
-            if not without_events:
-                return {table: _table_digest(conn, table, order) for table, order in _DIGESTED.items()}
-            return _digests_without(conn, sorted({int(seq) for seq in without_events}))
+            digests = ({table: _table_digest(conn, table, order) for table, order in _DIGESTED.items()}
+                       if not without_events else _digests_without(conn, sorted({int(seq) for seq in without_events})))
+            if without_audits:
+                marks = ", ".join("?" * len(without_audits))
+                digests["audits"] = _rows_digest(conn.execute(  # noqa: S608 -- fixed names
+                    f"SELECT * FROM audits WHERE audit_id NOT IN ({marks}) ORDER BY {_DIGESTED['audits']}",
+                    list(without_audits)))
+            return digests
 
     def update_event(self, reservation_id: str, change: Callable[[StoredEvent], StoredEvent]) -> StoredEvent:
         with self._transaction(write=True) as conn:

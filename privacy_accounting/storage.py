@@ -83,11 +83,12 @@ class LedgerStorage(Protocol):
         """The records read by events ``seqs`` of ``data_source``, grouped by the set of all events (of
         any data source: one key is one record) that read each; events naming no records are not counted."""
 
-    def table_digests(self, without_events: Sequence[int] = ()) -> dict[str, str]:
+    def table_digests(self, without_events: Sequence[int] = (), without_audits: Sequence[str] = ()) -> dict[str, str]:
         """Table name -> sha256 of its content: binds the ledger to a record kept elsewhere (an audit log).
 
         ``without_events``: digests as if the events with these sequence numbers had never been inserted (their
-        rows, the records they read, and the shard and data source rows their insert created)."""
+        rows, the records they read, and the shard and data source rows their insert created); ``without_audits``:
+        as if the audits with these ids had never been recorded."""
 
     def set_model(self, name: str, components: Sequence[str], registered_at: str) -> None:
         """Create a model or replace its component list."""

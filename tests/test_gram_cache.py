@@ -246,3 +246,22 @@ def test_cli_train_again_then_forget_retrain_reuses_the_rest_and_the_release_has
     assert sorted(p.name for p in bundle.iterdir()) == ["deltas.safetensors", "release.json"]
     assert "gram" in (bundle / "release.json").read_text()  # named among what is left out, nothing of it put in
     assert b"cache/grams" not in b"".join(p.read_bytes() for p in bundle.iterdir())
+
+
+def test_a_missing_cache_does_not_stop_a_deletion_and_is_logged_removed(ws, mlp_backbone) -> None:
+    """Review: with cache/grams deleted (derived files, rebuilt on demand), every deletion was refused as if a
+    component were away. The tombstoning now logs the missing cache files as removed."""
+    import shutil
+    from datetime import datetime, timezone
+
+    from dp_tangent.workspace.deletion_requests import DeletionRequest
+    from dp_tangent.workspace.forget import forget
+
+    train(ws, mlp_backbone, "a", records())
+    rel, _ = only_file(ws)
+    shutil.rmtree(ws.root / "cache")
+    assert ws.audit.verify().ok  # a missing derived file is not a problem
+    result = forget(ws, DeletionRequest("req-1", ("rec-3",), datetime(2026, 12, 1, tzinfo=timezone.utc)))
+    assert result.found and ws.audit.verify().ok and not ws.audit.verify().missing_artifacts
+    tombstoning = next(e for e in ws.audit.entries() if e.operation == "tombstoned")
+    assert any(a.path == rel and a.sha256 is None for a in tombstoning.outputs)

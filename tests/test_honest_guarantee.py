@@ -401,3 +401,13 @@ def test_adding_or_removing_a_record_moves_no_other_record(by: str) -> None:
     if by == "random":
         assert 50 <= len(test_a) <= 110 and all(60 <= len(part) <= 110 for part in shards_a)  # about 80, 80 each
     assert split_shards(full, shards=count, seed=4, by=by)[0].record_ids != test_a.record_ids  # the seed matters
+
+
+def test_the_batch_is_checked_against_the_planned_size() -> None:
+    """A shard left with fewer records than a batch (after deletions) trains when its run is planned for N >= B."""
+    from dp_tangent.training.config import TrainingError
+    from dp_tangent.training.validation import check_batch_size
+
+    check_batch_size(records(0, 10), 16, "c0", planned=48)
+    with pytest.raises(TrainingError, match="larger than its shard of 10 records"):
+        check_batch_size(records(0, 10), 16, "c0")

@@ -26,7 +26,7 @@ def validate_task(task: TrainingTask, base: nn.Module | None = None) -> None:
     trained or written.
     """
     subject, model = f"component {task.name!r}", f"backbone {task.backbone.name!r}"
-    check_batch_size(task.records, task.config.batch_size, subject)
+    check_batch_size(task.records, task.config.batch_size, subject, task.plan.size)
     validate_records(task.records, task.backbone.build() if base is None else base, subject, model)
 
 
@@ -42,11 +42,12 @@ def validate_records(records: RecordSet, network: nn.Module, subject: str, model
     return classes
 
 
-def check_batch_size(records: RecordSet, batch_size: int, subject: str) -> None:
-    """The shard has records, and the expected (Poisson) batch size is at most the shard size."""
-    n = len(records)
-    if n == 0:
+def check_batch_size(records: RecordSet, batch_size: int, subject: str, planned: int | None = None) -> None:
+    """The shard has records, and the expected (Poisson) batch size is at most the shard size the run is planned for
+    (``planned``, N; by default the shard's own count)."""
+    if len(records) == 0:
         raise TrainingError(f"{subject}: its shard has no records; give a shard with records")
+    n = len(records) if planned is None else planned
     if batch_size > n:
         # q = 1/ceil(n/B) = 1: every step would use the whole shard, not the batch asked for.
         raise TrainingError(f"{subject}: batch_size {batch_size} is larger than its shard of {n} records "

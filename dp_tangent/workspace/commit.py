@@ -82,8 +82,6 @@ class Change:
     writes: Sequence[FileWrite] = ()
     removals: Sequence[FileRemoval] = ()
     ledger: Sequence[LedgerOp] = ()
-    #: ledger tables the operation wrote itself before this change (a privacy audit stores its result)
-    wrote: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         if self.operation not in OPERATIONS:  # refused before staging: the entry could never be appended
@@ -155,7 +153,6 @@ def _stage(staging: Path, change: Change, commit_id: str) -> None:
         "writes": [{"path": w.path, "name": w.name, "sha256": w.sha256} for w in change.writes],
         "removals": [{"path": r.path, "name": r.name} for r in change.removals],
         "ledger": [op.to_json() for op in change.ledger],
-        "wrote": sorted(change.wrote),
     }
     try:
         text = json.dumps(intent, sort_keys=True, allow_nan=False)
@@ -181,8 +178,8 @@ def _finish(ws: "Workspace", staging: Path) -> AuditEntry:
             operation=intent["operation"], parameters={**intent["parameters"], "commit": commit_id},
             operator=intent["operator"], inputs=[Artifact(**a) for a in intent["inputs"]],
             writes=(), removals=[_removal(r) for r in intent["removals"]],
-            ledger=[ledger_op_from_json(op) for op in intent["ledger"]], wrote=tuple(intent.get("wrote", ())))
-        unexplained = _unexplained_ledger(ws, entries, staging, change.ledger, intent.get("wrote", ()))
+            ledger=[ledger_op_from_json(op) for op in intent["ledger"]])
+        unexplained = _unexplained_ledger(ws, entries, staging, change)
         if unexplained:  # recorded before this entry logs the ledger as it is now: never laundered
             ws.record_integrity_failure([f"ledger table {table!r} differs from the state the log last recorded, in a "
                                          f"way the {change.operation} being logged does not explain: rows were "
@@ -194,7 +191,8 @@ def _finish(ws: "Workspace", staging: Path) -> AuditEntry:
             (ws.root / removal.path).unlink(missing_ok=True)
         for folder in {(ws.root / w["path"]).parent for w in intent["writes"]} | \
                 {(ws.root / r.path).parent for r in change.removals}:
-            fsync_dir(folder)
+            if folder.is_dir():  # a removal in a folder already gone (a deleted cache) has nothing to make durable
+                fsync_dir(folder)
         for op in change.ledger:
             op.apply(ws.ledger)
         if change.ledger:  # the ledger as its operations left it, in case of a kill before the entry
@@ -209,38 +207,44 @@ def _finish(ws: "Workspace", staging: Path) -> AuditEntry:
     return entry
 
 
-def _unexplained_ledger(ws: "Workspace", entries: Sequence[AuditEntry], staging: Path, ops: Sequence[LedgerOp],
-                        wrote: Sequence[str]) -> list[str]:
+def _unexplained_ledger(ws: "Workspace", entries: Sequence[AuditEntry], staging: Path, change: Change) -> list[str]:
     """The ledger tables that differ from the log's last record of them in a way the change being logged does not
-    explain. Explained: the reservations no entry names yet (made just before this change, or by a process killed
-    before logging them: :meth:`Ledger.state_digest` without them must be the logged state); the change's own
-    ledger operations, applied before a kill (the ledger then holds what ``LEDGER_APPLIED`` says, or, killed before
-    that file was written, differs only in tables the operations write); tables the operation wrote itself."""
+    explain. Explained, and only by rows added since, which is all these can leave out: the reservations no entry
+    names yet (made just before this change, or by a process killed before logging them) and the audits this change
+    names that no entry named before (a privacy audit's result); the ledger must then be the logged state. A change
+    killed after its own ledger operations ran is explained by what ``LEDGER_APPLIED`` recorded then, in the tables
+    those operations write and no other. Killed in the instant between the operations and that record, the
+    difference cannot be told from an edit, and is reported (fail-safe)."""
     last = next((e.ledger for e in reversed(entries) if e.ledger is not None), None)
+    if last is None:
+        return []
     now = ws.ledger.state_digest()
-    if last is None or now == last:
+    if now == last:
         return []
-    marker = staging / LEDGER_APPLIED
-    if marker.is_file() and json.loads(marker.read_text()) == now:
-        return []
-    named = _named_reservations(entries)
+    named = named_ids(entries, "ledger_reservation")
     events = ws.ledger.events()
     newest_named = max((e.seq for e in events if e.reservation_id in named), default=0)
     unlogged = [e.seq for e in events if e.reservation_id not in named and e.seq > newest_named]
-    if unlogged:
-        now = ws.ledger.state_digest(without_events=unlogged)
-    allowed = set(wrote) | {table for op in ops for table in op.tables}
-    return sorted(t for t in set(last) | set(now) if last.get(t) != now.get(t) and t not in allowed)
+    audits = sorted(named_ids([change], "audit_id") - named_ids(entries, "audit_id"))
+    base = ws.ledger.state_digest(without_events=unlogged, without_audits=audits) if unlogged or audits else now
+    differing = {t for t in set(last) | set(base) if last.get(t) != base.get(t)}
+    if not differing:
+        return []
+    marker = staging / LEDGER_APPLIED
+    if marker.is_file() and json.loads(marker.read_text()) == now and \
+            differing <= {table for op in change.ledger for table in op.tables}:
+        return []
+    return sorted(differing)
 
 
-def _named_reservations(entries: Sequence[AuditEntry]) -> set[str]:
-    """Every ledger reservation id an entry names (``ledger_reservation`` anywhere in its parameters)."""
+def named_ids(entries: Sequence[AuditEntry | Change], key: str) -> set[str]:
+    """Every id the entries' parameters name under ``key`` (at any depth): ``ledger_reservation``, ``audit_id``."""
     named: set[str] = set()
 
     def walk(value: Any) -> None:
         if isinstance(value, Mapping):
-            for key, item in value.items():
-                if key == "ledger_reservation" and isinstance(item, str):
+            for name, item in value.items():
+                if name == key and isinstance(item, str):
                     named.add(item)
                 else:
                     walk(item)

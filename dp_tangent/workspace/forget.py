@@ -318,13 +318,14 @@ def _seal(ws: Workspace, cert: DeletionCertificate, operator: str) -> DeletionCe
 
 
 #: Where the files that may hold a record live: a deletion must see each of them that the log holds as current
-HOLDERS = ("components/", "models/", gram_cache.CACHE_DIR + "/")
+HOLDERS = ("components/", "models/")
 
 
 def _check_nothing_away(ws: Workspace, request_id: str) -> None:
-    """Refuse a deletion while a component, model or cached Gram file that the log holds as current is missing from
-    the workspace (archived or moved away): the deletion could not see, remove or rebuild it, and would certify
-    that no copy of the records is kept while one may be. The records stay tombstoned meanwhile."""
+    """Refuse a deletion while a component or model file that the log holds as current is missing from the workspace
+    (archived or moved away): the deletion could not see, remove or rebuild it, and would certify that no copy of the
+    records is kept while one may be. The records stay tombstoned meanwhile. (A missing cached Gram file is derived
+    and rebuilt on demand: the tombstoning logs it removed, see :func:`_missing_cache_files`.)"""
     away = [p for p in ws.audit.verify().missing_artifacts if p.startswith(HOLDERS)]
     if away:
         listed = ", ".join(away[:3]) + (f" and {len(away) - 3} more" if len(away) > 3 else "")
@@ -332,6 +333,14 @@ def _check_nothing_away(ws: Workspace, request_id: str) -> None:
                           "a deletion must see every component, model and cached Gram that may hold the records; "
                           f"put them back and run forget again (request {request_id} stays open, its records "
                           "tombstoned)")
+
+
+def _missing_cache_files(ws: Workspace) -> list[FileRemoval]:
+    """Cached Gram files the log holds as current that are not in the workspace, as removals for the tombstoning to
+    log: a cache is derived from the records and rebuilt when needed, so a missing one does not stop a deletion, but
+    the log must not go on holding it as current (a copy kept elsewhere is the operator's, outside the certificate)."""
+    prefix = gram_cache.CACHE_DIR + "/"
+    return [FileRemoval(p, gram_cache.LABEL) for p in ws.audit.verify().missing_artifacts if p.startswith(prefix)]
 
 
 def forget(
@@ -375,8 +384,10 @@ def forget(
         tombstones = Tombstones(ws.root)
         data, new = tombstones.added(doomed, request_id=request.request_id, deleted_at=resolve_now(now).isoformat())
         registry = data_sources.without_records(ws, doomed)
-        if new or registry is not None:
+        gone = _missing_cache_files(ws)
+        if new or registry is not None or gone:
             cache_writes, cache_removals = gram_cache.without_records(ws, doomed)
+            cache_removals = [*cache_removals, *gone]
             registry_write = ([] if registry is None
                               else [FileWrite(data_sources.FILE, registry, "data-source registry")])
             apply(ws, Change("tombstoned", operator=operator,

@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ..components.manifest import commit, key_id, new_key
 from ..io import atomic_write_text, sha256_file
 from .audit_log import INTEGRITY_FAILURE_REASON, Artifact, AuditLog, integrity_snapshot
-from .commit import Change, FileWrite, apply, finish_interrupted
+from .commit import Change, FileWrite, apply, finish_interrupted, named_ids
 from .ledger_ops import FailReservation, RegisterModel, SetBudget, SetDataSource
 from .lock import workspace_lock, workspace_lock_if_free
 from .model_record import ModelPart, ModelRecord
@@ -159,7 +159,7 @@ class Workspace:
             return self._resolve_abandoned()
 
     def _resolve_abandoned(self) -> list[str]:
-        resolved: list[str] = []
+        resolved = self._log_unlogged_audits()
         for event in self.ledger.events(status="reserved"):
             reason = ("abandoned: the process that reserved it did not record how it ended (it was killed, or "
                       "could not write its failure, e.g. on a full disk); marked failed when the workspace was next "
@@ -170,6 +170,27 @@ class Workspace:
                 "ledger_reservation": event.reservation_id, "reserved_at": event.created_at, "reason": reason}))
             resolved.append(event.reservation_id)
         return resolved
+
+    def _log_unlogged_audits(self) -> list[str]:
+        """Log each privacy audit that a process stopped after it wrote its outcome to the ledger and before it logged
+        it (its reservation completed or failed, its bound stored): the entry names them, so that the ledger is the
+        logged state again, not an edit. Returns the reservation ids logged."""
+        entries = self.audit.entries()
+        logged, audits = named_ids(entries, "ledger_reservation"), named_ids(entries, "audit_id")
+        found = []
+        for event in self.ledger.events():
+            if event.reservation_id in logged or event.status.value == "reserved" or \
+                    event.details.get("kind") != "privacy_audit":
+                continue
+            stored = [a.audit_id for a in self.ledger.audits() if a.component == event.component
+                      and a.audit_id not in audits]
+            apply(self, Change("privacy_audit", operator=getpass.getuser(), parameters={
+                "component": event.component, "data_source": event.data_source, "shard": event.shard,
+                "status": event.status.value, "ledger_reservation": event.reservation_id,
+                **({"audit_id": stored[-1]} if stored else {}),
+                "note": "logged when the workspace was next opened: the process stopped before logging it"}))
+            found.append(event.reservation_id)
+        return found
 
     # -- paths ------------------------------------------------------------------------------------
     @property
@@ -482,7 +503,7 @@ class Workspace:
                 apply(self, Change("privacy_audit", operator=operator, parameters={
                     **common, "status": "failed", "error": type(err).__name__, "ledger_reservation": failed}))
                 raise
-            apply(self, Change("privacy_audit", operator=operator, wrote=("audits",), parameters={
+            apply(self, Change("privacy_audit", operator=operator, parameters={
                 **common, "status": "completed", "epsilon_lower_bound": result.epsilon_lower_bound,
                 "claimed_epsilon": result.claimed_epsilon, "max_demonstrable_epsilon": result.max_demonstrable_epsilon,
                 "delta": result.delta, "ledger_reservation": result.reservation_id, "audit_id": result.audit_id}))
