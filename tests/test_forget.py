@@ -312,3 +312,18 @@ def test_open_and_overdue_requests_are_listed(tmp_path) -> None:
     assert [r.request_id for r in open_requests(ws, now)] == ["new"] and overdue_requests(ws, now) == []
     assert [e.operation for e in ws.audit.entries()] == ["workspace_created", "deletion_request", "deletion_request",
                                                          "tombstoned", "deletion", "certificate_sealed"]
+
+
+def test_an_overdue_request_stays_listed_whatever_happens_to_its_files(tmp_path) -> None:
+    """Review: the register was read from the certificate files, so a file edited to "completed", or removed, hid an
+    overdue request from the scheduled check. It is read from the audit log now."""
+    ws = Workspace.create(tmp_path / "ws")
+    receive(ws, DeletionRequest("old", ("a",), datetime(2025, 1, 2, tzinfo=timezone.utc)))
+    now = datetime(2025, 2, 10, tzinfo=timezone.utc)
+    json_path, text_path = ws.certificate_paths("old")
+    json_path.write_text(json_path.read_text().replace('"open"', '"completed"'))
+    assert [r.request_id for r in overdue_requests(ws, now)] == ["old"]
+    json_path.unlink()
+    text_path.unlink()
+    assert [r.request_id for r in overdue_requests(ws, now)] == ["old"]
+    assert not ws.audit.verify().ok  # and the files' fate is reported

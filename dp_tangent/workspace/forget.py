@@ -291,7 +291,7 @@ def _deletion_change(ws: Workspace, cert: DeletionCertificate, plan: _ModelPlan,
         removals=[FileRemoval(ws.relative(ws.component_path(r.name)), r.name) for r in cert.components_removed]
         + plan.removals + cache_removals,
         ledger=plan.ledger,
-        parameters={"request_id": cert.request_id, "outcome": cert.outcome,
+        parameters={"request_id": cert.request_id, "outcome": cert.outcome, "completed_at": cert.completed_at,
                     "record_commitments": cert.record_commitments, "not_found": cert.not_found,
                     "components_removed": [r.name for r in cert.components_removed],
                     "components_added": [a.name for a in cert.components_added],

@@ -46,17 +46,29 @@ class RequestStatus:
 
 
 def list_requests(ws: Workspace, now: datetime | None = None) -> list[RequestStatus]:
-    """Every request in the workspace with its clock: ``overdue`` = still open after ``due_by``."""
+    """Every request the workspace received, with its clock: ``overdue`` = still open after ``due_by``.
+
+    Read from the audit log (``deletion_request`` entries; a ``deletion`` entry completes one), not from the
+    certificate files: a file edited or removed behind the tool's back cannot hide an open or overdue request from
+    a scheduled check (``audit verify`` reports the file)."""
     today = resolve_now(now).date()
+    received: dict[str, dict] = {}
+    completed: dict[str, str] = {}
+    for entry in ws.audit.entries():
+        request_id = entry.parameters.get("request_id")
+        if entry.operation == "deletion_request":
+            received[request_id] = entry.parameters
+        elif entry.operation == "deletion":
+            completed[request_id] = entry.parameters.get("completed_at") or entry.time
     out = []
-    for path in sorted(ws.certificates_dir.glob("*.json")):
-        cert = read_certificate(ws, path.stem)
-        if cert is None:  # removed meanwhile
-            continue
-        due = date.fromisoformat(cert.due_by)
-        out.append(RequestStatus(cert.request_id, cert.status, datetime.fromisoformat(cert.received_at), due,
-                                 datetime.fromisoformat(cert.completed_at) if cert.completed_at else None,
-                                 cert.status == "open" and today > due, (due - today).days))
+    for request_id in sorted(received):
+        logged = received[request_id]
+        due = min(date.fromisoformat(d) for d in logged["deadlines"].values())
+        done = completed.get(request_id)
+        status = "open" if done is None else "completed"
+        out.append(RequestStatus(request_id, status, datetime.fromisoformat(logged["received_at"]), due,
+                                 None if done is None else datetime.fromisoformat(done),
+                                 status == "open" and today > due, (due - today).days))
     return out
 
 
