@@ -253,6 +253,13 @@ MUST_STAY_FOLDERS = ("certificates/",)
 INTEGRITY_FAILURE_REASON = "the workspace did not verify when an operation began"
 
 
+def written_digests(entries: Sequence[AuditEntry], wanted: Callable[[str], bool]) -> dict[str, str | None]:
+    """Each ``wanted`` path's sha256 as the tool last wrote it (None: logged as removed). An ``integrity_failure``
+    entry's snapshot of the files as it found them does not count: it records an edit, it does not vouch for it."""
+    return {a.path: a.sha256 for e in entries if e.operation != "integrity_failure" for a in e.outputs
+            if a.path is not None and wanted(a.path)}
+
+
 def _check_integrity_failures(entries: Sequence[AuditEntry]) -> list[Problem]:
     """Every recorded integrity failure stays a problem: what it recorded happened."""
     return [Problem(e.seq, f"{INTEGRITY_FAILURE_REASON}: {e.parameters.get('count')} problem(s), first: "

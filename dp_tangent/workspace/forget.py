@@ -321,26 +321,27 @@ def _seal(ws: Workspace, cert: DeletionCertificate, operator: str) -> DeletionCe
 HOLDERS = ("components/", "models/")
 
 
-def _check_nothing_away(ws: Workspace, request_id: str) -> None:
+def _check_nothing_away(missing: Sequence[str], request_id: str) -> None:
     """Refuse a deletion while a component or model file that the log holds as current is missing from the workspace
     (archived or moved away): the deletion could not see, remove or rebuild it, and would certify that no copy of the
     records is kept while one may be. The records stay tombstoned meanwhile. (A missing cached Gram file is derived
-    and rebuilt on demand: the tombstoning logs it removed, see :func:`_missing_cache_files`.)"""
-    away = [p for p in ws.audit.verify().missing_artifacts if p.startswith(HOLDERS)]
+    and rebuilt on demand: the tombstoning logs it removed, see :func:`_missing_cache_files`.) ``missing``: the
+    paths the log holds as current that are not on disk (``VerifyReport.missing_artifacts``)."""
+    away = [p for p in missing if p.startswith(HOLDERS)]
     if away:
         listed = ", ".join(away[:3]) + (f" and {len(away) - 3} more" if len(away) > 3 else "")
         raise ForgetError(f"{len(away)} file(s) the audit log holds as current are not in the workspace ({listed}): "
-                          "a deletion must see every component, model and cached Gram that may hold the records; "
+                          "a deletion must see every component and model that may hold the records; "
                           f"put them back and run forget again (request {request_id} stays open, its records "
                           "tombstoned)")
 
 
-def _missing_cache_files(ws: Workspace) -> list[FileRemoval]:
+def _missing_cache_files(missing: Sequence[str]) -> list[FileRemoval]:
     """Cached Gram files the log holds as current that are not in the workspace, as removals for the tombstoning to
     log: a cache is derived from the records and rebuilt when needed, so a missing one does not stop a deletion, but
     the log must not go on holding it as current (a copy kept elsewhere is the operator's, outside the certificate)."""
     prefix = gram_cache.CACHE_DIR + "/"
-    return [FileRemoval(p, gram_cache.LABEL) for p in ws.audit.verify().missing_artifacts if p.startswith(prefix)]
+    return [FileRemoval(p, gram_cache.LABEL) for p in missing if p.startswith(prefix)]
 
 
 def forget(
@@ -384,7 +385,8 @@ def forget(
         tombstones = Tombstones(ws.root)
         data, new = tombstones.added(doomed, request_id=request.request_id, deleted_at=resolve_now(now).isoformat())
         registry = data_sources.without_records(ws, doomed)
-        gone = _missing_cache_files(ws)
+        missing = ws.audit.verify().missing_artifacts  # read once: the tombstoning removes no component or model
+        gone = _missing_cache_files(missing)
         if new or registry is not None or gone:
             cache_writes, cache_removals = gram_cache.without_records(ws, doomed)
             cache_removals = [*cache_removals, *gone]
@@ -396,7 +398,7 @@ def forget(
                              parameters={"request_id": request.request_id, "record_commitments": sorted(doomed),
                                          "gram_cache_files": {"rewritten": len(cache_writes),
                                                               "removed": len(cache_removals)}}))
-        _check_nothing_away(ws, request.request_id)
+        _check_nothing_away(missing, request.request_id)
         metas = {n: read_metadata(ws.component_path(n)) for n in ws.list_components()}
         for name, meta in metas.items():
             if meta.manifest.key_id != ws.key_id:

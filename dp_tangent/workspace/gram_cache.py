@@ -48,7 +48,7 @@ from ..tangent import TangentModel
 from ..training.config import TrainConfig
 from ..training.gram_format import GRAM_DTYPE
 from ..training.gram_reuse import GramsUsed, KnownGrams, gram_code_version
-from .audit_log import canonical_json
+from .audit_log import canonical_json, written_digests
 from .commit import FileRemoval, FileWrite
 from .names import WorkspaceError, check_name
 
@@ -142,11 +142,9 @@ def _decode(data: bytes) -> GramFile:
 
 
 def logged_digests(ws: "Workspace") -> dict[str, str | None]:
-    """Each cache file's sha256 as the tool last wrote it, by the audit log (None: logged as removed).
-    An ``integrity_failure`` entry's snapshot of the files as it found them does not count: it records
-    an edit, it does not vouch for it."""
-    return {a.path: a.sha256 for e in ws.audit.entries() if e.operation != "integrity_failure" for a in e.outputs
-            if a.path is not None and a.path.startswith(CACHE_DIR + "/")}
+    """Each cache file's sha256 as the tool last wrote it, by the audit log (None: logged as removed; see
+    :func:`~.audit_log.written_digests`)."""
+    return written_digests(ws.audit.entries(), lambda path: path.startswith(CACHE_DIR + "/"))
 
 
 def read(ws: "Workspace", rel: str, logged: Mapping[str, str | None]) -> tuple[GramFile | None, str | None]:

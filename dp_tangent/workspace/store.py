@@ -177,13 +177,13 @@ class Workspace:
         logged state again, not an edit. Returns the reservation ids logged."""
         entries = self.audit.entries()
         logged, audits = named_ids(entries, "ledger_reservation"), named_ids(entries, "audit_id")
+        unlogged = [a for a in self.ledger.audits() if a.audit_id not in audits]
         found = []
         for event in self.ledger.events():
             if event.reservation_id in logged or event.status.value == "reserved" or \
                     event.details.get("kind") != "privacy_audit":
                 continue
-            stored = [a.audit_id for a in self.ledger.audits() if a.component == event.component
-                      and a.audit_id not in audits]
+            stored = [a.audit_id for a in unlogged if a.component == event.component]
             apply(self, Change("privacy_audit", operator=getpass.getuser(), parameters={
                 "component": event.component, "data_source": event.data_source, "shard": event.shard,
                 "status": event.status.value, "ledger_reservation": event.reservation_id,

@@ -70,16 +70,9 @@ class Tombstones:
         log = self.root / "audit.log"
         if not log.is_file() or f'"path":"{FILE}"'.encode() not in log.read_bytes():
             return None
-        from .audit_log import AuditLog
+        from .audit_log import AuditLog, written_digests
 
-        last = None
-        for entry in AuditLog(log).entries():
-            if entry.operation == "integrity_failure":  # a snapshot of the files as found, not what was written
-                continue
-            for artifact in entry.outputs:
-                if artifact.path == FILE:
-                    last = artifact.sha256
-        return last
+        return written_digests(AuditLog(log).entries(), lambda path: path == FILE).get(FILE)
 
     def added(self, commitments: Iterable[str], *, request_id: str, deleted_at: str) -> tuple[bytes, list[str]]:
         """The list's new content with ``commitments`` tombstoned (those already there keep their first
