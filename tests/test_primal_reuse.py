@@ -62,10 +62,10 @@ def test_value_with_gradients_reuses_every_twin_and_stays_exact(arch: str, reuse
     assert reuses[0].reused > 0 and reuses[0].recomputed == 0
     names = autograd_node_names(out)
     assert sum(name == "_ReplayedBackward" for name in names) == reuses[0].reused
-    gelus = 2 if arch == "vit" else 0  # the suffix's GELUs: one per ViT block
-    assert reuses[0].activations_reused == gelus
-    assert sum(name == "_ReplayedActivationBackward" for name in names) == gelus
-    assert "GeluBackward0" not in names
+    blocks = 2 if arch == "vit" else 0  # the suffix's ViT blocks: a GELU, two attention products and a softmax each
+    assert reuses[0].ops_reused == ({"gelu": blocks, "matmul": 2 * blocks, "softmax": blocks} if blocks else {})
+    assert sum(name == "_ReplayedOpBackward" for name in names) == 4 * blocks
+    assert not {"GeluBackward0", "BmmBackward0", "_SoftmaxBackward"} & set(names)
     with torch.no_grad():
         want = reference_f_lin(model, deltas, x)
         full_dual = tangent(x)
@@ -130,7 +130,7 @@ def test_an_edited_gelu_output_is_recomputed_and_every_gelu_stays_exact(reuses: 
     model = _GeluThenEdit().double()
     x = torch.randn(4, 6, dtype=torch.float64)
     tangent, deltas, out = _tangent_output(model, x, reuses)
-    assert reuses[0].activations_reused == 1  # the tanh GELU; the first's output was edited, the last is by keyword
+    assert reuses[0].ops_reused == {"gelu": 1}  # the tanh GELU; the first's output was edited, the last is by keyword
     names = autograd_node_names(out)
-    assert names.count("_ReplayedActivationBackward") == 1 and names.count("GeluBackward0") == 2
+    assert names.count("_ReplayedOpBackward") == 1 and names.count("GeluBackward0") == 2
     _assert_exact(model, tangent, deltas, x, out)

@@ -36,12 +36,22 @@ def register_op_override(*functions: Callable[..., Any]) -> Callable[[Callable[.
     return decorator
 
 
+def overridden(fn: Callable[..., Any]) -> Callable[..., Any] | None:
+    """The implementation registered for ``fn``, if any."""
+    return _OVERRIDES.get(fn)
+
+
 class TangentOps(TorchFunctionMode):
     """Routes registered functions to their tangent-safe implementations."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         impl = _OVERRIDES.get(func)
         return (impl or func)(*args, **(kwargs or {}))
+
+
+def softmax_dim(args: tuple, kwargs: dict) -> int:
+    """The ``dim`` of a softmax call's arguments after its input."""
+    return _dim_and_dtype(args, kwargs)[0]
 
 
 def _dim_and_dtype(args: tuple, kwargs: dict) -> tuple[int, torch.dtype | None]:

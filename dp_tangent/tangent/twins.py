@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import contextvars
+import dataclasses
 import math
 from collections.abc import Callable, Iterator
 
@@ -29,7 +30,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..lazy import run_pending, when_imported
 from . import depthwise, pointwise
-from .ops import TangentOps, register_op_override
+from .ops import TangentOps, overridden, register_op_override, softmax_dim
 
 _DUAL_ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("dp_tangent_dual", default=False)
 
@@ -47,7 +48,10 @@ BackwardFn = Callable[["TangentLayer", torch.Tensor, torch.Tensor, torch.Tensor,
 _BACKWARDS: dict[type[nn.Module], tuple[BackwardFn, Callable[["TangentLayer", torch.Tensor], bool]]] = {}
 # activation_backward(grad_out, x, *args, **kwargs) -> dL/dx of an elementwise y = fn(x, *args, **kwargs)
 ActivationBackwardFn = Callable[..., torch.Tensor]
-_ACTIVATION_BACKWARDS: dict[Callable[..., torch.Tensor], ActivationBackwardFn] = {}
+# op backward(grad_out, inputs, output, needs, args, kwargs) -> dL/d(each tensor input) of y = fn(*inputs, *args,
+# **kwargs) at the recorded values (None where ``needs`` says it is not wanted); ``inputs``/``output`` are what the
+# rule keeps (None otherwise)
+OpBackwardFn = Callable[..., tuple["torch.Tensor | None", ...]]
 _PRIMALS: contextvars.ContextVar["PrimalReuse | None"] = contextvars.ContextVar("dp_tangent_primals", default=None)
 
 
@@ -145,29 +149,61 @@ def register_backward_rule(*base_types: type[nn.Module],
     return decorator
 
 
+@dataclasses.dataclass(frozen=True)
+class OpReplay:
+    """How the plain pass after a dual pass replays calls of a function (:class:`PrimalReuse`): ``backward`` is
+    its vector-Jacobian product (see ``OpBackwardFn``), ``inputs`` the number of leading positional arguments that
+    are tensors, ``applies(inputs, args, kwargs)`` which calls it covers (the others run in full), and
+    ``keeps_inputs``/``keeps_output`` what the backward needs kept (as the function's own backward would)."""
+
+    backward: OpBackwardFn
+    inputs: int = 1
+    applies: Callable[[tuple[torch.Tensor, ...], tuple, dict], bool] = lambda inputs, args, kwargs: True
+    keeps_inputs: bool = True
+    keeps_output: bool = False
+
+
+_OP_REPLAYS: dict[Callable[..., torch.Tensor], OpReplay] = {}
+
+
+def register_op_replay(*functions: Callable[..., torch.Tensor], rule: OpReplay) -> None:
+    """Replay the calls of ``functions`` in the plain pass that follows a dual pass: a call whose tensor inputs
+    and other arguments equal the dual pass's call returns its output (:class:`PrimalReuse`), and the backward
+    runs ``rule.backward`` on what the rule keeps. Only for deterministic functions without state (not dropout),
+    whose other arguments are plain values; it wraps any override the function already has
+    (:func:`~dp_tangent.tangent.ops.register_op_override`), which still runs every call not replayed."""
+    for fn in functions:
+        _OP_REPLAYS[fn] = rule
+        register_op_override(fn)(_replay_impl(fn, overridden(fn) or fn))
+
+
 def register_activation_backward(*functions: Callable[..., torch.Tensor],
                                  ) -> Callable[[ActivationBackwardFn], ActivationBackwardFn]:
     """Register ``backward(grad_out, x, *args, **kwargs)``, the vector-Jacobian product of each elementwise
     function of ``functions`` (e.g. ``F.gelu``), so that the plain pass after a dual pass returns the dual pass's
-    fn(x) instead of computing it again (:class:`PrimalReuse`); the backward then runs this rule on x. Only for
-    deterministic functions without state (not dropout), whose other arguments are plain values (a call is
-    replayed only with equal ones); it replaces any other override of the same function."""
+    fn(x) instead of computing it again (:func:`register_op_replay`); the backward then runs this rule on x. Only
+    for deterministic functions without state (not dropout), whose other arguments are plain values (a call is
+    replayed only with equal ones)."""
 
     def decorator(backward: ActivationBackwardFn) -> ActivationBackwardFn:
-        for fn in functions:
-            _ACTIVATION_BACKWARDS[fn] = backward
-            register_op_override(fn)(_activation_impl(fn))
+        def rule(grad_out: torch.Tensor, inputs: tuple[torch.Tensor, ...], output: None, needs: tuple[bool, ...],
+                 args: tuple, kwargs: dict) -> tuple[torch.Tensor]:
+            return (backward(grad_out, inputs[0], *args, **kwargs),)
+
+        register_op_replay(*functions, rule=OpReplay(rule))
         return backward
 
     return decorator
 
 
-def _activation_impl(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+def _replay_impl(fn: Callable[..., torch.Tensor], inner: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    count = _OP_REPLAYS[fn].inputs
+
     def impl(*args: object, **kwargs: object) -> torch.Tensor:
         reuse = _PRIMALS.get()
-        if reuse is None or torch._C._are_functorch_transforms_active() or not args:  # fn(input=x): not replayed
-            return fn(*args, **kwargs)
-        return reuse.activation(fn, args[0], args[1:], kwargs)  # type: ignore[arg-type]
+        if reuse is None or torch._C._are_functorch_transforms_active() or len(args) < count:  # fn(input=x): in full
+            return inner(*args, **kwargs)
+        return reuse.op(fn, inner, args[:count], args[count:], kwargs)  # type: ignore[arg-type]
 
     return impl
 
@@ -196,26 +232,32 @@ class _Replayed(torch.autograd.Function):
         return (None, None, *rule(layer, x, layer.theta0("weight"), grad_out, tuple(ctx.needs_input_grad[2:5])))
 
 
-class _ReplayedActivation(torch.autograd.Function):
-    """y = fn(x) elementwise, its value ``recorded`` by the dual pass; the backward is fn's registered rule on x
-    (:func:`register_activation_backward`), which keeps x as fn's own backward would."""
+class _ReplayedOp(torch.autograd.Function):
+    """y = fn(*inputs, *args, **kwargs), its value ``recorded`` by the dual pass; the backward is the function's
+    registered rule (:func:`register_op_replay`) on what the rule keeps: the inputs, as fn's own backward would,
+    and/or the output (the recorded tensor, sharing its version counter, so an in-place edit of y still fails)."""
 
     @staticmethod
-    def forward(ctx, fn: Callable[..., torch.Tensor], recorded: list[torch.Tensor], x: torch.Tensor,  # noqa: ANN001
-                args: tuple, kwargs: dict) -> torch.Tensor:
-        ctx.fn, ctx.args, ctx.kwargs = fn, args, kwargs
-        ctx.save_for_backward(x)
-        return recorded.pop().detach()
+    def forward(ctx, rule: OpReplay, recorded: list[torch.Tensor], args: tuple, kwargs: dict,  # noqa: ANN001
+                *inputs: torch.Tensor) -> torch.Tensor:
+        ctx.rule, ctx.args, ctx.kwargs, ctx.count = rule, args, kwargs, len(inputs)
+        y = recorded.pop()
+        ctx.save_for_backward(*(inputs if rule.keeps_inputs else ()), *((y,) if rule.keeps_output else ()))
+        return y.detach()
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # noqa: ANN001
-        (x,) = ctx.saved_tensors
-        return None, None, _ACTIVATION_BACKWARDS[ctx.fn](grad_out, x, *ctx.args, **ctx.kwargs), None, None
+        rule, saved = ctx.rule, ctx.saved_tensors
+        inputs = saved[:ctx.count] if rule.keeps_inputs else None
+        output = saved[-1] if rule.keeps_output else None
+        grads = rule.backward(grad_out, inputs, output, tuple(ctx.needs_input_grad[4:]), ctx.args, ctx.kwargs)
+        return (None, None, None, None, *grads)
 
 
 class PrimalReuse:
-    """One forward's linear and convolution twins run their primal product once instead of twice, and its
-    activations with a registered backward (:func:`register_activation_backward`: GELU) run once.
+    """One forward's linear and convolution twins run their primal product once instead of twice, and so do the
+    functions with a registered replay (:func:`register_op_replay`: GELU, and attention's matrix products and
+    softmax).
 
     :meth:`recording`: in the dual pass, each registered twin's primal input and output are kept by reference
     (the plain pass's graph keeps most of them anyway). :meth:`replaying`: in the plain pass at theta0 that
@@ -229,11 +271,11 @@ class PrimalReuse:
 
     def __init__(self) -> None:
         self._calls: dict[int, collections.deque] = {}
-        self._activations: dict[Callable[..., torch.Tensor], collections.deque] = {}
+        self._ops: dict[Callable[..., torch.Tensor], collections.deque] = {}
         self._replaying = False
         self.reused = 0
         self.recomputed = 0
-        self.activations_reused = 0
+        self.ops_reused: collections.Counter[str] = collections.Counter()  # by function name
 
     @contextlib.contextmanager
     def _installed(self) -> Iterator["PrimalReuse"]:
@@ -254,63 +296,76 @@ class PrimalReuse:
                 yield self
         finally:
             self._calls.clear()
-            self._activations.clear()
+            self._ops.clear()
 
     def forward(self, layer: "TangentLayer", x: torch.Tensor) -> torch.Tensor:
         """``layer(x)`` while recording or replaying."""
         full = _FORWARDS[layer._tangent_base]
         if not self._replaying:
             y = _dual_forward(layer, x)
-            self._calls.setdefault(id(layer), collections.deque()).append(_Recorded.of(x, y))
+            self._calls.setdefault(id(layer), collections.deque()).append(_Recorded.of((x,), y))
             return y
         queue = self._calls.get(id(layer))
         if queue:
             recorded = queue.popleft()
             _, replayable = _BACKWARDS[layer._tangent_base]
-            if (not torch._C._are_functorch_transforms_active() and replayable(layer, x) and recorded.matches(x)):
+            if (not torch._C._are_functorch_transforms_active() and replayable(layer, x) and recorded.matches((x,))):
                 self.reused += 1
                 return _Replayed.apply(layer, [recorded.y], x, layer.weight, layer.bias)
         self.recomputed += 1
-        return full(layer, x)
+        with _unseen_by_reuse():
+            return full(layer, x)
 
-    def activation(self, fn: Callable[..., torch.Tensor], x: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
-        """``fn(x, *args, **kwargs)`` for an elementwise function with a registered backward: recorded in the dual
-        pass (computed there as usual), the recorded value in the plain pass when its input is the recorded one."""
+    def op(self, fn: Callable[..., torch.Tensor], inner: Callable[..., torch.Tensor], inputs: tuple,
+           args: tuple, kwargs: dict) -> torch.Tensor:
+        """``inner(*inputs, *args, **kwargs)`` for a function with a registered replay: recorded in the dual pass
+        (computed there as usual), the recorded value in the plain pass when its inputs are the recorded ones."""
+        rule = _OP_REPLAYS[fn]
+        if not (all(isinstance(t, torch.Tensor) for t in inputs) and _plain_values(args, kwargs)
+                and rule.applies(inputs, args, kwargs)):
+            return inner(*inputs, *args, **kwargs)
         if not self._replaying:
-            y = fn(x, *args, **kwargs)
-            self._activations.setdefault(fn, collections.deque()).append((_Recorded.of(x, y), args, kwargs))
+            y = inner(*inputs, *args, **kwargs)
+            self._ops.setdefault(fn, collections.deque()).append((_Recorded.of(inputs, y), args, kwargs))
             return y
-        queue = self._activations.get(fn)
+        queue = self._ops.get(fn)
         if queue:
             recorded, args0, kwargs0 = queue.popleft()
-            if args0 == args and kwargs0 == kwargs and recorded.matches(x):
-                self.activations_reused += 1
-                return _ReplayedActivation.apply(fn, [recorded.y], x, args, kwargs)
-        return fn(x, *args, **kwargs)
+            if args0 == args and kwargs0 == kwargs and recorded.matches(inputs):
+                self.ops_reused[fn.__name__] += 1
+                return _ReplayedOp.apply(rule, [recorded.y], args, kwargs, *inputs)
+        return inner(*inputs, *args, **kwargs)
+
+
+def _plain_values(args: tuple, kwargs: dict) -> bool:
+    """Whether a call's other arguments are plain values (compared by ``==``), no tensors."""
+    return not any(isinstance(a, torch.Tensor) for a in (*args, *kwargs.values()))
 
 
 class _Recorded:
-    """A dual-pass call's primal input and output, and their versions then.
+    """A dual-pass call's primal inputs and output, and their versions then.
 
     Detached primals: they share the version counters (in-place edits stay visible) but, unlike the views
     ``unpack_dual`` returns, do not keep the dual tensors, and so their tangents, alive."""
 
-    __slots__ = ("x", "x_version", "y", "y_version")
+    __slots__ = ("xs", "x_versions", "y", "y_version")
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
-        self.x_version, self.y_version = x._version, y._version
+    def __init__(self, xs: tuple[torch.Tensor, ...], y: torch.Tensor) -> None:
+        self.xs, self.y = xs, y
+        self.x_versions, self.y_version = tuple(x._version for x in xs), y._version
 
     @classmethod
-    def of(cls, x: torch.Tensor, y: torch.Tensor) -> "_Recorded":
-        """The primals of the dual pass's input ``x`` and output ``y``."""
-        return cls(fwAD.unpack_dual(x).primal.detach(), fwAD.unpack_dual(y).primal.detach())
+    def of(cls, xs: tuple[torch.Tensor, ...], y: torch.Tensor) -> "_Recorded":
+        """The primals of the dual pass's inputs ``xs`` and output ``y``."""
+        return cls(tuple(fwAD.unpack_dual(x).primal.detach() for x in xs), fwAD.unpack_dual(y).primal.detach())
 
-    def matches(self, x: torch.Tensor) -> bool:
-        """Whether the plain pass's input ``x`` is the recorded input, neither recorded tensor edited in place
-        since: its values compared last, and only where ``x`` is not the recorded memory itself."""
-        return (self.x._version == self.x_version and self.y._version == self.y_version
-                and self.x.shape == x.shape and self.x.dtype == x.dtype and _same_values(self.x, x))
+    def matches(self, xs: tuple[torch.Tensor, ...]) -> bool:
+        """Whether the plain pass's inputs ``xs`` are the recorded inputs, no recorded tensor edited in place
+        since: their values compared last, and only where an input is not the recorded memory itself."""
+        return (len(xs) == len(self.xs) and self.y._version == self.y_version
+                and all(r._version == v for r, v in zip(self.xs, self.x_versions))
+                and all(r.shape == x.shape and r.dtype == x.dtype for r, x in zip(self.xs, xs))
+                and all(_same_values(r, x) for r, x in zip(self.xs, xs)))
 
 
 def _same_values(recorded: torch.Tensor, x: torch.Tensor) -> bool:
@@ -326,21 +381,65 @@ def _dual_forward(layer: "TangentLayer", x: torch.Tensor) -> torch.Tensor:
     the tangent's products accumulated in one buffer: fewer transient tensors than PyTorch's forward
     derivatives), else PyTorch's forward derivatives."""
     rule = _TANGENTS.get(layer._tangent_base)
-    if rule is None or not _DUAL_ACTIVE.get():
-        return _FORWARDS[layer._tangent_base](layer, x)
-    primal, tangent = fwAD.unpack_dual(x)
-    token = _DUAL_ACTIVE.set(False)
-    try:
-        y = _FORWARDS[layer._tangent_base](layer, primal)  # theta0's parameters, no dual weights
-    finally:
-        _DUAL_ACTIVE.reset(token)
-    dy = rule(layer, primal, tangent, y)
+    with _unseen_by_reuse():
+        if rule is None or not _DUAL_ACTIVE.get():
+            return _FORWARDS[layer._tangent_base](layer, x)
+        primal, tangent = fwAD.unpack_dual(x)
+        token = _DUAL_ACTIVE.set(False)
+        try:
+            y = _FORWARDS[layer._tangent_base](layer, primal)  # theta0's parameters, no dual weights
+        finally:
+            _DUAL_ACTIVE.reset(token)
+        dy = rule(layer, primal, tangent, y)
     return y if dy is None else fwAD.make_dual(y, dy)
+
+
+@contextlib.contextmanager
+def _unseen_by_reuse() -> Iterator[None]:
+    """Calls inside a twin (its forward, its tangent rule's products) are not the network's own: the other pass
+    may not make them (a replayed twin makes none), so recording them would shift the replayed calls."""
+    token = _PRIMALS.set(None)
+    try:
+        yield
+    finally:
+        _PRIMALS.reset(token)
 
 
 @register_activation_backward(F.gelu)
 def _gelu_backward(grad_out: torch.Tensor, x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     return torch.ops.aten.gelu_backward(grad_out, x, approximate=approximate)
+
+
+def _batched_matrices(inputs: tuple[torch.Tensor, ...], args: tuple, kwargs: dict) -> bool:
+    """a @ b of two (batches of) matrices with the same batch shape, nothing else: attention's products."""
+    a, b = inputs
+    return not args and not kwargs and a.dim() >= 2 and b.dim() >= 2 and a.shape[:-2] == b.shape[:-2]
+
+
+def _matmul_backward(grad_out: torch.Tensor, inputs: tuple[torch.Tensor, ...], output: None, needs: tuple[bool, ...],
+                     args: tuple, kwargs: dict) -> tuple[torch.Tensor | None, ...]:
+    """y = a @ b: dL/da = g b^T, dL/db = a^T g."""
+    a, b = inputs
+    return (grad_out @ b.mT if needs[0] else None, a.mT @ grad_out if needs[1] else None)
+
+
+def _softmax_applies(inputs: tuple[torch.Tensor, ...], args: tuple, kwargs: dict) -> bool:
+    """softmax(x, dim) with the dim alone (no dtype: the output has x's)."""
+    return len(args) + ("dim" in kwargs) == 1 and set(kwargs) <= {"dim", "_stacklevel"}
+
+
+def _softmax_backward(grad_out: torch.Tensor, inputs: None, y: torch.Tensor, needs: tuple[bool, ...], args: tuple,
+                      kwargs: dict) -> tuple[torch.Tensor]:
+    """y = softmax(x): dL/dx = y * (g - sum(g * y)), from y alone."""
+    return (torch._softmax_backward_data(grad_out, y, softmax_dim(args, kwargs), y.dtype),)
+
+
+# Attention's products and softmax (timm's and Hugging Face's math paths): the plain pass returns the dual pass's
+# values, so that it runs no batched matrix product, no copy of q, k or v, and no softmax again.
+register_op_replay(torch.Tensor.__matmul__, torch.Tensor.matmul, torch.matmul,
+                   rule=OpReplay(_matmul_backward, inputs=2, applies=_batched_matrices))
+register_op_replay(torch.Tensor.softmax, torch.softmax, F.softmax,
+                   rule=OpReplay(_softmax_backward, applies=_softmax_applies, keeps_inputs=False, keeps_output=True))
 
 
 def twin_class(base: type[nn.Module]) -> type[nn.Module] | None:
