@@ -13,9 +13,11 @@ import yaml
 WINE_FEATURES = 13
 
 
-def write_wine_csv(path: Path, *, rows: Sequence[int] | None = None, text_labels: bool = True) -> list[str]:
+def write_wine_csv(path: Path, *, rows: Sequence[int] | None = None, text_labels: bool = True,
+                   extra_text_column: str | None = None) -> list[str]:
     """scikit-learn's wine table (178 rows, 13 features, 3 classes; or the ``rows`` given) as CSV with
-    ``wine_id`` and ``cultivar`` columns; returns the feature column names."""
+    ``wine_id`` and ``cultivar`` columns (and a column of text, ``extra_text_column``, if named); returns the
+    feature column names."""
     from sklearn.datasets import load_wine
 
     wine = load_wine()
@@ -25,9 +27,11 @@ def write_wine_csv(path: Path, *, rows: Sequence[int] | None = None, text_labels
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["wine_id", *names, "cultivar"])
+        extra = [extra_text_column] if extra_text_column else []
+        writer.writerow(["wine_id", *names, "cultivar", *extra])
         for i in range(len(ids)) if rows is None else rows:
-            writer.writerow([ids[i], *wine.data[i].tolist(), labels[i]])
+            regions = ["north" if i % 2 else "south"] * len(extra)
+            writer.writerow([ids[i], *wine.data[i].tolist(), labels[i], *regions])
     return names
 
 

@@ -137,3 +137,20 @@ def test_tabular_npz_rows_for_an_image_backbone_are_refused_before_any_budget(
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "inputs of shape (6,) per record (torch.float32) do not fit backbone 'test_efficientnet'" in err
     assert Workspace.open("ws").ledger.events() == []  # refused before anything was reserved
+
+
+def test_train_prints_accuracy_without_the_test_records_a_deletion_removed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_npz(Path("rows.npz"), n=64)
+    recipe = write_recipe(Path("rows.yaml"), mlp_recipe({"npz": {"path": "rows.npz"}}, in_features=6, classes=2,
+                                                        source="rows"))
+    code, out, err = run_cli(capsys, "train", str(recipe), "-w", "ws", "--executor", "serial")
+    assert code == 0 and re.search(r"model rows: .* test accuracy [\d.]+% on 13 records\n", out), err
+    gone = held_out_records(Workspace.open("ws"), "rows")[1].record_ids[:2]
+    code, out, err = run_cli(capsys, "forget", *gone, "--request-id", "req-test", "-w", "ws")
+    assert code == 3, err  # in the test split only: no component held them, and they are tombstoned
+    code, out, err = run_cli(capsys, "train", str(recipe), "--name", "again", "-w", "ws", "--executor", "serial")
+    assert code == 0 and re.search(r"model again: .* test accuracy [\d.]+% on 11 records\n", out), err
+    code, out, err = run_cli(capsys, "evaluate", "again", "-w", "ws")
+    assert code == 0 and out.endswith("on 11 records (npz)\n"), err

@@ -65,7 +65,7 @@ def test_a_corrupt_image_is_refused_by_name_before_any_budget(tmp_path: Path, ca
     Path("imgs/a/0003.png").write_bytes(good[:60])  # truncated
     recipe = write_recipe(Path("r.yaml"), {
         "backbone": {"name": "test_efficientnet", "num_classes": 2}, "trainable": "head",
-        "data": {"image_folder": {"root": "imgs", "image_size": 32}}, "privacy": {"epsilon": 8, "delta": 1e-5},
+        "data": {"image_folder": {"root": "imgs", "classes": ["a", "b"], "image_size": 32}}, "privacy": {"epsilon": 8, "delta": 1e-5},
         "training": {"batch_size": 2}, "data_source": "imgs"})
     code, _, err = run_cli(capsys, "train", str(recipe), "-w", "ws", "--executor", "serial")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -100,7 +100,7 @@ def test_an_image_folder_trains_lazily_and_retrains_after_a_deletion(
     write_image_folder(Path("imgs"), 40, size=16)
     recipe = write_recipe(Path("r.yaml"), {
         "backbone": {"name": "test_efficientnet", "num_classes": 2}, "trainable": "head",
-        "data": {"image_folder": {"root": "imgs", "image_size": 16}}, "shards": {"count": 2},
+        "data": {"image_folder": {"root": "imgs", "classes": ["a", "b"], "image_size": 16}}, "shards": {"count": 2},
         "privacy": {"epsilon": 8, "delta": 1e-5}, "training": {"epochs": 2, "batch_size": 8}, "data_source": "imgs"})
     code, out, err = run_cli(capsys, "train", str(recipe), "-w", "ws", "--executor", "serial")
     assert code == 0, err

@@ -276,6 +276,16 @@ def test_without_a_ledger_the_records_must_be_declared_public() -> None:
     assert all(torch.equal(start[n], p) for n, p in tangent.named_deltas())
 
 
+def test_mislabeled_canaries_are_refused_on_private_records(tmp_path: Path) -> None:
+    """A mislabeled canary copies a private record: included, that record trains twice, charged once."""
+    tangent, records = _setup(n=20)
+    ledger = Ledger.open(tmp_path / "ledger.sqlite")
+    with pytest.raises(AuditError, match=r"mislabeled canaries copy private records, .* use canary_kind='random'"):
+        audit_privacy(tangent, records, PrivacySpec(epsilon=4.0), CONFIG, canaries=20, ledger=ledger,
+                      data_source="digits", shard="shard-0", component="audit-shard-0", canary_kind="mislabeled")
+    assert ledger.events() == [] and ledger.audits() == []
+
+
 def test_public_records_and_a_ledger_contradict_each_other(tmp_path: Path) -> None:
     tangent, records = _setup(n=20)
     ledger = Ledger.open(tmp_path / "ledger.sqlite")

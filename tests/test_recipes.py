@@ -194,7 +194,8 @@ def test_image_folder_record_ids_are_relative_paths(tmp_path: Path) -> None:
         (tmp_path / "imgs" / label).mkdir(parents=True)
         for i in range(3):
             Image.new("RGB", (20, 12), (i * 80, 10, 200)).save(tmp_path / "imgs" / label / f"{i}.png")
-    data = {**TINY, "data": {"image_folder": {"root": "imgs", "image_size": 16, "test_fraction": 0}}}
+    data = {**TINY, "data": {"image_folder": {"root": "imgs", "classes": ["cat", "dog"], "image_size": 16,
+                                           "test_fraction": 0}}}
     recipe = load_recipe(write(tmp_path / "r.yaml", data))
     test, shards = recipe.load_data()
     assert test is None and sorted(r for s in shards for r in s.record_ids) == \

@@ -55,14 +55,14 @@ def _unscaled(table: dict[str, object], **changes: object) -> None:
     (lambda t: t.update(features=["alcohol", "cultivar"]), "label and record-id columns cannot also be features"),
     (lambda t: t.update(scaling="none"), "lower is given but scaling is none"),
     (lambda t: _unscaled(t, features=["alcohol", "colour"]), "no column 'colour'"),
-    (lambda t: _unscaled(t, features=["alcohol", "wine_id"], record_id=None),
-     "feature column 'wine_id' is string, not numeric"),
+    (lambda t: _unscaled(t, features=["alcohol", "region"]), "feature column 'region' is string, not numeric"),
+    (lambda t: t.pop("record_id"), "give record_id: the column of stable, unique record ids"),
     (lambda t: t.pop("classes"), "holds string, not integer classes; list the labels"),
     (lambda t: t.update(classes=["class_0", "class_1"]), "has label 'class_2', not one of classes"),
     (lambda t: t.update(path="wine.xlsx"), "a table must be a .csv, .tsv or .parquet file"),
 ])
 def test_table_mistakes_are_one_line_errors(tmp_path: Path, change, message: str) -> None:
-    names = write_wine_csv(tmp_path / "wine.csv")
+    names = write_wine_csv(tmp_path / "wine.csv", extra_text_column="region")
     table = _table(tmp_path / "wine.csv", names)["table"]
     change(table)
     recipe = write_recipe(tmp_path / "r.yaml", mlp_recipe({"table": table}, in_features=13, classes=3, source="w"))

@@ -315,7 +315,8 @@ def test_bad_jsonl_and_unknown_formats_are_one_line_errors(tmp_path: Path, name:
 
 def test_text_data_needs_a_tokenizer_with_other_backbones(tmp_path: Path) -> None:
     write_texts(tmp_path / "t.csv")
-    recipe = load_recipe(text_recipe(tmp_path, {"path": "t.csv", "classes": ["ham", "spam"]}, family="timm",
+    recipe = load_recipe(text_recipe(tmp_path, {"path": "t.csv", "record_id": "id", "classes": ["ham", "spam"]},
+                                     family="timm",
                                      name="efficientnet_lite0"))
     with pytest.raises(DataError, match="no tokenizer"):
         recipe.load_data()

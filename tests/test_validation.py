@@ -341,7 +341,8 @@ def test_cli_a_corrupt_image_in_the_folder_is_one_line_and_spends_nothing(tmp_pa
     ws = Workspace.create(tmp_path / "ws")  # an existing workspace: still nothing is reserved
     recipe = _recipe(tmp_path)
     data = yaml.safe_load(recipe.read_text())
-    data["data"] = {"image_folder": {"root": "imgs", "image_size": 8, "test_fraction": 0}}
+    data["data"] = {"image_folder": {"root": "imgs", "classes": ["cat", "dog"], "image_size": 8,
+                                     "test_fraction": 0}}
     data["training"]["batch_size"] = 2
     recipe.write_text(yaml.safe_dump(data))
     code, _, err = run_cli(capsys, "train", str(recipe), "--name", "m", "--executor", "serial", "-w", str(ws.root))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -152,3 +153,13 @@ def test_swapping_component_files_is_caught_by_verify_and_by_loading(tmp_path, m
     with pytest.raises(WorkspaceError, match="does not match the sha256"):
         ws.load_model("m")
     assert not verify(ws).ok
+
+
+def test_a_data_source_is_declared_per_record_not_per_user(tmp_path: Path) -> None:
+    """Training samples and clips per record, so a release may not promise per-user privacy."""
+    ws = Workspace.create(tmp_path / "ws")
+    with pytest.raises(WorkspaceError, match=r"^unit 'user': dp-tangent samples and clips per record"):
+        ws.declare_data_source("people", description="messages, several per sender", shards=["s0"], unit="user")
+    assert ws.ledger.data_sources() == []
+    ws.declare_data_source("people", description="messages", shards=["s0"])
+    assert [s.unit.value for s in ws.ledger.data_sources()] == ["record"]

@@ -283,16 +283,18 @@ def _report(ws: Workspace, recipe: Recipe, name: str, test: RecordSet | None, ru
     from ..tangent import linearize
     from ..training.evaluation import accuracy
     from ..training.features import precompute_features
+    from ..workspace.data_sources import without_deleted
 
     spec = recipe.backbone.spec()
-    tangent = linearize(spec.build(), recipe.trainable) if test is not None else None
+    test = None if test is None else without_deleted(ws, test)  # a deleted record counts in no figure
+    tangent = linearize(spec.build(), recipe.trainable) if test is not None and len(test) else None
     features = precompute_features(tangent, test.inputs) if tangent is not None else None  # a batch at a time
 
     def with_accuracy(line: str, deltas: dict) -> str:
         if tangent is None:
             return line
         tangent.load_deltas(deltas)
-        return line + f", test accuracy {accuracy(tangent, test, features=features):.1%}"
+        return line + f", test accuracy {accuracy(tangent, test, features=features):.1%} on {len(test)} records"
 
     for result in sorted(run.completed, key=lambda r: r.metadata.name):
         component = ws.load_component(result.metadata.name)

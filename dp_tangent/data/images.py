@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import ClassVar
 
 import numpy as np
@@ -108,22 +109,49 @@ def check_images(paths: Sequence[Path]) -> None:
             pass
 
 
-def image_folder_records(root: Path, image_size: int, *, verify: bool = True) -> RecordSet:
+def image_folder_records(root: Path, image_size: int, *, classes: Sequence[str] | None = None,
+                         verify: bool = True) -> RecordSet:
     """``root/CLASS/FILE`` images (torchvision's ``ImageFolder`` layout and extensions), read lazily;
-    a record's id is its path under ``root``. Every file is decoded once here (see the module doc)
+    a record's id is its path under ``root``, its label the index of its folder in ``classes`` (a listed class
+    may have no folder; a folder not listed is refused). Without ``classes`` (a data source registered before
+    they were required), the sorted folder names. Every file is decoded once here (see the module doc)
     unless ``verify`` is false (a reload whose file digests are checked against files verified before)."""
     from torchvision import datasets
 
     if not root.is_dir():
         raise DataError(f"{root}: image folder not found (data.image_folder.root)")
+    if classes is not None:
+        unlisted = sorted(e.name for e in os.scandir(root) if e.is_dir() and e.name not in classes)
+        if unlisted:
+            raise DataError(f"{root}: folder(s) {', '.join(unlisted[:3])} not in data.image_folder.classes; list "
+                            "every class folder (in class order) or move the folder out")
     try:
-        folder = datasets.ImageFolder(str(root))  # lists files and classes; decodes nothing
+        folder = _listed_folder(datasets, classes)(str(root))  # lists files and classes; decodes nothing
     except FileNotFoundError as err:  # no class folders, or no image files in them
         raise DataError(f"{root}: {str(err).rstrip('.')}; put images in {root}/CLASS/FILE") from None
+    if not folder.samples:
+        raise DataError(f"{root}: no image files in the class folders {', '.join(classes or [])}; put images in "
+                        f"{root}/CLASS/FILE")
     if verify:
         check_images([Path(p) for p, _ in folder.samples])
     ids = tuple(Path(p).relative_to(root).as_posix() for p, _ in folder.samples)
     return RecordSet(ImageFiles(str(root), ids, image_size), torch.tensor(folder.targets, dtype=torch.long), ids)
+
+
+def _listed_folder(datasets: ModuleType, classes: Sequence[str] | None) -> type:
+    """torchvision's ``ImageFolder``, its classes ``classes`` in that order where given (a class without a folder
+    holds no image) instead of the folders present."""
+    if classes is None:
+        return datasets.ImageFolder
+
+    class Listed(datasets.ImageFolder):  # type: ignore[name-defined,misc]
+        def __init__(self, root: str) -> None:
+            super().__init__(root, allow_empty=True)
+
+        def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+            return list(classes), {c: i for i, c in enumerate(classes)}
+
+    return Listed
 
 
 @functools.lru_cache(maxsize=2)

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, ValidationInfo, model_validator
 
 from ..errors import DataError
 
@@ -37,6 +37,16 @@ class _Strict(BaseModel):
 class ShardsSection(_Strict):
     count: PositiveInt = 1
     by: Literal["random", "label"] = "random"
+
+
+def _stored(info: ValidationInfo) -> bool:
+    """Whether this is a data source a workspace registered before (``parse_source``): read as it was then."""
+    return bool(info.context and info.context.get("stored"))
+
+
+_POSITIONAL_IDS = ("record ids by row position would renumber every later row when one is removed, moving "
+                   "records between shards and the test set, which the privacy guarantee (add or remove one "
+                   "record) does not allow")
 
 
 class _Kind(_Strict):
@@ -80,14 +90,28 @@ class NpzData(_Kind):
 
 
 class ImageFolderData(_Kind):
+    """``root/CLASS/FILE`` images; ``classes`` lists the class folders in class order (required: class indices
+    from the folders present would change every label when one class's only image is removed)."""
+
     root: str
     image_size: PositiveInt = 224
+    classes: list[str] | None = Field(default=None, min_length=2)
     _verify: bool = PrivateAttr(default=True)
+
+    @model_validator(mode="after")
+    def _listed_classes(self, info: ValidationInfo) -> "ImageFolderData":
+        if self.classes is None and not _stored(info):
+            raise ValueError("give classes: the class folders' names in class order (not read from the private "
+                             "folder: which folders exist would decide every label, and reveal a class's only "
+                             "image)")
+        if self.classes is not None and len(set(self.classes)) != len(self.classes):
+            raise ValueError("classes lists a folder twice")
+        return self
 
     def records(self) -> RecordSet:
         from .images import image_folder_records
 
-        return image_folder_records(Path(self.root), self.image_size, verify=self._verify)
+        return image_folder_records(Path(self.root), self.image_size, classes=self.classes, verify=self._verify)
 
     def unverified(self) -> "ImageFolderData":
         """The same folder, not decoded when listed: for a reload whose file digests are checked
@@ -135,7 +159,10 @@ class TableData(_Kind):
     upper: list[float] | None = None
 
     @model_validator(mode="after")
-    def _scaling(self) -> "TableData":
+    def _scaling(self, info: ValidationInfo) -> "TableData":
+        if self.record_id is None and not _stored(info):
+            raise ValueError(f"give record_id: the column of stable, unique record ids (the id a deletion request "
+                             f"names); {_POSITIONAL_IDS}")
         if self.scaling is None:
             raise ValueError("give scaling: public (with public_path), given (mean, std), bounds (lower, upper) or "
                              "none; statistics of the private table itself are not used: they would reveal its "
@@ -220,6 +247,13 @@ class TextData(_Tokenized):
     label: str = "label"
     record_id: str | None = None
     classes: list[str] | None = Field(default=None, min_length=2)
+
+    @model_validator(mode="after")
+    def _record_ids(self, info: ValidationInfo) -> "TextData":
+        if self.record_id is None and not _stored(info):
+            raise ValueError(f"give record_id: the column of stable, unique record ids (the id a deletion request "
+                             f"names); {_POSITIONAL_IDS}")
+        return self
 
     def records(self) -> RecordSet:
         from .text import text_records

@@ -73,7 +73,7 @@ def parse_source(data: dict[str, object]) -> ReloadableSource:
     if loader not in _KINDS:
         raise DataError(f"unknown data-source loader {loader!r}; known: {', '.join(source_kinds())}")
     try:
-        return _KINDS[loader].model_validate(data)  # type: ignore[index]
+        return _KINDS[loader].model_validate(data, context={"stored": True})  # type: ignore[index]
     except ValidationError as err:
         raise DataError(f"data source ({loader}): {err.errors()[0]['msg']}") from None
 

@@ -298,6 +298,10 @@ def audit_privacy(
     """
     k_in, k_out = _check_request(records, canaries, guesses_in, guesses_out, canary_kind, confidence)
     _check_ledger_use(ledger, (data_source, shard, component), public_records)
+    if ledger is not None and canary_kind == "mislabeled":
+        raise AuditError("mislabeled canaries copy private records, which the audit would then train twice while "
+                         "the ledger charges them once; on private records use canary_kind='random' (mislabeled "
+                         "canaries only on records declared public)")
     m = canaries
     generator = torch.Generator().manual_seed(seed)
     included = _draw_inclusion(m, generator)  # independent of the data: drawn before anything is read

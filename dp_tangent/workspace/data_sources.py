@@ -39,7 +39,8 @@ PUBLIC_SPLIT = "public"
 _TAG_CONTEXT = b"dp-tangent data-source content digest v1"
 
 __all__ = ["FILE", "PUBLIC_SPLIT", "DataSourceError", "DigitsSource", "Sources", "check_unchanged", "register",
-           "registered", "reload", "shard_records_for", "source_of", "test_records", "without_records"]
+           "registered", "reload", "shard_records_for", "source_of", "test_records", "without_deleted",
+           "without_records"]
 
 
 class DataSourceError(DPTangentError):
@@ -150,9 +151,15 @@ def test_records(ws: Workspace, name: str) -> tuple[ReloadableSource, RecordSet 
     picked = [i for i, c in enumerate(commitments) if c in held and c not in deleted]
     if picked:
         return source, records.subset(picked)
-    test, key = source.test_split(), ws.manifest_key()
-    return source, (None if test is None else test.subset([i for i, r in enumerate(test.record_ids)
-                                                            if commit(r, key) not in deleted]))
+    test = source.test_split()
+    return source, (None if test is None else without_deleted(ws, test, deleted))
+
+
+def without_deleted(ws: Workspace, records: RecordSet, deleted: set[str] | None = None) -> RecordSet:
+    """``records`` less those a deletion request removed (``deleted``: their commitments, if already read)."""
+    deleted = set(Tombstones(ws.root).read()) if deleted is None else deleted
+    key = ws.manifest_key()
+    return records.subset([i for i, r in enumerate(records.record_ids) if commit(r, key) not in deleted])
 
 
 def reload(ws: Workspace, name: str) -> tuple[ReloadableSource, RecordSet, list[str]]:

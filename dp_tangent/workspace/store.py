@@ -464,6 +464,10 @@ class Workspace:
         for retraining, in ``data-sources.json``), and log it."""
         from . import data_sources
 
+        if str(getattr(unit, "value", unit)) != "record":
+            raise WorkspaceError(f"unit {unit!r}: dp-tangent samples and clips per record, so its guarantee is per "
+                                 "record; declare unit 'record' (user-level privacy would need per-user sampling "
+                                 "and clipping, which it does not do)")
         with self.lock():
             writes = []
             if loader is not None:

@@ -1,0 +1,89 @@
+"""What a record's id and label depend on: its own content and the recipe, never which other records the private
+data holds. Image-folder classes are listed in the recipe (not read from the folders present), and tables and
+texts name a record-id column (ids by row position would renumber every later row when one is removed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from owndata import write_wine_csv
+
+from dp_tangent.data.images import image_folder_records
+from dp_tangent.data.kinds import ImageFolderData, ShardsSection, TableData
+from dp_tangent.data.sources import parse_source
+from dp_tangent.errors import DataError
+
+
+def _images(root: Path, counts: dict[str, int]) -> None:
+    from PIL import Image
+
+    for label, n in counts.items():
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.new("RGB", (8, 8), (40 * i % 255, 10, 200)).save(root / label / f"{i}.png")
+
+
+def _labels(records) -> dict[str, int]:  # noqa: ANN001
+    return dict(zip(records.record_ids, records.targets.tolist()))
+
+
+def test_removing_a_class_s_only_image_changes_no_other_label(tmp_path: Path) -> None:
+    classes = ["a_common", "b_rare", "c_common"]
+    _images(tmp_path / "with", {"a_common": 3, "b_rare": 1, "c_common": 3})
+    _images(tmp_path / "without", {"a_common": 3, "c_common": 3})
+    with_rare = _labels(image_folder_records(tmp_path / "with", 8, classes=classes))
+    without = _labels(image_folder_records(tmp_path / "without", 8, classes=classes))
+    assert with_rare.pop("b_rare/0.png") == 1
+    assert with_rare == without and without["c_common/0.png"] == 2
+    # the folders present decided the classes before: every c_common label moved from 2 to 1
+    assert _labels(image_folder_records(tmp_path / "without", 8))["c_common/0.png"] == 1
+
+
+def test_image_folder_classes_follow_the_recipe_order_and_an_unlisted_folder_is_refused(tmp_path: Path) -> None:
+    _images(tmp_path / "imgs", {"cat": 2, "dog": 2})
+    labels = _labels(image_folder_records(tmp_path / "imgs", 8, classes=["dog", "cat"]))
+    assert labels["dog/0.png"] == 0 and labels["cat/0.png"] == 1
+    with pytest.raises(DataError, match=r"imgs: folder\(s\) dog not in data.image_folder.classes"):
+        image_folder_records(tmp_path / "imgs", 8, classes=["cat", "bird"])
+    (tmp_path / "empty" / "bird").mkdir(parents=True)  # a listed class with a folder and no image, one without
+    with pytest.raises(DataError, match="no image files in the class folders bird, fish"):
+        image_folder_records(tmp_path / "empty", 8, classes=["bird", "fish"])
+
+
+def test_a_recipe_must_list_image_classes_and_name_record_ids() -> None:
+    with pytest.raises(ValueError, match="give classes: the class folders' names in class order"):
+        ImageFolderData(root="imgs")
+    with pytest.raises(ValueError, match="classes lists a folder twice"):
+        ImageFolderData(root="imgs", classes=["cat", "cat"])
+    with pytest.raises(ValueError, match="give record_id: the column of stable, unique record ids"):
+        TableData(path="t.csv", features=["x"], label="y", scaling="none")
+
+
+def test_a_source_registered_before_stays_readable_as_it_was(tmp_path: Path) -> None:
+    """A workspace's registry written before classes and record ids were required reloads unchanged."""
+    _images(tmp_path / "imgs", {"cat": 1, "dog": 1})
+    source = parse_source({"loader": "image_folder", "data": {"root": str(tmp_path / "imgs"), "image_size": 8}})
+    assert _labels(source.records()) == {"cat/0.png": 0, "dog/0.png": 1}
+    names = write_wine_csv(tmp_path / "wine.csv")
+    table = parse_source({"loader": "table", "data": {"path": str(tmp_path / "wine.csv"), "features": names[:2],
+                                                      "label": "cultivar", "classes": ["class_0", "class_1",
+                                                                                       "class_2"],
+                                                      "scaling": "none"}})
+    assert table.records().record_ids[:2] == ("row-0", "row-1")
+
+
+def test_removing_a_table_row_moves_no_other_record(tmp_path: Path) -> None:
+    names = write_wine_csv(tmp_path / "all.csv")
+    write_wine_csv(tmp_path / "less.csv", rows=range(1, 178))
+    placed = []
+    for name in ("all.csv", "less.csv"):
+        data = TableData(path=str(tmp_path / name), features=names, label="cultivar", record_id="wine_id",
+                         classes=["class_0", "class_1", "class_2"], scaling="none", test_fraction=0.3)
+        test, shards = data.load(ShardsSection(count=2))
+        placed.append({r: where for where, part in [("test", test), *((f"s{k}", s) for k, s in enumerate(shards))]
+                       for r in part.record_ids})
+    removed = set(placed[0]) - set(placed[1])
+    assert removed == {"wine-000"}
+    assert all(placed[0][r] == where for r, where in placed[1].items())
+    assert set(placed[1].values()) == {"test", "s0", "s1"}
