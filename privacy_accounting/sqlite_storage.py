@@ -288,6 +288,13 @@ class SQLiteStorage:
                 missing = sorted(_TABLES - tables)
                 if missing:
                     raise LedgerCorruptError(f"{where} lacks ledger tables {missing}")
+                foreign = conn.execute("SELECT type, name FROM sqlite_master WHERE type IN ('trigger', 'view') "
+                                       "ORDER BY name").fetchall()
+                if foreign:
+                    kind, name = foreign[0]
+                    raise LedgerCorruptError(
+                        f"{where} holds {kind} {name!r}, which no privacy ledger has (a trigger can rewrite rows as "
+                        "they are written); refusing to open it: drop it, or restore the ledger from a backup")
             finally:
                 conn.close()
 

@@ -340,6 +340,14 @@ def test_a_missing_ledger_is_never_replaced_by_an_empty_one(ws, capsys) -> None:
     assert not ws.ledger_path.exists()
 
 
+def test_a_trigger_planted_in_the_ledger_stops_every_command(ws, capsys) -> None:
+    _sql(ws, "CREATE TRIGGER cheap AFTER INSERT ON events BEGIN UPDATE events SET event_json = "
+             "json_set(NEW.event_json, '$.count', 1) WHERE seq = NEW.seq; END")
+    for command in (["budget", "set", "toy", "10"], ["budget", "show"], ["audit", "verify"]):
+        code, out = _cli(capsys, *command, "-w", str(ws.root))
+        assert code == 2 and "holds trigger 'cheap', which no privacy ledger has" in out and out.count("\n") == 1
+
+
 def test_an_edited_ledger_cannot_be_laundered_by_the_next_operation(ws, capsys) -> None:
     _sql(ws, "DELETE FROM event_records")
     _sql(ws, "DELETE FROM events")

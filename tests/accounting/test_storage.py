@@ -125,3 +125,18 @@ def test_digests_without_events_are_the_digests_before_those_events_were_reserve
     with sqlite3.connect(tmp_path / "ledger.sqlite") as conn:  # an edit of an older row is not hidden
         conn.execute("UPDATE events SET delta = 0.5 WHERE component = 'c0'")
     assert ledger.state_digest(without_events=seqs)["events"] != before["events"]
+
+
+@pytest.mark.parametrize("sql, what", [
+    ("CREATE TRIGGER cheap AFTER INSERT ON events BEGIN UPDATE events SET event_json = '{}' WHERE seq = NEW.seq; END",
+     "trigger 'cheap'"),
+    ("CREATE VIEW spent AS SELECT * FROM events", "view 'spent'"),
+])
+def test_a_planted_trigger_or_view_is_refused(tmp_path: Path, sql: str, what: str) -> None:
+    """A trigger would rewrite rows as the ledger writes them (an event's step count, a budget), with every table
+    digest then matching what the tool itself logs: no ledger has one, so the file is refused."""
+    path = tmp_path / "ledger.sqlite"
+    reserve(Ledger.open(path))
+    with sqlite3.connect(path) as conn:
+        conn.execute(sql)
+    assert_refused_untouched(path, f"holds {what}, which no privacy ledger has")
