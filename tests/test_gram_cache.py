@@ -16,7 +16,7 @@ from dp_tangent.components.manifest import commit
 from dp_tangent.data import RecordSet
 from dp_tangent.training import PrivacySpec, TrainConfig
 from dp_tangent.training.ntk_gram import per_example_grams, precompute_progress
-from dp_tangent.workspace import ShardJob, Workspace, gram_cache
+from dp_tangent.workspace import ShardJob, Workspace, WorkspaceError, gram_cache
 from dp_tangent.workspace.audit_log import verify
 from dp_tangent.workspace.commit import Change, FileWrite, apply
 
@@ -98,13 +98,17 @@ def test_an_edited_cache_file_is_not_used_and_fails_verification(ws, mlp_backbon
                                                     100 * file.grams).encode())
     report = verify(ws, workspace=True)
     assert not report.ok and any(rel in p.reason for p in report.problems)
+    with pytest.raises(WorkspaceError, match=f"does not verify .*artifact {rel}: sha256 on disk differs"):
+        train(ws, mlp_backbone, "b", recs)  # refused: the edited Theta is never used
+    (ws.root / rel).unlink()  # the operator removes the edited (derived) file, and closes the record
+    ws.resolve_integrity_failures("an edited Gram cache file, removed")
     use = train(ws, mlp_backbone, "b", recs)
     assert (use["hits"], use["misses"], use["file"]) == (0, 32, "written")
-    assert "differs from the sha256 the audit log recorded" in use["ignored"] and "\n" not in use["ignored"]
-    assert same_deltas(ws, "a", "b")  # computed afresh, not the edited Theta
+    assert same_deltas(ws, "a", "b")  # computed afresh
     assert torch.equal(only_file(ws)[1].grams, file.grams)  # and the file rewritten through the commit path
     after = ws.audit.verify()
-    assert not after.ok and all("did not verify when an operation began" in p.reason for p in after.problems)
+    assert after.ok, after  # the failure stays in the log, closed by the operator's logged resolution
+    assert [e.operation for e in ws.audit.entries()].count("integrity_resolved") == 1
 
 
 def test_a_changed_input_misses_and_only_its_gram_is_computed(ws, mlp_backbone) -> None:
@@ -166,15 +170,20 @@ def test_a_file_of_this_key_without_a_code_version_is_used_and_rewritten_to_reco
     assert only_file(ws)[1].code == file.code and same_deltas(ws, "a", "b")
 
 
-def test_a_link_planted_in_the_cache_does_not_stop_training(ws, mlp_backbone, tmp_path: Path) -> None:
+def test_a_link_planted_in_the_cache_is_listed_not_followed_and_stops_training(ws, mlp_backbone,
+                                                                               tmp_path: Path) -> None:
     recs = records()
     train(ws, mlp_backbone, "a", recs)
     rel, _ = only_file(ws)
     planted = ws.root / gram_cache.CACHE_DIR / ("d" * 32) / "toy" / "s0.safetensors"
     planted.parent.mkdir(parents=True)
     planted.symlink_to(tmp_path)  # outside the workspace
-    assert train(ws, mlp_backbone, "b", recs) == {"hits": 32, "misses": 0, "file": "unchanged"}
     assert gram_cache.cache_files(ws) == sorted([rel, ws.relative(planted.parent) + "/s0.safetensors"])
+    with pytest.raises(WorkspaceError, match="does not verify .*s0.safetensors is not accounted for by the log"):
+        train(ws, mlp_backbone, "b", recs)
+    planted.unlink()
+    ws.resolve_integrity_failures("a link put in the cache by hand, removed")
+    assert train(ws, mlp_backbone, "b", recs) == {"hits": 32, "misses": 0, "file": "unchanged"}
 
 
 def test_a_tombstoned_records_gram_is_never_offered(ws, mlp_backbone) -> None:

@@ -1,4 +1,4 @@
-"""``dp-tangent audit verify | log | keygen | checkpoint``: the hash-chained audit log and its checkpoints."""
+"""``dp-tangent audit verify | resolve | log | keygen | checkpoint``: the hash-chained audit log and its checkpoints."""
 
 from __future__ import annotations
 
@@ -37,6 +37,19 @@ def audit_verify(
         typer.echo(f"extends checkpoint {checkpoint} ({kept.size} entries; {signed})")
     if not result.ok:
         raise typer.Exit(1)
+
+
+@audit_app.command("resolve")
+def audit_resolve(
+    reason: Annotated[str, typer.Option(help="What was found and what was done about it (logged with your name).")],
+    workspace: WorkspaceOption = DEFAULT_WORKSPACE,
+) -> None:
+    """Close the recorded integrity failures once the workspace verifies again (what they found was undone, e.g. a
+    file put there by hand removed); operations refused meanwhile then run again. The failures stay in the log."""
+    ws = open_workspace(workspace, finish=False)
+    seqs = ws.resolve_integrity_failures(reason)
+    typer.echo(f"resolved the integrity failure(s) of entr{'y' if len(seqs) == 1 else 'ies'} "
+               f"{', '.join(map(str, seqs))}; the workspace verifies")
 
 
 @audit_app.command("log")

@@ -39,7 +39,7 @@ GENESIS = "0" * 64
 OPERATIONS = frozenset({
     "workspace_created", "training", "retraining", "composition", "deletion_request", "deletion",
     "budget_change", "release", "reservation_abandoned", "data_source", "certificate_sealed", "privacy_audit",
-    "reservation", "tombstoned", "integrity_failure",
+    "reservation", "tombstoned", "integrity_failure", "integrity_resolved",
 })
 _HEX64 = r"^[0-9a-f]{64}$"
 _OPERATION = re.compile(r"^[a-z][a-z_]{0,63}$")
@@ -205,7 +205,7 @@ def _check_artifacts(root: Path, entries: Sequence[AuditEntry]) -> tuple[list[Pr
     Returns (problems, files checked, paths logged as present but missing)."""
     expected: dict[str, tuple[str | None, int]] = {}  # path -> (sha256 or None = removed, seq that set it)
     problems: list[Problem] = []
-    for entry in entries:
+    for entry in _vouching(entries):
         for art in entry.inputs:
             if art.path is not None and art.path in expected and art.sha256 != expected[art.path][0]:
                 problems.append(Problem(entry.seq, f"input {art.path} has sha256 {str(art.sha256)[:12]}, but entry "
@@ -251,20 +251,42 @@ MUST_STAY_FOLDERS = ("certificates/",)
 
 
 INTEGRITY_FAILURE_REASON = "the workspace did not verify when an operation began"
+#: The operations that record what was found (an ``integrity_failure``) or close such a record: they vouch for no
+#: file or ledger state, so no check compares the workspace with what they recorded.
+RECORDS_OF_FAILURES = frozenset({"integrity_failure", "integrity_resolved"})
+
+
+def _vouching(entries: Sequence[AuditEntry]) -> list[AuditEntry]:
+    """The entries whose outputs and ledger digests are states the tool wrote."""
+    return [e for e in entries if e.operation not in RECORDS_OF_FAILURES]
 
 
 def written_digests(entries: Sequence[AuditEntry], wanted: Callable[[str], bool]) -> dict[str, str | None]:
     """Each ``wanted`` path's sha256 as the tool last wrote it (None: logged as removed). An ``integrity_failure``
     entry's snapshot of the files as it found them does not count: it records an edit, it does not vouch for it."""
-    return {a.path: a.sha256 for e in entries if e.operation != "integrity_failure" for a in e.outputs
-            if a.path is not None and wanted(a.path)}
+    return {a.path: a.sha256 for e in _vouching(entries) for a in e.outputs if a.path is not None and wanted(a.path)}
+
+
+def unresolved_failures(entries: Sequence[AuditEntry]) -> list[AuditEntry]:
+    """The ``integrity_failure`` entries that no later ``integrity_resolved`` entry closed."""
+    closed = {int(seq) for e in entries if e.operation == "integrity_resolved" for seq in e.parameters["resolves"]}
+    return [e for e in entries if e.operation == "integrity_failure" and e.seq not in closed]
+
+
+def resolvable_failures(entries: Sequence[AuditEntry]) -> list[AuditEntry]:
+    """The unresolved failures that an operator may close once the workspace verifies again: those after the last
+    entry that wrote anything (a failure that later operations built on stays open for ever: their states include
+    what it recorded, so that no check could tell it was undone)."""
+    last_write = max((e.seq for e in _vouching(entries)), default=-1)
+    return [e for e in unresolved_failures(entries) if e.seq > last_write]
 
 
 def _check_integrity_failures(entries: Sequence[AuditEntry]) -> list[Problem]:
-    """Every recorded integrity failure stays a problem: what it recorded happened."""
+    """Every recorded integrity failure stays a problem until an operator closes it (``audit resolve``), which the
+    tool allows only when nothing was written since and the workspace is again the state the log vouches for."""
     return [Problem(e.seq, f"{INTEGRITY_FAILURE_REASON}: {e.parameters.get('count')} problem(s), first: "
                            f"{(e.parameters.get('problems') or ['?'])[0]}")
-            for e in entries if e.operation == "integrity_failure"]
+            for e in unresolved_failures(entries)]
 
 
 def integrity_snapshot(root: Path, entries: Sequence[AuditEntry]) -> list[Artifact]:
@@ -284,7 +306,7 @@ def integrity_snapshot(root: Path, entries: Sequence[AuditEntry]) -> list[Artifa
 def _check_unaccounted(root: Path, entries: Sequence[AuditEntry]) -> list[Problem]:
     """Files in the workspace that no entry of the log wrote (or that it logged as removed)."""
     present: dict[str, str | None] = {}
-    for entry in entries:
+    for entry in _vouching(entries):
         for art in entry.outputs:
             if art.path is not None:
                 present[art.path] = art.sha256
@@ -310,7 +332,7 @@ def _check_unaccounted(root: Path, entries: Sequence[AuditEntry]) -> list[Proble
 
 def _check_ledger(entries: Sequence[AuditEntry], current: Mapping[str, str]) -> list[Problem]:
     """The ledger as the log last saw it, table by table, against the ledger now."""
-    last = next((e for e in reversed(entries) if e.ledger is not None), None)
+    last = next((e for e in reversed(_vouching(entries)) if e.ledger is not None), None)
     if last is None:
         return []
     return [Problem(last.seq, f"ledger table {table!r} differs from the state this entry recorded: rows were "

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..interrupts import deferred_interrupts
 from ..io import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_file
-from .audit_log import OPERATIONS, Artifact, AuditEntry
+from .audit_log import OPERATIONS, RECORDS_OF_FAILURES, Artifact, AuditEntry
 from .ledger_ops import LedgerOp, ledger_op_from_json
 from .names import WorkspaceError
 
@@ -215,7 +215,8 @@ def _unexplained_ledger(ws: "Workspace", entries: Sequence[AuditEntry], staging:
     killed after its own ledger operations ran is explained by what ``LEDGER_APPLIED`` recorded then, in the tables
     those operations write and no other. Killed in the instant between the operations and that record, the
     difference cannot be told from an edit, and is reported (fail-safe)."""
-    last = next((e.ledger for e in reversed(entries) if e.ledger is not None), None)
+    vouching = [e for e in entries if e.operation not in RECORDS_OF_FAILURES]  # a failure's record vouches for nothing
+    last = next((e.ledger for e in reversed(vouching) if e.ledger is not None), None)
     if last is None:
         return []
     now = ws.ledger.state_digest()

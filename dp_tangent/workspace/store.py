@@ -40,7 +40,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..components.manifest import commit, key_id, new_key
 from ..io import atomic_write_text, sha256_file
-from .audit_log import INTEGRITY_FAILURE_REASON, Artifact, AuditLog, integrity_snapshot
+from .audit_log import (INTEGRITY_FAILURE_REASON, Artifact, AuditLog, VerifyReport, integrity_snapshot,
+                        resolvable_failures, unresolved_failures)
 from .commit import Change, FileWrite, apply, finish_interrupted, named_ids
 from .ledger_ops import FailReservation, RegisterModel, SetBudget, SetDataSource
 from .lock import workspace_lock, workspace_lock_if_free
@@ -80,6 +81,15 @@ class WorkspaceInfo(_Strict):
     format: Literal["dp-tangent-workspace/1"] = FORMAT
     created_at: str
     manifest_key_id: str
+
+
+class WorkspaceIntegrityError(WorkspaceError):
+    """The workspace does not verify against its audit log: an operation on it is refused."""
+
+
+def _current_problems(report: VerifyReport) -> list[str]:
+    """What does not verify now, less the records of earlier failures (their own problems are checked afresh)."""
+    return [str(p) for p in report.problems if not p.reason.startswith(INTEGRITY_FAILURE_REASON)]
 
 
 @dataclass(frozen=True)
@@ -279,26 +289,72 @@ class Workspace:
     def lock(self) -> Iterator[None]:
         """Exclusive workspace lock across processes; re-entrant within this process.
 
-        Taking it (outermost) first checks the workspace against its log; anything that does not
-        verify is recorded at once in an ``integrity_failure`` entry, which ``audit verify`` then
-        reports for ever: an operation can never log over (and so launder) a tampered ledger or file.
+        Taking it (outermost) first finishes what killed processes left (changes half-way, abandoned
+        reservations), then checks the workspace against its log. If anything does not verify, it is
+        recorded in an ``integrity_failure`` entry (once: not again while that entry is the last) and the
+        operation is refused: an operation can never log over (and so launder) a tampered ledger or file.
+        Once the workspace is restored, ``audit resolve`` closes the record (:meth:`resolve_integrity_failures`).
         """
         with workspace_lock(self.root) as outermost:
             if outermost and self.audit_log_path.is_file():
                 finish_interrupted(self)  # a change killed half-way is finished, not mistaken for tampering
-                self.record_integrity_failure()
+                self._resolve_abandoned()  # so is a reservation a killed driver left
+                self._refuse_unverified()
             yield
+
+    def _refuse_unverified(self) -> None:
+        audit = self.audit
+        problems = _current_problems(audit.verify())
+        if not problems:
+            return
+        entries = audit.entries()
+        if not (entries and entries[-1] in unresolved_failures(entries)):
+            self.record_integrity_failure()
+        raise WorkspaceIntegrityError(
+            f"{self.root} does not verify ({len(problems)} problem(s), first: {problems[0]}): recorded in its audit "
+            "log, and nothing was done; `dp-tangent audit verify` lists every problem; restore what it names (e.g. "
+            "remove a file put there by hand), then close the record with `dp-tangent audit resolve --reason ...`")
 
     def record_integrity_failure(self, found: Sequence[str] = ()) -> None:
         """Record in an ``integrity_failure`` entry what does not verify: ``found`` (what a caller found, e.g. a
-        ledger edit an interrupted change being finished does not explain) and every new problem of the log's own
-        check. ``audit verify`` reports the entry for ever."""
+        ledger edit an interrupted change being finished does not explain) and every problem of the log's own
+        check. ``audit verify`` reports the entry until :meth:`resolve_integrity_failures` closes it."""
         audit = self.audit
-        report = audit.verify()
-        new = [*found, *(str(p) for p in report.problems if not p.reason.startswith(INTEGRITY_FAILURE_REASON))]
+        new = [*found, *_current_problems(audit.verify())]
         if new:
             audit.append("integrity_failure", outputs=integrity_snapshot(self.root, audit.entries()), parameters={
                 "problems": new[:50], "count": len(new)})
+
+    def resolve_integrity_failures(self, reason: str, operator: str | None = None) -> list[int]:
+        """Close the recorded integrity failures that nothing was written after, once the workspace verifies again
+        (its files and ledger the state the log vouches for, nothing unaccounted): an ``integrity_resolved`` entry
+        names them, with ``reason`` and the operator. Returns their entry numbers."""
+        if not reason.strip():
+            raise WorkspaceError("give a reason: what was found and what was done about it (it is logged)")
+        with workspace_lock(self.root):
+            finish_interrupted(self)
+            self._resolve_abandoned()
+            audit = self.audit
+            entries = audit.entries()
+            open_ones = unresolved_failures(entries)
+            closable = resolvable_failures(entries)
+            if not open_ones:
+                raise WorkspaceError(f"{self.root} has no open integrity failure to resolve")
+            problems = _current_problems(audit.verify())
+            if problems:
+                raise WorkspaceIntegrityError(f"{self.root} still does not verify ({len(problems)} problem(s), first: "
+                                              f"{problems[0]}); restore it first (`dp-tangent audit verify` lists "
+                                              "every problem)")
+            if len(closable) < len(open_ones):
+                stuck = [e.seq for e in open_ones if e not in closable]
+                raise WorkspaceIntegrityError(
+                    f"the integrity failure(s) of entr{'y' if len(stuck) == 1 else 'ies'} "
+                    f"{', '.join(map(str, stuck))} cannot be resolved: operations were logged after them, so their "
+                    "states include what was found, and no check can tell it was undone; they stay reported")
+            seqs = [e.seq for e in closable]
+            audit.append("integrity_resolved", operator=operator or getpass.getuser(),
+                         parameters={"resolves": seqs, "reason": reason.strip()})
+            return seqs
 
     # -- listing and loading --------------------------------------------------------------------------
     def list_components(self) -> list[str]:
