@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -284,6 +285,23 @@ def test_a_file_planted_where_the_log_does_not_look_fails_verification(ws, plant
 
 
 # -- certificates can be checked years later (finding 4) --------------------------------------------
+
+@pytest.mark.parametrize("suffix", ["txt", "json"])
+def test_an_edited_copy_of_a_certificate_does_not_hold(ws, capsys, tmp_path, suffix: str) -> None:
+    """Review 4: a requester's copy with its dates, outcome and removed components edited (a late deletion
+    backdated to "on time") was confirmed: only the commitments and the checkpoint were compared."""
+    code, out = _cli(capsys, "forget", "rec-0-5", "--request-id", "req-8", "-w", str(ws.root))
+    assert code == 0, out
+    copy = tmp_path / f"copy.{suffix}"
+    copy.write_bytes((ws.certificates_dir / f"req-8.{suffix}").read_bytes())
+    code, out = _cli(capsys, "certificate", "verify", str(copy), "-w", str(ws.root))
+    assert code == 0 and "certificate req-8 holds" in out, out
+    text = copy.read_text()
+    received = re.search(r"\d{4}-\d\d-\d\dT[\d:.]+(\+00:00|Z)?", text)[0]
+    copy.write_text(text.replace(received, "2019-01-01T00:00:00+00:00"))
+    code, out = _cli(capsys, "certificate", "verify", str(copy), "-w", str(ws.root))
+    assert code == 1 and "not a certificate the tool wrote for request req-8" in out, out
+
 
 def test_a_certificate_verifies_later_and_fails_once_the_record_comes_back(ws, capsys, mlp_backbone) -> None:
     code, out = _cli(capsys, "forget", "rec-0-5", "--request-id", "req-7", "-w", str(ws.root))

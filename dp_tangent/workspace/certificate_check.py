@@ -15,7 +15,10 @@ also catches a rollback of the log to a point after the certificate's own checkp
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +26,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from ..components.component import read_metadata
+from .audit_log import AuditEntry
 from .certificates import DeletionCertificate, LogCheckpoint
 from .checkpoint import Checkpoint, extends, origin_of
 from .deletion_requests import ForgetError
@@ -65,6 +69,7 @@ class CertificateClaim:
     record_commitments: tuple[str, ...]
     checkpoint: LogCheckpoint | None
     components_removed: tuple[str, ...] = ()
+    sha256: str | None = None  # of the file the claim was read from (None: not read from a file)
 
     @classmethod
     def of(cls, cert: DeletionCertificate) -> "CertificateClaim":
@@ -97,11 +102,19 @@ def load_certificate(path: Path) -> CertificateClaim:
         raise ForgetError(f"cannot read the certificate {path}: {err.strerror}") from None
     try:
         if data.lstrip().startswith(b"{"):
-            return CertificateClaim.of(DeletionCertificate.model_validate_json(data))
-        return parse_certificate_text(data.decode("utf-8"))
+            claim = CertificateClaim.of(DeletionCertificate.model_validate_json(data))
+        else:
+            claim = parse_certificate_text(data.decode("utf-8"))
+        return dataclasses.replace(claim, sha256=hashlib.sha256(data).hexdigest())
     except (ValidationError, ValueError) as err:
         raise ForgetError(f"{path} is not a deletion certificate (its .json or .txt file; {type(err).__name__})") \
             from None
+
+
+def _written_certificates(entries: Sequence[AuditEntry], request_id: str) -> set[str]:
+    """The sha256 of every version of the request's certificate files (``.txt`` and ``.json``) the log recorded."""
+    paths = {f"certificates/{request_id}.txt", f"certificates/{request_id}.json"}
+    return {a.sha256 for e in entries for a in e.outputs if a.path in paths and a.sha256 is not None}
 
 
 def check_certificate(ws: "Workspace", cert: DeletionCertificate | CertificateClaim,
@@ -133,6 +146,10 @@ def check_certificate(ws: "Workspace", cert: DeletionCertificate | CertificateCl
             problems.append(f"the given checkpoint is of another workspace ({external.origin})")
         elif why := extends([e.hash for e in entries], external):
             problems.append(f"against the given checkpoint: {why}")
+    if cert.sha256 is not None and cert.sha256 not in _written_certificates(entries, cert.request_id):
+        problems.append(f"the file is not a certificate the tool wrote for request {cert.request_id} (its sha256 is "
+                        "in no audit log entry): it was edited (dates, outcome or components are not checked "
+                        "otherwise)")
     deletion = next((e for e in entries[:point.size] if e.operation == "deletion"
                      and e.parameters.get("request_id") == cert.request_id), None)
     if deletion is None:
