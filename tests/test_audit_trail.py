@@ -271,7 +271,9 @@ def test_a_file_the_log_does_not_account_for_fails_verification(ws, capsys) -> N
 
 
 @pytest.mark.parametrize("planted", [".pending/c0.safetensors", ".pending/notes/c0.safetensors", "ledger.sqlite-shm",
-                                     ".pending/" + "a" * 32 + "/c0.safetensors"])
+                                     ".pending/" + "a" * 32 + "/c0.safetensors",
+                                     ".pending/" + "a" * 32 + "/" + "b" * 64,  # review 4: staged by no intent
+                                     "reports/keep.safetensors", "reports/keep.md"])  # review 4: not a report
 def test_a_file_planted_where_the_log_does_not_look_fails_verification(ws, planted: str) -> None:
     """Review: a removed component copied under .pending/ (as a plain file: the next command's clean-up skipped it) or
     as ledger.sqlite-shm (a file this ledger, in rollback-journal mode, never makes) passed both verifiers."""
@@ -413,6 +415,8 @@ def test_outputs_inside_the_workspace_are_refused(ws, tmp_path, capsys) -> None:
     assert code == 2 and "inside the workspace" in out
     code, out = _cli(capsys, "report", "-o", str(ws.root / "reports" / "r.md"), "-w", str(ws.root))
     assert code == 0 and ws.audit.verify().ok
+    code, out = _cli(capsys, "report", "-o", str(ws.root / "reports" / "r.pdf"), "-w", str(ws.root))
+    assert code == 2 and "needs a .md, .html, .json name" in out and not (ws.root / "reports" / "r.pdf").exists()
 
 
 def test_a_certificate_edited_to_match_an_edited_tombstone_list_is_caught(ws, capsys) -> None:
@@ -566,3 +570,26 @@ def test_a_killed_drivers_reservation_is_resolved_before_the_next_operation_chec
     operations = [e.operation for e in ws.audit.entries()]
     assert "integrity_failure" not in operations and operations[-2:] == ["reservation_abandoned", "budget_change"]
     assert ws.ledger.event(rid).status.value == "failed" and ws.audit.verify().ok
+
+
+def test_losing_a_requests_files_neither_restarts_nor_hides_its_clock(ws, capsys) -> None:
+    """Review 4: with an open request's certificate files gone, receiving it again started a new clock, and the
+    register kept the last receipt, so the overdue request vanished."""
+    from datetime import datetime, timedelta, timezone
+
+    from dp_tangent.workspace.deletion_requests import DeletionRequest
+    from dp_tangent.workspace.request_register import list_requests, receive
+
+    old = datetime.now(timezone.utc) - timedelta(days=60)
+    receive(ws, DeletionRequest("late", ("rec-1-3",), old))
+    for path in ws.certificates_dir.glob("late.*"):
+        path.unlink()
+    with pytest.raises(WorkspaceError, match="late"):
+        receive(ws, DeletionRequest("late", ("rec-1-3",), datetime.now(timezone.utc)))
+    code, out = _cli(capsys, "requests", "list", "--overdue", "-w", str(ws.root))
+    assert code == 1 and "late" in out and "OVERDUE" in out
+    first = next(e for e in ws.audit.entries() if e.operation == "deletion_request")
+    later = {**first.parameters, "received_at": datetime.now(timezone.utc).isoformat()}
+    ws.audit.append("deletion_request", parameters=later)  # a second receipt of the same id, as an old log may hold
+    (late,) = list_requests(ws)
+    assert late.received_at == old and late.overdue

@@ -44,6 +44,7 @@ def report(
     ws = open_workspace(workspace)
     if output is not None:
         check_output_outside(ws, output, allowed="reports")
+        _check_report_name(ws, output)
     kept = load_checkpoint(ws, checkpoint, verifier_key) if checkpoint is not None else None
     with busy("verifying the audit log and computing every accountant's epsilon…"):
         sections = report_sections(ws, report_dir=output.expanduser().absolute().parent if output else None,
@@ -58,3 +59,13 @@ def report(
         typer.secho(f"warning: the audit log did not verify ({len(sections.audit.problems)} problem(s)); "
                     "the report says so", err=True, fg=typer.colors.RED)
         raise typer.Exit(1)
+
+
+def _check_report_name(ws, output: Path) -> None:  # noqa: ANN001
+    """Under the workspace's reports folder only reports are kept (``audit verify`` checks): a report's suffix."""
+    from ..workspace import WorkspaceError
+    from ..workspace.audit_log import REPORT_SUFFIXES
+
+    if ws.root.resolve() in output.expanduser().absolute().resolve().parents and output.suffix not in REPORT_SUFFIXES:
+        raise WorkspaceError(f"{output}: a report in the workspace's reports folder needs a "
+                             f"{', '.join(REPORT_SUFFIXES)} name (audit verify accepts nothing else there)")

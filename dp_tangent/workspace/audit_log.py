@@ -236,7 +236,8 @@ def _check_artifacts(root: Path, entries: Sequence[AuditEntry]) -> tuple[list[Pr
 
 
 #: Files of a workspace that are not artifacts (the log itself, the ledger, the key) and folders of
-#: derived output (reports) that no operation reads: every other file must be accounted for by the log.
+#: derived output (reports, checked to be reports only) that no operation reads: every other file must be
+#: accounted for by the log.
 NOT_ARTIFACTS = frozenset({"audit.log", "ledger.sqlite", "ledger.sqlite-journal", "manifest.key"})
 DERIVED_FOLDERS = frozenset({"reports"})
 #: Where a change stages its files and intent (dp_tangent.workspace.commit); checked on its own.
@@ -303,6 +304,20 @@ def integrity_snapshot(root: Path, entries: Sequence[AuditEntry]) -> list[Artifa
     return out
 
 
+REPORT_SUFFIXES = (".md", ".html", ".json")
+
+
+def _is_report(path: Path) -> bool:
+    """A regular file with a report's suffix that is UTF-8 text (a model's or component's bytes are not)."""
+    if path.is_symlink() or path.suffix not in REPORT_SUFFIXES:
+        return False
+    try:
+        path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return True
+
+
 def _check_unaccounted(root: Path, entries: Sequence[AuditEntry]) -> list[Problem]:
     """Files in the workspace that no entry of the log wrote (or that it logged as removed)."""
     present: dict[str, str | None] = {}
@@ -317,8 +332,18 @@ def _check_unaccounted(root: Path, entries: Sequence[AuditEntry]) -> list[Proble
             if not _STAGED.fullmatch(rel):
                 problems.append(Problem(len(entries), f"file {rel} is not part of an interrupted operation's staging "
                                                       "(planted there: no operation would move or check it)"))
+            elif not (root / PENDING_FOLDER / rel.split("/")[1] / "intent.json").is_file():
+                problems.append(Problem(len(entries), f"file {rel} is staged by no operation (its folder has no "
+                                                      "intent: the next command discards the staging of one killed "
+                                                      "before its commit point; anything else was planted)"))
             continue
-        if rel in NOT_ARTIFACTS or rel.split("/", 1)[0] in DERIVED_FOLDERS:
+        if rel.split("/", 1)[0] in DERIVED_FOLDERS:
+            if not _is_report(path):
+                problems.append(Problem(len(entries), f"file {rel} is not a report (a .md, .html or .json text that "
+                                                      "`dp-tangent report` writes): nothing but reports may be kept "
+                                                      "there unchecked"))
+            continue
+        if rel in NOT_ARTIFACTS:
             continue
         if present.get(rel) is None:
             problems.append(Problem(len(entries), f"file {rel} is not accounted for by the log (added or restored "

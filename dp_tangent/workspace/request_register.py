@@ -22,6 +22,10 @@ def receive(ws: Workspace, request: DeletionRequest, *, operator: str | None = N
     with ws.lock():
         if read_certificate(ws, request.request_id) is not None:
             raise ForgetError(f"request {request.request_id!r} was already received")
+        if any(e.operation == "deletion_request" and e.parameters.get("request_id") == request.request_id
+               for e in ws.audit.entries()):  # its files gone: receiving it again would restart its clock
+            raise ForgetError(f"request {request.request_id!r} was already received (the audit log holds it) but its "
+                              "certificate files are missing: restore them from a backup")
         due = deadlines(request.received_at, request.regimes)
         cert = DeletionCertificate(
             request_id=request.request_id, status="open", outcome="pending",
@@ -57,7 +61,7 @@ def list_requests(ws: Workspace, now: datetime | None = None) -> list[RequestSta
     for entry in ws.audit.entries():
         request_id = entry.parameters.get("request_id")
         if entry.operation == "deletion_request":
-            received[request_id] = entry.parameters
+            received.setdefault(request_id, entry.parameters)  # the first receipt starts the clock
         elif entry.operation == "deletion":
             completed[request_id] = entry.parameters.get("completed_at") or entry.time
     out = []
