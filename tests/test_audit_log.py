@@ -190,3 +190,23 @@ def test_two_processes_appending_at_once_lose_nothing(tmp_path) -> None:
     assert report.ok and report.entries == 201
     seen = sorted((e.parameters["worker"], e.parameters["i"]) for e in AuditLog(path).entries()[1:])
     assert seen == sorted((w, i) for w in range(2) for i in range(100))
+
+
+def test_a_short_write_leaves_no_torn_line(tmp_path, monkeypatch) -> None:
+    """Review 4: a full disk or a file-size limit cut an entry half-way, and every later command refused the torn
+    log (until it was truncated by hand). The append now truncates back to where it began."""
+    import os
+
+    log = _log_with_artifacts(tmp_path)
+    before = log.path.read_bytes()
+    real_write = os.write
+
+    def half(fd: int, data: bytes) -> int:
+        return real_write(fd, data[: len(data) // 2])
+
+    monkeypatch.setattr(dp_tangent.workspace.audit_log.os, "write", half)
+    with pytest.raises(AuditLogError, match="short write .* the entry was not logged and the log is as it was"):
+        log.append("training", parameters={"n": 1})
+    monkeypatch.setattr(dp_tangent.workspace.audit_log.os, "write", real_write)
+    assert log.path.read_bytes() == before and verify(log.path).ok
+    assert log.append("training", parameters={"n": 2}).seq == len(log.entries()) - 1 and verify(log.path).ok

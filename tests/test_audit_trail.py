@@ -187,6 +187,16 @@ def test_a_failed_retraining_says_the_request_stays_open_and_how_to_finish(ws, c
     assert code == 0 and "removed 1 component" in out
     code, out = _cli(capsys, "requests", "list", "--open", "-w", str(ws.root))
     assert "r2" not in out
+    code, out = _cli(capsys, "forget", "rec-0-2", "--request-id", "r2", "-w", str(ws.root))  # review 4: once done,
+    assert code == 2 and "was completed before; nothing was changed" in out and "OPEN" not in out  # no false hint
+
+
+def test_a_failed_rerun_names_the_registered_clock_not_its_own(ws, capsys) -> None:
+    args = ["forget", "rec-0-2", "--request-id", "r3", "--retrain", "-w", str(ws.root)]
+    code, out = _cli(capsys, *args[:-2], "--received-at", "2026-11-01T09:30:00+00:00", *args[-2:])
+    assert code == 2 and "its clock runs from 2026-11-01T09:30:00+00:00" in out, out
+    code, out = _cli(capsys, *args)  # the rerun the hint suggests, failing again: the clock is the registered one
+    assert code == 2 and "its clock runs from 2026-11-01T09:30:00+00:00" in out, out
 
 
 def test_requests_list_flags_overdue_requests(ws, capsys) -> None:
@@ -593,3 +603,35 @@ def test_losing_a_requests_files_neither_restarts_nor_hides_its_clock(ws, capsys
     ws.audit.append("deletion_request", parameters=later)  # a second receipt of the same id, as an old log may hold
     (late,) = list_requests(ws)
     assert late.received_at == old and late.overdue
+
+
+def test_a_deletion_stopped_before_its_seal_is_flagged_until_sealed(ws, capsys, monkeypatch) -> None:
+    """Review 4: killed between the deletion entry and the seal, the request looked completed everywhere, with a
+    certificate no one could check; nothing asked anyone to run forget again, which seals it."""
+    import dp_tangent.workspace.forget as forget_module
+
+    real_seal = forget_module._seal
+
+    def killed(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(forget_module, "_seal", killed)
+    code, out = _cli(capsys, "forget", "rec-0-5", "--request-id", "req-s", "-w", str(ws.root))
+    assert code != 0
+    monkeypatch.setattr(forget_module, "_seal", real_seal)
+    code, out = _cli(capsys, "requests", "list", "-w", str(ws.root))
+    assert code == 1 and "UNSEALED" in out and "run the same `dp-tangent forget` command again to seal it" in out
+    code, out = _cli(capsys, "forget", "rec-0-5", "--request-id", "req-s", "-w", str(ws.root))
+    assert code == 0, out
+    code, out = _cli(capsys, "requests", "list", "-w", str(ws.root))
+    assert code == 0 and "completed" in out and "UNSEALED" not in out
+
+
+def test_a_folder_named_as_a_component_fails_verification_and_is_not_listed(ws, capsys) -> None:
+    """Review 4: an empty folder components/evil.safetensors passed audit verify, then broke every forget."""
+    (ws.components_dir / "evil.safetensors").mkdir()
+    report = ws.audit.verify()
+    assert not report.ok and "components/evil.safetensors is a folder, not a file" in str(report)
+    assert "evil" not in ws.list_components()
+    (ws.components_dir / "evil.safetensors").rmdir()
+    assert ws.audit.verify().ok

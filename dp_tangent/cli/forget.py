@@ -73,9 +73,7 @@ def forget(
         again = ["dp-tangent", "forget", *record_ids, "--request-id", request.request_id,
                  *(["--retrain"] if retrain else []), "-w", str(ws.root)]
         cause = f"{err.strerror or err} ({type(err).__name__})" if isinstance(err, OSError) else str(err)
-        raise ForgetError(f"{cause}; request {request.request_id} stays OPEN (its clock runs from "
-                          f"{request.received_at.isoformat()}): fix the cause and finish it with: "
-                          f"{shlex.join(again)}") from err
+        raise ForgetError(f"{cause}; {_request_state(ws, request.request_id, shlex.join(again))}") from err
     typer.echo(result.message)
     for added in result.certificate.components_added:  # what `budget show` would now print for it
         typer.echo(f"  {added.data_source}/{added.shard}: "
@@ -87,3 +85,23 @@ def forget(
                     "component. Check each id: if it is right, this workspace holds no trained data on it (it is "
                     "tombstoned all the same, so it will never be trained here).", err=True, fg=typer.colors.YELLOW)
         raise typer.Exit(NOT_FOUND_EXIT)
+
+
+def _request_state(ws, request_id: str, again: str) -> str:  # noqa: ANN001
+    """Where the request stands after a failed run, as the audit log says (its registered clock, not this run's)."""
+    from ..workspace.request_register import list_requests
+
+    try:
+        status = next((r for r in list_requests(ws) if r.request_id == request_id), None)
+    except Exception:  # noqa: BLE001 -- the log could not be read: say what is certain
+        return f"if request {request_id} was registered it stays open; check with `dp-tangent requests list`"
+    if status is None:
+        return f"request {request_id} was not registered (nothing was done)"
+    if status.status == "completed":
+        return f"request {request_id} was completed before; nothing was changed"
+    if status.status == "unsealed":
+        return f"request {request_id} is deleted but its certificate is not sealed: fix the cause and seal it with: " \
+               f"{again}"
+    return (f"request {request_id} stays OPEN (its clock runs from {status.received_at.isoformat()}): fix the cause "
+            f"and finish it with: {again}")
+

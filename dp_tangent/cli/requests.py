@@ -20,7 +20,8 @@ def requests_list(
 ) -> None:
     """Every deletion request: received, due by (the earliest of GDPR's and CCPA's deadlines), status.
 
-    Exit code 1 when an open request is overdue, so a scheduled check can alert on it.
+    Exit code 1 when an open request is overdue, or a deletion's certificate was never sealed, so a scheduled
+    check can alert on it.
     """
     from rich.console import Console
     from rich.table import Table
@@ -33,10 +34,14 @@ def requests_list(
     for column in ("request", "status", "received (UTC)", "due by", "days left", "completed"):
         table.add_column(column)
     for r in shown:
-        state = "[red]OVERDUE[/]" if r.overdue else r.status
+        state = "[red]OVERDUE[/]" if r.overdue else "[red]UNSEALED[/]" if r.status == "unsealed" else r.status
         table.add_row(r.request_id, state, r.received_at.isoformat(timespec="minutes"), r.due_by.isoformat(),
                       str(r.days_left) if r.status == "open" else "-",
                       r.completed_at.isoformat(timespec="minutes") if r.completed_at else "-")
     Console().print(table if shown else "no deletion requests" + (" match" if rows else ""))
-    if any(r.overdue for r in rows):
+    for r in rows:
+        if r.status == "unsealed":
+            typer.echo(f"request {r.request_id}: deleted, but its certificate was never sealed (the run stopped "
+                       "before): run the same `dp-tangent forget` command again to seal it", err=True)
+    if any(r.overdue or r.status == "unsealed" for r in rows):
         raise typer.Exit(1)

@@ -246,6 +246,8 @@ PENDING_FOLDER = ".pending"
 #: its operations ran, the new files' bytes by sha256, and the temporary files of an atomic write killed half-way
 _STAGED = re.compile(r"\.pending/[0-9a-f]{32}/(intent\.json|ledger-applied\.json|[0-9a-f]{64}"
                      r"|\.(intent|ledger-applied)\.json\.[^/]+\.tmp)")
+#: Folders that hold files only, never folders (a folder named like a component would be listed as one).
+ARTIFACT_FOLDERS = ("components", "models", "certificates")
 #: Logged files whose disappearance is tampering, not archiving.
 MUST_STAY = frozenset({"workspace.json", "tombstones.json", "data-sources.json"})
 MUST_STAY_FOLDERS = ("certificates/",)
@@ -348,6 +350,11 @@ def _check_unaccounted(root: Path, entries: Sequence[AuditEntry]) -> list[Proble
         if present.get(rel) is None:
             problems.append(Problem(len(entries), f"file {rel} is not accounted for by the log (added or restored "
                                                   "behind the tool's back)"))
+    for folder in ARTIFACT_FOLDERS:
+        for path in sorted((root / folder).glob("*")):
+            if path.is_dir() and not path.is_symlink():
+                problems.append(Problem(len(entries), f"{folder}/{path.name} is a folder, not a file (made by hand: "
+                                                      "no operation makes one there)"))
     pending = sorted(p.parent.name for p in (root / PENDING_FOLDER).glob("*/intent.json"))
     if pending:
         problems.append(Problem(len(entries), f"{len(pending)} operation(s) were interrupted and are not finished: "
@@ -469,9 +476,16 @@ class AuditLog:
                    "prev_hash": entries[-1].hash if entries else GENESIS}
             raw["hash"] = entry_hash(raw)
             line = canonical_json(raw) + b"\n"
-            if os.write(fd, line) != len(line):
-                raise AuditLogError(f"short write to {self.path}; the log must be checked with verify()")
-            os.fsync(fd)
+            size = os.fstat(fd).st_size
+            try:
+                if os.write(fd, line) != len(line):
+                    raise AuditLogError(f"short write to {self.path} (a full disk or a file-size limit?); the entry "
+                                        "was not logged and the log is as it was")
+                os.fsync(fd)
+            except BaseException:
+                os.ftruncate(fd, size)  # no torn last line: the log stays what it was before this entry
+                os.fsync(fd)
+                raise
         finally:
             os.close(fd)  # closing releases the lock
         if created:

@@ -52,24 +52,30 @@ class RequestStatus:
 def list_requests(ws: Workspace, now: datetime | None = None) -> list[RequestStatus]:
     """Every request the workspace received, with its clock: ``overdue`` = still open after ``due_by``.
 
+    ``status``: open, completed, or unsealed (deleted, but the run stopped before the certificate got the log's
+    checkpoint, so it cannot be checked yet: running the same ``forget`` again seals it).
     Read from the audit log (``deletion_request`` entries; a ``deletion`` entry completes one), not from the
     certificate files: a file edited or removed behind the tool's back cannot hide an open or overdue request from
     a scheduled check (``audit verify`` reports the file)."""
     today = resolve_now(now).date()
     received: dict[str, dict] = {}
     completed: dict[str, str] = {}
+    sealed: set[str] = set()
     for entry in ws.audit.entries():
         request_id = entry.parameters.get("request_id")
         if entry.operation == "deletion_request":
             received.setdefault(request_id, entry.parameters)  # the first receipt starts the clock
         elif entry.operation == "deletion":
             completed[request_id] = entry.parameters.get("completed_at") or entry.time
+        elif entry.operation == "certificate_sealed":
+            sealed.add(request_id)
     out = []
     for request_id in sorted(received):
         logged = received[request_id]
         due = min(date.fromisoformat(d) for d in logged["deadlines"].values())
         done = completed.get(request_id)
-        status = "open" if done is None else "completed"
+        # done but not sealed: the run stopped before its certificate got the log's checkpoint (rerun to seal it)
+        status = "open" if done is None else "completed" if request_id in sealed else "unsealed"
         out.append(RequestStatus(request_id, status, datetime.fromisoformat(logged["received_at"]), due,
                                  None if done is None else datetime.fromisoformat(done),
                                  status == "open" and today > due, (due - today).days))

@@ -358,10 +358,10 @@ class Workspace:
 
     # -- listing and loading --------------------------------------------------------------------------
     def list_components(self) -> list[str]:
-        return sorted(p.name[:-len(".safetensors")] for p in self.components_dir.glob("*.safetensors"))
+        return sorted(p.name[:-len(".safetensors")] for p in self.components_dir.glob("*.safetensors") if p.is_file())
 
     def list_models(self) -> list[str]:
-        return sorted(p.stem for p in self.models_dir.glob("*.json"))
+        return sorted(p.stem for p in self.models_dir.glob("*.json") if p.is_file())
 
     def load_component(self, name: str) -> Component:
         from ..components.component import load_component
