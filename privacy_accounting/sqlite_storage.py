@@ -12,9 +12,11 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import sqlite3
 import uuid
@@ -295,6 +297,12 @@ class SQLiteStorage:
                     raise LedgerCorruptError(
                         f"{where} holds {kind} {name!r}, which no privacy ledger has (a trigger can rewrite rows as "
                         "they are written); refusing to open it: drop it, or restore the ledger from a backup")
+                changed = _schema_changes(conn)
+                if changed:
+                    raise LedgerCorruptError(
+                        f"{where}: {changed[0]}, unlike every privacy ledger's schema (a constraint such as ON "
+                        "CONFLICT REPLACE can delete rows as the ledger writes); refusing to open it: restore the "
+                        "ledger from a backup")
             finally:
                 conn.close()
 
@@ -524,6 +532,36 @@ def _digests_without(conn: sqlite3.Connection, seqs: list[int]) -> dict[str, str
             f"SELECT * FROM {table} WHERE seq NOT IN ({marks}) ORDER BY {_DIGESTED[table]}", seqs))  # noqa: S608
     return {table: digests[table] if table in digests else _table_digest(conn, table, order)
             for table, order in _DIGESTED.items()}
+
+
+def _canonical_sql(sql: str | None) -> str:
+    """A schema object's SQL without whitespace or case (a migrated table's text differs from a fresh one's in
+    layout only)."""
+    return re.sub(r"\s+", "", sql or "").lower()
+
+
+@functools.lru_cache(maxsize=1)
+def _expected_schema() -> dict[tuple[str, str], str]:
+    """(type, name) -> canonical SQL of every table and index a ledger made by this code has."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.executescript(_SCHEMA)
+        return {(kind, name): _canonical_sql(sql) for kind, name, sql in conn.execute(
+            "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")}
+    finally:
+        conn.close()
+
+
+def _schema_changes(conn: sqlite3.Connection) -> list[str]:
+    """What differs between the file's schema and a ledger's (a table or index added, removed or redefined)."""
+    expected = _expected_schema()
+    found = {(kind, name): _canonical_sql(sql) for kind, name, sql in conn.execute(
+        "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")}
+    changes = [f"{kind} {name!r} is defined differently" for (kind, name), sql in sorted(found.items())
+               if (kind, name) in expected and expected[(kind, name)] != sql]
+    changes += [f"it holds {kind} {name!r}" for kind, name in sorted(set(found) - set(expected))]
+    changes += [f"it lacks {kind} {name!r}" for kind, name in sorted(set(expected) - set(found))]
+    return changes
 
 
 def _migrate(conn: sqlite3.Connection, version: int) -> None:

@@ -77,11 +77,13 @@ def test_corrupt_component_file_is_refused_in_one_line(tmp_path) -> None:
     blob = bytearray(component.read_bytes())
     blob[-5] ^= 0xFF  # flip a bit inside the tensors
     component.write_bytes(bytes(blob))
-    for args in (["evaluate", component.stem], ["compose", component.stem, "--name", "again"]):
+    for args, message in ((["evaluate", component.stem], "do not match the digest"),  # reads: the file's own check
+                          (["compose", component.stem, "--name", "again"],  # writes: the workspace's check first
+                           f"components/{component.name}: sha256 on disk differs from the logged one")):
         result = subprocess.run([sys.executable, "-m", "dp_tangent", *args, "--workspace", str(ws)],
                                 capture_output=True, text=True, timeout=300)
         assert result.returncode == 2, result.stdout + result.stderr
-        assert "do not match the digest" in result.stderr and "Traceback" not in result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
     verify = subprocess.run([sys.executable, "-m", "dp_tangent", "audit", "verify", "--workspace", str(ws)],
                             capture_output=True, text=True, timeout=300)

@@ -134,3 +134,15 @@ def test_an_edited_gelu_output_is_recomputed_and_every_gelu_stays_exact(reuses: 
     names = autograd_node_names(out)
     assert names.count("_ReplayedOpBackward") == 1 and names.count("GeluBackward0") == 2
     _assert_exact(model, tangent, deltas, x, out)
+
+
+def test_only_real_batched_matrix_products_are_replayed() -> None:
+    """The replayed product's backward is g b^T, a^T g: the vector-Jacobian product of real matrices only (complex
+    ones need conjugates), of equal batch shapes (no broadcast to sum back)."""
+    from dp_tangent.tangent.twins import _batched_matrices
+
+    real, complex_ = torch.zeros(2, 3, 3), torch.zeros(2, 3, 3, dtype=torch.complex128)
+    assert _batched_matrices((real, real), (), {})
+    assert not _batched_matrices((complex_, complex_), (), {})
+    assert not _batched_matrices((real, torch.zeros(3, 3)), (), {})
+    assert not _batched_matrices((real[0, 0], real), (), {})

@@ -112,6 +112,42 @@ def test_packaged_minilm_linearization_is_exact_in_float64(minilm: torch.nn.Modu
     assert (got - want).abs().max() <= 1e-13 * want.abs().max()
 
 
+def test_minilm_attention_is_replayed_and_its_gradient_stays_exact(minilm: torch.nn.Module,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plain pass takes the last layer's attention products, softmax (Hugging Face passes ``dtype=None``) and
+    GELU from the dual pass; the gradient is torch.func's of the tangent loss."""
+    from dp_tangent.tangent import model as tangent_model
+    from dp_tangent.tangent.twins import PrimalReuse
+
+    made: list[PrimalReuse] = []
+
+    class Recorded(PrimalReuse):
+        def __init__(self) -> None:
+            super().__init__()
+            made.append(self)
+
+    monkeypatch.setattr(tangent_model, "PrimalReuse", Recorded)
+    net = copy.deepcopy(minilm).double()
+    ids = net.example_input()
+    tangent = linearize(net, "blocks[-1:]", example_input=ids)
+    deltas = random_deltas(tangent, 1e-3)
+    tangent.load_deltas(deltas)
+    y = torch.tensor([0, 2])[: len(ids)]
+    LOSS.per_sample(tangent(ids), y).sum().backward()
+    assert made[-1].ops_reused == {"matmul": 2, "softmax": 1, "gelu": 1} and made[-1].recomputed == 0
+    params = {n: p.detach() for n, p in net.named_parameters()}
+
+    def tangent_loss(d: dict[str, torch.Tensor]) -> torch.Tensor:
+        out, tangent_out = jvp(lambda p: functional_call(net, {**params, **p}, (ids,)), ({n: params[n] for n in d},),
+                               (d,))
+        return LOSS.per_sample(out + tangent_out, y).sum()
+
+    want = grad(tangent_loss)(deltas)
+    assert max(w.abs().max() for w in want.values()) > 1e-6  # not vacuous
+    for name, param in tangent.named_deltas():
+        assert torch.allclose(param.grad, want[name], rtol=1e-9, atol=1e-12), name
+
+
 def test_minilm_forward_is_the_encoders_own(minilm: torch.nn.Module) -> None:
     """The classifier feeds the encoder explicit per-example position and token-type ids (for
     per-sample gradients): the same values as the encoder's defaults, so the same hidden states."""

@@ -142,8 +142,8 @@ class TorchvisionData(_Strict):
 
 
 class TableData(_Kind):
-    """A CSV/Parquet table: named ``features`` (numeric), a ``label`` column and optionally a
-    ``record_id`` column; features scaled as ``scaling`` says, never with statistics of this table
+    """A CSV/Parquet table: named ``features`` (numeric), a ``label`` column and a ``record_id`` column (required
+    in a recipe); features scaled as ``scaling`` says, never with statistics of this table
     (see :mod:`~dp_tangent.data.tables`)."""
 
     path: str
@@ -240,7 +240,7 @@ class _Tokenized(_Kind):
 
 class TextData(_Tokenized):
     """A CSV/JSONL/Parquet file of texts: a ``text`` column, a ``label`` column (integer classes, or text
-    labels listed in ``classes``) and optionally a ``record_id`` column (see :mod:`~dp_tangent.data.text`)."""
+    labels listed in ``classes``) and a ``record_id`` column (required in a recipe; see :mod:`~dp_tangent.data.text`)."""
 
     path: str
     text: str = "text"

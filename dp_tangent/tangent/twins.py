@@ -411,9 +411,10 @@ def _gelu_backward(grad_out: torch.Tensor, x: torch.Tensor, approximate: str = "
 
 
 def _batched_matrices(inputs: tuple[torch.Tensor, ...], args: tuple, kwargs: dict) -> bool:
-    """a @ b of two (batches of) matrices with the same batch shape, nothing else: attention's products."""
+    """a @ b of two real (batches of) matrices with the same batch shape, nothing else: attention's products."""
     a, b = inputs
-    return not args and not kwargs and a.dim() >= 2 and b.dim() >= 2 and a.shape[:-2] == b.shape[:-2]
+    return (not args and not kwargs and a.dim() >= 2 and b.dim() >= 2 and a.shape[:-2] == b.shape[:-2]
+            and a.dtype.is_floating_point and b.dtype.is_floating_point)
 
 
 def _matmul_backward(grad_out: torch.Tensor, inputs: tuple[torch.Tensor, ...], output: None, needs: tuple[bool, ...],
@@ -424,8 +425,10 @@ def _matmul_backward(grad_out: torch.Tensor, inputs: tuple[torch.Tensor, ...], o
 
 
 def _softmax_applies(inputs: tuple[torch.Tensor, ...], args: tuple, kwargs: dict) -> bool:
-    """softmax(x, dim) with the dim alone (no dtype: the output has x's)."""
-    return len(args) + ("dim" in kwargs) == 1 and set(kwargs) <= {"dim", "_stacklevel"}
+    """softmax(x, dim) with the dim alone (no dtype, or ``dtype=None`` as Hugging Face passes it: the output has
+    x's)."""
+    return (len(args) + ("dim" in kwargs) == 1 and set(kwargs) <= {"dim", "_stacklevel", "dtype"}
+            and kwargs.get("dtype") is None)
 
 
 def _softmax_backward(grad_out: torch.Tensor, inputs: None, y: torch.Tensor, needs: tuple[bool, ...], args: tuple,

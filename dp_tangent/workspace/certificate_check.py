@@ -112,9 +112,14 @@ def load_certificate(path: Path) -> CertificateClaim:
 
 
 def _written_certificates(entries: Sequence[AuditEntry], request_id: str) -> set[str]:
-    """The sha256 of every version of the request's certificate files (``.txt`` and ``.json``) the log recorded."""
+    """The sha256 of every version of the request's certificate files (``.txt`` and ``.json``) the tool wrote (an
+    integrity failure's snapshot of the files as it found them vouches for none)."""
     paths = {f"certificates/{request_id}.txt", f"certificates/{request_id}.json"}
-    return {a.sha256 for e in entries for a in e.outputs if a.path in paths and a.sha256 is not None}
+    return {a.sha256 for e in entries if e.operation in _WRITES_CERTIFICATES for a in e.outputs
+            if a.path in paths and a.sha256 is not None}
+
+
+_WRITES_CERTIFICATES = frozenset({"deletion_request", "deletion", "certificate_sealed"})
 
 
 def check_certificate(ws: "Workspace", cert: DeletionCertificate | CertificateClaim,

@@ -140,3 +140,38 @@ def test_a_planted_trigger_or_view_is_refused(tmp_path: Path, sql: str, what: st
     with sqlite3.connect(path) as conn:
         conn.execute(sql)
     assert_refused_untouched(path, f"holds {what}, which no privacy ledger has")
+
+
+def test_a_version_1_ledger_migrates_and_its_schema_passes_the_check(tmp_path: Path) -> None:
+    """The schema check compares definitions without layout: a table altered by the migration reads as a fresh one."""
+    from privacy_accounting import sqlite_storage as storage
+
+    version_1 = storage._SCHEMA.replace(",\n    records_read INTEGER\n", "\n")
+    version_1 = version_1[:version_1.index("CREATE TABLE event_records")] + \
+        version_1[version_1.index("CREATE TABLE audits"):]
+    path = tmp_path / "ledger.sqlite"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(f"PRAGMA application_id = {storage.APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 1")
+    conn.executescript(version_1 + "INSERT INTO meta (key, value) VALUES ('application', '{}'), "
+                       "('schema_version', '1');".format(storage.APPLICATION_NAME))
+    conn.close()
+    ledger = Ledger.open(path)
+    reserve(ledger)
+    assert [e.component for e in Ledger.open(path).events()] == ["c0"]
+
+
+def test_a_ledger_table_redefined_is_refused(tmp_path: Path) -> None:
+    """Review: rebuilt with ON CONFLICT REPLACE (same rows, so the same digests), the events table deleted earlier
+    spends as the tool wrote later ones."""
+    path = tmp_path / "ledger.sqlite"
+    reserve(Ledger.open(path))
+    with sqlite3.connect(path) as conn:
+        sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'events'").fetchone()[0]
+        conn.executescript(
+            "ALTER TABLE events RENAME TO old_events;"
+            + sql.rstrip().rstrip(")") + ", UNIQUE (data_source, shard, status) ON CONFLICT REPLACE);"
+            + "INSERT INTO events SELECT * FROM old_events; DROP TABLE old_events;"
+            + "CREATE INDEX IF NOT EXISTS events_by_shard ON events (data_source, shard, seq);"
+            + "CREATE INDEX IF NOT EXISTS events_by_component ON events (component, seq);")
+    assert_refused_untouched(path, "table 'events' is defined differently, unlike every privacy ledger's schema")
