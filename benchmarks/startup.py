@@ -111,13 +111,13 @@ def spend(ws: "Workspace", event: "AnyEvent" = None, shard: str = "s0", componen
     from privacy_accounting import dp_sgd_event
 
     event = event if event is not None else dp_sgd_event(*SPENT_RUN)
-    with ws.lock():
+    with ws.lock():  # held from the reservation to its completion, as a driver holds it for its whole run
         rid = ws.ledger.reserve(data_source="toy", shard=shard, event=event, delta=1e-5, purpose="training",
                                 operator="benchmark", component=component)
         apply(ws, Change("reservation", operator="benchmark", parameters={
             "purpose": "training", "data_source": "toy",
             "reservations": {component: {"shard": shard, "ledger_reservation": rid}}}))
-    apply(ws, Change("training", operator="benchmark", ledger=[CompleteReservation(rid)]))
+        apply(ws, Change("training", operator="benchmark", ledger=[CompleteReservation(rid)]))
 
 
 def _workspace(root: Path) -> None:

@@ -25,6 +25,7 @@ from dp_tangent.workspace.certificate_check import check_certificate
 from dp_tangent.workspace.commit import PENDING, Change, FileWrite, apply
 from dp_tangent.workspace.deletion_requests import DeletionRequest
 from dp_tangent.workspace.forget import forget
+from dp_tangent.workspace.names import WorkspaceIntegrityError
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dp_tangent"
 
@@ -150,11 +151,21 @@ def test_a_change_killed_after_its_ledger_operation_is_finished_without_an_integ
 def test_a_kill_between_a_ledger_operation_and_its_record_is_reported_not_guessed(ws) -> None:
     """Killed in the instant after the ledger operation ran and before the state it left was recorded, the difference
     looks like an edit of the tables the operation writes: it is recorded as an integrity failure (fail-safe) naming
-    the interrupted operation's tables, and the change is finished."""
+    the interrupted operation's tables, and nothing is logged over it. An operator who knows no one edited the ledger
+    accepts it (logged, with the reason); the change is then finished."""
     kill_child("compose-after-ledger")
+    with pytest.raises(WorkspaceIntegrityError, match="ledger table 'models' differs .* --accept-ledger"):
+        Workspace.open("ws")
+    ws = Workspace.open("ws", finish=False)
+    assert [e.operation for e in ws.audit.entries()][-1] == "integrity_failure" and len(pending(ws)) == 1
+    assert "'models'" in str(ws.audit.verify()) and ws.ledger.models()["m2"] == ("c0", "c1")
+    with pytest.raises(WorkspaceIntegrityError, match="still does not verify .*ledger table 'models' differs"):
+        ws.resolve_integrity_failures("a crash")  # the check alone cannot tell the crash from an edit
+    ws.resolve_integrity_failures("killed during compose, no one touched the ledger", accept_ledger=True)
     reopened = Workspace.open("ws")
-    assert [e.operation for e in reopened.audit.entries()][-2:] == ["integrity_failure", "composition"]
-    assert "'models'" in str(reopened.audit.verify()) and reopened.ledger.models()["m2"] == ("c0", "c1")
+    assert [e.operation for e in reopened.audit.entries()][-2:] == ["integrity_resolved", "composition"]
+    report = reopened.audit.verify()
+    assert report.ok and "accepting the ledger as it was: killed during compose" in str(report)
 
 
 @pytest.mark.parametrize("planted", ["marker", "no marker"])
@@ -170,8 +181,10 @@ def test_a_planted_intent_does_not_launder_a_ledger_edit(ws, planted: str) -> No
         "writes": [], "removals": [], "ledger": []}))
     if planted == "marker":
         (staging / "ledger-applied.json").write_text(json.dumps(ws.ledger.state_digest()))
-    reopened = Workspace.open("ws")
-    assert "integrity_failure" in [e.operation for e in reopened.audit.entries()]
+    with pytest.raises(WorkspaceIntegrityError, match="ledger table 'events' differs"):
+        Workspace.open("ws")
+    reopened = Workspace.open("ws", finish=False)
+    assert [e.operation for e in reopened.audit.entries()][-1] == "integrity_failure"
     assert not reopened.audit.verify().ok and "'events'" in str(reopened.audit.verify())
 
 
@@ -181,12 +194,14 @@ def test_a_ledger_edit_next_to_a_killed_change_is_recorded_before_the_change_is_
     kill_child("compose-entry")
     with sqlite3.connect(ws.ledger_path) as conn:
         conn.execute("UPDATE events SET event_json = replace(event_json, '1.0', '9.0') WHERE component = 'c1'")
-    reopened = Workspace.open("ws")
+    for _ in range(2):  # refused, recorded once, and nothing logged over it
+        with pytest.raises(WorkspaceIntegrityError, match="ledger table 'events' differs"):
+            Workspace.open("ws")
+    reopened = Workspace.open("ws", finish=False)
     operations = [e.operation for e in reopened.audit.entries()]
-    assert operations[-2:] == ["integrity_failure", "composition"]
+    assert operations[-1] == "integrity_failure" and operations.count("integrity_failure") == 1
     report = reopened.audit.verify()
     assert not report.ok and "'events'" in str(report)
-    assert not Workspace.open("ws").audit.verify().ok  # for ever: later commands cannot launder it
 
 
 def _plant_reservation(ws: Workspace, reservation_id: str = "planted") -> None:
@@ -210,8 +225,10 @@ def test_a_killed_drivers_reservation_is_resolved_cleanly_but_an_edit_beside_it_
     _plant_reservation(ws, "planted")
     with sqlite3.connect(ws.ledger_path) as conn:  # laundered before, by the resolution
         conn.execute(edit)
-    reopened = Workspace.open("ws")
-    assert [e.operation for e in reopened.audit.entries()][-2:] == ["integrity_failure", "reservation_abandoned"]
+    with pytest.raises(WorkspaceIntegrityError, match=f"ledger table '{table}' differs"):
+        Workspace.open("ws")  # review 4: recorded, then carried on, so a training ran over the edited budget
+    reopened = Workspace.open("ws", finish=False)
+    assert [e.operation for e in reopened.audit.entries()][-1] == "integrity_failure"
     report = reopened.audit.verify()
     assert not report.ok and f"'{table}'" in str(report)
 

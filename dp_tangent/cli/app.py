@@ -36,8 +36,13 @@ def open_workspace(path: Path, *, finish: bool = True):  # noqa: ANN202
     """The workspace at ``path`` (a one-line error if it is not one); ``finish=False`` for a check that must not
     write (see ``Workspace.open``)."""
     from ..workspace import Workspace
+    from ..workspace.names import WorkspaceIntegrityError
 
-    return Workspace.open(path, finish=finish)
+    try:
+        return Workspace.open(path, finish=finish)
+    except WorkspaceIntegrityError as err:  # finishing a killed change found an edit: recorded; read, write nothing
+        typer.secho(f"warning: {err}", err=True, fg=typer.colors.RED)
+        return Workspace.open(path, finish=False)
 
 
 def check_output_outside(ws, output: Path, allowed: str | None = None) -> None:  # noqa: ANN001

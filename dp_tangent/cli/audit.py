@@ -42,12 +42,16 @@ def audit_verify(
 @audit_app.command("resolve")
 def audit_resolve(
     reason: Annotated[str, typer.Option(help="What was found and what was done about it (logged with your name).")],
+    accept_ledger: Annotated[bool, typer.Option(
+        "--accept-ledger", help="The ledger cannot be restored (a process killed just after its ledger operations, "
+                                "a full disk): accept it as it is now. Every file must verify all the same.")] = False,
     workspace: WorkspaceOption = DEFAULT_WORKSPACE,
 ) -> None:
     """Close the recorded integrity failures once the workspace verifies again (what they found was undone, e.g. a
-    file put there by hand removed); operations refused meanwhile then run again. The failures stay in the log."""
+    file put there by hand removed); operations refused meanwhile then run again. The failures, and who closed
+    them why, stay in the log, and `audit verify` names them."""
     ws = open_workspace(workspace, finish=False)
-    seqs = ws.resolve_integrity_failures(reason)
+    seqs = ws.resolve_integrity_failures(reason, accept_ledger=accept_ledger)
     typer.echo(f"resolved the integrity failure(s) of entr{'y' if len(seqs) == 1 else 'ies'} "
                f"{', '.join(map(str, seqs))}; the workspace verifies")
 

@@ -113,6 +113,7 @@ class VerifyReport:
     problems: tuple[Problem, ...]
     artifacts_checked: int
     missing_artifacts: tuple[str, ...] = ()  # logged as present, not on disk (not counted as a problem)
+    notes: tuple[str, ...] = ()  # what passes but a reader should know: integrity failures an operator closed
 
     @property
     def ok(self) -> bool:
@@ -123,11 +124,13 @@ class VerifyReport:
         return min(self.problems, key=lambda p: p.seq) if self.problems else None
 
     def __str__(self) -> str:
+        notes = [f"  note: {n}" for n in self.notes]
         if self.ok:
             gone = f", {len(self.missing_artifacts)} missing" if self.missing_artifacts else ""
-            return f"{self.path}: {self.entries} entries, chain valid, {self.artifacts_checked} artifacts match{gone}"
+            return "\n".join([f"{self.path}: {self.entries} entries, chain valid, {self.artifacts_checked} artifacts "
+                              f"match{gone}", *notes])
         lines = [f"{self.path}: {len(self.problems)} problem(s) in {self.entries} entries"]
-        return "\n".join(lines + [f"  {p}" for p in sorted(self.problems, key=lambda p: p.seq)])
+        return "\n".join(lines + [f"  {p}" for p in sorted(self.problems, key=lambda p: p.seq)] + notes)
 
 
 def utc_now() -> str:
@@ -205,7 +208,7 @@ def _check_artifacts(root: Path, entries: Sequence[AuditEntry]) -> tuple[list[Pr
     Returns (problems, files checked, paths logged as present but missing)."""
     expected: dict[str, tuple[str | None, int]] = {}  # path -> (sha256 or None = removed, seq that set it)
     problems: list[Problem] = []
-    for entry in _vouching(entries):
+    for entry in vouching(entries):
         for art in entry.inputs:
             if art.path is not None and art.path in expected and art.sha256 != expected[art.path][0]:
                 problems.append(Problem(entry.seq, f"input {art.path} has sha256 {str(art.sha256)[:12]}, but entry "
@@ -254,20 +257,26 @@ MUST_STAY_FOLDERS = ("certificates/",)
 
 
 INTEGRITY_FAILURE_REASON = "the workspace did not verify when an operation began"
+INTERRUPTED_REASON = "operation(s) were interrupted and are not finished"
 #: The operations that record what was found (an ``integrity_failure``) or close such a record: they vouch for no
 #: file or ledger state, so no check compares the workspace with what they recorded.
 RECORDS_OF_FAILURES = frozenset({"integrity_failure", "integrity_resolved"})
 
 
-def _vouching(entries: Sequence[AuditEntry]) -> list[AuditEntry]:
-    """The entries whose outputs and ledger digests are states the tool wrote."""
-    return [e for e in entries if e.operation not in RECORDS_OF_FAILURES]
+def vouching(entries: Sequence[AuditEntry]) -> list[AuditEntry]:
+    """The entries whose outputs and ledger digests are states the tool wrote, or an operator accepted
+    (``audit resolve --accept-ledger``: the ledger as it then was)."""
+    return [e for e in entries if e.operation not in RECORDS_OF_FAILURES or _accepted_ledger(e)]
+
+
+def _accepted_ledger(entry: AuditEntry) -> bool:
+    return entry.operation == "integrity_resolved" and bool(entry.parameters.get("accepted_ledger"))
 
 
 def written_digests(entries: Sequence[AuditEntry], wanted: Callable[[str], bool]) -> dict[str, str | None]:
     """Each ``wanted`` path's sha256 as the tool last wrote it (None: logged as removed). An ``integrity_failure``
     entry's snapshot of the files as it found them does not count: it records an edit, it does not vouch for it."""
-    return {a.path: a.sha256 for e in _vouching(entries) for a in e.outputs if a.path is not None and wanted(a.path)}
+    return {a.path: a.sha256 for e in vouching(entries) for a in e.outputs if a.path is not None and wanted(a.path)}
 
 
 def unresolved_failures(entries: Sequence[AuditEntry]) -> list[AuditEntry]:
@@ -280,8 +289,17 @@ def resolvable_failures(entries: Sequence[AuditEntry]) -> list[AuditEntry]:
     """The unresolved failures that an operator may close once the workspace verifies again: those after the last
     entry that wrote anything (a failure that later operations built on stays open for ever: their states include
     what it recorded, so that no check could tell it was undone)."""
-    last_write = max((e.seq for e in _vouching(entries)), default=-1)
+    last_write = max((e.seq for e in vouching(entries) if not _accepted_ledger(e)), default=-1)
     return [e for e in unresolved_failures(entries) if e.seq > last_write]
+
+
+def _resolutions(entries: Sequence[AuditEntry]) -> tuple[str, ...]:
+    """Each operator's closing of integrity failures, as ``audit verify`` prints it."""
+    return tuple(f"entry {e.seq}: {e.operator} closed the integrity failure(s) of entr"
+                 f"{'y' if len(e.parameters['resolves']) == 1 else 'ies'} "
+                 f"{', '.join(map(str, e.parameters['resolves']))}"
+                 f"{', accepting the ledger as it was' if _accepted_ledger(e) else ''}: {e.parameters.get('reason')}"
+                 for e in entries if e.operation == "integrity_resolved")
 
 
 def _check_integrity_failures(entries: Sequence[AuditEntry]) -> list[Problem]:
@@ -323,7 +341,7 @@ def _is_report(path: Path) -> bool:
 def _check_unaccounted(root: Path, entries: Sequence[AuditEntry]) -> list[Problem]:
     """Files in the workspace that no entry of the log wrote (or that it logged as removed)."""
     present: dict[str, str | None] = {}
-    for entry in _vouching(entries):
+    for entry in vouching(entries):
         for art in entry.outputs:
             if art.path is not None:
                 present[art.path] = art.sha256
@@ -357,14 +375,14 @@ def _check_unaccounted(root: Path, entries: Sequence[AuditEntry]) -> list[Proble
                                                       "no operation makes one there)"))
     pending = sorted(p.parent.name for p in (root / PENDING_FOLDER).glob("*/intent.json"))
     if pending:
-        problems.append(Problem(len(entries), f"{len(pending)} operation(s) were interrupted and are not finished: "
-                                              "open the workspace (any dp-tangent command on it) to finish them"))
+        problems.append(Problem(len(entries), f"{len(pending)} {INTERRUPTED_REASON}: open the workspace (any "
+                                              "dp-tangent command on it) to finish them"))
     return problems
 
 
 def _check_ledger(entries: Sequence[AuditEntry], current: Mapping[str, str]) -> list[Problem]:
     """The ledger as the log last saw it, table by table, against the ledger now."""
-    last = next((e for e in reversed(_vouching(entries)) if e.ledger is not None), None)
+    last = next((e for e in reversed(vouching(entries)) if e.ledger is not None), None)
     if last is None:
         return []
     return [Problem(last.seq, f"ledger table {table!r} differs from the state this entry recorded: rows were "
@@ -419,7 +437,8 @@ def verify(workspace_or_path: "str | os.PathLike[str] | _HasAuditLog", check_art
         if why:
             problems.append(Problem(len(entries), why))
     head = hashes[-1] if hashes else None
-    return VerifyReport(path, len(entries), head, merkle_root(hashes), tuple(problems), checked, tuple(missing))
+    return VerifyReport(path, len(entries), head, merkle_root(hashes), tuple(problems), checked, tuple(missing),
+                        _resolutions(entries))
 
 
 class AuditLog:

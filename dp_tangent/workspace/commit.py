@@ -36,9 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..interrupts import deferred_interrupts
 from ..io import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_file
-from .audit_log import OPERATIONS, RECORDS_OF_FAILURES, Artifact, AuditEntry
+from .audit_log import OPERATIONS, Artifact, AuditEntry, vouching
 from .ledger_ops import LedgerOp, ledger_op_from_json
-from .names import WorkspaceError
+from .names import WorkspaceError, WorkspaceIntegrityError
 
 if TYPE_CHECKING:
     from .store import Workspace
@@ -180,10 +180,16 @@ def _finish(ws: "Workspace", staging: Path) -> AuditEntry:
             writes=(), removals=[_removal(r) for r in intent["removals"]],
             ledger=[ledger_op_from_json(op) for op in intent["ledger"]])
         unexplained = _unexplained_ledger(ws, entries, staging, change)
-        if unexplained:  # recorded before this entry logs the ledger as it is now: never laundered
-            ws.record_integrity_failure([f"ledger table {table!r} differs from the state the log last recorded, in a "
-                                         f"way the {change.operation} being logged does not explain: rows were "
-                                         "added, removed or edited outside dp-tangent" for table in unexplained])
+        if unexplained:  # recorded, and nothing logged over it: the change stays unfinished, the operation refused
+            found = [f"ledger table {table!r} differs from the state the log last recorded, in a way the "
+                     f"{change.operation} being logged does not explain: rows were added, removed or edited outside "
+                     "dp-tangent (or a process was killed in the instant after its ledger operations)"
+                     for table in unexplained]
+            ws.record_integrity_failure(found)
+            raise WorkspaceIntegrityError(
+                f"{ws.root}: {found[0]}; recorded in its audit log, and nothing was done; restore the ledger from a "
+                "backup, or, if no one edited it, accept it as it is with `dp-tangent audit resolve --accept-ledger "
+                "--reason ...`")
         uses = Counter(w["sha256"] for w in intent["writes"])
         for write in intent["writes"]:
             _put(ws.root, staging, write["path"], write["sha256"], shared=uses[write["sha256"]] > 1)
@@ -215,8 +221,7 @@ def _unexplained_ledger(ws: "Workspace", entries: Sequence[AuditEntry], staging:
     killed after its own ledger operations ran is explained by what ``LEDGER_APPLIED`` recorded then, in the tables
     those operations write and no other. Killed in the instant between the operations and that record, the
     difference cannot be told from an edit, and is reported (fail-safe)."""
-    vouching = [e for e in entries if e.operation not in RECORDS_OF_FAILURES]  # a failure's record vouches for nothing
-    last = next((e.ledger for e in reversed(vouching) if e.ledger is not None), None)
+    last = next((e.ledger for e in reversed(vouching(entries)) if e.ledger is not None), None)  # not a failure's
     if last is None:
         return []
     now = ws.ledger.state_digest()

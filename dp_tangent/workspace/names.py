@@ -13,6 +13,10 @@ class WorkspaceError(DPTangentError):
     """The directory is not a usable workspace, or a name or file in it is wrong."""
 
 
+class WorkspaceIntegrityError(WorkspaceError):
+    """The workspace does not verify against its audit log: an operation on it is refused."""
+
+
 def check_name(name: str, what: str) -> str:
     """Artifact names become file names: letters, digits, '.', '_', '-' (no path separators)."""
     if not isinstance(name, str) or not _NAME.match(name) or name.endswith((".json", ".txt", ".safetensors")):

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import hashlib
+import json
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -40,13 +41,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..components.manifest import commit, key_id, new_key
 from ..io import atomic_write_text, sha256_file
-from .audit_log import (INTEGRITY_FAILURE_REASON, Artifact, AuditLog, VerifyReport, integrity_snapshot,
-                        resolvable_failures, unresolved_failures)
+from .audit_log import (INTEGRITY_FAILURE_REASON, INTERRUPTED_REASON, Artifact, AuditLog, VerifyReport,
+                        integrity_snapshot, resolvable_failures, unresolved_failures)
 from .commit import Change, FileWrite, apply, finish_interrupted, named_ids
 from .ledger_ops import FailReservation, RegisterModel, SetBudget, SetDataSource
 from .lock import workspace_lock, workspace_lock_if_free
 from .model_record import ModelPart, ModelRecord
-from .names import WorkspaceError, check_name
+from .names import WorkspaceError, WorkspaceIntegrityError, check_name
 from .tombstones import Tombstones
 
 # What trains, composes or loads tensors is imported where it is used: opening a workspace, reading its
@@ -83,8 +84,19 @@ class WorkspaceInfo(_Strict):
     manifest_key_id: str
 
 
-class WorkspaceIntegrityError(WorkspaceError):
-    """The workspace does not verify against its audit log: an operation on it is refused."""
+def _staged_in_place(root: Path) -> set[str]:
+    """The paths an interrupted change already put in place, with the bytes its intent names (finishing it logs
+    them): not an edit."""
+    from .commit import INTENT, PENDING
+
+    placed = set()
+    for intent in (root / PENDING).glob(f"*/{INTENT}"):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            for write in json.loads(intent.read_text())["writes"]:
+                target = root / write["path"]
+                if target.is_file() and sha256_file(target) == write["sha256"]:
+                    placed.add(write["path"])
+    return placed
 
 
 def _current_problems(report: VerifyReport) -> list[str]:
@@ -307,9 +319,7 @@ class Workspace:
         problems = _current_problems(audit.verify())
         if not problems:
             return
-        entries = audit.entries()
-        if not (entries and entries[-1] in unresolved_failures(entries)):
-            self.record_integrity_failure()
+        self.record_integrity_failure()
         raise WorkspaceIntegrityError(
             f"{self.root} does not verify ({len(problems)} problem(s), first: {problems[0]}): recorded in its audit "
             "log, and nothing was done; `dp-tangent audit verify` lists every problem; restore what it names (e.g. "
@@ -318,29 +328,38 @@ class Workspace:
     def record_integrity_failure(self, found: Sequence[str] = ()) -> None:
         """Record in an ``integrity_failure`` entry what does not verify: ``found`` (what a caller found, e.g. a
         ledger edit an interrupted change being finished does not explain) and every problem of the log's own
-        check. ``audit verify`` reports the entry until :meth:`resolve_integrity_failures` closes it."""
+        check; not again while such an entry is the log's last. ``audit verify`` reports the entry until
+        :meth:`resolve_integrity_failures` closes it."""
         audit = self.audit
+        entries = audit.entries()
+        if entries and entries[-1] in unresolved_failures(entries):
+            return
         new = [*found, *_current_problems(audit.verify())]
         if new:
             audit.append("integrity_failure", outputs=integrity_snapshot(self.root, audit.entries()), parameters={
                 "problems": new[:50], "count": len(new)})
 
-    def resolve_integrity_failures(self, reason: str, operator: str | None = None) -> list[int]:
-        """Close the recorded integrity failures that nothing was written after, once the workspace verifies again
-        (its files and ledger the state the log vouches for, nothing unaccounted): an ``integrity_resolved`` entry
-        names them, with ``reason`` and the operator. Returns their entry numbers."""
+    def resolve_integrity_failures(self, reason: str, operator: str | None = None, *,
+                                   accept_ledger: bool = False) -> list[int]:
+        """Close recorded integrity failures: an ``integrity_resolved`` entry names them, with ``reason`` and the
+        operator. Allowed once the workspace verifies again (its files and ledger the state the log vouches for,
+        nothing unaccounted; a killed driver's unlogged reservations and a killed change's staging aside), and only
+        for failures nothing was logged after. ``accept_ledger``: the ledger cannot be restored (a process killed in
+        the instant after its ledger operations, a full disk as it recorded them): the operator accepts it as it is
+        now, and the entry vouches for it from then on; every file must verify all the same. Returns the entries
+        closed."""
         if not reason.strip():
             raise WorkspaceError("give a reason: what was found and what was done about it (it is logged)")
         with workspace_lock(self.root):
-            finish_interrupted(self)
-            self._resolve_abandoned()
             audit = self.audit
             entries = audit.entries()
             open_ones = unresolved_failures(entries)
-            closable = resolvable_failures(entries)
             if not open_ones:
                 raise WorkspaceError(f"{self.root} has no open integrity failure to resolve")
-            problems = _current_problems(audit.verify())
+            closable = open_ones if accept_ledger else resolvable_failures(entries)
+            staged = _staged_in_place(self.root)
+            problems = [p for p in _current_problems(self._verify_excusing_unlogged(ledger=not accept_ledger))
+                        if INTERRUPTED_REASON not in p and not any(f" {path}" in p for path in staged)]
             if problems:
                 raise WorkspaceIntegrityError(f"{self.root} still does not verify ({len(problems)} problem(s), first: "
                                               f"{problems[0]}); restore it first (`dp-tangent audit verify` lists "
@@ -349,12 +368,24 @@ class Workspace:
                 stuck = [e.seq for e in open_ones if e not in closable]
                 raise WorkspaceIntegrityError(
                     f"the integrity failure(s) of entr{'y' if len(stuck) == 1 else 'ies'} "
-                    f"{', '.join(map(str, stuck))} cannot be resolved: operations were logged after them, so their "
-                    "states include what was found, and no check can tell it was undone; they stay reported")
+                    f"{', '.join(map(str, stuck))} cannot be resolved by the check alone: operations were logged after "
+                    "them, so the ledger they vouch for includes what was found; --accept-ledger accepts it as it is "
+                    "(logged with your reason)")
             seqs = [e.seq for e in closable]
             audit.append("integrity_resolved", operator=operator or getpass.getuser(),
-                         parameters={"resolves": seqs, "reason": reason.strip()})
+                         parameters={"resolves": seqs, "reason": reason.strip(), "accepted_ledger": accept_ledger})
             return seqs
+
+    def _verify_excusing_unlogged(self, *, ledger: bool) -> VerifyReport:
+        """The log's check, the ledger (if ``ledger``) compared as if the reservations no entry names were not there."""
+        from .audit_log import verify
+
+        state = None
+        if ledger:
+            named = named_ids(self.audit.entries(), "ledger_reservation")
+            unlogged = [e.seq for e in self.ledger.events() if e.reservation_id not in named]
+            state = self.ledger.state_digest(without_events=unlogged) if unlogged else self.ledger.state_digest()
+        return verify(self.audit_log_path, ledger_state=state, workspace=True)
 
     # -- listing and loading --------------------------------------------------------------------------
     def list_components(self) -> list[str]:
