@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from pathlib import Path
 
 PUBLIC = {
@@ -12,7 +13,7 @@ PUBLIC = {
     "dp_tangent.tangent.selection": ["select"],
     "dp_tangent.tangent.layouts": ["register_layout", "layout_for"],
     "dp_tangent.tangent.twins": ["register_tangent_layer", "register_tangent_rule", "register_backward_rule",
-                                 "register_activation_backward"],
+                                 "register_activation_backward", "register_op_replay", "OpReplay"],
     "dp_tangent.backbones": ["create_backbone", "BackboneSpec", "weights_digest", "register_family"],
     "dp_tangent.backbones.mlp_family": ["MLP", "pretrain_mlp", "save_mlp"],
     "dp_tangent.data": ["RecordSet", "load_digits", "split_shards"],
@@ -66,7 +67,7 @@ def _summary(obj: object) -> str:
 
 def _signature(obj: object) -> str:
     try:
-        return str(inspect.signature(obj))
+        return re.sub(r"<function (\w+) at 0x[0-9a-f]+>", r"\1", str(inspect.signature(obj)))  # stable text
     except (TypeError, ValueError):
         return ""
 

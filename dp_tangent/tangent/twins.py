@@ -149,6 +149,11 @@ def register_backward_rule(*base_types: type[nn.Module],
     return decorator
 
 
+def every_call(inputs: tuple[torch.Tensor, ...], args: tuple, kwargs: dict) -> bool:
+    """An :class:`OpReplay` that covers every call of its function."""
+    return True
+
+
 @dataclasses.dataclass(frozen=True)
 class OpReplay:
     """How the plain pass after a dual pass replays calls of a function (:class:`PrimalReuse`): ``backward`` is
@@ -158,7 +163,7 @@ class OpReplay:
 
     backward: OpBackwardFn
     inputs: int = 1
-    applies: Callable[[tuple[torch.Tensor, ...], tuple, dict], bool] = lambda inputs, args, kwargs: True
+    applies: Callable[[tuple[torch.Tensor, ...], tuple, dict], bool] = every_call
     keeps_inputs: bool = True
     keeps_output: bool = False
 
