@@ -87,3 +87,20 @@ def mlp_backbone(monkeypatch: pytest.MonkeyPatch) -> BackboneSpec:
 
     monkeypatch.setattr(BackboneSpec, "build", build_mlp)
     return TEST_MLP
+
+
+@pytest.fixture
+def reuses(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Every ``PrimalReuse`` that ``forward_from_features`` makes meanwhile (what each pass replayed)."""
+    from dp_tangent.tangent import model as tangent_model
+    from dp_tangent.tangent.twins import PrimalReuse
+
+    made: list[PrimalReuse] = []
+
+    class Recorded(PrimalReuse):
+        def __init__(self) -> None:
+            super().__init__()
+            made.append(self)
+
+    monkeypatch.setattr(tangent_model, "PrimalReuse", Recorded)
+    return made

@@ -89,14 +89,19 @@ def test_npz_source_retrains_after_repeated_deletions_on_one_shard_and_refuses_c
     assert code == 2 and "is not the data it was registered with" in err
 
 
+def _rows_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """In ``tmp_path`` (the working directory from now on): 64 npz rows and a fast MLP recipe on them."""
+    monkeypatch.chdir(tmp_path)
+    write_npz(Path("rows.npz"), n=64)
+    return write_recipe(Path("rows.yaml"), mlp_recipe({"npz": {"path": "rows.npz"}}, in_features=6, classes=2,
+                                                      source="rows"))
+
+
 def test_evaluate_and_predict_use_the_models_own_data_and_refuse_other_data(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     from dp_tangent.recipes import DEFAULT_RECIPE
 
-    monkeypatch.chdir(tmp_path)
-    write_npz(Path("rows.npz"), n=64)
-    recipe = write_recipe(Path("rows.yaml"), mlp_recipe({"npz": {"path": "rows.npz"}}, in_features=6, classes=2,
-                                                        source="rows"))
+    recipe = _rows_recipe(tmp_path, monkeypatch)
     code, out, err = run_cli(capsys, "train", str(recipe), "-w", "ws", "--executor", "serial")
     assert code == 0, err
     trained = out.split("model rows:")[1].split("test accuracy ")[1].split("%")[0]
@@ -141,10 +146,7 @@ def test_tabular_npz_rows_for_an_image_backbone_are_refused_before_any_budget(
 
 def test_train_prints_accuracy_without_the_test_records_a_deletion_removed(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    write_npz(Path("rows.npz"), n=64)
-    recipe = write_recipe(Path("rows.yaml"), mlp_recipe({"npz": {"path": "rows.npz"}}, in_features=6, classes=2,
-                                                        source="rows"))
+    recipe = _rows_recipe(tmp_path, monkeypatch)
     code, out, err = run_cli(capsys, "train", str(recipe), "-w", "ws", "--executor", "serial")
     assert code == 0 and re.search(r"model rows: .* test accuracy [\d.]+% on 13 records\n", out), err
     gone = held_out_records(Workspace.open("ws"), "rows")[1].record_ids[:2]

@@ -5,29 +5,13 @@ or whose rule does not cover the call, runs in full."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn as nn
 from conftest import autograd_node_names, build
 from test_linearize_exact import random_deltas, reference_f_lin
 
 from dp_tangent import linearize
-from dp_tangent.tangent import model as tangent_model
 from dp_tangent.tangent.twins import PrimalReuse
-
-
-@pytest.fixture
-def reuses(monkeypatch: pytest.MonkeyPatch) -> list[PrimalReuse]:
-    """Every PrimalReuse that forward_from_features makes meanwhile."""
-    made: list[PrimalReuse] = []
-
-    class Recorded(PrimalReuse):
-        def __init__(self) -> None:
-            super().__init__()
-            made.append(self)
-
-    monkeypatch.setattr(tangent_model, "PrimalReuse", Recorded)
-    return made
 
 
 def _tangent_output(model: nn.Module, x: torch.Tensor, reuses: list[PrimalReuse],
