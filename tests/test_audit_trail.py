@@ -547,6 +547,8 @@ def test_a_stray_file_refuses_operations_until_removed_and_resolved(ws, capsys) 
     code, out = _cli(capsys, "audit", "resolve", "--reason", "removed my notes", "-w", str(ws.root))
     assert code == 2 and "still does not verify" in out and "notes.txt" in out  # not before it is removed
     stray.unlink()
+    code, out = _cli(capsys, "budget", "set", "toy", "15", "-w", str(ws.root))  # restored, but the record is open
+    assert code == 2 and "verifies again, but the integrity failure recorded in entry" in out
     code, out = _cli(capsys, "audit", "resolve", "--reason", "removed my notes", "-w", str(ws.root))
     assert code == 0 and "resolved the integrity failure(s) of entry" in out, out
     resolved = ws.audit.entries()[-1]

@@ -318,6 +318,12 @@ class Workspace:
         audit = self.audit
         problems = _current_problems(audit.verify())
         if not problems:
+            waiting = resolvable_failures(audit.entries())
+            if waiting:  # restored, not yet closed: an operation now would leave the record unclosable
+                raise WorkspaceIntegrityError(
+                    f"{self.root} verifies again, but the integrity failure recorded in entry {waiting[-1].seq} is "
+                    "not closed: close it with `dp-tangent audit resolve --reason ...` (what was found and what was "
+                    "done), then run this again")
             return
         self.record_integrity_failure()
         raise WorkspaceIntegrityError(
