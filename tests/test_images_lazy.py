@@ -65,7 +65,8 @@ def test_a_corrupt_image_is_refused_by_name_before_any_budget(tmp_path: Path, ca
     Path("imgs/a/0003.png").write_bytes(good[:60])  # truncated
     recipe = write_recipe(Path("r.yaml"), {
         "backbone": {"name": "test_efficientnet", "num_classes": 2}, "trainable": "head",
-        "data": {"image_folder": {"root": "imgs", "classes": ["a", "b"], "image_size": 32}}, "privacy": {"epsilon": 8, "delta": 1e-5},
+        "data": {"image_folder": {"root": "imgs", "classes": ["a", "b"], "image_size": 32}},
+        "privacy": {"epsilon": 8, "delta": 1e-5},
         "training": {"batch_size": 2}, "data_source": "imgs"})
     code, _, err = run_cli(capsys, "train", str(recipe), "-w", "ws", "--executor", "serial")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -320,8 +320,8 @@ def test_a_workspace_audit_is_logged_and_never_trains_a_deleted_record(tmp_path)
     from datetime import datetime, timezone
 
     from dp_tangent.workspace import Workspace, WorkspaceError
-    from dp_tangent.workspace.deletion_requests import DeletionRequest
     from dp_tangent.workspace.commit import Change, FileWrite, apply
+    from dp_tangent.workspace.deletion_requests import DeletionRequest
     from dp_tangent.workspace.request_register import receive
     from dp_tangent.workspace.tombstones import Tombstones
 

@@ -240,7 +240,8 @@ class _Tokenized(_Kind):
 
 class TextData(_Tokenized):
     """A CSV/JSONL/Parquet file of texts: a ``text`` column, a ``label`` column (integer classes, or text
-    labels listed in ``classes``) and a ``record_id`` column (required in a recipe; see :mod:`~dp_tangent.data.text`)."""
+    labels listed in ``classes``) and a ``record_id`` column (required in a recipe; see
+    :mod:`~dp_tangent.data.text`)."""
 
     path: str
     text: str = "text"
