@@ -389,7 +389,7 @@ def test_an_edited_ledger_cannot_be_laundered_by_the_next_operation(ws, capsys) 
     report = ws.audit.verify()
     assert not report.ok and any("did not verify when an operation began" in str(p) for p in report.problems)
     assert any("ledger table 'events' differs" in str(p) for p in report.problems)  # the edit itself, still
-    with pytest.raises(WorkspaceError, match="does not verify"):
+    with pytest.raises(WorkspaceError, match="is not closed .*ledger table 'event_records' differs"):
         ws.set_budget("toy", None, 9.0, 1e-5)  # still refused, and recorded only once
     assert [e.operation for e in ws.audit.entries()].count("integrity_failure") == 1
     with pytest.raises(WorkspaceError, match="still does not verify .*ledger table 'event_records' differs"):
@@ -548,7 +548,7 @@ def test_a_stray_file_refuses_operations_until_removed_and_resolved(ws, capsys) 
     assert code == 2 and "still does not verify" in out and "notes.txt" in out  # not before it is removed
     stray.unlink()
     code, out = _cli(capsys, "budget", "set", "toy", "15", "-w", str(ws.root))  # restored, but the record is open
-    assert code == 2 and "verifies again, but the integrity failure recorded in entry" in out
+    assert code == 2 and "the integrity failure recorded in entry" in out and "is not closed" in out
     code, out = _cli(capsys, "audit", "resolve", "--reason", "removed my notes", "-w", str(ws.root))
     assert code == 0 and "resolved the integrity failure(s) of entry" in out, out
     resolved = ws.audit.entries()[-1]
@@ -640,3 +640,25 @@ def test_a_folder_named_as_a_component_fails_verification_and_is_not_listed(ws, 
     assert "evil" not in ws.list_components()
     (ws.components_dir / "evil.safetensors").rmdir()
     assert ws.audit.verify().ok
+
+
+def test_a_completed_run_forged_in_the_ledger_is_never_logged_as_genuine(ws, capsys) -> None:
+    """Review 5: a completed "privacy audit" and its bound inserted with sqlite3 alone were logged by the next
+    command, even a read-only one, as an audit killed before its entry; audit verify then passed."""
+    _sql(ws, "INSERT INTO events (reservation_id, data_source, shard, component, purpose, status, operator, "
+             "event_json, delta, checkpoints_released, details_json, created_at, updated_at, records_read) "
+             "SELECT 'forged', data_source, shard, component, 'hyperparameter_search', 'completed', operator, "
+             "event_json, delta, 0, '{\"kind\": \"privacy_audit\"}', created_at, updated_at, 0 FROM events LIMIT 1")
+    code, out = _cli(capsys, "budget", "show", "-w", str(ws.root))
+    assert code == 0 and "privacy_audit" not in [e.operation for e in ws.audit.entries()]
+    code, out = _cli(capsys, "audit", "verify", "-w", str(ws.root))
+    assert code == 1 and "ledger table 'events' differs" in out
+    code, out = _cli(capsys, "budget", "set", "toy", "12", "-w", str(ws.root))
+    assert code == 2 and "ledger table 'events' differs" in out and out.count("\n") == 1
+
+
+def test_a_ledger_cell_turned_into_a_blob_is_a_difference_not_a_traceback(ws, capsys) -> None:
+    """Review 5: the same bytes stored as a BLOB made every check end in a JSON traceback."""
+    _sql(ws, "UPDATE events SET event_json = CAST(event_json AS BLOB) WHERE seq = 1")
+    code, out = _cli(capsys, "audit", "verify", "-w", str(ws.root))
+    assert code == 1 and "ledger table 'events' differs" in out and "Traceback" not in out

@@ -194,10 +194,12 @@ def test_a_ledger_edit_next_to_a_killed_change_is_recorded_before_the_change_is_
     kill_child("compose-entry")
     with sqlite3.connect(ws.ledger_path) as conn:
         conn.execute("UPDATE events SET event_json = replace(event_json, '1.0', '9.0') WHERE component = 'c1'")
-    for _ in range(2):  # refused, recorded once, and nothing logged over it
-        with pytest.raises(WorkspaceIntegrityError, match="ledger table 'events' differs"):
-            Workspace.open("ws")
-    reopened = Workspace.open("ws", finish=False)
+    with pytest.raises(WorkspaceIntegrityError, match="ledger table 'events' differs"):
+        Workspace.open("ws")  # refused, recorded once, and nothing logged over it
+    reopened = Workspace.open("ws")  # while the record waits to be closed, opening finishes nothing
+    assert len(pending(reopened)) == 1
+    with pytest.raises(WorkspaceIntegrityError, match="is not closed .*ledger table 'events' differs"):
+        reopened.set_budget("toy", None, 9.0, 1e-5)
     operations = [e.operation for e in reopened.audit.entries()]
     assert operations[-1] == "integrity_failure" and operations.count("integrity_failure") == 1
     report = reopened.audit.verify()

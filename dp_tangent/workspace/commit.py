@@ -230,7 +230,9 @@ def _unexplained_ledger(ws: "Workspace", entries: Sequence[AuditEntry], staging:
     named = named_ids(entries, "ledger_reservation")
     events = ws.ledger.events()
     newest_named = max((e.seq for e in events if e.reservation_id in named), default=0)
-    unlogged = [e.seq for e in events if e.reservation_id not in named and e.seq > newest_named]
+    own = named_ids([change], "ledger_reservation")  # what this change completes (a privacy audit's own run)
+    unlogged = [e.seq for e in events if e.reservation_id not in named and e.seq > newest_named
+                and (e.status.value == "reserved" or e.reservation_id in own)]
     audits = sorted(named_ids([change], "audit_id") - named_ids(entries, "audit_id"))
     base = ws.ledger.state_digest(without_events=unlogged, without_audits=audits) if unlogged or audits else now
     differing = {t for t in set(last) | set(base) if last.get(t) != base.get(t)}
@@ -241,6 +243,23 @@ def _unexplained_ledger(ws: "Workspace", entries: Sequence[AuditEntry], staging:
             differing <= {table for op in change.ledger for table in op.tables}:
         return []
     return sorted(differing)
+
+
+def pending_change_explains_ledger(ws: "Workspace") -> bool:
+    """Whether an interrupted change (its intent written, its entry not) explains how the ledger differs from the
+    log's last record of it, by the rule finishing it applies (:func:`_unexplained_ledger`)."""
+    pending = ws.root / PENDING
+    entries = ws.audit.entries()
+    for staging in sorted(pending.glob(f"*/{INTENT}")) if pending.is_dir() else ():
+        try:
+            intent = json.loads(staging.read_text())
+            change = Change(operation=intent["operation"], parameters=intent["parameters"],
+                            ledger=[ledger_op_from_json(op) for op in intent["ledger"]])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if not _unexplained_ledger(ws, entries, staging.parent, change):
+            return True
+    return False
 
 
 def named_ids(entries: Sequence[AuditEntry | Change], key: str) -> set[str]:

@@ -43,7 +43,7 @@ from ..components.manifest import commit, key_id, new_key
 from ..io import atomic_write_text, sha256_file
 from .audit_log import (INTEGRITY_FAILURE_REASON, INTERRUPTED_REASON, Artifact, AuditLog, VerifyReport,
                         integrity_snapshot, resolvable_failures, unresolved_failures)
-from .commit import Change, FileWrite, apply, finish_interrupted, named_ids
+from .commit import Change, FileWrite, apply, finish_interrupted, named_ids, pending_change_explains_ledger
 from .ledger_ops import FailReservation, RegisterModel, SetBudget, SetDataSource
 from .lock import workspace_lock, workspace_lock_if_free
 from .model_record import ModelPart, ModelRecord
@@ -157,7 +157,7 @@ class Workspace:
         if ws.key_id != info.manifest_key_id:
             raise WorkspaceError(f"{ws.key_path} does not match workspace.json (key id {ws.key_id}, "
                                  f"expected {info.manifest_key_id}): the manifest key was replaced")
-        if finish:
+        if finish and os.access(ws.root, os.W_OK) and os.access(ws.ledger_path, os.W_OK):  # read-only: a view
             ws.finish_interrupted_work()
         return ws
 
@@ -166,8 +166,8 @@ class Workspace:
         :mod:`.commit`), then resolve abandoned reservations. Returns (operations finished,
         reservations resolved)."""
         with workspace_lock_if_free(self.root) as free:
-            if not free or not self.audit_log_path.is_file():
-                return [], []
+            if not free or not self.audit_log_path.is_file() or resolvable_failures(self.audit.entries()):
+                return [], []  # a failure waiting to be closed: nothing is logged after it first
             return finish_interrupted(self), self._resolve_abandoned()
 
     def resolve_abandoned_reservations(self) -> list[str]:
@@ -181,7 +181,7 @@ class Workspace:
             return self._resolve_abandoned()
 
     def _resolve_abandoned(self) -> list[str]:
-        resolved = self._log_unlogged_audits()
+        resolved = []
         for event in self.ledger.events(status="reserved"):
             reason = ("abandoned: the process that reserved it did not record how it ended (it was killed, or "
                       "could not write its failure, e.g. on a full disk); marked failed when the workspace was next "
@@ -192,27 +192,6 @@ class Workspace:
                 "ledger_reservation": event.reservation_id, "reserved_at": event.created_at, "reason": reason}))
             resolved.append(event.reservation_id)
         return resolved
-
-    def _log_unlogged_audits(self) -> list[str]:
-        """Log each privacy audit that a process stopped after it wrote its outcome to the ledger and before it logged
-        it (its reservation completed or failed, its bound stored): the entry names them, so that the ledger is the
-        logged state again, not an edit. Returns the reservation ids logged."""
-        entries = self.audit.entries()
-        logged, audits = named_ids(entries, "ledger_reservation"), named_ids(entries, "audit_id")
-        unlogged = [a for a in self.ledger.audits() if a.audit_id not in audits]
-        found = []
-        for event in self.ledger.events():
-            if event.reservation_id in logged or event.status.value == "reserved" or \
-                    event.details.get("kind") != "privacy_audit":
-                continue
-            stored = [a.audit_id for a in unlogged if a.component == event.component]
-            apply(self, Change("privacy_audit", operator=getpass.getuser(), parameters={
-                "component": event.component, "data_source": event.data_source, "shard": event.shard,
-                "status": event.status.value, "ledger_reservation": event.reservation_id,
-                **({"audit_id": stored[-1]} if stored else {}),
-                "note": "logged when the workspace was next opened: the process stopped before logging it"}))
-            found.append(event.reservation_id)
-        return found
 
     # -- paths ------------------------------------------------------------------------------------
     @property
@@ -309,21 +288,27 @@ class Workspace:
         """
         with workspace_lock(self.root) as outermost:
             if outermost and self.audit_log_path.is_file():
+                self._refuse_while_a_failure_waits()  # nothing is logged after it before it is closed
                 finish_interrupted(self)  # a change killed half-way is finished, not mistaken for tampering
                 self._resolve_abandoned()  # so is a reservation a killed driver left
                 self._refuse_unverified()
             yield
 
+    def _refuse_while_a_failure_waits(self) -> None:
+        """Refuse while a recorded failure sits at the log's end unclosed: an operation logged after it would leave
+        it closable only by accepting the ledger."""
+        waiting = resolvable_failures(self.audit.entries())
+        if waiting:
+            first = (waiting[-1].parameters.get("problems") or ["?"])[0]
+            raise WorkspaceIntegrityError(
+                f"{self.root}: the integrity failure recorded in entry {waiting[-1].seq} is not closed (first: "
+                f"{first}); restore what `dp-tangent audit verify` names, close it with `dp-tangent audit resolve "
+                "--reason ...` (what was found and what was done), then run this again")
+
     def _refuse_unverified(self) -> None:
         audit = self.audit
         problems = _current_problems(audit.verify())
         if not problems:
-            waiting = resolvable_failures(audit.entries())
-            if waiting:  # restored, not yet closed: an operation now would leave the record unclosable
-                raise WorkspaceIntegrityError(
-                    f"{self.root} verifies again, but the integrity failure recorded in entry {waiting[-1].seq} is "
-                    "not closed: close it with `dp-tangent audit resolve --reason ...` (what was found and what was "
-                    "done), then run this again")
             return
         self.record_integrity_failure()
         raise WorkspaceIntegrityError(
@@ -364,7 +349,8 @@ class Workspace:
                 raise WorkspaceError(f"{self.root} has no open integrity failure to resolve")
             closable = open_ones if accept_ledger else resolvable_failures(entries)
             staged = _staged_in_place(self.root)
-            problems = [p for p in _current_problems(self._verify_excusing_unlogged(ledger=not accept_ledger))
+            explained = accept_ledger or pending_change_explains_ledger(self)  # killed after its ledger operations
+            problems = [p for p in _current_problems(self._verify_excusing_unlogged(ledger=not explained))
                         if INTERRUPTED_REASON not in p and not any(f" {path}" in p for path in staged)]
             if problems:
                 raise WorkspaceIntegrityError(f"{self.root} still does not verify ({len(problems)} problem(s), first: "
@@ -389,7 +375,7 @@ class Workspace:
         state = None
         if ledger:
             named = named_ids(self.audit.entries(), "ledger_reservation")
-            unlogged = [e.seq for e in self.ledger.events() if e.reservation_id not in named]
+            unlogged = [e.seq for e in self.ledger.events(status="reserved") if e.reservation_id not in named]
             state = self.ledger.state_digest(without_events=unlogged) if unlogged else self.ledger.state_digest()
         return verify(self.audit_log_path, ledger_state=state, workspace=True)
 
