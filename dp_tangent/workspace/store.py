@@ -176,8 +176,9 @@ class Workspace:
         while the lock is free has no one left to finish it. Its budget stays spent (records may
         have been read). Returns the reservation ids resolved; does nothing while the lock is held."""
         with workspace_lock_if_free(self.root) as free:
-            if not free or not self.ledger_path.is_file():
-                return []
+            if not free or not self.ledger_path.is_file() or \
+                    (self.audit_log_path.is_file() and resolvable_failures(self.audit.entries())):
+                return []  # as finish_interrupted_work: nothing is logged after a failure waiting to be closed
             return self._resolve_abandoned()
 
     def _resolve_abandoned(self) -> list[str]:
