@@ -104,4 +104,3 @@ def _request_state(ws, request_id: str, again: str) -> str:  # noqa: ANN001
                f"{again}"
     return (f"request {request_id} stays OPEN (its clock runs from {status.received_at.isoformat()}): fix the cause "
             f"and finish it with: {again}")
-
