@@ -341,6 +341,23 @@ def test_the_batch_mean_divides_by_the_planned_size_not_the_count(n: int) -> Non
     assert divisor == 16 and len(loader) == 3  # N q = 48 / 3, and 3 batches an epoch, for either count
 
 
+@pytest.mark.parametrize("n", [300, 400])
+def test_a_non_private_run_takes_the_steps_of_its_own_records_whatever_the_planned_size(n: int, mlp_backbone) -> None:
+    """A non-private run (epsilon = inf) has no mechanism to keep independent of n: it trains shuffled mini-batches of
+    its records, so its steps follow them. Planned from N = 359 instead, a shard of 400 took 32 steps against 24
+    planned and failed after its reservation (the default recipe's shard 3 without DP)."""
+    from dp_tangent import linearize
+    from dp_tangent.training.sgd import fit
+
+    privacy = PrivacySpec(epsilon=float("inf"), planned_shard_size=359)
+    config = TrainConfig(epochs=2, batch_size=128, seed=0)
+    plan = plan_run(n, privacy, config)
+    assert plan.steps == 2 * -(-n // 128)
+    tangent = linearize(mlp_backbone.build(), None)
+    records = RecordSet(torch.randn(n, 8), torch.randint(0, 3, (n,)), tuple(f"r{i}" for i in range(n)))
+    assert fit(tangent, records, plan, privacy, config) == plan.steps
+
+
 @pytest.mark.parametrize("k", [93, 99, 105])
 def test_every_planned_batch_count_gets_its_loader(k: int) -> None:
     """1/(1/k) rounds below k for these k, and Opacus's int(1/q) made k - 1 batches: the run failed after its

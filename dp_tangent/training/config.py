@@ -37,7 +37,8 @@ class PrivacySpec:
     expected size of a random split of a dataset of known size). The sampling rate, steps, calibrated sigma,
     default delta and the batch mean's divisor then come from N, not from the count of records the shard holds,
     so none of them depends on whether any one record is in it. None: they come from the shard's own count,
-    which the guarantee then treats as public (see docs/threat-model.md).
+    which the guarantee then treats as public (see docs/threat-model.md). A non-private run (epsilon = inf),
+    which guarantees nothing, trains shuffled mini-batches of its own records whatever N says.
     """
 
     epsilon: float | None = None

@@ -65,10 +65,12 @@ def plan_run(n: int, privacy: PrivacySpec, config: TrainConfig) -> Plan:
     delta = privacy.validate(size)
     if uses_seed(privacy, config) and config.seed is None:
         raise TrainingError("this run draws from config.seed (non-private or noise='seeded'): give an integer seed")
+    if not privacy.private:  # no mechanism to keep independent of n: shuffled mini-batches of the records themselves
+        batches = math.ceil(n / config.batch_size)
+        return Plan(n, delta, 1.0 / batches, config.epochs * batches, 0.0, dp_accounting.NonPrivateDpEvent(),
+                    planned)
     batches = math.ceil(size / config.batch_size)
     sample_rate, steps = 1.0 / batches, config.epochs * batches
-    if not privacy.private:
-        return Plan(n, delta, sample_rate, steps, 0.0, dp_accounting.NonPrivateDpEvent(), planned)
     sigma = privacy.noise_multiplier or calibrate_noise_multiplier(
         privacy.epsilon, delta, sample_rate, steps, accountant=privacy.accountant)
     if not differentially_private(privacy, config):
