@@ -29,7 +29,7 @@ import re
 import shutil
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -174,11 +174,7 @@ def _finish(ws: "Workspace", staging: Path) -> AuditEntry:
     if entries and entries[-1].parameters.get("commit") == commit_id:
         entry = entries[-1]  # only the intent's removal was left to do
     else:
-        change = Change(
-            operation=intent["operation"], parameters={**intent["parameters"], "commit": commit_id},
-            operator=intent["operator"], inputs=[Artifact(**a) for a in intent["inputs"]],
-            writes=(), removals=[_removal(r) for r in intent["removals"]],
-            ledger=[ledger_op_from_json(op) for op in intent["ledger"]])
+        change = _intended_change(intent)
         unexplained = _unexplained_ledger(ws, entries, staging, change)
         if unexplained:  # recorded, and nothing logged over it: the change stays unfinished, the operation refused
             found = [f"ledger table {table!r} differs from the state the log last recorded, in a way the "
@@ -245,21 +241,46 @@ def _unexplained_ledger(ws: "Workspace", entries: Sequence[AuditEntry], staging:
     return sorted(differing)
 
 
+def _intended_change(intent: Mapping[str, Any]) -> Change:
+    """The change an intent describes, its files already staged (no writes): what finishing it logs."""
+    return Change(operation=intent["operation"], parameters={**intent["parameters"], "commit": intent["commit"]},
+                  operator=intent["operator"], inputs=[Artifact(**a) for a in intent["inputs"]],
+                  writes=(), removals=[_removal(r) for r in intent["removals"]],
+                  ledger=[ledger_op_from_json(op) for op in intent["ledger"]])
+
+
+def _pending_intents(root: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """(staging folder, intent) of each interrupted change whose intent reads (one that does not is finishing's to
+    report)."""
+    for path in sorted((root / PENDING).glob(f"*/{INTENT}")):
+        with contextlib.suppress(OSError, ValueError):
+            intent = json.loads(path.read_text())
+            if isinstance(intent, dict):
+                yield path.parent, intent
+
+
 def pending_change_explains_ledger(ws: "Workspace") -> bool:
     """Whether an interrupted change (its intent written, its entry not) explains how the ledger differs from the
     log's last record of it, by the rule finishing it applies (:func:`_unexplained_ledger`)."""
-    pending = ws.root / PENDING
     entries = ws.audit.entries()
-    for staging in sorted(pending.glob(f"*/{INTENT}")) if pending.is_dir() else ():
-        try:
-            intent = json.loads(staging.read_text())
-            change = Change(operation=intent["operation"], parameters=intent["parameters"],
-                            ledger=[ledger_op_from_json(op) for op in intent["ledger"]])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if not _unexplained_ledger(ws, entries, staging.parent, change):
-            return True
+    for staging, intent in _pending_intents(ws.root):
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            if not _unexplained_ledger(ws, entries, staging, _intended_change(intent)):
+                return True
     return False
+
+
+def placed_by_pending(root: Path) -> set[str]:
+    """The paths an interrupted change already put in place, with the bytes its intent names (finishing it logs
+    them): not an edit."""
+    placed = set()
+    for _, intent in _pending_intents(root):
+        with contextlib.suppress(KeyError, TypeError, OSError):
+            for write in intent["writes"]:
+                target = root / write["path"]
+                if target.is_file() and sha256_file(target) == write["sha256"]:
+                    placed.add(write["path"])
+    return placed
 
 
 def named_ids(entries: Sequence[AuditEntry | Change], key: str) -> set[str]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import getpass
 import hashlib
-import json
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -41,9 +40,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..components.manifest import commit, key_id, new_key
 from ..io import atomic_write_text, sha256_file
-from .audit_log import (INTEGRITY_FAILURE_REASON, INTERRUPTED_REASON, Artifact, AuditLog, VerifyReport,
+from .audit_log import (INTEGRITY_FAILURE_REASON, INTERRUPTED_REASON, Artifact, AuditEntry, AuditLog, VerifyReport,
                         integrity_snapshot, resolvable_failures, unresolved_failures)
-from .commit import Change, FileWrite, apply, finish_interrupted, named_ids, pending_change_explains_ledger
+from .commit import (Change, FileWrite, apply, finish_interrupted, named_ids, pending_change_explains_ledger,
+                     placed_by_pending)
 from .ledger_ops import FailReservation, RegisterModel, SetBudget, SetDataSource
 from .lock import workspace_lock, workspace_lock_if_free
 from .model_record import ModelPart, ModelRecord
@@ -82,21 +82,6 @@ class WorkspaceInfo(_Strict):
     format: Literal["dp-tangent-workspace/1"] = FORMAT
     created_at: str
     manifest_key_id: str
-
-
-def _staged_in_place(root: Path) -> set[str]:
-    """The paths an interrupted change already put in place, with the bytes its intent names (finishing it logs
-    them): not an edit."""
-    from .commit import INTENT, PENDING
-
-    placed = set()
-    for intent in (root / PENDING).glob(f"*/{INTENT}"):
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            for write in json.loads(intent.read_text())["writes"]:
-                target = root / write["path"]
-                if target.is_file() and sha256_file(target) == write["sha256"]:
-                    placed.add(write["path"])
-    return placed
 
 
 def _current_problems(report: VerifyReport) -> list[str]:
@@ -166,7 +151,7 @@ class Workspace:
         :mod:`.commit`), then resolve abandoned reservations. Returns (operations finished,
         reservations resolved)."""
         with workspace_lock_if_free(self.root) as free:
-            if not free or not self.audit_log_path.is_file() or resolvable_failures(self.audit.entries()):
+            if not free or not self.audit_log_path.is_file() or self._waiting_failures():
                 return [], []  # a failure waiting to be closed: nothing is logged after it first
             return finish_interrupted(self), self._resolve_abandoned()
 
@@ -176,8 +161,7 @@ class Workspace:
         while the lock is free has no one left to finish it. Its budget stays spent (records may
         have been read). Returns the reservation ids resolved; does nothing while the lock is held."""
         with workspace_lock_if_free(self.root) as free:
-            if not free or not self.ledger_path.is_file() or \
-                    (self.audit_log_path.is_file() and resolvable_failures(self.audit.entries())):
+            if not free or not self.ledger_path.is_file() or self._waiting_failures():
                 return []  # as finish_interrupted_work: nothing is logged after a failure waiting to be closed
             return self._resolve_abandoned()
 
@@ -295,10 +279,14 @@ class Workspace:
                 self._refuse_unverified()
             yield
 
+    def _waiting_failures(self) -> list[AuditEntry]:
+        """The recorded failures at the log's end not yet closed (none without a log)."""
+        return resolvable_failures(self.audit.entries()) if self.audit_log_path.is_file() else []
+
     def _refuse_while_a_failure_waits(self) -> None:
         """Refuse while a recorded failure sits at the log's end unclosed: an operation logged after it would leave
         it closable only by accepting the ledger."""
-        waiting = resolvable_failures(self.audit.entries())
+        waiting = self._waiting_failures()
         if waiting:
             first = (waiting[-1].parameters.get("problems") or ["?"])[0]
             raise WorkspaceIntegrityError(
@@ -349,7 +337,7 @@ class Workspace:
             if not open_ones:
                 raise WorkspaceError(f"{self.root} has no open integrity failure to resolve")
             closable = open_ones if accept_ledger else resolvable_failures(entries)
-            staged = _staged_in_place(self.root)
+            staged = placed_by_pending(self.root)
             explained = accept_ledger or pending_change_explains_ledger(self)  # killed after its ledger operations
             problems = [p for p in _current_problems(self._verify_excusing_unlogged(ledger=not explained))
                         if INTERRUPTED_REASON not in p and not any(f" {path}" in p for path in staged)]
