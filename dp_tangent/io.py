@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
+
+#: The temporary file :func:`atomic_write_bytes` writes ``NAME`` through: ``.NAME.``, mkstemp's 8 random characters,
+#: ``.tmp``. A process killed between creating it and the rename leaves it behind.
+TEMPORARY_NAME = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temporary file in the same directory, fsync it, then rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # TEMPORARY_NAME
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -23,6 +28,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def written_by_killed_write(name: str) -> str | None:
+    """The file name whose interrupted :func:`atomic_write_bytes` leaves a file named ``name``, else None."""
+    match = TEMPORARY_NAME.fullmatch(name)
+    return match["name"] if match else None
 
 
 def fsync_dir(path: str | Path) -> None:

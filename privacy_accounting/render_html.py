@@ -198,7 +198,7 @@ def _deletions(report: PrivacyReport) -> list[str]:
         parts.append(_p("No deletion request has been received."))
     else:
         headers, rows = deletions_table(report)
-        classes = ["overdue" if d.overdue else "" for d in report.workspace.deletions]
+        classes = ["overdue" if d.overdue or d.status == "unsealed" else "" for d in report.workspace.deletions]
         parts.append(_table(headers, rows, row_class=classes))
         parts.append("<ul class=\"muted\">" + "".join(f"<li>{html.escape(b)}</li>" for b in legal_bases(report))
                      + "<li>Deadlines are the last day, in UTC, without the extensions both regimes allow; "

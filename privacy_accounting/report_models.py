@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from privacy_accounting.renderers import render
 
 AUDIT_LABEL = "empirical lower bound, not a guarantee"
-REPORT_SCHEMA_VERSION = 3
+REPORT_SCHEMA_VERSION = 4  # 4: a deletion's status may be "unsealed"
 
 
 class _Model(BaseModel):
@@ -250,7 +250,9 @@ class DeletionEntry(_Model):
     regimes: dict[str, str]
     deadlines: dict[str, str]
     due_by: str
-    status: Literal["open", "completed"]
+    #: unsealed: the records were deleted but the run stopped before the certificate was sealed with the log's
+    #: checkpoint (running the same deletion again seals it)
+    status: Literal["open", "completed", "unsealed"]
     outcome: str
     completed_at: str | None = None
     on_time: bool | None = None

@@ -120,6 +120,8 @@ def _deletion_status(d: DeletionEntry) -> object:
     if d.status == "open":
         left = "" if d.days_left is None else f", {d.days_left} day(s) left"
         return f"open{left}"
+    if d.status == "unsealed":
+        return Flag("UNSEALED: records deleted, certificate never sealed (run the same forget again)")
     timing = "" if d.on_time is None else " on time" if d.on_time else None
     if timing is None:
         return Flag(f"completed LATE ({d.outcome.replace('_', ' ')})")
@@ -224,7 +226,11 @@ def status_lines(report: PrivacyReport) -> list[object]:
     lines: list[object] = []
     requests = report.workspace.deletions
     overdue = [d.request_id for d in requests if d.overdue]
+    unsealed = [d.request_id for d in requests if d.status == "unsealed"]
     still_open = sum(d.status == "open" for d in requests)
+    if unsealed:
+        lines.append(Flag(f"Deletion requests: {len(unsealed)} UNSEALED ({', '.join(unsealed)}): deleted, but the "
+                          "certificate was never sealed; run the same `dp-tangent forget` again."))
     if overdue:
         lines.append(Flag(f"Deletion requests: {len(overdue)} OVERDUE ({', '.join(overdue)}); "
                           f"{len(requests)} received, {still_open} open."))

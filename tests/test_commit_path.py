@@ -26,6 +26,8 @@ from dp_tangent.workspace.commit import PENDING, Change, FileWrite, apply
 from dp_tangent.workspace.deletion_requests import DeletionRequest
 from dp_tangent.workspace.forget import forget
 from dp_tangent.workspace.names import WorkspaceIntegrityError
+from dp_tangent.workspace.report_context import report_sections
+from privacy_accounting import build_report
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dp_tangent"
 
@@ -263,9 +265,16 @@ def test_a_deletion_killed_before_its_seal_is_sealed_by_running_it_again(ws, mlp
     kill_child("before-seal")
     reopened = Workspace.open("ws")
     assert reopened.audit.verify().ok
+    report = build_report(reopened.ledger, workspace=report_sections(reopened))
+    (deletion,) = report.workspace.deletions
+    assert deletion.status == "unsealed"  # the report said "completed" while the certificate was never sealed
+    for text in (report.to_markdown(), report.to_html()):
+        assert "UNSEALED" in text and "completed on time" not in text
     result = forget(reopened, REQUEST, retrain=True, shard_records={"c0": records(0)})
     assert result.certificate.checkpoint is not None and check_certificate(reopened, result.certificate).ok
     assert [e.operation for e in reopened.audit.entries()].count("deletion") == 1
+    assert [d.status for d in build_report(reopened.ledger, workspace=report_sections(reopened)).workspace.deletions
+            ] == ["completed"]
 
 
 def test_a_change_killed_before_its_commit_point_leaves_nothing(ws) -> None:
@@ -276,6 +285,50 @@ def test_a_change_killed_before_its_commit_point_leaves_nothing(ws) -> None:
     reopened = Workspace.open("ws")
     assert not (reopened.root / PENDING).exists() and reopened.audit.entries() == before
     assert reopened.audit.verify().ok
+
+
+# A process killed inside an atomic write, between its temporary file and the rename (as ``kill -9`` there).
+KILLED_WRITE = textwrap.dedent('''
+    import os, sys
+    from dp_tangent import io
+    os.replace = lambda *args: os._exit(9)
+    io.atomic_write_bytes(sys.argv[1], bytes.fromhex(sys.argv[2]))
+''')
+
+
+def kill_write(path: str, data: bytes) -> Path:
+    """Kill an atomic write of ``data`` to ``path``; the temporary file it left."""
+    done = subprocess.run([sys.executable, "-c", KILLED_WRITE, path, data.hex()], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 9, (done.returncode, done.stderr[-2000:])
+    (left,) = Path(path).parent.glob(f".{Path(path).name}.*.tmp")
+    return left
+
+
+def test_a_write_killed_half_way_is_cleaned_up_by_the_next_command_not_recorded_as_tampering(ws) -> None:
+    """A file being placed (a shared blob's copy) or rewritten, killed before its rename: its temporary file may hold
+    a component's bytes, so the next command removes it (it used to block the workspace as an unaccounted file)."""
+    left = kill_write("ws/components/c0.safetensors", (ws.root / "components/c0.safetensors").read_bytes()[:100])
+    report = ws.audit.verify()
+    assert not report.ok and f"components/{left.name} is the temporary file of a write killed" in str(report)
+    reopened = Workspace.open("ws")
+    assert not left.exists() and reopened.audit.verify().ok
+    reopened.compose_model("m2", ["c0", "c1"])
+    assert "integrity_failure" not in [e.operation for e in reopened.audit.entries()]
+
+
+def test_a_report_killed_half_way_is_noted_and_left_but_other_bytes_in_reports_are_not(ws) -> None:
+    """Reports are written without the lock (so a command cannot remove the temporary file of one being written):
+    a report's, UTF-8 up to where it stopped (here inside the two bytes of an epsilon), is a note, not a problem."""
+    (ws.root / "reports").mkdir()
+    left = kill_write("ws/reports/privacy-report.html", "<p>spent \u03b5".encode()[:-1])
+    report = ws.audit.verify()
+    assert report.ok and any(left.name in note and "killed half-way" in note for note in report.notes), report
+    ws.compose_model("m2", ["c0", "c1"])
+    assert left.exists() and "integrity_failure" not in [e.operation for e in ws.audit.entries()]
+    left.unlink()
+    binary = kill_write("ws/reports/privacy-report.html", (ws.root / "components/c0.safetensors").read_bytes())
+    assert "is not a report" in str(ws.audit.verify()), binary
 
 
 def test_what_the_ledger_refuses_is_refused_before_anything_is_staged(ws) -> None:

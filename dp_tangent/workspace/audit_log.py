@@ -16,6 +16,7 @@ file still on disk and every input against the version last logged for its path.
 
 from __future__ import annotations
 
+import codecs
 import fcntl
 import getpass
 import hashlib
@@ -30,7 +31,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..io import fsync_dir, sha256_file
+from ..io import fsync_dir, sha256_file, written_by_killed_write
 from .audit_errors import AuditChainError, AuditLogError
 from .checkpoint import Checkpoint, extends
 from .merkle import merkle_root
@@ -113,7 +114,7 @@ class VerifyReport:
     problems: tuple[Problem, ...]
     artifacts_checked: int
     missing_artifacts: tuple[str, ...] = ()  # logged as present, not on disk (not counted as a problem)
-    notes: tuple[str, ...] = ()  # what passes but a reader should know: integrity failures an operator closed
+    notes: tuple[str, ...] = ()  # what passes but a reader should know: closed integrity failures, leftover files
 
     @property
     def ok(self) -> bool:
@@ -258,6 +259,7 @@ MUST_STAY_FOLDERS = ("certificates/",)
 
 INTEGRITY_FAILURE_REASON = "the workspace did not verify when an operation began"
 INTERRUPTED_REASON = "operation(s) were interrupted and are not finished"
+KILLED_WRITE_REASON = "is the temporary file of a write killed half-way"
 #: The operations that record what was found (an ``integrity_failure``) or close such a record: they vouch for no
 #: file or ledger state, so no check compares the workspace with what they recorded.
 RECORDS_OF_FAILURES = frozenset({"integrity_failure", "integrity_resolved"})
@@ -338,14 +340,28 @@ def _is_report(path: Path) -> bool:
     return True
 
 
-def _check_unaccounted(root: Path, entries: Sequence[AuditEntry]) -> list[Problem]:
-    """Files in the workspace that no entry of the log wrote (or that it logged as removed)."""
+def _is_interrupted_report(path: Path) -> bool:
+    """The temporary file of a report's atomic write killed half-way: a report's name, and text that is UTF-8 up to
+    where the write stopped (which may be inside a character)."""
+    target = written_by_killed_write(path.name)
+    if path.is_symlink() or target is None or Path(target).suffix not in REPORT_SUFFIXES:
+        return False
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(path.read_bytes(), final=False)
+    except (OSError, UnicodeDecodeError):
+        return False
+    return True
+
+
+def _check_unaccounted(root: Path, entries: Sequence[AuditEntry]) -> tuple[list[Problem], list[str]]:
+    """Files in the workspace that no entry of the log wrote (or that it logged as removed); and notes on what
+    passes but is left over (an interrupted report's temporary file)."""
     present: dict[str, str | None] = {}
     for entry in vouching(entries):
         for art in entry.outputs:
             if art.path is not None:
                 present[art.path] = art.sha256
-    problems = []
+    problems, notes = [], []
     for path in sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink()):
         rel = path.relative_to(root).as_posix()
         if rel.split("/", 1)[0] == PENDING_FOLDER:
@@ -358,14 +374,19 @@ def _check_unaccounted(root: Path, entries: Sequence[AuditEntry]) -> list[Proble
                                                       "before its commit point; anything else was planted)"))
             continue
         if rel.split("/", 1)[0] in DERIVED_FOLDERS:
-            if not _is_report(path):
+            if _is_interrupted_report(path):
+                notes.append(f"{rel} is what a report's write killed half-way left; remove it when you like")
+            elif not _is_report(path):
                 problems.append(Problem(len(entries), f"file {rel} is not a report (a .md, .html or .json text that "
                                                       "`dp-tangent report` writes): nothing but reports may be kept "
                                                       "there unchecked"))
             continue
         if rel in NOT_ARTIFACTS:
             continue
-        if present.get(rel) is None:
+        if present.get(rel) is None and written_by_killed_write(path.name) is not None:
+            problems.append(Problem(len(entries), f"file {rel} {KILLED_WRITE_REASON}: the next dp-tangent command "
+                                                  "on the workspace removes it"))
+        elif present.get(rel) is None:
             problems.append(Problem(len(entries), f"file {rel} is not accounted for by the log (added or restored "
                                                   "behind the tool's back)"))
     for folder in ARTIFACT_FOLDERS:
@@ -377,7 +398,7 @@ def _check_unaccounted(root: Path, entries: Sequence[AuditEntry]) -> list[Proble
     if pending:
         problems.append(Problem(len(entries), f"{len(pending)} {INTERRUPTED_REASON}: open the workspace (any "
                                               "dp-tangent command on it) to finish them"))
-    return problems
+    return problems, notes
 
 
 def _check_ledger(entries: Sequence[AuditEntry], current: Mapping[str, str]) -> list[Problem]:
@@ -430,15 +451,17 @@ def verify(workspace_or_path: "str | os.PathLike[str] | _HasAuditLog", check_art
     problems += _check_integrity_failures(entries)
     if ledger_state is not None:
         problems += _check_ledger(entries, ledger_state)
+    notes: list[str] = []
     if workspace and not problem:
-        problems += _check_unaccounted(path.parent, entries)
+        unaccounted, notes = _check_unaccounted(path.parent, entries)
+        problems += unaccounted
     if checkpoint is not None:
         why = extends(hashes, checkpoint)
         if why:
             problems.append(Problem(len(entries), why))
     head = hashes[-1] if hashes else None
     return VerifyReport(path, len(entries), head, merkle_root(hashes), tuple(problems), checked, tuple(missing),
-                        _resolutions(entries))
+                        (*_resolutions(entries), *notes))
 
 
 class AuditLog:

@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..interrupts import deferred_interrupts
-from ..io import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_file
-from .audit_log import OPERATIONS, Artifact, AuditEntry, vouching
+from ..io import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_file, written_by_killed_write
+from .audit_log import DERIVED_FOLDERS, OPERATIONS, Artifact, AuditEntry, vouching
 from .ledger_ops import LedgerOp, ledger_op_from_json
 from .names import WorkspaceError, WorkspaceIntegrityError
 
@@ -120,8 +120,9 @@ def apply(ws: "Workspace", change: Change) -> AuditEntry:
 
 
 def finish_interrupted(ws: "Workspace") -> list[str]:
-    """Roll forward every change whose intent was written (discard staging without one); the caller
-    holds the lock. Returns the operations finished."""
+    """Roll forward every change whose intent was written (discard staging without one) and remove the temporary
+    files of atomic writes killed half-way; the caller holds the lock. Returns the operations finished."""
+    _remove_killed_writes(ws.root)
     pending = ws.root / PENDING
     if not pending.is_dir():
         return []
@@ -135,6 +136,21 @@ def finish_interrupted(ws: "Workspace") -> list[str]:
         pending.rmdir()
     fsync_dir(ws.root)
     return done
+
+
+def _remove_killed_writes(root: Path) -> None:
+    """Remove what atomic writes killed before their rename left (a copy of a file being placed, which may hold a
+    record's influence): no operation reads them, and with the lock held no write of the workspace is under way.
+    Staging is finished or discarded on its own; reports are written without the lock, so theirs are left
+    (``audit verify`` notes them)."""
+    for folder, dirs, files in os.walk(root):
+        if Path(folder) == root:
+            dirs[:] = [d for d in dirs if d not in (PENDING, *DERIVED_FOLDERS)]
+        leftovers = [name for name in files if written_by_killed_write(name) is not None]
+        for name in leftovers:
+            (Path(folder) / name).unlink(missing_ok=True)
+        if leftovers:
+            fsync_dir(folder)
 
 
 def _stage(staging: Path, change: Change, commit_id: str) -> None:

@@ -140,7 +140,8 @@ def _deletions(ws: Workspace, now: datetime, report_dir: str | os.PathLike[str] 
         _, text_path = ws.certificate_paths(cert.request_id)
         out.append(DeletionEntry(
             request_id=cert.request_id, received_at=cert.received_at, regimes=dict(cert.regimes),
-            deadlines=dict(cert.deadlines), due_by=cert.due_by, status=cert.status, outcome=cert.outcome,
+            deadlines=dict(cert.deadlines), due_by=cert.due_by,
+            status="unsealed" if status.status == "unsealed" else cert.status, outcome=cert.outcome,
             completed_at=cert.completed_at, on_time=cert.on_time, overdue=status.overdue,
             days_left=status.days_left if cert.status == "open" else None, records=len(cert.record_commitments),
             certificate=str(text_path), certificate_href=_href(text_path, report_dir)))

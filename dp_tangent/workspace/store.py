@@ -40,8 +40,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..components.manifest import commit, key_id, new_key
 from ..io import atomic_write_text, sha256_file
-from .audit_log import (INTEGRITY_FAILURE_REASON, INTERRUPTED_REASON, Artifact, AuditEntry, AuditLog, VerifyReport,
-                        integrity_snapshot, resolvable_failures, unresolved_failures)
+from .audit_log import (INTEGRITY_FAILURE_REASON, INTERRUPTED_REASON, KILLED_WRITE_REASON, Artifact, AuditEntry,
+                        AuditLog, VerifyReport, integrity_snapshot, resolvable_failures, unresolved_failures)
 from .commit import (Change, FileWrite, apply, finish_interrupted, named_ids, pending_change_explains_ledger,
                      placed_by_pending)
 from .ledger_ops import FailReservation, RegisterModel, SetBudget, SetDataSource
@@ -340,7 +340,8 @@ class Workspace:
             staged = placed_by_pending(self.root)
             explained = accept_ledger or pending_change_explains_ledger(self)  # killed after its ledger operations
             problems = [p for p in _current_problems(self._verify_excusing_unlogged(ledger=not explained))
-                        if INTERRUPTED_REASON not in p and not any(f" {path}" in p for path in staged)]
+                        if INTERRUPTED_REASON not in p and KILLED_WRITE_REASON not in p
+                        and not any(f" {path}" in p for path in staged)]
             if problems:
                 raise WorkspaceIntegrityError(f"{self.root} still does not verify ({len(problems)} problem(s), first: "
                                               f"{problems[0]}); restore it first (`dp-tangent audit verify` lists "
