@@ -941,10 +941,11 @@ passes: a forward-mode dual pass without autograd gives the value f(x; θ0) + J�
 at θ0 records the graph the backward runs through. In the plain pass the linear and convolution
 twins take their outputs from the dual pass's primals (`twins.PrimalReuse`, inputs checked bit for
 bit) with the layers' own backward, so the dual pass's primal and two tangent products, δW·x and
-W0·dx (one for the first linearized layer), are their only products; GELU and attention's matrix
-products and softmax are replayed the same way (`twins.register_op_replay`); every other op
-(LayerNorm, residuals, q's scaling, the heads' reshapes) runs its primal and its JVP formula in the
-dual pass and its primal again in the plain pass; the ViT suffix runs attention in math mode, since
+W0·dx (one for the first linearized layer), are their only products; GELU is replayed the same way
+(`twins.register_op_replay`); every other op (LayerNorm, residuals, attention's products and
+softmax, q's scaling, the heads' reshapes) runs its primal and its JVP formula in the dual pass and
+its primal again in the plain pass (replaying attention too cost 25 MiB of peak memory for no
+measurable time); the ViT suffix runs attention in math mode, since
 fused SDPA has no forward derivative. Counting matmul/convolution
 FLOPs, that is about 5 units against 3 for (a). DP adds little else in (b): no per-sample gradient
 is materialized and there is one backward; what is left is v_i, the clip factors vᵢᵀΘᵢvᵢ (K²

@@ -46,10 +46,10 @@ def test_value_with_gradients_reuses_every_twin_and_stays_exact(arch: str, reuse
     assert reuses[0].reused > 0 and reuses[0].recomputed == 0
     names = autograd_node_names(out)
     assert sum(name == "_ReplayedBackward" for name in names) == reuses[0].reused
-    blocks = 2 if arch == "vit" else 0  # the suffix's ViT blocks: a GELU, two attention products and a softmax each
-    assert reuses[0].ops_reused == ({"gelu": blocks, "matmul": 2 * blocks, "softmax": blocks} if blocks else {})
-    assert sum(name == "_ReplayedOpBackward" for name in names) == 4 * blocks
-    assert not {"GeluBackward0", "BmmBackward0", "_SoftmaxBackward"} & set(names)
+    blocks = 2 if arch == "vit" else 0  # the suffix's ViT blocks: a GELU each (attention is not replayed: twins.py)
+    assert reuses[0].ops_reused == ({"gelu": blocks} if blocks else {})
+    assert sum(name == "_ReplayedOpBackward" for name in names) == blocks
+    assert "GeluBackward0" not in names
     with torch.no_grad():
         want = reference_f_lin(model, deltas, x)
         full_dual = tangent(x)
@@ -118,15 +118,3 @@ def test_an_edited_gelu_output_is_recomputed_and_every_gelu_stays_exact(reuses: 
     names = autograd_node_names(out)
     assert names.count("_ReplayedOpBackward") == 1 and names.count("GeluBackward0") == 2
     _assert_exact(model, tangent, deltas, x, out)
-
-
-def test_only_real_batched_matrix_products_are_replayed() -> None:
-    """The replayed product's backward is g b^T, a^T g: the vector-Jacobian product of real matrices only (complex
-    ones need conjugates), of equal batch shapes (no broadcast to sum back)."""
-    from dp_tangent.tangent.twins import _batched_matrices
-
-    real, complex_ = torch.zeros(2, 3, 3), torch.zeros(2, 3, 3, dtype=torch.complex128)
-    assert _batched_matrices((real, real), (), {})
-    assert not _batched_matrices((complex_, complex_), (), {})
-    assert not _batched_matrices((real, torch.zeros(3, 3)), (), {})
-    assert not _batched_matrices((real[0, 0], real), (), {})

@@ -112,9 +112,9 @@ def test_packaged_minilm_linearization_is_exact_in_float64(minilm: torch.nn.Modu
     assert (got - want).abs().max() <= 1e-13 * want.abs().max()
 
 
-def test_minilm_attention_is_replayed_and_its_gradient_stays_exact(minilm: torch.nn.Module, reuses: list) -> None:
-    """The plain pass takes the last layer's attention products, softmax (Hugging Face passes ``dtype=None``) and
-    GELU from the dual pass; the gradient is torch.func's of the tangent loss."""
+def test_minilm_gelu_is_replayed_and_its_gradient_stays_exact(minilm: torch.nn.Module, reuses: list) -> None:
+    """The plain pass takes the last layer's GELU from the dual pass; the gradient is torch.func's of the tangent
+    loss."""
     net = copy.deepcopy(minilm).double()
     ids = net.example_input()
     tangent = linearize(net, "blocks[-1:]", example_input=ids)
@@ -122,7 +122,7 @@ def test_minilm_attention_is_replayed_and_its_gradient_stays_exact(minilm: torch
     tangent.load_deltas(deltas)
     y = torch.tensor([0, 2])[: len(ids)]
     LOSS.per_sample(tangent(ids), y).sum().backward()
-    assert reuses[-1].ops_reused == {"matmul": 2, "softmax": 1, "gelu": 1} and reuses[-1].recomputed == 0
+    assert reuses[-1].ops_reused == {"gelu": 1} and reuses[-1].recomputed == 0
     params = {n: p.detach() for n, p in net.named_parameters()}
 
     def tangent_loss(d: dict[str, torch.Tensor]) -> torch.Tensor:

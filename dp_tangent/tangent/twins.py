@@ -30,7 +30,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..lazy import run_pending, when_imported
 from . import depthwise, pointwise
-from .ops import TangentOps, overridden, register_op_override, softmax_dim
+from .ops import TangentOps, overridden, register_op_override
 
 _DUAL_ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("dp_tangent_dual", default=False)
 
@@ -48,9 +48,8 @@ BackwardFn = Callable[["TangentLayer", torch.Tensor, torch.Tensor, torch.Tensor,
 _BACKWARDS: dict[type[nn.Module], tuple[BackwardFn, Callable[["TangentLayer", torch.Tensor], bool]]] = {}
 # activation_backward(grad_out, x, *args, **kwargs) -> dL/dx of an elementwise y = fn(x, *args, **kwargs)
 ActivationBackwardFn = Callable[..., torch.Tensor]
-# op backward(grad_out, inputs, output, needs, args, kwargs) -> dL/d(each tensor input) of y = fn(*inputs, *args,
-# **kwargs) at the recorded values (None where ``needs`` says it is not wanted); ``inputs``/``output`` are what the
-# rule keeps (None otherwise)
+# op backward(grad_out, inputs, needs, args, kwargs) -> dL/d(each tensor input) of y = fn(*inputs, *args, **kwargs)
+# at the recorded values (None where ``needs`` says it is not wanted)
 OpBackwardFn = Callable[..., tuple["torch.Tensor | None", ...]]
 _PRIMALS: contextvars.ContextVar["PrimalReuse | None"] = contextvars.ContextVar("dp_tangent_primals", default=None)
 
@@ -158,14 +157,12 @@ def every_call(inputs: tuple[torch.Tensor, ...], args: tuple, kwargs: dict) -> b
 class OpReplay:
     """How the plain pass after a dual pass replays calls of a function (:class:`PrimalReuse`): ``backward`` is
     its vector-Jacobian product (see ``OpBackwardFn``), ``inputs`` the number of leading positional arguments that
-    are tensors, ``applies(inputs, args, kwargs)`` which calls it covers (the others run in full), and
-    ``keeps_inputs``/``keeps_output`` what the backward needs kept (as the function's own backward would)."""
+    are tensors, ``applies(inputs, args, kwargs)`` which calls it covers (the others run in full). The graph keeps
+    the inputs for the backward, as the function's own backward would."""
 
     backward: OpBackwardFn
     inputs: int = 1
     applies: Callable[[tuple[torch.Tensor, ...], tuple, dict], bool] = every_call
-    keeps_inputs: bool = True
-    keeps_output: bool = False
 
 
 _OP_REPLAYS: dict[Callable[..., torch.Tensor], OpReplay] = {}
@@ -174,7 +171,7 @@ _OP_REPLAYS: dict[Callable[..., torch.Tensor], OpReplay] = {}
 def register_op_replay(*functions: Callable[..., torch.Tensor], rule: OpReplay) -> None:
     """Replay the calls of ``functions`` in the plain pass that follows a dual pass: a call whose tensor inputs
     and other arguments equal the dual pass's call returns its output (:class:`PrimalReuse`), and the backward
-    runs ``rule.backward`` on what the rule keeps. Only for deterministic functions without state (not dropout),
+    runs ``rule.backward`` on the inputs. Only for deterministic functions without state (not dropout),
     whose other arguments are plain values; it wraps any override the function already has
     (:func:`~dp_tangent.tangent.ops.register_op_override`), which still runs every call not replayed."""
     for fn in functions:
@@ -191,8 +188,8 @@ def register_activation_backward(*functions: Callable[..., torch.Tensor],
     replayed only with equal ones)."""
 
     def decorator(backward: ActivationBackwardFn) -> ActivationBackwardFn:
-        def rule(grad_out: torch.Tensor, inputs: tuple[torch.Tensor, ...], output: None, needs: tuple[bool, ...],
-                 args: tuple, kwargs: dict) -> tuple[torch.Tensor]:
+        def rule(grad_out: torch.Tensor, inputs: tuple[torch.Tensor, ...], needs: tuple[bool, ...], args: tuple,
+                 kwargs: dict) -> tuple[torch.Tensor]:
             return (backward(grad_out, inputs[0], *args, **kwargs),)
 
         register_op_replay(*functions, rule=OpReplay(rule))
@@ -239,30 +236,25 @@ class _Replayed(torch.autograd.Function):
 
 class _ReplayedOp(torch.autograd.Function):
     """y = fn(*inputs, *args, **kwargs), its value ``recorded`` by the dual pass; the backward is the function's
-    registered rule (:func:`register_op_replay`) on what the rule keeps: the inputs, as fn's own backward would,
-    and/or the output (the recorded tensor, sharing its version counter, so an in-place edit of y still fails)."""
+    registered rule (:func:`register_op_replay`) on the inputs, which it keeps as fn's own backward would."""
 
     @staticmethod
     def forward(ctx, rule: OpReplay, recorded: list[torch.Tensor], args: tuple, kwargs: dict,  # noqa: ANN001
                 *inputs: torch.Tensor) -> torch.Tensor:
-        ctx.rule, ctx.args, ctx.kwargs, ctx.count = rule, args, kwargs, len(inputs)
-        y = recorded.pop()
-        ctx.save_for_backward(*(inputs if rule.keeps_inputs else ()), *((y,) if rule.keeps_output else ()))
-        return y.detach()
+        ctx.rule, ctx.args, ctx.kwargs = rule, args, kwargs
+        ctx.save_for_backward(*inputs)
+        return recorded.pop().detach()
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # noqa: ANN001
         rule, saved = ctx.rule, ctx.saved_tensors
-        inputs = saved[:ctx.count] if rule.keeps_inputs else None
-        output = saved[-1] if rule.keeps_output else None
-        grads = rule.backward(grad_out, inputs, output, tuple(ctx.needs_input_grad[4:]), ctx.args, ctx.kwargs)
+        grads = rule.backward(grad_out, saved, tuple(ctx.needs_input_grad[4:]), ctx.args, ctx.kwargs)
         return (None, None, None, None, *grads)
 
 
 class PrimalReuse:
     """One forward's linear and convolution twins run their primal product once instead of twice, and so do the
-    functions with a registered replay (:func:`register_op_replay`: GELU, and attention's matrix products and
-    softmax).
+    functions with a registered replay (:func:`register_op_replay`: GELU).
 
     :meth:`recording`: in the dual pass, each registered twin's primal input and output are kept by reference
     (the plain pass's graph keeps most of them anyway). :meth:`replaying`: in the plain pass at theta0 that
@@ -415,39 +407,10 @@ def _gelu_backward(grad_out: torch.Tensor, x: torch.Tensor, approximate: str = "
     return torch.ops.aten.gelu_backward(grad_out, x, approximate=approximate)
 
 
-def _batched_matrices(inputs: tuple[torch.Tensor, ...], args: tuple, kwargs: dict) -> bool:
-    """a @ b of two real (batches of) matrices with the same batch shape, nothing else: attention's products."""
-    a, b = inputs
-    return (not args and not kwargs and a.dim() >= 2 and b.dim() >= 2 and a.shape[:-2] == b.shape[:-2]
-            and a.dtype.is_floating_point and b.dtype.is_floating_point)
-
-
-def _matmul_backward(grad_out: torch.Tensor, inputs: tuple[torch.Tensor, ...], output: None, needs: tuple[bool, ...],
-                     args: tuple, kwargs: dict) -> tuple[torch.Tensor | None, ...]:
-    """y = a @ b: dL/da = g b^T, dL/db = a^T g."""
-    a, b = inputs
-    return (grad_out @ b.mT if needs[0] else None, a.mT @ grad_out if needs[1] else None)
-
-
-def _softmax_applies(inputs: tuple[torch.Tensor, ...], args: tuple, kwargs: dict) -> bool:
-    """softmax(x, dim) with the dim alone (no dtype, or ``dtype=None`` as Hugging Face passes it: the output has
-    x's)."""
-    return (len(args) + ("dim" in kwargs) == 1 and set(kwargs) <= {"dim", "_stacklevel", "dtype"}
-            and kwargs.get("dtype") is None)
-
-
-def _softmax_backward(grad_out: torch.Tensor, inputs: None, y: torch.Tensor, needs: tuple[bool, ...], args: tuple,
-                      kwargs: dict) -> tuple[torch.Tensor]:
-    """y = softmax(x): dL/dx = y * (g - sum(g * y)), from y alone."""
-    return (torch._softmax_backward_data(grad_out, y, softmax_dim(args, kwargs), y.dtype),)
-
-
-# Attention's products and softmax (timm's and Hugging Face's math paths): the plain pass returns the dual pass's
-# values, so that it runs no batched matrix product, no copy of q, k or v, and no softmax again.
-register_op_replay(torch.Tensor.__matmul__, torch.Tensor.matmul, torch.matmul,
-                   rule=OpReplay(_matmul_backward, inputs=2, applies=_batched_matrices))
-register_op_replay(torch.Tensor.softmax, torch.softmax, F.softmax,
-                   rule=OpReplay(_softmax_backward, applies=_softmax_applies, keeps_inputs=False, keeps_output=True))
+# Attention's matrix products and softmax are not replayed: doing so (real batched products by g b^T, a^T g; softmax
+# from its output) removed 4 of 30 batched products per ViT step, but the dual pass's recorded attention tensors
+# raised the allocator peak of a DP step from 134 to 159 MiB (1.21x to 1.44x the non-private step's) and the step
+# time moved by less than this machine's noise (docs/benchmarks.md, 2026-12-02).
 
 
 def twin_class(base: type[nn.Module]) -> type[nn.Module] | None:
