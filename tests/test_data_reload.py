@@ -97,6 +97,42 @@ def _rows_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
                                                       source="rows"))
 
 
+def test_a_source_is_registered_once_and_a_later_train_never_brings_back_a_deleted_records_digest(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every train registered its data source again: a deleted record's keyed digest came back (even from a train
+    that was then refused), and a recipe reading the same source otherwise replaced how earlier models reload."""
+    monkeypatch.chdir(tmp_path)
+    ids = write_npz(Path("rows.npz"))
+    recipe = write_recipe(Path("rows.yaml"), mlp_recipe({"npz": {"path": "rows.npz"}}, in_features=6, classes=2,
+                                                        source="rows"))
+    assert run_cli(capsys, "train", str(recipe), "-w", "ws", "--executor", "serial")[0] == 0
+    assert _forget(capsys, ids[5])[0] in (0, 3)
+    deleted = commit(ids[5], Workspace.open("ws").manifest_key())
+    registry = Path("ws/data-sources.json").read_bytes()
+    assert deleted not in json.loads(registry)["content"]["rows"]["tags"]
+
+    code, out, err = run_cli(capsys, "train", str(recipe), "--name", "again", "-w", "ws", "--executor", "serial")
+    assert code == 0, err
+    assert Path("ws/data-sources.json").read_bytes() == registry  # the same data: nothing registered again
+
+    write_npz(Path("other.npz"), seed=1)
+    other = write_recipe(Path("other.yaml"), mlp_recipe({"npz": {"path": "other.npz"}}, in_features=6, classes=2,
+                                                         source="rows"))
+    code, out, err = run_cli(capsys, "train", str(other), "--name", "other", "-w", "ws", "--executor", "serial")
+    assert code == 2 and "data source 'rows' is registered to be read otherwise (data.path differ)" in err
+    assert len(err.strip().splitlines()) == 1 and Path("ws/data-sources.json").read_bytes() == registry
+
+    arrays = dict(np.load("rows.npz"))  # the owner adds records: registered, the deleted one still not
+    more = dict(np.load("other.npz"))
+    more["record_ids"] = np.array([f"new-{i:03d}" for i in range(len(more["record_ids"]))])
+    np.savez("rows.npz", **{k: np.concatenate([arrays[k], more[k]]) for k in arrays})
+    code, out, err = run_cli(capsys, "train", str(recipe), "--name", "more", "-w", "ws", "--executor", "serial")
+    assert code == 0, err
+    tags = json.loads(Path("ws/data-sources.json").read_text())["content"]["rows"]["tags"]
+    assert len(tags) == 2 * len(ids) - 1 and deleted not in tags
+    assert Workspace.open("ws").audit.verify().ok
+
+
 def test_evaluate_and_predict_use_the_models_own_data_and_refuse_other_data(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     from dp_tangent.recipes import DEFAULT_RECIPE

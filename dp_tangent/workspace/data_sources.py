@@ -27,7 +27,6 @@ from ..components.component import ComponentMetadata
 from ..components.manifest import commit
 from ..data.sources import DigitsSource, ReloadableSource, content_digests, parse_source
 from ..errors import DPTangentError
-from ..io import atomic_write_bytes
 from .tombstones import Tombstones
 
 if TYPE_CHECKING:
@@ -38,9 +37,8 @@ FILE = "data-sources.json"
 PUBLIC_SPLIT = "public"
 _TAG_CONTEXT = b"dp-tangent data-source content digest v1"
 
-__all__ = ["FILE", "PUBLIC_SPLIT", "DataSourceError", "DigitsSource", "Sources", "check_unchanged", "register",
-           "registered", "reload", "shard_records_for", "source_of", "test_records", "without_deleted",
-           "without_records"]
+__all__ = ["FILE", "PUBLIC_SPLIT", "DataSourceError", "DigitsSource", "Sources", "check_unchanged", "registered",
+           "reload", "shard_records_for", "source_of", "test_records", "without_deleted", "without_records"]
 
 
 class DataSourceError(DPTangentError):
@@ -82,21 +80,50 @@ def _tags(ws: Workspace, records: RecordSet) -> dict[str, str]:
             for r, d in zip(records.record_ids, content_digests(records))}
 
 
-def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes:
-    """The registry's new content with ``source`` registered as ``name`` and the content of its records
-    digested (written by the caller's :class:`~dp_tangent.workspace.commit.Change`)."""
+def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | None:
+    """The registry's new content with ``source`` registered as ``name`` and the content of its records digested
+    (written by the caller's :class:`~dp_tangent.workspace.commit.Change`), or None if it holds that already.
+
+    A source is registered once: registering it again must read its records the same way (its models, their
+    reloads and deletions depend on it), and its data may only have gained records; records a deletion request
+    removed are never digested again, whether or not the data still holds them."""
     sources, key = _read(ws), ws.manifest_key()
-    tags = _tags(ws, source.records())
-    test = source.test_split()
-    sources.sources[name] = source.model_dump(mode="json")
-    sources.content[name] = Content(records=len(tags), tags=tags,
-                                    test=sorted(commit(r, key) for r in (test.record_ids if test else ())))
+    value = source.model_dump(mode="json")
+    before = sources.sources.get(name)
+    if before is not None and before != value:
+        was, now = _flat(before), _flat(value)
+        differ = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
+        raise DataSourceError(f"data source {name!r} is registered to be read otherwise ({', '.join(differ)} "
+                              "differ): its models, reloads and deletions depend on how its records are read; keep "
+                              "the data section it was registered with, or give this data another data_source name")
+    deleted = set(Tombstones(ws.root).read())
+    tags = {c: t for c, t in _tags(ws, source.records()).items() if c not in deleted}
+    test_split = source.test_split()
+    test = {commit(r, key) for r in (test_split.record_ids if test_split else ())}
+    old = sources.content.get(name) if before is not None else None
+    if old is not None:
+        changed = sum(c in old.tags and old.tags[c] != t for c, t in tags.items())
+        missing = len(set(old.tags) - set(tags) - deleted)
+        if changed or missing:
+            parts = [f"{changed} record(s) changed" if changed else "",
+                     f"{missing} missing that no deletion request removed" if missing else ""]
+            raise DataSourceError(f"data source {name!r} is not the data it was registered with "
+                                  f"({'; '.join(p for p in parts if p)}): restore it (removing deleted records and "
+                                  "adding new ones is allowed)")
+        if set(tags) <= set(old.tags):
+            return None
+        tags, test = {**old.tags, **tags}, test | set(old.test)
+    sources.sources[name] = value
+    sources.content[name] = Content(records=len(tags), tags=tags, test=sorted(test))
     return (sources.model_dump_json(indent=2) + "\n").encode()
 
 
-def register(ws: Workspace, name: str, source: ReloadableSource) -> None:
-    """Register ``source`` as ``name`` at once (unlogged: :meth:`Workspace.declare_data_source` logs it)."""
-    atomic_write_bytes(ws.root / FILE, registered(ws, name, source))
+def _flat(value: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested source value's leaves by dotted name (``data.path``)."""
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        out.update(_flat(item, f"{prefix}{key}.") if isinstance(item, dict) else {f"{prefix}{key}": item})
+    return out
 
 
 def without_records(ws: Workspace, doomed: Iterable[str]) -> bytes | None:

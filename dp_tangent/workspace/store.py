@@ -539,9 +539,9 @@ class Workspace:
                                  "and clipping, which it does not do)")
         with self.lock():
             writes = []
-            if loader is not None:
-                writes.append(FileWrite(data_sources.FILE, data_sources.registered(self, name, loader),
-                                        "data-source registry"))
+            registry = None if loader is None else data_sources.registered(self, name, loader)
+            if registry is not None:
+                writes.append(FileWrite(data_sources.FILE, registry, "data-source registry"))
             apply(self, Change("data_source", operator=operator, writes=writes,
                                ledger=[SetDataSource(name, str(getattr(unit, "value", unit)), description,
                                                      list(shards))], parameters={
