@@ -214,8 +214,16 @@ class Recipe(_Strict):
                            seed=t.seed, loss=ConvexLoss(t.loss, kappa=t.kappa, l2=t.l2), device=t.device)
 
     def load_data(self) -> tuple[RecordSet | None, list[RecordSet]]:
-        """(test split or None, one record set per shard), as the recipe describes them."""
-        return load_data(self.data, self.shards)
+        """(test split or None, one record set per shard), as the recipe describes them; a label outside the
+        backbone's classes is refused here, before a workspace is made or a source registered."""
+        from .training.validation import check_labels
+
+        test, shards = load_data(self.data, self.shards)
+        if self.backbone.num_classes is not None:
+            for subject, part in [("the test split", test), *((f"shard-{k}", s) for k, s in enumerate(shards))]:
+                if part is not None and len(part):
+                    check_labels(part, self.backbone.num_classes, subject, f"backbone {self.backbone.name!r}")
+        return test, shards
 
     def preprocess_image(self, path: Path) -> torch.Tensor:
         """One image file as a (3, S, S) model input, resized and normalised like the recipe's data."""

@@ -87,3 +87,67 @@ def test_removing_a_table_row_moves_no_other_record(tmp_path: Path) -> None:
     assert removed == {"wine-000"}
     assert all(placed[0][r] == where for r, where in placed[1].items())
     assert set(placed[1].values()) == {"test", "s0", "s1"}
+
+
+def _csv(path: Path, ids: list[str], id_bytes: bytes | None = None) -> Path:
+    rows = "".join(f"{i},{k % 5}.5,{'ab'[k % 2]}\n" for k, i in enumerate(ids))
+    path.write_bytes(b"rid,x,y\n" + rows.encode() + (id_bytes or b""))
+    return path
+
+
+def _table(path: Path, **extra: object) -> TableData:
+    return TableData(path=str(path), features=["x"], label="y", record_id="rid", classes=["a", "b"], scaling="none",
+                     **extra)
+
+
+def test_record_ids_are_read_as_written_so_one_added_row_moves_no_other(tmp_path: Path) -> None:
+    """pyarrow typed a CSV's id column: ``00017`` became ``17`` (a deletion request quoting the file's id missed),
+    and one added id ``new-1`` turned every id back into text, moving most records between shards and the test
+    set. Ids are now read as written."""
+    ids = [f"{i:05d}" for i in range(200)]
+    placed = []
+    for name, rows in (("all.csv", ids), ("more.csv", [*ids, "new-1"])):
+        test, shards = _table(_csv(tmp_path / name, rows), test_fraction=0.3).load(ShardsSection(count=2))
+        placed.append({r: where for where, part in [("test", test), *((f"s{k}", s) for k, s in enumerate(shards))]
+                       for r in part.record_ids})
+    assert set(placed[0]) == set(ids) and set(placed[1]) - set(placed[0]) == {"new-1"}
+    assert all(placed[1][r] == where for r, where in placed[0].items())
+    for odd in ("0.50", "2024-01-01T00:00:00", "98765432109876543210"):
+        assert odd in _table(_csv(tmp_path / "odd.csv", ["a-1", odd])).records().record_ids
+
+
+@pytest.mark.parametrize(("tail", "message"), [
+    (b"\xff01,1.5,a\n", "cannot read the table"),
+    (b",1.5,a\n", r"record-id column 'rid' has 1 missing or blank value\(s\)"),
+])
+def test_a_record_id_that_is_not_utf8_text_or_is_blank_is_refused(tmp_path: Path, tail: bytes, message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        _table(_csv(tmp_path / "bad.csv", ["r-1"], tail)).records()
+
+
+def test_a_public_table_that_is_the_private_one_or_shares_its_records_is_refused(tmp_path: Path) -> None:
+    """Scaling and pretraining read the public table outside the privacy guarantee."""
+    names = write_wine_csv(tmp_path / "private.csv", rows=range(40, 178))
+
+    def data(public: str) -> TableData:
+        return TableData(path=str(tmp_path / "private.csv"), features=names, label="cultivar", record_id="wine_id",
+                         classes=["class_0", "class_1", "class_2"], scaling="public", public_path=public)
+
+    with pytest.raises(DataError, match="is the private table itself"):
+        data(str(tmp_path / "private.csv")).records()
+    write_wine_csv(tmp_path / "leaky.csv", rows=range(30, 50))
+    for leaky in (data(str(tmp_path / "leaky.csv")).records, data(str(tmp_path / "leaky.csv")).public_records):
+        with pytest.raises(DataError, match="holds 10 record id"):
+            leaky()
+    write_wine_csv(tmp_path / "public.csv", rows=range(0, 40))
+    assert len(data(str(tmp_path / "public.csv")).records()) == 138
+    assert len(data(str(tmp_path / "public.csv")).public_records()) == 40
+
+
+def test_a_symbolic_link_in_an_image_folder_is_refused(tmp_path: Path) -> None:
+    """ImageFolder follows links: a link to the folder above made a loop, the same images under many ids."""
+    _images(tmp_path / "imgs", {"cat": 2, "dog": 1})
+    assert len(image_folder_records(tmp_path / "imgs", 8, classes=["cat", "dog"])) == 3
+    (tmp_path / "imgs" / "cat" / "loop").symlink_to("..")
+    with pytest.raises(DataError, match="loop is a symbolic link"):
+        image_folder_records(tmp_path / "imgs", 8, classes=["cat", "dog"])

@@ -125,6 +125,7 @@ def image_folder_records(root: Path, image_size: int, *, classes: Sequence[str] 
         if unlisted:
             raise DataError(f"{root}: folder(s) {', '.join(unlisted[:3])} not in data.image_folder.classes; list "
                             "every class folder (in class order) or move the folder out")
+    _refuse_links(root)
     try:
         folder = _listed_folder(datasets, classes)(str(root))  # lists files and classes; decodes nothing
     except FileNotFoundError as err:  # no class folders, or no image files in them
@@ -136,6 +137,16 @@ def image_folder_records(root: Path, image_size: int, *, classes: Sequence[str] 
         check_images([Path(p) for p, _ in folder.samples])
     ids = tuple(Path(p).relative_to(root).as_posix() for p, _ in folder.samples)
     return RecordSet(ImageFiles(str(root), ids, image_size), torch.tensor(folder.targets, dtype=torch.long), ids)
+
+
+def _refuse_links(root: Path) -> None:
+    """No symbolic link under ``root``: ImageFolder follows them, so one image could be read under several ids (a
+    link to a folder above makes a loop), each a record of its own while the guarantee counts one."""
+    for folder, dirs, files in os.walk(root):
+        link = next((name for name in (*dirs, *files) if os.path.islink(os.path.join(folder, name))), None)
+        if link is not None:
+            raise DataError(f"{Path(folder, link)} is a symbolic link; an image folder holds its files themselves "
+                            "(a linked image would be read under two ids, as two records)")
 
 
 def _listed_folder(datasets: ModuleType, classes: Sequence[str] | None) -> type:

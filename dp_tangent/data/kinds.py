@@ -10,6 +10,7 @@ resolved by the recipe before loading.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -204,8 +205,33 @@ class TableData(_Kind):
     def records(self) -> RecordSet:
         from .tables import table_records
 
-        return table_records(Path(self.path), features=self.features, label=self.label, record_id=self.record_id,
-                             classes=self.classes, scaling=self.scaler())
+        records = table_records(Path(self.path), features=self.features, label=self.label,
+                                record_id=self.record_id, classes=self.classes, scaling=self.scaler())
+        if self.public_path is not None:
+            self._check_public_apart(records.record_ids)
+        return records
+
+    def _check_public_apart(self, private_ids: Sequence[str] | None = None) -> None:
+        """The public table is not the private one, nor shares a record id with it: its statistics scale the
+        features and pretrain theta0 outside the privacy guarantee."""
+        from .tables import read_table, record_ids
+
+        public, private = Path(self.public_path), Path(self.path)  # type: ignore[arg-type]
+        if public.is_file() and private.is_file() and public.samefile(private):
+            raise DataError(f"data.table: public_path {public} is the private table itself; its statistics and "
+                            "pretraining would use private records outside the privacy guarantee")
+        if self.record_id is None or (private_ids is None and not private.is_file()):
+            return
+        table = read_table(public, [], optional=[self.record_id], as_text=[self.record_id])
+        if self.record_id not in table.column_names:
+            return
+        if private_ids is None:
+            private_ids = record_ids(private, read_table(private, [self.record_id], as_text=[self.record_id]),
+                                     self.record_id, 0)
+        shared = set(record_ids(public, table, self.record_id, table.num_rows)) & set(private_ids)
+        if shared:
+            raise DataError(f"data.table: the public table {public} holds {len(shared)} record id(s) of the private "
+                            f"table (e.g. {min(shared)!r}); public records must not be private ones")
 
     def public_records(self) -> RecordSet:
         """The public table's rows (same columns, labels included), scaled like the private ones: for
@@ -214,6 +240,7 @@ class TableData(_Kind):
             raise DataError("data.table: no public_path given; pretraining needs a public table")
         from .tables import table_records
 
+        self._check_public_apart()
         return table_records(Path(self.public_path), features=self.features, label=self.label, record_id=None,
                              classes=self.classes, scaling=self.scaler())
 

@@ -30,9 +30,12 @@ if TYPE_CHECKING:
 SUFFIXES = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
-def read_table(path: Path, columns: Sequence[str], optional: Sequence[str] = ()) -> pa.Table:
+def read_table(path: Path, columns: Sequence[str], optional: Sequence[str] = (), as_text: Sequence[str] = ()
+               ) -> pa.Table:
     """The ``columns`` (and those of ``optional`` it has) of a CSV (``.csv``/``.tsv``) or Parquet
-    (``.parquet``) file; a missing column or an unreadable file is a one-line :class:`DataError`."""
+    (``.parquet``) file; a missing column or an unreadable file is a one-line :class:`DataError`.
+    A CSV's ``as_text`` columns are read as written (pyarrow would type ``00017`` as the number 17, and one
+    record's id decide how every other is read), and must be UTF-8."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
@@ -47,7 +50,8 @@ def read_table(path: Path, columns: Sequence[str], optional: Sequence[str] = ())
             table = pq.read_table(path)
         else:
             options = pacsv.ParseOptions(delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-            table = pacsv.read_csv(path, parse_options=options)
+            text = pacsv.ConvertOptions(column_types={c: pa.string() for c in as_text})
+            table = pacsv.read_csv(path, parse_options=options, convert_options=text)
     except (pa.ArrowException, OSError) as err:
         raise DataError(f"{path}: cannot read the table ({(str(err).strip().splitlines() or [''])[0]})") from None
     return select_columns(path, table, columns, optional)
@@ -68,6 +72,8 @@ def feature_matrix(path: Path, table: pa.Table, features: Sequence[str], ids: Se
     """The feature columns as an (N, F) float64 array: numeric columns only, no missing values."""
     import pyarrow as pa
 
+    if table.num_rows == 0:  # pyarrow types an empty column as null
+        raise DataError(f"{path}: no rows (only a header); give one row per record")
     columns = []
     for name in features:
         column = table.column(name)
@@ -142,9 +148,10 @@ def record_ids(path: Path, table: pa.Table, column: str | None, n: int) -> tuple
     if column is None:
         return tuple(f"row-{i}" for i in range(n))
     values = table.column(column)
-    if values.null_count:
-        raise DataError(f"{path}: record-id column {column!r} has {values.null_count} missing value(s)")
-    ids = tuple(str(v) for v in values.to_pylist())
+    ids = tuple("" if v is None else str(v) for v in values.to_pylist())
+    blank = sum(not i.strip() for i in ids)
+    if blank:
+        raise DataError(f"{path}: record-id column {column!r} has {blank} missing or blank value(s)")
     if len(set(ids)) != len(ids):
         repeated = next(r for r, count in Counter(ids).items() if count > 1)
         raise DataError(f"{path}: record id {repeated!r} appears more than once in column {column!r}")
@@ -154,7 +161,8 @@ def record_ids(path: Path, table: pa.Table, column: str | None, n: int) -> tuple
 def table_records(path: Path, *, features: Sequence[str], label: str, record_id: str | None,
                   classes: Sequence[str] | None, scaling: Scaling) -> RecordSet:
     """Each row a record: its scaled features as float32 inputs, its label, its id."""
-    table = read_table(path, [*features, label, *([record_id] if record_id else [])])
+    table = read_table(path, [*features, label, *([record_id] if record_id else [])],
+                       as_text=[*([record_id] if record_id else []), *([label] if classes is not None else [])])
     ids = record_ids(path, table, record_id, table.num_rows)
     x = scaling(feature_matrix(path, table, features, ids))
     y = label_indices(path, table, label, classes, ids)
@@ -165,7 +173,8 @@ def table_inputs(path: Path, *, features: Sequence[str], record_id: str | None,
                  scaling: Scaling) -> tuple[torch.Tensor, tuple[str, ...]]:
     """The scaled feature rows of any table with the ``features`` columns (no label needed) and their
     ids (the ``record_id`` column where the table has it, else ``row-<i>``)."""
-    table = read_table(path, features, optional=[record_id] if record_id else [])
+    ids_column = [record_id] if record_id else []
+    table = read_table(path, features, optional=ids_column, as_text=ids_column)
     ids = record_ids(path, table, record_id if record_id in table.column_names else None, table.num_rows)
     x = scaling(feature_matrix(path, table, features, ids))
     return torch.as_tensor(x, dtype=torch.float32), ids

@@ -25,15 +25,17 @@ JSON_SUFFIXES = (".jsonl", ".ndjson")
 TOKENIZE_CHUNK = 1024
 
 
-def read_text_table(path: Path, columns: Sequence[str], optional: Sequence[str] = ()):  # noqa: ANN201 -- pyarrow.Table
+def read_text_table(path: Path, columns: Sequence[str], optional: Sequence[str] = (),  # noqa: ANN201 -- pa.Table
+                    as_text: Sequence[str] = ()):
     """The ``columns`` (and those of ``optional`` it has) of a CSV, JSONL or Parquet file; an empty,
-    unreadable or incomplete file is a one-line :class:`DataError`."""
+    unreadable or incomplete file is a one-line :class:`DataError`. A CSV's ``as_text`` columns are read as
+    written (:func:`~dp_tangent.data.tables.read_table`)."""
     if path.is_file() and path.stat().st_size == 0:
         raise DataError(f"{path}: empty file (0 bytes); give a file with a header row and one row per record")
     if path.suffix.lower() not in JSON_SUFFIXES:
         if path.suffix.lower() not in SUFFIXES:
             raise DataError(f"{path}: text data must be a .csv, .tsv, .jsonl or .parquet file")
-        return read_table(path, columns, optional)
+        return read_table(path, columns, optional, as_text)
     import pyarrow as pa
     import pyarrow.json as pajson
 
@@ -110,7 +112,8 @@ def tokenized_records(texts: Sequence[str], labels: Sequence[int], ids: Sequence
 def text_records(path: Path, *, text: str, label: str, record_id: str | None, classes: Sequence[str] | None,
                  tokenizer: str, max_length: int) -> RecordSet:
     """Each row a record: its text as ``max_length`` token ids, its label (a class index), its id."""
-    table = read_text_table(path, [text, label, *([record_id] if record_id else [])])
+    table = read_text_table(path, [text, label, *([record_id] if record_id else [])],
+                            as_text=[*([record_id] if record_id else []), *([label] if classes is not None else [])])
     if table.num_rows == 0:
         raise DataError(f"{path}: no records (only a header); give one row per record")
     ids = record_ids(path, table, record_id, table.num_rows)
@@ -123,6 +126,7 @@ def text_inputs(path: Path, *, text: str, record_id: str | None, tokenizer: str,
                 max_length: int) -> tuple[torch.Tensor, tuple[str, ...]]:
     """Token ids of every row of any file with the ``text`` column (no label needed, for prediction) and
     the rows' ids (the ``record_id`` column where the file has it, else ``row-<i>``)."""
-    table = read_text_table(path, [text], optional=[record_id] if record_id else [])
+    table = read_text_table(path, [text], optional=[record_id] if record_id else [],
+                            as_text=[record_id] if record_id else [])
     ids = record_ids(path, table, record_id if record_id in table.column_names else None, table.num_rows)
     return tokenize(load_tokenizer(tokenizer), text_column(path, table, text, ids), max_length), ids
