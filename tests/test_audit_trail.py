@@ -104,6 +104,7 @@ def test_truncation_emptying_and_rollback_fail_against_a_checkpoint(checkpointed
         old = tmp_path / "old-copy"
         shutil.copytree(ws.root, old)  # an older copy of the whole workspace...
         ws.compose_model("m2", ["c1"])
+        note = note.with_name("later-checkpoint.txt")  # a checkpoint is written to a new file, never over one
         code, _ = _cli(capsys, "audit", "checkpoint", "--key", str(tmp_path / "keys" / "signing.key"),
                        "-o", str(note), "-w", str(ws.root))  # ...the auditor holds a later checkpoint
         assert code == 0

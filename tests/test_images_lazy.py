@@ -117,7 +117,7 @@ def test_an_image_folder_trains_lazily_and_retrains_after_a_deletion(
     assert Workspace.open("ws").load_component("r-shard-1.r1").metadata.manifest.records == shard.manifest.records - 1
     code, out, err = run_cli(capsys, "evaluate", "r", "-w", "ws")
     held_out = len(load_recipe(recipe).load_data()[0])
-    assert code == 0 and out.endswith(f"on {held_out} records (image_folder)\n"), err  # the test images it trained with
+    assert code == 0 and f"on {held_out} records (image_folder;" in out, err  # the test images it trained with
     image = next(p for p in sorted(Path("imgs").rglob("*.png")))
     code, out, err = run_cli(capsys, "predict", "r", str(image), "-w", "ws")
     assert code == 0 and out.strip() in {f"{image}: 0", f"{image}: 1"}, err

@@ -147,7 +147,7 @@ def test_table_trains_composes_evaluates_and_predicts_from_a_relative_workspace(
     code, out, err = run_cli(capsys, "evaluate", "wine", "-w", "ws")  # the model's own data, no --data
     assert code == 0, err
     held_out = len(load_recipe(recipe).load_data()[0])
-    assert out.startswith("wine: test accuracy") and f"on {held_out} records (table)" in out
+    assert out.startswith("wine: test accuracy") and f"on {held_out} records (table;" in out
     Path("new.csv").write_text("\n".join(Path("data/wine.csv").read_text().splitlines()[:4]) + "\n")
     code, out, err = run_cli(capsys, "predict", "wine", "new.csv", "-w", "ws")
     assert code == 0, err

@@ -70,9 +70,14 @@ def audit_keygen(
     name: Annotated[str, typer.Option(help="Key name, shown in every signature (e.g. your organisation).")] = "dp-tangent",
 ) -> None:
     """Create an Ed25519 key for signing checkpoints, and print its verifier key (publish that one)."""
-    from ..workspace.checkpoint import generate_key
+    from ..workspace.checkpoint import CheckpointError, generate_key
+    from ..workspace.store import enclosing_workspace
 
-    typer.echo(generate_key(key, name))
+    inside = enclosing_workspace(key)
+    if inside is not None:  # the key would be an unaccounted file there, and with the log it signs
+        raise CheckpointError(f"{key} is inside the workspace {inside}: a signing key must be kept outside it")
+    key.expanduser().absolute().parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    typer.echo(generate_key(key.expanduser(), name))
 
 
 @audit_app.command("checkpoint")
@@ -88,6 +93,9 @@ def audit_checkpoint(
     ws = open_workspace(workspace)
     if output is not None:
         check_output_outside(ws, output)
+        if output.expanduser().exists():  # a kept checkpoint, or the signing key itself
+            raise CheckpointError(f"{output} exists: a checkpoint is written to a new file, never over one (an "
+                                  "auditor compares later logs against the checkpoints kept)")
     if ws.root.resolve() in key.expanduser().absolute().resolve().parents:
         raise CheckpointError(f"{key} is inside the workspace: a signing key must be kept outside it")
     with ws.lock():

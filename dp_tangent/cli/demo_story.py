@@ -230,6 +230,9 @@ def tell(ws: Workspace, task: DemoTask, config: StoryConfig, console: Console, s
         figures["release"] = str(bundle)
         console.print(f"Release bundle (deltas + base reference + privacy statement, no counts or manifests): {bundle}")
         console.print(f"  {statement.privacy.statement}")
+    else:  # a release never writes over an existing path (it might be another release, or anything else)
+        console.print(f"[yellow]Release bundle not written: {bundle} exists already; remove it, or release with "
+                      f"`dp-tangent release {task.model} -o NEW_FOLDER -w {ws.root}`[/]")
 
     reports = ws.root / "reports"
     report = build_report(ws.ledger, title=task.report_title, workspace=report_sections(ws, report_dir=reports))

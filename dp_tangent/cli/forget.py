@@ -57,9 +57,11 @@ def forget(
     """
     from datetime import timezone
 
+    from privacy_accounting.errors import BudgetExceededError
+
     from ..errors import DPTangentError
     from ..workspace.data_sources import shard_records_for
-    from ..workspace.deletion_requests import DeletionRequest, ForgetError
+    from ..workspace.deletion_requests import DeletionRequest, ForgetError, OtherRecordIds
     from ..workspace.forget import forget as serve
 
     ws = open_workspace(workspace)  # even with no component: the request is registered and the ids tombstoned
@@ -69,11 +71,17 @@ def forget(
     try:
         with busy("serving the deletion request" + (" (retraining affected shards)…" if retrain else "…")):
             result = serve(ws, request, retrain=retrain, shard_records=shard_records_for(ws) if retrain else None)
-    except (DPTangentError, OSError) as err:  # a full disk, too: the request's state is what the hint says
-        again = ["dp-tangent", "forget", *record_ids, "--request-id", request.request_id,
-                 *(["--retrain"] if retrain else []), "-w", str(ws.root)]
+    except (DPTangentError, BudgetExceededError, OSError) as err:  # a full disk, too: the hint says the state
+        again = shlex.join(["dp-tangent", "forget", *record_ids, "--request-id", request.request_id,
+                            *(["--retrain"] if retrain else []), "-w", str(ws.root)])
+        if isinstance(err, OtherRecordIds):
+            again = (f"`dp-tangent forget` of exactly the record ids it was received with, --request-id "
+                     f"{request.request_id} (the workspace keeps only their commitments: take the ids from the request "
+                     "as it was sent)")
+        elif isinstance(err, BudgetExceededError) and retrain:
+            again += " (or without --retrain: the components holding the records are dropped, not retrained)"
         cause = f"{err.strerror or err} ({type(err).__name__})" if isinstance(err, OSError) else str(err)
-        raise ForgetError(f"{cause}; {_request_state(ws, request.request_id, shlex.join(again))}") from err
+        raise ForgetError(f"{cause}; {_request_state(ws, request.request_id, again)}") from err
     typer.echo(result.message)
     for added in result.certificate.components_added:  # what `budget show` would now print for it
         typer.echo(f"  {added.data_source}/{added.shard}: "

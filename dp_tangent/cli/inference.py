@@ -104,7 +104,7 @@ def evaluate(
 ) -> None:
     """Test accuracy of a composed model or a component on the test split of the data it was trained on."""
     from ..errors import RecipeError
-    from ..training.evaluation import accuracy
+    from ..training.evaluation import accuracy, majority_share
     from ..training.features import precompute_features
 
     ws = open_workspace(workspace)
@@ -115,7 +115,7 @@ def evaluate(
         raise RecipeError(f"data source {name!r} has no test split (test_fraction is 0)")
     features = precompute_features(tangent, test.inputs)  # a batch at a time (lazy images are never all held)
     typer.echo(f"{model}: test accuracy {accuracy(tangent, test, features=features):.2%} on {len(test)} records "
-               f"({source.loader})")
+               f"({source.loader}; always the most common label would score {majority_share(test):.2%})")
 
 
 @app.command()
@@ -132,6 +132,9 @@ def predict(
     from ..errors import RecipeError
     from ..training.evaluation import predict as logits_of
 
+    if data is not None and all(path.suffix == ".npy" for path in inputs):
+        raise RecipeError("--data preprocesses files like a data section; .npy arrays are model inputs already, "
+                          "given as they are")
     ws = open_workspace(workspace)
     tangent, trained_on, rank = _tangent(ws, model)
     source = None

@@ -45,6 +45,7 @@ def report(
     if output is not None:
         check_output_outside(ws, output, allowed="reports")
         _check_report_name(ws, output)
+        _check_replaces_a_report(output)
     kept = load_checkpoint(ws, checkpoint, verifier_key) if checkpoint is not None else None
     with busy("verifying the audit log and computing every accountant's epsilon…"):
         sections = report_sections(ws, report_dir=output.expanduser().absolute().parent if output else None,
@@ -59,6 +60,18 @@ def report(
         typer.secho(f"warning: the audit log did not verify ({len(sections.audit.problems)} problem(s)); "
                     "the report says so", err=True, fg=typer.colors.RED)
         raise typer.Exit(1)
+
+
+def _check_replaces_a_report(output: Path) -> None:
+    """Only a report is written over: an existing file that is not a .md, .html or .json text (a key, a data file)
+    is refused."""
+    from ..workspace import WorkspaceError
+    from ..workspace.audit_log import is_report
+
+    path = output.expanduser()
+    if path.exists() and not is_report(path):
+        raise WorkspaceError(f"{output} exists and is not a report (a .md, .html or .json text); give a new file "
+                             "name or remove it first")
 
 
 def _check_report_name(ws, output: Path) -> None:  # noqa: ANN001

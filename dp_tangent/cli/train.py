@@ -281,7 +281,7 @@ def _report(ws: Workspace, recipe: Recipe, name: str, test: RecordSet | None, ru
             retry: list[str]) -> None:
     """Print each new component, the failures with how to retry them, and compose the model if complete."""
     from ..tangent import linearize
-    from ..training.evaluation import accuracy
+    from ..training.evaluation import accuracy, majority_share
     from ..training.features import precompute_features
     from ..workspace.data_sources import without_deleted
 
@@ -294,7 +294,8 @@ def _report(ws: Workspace, recipe: Recipe, name: str, test: RecordSet | None, ru
         if tangent is None:
             return line
         tangent.load_deltas(deltas)
-        return line + f", test accuracy {accuracy(tangent, test, features=features):.1%} on {len(test)} records"
+        return line + (f", test accuracy {accuracy(tangent, test, features=features):.1%} on {len(test)} records "
+                       f"(most common label: {majority_share(test):.1%})")
 
     for result in sorted(run.completed, key=lambda r: r.metadata.name):
         component = ws.load_component(result.metadata.name)

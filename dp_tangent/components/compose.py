@@ -133,7 +133,12 @@ def check_weights(weights: Sequence[float] | None, k: int, method: str) -> list[
 def _coefficients(weights: list[float] | None, k: int, method: str) -> list[float]:
     if method == "mean":
         w = weights or [1.0] * k
-        return [x / math.fsum(w) for x in w]
+        try:
+            total = math.fsum(w)
+        except OverflowError:  # huge weights: the same coefficients, from weights scaled down first
+            top = max(w)
+            return [x / top / math.fsum(v / top for v in w) for x in w]
+        return [x / total for x in w]
     if method == "sum":
         if weights is not None:
             raise CompositionError("method 'sum' takes no weights; use 'task_arithmetic' for coefficients")
@@ -194,6 +199,10 @@ def compose(
             raise CompositionError(f"merge_data is only used by method 'regmean', not {method!r}")
         coefficients = list(_coefficients(w, len(loaded), method))
         deltas = weighted_sum([c.deltas for c in loaded], coefficients)  # type: ignore[arg-type]
+    bad = next((name for name, d in deltas.items() if not torch.isfinite(d).all()), None)
+    if bad is not None:
+        raise CompositionError(f"the composed delta {bad!r} is not finite (the weights overflow its values); "
+                               "give smaller weights")
     meta = loaded[0].metadata
     parts = tuple(
         ComposedPart(c.name, c.sha256, c.metadata.deltas_sha256, c.metadata.data_source, c.metadata.shard,

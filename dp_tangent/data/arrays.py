@@ -61,6 +61,10 @@ def load_array(path: Path, rank: int = 3) -> torch.Tensor:
     if tensor.ndim not in (rank, rank + 1):
         one, batch = ("(F,)", "(N, F)") if rank == 1 else ("(C, H, W)", "(N, C, H, W)")
         raise DataError(f"{path}: expected an array of shape {one} or {batch}, got {tuple(tensor.shape)}")
+    if tensor.numel() == 0:
+        raise DataError(f"{path}: the array is empty (shape {tuple(tensor.shape)}); give at least one input")
+    if not torch.isfinite(tensor).all():
+        raise DataError(f"{path}: {int((~torch.isfinite(tensor)).sum())} value(s) are not finite (NaN or infinity)")
     return tensor if tensor.ndim == rank + 1 else tensor.unsqueeze(0)
 
 

@@ -25,6 +25,11 @@ def predict(model: nn.Module, inputs: torch.Tensor, *, batch_size: int = 256, fr
     return torch.cat(outputs) if outputs else inputs.new_zeros((0,))
 
 
+def majority_share(records: RecordSet) -> float:
+    """The accuracy of always answering the most common label (the baseline an accuracy must beat)."""
+    return torch.bincount(records.targets).max().item() / len(records)
+
+
 def accuracy(model: nn.Module, records: RecordSet, *, features: torch.Tensor | None = None, batch_size: int = 256) -> float:
     """Top-1 accuracy; pass ``features`` (cached ``model.features(records.inputs)``) to skip the prefix."""
     if len(records) == 0:

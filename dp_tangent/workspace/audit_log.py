@@ -329,7 +329,7 @@ def integrity_snapshot(root: Path, entries: Sequence[AuditEntry]) -> list[Artifa
 REPORT_SUFFIXES = (".md", ".html", ".json")
 
 
-def _is_report(path: Path) -> bool:
+def is_report(path: Path) -> bool:
     """A regular file with a report's suffix that is UTF-8 text (a model's or component's bytes are not)."""
     if path.is_symlink() or path.suffix not in REPORT_SUFFIXES:
         return False
@@ -376,7 +376,7 @@ def _check_unaccounted(root: Path, entries: Sequence[AuditEntry]) -> tuple[list[
         if rel.split("/", 1)[0] in DERIVED_FOLDERS:
             if _is_interrupted_report(path):
                 notes.append(f"{rel} is what a report's write killed half-way left; remove it when you like")
-            elif not _is_report(path):
+            elif not is_report(path):
                 problems.append(Problem(len(entries), f"file {rel} is not a report (a .md, .html or .json text that "
                                                       "`dp-tangent report` writes): nothing but reports may be kept "
                                                       "there unchecked"))

@@ -25,6 +25,10 @@ class ForgetError(DPTangentError):
     """A deletion request that cannot be carried out as asked."""
 
 
+class OtherRecordIds(ForgetError):
+    """A request id already received with other record ids."""
+
+
 
 def utc(moment: datetime | date) -> datetime:
     if isinstance(moment, datetime):

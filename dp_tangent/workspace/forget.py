@@ -48,7 +48,7 @@ from .certificates import (AddedComponent, ComponentRef, DeletionCertificate, De
 from .checkpoint import checkpoint_of, origin_of
 from . import data_sources, gram_cache
 from .commit import Change, FileRemoval, FileWrite, apply
-from .deletion_requests import DeletionRequest, ForgetError, resolve_now
+from .deletion_requests import DeletionRequest, ForgetError, OtherRecordIds, resolve_now
 from .ledger_ops import RegisterModel
 from .model_record import ModelRecord
 from .request_register import receive
@@ -378,7 +378,7 @@ def forget(
         if cert.status == "completed":
             raise ForgetError(f"request {request.request_id!r} was already completed on {cert.completed_at}")
         if set(cert.record_commitments) != doomed:
-            raise ForgetError(f"request {request.request_id!r} was received with other record ids")
+            raise OtherRecordIds(f"request {request.request_id!r} was received with other record ids")
         # First of all, so that nothing from now on -- this request's retraining included, or a
         # run after a crash half-way through -- can train these records again.
         # The same change drops their cached NTK Grams (the deletion change drops any left).

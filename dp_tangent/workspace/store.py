@@ -89,6 +89,13 @@ def _current_problems(report: VerifyReport) -> list[str]:
     return [str(p) for p in report.problems if not p.reason.startswith(INTEGRITY_FAILURE_REASON)]
 
 
+def enclosing_workspace(path: str | os.PathLike[str]) -> Path | None:
+    """The workspace a file or folder at ``path`` would sit in (the nearest folder above it with a
+    ``workspace.json``), or None."""
+    resolved = Path(path).expanduser().absolute().resolve()
+    return next((p for p in resolved.parents if (p / "workspace.json").is_file()), None)
+
+
 @dataclass(frozen=True)
 class Workspace:
     """An opened workspace; use :meth:`create` or :meth:`open`. ``root`` is absolute, whatever path was
@@ -104,6 +111,9 @@ class Workspace:
         root = Path(path).expanduser().absolute()  # relative paths would log artifacts at the wrong place
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise WorkspaceError(f"{root} already exists and is not an empty directory; open it or choose another path")
+        outer = enclosing_workspace(root)
+        if outer is not None:  # its files would be unaccounted for in the outer one, which would refuse every operation
+            raise WorkspaceError(f"{root} is inside the workspace {outer}; create a workspace outside any other")
         root.mkdir(parents=True, exist_ok=True)
         for sub in ("components", "models", "certificates"):
             (root / sub).mkdir()
@@ -510,9 +520,12 @@ class Workspace:
 
         check_name(name, "model")
         with self.lock():
-            exists = self.model_path(name).exists()
+            exists = self.model_path(name).exists() or name in self.ledger.models()  # its file may be away
             if exists and not replace:
-                raise WorkspaceError(f"model {name!r} already exists; pass replace=True to overwrite it")
+                raise WorkspaceError(f"model {name!r} already exists; choose another name (in Python, replace=True "
+                                     "overwrites it)")
+            if self.component_name_used(name):  # evaluate, predict and release would take the model for it
+                raise WorkspaceError(f"{name!r} is a component's name; give the model a name of its own")
             loaded = [self.load_component(c) for c in components]
             composition = compose(loaded, weights, method, merge_data=merge_data,
                                   merge_data_public=merge_data_public, **options)
