@@ -132,6 +132,16 @@ def test_a_source_is_registered_once_and_a_later_train_never_brings_back_a_delet
     assert len(tags) == 2 * len(ids) - 1 and deleted not in tags
     assert Workspace.open("ws").audit.verify().ok
 
+    from dp_tangent.data.sources import source_for
+    from dp_tangent.recipes import load_recipe
+    from dp_tangent.workspace.data_sources import registered
+
+    stored = json.loads(Path("ws/data-sources.json").read_text())
+    del stored["sources"]["rows"]["data"]["inputs"]  # as written by a version before the field existed (its default)
+    Path("ws/data-sources.json").write_text(json.dumps(stored))
+    loaded = load_recipe(recipe)
+    assert registered(Workspace.open("ws", finish=False), "rows", source_for(loaded.data, loaded.shards)) is None
+
 
 def test_evaluate_and_predict_use_the_models_own_data_and_refuse_other_data(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:

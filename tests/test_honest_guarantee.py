@@ -164,8 +164,8 @@ def test_a_release_bundle_holds_no_manifest_count_or_seed(tmp_path, mlp_backbone
     with pytest.raises(WorkspaceError, match="has no privacy budget"):
         ws.train(mlp_backbone, None, records(5, 40), data_source="nobudget", shard="s", name="x", privacy=PRIVATE,
                  config=FAST)
-        ws.compose_model("x", ["x"])
-        ws.release("x", "never")
+        ws.compose_model("xm", ["x"])
+        ws.release("xm", "never")
     for k, n in sizes.items():
         ws.train(mlp_backbone, None, records(k, n), data_source="toy", shard=f"s{k}", name=f"c{k}",
                  privacy=PLANNED, config=FAST)

@@ -90,6 +90,8 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
     sources, key = _read(ws), ws.manifest_key()
     value = source.model_dump(mode="json")
     before = sources.sources.get(name)
+    if before is not None:  # as read now: fields added since with their defaults
+        before = parse_source(before).model_dump(mode="json")
     if before is not None and before != value:
         was, now = _flat(before), _flat(value)
         differ = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
