@@ -3,11 +3,13 @@ non-zero exit that loses nothing (found by a review of the command line)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from dp_tangent.workspace import Workspace
 from helpers import run_cli
@@ -51,8 +53,11 @@ def test_outputs_never_replace_a_key_or_a_kept_checkpoint(ws: Path, capsys: pyte
     assert run_cli(capsys, "audit", "checkpoint", "--key", "keys/new/k.key", "-o", "cp.txt", "-w", "ws")[0] == 0
     kept = Path("cp.txt").read_bytes()
     _refused(capsys, "audit", "checkpoint", "--key", "keys/new/k.key", "-o", "cp.txt", "-w", "ws", says="exists")
-    _refused(capsys, "report", "-o", "keys/new/k.key", "-w", "ws", says="exists and is not a report")
+    _refused(capsys, "report", "-o", "keys/new/k.key", "-w", "ws", says="exists and is not a privacy report")
+    Path("settings.json").write_text('{"theme": "dark"}')
+    _refused(capsys, "report", "-f", "json", "-o", "settings.json", "-w", "ws", says="is not a privacy report")
     assert Path("keys/new/k.key").read_bytes() == key and Path("cp.txt").read_bytes() == kept
+    assert Path("settings.json").read_text() == '{"theme": "dark"}'
     for _ in range(2):  # a report is written over a report
         assert run_cli(capsys, "report", "-f", "md", "-o", "report.md", "-w", "ws")[0] == 0
 
@@ -62,6 +67,9 @@ def test_nothing_that_would_block_a_workspace_is_made_inside_it(ws: Path, capsys
     _refused(capsys, "audit", "keygen", "ws/k.key", says="is inside the workspace")
     assert not Path("ws/models/sub").exists() and not Path("ws/k.key").exists()
     assert Workspace.open("ws").audit.verify().ok
+    Path("nx").mkdir()
+    Path("nx/workspace.json").write_text('{"version": 2, "projects": {}}')  # another tool's workspace file
+    assert run_cli(capsys, "init", "-w", "nx/apps/ws")[0] == 0
 
 
 def test_a_model_name_is_never_reused_nor_a_component_s(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -92,6 +100,8 @@ def test_predict_refuses_empty_or_non_finite_arrays_and_data_it_would_ignore(
     np.save("nan.npy", np.full((2, 6), np.nan, np.float32))
     _refused(capsys, "predict", "rows", "empty.npy", "-w", "ws", says="the array is empty")
     _refused(capsys, "predict", "rows", "nan.npy", "-w", "ws", says="12 value(s) are not finite")
+    np.save("big.npy", np.full((1, 6), 1e39))  # finite in float64, not in float32: no numpy warning lines
+    _refused(capsys, "predict", "rows", "big.npy", "-w", "ws", says="beyond float32's range")
     np.save("ok.npy", np.zeros((2, 6), np.float32))
     _refused(capsys, "predict", "rows", "ok.npy", "--data", "rows.yaml", "-w", "ws", says=".npy arrays are model "
              "inputs already")
@@ -127,11 +137,62 @@ def test_a_label_outside_the_backbone_s_classes_is_refused_before_anything_is_ma
     assert not Path("ws").exists()
 
 
-def test_training_the_source_in_other_shards_is_refused_before_anything_is_written(
+def test_the_same_source_in_other_shards_or_moved_is_still_the_registered_data(
         ws: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """It re-declared the source with a third shard and rewrote data-sources.json, then failed on an overlap."""
-    registry, entries = Path("ws/data-sources.json").read_bytes(), len(Workspace.open("ws").audit.entries())
-    _refused(capsys, "train", "rows.yaml", "--shards", "3", "--name", "three", "-w", "ws",
-             says="data source 'rows' is registered to be read otherwise")
+    """Other shards read the same records, ids and test split: only the overlap rule applies (it used to be refused
+    as another reading). Data moved elsewhere with every record the same is re-pointed; a changed record is not."""
+    registry = Path("ws/data-sources.json").read_bytes()
+    _refused(capsys, "train", "rows.yaml", "--shards", "3", "--name", "three", "-w", "ws", says="overlaps")
+    recipe = yaml.safe_load(Path("rows.yaml").read_text())
+    recipe["data"]["npz"]["test_fraction"] = 0.5  # another test split: another reading of the same file
+    Path("split.yaml").write_text(yaml.safe_dump(recipe))
+    _refused(capsys, "train", "split.yaml", "--name", "split", "-w", "ws",
+             says="data source 'rows' is registered to be read otherwise (data.test_fraction differ)")
     assert Path("ws/data-sources.json").read_bytes() == registry
-    assert len(Workspace.open("ws").audit.entries()) == entries
+
+    Path("moved").mkdir()
+    shutil.move("rows.npz", "moved/rows.npz")
+    recipe = yaml.safe_load(Path("rows.yaml").read_text())
+    recipe["data"]["npz"]["path"] = str(Path("moved/rows.npz").absolute())
+    recipe["privacy"]["epsilon"] = 1
+    Path("moved.yaml").write_text(yaml.safe_dump(recipe))
+    code, out, err = run_cli(capsys, "train", "moved.yaml", "--name", "moved", "--allow-overlap", "-w", "ws",
+                             "--executor", "serial")
+    assert code == 0, err
+    assert "moved/rows.npz" in json.loads(Path("ws/data-sources.json").read_text())["sources"]["rows"]["data"]["path"]
+    assert run_cli(capsys, "evaluate", "rows", "-w", "ws")[0] == 0  # earlier models reload from the new place
+
+    arrays = dict(np.load("moved/rows.npz"))
+    arrays["inputs"][3, 0] += 1.0
+    np.savez("moved/rows.npz", **arrays)
+    _refused(capsys, "train", "moved.yaml", "--name", "changed", "--allow-overlap", "-w", "ws",
+             says="is not the data it was registered with (1 record(s) changed)")
+
+
+def test_a_train_reads_ids_in_the_form_its_registered_source_does(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A table registered before ids were read as written (here: ``record_ids_typed`` written out, as the registry
+    of such a source reads) is trained again by the same recipe with its ids typed, as its deletions hold them."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    rows = ["rid,f0,f1,f2,f3,f4,f5,y"] + [
+        f"{i:05d}," + ",".join(f"{v:.3f}" for v in x) + f",{'ab'[int(x[0] > 0)]}" for i, x in
+        enumerate(rng.normal(size=(96, 6)))]
+    Path("t.csv").write_text("\n".join(rows) + "\n")
+    table = {"path": "t.csv", "features": [f"f{k}" for k in range(6)], "label": "y", "record_id": "rid",
+             "classes": ["a", "b"], "scaling": "none"}
+    write_recipe(Path("old.yaml"), mlp_recipe({"table": {**table, "record_ids_typed": True}}, in_features=6,
+                                              classes=2, source="t"))
+    write_recipe(Path("new.yaml"), mlp_recipe({"table": table}, in_features=6, classes=2, source="t"))
+    assert run_cli(capsys, "train", "old.yaml", "-w", "ws", "--executor", "serial")[0] == 0
+    from dp_tangent.recipes import load_recipe
+
+    gone = load_recipe(Path("old.yaml")).load_data()[1][0].record_ids[0]
+    assert gone.isdigit() and not gone.startswith("0")  # the typed form the workspace holds
+    code, out, err = run_cli(capsys, "forget", gone, "--request-id", "r", "-w", "ws")
+    assert code == 0, err
+    registry = Path("ws/data-sources.json").read_bytes()
+    code, out, err = run_cli(capsys, "train", "new.yaml", "--name", "again", "-w", "ws", "--executor", "serial")
+    assert code == 0, err
+    assert "left out 1 record(s)" in out + err, out + err  # the deleted record stays deleted
+    assert Path("ws/data-sources.json").read_bytes() == registry

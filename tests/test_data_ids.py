@@ -142,6 +142,12 @@ def test_a_public_table_that_is_the_private_one_or_shares_its_records_is_refused
     write_wine_csv(tmp_path / "public.csv", rows=range(0, 40))
     assert len(data(str(tmp_path / "public.csv")).records()) == 138
     assert len(data(str(tmp_path / "public.csv")).public_records()) == 40
+    lines = (tmp_path / "public.csv").read_text().splitlines()
+    column = lines[0].split(",").index("wine_id")
+    (tmp_path / "blank.csv").write_text("\n".join([lines[0], *(",".join("" if k == column else v for k, v in
+                                                                         enumerate(line.split(",")))
+                                                                for line in lines[1:])]) + "\n")
+    assert len(data(str(tmp_path / "blank.csv")).records()) == 138  # blank public ids name no private record
 
 
 def test_a_symbolic_link_in_an_image_folder_is_refused(tmp_path: Path) -> None:
@@ -151,3 +157,22 @@ def test_a_symbolic_link_in_an_image_folder_is_refused(tmp_path: Path) -> None:
     (tmp_path / "imgs" / "cat" / "loop").symlink_to("..")
     with pytest.raises(DataError, match="loop is a symbolic link"):
         image_folder_records(tmp_path / "imgs", 8, classes=["cat", "dog"])
+
+
+def test_labels_named_by_classes_are_read_as_written(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("rid,x,y\na,1.0,01\nb,2.0,02\n")
+    data = TableData(path=str(path), features=["x"], label="y", record_id="rid", classes=["01", "02"],
+                     scaling="none")
+    assert data.records().targets.tolist() == [0, 1]  # typed, the labels were 1 and 2: neither one of classes
+
+
+def test_a_source_registered_before_ids_were_read_as_written_keeps_reading_them_typed(tmp_path: Path) -> None:
+    """Its tombstones and manifests hold the typed ids: reading them as written would turn a deleted 17 into a
+    record 00017 never deleted."""
+    path = _csv(tmp_path / "t.csv", ["00017", "00018"])
+    value = {"loader": "table", "data": {"path": str(path), "features": ["x"], "label": "y", "record_id": "rid",
+                                         "classes": ["a", "b"], "scaling": "none"}}
+    assert parse_source(value).records().record_ids == ("17", "18")
+    value["data"]["record_ids_typed"] = False  # registered by this version
+    assert parse_source(value).records().record_ids == ("00017", "00018")

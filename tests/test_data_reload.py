@@ -115,11 +115,11 @@ def test_a_source_is_registered_once_and_a_later_train_never_brings_back_a_delet
     assert code == 0, err
     assert Path("ws/data-sources.json").read_bytes() == registry  # the same data: nothing registered again
 
-    write_npz(Path("other.npz"), seed=1)
+    write_npz(Path("other.npz"), seed=1)  # other data, the same ids, at another path
     other = write_recipe(Path("other.yaml"), mlp_recipe({"npz": {"path": "other.npz"}}, in_features=6, classes=2,
                                                          source="rows"))
     code, out, err = run_cli(capsys, "train", str(other), "--name", "other", "-w", "ws", "--executor", "serial")
-    assert code == 2 and "data source 'rows' is registered to be read otherwise (data.path differ)" in err
+    assert code == 2 and "data source 'rows' is not the data it was registered with (95 record(s) changed)" in err
     assert len(err.strip().splitlines()) == 1 and Path("ws/data-sources.json").read_bytes() == registry
 
     arrays = dict(np.load("rows.npz"))  # the owner adds records: registered, the deleted one still not

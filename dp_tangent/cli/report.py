@@ -63,15 +63,16 @@ def report(
 
 
 def _check_replaces_a_report(output: Path) -> None:
-    """Only a report is written over: an existing file that is not a .md, .html or .json text (a key, a data file)
-    is refused."""
+    """Only a report is written over: an existing file that is not one (a key, a data file, a settings file) is
+    refused. A report is a .md, .html or .json text with the report's notice in it."""
+    from privacy_accounting.report import NOTICE
+
     from ..workspace import WorkspaceError
     from ..workspace.audit_log import is_report
 
     path = output.expanduser()
-    if path.exists() and not is_report(path):
-        raise WorkspaceError(f"{output} exists and is not a report (a .md, .html or .json text); give a new file "
-                             "name or remove it first")
+    if path.exists() and not (is_report(path) and NOTICE in path.read_text(encoding="utf-8")):
+        raise WorkspaceError(f"{output} exists and is not a privacy report; give a new file name or remove it first")
 
 
 def _check_report_name(ws, output: Path) -> None:  # noqa: ANN001

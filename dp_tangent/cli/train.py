@@ -33,12 +33,21 @@ class ShardsMissingError(DPTangentError):
 
 
 RecipeArgument = Annotated[Path, typer.Argument(help="Recipe YAML file (see docs/recipes.md).")]
+def _check_model_name(ws: Workspace, name: str) -> None:
+    """Refuse a model name compose would refuse after the training spent the budget."""
+    from ..workspace import WorkspaceError
+
+    if name in ws.list_models() or name in ws.ledger.models():  # the ledger's too: a model file may be away
+        raise WorkspaceError(f"model {name!r} already exists in {ws.root}; choose another --name")
+    if ws.component_name_used(name):
+        raise WorkspaceError(f"{name!r} is a component's name in {ws.root}; choose another --name")
+
+
 def _check_unused(ws: Workspace, name: str, shards: int) -> None:
     """Refuse before spending anything if the model or a component name is taken."""
     from ..workspace import WorkspaceError
 
-    if name in ws.list_models():
-        raise WorkspaceError(f"model {name!r} already exists in {ws.root}; choose another --name")
+    _check_model_name(ws, name)
     used = [k for k in range(shards) if ws.component_name_used(f"{name}-shard-{k}")]
     if used:  # e.g. a run stopped (or killed) before composing: its other shards can be trained on their own
         done = _components_by_shard(ws, name)
@@ -49,6 +58,18 @@ def _check_unused(ws: Workspace, name: str, shards: int) -> None:
                                  f"(no training, no budget) with {_compose_command(ws, name, done, shards)}")
         raise WorkspaceError(f"{taken}: choose another --name; to finish an earlier run of {name!r}, train only its "
                              "missing shards: " + " ".join(f"--shard {k}" for k in missing))
+
+
+def _read_as_registered(ws: Workspace, recipe: Recipe) -> Recipe:
+    """The recipe, reading its record ids in the form its registered source does: a table or text registered
+    before ids were read as written keeps the typed form its tombstones and manifests hold (``00017`` as 17)."""
+    from ..workspace.data_sources import source_of
+
+    stored, data = getattr(source_of(ws, recipe.data_source), "data", None), recipe.data.source
+    if getattr(stored, "record_ids_typed", False) and type(stored) is type(data) and not data.record_ids_typed:
+        typed = data.model_copy(update={"record_ids_typed": True})
+        return recipe.model_copy(update={"data": recipe.data.model_copy(update={recipe.data.kind: typed})})
+    return recipe
 
 
 def _register_source(ws: Workspace, recipe: Recipe) -> None:
@@ -97,8 +118,7 @@ def _check_retry(ws: Workspace | None, name: str, selected: list[int], count: in
         raise WorkspaceError(f"--shard {bad[0]} is out of range: the recipe has shards 0..{count - 1}")
     if ws is None:
         return
-    if name in ws.list_models():
-        raise WorkspaceError(f"model {name!r} already exists in {ws.root}; choose another --name")
+    _check_model_name(ws, name)
     done = _components_by_shard(ws, name)
     trained = [k for k in selected if k in done]
     if trained:
@@ -183,6 +203,7 @@ def train(
         from ..training.progress import precompute_progress  # not ntk_gram: that imports Opacus
         from ..workspace import ShardJob
 
+        recipe = _read_as_registered(ws, recipe) if ws is not None else recipe
         test, parts = recipe.load_data()  # before creating anything: a data set that does not load leaves no trace
         if only and ws is not None:
             _check_same_split(ws, name, parts)

@@ -55,7 +55,8 @@ def load_array(path: Path, rank: int = 3) -> torch.Tensor:
         raise DataError(f"{path}: cannot read the array ({_reason(path, err)}); "
                         "give a complete file written by numpy.save") from None
     try:
-        tensor = torch.as_tensor(np.asarray(array, dtype=np.float32))
+        with np.errstate(over="ignore", invalid="ignore"):  # reported below, in one line
+            tensor = torch.as_tensor(np.asarray(array, dtype=np.float32))
     except (ValueError, TypeError):
         raise DataError(f"{path}: expected numbers, got an array of {array.dtype}") from None
     if tensor.ndim not in (rank, rank + 1):
@@ -64,7 +65,8 @@ def load_array(path: Path, rank: int = 3) -> torch.Tensor:
     if tensor.numel() == 0:
         raise DataError(f"{path}: the array is empty (shape {tuple(tensor.shape)}); give at least one input")
     if not torch.isfinite(tensor).all():
-        raise DataError(f"{path}: {int((~torch.isfinite(tensor)).sum())} value(s) are not finite (NaN or infinity)")
+        raise DataError(f"{path}: {int((~torch.isfinite(tensor)).sum())} value(s) are not finite (NaN, infinity, or "
+                        "beyond float32's range)")
     return tensor if tensor.ndim == rank + 1 else tensor.unsqueeze(0)
 
 

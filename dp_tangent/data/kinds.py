@@ -45,6 +45,21 @@ def _stored(info: ValidationInfo) -> bool:
     return bool(info.context and info.context.get("stored"))
 
 
+class _RowIds(_Strict):
+    """A CSV's record ids (and labels named by ``classes``) are read as written; ``record_ids_typed`` reads them as
+    pyarrow types them (``00017`` as 17), as a source registered before 2026-12-02 did: its tombstones and
+    manifests hold the ids in that form, so it is read that way for good (a registration without the field)."""
+
+    record_ids_typed: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _registered_typed(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, dict) and _stored(info) and "record_ids_typed" not in data:
+            return {**data, "record_ids_typed": True}
+        return data
+
+
 _POSITIONAL_IDS = ("record ids by row position would renumber every later row when one is removed, moving "
                    "records between shards and the test set, which the privacy guarantee (add or remove one "
                    "record) does not allow")
@@ -142,7 +157,7 @@ class TorchvisionData(_Strict):
         return test, split_shards(train, shards=shards.count, test_fraction=0.0, by=shards.by)[1]
 
 
-class TableData(_Kind):
+class TableData(_RowIds, _Kind):
     """A CSV/Parquet table: named ``features`` (numeric), a ``label`` column and a ``record_id`` column (required
     in a recipe); features scaled as ``scaling`` says, never with statistics of this table
     (see :mod:`~dp_tangent.data.tables`)."""
@@ -206,7 +221,8 @@ class TableData(_Kind):
         from .tables import table_records
 
         records = table_records(Path(self.path), features=self.features, label=self.label,
-                                record_id=self.record_id, classes=self.classes, scaling=self.scaler())
+                                record_id=self.record_id, classes=self.classes, scaling=self.scaler(),
+                                typed=self.record_ids_typed)
         if self.public_path is not None:
             self._check_public_apart(records.record_ids)
         return records
@@ -214,21 +230,22 @@ class TableData(_Kind):
     def _check_public_apart(self, private_ids: Sequence[str] | None = None) -> None:
         """The public table is not the private one, nor shares a record id with it: its statistics scale the
         features and pretrain theta0 outside the privacy guarantee."""
-        from .tables import read_table, record_ids
+        from .tables import read_table, record_ids, written_columns
 
         public, private = Path(self.public_path), Path(self.path)  # type: ignore[arg-type]
+        as_text = written_columns(self.record_id, typed=self.record_ids_typed)
         if public.is_file() and private.is_file() and public.samefile(private):
             raise DataError(f"data.table: public_path {public} is the private table itself; its statistics and "
                             "pretraining would use private records outside the privacy guarantee")
         if self.record_id is None or (private_ids is None and not private.is_file()):
             return
-        table = read_table(public, [], optional=[self.record_id], as_text=[self.record_id])
+        table = read_table(public, [], optional=[self.record_id], as_text=as_text)
         if self.record_id not in table.column_names:
             return
         if private_ids is None:
-            private_ids = record_ids(private, read_table(private, [self.record_id], as_text=[self.record_id]),
-                                     self.record_id, 0)
-        shared = set(record_ids(public, table, self.record_id, table.num_rows)) & set(private_ids)
+            private_ids = record_ids(private, read_table(private, [self.record_id], as_text=as_text), self.record_id, 0)
+        public_ids = ("" if v is None else str(v) for v in table.column(self.record_id).to_pylist())
+        shared = {i for i in public_ids if i.strip()} & set(private_ids)  # a blank public id matches no record
         if shared:
             raise DataError(f"data.table: the public table {public} holds {len(shared)} record id(s) of the private "
                             f"table (e.g. {min(shared)!r}); public records must not be private ones")
@@ -242,13 +259,14 @@ class TableData(_Kind):
 
         self._check_public_apart()
         return table_records(Path(self.public_path), features=self.features, label=self.label, record_id=None,
-                             classes=self.classes, scaling=self.scaler())
+                             classes=self.classes, scaling=self.scaler(), typed=self.record_ids_typed)
 
     def inputs(self, path: Path) -> tuple[torch.Tensor, tuple[str, ...]]:
         """The scaled feature rows of any table with these feature columns (for prediction), and their ids."""
         from .tables import table_inputs
 
-        return table_inputs(path, features=self.features, record_id=self.record_id, scaling=self.scaler())
+        return table_inputs(path, features=self.features, record_id=self.record_id, scaling=self.scaler(),
+                            typed=self.record_ids_typed)
 
 
 class _Tokenized(_Kind):
@@ -265,7 +283,7 @@ class _Tokenized(_Kind):
         return self.tokenizer
 
 
-class TextData(_Tokenized):
+class TextData(_RowIds, _Tokenized):
     """A CSV/JSONL/Parquet file of texts: a ``text`` column, a ``label`` column (integer classes, or text
     labels listed in ``classes``) and a ``record_id`` column (required in a recipe; see
     :mod:`~dp_tangent.data.text`)."""
@@ -287,14 +305,15 @@ class TextData(_Tokenized):
         from .text import text_records
 
         return text_records(Path(self.path), text=self.text, label=self.label, record_id=self.record_id,
-                            classes=self.classes, tokenizer=self._tokenizer(), max_length=self.max_length)
+                            classes=self.classes, tokenizer=self._tokenizer(), max_length=self.max_length,
+                            typed=self.record_ids_typed)
 
     def inputs(self, path: Path) -> tuple[torch.Tensor, tuple[str, ...]]:
         """Token ids of any file with this text column (for prediction), and their ids."""
         from .text import text_inputs
 
         return text_inputs(path, text=self.text, record_id=self.record_id, tokenizer=self._tokenizer(),
-                           max_length=self.max_length)
+                           max_length=self.max_length, typed=self.record_ids_typed)
 
 
 class SmsSpamData(_Tokenized):

@@ -158,23 +158,33 @@ def record_ids(path: Path, table: pa.Table, column: str | None, n: int) -> tuple
     return ids
 
 
+def written_columns(record_id: str | None, label: str | None = None, classes: Sequence[str] | None = None, *,
+                    typed: bool = False) -> list[str]:
+    """The columns a CSV's reader takes as written: the record ids, and the labels where ``classes`` names them;
+    none if ``typed`` (as pyarrow types them: how a source registered before ids were read as written reads)."""
+    if typed:
+        return []
+    return [*([record_id] if record_id else []), *([label] if label is not None and classes is not None else [])]
+
+
 def table_records(path: Path, *, features: Sequence[str], label: str, record_id: str | None,
-                  classes: Sequence[str] | None, scaling: Scaling) -> RecordSet:
-    """Each row a record: its scaled features as float32 inputs, its label, its id."""
+                  classes: Sequence[str] | None, scaling: Scaling, typed: bool = False) -> RecordSet:
+    """Each row a record: its scaled features as float32 inputs, its label, its id (``typed``: see
+    :func:`written_columns`)."""
     table = read_table(path, [*features, label, *([record_id] if record_id else [])],
-                       as_text=[*([record_id] if record_id else []), *([label] if classes is not None else [])])
+                       as_text=written_columns(record_id, label, classes, typed=typed))
     ids = record_ids(path, table, record_id, table.num_rows)
     x = scaling(feature_matrix(path, table, features, ids))
     y = label_indices(path, table, label, classes, ids)
     return RecordSet(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y), ids)
 
 
-def table_inputs(path: Path, *, features: Sequence[str], record_id: str | None,
-                 scaling: Scaling) -> tuple[torch.Tensor, tuple[str, ...]]:
+def table_inputs(path: Path, *, features: Sequence[str], record_id: str | None, scaling: Scaling,
+                 typed: bool = False) -> tuple[torch.Tensor, tuple[str, ...]]:
     """The scaled feature rows of any table with the ``features`` columns (no label needed) and their
     ids (the ``record_id`` column where the table has it, else ``row-<i>``)."""
-    ids_column = [record_id] if record_id else []
-    table = read_table(path, features, optional=ids_column, as_text=ids_column)
+    table = read_table(path, features, optional=[record_id] if record_id else [],
+                       as_text=written_columns(record_id, typed=typed))
     ids = record_ids(path, table, record_id if record_id in table.column_names else None, table.num_rows)
     x = scaling(feature_matrix(path, table, features, ids))
     return torch.as_tensor(x, dtype=torch.float32), ids

@@ -18,7 +18,7 @@ import torch
 
 from ..errors import DataError
 from .records import RecordSet
-from .tables import SUFFIXES, label_indices, read_table, record_ids, select_columns
+from .tables import SUFFIXES, label_indices, read_table, record_ids, select_columns, written_columns
 
 JSON_SUFFIXES = (".jsonl", ".ndjson")
 #: Texts tokenized per call (bounds the tokenizer's temporary memory).
@@ -110,10 +110,11 @@ def tokenized_records(texts: Sequence[str], labels: Sequence[int], ids: Sequence
 
 
 def text_records(path: Path, *, text: str, label: str, record_id: str | None, classes: Sequence[str] | None,
-                 tokenizer: str, max_length: int) -> RecordSet:
-    """Each row a record: its text as ``max_length`` token ids, its label (a class index), its id."""
+                 tokenizer: str, max_length: int, typed: bool = False) -> RecordSet:
+    """Each row a record: its text as ``max_length`` token ids, its label (a class index), its id (``typed``:
+    :func:`~dp_tangent.data.tables.written_columns`)."""
     table = read_text_table(path, [text, label, *([record_id] if record_id else [])],
-                            as_text=[*([record_id] if record_id else []), *([label] if classes is not None else [])])
+                            as_text=written_columns(record_id, label, classes, typed=typed))
     if table.num_rows == 0:
         raise DataError(f"{path}: no records (only a header); give one row per record")
     ids = record_ids(path, table, record_id, table.num_rows)
@@ -123,10 +124,10 @@ def text_records(path: Path, *, text: str, label: str, record_id: str | None, cl
 
 
 def text_inputs(path: Path, *, text: str, record_id: str | None, tokenizer: str,
-                max_length: int) -> tuple[torch.Tensor, tuple[str, ...]]:
+                max_length: int, typed: bool = False) -> tuple[torch.Tensor, tuple[str, ...]]:
     """Token ids of every row of any file with the ``text`` column (no label needed, for prediction) and
     the rows' ids (the ``record_id`` column where the file has it, else ``row-<i>``)."""
     table = read_text_table(path, [text], optional=[record_id] if record_id else [],
-                            as_text=[record_id] if record_id else [])
+                            as_text=written_columns(record_id, typed=typed))
     ids = record_ids(path, table, record_id if record_id in table.column_names else None, table.num_rows)
     return tokenize(load_tokenizer(tokenizer), text_column(path, table, text, ids), max_length), ids

@@ -348,6 +348,8 @@ def _is_interrupted_report(path: Path) -> bool:
         return False
     try:
         codecs.getincrementaldecoder("utf-8")().decode(path.read_bytes(), final=False)
+    except FileNotFoundError:
+        raise  # renamed into place while we looked: the caller skips it
     except (OSError, UnicodeDecodeError):
         return False
     return True
@@ -374,7 +376,11 @@ def _check_unaccounted(root: Path, entries: Sequence[AuditEntry]) -> tuple[list[
                                                       "before its commit point; anything else was planted)"))
             continue
         if rel.split("/", 1)[0] in DERIVED_FOLDERS:
-            if _is_interrupted_report(path):
+            try:
+                interrupted = _is_interrupted_report(path)
+            except FileNotFoundError:  # a report being written now: its rename completed while we looked
+                continue
+            if interrupted:
                 notes.append(f"{rel} is what a report's write killed half-way left; remove it when you like")
             elif not is_report(path):
                 problems.append(Problem(len(entries), f"file {rel} is not a report (a .md, .html or .json text that "

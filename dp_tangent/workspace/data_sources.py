@@ -85,24 +85,32 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
     (written by the caller's :class:`~dp_tangent.workspace.commit.Change`), or None if it holds that already.
 
     A source is registered once: registering it again must read its records the same way (its models, their
-    reloads and deletions depend on it), and its data may only have gained records; records a deletion request
-    removed are never digested again, whether or not the data still holds them."""
+    reloads and deletions depend on it) -- from another place if its records are all still there, in other shards
+    (which leave its records, their ids and its test split as they are) -- and its data may only have gained
+    records; records a deletion request removed are never digested again, whether or not the data still holds
+    them."""
     sources, key = _read(ws), ws.manifest_key()
     value = source.model_dump(mode="json")
     before = sources.sources.get(name)
-    if before is not None:  # as read now: fields added since with their defaults
-        before = parse_source(before).model_dump(mode="json")
-    if before is not None and before != value:
-        was, now = _flat(before), _flat(value)
-        differ = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
-        raise DataSourceError(f"data source {name!r} is registered to be read otherwise ({', '.join(differ)} "
-                              "differ): its models, reloads and deletions depend on how its records are read; keep "
-                              "the data section it was registered with, or give this data another data_source name")
+    moved = False
+    if before is not None:
+        was, now = _flat(parse_source(before).model_dump(mode="json")), _flat(value)  # as read now: new defaults
+        differ = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k) and not k.startswith("shards."))
+        if set(differ) - _LOCATIONS:
+            raise DataSourceError(f"data source {name!r} is registered to be read otherwise ({', '.join(differ)} "
+                                  "differ): its models, reloads and deletions depend on how its records are read; "
+                                  "keep the data section it was registered with, or give this data another "
+                                  "data_source name")
+        moved = bool(differ)
     deleted = set(Tombstones(ws.root).read())
     tags = {c: t for c, t in _tags(ws, source.records()).items() if c not in deleted}
     test_split = source.test_split()
     test = {commit(r, key) for r in (test_split.record_ids if test_split else ())}
     old = sources.content.get(name) if before is not None else None
+    if moved and old is None:
+        where = was.get("data.path") or was.get("data.root")
+        raise DataSourceError(f"data source {name!r} was registered before its records' digests were kept, so its "
+                              f"data cannot be checked at a new place; read it from {where}")
     if old is not None:
         changed = sum(c in old.tags and old.tags[c] != t for c, t in tags.items())
         missing = len(set(old.tags) - set(tags) - deleted)
@@ -112,12 +120,16 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
             raise DataSourceError(f"data source {name!r} is not the data it was registered with "
                                   f"({'; '.join(p for p in parts if p)}): restore it (removing deleted records and "
                                   "adding new ones is allowed)")
-        if set(tags) <= set(old.tags):
+        if not moved and set(tags) <= set(old.tags):
             return None
         tags, test = {**old.tags, **tags}, test | set(old.test)
     sources.sources[name] = value
     sources.content[name] = Content(records=len(tags), tags=tags, test=sorted(test))
     return (sources.model_dump_json(indent=2) + "\n").encode()
+
+
+#: Where a kind's data is: registering a source again may move it there if its records are all still the same.
+_LOCATIONS = frozenset({"data.path", "data.root"})
 
 
 def _flat(value: dict[str, Any], prefix: str = "") -> dict[str, Any]:

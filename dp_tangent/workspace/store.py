@@ -93,7 +93,8 @@ def enclosing_workspace(path: str | os.PathLike[str]) -> Path | None:
     """The workspace a file or folder at ``path`` would sit in (the nearest folder above it with a
     ``workspace.json``), or None."""
     resolved = Path(path).expanduser().absolute().resolve()
-    return next((p for p in resolved.parents if (p / "workspace.json").is_file()), None)
+    return next((p for p in resolved.parents if (p / "workspace.json").is_file() and (p / "manifest.key").is_file()),
+                None)
 
 
 @dataclass(frozen=True)
