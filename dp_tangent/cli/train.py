@@ -33,6 +33,8 @@ class ShardsMissingError(DPTangentError):
 
 
 RecipeArgument = Annotated[Path, typer.Argument(help="Recipe YAML file (see docs/recipes.md).")]
+
+
 def _check_model_name(ws: Workspace, name: str) -> None:
     """Refuse a model name compose would refuse after the training spent the budget."""
     from ..workspace import WorkspaceError

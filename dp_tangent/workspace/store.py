@@ -90,8 +90,8 @@ def _current_problems(report: VerifyReport) -> list[str]:
 
 
 def enclosing_workspace(path: str | os.PathLike[str]) -> Path | None:
-    """The workspace a file or folder at ``path`` would sit in (the nearest folder above it with a
-    ``workspace.json``), or None."""
+    """The dp-tangent workspace a file or folder at ``path`` would sit in (the nearest folder above it with a
+    ``workspace.json`` and a ``manifest.key``; another tool's ``workspace.json`` alone does not count), or None."""
     resolved = Path(path).expanduser().absolute().resolve()
     return next((p for p in resolved.parents if (p / "workspace.json").is_file() and (p / "manifest.key").is_file()),
                 None)
