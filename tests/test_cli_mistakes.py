@@ -162,11 +162,31 @@ def test_the_same_source_in_other_shards_or_moved_is_still_the_registered_data(
     assert "moved/rows.npz" in json.loads(Path("ws/data-sources.json").read_text())["sources"]["rows"]["data"]["path"]
     assert run_cli(capsys, "evaluate", "rows", "-w", "ws")[0] == 0  # earlier models reload from the new place
 
-    arrays = dict(np.load("moved/rows.npz"))
+    original = dict(np.load("moved/rows.npz"))
+    arrays = {k: v.copy() for k, v in original.items()}
     arrays["inputs"][3, 0] += 1.0
     np.savez("moved/rows.npz", **arrays)
     _refused(capsys, "train", "moved.yaml", "--name", "changed", "--allow-overlap", "-w", "ws",
              says="is not the data it was registered with (1 record(s) changed)")
+    np.savez("moved/rows.npz", **{k: v[1:] for k, v in original.items()})  # a record no deletion removed is gone
+    _refused(capsys, "train", "moved.yaml", "--name", "fewer", "--allow-overlap", "-w", "ws",
+             says="(1 missing that no deletion request removed)")
+
+
+def test_the_digits_in_other_shards_are_the_same_reading_unless_a_public_split_depends_on_them(
+        tmp_path: Path) -> None:
+    from dp_tangent.data.sources import DigitsSource
+    from dp_tangent.workspace.data_sources import DataSourceError, registered
+
+    ws = Workspace.create(tmp_path / "ws")
+    first = DigitsSource(image_size=8, shards=2, test_fraction=0.2, seed=0, max_records=60)
+    ws.declare_data_source("digits", description="d", shards=["shard-0", "shard-1"], loader=first)
+    for other in (first.model_copy(update={"shards": 3}), first.model_copy(update={"by": "label"})):
+        assert registered(ws, "digits", other) is None  # the same records, ids and test split
+    public = first.model_copy(update={"public_split": True})
+    ws.declare_data_source("demo", description="d", shards=["shard-0", "shard-1"], loader=public)
+    with pytest.raises(DataSourceError, match=r"read otherwise \(shards differ\)"):
+        registered(ws, "demo", public.model_copy(update={"shards": 3}))  # which records are public changes
 
 
 def test_a_train_reads_ids_in_the_form_its_registered_source_does(
@@ -196,3 +216,8 @@ def test_a_train_reads_ids_in_the_form_its_registered_source_does(
     assert code == 0, err
     assert "left out 1 record(s)" in out + err, out + err  # the deleted record stays deleted
     assert Path("ws/data-sources.json").read_bytes() == registry
+    assert run_cli(capsys, "evaluate", "again", "--data", "new.yaml", "-w", "ws")[0] == 0  # read as registered
+    # The same file under another name: its ids are still the typed ones trained, so the overlap rule holds (with
+    # ids as written they were new records: the deleted one trained again, a fresh account for every other).
+    write_recipe(Path("renamed.yaml"), mlp_recipe({"table": table}, in_features=6, classes=2, source="t2"))
+    _refused(capsys, "train", "renamed.yaml", "--name", "renamed", "-w", "ws", says="overlaps")

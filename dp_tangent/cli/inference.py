@@ -60,7 +60,7 @@ def _source(ws: Workspace, model: str, sources: list[str], data: Optional[Path])
     from ..data.sources import source_for
     from ..recipes import load_recipe
     from ..workspace import WorkspaceError
-    from ..workspace.data_sources import source_of
+    from ..workspace.data_sources import read_as_registered, source_of
 
     if data is None:
         if len(sources) != 1:
@@ -75,7 +75,8 @@ def _source(ws: Workspace, model: str, sources: list[str], data: Optional[Path])
     if recipe.data_source not in sources:
         raise WorkspaceError(f"--data {data}: its data source {recipe.data_source!r} is not the one {model!r} was "
                              f"trained on ({', '.join(sorted(sources))}); omit --data to use the model's own")
-    given, registered = source_for(recipe.data, recipe.shards), source_of(ws, recipe.data_source)
+    given = source_for(read_as_registered(ws, recipe.data), recipe.shards)
+    registered = source_of(ws, recipe.data_source)
     mine = registered.recipe_data() if registered is not None else None
     if mine is not None and mine != given.recipe_data():
         raise WorkspaceError(f"--data {data}: its data section differs from the data {recipe.data_source!r} was "

@@ -62,18 +62,6 @@ def _check_unused(ws: Workspace, name: str, shards: int) -> None:
                              "missing shards: " + " ".join(f"--shard {k}" for k in missing))
 
 
-def _read_as_registered(ws: Workspace, recipe: Recipe) -> Recipe:
-    """The recipe, reading its record ids in the form its registered source does: a table or text registered
-    before ids were read as written keeps the typed form its tombstones and manifests hold (``00017`` as 17)."""
-    from ..workspace.data_sources import source_of
-
-    stored, data = getattr(source_of(ws, recipe.data_source), "data", None), recipe.data.source
-    if getattr(stored, "record_ids_typed", False) and type(stored) is type(data) and not data.record_ids_typed:
-        typed = data.model_copy(update={"record_ids_typed": True})
-        return recipe.model_copy(update={"data": recipe.data.model_copy(update={recipe.data.kind: typed})})
-    return recipe
-
-
 def _register_source(ws: Workspace, recipe: Recipe) -> None:
     """Declare the data source and its shards, with how to reload it (for retraining, evaluate, predict)."""
     from ..data.sources import source_for
@@ -204,8 +192,10 @@ def train(
         # torch loads here, after the recipe's schema was checked: a mistake in it is reported at once
         from ..training.progress import precompute_progress  # not ntk_gram: that imports Opacus
         from ..workspace import ShardJob
+        from ..workspace.data_sources import read_as_registered
 
-        recipe = _read_as_registered(ws, recipe) if ws is not None else recipe
+        if ws is not None:  # ids in the form a source registered before they were read as written holds them
+            recipe = recipe.model_copy(update={"data": read_as_registered(ws, recipe.data)})
         test, parts = recipe.load_data()  # before creating anything: a data set that does not load leaves no trace
         if only and ws is not None:
             _check_same_split(ws, name, parts)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -30,6 +31,7 @@ from ..errors import DPTangentError
 from .tombstones import Tombstones
 
 if TYPE_CHECKING:
+    from ..data.kinds import DataSection
     from ..data.records import RecordSet  # torch: loaded only by the commands that read records
     from .store import Workspace
 
@@ -37,8 +39,9 @@ FILE = "data-sources.json"
 PUBLIC_SPLIT = "public"
 _TAG_CONTEXT = b"dp-tangent data-source content digest v1"
 
-__all__ = ["FILE", "PUBLIC_SPLIT", "DataSourceError", "DigitsSource", "Sources", "check_unchanged", "registered",
-           "reload", "shard_records_for", "source_of", "test_records", "without_deleted", "without_records"]
+__all__ = ["FILE", "PUBLIC_SPLIT", "DataSourceError", "DigitsSource", "Sources", "check_unchanged",
+           "read_as_registered", "registered", "reload", "shard_records_for", "source_of", "test_records",
+           "without_deleted", "without_records"]
 
 
 class DataSourceError(DPTangentError):
@@ -95,7 +98,7 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
     moved = False
     if before is not None:
         was, now = _flat(parse_source(before).model_dump(mode="json")), _flat(value)  # as read now: new defaults
-        differ = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k) and not k.startswith("shards."))
+        differ = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k) and not _split_only(k, was, now))
         if set(differ) - _LOCATIONS:
             raise DataSourceError(f"data source {name!r} is registered to be read otherwise ({', '.join(differ)} "
                                   "differ): its models, reloads and deletions depend on how its records are read; "
@@ -130,6 +133,35 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
 
 #: Where a kind's data is: registering a source again may move it there if its records are all still the same.
 _LOCATIONS = frozenset({"data.path", "data.root"})
+
+
+def _split_only(key: str, was: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Whether a source value's ``key`` only chooses the shards: the records, their ids and the test split do not
+    depend on it (a recipe kind's ``shards``; the digits' ``shards`` and ``by``, unless a public split, whose
+    records depend on the shard count, is declared)."""
+    return key.startswith("shards.") or (key in ("shards", "by") and not (was.get("public_split")
+                                                                         or now.get("public_split")))
+
+
+def read_as_registered(ws: Workspace, data: DataSection) -> DataSection:
+    """``data``, reading its record ids as a registered source of the same file does: a table or text registered
+    before ids were read as written keeps the typed form its tombstones and manifests hold (``00017`` as 17),
+    under whatever data source name the file is trained again."""
+    kind = data.source
+    if getattr(kind, "record_ids_typed", True):
+        return data
+    for value in _read(ws).sources.values():
+        stored = getattr(parse_source(value), "data", None)
+        if type(stored) is type(kind) and stored.record_ids_typed and _same_file(stored.path, kind.path):
+            return data.model_copy(update={data.kind: kind.model_copy(update={"record_ids_typed": True})})
+    return data
+
+
+def _same_file(a: str, b: str) -> bool:
+    first, second = Path(a).expanduser(), Path(b).expanduser()
+    if first.exists() and second.exists():
+        return first.samefile(second)
+    return first.absolute().resolve() == second.absolute().resolve()
 
 
 def _flat(value: dict[str, Any], prefix: str = "") -> dict[str, Any]:
