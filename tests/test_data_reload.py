@@ -122,6 +122,7 @@ def test_a_source_is_registered_once_and_a_later_train_never_brings_back_a_delet
     assert code == 2 and "data source 'rows' is not the data it was registered with (95 record(s) changed)" in err
     assert len(err.strip().splitlines()) == 1 and Path("ws/data-sources.json").read_bytes() == registry
 
+    tested = held_out_records(Workspace.open("ws"), "rows")[1].record_ids
     arrays = dict(np.load("rows.npz"))  # the owner adds records: registered, the deleted one still not
     more = dict(np.load("other.npz"))
     more["record_ids"] = np.array([f"new-{i:03d}" for i in range(len(more["record_ids"]))])
@@ -131,6 +132,7 @@ def test_a_source_is_registered_once_and_a_later_train_never_brings_back_a_delet
     tags = json.loads(Path("ws/data-sources.json").read_text())["content"]["rows"]["tags"]
     assert len(tags) == 2 * len(ids) - 1 and deleted not in tags
     assert Workspace.open("ws").audit.verify().ok
+    assert held_out_records(Workspace.open("ws"), "rows")[1].record_ids == tested  # earlier models: the same test
 
     from dp_tangent.data.sources import source_for
     from dp_tangent.recipes import load_recipe

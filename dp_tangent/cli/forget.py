@@ -91,8 +91,20 @@ def forget(
     if missing:
         typer.secho(f"NOT FOUND: {missing} of {len(result.certificate.record_commitments)} record id(s) are in no "
                     "component. Check each id: if it is right, this workspace holds no trained data on it (it is "
-                    "tombstoned all the same, so it will never be trained here).", err=True, fg=typer.colors.YELLOW)
+                    f"tombstoned all the same, so it will never be trained here).{_typed_hint(ws)}", err=True,
+                    fg=typer.colors.YELLOW)
         raise typer.Exit(NOT_FOUND_EXIT)
+
+
+def _typed_hint(ws) -> str:  # noqa: ANN001
+    """A warning for sources that hold their ids typed (registered before CSV ids were read as written)."""
+    from ..workspace.data_sources import typed_id_sources
+
+    typed = typed_id_sources(ws)
+    if not typed:
+        return ""
+    return (f" Data source(s) {', '.join(typed)} hold their record ids as pyarrow typed them (registered before "
+            "2026-12-02): an id written 00017 in the file is held as 17; name the records in that form.")
 
 
 def _request_state(ws, request_id: str, again: str) -> str:  # noqa: ANN001

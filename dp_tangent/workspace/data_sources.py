@@ -41,7 +41,7 @@ _TAG_CONTEXT = b"dp-tangent data-source content digest v1"
 
 __all__ = ["FILE", "PUBLIC_SPLIT", "DataSourceError", "DigitsSource", "Sources", "check_unchanged",
            "read_as_registered", "registered", "reload", "shard_records_for", "source_of", "test_records",
-           "without_deleted", "without_records"]
+           "typed_id_sources", "without_deleted", "without_records"]
 
 
 class DataSourceError(DPTangentError):
@@ -90,8 +90,8 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
     A source is registered once: registering it again must read its records the same way (its models, their
     reloads and deletions depend on it) -- from another place if its records are all still there, in other shards
     (which leave its records, their ids and its test split as they are) -- and its data may only have gained
-    records; records a deletion request removed are never digested again, whether or not the data still holds
-    them."""
+    records (its test split stays the records it was, so that every model is measured on the same ones); records
+    a deletion request removed are never digested again, whether or not the data still holds them."""
     sources, key = _read(ws), ws.manifest_key()
     value = source.model_dump(mode="json")
     before = sources.sources.get(name)
@@ -125,7 +125,7 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
                                   "adding new ones is allowed)")
         if not moved and set(tags) <= set(old.tags):
             return None
-        tags, test = {**old.tags, **tags}, test | set(old.test)
+        tags, test = {**old.tags, **tags}, set(old.test)  # the test split stays the records it was
     sources.sources[name] = value
     sources.content[name] = Content(records=len(tags), tags=tags, test=sorted(test))
     return (sources.model_dump_json(indent=2) + "\n").encode()
@@ -155,6 +155,12 @@ def read_as_registered(ws: Workspace, data: DataSection) -> DataSection:
         if type(stored) is type(kind) and stored.record_ids_typed and _same_file(stored.path, kind.path):
             return data.model_copy(update={data.kind: kind.model_copy(update={"record_ids_typed": True})})
     return data
+
+
+def typed_id_sources(ws: Workspace) -> list[str]:
+    """The registered sources that hold their record ids typed (see :func:`read_as_registered`)."""
+    return sorted(name for name, value in _read(ws).sources.items()
+                  if getattr(getattr(parse_source(value), "data", None), "record_ids_typed", False))
 
 
 def _same_file(a: str, b: str) -> bool:
