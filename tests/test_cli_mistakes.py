@@ -223,3 +223,24 @@ def test_a_train_reads_ids_in_the_form_its_registered_source_does(
     # ids as written they were new records: the deleted one trained again, a fresh account for every other).
     write_recipe(Path("renamed.yaml"), mlp_recipe({"table": table}, in_features=6, classes=2, source="t2"))
     _refused(capsys, "train", "renamed.yaml", "--name", "renamed", "-w", "ws", says="overlaps")
+
+
+def test_a_changed_certificate_copy_is_restored_from_its_json(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The requester's .txt is the rendering of the .json: rebuilt with exactly the bytes the log vouches for, instead
+    of a backup (an edit of it blocked the workspace for good)."""
+    from dp_tangent.recipes import load_recipe
+
+    record = load_recipe(Path("rows.yaml")).load_data()[1][0].record_ids[0]
+    assert run_cli(capsys, "forget", record, "--request-id", "R9", "-w", "ws")[0] == 0
+    text = Path("ws/certificates/R9.txt")
+    original = text.read_bytes()
+    text.write_bytes(original + b"edited\n")
+    _refused(capsys, "budget", "set", "rows", "50", "-w", "ws", says="does not verify")
+    code, out, err = run_cli(capsys, "certificate", "restore", "R9", "-w", "ws")
+    assert code == 0 and text.read_bytes() == original, err
+    assert run_cli(capsys, "audit", "resolve", "--reason", "restored the certificate copy", "-w", "ws")[0] == 0
+    assert run_cli(capsys, "audit", "verify", "-w", "ws")[0] == 0
+    cert = Path("ws/certificates/R9.json")
+    cert.write_bytes(cert.read_bytes().replace(b'"R9"', b'"R9" '))
+    _refused(capsys, "certificate", "restore", "R9", "-w", "ws", says="is not the certificate the audit log vouches")
+    _refused(capsys, "certificate", "restore", "nope", "-w", "ws", says="no certificate of request 'nope'")

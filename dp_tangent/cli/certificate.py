@@ -38,3 +38,19 @@ def certificate_verify(
     typer.echo(str(result))
     if not result.ok:
         raise typer.Exit(1)
+
+
+@certificate_app.command("restore")
+def certificate_restore(
+    request_id: Annotated[str, typer.Argument(help="The request whose certificate's .txt was changed or removed.")],
+    workspace: WorkspaceOption = DEFAULT_WORKSPACE,
+) -> None:
+    """Rewrite a certificate's requester copy (.txt) from its .json, when the result is exactly the file the audit
+    log vouches for (nothing else is changed, and nothing is logged). Then close a recorded integrity failure with
+    `dp-tangent audit resolve --reason ...`."""
+    from ..workspace.certificates import restore_text
+
+    ws = open_workspace(workspace, finish=False)
+    path = restore_text(ws, request_id)
+    typer.echo(f"restored {path} (the bytes the audit log vouches for); if an integrity failure was recorded, close "
+               f"it with: dp-tangent audit resolve --reason '...' -w {ws.root}")

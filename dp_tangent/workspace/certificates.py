@@ -7,6 +7,7 @@ holds any of the commitments.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -14,8 +15,12 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..components.manifest import SCHEME
+from ..io import atomic_write_bytes, sha256_file
+from .audit_log import written_digests
 from .commit import FileWrite
 from .deletion_requests import ForgetError
+from .lock import workspace_lock
+from .names import WorkspaceError
 
 if TYPE_CHECKING:
     from .store import Workspace
@@ -180,3 +185,25 @@ def read_certificate(ws: Workspace, request_id: str) -> DeletionCertificate | No
         return DeletionCertificate.model_validate_json(path.read_bytes())
     except (ValidationError, ValueError) as err:
         raise ForgetError(f"{path} is not a valid deletion certificate ({type(err).__name__})") from err
+
+
+def restore_text(ws: Workspace, request_id: str) -> Path:
+    """Rewrite a certificate's requester copy (``.txt``) from its ``.json``, when the bytes rendered are exactly
+    those the audit log vouches for: the ``.json`` must be the logged one, and its rendering must have the
+    ``.txt``'s logged sha256. The workspace is then the state its log vouches for, as after restoring the file
+    from a backup, so nothing is logged; ``audit resolve`` closes a failure recorded meanwhile."""
+    json_path, text_path = ws.certificate_paths(request_id)
+    names = {ws.relative(json_path), ws.relative(text_path)}
+    with workspace_lock(ws.root):
+        logged = written_digests(ws.audit.entries(), lambda path: path in names)
+        if logged.get(ws.relative(json_path)) is None:
+            raise WorkspaceError(f"no certificate of request {request_id!r} in the audit log")
+        if not json_path.is_file() or sha256_file(json_path) != logged[ws.relative(json_path)]:
+            raise WorkspaceError(f"{json_path} is not the certificate the audit log vouches for; restore it from a "
+                              "backup first")
+        text = render_certificate(read_certificate(ws, request_id)).encode()  # type: ignore[arg-type]
+        if hashlib.sha256(text).hexdigest() != logged.get(ws.relative(text_path)):
+            raise WorkspaceError(f"{text_path} as the log vouches for it is not this version's rendering of the "
+                              "certificate; restore it from a backup")
+        atomic_write_bytes(text_path, text)
+    return text_path
