@@ -92,6 +92,8 @@ def test_weights_that_overflow_are_one_line_errors_not_tracebacks(ws: Path,
     _refused(capsys, "compose", "rows-shard-0", "rows-shard-1", "--name", "inf", "--method", "task-arithmetic",
              "--weights", "1e308,1e308", "-w", "ws", says="is not finite")
     assert not Path("ws/models/inf.json").exists()
+    _refused(capsys, "compose", "rows-shard-0", "--name", "merged", "--method", "regmean", "-w", "ws",
+             says="only the Python API takes")
 
 
 def test_predict_refuses_empty_or_non_finite_arrays_and_data_it_would_ignore(
