@@ -225,6 +225,16 @@ def test_a_train_reads_ids_in_the_form_its_registered_source_does(
     # ids as written they were new records: the deleted one trained again, a fresh account for every other).
     write_recipe(Path("renamed.yaml"), mlp_recipe({"table": table}, in_features=6, classes=2, source="t2"))
     _refused(capsys, "train", "renamed.yaml", "--name", "renamed", "-w", "ws", says="overlaps")
+    shutil.copy("t.csv", "copy.csv")  # a copy, or another export, of the same records: found by their typed ids
+    write_recipe(Path("copy.yaml"), mlp_recipe({"table": {**table, "path": "copy.csv"}}, in_features=6, classes=2,
+                                               source="t3"))
+    _refused(capsys, "train", "copy.yaml", "--name", "copied", "-w", "ws", says="overlaps")
+    Path("moved").mkdir()  # the registered file moved: still its source, read typed
+    shutil.move("t.csv", "moved/t.csv")
+    write_recipe(Path("moved.yaml"), mlp_recipe({"table": {**table, "path": "moved/t.csv"}}, in_features=6,
+                                                classes=2, source="t"))
+    code, out, err = run_cli(capsys, "train", "moved.yaml", "--name", "moved", "-w", "ws", "--executor", "serial")
+    assert code == 0 and "left out 1 record(s)" in out + err, err
 
 
 def test_a_changed_certificate_copy_is_restored_from_its_json(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -246,3 +256,6 @@ def test_a_changed_certificate_copy_is_restored_from_its_json(ws: Path, capsys: 
     cert.write_bytes(cert.read_bytes().replace(b'"R9"', b'"R9" '))
     _refused(capsys, "certificate", "restore", "R9", "-w", "ws", says="is not the certificate the audit log vouches")
     _refused(capsys, "certificate", "restore", "nope", "-w", "ws", says="no certificate of request 'nope'")
+    cert.unlink()
+    cert.symlink_to("R9.txt")  # a link put there by hand is never followed
+    _refused(capsys, "certificate", "restore", "R9", "-w", "ws", says="is a symbolic link")

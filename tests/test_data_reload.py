@@ -133,6 +133,7 @@ def test_a_source_is_registered_once_and_a_later_train_never_brings_back_a_delet
     assert len(tags) == 2 * len(ids) - 1 and deleted not in tags
     assert Workspace.open("ws").audit.verify().ok
     assert held_out_records(Workspace.open("ws"), "rows")[1].record_ids == tested  # earlier models: the same test
+    assert f"on {len(tested)} records" in out  # and train measured the new model on them too
 
     from dp_tangent.data.sources import source_for
     from dp_tangent.recipes import load_recipe

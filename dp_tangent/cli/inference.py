@@ -75,7 +75,7 @@ def _source(ws: Workspace, model: str, sources: list[str], data: Optional[Path])
     if recipe.data_source not in sources:
         raise WorkspaceError(f"--data {data}: its data source {recipe.data_source!r} is not the one {model!r} was "
                              f"trained on ({', '.join(sorted(sources))}); omit --data to use the model's own")
-    given = source_for(read_as_registered(ws, recipe.data), recipe.shards)
+    given = source_for(read_as_registered(ws, recipe.data_source, recipe.data), recipe.shards)
     registered = source_of(ws, recipe.data_source)
     mine = registered.recipe_data() if registered is not None else None
     if mine is not None and mine != given.recipe_data():

@@ -195,7 +195,7 @@ def train(
         from ..workspace.data_sources import read_as_registered
 
         if ws is not None:  # ids in the form a source registered before they were read as written holds them
-            recipe = recipe.model_copy(update={"data": read_as_registered(ws, recipe.data)})
+            recipe = recipe.model_copy(update={"data": read_as_registered(ws, recipe.data_source, recipe.data)})
         test, parts = recipe.load_data()  # before creating anything: a data set that does not load leaves no trace
         if only and ws is not None:
             _check_same_split(ws, name, parts)
@@ -296,10 +296,11 @@ def _report(ws: Workspace, recipe: Recipe, name: str, test: RecordSet | None, ru
     from ..tangent import linearize
     from ..training.evaluation import accuracy, majority_share
     from ..training.features import precompute_features
-    from ..workspace.data_sources import without_deleted
+    from ..workspace.data_sources import registered_test
 
     spec = recipe.backbone.spec()
-    test = None if test is None else without_deleted(ws, test)  # a deleted record counts in no figure
+    # the test split as registered (as evaluate measures it), less deleted records, which count in no figure
+    test = None if test is None else registered_test(ws, recipe.data_source, test)
     tangent = linearize(spec.build(), recipe.trainable) if test is not None and len(test) else None
     features = precompute_features(tangent, test.inputs) if tangent is not None else None  # a batch at a time
 

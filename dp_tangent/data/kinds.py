@@ -52,6 +52,18 @@ class _RowIds(_Strict):
 
     record_ids_typed: bool = False
 
+    def record_ids_only(self) -> tuple[str, ...]:
+        """The file's record ids in this reading's form, the rest of each row unread (none without an id column:
+        ids by row position do not depend on the form)."""
+        from .tables import record_ids, written_columns
+        from .text import read_text_table
+
+        column, path = getattr(self, "record_id", None), Path(getattr(self, "path"))
+        if column is None:
+            return ()
+        table = read_text_table(path, [column], as_text=written_columns(column, typed=self.record_ids_typed))
+        return record_ids(path, table, column, table.num_rows)
+
     @model_validator(mode="before")
     @classmethod
     def _registered_typed(cls, data: Any, info: ValidationInfo) -> Any:

@@ -193,6 +193,9 @@ def restore_text(ws: Workspace, request_id: str) -> Path:
     ``.txt``'s logged sha256. The workspace is then the state its log vouches for, as after restoring the file
     from a backup, so nothing is logged; ``audit resolve`` closes a failure recorded meanwhile."""
     json_path, text_path = ws.certificate_paths(request_id)
+    if json_path.is_symlink() or text_path.is_symlink():  # the tool writes files, never links: put there by hand
+        raise WorkspaceError(f"{json_path.parent}: the certificate of {request_id!r} is a symbolic link; restore its "
+                             "files from a backup")
     names = {ws.relative(json_path), ws.relative(text_path)}
     with workspace_lock(ws.root):
         logged = written_digests(ws.audit.entries(), lambda path: path in names)

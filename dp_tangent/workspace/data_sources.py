@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -40,8 +39,8 @@ PUBLIC_SPLIT = "public"
 _TAG_CONTEXT = b"dp-tangent data-source content digest v1"
 
 __all__ = ["FILE", "PUBLIC_SPLIT", "DataSourceError", "DigitsSource", "Sources", "check_unchanged",
-           "read_as_registered", "registered", "reload", "shard_records_for", "source_of", "test_records",
-           "typed_id_sources", "without_deleted", "without_records"]
+           "read_as_registered", "registered", "registered_test", "reload", "shard_records_for", "source_of",
+           "test_records", "typed_id_sources", "without_deleted", "without_records"]
 
 
 class DataSourceError(DPTangentError):
@@ -143,31 +142,32 @@ def _split_only(key: str, was: dict[str, Any], now: dict[str, Any]) -> bool:
                                                                          or now.get("public_split")))
 
 
-def read_as_registered(ws: Workspace, data: DataSection) -> DataSection:
-    """``data``, reading its record ids as a registered source of the same file does: a table or text registered
-    before ids were read as written keeps the typed form its tombstones and manifests hold (``00017`` as 17),
-    under whatever data source name the file is trained again."""
+def read_as_registered(ws: Workspace, name: str, data: DataSection) -> DataSection:
+    """``data`` (of data source ``name``), reading its record ids typed where the workspace holds them so: a table
+    or text registered before ids were read as written keeps the typed form its tombstones and manifests hold
+    (``00017`` as 17). Adopted when ``name`` is such a source (wherever its file now is), or when the file's ids,
+    read typed, name records such a source holds or a deletion removed (the same data under another name, path or
+    export: on the safe side, ids that only read the same typed, ``000`` and ``0``, count as the same record)."""
     kind = data.source
     if getattr(kind, "record_ids_typed", True):
         return data
-    for value in _read(ws).sources.values():
-        stored = getattr(parse_source(value), "data", None)
-        if type(stored) is type(kind) and stored.record_ids_typed and _same_file(stored.path, kind.path):
-            return data.model_copy(update={data.kind: kind.model_copy(update={"record_ids_typed": True})})
-    return data
+    typed = data.model_copy(update={data.kind: kind.model_copy(update={"record_ids_typed": True})})
+    registry = _read(ws)
+    held = [n for n, v in registry.sources.items()
+            if type(stored := getattr(parse_source(v), "data", None)) is type(kind) and stored.record_ids_typed]
+    if name in held:
+        return typed
+    if not held:
+        return data
+    key = ws.manifest_key()
+    known = set(Tombstones(ws.root).read()).union(*(registry.content[n].tags for n in held if n in registry.content))
+    return typed if any(commit(r, key) in known for r in typed.source.record_ids_only()) else data
 
 
 def typed_id_sources(ws: Workspace) -> list[str]:
     """The registered sources that hold their record ids typed (see :func:`read_as_registered`)."""
     return sorted(name for name, value in _read(ws).sources.items()
                   if getattr(getattr(parse_source(value), "data", None), "record_ids_typed", False))
-
-
-def _same_file(a: str, b: str) -> bool:
-    first, second = Path(a).expanduser(), Path(b).expanduser()
-    if first.exists() and second.exists():
-        return first.samefile(second)
-    return first.absolute().resolve() == second.absolute().resolve()
 
 
 def _flat(value: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -232,6 +232,18 @@ def test_records(ws: Workspace, name: str) -> tuple[ReloadableSource, RecordSet 
         return source, records.subset(picked)
     test = source.test_split()
     return source, (None if test is None else without_deleted(ws, test, deleted))
+
+
+def registered_test(ws: Workspace, name: str, test: RecordSet) -> RecordSet:
+    """``test`` (a source's test split as its data now places it) as the registered test split: the records that
+    were the test split when the source was registered (records added since are not measured on, so that every
+    model is measured on the same ones), less deleted ones."""
+    content = _read(ws).content.get(name)
+    test = without_deleted(ws, test)
+    if content is None or not content.test:
+        return test
+    held, key = set(content.test), ws.manifest_key()
+    return test.subset([i for i, r in enumerate(test.record_ids) if commit(r, key) in held])
 
 
 def without_deleted(ws: Workspace, records: RecordSet, deleted: set[str] | None = None) -> RecordSet:
