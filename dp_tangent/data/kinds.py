@@ -242,20 +242,20 @@ class TableData(_RowIds, _Kind):
     def _check_public_apart(self, private_ids: Sequence[str] | None = None) -> None:
         """The public table is not the private one, nor shares a record id with it: its statistics scale the
         features and pretrain theta0 outside the privacy guarantee."""
-        from .tables import read_table, record_ids, written_columns
+        from .tables import read_table, written_columns
 
         public, private = Path(self.public_path), Path(self.path)  # type: ignore[arg-type]
-        as_text = written_columns(self.record_id, typed=self.record_ids_typed)
         if public.is_file() and private.is_file() and public.samefile(private):
             raise DataError(f"data.table: public_path {public} is the private table itself; its statistics and "
                             "pretraining would use private records outside the privacy guarantee")
         if self.record_id is None or (private_ids is None and not private.is_file()):
             return
-        table = read_table(public, [], optional=[self.record_id], as_text=as_text)
+        table = read_table(public, [], optional=[self.record_id],
+                           as_text=written_columns(self.record_id, typed=self.record_ids_typed))
         if self.record_id not in table.column_names:
             return
         if private_ids is None:
-            private_ids = record_ids(private, read_table(private, [self.record_id], as_text=as_text), self.record_id, 0)
+            private_ids = self.record_ids_only()
         public_ids = ("" if v is None else str(v) for v in table.column(self.record_id).to_pylist())
         shared = {i for i in public_ids if i.strip()} & set(private_ids)  # a blank public id matches no record
         if shared:

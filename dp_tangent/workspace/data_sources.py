@@ -106,8 +106,6 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
         moved = bool(differ)
     deleted = set(Tombstones(ws.root).read())
     tags = {c: t for c, t in _tags(ws, source.records()).items() if c not in deleted}
-    test_split = source.test_split()
-    test = {commit(r, key) for r in (test_split.record_ids if test_split else ())}
     old = sources.content.get(name) if before is not None else None
     if moved and old is None:
         where = was.get("data.path") or was.get("data.root")
@@ -125,6 +123,9 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
         if not moved and set(tags) <= set(old.tags):
             return None
         tags, test = {**old.tags, **tags}, set(old.test)  # the test split stays the records it was
+    else:
+        test_split = source.test_split()  # reads the data again: only for a first registration
+        test = {commit(r, key) for r in (test_split.record_ids if test_split else ())}
     sources.sources[name] = value
     sources.content[name] = Content(records=len(tags), tags=tags, test=sorted(test))
     return (sources.model_dump_json(indent=2) + "\n").encode()
@@ -153,8 +154,7 @@ def read_as_registered(ws: Workspace, name: str, data: DataSection) -> DataSecti
         return data
     typed = data.model_copy(update={data.kind: kind.model_copy(update={"record_ids_typed": True})})
     registry = _read(ws)
-    held = [n for n, v in registry.sources.items()
-            if type(stored := getattr(parse_source(v), "data", None)) is type(kind) and stored.record_ids_typed]
+    held = [n for n, stored in _typed(registry).items() if type(stored) is type(kind)]
     if name in held:
         return typed
     if not held:
@@ -166,8 +166,13 @@ def read_as_registered(ws: Workspace, name: str, data: DataSection) -> DataSecti
 
 def typed_id_sources(ws: Workspace) -> list[str]:
     """The registered sources that hold their record ids typed (see :func:`read_as_registered`)."""
-    return sorted(name for name, value in _read(ws).sources.items()
-                  if getattr(getattr(parse_source(value), "data", None), "record_ids_typed", False))
+    return sorted(_typed(_read(ws)))
+
+
+def _typed(registry: Sources) -> dict[str, Any]:
+    """Each registered source whose data holds its record ids typed: name -> that data (a table or text kind)."""
+    data = {name: getattr(parse_source(value), "data", None) for name, value in registry.sources.items()}
+    return {name: d for name, d in data.items() if getattr(d, "record_ids_typed", False)}
 
 
 def _flat(value: dict[str, Any], prefix: str = "") -> dict[str, Any]:
