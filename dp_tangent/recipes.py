@@ -218,7 +218,7 @@ class Recipe(_Strict):
         backbone's classes is refused here, before a workspace is made or a source registered."""
         from .training.validation import check_labels
 
-        test, shards = load_data(self.data, self.shards)
+        test, shards = load_data(self.data, self.shards, self.backbone.num_classes)
         if self.backbone.num_classes is not None:
             for subject, part in [("the test split", test), *((f"shard-{k}", s) for k, s in enumerate(shards))]:
                 if part is not None and len(part):

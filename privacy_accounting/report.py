@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 from privacy_accounting.accountants import NEIGHBOURING_RELATION, AccountantSettings, EpsilonBounds, epsilon_bounds
 from privacy_accounting.composition import RecordClasses, group_by_shard, model_guarantee, shard_bounds
@@ -98,13 +98,16 @@ def build_report(
     curve_points: int = 12,
     title: str = "Privacy report",
     workspace: WorkspaceSections | None = None,
+    size_public: Callable[[StoredEvent], bool] | None = None,
 ) -> PrivacyReport:
     """Assemble the report (an empty ledger gives a valid, empty report).
 
     ``curve_points``: about how many points of the epsilon-versus-steps curve to compute per
     shard (0 disables the curves); curves use a coarse PLD grid (still an upper bound).
     ``workspace``: sections the ledger cannot know (record counts, deletions, the audit log),
-    shown as given.
+    shown as given. ``size_public``: whether an event's mechanism (sampling rate, steps, noise) was set
+    from its shard's own size, so that its figure holds only with that size taken as public (the
+    standard DP-SGD assumption); such shards and the models drawing on them say so. Default: none.
     """
     if delta is not None:
         delta = check_delta(delta)
@@ -123,10 +126,15 @@ def build_report(
                      curve_points, settings)
         for ds, shard in ledger.shards()
     ]
+    if size_public is not None:
+        shard_entries = [s.model_copy(update={"size_public": any(size_public(e) for e in by_shard.get(
+            (s.data_source, s.shard), []))}) for s in shard_entries]
+    public_sizes = {(s.data_source, s.shard) for s in shard_entries if s.size_public}
     audit_entries = [_audit_entry(a, events, settings) for a in audits]
     models = ledger.models()
     model_entries = [
-        _model_entry(name, comps, events, components, audit_entries, sources, delta, settings, ledger.record_classes)
+        _model_entry(name, comps, events, components, audit_entries, sources, delta, settings, ledger.record_classes,
+                     public_sizes)
         for name, comps in sorted(models.items())
     ]
     guarantees = [_source_guarantees(s, events, budgets, delta, settings, ledger) for s in sources.values()]
@@ -385,6 +393,7 @@ def _model_entry(
     report_delta: float | None,
     settings: AccountantSettings,
     record_classes: RecordClasses | None = None,
+    public_sizes: set[tuple[str, str]] = frozenset(),  # type: ignore[assignment]
 ) -> ModelEntry:
     wanted = set(components)
     mine = [e for e in events if e.component in wanted]
@@ -417,6 +426,7 @@ def _model_entry(
     found = record_distribution(mine, events, delta, settings, record_classes) if delta is not None else None
     disjointness = found.disjointness if found else "no events"
     overlaps = found.overlaps if found else []
+    sizes_public = any((s.data_source, s.shard) in public_sizes for s in shards)
     return ModelEntry(
         model=name,
         components=list(components),
@@ -429,7 +439,8 @@ def _model_entry(
         checkpoints_released=any(e.checkpoints_released for e in mine),
         shards=shards,
         statement=model_statement(name, epsilon, delta, accountant, shards, units, entries, my_audits,
-                                  disjointness, overlaps),
+                                  disjointness, overlaps, sizes_public),
         record_distribution=found.groups if found else [],
         overlaps=overlaps,
+        sizes_public=sizes_public,
     )

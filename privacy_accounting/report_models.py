@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from privacy_accounting.renderers import render
 
 AUDIT_LABEL = "empirical lower bound, not a guarantee"
-REPORT_SCHEMA_VERSION = 4  # 4: a deletion's status may be "unsealed"
+REPORT_SCHEMA_VERSION = 5  # 4: a deletion's status may be "unsealed"; 5: shards/models say when sizes are public
 
 
 class _Model(BaseModel):
@@ -74,6 +74,7 @@ class ShardEntry(_Model):
     components: list[str]
     curve: list[CurvePoint] = Field(default_factory=list)
     curve_accountant: str = ""
+    size_public: bool = False  # a run on it was planned from its own size: its figure takes that size as public
 
 
 class ComponentEntry(_Model):
@@ -169,6 +170,7 @@ class ModelEntry(_Model):
     statement: str
     record_distribution: list[GuaranteeGroup] = Field(default_factory=list)
     overlaps: list[ShardOverlap] = Field(default_factory=list)
+    sizes_public: bool = False  # a run on one of its shards was planned from that shard's own size
 
 
 Verdict = Literal["within budget", "over budget", "no budget set", "not differentially private", "no events"]

@@ -45,6 +45,14 @@ SCALE = ("For orientation (Ponomareva et al., “How to DP-fy ML”, 2023): ε �
          "guarantee, ε ≤ 10 a reasonable one for machine learning, above 10 a weak formal guarantee.")
 
 
+#: The caveat of a guarantee some of whose runs were planned from their shard's own size (see build_report).
+SIZES_PUBLIC = ("This holds with the shards' sizes taken as public: some runs were planned from their shard's own "
+                "record count (sampling rate, steps and noise follow it), so the model can reveal a shard's size, "
+                "and with it whether one record is in it.")
+SHARD_SIZE_PUBLIC = ("A run on it was planned from its own record count: the figure holds with the shard's size "
+                     "taken as public.")
+
+
 def fmt_eps(value: float | None) -> str:
     """Epsilon for humans: ``inf`` spelled out, else 4 significant digits."""
     if value is None:
@@ -148,9 +156,11 @@ def model_statement(
     audits: Sequence[AuditEntry],
     disjointness: str = "unchecked",
     overlaps: Sequence[ShardOverlap] = (),
+    sizes_public: bool = False,
 ) -> str:
     """Statement for one composed model (``disjointness``, ``overlaps``: what the ledger found about
-    the records its shards share, see :func:`disjointness_text`)."""
+    the records its shards share, see :func:`disjointness_text`; ``sizes_public``: a run on one of its
+    shards was planned from that shard's own size, see :data:`SIZES_PUBLIC`)."""
     sources = sorted({s.data_source for s in shards})
     if not shards:
         return f"Model '{model}' draws on no recorded events."
@@ -181,6 +191,8 @@ def model_statement(
             "records: " + ", ".join(
                 f"'{s.shard}' {fmt_eps(s.epsilon)} alone, {fmt_eps(s.record_epsilon)} with every run" for s in reused
             ) + "."
+    if sizes_public and not math.isinf(epsilon):
+        guarantee += " " + SIZES_PUBLIC
     return (
         f"{head} Unit of privacy: {unit}. {guarantee}{per_record}{parallel}{reuse} Sampling: {sampling_text(entries)}. "
         f"Checkpoints: {checkpoints_text(entries)}. Audits: {audits_text(audits, ' for its components')}."
@@ -188,7 +200,7 @@ def model_statement(
 
 
 def shard_statement(shard: ShardEntry) -> str:
-    """One sentence on a shard's total spend."""
+    """One sentence on a shard's total spend (and, where a run was planned from its size, that caveat)."""
     spent = shard.spent
     delta = f"{spent.delta:.3g}" if spent.delta is not None else "n/a"
     if shard.budget is None:
@@ -201,6 +213,7 @@ def shard_statement(shard: ShardEntry) -> str:
     return (
         f"Shard '{shard.shard}' of '{shard.data_source}' (unit: {shard.unit}): all {shard.n_events} event(s) ever "
         f"run on it compose to epsilon = {fmt_eps(spent.epsilon)} at delta = {delta}; {budget}."
+        + (" " + SHARD_SIZE_PUBLIC if shard.size_public else "")
     )
 
 
@@ -322,13 +335,15 @@ def headline(model: ModelEntry, shards: Sequence[ShardEntry]) -> Headline:
                    "shows by any amount.")
     else:
         sentence = (f"{who.replace('{model}', model.model)} is protected by differential privacy at "
-                    f"ε = {fmt_eps(eps)} and δ = {fmt_delta(delta)}.")
+                    f"ε = {fmt_eps(eps)} and δ = {fmt_delta(delta)}"
+                    + (", with its shards' sizes taken as public." if model.sizes_public else "."))
         noun = "record" if unit == "record" else "user" if unit == "user" else "unit"
         group = " A person who contributed k records is protected at about k·ε." if unit == "record" else ""
         meaning = (f"What this bounds: adding or removing {one} changes the probability of any outcome computed from "
                    f"the model — any prediction, any conclusion drawn about that {noun} "
                    f"— by at most a factor e^ε ≈ {fmt_factor(factor)} (so an observer's odds that it was "
-                   f"used can grow at most that much), except with probability δ = {fmt_delta(delta)}.{group}")
+                   f"used can grow at most that much), except with probability δ = {fmt_delta(delta)}.{group}"
+                   + (" " + SIZES_PUBLIC if model.sizes_public else ""))
     tier = strength(eps) if model.shards else "n/a"
     scale = f"{SCALE} This model: {tier} (ε = {fmt_eps(eps)})." if model.shards else ""
     return Headline(model=model.model, unit=unit, epsilon=eps, delta=delta, odds_factor=factor,

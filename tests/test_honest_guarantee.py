@@ -14,9 +14,11 @@ from safetensors import safe_open
 from torch.utils.data import TensorDataset
 
 from dp_tangent.cli import main
+from helpers import run_cli
 from dp_tangent.components.component import RELATION, RELATION_SIZE_PUBLIC, read_metadata
 from dp_tangent.components.manifest import commit
 from dp_tangent.data import RecordSet, split_shards
+from dp_tangent.recipes import load_recipe
 from dp_tangent.training import PrivacySpec, TrainConfig
 from dp_tangent.training.plan import plan_run
 from dp_tangent.training.sgd import _private_loader
@@ -389,18 +391,43 @@ def test_a_planned_size_is_recorded_and_kept_by_the_retraining_after_a_deletion(
                                                                        fresh.noise_multiplier)
 
 
-def test_a_release_says_when_shard_sizes_are_taken_as_public(tmp_path, mlp_backbone) -> None:
-    statements = {}
+def test_the_release_report_and_budget_say_when_shard_sizes_are_taken_as_public(tmp_path, mlp_backbone,
+                                                                               monkeypatch, capsys) -> None:
+    """Review: only the release and the component said so; the report's headline, which a privacy officer reads,
+    stated plain add/remove-one DP for a model whose runs were planned from their shards' own counts."""
+    monkeypatch.chdir(tmp_path)
+    statements, reports, budgets = {}, {}, {}
     for privacy in (PLANNED, PRIVATE):
-        ws = Workspace.create(tmp_path / f"ws{privacy.planned_shard_size}")
+        name = f"ws{privacy.planned_shard_size}"
+        ws = Workspace.create(name)
         ws.set_budget("toy", None, epsilon=20.0, delta=1e-5)
         ws.train(mlp_backbone, None, records(0), data_source="toy", shard="s0", name="c0", privacy=privacy,
                  config=FAST)
-        ws.compose_model("m", ["c0"])
+        ws.train(mlp_backbone, None, records(1), data_source="toy", shard="s1", name="c1", privacy=PLANNED,
+                 config=FAST)
+        ws.compose_model("m", ["c0", "c1"])
+        ws.compose_model("planned", ["c1"])
         statements[privacy.planned_shard_size] = ws.release("m", tmp_path / f"out{privacy.planned_shard_size}").privacy
+        code, out, _ = run_cli(capsys, "report", "--format", "json", "-w", name)
+        assert code == 0
+        reports[privacy.planned_shard_size] = json.loads(out)
+        code, out, _ = run_cli(capsys, "budget", "show", "-w", name)
+        assert code == 0
+        budgets[privacy.planned_shard_size] = out
     assert statements[48].neighbouring_relation == RELATION and "public" not in statements[48].statement
     assert statements[None].neighbouring_relation == RELATION_SIZE_PUBLIC
     assert "taken as public" in statements[None].statement
+    for planned, report in reports.items():
+        headlines = {h["model"]: h for h in report["headlines"]}
+        models = {m["model"]: m for m in report["models"]}
+        shards = {s["shard"]: s["size_public"] for s in report["shards"]}
+        assert shards == {"s0": planned is None, "s1": False}
+        assert models["m"]["sizes_public"] is (planned is None) and models["planned"]["sizes_public"] is False
+        assert ("taken as public" in headlines["m"]["sentence"]) is (planned is None)
+        assert ("taken as public" in models["m"]["statement"]) is (planned is None)
+        assert "public" not in headlines["planned"]["sentence"] + headlines["planned"]["meaning"]
+    assert "* toy/s0: a run was planned from the shard's own record count" in budgets[None]
+    assert "*" not in budgets[48]
 
 
 @pytest.mark.parametrize("by", ["random", "label"])
@@ -418,6 +445,38 @@ def test_adding_or_removing_a_record_moves_no_other_record(by: str) -> None:
     if by == "random":
         assert 50 <= len(test_a) <= 110 and all(60 <= len(part) <= 110 for part in shards_a)  # about 80, 80 each
     assert split_shards(full, shards=count, seed=4, by=by)[0].record_ids != test_a.record_ids  # the seed matters
+
+
+def test_one_record_of_a_new_label_moves_no_other_record_between_label_blocks(tmp_path) -> None:
+    """Review: ``shards.by: label`` made its blocks from the labels present, so one record of a label no other
+    record had moved every record of the other labels to another shard. The blocks now follow the model's
+    classes, in the recipe too."""
+    full = records(7, 400)  # labels 0, 1, 2 of a 4-class model
+    odd = RecordSet(torch.cat([full.inputs, full.inputs[:1]]), torch.cat([full.targets, torch.tensor([3])]),
+                    (*full.record_ids, "rec-new"))
+    places = []
+    for data in (full, odd):
+        test, parts = split_shards(data, shards=2, seed=3, by="label", classes=4)
+        places.append({i: k for k, part in enumerate([test, *parts]) for i in part.record_ids})
+        assert {int(y) for y in parts[0].targets} <= {0, 1} and {int(y) for y in parts[1].targets} <= {2, 3}
+    assert all(places[1][i] == k for i, k in places[0].items())
+    before = [split_shards(data, shards=2, test_fraction=0.0, by="label")[1] for data in (full, odd)]
+    assert before[0][0].record_ids != before[1][0].record_ids  # the labels present: the new label moved records
+
+    rows = ["id,a,label"] + [f"r{i},{i % 7},{i % 3}" for i in range(60)]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "t4.csv").write_text("\n".join(rows + ["odd,1,3"]) + "\n")
+    recipe = {"backbone": {"family": "mlp", "name": "mlp", "num_classes": 4, "options": {"in_features": 1}},
+              "shards": {"count": 2, "by": "label"}, "data_source": "t", "training": {"epochs": 1},
+              "privacy": {"epsilon": 8, "delta": 1e-5},
+              "data": {"table": {"path": "t.csv", "record_id": "id", "label": "label", "features": ["a"],
+                                 "scaling": "none", "test_fraction": 0.0}}}
+    shards = []
+    for name in ("t.csv", "t4.csv"):
+        recipe["data"]["table"]["path"] = name
+        (tmp_path / "r.yaml").write_text(json.dumps(recipe))
+        shards.append([set(p.record_ids) for p in load_recipe(tmp_path / "r.yaml").load_data()[1]])
+    assert shards[0][0] == shards[1][0] and shards[1][1] == shards[0][1] | {"odd"}
 
 
 def test_the_batch_is_checked_against_the_planned_size() -> None:

@@ -4,6 +4,7 @@ training run as the Opacus hooks, and the fallbacks chosen and recorded."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 import torch
@@ -255,6 +256,61 @@ def test_a_gram_run_trains_the_same_deltas_as_the_hooks_given_the_same_noise_and
     for name, delta in deltas["hooks"].items():
         assert torch.allclose(deltas["gram"][name], delta, rtol=1e-9, atol=1e-12), name
     assert all(d.abs().max() > 1e-3 for d in deltas["hooks"].values())
+
+
+def _overflowing(x: torch.Tensor, row: int) -> torch.Tensor:
+    """``x`` with one row whose values overflow float32 in the network (its gradient is not finite)."""
+    x = x.clone()
+    x[row] = 3e38
+    return x
+
+
+def test_a_record_whose_gradient_overflows_adds_zero_in_the_gram_sum() -> None:
+    """A huge input makes the record's Theta, output and gradient non-finite in float32: it adds zero (factor 0),
+    the other records' clipped sum is unchanged, and nothing NaN reaches the deltas' gradient."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 3)).eval()
+    x = torch.randn(6, 8)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    tangent = linearize(net, example_input=x[:2])
+    loss = ConvexLoss()
+    bad = _overflowing(x, 2)
+    grams = per_example_grams(tangent, bad)
+    assert not torch.isfinite(grams[2]).all() and torch.isfinite(grams[[0, 1, 3, 4, 5]]).all()
+    factors = add_clipped_gradient(tangent, bad, y, grams, loss, 0.5)
+    got = [p.grad.clone() for p in tangent.deltas()]
+    assert factors[2] == 0 and (factors[[0, 1, 3, 4, 5]] > 0).all()
+    for p in tangent.deltas():
+        p.grad = None
+    keep = torch.tensor([0, 1, 3, 4, 5])
+    want_factors = add_clipped_gradient(tangent, x[keep], y[keep], grams[keep], loss, 0.5)
+    assert torch.equal(factors[keep], want_factors)
+    for g, p in zip(got, tangent.deltas()):
+        assert torch.isfinite(g).all() and torch.allclose(g, p.grad, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("mode", ["gram", "hooks", "ghost"])
+def test_a_run_with_a_record_whose_gradient_overflows_trains_as_if_it_added_zero(mode: str) -> None:
+    """Whether training fails must not tell whether such a record is in the data: with the same noise and batches
+    (seeded), each mode trains finite deltas, the same in every mode."""
+    x, y = _records().inputs.float(), _records().targets
+    x = _overflowing(x, 5)
+    privacy = PrivacySpec(noise_multiplier=0.7, max_grad_norm=0.3)
+    config = TrainConfig(epochs=2, batch_size=32, physical_batch_size=16, lr=0.2, grad_sample_mode=mode,
+                         noise="seeded", seed=5)
+    torch.manual_seed(0)
+    tangent = linearize(nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 3)).eval(), example_input=x[:2])
+    plan = plan_run(len(x), privacy, config)
+    assert run_sgd(tangent, tangent.deltas(), x, y, plan, privacy, config) == plan.steps
+    deltas = {n: d.detach().clone() for n, d in tangent.named_deltas()}
+    assert all(torch.isfinite(d).all() and d.abs().max() > 1e-3 for d in deltas.values())
+    if mode != "gram":
+        torch.manual_seed(0)
+        again = linearize(nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 3)).eval(), example_input=x[:2])
+        gram = replace(config, grad_sample_mode="gram")
+        assert run_sgd(again, again.deltas(), x, y, plan, privacy, gram) == plan.steps
+        for name, delta in again.named_deltas():
+            assert torch.allclose(deltas[name], delta, rtol=1e-4, atol=1e-6), name
 
 
 def _records(n: int = 96) -> RecordSet:

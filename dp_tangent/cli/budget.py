@@ -52,17 +52,26 @@ def budget_show(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from ..components.component import size_public
+
     ledger = open_workspace(workspace).ledger
     table = Table()
     for column in ("data source", "shard", "spent ε", "limit ε", "remaining ε", "δ"):
         table.add_column(column)
+    sizes_public = []
     for source, shard in ledger.shards():
         state = shard_state(ledger, source, shard)
-        table.add_row(source, shard, f"{state.spent:.3g}" if math.isfinite(state.spent) else "∞ (non-private)",
+        public = any(size_public(e) for e in ledger.events(data_source=source, shard=shard))
+        sizes_public += [f"{source}/{shard}"] if public else []
+        table.add_row(source, shard, (f"{state.spent:.3g}" if math.isfinite(state.spent) else "∞ (non-private)")
+                      + (" *" if public else ""),
                       f"{state.limit:g}" if state.limit is not None else "no budget set",
                       "-" if state.remaining is None else f"{state.remaining:.3g}",
                       f"{state.delta:g}" if state.delta else "-")
     Console().print(table)
+    if sizes_public:
+        typer.echo(f"* {', '.join(sizes_public)}: a run was planned from the shard's own record count (no "
+                   "planned_shard_size): its ε holds with the shard's size taken as public")
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from privacy_accounting import build_report
-
 from ..backbones import BackboneSpec
 from ..data import RecordSet
 from ..data.sources import ReloadableSource
@@ -40,7 +38,7 @@ from ..workspace import data_sources
 from ..workspace.data_sources import PUBLIC_SPLIT
 from ..workspace.deletion_requests import DeletionRequest
 from ..workspace.forget import forget
-from ..workspace.report_context import report_sections
+from ..workspace.report_context import privacy_report
 from ..workspace.store import Workspace
 from ..workspace.train import ShardJob
 from .demo_configs import DemoError, demo_executor
@@ -235,7 +233,7 @@ def tell(ws: Workspace, task: DemoTask, config: StoryConfig, console: Console, s
                       f"`dp-tangent release {task.model} -o NEW_FOLDER -w {ws.root}`[/]")
 
     reports = ws.root / "reports"
-    report = build_report(ws.ledger, title=task.report_title, workspace=report_sections(ws, report_dir=reports))
+    report = privacy_report(ws, title=task.report_title, report_dir=reports)
     atomic_write_text(reports / "privacy-report.html", report.to_html())
     atomic_write_text(reports / "privacy-report.md", report.to_markdown())
     atomic_write_text(reports / "privacy-report.json", report.to_json())

@@ -31,11 +31,9 @@ def report(
     """The privacy report: per model who is protected and at what, the data, deletion requests, the audit
     log, then every shard, component and accountant for specialists. Exit 1 if the audit log does not verify
     (the report is still written)."""
-    from privacy_accounting import build_report
-
     from ..io import atomic_write_text
     from ..workspace.checkpoint import CheckpointError
-    from ..workspace.report_context import load_checkpoint, report_sections
+    from ..workspace.report_context import load_checkpoint, privacy_report
 
     if format not in RENDERERS:
         raise typer.BadParameter(f"--format must be one of {', '.join(RENDERERS)}, got {format!r}")
@@ -48,9 +46,10 @@ def report(
         _check_replaces_a_report(output)
     kept = load_checkpoint(ws, checkpoint, verifier_key) if checkpoint is not None else None
     with busy("verifying the audit log and computing every accountant's epsilon…"):
-        sections = report_sections(ws, report_dir=output.expanduser().absolute().parent if output else None,
-                                   checkpoint=kept)
-        text = getattr(build_report(ws.ledger, workspace=sections), RENDERERS[format])()
+        report = privacy_report(ws, report_dir=output.expanduser().absolute().parent if output else None,
+                                checkpoint=kept)
+        text = getattr(report, RENDERERS[format])()
+        sections = report.workspace
     if output is None:
         typer.echo(text)
     else:

@@ -28,6 +28,10 @@ if TYPE_CHECKING:
     from ..workspace import Workspace
     from ..workspace.train import TrainingRun
 
+# after an epsilon planned from a shard's own count (no planned_shard_size): it holds with that count public
+_SIZE_PUBLIC = " (the shard's size taken as public: planned from its record count)"
+
+
 class ShardsMissingError(DPTangentError):
     """Some shards of a model failed (their budget stays spent); the others are kept."""
 
@@ -293,6 +297,7 @@ def _check_same_split(ws: Workspace, name: str, parts: list[RecordSet]) -> None:
 def _report(ws: Workspace, recipe: Recipe, name: str, test: RecordSet | None, run: TrainingRun,
             retry: list[str]) -> None:
     """Print each new component, the failures with how to retry them, and compose the model if complete."""
+    from ..components.component import RELATION_SIZE_PUBLIC, size_public
     from ..tangent import linearize
     from ..training.evaluation import accuracy, majority_share
     from ..training.features import precompute_features
@@ -316,8 +321,9 @@ def _report(ws: Workspace, recipe: Recipe, name: str, test: RecordSet | None, ru
         worker = result.metadata.training.worker or {}
         where = f" [{worker.get('executor')} pid {worker.get('pid')} on {worker.get('host')}]" if worker else ""
         epsilon = component.metadata.epsilon
-        line = (f"{component.name}: epsilon {epsilon:.3g}" if math.isfinite(epsilon)
-                else f"{component.name}: NON-PRIVATE (epsilon = inf)")
+        line = (f"{component.name}: epsilon {epsilon:.3g}" + _SIZE_PUBLIC * (
+                    component.metadata.privacy.neighbouring_relation == RELATION_SIZE_PUBLIC)
+                if math.isfinite(epsilon) else f"{component.name}: NON-PRIVATE (epsilon = inf)")
         typer.echo(with_accuracy(line, component.deltas) + where)
         source, shard = component.metadata.data_source, component.metadata.shard
         typer.echo(f"  {source}/{shard}: {shard_state(ws.ledger, source, shard).text()}")
@@ -332,5 +338,7 @@ def _report(ws: Workspace, recipe: Recipe, name: str, test: RecordSet | None, ru
     components = [done[k] for k in range(recipe.shards.count)]
     ws.compose_model(name, components, method="mean")
     guarantee = ws.ledger.model_guarantee(name)
+    public = math.isfinite(guarantee.epsilon) and any(
+        size_public(e) for s in guarantee.shards for e in ws.ledger.events(data_source=s.data_source, shard=s.shard))
     typer.echo(with_accuracy(f"model {name}: mean of {len(components)} components, epsilon "
-                             f"{guarantee.epsilon:.3g} per record", ws.load_model(name)[1]))
+                             f"{guarantee.epsilon:.3g} per record" + _SIZE_PUBLIC * public, ws.load_model(name)[1]))

@@ -25,12 +25,21 @@ FORMAT = "dp-tangent-component/1"
 if TYPE_CHECKING:  # torch is imported where tensors are handled: reading metadata needs none
     import torch
 
+    from privacy_accounting import StoredEvent
+
 Deltas = dict[str, "torch.Tensor"]  # base-model parameter name -> delta
 NON_PRIVATE_LABEL = "NON-PRIVATE (epsilon = infinity): no differential-privacy guarantee"
 #: The neighbouring relation of a private run planned from a stated shard size, and of one planned from its own count
 RELATION = "add or remove one record"
 RELATION_SIZE_PUBLIC = "add or remove one record, the shard's size public (the run was planned from it)"
 SEEDED_LABEL = "NOT DIFFERENTIALLY PRIVATE: noise from a public seed (reproducible test mode)"
+
+
+def size_public(event: "StoredEvent") -> bool:
+    """Whether a ledger event is a private run planned from its shard's own record count (its details name no
+    ``planned_shard_size``): its guarantee holds under :data:`RELATION_SIZE_PUBLIC` only. Completed, failed or
+    reserved alike, as each may have read records."""
+    return event.details.get("planned_shard_size") is None and event.purpose.value != "non_private_baseline"
 
 
 class ComponentError(DPTangentError):

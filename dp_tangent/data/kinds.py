@@ -86,17 +86,26 @@ class _Kind(_Strict):
     def records(self) -> RecordSet:
         raise NotImplementedError
 
-    def load(self, shards: ShardsSection) -> tuple[RecordSet | None, list[RecordSet]]:
+    def load(self, shards: ShardsSection, classes: int | None = None) -> tuple[RecordSet | None, list[RecordSet]]:
+        """``classes``: the model's class count, over which ``shards.by: label`` makes its blocks of labels (not
+        the labels present, which one record could change)."""
         from .splits import split_shards
 
         test, parts = split_shards(self.records(), shards=shards.count, test_fraction=self.test_fraction,
-                                   seed=self.seed, by=shards.by)
+                                   seed=self.seed, by=shards.by, classes=classes)
         return (test if len(test) else None), parts
+
+
+DIGIT_CLASSES = 10
 
 
 class DigitsData(_Kind):
     image_size: PositiveInt = 48
     max_records: PositiveInt | None = None
+
+    def load(self, shards: ShardsSection, classes: int | None = None) -> tuple[RecordSet | None, list[RecordSet]]:
+        """The digits' own 10 classes make the label blocks, as :class:`~.sources.DigitsSource` splits them again."""
+        return super().load(shards, DIGIT_CLASSES)
 
     def records(self) -> RecordSet:
         from .digits import load_digits
@@ -160,13 +169,14 @@ class TorchvisionData(_Strict):
         """The training split (the shards' pool; the test split is torchvision's own)."""
         return self.load(ShardsSection())[1][0]
 
-    def load(self, shards: ShardsSection) -> tuple[RecordSet | None, list[RecordSet]]:
+    def load(self, shards: ShardsSection, classes: int | None = None) -> tuple[RecordSet | None, list[RecordSet]]:
         from .images import torchvision_records
         from .splits import split_shards
 
         train, test = torchvision_records(self.name, self.root, download=self.download, image_size=self.image_size,
                                           max_records=self.max_records)
-        return test, split_shards(train, shards=shards.count, test_fraction=0.0, by=shards.by)[1]
+        return test, split_shards(train, shards=shards.count, test_fraction=0.0, by=shards.by,
+                                  classes=100 if self.name == "CIFAR100" else 10)[1]
 
 
 class TableData(_RowIds, _Kind):
@@ -382,10 +392,12 @@ class DataSection(_Strict):
         return getattr(self, self.kind)
 
 
-def load_data(data: DataSection, shards: ShardsSection) -> tuple[RecordSet | None, list[RecordSet]]:
-    """(test split or None, one record set per shard), as ``data`` and ``shards`` describe them."""
+def load_data(data: DataSection, shards: ShardsSection,
+              classes: int | None = None) -> tuple[RecordSet | None, list[RecordSet]]:
+    """(test split or None, one record set per shard), as ``data`` and ``shards`` describe them (``classes``: the
+    model's class count, see :meth:`_Kind.load`)."""
     try:
-        return data.source.load(shards)
+        return data.source.load(shards, classes)
     except ValueError as err:  # split_shards: e.g. more shards than records
         raise DataError(f"data.{data.kind}: {err}") from None
 

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import DataError
-from .kinds import (DataSection, ImageFolderData, NpzData, ShardsSection, SmsSpamData, TableData, TextData,
-                    TorchvisionData, _Kind)
+from .kinds import (DIGIT_CLASSES, DataSection, ImageFolderData, NpzData, ShardsSection, SmsSpamData, TableData,
+                    TextData, TorchvisionData, _Kind)
 
 if TYPE_CHECKING:  # torch and numpy load where records are read, not where a workspace lists its sources
     import torch
@@ -162,7 +162,7 @@ class DigitsSource(ReloadableSource):
 
         parts = self.shards + (1 if self.public_split else 0)
         return split_shards(self.records(), shards=parts, test_fraction=self.test_fraction, seed=self.seed,
-                            by=self.by)
+                            by=self.by, classes=DIGIT_CLASSES)
 
     def shard_records(self) -> list[RecordSet]:
         """The private shards, ``shard-0`` first."""

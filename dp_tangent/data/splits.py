@@ -24,14 +24,14 @@ def placement(record_ids: tuple[str, ...], seed: int, purpose: bytes) -> torch.T
 
 
 def split_shards(records: RecordSet, *, shards: int, test_fraction: float = 0.2, seed: int = 0,
-                 by: str = "random") -> tuple[RecordSet, list[RecordSet]]:
+                 by: str = "random", classes: int | None = None) -> tuple[RecordSet, list[RecordSet]]:
     """A held-out test set and ``shards`` disjoint shards of the rest, each record placed by its id (see the module
     doc): each record is held out with probability ``test_fraction``, so sizes vary around their expected values.
 
     ``by="random"``: data-incremental split, each record in shard k with probability 1/shards. ``by="label"``:
-    class-incremental (shard k holds a contiguous block of the labels present), as in the Tangent Model
-    Composition experiments; the blocks follow the set of labels present, which one record of a label no other
-    record has would change.
+    class-incremental (shard k holds the k-th contiguous block of the labels 0 .. ``classes`` - 1), as in the
+    Tangent Model Composition experiments. Without ``classes`` the blocks follow the set of labels present,
+    which one record of a label no other record has would change (every record's shard would move).
     """
     if shards < 1:
         raise ValueError(f"shards must be >= 1, got {shards}")
@@ -44,11 +44,13 @@ def split_shards(records: RecordSet, *, shards: int, test_fraction: float = 0.2,
         parts = [rest[shard_of[rest] == k] for k in range(shards)]
     elif by == "label":
         labels = records.targets[rest]
-        classes = labels.unique().tolist()
-        blocks = [classes[k * len(classes) // shards:(k + 1) * len(classes) // shards] for k in range(shards)]
+        names = list(range(classes)) if classes is not None else labels.unique().tolist()
+        blocks = [names[k * len(names) // shards:(k + 1) * len(names) // shards] for k in range(shards)]
         parts = [rest[torch.isin(labels, torch.tensor(block))] for block in blocks]
     else:
         raise ValueError(f"by must be 'random' or 'label', got {by!r}")
     if any(len(p) == 0 for p in parts):
-        raise ValueError(f"{shards} shards leave some shard empty")
+        raise ValueError(f"{shards} shards leave some shard empty" + (
+            f" (shards.by label: {classes} classes in blocks of about {classes // shards})" if by == "label" and
+            classes is not None else ""))
     return test, [records.subset(p.sort().values) for p in parts]

@@ -388,9 +388,11 @@ def per_example_grams(tangent: TangentModel, inputs: torch.Tensor, *, from_featu
 
 def clip_factors(squared_norms: torch.Tensor, max_grad_norm: float, dtype: torch.dtype) -> torch.Tensor:
     """c_i = min(1, C' / (||g_i|| + 1e-6)), Opacus's formula with C' = C·(1 - min(1e-3, 64·eps(dtype))):
-    the slack absorbs the rounding between the Gram's norm and the gradient the model's dtype computes."""
+    the slack absorbs the rounding between the Gram's norm and the gradient the model's dtype computes.
+    c_i = 0 where ||g_i||² is not finite (see :func:`add_clipped_gradient`)."""
     slack = 1.0 - min(1e-3, 64 * torch.finfo(dtype).eps)
-    return (max_grad_norm * slack / (squared_norms.clamp(min=0).sqrt() + 1e-6)).clamp(max=1.0)
+    factors = (max_grad_norm * slack / (squared_norms.clamp(min=0).sqrt() + 1e-6)).clamp(max=1.0)
+    return torch.where(torch.isfinite(squared_norms), factors, torch.zeros_like(factors))
 
 
 def clipped_seeds(module: nn.Module, h: torch.Tensor, y: torch.Tensor, grams: torch.Tensor, loss: ConvexLoss,
@@ -412,7 +414,20 @@ def clipped_seeds(module: nn.Module, h: torch.Tensor, y: torch.Tensor, grams: to
 def add_clipped_gradient(module: nn.Module, h: torch.Tensor, y: torch.Tensor, grams: torch.Tensor,
                          loss: ConvexLoss, max_grad_norm: float) -> torch.Tensor:
     """Add sum_i c_i g_i (clipped per-sample gradients, never materialised) to the deltas' ``.grad``:
-    :func:`clipped_seeds`, then ONE backward. Returns the clip factors c_i."""
+    :func:`clipped_seeds`, then ONE backward. Returns the clip factors c_i.
+
+    A record whose gradient is not finite in the model's arithmetic (its norm from Theta, output or v_i
+    overflowed, e.g. a huge input value) adds zero, a clipped contribution like any other (norm 0 <= C):
+    otherwise its NaN would reach the sum, and whether training fails would tell whether it is in the data.
+    Its row leaves the batch, whose pass then runs again without it (0 · inf is NaN in a backward)."""
     out, seeds, factors = clipped_seeds(module, h, y, grams, loss, max_grad_norm)
+    usable = (factors > 0) & torch.isfinite(seeds).all(1) & torch.isfinite(out.detach()).all(1)  # c_i > 0 iff finite
+    if not bool(usable.all()):
+        del out, seeds
+        kept = usable.nonzero().squeeze(1)
+        factors = torch.zeros_like(factors)
+        if len(kept) == 0:
+            return factors
+        out, seeds, factors[kept] = clipped_seeds(module, h[kept], y[kept], grams[kept], loss, max_grad_norm)
     out.backward(seeds)
     return factors

@@ -79,7 +79,26 @@ class _SecureNoise:
             _mark_as_processed(p.summed_grad)
 
 
-class SecureDPOptimizer(_SecureNoise, DPOptimizer):
+class _FiniteClipping:
+    """Per-sample clipping that maps a gradient which is not finite (an overflow, e.g. from a huge input value) to
+    zero, a contribution of norm 0 <= C like any clipped one: Opacus's factor C/||g|| is 0 or NaN there, and 0 · inf
+    is NaN, which would reach the sum and make training fail exactly when that record is in the batch."""
+
+    def clip_and_accumulate(self) -> None:
+        samples = [self._get_flat_grad_sample(p) for p in self.params]
+        if samples and len(samples[0]):
+            finite = torch.stack([torch.isfinite(g.reshape(len(g), -1)).all(1) for g in samples]).all(0)
+            if not bool(finite.all()):
+                for p, g in zip(self.params, samples):
+                    p.grad_sample = torch.where(finite.view(-1, *[1] * (g.dim() - 1)), g, torch.zeros_like(g))
+        super().clip_and_accumulate()
+
+
+class SeededDPOptimizer(_FiniteClipping, DPOptimizer):
+    """Opacus's ``DPOptimizer`` (per-sample clipping by hooks, seeded noise), non-finite gradients clipped to zero."""
+
+
+class SecureDPOptimizer(_SecureNoise, _FiniteClipping, DPOptimizer):
     """Opacus's ``DPOptimizer`` (per-sample clipping by hooks) with noise from a SecureRandom."""
 
 
@@ -153,7 +172,17 @@ def _dp_optimizer(optimizer: torch.optim.Optimizer, noise_multiplier: float, pri
         cls = SecureDPOptimizerFastGradientClipping if ghost else SecureDPOptimizer
         return cls(optimizer, rng=rng, **kwargs)
     generator = torch.Generator(device=config.device).manual_seed(config.seed + 1)
-    return (DPOptimizerFastGradientClipping if ghost else DPOptimizer)(optimizer, generator=generator, **kwargs)
+    return (DPOptimizerFastGradientClipping if ghost else SeededDPOptimizer)(optimizer, generator=generator, **kwargs)
+
+
+class _GhostClipping(GradSampleModuleFastGradientClipping):
+    """Opacus's ghost-clipping module whose clip factor is 0 for a record whose gradient norm is not finite (NaN
+    there, which Opacus's ``clamp`` keeps); :func:`_fit_private` runs a batch whose sum still is not finite again
+    without those records."""
+
+    def get_clipping_coef(self) -> torch.Tensor:
+        coef = super().get_clipping_coef()
+        return torch.where(torch.isfinite(self.per_sample_gradient_norms.to(coef.device)), coef, torch.zeros_like(coef))
 
 
 def dp_parts(module: torch.nn.Module, params: list[torch.nn.Parameter], noise_multiplier: float,
@@ -165,8 +194,8 @@ def dp_parts(module: torch.nn.Module, params: list[torch.nn.Parameter], noise_mu
     # Twins hold theta0 and pretraining statistics in buffers: public, frozen, never updated from
     # this data, so Opacus's buffer check (strict) does not apply.
     if config.grad_sample_mode == "ghost":
-        gsm = GradSampleModuleFastGradientClipping(module, batch_first=True, loss_reduction="mean", strict=False,
-                                                   max_grad_norm=privacy.max_grad_norm, use_ghost_clipping=True)
+        gsm = _GhostClipping(module, batch_first=True, loss_reduction="mean", strict=False,
+                             max_grad_norm=privacy.max_grad_norm, use_ghost_clipping=True)
     else:
         gsm = GradSampleModule(module, batch_first=True, loss_reduction="mean", strict=False)
     ModuleValidator.validate(gsm, strict=True)  # what PrivacyEngine.make_private checks
@@ -217,11 +246,25 @@ def _fit_private(module: torch.nn.Module, params: list[torch.nn.Parameter], data
     gsm, dp_optimizer, criterion = dp_parts(module, params, plan.noise_multiplier, privacy, config,
                                             expected_batch_size, rng)
     gsm.forbid_grad_accumulation()  # Poisson sampling: one logical batch per step
+
+    def gradient(h: torch.Tensor, y: torch.Tensor) -> None:
+        criterion(gsm(h), y).backward()
+        if isinstance(gsm, _GhostClipping) and not all(p.grad is None or bool(p.grad.isfinite().all()) for p in params):
+            # a record whose clip factor is 0 still multiplies its own infinite activations (0 · inf is NaN): the
+            # batch runs again without the records whose norm was not finite, which add zero
+            kept = torch.isfinite(gsm.per_sample_gradient_norms).nonzero().squeeze(1).to(h.device)
+            for p in params:
+                p.grad = None
+            if len(kept):
+                criterion(gsm(h[kept]), y[kept]).backward()
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            steps = _dp_epochs(loader, dp_optimizer, plan, config, progress,
-                               lambda h, y: criterion(gsm(h), y).backward())
+            steps = _dp_epochs(loader, dp_optimizer, plan, config, progress, gradient)
     finally:
         if hasattr(gsm, "_close"):
             gsm._close()

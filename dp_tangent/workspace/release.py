@@ -31,7 +31,7 @@ from safetensors.torch import save
 
 from privacy_accounting import ModelShardGuarantee
 
-from ..components.component import RELATION, RELATION_SIZE_PUBLIC, deltas_digest
+from ..components.component import RELATION, RELATION_SIZE_PUBLIC, deltas_digest, size_public
 from ..io import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_file
 from .names import WorkspaceError
 
@@ -126,8 +126,7 @@ def _privacy(ws: "Workspace", model: str) -> ReleasedPrivacy:
 def _planned_from_counts(ws: "Workspace", shards: Sequence[ModelShardGuarantee]) -> bool:
     """Whether a private run on these shards (completed, failed or reserved: each may have read records) was planned
     from its shard's own count rather than a stated size (its ledger details name no ``planned_shard_size``)."""
-    return any(e.details.get("planned_shard_size") is None and e.purpose.value != "non_private_baseline"
-               for s in shards for e in ws.ledger.events(data_source=s.data_source, shard=s.shard))
+    return any(size_public(e) for s in shards for e in ws.ledger.events(data_source=s.data_source, shard=s.shard))
 
 
 def _budget_bound(ws: "Workspace", model: str, shards: Sequence[ModelShardGuarantee]) -> tuple[float, float]:

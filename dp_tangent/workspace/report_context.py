@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Literal
 
 from privacy_accounting.report_models import (
     AuditLogResult,
+    PrivacyReport,
     DataSourceDetails,
     DeletionEntry,
     LogCheckpoint,
@@ -84,6 +85,18 @@ def report_sections(ws: Workspace, *, now: datetime | None = None, report_dir: s
         deletions=_deletions(ws, moment, report_dir),
         audit=_audit(ws, entries, moment, checkpoint),
     )
+
+
+def privacy_report(ws: Workspace, *, title: str = "Privacy report", report_dir: str | os.PathLike[str] | None = None,
+                   checkpoint: KeptCheckpoint | None = None) -> PrivacyReport:
+    """The workspace's privacy report: the ledger's (``privacy_accounting.build_report``) with the workspace's
+    sections (:func:`report_sections`) and its runs planned from their shard's own count marked as such."""
+    from privacy_accounting import build_report
+
+    from ..components.component import size_public
+
+    return build_report(ws.ledger, title=title, size_public=size_public,
+                        workspace=report_sections(ws, report_dir=report_dir, checkpoint=checkpoint))
 
 
 def _data(ws: Workspace, entries: Sequence[AuditEntry]) -> list[DataSourceDetails]:
