@@ -19,6 +19,7 @@ import json
 import math
 import os
 import uuid
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any, Mapping, Sequence
 
@@ -86,6 +87,12 @@ class Ledger:
     def settings(self) -> AccountantSettings:
         """Accountant settings used for every figure of this ledger."""
         return self._settings
+
+    def atomically(self) -> AbstractContextManager[None]:
+        """``with ledger.atomically(): ...``: every change made inside commits together at the end, or none does
+        (an exception, or the process killed meanwhile); reads inside, :meth:`state_digest` included, see them.
+        E.g. to record the state a group of changes leaves before that state can exist on disk."""
+        return self._storage.atomically()
 
     # -- data sources, shards, budgets -------------------------------------------------------
 

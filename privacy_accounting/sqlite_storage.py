@@ -150,6 +150,7 @@ class SQLiteStorage:
             raise InvalidParameterError(f"busy_timeout must be a number of seconds >= 0, got {busy_timeout!r}")
         self._path = Path(path).expanduser().absolute()
         self._busy_timeout = float(busy_timeout)
+        self._shared: sqlite3.Connection | None = None  # the open transaction of :meth:`atomically`
         if not os.path.lexists(self._path):
             if not create:
                 raise LedgerError(f"no ledger file at {self._path}")
@@ -187,7 +188,41 @@ class SQLiteStorage:
             raise LedgerCorruptError(f"ledger {self._path} is corrupt: {exc}") from exc
 
     @contextmanager
+    def atomically(self) -> Iterator[None]:
+        """Every write of the calls inside commits together when the block ends, or none does (an exception, or a
+        process killed meanwhile, leaves the ledger as it was); reads inside see them."""
+        if self._shared is not None:
+            raise LedgerError("atomically() blocks do not nest")
+        with self._errors():
+            conn = self._connect()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                self._shared = conn
+                yield
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.rollback()
+                raise
+            finally:
+                self._shared = None
+                conn.close()
+
+    @contextmanager
     def _transaction(self, *, write: bool, commit: bool = True) -> Iterator[sqlite3.Connection]:
+        if self._shared is not None:  # inside atomically(): its transaction, a savepoint for what may be undone
+            with self._errors():
+                self._shared.execute("SAVEPOINT call")
+                try:
+                    yield self._shared
+                    self._shared.execute("RELEASE call" if commit else "ROLLBACK TO call")
+                    if not commit:
+                        self._shared.execute("RELEASE call")
+                except BaseException:
+                    self._shared.execute("ROLLBACK TO call")
+                    self._shared.execute("RELEASE call")
+                    raise
+            return
         with self._errors():
             conn = self._connect()
             try:

@@ -10,6 +10,7 @@ All privacy math stays in the ledger; storage only stores.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from contextlib import AbstractContextManager
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
 from privacy_accounting.records import AuditRecord, Budget, DataSource, Purpose, Status, StoredEvent
@@ -50,6 +51,9 @@ class LedgerStorage(Protocol):
     @property
     def location(self) -> str:
         """Human-readable location (file path or URL without credentials)."""
+
+    def atomically(self) -> AbstractContextManager[None]:
+        """A block whose calls' writes commit together at its end, or not at all; reads inside see them."""
 
     def upsert_data_source(self, source: DataSource, shards: Sequence[str] = ()) -> None:
         """Create or update a data source and declare shards; refuse to change the unit once it has events."""

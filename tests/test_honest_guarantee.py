@@ -229,6 +229,46 @@ def test_release_mistakes_are_one_line_errors_that_write_nothing(tmp_path, mlp_b
     assert Path("out/deltas.safetensors").is_file()
 
 
+def test_a_release_killed_before_its_bundle_was_moved_is_finished_by_asking_for_it_again(tmp_path, mlp_backbone,
+                                                                                          monkeypatch) -> None:
+    """Review: killed between logging and the rename, the complete bundle stayed in a hidden sibling that nothing
+    pointed to, and the rerun logged a second release. Asked again (same model and destination), it is moved into
+    place and not logged twice; another model's release to that folder leaves it alone."""
+    from dp_tangent.workspace import release as release_module
+
+    monkeypatch.chdir(tmp_path)
+    ws = Workspace.create("ws")
+    ws.set_budget("toy", None, epsilon=50.0, delta=1e-5)
+    ws.train(mlp_backbone, None, records(0), data_source="toy", shard="s0", name="c0", privacy=PLANNED, config=FAST)
+    ws.compose_model("m", ["c0"])
+    ws.compose_model("other", ["c0"])
+    move = release_module._move_into_place
+
+    def killed(staging, target):  # noqa: ANN001
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(release_module, "_move_into_place", killed)
+    with pytest.raises(SystemExit):
+        ws.release("m", "out")
+    [hidden] = tmp_path.glob(".out.*")
+    assert not (tmp_path / "out").exists() and sorted(p.name for p in hidden.iterdir()) == [
+        "deltas.safetensors", "release.json"]
+    monkeypatch.setattr(release_module, "_move_into_place", move)
+    releases = lambda: [e for e in ws.audit.entries() if e.operation == "release"]  # noqa: E731
+    assert len(releases()) == 1
+    ws.release("other", "elsewhere")
+    assert hidden.is_dir()  # another model, another destination: not this bundle's
+    statement = ws.release("m", "out")
+    assert statement.model == "m" and not hidden.exists() and len(releases()) == 2  # "elsewhere" and "m" once
+    assert release_module.sha256_file(Path("out/release.json")) == releases()[0].parameters["bundle"]["release.json"]
+    hidden.mkdir()  # a stale copy of a bundle that is in place already is removed
+    for name in ("deltas.safetensors", "release.json"):
+        (hidden / name).write_bytes((tmp_path / "out" / name).read_bytes())
+    with pytest.raises(WorkspaceError, match="already exists"):
+        ws.release("m", "out")
+    assert not hidden.exists() and verify(ws.root).ok
+
+
 def test_retraining_from_everything_recorded_does_not_reproduce_a_private_component(tmp_path, mlp_backbone,
                                                                                    monkeypatch) -> None:
     """Finding 1: the noise regenerated from the seed stored in the component, log and certificate."""

@@ -53,8 +53,10 @@ def budget_show(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
     from rich.table import Table
 
     from ..components.component import size_public
+    from ..workspace.audit_log import verify
 
-    ledger = open_workspace(workspace).ledger
+    ws = open_workspace(workspace)
+    ledger = ws.ledger
     table = Table()
     for column in ("data source", "shard", "spent ε", "limit ε", "remaining ε", "δ"):
         table.add_column(column)
@@ -72,6 +74,12 @@ def budget_show(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
     if sizes_public:
         typer.echo(f"* {', '.join(sizes_public)}: a run was planned from the shard's own record count (no "
                    "planned_shard_size): its ε holds with the shard's size taken as public")
+    # the figures are the ledger's: say so when it is not the state the audit log last vouched for (a review edited a
+    # row with sqlite3 and saw a lower spend printed without a word)
+    check = verify(ws.audit_log_path, check_artifacts=False, ledger_state=ledger.state_digest())
+    if not check.ok:
+        typer.secho(f"warning: the workspace does not verify ({check.first_bad}); these are the ledger's figures as it "
+                    "is now: run `dp-tangent audit verify`", err=True, fg=typer.colors.YELLOW)
 
 
 @dataclass(frozen=True)

@@ -83,17 +83,37 @@ def forget(
         cause = f"{err.strerror or err} ({type(err).__name__})" if isinstance(err, OSError) else str(err)
         raise ForgetError(f"{cause}; {_request_state(ws, request.request_id, again)}") from err
     typer.echo(result.message)
+    if result.already_completed:
+        typer.echo(f"certificate: {result.json_path}")
+        if result.certificate.not_found:
+            raise typer.Exit(NOT_FOUND_EXIT)  # as the first run answered
+        return
     for added in result.certificate.components_added:  # what `budget show` would now print for it
         typer.echo(f"  {added.data_source}/{added.shard}: "
                    f"{shard_state(ws.ledger, added.data_source, added.shard).text()}")
     typer.echo(f"certificate: {result.json_path}\n{result.text_path.read_text()}")
     missing = len(result.certificate.not_found)
     if missing:
+        earlier = _deleted_before(ws, result.certificate)
         typer.secho(f"NOT FOUND: {missing} of {len(result.certificate.record_commitments)} record id(s) are in no "
-                    "component. Check each id: if it is right, this workspace holds no trained data on it (it is "
-                    f"tombstoned all the same, so it will never be trained here).{_typed_hint(ws)}", err=True,
+                    f"component.{earlier} Check each id: if it is right, this workspace holds no trained data on it (it "
+                    f"is tombstoned all the same, so it will never be trained here).{_typed_hint(ws)}", err=True,
                     fg=typer.colors.YELLOW)
         raise typer.Exit(NOT_FOUND_EXIT)
+
+
+def _deleted_before(ws, cert) -> str:  # noqa: ANN001
+    """Which of a request's ids not found an earlier request deleted (their tombstones name it)."""
+    from ..workspace.tombstones import Tombstones
+
+    tombstones = Tombstones(ws.root).read()
+    by = sorted({tombstones[c].request_id for c in cert.not_found
+                 if c in tombstones and tombstones[c].request_id != cert.request_id})
+    if not by:
+        return ""
+    count = sum(c in tombstones and tombstones[c].request_id != cert.request_id for c in cert.not_found)
+    return (f" {count} of them were deleted before, by request(s) {', '.join(by)} (`dp-tangent certificate verify` of "
+            "their certificates shows it).")
 
 
 def _typed_hint(ws) -> str:  # noqa: ANN001

@@ -105,7 +105,9 @@ class Problem:
 
 @dataclass(frozen=True)
 class VerifyReport:
-    """Outcome of :func:`verify`: ``ok`` iff no problem; ``first_bad`` is the earliest bad entry."""
+    """Outcome of :func:`verify`: ``ok`` iff no problem. ``problems`` come in order of cause (:func:`by_cause`):
+    damage to the log itself, then an interrupted operation (which explains the file and ledger differences it
+    leaves), then the rest by entry; ``first_bad`` is the first, the one a refusal quotes."""
 
     path: Path
     entries: int
@@ -122,7 +124,7 @@ class VerifyReport:
 
     @property
     def first_bad(self) -> Problem | None:
-        return min(self.problems, key=lambda p: p.seq) if self.problems else None
+        return self.problems[0] if self.problems else None
 
     def __str__(self) -> str:
         notes = [f"  note: {n}" for n in self.notes]
@@ -131,7 +133,17 @@ class VerifyReport:
             return "\n".join([f"{self.path}: {self.entries} entries, chain valid, {self.artifacts_checked} artifacts "
                               f"match{gone}", *notes])
         lines = [f"{self.path}: {len(self.problems)} problem(s) in {self.entries} entries"]
-        return "\n".join(lines + [f"  {p}" for p in sorted(self.problems, key=lambda p: p.seq)] + notes)
+        return "\n".join(lines + [f"  {p}" for p in self.problems] + notes)
+
+
+def by_cause(log: Sequence[Problem], others: Sequence[Problem]) -> tuple[Problem, ...]:
+    """``log``'s problems (the log's own damage: a broken chain, a missing head) first, then an interrupted
+    operation's, then the rest by entry: a deleted line or a killed operation otherwise came last, after the
+    digest mismatches it causes (a review saw a refusal quote a follow-on mismatch and send the operator to the
+    wrong file)."""
+    interrupted = [p for p in others if INTERRUPTED_REASON in p.reason]
+    rest = sorted((p for p in others if INTERRUPTED_REASON not in p.reason), key=lambda p: p.seq)
+    return (*log, *interrupted, *rest)
 
 
 def utc_now() -> str:
@@ -445,15 +457,16 @@ def verify(workspace_or_path: "str | os.PathLike[str] | _HasAuditLog", check_art
     if not path.is_file():
         raise AuditLogError(f"no audit log at {path}")
     entries, problem = _parse(_read_locked(path))
-    problems = [problem] if problem else []
+    log = [problem] if problem else []
+    problems: list[Problem] = []
     checked, missing = 0, []
     if check_artifacts:
         artifact_problems, checked, missing = _check_artifacts(path.parent, entries)
         problems += artifact_problems
     hashes = [e.hash for e in entries]
     if expected_head is not None and expected_head not in hashes:
-        problems.append(Problem(len(entries), f"the expected head {expected_head[:12]} is not in the log "
-                                              "(truncated or rewritten)"))
+        log.append(Problem(len(entries), f"the expected head {expected_head[:12]} is not in the log (truncated or "
+                                         "rewritten)"))
     problems += _check_integrity_failures(entries)
     if ledger_state is not None:
         problems += _check_ledger(entries, ledger_state)
@@ -464,10 +477,10 @@ def verify(workspace_or_path: "str | os.PathLike[str] | _HasAuditLog", check_art
     if checkpoint is not None:
         why = extends(hashes, checkpoint)
         if why:
-            problems.append(Problem(len(entries), why))
+            log.append(Problem(len(entries), why))
     head = hashes[-1] if hashes else None
-    return VerifyReport(path, len(entries), head, merkle_root(hashes), tuple(problems), checked, tuple(missing),
-                        (*_resolutions(entries), *notes))
+    return VerifyReport(path, len(entries), head, merkle_root(hashes), by_cause(log, problems), checked,
+                        tuple(missing), (*_resolutions(entries), *notes))
 
 
 class AuditLog:

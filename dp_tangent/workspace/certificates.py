@@ -117,6 +117,7 @@ class DeletionResult:
     certificate: DeletionCertificate
     json_path: Path
     text_path: Path
+    already_completed: bool = False  # the request was completed by an earlier run: nothing was done now
 
     @property
     def found(self) -> bool:
@@ -125,6 +126,8 @@ class DeletionResult:
     @property
     def message(self) -> str:
         c = self.certificate
+        if self.already_completed:
+            return f"request {c.request_id} was already completed on {c.completed_at}; nothing was changed"
         if not self.found:
             return f"request {c.request_id}: record(s) not found in any component; nothing to delete"
         changed = sum(m.action != "unchanged" for m in c.models)

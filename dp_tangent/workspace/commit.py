@@ -195,7 +195,7 @@ def _finish(ws: "Workspace", staging: Path) -> AuditEntry:
         if unexplained:  # recorded, and nothing logged over it: the change stays unfinished, the operation refused
             found = [f"ledger table {table!r} differs from the state the log last recorded, in a way the "
                      f"{change.operation} being logged does not explain: rows were added, removed or edited outside "
-                     "dp-tangent (or a process was killed in the instant after its ledger operations)"
+                     "dp-tangent"
                      for table in unexplained]
             ws.record_integrity_failure(found)
             raise WorkspaceIntegrityError(
@@ -211,10 +211,12 @@ def _finish(ws: "Workspace", staging: Path) -> AuditEntry:
                 {(ws.root / r.path).parent for r in change.removals}:
             if folder.is_dir():  # a removal in a folder already gone (a deleted cache) has nothing to make durable
                 fsync_dir(folder)
-        for op in change.ledger:
-            op.apply(ws.ledger)
-        if change.ledger:  # the ledger as its operations left it, in case of a kill before the entry
-            atomic_write_text(staging / LEDGER_APPLIED, json.dumps(ws.ledger.state_digest(), sort_keys=True))
+        if change.ledger:
+            with ws.ledger.atomically():  # one transaction: a kill at any instant leaves the old state or the new one
+                for op in change.ledger:
+                    op.apply(ws.ledger)
+                # the state they leave, recorded before it commits, in case of a kill before the entry
+                atomic_write_text(staging / LEDGER_APPLIED, json.dumps(ws.ledger.state_digest(), sort_keys=True))
         outputs = ([Artifact(w["name"] or Path(w["path"]).name, w["sha256"], w["path"]) for w in intent["writes"]]
                    + change.outputs)
         entry = ws.audit.append(change.operation, operator=change.operator, inputs=change.inputs, outputs=outputs,
@@ -230,9 +232,10 @@ def _unexplained_ledger(ws: "Workspace", entries: Sequence[AuditEntry], staging:
     explain. Explained, and only by rows added since, which is all these can leave out: the reservations no entry
     names yet (made just before this change, or by a process killed before logging them) and the audits this change
     names that no entry named before (a privacy audit's result); the ledger must then be the logged state. A change
-    killed after its own ledger operations ran is explained by what ``LEDGER_APPLIED`` recorded then, in the tables
-    those operations write and no other. Killed in the instant between the operations and that record, the
-    difference cannot be told from an edit, and is reported (fail-safe)."""
+    killed after its own ledger operations ran is explained by what ``LEDGER_APPLIED`` recorded, in the tables those
+    operations write and no other: the operations run in one ledger transaction, and the record is written before
+    it commits, so no instant leaves their changes on disk without it (before, a kill between the two was reported
+    as an edit and needed ``audit resolve --accept-ledger``)."""
     last = next((e.ledger for e in reversed(vouching(entries)) if e.ledger is not None), None)  # not a failure's
     if last is None:
         return []

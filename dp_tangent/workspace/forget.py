@@ -375,10 +375,12 @@ def forget(
         if cert.status == "completed" and cert.checkpoint is None and set(cert.record_commitments) == doomed:
             cert = _seal(ws, cert, operator)  # the deletion was done; a stop before sealing left only this
             return DeletionResult(cert, *ws.certificate_paths(cert.request_id))
-        if cert.status == "completed":
-            raise ForgetError(f"request {request.request_id!r} was already completed on {cert.completed_at}")
         if set(cert.record_commitments) != doomed:
-            raise OtherRecordIds(f"request {request.request_id!r} was received with other record ids")
+            done = f" and completed on {cert.completed_at}" if cert.status == "completed" else ""
+            raise OtherRecordIds(f"request {request.request_id!r} was received with other record ids{done}; the ids "
+                                 "given now were not processed (a new request needs a new request id)")
+        if cert.status == "completed":  # asked again (e.g. a script that lost the first answer): the same answer
+            return DeletionResult(cert, *ws.certificate_paths(cert.request_id), already_completed=True)
         # First of all, so that nothing from now on -- this request's retraining included, or a
         # run after a crash half-way through -- can train these records again.
         # The same change drops their cached NTK Grams (the deletion change drops any left).

@@ -17,6 +17,7 @@ renamed into place), and the release is appended to the audit log with the bundl
 from __future__ import annotations
 
 import getpass
+import glob
 import math
 import os
 import shutil
@@ -32,6 +33,7 @@ from safetensors.torch import save
 from privacy_accounting import ModelShardGuarantee
 
 from ..components.component import RELATION, RELATION_SIZE_PUBLIC, deltas_digest, size_public
+from ..interrupts import deferred_interrupts
 from ..io import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_file
 from .names import WorkspaceError
 
@@ -171,6 +173,9 @@ def release(ws: "Workspace", model: str, out_dir: str | os.PathLike[str], *, ope
     """
     operator = operator or getpass.getuser()
     with ws.lock():
+        finished = _finish_interrupted(ws, model, Path(out_dir).expanduser().absolute())
+        if finished is not None:
+            return finished
         target = _check_destination(ws, Path(out_dir))
         check = ws.audit.verify()
         if not check.ok:  # never put a DP statement on files the log cannot vouch for
@@ -196,21 +201,58 @@ def release(ws: "Workspace", model: str, out_dir: str | os.PathLike[str], *, ope
                 deltas_sha256=deltas_digest(deltas), deltas_file_sha256=sha256_file(deltas_path), privacy=privacy)
             atomic_write_text(staging / STATEMENT_FILE, statement.model_dump_json(indent=2) + "\n")
             digests = {name: sha256_file(staging / name) for name in (DELTAS_FILE, STATEMENT_FILE)}
-            # logged before the bundle is in place: a bundle may be logged and not moved (the error then says where
-            # it waits), never moved and not logged
-            ws.record_release(model, destination=str(target), operator=operator, bundle=digests)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        try:
-            if target.exists():
-                target.rmdir()  # checked empty above
-            os.rename(staging, target)
-            fsync_dir(target.parent)
-        except OSError as err:
-            raise WorkspaceError(f"the release of {model!r} to {target} is logged, but its bundle could not be moved "
-                                 f"there ({err.strerror}); it is complete in {staging}: move it to {target}") from None
+        # logged before the bundle is in place: a bundle may be logged and not moved (the error then says where it
+        # waits; killed, the same release asked again moves it), never moved and not logged; Ctrl-C waits for both
+        with deferred_interrupts():
+            try:
+                ws.record_release(model, destination=str(target), operator=operator, bundle=digests)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            try:
+                _move_into_place(staging, target)
+            except OSError as err:
+                raise WorkspaceError(f"the release of {model!r} to {target} is logged, but its bundle could not be "
+                                     f"moved there ({err.strerror}); it is complete in {staging}: move it to {target}, "
+                                     "or release the same model to it again") from None
         return statement
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    if target.exists():
+        target.rmdir()  # checked empty
+    os.rename(staging, target)
+    fsync_dir(target.parent)
+
+
+def _finish_interrupted(ws: "Workspace", model: str, target: Path) -> ReleaseStatement | None:
+    """A release to ``target`` killed after it was logged and before its bundle was moved there left the complete
+    bundle in a hidden sibling (``.NAME.xxxxxxxx``): asked for the same model and destination again, it is moved into
+    place (not logged twice) if ``target`` is free, and removed if ``target`` already holds the same bundle. Only
+    bundles whose files have the digests the log recorded for a release of ``model`` to ``target`` are touched."""
+    logged = [e.parameters.get("bundle") for e in ws.audit.entries() if e.operation == "release"
+              and e.parameters.get("destination") == str(target) and e.parameters.get("model") == model]
+    if not logged or not target.parent.is_dir():
+        return None
+    for staging in sorted(target.parent.glob(f".{glob.escape(target.name)}.*")):
+        if staging.is_symlink() or not staging.is_dir() or \
+                sorted(p.name for p in staging.iterdir()) != sorted((DELTAS_FILE, STATEMENT_FILE)):
+            continue
+        digests = {name: sha256_file(staging / name) for name in (DELTAS_FILE, STATEMENT_FILE)}
+        if digests not in logged:
+            continue
+        if target.is_dir() and not target.is_symlink() and sorted(p.name for p in target.iterdir()) == sorted(
+                digests) and all(sha256_file(target / n) == d for n, d in digests.items()):
+            shutil.rmtree(staging)  # the bundle is in place already: the hidden copy is a leftover
+            continue
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            continue  # the destination holds something else: _check_destination says so
+        _move_into_place(staging, target)
+        return ReleaseStatement.model_validate_json((target / STATEMENT_FILE).read_text())
+    return None
 
 
 def _check_no_deleted_records(ws: "Workspace", model: str, components: Sequence[str]) -> None:

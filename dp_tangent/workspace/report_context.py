@@ -164,7 +164,7 @@ def _deletions(ws: Workspace, now: datetime, report_dir: str | os.PathLike[str] 
 def _audit(ws: Workspace, entries: Sequence[AuditEntry], now: datetime,
            kept: KeptCheckpoint | None) -> AuditLogResult:
     result = ws.audit.verify()
-    problems = [str(p) for p in sorted(result.problems, key=lambda p: p.seq)]
+    problems = [str(p) for p in result.problems]  # in order of cause
     if len(problems) > MAX_PROBLEMS:
         problems = problems[:MAX_PROBLEMS] + [f"... and {len(problems) - MAX_PROBLEMS} more"]
     return AuditLogResult(

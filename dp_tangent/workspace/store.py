@@ -335,8 +335,8 @@ class Workspace:
         """Close recorded integrity failures: an ``integrity_resolved`` entry names them, with ``reason`` and the
         operator. Allowed once the workspace verifies again (its files and ledger the state the log vouches for,
         nothing unaccounted; a killed driver's unlogged reservations and a killed change's staging aside), and only
-        for failures nothing was logged after. ``accept_ledger``: the ledger cannot be restored (a process killed in
-        the instant after its ledger operations, a full disk as it recorded them): the operator accepts it as it is
+        for failures nothing was logged after. ``accept_ledger``: the ledger cannot be restored (e.g. a privacy audit
+        killed in the instant after it completed its run, or an edit no backup undoes): the operator accepts it as it is
         now, and the entry vouches for it from then on; every file must verify all the same. Returns the entries
         closed."""
         if not reason.strip():

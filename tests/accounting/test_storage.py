@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from privacy_accounting import (
+    BudgetExceededError,
     Ledger,
     LedgerBusyError,
     LedgerCorruptError,
@@ -175,3 +176,29 @@ def test_a_ledger_table_redefined_is_refused(tmp_path: Path) -> None:
             + "CREATE INDEX IF NOT EXISTS events_by_shard ON events (data_source, shard, seq);"
             + "CREATE INDEX IF NOT EXISTS events_by_component ON events (component, seq);")
     assert_refused_untouched(path, "table 'events' is defined differently, unlike every privacy ledger's schema")
+
+
+def test_an_atomic_block_commits_every_change_together_or_none(tmp_path: Path) -> None:
+    """Reads inside see the block's changes (a state digest recorded before they exist on disk); another reader
+    sees them only once the block ends; an exception inside keeps none; a dry run inside undoes only itself."""
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger.open(path)
+    before = ledger.state_digest()
+    with ledger.atomically():
+        reserve(ledger, "c0")
+        ledger.register_model("m", ["c0"])
+        inside = ledger.state_digest()
+        assert inside != before and Ledger.open(path).state_digest() == before  # not on disk yet
+        ledger.set_budget("digits", None, epsilon=0.05, delta=1e-5)
+        inside = ledger.state_digest()
+        with pytest.raises(BudgetExceededError):  # refused inside the storage's transaction, after its first writes
+            ledger.reserve(data_source="digits", shard="shard-1", event=EVENT, delta=1e-5, purpose="training",
+                           operator="alice", component="big")
+        assert ledger.state_digest() == inside  # a refused call undoes only itself
+    assert Ledger.open(path).state_digest() == inside and ledger.models() == {"m": ("c0",)}
+    with pytest.raises(RuntimeError, match="stop"):
+        with ledger.atomically():
+            ledger.set_budget("digits", None, epsilon=20.0, delta=1e-5)
+            ledger.register_model("m2", ["c0"])
+            raise RuntimeError("stop")
+    assert ledger.state_digest() == inside and "m2" not in ledger.models()
