@@ -4,8 +4,8 @@ The front door, each imported on first use (torch, Opacus and the accountants ta
 and the command line needs none of them to read a workspace): :func:`linearize` and
 :class:`TangentModel` (``dp_tangent.tangent``), :func:`train_component`,
 :class:`PrivacySpec`, :class:`TrainConfig` (``dp_tangent.training``), :func:`compose`
-(``dp_tangent.components``), :class:`Workspace` and :func:`forget` (``dp_tangent.workspace``) and
-:func:`audit_privacy` (the empirical audit).
+(``dp_tangent.components``), :class:`Workspace` and :func:`forget` (``dp_tangent.workspace``),
+:func:`audit_privacy` (the empirical audit) and :func:`load_release` (a release bundle, where it was sent).
 """
 
 from .errors import DPTangentError, SelectionError, UnsupportedModelError, WeightsError
@@ -22,10 +22,11 @@ _LAZY = {
     "forget": "dp_tangent.workspace.forget",
     "DeletionRequest": "dp_tangent.workspace.deletion_requests",
     "audit_privacy": "dp_tangent.training.privacy_audit",
+    "load_release": "dp_tangent.components.release_bundle",
 }
 
 __all__ = ["DPTangentError", "DeletionRequest", "PrivacySpec", "SelectionError", "TangentModel", "TrainConfig",
            "UnsupportedModelError", "WeightsError", "Workspace", "audit_privacy", "compose", "forget", "linearize",
-           "train_component"]
+           "load_release", "train_component"]
 
 lazy_package(__name__, _LAZY)

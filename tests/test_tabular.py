@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from dp_tangent import load_release
 from dp_tangent.backbones import BackboneSpec, weights_digest
 from dp_tangent.data.kinds import DataSection, ShardsSection, load_data
-from dp_tangent.errors import DataError, RecipeError, WeightsError
+from dp_tangent.errors import DataError, DPTangentError, RecipeError, WeightsError
 from dp_tangent.recipes import load_recipe
 from dp_tangent.tangent import linearize
+from dp_tangent.workspace import Workspace
 from helpers import run_cli
 from owndata import WINE_FEATURES, mlp_recipe, wine_bounds, write_recipe, write_wine_csv
 
@@ -125,6 +128,34 @@ def test_pretrain_on_public_rows_gives_the_checkpoint_theta0(tmp_path: Path, cap
         assert (spec.build()(public.inputs).argmax(-1) == public.targets).float().mean() > 0.9
     code, _, err = run_cli(capsys, "pretrain", str(path))
     assert code == 2 and "exists; pass --force" in err
+
+    # a release carries theta0's checkpoint, named relative to the bundle (review: it named the workspace's absolute
+    # path, which a recipient cannot read), and loads where it is sent, without a workspace
+    recipe["budget"] = {"epsilon": 20, "delta": 1e-5}
+    recipe["privacy"]["planned_shard_size"] = 80
+    write_recipe(path, recipe)
+    code, out, err = run_cli(capsys, "train", str(path), "-w", "ws", "--executor", "serial")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "release", "wine", "-o", "sent", "-w", "ws")
+    assert code == 0, err
+    shutil.move("sent", "recipient")  # the recipient's copy: moved, the workspace's paths mean nothing there
+    statement = json.loads((Path("recipient") / "release.json").read_text())
+    assert statement["base"]["spec"]["checkpoint"] == "base-checkpoint.safetensors"
+    assert str(tmp_path) not in json.dumps(statement) and set(statement["base"]["files"]) == {
+        "base-checkpoint.safetensors"}
+    released = load_release(Path("recipient"))
+    rows = load_recipe(path).load_data()[0].inputs[:5]
+    want = Workspace.open("ws").load_model("wine")[1]
+    assert released.predict(rows).shape == (5, 3) and released.statement.model == "wine"
+    assert all(torch.equal(want[n], d) for n, d in released.tangent.named_deltas())
+    np.save("rows.npy", rows.numpy())
+    code, out, err = run_cli(capsys, "predict", "recipient", "rows.npy")  # no workspace
+    assert code == 0 and out.split(": ")[1].split() == [str(c) for c in released.predict(rows).argmax(-1).tolist()]
+    code, out, err = run_cli(capsys, "predict", "recipient", "data/public.csv")
+    assert code == 2 and "carries no data preprocessing" in err
+    (Path("recipient") / "base-checkpoint.safetensors").write_bytes(b"x")
+    with pytest.raises(DPTangentError, match="base-checkpoint.safetensors does not have the sha256"):
+        load_release(Path("recipient"))
 
 
 def test_table_trains_composes_evaluates_and_predicts_from_a_relative_workspace(

@@ -121,7 +121,8 @@ def evaluate(
 
 @app.command()
 def predict(
-    model: Annotated[str, typer.Argument(help="A composed model or a component in the workspace.")],
+    model: Annotated[str, typer.Argument(help="A composed model or a component in the workspace, or the folder of "
+                                              "a release bundle (no workspace needed; .npy inputs).")],
     inputs: Annotated[list[Path], typer.Argument(help="Files preprocessed like the model's data (images; CSV or "
                                                       "Parquet tables with its feature columns), or .npy arrays of "
                                                       "model inputs.")],
@@ -136,6 +137,9 @@ def predict(
     if data is not None and all(path.suffix == ".npy" for path in inputs):
         raise RecipeError("--data preprocesses files like a data section; .npy arrays are model inputs already, "
                           "given as they are")
+    if (Path(model) / "release.json").is_file():
+        _predict_released(Path(model), inputs, data)
+        return
     ws = open_workspace(workspace)
     tangent, trained_on, rank = _tangent(ws, model)
     source = None
@@ -153,8 +157,38 @@ def predict(
         except RuntimeError as err:
             raise RecipeError(f"{path}: inputs of shape {tuple(batch.shape[1:])} do not fit model {model!r} "
                               f"({str(err).splitlines()[0]})") from None
-        if len(rows) == 1:
-            typer.echo(f"{rows[0]}: {classes[0] if len(classes) == 1 else ' '.join(map(str, classes))}")
-        else:
-            for row, label in zip(rows, classes):
-                typer.echo(f"{row}: {label}")
+        _print_classes(rows, classes)
+
+
+def _print_classes(rows: list[str], classes: list[int]) -> None:
+    if len(rows) == 1:
+        typer.echo(f"{rows[0]}: {classes[0] if len(classes) == 1 else ' '.join(map(str, classes))}")
+    else:
+        for row, label in zip(rows, classes):
+            typer.echo(f"{row}: {label}")
+
+
+def _predict_released(bundle: Path, inputs: list[Path], data: Optional[Path]) -> None:
+    """Class predictions of a release bundle's model for .npy arrays of model inputs: a bundle carries no data
+    preprocessing, and no workspace is read."""
+    from ..backbones import BackboneSpec, family
+    from ..components.release_bundle import load_release
+    from ..data.arrays import load_array
+    from ..errors import RecipeError
+
+    other = next((p for p in inputs if p.suffix != ".npy"), None)
+    if data is not None or other is not None:
+        raise RecipeError(f"{other or data}: a release bundle carries no data preprocessing (that stays in the "
+                          "workspace); give .npy arrays of model inputs")
+    released = load_release(bundle)
+    rank = family(BackboneSpec.from_dict(released.statement.base.spec).family).input_rank
+    for path in inputs:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such input file")
+        batch = load_array(path, rank)
+        try:
+            classes = released.predict(batch).argmax(dim=-1).tolist()
+        except RuntimeError as err:
+            raise RecipeError(f"{path}: inputs of shape {tuple(batch.shape[1:])} do not fit the released model "
+                              f"({str(err).splitlines()[0]})") from None
+        _print_classes([str(path)], classes)

@@ -3,7 +3,8 @@ model and its privacy statement, and nothing else that depends on the data.
 
 ``DIR/deltas.safetensors`` holds the composed deltas (base-model parameter names); ``DIR/release.json``
 the base model's spec, theta0's sha256, the ``trainable`` selection, the deltas' digests and the
-guarantee: (epsilon, delta) per record under add-or-remove-one, covering every run that read any of
+guarantee (the format, and loading a bundle where it was sent: :mod:`dp_tangent.components.release_bundle`); a
+theta0 read from a checkpoint file comes along as ``DIR/base-checkpoint.<suffix>``. The guarantee: (epsilon, delta) per record under add-or-remove-one, covering every run that read any of
 the model's records -- stated as the shards' budgets, which the ledger enforces for every record:
 the exact figure (:meth:`privacy_accounting.Ledger.model_guarantee`) is a function of the shard
 sizes through q and T, so printing it would reveal whether one record was added. Left out on purpose:
@@ -22,78 +23,24 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict
 from safetensors.torch import save
 
 from privacy_accounting import ModelShardGuarantee
 
 from ..components.component import RELATION, RELATION_SIZE_PUBLIC, deltas_digest, size_public
+from ..components.release_bundle import (BASE_CHECKPOINT, DELTAS_FILE, FORMAT, STATEMENT_FILE, ReleasedBase,
+                                         ReleasedPrivacy, ReleaseStatement)
 from ..interrupts import deferred_interrupts
 from ..io import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_file
 from .names import WorkspaceError
 
 if TYPE_CHECKING:
     from .store import Workspace
-
-FORMAT = "dp-tangent-release/1"
-DELTAS_FILE = "deltas.safetensors"
-STATEMENT_FILE = "release.json"
-NOT_INCLUDED = (
-    "record manifests or record commitments",
-    "record counts of any shard",
-    "sampling rates, step counts and noise multipliers (each is set from a shard's size)",
-    "seeds, keys or any other randomness",
-    "component files, shard names and per-record figures",
-    "per-record NTK Grams (the workspace's gram cache)",
-)
-CAVEATS = (
-    "Each training run's sampling rate and number of steps were set from its shard's size, which this bundle "
-    "does not disclose; as in standard DP-SGD accounting, the guarantee treats those settings as fixed.",
-    "The guarantee bounds what the released deltas reveal about one record; the base model is public and "
-    "identified by its sha256.",
-)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ReleasedBase(_Strict):
-    spec: dict[str, object]
-    weights_sha256: str
-    trainable: str
-
-
-class ReleasedPrivacy(_Strict):
-    differentially_private: bool
-    epsilon: float | None
-    delta: float | None
-    neighbouring_relation: str
-    unit: str
-    accountant: str
-    covers: str
-    statement: str
-
-
-class ReleaseStatement(_Strict):
-    """``release.json``: everything a recipient needs to load and judge the released model."""
-
-    format: Literal["dp-tangent-release/1"] = FORMAT
-    model: str
-    released_at: str
-    base: ReleasedBase
-    deltas_file: str = DELTAS_FILE
-    deltas_sha256: str
-    deltas_file_sha256: str
-    privacy: ReleasedPrivacy
-    not_included: list[str] = list(NOT_INCLUDED)
-    caveats: list[str] = list(CAVEATS)
-
 
 def _privacy(ws: "Workspace", model: str) -> ReleasedPrivacy:
     guarantee = ws.ledger.model_guarantee(model)
@@ -194,13 +141,14 @@ def release(ws: "Workspace", model: str, out_dir: str | os.PathLike[str], *, ope
             deltas_path = staging / DELTAS_FILE
             atomic_write_bytes(deltas_path, save({n: t.contiguous() for n, t in deltas.items()},
                                                  metadata={"format": FORMAT}))
+            spec, base_files = _base_in_bundle(record.base, record.base_weights_sha256, staging)
             statement = ReleaseStatement(
                 model=model, released_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                base=ReleasedBase(spec=record.base, weights_sha256=record.base_weights_sha256,
-                                  trainable=record.trainable),
+                base=ReleasedBase(spec=spec, weights_sha256=record.base_weights_sha256, trainable=record.trainable,
+                                  files=base_files),
                 deltas_sha256=deltas_digest(deltas), deltas_file_sha256=sha256_file(deltas_path), privacy=privacy)
             atomic_write_text(staging / STATEMENT_FILE, statement.model_dump_json(indent=2) + "\n")
-            digests = {name: sha256_file(staging / name) for name in (DELTAS_FILE, STATEMENT_FILE)}
+            digests = {name: sha256_file(staging / name) for name in statement.files()}
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -221,6 +169,32 @@ def release(ws: "Workspace", model: str, out_dir: str | os.PathLike[str], *, ope
         return statement
 
 
+def _base_in_bundle(spec: Mapping[str, object], weights_sha256: str,
+                    staging: Path) -> tuple[dict[str, object], dict[str, str]]:
+    """The base model's spec as the bundle states it, and the files it adds: theta0's checkpoint file, when there is
+    one, copied in and named relative to the bundle (a recipient has no access to the workspace's paths; the file
+    is the base model, which the guarantee takes as public). Refused if the file no longer holds that theta0."""
+    from ..backbones import BackboneSpec, weights_digest
+
+    if spec.get("checkpoint") is None:
+        return dict(spec), {}
+    source = Path(str(spec["checkpoint"]))
+    name = BASE_CHECKPOINT + source.suffix
+    try:
+        shutil.copyfile(source, staging / name)
+    except OSError as err:
+        raise WorkspaceError(f"theta0's checkpoint {source} cannot be read ({err.strerror}); a release carries it, "
+                             "as its recipients cannot rebuild the base model without it") from None
+    copied = BackboneSpec.from_dict({**spec, "checkpoint": str(staging / name)})
+    if weights_digest(copied.build()) != weights_sha256:
+        raise WorkspaceError(f"theta0's checkpoint {source} no longer holds the weights the model was trained at "
+                             "(their sha256 differs); restore that file to release the model")
+    stated = {**spec, "checkpoint": name}
+    if "theta0" in spec:
+        stated["theta0"] = BackboneSpec.from_dict(stated).describe()
+    return stated, {name: sha256_file(staging / name)}
+
+
 def _move_into_place(staging: Path, target: Path) -> None:
     if target.exists():
         target.rmdir()  # checked empty
@@ -238,10 +212,10 @@ def _finish_interrupted(ws: "Workspace", model: str, target: Path) -> ReleaseSta
     if not logged or not target.parent.is_dir():
         return None
     for staging in sorted(target.parent.glob(f".{glob.escape(target.name)}.*")):
-        if staging.is_symlink() or not staging.is_dir() or \
-                sorted(p.name for p in staging.iterdir()) != sorted((DELTAS_FILE, STATEMENT_FILE)):
+        names = sorted(p.name for p in staging.iterdir()) if staging.is_dir() and not staging.is_symlink() else []
+        if not any(isinstance(b, dict) and sorted(b) == names for b in logged):
             continue
-        digests = {name: sha256_file(staging / name) for name in (DELTAS_FILE, STATEMENT_FILE)}
+        digests = {name: sha256_file(staging / name) for name in names}
         if digests not in logged:
             continue
         if target.is_dir() and not target.is_symlink() and sorted(p.name for p in target.iterdir()) == sorted(

@@ -1,0 +1,154 @@
+"""The release bundle's format, and loading one where it was sent: what a recipient needs, no workspace.
+
+A bundle is a folder: ``deltas.safetensors`` (the composed deltas, base-model parameter names), ``release.json``
+(:class:`ReleaseStatement`: the base model's spec, theta0's sha256, the ``trainable`` selection, the deltas'
+digests and the privacy statement) and, when theta0 is a checkpoint file (e.g. ``dp-tangent pretrain`` on public
+data), that file as ``base-checkpoint.<suffix>``, which the spec names relative to the bundle. :func:`load_release`
+checks every digest, rebuilds theta0 and checks it against ``weights_sha256``, and returns the tangent model
+f(x; theta0) + J(x)·delta with the released deltas loaded. The bundle carries no data preprocessing: inputs are
+given as the model takes them (a recipe's preprocessing is the workspace's).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..errors import DPTangentError
+from ..io import sha256_file
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..tangent import TangentModel
+
+FORMAT = "dp-tangent-release/1"
+DELTAS_FILE = "deltas.safetensors"
+STATEMENT_FILE = "release.json"
+BASE_CHECKPOINT = "base-checkpoint"  # + the checkpoint's own suffix
+NOT_INCLUDED = (
+    "record manifests or record commitments",
+    "record counts of any shard",
+    "sampling rates, step counts and noise multipliers (each is set from a shard's size)",
+    "seeds, keys or any other randomness",
+    "component files, shard names and per-record figures",
+    "per-record NTK Grams (the workspace's gram cache)",
+)
+CAVEATS = (
+    "Each training run's sampling rate and number of steps were set from its shard's size, which this bundle "
+    "does not disclose; as in standard DP-SGD accounting, the guarantee treats those settings as fixed.",
+    "The guarantee bounds what the released deltas reveal about one record; the base model is public and "
+    "identified by its sha256.",
+)
+
+
+class ReleaseError(DPTangentError):
+    """A release bundle that is incomplete, altered, or not one this tool wrote."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ReleasedBase(_Strict):
+    spec: dict[str, object]
+    weights_sha256: str
+    trainable: str
+    files: dict[str, str] = {}  # bundle file name -> sha256: theta0's checkpoint, when it is a file
+
+
+class ReleasedPrivacy(_Strict):
+    differentially_private: bool
+    epsilon: float | None
+    delta: float | None
+    neighbouring_relation: str
+    unit: str
+    accountant: str
+    covers: str
+    statement: str
+
+
+class ReleaseStatement(_Strict):
+    """``release.json``: everything a recipient needs to load and judge the released model."""
+
+    format: Literal["dp-tangent-release/1"] = FORMAT
+    model: str
+    released_at: str
+    base: ReleasedBase
+    deltas_file: str = DELTAS_FILE
+    deltas_sha256: str
+    deltas_file_sha256: str
+    privacy: ReleasedPrivacy
+    not_included: list[str] = list(NOT_INCLUDED)
+    caveats: list[str] = list(CAVEATS)
+
+    def files(self) -> list[str]:
+        """Every file of the bundle."""
+        return sorted({self.deltas_file, STATEMENT_FILE, *self.base.files})
+
+
+@dataclass(frozen=True)
+class ReleasedModel:
+    """A loaded bundle: its statement and the tangent model with the released deltas (eval mode)."""
+
+    statement: ReleaseStatement
+    tangent: TangentModel
+
+    def predict(self, inputs: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Logits f(x; theta0) + J(x)·delta for every row of ``inputs`` (model inputs), ``batch_size`` at a time."""
+        import torch
+
+        with torch.no_grad():
+            return torch.cat([self.tangent(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)])
+
+
+def read_statement(folder: str | os.PathLike[str]) -> ReleaseStatement:
+    path = Path(folder) / STATEMENT_FILE
+    if not path.is_file():
+        raise ReleaseError(f"{folder}: no {STATEMENT_FILE}; a release bundle is the folder `dp-tangent release` wrote")
+    try:
+        return ReleaseStatement.model_validate_json(path.read_text())
+    except (ValidationError, UnicodeDecodeError) as err:
+        raise ReleaseError(f"{path} is not a release statement this tool wrote ({str(err).splitlines()[0]})") from None
+
+
+def load_release(folder: str | os.PathLike[str]) -> ReleasedModel:
+    """The released model in ``folder``, every file checked against the statement's digests and theta0 against
+    ``weights_sha256`` (a one-line :class:`ReleaseError` otherwise)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .component import deltas_digest
+    from .errors import CompositionError
+    from .rebuild import tangent_for
+
+    root = Path(folder)
+    statement = read_statement(root)
+    wanted = {statement.deltas_file: statement.deltas_file_sha256, **statement.base.files}
+    for name, sha in wanted.items():
+        path = root / name
+        if Path(name).name != name or path.is_symlink() or not path.is_file():
+            raise ReleaseError(f"{root}: {name} is missing (a bundle holds {', '.join(statement.files())})")
+        if sha256_file(path) != sha:
+            raise ReleaseError(f"{path} does not have the sha256 {STATEMENT_FILE} gives: the bundle was altered")
+    spec = dict(statement.base.spec)
+    if spec.get("checkpoint") is not None:
+        if spec["checkpoint"] not in statement.base.files:
+            raise ReleaseError(f"{root}: theta0's checkpoint {spec['checkpoint']} is not in the bundle")
+        spec["checkpoint"] = str(root / str(spec["checkpoint"]))
+    try:
+        tangent = tangent_for(spec, statement.base.weights_sha256, statement.base.trainable)
+        deltas = load_file(root / statement.deltas_file)
+    except CompositionError:
+        raise ReleaseError(f"{root}: the base model built from {STATEMENT_FILE} is not the theta0 the deltas were "
+                           "trained at (its weights' sha256 differs)") from None
+    except (SafetensorError, OSError) as err:
+        raise ReleaseError(f"{root / statement.deltas_file} cannot be read ({err})") from None
+    if deltas_digest(deltas) != statement.deltas_sha256:
+        raise ReleaseError(f"{root / statement.deltas_file}: the deltas' digest differs from {STATEMENT_FILE}'s")
+    tangent.load_deltas(deltas)
+    return ReleasedModel(statement, tangent.eval())
