@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import sqlite3
+import threading
 import uuid
 from contextlib import contextmanager
 from dataclasses import replace
@@ -150,7 +151,7 @@ class SQLiteStorage:
             raise InvalidParameterError(f"busy_timeout must be a number of seconds >= 0, got {busy_timeout!r}")
         self._path = Path(path).expanduser().absolute()
         self._busy_timeout = float(busy_timeout)
-        self._shared: sqlite3.Connection | None = None  # the open transaction of :meth:`atomically`
+        self._local = threading.local()  # .shared: this thread's open transaction of :meth:`atomically`
         if not os.path.lexists(self._path):
             if not create:
                 raise LedgerError(f"no ledger file at {self._path}")
@@ -197,7 +198,7 @@ class SQLiteStorage:
             conn = self._connect()
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                self._shared = conn
+                self._local.shared = conn
                 yield
                 conn.execute("COMMIT")
             except BaseException:
@@ -205,22 +206,28 @@ class SQLiteStorage:
                     conn.rollback()
                 raise
             finally:
-                self._shared = None
+                self._local.shared = None
                 conn.close()
+
+    @property
+    def _shared(self) -> sqlite3.Connection | None:
+        """This thread's open :meth:`atomically` transaction (another thread's calls run their own)."""
+        return getattr(self._local, "shared", None)
 
     @contextmanager
     def _transaction(self, *, write: bool, commit: bool = True) -> Iterator[sqlite3.Connection]:
-        if self._shared is not None:  # inside atomically(): its transaction, a savepoint for what may be undone
+        shared = self._shared
+        if shared is not None:  # inside atomically(): its transaction, a savepoint for what may be undone
             with self._errors():
-                self._shared.execute("SAVEPOINT call")
+                shared.execute("SAVEPOINT call")
                 try:
-                    yield self._shared
-                    self._shared.execute("RELEASE call" if commit else "ROLLBACK TO call")
+                    yield shared
+                    shared.execute("RELEASE call" if commit else "ROLLBACK TO call")
                     if not commit:
-                        self._shared.execute("RELEASE call")
+                        shared.execute("RELEASE call")
                 except BaseException:
-                    self._shared.execute("ROLLBACK TO call")
-                    self._shared.execute("RELEASE call")
+                    shared.execute("ROLLBACK TO call")
+                    shared.execute("RELEASE call")
                     raise
             return
         with self._errors():
@@ -432,9 +439,13 @@ class SQLiteStorage:
         with self._transaction(write=False) as conn:
             return _record_classes(conn, data_source, seqs)
 
-    def table_digests(self, without_events: Sequence[int] = (), without_audits: Sequence[str] = ()) -> dict[str, str]:
+    def table_digests(self, without_events: Sequence[int] = (), without_audits: Sequence[str] = (),
+                      tables: Sequence[str] | None = None) -> dict[str, str]:
+        if tables is not None and (without_events or without_audits or set(tables) - set(_DIGESTED)):
+            raise InvalidParameterError(f"tables: some of {sorted(_DIGESTED)}, without without_events/without_audits")
         with self._transaction(write=False) as conn:
-            digests = ({table: _table_digest(conn, table, order) for table, order in _DIGESTED.items()}
+            digests = ({table: _table_digest(conn, table, order) for table, order in _DIGESTED.items()
+                        if tables is None or table in tables}
                        if not without_events else _digests_without(conn, sorted({int(seq) for seq in without_events})))
             if without_audits:
                 marks = ", ".join("?" * len(without_audits))

@@ -48,7 +48,7 @@ SCALE = ("For orientation (Ponomareva et al., “How to DP-fy ML”, 2023): ε �
 #: The caveat of a guarantee some of whose runs were planned from their shard's own size (see build_report).
 SIZES_PUBLIC = ("This holds with the shards' sizes taken as public: some runs were planned from their shard's own "
                 "record count (sampling rate, steps and noise follow it), so the model can reveal a shard's size, "
-                "and with it whether one record is in it.")
+                "and with it whether one record (one user, for user-level data) is in it.")
 SHARD_SIZE_PUBLIC = ("A run on it was planned from its own record count: the figure holds with the shard's size "
                      "taken as public.")
 

@@ -87,8 +87,10 @@ class LedgerStorage(Protocol):
         """The records read by events ``seqs`` of ``data_source``, grouped by the set of all events (of
         any data source: one key is one record) that read each; events naming no records are not counted."""
 
-    def table_digests(self, without_events: Sequence[int] = (), without_audits: Sequence[str] = ()) -> dict[str, str]:
+    def table_digests(self, without_events: Sequence[int] = (), without_audits: Sequence[str] = (),
+                      tables: Sequence[str] | None = None) -> dict[str, str]:
         """Table name -> sha256 of its content: binds the ledger to a record kept elsewhere (an audit log).
+        ``tables``: only these (a quick check of some; not with ``without_*``).
 
         ``without_events``: digests as if the events with these sequence numbers had never been inserted (their
         rows, the records they read, and the shard and data source rows their insert created); ``without_audits``:

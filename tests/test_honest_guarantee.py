@@ -18,6 +18,7 @@ from helpers import run_cli
 from dp_tangent.components.component import RELATION, RELATION_SIZE_PUBLIC, read_metadata
 from dp_tangent.components.manifest import commit
 from dp_tangent.data import RecordSet, split_shards
+from dp_tangent.errors import DPTangentError
 from dp_tangent.recipes import load_recipe
 from dp_tangent.training import PrivacySpec, TrainConfig
 from dp_tangent.training.plan import plan_run
@@ -261,12 +262,27 @@ def test_a_release_killed_before_its_bundle_was_moved_is_finished_by_asking_for_
     statement = ws.release("m", "out")
     assert statement.model == "m" and not hidden.exists() and len(releases()) == 2  # "elsewhere" and "m" once
     assert release_module.sha256_file(Path("out/release.json")) == releases()[0].parameters["bundle"]["release.json"]
-    hidden.mkdir()  # a stale copy of a bundle that is in place already is removed
+    hidden.mkdir()  # a copy of a bundle that is in place already is removed; asked again, the bundle is the answer
     for name in ("deltas.safetensors", "release.json"):
         (hidden / name).write_bytes((tmp_path / "out" / name).read_bytes())
-    with pytest.raises(WorkspaceError, match="already exists"):
-        ws.release("m", "out")
-    assert not hidden.exists() and verify(ws.root).ok
+    assert ws.release("m", "sub/../out") == statement and not hidden.exists() and len(releases()) == 2
+    assert verify(ws.root).ok
+
+    # review: a bundle left waiting, then the model retrained after a deletion; asked again, the waiting bundle (which
+    # holds the deleted record) must not be moved into place: it is removed, and the release made afresh
+    monkeypatch.setattr(release_module, "_move_into_place", killed)
+    with pytest.raises(SystemExit):
+        ws.release("m", "out2")
+    monkeypatch.setattr(release_module, "_move_into_place", move)
+    [waiting] = tmp_path.glob(".out2.*")
+    forget(ws, DeletionRequest("r1", ("rec-0-3",), NOW), retrain=True, shard_records={"c0": records(0)}, now=NOW)
+    fresh = ws.release("m", "out2")
+    assert not waiting.exists() and len(releases()) == 4 and fresh.deltas_sha256 != statement.deltas_sha256
+    assert json.loads(Path("out2/release.json").read_text())["deltas_sha256"] == fresh.deltas_sha256
+    Path("link").symlink_to("empty", target_is_directory=True)
+    Path("empty").mkdir()
+    with pytest.raises(WorkspaceError, match="is a symbolic link"):
+        ws.release("m", "link")
 
 
 def test_retraining_from_everything_recorded_does_not_reproduce_a_private_component(tmp_path, mlp_backbone,
@@ -517,6 +533,11 @@ def test_one_record_of_a_new_label_moves_no_other_record_between_label_blocks(tm
         (tmp_path / "r.yaml").write_text(json.dumps(recipe))
         shards.append([set(p.record_ids) for p in load_recipe(tmp_path / "r.yaml").load_data()[1]])
     assert shards[0][0] == shards[1][0] and shards[1][1] == shards[0][1] | {"odd"}
+    (tmp_path / "t5.csv").write_text("\n".join(rows + ["odd,1,4"]) + "\n")  # review: a label >= 4 was dropped
+    recipe["data"]["table"]["path"] = "t5.csv"
+    (tmp_path / "r.yaml").write_text(json.dumps(recipe))
+    with pytest.raises(DPTangentError, match="record 'odd' has label 4, outside the model's 4 classes"):
+        load_recipe(tmp_path / "r.yaml").load_data()
 
 
 def test_the_batch_is_checked_against_the_planned_size() -> None:

@@ -83,15 +83,13 @@ def forget(
         cause = f"{err.strerror or err} ({type(err).__name__})" if isinstance(err, OSError) else str(err)
         raise ForgetError(f"{cause}; {_request_state(ws, request.request_id, again)}") from err
     typer.echo(result.message)
-    if result.already_completed:
+    if result.already_completed:  # the same answer as the first run: its certificate, and exit 3 if it said so
         typer.echo(f"certificate: {result.json_path}")
-        if result.certificate.not_found:
-            raise typer.Exit(NOT_FOUND_EXIT)  # as the first run answered
-        return
-    for added in result.certificate.components_added:  # what `budget show` would now print for it
-        typer.echo(f"  {added.data_source}/{added.shard}: "
-                   f"{shard_state(ws.ledger, added.data_source, added.shard).text()}")
-    typer.echo(f"certificate: {result.json_path}\n{result.text_path.read_text()}")
+    else:
+        for added in result.certificate.components_added:  # what `budget show` would now print for it
+            typer.echo(f"  {added.data_source}/{added.shard}: "
+                       f"{shard_state(ws.ledger, added.data_source, added.shard).text()}")
+        typer.echo(f"certificate: {result.json_path}\n{result.text_path.read_text()}")
     missing = len(result.certificate.not_found)
     if missing:
         earlier = _deleted_before(ws, result.certificate)

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 # after an epsilon planned from a shard's own count (no planned_shard_size): it holds with that count public
 _SIZE_PUBLIC = " (the shard's size taken as public: planned from its record count)"
+_SIZES_PUBLIC = " (the shards' sizes taken as public: a run on them was planned from its shard's record count)"
 
 
 class ShardsMissingError(DPTangentError):
@@ -341,4 +342,4 @@ def _report(ws: Workspace, recipe: Recipe, name: str, test: RecordSet | None, ru
     public = math.isfinite(guarantee.epsilon) and any(
         size_public(e) for s in guarantee.shards for e in ws.ledger.events(data_source=s.data_source, shard=s.shard))
     typer.echo(with_accuracy(f"model {name}: mean of {len(components)} components, epsilon "
-                             f"{guarantee.epsilon:.3g} per record" + _SIZE_PUBLIC * public, ws.load_model(name)[1]))
+                             f"{guarantee.epsilon:.3g} per record" + _SIZES_PUBLIC * public, ws.load_model(name)[1]))

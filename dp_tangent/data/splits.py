@@ -44,6 +44,11 @@ def split_shards(records: RecordSet, *, shards: int, test_fraction: float = 0.2,
         parts = [rest[shard_of[rest] == k] for k in range(shards)]
     elif by == "label":
         labels = records.targets[rest]
+        outside = (records.targets < 0) | (records.targets >= classes) if classes is not None else None
+        if outside is not None and bool(outside.any()):  # in no block: refused, never dropped silently
+            bad = int(outside.nonzero()[0, 0])
+            raise ValueError(f"record {records.record_ids[bad]!r} has label {int(records.targets[bad])}, outside the "
+                             f"model's {classes} classes [0, {classes}) that shards.by label divides")
         names = list(range(classes)) if classes is not None else labels.unique().tolist()
         blocks = [names[k * len(names) // shards:(k + 1) * len(names) // shards] for k in range(shards)]
         parts = [rest[torch.isin(labels, torch.tensor(block))] for block in blocks]

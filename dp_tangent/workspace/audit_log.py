@@ -419,14 +419,16 @@ def _check_unaccounted(root: Path, entries: Sequence[AuditEntry]) -> tuple[list[
     return problems, notes
 
 
-def _check_ledger(entries: Sequence[AuditEntry], current: Mapping[str, str]) -> list[Problem]:
-    """The ledger as the log last saw it, table by table, against the ledger now."""
+def _check_ledger(entries: Sequence[AuditEntry], current: Mapping[str, str],
+                  tables: Sequence[str] | None = None) -> list[Problem]:
+    """The ledger as the log last saw it, table by table (``tables`` only, if given), against the ledger now."""
     last = next((e for e in reversed(vouching(entries)) if e.ledger is not None), None)
     if last is None:
         return []
+    names = sorted(set(last.ledger) | set(current)) if tables is None else sorted(tables)
     return [Problem(last.seq, f"ledger table {table!r} differs from the state this entry recorded: rows were "
                               "added, removed or edited outside dp-tangent (or by an operation that did not finish)")
-            for table in sorted(set(last.ledger) | set(current)) if last.ledger.get(table) != current.get(table)]
+            for table in names if last.ledger.get(table) != current.get(table)]
 
 
 class _HasAuditLog(Protocol):
@@ -442,14 +444,16 @@ def _log_path(target: "str | os.PathLike[str] | _HasAuditLog") -> Path:
 
 def verify(workspace_or_path: "str | os.PathLike[str] | _HasAuditLog", check_artifacts: bool = True,
            expected_head: str | None = None, checkpoint: Checkpoint | None = None,
-           ledger_state: Mapping[str, str] | None = None, workspace: bool = False) -> VerifyReport:
+           ledger_state: Mapping[str, str] | None = None, workspace: bool = False,
+           ledger_tables: Sequence[str] | None = None) -> VerifyReport:
     """Recompute the chain (and, if asked, every artifact's sha256); report every problem found.
 
     ``expected_head``: an entry hash recorded earlier outside the log; missing means the log was
     truncated or rewritten since. ``checkpoint``: a checkpoint kept outside the workspace; the log
     must extend it (RFC 9162 consistency proof), which catches truncation and rollback.
     ``ledger_state``: the ledger's current table digests; each must equal what the last entry that
-    recorded them says (a row deleted, added or edited outside an operation breaks that).
+    recorded them says (a row deleted, added or edited outside an operation breaks that); ``ledger_tables``: only
+    these tables are compared (``ledger_state`` holds their digests).
     ``workspace``: the log's folder is a workspace; every file in it must be accounted for by the log
     (apart from the log, the ledger, the key and derived reports).
     """
@@ -469,7 +473,7 @@ def verify(workspace_or_path: "str | os.PathLike[str] | _HasAuditLog", check_art
                                          "rewritten)"))
     problems += _check_integrity_failures(entries)
     if ledger_state is not None:
-        problems += _check_ledger(entries, ledger_state)
+        problems += _check_ledger(entries, ledger_state, ledger_tables)
     notes: list[str] = []
     if workspace and not problem:
         unaccounted, notes = _check_unaccounted(path.parent, entries)

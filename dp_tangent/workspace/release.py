@@ -3,9 +3,10 @@ model and its privacy statement, and nothing else that depends on the data.
 
 ``DIR/deltas.safetensors`` holds the composed deltas (base-model parameter names); ``DIR/release.json``
 the base model's spec, theta0's sha256, the ``trainable`` selection, the deltas' digests and the
-guarantee (the format, and loading a bundle where it was sent: :mod:`dp_tangent.components.release_bundle`); a
-theta0 read from a checkpoint file comes along as ``DIR/base-checkpoint.<suffix>``. The guarantee: (epsilon, delta) per record under add-or-remove-one, covering every run that read any of
-the model's records -- stated as the shards' budgets, which the ledger enforces for every record:
+guarantee (the format, and loading a bundle where it was sent: :mod:`dp_tangent.components.release_bundle`);
+a theta0 read from a checkpoint file comes along as ``DIR/base-checkpoint.<suffix>``. The guarantee:
+(epsilon, delta) per record under add-or-remove-one, covering every run that read any of the model's
+records -- stated as the shards' budgets, which the ledger enforces for every record:
 the exact figure (:meth:`privacy_accounting.Ledger.model_guarantee`) is a function of the shard
 sizes through q and T, so printing it would reveal whether one record was added. Left out on purpose:
 record manifests and commitments, record counts, sampling rates, step counts and noise multipliers
@@ -23,7 +24,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -100,8 +101,15 @@ def _budget_bound(ws: "Workspace", model: str, shards: Sequence[ModelShardGuaran
     return epsilon, delta
 
 
+def _destination(out_dir: str | os.PathLike[str]) -> Path:
+    """``out_dir`` as the log names a release's destination: absolute, ``.`` and ``..`` resolved by name."""
+    return Path(os.path.normpath(Path(out_dir).expanduser().absolute()))
+
+
 def _check_destination(ws: "Workspace", out_dir: Path) -> Path:
-    target = out_dir.expanduser().absolute()
+    target = _destination(out_dir)
+    if target.is_symlink():
+        raise WorkspaceError(f"{out_dir} is a symbolic link; a release goes to a new directory of its own")
     root = ws.root.resolve()
     if target.resolve() == root or root in target.resolve().parents:
         raise WorkspaceError(f"{out_dir} is inside the workspace {ws.root}: a release must leave it; choose a "
@@ -120,7 +128,7 @@ def release(ws: "Workspace", model: str, out_dir: str | os.PathLike[str], *, ope
     """
     operator = operator or getpass.getuser()
     with ws.lock():
-        finished = _finish_interrupted(ws, model, Path(out_dir).expanduser().absolute())
+        finished = _finish_interrupted(ws, model, _destination(out_dir))
         if finished is not None:
             return finished
         target = _check_destination(ws, Path(out_dir))
@@ -205,28 +213,59 @@ def _move_into_place(staging: Path, target: Path) -> None:
 def _finish_interrupted(ws: "Workspace", model: str, target: Path) -> ReleaseStatement | None:
     """A release to ``target`` killed after it was logged and before its bundle was moved there left the complete
     bundle in a hidden sibling (``.NAME.xxxxxxxx``): asked for the same model and destination again, it is moved into
-    place (not logged twice) if ``target`` is free, and removed if ``target`` already holds the same bundle. Only
-    bundles whose files have the digests the log recorded for a release of ``model`` to ``target`` are touched."""
+    place (not logged twice) if ``target`` is free; a bundle already in place is the answer (nothing new is logged).
+    Only bundles whose files have the digests the log recorded for a release of ``model`` to ``target`` count, and
+    only while they hold the model as it is now, none of its records deleted since: a waiting bundle of an earlier
+    version (the model composed or retrained again, e.g. after a deletion) is removed, never moved, and the release
+    is made afresh."""
     logged = [e.parameters.get("bundle") for e in ws.audit.entries() if e.operation == "release"
               and e.parameters.get("destination") == str(target) and e.parameters.get("model") == model]
     if not logged or not target.parent.is_dir():
         return None
+    current = _current_bundle(ws, model)
+
+    def released(folder: Path) -> dict[str, str] | None:
+        """The folder's digests if it holds a logged bundle of ``model``, else None."""
+        names = sorted(p.name for p in folder.iterdir()) if folder.is_dir() and not folder.is_symlink() else []
+        if not names or not any(isinstance(b, dict) and sorted(b) == names for b in logged):
+            return None
+        digests = {name: sha256_file(folder / name) for name in names}
+        return digests if digests in logged else None
+
+    in_place = released(target)
+    if in_place is not None and not current(target):
+        in_place = None  # an earlier version's bundle: the destination is taken (_check_destination says so)
     for staging in sorted(target.parent.glob(f".{glob.escape(target.name)}.*")):
-        names = sorted(p.name for p in staging.iterdir()) if staging.is_dir() and not staging.is_symlink() else []
-        if not any(isinstance(b, dict) and sorted(b) == names for b in logged):
+        digests = released(staging)
+        if digests is None:
             continue
-        digests = {name: sha256_file(staging / name) for name in names}
-        if digests not in logged:
+        if digests == in_place or not current(staging):
+            shutil.rmtree(staging)  # a copy of the bundle in place, or an earlier version's: never moved
             continue
-        if target.is_dir() and not target.is_symlink() and sorted(p.name for p in target.iterdir()) == sorted(
-                digests) and all(sha256_file(target / n) == d for n, d in digests.items()):
-            shutil.rmtree(staging)  # the bundle is in place already: the hidden copy is a leftover
-            continue
-        if target.exists() and (not target.is_dir() or any(target.iterdir())):
-            continue  # the destination holds something else: _check_destination says so
-        _move_into_place(staging, target)
-        return ReleaseStatement.model_validate_json((target / STATEMENT_FILE).read_text())
-    return None
+        if in_place is None and not (target.exists() or target.is_symlink()):
+            _move_into_place(staging, target)
+            return ReleaseStatement.model_validate_json((target / STATEMENT_FILE).read_text())
+    return None if in_place is None else ReleaseStatement.model_validate_json((target / STATEMENT_FILE).read_text())
+
+
+def _current_bundle(ws: "Workspace", model: str) -> Callable[[Path], bool]:
+    """Whether a bundle folder holds ``model`` as it is now (its deltas), none of its records deleted since."""
+    record, deltas = ws.load_model(model)
+    digest = deltas_digest(deltas)
+    try:
+        _check_no_deleted_records(ws, model, record.component_names)
+        clean = True
+    except WorkspaceError:
+        clean = False
+
+    def current(folder: Path) -> bool:
+        try:
+            statement = ReleaseStatement.model_validate_json((folder / STATEMENT_FILE).read_text())
+        except (OSError, ValueError):
+            return False
+        return clean and statement.deltas_sha256 == digest
+
+    return current
 
 
 def _check_no_deleted_records(ws: "Workspace", model: str, components: Sequence[str]) -> None:

@@ -202,3 +202,23 @@ def test_an_atomic_block_commits_every_change_together_or_none(tmp_path: Path) -
             ledger.register_model("m2", ["c0"])
             raise RuntimeError("stop")
     assert ledger.state_digest() == inside and "m2" not in ledger.models()
+
+
+def test_an_atomic_block_is_its_own_thread_s(tmp_path: Path) -> None:
+    """Review: the block's transaction was the storage's, so another thread's call ran on it (and failed)."""
+    import threading
+
+    ledger = Ledger.open(tmp_path / "ledger.sqlite")
+    reserve(ledger, "c0")
+    before, seen = ledger.state_digest(), []
+    with ledger.atomically():
+        ledger.register_model("m", ["c0"])
+
+        def read() -> None:
+            seen.append(ledger.state_digest())
+            seen.append(ledger.models())
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join(30)
+    assert seen == [before, {}] and ledger.models() == {"m": ("c0",)}
