@@ -86,8 +86,10 @@ NOTES = [
 ]
 
 NOTICE = (
-    "Internal document: it names shards and their record counts, which a release must not carry (a release bundle "
-    "states only the budget)."
+    "Internal document: do not share it beyond the data owner and the privacy officer. It holds record counts, exact "
+    "epsilons, sampling rates and steps (functions of the shards' sizes), file paths and deletion requests, from "
+    "which whether one record was used can be inferred; what may leave is a release bundle's statement, which "
+    "states only the budget."
 )
 
 
@@ -142,7 +144,9 @@ def build_report(
         title=title,
         generated_at=utc_now(),
         ledger=ledger.location,
-        neighbouring_relation=NEIGHBOURING_RELATION,
+        neighbouring_relation=NEIGHBOURING_RELATION + (
+            "; for runs planned from their shard's own record count, with that count taken as public"
+            if public_sizes else ""),
         accountants=ACCOUNTANTS_TEXT,
         data_sources=[_source_entry(s, budgets, ledger.shards(s.name)) for s in sources.values()],
         shards=shard_entries,
@@ -263,6 +267,13 @@ def _sampling(event: EventTree) -> str:
     return "poisson" if uses_poisson_sampling(event) else "none (full batch)"
 
 
+def _non_private_steps(event: StoredEvent) -> int | None:
+    """A non-private run is one event in the ledger, whatever its steps: those its details state, if any."""
+    steps = event.details.get("steps")
+    ok = is_non_private(event.tree) and isinstance(steps, int) and not isinstance(steps, bool) and steps > 0
+    return steps if ok else None
+
+
 def _component_entry(event: StoredEvent, settings: AccountantSettings) -> ComponentEntry:
     tree = event.tree
     bounds = epsilon_bounds(tree, event.delta, settings)
@@ -285,7 +296,7 @@ def _component_entry(event: StoredEvent, settings: AccountantSettings) -> Compon
         pld_epsilon=bounds.pld,
         noise_multiplier=None if params is None else params.noise_multiplier,
         sample_rate=None if params is None else params.sample_rate,
-        steps=params.steps if params is not None else total_steps(tree),
+        steps=params.steps if params is not None else _non_private_steps(event) or total_steps(tree),
         mechanism=describe_event(tree),
         sampling=_sampling(tree),
         checkpoints_released=event.checkpoints_released,

@@ -2,7 +2,7 @@
 
 Two levels. The *headline* of a model is for a reader who is not an ML engineer: who is
 protected (the unit), at what (epsilon, delta), what that bounds -- adding or removing one unit
-changes the probability of any outcome by at most a factor e^epsilon, except with probability
+changes the probability of any outcome by at most a factor e^epsilon, plus at most
 delta -- where epsilon sits on a commonly used scale, and the verdict against the budget. The
 *statement* is for specialists: the unit and neighbouring relation, the sampling that was
 accounted for, whether shards were checked to be disjoint (never claimed when runs read the same
@@ -210,9 +210,10 @@ def shard_statement(shard: ShardEntry) -> str:
             f"budget epsilon = {shard.budget.epsilon:.4g} at delta = {shard.budget.delta:.3g} "
             f"({shard.budget.scope.replace('_', ' ')} budget, {shard.budget_status})"
         )
+    at = "" if math.isinf(spent.epsilon) else f" at delta = {delta}"
     return (
         f"Shard '{shard.shard}' of '{shard.data_source}' (unit: {shard.unit}): all {shard.n_events} event(s) ever "
-        f"run on it compose to epsilon = {fmt_eps(spent.epsilon)} at delta = {delta}; {budget}."
+        f"run on it compose to epsilon = {fmt_eps(spent.epsilon)}{at}; {budget}."
         + (" " + SHARD_SIZE_PUBLIC if shard.size_public else "")
     )
 
@@ -314,7 +315,8 @@ def verdict(model: ModelEntry, shards: Sequence[ShardEntry]) -> tuple[Verdict, s
     return "within budget", (
         f"WITHIN BUDGET: every shard it draws on is within its limit. The most used, {label(worst)}, has spent "
         f"ε = {fmt_eps(worst.spent.epsilon)} of {fmt_eps(worst.budget.epsilon)} ({share:.0%}), leaving "
-        f"{fmt_eps(left)} for further runs on its records.")
+        f"{fmt_eps(left)} of that total for further runs on its records (runs compose: a further run may spend "
+        "more than that on its own and still fit).")
 
 
 def headline(model: ModelEntry, shards: Sequence[ShardEntry]) -> Headline:
@@ -336,13 +338,17 @@ def headline(model: ModelEntry, shards: Sequence[ShardEntry]) -> Headline:
     else:
         sentence = (f"{who.replace('{model}', model.model)} is protected by differential privacy at "
                     f"ε = {fmt_eps(eps)} and δ = {fmt_delta(delta)}"
-                    + (", with its shards' sizes taken as public." if model.sizes_public else "."))
+                    + (" only if its shards' sizes are taken as public: otherwise the model may reveal whether a "
+                       "given record was used." if model.sizes_public else "."))
         noun = "record" if unit == "record" else "user" if unit == "user" else "unit"
-        group = " A person who contributed k records is protected at about k·ε." if unit == "record" else ""
+        group = (" A person who contributed k records is protected only at k·ε, with δ growing to about "
+                 "k·e^((k−1)ε)·δ (group privacy): where one person may hold several records, make them one unit."
+                 if unit == "record" else "")
         meaning = (f"What this bounds: adding or removing {one} changes the probability of any outcome computed from "
                    f"the model — any prediction, any conclusion drawn about that {noun} "
                    f"— by at most a factor e^ε ≈ {fmt_factor(factor)} (so an observer's odds that it was "
-                   f"used can grow at most that much), except with probability δ = {fmt_delta(delta)}.{group}"
+                   f"used can grow at most that much), plus at most δ = {fmt_delta(delta)} (a small absolute "
+                   f"slack).{group}"
                    + (" " + SIZES_PUBLIC if model.sizes_public else ""))
     tier = strength(eps) if model.shards else "n/a"
     scale = f"{SCALE} This model: {tier} (ε = {fmt_eps(eps)})." if model.shards else ""

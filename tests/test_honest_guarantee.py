@@ -473,13 +473,16 @@ def test_the_release_report_and_budget_say_when_shard_sizes_are_taken_as_public(
     assert statements[48].neighbouring_relation == RELATION and "public" not in statements[48].statement
     assert statements[None].neighbouring_relation == RELATION_SIZE_PUBLIC
     assert "taken as public" in statements[None].statement
+    caveats = {p: json.loads((tmp_path / f"out{p}" / "release.json").read_text())["caveats"][0] for p in (48, None)}
+    assert "stated in advance" in caveats[48] and "set from its shard's size" in caveats[None]  # review: always this
     for planned, report in reports.items():
         headlines = {h["model"]: h for h in report["headlines"]}
         models = {m["model"]: m for m in report["models"]}
         shards = {s["shard"]: s["size_public"] for s in report["shards"]}
         assert shards == {"s0": planned is None, "s1": False}
         assert models["m"]["sizes_public"] is (planned is None) and models["planned"]["sizes_public"] is False
-        assert ("taken as public" in headlines["m"]["sentence"]) is (planned is None)
+        assert ("only if its shards' sizes are taken as public" in headlines["m"]["sentence"]) is (planned is None)
+        assert ("count taken as public" in report["neighbouring_relation"]) is (planned is None)
         assert ("taken as public" in models["m"]["statement"]) is (planned is None)
         assert "public" not in headlines["planned"]["sentence"] + headlines["planned"]["meaning"]
     assert "* toy/s0: a run was planned from the shard's own record count" in budgets[None]

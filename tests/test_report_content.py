@@ -193,6 +193,14 @@ def test_cli_writes_the_report_and_checks_a_kept_checkpoint(ws: Workspace, tmp_p
     code, markdown, _ = run_cli(capsys, "report", "-w", str(ws.root), "--checkpoint", str(point),
                                 "--verifier-key", verifier.strip())
     assert code == 0 and "signature verified" in markdown and "kept outside the workspace" in markdown
+    # review: the first screen said "verified" of a log only its own chain vouched for; that holds only beside a
+    # signed checkpoint kept outside the workspace, and δ is an additive slack, not a failure probability
+    assert "Audit log: verified when this report was made" in markdown and "extends a signed checkpoint" in markdown
+    code, alone, _ = run_cli(capsys, "report", "-w", str(ws.root))
+    assert "Audit log: internally consistent when this report was made" in alone
+    assert "a rewrite of the whole log would not show" in alone and "Audit log: verified" not in alone
+    assert "plus at most δ" in alone and "except with probability" not in alone and "k·e^((k−1)ε)·δ" in alone
+    assert "do not share it beyond the data owner" in alone
     code, _, err = run_cli(capsys, "report", "-w", str(ws.root), "--verifier-key", verifier.strip())
     assert code == 2 and "give both" in err
     code, _, err = run_cli(capsys, "report", "-w", str(ws.root), "--checkpoint", str(tmp_path / "missing.txt"))

@@ -44,6 +44,15 @@ CAVEATS = (
     "The guarantee bounds what the released deltas reveal about one record; the base model is public and "
     "identified by its sha256.",
 )
+#: The first caveat when every run was planned from a shard size stated in advance (``planned_shard_size``).
+PLANNED_CAVEAT = ("Each training run's sampling rate, number of steps and noise were set from a shard size stated in "
+                  "advance, not from its shard's own record count: none of them depends on whether one record is in "
+                  "the data.")
+
+
+def caveats(sizes_public: bool) -> list[str]:
+    """The statement's caveats: the first says how the runs' settings were chosen (see :data:`PLANNED_CAVEAT`)."""
+    return list(CAVEATS) if sizes_public else [PLANNED_CAVEAT, *CAVEATS[1:]]
 
 
 class ReleaseError(DPTangentError):

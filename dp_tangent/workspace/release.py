@@ -35,7 +35,7 @@ from privacy_accounting import ModelShardGuarantee
 
 from ..components.component import RELATION, RELATION_SIZE_PUBLIC, deltas_digest, size_public
 from ..components.release_bundle import (BASE_CHECKPOINT, DELTAS_FILE, FORMAT, STATEMENT_FILE, ReleasedBase,
-                                         ReleasedPrivacy, ReleaseStatement)
+                                         ReleasedPrivacy, ReleaseStatement, caveats)
 from ..interrupts import deferred_interrupts
 from ..io import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_file
 from .names import WorkspaceError
@@ -154,7 +154,8 @@ def release(ws: "Workspace", model: str, out_dir: str | os.PathLike[str], *, ope
                 model=model, released_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 base=ReleasedBase(spec=spec, weights_sha256=record.base_weights_sha256, trainable=record.trainable,
                                   files=base_files),
-                deltas_sha256=deltas_digest(deltas), deltas_file_sha256=sha256_file(deltas_path), privacy=privacy)
+                deltas_sha256=deltas_digest(deltas), deltas_file_sha256=sha256_file(deltas_path), privacy=privacy,
+                caveats=caveats(privacy.neighbouring_relation == RELATION_SIZE_PUBLIC))
             atomic_write_text(staging / STATEMENT_FILE, statement.model_dump_json(indent=2) + "\n")
             digests = {name: sha256_file(staging / name) for name in statement.files()}
         except BaseException:
