@@ -250,10 +250,10 @@ def status_lines(report: PrivacyReport) -> list[object]:
                          f"the ledger's state matching), and it extends a signed checkpoint kept outside the workspace "
                          f"(its first {point.size} entries).")
         else:  # the chain alone proves the log consistent, not that it is the log that was written
-            lines.append(f"Audit log: internally consistent when this report was made ({audit.entries} entries, every "
-                         "artifact and the ledger's state matching); not compared with a signed checkpoint kept outside "
-                         "the workspace, so a rewrite of the whole log would not show (report with --checkpoint and "
-                         "--verifier-key).")
+            lines.append(f"Audit log: internally consistent when this report was made ({audit.entries} entries, "
+                         "every artifact and the ledger's state matching); not compared with a signed checkpoint kept "
+                         "outside the workspace, so a rewrite of the whole log would not show (report with "
+                         "--checkpoint and --verifier-key).")
     else:
         lines.append(Flag(f"Audit log: verification FAILED when this report was made ({len(audit.problems)} "
                           "problem(s)); the figures below may not reflect what happened."))
