@@ -209,6 +209,13 @@ class SQLiteStorage:
                 self._local.shared = None
                 conn.close()
 
+    def __getstate__(self) -> dict[str, object]:  # a copy in another process opens its own connections
+        return {k: v for k, v in self.__dict__.items() if k != "_local"}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+
     @property
     def _shared(self) -> sqlite3.Connection | None:
         """This thread's open :meth:`atomically` transaction (another thread's calls run their own)."""

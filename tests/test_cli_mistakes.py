@@ -128,9 +128,9 @@ def test_forget_failures_say_how_to_finish_the_open_request(ws: Path, capsys: py
     code, out, err = run_cli(capsys, "forget", first, "--request-id", "R1", "-w", "ws")
     assert code == 0 and "request R1 was already completed on" in out and "nothing was changed" in out, (out, err)
     code, out, err = run_cli(capsys, "forget", first, "--request-id", "R2", "-w", "ws")
-    assert code == 3 and "1 of them were deleted before, by request(s) R1" in err, err
+    assert code == 3 and "1 of them were named by earlier request(s) R1" in err, err
     code, out, err = run_cli(capsys, "forget", first, "--request-id", "R2", "-w", "ws")  # asked again: the same answer
-    assert code == 3 and "already completed" in out and "deleted before, by request(s) R1" in err, (out, err)
+    assert code == 3 and "already completed" in out and "named by earlier request(s) R1" in err, (out, err)
     code, out, err = run_cli(capsys, "forget", second, "--request-id", "R1", "-w", "ws")
     assert code == 2 and "completed on" in err and "the ids given now were not processed" in err, err
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -283,6 +284,30 @@ def test_a_release_killed_before_its_bundle_was_moved_is_finished_by_asking_for_
     Path("empty").mkdir()
     with pytest.raises(WorkspaceError, match="is a symbolic link"):
         ws.release("m", "link")
+    assert oct(Path("out2").stat().st_mode & 0o777) == oct(0o777 & ~_umask())  # recipients may read it
+    assert oct((Path("out2") / "release.json").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+    # review: a release killed before it was logged left a complete hidden copy nothing cleaned up; and a waiting
+    # bundle of a model withdrawn since was kept for good
+    unlogged = tmp_path / ".out3.k1lled00"  # what a release killed (kill -9) before its entry leaves
+    shutil.copytree("out2", unlogged)
+    ws.release("m", "out3")
+    assert not unlogged.exists() and Path("out3/release.json").is_file()
+    monkeypatch.setattr(release_module, "_move_into_place", killed)
+    with pytest.raises(SystemExit):
+        ws.release("other", "out4")
+    monkeypatch.setattr(release_module, "_move_into_place", move)
+    [waiting] = tmp_path.glob(".out4.*")
+    forget(ws, DeletionRequest("r2", ("rec-0-5",), NOW), now=NOW)  # no retraining: "other" is withdrawn
+    with pytest.raises(WorkspaceError, match="no model 'other'"):
+        ws.release("other", "out4")
+    assert not waiting.exists()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_retraining_from_everything_recorded_does_not_reproduce_a_private_component(tmp_path, mlp_backbone,

@@ -14,6 +14,7 @@ from dp_tangent import load_release
 from dp_tangent.backbones import BackboneSpec, weights_digest
 from dp_tangent.data.kinds import DataSection, ShardsSection, load_data
 from dp_tangent.errors import DataError, DPTangentError, RecipeError, WeightsError
+from dp_tangent.io import sha256_file
 from dp_tangent.recipes import load_recipe
 from dp_tangent.tangent import linearize
 from dp_tangent.workspace import Workspace
@@ -153,6 +154,21 @@ def test_pretrain_on_public_rows_gives_the_checkpoint_theta0(tmp_path: Path, cap
     assert code == 0 and out.split(": ")[1].split() == [str(c) for c in released.predict(rows).argmax(-1).tolist()]
     code, out, err = run_cli(capsys, "predict", "recipient", "data/public.csv")
     assert code == 2 and "carries no data preprocessing" in err
+    out_digest = sha256_file(Path("recipient") / "release.json")
+    assert load_release("recipient", expected_sha256=out_digest).statement.model == "wine"
+    # review: an edit made consistently (new digests) loaded; the logged sha256 of release.json is the anchor, and a
+    # statement no release has is a one-line error, not a traceback
+    edited = json.loads((Path("recipient") / "release.json").read_text())
+    edited["base"]["trainable"] = "blocks[0]"
+    (Path("recipient") / "release.json").write_text(json.dumps(edited))
+    with pytest.raises(DPTangentError, match="is not the statement expected"):
+        load_release("recipient", expected_sha256=out_digest)
+    with pytest.raises(DPTangentError, match="do not make a model this tool released"):
+        load_release("recipient")
+    edited["base"]["spec"]["timm_kwargs"] = {"checkpoint_path": "/elsewhere.safetensors"}
+    (Path("recipient") / "release.json").write_text(json.dumps(edited))
+    with pytest.raises(DPTangentError, match="reads checkpoint_path from outside the bundle"):
+        load_release("recipient")
     (Path("recipient") / "base-checkpoint.safetensors").write_bytes(b"x")
     with pytest.raises(DPTangentError, match="base-checkpoint.safetensors does not have the sha256"):
         load_release(Path("recipient"))

@@ -25,7 +25,8 @@ class BackboneFamily:
     """``build(spec)``: theta0 in eval mode; ``describe(spec)``: where its weights came from, one line;
     ``check(spec)``: a one-line ``ValueError`` for a spec the family cannot build, without building it
     (recipes call it when they are read); ``check_name(name)`` the same for the name alone;
-    ``input_rank``: the dimensions of one input (3 for (C, H, W) images, 1 for a feature vector)."""
+    ``input_rank``: the dimensions of one input (3 for (C, H, W) images, 1 for a feature vector);
+    ``token_ids``: its inputs are integer token ids (int64), not float32 values."""
 
     name: str
     build: Callable[["BackboneSpec"], nn.Module]
@@ -33,6 +34,7 @@ class BackboneFamily:
     check: Callable[["BackboneSpec"], None] = lambda spec: None
     check_name: Callable[[str], None] = lambda name: None
     input_rank: int = 3
+    token_ids: bool = False
 
 
 _FAMILIES: dict[str, BackboneFamily] = {}

@@ -300,4 +300,5 @@ def describe_text(spec: "BackboneSpec") -> str:
     return f"random initialisation of {spec.name}'s architecture (seed {spec.head_seed}), not pretrained"
 
 
-register_family(BackboneFamily(FAMILY, build_text, describe_text, check_text, input_rank=1), built_in=True)
+register_family(BackboneFamily(FAMILY, build_text, describe_text, check_text, input_rank=1, token_ids=True),
+                built_in=True)

@@ -110,8 +110,8 @@ def _deleted_before(ws, cert) -> str:  # noqa: ANN001
     if not by:
         return ""
     count = sum(c in tombstones and tombstones[c].request_id != cert.request_id for c in cert.not_found)
-    return (f" {count} of them were deleted before, by request(s) {', '.join(by)} (`dp-tangent certificate verify` of "
-            "their certificates shows it).")
+    return (f" {count} of them were named by earlier request(s) {', '.join(by)} and are tombstoned since (their "
+            "certificates say what was found and deleted then).")
 
 
 def _typed_hint(ws) -> str:  # noqa: ANN001

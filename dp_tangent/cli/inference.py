@@ -16,6 +16,7 @@ import typer
 from .app import DEFAULT_WORKSPACE, WorkspaceOption, app, open_workspace
 
 if TYPE_CHECKING:
+    from ..backbones.families import BackboneFamily
     from ..data.records import RecordSet
     from ..data.sources import ReloadableSource
     from ..tangent import TangentModel
@@ -26,9 +27,9 @@ DataOption = Annotated[Optional[Path], typer.Option(
                    "as the workspace recorded it).")]
 
 
-def _tangent(ws: Workspace, name: str) -> tuple[TangentModel, dict[str, list[str]], int]:
+def _tangent(ws: Workspace, name: str) -> tuple[TangentModel, dict[str, list[str]], BackboneFamily]:
     """The tangent model of a composed model or a component, its deltas loaded, its components'
-    record commitments by data source, and the rank of one input."""
+    record commitments by data source, and its backbone's family (what one input is)."""
     from ..backbones import BackboneSpec, family
     from ..components.rebuild import tangent_for
     from ..workspace import WorkspaceError
@@ -52,7 +53,7 @@ def _tangent(ws: Workspace, name: str) -> tuple[TangentModel, dict[str, list[str
         trained_on.setdefault(meta.data_source, []).extend(meta.manifest.commitments)
     tangent = tangent_for(base, digest, trainable)
     tangent.load_deltas(deltas)
-    return tangent, trained_on, family(BackboneSpec.from_dict(base).family).input_rank
+    return tangent, trained_on, family(BackboneSpec.from_dict(base).family)
 
 
 def _source(ws: Workspace, model: str, sources: list[str], data: Optional[Path]) -> tuple[str, ReloadableSource]:
@@ -127,6 +128,9 @@ def predict(
                                                       "Parquet tables with its feature columns), or .npy arrays of "
                                                       "model inputs.")],
     data: DataOption = None,
+    expect: Annotated[Optional[str], typer.Option(
+        "--expect", help="A release bundle's release.json sha256, as `dp-tangent release` printed it: the bundle must "
+                         "be that release.")] = None,
     workspace: WorkspaceOption = DEFAULT_WORKSPACE,
 ) -> None:
     """Class predictions for files, preprocessed like the model's own data, or for .npy arrays."""
@@ -137,17 +141,17 @@ def predict(
     if data is not None and all(path.suffix == ".npy" for path in inputs):
         raise RecipeError("--data preprocesses files like a data section; .npy arrays are model inputs already, "
                           "given as they are")
-    if (Path(model) / "release.json").is_file():
-        _predict_released(Path(model), inputs, data)
+    if (Path(model) / "release.json").exists() or expect is not None or "/" in model:
+        _predict_released(Path(model), inputs, data, expect)
         return
     ws = open_workspace(workspace)
-    tangent, trained_on, rank = _tangent(ws, model)
+    tangent, trained_on, kind = _tangent(ws, model)
     source = None
     for path in inputs:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such input file")
         if path.suffix == ".npy":
-            batch, rows = load_array(path, rank), [str(path)]
+            batch, rows = load_array(path, kind.input_rank, kind.token_ids), [str(path)]
         else:
             source = source or _source(ws, model, list(trained_on), data)[1]
             batch, rows = source.inputs_from_file(path)
@@ -168,9 +172,9 @@ def _print_classes(rows: list[str], classes: list[int]) -> None:
             typer.echo(f"{row}: {label}")
 
 
-def _predict_released(bundle: Path, inputs: list[Path], data: Optional[Path]) -> None:
+def _predict_released(bundle: Path, inputs: list[Path], data: Optional[Path], expect: Optional[str]) -> None:
     """Class predictions of a release bundle's model for .npy arrays of model inputs: a bundle carries no data
-    preprocessing, and no workspace is read."""
+    preprocessing, and no workspace is read (``expect``: release.json's sha256)."""
     from ..backbones import BackboneSpec, family
     from ..components.release_bundle import load_release
     from ..data.arrays import load_array
@@ -180,12 +184,12 @@ def _predict_released(bundle: Path, inputs: list[Path], data: Optional[Path]) ->
     if data is not None or other is not None:
         raise RecipeError(f"{other or data}: a release bundle carries no data preprocessing (that stays in the "
                           "workspace); give .npy arrays of model inputs")
-    released = load_release(bundle)
-    rank = family(BackboneSpec.from_dict(released.statement.base.spec).family).input_rank
+    released = load_release(bundle, expect)
+    kind = family(BackboneSpec.from_dict(released.statement.base.spec).family)
     for path in inputs:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such input file")
-        batch = load_array(path, rank)
+        batch = load_array(path, kind.input_rank, kind.token_ids)
         try:
             classes = released.predict(batch).argmax(dim=-1).tolist()
         except RuntimeError as err:

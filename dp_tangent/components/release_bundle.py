@@ -115,19 +115,32 @@ class ReleasedModel:
             return torch.cat([self.tangent(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)])
 
 
-def read_statement(folder: str | os.PathLike[str]) -> ReleaseStatement:
+#: timm keyword arguments that would read weights or configuration from outside the bundle
+_OUTSIDE_KWARGS = ("checkpoint_path", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+
+
+def read_statement(folder: str | os.PathLike[str], expected_sha256: str | None = None) -> ReleaseStatement:
+    """The bundle's statement; with ``expected_sha256``, only if ``release.json`` has that digest."""
     path = Path(folder) / STATEMENT_FILE
-    if not path.is_file():
+    if path.is_symlink() or not path.is_file():
         raise ReleaseError(f"{folder}: no {STATEMENT_FILE}; a release bundle is the folder `dp-tangent release` wrote")
+    if expected_sha256 is not None and sha256_file(path) != expected_sha256.strip().lower():
+        raise ReleaseError(f"{path} is not the statement expected (its sha256 is {sha256_file(path)}): the bundle "
+                           "is not the one released, or was edited since")
     try:
         return ReleaseStatement.model_validate_json(path.read_text())
     except (ValidationError, UnicodeDecodeError) as err:
         raise ReleaseError(f"{path} is not a release statement this tool wrote ({str(err).splitlines()[0]})") from None
 
 
-def load_release(folder: str | os.PathLike[str]) -> ReleasedModel:
+def load_release(folder: str | os.PathLike[str], expected_sha256: str | None = None) -> ReleasedModel:
     """The released model in ``folder``, every file checked against the statement's digests and theta0 against
-    ``weights_sha256`` (a one-line :class:`ReleaseError` otherwise)."""
+    ``weights_sha256`` (a one-line :class:`ReleaseError` otherwise).
+
+    The digests catch a changed file, not an edit made consistently (a new statement with digests to match):
+    ``expected_sha256``, the sha256 of ``release.json`` that ``dp-tangent release`` printed and logged, binds
+    the whole bundle to the release, as the recipient should check it whenever the bundle came over a channel
+    someone else could write to."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -136,7 +149,7 @@ def load_release(folder: str | os.PathLike[str]) -> ReleasedModel:
     from .rebuild import tangent_for
 
     root = Path(folder)
-    statement = read_statement(root)
+    statement = read_statement(root, expected_sha256)
     wanted = {statement.deltas_file: statement.deltas_file_sha256, **statement.base.files}
     for name, sha in wanted.items():
         path = root / name
@@ -145,19 +158,28 @@ def load_release(folder: str | os.PathLike[str]) -> ReleasedModel:
         if sha256_file(path) != sha:
             raise ReleaseError(f"{path} does not have the sha256 {STATEMENT_FILE} gives: the bundle was altered")
     spec = dict(statement.base.spec)
+    outside = sorted(set(_OUTSIDE_KWARGS) & set(spec.get("timm_kwargs") or {}))  # type: ignore[arg-type]
+    if outside:
+        raise ReleaseError(f"{root}: {STATEMENT_FILE}'s base model reads {', '.join(outside)} from outside the "
+                           "bundle; this tool never writes that")
     if spec.get("checkpoint") is not None:
-        if spec["checkpoint"] not in statement.base.files:
+        if not isinstance(spec["checkpoint"], str) or spec["checkpoint"] not in statement.base.files:
             raise ReleaseError(f"{root}: theta0's checkpoint {spec['checkpoint']} is not in the bundle")
-        spec["checkpoint"] = str(root / str(spec["checkpoint"]))
+        spec["checkpoint"] = str(root / spec["checkpoint"])
     try:
         tangent = tangent_for(spec, statement.base.weights_sha256, statement.base.trainable)
         deltas = load_file(root / statement.deltas_file)
+        if deltas_digest(deltas) != statement.deltas_sha256:
+            raise ReleaseError(f"{root / statement.deltas_file}: the deltas' digest differs from {STATEMENT_FILE}'s")
+        tangent.load_deltas(deltas)
     except CompositionError:
         raise ReleaseError(f"{root}: the base model built from {STATEMENT_FILE} is not the theta0 the deltas were "
                            "trained at (its weights' sha256 differs)") from None
     except (SafetensorError, OSError) as err:
         raise ReleaseError(f"{root / statement.deltas_file} cannot be read ({err})") from None
-    if deltas_digest(deltas) != statement.deltas_sha256:
-        raise ReleaseError(f"{root / statement.deltas_file}: the deltas' digest differs from {STATEMENT_FILE}'s")
-    tangent.load_deltas(deltas)
+    except ReleaseError:
+        raise
+    except (DPTangentError, KeyError, TypeError, ValueError, RuntimeError) as err:  # a spec or deltas no release has
+        raise ReleaseError(f"{root}: {STATEMENT_FILE} and the deltas do not make a model this tool released "
+                           f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
     return ReleasedModel(statement, tangent.eval())

@@ -46,14 +46,21 @@ def npz_records(path: Path, *, inputs: str, targets: str, record_ids: str) -> Re
         raise DataError(f"{path}: {(str(err).strip().splitlines() or [type(err).__name__])[0]}") from None
 
 
-def load_array(path: Path, rank: int = 3) -> torch.Tensor:
+def load_array(path: Path, rank: int = 3, token_ids: bool = False) -> torch.Tensor:
     """A ``.npy`` file as float32 model inputs: one input of ``rank`` dimensions ((C, H, W) images by
-    default, (F,) feature vectors with ``rank=1``) or a batch of them."""
+    default, (F,) feature vectors with ``rank=1``) or a batch of them; with ``token_ids``, int64 token ids of a
+    text model (an integer array, as its tokenizer gave them)."""
     try:
         array = np.load(path, allow_pickle=False)
     except _UNREADABLE as err:
         raise DataError(f"{path}: cannot read the array ({_reason(path, err)}); "
                         "give a complete file written by numpy.save") from None
+    if token_ids:
+        if not np.issubdtype(array.dtype, np.integer) or array.ndim not in (rank, rank + 1) or array.size == 0:
+            raise DataError(f"{path}: expected integer token ids of shape (L,) or (N, L), got an array of "
+                            f"{array.dtype} and shape {tuple(array.shape)}")
+        ids = torch.as_tensor(array.astype(np.int64))
+        return ids if ids.ndim == rank + 1 else ids.unsqueeze(0)
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # reported below, in one line
             tensor = torch.as_tensor(np.asarray(array, dtype=np.float32))

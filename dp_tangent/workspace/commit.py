@@ -180,12 +180,16 @@ def _stage(staging: Path, change: Change, commit_id: str) -> None:
 
 
 def _finish(ws: "Workspace", staging: Path) -> AuditEntry:
-    intent = json.loads((staging / INTENT).read_text())
-    commit_id = intent["commit"]
-    _check_paths([w["path"] for w in intent["writes"]] + [r["path"] for r in intent["removals"]])
-    if commit_id != staging.name or not all(_SHA256.fullmatch(str(w["sha256"])) for w in intent["writes"]):
-        raise WorkspaceError(f"{staging / INTENT} is not an intent this tool wrote; remove {staging} and run "
-                             "`dp-tangent audit verify`")
+    not_ours = WorkspaceError(f"{staging / INTENT} is not an intent this tool wrote; remove {staging} and run "
+                              "`dp-tangent audit verify`")
+    try:
+        intent = json.loads((staging / INTENT).read_text())
+        commit_id = intent["commit"]
+        _check_paths([w["path"] for w in intent["writes"]] + [r["path"] for r in intent["removals"]])
+        if commit_id != staging.name or not all(_SHA256.fullmatch(str(w["sha256"])) for w in intent["writes"]):
+            raise not_ours
+    except (ValueError, KeyError, TypeError, AttributeError):  # not JSON, or not an intent's fields
+        raise not_ours from None
     entries = ws.audit.entries()
     if entries and entries[-1].parameters.get("commit") == commit_id:
         entry = entries[-1]  # only the intent's removal was left to do

@@ -101,6 +101,14 @@ def _budget_bound(ws: "Workspace", model: str, shards: Sequence[ModelShardGuaran
     return epsilon, delta
 
 
+def _readable(path: Path) -> None:
+    """A bundle is meant to be read by others: the modes a new file or folder gets under the umask (the temporary
+    folder and atomic writes make them private)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def _destination(out_dir: str | os.PathLike[str]) -> Path:
     """``out_dir`` as the log names a release's destination: absolute, ``.`` and ``..`` resolved by name."""
     return Path(os.path.normpath(Path(out_dir).expanduser().absolute()))
@@ -146,6 +154,7 @@ def release(ws: "Workspace", model: str, out_dir: str | os.PathLike[str], *, ope
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
+            _readable(staging)
             deltas_path = staging / DELTAS_FILE
             atomic_write_bytes(deltas_path, save({n: t.contiguous() for n, t in deltas.items()},
                                                  metadata={"format": FORMAT}))
@@ -158,6 +167,8 @@ def release(ws: "Workspace", model: str, out_dir: str | os.PathLike[str], *, ope
                 caveats=caveats(privacy.neighbouring_relation == RELATION_SIZE_PUBLIC))
             atomic_write_text(staging / STATEMENT_FILE, statement.model_dump_json(indent=2) + "\n")
             digests = {name: sha256_file(staging / name) for name in statement.files()}
+            for name in digests:
+                _readable(staging / name)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -217,28 +228,22 @@ def _finish_interrupted(ws: "Workspace", model: str, target: Path) -> ReleaseSta
     place (not logged twice) if ``target`` is free; a bundle already in place is the answer (nothing new is logged).
     Only bundles whose files have the digests the log recorded for a release of ``model`` to ``target`` count, and
     only while they hold the model as it is now, none of its records deleted since: a waiting bundle of an earlier
-    version (the model composed or retrained again, e.g. after a deletion) is removed, never moved, and the release
-    is made afresh."""
+    version (the model composed or retrained again, e.g. after a deletion, or withdrawn) is removed, never moved,
+    and the release is made afresh. So is a hidden bundle of ``model`` that no entry logged (a release killed before
+    it was logged): copies of a model stay nowhere the log does not know of."""
     logged = [e.parameters.get("bundle") for e in ws.audit.entries() if e.operation == "release"
               and e.parameters.get("destination") == str(target) and e.parameters.get("model") == model]
-    if not logged or not target.parent.is_dir():
+    if not target.parent.is_dir():
         return None
     current = _current_bundle(ws, model)
-
-    def released(folder: Path) -> dict[str, str] | None:
-        """The folder's digests if it holds a logged bundle of ``model``, else None."""
-        names = sorted(p.name for p in folder.iterdir()) if folder.is_dir() and not folder.is_symlink() else []
-        if not names or not any(isinstance(b, dict) and sorted(b) == names for b in logged):
-            return None
-        digests = {name: sha256_file(folder / name) for name in names}
-        return digests if digests in logged else None
-
-    in_place = released(target)
+    in_place = _released(target, logged)
     if in_place is not None and not current(target):
         in_place = None  # an earlier version's bundle: the destination is taken (_check_destination says so)
     for staging in sorted(target.parent.glob(f".{glob.escape(target.name)}.*")):
-        digests = released(staging)
+        digests = _released(staging, logged)
         if digests is None:
+            if _unlogged_bundle_of(staging, model):
+                shutil.rmtree(staging)
             continue
         if digests == in_place or not current(staging):
             shutil.rmtree(staging)  # a copy of the bundle in place, or an earlier version's: never moved
@@ -249,9 +254,37 @@ def _finish_interrupted(ws: "Workspace", model: str, target: Path) -> ReleaseSta
     return None if in_place is None else ReleaseStatement.model_validate_json((target / STATEMENT_FILE).read_text())
 
 
+def _released(folder: Path, logged: Sequence[object]) -> dict[str, str] | None:
+    """The folder's digests if it holds one of the ``logged`` bundles (file name -> sha256), else None."""
+    names = sorted(p.name for p in folder.iterdir()) if folder.is_dir() and not folder.is_symlink() else []
+    if not names or not any(isinstance(b, dict) and sorted(b) == names for b in logged):
+        return None
+    digests = {name: sha256_file(folder / name) for name in names}
+    return digests if digests in logged else None
+
+
+def _unlogged_bundle_of(folder: Path, model: str) -> bool:
+    """Whether a hidden sibling is a bundle of ``model`` as release stages one (its files and nothing else), which
+    no entry logged: what a release killed before logging leaves."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    names = {p.name for p in folder.iterdir()}
+    if not {DELTAS_FILE, STATEMENT_FILE} <= names or any(
+            n not in (DELTAS_FILE, STATEMENT_FILE) and not n.startswith(BASE_CHECKPOINT) for n in names):
+        return False
+    try:
+        return ReleaseStatement.model_validate_json((folder / STATEMENT_FILE).read_text()).model == model
+    except (OSError, ValueError):
+        return False
+
+
 def _current_bundle(ws: "Workspace", model: str) -> Callable[[Path], bool]:
-    """Whether a bundle folder holds ``model`` as it is now (its deltas), none of its records deleted since."""
-    record, deltas = ws.load_model(model)
+    """Whether a bundle folder holds ``model`` as it is now (its deltas), none of its records deleted since; never,
+    once the model is gone."""
+    try:
+        record, deltas = ws.load_model(model)
+    except WorkspaceError:
+        return lambda folder: False
     digest = deltas_digest(deltas)
     try:
         _check_no_deleted_records(ws, model, record.component_names)

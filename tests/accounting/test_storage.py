@@ -222,3 +222,16 @@ def test_an_atomic_block_is_its_own_thread_s(tmp_path: Path) -> None:
         reader.start()
         reader.join(30)
     assert seen == [before, {}] and ledger.models() == {"m": ("c0",)}
+
+
+def test_a_ledger_pickles_and_its_copy_opens_the_same_file(tmp_path: Path) -> None:
+    """Review: the thread-local state of atomic blocks made a ledger unpicklable (e.g. for another process)."""
+    import pickle
+
+    ledger = Ledger.open(tmp_path / "ledger.sqlite")
+    reserve(ledger, "c0")
+    copy = pickle.loads(pickle.dumps(ledger))
+    assert copy.state_digest() == ledger.state_digest() and copy.location == ledger.location
+    with copy.atomically():
+        copy.register_model("m", ["c0"])
+    assert ledger.models() == {"m": ("c0",)}
