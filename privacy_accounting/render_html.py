@@ -30,6 +30,8 @@ from privacy_accounting.report_tables import (
     legal_bases,
     models_table,
     non_private_table,
+    RELEASES_NOTE,
+    releases_table,
     shards_table,
     source_facts,
     status_lines,
@@ -203,6 +205,15 @@ def _deletions(report: PrivacyReport) -> list[str]:
         parts.append("<ul class=\"muted\">" + "".join(f"<li>{html.escape(b)}</li>" for b in legal_bases(report))
                      + "<li>Deadlines are the last day, in UTC, without the extensions both regimes allow; "
                        "bookkeeping, not legal advice.</li></ul>")
+    if report.workspace is not None:
+        parts.append("<h3>Releases (what left the workspace)</h3>")
+        if not report.workspace.releases:
+            parts.append(_p("No model has been released."))
+        else:
+            headers, rows = releases_table(report)
+            parts.append(_table(headers, rows, row_class=["overdue" if r.later_deletions else ""
+                                                           for r in report.workspace.releases]))
+            parts.append(_p(RELEASES_NOTE, "muted"))
     return parts + ["</section>"]
 
 

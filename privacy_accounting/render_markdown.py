@@ -22,6 +22,8 @@ from privacy_accounting.report_tables import (
     legal_bases,
     models_table,
     non_private_table,
+    RELEASES_NOTE,
+    releases_table,
     shards_table,
     source_facts,
     status_lines,
@@ -103,11 +105,16 @@ def _deletions(report: PrivacyReport) -> list[str]:
     if report.workspace is None:
         return out + [NO_WORKSPACE, ""]
     if not report.workspace.deletions:
-        return out + ["No deletion request has been received.", ""]
-    out += [table(*deletions_table(report)), ""]
-    out += [f"- {b}" for b in legal_bases(report)]
-    return out + ["- Deadlines are the last day, in UTC, without the extensions both regimes allow; bookkeeping, "
-                  "not legal advice.", ""]
+        out += ["No deletion request has been received.", ""]
+    else:
+        out += [table(*deletions_table(report)), ""]
+        out += [f"- {b}" for b in legal_bases(report)]
+        out += ["- Deadlines are the last day, in UTC, without the extensions both regimes allow; bookkeeping, "
+                "not legal advice.", ""]
+    out += ["### Releases (what left the workspace)", ""]
+    if not report.workspace.releases:
+        return out + ["No model has been released.", ""]
+    return out + [table(*releases_table(report)), "", RELEASES_NOTE, ""]
 
 
 def _audit(report: PrivacyReport) -> list[str]:

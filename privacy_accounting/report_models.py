@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from privacy_accounting.renderers import render
 
 AUDIT_LABEL = "empirical lower bound, not a guarantee"
-REPORT_SCHEMA_VERSION = 5  # 4: a deletion's status may be "unsealed"; 5: shards/models say when sizes are public
+REPORT_SCHEMA_VERSION = 5  # 4: a deletion's status may be "unsealed"; 5: size_public/sizes_public, releases
 
 
 class _Model(BaseModel):
@@ -265,6 +265,20 @@ class DeletionEntry(_Model):
     certificate_href: str
 
 
+class ReleaseEntry(_Model):
+    """One release of a model's files out of the workspace (as the audit log recorded it), and the deletion
+    requests completed after it that removed records of the released version (its copies are not recalled)."""
+
+    model: str
+    released_at: str
+    operator: str
+    destination: str
+    statement_sha256: str | None = None  # of the bundle's release.json: what a recipient checks the bundle by
+    epsilon: float | None = None  # the model's per-record figure when released (internal; the bundle states budgets)
+    delta: float | None = None
+    later_deletions: list[str] = Field(default_factory=list)
+
+
 class LogCheckpoint(_Model):
     """A checkpoint of the audit log (the Merkle ``root`` of its first ``size`` entries), where it came
     from, whether the log still extends it, and whether its signature was checked."""
@@ -300,6 +314,7 @@ class WorkspaceSections(_Model):
     data: list[DataSourceDetails] = Field(default_factory=list)
     deletions: list[DeletionEntry] = Field(default_factory=list)
     audit: AuditLogResult | None = None
+    releases: list[ReleaseEntry] = Field(default_factory=list)
 
 
 class PrivacyReport(_Model):

@@ -139,6 +139,23 @@ def deletions_table(report: PrivacyReport) -> Table:
     return headers, rows
 
 
+def releases_table(report: PrivacyReport) -> Table:
+    """One row per release: what left, when, where, at what figure, and the deletions completed after it that
+    removed records of the released version (its copies are not recalled)."""
+    entries = report.workspace.releases if report.workspace else []
+    headers = ["model", "released", "by", "to", "epsilon then (δ)", "release.json sha256", "deletions after it"]
+    rows = [(r.model, fmt_time(r.released_at), r.operator, r.destination,
+             None if r.epsilon is None else f"{fmt_eps(r.epsilon)} ({fmt_delta(r.delta)})",
+             r.statement_sha256, Flag("; ".join(r.later_deletions) + ": copies released before are not recalled")
+             if r.later_deletions else "none") for r in entries]
+    return headers, rows
+
+
+RELEASES_NOTE = ("Releases are read from the audit log. A bundle states its shards' budgets, not the figure shown here "
+                 "(which depends on the shards' sizes). A deletion completed after a release does not reach the "
+                 "copies already sent: the threat model's \"Copies of a model released before the deletion\".")
+
+
 def legal_bases(report: PrivacyReport) -> list[str]:
     """What each deadline column counts, once per regime."""
     seen: dict[str, str] = {}
@@ -155,7 +172,11 @@ def audit_facts(report: PrivacyReport) -> list[tuple[str, object]]:
     if audit is None:
         return []
     facts: list[tuple[str, object]] = [
-        ("Result", "VERIFIED" if audit.verified else Flag(f"FAILED: {len(audit.problems)} problem(s)")),
+        ("Result", Flag(f"FAILED: {len(audit.problems)} problem(s)") if not audit.verified else
+         "VERIFIED, and the log extends a signed checkpoint kept outside the workspace" if audit.checkpoint is not None
+         and audit.checkpoint.signature == "verified" and audit.checkpoint.extends else
+         "VERIFIED as internally consistent (chain, artifacts, ledger); no signed checkpoint kept outside the "
+         "workspace was given to compare it with"),
         ("Checked at", fmt_time(audit.checked_at) or audit.checked_at),
         ("Log", audit.log),
         ("Entries", str(audit.entries)),
@@ -240,6 +261,14 @@ def status_lines(report: PrivacyReport) -> list[object]:
                      + (f", {late} completed late." if late else "."))
     else:
         lines.append("Deletion requests: none received.")
+    releases = report.workspace.releases
+    before = [r for r in releases if r.later_deletions]
+    if releases:
+        latest = releases[-1]
+        text = (f"Releases: {len(releases)} (the latest: {latest.model} on {fmt_time(latest.released_at)})"
+                + (f"; {len(before)} before a deletion that removed records of the released version (copies sent "
+                   "are not recalled)." if before else "."))
+        lines.append(Flag(text) if before else text)
     audit = report.workspace.audit
     if audit is None:
         lines.append(Flag("Audit log: not checked for this report."))

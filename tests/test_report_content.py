@@ -205,3 +205,32 @@ def test_cli_writes_the_report_and_checks_a_kept_checkpoint(ws: Workspace, tmp_p
     assert code == 2 and "give both" in err
     code, _, err = run_cli(capsys, "report", "-w", str(ws.root), "--checkpoint", str(tmp_path / "missing.txt"))
     assert code == 2 and "cannot read the checkpoint" in err
+
+
+def test_releases_are_listed_and_one_a_later_deletion_reached_is_flagged(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review: the report could not say what left the workspace, nor whether a deletion came after a release (whose
+    copies are not recalled)."""
+    monkeypatch.setattr(BackboneSpec, "build", _mlp)
+    ws = Workspace.create(tmp_path / "ws")
+    ws.set_budget("toy", None, 40.0, 1e-5)
+    for k in range(2):
+        ws.train(MLP, None, shard(k), data_source="toy", shard=f"s{k}", name=f"c{k}",
+                 privacy=PrivacySpec(noise_multiplier=1.0), config=FAST)
+    ws.compose_model("m", ["c0", "c1"])
+    ws.compose_model("only1", ["c1"])
+    statement = ws.release("m", tmp_path / "sent")
+    ws.release("only1", tmp_path / "sent1")
+    forget(ws, DeletionRequest("req-after", ("rec-0-2",), NOW), retrain=True, shard_records={"c0": shard(0)}, now=NOW)
+    sections = report_sections(ws, now=NOW)
+    report = build_report(ws.ledger, workspace=sections, curve_points=0)
+    by_model = {r.model: r for r in sections.releases}
+    assert by_model["m"].later_deletions == ["req-after"] and by_model["only1"].later_deletions == []
+    assert by_model["m"].destination == str(tmp_path / "sent") and by_model["m"].statement_sha256 is not None
+    logged = next(e for e in ws.audit.entries() if e.operation == "release")
+    assert by_model["m"].epsilon == pytest.approx(logged.parameters["guarantee"]["epsilon"])
+    markdown = report.to_markdown()
+    assert "**Releases: 2 (the latest: only1 on" in markdown and "1 before a deletion that removed records" in markdown
+    assert "req-after: copies released before are not recalled" in markdown and statement.model == "m"
+    page = report.to_html()
+    assert "Releases (what left the workspace)" in page and "req-after: copies released before" in html.unescape(page)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Literal
 from privacy_accounting.report_models import (
     AuditLogResult,
     PrivacyReport,
+    ReleaseEntry,
     DataSourceDetails,
     DeletionEntry,
     LogCheckpoint,
@@ -84,7 +85,33 @@ def report_sections(ws: Workspace, *, now: datetime | None = None, report_dir: s
         data=_data(ws, entries),
         deletions=_deletions(ws, moment, report_dir),
         audit=_audit(ws, entries, moment, checkpoint),
+        releases=_releases(entries),
     )
+
+
+def _releases(entries: Sequence[AuditEntry]) -> list[ReleaseEntry]:
+    """Every release the log recorded, and the deletions completed after it that removed one of the components
+    it released (read from the log, as a request's certificate names what it removed)."""
+    removals = [(e.seq, str(e.parameters.get("request_id")), set(e.parameters.get("components_removed") or []))
+                for e in entries if e.operation == "deletion"]
+    out = []
+    for e in entries:
+        if e.operation != "release":
+            continue
+        p = e.parameters
+        released = set(p.get("components") or [])
+        guarantee = p.get("guarantee") if isinstance(p.get("guarantee"), dict) else {}
+        epsilon = guarantee.get("epsilon")
+        bundle = p.get("bundle") if isinstance(p.get("bundle"), dict) else {}
+        out.append(ReleaseEntry(
+            model=str(p.get("model")), released_at=e.time, operator=e.operator, destination=str(p.get("destination")),
+            statement_sha256=bundle.get("release.json"),
+            epsilon=float("inf") if epsilon == "inf" else epsilon if isinstance(epsilon, (int, float)) else None,
+            delta=guarantee.get("delta") if isinstance(guarantee.get("delta"), (int, float)) else None,
+            later_deletions=sorted({request for seq, request, removed in removals
+                                    if seq > e.seq and removed & released})))
+    return out
+
 
 
 def privacy_report(ws: Workspace, *, title: str = "Privacy report", report_dir: str | os.PathLike[str] | None = None,
