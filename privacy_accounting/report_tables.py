@@ -257,8 +257,9 @@ def status_lines(report: PrivacyReport) -> list[object]:
                           f"{len(requests)} received, {still_open} open."))
     elif requests:
         late = sum(d.on_time is False for d in requests)
-        lines.append(f"Deletion requests: {len(requests)} received, {still_open} open, none overdue"
-                     + (f", {late} completed late." if late else "."))
+        on_time = sum(d.status == "completed" and d.on_time is not False for d in requests)
+        lines.append(f"Deletion requests: {len(requests)} received: {on_time} completed on time"
+                     + (f", {late} completed late" if late else "") + f", {still_open} open, none overdue.")
     else:
         lines.append("Deletion requests: none received.")
     releases = report.workspace.releases

@@ -232,5 +232,6 @@ def test_releases_are_listed_and_one_a_later_deletion_reached_is_flagged(tmp_pat
     markdown = report.to_markdown()
     assert "**Releases: 2 (the latest: only1 on" in markdown and "1 before a deletion that removed records" in markdown
     assert "req-after: copies released before are not recalled" in markdown and statement.model == "m"
+    assert "Deletion requests: 1 received: 1 completed on time, 0 open, none overdue." in markdown
     page = report.to_html()
     assert "Releases (what left the workspace)" in page and "req-after: copies released before" in html.unescape(page)
