@@ -276,9 +276,11 @@ def status_lines(report: PrivacyReport) -> list[object]:
     elif audit.verified:
         point = audit.checkpoint
         if point is not None and point.signature == "verified" and point.extends:
+            later = (f"; the {audit.entries - point.size} entries after it are internally consistent"
+                     if audit.entries > point.size else "")
             lines.append(f"Audit log: verified when this report was made ({audit.entries} entries, every artifact and "
-                         f"the ledger's state matching), and it extends a signed checkpoint kept outside the workspace "
-                         f"(its first {point.size} entries).")
+                         f"the ledger's state matching): it extends a signed checkpoint kept outside the workspace "
+                         f"(its first {point.size} entries){later}.")
         else:  # the chain alone proves the log consistent, not that it is the log that was written
             lines.append(f"Audit log: internally consistent when this report was made ({audit.entries} entries, "
                          "every artifact and the ledger's state matching); not compared with a signed checkpoint kept "

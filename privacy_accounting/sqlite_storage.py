@@ -215,6 +215,7 @@ class SQLiteStorage:
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__dict__.update(state)
         self._local = threading.local()
+        self._verify()  # the file, as any open does
 
     @property
     def _shared(self) -> sqlite3.Connection | None:

@@ -300,7 +300,8 @@ def test_a_deleted_log_line_is_the_first_problem_reported_not_its_follow_on_mism
     assert str(report).splitlines()[1].endswith("(entries deleted, inserted or reordered)")
 
 
-@pytest.mark.parametrize("text", ["{not json", "{}", '{"commit": 3}', "[1, 2]"])
+@pytest.mark.parametrize("text", ["{not json", "{}", '{"commit": 3}', "[1, 2]",
+                                  '{"commit": "0123456789abcdef0123456789abcdef", "writes": [], "removals": []}'])
 def test_an_intent_this_tool_did_not_write_is_a_one_line_error_not_a_traceback(ws, text: str) -> None:
     staging = ws.root / PENDING / "0123456789abcdef0123456789abcdef"
     staging.mkdir(parents=True)

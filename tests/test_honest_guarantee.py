@@ -227,7 +227,9 @@ def test_release_mistakes_are_one_line_errors_that_write_nothing(tmp_path, mlp_b
         main(["release", "m", "-o", "taken", "-w", "ws"])
     assert "not an empty directory" in capsys.readouterr().err
     main(["release", "with-ref", "-o", "out", "--non-private", "-w", "ws"])
-    assert json.loads((tmp_path / "out" / "release.json").read_text())["privacy"]["differentially_private"] is False
+    released = json.loads((tmp_path / "out" / "release.json").read_text())
+    assert released["privacy"]["differentially_private"] is False
+    assert "stated in advance" not in released["caveats"][0]  # review 41: a non-private run's plan follows n
     assert Path("out/deltas.safetensors").is_file()
 
 
@@ -291,8 +293,14 @@ def test_a_release_killed_before_its_bundle_was_moved_is_finished_by_asking_for_
     # bundle of a model withdrawn since was kept for good
     unlogged = tmp_path / ".out3.k1lled00"  # what a release killed (kill -9) before its entry leaves
     shutil.copytree("out2", unlogged)
+    staged = json.loads((unlogged / "release.json").read_text())
+    (unlogged / "release.json").write_text(json.dumps({**staged, "released_at": "2026-12-02T00:00:00+00:00"}))
+    kept = [tmp_path / ".out3.backup", tmp_path / ".out3.v2.abcd1234", tmp_path / ".out3.logged00"]  # review 41
+    for folder in kept[:2]:
+        shutil.copytree(unlogged, folder)  # a user's copy, another destination's staging: not this release's
+    shutil.copytree("out2", kept[2])  # a bundle some release logged: never removed by another
     ws.release("m", "out3")
-    assert not unlogged.exists() and Path("out3/release.json").is_file()
+    assert not unlogged.exists() and Path("out3/release.json").is_file() and all(f.is_dir() for f in kept)
     monkeypatch.setattr(release_module, "_move_into_place", killed)
     with pytest.raises(SystemExit):
         ws.release("other", "out4")

@@ -235,3 +235,25 @@ def test_releases_are_listed_and_one_a_later_deletion_reached_is_flagged(tmp_pat
     assert "Deletion requests: 1 received: 1 completed on time, 0 open, none overdue." in markdown
     page = report.to_html()
     assert "Releases (what left the workspace)" in page and "req-after: copies released before" in html.unescape(page)
+
+
+def test_a_log_that_does_not_extend_the_given_checkpoint_fails_the_report(ws: Workspace, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Review 41: the report verified the log without its checkpoint, so a rolled-back or forked log was called
+    "internally consistent", flagged only further down, and the command exited 0."""
+    import shutil
+
+    forked, kept = tmp_path / "forked", tmp_path / "kept"
+    shutil.copytree(ws.root, forked)
+    shutil.copytree(ws.root, kept)
+    assert run_cli(capsys, "budget", "set", "toy/s0", "41", "-w", str(kept))[0] == 0
+    assert run_cli(capsys, "budget", "set", "toy/s0", "42", "-w", str(forked))[0] == 0  # the same length, other entry
+    key = tmp_path / "signing.key"
+    verifier = run_cli(capsys, "audit", "keygen", str(key), "--name", "dpo")[1].strip()
+    point = tmp_path / "checkpoint.txt"
+    assert run_cli(capsys, "audit", "checkpoint", "--key", str(key), "-o", str(point), "-w", str(kept))[0] == 0
+    code, markdown, err = run_cli(capsys, "report", "-w", str(forked), "--checkpoint", str(point),
+                                  "--verifier-key", verifier)
+    assert code == 1 and "did not verify" in err
+    assert "**Audit log: verification FAILED when this report was made" in markdown
+    assert "the log does not extend the checkpoint" in markdown and "internally consistent" not in markdown

@@ -398,6 +398,12 @@ def test_private_text_training_from_a_csv_then_two_deletions_on_one_shard(
     assert code == 0 and released.split(": ")[1] == out_of(capsys, "predict", "tickets", "ids.npy", "-w", "ws"), err
     code, _, err = run_cli(capsys, "predict", "sent", "ids.npy", "--expect", "0" * 64)
     assert code == 2 and "is not the statement expected" in err
+    np.save("bad.npy", np.array([[101, -5, 102]]))  # review 41: tracebacks for ids outside the vocabulary
+    code, _, err = run_cli(capsys, "predict", "sent", "bad.npy")
+    assert code == 2 and "token ids must be >= 0" in err and len(err.strip().splitlines()) == 1
+    np.save("big.npy", np.full((1, 10), 999_999))
+    code, _, err = run_cli(capsys, "predict", "tickets", "big.npy", "-w", "ws")
+    assert code == 2 and "do not fit" in err and len(err.strip().splitlines()) == 1, err
 
 
 def out_of(capsys: pytest.CaptureFixture[str], *args: str) -> str:

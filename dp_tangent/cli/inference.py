@@ -142,6 +142,8 @@ def predict(
         raise RecipeError("--data preprocesses files like a data section; .npy arrays are model inputs already, "
                           "given as they are")
     if (Path(model) / "release.json").exists() or expect is not None or "/" in model:
+        if "/" not in model:
+            _check_not_a_workspace_model(model, workspace)
         _predict_released(Path(model), inputs, data, expect)
         return
     ws = open_workspace(workspace)
@@ -158,7 +160,7 @@ def predict(
             rows = rows if len(rows) > 1 else [str(path)]
         try:
             classes = logits_of(tangent, batch).argmax(dim=-1).tolist()
-        except RuntimeError as err:
+        except (RuntimeError, IndexError) as err:  # IndexError: a token id outside the vocabulary
             raise RecipeError(f"{path}: inputs of shape {tuple(batch.shape[1:])} do not fit model {model!r} "
                               f"({str(err).splitlines()[0]})") from None
         _print_classes(rows, classes)
@@ -170,6 +172,20 @@ def _print_classes(rows: list[str], classes: list[int]) -> None:
     else:
         for row, label in zip(rows, classes):
             typer.echo(f"{row}: {label}")
+
+
+def _check_not_a_workspace_model(name: str, workspace: Path) -> None:
+    """A bundle folder in the working directory named like a model of the workspace is ambiguous: refused."""
+    from ..errors import RecipeError
+    from ..workspace import Workspace
+
+    try:
+        ws = Workspace.open(workspace, finish=False)
+    except Exception:  # noqa: BLE001 -- no readable workspace there: the folder is what was meant
+        return
+    if name in ws.list_models() or name in ws.list_components():
+        raise RecipeError(f"{name!r} is both a release bundle folder here and a model of {ws.root}: write ./{name} "
+                          "for the bundle, or run elsewhere for the model")
 
 
 def _predict_released(bundle: Path, inputs: list[Path], data: Optional[Path], expect: Optional[str]) -> None:
@@ -192,7 +208,7 @@ def _predict_released(bundle: Path, inputs: list[Path], data: Optional[Path], ex
         batch = load_array(path, kind.input_rank, kind.token_ids)
         try:
             classes = released.predict(batch).argmax(dim=-1).tolist()
-        except RuntimeError as err:
+        except (RuntimeError, IndexError) as err:  # IndexError: a token id outside the vocabulary
             raise RecipeError(f"{path}: inputs of shape {tuple(batch.shape[1:])} do not fit the released model "
                               f"({str(err).splitlines()[0]})") from None
         _print_classes([str(path)], classes)

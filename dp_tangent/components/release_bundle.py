@@ -11,6 +11,7 @@ given as the model takes them (a recipe's preprocessing is the workspace's).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,11 +125,13 @@ def read_statement(folder: str | os.PathLike[str], expected_sha256: str | None =
     path = Path(folder) / STATEMENT_FILE
     if path.is_symlink() or not path.is_file():
         raise ReleaseError(f"{folder}: no {STATEMENT_FILE}; a release bundle is the folder `dp-tangent release` wrote")
-    if expected_sha256 is not None and sha256_file(path) != expected_sha256.strip().lower():
-        raise ReleaseError(f"{path} is not the statement expected (its sha256 is {sha256_file(path)}): the bundle "
-                           "is not the one released, or was edited since")
+    data = path.read_bytes()  # hashed and parsed from the same bytes
+    digest = hashlib.sha256(data).hexdigest()
+    if expected_sha256 is not None and digest != expected_sha256.strip().lower():
+        raise ReleaseError(f"{path} is not the statement expected (its sha256 is {digest}): the bundle is not the one "
+                           "released, or was edited since")
     try:
-        return ReleaseStatement.model_validate_json(path.read_text())
+        return ReleaseStatement.model_validate_json(data.decode())
     except (ValidationError, UnicodeDecodeError) as err:
         raise ReleaseError(f"{path} is not a release statement this tool wrote ({str(err).splitlines()[0]})") from None
 
@@ -162,6 +165,11 @@ def load_release(folder: str | os.PathLike[str], expected_sha256: str | None = N
     if outside:
         raise ReleaseError(f"{root}: {STATEMENT_FILE}'s base model reads {', '.join(outside)} from outside the "
                            "bundle; this tool never writes that")
+    name = spec.get("name")
+    if spec.get("family") == "transformers" and isinstance(name, str) and Path(name).is_absolute() \
+            and not Path(name).is_dir():
+        raise ReleaseError(f"{root}: theta0 is the local model directory {name}, which the bundle does not carry and "
+                           "this machine does not have: put a copy of that model there (its weights are checked)")
     if spec.get("checkpoint") is not None:
         if not isinstance(spec["checkpoint"], str) or spec["checkpoint"] not in statement.base.files:
             raise ReleaseError(f"{root}: theta0's checkpoint {spec['checkpoint']} is not in the bundle")

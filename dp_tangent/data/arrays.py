@@ -59,6 +59,9 @@ def load_array(path: Path, rank: int = 3, token_ids: bool = False) -> torch.Tens
         if not np.issubdtype(array.dtype, np.integer) or array.ndim not in (rank, rank + 1) or array.size == 0:
             raise DataError(f"{path}: expected integer token ids of shape (L,) or (N, L), got an array of "
                             f"{array.dtype} and shape {tuple(array.shape)}")
+        if array.min() < 0 or (np.issubdtype(array.dtype, np.unsignedinteger) and array.max() > np.iinfo(np.int64).max):
+            raise DataError(f"{path}: token ids must be >= 0 (and fit int64), got values from {array.min()} to "
+                            f"{array.max()}")
         ids = torch.as_tensor(array.astype(np.int64))
         return ids if ids.ndim == rank + 1 else ids.unsqueeze(0)
     try:

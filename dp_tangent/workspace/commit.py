@@ -186,15 +186,16 @@ def _finish(ws: "Workspace", staging: Path) -> AuditEntry:
         intent = json.loads((staging / INTENT).read_text())
         commit_id = intent["commit"]
         _check_paths([w["path"] for w in intent["writes"]] + [r["path"] for r in intent["removals"]])
-        if commit_id != staging.name or not all(_SHA256.fullmatch(str(w["sha256"])) for w in intent["writes"]):
+        if commit_id != staging.name or not all(_SHA256.fullmatch(str(w["sha256"])) and "name" in w
+                                                for w in intent["writes"]):
             raise not_ours
+        change = _intended_change(intent)
     except (ValueError, KeyError, TypeError, AttributeError):  # not JSON, or not an intent's fields
         raise not_ours from None
     entries = ws.audit.entries()
     if entries and entries[-1].parameters.get("commit") == commit_id:
         entry = entries[-1]  # only the intent's removal was left to do
     else:
-        change = _intended_change(intent)
         unexplained = _unexplained_ledger(ws, entries, staging, change)
         if unexplained:  # recorded, and nothing logged over it: the change stays unfinished, the operation refused
             found = [f"ledger table {table!r} differs from the state the log last recorded, in a way the "

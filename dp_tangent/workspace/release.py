@@ -19,12 +19,13 @@ renamed into place), and the release is appended to the audit log with the bundl
 from __future__ import annotations
 
 import getpass
-import glob
 import math
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -104,9 +105,18 @@ def _budget_bound(ws: "Workspace", model: str, shards: Sequence[ModelShardGuaran
 def _readable(path: Path) -> None:
     """A bundle is meant to be read by others: the modes a new file or folder gets under the umask (the temporary
     folder and atomic writes make them private)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it where Linux says it (setting it is not thread-safe)."""
+    try:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("Umask:"))
+        return int(line.split()[1], 8)
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
 def _destination(out_dir: str | os.PathLike[str]) -> Path:
@@ -164,7 +174,8 @@ def release(ws: "Workspace", model: str, out_dir: str | os.PathLike[str], *, ope
                 base=ReleasedBase(spec=spec, weights_sha256=record.base_weights_sha256, trainable=record.trainable,
                                   files=base_files),
                 deltas_sha256=deltas_digest(deltas), deltas_file_sha256=sha256_file(deltas_path), privacy=privacy,
-                caveats=caveats(privacy.neighbouring_relation == RELATION_SIZE_PUBLIC))
+                caveats=caveats(not privacy.differentially_private  # a non-private run's plan follows the count
+                                or privacy.neighbouring_relation == RELATION_SIZE_PUBLIC) + _local_base(spec))
             atomic_write_text(staging / STATEMENT_FILE, statement.model_dump_json(indent=2) + "\n")
             digests = {name: sha256_file(staging / name) for name in statement.files()}
             for name in digests:
@@ -215,6 +226,17 @@ def _base_in_bundle(spec: Mapping[str, object], weights_sha256: str,
     return stated, {name: sha256_file(staging / name)}
 
 
+def _local_base(spec: Mapping[str, object]) -> list[str]:
+    """A caveat for a base model read from a local model directory (a transformers ``name`` that is a path): the
+    bundle names that path and does not carry the directory."""
+    name = spec.get("name")
+    if spec.get("family") != "transformers" or not isinstance(name, str) or not Path(name).is_absolute():
+        return []
+    return [f"The base model is read from the local model directory {name} of the machine that released it; the "
+            "bundle does not carry it: a recipient needs the same model at that path (its weights are checked by "
+            "their sha256)."]
+
+
 def _move_into_place(staging: Path, target: Path) -> None:
     if target.exists():
         target.rmdir()  # checked empty
@@ -231,18 +253,21 @@ def _finish_interrupted(ws: "Workspace", model: str, target: Path) -> ReleaseSta
     version (the model composed or retrained again, e.g. after a deletion, or withdrawn) is removed, never moved,
     and the release is made afresh. So is a hidden bundle of ``model`` that no entry logged (a release killed before
     it was logged): copies of a model stay nowhere the log does not know of."""
-    logged = [e.parameters.get("bundle") for e in ws.audit.entries() if e.operation == "release"
-              and e.parameters.get("destination") == str(target) and e.parameters.get("model") == model]
+    releases = [e.parameters for e in ws.audit.entries() if e.operation == "release"]
+    logged = [p.get("bundle") for p in releases if p.get("destination") == str(target) and p.get("model") == model]
     if not target.parent.is_dir():
         return None
     current = _current_bundle(ws, model)
+    ours = {p.get("deltas_sha256") for p in releases if p.get("model") == model} | {current.deltas_sha256}
+    anywhere = [p.get("bundle") for p in releases]
     in_place = _released(target, logged)
     if in_place is not None and not current(target):
         in_place = None  # an earlier version's bundle: the destination is taken (_check_destination says so)
-    for staging in sorted(target.parent.glob(f".{glob.escape(target.name)}.*")):
+    shape = re.compile(rf"\.{re.escape(target.name)}\.[a-z0-9_]{{8}}")  # tempfile.mkdtemp's, and nothing else
+    for staging in sorted(p for p in target.parent.iterdir() if shape.fullmatch(p.name)):
         digests = _released(staging, logged)
-        if digests is None:
-            if _unlogged_bundle_of(staging, model):
+        if digests is None:  # removed only if no release to any destination logged it, and its deltas are ours
+            if _released(staging, anywhere) is None and _unlogged_bundle_of(staging, model, ours):
                 shutil.rmtree(staging)
             continue
         if digests == in_place or not current(staging):
@@ -263,9 +288,10 @@ def _released(folder: Path, logged: Sequence[object]) -> dict[str, str] | None:
     return digests if digests in logged else None
 
 
-def _unlogged_bundle_of(folder: Path, model: str) -> bool:
-    """Whether a hidden sibling is a bundle of ``model`` as release stages one (its files and nothing else), which
-    no entry logged: what a release killed before logging leaves."""
+def _unlogged_bundle_of(folder: Path, model: str, deltas: set[object]) -> bool:
+    """Whether a hidden sibling is a bundle of ``model`` as release stages one (its files and nothing else), whose
+    deltas are a version of it this workspace had (``deltas``: their digests), which no entry logged: what a
+    release killed before logging leaves (another workspace's same-named model has other deltas)."""
     if folder.is_symlink() or not folder.is_dir():
         return False
     names = {p.name for p in folder.iterdir()}
@@ -273,33 +299,39 @@ def _unlogged_bundle_of(folder: Path, model: str) -> bool:
             n not in (DELTAS_FILE, STATEMENT_FILE) and not n.startswith(BASE_CHECKPOINT) for n in names):
         return False
     try:
-        return ReleaseStatement.model_validate_json((folder / STATEMENT_FILE).read_text()).model == model
+        statement = ReleaseStatement.model_validate_json((folder / STATEMENT_FILE).read_text())
     except (OSError, ValueError):
         return False
+    return statement.model == model and statement.deltas_sha256 in deltas
 
 
-def _current_bundle(ws: "Workspace", model: str) -> Callable[[Path], bool]:
+@dataclass(frozen=True)
+class _Current:
     """Whether a bundle folder holds ``model`` as it is now (its deltas), none of its records deleted since; never,
-    once the model is gone."""
+    once the model is gone (``deltas_sha256`` None)."""
+
+    deltas_sha256: str | None
+    clean: bool
+
+    def __call__(self, folder: Path) -> bool:
+        try:
+            statement = ReleaseStatement.model_validate_json((folder / STATEMENT_FILE).read_text())
+        except (OSError, ValueError):
+            return False
+        return self.clean and self.deltas_sha256 is not None and statement.deltas_sha256 == self.deltas_sha256
+
+
+def _current_bundle(ws: "Workspace", model: str) -> _Current:
     try:
         record, deltas = ws.load_model(model)
     except WorkspaceError:
-        return lambda folder: False
-    digest = deltas_digest(deltas)
+        return _Current(None, False)
     try:
         _check_no_deleted_records(ws, model, record.component_names)
         clean = True
     except WorkspaceError:
         clean = False
-
-    def current(folder: Path) -> bool:
-        try:
-            statement = ReleaseStatement.model_validate_json((folder / STATEMENT_FILE).read_text())
-        except (OSError, ValueError):
-            return False
-        return clean and statement.deltas_sha256 == digest
-
-    return current
+    return _Current(deltas_digest(deltas), clean)
 
 
 def _check_no_deleted_records(ws: "Workspace", model: str, components: Sequence[str]) -> None:

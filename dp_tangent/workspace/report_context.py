@@ -194,11 +194,14 @@ def _audit(ws: Workspace, entries: Sequence[AuditEntry], now: datetime,
     problems = [str(p) for p in result.problems]  # in order of cause
     if len(problems) > MAX_PROBLEMS:
         problems = problems[:MAX_PROBLEMS] + [f"... and {len(problems) - MAX_PROBLEMS} more"]
+    point = _checkpoint(ws, entries, kept)
+    if point is not None and not point.extends:  # a log that does not extend its checkpoint was rewritten or rolled back
+        problems.insert(0, f"the log does not extend the checkpoint {point.source} ({point.problem})")
     return AuditLogResult(
-        log=str(result.path), verified=result.ok, checked_at=now.isoformat(), entries=result.entries,
-        head=result.head, merkle_root=result.merkle_root, artifacts_checked=result.artifacts_checked,
-        missing_artifacts=list(result.missing_artifacts), problems=problems,
-        checkpoint=_checkpoint(ws, entries, kept))
+        log=str(result.path), verified=result.ok and (point is None or point.extends), checked_at=now.isoformat(),
+        entries=result.entries, head=result.head, merkle_root=result.merkle_root,
+        artifacts_checked=result.artifacts_checked, missing_artifacts=list(result.missing_artifacts),
+        problems=problems, checkpoint=point)
 
 
 def _checkpoint(ws: Workspace, entries: Sequence[AuditEntry], kept: KeptCheckpoint | None) -> LogCheckpoint | None:
