@@ -145,7 +145,8 @@ def releases_table(report: PrivacyReport) -> Table:
     entries = report.workspace.releases if report.workspace else []
     headers = ["model", "released", "by", "to", "epsilon then (δ)", "release.json sha256", "deletions after it"]
     rows = [(r.model, fmt_time(r.released_at), r.operator, r.destination,
-             None if r.epsilon is None else f"{fmt_eps(r.epsilon)} ({fmt_delta(r.delta)})",
+             None if r.epsilon is None else fmt_eps(r.epsilon) if math.isinf(r.epsilon)
+             else f"{fmt_eps(r.epsilon)} ({fmt_delta(r.delta)})",
              r.statement_sha256, Flag("; ".join(r.later_deletions) + ": copies released before are not recalled")
              if r.later_deletions else "none") for r in entries]
     return headers, rows
@@ -175,7 +176,9 @@ def audit_facts(report: PrivacyReport) -> list[tuple[str, object]]:
         ("Result", Flag(f"FAILED: {len(audit.problems)} problem(s)") if not audit.verified else
          "VERIFIED, and the log extends a signed checkpoint kept outside the workspace" if audit.checkpoint is not None
          and audit.checkpoint.signature == "verified" and audit.checkpoint.extends else
-         "VERIFIED as internally consistent (chain, artifacts, ledger); no signed checkpoint kept outside the "
+         "VERIFIED as internally consistent (chain, artifacts, ledger); it extends the checkpoint below, whose "
+         "signature was not checked" if audit.checkpoint is not None and audit.checkpoint.signature == "not checked"
+         else "VERIFIED as internally consistent (chain, artifacts, ledger); no signed checkpoint kept outside the "
          "workspace was given to compare it with"),
         ("Checked at", fmt_time(audit.checked_at) or audit.checked_at),
         ("Log", audit.log),
@@ -258,8 +261,9 @@ def status_lines(report: PrivacyReport) -> list[object]:
     elif requests:
         late = sum(d.on_time is False for d in requests)
         on_time = sum(d.status == "completed" and d.on_time is not False for d in requests)
-        lines.append(f"Deletion requests: {len(requests)} received: {on_time} completed on time"
-                     + (f", {late} completed late" if late else "") + f", {still_open} open, none overdue.")
+        counts = ([f"{on_time} completed on time"] if on_time else []) + ([f"{late} completed late"] if late else [])
+        counts += [f"{still_open} open"] + ([f"{len(unsealed)} unsealed"] if unsealed else [])
+        lines.append(f"Deletion requests: {len(requests)} received: {', '.join(counts)}, none overdue.")
     else:
         lines.append("Deletion requests: none received.")
     releases = report.workspace.releases
@@ -281,6 +285,10 @@ def status_lines(report: PrivacyReport) -> list[object]:
             lines.append(f"Audit log: verified when this report was made ({audit.entries} entries, every artifact and "
                          f"the ledger's state matching): it extends a signed checkpoint kept outside the workspace "
                          f"(its first {point.size} entries){later}.")
+        elif point is not None and point.signature == "not checked":
+            lines.append(f"Audit log: internally consistent when this report was made ({audit.entries} entries, "
+                         "every artifact and the ledger's state matching), and it extends the checkpoint given, whose "
+                         "signature was not checked (give --verifier-key): a forger could have written both.")
         else:  # the chain alone proves the log consistent, not that it is the log that was written
             lines.append(f"Audit log: internally consistent when this report was made ({audit.entries} entries, "
                          "every artifact and the ledger's state matching); not compared with a signed checkpoint kept "

@@ -293,8 +293,9 @@ def test_a_release_killed_before_its_bundle_was_moved_is_finished_by_asking_for_
     # bundle of a model withdrawn since was kept for good
     unlogged = tmp_path / ".out3.k1lled00"  # what a release killed (kill -9) before its entry leaves
     shutil.copytree("out2", unlogged)
-    staged = json.loads((unlogged / "release.json").read_text())
-    (unlogged / "release.json").write_text(json.dumps({**staged, "released_at": "2026-12-02T00:00:00+00:00"}))
+    staged = json.loads((unlogged / "release.json").read_text())  # review 42: a version from before a deletion too
+    (unlogged / "release.json").write_text(json.dumps({**staged, "released_at": "2026-12-02T00:00:00+00:00",
+                                                       "deltas_sha256": "0" * 64}))
     kept = [tmp_path / ".out3.backup", tmp_path / ".out3.v2.abcd1234", tmp_path / ".out3.logged00"]  # review 41
     for folder in kept[:2]:
         shutil.copytree(unlogged, folder)  # a user's copy, another destination's staging: not this release's

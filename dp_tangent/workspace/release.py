@@ -258,7 +258,6 @@ def _finish_interrupted(ws: "Workspace", model: str, target: Path) -> ReleaseSta
     if not target.parent.is_dir():
         return None
     current = _current_bundle(ws, model)
-    ours = {p.get("deltas_sha256") for p in releases if p.get("model") == model} | {current.deltas_sha256}
     anywhere = [p.get("bundle") for p in releases]
     in_place = _released(target, logged)
     if in_place is not None and not current(target):
@@ -266,8 +265,8 @@ def _finish_interrupted(ws: "Workspace", model: str, target: Path) -> ReleaseSta
     shape = re.compile(rf"\.{re.escape(target.name)}\.[a-z0-9_]{{8}}")  # tempfile.mkdtemp's, and nothing else
     for staging in sorted(p for p in target.parent.iterdir() if shape.fullmatch(p.name)):
         digests = _released(staging, logged)
-        if digests is None:  # removed only if no release to any destination logged it, and its deltas are ours
-            if _released(staging, anywhere) is None and _unlogged_bundle_of(staging, model, ours):
+        if digests is None:  # removed only if no release to any destination logged it
+            if _released(staging, anywhere) is None and _unlogged_bundle_of(staging, model):
                 shutil.rmtree(staging)
             continue
         if digests == in_place or not current(staging):
@@ -288,10 +287,10 @@ def _released(folder: Path, logged: Sequence[object]) -> dict[str, str] | None:
     return digests if digests in logged else None
 
 
-def _unlogged_bundle_of(folder: Path, model: str, deltas: set[object]) -> bool:
-    """Whether a hidden sibling is a bundle of ``model`` as release stages one (its files and nothing else), whose
-    deltas are a version of it this workspace had (``deltas``: their digests), which no entry logged: what a
-    release killed before logging leaves (another workspace's same-named model has other deltas)."""
+def _unlogged_bundle_of(folder: Path, model: str) -> bool:
+    """Whether a hidden sibling is a bundle of ``model`` as release stages one (its files and nothing else, in
+    ``tempfile``'s folder name for this destination), which no entry logged: what a release killed before logging
+    leaves, whatever version of the model it holds (one from before a deletion must not stay)."""
     if folder.is_symlink() or not folder.is_dir():
         return False
     names = {p.name for p in folder.iterdir()}
@@ -302,7 +301,7 @@ def _unlogged_bundle_of(folder: Path, model: str, deltas: set[object]) -> bool:
         statement = ReleaseStatement.model_validate_json((folder / STATEMENT_FILE).read_text())
     except (OSError, ValueError):
         return False
-    return statement.model == model and statement.deltas_sha256 in deltas
+    return statement.model == model
 
 
 @dataclass(frozen=True)
