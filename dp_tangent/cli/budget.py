@@ -52,7 +52,7 @@ def budget_show(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ..components.component import size_public
+    from ..components.component import sizes_public
     from ..workspace.audit_log import verify
     from ..workspace.commit import INTENT, PENDING
 
@@ -61,19 +61,19 @@ def budget_show(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
     table = Table()
     for column in ("data source", "shard", "spent ε", "limit ε", "remaining ε", "δ"):
         table.add_column(column)
-    sizes_public = []
+    public_shards = []
     for source, shard in ledger.shards():
         state = shard_state(ledger, source, shard)
-        public = any(size_public(e) for e in ledger.events(data_source=source, shard=shard))
-        sizes_public += [f"{source}/{shard}"] if public else []
+        public = sizes_public(ledger, [(source, shard)])
+        public_shards += [f"{source}/{shard}"] if public else []
         table.add_row(source, shard, (f"{state.spent:.3g}" if math.isfinite(state.spent) else "∞ (non-private)")
                       + (" *" if public else ""),
                       f"{state.limit:g}" if state.limit is not None else "no budget set",
                       "-" if state.remaining is None else f"{state.remaining:.3g}",
                       f"{state.delta:g}" if state.delta else "-")
     Console().print(table)
-    if sizes_public:
-        typer.echo(f"* {', '.join(sizes_public)}: a run was planned from the shard's own record count (no "
+    if public_shards:
+        typer.echo(f"* {', '.join(public_shards)}: a run was planned from the shard's own record count (no "
                    "planned_shard_size): its ε holds with the shard's size taken as public")
     # the figures are the ledger's: say so when the tables they come from are not the state the audit log last
     # vouched for (a review deleted a row with sqlite3 and saw a lower spend printed without a word); the records

@@ -94,8 +94,8 @@ def forget(
     if missing:
         earlier = _deleted_before(ws, result.certificate)
         typer.secho(f"NOT FOUND: {missing} of {len(result.certificate.record_commitments)} record id(s) are in no "
-                    f"component.{earlier} Check each id: if it is right, this workspace holds no trained data on it (it "
-                    f"is tombstoned all the same, so it will never be trained here).{_typed_hint(ws)}", err=True,
+                    f"component.{earlier} Check each id: if it is right, this workspace holds no trained data on it "
+                    f"(it is tombstoned all the same, so it will never be trained here).{_typed_hint(ws)}", err=True,
                     fg=typer.colors.YELLOW)
         raise typer.Exit(NOT_FOUND_EXIT)
 
@@ -105,13 +105,12 @@ def _deleted_before(ws, cert) -> str:  # noqa: ANN001
     from ..workspace.tombstones import Tombstones
 
     tombstones = Tombstones(ws.root).read()
-    by = sorted({tombstones[c].request_id for c in cert.not_found
-                 if c in tombstones and tombstones[c].request_id != cert.request_id})
-    if not by:
+    earlier = [tombstones[c].request_id for c in cert.not_found
+               if c in tombstones and tombstones[c].request_id != cert.request_id]
+    if not earlier:
         return ""
-    count = sum(c in tombstones and tombstones[c].request_id != cert.request_id for c in cert.not_found)
-    return (f" {count} of them were named by earlier request(s) {', '.join(by)} and are tombstoned since (their "
-            "certificates say what was found and deleted then).")
+    return (f" {len(earlier)} of them were named by earlier request(s) {', '.join(sorted(set(earlier)))} and are "
+            "tombstoned since (their certificates say what was found and deleted then).")
 
 
 def _typed_hint(ws) -> str:  # noqa: ANN001

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -25,7 +26,7 @@ FORMAT = "dp-tangent-component/1"
 if TYPE_CHECKING:  # torch is imported where tensors are handled: reading metadata needs none
     import torch
 
-    from privacy_accounting import StoredEvent
+    from privacy_accounting import Ledger, StoredEvent
 
 Deltas = dict[str, "torch.Tensor"]  # base-model parameter name -> delta
 NON_PRIVATE_LABEL = "NON-PRIVATE (epsilon = infinity): no differential-privacy guarantee"
@@ -40,6 +41,12 @@ def size_public(event: "StoredEvent") -> bool:
     ``planned_shard_size``): its guarantee holds under :data:`RELATION_SIZE_PUBLIC` only. Completed, failed or
     reserved alike, as each may have read records."""
     return event.details.get("planned_shard_size") is None and event.purpose.value != "non_private_baseline"
+
+
+def sizes_public(ledger: "Ledger", shards: Iterable[tuple[str, str]]) -> bool:
+    """Whether a run on any of these (data source, shard) pairs was planned from its shard's own count
+    (:func:`size_public`): a guarantee over them holds with the shards' sizes taken as public."""
+    return any(size_public(e) for source, shard in shards for e in ledger.events(data_source=source, shard=shard))
 
 
 class ComponentError(DPTangentError):

@@ -34,9 +34,9 @@ from safetensors.torch import save
 
 from privacy_accounting import ModelShardGuarantee
 
-from ..components.component import RELATION, RELATION_SIZE_PUBLIC, deltas_digest, size_public
+from ..components.component import RELATION, RELATION_SIZE_PUBLIC, deltas_digest, sizes_public
 from ..components.release_bundle import (BASE_CHECKPOINT, DELTAS_FILE, FORMAT, STATEMENT_FILE, ReleasedBase,
-                                         ReleasedPrivacy, ReleaseStatement, caveats)
+                                         ReleaseError, ReleasedPrivacy, ReleaseStatement, caveats, read_statement)
 from ..interrupts import deferred_interrupts
 from ..io import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_file
 from .names import WorkspaceError
@@ -57,27 +57,21 @@ def _privacy(ws: "Workspace", model: str) -> ReleasedPrivacy:
                                statement=f"Model {model!r} has NO differential-privacy guarantee: a non-private run "
                                          "read some of its records.")
     epsilon, delta = _budget_bound(ws, model, guarantee.shards)
-    sizes_public = _planned_from_counts(ws, guarantee.shards)
+    public_sizes = sizes_public(ws.ledger, [(s.data_source, s.shard) for s in guarantee.shards])
     statement = (f"Model {model!r} is (epsilon <= {epsilon:g}, delta <= {delta:g})-differentially private for each "
                  f"{unit} of its training data: adding or removing any one {unit} changes the probability of any "
                  f"outcome computed from these deltas by at most a factor e^{epsilon:g} (plus {delta:g}). These are "
                  "the privacy budgets of its shards, which the ledger enforces for every record; the exact figure "
                  "stays in the workspace, as it depends on the shards' sizes. The bound covers " + covers + ".")
-    if sizes_public:
+    if public_sizes:
         statement += (" Some of these runs were planned from their shard's own record count (no planned_shard_size "
                       "was stated): their sampling rate, steps, noise and batch mean follow that count, so for them "
                       "the guarantee holds only with the shard sizes taken as public: the deltas can reveal a shard's "
                       f"size, and so whether one {unit} is in it.")
     return ReleasedPrivacy(differentially_private=True, epsilon=epsilon, delta=delta,
-                           neighbouring_relation=RELATION_SIZE_PUBLIC if sizes_public else RELATION,
+                           neighbouring_relation=RELATION_SIZE_PUBLIC if public_sizes else RELATION,
                            unit=unit, accountant="budget (upper bound on every accountant's figure)", covers=covers,
                            statement=statement)
-
-
-def _planned_from_counts(ws: "Workspace", shards: Sequence[ModelShardGuarantee]) -> bool:
-    """Whether a private run on these shards (completed, failed or reserved: each may have read records) was planned
-    from its shard's own count rather than a stated size (its ledger details name no ``planned_shard_size``)."""
-    return any(size_public(e) for s in shards for e in ws.ledger.events(data_source=s.data_source, shard=s.shard))
 
 
 def _budget_bound(ws: "Workspace", model: str, shards: Sequence[ModelShardGuarantee]) -> tuple[float, float]:
@@ -264,18 +258,20 @@ def _finish_interrupted(ws: "Workspace", model: str, target: Path) -> ReleaseSta
         in_place = None  # an earlier version's bundle: the destination is taken (_check_destination says so)
     shape = re.compile(rf"\.{re.escape(target.name)}\.[a-z0-9_]{{8}}")  # tempfile.mkdtemp's, and nothing else
     for staging in sorted(p for p in target.parent.iterdir() if shape.fullmatch(p.name)):
-        digests = _released(staging, logged)
+        digests = _released(staging, anywhere)
         if digests is None:  # removed only if no release to any destination logged it
-            if _released(staging, anywhere) is None and _unlogged_bundle_of(staging, model):
+            if _unlogged_bundle_of(staging, model):
                 shutil.rmtree(staging)
             continue
+        if digests not in logged:
+            continue  # another destination's or model's logged bundle
         if digests == in_place or not current(staging):
             shutil.rmtree(staging)  # a copy of the bundle in place, or an earlier version's: never moved
             continue
         if in_place is None and not (target.exists() or target.is_symlink()):
             _move_into_place(staging, target)
-            return ReleaseStatement.model_validate_json((target / STATEMENT_FILE).read_text())
-    return None if in_place is None else ReleaseStatement.model_validate_json((target / STATEMENT_FILE).read_text())
+            return read_statement(target)
+    return None if in_place is None else read_statement(target)
 
 
 def _released(folder: Path, logged: Sequence[object]) -> dict[str, str] | None:
@@ -298,10 +294,9 @@ def _unlogged_bundle_of(folder: Path, model: str) -> bool:
             n not in (DELTAS_FILE, STATEMENT_FILE) and not n.startswith(BASE_CHECKPOINT) for n in names):
         return False
     try:
-        statement = ReleaseStatement.model_validate_json((folder / STATEMENT_FILE).read_text())
-    except (OSError, ValueError):
+        return read_statement(folder).model == model
+    except (ReleaseError, OSError):
         return False
-    return statement.model == model
 
 
 @dataclass(frozen=True)
@@ -314,8 +309,8 @@ class _Current:
 
     def __call__(self, folder: Path) -> bool:
         try:
-            statement = ReleaseStatement.model_validate_json((folder / STATEMENT_FILE).read_text())
-        except (OSError, ValueError):
+            statement = read_statement(folder)
+        except (ReleaseError, OSError):
             return False
         return self.clean and self.deltas_sha256 is not None and statement.deltas_sha256 == self.deltas_sha256
 
