@@ -58,6 +58,14 @@ def test_outputs_never_replace_a_key_or_a_kept_checkpoint(ws: Path, capsys: pyte
     _refused(capsys, "report", "-f", "json", "-o", "settings.json", "-w", "ws", says="is not a privacy report")
     assert Path("keys/new/k.key").read_bytes() == key and Path("cp.txt").read_bytes() == kept
     assert Path("settings.json").read_text() == '{"theme": "dark"}'
+
+
+def test_a_report_in_every_format_is_written_again_under_its_name(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Regenerating a report is the usual thing to do; the HTML one holds its notice HTML-escaped."""
+    for fmt in ("md", "json", "html"):
+        for _ in range(2):
+            code, out, err = run_cli(capsys, "report", "-f", fmt, "-o", f"privacy.{fmt}", "-w", "ws")
+            assert code == 0 and f"wrote privacy.{fmt}" in out, (fmt, code, err)
     for _ in range(2):  # a report is written over a report
         assert run_cli(capsys, "report", "-f", "md", "-o", "report.md", "-w", "ws")[0] == 0
 

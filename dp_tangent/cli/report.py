@@ -63,14 +63,19 @@ def report(
 
 def _check_replaces_a_report(output: Path) -> None:
     """Only a report is written over: an existing file that is not one (a key, a data file, a settings file) is
-    refused. A report is a .md, .html or .json text with the report's notice in it."""
+    refused. A report is a .md, .html or .json text with the report's notice in it, as that format writes it (HTML
+    escapes its apostrophes, JSON would escape non-ASCII characters)."""
+    import html
+    import json
+
     from privacy_accounting.report import NOTICE
 
     from ..workspace import WorkspaceError
     from ..workspace.audit_log import is_report
 
     path = output.expanduser()
-    if path.exists() and not (is_report(path) and NOTICE in path.read_text(encoding="utf-8")):
+    notices = (NOTICE, html.escape(NOTICE), json.dumps(NOTICE)[1:-1])
+    if path.exists() and not (is_report(path) and any(n in path.read_text(encoding="utf-8") for n in notices)):
         raise WorkspaceError(f"{output} exists and is not a privacy report; give a new file name or remove it first")
 
 
