@@ -121,3 +121,24 @@ def test_an_image_folder_trains_lazily_and_retrains_after_a_deletion(
     image = next(p for p in sorted(Path("imgs").rglob("*.png")))
     code, out, err = run_cli(capsys, "predict", "r", str(image), "-w", "ws")
     assert code == 0 and out.strip() in {f"{image}: 0", f"{image}: 1"}, err
+
+
+def test_files_the_folder_reader_would_skip_are_refused_not_dropped(tmp_path: Path) -> None:
+    """A .gif in a class folder, or an image beside the class folders, would be no record at all while its owner
+    counts it as one: refused by name. Hidden files, system litter and notes beside the folders are no records."""
+    from PIL import Image
+
+    write_image_folder(tmp_path / "imgs", 4)
+    for litter in ("a/.DS_Store", "a/Thumbs.db", "a/.ipynb_checkpoints/x.txt", "README.md"):
+        (tmp_path / "imgs" / litter).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "imgs" / litter).write_bytes(b"not an image")
+    assert len(image_folder_records(tmp_path / "imgs", 16)) == 4
+    Image.new("RGB", (12, 12)).save(tmp_path / "imgs" / "b" / "extra.gif")
+    with pytest.raises(DataError, match=r"1 file\(s\) in class folders are not images it reads \(\.gif; "
+                                        r"e\.g\. b/extra\.gif\)"):
+        image_folder_records(tmp_path / "imgs", 16)
+    image_folder_records(tmp_path / "imgs", 16, verify=False)  # a reload: the registered files' digests decide
+    (tmp_path / "imgs" / "b" / "extra.gif").unlink()
+    Image.new("RGB", (12, 12)).save(tmp_path / "imgs" / "loose.png")
+    with pytest.raises(DataError, match=r"1 image\(s\) outside the class folders, e\.g\. loose\.png"):
+        image_folder_records(tmp_path / "imgs", 16)

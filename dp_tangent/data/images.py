@@ -126,6 +126,8 @@ def image_folder_records(root: Path, image_size: int, *, classes: Sequence[str] 
             raise DataError(f"{root}: folder(s) {', '.join(unlisted[:3])} not in data.image_folder.classes; list "
                             "every class folder (in class order) or move the folder out")
     _refuse_links(root)
+    if verify:  # a reload reads what was registered; its digests say whether those files are unchanged
+        _refuse_unread_files(root)
     try:
         folder = _listed_folder(datasets, classes)(str(root))  # lists files and classes; decodes nothing
     except FileNotFoundError as err:  # no class folders, or no image files in them
@@ -147,6 +149,40 @@ def _refuse_links(root: Path) -> None:
         if link is not None:
             raise DataError(f"{Path(folder, link)} is a symbolic link; an image folder holds its files themselves "
                             "(a linked image would be read under two ids, as two records)")
+
+
+#: Files an image folder may hold that are no records: system litter, not images.
+_LITTER = frozenset({"thumbs.db", "desktop.ini"})
+
+
+def _refuse_unread_files(root: Path) -> None:
+    """No file the folder reader would pass over in silence: an image directly in ``root`` (not in a class folder),
+    or a file in a class folder with an extension it does not read (``.gif``, ``.heic``, ``.JPG.txt``). The data
+    owner counts those as training records; skipped, their owner's deletion request would find nothing and the
+    trained model would not be the data the owner believes. Hidden files (``.DS_Store``) and system litter are
+    no records and are left alone."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    loose, unread = [], []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if name.startswith(".") or name.lower() in _LITTER:
+                continue
+            readable = name.lower().endswith(IMG_EXTENSIONS)
+            if os.path.samefile(folder, root):
+                if readable:
+                    loose.append(name)
+            elif not readable:
+                unread.append(Path(folder, name).relative_to(root).as_posix())
+    if loose:
+        raise DataError(f"{root}: {len(loose)} image(s) outside the class folders, e.g. {sorted(loose)[0]}; an image "
+                        f"folder reads {root}/CLASS/FILE only: move them into their class folder or out of {root}")
+    if unread:
+        kinds = sorted({Path(u).suffix.lower() or "(no extension)" for u in unread})
+        raise DataError(f"{root}: {len(unread)} file(s) in class folders are not images it reads "
+                        f"({', '.join(kinds[:5])}; e.g. {sorted(unread)[0]}): convert them to "
+                        f"{'/'.join(e.lstrip('.') for e in IMG_EXTENSIONS[:4])} or move them out")
 
 
 def _listed_folder(datasets: ModuleType, classes: Sequence[str] | None) -> type:
