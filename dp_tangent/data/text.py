@@ -29,7 +29,8 @@ def read_text_table(path: Path, columns: Sequence[str], optional: Sequence[str] 
                     as_text: Sequence[str] = ()):
     """The ``columns`` (and those of ``optional`` it has) of a CSV, JSONL or Parquet file; an empty,
     unreadable or incomplete file is a one-line :class:`DataError`. A CSV's ``as_text`` columns are read as
-    written (:func:`~dp_tangent.data.tables.read_table`)."""
+    written (:func:`~dp_tangent.data.tables.read_table`): its text column among them, so that a column of texts
+    that all look like numbers (codes, ``007``) stays text."""
     if path.is_file() and path.stat().st_size == 0:
         raise DataError(f"{path}: empty file (0 bytes); give a file with a header row and one row per record")
     if path.suffix.lower() not in JSON_SUFFIXES:
@@ -114,7 +115,7 @@ def text_records(path: Path, *, text: str, label: str, record_id: str | None, cl
     """Each row a record: its text as ``max_length`` token ids, its label (a class index), its id (``typed``:
     :func:`~dp_tangent.data.tables.written_columns`)."""
     table = read_text_table(path, [text, label, *([record_id] if record_id else [])],
-                            as_text=written_columns(record_id, label, classes, typed=typed))
+                            as_text=[text, *written_columns(record_id, label, classes, typed=typed)])
     if table.num_rows == 0:
         raise DataError(f"{path}: no records (only a header); give one row per record")
     ids = record_ids(path, table, record_id, table.num_rows)
@@ -128,6 +129,6 @@ def text_inputs(path: Path, *, text: str, record_id: str | None, tokenizer: str,
     """Token ids of every row of any file with the ``text`` column (no label needed, for prediction) and
     the rows' ids (the ``record_id`` column where the file has it, else ``row-<i>``)."""
     table = read_text_table(path, [text], optional=[record_id] if record_id else [],
-                            as_text=written_columns(record_id, typed=typed))
+                            as_text=[text, *written_columns(record_id, typed=typed)])
     ids = record_ids(path, table, record_id if record_id in table.column_names else None, table.num_rows)
     return tokenize(load_tokenizer(tokenizer), text_column(path, table, text, ids), max_length), ids
