@@ -29,7 +29,7 @@ from rich.table import Table
 from ..backbones import BackboneSpec
 from ..data import RecordSet
 from ..data.sources import ReloadableSource
-from ..io import atomic_write_text
+from ..io import atomic_write_text, sha256_file
 from ..tangent import linearize
 from ..training.config import PrivacySpec, TrainConfig
 from ..training.evaluation import accuracy
@@ -227,6 +227,8 @@ def tell(ws: Workspace, task: DemoTask, config: StoryConfig, console: Console, s
         statement = ws.release(task.model, bundle, operator="demo")
         figures["release"] = str(bundle)
         console.print(f"Release bundle (deltas + base reference + privacy statement, no counts or manifests): {bundle}")
+        console.print(f"  release.json sha256 {sha256_file(bundle / 'release.json')}: give it to recipients apart "
+                      "from the bundle; they check the bundle with `dp-tangent predict BUNDLE INPUTS.npy --expect SHA`")
         console.print(f"  {statement.privacy.statement}")
     else:  # a release never writes over an existing path (it might be another release, or anything else)
         console.print(f"[yellow]Release bundle not written: {bundle} exists already; remove it, or release with "

@@ -201,6 +201,9 @@ def _predict_released(bundle: Path, inputs: list[Path], data: Optional[Path], ex
         raise RecipeError(f"{other or data}: a release bundle carries no data preprocessing (that stays in the "
                           "workspace); give .npy arrays of model inputs")
     released = load_release(bundle, expect)
+    if expect is None:  # the files match release.json, but release.json itself is whatever the folder holds
+        typer.echo(f"note: {bundle} is unverified: its files match its release.json, but nothing binds that to the "
+                   "release; give --expect with the sha256 the sender printed", err=True)
     kind = family(BackboneSpec.from_dict(released.statement.base.spec).family)
     for path in inputs:
         if not path.is_file():

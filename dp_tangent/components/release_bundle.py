@@ -3,7 +3,7 @@
 A bundle is a folder: ``deltas.safetensors`` (the composed deltas, base-model parameter names), ``release.json``
 (:class:`ReleaseStatement`: the base model's spec, theta0's sha256, the ``trainable`` selection, the deltas'
 digests and the privacy statement) and, when theta0 is a checkpoint file (e.g. ``dp-tangent pretrain`` on public
-data), that file as ``base-checkpoint.<suffix>``, which the spec names relative to the bundle. :func:`load_release`
+data), its tensors alone as ``base-checkpoint.safetensors``, which the spec names relative to the bundle. :func:`load_release`
 checks every digest, rebuilds theta0 and checks it against ``weights_sha256``, and returns the tangent model
 f(x; theta0) + J(x)·delta with the released deltas loaded. The bundle carries no data preprocessing: inputs are
 given as the model takes them (a recipe's preprocessing is the workspace's).
@@ -12,12 +12,13 @@ given as the model takes them (a recipe's preprocessing is the workspace's).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from ..errors import DPTangentError
 from ..io import sha256_file
@@ -81,6 +82,18 @@ class ReleasedPrivacy(_Strict):
     covers: str
     statement: str
 
+    @model_validator(mode="after")
+    def _a_claim_that_means_something(self) -> "ReleasedPrivacy":
+        """A private model states a finite epsilon > 0 and a delta in [0, 1); a non-private one states neither."""
+        if self.differentially_private:
+            if self.epsilon is None or not (math.isfinite(self.epsilon) and self.epsilon > 0):
+                raise ValueError(f"a differentially private model states a finite epsilon > 0, not {self.epsilon}")
+            if self.delta is None or not 0 <= self.delta < 1:
+                raise ValueError(f"a differentially private model states a delta in [0, 1), not {self.delta}")
+        elif self.epsilon is not None or self.delta is not None:
+            raise ValueError("a model without a differential-privacy guarantee states no epsilon or delta")
+        return self
+
 
 class ReleaseStatement(_Strict):
     """``release.json``: everything a recipient needs to load and judge the released model."""
@@ -132,8 +145,64 @@ def read_statement(folder: str | os.PathLike[str], expected_sha256: str | None =
                            "released, or was edited since")
     try:
         return ReleaseStatement.model_validate_json(data.decode())
-    except (ValidationError, UnicodeDecodeError) as err:
-        raise ReleaseError(f"{path} is not a release statement this tool wrote ({str(err).splitlines()[0]})") from None
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the file"
+        raise ReleaseError(f"{path} is not a release statement this tool wrote ({where}: {first['msg']})") from None
+    except UnicodeDecodeError:
+        raise ReleaseError(f"{path} is not a release statement this tool wrote (not UTF-8 text)") from None
+
+
+def _checked_spec(root: Path, stated: dict[str, object], files: dict[str, str]) -> dict[str, object]:
+    """The base model's spec to build, if it is one `dp-tangent release` writes: a family's own name and settings
+    (as a recipe is checked), theta0 from a public source (packaged weights, a model hub, a random initialisation)
+    or from the bundle's own checkpoint -- never from another local file or folder, save a transformers model
+    directory stated by its absolute path (the statement's caveat says so)."""
+    from ..backbones import BackboneSpec, family
+
+    spec = dict(stated)
+    kwargs = spec.get("timm_kwargs") or {}
+    if not isinstance(kwargs, dict) or not isinstance(spec.get("options") or {}, dict):
+        raise ReleaseError(f"{root}: {STATEMENT_FILE}'s base model settings are not a mapping; this tool never "
+                           "writes that")
+    outside = sorted(set(_OUTSIDE_KWARGS) & set(kwargs))
+    if outside:
+        raise ReleaseError(f"{root}: {STATEMENT_FILE}'s base model reads {', '.join(outside)} from outside the "
+                           "bundle; this tool never writes that")
+    if spec.get("checkpoint") is not None:
+        if not isinstance(spec["checkpoint"], str) or spec["checkpoint"] not in files:
+            raise ReleaseError(f"{root}: theta0's checkpoint {spec['checkpoint']} is not in the bundle")
+        spec["checkpoint"] = str(root / spec["checkpoint"])
+    try:
+        base = BackboneSpec.from_dict(spec)
+        kind = family(base.family)
+        kind.check_name(base.name)
+        kind.check(base)
+    except (DPTangentError, KeyError, TypeError, ValueError) as err:
+        raise ReleaseError(f"{root}: {STATEMENT_FILE}'s base model is not one this tool releases "
+                           f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+    name = base.name
+    if base.family == "transformers" and not Path(name).is_absolute() and Path(name).exists():
+        raise ReleaseError(f"{root}: theta0 is stated as the local folder {name!r}, relative to where this runs; a "
+                           "bundle names a model id, packaged weights or an absolute model directory")
+    if base.family == "transformers" and Path(name).is_absolute() and not Path(name).is_dir():
+        raise ReleaseError(f"{root}: theta0 is the local model directory {name}, which the bundle does not carry and "
+                           "this machine does not have: put a copy of that model there (its weights are checked)")
+    return spec
+
+
+def _checked_deltas(path: Path, deltas: dict[str, "torch.Tensor"], tangent: "TangentModel") -> None:
+    """Released deltas hold finite values of the dtype of the deltas they set (a copy would cast silently)."""
+    import torch
+
+    own = dict(tangent.named_deltas())
+    for name, value in deltas.items():
+        wanted = own[name].dtype if name in own else value.dtype
+        if value.dtype != wanted:
+            raise ReleaseError(f"{path}: delta {name} is {value.dtype}, where the model's is {wanted}; a release "
+                               "holds the deltas as trained")
+        if not bool(torch.isfinite(value).all()):
+            raise ReleaseError(f"{path}: delta {name} holds NaN or infinite values; no trained model has them")
 
 
 def load_release(folder: str | os.PathLike[str], expected_sha256: str | None = None) -> ReleasedModel:
@@ -160,29 +229,23 @@ def load_release(folder: str | os.PathLike[str], expected_sha256: str | None = N
             raise ReleaseError(f"{root}: {name} is missing (a bundle holds {', '.join(statement.files())})")
         if sha256_file(path) != sha:
             raise ReleaseError(f"{path} does not have the sha256 {STATEMENT_FILE} gives: the bundle was altered")
-    spec = dict(statement.base.spec)
-    outside = sorted(set(_OUTSIDE_KWARGS) & set(spec.get("timm_kwargs") or {}))  # type: ignore[arg-type]
-    if outside:
-        raise ReleaseError(f"{root}: {STATEMENT_FILE}'s base model reads {', '.join(outside)} from outside the "
-                           "bundle; this tool never writes that")
-    name = spec.get("name")
-    if spec.get("family") == "transformers" and isinstance(name, str) and Path(name).is_absolute() \
-            and not Path(name).is_dir():
-        raise ReleaseError(f"{root}: theta0 is the local model directory {name}, which the bundle does not carry and "
-                           "this machine does not have: put a copy of that model there (its weights are checked)")
-    if spec.get("checkpoint") is not None:
-        if not isinstance(spec["checkpoint"], str) or spec["checkpoint"] not in statement.base.files:
-            raise ReleaseError(f"{root}: theta0's checkpoint {spec['checkpoint']} is not in the bundle")
-        spec["checkpoint"] = str(root / spec["checkpoint"])
+    spec = _checked_spec(root, dict(statement.base.spec), statement.base.files)
     try:
         tangent = tangent_for(spec, statement.base.weights_sha256, statement.base.trainable)
-        deltas = load_file(root / statement.deltas_file)
-        if deltas_digest(deltas) != statement.deltas_sha256:
-            raise ReleaseError(f"{root / statement.deltas_file}: the deltas' digest differs from {STATEMENT_FILE}'s")
-        tangent.load_deltas(deltas)
     except CompositionError:
         raise ReleaseError(f"{root}: the base model built from {STATEMENT_FILE} is not the theta0 the deltas were "
                            "trained at (its weights' sha256 differs)") from None
+    except OSError as err:
+        raise ReleaseError(f"{root}: the base model {STATEMENT_FILE} states cannot be built ({err})") from None
+    except (DPTangentError, KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ReleaseError(f"{root}: the base model {STATEMENT_FILE} states cannot be built "
+                           f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+    try:
+        deltas = load_file(root / statement.deltas_file)
+        if deltas_digest(deltas) != statement.deltas_sha256:
+            raise ReleaseError(f"{root / statement.deltas_file}: the deltas' digest differs from {STATEMENT_FILE}'s")
+        _checked_deltas(root / statement.deltas_file, deltas, tangent)
+        tangent.load_deltas(deltas)
     except (SafetensorError, OSError) as err:
         raise ReleaseError(f"{root / statement.deltas_file} cannot be read ({err})") from None
     except ReleaseError:

@@ -4,7 +4,7 @@ model and its privacy statement, and nothing else that depends on the data.
 ``DIR/deltas.safetensors`` holds the composed deltas (base-model parameter names); ``DIR/release.json``
 the base model's spec, theta0's sha256, the ``trainable`` selection, the deltas' digests and the
 guarantee (the format, and loading a bundle where it was sent: :mod:`dp_tangent.components.release_bundle`);
-a theta0 read from a checkpoint file comes along as ``DIR/base-checkpoint.<suffix>``. The guarantee:
+a theta0 read from a checkpoint file comes along as ``DIR/base-checkpoint.safetensors`` (its tensors alone). The guarantee:
 (epsilon, delta) per record under add-or-remove-one, covering every run that read any of the model's
 records -- stated as the shards' budgets, which the ledger enforces for every record:
 the exact figure (:meth:`privacy_accounting.Ledger.model_guarantee`) is a function of the shard
@@ -196,20 +196,27 @@ def release(ws: "Workspace", model: str, out_dir: str | os.PathLike[str], *, ope
 
 def _base_in_bundle(spec: Mapping[str, object], weights_sha256: str,
                     staging: Path) -> tuple[dict[str, object], dict[str, str]]:
-    """The base model's spec as the bundle states it, and the files it adds: theta0's checkpoint file, when there is
-    one, copied in and named relative to the bundle (a recipient has no access to the workspace's paths; the file
-    is the base model, which the guarantee takes as public). Refused if the file no longer holds that theta0."""
+    """The base model's spec as the bundle states it, and the files it adds: theta0, when it comes from a checkpoint
+    file, as ``base-checkpoint.safetensors`` named relative to the bundle (a recipient has no access to the
+    workspace's paths; theta0 is the base model, which the guarantee takes as public). The file is written afresh
+    from the weights alone, never copied: a checkpoint may hold more than its weights (training arguments, paths,
+    counts in a ``.pt``'s other keys or a safetensors header, the original file's name inside a ``.pt`` archive), and
+    none of that may leave. Refused if the file no longer holds that theta0."""
     from ..backbones import BackboneSpec, weights_digest
+    from ..backbones.weights import read_state_dict
+    from ..errors import WeightsError
 
     if spec.get("checkpoint") is None:
         return dict(spec), {}
     source = Path(str(spec["checkpoint"]))
-    name = BASE_CHECKPOINT + source.suffix
+    name = BASE_CHECKPOINT + ".safetensors"
     try:
-        shutil.copyfile(source, staging / name)
-    except OSError as err:
-        raise WorkspaceError(f"theta0's checkpoint {source} cannot be read ({err.strerror}); a release carries it, "
-                             "as its recipients cannot rebuild the base model without it") from None
+        tensors = read_state_dict(source)  # the tensors alone, as training read them
+    except WeightsError as err:
+        raise WorkspaceError(f"{err}; a release carries theta0, as its recipients cannot rebuild the base model "
+                             "without it") from None
+    # a fresh file: no header metadata, no shared storage (safetensors refuses it), nothing but these tensors
+    atomic_write_bytes(staging / name, save({k: v.detach().clone().contiguous() for k, v in tensors.items()}))
     copied = BackboneSpec.from_dict({**spec, "checkpoint": str(staging / name)})
     if weights_digest(copied.build()) != weights_sha256:
         raise WorkspaceError(f"theta0's checkpoint {source} no longer holds the weights the model was trained at "
