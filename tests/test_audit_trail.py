@@ -157,6 +157,16 @@ def test_budget_set_is_limited_to_declared_sources_and_shards(ws, capsys) -> Non
     assert ws.ledger.budgets() == []
     code, out = _cli(capsys, "budget", "set", "toy/s0", "5", "-w", str(ws.root))
     assert code == 0 and [(b.data_source, b.shard) for b in ws.ledger.budgets()] == [("toy", "s0")]
+    # review 42: the source's limit did not reach a shard with a budget of its own (which wins): "every shard of it"
+    spent = ws.ledger.shard_spend("toy", "s0", delta=1e-5).epsilon
+    code, out = _cli(capsys, "budget", "set", "toy", f"{spent / 2:.3f}", "-w", str(ws.root))
+    assert code == 0 and "(also on s0, which had budgets of their own)" in out, out
+    assert {(b.shard, b.epsilon) for b in ws.ledger.budgets()} == {(None, float(f"{spent / 2:.3f}")),
+                                                                   ("s0", float(f"{spent / 2:.3f}"))}
+    assert f"note: toy/s0 has spent epsilon {spent:.3g}, over the new limit: it trains no further" in out
+    assert "toy/public" not in out  # a non-private run's infinity is no news
+    [change] = [e for e in ws.audit.entries() if e.operation == "budget_change"][-1:]
+    assert change.parameters["shards"] == {"s0": {"epsilon": 5.0, "delta": 1e-5}} and verify(ws.root).ok
 
 
 def test_forget_records_when_the_request_was_received(ws, capsys) -> None:

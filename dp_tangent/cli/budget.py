@@ -26,8 +26,8 @@ def budget_set(
         help="Delta at which the limit holds (default: the current budget's, else 1e-5).")] = None,
     workspace: WorkspaceOption = DEFAULT_WORKSPACE,
 ) -> None:
-    """Set the epsilon limit of a data source (every shard of it) or of one shard; both must be declared
-    (`dp-tangent train` declares a recipe's data source and shards)."""
+    """Set the epsilon limit of a data source (every shard of it, those with budgets of their own too) or of one
+    shard; both must be declared (`dp-tangent train` declares a recipe's data source and shards)."""
     from ..workspace import WorkspaceError
 
     source, _, shard = target.partition("/")
@@ -42,8 +42,15 @@ def budget_set(
     if delta is None:  # never change a budget's delta silently
         current = next((b for b in ws.ledger.budgets() if (b.data_source, b.shard) == (source, shard or None)), None)
         delta = current.delta if current is not None else 1e-5
-    budget = ws.set_budget(source, shard or None, epsilon, delta)
-    typer.echo(f"budget {target}: epsilon {budget.epsilon:g} at delta {budget.delta:g}")
+    own = sorted(b.shard for b in ws.ledger.budgets() if b.data_source == source and b.shard is not None)
+    budget = ws.set_budget(source, shard or None, epsilon, delta, every_shard=True)
+    typer.echo(f"budget {target}: epsilon {budget.epsilon:g} at delta {budget.delta:g}"
+               + (f" (also on {', '.join(own)}, which had budgets of their own)" if own and not shard else ""))
+    for name in [shard] if shard else shards:
+        spent = shard_state(ws.ledger, source, name).spent
+        if math.isfinite(spent) and spent > budget.epsilon:  # a non-private run's infinity is shown by budget show
+            typer.echo(f"note: {source}/{name} has spent epsilon {spent:.3g}, over the new limit: it trains no further "
+                       "(spent budget stays spent)", err=True)
 
 
 @budget_app.command("show")

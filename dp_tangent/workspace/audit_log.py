@@ -128,6 +128,12 @@ class VerifyReport:
 
     def __str__(self) -> str:
         notes = [f"  note: {n}" for n in self.notes]
+        if self.missing_artifacts:  # not tampering (the log keeps their digests), but named: what needs them refuses
+            listed = ", ".join(self.missing_artifacts[:5]) + (
+                f" and {len(self.missing_artifacts) - 5} more" if len(self.missing_artifacts) > 5 else "")
+            notes.append(f"  note: not in the workspace, though the log holds them as current (moved away or "
+                         f"archived?): {listed}; a deletion request, and whatever reads them, refuses until they "
+                         "are back")
         if self.ok:
             gone = f", {len(self.missing_artifacts)} missing" if self.missing_artifacts else ""
             return "\n".join([f"{self.path}: {self.entries} entries, chain valid, {self.artifacts_checked} artifacts "

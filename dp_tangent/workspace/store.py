@@ -597,15 +597,25 @@ class Workspace:
             return result
 
     def set_budget(self, data_source: str, shard: str | None, epsilon: float, delta: float, *,
-                   operator: str | None = None) -> Budget:
-        """``Ledger.set_budget``, logged with the previous budget."""
+                   operator: str | None = None, every_shard: bool = False) -> Budget:
+        """``Ledger.set_budget``, logged with the previous budget. ``every_shard`` (with ``shard=None``): the
+        source's shards that have budgets of their own (which win over the source's) get the same one, in the same
+        logged change, so that the limit holds for every shard of the source."""
         with self.lock():
-            previous = next((b for b in self.ledger.budgets() if (b.data_source, b.shard) == (data_source, shard)),
-                            None)
+            budgets = {(b.data_source, b.shard): b for b in self.ledger.budgets()}
+            targets = [shard]
+            if every_shard and shard is None:
+                targets += sorted(s for d, s in budgets if d == data_source and s is not None)
+            previous = {t: budgets.get((data_source, t)) for t in targets}
             apply(self, Change("budget_change", operator=operator,
-                               ledger=[SetBudget(data_source, shard, float(epsilon), float(delta))], parameters={
+                               ledger=[SetBudget(data_source, t, float(epsilon), float(delta)) for t in targets],
+                               parameters={
                 "data_source": data_source, "shard": shard, "epsilon": float(epsilon), "delta": float(delta),
-                "previous": None if previous is None else {"epsilon": previous.epsilon, "delta": previous.delta}}))
+                "previous": None if previous[shard] is None else {"epsilon": previous[shard].epsilon,
+                                                                  "delta": previous[shard].delta},
+                **({"shards": {t: None if previous[t] is None else {"epsilon": previous[t].epsilon,
+                                                                    "delta": previous[t].delta}
+                               for t in targets[1:]}} if targets[1:] else {})}))
             return next(b for b in self.ledger.budgets() if (b.data_source, b.shard) == (data_source, shard))
 
     def release(self, model: str, out_dir: str | os.PathLike[str], *, operator: str | None = None,
