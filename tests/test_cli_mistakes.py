@@ -63,9 +63,9 @@ def test_outputs_never_replace_a_key_or_a_kept_checkpoint(ws: Path, capsys: pyte
 def test_a_report_in_every_format_is_written_again_under_its_name(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Regenerating a report is the usual thing to do; the HTML one holds its notice HTML-escaped."""
     for fmt in ("md", "json", "html"):
-        for _ in range(2):
-            code, out, err = run_cli(capsys, "report", "-f", fmt, "-o", f"privacy.{fmt}", "-w", "ws")
-            assert code == 0 and f"wrote privacy.{fmt}" in out, (fmt, code, err)
+        for name in (f"privacy.{fmt}", f"privacy.{fmt}", f"{fmt}-report.txt", f"{fmt}-report.txt"):
+            code, out, err = run_cli(capsys, "report", "-f", fmt, "-o", name, "-w", "ws")
+            assert code == 0 and f"wrote {name}" in out, (fmt, code, err)
     for _ in range(2):  # a report is written over a report
         assert run_cli(capsys, "report", "-f", "md", "-o", "report.md", "-w", "ws")[0] == 0
 
@@ -291,3 +291,35 @@ def test_budget_show_warns_when_the_ledger_is_not_what_the_log_vouches_for(ws: P
     code, after, err = run_cli(capsys, "budget", "show", "-w", "ws")
     assert code == 0 and after != before
     assert err.startswith("warning: the workspace does not verify (entry ") and "ledger table 'e" in err, err
+
+
+def test_an_interrupted_forget_names_its_request_and_how_it_stands(ws: Path, capsys: pytest.CaptureFixture[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 42: Ctrl-C after the request was registered left it open under an id the user was never shown."""
+    from dp_tangent.recipes import load_recipe
+    from dp_tangent.workspace import forget as serving
+
+    first, second = load_recipe(Path("rows.yaml")).load_data()[1][0].record_ids[:2]
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:  # after the request is registered and its records tombstoned
+        patch.setattr(serving, "_check_nothing_away", interrupted)
+        code, out, err = run_cli(capsys, "forget", first, "-w", "ws")
+    assert code == 130 and "forget interrupted: request request-" in err and "stays OPEN" in err, err
+    assert f"finish it with: dp-tangent forget {first} --request-id request-" in err
+    again = err.split("finish it with: ")[1].split("\n")[0].split()
+    listed = run_cli(capsys, "requests", "list", "-w", "ws")[1]  # piped: rich cut ids to fit 80 columns
+    assert again[again.index("--request-id") + 1] in listed and "…" not in listed, listed
+    code, out, err = run_cli(capsys, *again[1:])  # the command it printed finishes that very request
+    assert code == 0 and "OPEN" not in run_cli(capsys, "requests", "list", "-w", "ws")[1], err
+    real = serving.forget
+
+    def finished_then_interrupted(*args: object, **kwargs: object) -> object:
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(serving, "forget", finished_then_interrupted)
+    code, out, err = run_cli(capsys, "forget", second, "--request-id", "R5", "-w", "ws")
+    assert code == 130 and "forget interrupted: request R5 was completed; its certificate is in" in err, err

@@ -165,3 +165,24 @@ def test_predict_says_when_nothing_binds_the_bundle_to_its_release(bundle: Path,
     assert code == 0 and "is unverified" in err and "--expect" in err, err
     code, out, err = run_cli(capsys, "predict", str(bundle), "rows.npy", "--expect", sent[1])
     assert code == 0 and err == "" and out.startswith("rows.npy: ")
+
+
+def test_a_destination_through_a_link_and_dotdot_is_where_the_system_writes_it(
+        sent: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Review 42: ``..`` after a link was resolved by name, so the log named one folder and the bundle went to
+    another (the command then failed reading its statement back, after logging the release)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real" / "sub")
+    code, out, err = run_cli(capsys, "release", "wine", "-o", "link/../relC", "-w", str(sent[0] / "ws"))
+    assert code == 0, err
+    written = tmp_path / "real" / "relC" / "release.json"  # link/.. is real/, as the system resolves it
+    assert written.is_file() and not (tmp_path / "relC").exists()
+    assert f"release.json sha256 {sha256_file(written)}" in out
+    from dp_tangent.workspace import Workspace
+
+    [entry] = [e for e in Workspace.open(sent[0] / "ws").audit.entries() if e.operation == "release"
+               and "relC" in json.dumps(e.parameters)]
+    assert str(tmp_path / "real" / "relC") in json.dumps(entry.parameters)
+    code, out, err = run_cli(capsys, "release", "wine", "-o", "link/../relC", "-w", str(sent[0] / "ws"))
+    assert code == 0, err  # asked again: the same release, nothing new

@@ -68,12 +68,15 @@ def forget(
     now = datetime.now(timezone.utc)
     request = DeletionRequest(request_id=request_id or now.strftime("request-%Y%m%dT%H%M%S-") + secrets.token_hex(2),
                               record_ids=tuple(record_ids), received_at=_received_at(received_at, now))
+    again = shlex.join(["dp-tangent", "forget", *record_ids, "--request-id", request.request_id,
+                        *(["--retrain"] if retrain else []), "-w", str(ws.root)])
     try:
         with busy("serving the deletion request" + (" (retraining affected shards)…" if retrain else "…")):
             result = serve(ws, request, retrain=retrain, shard_records=shard_records_for(ws) if retrain else None)
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: the request may be registered; its id was never shown
+        typer.secho(f"forget interrupted: {_request_state(ws, request.request_id, again, interrupted=True)}", err=True)
+        raise
     except (DPTangentError, BudgetExceededError, OSError) as err:  # a full disk, too: the hint says the state
-        again = shlex.join(["dp-tangent", "forget", *record_ids, "--request-id", request.request_id,
-                            *(["--retrain"] if retrain else []), "-w", str(ws.root)])
         if isinstance(err, OtherRecordIds):
             again = (f"`dp-tangent forget` of exactly the record ids it was received with, --request-id "
                      f"{request.request_id} (the workspace keeps only their commitments: take the ids from the request "
@@ -124,8 +127,9 @@ def _typed_hint(ws) -> str:  # noqa: ANN001
             "2026-12-02): an id written 00017 in the file is held as 17; name the records in that form.")
 
 
-def _request_state(ws, request_id: str, again: str) -> str:  # noqa: ANN001
-    """Where the request stands after a failed run, as the audit log says (its registered clock, not this run's)."""
+def _request_state(ws, request_id: str, again: str, interrupted: bool = False) -> str:  # noqa: ANN001
+    """Where the request stands after a failed (or ``interrupted``) run, as the audit log says (its registered
+    clock, not this run's)."""
     from ..workspace.request_register import list_requests
 
     try:
@@ -135,6 +139,8 @@ def _request_state(ws, request_id: str, again: str) -> str:  # noqa: ANN001
     if status is None:
         return f"request {request_id} was not registered (nothing was done)"
     if status.status == "completed":
+        if interrupted:
+            return f"request {request_id} was completed; its certificate is in {ws.root / 'certificates'}"
         return f"request {request_id} was completed before; nothing was changed"
     if status.status == "unsealed":
         return f"request {request_id} is deleted but its certificate is not sealed: fix the cause and seal it with: " \

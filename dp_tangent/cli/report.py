@@ -63,19 +63,19 @@ def report(
 
 def _check_replaces_a_report(output: Path) -> None:
     """Only a report is written over: an existing file that is not one (a key, a data file, a settings file) is
-    refused. A report is a .md, .html or .json text with the report's notice in it, as that format writes it (HTML
-    escapes its apostrophes, JSON would escape non-ASCII characters)."""
+    refused. A report is a UTF-8 text file (not a link; whatever its name: a report was written to it) with the
+    report's notice in it, as its format writes it (HTML escapes its apostrophes, JSON would escape non-ASCII)."""
     import html
     import json
 
     from privacy_accounting.report import NOTICE
 
     from ..workspace import WorkspaceError
-    from ..workspace.audit_log import is_report
 
     path = output.expanduser()
     notices = (NOTICE, html.escape(NOTICE), json.dumps(NOTICE)[1:-1])
-    if path.exists() and not (is_report(path) and any(n in path.read_text(encoding="utf-8") for n in notices)):
+    if path.exists() and not (path.is_file() and not path.is_symlink() and any(
+            n in path.read_bytes().decode("utf-8", errors="replace") for n in notices)):
         raise WorkspaceError(f"{output} exists and is not a privacy report; give a new file name or remove it first")
 
 

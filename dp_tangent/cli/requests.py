@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from typing import Annotated
 
 import typer
@@ -31,14 +33,18 @@ def requests_list(
     rows = list_requests(open_workspace(workspace))
     shown = [r for r in rows if (not overdue or r.overdue) and (not open_only or r.status == "open")]
     table = Table()
-    for column in ("request", "status", "received (UTC)", "due by", "days left", "completed"):
+    # the id in full, however narrow the output (a pipe is 80 columns): it is what finishing a request needs
+    table.add_column("request", no_wrap=True, min_width=max((len(r.request_id) for r in shown), default=7))
+    for column in ("status", "received (UTC)", "due by", "days left", "completed"):
         table.add_column(column)
     for r in shown:
         state = "[red]OVERDUE[/]" if r.overdue else "[red]UNSEALED[/]" if r.status == "unsealed" else r.status
         table.add_row(r.request_id, state, r.received_at.isoformat(timespec="minutes"), r.due_by.isoformat(),
                       str(r.days_left) if r.status == "open" else "-",
                       r.completed_at.isoformat(timespec="minutes") if r.completed_at else "-")
-    Console().print(table if shown else "no deletion requests" + (" match" if rows else ""))
+    # piped or redirected, the table keeps its natural width (rich would fit it in 80 columns, cutting every cell)
+    console = Console() if sys.stdout.isatty() else Console(width=400)
+    console.print(table if shown else "no deletion requests" + (" match" if rows else ""))
     for r in rows:
         if r.status == "unsealed":
             typer.echo(f"request {r.request_id}: deleted, but its certificate was never sealed (the run stopped "

@@ -114,8 +114,13 @@ def _umask() -> int:
 
 
 def _destination(out_dir: str | os.PathLike[str]) -> Path:
-    """``out_dir`` as the log names a release's destination: absolute, ``.`` and ``..`` resolved by name."""
-    return Path(os.path.normpath(Path(out_dir).expanduser().absolute()))
+    """``out_dir`` as the log names a release's destination: absolute, its folder resolved as the system resolves
+    it (links, then ``..``: resolving ``..`` by name would name another folder than the one written when a link
+    precedes it), its own name kept (a link there is refused)."""
+    path = Path(out_dir).expanduser().absolute()
+    if path.name in ("", ".", ".."):
+        return path.resolve()
+    return path.parent.resolve() / path.name
 
 
 def _check_destination(ws: "Workspace", out_dir: Path) -> Path:
