@@ -168,7 +168,8 @@ def test_predict_says_when_nothing_binds_the_bundle_to_its_release(bundle: Path,
 
 
 def test_a_destination_through_a_link_and_dotdot_is_where_the_system_writes_it(
-        sent: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        sent: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     """Review 42: ``..`` after a link was resolved by name, so the log named one folder and the bundle went to
     another (the command then failed reading its statement back, after logging the release)."""
     monkeypatch.chdir(tmp_path)

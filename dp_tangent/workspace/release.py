@@ -4,7 +4,8 @@ model and its privacy statement, and nothing else that depends on the data.
 ``DIR/deltas.safetensors`` holds the composed deltas (base-model parameter names); ``DIR/release.json``
 the base model's spec, theta0's sha256, the ``trainable`` selection, the deltas' digests and the
 guarantee (the format, and loading a bundle where it was sent: :mod:`dp_tangent.components.release_bundle`);
-a theta0 read from a checkpoint file comes along as ``DIR/base-checkpoint.safetensors`` (its tensors alone). The guarantee:
+a theta0 read from a checkpoint file comes along as ``DIR/base-checkpoint.safetensors`` (its tensors alone).
+The guarantee:
 (epsilon, delta) per record under add-or-remove-one, covering every run that read any of the model's
 records -- stated as the shards' budgets, which the ledger enforces for every record:
 the exact figure (:meth:`privacy_accounting.Ledger.model_guarantee`) is a function of the shard
