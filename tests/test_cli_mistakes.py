@@ -323,3 +323,49 @@ def test_an_interrupted_forget_names_its_request_and_how_it_stands(ws: Path, cap
     monkeypatch.setattr(serving, "forget", finished_then_interrupted)
     code, out, err = run_cli(capsys, "forget", second, "--request-id", "R5", "-w", "ws")
     assert code == 130 and "forget interrupted: request R5 was completed; its certificate is in" in err, err
+
+
+def test_a_retrain_over_budget_on_one_shard_retrains_no_other_first(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Review 42: shards were retrained one after another, so a later shard's budget refusal came after an earlier
+    shard was retrained and charged ("nothing was written" said otherwise), and the request could not finish with
+    --retrain. A model's replacements are now one run, every budget checked before any trains."""
+    from dp_tangent.recipes import load_recipe
+    from dp_tangent.workspace import Workspace
+
+    shards = load_recipe(Path("rows.yaml")).load_data()[1]
+    in_0, in_1 = shards[0].record_ids[0], shards[1].record_ids[0]
+    assert run_cli(capsys, "budget", "set", "rows/shard-1", "9", "-w", "ws")[0] == 0
+    before = Workspace.open("ws").ledger.events()
+    code, out, err = run_cli(capsys, "forget", in_0, in_1, "--retrain", "--request-id", "R7", "-w", "ws")
+    assert code == 2 and "budget exceeded" in err and "shard-1" in err and "request R7 stays OPEN" in err, err
+    ws_ = Workspace.open("ws")
+    assert ws_.ledger.events() == before and not [c for c in ws_.list_components() if ".r" in c]  # nothing charged
+    assert run_cli(capsys, "budget", "set", "rows/shard-1", "1000", "-w", "ws")[0] == 0
+    code, out, err = run_cli(capsys, "forget", in_0, in_1, "--retrain", "--request-id", "R7", "-w", "ws")
+    assert code == 0, err
+    assert {c for c in Workspace.open("ws").list_components() if ".r" in c} == {"rows-shard-0.r1", "rows-shard-1.r1"}
+
+
+def test_a_replacement_trained_at_another_theta0_is_not_reused_when_the_request_is_asked_again(
+        ws: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 42: theta0 changed behind the tool's back, the replacement trained at it was kept and reused by every
+    later run of the request, which then failed to compose for ever. Restored, the request finishes."""
+    import dataclasses
+
+    from dp_tangent.backbones import BackboneSpec
+    from dp_tangent.recipes import load_recipe
+    from dp_tangent.workspace import Workspace
+    from dp_tangent.workspace import forget as serving
+
+    record = load_recipe(Path("rows.yaml")).load_data()[1][0].record_ids[0]
+    original = BackboneSpec.from_dict.__func__
+    with monkeypatch.context() as patch:  # the base model rebuilt with other weights (another seed)
+        patch.setattr(serving.BackboneSpec, "from_dict", classmethod(
+            lambda cls, data: dataclasses.replace(original(cls, data), head_seed=99)))
+        code, out, err = run_cli(capsys, "forget", record, "--retrain", "--request-id", "R8", "-w", "ws")
+    assert code == 2 and "rebuilt a base model with other weights" in err and "R8 stays OPEN" in err, err
+    code, out, err = run_cli(capsys, "forget", record, "--retrain", "--request-id", "R8", "-w", "ws")
+    assert code == 0, err
+    ws_ = Workspace.open("ws")
+    assert ws_.load_model("rows")[0].component_names == ["rows-shard-0.r2", "rows-shard-1"]
+    assert "rows-shard-0.r1" in ws_.list_components()  # kept, its budget spent: trained on the records' shard

@@ -4,8 +4,8 @@ A bundle is a folder: ``deltas.safetensors`` (the composed deltas, base-model pa
 (:class:`ReleaseStatement`: the base model's spec, theta0's sha256, the ``trainable`` selection, the deltas'
 digests and the privacy statement) and, when theta0 is a checkpoint file (e.g. ``dp-tangent pretrain`` on public
 data), its tensors alone as ``base-checkpoint.safetensors``, which the spec names relative to the bundle.
-:func:`load_release` checks every digest, rebuilds theta0 and checks it against ``weights_sha256``, and returns the tangent model
-f(x; theta0) + J(x)·delta with the released deltas loaded. The bundle carries no data preprocessing: inputs are
+:func:`load_release` checks every digest, rebuilds theta0 and checks it against ``weights_sha256``, and returns
+the tangent model f(x; theta0) + J(x)·delta with the released deltas loaded. The bundle carries no data preprocessing: inputs are
 given as the model takes them (a recipe's preprocessing is the workspace's).
 """
 

@@ -68,10 +68,10 @@ def _model_state(ws: Workspace, record: ModelRecord) -> ModelState:
                       components=record.component_names)
 
 
-def _replacement_name(ws: Workspace, old: str) -> str:
+def _replacement_name(ws: Workspace, old: str, taken: set[str] = frozenset()) -> str:  # type: ignore[assignment]
     stem = re.sub(r"\.r\d+$", "", old)
     k = 1
-    while ws.component_name_used(f"{stem}.r{k}"):
+    while ws.component_name_used(f"{stem}.r{k}") or f"{stem}.r{k}" in taken:
         k += 1
     return f"{stem}.r{k}"
 
@@ -191,9 +191,12 @@ def _verify(ws: Workspace, remaining: Mapping[str, ComponentMetadata], models: S
                         commitments_checked=len(doomed), statement=statement)
 
 
-def _replacements_done(ws: Workspace, request_id: str) -> dict[str, AddedComponent]:
+def _replacements_done(ws: Workspace, request_id: str,
+                       affected: Mapping[str, ComponentMetadata]) -> dict[str, AddedComponent]:
     """Replacements an interrupted run of this request already trained (old name -> added component):
-    reused, not trained (and charged) again."""
+    reused, not trained (and charged) again -- unless trained at another theta0 than the component they replace
+    (its checkpoint was changed, then restored: such a replacement cannot be composed with the others; it stays,
+    its budget spent, and a new one is trained)."""
     present = set(ws.list_components())
     done = {}
     for entry in ws.audit.entries():
@@ -201,6 +204,9 @@ def _replacements_done(ws: Workspace, request_id: str) -> dict[str, AddedCompone
         if (entry.operation == "retraining" and p.get("status") == "completed" and p.get("request_id") == request_id
                 and p.get("component") in present):
             meta = read_metadata(ws.component_path(p["component"]))
+            old = affected.get(p["replaces"])
+            if old is not None and meta.base_weights_sha256 != old.base_weights_sha256:
+                continue
             done[p["replaces"]] = AddedComponent(
                 name=meta.name, sha256=sha256_file(ws.component_path(meta.name)), data_source=meta.data_source,
                 shard=meta.shard, records=meta.manifest.records, replaces=p["replaces"],
@@ -213,35 +219,48 @@ def _retrain_all(ws: Workspace, request_id: str, affected: Mapping[str, Componen
                  shard_records: ShardRecords, deleted: set[str], privacy: PrivacySpec | None,
                  config: TrainConfig | None, operator: str) -> list[AddedComponent]:
     """Train a replacement for each affected component on its shard minus every deleted record
-    (reusing those an interrupted run of the same request finished)."""
-    done = _replacements_done(ws, request_id)
-    added = []
+    (reusing those an interrupted run of the same request finished). Every replacement's budget is checked, all
+    together, before any of them trains: a shard out of budget refuses the retraining before another shard is
+    retrained and charged for a deletion that could not then finish with --retrain."""
+    from .train import reservation_requests
+
+    done = _replacements_done(ws, request_id, affected)
     key = ws.manifest_key()
+    planned: list[tuple[str, ComponentMetadata, PrivacySpec, TrainConfig, ShardJob]] = []
     for name, meta in affected.items():
         if name in done:
-            added.append(done[name])
             continue
         records = shard_records[name] if isinstance(shard_records, Mapping) else shard_records(meta)
         remaining = _remaining_records(meta, records, deleted, key)
         if len(remaining) == 0:
             continue  # nothing left to learn from: removed without a replacement
         spec, cfg = _retrain_spec(meta, privacy, config)
-        new = _replacement_name(ws, name)
-        run = ws.train_all(BackboneSpec.from_dict(meta.base), meta.trainable,
-                           [ShardJob(new, meta.shard, remaining, log={"request_id": request_id, "replaces": name})],
-                           data_source=meta.data_source, privacy=spec, config=cfg, operator=operator,
-                           purpose="retraining_after_deletion")
+        new = _replacement_name(ws, name, taken={job.name for *_, job in planned})
+        planned.append((name, meta, spec, cfg, ShardJob(new, meta.shard, remaining,
+                                                        log={"request_id": request_id, "replaces": name})))
+    if len(planned) > 1:
+        ws.ledger.check_reservations([request for name, meta, spec, cfg, job in planned for request in
+                                      reservation_requests(ws, BackboneSpec.from_dict(meta.base), meta.trainable,
+                                                           [job], data_source=meta.data_source, privacy=spec,
+                                                           config=cfg, operator=operator,
+                                                           purpose="retraining_after_deletion")])
+    added = {name: done[name] for name in affected if name in done}
+    for name, meta, spec, cfg, job in planned:
+        run = ws.train_all(BackboneSpec.from_dict(meta.base), meta.trainable, [job], data_source=meta.data_source,
+                           privacy=spec, config=cfg, operator=operator, purpose="retraining_after_deletion")
         if run.failed:
             failure = run.failed[0]
             raise failure.error or ForgetError(f"retraining {name!r} failed: {failure.reason}")
         result = run.completed[0]
         if result.metadata.base_weights_sha256 != meta.base_weights_sha256:
-            raise ForgetError(f"retraining {name!r} rebuilt a base model with other weights; {new!r} cannot replace it")
+            raise ForgetError(f"retraining {name!r} rebuilt a base model with other weights; {job.name!r} cannot "
+                              "replace it: restore the base model and run forget again (a new replacement is trained)")
         p = result.metadata.privacy
-        added.append(AddedComponent(name=new, sha256=result.sha256, data_source=meta.data_source, shard=meta.shard,
-                                    records=len(remaining), replaces=name, ledger_reservation=result.reservation_id,
-                                    epsilon=p.epsilon, delta=p.delta, seed=cfg.seed))
-    return added
+        added[name] = AddedComponent(name=job.name, sha256=result.sha256, data_source=meta.data_source,
+                                     shard=meta.shard, records=len(job.records), replaces=name,
+                                     ledger_reservation=result.reservation_id, epsilon=p.epsilon, delta=p.delta,
+                                     seed=cfg.seed)
+    return [added[name] for name in affected if name in added]
 
 
 @dataclass(frozen=True)

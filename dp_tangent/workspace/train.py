@@ -148,11 +148,8 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
                 raise
 
         with unreserved():
-            tasks = [plan_task(backbone, trainable, job.records, name=job.name, shard=job.shard, privacy=privacy,
-                               config=config) for job in jobs]
-            requests = [replace(reservation_request(task, data_source=data_source, shard=job.shard, operator=operator,
-                                                    purpose=purpose), records=commitments[job.name])
-                        for task, job in zip(tasks, jobs)]
+            tasks, requests = _planned(backbone, trainable, jobs, commitments, data_source=data_source,
+                                       privacy=privacy, config=config, operator=operator, purpose=purpose)
             # what the reservation would refuse (a budget, an overlap, a non-private run under a budget)
             # is refused now, before any worker starts or any feature is computed
             ws.ledger.check_reservations(requests, allow_overlap=allow_overlap)
@@ -269,6 +266,30 @@ def _check_names(ws: "Workspace", jobs: Sequence[ShardJob]) -> None:
     for name in names:
         if ws.component_name_used(name):
             raise WorkspaceError(f"component name {name!r} is already used in {ws.root}; choose another name")
+
+
+def _planned(backbone: BackboneSpec, trainable: str | None, jobs: Sequence[ShardJob],
+             commitments: Mapping[str, frozenset[str]], *, data_source: str, privacy: PrivacySpec,
+             config: TrainConfig, operator: str, purpose: str) -> tuple[list[Any], list[Any]]:
+    """Each job's training task (its plan: q, T, sigma, the event) and the reservation it would make, naming the
+    records it reads (``commitments``)."""
+    tasks = [plan_task(backbone, trainable, job.records, name=job.name, shard=job.shard, privacy=privacy,
+                       config=config) for job in jobs]
+    requests = [replace(reservation_request(task, data_source=data_source, shard=job.shard, operator=operator,
+                                            purpose=purpose), records=commitments[job.name])
+                for task, job in zip(tasks, jobs)]
+    return tasks, requests
+
+
+def reservation_requests(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jobs: Sequence[ShardJob], *,
+                         data_source: str, privacy: PrivacySpec, config: TrainConfig = TrainConfig(),
+                         operator: str | None = None, purpose: str = "training",
+                         deleted: DeletedRecords = "refuse") -> list[Any]:
+    """The reservations :func:`train_all` would make for ``jobs``, made by nobody: for checking the budgets of several
+    runs together (``Ledger.check_reservations``) before any of them trains."""
+    jobs, _, commitments = _without_deleted(ws, jobs, ws.manifest_key(), deleted)
+    return _planned(backbone, trainable, jobs, commitments, data_source=data_source, privacy=privacy, config=config,
+                    operator=operator or getpass.getuser(), purpose=purpose)[1]
 
 
 def _without_deleted(ws: "Workspace", jobs: Sequence[ShardJob], key: bytes, deleted: DeletedRecords
