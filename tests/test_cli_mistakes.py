@@ -325,7 +325,8 @@ def test_an_interrupted_forget_names_its_request_and_how_it_stands(ws: Path, cap
     assert code == 130 and "forget interrupted: request R5 was completed; its certificate is in" in err, err
 
 
-def test_a_retrain_over_budget_on_one_shard_retrains_no_other_first(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_retrain_over_budget_on_one_shard_retrains_no_other_first(ws: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     """Review 42: shards were retrained one after another, so a later shard's budget refusal came after an earlier
     shard was retrained and charged ("nothing was written" said otherwise), and the request could not finish with
     --retrain. A model's replacements are now one run, every budget checked before any trains."""
