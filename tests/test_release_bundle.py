@@ -187,3 +187,20 @@ def test_a_destination_through_a_link_and_dotdot_is_where_the_system_writes_it(
     assert str(tmp_path / "real" / "relC") in json.dumps(entry.parameters)
     code, out, err = run_cli(capsys, "release", "wine", "-o", "link/../relC", "-w", str(sent[0] / "ws"))
     assert code == 0, err  # asked again: the same release, nothing new
+
+
+def test_a_deletion_names_the_released_copies_it_cannot_recall(sent: tuple[Path, str], tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Review 43: the certificate's scope is the workspace; the operator learned only "copies released before
+    deletion are not recalled", not which copies, although the log knows where each went."""
+    shutil.copytree(sent[0], tmp_path / "copy")
+    monkeypatch.chdir(tmp_path / "copy")
+    record = load_recipe("wine.yaml").load_data()[1][0].record_ids[0]
+    code, out, err = run_cli(capsys, "forget", record, "--request-id", "W1", "-w", "ws")
+    assert code == 0, err
+    assert (f"note: wine was released to {sent[0] / 'sent'} on " in err and f"release.json sha256 {sent[1]}" in err
+            and "that copy is not recalled" in err), err
+    # another record of that shard: its component is gone already, so the deletion removes nothing released
+    code, out, err = run_cli(capsys, "forget", load_recipe("wine.yaml").load_data()[1][0].record_ids[1], "-w", "ws")
+    assert code == 3 and "was released to" not in err, err

@@ -93,6 +93,7 @@ def forget(
             typer.echo(f"  {added.data_source}/{added.shard}: "
                        f"{shard_state(ws.ledger, added.data_source, added.shard).text()}")
         typer.echo(f"certificate: {result.json_path}\n{result.text_path.read_text()}")
+        _released_copies(ws, request.request_id)
     missing = len(result.certificate.not_found)
     if missing:
         earlier = _deleted_before(ws, result.certificate)
@@ -101,6 +102,18 @@ def forget(
                     f"(it is tombstoned all the same, so it will never be trained here).{_typed_hint(ws)}", err=True,
                     fg=typer.colors.YELLOW)
         raise typer.Exit(NOT_FOUND_EXIT)
+
+
+def _released_copies(ws, request_id: str) -> None:  # noqa: ANN001
+    """Name the releases that carried a component this request removed: the certificate's scope is the workspace,
+    and those copies stay where they were sent (the report's Releases section lists them too)."""
+    from ..workspace.report_context import releases_touched_by
+
+    for r in releases_touched_by(ws, request_id):
+        typer.secho(f"note: {r.model} was released to {r.destination} on {r.released_at[:10]} (release.json sha256 "
+                    f"{r.statement_sha256}) with a component this request removed; that copy is not recalled: its "
+                    "recipients hold the records' influence, bounded by the statement's guarantee", err=True,
+                    fg=typer.colors.YELLOW)
 
 
 def _deleted_before(ws, cert) -> str:  # noqa: ANN001

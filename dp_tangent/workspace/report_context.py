@@ -89,6 +89,12 @@ def report_sections(ws: Workspace, *, now: datetime | None = None, report_dir: s
     )
 
 
+def releases_touched_by(ws: Workspace, request_id: str) -> list[ReleaseEntry]:
+    """The releases whose released components deletion request ``request_id`` removed: copies it cannot recall,
+    whose recipients the operator may owe notice."""
+    return [r for r in _releases(ws.audit.entries()) if request_id in r.later_deletions]
+
+
 def _releases(entries: Sequence[AuditEntry]) -> list[ReleaseEntry]:
     """Every release the log recorded, and the deletions completed after it that removed one of the components
     it released (read from the log, as a request's certificate names what it removed)."""
