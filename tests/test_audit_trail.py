@@ -145,8 +145,12 @@ def test_init_creates_a_workspace_and_errors_point_to_it(tmp_path, monkeypatch, 
     assert code == 2 and "dp-tangent init -w PATH" in out and out.count("\n") == 1
     code, out = _cli(capsys, "init", "-w", "ws")
     assert code == 0 and (tmp_path / "ws" / "workspace.json").is_file() and verify(tmp_path / "ws").ok
-    code, out = _cli(capsys, "init", "-w", "ws")
-    assert code == 2 and "already exists" in out
+    code, out = _cli(capsys, "init", "-w", "ws")  # asked again (review 42: "not an empty directory; open it")
+    assert code == 0 and "is a workspace already" in out and "nothing was changed" in out and verify("ws").ok
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    code, out = _cli(capsys, "init", "-w", "other")
+    assert code == 2 and "already exists" in out and (tmp_path / "other" / "notes.txt").read_text() == "mine"
 
 
 def test_budget_set_is_limited_to_declared_sources_and_shards(ws, capsys) -> None:

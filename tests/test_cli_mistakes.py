@@ -135,6 +135,8 @@ def test_forget_failures_say_how_to_finish_the_open_request(ws: Path, capsys: py
     # NOT FOUND; a completed request's id reused for another record said "already completed", not that it was ignored
     code, out, err = run_cli(capsys, "forget", first, "--request-id", "R1", "-w", "ws")
     assert code == 0 and "request R1 was already completed on" in out and "nothing was changed" in out, (out, err)
+    code, out, err = run_cli(capsys, "forget", first, "--request-id", "R1", "--retrain", "-w", "ws")
+    assert code == 0 and "note: --retrain was not applied: request R1 was completed without retraining" in err, err
     code, out, err = run_cli(capsys, "forget", first, "--request-id", "R2", "-w", "ws")
     assert code == 3 and "1 of them were named by earlier request(s) R1" in err, err
     code, out, err = run_cli(capsys, "forget", first, "--request-id", "R2", "-w", "ws")  # asked again: the same answer
@@ -267,7 +269,9 @@ def test_a_changed_certificate_copy_is_restored_from_its_json(ws: Path, capsys: 
     text.write_bytes(original + b"edited\n")
     _refused(capsys, "budget", "set", "rows", "50", "-w", "ws", says="does not verify")
     code, out, err = run_cli(capsys, "certificate", "restore", "R9", "-w", "ws")
-    assert code == 0 and text.read_bytes() == original, err
+    assert code == 0 and text.read_bytes() == original and f"restored {text.absolute()}" in out, (out, err)
+    code, out, err = run_cli(capsys, "certificate", "restore", "R9", "-w", "ws")  # asked again: nothing to restore
+    assert code == 0 and "already; nothing was changed" in out and "restored" not in out, (out, err)
     assert run_cli(capsys, "audit", "resolve", "--reason", "restored the certificate copy", "-w", "ws")[0] == 0
     assert run_cli(capsys, "audit", "verify", "-w", "ws")[0] == 0
     cert = Path("ws/certificates/R9.json")
@@ -370,3 +374,19 @@ def test_a_replacement_trained_at_another_theta0_is_not_reused_when_the_request_
     ws_ = Workspace.open("ws")
     assert ws_.load_model("rows")[0].component_names == ["rows-shard-0.r2", "rows-shard-1"]
     assert "rows-shard-0.r1" in ws_.list_components()  # kept, its budget spent: trained on the records' shard
+
+
+def test_an_interrupt_mentions_spent_budget_only_where_a_command_spends_some(
+        ws: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 42: an interrupted release said "a reserved budget stays spent"; a release reserves none."""
+    from dp_tangent.workspace import Workspace
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Workspace, "release", interrupted)
+    code, out, err = run_cli(capsys, "release", "rows", "-o", "sent", "-w", "ws")
+    assert code == 130 and err.strip() == "interrupted: nothing half-written was kept", err
+    monkeypatch.setattr(Workspace, "train_all", interrupted)
+    code, out, err = run_cli(capsys, "train", "rows.yaml", "--name", "again", "-w", "ws", "--executor", "serial")
+    assert code == 130 and "a reserved budget stays spent" in err, err

@@ -92,9 +92,9 @@ def main(argv: Optional[list[str]] = None) -> None:
             typer.secho(f"error: a file ended early (empty or truncated): {stop.__cause__}", err=True,
                         fg=typer.colors.RED)
             sys.exit(2)
-        _interrupted()
+        _interrupted(argv)
     except KeyboardInterrupt:
-        _interrupted()
+        _interrupted(argv)
     except typer.Exit as stop:
         sys.exit(stop.exit_code)
     except typer.TyperException as err:  # usage errors (typer's own click)
@@ -136,9 +136,15 @@ def _termination_as_interrupt() -> Iterator[None]:
             signal.signal(sig, previous)
 
 
-def _interrupted() -> NoReturn:
+#: The commands that reserve privacy budget (``forget`` when it retrains): an interrupted one keeps it spent.
+SPENDING_COMMANDS = frozenset({"train", "forget", "demo"})
+
+
+def _interrupted(argv: Optional[list[str]] = None) -> NoReturn:
     """Ctrl-C (exit 130), SIGTERM (143) or SIGHUP (129): saying what the library kept."""
     from ..interrupts import exit_status
 
-    typer.secho("interrupted: nothing half-written was kept; a reserved budget stays spent", err=True)
+    command = next(iter(argv if argv is not None else sys.argv[1:]), None)
+    spent = "; a reserved budget stays spent" if command in SPENDING_COMMANDS else ""
+    typer.secho(f"interrupted: nothing half-written was kept{spent}", err=True)
     sys.exit(exit_status())

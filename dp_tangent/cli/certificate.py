@@ -51,6 +51,9 @@ def certificate_restore(
     from ..workspace.certificates import restore_text
 
     ws = open_workspace(workspace, finish=False)
-    path = restore_text(ws, request_id)
+    path, rewritten = restore_text(ws, request_id)
+    if not rewritten:
+        typer.echo(f"{path} holds the bytes the audit log vouches for already; nothing was changed")
+        return
     typer.echo(f"restored {path} (the bytes the audit log vouches for); if an integrity failure was recorded, close "
                f"it with: dp-tangent audit resolve --reason '...' -w {ws.root}")

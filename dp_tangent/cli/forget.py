@@ -88,6 +88,11 @@ def forget(
     typer.echo(result.message)
     if result.already_completed:  # the same answer as the first run: its certificate, and exit 3 if it said so
         typer.echo(f"certificate: {result.json_path}")
+        if retrain and result.found and not result.certificate.components_added:
+            typer.secho(f"note: --retrain was not applied: request {request.request_id} was completed without "
+                        "retraining (its components were removed, none replaced), and a completed request is not "
+                        "served again; training the data anew, as a new model, leaves the deleted records out",
+                        err=True, fg=typer.colors.YELLOW)
     else:
         for added in result.certificate.components_added:  # what `budget show` would now print for it
             typer.echo(f"  {added.data_source}/{added.shard}: "

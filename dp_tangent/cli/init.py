@@ -15,5 +15,9 @@ def init(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
     """
     from ..workspace import Workspace
 
+    if (workspace / "workspace.json").is_file():  # asked again: the workspace is there, as asked (it must open)
+        ws = Workspace.open(workspace, finish=False)
+        typer.echo(f"{ws.root} is a workspace already (manifest key {ws.info.manifest_key_id}); nothing was changed")
+        return
     ws = Workspace.create(workspace)
     typer.echo(f"created workspace {ws.root} (manifest key {ws.info.manifest_key_id})")

@@ -190,11 +190,12 @@ def read_certificate(ws: Workspace, request_id: str) -> DeletionCertificate | No
         raise ForgetError(f"{path} is not a valid deletion certificate ({type(err).__name__})") from err
 
 
-def restore_text(ws: Workspace, request_id: str) -> Path:
+def restore_text(ws: Workspace, request_id: str) -> tuple[Path, bool]:
     """Rewrite a certificate's requester copy (``.txt``) from its ``.json``, when the bytes rendered are exactly
     those the audit log vouches for: the ``.json`` must be the logged one, and its rendering must have the
     ``.txt``'s logged sha256. The workspace is then the state its log vouches for, as after restoring the file
-    from a backup, so nothing is logged; ``audit resolve`` closes a failure recorded meanwhile."""
+    from a backup, so nothing is logged; ``audit resolve`` closes a failure recorded meanwhile. Returns the path and
+    whether it was rewritten (False: it held those bytes already)."""
     json_path, text_path = ws.certificate_paths(request_id)
     if json_path.is_symlink() or text_path.is_symlink():  # the tool writes files, never links: put there by hand
         raise WorkspaceError(f"{json_path.parent}: the certificate of {request_id!r} is a symbolic link; restore its "
@@ -211,5 +212,7 @@ def restore_text(ws: Workspace, request_id: str) -> Path:
         if hashlib.sha256(text).hexdigest() != logged.get(ws.relative(text_path)):
             raise WorkspaceError(f"{text_path} as the log vouches for it is not this version's rendering of the "
                               "certificate; restore it from a backup")
+        if text_path.is_file() and text_path.read_bytes() == text:
+            return text_path, False
         atomic_write_bytes(text_path, text)
-    return text_path
+    return text_path, True
