@@ -230,6 +230,10 @@ def test_release_mistakes_are_one_line_errors_that_write_nothing(tmp_path, mlp_b
     released = json.loads((tmp_path / "out" / "release.json").read_text())
     assert released["privacy"]["differentially_private"] is False
     assert "stated in advance" not in released["caveats"][0]  # review 41: a non-private run's plan follows n
+    # review 43: no relation and no guarantee's caveats for a model without a guarantee
+    assert released["privacy"]["neighbouring_relation"] == "none (no differential-privacy guarantee)"
+    assert released["caveats"][0].startswith("No differential-privacy guarantee holds for this model")
+    assert not any("guarantee treats" in c or "bounds what" in c for c in released["caveats"])
     assert Path("out/deltas.safetensors").is_file()
 
 

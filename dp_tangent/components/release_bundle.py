@@ -5,8 +5,8 @@ A bundle is a folder: ``deltas.safetensors`` (the composed deltas, base-model pa
 digests and the privacy statement) and, when theta0 is a checkpoint file (e.g. ``dp-tangent pretrain`` on public
 data), its tensors alone as ``base-checkpoint.safetensors``, which the spec names relative to the bundle.
 :func:`load_release` checks every digest, rebuilds theta0 and checks it against ``weights_sha256``, and returns
-the tangent model f(x; theta0) + J(x)·delta with the released deltas loaded. The bundle carries no data preprocessing: inputs are
-given as the model takes them (a recipe's preprocessing is the workspace's).
+the tangent model f(x; theta0) + J(x)·delta with the released deltas loaded. The bundle carries no data
+preprocessing: inputs are given as the model takes them (a recipe's preprocessing is the workspace's).
 """
 
 from __future__ import annotations
@@ -52,8 +52,18 @@ PLANNED_CAVEAT = ("Each training run's sampling rate, number of steps and noise 
                   "the data.")
 
 
-def caveats(sizes_public: bool) -> list[str]:
-    """The statement's caveats: the first says how the runs' settings were chosen (see :data:`PLANNED_CAVEAT`)."""
+#: The only caveat of a model without a guarantee (a non-private run read some of its records).
+NON_PRIVATE_CAVEAT = ("No differential-privacy guarantee holds for this model: the deltas may reveal any record that "
+                      "a non-private run read. The base model is public and identified by its sha256.")
+#: The neighbouring relation a model without a guarantee states: none applies.
+NO_RELATION = "none (no differential-privacy guarantee)"
+
+
+def caveats(sizes_public: bool, private: bool = True) -> list[str]:
+    """The statement's caveats: the first says how the runs' settings were chosen (see :data:`PLANNED_CAVEAT`); a
+    model without a guarantee has only :data:`NON_PRIVATE_CAVEAT`."""
+    if not private:
+        return [NON_PRIVATE_CAVEAT]
     return list(CAVEATS) if sizes_public else [PLANNED_CAVEAT, *CAVEATS[1:]]
 
 

@@ -36,8 +36,9 @@ from safetensors.torch import save
 from privacy_accounting import ModelShardGuarantee
 
 from ..components.component import RELATION, RELATION_SIZE_PUBLIC, deltas_digest, sizes_public
-from ..components.release_bundle import (BASE_CHECKPOINT, DELTAS_FILE, FORMAT, STATEMENT_FILE, ReleasedBase,
-                                         ReleaseError, ReleasedPrivacy, ReleaseStatement, caveats, read_statement)
+from ..components.release_bundle import (BASE_CHECKPOINT, DELTAS_FILE, FORMAT, NO_RELATION, STATEMENT_FILE,
+                                         ReleasedBase, ReleaseError, ReleasedPrivacy, ReleaseStatement, caveats,
+                                         read_statement)
 from ..interrupts import deferred_interrupts
 from ..io import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_file
 from .names import WorkspaceError
@@ -53,8 +54,8 @@ def _privacy(ws: "Workspace", model: str) -> ReleasedPrivacy:
     covers = ("every training run that read any record of the model, including runs of components later removed "
               "or feeding other models; composing components is post-processing and adds nothing")
     if not math.isfinite(guarantee.epsilon):
-        return ReleasedPrivacy(differentially_private=False, epsilon=None, delta=None, neighbouring_relation=RELATION,
-                               unit=unit, accountant="non-private", covers=covers,
+        return ReleasedPrivacy(differentially_private=False, epsilon=None, delta=None,
+                               neighbouring_relation=NO_RELATION, unit=unit, accountant="non-private", covers=covers,
                                statement=f"Model {model!r} has NO differential-privacy guarantee: a non-private run "
                                          "read some of its records.")
     epsilon, delta = _budget_bound(ws, model, guarantee.shards)
@@ -174,8 +175,8 @@ def release(ws: "Workspace", model: str, out_dir: str | os.PathLike[str], *, ope
                 base=ReleasedBase(spec=spec, weights_sha256=record.base_weights_sha256, trainable=record.trainable,
                                   files=base_files),
                 deltas_sha256=deltas_digest(deltas), deltas_file_sha256=sha256_file(deltas_path), privacy=privacy,
-                caveats=caveats(not privacy.differentially_private  # a non-private run's plan follows the count
-                                or privacy.neighbouring_relation == RELATION_SIZE_PUBLIC) + _local_base(spec))
+                caveats=caveats(privacy.neighbouring_relation == RELATION_SIZE_PUBLIC,
+                                private=privacy.differentially_private) + _local_base(spec))
             atomic_write_text(staging / STATEMENT_FILE, statement.model_dump_json(indent=2) + "\n")
             digests = {name: sha256_file(staging / name) for name in statement.files()}
             for name in digests:
