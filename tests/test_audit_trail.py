@@ -164,13 +164,19 @@ def test_budget_set_is_limited_to_declared_sources_and_shards(ws, capsys) -> Non
     # review 42: the source's limit did not reach a shard with a budget of its own (which wins): "every shard of it"
     spent = ws.ledger.shard_spend("toy", "s0", delta=1e-5).epsilon
     code, out = _cli(capsys, "budget", "set", "toy", f"{spent / 2:.3f}", "-w", str(ws.root))
-    assert code == 0 and "(also on s0, which had budgets of their own)" in out, out
+    assert code == 0 and "; also on s0 (delta 1e-05), which had budgets of their own" in out, out
     assert {(b.shard, b.epsilon) for b in ws.ledger.budgets()} == {(None, float(f"{spent / 2:.3f}")),
                                                                    ("s0", float(f"{spent / 2:.3f}"))}
     assert f"note: toy/s0 has spent epsilon {spent:.3g}, over the new limit: it trains no further" in out
     assert "toy/public" not in out  # a non-private run's infinity is no news
     [change] = [e for e in ws.audit.entries() if e.operation == "budget_change"][-1:]
     assert change.parameters["shards"] == {"s0": {"epsilon": 5.0, "delta": 1e-5}} and verify(ws.root).ok
+    # review 44: a shard's own delta is kept, never loosened to the source's default, unless --delta says so
+    assert _cli(capsys, "budget", "set", "toy/s0", "5", "--delta", "1e-7", "-w", str(ws.root))[0] == 0
+    code, out = _cli(capsys, "budget", "set", "toy", "6", "-w", str(ws.root))
+    assert code == 0 and "also on s0 (delta 1e-07)" in out and ws.ledger.budget("toy", "s0").delta == 1e-7, out
+    code, out = _cli(capsys, "budget", "set", "toy", "6", "--delta", "1e-6", "-w", str(ws.root))
+    assert code == 0 and {(b.shard, b.delta) for b in ws.ledger.budgets()} == {(None, 1e-6), ("s0", 1e-6)}
 
 
 def test_forget_records_when_the_request_was_received(ws, capsys) -> None:

@@ -204,3 +204,40 @@ def test_a_deletion_names_the_released_copies_it_cannot_recall(sent: tuple[Path,
     # another record of that shard: its component is gone already, so the deletion removes nothing released
     code, out, err = run_cli(capsys, "forget", load_recipe("wine.yaml").load_data()[1][0].record_ids[1], "-w", "ws")
     assert code == 3 and "was released to" not in err, err
+
+
+def test_a_checkpoint_mapped_by_position_leaves_under_the_model_s_own_names(
+        sent: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Review 44: a checkpoint whose names differ from the model's is loaded by position; written afresh under its
+    own names, safetensors reordered them and the release failed (and the file's names would have left)."""
+    import yaml
+
+    shutil.copytree(sent[0] / "data", tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    theta0 = torch.load("data/leaky.pt", weights_only=True)["model"]
+    torch.save({f"module.{k}": v for k, v in theta0.items()}, "data/dp.pt")  # a DataParallel-style checkpoint
+    recipe = yaml.safe_load((sent[0] / "wine.yaml").read_text())
+    recipe["backbone"]["checkpoint"] = "data/dp.pt"
+    write_recipe(Path("wine.yaml"), recipe)
+    assert run_cli(capsys, "train", "wine.yaml", "-w", "ws", "--executor", "serial")[0] == 0
+    code, out, err = run_cli(capsys, "release", "wine", "-o", "out", "-w", "ws")
+    assert code == 0, err
+    written = load_file("out/base-checkpoint.safetensors")
+    assert set(written) == set(theta0) and all(torch.equal(written[k], v) for k, v in theta0.items())
+    assert load_release("out").predict(torch.zeros(2, 13)).shape == (2, 3)
+
+
+def test_a_release_to_home_or_to_the_empty_folder_it_runs_in_prints_its_digest(
+        sent: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Review 44: with ``-o '~/x'`` or ``-o .`` the bundle was written and logged, then the command failed reading its
+    statement back from the path as typed, and the digest recipients need was never printed."""
+    (tmp_path / "home").mkdir()
+    (tmp_path / "here").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path / "here")
+    for output, written in (("~/x", tmp_path / "home" / "x"), (".", tmp_path / "here")):
+        code, out, err = run_cli(capsys, "release", "wine", "-o", output, "-w", str(sent[0] / "ws"))
+        assert code == 0, err
+        assert f"release.json sha256 {sha256_file(written / 'release.json')}" in out and f"predict {written} " in out

@@ -10,10 +10,12 @@ names differ but every shape lines up.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,9 +84,26 @@ def map_state_dict(model: nn.Module, source: Mapping[str, torch.Tensor], origin:
     return OrderedDict((name, tensor) for name, _, tensor in triples)
 
 
+_LOADED: ContextVar["list[OrderedDict[str, torch.Tensor]] | None"] = ContextVar("loaded_weights", default=None)
+
+
+@contextlib.contextmanager
+def loaded_weights() -> Iterator["list[OrderedDict[str, torch.Tensor]]"]:
+    """Every state dict :func:`load_weights` loads while open, under the model's own names and in its order (a
+    checkpoint mapped by position included): what to write when theta0 must travel without its file's names."""
+    token = _LOADED.set([])
+    try:
+        yield _LOADED.get()  # type: ignore[misc]
+    finally:
+        _LOADED.reset(token)
+
+
 def load_weights(model: nn.Module, source: Mapping[str, torch.Tensor], origin: str) -> None:
     mapped = map_state_dict(model, source, origin)
     model.load_state_dict(mapped, strict=True)
+    loads = _LOADED.get()
+    if loads is not None:
+        loads.append(mapped)
 
 
 def weights_digest(model: nn.Module) -> str:

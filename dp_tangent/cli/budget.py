@@ -39,13 +39,15 @@ def budget_set(
     shards = [s for _, s in ws.ledger.shards(source)]
     if shard and shard not in shards:
         raise WorkspaceError(f"data source {source!r} has no shard {shard!r} (shards: {', '.join(shards) or 'none'})")
+    given = delta
     if delta is None:  # never change a budget's delta silently
         current = next((b for b in ws.ledger.budgets() if (b.data_source, b.shard) == (source, shard or None)), None)
         delta = current.delta if current is not None else 1e-5
-    own = sorted(b.shard for b in ws.ledger.budgets() if b.data_source == source and b.shard is not None)
-    budget = ws.set_budget(source, shard or None, epsilon, delta, every_shard=True)
+    own = {b.shard: b.delta for b in ws.ledger.budgets() if b.data_source == source and b.shard is not None}
+    budget = ws.set_budget(source, shard or None, epsilon, delta, every_shard=True, shard_delta=given)
+    also = ", ".join(f"{s} (delta {given if given is not None else d:g})" for s, d in sorted(own.items()))
     typer.echo(f"budget {target}: epsilon {budget.epsilon:g} at delta {budget.delta:g}"
-               + (f" (also on {', '.join(own)}, which had budgets of their own)" if own and not shard else ""))
+               + (f"; also on {also}, which had budgets of their own" if own and not shard else ""))
     for name in [shard] if shard else shards:
         spent = shard_state(ws.ledger, source, name).spent
         if math.isfinite(spent) and spent > budget.epsilon:  # a non-private run's infinity is shown by budget show

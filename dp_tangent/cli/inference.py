@@ -201,9 +201,6 @@ def _predict_released(bundle: Path, inputs: list[Path], data: Optional[Path], ex
         raise RecipeError(f"{other or data}: a release bundle carries no data preprocessing (that stays in the "
                           "workspace); give .npy arrays of model inputs")
     released = load_release(bundle, expect)
-    if expect is None:  # the files match release.json, but release.json itself is whatever the folder holds
-        typer.echo(f"note: {bundle} is unverified: its files match its release.json, but nothing binds that to the "
-                   "release; give --expect with the sha256 the sender printed", err=True)
     kind = family(BackboneSpec.from_dict(released.statement.base.spec).family)
     for path in inputs:
         if not path.is_file():
@@ -215,3 +212,6 @@ def _predict_released(bundle: Path, inputs: list[Path], data: Optional[Path], ex
             raise RecipeError(f"{path}: inputs of shape {tuple(batch.shape[1:])} do not fit the released model "
                               f"({str(err).splitlines()[0]})") from None
         _print_classes([str(path)], classes)
+    if expect is None:  # the files match release.json, but release.json itself is whatever the folder holds
+        typer.echo(f"note: {bundle} is unverified: its files match its release.json, but nothing binds that to the "
+                   "release; give --expect with the sha256 the sender printed", err=True)

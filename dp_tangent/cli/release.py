@@ -26,9 +26,11 @@ def release(
     """
     from ..components.release_bundle import STATEMENT_FILE
     from ..io import sha256_file
+    from ..workspace.release import destination
 
+    target = destination(output)  # where the release writes (``~`` expanded; ``.`` is replaced by the bundle)
     statement = open_workspace(workspace).release(model, output, allow_non_private=non_private)
-    typer.echo(f"released {model} to {output}: {statement.privacy.statement}")
-    digest = sha256_file(Path(output) / STATEMENT_FILE)  # logged too: the anchor a recipient checks the bundle by
+    typer.echo(f"released {model} to {target}: {statement.privacy.statement}")
+    digest = sha256_file(target / STATEMENT_FILE)  # logged too: the anchor a recipient checks the bundle by
     typer.echo(f"{STATEMENT_FILE} sha256 {digest}: give it to recipients apart from the bundle; they check it with "
-               f"`dp-tangent predict {output} INPUTS.npy --expect {digest}` or load_release(folder, expected_sha256=)")
+               f"`dp-tangent predict {target} INPUTS.npy --expect {digest}` or load_release(folder, expected_sha256=)")

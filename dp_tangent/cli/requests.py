@@ -33,8 +33,8 @@ def requests_list(
     rows = list_requests(open_workspace(workspace))
     shown = [r for r in rows if (not overdue or r.overdue) and (not open_only or r.status == "open")]
     table = Table()
-    # the id in full, however narrow the output (a pipe is 80 columns): it is what finishing a request needs
-    table.add_column("request", no_wrap=True, min_width=max((len(r.request_id) for r in shown), default=7))
+    # the id in full, however narrow the output (folded onto more lines if it must): finishing a request needs it
+    table.add_column("request", overflow="fold", min_width=7)
     for column in ("status", "received (UTC)", "due by", "days left", "completed"):
         table.add_column(column)
     for r in shown:

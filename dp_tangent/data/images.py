@@ -159,8 +159,9 @@ def _refuse_unread_files(root: Path) -> None:
     """No file the folder reader would pass over in silence: an image directly in ``root`` (not in a class folder),
     or a file in a class folder with an extension it does not read (``.gif``, ``.heic``, ``.JPG.txt``). The data
     owner counts those as training records; skipped, their owner's deletion request would find nothing and the
-    trained model would not be the data the owner believes. Hidden files (``.DS_Store``) and system litter are
-    no records and are left alone."""
+    trained model would not be the data the owner believes. Hidden files (``.DS_Store``), files in hidden folders
+    and system litter are left alone (ImageFolder reads an image in a hidden folder of a class folder as a record,
+    like any other)."""
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
     loose, unread = [], []

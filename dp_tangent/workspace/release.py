@@ -115,7 +115,7 @@ def _umask() -> int:
         return mask
 
 
-def _destination(out_dir: str | os.PathLike[str]) -> Path:
+def destination(out_dir: str | os.PathLike[str]) -> Path:
     """``out_dir`` as the log names a release's destination: absolute, its folder resolved as the system resolves
     it (links, then ``..``: resolving ``..`` by name would name another folder than the one written when a link
     precedes it), its own name kept (a link there is refused)."""
@@ -125,8 +125,8 @@ def _destination(out_dir: str | os.PathLike[str]) -> Path:
     return path.parent.resolve() / path.name
 
 
-def _check_destination(ws: "Workspace", out_dir: Path) -> Path:
-    target = _destination(out_dir)
+def _checkdestination(ws: "Workspace", out_dir: Path) -> Path:
+    target = destination(out_dir)
     if target.is_symlink():
         raise WorkspaceError(f"{out_dir} is a symbolic link; a release goes to a new directory of its own")
     root = ws.root.resolve()
@@ -147,10 +147,10 @@ def release(ws: "Workspace", model: str, out_dir: str | os.PathLike[str], *, ope
     """
     operator = operator or getpass.getuser()
     with ws.lock():
-        finished = _finish_interrupted(ws, model, _destination(out_dir))
+        finished = _finish_interrupted(ws, model, destination(out_dir))
         if finished is not None:
             return finished
-        target = _check_destination(ws, Path(out_dir))
+        target = _checkdestination(ws, Path(out_dir))
         check = ws.audit.verify()
         if not check.ok:  # never put a DP statement on files the log cannot vouch for
             raise WorkspaceError(f"the workspace does not verify ({check.first_bad}); run `dp-tangent audit verify` "
@@ -210,7 +210,7 @@ def _base_in_bundle(spec: Mapping[str, object], weights_sha256: str,
     counts in a ``.pt``'s other keys or a safetensors header, the original file's name inside a ``.pt`` archive), and
     none of that may leave. Refused if the file no longer holds that theta0."""
     from ..backbones import BackboneSpec, weights_digest
-    from ..backbones.weights import read_state_dict
+    from ..backbones.weights import loaded_weights
     from ..errors import WeightsError
 
     if spec.get("checkpoint") is None:
@@ -218,16 +218,21 @@ def _base_in_bundle(spec: Mapping[str, object], weights_sha256: str,
     source = Path(str(spec["checkpoint"]))
     name = BASE_CHECKPOINT + ".safetensors"
     try:
-        tensors = read_state_dict(source)  # the tensors alone, as training read them
-    except WeightsError as err:
-        raise WorkspaceError(f"{err}; a release carries theta0, as its recipients cannot rebuild the base model "
-                             "without it") from None
-    # a fresh file: no header metadata, no shared storage (safetensors refuses it), nothing but these tensors
-    atomic_write_bytes(staging / name, save({k: v.detach().clone().contiguous() for k, v in tensors.items()}))
-    copied = BackboneSpec.from_dict({**spec, "checkpoint": str(staging / name)})
-    if weights_digest(copied.build()) != weights_sha256:
+        with loaded_weights() as loads:  # the checkpoint's tensors as the model took them: its names, its order
+            base = BackboneSpec.from_dict(spec).build()
+    except (OSError, WeightsError) as err:
+        raise WorkspaceError(f"theta0's checkpoint {source} cannot be read ({err}); a release carries theta0, as "
+                             "its recipients cannot rebuild the base model without it") from None
+    if not loads or weights_digest(base) != weights_sha256:
         raise WorkspaceError(f"theta0's checkpoint {source} no longer holds the weights the model was trained at "
                              "(their sha256 differs); restore that file to release the model")
+    # a fresh file under the model's own parameter names (a checkpoint mapped by position keeps none of its own, and
+    # safetensors would reorder them): no header metadata, no shared storage (safetensors refuses it)
+    atomic_write_bytes(staging / name, save({k: v.detach().clone().contiguous() for k, v in loads[-1].items()}))
+    copied = BackboneSpec.from_dict({**spec, "checkpoint": str(staging / name)})
+    if weights_digest(copied.build()) != weights_sha256:
+        raise WorkspaceError(f"theta0 rebuilt from the bundle's {name} is not the theta0 the model was trained at; "
+                             "the release was not written")
     stated = {**spec, "checkpoint": name}
     if "theta0" in spec:
         stated["theta0"] = BackboneSpec.from_dict(stated).describe()

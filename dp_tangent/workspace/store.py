@@ -597,18 +597,23 @@ class Workspace:
             return result
 
     def set_budget(self, data_source: str, shard: str | None, epsilon: float, delta: float, *,
-                   operator: str | None = None, every_shard: bool = False) -> Budget:
+                   operator: str | None = None, every_shard: bool = False,
+                   shard_delta: float | None = None) -> Budget:
         """``Ledger.set_budget``, logged with the previous budget. ``every_shard`` (with ``shard=None``): the
-        source's shards that have budgets of their own (which win over the source's) get the same one, in the same
-        logged change, so that the limit holds for every shard of the source."""
+        source's shards that have budgets of their own (which win over the source's) get the same epsilon, in the
+        same logged change, so that the limit holds for every shard of the source; each keeps its own delta unless
+        ``shard_delta`` is given (a delta is never loosened unasked)."""
         with self.lock():
             budgets = {(b.data_source, b.shard): b for b in self.ledger.budgets()}
             targets = [shard]
             if every_shard and shard is None:
                 targets += sorted(s for d, s in budgets if d == data_source and s is not None)
             previous = {t: budgets.get((data_source, t)) for t in targets}
+            deltas = {t: float(delta) if t == shard else float(shard_delta if shard_delta is not None
+                                                                 else previous[t].delta)  # type: ignore[union-attr]
+                      for t in targets}
             apply(self, Change("budget_change", operator=operator,
-                               ledger=[SetBudget(data_source, t, float(epsilon), float(delta)) for t in targets],
+                               ledger=[SetBudget(data_source, t, float(epsilon), deltas[t]) for t in targets],
                                parameters={
                 "data_source": data_source, "shard": shard, "epsilon": float(epsilon), "delta": float(delta),
                 "previous": None if previous[shard] is None else {"epsilon": previous[shard].epsilon,
