@@ -316,6 +316,9 @@ def test_an_interrupted_forget_names_its_request_and_how_it_stands(ws: Path, cap
     again = err.split("finish it with: ")[1].split("\n")[0].split()
     listed = run_cli(capsys, "requests", "list", "-w", "ws")[1]  # piped: rich cut ids to fit 80 columns
     assert again[again.index("--request-id") + 1] in listed and "…" not in listed, listed
+    # review 46: the open request's text copy said its record was "not found in any component" (nobody had looked)
+    text = Path(f"ws/certificates/{again[again.index('--request-id') + 1]}.txt").read_text()
+    assert "not searched yet (the request is open)" in text and "not found in any component" not in text, text
     code, out, err = run_cli(capsys, *again[1:])  # the command it printed finishes that very request
     assert code == 0 and "OPEN" not in run_cli(capsys, "requests", "list", "-w", "ws")[1], err
     real = serving.forget

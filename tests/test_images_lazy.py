@@ -142,3 +142,19 @@ def test_files_the_folder_reader_would_skip_are_refused_not_dropped(tmp_path: Pa
     Image.new("RGB", (12, 12)).save(tmp_path / "imgs" / "loose.png")
     with pytest.raises(DataError, match=r"1 image\(s\) outside the class folders, e\.g\. loose\.png"):
         image_folder_records(tmp_path / "imgs", 16)
+
+
+def test_a_16_bit_image_keeps_its_values_and_a_32_bit_one_is_refused(tmp_path: Path) -> None:
+    """Review 45: PIL's convert("RGB") clips 16-bit values at 255, so a 16-bit image trained as an almost white one."""
+    from PIL import Image
+
+    pixels = np.zeros((8, 8), np.uint16)
+    pixels[:, :4], pixels[:, 4:] = 20000, 60000
+    Image.fromarray(pixels).save(tmp_path / "g16.png")
+    decoded = images._decode(tmp_path / "g16.png", grayscale=False)
+    assert decoded.shape == (3, 8, 8) and torch.allclose(decoded[:, :, 0], torch.tensor(20000 / 65535))
+    assert torch.allclose(decoded[:, :, 7], torch.tensor(60000 / 65535))
+    assert images._decode(tmp_path / "g16.png", grayscale=True).shape == (1, 8, 8)
+    Image.fromarray(np.full((8, 8), 70000, np.int32)).save(tmp_path / "i32.tif")
+    with pytest.raises(DataError, match="i32.tif: a 32-bit integer image"):
+        images._decode(tmp_path / "i32.tif", grayscale=False)

@@ -136,8 +136,15 @@ class DeletionResult:
                 f"{len(c.components_added)}, rebuilt or withdrew {changed} model(s){extra}")
 
 
-def render_certificate(cert: DeletionCertificate) -> str:
-    """The certificate as plain text for the requester's file."""
+#: How a record of a request still open reads in the text: no component was searched for it yet.
+PENDING_WHERE = "not searched yet (the request is open)"
+#: What versions before 2026-12-02 wrote there instead, which read as "held nowhere" (kept to restore their files).
+_PENDING_WHERE_BEFORE = "not found in any component"
+
+
+def render_certificate(cert: DeletionCertificate, pending_where: str = PENDING_WHERE) -> str:
+    """The certificate as plain text for the requester's file (``pending_where``: how a record of an open request
+    reads; see :data:`PENDING_WHERE`)."""
     on_time = "" if cert.on_time is None else f" (on time: {'yes' if cert.on_time else 'NO'})"
     lines = [f"DELETION CERTIFICATE -- request {cert.request_id}", "",
              f"Status:        {cert.status} ({cert.outcome.replace('_', ' ')})",
@@ -147,7 +154,8 @@ def render_certificate(cert: DeletionCertificate) -> str:
     lines += ["", f"Records ({len(cert.record_commitments)}), as {cert.commitment_scheme} commitments "
                   f"under key {cert.key_id}:"]
     for c in cert.record_commitments:
-        where = ", ".join(cert.found_in.get(c, [])) or "not found in any component"
+        where = ", ".join(cert.found_in.get(c, [])) or (
+            pending_where if cert.outcome == "pending" and c not in cert.not_found else "not found in any component")
         lines.append(f"  {c}  {where}")
     lines += ["", "Components removed:"]
     # The text is the requester's copy: no record counts (they would tell shard sizes); the JSON has them.
@@ -208,8 +216,12 @@ def restore_text(ws: Workspace, request_id: str) -> tuple[Path, bool]:
         if not json_path.is_file() or sha256_file(json_path) != logged[ws.relative(json_path)]:
             raise WorkspaceError(f"{json_path} is not the certificate the audit log vouches for; restore it from a "
                               "backup first")
-        text = render_certificate(read_certificate(ws, request_id)).encode()  # type: ignore[arg-type]
-        if hashlib.sha256(text).hexdigest() != logged.get(ws.relative(text_path)):
+        cert = read_certificate(ws, request_id)
+        renderings = [render_certificate(cert, where).encode()  # type: ignore[arg-type]
+                      for where in (PENDING_WHERE, _PENDING_WHERE_BEFORE)]
+        text = next((t for t in renderings if hashlib.sha256(t).hexdigest() == logged.get(ws.relative(text_path))),
+                    None)
+        if text is None:
             raise WorkspaceError(f"{text_path} as the log vouches for it is not this version's rendering of the "
                               "certificate; restore it from a backup")
         if text_path.is_file() and text_path.read_bytes() == text:
