@@ -85,6 +85,14 @@ def test_missing_values_and_repeated_ids_name_the_record(tmp_path: Path) -> None
                           ("twice.csv", "record id 'wine-000' appears more than once")):
         with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
             load_data(DataSection.model_validate(_table(tmp_path / name, names)), ShardsSection())
+    # review 45: a header naming a used column twice was a KeyError traceback
+    header = text[0].split(",")
+    header[2] = header[1]
+    (tmp_path / "dup.csv").write_text("\n".join([",".join(header), *text[1:]]) + "\n")
+    with pytest.raises(DataError, match=f"the header names column '{header[1]}' 2 times; give each column its own"):
+        duplicated = _table(tmp_path / "dup.csv", names)
+        _unscaled(duplicated["table"], features=names[:1] + names[2:])
+        load_data(DataSection.model_validate(duplicated), ShardsSection())
 
 
 def test_an_unknown_data_kind_lists_the_supported_kinds(tmp_path: Path) -> None:

@@ -65,6 +65,10 @@ def select_columns(path: Path, table: pa.Table, columns: Sequence[str], optional
     if missing:
         raise DataError(f"{path}: no {noun} {missing[0]!r} ({noun}s: {', '.join(table.column_names)})")
     present = [c for c in optional if c in table.column_names]
+    twice = next((c for c in [*columns, *present] if table.column_names.count(c) > 1), None)
+    if twice is not None:  # which of the two is meant? (pyarrow's select raises a KeyError)
+        raise DataError(f"{path}: the header names {noun} {twice!r} {table.column_names.count(twice)} times; give each "
+                        f"{noun} its own name")
     return table.select(list(dict.fromkeys([*columns, *present])))
 
 
