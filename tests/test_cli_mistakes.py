@@ -393,3 +393,34 @@ def test_an_interrupt_mentions_spent_budget_only_where_a_command_spends_some(
     monkeypatch.setattr(Workspace, "train_all", interrupted)
     code, out, err = run_cli(capsys, "train", "rows.yaml", "--name", "again", "-w", "ws", "--executor", "serial")
     assert code == 130 and "a reserved budget stays spent" in err, err
+
+
+def test_a_request_whose_records_another_deletion_removed_while_it_was_open_says_where_they_were(
+        ws: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 45: request A failed after its records were tombstoned; request B's retraining of the same shard left
+    them out (as every tombstoned record); asked again, A's certificate said "not found in any component" and the
+    command NOT FOUND, although A's record was in the shard's component when A arrived."""
+    import json
+
+    from dp_tangent.recipes import load_recipe
+    from dp_tangent.workspace import forget as serving
+
+    first, second = load_recipe(Path("rows.yaml")).load_data()[1][0].record_ids[:2]  # both in shard-0
+
+    def broken(*args: object) -> None:
+        raise serving.ForgetError("the disk went away")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(serving, "_check_nothing_away", broken)
+        assert run_cli(capsys, "forget", first, "--retrain", "--request-id", "A", "-w", "ws")[0] == 2
+    code, out, err = run_cli(capsys, "forget", second, "--retrain", "--request-id", "B", "-w", "ws")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "forget", first, "--retrain", "--request-id", "A", "-w", "ws")
+    assert code == 0 and "NOT FOUND" not in err, (out, err)
+    cert = json.loads(Path("ws/certificates/A.json").read_text())
+    assert cert["outcome"] == "deleted" and cert["not_found"] == []
+    assert list(cert["found_in"].values()) == [["rows-shard-0"]]
+    assert "the deletion for request B" in Path("ws/certificates/A.txt").read_text()
+    assert run_cli(capsys, "audit", "verify", "-w", "ws")[0] == 0
+    code, out, err = run_cli(capsys, "certificate", "verify", "ws/certificates/A.txt", "-w", "ws")
+    assert code == 0, (out, err)

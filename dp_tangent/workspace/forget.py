@@ -28,6 +28,7 @@ import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 from datetime import date, datetime
 
 import torch
@@ -296,10 +297,48 @@ def _rebuild_models(ws: Workspace, models: Sequence[ModelRecord], affected: set[
     return plan
 
 
+def _open_requests_served(tombstones: Mapping[str, Any], affected: Mapping[str, ComponentMetadata],
+                          request_id: str) -> dict[str, dict[str, list[str]]]:
+    """Records of *other* requests (tombstoned, their requests not finished) that the components this deletion
+    removes hold: request id -> commitment -> components. Removed with them (a replacement never trains a tombstoned
+    record), so that each request's own certificate can say where its records were when it is completed."""
+    served: dict[str, dict[str, list[str]]] = {}
+    for name, meta in affected.items():
+        for c in meta.manifest.commitments:
+            stone = tombstones.get(c)
+            if stone is not None and stone.request_id != request_id:
+                served.setdefault(stone.request_id, {}).setdefault(c, []).append(name)
+    return served
+
+
+def _removed_while_open(ws: Workspace, request_id: str,
+                        commitments: Sequence[str]) -> dict[str, tuple[list[str], str, str]]:
+    """Of ``commitments`` (this request's records in no current component), those another request's deletion
+    removed while this one was open: commitment -> (components, that request, when)."""
+    found: dict[str, tuple[list[str], str, str]] = {}
+    wanted = set(commitments)
+    for entry in ws.audit.entries():
+        served = entry.parameters.get("served_open_requests") if entry.operation == "deletion" else None
+        for c, names in ((served or {}).get(request_id) or {}).items():
+            if c in wanted and c not in found:
+                found[c] = (sorted(names), str(entry.parameters.get("request_id")), entry.time)
+    return found
+
+
+def _earlier_notes(earlier: Mapping[str, tuple[list[str], str, str]]) -> list[str]:
+    """A certificate note for each earlier deletion that removed records of this request while it was open."""
+    by_request: dict[tuple[str, str], set[str]] = {}
+    for names, other, when in earlier.values():
+        by_request.setdefault((other, when), set()).update(names)
+    return [f"While this request was open, the deletion for request {other} ({when}) removed component(s) "
+            f"{', '.join(sorted(names))}, which held records of this request: their replacements were trained without "
+            "them, as without every record on the tombstone list." for (other, when), names in sorted(by_request.items())]
+
+
 def _deletion_change(ws: Workspace, cert: DeletionCertificate, plan: _ModelPlan, operator: str,
-                     doomed: set[str]) -> Change:
+                     doomed: set[str], served: Mapping[str, Mapping[str, list[str]]] | None = None) -> Change:
     """The deletion in one change: components removed, models rebuilt or withdrawn, any cached Gram of a
-    requested record left removed, certificate written."""
+    requested record left removed, certificate written (``served``: see :func:`_open_requests_served`)."""
     changed = [c for c in cert.models if c.action != "unchanged"]
     cache_writes, cache_removals = gram_cache.without_records(ws, doomed)
     return Change(
@@ -314,7 +353,8 @@ def _deletion_change(ws: Workspace, cert: DeletionCertificate, plan: _ModelPlan,
                     "record_commitments": cert.record_commitments, "not_found": cert.not_found,
                     "components_removed": [r.name for r in cert.components_removed],
                     "components_added": [a.name for a in cert.components_added],
-                    "models": {c.name: c.action for c in cert.models}})
+                    "models": {c.name: c.action for c in cert.models},
+                    **({"served_open_requests": served} if served else {})})
 
 
 def _seal(ws: Workspace, cert: DeletionCertificate, operator: str) -> DeletionCertificate:
@@ -426,6 +466,7 @@ def forget(
                 raise ForgetError(f"component {name!r} was committed under another key; membership cannot be checked")
         found_in = {c: sorted(n for n, m in metas.items() if c in set(m.manifest.commitments)) for c in sorted(doomed)}
         affected = {n: metas[n] for n in sorted({n for names in found_in.values() for n in names})}
+        earlier = _removed_while_open(ws, request.request_id, [c for c, names in found_in.items() if not names])
         models = [ws.model_record(m) for m in ws.list_models()]
         _plan_checks(ws, affected, models, retrain, shard_records, merge_data)
         removed = [ComponentRef(name=n, sha256=sha256_file(ws.component_path(n)), data_source=m.data_source,
@@ -438,16 +479,20 @@ def forget(
         remaining.update({a.name: read_metadata(ws.component_path(a.name)) for a in added})
         finished = resolve_now(now)
         verification = _verify(ws, remaining, plan.changes, doomed, set(affected), finished)
+        for c, (names, _, _) in earlier.items():
+            found_in[c] = names
         cert = DeletionCertificate.model_validate({
             **cert.model_dump(), "status": "completed",
-            "outcome": "deleted" if affected else "not_found_in_any_component",
+            "outcome": "deleted" if affected or earlier else "not_found_in_any_component",
             "completed_at": finished.isoformat(), "on_time": finished.date() <= date.fromisoformat(cert.due_by),
             "found_in": {c: n for c, n in found_in.items() if n},
             "not_found": [c for c, n in found_in.items() if not n],
+            "caveats": [*_earlier_notes(earlier), *cert.caveats],
             "components_removed": [r.model_dump() for r in removed],
             "components_added": [a.model_dump() for a in added],
             "models": [c.model_dump() for c in plan.changes], "verification": verification.model_dump()})
-        apply(ws, _deletion_change(ws, cert, plan, operator, doomed))
+        served = _open_requests_served(tombstones.read(), affected, request.request_id)
+        apply(ws, _deletion_change(ws, cert, plan, operator, doomed, served))
         cert = _seal(ws, cert, operator)
         return DeletionResult(cert, *ws.certificate_paths(cert.request_id))
 
