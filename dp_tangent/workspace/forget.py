@@ -332,7 +332,8 @@ def _earlier_notes(earlier: Mapping[str, tuple[list[str], str, str]]) -> list[st
         by_request.setdefault((other, when), set()).update(names)
     return [f"While this request was open, the deletion for request {other} ({when}) removed component(s) "
             f"{', '.join(sorted(names))}, which held records of this request: their replacements were trained without "
-            "them, as without every record on the tombstone list." for (other, when), names in sorted(by_request.items())]
+            "them, as without every record on the tombstone list."
+            for (other, when), names in sorted(by_request.items())]
 
 
 def _deletion_change(ws: Workspace, cert: DeletionCertificate, plan: _ModelPlan, operator: str,
