@@ -314,7 +314,30 @@ def load_recipe(path: str | Path, *, schema_checked: Callable[[Recipe], None] | 
     if schema_checked is not None:
         schema_checked(schema)
     recipe = _validate(data, str(path))  # then the backbone, before its name is used to resolve paths
-    return _validate(_resolve(recipe, path.resolve().parent), str(path))
+    recipe = _validate(_resolve(recipe, path.resolve().parent), str(path))
+    _check_text_length(recipe, str(path))
+    return recipe
+
+
+def _check_text_length(recipe: Recipe, where: str) -> None:
+    """A text kind's ``max_length`` within its transformers backbone's positions, when its local config says how
+    many (a model id is checked when its inputs meet the model): refused before a workspace or data source is made
+    (a data source registered with a length no model of this backbone takes could not be used again)."""
+    import json
+
+    from .backbones.hf_family import FAMILY, model_source
+
+    length = getattr(recipe.data.source, "max_length", None)
+    if recipe.backbone.family != FAMILY or not isinstance(length, int):
+        return
+    config = Path(model_source(recipe.backbone.spec())) / "config.json"
+    try:
+        limit = json.loads(config.read_text(encoding="utf-8")).get("max_position_embeddings")
+    except (OSError, ValueError, AttributeError):
+        return
+    if isinstance(limit, int) and length > limit:
+        raise RecipeError(f"{where}: data.{recipe.data.kind}.max_length {length} is more than the {limit} positions "
+                          f"{recipe.backbone.name} takes; give at most {limit}")
 
 
 def default_recipe() -> Recipe:

@@ -21,7 +21,7 @@ from torch.func import functional_call, grad, jvp
 from dp_tangent import linearize
 from dp_tangent.backbones import BackboneSpec, weights_digest
 from dp_tangent.backbones.hf_family import FAMILY, model_source
-from dp_tangent.errors import DataError, SelectionError, WeightsError
+from dp_tangent.errors import DataError, RecipeError, SelectionError, WeightsError
 from dp_tangent.recipes import load_recipe
 from dp_tangent.tangent.layouts import layout_for
 from dp_tangent.training.losses import ConvexLoss
@@ -349,6 +349,19 @@ def test_bad_jsonl_and_unknown_formats_are_one_line_errors(tmp_path: Path, name:
     recipe = load_recipe(text_recipe(tmp_path, {"path": name, "record_id": "id", "classes": ["ham", "spam"]}))
     with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
         recipe.load_data()
+
+
+def test_a_max_length_beyond_the_model_s_positions_is_refused_with_the_recipe(tmp_path: Path,
+                                                                             tokenizer_files: Path) -> None:
+    """Review 45: refused only once inputs met the model, after the data source was registered with that length,
+    which left the data source name unusable in that workspace."""
+    write_texts(tmp_path / "t.csv")
+    with pytest.raises(RecipeError, match=r"data.text.max_length 513 is more than the 512 positions "
+                                          r"all-MiniLM-L6-v2 takes; give at most 512"):
+        load_recipe(text_recipe(tmp_path, {"path": "t.csv", "record_id": "id", "classes": ["ham", "spam"],
+                                           "max_length": 513}))
+    assert load_recipe(text_recipe(tmp_path, {"path": "t.csv", "record_id": "id", "classes": ["ham", "spam"],
+                                              "max_length": 512})).data.text.max_length == 512
 
 
 def test_text_data_needs_a_tokenizer_with_other_backbones(tmp_path: Path) -> None:
