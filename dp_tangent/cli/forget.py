@@ -104,8 +104,8 @@ def forget(
         earlier = _deleted_before(ws, result.certificate)
         typer.secho(f"NOT FOUND: {missing} of {len(result.certificate.record_commitments)} record id(s) are in no "
                     f"component.{earlier} Check each id: if it is right, this workspace holds no trained data on it "
-                    f"(it is tombstoned all the same, so it will never be trained here).{_typed_hint(ws)}", err=True,
-                    fg=typer.colors.YELLOW)
+                    f"(it is tombstoned all the same, so it will never be trained here).{_typed_hint(ws)}"
+                    f"{_id_form_hint(ws, record_ids, result.certificate.not_found)}", err=True, fg=typer.colors.YELLOW)
         raise typer.Exit(NOT_FOUND_EXIT)
 
 
@@ -132,6 +132,23 @@ def _deleted_before(ws, cert) -> str:  # noqa: ANN001
         return ""
     return (f" {len(earlier)} of them were named by earlier request(s) {', '.join(sorted(set(earlier)))} and are "
             "tombstoned since (their certificates say what was found and deleted then).")
+
+
+def _id_form_hint(ws, record_ids: list[str], not_found: list[str]) -> str:  # noqa: ANN001
+    """A hint for ids not found that look like another form of an id: a path with ``./``, a backslash or from the
+    root, or spaces around it (ids are matched exactly, as the data holds them)."""
+    from ..components.manifest import commit
+
+    key = ws.manifest_key()
+    missed = set(not_found)  # commitments
+    odd = [r for r in record_ids if commit(r, key) in missed
+           and (r != r.strip() or r.startswith(("./", "/", ".\\")) or "\\" in r)]
+    if not odd:
+        return ""
+    return (f" {', '.join(repr(r) for r in odd[:3])} look(s) like another form of an id: ids are matched exactly as "
+            "the data holds them (an image's is its path under the folder's root with forward slashes, e.g. "
+            "cat/002.png; a table's as written in its id column, without spaces around it); send the request again "
+            "with a new --request-id and the id in that form.")
 
 
 def _typed_hint(ws) -> str:  # noqa: ANN001
