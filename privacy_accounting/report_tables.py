@@ -114,9 +114,18 @@ def distribution_table(groups: list[GuaranteeGroup]) -> Table:
 
 # -- deletions -------------------------------------------------------------------------------------
 
+def _missed(d: DeletionEntry, day: str) -> str:
+    """The regimes whose deadline ``day`` (an ISO date) is past, with their deadlines, and those it meets: the
+    earliest deadline is not every regime's."""
+    late = [f"{r.upper()} (due {when})" for r, when in sorted(d.deadlines.items()) if day > when]
+    kept = [f"{r.upper()} (due {when})" for r, when in sorted(d.deadlines.items()) if day <= when]
+    return f"late under {', '.join(late)}" + (f"; on time under {', '.join(kept)}" if kept else "")
+
+
 def _deletion_status(d: DeletionEntry) -> object:
     if d.overdue:
-        return Flag(f"OVERDUE: open, was due {d.due_by}")
+        behind = f", {-d.days_left} day(s) overdue" if d.days_left is not None and d.days_left < 0 else ""
+        return Flag(f"OVERDUE: open, was due {d.due_by}{behind}")
     if d.status == "open":
         left = "" if d.days_left is None else f", {d.days_left} day(s) left"
         return f"open{left}"
@@ -124,7 +133,9 @@ def _deletion_status(d: DeletionEntry) -> object:
         return Flag("UNSEALED: records deleted, certificate never sealed (run the same forget again)")
     timing = "" if d.on_time is None else " on time" if d.on_time else None
     if timing is None:
-        return Flag(f"completed LATE ({d.outcome.replace('_', ' ')})")
+        day = (d.completed_at or "")[:10]
+        return Flag(f"completed LATE ({d.outcome.replace('_', ' ')}): {_missed(d, day)}" if day
+                    else f"completed LATE ({d.outcome.replace('_', ' ')})")
     return f"completed{timing} ({d.outcome.replace('_', ' ')})"
 
 
@@ -255,9 +266,11 @@ def status_lines(report: PrivacyReport) -> list[object]:
     if unsealed:
         lines.append(Flag(f"Deletion requests: {len(unsealed)} UNSEALED ({', '.join(unsealed)}): deleted, but the "
                           "certificate was never sealed; run the same `dp-tangent forget` again."))
+    late_ones = [d.request_id for d in requests if d.on_time is False]
     if overdue:
         lines.append(Flag(f"Deletion requests: {len(overdue)} OVERDUE ({', '.join(overdue)}); "
-                          f"{len(requests)} received, {still_open} open."))
+                          f"{len(requests)} received, {still_open} open"
+                          + (f", {len(late_ones)} completed late ({', '.join(late_ones)})." if late_ones else ".")))
     elif requests:
         late = sum(d.on_time is False for d in requests)
         on_time = sum(d.status == "completed" and d.on_time is not False for d in requests)

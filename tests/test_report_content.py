@@ -130,10 +130,24 @@ def test_deletions_with_deadlines_status_certificates_and_overdue_flag(ws: Works
     page, markdown = report.to_html(), report.to_markdown()
     assert '<tr class="overdue">' in page and f"OVERDUE: open, was due {late.due_by}" in page
     assert '<a href="../certificates/req-done.txt">req-done.txt</a>' in page
-    assert f"**OVERDUE: open, was due {late.due_by}**" in markdown and "[req-done.txt](../certificates/req-done.txt)" \
+    assert f"**OVERDUE: open, was due {late.due_by}," in markdown and "[req-done.txt](../certificates/req-done.txt)" \
         in markdown
     assert "Deletion requests: 1 OVERDUE (req-late)" in _before_specialists(page)
     assert "GDPR Art. 12(3)" in page and "CCPA regulations" in markdown
+    assert f"was due {late.due_by}, {-late.days_left} day(s) overdue" in page  # review 46: how late, as requests list
+
+
+def test_a_late_completion_names_the_deadlines_it_missed_and_those_it_met() -> None:
+    """Review 46: "completed LATE" used the earliest deadline (GDPR's) without naming it; CCPA's may have been met."""
+    from privacy_accounting.report_models import DeletionEntry
+    from privacy_accounting.report_tables import _deletion_status
+
+    entry = DeletionEntry(request_id="r", received_at="2026-10-20T00:00:00+00:00", regimes={"gdpr": "", "ccpa": ""},
+                          deadlines={"gdpr": "2026-11-20", "ccpa": "2026-12-03"}, due_by="2026-11-20",
+                          status="completed", outcome="deleted", completed_at="2026-12-02T10:00:00+00:00",
+                          on_time=False, overdue=False, records=1, certificate="r.txt", certificate_href="r.txt")
+    assert _deletion_status(entry).text == ("completed LATE (deleted): late under GDPR (due 2026-11-20); on time "
+                                            "under CCPA (due 2026-12-03)")
 
 
 def test_audit_section_verifies_and_names_the_head_and_checkpoint(ws: Workspace, report: PrivacyReport) -> None:
