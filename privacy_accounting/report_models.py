@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from privacy_accounting.renderers import render
 
 AUDIT_LABEL = "empirical lower bound, not a guarantee"
-REPORT_SCHEMA_VERSION = 5  # 4: a deletion's status may be "unsealed"; 5: size_public/sizes_public, releases
+REPORT_SCHEMA_VERSION = 6  # 4: a deletion's status may be "unsealed"; 5: size_public/sizes_public, releases;
+# 6: an open request's models (DeletionEntry.held_by_models) and a release's open requests (pending_deletions)
 
 
 class _Model(BaseModel):
@@ -263,6 +264,8 @@ class DeletionEntry(_Model):
     records: int
     certificate: str
     certificate_href: str
+    #: an open request: the models whose components still hold its records (what it has yet to change)
+    held_by_models: list[str] = Field(default_factory=list)
 
 
 class ReleaseEntry(_Model):
@@ -277,6 +280,8 @@ class ReleaseEntry(_Model):
     epsilon: float | None = None  # the model's per-record figure when released (internal; the bundle states budgets)
     delta: float | None = None
     later_deletions: list[str] = Field(default_factory=list)
+    #: open deletion requests whose records a released component still holds: copies sent hold them too
+    pending_deletions: list[str] = Field(default_factory=list)
 
 
 class LogCheckpoint(_Model):

@@ -13,6 +13,7 @@ from privacy_accounting.report_models import (
     DeletionEntry,
     GuaranteeGroup,
     PrivacyReport,
+    ReleaseEntry,
     ShardRecords,
 )
 from privacy_accounting.statement import fmt_delta, fmt_eps, unit_text
@@ -158,9 +159,16 @@ def releases_table(report: PrivacyReport) -> Table:
     rows = [(r.model, fmt_time(r.released_at), r.operator, r.destination,
              None if r.epsilon is None else fmt_eps(r.epsilon) if math.isinf(r.epsilon)
              else f"{fmt_eps(r.epsilon)} ({fmt_delta(r.delta)})",
-             r.statement_sha256, Flag("; ".join(r.later_deletions) + ": copies released before are not recalled")
-             if r.later_deletions else "none") for r in entries]
+             r.statement_sha256, _after_release(r)) for r in entries]
     return headers, rows
+
+
+def _after_release(r: ReleaseEntry) -> object:
+    """The deletions a release's copies do not follow: completed after it, or still open on records it holds."""
+    parts = ([f"{'; '.join(r.later_deletions)}: copies released before are not recalled"] if r.later_deletions
+             else []) + ([f"open request(s) {', '.join(r.pending_deletions)} name records it holds; its copies will "
+                          "keep them"] if r.pending_deletions else [])
+    return Flag("; ".join(parts)) if parts else "none"
 
 
 RELEASES_NOTE = ("Releases are read from the audit log. A bundle states its shards' budgets, not the figure shown here "
@@ -267,6 +275,11 @@ def status_lines(report: PrivacyReport) -> list[object]:
         lines.append(Flag(f"Deletion requests: {len(unsealed)} UNSEALED ({', '.join(unsealed)}): deleted, but the "
                           "certificate was never sealed; run the same `dp-tangent forget` again."))
     late_ones = [d.request_id for d in requests if d.on_time is False]
+    held = sorted({m for d in requests if d.status == "open" for m in d.held_by_models})
+    pending = sum(bool(d.held_by_models) for d in requests if d.status == "open")
+    if held:
+        lines.append(Flag(f"Models {', '.join(held)} still hold records of {pending} open deletion request(s) "
+                          "(see Deletion requests)."))
     if overdue:
         lines.append(Flag(f"Deletion requests: {len(overdue)} OVERDUE ({', '.join(overdue)}); "
                           f"{len(requests)} received, {still_open} open"
@@ -281,12 +294,15 @@ def status_lines(report: PrivacyReport) -> list[object]:
         lines.append("Deletion requests: none received.")
     releases = report.workspace.releases
     before = [r for r in releases if r.later_deletions]
+    pending_releases = [r for r in releases if r.pending_deletions]
     if releases:
         latest = releases[-1]
         text = (f"Releases: {len(releases)} (the latest: {latest.model} on {fmt_time(latest.released_at)})"
                 + (f"; {len(before)} before a deletion that removed records of the released version (copies sent "
-                   "are not recalled)." if before else "."))
-        lines.append(Flag(text) if before else text)
+                   "are not recalled)" if before else "")
+                + (f"; {len(pending_releases)} hold records that open deletion requests name." if pending_releases
+                   else "."))
+        lines.append(Flag(text) if before or pending_releases else text)
     audit = report.workspace.audit
     if audit is None:
         lines.append(Flag("Audit log: not checked for this report."))

@@ -135,6 +135,9 @@ def test_deletions_with_deadlines_status_certificates_and_overdue_flag(ws: Works
     assert "Deletion requests: 1 OVERDUE (req-late)" in _before_specialists(page)
     assert "GDPR Art. 12(3)" in page and "CCPA regulations" in markdown
     assert f"was due {late.due_by}, {-late.days_left} day(s) overdue" in page  # review 46: how late, as requests list
+    # review 46: the first screen said nothing of a model that still holds an open (overdue) request's records
+    assert late.held_by_models == ["m"] and done.held_by_models == []
+    assert "Models m still hold records of 1 open deletion request(s)" in _before_specialists(page)
 
 
 def test_a_late_completion_names_the_deadlines_it_missed_and_those_it_met() -> None:
@@ -249,6 +252,14 @@ def test_releases_are_listed_and_one_a_later_deletion_reached_is_flagged(tmp_pat
     assert "Deletion requests: 1 received: 1 completed on time, 0 open, none overdue." in markdown
     page = report.to_html()
     assert "Releases (what left the workspace)" in page and "req-after: copies released before" in html.unescape(page)
+    # review 46: a release holding records of a request still open said "deletions after it: none"
+    receive(ws, DeletionRequest("req-open", ("rec-1-2",), NOW), operator="dpo", now=NOW)
+    sections = report_sections(ws, now=NOW)
+    by_model = {r.model: r for r in sections.releases}
+    assert by_model["m"].pending_deletions == ["req-open"] and by_model["only1"].pending_deletions == ["req-open"]
+    markdown = build_report(ws.ledger, workspace=sections, curve_points=0).to_markdown()
+    assert "open request(s) req-open name records it holds; its copies will keep them" in markdown
+    assert "2 hold records that open deletion requests name." in markdown
 
 
 def test_a_log_that_does_not_extend_the_given_checkpoint_fails_the_report(ws: Workspace, tmp_path: Path,

@@ -80,12 +80,13 @@ def report_sections(ws: Workspace, *, now: datetime | None = None, report_dir: s
         entries = ws.audit.entries()
     except AuditLogError:
         entries = []  # a broken chain: no count is taken from it, and the audit section says why
+    holders = _open_request_holders(ws)
     return WorkspaceSections(
         workspace=str(ws.root),
         data=_data(ws, entries),
-        deletions=_deletions(ws, moment, report_dir),
+        deletions=_deletions(ws, moment, report_dir, holders),
         audit=_audit(ws, entries, moment, checkpoint),
-        releases=_releases(entries),
+        releases=_releases(entries, holders),
     )
 
 
@@ -95,7 +96,7 @@ def releases_touched_by(ws: Workspace, request_id: str) -> list[ReleaseEntry]:
     return [r for r in _releases(ws.audit.entries()) if request_id in r.later_deletions]
 
 
-def _releases(entries: Sequence[AuditEntry]) -> list[ReleaseEntry]:
+def _releases(entries: Sequence[AuditEntry], holders: dict[str, set[str]] | None = None) -> list[ReleaseEntry]:
     """Every release the log recorded, and the deletions completed after it that removed one of the components
     it released (read from the log, as a request's certificate names what it removed)."""
     removals = [(e.seq, str(e.parameters.get("request_id")), set(e.parameters.get("components_removed") or []))
@@ -115,7 +116,8 @@ def _releases(entries: Sequence[AuditEntry]) -> list[ReleaseEntry]:
             epsilon=float("inf") if epsilon == "inf" else epsilon if isinstance(epsilon, (int, float)) else None,
             delta=guarantee.get("delta") if isinstance(guarantee.get("delta"), (int, float)) else None,
             later_deletions=sorted({request for seq, request, removed in removals
-                                    if seq > e.seq and removed & released})))
+                                    if seq > e.seq and removed & released}),
+            pending_deletions=sorted(r for r, names in (holders or {}).items() if names & released)))
     return out
 
 
@@ -177,7 +179,34 @@ def _href(path: Path, report_dir: str | os.PathLike[str] | None) -> str:
     return Path(os.path.relpath(path, Path(report_dir).absolute())).as_posix()
 
 
-def _deletions(ws: Workspace, now: datetime, report_dir: str | os.PathLike[str] | None) -> list[DeletionEntry]:
+def _open_request_holders(ws: Workspace) -> dict[str, set[str]]:
+    """Each open deletion request -> the current components whose record manifests hold one of its records (what
+    it has yet to remove). Read from the components' manifests and the requests' certificates."""
+    from ..components.component import read_metadata
+
+    open_ids = {s.request_id for s in list_requests(ws) if s.status == "open"}
+    wanted: dict[str, set[str]] = {}
+    for request_id in open_ids:
+        cert = read_certificate(ws, request_id)
+        for c in cert.record_commitments if cert is not None else ():
+            wanted.setdefault(c, set()).add(request_id)
+    holders: dict[str, set[str]] = {r: set() for r in open_ids}
+    if not wanted:
+        return holders
+    for name in ws.list_components():
+        try:
+            commitments = read_metadata(ws.component_path(name)).manifest.commitments
+        except (OSError, ValueError, DPTangentError):  # a file moved away or broken: audit verification says so
+            continue
+        for c in set(commitments) & set(wanted):
+            for request_id in wanted[c]:
+                holders[request_id].add(name)
+    return holders
+
+
+def _deletions(ws: Workspace, now: datetime, report_dir: str | os.PathLike[str] | None,
+               holders: dict[str, set[str]]) -> list[DeletionEntry]:
+    models = {m: set(ws.model_record(m).component_names) for m in ws.list_models()}
     out = []
     for status in list_requests(ws, now):
         cert = read_certificate(ws, status.request_id)
@@ -190,7 +219,8 @@ def _deletions(ws: Workspace, now: datetime, report_dir: str | os.PathLike[str] 
             status="unsealed" if status.status == "unsealed" else cert.status, outcome=cert.outcome,
             completed_at=cert.completed_at, on_time=cert.on_time, overdue=status.overdue,
             days_left=status.days_left if cert.status == "open" else None, records=len(cert.record_commitments),
-            certificate=str(text_path), certificate_href=_href(text_path, report_dir)))
+            certificate=str(text_path), certificate_href=_href(text_path, report_dir),
+            held_by_models=sorted(m for m, names in models.items() if names & holders.get(cert.request_id, set()))))
     return out
 
 
