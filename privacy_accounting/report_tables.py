@@ -124,12 +124,13 @@ def _missed(d: DeletionEntry, day: str) -> str:
 
 
 def _deletion_status(d: DeletionEntry) -> object:
+    held = f"; its records are still in model(s) {', '.join(d.held_by_models)}" if d.held_by_models else ""
     if d.overdue:
         behind = f", {-d.days_left} day(s) overdue" if d.days_left is not None and d.days_left < 0 else ""
-        return Flag(f"OVERDUE: open, was due {d.due_by}{behind}")
+        return Flag(f"OVERDUE: open, was due {d.due_by}{behind}{held}")
     if d.status == "open":
         left = "" if d.days_left is None else f", {d.days_left} day(s) left"
-        return f"open{left}"
+        return Flag(f"open{left}{held}") if held else f"open{left}"
     if d.status == "unsealed":
         return Flag("UNSEALED: records deleted, certificate never sealed (run the same forget again)")
     timing = "" if d.on_time is None else " on time" if d.on_time else None

@@ -420,7 +420,35 @@ def test_a_request_whose_records_another_deletion_removed_while_it_was_open_says
     cert = json.loads(Path("ws/certificates/A.json").read_text())
     assert cert["outcome"] == "deleted" and cert["not_found"] == []
     assert list(cert["found_in"].values()) == [["rows-shard-0"]]
-    assert "the deletion for request B" in Path("ws/certificates/A.txt").read_text()
+    text = Path("ws/certificates/A.txt").read_text()
+    assert "the deletion for request(s) B" in text and "their replacements were trained without them" in text
     assert run_cli(capsys, "audit", "verify", "-w", "ws")[0] == 0
     code, out, err = run_cli(capsys, "certificate", "verify", "ws/certificates/A.txt", "-w", "ws")
     assert code == 0, (out, err)
+
+
+def test_two_open_requests_on_one_record_are_both_answered_whichever_completes_first(
+        ws: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 47: the tombstone keeps the first request's id, so the second request on the same record, completed
+    after the first, said NOT FOUND although the record was in a component when it arrived."""
+    import json
+
+    from dp_tangent.recipes import load_recipe
+    from dp_tangent.workspace import forget as serving
+
+    record = load_recipe(Path("rows.yaml")).load_data()[1][0].record_ids[0]
+
+    def broken(*args: object) -> None:
+        raise serving.ForgetError("the disk went away")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(serving, "_check_nothing_away", broken)
+        for request in ("A", "B"):
+            assert run_cli(capsys, "forget", record, "--request-id", request, "-w", "ws")[0] == 2
+    assert run_cli(capsys, "forget", record, "--request-id", "A", "-w", "ws")[0] == 0  # no retraining
+    code, out, err = run_cli(capsys, "forget", record, "--request-id", "B", "-w", "ws")
+    assert code == 0 and "NOT FOUND" not in err, err
+    cert = json.loads(Path("ws/certificates/B.json").read_text())
+    assert cert["outcome"] == "deleted" and list(cert["found_in"].values()) == [["rows-shard-0"]]
+    assert "the deletion for request(s) A" in Path("ws/certificates/B.txt").read_text()
+    assert "no replacement was trained" in Path("ws/certificates/B.txt").read_text()  # A did not retrain

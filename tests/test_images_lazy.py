@@ -160,5 +160,9 @@ def test_a_16_bit_image_keeps_its_values_and_a_32_bit_one_is_refused(tmp_path: P
     assert torch.allclose(decoded[:, :, 7], torch.tensor(60000 / 65535))
     assert images._decode(tmp_path / "g16.png", grayscale=True).shape == (1, 8, 8)
     Image.fromarray(np.full((8, 8), 70000, np.int32)).save(tmp_path / "i32.tif")
-    with pytest.raises(DataError, match="i32.tif: a 32-bit integer image"):
+    with pytest.raises(DataError, match="i32.tif: a 32-bit integer image with values outside 0..65535"):
         images._decode(tmp_path / "i32.tif", grayscale=False)
+    # review 47: PIL opens a 16-bit PGM as a 32-bit integer image ("I"); its values fit 16 bits: read as 16-bit
+    header = b"P5 8 8 65535\n"
+    (tmp_path / "g16.pgm").write_bytes(header + pixels.astype(">u2").tobytes())
+    assert torch.allclose(images._decode(tmp_path / "g16.pgm", grayscale=False), decoded)

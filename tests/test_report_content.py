@@ -137,6 +137,7 @@ def test_deletions_with_deadlines_status_certificates_and_overdue_flag(ws: Works
     assert f"was due {late.due_by}, {-late.days_left} day(s) overdue" in page  # review 46: how late, as requests list
     # review 46: the first screen said nothing of a model that still holds an open (overdue) request's records
     assert late.held_by_models == ["m"] and done.held_by_models == []
+    assert "was due" in markdown and "its records are still in model(s) m" in markdown  # in its row (review 47)
     assert "Models m still hold records of 1 open deletion request(s)" in _before_specialists(page)
 
 
@@ -260,6 +261,26 @@ def test_releases_are_listed_and_one_a_later_deletion_reached_is_flagged(tmp_pat
     markdown = build_report(ws.ledger, workspace=sections, curve_points=0).to_markdown()
     assert "open request(s) req-open name records it holds; its copies will keep them" in markdown
     assert "2 hold records that open deletion requests name." in markdown
+    # review 47: another request's deletion that removed req-open's records credits req-open on the releases too
+    forget(ws, DeletionRequest("req-b", ("rec-1-5",), NOW), retrain=True, shard_records={"c1": shard(1)}, now=NOW)
+    by_model = {r.model: r for r in report_sections(ws, now=NOW).releases}
+    assert by_model["only1"].later_deletions == ["req-b", "req-open"] and by_model["only1"].pending_deletions == []
+    from dp_tangent.workspace.report_context import releases_touched_by
+
+    assert {r.model for r in releases_touched_by(ws, "req-open")} == {"m", "only1"}
+
+
+def test_a_broken_model_record_does_not_keep_the_report_from_being_made(ws: Workspace, tmp_path: Path) -> None:
+    """Review 47: with a request open, the report read every model record and failed on a broken one, where it must
+    be written and say the audit failed."""
+    import shutil
+
+    shutil.copytree(ws.root, tmp_path / "ws")
+    copy = Workspace.open(tmp_path / "ws", finish=False)
+    (tmp_path / "ws" / "models" / "m.json").write_text("{bad")
+    sections = report_sections(copy, now=NOW)
+    assert not sections.audit.verified and any("models/m.json" in p for p in sections.audit.problems)
+    assert [d.held_by_models for d in sections.deletions if d.request_id == "req-late"] == [[]]
 
 
 def test_a_log_that_does_not_extend_the_given_checkpoint_fails_the_report(ws: Workspace, tmp_path: Path,

@@ -66,17 +66,25 @@ def _decode(path: str | Path, grayscale: bool) -> torch.Tensor:
         with Image.open(path) as image:
             if image.mode.startswith("I;16"):  # PIL's convert() clips 16-bit values at 255: nearly all white
                 return _sixteen_bit(image, grayscale)
+            if image.mode == "I" and _within_16_bits(image):  # how PIL opens a 16-bit PGM (or, older, PNG)
+                return _sixteen_bit(image, grayscale)
             if image.mode in ("I", "F"):
-                raise DataError(f"{path}: a 32-bit {'integer' if image.mode == 'I' else 'float'} image, whose range "
-                                "no fixed scaling fits; convert it to an 8- or 16-bit image")
+                raise DataError(f"{path}: a 32-bit {'integer' if image.mode == 'I' else 'float'} image with values "
+                                "outside 0..65535, which no fixed scaling fits; convert it to an 8- or 16-bit image")
             return to_tensor(image.convert("L" if grayscale else "RGB"))
     except _unreadable_errors() as err:
         raise _unreadable_image(path, err) from None
 
 
+def _within_16_bits(image) -> bool:  # noqa: ANN001 -- a PIL image
+    """Whether a 32-bit integer image's values all fit 16 bits (0..65535)."""
+    low, high = image.getextrema()
+    return 0 <= low and high <= 65535
+
+
 def _sixteen_bit(image, grayscale: bool) -> torch.Tensor:  # noqa: ANN001 -- a PIL image
     """A 16-bit grayscale image as (C, H, W) in [0, 1]: its values over 65535, as 8-bit ones are over 255."""
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.uint16).astype(np.float32) / 65535.0)[None]
+    pixels = torch.from_numpy(np.asarray(image).astype(np.float32) / 65535.0)[None]
     return pixels if grayscale else pixels.expand(3, -1, -1).contiguous()
 
 

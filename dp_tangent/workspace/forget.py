@@ -52,7 +52,7 @@ from .commit import Change, FileRemoval, FileWrite, apply
 from .deletion_requests import DeletionRequest, ForgetError, OtherRecordIds, resolve_now
 from .ledger_ops import RegisterModel
 from .model_record import ModelRecord
-from .request_register import receive
+from .request_register import list_requests, receive
 from .store import Workspace
 from .tombstones import FILE as TOMBSTONES_FILE
 from .tombstones import Tombstones
@@ -297,43 +297,58 @@ def _rebuild_models(ws: Workspace, models: Sequence[ModelRecord], affected: set[
     return plan
 
 
-def _open_requests_served(tombstones: Mapping[str, Any], affected: Mapping[str, ComponentMetadata],
+def _open_requests_served(ws: Workspace, affected: Mapping[str, ComponentMetadata],
                           request_id: str) -> dict[str, dict[str, list[str]]]:
-    """Records of *other* requests (tombstoned, their requests not finished) that the components this deletion
-    removes hold: request id -> commitment -> components. Removed with them (a replacement never trains a tombstoned
-    record), so that each request's own certificate can say where its records were when it is completed."""
+    """Records of the *other* open requests that the components this deletion removes hold: request id ->
+    commitment -> components. Removed with them (a replacement never trains a tombstoned record, and each open
+    request's records are tombstoned), so that each such request's certificate can say where its records were when
+    it is completed -- whichever request tombstoned a record first."""
+    named: dict[str, set[str]] = {}
+    for status in list_requests(ws):
+        if status.status == "open" and status.request_id != request_id:
+            other = read_certificate(ws, status.request_id)
+            for c in other.record_commitments if other is not None else ():
+                named.setdefault(c, set()).add(status.request_id)
     served: dict[str, dict[str, list[str]]] = {}
     for name, meta in affected.items():
-        for c in meta.manifest.commitments:
-            stone = tombstones.get(c)
-            if stone is not None and stone.request_id != request_id:
-                served.setdefault(stone.request_id, {}).setdefault(c, []).append(name)
+        for c in set(meta.manifest.commitments) & set(named):
+            for other_id in sorted(named[c]):
+                served.setdefault(other_id, {}).setdefault(c, []).append(name)
     return served
 
 
 def _removed_while_open(ws: Workspace, request_id: str,
-                        commitments: Sequence[str]) -> dict[str, tuple[list[str], str, str]]:
-    """Of ``commitments`` (this request's records in no current component), those another request's deletion
-    removed while this one was open: commitment -> (components, that request, when)."""
-    found: dict[str, tuple[list[str], str, str]] = {}
+                        commitments: Sequence[str]) -> dict[str, tuple[list[str], str, str, bool]]:
+    """Of ``commitments`` (this request's records in no current component), those other requests' deletions
+    removed while this one was open: commitment -> (components, those requests, when, whether they trained
+    replacements) -- every such deletion, not only the first."""
+    found: dict[str, tuple[list[str], str, str, bool]] = {}
     wanted = set(commitments)
     for entry in ws.audit.entries():
         served = entry.parameters.get("served_open_requests") if entry.operation == "deletion" else None
         for c, names in ((served or {}).get(request_id) or {}).items():
-            if c in wanted and c not in found:
-                found[c] = (sorted(names), str(entry.parameters.get("request_id")), entry.time)
+            if c not in wanted:
+                continue
+            retrained = bool(entry.parameters.get("components_added"))
+            other, when = str(entry.parameters.get("request_id")), entry.time
+            if c in found:
+                was = found[c]
+                found[c] = (sorted({*was[0], *names}), f"{was[1]}, {other}", was[2], was[3] or retrained)
+            else:
+                found[c] = (sorted(names), other, when, retrained)
     return found
 
 
-def _earlier_notes(earlier: Mapping[str, tuple[list[str], str, str]]) -> list[str]:
+def _earlier_notes(earlier: Mapping[str, tuple[list[str], str, str, bool]]) -> list[str]:
     """A certificate note for each earlier deletion that removed records of this request while it was open."""
-    by_request: dict[tuple[str, str], set[str]] = {}
-    for names, other, when in earlier.values():
-        by_request.setdefault((other, when), set()).update(names)
-    return [f"While this request was open, the deletion for request {other} ({when}) removed component(s) "
-            f"{', '.join(sorted(names))}, which held records of this request: their replacements were trained without "
-            "them, as without every record on the tombstone list."
-            for (other, when), names in sorted(by_request.items())]
+    by_request: dict[tuple[str, str, bool], set[str]] = {}
+    for names, other, when, retrained in earlier.values():
+        by_request.setdefault((other, when, retrained), set()).update(names)
+    return [f"While this request was open, the deletion for request(s) {other} ({when}) removed component(s) "
+            f"{', '.join(sorted(names))}, which held records of this request"
+            + (": their replacements were trained without them, as without every record on the tombstone list."
+               if retrained else "; no replacement was trained.")
+            for (other, when, retrained), names in sorted(by_request.items())]
 
 
 def _deletion_change(ws: Workspace, cert: DeletionCertificate, plan: _ModelPlan, operator: str,
@@ -480,7 +495,7 @@ def forget(
         remaining.update({a.name: read_metadata(ws.component_path(a.name)) for a in added})
         finished = resolve_now(now)
         verification = _verify(ws, remaining, plan.changes, doomed, set(affected), finished)
-        for c, (names, _, _) in earlier.items():
+        for c, (names, *_) in earlier.items():
             found_in[c] = names
         cert = DeletionCertificate.model_validate({
             **cert.model_dump(), "status": "completed",
@@ -492,7 +507,7 @@ def forget(
             "components_removed": [r.model_dump() for r in removed],
             "components_added": [a.model_dump() for a in added],
             "models": [c.model_dump() for c in plan.changes], "verification": verification.model_dump()})
-        served = _open_requests_served(tombstones.read(), affected, request.request_id)
+        served = _open_requests_served(ws, affected, request.request_id)
         apply(ws, _deletion_change(ws, cert, plan, operator, doomed, served))
         cert = _seal(ws, cert, operator)
         return DeletionResult(cert, *ws.certificate_paths(cert.request_id))

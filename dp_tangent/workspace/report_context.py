@@ -101,6 +101,10 @@ def _releases(entries: Sequence[AuditEntry], holders: dict[str, set[str]] | None
     it released (read from the log, as a request's certificate names what it removed)."""
     removals = [(e.seq, str(e.parameters.get("request_id")), set(e.parameters.get("components_removed") or []))
                 for e in entries if e.operation == "deletion"]
+    # a deletion also removed the records of other open requests its components held (see forget._served): theirs too
+    removals += [(e.seq, str(other), {n for names in (held or {}).values() for n in names})
+                 for e in entries if e.operation == "deletion"
+                 for other, held in (e.parameters.get("served_open_requests") or {}).items()]
     out = []
     for e in entries:
         if e.operation != "release":
@@ -206,7 +210,12 @@ def _open_request_holders(ws: Workspace) -> dict[str, set[str]]:
 
 def _deletions(ws: Workspace, now: datetime, report_dir: str | os.PathLike[str] | None,
                holders: dict[str, set[str]]) -> list[DeletionEntry]:
-    models = {m: set(ws.model_record(m).component_names) for m in ws.list_models()}
+    models = {}
+    for m in ws.list_models() if any(holders.values()) else ():
+        try:
+            models[m] = set(ws.model_record(m).component_names)
+        except (OSError, ValueError, DPTangentError):  # a broken record: the audit section says so; the report stands
+            continue
     out = []
     for status in list_requests(ws, now):
         cert = read_certificate(ws, status.request_id)
