@@ -28,7 +28,6 @@ import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 from datetime import date, datetime
 
 import torch
