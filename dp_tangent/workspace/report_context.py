@@ -101,7 +101,7 @@ def _releases(entries: Sequence[AuditEntry], holders: dict[str, set[str]] | None
     it released (read from the log, as a request's certificate names what it removed)."""
     removals = [(e.seq, str(e.parameters.get("request_id")), set(e.parameters.get("components_removed") or []))
                 for e in entries if e.operation == "deletion"]
-    # a deletion also removed the records of other open requests its components held (see forget._served): theirs too
+    # a deletion also removed the records of the other open requests its components held: theirs too
     removals += [(e.seq, str(other), {n for names in (held or {}).values() for n in names})
                  for e in entries if e.operation == "deletion"
                  for other, held in (e.parameters.get("served_open_requests") or {}).items()]
