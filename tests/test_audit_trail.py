@@ -186,6 +186,8 @@ def test_forget_records_when_the_request_was_received(ws, capsys) -> None:
     cert = json.loads((ws.root / "certificates" / "r1.json").read_text())
     assert cert["received_at"].startswith("2026-10-01T00:00:00") and cert["deadlines"]["gdpr"] == "2026-11-01"
     assert cert["on_time"] is False  # served after the one-month deadline: the certificate says so
+    code, out = _cli(capsys, "requests", "list", "-w", str(ws.root))
+    assert code == 0 and "completed LATE" in out, out  # review 46: requests list showed it as plainly completed
     for when, message in (("2026-10-01T09:00", "no timezone"), ("2999-01-01", "in the future"),
                           ("yesterday", "not an ISO date")):
         code, out = _cli(capsys, "forget", "rec-1-1", "--received-at", when, "-w", str(ws.root))

@@ -37,7 +37,9 @@ def requests_list(
     for column in ("status", "received (UTC)", "due by", "days left", "completed"):
         table.add_column(column)
     for r in shown:
-        state = "[red]OVERDUE[/]" if r.overdue else "[red]UNSEALED[/]" if r.status == "unsealed" else r.status
+        late = r.completed_at is not None and r.completed_at.date() > r.due_by  # past the earliest deadline
+        state = ("[red]OVERDUE[/]" if r.overdue else "[red]UNSEALED[/]" if r.status == "unsealed"
+                 else "[red]completed LATE[/]" if late else r.status)
         table.add_row(r.request_id, state, r.received_at.isoformat(timespec="minutes"), r.due_by.isoformat(),
                       str(r.days_left) if r.status == "open" else "-",
                       r.completed_at.isoformat(timespec="minutes") if r.completed_at else "-")
