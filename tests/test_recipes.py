@@ -228,7 +228,9 @@ def test_train_evaluate_predict_then_budget_exhausted(tmp_path: Path, capsys: py
     assert ws.ledger.budget("digits", "shard-0").epsilon == 10
     assert (ws_path / "data-sources.json").is_file()  # digits can be re-read for retraining
     trained_acc = float(re.search(r"model run1: .* test accuracy ([\d.]+)%", output).group(1))
-    assert trained_acc > 20  # 10 classes: chance is 10%
+    # 10 classes, chance 10%. Secure DP noise makes this run's accuracy random: 17 runs gave 18.5-36.9% (mean 28,
+    # sd 5); the bar of 20 this had failed about one run in eight. 12 is 3 sd below the mean, still above chance.
+    assert trained_acc > 12
 
     code, out, err = run_cli(capsys, "evaluate", "run1", "--data", str(recipe), "--workspace", str(ws_path))
     assert code == 0, err
