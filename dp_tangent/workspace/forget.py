@@ -51,7 +51,7 @@ from .commit import Change, FileRemoval, FileWrite, apply
 from .deletion_requests import DeletionRequest, ForgetError, OtherRecordIds, resolve_now
 from .ledger_ops import RegisterModel
 from .model_record import ModelRecord
-from .request_register import list_requests, receive
+from .request_register import open_request_records, receive
 from .store import Workspace
 from .tombstones import FILE as TOMBSTONES_FILE
 from .tombstones import Tombstones
@@ -302,12 +302,7 @@ def _open_requests_served(ws: Workspace, affected: Mapping[str, ComponentMetadat
     commitment -> components. Removed with them (a replacement never trains a tombstoned record, and each open
     request's records are tombstoned), so that each such request's certificate can say where its records were when
     it is completed -- whichever request tombstoned a record first."""
-    named: dict[str, set[str]] = {}
-    for status in list_requests(ws):
-        if status.status == "open" and status.request_id != request_id:
-            other = read_certificate(ws, status.request_id)
-            for c in other.record_commitments if other is not None else ():
-                named.setdefault(c, set()).add(status.request_id)
+    named = open_request_records(ws, exclude=request_id)
     served: dict[str, dict[str, list[str]]] = {}
     for name, meta in affected.items():
         for c in set(meta.manifest.commitments) & set(named):

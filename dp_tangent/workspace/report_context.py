@@ -41,7 +41,7 @@ from .audit_log import AuditEntry
 from .certificates import read_certificate
 from .checkpoint import Checkpoint, extends, origin_of, read_kept_checkpoint
 from .deletion_requests import resolve_now
-from .request_register import list_requests
+from .request_register import RequestStatus, list_requests, open_request_records
 
 if TYPE_CHECKING:
     from .store import Workspace
@@ -80,11 +80,12 @@ def report_sections(ws: Workspace, *, now: datetime | None = None, report_dir: s
         entries = ws.audit.entries()
     except AuditLogError:
         entries = []  # a broken chain: no count is taken from it, and the audit section says why
-    holders = _open_request_holders(ws)
+    statuses = list_requests(ws, moment)
+    holders = _open_request_holders(ws, statuses)
     return WorkspaceSections(
         workspace=str(ws.root),
         data=_data(ws, entries),
-        deletions=_deletions(ws, moment, report_dir, holders),
+        deletions=_deletions(ws, statuses, report_dir, holders),
         audit=_audit(ws, entries, moment, checkpoint),
         releases=_releases(entries, holders),
     )
@@ -183,18 +184,13 @@ def _href(path: Path, report_dir: str | os.PathLike[str] | None) -> str:
     return Path(os.path.relpath(path, Path(report_dir).absolute())).as_posix()
 
 
-def _open_request_holders(ws: Workspace) -> dict[str, set[str]]:
+def _open_request_holders(ws: Workspace, statuses: list[RequestStatus]) -> dict[str, set[str]]:
     """Each open deletion request -> the current components whose record manifests hold one of its records (what
     it has yet to remove). Read from the components' manifests and the requests' certificates."""
     from ..components.component import read_metadata
 
-    open_ids = {s.request_id for s in list_requests(ws) if s.status == "open"}
-    wanted: dict[str, set[str]] = {}
-    for request_id in open_ids:
-        cert = read_certificate(ws, request_id)
-        for c in cert.record_commitments if cert is not None else ():
-            wanted.setdefault(c, set()).add(request_id)
-    holders: dict[str, set[str]] = {r: set() for r in open_ids}
+    wanted = open_request_records(ws, statuses)
+    holders: dict[str, set[str]] = {s.request_id: set() for s in statuses if s.status == "open"}
     if not wanted:
         return holders
     for name in ws.list_components():
@@ -208,7 +204,7 @@ def _open_request_holders(ws: Workspace) -> dict[str, set[str]]:
     return holders
 
 
-def _deletions(ws: Workspace, now: datetime, report_dir: str | os.PathLike[str] | None,
+def _deletions(ws: Workspace, statuses: list[RequestStatus], report_dir: str | os.PathLike[str] | None,
                holders: dict[str, set[str]]) -> list[DeletionEntry]:
     models = {}
     for m in ws.list_models() if any(holders.values()) else ():
@@ -217,7 +213,7 @@ def _deletions(ws: Workspace, now: datetime, report_dir: str | os.PathLike[str] 
         except (OSError, ValueError, DPTangentError):  # a broken record: the audit section says so; the report stands
             continue
     out = []
-    for status in list_requests(ws, now):
+    for status in statuses:
         cert = read_certificate(ws, status.request_id)
         if cert is None:  # removed while we read: audit verification reports it
             continue

@@ -82,6 +82,19 @@ def list_requests(ws: Workspace, now: datetime | None = None) -> list[RequestSta
     return out
 
 
+def open_request_records(ws: Workspace, statuses: list[RequestStatus] | None = None,
+                         exclude: str | None = None) -> dict[str, set[str]]:
+    """The records the open requests name: commitment -> their request ids (from their certificates), but
+    ``exclude``'s; ``statuses``: :func:`list_requests` already read."""
+    named: dict[str, set[str]] = {}
+    for status in list_requests(ws) if statuses is None else statuses:
+        if status.status == "open" and status.request_id != exclude:
+            cert = read_certificate(ws, status.request_id)
+            for c in cert.record_commitments if cert is not None else ():
+                named.setdefault(c, set()).add(status.request_id)
+    return named
+
+
 def open_requests(ws: Workspace, now: datetime | None = None) -> list[RequestStatus]:
     return [r for r in list_requests(ws, now) if r.status == "open"]
 

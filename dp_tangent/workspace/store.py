@@ -612,15 +612,12 @@ class Workspace:
             deltas = {t: float(delta) if t == shard else float(shard_delta if shard_delta is not None
                                                                  else previous[t].delta)  # type: ignore[union-attr]
                       for t in targets}
+            was = {t: None if b is None else {"epsilon": b.epsilon, "delta": b.delta} for t, b in previous.items()}
             apply(self, Change("budget_change", operator=operator,
                                ledger=[SetBudget(data_source, t, float(epsilon), deltas[t]) for t in targets],
                                parameters={
                 "data_source": data_source, "shard": shard, "epsilon": float(epsilon), "delta": float(delta),
-                "previous": None if previous[shard] is None else {"epsilon": previous[shard].epsilon,
-                                                                  "delta": previous[shard].delta},
-                **({"shards": {t: None if previous[t] is None else {"epsilon": previous[t].epsilon,
-                                                                    "delta": previous[t].delta}
-                               for t in targets[1:]}} if targets[1:] else {})}))
+                "previous": was[shard], **({"shards": {t: was[t] for t in targets[1:]}} if targets[1:] else {})}))
             return next(b for b in self.ledger.budgets() if (b.data_source, b.shard) == (data_source, shard))
 
     def release(self, model: str, out_dir: str | os.PathLike[str], *, operator: str | None = None,
