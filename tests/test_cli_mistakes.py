@@ -421,7 +421,8 @@ def test_a_request_whose_records_another_deletion_removed_while_it_was_open_says
     assert cert["outcome"] == "deleted" and cert["not_found"] == []
     assert list(cert["found_in"].values()) == [["rows-shard-0"]]
     text = Path("ws/certificates/A.txt").read_text()
-    assert "the deletion for request(s) B" in text and "their replacements were trained without them" in text
+    assert "a deletion served on" in text and "their replacements were trained without them" in text
+    assert "request B" not in text and " B " not in text  # another data subject's request is not named to this one
     assert run_cli(capsys, "audit", "verify", "-w", "ws")[0] == 0
     code, out, err = run_cli(capsys, "certificate", "verify", "ws/certificates/A.txt", "-w", "ws")
     assert code == 0, (out, err)
@@ -450,5 +451,6 @@ def test_two_open_requests_on_one_record_are_both_answered_whichever_completes_f
     assert code == 0 and "NOT FOUND" not in err, err
     cert = json.loads(Path("ws/certificates/B.json").read_text())
     assert cert["outcome"] == "deleted" and list(cert["found_in"].values()) == [["rows-shard-0"]]
-    assert "the deletion for request(s) A" in Path("ws/certificates/B.txt").read_text()
+    assert "a deletion served on" in Path("ws/certificates/B.txt").read_text()
+    assert "request A" not in Path("ws/certificates/B.txt").read_text()
     assert "no replacement was trained" in Path("ws/certificates/B.txt").read_text()  # A did not retrain

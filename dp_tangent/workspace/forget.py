@@ -334,15 +334,17 @@ def _removed_while_open(ws: Workspace, request_id: str,
 
 
 def _earlier_notes(earlier: Mapping[str, tuple[list[str], str, str, bool]]) -> list[str]:
-    """A certificate note for each earlier deletion that removed records of this request while it was open."""
-    by_request: dict[tuple[str, str, bool], set[str]] = {}
-    for names, other, when, retrained in earlier.values():
-        by_request.setdefault((other, when, retrained), set()).update(names)
-    return [f"While this request was open, the deletion for request(s) {other} ({when}) removed component(s) "
+    """A certificate note for each earlier deletion that removed records of this request while it was open. The
+    requester's copy does not name the other request (another data subject's; the audit log links the two), only
+    the day its deletion was served."""
+    by_day: dict[tuple[str, bool], set[str]] = {}
+    for names, _, when, retrained in earlier.values():
+        by_day.setdefault((when[:10], retrained), set()).update(names)
+    return [f"While this request was open, a deletion served on {day} for another request removed component(s) "
             f"{', '.join(sorted(names))}, which held records of this request"
             + (": their replacements were trained without them, as without every record on the tombstone list."
                if retrained else "; no replacement was trained.")
-            for (other, when, retrained), names in sorted(by_request.items())]
+            for (day, retrained), names in sorted(by_day.items())]
 
 
 def _deletion_change(ws: Workspace, cert: DeletionCertificate, plan: _ModelPlan, operator: str,
