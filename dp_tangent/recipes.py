@@ -319,6 +319,11 @@ def load_recipe(path: str | Path, *, schema_checked: Callable[[Recipe], None] | 
     return recipe
 
 
+#: transformers model types whose position ids start after the pad id (RoBERTa's 514 positions hold 512 tokens).
+_POSITIONS_AFTER_PAD = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm",
+                                  "data2vec-text", "longformer", "mpnet", "ibert", "xmod", "markuplm"})
+
+
 def _check_text_length(recipe: Recipe, where: str) -> None:
     """A text kind's ``max_length`` within its transformers backbone's positions, when its local config says how
     many (a model id is checked when its inputs meet the model): refused before a workspace or data source is made
@@ -332,8 +337,11 @@ def _check_text_length(recipe: Recipe, where: str) -> None:
         return
     config = Path(model_source(recipe.backbone.spec())) / "config.json"
     try:
-        limit = json.loads(config.read_text(encoding="utf-8")).get("max_position_embeddings")
-    except (OSError, ValueError, AttributeError):
+        settings = json.loads(config.read_text(encoding="utf-8"))
+        limit = settings.get("max_position_embeddings")
+        if isinstance(limit, int) and settings.get("model_type") in _POSITIONS_AFTER_PAD:
+            limit -= int(settings.get("pad_token_id", 1)) + 1
+    except (OSError, ValueError, AttributeError, TypeError):
         return
     if isinstance(limit, int) and length > limit:
         raise RecipeError(f"{where}: data.{recipe.data.kind}.max_length {length} is more than the {limit} positions "

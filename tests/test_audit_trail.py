@@ -220,6 +220,13 @@ def test_a_failed_rerun_names_the_registered_clock_not_its_own(ws, capsys) -> No
     assert code == 2 and "its clock runs from 2026-11-01T09:30:00+00:00" in out, out
     code, out = _cli(capsys, *args)  # the rerun the hint suggests, failing again: the clock is the registered one
     assert code == 2 and "its clock runs from 2026-11-01T09:30:00+00:00" in out, out
+    # asked again with another date: refused, not passed over (the operator would believe the clock moved)
+    code, out = _cli(capsys, *args[:-2], "--received-at", "2026-11-02", *args[-2:])
+    assert code == 2 and out.count("\n") == 1, out
+    assert ("request r3 was received at 2026-11-01T09:30:00+00:00, not 2026-11-02T00:00:00+00:00; a request's clock "
+            "is fixed when it is received (leave --received-at out to run it again)") in out, out
+    code, out = _cli(capsys, *args[:-2], "--received-at", "2026-11-01T10:30+01:00", *args[-2:])  # the same instant
+    assert code == 2 and "its clock runs from 2026-11-01T09:30:00+00:00" in out, out
 
 
 def test_requests_list_flags_overdue_requests(ws, capsys) -> None:

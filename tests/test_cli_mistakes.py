@@ -143,6 +143,7 @@ def test_forget_failures_say_how_to_finish_the_open_request(ws: Path, capsys: py
     assert code == 3 and "already completed" in out and "named by earlier request(s) R1" in err, (out, err)
     code, out, err = run_cli(capsys, "forget", second, "--request-id", "R1", "-w", "ws")
     assert code == 2 and "completed on" in err and "the ids given now were not processed" in err, err
+    assert "nothing was changed" not in err  # said once, not twice (review 42)
 
 
 def test_a_label_outside_the_backbone_s_classes_is_refused_before_anything_is_made(

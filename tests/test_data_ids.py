@@ -46,6 +46,8 @@ def test_image_folder_classes_follow_the_recipe_order_and_an_unlisted_folder_is_
     assert labels["dog/0.png"] == 0 and labels["cat/0.png"] == 1
     with pytest.raises(DataError, match=r"imgs: folder\(s\) dog not in data.image_folder.classes"):
         image_folder_records(tmp_path / "imgs", 8, classes=["cat", "bird"])
+    _images(tmp_path / "imgs" / ".ipynb_checkpoints", {"cat": 1})  # a hidden folder is no class, and not read
+    assert _labels(image_folder_records(tmp_path / "imgs", 8, classes=["dog", "cat"])) == labels
     (tmp_path / "empty" / "bird").mkdir(parents=True)  # a listed class with a folder and no image, one without
     with pytest.raises(DataError, match="no image files in the class folders bird, fish"):
         image_folder_records(tmp_path / "empty", 8, classes=["bird", "fish"])
@@ -176,3 +178,53 @@ def test_a_source_registered_before_ids_were_read_as_written_keeps_reading_them_
     assert parse_source(value).records().record_ids == ("17", "18")
     value["data"]["record_ids_typed"] = False  # registered by this version
     assert parse_source(value).records().record_ids == ("00017", "00018")
+
+
+def test_a_record_id_a_request_could_not_name_exactly_is_refused_at_registration(tmp_path: Path) -> None:
+    """A float id column (pandas stores an integer column with a gap as floats) read 17 as ``17.0``, and a CSV id
+    written ``a, 17`` read `` 17``: a deletion request for 17 found neither, and the record stayed in the model. A
+    source being registered refuses both; one registered before reads as it was, so its requests are still served."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parquet = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"rid": [17.0, float("nan")], "x": [0.5, 1.5], "y": ["a", "b"]}), parquet)
+    with pytest.raises(DataError, match=r"record-id column 'rid' holds double, not integers or text \(floats read 17 "
+                                        r"as '17.0'"):
+        _table(parquet).records()
+    pq.write_table(pa.table({"rid": pa.array([17, 18], pa.int32()), "x": [0.5, 1.5], "y": ["a", "b"]}), parquet)
+    assert _table(parquet).records().record_ids == ("17", "18")
+
+    spaced = _csv(tmp_path / "spaced.csv", ["r-1", " r-2", "r-3 "])
+    with pytest.raises(DataError, match=r"2 record id\(s\) in column 'rid' have spaces around them \(e.g. ' r-2'\)"):
+        _table(spaced).records()
+    registered = {"loader": "table", "data": {"path": str(spaced), "features": ["x"], "label": "y", "record_id": "rid",
+                                              "classes": ["a", "b"], "scaling": "none", "record_ids_typed": False}}
+    assert parse_source(registered).records().record_ids == ("r-1", " r-2", "r-3 ")
+
+
+def test_a_text_source_refuses_float_ids_at_registration(tmp_path: Path) -> None:
+    from dp_tangent.data.kinds import TextData
+
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"id": 1.0, "text": "hello", "label": 0}\n{"id": 2.5, "text": "bye", "label": 1}\n')
+    with pytest.raises(DataError, match=r"record-id column 'id' holds double, not integers or text"):
+        TextData(path=str(path), record_id="id", tokenizer=str(tmp_path)).records()
+
+
+def test_decimal_feature_columns_read_as_numbers(tmp_path: Path) -> None:
+    """Parquet written from a database or with pandas' Decimal holds decimal128 features: numbers, once refused."""
+    import decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "d.parquet"
+    values = pa.array([decimal.Decimal("1.25"), decimal.Decimal("-3.50")], pa.decimal128(10, 2))
+    pq.write_table(pa.table({"rid": ["r-1", "r-2"], "x": values, "y": ["a", "b"]}), path)
+    assert _table(path).records().inputs.flatten().tolist() == [1.25, -3.5]
+    pq.write_table(pa.table({"rid": ["r-1", "r-2"], "x": pa.array([decimal.Decimal("1.25"), None],
+                                                                      pa.decimal128(10, 2)), "y": ["a", "b"]}), path)
+    with pytest.raises(DataError, match=r"feature column 'x' has 1 missing or non-finite value\(s\) \(first: record "
+                                        "'r-2'\\)"):
+        _table(path).records()

@@ -364,6 +364,21 @@ def test_a_max_length_beyond_the_model_s_positions_is_refused_with_the_recipe(tm
                                               "max_length": 512})).data.text.max_length == 512
 
 
+def test_roberta_s_positions_after_its_pad_id_count_against_max_length(tmp_path: Path, tokenizer_files: Path) -> None:
+    """RoBERTa's position ids start after its pad id: 66 positions hold 64 tokens (514 hold 512), so a length of 65
+    passed the recipe and failed once inputs met the model. A length that leaves the text no token is refused."""
+    write_texts(tmp_path / "t.csv")
+    name = str(tiny_encoder(tmp_path / "roberta", "roberta", tokenizer_files))
+    data = {"path": "t.csv", "record_id": "id", "classes": ["ham", "spam"]}
+    with pytest.raises(RecipeError, match="max_length 65 is more than the 64 positions"):
+        load_recipe(text_recipe(tmp_path, {**data, "max_length": 65}, name=name, pretrained=False))
+    assert load_recipe(text_recipe(tmp_path, {**data, "max_length": 64}, name=name,
+                                   pretrained=False)).data.text.max_length == 64
+    with pytest.raises(DataError, match=r"max_length 2 leaves no token for the text \(the tokenizer adds 2 special "
+                                        r"token\(s\) to each\); give at least 3"):
+        load_recipe(text_recipe(tmp_path, {**data, "max_length": 2})).load_data()
+
+
 def test_text_data_needs_a_tokenizer_with_other_backbones(tmp_path: Path) -> None:
     write_texts(tmp_path / "t.csv")
     recipe = load_recipe(text_recipe(tmp_path, {"path": "t.csv", "record_id": "id", "classes": ["ham", "spam"]},

@@ -68,6 +68,7 @@ def forget(
     now = datetime.now(timezone.utc)
     request = DeletionRequest(request_id=request_id or now.strftime("request-%Y%m%dT%H%M%S-") + secrets.token_hex(2),
                               record_ids=tuple(record_ids), received_at=_received_at(received_at, now))
+    _same_clock(ws, request, stated=received_at is not None)
     again = shlex.join(["dp-tangent", "forget", *record_ids, "--request-id", request.request_id,
                         *(["--retrain"] if retrain else []), "-w", str(ws.root)])
     try:
@@ -77,6 +78,8 @@ def forget(
         typer.secho(f"forget interrupted: {_request_state(ws, request.request_id, again, interrupted=True)}", err=True)
         raise
     except (DPTangentError, BudgetExceededError, OSError) as err:  # a full disk, too: the hint says the state
+        if isinstance(err, OtherRecordIds) and _completed(ws, request.request_id):
+            raise ForgetError(str(err)) from err  # it says the request's state and that nothing was done
         if isinstance(err, OtherRecordIds):
             again = (f"`dp-tangent forget` of exactly the record ids it was received with, --request-id "
                      f"{request.request_id} (the workspace keeps only their commitments: take the ids from the request "
@@ -107,6 +110,26 @@ def forget(
                     f"(it is tombstoned all the same, so it will never be trained here).{_typed_hint(ws)}"
                     f"{_id_form_hint(ws, record_ids, result.certificate.not_found)}", err=True, fg=typer.colors.YELLOW)
         raise typer.Exit(NOT_FOUND_EXIT)
+
+
+def _completed(ws, request_id: str) -> bool:  # noqa: ANN001
+    from ..workspace.certificates import read_certificate
+
+    cert = read_certificate(ws, request_id)
+    return cert is not None and cert.status == "completed"
+
+
+def _same_clock(ws, request, *, stated: bool) -> None:  # noqa: ANN001
+    """A request asked again keeps the clock it was received with: a different ``--received-at`` is refused, not
+    passed over (the deadlines count from the first; an operator correcting a date would believe it changed)."""
+    from ..workspace.certificates import read_certificate
+    from ..workspace.deletion_requests import ForgetError
+
+    cert = read_certificate(ws, request.request_id) if stated else None
+    if cert is not None and datetime.fromisoformat(cert.received_at) != request.received_at:
+        raise ForgetError(f"request {request.request_id} was received at {cert.received_at}, not "
+                          f"{request.received_at.isoformat()}; a request's clock is fixed when it is received (leave "
+                          "--received-at out to run it again)")
 
 
 def _released_copies(ws, request_id: str) -> None:  # noqa: ANN001

@@ -140,7 +140,8 @@ def image_folder_records(root: Path, image_size: int, *, classes: Sequence[str] 
     if not root.is_dir():
         raise DataError(f"{root}: image folder not found (data.image_folder.root)")
     if classes is not None:
-        unlisted = sorted(e.name for e in os.scandir(root) if e.is_dir() and e.name not in classes)
+        unlisted = sorted(e.name for e in os.scandir(root)  # hidden folders (.git, .ipynb_checkpoints) are not read
+                          if e.is_dir() and e.name not in classes and not e.name.startswith("."))
         if unlisted:
             raise DataError(f"{root}: folder(s) {', '.join(unlisted[:3])} not in data.image_folder.classes; list "
                             "every class folder (in class order) or move the folder out")

@@ -51,6 +51,15 @@ class _RowIds(_Strict):
     manifests hold the ids in that form, so it is read that way for good (a registration without the field)."""
 
     record_ids_typed: bool = False
+    #: Whether ids must be in a form a request names exactly (:func:`~dp_tangent.data.tables.record_ids`): a source
+    #: being registered; a registered one is read as it was registered.
+    _check_ids: bool = PrivateAttr(default=True)
+
+    @model_validator(mode="after")
+    def _registered_as_they_were(self, info: ValidationInfo) -> "_RowIds":
+        if _stored(info):
+            self._check_ids = False
+        return self
 
     def record_ids_only(self) -> tuple[str, ...]:
         """The file's record ids in this reading's form, the rest of each row unread (none without an id column:
@@ -244,7 +253,7 @@ class TableData(_RowIds, _Kind):
 
         records = table_records(Path(self.path), features=self.features, label=self.label,
                                 record_id=self.record_id, classes=self.classes, scaling=self.scaler(),
-                                typed=self.record_ids_typed)
+                                typed=self.record_ids_typed, check_form=self._check_ids)
         if self.public_path is not None:
             self._check_public_apart(records.record_ids)
         return records
@@ -328,7 +337,7 @@ class TextData(_RowIds, _Tokenized):
 
         return text_records(Path(self.path), text=self.text, label=self.label, record_id=self.record_id,
                             classes=self.classes, tokenizer=self._tokenizer(), max_length=self.max_length,
-                            typed=self.record_ids_typed)
+                            typed=self.record_ids_typed, check_form=self._check_ids)
 
     def inputs(self, path: Path) -> tuple[torch.Tensor, tuple[str, ...]]:
         """Token ids of any file with this text column (for prediction), and their ids."""

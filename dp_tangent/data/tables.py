@@ -82,9 +82,11 @@ def feature_matrix(path: Path, table: pa.Table, features: Sequence[str], ids: Se
     for name in features:
         column = table.column(name)
         if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
-                or pa.types.is_boolean(column.type)):
+                or pa.types.is_boolean(column.type) or pa.types.is_decimal(column.type)):
             raise DataError(f"{path}: feature column {name!r} is {column.type}, not numeric; encode it as numbers "
                             "(text and categorical columns are not supported as features)")
+        if pa.types.is_decimal(column.type):  # exact decimals (Parquet, databases) as the nearest float64
+            column = column.cast(pa.float64(), safe=False)
         values = column.to_numpy(zero_copy_only=False).astype(np.float64)
         bad = np.flatnonzero(~np.isfinite(values))
         if bad.size:
@@ -147,15 +149,29 @@ def label_indices(path: Path, table: pa.Table, label: str, classes: Sequence[str
     return np.asarray(values, dtype=np.int64)
 
 
-def record_ids(path: Path, table: pa.Table, column: str | None, n: int) -> tuple[str, ...]:
-    """The ``column``'s values as text, or ``row-<i>`` (data row i, from 0) when no column is named."""
+def record_ids(path: Path, table: pa.Table, column: str | None, n: int, *, check_form: bool = False
+               ) -> tuple[str, ...]:
+    """The ``column``'s values as text, or ``row-<i>`` (data row i, from 0) when no column is named.
+    ``check_form`` (a source being registered): ids are integers or text without spaces around them, the forms a
+    deletion request names exactly (a float column reads ``17`` as ``17.0`` and a gap as ``nan``)."""
+    import pyarrow as pa
+
     if column is None:
         return tuple(f"row-{i}" for i in range(n))
     values = table.column(column)
+    if check_form and not (pa.types.is_integer(values.type) or pa.types.is_string(values.type)
+                           or pa.types.is_large_string(values.type) or pa.types.is_null(values.type)):
+        raise DataError(f"{path}: record-id column {column!r} holds {values.type}, not integers or text (floats "
+                        "read 17 as '17.0', which a deletion request for 17 would not find); write the ids as "
+                        "integers or text (pandas stores an integer column with a missing value as floats)")
     ids = tuple("" if v is None else str(v) for v in values.to_pylist())
     blank = sum(not i.strip() for i in ids)
     if blank:
         raise DataError(f"{path}: record-id column {column!r} has {blank} missing or blank value(s)")
+    spaced = [i for i in ids if i != i.strip()] if check_form else []
+    if spaced:
+        raise DataError(f"{path}: {len(spaced)} record id(s) in column {column!r} have spaces around them (e.g. "
+                        f"{spaced[0]!r}); a deletion request names an id exactly, so remove the spaces in the file")
     if len(set(ids)) != len(ids):
         repeated = next(r for r, count in Counter(ids).items() if count > 1)
         raise DataError(f"{path}: record id {repeated!r} appears more than once in column {column!r}")
@@ -172,12 +188,13 @@ def written_columns(record_id: str | None, label: str | None = None, classes: Se
 
 
 def table_records(path: Path, *, features: Sequence[str], label: str, record_id: str | None,
-                  classes: Sequence[str] | None, scaling: Scaling, typed: bool = False) -> RecordSet:
+                  classes: Sequence[str] | None, scaling: Scaling, typed: bool = False,
+                  check_form: bool = False) -> RecordSet:
     """Each row a record: its scaled features as float32 inputs, its label, its id (``typed``: see
-    :func:`written_columns`)."""
+    :func:`written_columns`; ``check_form``: :func:`record_ids`)."""
     table = read_table(path, [*features, label, *([record_id] if record_id else [])],
                        as_text=written_columns(record_id, label, classes, typed=typed))
-    ids = record_ids(path, table, record_id, table.num_rows)
+    ids = record_ids(path, table, record_id, table.num_rows, check_form=check_form)
     x = scaling(feature_matrix(path, table, features, ids))
     y = label_indices(path, table, label, classes, ids)
     return RecordSet(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y), ids)

@@ -95,6 +95,10 @@ def load_tokenizer(source: str):  # noqa: ANN201 -- a transformers tokenizer
 
 def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> torch.Tensor:  # noqa: ANN001
     """(len(texts), max_length) int64 token ids: special tokens added, truncated, padded with the pad id."""
+    special = tokenizer.num_special_tokens_to_add()
+    if max_length <= special:
+        raise DataError(f"max_length {max_length} leaves no token for the text (the tokenizer adds {special} special "
+                        f"token(s) to each); give at least {special + 1}")
     chunks = []
     for start in range(0, len(texts), TOKENIZE_CHUNK):
         encoded = tokenizer(list(texts[start:start + TOKENIZE_CHUNK]), padding="max_length", truncation=True,
@@ -111,14 +115,14 @@ def tokenized_records(texts: Sequence[str], labels: Sequence[int], ids: Sequence
 
 
 def text_records(path: Path, *, text: str, label: str, record_id: str | None, classes: Sequence[str] | None,
-                 tokenizer: str, max_length: int, typed: bool = False) -> RecordSet:
+                 tokenizer: str, max_length: int, typed: bool = False, check_form: bool = False) -> RecordSet:
     """Each row a record: its text as ``max_length`` token ids, its label (a class index), its id (``typed``:
-    :func:`~dp_tangent.data.tables.written_columns`)."""
+    :func:`~dp_tangent.data.tables.written_columns`; ``check_form``: :func:`~dp_tangent.data.tables.record_ids`)."""
     table = read_text_table(path, [text, label, *([record_id] if record_id else [])],
                             as_text=[text, *written_columns(record_id, label, classes, typed=typed)])
     if table.num_rows == 0:
         raise DataError(f"{path}: no records (only a header); give one row per record")
-    ids = record_ids(path, table, record_id, table.num_rows)
+    ids = record_ids(path, table, record_id, table.num_rows, check_form=check_form)
     texts = text_column(path, table, text, ids)
     y = label_indices(path, table, label, classes, ids)
     return tokenized_records(texts, y.tolist(), ids, tokenizer=tokenizer, max_length=max_length)
