@@ -17,6 +17,7 @@ from privacy_accounting.renderers import register_renderer
 from privacy_accounting.report_models import AUDIT_LABEL, Headline, PrivacyReport
 from privacy_accounting.report_tables import (
     NO_WORKSPACE,
+    RECORD_COUNTS,
     SECTIONS,
     Flag,
     Link,
@@ -186,9 +187,7 @@ def _data(report: PrivacyReport) -> list[str]:
     if report.workspace is None:
         parts.append(_p("Record counts per shard: " + NO_WORKSPACE[0].lower() + NO_WORKSPACE[1:], "muted"))
     else:
-        parts.append(_p("Records (latest run): how many records the shard's latest completed run read, deleted ones "
-                        "excluded. Per-record counts cover every record any run ever read, deleted ones included.",
-                        "muted"))
+        parts.append(_p(RECORD_COUNTS, "muted"))
     return parts + ["</section>"]
 
 

@@ -9,6 +9,7 @@ from privacy_accounting.renderers import register_renderer
 from privacy_accounting.report_models import AUDIT_LABEL, Headline, PrivacyReport
 from privacy_accounting.report_tables import (
     NO_WORKSPACE,
+    RECORD_COUNTS,
     SECTIONS,
     Flag,
     Link,
@@ -95,8 +96,7 @@ def _data(report: PrivacyReport) -> list[str]:
     if report.workspace is None:
         out += ["Record counts per shard: " + NO_WORKSPACE[0].lower() + NO_WORKSPACE[1:], ""]
     else:
-        out += ["Records (latest run): how many records the shard's latest completed run read, deleted ones excluded. "
-                "Per-record counts cover every record any run ever read, deleted ones included.", ""]
+        out += [RECORD_COUNTS, ""]
     return out
 
 

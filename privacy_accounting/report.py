@@ -131,6 +131,10 @@ def build_report(
     if size_public is not None:
         shard_entries = [s.model_copy(update={"size_public": any(size_public(e) for e in by_shard.get(
             (s.data_source, s.shard), []))}) for s in shard_entries]
+    if workspace is not None:  # a budget (its data source's) does not apply to records declared public
+        public = {(d.data_source, s.shard) for d in workspace.data for s in d.shards if s.public}
+        shard_entries = [s.model_copy(update={"budget_status": "declared public", "remaining_epsilon": None})
+                         if (s.data_source, s.shard) in public else s for s in shard_entries]
     public_sizes = {(s.data_source, s.shard) for s in shard_entries if s.size_public}
     audit_entries = [_audit_entry(a, events, settings) for a in audits]
     models = ledger.models()
@@ -181,7 +185,9 @@ def _source_guarantees(source: DataSource, events: Sequence[StoredEvent], budget
     if delta is None:
         return SourceGuarantees(data_source=source.name, delta=None, groups=[], disjointness="no events",
                                 text=source_guarantee_text(source.name, "no events", []))
-    found = record_distribution(mine, events, delta, settings, ledger.record_classes)
+    held = {c for components in ledger.models().values() for c in components}
+    live = frozenset(e.seq for e in events if e.component in held)
+    found = record_distribution(mine, events, delta, settings, ledger.record_classes, live)
     return SourceGuarantees(data_source=source.name, delta=delta, groups=found.groups,
                             disjointness=found.disjointness, overlaps=found.overlaps,  # type: ignore[arg-type]
                             text=source_guarantee_text(source.name, found.disjointness, found.overlaps))

@@ -15,8 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from privacy_accounting.renderers import render
 
 AUDIT_LABEL = "empirical lower bound, not a guarantee"
-REPORT_SCHEMA_VERSION = 6  # 4: a deletion's status may be "unsealed"; 5: size_public/sizes_public, releases;
-# 6: an open request's models (DeletionEntry.held_by_models) and a release's open requests (pending_deletions)
+REPORT_SCHEMA_VERSION = 7  # 4: a deletion's status may be "unsealed"; 5: size_public/sizes_public, releases;
+# 6: an open request's models (DeletionEntry.held_by_models) and a release's open requests (pending_deletions);
+# 7: whether a model draws on a per-record group now (GuaranteeGroup.in_a_model)
 
 
 class _Model(BaseModel):
@@ -65,7 +66,9 @@ class ShardEntry(_Model):
     shard: str
     unit: Literal["record", "user"]
     budget: BudgetEntry | None
-    budget_status: Literal["no budget set", "within budget", "exceeded"]
+    #: "declared public": its data owner declared the shard's records public, so no budget applies to it (the
+    #: workspace's report says which; a budget inherited from its data source is not held against it).
+    budget_status: Literal["no budget set", "within budget", "exceeded", "declared public"]
     spent: Figures
     remaining_epsilon: float | None
     n_events: int
@@ -131,6 +134,9 @@ class GuaranteeGroup(_Model):
     accountant: str
     records: int | None
     shards: list[str]
+    #: Whether a registered model draws on these records now (False: every component that read them was removed,
+    #: by a deletion or a retraining, or never composed); None where not told apart (a model's own distribution).
+    in_a_model: bool | None = None
 
 
 class ShardOverlap(_Model):

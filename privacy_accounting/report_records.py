@@ -36,19 +36,26 @@ def _label(key: ShardKey, data_source: str) -> str:
 
 
 def record_distribution(feeding: Sequence[StoredEvent], events: Sequence[StoredEvent], delta: float,
-                        settings: AccountantSettings, record_classes: RecordClasses | None) -> RecordDistribution:
+                        settings: AccountantSettings, record_classes: RecordClasses | None,
+                        live: frozenset[int] | None = None) -> RecordDistribution:
     """The guarantees of the records ``feeding`` read, each the composition of every event in ``events``
     that read it. A shard where a feeding event named no records (or every shard, without
     ``record_classes``) is one group of unknown size charged everything run on it: the cautious
-    reading, the same one :func:`~privacy_accounting.composition.model_guarantee` takes."""
+    reading, the same one :func:`~privacy_accounting.composition.model_guarantee` takes. ``live``: the events of
+    components a registered model holds; given, records read by none of them are grouped apart
+    (:attr:`GuaranteeGroup.in_a_model`)."""
     if not feeding:
         return RecordDistribution([], [], "no events")
     shards = group_by_shard(events)
     whole = {(e.data_source, e.shard) for e in feeding if e.records_read is None or record_classes is None}
-    raw: list[tuple[EpsilonBounds, int | None, list[str]]] = []
+    raw: list[tuple[EpsilonBounds, int | None, list[str], bool | None]] = []
+
+    def in_a_model(seqs: set[int]) -> bool | None:
+        return None if live is None else bool(seqs & live)
+
     for key in sorted(whole):
         bounds = composed_bounds([e.tree for e in shards.get(key, [])], delta, settings)
-        raw.append((bounds, None, [_label(key, key[0])]))
+        raw.append((bounds, None, [_label(key, key[0])], in_a_model({e.seq for e in shards.get(key, [])})))
     by_seq = {e.seq: e for e in events}
     overlaps: dict[tuple[str, tuple[str, ...]], int] = {}
     named = [e for e in feeding if (e.data_source, e.shard) not in whole]
@@ -61,7 +68,7 @@ def record_distribution(feeding: Sequence[StoredEvent], events: Sequence[StoredE
                 readers.update((e.seq, e) for e in shards.get(key, []) if e.records_read is None)
             labels = sorted(_label(k, data_source) for k in keys)
             bounds = composed_bounds([readers[q].tree for q in sorted(readers)], delta, settings)
-            raw.append((bounds, group.count, labels))
+            raw.append((bounds, group.count, labels, in_a_model(set(group.seqs))))
             if len(keys) > 1:
                 overlaps[(data_source, tuple(labels))] = overlaps.get((data_source, tuple(labels)), 0) + group.count
     disjointness = "unchecked" if whole else "overlap" if overlaps else "checked"
@@ -69,16 +76,17 @@ def record_distribution(feeding: Sequence[StoredEvent], events: Sequence[StoredE
                                             for (ds, s), n in sorted(overlaps.items())], disjointness)
 
 
-def _merge(raw: list[tuple[EpsilonBounds, int | None, list[str]]]) -> list[GuaranteeGroup]:
-    """Groups with the same epsilon (to 10 significant digits) and known sizes merged, by epsilon."""
-    merged: dict[tuple[str, bool], GuaranteeGroup] = {}
-    for bounds, count, labels in raw:
-        key = (f"{bounds.epsilon:.10g}", count is None)
+def _merge(raw: list[tuple[EpsilonBounds, int | None, list[str], bool | None]]) -> list[GuaranteeGroup]:
+    """Groups with the same epsilon (to 10 significant digits), known sizes and standing (in a model or not)
+    merged, by epsilon, those in a model first."""
+    merged: dict[tuple[str, bool, bool | None], GuaranteeGroup] = {}
+    for bounds, count, labels, current in raw:
+        key = (f"{bounds.epsilon:.10g}", count is None, current)
         if key in merged:
             old = merged[key]
             records = None if count is None else (old.records or 0) + count
             merged[key] = old.model_copy(update={"records": records, "shards": sorted(set(old.shards) | set(labels))})
         else:
             merged[key] = GuaranteeGroup(epsilon=bounds.epsilon, accountant=bounds.accountant, records=count,
-                                         shards=sorted(labels))
-    return sorted(merged.values(), key=lambda g: (g.epsilon, g.records is None))
+                                         shards=sorted(labels), in_a_model=current)
+    return sorted(merged.values(), key=lambda g: (g.in_a_model is False, g.epsilon, g.records is None))

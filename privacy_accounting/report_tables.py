@@ -65,6 +65,10 @@ SECTIONS = [("summary", "Summary"), ("data", "Data"), ("deletions", "Deletion re
             ("specialists", "For specialists")]
 NO_WORKSPACE = ("Not part of this report: it was built from the ledger alone; a workspace's report "
                 "(dp-tangent report) adds it.")
+RECORD_COUNTS = ("Records (latest run): how many records the shard's latest completed run read, deleted ones excluded. "
+                 "Per-record counts cover every record any run ever read, deleted ones included: a row no model draws "
+                 "on now (its components were removed by a deletion or a retraining, or never composed) still bounds "
+                 "what was computed or released from those records before.")
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -106,11 +110,12 @@ def data_shards_table(report: PrivacyReport, data_source: str) -> Table:
 def distribution_table(groups: list[GuaranteeGroup]) -> Table:
     """How many records sit at which epsilon (every run that read each record composed)."""
     rows: list[tuple[object, ...]] = []
+    standing = {True: "yes", False: "no: removed or never composed", None: "-"}
     for g in groups:
         records = "whole shard (runs named no records)" if g.records is None else f"{g.records:,}"
         eps = Flag("no guarantee (non-private run)") if math.isinf(g.epsilon) else f"\u2264 {fmt_eps(g.epsilon)}"
-        rows.append((records, ", ".join(g.shards), eps))
-    return (["records", "shards", "\u03b5 per record"], rows)
+        rows.append((records, ", ".join(g.shards), eps, standing[g.in_a_model]))
+    return (["records", "shards", "\u03b5 per record", "in a model now"], rows)
 
 
 # -- deletions -------------------------------------------------------------------------------------

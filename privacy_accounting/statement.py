@@ -205,6 +205,9 @@ def shard_statement(shard: ShardEntry) -> str:
     delta = f"{spent.delta:.3g}" if spent.delta is not None else "n/a"
     if shard.budget is None:
         budget = "no budget set"
+    elif shard.budget_status == "declared public":
+        budget = (f"its records are declared public, so the {shard.budget.scope.replace('_', ' ')} budget "
+                  f"(epsilon = {shard.budget.epsilon:.4g}) does not apply")
     else:
         budget = (
             f"budget epsilon = {shard.budget.epsilon:.4g} at delta = {shard.budget.delta:.3g} "

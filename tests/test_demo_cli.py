@@ -170,3 +170,22 @@ def test_a_demo_setting_found_unworkable_while_planning_leaves_no_workspace(tmp_
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "ws").exists() and list((tmp_path / "given").iterdir()) == []
     assert Path.cwd() == tmp_path / "here" and list(Path.cwd().iterdir()) == []
+
+
+def test_a_source_budget_is_not_held_against_the_split_declared_public(demo_run, tmp_path: Path) -> None:
+    """Review 46: once a data-source budget was set, the demo's public split (its non-private reference run) showed
+    "exceeded" in red in the report and 0 remaining in `budget show`: no budget applies to records declared public."""
+    import shutil
+
+    from dp_tangent.workspace.report_context import privacy_report
+
+    root = tmp_path / "ws"
+    shutil.copytree(demo_run[0], root)
+    assert cli("budget", "set", "digits", "20", "-w", str(root)).returncode == 0
+    shown = cli("budget", "show", "-w", str(root))
+    public = next(line for line in shown.stdout.splitlines() if " public " in line)
+    assert "none: declared" in public and " 0 " not in public, shown.stdout
+    report = privacy_report(Workspace.open(root))
+    status = {s.shard: s.budget_status for s in report.shards}
+    assert status == {"public": "declared public", "shard-0": "within budget", "shard-1": "within budget"}
+    assert "exceeded" not in report.to_markdown()

@@ -103,10 +103,15 @@ def test_data_section_has_descriptions_counts_and_the_distribution(report: Priva
     (source,) = report.record_guarantees
     assert source.disjointness == "checked" and "hold disjoint records" in source.text
     assert sum(g.records for g in source.groups) == 24 * 3  # every record ever read, the deleted one included
+    # review 46: the deleted record sat in one unlabelled row with records of other shards at the same epsilon
+    standing = {(tuple(g.shards), g.records): g.in_a_model for g in source.groups}
+    assert standing == {(("s0",), 24): True, (("s1",), 23): True, (("s1",), 1): False, (("extra",), 24): False}
+    assert [g.in_a_model for g in report.models[0].record_distribution] == [None, None]
     page, markdown = report.to_html(), report.to_markdown()
     for text in ("synthetic survey answers (8 features)", "records (latest run)", "per record"):
         assert text in page and text in markdown
     assert "| s1 | 23 | private | 2 |" in markdown
+    assert "| 1 | s1 | ≤ " in markdown and "| no: removed or never composed |" in markdown
 
 
 def test_non_private_run_is_shown_as_what_it_is(report: PrivacyReport) -> None:

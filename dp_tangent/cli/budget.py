@@ -64,9 +64,11 @@ def budget_show(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
     from ..components.component import sizes_public
     from ..workspace.audit_log import verify
     from ..workspace.commit import INTENT, PENDING
+    from ..workspace.data_sources import declared_public
 
     ws = open_workspace(workspace)
     ledger = ws.ledger
+    declared = declared_public(ws)
     table = Table()
     for column in ("data source", "shard", "spent ε", "limit ε", "remaining ε", "δ"):
         table.add_column(column)
@@ -75,10 +77,11 @@ def budget_show(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
         state = shard_state(ledger, source, shard)
         public = sizes_public(ledger, [(source, shard)])
         public_shards += [f"{source}/{shard}"] if public else []
+        limit = "no budget set" if state.limit is None else f"{state.limit:g}"
         table.add_row(source, shard, (f"{state.spent:.3g}" if math.isfinite(state.spent) else "∞ (non-private)")
                       + (" *" if public else ""),
-                      f"{state.limit:g}" if state.limit is not None else "no budget set",
-                      "-" if state.remaining is None else f"{state.remaining:.3g}",
+                      "none: declared public" if (source, shard) in declared else limit,
+                      "-" if state.remaining is None or (source, shard) in declared else f"{state.remaining:.3g}",
                       f"{state.delta:g}" if state.delta else "-")
     Console().print(table)
     if public_shards:

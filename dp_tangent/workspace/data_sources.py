@@ -39,7 +39,7 @@ PUBLIC_SPLIT = "public"
 _TAG_CONTEXT = b"dp-tangent data-source content digest v1"
 
 __all__ = ["FILE", "PUBLIC_SPLIT", "DataSourceError", "DigitsSource", "Sources", "check_unchanged",
-           "read_as_registered", "registered", "registered_test", "reload", "shard_records_for", "source_of",
+           "declared_public", "read_as_registered", "registered", "registered_test", "reload", "shard_records_for", "source_of",
            "test_records", "typed_id_sources", "without_deleted", "without_records"]
 
 
@@ -201,6 +201,17 @@ def source_of(ws: Workspace, name: str) -> ReloadableSource | None:
     """How data source ``name`` is reloaded, or None if the workspace has no loader for it."""
     entry = _read(ws).sources.get(name)
     return None if entry is None else parse_source(entry)
+
+
+def declared_public(ws: Workspace) -> frozenset[tuple[str, str]]:
+    """The (data source, shard) splits their data owner declared public (``public_split``): no privacy budget
+    applies to them (an unreadable registry declares none)."""
+    try:
+        sources = _read(ws).sources
+        return frozenset((name, PUBLIC_SPLIT) for name, entry in sources.items()
+                         if getattr(parse_source(entry), "public_split", False))
+    except (DPTangentError, ValueError):
+        return frozenset()
 
 
 def check_unchanged(ws: Workspace, name: str, records: RecordSet, deleted: Iterable[str] = ()) -> list[str]:

@@ -146,7 +146,7 @@ def _data(ws: Workspace, entries: Sequence[AuditEntry]) -> list[DataSourceDetail
         if entry.operation in TRAINING_OPERATIONS and p.get("status") == "completed" and isinstance(
                 p.get("records"), int):
             latest[(str(p.get("data_source")), str(p.get("shard")))] = entry
-    out = []
+    out, public = [], data_sources.declared_public(ws)
     for source in ws.ledger.data_sources():
         loader = _loader(ws, source.name)
         shards = []
@@ -157,7 +157,7 @@ def _data(ws: Workspace, entries: Sequence[AuditEntry]) -> list[DataSourceDetail
                 records=None if entry is None else entry.parameters["records"],
                 counted_from="" if entry is None else
                 f"{entry.operation} of {entry.parameters.get('component')} at {entry.time} (log entry {entry.seq})",
-                public=bool(getattr(loader, "public_split", False)) and shard == data_sources.PUBLIC_SPLIT))
+                public=(source.name, shard) in public))
         out.append(DataSourceDetails(data_source=source.name, loader=_describe(loader), shards=shards))
     return out
 
