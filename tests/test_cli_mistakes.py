@@ -239,7 +239,8 @@ def test_a_train_reads_ids_in_the_form_its_registered_source_does(
     assert code == 0, err
     assert "left out 1 record(s)" in out + err, out + err  # the deleted record stays deleted
     assert Path("ws/data-sources.json").read_bytes() == registry
-    assert run_cli(capsys, "evaluate", "again", "--data", "new.yaml", "-w", "ws")[0] == 0  # read as registered
+    code, out, err = run_cli(capsys, "evaluate", "again", "--data", "new.yaml", "-w", "ws")
+    assert code == 0, err  # read as registered
     code, out, err = run_cli(capsys, "forget", f"{int(gone) + 1:05d}", "--request-id", "r2", "-w", "ws")
     assert code == 3 and "data source(s) t hold their record ids as pyarrow typed them" in err.lower(), err
     # The same file under another name: its ids are still the typed ones trained, so the overlap rule holds (with

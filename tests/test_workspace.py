@@ -130,6 +130,30 @@ def test_a_failed_training_run_is_logged(tmp_path, mlp_backbone) -> None:
     assert "BudgetExceededError" in last.parameters["error"] and ws.list_components() == []
 
 
+def test_a_run_failing_after_its_reservation_logs_no_record_named_in_its_error(tmp_path, mlp_backbone,
+                                                                             monkeypatch) -> None:
+    """Review 49: an image read lazily in the worker failed with its path in the message (its id and its class
+    folder), which went whole into the ledger and the audit log, kept for good and read by auditors, and stayed
+    after a deletion request for that id. The operator sees the message; the files keep its type."""
+    from dp_tangent.errors import DataError
+    from dp_tangent.training import deltas
+
+    def unreadable(task, progress=None):  # noqa: ANN001,ANN202
+        raise DataError("/data/imgs/positive/rec-3.png: cannot read the image (truncated)")
+
+    monkeypatch.setattr(deltas, "train_deltas", unreadable)
+    ws = Workspace.create(tmp_path / "ws")
+    with pytest.raises(Exception) as failed:
+        ws.train(mlp_backbone, None, records(), data_source="toy", shard="s0", name="c0",
+                 privacy=PrivacySpec(noise_multiplier=1.0), config=FAST)
+    assert "rec-3.png" in str(failed.value)  # the operator is told which file
+    (event,) = ws.ledger.events()
+    assert event.status.value == "failed" and event.failure_reason.startswith("DataError (its message was shown to "
+                                                                              "the operator, not logged")
+    assert b"rec-3" not in ws.audit_log_path.read_bytes() and b"positive" not in ws.audit_log_path.read_bytes()
+    assert not [p for p in ws.root.rglob("*") if p.is_file() and b"rec-3" in p.read_bytes()]
+
+
 def test_swapping_component_files_is_caught_by_verify_and_by_loading(tmp_path, mlp_backbone) -> None:
     ws = Workspace.create(tmp_path / "ws")
     for k in range(2):

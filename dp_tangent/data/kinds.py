@@ -61,6 +61,14 @@ class _RowIds(_Strict):
             self._check_ids = False
         return self
 
+    def __eq__(self, other: object) -> bool:  # the same data, whether read for a registration or as registered
+        if not isinstance(other, BaseModel):
+            return NotImplemented
+        return type(self) is type(other) and self.model_dump() == other.model_dump()
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.model_dump_json()))
+
     def record_ids_only(self) -> tuple[str, ...]:
         """The file's record ids in this reading's form, the rest of each row unread (none without an id column:
         ids by row position do not depend on the form)."""

@@ -13,7 +13,7 @@ from privacy_accounting import Ledger
 from ..backbones import BackboneSpec
 from ..components.manifest import RecordManifest
 from ..data.records import RecordSet
-from ..errors import failure_reason
+from ..errors import logged_reason
 from ..tangent import linearize
 from . import sgd  # noqa: F401 -- all of training runs here: a broken Opacus fails before anything is reserved
 from .config import PrivacySpec, ProgressFn, TrainConfig
@@ -62,5 +62,5 @@ def train_component(
         return write_component(task, trained, ledger=ledger, reservation=reservation, data_source=data_source,
                                shard=shard, output=output, manifest_key=manifest_key)
     except BaseException as err:
-        ledger.fail(reservation, reason=failure_reason(err))
+        ledger.fail(reservation, reason=logged_reason(err))
         raise

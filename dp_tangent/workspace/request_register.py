@@ -50,7 +50,8 @@ class RequestStatus:
 
 
 def list_requests(ws: Workspace, now: datetime | None = None) -> list[RequestStatus]:
-    """Every request the workspace received, with its clock: ``overdue`` = still open after ``due_by``.
+    """Every request the workspace received, in the order received, with its clock: ``overdue`` = still open after
+    ``due_by``.
 
     ``status``: open, completed, or unsealed (deleted, but the run stopped before the certificate got the log's
     checkpoint, so it cannot be checked yet: running the same ``forget`` again seals it).
@@ -79,7 +80,7 @@ def list_requests(ws: Workspace, now: datetime | None = None) -> list[RequestSta
         out.append(RequestStatus(request_id, status, datetime.fromisoformat(logged["received_at"]), due,
                                  None if done is None else datetime.fromisoformat(done),
                                  status == "open" and today > due, (due - today).days))
-    return out
+    return sorted(out, key=lambda r: (r.received_at, r.request_id))  # in the order received, as a register is read
 
 
 def open_request_records(ws: Workspace, statuses: list[RequestStatus] | None = None,

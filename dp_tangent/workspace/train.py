@@ -34,7 +34,7 @@ from privacy_accounting import Status
 from ..backbones import BackboneSpec, weights_digest
 from ..components.manifest import commit
 from ..data.records import RecordSet
-from ..errors import failure_reason
+from ..errors import failure_reason, logged_reason
 from ..interrupts import deferred_interrupts
 from ..tangent import TangentModel, linearize
 from ..training.config import PrivacySpec, TrainConfig
@@ -187,7 +187,9 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
         open_jobs = dict(by_name)
 
         def fail(name: str, reason: str, worker: dict[str, object], lost: bool = False,
-                 error: BaseException | None = None) -> None:
+                 error: BaseException | None = None, logged: str | None = None) -> None:
+            """``reason`` is shown to the operator; ``logged`` (default: the reason) is what the ledger and the log
+            keep, no error message from the task or the data (:func:`~dp_tangent.errors.logged_reason`)."""
             job = open_jobs.pop(name)
             # a change that failed after its commit point (its files half moved when the disk filled) is finished
             # first, as the next command would: a reservation it completed is not failed over it
@@ -195,13 +197,14 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
             if ws.ledger.event(reservations[name]).status is not Status.RESERVED:
                 return
             failed.append(FailedShard(job.name, job.shard, reason, worker, lost, error))
-            log(job, "failed", ledger=[FailReservation(reservations[name], " ".join(reason.split())[:500] or "failed",
-                                                       {"worker": worker})],
-                error=reason[:300], worker=worker, lost=lost, ledger_reservation=reservations[name])
+            kept = " ".join((reason if logged is None else logged).split())
+            log(job, "failed", ledger=[FailReservation(reservations[name], kept[:500] or "failed", {"worker": worker})],
+                error=kept[:300], worker=worker, lost=lost, ledger_reservation=reservations[name])
 
         def _handle(outcome: TaskOutcome) -> None:
             if isinstance(outcome, TaskFailed):
-                fail(outcome.task.name, outcome.reason, outcome.worker, outcome.lost, outcome.error)
+                fail(outcome.task.name, outcome.reason, outcome.worker, outcome.lost, outcome.error,
+                     logged=None if outcome.lost else logged_reason(outcome.error or outcome.reason))
                 return
             task, trained = outcome.task, outcome.result
             if trained.base_weights_sha256 != expected_base:
@@ -220,7 +223,7 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
                                             executor.name, trained.worker, excluded.get(job.name, 0),
                                             cache_writes, cache_use, cache_removals))
             except Exception as err:  # noqa: BLE001 -- e.g. disk full: this shard failed, go on with the rest
-                fail(task.name, failure_reason(err), trained.worker, error=err)
+                fail(task.name, failure_reason(err), trained.worker, error=err, logged=logged_reason(err))
                 return
             del open_jobs[job.name]
             completed.append(TrainedComponent(path, built.metadata, built.sha256, reservations[job.name]))
@@ -234,10 +237,11 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
                     _handle(outcome)
         except BaseException as err:
             reason = failure_reason(err) if str(err) else f"{type(err).__name__}: interrupted before it finished"
+            logged = logged_reason(err) if str(err) else reason
             for name in list(open_jobs):
                 try:  # best effort for each: the original error is what the caller must see
                     if ws.ledger.event(reservations[name]).status is Status.RESERVED:
-                        fail(name, reason, {"executor": executor.name})
+                        fail(name, reason, {"executor": executor.name}, logged=logged)
                 except Exception:  # noqa: BLE001,S110
                     pass
             raise
