@@ -259,6 +259,44 @@ def test_a_train_reads_ids_in_the_form_its_registered_source_does(
     assert code == 0 and "left out 1 record(s)" in out + err, err
 
 
+def test_the_same_table_exported_with_its_ids_typed_is_refused_not_trained_again(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 49: a CSV's ids 00000.. exported to Parquet (pandas reads them as 0, 1, ..) under another data source
+    name were new records to the workspace: every record trained and accounted afresh, and a deleted one trained
+    again."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 6))
+    rows = ["rid,f0,f1,f2,f3,f4,f5,y"] + [f"{i:05d}," + ",".join(f"{v:.3f}" for v in r) + f",{'ab'[int(r[0] > 0)]}"
+                                         for i, r in enumerate(x)]
+    Path("t.csv").write_text("\n".join(rows) + "\n")
+    columns = {"rid": pa.array(range(60), pa.int64()), **{f"f{k}": x[:, k].round(3) for k in range(6)},
+               "y": ["ab"[int(r[0] > 0)] for r in x]}
+    pq.write_table(pa.table(columns), "t.parquet")
+    table = {"features": [f"f{k}" for k in range(6)], "label": "y", "record_id": "rid", "classes": ["a", "b"],
+             "scaling": "none"}
+    write_recipe(Path("csv.yaml"), mlp_recipe({"table": {**table, "path": "t.csv"}}, in_features=6, classes=2,
+                                              source="t"))
+    write_recipe(Path("pq.yaml"), mlp_recipe({"table": {**table, "path": "t.parquet"}}, in_features=6, classes=2,
+                                             source="t-pq"))
+    assert run_cli(capsys, "train", "csv.yaml", "-w", "ws", "--executor", "serial")[0] == 0
+    assert run_cli(capsys, "forget", "00000", "--request-id", "r", "-w", "ws")[0] == 0
+    components = sorted(Path("ws/components").iterdir())
+    _refused(capsys, "train", "pq.yaml", "-w", "ws", "--executor", "serial",
+             says="data source 't-pq': record id '0' is another spelling of the record id '00000' removed by a "
+                  "deletion request")
+    Path("d.csv").write_text("rid,f0,f1,f2,f3,f4,f5,y\n" + "".join(f"{i},0,0,0,0,0,{i},{'ab'[i % 2]}\n"
+                                                                   for i in range(1, 30)))  # 1 is 00001 of t
+    write_recipe(Path("d.yaml"), mlp_recipe({"table": {**table, "path": "d.csv"}}, in_features=6, classes=2,
+                                            source="d"))
+    _refused(capsys, "train", "d.yaml", "-w", "ws", "--executor", "serial",
+             says="record id '1' is another spelling of the record id '00001' in data source 't'")
+    assert sorted(Path("ws/components").iterdir()) == components
+
+
 def test_a_changed_certificate_copy_is_restored_from_its_json(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The requester's .txt is the rendering of the .json: rebuilt with exactly the bytes the log vouches for, instead
     of a backup (an edit of it blocked the workspace for good)."""

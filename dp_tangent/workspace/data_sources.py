@@ -105,8 +105,10 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
                                   "data_source name")
         moved = bool(differ)
     deleted = set(Tombstones(ws.root).read())
-    tags = {c: t for c, t in _tags(ws, source.records()).items() if c not in deleted}
+    records = source.records()
+    tags = {c: t for c, t in _tags(ws, records).items() if c not in deleted}
     old = sources.content.get(name) if before is not None else None
+    _refuse_respelled(name, records.record_ids, set(old.tags) if old else set(), sources, deleted, key)
     if moved and old is None:
         where = was.get("data.path") or was.get("data.root")
         raise DataSourceError(f"data source {name!r} was registered before its records' digests were kept, so its "
@@ -129,6 +131,41 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
     sources.sources[name] = value
     sources.content[name] = Content(records=len(tags), tags=tags, test=sorted(test))
     return (sources.model_dump_json(indent=2) + "\n").encode()
+
+
+#: The widest zero-padded spelling of an integer id looked for (``00000000017``).
+_PADDED_WIDTH = 12
+
+
+def _respellings(record_id: str) -> list[str]:
+    """The other spellings an export gives an integer id: ``00017`` typed is ``17``, and ``17`` written zero-padded
+    ``017``, ``0017``, ... (none for an id that is not all digits)."""
+    if not (record_id.isascii() and record_id.isdigit()):
+        return []
+    core = record_id.lstrip("0") or "0"
+    return [r for r in (core, *(core.zfill(w) for w in range(len(core) + 1, _PADDED_WIDTH + 1))) if r != record_id]
+
+
+def _refuse_respelled(name: str, ids: Iterable[str], own: set[str], sources: Sources, deleted: set[str],
+                      key: bytes) -> None:
+    """No new record of ``name`` is another spelling of an id the workspace holds (in any data source) or a deletion
+    removed: the same table exported again (pandas reads the id ``00005`` as 5) would otherwise be new records, each
+    trained and accounted afresh, and a deleted record trained again."""
+    held = {c: f"in data source {n!r}" for n, content in sources.content.items() for c in content.tags}
+    held.update((c, "removed by a deletion request") for c in deleted)
+    if not held:
+        return
+    for record_id in ids:
+        mine = commit(record_id, key)
+        if mine in own or mine in held:  # its own record, or the same id (the overlap rule decides)
+            continue
+        other = next((r for r in _respellings(record_id) if commit(r, key) in held), None)
+        if other is not None:
+            raise DataSourceError(
+                f"data source {name!r}: record id {record_id!r} is another spelling of the record id {other!r} "
+                f"{held[commit(other, key)]} (the same table exported again reads 00005 as 5): train the data as it "
+                "was registered, with its ids written as they were; if these are other records, give them ids of "
+                "their own (e.g. a prefix)")
 
 
 #: Where a kind's data is: registering a source again may move it there if its records are all still the same.
