@@ -55,7 +55,7 @@ def run_job(recipe: dict, scratch: Path, env: dict[str, str] | None = None) -> f
     in ``env`` (default: this process's environment)."""
     folder = Path(tempfile.mkdtemp(dir=scratch))
     (folder / "job.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
-    command = [sys.executable, "-m", "dp_tangent", "train", "job.yaml", "--name", "job", "-w", "ws"]
+    command = [sys.executable, "-m", "dp_tangent", "train", "job.yaml", "--name", "job", "-w", "ws", "--init"]
     start = time.perf_counter()
     done = subprocess.run(command, cwd=folder, capture_output=True, text=True, check=False, env=env)
     seconds = time.perf_counter() - start

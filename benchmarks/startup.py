@@ -53,7 +53,7 @@ SPENT_RUN = (1.0, 256 / 50000, 1953)
 REPORTS = {f"report -f {f}": ["report", "-w", "ws-spent", "-f", f, "-o", f"report.{f}"] for f in ("md", "json", "html")}
 #: ``train`` on the default recipe with one mistake (exit 2, nothing created): checked before torch loads.
 MISTAKE = "train, a mistake in the recipe"
-MISTAKE_ARGS = ["train", "mistake.yaml", "-w", "ws-new"]
+MISTAKE_ARGS = ["train", "mistake.yaml", "-w", "ws-new", "--init"]
 CACHED, COMPUTED = "budget show, spent shard, ε cached", "budget show, spent shard, ε computed"
 #: Four shards trained by one recipe, one of them twice, like the demo's workspace after a retrain: the same
 #: sigma and steps, and a q that differs with the shards' sizes (a split of 200,002 records into four).

@@ -44,7 +44,7 @@ def _cli(*args: str, **kwargs) -> subprocess.Popen:  # noqa: ANN003
 
 def test_ctrl_c_during_training_keeps_no_component_and_the_budget_stays_spent(tmp_path) -> None:
     ws = tmp_path / "ws"
-    process = _cli("train", str(_recipe(tmp_path, epochs=400)), "--name", "long", "--workspace", str(ws))
+    process = _cli("train", "--init", str(_recipe(tmp_path, epochs=400)), "--name", "long", "--workspace", str(ws))
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and process.poll() is None:
@@ -70,7 +70,7 @@ def test_ctrl_c_during_training_keeps_no_component_and_the_budget_stays_spent(tm
 
 def test_corrupt_component_file_is_refused_in_one_line(tmp_path) -> None:
     ws = tmp_path / "ws"
-    trained = _cli("train", str(_recipe(tmp_path, epochs=1)), "--name", "m", "--workspace", str(ws))
+    trained = _cli("train", "--init", str(_recipe(tmp_path, epochs=1)), "--name", "m", "--workspace", str(ws))
     out, err = trained.communicate(timeout=300)
     assert trained.returncode == 0, out + err
     [component] = list((ws / "components").glob("*.safetensors"))
@@ -137,7 +137,7 @@ def test_a_full_disk_while_training_is_one_line_with_the_retry_command(tmp_path,
     real_apply = train_module.apply
     monkeypatch.setattr(train_module, "apply", apply_but_the_reservation)
     monkeypatch.chdir(tmp_path)
-    code, _, err = run_cli(capsys, "train", str(_recipe(tmp_path, 1)), "--name", "m", "-w", "ws",
+    code, _, err = run_cli(capsys, "train", "--init", str(_recipe(tmp_path, 1)), "--name", "m", "-w", "ws",
                            "--executor", "serial")
     assert code == 2 and "Traceback" not in err, err
     assert "error: [Errno 28] No space left on device" in err and "--shard 0" in err

@@ -26,7 +26,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from dp_tangent.cli import main
 
     try:
-        main(["train", str(folder / "rows.yaml"), "-w", str(folder / "ws"), "--executor", "serial"])
+        main(["train", "--init", str(folder / "rows.yaml"), "-w", str(folder / "ws"), "--executor", "serial"])
     except SystemExit as stop:
         assert not stop.code
     return folder
@@ -43,6 +43,16 @@ def ws(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def _refused(capsys: pytest.CaptureFixture[str], *args: str, says: str) -> None:
     code, out, err = run_cli(capsys, *args)
     assert code == 2 and says in err and len(err.strip().splitlines()) == 1, (code, out, err)
+
+
+def test_train_into_a_path_with_no_workspace_needs_init(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Review 49: a mistyped -w (or the default path from another folder) silently started a fresh ledger, which knew
+    no earlier run or deletion: the same records were trained and accounted again, a deleted one included."""
+    _refused(capsys, "train", "rows.yaml", "--name", "again", "-w", "wss", says="no workspace at wss: create one with "
+             "`dp-tangent init -w wss` or pass --init (a new workspace accounts from zero")
+    assert not Path("wss").exists()
+    assert run_cli(capsys, "init", "-w", "wss")[0] == 0
+    assert run_cli(capsys, "train", "rows.yaml", "--name", "again", "-w", "wss", "--executor", "serial")[0] == 0
 
 
 def test_outputs_never_replace_a_key_or_a_kept_checkpoint(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -155,7 +165,7 @@ def test_a_label_outside_the_backbone_s_classes_is_refused_before_anything_is_ma
     np.savez("rows.npz", **arrays)
     recipe = write_recipe(Path("rows.yaml"), mlp_recipe({"npz": {"path": "rows.npz"}}, in_features=6, classes=2,
                                                         source="rows"))
-    _refused(capsys, "train", str(recipe), "-w", "ws", says="e.g. record 'row-007' has label 5; set the backbone's "
+    _refused(capsys, "train", "--init", str(recipe), "-w", "ws", says="e.g. record 'row-007' has label 5; set the backbone's "
              "num_classes to at least 6")
     assert not Path("ws").exists()
 
@@ -165,11 +175,11 @@ def test_the_same_source_in_other_shards_or_moved_is_still_the_registered_data(
     """Other shards read the same records, ids and test split: only the overlap rule applies (it used to be refused
     as another reading). Data moved elsewhere with every record the same is re-pointed; a changed record is not."""
     registry = Path("ws/data-sources.json").read_bytes()
-    _refused(capsys, "train", "rows.yaml", "--shards", "3", "--name", "three", "-w", "ws", says="overlaps")
+    _refused(capsys, "train", "--init", "rows.yaml", "--shards", "3", "--name", "three", "-w", "ws", says="overlaps")
     recipe = yaml.safe_load(Path("rows.yaml").read_text())
     recipe["data"]["npz"]["test_fraction"] = 0.5  # another test split: another reading of the same file
     Path("split.yaml").write_text(yaml.safe_dump(recipe))
-    _refused(capsys, "train", "split.yaml", "--name", "split", "-w", "ws",
+    _refused(capsys, "train", "--init", "split.yaml", "--name", "split", "-w", "ws",
              says="data source 'rows' is registered to be read otherwise (data.test_fraction differ)")
     assert Path("ws/data-sources.json").read_bytes() == registry
 
@@ -179,7 +189,7 @@ def test_the_same_source_in_other_shards_or_moved_is_still_the_registered_data(
     recipe["data"]["npz"]["path"] = str(Path("moved/rows.npz").absolute())
     recipe["privacy"]["epsilon"] = 1
     Path("moved.yaml").write_text(yaml.safe_dump(recipe))
-    code, out, err = run_cli(capsys, "train", "moved.yaml", "--name", "moved", "--allow-overlap", "-w", "ws",
+    code, out, err = run_cli(capsys, "train", "--init", "moved.yaml", "--name", "moved", "--allow-overlap", "-w", "ws",
                              "--executor", "serial")
     assert code == 0, err
     assert "moved/rows.npz" in json.loads(Path("ws/data-sources.json").read_text())["sources"]["rows"]["data"]["path"]
@@ -189,10 +199,10 @@ def test_the_same_source_in_other_shards_or_moved_is_still_the_registered_data(
     arrays = {k: v.copy() for k, v in original.items()}
     arrays["inputs"][3, 0] += 1.0
     np.savez("moved/rows.npz", **arrays)
-    _refused(capsys, "train", "moved.yaml", "--name", "changed", "--allow-overlap", "-w", "ws",
+    _refused(capsys, "train", "--init", "moved.yaml", "--name", "changed", "--allow-overlap", "-w", "ws",
              says="is not the data it was registered with (1 record(s) changed)")
     np.savez("moved/rows.npz", **{k: v[1:] for k, v in original.items()})  # a record no deletion removed is gone
-    _refused(capsys, "train", "moved.yaml", "--name", "fewer", "--allow-overlap", "-w", "ws",
+    _refused(capsys, "train", "--init", "moved.yaml", "--name", "fewer", "--allow-overlap", "-w", "ws",
              says="(1 missing that no deletion request removed)")
 
 
@@ -227,7 +237,7 @@ def test_a_train_reads_ids_in_the_form_its_registered_source_does(
     write_recipe(Path("old.yaml"), mlp_recipe({"table": {**table, "record_ids_typed": True}}, in_features=6,
                                               classes=2, source="t"))
     write_recipe(Path("new.yaml"), mlp_recipe({"table": table}, in_features=6, classes=2, source="t"))
-    assert run_cli(capsys, "train", "old.yaml", "-w", "ws", "--executor", "serial")[0] == 0
+    assert run_cli(capsys, "train", "--init", "old.yaml", "-w", "ws", "--executor", "serial")[0] == 0
     from dp_tangent.recipes import load_recipe
 
     gone = load_recipe(Path("old.yaml")).load_data()[1][0].record_ids[0]
@@ -235,7 +245,7 @@ def test_a_train_reads_ids_in_the_form_its_registered_source_does(
     code, out, err = run_cli(capsys, "forget", gone, "--request-id", "r", "-w", "ws")
     assert code == 0, err
     registry = Path("ws/data-sources.json").read_bytes()
-    code, out, err = run_cli(capsys, "train", "new.yaml", "--name", "again", "-w", "ws", "--executor", "serial")
+    code, out, err = run_cli(capsys, "train", "--init", "new.yaml", "--name", "again", "-w", "ws", "--executor", "serial")
     assert code == 0, err
     assert "left out 1 record(s)" in out + err, out + err  # the deleted record stays deleted
     assert Path("ws/data-sources.json").read_bytes() == registry
@@ -246,16 +256,16 @@ def test_a_train_reads_ids_in_the_form_its_registered_source_does(
     # The same file under another name: its ids are still the typed ones trained, so the overlap rule holds (with
     # ids as written they were new records: the deleted one trained again, a fresh account for every other).
     write_recipe(Path("renamed.yaml"), mlp_recipe({"table": table}, in_features=6, classes=2, source="t2"))
-    _refused(capsys, "train", "renamed.yaml", "--name", "renamed", "-w", "ws", says="overlaps")
+    _refused(capsys, "train", "--init", "renamed.yaml", "--name", "renamed", "-w", "ws", says="overlaps")
     shutil.copy("t.csv", "copy.csv")  # a copy, or another export, of the same records: found by their typed ids
     write_recipe(Path("copy.yaml"), mlp_recipe({"table": {**table, "path": "copy.csv"}}, in_features=6, classes=2,
                                                source="t3"))
-    _refused(capsys, "train", "copy.yaml", "--name", "copied", "-w", "ws", says="overlaps")
+    _refused(capsys, "train", "--init", "copy.yaml", "--name", "copied", "-w", "ws", says="overlaps")
     Path("moved").mkdir()  # the registered file moved: still its source, read typed
     shutil.move("t.csv", "moved/t.csv")
     write_recipe(Path("moved.yaml"), mlp_recipe({"table": {**table, "path": "moved/t.csv"}}, in_features=6,
                                                 classes=2, source="t"))
-    code, out, err = run_cli(capsys, "train", "moved.yaml", "--name", "moved", "-w", "ws", "--executor", "serial")
+    code, out, err = run_cli(capsys, "train", "--init", "moved.yaml", "--name", "moved", "-w", "ws", "--executor", "serial")
     assert code == 0 and "left out 1 record(s)" in out + err, err
 
 
@@ -282,17 +292,17 @@ def test_the_same_table_exported_with_its_ids_typed_is_refused_not_trained_again
                                               source="t"))
     write_recipe(Path("pq.yaml"), mlp_recipe({"table": {**table, "path": "t.parquet"}}, in_features=6, classes=2,
                                              source="t-pq"))
-    assert run_cli(capsys, "train", "csv.yaml", "-w", "ws", "--executor", "serial")[0] == 0
+    assert run_cli(capsys, "train", "--init", "csv.yaml", "-w", "ws", "--executor", "serial")[0] == 0
     assert run_cli(capsys, "forget", "00000", "--request-id", "r", "-w", "ws")[0] == 0
     components = sorted(Path("ws/components").iterdir())
-    _refused(capsys, "train", "pq.yaml", "-w", "ws", "--executor", "serial",
+    _refused(capsys, "train", "--init", "pq.yaml", "-w", "ws", "--executor", "serial",
              says="data source 't-pq': record id '0' is another spelling of the record id '00000' removed by a "
                   "deletion request")
     Path("d.csv").write_text("rid,f0,f1,f2,f3,f4,f5,y\n" + "".join(f"{i},0,0,0,0,0,{i},{'ab'[i % 2]}\n"
                                                                    for i in range(1, 30)))  # 1 is 00001 of t
     write_recipe(Path("d.yaml"), mlp_recipe({"table": {**table, "path": "d.csv"}}, in_features=6, classes=2,
                                             source="d"))
-    _refused(capsys, "train", "d.yaml", "-w", "ws", "--executor", "serial",
+    _refused(capsys, "train", "--init", "d.yaml", "-w", "ws", "--executor", "serial",
              says="record id '1' is another spelling of the record id '00001' in data source 't'")
     assert sorted(Path("ws/components").iterdir()) == components
 
@@ -431,7 +441,7 @@ def test_an_interrupt_mentions_spent_budget_only_where_a_command_spends_some(
     code, out, err = run_cli(capsys, "release", "rows", "-o", "sent", "-w", "ws")
     assert code == 130 and err.strip() == "interrupted: nothing half-written was kept", err
     monkeypatch.setattr(Workspace, "train_all", interrupted)
-    code, out, err = run_cli(capsys, "train", "rows.yaml", "--name", "again", "-w", "ws", "--executor", "serial")
+    code, out, err = run_cli(capsys, "train", "--init", "rows.yaml", "--name", "again", "-w", "ws", "--executor", "serial")
     assert code == 130 and "a reserved budget stays spent" in err, err
 
 

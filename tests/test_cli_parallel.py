@@ -37,7 +37,7 @@ def test_a_killed_worker_fails_its_shard_with_a_retry_command_that_then_complete
     recipe, ws = tmp_path / "recipe.yaml", tmp_path / "ws"
     recipe.write_text(RECIPE.format(epochs=100000))
     cli = [sys.executable, "-m", "dp_tangent"]
-    process = subprocess.Popen([*cli, "train", str(recipe), "--name", "m", "-w", str(ws), "--workers", "1"],
+    process = subprocess.Popen([*cli, "train", "--init", str(recipe), "--name", "m", "-w", str(ws), "--workers", "1"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killed = None
     try:
@@ -101,7 +101,7 @@ def test_a_driver_killed_mid_training_leaves_a_reservation_the_next_command_fail
     recipe, ws = tmp_path / "recipe.yaml", tmp_path / "ws"
     recipe.write_text(RECIPE.format(epochs=100000))
     cli = [sys.executable, "-m", "dp_tangent"]
-    process = subprocess.Popen([*cli, "train", str(recipe), "--name", "m", "-w", str(ws), "--executor", "serial"],
+    process = subprocess.Popen([*cli, "train", "--init", str(recipe), "--name", "m", "-w", str(ws), "--executor", "serial"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
@@ -163,7 +163,7 @@ def test_workers_start_once_the_recipe_schema_holds_and_stop_when_the_command_th
             (["bad.yaml", "--executor", "serial"], [], "unknown timm model")):
         events.clear()
         began = time.monotonic()
-        code, _, err = run_cli(capsys, "train", str(tmp_path / args[0]), *args[1:], "-w", str(ws.root))
+        code, _, err = run_cli(capsys, "train", "--init", str(tmp_path / args[0]), *args[1:], "-w", str(ws.root))
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
         assert events == started and worker_processes_of(os.getpid()) == []  # started, then stopped and reaped
         assert time.monotonic() - began < 10  # not waiting for workers still importing torch to read a stop
@@ -177,7 +177,7 @@ def test_workers_start_once_the_recipe_schema_holds_and_stop_when_the_command_th
     try:
         assert holder.stdout.readline().strip() == "held"
         events.clear()
-        code, _, err = run_cli(capsys, "train", str(tmp_path / "bad.yaml"), "-w", str(ws.root))
+        code, _, err = run_cli(capsys, "train", "--init", str(tmp_path / "bad.yaml"), "-w", str(ws.root))
         assert code == 2 and "unknown timm model" in err and events == []
     finally:
         holder.kill()
@@ -195,7 +195,7 @@ def test_the_driver_of_a_local_run_leaves_opacus_to_its_workers(tmp_path) -> Non
     (tmp_path / "recipe.yaml").write_text(RECIPE.format(epochs=1))
     driver = ("import sys\nfrom dp_tangent.cli import main\ntry:\n    main(sys.argv[1:])\nfinally:\n"
               "    print('DRIVER LOADED', sorted(m for m in ('opacus', 'torch') if m in sys.modules), file=sys.stderr)")
-    done = subprocess.run([sys.executable, "-c", driver, "train", "recipe.yaml", "--name", "m", "-w", "ws",
+    done = subprocess.run([sys.executable, "-c", driver, "train", "--init", "recipe.yaml", "--name", "m", "-w", "ws",
                            "--workers", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "DRIVER LOADED ['torch']" in done.stderr  # torch for the backbone's check and the data; no Opacus
@@ -218,7 +218,7 @@ def test_workers_die_with_a_driver_that_is_killed(tmp_path) -> None:
     the kernel kills them (parent-death signal) instead of leaving them to run on until they next touch their
     pipe."""
     (tmp_path / "recipe.yaml").write_text(RECIPE.format(epochs=100000))
-    process = subprocess.Popen([sys.executable, "-m", "dp_tangent", "train", "recipe.yaml", "--name", "m", "-w", "ws",
+    process = subprocess.Popen([sys.executable, "-m", "dp_tangent", "train", "--init", "recipe.yaml", "--name", "m", "-w", "ws",
                                 "--workers", "1"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline, workers = time.monotonic() + 120, []
@@ -243,7 +243,7 @@ def test_sigterm_ends_a_training_run_as_ctrl_c_does(tmp_path) -> None:
     stopped at once, with the retry command, as for Ctrl-C (not left reserved for the next
     command to find)."""
     (tmp_path / "recipe.yaml").write_text(RECIPE.format(epochs=100000))
-    process = subprocess.Popen([sys.executable, "-m", "dp_tangent", "train", "recipe.yaml", "--name", "m", "-w", "ws",
+    process = subprocess.Popen([sys.executable, "-m", "dp_tangent", "train", "--init", "recipe.yaml", "--name", "m", "-w", "ws",
                                 "--workers", "1"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     ledger = tmp_path / "ws" / "ledger.sqlite"
@@ -281,7 +281,7 @@ def test_an_opacus_that_does_not_import_fails_training_before_any_budget_is_spen
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(broken.parent), *sys.path])}
     for executor, message in ((["--executor", "serial"], "training cannot start in this process: ImportError"),
                               (["--workers", "1"], "local worker processes fail to start")):
-        done = subprocess.run([sys.executable, "-m", "dp_tangent", "train", "recipe.yaml", "--name", "m", "-w", "ws",
+        done = subprocess.run([sys.executable, "-m", "dp_tangent", "train", "--init", "recipe.yaml", "--name", "m", "-w", "ws",
                                *executor], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
         ledger = tmp_path / "ws" / "ledger.sqlite"

@@ -41,7 +41,7 @@ def test_npz_source_retrains_after_repeated_deletions_on_one_shard_and_refuses_c
     write_npz(Path("rows.npz"))
     recipe = write_recipe(Path("rows.yaml"), mlp_recipe({"npz": {"path": "rows.npz"}}, in_features=6, classes=2,
                                                         source="rows"))
-    code, out, err = run_cli(capsys, "train", str(recipe), "-w", "ws", "--executor", "serial")
+    code, out, err = run_cli(capsys, "train", "--init", str(recipe), "-w", "ws", "--executor", "serial")
     assert code == 0, err
     ws = Workspace.open("ws")
     registry = json.loads(Path("ws/data-sources.json").read_text())
@@ -105,20 +105,20 @@ def test_a_source_is_registered_once_and_a_later_train_never_brings_back_a_delet
     ids = write_npz(Path("rows.npz"))
     recipe = write_recipe(Path("rows.yaml"), mlp_recipe({"npz": {"path": "rows.npz"}}, in_features=6, classes=2,
                                                         source="rows"))
-    assert run_cli(capsys, "train", str(recipe), "-w", "ws", "--executor", "serial")[0] == 0
+    assert run_cli(capsys, "train", "--init", str(recipe), "-w", "ws", "--executor", "serial")[0] == 0
     assert _forget(capsys, ids[5])[0] in (0, 3)
     deleted = commit(ids[5], Workspace.open("ws").manifest_key())
     registry = Path("ws/data-sources.json").read_bytes()
     assert deleted not in json.loads(registry)["content"]["rows"]["tags"]
 
-    code, out, err = run_cli(capsys, "train", str(recipe), "--name", "again", "-w", "ws", "--executor", "serial")
+    code, out, err = run_cli(capsys, "train", "--init", str(recipe), "--name", "again", "-w", "ws", "--executor", "serial")
     assert code == 0, err
     assert Path("ws/data-sources.json").read_bytes() == registry  # the same data: nothing registered again
 
     write_npz(Path("other.npz"), seed=1)  # other data, the same ids, at another path
     other = write_recipe(Path("other.yaml"), mlp_recipe({"npz": {"path": "other.npz"}}, in_features=6, classes=2,
                                                          source="rows"))
-    code, out, err = run_cli(capsys, "train", str(other), "--name", "other", "-w", "ws", "--executor", "serial")
+    code, out, err = run_cli(capsys, "train", "--init", str(other), "--name", "other", "-w", "ws", "--executor", "serial")
     assert code == 2 and "data source 'rows' is not the data it was registered with (95 record(s) changed)" in err
     assert len(err.strip().splitlines()) == 1 and Path("ws/data-sources.json").read_bytes() == registry
 
@@ -127,7 +127,7 @@ def test_a_source_is_registered_once_and_a_later_train_never_brings_back_a_delet
     more = dict(np.load("other.npz"))
     more["record_ids"] = np.array([f"new-{i:03d}" for i in range(len(more["record_ids"]))])
     np.savez("rows.npz", **{k: np.concatenate([arrays[k], more[k]]) for k in arrays})
-    code, out, err = run_cli(capsys, "train", str(recipe), "--name", "more", "-w", "ws", "--executor", "serial")
+    code, out, err = run_cli(capsys, "train", "--init", str(recipe), "--name", "more", "-w", "ws", "--executor", "serial")
     assert code == 0, err
     tags = json.loads(Path("ws/data-sources.json").read_text())["content"]["rows"]["tags"]
     assert len(tags) == 2 * len(ids) - 1 and deleted not in tags
@@ -151,7 +151,7 @@ def test_evaluate_and_predict_use_the_models_own_data_and_refuse_other_data(
     from dp_tangent.recipes import DEFAULT_RECIPE
 
     recipe = _rows_recipe(tmp_path, monkeypatch)
-    code, out, err = run_cli(capsys, "train", str(recipe), "-w", "ws", "--executor", "serial")
+    code, out, err = run_cli(capsys, "train", "--init", str(recipe), "-w", "ws", "--executor", "serial")
     assert code == 0, err
     trained = out.split("model rows:")[1].split("test accuracy ")[1].split("%")[0]
 
@@ -187,7 +187,7 @@ def test_tabular_npz_rows_for_an_image_backbone_are_refused_before_any_budget(
     write_npz(Path("rows.npz"))
     recipe = mlp_recipe({"npz": {"path": "rows.npz"}}, in_features=6, classes=2, source="rows")
     recipe["backbone"], recipe["trainable"] = {"name": "test_efficientnet", "num_classes": 2}, "head"
-    code, _, err = run_cli(capsys, "train", str(write_recipe(Path("r.yaml"), recipe)), "-w", "ws",
+    code, _, err = run_cli(capsys, "train", "--init", str(write_recipe(Path("r.yaml"), recipe)), "-w", "ws",
                            "--executor", "serial")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "inputs of shape (6,) per record (torch.float32) do not fit backbone 'test_efficientnet'" in err
@@ -197,13 +197,13 @@ def test_tabular_npz_rows_for_an_image_backbone_are_refused_before_any_budget(
 def test_train_prints_accuracy_without_the_test_records_a_deletion_removed(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     recipe = _rows_recipe(tmp_path, monkeypatch)
-    code, out, err = run_cli(capsys, "train", str(recipe), "-w", "ws", "--executor", "serial")
+    code, out, err = run_cli(capsys, "train", "--init", str(recipe), "-w", "ws", "--executor", "serial")
     assert code == 0 and re.search(r"model rows: .* test accuracy [\d.]+% on 13 records \(most common label: "
                                    r"[\d.]+%\)\n", out), err
     gone = held_out_records(Workspace.open("ws"), "rows")[1].record_ids[:2]
     code, out, err = run_cli(capsys, "forget", *gone, "--request-id", "req-test", "-w", "ws")
     assert code == 3, err  # in the test split only: no component held them, and they are tombstoned
-    code, out, err = run_cli(capsys, "train", str(recipe), "--name", "again", "-w", "ws", "--executor", "serial")
+    code, out, err = run_cli(capsys, "train", "--init", str(recipe), "--name", "again", "-w", "ws", "--executor", "serial")
     assert code == 0 and re.search(r"model again: .* test accuracy [\d.]+% on 11 records \(most common label: "
                                    r"[\d.]+%\)\n", out), err
     code, out, err = run_cli(capsys, "evaluate", "again", "-w", "ws")

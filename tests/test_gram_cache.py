@@ -216,13 +216,13 @@ def test_cli_train_again_then_forget_retrain_reuses_the_rest_and_the_release_has
                                                         source="rows", budget={"epsilon": 100, "delta": 1e-4},
                                                         training={"epochs": 1, "batch_size": 64, "lr": 0.2},
                                                         shards={"count": 1}, privacy={"epsilon": 2, "delta": 1e-4}))
-    code, out, err = run_cli(capsys, "train", str(recipe), "-w", "ws", "--executor", "serial")
+    code, out, err = run_cli(capsys, "train", "--init", str(recipe), "-w", "ws", "--executor", "serial")
     assert code == 0, err
     assert "from the workspace's cache" not in out
     ws = Workspace.open("ws")
     files = gram_cache.cache_files(ws)
     assert len(files) == 1 and files[0].endswith("/rows/shard-0.safetensors")
-    code, out, err = run_cli(capsys, "train", str(recipe), "--name", "again", "-w", "ws", "--executor", "serial")
+    code, out, err = run_cli(capsys, "train", "--init", str(recipe), "--name", "again", "-w", "ws", "--executor", "serial")
     assert code == 0, err
     size = len(ws.load_component("rows-shard-0").metadata.manifest.commitments)
     assert f"again-shard-0: NTK Grams of {size} record(s) from the workspace's cache, 0 computed" in out

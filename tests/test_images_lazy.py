@@ -68,12 +68,12 @@ def test_a_corrupt_image_is_refused_by_name_before_any_budget(tmp_path: Path, ca
         "data": {"image_folder": {"root": "imgs", "classes": ["a", "b"], "image_size": 32}},
         "privacy": {"epsilon": 8, "delta": 1e-5},
         "training": {"batch_size": 2}, "data_source": "imgs"})
-    code, _, err = run_cli(capsys, "train", str(recipe), "-w", "ws", "--executor", "serial")
+    code, _, err = run_cli(capsys, "train", "--init", str(recipe), "-w", "ws", "--executor", "serial")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "imgs/a/0003.png: cannot read the image" in err and "replace or remove the file" in err
     assert not Path("ws").exists()  # refused while loading: no workspace, no ledger, nothing spent
     assert run_cli(capsys, "init", "-w", "ws")[0] == 0
-    code, _, err = run_cli(capsys, "train", str(recipe), "-w", "ws", "--executor", "serial")
+    code, _, err = run_cli(capsys, "train", "--init", str(recipe), "-w", "ws", "--executor", "serial")
     assert code == 2 and "imgs/a/0003.png: cannot read the image" in err
     assert Workspace.open("ws").ledger.events() == []  # an existing workspace: nothing reserved or spent
     Path("imgs/a/0003.png").write_bytes(good)
@@ -103,7 +103,7 @@ def test_an_image_folder_trains_lazily_and_retrains_after_a_deletion(
         "backbone": {"name": "test_efficientnet", "num_classes": 2}, "trainable": "head",
         "data": {"image_folder": {"root": "imgs", "classes": ["a", "b"], "image_size": 16}}, "shards": {"count": 2},
         "privacy": {"epsilon": 8, "delta": 1e-5}, "training": {"epochs": 2, "batch_size": 8}, "data_source": "imgs"})
-    code, out, err = run_cli(capsys, "train", str(recipe), "-w", "ws", "--executor", "serial")
+    code, out, err = run_cli(capsys, "train", "--init", str(recipe), "-w", "ws", "--executor", "serial")
     assert code == 0, err
     assert "theta0: random initialisation (seed 0), no pretrained weights" in out
     ws = Workspace.open("ws")

@@ -213,7 +213,7 @@ def test_train_evaluate_predict_then_budget_exhausted(tmp_path: Path, capsys: py
     from dp_tangent.workspace import Workspace
 
     recipe, ws_path = write(tmp_path / "tiny.yaml", TINY), tmp_path / "ws"
-    code, output, err = run_cli(capsys, "train", str(recipe), "--name", "run1", "--workspace", str(ws_path))
+    code, output, err = run_cli(capsys, "train", "--init", str(recipe), "--name", "run1", "--workspace", str(ws_path))
     assert code == 0, err
     ws = Workspace.open(ws_path)
     assert ws.list_components() == ["run1-shard-0", "run1-shard-1"] and ws.list_models() == ["run1"]
@@ -255,10 +255,10 @@ def test_train_evaluate_predict_then_budget_exhausted(tmp_path: Path, capsys: py
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
     events = len(ws.ledger.events(data_source="digits"))
-    code, _, err = run_cli(capsys, "train", str(recipe), "--name", "run1", "--workspace", str(ws_path))
+    code, _, err = run_cli(capsys, "train", "--init", str(recipe), "--name", "run1", "--workspace", str(ws_path))
     assert code == 2 and "model 'run1' already exists" in err and len(ws.ledger.events(data_source="digits")) == events
 
-    code, _, err = run_cli(capsys, "train", str(recipe), "--name", "run2", "--workspace", str(ws_path))
+    code, _, err = run_cli(capsys, "train", "--init", str(recipe), "--name", "run2", "--workspace", str(ws_path))
     assert code == 2 and len(err.strip().splitlines()) == 1 and "budget exceeded" in err, err
     assert "Traceback" not in err and not ws.component_path("run2-shard-0").exists()
 
@@ -266,15 +266,15 @@ def test_train_evaluate_predict_then_budget_exhausted(tmp_path: Path, capsys: py
 @pytest.mark.parametrize("args, message", [
     (["evaluate", "nope"], "no model or component 'nope'"),
     (["predict", "nope", "x.npy"], "no model or component 'nope'"),
-    (["train", "{bad}", "--name", "x"], "backbone.name: unknown timm model 'no_such_net'"),
-    (["train", "{tiny}", "--name", "x", "--epsilon", "-1"], "overrides: privacy.epsilon"),
-    (["train", "{missing}"], "missing.yaml: recipe file not found"),
+    (["train", "--init", "{bad}", "--name", "x"], "backbone.name: unknown timm model 'no_such_net'"),
+    (["train", "--init", "{tiny}", "--name", "x", "--epsilon", "-1"], "overrides: privacy.epsilon"),
+    (["train", "--init", "{missing}"], "missing.yaml: recipe file not found"),
     (["evaluate", "x", "--data", "{missing}"], "no model or component 'x'"),
-    (["train", "{tiny}", "--name", "x", "--executor", "slurm"], "unknown executor 'slurm'"),
-    (["train", "{tiny}", "--name", "x", "--executor", "ray", "--workers", "2"], "--workers applies to the local"),
-    (["train", "{tiny}", "--name", "x", "--address", "auto"], "--address applies to the ray executor only"),
-    (["train", "{tiny}", "--name", "x", "--workers", "0"], "workers must be >= 1"),
-    (["train", "{tiny}", "--name", "x", "--shard", "7"], "--shard 7 is out of range"),
+    (["train", "--init", "{tiny}", "--name", "x", "--executor", "slurm"], "unknown executor 'slurm'"),
+    (["train", "--init", "{tiny}", "--name", "x", "--executor", "ray", "--workers", "2"], "--workers applies to the local"),
+    (["train", "--init", "{tiny}", "--name", "x", "--address", "auto"], "--address applies to the ray executor only"),
+    (["train", "--init", "{tiny}", "--name", "x", "--workers", "0"], "workers must be >= 1"),
+    (["train", "--init", "{tiny}", "--name", "x", "--shard", "7"], "--shard 7 is out of range"),
 ])
 def test_cli_mistakes_exit_2_with_one_line(capsys, tmp_path: Path, args: list[str], message: str) -> None:
     from dp_tangent.workspace import Workspace
@@ -288,7 +288,7 @@ def test_cli_mistakes_exit_2_with_one_line(capsys, tmp_path: Path, args: list[st
 
 
 def test_train_on_a_missing_recipe_creates_no_workspace(capsys, tmp_path: Path) -> None:
-    code, _, err = run_cli(capsys, "train", str(tmp_path / "missing.yaml"), "--workspace", str(tmp_path / "ws"))
+    code, _, err = run_cli(capsys, "train", "--init", str(tmp_path / "missing.yaml"), "--workspace", str(tmp_path / "ws"))
     assert code == 2 and err == f"error: {tmp_path / 'missing.yaml'}: recipe file not found\n"
     assert not (tmp_path / "ws").exists()
 

@@ -47,7 +47,7 @@ def sent(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     recipe["privacy"]["planned_shard_size"] = 80
     write_recipe(root / "wine.yaml", recipe)
     with _in(root):
-        _cli("train", "wine.yaml", "-w", "ws", "--executor", "serial")
+        _cli("train", "--init", "wine.yaml", "-w", "ws", "--executor", "serial")
         out = _cli("release", "wine", "-o", "sent", "-w", "ws")
         np.save("rows.npy", load_recipe("wine.yaml").load_data()[0].inputs[:4].numpy())
     return root, out.split("release.json sha256 ")[1].split(":")[0]
@@ -220,7 +220,7 @@ def test_a_checkpoint_mapped_by_position_leaves_under_the_model_s_own_names(
     recipe = yaml.safe_load((sent[0] / "wine.yaml").read_text())
     recipe["backbone"]["checkpoint"] = "data/dp.pt"
     write_recipe(Path("wine.yaml"), recipe)
-    assert run_cli(capsys, "train", "wine.yaml", "-w", "ws", "--executor", "serial")[0] == 0
+    assert run_cli(capsys, "train", "--init", "wine.yaml", "-w", "ws", "--executor", "serial")[0] == 0
     code, out, err = run_cli(capsys, "release", "wine", "-o", "out", "-w", "ws")
     assert code == 0, err
     written = load_file("out/base-checkpoint.safetensors")

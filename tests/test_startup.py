@@ -129,7 +129,7 @@ def test_a_mistake_in_a_recipe_is_reported_before_torch_loads(tmp_path, command:
     recipe = yaml.safe_load(DEFAULT_RECIPE.read_text())
     (recipe[section] if section else recipe)[key] = value
     (tmp_path / "mine.yaml").write_text(yaml.safe_dump(recipe))
-    args = ["train", "mine.yaml", "-w", "ws"] if command == "train" else ["pretrain", "mine.yaml"]
+    args = ["train", "--init", "mine.yaml", "-w", "ws"] if command == "train" else ["pretrain", "mine.yaml"]
     output, loaded = run_probed(*args, cwd=tmp_path, exit_code=2)
     assert output.startswith(f"error: mine.yaml: {message}"), output
     assert "\n" not in output and loaded == []

@@ -143,7 +143,7 @@ def test_pretrain_on_public_rows_gives_the_checkpoint_theta0(tmp_path: Path, cap
     recipe["budget"] = {"epsilon": 20, "delta": 1e-5}
     recipe["privacy"]["planned_shard_size"] = 80
     write_recipe(path, recipe)
-    code, out, err = run_cli(capsys, "train", str(path), "-w", "ws", "--executor", "serial")
+    code, out, err = run_cli(capsys, "train", "--init", str(path), "-w", "ws", "--executor", "serial")
     assert code == 0, err
     code, out, err = run_cli(capsys, "release", "wine", "-o", "sent", "-w", "ws")
     assert code == 0, err
@@ -190,7 +190,7 @@ def test_table_trains_composes_evaluates_and_predicts_from_a_relative_workspace(
     names = write_wine_csv(Path("data/wine.csv"))
     recipe = write_recipe(Path("wine.yaml"), mlp_recipe(_table(Path("data/wine.csv"), names), in_features=13,
                                                         classes=3, source="wine"))
-    code, out, err = run_cli(capsys, "train", str(recipe), "-w", "ws", "--executor", "serial")
+    code, out, err = run_cli(capsys, "train", "--init", str(recipe), "-w", "ws", "--executor", "serial")
     assert code == 0, err
     assert "theta0: random initialisation (seed 0), not pretrained" in out
     ws = Workspace.open("ws")
@@ -223,7 +223,7 @@ def test_a_table_trains_without_importing_timm(tmp_path: Path) -> None:
                                                              in_features=13, classes=3, source="wine"))
     code = ("import atexit, sys; atexit.register(lambda: print('LOADED', sorted(m for m in ('timm', 'torchvision') "
             "if m in sys.modules), file=sys.stderr)); from dp_tangent.cli import main; main(sys.argv[1:])")
-    done = subprocess.run([sys.executable, "-c", code, "train", str(recipe), "-w", "ws", "--executor", "serial"],
+    done = subprocess.run([sys.executable, "-c", code, "train", "--init", str(recipe), "-w", "ws", "--executor", "serial"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "model wine: mean of" in done.stdout and "test accuracy" in done.stdout

@@ -411,7 +411,7 @@ def test_private_text_training_from_a_csv_then_two_deletions_on_one_shard(
         "privacy": {"epsilon": 4},
         "training": {"epochs": 2, "batch_size": 6, "lr": 0.5},
         "data_source": "tickets", "budget": {"epsilon": 20}}))
-    code, out, err = run_cli(capsys, "train", "tickets.yaml", "--executor", "serial", "-w", "ws")
+    code, out, err = run_cli(capsys, "train", "--init", "tickets.yaml", "--executor", "serial", "-w", "ws")
     assert code == 0, err
     ws = Workspace.open("ws")
     assert ws.list_components() == ["tickets-shard-0", "tickets-shard-1"] and ws.list_models() == ["tickets"]

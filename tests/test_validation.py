@@ -258,7 +258,7 @@ def assert_refused(code: int, err: str, message: str) -> None:
 
 def test_cli_the_same_recipe_with_sound_data_trains(tmp_path, capsys) -> None:
     _write_npz(tmp_path / "data.npz")
-    code, out, err = run_cli(capsys, "train", str(_recipe(tmp_path)), "--name", "m", "--executor", "serial",
+    code, out, err = run_cli(capsys, "train", "--init", str(_recipe(tmp_path)), "--name", "m", "--executor", "serial",
                              "-w", str(tmp_path / "ws"))
     assert code == 0, err
     assert "model m: mean of 1 components" in out
@@ -269,7 +269,7 @@ def test_cli_labels_out_of_range_spend_nothing(tmp_path, capsys, monkeypatch) ->
     monkeypatch.chdir(tmp_path)  # a relative workspace, as users type it; the default (local) executor
     _write_npz(tmp_path / "data.npz", targets=np.where(np.arange(40) == 7, 12, np.arange(40) % 10))
     _recipe(tmp_path)
-    code, _, err = run_cli(capsys, "train", "recipe.yaml", "--name", "m", "-w", "ws")
+    code, _, err = run_cli(capsys, "train", "--init", "recipe.yaml", "--name", "m", "-w", "ws")
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert re.fullmatch(r"error: (shard-\d|the test split): labels must be in \[0, 10\) \(backbone "
                         r"'efficientnet_lite0' has 10 outputs\), but 1 of \d+ records are not, e.g. record "
@@ -281,7 +281,7 @@ def test_cli_labels_out_of_range_spend_nothing(tmp_path, capsys, monkeypatch) ->
 def test_cli_num_classes_smaller_than_the_labels_spends_nothing(tmp_path, capsys) -> None:
     _write_npz(tmp_path / "data.npz")
     recipe = _recipe(tmp_path, backbone={"num_classes": 4})
-    code, _, err = run_cli(capsys, "train", str(recipe), "--name", "m", "--executor", "serial",
+    code, _, err = run_cli(capsys, "train", "--init", str(recipe), "--name", "m", "--executor", "serial",
                            "-w", str(tmp_path / "ws"))
     assert code == 2 and "labels must be in [0, 4) (backbone 'efficientnet_lite0' has 4 outputs)" in err, err
     assert "set the backbone's num_classes to at least 10 or fix the labels" in err and not (tmp_path / "ws").exists()
@@ -289,7 +289,7 @@ def test_cli_num_classes_smaller_than_the_labels_spends_nothing(tmp_path, capsys
 
 def test_cli_2d_inputs_for_an_image_model_spend_nothing(tmp_path, capsys) -> None:
     _write_npz(tmp_path / "data.npz", inputs=np.zeros((40, 64), np.float32))
-    code, _, err = run_cli(capsys, "train", str(_recipe(tmp_path)), "--name", "m", "--executor", "serial",
+    code, _, err = run_cli(capsys, "train", "--init", str(_recipe(tmp_path)), "--name", "m", "--executor", "serial",
                            "-w", str(tmp_path / "ws"))
     assert_refused(code, err, "component 'm-shard-0': inputs of shape (64,) per record (torch.float32) do not fit "
                               "backbone 'efficientnet_lite0' (Expected 3D (unbatched) or 4D (batched) input to "
@@ -303,7 +303,7 @@ def test_cli_non_finite_inputs_spend_nothing(tmp_path, capsys) -> None:
     inputs[11, 0, 2, 2] = np.nan
     inputs[30, 2, 0, 1] = np.inf
     _write_npz(tmp_path / "data.npz", inputs=inputs)
-    code, _, err = run_cli(capsys, "train", str(_recipe(tmp_path)), "--name", "m", "--executor", "serial",
+    code, _, err = run_cli(capsys, "train", "--init", str(_recipe(tmp_path)), "--name", "m", "--executor", "serial",
                            "-w", str(tmp_path / "ws"))
     assert code == 2, err
     assert re.fullmatch(r"error: component 'm-shard-0': 2 of 40 records have NaN or infinite inputs \(first: record "
@@ -314,7 +314,7 @@ def test_cli_non_finite_inputs_spend_nothing(tmp_path, capsys) -> None:
 def test_cli_batch_larger_than_the_shard_spends_nothing(tmp_path, capsys) -> None:
     _write_npz(tmp_path / "data.npz")
     recipe = _recipe(tmp_path, training={"batch_size": 64})
-    code, _, err = run_cli(capsys, "train", str(recipe), "--name", "m", "--executor", "serial",
+    code, _, err = run_cli(capsys, "train", "--init", str(recipe), "--name", "m", "--executor", "serial",
                            "-w", str(tmp_path / "ws"))
     assert_refused(code, err, "component 'm-shard-0': batch_size 64 is larger than its shard of 40 records (Poisson "
                               "sampling would then take every record at every step); set batch_size to at most 40")
@@ -330,7 +330,7 @@ def test_cli_an_unreadable_npz_file_is_one_line_and_touches_no_workspace(tmp_pat
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data.npz").write_bytes(content)
     _recipe(tmp_path)
-    code, _, err = run_cli(capsys, "train", "recipe.yaml", "--name", "m", "-w", "ws")
+    code, _, err = run_cli(capsys, "train", "--init", "recipe.yaml", "--name", "m", "-w", "ws")
     assert_refused(code, err, f"{tmp_path / 'data.npz'}: cannot read the npz file ({reason}); give a complete file "
                               "written by numpy.savez")
     assert not (tmp_path / "ws").exists()  # the data is read before the workspace is created
@@ -345,7 +345,7 @@ def test_cli_a_corrupt_image_in_the_folder_is_one_line_and_spends_nothing(tmp_pa
                                      "test_fraction": 0}}
     data["training"]["batch_size"] = 2
     recipe.write_text(yaml.safe_dump(data))
-    code, _, err = run_cli(capsys, "train", str(recipe), "--name", "m", "--executor", "serial", "-w", str(ws.root))
+    code, _, err = run_cli(capsys, "train", "--init", str(recipe), "--name", "m", "--executor", "serial", "-w", str(ws.root))
     assert_refused(code, err, f"{root / 'dog' / '1.png'}: cannot read the image (OSError: image file is truncated); "
                               "replace or remove the file")
     assert_nothing_spent(ws, "m-shard-0")
@@ -358,7 +358,7 @@ def test_cli_an_eof_error_from_a_reader_is_an_error_not_an_interruption(tmp_path
 
     monkeypatch.setattr("dp_tangent.data.arrays.npz_records", truncated)
     _write_npz(tmp_path / "data.npz")
-    code, _, err = run_cli(capsys, "train", str(_recipe(tmp_path)), "--name", "m", "-w", str(tmp_path / "ws"))
+    code, _, err = run_cli(capsys, "train", "--init", str(_recipe(tmp_path)), "--name", "m", "-w", str(tmp_path / "ws"))
     assert code == 2  # typer echoes a blank line before it raises Abort: the message is still one line
     assert err.strip() == "error: a file ended early (empty or truncated): Ran out of input"
     assert not (tmp_path / "ws").exists()
@@ -367,7 +367,7 @@ def test_cli_an_eof_error_from_a_reader_is_an_error_not_an_interruption(tmp_path
 def test_cli_a_diverged_run_fails_its_shard_with_the_reason(tmp_path, capsys) -> None:
     _write_npz(tmp_path / "data.npz")
     recipe = _recipe(tmp_path, training={"lr": 1e38, "epochs": 3})
-    code, _, err = run_cli(capsys, "train", str(recipe), "--name", "m", "--executor", "serial",
+    code, _, err = run_cli(capsys, "train", "--init", str(recipe), "--name", "m", "--executor", "serial",
                            "-w", str(tmp_path / "ws"))
     assert code == 2, err
     assert re.search(r"m-shard-0 \(shard-0\) FAILED: TrainingError: training diverged: delta '[\w.]+' has \d+ "

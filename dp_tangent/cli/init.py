@@ -11,7 +11,8 @@ from .app import DEFAULT_WORKSPACE, WorkspaceOption, app
 def init(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
     """Create a workspace in a new or empty directory: manifest key, ledger and audit log.
 
-    `train` creates one too when the directory does not exist yet; the key is mode 0600.
+    `train --init` creates one too; the key is mode 0600. Each workspace accounts for itself alone: its ledger
+    and its deletions know nothing of another's.
     """
     from ..workspace import Workspace
 

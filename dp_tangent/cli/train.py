@@ -155,6 +155,9 @@ def train(
     allow_overlap: Annotated[bool, typer.Option(
         "--allow-overlap", help="Train shards whose records other shards already read, charging those records "
                                 "every run that read them (default: refuse).")] = False,
+    init: Annotated[bool, typer.Option(
+        "--init", help="Create the workspace if there is none (a new workspace accounts from zero: it knows no run "
+                       "or deletion of any other).")] = False,
     workspace: WorkspaceOption = DEFAULT_WORKSPACE,
 ) -> None:
     """Train one DP component per shard of a recipe's data, and compose them (mean) into model NAME.
@@ -173,6 +176,11 @@ def train(
 
     name = check_name(name or recipe_path.stem, "model")
     ws = Workspace.open(workspace) if (workspace / "workspace.json").exists() else None
+    if ws is None and not init:  # a mistyped -w, or another folder: a fresh ledger would know no earlier run
+        from ..workspace import WorkspaceError
+
+        raise WorkspaceError(f"no workspace at {workspace}: create one with `dp-tangent init -w {workspace}` or pass "
+                             "--init (a new workspace accounts from zero: it knows no run or deletion of any other)")
     runner, count, selected = None, 0, []
 
     def checked(schema: Recipe) -> None:
