@@ -318,8 +318,13 @@ def test_open_and_overdue_requests_are_listed(tmp_path) -> None:
     result = forget(ws, DeletionRequest("old", ("a",), datetime(2025, 1, 2, tzinfo=timezone.utc)), now=now)
     assert result.certificate.on_time is False and result.certificate.outcome == "not_found_in_any_component"
     assert [r.request_id for r in open_requests(ws, now)] == ["new"] and overdue_requests(ws, now) == []
-    assert [e.operation for e in ws.audit.entries()] == ["workspace_created", "deletion_request", "deletion_request",
-                                                         "tombstoned", "deletion", "certificate_sealed"]
+    # helper 48: a request received is tombstoned at once (the docs said so; only forget did it), so that another
+    # request's retraining while it is open never trains its records
+    assert [e.operation for e in ws.audit.entries()] == ["workspace_created", "deletion_request", "tombstoned",
+                                                         "deletion_request", "tombstoned", "deletion",
+                                                         "certificate_sealed"]
+    key = ws.manifest_key()
+    assert {commit("a", key), commit("b", key)} <= set(Tombstones(ws.root).read())
 
 
 def test_an_overdue_request_stays_listed_whatever_happens_to_its_files(tmp_path) -> None:
@@ -335,3 +340,18 @@ def test_an_overdue_request_stays_listed_whatever_happens_to_its_files(tmp_path)
     text_path.unlink()
     assert [r.request_id for r in overdue_requests(ws, now)] == ["old"]
     assert not ws.audit.verify().ok  # and the files' fate is reported
+
+
+def test_a_request_received_through_the_library_is_never_trained_by_another_request_s_retraining(ws) -> None:
+    """Helper 48: receive() logged the request but did not tombstone its records, so another request's retraining of
+    the same shard, served while it was open, trained the record again (and spent budget on it)."""
+    receive(ws, DeletionRequest("alice", ("rec-0-7",), NOW), operator="dpo", now=NOW)
+    forget(ws, _request("rec-0-5", request_id="bob"), retrain=True, shard_records={"c0": shard(0)}, operator="dpo",
+           now=NOW)
+    key = ws.manifest_key()
+    (replacement,) = [n for n in ws.list_components() if n.startswith("c0")]
+    held = set(ws.load_component(replacement).metadata.manifest.commitments)
+    assert commit("rec-0-5", key) not in held and commit("rec-0-7", key) not in held
+    assert len(held) == 22  # the shard's 24 records less both requests'
+    result = forget(ws, _request("rec-0-7", request_id="alice"), operator="dpo", now=NOW)
+    assert result.certificate.status == "completed"

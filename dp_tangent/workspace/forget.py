@@ -415,6 +415,30 @@ def _missing_cache_files(missing: Sequence[str]) -> list[FileRemoval]:
     return [FileRemoval(p, gram_cache.LABEL) for p in missing if p.startswith(prefix)]
 
 
+
+def tombstone(ws: Workspace, request_id: str, doomed: set[str], *, operator: str,
+              now: datetime | None = None) -> list[str]:
+    """Put ``doomed`` (record commitments) on the tombstone list for ``request_id``, in one logged change that also
+    drops them from the data-source registry and their cached NTK Grams (the deletion change drops any left), so
+    that no later run trains them; nothing is written when that is done already. Returns the artifacts the audit log
+    finds missing (read once here: the tombstoning removes no component or model)."""
+    data, new = Tombstones(ws.root).added(doomed, request_id=request_id, deleted_at=resolve_now(now).isoformat())
+    registry = data_sources.without_records(ws, doomed)
+    missing = ws.audit.verify().missing_artifacts
+    gone = _missing_cache_files(missing)
+    if new or registry is not None or gone:
+        cache_writes, cache_removals = gram_cache.without_records(ws, doomed)
+        cache_removals = [*cache_removals, *gone]
+        registry_write = [] if registry is None else [FileWrite(data_sources.FILE, registry, "data-source registry")]
+        apply(ws, Change("tombstoned", operator=operator,
+                         writes=[FileWrite(TOMBSTONES_FILE, data, "tombstones"), *cache_writes, *registry_write],
+                         removals=cache_removals,
+                         parameters={"request_id": request_id, "record_commitments": sorted(doomed),
+                                     "gram_cache_files": {"rewritten": len(cache_writes),
+                                                          "removed": len(cache_removals)}}))
+    return missing
+
+
 def forget(
     ws: Workspace,
     request: DeletionRequest,
@@ -441,7 +465,8 @@ def forget(
     """
     operator = operator or getpass.getuser()
     with ws.lock():
-        cert = read_certificate(ws, request.request_id) or receive(ws, request, operator=operator, now=now)
+        cert = read_certificate(ws, request.request_id) or receive(ws, request, operator=operator, now=now,
+                                                                   tombstone_now=False)
         doomed = set(request.commitments(ws.manifest_key()))
         if cert.status == "completed" and cert.checkpoint is None and set(cert.record_commitments) == doomed:
             cert = _seal(ws, cert, operator)  # the deletion was done; a stop before sealing left only this
@@ -452,25 +477,9 @@ def forget(
                                  "given now were not processed (a new request needs a new request id)")
         if cert.status == "completed":  # asked again (e.g. a script that lost the first answer): the same answer
             return DeletionResult(cert, *ws.certificate_paths(cert.request_id), already_completed=True)
-        # First of all, so that nothing from now on -- this request's retraining included, or a
-        # run after a crash half-way through -- can train these records again.
-        # The same change drops their cached NTK Grams (the deletion change drops any left).
-        tombstones = Tombstones(ws.root)
-        data, new = tombstones.added(doomed, request_id=request.request_id, deleted_at=resolve_now(now).isoformat())
-        registry = data_sources.without_records(ws, doomed)
-        missing = ws.audit.verify().missing_artifacts  # read once: the tombstoning removes no component or model
-        gone = _missing_cache_files(missing)
-        if new or registry is not None or gone:
-            cache_writes, cache_removals = gram_cache.without_records(ws, doomed)
-            cache_removals = [*cache_removals, *gone]
-            registry_write = ([] if registry is None
-                              else [FileWrite(data_sources.FILE, registry, "data-source registry")])
-            apply(ws, Change("tombstoned", operator=operator,
-                             writes=[FileWrite(TOMBSTONES_FILE, data, "tombstones"), *cache_writes, *registry_write],
-                             removals=cache_removals,
-                             parameters={"request_id": request.request_id, "record_commitments": sorted(doomed),
-                                         "gram_cache_files": {"rewritten": len(cache_writes),
-                                                              "removed": len(cache_removals)}}))
+        # First of all (receiving did it too, for a request received before), so that nothing from now on -- this
+        # request's retraining included, or a run after a crash half-way through -- can train these records again.
+        missing = tombstone(ws, request.request_id, doomed, operator=operator, now=now)
         _check_nothing_away(missing, request.request_id)
         metas = {n: read_metadata(ws.component_path(n)) for n in ws.list_components()}
         for name, meta in metas.items():
@@ -483,7 +492,7 @@ def forget(
         _plan_checks(ws, affected, models, retrain, shard_records, merge_data)
         removed = [ComponentRef(name=n, sha256=sha256_file(ws.component_path(n)), data_source=m.data_source,
                                 shard=m.shard, records=m.manifest.records) for n, m in affected.items()]
-        deleted = set(tombstones.read())
+        deleted = set(Tombstones(ws.root).read())
         added = (_retrain_all(ws, request.request_id, affected, shard_records, deleted, privacy,  # type: ignore[arg-type]
                               config, operator) if retrain else [])
         plan = _rebuild_models(ws, models, set(affected), {a.replaces: a.name for a in added}, merge_data)

@@ -16,8 +16,10 @@ if TYPE_CHECKING:
 
 
 def receive(ws: Workspace, request: DeletionRequest, *, operator: str | None = None,
-            now: datetime | None = None) -> DeletionCertificate:
-    """Register a request on receipt (starts the clock): an open certificate, logged."""
+            now: datetime | None = None, tombstone_now: bool = True) -> DeletionCertificate:
+    """Register a request on receipt (starts the clock): an open certificate, logged; and its records tombstoned,
+    so that no run trains them while it is open (another request's retraining included). ``tombstone_now``: False
+    for a caller that tombstones them next itself (:func:`~dp_tangent.workspace.forget.forget`)."""
     operator = operator or getpass.getuser()
     with ws.lock():
         if read_certificate(ws, request.request_id) is not None:
@@ -35,6 +37,10 @@ def receive(ws: Workspace, request: DeletionRequest, *, operator: str | None = N
         apply(ws, Change("deletion_request", operator=operator, writes=certificate_writes(ws, cert), parameters={
             "request_id": request.request_id, "record_commitments": cert.record_commitments,
             "received_at": cert.received_at, "deadlines": cert.deadlines, "logged_at": resolve_now(now).isoformat()}))
+        if tombstone_now:
+            from .forget import tombstone
+
+            tombstone(ws, request.request_id, set(cert.record_commitments), operator=operator, now=now)
         return cert
 
 
