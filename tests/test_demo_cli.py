@@ -112,14 +112,15 @@ def test_cli_mistakes_are_one_line_errors(demo_run, tmp_path, args, message) -> 
 def test_the_demo_command_runs_as_the_readme_runs_it(tmp_path: Path) -> None:
     """``dp-tangent demo --quick`` (its smoke-test size, default shards) in an empty folder, its workspace the
     default relative path; its local workers are started before the demo's modules (and torch) load, and handed
-    to the story."""
+    to the story. An empty release folder made beforehand is used, as `release -o` uses one (helper 48)."""
+    (tmp_path / "dp-tangent-workspace-release").mkdir()
     done = subprocess.run([sys.executable, "-m", "dp_tangent", "demo", "--quick"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "Training the 4 components in parallel:" in done.stdout.replace("\n", " ")
     assert "digits-composed" in done.stdout and "Traceback" not in done.stderr
     ws = Workspace.open(tmp_path / "dp-tangent-workspace")
-    assert ws.list_components() and (tmp_path / "dp-tangent-workspace-release").is_dir()
+    assert ws.list_components() and (tmp_path / "dp-tangent-workspace-release" / "release.json").is_file()
 
 
 def test_a_demo_that_stops_early_leaves_no_worker_behind(tmp_path: Path, capsys) -> None:

@@ -223,7 +223,7 @@ def tell(ws: Workspace, task: DemoTask, config: StoryConfig, console: Console, s
         console.print(f"Verified: {verification.statement}")
 
     bundle = ws.root.parent / f"{ws.root.name}-release"
-    if not bundle.exists():
+    if not bundle.exists() or (bundle.is_dir() and not bundle.is_symlink() and not any(bundle.iterdir())):
         statement = ws.release(task.model, bundle, operator="demo")
         figures["release"] = str(bundle)
         console.print(f"Release bundle (deltas + base reference + privacy statement, no counts or manifests): {bundle}")
@@ -231,7 +231,8 @@ def tell(ws: Workspace, task: DemoTask, config: StoryConfig, console: Console, s
                       "from the bundle; they check the bundle with `dp-tangent predict BUNDLE INPUTS.npy --expect SHA`")
         console.print(f"  {statement.privacy.statement}")
     else:  # a release never writes over an existing path (it might be another release, or anything else)
-        console.print(f"[yellow]Release bundle not written: {bundle} exists already; remove it, or release with "
+        console.print(f"[yellow]Release bundle not written: {bundle} exists already and is not empty; remove it, "
+                      "or release with "
                       f"`dp-tangent release {task.model} -o NEW_FOLDER -w {ws.root}`[/]")
 
     reports = ws.root / "reports"
