@@ -354,6 +354,8 @@ def test_a_certificate_verifies_later_and_fails_once_the_record_comes_back(ws, c
     ws.compose_model("later", ["c1"])  # the log grows: still fine
     code, out = _cli(capsys, "certificate", "verify", str(cert), "-w", str(ws.root))
     assert code == 0 and "certificate req-7 holds" in out, out
+    code, out = _cli(capsys, "certificate", "verify", "req-7", "-w", str(ws.root))  # by its id, as restore takes it
+    assert code == 0 and "certificate req-7 holds" in out, out
     assert ws.audit.verify().ok
     # The record's tombstone is removed behind the tool's back: training refuses the edited list (it used to train
     # the record again), and the certificate no longer holds.

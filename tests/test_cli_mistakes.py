@@ -99,6 +99,12 @@ def test_a_model_name_is_never_reused_nor_a_component_s(ws: Path, capsys: pytest
     shutil.move("away/rows.json", "ws/models/rows.json")
     _refused(capsys, "compose", "rows-shard-0", "--name", "rows-shard-1", "-w", "ws", says="is a component's name")
     assert Workspace.open("ws").audit.verify().ok
+    # asked again exactly as it was made (a script that lost the first answer): nothing to do, exit 0, nothing logged
+    entries = len(Workspace.open("ws").audit.entries())
+    code, out, err = run_cli(capsys, "compose", "rows-shard-0", "rows-shard-1", "--name", "rows", "-w", "ws")
+    assert code == 0 and "already; nothing was changed" in out, (out, err)
+    assert len(Workspace.open("ws").audit.entries()) == entries
+    _refused(capsys, "compose", "rows-shard-1", "rows-shard-0", "--name", "rows", "-w", "ws", says="already exists")
 
 
 def test_weights_that_overflow_are_one_line_errors_not_tracebacks(ws: Path,

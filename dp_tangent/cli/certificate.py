@@ -16,7 +16,8 @@ app.add_typer(certificate_app, name="certificate")
 @certificate_app.command("verify")
 def certificate_verify(
     certificate: Annotated[Path, typer.Argument(
-        help="The certificate: the requester's .txt copy or the .json (certificates/REQUEST.txt|.json).")],
+        help="The certificate: the requester's .txt copy or the .json (certificates/REQUEST.txt|.json), or a request "
+             "id (its copy in the workspace).")],
     checkpoint: Annotated[Optional[Path], typer.Option(
         help="A later checkpoint kept outside the workspace (`audit checkpoint`): the log must extend it too.")] = None,
     verifier_key: Annotated[Optional[str], typer.Option(
@@ -34,6 +35,9 @@ def certificate_verify(
     ws = open_workspace(workspace, finish=False)  # a check writes nothing
     kept = None if checkpoint is None else \
         read_kept_checkpoint(checkpoint, origin_of(ws.info.manifest_key_id), verifier_key)
+    if not certificate.exists() and certificate.name == str(certificate) and \
+            ws.certificate_paths(certificate.name)[1].is_file():  # a request id, as `certificate restore` takes
+        certificate = ws.certificate_paths(certificate.name)[1]
     result = check_certificate(ws, load_certificate(certificate), kept)
     typer.echo(str(result))
     if not result.ok:

@@ -26,6 +26,27 @@ def compose(
         raise typer.BadParameter("--method regmean needs public merge inputs per component, which only the Python "
                                  "API takes (Workspace.compose_model(..., method='regmean', merge_data=...))")
     ws = open_workspace(workspace)
+    if _composed_already(ws, name, components, parsed, method.replace("-", "_")):
+        typer.echo(f"{name} is composed from {', '.join(components)} ({method}) already; nothing was changed")
+        return
     with busy("composing…"):
         record = ws.compose_model(name, components, parsed, method.replace("-", "_"))
     typer.echo(f"composed {name} from {', '.join(record.component_names)} ({record.method})")
+
+
+def _composed_already(ws, name: str, components: list[str], weights: list[float] | None,  # noqa: ANN001
+                      method: str) -> bool:
+    """Whether model ``name`` is exactly this composition of the components' current files (asked again, e.g. by a
+    script that lost the first answer): then there is nothing to do. Any difference is refused as before."""
+    from ..errors import DPTangentError
+    from ..io import sha256_file
+
+    if not ws.model_path(name).exists():
+        return False
+    try:
+        record = ws.model_record(name)
+        current = [sha256_file(ws.component_path(c)) for c in components]
+    except (OSError, ValueError, DPTangentError):
+        return False
+    return (record.component_names == list(components) and record.method == method and record.weights == weights
+            and [p.sha256 for p in record.components] == current)
