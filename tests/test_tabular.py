@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dp_tangent import load_release
-from dp_tangent.backbones import BackboneSpec, weights_digest
+from dp_tangent.backbones import BackboneSpec, family, weights_digest
 from dp_tangent.data.kinds import DataSection, ShardsSection, load_data
 from dp_tangent.errors import DataError, DPTangentError, RecipeError, WeightsError
 from dp_tangent.io import sha256_file
@@ -114,6 +114,10 @@ def test_mlp_spec_rebuilds_theta0_and_states_a_random_init(tmp_path: Path) -> No
         BackboneSpec("mlp", num_classes=3, family="mlp").build()
     with pytest.raises(WeightsError, match="unknown backbone family 'xgboost'; registered: mlp, timm"):
         BackboneSpec("x", family="xgboost").build()
+    # a release bundle's spec is built by its recipient: one asking for all the memory there is is refused unbuilt
+    huge = BackboneSpec("mlp", num_classes=2, family="mlp", options=(("in_features", 5), ("hidden", [10**5, 10**5])))
+    with pytest.raises(ValueError, match=r"mlp backbone: 10,000,900,002 parameters is more than the 1,000,000,000"):
+        family("mlp").check(huge)
 
 
 def test_pretrain_on_public_rows_gives_the_checkpoint_theta0(tmp_path: Path, capsys: pytest.CaptureFixture[str],

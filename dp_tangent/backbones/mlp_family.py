@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
 OPTIONS = ("in_features", "hidden", "activation")
 DEFAULT_HIDDEN = (64, 64)
+#: Most parameters an MLP backbone may have (4 GB of float32): a table model is far smaller, and a release bundle's
+#: spec, built by its recipient, must not be able to ask for all the memory there is.
+MAX_PARAMETERS = 1_000_000_000
 
 
 class MLP(nn.Sequential):
@@ -72,6 +75,11 @@ def check_mlp(spec: "BackboneSpec") -> None:
     _options(spec)
     if spec.num_classes is None or spec.num_classes < 2:
         raise ValueError("mlp backbone: num_classes must be given (at least 2)")
+    in_features, hidden, _ = _options(spec)
+    widths = [in_features, *hidden, spec.num_classes]
+    size = sum((a + 1) * b for a, b in zip(widths, widths[1:]))
+    if size > MAX_PARAMETERS:  # checked before anything is allocated: a bundle's spec is a stranger's input
+        raise ValueError(f"mlp backbone: {size:,} parameters is more than the {MAX_PARAMETERS:,} an mlp here may have")
     if spec.pretrained:
         raise ValueError("mlp backbone: no pretrained weights ship with it; pretrain on public data "
                          "(dp-tangent pretrain) and give checkpoint: PATH, or leave theta0 random")
