@@ -310,7 +310,40 @@ def test_the_same_table_exported_with_its_ids_typed_is_refused_not_trained_again
                                             source="d"))
     _refused(capsys, "train", "--init", "d.yaml", "-w", "ws", "--executor", "serial",
              says="record id '1' is another spelling of the record id '00001' in data source 't'")
+    Path("f.csv").write_text("rid,f0,f1,f2,f3,f4,f5,y\n" + "".join(f"{i}.0,0,0,0,0,0,{i},{'ab'[i % 2]}\n"
+                                                                   for i in range(1, 30)))  # pandas' 1.0 for 1
+    write_recipe(Path("f.yaml"), mlp_recipe({"table": {**table, "path": "f.csv"}}, in_features=6, classes=2,
+                                            source="f"))
+    _refused(capsys, "train", "--init", "f.yaml", "-w", "ws", "--executor", "serial",
+             says="record id '1.0' is another spelling of the record id '00001' in data source 't'")
     assert sorted(Path("ws/components").iterdir()) == components
+
+
+def test_a_source_registered_with_ids_this_version_refuses_keeps_training_as_registered(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 50: a table an earlier version registered with float ids could no longer be trained from its recipe
+    (a new model, a retry, --allow-overlap): the check for a new registration applied to it too."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dp_tangent.data import tables
+
+    monkeypatch.chdir(tmp_path)
+    x = np.random.default_rng(0).normal(size=(60, 6))
+    pq.write_table(pa.table({"rid": np.arange(60, dtype=float), **{f"f{k}": x[:, k] for k in range(6)},
+                             "y": ["ab"[int(r[0] > 0)] for r in x]}), "t.parquet")
+    write_recipe(Path("t.yaml"), mlp_recipe({"table": {"path": "t.parquet", "features": [f"f{k}" for k in range(6)],
+                                                       "label": "y", "record_id": "rid", "classes": ["a", "b"],
+                                                       "scaling": "none"}}, in_features=6, classes=2, source="t"))
+    _refused(capsys, "train", "--init", "t.yaml", "-w", "ws", "--executor", "serial", says="holds double")
+    with monkeypatch.context() as earlier:  # as the version before the check registered it
+        earlier.setattr(tables, "_exact_ids", lambda kind: True)
+        assert run_cli(capsys, "train", "--init", "t.yaml", "-w", "ws", "--executor", "serial")[0] == 0
+    code, out, err = run_cli(capsys, "train", "t.yaml", "--name", "again", "--allow-overlap", "-w", "ws",
+                             "--executor", "serial")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "forget", "3.0", "--retrain", "-w", "ws")
+    assert code == 0, err
 
 
 def test_a_changed_certificate_copy_is_restored_from_its_json(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:

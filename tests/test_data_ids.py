@@ -194,6 +194,16 @@ def test_a_record_id_a_request_could_not_name_exactly_is_refused_at_registration
         _table(parquet).records()
     pq.write_table(pa.table({"rid": pa.array([17, 18], pa.int32()), "x": [0.5, 1.5], "y": ["a", "b"]}), parquet)
     assert _table(parquet).records().record_ids == ("17", "18")
+    import decimal  # review 50: a database's NUMERIC ids and pandas' category ids read exactly, and are kept
+
+    for exact, ids in ((pa.array([decimal.Decimal(17), decimal.Decimal(18)], pa.decimal128(10, 0)), ("17", "18")),
+                       (pa.array(["p-17", "p-18"]).dictionary_encode(), ("p-17", "p-18"))):
+        pq.write_table(pa.table({"rid": exact, "x": [0.5, 1.5], "y": ["a", "b"]}), parquet)
+        assert _table(parquet).records().record_ids == ids
+    pq.write_table(pa.table({"rid": pa.array([decimal.Decimal("17.5"), decimal.Decimal(18)], pa.decimal128(10, 1)),
+                             "x": [0.5, 1.5], "y": ["a", "b"]}), parquet)
+    with pytest.raises(DataError, match=r"holds decimal128\(10, 1\), not integers or text"):
+        _table(parquet).records()
 
     spaced = _csv(tmp_path / "spaced.csv", ["r-1", " r-2", "r-3 "])
     with pytest.raises(DataError, match=r"2 record id\(s\) in column 'rid' have spaces around them \(e.g. ' r-2'\)"):

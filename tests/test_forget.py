@@ -194,7 +194,7 @@ def test_a_model_holding_records_of_an_unfinished_deletion_is_not_released(ws, t
     ws.set_budget("toy", None, epsilon=50.0, delta=1e-5)
     with pytest.raises(ForgetError, match="not trained on"):
         forget(ws, _request("rec-0-1", request_id="r1"), retrain=True, shard_records={"c0": shard(1)})
-    with pytest.raises(WorkspaceError, match="holds records deleted by request.s. r1 whose deletion has not finished"):
+    with pytest.raises(WorkspaceError, match="holds records of deletion request.s. r1, received and not yet served"):
         ws.release("solo", tmp_path / "out")
     assert not (tmp_path / "out").exists()
     ws.release("others", tmp_path / "out")  # c1 and c2 hold none of them

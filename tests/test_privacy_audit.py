@@ -198,6 +198,27 @@ def test_audit_on_a_private_shard_spends_budget_and_records_the_bound(tmp_path) 
     assert audit.details["testable"] is False and audit.details["note"].startswith("this audit cannot test this claim")
 
 
+def test_an_audit_that_fails_keeps_no_record_named_in_its_error(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """Review 50: a failed audit run's error message (a lazily read image's path: its id and its class folder) went
+    whole into the ledger, and from there into the report."""
+    from dp_tangent.errors import DataError
+    from dp_tangent.training import privacy_audit
+
+    def unreadable(*args, **kwargs):  # noqa: ANN002,ANN003,ANN202
+        raise DataError("imgs/bob-patient/scan-17.png: cannot read the image (truncated)")
+
+    monkeypatch.setattr(privacy_audit, "fit", unreadable)
+    tangent, records = _setup()
+    ledger = Ledger.open(tmp_path / "ledger.sqlite")
+    ledger.set_budget("digits", "shard-0", epsilon=10.0, delta=1e-5)
+    with pytest.raises(DataError, match="scan-17"):  # the operator is told
+        audit_privacy(tangent, records, PrivacySpec(epsilon=4.0), CONFIG, canaries=20, seed=0, ledger=ledger,
+                      data_source="digits", shard="shard-0", component="audit-shard-0", operator="tester")
+    (event,) = ledger.events(component="audit-shard-0")
+    assert event.status.value == "failed" and "scan-17" not in event.failure_reason
+    assert event.failure_reason.startswith("DataError (its message was shown to the operator, not logged")
+
+
 def test_audit_over_budget_is_refused_before_training(tmp_path) -> None:  # noqa: ANN001
     tangent, records = _setup()
     start = _deltas(tangent)

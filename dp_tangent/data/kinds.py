@@ -61,6 +61,13 @@ class _RowIds(_Strict):
             self._check_ids = False
         return self
 
+    def as_registered(self) -> "_RowIds":
+        """This reading for a source the workspace registered already: its ids read as they were then, unchecked
+        (a source registered by an earlier version may hold ids this version refuses to register)."""
+        copy = self.model_copy()
+        copy._check_ids = False
+        return copy
+
     def __eq__(self, other: object) -> bool:  # the same data, whether read for a registration or as registered
         if not isinstance(other, BaseModel):
             return NotImplemented

@@ -159,8 +159,7 @@ def record_ids(path: Path, table: pa.Table, column: str | None, n: int, *, check
     if column is None:
         return tuple(f"row-{i}" for i in range(n))
     values = table.column(column)
-    if check_form and not (pa.types.is_integer(values.type) or pa.types.is_string(values.type)
-                           or pa.types.is_large_string(values.type) or pa.types.is_null(values.type)):
+    if check_form and not _exact_ids(values.type):
         raise DataError(f"{path}: record-id column {column!r} holds {values.type}, not integers or text (floats "
                         "read 17 as '17.0', which a deletion request for 17 would not find); write the ids as "
                         "integers or text (pandas stores an integer column with a missing value as floats)")
@@ -176,6 +175,17 @@ def record_ids(path: Path, table: pa.Table, column: str | None, n: int, *, check
         repeated = next(r for r, count in Counter(ids).items() if count > 1)
         raise DataError(f"{path}: record id {repeated!r} appears more than once in column {column!r}")
     return ids
+
+
+def _exact_ids(kind: pa.DataType) -> bool:
+    """Whether ids of this column type read as a request names them: integers, text, decimals without a fraction
+    (a database's NUMERIC ids: ``17``) and categories of those (pandas' ``category``)."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(kind):
+        return _exact_ids(kind.value_type)
+    return (pa.types.is_integer(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind)
+            or pa.types.is_null(kind) or (pa.types.is_decimal(kind) and kind.scale == 0))
 
 
 def written_columns(record_id: str | None, label: str | None = None, classes: Sequence[str] | None = None, *,

@@ -40,7 +40,7 @@ from scipy import special, stats
 from privacy_accounting import Ledger, ReservationRequest, epsilon_bounds
 
 from ..data.records import RecordSet
-from ..errors import DPTangentError
+from ..errors import DPTangentError, logged_reason
 from .losses import ConvexLoss
 from ..tangent import TangentModel
 from .config import PrivacySpec, TrainConfig, TrainingError
@@ -334,7 +334,7 @@ def audit_privacy(
         bound = epsilon_lower_bound(m, k_in + k_out, correct, plan.delta, confidence)
     except BaseException as err:
         if reservation is not None:
-            ledger.fail(reservation, reason=f"{type(err).__name__}: {err}".strip()[:500])
+            ledger.fail(reservation, reason=logged_reason(err))  # its message may name a record
         raise
     finally:
         tangent.load_deltas(start)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -135,15 +136,21 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
 
 #: The widest zero-padded spelling of an integer id looked for (``00000000017``).
 _PADDED_WIDTH = 12
+_INTEGER = re.compile(r"(\d+)(?:\.0+)?")
 
 
-def _respellings(record_id: str) -> list[str]:
-    """The other spellings an export gives an integer id: ``00017`` typed is ``17``, and ``17`` written zero-padded
-    ``017``, ``0017``, ... (none for an id that is not all digits)."""
-    if not (record_id.isascii() and record_id.isdigit()):
-        return []
-    core = record_id.lstrip("0") or "0"
-    return [r for r in (core, *(core.zfill(w) for w in range(len(core) + 1, _PADDED_WIDTH + 1))) if r != record_id]
+def _respellings(record_id: str) -> set[str]:
+    """The other spellings an export or an earlier version gives an id: spaces around it (a CSV written ``a, 17``),
+    and for an integer id its typed form, its float form and its zero-padded forms (``00017``, ``17``, ``17.0``,
+    ``017``, ...: pandas writes an integer column with a gap as floats)."""
+    bare = record_id.strip()
+    out = {bare, f" {bare}", f"{bare} ", f" {bare} "}
+    number = _INTEGER.fullmatch(bare) if bare.isascii() else None
+    if number is not None:
+        core = number.group(1).lstrip("0") or "0"
+        out.update((core, f"{core}.0", *(core.zfill(w) for w in range(len(core) + 1, _PADDED_WIDTH + 1))))
+    out.discard(record_id)
+    return out
 
 
 def _refuse_respelled(name: str, ids: Iterable[str], own: set[str], sources: Sources, deleted: set[str],
@@ -151,21 +158,30 @@ def _refuse_respelled(name: str, ids: Iterable[str], own: set[str], sources: Sou
     """No new record of ``name`` is another spelling of an id the workspace holds (in any data source) or a deletion
     removed: the same table exported again (pandas reads the id ``00005`` as 5) would otherwise be new records, each
     trained and accounted afresh, and a deleted record trained again."""
-    held = {c: f"in data source {n!r}" for n, content in sources.content.items() for c in content.tags}
-    held.update((c, "removed by a deletion request") for c in deleted)
+    held = {bytes.fromhex(c): f"in data source {n!r}" for n, content in sources.content.items() for c in content.tags}
+    held.update((bytes.fromhex(c), "removed by a deletion request") for c in deleted)
     if not held:
         return
+    owned = {bytes.fromhex(c) for c in own}
+    keyed = hmac.new(key, digestmod=hashlib.sha256)
+
+    def tag(record_id: str) -> bytes:  # the commitment (components.manifest.commit) as bytes; the key set up once
+        h = keyed.copy()
+        h.update(record_id.encode("utf-8"))
+        return h.digest()
+
     for record_id in ids:
-        mine = commit(record_id, key)
-        if mine in own or mine in held:  # its own record, or the same id (the overlap rule decides)
+        mine = tag(record_id)
+        if mine in owned or mine in held:  # its own record, or the same id (the overlap rule decides)
             continue
-        other = next((r for r in _respellings(record_id) if commit(r, key) in held), None)
+        hits = [r for r in _respellings(record_id) if tag(r) in held]
+        other = min(hits) if hits else None
         if other is not None:
             raise DataSourceError(
                 f"data source {name!r}: record id {record_id!r} is another spelling of the record id {other!r} "
-                f"{held[commit(other, key)]} (the same table exported again reads 00005 as 5): train the data as it "
-                "was registered, with its ids written as they were; if these are other records, give them ids of "
-                "their own (e.g. a prefix)")
+                f"{held[tag(other)]} (the same table exported again reads 00005 as 5, or 5 as 5.0): train the data "
+                "as it was registered, with its ids written as they were; if these are other records, give them "
+                "ids of their own (e.g. a prefix)")
 
 
 #: Where a kind's data is: registering a source again may move it there if its records are all still the same.
@@ -181,16 +197,27 @@ def _split_only(key: str, was: dict[str, Any], now: dict[str, Any]) -> bool:
 
 
 def read_as_registered(ws: Workspace, name: str, data: DataSection) -> DataSection:
-    """``data`` (of data source ``name``), reading its record ids typed where the workspace holds them so: a table
-    or text registered before ids were read as written keeps the typed form its tombstones and manifests hold
-    (``00017`` as 17). Adopted when ``name`` is such a source (wherever its file now is), or when the file's ids,
-    read typed, name records such a source holds or a deletion removed (the same data under another name, path or
-    export: on the safe side, ids that only read the same typed, ``000`` and ``0``, count as the same record)."""
+    """``data`` (of data source ``name``), read as the workspace registered it: its record ids typed where the
+    workspace holds them so (:func:`_typed_where_held`), and, for a source registered already, unchecked for the
+    forms a new registration refuses (an earlier version registered them: its records are read as they were)."""
+    registry = _read(ws)
+    data = _typed_where_held(ws, registry, name, data)
+    kind = data.source
+    if name in registry.sources and hasattr(kind, "as_registered"):
+        data = data.model_copy(update={data.kind: kind.as_registered()})
+    return data
+
+
+def _typed_where_held(ws: Workspace, registry: Sources, name: str, data: DataSection) -> DataSection:
+    """``data`` reading its record ids typed where the workspace holds them so: a table or text registered before
+    ids were read as written keeps the typed form its tombstones and manifests hold (``00017`` as 17). Adopted
+    when ``name`` is such a source (wherever its file now is), or when the file's ids, read typed, name records
+    such a source holds or a deletion removed (the same data under another name, path or export: on the safe side,
+    ids that only read the same typed, ``000`` and ``0``, count as the same record)."""
     kind = data.source
     if getattr(kind, "record_ids_typed", True):
         return data
     typed = data.model_copy(update={data.kind: kind.model_copy(update={"record_ids_typed": True})})
-    registry = _read(ws)
     held = [n for n, stored in _typed(registry).items() if type(stored) is type(kind)]
     if name in held:
         return typed

@@ -52,6 +52,7 @@ from .deletion_requests import DeletionRequest, ForgetError, OtherRecordIds, res
 from .ledger_ops import RegisterModel
 from .model_record import ModelRecord
 from .request_register import open_request_records, receive
+from .tombstoning import tombstone
 from .store import Workspace
 from .tombstones import FILE as TOMBSTONES_FILE
 from .tombstones import Tombstones
@@ -396,7 +397,7 @@ def _check_nothing_away(missing: Sequence[str], request_id: str) -> None:
     """Refuse a deletion while a component or model file that the log holds as current is missing from the workspace
     (archived or moved away): the deletion could not see, remove or rebuild it, and would certify that no copy of the
     records is kept while one may be. The records stay tombstoned meanwhile. (A missing cached Gram file is derived
-    and rebuilt on demand: the tombstoning logs it removed, see :func:`_missing_cache_files`.) ``missing``: the
+    and rebuilt on demand: the tombstoning logs it removed, see :func:`.tombstoning.missing_cache_files`.) ``missing``: the
     paths the log holds as current that are not on disk (``VerifyReport.missing_artifacts``)."""
     away = [p for p in missing if p.startswith(HOLDERS)]
     if away:
@@ -405,38 +406,6 @@ def _check_nothing_away(missing: Sequence[str], request_id: str) -> None:
                           "a deletion must see every component and model that may hold the records; "
                           f"put them back and run forget again (request {request_id} stays open, its records "
                           "tombstoned)")
-
-
-def _missing_cache_files(missing: Sequence[str]) -> list[FileRemoval]:
-    """Cached Gram files the log holds as current that are not in the workspace, as removals for the tombstoning to
-    log: a cache is derived from the records and rebuilt when needed, so a missing one does not stop a deletion, but
-    the log must not go on holding it as current (a copy kept elsewhere is the operator's, outside the certificate)."""
-    prefix = gram_cache.CACHE_DIR + "/"
-    return [FileRemoval(p, gram_cache.LABEL) for p in missing if p.startswith(prefix)]
-
-
-
-def tombstone(ws: Workspace, request_id: str, doomed: set[str], *, operator: str,
-              now: datetime | None = None) -> list[str]:
-    """Put ``doomed`` (record commitments) on the tombstone list for ``request_id``, in one logged change that also
-    drops them from the data-source registry and their cached NTK Grams (the deletion change drops any left), so
-    that no later run trains them; nothing is written when that is done already. Returns the artifacts the audit log
-    finds missing (read once here: the tombstoning removes no component or model)."""
-    data, new = Tombstones(ws.root).added(doomed, request_id=request_id, deleted_at=resolve_now(now).isoformat())
-    registry = data_sources.without_records(ws, doomed)
-    missing = ws.audit.verify().missing_artifacts
-    gone = _missing_cache_files(missing)
-    if new or registry is not None or gone:
-        cache_writes, cache_removals = gram_cache.without_records(ws, doomed)
-        cache_removals = [*cache_removals, *gone]
-        registry_write = [] if registry is None else [FileWrite(data_sources.FILE, registry, "data-source registry")]
-        apply(ws, Change("tombstoned", operator=operator,
-                         writes=[FileWrite(TOMBSTONES_FILE, data, "tombstones"), *cache_writes, *registry_write],
-                         removals=cache_removals,
-                         parameters={"request_id": request_id, "record_commitments": sorted(doomed),
-                                     "gram_cache_files": {"rewritten": len(cache_writes),
-                                                          "removed": len(cache_removals)}}))
-    return missing
 
 
 def forget(

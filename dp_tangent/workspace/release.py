@@ -358,6 +358,6 @@ def _check_no_deleted_records(ws: "Workspace", model: str, components: Sequence[
         held = sorted({deleted[c].request_id for c in read_metadata(ws.component_path(name)).manifest.commitments
                        if c in deleted})
         if held:
-            raise WorkspaceError(f"model {model!r} includes component {name!r}, which holds records deleted by "
-                                 f"request(s) {', '.join(held)} whose deletion has not finished: run `dp-tangent "
-                                 "forget` again for them, then release")
+            raise WorkspaceError(f"model {model!r} includes component {name!r}, which holds records of deletion "
+                                 f"request(s) {', '.join(held)}, received and not yet served: serve them with "
+                                 "`dp-tangent forget` (the ids each was received with, --request-id), then release")

@@ -19,7 +19,8 @@ def receive(ws: Workspace, request: DeletionRequest, *, operator: str | None = N
             now: datetime | None = None, tombstone_now: bool = True) -> DeletionCertificate:
     """Register a request on receipt (starts the clock): an open certificate, logged; and its records tombstoned,
     so that no run trains them while it is open (another request's retraining included). ``tombstone_now``: False
-    for a caller that tombstones them next itself (:func:`~dp_tangent.workspace.forget.forget`)."""
+    for a caller that tombstones them next itself (:func:`~dp_tangent.workspace.forget.forget`; see
+    :mod:`.tombstoning`)."""
     operator = operator or getpass.getuser()
     with ws.lock():
         if read_certificate(ws, request.request_id) is not None:
@@ -38,7 +39,7 @@ def receive(ws: Workspace, request: DeletionRequest, *, operator: str | None = N
             "request_id": request.request_id, "record_commitments": cert.record_commitments,
             "received_at": cert.received_at, "deadlines": cert.deadlines, "logged_at": resolve_now(now).isoformat()}))
         if tombstone_now:
-            from .forget import tombstone
+            from .tombstoning import tombstone  # here: listing requests imports no torch
 
             tombstone(ws, request.request_id, set(cert.record_commitments), operator=operator, now=now)
         return cert
