@@ -126,6 +126,8 @@ def test_predict_refuses_empty_or_non_finite_arrays_and_data_it_would_ignore(
     np.save("nan.npy", np.full((2, 6), np.nan, np.float32))
     _refused(capsys, "predict", "rows", "empty.npy", "-w", "ws", says="the array is empty")
     _refused(capsys, "predict", "rows", "nan.npy", "-w", "ws", says="12 value(s) are not finite")
+    Path("inputs").mkdir()  # review 51: a folder was "no such input file"
+    _refused(capsys, "predict", "rows", "inputs", "-w", "ws", says="inputs: is a folder; give its files")
     np.save("big.npy", np.full((1, 6), 1e39))  # finite in float64, not in float32: no numpy warning lines
     _refused(capsys, "predict", "rows", "big.npy", "-w", "ws", says="beyond float32's range")
     np.save("ok.npy", np.zeros((2, 6), np.float32))
@@ -317,6 +319,27 @@ def test_the_same_table_exported_with_its_ids_typed_is_refused_not_trained_again
     _refused(capsys, "train", "--init", "f.yaml", "-w", "ws", "--executor", "serial",
              says="record id '1.0' is another spelling of the record id '00001' in data source 't'")
     assert sorted(Path("ws/components").iterdir()) == components
+    code, out, err = run_cli(capsys, "forget", "7", "--request-id", "r7", "-w", "ws")  # the typed form of 00007
+    assert code == 3 and "'7' is held as '00007' (data source 't')" in err, err
+
+
+def test_an_id_held_in_another_unicode_form_is_named_when_a_request_misses_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 51: a request typed on a Mac (NFD: u and a combining accent) missed the NFC id the data holds, and
+    completed as NOT FOUND with a generic hint while the record stayed trained."""
+    import unicodedata
+
+    monkeypatch.chdir(tmp_path)
+    Path("t.csv").write_text("rid,f0,f1,f2,f3,f4,f5,y\n" + "".join(f"ñandú-{i},0,0,0,0,0,{i},{'ab'[i % 2]}\n"
+                                                                   for i in range(120)), encoding="utf-8")
+    write_recipe(Path("t.yaml"), mlp_recipe({"table": {"path": "t.csv", "features": [f"f{k}" for k in range(6)],
+                                                       "label": "y", "record_id": "rid", "classes": ["a", "b"],
+                                                       "scaling": "none"}}, in_features=6, classes=2, source="t"))
+    code, out, err = run_cli(capsys, "train", "--init", "t.yaml", "-w", "ws", "--executor", "serial")
+    assert code == 0, err
+    nfd = unicodedata.normalize("NFD", "ñandú-7")
+    code, out, err = run_cli(capsys, "forget", nfd, "--request-id", "mac", "-w", "ws")
+    assert code == 3 and f"{nfd!r} is held as 'ñandú-7' (data source 't')" in err, err
 
 
 def test_a_source_registered_with_ids_this_version_refuses_keeps_training_as_registered(

@@ -158,14 +158,21 @@ def _deleted_before(ws, cert) -> str:  # noqa: ANN001
 
 
 def _id_form_hint(ws, record_ids: list[str], not_found: list[str]) -> str:  # noqa: ANN001
-    """A hint for ids not found that look like another form of an id: a path with ``./``, a backslash or from the
-    root, or spaces around it (ids are matched exactly, as the data holds them)."""
+    """A hint for ids not found: the spelling a registered data source holds one under (Unicode normal form, zeros,
+    spaces, a path's form), else that one looks like another form of an id (a path with ``./``, a backslash or from
+    the root, or spaces around it): ids are matched exactly, as the data holds them."""
     from ..components.manifest import commit
 
+    from ..workspace.data_sources import held_spelling
+
     key = ws.manifest_key()
-    missed = set(not_found)  # commitments
-    odd = [r for r in record_ids if commit(r, key) in missed
-           and (r != r.strip() or r.startswith(("./", "/", ".\\")) or "\\" in r)]
+    missed = [r for r in record_ids if commit(r, key) in set(not_found)]  # not_found: commitments
+    for r in missed:  # the data holds it under another spelling: say which, so the request can name it
+        found = held_spelling(ws, r)
+        if found is not None:
+            return (f" {r!r} is held as {found[0]!r} (data source {found[1]!r}): ids are matched exactly, so send the "
+                    "request again with a new --request-id and the id in that form.")
+    odd = [r for r in missed if r != r.strip() or r.startswith(("./", "/", ".\\")) or "\\" in r]
     if not odd:
         return ""
     return (f" {', '.join(repr(r) for r in odd[:3])} look(s) like another form of an id: ids are matched exactly as "

@@ -150,8 +150,7 @@ def predict(
     tangent, trained_on, kind = _tangent(ws, model)
     source = None
     for path in inputs:
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such input file")
+        _input_file(path)
         if path.suffix == ".npy":
             batch, rows = load_array(path, kind.input_rank, kind.token_ids), [str(path)]
         else:
@@ -203,8 +202,7 @@ def _predict_released(bundle: Path, inputs: list[Path], data: Optional[Path], ex
     released = load_release(bundle, expect)
     kind = family(BackboneSpec.from_dict(released.statement.base.spec).family)
     for path in inputs:
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such input file")
+        _input_file(path)
         batch = load_array(path, kind.input_rank, kind.token_ids)
         try:
             classes = released.predict(batch).argmax(dim=-1).tolist()
@@ -215,3 +213,11 @@ def _predict_released(bundle: Path, inputs: list[Path], data: Optional[Path], ex
     if expect is None:  # the files match release.json, but release.json itself is whatever the folder holds
         typer.echo(f"note: {bundle} is unverified: its files match its release.json, but nothing binds that to the "
                    "release; give --expect with the sha256 the sender printed", err=True)
+
+
+def _input_file(path: Path) -> None:
+    """An input given is a file: a folder is named as one (its files are the inputs), anything else as missing."""
+    if path.is_dir():
+        raise FileNotFoundError(f"{path}: is a folder; give its files (e.g. {path}/*.png)")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such input file")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import unicodedata
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -40,8 +41,9 @@ PUBLIC_SPLIT = "public"
 _TAG_CONTEXT = b"dp-tangent data-source content digest v1"
 
 __all__ = ["FILE", "PUBLIC_SPLIT", "DataSourceError", "DigitsSource", "Sources", "check_unchanged",
-           "declared_public", "read_as_registered", "registered", "registered_test", "reload", "shard_records_for", "source_of",
-           "test_records", "typed_id_sources", "without_deleted", "without_records"]
+           "declared_public", "held_spelling", "read_as_registered", "registered", "registered_test", "reload",
+           "shard_records_for", "source_of", "test_records", "typed_id_sources", "without_deleted",
+           "without_records"]
 
 
 class DataSourceError(DPTangentError):
@@ -140,17 +142,36 @@ _INTEGER = re.compile(r"(\d+)(?:\.0+)?")
 
 
 def _respellings(record_id: str) -> set[str]:
-    """The other spellings an export or an earlier version gives an id: spaces around it (a CSV written ``a, 17``),
-    and for an integer id its typed form, its float form and its zero-padded forms (``00017``, ``17``, ``17.0``,
-    ``017``, ...: pandas writes an integer column with a gap as floats)."""
+    """The other spellings an export, another system or an earlier version gives an id: spaces around it (a CSV
+    written ``a, 17``), its Unicode normal forms, and for an integer id its typed form, its float form and its
+    zero-padded forms (``00017``, ``17``, ``17.0``, ``017``, ...: pandas writes an integer column with a gap as
+    floats)."""
     bare = record_id.strip()
     out = {bare, f" {bare}", f"{bare} ", f" {bare} "}
+    if not bare.isascii():  # é as one code point or as e and an accent: the same text, two ids (macOS writes NFD)
+        out.update(unicodedata.normalize(form, bare) for form in ("NFC", "NFD"))
     number = _INTEGER.fullmatch(bare) if bare.isascii() else None
     if number is not None:
         core = number.group(1).lstrip("0") or "0"
         out.update((core, f"{core}.0", *(core.zfill(w) for w in range(len(core) + 1, _PADDED_WIDTH + 1))))
     out.discard(record_id)
     return out
+
+
+def held_spelling(ws: Workspace, record_id: str) -> tuple[str, str] | None:
+    """Another spelling of ``record_id`` (:func:`_respellings`, or a path written with ``./``, a backslash or from
+    the root) under which a registered data source holds a record: (that spelling, the source), else None. For a
+    deletion request's id that no component holds."""
+    path = record_id.strip().replace("\\", "/")
+    while path.startswith(("./", "/")):
+        path = path[1:] if path.startswith("/") else path[2:]
+    key, sources = ws.manifest_key(), _read(ws)
+    for spelling in sorted(_respellings(record_id) | {path} | _respellings(path) - {record_id}):
+        mine = commit(spelling, key)
+        held = next((n for n, content in sources.content.items() if mine in content.tags), None)
+        if held is not None:
+            return spelling, held
+    return None
 
 
 def _refuse_respelled(name: str, ids: Iterable[str], own: set[str], sources: Sources, deleted: set[str],
