@@ -45,6 +45,29 @@ def _refused(capsys: pytest.CaptureFixture[str], *args: str, says: str) -> None:
     assert code == 2 and says in err and len(err.strip().splitlines()) == 1, (code, out, err)
 
 
+def test_a_source_that_grew_still_serves_deletions_with_retraining(ws: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Review 51 (and 45): rows added to the data since it was registered blocked `forget --retrain` and `evaluate`
+    ("3 added"), though a reload reads only the registered records; the owner had to take new rows out first."""
+    from dp_tangent.recipes import load_recipe
+
+    from dp_tangent.workspace.data_sources import source_of
+
+    record = load_recipe(Path("rows.yaml")).load_data()[1][0].record_ids[0]
+    before = Workspace.open("ws").load_component("rows-shard-0").metadata.manifest.records
+    registered = Path(source_of(Workspace.open("ws"), "rows").data.path)  # the module's file: put back after
+    kept = registered.read_bytes()
+    try:
+        write_npz(registered, n=110)  # the same 96 rows and 14 new ones
+        code, out, err = run_cli(capsys, "forget", record, "--request-id", "grew", "--retrain", "-w", "ws")
+        assert code == 0, err
+        assert Workspace.open("ws").load_component("rows-shard-0.r1").metadata.manifest.records == before - 1
+        code, out, err = run_cli(capsys, "evaluate", "rows", "-w", "ws")
+        assert code == 0, err
+    finally:
+        registered.write_bytes(kept)
+
+
 def test_train_into_a_path_with_no_workspace_needs_init(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Review 49: a mistyped -w (or the default path from another folder) silently started a fresh ledger, which knew
     no earlier run or deletion: the same records were trained and accounted again, a deleted one included."""
