@@ -390,6 +390,39 @@ def test_a_source_registered_with_ids_this_version_refuses_keeps_training_as_reg
     assert code == 0, err
     code, out, err = run_cli(capsys, "forget", "3.0", "--retrain", "-w", "ws")
     assert code == 0, err
+    from dp_tangent.data.sources import source_for  # review 52: through the library too
+    from dp_tangent.recipes import load_recipe
+
+    recipe = load_recipe(Path("t.yaml"))
+    Workspace.open("ws").declare_data_source("t", description="t", shards=["shard-0", "shard-1"],
+                                             loader=source_for(recipe.data, recipe.shards))
+
+
+def test_new_records_of_a_registered_source_and_of_a_first_registration_are_checked_for_their_ids(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 52: a registered source's new rows were read unchecked (ids with spaces trained, no request could name
+    them), and one table holding a record twice under two spellings (merged with its own re-export) trained both."""
+    monkeypatch.chdir(tmp_path)
+    rows = [f"r-{i}" for i in range(60)]
+
+    def table(ids: list[str]) -> None:
+        Path("t.csv").write_text("rid,f0,f1,f2,f3,f4,f5,y\n" + "".join(
+            f"{r},0,0,0,0,{k % 7},{k % 5},{'ab'[k % 2]}\n" for k, r in enumerate(ids)))
+
+    write_recipe(Path("t.yaml"), mlp_recipe({"table": {"path": "t.csv", "features": [f"f{k}" for k in range(6)],
+                                                       "label": "y", "record_id": "rid", "classes": ["a", "b"],
+                                                       "scaling": "none"}}, in_features=6, classes=2, source="t"))
+    table(rows)
+    assert run_cli(capsys, "train", "--init", "t.yaml", "-w", "ws", "--executor", "serial")[0] == 0
+    table([*rows, " r-new ", "r-60"])
+    _refused(capsys, "train", "t.yaml", "--name", "t2", "-w", "ws", "--executor", "serial",
+             says="data source 't': 1 new record id(s) have spaces around them (e.g. ' r-new ')")
+    table([f"{i:05d}" for i in range(60)] + [str(i) for i in range(1, 30)])
+    write_recipe(Path("m.yaml"), mlp_recipe({"table": {"path": "t.csv", "features": [f"f{k}" for k in range(6)],
+                                                       "label": "y", "record_id": "rid", "classes": ["a", "b"],
+                                                       "scaling": "none"}}, in_features=6, classes=2, source="m"))
+    _refused(capsys, "train", "m.yaml", "-w", "ws", "--executor", "serial",
+             says="data source 'm': record ids '00001' and '1' are two spellings of one id")
 
 
 def test_a_changed_certificate_copy_is_restored_from_its_json(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:

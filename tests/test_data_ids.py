@@ -238,3 +238,15 @@ def test_decimal_feature_columns_read_as_numbers(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"feature column 'x' has 1 missing or non-finite value\(s\) \(first: record "
                                         "'r-2'\\)"):
         _table(path).records()
+
+
+def test_the_spellings_an_export_gives_an_id_are_related() -> None:
+    """Review 52: zero-padding wider than 12 digits (account numbers) and negative ids written as floats were
+    missed, so a deleted record came back under its other spelling."""
+    from dp_tangent.workspace.data_sources import _canonical, _respellings
+
+    assert "0000000000000001" in _respellings("1") and "1" in _respellings("0000000000000001")
+    assert "-17.0" in _respellings("-17") and "-17" in _respellings("-17.0")
+    assert "17" in _respellings(" 17") and "17.0" in _respellings("00017")
+    assert _canonical("00017") == _canonical("17.0") == _canonical(" 17 ") == "17" and _canonical("-017") == "-17"
+    assert "ABC-1" not in _respellings("abc-1")  # case can tell ids apart (base62 ids)

@@ -118,6 +118,9 @@ def test_mlp_spec_rebuilds_theta0_and_states_a_random_init(tmp_path: Path) -> No
     huge = BackboneSpec("mlp", num_classes=2, family="mlp", options=(("in_features", 5), ("hidden", [10**5, 10**5])))
     with pytest.raises(ValueError, match=r"mlp backbone: 10,000,900,002 parameters is more than the 1,000,000,000"):
         family("mlp").check(huge)
+    deep = BackboneSpec("mlp", num_classes=2, family="mlp", options=(("in_features", 1), ("hidden", [1] * 5000)))
+    with pytest.raises(ValueError, match=r"mlp backbone: 5,000 hidden layers is more than the 1,000"):
+        family("mlp").check(deep)  # review 52: narrow and deep asked for as much memory
 
 
 def test_pretrain_on_public_rows_gives_the_checkpoint_theta0(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -35,6 +35,8 @@ DEFAULT_HIDDEN = (64, 64)
 #: Most parameters an MLP backbone may have (4 GB of float32): a table model is far smaller, and a release bundle's
 #: spec, built by its recipient, must not be able to ask for all the memory there is.
 MAX_PARAMETERS = 1_000_000_000
+#: Most hidden layers (each costs a module however narrow: a spec of millions would exhaust memory as surely).
+MAX_LAYERS = 1_000
 
 
 class MLP(nn.Sequential):
@@ -76,6 +78,9 @@ def check_mlp(spec: "BackboneSpec") -> None:
     if spec.num_classes is None or spec.num_classes < 2:
         raise ValueError("mlp backbone: num_classes must be given (at least 2)")
     in_features, hidden, _ = _options(spec)
+    if len(hidden) > MAX_LAYERS:
+        raise ValueError(f"mlp backbone: {len(hidden):,} hidden layers is more than the {MAX_LAYERS:,} an mlp here "
+                         "may have")
     widths = [in_features, *hidden, spec.num_classes]
     size = sum((a + 1) * b for a, b in zip(widths, widths[1:]))
     if size > MAX_PARAMETERS:  # checked before anything is allocated: a bundle's spec is a stranger's input

@@ -35,13 +35,25 @@ def certificate_verify(
     ws = open_workspace(workspace, finish=False)  # a check writes nothing
     kept = None if checkpoint is None else \
         read_kept_checkpoint(checkpoint, origin_of(ws.info.manifest_key_id), verifier_key)
-    if not certificate.exists() and certificate.name == str(certificate) and \
-            ws.certificate_paths(certificate.name)[1].is_file():  # a request id, as `certificate restore` takes
-        certificate = ws.certificate_paths(certificate.name)[1]
+    certificate = _by_request_id(ws, certificate)
     result = check_certificate(ws, load_certificate(certificate), kept)
     typer.echo(str(result))
     if not result.ok:
         raise typer.Exit(1)
+
+
+def _by_request_id(ws, certificate: Path) -> Path:  # noqa: ANN001
+    """``certificate`` itself, or, when no such file exists and it names a request, that request's copy in the
+    workspace (its .txt, else its .json), as `certificate restore` takes a request id."""
+    from ..errors import DPTangentError
+
+    if certificate.exists() or certificate.name != str(certificate):
+        return certificate
+    try:
+        paths = ws.certificate_paths(certificate.name)
+    except DPTangentError:  # not a request id's form: the path it is, which is missing
+        return certificate
+    return next((p for p in reversed(paths) if p.is_file()), certificate)
 
 
 @certificate_app.command("restore")

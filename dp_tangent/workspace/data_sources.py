@@ -20,7 +20,7 @@ import hashlib
 import hmac
 import re
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -108,9 +108,15 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
                                   "data_source name")
         moved = bool(differ)
     deleted = set(Tombstones(ws.root).read())
+    if before is not None:  # its records are read as they were registered, whichever version did it
+        source = _as_registered(source)
     records = source.records()
     tags = {c: t for c, t in _tags(ws, records).items() if c not in deleted}
     old = sources.content.get(name) if before is not None else None
+    if before is None or old is not None:  # (without digests, a source's new records cannot be told apart)
+        new_ids = [r for r, c in zip(records.record_ids, tags) if c not in deleted and not (old and c in old.tags)]
+        _refuse_spaced(name, new_ids)
+        _refuse_twice_spelled(name, new_ids)
     _refuse_respelled(name, records.record_ids, set(old.tags) if old else set(), sources, deleted, key)
     if moved and old is None:
         where = was.get("data.path") or was.get("data.root")
@@ -136,9 +142,49 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
     return (sources.model_dump_json(indent=2) + "\n").encode()
 
 
-#: The widest zero-padded spelling of an integer id looked for (``00000000017``).
-_PADDED_WIDTH = 12
-_INTEGER = re.compile(r"(\d+)(?:\.0+)?")
+#: The widest zero-padded spelling of an integer id looked for (a 20-digit account number).
+_PADDED_WIDTH = 20
+_INTEGER = re.compile(r"(-?)(\d+)(?:\.0+)?")
+
+
+def _as_registered(source: ReloadableSource) -> ReloadableSource:
+    """``source`` reading its records as a registered source is read (ids not checked for a new registration's
+    forms: an earlier version registered them); new records are checked by :func:`registered` itself."""
+    data = getattr(source, "data", None)
+    if not hasattr(data, "as_registered"):
+        return source
+    return source.model_copy(update={"data": data.as_registered()})
+
+
+def _canonical(record_id: str) -> str:
+    """One spelling per id that :func:`_respellings` relates: no spaces around it, NFC, an integer without zeros."""
+    bare = unicodedata.normalize("NFC", record_id.strip())
+    number = _INTEGER.fullmatch(bare) if bare.isascii() else None
+    if number is None:
+        return bare
+    core = number.group(2).lstrip("0") or "0"
+    return f"-{core}" if number.group(1) and core != "0" else core
+
+
+def _refuse_spaced(name: str, new_ids: Sequence[str]) -> None:
+    """No new record's id has spaces around it (one a source registered before holds is read as it is)."""
+    spaced = [r for r in new_ids if r != r.strip()]
+    if spaced:
+        raise DataSourceError(f"data source {name!r}: {len(spaced)} new record id(s) have spaces around them (e.g. "
+                              f"{spaced[0]!r}); a deletion request names an id exactly, so remove the spaces in the "
+                              "file")
+
+
+def _refuse_twice_spelled(name: str, new_ids: Sequence[str]) -> None:
+    """No two new records are one id spelled twice (``00001`` and ``1``: a table merged with its own re-export), each
+    trained as a record of its own while they are one."""
+    seen: dict[str, str] = {}
+    for record_id in new_ids:
+        first = seen.setdefault(_canonical(record_id), record_id)
+        if first != record_id:
+            raise DataSourceError(f"data source {name!r}: record ids {first!r} and {record_id!r} are two spellings of "
+                                  "one id (the same record written twice, e.g. a table merged with its re-export); "
+                                  "keep one, or give them ids of their own")
 
 
 def _respellings(record_id: str) -> set[str]:
@@ -152,8 +198,10 @@ def _respellings(record_id: str) -> set[str]:
         out.update(unicodedata.normalize(form, bare) for form in ("NFC", "NFD"))
     number = _INTEGER.fullmatch(bare) if bare.isascii() else None
     if number is not None:
-        core = number.group(1).lstrip("0") or "0"
-        out.update((core, f"{core}.0", *(core.zfill(w) for w in range(len(core) + 1, _PADDED_WIDTH + 1))))
+        sign, core = number.group(1), number.group(2).lstrip("0") or "0"
+        out.update((f"{sign}{core}", f"{sign}{core}.0"))
+        if not sign:
+            out.update(core.zfill(w) for w in range(len(core) + 1, _PADDED_WIDTH + 1))
     out.discard(record_id)
     return out
 

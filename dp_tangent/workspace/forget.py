@@ -46,7 +46,7 @@ from .certificate_check import check_certificate
 from .certificates import (AddedComponent, ComponentRef, DeletionCertificate, DeletionResult, ModelChange, ModelState,
                            Verification, certificate_writes, read_certificate)
 from .checkpoint import checkpoint_of, origin_of
-from . import data_sources, gram_cache
+from . import gram_cache
 from .commit import Change, FileRemoval, FileWrite, apply
 from .deletion_requests import DeletionRequest, ForgetError, OtherRecordIds, resolve_now
 from .ledger_ops import RegisterModel
@@ -54,7 +54,6 @@ from .model_record import ModelRecord
 from .request_register import open_request_records, receive
 from .tombstoning import tombstone
 from .store import Workspace
-from .tombstones import FILE as TOMBSTONES_FILE
 from .tombstones import Tombstones
 from .train import ShardJob
 
