@@ -214,7 +214,7 @@ def held_spelling(ws: Workspace, record_id: str) -> tuple[str, str] | None:
     while path.startswith(("./", "/")):
         path = path[1:] if path.startswith("/") else path[2:]
     key, sources = ws.manifest_key(), _read(ws)
-    for spelling in sorted(_respellings(record_id) | {path} | _respellings(path) - {record_id}):
+    for spelling in sorted((_respellings(record_id) | {path} | _respellings(path)) - {record_id}):
         mine = commit(spelling, key)
         held = next((n for n, content in sources.content.items() if mine in content.tags), None)
         if held is not None:
