@@ -246,7 +246,7 @@ def test_the_spellings_an_export_gives_an_id_are_related() -> None:
     from dp_tangent.workspace.data_sources import _canonical, _respellings
 
     assert "0000000000000001" in _respellings("1") and "1" in _respellings("0000000000000001")
-    assert "-17.0" in _respellings("-17") and "-17" in _respellings("-17.0")
+    assert "-17.0" in _respellings("-17") and "-17" in _respellings("-17.0") and "-007" in _respellings("-7")
     assert "17" in _respellings(" 17") and "17.0" in _respellings("00017")
     assert _canonical("00017") == _canonical("17.0") == _canonical(" 17 ") == "17" and _canonical("-017") == "-17"
     assert "ABC-1" not in _respellings("abc-1")  # case can tell ids apart (base62 ids)

@@ -113,8 +113,11 @@ def evaluate(
     tangent, trained_on, _ = _tangent(ws, model)
     name, source = _source(ws, model, list(trained_on), data)
     test = _test_records(ws, name, source, trained_on[name])
-    if test is None or len(test) == 0:
+    if test is None:
         raise RecipeError(f"data source {name!r} has no test split (test_fraction is 0)")
+    if len(test) == 0:
+        raise RecipeError(f"data source {name!r} has no test record left to measure on (deletion requests removed "
+                          "them, or the model was trained on them)")
     features = precompute_features(tangent, test.inputs)  # a batch at a time (lazy images are never all held)
     typer.echo(f"{model}: test accuracy {accuracy(tangent, test, features=features):.2%} on {len(test)} records "
                f"({source.loader}; always the most common label would score {majority_share(test):.2%})")

@@ -111,10 +111,11 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
     if before is not None:  # its records are read as they were registered, whichever version did it
         source = _as_registered(source)
     records = source.records()
-    tags = {c: t for c, t in _tags(ws, records).items() if c not in deleted}
+    every = _tags(ws, records)  # one per record, in record order
+    tags = {c: t for c, t in every.items() if c not in deleted}
     old = sources.content.get(name) if before is not None else None
     if before is None or old is not None:  # (without digests, a source's new records cannot be told apart)
-        new_ids = [r for r, c in zip(records.record_ids, tags) if c not in deleted and not (old and c in old.tags)]
+        new_ids = [r for r, c in zip(records.record_ids, every) if c not in deleted and not (old and c in old.tags)]
         _refuse_spaced(name, new_ids)
         _refuse_twice_spelled(name, new_ids)
     _refuse_respelled(name, records.record_ids, set(old.tags) if old else set(), sources, deleted, key)
@@ -200,8 +201,7 @@ def _respellings(record_id: str) -> set[str]:
     if number is not None:
         sign, core = number.group(1), number.group(2).lstrip("0") or "0"
         out.update((f"{sign}{core}", f"{sign}{core}.0"))
-        if not sign:
-            out.update(core.zfill(w) for w in range(len(core) + 1, _PADDED_WIDTH + 1))
+        out.update(sign + core.zfill(w) for w in range(len(core) + 1, _PADDED_WIDTH + 1))
     out.discard(record_id)
     return out
 
@@ -377,7 +377,7 @@ def test_records(ws: Workspace, name: str) -> tuple[ReloadableSource, RecordSet 
     held = set(content.test) if content is not None else set()
     deleted = set(Tombstones(ws.root).read())  # a deleted record no longer counts in any figure, test ones included
     picked = [i for i, c in enumerate(commitments) if c in held and c not in deleted]
-    if picked:
+    if held:  # its registered test split, less deleted records (none left: none; never records added since)
         return source, records.subset(picked)
     test = source.test_split()
     return source, (None if test is None else without_deleted(ws, test, deleted))
