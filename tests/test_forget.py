@@ -346,8 +346,10 @@ def test_a_request_received_through_the_library_is_never_trained_by_another_requ
     """Helper 48: receive() logged the request but did not tombstone its records, so another request's retraining of
     the same shard, served while it was open, trained the record again (and spent budget on it)."""
     receive(ws, DeletionRequest("alice", ("rec-0-7",), NOW), operator="dpo", now=NOW)
+    steps: list[tuple[str, int]] = []  # review 51: a retraining showed no progress (the CLI shows these)
     forget(ws, _request("rec-0-5", request_id="bob"), retrain=True, shard_records={"c0": shard(0)}, operator="dpo",
-           now=NOW)
+           now=NOW, progress=lambda name, step, total: steps.append((name, step)))
+    assert steps and steps[-1][0].startswith("c0.") and steps[-1][1] >= 1
     key = ws.manifest_key()
     (replacement,) = [n for n in ws.list_components() if n.startswith("c0")]
     held = set(ws.load_component(replacement).metadata.manifest.commitments)

@@ -72,8 +72,13 @@ def forget(
     again = shlex.join(["dp-tangent", "forget", *record_ids, "--request-id", request.request_id,
                         *(["--retrain"] if retrain else []), "-w", str(ws.root)])
     try:
-        with busy("serving the deletion request" + (" (retraining affected shards)…" if retrain else "…")):
-            result = serve(ws, request, retrain=retrain, shard_records=shard_records_for(ws) if retrain else None)
+        with busy("serving the deletion request" + (" (retraining affected shards)…" if retrain else "…")) as status:
+            def progress(name: str, step: int, total: int | None) -> None:  # a replacement's steps, in the spinner
+                status.update(f"serving the deletion request: retraining {name}, step {step}"
+                              + (f" of {total}…" if total else "…"))
+
+            result = serve(ws, request, retrain=retrain, shard_records=shard_records_for(ws) if retrain else None,
+                           progress=progress if retrain else None)
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: the request may be registered; its id was never shown
         typer.secho(f"forget interrupted: {_request_state(ws, request.request_id, again, interrupted=True)}", err=True)
         raise

@@ -29,6 +29,7 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -56,6 +57,9 @@ from .tombstoning import tombstone
 from .store import Workspace
 from .tombstones import Tombstones
 from .train import ShardJob
+
+if TYPE_CHECKING:
+    from ..training.executors import TaskProgressFn
 
 ShardRecords = Mapping[str, RecordSet] | Callable[[ComponentMetadata], RecordSet]
 
@@ -217,7 +221,8 @@ def _replacements_done(ws: Workspace, request_id: str,
 
 def _retrain_all(ws: Workspace, request_id: str, affected: Mapping[str, ComponentMetadata],
                  shard_records: ShardRecords, deleted: set[str], privacy: PrivacySpec | None,
-                 config: TrainConfig | None, operator: str) -> list[AddedComponent]:
+                 config: TrainConfig | None, operator: str,
+                 progress: TaskProgressFn | None = None) -> list[AddedComponent]:
     """Train a replacement for each affected component on its shard minus every deleted record
     (reusing those an interrupted run of the same request finished). Every replacement's budget is checked, all
     together, before any of them trains: a shard out of budget refuses the retraining before another shard is
@@ -247,7 +252,8 @@ def _retrain_all(ws: Workspace, request_id: str, affected: Mapping[str, Componen
     added = {name: done[name] for name in affected if name in done}
     for name, meta, spec, cfg, job in planned:
         run = ws.train_all(BackboneSpec.from_dict(meta.base), meta.trainable, [job], data_source=meta.data_source,
-                           privacy=spec, config=cfg, operator=operator, purpose="retraining_after_deletion")
+                           privacy=spec, config=cfg, operator=operator, purpose="retraining_after_deletion",
+                           progress=progress)
         if run.failed:
             failure = run.failed[0]
             raise failure.error or ForgetError(f"retraining {name!r} failed: {failure.reason}")
@@ -418,13 +424,15 @@ def forget(
     merge_data: Mapping[str, torch.Tensor] | None = None,
     operator: str | None = None,
     now: datetime | None = None,
+    progress: TaskProgressFn | None = None,
 ) -> DeletionResult:
     """Carry out ``request`` (registering it first if needed) and write its certificate.
 
     ``retrain``: retrain each affected shard on ``shard_records`` (a mapping component name ->
     RecordSet, or a function of the component's metadata) minus the requested records, with the
     original run's settings and fresh noise unless ``privacy``/``config`` are given.
-    ``merge_data``: the public merge inputs of regmean models that must be rebuilt.
+    ``merge_data``: the public merge inputs of regmean models that must be rebuilt. ``progress``: called with
+    (replacement, step, total) as replacements train.
     Order: registration, tombstoning, checks, retraining, then one change (old components removed,
     models rebuilt, certificate written, logged), then the seal. If a step fails the request stays
     open and running it again finishes it: replacements already trained are reused, a change killed
@@ -462,7 +470,7 @@ def forget(
                                 shard=m.shard, records=m.manifest.records) for n, m in affected.items()]
         deleted = set(Tombstones(ws.root).read())
         added = (_retrain_all(ws, request.request_id, affected, shard_records, deleted, privacy,  # type: ignore[arg-type]
-                              config, operator) if retrain else [])
+                              config, operator, progress) if retrain else [])
         plan = _rebuild_models(ws, models, set(affected), {a.replaces: a.name for a in added}, merge_data)
         remaining = {n: m for n, m in metas.items() if n not in affected}
         remaining.update({a.name: read_metadata(ws.component_path(a.name)) for a in added})
