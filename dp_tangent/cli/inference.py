@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from .app import DEFAULT_WORKSPACE, WorkspaceOption, app, open_workspace
+from .app import DEFAULT_WORKSPACE, WorkspaceOption, app, busy, open_workspace
 
 if TYPE_CHECKING:
     from ..backbones.families import BackboneFamily
@@ -118,8 +118,10 @@ def evaluate(
     if len(test) == 0:
         raise RecipeError(f"data source {name!r} has no test record left to measure on (deletion requests removed "
                           "them, or the model was trained on them)")
-    features = precompute_features(tangent, test.inputs)  # a batch at a time (lazy images are never all held)
-    typer.echo(f"{model}: test accuracy {accuracy(tangent, test, features=features):.2%} on {len(test)} records "
+    with busy(f"measuring {model} on {len(test)} test records…"):
+        features = precompute_features(tangent, test.inputs)  # a batch at a time (lazy images are never all held)
+        score = accuracy(tangent, test, features=features)
+    typer.echo(f"{model}: test accuracy {score:.2%} on {len(test)} records "
                f"({source.loader}; always the most common label would score {majority_share(test):.2%})")
 
 
