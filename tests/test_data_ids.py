@@ -250,3 +250,4 @@ def test_the_spellings_an_export_gives_an_id_are_related() -> None:
     assert "17" in _respellings(" 17") and "17.0" in _respellings("00017")
     assert _canonical("00017") == _canonical("17.0") == _canonical(" 17 ") == "17" and _canonical("-017") == "-17"
     assert "ABC-1" not in _respellings("abc-1")  # case can tell ids apart (base62 ids)
+    assert "0" in _respellings("-0") and "-0" in _respellings("0")  # review 54: -0 is 0

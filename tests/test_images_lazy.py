@@ -55,6 +55,25 @@ def test_cifar_keeps_its_uint8_rows_and_resizes_per_batch(monkeypatch: pytest.Mo
     assert torch.equal(train.subset([3]).inputs[0:1], expected)
 
 
+def test_a_cifar_model_is_evaluated_on_its_own_test_set(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 54: evaluate found no test record for a torchvision source (its registered test split is the data
+    set's own test set, not among its training records) once an empty registered split stopped falling back."""
+    rng = np.random.default_rng(0)
+    arrays = {True: (rng.integers(0, 256, (60, 32, 32, 3), dtype=np.uint8), np.arange(60) % 2),
+              False: (rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8), np.arange(20) % 2)}
+    monkeypatch.setattr(images, "cifar_arrays", lambda name, root, train: arrays[train])
+    monkeypatch.chdir(tmp_path)
+    recipe = write_recipe(Path("c.yaml"), {
+        "backbone": {"name": "test_efficientnet", "num_classes": 2}, "trainable": "head",
+        "data": {"torchvision": {"name": "CIFAR10", "root": "tv", "image_size": 16}}, "shards": {"count": 2},
+        "privacy": {"epsilon": 8, "delta": 1e-5}, "training": {"epochs": 1, "batch_size": 8}, "data_source": "c"})
+    code, out, err = run_cli(capsys, "train", "--init", str(recipe), "-w", "ws", "--executor", "serial")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "evaluate", "c", "-w", "ws")
+    assert code == 0 and "on 20 records (torchvision;" in out, (out, err)
+
+
 def test_a_corrupt_image_is_refused_by_name_before_any_budget(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     from dp_tangent.workspace import Workspace

@@ -116,8 +116,8 @@ def evaluate(
     if test is None:
         raise RecipeError(f"data source {name!r} has no test split (test_fraction is 0)")
     if len(test) == 0:
-        raise RecipeError(f"data source {name!r} has no test record left to measure on (deletion requests removed "
-                          "them, or the model was trained on them)")
+        raise RecipeError(f"data source {name!r} has no test record left to measure on (its test split is empty: "
+                          "deletion requests removed its records, the model was trained on them, or it held none)")
     with busy(f"measuring {model} on {len(test)} test records…"):
         features = precompute_features(tangent, test.inputs)  # a batch at a time (lazy images are never all held)
         score = accuracy(tangent, test, features=features)

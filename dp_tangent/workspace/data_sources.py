@@ -200,6 +200,9 @@ def _respellings(record_id: str) -> set[str]:
     number = _INTEGER.fullmatch(bare) if bare.isascii() else None
     if number is not None:
         sign, core = number.group(1), number.group(2).lstrip("0") or "0"
+        if core == "0":  # -0 is 0
+            sign = ""
+            out.add("-0")
         out.update((f"{sign}{core}", f"{sign}{core}.0"))
         out.update(sign + core.zfill(w) for w in range(len(core) + 1, _PADDED_WIDTH + 1))
     out.discard(record_id)
@@ -377,10 +380,13 @@ def test_records(ws: Workspace, name: str) -> tuple[ReloadableSource, RecordSet 
     held = set(content.test) if content is not None else set()
     deleted = set(Tombstones(ws.root).read())  # a deleted record no longer counts in any figure, test ones included
     picked = [i for i, c in enumerate(commitments) if c in held and c not in deleted]
-    if held:  # its registered test split, less deleted records (none left: none; never records added since)
+    if picked:
         return source, records.subset(picked)
-    test = source.test_split()
-    return source, (None if test is None else without_deleted(ws, test, deleted))
+    test = source.test_split()  # its own (CIFAR's), or one registered before it was recorded
+    if test is None:
+        return source, None
+    # registered: those of its records, less deleted ones (none left: none; never records added since)
+    return source, (registered_test(ws, name, test) if held else without_deleted(ws, test, deleted))
 
 
 def registered_test(ws: Workspace, name: str, test: RecordSet) -> RecordSet:
