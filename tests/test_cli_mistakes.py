@@ -79,7 +79,10 @@ def test_train_into_a_path_with_no_workspace_needs_init(ws: Path, capsys: pytest
              "`dp-tangent init -w wss` or pass --init (a new workspace accounts from zero")
     assert not Path("wss").exists()
     assert run_cli(capsys, "init", "-w", "wss")[0] == 0
-    assert run_cli(capsys, "train", "rows.yaml", "--name", "again", "-w", "wss", "--executor", "serial")[0] == 0
+    code, out, err = run_cli(capsys, "train", "rows.yaml", "--name", "again", "-w", "wss", "--executor", "serial")
+    assert code == 0, err
+    # review 51: piped to a log (no terminal) the bars drew only at the end; a plain line marks every tenth
+    assert "again-shard-0: " in out and "(50%)" in out and "(100%)" in out, out
 
 
 def test_outputs_never_replace_a_key_or_a_kept_checkpoint(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -23,6 +23,8 @@ from .app import DEFAULT_WORKSPACE, WorkspaceOption, app
 from .budget import shard_state
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from ..data import RecordSet
     from ..recipes import Recipe
     from ..workspace import Workspace
@@ -229,6 +231,7 @@ def train(
         try:
             with Progress(*columns, console=console) as progress:
                 bars = {job.name: progress.add_task(job.name, total=None) for job in jobs}
+                plain = None if console.is_terminal else _tenths(console)  # piped to a log: a line every tenth
 
                 gram_bar: list = []  # added on the first report: only training in this process reports here
 
@@ -236,13 +239,18 @@ def train(
                     if not gram_bar:
                         gram_bar.append(progress.add_task("NTK Grams (precompute)", total=total))
                     progress.update(gram_bar[0], completed=done, total=total)
+                    if plain is not None:
+                        plain("NTK Grams (precompute)", done, total)
+
+                def steps(job: str, step: int, total: int | None) -> None:
+                    progress.update(bars[job], completed=step, total=total)
+                    if plain is not None:
+                        plain(job, step, total)
 
                 with precompute_progress(grams):
                     run = ws.train_all(spec, recipe.trainable, jobs, data_source=recipe.data_source,
                                        privacy=recipe.privacy_spec(), config=recipe.train_config(), executor=runner,
-                                       progress=lambda job, step, total: progress.update(bars[job], completed=step,
-                                                                                          total=total),
-                                       deleted="exclude", allow_overlap=allow_overlap)
+                                       progress=steps, deleted="exclude", allow_overlap=allow_overlap)
         except (KeyboardInterrupt, OSError):  # stopped, or the disk filled: what is left to do, then the cause
             done = _components_by_shard(ws, name)
             missing = _missing_shards(done, count)
@@ -351,3 +359,19 @@ def _report(ws: Workspace, recipe: Recipe, name: str, test: RecordSet | None, ru
                                                                            for s in guarantee.shards])
     typer.echo(with_accuracy(f"model {name}: mean of {len(components)} components, epsilon "
                              f"{guarantee.epsilon:.3g} per record" + _SIZES_PUBLIC * public, ws.load_model(name)[1]))
+
+
+def _tenths(console: "Console"):  # noqa: ANN202 -- a progress function
+    """A progress function printing a plain line each time a task passes another tenth of its total (for output
+    that is not a terminal, where the bars are drawn only when they end)."""
+    shown: dict[tuple[str, int], int] = {}
+
+    def report(name: str, done: int, total: int | None) -> None:
+        if not total:
+            return
+        tenth = min(10, done * 10 // total)
+        if tenth > shown.get((name, total), 0):  # a new total (the next shard's Grams) starts again
+            shown[(name, total)] = tenth
+            console.print(f"{name}: {done} of {total} ({tenth * 10}%)", highlight=False)
+
+    return report
