@@ -18,6 +18,7 @@ from privacy_accounting.report_models import AUDIT_LABEL, Headline, PrivacyRepor
 from privacy_accounting.report_tables import (
     NO_WORKSPACE,
     RECORD_COUNTS,
+    STRENGTH_WORDS,
     SECTIONS,
     Flag,
     Link,
@@ -66,6 +67,8 @@ nav a { margin-right: 1rem; }
          border-radius: 1rem; color: #fff; background: #57606a; text-transform: uppercase; }
 .badge.within-budget { background: #1a7f37; } .badge.no-budget-set { background: #9a6700; }
 .badge.over-budget, .badge.not-differentially-private { background: #cf222e; }
+.badge.strength-strong { background: #1a7f37; } .badge.strength-reasonable { background: #57606a; }
+.badge.strength-weak { background: #9a6700; }
 .sentence { font-size: 1.22rem; font-weight: 600; margin: 0.4rem 0; }
 .verdict { font-weight: 600; }
 .alert { border: 2px solid #cf222e; background: #ffebe9; border-radius: 6px; padding: 0.5rem 0.9rem; margin: 0.6rem 0; }
@@ -146,10 +149,18 @@ def _slug(verdict: str) -> str:
     return verdict.replace(" ", "-")
 
 
+def _strength(h: Headline) -> str:
+    """The guarantee's strength as a badge as loud as the budget verdict (a model within its budget may still hold
+    only a weak guarantee); none where there is no guarantee to grade (the verdict says so)."""
+    if h.strength not in STRENGTH_WORDS:
+        return ""
+    return f'<span class="badge strength-{h.strength}">{html.escape(STRENGTH_WORDS[h.strength])}</span>'
+
+
 def _card(h: Headline) -> str:
     parts = [f'<article class="card {_slug(h.verdict)}">',
              f"<h3><span>Model {html.escape(h.model)}</span>"
-             f'<span class="badge {_slug(h.verdict)}">{html.escape(h.verdict)}</span></h3>',
+             f'<span class="badge {_slug(h.verdict)}">{html.escape(h.verdict)}</span>{_strength(h)}</h3>',
              _p(h.sentence, "sentence")]
     for text, cls in ((h.meaning, ""), (h.records_differ, ""), (h.scale, "muted"), (h.verdict_text, "verdict")):
         if text:

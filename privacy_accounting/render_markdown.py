@@ -10,6 +10,7 @@ from privacy_accounting.report_models import AUDIT_LABEL, Headline, PrivacyRepor
 from privacy_accounting.report_tables import (
     NO_WORKSPACE,
     RECORD_COUNTS,
+    STRENGTH_WORDS,
     SECTIONS,
     Flag,
     Link,
@@ -60,7 +61,8 @@ def _facts(pairs: Sequence[tuple[str, object]]) -> list[str]:
 
 
 def _card(h: Headline) -> list[str]:
-    out = [f"### Model {h.model} — {h.verdict.upper()}", "", f"**{h.sentence}**", ""]
+    grade = f" · {STRENGTH_WORDS[h.strength].upper()}" if h.strength in STRENGTH_WORDS else ""
+    out = [f"### Model {h.model} — {h.verdict.upper()}{grade}", "", f"**{h.sentence}**", ""]
     for text in (h.meaning, h.records_differ, h.scale, h.verdict_text):
         if text:
             out += [text, ""]

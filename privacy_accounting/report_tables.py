@@ -63,6 +63,8 @@ def fmt_time(value: str | None) -> str | None:
 #: The report's sections, in order: (anchor, heading). Both renderers use these words.
 SECTIONS = [("summary", "Summary"), ("data", "Data"), ("deletions", "Deletion requests"), ("audit", "Audit log"),
             ("specialists", "For specialists")]
+#: The card's words for a guarantee's strength (:func:`~privacy_accounting.statement.strength`).
+STRENGTH_WORDS = {"strong": "strong guarantee", "reasonable": "reasonable guarantee", "weak": "weak guarantee"}
 NO_WORKSPACE = ("Not part of this report: it was built from the ledger alone; a workspace's report "
                 "(dp-tangent report) adds it.")
 RECORD_COUNTS = ("Records (latest run): how many records the shard's latest completed run read, deleted ones excluded. "

@@ -90,6 +90,10 @@ def test_first_screen_says_who_at_what_and_the_verdict(report: PrivacyReport) ->
     assert first.index('id="summary"') < first.index('id="data"') < first.index('id="deletions"') \
         < first.index('id="audit"')
     assert html.escape(head.sentence) in first and html.escape(head.meaning) in first
+    # review 46: a green WITHIN BUDGET badge spoke louder than a weak guarantee; the strength has its badge too
+    assert head.strength in ("strong", "reasonable", "weak")
+    assert f'<span class="badge strength-{head.strength}">{head.strength} guarantee</span></h3>' in first
+    assert f"— WITHIN BUDGET · {head.strength.upper()} GUARANTEE" in report.to_markdown()
     for word in JARGON:  # technical detail stays in the section for specialists
         assert word not in first, word
     assert "PLD" in page[page.index('id="specialists"'):]
