@@ -72,7 +72,8 @@ def forget(
     again = shlex.join(["dp-tangent", "forget", *record_ids, "--request-id", request.request_id,
                         *(["--retrain"] if retrain else []), "-w", str(ws.root)])
     try:
-        with busy("serving the deletion request" + (" (retraining affected shards)…" if retrain else "…")) as status:
+        doing = "serving the deletion request" + (" (retraining affected shards)…" if retrain else "…")
+        with busy(doing) as status:
             def progress(name: str, step: int, total: int | None) -> None:  # a replacement's steps, in the spinner
                 status.update(f"serving the deletion request: retraining {name}, step {step}"
                               + (f" of {total}…" if total else "…"))
@@ -170,8 +171,8 @@ def _id_form_hint(ws, record_ids: list[str], not_found: list[str]) -> str:  # no
 
     from ..workspace.data_sources import held_spelling
 
-    key = ws.manifest_key()
-    missed = [r for r in record_ids if commit(r, key) in set(not_found)]  # not_found: commitments
+    key, not_found = ws.manifest_key(), set(not_found)  # commitments
+    missed = [r for r in record_ids if commit(r, key) in not_found]
     for r in missed:  # the data holds it under another spelling: say which, so the request can name it
         found = held_spelling(ws, r)
         if found is not None:

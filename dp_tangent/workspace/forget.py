@@ -52,7 +52,7 @@ from .commit import Change, FileRemoval, FileWrite, apply
 from .deletion_requests import DeletionRequest, ForgetError, OtherRecordIds, resolve_now
 from .ledger_ops import RegisterModel
 from .model_record import ModelRecord
-from .request_register import open_request_records, receive
+from .request_register import held_records, open_request_records, receive
 from .tombstoning import tombstone
 from .store import Workspace
 from .tombstones import Tombstones
@@ -308,13 +308,8 @@ def _open_requests_served(ws: Workspace, affected: Mapping[str, ComponentMetadat
     commitment -> components. Removed with them (a replacement never trains a tombstoned record, and each open
     request's records are tombstoned), so that each such request's certificate can say where its records were when
     it is completed -- whichever request tombstoned a record first."""
-    named = open_request_records(ws, exclude=request_id)
-    served: dict[str, dict[str, list[str]]] = {}
-    for name, meta in affected.items():
-        for c in set(meta.manifest.commitments) & set(named):
-            for other_id in sorted(named[c]):
-                served.setdefault(other_id, {}).setdefault(c, []).append(name)
-    return served
+    return held_records(open_request_records(ws, exclude=request_id),
+                        {name: meta.manifest.commitments for name, meta in affected.items()})
 
 
 def _removed_while_open(ws: Workspace, request_id: str,
@@ -402,8 +397,8 @@ def _check_nothing_away(missing: Sequence[str], request_id: str) -> None:
     """Refuse a deletion while a component or model file that the log holds as current is missing from the workspace
     (archived or moved away): the deletion could not see, remove or rebuild it, and would certify that no copy of the
     records is kept while one may be. The records stay tombstoned meanwhile. (A missing cached Gram file is derived
-    and rebuilt on demand: the tombstoning logs it removed, see :func:`.tombstoning.missing_cache_files`.) ``missing``: the
-    paths the log holds as current that are not on disk (``VerifyReport.missing_artifacts``)."""
+    and rebuilt on demand: the tombstoning logs it removed, see :func:`.tombstoning.missing_cache_files`.)
+    ``missing``: the paths the log holds as current that are not on disk (``VerifyReport.missing_artifacts``)."""
     away = [p for p in missing if p.startswith(HOLDERS)]
     if away:
         listed = ", ".join(away[:3]) + (f" and {len(away) - 3} more" if len(away) > 3 else "")

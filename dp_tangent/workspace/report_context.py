@@ -41,7 +41,7 @@ from .audit_log import AuditEntry
 from .certificates import read_certificate
 from .checkpoint import Checkpoint, extends, origin_of, read_kept_checkpoint
 from .deletion_requests import resolve_now
-from .request_register import RequestStatus, list_requests, open_request_records
+from .request_register import RequestStatus, held_records, list_requests, open_request_records
 
 if TYPE_CHECKING:
     from .store import Workspace
@@ -193,14 +193,14 @@ def _open_request_holders(ws: Workspace, statuses: list[RequestStatus]) -> dict[
     holders: dict[str, set[str]] = {s.request_id: set() for s in statuses if s.status == "open"}
     if not wanted:
         return holders
+    manifests = {}
     for name in ws.list_components():
         try:
-            commitments = read_metadata(ws.component_path(name)).manifest.commitments
+            manifests[name] = read_metadata(ws.component_path(name)).manifest.commitments
         except (OSError, ValueError, DPTangentError):  # a file moved away or broken: audit verification says so
             continue
-        for c in set(commitments) & set(wanted):
-            for request_id in wanted[c]:
-                holders[request_id].add(name)
+    for request_id, by_record in held_records(wanted, manifests).items():
+        holders[request_id] = {name for names in by_record.values() for name in names}
     return holders
 
 

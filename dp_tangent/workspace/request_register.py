@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import TYPE_CHECKING
@@ -101,6 +102,18 @@ def open_request_records(ws: Workspace, statuses: list[RequestStatus] | None = N
             for c in cert.record_commitments if cert is not None else ():
                 named.setdefault(c, set()).add(status.request_id)
     return named
+
+
+def held_records(named: Mapping[str, set[str]],
+                 manifests: Mapping[str, Iterable[str]]) -> dict[str, dict[str, list[str]]]:
+    """Which components hold the records requests name: request id -> commitment -> the components of ``manifests``
+    (name -> its record commitments) holding it; ``named``: :func:`open_request_records`."""
+    held: dict[str, dict[str, list[str]]] = {}
+    for name, commitments in manifests.items():
+        for c in set(commitments) & named.keys():
+            for request_id in sorted(named[c]):
+                held.setdefault(request_id, {}).setdefault(c, []).append(name)
+    return held
 
 
 def open_requests(ws: Workspace, now: datetime | None = None) -> list[RequestStatus]:
