@@ -83,7 +83,7 @@ def test_damaged_pages_are_detected(ledger: Ledger, ledger_path: Path) -> None:
     for offset in range(page_size, len(data), page_size):  # scribble over every page header but the first
         data[offset : offset + 12] = b"\xff" * 12
     ledger_path.write_bytes(bytes(data))
-    assert_refused_untouched(ledger_path, "quick_check|corrupt|cannot be read")
+    assert_refused_untouched(ledger_path, "integrity_check|corrupt|cannot be read")
 
 
 def test_directory_is_refused(tmp_path: Path) -> None:
@@ -235,3 +235,47 @@ def test_a_ledger_pickles_and_its_copy_opens_the_same_file(tmp_path: Path) -> No
     with copy.atomically():
         copy.register_model("m", ["c0"])
     assert ledger.models() == {"m": ("c0",)}
+
+
+def test_table_digests_are_reused_until_something_is_committed_by_anyone(tmp_path: Path, monkeypatch) -> None:
+    """A command asks for the ledger's digests a dozen times, and hashing every record every run read grows with
+    the ledger: a digest is reused while nothing was committed to the file -- by this ledger, another connection,
+    another process -- and never once the file was replaced, or inside an atomic block's uncommitted changes."""
+    import os
+    import shutil
+
+    from privacy_accounting import sqlite_storage
+
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger.open(path)
+    reserve(ledger, "c0")
+    hashed = []
+    table_digest = sqlite_storage._table_digest
+    monkeypatch.setattr(sqlite_storage, "_table_digest",
+                        lambda conn, table, order: hashed.append(table) or table_digest(conn, table, order))
+    first = ledger.state_digest()
+    assert len(hashed) == 7
+    assert ledger.state_digest() == first and ledger.state_digest(tables=["events"]) == {"events": first["events"]}
+    assert len(hashed) == 7  # nothing hashed again
+
+    reserve(ledger, "c1")  # this ledger's own commit
+    second = ledger.state_digest()
+    assert second != first and len(hashed) == 14
+    with sqlite3.connect(path) as conn:  # an edit behind the ledger's back, on another connection
+        conn.execute("UPDATE budgets SET epsilon = epsilon")  # no row: nothing changes, but a commit is a commit
+        conn.execute("UPDATE events SET delta = 0.5 WHERE component = 'c0'")
+    third = ledger.state_digest()
+    assert third["events"] != second["events"] and len(hashed) == 21
+
+    copy = tmp_path / "copy.sqlite"
+    shutil.copyfile(path, copy)
+    with sqlite3.connect(copy) as conn:
+        conn.execute("UPDATE events SET delta = 0.25 WHERE component = 'c0'")
+    os.replace(copy, path)  # another file put in its place
+    assert ledger.state_digest()["events"] not in (second["events"], third["events"])
+
+    now = ledger.state_digest()
+    with ledger.atomically():
+        ledger.register_model("m", ["c0"])
+        assert ledger.state_digest()["models"] != now["models"]  # its own uncommitted change is seen
+    assert ledger.state_digest() == Ledger.open(path).state_digest() != now
