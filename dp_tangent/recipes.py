@@ -126,6 +126,7 @@ class TrainingSection(_Strict):
     kappa: PositiveFloat = 15.0
     l2: float = Field(default=0.0, ge=0)
     device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
+    keep_features: bool = True  # keep the frozen-prefix features in the workspace's cache (docs/training.md)
 
 
 class ResourcesSection(_Strict):
@@ -211,7 +212,8 @@ class Recipe(_Strict):
         t = self.training
         return TrainConfig(epochs=t.epochs, batch_size=t.batch_size, physical_batch_size=t.physical_batch_size or
                            t.batch_size, lr=t.lr, momentum=t.momentum, grad_sample_mode=t.grad_sample_mode,
-                           seed=t.seed, loss=ConvexLoss(t.loss, kappa=t.kappa, l2=t.l2), device=t.device)
+                           seed=t.seed, loss=ConvexLoss(t.loss, kappa=t.kappa, l2=t.l2), device=t.device,
+                           keep_features=t.keep_features)
 
     def load_data(self) -> tuple[RecordSet | None, list[RecordSet]]:
         """(test split or None, one record set per shard), as the recipe describes them; a label outside the

@@ -43,7 +43,12 @@ def train(ws: Workspace, backbone, name: str, recs: RecordSet, trainable: str | 
     assert not run.failed, run.failed
     entry = ws.audit.entries()[-1]
     assert entry.parameters["component"] == name and entry.parameters["gram_cache"] == run.gram_cache[name]
-    return run.gram_cache[name]
+    return {k: v for k, v in run.gram_cache[name].items() if k != "features"}  # features_used() tells those
+
+
+def features_used(ws: Workspace) -> dict | None:
+    """The last run's use of cached features, as its log entry says (None: it kept none)."""
+    return ws.audit.entries()[-1].parameters["gram_cache"].get("features")
 
 
 def only_file(ws: Workspace) -> tuple[str, gram_cache.GramFile]:
@@ -197,6 +202,107 @@ def test_a_tombstoned_records_gram_is_never_offered(ws, mlp_backbone) -> None:
     assert gram_cache.prepare(ws, other, "toy", "s0", file.commitments, set(), logged).known.index == ()
 
 
+def fresh_features(backbone, trainable: str | None, recs: RecordSet) -> torch.Tensor:
+    return linearize(backbone.build(), trainable).features(recs.inputs)
+
+
+def with_features(ws: Workspace, features: torch.Tensor | None) -> None:
+    """The cache file rewritten through the commit path (as the tool would) with these features."""
+    rel, file = only_file(ws)
+    apply(ws, Change("training", writes=[FileWrite(rel, dataclasses.replace(file, features=features).encode(),
+                                                   gram_cache.LABEL)]))
+
+
+def test_the_frozen_prefix_features_are_kept_and_a_later_run_trains_on_them_without_the_prefix(
+        ws, mlp_backbone, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A retraining (or sweep) of a shard skips the prefix's forward: the kept features are what it trains on."""
+    recs = records()
+    train(ws, mlp_backbone, "a", recs)
+    assert features_used(ws) == {"hits": 0, "misses": 32}
+    _, file = only_file(ws)
+    assert torch.equal(file.features, fresh_features(mlp_backbone, None, recs))
+    from dp_tangent.tangent.model import TangentModel
+
+    ran = []
+    prefix = TangentModel.features
+    monkeypatch.setattr(TangentModel, "features", lambda self, x: ran.append(len(x)) or prefix(self, x))
+    assert train(ws, mlp_backbone, "b", recs) == {"hits": 32, "misses": 0, "file": "unchanged"}
+    # the prefix ran on no batch of the shard, only on the one- and two-row probes of the model's output shape
+    assert features_used(ws) == {"hits": 32, "misses": 0} and max(ran) <= 2
+    assert same_deltas(ws, "a", "b")
+    with_features(ws, 3 * file.features)  # as if the tool had kept other features: they are what the suffix sees
+    train(ws, mlp_backbone, "c", recs)
+    assert features_used(ws) == {"hits": 32, "misses": 0} and not same_deltas(ws, "a", "c") and max(ran) <= 2
+    assert verify(ws, workspace=True).ok
+
+
+def test_a_changed_input_computes_its_features_alone(ws, mlp_backbone, monkeypatch: pytest.MonkeyPatch) -> None:
+    train(ws, mlp_backbone, "a", records())
+    from dp_tangent.tangent.model import TangentModel
+
+    ran = []
+    prefix = TangentModel.features
+    monkeypatch.setattr(TangentModel, "features", lambda self, x: ran.append(len(x)) or prefix(self, x))
+    changed = records(changed=5)
+    train(ws, mlp_backbone, "b", changed)
+    assert features_used(ws) == {"hits": 31, "misses": 1} and max(ran) <= 2  # probes, and the changed row
+    assert torch.allclose(only_file(ws)[1].features, fresh_features(mlp_backbone, None, changed), atol=1e-6)
+
+
+def test_a_file_without_features_gets_them_and_keep_features_false_drops_them(ws, mlp_backbone) -> None:
+    """A file written before features were kept (or by a run that kept none) is rewritten with them; a run of
+    ``keep_features=False`` rewrites the file without them (opting out removes what was kept) and keeps none."""
+    recs = records()
+    train(ws, mlp_backbone, "a", recs)
+    kept = only_file(ws)[1].features
+    with_features(ws, None)
+    assert train(ws, mlp_backbone, "b", recs) == {"hits": 32, "misses": 0, "file": "written"}
+    assert features_used(ws) == {"hits": 0, "misses": 32} and torch.equal(only_file(ws)[1].features, kept)
+    run = ws.train_all(mlp_backbone, None, [ShardJob("c", "s0", recs)], data_source="toy", privacy=CLIPPED,
+                       config=dataclasses.replace(SEEDED, keep_features=False))
+    assert run.gram_cache["c"] == {"hits": 32, "misses": 0, "file": "written"}  # no "features": none kept
+    assert only_file(ws)[1].features is None and ws.load_component("c").metadata.training.keep_features is False
+    assert same_deltas(ws, "a", "c")
+
+
+def test_features_above_the_cache_limit_are_not_kept(ws, mlp_backbone, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dp_tangent.training import sgd
+
+    monkeypatch.setattr(sgd, "FEATURE_CACHE_MAX_BYTES", 32 * 8 * 4 - 1)  # one byte short of the shard's features
+    assert train(ws, mlp_backbone, "a", records()) == {"hits": 0, "misses": 32, "file": "written"}
+    assert features_used(ws) is None and only_file(ws)[1].features is None
+
+
+def test_a_tombstoned_records_features_go_with_its_gram(ws, mlp_backbone) -> None:
+    recs = records()
+    train(ws, mlp_backbone, "a", recs)
+    writes, removals = gram_cache.without_records(ws, {commit("rec-3", ws.manifest_key())})
+    apply(ws, Change("tombstoned", writes=writes, removals=removals))
+    _, file = only_file(ws)
+    keep = [i for i in range(32) if i != 3]
+    assert len(file.commitments) == len(file.features) == 31
+    assert torch.equal(file.features, fresh_features(mlp_backbone, None, recs)[keep])
+
+
+def test_a_cache_file_with_malformed_features_is_not_used(ws, mlp_backbone) -> None:
+    recs = records()
+    train(ws, mlp_backbone, "a", recs)
+    rel, file = only_file(ws)
+    data = gram_cache.GramFile(file.key, file.commitments, file.digests, file.grams, file.code,
+                               file.features).encode()
+    from safetensors.torch import load, save
+
+    tensors = load(data)
+    tensors["features"] = tensors["features"][:5]  # not one row per record
+    apply(ws, Change("training", writes=[FileWrite(rel, save(tensors, metadata=gram_cache._metadata(data)),
+                                                   gram_cache.LABEL)]))
+    assert "not a readable gram cache file" in gram_cache.read(ws, rel, gram_cache.logged_digests(ws))[1]
+    use = ws.train_all(mlp_backbone, None, [ShardJob("b", "s0", recs)], data_source="toy", privacy=CLIPPED,
+                       config=SEEDED).gram_cache["b"]
+    assert (use["hits"], use["misses"], use["features"]) == (0, 32, {"hits": 0, "misses": 32})
+    assert same_deltas(ws, "a", "b")
+
+
 def test_the_precompute_reports_its_progress(mlp_backbone) -> None:
     tangent = linearize(mlp_backbone.build(), None)
     seen: list[tuple[int, int]] = []
@@ -225,7 +331,8 @@ def test_cli_train_again_then_forget_retrain_reuses_the_rest_and_the_release_has
     code, out, err = run_cli(capsys, "train", "--init", str(recipe), "--name", "again", "-w", "ws", "--executor", "serial")
     assert code == 0, err
     size = len(ws.load_component("rows-shard-0").metadata.manifest.commitments)
-    assert f"again-shard-0: NTK Grams of {size} record(s) from the workspace's cache, 0 computed" in out
+    assert (f"again-shard-0: NTK Grams of {size} record(s) from the workspace's cache, 0 computed; "
+            f"frozen-prefix features of {size}") in out
     assert gram_cache.cache_files(ws) == files
 
     from dp_tangent.recipes import load_recipe
@@ -243,7 +350,8 @@ def test_cli_train_again_then_forget_retrain_reuses_the_rest_and_the_release_has
     assert [a.path for a in tombstoned.outputs if a.path in files] == files  # the Theta went in the same change
     retrained = [e.parameters["gram_cache"] for e in entries if e.operation == "retraining"
                  and e.parameters["status"] == "completed"]
-    assert retrained == [{"hits": size - 1, "misses": 0, "file": "unchanged"}] * 2  # rows and again
+    assert retrained == [{"hits": size - 1, "misses": 0, "file": "unchanged",  # rows and again
+                          "features": {"hits": size - 1, "misses": 0}}] * 2  # the prefix ran on none of them
     held = gram_cache.read(ws, files[0], gram_cache.logged_digests(ws))[0].commitments
     assert doomed not in held and len(held) == size - 1
     code, out, err = run_cli(capsys, "audit", "verify", "-w", "ws")

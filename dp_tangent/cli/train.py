@@ -266,8 +266,10 @@ def train(
             if use.get("ignored"):
                 typer.echo(f"{job_name}: gram cache {use['ignored']}", err=True)
             if use["hits"]:
+                features = use.get("features") or {}
+                also = (f"; frozen-prefix features of {features['hits']}" if features.get("hits") else "")
                 typer.echo(f"{job_name}: NTK Grams of {use['hits']} record(s) from the workspace's cache, "
-                           f"{use['misses']} computed")
+                           f"{use['misses']} computed{also}")
         _report(ws, recipe, name, test, run, retry)
     finally:
         if runner is not None:

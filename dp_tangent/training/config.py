@@ -87,6 +87,9 @@ class TrainConfig:
     seed: int | None = 0  # shuffling of non-private runs and the "seeded" noise; a secure private run ignores it
     loss: ConvexLoss = field(default_factory=ConvexLoss)
     cache_features: bool = True
+    # with the Gram mode in a workspace: keep the frozen-prefix features beside the Thetas, so that a later run on
+    # the same records (a retraining after a deletion, a sweep) skips the prefix's forward (workspace.gram_cache)
+    keep_features: bool = True
     device: str = "cpu"  # "cuda" / "cuda:K" to train on a GPU (deltas come back on the CPU)
     noise: str = "secure"  # "seeded": reproducible from ``seed``, NOT differentially private
 
@@ -110,6 +113,8 @@ class TrainConfig:
             raise TrainingError(f"device must be 'cpu' or 'cuda[:K]', got {self.device!r}")
         if self.noise not in NOISE_MODES:
             raise TrainingError(f"noise must be one of {NOISE_MODES}, got {self.noise!r}")
+        if not isinstance(self.keep_features, bool):
+            raise TrainingError(f"keep_features must be True or False, got {self.keep_features!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise TrainingError(f"seed must be an integer or None, got {self.seed!r}")
 

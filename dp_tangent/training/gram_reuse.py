@@ -54,26 +54,49 @@ def gram_code_version() -> dict[str, object]:
 @dataclass(frozen=True)
 class KnownGrams:
     """Thetas offered to a run: for its records at positions ``index``, the sha256 of the model input each
-    Theta was computed from (``digests``) and the Theta (``grams``: (len(index), K, K), float64, CPU).
-    Empty: nothing is known yet, but the run should report its Thetas for later runs."""
+    Theta was computed from (``digests``) and the Theta (``grams``: (len(index), K, K), float64, CPU); where the
+    cache kept them, the records' frozen-prefix features too (``features``: (len(index), ...), CPU; None: none
+    kept). Empty: nothing is known yet, but the run should report its Thetas for later runs."""
 
     index: tuple[int, ...] = ()
     digests: tuple[str, ...] = ()
     grams: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 0, 0, dtype=GRAM_DTYPE))
+    features: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if not len(self.index) == len(self.digests) == len(self.grams):
             raise ValueError("KnownGrams needs one digest and one Theta per index")
+        if self.features is not None and len(self.features) != len(self.index):
+            raise ValueError("KnownGrams needs one row of features per index, or none")
+
+    def offered_features(self, start: int, digests: Sequence[str]) -> dict[int, torch.Tensor]:
+        """The offered features of the rows ``start``, ``start + 1``, ... whose input digests are ``digests``:
+        position in that run of rows -> features, only where the offer's digest is the row's."""
+        if self.features is None:
+            return {}
+        rows = ((j, self._rows.get(start + j)) for j in range(len(digests)))
+        return {j: self.features[row] for j, row in rows if row is not None and self.digests[row] == digests[j]}
+
+    @functools.cached_property
+    def _rows(self) -> dict[int, int]:
+        """Record position -> its row in the offer."""
+        return {i: row for row, i in enumerate(self.index)}
 
 
 @dataclass(frozen=True)
 class GramsUsed:
     """What a run reports back: every record's input digest (in record order), the positions whose
-    Theta it computed (the misses) and those Thetas (float64, CPU); the other records' came from the offer."""
+    Theta it computed (the misses) and those Thetas (float64, CPU); the other records' came from the offer.
+    When it trained on frozen-prefix features and keeps them (``TrainConfig.keep_features``, within
+    :data:`~.gram_format.FEATURE_CACHE_MAX_BYTES`): the positions whose features it computed
+    (``feature_rows``) and those features (``features``, CPU); the others' came from the offer. ``features``
+    None: none to keep."""
 
     digests: tuple[str, ...]
     computed: tuple[int, ...]
     grams: torch.Tensor
+    feature_rows: tuple[int, ...] = ()
+    features: torch.Tensor | None = None
 
     @property
     def misses(self) -> int:
@@ -87,11 +110,13 @@ class GramsUsed:
 @dataclass
 class GramReuse:
     """One run's reuse of Thetas: ``known`` in; the records' input ``digests`` (set by :func:`~.sgd.fit`
-    while it reads the inputs) and what the run did (``used``, set by :func:`~.sgd.run_sgd` when it
+    while it reads the inputs), the positions whose features it computed there (``feature_rows``; None: it
+    did not train on features) and what the run did (``used``, set by :func:`~.sgd.run_sgd` when it
     clips from Grams; None when it fell back to another mode) out."""
 
     known: KnownGrams = field(default_factory=KnownGrams)
     digests: list[str] | None = None
+    feature_rows: tuple[int, ...] | None = None
     used: GramsUsed | None = None
 
 

@@ -20,6 +20,7 @@ are reproducible and therefore not private.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
@@ -42,7 +43,8 @@ from ..tangent import TangentModel
 from . import grad_samplers  # noqa: F401 -- registers the twins' grad samplers
 from .config import PrivacySpec, ProgressFn, TrainConfig, TrainingError, uses_seed
 from .features import precompute_features
-from .gram_reuse import GramReuse, complete_grams, input_digests, row_digests
+from .gram_format import FEATURE_CACHE_MAX_BYTES
+from .gram_reuse import GramReuse, GramsUsed, complete_grams, input_digests, row_digests
 from .losses import ConvexLoss
 from .noise_sources import SEEDED_NOISE_GENERATOR, noise_generator_name  # noqa: F401 -- re-exported
 from .ntk_gram import add_clipped_gradient, gram_fallback_reason, per_example_grams
@@ -51,6 +53,7 @@ from .secure_random import GENERATOR_NAME, SecurePoissonSampler, SecureRandom
 from .validation import check_per_sample_support
 
 NOISE_GENERATOR = GENERATOR_NAME  # what private (noise="secure") runs draw from
+log = logging.getLogger(__name__)
 
 
 class _SecureNoise:
@@ -138,11 +141,22 @@ class _Criterion:
 def _inputs_for(tangent: TangentModel, inputs: torch.Tensor, config: TrainConfig,
                 reuse: GramReuse | None = None) -> tuple[torch.nn.Module, torch.Tensor]:
     """The module to train and its inputs (cached features where it can); with ``reuse``, the digests of
-    the raw inputs are set there as they are read."""
+    the raw inputs are set there as they are read, and the features it offers for rows of the same digest
+    are taken instead of computed (the positions computed are set there too)."""
     digests: list[str] = []
     if config.cache_features and tangent.cut is not None:
-        seen = None if reuse is None else lambda batch: digests.extend(row_digests(batch))
-        module, inputs = tangent.on_features(), precompute_features(tangent, inputs, batch_size=256, rows=seen)
+        computed: list[int] = []
+
+        def known(start: int, batch: torch.Tensor) -> dict[int, torch.Tensor]:
+            digests.extend(row_digests(batch))
+            have = reuse.known.offered_features(start, digests[start:])
+            computed.extend(start + j for j in range(len(batch)) if j not in have)
+            return have
+
+        module = tangent.on_features()
+        inputs = precompute_features(tangent, inputs, batch_size=256, known=None if reuse is None else known)
+        if reuse is not None:
+            reuse.feature_rows = tuple(computed)
     else:
         module = tangent
         if reuse is not None:
@@ -363,7 +377,8 @@ def _fit_non_private(module: torch.nn.Module, params: list[torch.nn.Parameter], 
 def _grams(module: torch.nn.Module, tangent: TangentModel, inputs: torch.Tensor, config: TrainConfig,
            reuse: GramReuse | None) -> torch.Tensor:
     """Theta of every row of ``inputs``: all computed, or those ``reuse`` offers for rows of the same
-    digest taken and the rest computed (recorded in ``reuse.used``)."""
+    digest taken and the rest computed (recorded in ``reuse.used``, with the features to keep when the
+    inputs are frozen-prefix features: :func:`_kept_features`)."""
     from_features = module is not tangent
     if reuse is None:
         return per_example_grams(tangent, inputs, from_features=from_features, batch_size=config.physical_batch_size)
@@ -371,9 +386,24 @@ def _grams(module: torch.nn.Module, tangent: TangentModel, inputs: torch.Tensor,
         reuse.digests = input_digests(inputs)
     with torch.no_grad():
         outputs = module(inputs[:1]).shape[-1]
-    grams, reuse.used = complete_grams(tangent, inputs, reuse.digests, reuse.known, outputs=outputs,
-                                       from_features=from_features, batch_size=config.physical_batch_size)
+    grams, used = complete_grams(tangent, inputs, reuse.digests, reuse.known, outputs=outputs,
+                                 from_features=from_features, batch_size=config.physical_batch_size)
+    reuse.used = _kept_features(used, inputs, reuse, config) if from_features else used
     return grams
+
+
+def _kept_features(used: GramsUsed, features: torch.Tensor, reuse: GramReuse, config: TrainConfig) -> GramsUsed:
+    """``used`` with the features computed this run, for the cache to keep (``config.keep_features``, and the
+    shard's features within :data:`~.gram_format.FEATURE_CACHE_MAX_BYTES`); unchanged otherwise."""
+    size = features.element_size() * features.numel()
+    if not config.keep_features or reuse.feature_rows is None or size > FEATURE_CACHE_MAX_BYTES:
+        if config.keep_features and reuse.feature_rows is not None:
+            log.info("features not kept: %d MiB for the shard, above the cache's %d MiB",
+                     size >> 20, FEATURE_CACHE_MAX_BYTES >> 20)
+        return used
+    rows = reuse.feature_rows
+    kept = features if len(rows) == len(features) else features[list(rows)]
+    return replace(used, feature_rows=rows, features=kept.detach().cpu())
 
 
 def run_sgd(module: torch.nn.Module, params: list[torch.nn.Parameter], inputs: torch.Tensor, targets: torch.Tensor,

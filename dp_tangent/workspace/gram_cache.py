@@ -1,4 +1,6 @@
-"""The workspace's cache of per-record NTK Grams (``cache/grams/``): Theta_i kept for later runs on the same records.
+"""The workspace's cache of per-record NTK Grams (``cache/grams/``): Theta_i kept for later runs on the same records,
+with the record's frozen-prefix features h_i where the run keeps them (``TrainConfig.keep_features``), so that a
+later run skips the prefix's forward too.
 
 Theta_i = J_i J_i^T (:mod:`dp_tangent.training.ntk_gram`) costs about K backward passes per record and
 depends on theta0, the trainable selection and the record's model input only, so a second training of
@@ -26,7 +28,8 @@ type, and the code (:func:`~dp_tangent.training.gram_reuse.gram_code_version`: `
 sha256 of the package sources that compute Theta, the versions of torch, timm, opacus and
 transformers). A file holds, per record,
 its commitment, the sha256 of the model input its Theta was computed from (checked against the row
-by the run itself, :mod:`dp_tangent.training.gram_reuse`) and Theta_i in float64. After a run the file
+by the run itself, :mod:`dp_tangent.training.gram_reuse`), Theta_i in float64 and, where kept, h_i (which
+depends on theta0, the cut and the input only; it is under the same key and the same rules). After a run the file
 holds exactly the run's records (it is rewritten only when a Theta was computed or the records changed).
 """
 
@@ -90,13 +93,15 @@ def cache_path(key: GramKey, data_source: str, shard: str) -> str:
 
 @dataclass(frozen=True)
 class GramFile:
-    """One cache file's content: per row, a record's commitment, its input digest and its Theta."""
+    """One cache file's content: per row, a record's commitment, its input digest, its Theta and, where
+    kept, its frozen-prefix features."""
 
     key: str
     commitments: tuple[str, ...]
     digests: tuple[str, ...]
     grams: torch.Tensor  # (m, K, K) float64
     code: str | None = None  # the code version that computed the Thetas (canonical JSON; None: not recorded)
+    features: torch.Tensor | None = None  # (m, ...): the frozen prefix's output for each row (None: not kept)
 
     def encode(self, rows: Sequence[int] | None = None) -> bytes:
         """The file's bytes (only ``rows``, if given)."""
@@ -104,6 +109,8 @@ class GramFile:
         tensors = {"commitments": _hex_rows([self.commitments[j] for j in rows]),
                    "inputs": _hex_rows([self.digests[j] for j in rows]),
                    "grams": self.grams[list(rows)].to(GRAM_DTYPE).contiguous()}
+        if self.features is not None:
+            tensors["features"] = self.features[list(rows)].contiguous()
         code = {} if self.code is None else {"code": self.code}
         return save_tensors(tensors, metadata={"format": FORMAT, "key": self.key, **code})
 
@@ -133,12 +140,16 @@ def _decode(data: bytes) -> GramFile:
     meta = _metadata(data)
     tensors = load_tensors(data)
     commitments, inputs, grams = tensors["commitments"], tensors["inputs"], tensors["grams"]
+    features = tensors.get("features")
     m = len(commitments)
     if (meta.get("format") != FORMAT or commitments.shape != (m, 32) or inputs.shape != (m, 32)
             or commitments.dtype != torch.uint8 or inputs.dtype != torch.uint8
-            or grams.dim() != 3 or len(grams) != m or grams.shape[1] != grams.shape[2] or grams.dtype != GRAM_DTYPE):
+            or grams.dim() != 3 or len(grams) != m or grams.shape[1] != grams.shape[2] or grams.dtype != GRAM_DTYPE
+            or set(tensors) - {"commitments", "inputs", "grams", "features"}
+            or (features is not None and (features.dim() < 1 or len(features) != m
+                                          or not features.dtype.is_floating_point))):
         raise ValueError("not a gram cache file of this format")
-    return GramFile(str(meta.get("key")), _row_hex(commitments), _row_hex(inputs), grams, meta.get("code"))
+    return GramFile(str(meta.get("key")), _row_hex(commitments), _row_hex(inputs), grams, meta.get("code"), features)
 
 
 def logged_digests(ws: "Workspace") -> dict[str, str | None]:
@@ -192,7 +203,8 @@ def prepare(ws: "Workspace", key: GramKey, data_source: str, shard: str, commitm
         pairs = [(i, at[c]) for i, c in enumerate(commitments) if c in at and c not in deleted]
         if pairs:
             index, rows = (list(t) for t in zip(*pairs))
-            known = KnownGrams(tuple(index), tuple(file.digests[j] for j in rows), file.grams[rows])
+            known = KnownGrams(tuple(index), tuple(file.digests[j] for j in rows), file.grams[rows],
+                               None if file.features is None else file.features[rows])
     return JobCache(rel, key, tuple(commitments), file, known, note, superseded(ws, key, data_source, shard))
 
 
@@ -251,9 +263,14 @@ def _written(job: JobCache, used: GramsUsed) -> tuple[list[FileWrite], dict[str,
     params: dict[str, Any] = {"hits": used.hits, "misses": used.misses}
     if job.note:
         params["ignored"] = job.note
+    features = _kept_features(job, used, offered)
+    if features is not None:
+        params["features"] = {"hits": len(job.commitments) - len(used.feature_rows), "misses": len(used.feature_rows)}
+    had = job.file is not None and job.file.features is not None
     unchanged = (not computed and job.file is not None and set(job.file.commitments) == set(job.commitments)
                  and len(job.file.commitments) == len(job.commitments)
-                 and job.file.code is not None)  # else rewritten to record its code version
+                 and job.file.code is not None  # else rewritten to record its code version
+                 and had == (features is not None) and not used.feature_rows)
     if unchanged or not job.commitments:
         return [], {**params, "file": "unchanged"}
     k = used.grams.shape[-1] if computed else job.known.grams.shape[-1]
@@ -262,8 +279,32 @@ def _written(job: JobCache, used: GramsUsed) -> tuple[list[FileWrite], dict[str,
         grams[list(used.computed)] = used.grams.to(GRAM_DTYPE)
     if hits:
         grams[hits] = job.known.grams[[offered[i] for i in hits]].to(GRAM_DTYPE)
-    data = GramFile(job.key.digest, job.commitments, used.digests, grams, _code(job.key)).encode()
+    data = GramFile(job.key.digest, job.commitments, used.digests, grams, _code(job.key), features).encode()
     return [FileWrite(job.path, data, LABEL)], {**params, "file": "written"}
+
+
+def _kept_features(job: JobCache, used: GramsUsed, offered: Mapping[int, int]) -> torch.Tensor | None:
+    """Every record's frozen-prefix features for the file, in record order: those the run computed and those
+    it took from the offer (which must have been offered for that input); None when the run keeps none."""
+    if used.features is None or not job.commitments:
+        return None
+    n, rows = len(job.commitments), set(used.feature_rows)
+    if len(used.features) != len(rows) or not rows <= set(range(n)):
+        raise WorkspaceError("the worker reported features for other records than it computed them for")
+    taken = [i for i in range(n) if i not in rows]
+    known = job.known.features
+    if taken and (known is None or any(i not in offered or job.known.digests[offered[i]] != used.digests[i]
+                                       for i in taken)):
+        raise WorkspaceError("the worker reported cached features it was not offered for that input")
+    like = used.features if len(used.features) else known
+    out = torch.empty(n, *like.shape[1:], dtype=like.dtype)
+    if rows:
+        out[list(used.feature_rows)] = used.features.to(out.dtype)
+    if taken:
+        if tuple(known.shape[1:]) != tuple(out.shape[1:]):
+            raise WorkspaceError("the worker's features have another shape than the cached ones it took")
+        out[taken] = known[[offered[i] for i in taken]].to(out.dtype)
+    return out
 
 
 def cache_files(ws: "Workspace") -> list[str]:
