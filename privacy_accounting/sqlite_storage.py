@@ -5,7 +5,7 @@
   a busy timeout; a reservation's budget check therefore sees every committed reservation.
 * A new file is built under a temporary name and hard-linked into place, so a concurrent
   opener sees either no file or a complete ledger, and an existing file is never replaced.
-* Opening an existing file checks the SQLite header, ``PRAGMA quick_check``, the application id,
+* Opening an existing file checks the SQLite header, ``PRAGMA integrity_check``, the application id,
   the schema version and the tables; any failure raises :class:`LedgerCorruptError` and leaves
   the file untouched.
 """
@@ -45,6 +45,7 @@ from privacy_accounting.records import (
     Unit,
     utc_now,
 )
+from privacy_accounting.sqlite_watch import ChangeWatch
 from privacy_accounting.storage import EventFilter, RecordClass, ReservationCheck
 
 SCHEMA_VERSION = 2
@@ -152,6 +153,7 @@ class SQLiteStorage:
         self._path = Path(path).expanduser().absolute()
         self._busy_timeout = float(busy_timeout)
         self._local = threading.local()  # .shared: this thread's open transaction of :meth:`atomically`
+        self._watch, self._digests = ChangeWatch(self._path), (None, {})  # :meth:`table_digests`'s memo
         if not os.path.lexists(self._path):
             if not create:
                 raise LedgerError(f"no ledger file at {self._path}")
@@ -210,11 +212,12 @@ class SQLiteStorage:
                 conn.close()
 
     def __getstate__(self) -> dict[str, object]:  # a copy in another process opens its own connections
-        return {k: v for k, v in self.__dict__.items() if k != "_local"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_local", "_watch", "_digests")}
 
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__dict__.update(state)
         self._local = threading.local()
+        self._watch, self._digests = ChangeWatch(self._path), (None, {})
         self._verify()  # the file, as any open does
 
     @property
@@ -311,9 +314,14 @@ class SQLiteStorage:
         with self._errors():
             conn = self._connect()
             try:
-                check = [row[0] for row in conn.execute("PRAGMA quick_check")]
+                # integrity_check, not quick_check: only it compares every index with its table, and the queries
+                # read through the indexes (a shard's spend, the records an event read) while the digests that bind
+                # the ledger to an audit log read the tables: an index edited behind the tool's back (writable_schema,
+                # REINDEX) would show other figures than the ones that verify
+                check = [row[0] for row in conn.execute("PRAGMA integrity_check(1)")]
                 if check != ["ok"]:
-                    raise LedgerCorruptError(f"{where} failed PRAGMA quick_check: {check[0] if check else 'no result'}")
+                    raise LedgerCorruptError(f"{where} failed PRAGMA integrity_check: "
+                                             f"{check[0] if check else 'no result'}")
                 tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
                 if "meta" not in tables:
                     raise LedgerCorruptError(
@@ -451,10 +459,17 @@ class SQLiteStorage:
                       tables: Sequence[str] | None = None) -> dict[str, str]:
         if tables is not None and (without_events or without_audits or set(tables) - set(_DIGESTED)):
             raise InvalidParameterError(f"tables: some of {sorted(_DIGESTED)}, without without_events/without_audits")
+        # a table's digest is reused while nothing was committed to the file (a command asks for them a dozen
+        # times, and hashing every record every run read grows with the ledger); never inside atomically(),
+        # whose own changes are not committed yet
+        mark = self._watch.mark() if self._shared is None else None  # taken before the read: never too late
         with self._transaction(write=False) as conn:
-            digests = ({table: _table_digest(conn, table, order) for table, order in _DIGESTED.items()
-                        if tables is None or table in tables}
+            known = self._digests[1] if mark is not None and self._digests[0] == mark else {}
+            digests = ({table: known.get(table) or _table_digest(conn, table, order)
+                        for table, order in _DIGESTED.items() if tables is None or table in tables}
                        if not without_events else _digests_without(conn, sorted({int(seq) for seq in without_events})))
+            if mark is not None and not without_events:
+                self._digests = (mark, {**known, **digests})
             if without_audits:
                 marks = ", ".join("?" * len(without_audits))
                 digests["audits"] = _rows_digest(conn.execute(  # noqa: S608 -- fixed names
@@ -559,10 +574,13 @@ def _blob(value: object) -> object:
 
 
 def _rows_digest(rows: Iterable[Sequence[Any]]) -> str:
-    digest = hashlib.sha256()
+    digest, encode = hashlib.sha256(), _ROW_JSON.encode  # one encoder: json.dumps would build one per row
     for row in rows:
-        digest.update(json.dumps(list(row), separators=(",", ":"), allow_nan=True, default=_blob).encode() + b"\n")
+        digest.update(encode(list(row)).encode() + b"\n")
     return digest.hexdigest()
+
+
+_ROW_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=True, default=_blob)  # as json.dumps(row, ...) writes
 
 
 def _digests_without(conn: sqlite3.Connection, seqs: list[int]) -> dict[str, str]:

@@ -345,6 +345,23 @@ def test_an_edited_copy_of_a_certificate_does_not_hold(ws, capsys, tmp_path, suf
     assert code == 1 and "not a certificate the tool wrote for request req-8" in out, out
 
 
+def test_a_copy_whose_line_ends_changed_in_transit_still_holds(ws, capsys, tmp_path) -> None:
+    """Review 55: a requester's .txt that went through a mail client or a Windows editor (CRLF line ends, a
+    byte-order mark, the last line end lost) was "not a deletion certificate" or "edited"."""
+    code, out = _cli(capsys, "forget", "rec-0-5", "--request-id", "req-8", "-w", str(ws.root))
+    assert code == 0, out
+    issued = (ws.certificates_dir / "req-8.txt").read_bytes()
+    copy = tmp_path / "copy.txt"
+    for variant in (issued.replace(b"\n", b"\r\n"), b"\xef\xbb\xbf" + issued.replace(b"\n", b"\r\n"),
+                    issued.rstrip(b"\n"), issued.replace(b"\n", b"\r")):
+        copy.write_bytes(variant)
+        code, out = _cli(capsys, "certificate", "verify", str(copy), "-w", str(ws.root))
+        assert code == 0 and "certificate req-8 holds" in out, out
+    copy.write_bytes(issued.replace(b"\n", b"\r\n").replace(b"Components removed", b"Components kept"))
+    code, out = _cli(capsys, "certificate", "verify", str(copy), "-w", str(ws.root))
+    assert code == 1 and "not a certificate the tool wrote" in out, out  # an edit besides the line ends fails
+
+
 def test_a_certificate_verifies_later_and_fails_once_the_record_comes_back(ws, capsys, mlp_backbone) -> None:
     code, out = _cli(capsys, "forget", "rec-0-5", "--request-id", "req-7", "-w", str(ws.root))
     assert code == 0, out
@@ -427,6 +444,43 @@ def test_an_edited_ledger_cannot_be_laundered_by_the_next_operation(ws, capsys) 
     with pytest.raises(WorkspaceError, match="still does not verify .*ledger table 'event_records' differs"):
         ws.resolve_integrity_failures("investigated")  # the edit is still there: nothing to close yet
     assert not ws.audit.verify().ok
+
+
+def test_a_deleted_log_stops_every_operation_before_it_writes_anything(ws, capsys) -> None:
+    """Review 55: with audit.log gone the lock skipped every check, so an operation ran on an edited ledger and
+    tombstone list (a forget retrained under a forged budget) and started a new log vouching for them."""
+    code, _ = _cli(capsys, "forget", "rec-0-6", "--request-id", "req-t", "-w", str(ws.root))
+    assert code == 0
+    ws.audit_log_path.unlink()
+    (ws.root / "tombstones.json").write_text('{"records": {}}')  # the deletion undone behind the tool's back
+    _sql(ws, "UPDATE budgets SET epsilon = 100")
+    before = {p: p.read_bytes() for p in ws.root.rglob("*") if p.is_file()}
+    for command in (["budget", "set", "toy", "10"], ["forget", "rec-1-3", "--request-id", "req-u", "--retrain"],
+                    ["compose", "--name", "m2", "c0", "c1"]):
+        code, out = _cli(capsys, *command, "-w", str(ws.root))
+        assert code == 2 and "audit.log is missing" in out and out.count("\n") == 1, out
+    assert {p: p.read_bytes() for p in ws.root.rglob("*") if p.is_file()} == before  # nothing written, no new log
+    with pytest.raises(WorkspaceError, match="audit.log is missing"):
+        ws.set_budget("toy", None, 9.0, 1e-5)
+
+
+def test_an_index_edited_behind_the_tools_back_is_refused_when_the_ledger_opens(ws, capsys) -> None:
+    """Review 55: an index made partial (writable_schema, REINDEX, its SQL restored) passed quick_check and every
+    digest (they read the tables) while a shard's spend, read through the index, left a run out."""
+    import sqlite3
+
+    with sqlite3.connect(ws.ledger_path) as conn:
+        (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'events_by_shard'").fetchone()
+        conn.execute("PRAGMA writable_schema = ON")
+        conn.execute("UPDATE sqlite_master SET sql = ? WHERE name = 'events_by_shard'", (sql + " WHERE seq != 1",))
+    with sqlite3.connect(ws.ledger_path) as conn:
+        conn.execute("REINDEX events_by_shard")
+    with sqlite3.connect(ws.ledger_path) as conn:
+        conn.execute("PRAGMA writable_schema = ON")
+        conn.execute("UPDATE sqlite_master SET sql = ? WHERE name = 'events_by_shard'", (sql,))
+    for command in (["budget", "show"], ["audit", "verify"], ["budget", "set", "toy", "10"]):
+        code, out = _cli(capsys, *command, "-w", str(ws.root))
+        assert code == 2 and "failed PRAGMA integrity_check" in out and out.count("\n") == 1, out
 
 
 def test_a_deleted_tombstone_list_stops_training_and_fails_verification(ws, capsys, mlp_backbone) -> None:
@@ -681,8 +735,8 @@ def test_a_completed_run_forged_in_the_ledger_is_never_logged_as_genuine(ws, cap
              "event_json, delta, checkpoints_released, details_json, created_at, updated_at, records_read) "
              "SELECT 'forged', data_source, shard, component, 'hyperparameter_search', 'completed', operator, "
              "event_json, delta, 0, '{\"kind\": \"privacy_audit\"}', created_at, updated_at, 0 FROM events LIMIT 1")
-    code, out = _cli(capsys, "budget", "show", "-w", str(ws.root))
-    assert code == 0 and "privacy_audit" not in [e.operation for e in ws.audit.entries()]
+    code, out = _cli(capsys, "budget", "show", "-w", str(ws.root))  # printed with a warning, exit 1 (review 55)
+    assert code == 1 and "privacy_audit" not in [e.operation for e in ws.audit.entries()]
     code, out = _cli(capsys, "audit", "verify", "-w", str(ws.root))
     assert code == 1 and "ledger table 'events' differs" in out
     code, out = _cli(capsys, "budget", "set", "toy", "12", "-w", str(ws.root))

@@ -96,9 +96,10 @@ def budget_show(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
         return
     check = verify(ws.audit_log_path, check_artifacts=False, ledger_state=ledger.state_digest(tables=FIGURE_TABLES),
                    ledger_tables=FIGURE_TABLES)
-    if not check.ok:
+    if not check.ok:  # exit 1, as `report` does: a script must not take these figures as vouched for
         typer.secho(f"warning: the workspace does not verify ({check.first_bad}); these are the ledger's figures as it "
                     "is now: run `dp-tangent audit verify`", err=True, fg=typer.colors.YELLOW)
+        raise typer.Exit(1)
 
 
 FIGURE_TABLES = ("data_sources", "shards", "budgets", "events")  # what budget show's figures are computed from

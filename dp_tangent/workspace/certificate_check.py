@@ -94,6 +94,14 @@ def parse_certificate_text(text: str) -> CertificateClaim:
     return CertificateClaim(request[1], status[1], key[1], tuple(_TEXT_COMMITMENT.findall(text)), checkpoint)
 
 
+def _as_issued(data: bytes) -> bytes:
+    """A ``.txt`` copy's bytes with the line endings the tool wrote: a copy that went through a mail client or a
+    Windows editor (CRLF or CR line ends, a byte-order mark, the last line end lost) is the same text, and is
+    hashed as issued; any other change still changes the hash."""
+    text = data.removeprefix(b"\xef\xbb\xbf").replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    return text if text.endswith(b"\n") or not text else text + b"\n"
+
+
 def load_certificate(path: Path) -> CertificateClaim:
     """The claim of a certificate file: the ``.json`` or the requester's ``.txt`` copy."""
     try:
@@ -104,6 +112,7 @@ def load_certificate(path: Path) -> CertificateClaim:
         if data.lstrip().startswith(b"{"):
             claim = CertificateClaim.of(DeletionCertificate.model_validate_json(data))
         else:
+            data = _as_issued(data)
             claim = parse_certificate_text(data.decode("utf-8"))
         return dataclasses.replace(claim, sha256=hashlib.sha256(data).hexdigest())
     except (ValidationError, ValueError) as err:

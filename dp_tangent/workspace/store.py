@@ -283,12 +283,21 @@ class Workspace:
         Once the workspace is restored, ``audit resolve`` closes the record (:meth:`resolve_integrity_failures`).
         """
         with workspace_lock(self.root) as outermost:
-            if outermost and self.audit_log_path.is_file():
+            if outermost:
+                self._refuse_without_a_log()
                 self._refuse_while_a_failure_waits()  # nothing is logged after it before it is closed
                 finish_interrupted(self)  # a change killed half-way is finished, not mistaken for tampering
                 self._resolve_abandoned()  # so is a reservation a killed driver left
                 self._refuse_unverified()
             yield
+
+    def _refuse_without_a_log(self) -> None:
+        """Refuse when the audit log is gone: every check of the workspace is against it, so an operation would
+        start a new log that vouches for whatever the ledger and files hold now (edits included)."""
+        if not self.audit_log_path.is_file():
+            raise WorkspaceError(f"{self.audit_log_path} is missing: the workspace's history and every check of its "
+                                 "files are in it; restore it from a backup (dp-tangent audit verify checks the "
+                                 "restored copy) -- nothing was changed")
 
     def _waiting_failures(self) -> list[AuditEntry]:
         """The recorded failures at the log's end not yet closed (none without a log)."""
