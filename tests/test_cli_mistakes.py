@@ -156,8 +156,9 @@ def test_predict_refuses_empty_or_non_finite_arrays_and_data_it_would_ignore(
     np.save("nan.npy", np.full((2, 6), np.nan, np.float32))
     _refused(capsys, "predict", "rows", "empty.npy", "-w", "ws", says="the array is empty")
     _refused(capsys, "predict", "rows", "nan.npy", "-w", "ws", says="12 value(s) are not finite")
-    Path("inputs").mkdir()  # review 51: a folder was "no such input file"
-    _refused(capsys, "predict", "rows", "inputs", "-w", "ws", says="inputs: is a folder; give its files")
+    Path("inputs/.hidden").mkdir(parents=True)  # review 51: a folder was "no such input file"; now its files count
+    Path("inputs/.hidden/x.npy").write_bytes(b"")  # hidden: not an input
+    _refused(capsys, "predict", "rows", "inputs", "-w", "ws", says="inputs: a folder with no input file in it")
     np.save("big.npy", np.full((1, 6), 1e39))  # finite in float64, not in float32: no numpy warning lines
     _refused(capsys, "predict", "rows", "big.npy", "-w", "ws", says="beyond float32's range")
     np.save("ok.npy", np.zeros((2, 6), np.float32))

@@ -143,6 +143,25 @@ def test_an_image_folder_trains_lazily_and_retrains_after_a_deletion(
     image = next(p for p in sorted(Path("imgs").rglob("*.png")))
     code, out, err = run_cli(capsys, "predict", "r", str(image), "-w", "ws")
     assert code == 0 and out.strip() in {f"{image}: 0", f"{image}: 1"}, err
+    # review 51: a folder was refused and each file ran its own forward; a folder now stands for its files, and
+    # single images are predicted in batches, with the classes of one file at a time and in the same order
+    from dp_tangent.cli import inference
+    from dp_tangent.training import evaluation
+
+    forwards = []
+    logits = evaluation.predict
+    monkeypatch.setattr(evaluation, "predict", lambda model, x, **kw: forwards.append(len(x)) or logits(model, x, **kw))
+    Path("imgs/.thumbs").mkdir()
+    Path("imgs/.thumbs/x.png").write_bytes(b"not an image")  # hidden: not an input
+    files = sorted(str(p) for p in Path("imgs").rglob("*.png") if ".thumbs" not in str(p))
+    monkeypatch.setattr(inference, "PREDICT_BATCH", 1)
+    code, one_by_one, err = run_cli(capsys, "predict", "r", *files, "-w", "ws")
+    assert code == 0 and forwards == [1] * len(files), err
+    forwards.clear()
+    monkeypatch.setattr(inference, "PREDICT_BATCH", 16)
+    code, batched, err = run_cli(capsys, "predict", "r", "imgs", "-w", "ws")
+    assert code == 0 and batched == one_by_one, err
+    assert [line.split(": ")[0] for line in batched.splitlines()] == files and forwards == [16, 16, len(files) - 32]
     # review 45: an id typed as a path in another form matched nothing, and the request closed as NOT FOUND silently
     other = load_recipe(recipe).load_data()[1][0].record_ids[0]
     code, out, err = run_cli(capsys, "forget", f"./{other}", "-w", "ws")
