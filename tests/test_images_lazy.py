@@ -104,6 +104,37 @@ def test_a_corrupt_image_is_refused_by_name_before_any_budget(tmp_path: Path, ca
         image_folder_records(Path("imgs"), 32)
 
 
+def test_a_registered_folder_decodes_only_its_new_images_and_a_changed_one_is_refused_before_any_budget(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 51: every train decoded every image before anything else, a registered, unchanged folder too (22 s of
+    a 112 s retry at 30k images). Its registered files are now only hashed: the registration refuses a changed one,
+    before any budget, and only new files are decoded up front."""
+    from dp_tangent.data import images
+    from dp_tangent.workspace import Workspace
+
+    monkeypatch.chdir(tmp_path)
+    write_image_folder(Path("imgs"), 12)
+    recipe = write_recipe(Path("r.yaml"), {
+        "backbone": {"name": "test_efficientnet", "num_classes": 2}, "trainable": "head",
+        "data": {"image_folder": {"root": "imgs", "classes": ["a", "b"], "image_size": 16}},
+        "privacy": {"epsilon": 8, "delta": 1e-5}, "training": {"epochs": 1, "batch_size": 2}, "data_source": "imgs"})
+    decoded: list[str] = []
+    readable = images._readable
+    monkeypatch.setattr(images, "_readable", lambda path: decoded.append(Path(path).name) or readable(path))
+    assert run_cli(capsys, "train", "--init", str(recipe), "-w", "ws", "--executor", "serial")[0] == 0
+    assert len(decoded) == 12
+    decoded.clear()
+    write_image_folder(Path("more"), 14)
+    Path("more/a/0013.png").rename("imgs/a/0013.png")  # one new image
+    code, _, err = run_cli(capsys, "train", str(recipe), "--name", "again", "-w", "ws", "--executor", "serial")
+    assert code == 0 and decoded == ["0013.png"], err
+    spent = len(Workspace.open("ws").ledger.events())
+    Path("imgs/b/0004.png").write_bytes(b"")  # a registered image emptied
+    code, _, err = run_cli(capsys, "train", str(recipe), "--name", "third", "-w", "ws", "--executor", "serial")
+    assert code == 2 and "is not the data it was registered with (1 record(s) changed)" in err, err
+    assert len(Workspace.open("ws").ledger.events()) == spent  # refused before anything was reserved
+
+
 def test_images_are_finite_by_construction_so_validation_decodes_none(tmp_path: Path) -> None:
     from dp_tangent.training.validation import check_finite_inputs
 

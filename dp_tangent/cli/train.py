@@ -207,10 +207,12 @@ def train(
         # torch loads here, after the recipe's schema was checked: a mistake in it is reported at once
         from ..training.progress import precompute_progress  # not ntk_gram: that imports Opacus
         from ..workspace import ShardJob
-        from ..workspace.data_sources import read_as_registered
+        from ..workspace.data_sources import decoding_new, read_as_registered
 
         if ws is not None:  # ids in the form a source registered before they were read as written holds them
-            recipe = recipe.model_copy(update={"data": read_as_registered(ws, recipe.data_source, recipe.data)})
+            data = read_as_registered(ws, recipe.data_source, recipe.data)
+            # and only its new images decoded up front: _register_source refuses a changed one before any training
+            recipe = recipe.model_copy(update={"data": decoding_new(ws, recipe.data_source, data)})
         test, parts = recipe.load_data()  # before creating anything: a data set that does not load leaves no trace
         if only and ws is not None:
             _check_same_split(ws, name, parts)

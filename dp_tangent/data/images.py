@@ -4,14 +4,15 @@ Image folders and CIFAR are read lazily (:class:`ImageFiles`, :class:`CifarImage
 file path (or a row number of CIFAR's 32x32 uint8 array), and an image is decoded, resized and
 normalised only when a batch reads it, so memory does not grow with the number of images at the
 model's input size. Every file of a folder is decoded once when the folder is loaded, so that a
-corrupt one is refused, by name, before anything is trained or any budget spent.
+corrupt one is refused, by name, before anything is trained or any budget spent (a registered folder's
+files only when new: the registration checks the others' digests).
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,12 +158,13 @@ def check_images(paths: Sequence[Path]) -> None:
 
 
 def image_folder_records(root: Path, image_size: int, *, classes: Sequence[str] | None = None,
-                         verify: bool = True) -> RecordSet:
+                         verify: bool = True, decoded_before: Callable[[str], bool] | None = None) -> RecordSet:
     """``root/CLASS/FILE`` images (torchvision's ``ImageFolder`` layout and extensions), read lazily;
     a record's id is its path under ``root``, its label the index of its folder in ``classes`` (a listed class
     may have no folder; a folder not listed is refused). Without ``classes`` (a data source registered before
     they were required), the sorted folder names. Every file is decoded once here (see the module doc)
-    unless ``verify`` is false (a reload whose file digests are checked against files verified before)."""
+    unless ``verify`` is false (a reload whose file digests are checked against files verified before), except
+    the records whose ids ``decoded_before`` names (a registered source's, whose digests its registration checks)."""
     from torchvision import datasets
 
     if not root.is_dir():
@@ -183,9 +185,10 @@ def image_folder_records(root: Path, image_size: int, *, classes: Sequence[str] 
     if not folder.samples:
         raise DataError(f"{root}: no image files in the class folders {', '.join(classes or [])}; put images in "
                         f"{root}/CLASS/FILE")
-    if verify:
-        check_images([Path(p) for p, _ in folder.samples])
     ids = tuple(Path(p).relative_to(root).as_posix() for p, _ in folder.samples)
+    if verify:
+        check_images([Path(p) for (p, _), i in zip(folder.samples, ids) if decoded_before is None
+                      or not decoded_before(i)])
     return RecordSet(ImageFiles(str(root), ids, image_size), torch.tensor(folder.targets, dtype=torch.long), ids)
 
 

@@ -10,7 +10,7 @@ resolved by the recipe before loading.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -158,6 +158,7 @@ class ImageFolderData(_Kind):
     image_size: PositiveInt = 224
     classes: list[str] | None = Field(default=None, min_length=2)
     _verify: bool = PrivateAttr(default=True)
+    _decoded_before: Callable[[str], bool] | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _listed_classes(self, info: ValidationInfo) -> "ImageFolderData":
@@ -172,7 +173,16 @@ class ImageFolderData(_Kind):
     def records(self) -> RecordSet:
         from .images import image_folder_records
 
-        return image_folder_records(Path(self.root), self.image_size, classes=self.classes, verify=self._verify)
+        return image_folder_records(Path(self.root), self.image_size, classes=self.classes, verify=self._verify,
+                                    decoded_before=self._decoded_before)
+
+    def decoding_new(self, decoded_before: Callable[[str], bool]) -> "ImageFolderData":
+        """The same folder, listed and checked as for training, but only the records ``decoded_before`` does not
+        name are decoded: a registered source's files were decoded when it was registered, and the registration
+        refuses any whose digest changed since, before any budget is spent."""
+        copy = self.model_copy()
+        copy._decoded_before = decoded_before
+        return copy
 
     def unverified(self) -> "ImageFolderData":
         """The same folder, not decoded when listed: for a reload whose file digests are checked
