@@ -10,7 +10,7 @@ one command (or command group) on it: ``init``, ``demo`` (the run itself in ``de
 """
 
 # Each import registers its commands, in the order ``--help`` lists them.
-from . import init, demo, report, budget, audit, compose, forget, requests, certificate, release, train, inference, pretrain  # noqa: F401,I001,E501
+from . import init, demo, report, budget, audit, compose, forget, requests, certificate, release, train, inference, pretrain, data  # noqa: F401,I001,E501
 from .app import app, main
 
 __all__ = ["app", "main"]

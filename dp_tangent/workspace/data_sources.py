@@ -21,6 +21,7 @@ import hmac
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -28,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ..components.component import ComponentMetadata
 from ..components.manifest import commit
 from ..data.sources import DigitsSource, ReloadableSource, content_digests, parse_source
-from ..errors import DPTangentError
+from ..errors import DataError, DPTangentError
 from .tombstones import Tombstones
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ _TAG_CONTEXT = b"dp-tangent data-source content digest v1"
 
 __all__ = ["FILE", "PUBLIC_SPLIT", "DataSourceError", "DigitsSource", "Sources", "check_unchanged",
            "declared_public", "decoding_new", "held_spelling", "read_as_registered", "registered", "registered_test",
-           "reload", "shard_records_for", "source_of", "test_records", "typed_id_sources", "without_deleted",
+           "registry", "relocated", "reload", "shard_records_for", "source_of", "test_records", "typed_id_sources", "without_deleted",
            "without_records"]
 
 
@@ -65,6 +66,11 @@ class Sources(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sources: dict[str, dict[str, Any]] = {}  # name -> a registered source value (see data.sources)
     content: dict[str, Content] = {}  # absent for sources registered before digests were recorded
+
+
+def registry(ws: Workspace) -> Sources:
+    """The workspace's data-source registry (empty when none is registered)."""
+    return _read(ws)
 
 
 def _read(ws: Workspace) -> Sources:
@@ -351,6 +357,34 @@ def source_of(ws: Workspace, name: str) -> ReloadableSource | None:
     return None if entry is None else parse_source(entry)
 
 
+def relocated(ws: Workspace, name: str, location: Path) -> ReloadableSource:
+    """The registered source ``name`` read from ``location`` (its file or folder moved there), holding exactly the
+    records it was registered with, less deleted ones: a record it did not hold is refused here (training adds
+    records, and checks them first), and :func:`registered` refuses a changed or missing one when it is written."""
+    source = source_of(ws, name)
+    if source is None:
+        raise DataSourceError(f"no loader registered for data source {name!r} (it was not trained from a recipe's "
+                              "data in this workspace): nothing to relocate")
+    value = source.model_dump(mode="json")
+    field = next((f for f in ("path", "root") if f"data.{f}" in _LOCATIONS and f in value.get("data", {})), None)
+    if field is None:
+        raise DataSourceError(f"data source {name!r} ({source.loader}) is not read from a file or folder of yours: "
+                              "nothing to relocate")
+    content = _read(ws).content.get(name)
+    if content is None:
+        raise DataSourceError(f"data source {name!r} was registered before its records' digests were kept, so its "
+                              f"data cannot be checked at a new place; read it from {value['data'][field]}")
+    value["data"][field] = str(location.expanduser().absolute())
+    moved = parse_source(value)
+    key, deleted = ws.manifest_key(), set(Tombstones(ws.root).read())
+    new = [r for r in _as_registered(moved).records().record_ids
+           if commit(r, key) not in content.tags and commit(r, key) not in deleted]
+    if new:
+        raise DataSourceError(f"{location} holds {len(new)} record(s) data source {name!r} was not registered with "
+                              f"(e.g. {sorted(new)[0]!r}): relocate moves the data as it was; train adds records")
+    return moved
+
+
 def declared_public(ws: Workspace) -> frozenset[tuple[str, str]]:
     """The (data source, shard) splits their data owner declared public (``public_split``): no privacy budget
     applies to them (an unreadable registry declares none)."""
@@ -426,7 +460,15 @@ def reload(ws: Workspace, name: str) -> tuple[ReloadableSource, RecordSet, list[
     if source is None:
         raise DataSourceError(f"no loader registered for data source {name!r} (it was not trained from a recipe's "
                               "data in this workspace); give its data explicitly")
-    records = source.records()
+    try:
+        records = source.records()
+    except DataError as err:
+        value = source.model_dump(mode="json").get("data", {})
+        where = next((value[f] for f in ("path", "root") if isinstance(value.get(f), str)), None)
+        if where is None or Path(where).exists():
+            raise
+        raise DataSourceError(f"{err}; if data source {name!r} moved, point the workspace at its new place with "
+                              f"`dp-tangent data relocate {name} NEW_PLACE` (no training, no budget)") from None
     return source, records, check_unchanged(ws, name, records, Tombstones(ws.root).read())
 
 

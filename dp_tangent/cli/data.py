@@ -1,0 +1,67 @@
+"""``dp-tangent data list | relocate``: the data sources the workspace re-reads (retraining, evaluate, predict)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .app import DEFAULT_WORKSPACE, WorkspaceOption, app, busy, open_workspace
+
+data_app = typer.Typer(help="Data sources the workspace re-reads: where they are, and moving them.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("list")
+def data_list(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
+    """Each registered data source: how it is read, from where, and how many records were registered."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..workspace.data_sources import registry
+
+    ws = open_workspace(workspace, finish=False)
+    sources = registry(ws)
+    if not sources.sources:
+        typer.echo(f"no data source is registered in {ws.root} (`dp-tangent train` registers a recipe's data)")
+        return
+    table = Table("data source", "read as", "records registered", "test records")
+    table.add_column("from", overflow="fold")  # a path: folded, never cut
+    for name, entry in sorted(sources.sources.items()):
+        data = entry.get("data", {}) if isinstance(entry.get("data"), dict) else {}
+        content = sources.content.get(name)
+        table.add_row(name, str(entry.get("loader")), "-" if content is None else str(content.records),
+                      "-" if content is None else str(len(content.test)),
+                      str(data.get("path") or data.get("root") or "(embedded)"))
+    Console().print(table)
+
+
+@data_app.command("relocate")
+def data_relocate(
+    name: Annotated[str, typer.Argument(help="The data source (as `dp-tangent data list` names it).")],
+    location: Annotated[Path, typer.Argument(help="Its file or folder's new place.")],
+    workspace: WorkspaceOption = DEFAULT_WORKSPACE,
+) -> None:
+    """Re-point a data source whose file or folder moved: every registered record must be there, unchanged (by its
+    keyed digest), and no other; nothing is trained and no budget spent. Logged."""
+    from ..workspace.data_sources import relocated, source_of
+
+    ws = open_workspace(workspace)
+    with busy(f"checking {location} against data source {name!r}"):
+        with ws.lock():
+            moved = relocated(ws, name, location)
+            before = source_of(ws, name)
+            if before == moved:
+                typer.echo(f"data source {name!r} is read from {location.expanduser().absolute()} already: nothing "
+                           "was changed")
+                return
+            source = ws.ledger.data_source(name)
+            ws.declare_data_source(name, description=source.description,
+                                   shards=[shard for _, shard in ws.ledger.shards(name)], loader=moved)
+    was = before.model_dump(mode="json")["data"] if before is not None else {}
+    now = moved.model_dump(mode="json")["data"]
+    field = "path" if "path" in now else "root"
+    typer.echo(f"data source {name!r}: read from {now[field]} (was {was.get(field)}); every registered record found "
+               "there unchanged")

@@ -1,0 +1,73 @@
+"""`dp-tangent data list | relocate`: a moved data file or folder is re-pointed without training or budget, as
+long as it holds exactly the registered records, unchanged (review 51: only a budget-spending train could)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import run_cli
+from owndata import mlp_recipe, write_npz, write_recipe
+
+from dp_tangent.workspace import Workspace
+
+
+@pytest.fixture
+def trained(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    monkeypatch.chdir(tmp_path)
+    ids = write_npz(Path("rows.npz"), n=64)
+    recipe = write_recipe(Path("rows.yaml"), mlp_recipe({"npz": {"path": "rows.npz"}}, in_features=6, classes=2,
+                                                        source="rows"))
+    code, _, err = run_cli(capsys, "train", "--init", str(recipe), "-w", "ws", "--executor", "serial")
+    assert code == 0, err
+    return ids
+
+
+def test_a_moved_file_is_relocated_without_budget_and_then_reloads(trained, capsys) -> None:
+    ws = Workspace.open("ws")
+    events = len(ws.ledger.events())
+    Path("moved").mkdir()
+    Path("rows.npz").rename("moved/rows.npz")
+    code, _, err = run_cli(capsys, "evaluate", "rows", "-w", "ws")
+    assert code == 2 and "`dp-tangent data relocate rows NEW_PLACE`" in err and len(err.strip().splitlines()) == 1
+    code, out, err = run_cli(capsys, "data", "relocate", "rows", "moved/rows.npz", "-w", "ws")  # relative, as typed
+    assert code == 0 and f"read from {Path('moved/rows.npz').absolute()} (was {Path('rows.npz').absolute()})" in out
+    registry = json.loads(Path("ws/data-sources.json").read_text())
+    assert registry["sources"]["rows"]["data"]["path"] == str(Path("moved/rows.npz").absolute())
+    assert len(ws.ledger.events()) == events  # nothing trained, nothing spent
+    entry = ws.audit.entries()[-1]
+    assert entry.operation == "data_source" and any(a.path == "data-sources.json" for a in entry.outputs)
+    code, out, err = run_cli(capsys, "evaluate", "rows", "-w", "ws")
+    assert code == 0 and "test accuracy" in out, err
+    code, out, err = run_cli(capsys, "forget", trained[5], "--request-id", "r1", "--retrain", "-w", "ws")
+    assert code == 0, err
+    code, out, _ = run_cli(capsys, "data", "relocate", "rows", "moved/rows.npz", "-w", "ws")
+    assert code == 0 and "nothing was changed" in out
+    code, out, _ = run_cli(capsys, "data", "list", "-w", "ws")
+    assert code == 0 and "rows" in out and "npz" in out and "64" in out
+    assert run_cli(capsys, "audit", "verify", "-w", "ws")[0] == 0
+
+
+def test_a_place_with_other_records_is_refused_and_nothing_changes(trained, capsys) -> None:
+    before = Path("ws/data-sources.json").read_bytes()
+    with np.load("rows.npz") as data:
+        arrays = dict(data)
+    Path("other").mkdir()
+    changed = {**arrays, "inputs": arrays["inputs"] + np.eye(64, 6, dtype=np.float32)}  # six rows edited
+    np.savez("other/changed.npz", **changed)
+    extra = {k: np.concatenate([v, v[:1]]) for k, v in arrays.items()}
+    extra["record_ids"][-1] = "row-new"
+    np.savez("other/extra.npz", **extra)
+    for place, says in (("other/changed.npz", "is not the data it was registered with (6 record(s) changed)"),
+                        ("other/extra.npz", "holds 1 record(s) data source 'rows' was not registered with"),
+                        ("other/none.npz", "other/none.npz")):
+        code, _, err = run_cli(capsys, "data", "relocate", "rows", place, "-w", "ws")
+        assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = run_cli(capsys, "data", "relocate", "nope", "other", "-w", "ws")
+    assert code == 2 and "no loader registered for data source 'nope'" in err
+    assert Path("ws/data-sources.json").read_bytes() == before
+    shutil.rmtree("other")
+    assert run_cli(capsys, "audit", "verify", "-w", "ws")[0] == 0
