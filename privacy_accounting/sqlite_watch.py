@@ -1,10 +1,13 @@
 """Telling whether an SQLite file may have changed since an earlier look, without reading its tables.
 
 SQLite's ``PRAGMA data_version`` on one connection kept open changes whenever any other connection, in this
-process or another, commits a change to the file (rollback journal or WAL alike). :class:`ChangeWatch` keeps
-such a connection, and adds the file's identity (device and inode), so that a file put in the ledger's place
-is another file. Equal marks mean: nothing was committed to this file in between. A read-only connection that
-is not inside a transaction holds no lock, so keeping it open never blocks a writer.
+process or another, commits a change to the file (rollback journal or WAL alike). It sees what SQLite's own
+change counter shows, so bytes written into the file by anything else, the counter put back, go unseen: the
+mark also holds the file's identity (device and inode: a file put in its place is another file) and the size,
+modification and change times of the file and of its journal and WAL files (a write moves the change time,
+which no unprivileged program can set back; since Linux 6.13 a write after a look gets a time of its own).
+Equal marks mean: nothing was written to these files in between. A read-only connection that is not inside
+a transaction holds no lock, so keeping it open never blocks a writer.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-Mark = tuple[int, int, int]  # (st_dev, st_ino, data_version)
+Mark = tuple[int, ...]  # (st_dev, st_ino, data_version, then size, mtime and ctime of the file, journal, WAL)
 
 
 class ChangeWatch:
@@ -38,7 +41,9 @@ class ChangeWatch:
                     self._conn = sqlite3.connect(self._path.as_uri() + "?mode=ro", uri=True, isolation_level=None,
                                                  check_same_thread=False)
                     self._identity = identity
-                return (*identity, int(self._conn.execute("PRAGMA data_version").fetchone()[0]))
+                version = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+                return (*identity, version, *_times(self._path), *_times(Path(f"{self._path}-journal")),
+                        *_times(Path(f"{self._path}-wal")))
             except (OSError, sqlite3.Error):
                 self.close()
                 return None
@@ -50,3 +55,12 @@ class ChangeWatch:
                 conn.close()
             except sqlite3.Error:  # closing a broken connection: nothing left to release
                 pass
+
+
+def _times(path: Path) -> tuple[int, int, int]:
+    """(size, mtime, ctime) in ns of ``path``; (-1, -1, -1) when there is none."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return (-1, -1, -1)
+    return (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)

@@ -43,8 +43,8 @@ _TAG_CONTEXT = b"dp-tangent data-source content digest v1"
 
 __all__ = ["FILE", "PUBLIC_SPLIT", "DataSourceError", "DigitsSource", "Sources", "check_unchanged",
            "declared_public", "decoding_new", "held_spelling", "read_as_registered", "registered", "registered_test",
-           "registry", "relocated", "reload", "shard_records_for", "source_of", "test_records", "typed_id_sources", "without_deleted",
-           "without_records"]
+           "registry", "relocated", "reload", "shard_records_for", "source_of", "test_records", "typed_id_sources",
+           "without_deleted", "without_records"]
 
 
 class DataSourceError(DPTangentError):

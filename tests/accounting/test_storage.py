@@ -274,6 +274,20 @@ def test_table_digests_are_reused_until_something_is_committed_by_anyone(tmp_pat
     os.replace(copy, path)  # another file put in its place
     assert ledger.state_digest()["events"] not in (second["events"], third["events"])
 
+    # review 56: bytes written into the file with SQLite's change counter put back (data_version then sees nothing),
+    # in place (same inode), during a long command: the memo hid the edit from the commit's check
+    now = ledger.state_digest()
+    edited = tmp_path / "edited.sqlite"
+    shutil.copyfile(path, edited)
+    with sqlite3.connect(edited) as conn:
+        conn.execute("UPDATE events SET delta = 0.125 WHERE component = 'c0'")
+    original, forged = path.read_bytes(), bytearray(edited.read_bytes())
+    for start, end in ((24, 28), (92, 100)):  # the change counter and the version-valid-for number
+        forged[start:end] = original[start:end]
+    with open(path, "r+b") as handle:
+        handle.write(forged)
+    assert ledger.state_digest()["events"] != now["events"]
+
     now = ledger.state_digest()
     with ledger.atomically():
         ledger.register_model("m", ["c0"])
