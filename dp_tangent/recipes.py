@@ -126,7 +126,8 @@ class TrainingSection(_Strict):
     kappa: PositiveFloat = 15.0
     l2: float = Field(default=0.0, ge=0)
     device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
-    keep_features: bool = True  # keep the frozen-prefix features in the workspace's cache (docs/training.md)
+    # keep the frozen-prefix features in the workspace's cache (docs/training.md); unset: as the shard's cache says
+    keep_features: bool | None = None
 
 
 class ResourcesSection(_Strict):

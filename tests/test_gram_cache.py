@@ -249,20 +249,57 @@ def test_a_changed_input_computes_its_features_alone(ws, mlp_backbone, monkeypat
     assert torch.allclose(only_file(ws)[1].features, fresh_features(mlp_backbone, None, changed), atol=1e-6)
 
 
-def test_a_file_without_features_gets_them_and_keep_features_false_drops_them(ws, mlp_backbone) -> None:
-    """A file written before features were kept (or by a run that kept none) is rewritten with them; a run of
-    ``keep_features=False`` rewrites the file without them (opting out removes what was kept) and keeps none."""
+def train_keeping(ws: Workspace, backbone, name: str, recs: RecordSet, keep: bool | None,
+                  trainable: str | None = None) -> dict:
+    run = ws.train_all(backbone, trainable, [ShardJob(name, "s0", recs)], data_source="toy", privacy=CLIPPED,
+                       config=dataclasses.replace(SEEDED, keep_features=keep))
+    assert not run.failed, run.failed
+    return run.gram_cache[name]
+
+
+def test_a_file_without_features_gets_them_and_keep_features_false_drops_them_for_good(ws, mlp_backbone) -> None:
+    """A file written before features were kept is rewritten with them; a run of ``keep_features=False`` rewrites
+    the file without them, marked declined, and so do the shard's files under other selections. Later runs that
+    do not say (a retraining after a deletion has no recipe) keep none; only ``keep_features=True`` keeps them
+    again (review 56: the setting lived in each component, and whichever was retrained last won)."""
     recs = records()
     train(ws, mlp_backbone, "a", recs)
     kept = only_file(ws)[1].features
     with_features(ws, None)
     assert train(ws, mlp_backbone, "b", recs) == {"hits": 32, "misses": 0, "file": "written"}
     assert features_used(ws) == {"hits": 0, "misses": 32} and torch.equal(only_file(ws)[1].features, kept)
-    run = ws.train_all(mlp_backbone, None, [ShardJob("c", "s0", recs)], data_source="toy", privacy=CLIPPED,
-                       config=dataclasses.replace(SEEDED, keep_features=False))
-    assert run.gram_cache["c"] == {"hits": 32, "misses": 0, "file": "written"}  # no "features": none kept
-    assert only_file(ws)[1].features is None and ws.load_component("c").metadata.training.keep_features is False
+    train(ws, mlp_backbone, "other", recs, "blocks[-1:]")  # another selection: another file holding features
+    own, other = cache_file_of(ws, "a"), cache_file_of(ws, "other")
+    assert own != other and gram_cache.read(ws, other, gram_cache.logged_digests(ws))[0].features is not None
+    assert train_keeping(ws, mlp_backbone, "c", recs, False) == {"hits": 32, "misses": 0, "file": "written",
+                                                                 "features": "declined"}
+    logged = gram_cache.logged_digests(ws)
+    for rel in (own, other):
+        file = gram_cache.read(ws, rel, logged)[0]
+        assert file.features is None and file.declined, rel
     assert same_deltas(ws, "a", "c")
+    assert train_keeping(ws, mlp_backbone, "d", recs, None) == {"hits": 32, "misses": 0, "file": "unchanged",
+                                                                "features": "declined"}
+    from datetime import datetime, timezone
+
+    from dp_tangent.workspace.deletion_requests import DeletionRequest
+    from dp_tangent.workspace.forget import forget
+
+    forget(ws, DeletionRequest("req-1", ("rec-3",), datetime(2026, 12, 1, tzinfo=timezone.utc)), retrain=True,
+           shard_records=lambda meta: recs.subset([i for i in range(32) if i != 3]))
+    assert gram_cache.read(ws, own, gram_cache.logged_digests(ws))[0].features is None  # every retraining declined
+    assert train_keeping(ws, mlp_backbone, "e", recs.subset(list(range(4, 32))), True)["features"] == {
+        "hits": 0, "misses": 28}
+    assert gram_cache.read(ws, own, gram_cache.logged_digests(ws))[0].features is not None
+    assert verify(ws, workspace=True).ok
+
+
+def cache_file_of(ws: Workspace, component: str) -> str:
+    """The gram-cache file the component's completion entry wrote."""
+    entry = next(e for e in ws.audit.entries() if e.parameters.get("component") == component
+                 and any(a.path.startswith(gram_cache.CACHE_DIR) for a in e.outputs))
+    (rel,) = [a.path for a in entry.outputs if a.path.startswith(gram_cache.CACHE_DIR)]
+    return rel
 
 
 def test_features_above_the_cache_limit_are_not_kept(ws, mlp_backbone, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -270,7 +307,8 @@ def test_features_above_the_cache_limit_are_not_kept(ws, mlp_backbone, monkeypat
 
     monkeypatch.setattr(sgd, "FEATURE_CACHE_MAX_BYTES", 32 * 8 * 4 - 1)  # one byte short of the shard's features
     assert train(ws, mlp_backbone, "a", records()) == {"hits": 0, "misses": 32, "file": "written"}
-    assert features_used(ws) is None and only_file(ws)[1].features is None
+    assert features_used(ws).startswith("not kept: 0.0 MiB for the shard, above the cache's limit of 0.000")
+    assert only_file(ws)[1].features is None and not only_file(ws)[1].declined  # the next run tries again
 
 
 def test_a_tombstoned_records_features_go_with_its_gram(ws, mlp_backbone) -> None:

@@ -267,9 +267,12 @@ def train(
         for job_name, use in sorted(run.gram_cache.items()):
             if use.get("ignored"):
                 typer.echo(f"{job_name}: gram cache {use['ignored']}", err=True)
+            features = use.get("features")
+            if isinstance(features, str) and features != "declined":  # why none were kept: said, not only logged
+                typer.echo(f"{job_name}: frozen-prefix features {features}", err=True)
             if use["hits"]:
-                features = use.get("features") or {}
-                also = (f"; frozen-prefix features of {features['hits']}" if features.get("hits") else "")
+                also = (f"; frozen-prefix features of {features['hits']}"
+                        if isinstance(features, dict) and features.get("hits") else "")
                 typer.echo(f"{job_name}: NTK Grams of {use['hits']} record(s) from the workspace's cache, "
                            f"{use['misses']} computed{also}")
         _report(ws, recipe, name, test, run, retry)

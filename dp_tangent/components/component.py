@@ -96,7 +96,6 @@ class TrainingInfo(_Strict):
     momentum: float
     l2: float
     device: str = "cpu"
-    keep_features: bool = True  # whether its workspace keeps the shard's frozen-prefix features (a retraining does too)
     worker: dict[str, Any] | None = None  # executor, host, pid (and Ray node) that trained it
 
 

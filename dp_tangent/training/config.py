@@ -88,8 +88,9 @@ class TrainConfig:
     loss: ConvexLoss = field(default_factory=ConvexLoss)
     cache_features: bool = True
     # with the Gram mode in a workspace: keep the frozen-prefix features beside the Thetas, so that a later run on
-    # the same records (a retraining after a deletion, a sweep) skips the prefix's forward (workspace.gram_cache)
-    keep_features: bool = True
+    # the same records (a retraining after a deletion, a sweep) skips the prefix's forward (workspace.gram_cache);
+    # None: as the shard's cache file says (kept, unless the run that wrote it declined them)
+    keep_features: bool | None = None
     device: str = "cpu"  # "cuda" / "cuda:K" to train on a GPU (deltas come back on the CPU)
     noise: str = "secure"  # "seeded": reproducible from ``seed``, NOT differentially private
 
@@ -113,8 +114,8 @@ class TrainConfig:
             raise TrainingError(f"device must be 'cpu' or 'cuda[:K]', got {self.device!r}")
         if self.noise not in NOISE_MODES:
             raise TrainingError(f"noise must be one of {NOISE_MODES}, got {self.noise!r}")
-        if not isinstance(self.keep_features, bool):
-            raise TrainingError(f"keep_features must be True or False, got {self.keep_features!r}")
+        if self.keep_features is not None and not isinstance(self.keep_features, bool):
+            raise TrainingError(f"keep_features must be True, False or None, got {self.keep_features!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise TrainingError(f"seed must be an integer or None, got {self.seed!r}")
 

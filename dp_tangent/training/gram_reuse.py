@@ -29,8 +29,8 @@ DIGEST_BATCH = 256  # rows read at a time when digesting inputs that are not a t
 # The code a Theta comes from besides theta0's weights: the network's forward (backbone families and the
 # packages they build on), its tangent twins, layouts and op overrides, and the Gram kernels and samplers.
 _PACKAGE = Path(__file__).resolve().parents[1]
-_SOURCES = ("training/ntk_gram.py", "training/gram_format.py", "training/grad_samplers.py", "tangent/*.py",
-            "backbones/*.py")
+_SOURCES = ("training/ntk_gram.py", "training/gram_format.py", "training/grad_samplers.py", "training/features.py",
+            "tangent/*.py", "backbones/*.py")
 _DISTRIBUTIONS = ("torch", "timm", "opacus", "transformers")
 
 
@@ -97,6 +97,7 @@ class GramsUsed:
     grams: torch.Tensor
     feature_rows: tuple[int, ...] = ()
     features: torch.Tensor | None = None
+    features_note: str | None = None  # why the run kept none where it could have (over the cache's size limit)
 
     @property
     def misses(self) -> int:

@@ -396,11 +396,13 @@ def _kept_features(used: GramsUsed, features: torch.Tensor, reuse: GramReuse, co
     """``used`` with the features computed this run, for the cache to keep (``config.keep_features``, and the
     shard's features within :data:`~.gram_format.FEATURE_CACHE_MAX_BYTES`); unchanged otherwise."""
     size = features.element_size() * features.numel()
-    if not config.keep_features or reuse.feature_rows is None or size > FEATURE_CACHE_MAX_BYTES:
-        if config.keep_features and reuse.feature_rows is not None:
-            log.info("features not kept: %d MiB for the shard, above the cache's %d MiB",
-                     size >> 20, FEATURE_CACHE_MAX_BYTES >> 20)
+    if config.keep_features is False or reuse.feature_rows is None:
         return used
+    if size > FEATURE_CACHE_MAX_BYTES:
+        note = (f"not kept: {size / 2**20:.1f} MiB for the shard, above the cache's limit of "
+                f"{FEATURE_CACHE_MAX_BYTES / 2**20:g} MiB")
+        log.info("features %s", note)
+        return replace(used, features_note=note)
     rows = reuse.feature_rows
     kept = features if len(rows) == len(features) else features[list(rows)]
     return replace(used, feature_rows=rows, features=kept.detach().cpu())

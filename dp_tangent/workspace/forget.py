@@ -97,7 +97,7 @@ def _retrain_spec(meta: ComponentMetadata, privacy: PrivacySpec | None,
         config = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, physical_batch_size=t.physical_batch_size,
                              lr=t.lr, momentum=t.momentum, grad_sample_mode=p.grad_sample_mode or "hooks",
                              seed=secrets.randbelow(2**31), loss=ConvexLoss(**meta.loss),
-                             noise="seeded" if seeded else "secure", keep_features=t.keep_features)
+                             noise="seeded" if seeded else "secure")
     if privacy.private and config.noise == "secure":
         config = dataclasses.replace(config, seed=None)  # nothing seeds it; the certificate must not say otherwise
     return privacy, config

@@ -35,6 +35,7 @@ holds exactly the run's records (it is rewritten only when a Theta was computed 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -102,6 +103,7 @@ class GramFile:
     grams: torch.Tensor  # (m, K, K) float64
     code: str | None = None  # the code version that computed the Thetas (canonical JSON; None: not recorded)
     features: torch.Tensor | None = None  # (m, ...): the frozen prefix's output for each row (None: not kept)
+    declined: bool = False  # the run that wrote it declined to keep features (keep_features: false): later ones too
 
     def encode(self, rows: Sequence[int] | None = None) -> bytes:
         """The file's bytes (only ``rows``, if given)."""
@@ -112,7 +114,8 @@ class GramFile:
         if self.features is not None:
             tensors["features"] = self.features[list(rows)].contiguous()
         code = {} if self.code is None else {"code": self.code}
-        return save_tensors(tensors, metadata={"format": FORMAT, "key": self.key, **code})
+        declined = {"features": "declined"} if self.declined else {}
+        return save_tensors(tensors, metadata={"format": FORMAT, "key": self.key, **code, **declined})
 
 
 def _hex_rows(values: Sequence[str]) -> torch.Tensor:
@@ -149,7 +152,8 @@ def _decode(data: bytes) -> GramFile:
             or (features is not None and (features.dim() < 1 or len(features) != m
                                           or not features.dtype.is_floating_point))):
         raise ValueError("not a gram cache file of this format")
-    return GramFile(str(meta.get("key")), _row_hex(commitments), _row_hex(inputs), grams, meta.get("code"), features)
+    return GramFile(str(meta.get("key")), _row_hex(commitments), _row_hex(inputs), grams, meta.get("code"), features,
+                    meta.get("features") == "declined")
 
 
 def logged_digests(ws: "Workspace") -> dict[str, str | None]:
@@ -188,11 +192,15 @@ class JobCache:
     known: KnownGrams
     note: str | None = None
     superseded: tuple[str, ...] = ()  # the shard's files no run of this code can use, removed on completion
+    keep_features: bool = True  # whether the run keeps features (the config's choice, else the file's)
 
 
 def prepare(ws: "Workspace", key: GramKey, data_source: str, shard: str, commitments: Sequence[str],
-            deleted: set[str] | frozenset[str], logged: Mapping[str, str | None]) -> JobCache:
-    """What to offer a job on ``shard``: the logged Thetas of its records (never a tombstoned one's)."""
+            deleted: set[str] | frozenset[str], logged: Mapping[str, str | None],
+            keep_features: bool | None = None) -> JobCache:
+    """What to offer a job on ``shard``: the logged Thetas of its records (never a tombstoned one's), and whether it
+    keeps features: ``keep_features``, or where that is None, unless the file's last run declined them (so that a
+    retraining after a deletion, which has no recipe, keeps an owner's ``keep_features: false``)."""
     rel = cache_path(key, data_source, shard)
     file, note = read(ws, rel, logged)
     if file is not None and file.key != key.digest:
@@ -205,7 +213,10 @@ def prepare(ws: "Workspace", key: GramKey, data_source: str, shard: str, commitm
             index, rows = (list(t) for t in zip(*pairs))
             known = KnownGrams(tuple(index), tuple(file.digests[j] for j in rows), file.grams[rows],
                                None if file.features is None else file.features[rows])
-    return JobCache(rel, key, tuple(commitments), file, known, note, superseded(ws, key, data_source, shard))
+    keep = keep_features if keep_features is not None else not (file is not None and file.declined)
+    if not keep:
+        known = dataclasses.replace(known, features=None)
+    return JobCache(rel, key, tuple(commitments), file, known, note, superseded(ws, key, data_source, shard), keep)
 
 
 def superseded(ws: "Workspace", key: GramKey, data_source: str, shard: str) -> tuple[str, ...]:
@@ -263,14 +274,17 @@ def _written(job: JobCache, used: GramsUsed) -> tuple[list[FileWrite], dict[str,
     params: dict[str, Any] = {"hits": used.hits, "misses": used.misses}
     if job.note:
         params["ignored"] = job.note
-    features = _kept_features(job, used, offered)
+    features = _kept_features(job, used, offered) if job.keep_features else None
     if features is not None:
         params["features"] = {"hits": len(job.commitments) - len(used.feature_rows), "misses": len(used.feature_rows)}
+    elif not job.keep_features or used.features_note:
+        params["features"] = "declined" if not job.keep_features else used.features_note
     had = job.file is not None and job.file.features is not None
     unchanged = (not computed and job.file is not None and set(job.file.commitments) == set(job.commitments)
                  and len(job.file.commitments) == len(job.commitments)
                  and job.file.code is not None  # else rewritten to record its code version
-                 and had == (features is not None) and not used.feature_rows)
+                 and had == (features is not None) and not used.feature_rows
+                 and job.file.declined == (not job.keep_features))
     if unchanged or not job.commitments:
         return [], {**params, "file": "unchanged"}
     k = used.grams.shape[-1] if computed else job.known.grams.shape[-1]
@@ -279,7 +293,8 @@ def _written(job: JobCache, used: GramsUsed) -> tuple[list[FileWrite], dict[str,
         grams[list(used.computed)] = used.grams.to(GRAM_DTYPE)
     if hits:
         grams[hits] = job.known.grams[[offered[i] for i in hits]].to(GRAM_DTYPE)
-    data = GramFile(job.key.digest, job.commitments, used.digests, grams, _code(job.key), features).encode()
+    data = GramFile(job.key.digest, job.commitments, used.digests, grams, _code(job.key), features,
+                    not job.keep_features).encode()
     return [FileWrite(job.path, data, LABEL)], {**params, "file": "written"}
 
 
@@ -305,6 +320,22 @@ def _kept_features(job: JobCache, used: GramsUsed, offered: Mapping[int, int]) -
             raise WorkspaceError("the worker's features have another shape than the cached ones it took")
         out[taken] = known[[offered[i] for i in taken]].to(out.dtype)
     return out
+
+
+def declining(ws: "Workspace", data_source: str, shard: str, own: str | None = None) -> list[FileWrite]:
+    """The shard's cache files under any key (but ``own``, the run's, written by :func:`completion`) that hold
+    features, rewritten without them and marked declined: a run told ``keep_features=False`` keeps none of the
+    shard's records' features anywhere, whatever selection or mode kept them (a file that cannot be vouched for
+    is never used, and the workspace lock refuses to run while it is there)."""
+    tail = cache_path(GramKey("0" * 32, {}), data_source, shard).split("/")[-2:]
+    logged, writes = logged_digests(ws), []
+    for rel in cache_files(ws):
+        if rel == own or rel.split("/")[-2:] != tail:
+            continue
+        file, _ = read(ws, rel, logged)
+        if file is not None and file.features is not None:
+            writes.append(FileWrite(rel, dataclasses.replace(file, features=None, declined=True).encode(), LABEL))
+    return writes
 
 
 def cache_files(ws: "Workspace") -> list[str]:

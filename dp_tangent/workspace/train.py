@@ -163,8 +163,9 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
                 check_per_sample_support(tangent)
             expected_base = weights_digest(base)
             caches = _gram_caches(ws, backbone, expected_base, tangent, jobs, key, data_source, config)
-            tasks = [replace(task, gram_cache=caches[task.name].known) if task.name in caches else task
-                     for task in tasks]
+            tasks = [replace(task, gram_cache=caches[task.name].known,  # and whether it keeps features, as resolved
+                             config=replace(task.config, keep_features=caches[task.name].keep_features))
+                     if task.name in caches else task for task in tasks]
             executor.prepare(tasks)  # workers up, devices there: a failure here costs no budget
             # Ctrl-C or SIGTERM from here is held back until the failure handling below is in place, so that it
             # marks the reservations failed instead of finding them half made (a commit takes milliseconds)
@@ -219,6 +220,9 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
                                        shard=job.shard, output=path, manifest_key=key)
                 cache_writes, cache_removals, cache_use = gram_cache.completion(ws, caches.get(job.name),
                                                                                 trained.grams)
+                if config.keep_features is False:  # none of the shard's features kept, under any key or mode
+                    own = caches[job.name].path if job.name in caches else None
+                    cache_writes += gram_cache.declining(ws, data_source, job.shard, own)
                 apply(ws, _completed_change(ws, operation, operator, backbone, job, data_source, purpose, built,
                                             executor.name, trained.worker, excluded.get(job.name, 0),
                                             cache_writes, cache_use, cache_removals))
@@ -257,7 +261,8 @@ def _gram_caches(ws: "Workspace", backbone: BackboneSpec, base_sha256: str, tang
     cache_key = gram_cache.gram_key(backbone, base_sha256, tangent, config)
     deleted, logged = frozenset(Tombstones(ws.root).read()), gram_cache.logged_digests(ws)
     return {job.name: gram_cache.prepare(ws, cache_key, data_source, job.shard,
-                                         [commit(r, key) for r in job.records.record_ids], deleted, logged)
+                                         [commit(r, key) for r in job.records.record_ids], deleted, logged,
+                                         config.keep_features)
             for job in jobs}
 
 
