@@ -357,6 +357,12 @@ def test_a_copy_whose_line_ends_changed_in_transit_still_holds(ws, capsys, tmp_p
         copy.write_bytes(variant)
         code, out = _cli(capsys, "certificate", "verify", str(copy), "-w", str(ws.root))
         assert code == 0 and "certificate req-8 holds" in out, out
+    issued_json = (ws.certificates_dir / "req-8.json").read_bytes()
+    copy_json = tmp_path / "copy.json"
+    for variant in (issued_json.replace(b"\n", b"\r\n"), b"\xef\xbb\xbf" + issued_json):  # the .json too
+        copy_json.write_bytes(variant)
+        code, out = _cli(capsys, "certificate", "verify", str(copy_json), "-w", str(ws.root))
+        assert code == 0 and "certificate req-8 holds" in out, out
     copy.write_bytes(issued.replace(b"\n", b"\r\n").replace(b"Components removed", b"Components kept"))
     code, out = _cli(capsys, "certificate", "verify", str(copy), "-w", str(ws.root))
     assert code == 1 and "not a certificate the tool wrote" in out, out  # an edit besides the line ends fails
@@ -748,3 +754,27 @@ def test_a_ledger_cell_turned_into_a_blob_is_a_difference_not_a_traceback(ws, ca
     _sql(ws, "UPDATE events SET event_json = CAST(event_json AS BLOB) WHERE seq = 1")
     code, out = _cli(capsys, "audit", "verify", "-w", str(ws.root))
     assert code == 1 and "ledger table 'events' differs" in out and "Traceback" not in out
+
+
+def test_a_creation_killed_half_way_leaves_no_workspace_without_its_log(tmp_path, capsys, monkeypatch) -> None:
+    """Review 56: a kill between the ledger and the log's first entry left a workspace every command refused (no
+    log to restore from backup). It is built beside its place and moved in, its marker last."""
+    from dp_tangent.workspace.audit_log import AuditLog
+
+    monkeypatch.chdir(tmp_path)
+    append = AuditLog.append
+    monkeypatch.setattr(AuditLog, "append", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    for target in ("fresh", "empty"):
+        if target == "empty":
+            Path("empty").mkdir()
+        with pytest.raises(KeyboardInterrupt):
+            Workspace.create(target)
+        assert not Path(target, "workspace.json").exists() and list(tmp_path.glob(".*creating*")) == []
+    monkeypatch.setattr(AuditLog, "append", append)
+    for target in ("fresh", "empty"):
+        code, out = _cli(capsys, "init", "-w", target)
+        assert code == 0 and Workspace.open(target).audit.verify().ok, out
+    Path("here").mkdir()
+    monkeypatch.chdir("here")  # the working directory itself, empty: filled in place, never replaced
+    code, out = _cli(capsys, "init", "-w", ".")
+    assert code == 0 and Path("workspace.json").is_file() and Path.cwd().exists(), out

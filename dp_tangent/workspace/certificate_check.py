@@ -95,7 +95,7 @@ def parse_certificate_text(text: str) -> CertificateClaim:
 
 
 def _as_issued(data: bytes) -> bytes:
-    """A ``.txt`` copy's bytes with the line endings the tool wrote: a copy that went through a mail client or a
+    """A certificate copy's bytes (``.txt`` or ``.json``) with the line endings the tool wrote: a copy that went through a mail client or a
     Windows editor (CRLF or CR line ends, a byte-order mark, the last line end lost) is the same text, and is
     hashed as issued; any other change still changes the hash."""
     text = data.removeprefix(b"\xef\xbb\xbf").replace(b"\r\n", b"\n").replace(b"\r", b"\n")
@@ -109,10 +109,10 @@ def load_certificate(path: Path) -> CertificateClaim:
     except OSError as err:
         raise ForgetError(f"cannot read the certificate {path}: {err.strerror}") from None
     try:
+        data = _as_issued(data)
         if data.lstrip().startswith(b"{"):
             claim = CertificateClaim.of(DeletionCertificate.model_validate_json(data))
         else:
-            data = _as_issued(data)
             claim = parse_certificate_text(data.decode("utf-8"))
         return dataclasses.replace(claim, sha256=hashlib.sha256(data).hexdigest())
     except (ValidationError, ValueError) as err:

@@ -193,6 +193,7 @@ class JobCache:
     note: str | None = None
     superseded: tuple[str, ...] = ()  # the shard's files no run of this code can use, removed on completion
     keep_features: bool = True  # whether the run keeps features (the config's choice, else the file's)
+    had_features: bool = False  # whether the file held features (``file`` keeps none: ``known`` has those offered)
 
 
 def prepare(ws: "Workspace", key: GramKey, data_source: str, shard: str, commitments: Sequence[str],
@@ -216,7 +217,11 @@ def prepare(ws: "Workspace", key: GramKey, data_source: str, shard: str, commitm
     keep = keep_features if keep_features is not None else not (file is not None and file.declined)
     if not keep:
         known = dataclasses.replace(known, features=None)
-    return JobCache(rel, key, tuple(commitments), file, known, note, superseded(ws, key, data_source, shard), keep)
+    had = file is not None and file.features is not None
+    if had:  # held once, as offered: a driver preparing many jobs would otherwise hold the cache twice
+        file = dataclasses.replace(file, features=None)
+    return JobCache(rel, key, tuple(commitments), file, known, note, superseded(ws, key, data_source, shard), keep,
+                    had)
 
 
 def superseded(ws: "Workspace", key: GramKey, data_source: str, shard: str) -> tuple[str, ...]:
@@ -279,7 +284,7 @@ def _written(job: JobCache, used: GramsUsed) -> tuple[list[FileWrite], dict[str,
         params["features"] = {"hits": len(job.commitments) - len(used.feature_rows), "misses": len(used.feature_rows)}
     elif not job.keep_features or used.features_note:
         params["features"] = "declined" if not job.keep_features else used.features_note
-    had = job.file is not None and job.file.features is not None
+    had = job.had_features
     unchanged = (not computed and job.file is not None and set(job.file.commitments) == set(job.commitments)
                  and len(job.file.commitments) == len(job.commitments)
                  and job.file.code is not None  # else rewritten to record its code version

@@ -29,6 +29,8 @@ import getpass
 import hashlib
 import math
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -39,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..components.manifest import commit, key_id, new_key
-from ..io import atomic_write_text, sha256_file
+from ..io import atomic_write_text, fsync_dir, sha256_file
 from .audit_log import (INTEGRITY_FAILURE_REASON, INTERRUPTED_REASON, KILLED_WRITE_REASON, Artifact, AuditEntry,
                         AuditLog, VerifyReport, integrity_snapshot, resolvable_failures, unresolved_failures)
 from .commit import (Change, FileWrite, apply, finish_interrupted, named_ids, pending_change_explains_ledger,
@@ -115,11 +117,34 @@ class Workspace:
         outer = enclosing_workspace(root)
         if outer is not None:  # its files would be unaccounted for in the outer one, which would refuse every operation
             raise WorkspaceError(f"{root} is inside the workspace {outer}; create a workspace outside any other")
-        root.mkdir(parents=True, exist_ok=True)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        # built beside it and moved into place, its marker last: a kill half-way never leaves a workspace without
+        # its log (which every later command would refuse), only a hidden folder or a folder that is no workspace
+        building = Path(tempfile.mkdtemp(prefix=f".{root.name}.creating-", dir=root.parent))
+        try:
+            info = cls._build(building, operator)
+            if root.exists():  # an empty folder (perhaps the working directory): filled, not replaced
+                for entry in sorted(building.iterdir(), key=lambda p: p.name == "workspace.json"):
+                    os.rename(entry, root / entry.name)
+                fsync_dir(root)
+                building.rmdir()
+            else:
+                os.rename(building, root)
+        except OSError as err:  # e.g. another process made it meanwhile: theirs stays
+            raise WorkspaceError(f"{root} could not be created ({err.strerror}); open it or choose another path") \
+                from None
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
+        fsync_dir(root.parent)
+        return cls(root, info)
+
+    @classmethod
+    def _build(cls, building: Path, operator: str | None) -> WorkspaceInfo:
+        """A new workspace's files in ``building``: folders, key, ledger, marker and the log's first entry."""
         for sub in ("components", "models", "certificates"):
-            (root / sub).mkdir()
+            (building / sub).mkdir()
         key = new_key()
-        fd = os.open(root / "manifest.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(building / "manifest.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.write(fd, key)
             os.fsync(fd)
@@ -127,14 +152,15 @@ class Workspace:
             os.close(fd)
         from privacy_accounting import Ledger
 
-        Ledger.open(root / "ledger.sqlite")
+        Ledger.open(building / "ledger.sqlite")
         info = WorkspaceInfo(created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                              manifest_key_id=key_id(key))
-        atomic_write_text(root / "workspace.json", info.model_dump_json(indent=2) + "\n")
-        ws = cls(root, info)
-        ws.audit.append("workspace_created", operator=operator, outputs=[ws.artifact(ws.root / "workspace.json")],
-                        parameters={"format": FORMAT, "manifest_key_id": info.manifest_key_id})
-        return ws
+        atomic_write_text(building / "workspace.json", info.model_dump_json(indent=2) + "\n")
+        draft = cls(building, info)
+        draft.audit.append("workspace_created", operator=operator,
+                           outputs=[draft.artifact(building / "workspace.json")],
+                           parameters={"format": FORMAT, "manifest_key_id": info.manifest_key_id})
+        return info
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, finish: bool = True) -> "Workspace":
