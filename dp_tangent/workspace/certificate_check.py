@@ -95,9 +95,9 @@ def parse_certificate_text(text: str) -> CertificateClaim:
 
 
 def _as_issued(data: bytes) -> bytes:
-    """A certificate copy's bytes (``.txt`` or ``.json``) with the line endings the tool wrote: a copy that went through a mail client or a
-    Windows editor (CRLF or CR line ends, a byte-order mark, the last line end lost) is the same text, and is
-    hashed as issued; any other change still changes the hash."""
+    """A certificate copy's bytes (``.txt`` or ``.json``) with the line endings the tool wrote: a copy that went
+    through a mail client or a Windows editor (CRLF or CR line ends, a byte-order mark, the last line end lost) is
+    the same text, and is hashed as issued; any other change still changes the hash."""
     text = data.removeprefix(b"\xef\xbb\xbf").replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     return text if text.endswith(b"\n") or not text else text + b"\n"
 
