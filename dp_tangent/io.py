@@ -55,24 +55,3 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-_DIGESTS: dict[tuple[int, ...], str] = {}  # (device, inode, size, mtime, ctime) -> sha256, this process's
-
-
-def sha256_file_seen(path: str | Path) -> str:
-    """:func:`sha256_file`, taken once per process for a large file while it is unchanged: a command checks every
-    logged file more than once (the lock's verification, each change's), and a workspace's gram cache can hold
-    gigabytes. Unchanged means the same device, inode, size, modification and change times before and after the
-    hash: a write moves the change time, which no unprivileged program can set back."""
-    before = os.stat(path)
-    if before.st_size < 1 << 20:
-        return sha256_file(path)
-    mark = (before.st_dev, before.st_ino, before.st_size, before.st_mtime_ns, before.st_ctime_ns)
-    if mark in _DIGESTS:
-        return _DIGESTS[mark]
-    digest = sha256_file(path)
-    after = os.stat(path)
-    if mark == (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns):
-        _DIGESTS[mark] = digest
-    return digest

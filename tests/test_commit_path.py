@@ -550,24 +550,3 @@ def test_a_reservation_whose_log_entry_fails_is_failed_and_logged_as_reserved(tm
     reopened = Workspace.open("ws")  # nothing left for the next command to resolve
     assert not [e for e in reopened.audit.entries() if e.operation == "reservation_abandoned"]
     assert reopened.audit.verify().ok
-
-
-def test_a_large_files_digest_is_taken_once_while_it_is_unchanged(tmp_path: Path, monkeypatch) -> None:
-    """Review 56: a command hashed every gram-cache file (up to a GiB per shard) about seven times. The check's
-    digest is taken once per process while the file keeps its inode, size and times; any write is seen."""
-    from dp_tangent import io
-
-    path = tmp_path / "big.bin"
-    path.write_bytes(b"a" * (2 << 20))
-    hashed = []
-    whole = io.sha256_file
-    monkeypatch.setattr(io, "sha256_file", lambda p: hashed.append(p) or whole(p))
-    first = io.sha256_file_seen(path)
-    assert io.sha256_file_seen(path) == first and len(hashed) == 1
-    with open(path, "r+b") as handle:  # same size, same inode: only the times tell
-        handle.write(b"b")
-    assert io.sha256_file_seen(path) != first and len(hashed) == 2
-    small = tmp_path / "small.bin"
-    small.write_bytes(b"x")
-    io.sha256_file_seen(small), io.sha256_file_seen(small)
-    assert len(hashed) == 4  # small files are hashed each time: cheap, and nothing kept

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..io import fsync_dir, sha256_file, sha256_file_seen, written_by_killed_write
+from ..io import fsync_dir, sha256_file, written_by_killed_write
 from .audit_errors import AuditChainError, AuditLogError
 from .checkpoint import Checkpoint, extends
 from .merkle import merkle_root
@@ -251,7 +251,7 @@ def _check_artifacts(root: Path, entries: Sequence[AuditEntry]) -> tuple[list[Pr
         checked += 1
         if sha is None:
             problems.append(Problem(seq, f"artifact {rel} was logged as removed but is on disk"))
-        elif sha256_file_seen(path) != sha:
+        elif sha256_file(path) != sha:
             problems.append(Problem(seq, f"artifact {rel}: sha256 on disk differs from the logged one "
                                          "(replaced or modified)"))
     return problems, checked, missing
