@@ -45,7 +45,6 @@ from privacy_accounting.records import (
     Unit,
     utc_now,
 )
-from privacy_accounting.sqlite_watch import ChangeWatch
 from privacy_accounting.storage import EventFilter, RecordClass, ReservationCheck
 
 SCHEMA_VERSION = 2
@@ -153,7 +152,6 @@ class SQLiteStorage:
         self._path = Path(path).expanduser().absolute()
         self._busy_timeout = float(busy_timeout)
         self._local = threading.local()  # .shared: this thread's open transaction of :meth:`atomically`
-        self._watch, self._digests = ChangeWatch(self._path), (None, {})  # :meth:`table_digests`'s memo
         if not os.path.lexists(self._path):
             if not create:
                 raise LedgerError(f"no ledger file at {self._path}")
@@ -212,12 +210,11 @@ class SQLiteStorage:
                 conn.close()
 
     def __getstate__(self) -> dict[str, object]:  # a copy in another process opens its own connections
-        return {k: v for k, v in self.__dict__.items() if k not in ("_local", "_watch", "_digests")}
+        return {k: v for k, v in self.__dict__.items() if k != "_local"}
 
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__dict__.update(state)
         self._local = threading.local()
-        self._watch, self._digests = ChangeWatch(self._path), (None, {})
         self._verify()  # the file, as any open does
 
     @property
@@ -459,17 +456,13 @@ class SQLiteStorage:
                       tables: Sequence[str] | None = None) -> dict[str, str]:
         if tables is not None and (without_events or without_audits or set(tables) - set(_DIGESTED)):
             raise InvalidParameterError(f"tables: some of {sorted(_DIGESTED)}, without without_events/without_audits")
-        # a table's digest is reused while nothing was committed to the file (a command asks for them a dozen
-        # times, and hashing every record every run read grows with the ledger); never inside atomically(),
-        # whose own changes are not committed yet
-        mark = self._watch.mark() if self._shared is None else None  # taken before the read: never too late
+        # computed afresh every time: a digest kept while the file looked unchanged (its data_version, size and
+        # times) passed an edit written through a shared mapping, which moves no file time, and the next
+        # operation then logged the edited ledger as its own (review 57)
         with self._transaction(write=False) as conn:
-            known = self._digests[1] if mark is not None and self._digests[0] == mark else {}
-            digests = ({table: known.get(table) or _table_digest(conn, table, order)
-                        for table, order in _DIGESTED.items() if tables is None or table in tables}
+            digests = ({table: _table_digest(conn, table, order) for table, order in _DIGESTED.items()
+                        if tables is None or table in tables}
                        if not without_events else _digests_without(conn, sorted({int(seq) for seq in without_events})))
-            if mark is not None and not without_events:
-                self._digests = (mark, {**known, **digests})
             if without_audits:
                 marks = ", ".join("?" * len(without_audits))
                 digests["audits"] = _rows_digest(conn.execute(  # noqa: S608 -- fixed names
