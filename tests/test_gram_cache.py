@@ -294,6 +294,29 @@ def test_a_file_without_features_gets_them_and_keep_features_false_drops_them_fo
     assert verify(ws, workspace=True).ok
 
 
+def test_a_declined_shard_stays_declined_when_its_cache_file_is_replaced(ws, mlp_backbone, monkeypatch) -> None:
+    """Review 57: the decline lived in the cache file, which an upgrade of the code (another key: the old file is
+    removed as superseded), another selection or a removal replaces; a retraining then kept features again. It is
+    the data source's, in the registry."""
+    from dp_tangent.workspace import data_sources
+
+    recs = records()
+    train_keeping(ws, mlp_backbone, "a", recs, False)
+    assert data_sources.features_declined(ws, "toy") == {"s0"}
+    (entry,) = [e for e in ws.audit.entries() if e.parameters.get("features") == "declined"]
+    assert entry.operation == "data_source" and entry.parameters["shards"] == ["s0"]
+    current = gram_cache.gram_code_version()
+    monkeypatch.setattr(gram_cache, "gram_code_version", lambda: {**current, "sources_sha256": "1" * 64})
+    assert train_keeping(ws, mlp_backbone, "b", recs, None)["features"] == "declined"  # a new key: still declined
+    assert all(gram_cache.read(ws, rel, gram_cache.logged_digests(ws))[0].features is None
+               for rel in gram_cache.cache_files(ws))
+    assert train_keeping(ws, mlp_backbone, "c", recs, None, "blocks[-1:]")["features"] == "declined"
+    train_keeping(ws, mlp_backbone, "d", recs, True)
+    assert data_sources.features_declined(ws, "toy") == frozenset()
+    assert train_keeping(ws, mlp_backbone, "e", recs, None, "blocks[-1:]")["features"] == {"hits": 0, "misses": 32}
+    assert verify(ws, workspace=True).ok
+
+
 def cache_file_of(ws: Workspace, component: str) -> str:
     """The gram-cache file the component's completion entry wrote."""
     entry = next(e for e in ws.audit.entries() if e.parameters.get("component") == component

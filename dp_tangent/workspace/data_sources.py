@@ -66,6 +66,29 @@ class Sources(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sources: dict[str, dict[str, Any]] = {}  # name -> a registered source value (see data.sources)
     content: dict[str, Content] = {}  # absent for sources registered before digests were recorded
+    # name -> the shards whose records' frozen-prefix features the owner declined to keep (keep_features: false);
+    # here, not in a cache file, which a new code version or selection replaces (review 57)
+    features_declined: dict[str, list[str]] = {}
+
+
+def features_declined(ws: Workspace, name: str) -> frozenset[str]:
+    """The shards of data source ``name`` whose features a run declined to keep, until a run kept them again."""
+    return frozenset(_read(ws).features_declined.get(name, ()))
+
+
+def features_choice(ws: Workspace, name: str, shards: Sequence[str], keep: bool) -> bytes | None:
+    """The registry's new content with ``shards`` of ``name`` declined (``keep`` false) or no longer declined
+    (``keep`` true), or None if it says so already (written by the caller's change)."""
+    sources = _read(ws)
+    before = set(sources.features_declined.get(name, ()))
+    after = before - set(shards) if keep else before | set(shards)
+    if after == before:
+        return None
+    if after:
+        sources.features_declined[name] = sorted(after)
+    else:
+        sources.features_declined.pop(name, None)
+    return (sources.model_dump_json(indent=2) + "\n").encode()
 
 
 def registry(ws: Workspace) -> Sources:

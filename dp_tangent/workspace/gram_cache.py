@@ -103,7 +103,7 @@ class GramFile:
     grams: torch.Tensor  # (m, K, K) float64
     code: str | None = None  # the code version that computed the Thetas (canonical JSON; None: not recorded)
     features: torch.Tensor | None = None  # (m, ...): the frozen prefix's output for each row (None: not kept)
-    declined: bool = False  # the run that wrote it declined to keep features (keep_features: false): later ones too
+    declined: bool = False  # the run that wrote it declined features (its data source's registry is what counts)
 
     def encode(self, rows: Sequence[int] | None = None) -> bytes:
         """The file's bytes (only ``rows``, if given)."""
@@ -200,8 +200,7 @@ def prepare(ws: "Workspace", key: GramKey, data_source: str, shard: str, commitm
             deleted: set[str] | frozenset[str], logged: Mapping[str, str | None],
             keep_features: bool | None = None) -> JobCache:
     """What to offer a job on ``shard``: the logged Thetas of its records (never a tombstoned one's), and whether it
-    keeps features: ``keep_features``, or where that is None, unless the file's last run declined them (so that a
-    retraining after a deletion, which has no recipe, keeps an owner's ``keep_features: false``)."""
+    keeps features (``keep_features``; None: it does -- the caller resolves a data source's recorded decline)."""
     rel = cache_path(key, data_source, shard)
     file, note = read(ws, rel, logged)
     if file is not None and file.key != key.digest:
@@ -214,7 +213,7 @@ def prepare(ws: "Workspace", key: GramKey, data_source: str, shard: str, commitm
             index, rows = (list(t) for t in zip(*pairs))
             known = KnownGrams(tuple(index), tuple(file.digests[j] for j in rows), file.grams[rows],
                                None if file.features is None else file.features[rows])
-    keep = keep_features if keep_features is not None else not (file is not None and file.declined)
+    keep = keep_features is not False
     if not keep:
         known = dataclasses.replace(known, features=None)
     had = file is not None and file.features is not None

@@ -43,7 +43,7 @@ from ..training.executors.serial import SerialExecutor
 from ..training.plan import plan_task, reservation_request
 from ..training.validation import check_per_sample_support, validate_task
 from ..training.write import ComponentFile, TrainedComponent, component_file
-from . import gram_cache
+from . import data_sources, gram_cache
 from .audit_log import Artifact
 from .commit import Change, FileRemoval, FileWrite, apply, finish_interrupted
 from .ledger_ops import CompleteReservation, FailReservation, LedgerOp
@@ -162,6 +162,7 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
             if tangent is not None:
                 check_per_sample_support(tangent)
             expected_base = weights_digest(base)
+            _record_features_choice(ws, data_source, jobs, config, operator)
             caches = _gram_caches(ws, backbone, expected_base, tangent, jobs, key, data_source, config)
             tasks = [replace(task, gram_cache=caches[task.name].known,  # and whether it keeps features, as resolved
                              config=replace(task.config, keep_features=caches[task.name].keep_features))
@@ -260,10 +261,27 @@ def _gram_caches(ws: "Workspace", backbone: BackboneSpec, base_sha256: str, tang
         return {}
     cache_key = gram_cache.gram_key(backbone, base_sha256, tangent, config)
     deleted, logged = frozenset(Tombstones(ws.root).read()), gram_cache.logged_digests(ws)
+    declined = data_sources.features_declined(ws, data_source)
     return {job.name: gram_cache.prepare(ws, cache_key, data_source, job.shard,
                                          [commit(r, key) for r in job.records.record_ids], deleted, logged,
-                                         config.keep_features)
+                                         False if config.keep_features is None and job.shard in declined
+                                         else config.keep_features)
             for job in jobs}
+
+
+def _record_features_choice(ws: "Workspace", data_source: str, jobs: Sequence[ShardJob], config: TrainConfig,
+                            operator: str) -> None:
+    """A run that says whether to keep features records it for its shards (logged), so that later runs that do
+    not say -- a retraining after a deletion has no recipe -- follow it whatever key their cache files have."""
+    if config.keep_features is None:
+        return
+    shards = sorted({job.shard for job in jobs})
+    content = data_sources.features_choice(ws, data_source, shards, config.keep_features)
+    if content is not None:
+        apply(ws, Change("data_source", operator=operator,
+                         writes=[FileWrite(data_sources.FILE, content, "data-source registry")],
+                         parameters={"data_source": data_source, "shards": shards,
+                                     "features": "kept" if config.keep_features else "declined"}))
 
 
 def _check_names(ws: "Workspace", jobs: Sequence[ShardJob]) -> None:
