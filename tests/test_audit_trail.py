@@ -774,7 +774,10 @@ def test_a_creation_killed_half_way_leaves_no_workspace_without_its_log(tmp_path
     for target in ("fresh", "empty"):
         code, out = _cli(capsys, "init", "-w", target)
         assert code == 0 and Workspace.open(target).audit.verify().ok, out
+    Path("left/.creating-abc/components").mkdir(parents=True)  # what a kill while building inside it left
+    code, out = _cli(capsys, "init", "-w", "left")
+    assert code == 0 and not list(Path("left").glob(".creating-*")), out
     Path("here").mkdir()
-    monkeypatch.chdir("here")  # the working directory itself, empty: filled in place, never replaced
+    monkeypatch.chdir("here")  # the working directory itself (or a mounted volume), empty: built in, never replaced
     code, out = _cli(capsys, "init", "-w", ".")
     assert code == 0 and Path("workspace.json").is_file() and Path.cwd().exists(), out

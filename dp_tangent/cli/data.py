@@ -54,8 +54,8 @@ def data_relocate(
             moved = relocated(ws, name, location)
             before = source_of(ws, name)
             if before == moved:
-                typer.echo(f"data source {name!r} is read from {location.expanduser().absolute()} already: nothing "
-                           "was changed")
+                where = next(v for f, v in moved.model_dump(mode="json")["data"].items() if f in ("path", "root"))
+                typer.echo(f"data source {name!r} is read from {where} already: nothing was changed")
                 return
             source = ws.ledger.data_source(name)
             ws.declare_data_source(name, description=source.description,

@@ -186,16 +186,31 @@ def _predict_in_batches(files: list[Path], read: Callable[[Path], tuple[torch.Te
     (a table, a .npy batch) on its own."""
     import torch
 
+    from ..errors import DPTangentError
+
     held: list[tuple[torch.Tensor, list[str], Path]] = []
 
     def flush() -> None:
-        if held:
+        if not held:
+            return
+        try:
             classes = classes_of(torch.cat([batch for batch, _, _ in held]), held[0][2])
-            _print_classes([row for _, rows, _ in held for row in rows], classes)
+        except DPTangentError:
+            if len(held) == 1:
+                raise
+            for batch, rows, path in held:  # one at a time: the files before the one at fault are printed, and the
+                _print_classes(rows, classes_of(batch, path))  # error names the one that does not fit
             held.clear()
+            return
+        _print_classes([row for _, rows, _ in held for row in rows], classes)
+        held.clear()
 
     for path in files:
-        batch, rows = read(path)
+        try:
+            batch, rows = read(path)
+        except Exception:
+            flush()  # what was read before the file that cannot be is printed first, as one at a time would
+            raise
         if len(batch) != 1 or len(rows) != 1:
             flush()
             _print_classes(rows, classes_of(batch, path))

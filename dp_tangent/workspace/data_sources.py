@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
@@ -397,14 +398,26 @@ def relocated(ws: Workspace, name: str, location: Path) -> ReloadableSource:
     if content is None:
         raise DataSourceError(f"data source {name!r} was registered before its records' digests were kept, so its "
                               f"data cannot be checked at a new place; read it from {value['data'][field]}")
-    value["data"][field] = str(location.expanduser().absolute())
+    place = os.path.abspath(location.expanduser())  # one spelling per place: "../c/x.npz" is "x.npz" from c
+    if place == value["data"][field]:
+        return source
+    value["data"][field] = place
     moved = parse_source(value)
     key, deleted = ws.manifest_key(), set(Tombstones(ws.root).read())
-    new = [r for r in _as_registered(moved).records().record_ids
-           if commit(r, key) not in content.tags and commit(r, key) not in deleted]
+    records = _as_registered(moved).records()
+    new = [r for r in records.record_ids if commit(r, key) not in content.tags and commit(r, key) not in deleted]
     if new:
         raise DataSourceError(f"{location} holds {len(new)} record(s) data source {name!r} was not registered with "
                               f"(e.g. {sorted(new)[0]!r}): relocate moves the data as it was; train adds records")
+    tags = {c: t for c, t in _tags(ws, records).items() if c not in deleted}
+    changed = sum(content.tags[c] != t for c, t in tags.items())
+    missing = len(set(content.tags) - set(tags) - deleted)
+    if changed or missing:
+        parts = [f"{changed} record(s) changed" if changed else "",
+                 f"{missing} missing that no deletion request removed" if missing else ""]
+        raise DataSourceError(f"{location} is not the data {name!r} was registered with "
+                              f"({'; '.join(p for p in parts if p)}): relocate moves the data as it was; point it at "
+                              "the moved copy")
     return moved
 
 

@@ -99,6 +99,9 @@ def enclosing_workspace(path: str | os.PathLike[str]) -> Path | None:
                 None)
 
 
+_BUILDING = ".creating-"  # a workspace being created, inside its empty folder
+
+
 @dataclass(frozen=True)
 class Workspace:
     """An opened workspace; use :meth:`create` or :meth:`open`. ``root`` is absolute, whatever path was
@@ -112,18 +115,27 @@ class Workspace:
     def create(cls, path: str | os.PathLike[str], *, operator: str | None = None) -> "Workspace":
         """Create a workspace in a new or empty directory (a fresh manifest key, mode 0600)."""
         root = Path(path).expanduser().absolute()  # relative paths would log artifacts at the wrong place
+        if root.is_dir():  # what a creation killed half-way in it left: no workspace yet, so nothing of value
+            for left in root.glob(f"{_BUILDING}*"):
+                shutil.rmtree(left, ignore_errors=True)
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise WorkspaceError(f"{root} already exists and is not an empty directory; open it or choose another path")
         outer = enclosing_workspace(root)
         if outer is not None:  # its files would be unaccounted for in the outer one, which would refuse every operation
             raise WorkspaceError(f"{root} is inside the workspace {outer}; create a workspace outside any other")
-        root.parent.mkdir(parents=True, exist_ok=True)
-        # built beside it and moved into place, its marker last: a kill half-way never leaves a workspace without
-        # its log (which every later command would refuse), only a hidden folder or a folder that is no workspace
-        building = Path(tempfile.mkdtemp(prefix=f".{root.name}.creating-", dir=root.parent))
+        # built in a hidden folder and moved into place, its marker last: a kill half-way never leaves a workspace
+        # without its log (which every later command would refuse). An existing empty folder (the working
+        # directory, a mounted volume) is built in and filled, never replaced; a new one is built beside it.
+        try:
+            if not root.exists():
+                root.parent.mkdir(parents=True, exist_ok=True)
+            building = Path(tempfile.mkdtemp(prefix=_BUILDING if root.exists() else f".{root.name}.creating-",
+                                             dir=root if root.exists() else root.parent))
+        except OSError as err:
+            raise WorkspaceError(f"{root} could not be created ({err.strerror})") from None
         try:
             info = cls._build(building, operator)
-            if root.exists():  # an empty folder (perhaps the working directory): filled, not replaced
+            if building.parent == root:
                 for entry in sorted(building.iterdir(), key=lambda p: p.name == "workspace.json"):
                     os.rename(entry, root / entry.name)
                 fsync_dir(root)
