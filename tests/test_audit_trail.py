@@ -777,6 +777,10 @@ def test_a_creation_killed_half_way_leaves_no_workspace_without_its_log(tmp_path
     Path("left/.creating-abc/components").mkdir(parents=True)  # what a kill while building inside it left
     code, out = _cli(capsys, "init", "-w", "left")
     assert code == 0 and not list(Path("left").glob(".creating-*")), out
+    Path("mine/.creating-notes").mkdir(parents=True)  # a folder of the user's own, so named: kept, and refused
+    Path("mine/.creating-notes/draft.txt").write_text("mine")
+    code, out = _cli(capsys, "init", "-w", "mine")
+    assert code == 2 and "not an empty directory" in out and Path("mine/.creating-notes/draft.txt").is_file()
     Path("here").mkdir()
     monkeypatch.chdir("here")  # the working directory itself (or a mounted volume), empty: built in, never replaced
     code, out = _cli(capsys, "init", "-w", ".")

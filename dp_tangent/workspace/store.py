@@ -100,6 +100,8 @@ def enclosing_workspace(path: str | os.PathLike[str]) -> Path | None:
 
 
 _BUILDING = ".creating-"  # a workspace being created, inside its empty folder
+_BUILT = frozenset({"components", "models", "certificates", "manifest.key", "ledger.sqlite", "workspace.json",
+                    "audit.log"})  # all such a folder can hold: another is someone's, and stays
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,8 @@ class Workspace:
         root = Path(path).expanduser().absolute()  # relative paths would log artifacts at the wrong place
         if root.is_dir():  # what a creation killed half-way in it left: no workspace yet, so nothing of value
             for left in root.glob(f"{_BUILDING}*"):
-                shutil.rmtree(left, ignore_errors=True)
+                if left.is_dir() and not left.is_symlink() and {e.name for e in left.iterdir()} <= _BUILT:
+                    shutil.rmtree(left)
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise WorkspaceError(f"{root} already exists and is not an empty directory; open it or choose another path")
         outer = enclosing_workspace(root)
