@@ -192,7 +192,7 @@ class JobCache:
     known: KnownGrams
     note: str | None = None
     superseded: tuple[str, ...] = ()  # the shard's files no run of this code can use, removed on completion
-    keep_features: bool = True  # whether the run keeps features (the config's choice, else the file's)
+    keep_features: bool = True  # whether the run keeps features (its choice, else its data source's recorded one)
     had_features: bool = False  # whether the file held features (``file`` keeps none: ``known`` has those offered)
 
 

@@ -270,7 +270,7 @@ def _gram_caches(ws: "Workspace", backbone: BackboneSpec, base_sha256: str, tang
 
 
 def _record_features_choice(ws: "Workspace", data_source: str, jobs: Sequence[ShardJob], config: TrainConfig,
-                            operator: str) -> None:
+                            operator: str | None) -> None:
     """A run that says whether to keep features records it for its shards (logged), so that later runs that do
     not say -- a retraining after a deletion has no recipe -- follow it whatever key their cache files have."""
     if config.keep_features is None:
