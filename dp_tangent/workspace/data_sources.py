@@ -383,8 +383,9 @@ def source_of(ws: Workspace, name: str) -> ReloadableSource | None:
 
 def relocated(ws: Workspace, name: str, location: Path) -> ReloadableSource:
     """The registered source ``name`` read from ``location`` (its file or folder moved there), holding exactly the
-    records it was registered with, less deleted ones: a record it did not hold is refused here (training adds
-    records, and checks them first), and :func:`registered` refuses a changed or missing one when it is written."""
+    records it was registered with, less deleted ones, each unchanged by its keyed digest: a record it did not hold
+    is refused (training adds records, and checks them first), and so is a changed or missing one. The place as
+    registered (another spelling of it included) is ``name``'s registered source itself."""
     source = source_of(ws, name)
     if source is None:
         raise DataSourceError(f"no loader registered for data source {name!r} (it was not trained from a recipe's "
@@ -399,7 +400,7 @@ def relocated(ws: Workspace, name: str, location: Path) -> ReloadableSource:
         raise DataSourceError(f"data source {name!r} was registered before its records' digests were kept, so its "
                               f"data cannot be checked at a new place; read it from {value['data'][field]}")
     place = os.path.abspath(location.expanduser())  # one spelling per place: "../c/x.npz" is "x.npz" from c
-    if place == value["data"][field]:
+    if place == os.path.abspath(value["data"][field]):
         return source
     value["data"][field] = place
     moved = parse_source(value)
