@@ -781,6 +781,17 @@ def test_a_creation_killed_half_way_leaves_no_workspace_without_its_log(tmp_path
     Path("mine/.creating-notes/draft.txt").write_text("mine")
     code, out = _cli(capsys, "init", "-w", "mine")
     assert code == 2 and "not an empty directory" in out and Path("mine/.creating-notes/draft.txt").is_file()
+    Path("also/.creating-x/components").mkdir(parents=True)  # a creation's leftover beside a file of the user's
+    Path("also/notes.txt").write_text("mine")
+    code, out = _cli(capsys, "init", "-w", "also")
+    assert code == 2 and Path("also/.creating-x/components").is_dir()  # refused, and nothing touched
+    Path("half/.creating-y/audit.log").parent.mkdir(parents=True)  # review 58: killed while moving entries up
+    for name in ("workspace.json", "audit.log", "manifest.key"):
+        Path("half/.creating-y", name).write_text("x")
+    Path("half/components").mkdir()
+    Path("half/ledger.sqlite").write_text("x")
+    code, out = _cli(capsys, "init", "-w", "half")
+    assert code == 0 and Workspace.open("half").audit.verify().ok, out
     Path("here").mkdir()
     monkeypatch.chdir("here")  # the working directory itself (or a mounted volume), empty: built in, never replaced
     code, out = _cli(capsys, "init", "-w", ".")

@@ -271,7 +271,8 @@ def test_a_file_without_features_gets_them_and_keep_features_false_drops_them_fo
     train(ws, mlp_backbone, "other", recs, "blocks[-1:]")  # another selection: another file holding features
     own, other = cache_file_of(ws, "a"), cache_file_of(ws, "other")
     assert own != other and gram_cache.read(ws, other, gram_cache.logged_digests(ws))[0].features is not None
-    assert train_keeping(ws, mlp_backbone, "c", recs, False) == {"hits": 32, "misses": 0, "file": "written",
+    # stripped (and marked) with the decline's record, before the run: its own completion finds nothing to change
+    assert train_keeping(ws, mlp_backbone, "c", recs, False) == {"hits": 32, "misses": 0, "file": "unchanged",
                                                                  "features": "declined"}
     logged = gram_cache.logged_digests(ws)
     for rel in (own, other):
@@ -294,6 +295,25 @@ def test_a_file_without_features_gets_them_and_keep_features_false_drops_them_fo
     assert verify(ws, workspace=True).ok
 
 
+def test_a_decline_strips_the_shards_files_before_the_run_so_a_failed_run_leaves_none(ws, mlp_backbone,
+                                                                                       monkeypatch) -> None:
+    """Review 58: the decline was recorded before the run and the files stripped after it: a run that failed in
+    between left the shard declined and its files under other selections holding features for good."""
+    from dp_tangent.workspace import data_sources
+
+    recs = records()
+    train(ws, mlp_backbone, "a", recs, "blocks[-1:]")
+    from dp_tangent.training import sgd
+
+    monkeypatch.setattr(sgd, "_fit_private_gram", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("stop")))
+    run = ws.train_all(mlp_backbone, None, [ShardJob("b", "s0", recs)], data_source="toy", privacy=CLIPPED,
+                       config=dataclasses.replace(SEEDED, keep_features=False))
+    assert run.failed and data_sources.features_declined(ws, "toy") == {"s0"}
+    assert all(gram_cache.read(ws, rel, gram_cache.logged_digests(ws))[0].features is None
+               for rel in gram_cache.cache_files(ws))
+    assert verify(ws, workspace=True).ok
+
+
 def test_a_declined_shard_stays_declined_when_its_cache_file_is_replaced(ws, mlp_backbone, monkeypatch) -> None:
     """Review 57: the decline lived in the cache file, which an upgrade of the code (another key: the old file is
     removed as superseded), another selection or a removal replaces; a retraining then kept features again. It is
@@ -303,8 +323,9 @@ def test_a_declined_shard_stays_declined_when_its_cache_file_is_replaced(ws, mlp
     recs = records()
     train_keeping(ws, mlp_backbone, "a", recs, False)
     assert data_sources.features_declined(ws, "toy") == {"s0"}
-    (entry,) = [e for e in ws.audit.entries() if e.parameters.get("features") == "declined"]
-    assert entry.operation == "data_source" and entry.parameters["shards"] == ["s0"]
+    (entry,) = [e for e in ws.audit.entries() if e.operation == "data_source"
+                and e.parameters.get("features") == "declined"]
+    assert entry.parameters["shards"] == ["s0"]
     current = gram_cache.gram_code_version()
     monkeypatch.setattr(gram_cache, "gram_code_version", lambda: {**current, "sources_sha256": "1" * 64})
     assert train_keeping(ws, mlp_backbone, "b", recs, None)["features"] == "declined"  # a new key: still declined

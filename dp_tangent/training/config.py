@@ -89,7 +89,7 @@ class TrainConfig:
     cache_features: bool = True
     # with the Gram mode in a workspace: keep the frozen-prefix features beside the Thetas, so that a later run on
     # the same records (a retraining after a deletion, a sweep) skips the prefix's forward (workspace.gram_cache);
-    # None: as the shard's cache file says (kept, unless the run that wrote it declined them)
+    # None: as the data source's registry records for the shard (kept, unless a run declined them)
     keep_features: bool | None = None
     device: str = "cpu"  # "cuda" / "cuda:K" to train on a GPU (deltas come back on the CPU)
     noise: str = "secure"  # "seeded": reproducible from ``seed``, NOT differentially private

@@ -399,8 +399,8 @@ def relocated(ws: Workspace, name: str, location: Path) -> ReloadableSource:
     if content is None:
         raise DataSourceError(f"data source {name!r} was registered before its records' digests were kept, so its "
                               f"data cannot be checked at a new place; read it from {value['data'][field]}")
-    place = os.path.abspath(location.expanduser())  # one spelling per place: "../c/x.npz" is "x.npz" from c
-    if place == os.path.abspath(value["data"][field]):
+    place = os.path.realpath(location.expanduser())  # as a recipe's paths are stored: links resolved
+    if place == os.path.realpath(value["data"][field]):
         return source
     value["data"][field] = place
     moved = parse_source(value)

@@ -104,6 +104,24 @@ _BUILT = frozenset({"components", "models", "certificates", "manifest.key", "led
                     "audit.log"})  # all such a folder can hold: another is someone's, and stays
 
 
+def _clear_killed_creation(root: Path) -> None:
+    """Empty ``root`` of what a creation killed while building in it left -- a hidden ``.creating-*`` folder of
+    nothing but a creation's entries, and the entries it had moved up already (never ``workspace.json``, which
+    moves last: it was no workspace yet, so nothing there is of value) -- and only when that is all ``root``
+    holds; anything else, and ``root`` is left as it is (and refused as not empty)."""
+    entries = list(root.iterdir())
+    building = [e for e in entries if e.name.startswith(_BUILDING) and e.is_dir() and not e.is_symlink()
+                and {x.name for x in e.iterdir()} <= _BUILT]
+    moved = [e for e in entries if e not in building]
+    if not building or any(e.name not in _BUILT - {"workspace.json"} or e.is_symlink() for e in moved):
+        return
+    for entry in entries:
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
 @dataclass(frozen=True)
 class Workspace:
     """An opened workspace; use :meth:`create` or :meth:`open`. ``root`` is absolute, whatever path was
@@ -117,10 +135,8 @@ class Workspace:
     def create(cls, path: str | os.PathLike[str], *, operator: str | None = None) -> "Workspace":
         """Create a workspace in a new or empty directory (a fresh manifest key, mode 0600)."""
         root = Path(path).expanduser().absolute()  # relative paths would log artifacts at the wrong place
-        if root.is_dir():  # what a creation killed half-way in it left: no workspace yet, so nothing of value
-            for left in root.glob(f"{_BUILDING}*"):
-                if left.is_dir() and not left.is_symlink() and {e.name for e in left.iterdir()} <= _BUILT:
-                    shutil.rmtree(left)
+        if root.is_dir():
+            _clear_killed_creation(root)
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise WorkspaceError(f"{root} already exists and is not an empty directory; open it or choose another path")
         outer = enclosing_workspace(root)

@@ -272,14 +272,18 @@ def _gram_caches(ws: "Workspace", backbone: BackboneSpec, base_sha256: str, tang
 def _record_features_choice(ws: "Workspace", data_source: str, jobs: Sequence[ShardJob], config: TrainConfig,
                             operator: str | None) -> None:
     """A run that says whether to keep features records it for its shards (logged), so that later runs that do
-    not say -- a retraining after a deletion has no recipe -- follow it whatever key their cache files have."""
+    not say -- a retraining after a deletion has no recipe -- follow it whatever key their cache files have; a
+    decline strips the shards' cache files of their features in the same change (were the run to fail, the record
+    and the cache still agree)."""
     if config.keep_features is None:
         return
     shards = sorted({job.shard for job in jobs})
     content = data_sources.features_choice(ws, data_source, shards, config.keep_features)
-    if content is not None:
-        apply(ws, Change("data_source", operator=operator,
-                         writes=[FileWrite(data_sources.FILE, content, "data-source registry")],
+    stripped = [] if config.keep_features else [w for shard in shards
+                                                 for w in gram_cache.declining(ws, data_source, shard)]
+    if content is not None or stripped:
+        writes = [FileWrite(data_sources.FILE, content, "data-source registry")] if content is not None else []
+        apply(ws, Change("data_source", operator=operator, writes=writes + stripped,
                          parameters={"data_source": data_source, "shards": shards,
                                      "features": "kept" if config.keep_features else "declined"}))
 
