@@ -21,7 +21,7 @@ import hmac
 import os
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -154,14 +154,10 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
         raise DataSourceError(f"data source {name!r} was registered before its records' digests were kept, so its "
                               f"data cannot be checked at a new place; read it from {where}")
     if old is not None:
-        changed = sum(c in old.tags and old.tags[c] != t for c, t in tags.items())
-        missing = len(set(old.tags) - set(tags) - deleted)
-        if changed or missing:
-            parts = [f"{changed} record(s) changed" if changed else "",
-                     f"{missing} missing that no deletion request removed" if missing else ""]
-            raise DataSourceError(f"data source {name!r} is not the data it was registered with "
-                                  f"({'; '.join(p for p in parts if p)}): restore it (removing deleted records and "
-                                  "adding new ones is allowed)")
+        differences = _differences(old.tags, tags, deleted)
+        if differences:
+            raise DataSourceError(f"data source {name!r} is not the data it was registered with ({differences}): "
+                                  "restore it (removing deleted records and adding new ones is allowed)")
         if not moved and set(tags) <= set(old.tags):
             return None
         tags, test = {**old.tags, **tags}, set(old.test)  # the test split stays the records it was
@@ -410,16 +406,22 @@ def relocated(ws: Workspace, name: str, location: Path) -> ReloadableSource:
     if new:
         raise DataSourceError(f"{location} holds {len(new)} record(s) data source {name!r} was not registered with "
                               f"(e.g. {sorted(new)[0]!r}): relocate moves the data as it was; train adds records")
-    tags = {c: t for c, t in _tags(ws, records).items() if c not in deleted}
-    changed = sum(content.tags[c] != t for c, t in tags.items())
-    missing = len(set(content.tags) - set(tags) - deleted)
-    if changed or missing:
-        parts = [f"{changed} record(s) changed" if changed else "",
-                 f"{missing} missing that no deletion request removed" if missing else ""]
-        raise DataSourceError(f"{location} is not the data {name!r} was registered with "
-                              f"({'; '.join(p for p in parts if p)}): relocate moves the data as it was; point it at "
-                              "the moved copy")
+    differences = _differences(content.tags, {c: t for c, t in _tags(ws, records).items() if c not in deleted},
+                               deleted)
+    if differences:
+        raise DataSourceError(f"{location} is not the data {name!r} was registered with ({differences}): relocate "
+                              "moves the data as it was; point it at the moved copy")
     return moved
+
+
+def _differences(registered: Mapping[str, str], tags: Mapping[str, str], deleted: set[str]) -> str:
+    """How records' content ``tags`` (commitment -> tag) differ from the ``registered`` ones: changed, and missing
+    that no deletion removed ("" if neither)."""
+    changed = sum(c in registered and registered[c] != t for c, t in tags.items())
+    missing = len(set(registered) - set(tags) - deleted)
+    return "; ".join(part for part in (f"{changed} record(s) changed" if changed else "",
+                                       f"{missing} missing that no deletion request removed" if missing else "")
+                     if part)
 
 
 def declared_public(ws: Workspace) -> frozenset[tuple[str, str]]:
