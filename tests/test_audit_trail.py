@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -785,11 +786,25 @@ def test_a_creation_killed_half_way_leaves_no_workspace_without_its_log(tmp_path
     Path("also/notes.txt").write_text("mine")
     code, out = _cli(capsys, "init", "-w", "also")
     assert code == 2 and Path("also/.creating-x/components").is_dir()  # refused, and nothing touched
-    Path("half/.creating-y/audit.log").parent.mkdir(parents=True)  # review 58: killed while moving entries up
-    for name in ("workspace.json", "audit.log", "manifest.key"):
-        Path("half/.creating-y", name).write_text("x")
-    Path("half/components").mkdir()
-    Path("half/ledger.sqlite").write_text("x")
+    Path("theirs/.creating-z").mkdir(parents=True)  # review 59: folders named as a workspace's, holding files
+    Path("theirs/models").mkdir()
+    Path("theirs/models/my_bert.safetensors").write_text("precious")
+    code, out = _cli(capsys, "init", "-w", "theirs")
+    assert code == 2 and Path("theirs/models/my_bert.safetensors").read_text() == "precious"
+    rename, calls = os.rename, []
+
+    def stopped(src, dst):  # Ctrl-C on the third move up (review 59: the rest was then deleted for good)
+        calls.append(src)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return rename(src, dst)
+
+    Path("half").mkdir()
+    monkeypatch.setattr(os, "rename", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        Workspace.create("half")
+    monkeypatch.setattr(os, "rename", rename)
+    assert list(Path("half").glob(".creating-*")) and not Path("half/workspace.json").exists()
     code, out = _cli(capsys, "init", "-w", "half")
     assert code == 0 and Workspace.open("half").audit.verify().ok, out
     Path("here").mkdir()

@@ -74,3 +74,16 @@ def test_a_place_with_other_records_is_refused_and_nothing_changes(trained, caps
     assert Path("ws/data-sources.json").read_bytes() == before
     shutil.rmtree("other")
     assert run_cli(capsys, "audit", "verify", "-w", "ws")[0] == 0
+
+
+def test_a_link_left_at_the_old_place_while_moving_is_not_the_new_place(trained, capsys) -> None:
+    """Review 59: with the old path a link to the new place (a bridge while moving), relocate said "already" and
+    kept the link's path, which failed once the link was removed."""
+    Path("new").mkdir()
+    Path("rows.npz").rename("new/rows.npz")
+    Path("rows.npz").symlink_to("new/rows.npz")
+    code, out, err = run_cli(capsys, "data", "relocate", "rows", "new/rows.npz", "-w", "ws")
+    assert code == 0 and f"read from {Path('new/rows.npz').resolve()}" in out, out + err
+    Path("rows.npz").unlink()
+    code, out, err = run_cli(capsys, "evaluate", "rows", "-w", "ws")
+    assert code == 0 and "test accuracy" in out, err

@@ -396,8 +396,8 @@ def relocated(ws: Workspace, name: str, location: Path) -> ReloadableSource:
         raise DataSourceError(f"data source {name!r} was registered before its records' digests were kept, so its "
                               f"data cannot be checked at a new place; read it from {value['data'][field]}")
     place = os.path.realpath(location.expanduser())  # as a recipe's paths are stored: links resolved
-    if place == os.path.realpath(value["data"][field]):
-        return source
+    if place == os.path.abspath(value["data"][field]):  # the registered spelling as it is (a link to the new place
+        return source                                   # left while moving is not the new place)
     value["data"][field] = place
     moved = parse_source(value)
     key, deleted = ws.manifest_key(), set(Tombstones(ws.root).read())

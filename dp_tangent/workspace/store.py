@@ -100,20 +100,43 @@ def enclosing_workspace(path: str | os.PathLike[str]) -> Path | None:
 
 
 _BUILDING = ".creating-"  # a workspace being created, inside its empty folder
-_BUILT = frozenset({"components", "models", "certificates", "manifest.key", "ledger.sqlite", "workspace.json",
-                    "audit.log"})  # all such a folder can hold: another is someone's, and stays
+_FRESH_BYTES = {"manifest.key": KEY_BYTES, "audit.log": 4096, "workspace.json": 4096, "ledger.sqlite": 256 << 10}
+
+
+def _fresh(entry: Path) -> bool:
+    """Whether ``entry`` can only be what a creation writes before anything else happens: its folders empty, its key,
+    marker and log of a new workspace's size, its ledger without a single event, or the temporary file of one of
+    them; nothing someone could have put there with a workspace's name."""
+    if entry.is_symlink():
+        return False
+    if entry.is_dir():
+        return entry.name in ("components", "models", "certificates") and not any(entry.iterdir())
+    size = entry.stat().st_size
+    if entry.name.endswith(".tmp") or entry.name == "ledger.sqlite-journal":  # an atomic write killed before its rename
+        return entry.name.startswith((".workspace.json.", ".ledger.sqlite.", "ledger.sqlite")) and size <= 256 << 10
+    if entry.name == "manifest.key":
+        return size == KEY_BYTES
+    if entry.name == "ledger.sqlite" and size <= _FRESH_BYTES["ledger.sqlite"]:
+        import sqlite3
+
+        try:
+            with contextlib.closing(sqlite3.connect(f"{entry.as_uri()}?mode=ro", uri=True)) as conn:
+                return conn.execute("SELECT count(*) FROM events").fetchone()[0] == 0
+        except sqlite3.Error:
+            return False
+    return entry.name in _FRESH_BYTES and entry.name != "ledger.sqlite" and size <= _FRESH_BYTES[entry.name]
 
 
 def _clear_killed_creation(root: Path) -> None:
-    """Empty ``root`` of what a creation killed while building in it left -- a hidden ``.creating-*`` folder of
-    nothing but a creation's entries, and the entries it had moved up already (never ``workspace.json``, which
-    moves last: it was no workspace yet, so nothing there is of value) -- and only when that is all ``root``
-    holds; anything else, and ``root`` is left as it is (and refused as not empty)."""
+    """Empty ``root`` of what a creation killed while building in it left -- a hidden ``.creating-*`` folder, and
+    the entries it had moved up already (never ``workspace.json``, which moves last: it was no workspace yet),
+    every one of them as a creation writes it (:func:`_fresh`) -- and only when that is all ``root`` holds; anything
+    else, and ``root`` is left as it is (and refused as not empty)."""
     entries = list(root.iterdir())
     building = [e for e in entries if e.name.startswith(_BUILDING) and e.is_dir() and not e.is_symlink()
-                and {x.name for x in e.iterdir()} <= _BUILT]
+                and all(_fresh(x) for x in e.iterdir())]
     moved = [e for e in entries if e not in building]
-    if not building or any(e.name not in _BUILT - {"workspace.json"} or e.is_symlink() for e in moved):
+    if not building or any(e.name == "workspace.json" or not _fresh(e) for e in moved):
         return
     for entry in entries:
         if entry.is_dir():
@@ -152,11 +175,14 @@ class Workspace:
                                              dir=root if root.exists() else root.parent))
         except OSError as err:
             raise WorkspaceError(f"{root} could not be created ({err.strerror})") from None
+        moving = False
         try:
             info = cls._build(building, operator)
             if building.parent == root:
+                moving = True
                 for entry in sorted(building.iterdir(), key=lambda p: p.name == "workspace.json"):
                     os.rename(entry, root / entry.name)
+                moving = False
                 fsync_dir(root)
                 building.rmdir()
             else:
@@ -165,7 +191,8 @@ class Workspace:
             raise WorkspaceError(f"{root} could not be created ({err.strerror}); open it or choose another path") \
                 from None
         finally:
-            shutil.rmtree(building, ignore_errors=True)
+            if not moving:  # stopped half-way through the moves: what is left is for the next init to clear
+                shutil.rmtree(building, ignore_errors=True)
         fsync_dir(root.parent)
         return cls(root, info)
 
