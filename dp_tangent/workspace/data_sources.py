@@ -400,14 +400,14 @@ def relocated(ws: Workspace, name: str, location: Path) -> ReloadableSource:
         return source                                   # left while moving is not the new place)
     value["data"][field] = place
     moved = parse_source(value)
-    key, deleted = ws.manifest_key(), set(Tombstones(ws.root).read())
+    deleted = set(Tombstones(ws.root).read())
     records = _as_registered(moved).records()
-    new = [r for r in records.record_ids if commit(r, key) not in content.tags and commit(r, key) not in deleted]
+    every = _tags(ws, records)  # one per record, in record order
+    new = [r for r, c in zip(records.record_ids, every) if c not in content.tags and c not in deleted]
     if new:
         raise DataSourceError(f"{location} holds {len(new)} record(s) data source {name!r} was not registered with "
                               f"(e.g. {sorted(new)[0]!r}): relocate moves the data as it was; train adds records")
-    differences = _differences(content.tags, {c: t for c, t in _tags(ws, records).items() if c not in deleted},
-                               deleted)
+    differences = _differences(content.tags, {c: t for c, t in every.items() if c not in deleted}, deleted)
     if differences:
         raise DataSourceError(f"{location} is not the data {name!r} was registered with ({differences}): relocate "
                               "moves the data as it was; point it at the moved copy")

@@ -111,12 +111,14 @@ def _fresh(entry: Path) -> bool:
         return False
     if entry.is_dir():
         return entry.name in ("components", "models", "certificates") and not any(entry.iterdir())
-    size = entry.stat().st_size
+    size, largest = entry.stat().st_size, _FRESH_BYTES["ledger.sqlite"]
     if entry.name.endswith(".tmp") or entry.name == "ledger.sqlite-journal":  # an atomic write killed before its rename
-        return entry.name.startswith((".workspace.json.", ".ledger.sqlite.", "ledger.sqlite")) and size <= 256 << 10
+        return entry.name.startswith((".workspace.json.", ".ledger.sqlite.", "ledger.sqlite")) and size <= largest
+    if entry.name not in _FRESH_BYTES or size > _FRESH_BYTES[entry.name]:
+        return False
     if entry.name == "manifest.key":
         return size == KEY_BYTES
-    if entry.name == "ledger.sqlite" and size <= _FRESH_BYTES["ledger.sqlite"]:
+    if entry.name == "ledger.sqlite":
         import sqlite3
 
         try:
@@ -124,7 +126,7 @@ def _fresh(entry: Path) -> bool:
                 return conn.execute("SELECT count(*) FROM events").fetchone()[0] == 0
         except sqlite3.Error:
             return False
-    return entry.name in _FRESH_BYTES and entry.name != "ledger.sqlite" and size <= _FRESH_BYTES[entry.name]
+    return True
 
 
 def _clear_killed_creation(root: Path) -> None:
