@@ -550,3 +550,69 @@ def test_a_reservation_whose_log_entry_fails_is_failed_and_logged_as_reserved(tm
     reopened = Workspace.open("ws")  # nothing left for the next command to resolve
     assert not [e for e in reopened.audit.entries() if e.operation == "reservation_abandoned"]
     assert reopened.audit.verify().ok
+
+
+def _counting_digests(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts every full reading of the ledger's table digests (one list item per reading)."""
+    import privacy_accounting.ledger as ledger_module
+
+    reads: list[int] = []
+    digest = ledger_module.Ledger.state_digest
+
+    def counted(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        reads.append(1)
+        return digest(self, *args, **kwargs)
+
+    monkeypatch.setattr(ledger_module.Ledger, "state_digest", counted)
+    return reads
+
+
+def test_a_change_reads_the_ledgers_digests_once_to_check_it_and_once_in_the_transaction_it_makes(
+        ws, monkeypatch) -> None:
+    """Each reading hashes every ledger row (1.8 s per million rows of event_records): a change logged the digests it
+    had read inside its own transaction a third time, afterwards."""
+    reads = _counting_digests(monkeypatch)
+    ws.compose_model("m2", ["c0", "c1"])  # a change with ledger operations
+    assert len(reads) == 3  # the lock's verification of the workspace, the change's check, its transaction
+    reads.clear()
+    apply(ws, Change("composition", writes=[FileWrite("models/notes.txt", b"no ledger operation")]))
+    assert len(reads) == 2  # the verification and the check
+    assert ws.audit.verify().ok
+
+
+def test_an_entry_vouches_for_the_ledger_its_change_made_not_for_an_edit_made_before_it_is_appended(
+        ws, monkeypatch) -> None:
+    """An edit slipped in between a change's ledger transaction and its log entry is found by the next check; before,
+    the entry read the ledger again and vouched for the edit."""
+    import dp_tangent.workspace.audit_log as audit_log
+
+    append = audit_log.AuditLog.append
+
+    def edit_then_append(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        with sqlite3.connect(ws.ledger_path) as conn:
+            conn.execute("DELETE FROM event_records WHERE rowid IN (SELECT rowid FROM event_records LIMIT 2)")
+        return append(self, *args, **kwargs)
+
+    monkeypatch.setattr(audit_log.AuditLog, "append", edit_then_append)
+    ws.compose_model("m2", ["c0", "c1"])
+    monkeypatch.setattr(audit_log.AuditLog, "append", append)
+    report = ws.audit.verify()
+    assert not report.ok and "event_records" in str(report), str(report)
+    with pytest.raises(WorkspaceIntegrityError, match="event_records"):
+        Workspace.open("ws").compose_model("m3", ["c0"])
+
+
+def test_the_files_away_are_found_without_hashing_any_file_or_reading_the_ledger(ws, monkeypatch) -> None:
+    """A deletion's tombstoning asks only which logged files are away; it re-hashed every file (a feature cache of a
+    GiB takes 1.5 s a pass) and read the whole ledger for it."""
+    import dp_tangent.workspace.audit_log as audit_log
+
+    away = ws.root.parent / "c1.safetensors"
+    (ws.root / "components" / "c1.safetensors").rename(away)
+    (ws.root / "tombstones.json").unlink(missing_ok=True)  # must stay: a problem, never "away"
+    expected = ws.audit.verify().missing_artifacts
+    assert "components/c1.safetensors" in expected and "tombstones.json" not in expected
+    reads = _counting_digests(monkeypatch)
+    monkeypatch.setattr(audit_log, "sha256_file", lambda path: pytest.fail(f"hashed {path}"))
+    assert audit_log.missing_artifacts(ws) == list(expected) and audit_log.missing_artifacts(ws.root) == list(expected)
+    assert not reads

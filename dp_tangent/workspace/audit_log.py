@@ -221,11 +221,10 @@ def _safe_path(root: Path, rel: str) -> Path | None:
     return root / Path(*p.parts)
 
 
-def _check_artifacts(root: Path, entries: Sequence[AuditEntry]) -> tuple[list[Problem], int, list[str]]:
-    """Replay outputs to the expected current digest of each path; compare inputs and files on disk.
-
-    Returns (problems, files checked, paths logged as present but missing)."""
-    expected: dict[str, tuple[str | None, int]] = {}  # path -> (sha256 or None = removed, seq that set it)
+def _logged_artifacts(entries: Sequence[AuditEntry]) -> tuple[dict[str, tuple[str | None, int]], list[Problem]]:
+    """Outputs replayed to each path's current digest: path -> (sha256, or None where removed; the entry that set it),
+    and every input whose digest differs from the one its path had then."""
+    expected: dict[str, tuple[str | None, int]] = {}
     problems: list[Problem] = []
     for entry in vouching(entries):
         for art in entry.inputs:
@@ -235,6 +234,31 @@ def _check_artifacts(root: Path, entries: Sequence[AuditEntry]) -> tuple[list[Pr
         for art in entry.outputs:
             if art.path is not None:
                 expected[art.path] = (art.sha256, entry.seq)
+    return expected, problems
+
+
+def _away(root: Path, rel: str, sha: str | None) -> bool:
+    """Whether the log holds ``rel`` as current, it is not on disk, and it may be away (moved or archived): not a
+    file that must stay, nor a path outside the workspace."""
+    path = _safe_path(root, rel)
+    return (sha is not None and path is not None and not path.is_file()
+            and not (rel in MUST_STAY or rel.startswith(MUST_STAY_FOLDERS)))
+
+
+def missing_artifacts(workspace_or_path: "str | os.PathLike[str] | _HasAuditLog") -> list[str]:
+    """The files the log holds as current that are away from the workspace (moved or archived), as :func:`verify`
+    lists them, found without checking anything else: no file is hashed and no ledger read."""
+    path = _log_path(workspace_or_path)
+    entries, _ = _parse(_read_locked(path))
+    expected, _ = _logged_artifacts(entries)
+    return [rel for rel, (sha, _) in sorted(expected.items()) if _away(path.parent, rel, sha)]
+
+
+def _check_artifacts(root: Path, entries: Sequence[AuditEntry]) -> tuple[list[Problem], int, list[str]]:
+    """Replay outputs to the expected current digest of each path; compare inputs and files on disk.
+
+    Returns (problems, files checked, paths logged as present but missing)."""
+    expected, problems = _logged_artifacts(entries)
     checked, missing = 0, []
     for rel, (sha, seq) in sorted(expected.items()):
         path = _safe_path(root, rel)
@@ -242,11 +266,11 @@ def _check_artifacts(root: Path, entries: Sequence[AuditEntry]) -> tuple[list[Pr
             problems.append(Problem(seq, f"artifact path {rel!r} leaves the workspace"))
             continue
         if not path.is_file():
-            if sha is not None and (rel in MUST_STAY or rel.startswith(MUST_STAY_FOLDERS)):
+            if _away(root, rel, sha):
+                missing.append(rel)  # reported, not a problem: moved away or archived
+            elif sha is not None:
                 problems.append(Problem(seq, f"artifact {rel} is missing: it must stay (deleted records or "
                                              "certificates depend on it)"))
-            elif sha is not None:
-                missing.append(rel)  # reported, not a problem: moved away or archived
             continue
         checked += 1
         if sha is None:
@@ -522,8 +546,12 @@ class AuditLog:
         inputs: Iterable[Artifact] = (),
         outputs: Iterable[Artifact] = (),
         parameters: Mapping[str, Any] | None = None,
+        ledger_state: Mapping[str, str] | None = None,
     ) -> AuditEntry:
-        """Append one entry under an exclusive lock, after re-checking the whole chain; fsyncs."""
+        """Append one entry under an exclusive lock, after re-checking the whole chain; fsyncs.
+
+        ``ledger_state``: the ledger's table digests the entry records, as the caller computed them for the state its
+        operation left (default: read afresh through the log's ``ledger_state``)."""
         if operation not in OPERATIONS:
             raise AuditLogError(f"unknown operation {operation!r}; one of: {', '.join(sorted(OPERATIONS))}")
         body: dict[str, Any] = {
@@ -534,7 +562,7 @@ class AuditLog:
             "parameters": _json_object(parameters),
         }
         if self.ledger_state is not None:
-            body["ledger"] = dict(self.ledger_state())
+            body["ledger"] = dict(self.ledger_state() if ledger_state is None else ledger_state)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         created = not self.path.exists()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)

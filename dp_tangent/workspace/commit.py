@@ -196,7 +196,7 @@ def _finish(ws: "Workspace", staging: Path) -> AuditEntry:
     if entries and entries[-1].parameters.get("commit") == commit_id:
         entry = entries[-1]  # only the intent's removal was left to do
     else:
-        unexplained = _unexplained_ledger(ws, entries, staging, change)
+        unexplained, state = _ledger_check(ws, entries, staging, change)
         if unexplained:  # recorded, and nothing logged over it: the change stays unfinished, the operation refused
             found = [f"ledger table {table!r} differs from the state the log last recorded, in a way the "
                      f"{change.operation} being logged does not explain: rows were added, removed or edited outside "
@@ -221,15 +221,29 @@ def _finish(ws: "Workspace", staging: Path) -> AuditEntry:
                 for op in change.ledger:
                     op.apply(ws.ledger)
                 # the state they leave, recorded before it commits, in case of a kill before the entry
-                atomic_write_text(staging / LEDGER_APPLIED, json.dumps(ws.ledger.state_digest(), sort_keys=True))
+                state = ws.ledger.state_digest()
+                atomic_write_text(staging / LEDGER_APPLIED, json.dumps(state, sort_keys=True))
         outputs = ([Artifact(w["name"] or Path(w["path"]).name, w["sha256"], w["path"]) for w in intent["writes"]]
                    + change.outputs)
+        # the entry vouches for the state this change was checked against or made (read inside its transaction), not
+        # for one read again afterwards: an edit made in between is then found by the next check, never logged over
         entry = ws.audit.append(change.operation, operator=change.operator, inputs=change.inputs, outputs=outputs,
-                                parameters=change.parameters)
+                                parameters=change.parameters, ledger_state=state)
     shutil.rmtree(staging)
     with contextlib.suppress(OSError):  # the last one out removes the staging area
         staging.parent.rmdir()
     return entry
+
+
+def _ledger_check(ws: "Workspace", entries: Sequence[AuditEntry], staging: Path,
+                  change: Change) -> tuple[list[str], dict[str, str] | None]:
+    """(:func:`_unexplained_ledger`, the ledger's table digests it read; None where it read none: no entry records a
+    ledger state yet)."""
+    last = next((e.ledger for e in reversed(vouching(entries)) if e.ledger is not None), None)  # not a failure's
+    if last is None:
+        return [], None
+    now = ws.ledger.state_digest()
+    return _unexplained(ws, entries, staging, change, last, now), now
 
 
 def _unexplained_ledger(ws: "Workspace", entries: Sequence[AuditEntry], staging: Path, change: Change) -> list[str]:
@@ -241,10 +255,11 @@ def _unexplained_ledger(ws: "Workspace", entries: Sequence[AuditEntry], staging:
     operations write and no other: the operations run in one ledger transaction, and the record is written before
     it commits, so no instant leaves their changes on disk without it (before, a kill between the two was reported
     as an edit and needed ``audit resolve --accept-ledger``)."""
-    last = next((e.ledger for e in reversed(vouching(entries)) if e.ledger is not None), None)  # not a failure's
-    if last is None:
-        return []
-    now = ws.ledger.state_digest()
+    return _ledger_check(ws, entries, staging, change)[0]
+
+
+def _unexplained(ws: "Workspace", entries: Sequence[AuditEntry], staging: Path, change: Change,
+                 last: Mapping[str, str], now: Mapping[str, str]) -> list[str]:
     if now == last:
         return []
     named = named_ids(entries, "ledger_reservation")

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from . import data_sources, gram_cache
+from .audit_log import missing_artifacts
 from .commit import Change, FileRemoval, FileWrite, apply
 from .deletion_requests import resolve_now
 from .tombstones import FILE as TOMBSTONES_FILE
@@ -36,7 +37,7 @@ def tombstone(ws: Workspace, request_id: str, doomed: set[str], *, operator: str
     finds missing (read once here: the tombstoning removes no component or model)."""
     data, new = Tombstones(ws.root).added(doomed, request_id=request_id, deleted_at=resolve_now(now).isoformat())
     registry = data_sources.without_records(ws, doomed)
-    missing = ws.audit.verify().missing_artifacts
+    missing = missing_artifacts(ws)  # the operation verified the workspace when it began; nothing hashed again here
     gone = missing_cache_files(missing)
     if new or registry is not None or gone:
         cache_writes, cache_removals = gram_cache.without_records(ws, doomed)
