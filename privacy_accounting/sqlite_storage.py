@@ -567,8 +567,9 @@ def _table_digest(conn: sqlite3.Connection, table: str, order: str, where: str =
 #: the type the schema gives and the ledger writes): event_records, a row per record per run, holds nearly every row
 #: of a ledger that has trained on large shards, and Python's own encoding of them is 60% of a digest's time.
 _SQLITE_JSON_ROWS = {
-    "event_records": ("(seq, data_source, record)", "CASE WHEN typeof(seq) = 'integer' AND typeof(data_source) = 'text' "
-                      "AND typeof(record) = 'text' THEN json_array(seq, data_source, record) END"),
+    "event_records": ("(seq, data_source, record)",
+                      "CASE WHEN typeof(seq) = 'integer' AND typeof(data_source) = 'text' AND typeof(record) = 'text' "
+                      "THEN json_array(seq, data_source, record) END"),
 }
 
 
