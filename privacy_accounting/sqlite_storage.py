@@ -579,7 +579,7 @@ def _sqlite_json_digest(conn: sqlite3.Connection, table: str, query: str, parame
     writes otherwise)."""
     columns, row_json = _SQLITE_JSON_ROWS[table]
     if not _sqlite_json_agrees() or \
-            "(" + ", ".join(r[1] for r in conn.execute(f"PRAGMA table_info({table})")) + ")" != columns:
+            "(" + ", ".join(r[1] for r in conn.execute(f"PRAGMA table_xinfo({table})")) + ")" != columns:  # hidden too
         return None
     digest = hashlib.sha256()
     cursor = conn.execute(f"SELECT {row_json} {query}", parameters)  # noqa: S608 -- fixed names

@@ -616,3 +616,42 @@ def test_the_files_away_are_found_without_hashing_any_file_or_reading_the_ledger
     monkeypatch.setattr(audit_log, "sha256_file", lambda path: pytest.fail(f"hashed {path}"))
     assert audit_log.missing_artifacts(ws) == list(expected) and audit_log.missing_artifacts(ws.root) == list(expected)
     assert not reads
+
+
+def test_an_edit_made_while_a_change_puts_its_files_is_not_vouched_for(ws, monkeypatch) -> None:
+    """A change with ledger operations is checked inside their transaction, and puts its files after it commits: an edit
+    that landed between the check and the transaction was read inside it and vouched for (review 60)."""
+    import dp_tangent.workspace.commit as commit_module
+
+    put = commit_module._put
+
+    def edit_then_put(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        with sqlite3.connect(ws.ledger_path) as conn:
+            conn.execute("UPDATE events SET operator = 'mallory'")
+        return put(*args, **kwargs)
+
+    monkeypatch.setattr(commit_module, "_put", edit_then_put)
+    ws.compose_model("m2", ["c0", "c1"])
+    monkeypatch.setattr(commit_module, "_put", put)
+    report = ws.audit.verify()
+    assert not report.ok and "'events'" in str(report), str(report)
+
+
+def test_no_other_writer_can_change_the_ledger_between_a_changes_check_and_its_commit(ws, monkeypatch) -> None:
+    import dp_tangent.workspace.commit as commit_module
+
+    check, refused = commit_module._ledger_check, []
+
+    def check_then_try_an_edit(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        found = check(*args, **kwargs)
+        try:
+            with sqlite3.connect(ws.ledger_path, timeout=0.2) as conn:
+                conn.execute("UPDATE events SET operator = 'mallory'")
+        except sqlite3.OperationalError as err:
+            refused.append(str(err))
+        return found
+
+    monkeypatch.setattr(commit_module, "_ledger_check", check_then_try_an_edit)
+    ws.compose_model("m2", ["c0", "c1"])
+    assert refused and "locked" in refused[0]
+    assert ws.audit.verify().ok

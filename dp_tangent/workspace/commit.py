@@ -196,7 +196,19 @@ def _finish(ws: "Workspace", staging: Path) -> AuditEntry:
     if entries and entries[-1].parameters.get("commit") == commit_id:
         entry = entries[-1]  # only the intent's removal was left to do
     else:
-        unexplained, state = _ledger_check(ws, entries, staging, change)
+        if change.ledger:
+            # checked inside the transaction its operations run in: it holds the ledger's write lock from the check to
+            # the commit, so no write lands between the state checked and the state recorded
+            with ws.ledger.atomically():  # one transaction: a kill at any instant leaves the old state or the new one
+                unexplained, state = _ledger_check(ws, entries, staging, change)
+                if not unexplained:
+                    for op in change.ledger:
+                        op.apply(ws.ledger)
+                    # the state they leave, recorded before it commits, in case of a kill before the entry
+                    state = ws.ledger.state_digest()
+                    atomic_write_text(staging / LEDGER_APPLIED, json.dumps(state, sort_keys=True))
+        else:
+            unexplained, state = _ledger_check(ws, entries, staging, change)
         if unexplained:  # recorded, and nothing logged over it: the change stays unfinished, the operation refused
             found = [f"ledger table {table!r} differs from the state the log last recorded, in a way the "
                      f"{change.operation} being logged does not explain: rows were added, removed or edited outside "
@@ -216,17 +228,10 @@ def _finish(ws: "Workspace", staging: Path) -> AuditEntry:
                 {(ws.root / r.path).parent for r in change.removals}:
             if folder.is_dir():  # a removal in a folder already gone (a deleted cache) has nothing to make durable
                 fsync_dir(folder)
-        if change.ledger:
-            with ws.ledger.atomically():  # one transaction: a kill at any instant leaves the old state or the new one
-                for op in change.ledger:
-                    op.apply(ws.ledger)
-                # the state they leave, recorded before it commits, in case of a kill before the entry
-                state = ws.ledger.state_digest()
-                atomic_write_text(staging / LEDGER_APPLIED, json.dumps(state, sort_keys=True))
         outputs = ([Artifact(w["name"] or Path(w["path"]).name, w["sha256"], w["path"]) for w in intent["writes"]]
                    + change.outputs)
         # the entry vouches for the state this change was checked against or made (read inside its transaction), not
-        # for one read again afterwards: an edit made in between is then found by the next check, never logged over
+        # for one read again afterwards: an edit made after that reading is found by the next check, not logged over
         entry = ws.audit.append(change.operation, operator=change.operator, inputs=change.inputs, outputs=outputs,
                                 parameters=change.parameters, ledger_state=state)
     shutil.rmtree(staging)

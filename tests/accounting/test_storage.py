@@ -268,3 +268,19 @@ def test_the_record_table_digest_is_the_same_bytes_whoever_writes_the_json(odd: 
     assert storage._table_digest(conn, "event_records", "seq, record") == python
     assert storage._table_digest(conn, "event_records", "seq, record", "WHERE seq NOT IN (?)", [0]) == \
         storage._rows_digest(conn.execute("SELECT * FROM event_records WHERE seq NOT IN (0) ORDER BY seq, record"))
+
+
+def test_a_generated_column_added_behind_the_tools_back_changes_the_record_table_digest(tmp_path: Path) -> None:
+    """``PRAGMA table_info`` hides generated columns, which ``SELECT *`` (the encoder's rows) includes (review 60)."""
+    from privacy_accounting import sqlite_storage as storage
+
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE event_records (seq INTEGER, data_source TEXT, record TEXT)")
+    conn.executemany("INSERT INTO event_records VALUES (?, ?, ?)", [(s, "src", f"r{s}") for s in range(10)])
+    plain = storage._table_digest(conn, "event_records", "seq, record")
+    other = sqlite3.connect(":memory:")
+    other.execute("CREATE TABLE event_records (seq INTEGER, data_source TEXT, record TEXT, note TEXT AS ('x'))")
+    other.executemany("INSERT INTO event_records (seq, data_source, record) VALUES (?, ?, ?)",
+                      [(s, "src", f"r{s}") for s in range(10)])
+    assert storage._sqlite_json_digest(other, "event_records", "FROM event_records ORDER BY seq, record", ()) is None
+    assert storage._table_digest(other, "event_records", "seq, record") != plain
