@@ -87,3 +87,16 @@ def test_a_link_left_at_the_old_place_while_moving_is_not_the_new_place(trained,
     Path("rows.npz").unlink()
     code, out, err = run_cli(capsys, "evaluate", "rows", "-w", "ws")
     assert code == 0 and "test accuracy" in out, err
+
+
+def test_data_moved_into_the_workspace_is_named_as_such_and_nothing_is_recorded(trained, capsys) -> None:
+    """Relocating into the workspace was refused through its check, as files added behind the tool's back: an
+    integrity failure recorded that had to be resolved by hand after moving the data out again."""
+    entries = len(Workspace.open("ws").audit.entries())
+    Path("rows.npz").rename("ws/rows.npz")
+    code, _, err = run_cli(capsys, "data", "relocate", "rows", "ws/rows.npz", "-w", "ws")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "ws/rows.npz is inside the workspace" in err and "move it out of the workspace, then relocate it" in err
+    assert len(Workspace.open("ws").audit.entries()) == entries  # no integrity failure recorded
+    Path("ws/rows.npz").rename("rows.npz")
+    assert run_cli(capsys, "audit", "verify", "-w", "ws")[0] == 0

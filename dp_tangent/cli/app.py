@@ -45,15 +45,16 @@ def open_workspace(path: Path, *, finish: bool = True):  # noqa: ANN202
         return Workspace.open(path, finish=False)
 
 
-def check_output_outside(ws, output: Path, allowed: str | None = None) -> None:  # noqa: ANN001
-    """Refuse an output file inside the workspace (every file there must be accounted for by its
-    log), except under its ``allowed`` folder of derived files."""
+def check_output_outside(ws, output: Path, allowed: str | None = None,  # noqa: ANN001
+                         advice: str = "write it outside") -> None:
+    """Refuse an output file (or a folder of the user's, ``advice`` saying what to do) inside the workspace
+    (every file there must be accounted for by its log), except under its ``allowed`` folder of derived files."""
     from ..workspace import WorkspaceError
 
     target, root = output.expanduser().absolute().resolve(), ws.root.resolve()
-    if root in target.parents and not (allowed and (root / allowed) in target.parents):
+    if (target == root or root in target.parents) and not (allowed and (root / allowed) in target.parents):
         where = f" (or under {ws.root / allowed})" if allowed else ""
-        raise WorkspaceError(f"{output} is inside the workspace {ws.root}: write it outside{where}; every file in "
+        raise WorkspaceError(f"{output} is inside the workspace {ws.root}: {advice}{where}; every file in "
                              "a workspace must be accounted for by its audit log")
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .app import DEFAULT_WORKSPACE, WorkspaceOption, app, busy, open_workspace
+from .app import DEFAULT_WORKSPACE, WorkspaceOption, app, busy, check_output_outside, open_workspace
 
 data_app = typer.Typer(help="Data sources the workspace re-reads: where they are, and moving them.",
                        no_args_is_help=True)
@@ -49,6 +49,8 @@ def data_relocate(
     from ..workspace.data_sources import relocated, source_of
 
     ws = open_workspace(workspace)
+    # before the lock's check, which would record the data put there as files added behind the tool's back
+    check_output_outside(ws, location, advice="move it out of the workspace, then relocate it")
     with busy(f"checking {location} against data source {name!r}"):
         with ws.lock():
             moved = relocated(ws, name, location)
