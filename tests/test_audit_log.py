@@ -211,3 +211,20 @@ def test_a_short_write_leaves_no_torn_line(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(dp_tangent.workspace.audit_log.os, "write", real_write)
     assert log.path.read_bytes() == before and verify(log.path).ok
     assert log.append("training", parameters={"n": 2}).seq == len(log.entries()) - 1 and verify(log.path).ok
+
+
+def test_a_folder_removed_while_the_check_lists_the_workspace_is_skipped_not_an_error(tmp_path: Path) -> None:
+    """A change finishing while ``audit verify`` looks removes its ``.pending`` staging: pathlib's glob raised
+    FileNotFoundError mid-walk and the command stopped with a traceback (review 61)."""
+    import shutil
+
+    from dp_tangent.workspace import audit_log
+
+    (tmp_path / ".pending" / "abc").mkdir(parents=True)
+    (tmp_path / ".pending" / "abc" / "intent.json").write_text("{}")
+    (tmp_path / "workspace.json").write_text("{}")
+    walk = audit_log._tree(tmp_path)
+    first = next(walk)  # the top folder's entries come before any folder under it is listed
+    shutil.rmtree(tmp_path / ".pending")
+    assert {p.name for p in [first, *walk]} == {".pending", "workspace.json"}
+    assert list(audit_log._tree(tmp_path / "gone")) == []

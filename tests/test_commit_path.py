@@ -655,3 +655,40 @@ def test_no_other_writer_can_change_the_ledger_between_a_changes_check_and_its_c
     ws.compose_model("m2", ["c0", "c1"])
     assert refused and "locked" in refused[0]
     assert ws.audit.verify().ok
+
+
+KILLED_TWICE = textwrap.dedent('''
+    import os, sys
+    import dp_tangent.workspace.commit as commit_module
+    from dp_tangent.workspace import Workspace
+    if sys.argv[1] == "after-commit":  # the composition's ledger transaction committed, none of its files placed
+        commit_module._put = lambda *args, **kwargs: os._exit(9)
+        Workspace.open("ws").compose_model("m2", ["c0", "c1"])
+    else:  # the next command finishing it, killed after it recorded the state its rerun would leave
+        write = commit_module.atomic_write_text
+        def write_then_die(path, text):
+            write(path, text)
+            if path.name == commit_module.LEDGER_APPLIED:
+                os._exit(9)
+        commit_module.atomic_write_text = write_then_die
+        Workspace.open("ws")
+''')
+
+
+def test_a_change_whose_ledger_operations_committed_is_finished_without_running_them_again(ws) -> None:
+    """Finishing re-ran them: a composition's model was registered again with a new time, and a kill of that rerun after
+    it recorded its state, before its commit, left a record no ledger matched: a false integrity failure (review 61)."""
+    first = subprocess.run([sys.executable, "-c", KILLED_TWICE, "after-commit"], capture_output=True, text=True,
+                           timeout=300)
+    assert first.returncode == 9, first.stderr[-2000:]
+    with sqlite3.connect(ws.ledger_path) as conn:
+        registered = conn.execute("SELECT registered_at FROM models WHERE name = 'm2'").fetchall()
+    assert registered and not (ws.root / "models" / "m2.safetensors").exists()
+    second = subprocess.run([sys.executable, "-c", KILLED_TWICE, "finish"], capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]  # nothing ran again, so nothing recorded again
+    reopened = Workspace.open("ws")
+    assert not pending(reopened) and reopened.audit.verify().ok
+    with sqlite3.connect(ws.ledger_path) as conn:
+        assert conn.execute("SELECT registered_at FROM models WHERE name = 'm2'").fetchall() == registered
+    assert reopened.load_model("m2")[0].component_names == ["c0", "c1"]
+    assert "integrity_failure" not in [e.operation for e in reopened.audit.entries()]

@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -357,7 +357,7 @@ def _check_integrity_failures(entries: Sequence[AuditEntry]) -> list[Problem]:
 def integrity_snapshot(root: Path, entries: Sequence[AuditEntry]) -> list[Artifact]:
     """The workspace's files as they are now (logged ones that are gone, as removed): what an
     ``integrity_failure`` entry records, so that later checks compare against the present."""
-    present = {p.relative_to(root).as_posix(): p for p in root.rglob("*") if p.is_file()}
+    present = {p.relative_to(root).as_posix(): p for p in _tree(root) if p.is_file()}
     logged = {a.path for e in entries for a in e.outputs if a.path is not None}
     out = []
     for rel in sorted(set(present) | logged):
@@ -397,6 +397,15 @@ def _is_interrupted_report(path: Path) -> bool:
     return True
 
 
+def _tree(root: Path, recurse: bool = True) -> Iterator[Path]:
+    """Every path under ``root`` (links not followed), none where a folder is gone before it is listed: a change
+    finishing while this looks removes its staging (pathlib's glob raised then, and ``audit verify`` stopped)."""
+    for folder, folders, files in os.walk(root):
+        yield from (Path(folder) / name for name in (*folders, *files))
+        if not recurse:
+            return
+
+
 def _check_unaccounted(root: Path, entries: Sequence[AuditEntry]) -> tuple[list[Problem], list[str]]:
     """Files in the workspace that no entry of the log wrote (or that it logged as removed); and notes on what
     passes but is left over (an interrupted report's temporary file)."""
@@ -406,7 +415,7 @@ def _check_unaccounted(root: Path, entries: Sequence[AuditEntry]) -> tuple[list[
             if art.path is not None:
                 present[art.path] = art.sha256
     problems, notes = [], []
-    for path in sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink()):
+    for path in sorted(p for p in _tree(root) if p.is_file() or p.is_symlink()):
         rel = path.relative_to(root).as_posix()
         if rel.split("/", 1)[0] == PENDING_FOLDER:
             if not _STAGED.fullmatch(rel):
@@ -438,11 +447,11 @@ def _check_unaccounted(root: Path, entries: Sequence[AuditEntry]) -> tuple[list[
             problems.append(Problem(len(entries), f"file {rel} is not accounted for by the log (added or restored "
                                                   "behind the tool's back)"))
     for folder in ARTIFACT_FOLDERS:
-        for path in sorted((root / folder).glob("*")):
+        for path in sorted(_tree(root / folder, recurse=False)):
             if path.is_dir() and not path.is_symlink():
                 problems.append(Problem(len(entries), f"{folder}/{path.name} is a folder, not a file (made by hand: "
                                                       "no operation makes one there)"))
-    pending = sorted(p.parent.name for p in (root / PENDING_FOLDER).glob("*/intent.json"))
+    pending = sorted(p.name for p in _tree(root / PENDING_FOLDER, recurse=False) if (p / "intent.json").exists())
     if pending:
         problems.append(Problem(len(entries), f"{len(pending)} {INTERRUPTED_REASON}: open the workspace (any "
                                               "dp-tangent command on it) to finish them"))

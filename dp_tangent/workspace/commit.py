@@ -201,7 +201,7 @@ def _finish(ws: "Workspace", staging: Path) -> AuditEntry:
             # the commit, so no write lands between the state checked and the state recorded
             with ws.ledger.atomically():  # one transaction: a kill at any instant leaves the old state or the new one
                 unexplained, state = _ledger_check(ws, entries, staging, change)
-                if not unexplained:
+                if not unexplained and not _applied_already(staging, state):
                     for op in change.ledger:
                         op.apply(ws.ledger)
                     # the state they leave, recorded before it commits, in case of a kill before the entry
@@ -238,6 +238,14 @@ def _finish(ws: "Workspace", staging: Path) -> AuditEntry:
     with contextlib.suppress(OSError):  # the last one out removes the staging area
         staging.parent.rmdir()
     return entry
+
+
+def _applied_already(staging: Path, state: Mapping[str, str] | None) -> bool:
+    """Whether the ledger is the state this change's operations recorded they leave (they committed, then the process
+    was killed): running them again would rewrite their timestamps, and a kill of that rerun after it recorded its own
+    state but before it committed would leave a record no ledger state matches (review 61)."""
+    marker = staging / LEDGER_APPLIED
+    return state is not None and marker.is_file() and json.loads(marker.read_text()) == state
 
 
 def _ledger_check(ws: "Workspace", entries: Sequence[AuditEntry], staging: Path,
