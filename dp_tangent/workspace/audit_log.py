@@ -237,10 +237,9 @@ def _logged_artifacts(entries: Sequence[AuditEntry]) -> tuple[dict[str, tuple[st
     return expected, problems
 
 
-def _away(root: Path, rel: str, sha: str | None) -> bool:
-    """Whether the log holds ``rel`` as current, it is not on disk, and it may be away (moved or archived): not a
-    file that must stay, nor a path outside the workspace."""
-    path = _safe_path(root, rel)
+def _away(path: Path | None, rel: str, sha: str | None) -> bool:
+    """Whether the log holds ``rel`` (at ``path``, from :func:`_safe_path`) as current, it is not on disk, and it
+    may be away (moved or archived): not a file that must stay, nor a path outside the workspace (None)."""
     return (sha is not None and path is not None and not path.is_file()
             and not (rel in MUST_STAY or rel.startswith(MUST_STAY_FOLDERS)))
 
@@ -251,7 +250,7 @@ def missing_artifacts(workspace_or_path: "str | os.PathLike[str] | _HasAuditLog"
     path = _log_path(workspace_or_path)
     entries, _ = _parse(_read_locked(path))
     expected, _ = _logged_artifacts(entries)
-    return [rel for rel, (sha, _) in sorted(expected.items()) if _away(path.parent, rel, sha)]
+    return [rel for rel, (sha, _) in sorted(expected.items()) if _away(_safe_path(path.parent, rel), rel, sha)]
 
 
 def _check_artifacts(root: Path, entries: Sequence[AuditEntry]) -> tuple[list[Problem], int, list[str]]:
@@ -266,7 +265,7 @@ def _check_artifacts(root: Path, entries: Sequence[AuditEntry]) -> tuple[list[Pr
             problems.append(Problem(seq, f"artifact path {rel!r} leaves the workspace"))
             continue
         if not path.is_file():
-            if _away(root, rel, sha):
+            if _away(path, rel, sha):
                 missing.append(rel)  # reported, not a problem: moved away or archived
             elif sha is not None:
                 problems.append(Problem(seq, f"artifact {rel} is missing: it must stay (deleted records or "

@@ -286,9 +286,7 @@ def _unexplained(ws: "Workspace", entries: Sequence[AuditEntry], staging: Path, 
     differing = {t for t in set(last) | set(base) if last.get(t) != base.get(t)}
     if not differing:
         return []
-    marker = staging / LEDGER_APPLIED
-    if marker.is_file() and json.loads(marker.read_text()) == now and \
-            differing <= {table for op in change.ledger for table in op.tables}:
+    if _applied_already(staging, now) and differing <= {table for op in change.ledger for table in op.tables}:
         return []
     return sorted(differing)
 

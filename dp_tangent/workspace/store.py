@@ -42,8 +42,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..components.manifest import commit, key_id, new_key
 from ..io import atomic_write_text, fsync_dir, sha256_file
-from .audit_log import (INTEGRITY_FAILURE_REASON, INTERRUPTED_REASON, KILLED_WRITE_REASON, Artifact, AuditEntry,
-                        AuditLog, VerifyReport, integrity_snapshot, resolvable_failures, unresolved_failures)
+from .audit_log import (ARTIFACT_FOLDERS, INTEGRITY_FAILURE_REASON, INTERRUPTED_REASON, KILLED_WRITE_REASON, Artifact,
+                        AuditEntry, AuditLog, VerifyReport, integrity_snapshot, resolvable_failures,
+                        unresolved_failures)
 from .commit import (Change, FileWrite, apply, finish_interrupted, named_ids, pending_change_explains_ledger,
                      placed_by_pending)
 from .ledger_ops import FailReservation, RegisterModel, SetBudget, SetDataSource
@@ -110,7 +111,7 @@ def _fresh(entry: Path) -> bool:
     if entry.is_symlink():
         return False
     if entry.is_dir():
-        return entry.name in ("components", "models", "certificates") and not any(entry.iterdir())
+        return entry.name in ARTIFACT_FOLDERS and not any(entry.iterdir())
     size, largest = entry.stat().st_size, _FRESH_BYTES["ledger.sqlite"]
     if entry.name.endswith(".tmp") or entry.name == "ledger.sqlite-journal":  # an atomic write killed before its rename
         return entry.name.startswith((".workspace.json.", ".ledger.sqlite.", "ledger.sqlite")) and size <= largest
@@ -201,7 +202,7 @@ class Workspace:
     @classmethod
     def _build(cls, building: Path, operator: str | None) -> WorkspaceInfo:
         """A new workspace's files in ``building``: folders, key, ledger, marker and the log's first entry."""
-        for sub in ("components", "models", "certificates"):
+        for sub in ARTIFACT_FOLDERS:
             (building / sub).mkdir()
         key = new_key()
         fd = os.open(building / "manifest.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
