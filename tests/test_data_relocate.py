@@ -100,3 +100,24 @@ def test_data_moved_into_the_workspace_is_named_as_such_and_nothing_is_recorded(
     assert len(Workspace.open("ws").audit.entries()) == entries  # no integrity failure recorded
     Path("ws/rows.npz").rename("rows.npz")
     assert run_cli(capsys, "audit", "verify", "-w", "ws")[0] == 0
+
+
+def test_relocating_reads_the_records_once_and_changes_only_the_place(trained, capsys, monkeypatch) -> None:
+    """Relocating checked every record, then registering the moved source read and digested them all again (twice
+    the decoding of a large image folder); the registry it writes now differs from the old one only in the place."""
+    from dp_tangent.workspace import data_sources
+
+    before = json.loads(Path("ws/data-sources.json").read_text())
+    Path("moved").mkdir()
+    Path("rows.npz").rename("moved/rows.npz")
+    readings = []
+    digests = data_sources.content_digests
+    monkeypatch.setattr(data_sources, "content_digests", lambda records: readings.append(1) or digests(records))
+    code, _, err = run_cli(capsys, "data", "relocate", "rows", "moved/rows.npz", "-w", "ws")
+    assert code == 0, err
+    assert len(readings) == 1
+    after = json.loads(Path("ws/data-sources.json").read_text())
+    assert after["sources"]["rows"]["data"].pop("path") == str(Path("moved/rows.npz").absolute())
+    assert before["sources"]["rows"]["data"].pop("path") == str(Path("rows.npz").absolute())
+    assert after == before
+    assert run_cli(capsys, "audit", "verify", "-w", "ws")[0] == 0

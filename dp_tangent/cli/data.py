@@ -46,23 +46,20 @@ def data_relocate(
 ) -> None:
     """Re-point a data source whose file or folder moved: every registered record must be there, unchanged (by its
     keyed digest), and no other; nothing is trained and no budget spent. Logged."""
-    from ..workspace.data_sources import relocated, source_of
+    from ..workspace.data_sources import source_of
 
     ws = open_workspace(workspace)
     # before the lock's check, which would record the data put there as files added behind the tool's back
     check_output_outside(ws, location, advice="move it out of the workspace, then relocate it")
     with busy(f"checking {location} against data source {name!r}"):
         with ws.lock():
-            moved = relocated(ws, name, location)
             before = source_of(ws, name)
-            if before == moved:
-                where = next(v for f, v in moved.model_dump(mode="json")["data"].items() if f in ("path", "root"))
-                typer.echo(f"data source {name!r} is read from {where} already: nothing was changed")
-                return
-            source = ws.ledger.data_source(name)
-            ws.declare_data_source(name, description=source.description,
-                                   shards=[shard for _, shard in ws.ledger.shards(name)], loader=moved)
+            moved = ws.relocate_data_source(name, location)
     was = before.model_dump(mode="json")["data"] if before is not None else {}
+    if moved is None:
+        where = next(v for f, v in was.items() if f in ("path", "root"))
+        typer.echo(f"data source {name!r} is read from {where} already: nothing was changed")
+        return
     now = moved.model_dump(mode="json")["data"]
     field = "path" if "path" in now else "root"
     typer.echo(f"data source {name!r}: read from {now[field]} (was {was.get(field)}); every registered record found "

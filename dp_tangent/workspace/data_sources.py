@@ -377,12 +377,15 @@ def source_of(ws: Workspace, name: str) -> ReloadableSource | None:
     return None if entry is None else parse_source(entry)
 
 
-def relocated(ws: Workspace, name: str, location: Path) -> ReloadableSource:
+def relocated(ws: Workspace, name: str, location: Path) -> tuple[ReloadableSource, bytes | None]:
     """The registered source ``name`` read from ``location`` (its file or folder moved there), holding exactly the
     records it was registered with, less deleted ones, each unchanged by its keyed digest: a record it did not hold
-    is refused (training adds records, and checks them first), and so is a changed or missing one. The place as
-    registered (another spelling of it included) is ``name``'s registered source itself."""
-    source = source_of(ws, name)
+    is refused (training adds records, and checks them first), and so is a changed or missing one. With it, the
+    registry's new content (what :func:`registered` would write for it, without reading the records again), or
+    None where the place as registered (another spelling of it included) is ``location`` already."""
+    sources = _read(ws)
+    entry = sources.sources.get(name)
+    source = None if entry is None else parse_source(entry)
     if source is None:
         raise DataSourceError(f"no loader registered for data source {name!r} (it was not trained from a recipe's "
                               "data in this workspace): nothing to relocate")
@@ -391,13 +394,13 @@ def relocated(ws: Workspace, name: str, location: Path) -> ReloadableSource:
     if field is None:
         raise DataSourceError(f"data source {name!r} ({source.loader}) is not read from a file or folder of yours: "
                               "nothing to relocate")
-    content = _read(ws).content.get(name)
+    content = sources.content.get(name)
     if content is None:
         raise DataSourceError(f"data source {name!r} was registered before its records' digests were kept, so its "
                               f"data cannot be checked at a new place; read it from {value['data'][field]}")
     place = os.path.realpath(location.expanduser())  # as a recipe's paths are stored: links resolved
     if place == os.path.abspath(value["data"][field]):  # the registered spelling as it is (a link to the new place
-        return source                                   # left while moving is not the new place)
+        return source, None                             # left while moving is not the new place)
     value["data"][field] = place
     moved = parse_source(value)
     deleted = set(Tombstones(ws.root).read())
@@ -411,7 +414,8 @@ def relocated(ws: Workspace, name: str, location: Path) -> ReloadableSource:
     if differences:
         raise DataSourceError(f"{location} is not the data {name!r} was registered with ({differences}): relocate "
                               "moves the data as it was; point it at the moved copy")
-    return moved
+    sources.sources[name] = moved.model_dump(mode="json")  # its content, test split included, stays as registered
+    return moved, (sources.model_dump_json(indent=2) + "\n").encode()
 
 
 def _differences(registered: Mapping[str, str], tags: Mapping[str, str], deleted: set[str]) -> str:

@@ -648,15 +648,35 @@ class Workspace:
                                  "record; declare unit 'record' (user-level privacy would need per-user sampling "
                                  "and clipping, which it does not do)")
         with self.lock():
-            writes = []
             registry = None if loader is None else data_sources.registered(self, name, loader)
-            if registry is not None:
-                writes.append(FileWrite(data_sources.FILE, registry, "data-source registry"))
-            apply(self, Change("data_source", operator=operator, writes=writes,
-                               ledger=[SetDataSource(name, str(getattr(unit, "value", unit)), description,
-                                                     list(shards))], parameters={
-                "data_source": name, "unit": unit, "description": description, "shards": list(shards),
-                "reloadable": loader is not None}))
+            self._declare(name, description, shards, str(getattr(unit, "value", unit)), registry,
+                          reloadable=loader is not None, operator=operator)
+
+    def relocate_data_source(self, name: str, location: Path, operator: str | None = None) -> ReloadableSource | None:
+        """Re-point data source ``name`` at ``location``, its file or folder moved there, after
+        :func:`~dp_tangent.workspace.data_sources.relocated` checked every record there (read once); logged as
+        its declaration. None where it is read from there already (nothing is written)."""
+        from . import data_sources
+
+        with self.lock():
+            moved, registry = data_sources.relocated(self, name, location)
+            if registry is None:
+                return None
+            source = self.ledger.data_source(name)
+            self._declare(name, source.description, [shard for _, shard in self.ledger.shards(name)], "record",
+                          registry, reloadable=True, operator=operator)
+        return moved
+
+    def _declare(self, name: str, description: str, shards: Sequence[str], unit: str, registry: bytes | None, *,
+                 reloadable: bool, operator: str | None) -> None:
+        """Apply and log a data source's declaration, with the registry's new content where it changed."""
+        from . import data_sources
+
+        writes = [] if registry is None else [FileWrite(data_sources.FILE, registry, "data-source registry")]
+        apply(self, Change("data_source", operator=operator, writes=writes,
+                           ledger=[SetDataSource(name, unit, description, list(shards))], parameters={
+            "data_source": name, "unit": unit, "description": description, "shards": list(shards),
+            "reloadable": reloadable}))
 
     def audit_privacy(self, tangent: TangentModel, records: RecordSet, privacy: PrivacySpec,
                       config: TrainConfig | None = None, *, data_source: str, shard: str, component: str,
