@@ -56,29 +56,62 @@ class ModelShardGuarantee:
 
 
 def records_bounds(feeding: Sequence[StoredEvent], events: Sequence[StoredEvent], delta: float,
-                   settings: AccountantSettings, record_classes: RecordClasses | None) -> EpsilonBounds:
+                   settings: AccountantSettings, record_classes: RecordClasses | None
+                   ) -> tuple[EpsilonBounds, frozenset[ShardKey]]:
     """The largest, over the records ``feeding`` read, of the composition of every event that read
-    the record. Events naming no records read their whole shard; if a feeding event names none,
-    every event of its shard (and of any shard whose records overlap it) is counted."""
-    by_seq = {e.seq: e for e in events}
-    whole_shard: dict[tuple[str, str], list[StoredEvent]] = {}
-    for e in events:
-        if e.records_read is None:
-            whole_shard.setdefault((e.data_source, e.shard), []).append(e)
+    the record, and the shards whose events read those records (``feeding``'s own and, where an
+    overlap was allowed, others). Events naming no records read their whole shard; if a feeding event
+    names none, every event of its shard is counted (and only its shard is known to hold them)."""
+    whole_shard = group_by_shard(e for e in events if e.records_read is None)
     if record_classes is None or any(e.records_read is None for e in feeding):
-        shards = {(e.data_source, e.shard) for e in feeding}
-        return composed_bounds([e.tree for e in events if (e.data_source, e.shard) in shards], delta, settings)
+        shards = frozenset((e.data_source, e.shard) for e in feeding)
+        return composed_bounds([e.tree for e in events if (e.data_source, e.shard) in shards], delta, settings), shards
     worst: EpsilonBounds | None = None
+    touched: set[ShardKey] = {(e.data_source, e.shard) for e in feeding}
+    for readers in _reader_groups(feeding, events, whole_shard, record_classes):
+        touched.update((e.data_source, e.shard) for e in readers)
+        bounds = composed_bounds([e.tree for e in readers], delta, settings)
+        if worst is None or bounds.epsilon > worst.epsilon:
+            worst = bounds
+    return (worst if worst is not None else composed_bounds([e.tree for e in feeding], delta, settings),
+            frozenset(touched))
+
+
+def _reader_groups(feeding: Sequence[StoredEvent], events: Sequence[StoredEvent],
+                   whole_shard: dict[ShardKey, list[StoredEvent]], record_classes: RecordClasses
+                   ) -> Iterable[list[StoredEvent]]:
+    """For each group of the records ``feeding`` read (each naming them): every event that read them, in ledger
+    order, those of their shards that named no records included."""
+    by_seq = {e.seq: e for e in events}
     for data_source in sorted({e.data_source for e in feeding}):
         mine = [e.seq for e in feeding if e.data_source == data_source]
         for group in record_classes(data_source, mine):
             readers = {q: by_seq[q] for q in group.seqs if q in by_seq}
             for key in {(e.data_source, e.shard) for e in readers.values()}:
                 readers.update((e.seq, e) for e in whole_shard.get(key, ()))
-            bounds = composed_bounds([readers[q].tree for q in sorted(readers)], delta, settings)
-            if worst is None or bounds.epsilon > worst.epsilon:
-                worst = bounds
-    return worst if worst is not None else composed_bounds([e.tree for e in feeding], delta, settings)
+            yield [readers[q] for q in sorted(readers)]
+
+
+def shard_records_bounds(data_source: str, shard: str, events: Sequence[StoredEvent], delta: float,
+                         settings: AccountantSettings, record_classes: RecordClasses | None = None) -> EpsilonBounds:
+    """What the records of a shard have spent: the composition of the shard's events, or more where events of
+    other shards also read some of its records (an overlap allowed on purpose), whose composition with every
+    event that read them is then the figure (per record, as budgets are enforced). ``events``: the ledger's;
+    ``record_classes`` may give only the classes of records other events read too (the others change nothing)."""
+    key = (data_source, shard)
+    own = [e for e in events if (e.data_source, e.shard) == key]
+    worst = shard_bounds(own, delta, settings)
+    named = [e for e in own if e.records_read is not None]
+    if record_classes is None or not named:
+        return worst
+    whole_shard = group_by_shard(e for e in events if e.records_read is None)
+    for readers in _reader_groups(named, events, whole_shard, record_classes):
+        if all((e.data_source, e.shard) == key for e in readers):
+            continue  # some of the shard's own events: within its composition
+        bounds = composed_bounds([e.tree for e in readers], delta, settings)
+        if bounds.epsilon > worst.epsilon:
+            worst = bounds
+    return worst
 
 
 def record_guarantees(events: Sequence[StoredEvent], delta: float, settings: AccountantSettings,
@@ -112,6 +145,8 @@ class ModelGuarantee:
     accountant: str
     binding: ShardKey | None
     shards: tuple[ModelShardGuarantee, ...]
+    #: every shard whose events read a record of the model: its own, and others where an overlap was allowed
+    record_shards: tuple[ShardKey, ...] = ()
 
 
 def model_guarantee(
@@ -128,10 +163,13 @@ def model_guarantee(
     wanted = set(components)
     all_by_shard = group_by_shard(events)
     per_shard: list[ModelShardGuarantee] = []
+    touched: set[ShardKey] = set()
     for key, shard_events in all_by_shard.items():
         feeding = [e for e in shard_events if e.component in wanted]
         if not feeding:
             continue
+        record_bounds, reading = records_bounds(feeding, events, delta, settings, record_classes)
+        touched |= reading
         per_shard.append(
             ModelShardGuarantee(
                 data_source=key[0],
@@ -141,7 +179,7 @@ def model_guarantee(
                 shard_total_bounds=shard_bounds(shard_events, delta, settings),
                 n_model_events=len(feeding),
                 n_shard_events=len(shard_events),
-                record_bounds=records_bounds(feeding, events, delta, settings, record_classes),
+                record_bounds=record_bounds,
             )
         )
     if not per_shard:
@@ -155,4 +193,5 @@ def model_guarantee(
         accountant=worst.record_bounds.accountant,
         binding=(worst.data_source, worst.shard),
         shards=tuple(per_shard),
+        record_shards=tuple(sorted(touched)),
     )

@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 
 from privacy_accounting.accountants import DEFAULT_SETTINGS, AccountantSettings, EpsilonBounds, epsilon_within
 from privacy_accounting.budgets import effective_budget, enforce_budget
-from privacy_accounting.composition import ModelGuarantee, model_guarantee, record_guarantees, shard_bounds
+from privacy_accounting.composition import ModelGuarantee, model_guarantee, record_guarantees, shard_records_bounds
 from privacy_accounting.errors import (
     InvalidParameterError,
     RecordOverlapError,
@@ -370,7 +370,10 @@ class Ledger:
     # -- spend ---------------------------------------------------------------------------------
 
     def shard_spend(self, data_source: str, shard: str, delta: float | None = None) -> EpsilonBounds:
-        """Bounds of the composition of all the shard's events (every status counts).
+        """What the shard's records have spent: the composition of all the shard's events (every status
+        counts), or more where events of other shards read some of its records too (an overlap allowed on
+        purpose): then the largest composition of every event that read one of its records, as the budgets
+        are enforced.
 
         ``delta=None`` uses the delta of the budget that applies to the shard; error if none.
         """
@@ -383,7 +386,8 @@ class Ledger:
                 )
             delta = budget.delta
         delta = check_delta(delta)
-        return shard_bounds(self._storage.events(EventFilter(data_source, shard)), delta, self._settings)
+        return shard_records_bounds(data_source, shard, self._storage.events(), delta, self._settings,
+                                    self.shared_record_classes)
 
     def remaining(self, data_source: str, shard: str) -> float | None:
         """Budget epsilon minus spent epsilon (at the budget's delta), floored at 0; None if no budget."""
@@ -451,9 +455,14 @@ class Ledger:
         read takes longest)."""
         return self._storage.table_digests(without_events, without_audits, tables)
 
-    def record_classes(self, data_source: str, seqs: Sequence[int]) -> list[RecordClass]:
-        """The records events ``seqs`` read, grouped by the set of every event that read each."""
-        return self._storage.record_classes(data_source, list(seqs))
+    def record_classes(self, data_source: str, seqs: Sequence[int], *, shared: bool = False) -> list[RecordClass]:
+        """The records events ``seqs`` read, grouped by the set of every event that read each (``shared``: only
+        those another event read too)."""
+        return self._storage.record_classes(data_source, list(seqs), shared=shared)
+
+    def shared_record_classes(self, data_source: str, seqs: Sequence[int]) -> list[RecordClass]:
+        """:meth:`record_classes` of only the records that events other than ``seqs`` read too."""
+        return self.record_classes(data_source, seqs, shared=True)
 
     # -- audits ----------------------------------------------------------------------------------
 

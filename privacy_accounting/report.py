@@ -20,7 +20,7 @@ import math
 from typing import Callable, Sequence
 
 from privacy_accounting.accountants import NEIGHBOURING_RELATION, AccountantSettings, EpsilonBounds, epsilon_bounds
-from privacy_accounting.composition import RecordClasses, group_by_shard, model_guarantee, shard_bounds
+from privacy_accounting.composition import RecordClasses, group_by_shard, model_guarantee, shard_records_bounds
 from privacy_accounting.errors import InvalidParameterError
 from privacy_accounting.event_tree import EventTree, compose, sgd
 from privacy_accounting.events import (
@@ -124,8 +124,8 @@ def build_report(
 
     components = [_component_entry(e, settings) for e in events]
     shard_entries = [
-        _shard_entry(ds, shard, by_shard.get((ds, shard), []), budgets, sources[ds].unit.value, delta,
-                     curve_points, settings)
+        _shard_entry(ds, shard, events, budgets, sources[ds].unit.value, delta, curve_points, settings,
+                     ledger.shared_record_classes)
         for ds, shard in ledger.shards()
     ]
     if size_public is not None:
@@ -314,13 +314,15 @@ def _component_entry(event: StoredEvent, settings: AccountantSettings) -> Compon
 def _shard_entry(
     data_source: str,
     shard: str,
-    events: Sequence[StoredEvent],
+    every_event: Sequence[StoredEvent],
     budgets: Sequence[Budget],
     unit: str,
     report_delta: float | None,
     curve_points: int,
     settings: AccountantSettings,
+    record_classes: RecordClasses | None = None,
 ) -> ShardEntry:
+    events = [e for e in every_event if (e.data_source, e.shard) == (data_source, shard)]
     budget = _find_budget(budgets, data_source, shard) or _find_budget(budgets, data_source, None)
     delta = budget.delta if budget else report_delta if report_delta is not None else min(
         (e.delta for e in events), default=None
@@ -328,7 +330,7 @@ def _shard_entry(
     if delta is None:  # no events, no budget, no report delta: nothing spent
         spent = Figures(delta=None, epsilon=0.0, accountant="none")
     else:
-        spent = _figures(shard_bounds(events, delta, settings))
+        spent = _figures(shard_records_bounds(data_source, shard, every_event, delta, settings, record_classes))
     remaining = None
     status = "no budget set"
     if budget is not None:
@@ -418,6 +420,7 @@ def _model_entry(
     delta = report_delta if report_delta is not None else min((e.delta for e in mine), default=None)
     units = sorted({sources[e.data_source].unit.value for e in mine}) if mine else []
     my_audits = [a for a in audits if a.component in wanted]
+    record_shards: list[tuple[str, str]] = []
     if delta is None:
         shards: list[ModelShardEntry] = []
         epsilon, accountant, binding = 0.0, "none", None
@@ -440,6 +443,7 @@ def _model_entry(
             for s in guarantee.shards
         ]
         epsilon, accountant, binding = guarantee.epsilon, guarantee.accountant, guarantee.binding
+        record_shards = [(ds, shard) for ds, shard in guarantee.record_shards]
     found = record_distribution(mine, events, delta, settings, record_classes) if delta is not None else None
     disjointness = found.disjointness if found else "no events"
     overlaps = found.overlaps if found else []
@@ -460,4 +464,5 @@ def _model_entry(
         record_distribution=found.groups if found else [],
         overlaps=overlaps,
         sizes_public=sizes_public,
+        record_shards=record_shards,
     )

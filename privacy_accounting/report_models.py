@@ -178,6 +178,9 @@ class ModelEntry(_Model):
     record_distribution: list[GuaranteeGroup] = Field(default_factory=list)
     overlaps: list[ShardOverlap] = Field(default_factory=list)
     sizes_public: bool = False  # a run on one of its shards was planned from that shard's own size
+    #: (data source, shard) of every shard whose runs read a record of the model: its own and, where an overlap was
+    #: allowed, others (each of whose budgets those records must fit)
+    record_shards: list[tuple[str, str]] = Field(default_factory=list)
 
 
 Verdict = Literal["within budget", "over budget", "no budget set", "not differentially private", "no events"]

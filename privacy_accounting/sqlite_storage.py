@@ -448,9 +448,9 @@ class SQLiteStorage:
                 stored.append(replace(event, seq=seq))
         return stored
 
-    def record_classes(self, data_source: str, seqs: Sequence[int]) -> list[RecordClass]:
+    def record_classes(self, data_source: str, seqs: Sequence[int], *, shared: bool = False) -> list[RecordClass]:
         with self._transaction(write=False) as conn:
-            return _record_classes(conn, data_source, seqs)
+            return _record_classes(conn, data_source, seqs, shared)
 
     def table_digests(self, without_events: Sequence[int] = (), without_audits: Sequence[str] = (),
                       tables: Sequence[str] | None = None) -> dict[str, str]:
@@ -703,19 +703,23 @@ def _migrate(conn: sqlite3.Connection, version: int) -> None:
         raise
 
 
-def _record_classes(conn: sqlite3.Connection, data_source: str, seqs: Sequence[int]) -> list[RecordClass]:
+def _record_classes(conn: sqlite3.Connection, data_source: str, seqs: Sequence[int],
+                    shared: bool = False) -> list[RecordClass]:
     """Records read by events ``seqs`` (of ``data_source``), grouped by the set of ALL events, of any
-    data source, that read each."""
+    data source, that read each (``shared``: only records that an event other than ``seqs`` read too)."""
     if not seqs:
         return []
     marks = ", ".join("?" * len(seqs))
     # A record key names one record whatever the data source: the same record under two source names
     # is still one unit of privacy, charged for both.
-    rows = conn.execute(
-        "SELECT er.record, er.seq FROM event_records er WHERE er.record IN "
-        f"(SELECT record FROM event_records WHERE data_source = ? AND seq IN ({marks}))",
-        (data_source, *seqs),
-    )
+    if shared:
+        rows = _shared_record_rows(conn, data_source, seqs)
+    else:
+        rows = conn.execute(
+            "SELECT er.record, er.seq FROM event_records er WHERE er.record IN "
+            f"(SELECT record FROM event_records WHERE data_source = ? AND seq IN ({marks}))",  # noqa: S608 -- marks
+            (data_source, *seqs),
+        )
     readers: dict[str, set[int]] = {}
     for record, seq in rows:
         readers.setdefault(record, set()).add(int(seq))
@@ -724,6 +728,37 @@ def _record_classes(conn: sqlite3.Connection, data_source: str, seqs: Sequence[i
         key = frozenset(seqs_of_record)
         counts[key] = counts.get(key, 0) + 1
     return [RecordClass(key, n) for key, n in sorted(counts.items(), key=lambda kv: sorted(kv[0]))]
+
+
+_LOOKUPS = 500  # records per query (under SQLite's smallest limit on bound parameters, 999)
+
+
+def _shared_record_rows(conn: sqlite3.Connection, data_source: str, seqs: Sequence[int]) -> Iterable[Sequence[Any]]:
+    """(record, seq) of every event reading a record that events ``seqs`` (of ``data_source``) and another event
+    read. Usually none: each of the smaller side's rows -- the events' own, or all the others -- is looked up in
+    the index by record (``data_source`` first: one lookup per data source), never a big ledger's every record."""
+    marks = ", ".join("?" * len(seqs))
+    sources = [row[0] for row in conn.execute("SELECT DISTINCT data_source FROM events")]
+    of_sources = ", ".join("?" * len(sources))
+    own, every = conn.execute(  # how many rows each side has (records_read counts them), for the direction only
+        f"SELECT coalesce(sum(CASE WHEN seq IN ({marks}) THEN records_read END), 0), "  # noqa: S608 -- marks
+        "coalesce(sum(records_read), 0) FROM events", list(seqs)).fetchone()
+    # (``+m.data_source``: not by that index, which would read every row of the data source, but by (seq, record))
+    if own <= every - own:  # look up each of these events' records among every other event's
+        found = (f"SELECT m.record FROM event_records m WHERE m.seq IN ({marks}) AND +m.data_source = ? AND EXISTS ("
+                 f"SELECT 1 FROM event_records x WHERE x.data_source IN ({of_sources}) AND x.record = m.record "
+                 f"AND x.seq NOT IN ({marks}))", (*seqs, data_source, *sources, *seqs))
+    else:  # look up each other event's records among these events'
+        found = (f"SELECT x.record FROM event_records x WHERE x.seq NOT IN ({marks}) AND EXISTS ("
+                 "SELECT 1 FROM event_records m WHERE m.data_source = ? AND m.record = x.record "
+                 f"AND m.seq IN ({marks}))", (*seqs, data_source, *seqs))
+    records = sorted({row[0] for row in conn.execute(*found)})
+    rows: list[Sequence[Any]] = []
+    for start in range(0, len(records), _LOOKUPS):  # each record looked up in the index, a chunk at a time
+        chunk = records[start:start + _LOOKUPS]
+        rows += conn.execute(f"SELECT record, seq FROM event_records WHERE data_source IN ({of_sources}) "  # noqa: S608
+                             f"AND record IN ({', '.join('?' * len(chunk))})", (*sources, *chunk)).fetchall()
+    return rows
 
 
 def _touching(conn: sqlite3.Connection, event: StoredEvent, existing: list[StoredEvent],

@@ -299,7 +299,8 @@ def verdict(model: ModelEntry, shards: Sequence[ShardEntry]) -> tuple[Verdict, s
         return "not differentially private", (
             "NOT DIFFERENTIALLY PRIVATE: a run without any privacy guarantee read records this model was trained "
             "on; nothing bounds what the model reveals about them.")
-    wanted = {(s.data_source, s.shard) for s in model.shards}
+    # its own shards and, where an overlap was allowed, every other shard holding its records (each budget binds)
+    wanted = {(s.data_source, s.shard) for s in model.shards} | {tuple(key) for key in model.record_shards}
     mine = [s for s in shards if (s.data_source, s.shard) in wanted]
     label = lambda s: f"{s.data_source}/{s.shard}"  # noqa: E731
     over = [s for s in mine if s.budget_status == "exceeded"]

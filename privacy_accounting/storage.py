@@ -83,9 +83,10 @@ class LedgerStorage(Protocol):
     def events(self, where: EventFilter = EventFilter()) -> list[StoredEvent]:
         """Events matching ``where``, in insertion order."""
 
-    def record_classes(self, data_source: str, seqs: Sequence[int]) -> list[RecordClass]:
+    def record_classes(self, data_source: str, seqs: Sequence[int], *, shared: bool = False) -> list[RecordClass]:
         """The records read by events ``seqs`` of ``data_source``, grouped by the set of all events (of
-        any data source: one key is one record) that read each; events naming no records are not counted."""
+        any data source: one key is one record) that read each; events naming no records are not counted.
+        ``shared``: only the records an event other than ``seqs`` read too."""
 
     def table_digests(self, without_events: Sequence[int] = (), without_audits: Sequence[str] = (),
                       tables: Sequence[str] | None = None) -> dict[str, str]:

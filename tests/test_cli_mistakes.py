@@ -463,6 +463,30 @@ def test_a_changed_certificate_copy_is_restored_from_its_json(ws: Path, capsys: 
     _refused(capsys, "certificate", "restore", "R9", "-w", "ws", says="is a symbolic link")
 
 
+def test_a_replacement_names_its_run_epsilon_and_older_copies_still_restore(ws: Path, capsys, monkeypatch) -> None:
+    """Review 63: a replacement's figure read as its records' ("epsilon 7.98") where those compose every run that read
+    them; it is named its run's now. A copy an older version wrote with the old words is still restored."""
+    import functools
+
+    from dp_tangent.recipes import load_recipe
+    from dp_tangent.workspace import certificates
+
+    _, shards = load_recipe(Path("rows.yaml")).load_data()
+    first, second = shards[0].record_ids[:2]
+    assert run_cli(capsys, "forget", first, "--request-id", "R1", "--retrain", "-w", "ws")[0] == 0
+    assert "(its run's epsilon " in Path("ws/certificates/R1.txt").read_text()
+    old = functools.partial(certificates.render_certificate, run_epsilon="epsilon")
+    with monkeypatch.context() as patched:  # as a version before this one wrote it
+        patched.setattr(certificates, "render_certificate", lambda cert, *args: old(cert, *args[:1]))
+        assert run_cli(capsys, "forget", second, "--request-id", "R2", "--retrain", "-w", "ws")[0] == 0
+    text = Path("ws/certificates/R2.txt")
+    original = text.read_bytes()
+    assert b" (epsilon " in original
+    text.write_bytes(b"edited\n")
+    code, out, err = run_cli(capsys, "certificate", "restore", "R2", "-w", "ws")
+    assert code == 0 and text.read_bytes() == original, (out, err)
+
+
 def test_budget_show_warns_when_the_ledger_is_not_what_the_log_vouches_for(ws: Path,
                                                                           capsys: pytest.CaptureFixture[str]) -> None:
     """Review: a ledger row deleted with sqlite3 lowered the spend budget show printed, without a word."""

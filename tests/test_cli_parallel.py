@@ -65,7 +65,7 @@ def test_a_killed_worker_fails_its_shard_with_a_retry_command_that_then_complete
     recipe.write_text(RECIPE.format(epochs=2))  # the split does not depend on the epochs
     done = subprocess.run([*cli, *shlex.split(retry)[1:]], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "m-shard-0-retry-1: epsilon" in done.stdout and "model m: mean of 1 components" in done.stdout
+    assert "m-shard-0-retry-1: its run's epsilon" in done.stdout and "model m: mean of 1 components" in done.stdout
     events = Ledger.open(ws / "ledger.sqlite").events()
     assert [(e.component, e.status.value) for e in events] == [("m-shard-0", "failed"),
                                                                 ("m-shard-0-retry-1", "completed")]
@@ -199,7 +199,7 @@ def test_the_driver_of_a_local_run_leaves_opacus_to_its_workers(tmp_path) -> Non
                            "--workers", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "DRIVER LOADED ['torch']" in done.stderr  # torch for the backbone's check and the data; no Opacus
-    assert "m-shard-0: epsilon 7.9" in done.stdout and "model m: mean of 1 components" in done.stdout
+    assert "m-shard-0: its run's epsilon 7.9" in done.stdout and "model m: mean of 1 components" in done.stdout
     [component] = (tmp_path / "ws" / "components").glob("*.safetensors")
     with safe_open(str(component), "pt") as f:
         assert GENERATOR_NAME in f.metadata()["dp_tangent"]

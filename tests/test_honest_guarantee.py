@@ -396,6 +396,38 @@ def test_the_same_records_under_another_data_source_name_are_one_record(tmp_path
     assert ws.ledger.model_guarantee("both").epsilon == pytest.approx(composed_epsilon(ws, "a", "b"))
 
 
+def test_records_shared_with_another_source_are_judged_against_both_budgets(tmp_path, mlp_backbone) -> None:
+    """Review 63: with an overlap allowed, a shard's spend, `budget show`'s remaining figure and the report's verdict
+    counted only that shard's runs, and a model on the copy was released past the original's lowered budget."""
+    from privacy_accounting.report import build_report
+
+    ws = Workspace.create(tmp_path / "ws")
+    same = records(0, 60)
+    for source in ("src", "src-copy"):
+        ws.set_budget(source, None, epsilon=50.0, delta=1e-5)
+    ws.train(mlp_backbone, None, same, data_source="src", shard="s0", name="a", privacy=PRIVATE, config=FAST)
+    ws.train(mlp_backbone, None, same, data_source="src-copy", shard="s0", name="b", privacy=PRIVATE, config=FAST,
+             allow_overlap=True)
+    ws.compose_model("copy", ["b"])
+    both, one = composed_epsilon(ws, "a", "b"), composed_epsilon(ws, "b")
+    assert both > 1.2 * one
+    for source in ("src", "src-copy"):  # every record of either shard was read by both runs
+        assert ws.ledger.shard_spend(source, "s0", 1e-5).epsilon == pytest.approx(both)
+        assert ws.ledger.remaining(source, "s0") == pytest.approx(50.0 - both)
+    assert ws.ledger.model_guarantee("copy").record_shards == (("src", "s0"), ("src-copy", "s0"))
+    (head,) = build_report(ws.ledger, curve_points=0).headlines
+    assert head.verdict == "within budget"
+    ws.set_budget("src", None, epsilon=(both + one) / 2, delta=1e-5)  # lowered: the records are above it now
+    report = build_report(ws.ledger, curve_points=0)
+    (head,) = report.headlines
+    assert head.verdict == "over budget" and head.verdict_text.startswith("OVER BUDGET: src/s0 has spent ε = ")
+    assert {(s.data_source, s.budget_status) for s in report.shards} == {("src", "exceeded"),
+                                                                        ("src-copy", "within budget")}
+    with pytest.raises(WorkspaceError, match="also on shard src/s0, whose records have spent epsilon"):
+        ws.release("copy", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_audit_is_charged_to_the_records_it_reads(tmp_path, mlp_backbone) -> None:
     """Review M2: an audit under another shard name left the model's records uncharged."""
     from dp_tangent import linearize

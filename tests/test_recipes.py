@@ -220,8 +220,8 @@ def test_train_evaluate_predict_then_budget_exhausted(tmp_path: Path, capsys: py
     for k in range(2):
         meta = ws.load_component(f"run1-shard-{k}").metadata
         assert (meta.data_source, meta.shard, meta.privacy.private) == ("digits", f"shard-{k}", True)
-        assert meta.epsilon <= 8 and (f"run1-shard-{k}: epsilon {meta.epsilon:.3g} (the shard's size taken as "
-                                      "public: planned from its record count), test accuracy") in output  # no N
+        assert meta.epsilon <= 8 and (f"run1-shard-{k}: its run's epsilon {meta.epsilon:.3g} (the shard's size "
+                                      "taken as public: planned from its record count), test accuracy") in output
         spent = ws.ledger.shard_spend("digits", f"shard-{k}", delta=meta.privacy.delta).epsilon
         assert (f"digits/shard-{k}: spent epsilon {spent:.3g} of its budget 10 at delta 1e-05, "
                 f"{10 - spent:.3g} left") in output  # what `budget show` would print, said after training

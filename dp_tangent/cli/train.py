@@ -345,7 +345,7 @@ def _report(ws: Workspace, recipe: Recipe, name: str, test: RecordSet | None, ru
         worker = result.metadata.training.worker or {}
         where = f" [{worker.get('executor')} pid {worker.get('pid')} on {worker.get('host')}]" if worker else ""
         epsilon = component.metadata.epsilon
-        line = (f"{component.name}: epsilon {epsilon:.3g}" + _SIZE_PUBLIC * (
+        line = (f"{component.name}: its run's epsilon {epsilon:.3g}" + _SIZE_PUBLIC * (
                     component.metadata.privacy.neighbouring_relation == RELATION_SIZE_PUBLIC)
                 if math.isfinite(epsilon) else f"{component.name}: NON-PRIVATE (epsilon = inf)")
         typer.echo(with_accuracy(line, component.deltas) + where)

@@ -140,11 +140,16 @@ class DeletionResult:
 PENDING_WHERE = "not searched yet (the request is open)"
 #: What versions before 2026-12-02 wrote there instead, which read as "held nowhere" (kept to restore their files).
 _PENDING_WHERE_BEFORE = "not found in any component"
+#: How a replacement's own figure is named: one run's epsilon, not its records' (which compose every run that read
+#: them; the report has those). Versions before 2026-12-03 wrote "epsilon" alone (kept to restore their files).
+RUN_EPSILON = "its run's epsilon"
+_RUN_EPSILON_BEFORE = "epsilon"
 
 
-def render_certificate(cert: DeletionCertificate, pending_where: str = PENDING_WHERE) -> str:
+def render_certificate(cert: DeletionCertificate, pending_where: str = PENDING_WHERE,
+                       run_epsilon: str = RUN_EPSILON) -> str:
     """The certificate as plain text for the requester's file (``pending_where``: how a record of an open request
-    reads; see :data:`PENDING_WHERE`)."""
+    reads, see :data:`PENDING_WHERE`; ``run_epsilon``: how a replacement's run figure is named)."""
     on_time = "" if cert.on_time is None else f" (on time: {'yes' if cert.on_time else 'NO'})"
     lines = [f"DELETION CERTIFICATE -- request {cert.request_id}", "",
              f"Status:        {cert.status} ({cert.outcome.replace('_', ' ')})",
@@ -163,7 +168,7 @@ def render_certificate(cert: DeletionCertificate, pending_where: str = PENDING_W
         or ["  none"]
     lines += ["Components added (retrained without the records):"]
     lines += [f"  {a.name} replaces {a.replaces} "
-              f"({'non-private' if a.epsilon is None else f'epsilon {a.epsilon:.3g}, delta {a.delta:.3g}'}, "
+              f"({'non-private' if a.epsilon is None else f'{run_epsilon} {a.epsilon:.3g}, delta {a.delta:.3g}'}, "
               f"ledger {a.ledger_reservation}) sha256 {a.sha256}" for a in cert.components_added] or ["  none"]
     lines += ["", "Models (sha256 of the composed deltas, before -> after):"]
     for m in cert.models:
@@ -217,8 +222,9 @@ def restore_text(ws: Workspace, request_id: str) -> tuple[Path, bool]:
             raise WorkspaceError(f"{json_path} is not the certificate the audit log vouches for; restore it from a "
                               "backup first")
         cert = read_certificate(ws, request_id)
-        renderings = [render_certificate(cert, where).encode()  # type: ignore[arg-type]
-                      for where in (PENDING_WHERE, _PENDING_WHERE_BEFORE)]
+        renderings = [render_certificate(cert, where, run).encode()  # type: ignore[arg-type]
+                      for where in (PENDING_WHERE, _PENDING_WHERE_BEFORE)
+                      for run in (RUN_EPSILON, _RUN_EPSILON_BEFORE)]
         text = next((t for t in renderings if hashlib.sha256(t).hexdigest() == logged.get(ws.relative(text_path))),
                     None)
         if text is None:

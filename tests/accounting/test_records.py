@@ -57,6 +57,27 @@ def test_allowed_overlap_is_charged_by_sequential_composition(ledger: Ledger) ->
     assert count == 200 and bounds.epsilon == pytest.approx(eps(RUN, RUN, RUN))
 
 
+def test_shared_record_classes_are_the_classes_of_records_other_events_read(ledger: Ledger) -> None:
+    """``record_classes(shared=True)`` (what a shard's spend reads) looks records up from whichever side has fewer
+    rows: on either side, it gives exactly the classes holding an event other than the ones asked about."""
+    import random
+
+    chosen = random.Random(7)
+    keys = [f"r{i}" for i in range(400)]
+    layout = [("digits", "s0", 300), ("digits", "s1", 40), ("copy", "s0", 25), ("digits", "s0", 250)]
+    for k, (source, shard, n) in enumerate(layout):
+        ledger.reserve_all([ReservationRequest(data_source=source, shard=shard, event=RUN, delta=DELTA,
+                                               purpose="training", operator="alice", component=f"c{k}",
+                                               records=frozenset(chosen.sample(keys, n)))], allow_overlap=True)
+    events = ledger.events()
+    for source, shard in {(e.data_source, e.shard) for e in events}:
+        seqs = [e.seq for e in events if (e.data_source, e.shard) == (source, shard)]
+        every = ledger.record_classes(source, seqs)
+        expected = [c for c in every if c.seqs - set(seqs)]
+        assert expected and ledger.record_classes(source, seqs, shared=True) == expected
+    assert ledger.record_classes("digits", [events[0].seq], shared=True) != []  # its shard's other run is another
+
+
 def test_disjoint_shards_compose_in_parallel(ledger: Ledger) -> None:
     halves = [frozenset(f"r{i}" for i in range(k, 200, 2)) for k in range(2)]
     ledger.reserve_all([request(f"shard-{k}", f"c{k}", halves[k]) for k in range(2)])
