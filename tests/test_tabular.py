@@ -235,3 +235,38 @@ def test_a_table_trains_without_importing_timm(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert "model wine: mean of" in done.stdout and "test accuracy" in done.stdout
     assert "LOADED []" in done.stderr.splitlines(), done.stderr[-500:]
+
+
+def test_a_public_table_holding_private_or_deleted_records_is_refused(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 63: the public table was compared with its own private table only, so another source's private records
+    and a deleted one (its statistics and pretraining are outside the guarantee) were taken as public."""
+    monkeypatch.chdir(tmp_path)
+    names = write_wine_csv(Path("a.csv"), rows=range(100))
+    write_wine_csv(Path("b.csv"), rows=range(120, 178))
+    write_recipe(Path("a.yaml"), mlp_recipe(_table(Path("a.csv"), names), in_features=13, classes=3, source="a"))
+    table = {**_table(Path("b.csv"), names)["table"], "scaling": "public", "public_path": "pub.csv"}
+    del table["lower"], table["upper"]
+    write_recipe(Path("b.yaml"), mlp_recipe({"table": table}, in_features=13, classes=3, source="b"))
+    code, _, err = run_cli(capsys, "train", "--init", "a.yaml", "-w", "ws", "--executor", "serial")
+    assert code == 0, err
+    assert run_cli(capsys, "forget", "wine-010", "--request-id", "R1", "-w", "ws")[0] == 0
+    for rows, spelled, says in (
+            (range(40, 60), {}, "holds the record id 'wine-040', a private record of data source 'a'"),
+            ([10, 100], {}, "holds the record id 'wine-010', a record a deletion request removed"),
+            ([100, 30], {30: " wine-030"}, "holds the record id ' wine-030' (another spelling of 'wine-030'), a "
+                                           "private record of data source 'a'"),
+            (range(100, 120), {}, None)):
+        write_wine_csv(Path("pub.csv"), rows=rows)
+        lines = Path("pub.csv").read_text().splitlines()
+        Path("pub.csv").write_text("\n".join(lines[:1] + [
+            spelled.get(int(line.split(",")[0][5:]), line.split(",")[0]) + line[line.index(","):]
+            for line in lines[1:]]) + "\n")
+        code, out, err = run_cli(capsys, "train", "b.yaml", "-w", "ws", "--executor", "serial")
+        if says is None:
+            assert code == 0, err
+        else:
+            assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
+            assert "b" not in Workspace.open("ws").ledger.models()
+    assert run_cli(capsys, "audit", "verify", "-w", "ws")[0] == 0

@@ -286,25 +286,34 @@ class TableData(_RowIds, _Kind):
     def _check_public_apart(self, private_ids: Sequence[str] | None = None) -> None:
         """The public table is not the private one, nor shares a record id with it: its statistics scale the
         features and pretrain theta0 outside the privacy guarantee."""
-        from .tables import read_table, written_columns
-
         public, private = Path(self.public_path), Path(self.path)  # type: ignore[arg-type]
         if public.is_file() and private.is_file() and public.samefile(private):
             raise DataError(f"data.table: public_path {public} is the private table itself; its statistics and "
                             "pretraining would use private records outside the privacy guarantee")
         if self.record_id is None or (private_ids is None and not private.is_file()):
             return
-        table = read_table(public, [], optional=[self.record_id],
-                           as_text=written_columns(self.record_id, typed=self.record_ids_typed))
-        if self.record_id not in table.column_names:
+        public_ids = self.public_record_ids()
+        if not public_ids:
             return
         if private_ids is None:
             private_ids = self.record_ids_only()
-        public_ids = ("" if v is None else str(v) for v in table.column(self.record_id).to_pylist())
-        shared = {i for i in public_ids if i.strip()} & set(private_ids)  # a blank public id matches no record
+        shared = set(public_ids) & set(private_ids)
         if shared:
             raise DataError(f"data.table: the public table {public} holds {len(shared)} record id(s) of the private "
                             f"table (e.g. {min(shared)!r}); public records must not be private ones")
+
+    def public_record_ids(self) -> list[str]:
+        """The public table's record ids, read as the private table's are (none where it has no such column or
+        there is no public table); blank ones, which name no record, left out."""
+        from .tables import read_table, written_columns
+
+        if self.public_path is None or self.record_id is None:
+            return []
+        table = read_table(Path(self.public_path), [], optional=[self.record_id],
+                           as_text=written_columns(self.record_id, typed=self.record_ids_typed))
+        if self.record_id not in table.column_names:
+            return []
+        return [i for i in ("" if v is None else str(v) for v in table.column(self.record_id).to_pylist()) if i.strip()]
 
     def public_records(self) -> RecordSet:
         """The public table's rows (same columns, labels included), scaled like the private ones: for

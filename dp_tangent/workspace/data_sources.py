@@ -149,6 +149,7 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
         _refuse_spaced(name, new_ids)
         _refuse_twice_spelled(name, new_ids)
     _refuse_respelled(name, records.record_ids, set(old.tags) if old else set(), sources, deleted, key)
+    _refuse_public_held(name, source, sources, set(every), deleted, key)
     if moved and old is None:
         where = was.get("data.path") or was.get("data.root")
         raise DataSourceError(f"data source {name!r} was registered before its records' digests were kept, so its "
@@ -261,13 +262,7 @@ def _refuse_respelled(name: str, ids: Iterable[str], own: set[str], sources: Sou
     if not held:
         return
     owned = {bytes.fromhex(c) for c in own}
-    keyed = hmac.new(key, digestmod=hashlib.sha256)
-
-    def tag(record_id: str) -> bytes:  # the commitment (components.manifest.commit) as bytes; the key set up once
-        h = keyed.copy()
-        h.update(record_id.encode("utf-8"))
-        return h.digest()
-
+    tag = _tagger(key)
     for record_id in ids:
         mine = tag(record_id)
         if mine in owned or mine in held:  # its own record, or the same id (the overlap rule decides)
@@ -280,6 +275,43 @@ def _refuse_respelled(name: str, ids: Iterable[str], own: set[str], sources: Sou
                 f"{held[tag(other)]} (the same table exported again reads 00005 as 5, or 5 as 5.0): train the data "
                 "as it was registered, with its ids written as they were; if these are other records, give them "
                 "ids of their own (e.g. a prefix)")
+
+
+def _tagger(key: bytes) -> Callable[[str], bytes]:
+    """A record id's commitment (:func:`~dp_tangent.components.manifest.commit`) as bytes, the key set up once."""
+    keyed = hmac.new(key, digestmod=hashlib.sha256)
+
+    def tag(record_id: str) -> bytes:
+        h = keyed.copy()
+        h.update(record_id.encode("utf-8"))
+        return h.digest()
+
+    return tag
+
+
+def _refuse_public_held(name: str, source: ReloadableSource, sources: Sources, own: set[str], deleted: set[str],
+                        key: bytes) -> None:
+    """A table ``name`` declares public (``public_path``: its statistics scale the features and pretrain theta0,
+    outside the guarantee) holds no record the workspace holds as a private one, in any data source (``own``: this
+    one's), or a deletion removed, as spelled there or respelled (review 63: another source's records and a deleted
+    one were taken as public; the table's own check compares it with its private table only)."""
+    data = getattr(source, "data", None)
+    public_ids = data.public_record_ids() if hasattr(data, "public_record_ids") else []
+    if not public_ids:
+        return
+    held = {bytes.fromhex(c): f"a private record of data source {n!r}" for n, content in sources.content.items()
+            for c in content.tags}
+    held.update((bytes.fromhex(c), f"a private record of data source {name!r}") for c in own)
+    held.update((bytes.fromhex(c), "a record a deletion request removed") for c in deleted)
+    tag = _tagger(key)
+    for record_id in public_ids:
+        spelling = next((s for s in (record_id, *sorted(_respellings(record_id))) if tag(s) in held), None)
+        if spelling is not None:
+            what = "" if spelling == record_id else f" (another spelling of {spelling!r})"
+            raise DataSourceError(f"data source {name!r}: the public table {data.public_path} holds the record id "
+                                  f"{record_id!r}{what}, {held[tag(spelling)]}; public records must be no private "
+                                  "or deleted ones (their statistics and pretraining are outside the guarantee): "
+                                  "take it out of the public table")
 
 
 #: Where a kind's data is: registering a source again may move it there if its records are all still the same.
