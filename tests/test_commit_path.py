@@ -222,6 +222,27 @@ def test_a_ledger_edit_next_to_a_killed_change_is_recorded_before_the_change_is_
     assert not report.ok and "'events'" in str(report)
 
 
+def test_resolving_excuses_the_files_a_killed_change_placed_and_no_file_named_like_them(ws) -> None:
+    """Review 64: the files an interrupted change placed were excused by a prefix match, so a file added beside one
+    (``models/m2.json.orig``) passed `audit resolve`."""
+    import shutil
+
+    kill_child("compose-entry")
+    shutil.copy(ws.ledger_path, "ledger.bak")
+    with sqlite3.connect(ws.ledger_path) as conn:
+        conn.execute("UPDATE events SET event_json = replace(event_json, '1.0', '9.0') WHERE component = 'c1'")
+    with pytest.raises(WorkspaceIntegrityError, match="ledger table 'events' differs"):
+        Workspace.open("ws")
+    shutil.copy("ledger.bak", ws.ledger_path)  # restored
+    assert (ws.root / "models" / "m2.json").is_file() and len(pending(ws)) == 1  # placed, not logged yet
+    shutil.copy(ws.root / "models" / "m2.json", ws.root / "models" / "m2.json.orig")
+    with pytest.raises(WorkspaceIntegrityError, match="still does not verify .*models/m2.json.orig"):
+        ws.resolve_integrity_failures("restored the ledger")
+    (ws.root / "models" / "m2.json.orig").unlink()
+    ws.resolve_integrity_failures("restored the ledger")
+    assert Workspace.open("ws").audit.verify().ok
+
+
 def _plant_reservation(ws: Workspace, reservation_id: str = "planted") -> None:
     """A reserved events row as a driver killed right after reserving leaves it (no entry names it)."""
     columns = ("data_source, shard, component, purpose, operator, event_json, delta, checkpoints_released, "
@@ -395,6 +416,53 @@ def test_a_planted_intent_cannot_make_the_tool_write_outside_the_workspace(ws, t
     with pytest.raises(WorkspaceError, match="only write inside the workspace"):
         Workspace.open("ws")
     assert not (tmp_path / "victim.sh").exists()
+
+
+def test_a_linked_staging_area_is_never_followed(ws, tmp_path) -> None:
+    """Review 64: with ``.pending`` a link to another folder, opening the workspace (any command, `budget show`
+    included) removed every subfolder there without an intent."""
+    victim = tmp_path / "victim"
+    (victim / "photos").mkdir(parents=True)
+    (victim / "photos" / "a.jpg").write_bytes(b"x")
+    (ws.root / PENDING).symlink_to(victim)
+    (ws.root / PENDING / "linked").symlink_to(victim / "photos")  # and a link inside it (made in the victim folder)
+    Workspace.open("ws")
+    assert (victim / "photos" / "a.jpg").read_bytes() == b"x" and (victim / "linked").is_symlink()
+    with pytest.raises(WorkspaceError):  # a change is refused: the lock's check names the link, nothing is staged
+        ws.set_budget("toy", None, epsilon=50.0, delta=1e-5)
+    assert sorted(p.name for p in victim.iterdir()) == ["linked", "photos"]
+    (ws.root / PENDING).unlink()
+    staging = ws.root / PENDING
+    staging.mkdir()
+    (staging / "away").symlink_to(victim)  # a linked staging folder inside a real staging area: not followed
+    Workspace.open("ws")
+    assert (victim / "photos" / "a.jpg").is_file()
+
+
+def test_a_change_never_writes_or_removes_through_a_linked_folder(ws, tmp_path) -> None:
+    """Review 64: with ``components`` a link to another place, finishing an intent (an honest one killed, or one
+    planted) wrote and removed files there."""
+    import hashlib
+    import shutil
+
+    logged = len(ws.audit.entries())
+    away = tmp_path / "elsewhere"
+    shutil.move(ws.root / "components", away)
+    (ws.root / "components").symlink_to(away)
+    (away / "precious.txt").write_bytes(b"keep")
+    staging = ws.root / PENDING / "feed"
+    staging.mkdir(parents=True)
+    data = b"planted"
+    sha = hashlib.sha256(data).hexdigest()
+    (staging / sha).write_bytes(data)
+    (staging / "intent.json").write_text(json.dumps({
+        "commit": "feed", "operation": "composition", "operator": "mallory", "parameters": {}, "inputs": [],
+        "writes": [{"path": "components/written.txt", "name": None, "sha256": sha}],
+        "removals": [{"path": "components/precious.txt", "name": None}], "ledger": []}))
+    with pytest.raises(WorkspaceError, match=r"components is a symbolic link: dp-tangent writes and removes files"):
+        Workspace.open("ws")
+    assert (away / "precious.txt").read_bytes() == b"keep" and not (away / "written.txt").exists()
+    assert len(ws.audit.entries()) == logged  # nothing logged either
 
 
 def test_an_unknown_operation_is_refused_before_anything_is_staged(ws) -> None:

@@ -306,6 +306,19 @@ def test_a_release_killed_before_its_bundle_was_moved_is_finished_by_asking_for_
     shutil.copytree("out2", kept[2])  # a bundle some release logged: never removed by another
     ws.release("m", "out3")
     assert not unlogged.exists() and Path("out3/release.json").is_file() and all(f.is_dir() for f in kept)
+
+    # review 64: a release killed while staging left the model's deltas (and half-written files) in a hidden sibling
+    # that no rerun removed, as it held no statement naming the model
+    killed_staging = {".out5.aaaaaaaa": ["deltas.safetensors"], ".out5.bbbbbbbb": [".deltas.safetensors.x1y2z3w4.tmp"],
+                      ".out5.cccccccc": ["deltas.safetensors", ".release.json.q1w2e3r4.tmp"], ".out5.dddddddd": []}
+    mine = {".out5.eeeeeeee": ["deltas.safetensors", "notes.txt"]}  # something else in it: a user's, left alone
+    for name, files in {**killed_staging, **mine}.items():
+        (tmp_path / name).mkdir()
+        for file in files:
+            (tmp_path / name / file).write_bytes(b"deltas")
+    ws.release("m", "out5")
+    assert not any((tmp_path / name).exists() for name in killed_staging) and (tmp_path / ".out5.eeeeeeee").is_dir()
+
     monkeypatch.setattr(release_module, "_move_into_place", killed)
     with pytest.raises(SystemExit):
         ws.release("other", "out4")

@@ -106,6 +106,18 @@ def _check_paths(paths: Sequence[str]) -> None:
             raise WorkspaceError(f"a change may only write inside the workspace, got {path!r}")
 
 
+def _check_real_folders(root: Path, paths: Sequence[str]) -> None:
+    """No folder between the workspace and a file a change writes or removes is a symbolic link (review 64: a
+    ``components`` linked to another place had a change, or a planted intent, write and remove files there; the
+    tool writes only inside the workspace, and ``audit verify`` names such a link)."""
+    for path in paths:
+        for above in reversed(Path(path).parents[:-1]):  # components, then components/sub, ...
+            if (root / above).is_symlink():
+                raise WorkspaceError(f"{root / above} is a symbolic link: dp-tangent writes and removes files only "
+                                     "inside the workspace; put the folder itself there, then run "
+                                     "`dp-tangent audit verify`")
+
+
 def apply(ws: "Workspace", change: Change) -> AuditEntry:
     """Carry out ``change`` as the module doc says, and return its audit entry. Ctrl-C or SIGTERM meanwhile is
     raised once the change is done (:func:`~dp_tangent.interrupts.deferred_interrupts`), never half-way."""
@@ -124,10 +136,10 @@ def finish_interrupted(ws: "Workspace") -> list[str]:
     files of atomic writes killed half-way; the caller holds the lock. Returns the operations finished."""
     _remove_killed_writes(ws.root)
     pending = ws.root / PENDING
-    if not pending.is_dir():
-        return []
+    if pending.is_symlink() or not pending.is_dir():  # a link put there by hand is never followed (review 64: its
+        return []                                      # target's folders were removed); `audit verify` names it
     done = []
-    for staging in sorted(p for p in pending.iterdir()):
+    for staging in sorted(p for p in pending.iterdir() if not p.is_symlink()):
         if (staging / INTENT).is_file():
             done.append(_finish(ws, staging).operation)
         else:
@@ -154,6 +166,9 @@ def _remove_killed_writes(root: Path) -> None:
 
 
 def _stage(staging: Path, change: Change, commit_id: str) -> None:
+    if staging.parent.is_symlink():
+        raise WorkspaceError(f"{staging.parent} is a symbolic link: dp-tangent stages its changes only inside the "
+                             "workspace; remove the link, then run `dp-tangent audit verify`")
     staging.mkdir(parents=True)
     for write in change.writes:
         blob = staging / write.sha256
@@ -185,13 +200,15 @@ def _finish(ws: "Workspace", staging: Path) -> AuditEntry:
     try:
         intent = json.loads((staging / INTENT).read_text())
         commit_id = intent["commit"]
-        _check_paths([w["path"] for w in intent["writes"]] + [r["path"] for r in intent["removals"]])
+        paths = [w["path"] for w in intent["writes"]] + [r["path"] for r in intent["removals"]]
+        _check_paths(paths)
         if commit_id != staging.name or not all(_SHA256.fullmatch(str(w["sha256"])) and "name" in w
                                                 for w in intent["writes"]):
             raise not_ours
         change = _intended_change(intent)
     except (ValueError, KeyError, TypeError, AttributeError):  # not JSON, or not an intent's fields
         raise not_ours from None
+    _check_real_folders(ws.root, paths)
     entries = ws.audit.entries()
     if entries and entries[-1].parameters.get("commit") == commit_id:
         entry = entries[-1]  # only the intent's removal was left to do

@@ -40,7 +40,7 @@ from ..components.release_bundle import (BASE_CHECKPOINT, DELTAS_FILE, FORMAT, N
                                          ReleasedBase, ReleaseError, ReleasedPrivacy, ReleaseStatement, caveats,
                                          read_statement)
 from ..interrupts import deferred_interrupts
-from ..io import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_file
+from ..io import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_file, written_by_killed_write
 from .names import WorkspaceError
 
 if TYPE_CHECKING:
@@ -286,7 +286,7 @@ def _finish_interrupted(ws: "Workspace", model: str, target: Path) -> ReleaseSta
     for staging in sorted(p for p in target.parent.iterdir() if shape.fullmatch(p.name)):
         digests = _released(staging, anywhere)
         if digests is None:  # removed only if no release to any destination logged it
-            if _unlogged_bundle_of(staging, model):
+            if _unlogged_bundle_of(staging, model) or _killed_staging(staging):
                 shutil.rmtree(staging)
             continue
         if digests not in logged:
@@ -323,6 +323,18 @@ def _unlogged_bundle_of(folder: Path, model: str) -> bool:
         return read_statement(folder).model == model
     except (ReleaseError, OSError):
         return False
+
+
+def _killed_staging(folder: Path) -> bool:
+    """Whether a hidden sibling is what a release killed while staging left (review 64: the model's deltas, outside
+    the workspace, named nowhere): only files a release stages, or their killed atomic writes, and no statement yet
+    -- which every logged bundle has, so no release logged it."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    names = [p.name for p in folder.iterdir()]
+    placing = [written_by_killed_write(n) or n for n in names]  # a killed atomic write, as the file it was writing
+    return STATEMENT_FILE not in names and all(
+        n in (DELTAS_FILE, STATEMENT_FILE) or n.startswith(BASE_CHECKPOINT) for n in placing)
 
 
 @dataclass(frozen=True)

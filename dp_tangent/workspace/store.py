@@ -29,6 +29,7 @@ import getpass
 import hashlib
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -85,6 +86,12 @@ class WorkspaceInfo(_Strict):
     format: Literal["dp-tangent-workspace/1"] = FORMAT
     created_at: str
     manifest_key_id: str
+
+
+def _names(problem: str, path: str) -> bool:
+    """Whether ``problem`` is about the file ``path`` itself (``models/m.json``, not ``models/m.json.orig``: review
+    64, a prefix excused a file added beside one an interrupted change placed)."""
+    return re.search(rf" {re.escape(path)}(?=[ :,]|$)", problem) is not None
 
 
 def _current_problems(report: VerifyReport) -> list[str]:
@@ -448,7 +455,7 @@ class Workspace:
             explained = accept_ledger or pending_change_explains_ledger(self)  # killed after its ledger operations
             problems = [p for p in _current_problems(self._verify_excusing_unlogged(ledger=not explained))
                         if INTERRUPTED_REASON not in p and KILLED_WRITE_REASON not in p
-                        and not any(f" {path}" in p for path in staged)]
+                        and not any(_names(p, path) for path in staged)]
             if problems:
                 raise WorkspaceIntegrityError(f"{self.root} still does not verify ({len(problems)} problem(s), first: "
                                               f"{problems[0]}); restore it first (`dp-tangent audit verify` lists "
