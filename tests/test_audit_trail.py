@@ -757,6 +757,36 @@ def test_a_ledger_cell_turned_into_a_blob_is_a_difference_not_a_traceback(ws, ca
     assert code == 1 and "ledger table 'events' differs" in out and "Traceback" not in out
 
 
+def test_a_creation_killed_beside_its_new_folder_leaves_nothing_once_created_again(tmp_path, capsys,
+                                                                                   monkeypatch) -> None:
+    """Review 64: a creation killed (kill -9) while building a new folder left ``.NAME.creating-*``, a manifest key
+    in it, for good. Creating it again removes such a folder, unless a creation still building holds its lock."""
+    import fcntl
+    import subprocess
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    child = ("import os, sys\n"
+             "from dp_tangent.workspace import Workspace\n"
+             "from dp_tangent.workspace.audit_log import AuditLog\n"
+             "AuditLog.append = lambda *a, **k: os._exit(9)\n"  # killed before the log's first entry
+             "Workspace.create('ws')\n")
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 9, done.stderr
+    [left] = tmp_path.glob(".ws.creating-*")
+    assert (left / "manifest.key").is_file() and not Path("ws").exists()
+    building = tmp_path / ".ws.creating-live0000"  # another creation, still building: its lock is held
+    (building / "components").mkdir(parents=True)
+    fd = os.open(building, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        code, out = _cli(capsys, "init", "-w", "ws")
+        assert code == 0 and Workspace.open("ws").audit.verify().ok, out
+        assert not left.exists() and building.is_dir()
+    finally:
+        os.close(fd)
+
+
 def test_a_creation_killed_half_way_leaves_no_workspace_without_its_log(tmp_path, capsys, monkeypatch) -> None:
     """Review 56: a kill between the ledger and the log's first entry left a workspace every command refused (no
     log to restore from backup). It is built beside its place and moved in, its marker last."""

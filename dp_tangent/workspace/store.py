@@ -25,7 +25,9 @@ next time the workspace is opened or locked.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import getpass
+import glob
 import hashlib
 import math
 import os
@@ -143,8 +145,8 @@ def _clear_killed_creation(root: Path) -> None:
     every one of them as a creation writes it (:func:`_fresh`) -- and only when that is all ``root`` holds; anything
     else, and ``root`` is left as it is (and refused as not empty)."""
     entries = list(root.iterdir())
-    building = [e for e in entries if e.name.startswith(_BUILDING) and e.is_dir() and not e.is_symlink()
-                and all(_fresh(x) for x in e.iterdir())]
+    building = [e for e in entries
+                if e.name.startswith(_BUILDING) and _abandoned(e) and all(_fresh(x) for x in e.iterdir())]
     moved = [e for e in entries if e not in building]
     if not building or any(e.name == "workspace.json" or not _fresh(e) for e in moved):
         return
@@ -153,6 +155,44 @@ def _clear_killed_creation(root: Path) -> None:
             shutil.rmtree(entry)
         else:
             entry.unlink()
+
+
+@contextlib.contextmanager
+def _building_lock(folder: Path) -> Iterator[None]:
+    """Hold a lock on the folder a creation builds in until it is in place: a leftover whose lock is free was left
+    by a creation that was killed (a concurrent one that has not locked its new folder yet then fails cleanly)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _clear_killed_creations_beside(root: Path) -> None:
+    """Remove the folders creations of ``root`` killed while building beside it left (``.NAME.creating-*``, each
+    holding only what a creation writes, :func:`_fresh`, a new manifest key among them) where no process holds
+    their lock (review 64: they were left for good)."""
+    for folder in root.parent.glob(f".{glob.escape(root.name)}.creating-*"):
+        if _abandoned(folder) and all(_fresh(entry) for entry in folder.iterdir()):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _abandoned(folder: Path) -> bool:
+    """Whether ``folder`` (not a link) is one no creation holds the lock of: its creator was killed."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held by a creation still building: BlockingIOError
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -181,22 +221,24 @@ class Workspace:
         try:
             if not root.exists():
                 root.parent.mkdir(parents=True, exist_ok=True)
+                _clear_killed_creations_beside(root)
             building = Path(tempfile.mkdtemp(prefix=_BUILDING if root.exists() else f".{root.name}.creating-",
                                              dir=root if root.exists() else root.parent))
         except OSError as err:
             raise WorkspaceError(f"{root} could not be created ({err.strerror})") from None
         moving = False
         try:
-            info = cls._build(building, operator)
-            if building.parent == root:
-                moving = True
-                for entry in sorted(building.iterdir(), key=lambda p: p.name == "workspace.json"):
-                    os.rename(entry, root / entry.name)
-                moving = False
-                fsync_dir(root)
-                building.rmdir()
-            else:
-                os.rename(building, root)
+            with _building_lock(building):  # until it is in place
+                info = cls._build(building, operator)
+                if building.parent == root:
+                    moving = True
+                    for entry in sorted(building.iterdir(), key=lambda p: p.name == "workspace.json"):
+                        os.rename(entry, root / entry.name)
+                    moving = False
+                    fsync_dir(root)
+                    building.rmdir()
+                else:
+                    os.rename(building, root)
         except OSError as err:  # e.g. another process made it meanwhile: theirs stays
             raise WorkspaceError(f"{root} could not be created ({err.strerror}); open it or choose another path") \
                 from None
