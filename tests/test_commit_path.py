@@ -418,6 +418,23 @@ def test_a_planted_intent_cannot_make_the_tool_write_outside_the_workspace(ws, t
     assert not (tmp_path / "victim.sh").exists()
 
 
+def test_verify_says_when_another_command_holds_the_lock(ws, capsys) -> None:
+    """Review 64: `audit verify` while a change was under way in another command reported it as interrupted, with
+    "open the workspace to finish them", and no word that it was still running. It now reads the files holding the
+    lock when it is free, and says so when it is not."""
+    from helpers import run_cli
+
+    from dp_tangent.workspace.lock import workspace_lock
+
+    kill_child("compose-entry")  # an unfinished change, as one under way leaves it
+    code, out, _ = run_cli(capsys, "audit", "verify", "-w", "ws")
+    assert code == 1 and "interrupted" in out and "another dp-tangent command" not in out
+    with workspace_lock(ws.root):  # another command at work
+        code, out, _ = run_cli(capsys, "audit", "verify", "-w", "ws")
+    assert code == 1 and "note: another dp-tangent command held this workspace's lock meanwhile" in out
+    assert len(pending(ws)) == 1  # verify finished nothing
+
+
 def test_a_linked_staging_area_is_never_followed(ws, tmp_path) -> None:
     """Review 64: with ``.pending`` a link to another folder, opening the workspace (any command, `budget show`
     included) removed every subfolder there without an intent."""

@@ -24,14 +24,20 @@ def audit_verify(
     """Recompute the chain and every artifact digest (and, given a checkpoint, that the log extends it);
     exit 0 only if all check out, else print every problem and exit 1."""
     from ..workspace.checkpoint import CheckpointError, origin_of, read_kept_checkpoint
+    from ..workspace.lock import workspace_lock_if_free
 
     ws = open_workspace(workspace, finish=False)  # a check writes nothing: an unfinished change is reported
     if checkpoint is None and verifier_key is not None:
         raise CheckpointError("--verifier-key checks a --checkpoint; give both")
     kept = None if checkpoint is None else \
         read_kept_checkpoint(checkpoint, origin_of(ws.info.manifest_key_id), verifier_key)
-    result = ws.audit.verify(checkpoint=kept)
+    with workspace_lock_if_free(ws.root) as alone:  # held, no change starts while the files are read
+        result = ws.audit.verify(checkpoint=kept)
     typer.echo(str(result))
+    if not result.ok and not alone:  # review 64: a change under way read as an interrupted one
+        typer.echo("note: another dp-tangent command held this workspace's lock meanwhile (a change may have been "
+                   "under way): what its unfinished work explains, an interrupted operation or a ledger ahead of the "
+                   "log, goes once it is done; run `dp-tangent audit verify` again then")
     if kept is not None and result.ok:
         signed = "signature verified" if verifier_key else "signature NOT checked (give --verifier-key)"
         typer.echo(f"extends checkpoint {checkpoint} ({kept.size} entries; {signed})")
