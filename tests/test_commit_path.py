@@ -399,20 +399,24 @@ def test_a_change_writes_only_inside_the_workspace(ws) -> None:
         Change("composition", writes=[FileWrite("a", b"x"), FileWrite("a", b"y")])
 
 
-def test_a_planted_intent_cannot_make_the_tool_write_outside_the_workspace(ws, tmp_path) -> None:
-    """An intent is finished by whoever opens the workspace next: one planted by someone else must
-    not write (or remove) files outside it."""
+def _plant_intent(ws: Workspace, data: bytes, writes: str, removes: str | None = None) -> None:
+    """An intent someone else put in ``.pending``: writing ``data`` to ``writes`` (and removing ``removes``)."""
     import hashlib
-    import json
 
     staging = ws.root / PENDING / "feed"
     staging.mkdir(parents=True)
-    data = b"echo owned\n"
     sha = hashlib.sha256(data).hexdigest()
     (staging / sha).write_bytes(data)
     (staging / "intent.json").write_text(json.dumps({
         "commit": "feed", "operation": "composition", "operator": "mallory", "parameters": {}, "inputs": [],
-        "writes": [{"path": "../victim.sh", "name": None, "sha256": sha}], "removals": [], "ledger": []}))
+        "writes": [{"path": writes, "name": None, "sha256": sha}],
+        "removals": [] if removes is None else [{"path": removes, "name": None}], "ledger": []}))
+
+
+def test_a_planted_intent_cannot_make_the_tool_write_outside_the_workspace(ws, tmp_path) -> None:
+    """An intent is finished by whoever opens the workspace next: one planted by someone else must
+    not write (or remove) files outside it."""
+    _plant_intent(ws, b"echo owned\n", "../victim.sh")
     with pytest.raises(WorkspaceError, match="only write inside the workspace"):
         Workspace.open("ws")
     assert not (tmp_path / "victim.sh").exists()
@@ -459,7 +463,6 @@ def test_a_linked_staging_area_is_never_followed(ws, tmp_path) -> None:
 def test_a_change_never_writes_or_removes_through_a_linked_folder(ws, tmp_path) -> None:
     """Review 64: with ``components`` a link to another place, finishing an intent (an honest one killed, or one
     planted) wrote and removed files there."""
-    import hashlib
     import shutil
 
     logged = len(ws.audit.entries())
@@ -467,15 +470,7 @@ def test_a_change_never_writes_or_removes_through_a_linked_folder(ws, tmp_path) 
     shutil.move(ws.root / "components", away)
     (ws.root / "components").symlink_to(away)
     (away / "precious.txt").write_bytes(b"keep")
-    staging = ws.root / PENDING / "feed"
-    staging.mkdir(parents=True)
-    data = b"planted"
-    sha = hashlib.sha256(data).hexdigest()
-    (staging / sha).write_bytes(data)
-    (staging / "intent.json").write_text(json.dumps({
-        "commit": "feed", "operation": "composition", "operator": "mallory", "parameters": {}, "inputs": [],
-        "writes": [{"path": "components/written.txt", "name": None, "sha256": sha}],
-        "removals": [{"path": "components/precious.txt", "name": None}], "ledger": []}))
+    _plant_intent(ws, b"planted", "components/written.txt", removes="components/precious.txt")
     with pytest.raises(WorkspaceError, match=r"components is a symbolic link: dp-tangent writes and removes files"):
         Workspace.open("ws")
     assert (away / "precious.txt").read_bytes() == b"keep" and not (away / "written.txt").exists()

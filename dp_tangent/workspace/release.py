@@ -97,8 +97,10 @@ def _budget_bound(ws: "Workspace", model: str, shards: Sequence[ModelShardGuaran
                              "under that budget")
     for source, shard in exact.record_shards:  # each budget of a shard holding its records binds them (overlap)
         budget = ws.ledger.budget(source, shard)
-        spent = None if budget is None else ws.ledger.shard_spend(source, shard, budget.delta).epsilon
-        if budget is not None and spent > budget.epsilon:
+        if budget is None:
+            continue
+        spent = ws.ledger.shard_spend(source, shard, budget.delta).epsilon
+        if spent > budget.epsilon:
             raise WorkspaceError(f"records of model {model!r} are also on shard {source}/{shard}, whose records have "
                                  f"spent epsilon {spent:.4g} at delta {budget.delta:g}, above its budget "
                                  f"{budget.epsilon:g}; it cannot be released under that budget")
