@@ -57,24 +57,27 @@ class ModelShardGuarantee:
 
 def records_bounds(feeding: Sequence[StoredEvent], events: Sequence[StoredEvent], delta: float,
                    settings: AccountantSettings, record_classes: RecordClasses | None
-                   ) -> tuple[EpsilonBounds, frozenset[ShardKey]]:
+                   ) -> tuple[EpsilonBounds, dict[ShardKey, EpsilonBounds]]:
     """The largest, over the records ``feeding`` read, of the composition of every event that read
-    the record, and the shards whose events read those records (``feeding``'s own and, where an
-    overlap was allowed, others). Events naming no records read their whole shard; if a feeding event
+    the record; and, for each shard whose events read some of those records (``feeding``'s own and,
+    where an overlap was allowed, others), the largest of it over the records it holds: the figure that
+    shard's budget binds for them. Events naming no records read their whole shard; if a feeding event
     names none, every event of its shard is counted (and only its shard is known to hold them)."""
     whole_shard = group_by_shard(e for e in events if e.records_read is None)
     if record_classes is None or any(e.records_read is None for e in feeding):
         shards = frozenset((e.data_source, e.shard) for e in feeding)
-        return composed_bounds([e.tree for e in events if (e.data_source, e.shard) in shards], delta, settings), shards
-    worst: EpsilonBounds | None = None
-    touched: set[ShardKey] = {(e.data_source, e.shard) for e in feeding}
+        bounds = composed_bounds([e.tree for e in events if (e.data_source, e.shard) in shards], delta, settings)
+        return bounds, dict.fromkeys(shards, bounds)
+    per_shard: dict[ShardKey, EpsilonBounds] = {}
     for readers in _reader_groups(feeding, events, whole_shard, record_classes):
-        touched.update((e.data_source, e.shard) for e in readers)
         bounds = composed_bounds([e.tree for e in readers], delta, settings)
-        if worst is None or bounds.epsilon > worst.epsilon:
-            worst = bounds
-    return (worst if worst is not None else composed_bounds([e.tree for e in feeding], delta, settings),
-            frozenset(touched))
+        for key in {(e.data_source, e.shard) for e in readers}:
+            if key not in per_shard or bounds.epsilon > per_shard[key].epsilon:
+                per_shard[key] = bounds
+    if not per_shard:  # the records they read were all deleted since: only their own events
+        bounds = composed_bounds([e.tree for e in feeding], delta, settings)
+        return bounds, dict.fromkeys({(e.data_source, e.shard) for e in feeding}, bounds)
+    return max(per_shard.values(), key=lambda b: b.epsilon), per_shard
 
 
 def _reader_groups(feeding: Sequence[StoredEvent], events: Sequence[StoredEvent],
@@ -93,25 +96,30 @@ def _reader_groups(feeding: Sequence[StoredEvent], events: Sequence[StoredEvent]
 
 
 def shard_records_bounds(data_source: str, shard: str, events: Sequence[StoredEvent], delta: float,
-                         settings: AccountantSettings, record_classes: RecordClasses | None = None) -> EpsilonBounds:
+                         settings: AccountantSettings, record_classes: RecordClasses | None = None
+                         ) -> tuple[EpsilonBounds, frozenset[ShardKey]]:
     """What the records of a shard have spent: the composition of the shard's events, or more where events of
     other shards also read some of its records (an overlap allowed on purpose), whose composition with every
-    event that read them is then the figure (per record, as budgets are enforced). ``events``: the ledger's;
-    ``record_classes`` may give only the classes of records other events read too (the others change nothing)."""
+    event that read them is then the figure (per record, as budgets are enforced); and those other shards.
+    ``events``: the ledger's; ``record_classes`` may give only the classes of records other events read too (the
+    others change nothing)."""
     key = (data_source, shard)
     own = [e for e in events if (e.data_source, e.shard) == key]
     worst = shard_bounds(own, delta, settings)
     named = [e for e in own if e.records_read is not None]
+    others: set[ShardKey] = set()
     if record_classes is None or not named:
-        return worst
+        return worst, frozenset()
     whole_shard = group_by_shard(e for e in events if e.records_read is None)
     for readers in _reader_groups(named, events, whole_shard, record_classes):
-        if all((e.data_source, e.shard) == key for e in readers):
+        shards = {(e.data_source, e.shard) for e in readers} - {key}
+        if not shards:
             continue  # some of the shard's own events: within its composition
+        others |= shards
         bounds = composed_bounds([e.tree for e in readers], delta, settings)
         if bounds.epsilon > worst.epsilon:
             worst = bounds
-    return worst
+    return worst, frozenset(others)
 
 
 def record_guarantees(events: Sequence[StoredEvent], delta: float, settings: AccountantSettings,
@@ -145,8 +153,9 @@ class ModelGuarantee:
     accountant: str
     binding: ShardKey | None
     shards: tuple[ModelShardGuarantee, ...]
-    #: every shard whose events read a record of the model: its own, and others where an overlap was allowed
-    record_shards: tuple[ShardKey, ...] = ()
+    #: every shard whose events read a record of the model (its own, and others where an overlap was allowed), with
+    #: the largest composition over the model's records it holds: the figure that shard's budget binds for the model
+    record_shards: tuple[tuple[ShardKey, EpsilonBounds], ...] = ()
 
 
 def model_guarantee(
@@ -163,13 +172,15 @@ def model_guarantee(
     wanted = set(components)
     all_by_shard = group_by_shard(events)
     per_shard: list[ModelShardGuarantee] = []
-    touched: set[ShardKey] = set()
+    touched: dict[ShardKey, EpsilonBounds] = {}
     for key, shard_events in all_by_shard.items():
         feeding = [e for e in shard_events if e.component in wanted]
         if not feeding:
             continue
         record_bounds, reading = records_bounds(feeding, events, delta, settings, record_classes)
-        touched |= reading
+        for other, bounds in reading.items():
+            if other not in touched or bounds.epsilon > touched[other].epsilon:
+                touched[other] = bounds
         per_shard.append(
             ModelShardGuarantee(
                 data_source=key[0],
@@ -193,5 +204,5 @@ def model_guarantee(
         accountant=worst.record_bounds.accountant,
         binding=(worst.data_source, worst.shard),
         shards=tuple(per_shard),
-        record_shards=tuple(sorted(touched)),
+        record_shards=tuple(sorted(touched.items(), key=lambda item: item[0])),
     )

@@ -53,6 +53,9 @@ from privacy_accounting.sqlite_storage import SQLiteStorage
 from privacy_accounting.storage import EventFilter, LedgerStorage, RecordClass
 from privacy_accounting.validation import check_delta, check_epsilon, check_name
 
+#: The details key of an event naming its records: whether it was reserved with ``allow_overlap``.
+OVERLAP_ALLOWED = "overlap_allowed"
+
 
 class Ledger:
     """Ledger of privacy events with budgets; see the module docstring."""
@@ -224,7 +227,7 @@ class Ledger:
     def _reserve(self, requests: Sequence[ReservationRequest], allow_overlap: bool, *,
                  dry_run: bool) -> list[StoredEvent]:
         now = utc_now()
-        records = [self._record(request, now) for request in requests]
+        records = [self._record(request, now, allow_overlap) for request in requests]
         for record in records:
             self._warm_cache(record)
         budgets = self._storage.budgets()
@@ -261,7 +264,10 @@ class Ledger:
         return self._storage.reserve(records, check, [frozenset(r.records) for r in requests], dry_run=dry_run)
 
     @staticmethod
-    def _record(request: ReservationRequest, now: str) -> StoredEvent:
+    def _record(request: ReservationRequest, now: str, allow_overlap: bool) -> StoredEvent:
+        details = _check_details(request.details)
+        if request.records:  # whether the figures of other shards may depend on the records it read
+            details[OVERLAP_ALLOWED] = bool(allow_overlap)
         record = StoredEvent(
             reservation_id=uuid.uuid4().hex,
             seq=0,
@@ -276,7 +282,7 @@ class Ledger:
             checkpoints_released=_check_bool(request.checkpoints_released, "checkpoints_released"),
             created_at=now,
             updated_at=now,
-            details=_check_details(request.details),
+            details=details,
             records_read=_check_records(request.records),
         )
         if record.purpose is Purpose.NON_PRIVATE_BASELINE and not is_non_private(record.tree):
@@ -387,7 +393,7 @@ class Ledger:
             delta = budget.delta
         delta = check_delta(delta)
         return shard_records_bounds(data_source, shard, self._storage.events(), delta, self._settings,
-                                    self.shared_record_classes)
+                                    self.shared_record_classes)[0]
 
     def remaining(self, data_source: str, shard: str) -> float | None:
         """Budget epsilon minus spent epsilon (at the budget's delta), floored at 0; None if no budget."""
@@ -454,6 +460,13 @@ class Ledger:
         ``tables``: only these tables' digests (e.g. those a figure is computed from: hashing the records every run
         read takes longest)."""
         return self._storage.table_digests(without_events, without_audits, tables)
+
+    def overlap_possible(self) -> bool:
+        """Whether some event that named its records was allowed to read records another shard's events read too (or
+        was reserved before the ledger recorded that): only then do shard figures depend on which records each run
+        read, so only then must the table of records read be vouched for before they are shown."""
+        return any(e.records_read is not None and e.details.get(OVERLAP_ALLOWED, True) is not False
+                   for e in self._storage.events())
 
     def record_classes(self, data_source: str, seqs: Sequence[int], *, shared: bool = False) -> list[RecordClass]:
         """The records events ``seqs`` read, grouped by the set of every event that read each (``shared``: only

@@ -20,7 +20,8 @@ import math
 from typing import Callable, Sequence
 
 from privacy_accounting.accountants import NEIGHBOURING_RELATION, AccountantSettings, EpsilonBounds, epsilon_bounds
-from privacy_accounting.composition import RecordClasses, group_by_shard, model_guarantee, shard_records_bounds
+from privacy_accounting.composition import (ModelGuarantee, RecordClasses, group_by_shard, model_guarantee,
+                                           shard_records_bounds)
 from privacy_accounting.errors import InvalidParameterError
 from privacy_accounting.event_tree import EventTree, compose, sgd
 from privacy_accounting.events import (
@@ -43,6 +44,7 @@ from privacy_accounting.report_models import (
     ModelShardEntry,
     NonPrivateRun,
     PrivacyReport,
+    RecordShardSpend,
     ShardEntry,
     SourceGuarantees,
     WorkspaceSections,
@@ -140,7 +142,7 @@ def build_report(
     models = ledger.models()
     model_entries = [
         _model_entry(name, comps, events, components, audit_entries, sources, delta, settings, ledger.record_classes,
-                     public_sizes)
+                     public_sizes, budgets)
         for name, comps in sorted(models.items())
     ]
     guarantees = [_source_guarantees(s, events, budgets, delta, settings, ledger) for s in sources.values()]
@@ -327,10 +329,12 @@ def _shard_entry(
     delta = budget.delta if budget else report_delta if report_delta is not None else min(
         (e.delta for e in events), default=None
     )
+    shared_with: frozenset[tuple[str, str]] = frozenset()
     if delta is None:  # no events, no budget, no report delta: nothing spent
         spent = Figures(delta=None, epsilon=0.0, accountant="none")
     else:
-        spent = _figures(shard_records_bounds(data_source, shard, every_event, delta, settings, record_classes))
+        bounds, shared_with = shard_records_bounds(data_source, shard, every_event, delta, settings, record_classes)
+        spent = _figures(bounds)
     remaining = None
     status = "no budget set"
     if budget is not None:
@@ -354,6 +358,7 @@ def _shard_entry(
         components=list(dict.fromkeys(e.component for e in events)),
         curve=curve,
         curve_accountant=curve_name,
+        shared_with=[f"{ds}/{other}" for ds, other in sorted(shared_with)],
     )
 
 
@@ -402,6 +407,22 @@ def _audit_entry(audit: AuditRecord, events: Sequence[StoredEvent], settings: Ac
     )
 
 
+def _record_shard_spend(guarantee: ModelGuarantee, budgets: Sequence[Budget],
+                        at_delta: Callable[[float], ModelGuarantee]) -> list[RecordShardSpend]:
+    """Per shard holding the model's records, what those records have spent, at that shard's budget delta."""
+    again = {guarantee.delta: guarantee}
+    out = []
+    for (source, shard), bounds in guarantee.record_shards:
+        budget = _find_budget(budgets, source, shard) or _find_budget(budgets, source, None)
+        if budget is not None and budget.delta != guarantee.delta:
+            if budget.delta not in again:
+                again[budget.delta] = at_delta(budget.delta)
+            bounds = dict(again[budget.delta].record_shards)[(source, shard)]
+        out.append(RecordShardSpend(data_source=source, shard=shard, delta=budget.delta if budget else guarantee.delta,
+                                    epsilon=bounds.epsilon))
+    return out
+
+
 def _model_entry(
     name: str,
     components: Sequence[str],
@@ -413,6 +434,7 @@ def _model_entry(
     settings: AccountantSettings,
     record_classes: RecordClasses | None = None,
     public_sizes: set[tuple[str, str]] = frozenset(),  # type: ignore[assignment]
+    budgets: Sequence[Budget] = (),
 ) -> ModelEntry:
     wanted = set(components)
     mine = [e for e in events if e.component in wanted]
@@ -420,7 +442,7 @@ def _model_entry(
     delta = report_delta if report_delta is not None else min((e.delta for e in mine), default=None)
     units = sorted({sources[e.data_source].unit.value for e in mine}) if mine else []
     my_audits = [a for a in audits if a.component in wanted]
-    record_shards: list[tuple[str, str]] = []
+    record_shards: list[RecordShardSpend] = []
     if delta is None:
         shards: list[ModelShardEntry] = []
         epsilon, accountant, binding = 0.0, "none", None
@@ -443,7 +465,9 @@ def _model_entry(
             for s in guarantee.shards
         ]
         epsilon, accountant, binding = guarantee.epsilon, guarantee.accountant, guarantee.binding
-        record_shards = [(ds, shard) for ds, shard in guarantee.record_shards]
+        record_shards = _record_shard_spend(guarantee, budgets,
+                                            lambda at: model_guarantee(name, components, events, at, settings,
+                                                                       record_classes))
     found = record_distribution(mine, events, delta, settings, record_classes) if delta is not None else None
     disjointness = found.disjointness if found else "no events"
     overlaps = found.overlaps if found else []

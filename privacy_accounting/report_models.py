@@ -60,7 +60,9 @@ class CurvePoint(_Model):
 
 
 class ShardEntry(_Model):
-    """A shard's total spend: the sequential composition of every event ever run on it."""
+    """A shard's total spend: the sequential composition of every event ever run on it, or, where runs of other
+    shards read some of its records too (``shared_with``: an overlap allowed on purpose), the largest composition of
+    every event that read one of its records."""
 
     data_source: str
     shard: str
@@ -79,6 +81,8 @@ class ShardEntry(_Model):
     curve: list[CurvePoint] = Field(default_factory=list)
     curve_accountant: str = ""
     size_public: bool = False  # a run on it was planned from its own size: its figure takes that size as public
+    #: "data_source/shard" of every other shard whose runs read some of its records (counted in ``spent``)
+    shared_with: list[str] = Field(default_factory=list)
 
 
 class ComponentEntry(_Model):
@@ -160,6 +164,16 @@ class SourceGuarantees(_Model):
     text: str
 
 
+class RecordShardSpend(_Model):
+    """A shard holding records of a model, and the largest composition, over those records, of every event that read
+    them, at the delta of the shard's budget (the report's where it has none): the figure its budget binds them to."""
+
+    data_source: str
+    shard: str
+    delta: float
+    epsilon: float
+
+
 class ModelEntry(_Model):
     """Per-record guarantee of a composed model: over its records, the largest composition of every
     event that read the record (max over shards; disjoint shards compose in parallel)."""
@@ -178,9 +192,9 @@ class ModelEntry(_Model):
     record_distribution: list[GuaranteeGroup] = Field(default_factory=list)
     overlaps: list[ShardOverlap] = Field(default_factory=list)
     sizes_public: bool = False  # a run on one of its shards was planned from that shard's own size
-    #: (data source, shard) of every shard whose runs read a record of the model: its own and, where an overlap was
-    #: allowed, others (each of whose budgets those records must fit)
-    record_shards: list[tuple[str, str]] = Field(default_factory=list)
+    #: every shard whose runs read a record of the model: its own and, where an overlap was allowed, others (each of
+    #: whose budgets those records must fit), with what the model's records held there have spent
+    record_shards: list[RecordShardSpend] = Field(default_factory=list)
 
 
 Verdict = Literal["within budget", "over budget", "no budget set", "not differentially private", "no events"]

@@ -14,6 +14,7 @@ from privacy_accounting.report_models import (
     GuaranteeGroup,
     PrivacyReport,
     ReleaseEntry,
+    ShardEntry,
     ShardRecords,
 )
 from privacy_accounting.statement import fmt_delta, fmt_eps, unit_text
@@ -104,9 +105,16 @@ def data_shards_table(report: PrivacyReport, data_source: str) -> Table:
         public = "declared public" if known is not None and known.public else "private" if known else None
         spent = Flag("\u221e: NOT DIFFERENTIALLY PRIVATE") if math.isinf(s.spent.epsilon) else s.spent.epsilon
         status = Flag(s.budget_status) if s.budget_status == "exceeded" else s.budget_status
-        rows.append((s.shard, records, public, s.n_events, spent,
+        rows.append((s.shard, records, public, _runs(s), spent,
                      f"{s.budget.epsilon:.4g}" if s.budget else "none", status))
     return (["shard", "records (latest run)", "kind", "runs", "spent \u03b5", "budget \u03b5", "status"], rows)
+
+
+def _runs(shard: ShardEntry) -> object:
+    """The runs its spend counts: its own, and those of other shards that read some of its records."""
+    if not shard.shared_with:
+        return shard.n_events
+    return f"{shard.n_events} + those of {', '.join(shard.shared_with)} on shared records"
 
 
 def distribution_table(groups: list[GuaranteeGroup]) -> Table:
@@ -252,7 +260,7 @@ def shards_table(report: PrivacyReport) -> Table:
               s.spent.rdp, s.spent.prv, s.spent.pld,
               f"{s.budget.epsilon:.4g} ({s.budget.scope})" if s.budget else "no budget set",
               s.remaining_epsilon, Flag(s.budget_status) if s.budget_status == "exceeded" else s.budget_status,
-              s.n_events) for s in report.shards])
+              _runs(s)) for s in report.shards])
 
 
 def components_table(report: PrivacyReport) -> Table:

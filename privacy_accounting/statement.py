@@ -214,9 +214,13 @@ def shard_statement(shard: ShardEntry) -> str:
             f"({shard.budget.scope.replace('_', ' ')} budget, {shard.budget_status})"
         )
     at = "" if math.isinf(spent.epsilon) else f" at delta = {delta}"
+    figure = (f"all {shard.n_events} event(s) ever run on it compose to epsilon = {fmt_eps(spent.epsilon)}{at}"
+              if not shard.shared_with else
+              f"its most charged records have spent epsilon = {fmt_eps(spent.epsilon)}{at}, counting its "
+              f"{shard.n_events} event(s) and the runs of {', '.join(shard.shared_with)} that read some of its "
+              "records too (an overlap allowed on purpose)")
     return (
-        f"Shard '{shard.shard}' of '{shard.data_source}' (unit: {shard.unit}): all {shard.n_events} event(s) ever "
-        f"run on it compose to epsilon = {fmt_eps(spent.epsilon)}{at}; {budget}."
+        f"Shard '{shard.shard}' of '{shard.data_source}' (unit: {shard.unit}): {figure}; {budget}."
         + (" " + SHARD_SIZE_PUBLIC if shard.size_public else "")
     )
 
@@ -299,26 +303,31 @@ def verdict(model: ModelEntry, shards: Sequence[ShardEntry]) -> tuple[Verdict, s
         return "not differentially private", (
             "NOT DIFFERENTIALLY PRIVATE: a run without any privacy guarantee read records this model was trained "
             "on; nothing bounds what the model reveals about them.")
-    # its own shards and, where an overlap was allowed, every other shard holding its records (each budget binds)
-    wanted = {(s.data_source, s.shard) for s in model.shards} | {tuple(key) for key in model.record_shards}
-    mine = [s for s in shards if (s.data_source, s.shard) in wanted]
+    # its own shards and, where an overlap was allowed, every other shard holding its records (each budget binds):
+    # there, what the model's records have spent, not what the shard's other records have
+    own = {(s.data_source, s.shard) for s in model.shards}
+    reached = {(r.data_source, r.shard): r.epsilon for r in model.record_shards if (r.data_source, r.shard) not in own}
+    key = lambda s: (s.data_source, s.shard)  # noqa: E731
+    mine = [s for s in shards if key(s) in own or key(s) in reached]
+    spent = lambda s: reached.get(key(s), s.spent.epsilon)  # noqa: E731
     label = lambda s: f"{s.data_source}/{s.shard}"  # noqa: E731
-    over = [s for s in mine if s.budget_status == "exceeded"]
+    over = [s for s in mine if s.budget_status == "exceeded" and (key(s) in own or spent(s) > s.budget.epsilon)]
     if over:
         return "over budget", "OVER BUDGET: " + "; ".join(
-            f"{label(s)} has spent ε = {fmt_eps(s.spent.epsilon)} of its limit {fmt_eps(s.budget.epsilon)}"
+            f"{label(s)} has spent ε = {fmt_eps(spent(s))} of its limit {fmt_eps(s.budget.epsilon)}"
+            + ("" if key(s) in own else " on the model's records it holds")
             for s in over if s.budget is not None) + "."
     unlimited = [s for s in mine if s.budget is None]
     if unlimited:
         return "no budget set", (f"NO BUDGET SET for {', '.join(label(s) for s in unlimited)}: nothing limits further "
                                  "runs on their records.")
-    worst = max(mine, key=lambda s: s.spent.epsilon / s.budget.epsilon if s.budget and s.budget.epsilon else 0.0)
+    worst = max(mine, key=lambda s: spent(s) / s.budget.epsilon if s.budget and s.budget.epsilon else 0.0)
     assert worst.budget is not None
-    share = worst.spent.epsilon / worst.budget.epsilon if worst.budget.epsilon else 1.0
-    left = worst.remaining_epsilon if worst.remaining_epsilon is not None else 0.0
+    share = spent(worst) / worst.budget.epsilon if worst.budget.epsilon else 1.0
+    left = (worst.remaining_epsilon or 0.0) if key(worst) in own else max(0.0, worst.budget.epsilon - spent(worst))
     return "within budget", (
         f"WITHIN BUDGET: every shard it draws on is within its limit. The most used, {label(worst)}, has spent "
-        f"ε = {fmt_eps(worst.spent.epsilon)} of {fmt_eps(worst.budget.epsilon)} ({share:.0%}), leaving "
+        f"ε = {fmt_eps(spent(worst))} of {fmt_eps(worst.budget.epsilon)} ({share:.0%}), leaving "
         f"{fmt_eps(left)} of that total for further runs on its records (runs compose: a further run may spend "
         "more than that on its own and still fit).")
 

@@ -427,7 +427,9 @@ def test_records_shared_with_another_source_are_judged_against_both_budgets(tmp_
     for source in ("src", "src-copy"):  # every record of either shard was read by both runs
         assert ws.ledger.shard_spend(source, "s0", 1e-5).epsilon == pytest.approx(both)
         assert ws.ledger.remaining(source, "s0") == pytest.approx(50.0 - both)
-    assert ws.ledger.model_guarantee("copy").record_shards == (("src", "s0"), ("src-copy", "s0"))
+    reached = ws.ledger.model_guarantee("copy").record_shards
+    assert [key for key, _ in reached] == [("src", "s0"), ("src-copy", "s0")]
+    assert [bounds.epsilon for _, bounds in reached] == pytest.approx([both, both])
     (head,) = build_report(ws.ledger, curve_points=0).headlines
     assert head.verdict == "within budget"
     ws.set_budget("src", None, epsilon=(both + one) / 2, delta=1e-5)  # lowered: the records are above it now
@@ -436,9 +438,65 @@ def test_records_shared_with_another_source_are_judged_against_both_budgets(tmp_
     assert head.verdict == "over budget" and head.verdict_text.startswith("OVER BUDGET: src/s0 has spent ε = ")
     assert {(s.data_source, s.budget_status) for s in report.shards} == {("src", "exceeded"),
                                                                         ("src-copy", "within budget")}
-    with pytest.raises(WorkspaceError, match="also on shard src/s0, whose records have spent epsilon"):
+    assert [s.shared_with for s in report.shards] == [["src-copy/s0"], ["src/s0"]]
+    assert "runs of src-copy/s0 that read some of its records too" in report.statement
+    assert "all 1 event(s) ever run on it" not in report.statement
+    with pytest.raises(WorkspaceError, match="also on shard src/s0, where they have spent epsilon"):
         ws.release("copy", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_budget_show_vouches_for_the_records_read_where_an_overlap_was_allowed(tmp_path, mlp_backbone,
+                                                                               capsys) -> None:
+    """Review 65: shard figures read which records each run read once an overlap was allowed, but budget show checked
+    the log's digests of the other tables only: a deleted row of event_records lowered the printed spend silently."""
+    import sqlite3
+
+    ws = Workspace.create(tmp_path / "ws")
+    ws.train(mlp_backbone, None, records(0, 60), data_source="src", shard="s0", name="a", privacy=PRIVATE,
+             config=FAST)
+    assert not ws.ledger.overlap_possible()  # no run may read another shard's records: the table cannot matter
+    ws.train(mlp_backbone, None, records(0, 60), data_source="src-copy", shard="s0", name="b", privacy=PRIVATE,
+             config=FAST, allow_overlap=True)
+    assert ws.ledger.overlap_possible()
+    code, before, err = run_cli(capsys, "budget", "show", "-w", str(ws.root))
+    assert code == 0 and "warning" not in err, err
+    b = ws.ledger.events(component="b")[0].seq
+    with sqlite3.connect(ws.ledger_path) as conn:  # b "read" none of src's records now: src's spend drops to a's
+        conn.execute("DELETE FROM event_records WHERE seq = ?", (b,))
+    assert ws.ledger.shard_spend("src", "s0", 1e-5).epsilon < composed_epsilon(ws, "a", "b")
+    code, after, err = run_cli(capsys, "budget", "show", "-w", str(ws.root))
+    assert code == 1 and after != before
+    assert err.startswith("warning: the workspace does not verify (") and "event_records" in err, err
+
+
+def test_a_shard_reached_through_an_overlap_judges_only_the_models_records_on_it(tmp_path, mlp_backbone) -> None:
+    """Review 65: release and the report's verdict judged a model against the whole spend of a shard that holds some
+    of its records, so a heavy run on that shard's OTHER records refused the model and called it over budget."""
+    from privacy_accounting.report import build_report
+
+    ws = Workspace.create(tmp_path / "ws")
+    quiet = PrivacySpec(noise_multiplier=3.0)
+    ws.train(mlp_backbone, None, records(0, 60), data_source="src", shard="s0", name="a", privacy=quiet, config=FAST)
+    ws.train(mlp_backbone, None, records(0, 60), data_source="copy", shard="s0", name="b", privacy=quiet,
+             config=FAST, allow_overlap=True)
+    ws.train(mlp_backbone, None, records(100, 60), data_source="copy", shard="s0", name="heavy",  # other records
+             privacy=PrivacySpec(noise_multiplier=0.7), config=FAST)
+    ws.compose_model("ma", ["a"])
+    mine = composed_epsilon(ws, "a", "b")
+    heavy = ws.ledger.shard_spend("copy", "s0", 1e-5).epsilon
+    assert heavy > 2 * mine
+    ws.set_budget("src", None, epsilon=2 * mine, delta=1e-5)
+    ws.set_budget("copy", None, epsilon=(mine + heavy) / 2, delta=1e-5)  # copy/s1 is over it; ma's records are not
+    (head,) = [h for h in build_report(ws.ledger, curve_points=0).headlines if h.model == "ma"]
+    assert head.verdict == "within budget", head.verdict_text
+    ws.release("ma", tmp_path / "out")
+    ws.set_budget("copy", "s0", epsilon=mine * 0.9, delta=1e-5)  # now the shard holding ma's records is below them
+    (head,) = [h for h in build_report(ws.ledger, curve_points=0).headlines if h.model == "ma"]
+    assert head.verdict == "over budget" and "copy/s0 has spent ε = " in head.verdict_text, head.verdict_text
+    assert "on the model's records it holds" in head.verdict_text
+    with pytest.raises(WorkspaceError, match="also on shard copy/s0, where they have spent epsilon"):
+        ws.release("ma", tmp_path / "out2")
 
 
 def test_an_audit_is_charged_to_the_records_it_reads(tmp_path, mlp_backbone) -> None:

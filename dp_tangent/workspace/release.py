@@ -95,14 +95,19 @@ def _budget_bound(ws: "Workspace", model: str, shards: Sequence[ModelShardGuaran
         raise WorkspaceError(f"model {model!r} has spent epsilon {exact.epsilon:.4g} at delta {delta:g}, above its "
                              f"shards' budget {epsilon:g} (a budget lowered after training); it cannot be released "
                              "under that budget")
-    for source, shard in exact.record_shards:  # each budget of a shard holding its records binds them (overlap)
+    for (source, shard), _ in exact.record_shards:  # each budget of a shard holding its records binds them
         budget = ws.ledger.budget(source, shard)
         if budget is None:
             continue
-        spent = ws.ledger.shard_spend(source, shard, budget.delta).epsilon
+        if (source, shard) in budgets:  # a shard it draws on: the shard's own spend, as its report verdict reads
+            spent = ws.ledger.shard_spend(source, shard, budget.delta).epsilon
+        else:  # reached through an allowed overlap: what the model's records held there have spent
+            at = exact if budget.delta == delta else ws.ledger.model_guarantee(model, delta=budget.delta)
+            spent = dict(at.record_shards)[(source, shard)].epsilon
         if spent > budget.epsilon:
-            raise WorkspaceError(f"records of model {model!r} are also on shard {source}/{shard}, whose records have "
-                                 f"spent epsilon {spent:.4g} at delta {budget.delta:g}, above its budget "
+            held = (f"shard {source}/{shard} of model {model!r}, whose records have" if (source, shard) in budgets
+                    else f"records of model {model!r} are also on shard {source}/{shard}, where they have")
+            raise WorkspaceError(f"{held} spent epsilon {spent:.4g} at delta {budget.delta:g}, above its budget "
                                  f"{budget.epsilon:g}; it cannot be released under that budget")
     return epsilon, delta
 
