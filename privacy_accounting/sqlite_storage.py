@@ -627,18 +627,24 @@ def _rows_digest(rows: Iterable[Sequence[Any]]) -> str:
 _ROW_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=True, default=_blob)  # as json.dumps(row, ...) writes
 
 
+def _seq_list(seqs: Sequence[int]) -> str:
+    """Event sequence numbers as SQL integer literals: not bound parameters, of which an SQLite build may take as
+    few as 999 in one statement (a shard retrained hundreds of times has as many events)."""
+    return ", ".join(str(int(seq)) for seq in seqs)
+
+
 def _digests_without(conn: sqlite3.Connection, seqs: list[int]) -> dict[str, str]:
     """:func:`_table_digest` of every table as if events ``seqs`` had never been inserted: their rows and records
     left out, and so are the shard and data source rows that only an insert of theirs can have made (created at
     or after the earliest of them, with no other event, budget or shard naming them; a data source's row also
     with the defaults ``_ensure_source`` writes)."""
-    marks = ", ".join("?" * len(seqs))
-    gone = conn.execute(f"SELECT data_source, shard, created_at FROM events WHERE seq IN ({marks})",  # noqa: S608
-                        seqs).fetchall()
+    marks = _seq_list(seqs)
+    gone = conn.execute(f"SELECT data_source, shard, created_at FROM events WHERE seq IN ({marks})"  # noqa: S608
+                        ).fetchall()
     if not gone:
         return {table: _table_digest(conn, table, order) for table, order in _DIGESTED.items()}
     since = min(created for _, _, created in gone)
-    kept = conn.execute(f"SELECT data_source, shard FROM events WHERE seq NOT IN ({marks})", seqs).fetchall()  # noqa: S608
+    kept = conn.execute(f"SELECT data_source, shard FROM events WHERE seq NOT IN ({marks})").fetchall()  # noqa: S608
     budgets = conn.execute("SELECT data_source, shard FROM budgets").fetchall()
     named = {tuple(row) for row in kept} | {tuple(row) for row in budgets}
     made = {(source, shard) for source, shard, _ in gone}
@@ -651,7 +657,7 @@ def _digests_without(conn: sqlite3.Connection, seqs: list[int]) -> dict[str, str
                                               and row[1] == "record" and row[2] == "" and row[3] >= since)]
     digests = {"shards": _rows_digest(shards), "data_sources": _rows_digest(sources)}
     for table in ("events", "event_records"):
-        digests[table] = _table_digest(conn, table, _DIGESTED[table], f"WHERE seq NOT IN ({marks})", seqs)
+        digests[table] = _table_digest(conn, table, _DIGESTED[table], f"WHERE seq NOT IN ({marks})")
     return {table: digests[table] if table in digests else _table_digest(conn, table, order)
             for table, order in _DIGESTED.items()}
 
@@ -709,7 +715,7 @@ def _record_classes(conn: sqlite3.Connection, data_source: str, seqs: Sequence[i
     data source, that read each (``shared``: only records that an event other than ``seqs`` read too)."""
     if not seqs:
         return []
-    marks = ", ".join("?" * len(seqs))
+    marks = _seq_list(seqs)
     # A record key names one record whatever the data source: the same record under two source names
     # is still one unit of privacy, charged for both.
     if shared:
@@ -718,7 +724,7 @@ def _record_classes(conn: sqlite3.Connection, data_source: str, seqs: Sequence[i
         rows = conn.execute(
             "SELECT er.record, er.seq FROM event_records er WHERE er.record IN "
             f"(SELECT record FROM event_records WHERE data_source = ? AND seq IN ({marks}))",  # noqa: S608 -- marks
-            (data_source, *seqs),
+            (data_source,),
         )
     readers: dict[str, set[int]] = {}
     for record, seq in rows:
@@ -737,21 +743,21 @@ def _shared_record_rows(conn: sqlite3.Connection, data_source: str, seqs: Sequen
     """(record, seq) of every event reading a record that events ``seqs`` (of ``data_source``) and another event
     read. Usually none: each of the smaller side's rows -- the events' own, or all the others -- is looked up in
     the index by record (``data_source`` first: one lookup per data source), never a big ledger's every record."""
-    marks = ", ".join("?" * len(seqs))
+    marks = _seq_list(seqs)
     sources = [row[0] for row in conn.execute("SELECT DISTINCT data_source FROM events")]
     of_sources = ", ".join("?" * len(sources))
     own, every = conn.execute(  # how many rows each side has (records_read counts them), for the direction only
         f"SELECT coalesce(sum(CASE WHEN seq IN ({marks}) THEN records_read END), 0), "  # noqa: S608 -- marks
-        "coalesce(sum(records_read), 0) FROM events", list(seqs)).fetchone()
+        "coalesce(sum(records_read), 0) FROM events").fetchone()
     # (``+m.data_source``: not by that index, which would read every row of the data source, but by (seq, record))
     if own <= every - own:  # look up each of these events' records among every other event's
         found = (f"SELECT m.record FROM event_records m WHERE m.seq IN ({marks}) AND +m.data_source = ? AND EXISTS ("
                  f"SELECT 1 FROM event_records x WHERE x.data_source IN ({of_sources}) AND x.record = m.record "
-                 f"AND x.seq NOT IN ({marks}))", (*seqs, data_source, *sources, *seqs))
+                 f"AND x.seq NOT IN ({marks}))", (data_source, *sources))
     else:  # look up each other event's records among these events'
         found = (f"SELECT x.record FROM event_records x WHERE x.seq NOT IN ({marks}) AND EXISTS ("
                  "SELECT 1 FROM event_records m WHERE m.data_source = ? AND m.record = x.record "
-                 f"AND m.seq IN ({marks}))", (*seqs, data_source, *seqs))
+                 f"AND m.seq IN ({marks}))", (data_source,))
     records = sorted({row[0] for row in conn.execute(*found)})
     rows: list[Sequence[Any]] = []
     for start in range(0, len(records), _LOOKUPS):  # each record looked up in the index, a chunk at a time
@@ -788,9 +794,8 @@ def _touching(conn: sqlite3.Connection, event: StoredEvent, existing: list[Store
 def _select_events_by_seq(conn: sqlite3.Connection, seqs: Sequence[int]) -> list[StoredEvent]:
     if not seqs:
         return []
-    marks = ", ".join("?" * len(seqs))
     return [_event_from_row(row) for row in conn.execute(
-        f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq IN ({marks}) ORDER BY seq", list(seqs))]
+        f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq IN ({_seq_list(seqs)}) ORDER BY seq")]  # noqa: S608
 
 
 def _budget(row: Sequence[Any]) -> Budget:

@@ -78,6 +78,23 @@ def test_shared_record_classes_are_the_classes_of_records_other_events_read(ledg
     assert ledger.record_classes("digits", [events[0].seq], shared=True) != []  # its shard's other run is another
 
 
+def test_record_classes_take_more_events_than_an_sqlite_build_may_bind(ledger: Ledger, ledger_path: Path) -> None:
+    """Review 65: the event list was bound as parameters, twice per query: a shard retrained a few hundred times
+    broke every figure on an SQLite built with the smallest limit (999 parameters)."""
+    from privacy_accounting.sqlite_storage import _record_classes
+
+    ledger.reserve_all([request("s0", "c0"), request("s1", "c1", frozenset(f"r{i}" for i in range(150, 300)))],
+                       allow_overlap=True)
+    seqs = [e.seq for e in ledger.events(shard="s0")]
+    many = seqs + list(range(10_000, 11_200))  # events that do not exist change nothing
+    with sqlite3.connect(ledger_path) as conn:
+        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+        for shared in (False, True):
+            assert _record_classes(conn, "digits", many, shared) == ledger.record_classes("digits", seqs,
+                                                                                           shared=shared)
+            assert _record_classes(conn, "digits", many, shared)  # s1 read 50 of s0's records
+
+
 def test_disjoint_shards_compose_in_parallel(ledger: Ledger) -> None:
     halves = [frozenset(f"r{i}" for i in range(k, 200, 2)) for k in range(2)]
     ledger.reserve_all([request(f"shard-{k}", f"c{k}", halves[k]) for k in range(2)])
