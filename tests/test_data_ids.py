@@ -251,3 +251,10 @@ def test_the_spellings_an_export_gives_an_id_are_related() -> None:
     assert _canonical("00017") == _canonical("17.0") == _canonical(" 17 ") == "17" and _canonical("-017") == "-17"
     assert "ABC-1" not in _respellings("abc-1")  # case can tell ids apart (base62 ids)
     assert "0" in _respellings("-0") and "-0" in _respellings("0")  # review 54: -0 is 0
+    # review 65: a sign, a spreadsheet's exponent form and full-width digits are the same integer
+    assert "17" in _respellings("+17") and "+17" in _respellings("17") and "17" in _respellings("+0017")
+    assert "17" in _respellings("1.7e1") and "-17" in _respellings("-1.70E+1") and "17" in _respellings("1.7e1 ")
+    assert "17" in _respellings("\uff11\uff17") and "\uff11\uff17" in _respellings("17")
+    assert _canonical("+17") == _canonical("1.7e1") == _canonical("\uff11\uff17") == "17"
+    assert _canonical("1.75e1") == "1.75e1" and _canonical("1e400") == "1e400"  # not integers / too wide
+    assert "17" not in _respellings("\u0661\u0667")  # Arabic-Indic digits are another script's id

@@ -303,8 +303,9 @@ class TableData(_RowIds, _Kind):
                             f"table (e.g. {min(shared)!r}); public records must not be private ones")
 
     def public_record_ids(self) -> list[str]:
-        """The public table's record ids, read as the private table's are (none where it has no such column or
-        there is no public table); blank ones, which name no record, left out."""
+        """The public table's record ids, read as the private table's are (none where there is no public table or
+        the private one has no id column); blank ones, which name no record, left out. A public table without the
+        private table's id column is refused: it could not be checked to hold no private record."""
         from .tables import read_table, written_columns
 
         if self.public_path is None or self.record_id is None:
@@ -312,8 +313,10 @@ class TableData(_RowIds, _Kind):
         table = read_table(Path(self.public_path), [], optional=[self.record_id],
                            as_text=written_columns(self.record_id, typed=self.record_ids_typed))
         if self.record_id not in table.column_names:
-            return []
-        return [i for i in ("" if v is None else str(v) for v in table.column(self.record_id).to_pylist()) if i.strip()]
+            raise DataError(f"data.table: the public table {self.public_path} has no column {self.record_id!r} (the "
+                            "private table's record ids): public records are checked to be no private or deleted "
+                            "ones by their ids, so give each public row its id in that column")
+        return [i for i in (_id_text(v) for v in table.column(self.record_id).to_pylist()) if i.strip()]
 
     def public_records(self) -> RecordSet:
         """The public table's rows (same columns, labels included), scaled like the private ones: for
@@ -453,3 +456,12 @@ def preprocess_image(data: DataSection, path: Path) -> torch.Tensor:
     from .images import load_image
 
     return load_image(path, size, grayscale=isinstance(data.source, DigitsData))
+
+
+def _id_text(value: object) -> str:
+    """A public table's id cell as text: a binary one (Parquet's ``binary``) as the UTF-8 it holds, not ``b'17'``."""
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)

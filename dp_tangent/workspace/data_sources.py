@@ -22,6 +22,7 @@ import os
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -172,7 +173,32 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
 
 #: The widest zero-padded spelling of an integer id looked for (a 20-digit account number).
 _PADDED_WIDTH = 20
-_INTEGER = re.compile(r"(-?)(\d+)(?:\.0+)?")
+_INTEGER = re.compile(r"([+-]?)(\d+)(?:\.0+)?")
+_EXPONENT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+#: Full-width digits and sign, as an East Asian input method or spreadsheet writes them (NFKC reads them as ASCII).
+_FULL_WIDTH = str.maketrans("0123456789-", "\uff10\uff11\uff12\uff13\uff14\uff15\uff16\uff17\uff18\uff19\uff0d")
+
+
+def _integer(bare: str) -> tuple[str, str] | None:
+    """(sign, digits without leading zeros) of an id that spells an integer -- ``17``, ``+17``, ``-017``, ``17.0``,
+    ``1.7e1`` (a spreadsheet's form), in full-width digits -- else None; ``-0`` is ``0``."""
+    text = bare if bare.isascii() else unicodedata.normalize("NFKC", bare)
+    if not text.isascii():  # \d also matches other scripts' digits: those are other ids
+        return None
+    number = _INTEGER.fullmatch(text)
+    if number is not None:
+        sign, core = number.group(1), number.group(2).lstrip("0") or "0"
+    elif _EXPONENT.fullmatch(text):
+        try:
+            value = Decimal(text)
+        except InvalidOperation:
+            return None
+        if abs(value) >= Decimal(10) ** _PADDED_WIDTH or value != value.to_integral_value():
+            return None
+        sign, core = "-" if value < 0 else "", str(abs(int(value)))
+    else:
+        return None
+    return ("" if sign == "+" or core == "0" else sign), core
 
 
 def _as_registered(source: ReloadableSource) -> ReloadableSource:
@@ -187,11 +213,8 @@ def _as_registered(source: ReloadableSource) -> ReloadableSource:
 def _canonical(record_id: str) -> str:
     """One spelling per id that :func:`_respellings` relates: no spaces around it, NFC, an integer without zeros."""
     bare = unicodedata.normalize("NFC", record_id.strip())
-    number = _INTEGER.fullmatch(bare) if bare.isascii() else None
-    if number is None:
-        return bare
-    core = number.group(2).lstrip("0") or "0"
-    return f"-{core}" if number.group(1) and core != "0" else core
+    integer = _integer(bare)
+    return bare if integer is None else "".join(integer)
 
 
 def _refuse_spaced(name: str, new_ids: Sequence[str]) -> None:
@@ -219,18 +242,17 @@ def _respellings(record_id: str) -> set[str]:
     """The other spellings an export, another system or an earlier version gives an id: spaces around it (a CSV
     written ``a, 17``), its Unicode normal forms, and for an integer id its typed form, its float form and its
     zero-padded forms (``00017``, ``17``, ``17.0``, ``017``, ...: pandas writes an integer column with a gap as
-    floats)."""
+    floats), with a plus sign and in full-width digits; an id in exponent form (``1.7e1``) is related to its integer
+    (not the other way: exponent forms are endless)."""
     bare = record_id.strip()
     out = {bare, f" {bare}", f"{bare} ", f" {bare} "}
     if not bare.isascii():  # é as one code point or as e and an accent: the same text, two ids (macOS writes NFD)
         out.update(unicodedata.normalize(form, bare) for form in ("NFC", "NFD"))
-    number = _INTEGER.fullmatch(bare) if bare.isascii() else None
-    if number is not None:
-        sign, core = number.group(1), number.group(2).lstrip("0") or "0"
-        if core == "0":  # -0 is 0
-            sign = ""
-            out.add("-0")
-        out.update((f"{sign}{core}", f"{sign}{core}.0"))
+    integer = _integer(bare)
+    if integer is not None:
+        sign, core = integer
+        out.update((f"{sign}{core}", f"{sign}{core}.0", f"{sign}{core}".translate(_FULL_WIDTH)))
+        out.update({"-0"} if core == "0" else set() if sign else {f"+{core}"})  # -0 is 0; +17 is 17
         out.update(sign + core.zfill(w) for w in range(len(core) + 1, _PADDED_WIDTH + 1))
     out.discard(record_id)
     return out
