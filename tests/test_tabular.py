@@ -237,6 +237,40 @@ def test_a_table_trains_without_importing_timm(tmp_path: Path) -> None:
     assert "LOADED []" in done.stderr.splitlines(), done.stderr[-500:]
 
 
+def test_a_checkpoint_pretrained_on_another_table_than_the_checked_one_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 65: pretrain reads no workspace, so theta0 pretrained on a table holding another source's private
+    record was trained from once that record was taken out of the table: train checked only the cleaned table."""
+    monkeypatch.chdir(tmp_path)
+    names = write_wine_csv(Path("a.csv"), rows=range(100))
+    write_wine_csv(Path("b.csv"), rows=range(120, 178))
+    write_recipe(Path("a.yaml"), mlp_recipe(_table(Path("a.csv"), names), in_features=13, classes=3, source="a"))
+    assert run_cli(capsys, "train", "--init", "a.yaml", "-w", "ws", "--executor", "serial")[0] == 0
+    table = {**_table(Path("b.csv"), names)["table"], "scaling": "public", "public_path": "pub.csv"}
+    del table["lower"], table["upper"]
+    recipe = mlp_recipe({"table": table}, in_features=13, classes=3, source="b")
+    recipe["backbone"]["checkpoint"] = "theta0.safetensors"
+    write_recipe(Path("b.yaml"), recipe)
+    write_wine_csv(Path("pub.csv"), rows=[*range(100, 120), 40])  # wine-040 is a's private record
+    code, _, err = run_cli(capsys, "pretrain", "b.yaml", "--epochs", "5")
+    assert code == 0, err  # no workspace: nothing to check it against
+    code, _, err = run_cli(capsys, "train", "b.yaml", "-w", "ws", "--executor", "serial")
+    assert code == 2 and "holds the record id 'wine-040', a private record of data source 'a'" in err, err
+    write_wine_csv(Path("pub.csv"), rows=range(100, 120))  # "cleaned" after pretraining on it
+    code, _, err = run_cli(capsys, "train", "b.yaml", "-w", "ws", "--executor", "serial")
+    assert code == 2 and "was pretrained on a table other than the recipe's public_path" in err, err
+    assert len(err.strip().splitlines()) == 1 and "b" not in Workspace.open("ws").ledger.models()
+    del table["public_path"]
+    table.update(scaling="bounds", lower=wine_bounds()[0], upper=wine_bounds()[1])
+    write_recipe(Path("c.yaml"), {**recipe, "data": {"table": table}, "data_source": "c"})
+    code, _, err = run_cli(capsys, "train", "c.yaml", "-w", "ws", "--executor", "serial", "--name", "c")
+    assert code == 2 and "and the recipe names no public_path" in err, err
+    assert run_cli(capsys, "pretrain", "b.yaml", "--epochs", "5", "--force")[0] == 0  # on the checked table
+    code, _, err = run_cli(capsys, "train", "b.yaml", "-w", "ws", "--executor", "serial")
+    assert code == 0, err
+    assert run_cli(capsys, "audit", "verify", "-w", "ws")[0] == 0
+
+
 def test_a_public_table_holding_private_or_deleted_records_is_refused(tmp_path: Path,
                                                                        capsys: pytest.CaptureFixture[str],
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
@@ -269,4 +303,9 @@ def test_a_public_table_holding_private_or_deleted_records_is_refused(tmp_path: 
         else:
             assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
             assert "b" not in Workspace.open("ws").ledger.models()
+    write_wine_csv(Path("pub.csv"), rows=range(40, 60))  # review 65: without its id column it went unchecked
+    lines = Path("pub.csv").read_text().splitlines()
+    Path("pub.csv").write_text("\n".join(line[line.index(",") + 1:] for line in lines) + "\n")
+    code, out, err = run_cli(capsys, "train", "b.yaml", "-w", "ws", "--executor", "serial", "--name", "b2")
+    assert code == 2 and "pub.csv has no column 'wine_id' (the private table's record ids)" in err, err
     assert run_cli(capsys, "audit", "verify", "-w", "ws")[0] == 0

@@ -140,12 +140,13 @@ def pretrain_mlp(spec: "BackboneSpec", inputs: torch.Tensor, targets: torch.Tens
     return model.eval()
 
 
-def save_mlp(model: MLP, path: str | Path) -> str:
-    """Write ``model``'s weights as a safetensors checkpoint, atomically; returns the file's sha256."""
+def save_mlp(model: MLP, path: str | Path, metadata: dict[str, str] | None = None) -> str:
+    """Write ``model``'s weights as a safetensors checkpoint (with ``metadata``, e.g. the public table it was
+    pretrained on), atomically; returns the file's sha256."""
     from safetensors.torch import save
 
     path = Path(path)
-    atomic_write_bytes(path, save({k: v.detach().contiguous() for k, v in model.state_dict().items()}))
+    atomic_write_bytes(path, save({k: v.detach().contiguous() for k, v in model.state_dict().items()}, metadata))
     return sha256_file(path)
 
 

@@ -2,8 +2,9 @@
 
 Public records cost no privacy: nothing is reserved, charged or logged, and no workspace is
 touched. The checkpoint is written atomically to ``--out`` (default: the recipe's
-``backbone.checkpoint``); training from the recipe then loads it as theta0 (identified in every
-component by its weights' sha256).
+``backbone.checkpoint``), recording the public table's sha256; training from the recipe then loads
+it as theta0 (identified in every component by its weights' sha256) once the table it names as
+``public_path`` is that table and holds no record the workspace holds as private or deleted.
 """
 
 from __future__ import annotations
@@ -48,11 +49,13 @@ def pretrain(
     import torch  # after the recipe and options were checked: a mistake in them is reported at once
 
     from ..backbones.mlp_family import pretrain_mlp, save_mlp
+    from ..backbones.provenance import PretrainedOn
 
+    on = PretrainedOn.of(Path(table.public_path))  # before reading it: train refuses the checkpoint if it changed
     public = table.public_records()
     spec = replace(recipe.backbone.spec(), checkpoint=None)
     model = pretrain_mlp(spec, public.inputs, public.targets, epochs=epochs, lr=lr, seed=seed)
-    digest = save_mlp(model, target)
+    digest = save_mlp(model, target, on.metadata())
     with torch.no_grad():
         accuracy = (model(public.inputs).argmax(-1) == public.targets).float().mean().item()
     typer.echo(f"{target}: MLP pretrained on {len(public)} public records ({table.public_path}), accuracy on them "

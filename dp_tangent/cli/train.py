@@ -216,8 +216,12 @@ def train(
         test, parts = recipe.load_data()  # before creating anything: a data set that does not load leaves no trace
         if only and ws is not None:
             _check_same_split(ws, name, parts)
+        if recipe.backbone.checkpoint is not None:  # pretrained on a table: on the one registering checks next
+            from ..backbones.provenance import check_pretrained_on
+
+            check_pretrained_on(recipe.backbone.checkpoint, getattr(recipe.data.source, "public_path", None))
         ws = ws or Workspace.create(workspace)
-        _register_source(ws, recipe)
+        _register_source(ws, recipe)  # checks the public table, if any, against the workspace's records
         spec, console = recipe.backbone.spec(), Console()
         jobs = [ShardJob(_retry_name(ws, name, k), f"shard-{k}", parts[k]) for k in selected]
         typer.echo(f"theta0: {spec.describe()}")
