@@ -62,13 +62,18 @@ def records_bounds(feeding: Sequence[StoredEvent], events: Sequence[StoredEvent]
     the record; and, for each shard whose events read some of those records (``feeding``'s own and,
     where an overlap was allowed, others), the largest of it over the records it holds: the figure that
     shard's budget binds for them. Events naming no records read their whole shard; if a feeding event
-    names none, every event of its shard is counted (and only its shard is known to hold them)."""
+    names none, every event of its shard is counted, and with them, for those of its records that events
+    of other shards read too, those events."""
     whole_shard = group_by_shard(e for e in events if e.records_read is None)
+    per_shard: dict[ShardKey, EpsilonBounds] = {}
     if record_classes is None or any(e.records_read is None for e in feeding):
         shards = frozenset((e.data_source, e.shard) for e in feeding)
         bounds = composed_bounds([e.tree for e in events if (e.data_source, e.shard) in shards], delta, settings)
-        return bounds, dict.fromkeys(shards, bounds)
-    per_shard: dict[ShardKey, EpsilonBounds] = {}
+        per_shard.update(dict.fromkeys(shards, bounds))
+        if record_classes is None:
+            return bounds, per_shard
+        # it read every record of its shards: among them, those another shard's runs read too (an allowed overlap)
+        feeding = [e for e in events if (e.data_source, e.shard) in shards and e.records_read is not None]
     for readers in _reader_groups(feeding, events, whole_shard, record_classes):
         bounds = composed_bounds([e.tree for e in readers], delta, settings)
         for key in {(e.data_source, e.shard) for e in readers}:

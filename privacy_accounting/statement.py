@@ -317,7 +317,10 @@ def verdict(model: ModelEntry, shards: Sequence[ShardEntry]) -> tuple[Verdict, s
             f"{label(s)} has spent ε = {fmt_eps(spent(s))} of its limit {fmt_eps(s.budget.epsilon)}"
             + ("" if key(s) in own else " on the model's records it holds")
             for s in over if s.budget is not None) + "."
-    unlimited = [s for s in mine if s.budget is None]
+    # a shard reached through an overlap without a budget of its own limits nothing, but its records are the model's:
+    # every further run on them is held to the budget of the model's shard as well
+    unlimited = [s for s in mine if s.budget is None and key(s) in own]
+    mine = [s for s in mine if s.budget is not None]
     if unlimited:
         return "no budget set", (f"NO BUDGET SET for {', '.join(label(s) for s in unlimited)}: nothing limits further "
                                  "runs on their records.")
@@ -325,9 +328,10 @@ def verdict(model: ModelEntry, shards: Sequence[ShardEntry]) -> tuple[Verdict, s
     assert worst.budget is not None
     share = spent(worst) / worst.budget.epsilon if worst.budget.epsilon else 1.0
     left = (worst.remaining_epsilon or 0.0) if key(worst) in own else max(0.0, worst.budget.epsilon - spent(worst))
+    held = "" if key(worst) in own else " on the model's records it holds"
     return "within budget", (
         f"WITHIN BUDGET: every shard it draws on is within its limit. The most used, {label(worst)}, has spent "
-        f"ε = {fmt_eps(spent(worst))} of {fmt_eps(worst.budget.epsilon)} ({share:.0%}), leaving "
+        f"ε = {fmt_eps(spent(worst))} of {fmt_eps(worst.budget.epsilon)}{held} ({share:.0%}), leaving "
         f"{fmt_eps(left)} of that total for further runs on its records (runs compose: a further run may spend "
         "more than that on its own and still fit).")
 

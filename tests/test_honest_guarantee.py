@@ -487,10 +487,18 @@ def test_a_shard_reached_through_an_overlap_judges_only_the_models_records_on_it
     heavy = ws.ledger.shard_spend("copy", "s0", 1e-5).epsilon
     assert heavy > 2 * mine
     ws.set_budget("src", None, epsilon=2 * mine, delta=1e-5)
-    ws.set_budget("copy", None, epsilon=(mine + heavy) / 2, delta=1e-5)  # copy/s1 is over it; ma's records are not
+    # review 66: a reached shard without a budget of its own is no "NO BUDGET SET": src's budget holds every further
+    # run on ma's records (release already allowed it)
+    (head,) = [h for h in build_report(ws.ledger, curve_points=0).headlines if h.model == "ma"]
+    assert head.verdict == "within budget", head.verdict_text
+    ws.set_budget("copy", None, epsilon=(mine + heavy) / 2, delta=1e-5)  # copy/s0 is over it; ma's records are not
     (head,) = [h for h in build_report(ws.ledger, curve_points=0).headlines if h.model == "ma"]
     assert head.verdict == "within budget", head.verdict_text
     ws.release("ma", tmp_path / "out")
+    ws.set_budget("copy", "s0", epsilon=mine * 1.1, delta=1e-5)  # the most used now, by ma's records alone
+    (head,) = [h for h in build_report(ws.ledger, curve_points=0).headlines if h.model == "ma"]
+    assert head.verdict == "within budget" and "The most used, copy/s0, has spent ε = " in head.verdict_text
+    assert "on the model's records it holds (91%)" in head.verdict_text, head.verdict_text
     ws.set_budget("copy", "s0", epsilon=mine * 0.9, delta=1e-5)  # now the shard holding ma's records is below them
     (head,) = [h for h in build_report(ws.ledger, curve_points=0).headlines if h.model == "ma"]
     assert head.verdict == "over budget" and "copy/s0 has spent ε = " in head.verdict_text, head.verdict_text

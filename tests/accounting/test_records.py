@@ -78,6 +78,21 @@ def test_shared_record_classes_are_the_classes_of_records_other_events_read(ledg
     assert ledger.record_classes("digits", [events[0].seq], shared=True) != []  # its shard's other run is another
 
 
+def test_a_run_naming_no_records_is_charged_for_its_shards_records_other_shards_read(ledger: Ledger) -> None:
+    """Review 66: a model whose run named no records (it read its whole shard) was judged by its shard's events
+    alone, though some of the shard's records were also read by another shard's run (an allowed overlap)."""
+    heavy = dp_sgd_event(0.8, 0.05, 400)
+    named = frozenset(f"r{i}" for i in range(10))
+    ledger.reserve_all([request("c", "whole", frozenset()), request("c", "named", named),
+                        request("b", "heavy", frozenset(f"r{i}" for i in range(5, 15)), event=heavy)],
+                       allow_overlap=True)
+    ledger.register_model("m", ["whole"])
+    guarantee = ledger.model_guarantee("m", delta=DELTA)
+    assert guarantee.epsilon == pytest.approx(eps(RUN, RUN, heavy))  # r5..r9: read by all three
+    assert dict(guarantee.record_shards)[("digits", "b")].epsilon == pytest.approx(eps(RUN, RUN, heavy))
+    assert dict(guarantee.record_shards)[("digits", "c")].epsilon == pytest.approx(eps(RUN, RUN, heavy))
+
+
 def test_record_classes_take_more_events_than_an_sqlite_build_may_bind(ledger: Ledger, ledger_path: Path) -> None:
     """Review 65: the event list was bound as parameters, twice per query: a shard retrained a few hundred times
     broke every figure on an SQLite built with the smallest limit (999 parameters)."""
