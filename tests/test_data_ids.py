@@ -253,8 +253,17 @@ def test_the_spellings_an_export_gives_an_id_are_related() -> None:
     assert "0" in _respellings("-0") and "-0" in _respellings("0")  # review 54: -0 is 0
     # review 65: a sign, a spreadsheet's exponent form and full-width digits are the same integer
     assert "17" in _respellings("+17") and "+17" in _respellings("17") and "17" in _respellings("+0017")
+    assert "+017" in _respellings("17") and "+0" in _respellings("0") and "0" in _respellings("+0")
     assert "17" in _respellings("1.7e1") and "-17" in _respellings("-1.70E+1") and "17" in _respellings("1.7e1 ")
+    assert "100000" in _respellings("1E+05") and "0" in _respellings("0.0e+0")
     assert "17" in _respellings("\uff11\uff17") and "\uff11\uff17" in _respellings("17")
     assert _canonical("+17") == _canonical("1.7e1") == _canonical("\uff11\uff17") == "17"
-    assert _canonical("1.75e1") == "1.75e1" and _canonical("1e400") == "1e400"  # not integers / too wide
+    assert _canonical("1.75e1") == "1.75e1" and _canonical("1.0e400") == "1.0e400"  # not integers / too wide
     assert "17" not in _respellings("\u0661\u0667")  # Arabic-Indic digits are another script's id
+    assert "17" not in _respellings("\u00b9\u2077") and "17" not in _respellings("\u2470")  # nor superscripts
+    # review 66: hexadecimal ids are not exponent forms (0e0 and 0e1 were one id, 1e2 was 100)
+    assert len({_canonical(f"{i:03x}") for i in range(4096)}) == 4096 and "100" not in _respellings("1e2")
+    assert _canonical("1e999999999999999999") == "1e999999999999999999"  # review 66: Decimal overflowed
+    assert _canonical("1.0E+999999999999999999") == "1.0E+999999999999999999"
+    long = "1" * 20_000 + "x"  # review 66: the exponent pattern backtracked quadratically on long digit runs
+    assert _canonical(long) == long and long not in _respellings("1" * 20_000)

@@ -144,6 +144,8 @@ def test_pretrain_on_public_rows_gives_the_checkpoint_theta0(tmp_path: Path, cap
         assert (spec.build()(public.inputs).argmax(-1) == public.targets).float().mean() > 0.9
     code, _, err = run_cli(capsys, "pretrain", str(path))
     assert code == 2 and "exists; pass --force" in err
+    code, _, err = run_cli(capsys, "pretrain", str(path), "--out", "data/theta0.pt")  # review 66: unreadable by train
+    assert code == 2 and "give a path ending in .safetensors" in err and not Path("data/theta0.pt").exists()
 
     # a release carries theta0's checkpoint, named relative to the bundle (review: it named the workspace's absolute
     # path, which a recipient cannot read), and loads where it is sent, without a workspace
@@ -235,6 +237,26 @@ def test_a_table_trains_without_importing_timm(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert "model wine: mean of" in done.stdout and "test accuracy" in done.stdout
     assert "LOADED []" in done.stderr.splitlines(), done.stderr[-500:]
+
+
+def test_a_public_tables_binary_ids_are_read_as_the_text_they_hold(tmp_path: Path) -> None:
+    """Review 65: a Parquet binary id column was read as "b'wine-040'", which no private id is, so the check missed
+    every one of its records."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    names = write_wine_csv(tmp_path / "private.csv", rows=range(100))
+    write_wine_csv(tmp_path / "pub.csv", rows=range(40, 43))
+    public = pacsv.read_csv(tmp_path / "pub.csv")
+    ids = public.column("wine_id").cast(pa.binary())
+    column = public.schema.get_field_index("wine_id")
+    pq.write_table(public.set_column(column, "wine_id", ids), tmp_path / "pub.parquet")
+    table = {**_table(tmp_path / "private.csv", names)["table"], "scaling": "public",
+             "public_path": str(tmp_path / "pub.parquet")}
+    del table["lower"], table["upper"]
+    source = DataSection.model_validate({"table": table}).source
+    assert source.public_record_ids() == ["wine-040", "wine-041", "wine-042"]
 
 
 def test_a_checkpoint_pretrained_on_another_table_than_the_checked_one_is_refused(

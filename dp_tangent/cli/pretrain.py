@@ -43,6 +43,8 @@ def pretrain(
     target = out or (Path(recipe.backbone.checkpoint) if recipe.backbone.checkpoint else None)
     if target is None:
         raise RecipeError(f"{recipe_path}: give --out PATH, or backbone.checkpoint: PATH in the recipe")
+    if target.suffix != ".safetensors":  # what it writes, and how training reads it (by the name)
+        raise RecipeError(f"{target}: pretrain writes a safetensors checkpoint; give a path ending in .safetensors")
     if target.exists() and not force:
         raise RecipeError(f"{target} exists; pass --force to overwrite it (components trained on it would no longer "
                           "rebuild their theta0)")

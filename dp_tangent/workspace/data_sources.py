@@ -22,7 +22,7 @@ import os
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -174,28 +174,35 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
 #: The widest zero-padded spelling of an integer id looked for (a 20-digit account number).
 _PADDED_WIDTH = 20
 _INTEGER = re.compile(r"([+-]?)(\d+)(?:\.0+)?")
-_EXPONENT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)[eE][+-]?\d+")
-#: Full-width digits and sign, as an East Asian input method or spreadsheet writes them (NFKC reads them as ASCII).
-_FULL_WIDTH = str.maketrans("0123456789-", "\uff10\uff11\uff12\uff13\uff14\uff15\uff16\uff17\uff18\uff19\uff0d")
+#: A spreadsheet's exponent form: a mantissa with a decimal point (``1.7E+1``) or an exponent with a sign (``1E+05``);
+#: never ``0e1`` or ``1e2`` (hexadecimal ids). Each part unambiguous: a long run of digits is matched in one pass.
+_EXPONENT = re.compile(r"[+-]?(?:\d+\.\d*[eE][+-]?|\.\d+[eE][+-]?|\d+[eE][+-])\d+")
+#: Full-width digits and signs, as an East Asian input method or spreadsheet writes them.
+_FULL_WIDTH = str.maketrans("0123456789+-.", "\uff10\uff11\uff12\uff13\uff14\uff15\uff16\uff17\uff18\uff19"
+                                            "\uff0b\uff0d\uff0e")
+_FROM_FULL_WIDTH = {wide: narrow for narrow, wide in _FULL_WIDTH.items()}
 
 
 def _integer(bare: str) -> tuple[str, str] | None:
     """(sign, digits without leading zeros) of an id that spells an integer -- ``17``, ``+17``, ``-017``, ``17.0``,
-    ``1.7e1`` (a spreadsheet's form), in full-width digits -- else None; ``-0`` is ``0``."""
-    text = bare if bare.isascii() else unicodedata.normalize("NFKC", bare)
+    ``1.7E+1`` (a spreadsheet's form), in full-width digits -- else None; ``-0`` and ``+0`` are ``0``."""
+    text = bare.translate(_FROM_FULL_WIDTH)
     if not text.isascii():  # \d also matches other scripts' digits: those are other ids
         return None
     number = _INTEGER.fullmatch(text)
     if number is not None:
         sign, core = number.group(1), number.group(2).lstrip("0") or "0"
-    elif _EXPONENT.fullmatch(text):
+    elif ("e" in text or "E" in text) and _EXPONENT.fullmatch(text):
         try:
             value = Decimal(text)
-        except InvalidOperation:
+            if value.is_zero():
+                sign, core = "", "0"
+            elif value.adjusted() >= _PADDED_WIDTH or value != value.to_integral_value():
+                return None
+            else:
+                sign, core = "-" if value < 0 else "", str(abs(int(value)))
+        except ArithmeticError:  # InvalidOperation, or an exponent beyond what Decimal holds
             return None
-        if abs(value) >= Decimal(10) ** _PADDED_WIDTH or value != value.to_integral_value():
-            return None
-        sign, core = "-" if value < 0 else "", str(abs(int(value)))
     else:
         return None
     return ("" if sign == "+" or core == "0" else sign), core
@@ -242,7 +249,7 @@ def _respellings(record_id: str) -> set[str]:
     """The other spellings an export, another system or an earlier version gives an id: spaces around it (a CSV
     written ``a, 17``), its Unicode normal forms, and for an integer id its typed form, its float form and its
     zero-padded forms (``00017``, ``17``, ``17.0``, ``017``, ...: pandas writes an integer column with a gap as
-    floats), with a plus sign and in full-width digits; an id in exponent form (``1.7e1``) is related to its integer
+    floats), with a plus sign and in full-width digits; an id in exponent form (``1.7E+1``) is related to its integer
     (not the other way: exponent forms are endless)."""
     bare = record_id.strip()
     out = {bare, f" {bare}", f"{bare} ", f" {bare} "}
@@ -251,9 +258,10 @@ def _respellings(record_id: str) -> set[str]:
     integer = _integer(bare)
     if integer is not None:
         sign, core = integer
-        out.update((f"{sign}{core}", f"{sign}{core}.0", f"{sign}{core}".translate(_FULL_WIDTH)))
-        out.update({"-0"} if core == "0" else set() if sign else {f"+{core}"})  # -0 is 0; +17 is 17
-        out.update(sign + core.zfill(w) for w in range(len(core) + 1, _PADDED_WIDTH + 1))
+        signs = [sign] if sign else ["", "+", *(["-"] if core == "0" else [])]  # +17 is 17; -0 and +0 are 0
+        for mark in signs:
+            out.update((f"{mark}{core}", f"{mark}{core}.0", f"{mark}{core}".translate(_FULL_WIDTH)))
+            out.update(mark + core.zfill(w) for w in range(len(core) + 1, _PADDED_WIDTH + 1))
     out.discard(record_id)
     return out
 
