@@ -14,8 +14,9 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Protocol, Sequence
 
 from privacy_accounting.accountants import AccountantSettings, EpsilonBounds
 from privacy_accounting.budgets import composed_bounds
@@ -23,8 +24,17 @@ from privacy_accounting.records import StoredEvent
 from privacy_accounting.storage import RecordClass
 
 ShardKey = tuple[str, str]
-#: ``(data_source, event sequence numbers) -> record classes`` (``LedgerStorage.record_classes``).
-RecordClasses = Callable[[str, Sequence[int]], list[RecordClass]]
+
+
+class RecordClasses(Protocol):
+    """``(data_source, event sequence numbers) -> record classes`` (``Ledger.record_classes``; ``shared``: only the
+    classes of records another event read too)."""
+
+    def __call__(self, data_source: str, seqs: Sequence[int], *, shared: bool = False) -> list[RecordClass]: ...
+
+
+#: Record classes of only the records another event read too (``Ledger.shared_record_classes``).
+SharedRecordClasses = Callable[[str, Sequence[int]], list[RecordClass]]
 
 
 def group_by_shard(events: Iterable[StoredEvent]) -> dict[ShardKey, list[StoredEvent]]:
@@ -66,15 +76,19 @@ def records_bounds(feeding: Sequence[StoredEvent], events: Sequence[StoredEvent]
     of other shards read too, those events."""
     whole_shard = group_by_shard(e for e in events if e.records_read is None)
     per_shard: dict[ShardKey, EpsilonBounds] = {}
+    classes: RecordClasses | SharedRecordClasses | None = record_classes
     if record_classes is None or any(e.records_read is None for e in feeding):
         shards = frozenset((e.data_source, e.shard) for e in feeding)
         bounds = composed_bounds([e.tree for e in events if (e.data_source, e.shard) in shards], delta, settings)
         per_shard.update(dict.fromkeys(shards, bounds))
         if record_classes is None:
             return bounds, per_shard
-        # it read every record of its shards: among them, those another shard's runs read too (an allowed overlap)
+        # it read every record of its shards: among them, those another shard's runs read too (an allowed overlap;
+        # only those can be above the shards' composition, so only their classes are read)
         feeding = [e for e in events if (e.data_source, e.shard) in shards and e.records_read is not None]
-    for readers in _reader_groups(feeding, events, whole_shard, record_classes):
+        classes = functools.partial(record_classes, shared=True)
+    assert classes is not None
+    for readers in _reader_groups(feeding, events, whole_shard, classes):
         bounds = composed_bounds([e.tree for e in readers], delta, settings)
         for key in {(e.data_source, e.shard) for e in readers}:
             if key not in per_shard or bounds.epsilon > per_shard[key].epsilon:
@@ -86,8 +100,8 @@ def records_bounds(feeding: Sequence[StoredEvent], events: Sequence[StoredEvent]
 
 
 def _reader_groups(feeding: Sequence[StoredEvent], events: Sequence[StoredEvent],
-                   whole_shard: dict[ShardKey, list[StoredEvent]], record_classes: RecordClasses
-                   ) -> Iterable[list[StoredEvent]]:
+                   whole_shard: dict[ShardKey, list[StoredEvent]],
+                   record_classes: RecordClasses | SharedRecordClasses) -> Iterable[list[StoredEvent]]:
     """For each group of the records ``feeding`` read (each naming them): every event that read them, in ledger
     order, those of their shards that named no records included."""
     by_seq = {e.seq: e for e in events}
@@ -101,7 +115,8 @@ def _reader_groups(feeding: Sequence[StoredEvent], events: Sequence[StoredEvent]
 
 
 def shard_records_bounds(data_source: str, shard: str, events: Sequence[StoredEvent], delta: float,
-                         settings: AccountantSettings, record_classes: RecordClasses | None = None
+                         settings: AccountantSettings,
+                         record_classes: RecordClasses | SharedRecordClasses | None = None
                          ) -> tuple[EpsilonBounds, frozenset[ShardKey]]:
     """What the records of a shard have spent: the composition of the shard's events, or more where events of
     other shards also read some of its records (an overlap allowed on purpose), whose composition with every

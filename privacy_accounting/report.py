@@ -20,8 +20,8 @@ import math
 from typing import Callable, Sequence
 
 from privacy_accounting.accountants import NEIGHBOURING_RELATION, AccountantSettings, EpsilonBounds, epsilon_bounds
-from privacy_accounting.composition import (ModelGuarantee, RecordClasses, group_by_shard, model_guarantee,
-                                           shard_records_bounds)
+from privacy_accounting.composition import (ModelGuarantee, RecordClasses, SharedRecordClasses, group_by_shard,
+                                           model_guarantee, shard_records_bounds)
 from privacy_accounting.errors import InvalidParameterError
 from privacy_accounting.event_tree import EventTree, compose, sgd
 from privacy_accounting.events import (
@@ -322,7 +322,7 @@ def _shard_entry(
     report_delta: float | None,
     curve_points: int,
     settings: AccountantSettings,
-    record_classes: RecordClasses | None = None,
+    record_classes: SharedRecordClasses | None = None,
 ) -> ShardEntry:
     events = [e for e in every_event if (e.data_source, e.shard) == (data_source, shard)]
     budget = _find_budget(budgets, data_source, shard) or _find_budget(budgets, data_source, None)

@@ -317,11 +317,8 @@ def verdict(model: ModelEntry, shards: Sequence[ShardEntry]) -> tuple[Verdict, s
             f"{label(s)} has spent ε = {fmt_eps(spent(s))} of its limit {fmt_eps(s.budget.epsilon)}"
             + ("" if key(s) in own else " on the model's records it holds")
             for s in over if s.budget is not None) + "."
-    # a shard reached through an overlap without a budget of its own limits nothing, but its records are the model's:
-    # every further run on them is held to the budget of the model's shard as well
-    unlimited = [s for s in mine if s.budget is None and key(s) in own]
-    mine = [s for s in mine if s.budget is not None]
-    if unlimited:
+    unlimited = [s for s in mine if s.budget is None]  # reached ones too: a run reading its whole shard is held
+    if unlimited:                                        # to its own shard's budget only
         return "no budget set", (f"NO BUDGET SET for {', '.join(label(s) for s in unlimited)}: nothing limits further "
                                  "runs on their records.")
     worst = max(mine, key=lambda s: spent(s) / s.budget.epsilon if s.budget and s.budget.epsilon else 0.0)

@@ -487,10 +487,12 @@ def test_a_shard_reached_through_an_overlap_judges_only_the_models_records_on_it
     heavy = ws.ledger.shard_spend("copy", "s0", 1e-5).epsilon
     assert heavy > 2 * mine
     ws.set_budget("src", None, epsilon=2 * mine, delta=1e-5)
-    # review 66: a reached shard without a budget of its own is no "NO BUDGET SET": src's budget holds every further
-    # run on ma's records (release already allowed it)
+    # review 67: a run reading copy/s0 whole is held to copy's budget only: without one, nothing bounds ma's records
+    # there, as the verdict says; release allowed it (review 66)
     (head,) = [h for h in build_report(ws.ledger, curve_points=0).headlines if h.model == "ma"]
-    assert head.verdict == "within budget", head.verdict_text
+    assert head.verdict == "no budget set" and "copy/s0" in head.verdict_text, head.verdict_text
+    with pytest.raises(WorkspaceError, match="also on shard copy/s0, which has no privacy budget"):
+        ws.release("ma", tmp_path / "out")
     ws.set_budget("copy", None, epsilon=(mine + heavy) / 2, delta=1e-5)  # copy/s0 is over it; ma's records are not
     (head,) = [h for h in build_report(ws.ledger, curve_points=0).headlines if h.model == "ma"]
     assert head.verdict == "within budget", head.verdict_text

@@ -178,8 +178,8 @@ _INTEGER = re.compile(r"([+-]?)(\d+)(?:\.0+)?")
 #: never ``0e1`` or ``1e2`` (hexadecimal ids). Each part unambiguous: a long run of digits is matched in one pass.
 _EXPONENT = re.compile(r"[+-]?(?:\d+\.\d*[eE][+-]?|\.\d+[eE][+-]?|\d+[eE][+-])\d+")
 #: Full-width digits and signs, as an East Asian input method or spreadsheet writes them.
-_FULL_WIDTH = str.maketrans("0123456789+-.", "\uff10\uff11\uff12\uff13\uff14\uff15\uff16\uff17\uff18\uff19"
-                                            "\uff0b\uff0d\uff0e")
+_FULL_WIDTH = str.maketrans("0123456789+-.Ee", "\uff10\uff11\uff12\uff13\uff14\uff15\uff16\uff17\uff18\uff19"
+                                              "\uff0b\uff0d\uff0e\uff25\uff45")
 _FROM_FULL_WIDTH = {wide: narrow for narrow, wide in _FULL_WIDTH.items()}
 
 

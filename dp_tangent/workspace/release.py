@@ -97,8 +97,10 @@ def _budget_bound(ws: "Workspace", model: str, shards: Sequence[ModelShardGuaran
                              "under that budget")
     for (source, shard), _ in exact.record_shards:  # each budget of a shard holding its records binds them
         budget = ws.ledger.budget(source, shard)
-        if budget is None:
-            continue
+        if budget is None:  # nothing would bound further runs on them there (the report says "no budget set")
+            raise WorkspaceError(f"records of model {model!r} are also on shard {source}/{shard}, which has no privacy "
+                                 "budget: nothing bounds further runs on them there; set one with `dp-tangent budget "
+                                 f"set {source} EPSILON`")
         if (source, shard) in budgets:  # a shard it draws on: the shard's own spend, as its report verdict reads
             spent = ws.ledger.shard_spend(source, shard, budget.delta).epsilon
         else:  # reached through an allowed overlap: what the model's records held there have spent
