@@ -37,6 +37,12 @@ class RecordClasses(Protocol):
 SharedRecordClasses = Callable[[str, Sequence[int]], list[RecordClass]]
 
 
+def _keep_largest(into: dict[ShardKey, EpsilonBounds], key: ShardKey, bounds: EpsilonBounds) -> None:
+    """``into[key]``: the larger-epsilon of what it holds and ``bounds``."""
+    if key not in into or bounds.epsilon > into[key].epsilon:
+        into[key] = bounds
+
+
 def group_by_shard(events: Iterable[StoredEvent]) -> dict[ShardKey, list[StoredEvent]]:
     """(data_source, shard) -> that shard's events, keeping ledger order."""
     groups: dict[ShardKey, list[StoredEvent]] = {}
@@ -91,8 +97,7 @@ def records_bounds(feeding: Sequence[StoredEvent], events: Sequence[StoredEvent]
     for readers in _reader_groups(feeding, events, whole_shard, classes):
         bounds = composed_bounds([e.tree for e in readers], delta, settings)
         for key in {(e.data_source, e.shard) for e in readers}:
-            if key not in per_shard or bounds.epsilon > per_shard[key].epsilon:
-                per_shard[key] = bounds
+            _keep_largest(per_shard, key, bounds)
     if not per_shard:  # the records they read were all deleted since: only their own events
         bounds = composed_bounds([e.tree for e in feeding], delta, settings)
         return bounds, dict.fromkeys({(e.data_source, e.shard) for e in feeding}, bounds)
@@ -199,8 +204,7 @@ def model_guarantee(
             continue
         record_bounds, reading = records_bounds(feeding, events, delta, settings, record_classes)
         for other, bounds in reading.items():
-            if other not in touched or bounds.epsilon > touched[other].epsilon:
-                touched[other] = bounds
+            _keep_largest(touched, other, bounds)
         per_shard.append(
             ModelShardGuarantee(
                 data_source=key[0],
@@ -226,3 +230,20 @@ def model_guarantee(
         shards=tuple(per_shard),
         record_shards=tuple(sorted(touched.items(), key=lambda item: item[0])),
     )
+
+
+def record_shards_at(guarantee: ModelGuarantee, delta_of: Callable[[ShardKey], float | None],
+                     at_delta: Callable[[float], ModelGuarantee]) -> dict[ShardKey, tuple[float, EpsilonBounds]]:
+    """Per shard holding the model's records, (delta, what those records have spent at it): at the delta
+    ``delta_of`` gives for the shard (its budget's), else the guarantee's; ``at_delta`` computes the guarantee at
+    another delta (once per delta)."""
+    again = {guarantee.delta: guarantee}
+    out: dict[ShardKey, tuple[float, EpsilonBounds]] = {}
+    for key, bounds in guarantee.record_shards:
+        delta = delta_of(key)
+        if delta is None:
+            delta = guarantee.delta
+        if delta not in again:
+            again[delta] = at_delta(delta)
+        out[key] = (delta, dict(again[delta].record_shards)[key])
+    return out

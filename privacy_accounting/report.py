@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 from privacy_accounting.accountants import NEIGHBOURING_RELATION, AccountantSettings, EpsilonBounds, epsilon_bounds
 from privacy_accounting.composition import (ModelGuarantee, RecordClasses, SharedRecordClasses, group_by_shard,
-                                           model_guarantee, shard_records_bounds)
+                                           model_guarantee, record_shards_at, shard_records_bounds)
 from privacy_accounting.errors import InvalidParameterError
 from privacy_accounting.event_tree import EventTree, compose, sgd
 from privacy_accounting.events import (
@@ -410,17 +410,12 @@ def _audit_entry(audit: AuditRecord, events: Sequence[StoredEvent], settings: Ac
 def _record_shard_spend(guarantee: ModelGuarantee, budgets: Sequence[Budget],
                         at_delta: Callable[[float], ModelGuarantee]) -> list[RecordShardSpend]:
     """Per shard holding the model's records, what those records have spent, at that shard's budget delta."""
-    again = {guarantee.delta: guarantee}
-    out = []
-    for (source, shard), bounds in guarantee.record_shards:
-        budget = _find_budget(budgets, source, shard) or _find_budget(budgets, source, None)
-        if budget is not None and budget.delta != guarantee.delta:
-            if budget.delta not in again:
-                again[budget.delta] = at_delta(budget.delta)
-            bounds = dict(again[budget.delta].record_shards)[(source, shard)]
-        out.append(RecordShardSpend(data_source=source, shard=shard, delta=budget.delta if budget else guarantee.delta,
-                                    epsilon=bounds.epsilon))
-    return out
+    def delta_of(key: tuple[str, str]) -> float | None:
+        budget = _find_budget(budgets, *key) or _find_budget(budgets, key[0], None)
+        return budget.delta if budget else None
+
+    return [RecordShardSpend(data_source=source, shard=shard, delta=delta, epsilon=bounds.epsilon)
+            for (source, shard), (delta, bounds) in record_shards_at(guarantee, delta_of, at_delta).items()]
 
 
 def _model_entry(

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 from safetensors.torch import save
 
 from privacy_accounting import ModelShardGuarantee
+from privacy_accounting.composition import record_shards_at
 
 from ..components.component import RELATION, RELATION_SIZE_PUBLIC, deltas_digest, sizes_public
 from ..components.release_bundle import (BASE_CHECKPOINT, DELTAS_FILE, FORMAT, NO_RELATION, STATEMENT_FILE,
@@ -95,8 +96,11 @@ def _budget_bound(ws: "Workspace", model: str, shards: Sequence[ModelShardGuaran
         raise WorkspaceError(f"model {model!r} has spent epsilon {exact.epsilon:.4g} at delta {delta:g}, above its "
                              f"shards' budget {epsilon:g} (a budget lowered after training); it cannot be released "
                              "under that budget")
-    for (source, shard), _ in exact.record_shards:  # each budget of a shard holding its records binds them
-        budget = ws.ledger.budget(source, shard)
+    limits = {key: ws.ledger.budget(*key) for key, _ in exact.record_shards}
+    held_there = record_shards_at(exact, lambda key: limits[key].delta if limits[key] else None,
+                                  lambda at: ws.ledger.model_guarantee(model, delta=at))
+    for (source, shard), (_, records_spent) in held_there.items():  # each budget of a shard holding them binds them
+        budget = limits[(source, shard)]
         if budget is None:  # nothing would bound further runs on them there (the report says "no budget set")
             raise WorkspaceError(f"records of model {model!r} are also on shard {source}/{shard}, which has no privacy "
                                  "budget: nothing bounds further runs on them there; set one with `dp-tangent budget "
@@ -104,8 +108,7 @@ def _budget_bound(ws: "Workspace", model: str, shards: Sequence[ModelShardGuaran
         if (source, shard) in budgets:  # a shard it draws on: the shard's own spend, as its report verdict reads
             spent = ws.ledger.shard_spend(source, shard, budget.delta).epsilon
         else:  # reached through an allowed overlap: what the model's records held there have spent
-            at = exact if budget.delta == delta else ws.ledger.model_guarantee(model, delta=budget.delta)
-            spent = dict(at.record_shards)[(source, shard)].epsilon
+            spent = records_spent.epsilon
         if spent > budget.epsilon:
             held = (f"shard {source}/{shard} of model {model!r}, whose records have" if (source, shard) in budgets
                     else f"records of model {model!r} are also on shard {source}/{shard}, where they have")
