@@ -354,6 +354,78 @@ def test_the_same_table_exported_with_its_ids_typed_is_refused_not_trained_again
     assert code == 3 and "'7' is held as '00007' (data source 't')" in err, err
 
 
+def test_a_deleted_id_does_not_come_back_under_a_spelling_that_cannot_be_listed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 67 #3: a deleted ``0017.0``, ``17.00`` or ``1.7E+1`` came back as a new ``17`` (the listed respellings
+    of 17 hold none of them; the other way round was refused). The workspace now keeps each id's canonical
+    spelling's commitment, in the registry and the tombstones, and compares those."""
+    monkeypatch.chdir(tmp_path)
+    features = {"features": [f"f{k}" for k in range(6)], "label": "y", "record_id": "rid", "classes": ["a", "b"],
+                "scaling": "none"}
+
+    def table(path: str, ids: list[str]) -> None:
+        Path(path).write_text("rid,f0,f1,f2,f3,f4,f5,y\n" + "".join(
+            f"{r},0,0,0,0,{k % 7},{k % 5},{'ab'[k % 2]}\n" for k, r in enumerate(ids)))
+
+    for source, deleted in (("t", "0017.0"), ("u", "17.00"), ("v", "1.7E+1")):
+        table(f"{source}.csv", [f"{source}-{i}" for i in range(60)] + [deleted])
+        write_recipe(Path(f"{source}.yaml"), mlp_recipe({"table": {**features, "path": f"{source}.csv"}},
+                                                        in_features=6, classes=2, source=source))
+        ws = f"ws-{source}"
+        code, out, err = run_cli(capsys, "train", "--init", f"{source}.yaml", "-w", ws, "--executor", "serial")
+        assert code == 0, err
+        assert run_cli(capsys, "forget", deleted, "--request-id", "r", "-w", ws)[0] in (0, 3)  # (3: in the test split)
+        table("new.csv", [f"n-{i}" for i in range(60)] + ["17"])
+        write_recipe(Path("new.yaml"), mlp_recipe({"table": {**features, "path": "new.csv"}}, in_features=6,
+                                                  classes=2, source="new"))
+        components = sorted(Path(ws, "components").iterdir())
+        _refused(capsys, "train", "--init", "new.yaml", "-w", ws, "--executor", "serial",
+                 says="data source 'new': record id '17' is another spelling of a record id removed by a deletion "
+                      "request")
+        assert sorted(Path(ws, "components").iterdir()) == components
+    table("held.csv", [f"h-{i}" for i in range(60)] + ["0017.00"])  # held, not deleted: found both ways, named
+    write_recipe(Path("held.yaml"), mlp_recipe({"table": {**features, "path": "held.csv"}}, in_features=6, classes=2,
+                                               source="held"))
+    assert run_cli(capsys, "train", "--init", "held.yaml", "-w", "ws-h", "--executor", "serial")[0] == 0
+    _refused(capsys, "train", "--init", "new.yaml", "-w", "ws-h", "--executor", "serial",
+             says="record id '17' is another spelling of a record id in data source 'held'")
+    code, out, err = run_cli(capsys, "forget", "17", "--request-id", "q", "-w", "ws-h")
+    assert code == 3 and "'17' is held under another spelling of it" in err and "(data source 'held')" in err, err
+
+
+def test_a_registry_written_before_canonical_spellings_were_kept_gains_them_at_its_next_registration(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A source registered by an earlier version has no canonical commitments: only the listed respellings find its
+    ids, so a held ``0017.0`` and a new ``17`` pass until the source is trained again, which keeps them."""
+    from dp_tangent.workspace import data_sources
+    from dp_tangent.workspace.commit import Change, FileWrite, apply
+
+    monkeypatch.chdir(tmp_path)
+    features = {"features": [f"f{k}" for k in range(6)], "label": "y", "record_id": "rid", "classes": ["a", "b"],
+                "scaling": "none"}
+    for source, ids in (("old", [f"o-{i}" for i in range(60)] + ["0017.0"]), ("new", [f"n-{i}" for i in range(60)]
+                                                                              + ["17"])):
+        Path(f"{source}.csv").write_text("rid,f0,f1,f2,f3,f4,f5,y\n" + "".join(
+            f"{r},0,0,0,0,{k % 7},{k % 5},{'ab'[k % 2]}\n" for k, r in enumerate(ids)))
+        write_recipe(Path(f"{source}.yaml"), mlp_recipe({"table": {**features, "path": f"{source}.csv"}},
+                                                        in_features=6, classes=2, source=source))
+    assert run_cli(capsys, "train", "--init", "old.yaml", "-w", "ws", "--executor", "serial")[0] == 0
+    ws = Workspace.open("ws")
+    registry = data_sources.registry(ws)
+    assert registry.content["old"].canonical == {data_sources.commit("0017.0", ws.manifest_key()):
+                                                 data_sources.commit("17", ws.manifest_key())}
+    registry.content["old"].canonical = None  # as an earlier version wrote it, through a logged change
+    apply(ws, Change("data_source", writes=[FileWrite(data_sources.FILE, registry.model_dump_json().encode(),
+                                                      "data-source registry")], parameters={}))
+    shutil.copytree("ws", "copy")
+    code, out, err = run_cli(capsys, "train", "--init", "new.yaml", "-w", "copy", "--executor", "serial")
+    assert code == 0, err  # the limit of a registry without them (documented)
+    assert run_cli(capsys, "train", "old.yaml", "--name", "again", "-w", "ws", "--executor", "serial")[0] == 0
+    assert data_sources.registry(Workspace.open("ws")).content["old"].canonical is not None
+    _refused(capsys, "train", "--init", "new.yaml", "-w", "ws", "--executor", "serial",
+             says="record id '17' is another spelling of a record id in data source 'old'")
+
+
 def test_an_id_held_in_another_unicode_form_is_named_when_a_request_misses_it(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """Review 51: a request typed on a Mac (NFD: u and a combining accent) missed the NFC id the data holds, and

@@ -243,7 +243,7 @@ def test_decimal_feature_columns_read_as_numbers(tmp_path: Path) -> None:
 def test_the_spellings_an_export_gives_an_id_are_related() -> None:
     """Review 52: zero-padding wider than 12 digits (account numbers) and negative ids written as floats were
     missed, so a deleted record came back under its other spelling."""
-    from dp_tangent.workspace.data_sources import _canonical, _respellings
+    from dp_tangent.workspace.id_spellings import canonical as _canonical, respellings as _respellings
 
     assert "0000000000000001" in _respellings("1") and "1" in _respellings("0000000000000001")
     assert "-17.0" in _respellings("-17") and "-17" in _respellings("-17.0") and "-007" in _respellings("-7")
@@ -268,3 +268,33 @@ def test_the_spellings_an_export_gives_an_id_are_related() -> None:
     assert _canonical("1.0E+999999999999999999") == "1.0E+999999999999999999"
     long = "1" * 20_000 + "x"  # review 66: the exponent pattern backtracked quadratically on long digit runs
     assert _canonical(long) == long and long not in _respellings("1" * 20_000)
+
+
+def test_held_ids_find_another_spelling_both_ways_by_canonical_commitments(tmp_path: Path) -> None:
+    """Review 67 #3: ``17.00`` relates to ``17`` (canonical) but is not among 17's listed respellings, so a held or
+    deleted ``17.00`` was missed by a new ``17``. Canonical commitments find it both ways; ids held before they were
+    kept (legacy) are found by the listed respellings only."""
+    from dp_tangent.components.manifest import commit
+    from dp_tangent.workspace.id_spellings import HeldIds, canonical_commitments, tagger
+    from dp_tangent.workspace.tombstones import Tombstones
+
+    key = b"k" * 32
+    held = HeldIds(tagger(key))
+    ids = ["17.00", "1.7E+1", "abc", " x-1"]
+    held.add([commit(r, key) for r in ids[:2]], "in a", canonical_commitments(ids[:2], key))
+    held.add([commit(r, key) for r in ids[2:]], "in b", canonical_commitments(ids[2:], key))
+    assert held.other_spelling("17") == (None, "in a") and held.other_spelling("0017.0") == (None, "in a")
+    assert held.other_spelling("x-1") == (" x-1", "in b") and held.find("abc") == ("abc", "in b")
+    assert held.other_spelling("17.00") is None and held.other_spelling("abd") is None  # held as spelled; not held
+    legacy = HeldIds(tagger(key))
+    legacy.add([commit("17.00", key), commit("17", key)], "in c", None)
+    assert legacy.other_spelling("0017") == ("17", "in c")  # listed: found
+    legacy = HeldIds(tagger(key))
+    legacy.add([commit("17.00", key)], "in c", None)
+    assert legacy.other_spelling("17") is None  # the limit of ids held before canonical commitments were kept
+    stones = Tombstones(tmp_path)
+    stones.add([commit("old", key)], request_id="r1", deleted_at="then")  # tombstoned by an earlier version
+    stones.add([commit("17.00", key)], request_id="r2", deleted_at="now",
+               canonical=canonical_commitments(["17.00"], key, every=True))
+    assert stones.canonical() == {commit("old", key): None, commit("17.00", key): commit("17", key)}
+    assert set(stones.read()) == {commit("old", key), commit("17.00", key)}

@@ -19,10 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import re
-import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +29,7 @@ from ..components.component import ComponentMetadata
 from ..components.manifest import commit
 from ..data.sources import DigitsSource, ReloadableSource, content_digests, parse_source
 from ..errors import DataError, DPTangentError
+from .id_spellings import HeldIds, canonical, canonical_commitments, tagger
 from .tombstones import Tombstones
 
 if TYPE_CHECKING:
@@ -62,6 +60,9 @@ class Content(BaseModel):
     records: int
     tags: dict[str, str]
     test: list[str] = []
+    # commitment -> the commitment of its id's canonical spelling (id_spellings), for ids not spelled canonically;
+    # None: registered before these were kept (its next registration adds them)
+    canonical: dict[str, str] | None = None
 
 
 class Sources(BaseModel):
@@ -138,19 +139,22 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
                                   "keep the data section it was registered with, or give this data another "
                                   "data_source name")
         moved = bool(differ)
-    deleted = set(Tombstones(ws.root).read())
+    deleted_spelled = Tombstones(ws.root).canonical()
+    deleted = set(deleted_spelled)
     if before is not None:  # its records are read as they were registered, whichever version did it
         source = _as_registered(source)
     records = source.records()
     every = _tags(ws, records)  # one per record, in record order
+    spelled = canonical_commitments(records.record_ids, key)  # where an id is not spelled canonically
     tags = {c: t for c, t in every.items() if c not in deleted}
     old = sources.content.get(name) if before is not None else None
     if before is None or old is not None:  # (without digests, a source's new records cannot be told apart)
         new_ids = [r for r, c in zip(records.record_ids, every) if c not in deleted and not (old and c in old.tags)]
         _refuse_spaced(name, new_ids)
         _refuse_twice_spelled(name, new_ids)
-    _refuse_respelled(name, records.record_ids, set(old.tags) if old else set(), sources, deleted, key)
-    _refuse_public_held(name, source, sources, set(every), deleted, key)
+    _refuse_respelled(name, records.record_ids, _held_ids(key, sources, lambda n: f"in data source {n!r}",
+                                                          deleted_spelled, "removed by a deletion request"))
+    _refuse_public_held(name, source, sources, {c: spelled.get(c, c) for c in every}, deleted_spelled, key)
     if moved and old is None:
         where = was.get("data.path") or was.get("data.root")
         raise DataSourceError(f"data source {name!r} was registered before its records' digests were kept, so its "
@@ -160,52 +164,16 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
         if differences:
             raise DataSourceError(f"data source {name!r} is not the data it was registered with ({differences}): "
                                   "restore it (removing deleted records and adding new ones is allowed)")
-        if not moved and set(tags) <= set(old.tags):
+        if not moved and set(tags) <= set(old.tags) and old.canonical is not None:
             return None
         tags, test = {**old.tags, **tags}, set(old.test)  # the test split stays the records it was
     else:
         test_split = source.test_split()  # reads the data again: only for a first registration
         test = {commit(r, key) for r in (test_split.record_ids if test_split else ())}
     sources.sources[name] = value
-    sources.content[name] = Content(records=len(tags), tags=tags, test=sorted(test))
+    sources.content[name] = Content(records=len(tags), tags=tags, test=sorted(test),
+                                    canonical={c: s for c, s in spelled.items() if c in tags})
     return (sources.model_dump_json(indent=2) + "\n").encode()
-
-
-#: The widest zero-padded spelling of an integer id looked for (a 20-digit account number).
-_PADDED_WIDTH = 20
-_INTEGER = re.compile(r"([+-]?)(\d+)(?:\.0+)?")
-#: A spreadsheet's exponent form: a mantissa with a decimal point (``1.7E+1``) or an exponent with a sign (``1E+05``);
-#: never ``0e1`` or ``1e2`` (hexadecimal ids). Each part unambiguous: a long run of digits is matched in one pass.
-_EXPONENT = re.compile(r"[+-]?(?:\d+\.\d*[eE][+-]?|\.\d+[eE][+-]?|\d+[eE][+-])\d+")
-#: Full-width digits and signs, as an East Asian input method or spreadsheet writes them.
-_FULL_WIDTH = str.maketrans("0123456789+-.Ee", "\uff10\uff11\uff12\uff13\uff14\uff15\uff16\uff17\uff18\uff19"
-                                              "\uff0b\uff0d\uff0e\uff25\uff45")
-_FROM_FULL_WIDTH = {wide: narrow for narrow, wide in _FULL_WIDTH.items()}
-
-
-def _integer(bare: str) -> tuple[str, str] | None:
-    """(sign, digits without leading zeros) of an id that spells an integer -- ``17``, ``+17``, ``-017``, ``17.0``,
-    ``1.7E+1`` (a spreadsheet's form), in full-width digits -- else None; ``-0`` and ``+0`` are ``0``."""
-    text = bare.translate(_FROM_FULL_WIDTH)
-    if not text.isascii():  # \d also matches other scripts' digits: those are other ids
-        return None
-    number = _INTEGER.fullmatch(text)
-    if number is not None:
-        sign, core = number.group(1), number.group(2).lstrip("0") or "0"
-    elif ("e" in text or "E" in text) and _EXPONENT.fullmatch(text):
-        try:
-            value = Decimal(text)
-            if value.is_zero():
-                sign, core = "", "0"
-            elif value.adjusted() >= _PADDED_WIDTH or value != value.to_integral_value():
-                return None
-            else:
-                sign, core = "-" if value < 0 else "", str(abs(int(value)))
-        except ArithmeticError:  # InvalidOperation, or an exponent beyond what Decimal holds
-            return None
-    else:
-        return None
-    return ("" if sign == "+" or core == "0" else sign), core
 
 
 def _as_registered(source: ReloadableSource) -> ReloadableSource:
@@ -215,13 +183,6 @@ def _as_registered(source: ReloadableSource) -> ReloadableSource:
     if not hasattr(data, "as_registered"):
         return source
     return source.model_copy(update={"data": data.as_registered()})
-
-
-def _canonical(record_id: str) -> str:
-    """One spelling per id that :func:`_respellings` relates: no spaces around it, NFC, an integer without zeros."""
-    bare = unicodedata.normalize("NFC", record_id.strip())
-    integer = _integer(bare)
-    return bare if integer is None else "".join(integer)
 
 
 def _refuse_spaced(name: str, new_ids: Sequence[str]) -> None:
@@ -238,110 +199,78 @@ def _refuse_twice_spelled(name: str, new_ids: Sequence[str]) -> None:
     trained as a record of its own while they are one."""
     seen: dict[str, str] = {}
     for record_id in new_ids:
-        first = seen.setdefault(_canonical(record_id), record_id)
+        first = seen.setdefault(canonical(record_id), record_id)
         if first != record_id:
             raise DataSourceError(f"data source {name!r}: record ids {first!r} and {record_id!r} are two spellings of "
                                   "one id (the same record written twice, e.g. a table merged with its re-export); "
                                   "keep one, or give them ids of their own")
 
 
-def _respellings(record_id: str) -> set[str]:
-    """The other spellings an export, another system or an earlier version gives an id: spaces around it (a CSV
-    written ``a, 17``), its Unicode normal forms, and for an integer id its typed form, its float form and its
-    zero-padded forms (``00017``, ``17``, ``17.0``, ``017``, ...: pandas writes an integer column with a gap as
-    floats), with a plus sign and in full-width digits; an id in exponent form (``1.7E+1``) is related to its integer
-    (not the other way: exponent forms are endless)."""
-    bare = record_id.strip()
-    out = {bare, f" {bare}", f"{bare} ", f" {bare} "}
-    if not bare.isascii():  # é as one code point or as e and an accent: the same text, two ids (macOS writes NFD)
-        out.update(unicodedata.normalize(form, bare) for form in ("NFC", "NFD"))
-    integer = _integer(bare)
-    if integer is not None:
-        sign, core = integer
-        signs = [sign] if sign else ["", "+", *(["-"] if core == "0" else [])]  # +17 is 17; -0 and +0 are 0
-        for mark in signs:
-            out.update((f"{mark}{core}", f"{mark}{core}.0", f"{mark}{core}".translate(_FULL_WIDTH)))
-            out.update(mark + core.zfill(w) for w in range(len(core) + 1, _PADDED_WIDTH + 1))
-    out.discard(record_id)
-    return out
-
-
-def held_spelling(ws: Workspace, record_id: str) -> tuple[str, str] | None:
-    """Another spelling of ``record_id`` (:func:`_respellings`, or a path written with ``./``, a backslash or from
-    the root) under which a registered data source holds a record: (that spelling, the source), else None. For a
-    deletion request's id that no component holds."""
+def held_spelling(ws: Workspace, record_id: str) -> tuple[str | None, str] | None:
+    """Another spelling of ``record_id`` (:mod:`.id_spellings`, or a path written with ``./``, a backslash or from
+    the root) under which a registered data source holds a record: (that spelling, or None where it cannot be
+    listed, e.g. ``0017.00``; the source), else None. For a deletion request's id that no component holds."""
     path = record_id.strip().replace("\\", "/")
     while path.startswith(("./", "/")):
         path = path[1:] if path.startswith("/") else path[2:]
-    key, sources = ws.manifest_key(), _read(ws)
-    for spelling in sorted((_respellings(record_id) | {path} | _respellings(path)) - {record_id}):
-        mine = commit(spelling, key)
-        held = next((n for n, content in sources.content.items() if mine in content.tags), None)
-        if held is not None:
-            return spelling, held
-    return None
+    held = _held_ids(ws.manifest_key(), _read(ws), lambda n: n)
+    return held.other_spelling(record_id) or (held.find(path) if path != record_id else None)
 
 
-def _refuse_respelled(name: str, ids: Iterable[str], own: set[str], sources: Sources, deleted: set[str],
-                      key: bytes) -> None:
+def _held_ids(key: bytes, sources: Sources, where: Callable[[str], str], deleted: Mapping[str, str | None] = {},
+              deleted_where: str = "") -> HeldIds:
+    """The ids every data source of ``sources`` holds (at ``where(its name)``) and the ``deleted`` ones (commitment ->
+    its canonical spelling's, None where unknown: :meth:`~.tombstones.Tombstones.canonical`), as :class:`HeldIds`."""
+    held = HeldIds(tagger(key))
+    for name, content in sources.content.items():
+        held.add(content.tags, where(name), content.canonical)
+    held.add([c for c, s in deleted.items() if s is not None], deleted_where,
+             {c: s for c, s in deleted.items() if s is not None})
+    held.add([c for c, s in deleted.items() if s is None], deleted_where, None)
+    return held
+
+
+def _refuse_respelled(name: str, ids: Iterable[str], held: HeldIds) -> None:
     """No new record of ``name`` is another spelling of an id the workspace holds (in any data source) or a deletion
     removed: the same table exported again (pandas reads the id ``00005`` as 5) would otherwise be new records, each
     trained and accounted afresh, and a deleted record trained again."""
-    held = {bytes.fromhex(c): f"in data source {n!r}" for n, content in sources.content.items() for c in content.tags}
-    held.update((bytes.fromhex(c), "removed by a deletion request") for c in deleted)
     if not held:
         return
-    owned = {bytes.fromhex(c) for c in own}
-    tag = _tagger(key)
     for record_id in ids:
-        mine = tag(record_id)
-        if mine in owned or mine in held:  # its own record, or the same id (the overlap rule decides)
-            continue
-        hits = [r for r in _respellings(record_id) if tag(r) in held]
-        other = min(hits) if hits else None
+        other = held.other_spelling(record_id)  # None for its own records and ids held as spelled (overlap rule)
         if other is not None:
+            spelling, where = other
+            written = f"the record id {spelling!r}" if spelling is not None else "a record id"
             raise DataSourceError(
-                f"data source {name!r}: record id {record_id!r} is another spelling of the record id {other!r} "
-                f"{held[tag(other)]} (the same table exported again reads 00005 as 5, or 5 as 5.0): train the data "
-                "as it was registered, with its ids written as they were; if these are other records, give them "
-                "ids of their own (e.g. a prefix)")
+                f"data source {name!r}: record id {record_id!r} is another spelling of {written} {where} (the same "
+                "table exported again reads 00005 as 5, or 5 as 5.0): train the data as it was registered, with its "
+                "ids written as they were; if these are other records, give them ids of their own (e.g. a prefix)")
 
 
-def _tagger(key: bytes) -> Callable[[str], bytes]:
-    """A record id's commitment (:func:`~dp_tangent.components.manifest.commit`) as bytes, the key set up once."""
-    keyed = hmac.new(key, digestmod=hashlib.sha256)
-
-    def tag(record_id: str) -> bytes:
-        h = keyed.copy()
-        h.update(record_id.encode("utf-8"))
-        return h.digest()
-
-    return tag
-
-
-def _refuse_public_held(name: str, source: ReloadableSource, sources: Sources, own: set[str], deleted: set[str],
-                        key: bytes) -> None:
+def _refuse_public_held(name: str, source: ReloadableSource, sources: Sources, own: Mapping[str, str],
+                        deleted: Mapping[str, str | None], key: bytes) -> None:
     """A table ``name`` declares public (``public_path``: its statistics scale the features and pretrain theta0,
     outside the guarantee) holds no record the workspace holds as a private one, in any data source (``own``: this
-    one's), or a deletion removed, as spelled there or respelled (review 63: another source's records and a deleted
-    one were taken as public; the table's own check compares it with its private table only)."""
+    one's, commitment -> its canonical spelling's where that differs), or a deletion removed, as spelled there or
+    respelled (review 63: another source's records and a deleted one were taken as public; the table's own check
+    compares it with its private table only)."""
     data = getattr(source, "data", None)
     public_ids = data.public_record_ids() if hasattr(data, "public_record_ids") else []
     if not public_ids:
         return
-    held = {bytes.fromhex(c): f"a private record of data source {n!r}" for n, content in sources.content.items()
-            for c in content.tags}
-    held.update((bytes.fromhex(c), f"a private record of data source {name!r}") for c in own)
-    held.update((bytes.fromhex(c), "a record a deletion request removed") for c in deleted)
-    tag = _tagger(key)
+    held = _held_ids(key, sources, lambda n: f"a private record of data source {n!r}", deleted,
+                     "a record a deletion request removed")
+    held.add(own.keys(), f"a private record of data source {name!r}", {c: s for c, s in own.items() if s != c})
     for record_id in public_ids:
-        spelling = next((s for s in (record_id, *sorted(_respellings(record_id))) if tag(s) in held), None)
-        if spelling is not None:
-            what = "" if spelling == record_id else f" (another spelling of {spelling!r})"
+        found = held.find(record_id)
+        if found is not None:
+            spelling, where = found
+            what = "" if spelling == record_id else (f" (another spelling of {spelling!r})" if spelling is not None
+                                                     else " (another spelling of an id written otherwise there)")
             raise DataSourceError(f"data source {name!r}: the public table {data.public_path} holds the record id "
-                                  f"{record_id!r}{what}, {held[tag(spelling)]}; public records must be no private "
-                                  "or deleted ones (their statistics and pretraining are outside the guarantee): "
-                                  "take it out of the public table")
+                                  f"{record_id!r}{what}, {where}; public records must be no private or deleted ones "
+                                  "(their statistics and pretraining are outside the guarantee): take it out of the "
+                                  "public table")
 
 
 #: Where a kind's data is: registering a source again may move it there if its records are all still the same.
@@ -430,6 +359,8 @@ def without_records(ws: Workspace, doomed: Iterable[str]) -> bytes | None:
         return None
     for content in sources.content.values():
         content.tags = {c: t for c, t in content.tags.items() if c not in doomed}
+        if content.canonical is not None:  # the tombstones keep it (Tombstones.canonical)
+            content.canonical = {c: s for c, s in content.canonical.items() if c not in doomed}
     return (sources.model_dump_json(indent=2) + "\n").encode()
 
 

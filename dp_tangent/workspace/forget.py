@@ -450,7 +450,7 @@ def forget(
             return DeletionResult(cert, *ws.certificate_paths(cert.request_id), already_completed=True)
         # First of all (receiving did it too, for a request received before), so that nothing from now on -- this
         # request's retraining included, or a run after a crash half-way through -- can train these records again.
-        missing = tombstone(ws, request.request_id, doomed, operator=operator, now=now)
+        missing = tombstone(ws, request, operator=operator, now=now)
         _check_nothing_away(missing, request.request_id)
         metas = {n: read_metadata(ws.component_path(n)) for n in ws.list_components()}
         for name, meta in metas.items():

@@ -42,7 +42,7 @@ def receive(ws: Workspace, request: DeletionRequest, *, operator: str | None = N
         if tombstone_now:
             from .tombstoning import tombstone  # here: listing requests imports no torch
 
-            tombstone(ws, request.request_id, set(cert.record_commitments), operator=operator, now=now)
+            tombstone(ws, request, operator=operator, now=now)
         return cert
 
 

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 from . import data_sources, gram_cache
 from .audit_log import missing_artifacts
 from .commit import Change, FileRemoval, FileWrite, apply
-from .deletion_requests import resolve_now
+from .deletion_requests import DeletionRequest, resolve_now
+from .id_spellings import canonical_commitments
 from .tombstones import FILE as TOMBSTONES_FILE
 from .tombstones import Tombstones
 
@@ -29,13 +30,16 @@ def missing_cache_files(missing: Sequence[str]) -> list[FileRemoval]:
     return [FileRemoval(p, gram_cache.LABEL) for p in missing if p.startswith(prefix)]
 
 
-def tombstone(ws: Workspace, request_id: str, doomed: set[str], *, operator: str,
-              now: datetime | None = None) -> list[str]:
-    """Put ``doomed`` (record commitments) on the tombstone list for ``request_id``, in one logged change that also
-    drops them from the data-source registry and their cached NTK Grams (the deletion change drops any left), so
-    that no later run trains them; nothing is written when that is done already. Returns the artifacts the audit log
-    finds missing (read once here: the tombstoning removes no component or model)."""
-    data, new = Tombstones(ws.root).added(doomed, request_id=request_id, deleted_at=resolve_now(now).isoformat())
+def tombstone(ws: Workspace, request: DeletionRequest, *, operator: str, now: datetime | None = None) -> list[str]:
+    """Put ``request``'s records on the tombstone list (their commitments, each with its id's canonical spelling's),
+    in one logged change that also drops them from the data-source registry and their cached NTK Grams (the deletion
+    change drops any left), so that no later run trains them, under any spelling of their ids; nothing is written
+    when that is done already. Returns the artifacts the audit log finds missing (read once here: the tombstoning
+    removes no component or model)."""
+    key, request_id = ws.manifest_key(), request.request_id
+    doomed = set(request.commitments(key))
+    data, new = Tombstones(ws.root).added(doomed, request_id=request_id, deleted_at=resolve_now(now).isoformat(),
+                                          canonical=canonical_commitments(request.record_ids, key, every=True))
     registry = data_sources.without_records(ws, doomed)
     missing = missing_artifacts(ws)  # the operation verified the workspace when it began; nothing hashed again here
     gone = missing_cache_files(missing)
