@@ -215,7 +215,9 @@ class Ledger:
         shard of a parallel run before submitting any task). A request that names its ``records``
         is also checked per record: each record's composition of every event that read it, this one
         included, must fit the budgets of the shards those events ran on; and a record already read
-        by another shard's event is refused (:class:`RecordOverlapError`) unless ``allow_overlap``.
+        by another shard's event is refused (:class:`RecordOverlapError`) unless ``allow_overlap``. A request
+        that names none (it reads its whole shard) is checked so on the shard's records its earlier events named
+        that other shards' events read too (the only records of it the ledger knows).
         """
         return [event.reservation_id for event in self._reserve(requests, allow_overlap, dry_run=False)]
 

@@ -437,7 +437,7 @@ class SQLiteStorage:
                         source_budget = budget
                     else:
                         shard_budget = budget
-                classes = _touching(conn, event, existing, read) if read else []
+                classes = _touching(conn, event, existing, read) if read else _touching_whole(conn, event, existing)
                 check(event, existing, source_budget, shard_budget, classes)
                 _ensure_source(conn, event.data_source)
                 _ensure_shard(conn, event.data_source, event.shard)
@@ -786,6 +786,26 @@ def _touching(conn: sqlite3.Connection, event: StoredEvent, existing: list[Store
     for record in read:
         key = frozenset(readers.get(record, set()) | whole_shard)
         counts[key] = counts.get(key, 0) + 1
+    return _with_events(conn, counts)
+
+
+def _touching_whole(conn: sqlite3.Connection, event: StoredEvent,
+                    existing: list[StoredEvent]) -> list[tuple[list[StoredEvent], int]]:
+    """For an ``event`` reading its whole shard: the records of the shard (those its earlier events named) that
+    other shards' events read too, grouped by the events that read each, the shard's whole-shard events included
+    (review 67: such a run was checked against its own shard's events and budget only)."""
+    named = [e.seq for e in existing if e.records_read is not None]
+    whole_shard = {e.seq for e in existing if e.records_read is None}
+    counts: dict[frozenset[int], int] = {}
+    for shared in _record_classes(conn, event.data_source, named, shared=True):
+        key = shared.seqs | whole_shard
+        counts[key] = counts.get(key, 0) + shared.count
+    return _with_events(conn, counts)
+
+
+def _with_events(conn: sqlite3.Connection,
+                 counts: dict[frozenset[int], int]) -> list[tuple[list[StoredEvent], int]]:
+    """Each group of records (the sequence numbers of the events that read them -> how many) with its events."""
     wanted = sorted(set().union(*counts))
     by_seq = {e.seq: e for e in _select_events_by_seq(conn, wanted)}
     return [([by_seq[q] for q in sorted(key)], n) for key, n in counts.items()]

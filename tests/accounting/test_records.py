@@ -93,6 +93,27 @@ def test_a_run_naming_no_records_is_charged_for_its_shards_records_other_shards_
     assert dict(guarantee.record_shards)[("digits", "c")].epsilon == pytest.approx(eps(RUN, RUN, heavy))
 
 
+def test_a_run_naming_no_records_is_checked_where_other_shards_read_its_shards_records(ledger: Ledger) -> None:
+    """Review 67 #1: a reservation naming no records (its whole shard) was checked against its own shard's events
+    and budget only, though another shard's run had read some of its records: that shard's budget was exceeded
+    on them, and the overlap went unrefused."""
+    heavy = dp_sgd_event(0.8, 0.05, 400)
+    ledger.reserve_all([request("c", "named", frozenset(f"r{i}" for i in range(10))),
+                        request("b", "heavy", frozenset(f"r{i}" for i in range(5, 15)), event=heavy)],
+                       allow_overlap=True)
+    limit = (eps(RUN, heavy) + eps(RUN, RUN, heavy)) / 2  # r5..r9 fit it as they are, not read once more
+    ledger.set_budget("digits", "b", epsilon=limit, delta=DELTA)
+    with pytest.raises(RecordOverlapError, match=r"shard 'c' of data source 'digits' overlaps other shards: "
+                                                 r"5 record\(s\) with shard 'b'"):
+        ledger.reserve_all([request("c", "whole", frozenset())])
+    with pytest.raises(BudgetExceededError, match="shard 'b'"):
+        ledger.reserve_all([request("c", "whole", frozenset())], allow_overlap=True)
+    assert [e.component for e in ledger.events()] == ["named", "heavy"]
+    ledger.set_budget("digits", "b", epsilon=1.01 * eps(RUN, RUN, heavy), delta=DELTA)
+    ledger.reserve_all([request("c", "whole", frozenset())], allow_overlap=True)
+    ledger.reserve_all([request("d", "alone", frozenset()), request("d", "again", frozenset())])  # nothing shared
+
+
 def test_record_classes_take_more_events_than_an_sqlite_build_may_bind(ledger: Ledger, ledger_path: Path) -> None:
     """Review 65: the event list was bound as parameters, twice per query: a shard retrained a few hundred times
     broke every figure on an SQLite built with the smallest limit (999 parameters)."""
