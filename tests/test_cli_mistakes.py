@@ -290,8 +290,6 @@ def test_a_train_reads_ids_in_the_form_its_registered_source_does(
     assert Path("ws/data-sources.json").read_bytes() == registry
     code, out, err = run_cli(capsys, "evaluate", "again", "--data", "new.yaml", "-w", "ws")
     assert code == 0, err  # read as registered
-    code, out, err = run_cli(capsys, "forget", f"{int(gone) + 1:05d}", "--request-id", "r2", "-w", "ws")
-    assert code == 3 and "data source(s) t hold their record ids as pyarrow typed them" in err.lower(), err
     # The same file under another name: its ids are still the typed ones trained, so the overlap rule holds (with
     # ids as written they were new records: the deleted one trained again, a fresh account for every other).
     write_recipe(Path("renamed.yaml"), mlp_recipe({"table": table}, in_features=6, classes=2, source="t2"))
@@ -306,6 +304,12 @@ def test_a_train_reads_ids_in_the_form_its_registered_source_does(
                                                 classes=2, source="t"))
     code, out, err = run_cli(capsys, "train", "--init", "moved.yaml", "--name", "moved", "-w", "ws", "--executor", "serial")
     assert code == 0 and "left out 1 record(s)" in out + err, err
+    nxt = int(gone) + 1
+    code, out, err = run_cli(capsys, "forget", f"{nxt:05d}", "--request-id", "r2", "-w", "ws")
+    assert code == 3 and "hold their record ids as pyarrow typed them" in err, err
+    # review 68: that request named the held record in another spelling: not trained again until deleted as held
+    _refused(capsys, "train", "moved.yaml", "--name", "moved2", "-w", "ws", "--executor", "serial",
+             says=f"record id '{nxt}' is another spelling of the record id '{nxt:05d}' removed by a deletion request")
 
 
 def test_the_same_table_exported_with_its_ids_typed_is_refused_not_trained_again(
@@ -390,7 +394,45 @@ def test_a_deleted_id_does_not_come_back_under_a_spelling_that_cannot_be_listed(
     _refused(capsys, "train", "--init", "new.yaml", "-w", "ws-h", "--executor", "serial",
              says="record id '17' is another spelling of a record id in data source 'held'")
     code, out, err = run_cli(capsys, "forget", "17", "--request-id", "q", "-w", "ws-h")
-    assert code == 3 and "'17' is held under another spelling of it" in err and "(data source 'held')" in err, err
+    assert code == 3 and "'17' is held under another spelling of it in data source 'held'" in err, err
+    # 17 is tombstoned now: the held 0017.00 is not trained again until deleted as the data spells it (review 68)
+    _refused(capsys, "train", "held.yaml", "--name", "again", "-w", "ws-h", "--executor", "serial",
+             says="record id '0017.00' is another spelling of the record id '17' removed by a deletion request (if "
+                  "it is that record, delete it as the data spells it (`dp-tangent forget 0017.00`")
+    assert run_cli(capsys, "forget", "0017.00", "--request-id", "q2", "-w", "ws-h")[0] in (0, 3)
+    code, out, err = run_cli(capsys, "train", "held.yaml", "--name", "again", "-w", "ws-h", "--executor", "serial")
+    assert code == 0 and "left out 1 record(s)" in out + err, err
+
+
+def test_a_deletion_tombstoned_before_canonical_spellings_were_kept_gains_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 68: a tombstone written by an earlier version had no canonical commitment, and serving its request
+    again (received by that version) or registering data still holding its row did not add one: a deleted
+    ``0042.0`` came back as a new ``42``. (Serving it again: test_data_ids.)"""
+    from dp_tangent.workspace.commit import Change, FileWrite, apply
+    from dp_tangent.workspace.tombstones import FILE, Tombstones, TombstoneFile
+
+    monkeypatch.chdir(tmp_path)
+    features = {"features": [f"f{k}" for k in range(6)], "label": "y", "record_id": "rid", "classes": ["a", "b"],
+                "scaling": "none"}
+    ids = [f"a-{i}" for i in range(60)] + ["0042.0"]
+    Path("a.csv").write_text("rid,f0,f1,f2,f3,f4,f5,y\n" + "".join(
+        f"{r},0,0,0,0,{k % 7},{k % 5},{'ab'[k % 2]}\n" for k, r in enumerate(ids)))
+    write_recipe(Path("a.yaml"), mlp_recipe({"table": {**features, "path": "a.csv"}}, in_features=6, classes=2,
+                                            source="a"))
+    assert run_cli(capsys, "train", "--init", "a.yaml", "-w", "ws", "--executor", "serial")[0] == 0
+    assert run_cli(capsys, "forget", "0042.0", "--request-id", "r1", "-w", "ws")[0] in (0, 3)
+    ws = Workspace.open("ws")
+    legacy = TombstoneFile.model_validate_json(Path("ws", FILE).read_bytes()).model_copy(update={"canonical": {}})
+    apply(ws, Change("tombstoned", writes=[FileWrite(FILE, legacy.model_dump_json().encode(), "tombstones")],
+                     parameters={}))  # as an earlier version wrote it
+    assert set(Tombstones(ws.root).canonical().values()) == {None}
+    # its row is still in a.csv, which gains a row 42: registering it works the canonical spelling out again
+    with Path("a.csv").open("a") as rows:
+        rows.write("42,0,0,0,0,1,1,a\n")
+    _refused(capsys, "train", "a.yaml", "--name", "a2", "-w", "ws", "--executor", "serial",
+             says="record id '42' is another spelling of a record id removed by a deletion request (if it is that "
+                  "record, take its row out of the data")
 
 
 def test_a_registry_written_before_canonical_spellings_were_kept_gains_them_at_its_next_registration(

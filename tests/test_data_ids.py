@@ -298,3 +298,10 @@ def test_held_ids_find_another_spelling_both_ways_by_canonical_commitments(tmp_p
                canonical=canonical_commitments(["17.00"], key, every=True))
     assert stones.canonical() == {commit("old", key): None, commit("17.00", key): commit("17", key)}
     assert set(stones.read()) == {commit("old", key), commit("17.00", key)}
+    # review 68: a request an earlier version tombstoned, served again by this one, gains its canonical commitment
+    assert stones.add([commit("old", key)], request_id="r1", deleted_at="later",
+                      canonical=canonical_commitments(["old"], key, every=True)) == []
+    assert stones.canonical()[commit("old", key)] == commit("old", key)
+    assert stones.read()[commit("old", key)].deleted_at == "then"  # its first request's, kept
+    assert stones.added([commit("old", key)], request_id="r1", deleted_at="later",
+                        canonical=canonical_commitments(["old"], key, every=True)) == (None, [])  # nothing to write

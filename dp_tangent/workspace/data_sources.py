@@ -152,8 +152,10 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
         new_ids = [r for r, c in zip(records.record_ids, every) if c not in deleted and not (old and c in old.tags)]
         _refuse_spaced(name, new_ids)
         _refuse_twice_spelled(name, new_ids)
+    # a record deleted by an earlier version whose row the data still holds: its canonical spelling known again
+    deleted_spelled.update({c: spelled.get(c, c) for c in every if c in deleted and deleted_spelled[c] is None})
     _refuse_respelled(name, records.record_ids, _held_ids(key, sources, lambda n: f"in data source {n!r}",
-                                                          deleted_spelled, "removed by a deletion request"))
+                                                          deleted_spelled, _REMOVED))
     _refuse_public_held(name, source, sources, {c: spelled.get(c, c) for c in every}, deleted_spelled, key)
     if moved and old is None:
         where = was.get("data.path") or was.get("data.root")
@@ -224,27 +226,42 @@ def _held_ids(key: bytes, sources: Sources, where: Callable[[str], str], deleted
     held = HeldIds(tagger(key))
     for name, content in sources.content.items():
         held.add(content.tags, where(name), content.canonical)
-    held.add([c for c, s in deleted.items() if s is not None], deleted_where,
-             {c: s for c, s in deleted.items() if s is not None})
-    held.add([c for c, s in deleted.items() if s is None], deleted_where, None)
+    known = {c: s for c, s in deleted.items() if s is not None}
+    held.add(known, deleted_where, known, deleted=True)
+    held.add([c for c, s in deleted.items() if s is None], deleted_where, None, deleted=True)
     return held
 
 
+_REMOVED = "removed by a deletion request"
+
+
 def _refuse_respelled(name: str, ids: Iterable[str], held: HeldIds) -> None:
-    """No new record of ``name`` is another spelling of an id the workspace holds (in any data source) or a deletion
-    removed: the same table exported again (pandas reads the id ``00005`` as 5) would otherwise be new records, each
-    trained and accounted afresh, and a deleted record trained again."""
+    """No record of ``name`` is another spelling of an id a deletion removed, and no new one of an id the workspace
+    holds (in any data source): the same table exported again (pandas reads the id ``00005`` as 5) would otherwise
+    be new records, each trained and accounted afresh, and a deleted record trained again (a request naming 17
+    where the data holds ``1.7E+1`` deletes nothing, and says so: that record is held here until deleted as
+    spelled)."""
     if not held:
         return
     for record_id in ids:
-        other = held.other_spelling(record_id)  # None for its own records and ids held as spelled (overlap rule)
-        if other is not None:
-            spelling, where = other
-            written = f"the record id {spelling!r}" if spelling is not None else "a record id"
-            raise DataSourceError(
-                f"data source {name!r}: record id {record_id!r} is another spelling of {written} {where} (the same "
-                "table exported again reads 00005 as 5, or 5 as 5.0): train the data as it was registered, with its "
-                "ids written as they were; if these are other records, give them ids of their own (e.g. a prefix)")
+        new = held.other_spelling(record_id)  # None for ids held as spelled (their own, or the overlap rule's)
+        other = new or held.deleted_spelling(record_id)
+        if other is None:
+            continue
+        spelling, where = other
+        written = f"the record id {spelling!r}" if spelling is not None else "a record id"
+        if where != _REMOVED:
+            advice = ("the same table exported again reads 00005 as 5, or 5 as 5.0: train the data as it was "
+                      "registered, with its ids written as they were; if these are other records, give them ids "
+                      "of their own (e.g. a prefix)")
+        elif new is not None:
+            advice = ("if it is that record, take its row out of the data; if it is another record, give it an id "
+                      "of its own (e.g. a prefix)")
+        else:
+            advice = (f"if it is that record, delete it as the data spells it (`dp-tangent forget {record_id}` with "
+                      "a new --request-id); if it is another record, give it an id of its own")
+        raise DataSourceError(f"data source {name!r}: record id {record_id!r} is another spelling of {written} "
+                              f"{where} ({advice})")
 
 
 def _refuse_public_held(name: str, source: ReloadableSource, sources: Sources, own: Mapping[str, str],

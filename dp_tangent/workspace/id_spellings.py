@@ -112,23 +112,33 @@ def canonical_commitments(record_ids: Iterable[str], key: bytes, *, every: bool 
 class HeldIds:
     """Record ids the workspace holds or deleted, as keyed commitments, each with where it is: the ids' own
     (``exact``), their canonical spellings' (``canonical``), and those whose canonical spelling is unknown
-    (``legacy``: held or deleted before it was kept), which only :func:`respellings` finds."""
+    (``legacy``: held or deleted before it was kept), which only :func:`respellings` finds; and of the deleted ones
+    apart, their own and their canonical spellings' (``removed``)."""
 
     tag: Callable[[str], bytes]
     exact: dict[bytes, str] = field(default_factory=dict)
     canonical: dict[bytes, str] = field(default_factory=dict)
     legacy: dict[bytes, str] = field(default_factory=dict)
+    removed: dict[bytes, str] = field(default_factory=dict)
+    removed_canonical: dict[bytes, str] = field(default_factory=dict)
 
-    def add(self, commitments: Iterable[str], where: str, spelled: Mapping[str, str] | None) -> None:
-        """Hold ``commitments`` (hex) at ``where``; ``spelled``: commitment -> its canonical spelling's, where that
-        differs from its own (:func:`canonical_commitments`), or None when unknown for every one of them."""
+    def add(self, commitments: Iterable[str], where: str, spelled: Mapping[str, str] | None, *,
+            deleted: bool = False) -> None:
+        """Hold ``commitments`` (hex) at ``where`` (``deleted``: records a deletion removed); ``spelled``: commitment
+        -> its canonical spelling's, where that differs from its own (:func:`canonical_commitments`), or None when
+        unknown for every one of them."""
         for c in commitments:
             mine = bytes.fromhex(c)
             self.exact.setdefault(mine, where)
+            if deleted:
+                self.removed.setdefault(mine, where)
             if spelled is None:
                 self.legacy.setdefault(mine, where)
             else:
-                self.canonical.setdefault(bytes.fromhex(spelled.get(c, c)), where)
+                canon = bytes.fromhex(spelled.get(c, c))
+                self.canonical.setdefault(canon, where)
+                if deleted:
+                    self.removed_canonical.setdefault(canon, where)
 
     def __bool__(self) -> bool:
         return bool(self.exact)
@@ -147,9 +157,22 @@ class HeldIds:
         where = self.canonical.get(self.tag(spelled))
         if where is None and not self.legacy:
             return None
-        if spelled != record_id and self.tag(spelled) in self.exact:
-            return spelled, self.exact[self.tag(spelled)]
-        hits = sorted(r for r in respellings(record_id) if self.tag(r) in (self.exact if where else self.legacy))
-        if hits:
-            return hits[0], self.exact[self.tag(hits[0])]
-        return None if where is None else (None, where)
+        return self._named(record_id, spelled, self.exact if where else self.legacy) or (
+            None if where is None else (None, where))
+
+    def deleted_spelling(self, record_id: str) -> tuple[str | None, str] | None:
+        """For an id held as spelled, not deleted: where another spelling of it was deleted (that spelling if
+        :func:`respellings` names it, else None; where), else None. (Only deletions whose canonical spelling is
+        known: a deletion by an earlier version is found for new ids only.)"""
+        spelled = canonical(record_id)
+        where = self.removed_canonical.get(self.tag(spelled))
+        if where is None or self.tag(record_id) in self.removed:
+            return None
+        return self._named(record_id, spelled, self.removed) or (None, where)
+
+    def _named(self, record_id: str, spelled: str, among: Mapping[bytes, str]) -> tuple[str, str] | None:
+        """(a spelling of ``record_id`` held in ``among``, where): its canonical one, else the first listed one."""
+        if spelled != record_id and self.tag(spelled) in among:
+            return spelled, among[self.tag(spelled)]
+        hits = sorted(r for r in respellings(record_id) if self.tag(r) in among)
+        return (hits[0], among[self.tag(hits[0])]) if hits else None

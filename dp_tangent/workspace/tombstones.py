@@ -87,15 +87,21 @@ class Tombstones:
         return written_digests(AuditLog(log).entries(), lambda path: path == FILE).get(FILE)
 
     def added(self, commitments: Iterable[str], *, request_id: str, deleted_at: str,
-              canonical: Mapping[str, str] | None = None) -> tuple[bytes, list[str]]:
+              canonical: Mapping[str, str] | None = None) -> tuple[bytes | None, list[str]]:
         """The list's new content with ``commitments`` tombstoned (those already there keep their first
-        request), and the new ones; written by the caller's change (:mod:`.commit`). ``canonical``: commitment ->
-        its canonical spelling's, for every one of them (:func:`~.id_spellings.canonical_commitments`)."""
+        request), and the new ones; written by the caller's change (:mod:`.commit`), and None if it holds all of
+        them already as given. ``canonical``: commitment -> its canonical spelling's, for every one of them
+        (:func:`~.id_spellings.canonical_commitments`); also kept for one tombstoned before these were kept."""
         file = self._file()
         current, spelled = dict(file.records), dict(file.canonical)
-        new = sorted(set(commitments) - set(current))
+        commitments = set(commitments)
+        new = sorted(commitments - set(current))
         current.update({c: Tombstone(request_id=request_id, deleted_at=deleted_at) for c in new})
-        spelled.update({c: canonical[c] for c in new if canonical is not None and c in canonical})
+        gained = {c: canonical[c] for c in commitments if canonical is not None and c in canonical
+                  and c not in spelled}
+        if not new and not gained:
+            return None, []
+        spelled.update(gained)
         text = TombstoneFile(records=dict(sorted(current.items())),
                              canonical=dict(sorted(spelled.items()))).model_dump_json(indent=2) + "\n"
         return text.encode(), new
@@ -104,7 +110,7 @@ class Tombstones:
             canonical: Mapping[str, str] | None = None) -> list[str]:
         """Tombstone ``commitments`` at once, unlogged (a workspace's deletion does it through a logged change)."""
         data, new = self.added(commitments, request_id=request_id, deleted_at=deleted_at, canonical=canonical)
-        if new:
+        if data is not None:
             atomic_write_bytes(self.path, data)
         return new
 

@@ -43,12 +43,13 @@ def tombstone(ws: Workspace, request: DeletionRequest, *, operator: str, now: da
     registry = data_sources.without_records(ws, doomed)
     missing = missing_artifacts(ws)  # the operation verified the workspace when it began; nothing hashed again here
     gone = missing_cache_files(missing)
-    if new or registry is not None or gone:
+    if data is not None or registry is not None or gone:
         cache_writes, cache_removals = gram_cache.without_records(ws, doomed)
         cache_removals = [*cache_removals, *gone]
         registry_write = [] if registry is None else [FileWrite(data_sources.FILE, registry, "data-source registry")]
+        tombstones_write = [] if data is None else [FileWrite(TOMBSTONES_FILE, data, "tombstones")]
         apply(ws, Change("tombstoned", operator=operator,
-                         writes=[FileWrite(TOMBSTONES_FILE, data, "tombstones"), *cache_writes, *registry_write],
+                         writes=[*tombstones_write, *cache_writes, *registry_write],
                          removals=cache_removals,
                          parameters={"request_id": request_id, "record_commitments": sorted(doomed),
                                      "gram_cache_files": {"rewritten": len(cache_writes),
