@@ -259,6 +259,7 @@ def test_the_spellings_an_export_gives_an_id_are_related() -> None:
     assert "17" in _respellings("\uff11\uff17") and "\uff11\uff17" in _respellings("17")
     assert _canonical("\uff11\uff0e\uff17\uff25\uff0b\uff11") == "17"  # 1.7E+1 in full width (review 67)
     assert _canonical("+17") == _canonical("1.7e1") == _canonical("\uff11\uff17") == "17"
+    assert _canonical("17.") == _canonical("0017.00") == "17" and _canonical("17..") == "17.."  # review 68
     assert _canonical("1.75e1") == "1.75e1" and _canonical("1.0e400") == "1.0e400"  # not integers / too wide
     assert "17" not in _respellings("\u0661\u0667")  # Arabic-Indic digits are another script's id
     assert "17" not in _respellings("\u00b9\u2077") and "17" not in _respellings("\u2470")  # nor superscripts

@@ -22,7 +22,7 @@ __all__ = ["HeldIds", "canonical", "canonical_commitments", "integer_form", "res
 
 #: The widest zero-padded spelling of an integer id looked for (a 20-digit account number).
 PADDED_WIDTH = 20
-_INTEGER = re.compile(r"([+-]?)(\d+)(?:\.0+)?")
+_INTEGER = re.compile(r"([+-]?)(\d+)(?:\.0*)?")  # 17, 017, 17.0, 17. (a float written without zeros)
 #: A spreadsheet's exponent form: a mantissa with a decimal point (``1.7E+1``) or an exponent with a sign (``1E+05``);
 #: never ``0e1`` or ``1e2`` (hexadecimal ids). Each part unambiguous: a long run of digits is matched in one pass.
 _EXPONENT = re.compile(r"[+-]?(?:\d+\.\d*[eE][+-]?|\.\d+[eE][+-]?|\d+[eE][+-])\d+")
