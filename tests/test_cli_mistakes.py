@@ -396,12 +396,25 @@ def test_a_deleted_id_does_not_come_back_under_a_spelling_that_cannot_be_listed(
     code, out, err = run_cli(capsys, "forget", "17", "--request-id", "q", "-w", "ws-h")
     assert code == 3 and "'17' is held under another spelling of it in data source 'held'" in err, err
     # 17 is tombstoned now: the held 0017.00 is not trained again until deleted as the data spells it (review 68)
-    _refused(capsys, "train", "held.yaml", "--name", "again", "-w", "ws-h", "--executor", "serial",
-             says="record id '0017.00' is another spelling of the record id '17' removed by a deletion request (if "
-                  "it is that record, delete it as the data spells it (`dp-tangent forget 0017.00`")
-    assert run_cli(capsys, "forget", "0017.00", "--request-id", "q2", "-w", "ws-h")[0] in (0, 3)
+    says = ("record id '0017.00' is another spelling of the record id '17' removed by a deletion request: it is not "
+            "trained again until deleted as the data spells it (`dp-tangent forget -w WORKSPACE --request-id NEW_ID "
+            "-- 0017.00`)")
+    _refused(capsys, "train", "held.yaml", "--name", "again", "-w", "ws-h", "--executor", "serial", says=says)
+    from dp_tangent.components.component import read_metadata
+    from dp_tangent.components.manifest import commit
+
+    ws = Workspace.open("ws-h")  # a record of the component holding 0017.00
+    shard = next(set(m.manifest.commitments) for m in map(read_metadata, Path("ws-h/components").iterdir())
+                 if commit("0017.00", ws.manifest_key()) in m.manifest.commitments)
+    neighbour = next(f"h-{i}" for i in range(60) if commit(f"h-{i}", ws.manifest_key()) in shard)
+    components = sorted(Path("ws-h/components").iterdir())  # nor retrained for another request (review 69)
+    code, out, err = run_cli(capsys, "forget", neighbour, "--request-id", "q1", "--retrain", "-w", "ws-h")
+    assert code == 2 and says in err and "request q1 stays OPEN" in err, err
+    assert sorted(Path("ws-h/components").iterdir()) == components
+    assert run_cli(capsys, "forget", "0017.00", "--request-id", "q2", "-w", "ws-h")[0] == 0
+    assert run_cli(capsys, "forget", neighbour, "--request-id", "q1", "--retrain", "-w", "ws-h")[0] == 0
     code, out, err = run_cli(capsys, "train", "held.yaml", "--name", "again", "-w", "ws-h", "--executor", "serial")
-    assert code == 0 and "left out 1 record(s)" in out + err, err
+    assert code == 0 and "left out 2 record(s)" in out + err, err
 
 
 def test_a_deletion_tombstoned_before_canonical_spellings_were_kept_gains_them(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import shlex
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -246,22 +247,28 @@ def _refuse_respelled(name: str, ids: Iterable[str], held: HeldIds) -> None:
     for record_id in ids:
         new = held.other_spelling(record_id)  # None for ids held as spelled (their own, or the overlap rule's)
         other = new or held.deleted_spelling(record_id)
-        if other is None:
-            continue
-        spelling, where = other
-        written = f"the record id {spelling!r}" if spelling is not None else "a record id"
-        if where != _REMOVED:
-            advice = ("the same table exported again reads 00005 as 5, or 5 as 5.0: train the data as it was "
-                      "registered, with its ids written as they were; if these are other records, give them ids "
-                      "of their own (e.g. a prefix)")
-        elif new is not None:
-            advice = ("if it is that record, take its row out of the data; if it is another record, give it an id "
-                      "of its own (e.g. a prefix)")
-        else:
-            advice = (f"if it is that record, delete it as the data spells it (`dp-tangent forget {record_id}` with "
-                      "a new --request-id); if it is another record, give it an id of its own")
-        raise DataSourceError(f"data source {name!r}: record id {record_id!r} is another spelling of {written} "
-                              f"{where} ({advice})")
+        if other is not None:
+            raise _respelled(name, record_id, other, held=new is None)
+
+
+def _respelled(name: str, record_id: str, other: tuple[str | None, str], *, held: bool) -> DataSourceError:
+    """The refusal of record ``record_id`` of data source ``name``, another spelling of ``other`` (spelling or None;
+    where); ``held``: a record the workspace holds as spelled (whose other spelling a deletion removed)."""
+    spelling, where = other
+    written = f"the record id {spelling!r}" if spelling is not None else "a record id"
+    if held:  # registered: its row can be neither renamed nor removed, so deleting it is the way on
+        advice = (": it is not trained again until deleted as the data spells it (`dp-tangent forget -w WORKSPACE "
+                  f"--request-id NEW_ID -- {shlex.quote(record_id)}`), as ids that differ only in spelling are one "
+                  "record here, even where the request meant another")
+    elif where == _REMOVED:
+        advice = (" (if it is that record, take its row out of the data; if it is another record, give it an id of "
+                  "its own, e.g. a prefix)")
+    else:
+        advice = (" (the same table exported again reads 00005 as 5, or 5 as 5.0): train the data as it was "
+                  "registered, with its ids written as they were; if these are other records, give them ids of their "
+                  "own (e.g. a prefix)")
+    return DataSourceError(f"data source {name!r}: record id {record_id!r} is another spelling of {written} "
+                           f"{where}{advice}")
 
 
 def _refuse_public_held(name: str, source: ReloadableSource, sources: Sources, own: Mapping[str, str],
@@ -538,12 +545,18 @@ def shard_records_for(ws: Workspace) -> Callable[[ComponentMetadata], RecordSet]
             _, pool, commitments = reload(ws, meta.data_source)
             cache[meta.data_source] = (pool, commitments)
         pool, commitments = cache[meta.data_source]
-        deleted = set(Tombstones(ws.root).read())
-        held = set(meta.manifest.commitments) - deleted
+        spelled = Tombstones(ws.root).canonical()
+        held = set(meta.manifest.commitments) - set(spelled)
         keep = [i for i, c in enumerate(commitments) if c in held]
         if len(keep) != len(held):
             raise DataSourceError(f"data source {meta.data_source!r} no longer holds {len(held) - len(keep)} record(s) "
                                   f"component {meta.name!r} was trained on (and no deletion request removed them)")
+        # as registering it would refuse them: a record whose other spelling a deletion removed (review 69)
+        deleted = _held_ids(ws.manifest_key(), Sources(), str, spelled, _REMOVED)
+        for i in keep:
+            other = deleted.deleted_spelling(pool.record_ids[i])
+            if other is not None:
+                raise _respelled(meta.data_source, pool.record_ids[i], other, held=True)
         return pool.subset(keep)
 
     return records
