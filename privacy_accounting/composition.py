@@ -94,7 +94,7 @@ def records_bounds(feeding: Sequence[StoredEvent], events: Sequence[StoredEvent]
         feeding = [e for e in events if (e.data_source, e.shard) in shards and e.records_read is not None]
         classes = functools.partial(record_classes, shared=True)
     assert classes is not None
-    for readers in _reader_groups(feeding, events, whole_shard, classes):
+    for readers, _ in _reader_groups(feeding, events, whole_shard, classes):
         bounds = composed_bounds([e.tree for e in readers], delta, settings)
         for key in {(e.data_source, e.shard) for e in readers}:
             _keep_largest(per_shard, key, bounds)
@@ -106,9 +106,9 @@ def records_bounds(feeding: Sequence[StoredEvent], events: Sequence[StoredEvent]
 
 def _reader_groups(feeding: Sequence[StoredEvent], events: Sequence[StoredEvent],
                    whole_shard: dict[ShardKey, list[StoredEvent]],
-                   record_classes: RecordClasses | SharedRecordClasses) -> Iterable[list[StoredEvent]]:
+                   record_classes: RecordClasses | SharedRecordClasses) -> Iterable[tuple[list[StoredEvent], int]]:
     """For each group of the records ``feeding`` read (each naming them): every event that read them, in ledger
-    order, those of their shards that named no records included."""
+    order, those of their shards that named no records included; and how many records it holds."""
     by_seq = {e.seq: e for e in events}
     for data_source in sorted({e.data_source for e in feeding}):
         mine = [e.seq for e in feeding if e.data_source == data_source]
@@ -116,7 +116,7 @@ def _reader_groups(feeding: Sequence[StoredEvent], events: Sequence[StoredEvent]
             readers = {q: by_seq[q] for q in group.seqs if q in by_seq}
             for key in {(e.data_source, e.shard) for e in readers.values()}:
                 readers.update((e.seq, e) for e in whole_shard.get(key, ()))
-            yield [readers[q] for q in sorted(readers)]
+            yield [readers[q] for q in sorted(readers)], group.count
 
 
 def shard_records_bounds(data_source: str, shard: str, events: Sequence[StoredEvent], delta: float,
@@ -136,7 +136,7 @@ def shard_records_bounds(data_source: str, shard: str, events: Sequence[StoredEv
     if record_classes is None or not named:
         return worst, frozenset()
     whole_shard = group_by_shard(e for e in events if e.records_read is None)
-    for readers in _reader_groups(named, events, whole_shard, record_classes):
+    for readers, _ in _reader_groups(named, events, whole_shard, record_classes):
         shards = {(e.data_source, e.shard) for e in readers} - {key}
         if not shards:
             continue  # some of the shard's own events: within its composition
@@ -149,16 +149,15 @@ def shard_records_bounds(data_source: str, shard: str, events: Sequence[StoredEv
 
 def record_guarantees(events: Sequence[StoredEvent], delta: float, settings: AccountantSettings,
                       record_classes: RecordClasses) -> list[tuple[EpsilonBounds, int]]:
-    """(bounds, number of records) for every group of records of ``events`` read by the same events;
-    events naming no records form one group per shard (their record count is unknown: 0)."""
+    """(bounds, number of records) for every group of records of ``events`` read by the same events (those naming
+    no records read every record of their shard); events naming no records form one group per shard too (their
+    record count is unknown: 0)."""
     out: list[tuple[EpsilonBounds, int]] = []
-    by_seq = {e.seq: e for e in events}
-    for data_source in sorted({e.data_source for e in events}):
-        named = [e.seq for e in events if e.data_source == data_source and e.records_read is not None]
-        for group in record_classes(data_source, named):
-            readers = sorted((by_seq[q] for q in group.seqs if q in by_seq), key=lambda e: e.seq)
-            out.append((composed_bounds([e.tree for e in readers], delta, settings), group.count))
-    for shard_events in group_by_shard(e for e in events if e.records_read is None).values():
+    whole_shard = group_by_shard(e for e in events if e.records_read is None)
+    named = [e for e in events if e.records_read is not None]
+    for readers, count in _reader_groups(named, events, whole_shard, record_classes):
+        out.append((composed_bounds([e.tree for e in readers], delta, settings), count))
+    for shard_events in whole_shard.values():
         out.append((composed_bounds([e.tree for e in shard_events], delta, settings), 0))
     return out
 

@@ -805,10 +805,22 @@ def _touching_whole(conn: sqlite3.Connection, event: StoredEvent,
 
 def _with_events(conn: sqlite3.Connection,
                  counts: dict[frozenset[int], int]) -> list[tuple[list[StoredEvent], int]]:
-    """Each group of records (the sequence numbers of the events that read them -> how many) with its events."""
-    wanted = sorted(set().union(*counts))
-    by_seq = {e.seq: e for e in _select_events_by_seq(conn, wanted)}
-    return [([by_seq[q] for q in sorted(key)], n) for key, n in counts.items()]
+    """Each group of records (the sequence numbers of the events that named them -> how many) with its events, and
+    with every event that named no records on a shard of those: it read every record of its shard (review 69: only
+    the new event's own shard's were added, so another shard's whole-shard run escaped that shard's budget)."""
+    if not counts:
+        return []
+    by_seq = {e.seq: e for e in _select_events_by_seq(conn, sorted(set().union(*counts)))}
+    whole: dict[tuple[str, str], set[int]] = {}
+    for seq, data_source, shard in conn.execute("SELECT seq, data_source, shard FROM events WHERE records_read IS NULL"):
+        whole.setdefault((data_source, shard), set()).add(int(seq))
+    groups: dict[frozenset[int], int] = {}
+    for key, n in counts.items():
+        full = frozenset(key.union(*(whole.get((by_seq[q].data_source, by_seq[q].shard), ()) for q in key)))
+        groups[full] = groups.get(full, 0) + n
+    missing = sorted(set().union(*groups) - set(by_seq))
+    by_seq.update((e.seq, e) for e in _select_events_by_seq(conn, missing))
+    return [([by_seq[q] for q in sorted(key)], n) for key, n in groups.items()]
 
 
 def _select_events_by_seq(conn: sqlite3.Connection, seqs: Sequence[int]) -> list[StoredEvent]:

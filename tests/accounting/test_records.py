@@ -114,6 +114,23 @@ def test_a_run_naming_no_records_is_checked_where_other_shards_read_its_shards_r
     ledger.reserve_all([request("d", "alone", frozenset()), request("d", "again", frozenset())])  # nothing shared
 
 
+def test_another_shards_whole_shard_run_is_among_the_readers_of_its_records(ledger: Ledger) -> None:
+    """Review 69: a run naming no records reads every record of its shard, those another shard's runs named too;
+    the reservation checks counted only the new event's own shard's such runs, so another shard's escaped its
+    budget (both ways), and record_guarantees left it out."""
+    heavy = dp_sgd_event(0.8, 0.05, 400)
+    ledger.reserve_all([request("c", "c-named", frozenset(f"r{i}" for i in range(10))),
+                        request("b", "b-named", frozenset(f"r{i}" for i in range(5, 15))),
+                        request("b", "b-whole", frozenset(), event=heavy)], allow_overlap=True)
+    assert sorted((round(b.epsilon, 9), n) for b, n in ledger.record_guarantees("digits", DELTA) if n) == sorted(
+        [(round(eps(RUN), 9), 5), (round(eps(RUN, RUN, heavy), 9), 5), (round(eps(RUN, heavy), 9), 5)])
+    ledger.set_budget("digits", "b", epsilon=(eps(RUN, RUN, heavy) + eps(RUN, RUN, RUN, heavy)) / 2, delta=DELTA)
+    for records in (frozenset(), frozenset(f"r{i}" for i in range(10))):  # whole shard, or naming them
+        with pytest.raises(BudgetExceededError, match="shard 'b'"):
+            ledger.reserve_all([request("c", "c-more", records)], allow_overlap=True)
+    ledger.reserve_all([request("c", "c-more", frozenset(f"r{i}" for i in range(5)))])  # r0..r4: c's alone
+
+
 def test_record_classes_take_more_events_than_an_sqlite_build_may_bind(ledger: Ledger, ledger_path: Path) -> None:
     """Review 65: the event list was bound as parameters, twice per query: a shard retrained a few hundred times
     broke every figure on an SQLite built with the smallest limit (999 parameters)."""
