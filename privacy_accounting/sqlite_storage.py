@@ -749,14 +749,15 @@ def _shared_record_rows(conn: sqlite3.Connection, data_source: str, seqs: Sequen
     own, every = conn.execute(  # how many rows each side has (records_read counts them), for the direction only
         f"SELECT coalesce(sum(CASE WHEN seq IN ({marks}) THEN records_read END), 0), "  # noqa: S608 -- marks
         "coalesce(sum(records_read), 0) FROM events").fetchone()
-    # (``+m.data_source``: not by that index, which would read every row of the data source, but by (seq, record))
+    # (``+m.data_source``: not by that index, which would read every row of the data source, but by (seq, record));
+    # each record looked up once, however many events read it (a shard retrained 20 times: 20x fewer lookups)
     if own <= every - own:  # look up each of these events' records among every other event's
-        found = (f"SELECT m.record FROM event_records m WHERE m.seq IN ({marks}) AND +m.data_source = ? AND EXISTS ("
-                 f"SELECT 1 FROM event_records x WHERE x.data_source IN ({of_sources}) AND x.record = m.record "
-                 f"AND x.seq NOT IN ({marks}))", (data_source, *sources))
+        found = (f"SELECT m.record FROM (SELECT DISTINCT record FROM event_records WHERE seq IN ({marks}) "  # noqa: S608
+                 f"AND +data_source = ?) m WHERE EXISTS (SELECT 1 FROM event_records x WHERE x.data_source IN "
+                 f"({of_sources}) AND x.record = m.record AND x.seq NOT IN ({marks}))", (data_source, *sources))
     else:  # look up each other event's records among these events'
-        found = (f"SELECT x.record FROM event_records x WHERE x.seq NOT IN ({marks}) AND EXISTS ("
-                 "SELECT 1 FROM event_records m WHERE m.data_source = ? AND m.record = x.record "
+        found = (f"SELECT x.record FROM (SELECT DISTINCT record FROM event_records WHERE seq NOT IN ({marks})) x "  # noqa: S608
+                 "WHERE EXISTS (SELECT 1 FROM event_records m WHERE m.data_source = ? AND m.record = x.record "
                  f"AND m.seq IN ({marks}))", (data_source,))
     records = sorted({row[0] for row in conn.execute(*found)})
     rows: list[Sequence[Any]] = []
