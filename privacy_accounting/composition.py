@@ -148,16 +148,19 @@ def shard_records_bounds(data_source: str, shard: str, events: Sequence[StoredEv
 
 
 def record_guarantees(events: Sequence[StoredEvent], delta: float, settings: AccountantSettings,
-                      record_classes: RecordClasses) -> list[tuple[EpsilonBounds, int]]:
-    """(bounds, number of records) for every group of records of ``events`` read by the same events (those naming
-    no records read every record of their shard); events naming no records form one group per shard too (their
-    record count is unknown: 0)."""
+                      record_classes: RecordClasses, data_source: str | None = None) -> list[tuple[EpsilonBounds, int]]:
+    """(bounds, number of records) for every group of records of ``events`` (the ledger's: a record key is one
+    record whatever the data source) read by the same events (those naming no records read every record of their
+    shard), of ``data_source`` only if given; events naming no records form one group per shard too (their record
+    count is unknown: 0)."""
     out: list[tuple[EpsilonBounds, int]] = []
     whole_shard = group_by_shard(e for e in events if e.records_read is None)
-    named = [e for e in events if e.records_read is not None]
+    named = [e for e in events if e.records_read is not None and data_source in (None, e.data_source)]
     for readers, count in _reader_groups(named, events, whole_shard, record_classes):
         out.append((composed_bounds([e.tree for e in readers], delta, settings), count))
-    for shard_events in whole_shard.values():
+    for (source, _), shard_events in whole_shard.items():
+        if data_source not in (None, source):
+            continue
         out.append((composed_bounds([e.tree for e in shard_events], delta, settings), 0))
     return out
 

@@ -448,8 +448,8 @@ class Ledger:
         each record charged the composition of every event that read it (events that named no
         records count for every record of their shard, so such shards appear as one group)."""
         self.data_source(data_source)
-        events = self._storage.events(EventFilter(data_source=data_source))
-        return record_guarantees(events, check_delta(delta), self._settings, self.record_classes)
+        return record_guarantees(self._storage.events(), check_delta(delta), self._settings, self.record_classes,
+                                 data_source)
 
     def state_digest(self, without_events: Sequence[int] = (), without_audits: Sequence[str] = (),
                      tables: Sequence[str] | None = None) -> dict[str, str]:

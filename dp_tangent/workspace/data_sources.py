@@ -251,15 +251,18 @@ def _refuse_respelled(name: str, ids: Iterable[str], held: HeldIds) -> None:
             raise _respelled(name, record_id, other, held=new is None)
 
 
-def _respelled(name: str, record_id: str, other: tuple[str | None, str], *, held: bool) -> DataSourceError:
+def _respelled(name: str, record_id: str, other: tuple[str | None, str], *, held: bool,
+               retrain: bool = False) -> DataSourceError:
     """The refusal of record ``record_id`` of data source ``name``, another spelling of ``other`` (spelling or None;
-    where); ``held``: a record the workspace holds as spelled (whose other spelling a deletion removed)."""
+    where); ``held``: a record the workspace holds as spelled (whose other spelling a deletion removed);
+    ``retrain``: refused retraining its shard (the command it gives retrains too)."""
     spelling, where = other
     written = f"the record id {spelling!r}" if spelling is not None else "a record id"
     if held:  # registered: its row can be neither renamed nor removed, so deleting it is the way on
+        again = " --retrain" if retrain else ""
         advice = (": it is not trained again until deleted as the data spells it (`dp-tangent forget -w WORKSPACE "
-                  f"--request-id NEW_ID -- {shlex.quote(record_id)}`), as ids that differ only in spelling are one "
-                  "record here, even where the request meant another")
+                  f"--request-id NEW_ID{again} -- {shlex.quote(record_id)}`), as ids that differ only in spelling are "
+                  "one record here, even where the request meant another")
     elif where == _REMOVED:
         advice = (" (if it is that record, take its row out of the data; if it is another record, give it an id of "
                   "its own, e.g. a prefix)")
@@ -556,7 +559,7 @@ def shard_records_for(ws: Workspace) -> Callable[[ComponentMetadata], RecordSet]
         for i in keep:
             other = deleted.deleted_spelling(pool.record_ids[i])
             if other is not None:
-                raise _respelled(meta.data_source, pool.record_ids[i], other, held=True)
+                raise _respelled(meta.data_source, pool.record_ids[i], other, held=True, retrain=True)
         return pool.subset(keep)
 
     return records

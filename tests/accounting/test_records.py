@@ -131,6 +131,20 @@ def test_another_shards_whole_shard_run_is_among_the_readers_of_its_records(ledg
     ledger.reserve_all([request("c", "c-more", frozenset(f"r{i}" for i in range(5)))])  # r0..r4: c's alone
 
 
+def test_record_guarantees_of_a_data_source_count_other_sources_runs_on_its_records(ledger: Ledger) -> None:
+    """Review 70: a record key is one record whatever the data source, as reservations and shard_spend count it;
+    record_guarantees(source) read that source's events only."""
+    heavy = dp_sgd_event(0.8, 0.05, 400)
+    ledger.reserve_all([request("c", "c-named", frozenset(f"r{i}" for i in range(10))),
+                        ReservationRequest(data_source="copy", shard="b", event=heavy, delta=DELTA, purpose="training",
+                                           operator="alice", component="b", records=frozenset(f"r{i}" for i in
+                                                                                              range(5, 15)))],
+                       allow_overlap=True)
+    spent = ledger.shard_spend("digits", "c", DELTA).epsilon
+    assert spent == pytest.approx(eps(RUN, heavy))
+    assert max(b.epsilon for b, _ in ledger.record_guarantees("digits", DELTA)) == pytest.approx(spent)
+
+
 def test_record_classes_take_more_events_than_an_sqlite_build_may_bind(ledger: Ledger, ledger_path: Path) -> None:
     """Review 65: the event list was bound as parameters, twice per query: a shard retrained a few hundred times
     broke every figure on an SQLite built with the smallest limit (999 parameters)."""
