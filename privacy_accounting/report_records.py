@@ -41,7 +41,9 @@ def record_distribution(feeding: Sequence[StoredEvent], events: Sequence[StoredE
     """The guarantees of the records ``feeding`` read, each the composition of every event in ``events``
     that read it. A shard where a feeding event named no records (or every shard, without
     ``record_classes``) is one group of unknown size charged everything run on it: the cautious
-    reading, the same one :func:`~privacy_accounting.composition.model_guarantee` takes. ``live``: the events of
+    reading, the same one :func:`~privacy_accounting.composition.model_guarantee` takes; the records of it that its
+    runs named and other shards' runs read too are groups of their own, charged every run that read them. ``live``:
+    the events of
     components a registered model holds; given, records read by none of them are grouped apart
     (:attr:`GuaranteeGroup.in_a_model`)."""
     if not feeding:
@@ -58,10 +60,20 @@ def record_distribution(feeding: Sequence[StoredEvent], events: Sequence[StoredE
         raw.append((bounds, None, [_label(key, key[0])], in_a_model({e.seq for e in shards.get(key, [])})))
     by_seq = {e.seq: e for e in events}
     overlaps: dict[tuple[str, tuple[str, ...]], int] = {}
+    seen: set[tuple[str, frozenset[int]]] = set()
     named = [e for e in feeding if (e.data_source, e.shard) not in whole]
-    for data_source in sorted({e.data_source for e in named}):
-        seqs = [e.seq for e in named if e.data_source == data_source]
-        for group in record_classes(data_source, seqs):  # type: ignore[misc]  # None only when ``whole`` has all
+    # and of a whole shard, the records its runs named that other shards' runs read too (review 70: charged only the
+    # shard's runs, they were below the shard's figure, and their known overlap was called unchecked)
+    passes = [(ds, [e.seq for e in named if e.data_source == ds], False) for ds in sorted({e.data_source
+                                                                                          for e in named})]
+    if record_classes is not None:
+        passes += [(ds, [e.seq for e in shards.get((ds, shard), []) if e.records_read is not None], True)
+                   for ds, shard in sorted(whole)]
+    for data_source, seqs, only_shared in passes:
+        for group in record_classes(data_source, seqs, shared=only_shared):  # type: ignore[misc]  # see ``whole``
+            if (data_source, group.seqs) in seen:  # a class is its readers: listed once
+                continue
+            seen.add((data_source, group.seqs))
             readers = {q: by_seq[q] for q in group.seqs if q in by_seq}
             keys = {(e.data_source, e.shard) for e in readers.values()}
             for key in keys:  # events naming no records read every record of their shard
@@ -71,7 +83,7 @@ def record_distribution(feeding: Sequence[StoredEvent], events: Sequence[StoredE
             raw.append((bounds, group.count, labels, in_a_model(set(group.seqs))))
             if len(keys) > 1:
                 overlaps[(data_source, tuple(labels))] = overlaps.get((data_source, tuple(labels)), 0) + group.count
-    disjointness = "unchecked" if whole else "overlap" if overlaps else "checked"
+    disjointness = "overlap" if overlaps else "unchecked" if whole else "checked"
     return RecordDistribution(_merge(raw), [ShardOverlap(data_source=ds, shards=list(s), records=n)
                                             for (ds, s), n in sorted(overlaps.items())], disjointness)
 

@@ -181,6 +181,31 @@ def _records(prefix: str, n: int) -> frozenset[str]:
     return frozenset(f"{prefix}{i}" for i in range(n))
 
 
+def test_a_whole_shards_records_shared_with_another_shard_are_in_its_per_record_table(ledger: Ledger) -> None:
+    """Review 70: where a shard's runs named no records, the per-record table showed the shard as one group charged
+    its own runs, below the shard's own figure for the records its named runs shared with another shard, and called
+    the shards' disjointness unchecked though the ledger recorded the overlap."""
+    from privacy_accounting import ReservationRequest
+
+    heavy = dp_sgd_event(0.8, 0.05, 400)
+    common = dict(data_source="d", delta=DELTA, operator="o", purpose="training")
+    ledger.reserve_all([ReservationRequest(shard="a", event=RUN, component="a-named", records=_records("r", 10),
+                                           **common),
+                        ReservationRequest(shard="b", event=RUN, component="b-named",
+                                           records=frozenset(f"r{i}" for i in range(5, 15)), **common),
+                        ReservationRequest(shard="a", event=heavy, component="a-whole", **common),
+                        ReservationRequest(shard="b", event=heavy, component="b-whole", **common)],
+                       allow_overlap=True)
+    ledger.register_model("m", ["a-named", "a-whole"])
+    report = build_report(ledger, curve_points=0)
+    spent = ledger.shard_spend("d", "a", DELTA).epsilon
+    assert spent == pytest.approx(epsilon_bounds(compose_events([RUN, RUN, heavy, heavy]), DELTA).epsilon)
+    for groups in (report.record_guarantees[0].groups, report.models[0].record_distribution):
+        assert max(g.epsilon for g in groups) == pytest.approx(spent)
+        assert [(g.records, g.shards) for g in groups if g.records] == [(5, ["a", "b"])]
+    assert report.record_guarantees[0].disjointness == "overlap"
+
+
 def test_overlapping_shards_are_stated_never_called_disjoint(ledger: Ledger) -> None:
     """The old demo's bug: a non-private reference read every record, yet the statement said disjoint."""
     from privacy_accounting import ReservationRequest
