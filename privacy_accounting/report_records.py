@@ -55,12 +55,17 @@ def record_distribution(feeding: Sequence[StoredEvent], events: Sequence[StoredE
     def in_a_model(seqs: set[int]) -> bool | None:
         return None if live is None else bool(seqs & live)
 
+    several = len({e.data_source for e in feeding}) > 1  # a model's records of several sources: every label in full
+
+    def label(key: tuple[str, str], data_source: str) -> str:
+        return f"{key[0]}/{key[1]}" if several else _label(key, data_source)
+
     for key in sorted(whole):
         bounds = composed_bounds([e.tree for e in shards.get(key, [])], delta, settings)
-        raw.append((bounds, None, [_label(key, key[0])], in_a_model({e.seq for e in shards.get(key, [])})))
+        raw.append((bounds, None, [label(key, key[0])], in_a_model({e.seq for e in shards.get(key, [])})))
     by_seq = {e.seq: e for e in events}
     overlaps: dict[tuple[str, tuple[str, ...]], int] = {}
-    seen: set[tuple[str, frozenset[int]]] = set()
+    seen: set[frozenset[int]] = set()
     named = [e for e in feeding if (e.data_source, e.shard) not in whole]
     # and of a whole shard, the records its runs named that other shards' runs read too (review 70: charged only the
     # shard's runs, they were below the shard's figure, and their known overlap was called unchecked)
@@ -71,19 +76,19 @@ def record_distribution(feeding: Sequence[StoredEvent], events: Sequence[StoredE
                    for ds, shard in sorted(whole)]
     for data_source, seqs, only_shared in passes:
         for group in record_classes(data_source, seqs, shared=only_shared):  # type: ignore[misc]  # see ``whole``
-            if (data_source, group.seqs) in seen:  # a class is its readers: listed once
+            if group.seqs in seen:  # a class is its readers, whatever the data source: listed once (review 71)
                 continue
-            seen.add((data_source, group.seqs))
+            seen.add(group.seqs)
             readers = {q: by_seq[q] for q in group.seqs if q in by_seq}
             keys = {(e.data_source, e.shard) for e in readers.values()}
             for key in keys:  # events naming no records read every record of their shard
                 readers.update((e.seq, e) for e in shards.get(key, []) if e.records_read is None)
-            labels = sorted(_label(k, data_source) for k in keys)
+            labels = sorted(label(k, data_source) for k in keys)
             bounds = composed_bounds([readers[q].tree for q in sorted(readers)], delta, settings)
-            raw.append((bounds, group.count, labels, in_a_model(set(group.seqs))))
+            raw.append((bounds, group.count, labels, in_a_model(set(readers))))  # whole-shard readers too
             if len(keys) > 1:
                 overlaps[(data_source, tuple(labels))] = overlaps.get((data_source, tuple(labels)), 0) + group.count
-    disjointness = "overlap" if overlaps else "unchecked" if whole else "checked"
+    disjointness = "unchecked" if whole else "overlap" if overlaps else "checked"  # overlaps: those it found
     return RecordDistribution(_merge(raw), [ShardOverlap(data_source=ds, shards=list(s), records=n)
                                             for (ds, s), n in sorted(overlaps.items())], disjointness)
 

@@ -267,9 +267,13 @@ def disjointness_text(disjointness: str, overlaps: Sequence[ShardOverlap],
                 f"{stated}.")
     if disjointness == "no events":
         return "No run has read these records."
+    found = (f" Where runs named their records, the ledger found {_overlap_list(overlaps)} read by runs on more than "
+             "one shard; each such record is charged every run that read it, and the figures include that."
+             if overlaps else "")
     return ("That the shards hold disjoint records is ASSUMED, not checked: some runs did not name the records they "
             "read. Each shard is charged everything run on it (parallel composition across shards)"
-            f"{stated}; a record present on several shards would be protected only by the composition of their runs.")
+            f"{stated}; a record present on several shards would be protected only by the composition of their runs."
+            f"{found}")
 
 
 def source_guarantee_text(data_source: str, disjointness: str, overlaps: Sequence[ShardOverlap]) -> str:

@@ -203,7 +203,34 @@ def test_a_whole_shards_records_shared_with_another_shard_are_in_its_per_record_
     for groups in (report.record_guarantees[0].groups, report.models[0].record_distribution):
         assert max(g.epsilon for g in groups) == pytest.approx(spent)
         assert [(g.records, g.shards) for g in groups if g.records] == [(5, ["a", "b"])]
-    assert report.record_guarantees[0].disjointness == "overlap"
+    assert report.record_guarantees[0].disjointness == "unchecked"  # the overlap found is stated with it
+    assert ("ASSUMED, not checked" in report.record_guarantees[0].text
+            and "the ledger found 5 record(s) of 'd' on a and b read by runs on more than one shard"
+            in report.record_guarantees[0].text)
+
+
+def test_a_models_per_record_table_lists_records_of_several_sources_once(ledger: Ledger) -> None:
+    """Review 71: a record key is one record whatever the data source, but a model drawing on two sources listed the
+    records they share once per source (counted twice), and a group read by a whole-shard run of a model's component
+    was shown as in no model."""
+    from privacy_accounting import ReservationRequest
+
+    def run(source: str, shard: str, component: str, records: frozenset[str] = frozenset()) -> ReservationRequest:
+        return ReservationRequest(data_source=source, shard=shard, event=RUN, delta=DELTA, operator="o",
+                                  purpose="training", component=component, records=records)
+
+    ledger.reserve_all([run("d1", "a", "a-named", _records("r", 10)),
+                        run("d2", "x", "x-named", frozenset(f"r{i}" for i in range(5, 15))),
+                        run("d3", "p", "p-named", _records("s", 10)), run("d4", "q", "q-named", _records("s", 10)),
+                        run("d4", "q", "q-whole")], allow_overlap=True)
+    ledger.register_model("m", ["a-named", "x-named"])
+    ledger.register_model("w", ["q-whole"])
+    report = build_report(ledger, curve_points=0)
+    model = next(m for m in report.models if m.model == "m")
+    assert sum(g.records or 0 for g in model.record_distribution) == 15
+    assert [(o.records, o.shards) for o in model.overlaps] == [(5, ["d1/a", "d2/x"])]
+    source = next(g for g in report.record_guarantees if g.data_source == "d3")
+    assert [(g.records, g.in_a_model) for g in source.groups] == [(10, True)]  # q-whole read them, and w holds it
 
 
 def test_overlapping_shards_are_stated_never_called_disjoint(ledger: Ledger) -> None:
