@@ -813,7 +813,8 @@ def _with_events(conn: sqlite3.Connection,
         return []
     by_seq = {e.seq: e for e in _select_events_by_seq(conn, sorted(set().union(*counts)))}
     whole: dict[tuple[str, str], set[int]] = {}
-    for seq, data_source, shard in conn.execute("SELECT seq, data_source, shard FROM events WHERE records_read IS NULL"):
+    unnamed = conn.execute("SELECT seq, data_source, shard FROM events WHERE records_read IS NULL")
+    for seq, data_source, shard in unnamed:
         whole.setdefault((data_source, shard), set()).add(int(seq))
     groups: dict[frozenset[int], int] = {}
     for key, n in counts.items():
