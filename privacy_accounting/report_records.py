@@ -43,8 +43,7 @@ def record_distribution(feeding: Sequence[StoredEvent], events: Sequence[StoredE
     ``record_classes``) is one group of unknown size charged everything run on it: the cautious
     reading, the same one :func:`~privacy_accounting.composition.model_guarantee` takes; the records of it that its
     runs named and other shards' runs read too are groups of their own, charged every run that read them. ``live``:
-    the events of
-    components a registered model holds; given, records read by none of them are grouped apart
+    the events of components a registered model holds; given, records read by none of them are grouped apart
     (:attr:`GuaranteeGroup.in_a_model`)."""
     if not feeding:
         return RecordDistribution([], [], "no events")
