@@ -49,7 +49,7 @@ from privacy_accounting.report_models import (
     SourceGuarantees,
     WorkspaceSections,
 )
-from privacy_accounting.report_records import record_distribution
+from privacy_accounting.report_records import labelled_shard, record_distribution
 from privacy_accounting.statement import headline, model_statement, overall_statement, source_guarantee_text
 from privacy_accounting.validation import check_delta
 
@@ -204,8 +204,8 @@ def _non_private(event: StoredEvent, models: Sequence[ModelEntry], guarantees: S
     """A run without a guarantee: what it fed, whose records it read, whether they were declared public."""
     feeds = sorted(m.model for m in models if event.component in m.components)
     here = (event.data_source, event.shard)
-    reads = sorted(m.model for m in models if m.model not in feeds and any(
-        (o.data_source, s) == here for o in m.overlaps for s in o.shards))
+    reads = sorted(m.model for m in models if m.model not in feeds and any(  # labels of a model of several sources
+        labelled_shard(s, o.data_source) == here for o in m.overlaps for s in o.shards))  # are in full (review 72)
     public = None
     if workspace is not None:
         public = any(s.public for d in workspace.data if d.data_source == event.data_source

@@ -35,6 +35,12 @@ def _label(key: ShardKey, data_source: str) -> str:
     return key[1] if key[0] == data_source else f"{key[0]}/{key[1]}"
 
 
+def labelled_shard(label: str, data_source: str) -> ShardKey:
+    """The shard a table's label names: ``source/shard``, or a shard of ``data_source`` (names hold no ``/``)."""
+    source, _, shard = label.rpartition("/")
+    return (source or data_source, shard)
+
+
 def record_distribution(feeding: Sequence[StoredEvent], events: Sequence[StoredEvent], delta: float,
                         settings: AccountantSettings, record_classes: RecordClasses | None,
                         live: frozenset[int] | None = None) -> RecordDistribution:

@@ -171,7 +171,8 @@ def model_statement(
     unit = "; ".join(f"{unit_text(u)}" for u in units)
     if math.isinf(epsilon):
         guarantee = (
-            "It has NO differential privacy guarantee: a non-private event fed it (epsilon is infinite)."
+            "It has NO differential privacy guarantee: a non-private run fed it or read its records (epsilon is "
+            "infinite)."
         )
     else:
         guarantee = (

@@ -233,6 +233,23 @@ def test_a_models_per_record_table_lists_records_of_several_sources_once(ledger:
     assert [(g.records, g.in_a_model) for g in source.groups] == [(10, True)]  # q-whole read them, and w holds it
 
 
+def test_a_non_private_run_on_a_model_of_several_sources_records_names_the_model(ledger: Ledger) -> None:
+    """Review 72: a model of several data sources labels its shards in full, and the non-private run's text, which
+    matched bare shard names, said it was part of no model."""
+    from privacy_accounting import ReservationRequest
+
+    def run(source: str, shard: str, component: str, records: frozenset[str], event=RUN) -> ReservationRequest:
+        return ReservationRequest(data_source=source, shard=shard, event=event, delta=DELTA, operator="o",
+                                  purpose="training", component=component, records=records)
+
+    ledger.reserve_all([run("d1", "a", "a-named", _records("r", 10)), run("d2", "x", "x-named", _records("s", 10)),
+                        run("d1", "b", "leak", frozenset({"r5", "r6", "r7"}), dp_accounting.NonPrivateDpEvent())],
+                       allow_overlap=True)
+    ledger.register_model("m", ["a-named", "x-named"])
+    (leak,) = build_report(ledger, curve_points=0).non_private
+    assert leak.affects == ["m"] and "model(s) 'm' were trained on" in leak.text
+
+
 def test_overlapping_shards_are_stated_never_called_disjoint(ledger: Ledger) -> None:
     """The old demo's bug: a non-private reference read every record, yet the statement said disjoint."""
     from privacy_accounting import ReservationRequest
