@@ -121,8 +121,11 @@ def distribution_table(groups: list[GuaranteeGroup]) -> Table:
     """How many records sit at which epsilon (every run that read each record composed)."""
     rows: list[tuple[object, ...]] = []
     standing = {True: "yes", False: "no: removed or never composed", None: "-"}
+    listed = {shard for g in groups if g.records is not None for shard in g.shards}
     for g in groups:
-        records = "whole shard (runs named no records)" if g.records is None else f"{g.records:,}"
+        # a whole shard's row beside rows of its records other shards' runs read too covers the rest (review 72)
+        whole = "other records" if set(g.shards) & listed else "whole shard"
+        records = f"{whole} (runs named no records)" if g.records is None else f"{g.records:,}"
         eps = Flag("no guarantee (non-private run)") if math.isinf(g.epsilon) else f"\u2264 {fmt_eps(g.epsilon)}"
         rows.append((records, ", ".join(g.shards), eps, standing[g.in_a_model]))
     return (["records", "shards", "\u03b5 per record", "in a model now"], rows)

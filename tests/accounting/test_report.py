@@ -204,6 +204,10 @@ def test_a_whole_shards_records_shared_with_another_shard_are_in_its_per_record_
         assert max(g.epsilon for g in groups) == pytest.approx(spent)
         assert [(g.records, g.shards) for g in groups if g.records] == [(5, ["a", "b"])]
     assert report.record_guarantees[0].disjointness == "unchecked"  # the overlap found is stated with it
+    from privacy_accounting.report_tables import distribution_table
+
+    rows = distribution_table(report.record_guarantees[0].groups)[1]  # the shard's row covers the rest (review 72)
+    assert {r[0] for r in rows} == {"other records (runs named no records)", "5"}
     assert ("ASSUMED, not checked" in report.record_guarantees[0].text
             and "the ledger found 5 record(s) of 'd' on a and b read by runs on more than one shard"
             in report.record_guarantees[0].text)
