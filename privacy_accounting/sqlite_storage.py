@@ -437,7 +437,7 @@ class SQLiteStorage:
                         source_budget = budget
                     else:
                         shard_budget = budget
-                classes = _touching(conn, event, existing, read) if read else _touching_whole(conn, event, existing)
+                classes = _touching(conn, event, read) if read else _touching_whole(conn, event, existing)
                 check(event, existing, source_budget, shard_budget, classes)
                 _ensure_source(conn, event.data_source)
                 _ensure_shard(conn, event.data_source, event.shard)
@@ -768,11 +768,11 @@ def _shared_record_rows(conn: sqlite3.Connection, data_source: str, seqs: Sequen
     return rows
 
 
-def _touching(conn: sqlite3.Connection, event: StoredEvent, existing: list[StoredEvent],
+def _touching(conn: sqlite3.Connection, event: StoredEvent,
               read: frozenset[str]) -> list[tuple[list[StoredEvent], int]]:
     """For the records ``event`` will read: the earlier events that read each (grouped, with counts).
 
-    Events of the shard that recorded no records are taken to have read all of its records.
+    Events of the shard that recorded no records are taken to have read all of its records (:func:`_with_events`).
     """
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS reading (record TEXT PRIMARY KEY)")
     conn.execute("DELETE FROM reading")
@@ -782,33 +782,29 @@ def _touching(conn: sqlite3.Connection, event: StoredEvent, existing: list[Store
         "SELECT er.record, er.seq FROM event_records er JOIN reading n ON n.record = er.record"
     ):
         readers.setdefault(record, set()).add(int(seq))
-    whole_shard = {e.seq for e in existing if e.records_read is None}
     counts: dict[frozenset[int], int] = {}
     for record in read:
-        key = frozenset(readers.get(record, set()) | whole_shard)
+        key = frozenset(readers.get(record, ()))
         counts[key] = counts.get(key, 0) + 1
-    return _with_events(conn, counts)
+    return _with_events(conn, counts, (event.data_source, event.shard))
 
 
 def _touching_whole(conn: sqlite3.Connection, event: StoredEvent,
                     existing: list[StoredEvent]) -> list[tuple[list[StoredEvent], int]]:
     """For an ``event`` reading its whole shard: the records of the shard (those its earlier events named) that
-    other shards' events read too, grouped by the events that read each, the shard's whole-shard events included
-    (review 67: such a run was checked against its own shard's events and budget only)."""
+    other shards' events read too, grouped by the events that read each (review 67: such a run was checked against
+    its own shard's events and budget only)."""
     named = [e.seq for e in existing if e.records_read is not None]
-    whole_shard = {e.seq for e in existing if e.records_read is None}
-    counts: dict[frozenset[int], int] = {}
-    for shared in _record_classes(conn, event.data_source, named, shared=True):
-        key = shared.seqs | whole_shard
-        counts[key] = counts.get(key, 0) + shared.count
-    return _with_events(conn, counts)
+    counts = {shared.seqs: shared.count for shared in _record_classes(conn, event.data_source, named, shared=True)}
+    return _with_events(conn, counts, (event.data_source, event.shard))
 
 
-def _with_events(conn: sqlite3.Connection,
-                 counts: dict[frozenset[int], int]) -> list[tuple[list[StoredEvent], int]]:
+def _with_events(conn: sqlite3.Connection, counts: dict[frozenset[int], int],
+                 here: tuple[str, str]) -> list[tuple[list[StoredEvent], int]]:
     """Each group of records (the sequence numbers of the events that named them -> how many) with its events, and
-    with every event that named no records on a shard of those: it read every record of its shard (review 69: only
-    the new event's own shard's were added, so another shard's whole-shard run escaped that shard's budget)."""
+    with every event that named no records on a shard of those or on ``here`` (the new event's shard, which holds
+    them): it read every record of its shard (review 69: only ``here``'s were added, so another shard's whole-shard
+    run escaped that shard's budget)."""
     if not counts:
         return []
     by_seq = {e.seq: e for e in _select_events_by_seq(conn, sorted(set().union(*counts)))}
@@ -818,7 +814,8 @@ def _with_events(conn: sqlite3.Connection,
         whole.setdefault((data_source, shard), set()).add(int(seq))
     groups: dict[frozenset[int], int] = {}
     for key, n in counts.items():
-        full = frozenset(key.union(*(whole.get((by_seq[q].data_source, by_seq[q].shard), ()) for q in key)))
+        shards = {here} | {(by_seq[q].data_source, by_seq[q].shard) for q in key}
+        full = frozenset(key.union(*(whole.get(shard, ()) for shard in shards)))
         groups[full] = groups.get(full, 0) + n
     missing = sorted(set().union(*groups) - set(by_seq))
     by_seq.update((e.seq, e) for e in _select_events_by_seq(conn, missing))
