@@ -94,7 +94,7 @@ def records_bounds(feeding: Sequence[StoredEvent], events: Sequence[StoredEvent]
         feeding = [e for e in events if (e.data_source, e.shard) in shards and e.records_read is not None]
         classes = functools.partial(record_classes, shared=True)
     assert classes is not None
-    for readers, _ in _reader_groups(feeding, events, whole_shard, classes):
+    for _, readers, _ in reader_groups(feeding, events, whole_shard, classes):
         bounds = composed_bounds([e.tree for e in readers], delta, settings)
         for key in {(e.data_source, e.shard) for e in readers}:
             _keep_largest(per_shard, key, bounds)
@@ -104,11 +104,12 @@ def records_bounds(feeding: Sequence[StoredEvent], events: Sequence[StoredEvent]
     return max(per_shard.values(), key=lambda b: b.epsilon), per_shard
 
 
-def _reader_groups(feeding: Sequence[StoredEvent], events: Sequence[StoredEvent],
-                   whole_shard: dict[ShardKey, list[StoredEvent]],
-                   record_classes: RecordClasses | SharedRecordClasses) -> Iterable[tuple[list[StoredEvent], int]]:
-    """For each group of the records ``feeding`` read (each naming them): every event that read them, in ledger
-    order, those of their shards that named no records included; and how many records it holds."""
+def reader_groups(feeding: Sequence[StoredEvent], events: Sequence[StoredEvent],
+                  whole_shard: dict[ShardKey, list[StoredEvent]], record_classes: RecordClasses | SharedRecordClasses
+                  ) -> Iterable[tuple[str, list[StoredEvent], int]]:
+    """For each group of the records ``feeding`` read (each naming them): the data source ``feeding``'s events ran
+    on, every event that read them, in ledger order, those of their shards that named no records (``whole_shard``)
+    included, and how many records it holds."""
     by_seq = {e.seq: e for e in events}
     for data_source in sorted({e.data_source for e in feeding}):
         mine = [e.seq for e in feeding if e.data_source == data_source]
@@ -116,7 +117,7 @@ def _reader_groups(feeding: Sequence[StoredEvent], events: Sequence[StoredEvent]
             readers = {q: by_seq[q] for q in group.seqs if q in by_seq}
             for key in {(e.data_source, e.shard) for e in readers.values()}:
                 readers.update((e.seq, e) for e in whole_shard.get(key, ()))
-            yield [readers[q] for q in sorted(readers)], group.count
+            yield data_source, [readers[q] for q in sorted(readers)], group.count
 
 
 def shard_records_bounds(data_source: str, shard: str, events: Sequence[StoredEvent], delta: float,
@@ -136,7 +137,7 @@ def shard_records_bounds(data_source: str, shard: str, events: Sequence[StoredEv
     if record_classes is None or not named:
         return worst, frozenset()
     whole_shard = group_by_shard(e for e in events if e.records_read is None)
-    for readers, _ in _reader_groups(named, events, whole_shard, record_classes):
+    for _, readers, _ in reader_groups(named, events, whole_shard, record_classes):
         shards = {(e.data_source, e.shard) for e in readers} - {key}
         if not shards:
             continue  # some of the shard's own events: within its composition
@@ -156,7 +157,7 @@ def record_guarantees(events: Sequence[StoredEvent], delta: float, settings: Acc
     out: list[tuple[EpsilonBounds, int]] = []
     whole_shard = group_by_shard(e for e in events if e.records_read is None)
     named = [e for e in events if e.records_read is not None and data_source in (None, e.data_source)]
-    for readers, count in _reader_groups(named, events, whole_shard, record_classes):
+    for _, readers, count in reader_groups(named, events, whole_shard, record_classes):
         out.append((composed_bounds([e.tree for e in readers], delta, settings), count))
     for (source, _), shard_events in whole_shard.items():
         if data_source not in (None, source):

@@ -10,12 +10,13 @@ instead of claiming the shards are disjoint.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Sequence
 
 from privacy_accounting.accountants import AccountantSettings, EpsilonBounds
 from privacy_accounting.budgets import composed_bounds
-from privacy_accounting.composition import RecordClasses, ShardKey, group_by_shard
+from privacy_accounting.composition import RecordClasses, ShardKey, group_by_shard, reader_groups
 from privacy_accounting.records import StoredEvent
 from privacy_accounting.report_models import GuaranteeGroup, ShardOverlap
 
@@ -68,31 +69,27 @@ def record_distribution(feeding: Sequence[StoredEvent], events: Sequence[StoredE
     for key in sorted(whole):
         bounds = composed_bounds([e.tree for e in shards.get(key, [])], delta, settings)
         raw.append((bounds, None, [label(key, key[0])], in_a_model({e.seq for e in shards.get(key, [])})))
-    by_seq = {e.seq: e for e in events}
     overlaps: dict[tuple[str, tuple[str, ...]], int] = {}
     seen: set[frozenset[int]] = set()
     named = [e for e in feeding if (e.data_source, e.shard) not in whole]
     # and of a whole shard, the records its runs named that other shards' runs read too (review 70: charged only the
     # shard's runs, they were below the shard's figure, and their known overlap was called unchecked)
-    passes = [(ds, [e.seq for e in named if e.data_source == ds], False) for ds in sorted({e.data_source
-                                                                                          for e in named})]
-    if record_classes is not None:
-        passes += [(ds, [e.seq for e in shards.get((ds, shard), []) if e.records_read is not None], True)
-                   for ds, shard in sorted(whole)]
-    for data_source, seqs, only_shared in passes:
-        for group in record_classes(data_source, seqs, shared=only_shared):  # type: ignore[misc]  # see ``whole``
-            if group.seqs in seen:  # a class is its readers, whatever the data source: listed once (review 71)
+    passes = [] if record_classes is None else [(named, record_classes)] + [
+        ([e for e in shards.get(key, []) if e.records_read is not None], functools.partial(record_classes, shared=True))
+        for key in sorted(whole)]
+    unnamed = group_by_shard(e for e in events if e.records_read is None)
+    for runs, classes in passes:
+        for data_source, readers, count in reader_groups(runs, events, unnamed, classes):
+            seqs = frozenset(e.seq for e in readers)
+            if seqs in seen:  # a group is its readers, whatever the data source: listed once (review 71)
                 continue
-            seen.add(group.seqs)
-            readers = {q: by_seq[q] for q in group.seqs if q in by_seq}
-            keys = {(e.data_source, e.shard) for e in readers.values()}
-            for key in keys:  # events naming no records read every record of their shard
-                readers.update((e.seq, e) for e in shards.get(key, []) if e.records_read is None)
+            seen.add(seqs)
+            keys = {(e.data_source, e.shard) for e in readers}
             labels = sorted(label(k, data_source) for k in keys)
-            bounds = composed_bounds([readers[q].tree for q in sorted(readers)], delta, settings)
-            raw.append((bounds, group.count, labels, in_a_model(set(readers))))  # whole-shard readers too
+            bounds = composed_bounds([e.tree for e in readers], delta, settings)
+            raw.append((bounds, count, labels, in_a_model(set(seqs))))  # whole-shard readers too
             if len(keys) > 1:
-                overlaps[(data_source, tuple(labels))] = overlaps.get((data_source, tuple(labels)), 0) + group.count
+                overlaps[(data_source, tuple(labels))] = overlaps.get((data_source, tuple(labels)), 0) + count
     disjointness = "unchecked" if whole else "overlap" if overlaps else "checked"  # overlaps: those it found
     return RecordDistribution(_merge(raw), [ShardOverlap(data_source=ds, shards=list(s), records=n)
                                             for (ds, s), n in sorted(overlaps.items())], disjointness)
