@@ -173,15 +173,14 @@ def _id_form_hint(ws, record_ids: list[str], not_found: list[str]) -> str:  # no
 
     key, not_found = ws.manifest_key(), set(not_found)  # commitments
     missed = [r for r in record_ids if commit(r, key) in not_found]
-    for r in missed:  # the data holds it under another spelling: say which, so the request can name it
-        found = held_spelling(ws, r)
-        if found is not None and found[0] is not None:
-            return (f" {r!r} is held as {found[0]!r} (data source {found[1]!r}): ids are matched exactly, so send the "
-                    "request again with a new --request-id and the id in that form.")
-        if found is not None:
-            return (f" {r!r} is held under another spelling of it in data source {found[1]!r} (with zeros, a decimal "
-                    "part or an exponent): ids are matched exactly, so look it up there and send the request again "
-                    "with a new --request-id and the id as written there.")
+    found = held_spelling(ws, missed)  # one held under another spelling: say which, so a request can name it
+    if found is not None and found[1] is not None:
+        return (f" {found[0]!r} is held as {found[1]!r} (data source {found[2]!r}): ids are matched exactly, so send "
+                "the request again with a new --request-id and the id in that form.")
+    if found is not None:
+        return (f" {found[0]!r} is held under another spelling of it in data source {found[2]!r} (with zeros, a "
+                "decimal part or an exponent): ids are matched exactly, so look it up there and send the request "
+                "again with a new --request-id and the id as written there.")
     odd = [r for r in missed if r != r.strip() or r.startswith(("./", "/", ".\\")) or "\\" in r]
     if not odd:
         return ""

@@ -209,15 +209,19 @@ def _refuse_twice_spelled(name: str, new_ids: Sequence[str]) -> None:
                                   "keep one, or give them ids of their own")
 
 
-def held_spelling(ws: Workspace, record_id: str) -> tuple[str | None, str] | None:
-    """Another spelling of ``record_id`` (:mod:`.id_spellings`, or a path written with ``./``, a backslash or from
-    the root) under which a registered data source holds a record: (that spelling, or None where it cannot be
-    listed, e.g. ``0017.00``; the source), else None. For a deletion request's id that no component holds."""
-    path = record_id.strip().replace("\\", "/")
-    while path.startswith(("./", "/")):
-        path = path[1:] if path.startswith("/") else path[2:]
-    held = _held_ids(ws.manifest_key(), _read(ws), lambda n: n)
-    return held.other_spelling(record_id) or (held.find(path) if path != record_id else None)
+def held_spelling(ws: Workspace, record_ids: Iterable[str]) -> tuple[str, str | None, str] | None:
+    """The first of ``record_ids`` a registered data source holds under another spelling (:mod:`.id_spellings`, or
+    a path written with ``./``, a backslash or from the root): (the id, that spelling, or None where it cannot be
+    listed, e.g. ``0017.00``; the source), else None. For a deletion request's ids that no component holds."""
+    held = _held_ids(ws.manifest_key(), _read(ws), lambda n: n)  # once for every id
+    for record_id in record_ids:
+        path = record_id.strip().replace("\\", "/")
+        while path.startswith(("./", "/")):
+            path = path[1:] if path.startswith("/") else path[2:]
+        found = held.other_spelling(record_id) or (held.find(path) if path != record_id else None)
+        if found is not None:
+            return record_id, *found
+    return None
 
 
 def _held_ids(key: bytes, sources: Sources, where: Callable[[str], str], deleted: Mapping[str, str | None] = {},
