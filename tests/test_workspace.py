@@ -16,6 +16,7 @@ from dp_tangent.io import sha256_file
 from dp_tangent.components.manifest import key_id
 from dp_tangent.training import PrivacySpec, TrainConfig
 from dp_tangent.workspace import Workspace, WorkspaceError
+from helpers import run_cli
 from privacy_accounting import BudgetExceededError
 
 FAST = TrainConfig(epochs=1, batch_size=16, lr=0.1)
@@ -187,3 +188,23 @@ def test_a_data_source_is_declared_per_record_not_per_user(tmp_path: Path) -> No
     assert ws.ledger.data_sources() == []
     ws.declare_data_source("people", description="messages", shards=["s0"])
     assert [s.unit.value for s in ws.ledger.data_sources()] == ["record"]
+
+
+def test_a_workspace_another_version_wrote_is_named_as_such_not_as_damaged(
+        tmp_path, monkeypatch, capsys) -> None:
+    """A later format of the workspace (with fields this version does not know) is refused in one line that says
+    another version wrote it; a damaged marker is still called invalid. Nothing is changed either way."""
+    monkeypatch.chdir(tmp_path)
+    Workspace.create(Path("ws"))
+    marker = Path("ws/workspace.json")
+    info = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**info, "format": "dp-tangent-workspace/2", "written_by": "dp-tangent 9"}))
+    kept = marker.read_bytes()
+    code, out, err = run_cli(capsys, "budget", "show", "-w", "ws")
+    assert code == 2 and len(err.strip().splitlines()) == 1, (code, out, err)
+    assert "'dp-tangent-workspace/2', written by another version of dp-tangent" in err
+    assert "reads 'dp-tangent-workspace/1'" in err and marker.read_bytes() == kept
+    for damaged in ('{"format": "something-else"}', "[1, 2]", '{"format": 2}'):
+        marker.write_text(damaged)
+        with pytest.raises(WorkspaceError, match="is not a valid workspace marker"):
+            Workspace.open("ws")

@@ -29,6 +29,7 @@ import fcntl
 import getpass
 import glob
 import hashlib
+import json
 import math
 import os
 import re
@@ -88,6 +89,19 @@ class WorkspaceInfo(_Strict):
     format: Literal["dp-tangent-workspace/1"] = FORMAT
     created_at: str
     manifest_key_id: str
+
+
+def _invalid_marker(marker: Path, err: Exception) -> str:
+    """The one-line refusal of a workspace.json this version cannot read: a workspace another version of
+    dp-tangent wrote (its ``format`` names another version; a later format change of any workspace file changes
+    this one too) is told apart from a damaged marker."""
+    with contextlib.suppress(ValueError, UnicodeDecodeError):
+        data = json.loads(marker.read_bytes())
+        found = data.get("format") if isinstance(data, dict) else None
+        if isinstance(found, str) and found != FORMAT and found.startswith(FORMAT.rsplit("/", 1)[0] + "/"):
+            return (f"{marker} is a workspace of format {found!r}, written by another version of dp-tangent; this "
+                    f"version reads {FORMAT!r}: use the version that wrote it")
+    return f"{marker} is not a valid workspace marker ({type(err).__name__})"
 
 
 def _names(problem: str, path: str) -> bool:
@@ -284,7 +298,7 @@ class Workspace:
         try:
             info = WorkspaceInfo.model_validate_json(marker.read_bytes())
         except (ValidationError, ValueError) as err:
-            raise WorkspaceError(f"{marker} is not a valid workspace marker ({type(err).__name__})") from err
+            raise WorkspaceError(_invalid_marker(marker, err)) from err
         ws = cls(root, info)
         if ws.key_id != info.manifest_key_id:
             raise WorkspaceError(f"{ws.key_path} does not match workspace.json (key id {ws.key_id}, "
