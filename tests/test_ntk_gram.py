@@ -89,6 +89,29 @@ def test_float32_clip_factors_never_let_a_gradient_exceed_the_clipping_norm() ->
         assert torch.allclose(factors, (clip / norms).clamp(max=1.0), rtol=1e-4)
 
 
+@pytest.mark.parametrize("common", [1.0, 1e3, 1e4])
+def test_float32_clipping_holds_where_the_jacobian_rows_share_a_large_component(common: float) -> None:
+    """Review 73: a head whose rows share a component of norm ``common`` (cross-entropy's v_i sums to zero, so
+    g_i = sum_k v_ik J^T e_k cancels it). Theta formed in float32 then gave v^T Theta v = 0 for gradients of 0.2
+    (a record unclipped: 306x C added). Every record adds at most C, as the step adds it in float32."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(20, 64), nn.GELU(), nn.Linear(64, 10)).float()
+    with torch.no_grad():
+        shared = torch.randn(64)
+        net[2].weight.copy_(shared * common / shared.norm() + 0.01 * torch.randn(10, 64))
+    tangent = linearize(net, ["0"], example_input=torch.randn(2, 20))
+    x, y = torch.randn(32, 20), torch.randint(0, 10, (32,))
+    grams, loss, clip = per_example_grams(tangent, x, from_features=False), ConvexLoss(), 1e-3
+    added = []
+    for i in range(len(x)):
+        for param in tangent.deltas():
+            param.grad = None
+        add_clipped_gradient(tangent, x[i:i + 1], y[i:i + 1], grams[i:i + 1], loss, clip)
+        added.append(torch.cat([p.grad.flatten().double() for p in tangent.deltas()]).norm().item())
+    assert max(added) <= clip
+    assert min(added) > 0.1 * clip  # every record still counts: clipped with a margin for the rounding, not dropped
+
+
 @pytest.mark.parametrize("layer, shape", [
     (nn.Linear(6, 5), (4, 6)),  # one position: the Gram of the per-seed gradients is cheaper to get directly
     (nn.Linear(6, 5), (4, 40, 6)),  # 40 tokens, narrow: materialising is cheaper

@@ -197,10 +197,10 @@ def _per_sample_gram(layer: TangentLayer, calls: list[tuple[torch.Tensor, torch.
         k, n = g.shape[:2]
         repeated = x.unsqueeze(0).expand(k, *x.shape).reshape(k * n, *x.shape[1:])
         for param, sample in sampler(layer, [repeated], g.reshape(k * n, *g.shape[2:])).items():
-            sample = sample.reshape(k, n, -1)
+            sample = sample.reshape(k, n, -1).to(GRAM_DTYPE)  # the model's rows, their Grams in float64
             total[id(param)] = total[id(param)] + sample if id(param) in total else sample
     k, n = calls[0][1].shape[:2]
-    gram = calls[0][1].new_zeros(n, k, k)
+    gram = torch.zeros(n, k, k, dtype=GRAM_DTYPE, device=calls[0][1].device)
     for sample in total.values():
         gram += _pair_gram(sample, sample)
     return gram
@@ -326,6 +326,15 @@ def _chunk_grams(tangent: TangentModel, layers: dict[str, TangentLayer], h: torc
     return gram, sum(g.numel() * g.element_size() for g in grads if g is not None) // n
 
 
+def _in_gram_dtype(x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer's input and its seeds' gradients as the kernels take them: floats in float64, so that their
+    products are too. Theta is then the Gram of the Jacobian rows the model's dtype computed (PSD up to
+    float64 rounding): the model's rounding stays in the rows, where :func:`clip_factors` allows for it. Formed
+    in float32, v^T Theta v cancels where the rows share a large component (review 73: a norm of 0 for a
+    gradient of 0.2, so a record went unclipped)."""
+    return (x.to(GRAM_DTYPE) if x.is_floating_point() else x), g.to(GRAM_DTYPE)
+
+
 def _seed_gradients(out: torch.Tensor, outputs: list[torch.Tensor], seeds: torch.Tensor) -> list[torch.Tensor | None]:
     """d<out, seed_k>/d output for every seed k and recorded output: (K, n, ...) each, None where the
     output does not reach ``out``. All seeds in one batched backward; one backward per seed where an op
@@ -342,7 +351,7 @@ def _layer_gram(layer: TangentLayer, calls: list[tuple[torch.Tensor, torch.Tenso
     run_pending()  # timm's kernels, registered once timm is imported
     kernel = _KERNELS.get(layer._tangent_base)
     if kernel is not None and len(calls) == 1:  # a layer called twice has cross terms: per-sample route
-        gram = kernel(layer, *calls[0])
+        gram = kernel(layer, *_in_gram_dtype(*calls[0]))
         if gram is not None:
             return gram
     if type(layer) not in GradSampleHooks.GRAD_SAMPLERS:
@@ -386,13 +395,23 @@ def per_example_grams(tangent: TangentModel, inputs: torch.Tensor, *, from_featu
     return torch.cat(chunks)
 
 
-def clip_factors(squared_norms: torch.Tensor, max_grad_norm: float, dtype: torch.dtype) -> torch.Tensor:
-    """c_i = min(1, C' / (||g_i|| + 1e-6)), Opacus's formula with C' = C·(1 - min(1e-3, 64·eps(dtype))):
-    the slack absorbs the rounding between the Gram's norm and the gradient the model's dtype computes.
-    c_i = 0 where ||g_i||² is not finite (see :func:`add_clipped_gradient`)."""
-    slack = 1.0 - min(1e-3, 64 * torch.finfo(dtype).eps)
-    factors = (max_grad_norm * slack / (squared_norms.clamp(min=0).sqrt() + 1e-6)).clamp(max=1.0)
-    return torch.where(torch.isfinite(squared_norms), factors, torch.zeros_like(factors))
+def clip_factors(squared_norms: torch.Tensor, scales: torch.Tensor, max_grad_norm: float,
+                 dtype: torch.dtype) -> torch.Tensor:
+    """c_i = min(1, C (1 - s) / (||g_i|| + s·A_i + 1e-6)), Opacus's formula with s = min(1e-3, 64·eps(dtype))
+    and A_i = sum_k |v_ik| ||J_i^T e_k|| (``scales``, >= ||g_i||): the model's dtype computes g_i = sum_k v_ik
+    J_i^T e_k with rounding of the order of eps·A_i, not eps·||g_i||, which is far smaller where the terms
+    cancel. So the clipped norm stays within C by the rounding's own scale, and s·A_i is a relative s of
+    ||g_i|| where they do not cancel. c_i = 0 where ||g_i||² or A_i is not finite (see
+    :func:`add_clipped_gradient`)."""
+    slack = min(1e-3, 64 * torch.finfo(dtype).eps)
+    bound = squared_norms.clamp(min=0).sqrt() + slack * scales + 1e-6
+    factors = (max_grad_norm * (1.0 - slack) / bound).clamp(max=1.0)
+    return torch.where(torch.isfinite(squared_norms) & torch.isfinite(scales), factors, torch.zeros_like(factors))
+
+
+def clip_scales(v: torch.Tensor, grams: torch.Tensor) -> torch.Tensor:
+    """A_i = sum_k |v_ik| sqrt(Theta_i,kk), the scale of the terms summed into g_i = J_i^T v_i."""
+    return (v.abs() * grams.diagonal(dim1=1, dim2=2).clamp(min=0).sqrt()).sum(1)
 
 
 def clipped_seeds(module: nn.Module, h: torch.Tensor, y: torch.Tensor, grams: torch.Tensor, loss: ConvexLoss,
@@ -407,7 +426,8 @@ def clipped_seeds(module: nn.Module, h: torch.Tensor, y: torch.Tensor, grams: to
     with torch.enable_grad():
         (v,) = torch.autograd.grad(loss.per_sample(value, y).sum(), value)
     v64 = v.to(GRAM_DTYPE)
-    factors = clip_factors(torch.einsum("nk,nkl,nl->n", v64, grams, v64), max_grad_norm, out.dtype)
+    factors = clip_factors(torch.einsum("nk,nkl,nl->n", v64, grams, v64), clip_scales(v64, grams), max_grad_norm,
+                           out.dtype)
     return out, factors.to(v.dtype).unsqueeze(1) * v, factors
 
 
