@@ -3,6 +3,8 @@ training run as the Opacus hooks, and the fallbacks chosen and recorded."""
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -15,6 +17,7 @@ from timm.layers import BatchNormAct2d
 from dp_tangent import TangentModel, linearize
 from dp_tangent.components.component import load_component
 from dp_tangent.data import RecordSet
+from dp_tangent.data.records import LazyInputs
 from dp_tangent.tangent.twins import make_twin
 from dp_tangent.training import (
     PrivacySpec,
@@ -30,7 +33,8 @@ from dp_tangent.training.per_sample import (
     per_sample_gradients,
     reference_per_sample_gradients,
 )
-from dp_tangent.training.sgd import resolved_grad_sample_mode
+from dp_tangent.training import sgd as sgd_module
+from dp_tangent.training.sgd import features_first, fit, resolved_grad_sample_mode
 from privacy_accounting import Ledger
 
 KEY = bytes(range(32))
@@ -376,6 +380,76 @@ def test_gram_mode_on_a_module_that_is_not_a_tangent_model_runs_ghost_clipping()
     plan = plan_run(len(records), privacy, config)
     assert run_sgd(net, params, records.inputs, records.targets, plan, privacy, config) == plan.steps
     assert any(not torch.equal(a, b) for a, b in zip(before, params))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Files(LazyInputs):
+    """Rows decoded on access, as image files are; ``reads`` counts each record's decodes."""
+
+    table: torch.Tensor
+    reads: collections.Counter
+    index: tuple[int, ...]
+    device: str = "cpu"
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return tuple(self.table.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def select(self, index):  # noqa: ANN001, ANN201
+        return dataclasses.replace(self, index=tuple(self.index[i] for i in index))
+
+    def _decode(self, index) -> torch.Tensor:  # noqa: ANN001
+        self.reads.update(self.index[i] for i in index)
+        return self.table[[self.index[i] for i in index]]
+
+
+def test_inputs_decoded_for_every_batch_take_ghost_clipping_and_features_read_them_once(monkeypatch) -> None:
+    """Review 73: with no frozen prefix, lazily decoded inputs were read for Theta and again for every batch, so a
+    file replaced in between was clipped with its old content's Gram (220x C). Such a run takes ghost clipping;
+    a run that turns the inputs into features reads each record once, and its Thetas come from those."""
+    table, targets = torch.randn(24, 8), torch.randint(0, 3, (24,))
+    privacy, config = PrivacySpec(noise_multiplier=1.0), TrainConfig(epochs=1, batch_size=8, lr=0.1)
+
+    def records() -> tuple[RecordSet, collections.Counter]:
+        reads: collections.Counter = collections.Counter()
+        files = _Files(table, reads, tuple(range(len(table))))
+        return RecordSet(files, targets, tuple(f"r{i}" for i in range(len(table)))), reads
+
+    whole = linearize(_Unlayered().eval(), example_input=table[:2])  # no block layout: no frozen prefix
+    assert whole.cut is None
+    lazy, _ = records()
+    assert resolved_grad_sample_mode(whole, whole.deltas(), lazy.inputs, privacy, config) == "ghost"
+    assert resolved_grad_sample_mode(whole, whole.deltas(), table, privacy, config) == "gram"  # held: read once
+    computed = []
+    monkeypatch.setattr(sgd_module, "per_example_grams", lambda *a, **k: computed.append(1) or _no_grams())
+    fit(whole, lazy, plan_run(len(table), privacy, config), privacy, config)
+    assert computed == []
+
+    monkeypatch.undo()
+    suffix = linearize(nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3)).eval(), ["2"])
+    assert suffix.cut is not None
+    lazy, reads = records()
+    assert resolved_grad_sample_mode(suffix, suffix.deltas(), lazy.inputs, privacy, config,
+                                     read_once=features_first(suffix, config)) == "gram"
+    reads.clear()  # the mode's probe decoded a row, for the number of outputs only
+    fit(suffix, lazy, plan_run(len(table), privacy, replace(config, grad_sample_mode="gram")), privacy, config)
+    assert sorted(reads.values()) == [1] * len(table)
+
+
+class _Unlayered(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 6), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)))
+
+
+def _no_grams() -> torch.Tensor:
+    raise AssertionError("a Theta was computed for inputs decoded again for every batch")
 
 
 def test_secure_gram_runs_take_every_planned_step_through_empty_batches() -> None:

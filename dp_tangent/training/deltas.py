@@ -34,11 +34,12 @@ class TrainedDeltas:
 def train_deltas(task: TrainingTask, progress: ProgressFn | None = None) -> TrainedDeltas:
     """Build theta0, linearize and :func:`fit` as planned; the part of training that touches records."""
     # here, not above: a driver unpickling the TrainedDeltas a worker sends imports this module, not Opacus
-    from .sgd import fit, resolved_grad_sample_mode
+    from .sgd import features_first, fit, resolved_grad_sample_mode
 
     base = task.backbone.build()
     tangent = linearize(base, task.trainable)
-    mode = resolved_grad_sample_mode(tangent, tangent.deltas(), task.records.inputs, task.privacy, task.config)
+    mode = resolved_grad_sample_mode(tangent, tangent.deltas(), task.records.inputs, task.privacy, task.config,
+                                     read_once=features_first(tangent, task.config))
     reuse = None if task.gram_cache is None else GramReuse(task.gram_cache)
     steps = fit(tangent, task.records, task.plan, task.privacy, replace(task.config, grad_sample_mode=mode), progress,
                 grams=reuse)

@@ -38,7 +38,7 @@ from opacus.validators import ModuleValidator
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
-from ..data.records import RecordSet
+from ..data.records import LazyInputs, RecordSet
 from ..tangent import TangentModel
 from . import grad_samplers  # noqa: F401 -- registers the twins' grad samplers
 from .config import PrivacySpec, ProgressFn, TrainConfig, TrainingError, uses_seed
@@ -144,7 +144,7 @@ def _inputs_for(tangent: TangentModel, inputs: torch.Tensor, config: TrainConfig
     the raw inputs are set there as they are read, and the features it offers for rows of the same digest
     are taken instead of computed (the positions computed are set there too)."""
     digests: list[str] = []
-    if config.cache_features and tangent.cut is not None:
+    if features_first(tangent, config):
         computed: list[int] = []
 
         def known(start: int, batch: torch.Tensor) -> dict[int, torch.Tensor]:
@@ -337,21 +337,34 @@ def _tangent_of(module: torch.nn.Module, params: list[torch.nn.Parameter]) -> Ta
     return tangent if [id(p) for p in params] == [id(p) for p in tangent.deltas()] else None
 
 
-def gram_fallback(module: torch.nn.Module, params: list[torch.nn.Parameter], inputs: torch.Tensor) -> str | None:
-    """Why ``grad_sample_mode="gram"`` cannot train ``params`` of ``module`` on ``inputs`` (None: it can)."""
+def features_first(tangent: TangentModel, config: TrainConfig) -> bool:
+    """Whether :func:`fit` turns the inputs into frozen-prefix features once and trains on those."""
+    return config.cache_features and tangent.cut is not None
+
+
+def gram_fallback(module: torch.nn.Module, params: list[torch.nn.Parameter], inputs: torch.Tensor, *,
+                  read_once: bool = False) -> str | None:
+    """Why ``grad_sample_mode="gram"`` cannot train ``params`` of ``module`` on ``inputs`` (None: it can).
+    Inputs decoded on access (:class:`LazyInputs`, e.g. image files) are decoded again for every batch unless
+    the caller reads them once first (``read_once``: :func:`fit` into features, see :func:`features_first`): a
+    file changed since its Theta was computed would be clipped by another input's Gram (review 73), so such
+    runs take ghost clipping, which takes each norm from the batch it clips."""
     tangent = _tangent_of(module, params)
     if tangent is None:
         return "not the deltas of a tangent model"
+    if isinstance(inputs, LazyInputs) and not read_once:
+        return "inputs decoded on access for every batch, not once into features"
     with torch.no_grad():
         outputs = module(inputs[:1]).shape[-1]
     return gram_fallback_reason(tangent, len(inputs), outputs)
 
 
 def resolved_grad_sample_mode(module: torch.nn.Module, params: list[torch.nn.Parameter], inputs: torch.Tensor,
-                              privacy: PrivacySpec, config: TrainConfig) -> str:
+                              privacy: PrivacySpec, config: TrainConfig, *, read_once: bool = False) -> str:
     """The mode a run of ``config`` trains with: ``"gram"`` falls back to ``"ghost"`` where it cannot run
     (see :func:`gram_fallback`); other modes, and non-private runs, keep theirs."""
-    if privacy.private and config.grad_sample_mode == "gram" and gram_fallback(module, params, inputs) is not None:
+    if (privacy.private and config.grad_sample_mode == "gram"
+            and gram_fallback(module, params, inputs, read_once=read_once) is not None):
         return "ghost"
     return config.grad_sample_mode
 
