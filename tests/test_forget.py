@@ -357,3 +357,43 @@ def test_a_request_received_through_the_library_is_never_trained_by_another_requ
     assert len(held) == 22  # the shard's 24 records less both requests'
     result = forget(ws, _request("rec-0-7", request_id="alice"), operator="dpo", now=NOW)
     assert result.certificate.status == "completed"
+
+
+def test_a_replacement_an_unfinished_request_trained_is_removed_not_retrained_by_another_request(ws, monkeypatch):
+    """Review 75: a retraining stopped after its first shard left that shard's replacement current; a second request
+    on the shard then retrained both the original and that replacement, and every later deletion retrained (and
+    charged) both lines. Now the second request retrains the original only and removes the unfinished replacement;
+    the first, run again, finds its records removed while it was open."""
+    train_all, calls = Workspace.train_all, []
+
+    def stopped_after_one(self, *args, **kwargs):  # the process killed once one shard's replacement was trained
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return train_all(self, *args, **kwargs)
+
+    def records(meta):  # noqa: ANN001, ANN202 - as the CLI reloads a component's shard
+        return shard(int(meta.shard[1:]))
+
+    with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
+        patched.setattr(Workspace, "train_all", stopped_after_one)
+        forget(ws, _request("rec-0-1", "rec-1-1", request_id="first"), retrain=True, shard_records=records, now=NOW)
+    assert "c0.r1" in ws.list_components() and "c1" in ws.list_components()
+    result = forget(ws, _request("rec-0-5", request_id="second"), retrain=True, shard_records=records, now=NOW)
+    assert [a.replaces for a in result.certificate.components_added] == ["c0"]
+    assert sorted(r.name for r in result.certificate.components_removed) == ["c0", "c0.r1"]
+    lines = sorted(n for n in ws.list_components() if ws.load_component(n).metadata.shard == "s0")
+    assert lines == ["c0.r2"]
+    key = ws.manifest_key()
+    held = set(ws.load_component("c0.r2").metadata.manifest.commitments)
+    assert not held & {commit(r, key) for r in ("rec-0-1", "rec-0-5")} and len(held) == 22
+    # the unfinished replacement's run stays charged, once: c0, c0.r1 (first request), c0.r2 (second)
+    assert sorted(e.component for e in ws.ledger.events() if e.shard == "s0" and e.status.value == "completed") == [
+        "c0", "c0.r1", "c0.r2"]
+    again = forget(ws, _request("rec-0-1", "rec-1-1", request_id="first"), retrain=True, shard_records=records, now=NOW)
+    assert [a.replaces for a in again.certificate.components_added] == ["c1"]
+    assert any("removed component(s) c0" in note for note in again.certificate.caveats)
+    third = forget(ws, _request("rec-0-9", request_id="third"), retrain=True, shard_records=records, now=NOW)
+    assert [a.replaces for a in third.certificate.components_added] == ["c0.r2"]  # one line per shard from now on
+    assert sorted(ws.list_components()) == ["c0.r3", "c1.r1", "c2"]
+    assert ws.model_record("solo").component_names == ["c0.r3"] and verify(ws).ok

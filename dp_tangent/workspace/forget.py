@@ -52,7 +52,7 @@ from .commit import Change, FileRemoval, FileWrite, apply
 from .deletion_requests import DeletionRequest, ForgetError, OtherRecordIds, resolve_now
 from .ledger_ops import RegisterModel
 from .model_record import ModelRecord
-from .request_register import held_records, open_request_records, receive
+from .request_register import held_records, open_request_ids, open_request_records, receive
 from .tombstoning import tombstone
 from .store import Workspace
 from .tombstones import Tombstones
@@ -117,13 +117,15 @@ def _remaining_records(meta: ComponentMetadata, records: RecordSet, deleted: set
 
 
 def _plan_checks(ws: Workspace, affected: dict[str, ComponentMetadata], models: list[ModelRecord], retrain: bool,
-                 shard_records: ShardRecords | None, merge_data: Mapping[str, torch.Tensor] | None) -> None:
-    """Everything that could stop the request, checked before anything changes."""
+                 shard_records: ShardRecords | None, merge_data: Mapping[str, torch.Tensor] | None,
+                 retrained: set[str]) -> None:
+    """Everything that could stop the request, checked before anything changes (``retrained``: the affected
+    components that take a replacement when ``retrain``)."""
     if retrain and shard_records is None:
         raise ForgetError("retrain=True needs shard_records: the records of each affected shard, or a function "
                           "returning them for a component's metadata")
     if retrain and isinstance(shard_records, Mapping):
-        missing = sorted(set(affected) - set(shard_records))
+        missing = sorted(retrained - set(shard_records))
         if missing:
             raise ForgetError(f"retrain=True but no records were supplied for component(s) {missing}")
     for record in models:
@@ -217,6 +219,20 @@ def _replacements_done(ws: Workspace, request_id: str,
                 ledger_reservation=p["ledger_reservation"], epsilon=meta.privacy.epsilon, delta=meta.privacy.delta,
                 seed=meta.training.seed)
     return done
+
+
+def _unfinished_replacements(ws: Workspace, request_id: str) -> dict[str, str]:
+    """Components other open requests trained as replacements before they stopped (a kill, a shard that failed):
+    name -> that request. Each replaces a component still current (its request's deletion did not commit), and
+    holds that component's records less its request's, so a deletion whose records it holds holds them in what it
+    replaces too: that one is retrained; this one is removed with it, not retrained into a second line of the
+    shard (review 75: both were, and both were retrained and charged at every later deletion). Its request, run
+    again, finds its records removed while it was open."""
+    still_open = open_request_ids(ws, exclude=request_id)
+    present = set(ws.list_components())
+    return {p["component"]: p["request_id"] for p in (entry.parameters for entry in ws.audit.entries()
+                                                       if entry.operation == "retraining")
+            if p.get("status") == "completed" and p.get("request_id") in still_open and p.get("component") in present}
 
 
 def _retrain_all(ws: Workspace, request_id: str, affected: Mapping[str, ComponentMetadata],
@@ -460,11 +476,13 @@ def forget(
         affected = {n: metas[n] for n in sorted({n for names in found_in.values() for n in names})}
         earlier = _removed_while_open(ws, request.request_id, [c for c, names in found_in.items() if not names])
         models = [ws.model_record(m) for m in ws.list_models()]
-        _plan_checks(ws, affected, models, retrain, shard_records, merge_data)
+        unfinished = _unfinished_replacements(ws, request.request_id)
+        lines = {n: m for n, m in affected.items() if n not in unfinished}  # what takes a replacement
+        _plan_checks(ws, affected, models, retrain, shard_records, merge_data, retrained=set(lines))
         removed = [ComponentRef(name=n, sha256=sha256_file(ws.component_path(n)), data_source=m.data_source,
                                 shard=m.shard, records=m.manifest.records) for n, m in affected.items()]
         deleted = set(Tombstones(ws.root).read())
-        added = (_retrain_all(ws, request.request_id, affected, shard_records, deleted, privacy,  # type: ignore[arg-type]
+        added = (_retrain_all(ws, request.request_id, lines, shard_records, deleted, privacy,  # type: ignore[arg-type]
                               config, operator, progress) if retrain else [])
         plan = _rebuild_models(ws, models, set(affected), {a.replaces: a.name for a in added}, merge_data)
         remaining = {n: m for n, m in metas.items() if n not in affected}

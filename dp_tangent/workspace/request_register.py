@@ -104,6 +104,11 @@ def open_request_records(ws: Workspace, statuses: list[RequestStatus] | None = N
     return named
 
 
+def open_request_ids(ws: Workspace, exclude: str | None = None) -> set[str]:
+    """The ids of the open requests, but ``exclude``."""
+    return {s.request_id for s in list_requests(ws) if s.status == "open" and s.request_id != exclude}
+
+
 def held_records(named: Mapping[str, set[str]],
                  manifests: Mapping[str, Iterable[str]]) -> dict[str, dict[str, list[str]]]:
     """Which components hold the records requests name: request id -> commitment -> the components of ``manifests``
