@@ -477,6 +477,24 @@ def test_a_change_never_writes_or_removes_through_a_linked_folder(ws, tmp_path) 
     assert len(ws.audit.entries()) == logged  # nothing logged either
 
 
+def test_a_component_replaced_by_a_link_to_its_bytes_elsewhere_is_a_problem_and_no_deletion_starts(ws, tmp_path):
+    """Review 75: a component moved out of the workspace and linked back passed `audit verify` (the link was
+    followed), then `forget` failed half-way with a Python error, its request left open."""
+    import shutil
+
+    from dp_tangent.workspace.audit_log import verify
+
+    away = tmp_path / "elsewhere.safetensors"
+    path = ws.component_path("c0")
+    shutil.move(path, away)
+    path.symlink_to(away)
+    report = verify(ws)
+    assert not report.ok and any("components/c0.safetensors is a symbolic link" in str(p) for p in report.problems)
+    with pytest.raises(WorkspaceIntegrityError, match="is a symbolic link, not a file"):
+        forget(ws, DeletionRequest("r1", ("rec-0-1",), date(2026, 12, 3)))
+    assert not (ws.root / "certificates" / "r1.json").exists() and away.is_file()
+
+
 def test_an_unknown_operation_is_refused_before_anything_is_staged(ws) -> None:
     with pytest.raises(WorkspaceError, match="unknown operation"):
         apply(ws, Change("teleport", writes=[FileWrite("models/x.json", b"{}")]))

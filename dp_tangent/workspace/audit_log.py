@@ -264,6 +264,10 @@ def _check_artifacts(root: Path, entries: Sequence[AuditEntry]) -> tuple[list[Pr
         if path is None:
             problems.append(Problem(seq, f"artifact path {rel!r} leaves the workspace"))
             continue
+        if path.is_symlink():  # the tool writes files, never links: the bytes checked would live elsewhere
+            problems.append(Problem(seq, f"artifact {rel} is a symbolic link, not a file (made by hand: no operation "
+                                         "makes one); put the file itself there"))
+            continue
         if not path.is_file():
             if _away(path, rel, sha):
                 missing.append(rel)  # reported, not a problem: moved away or archived
