@@ -590,20 +590,30 @@ def test_a_changed_certificate_copy_is_restored_from_its_json(ws: Path, capsys: 
     _refused(capsys, "certificate", "restore", "R9", "-w", "ws", says="is a symbolic link")
 
 
-def test_a_replacement_names_its_run_epsilon_and_older_copies_still_restore(ws: Path, capsys, monkeypatch) -> None:
+def test_a_replacement_s_figure_keeps_the_shard_size_from_the_requester_and_older_copies_still_restore(
+        ws: Path, capsys, monkeypatch) -> None:
     """Review 63: a replacement's figure read as its records' ("epsilon 7.98") where those compose every run that read
-    them; it is named its run's now. A copy an older version wrote with the old words is still restored."""
+    them; it is named its run's now (tests/test_forget.py). Review 74: a run planned from its shard's own size has an
+    epsilon that tells that size: the requester's copy leaves it out. A copy an older version wrote with the old words
+    is still restored."""
     import functools
 
     from dp_tangent.recipes import load_recipe
     from dp_tangent.workspace import certificates
+    from dp_tangent.workspace import forget as forget_module
 
     _, shards = load_recipe(Path("rows.yaml")).load_data()
     first, second = shards[0].record_ids[:2]
     assert run_cli(capsys, "forget", first, "--request-id", "R1", "--retrain", "-w", "ws")[0] == 0
-    assert "(its run's epsilon " in Path("ws/certificates/R1.txt").read_text()
+    # review 74: this recipe plans from the shard's own size, which the run's epsilon would tell the requester
+    [added] = json.loads(Path("ws/certificates/R1.json").read_text())["components_added"]
+    assert added["size_public"] and added["epsilon"] > 0
+    text = Path("ws/certificates/R1.txt").read_text()
+    assert "(private, planned from its shard's size, which its epsilon would tell" in text
+    assert "epsilon " + f"{added['epsilon']:.3g}" not in text
     old = functools.partial(certificates.render_certificate, run_epsilon="epsilon")
     with monkeypatch.context() as patched:  # as a version before this one wrote it
+        patched.setattr(forget_module, "size_public", lambda event: False)
         patched.setattr(certificates, "render_certificate", lambda cert, *args: old(cert, *args[:1]))
         assert run_cli(capsys, "forget", second, "--request-id", "R2", "--retrain", "-w", "ws")[0] == 0
     text = Path("ws/certificates/R2.txt")

@@ -397,3 +397,17 @@ def test_a_replacement_an_unfinished_request_trained_is_removed_not_retrained_by
     assert [a.replaces for a in third.certificate.components_added] == ["c0.r2"]  # one line per shard from now on
     assert sorted(ws.list_components()) == ["c0.r3", "c1.r1", "c2"]
     assert ws.model_record("solo").component_names == ["c0.r3"] and verify(ws).ok
+
+
+def test_the_requester_s_copy_names_a_replacement_s_run_epsilon_only_where_it_does_not_tell_the_shard_size(
+        tmp_path, mlp_backbone) -> None:
+    """Review 74: planned from a stated size, a replacement's run epsilon is the same whatever the shard holds, and
+    the requester's copy names it; planned from its own count (test_cli_mistakes), it is left out."""
+    ws = Workspace.create(tmp_path / "ws")
+    ws.train(mlp_backbone, None, shard(0), data_source="toy", shard="s0", name="c0", config=FAST,
+             privacy=PrivacySpec(noise_multiplier=1.0, planned_shard_size=24))
+    result = forget(ws, _request("rec-0-5"), retrain=True, shard_records={"c0": shard(0)})
+    [added] = result.certificate.components_added
+    assert not added.size_public and added.epsilon is not None
+    text = ws.certificate_paths("req-1")[1].read_text()
+    assert f"c0.r1 replaces c0 (its run's epsilon {added.epsilon:.3g}, delta" in text

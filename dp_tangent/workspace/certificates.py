@@ -53,6 +53,9 @@ class AddedComponent(ComponentRef):
     epsilon: float | None
     delta: float | None
     seed: int | None  # None: a secure private run (fresh OS key, no seed)
+    # A private run planned from its shard's own count: its epsilon tells the shard's size, so the requester's copy
+    # leaves it out (review 74); the JSON, the report and `budget show` have it, with that caveat.
+    size_public: bool = False
 
 
 class ModelState(_Strict):
@@ -167,8 +170,7 @@ def render_certificate(cert: DeletionCertificate, pending_where: str = PENDING_W
     lines += [f"  {r.name} ({r.data_source}/{r.shard}) sha256 {r.sha256}" for r in cert.components_removed] \
         or ["  none"]
     lines += ["Components added (retrained without the records):"]
-    lines += [f"  {a.name} replaces {a.replaces} "
-              f"({'non-private' if a.epsilon is None else f'{run_epsilon} {a.epsilon:.3g}, delta {a.delta:.3g}'}, "
+    lines += [f"  {a.name} replaces {a.replaces} ({_run_figure(a, run_epsilon)}, "
               f"ledger {a.ledger_reservation}) sha256 {a.sha256}" for a in cert.components_added] or ["  none"]
     lines += ["", "Models (sha256 of the composed deltas, before -> after):"]
     for m in cert.models:
@@ -184,6 +186,15 @@ def render_certificate(cert: DeletionCertificate, pending_where: str = PENDING_W
                   f"  {cert.checkpoint.origin}, {cert.checkpoint.size} entries, Merkle root {cert.checkpoint.root}"]
     lines += ["", "Notes:"] + [f"  - {c}" for c in cert.caveats]
     return "\n".join(lines) + "\n"
+
+
+def _run_figure(added: AddedComponent, run_epsilon: str) -> str:
+    """A replacement's privacy as the requester's copy states it."""
+    if added.epsilon is None:
+        return "non-private"
+    if added.size_public:
+        return "private, planned from its shard's size, which its epsilon would tell: the workspace's report has it"
+    return f"{run_epsilon} {added.epsilon:.3g}, delta {added.delta:.3g}"
 
 
 def certificate_writes(ws: Workspace, cert: DeletionCertificate) -> list[FileWrite]:

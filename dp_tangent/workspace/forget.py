@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..backbones import BackboneSpec
-from ..components.component import ComponentMetadata, read_metadata
+from ..components.component import ComponentMetadata, read_metadata, size_public
 from ..components.compose import compose
 from ..components.manifest import commit
 from ..components.regmean import tensor_digest
@@ -217,7 +217,7 @@ def _replacements_done(ws: Workspace, request_id: str,
                 name=meta.name, sha256=sha256_file(ws.component_path(meta.name)), data_source=meta.data_source,
                 shard=meta.shard, records=meta.manifest.records, replaces=p["replaces"],
                 ledger_reservation=p["ledger_reservation"], epsilon=meta.privacy.epsilon, delta=meta.privacy.delta,
-                seed=meta.training.seed)
+                seed=meta.training.seed, size_public=size_public(ws.ledger.event(p["ledger_reservation"])))
     return done
 
 
@@ -281,7 +281,7 @@ def _retrain_all(ws: Workspace, request_id: str, affected: Mapping[str, Componen
         added[name] = AddedComponent(name=job.name, sha256=result.sha256, data_source=meta.data_source,
                                      shard=meta.shard, records=len(job.records), replaces=name,
                                      ledger_reservation=result.reservation_id, epsilon=p.epsilon, delta=p.delta,
-                                     seed=cfg.seed)
+                                     seed=cfg.seed, size_public=size_public(ws.ledger.event(result.reservation_id)))
     return [added[name] for name in affected if name in added]
 
 
