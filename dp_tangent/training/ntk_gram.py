@@ -73,8 +73,16 @@ def register_gram_kernel(*base_types: type[nn.Module]) -> Callable[[GramKernel],
 
 
 def _pair_gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(K, n, ...) x (K, n, ...) -> (n, K, K): entry [i, k, l] = <a[k, i], b[l, i]>."""
-    a, b = a.flatten(2).transpose(0, 1), b.flatten(2).transpose(0, 1)
+    """(K, n, ...) x (K, n, ...) -> (n, K, K): entry [i, k, l] = <a[k, i], b[l, i]>, summed in float64.
+
+    The seeds' rows (a, b: per-seed gradients, or such a row and a Gram of positions times another) may come in
+    the model's dtype, whose rounding stays in the rows where :func:`clip_factors` allows for it. Their inner
+    products may not: Theta's entries are of the order of A_i² (:func:`clip_scales`) and v^T Theta v cancels
+    them down to ||g_i||², so an entry summed in float32 is off by far more than ||g_i||² where the rows share a
+    large component (review 73: a norm of 0 for a gradient of 0.2, a record unclipped)."""
+    same = a is b
+    a = a.to(GRAM_DTYPE).flatten(2).transpose(0, 1)
+    b = a if same else b.to(GRAM_DTYPE).flatten(2).transpose(0, 1)
     return a @ b.transpose(1, 2)
 
 
@@ -86,10 +94,11 @@ def linear_gram(layer: TangentLayer, x: torch.Tensor, g: torch.Tensor) -> torch.
     a = x.to(g.dtype).reshape(n, -1, x.shape[-1])  # (n, T, P)
     b = g.reshape(k, n, a.shape[1], -1)  # (K, n, T, O)
     t, p, o = a.shape[1], a.shape[2], b.shape[-1]
-    gram = g.new_zeros(n, k, k)
+    gram = g.new_zeros(n, k, k, dtype=GRAM_DTYPE)
     if "weight" in layer.delta_names:
         if t * t * p + k * t * t * o + k * k * t * o <= k * t * o * p + k * k * o * p:
-            gram += _pair_gram(b, (a @ a.transpose(1, 2)) @ b)
+            wide = b.to(GRAM_DTYPE)  # once: the positions' Gram multiplies it in float64, as _pair_gram needs it
+            gram += _pair_gram(wide, (a @ a.transpose(1, 2)).to(GRAM_DTYPE) @ wide)
         else:
             per_seed = b.transpose(2, 3) @ a  # (K, n, O, P)
             gram += _pair_gram(per_seed, per_seed)
@@ -109,7 +118,7 @@ def conv2d_gram(layer: TangentLayer, x: torch.Tensor, g: torch.Tensor) -> torch.
     groups, p, length = cols.shape[1:]
     b = g.reshape(k, n, groups, -1, length)  # (K, n, G, O, L)
     o = b.shape[3]
-    gram = g.new_zeros(n, k, k)
+    gram = g.new_zeros(n, k, k, dtype=GRAM_DTYPE)
     if "weight" in layer.delta_names:
         ghost = groups * (p * length * length + k * o * length * length + k * k * o * length)
         if ghost <= groups * (k * o * p * length + k * k * o * p):
@@ -118,8 +127,9 @@ def conv2d_gram(layer: TangentLayer, x: torch.Tensor, g: torch.Tensor) -> torch.
                 gram += _pair_gram(b, b @ positions)
             else:  # the K seeds as rows of one product per (example, group): K times fewer, larger matmuls
                 rows = b.permute(1, 2, 0, 3, 4).reshape(n, groups, k * o, length)
-                gram += torch.einsum("ngkos,nglos->nkl", (rows @ positions).view(n, groups, k, o, length),
-                                     rows.view(n, groups, k, o, length))
+                gram += torch.einsum("ngkos,nglos->nkl",  # summed in float64, as in _pair_gram
+                                     (rows @ positions).view(n, groups, k, o, length).to(GRAM_DTYPE),
+                                     rows.view(n, groups, k, o, length).to(GRAM_DTYPE))
         else:
             per_seed = b @ cols.transpose(2, 3)  # (K, n, G, O, P)
             gram += _pair_gram(per_seed, per_seed)
@@ -148,7 +158,7 @@ def embedding_gram(layer: TangentLayer, x: torch.Tensor, g: torch.Tensor) -> tor
 def _norm_gram(layer: TangentLayer, x_hat: torch.Tensor, g: torch.Tensor, reduce: tuple[int, ...]) -> torch.Tensor:
     """Grams of an affine normalisation's deltas: w from sum(x_hat·g), b from sum(g) over ``reduce`` (per seed)."""
     k, n = g.shape[:2]
-    gram = g.new_zeros(n, k, k)
+    gram = g.new_zeros(n, k, k, dtype=GRAM_DTYPE)
     if "weight" in layer.delta_names:
         per_seed = (x_hat * g).sum(dim=reduce) if reduce else x_hat * g
         gram += _pair_gram(per_seed, per_seed)
@@ -197,7 +207,7 @@ def _per_sample_gram(layer: TangentLayer, calls: list[tuple[torch.Tensor, torch.
         k, n = g.shape[:2]
         repeated = x.unsqueeze(0).expand(k, *x.shape).reshape(k * n, *x.shape[1:])
         for param, sample in sampler(layer, [repeated], g.reshape(k * n, *g.shape[2:])).items():
-            sample = sample.reshape(k, n, -1).to(GRAM_DTYPE)  # the model's rows, their Grams in float64
+            sample = sample.reshape(k, n, -1)
             total[id(param)] = total[id(param)] + sample if id(param) in total else sample
     k, n = calls[0][1].shape[:2]
     gram = torch.zeros(n, k, k, dtype=GRAM_DTYPE, device=calls[0][1].device)
@@ -326,15 +336,6 @@ def _chunk_grams(tangent: TangentModel, layers: dict[str, TangentLayer], h: torc
     return gram, sum(g.numel() * g.element_size() for g in grads if g is not None) // n
 
 
-def _in_gram_dtype(x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A layer's input and its seeds' gradients as the kernels take them: floats in float64, so that their
-    products are too. Theta is then the Gram of the Jacobian rows the model's dtype computed (PSD up to
-    float64 rounding): the model's rounding stays in the rows, where :func:`clip_factors` allows for it. Formed
-    in float32, v^T Theta v cancels where the rows share a large component (review 73: a norm of 0 for a
-    gradient of 0.2, so a record went unclipped)."""
-    return (x.to(GRAM_DTYPE) if x.is_floating_point() else x), g.to(GRAM_DTYPE)
-
-
 def _seed_gradients(out: torch.Tensor, outputs: list[torch.Tensor], seeds: torch.Tensor) -> list[torch.Tensor | None]:
     """d<out, seed_k>/d output for every seed k and recorded output: (K, n, ...) each, None where the
     output does not reach ``out``. All seeds in one batched backward; one backward per seed where an op
@@ -351,7 +352,7 @@ def _layer_gram(layer: TangentLayer, calls: list[tuple[torch.Tensor, torch.Tenso
     run_pending()  # timm's kernels, registered once timm is imported
     kernel = _KERNELS.get(layer._tangent_base)
     if kernel is not None and len(calls) == 1:  # a layer called twice has cross terms: per-sample route
-        gram = kernel(layer, *_in_gram_dtype(*calls[0]))
+        gram = kernel(layer, *calls[0])
         if gram is not None:
             return gram
     if type(layer) not in GradSampleHooks.GRAD_SAMPLERS:
