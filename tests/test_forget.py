@@ -411,3 +411,18 @@ def test_the_requester_s_copy_names_a_replacement_s_run_epsilon_only_where_it_do
     assert not added.size_public and added.epsilon is not None
     text = ws.certificate_paths("req-1")[1].read_text()
     assert f"c0.r1 replaces c0 (its run's epsilon {added.epsilon:.3g}, delta" in text
+
+
+def test_a_certificate_check_names_current_components_it_could_not_check(ws, tmp_path) -> None:
+    """Review 75: with a current component moved away, the check said "none of the 3 current components holds"
+    its records without saying one was not looked at."""
+    import shutil
+
+    result = forget(ws, _request("rec-0-5"), retrain=True, shard_records={"c0": shard(0)})
+    shutil.move(ws.component_path("c2"), tmp_path / "c2.safetensors")
+    check = check_certificate(ws, result.certificate)
+    assert check.ok and check.components_away == ("c2",)
+    assert "2 current components on disk" in str(check) and "away from the workspace and were not checked: c2" in \
+        str(check)
+    shutil.move(tmp_path / "c2.safetensors", ws.component_path("c2"))
+    assert "away" not in str(check_certificate(ws, result.certificate))
