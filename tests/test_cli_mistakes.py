@@ -797,3 +797,18 @@ def test_two_open_requests_on_one_record_are_both_answered_whichever_completes_f
     assert "a deletion served on" in Path("ws/certificates/B.txt").read_text()
     assert "request A" not in Path("ws/certificates/B.txt").read_text()
     assert "no replacement was trained" in Path("ws/certificates/B.txt").read_text()  # A did not retrain
+
+
+def test_a_train_refused_for_an_overlap_registers_nothing_so_the_fixed_data_trains(ws: Path, capsys) -> None:
+    """A source whose records overlap another's was registered before the refusal: the data fixed to leave them out
+    was then refused as "not the data it was registered with", under the source's name for good."""
+    write_npz(Path("b.npz"))  # the same records as rows.npz, under another source
+    write_recipe(Path("b.yaml"), mlp_recipe({"npz": {"path": "b.npz"}}, in_features=6, classes=2, source="b"))
+    registry, logged = Path("ws/data-sources.json").read_bytes(), len(Workspace.open("ws").audit.entries())
+    _refused(capsys, "train", "b.yaml", "-w", "ws", says="overlaps other shards")
+    assert Path("ws/data-sources.json").read_bytes() == registry
+    assert len(Workspace.open("ws").audit.entries()) == logged
+    data = dict(np.load("b.npz"))
+    np.savez("b.npz", **{**data, "record_ids": np.array([f"other-{i:03d}" for i in range(len(data["targets"]))])})
+    code, out, err = run_cli(capsys, "train", "b.yaml", "-w", "ws")
+    assert code == 0 and "model b: mean of 2 components" in out, (out, err)

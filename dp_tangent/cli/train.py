@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ..data import RecordSet
     from ..recipes import Recipe
     from ..workspace import Workspace
-    from ..workspace.train import TrainingRun
+    from ..workspace.train import ShardJob, TrainingRun
 
 # after an epsilon planned from a shard's own count (no planned_shard_size): it holds with that count public
 _SIZE_PUBLIC = " (the shard's size taken as public: planned from its record count)"
@@ -85,6 +85,19 @@ def _register_source(ws: Workspace, recipe: Recipe) -> None:
         typer.echo(f"note: data source {recipe.data_source!r} keeps its budget epsilon {current.epsilon:g} at delta "
                    f"{current.delta:g}; the recipe's ({budget.epsilon:g}, {budget.delta:g}) is not applied (use "
                    "`dp-tangent budget set` to change it)", err=True)
+
+
+def _check_reservations(ws: Workspace, recipe: Recipe, jobs: list[ShardJob], allow_overlap: bool) -> None:
+    """What the run's reservations would refuse now (records another shard read, a budget already set), before
+    the recipe's data is registered: registered, records refused as an overlap would stay the source's, and the
+    data fixed to leave them out would be refused as not the data registered (the train the check runs in
+    ``train_all`` still checks, with the recipe's budget)."""
+    from ..workspace.train import reservation_requests
+
+    ws.ledger.check_reservations(
+        reservation_requests(ws, recipe.backbone.spec(), recipe.trainable, jobs, data_source=recipe.data_source,
+                             privacy=recipe.privacy_spec(), config=recipe.train_config(), deleted="exclude"),
+        allow_overlap=allow_overlap)
 
 
 _COMPONENT = r"^{name}-shard-(\d+)(?:-retry-\d+)?$"
@@ -220,6 +233,9 @@ def train(
             from ..backbones.provenance import check_pretrained_on
 
             check_pretrained_on(recipe.backbone.checkpoint, getattr(recipe.data.source, "public_path", None))
+        if ws is not None:  # an overlap is refused before the data is registered, which a fix could not undo
+            _check_reservations(ws, recipe, [ShardJob(_retry_name(ws, name, k), f"shard-{k}", parts[k])
+                                             for k in selected], allow_overlap)
         ws = ws or Workspace.create(workspace)
         _register_source(ws, recipe)  # checks the public table, if any, against the workspace's records
         spec, console = recipe.backbone.spec(), Console()
