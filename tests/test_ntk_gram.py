@@ -17,6 +17,7 @@ from timm.layers import BatchNormAct2d
 from dp_tangent import TangentModel, linearize
 from dp_tangent.components.component import load_component
 from dp_tangent.data import RecordSet
+from dp_tangent.errors import UnsupportedModelError
 from dp_tangent.data.records import LazyInputs
 from dp_tangent.tangent.twins import make_twin
 from dp_tangent.training import (
@@ -380,6 +381,19 @@ def test_gram_mode_on_a_module_that_is_not_a_tangent_model_runs_ghost_clipping()
     plan = plan_run(len(records), privacy, config)
     assert run_sgd(net, params, records.inputs, records.targets, plan, privacy, config) == plan.steps
     assert any(not torch.equal(a, b) for a, b in zip(before, params))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_model_takes_ghost_clipping(dtype: torch.dtype) -> None:
+    """Review 76: in bfloat16 and float16 the Gram step rounds its clip factors and its backward by more than the
+    margin allows (clipped contributions up to 1.004 C on a plain MLP): such models fall back to ghost clipping."""
+    net = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 3)).to(dtype).eval()
+    x = torch.randn(16, 8).to(dtype)
+    tangent = linearize(net, ["2"], example_input=x[:2])
+    privacy, config = PrivacySpec(noise_multiplier=1.0), TrainConfig(epochs=1, batch_size=8, lr=0.1)
+    assert resolved_grad_sample_mode(tangent, tangent.deltas(), x, privacy, config) == "ghost"
+    with pytest.raises(UnsupportedModelError, match=f"deltas in {dtype}"):
+        per_example_grams(tangent, x, from_features=False)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -233,7 +233,15 @@ def layer_routes(tangent: TangentModel) -> dict[str, str | None]:
     return routes
 
 
+#: The dtypes whose rounding :func:`clip_factors`' margin covers: a half-precision step rounds its clip factors and
+#: its backward by more than the margin's 1e-3 (review 76: clipped contributions up to 1.004 C on ordinary models).
+GRAM_MODEL_DTYPES = (torch.float32, torch.float64)
+
+
 def _unsupported(tangent: TangentModel) -> str | None:
+    dtypes = sorted({str(p.dtype) for p in tangent.deltas() if p.dtype not in GRAM_MODEL_DTYPES})
+    if dtypes:
+        return f"deltas in {', '.join(dtypes)} (Gram clipping holds for float32 and float64 models)"
     if tangent.fallback_parameters:
         return f"parameters outside a tangent layer ({', '.join(tangent.fallback_parameters[:3])})"
     missing = [name for name, route in layer_routes(tangent).items() if route is None]
