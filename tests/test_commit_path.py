@@ -495,6 +495,18 @@ def test_a_component_replaced_by_a_link_to_its_bytes_elsewhere_is_a_problem_and_
     assert not (ws.root / "certificates" / "r1.json").exists() and away.is_file()
 
 
+def test_the_log_linked_to_a_copy_elsewhere_is_a_problem(ws, tmp_path) -> None:
+    """Review 77: ``audit.log`` (or the ledger, the key) made a link to a file outside the workspace verified."""
+    import shutil
+
+    log = tmp_path / "audit.log"
+    shutil.move(ws.audit.path, log)
+    ws.audit.path.symlink_to(log)
+    assert [str(p).split(": ", 1)[1] for p in ws.audit.verify().problems] == [
+        "audit.log is a symbolic link, not a file (made by hand: the tool keeps it in the workspace); put the file "
+        "itself there"]
+
+
 def test_an_unknown_operation_is_refused_before_anything_is_staged(ws) -> None:
     with pytest.raises(WorkspaceError, match="unknown operation"):
         apply(ws, Change("teleport", writes=[FileWrite("models/x.json", b"{}")]))

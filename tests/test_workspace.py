@@ -204,7 +204,10 @@ def test_a_workspace_another_version_wrote_is_named_as_such_not_as_damaged(
     assert code == 2 and len(err.strip().splitlines()) == 1, (code, out, err)
     assert "'dp-tangent-workspace/2', written by another version of dp-tangent" in err
     assert "reads 'dp-tangent-workspace/1'" in err and marker.read_bytes() == kept
-    for damaged in ('{"format": "something-else"}', "[1, 2]", '{"format": 2}'):
-        marker.write_text(damaged)
+    damaged = ['{"format": "something-else"}', "[1, 2]", '{"format": 2}',  # review 77: a damaged version, no format
+               json.dumps({**info, "format": "dp-tangent-workspace/1 "}),
+               json.dumps({k: v for k, v in info.items() if k != "format"})]
+    for text in damaged:
+        marker.write_text(text)
         with pytest.raises(WorkspaceError, match="is not a valid workspace marker"):
             Workspace.open("ws")

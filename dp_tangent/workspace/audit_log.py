@@ -520,6 +520,9 @@ def verify(workspace_or_path: "str | os.PathLike[str] | _HasAuditLog", check_art
     if workspace and not problem:
         unaccounted, notes = _check_unaccounted(path.parent, entries)
         problems += unaccounted
+        problems += [Problem(len(entries), f"{name} is a symbolic link, not a file (made by hand: the tool keeps "
+                                           "it in the workspace); put the file itself there")
+                     for name in sorted(NOT_ARTIFACTS) if (path.parent / name).is_symlink()]
     if checkpoint is not None:
         why = extends(hashes, checkpoint)
         if why:

@@ -45,7 +45,6 @@ class CertificateCheck:
     problems: tuple[str, ...]
     commitments: int
     components_checked: int
-    components_away: tuple[str, ...] = ()  # logged as current but not on disk: not checked (review 75)
 
     @property
     def ok(self) -> bool:
@@ -53,12 +52,9 @@ class CertificateCheck:
 
     def __str__(self) -> str:
         if self.ok:
-            away = "" if not self.components_away else (
-                f" ({len(self.components_away)} other current component(s) are away from the workspace and were "
-                f"not checked: {', '.join(self.components_away)}; put them back and check again)")
             return (f"certificate {self.request_id} holds: the audit log extends its checkpoint; none of the "
-                    f"{self.components_checked} current components on disk holds any of its {self.commitments} "
-                    f"record(s){away}; no model includes a removed component; the records are still tombstoned")
+                    f"{self.components_checked} current components holds any of its {self.commitments} record(s); "
+                    "no model includes a removed component; the records are still tombstoned")
         return "\n".join([f"certificate {self.request_id} does NOT hold ({len(self.problems)} problem(s)):"]
                          + [f"  {p}" for p in self.problems])
 
@@ -194,6 +190,9 @@ def check_certificate(ws: "Workspace", cert: DeletionCertificate | CertificateCl
     lost = doomed - tombstoned
     if lost:
         problems.append(f"{len(lost)} of the deleted record(s) are no longer tombstoned: later training may use them")
-    away = tuple(sorted(Path(rel).stem for rel in report.missing_artifacts if rel.startswith("components/")
-                        and rel.endswith(".safetensors")))
-    return CertificateCheck(cert.request_id, tuple(problems), len(doomed), len(components), away)
+    away = sorted(Path(rel).stem for rel in report.missing_artifacts
+                  if rel.startswith("components/") and rel.endswith(".safetensors"))
+    if away:  # review 75, 77: not a tampering (audit verify notes it), but what they hold is unchecked
+        problems.append(f"{len(away)} current component(s) are away from the workspace and were not checked: "
+                        f"{', '.join(away)}; put them back and check again")
+    return CertificateCheck(cert.request_id, tuple(problems), len(doomed), len(components))

@@ -197,55 +197,72 @@ def _verify(ws: Workspace, remaining: Mapping[str, ComponentMetadata], models: S
                         commitments_checked=len(doomed), statement=statement)
 
 
-def _replacements_done(ws: Workspace, request_id: str,
-                       affected: Mapping[str, ComponentMetadata]) -> dict[str, AddedComponent]:
-    """Replacements an interrupted run of this request already trained (old name -> added component):
-    reused, not trained (and charged) again -- unless trained at another theta0 than the component they replace
-    (its checkpoint was changed, then restored: such a replacement cannot be composed with the others; it stays,
-    its budget spent, and a new one is trained)."""
+@dataclass(frozen=True)
+class _Unfinished:
+    """A replacement that retraining for a still-open request trained before that request stopped (a kill, a shard
+    that failed): in no model yet."""
+
+    request_id: str
+    replaces: str
+    ledger_reservation: str
+
+
+def _unfinished_replacements(ws: Workspace) -> dict[str, _Unfinished]:
+    """Every unfinished replacement on disk, by name (see :class:`_Unfinished`)."""
+    still_open = open_request_ids(ws)
     present = set(ws.list_components())
+    composed = {n for m in ws.list_models() for n in ws.model_record(m).component_names}
+    return {p["component"]: _Unfinished(p["request_id"], p["replaces"], p["ledger_reservation"])
+            for p in (entry.parameters for entry in ws.audit.entries() if entry.operation == "retraining")
+            if p.get("status") == "completed" and p.get("request_id") in still_open
+            and p.get("component") in present and p.get("component") not in composed}
+
+
+def _reusable(ws: Workspace, own: Mapping[str, _Unfinished], affected: Mapping[str, ComponentMetadata],
+              deleted: set[str]) -> dict[str, AddedComponent]:
+    """Of this request's unfinished replacements (``own``), those its retraining takes instead of training (and
+    charging) them again (old name -> added component): each replaces an affected component at its theta0 and
+    holds no record on the tombstone list (``deleted``). One trained before another request tombstoned records
+    of its shard holds them (review 77), and one trained at another theta0 (the base checkpoint changed, then
+    restored) cannot be composed with the others: such a one is removed, its budget spent, and a new one trained."""
     done = {}
-    for entry in ws.audit.entries():
-        p = entry.parameters
-        if (entry.operation == "retraining" and p.get("status") == "completed" and p.get("request_id") == request_id
-                and p.get("component") in present):
-            meta = read_metadata(ws.component_path(p["component"]))
-            old = affected.get(p["replaces"])
-            if old is not None and meta.base_weights_sha256 != old.base_weights_sha256:
-                continue
-            done[p["replaces"]] = AddedComponent(
-                name=meta.name, sha256=sha256_file(ws.component_path(meta.name)), data_source=meta.data_source,
-                shard=meta.shard, records=meta.manifest.records, replaces=p["replaces"],
-                ledger_reservation=p["ledger_reservation"], epsilon=meta.privacy.epsilon, delta=meta.privacy.delta,
-                seed=meta.training.seed, size_public=size_public(ws.ledger.event(p["ledger_reservation"])))
+    for name, unfinished in own.items():
+        old = affected.get(unfinished.replaces)
+        meta = read_metadata(ws.component_path(name))
+        if (old is None or meta.base_weights_sha256 != old.base_weights_sha256
+                or deleted & set(meta.manifest.commitments)):
+            continue
+        done[unfinished.replaces] = AddedComponent(
+            name=name, sha256=sha256_file(ws.component_path(name)), data_source=meta.data_source, shard=meta.shard,
+            records=meta.manifest.records, replaces=unfinished.replaces,
+            ledger_reservation=unfinished.ledger_reservation, epsilon=meta.privacy.epsilon, delta=meta.privacy.delta,
+            seed=meta.training.seed, size_public=size_public(ws.ledger.event(unfinished.ledger_reservation)))
     return done
 
 
-def _unfinished_replacements(ws: Workspace, request_id: str) -> dict[str, str]:
-    """Components other open requests trained as replacements before they stopped (a kill, a shard that failed):
-    name -> that request. Each replaces a component still current (its request's deletion did not commit), and
-    holds that component's records less its request's, so a deletion whose records it holds holds them in what it
-    replaces too: that one is retrained; this one is removed with it, not retrained into a second line of the
-    shard (review 75: both were, and both were retrained and charged at every later deletion). Its request, run
-    again, finds its records removed while it was open."""
-    still_open = open_request_ids(ws, exclude=request_id)
-    present = set(ws.list_components())
-    return {p["component"]: p["request_id"] for p in (entry.parameters for entry in ws.audit.entries()
-                                                       if entry.operation == "retraining")
-            if p.get("status") == "completed" and p.get("request_id") in still_open and p.get("component") in present}
+def _obsolete(unfinished: Mapping[str, _Unfinished], request_id: str, removed: Mapping[str, ComponentMetadata],
+              reused: Mapping[str, AddedComponent], current: set[str]) -> set[str]:
+    """The unfinished replacements a deletion of ``request_id`` removes with the components it ``removed``: each of
+    this request's that it does not reuse, and each of another open request's whose component to replace it
+    removes (or that is gone), so that a shard keeps one line of components (review 75, 77: otherwise both lines
+    were retrained and charged at every later deletion). The other request, run again, finds its records removed
+    while it was open, and trains what its shard needs then."""
+    taken = {a.name for a in reused.values()}
+    return {name for name, u in unfinished.items() if name not in taken and (
+        u.request_id == request_id or name in removed or u.replaces in removed or u.replaces not in current)}
 
 
 def _retrain_all(ws: Workspace, request_id: str, affected: Mapping[str, ComponentMetadata],
                  shard_records: ShardRecords, deleted: set[str], privacy: PrivacySpec | None,
-                 config: TrainConfig | None, operator: str,
+                 config: TrainConfig | None, operator: str, done: Mapping[str, AddedComponent],
                  progress: TaskProgressFn | None = None) -> list[AddedComponent]:
     """Train a replacement for each affected component on its shard minus every deleted record
-    (reusing those an interrupted run of the same request finished). Every replacement's budget is checked, all
-    together, before any of them trains: a shard out of budget refuses the retraining before another shard is
-    retrained and charged for a deletion that could not then finish with --retrain."""
+    (taking those an interrupted run of the same request finished, ``done``: :func:`_reusable`). Every
+    replacement's budget is checked, all together, before any of them trains: a shard out of budget refuses the
+    retraining before another shard is retrained and charged for a deletion that could not then finish with
+    --retrain."""
     from .train import reservation_requests
 
-    done = _replacements_done(ws, request_id, affected)
     key = ws.manifest_key()
     planned: list[tuple[str, ComponentMetadata, PrivacySpec, TrainConfig, ShardJob]] = []
     for name, meta in affected.items():
@@ -476,19 +493,23 @@ def forget(
         affected = {n: metas[n] for n in sorted({n for names in found_in.values() for n in names})}
         earlier = _removed_while_open(ws, request.request_id, [c for c, names in found_in.items() if not names])
         models = [ws.model_record(m) for m in ws.list_models()]
-        unfinished = _unfinished_replacements(ws, request.request_id)
+        unfinished = _unfinished_replacements(ws)
         lines = {n: m for n, m in affected.items() if n not in unfinished}  # what takes a replacement
         _plan_checks(ws, affected, models, retrain, shard_records, merge_data, retrained=set(lines))
-        removed = [ComponentRef(name=n, sha256=sha256_file(ws.component_path(n)), data_source=m.data_source,
-                                shard=m.shard, records=m.manifest.records) for n, m in affected.items()]
         deleted = set(Tombstones(ws.root).read())
+        reused = _reusable(ws, {n: u for n, u in unfinished.items() if u.request_id == request.request_id},
+                           lines, deleted) if retrain else {}
+        obsolete = _obsolete(unfinished, request.request_id, affected, reused, set(metas))
+        removing = {**affected, **{n: metas[n] for n in sorted(obsolete)}}
+        removed = [ComponentRef(name=n, sha256=sha256_file(ws.component_path(n)), data_source=m.data_source,
+                                shard=m.shard, records=m.manifest.records) for n, m in removing.items()]
         added = (_retrain_all(ws, request.request_id, lines, shard_records, deleted, privacy,  # type: ignore[arg-type]
-                              config, operator, progress) if retrain else [])
+                              config, operator, reused, progress) if retrain else [])
         plan = _rebuild_models(ws, models, set(affected), {a.replaces: a.name for a in added}, merge_data)
-        remaining = {n: m for n, m in metas.items() if n not in affected}
+        remaining = {n: m for n, m in metas.items() if n not in removing}
         remaining.update({a.name: read_metadata(ws.component_path(a.name)) for a in added})
         finished = resolve_now(now)
-        verification = _verify(ws, remaining, plan.changes, doomed, set(affected), finished)
+        verification = _verify(ws, remaining, plan.changes, doomed, set(removing), finished)
         for c, (names, *_) in earlier.items():
             found_in[c] = names
         cert = DeletionCertificate.model_validate({
@@ -501,7 +522,7 @@ def forget(
             "components_removed": [r.model_dump() for r in removed],
             "components_added": [a.model_dump() for a in added],
             "models": [c.model_dump() for c in plan.changes], "verification": verification.model_dump()})
-        served = _open_requests_served(ws, affected, request.request_id)
+        served = _open_requests_served(ws, removing, request.request_id)
         apply(ws, _deletion_change(ws, cert, plan, operator, doomed, served))
         cert = _seal(ws, cert, operator)
         return DeletionResult(cert, *ws.certificate_paths(cert.request_id))

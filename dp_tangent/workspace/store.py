@@ -86,7 +86,7 @@ class _Strict(BaseModel):
 
 
 class WorkspaceInfo(_Strict):
-    format: Literal["dp-tangent-workspace/1"] = FORMAT
+    format: Literal["dp-tangent-workspace/1"]  # required: every version wrote it
     created_at: str
     manifest_key_id: str
 
@@ -98,7 +98,7 @@ def _invalid_marker(marker: Path, err: Exception) -> str:
     with contextlib.suppress(ValueError, UnicodeDecodeError):
         data = json.loads(marker.read_bytes())
         found = data.get("format") if isinstance(data, dict) else None
-        if isinstance(found, str) and found != FORMAT and found.startswith(FORMAT.rsplit("/", 1)[0] + "/"):
+        if isinstance(found, str) and found != FORMAT and re.fullmatch(r"dp-tangent-workspace/[0-9]+", found):
             return (f"{marker} is a workspace of format {found!r}, written by another version of dp-tangent; this "
                     f"version reads {FORMAT!r}: use the version that wrote it")
     return f"{marker} is not a valid workspace marker ({type(err).__name__})"
@@ -277,7 +277,7 @@ class Workspace:
         from privacy_accounting import Ledger
 
         Ledger.open(building / "ledger.sqlite")
-        info = WorkspaceInfo(created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        info = WorkspaceInfo(format=FORMAT, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                              manifest_key_id=key_id(key))
         atomic_write_text(building / "workspace.json", info.model_dump_json(indent=2) + "\n")
         draft = cls(building, info)
