@@ -606,6 +606,24 @@ def test_a_name_left_by_an_interrupted_run_points_to_the_missing_shards(ws, mlp_
         _check_unused(ws, "m9", 3)
 
 
+def test_a_shard_whose_component_a_deletion_replaced_is_not_pointed_to_as_missing(ws, mlp_backbone) -> None:
+    """Review 78: a run killed after shard 0, then a deletion that replaced its component (m7-shard-0.r1): the way on
+    named shard 0 as missing too, and following it trained a second line of the shard."""
+    from datetime import date
+
+    from dp_tangent.cli.train import _check_unused, _components_by_shard
+    from dp_tangent.workspace.deletion_requests import DeletionRequest
+    from dp_tangent.workspace.forget import forget
+
+    ws.train(mlp_backbone, None, records(5), data_source="toy", shard="s0", name="m7-shard-0",
+             privacy=PrivacySpec(noise_multiplier=1.0), config=FAST)  # shard 0 done, then the run was killed
+    forget(ws, DeletionRequest("d1", ("rec-5-1",), date(2026, 12, 3)), retrain=True,
+           shard_records={"m7-shard-0": records(5)})
+    assert _components_by_shard(ws, "m7") == {0: "m7-shard-0.r1"}
+    with pytest.raises(WorkspaceError, match="train only its missing shards: --shard 1$"):
+        _check_unused(ws, "m7", 2)
+
+
 def test_a_name_left_by_a_run_stopped_before_composing_points_to_compose(ws, mlp_backbone, capsys) -> None:
     """Every shard trained, the model not composed (stopped while the executor closed): the way on is `compose`,
     which spends nothing; another --name would train, and spend, again."""

@@ -718,7 +718,9 @@ def test_a_replacement_trained_at_another_theta0_is_not_reused_when_the_request_
     assert code == 0, err
     ws_ = Workspace.open("ws")
     assert ws_.load_model("rows")[0].component_names == ["rows-shard-0.r2", "rows-shard-1"]
-    assert "rows-shard-0.r1" in ws_.list_components()  # kept, its budget spent: trained on the records' shard
+    # removed with what it was to replace (review 77: kept, it was a second line of the shard), its budget spent
+    assert "rows-shard-0.r1" not in ws_.list_components()
+    assert [e.status.value for e in ws_.ledger.events(component="rows-shard-0.r1")] == ["completed"]
 
 
 def test_an_interrupt_mentions_spent_budget_only_where_a_command_spends_some(

@@ -455,6 +455,18 @@ def test_a_request_run_again_without_retraining_removes_its_own_unfinished_repla
     assert sorted(ws.list_components()) == ["c2"] and verify(ws).ok
 
 
+def test_an_unfinished_replacement_is_composed_only_once_its_request_has_finished(ws, monkeypatch) -> None:
+    """Review 78: composed into a model, it was no longer unfinished, so the request's rerun trained (and charged)
+    a second replacement beside it, a second line of the shard."""
+    _stopped_after_one_replacement(ws, monkeypatch, _request("rec-0-1", "rec-1-1", request_id="first"))
+    with pytest.raises(WorkspaceError, match="'c0.r1' is a replacement deletion request 'first' trained before it "):
+        ws.compose_model("early", ["c0.r1", "c1"])
+    forget(ws, _request("rec-0-1", "rec-1-1", request_id="first"), retrain=True, shard_records=_reload, now=NOW)
+    assert ws.model_record("solo").component_names == ["c0.r1"]  # reused, not trained again
+    assert _completed_runs(ws, "s0") == ["c0", "c0.r1"]
+    ws.compose_model("later", ["c0.r1", "c1.r1"])
+
+
 def test_the_requester_s_copy_names_a_replacement_s_run_epsilon_only_where_it_does_not_tell_the_shard_size(
         tmp_path, mlp_backbone) -> None:
     """Review 74: planned from a stated size, a replacement's run epsilon is the same whatever the shard holds, and

@@ -100,16 +100,21 @@ def _check_reservations(ws: Workspace, recipe: Recipe, jobs: list[ShardJob], all
         allow_overlap=allow_overlap)
 
 
-_COMPONENT = r"^{name}-shard-(\d+)(?:-retry-\d+)?$"
+_COMPONENT = r"^{name}-shard-(\d+)(?:-retry-\d+)?(?:\.r\d+)*$"  # a deletion's replacement stands for its shard
 
 
 def _components_by_shard(ws: Workspace, name: str) -> dict[int, str]:
-    """Shard number -> completed component of model ``name`` (``NAME-shard-K`` or a ``-retry-J`` of it)."""
+    """Shard number -> completed component of model ``name`` (``NAME-shard-K``, a ``-retry-J`` of it, or a deletion's
+    replacement ``.rN`` of either: review 78, a shard whose component a deletion had replaced was trained again,
+    a second line of it); not a replacement an open deletion request has yet to finish."""
+    from ..workspace.forget import unfinished_replacements
+
     pattern = re.compile(_COMPONENT.format(name=re.escape(name)))
+    unfinished = unfinished_replacements(ws)
     found: dict[int, str] = {}
     for event in ws.ledger.events(status="completed"):
         match = pattern.match(event.component)
-        if match and ws.component_path(event.component).exists():
+        if match and event.component not in unfinished and ws.component_path(event.component).exists():
             found[int(match.group(1))] = event.component
     return found
 

@@ -207,7 +207,7 @@ class _Unfinished:
     ledger_reservation: str
 
 
-def _unfinished_replacements(ws: Workspace) -> dict[str, _Unfinished]:
+def unfinished_replacements(ws: Workspace) -> dict[str, _Unfinished]:
     """Every unfinished replacement on disk, by name (see :class:`_Unfinished`)."""
     still_open = open_request_ids(ws)
     present = set(ws.list_components())
@@ -493,7 +493,7 @@ def forget(
         affected = {n: metas[n] for n in sorted({n for names in found_in.values() for n in names})}
         earlier = _removed_while_open(ws, request.request_id, [c for c, names in found_in.items() if not names])
         models = [ws.model_record(m) for m in ws.list_models()]
-        unfinished = _unfinished_replacements(ws)
+        unfinished = unfinished_replacements(ws)
         lines = {n: m for n, m in affected.items() if n not in unfinished}  # what takes a replacement
         _plan_checks(ws, affected, models, retrain, shard_records, merge_data, retrained=set(lines))
         deleted = set(Tombstones(ws.root).read())

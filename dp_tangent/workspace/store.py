@@ -91,6 +91,20 @@ class WorkspaceInfo(_Strict):
     manifest_key_id: str
 
 
+def _check_finished(ws: "Workspace", components: Sequence[str]) -> None:
+    """Refuse a replacement that a deletion request still open trained before it stopped: composed, it would be
+    kept beside the one the request's next run trains or reuses, a second line of its shard (review 78)."""
+    from .forget import unfinished_replacements
+
+    unfinished = unfinished_replacements(ws)
+    for name in components:
+        if name in unfinished:
+            request = unfinished[name].request_id
+            raise WorkspaceError(f"component {name!r} is a replacement deletion request {request!r} trained before "
+                                 f"it stopped: finish the request first (`dp-tangent forget -w WORKSPACE --request-id "
+                                 f"{request} --retrain` with its record ids), then compose what it leaves")
+
+
 def _invalid_marker(marker: Path, err: Exception) -> str:
     """The one-line refusal of a workspace.json this version cannot read: a workspace another version of
     dp-tangent wrote (its ``format`` names another version; a later format change of any workspace file changes
@@ -686,6 +700,7 @@ class Workspace:
                                      "overwrites it)")
             if self.component_name_used(name):  # evaluate, predict and release would take the model for it
                 raise WorkspaceError(f"{name!r} is a component's name; give the model a name of its own")
+            _check_finished(self, components)
             loaded = [self.load_component(c) for c in components]
             composition = compose(loaded, weights, method, merge_data=merge_data,
                                   merge_data_public=merge_data_public, **options)
