@@ -496,7 +496,7 @@ def test_a_component_replaced_by_a_link_to_its_bytes_elsewhere_is_a_problem_and_
 
 
 def test_the_log_linked_to_a_copy_elsewhere_is_a_problem(ws, tmp_path) -> None:
-    """Review 77: ``audit.log`` (or the ledger, the key) made a link to a file outside the workspace verified."""
+    """Review 77: ``audit.log`` (or the ledger) made a link to a file outside the workspace verified."""
     import shutil
 
     log = tmp_path / "audit.log"
@@ -505,6 +505,14 @@ def test_the_log_linked_to_a_copy_elsewhere_is_a_problem(ws, tmp_path) -> None:
     assert [str(p).split(": ", 1)[1] for p in ws.audit.verify().problems] == [
         "audit.log is a symbolic link, not a file (made by hand: the tool keeps it in the workspace); put the file "
         "itself there"]
+    shutil.move(log, ws.audit.path.with_suffix(".moved"))
+    ws.audit.path.unlink()
+    ws.audit.path.with_suffix(".moved").rename(ws.audit.path)
+    key = tmp_path / "secrets" / "manifest.key"  # review 79: a key on a secrets mount, linked, is the operator's choice
+    key.parent.mkdir()
+    shutil.move(ws.key_path, key)
+    ws.key_path.symlink_to(key)
+    assert ws.audit.verify().ok and Workspace.open("ws").manifest_key() == key.read_bytes()
 
 
 def test_an_unknown_operation_is_refused_before_anything_is_staged(ws) -> None:

@@ -459,7 +459,8 @@ def test_an_unfinished_replacement_is_composed_only_once_its_request_has_finishe
     """Review 78: composed into a model, it was no longer unfinished, so the request's rerun trained (and charged)
     a second replacement beside it, a second line of the shard."""
     _stopped_after_one_replacement(ws, monkeypatch, _request("rec-0-1", "rec-1-1", request_id="first"))
-    with pytest.raises(WorkspaceError, match="'c0.r1' is a replacement deletion request 'first' trained before it "):
+    with pytest.raises(WorkspaceError, match=r"'c0.r1' is a replacement deletion request 'first' trained before it .*"
+                                             r"--request-id first \[--retrain\] -- <its record ids>"):
         ws.compose_model("early", ["c0.r1", "c1"])
     forget(ws, _request("rec-0-1", "rec-1-1", request_id="first"), retrain=True, shard_records=_reload, now=NOW)
     assert ws.model_record("solo").component_names == ["c0.r1"]  # reused, not trained again

@@ -101,8 +101,8 @@ def _check_finished(ws: "Workspace", components: Sequence[str]) -> None:
         if name in unfinished:
             request = unfinished[name].request_id
             raise WorkspaceError(f"component {name!r} is a replacement deletion request {request!r} trained before "
-                                 f"it stopped: finish the request first (`dp-tangent forget -w WORKSPACE --request-id "
-                                 f"{request} --retrain` with its record ids), then compose what it leaves")
+                                 f"it stopped: finish the request first (`dp-tangent forget -w {ws.root} --request-id "
+                                 f"{request} [--retrain] -- <its record ids>`), then compose what it leaves")
 
 
 def _invalid_marker(marker: Path, err: Exception) -> str:
