@@ -107,7 +107,7 @@ def _components_by_shard(ws: Workspace, name: str) -> dict[int, str]:
     """Shard number -> completed component of model ``name`` (``NAME-shard-K``, a ``-retry-J`` of it, or a deletion's
     replacement ``.rN`` of either: review 78, a shard whose component a deletion had replaced was trained again,
     a second line of it); not a replacement an open deletion request has yet to finish."""
-    from ..workspace.forget import unfinished_replacements
+    from ..workspace.replacements import unfinished_replacements
 
     pattern = re.compile(_COMPONENT.format(name=re.escape(name)))
     unfinished = unfinished_replacements(ws)

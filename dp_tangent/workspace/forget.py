@@ -52,7 +52,8 @@ from .commit import Change, FileRemoval, FileWrite, apply
 from .deletion_requests import DeletionRequest, ForgetError, OtherRecordIds, resolve_now
 from .ledger_ops import RegisterModel
 from .model_record import ModelRecord
-from .request_register import held_records, open_request_ids, open_request_records, receive
+from .replacements import Unfinished, unfinished_replacements
+from .request_register import held_records, open_request_records, receive
 from .tombstoning import tombstone
 from .store import Workspace
 from .tombstones import Tombstones
@@ -197,28 +198,7 @@ def _verify(ws: Workspace, remaining: Mapping[str, ComponentMetadata], models: S
                         commitments_checked=len(doomed), statement=statement)
 
 
-@dataclass(frozen=True)
-class _Unfinished:
-    """A replacement that retraining for a still-open request trained before that request stopped (a kill, a shard
-    that failed): in no model yet."""
-
-    request_id: str
-    replaces: str
-    ledger_reservation: str
-
-
-def unfinished_replacements(ws: Workspace) -> dict[str, _Unfinished]:
-    """Every unfinished replacement on disk, by name (see :class:`_Unfinished`)."""
-    still_open = open_request_ids(ws)
-    present = set(ws.list_components())
-    composed = {n for m in ws.list_models() for n in ws.model_record(m).component_names}
-    return {p["component"]: _Unfinished(p["request_id"], p["replaces"], p["ledger_reservation"])
-            for p in (entry.parameters for entry in ws.audit.entries() if entry.operation == "retraining")
-            if p.get("status") == "completed" and p.get("request_id") in still_open
-            and p.get("component") in present and p.get("component") not in composed}
-
-
-def _reusable(ws: Workspace, own: Mapping[str, _Unfinished], affected: Mapping[str, ComponentMetadata],
+def _reusable(ws: Workspace, own: Mapping[str, Unfinished], affected: Mapping[str, ComponentMetadata],
               deleted: set[str]) -> dict[str, AddedComponent]:
     """Of this request's unfinished replacements (``own``), those its retraining takes instead of training (and
     charging) them again (old name -> added component): each replaces an affected component at its theta0 and
@@ -240,7 +220,7 @@ def _reusable(ws: Workspace, own: Mapping[str, _Unfinished], affected: Mapping[s
     return done
 
 
-def _obsolete(unfinished: Mapping[str, _Unfinished], request_id: str, removed: Mapping[str, ComponentMetadata],
+def _obsolete(unfinished: Mapping[str, Unfinished], request_id: str, removed: Mapping[str, ComponentMetadata],
               reused: Mapping[str, AddedComponent], current: set[str]) -> set[str]:
     """The unfinished replacements a deletion of ``request_id`` removes with the components it ``removed``: each of
     this request's that it does not reuse, and each of another open request's whose component to replace it

@@ -94,7 +94,7 @@ class WorkspaceInfo(_Strict):
 def _check_finished(ws: "Workspace", components: Sequence[str]) -> None:
     """Refuse a replacement that a deletion request still open trained before it stopped: composed, it would be
     kept beside the one the request's next run trains or reuses, a second line of its shard (review 78)."""
-    from .forget import unfinished_replacements
+    from .replacements import unfinished_replacements
 
     unfinished = unfinished_replacements(ws)
     for name in components:
