@@ -104,9 +104,9 @@ def open_request_records(ws: Workspace, statuses: list[RequestStatus] | None = N
     return named
 
 
-def open_request_ids(ws: Workspace, exclude: str | None = None) -> set[str]:
-    """The ids of the open requests, but ``exclude``."""
-    return {s.request_id for s in list_requests(ws) if s.status == "open" and s.request_id != exclude}
+def open_request_ids(ws: Workspace) -> set[str]:
+    """The ids of the open requests."""
+    return {s.request_id for s in list_requests(ws) if s.status == "open"}
 
 
 def held_records(named: Mapping[str, set[str]],
