@@ -624,6 +624,26 @@ def test_a_shard_whose_component_a_deletion_replaced_is_not_pointed_to_as_missin
         _check_unused(ws, "m7", 2)
 
 
+def test_a_retry_over_a_deletion_not_finished_names_the_request_not_a_changed_recipe(ws, mlp_backbone) -> None:
+    """Review 80: a run killed after shard 0, a deletion of one of its records stopped before it replaced the
+    component: `train --shard 1` said the recipe's data, seed or --shards had changed."""
+    from datetime import date
+
+    from dp_tangent.cli.train import _check_same_split
+    from dp_tangent.workspace.deletion_requests import DeletionRequest
+    from dp_tangent.workspace.request_register import receive
+
+    ws.train(mlp_backbone, None, records(5), data_source="toy", shard="s0", name="m6-shard-0",
+             privacy=PrivacySpec(noise_multiplier=1.0), config=FAST)
+    _check_same_split(ws, "m6", [records(5)])  # the same shard: the retry may go on
+    with pytest.raises(WorkspaceError, match="its data, seed or --shards changed"):
+        _check_same_split(ws, "m6", [records(6)])
+    receive(ws, DeletionRequest("q3", ("rec-5-1",), date(2026, 12, 3)))  # received and tombstoned, not served
+    with pytest.raises(WorkspaceError, match=r"'m6-shard-0' holds records deletion request\(s\) q3 removed, not "
+                                             r"finished yet: finish them first"):
+        _check_same_split(ws, "m6", [records(5)])
+
+
 def test_a_name_left_by_a_run_stopped_before_composing_points_to_compose(ws, mlp_backbone, capsys) -> None:
     """Every shard trained, the model not composed (stopped while the executor closed): the way on is `compose`,
     which spends nothing; another --name would train, and spend, again."""

@@ -814,3 +814,34 @@ def test_a_train_refused_for_an_overlap_registers_nothing_so_the_fixed_data_trai
     np.savez("b.npz", **{**data, "record_ids": np.array([f"other-{i:03d}" for i in range(len(data["targets"]))])})
     code, out, err = run_cli(capsys, "train", "b.yaml", "-w", "ws")
     assert code == 0 and "model b: mean of 2 components" in out, (out, err)
+
+
+def test_a_recipe_budget_a_new_source_would_exceed_registers_nothing_so_the_fixed_recipe_trains(ws: Path,
+                                                                                                   capsys) -> None:
+    """Review 80: the recipe's budget for a new source was set, and the source registered, before the run was found
+    to exceed it; the recipe fixed to a larger budget was then held to the first one for good."""
+    write_npz(Path("c.npz"), seed=3)
+    data = dict(np.load("c.npz"))
+    np.savez("c.npz", **{**data, "record_ids": np.array([f"c-{i:03d}" for i in range(len(data["targets"]))])})
+    recipe = mlp_recipe({"npz": {"path": "c.npz"}}, in_features=6, classes=2, source="c",
+                        budget={"epsilon": 2, "delta": 1e-5})  # the run spends 8 per shard
+    write_recipe(Path("c.yaml"), recipe)
+    registry, logged = Path("ws/data-sources.json").read_bytes(), len(Workspace.open("ws").audit.entries())
+    _refused(capsys, "train", "c.yaml", "-w", "ws", says="budget exceeded")
+    assert Path("ws/data-sources.json").read_bytes() == registry
+    assert len(Workspace.open("ws").audit.entries()) == logged
+    write_recipe(Path("c.yaml"), {**recipe, "budget": {"epsilon": 10, "delta": 1e-5}})
+    code, out, err = run_cli(capsys, "train", "c.yaml", "-w", "ws")
+    assert code == 0 and "model c: mean of 2 components" in out, (out, err)
+
+
+def test_a_run_a_workspace_budget_refuses_says_the_recipe_s_budget_is_not_applied(ws: Path, capsys) -> None:
+    """Review 80: refused before the data is registered, the run no longer said that the workspace's budget, not the
+    recipe's, held it back (and that `budget set` changes it)."""
+    assert run_cli(capsys, "budget", "set", "rows", "2", "-w", "ws")[0] == 0
+    write_recipe(Path("more.yaml"), mlp_recipe({"npz": {"path": "rows.npz"}}, in_features=6, classes=2,
+                                               source="rows", budget={"epsilon": 100, "delta": 1e-5}))
+    code, out, err = run_cli(capsys, "train", "more.yaml", "-w", "ws")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 2 and "keeps its budget epsilon 2" in lines[0] and "`dp-tangent budget set`" \
+        in lines[0] and "budget exceeded" in lines[1], err

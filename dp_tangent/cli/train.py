@@ -25,6 +25,8 @@ from .budget import shard_state
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from privacy_accounting.records import Budget
+
     from ..data import RecordSet
     from ..recipes import Recipe
     from ..workspace import Workspace
@@ -76,28 +78,53 @@ def _register_source(ws: Workspace, recipe: Recipe) -> None:
     loader = source_for(recipe.data, recipe.shards)
     ws.declare_data_source(recipe.data_source, description=f"recipe data {recipe.data.kind}",
                            shards=[f"shard-{k}" for k in range(recipe.shards.count)], loader=loader)
-    budget = recipe.budget
-    current = next((b for b in ws.ledger.budgets() if (b.data_source, b.shard) == (recipe.data_source, None)), None)
+    budget, current = recipe.budget, _source_budget(ws, recipe.data_source)
     if budget and current is None:
         ws.set_budget(recipe.data_source, None, budget.epsilon, budget.delta)
-    elif budget and (current.epsilon, current.delta) != (budget.epsilon, budget.delta):
-        # A recipe never overrides a budget set in the workspace (a privacy officer may have lowered it).
+    else:
+        _note_budget_kept(recipe, current)
+
+
+def _source_budget(ws: Workspace, data_source: str) -> "Budget | None":
+    return next((b for b in ws.ledger.budgets() if (b.data_source, b.shard) == (data_source, None)), None)
+
+
+def _note_budget_kept(recipe: Recipe, current: "Budget | None") -> None:
+    """A recipe never overrides a budget set in the workspace (a privacy officer may have lowered it): say so."""
+    budget = recipe.budget
+    if budget and current is not None and (current.epsilon, current.delta) != (budget.epsilon, budget.delta):
         typer.echo(f"note: data source {recipe.data_source!r} keeps its budget epsilon {current.epsilon:g} at delta "
                    f"{current.delta:g}; the recipe's ({budget.epsilon:g}, {budget.delta:g}) is not applied (use "
                    "`dp-tangent budget set` to change it)", err=True)
 
 
 def _check_reservations(ws: Workspace, recipe: Recipe, jobs: list[ShardJob], allow_overlap: bool) -> None:
-    """What the run's reservations would refuse now (records another shard read, a budget already set), before
-    the recipe's data is registered: registered, records refused as an overlap would stay the source's, and the
-    data fixed to leave them out would be refused as not the data registered (the train the check runs in
-    ``train_all`` still checks, with the recipe's budget)."""
+    """What the run's reservations would refuse now (records another shard read, a budget), before the recipe's
+    data and budget are registered: registered, records refused as an overlap would stay the source's, and the
+    data fixed to leave them out would be refused as not the data registered; a recipe's budget for a source that
+    has none would be set, and the recipe fixed to fit it would be held to it (review 80). ``train_all`` checks
+    again, under the lock."""
+    from privacy_accounting import BudgetExceededError
+    from privacy_accounting.budgets import enforce_budget
+    from privacy_accounting.records import Budget
+
     from ..workspace.train import reservation_requests
 
-    ws.ledger.check_reservations(
-        reservation_requests(ws, recipe.backbone.spec(), recipe.trainable, jobs, data_source=recipe.data_source,
-                             privacy=recipe.privacy_spec(), config=recipe.train_config(), deleted="exclude"),
-        allow_overlap=allow_overlap)
+    requests = reservation_requests(ws, recipe.backbone.spec(), recipe.trainable, jobs, data_source=recipe.data_source,
+                                    privacy=recipe.privacy_spec(), config=recipe.train_config(), deleted="exclude")
+    current = _source_budget(ws, recipe.data_source)
+    try:
+        ws.ledger.check_reservations(requests, allow_overlap=allow_overlap)
+    except BudgetExceededError:
+        _note_budget_kept(recipe, current)  # the way out is `budget set`, not the recipe
+        raise
+    if recipe.budget is not None and current is None:  # the budget registering would set
+        limit = Budget(recipe.data_source, None, recipe.budget.epsilon, recipe.budget.delta)
+        for request in requests:
+            enforce_budget(data_source=request.data_source, shard=request.shard, budget=limit,
+                           existing=[e.tree for e in ws.ledger.events(data_source=request.data_source,
+                                                                      shard=request.shard)],
+                           new_event=request.event, settings=ws.ledger.settings)
 
 
 _COMPONENT = r"^{name}-shard-(\d+)(?:-retry-\d+)?(?:\.r\d+)*$"  # a deletion's replacement stands for its shard
@@ -334,13 +361,19 @@ def _check_same_split(ws: Workspace, name: str, parts: list[RecordSet]) -> None:
     from ..workspace.tombstones import Tombstones
 
     key = ws.manifest_key()
-    deleted = set(Tombstones(ws.root).read())
+    tombstones = Tombstones(ws.root).read()
     for k, component in sorted(_components_by_shard(ws, name).items()):
-        root = ws.load_component(component).metadata.manifest.root
-        kept = [r for r in parts[k].record_ids if commit(r, key) not in deleted] if k < len(parts) else []
-        if k >= len(parts) or RecordManifest.build(kept, key).root != root:
-            raise WorkspaceError(f"shard {k} of this recipe does not hold the records {component!r} was trained on "
-                                 "(its data, seed or --shards changed); retry with the same recipe and options")
+        manifest = ws.load_component(component).metadata.manifest
+        kept = [r for r in parts[k].record_ids if commit(r, key) not in tombstones] if k < len(parts) else []
+        if k < len(parts) and RecordManifest.build(kept, key).root == manifest.root:
+            continue
+        requests = sorted({tombstones[c].request_id for c in manifest.commitments if c in tombstones})
+        if requests:  # review 80: a deletion stopped before it replaced this component, not a changed recipe
+            raise WorkspaceError(f"{component!r} holds records deletion request(s) {', '.join(requests)} removed, "
+                                 f"not finished yet: finish them first (`dp-tangent forget -w {ws.root} --request-id "
+                                 f"{requests[0]} [--retrain] -- <its record ids>`), then retry")
+        raise WorkspaceError(f"shard {k} of this recipe does not hold the records {component!r} was trained on "
+                             "(its data, seed or --shards changed); retry with the same recipe and options")
 
 
 def _report(ws: Workspace, recipe: Recipe, name: str, test: RecordSet | None, run: TrainingRun,
