@@ -845,3 +845,20 @@ def test_a_run_a_workspace_budget_refuses_says_the_recipe_s_budget_is_not_applie
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 2 and "keeps its budget epsilon 2" in lines[0] and "`dp-tangent budget set`" \
         in lines[0] and "budget exceeded" in lines[1], err
+
+
+def test_a_recipe_budget_the_first_run_would_exceed_leaves_a_new_workspace_empty(tmp_path, monkeypatch,
+                                                                                capsys) -> None:
+    """With --init, the workspace is made and the run refused before the source and its budget are registered, so
+    the recipe fixed to a larger budget trains in it."""
+    monkeypatch.chdir(tmp_path)
+    write_npz(Path("rows.npz"))
+    recipe = mlp_recipe({"npz": {"path": "rows.npz"}}, in_features=6, classes=2, source="rows",
+                        budget={"epsilon": 2, "delta": 1e-5})
+    write_recipe(Path("rows.yaml"), recipe)
+    _refused(capsys, "train", "--init", "rows.yaml", "-w", "ws", says="budget exceeded")
+    ws = Workspace.open("ws")
+    assert ws.ledger.budgets() == [] and [e.operation for e in ws.audit.entries()] == ["workspace_created"]
+    write_recipe(Path("rows.yaml"), {**recipe, "budget": {"epsilon": 10, "delta": 1e-5}})
+    code, out, err = run_cli(capsys, "train", "--init", "rows.yaml", "-w", "ws")
+    assert code == 0 and "model rows: mean of 2 components" in out, (out, err)

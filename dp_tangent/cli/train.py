@@ -265,10 +265,10 @@ def train(
             from ..backbones.provenance import check_pretrained_on
 
             check_pretrained_on(recipe.backbone.checkpoint, getattr(recipe.data.source, "public_path", None))
-        if ws is not None:  # an overlap is refused before the data is registered, which a fix could not undo
-            _check_reservations(ws, recipe, [ShardJob(_retry_name(ws, name, k), f"shard-{k}", parts[k])
-                                             for k in selected], allow_overlap)
         ws = ws or Workspace.create(workspace)
+        # refused before the data and the budget are registered, which a fixed recipe could not undo
+        _check_reservations(ws, recipe, [ShardJob(_retry_name(ws, name, k), f"shard-{k}", parts[k])
+                                         for k in selected], allow_overlap)
         _register_source(ws, recipe)  # checks the public table, if any, against the workspace's records
         spec, console = recipe.backbone.spec(), Console()
         jobs = [ShardJob(_retry_name(ws, name, k), f"shard-{k}", parts[k]) for k in selected]
