@@ -862,3 +862,20 @@ def test_a_recipe_budget_the_first_run_would_exceed_leaves_a_new_workspace_empty
     write_recipe(Path("rows.yaml"), {**recipe, "budget": {"epsilon": 10, "delta": 1e-5}})
     code, out, err = run_cli(capsys, "train", "--init", "rows.yaml", "-w", "ws")
     assert code == 0 and "model rows: mean of 2 components" in out, (out, err)
+
+
+def test_a_shard_s_own_budget_holds_over_the_recipe_s_in_the_check_before_registering(tmp_path, monkeypatch,
+                                                                                      capsys) -> None:
+    """The check before registering held every shard to the recipe's budget for a source that had none, where a
+    shard's own budget (set before) is the one the ledger applies."""
+    monkeypatch.chdir(tmp_path)
+    write_npz(Path("rows.npz"))
+    assert run_cli(capsys, "init", "-w", "ws")[0] == 0
+    ws = Workspace.open("ws")
+    ws.declare_data_source("rows", description="rows", shards=["shard-0", "shard-1"])
+    for shard in ("shard-0", "shard-1"):
+        ws.set_budget("rows", shard, 20, 1e-5)
+    write_recipe(Path("rows.yaml"), mlp_recipe({"npz": {"path": "rows.npz"}}, in_features=6, classes=2, source="rows",
+                                               budget={"epsilon": 2, "delta": 1e-5}))  # the run spends 8 per shard
+    code, out, err = run_cli(capsys, "train", "rows.yaml", "-w", "ws")
+    assert code == 0 and "model rows: mean of 2 components" in out, (out, err)

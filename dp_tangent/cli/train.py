@@ -118,9 +118,10 @@ def _check_reservations(ws: Workspace, recipe: Recipe, jobs: list[ShardJob], all
     except BudgetExceededError:
         _note_budget_kept(recipe, current)  # the way out is `budget set`, not the recipe
         raise
-    if recipe.budget is not None and current is None:  # the budget registering would set
+    if recipe.budget is not None and current is None:  # the budget registering would set, where no shard's own holds
         limit = Budget(recipe.data_source, None, recipe.budget.epsilon, recipe.budget.delta)
-        for request in requests:
+        own = {b.shard for b in ws.ledger.budgets() if b.data_source == recipe.data_source and b.shard is not None}
+        for request in (r for r in requests if r.shard not in own):
             enforce_budget(data_source=request.data_source, shard=request.shard, budget=limit,
                            existing=[e.tree for e in ws.ledger.events(data_source=request.data_source,
                                                                       shard=request.shard)],
