@@ -278,8 +278,9 @@ def _computation(event_json: str, delta: float, accountant: str, settings: Accou
 @functools.lru_cache(maxsize=1)
 def _code_digest() -> str:
     """sha256 of the modules that turn an event into a figure (this one, the event conversions, the loader of
-    Opacus's accountants, the PLD accountant)."""
+    Opacus's accountants, the PLD accountant and its one-step PLD)."""
     digest = hashlib.sha256()
-    for name in ("accountants.py", "events.py", "event_tree.py", "opacus_accountants.py", "pld_accountant.py"):
+    for name in ("accountants.py", "events.py", "event_tree.py", "opacus_accountants.py", "pld_accountant.py",
+                 "pld_gaussian.py"):
         digest.update((Path(__file__).with_name(name)).read_bytes())
     return digest.hexdigest()

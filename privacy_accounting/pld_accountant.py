@@ -1,20 +1,20 @@
 """dp-accounting's ``PLDAccountant`` with the one-step PLDs of DP-SGD kept in-process.
 
-The PLD of a run of the Poisson-subsampled Gaussian mechanism is its one-step PLD self-composed
-``count`` times, and building that one-step PLD is most of a run's cost (0.03 s on a 1e-3 grid, 0.4 s
-on the default 1e-4, for sigma = 1, q = 0.005). It depends on (sigma, q, grid, relation) only, not on
-the count, and recurs: a report's epsilon-against-steps curve composes the same mechanism at a dozen
-step counts per shard, shards trained by one recipe on equal-sized shards share it, and a figure is
-asked at several deltas. :class:`MemoizedPLDAccountant` builds it with the call ``PLDAccountant`` makes
-itself, ``from_gaussian_mechanism(standard_deviation=sigma, value_discretization_interval=...,
-sampling_prob=q, neighboring_relation=...)``, then ``self_compose(count)`` as ``PLDAccountant`` does,
-and keeps the last ones used, up to :data:`BUDGET_BYTES`. PLDs are immutable (every operation returns a
-new one), so a kept one gives every later figure exactly as a fresh one would: the epsilons are bit for
-bit those of ``PLDAccountant`` (tests/accounting/test_pld_accountant.py). The key holds each value's
-type as well (an ``np.float32`` q equals its float64 value but gives another PLD). Every other event
-goes to ``PLDAccountant`` unchanged. The subclass relies on ``_maybe_compose`` and ``_pld``, internals of
-the dp-accounting versions in :data:`CHECKED_VERSIONS`; with another version, or without the
-package's metadata to tell, :func:`pld_accountant` returns the stock class.
+The PLD of a run of the Poisson-subsampled Gaussian mechanism is its one-step PLD self-composed ``count``
+times, and building that one-step PLD is much of a run's cost. It depends on (sigma, q, grid, relation) only,
+not on the count, and recurs: a report's epsilon-against-steps curve composes the same mechanism at a dozen
+step counts per shard, shards trained by one recipe on equal-sized shards share it, and a figure is asked at
+several deltas. :class:`MemoizedPLDAccountant` builds the PLD that ``PLDAccountant``'s own call
+``from_gaussian_mechanism(standard_deviation=sigma, value_discretization_interval=..., sampling_prob=q,
+neighboring_relation=...)`` builds, bit for bit and faster (``pld_gaussian.one_step_pld``), then
+``self_compose(count)`` as ``PLDAccountant`` does, and keeps the last ones used, up to :data:`BUDGET_BYTES`.
+PLDs are immutable (every operation returns a new one), so a kept one gives every later figure exactly as a
+fresh one would: the epsilons are bit for bit those of ``PLDAccountant``
+(tests/accounting/test_pld_accountant.py). The key holds each value's type as well (an ``np.float32`` q equals
+its float64 value but gives another PLD). Every other event goes to ``PLDAccountant`` unchanged. The subclass
+relies on ``_maybe_compose`` and ``_pld``, internals of the dp-accounting versions in
+:data:`CHECKED_VERSIONS`; with another version, or without the package's metadata to tell,
+:func:`pld_accountant` returns the stock class.
 """
 
 from __future__ import annotations
@@ -65,9 +65,9 @@ class _Kept:
                 return self._plds[key][0]
             self.misses += 1
         # outside the lock: another thread may build the same one, with the same result
-        pld = privacy_loss_distribution.from_gaussian_mechanism(
-            standard_deviation=noise_multiplier, value_discretization_interval=interval,
-            sampling_prob=sampling_probability, neighboring_relation=relation)
+        from privacy_accounting.pld_gaussian import one_step_pld  # dp-accounting internals: checked versions only
+
+        pld = one_step_pld(noise_multiplier, sampling_probability, interval, relation)
         size = _nbytes(pld)
         with self._lock:
             if key not in self._plds and size <= BUDGET_BYTES:
