@@ -56,7 +56,8 @@ class GridGaussianPrivacyLoss(GaussianPrivacyLoss):
         edge = -math.log(1 - q) if add else math.log(1 - q)
         b = -losses if add else losses
         at_edge = np.abs(losses - edge) <= 1e-9 * np.maximum(np.abs(losses), abs(edge))  # math.isclose's rule
-        if add and np.any(~at_edge & (losses > edge)) or not add and np.any(~at_edge & (losses <= edge)):
+        beyond = (losses > edge) if add else (losses <= edge)  # where dp-accounting's scalar inverse raises
+        if np.any(~at_edge & beyond):
             raise ValueError(f"a privacy loss beyond the subsampled mechanism's range ({edge})")
         a, c = 1 / q, 1 - 1 / q
         d = b + np.log(a)
