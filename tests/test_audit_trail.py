@@ -209,10 +209,20 @@ def test_a_failed_retraining_says_the_request_stays_open_and_how_to_finish(ws, c
     assert code == 0 and "r2" in out
     code, out = _cli(capsys, "forget", "rec-0-2", "--request-id", "r2", "-w", str(ws.root))  # drop, no retraining
     assert code == 0 and "removed 1 component" in out
+    _names_the_copy_to_send(out, ws.root / "certificates")
     code, out = _cli(capsys, "requests", "list", "--open", "-w", str(ws.root))
     assert "r2" not in out
     code, out = _cli(capsys, "forget", "rec-0-2", "--request-id", "r2", "-w", str(ws.root))  # review 4: once done,
     assert code == 0 and "was already completed on" in out and "nothing was changed" in out and "OPEN" not in out
+    _names_the_copy_to_send(out, ws.root / "certificates")
+
+
+def _names_the_copy_to_send(out: str, folder: Path) -> None:
+    """Review 82: forget printed the .json, which holds record counts (shard sizes), as *the* certificate; it
+    names the .txt as the requester's copy and the .json as internal."""
+    assert f"certificate for the requester: {folder / 'r2.txt'}" in out, out
+    assert f"internal record (holds record counts, which tell shard sizes: do not send): {folder / 'r2.json'}" in out
+    assert f"certificate: {folder / 'r2.json'}" not in out
 
 
 def test_a_failed_rerun_names_the_registered_clock_not_its_own(ws, capsys) -> None:

@@ -35,6 +35,7 @@ from ..training.config import PrivacySpec, TrainConfig
 from ..training.evaluation import accuracy
 from ..training.executors import Executor
 from ..workspace import data_sources
+from ..workspace.certificates import certificate_paths_text
 from ..workspace.data_sources import PUBLIC_SPLIT
 from ..workspace.deletion_requests import DeletionRequest
 from ..workspace.forget import forget
@@ -247,7 +248,7 @@ def tell(ws: Workspace, task: DemoTask, config: StoryConfig, console: Console, s
     console.print(f"Audit log: {check}")
     console.rule("Done")
     console.print(f"HTML privacy report: {reports / 'privacy-report.html'}")
-    console.print(f"Deletion certificate: {result.json_path} (text: {result.text_path})")
+    console.print(certificate_paths_text(result.text_path, result.json_path))
     figures["seconds"] = time.perf_counter() - started
     console.print(f"Try: dp-tangent forget {task.forget_hint} --workspace {ws.root} --retrain   "
                   f"(finished in {figures['seconds']:.0f} s)")

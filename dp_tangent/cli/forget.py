@@ -60,6 +60,7 @@ def forget(
     from privacy_accounting.errors import BudgetExceededError
 
     from ..errors import DPTangentError
+    from ..workspace.certificates import certificate_paths_text
     from ..workspace.data_sources import shard_records_for
     from ..workspace.deletion_requests import DeletionRequest, ForgetError, OtherRecordIds
     from ..workspace.forget import forget as serve
@@ -96,7 +97,7 @@ def forget(
         raise ForgetError(f"{cause}; {_request_state(ws, request.request_id, again)}") from err
     typer.echo(result.message)
     if result.already_completed:  # the same answer as the first run: its certificate, and exit 3 if it said so
-        typer.echo(f"certificate: {result.json_path}")
+        typer.echo(certificate_paths_text(result.text_path, result.json_path))
         if retrain and result.found and not result.certificate.components_added:
             typer.secho(f"note: --retrain was not applied: request {request.request_id} was completed without "
                         "retraining (its components were removed, none replaced), and a completed request is not "
@@ -106,7 +107,8 @@ def forget(
         for added in result.certificate.components_added:  # what `budget show` would now print for it
             typer.echo(f"  {added.data_source}/{added.shard}: "
                        f"{shard_state(ws.ledger, added.data_source, added.shard).text()}")
-        typer.echo(f"certificate: {result.json_path}\n{result.text_path.read_text()}")
+        paths = certificate_paths_text(result.text_path, result.json_path)
+        typer.echo(f"{paths}\n{result.text_path.read_text()}")
         _released_copies(ws, request.request_id)
     missing = len(result.certificate.not_found)
     if missing:

@@ -204,6 +204,13 @@ def certificate_writes(ws: Workspace, cert: DeletionCertificate) -> list[FileWri
             FileWrite(ws.relative(json_path), (cert.model_dump_json(indent=2) + "\n").encode())]
 
 
+def certificate_paths_text(text_path: Path, json_path: Path) -> str:
+    """Where a certificate was written, as commands print it: the ``.txt`` is the one to send; the ``.json`` holds
+    record counts, which tell shard sizes, and stays in the workspace."""
+    return (f"certificate for the requester: {text_path}\n"
+            f"internal record (holds record counts, which tell shard sizes: do not send): {json_path}")
+
+
 def read_certificate(ws: Workspace, request_id: str) -> DeletionCertificate | None:
     path, _ = ws.certificate_paths(request_id)
     if not path.is_file():
