@@ -210,6 +210,9 @@ def test_a_failed_retraining_says_the_request_stays_open_and_how_to_finish(ws, c
     code, out = _cli(capsys, "forget", "rec-0-2", "--request-id", "r2", "-w", str(ws.root))  # drop, no retraining
     assert code == 0 and "removed 1 component" in out
     _names_the_copy_to_send(out, ws.root / "certificates")
+    removed = json.loads((ws.root / "certificates" / "r2.json").read_text())["components_removed"][0]["name"]
+    code, out = _cli(capsys, "compose", removed, "--name", "again", "-w", str(ws.root))  # review 83: "does not exist"
+    assert code == 2 and f"component {removed!r} was removed by deletion request 'r2': it was not retrained" in out
     code, out = _cli(capsys, "requests", "list", "--open", "-w", str(ws.root))
     assert "r2" not in out
     code, out = _cli(capsys, "forget", "rec-0-2", "--request-id", "r2", "-w", str(ws.root))  # review 4: once done,
@@ -390,6 +393,9 @@ def test_a_certificate_verifies_later_and_fails_once_the_record_comes_back(ws, c
     assert code == 0 and "certificate req-7 holds" in out, out
     code, out = _cli(capsys, "certificate", "verify", "req-7", "-w", str(ws.root))  # by its id, as restore takes it
     assert code == 0 and "certificate req-7 holds" in out, out
+    code, out = _cli(capsys, "certificate", "verify", "req-8", "-w", str(ws.root))  # review 83: "No such file" only
+    assert code == 2 and out.count("\n") == 1 and "no certificate of a request 'req-8'" in out, out
+    assert "(requests with certificates: req-7)" in out, out
     assert ws.audit.verify().ok
     # The record's tombstone is removed behind the tool's back: training refuses the edited list (it used to train
     # the record again), and the certificate no longer holds.

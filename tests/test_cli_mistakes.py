@@ -148,6 +148,11 @@ def test_weights_that_overflow_are_one_line_errors_not_tracebacks(ws: Path,
     assert not Path("ws/models/inf.json").exists()
     _refused(capsys, "compose", "rows-shard-0", "--name", "merged", "--method", "regmean", "-w", "ws",
              says="only the Python API takes")
+    # review 83: the CLI's own names, not the library's tuple or Python syntax
+    _refused(capsys, "compose", "rows-shard-0", "--name", "merged", "--method", "foo", "-w", "ws",
+             says="--method must be mean, sum or task-arithmetic, got 'foo'")
+    _refused(capsys, "compose", "rows-shard-0", "rows-shard-1", "--name", "merged", "--weights", "-1,2", "-w", "ws",
+             says="--method task-arithmetic")
 
 
 def test_predict_refuses_empty_or_non_finite_arrays_and_data_it_would_ignore(
@@ -161,6 +166,9 @@ def test_predict_refuses_empty_or_non_finite_arrays_and_data_it_would_ignore(
     _refused(capsys, "predict", "rows", "inputs", "-w", "ws", says="inputs: a folder with no input file in it")
     np.save("big.npy", np.full((1, 6), 1e39))  # finite in float64, not in float32: no numpy warning lines
     _refused(capsys, "predict", "rows", "big.npy", "-w", "ws", says="beyond float32's range")
+    np.save("complex.npy", np.ones((2, 6), np.complex64))  # review 83: its imaginary parts were dropped, with a warning
+    _refused(capsys, "predict", "rows", "complex.npy", "-w", "ws",
+             says="expected real numbers, got an array of complex64")
     np.save("ok.npy", np.zeros((2, 6), np.float32))
     _refused(capsys, "predict", "rows", "ok.npy", "--data", "rows.yaml", "-w", "ws", says=".npy arrays are model "
              "inputs already")
@@ -243,6 +251,24 @@ def test_the_same_source_in_other_shards_or_moved_is_still_the_registered_data(
     np.savez("moved/rows.npz", **{k: v[1:] for k, v in original.items()})  # a record no deletion removed is gone
     _refused(capsys, "train", "--init", "moved.yaml", "--name", "fewer", "--allow-overlap", "-w", "ws",
              says="(1 missing that no deletion request removed)")
+
+
+def test_a_budget_is_refused_where_it_would_never_apply(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 83: `budget set digits/public` said it set a budget (and logged it) on a split its owner declared
+    public, where none applies; `digits/` was taken for `digits`."""
+    from dp_tangent.data.sources import DigitsSource
+
+    monkeypatch.chdir(tmp_path)
+    ws = Workspace.create(Path("ws"))
+    loader = DigitsSource(image_size=8, shards=2, test_fraction=0.2, seed=0, max_records=60, public_split=True)
+    ws.declare_data_source("digits", description="d", shards=["shard-0", "shard-1", "public"], loader=loader)
+    files = {p: p.read_bytes() for p in Path("ws").rglob("*") if p.is_file()}
+    _refused(capsys, "budget", "set", "digits/public", "10", "-w", "ws", says="is declared public by its data owner")
+    for target in ("digits/", "/shard-0"):
+        _refused(capsys, "budget", "set", target, "10", "-w", "ws", says="name a data source, or a data source and")
+    assert {p: p.read_bytes() for p in Path("ws").rglob("*") if p.is_file()} == files  # nothing logged or set
+    assert run_cli(capsys, "budget", "set", "digits/shard-0", "10", "-w", "ws")[0] == 0
 
 
 def test_the_digits_in_other_shards_are_the_same_reading_unless_a_public_split_depends_on_them(

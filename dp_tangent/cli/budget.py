@@ -29,8 +29,12 @@ def budget_set(
     """Set the epsilon limit of a data source (every shard of it, those with budgets of their own too) or of one
     shard; both must be declared (`dp-tangent train` declares a recipe's data source and shards)."""
     from ..workspace import WorkspaceError
+    from ..workspace.data_sources import declared_public
 
-    source, _, shard = target.partition("/")
+    source, slash, shard = target.partition("/")
+    if slash and (not shard or not source):
+        raise WorkspaceError(f"{target!r}: name a data source, or a data source and one of its shards as "
+                             "DATA_SOURCE/SHARD")
     ws = open_workspace(workspace)
     sources = [s.name for s in ws.ledger.data_sources()]
     if source not in sources:
@@ -39,6 +43,9 @@ def budget_set(
     shards = [s for _, s in ws.ledger.shards(source)]
     if shard and shard not in shards:
         raise WorkspaceError(f"data source {source!r} has no shard {shard!r} (shards: {', '.join(shards) or 'none'})")
+    if shard and (source, shard) in declared_public(ws):  # a budget there would be recorded and never applied
+        raise WorkspaceError(f"{target} is declared public by its data owner (public_split): no privacy budget applies "
+                             f"to it; set the budget of {source}, or of one of its private shards")
     given = delta
     if delta is None:  # never change a budget's delta silently
         current = next((b for b in ws.ledger.budgets() if (b.data_source, b.shard) == (source, shard or None)), None)

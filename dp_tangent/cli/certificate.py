@@ -46,6 +46,7 @@ def _by_request_id(ws, certificate: Path) -> Path:  # noqa: ANN001
     """``certificate`` itself, or, when no such file exists and it names a request, that request's copy in the
     workspace (its .txt, else its .json), as `certificate restore` takes a request id."""
     from ..errors import DPTangentError
+    from ..workspace import WorkspaceError
 
     if certificate.exists() or certificate.name != str(certificate):
         return certificate
@@ -53,7 +54,12 @@ def _by_request_id(ws, certificate: Path) -> Path:  # noqa: ANN001
         paths = ws.certificate_paths(certificate.name)
     except DPTangentError:  # not a request id's form: the path it is, which is missing
         return certificate
-    return next((p for p in reversed(paths) if p.is_file()), certificate)
+    found = next((p for p in reversed(paths) if p.is_file()), None)
+    if found is None:  # neither a file here nor a request's certificate: say both
+        known = sorted({p.stem for p in ws.certificates_dir.glob("*.json")}) if ws.certificates_dir.is_dir() else []
+        raise WorkspaceError(f"{certificate}: no such file, and no certificate of a request {certificate.name!r} in "
+                             f"{ws.root} (requests with certificates: {', '.join(known) or 'none'})")
+    return found
 
 
 @certificate_app.command("restore")

@@ -22,6 +22,8 @@ def compose(
         parsed = [float(w) for w in weights.split(",")] if weights else None
     except ValueError:
         raise typer.BadParameter(f"--weights must be comma-separated numbers, got {weights!r}") from None
+    if method.replace("-", "_") not in ("mean", "sum", "task_arithmetic", "regmean"):
+        raise typer.BadParameter(f"--method must be mean, sum or task-arithmetic, got {method!r}")
     if method.replace("-", "_") == "regmean":  # its merge data (public inputs per component) has no CLI form
         raise typer.BadParameter("--method regmean needs public merge inputs per component, which only the Python "
                                  "API takes (Workspace.compose_model(..., method='regmean', merge_data=...))")

@@ -126,7 +126,8 @@ def check_weights(weights: Sequence[float] | None, k: int, method: str) -> list[
         out.append(float(w))
     if method in ("mean", "regmean") and (min(out) < 0 or sum(out) <= 0):
         raise CompositionError(f"{method} weights must be >= 0 with a positive sum, got {out}; "
-                               "use method='task_arithmetic' to subtract a component")
+                               "use the task-arithmetic method (method='task_arithmetic', --method task-arithmetic) "
+                               "to subtract a component")
     return out
 
 

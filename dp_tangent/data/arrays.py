@@ -64,6 +64,8 @@ def load_array(path: Path, rank: int = 3, token_ids: bool = False) -> torch.Tens
                             f"{array.max()}")
         ids = torch.as_tensor(array.astype(np.int64))
         return ids if ids.ndim == rank + 1 else ids.unsqueeze(0)
+    if np.iscomplexobj(array):  # casting would drop the imaginary parts (with only numpy's warning)
+        raise DataError(f"{path}: expected real numbers, got an array of {array.dtype}")
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # reported below, in one line
             tensor = torch.as_tensor(np.asarray(array, dtype=np.float32))

@@ -105,6 +105,22 @@ def _check_finished(ws: "Workspace", components: Sequence[str]) -> None:
                                  f"{request} [--retrain] -- <its record ids>`), then compose what it leaves")
 
 
+def _check_not_deleted(ws: "Workspace", components: Sequence[str]) -> None:
+    """Refuse, by name, a component a deletion request removed (its file is gone on purpose), rather than report its
+    file missing."""
+    for name in components:
+        if ws.component_path(name).exists():
+            continue
+        deletions = [e.parameters for e in ws.audit.entries()
+                     if e.operation == "deletion" and name in (e.parameters.get("components_removed") or [])]
+        if deletions:
+            base = re.sub(r"(\.r\d+)+$", "", name)  # a replacement is named after its shard's first component
+            added = [a for a in deletions[-1].get("components_added") or [] if re.sub(r"(\.r\d+)+$", "", a) == base]
+            instead = f"its retrained replacement is {added[0]!r}" if added else "it was not retrained"
+            raise WorkspaceError(f"component {name!r} was removed by deletion request "
+                                 f"{deletions[-1].get('request_id')!r}: {instead}")
+
+
 def _invalid_marker(marker: Path, err: Exception) -> str:
     """The one-line refusal of a workspace.json this version cannot read: a workspace another version of
     dp-tangent wrote (its ``format`` names another version; a later format change of any workspace file changes
@@ -701,6 +717,7 @@ class Workspace:
             if self.component_name_used(name):  # evaluate, predict and release would take the model for it
                 raise WorkspaceError(f"{name!r} is a component's name; give the model a name of its own")
             _check_finished(self, components)
+            _check_not_deleted(self, components)
             loaded = [self.load_component(c) for c in components]
             composition = compose(loaded, weights, method, merge_data=merge_data,
                                   merge_data_public=merge_data_public, **options)
