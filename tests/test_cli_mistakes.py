@@ -169,6 +169,8 @@ def test_predict_refuses_empty_or_non_finite_arrays_and_data_it_would_ignore(
     np.save("complex.npy", np.ones((2, 6), np.complex64))  # review 83: its imaginary parts were dropped, with a warning
     _refused(capsys, "predict", "rows", "complex.npy", "-w", "ws",
              says="expected real numbers, got an array of complex64")
+    Path("text.npy").write_text("1,2,3,4,5,6\n")  # review 83: numpy took it for a pickle, and said so
+    _refused(capsys, "predict", "rows", "text.npy", "-w", "ws", says="not a file numpy wrote")
     np.save("ok.npy", np.zeros((2, 6), np.float32))
     _refused(capsys, "predict", "rows", "ok.npy", "--data", "rows.yaml", "-w", "ws", says=".npy arrays are model "
              "inputs already")

@@ -21,6 +21,10 @@ def _reason(path: Path, err: BaseException) -> str:
     try:
         if path.is_file() and path.stat().st_size == 0:
             return "empty file, 0 bytes"
+        with path.open("rb") as file:  # numpy reads anything without its magic as a pickle, and says so
+            head = file.read(6)
+        if head != b"\x93NUMPY" and not head.startswith(b"PK\x03\x04"):
+            return "not a file numpy wrote: it does not start as an .npy or .npz file does"
     except OSError:
         pass
     return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}".rstrip(": ")
