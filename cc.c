@@ -1,1 +1,0 @@
-/dev/fd/3: line 51: ./dpt: No such file or directory
