@@ -267,12 +267,11 @@ def train(
 
             check_pretrained_on(recipe.backbone.checkpoint, getattr(recipe.data.source, "public_path", None))
         ws = ws or Workspace.create(workspace)
+        jobs = [ShardJob(_retry_name(ws, name, k), f"shard-{k}", parts[k]) for k in selected]
         # refused before the data and the budget are registered, which a fixed recipe could not undo
-        _check_reservations(ws, recipe, [ShardJob(_retry_name(ws, name, k), f"shard-{k}", parts[k])
-                                         for k in selected], allow_overlap)
+        _check_reservations(ws, recipe, jobs, allow_overlap)
         _register_source(ws, recipe)  # checks the public table, if any, against the workspace's records
         spec, console = recipe.backbone.spec(), Console()
-        jobs = [ShardJob(_retry_name(ws, name, k), f"shard-{k}", parts[k]) for k in selected]
         typer.echo(f"theta0: {spec.describe()}")
         console.print(f"{recipe_path}: {spec.name} ({recipe.trainable}), {len(jobs)} of {count} shards "
                       f"({[len(j.records) for j in jobs]} records), epsilon {recipe.privacy.epsilon:g} each, "

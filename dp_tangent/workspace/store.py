@@ -111,14 +111,17 @@ def _check_not_deleted(ws: "Workspace", components: Sequence[str]) -> None:
     for name in components:
         if ws.component_path(name).exists():
             continue
-        deletions = [e.parameters for e in ws.audit.entries()
+        entries = ws.audit.entries()
+        deletions = [e.parameters for e in entries
                      if e.operation == "deletion" and name in (e.parameters.get("components_removed") or [])]
         if deletions:
-            base = re.sub(r"(\.r\d+)+$", "", name)  # a replacement is named after its shard's first component
-            added = [a for a in deletions[-1].get("components_added") or [] if re.sub(r"(\.r\d+)+$", "", a) == base]
-            instead = f"its retrained replacement is {added[0]!r}" if added else "it was not retrained"
-            raise WorkspaceError(f"component {name!r} was removed by deletion request "
-                                 f"{deletions[-1].get('request_id')!r}: {instead}")
+            request, added = deletions[-1].get("request_id"), deletions[-1].get("components_added") or []
+            # the retraining entry of each replacement names the component it replaces
+            replacement = next((e.parameters["component"] for e in entries if e.operation == "retraining"
+                                and e.parameters.get("request_id") == request and e.parameters.get("replaces") == name
+                                and e.parameters.get("component") in added), None)
+            instead = f"its retrained replacement is {replacement!r}" if replacement else "it was not retrained"
+            raise WorkspaceError(f"component {name!r} was removed by deletion request {request!r}: {instead}")
 
 
 def _invalid_marker(marker: Path, err: Exception) -> str:
