@@ -121,3 +121,109 @@ def test_relocating_reads_the_records_once_and_changes_only_the_place(trained, c
     assert before["sources"]["rows"]["data"].pop("path") == str(Path("rows.npz").absolute())
     assert after == before
     assert run_cli(capsys, "audit", "verify", "-w", "ws")[0] == 0
+
+
+@pytest.fixture
+def public_scaled(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A table scaled with a public table's statistics, trained from a relative workspace."""
+    from owndata import write_wine_csv
+    from test_tabular import _table
+
+    monkeypatch.chdir(tmp_path)
+    names = write_wine_csv(Path("data/private.csv"), rows=range(100))
+    write_wine_csv(Path("data/public.csv"), rows=range(120, 178))
+    table = {**_table(Path("data/private.csv"), names)["table"], "scaling": "public", "public_path": "data/public.csv"}
+    del table["lower"], table["upper"]
+    write_recipe(Path("wine.yaml"), mlp_recipe({"table": table}, in_features=13, classes=3, source="wine"))
+    code, _, err = run_cli(capsys, "train", "--init", "wine.yaml", "-w", "ws", "--executor", "serial")
+    assert code == 0, err
+
+
+def test_a_moved_public_table_is_relocated_and_the_data_reloads(public_scaled, capsys, monkeypatch) -> None:
+    """Review 83: a table's public table that moved could not be re-pointed (`data relocate` moved the private table
+    only and said "nothing was changed"), so evaluate, predict and retraining could never read the source again."""
+    ws = Workspace.open("ws")
+    events = len(ws.ledger.events())
+    Path("moved").mkdir()
+    Path("data/public.csv").rename("moved/public.csv")
+    code, _, err = run_cli(capsys, "evaluate", "wine", "-w", "ws")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "`dp-tangent data relocate wine --public-table NEW_PLACE`" in err
+    code, out, err = run_cli(capsys, "data", "relocate", "wine", "data/private.csv", "-w", "ws")  # the private one
+    assert code == 2 and "give its new place with --public-table" in err, out + err
+    code, out, err = run_cli(capsys, "data", "relocate", "wine", "--public-table", "moved/public.csv", "-w", "ws")
+    assert code == 0, err
+    assert (f"its public table read from {Path('moved/public.csv').absolute()} (was "
+            f"{Path('data/public.csv').absolute()})") in out
+    assert json.loads(Path("ws/data-sources.json").read_text())["sources"]["wine"]["data"]["public_path"] == str(
+        Path("moved/public.csv").absolute())
+    assert len(ws.ledger.events()) == events and ws.audit.entries()[-1].operation == "data_source"
+    code, out, err = run_cli(capsys, "evaluate", "wine", "-w", "ws")
+    assert code == 0 and "test accuracy" in out, err
+    code, out, _ = run_cli(capsys, "data", "relocate", "wine", "--public-table", "moved/public.csv", "-w", "ws")
+    assert code == 0 and "nothing was changed" in out
+    monkeypatch.setenv("COLUMNS", "400")  # rich folds a long path otherwise
+    code, out, _ = run_cli(capsys, "data", "list", "-w", "ws")
+    assert code == 0 and f"public table: {Path('moved/public.csv').absolute()}" in out
+
+    # both moved at once: one command
+    Path("both").mkdir()
+    Path("data/private.csv").rename("both/private.csv")
+    Path("moved/public.csv").rename("both/public.csv")
+    code, _, err = run_cli(capsys, "evaluate", "wine", "-w", "ws")
+    assert code == 2 and "`dp-tangent data relocate wine NEW_PLACE --public-table NEW_PLACE`" in err, err
+    code, out, err = run_cli(capsys, "data", "relocate", "wine", "both/private.csv", "--public-table",
+                             "both/public.csv", "-w", "ws")
+    assert code == 0 and "its data read from" in out and "its public table read from" in out, err
+    code, out, err = run_cli(capsys, "forget", "wine-005", "--request-id", "r1", "--retrain", "-w", "ws")
+    assert code == 0, err
+    assert run_cli(capsys, "audit", "verify", "-w", "ws")[0] == 0
+
+
+def test_another_public_table_is_refused_and_nothing_changes(public_scaled, capsys) -> None:
+    """A public table whose statistics scale the records otherwise, or that holds a private record, is refused: the
+    records' keyed digests cover the scaled features, and the public table is checked as train checks it."""
+    from owndata import write_wine_csv
+
+    before = Path("ws/data-sources.json").read_bytes()
+    write_wine_csv(Path("other.csv"), rows=range(130, 178))  # other rows: other means and deviations
+    code, _, err = run_cli(capsys, "data", "relocate", "wine", "--public-table", "other.csv", "-w", "ws")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "read with the public table other.csv, data source 'wine' is not the data it was registered with" in err
+    assert "record(s) changed; the public table's statistics scale every record's features" in err
+    assert run_cli(capsys, "forget", "wine-005", "--request-id", "r1", "-w", "ws")[0] == 0
+    write_wine_csv(Path("data/private.csv"), rows=[i for i in range(100) if i != 5])  # its row taken out, as advised
+    before = Path("ws/data-sources.json").read_bytes()
+    for held, says in (("wine-007", "holds 1 record id(s) of the private table (e.g. 'wine-007')"),
+                       ("wine-005", "holds the record id 'wine-005', a record a deletion request removed")):
+        # the same statistics (ids are no feature), one public row now named as a private or deleted record
+        Path("holding.csv").write_text(Path("data/public.csv").read_text().replace("wine-120", held, 1))
+        code, _, err = run_cli(capsys, "data", "relocate", "wine", "--public-table", "holding.csv", "-w", "ws")
+        assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = run_cli(capsys, "data", "relocate", "wine", "-w", "ws")
+    assert code == 2 and "--public-table" in err
+    code, _, err = run_cli(capsys, "data", "relocate", "wine", "--public-table", "ws/x.csv", "-w", "ws")
+    assert code == 2 and "inside the workspace" in err
+    assert Path("ws/data-sources.json").read_bytes() == before
+    assert run_cli(capsys, "audit", "verify", "-w", "ws")[0] == 0
+
+
+def test_training_again_with_the_public_table_at_its_new_place_re_points_it(public_scaled, capsys) -> None:
+    """The recipe edited to name the moved public table registers the source there, as a moved data file is: it was
+    refused as a source "registered to be read otherwise" (data.public_path differed)."""
+    import yaml
+
+    from owndata import write_wine_csv
+
+    Path("moved").mkdir()
+    Path("data/public.csv").rename("moved/public.csv")
+    recipe = yaml.safe_load(Path("wine.yaml").read_text())
+    recipe["data"]["table"]["public_path"] = "moved/public.csv"
+    write_recipe(Path("wine.yaml"), recipe)
+    code, out, err = run_cli(capsys, "train", "wine.yaml", "-w", "ws", "--executor", "serial", "--name", "wine2")
+    assert code == 0, err
+    assert json.loads(Path("ws/data-sources.json").read_text())["sources"]["wine"]["data"]["public_path"] == str(
+        Path("moved/public.csv").absolute())
+    write_wine_csv(Path("moved/public.csv"), rows=range(130, 178))  # another public table: the records scale otherwise
+    code, out, err = run_cli(capsys, "train", "wine.yaml", "-w", "ws", "--executor", "serial", "--name", "wine3")
+    assert code == 2 and "is not the data it was registered with" in err and len(err.strip().splitlines()) == 1, err

@@ -34,33 +34,48 @@ def data_list(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
         content = sources.content.get(name)
         table.add_row(name, str(entry.get("loader")), "-" if content is None else str(content.records),
                       "-" if content is None else str(len(content.test)),
-                      str(data.get("path") or data.get("root") or "(embedded)"))
+                      str(data.get("path") or data.get("root") or "(embedded)")
+                      + (f"\npublic table: {data['public_path']}" if data.get("public_path") else ""))
     Console().print(table)
 
 
 @data_app.command("relocate")
 def data_relocate(
     name: Annotated[str, typer.Argument(help="The data source (as `dp-tangent data list` names it).")],
-    location: Annotated[Path, typer.Argument(help="Its file or folder's new place.")],
+    location: Annotated[Path | None, typer.Argument(
+        help="Its file or folder's new place (leave out to move only its public table).")] = None,
+    public_table: Annotated[Path | None, typer.Option(
+        "--public-table", help="A table's public table (public_path) moved here.")] = None,
     workspace: WorkspaceOption = DEFAULT_WORKSPACE,
 ) -> None:
-    """Re-point a data source whose file or folder moved: every registered record must be there, unchanged (by its
-    keyed digest), and no other; nothing is trained and no budget spent. Logged."""
-    from ..workspace.data_sources import source_of
+    """Re-point a data source whose file or folder moved (or a table's public table): every registered record must be
+    there, unchanged (by its keyed digest, scaled features included), and no other; nothing is trained and no budget
+    spent. Logged."""
+    from ..workspace.data_sources import PUBLIC_TABLE, source_of
 
+    if location is None and public_table is None:
+        raise typer.BadParameter("give the data's new place, or --public-table with its public table's")
     ws = open_workspace(workspace)
     # before the lock's check, which would record the data put there as files added behind the tool's back
-    check_output_outside(ws, location, advice="move it out of the workspace, then relocate it")
-    with busy(f"checking {location} against data source {name!r}"):
+    for place in (location, public_table):
+        if place is not None:
+            check_output_outside(ws, place, advice="move it out of the workspace, then relocate it")
+    with busy(f"checking {location or public_table} against data source {name!r}"):
         with ws.lock():
             before = source_of(ws, name)
-            moved = ws.relocate_data_source(name, location)
+            moved = ws.relocate_data_source(name, location, public_table=public_table)
     was = before.model_dump(mode="json")["data"] if before is not None else {}
+    fields = [f for f in ("path", "root") if f in was and location is not None] + (
+        [PUBLIC_TABLE] if public_table is not None else [])
     if moved is None:
-        where = next(v for f, v in was.items() if f in ("path", "root"))
-        typer.echo(f"data source {name!r} is read from {where} already: nothing was changed")
+        places = " and ".join(f"{_what(f)} from {was[f]}" for f in fields)
+        typer.echo(f"data source {name!r} reads {places} already: nothing was changed")
         return
     now = moved.model_dump(mode="json")["data"]
-    field = "path" if "path" in now else "root"
-    typer.echo(f"data source {name!r}: read from {now[field]} (was {was.get(field)}); every registered record found "
-               "there unchanged")
+    changes = "; ".join(f"{_what(f)} read from {now[f]}" + ("" if now[f] == was.get(f) else f" (was {was.get(f)})")
+                        for f in fields)
+    typer.echo(f"data source {name!r}: {changes}; every registered record found unchanged")
+
+
+def _what(field: str) -> str:
+    return "its public table" if field == "public_path" else "its data"

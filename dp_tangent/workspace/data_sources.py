@@ -304,8 +304,11 @@ def _refuse_public_held(name: str, source: ReloadableSource, sources: Sources, o
                                   "public table")
 
 
-#: Where a kind's data is: registering a source again may move it there if its records are all still the same.
-_LOCATIONS = frozenset({"data.path", "data.root"})
+#: A table's public table (its statistics scale the features; it may pretrain theta0).
+PUBLIC_TABLE = "public_path"
+#: Where a kind's data is: registering a source again may move it there if its records are all still the same (a
+#: public table's statistics scale them, so that its records unchanged mean its scaling unchanged).
+_LOCATIONS = frozenset({"data.path", "data.root", f"data.{PUBLIC_TABLE}"})
 
 
 def _split_only(key: str, was: dict[str, Any], now: dict[str, Any]) -> bool:
@@ -401,12 +404,15 @@ def source_of(ws: Workspace, name: str) -> ReloadableSource | None:
     return None if entry is None else parse_source(entry)
 
 
-def relocated(ws: Workspace, name: str, location: Path) -> tuple[ReloadableSource, bytes | None]:
-    """The registered source ``name`` read from ``location`` (its file or folder moved there), holding exactly the
-    records it was registered with, less deleted ones, each unchanged by its keyed digest: a record it did not hold
-    is refused (training adds records, and checks them first), and so is a changed or missing one. With it, the
-    registry's new content (what :func:`registered` would write for it, without reading the records again), or
-    None where the place as registered (another spelling of it included) is ``location`` already."""
+def relocated(ws: Workspace, name: str, location: Path | None, public_table: Path | None = None
+              ) -> tuple[ReloadableSource, bytes | None]:
+    """The registered source ``name`` read from ``location`` (its file or folder moved there) and/or with its public
+    table read from ``public_table`` (moved there), holding exactly the records it was registered with, less deleted
+    ones, each unchanged by its keyed digest (scaled features included: the public table's statistics scale them): a
+    record it did not hold is refused (training adds records, and checks them first), and so is a changed or missing
+    one, and a public table holding a private or deleted record. With it, the registry's new content (what
+    :func:`registered` would write for it, without reading the records again), or None where every place as
+    registered (another spelling of it included) is the one given already."""
     sources = _read(ws)
     entry = sources.sources.get(name)
     source = None if entry is None else parse_source(entry)
@@ -414,30 +420,56 @@ def relocated(ws: Workspace, name: str, location: Path) -> tuple[ReloadableSourc
         raise DataSourceError(f"no loader registered for data source {name!r} (it was not trained from a recipe's "
                               "data in this workspace): nothing to relocate")
     value = source.model_dump(mode="json")
-    field = next((f for f in ("path", "root") if f"data.{f}" in _LOCATIONS and f in value.get("data", {})), None)
-    if field is None:
-        raise DataSourceError(f"data source {name!r} ({source.loader}) is not read from a file or folder of yours: "
-                              "nothing to relocate")
+    data = value.get("data", {})
+    moves: dict[str, Path] = {}
+    if location is not None:
+        field = next((f for f in ("path", "root") if f in data), None)
+        if field is None:
+            raise DataSourceError(f"data source {name!r} ({source.loader}) is not read from a file or folder of "
+                                  "yours: nothing to relocate")
+        moves[field] = location
+    if public_table is not None:
+        if not data.get(PUBLIC_TABLE):
+            raise DataSourceError(f"data source {name!r} ({source.loader}) reads no public table: nothing to relocate "
+                                  "with --public-table")
+        moves[PUBLIC_TABLE] = public_table
     content = sources.content.get(name)
     if content is None:
         raise DataSourceError(f"data source {name!r} was registered before its records' digests were kept, so its "
-                              f"data cannot be checked at a new place; read it from {value['data'][field]}")
-    place = os.path.realpath(location.expanduser())  # as a recipe's paths are stored: links resolved
-    if place == os.path.abspath(value["data"][field]):  # the registered spelling as it is (a link to the new place
-        return source, None                             # left while moving is not the new place)
-    value["data"][field] = place
+                              f"data cannot be checked at a new place; read it from {data[next(iter(moves))]}")
+    places = {f: os.path.realpath(p.expanduser()) for f, p in moves.items()}  # as a recipe's paths are stored:
+    # links resolved; the registered spelling taken as it is (a link to the new place left while moving is not it)
+    places = {f: place for f, place in places.items() if place != os.path.abspath(data[f])}
+    public = data.get(PUBLIC_TABLE)
+    if PUBLIC_TABLE not in moves and isinstance(public, str) and not Path(public).exists():
+        raise DataSourceError(f"the public table of data source {name!r}, {public}, is not there: if it moved too, "
+                              "give its new place with --public-table")
+    if not places:
+        return source, None
+    data.update(places)
     moved = parse_source(value)
-    deleted = set(Tombstones(ws.root).read())
+    deleted_spelled = Tombstones(ws.root).canonical()
+    deleted = set(deleted_spelled)
     records = _as_registered(moved).records()
     every = _tags(ws, records)  # one per record, in record order
+    where = next((str(moves[f]) for f in ("path", "root") if f in places), None)  # as typed
     new = [r for r, c in zip(records.record_ids, every) if c not in content.tags and c not in deleted]
     if new:
-        raise DataSourceError(f"{location} holds {len(new)} record(s) data source {name!r} was not registered with "
+        raise DataSourceError(f"{where or data.get('path') or data.get('root')} holds {len(new)} record(s) data "
+                              f"source {name!r} was not registered with "
                               f"(e.g. {sorted(new)[0]!r}): relocate moves the data as it was; train adds records")
     differences = _differences(content.tags, {c: t for c, t in every.items() if c not in deleted}, deleted)
+    if differences and PUBLIC_TABLE in places:
+        raise DataSourceError(f"read with the public table {moves[PUBLIC_TABLE]}{f' from {where}' if where else ''}, "
+                              f"data source {name!r} is not the data it was registered with ({differences}; the "
+                              "public table's statistics scale every record's features): point it at the moved copy")
     if differences:
-        raise DataSourceError(f"{location} is not the data {name!r} was registered with ({differences}): relocate "
+        raise DataSourceError(f"{where} is not the data {name!r} was registered with ({differences}): relocate "
                               "moves the data as it was; point it at the moved copy")
+    if PUBLIC_TABLE in places:  # the table now there, as train checks it: no private or deleted record
+        spelled = canonical_commitments(records.record_ids, ws.manifest_key())
+        _refuse_public_held(name, moved, sources, {c: spelled.get(c, c) for c in every}, deleted_spelled,
+                            ws.manifest_key())
     sources.sources[name] = moved.model_dump(mode="json")  # its content, test split included, stays as registered
     return moved, (sources.model_dump_json(indent=2) + "\n").encode()
 
@@ -531,11 +563,15 @@ def reload(ws: Workspace, name: str) -> tuple[ReloadableSource, RecordSet, list[
         records = source.records()
     except DataError as err:
         value = source.model_dump(mode="json").get("data", {})
-        where = next((value[f] for f in ("path", "root") if isinstance(value.get(f), str)), None)
-        if where is None or Path(where).exists():
+        gone = [f for f in ("path", "root", PUBLIC_TABLE)
+                if isinstance(value.get(f), str) and not Path(value[f]).exists()]
+        if not gone:
             raise
-        raise DataSourceError(f"{err}; if data source {name!r} moved, point the workspace at its new place with "
-                              f"`dp-tangent data relocate {name} NEW_PLACE` (no training, no budget)") from None
+        command = " ".join(["dp-tangent data relocate", name] + [
+            "--public-table NEW_PLACE" if f == PUBLIC_TABLE else "NEW_PLACE" for f in gone])
+        what = "it" if PUBLIC_TABLE not in gone else "its public table" if len(gone) == 1 else "it and its public table"
+        raise DataSourceError(f"{err}; if {what} moved, point data source {name!r} there with `{command}` (no "
+                              "training, no budget)") from None
     return source, records, check_unchanged(ws, name, records, Tombstones(ws.root).read())
 
 

@@ -750,14 +750,15 @@ class Workspace:
             self._declare(name, description, shards, str(getattr(unit, "value", unit)), registry,
                           reloadable=loader is not None, operator=operator)
 
-    def relocate_data_source(self, name: str, location: Path, operator: str | None = None) -> ReloadableSource | None:
-        """Re-point data source ``name`` at ``location``, its file or folder moved there, after
-        :func:`~dp_tangent.workspace.data_sources.relocated` checked every record there (read once); logged as
-        its declaration. None where it is read from there already (nothing is written)."""
+    def relocate_data_source(self, name: str, location: Path | None, operator: str | None = None, *,
+                             public_table: Path | None = None) -> ReloadableSource | None:
+        """Re-point data source ``name`` at ``location``, its file or folder moved there, and/or its public table at
+        ``public_table``, after :func:`~dp_tangent.workspace.data_sources.relocated` checked every record there (read
+        once); logged as its declaration. None where it is read from there already (nothing is written)."""
         from . import data_sources
 
         with self.lock():
-            moved, registry = data_sources.relocated(self, name, location)
+            moved, registry = data_sources.relocated(self, name, location, public_table)
             if registry is None:
                 return None
             source = self.ledger.data_source(name)
