@@ -174,6 +174,14 @@ def test_an_image_folder_trains_lazily_and_retrains_after_a_deletion(
     image = next(p for p in sorted(Path("imgs").rglob("*.png")))
     code, out, err = run_cli(capsys, "predict", "r", str(image), "-w", "ws")
     assert code == 0 and out.strip() in {f"{image}: 0", f"{image}: 1"}, err
+    # review 83: arrays of another image size were predicted (global pooling takes any size), silently wrong
+    size = load_recipe(recipe).data.source.image_size
+    np.save("small.npy", np.zeros((2, 3, size // 2, size // 2), np.float32))
+    code, _, err = run_cli(capsys, "predict", "r", "small.npy", "-w", "ws")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"inputs of shape (3, {size // 2}, {size // 2}), but model 'r' takes (3, {size}, {size})" in err
+    np.save("right.npy", np.zeros((2, 3, size, size), np.float32))
+    assert run_cli(capsys, "predict", "r", "right.npy", "-w", "ws")[0] == 0
     # review 51: a folder was refused and each file ran its own forward; a folder now stands for its files, and
     # single images are predicted in batches, with the classes of one file at a time and in the same order
     from dp_tangent.cli import inference

@@ -219,6 +219,9 @@ def test_table_trains_composes_evaluates_and_predicts_from_a_relative_workspace(
     np.save("rows.npy", np.zeros((2, 13), dtype=np.float32))
     code, out, err = run_cli(capsys, "predict", "wine", "rows.npy", "-w", "ws")
     assert code == 0 and len(out.split(": ")[1].split()) == 2, err
+    np.save("short.npy", np.zeros((2, 12), dtype=np.float32))  # review 83: a feature short
+    code, out, err = run_cli(capsys, "predict", "wine", "short.npy", "-w", "ws")
+    assert code == 2 and "inputs of shape (12,), but model 'wine' takes (13,)" in err, err
 
 
 def test_a_table_trains_without_importing_timm(tmp_path: Path) -> None:

@@ -88,6 +88,15 @@ def _source(ws: Workspace, model: str, sources: list[str], data: Optional[Path])
     return recipe.data_source, given
 
 
+def _input_shape(ws: Workspace, sources: list[str]) -> tuple[int, ...] | None:
+    """The shape of one model input that the data sources a model was trained on fix, where they do and agree."""
+    from ..workspace.data_sources import source_of
+
+    registered = [source_of(ws, name) for name in sources]
+    shapes = {source.input_shape() for source in registered if source is not None}
+    return shapes.pop() if len(shapes) == 1 and None not in shapes and None not in registered else None
+
+
 def _test_records(ws: Workspace, name: str, source: ReloadableSource, trained_on: list[str]) -> RecordSet | None:
     """The source's test split (as registered, checked unchanged; or as ``--data`` gives it), without
     any record the model was trained on."""
@@ -157,11 +166,17 @@ def predict(
     ws = open_workspace(workspace)
     tangent, trained_on, kind = _tangent(ws, model)
     source = None
+    shape = _input_shape(ws, list(trained_on))
 
     def read(path: Path) -> tuple[torch.Tensor, list[str]]:
         nonlocal source
         if path.suffix == ".npy":
-            return load_array(path, kind.input_rank, kind.token_ids), [str(path)]
+            batch = load_array(path, kind.input_rank, kind.token_ids)
+            if shape is not None and tuple(batch.shape[1:]) != shape:
+                raise RecipeError(f"{path}: inputs of shape {tuple(batch.shape[1:])}, but model {model!r} takes "
+                                  f"{shape} (as its data source prepares them); give arrays of that shape, or the "
+                                  "files themselves (its data source reads them)")
+            return batch, [str(path)]
         source = source or _source(ws, model, list(trained_on), data)[1]
         batch, rows = source.inputs_from_file(path)
         return batch, rows if len(rows) > 1 else [str(path)]

