@@ -269,6 +269,8 @@ def test_a_budget_is_refused_where_it_would_never_apply(tmp_path: Path, capsys: 
     _refused(capsys, "budget", "set", "digits/public", "10", "-w", "ws", says="is declared public by its data owner")
     for target in ("digits/", "/shard-0"):
         _refused(capsys, "budget", "set", target, "10", "-w", "ws", says="name a data source, or a data source and")
+    # review 83: a negative limit was taken for an option ("No such option: -1")
+    _refused(capsys, "budget", "set", "digits", "-1", "-w", "ws", says="epsilon must be finite and > 0, got -1.0")
     assert {p: p.read_bytes() for p in Path("ws").rglob("*") if p.is_file()} == files  # nothing logged or set
     assert run_cli(capsys, "budget", "set", "digits/shard-0", "10", "-w", "ws")[0] == 0
 

@@ -18,7 +18,7 @@ budget_app = typer.Typer(help="Privacy budgets per data source or shard.", no_ar
 app.add_typer(budget_app, name="budget")
 
 
-@budget_app.command("set")
+@budget_app.command("set", context_settings={"ignore_unknown_options": True})  # `set digits -1`: a number
 def budget_set(
     target: Annotated[str, typer.Argument(help="DATA_SOURCE or DATA_SOURCE/SHARD.")],
     epsilon: Annotated[float, typer.Argument(help="Epsilon limit.")],
