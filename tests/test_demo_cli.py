@@ -109,6 +109,19 @@ def test_cli_mistakes_are_one_line_errors(demo_run, tmp_path, args, message) -> 
     assert "Traceback" not in result.stderr
 
 
+def test_composing_the_non_private_reference_says_so_at_once(demo_run, tmp_path) -> None:
+    """Review 83: composing the non-private reference said nothing; the release was refused later."""
+    import shutil
+
+    shutil.copytree(demo_run[0], tmp_path / "ws")
+    done = cli("compose", "digits-non-private-reference", "digits-shard-0", "--name", "mix", "-w", str(tmp_path / "ws"))
+    assert done.returncode == 0 and "composed mix" in done.stdout, done.stderr
+    assert ("note: digits-non-private-reference was trained without differential privacy, so model mix has no DP "
+            "guarantee: `dp-tangent release` refuses it unless --non-private") in done.stderr
+    done = cli("compose", "digits-shard-0", "digits-shard-1.r1", "--name", "dp", "-w", str(tmp_path / "ws"))
+    assert done.returncode == 0 and "note:" not in done.stderr, done.stderr
+
+
 def test_the_demo_command_runs_as_the_readme_runs_it(tmp_path: Path) -> None:
     """``dp-tangent demo --quick`` (its smoke-test size, default shards) in an empty folder, its workspace the
     default relative path; its local workers are started before the demo's modules (and torch) load, and handed

@@ -34,6 +34,13 @@ def compose(
     with busy("composing…"):
         record = ws.compose_model(name, components, parsed, method.replace("-", "_"))
     typer.echo(f"composed {name} from {', '.join(record.component_names)} ({record.method})")
+    from ..components.component import read_metadata
+
+    unguarded = [c for c in record.component_names if not read_metadata(ws.component_path(c)).privacy.private]
+    if unguarded:  # said now, not first when a release is refused
+        typer.echo(f"note: {', '.join(unguarded)} {'was' if len(unguarded) == 1 else 'were'} trained without "
+                   f"differential privacy, so model {name} has no DP guarantee: `dp-tangent release` refuses it unless "
+                   "--non-private, which labels it as such", err=True)
 
 
 def _composed_already(ws, name: str, components: list[str], weights: list[float] | None,  # noqa: ANN001
