@@ -95,6 +95,22 @@ def test_missing_values_and_repeated_ids_name_the_record(tmp_path: Path) -> None
         load_data(DataSection.model_validate(duplicated), ShardsSection())
 
 
+def test_a_table_named_for_the_other_delimiter_is_said_to_be_so(tmp_path: Path) -> None:
+    """Review 83: a comma-separated file named .tsv was read as one column, and the error listed the "missing"
+    column among the columns it found."""
+    names = write_wine_csv(tmp_path / "wine.csv")
+    text = (tmp_path / "wine.csv").read_text()
+    (tmp_path / "wine.tsv").write_text(text)
+    (tmp_path / "tabs.csv").write_text(text.replace(",", "\t"))
+    for name, says in (("wine.tsv", "read as tab-separated (.tsv), it has one column, 'wine_id,"),
+                       ("tabs.csv", "read as comma-separated (.csv), it has one column, 'wine_id\\t")):
+        with pytest.raises(DataError) as caught:
+            load_data(DataSection.model_validate(_table(tmp_path / name, names)), ShardsSection())
+        assert says in str(caught.value) and "the file looks" in str(caught.value), caught.value
+    (tmp_path / "ok.tsv").write_text(text.replace(",", "\t"))
+    assert len(load_data(DataSection.model_validate(_table(tmp_path / "ok.tsv", names)), ShardsSection())[0]) > 0
+
+
 def test_an_unknown_data_kind_lists_the_supported_kinds(tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path / "r.yaml", mlp_recipe({"parquet": {"path": "x"}}, in_features=2, classes=2,
                                                           source="w"))

@@ -54,7 +54,22 @@ def read_table(path: Path, columns: Sequence[str], optional: Sequence[str] = (),
             table = pacsv.read_csv(path, parse_options=options, convert_options=text)
     except (pa.ArrowException, OSError) as err:
         raise DataError(f"{path}: cannot read the table ({(str(err).strip().splitlines() or [''])[0]})") from None
+    if kind == "csv":
+        _check_delimiter(path, table, [*columns, *optional])
     return select_columns(path, table, columns, optional)
+
+
+def _check_delimiter(path: Path, table: pa.Table, columns: Sequence[str]) -> None:
+    """A CSV read with its suffix's delimiter into one column whose name holds the other delimiter and columns
+    asked for is a file named for the other kind (a comma-separated .tsv, a tab-separated .csv): said so, rather than
+    a "missing" column listed among the columns found."""
+    tab = path.suffix.lower() == ".tsv"
+    other, name = ("," if tab else "\t"), (table.column_names or [""])[0]
+    if (len(table.column_names) == 1 and other in name and not any(c in table.column_names for c in columns)
+            and any(c in name.split(other) for c in columns)):
+        given, kind = ("tab-separated (.tsv)", "comma-separated: name it .csv") if tab else (
+            "comma-separated (.csv)", "tab-separated: name it .tsv")
+        raise DataError(f"{path}: read as {given}, it has one column, {name!r}; the file looks {kind}")
 
 
 def select_columns(path: Path, table: pa.Table, columns: Sequence[str], optional: Sequence[str] = (),
