@@ -753,6 +753,18 @@ def test_a_replacement_trained_at_another_theta0_is_not_reused_when_the_request_
     assert [e.status.value for e in ws_.ledger.events(component="rows-shard-0.r1")] == ["completed"]
 
 
+def test_a_release_asked_again_says_nothing_changed(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Review 83: releasing to the same folder again said "released" although the bundle was there already."""
+    assert run_cli(capsys, "budget", "set", "rows", "20", "-w", "ws")[0] == 0
+    code, first, err = run_cli(capsys, "release", "rows", "-o", "sent", "-w", "ws")
+    assert code == 0 and first.startswith(f"released rows to {Path('sent').absolute()}: "), err
+    entries = len(Workspace.open("ws").audit.entries())
+    code, again, err = run_cli(capsys, "release", "rows", "-o", "sent", "-w", "ws")
+    assert code == 0 and again.startswith(f"rows was released to {Path('sent').absolute()} already ("), err
+    assert "nothing was changed" in again and again.splitlines()[1] == first.splitlines()[1]  # the same sha256
+    assert len(Workspace.open("ws").audit.entries()) == entries
+
+
 def test_an_interrupt_mentions_spent_budget_only_where_a_command_spends_some(
         ws: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """Review 42: an interrupted release said "a reserved budget stays spent"; a release reserves none."""

@@ -29,8 +29,13 @@ def release(
     from ..workspace.release import destination
 
     target = destination(output)  # where the release writes (``~`` expanded; ``.`` is replaced by the bundle)
+    there = (target / STATEMENT_FILE).is_file()  # a release succeeds on a bundle only where it is this release's
     statement = open_workspace(workspace).release(model, output, allow_non_private=non_private)
-    typer.echo(f"released {model} to {target}: {statement.privacy.statement}")
+    if there:
+        typer.echo(f"{model} was released to {target} already ({statement.released_at}); nothing was changed: "
+                   f"{statement.privacy.statement}")
+    else:
+        typer.echo(f"released {model} to {target}: {statement.privacy.statement}")
     digest = sha256_file(target / STATEMENT_FILE)  # logged too: the anchor a recipient checks the bundle by
     typer.echo(f"{STATEMENT_FILE} sha256 {digest}: give it to recipients apart from the bundle; they check it with "
                f"`dp-tangent predict {target} INPUTS.npy --expect {digest}` or load_release(folder, expected_sha256=)")
