@@ -251,6 +251,9 @@ def _validate(data: object, origin: str, schema_only: bool = False) -> Recipe:
         first = err.errors()[0]
         where = _location(first["loc"])
         message = first["msg"].removeprefix("Value error, ")
+        if isinstance(first.get("input"), bool) and first["type"] == "string_type":  # YAML 1.1: yes, no, on, off
+            message += (f", got {first['input']} (YAML reads yes, no, on, off, true and false unquoted as booleans: "
+                        "quote the word, e.g. 'no')")
         more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
         raise RecipeError(f"{origin}: {where + ': ' if where else ''}{message}{more}") from None
 

@@ -388,6 +388,23 @@ def test_the_same_table_exported_with_its_ids_typed_is_refused_not_trained_again
     assert code == 3 and "'7' is held as '00007' (data source 't')" in err, err
 
 
+def test_a_respelling_in_another_unicode_form_shows_how_the_two_ids_differ(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 84: the refusal of an NFD id (a Mac's) for a held NFC one named two ids that print alike."""
+    import unicodedata
+
+    monkeypatch.chdir(tmp_path)
+    table = {"features": ["f0"], "label": "y", "record_id": "rid", "classes": ["a", "b"], "scaling": "none"}
+    for name, form in (("nfc", "NFC"), ("nfd", "NFD")):
+        Path(f"{name}.csv").write_text("rid,f0,y\n" + "".join(
+            f"{unicodedata.normalize(form, 'zoë')}-{i},{i % 3},{'ab'[i % 2]}\n" for i in range(80)))
+        write_recipe(Path(f"{name}.yaml"), mlp_recipe({"table": {**table, "path": f"{name}.csv"}}, in_features=1,
+                                                      classes=2, source=name))
+    assert run_cli(capsys, "train", "--init", "nfc.yaml", "-w", "ws", "--executor", "serial")[0] == 0
+    _refused(capsys, "train", "nfd.yaml", "-w", "ws", "--executor", "serial",
+             says="(they differ only in Unicode form: 'zoe\\u0308-")
+
+
 def test_a_deleted_id_does_not_come_back_under_a_spelling_that_cannot_be_listed(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """Review 67 #3: a deleted ``0017.0``, ``17.00`` or ``1.7E+1`` came back as a new ``17`` (the listed respellings

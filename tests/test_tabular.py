@@ -64,6 +64,8 @@ def _unscaled(table: dict[str, object], **changes: object) -> None:
     (lambda t: t.pop("classes"), "holds string, not integer classes; list the labels"),
     (lambda t: t.update(classes=["class_0", "class_1"]), "has label 'class_2', not one of classes"),
     (lambda t: t.update(path="wine.xlsx"), "a table must be a .csv, .tsv or .parquet file"),
+    (lambda t: t.update(classes=[False, True, "class_2"]),  # `classes: [no, yes, ...]` in a recipe (review 84)
+     "got False (YAML reads yes, no, on, off, true and false unquoted as booleans: quote the word, e.g. 'no')"),
 ])
 def test_table_mistakes_are_one_line_errors(tmp_path: Path, change, message: str) -> None:
     names = write_wine_csv(tmp_path / "wine.csv", extra_text_column="region")

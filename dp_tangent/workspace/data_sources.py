@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import os
 import shlex
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -262,6 +263,10 @@ def _respelled(name: str, record_id: str, other: tuple[str | None, str], *, held
     ``retrain``: refused retraining its shard (the command it gives retrains too)."""
     spelling, where = other
     written = f"the record id {spelling!r}" if spelling is not None else "a record id"
+    if spelling is not None and spelling != record_id and unicodedata.normalize("NFC", spelling) == \
+            unicodedata.normalize("NFC", record_id):  # printed alike
+        written += (f" (they differ only in Unicode form: {ascii(record_id)} and {ascii(spelling)}, e.g. an accent "
+                    "as one character or as a letter and a combining mark)")
     if held:  # registered: its row can be neither renamed nor removed, so deleting it is the way on
         again = " --retrain" if retrain else ""
         advice = (": it is not trained again until deleted as the data spells it (`dp-tangent forget -w WORKSPACE "
