@@ -426,6 +426,7 @@ def test_cli_train_again_then_forget_retrain_reuses_the_rest_and_the_release_has
     assert code == 0, err
     spent = ws.ledger.shard_spend("rows", "shard-0", delta=1e-4).epsilon  # both runs, and both retrainings
     assert f"rows/shard-0: spent epsilon {spent:.3g} of its budget 100 at delta 0.0001, {100 - spent:.3g} left" in out
+    assert out.count("rows/shard-0: spent epsilon") == 1  # review 84: once per retrained component, the same line
     entries = ws.audit.entries()
     (tombstoned,) = [e for e in entries if e.operation == "tombstoned"]
     assert tombstoned.parameters["gram_cache_files"] == {"rewritten": 1, "removed": 0}

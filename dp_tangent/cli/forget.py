@@ -104,9 +104,9 @@ def forget(
                         "served again; training the data anew, as a new model, leaves the deleted records out",
                         err=True, fg=typer.colors.YELLOW)
     else:
-        for added in result.certificate.components_added:  # what `budget show` would now print for it
-            typer.echo(f"  {added.data_source}/{added.shard}: "
-                       f"{shard_state(ws.ledger, added.data_source, added.shard).text()}")
+        # what `budget show` would now print for each retrained shard, once (two components of one shard, once)
+        for source, shard in dict.fromkeys((a.data_source, a.shard) for a in result.certificate.components_added):
+            typer.echo(f"  {source}/{shard}: {shard_state(ws.ledger, source, shard).text()}")
         paths = certificate_paths_text(result.text_path, result.json_path)
         typer.echo(f"{paths}\n{result.text_path.read_text()}")
         _released_copies(ws, request.request_id)
