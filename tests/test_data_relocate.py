@@ -227,3 +227,33 @@ def test_training_again_with_the_public_table_at_its_new_place_re_points_it(publ
     write_wine_csv(Path("moved/public.csv"), rows=range(130, 178))  # another public table: the records scale otherwise
     code, out, err = run_cli(capsys, "train", "wine.yaml", "-w", "ws", "--executor", "serial", "--name", "wine3")
     assert code == 2 and "is not the data it was registered with" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_public_table_changed_in_place_is_named_where_every_record_reads_changed(public_scaled, capsys) -> None:
+    """Review 85: with the public table rewritten in place, evaluate, relocate and train blamed the private table
+    ("100 record(s) changed": restore it, point it at the moved copy), which was untouched."""
+    from owndata import write_wine_csv
+
+    public = Path("data/public.csv").absolute()
+    saved = public.read_bytes()
+    write_wine_csv(public, rows=range(130, 178))
+    says = f"its features are scaled with the statistics of its public table {public}, so a change there changes"
+    code, _, err = run_cli(capsys, "evaluate", "wine", "-w", "ws")
+    assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = run_cli(capsys, "train", "wine.yaml", "-w", "ws", "--executor", "serial", "--name", "w2")
+    assert code == 2 and says in err, err
+    Path("nd").mkdir()
+    Path("data/private.csv").rename("nd/private.csv")
+    code, _, err = run_cli(capsys, "data", "relocate", "wine", "nd/private.csv", "-w", "ws")
+    assert code == 2 and says in err, err
+    # the public table put back, and only the private table's new place given: a hint, if the public one moved too
+    public.write_bytes(saved)
+    Path("p2").mkdir()
+    public.rename("p2/public.csv")
+    code, _, err = run_cli(capsys, "data", "relocate", "wine", "--public-table", "p2/public.csv", "-w", "ws")
+    assert code == 2 and "if it moved too, give its new place as well: `dp-tangent data relocate wine NEW_PLACE " \
+                         "--public-table ...`" in err and len(err.strip().splitlines()) == 1, err
+    code, out, err = run_cli(capsys, "data", "relocate", "wine", "nd/private.csv", "--public-table", "p2/public.csv",
+                             "-w", "ws")
+    assert code == 0, err
+    assert run_cli(capsys, "audit", "verify", "-w", "ws")[0] == 0

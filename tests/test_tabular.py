@@ -189,6 +189,10 @@ def test_pretrain_on_public_rows_gives_the_checkpoint_theta0(tmp_path: Path, cap
     assert code == 0 and out.split(": ")[1].split() == [str(c) for c in released.predict(rows).argmax(-1).tolist()]
     code, out, err = run_cli(capsys, "predict", "recipient", "data/public.csv")
     assert code == 2 and "carries no data preprocessing" in err
+    assert statement["base"]["input_shape"] == [13]  # review 85: a bundle took arrays of any shape
+    np.save("short.npy", rows[:, :12].numpy())
+    code, out, err = run_cli(capsys, "predict", "recipient", "short.npy")
+    assert code == 2 and "short.npy: inputs of shape (12,), but the released model takes (13,)" in err, err
     out_digest = sha256_file(Path("recipient") / "release.json")
     assert load_release("recipient", expected_sha256=out_digest).statement.model == "wine"
     # review: an edit made consistently (new digests) loaded; the logged sha256 of release.json is the anchor, and a

@@ -88,15 +88,6 @@ def _source(ws: Workspace, model: str, sources: list[str], data: Optional[Path])
     return recipe.data_source, given
 
 
-def _input_shape(ws: Workspace, sources: list[str]) -> tuple[int, ...] | None:
-    """The shape of one model input that the data sources a model was trained on fix, where they do and agree."""
-    from ..workspace.data_sources import source_of
-
-    registered = [source_of(ws, name) for name in sources]
-    shapes = {source.input_shape() for source in registered if source is not None}
-    return shapes.pop() if len(shapes) == 1 and None not in shapes and None not in registered else None
-
-
 def _test_records(ws: Workspace, name: str, source: ReloadableSource, trained_on: list[str]) -> RecordSet | None:
     """The source's test split (as registered, checked unchanged; or as ``--data`` gives it), without
     any record the model was trained on."""
@@ -154,6 +145,7 @@ def predict(
     from ..data.arrays import load_array
     from ..errors import RecipeError
     from ..training.evaluation import predict as logits_of
+    from ..workspace.data_sources import input_shape
 
     if data is not None and all(path.suffix == ".npy" for path in inputs):
         raise RecipeError("--data preprocesses files like a data section; .npy arrays are model inputs already, "
@@ -166,16 +158,14 @@ def predict(
     ws = open_workspace(workspace)
     tangent, trained_on, kind = _tangent(ws, model)
     source = None
-    shape = _input_shape(ws, list(trained_on))
+    shape = input_shape(ws, trained_on)
 
     def read(path: Path) -> tuple[torch.Tensor, list[str]]:
         nonlocal source
         if path.suffix == ".npy":
             batch = load_array(path, kind.input_rank, kind.token_ids)
-            if shape is not None and tuple(batch.shape[1:]) != shape:
-                raise RecipeError(f"{path}: inputs of shape {tuple(batch.shape[1:])}, but model {model!r} takes "
-                                  f"{shape} (as its data source prepares them); give arrays of that shape, or the "
-                                  "files themselves (its data source reads them)")
+            _check_shape(path, batch, shape, f"model {model!r}", "give arrays of that shape, or the files themselves "
+                         "(its data source reads them)")
             return batch, [str(path)]
         source = source or _source(ws, model, list(trained_on), data)[1]
         batch, rows = source.inputs_from_file(path)
@@ -189,6 +179,16 @@ def predict(
                               f"({str(err).splitlines()[0]})") from None
 
     _predict_in_batches(_input_files(inputs), read, classes_of)
+
+
+def _check_shape(path: Path, batch: torch.Tensor, shape: tuple[int, ...] | None, model: str, advice: str) -> None:
+    """A batch of .npy inputs is of the one input ``shape`` the model's data prepares, where that is known: an image
+    network's global pooling takes any size, and would predict without a word."""
+    from ..errors import RecipeError
+
+    if shape is not None and tuple(batch.shape[1:]) != shape:
+        raise RecipeError(f"{path}: inputs of shape {tuple(batch.shape[1:])}, but {model} takes {shape} (as its data "
+                          f"source prepares them); {advice}")
 
 
 PREDICT_BATCH = 64  # single-input files (images) predicted together: one forward for many files
@@ -298,8 +298,15 @@ def _predict_released(bundle: Path, inputs: list[Path], data: Optional[Path], ex
             raise RecipeError(f"{path}: inputs of shape {tuple(batch.shape[1:])} do not fit the released model "
                               f"({str(err).splitlines()[0]})") from None
 
-    _predict_in_batches(_input_files(inputs), lambda path: (load_array(path, kind.input_rank, kind.token_ids),
-                                                            [str(path)]), classes_of)
+    shape = released.statement.base.input_shape
+
+    def read(path: Path) -> tuple[torch.Tensor, list[str]]:
+        batch = load_array(path, kind.input_rank, kind.token_ids)
+        _check_shape(path, batch, None if shape is None else tuple(shape), "the released model",
+                     "give arrays of that shape")
+        return batch, [str(path)]
+
+    _predict_in_batches(_input_files(inputs), read, classes_of)
     if expect is None:  # the files match release.json, but release.json itself is whatever the folder holds
         typer.echo(f"note: {bundle} is unverified: its files match its release.json, but nothing binds that to the "
                    "release; give --expect with the sha256 the sender printed", err=True)

@@ -80,6 +80,9 @@ class ReleasedBase(_Strict):
     weights_sha256: str
     trainable: str
     files: dict[str, str] = {}  # bundle file name -> sha256: theta0's checkpoint, when it is a file
+    # one input's shape as the model's data sections prepare it (image size, features, tokens; set, not read from
+    # the data): None where they do not fix it (an npz source) or a bundle was written before it was recorded
+    input_shape: list[int] | None = None
 
 
 class ReleasedPrivacy(_Strict):

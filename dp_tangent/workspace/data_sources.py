@@ -166,8 +166,9 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
     if old is not None:
         differences = _differences(old.tags, tags, deleted)
         if differences:
-            raise DataSourceError(f"data source {name!r} is not the data it was registered with ({differences}): "
-                                  "restore it (removing deleted records and adding new ones is allowed)")
+            raise DataSourceError(f"data source {name!r} is not the data it was registered with ({differences}"
+                                  f"{_scaled_by(source, differences)}): restore it (removing deleted records and "
+                                  "adding new ones is allowed)")
         if not moved and set(tags) <= set(old.tags) and old.canonical is not None:
             return None
         tags, test = {**old.tags, **tags}, set(old.test)  # the test split stays the records it was
@@ -409,6 +410,14 @@ def source_of(ws: Workspace, name: str) -> ReloadableSource | None:
     return None if entry is None else parse_source(entry)
 
 
+def input_shape(ws: Workspace, names: Iterable[str]) -> tuple[int, ...] | None:
+    """The shape of one model input that the data sources ``names`` (a model's) fix, where every one of them is
+    registered with a loader that fixes it and they agree; else None."""
+    registered = [source_of(ws, name) for name in names]
+    shapes = {source.input_shape() for source in registered if source is not None}
+    return shapes.pop() if registered and len(shapes) == 1 and None not in shapes and None not in registered else None
+
+
 def relocated(ws: Workspace, name: str, location: Path | None, public_table: Path | None = None
               ) -> tuple[ReloadableSource, bytes | None]:
     """The registered source ``name`` read from ``location`` (its file or folder moved there) and/or with its public
@@ -455,7 +464,14 @@ def relocated(ws: Workspace, name: str, location: Path | None, public_table: Pat
     moved = parse_source(value)
     deleted_spelled = Tombstones(ws.root).canonical()
     deleted = set(deleted_spelled)
-    records = _as_registered(moved).records()
+    try:
+        records = _as_registered(moved).records()
+    except DataError as err:
+        gone = next((f for f in ("path", "root") if f in data and f not in places and not Path(data[f]).exists()), None)
+        if gone is None:
+            raise
+        raise DataSourceError(f"{err}; if it moved too, give its new place as well: `dp-tangent data relocate {name} "
+                              "NEW_PLACE --public-table ...`") from None
     every = _tags(ws, records)  # one per record, in record order
     where = next((str(moves[f]) for f in ("path", "root") if f in places), None)  # as typed
     new = [r for r, c in zip(records.record_ids, every) if c not in content.tags and c not in deleted]
@@ -469,14 +485,25 @@ def relocated(ws: Workspace, name: str, location: Path | None, public_table: Pat
                               f"data source {name!r} is not the data it was registered with ({differences}; the "
                               "public table's statistics scale every record's features): point it at the moved copy")
     if differences:
-        raise DataSourceError(f"{where} is not the data {name!r} was registered with ({differences}): relocate "
-                              "moves the data as it was; point it at the moved copy")
+        raise DataSourceError(f"{where} is not the data {name!r} was registered with ({differences}"
+                              f"{_scaled_by(moved, differences)}): relocate moves the data as it was; point it at "
+                              "the moved copy")
     if PUBLIC_TABLE in places:  # the table now there, as train checks it: no private or deleted record
         spelled = canonical_commitments(records.record_ids, ws.manifest_key())
         _refuse_public_held(name, moved, sources, {c: spelled.get(c, c) for c in every}, deleted_spelled,
                             ws.manifest_key())
     sources.sources[name] = moved.model_dump(mode="json")  # its content, test split included, stays as registered
     return moved, (sources.model_dump_json(indent=2) + "\n").encode()
+
+
+def _scaled_by(source: ReloadableSource | None, differences: str) -> str:
+    """Where records changed and ``source`` scales its features with a public table's statistics, the note that
+    a changed public table changes every record (else "")."""
+    data = getattr(source, "data", None)
+    if "changed" not in differences or getattr(data, "scaling", None) != "public":
+        return ""
+    return (f"; its features are scaled with the statistics of its public table {getattr(data, PUBLIC_TABLE)}, "
+            "so a change there changes every record")
 
 
 def _differences(registered: Mapping[str, str], tags: Mapping[str, str], deleted: set[str]) -> str:
@@ -515,9 +542,10 @@ def check_unchanged(ws: Workspace, name: str, records: RecordSet, deleted: Itera
     if changed or missing:
         parts = [f"{len(changed)} record(s) changed, e.g. {changed[0]!r}" if changed else "",
                  f"{missing} missing that no deletion request removed" if missing else ""]
-        raise DataSourceError(f"data source {name!r} is not the data it was registered with "
-                              f"({'; '.join(p for p in parts if p)}): restore it (removing deleted records and "
-                              "adding new ones is allowed)")
+        differences = "; ".join(p for p in parts if p)
+        raise DataSourceError(f"data source {name!r} is not the data it was registered with ({differences}"
+                              f"{_scaled_by(source_of(ws, name), differences)}): restore it (removing deleted "
+                              "records and adding new ones is allowed)")
     return list(tags)
 
 

@@ -77,6 +77,15 @@ def _privacy(ws: "Workspace", model: str) -> ReleasedPrivacy:
                            statement=statement)
 
 
+def _input_shape(ws: "Workspace", components: Sequence[str]) -> list[int] | None:
+    """One input's shape as the data sources of ``components`` prepare it (fixed by their settings), if they do."""
+    from ..components.component import read_metadata
+    from .data_sources import input_shape
+
+    shape = input_shape(ws, dict.fromkeys(read_metadata(ws.component_path(c)).data_source for c in components))
+    return None if shape is None else list(shape)
+
+
 def _budget_bound(ws: "Workspace", model: str, shards: Sequence[ModelShardGuarantee]) -> tuple[float, float]:
     """(epsilon, delta): the largest budget of the model's shards, once the ledger's exact per-record
     figure is checked against it. The exact figure is a function of the shard sizes (through q and T),
@@ -192,7 +201,7 @@ def release(ws: "Workspace", model: str, out_dir: str | os.PathLike[str], *, ope
             statement = ReleaseStatement(
                 model=model, released_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 base=ReleasedBase(spec=spec, weights_sha256=record.base_weights_sha256, trainable=record.trainable,
-                                  files=base_files),
+                                  files=base_files, input_shape=_input_shape(ws, record.component_names)),
                 deltas_sha256=deltas_digest(deltas), deltas_file_sha256=sha256_file(deltas_path), privacy=privacy,
                 caveats=caveats(privacy.neighbouring_relation == RELATION_SIZE_PUBLIC,
                                 private=privacy.differentially_private) + _local_base(spec))
