@@ -109,17 +109,21 @@ def test_cli_mistakes_are_one_line_errors(demo_run, tmp_path, args, message) -> 
     assert "Traceback" not in result.stderr
 
 
-def test_composing_the_non_private_reference_says_so_at_once(demo_run, tmp_path) -> None:
+def test_composing_the_non_private_reference_says_so_at_once(demo_run, tmp_path, capsys) -> None:
     """Review 83: composing the non-private reference said nothing; the release was refused later."""
     import shutil
 
+    from helpers import run_cli
+
     shutil.copytree(demo_run[0], tmp_path / "ws")
-    done = cli("compose", "digits-non-private-reference", "digits-shard-0", "--name", "mix", "-w", str(tmp_path / "ws"))
-    assert done.returncode == 0 and "composed mix" in done.stdout, done.stderr
+    code, out, err = run_cli(capsys, "compose", "digits-non-private-reference", "digits-shard-0", "--name", "mix",
+                             "-w", str(tmp_path / "ws"))
+    assert code == 0 and "composed mix" in out, err
     assert ("note: digits-non-private-reference was trained without differential privacy, so model mix has no DP "
-            "guarantee: `dp-tangent release` refuses it unless --non-private") in done.stderr
-    done = cli("compose", "digits-shard-0", "digits-shard-1.r1", "--name", "dp", "-w", str(tmp_path / "ws"))
-    assert done.returncode == 0 and "note:" not in done.stderr, done.stderr
+            "guarantee: `dp-tangent release` refuses it unless --non-private") in err
+    code, out, err = run_cli(capsys, "compose", "digits-shard-0", "digits-shard-1.r1", "--name", "dp", "-w",
+                             str(tmp_path / "ws"))
+    assert code == 0 and "note:" not in err, err
 
 
 def test_the_demo_command_runs_as_the_readme_runs_it(tmp_path: Path) -> None:
