@@ -121,6 +121,9 @@ def test_composing_the_non_private_reference_says_so_at_once(demo_run, tmp_path,
     assert code == 0 and "composed mix" in out, err
     assert ("note: digits-non-private-reference was trained without differential privacy, so model mix has no DP "
             "guarantee: `dp-tangent release` refuses it unless --non-private") in err
+    code, out, err = run_cli(capsys, "compose", "digits-non-private-reference", "digits-shard-0", "--name", "mix",
+                             "-w", str(tmp_path / "ws"))  # asked again (review 85: the note was not repeated)
+    assert code == 0 and "already; nothing was changed" in out and "note: digits-non-private-reference" in err, err
     code, out, err = run_cli(capsys, "compose", "digits-shard-0", "digits-shard-1.r1", "--name", "dp", "-w",
                              str(tmp_path / "ws"))
     assert code == 0 and "note:" not in err, err

@@ -30,14 +30,19 @@ def compose(
     ws = open_workspace(workspace)
     if _composed_already(ws, name, components, parsed, method.replace("-", "_")):
         typer.echo(f"{name} is composed from {', '.join(components)} ({method}) already; nothing was changed")
-        return
-    with busy("composing…"):
-        record = ws.compose_model(name, components, parsed, method.replace("-", "_"))
-    typer.echo(f"composed {name} from {', '.join(record.component_names)} ({record.method})")
+    else:
+        with busy("composing…"):
+            record = ws.compose_model(name, components, parsed, method.replace("-", "_"))
+        typer.echo(f"composed {name} from {', '.join(record.component_names)} ({record.method})")
+    _note_without_dp(ws, name, components)
+
+
+def _note_without_dp(ws, name: str, components: list[str]) -> None:  # noqa: ANN001
+    """Say now, not first when a release is refused, that a component trained without DP leaves the model none."""
     from ..components.component import read_metadata
 
-    unguarded = [c for c in record.component_names if not read_metadata(ws.component_path(c)).privacy.private]
-    if unguarded:  # said now, not first when a release is refused
+    unguarded = [c for c in dict.fromkeys(components) if not read_metadata(ws.component_path(c)).privacy.private]
+    if unguarded:
         typer.echo(f"note: {', '.join(unguarded)} {'was' if len(unguarded) == 1 else 'were'} trained without "
                    f"differential privacy, so model {name} has no DP guarantee: `dp-tangent release` refuses it unless "
                    "--non-private, which labels it as such", err=True)
