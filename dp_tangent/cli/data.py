@@ -20,7 +20,7 @@ def data_list(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ..workspace.data_sources import registry
+    from ..workspace.data_sources import PUBLIC_TABLE, registry
 
     ws = open_workspace(workspace, finish=False)
     sources = registry(ws)
@@ -35,7 +35,7 @@ def data_list(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
         table.add_row(name, str(entry.get("loader")), "-" if content is None else str(content.records),
                       "-" if content is None else str(len(content.test)),
                       str(data.get("path") or data.get("root") or "(embedded)")
-                      + (f"\npublic table: {data['public_path']}" if data.get("public_path") else ""))
+                      + (f"\npublic table: {data[PUBLIC_TABLE]}" if data.get(PUBLIC_TABLE) else ""))
     Console().print(table)
 
 
@@ -78,4 +78,6 @@ def data_relocate(
 
 
 def _what(field: str) -> str:
-    return "its public table" if field == "public_path" else "its data"
+    from ..workspace.data_sources import PUBLIC_TABLE
+
+    return "its public table" if field == PUBLIC_TABLE else "its data"

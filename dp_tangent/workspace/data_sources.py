@@ -413,7 +413,8 @@ def source_of(ws: Workspace, name: str) -> ReloadableSource | None:
 def input_shape(ws: Workspace, names: Iterable[str]) -> tuple[int, ...] | None:
     """The shape of one model input that the data sources ``names`` (a model's) fix, where every one of them is
     registered with a loader that fixes it and they agree; else None."""
-    registered = [source_of(ws, name) for name in names]
+    sources = _read(ws).sources  # the registry read once, for every name
+    registered = [parse_source(sources[name]) if name in sources else None for name in names]
     shapes = {source.input_shape() for source in registered if source is not None}
     return shapes.pop() if registered and len(shapes) == 1 and None not in shapes and None not in registered else None
 
@@ -454,10 +455,9 @@ def relocated(ws: Workspace, name: str, location: Path | None, public_table: Pat
     places = {f: os.path.realpath(p.expanduser()) for f, p in moves.items()}  # as a recipe's paths are stored:
     # links resolved; the registered spelling taken as it is (a link to the new place left while moving is not it)
     places = {f: place for f, place in places.items() if place != os.path.abspath(data[f])}
-    public = data.get(PUBLIC_TABLE)
-    if PUBLIC_TABLE not in moves and isinstance(public, str) and not Path(public).exists():
-        raise DataSourceError(f"the public table of data source {name!r}, {public}, is not there: if it moved too, "
-                              "give its new place with --public-table")
+    if PUBLIC_TABLE not in moves and _gone(data, [PUBLIC_TABLE]):
+        raise DataSourceError(f"the public table of data source {name!r}, {data[PUBLIC_TABLE]}, is not there: if it "
+                              "moved too, give its new place with --public-table")
     if not places:
         return source, None
     data.update(places)
@@ -467,8 +467,7 @@ def relocated(ws: Workspace, name: str, location: Path | None, public_table: Pat
     try:
         records = _as_registered(moved).records()
     except DataError as err:
-        gone = next((f for f in ("path", "root") if f in data and f not in places and not Path(data[f]).exists()), None)
-        if gone is None:
+        if not _gone(data, [f for f in ("path", "root") if f not in places]):
             raise
         raise DataSourceError(f"{err}; if it moved too, give its new place as well: `dp-tangent data relocate {name} "
                               "NEW_PLACE --public-table ...`") from None
@@ -489,11 +488,17 @@ def relocated(ws: Workspace, name: str, location: Path | None, public_table: Pat
                               f"{_scaled_by(moved, differences)}): relocate moves the data as it was; point it at "
                               "the moved copy")
     if PUBLIC_TABLE in places:  # the table now there, as train checks it: no private or deleted record
-        spelled = canonical_commitments(records.record_ids, ws.manifest_key())
-        _refuse_public_held(name, moved, sources, {c: spelled.get(c, c) for c in every}, deleted_spelled,
-                            ws.manifest_key())
+        key = ws.manifest_key()
+        spelled = canonical_commitments(records.record_ids, key)
+        _refuse_public_held(name, moved, sources, {c: spelled.get(c, c) for c in every}, deleted_spelled, key)
     sources.sources[name] = moved.model_dump(mode="json")  # its content, test split included, stays as registered
     return moved, (sources.model_dump_json(indent=2) + "\n").encode()
+
+
+def _gone(data: Mapping[str, Any], fields: Sequence[str]) -> list[str]:
+    """The ``fields`` of a source's data section (``path``, ``root``, ``public_path``) naming a place that is not
+    there."""
+    return [f for f in fields if isinstance(data.get(f), str) and not Path(data[f]).exists()]
 
 
 def _scaled_by(source: ReloadableSource | None, differences: str) -> str:
@@ -596,8 +601,7 @@ def reload(ws: Workspace, name: str) -> tuple[ReloadableSource, RecordSet, list[
         records = source.records()
     except DataError as err:
         value = source.model_dump(mode="json").get("data", {})
-        gone = [f for f in ("path", "root", PUBLIC_TABLE)
-                if isinstance(value.get(f), str) and not Path(value[f]).exists()]
+        gone = _gone(value, ("path", "root", PUBLIC_TABLE))
         if not gone:
             raise
         command = " ".join(["dp-tangent data relocate", name] + [

@@ -108,10 +108,9 @@ def _check_finished(ws: "Workspace", components: Sequence[str]) -> None:
 def _check_not_deleted(ws: "Workspace", components: Sequence[str]) -> None:
     """Refuse, by name, a component a deletion request removed (its file is gone on purpose), rather than report its
     file missing."""
-    for name in components:
-        if ws.component_path(name).exists():
-            continue
-        entries = ws.audit.entries()
+    missing = [name for name in components if not ws.component_path(name).exists()]
+    entries = ws.audit.entries() if missing else []  # read once, and only where a file is missing
+    for name in missing:
         deletions = [e.parameters for e in entries
                      if e.operation == "deletion" and name in (e.parameters.get("components_removed") or [])]
         if deletions:
