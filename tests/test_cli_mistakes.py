@@ -671,6 +671,41 @@ def test_a_replacement_s_figure_keeps_the_shard_size_from_the_requester_and_olde
     assert code == 0 and text.read_bytes() == original, (out, err)
 
 
+def test_the_requester_s_copy_states_days_not_times_and_older_copies_still_restore_and_verify(
+        ws: Path, capsys, monkeypatch) -> None:
+    """Completed minus received is how long serving took, and a retrain takes longer the larger its shard: the
+    requester's copy states days only; the JSON keeps the times. A copy with times, as versions before 2026-12-03
+    wrote it, is still restored from the JSON and still verifies."""
+    import functools
+    import re
+
+    from dp_tangent.recipes import load_recipe
+    from dp_tangent.workspace import certificates
+
+    _, shards = load_recipe(Path("rows.yaml")).load_data()
+    first, second = shards[0].record_ids[:2]
+    assert run_cli(capsys, "forget", first, "--request-id", "R1", "--retrain", "-w", "ws")[0] == 0
+    cert = json.loads(Path("ws/certificates/R1.json").read_text())
+    text = Path("ws/certificates/R1.txt").read_text()
+    assert f"Received:      {cert['received_at'][:10]} (UTC)\n" in text
+    assert f"Completed:     {cert['completed_at'][:10]} (UTC)\n" in text
+    assert not re.search(r"\d\d:\d\d", text), text  # no time of day anywhere in the requester's copy
+    assert cert["completed_at"][10] == "T" and cert["received_at"] in Path("ws/certificates/R1.json").read_text()
+    old = functools.partial(certificates.render_certificate, when=str)
+    with monkeypatch.context() as patched:  # as a version before this one wrote it
+        patched.setattr(certificates, "render_certificate", lambda cert, *args: old(cert, *args[:2]))
+        assert run_cli(capsys, "forget", second, "--request-id", "R2", "--retrain", "-w", "ws")[0] == 0
+    text = Path("ws/certificates/R2.txt")
+    original = text.read_bytes()
+    assert re.search(rb"Completed:     \d{4}-\d\d-\d\dT\d\d:\d\d", original)
+    text.write_bytes(b"edited\n")
+    code, out, err = run_cli(capsys, "certificate", "restore", "R2", "-w", "ws")
+    assert code == 0 and text.read_bytes() == original, (out, err)
+    for request in ("R1", "R2"):
+        code, out, err = run_cli(capsys, "certificate", "verify", f"ws/certificates/{request}.txt", "-w", "ws")
+        assert code == 0, (request, out, err)
+
+
 def test_budget_show_warns_when_the_ledger_is_not_what_the_log_vouches_for(ws: Path,
                                                                           capsys: pytest.CaptureFixture[str]) -> None:
     """Review: a ledger row deleted with sqlite3 lowered the spend budget show printed, without a word."""

@@ -8,6 +8,7 @@ holds any of the commitments.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -149,14 +150,30 @@ RUN_EPSILON = "its run's epsilon"
 _RUN_EPSILON_BEFORE = "epsilon"
 
 
+def day_only(stamp: str) -> str:
+    """The UTC day of an ISO 8601 time the tool wrote (``2026-12-03T14:38:19.790409+00:00`` -> ``2026-12-03 (UTC)``).
+
+    The requester's copy states days, not times: completed minus received is how long serving took, and a retrain
+    takes longer the more records its shard holds, a size the DP guarantee protects (the ``.json`` keeps the
+    times)."""
+    return f"{stamp[:10]} (UTC)"
+
+
+def _exact_time(stamp: str) -> str:
+    """What versions before 2026-12-03 wrote for a time in the requester's copy (kept to restore their files)."""
+    return stamp
+
+
 def render_certificate(cert: DeletionCertificate, pending_where: str = PENDING_WHERE,
-                       run_epsilon: str = RUN_EPSILON) -> str:
+                       run_epsilon: str = RUN_EPSILON, when: Callable[[str], str] = day_only) -> str:
     """The certificate as plain text for the requester's file (``pending_where``: how a record of an open request
-    reads, see :data:`PENDING_WHERE`; ``run_epsilon``: how a replacement's run figure is named)."""
+    reads, see :data:`PENDING_WHERE`; ``run_epsilon``: how a replacement's run figure is named; ``when``: how a
+    time reads, see :func:`day_only`)."""
     on_time = "" if cert.on_time is None else f" (on time: {'yes' if cert.on_time else 'NO'})"
     lines = [f"DELETION CERTIFICATE -- request {cert.request_id}", "",
              f"Status:        {cert.status} ({cert.outcome.replace('_', ' ')})",
-             f"Received:      {cert.received_at}", f"Completed:     {cert.completed_at or '-'}",
+             f"Received:      {when(cert.received_at)}",
+             f"Completed:     {when(cert.completed_at) if cert.completed_at else '-'}",
              f"Due by:        {cert.due_by}{on_time}"]
     lines += [f"  {regime}: {cert.deadlines[regime]} -- {text}" for regime, text in cert.regimes.items()]
     lines += ["", f"Records ({len(cert.record_commitments)}), as {cert.commitment_scheme} commitments "
@@ -240,9 +257,10 @@ def restore_text(ws: Workspace, request_id: str) -> tuple[Path, bool]:
             raise WorkspaceError(f"{json_path} is not the certificate the audit log vouches for; restore it from a "
                               "backup first")
         cert = read_certificate(ws, request_id)
-        renderings = [render_certificate(cert, where, run).encode()  # type: ignore[arg-type]
+        renderings = [render_certificate(cert, where, run, when).encode()  # type: ignore[arg-type]
                       for where in (PENDING_WHERE, _PENDING_WHERE_BEFORE)
-                      for run in (RUN_EPSILON, _RUN_EPSILON_BEFORE)]
+                      for run in (RUN_EPSILON, _RUN_EPSILON_BEFORE)
+                      for when in (day_only, _exact_time)]
         text = next((t for t in renderings if hashlib.sha256(t).hexdigest() == logged.get(ws.relative(text_path))),
                     None)
         if text is None:
