@@ -106,6 +106,38 @@ def test_weighted_sum_is_deterministic_and_negative_weight_subtracts(tmp_path) -
     assert all(torch.equal(weighted_sum([a, b], [0.3, 0.7])[n], weighted_sum([a, b], [0.3, 0.7])[n]) for n in a)
 
 
+@pytest.mark.parametrize("method, weights", [("mean", [1.0, 3.0, 0.5]), ("sum", None),
+                                             ("task_arithmetic", [0.3, -1.7, 2.0])])
+def test_components_loaded_as_numpy_arrays_compose_bit_for_bit_as_tensors(tmp_path, method, weights) -> None:
+    """`dp-tangent compose` adds the deltas as numpy arrays (no torch import): the same digests, sums and file bytes
+    as with torch tensors; float32 and float64 deltas, and bfloat16 ones stay tensors."""
+    import numpy as np
+
+    from dp_tangent.workspace import Workspace
+
+    ws = Workspace.create(tmp_path / "ws")
+    for i in range(3):  # float32 weights, float64 biases
+        make_component(ws.components_dir, {n: t.to(torch.float32 if n.endswith("weight") else torch.float64)
+                                           for n, t in random_deltas(i).items()}, f"c{i}")
+    names = ["c0", "c1", "c2"]
+    tensors = [ws.load_component(n) for n in names]
+    arrays = [ws.load_component(n, arrays=True) for n in names]
+    assert all(isinstance(t, np.ndarray) for c in arrays for t in c.deltas.values())
+    assert all(isinstance(t, torch.Tensor) for c in tensors for t in c.deltas.values())
+    assert [deltas_digest(c.deltas) for c in arrays] == [deltas_digest(c.deltas) for c in tensors]
+    by_arrays, by_tensors = compose(arrays, weights, method), compose(tensors, weights, method)
+    assert by_arrays.record == by_tensors.record
+    for name, t in by_tensors.deltas.items():
+        a = by_arrays.deltas[name]
+        assert isinstance(a, np.ndarray) and str(t.dtype) == f"torch.{a.dtype}"
+        assert torch.equal(torch.from_numpy(a), t)  # bit for bit
+    assert ws.model_writes("m", by_arrays)[1][0].data == ws.model_writes("m", by_tensors)[1][0].data
+    make_component(ws.components_dir, {n: t.to(torch.bfloat16) for n, t in random_deltas(5).items()}, "half")
+    assert all(isinstance(t, torch.Tensor) for t in ws.load_component("half", arrays=True).deltas.values())
+    with pytest.raises(CompositionError, match="regmean composes components loaded as torch tensors"):
+        compose(arrays, None, "regmean", merge_data={}, merge_data_public=True)
+
+
 def test_mismatched_components_are_refused_saying_what_differs(tmp_path) -> None:
     good = make_component(tmp_path, random_deltas(0), "good")
     other_base = make_component(tmp_path, random_deltas(1), "other_base", base_sha="f" * 64)

@@ -110,6 +110,27 @@ def test_the_report_reads_a_workspace_without_torch(tmp_path, monkeypatch, form:
         assert f"{epsilon:.3g}" in (tmp_path / f"report.{form}").read_text()
 
 
+def test_compose_adds_deltas_without_torch(tmp_path, mlp_backbone) -> None:
+    """`dp-tangent compose` (4 s and 685 MB with torch, 0.5 s and 63 MB without) composes the deltas a process
+    holding torch composes (tests/test_compose.py: bit for bit, file bytes too), and the log verifies."""
+    import torch
+
+    from dp_tangent.data import RecordSet
+    from dp_tangent.training import PrivacySpec, TrainConfig
+
+    ws = small_workspace(tmp_path)
+    for k in range(2):
+        x = torch.randn(24, 8, generator=torch.Generator().manual_seed(k))
+        ws.train(mlp_backbone, None, RecordSet(x, (x[:, 0] > 0).long(), tuple(f"r{k}-{i}" for i in range(24))),
+                 data_source="free", shard=f"s{k}", name=f"c{k}", privacy=PrivacySpec(epsilon=float("inf")),
+                 config=TrainConfig(epochs=1, batch_size=8, lr=0.1))
+    ws.compose_model("here", ["c0", "c1"], [1.0, 2.0])
+    out, loaded = run_probed("compose", "c0", "c1", "--weights", "1,2", "--name", "there", "-w", "ws", cwd=tmp_path)
+    assert loaded == [] and "composed there from c0, c1 (mean)" in out
+    assert ws.model_record("there").deltas_sha256 == ws.model_record("here").deltas_sha256
+    run_probed("audit", "verify", "-w", "ws", cwd=tmp_path)
+
+
 RECIPE_MISTAKES = [  # (section, key, value, the error's field and message)
     ("training", "epochz", 20, "training.epochz: Extra inputs are not permitted"),
     ("privacy", "epsilon", -1, "privacy.epsilon: Input should be greater than 0"),

@@ -24,11 +24,12 @@ from ..io import atomic_write_bytes, sha256_file
 
 FORMAT = "dp-tangent-component/1"
 if TYPE_CHECKING:  # torch is imported where tensors are handled: reading metadata needs none
+    import numpy as np
     import torch
 
     from privacy_accounting import Ledger, StoredEvent
 
-Deltas = dict[str, "torch.Tensor"]  # base-model parameter name -> delta
+Deltas = dict[str, "torch.Tensor | np.ndarray"]  # base-model parameter name -> delta (numpy: torch-free)
 NON_PRIVATE_LABEL = "NON-PRIVATE (epsilon = infinity): no differential-privacy guarantee"
 #: The neighbouring relation of a private run planned from a stated shard size, and of one planned from its own count
 RELATION = "add or remove one record"
@@ -123,15 +124,22 @@ class ComponentMetadata(_Strict):
         return math.inf if self.privacy.epsilon is None else self.privacy.epsilon
 
 
-def deltas_digest(deltas: dict[str, torch.Tensor]) -> str:
-    """sha256 over every delta's name, dtype, shape and bytes, in name order."""
-    import torch
+def deltas_digest(deltas: Deltas) -> str:
+    """sha256 over every delta's name, dtype (as torch names it), shape and bytes, in name order; the same for the
+    deltas as torch tensors or as numpy arrays (:func:`load_component` with ``arrays=True``)."""
+    import numpy as np
 
     digest = hashlib.sha256()
     for name in sorted(deltas):
-        t = deltas[name].detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}|{t.dtype}|{tuple(deltas[name].shape)}|".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes())
+        t = deltas[name]
+        if isinstance(t, np.ndarray):
+            dtype, data = f"torch.{t.dtype.name}", np.ascontiguousarray(t).reshape(-1).view(np.uint8).tobytes()
+        else:  # viewed as bytes by torch: bfloat16 has no numpy dtype
+            import torch
+
+            dtype, data = str(t.dtype), t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        digest.update(f"{name}|{dtype}|{tuple(t.shape)}|".encode())
+        digest.update(data)
     return digest.hexdigest()
 
 
@@ -178,17 +186,31 @@ def read_metadata(path: str | Path) -> ComponentMetadata:
         raise ComponentError(f"{path} is not a valid dp-tangent component ({type(err).__name__})") from err
 
 
-def load_component(path: str | Path) -> Component:
-    """Load and verify: schema, and the tensors' digest against ``deltas_sha256``."""
+def load_component(path: str | Path, arrays: bool = False) -> Component:
+    """Load and verify: schema, and the tensors' digest against ``deltas_sha256``. ``arrays``: the deltas as numpy
+    arrays, without importing torch, where numpy holds their dtypes (float16/32/64; otherwise torch tensors)."""
     path = Path(path)
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     metadata = read_metadata(path)
     try:
+        if arrays and _numpy_dtypes(path):
+            from safetensors.numpy import load_file
+        else:
+            from safetensors.torch import load_file
         deltas = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise ComponentError(f"{path} is corrupt: {err}") from err
     if deltas_digest(deltas) != metadata.deltas_sha256:
         raise ComponentError(f"{path}: the deltas do not match the digest in its metadata (modified or corrupt)")
     return Component(path, deltas, metadata, sha256_file(path))
+
+
+_NUMPY_DTYPES = frozenset({"F16", "F32", "F64"})  # the safetensors dtypes numpy holds exactly (no bfloat16)
+
+
+def _numpy_dtypes(path: Path) -> bool:
+    """Whether every tensor of a safetensors file has a dtype numpy holds (its header, read alone)."""
+    with open(path, "rb") as handle:
+        header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+    return all(entry.get("dtype") in _NUMPY_DTYPES for key, entry in header.items() if key != "__metadata__")

@@ -23,14 +23,16 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn as nn
+import numpy as np
 
 from .component import Component, ComponentError, Deltas, deltas_digest, load_component
 from .errors import CompositionError
-from .regmean import regmean
+
+if TYPE_CHECKING:  # a linear composition of deltas loaded as numpy arrays runs without torch (``dp-tangent compose``)
+    import torch
+    import torch.nn as nn
 
 METHODS = ("mean", "sum", "task_arithmetic", "regmean")
 
@@ -151,14 +153,33 @@ def _coefficients(weights: list[float] | None, k: int, method: str) -> list[floa
 
 
 def weighted_sum(deltas: Sequence[Deltas], coefficients: Sequence[float]) -> Deltas:
-    """sum_i c_i·delta_i, accumulated in float64 in the given order, cast back to the deltas' dtype."""
+    """sum_i c_i·delta_i, accumulated in float64 in the given order, cast back to the deltas' dtype (numpy arrays
+    give numpy arrays, bit for bit the sums torch tensors give)."""
+    if all(isinstance(t, np.ndarray) for d in deltas for t in d.values()):
+        out = {}
+        for name, ref in deltas[0].items():
+            acc = np.zeros(ref.shape, dtype=np.float64)
+            for c, d in zip(coefficients, deltas):
+                acc += c * d[name].astype(np.float64)
+            out[name] = acc.astype(ref.dtype)
+        return out
+    import torch
+
     out = {}
     for name, ref in deltas[0].items():
-        acc = torch.zeros(ref.shape, dtype=torch.float64)
+        acc = torch.zeros(tuple(ref.shape), dtype=torch.float64)
         for c, d in zip(coefficients, deltas):
-            acc += c * d[name].to(torch.float64)
-        out[name] = acc.to(ref.dtype)
+            acc += c * torch.as_tensor(d[name]).to(torch.float64)
+        out[name] = acc.to(torch.as_tensor(ref).dtype)
     return out
+
+
+def _finite(values: object) -> bool:
+    if isinstance(values, np.ndarray):
+        return bool(np.isfinite(values).all())
+    import torch
+
+    return bool(torch.isfinite(values).all())
 
 
 def compose(
@@ -172,7 +193,7 @@ def compose(
     ridge: float = 0.0,
     cg_tol: float = 1e-10,
     cg_max_iter: int | None = None,
-    merge_dtype: torch.dtype = torch.float64,
+    merge_dtype: torch.dtype | None = None,
     batch_size: int = 512,
 ) -> Composition:
     """Compose ``components`` (loaded, or paths) with ``method`` (see module doc).
@@ -181,7 +202,7 @@ def compose(
     coefficients (required); regmean -- multipliers a_i of each curvature (default 1).
     regmean only: ``merge_data`` maps each component name to its merge inputs, which must be public
     (``merge_data_public=True``); ``ridge`` adds ridge·I to the system; CG stops at relative
-    residual ``cg_tol`` and fails loudly after ``cg_max_iter`` iterations.
+    residual ``cg_tol`` and fails loudly after ``cg_max_iter`` iterations, in ``merge_dtype`` (None: float64).
     """
     if method not in METHODS:
         raise CompositionError(f"method must be one of {METHODS}, got {method!r}")
@@ -192,6 +213,13 @@ def compose(
     w = check_weights(weights, len(loaded), method)
     merge_info, merge_digests = None, [None] * len(loaded)
     if method == "regmean":
+        import torch
+
+        from .regmean import regmean
+
+        if any(isinstance(t, np.ndarray) for c in loaded for t in c.deltas.values()):
+            raise CompositionError("regmean composes components loaded as torch tensors (load_component(path))")
+        merge_dtype = torch.float64 if merge_dtype is None else merge_dtype
         deltas, merge_info, merge_digests = regmean(
             loaded, w, merge_data, merge_data_public, base_model, ridge, cg_tol, cg_max_iter, merge_dtype, batch_size)
         coefficients: list[float | None] = [None] * len(loaded)
@@ -200,7 +228,7 @@ def compose(
             raise CompositionError(f"merge_data is only used by method 'regmean', not {method!r}")
         coefficients = list(_coefficients(w, len(loaded), method))
         deltas = weighted_sum([c.deltas for c in loaded], coefficients)  # type: ignore[arg-type]
-    bad = next((name for name, d in deltas.items() if not torch.isfinite(d).all()), None)
+    bad = next((name for name, d in deltas.items() if not _finite(d)), None)
     if bad is not None:
         raise CompositionError(f"the composed delta {bad!r} is not finite (the weights overflow its values); "
                                "give smaller weights")

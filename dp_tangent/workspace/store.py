@@ -578,10 +578,12 @@ class Workspace:
     def list_models(self) -> list[str]:
         return sorted(p.stem for p in self.models_dir.glob("*.json") if p.is_file())
 
-    def load_component(self, name: str) -> Component:
+    def load_component(self, name: str, arrays: bool = False) -> Component:
+        """Component ``name``, verified; ``arrays``: its deltas as numpy arrays where numpy holds their dtype
+        (:func:`~dp_tangent.components.component.load_component`)."""
         from ..components.component import load_component
 
-        return load_component(self.component_path(name))
+        return load_component(self.component_path(name), arrays)
 
     def model_record(self, name: str) -> ModelRecord:
         path = self.model_path(name)
@@ -671,11 +673,17 @@ class Workspace:
     def model_writes(self, name: str, composition: Composition) -> tuple[ModelRecord, list[FileWrite]]:
         """The record and the files of model ``name`` (``models/NAME.safetensors`` and ``.json``),
         to be written by a :class:`~dp_tangent.workspace.commit.Change`."""
-        from safetensors.torch import save
+        import numpy as np
 
         record_path, deltas_path = self.model_path(name), self.model_deltas_path(name)
         rec = composition.record
-        blob = save({n: t.contiguous() for n, t in composition.deltas.items()}, metadata={"dp_tangent_model": name})
+        if all(isinstance(t, np.ndarray) for t in composition.deltas.values()):  # the same bytes as torch's writer
+            from safetensors.numpy import save
+            tensors = {n: np.ascontiguousarray(t) for n, t in composition.deltas.items()}
+        else:
+            from safetensors.torch import save
+            tensors = {n: t.contiguous() for n, t in composition.deltas.items()}
+        blob = save(tensors, metadata={"dp_tangent_model": name})
         record = ModelRecord(
             name=name, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), method=rec.method,
             weights_given=rec.weights_given,
@@ -720,7 +728,8 @@ class Workspace:
                 raise WorkspaceError(f"{name!r} is a component's name; give the model a name of its own")
             _check_finished(self, components)
             _check_not_deleted(self, components)
-            loaded = [self.load_component(c) for c in components]
+            # a linear composition adds numpy arrays: `dp-tangent compose` runs without importing torch
+            loaded = [self.load_component(c, arrays=method != "regmean") for c in components]
             composition = compose(loaded, weights, method, merge_data=merge_data,
                                   merge_data_public=merge_data_public, **options)
             record, writes = self.model_writes(name, composition)
