@@ -137,6 +137,7 @@ def test_a_model_name_is_never_reused_nor_a_component_s(ws: Path, capsys: pytest
     _refused(capsys, "compose", "rows-shard-1", "rows-shard-0", "--name", "rows", "-w", "ws", says="already exists")
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # numpy's "overflow encountered" would print before the error
 def test_weights_that_overflow_are_one_line_errors_not_tracebacks(ws: Path,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_cli(capsys, "compose", "rows-shard-0", "rows-shard-1", "--name", "huge", "--weights",
@@ -674,8 +675,8 @@ def test_a_replacement_s_figure_keeps_the_shard_size_from_the_requester_and_olde
 def test_the_requester_s_copy_states_days_not_times_and_older_copies_still_restore_and_verify(
         ws: Path, capsys, monkeypatch) -> None:
     """Completed minus received is how long serving took, and a retrain takes longer the larger its shard: the
-    requester's copy states days only; the JSON keeps the times. A copy with times, as versions before 2026-12-03
-    wrote it, is still restored from the JSON and still verifies."""
+    requester's copy states days only; the JSON keeps the times. A copy with times and every model, as versions
+    before 2026-12-03 wrote it, is still restored from the JSON and still verifies."""
     import functools
     import re
 
@@ -684,20 +685,24 @@ def test_the_requester_s_copy_states_days_not_times_and_older_copies_still_resto
 
     _, shards = load_recipe(Path("rows.yaml")).load_data()
     first, second = shards[0].record_ids[:2]
+    assert run_cli(capsys, "compose", "rows-shard-1", "--name", "elsewhere", "-w", "ws")[0] == 0
     assert run_cli(capsys, "forget", first, "--request-id", "R1", "--retrain", "-w", "ws")[0] == 0
     cert = json.loads(Path("ws/certificates/R1.json").read_text())
     text = Path("ws/certificates/R1.txt").read_text()
+    # review 86: models the deletion left alone are none of the requester's business (the JSON has them)
+    assert {m["name"]: m["action"] for m in cert["models"]} == {"elsewhere": "unchanged", "rows": "recomposed"}
+    assert "elsewhere" not in text and "  rows: recomposed; " in text
     assert f"Received:      {cert['received_at'][:10]} (UTC)\n" in text
     assert f"Completed:     {cert['completed_at'][:10]} (UTC)\n" in text
     assert not re.search(r"\d\d:\d\d", text), text  # no time of day anywhere in the requester's copy
     assert cert["completed_at"][10] == "T" and cert["received_at"] in Path("ws/certificates/R1.json").read_text()
-    old = functools.partial(certificates.render_certificate, when=str)
+    old = functools.partial(certificates.render_certificate, when=str, unchanged_models=True)
     with monkeypatch.context() as patched:  # as a version before this one wrote it
         patched.setattr(certificates, "render_certificate", lambda cert, *args: old(cert, *args[:2]))
         assert run_cli(capsys, "forget", second, "--request-id", "R2", "--retrain", "-w", "ws")[0] == 0
     text = Path("ws/certificates/R2.txt")
     original = text.read_bytes()
-    assert re.search(rb"Completed:     \d{4}-\d\d-\d\dT\d\d:\d\d", original)
+    assert re.search(rb"Completed:     \d{4}-\d\d-\d\dT\d\d:\d\d", original) and b"  elsewhere: unchanged; " in original
     text.write_bytes(b"edited\n")
     code, out, err = run_cli(capsys, "certificate", "restore", "R2", "-w", "ws")
     assert code == 0 and text.read_bytes() == original, (out, err)

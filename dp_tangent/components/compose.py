@@ -157,11 +157,12 @@ def weighted_sum(deltas: Sequence[Deltas], coefficients: Sequence[float]) -> Del
     give numpy arrays, bit for bit the sums torch tensors give)."""
     if all(isinstance(t, np.ndarray) for d in deltas for t in d.values()):
         out = {}
-        for name, ref in deltas[0].items():
-            acc = np.zeros(ref.shape, dtype=np.float64)
-            for c, d in zip(coefficients, deltas):
-                acc += c * d[name].astype(np.float64)
-            out[name] = acc.astype(ref.dtype)
+        with np.errstate(over="ignore", invalid="ignore"):  # as torch: inf or nan, which compose() refuses in words
+            for name, ref in deltas[0].items():
+                acc = np.zeros(ref.shape, dtype=np.float64)
+                for c, d in zip(coefficients, deltas):
+                    acc += c * d[name].astype(np.float64)
+                out[name] = acc.astype(ref.dtype)
         return out
     import torch
 

@@ -41,8 +41,9 @@ NOT_INCLUDED = (
     "per-record NTK Grams (the workspace's gram cache)",
 )
 CAVEATS = (
-    "Each training run's sampling rate and number of steps were set from its shard's size, which this bundle "
-    "does not disclose; as in standard DP-SGD accounting, the guarantee treats those settings as fixed.",
+    "Training runs' sampling rates and numbers of steps were set from their shards' own sizes: this bundle does "
+    "not state them, but the deltas may reveal a shard's size, and so whether one record is in it; as in standard "
+    "DP-SGD accounting, the guarantee treats those settings as fixed, the shard sizes taken as public.",
     "The guarantee bounds what the released deltas reveal about one record; the base model is public and "
     "identified by its sha256.",
 )

@@ -8,6 +8,7 @@ holds any of the commitments.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,10 +166,12 @@ def _exact_time(stamp: str) -> str:
 
 
 def render_certificate(cert: DeletionCertificate, pending_where: str = PENDING_WHERE,
-                       run_epsilon: str = RUN_EPSILON, when: Callable[[str], str] = day_only) -> str:
+                       run_epsilon: str = RUN_EPSILON, when: Callable[[str], str] = day_only,
+                       unchanged_models: bool = False) -> str:
     """The certificate as plain text for the requester's file (``pending_where``: how a record of an open request
     reads, see :data:`PENDING_WHERE`; ``run_epsilon``: how a replacement's run figure is named; ``when``: how a
-    time reads, see :func:`day_only`)."""
+    time reads, see :func:`day_only`; ``unchanged_models``: list the models the deletion left unchanged too, as
+    versions before 2026-12-03 did: their names and current digests are none of the requester's business)."""
     on_time = "" if cert.on_time is None else f" (on time: {'yes' if cert.on_time else 'NO'})"
     lines = [f"DELETION CERTIFICATE -- request {cert.request_id}", "",
              f"Status:        {cert.status} ({cert.outcome.replace('_', ' ')})",
@@ -189,11 +192,13 @@ def render_certificate(cert: DeletionCertificate, pending_where: str = PENDING_W
     lines += ["Components added (retrained without the records):"]
     lines += [f"  {a.name} replaces {a.replaces} ({_run_figure(a, run_epsilon)}, "
               f"ledger {a.ledger_reservation}) sha256 {a.sha256}" for a in cert.components_added] or ["  none"]
-    lines += ["", "Models (sha256 of the composed deltas, before -> after):"]
-    for m in cert.models:
+    models = [m for m in cert.models if unchanged_models or m.action != "unchanged"]
+    lines += ["", "Models (sha256 of the composed deltas, before -> after):" if unchanged_models else
+              "Models rebuilt or withdrawn (sha256 of the composed deltas, before -> after):"]
+    for m in models:
         after = m.after.deltas_sha256 if m.after else "withdrawn"
         lines.append(f"  {m.name}: {m.action}; {m.before.deltas_sha256} -> {after}")
-    if not cert.models:
+    if not models:
         lines.append("  none")
     if cert.verification:
         lines += ["", "Verification:", f"  {cert.verification.statement}"]
@@ -257,10 +262,10 @@ def restore_text(ws: Workspace, request_id: str) -> tuple[Path, bool]:
             raise WorkspaceError(f"{json_path} is not the certificate the audit log vouches for; restore it from a "
                               "backup first")
         cert = read_certificate(ws, request_id)
-        renderings = [render_certificate(cert, where, run, when).encode()  # type: ignore[arg-type]
-                      for where in (PENDING_WHERE, _PENDING_WHERE_BEFORE)
-                      for run in (RUN_EPSILON, _RUN_EPSILON_BEFORE)
-                      for when in (day_only, _exact_time)]
+        renderings = [render_certificate(cert, *version).encode()  # type: ignore[arg-type]
+                      for version in itertools.product((PENDING_WHERE, _PENDING_WHERE_BEFORE),
+                                                       (RUN_EPSILON, _RUN_EPSILON_BEFORE), (day_only, _exact_time),
+                                                       (False, True))]
         text = next((t for t in renderings if hashlib.sha256(t).hexdigest() == logged.get(ws.relative(text_path))),
                     None)
         if text is None:
