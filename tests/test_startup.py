@@ -110,7 +110,7 @@ def test_the_report_reads_a_workspace_without_torch(tmp_path, monkeypatch, form:
         assert f"{epsilon:.3g}" in (tmp_path / f"report.{form}").read_text()
 
 
-def test_compose_adds_deltas_without_torch(tmp_path, mlp_backbone) -> None:
+def test_compose_and_release_run_without_torch(tmp_path, mlp_backbone) -> None:
     """`dp-tangent compose` (4 s and 685 MB with torch, 0.5 s and 63 MB without) composes the deltas a process
     holding torch composes (tests/test_compose.py: bit for bit, file bytes too), and the log verifies."""
     import torch
@@ -128,6 +128,16 @@ def test_compose_adds_deltas_without_torch(tmp_path, mlp_backbone) -> None:
     out, loaded = run_probed("compose", "c0", "c1", "--weights", "1,2", "--name", "there", "-w", "ws", cwd=tmp_path)
     assert loaded == [] and "composed there from c0, c1 (mean)" in out
     assert ws.model_record("there").deltas_sha256 == ws.model_record("here").deltas_sha256
+    # and `release` (3.2 s and 677 MB with torch, 0.8 s and 62 MB without): the bytes torch's writer writes
+    out, loaded = run_probed("release", "there", "-o", "bundle", "--non-private", "-w", "ws", cwd=tmp_path)
+    assert "torch" not in loaded and "released there to" in out
+    from safetensors.torch import save
+
+    from dp_tangent.components.release_bundle import FORMAT
+    assert (tmp_path / "bundle" / "deltas.safetensors").read_bytes() == save(ws.load_model("there")[1],
+                                                                             metadata={"format": FORMAT})
+    stated = json.loads((tmp_path / "bundle" / "release.json").read_text())["deltas_sha256"]
+    assert stated == ws.model_record("there").deltas_sha256
     run_probed("audit", "verify", "-w", "ws", cwd=tmp_path)
 
 

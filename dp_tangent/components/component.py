@@ -145,13 +145,9 @@ def deltas_digest(deltas: Deltas) -> str:
 
 def component_bytes(deltas: dict[str, torch.Tensor], metadata: ComponentMetadata) -> bytes:
     """The component file's content: the deltas as safetensors, the metadata in its header."""
-    from safetensors.torch import save
-
     if metadata.deltas_sha256 != deltas_digest(deltas):
         raise ComponentError("metadata.deltas_sha256 does not match the deltas being saved")
-
-    tensors = {name: t.detach().cpu().contiguous() for name, t in deltas.items()}
-    return save(tensors, metadata={"dp_tangent": metadata.model_dump_json()})
+    return tensors_bytes(deltas, {"dp_tangent": metadata.model_dump_json()})
 
 
 def save_component(path: str | Path, deltas: dict[str, torch.Tensor], metadata: ComponentMetadata) -> str:
@@ -186,6 +182,30 @@ def read_metadata(path: str | Path) -> ComponentMetadata:
         raise ComponentError(f"{path} is not a valid dp-tangent component ({type(err).__name__})") from err
 
 
+def tensors_bytes(deltas: Deltas, metadata: dict[str, str] | None = None) -> bytes:
+    """Tensors (deltas, or a checkpoint's weights) as a safetensors file's bytes: the same bytes for numpy arrays as
+    for torch tensors."""
+    import numpy as np
+
+    if all(isinstance(t, np.ndarray) for t in deltas.values()):
+        from safetensors.numpy import save
+
+        return save({n: np.ascontiguousarray(t) for n, t in deltas.items()}, metadata=metadata)
+    from safetensors.torch import save
+
+    return save({n: t.detach().cpu().contiguous() for n, t in deltas.items()}, metadata=metadata)
+
+
+def load_deltas(path: str | Path, arrays: bool = False) -> Deltas:
+    """A safetensors file's tensors; ``arrays``: as numpy arrays, without importing torch, where numpy holds their
+    dtypes (float16/32/64; otherwise torch tensors). Raises safetensors' errors, OSError or ValueError."""
+    if arrays and _numpy_dtypes(Path(path)):
+        from safetensors.numpy import load_file
+    else:
+        from safetensors.torch import load_file
+    return load_file(str(path))
+
+
 def load_component(path: str | Path, arrays: bool = False) -> Component:
     """Load and verify: schema, and the tensors' digest against ``deltas_sha256``. ``arrays``: the deltas as numpy
     arrays, without importing torch, where numpy holds their dtypes (float16/32/64; otherwise torch tensors)."""
@@ -194,11 +214,7 @@ def load_component(path: str | Path, arrays: bool = False) -> Component:
 
     metadata = read_metadata(path)
     try:
-        if arrays and _numpy_dtypes(path):
-            from safetensors.numpy import load_file
-        else:
-            from safetensors.torch import load_file
-        deltas = load_file(str(path))
+        deltas = load_deltas(path, arrays)
     except (SafetensorError, OSError, ValueError) as err:
         raise ComponentError(f"{path} is corrupt: {err}") from err
     if deltas_digest(deltas) != metadata.deltas_sha256:

@@ -31,12 +31,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from safetensors.torch import save
-
 from privacy_accounting import ModelShardGuarantee
 from privacy_accounting.composition import record_shards_at
 
-from ..components.component import RELATION, RELATION_SIZE_PUBLIC, deltas_digest, sizes_public
+from ..components.component import RELATION, RELATION_SIZE_PUBLIC, deltas_digest, sizes_public, tensors_bytes
 from ..components.release_bundle import (BASE_CHECKPOINT, DELTAS_FILE, FORMAT, NO_RELATION, STATEMENT_FILE,
                                          ReleasedBase, ReleaseError, ReleasedPrivacy, ReleaseStatement, caveats,
                                          read_statement)
@@ -183,7 +181,7 @@ def release(ws: "Workspace", model: str, out_dir: str | os.PathLike[str], *, ope
         if not check.ok:  # never put a DP statement on files the log cannot vouch for
             raise WorkspaceError(f"the workspace does not verify ({check.first_bad}); run `dp-tangent audit verify` "
                                  "and resolve it before releasing")
-        record, deltas = ws.load_model(model)
+        record, deltas = ws.load_model(model, arrays=True)  # torch is imported only to rebuild a checkpoint's theta0
         _check_no_deleted_records(ws, model, record.component_names)
         privacy = _privacy(ws, model)
         if not privacy.differentially_private and not allow_non_private:
@@ -195,8 +193,7 @@ def release(ws: "Workspace", model: str, out_dir: str | os.PathLike[str], *, ope
         try:
             _readable(staging)
             deltas_path = staging / DELTAS_FILE
-            atomic_write_bytes(deltas_path, save({n: t.contiguous() for n, t in deltas.items()},
-                                                 metadata={"format": FORMAT}))
+            atomic_write_bytes(deltas_path, tensors_bytes(deltas, {"format": FORMAT}))
             spec, base_files = _base_in_bundle(record.base, record.base_weights_sha256, staging)
             statement = ReleaseStatement(
                 model=model, released_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -237,12 +234,12 @@ def _base_in_bundle(spec: Mapping[str, object], weights_sha256: str,
     from the weights alone, never copied: a checkpoint may hold more than its weights (training arguments, paths,
     counts in a ``.pt``'s other keys or a safetensors header, the original file's name inside a ``.pt`` archive), and
     none of that may leave. Refused if the file no longer holds that theta0."""
-    from ..backbones import BackboneSpec, weights_digest
+    if spec.get("checkpoint") is None:
+        return dict(spec), {}
+    from ..backbones import BackboneSpec, weights_digest  # torch: rebuilding theta0 from its checkpoint
     from ..backbones.weights import loaded_weights
     from ..errors import WeightsError
 
-    if spec.get("checkpoint") is None:
-        return dict(spec), {}
     source = Path(str(spec["checkpoint"]))
     name = BASE_CHECKPOINT + ".safetensors"
     try:
@@ -256,7 +253,7 @@ def _base_in_bundle(spec: Mapping[str, object], weights_sha256: str,
                              "(their sha256 differs); restore that file to release the model")
     # a fresh file under the model's own parameter names (a checkpoint mapped by position keeps none of its own, and
     # safetensors would reorder them): no header metadata, no shared storage (safetensors refuses it)
-    atomic_write_bytes(staging / name, save({k: v.detach().clone().contiguous() for k, v in loads[-1].items()}))
+    atomic_write_bytes(staging / name, tensors_bytes({k: v.detach().clone() for k, v in loads[-1].items()}))
     copied = BackboneSpec.from_dict({**spec, "checkpoint": str(staging / name)})
     if weights_digest(copied.build()) != weights_sha256:
         raise WorkspaceError(f"theta0 rebuilt from the bundle's {name} is not the theta0 the model was trained at; "
@@ -376,7 +373,7 @@ class _Current:
 
 def _current_bundle(ws: "Workspace", model: str) -> _Current:
     try:
-        record, deltas = ws.load_model(model)
+        record, deltas = ws.load_model(model, arrays=True)
     except WorkspaceError:
         return _Current(None, False)
     try:

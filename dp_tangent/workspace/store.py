@@ -65,7 +65,7 @@ if TYPE_CHECKING:
     from privacy_accounting import Budget, Ledger
 
     from ..backbones import BackboneSpec
-    from ..components.component import Component
+    from ..components.component import Component, Deltas
     from ..components.compose import Composition
     from ..data.records import RecordSet
     from ..data.sources import ReloadableSource
@@ -595,20 +595,20 @@ class Workspace:
         except (ValidationError, ValueError) as err:
             raise WorkspaceError(f"{path} is not a valid model record ({type(err).__name__})") from err
 
-    def load_model(self, name: str) -> tuple[ModelRecord, dict[str, torch.Tensor]]:
-        """The record and the composed delta, both checked against the record's digests."""
+    def load_model(self, name: str, arrays: bool = False) -> tuple[ModelRecord, Deltas]:
+        """The record and the composed delta, both checked against the record's digests; ``arrays``: as numpy arrays
+        where numpy holds their dtypes (:func:`~dp_tangent.components.component.load_deltas`)."""
         from safetensors import SafetensorError
-        from safetensors.torch import load_file
 
-        from ..components.component import deltas_digest
+        from ..components.component import deltas_digest, load_deltas
 
         record = self.model_record(name)
         path = self.models_dir / record.deltas_file
         if not path.is_file() or sha256_file(path) != record.deltas_file_sha256:
             raise WorkspaceError(f"{path} is missing or does not match the sha256 in {self.model_path(name).name}")
         try:
-            deltas = load_file(str(path))
-        except (SafetensorError, OSError) as err:
+            deltas = load_deltas(path, arrays)
+        except (SafetensorError, OSError, ValueError) as err:
             raise WorkspaceError(f"{path} is corrupt: {err}") from err
         if deltas_digest(deltas) != record.deltas_sha256:
             raise WorkspaceError(f"{path}: the composed deltas do not match the digest in the model record")
@@ -673,17 +673,11 @@ class Workspace:
     def model_writes(self, name: str, composition: Composition) -> tuple[ModelRecord, list[FileWrite]]:
         """The record and the files of model ``name`` (``models/NAME.safetensors`` and ``.json``),
         to be written by a :class:`~dp_tangent.workspace.commit.Change`."""
-        import numpy as np
+        from ..components.component import tensors_bytes
 
         record_path, deltas_path = self.model_path(name), self.model_deltas_path(name)
         rec = composition.record
-        if all(isinstance(t, np.ndarray) for t in composition.deltas.values()):  # the same bytes as torch's writer
-            from safetensors.numpy import save
-            tensors = {n: np.ascontiguousarray(t) for n, t in composition.deltas.items()}
-        else:
-            from safetensors.torch import save
-            tensors = {n: t.contiguous() for n, t in composition.deltas.items()}
-        blob = save(tensors, metadata={"dp_tangent_model": name})
+        blob = tensors_bytes(composition.deltas, {"dp_tangent_model": name})
         record = ModelRecord(
             name=name, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), method=rec.method,
             weights_given=rec.weights_given,
@@ -858,7 +852,7 @@ class Workspace:
         from privacy_accounting import PrivacyAccountingError
 
         with self.lock():
-            record, _ = self.load_model(model)
+            record, _ = self.load_model(model, arrays=True)  # checked, not used: no torch
             guarantee = None
             with contextlib.suppress(PrivacyAccountingError):
                 g = self.ledger.model_guarantee(model)
