@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -61,6 +62,15 @@ SHARDS = ("s0", "s1", "s2", "s3")
 SHARD_RUNS = [(1.0, 256 / n, 1953) for n in (50001, 50001, 50000, 50000)]
 SHARDS_COMPUTED = {"budget show, 4 shards, ε computed": ["budget", "show", "-w", "ws-shards"],
                    "report -f md, 4 shards, ε computed": ["report", "-w", "ws-shards", "-f", "md", "-o", "shards.md"]}
+#: Commands that write but train nothing, each run on a fresh copy (``ws-run``) of the demo's workspace (``dp-tangent
+#: demo``: EfficientNet-Lite0, digits components, a composed model, a served deletion request). ``forget`` without
+#: retraining removes the record's component, recomposes the model and rewrites the NTK Gram cache without the record.
+DEMO, RUN = "ws-demo", "ws-run"
+DEMO_WRITES = {
+    "compose, demo workspace": ["compose", "digits-shard-0", "digits-shard-2", "--name", "pair", "-w", RUN],
+    "release, demo workspace": ["release", "digits-composed", "-o", "bundle", "-w", RUN],
+    "forget without retraining, demo workspace": ["forget", "digit-18", "-w", RUN],
+}
 # Peak RSS of the child: VmHWM from /proc, which starts afresh at exec (getrusage's ru_maxrss is kept
 # across fork and exec on Linux, so a child of this process would report this process's peak).
 PEAK = """
@@ -132,6 +142,8 @@ def _workspace(root: Path) -> None:
     for event, shard in zip(SHARD_RUNS, SHARDS):
         spend(shards, dp_sgd_event(*event), shard=shard, component=f"c-{shard}")
     spend(shards, dp_sgd_event(*SHARD_RUNS[1]), shard="s1", component="c-s1-retrain")
+    subprocess.run([sys.executable, "-m", "dp_tangent", "demo", "-w", DEMO], cwd=root, capture_output=True, check=True,
+                   env={**os.environ, CACHE_ENV: str(root / "cache")})
     recipe = yaml.safe_load(DEFAULT_RECIPE.read_text())
     recipe["training"]["epochz"] = recipe["training"].pop("epochs")  # a typo
     (root / "mistake.yaml").write_text(yaml.safe_dump(recipe))
@@ -160,6 +172,11 @@ def measure() -> dict[str, dict[str, float]]:
         def keep() -> None:
             pass
 
+        def fresh_demo() -> None:
+            for path in (cwd / RUN, cwd / "bundle"):
+                shutil.rmtree(path, ignore_errors=True)
+            shutil.copytree(cwd / DEMO, cwd / RUN)
+
         cases: dict[str, tuple[str, list[str], Callable[[], None]]] = {
             "import torch, timm (reference)": (REFERENCE, [], keep),
             **{k: (RUNNER, v, keep) for k, v in COMMANDS.items()},
@@ -169,8 +186,10 @@ def measure() -> dict[str, dict[str, float]]:
             COMPUTED: (RUNNER, SPENT, empty_cache),
             **{k: (RUNNER, v, empty_cache) for k, v in SHARDS_COMPUTED.items()},
             "import the accountants' libraries (reference)": (ACCOUNTING_LIBRARIES, [], keep),
+            **{k: (RUNNER, v, fresh_demo) for k, v in DEMO_WRITES.items()},
         }
         for name, (code, args, before) in cases.items():
+            before()
             _run(code, args, cwd)  # warm the page cache outside the timing
             runs = []
             for _ in range(REPEATS):
@@ -220,7 +239,15 @@ def render(rows: dict[str, dict[str, float]]) -> str:
               "`train, a mistake in the recipe` is `dp-tangent train` on the default recipe with "
               "`training.epochs` misspelt: the recipe's schema is checked before torch loads "
               "(`dp_tangent.recipes`), where the error used to come after importing torch and timm, and the "
-              "backbone's name against its family only once the rest holds."]
+              "backbone's name against its family only once the rest holds. The `demo workspace` rows write, "
+              "each run on a fresh copy of the workspace `dp-tangent demo` leaves (EfficientNet-Lite0, four digits "
+              "components of its last block's deltas, a composed model): `compose` two components into a new "
+              "model and `release` the composed one read the deltas as numpy arrays and write them with "
+              "safetensors' numpy writer, the same bytes as torch's (`components.component.load_deltas`, "
+              "`tensors_bytes`; torch is imported only for RegMean, bfloat16 deltas or a θ₀ rebuilt from a "
+              "checkpoint file). `forget` without retraining (a record of shard 2: its component removed, the model "
+              "recomposed, the NTK Gram cache rewritten without the record) still imports torch: the cache's "
+              "files are read and written as tensors (`workspace.gram_cache`)."]
     return "\n".join(lines)
 
 

@@ -110,15 +110,17 @@ def test_weighted_sum_is_deterministic_and_negative_weight_subtracts(tmp_path) -
                                              ("task_arithmetic", [0.3, -1.7, 2.0])])
 def test_components_loaded_as_numpy_arrays_compose_bit_for_bit_as_tensors(tmp_path, method, weights) -> None:
     """`dp-tangent compose` adds the deltas as numpy arrays (no torch import): the same digests, sums and file bytes
-    as with torch tensors; float32 and float64 deltas, and bfloat16 ones stay tensors."""
+    as with torch tensors, for float32 and float64 deltas and a scalar one (review 87: written with shape [1]);
+    bfloat16 and float16 ones stay tensors (review 87: numpy rounds a float16 sum once, torch twice)."""
     import numpy as np
 
     from dp_tangent.workspace import Workspace
 
     ws = Workspace.create(tmp_path / "ws")
-    for i in range(3):  # float32 weights, float64 biases
-        make_component(ws.components_dir, {n: t.to(torch.float32 if n.endswith("weight") else torch.float64)
-                                           for n, t in random_deltas(i).items()}, f"c{i}")
+    for i in range(3):  # float32 weights, float64 biases, a float32 scalar
+        deltas = {n: t.to(torch.float32 if n.endswith("weight") else torch.float64)
+                  for n, t in random_deltas(i).items()}
+        make_component(ws.components_dir, {**deltas, "scale": torch.tensor(0.5 + i)}, f"c{i}")
     names = ["c0", "c1", "c2"]
     tensors = [ws.load_component(n) for n in names]
     arrays = [ws.load_component(n, arrays=True) for n in names]
@@ -132,8 +134,16 @@ def test_components_loaded_as_numpy_arrays_compose_bit_for_bit_as_tensors(tmp_pa
         assert isinstance(a, np.ndarray) and str(t.dtype) == f"torch.{a.dtype}"
         assert torch.equal(torch.from_numpy(a), t)  # bit for bit
     assert ws.model_writes("m", by_arrays)[1][0].data == ws.model_writes("m", by_tensors)[1][0].data
-    make_component(ws.components_dir, {n: t.to(torch.bfloat16) for n, t in random_deltas(5).items()}, "half")
-    assert all(isinstance(t, torch.Tensor) for t in ws.load_component("half", arrays=True).deltas.values())
+    for dtype in (torch.bfloat16, torch.float16):
+        name = str(dtype).removeprefix("torch.")
+        make_component(ws.components_dir, {n: torch.ones_like(t, dtype=dtype) for n, t in random_deltas(5).items()},
+                       f"{name}-0")
+        make_component(ws.components_dir, {n: torch.ones_like(t, dtype=dtype) for n, t in random_deltas(6).items()},
+                       f"{name}-1")
+        loaded = [ws.load_component(f"{name}-{i}", arrays=True) for i in (0, 1)]
+        assert all(isinstance(t, torch.Tensor) for c in loaded for t in c.deltas.values())
+        summed = compose(loaded, [1.0, 2**-11 + 2**-40], "task_arithmetic").deltas
+        assert all(torch.equal(t, torch.ones_like(t)) for t in summed.values())  # torch's float16 1.0, numpy's 1.001
     with pytest.raises(CompositionError, match="regmean composes components loaded as torch tensors"):
         compose(arrays, None, "regmean", merge_data={}, merge_data_public=True)
 

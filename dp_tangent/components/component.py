@@ -190,15 +190,16 @@ def tensors_bytes(deltas: Deltas, metadata: dict[str, str] | None = None) -> byt
     if all(isinstance(t, np.ndarray) for t in deltas.values()):
         from safetensors.numpy import save
 
-        return save({n: np.ascontiguousarray(t) for n, t in deltas.items()}, metadata=metadata)
+        # reshaped: ascontiguousarray gives a scalar one dimension, and the file must keep the shape ()
+        return save({n: np.ascontiguousarray(t).reshape(t.shape) for n, t in deltas.items()}, metadata=metadata)
     from safetensors.torch import save
 
     return save({n: t.detach().cpu().contiguous() for n, t in deltas.items()}, metadata=metadata)
 
 
 def load_deltas(path: str | Path, arrays: bool = False) -> Deltas:
-    """A safetensors file's tensors; ``arrays``: as numpy arrays, without importing torch, where numpy holds their
-    dtypes (float16/32/64; otherwise torch tensors). Raises safetensors' errors, OSError or ValueError."""
+    """A safetensors file's tensors; ``arrays``: as numpy arrays, without importing torch, where every one is float32 or
+    float64 (:data:`_NUMPY_DTYPES`; otherwise torch tensors). Raises safetensors' errors, OSError or ValueError."""
     if arrays and _numpy_dtypes(Path(path)):
         from safetensors.numpy import load_file
     else:
@@ -208,7 +209,7 @@ def load_deltas(path: str | Path, arrays: bool = False) -> Deltas:
 
 def load_component(path: str | Path, arrays: bool = False) -> Component:
     """Load and verify: schema, and the tensors' digest against ``deltas_sha256``. ``arrays``: the deltas as numpy
-    arrays, without importing torch, where numpy holds their dtypes (float16/32/64; otherwise torch tensors)."""
+    arrays, without importing torch, where all are float32 or float64 (:func:`load_deltas`)."""
     path = Path(path)
     from safetensors import SafetensorError
 
@@ -222,11 +223,14 @@ def load_component(path: str | Path, arrays: bool = False) -> Component:
     return Component(path, deltas, metadata, sha256_file(path))
 
 
-_NUMPY_DTYPES = frozenset({"F16", "F32", "F64"})  # the safetensors dtypes numpy holds exactly (no bfloat16)
+#: The safetensors dtypes read as numpy arrays: numpy holds bfloat16 not at all, and a float16 sum would round once
+#: where torch rounds twice (float64 to float32 to float16), so those two stay torch tensors.
+_NUMPY_DTYPES = frozenset({"F32", "F64"})
 
 
 def _numpy_dtypes(path: Path) -> bool:
     """Whether every tensor of a safetensors file has a dtype numpy holds (its header, read alone)."""
     with open(path, "rb") as handle:
         header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
-    return all(entry.get("dtype") in _NUMPY_DTYPES for key, entry in header.items() if key != "__metadata__")
+    return all(isinstance(entry, dict) and entry.get("dtype") in _NUMPY_DTYPES
+               for key, entry in header.items() if key != "__metadata__")

@@ -579,7 +579,7 @@ class Workspace:
         return sorted(p.stem for p in self.models_dir.glob("*.json") if p.is_file())
 
     def load_component(self, name: str, arrays: bool = False) -> Component:
-        """Component ``name``, verified; ``arrays``: its deltas as numpy arrays where numpy holds their dtype
+        """Component ``name``, verified; ``arrays``: its deltas as numpy arrays where all are float32 or float64
         (:func:`~dp_tangent.components.component.load_component`)."""
         from ..components.component import load_component
 
@@ -597,7 +597,7 @@ class Workspace:
 
     def load_model(self, name: str, arrays: bool = False) -> tuple[ModelRecord, Deltas]:
         """The record and the composed delta, both checked against the record's digests; ``arrays``: as numpy arrays
-        where numpy holds their dtypes (:func:`~dp_tangent.components.component.load_deltas`)."""
+        where all are float32 or float64 (:func:`~dp_tangent.components.component.load_deltas`)."""
         from safetensors import SafetensorError
 
         from ..components.component import deltas_digest, load_deltas
