@@ -244,10 +244,11 @@ def render(rows: dict[str, dict[str, float]]) -> str:
               "components of its last block's deltas, a composed model): `compose` two components into a new "
               "model and `release` the composed one read the deltas as numpy arrays and write them with "
               "safetensors' numpy writer, the same bytes as torch's (`components.component.load_deltas`, "
-              "`tensors_bytes`; torch is imported only for RegMean, bfloat16 deltas or a θ₀ rebuilt from a "
-              "checkpoint file). `forget` without retraining (a record of shard 2: its component removed, the model "
-              "recomposed, the NTK Gram cache rewritten without the record) still imports torch: the cache's "
-              "files are read and written as tensors (`workspace.gram_cache`)."]
+              "`tensors_bytes`; torch is imported only for RegMean, float16 or bfloat16 deltas, or a θ₀ rebuilt "
+              "from a checkpoint file). `forget` without retraining (a record of shard 2: its component removed, "
+              "the model recomposed, the NTK Gram cache file of the shard rewritten without the record, the "
+              "certificate) reads and writes those files as numpy arrays too (`workspace.gram_cache`); retraining "
+              "imports torch."]
     return "\n".join(lines)
 
 

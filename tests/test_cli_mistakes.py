@@ -791,13 +791,12 @@ def test_a_replacement_trained_at_another_theta0_is_not_reused_when_the_request_
     from dp_tangent.backbones import BackboneSpec
     from dp_tangent.recipes import load_recipe
     from dp_tangent.workspace import Workspace
-    from dp_tangent.workspace import forget as serving
 
     test, shards = load_recipe(Path("rows.yaml")).load_data()
     record, test = shards[0].record_ids[0], test.record_ids  # the registered records, before the data grows
     original = BackboneSpec.from_dict.__func__
     with monkeypatch.context() as patch:  # the base model rebuilt with other weights (another seed)
-        patch.setattr(serving.BackboneSpec, "from_dict", classmethod(
+        patch.setattr(BackboneSpec, "from_dict", classmethod(
             lambda cls, data: dataclasses.replace(original(cls, data), head_seed=99)))
         code, out, err = run_cli(capsys, "forget", record, "--retrain", "--request-id", "R8", "-w", "ws")
     assert code == 2 and "rebuilt a base model with other weights" in err and "R8 stays OPEN" in err, err

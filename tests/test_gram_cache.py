@@ -366,6 +366,40 @@ def test_a_tombstoned_records_features_go_with_its_gram(ws, mlp_backbone) -> Non
     assert torch.equal(file.features, fresh_features(mlp_backbone, None, recs)[keep])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_deletion_rewrites_a_cache_file_from_numpy_arrays_as_torch_would(ws, mlp_backbone, dtype) -> None:
+    """`forget` without retraining reads and rewrites cache files as numpy arrays (it imports no torch): the same
+    tensors, header and metadata as from torch tensors; features numpy cannot hold (bfloat16) keep the file torch's.
+    (Not the same bytes: safetensors orders a file's metadata keys as it pleases, from one call to the next.)"""
+    import json
+
+    import numpy as np
+    from safetensors.torch import load
+
+    train(ws, mlp_backbone, "a", records())
+    rel, file = only_file(ws)
+    apply(ws, Change("training", writes=[FileWrite(rel, dataclasses.replace(file, features=file.features.to(dtype))
+                                                   .encode(), gram_cache.LABEL)]))
+    data = (ws.root / rel).read_bytes()
+    as_arrays, as_tensors = gram_cache._decode(data, arrays=True), gram_cache._decode(data)
+    assert isinstance(as_arrays.grams, np.ndarray) is (dtype is torch.float32)
+    assert as_arrays.commitments == as_tensors.commitments and as_arrays.digests == as_tensors.digests
+    keep = [i for i in range(32) if i not in (3, 7)]
+    a, t = as_arrays.encode(keep), as_tensors.encode(keep)
+
+    def header(blob: bytes) -> dict:
+        return {k: v for k, v in json.loads(blob[8:8 + int.from_bytes(blob[:8], "little")]).items()
+                if k != "__metadata__"}
+
+    assert header(a) == header(t) and gram_cache._metadata(a) == gram_cache._metadata(t)
+    loaded_a, loaded_t = load(a), load(t)
+    assert loaded_a.keys() == loaded_t.keys() and all(torch.equal(loaded_a[k], loaded_t[k]) for k in loaded_a)
+    assert torch.equal(loaded_a["grams"], file.grams[keep]) and loaded_a["features"].dtype == dtype
+    writes, removals = gram_cache.without_records(ws, {commit("rec-3", ws.manifest_key())})
+    assert not removals and gram_cache._decode(writes[0].data).commitments == tuple(
+        c for i, c in enumerate(file.commitments) if i != 3)
+
+
 def test_a_cache_file_with_malformed_features_is_not_used(ws, mlp_backbone) -> None:
     recs = records()
     train(ws, mlp_backbone, "a", recs)

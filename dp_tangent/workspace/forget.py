@@ -31,17 +31,9 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import TYPE_CHECKING
 
-import torch
-
-from ..backbones import BackboneSpec
 from ..components.component import ComponentMetadata, read_metadata, size_public
-from ..components.compose import compose
 from ..components.manifest import commit
-from ..components.regmean import tensor_digest
-from ..data.records import RecordSet
 from ..io import sha256_file
-from ..training.config import PrivacySpec, TrainConfig
-from ..training.losses import ConvexLoss
 from .audit_log import Artifact
 from .certificate_check import check_certificate
 from .certificates import (AddedComponent, ComponentRef, DeletionCertificate, DeletionResult, ModelChange, ModelState,
@@ -57,12 +49,18 @@ from .request_register import held_records, open_request_records, receive
 from .tombstoning import tombstone
 from .store import Workspace
 from .tombstones import Tombstones
-from .train import ShardJob
 
+# Serving a request without retraining (the remaining components recomposed as numpy arrays, the gram cache
+# rewritten, the certificate) imports no torch; what retrains, or merges with RegMean, imports it where it does.
 if TYPE_CHECKING:
-    from ..training.executors import TaskProgressFn
+    import torch
 
-ShardRecords = Mapping[str, RecordSet] | Callable[[ComponentMetadata], RecordSet]
+    from ..data.records import RecordSet
+    from ..training.config import PrivacySpec, TrainConfig
+    from ..training.executors import TaskProgressFn
+    from .train import ShardJob
+
+ShardRecords = Mapping[str, "RecordSet"] | Callable[[ComponentMetadata], "RecordSet"]
 
 
 # -- carrying out a request ---------------------------------------------------------------------------
@@ -86,6 +84,9 @@ def _retrain_spec(meta: ComponentMetadata, privacy: PrivacySpec | None,
     """The original run's settings and noise mode. A secure run gets fresh noise from a new OS key
     (no seed); a seeded or non-private one a fresh seed: reusing the seed would correlate the noise
     of the two runs, which the ledger's composition (independent mechanisms) does not allow for."""
+    from ..training.config import PrivacySpec, TrainConfig
+    from ..training.losses import ConvexLoss
+
     p, t = meta.privacy, meta.training
     seeded = t.noise == "seeded"  # None: written before noise modes; its DP-SGD is retrained securely
     if privacy is None:
@@ -140,6 +141,8 @@ def _plan_checks(ws: Workspace, affected: dict[str, ComponentMetadata], models: 
                 raise ForgetError(f"model {record.name!r}: component {part.name!r} is missing or differs from the "
                                   "file it was composed from; cannot rebuild the model exactly")
         if record.method == "regmean":
+            from ..components.regmean import tensor_digest
+
             for part in record.components:
                 if part.name in affected and not retrain:
                     continue  # removed without a replacement: its merge data is not needed
@@ -164,14 +167,18 @@ def _recompose(ws: Workspace, record: ModelRecord, affected: set[str], replaceme
             data[name] = merge_data[part.name]  # type: ignore[index]  # checked in _plan_checks
     if not names:
         return None
+    from ..components.compose import compose
+
     options = {}
     if record.method == "regmean":
+        import torch
+
         m = record.merge or {}
         options = {"merge_data": data, "merge_data_public": True, "ridge": m["ridge"], "cg_tol": m["cg_tol"],
                    "cg_max_iter": m["cg_max_iter"], "merge_dtype": getattr(torch, m["dtype"]),
                    "batch_size": m["batch_size"]}
-    composition = compose([ws.load_component(n) for n in names], weights if record.weights_given else None,
-                          record.method, **options)
+    composition = compose([ws.load_component(n, arrays=record.method != "regmean") for n in names],
+                          weights if record.weights_given else None, record.method, **options)
     return ws.model_writes(record.name, composition)
 
 
@@ -241,7 +248,8 @@ def _retrain_all(ws: Workspace, request_id: str, affected: Mapping[str, Componen
     replacement's budget is checked, all together, before any of them trains: a shard out of budget refuses the
     retraining before another shard is retrained and charged for a deletion that could not then finish with
     --retrain."""
-    from .train import reservation_requests
+    from ..backbones import BackboneSpec
+    from .train import ShardJob, reservation_requests
 
     key = ws.manifest_key()
     planned: list[tuple[str, ComponentMetadata, PrivacySpec, TrainConfig, ShardJob]] = []

@@ -43,18 +43,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
+import numpy as np
 
-from ..backbones import BackboneSpec
-from ..tangent import TangentModel
-from ..training.config import TrainConfig
-from ..training.gram_format import GRAM_DTYPE
-from ..training.gram_reuse import GramsUsed, KnownGrams, gram_code_version
 from .audit_log import canonical_json, written_digests
 from .commit import FileRemoval, FileWrite
 from .names import WorkspaceError, check_name
+
+# Training imports torch; a deletion without retraining reads and rewrites cache files as numpy arrays and does not.
+if TYPE_CHECKING:
+    import torch
+
+    from ..backbones import BackboneSpec
+    from ..tangent import TangentModel
+    from ..training.config import TrainConfig
+    from ..training.gram_reuse import GramsUsed, KnownGrams
 
 if TYPE_CHECKING:
     from .store import Workspace
@@ -73,7 +75,16 @@ class GramKey:
     fields: dict[str, Any]
 
 
+def gram_code_version() -> dict[str, Any]:
+    """The version of the code that computes Thetas (:func:`~dp_tangent.training.gram_reuse.gram_code_version`)."""
+    from ..training.gram_reuse import gram_code_version as version
+
+    return version()
+
+
 def gram_key(backbone: BackboneSpec, base_sha256: str, tangent: TangentModel, config: TrainConfig) -> GramKey:
+    import torch
+
     """The key of Thetas of ``tangent`` (``backbone`` linearized, theta0 of digest ``base_sha256``) as a run
     of ``config`` computes them."""
     deltas = list(tangent.named_deltas())
@@ -106,25 +117,39 @@ class GramFile:
     declined: bool = False  # the run that wrote it declined features (its data source's registry is what counts)
 
     def encode(self, rows: Sequence[int] | None = None) -> bytes:
-        """The file's bytes (only ``rows``, if given)."""
-        rows = range(len(self.commitments)) if rows is None else rows
-        tensors = {"commitments": _hex_rows([self.commitments[j] for j in rows]),
-                   "inputs": _hex_rows([self.digests[j] for j in rows]),
-                   "grams": self.grams[list(rows)].to(GRAM_DTYPE).contiguous()}
+        """The file's bytes (only ``rows``, if given): the same whether it holds torch tensors or numpy arrays."""
+        from ..components.component import tensors_bytes
+
+        rows = list(range(len(self.commitments)) if rows is None else rows)
+        arrays = isinstance(self.grams, np.ndarray)
+        tensors = {"commitments": _hex_rows([self.commitments[j] for j in rows], arrays),
+                   "inputs": _hex_rows([self.digests[j] for j in rows], arrays),
+                   "grams": self.grams[rows].astype(np.float64) if arrays else self.grams[rows].to(_gram_dtype())}
         if self.features is not None:
-            tensors["features"] = self.features[list(rows)].contiguous()
+            tensors["features"] = self.features[rows]
         code = {} if self.code is None else {"code": self.code}
         declined = {"features": "declined"} if self.declined else {}
-        return save_tensors(tensors, metadata={"format": FORMAT, "key": self.key, **code, **declined})
+        return tensors_bytes(tensors, metadata={"format": FORMAT, "key": self.key, **code, **declined})
 
 
-def _hex_rows(values: Sequence[str]) -> torch.Tensor:
-    """32-byte hex digests as an (m, 32) uint8 tensor."""
-    return torch.frombuffer(bytearray(b"".join(bytes.fromhex(v) for v in values)), dtype=torch.uint8).reshape(-1, 32)
+def _gram_dtype() -> torch.dtype:
+    from ..training.gram_format import GRAM_DTYPE
+
+    return GRAM_DTYPE
 
 
-def _row_hex(rows: torch.Tensor) -> tuple[str, ...]:
-    return tuple(row.tobytes().hex() for row in rows.numpy())
+def _hex_rows(values: Sequence[str], arrays: bool = False) -> torch.Tensor | np.ndarray:
+    """32-byte hex digests as an (m, 32) uint8 tensor (``arrays``: numpy array)."""
+    rows = np.frombuffer(bytearray(b"".join(bytes.fromhex(v) for v in values)), dtype=np.uint8).reshape(-1, 32)
+    if arrays:
+        return rows
+    import torch
+
+    return torch.from_numpy(rows)
+
+
+def _row_hex(rows: torch.Tensor | np.ndarray) -> tuple[str, ...]:
+    return tuple(row.tobytes().hex() for row in (rows if isinstance(rows, np.ndarray) else rows.numpy()))
 
 
 def _metadata(data: bytes) -> dict[str, str]:
@@ -138,22 +163,40 @@ def _code(key: GramKey) -> str | None:
     return canonical_json(key.fields["code"]).decode("ascii") if "code" in key.fields else None
 
 
-def _decode(data: bytes) -> GramFile:
-    """Parse a cache file's bytes; ValueError (or a safetensors error) if they are not one."""
+#: The dtypes a cache file holds that are read as numpy arrays (``arrays``): features of another dtype (bfloat16,
+#: float16) keep the file's tensors torch's, so that a rewrite writes what torch writes.
+_NUMPY_DTYPES = frozenset({"U8", "F32", "F64"})
+
+
+def _decode(data: bytes, arrays: bool = False) -> GramFile:
+    """Parse a cache file's bytes, its tensors as numpy arrays if ``arrays`` and every dtype is one of
+    :data:`_NUMPY_DTYPES`; ValueError (or a safetensors error) if they are not one."""
     meta = _metadata(data)
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    if arrays and all(isinstance(v, dict) and v.get("dtype") in _NUMPY_DTYPES
+                      for k, v in header.items() if k != "__metadata__"):
+        from safetensors.numpy import load as load_tensors
+    else:
+        from safetensors.torch import load as load_tensors
     tensors = load_tensors(data)
     commitments, inputs, grams = tensors["commitments"], tensors["inputs"], tensors["grams"]
     features = tensors.get("features")
     m = len(commitments)
-    if (meta.get("format") != FORMAT or commitments.shape != (m, 32) or inputs.shape != (m, 32)
-            or commitments.dtype != torch.uint8 or inputs.dtype != torch.uint8
-            or grams.dim() != 3 or len(grams) != m or grams.shape[1] != grams.shape[2] or grams.dtype != GRAM_DTYPE
+    if (meta.get("format") != FORMAT or tuple(commitments.shape) != (m, 32) or tuple(inputs.shape) != (m, 32)
+            or _dtype(commitments) != "uint8" or _dtype(inputs) != "uint8"
+            or grams.ndim != 3 or len(grams) != m or grams.shape[1] != grams.shape[2] or _dtype(grams) != "float64"
             or set(tensors) - {"commitments", "inputs", "grams", "features"}
-            or (features is not None and (features.dim() < 1 or len(features) != m
-                                          or not features.dtype.is_floating_point))):
+            or (features is not None and (features.ndim < 1 or len(features) != m
+                                          or not _dtype(features).startswith(("float", "bfloat"))))):
         raise ValueError("not a gram cache file of this format")
     return GramFile(str(meta.get("key")), _row_hex(commitments), _row_hex(inputs), grams, meta.get("code"), features,
                     meta.get("features") == "declined")
+
+
+def _dtype(values: torch.Tensor | np.ndarray) -> str:
+    """A tensor's or an array's dtype by name (``float64``, ``uint8``, ``bfloat16``)."""
+    return str(values.dtype).removeprefix("torch.")
 
 
 def logged_digests(ws: "Workspace") -> dict[str, str | None]:
@@ -162,9 +205,11 @@ def logged_digests(ws: "Workspace") -> dict[str, str | None]:
     return written_digests(ws.audit.entries(), lambda path: path.startswith(CACHE_DIR + "/"))
 
 
-def read(ws: "Workspace", rel: str, logged: Mapping[str, str | None]) -> tuple[GramFile | None, str | None]:
+def read(ws: "Workspace", rel: str, logged: Mapping[str, str | None],
+         arrays: bool = False) -> tuple[GramFile | None, str | None]:
     """The cache file ``rel`` if it is there and is what the audit log recorded; else (None, why not),
-    ``why`` None when there is simply no file. The bytes hashed are the bytes parsed."""
+    ``why`` None when there is simply no file. The bytes hashed are the bytes parsed (``arrays``: see
+    :func:`_decode`)."""
     path = ws.root / rel
     if not path.is_file():
         return None, None
@@ -175,7 +220,7 @@ def read(ws: "Workspace", rel: str, logged: Mapping[str, str | None]) -> tuple[G
         return None, (f"{rel} differs from the sha256 the audit log recorded for it (edited behind the tool's "
                       "back?): not used, its Thetas computed again")
     try:
-        return _decode(data), None
+        return _decode(data, arrays), None
     except Exception:  # noqa: BLE001 -- any parse failure: the file is not usable, and we say so
         return None, f"{rel} is not a readable gram cache file: not used, its Thetas computed again"
 
@@ -201,6 +246,8 @@ def prepare(ws: "Workspace", key: GramKey, data_source: str, shard: str, commitm
             keep_features: bool | None = None) -> JobCache:
     """What to offer a job on ``shard``: the logged Thetas of its records (never a tombstoned one's), and whether it
     keeps features (``keep_features``; None: it does -- the caller resolves a data source's recorded decline)."""
+    from ..training.gram_reuse import KnownGrams
+
     rel = cache_path(key, data_source, shard)
     file, note = read(ws, rel, logged)
     if file is not None and file.key != key.digest:
@@ -268,6 +315,10 @@ def completion(ws: "Workspace", job: JobCache | None, used: GramsUsed | None
 
 
 def _written(job: JobCache, used: GramsUsed) -> tuple[list[FileWrite], dict[str, Any]]:
+    import torch
+
+    from ..training.gram_format import GRAM_DTYPE
+
     if len(used.digests) != len(job.commitments):
         raise WorkspaceError("the worker reported Thetas for another number of records than it was given")
     offered = {i: r for r, i in enumerate(job.known.index)}
@@ -305,6 +356,8 @@ def _written(job: JobCache, used: GramsUsed) -> tuple[list[FileWrite], dict[str,
 def _kept_features(job: JobCache, used: GramsUsed, offered: Mapping[int, int]) -> torch.Tensor | None:
     """Every record's frozen-prefix features for the file, in record order: those the run computed and those
     it took from the offer (which must have been offered for that input); None when the run keeps none."""
+    import torch
+
     if used.features is None or not job.commitments:
         return None
     n, rows = len(job.commitments), set(used.feature_rows)
@@ -357,7 +410,7 @@ def without_records(ws: "Workspace", doomed: set[str] | frozenset[str]) -> tuple
     logged = logged_digests(ws)
     writes, removals = [], []
     for rel in cache_files(ws):
-        file, _ = read(ws, rel, logged)
+        file, _ = read(ws, rel, logged, arrays=True)
         if file is None:
             removals.append(FileRemoval(rel, LABEL))
             continue
@@ -376,7 +429,7 @@ def holding(ws: "Workspace", doomed: set[str] | frozenset[str]) -> list[str]:
     logged = logged_digests(ws)
     out = []
     for rel in cache_files(ws):
-        file, _ = read(ws, rel, logged)
+        file, _ = read(ws, rel, logged, arrays=True)
         if file is None or doomed & set(file.commitments):
             out.append(rel)
     return out
