@@ -232,5 +232,5 @@ def _numpy_dtypes(path: Path) -> bool:
     """Whether every tensor of a safetensors file has a dtype numpy holds (its header, read alone)."""
     with open(path, "rb") as handle:
         header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
-    return all(isinstance(entry, dict) and entry.get("dtype") in _NUMPY_DTYPES
-               for key, entry in header.items() if key != "__metadata__")
+    return isinstance(header, dict) and all(isinstance(entry, dict) and entry.get("dtype") in _NUMPY_DTYPES
+                                            for key, entry in header.items() if key != "__metadata__")

@@ -57,8 +57,6 @@ if TYPE_CHECKING:
     from ..tangent import TangentModel
     from ..training.config import TrainConfig
     from ..training.gram_reuse import GramsUsed, KnownGrams
-
-if TYPE_CHECKING:
     from .store import Workspace
 
 CACHE_DIR = "cache/grams"
@@ -83,10 +81,10 @@ def gram_code_version() -> dict[str, Any]:
 
 
 def gram_key(backbone: BackboneSpec, base_sha256: str, tangent: TangentModel, config: TrainConfig) -> GramKey:
-    import torch
-
     """The key of Thetas of ``tangent`` (``backbone`` linearized, theta0 of digest ``base_sha256``) as a run
     of ``config`` computes them."""
+    import torch
+
     deltas = list(tangent.named_deltas())
     fields = {"format": FORMAT, "base": backbone.to_dict(), "base_weights_sha256": base_sha256,
               "trainable": tangent.trainable, "cut": tangent.cut,
