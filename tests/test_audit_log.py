@@ -101,7 +101,8 @@ def test_swapped_modified_or_resurrected_artifacts_are_detected(tmp_path) -> Non
     c1.unlink()  # gone without a log entry: reported as missing, not as tampering
     report = verify(tmp_path)
     assert report.ok and report.missing_artifacts == ("components/c1.safetensors",) and "1 missing" in str(report)
-    assert "moved away or archived?): components/c1.safetensors; a deletion request" in str(report)  # named
+    assert "moved away or archived?): components/c1.safetensors; whatever reads them" in str(report)  # named
+    assert "a missing cached Gram file is logged as removed instead" in str(report)  # review 88: what forget does
     c1.write_bytes(b)
     c0.write_bytes(a)  # the deleted component comes back
     report = verify(tmp_path)

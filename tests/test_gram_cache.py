@@ -400,6 +400,21 @@ def test_a_deletion_rewrites_a_cache_file_from_numpy_arrays_as_torch_would(ws, m
         c for i, c in enumerate(file.commitments) if i != 3)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_cached_features_of_another_dtype_than_the_model_s_are_computed_again(ws, mlp_backbone, dtype) -> None:
+    """Review 88: features of another dtype in a logged cache file stopped the run after its budget was reserved
+    ("mat1 and mat2 must have the same dtype"): they are not offered, and computed again; the Thetas still hit."""
+    recs = records()
+    train(ws, mlp_backbone, "a", recs)
+    rel, file = only_file(ws)
+    apply(ws, Change("training", writes=[FileWrite(rel, dataclasses.replace(file, features=file.features.to(dtype))
+                                                   .encode(), gram_cache.LABEL)]))
+    use = ws.train_all(mlp_backbone, None, [ShardJob("b", "s0", recs)], data_source="toy", privacy=CLIPPED,
+                       config=SEEDED).gram_cache["b"]
+    assert (use["hits"], use["misses"], use["features"]) == (32, 0, {"hits": 0, "misses": 32})
+    assert same_deltas(ws, "a", "b") and only_file(ws)[1].features.dtype == torch.float32  # rewritten as computed
+
+
 def test_a_cache_file_with_malformed_features_is_not_used(ws, mlp_backbone) -> None:
     recs = records()
     train(ws, mlp_backbone, "a", recs)

@@ -132,8 +132,9 @@ class VerifyReport:
             listed = ", ".join(self.missing_artifacts[:5]) + (
                 f" and {len(self.missing_artifacts) - 5} more" if len(self.missing_artifacts) > 5 else "")
             notes.append(f"  note: not in the workspace, though the log holds them as current (moved away or "
-                         f"archived?): {listed}; a deletion request, and whatever reads them, refuses until they "
-                         "are back")
+                         f"archived?): {listed}; whatever reads them refuses until they are back, and so does a "
+                         "deletion request while a component or model is away (a missing cached Gram file is "
+                         "logged as removed instead)")
         if self.ok:
             gone = f", {len(self.missing_artifacts)} missing" if self.missing_artifacts else ""
             return "\n".join([f"{self.path}: {self.entries} entries, chain valid, {self.artifacts_checked} artifacts "
