@@ -250,7 +250,8 @@ def prepare(ws: "Workspace", key: GramKey, data_source: str, shard: str, commitm
     file, note = read(ws, rel, logged)
     if file is not None and file.key != key.digest:
         file, note = None, f"{rel} was written under another key: not used, its Thetas computed again"
-    if file is not None and file.features is not None and str(file.features.dtype) not in key.fields["dtype"]:
+    dtypes = key.fields.get("dtype")  # of the model's deltas, as gram_key records them
+    if file is not None and file.features is not None and dtypes is not None and str(file.features.dtype) not in dtypes:
         # features of another dtype than the model's (a file written otherwise, review 88): computed again
         file = dataclasses.replace(file, features=None)
     known = KnownGrams()
