@@ -176,6 +176,8 @@ def test_predict_refuses_empty_or_non_finite_arrays_and_data_it_would_ignore(
     _refused(capsys, "predict", "rows", "ok.npy", "--data", "rows.yaml", "-w", "ws", says=".npy arrays are model "
              "inputs already")
     assert run_cli(capsys, "predict", "rows", "ok.npy", "-w", "ws")[0] == 0
+    _refused(capsys, "predict", "rows", "ok.npy", "--names", "-w", "ws", says="names no classes (its labels are the "
+             "class indices); omit --names")
 
 
 def test_forget_failures_say_how_to_finish_the_open_request(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -189,6 +189,17 @@ def test_pretrain_on_public_rows_gives_the_checkpoint_theta0(tmp_path: Path, cap
     assert code == 0 and out.split(": ")[1].split() == [str(c) for c in released.predict(rows).argmax(-1).tolist()]
     code, out, err = run_cli(capsys, "predict", "recipient", "data/public.csv")
     assert code == 2 and "carries no data preprocessing" in err
+    code, out, err = run_cli(capsys, "predict", "recipient", "rows.npy", "--names")  # review 84: names asked for
+    assert code == 2 and "a release bundle carries no class names" in err and len(err.strip().splitlines()) == 1
+    code, indices, err = run_cli(capsys, "predict", "wine", "data/public.csv", "-w", "ws")
+    assert code == 0, err
+    code, named, err = run_cli(capsys, "predict", "wine", "data/public.csv", "-w", "ws", "--names")
+    assert code == 0, err
+    pairs = [(a.rsplit(": ", 1), b.rsplit(": ", 1)) for a, b in zip(indices.splitlines(), named.splitlines())]
+    assert len(pairs) == 60 and all(i[0] == n[0] and n[1] == f"class_{i[1]}" for i, n in pairs)
+    code, named, err = run_cli(capsys, "predict", "wine", "rows.npy", "-w", "ws", "--names")
+    assert code == 0 and named.split(": ")[1].split() == [f"class_{c}" for c in
+                                                          released.predict(rows).argmax(-1).tolist()], (named, err)
     assert statement["base"]["input_shape"] == [13]  # review 85: a bundle took arrays of any shape
     np.save("short.npy", rows[:, :12].numpy())
     code, out, err = run_cli(capsys, "predict", "recipient", "short.npy")

@@ -139,6 +139,9 @@ def predict(
     expect: Annotated[Optional[str], typer.Option(
         "--expect", help="A release bundle's release.json sha256, as `dp-tangent release` printed it: the bundle must "
                          "be that release.")] = None,
+    names: Annotated[bool, typer.Option(
+        "--names", help="Print each class's name, as the data section's `classes` lists them, instead of its "
+                        "index.")] = False,
     workspace: WorkspaceOption = DEFAULT_WORKSPACE,
 ) -> None:
     """Class predictions for files (or folders of them), preprocessed like the model's own data, or for .npy arrays."""
@@ -153,11 +156,15 @@ def predict(
     if (Path(model) / "release.json").exists() or expect is not None or "/" in model:
         if "/" not in model:
             _check_not_a_workspace_model(model, workspace)
+        if names:
+            raise RecipeError(f"{model}: a release bundle carries no class names (they stay in the workspace's data "
+                              "section); omit --names for class indices")
         _predict_released(Path(model), inputs, data, expect)
         return
     ws = open_workspace(workspace)
     tangent, trained_on, kind = _tangent(ws, model)
-    source = None
+    source = _source(ws, model, list(trained_on), data)[1] if names else None
+    labels = _class_names(source, model) if source is not None else None
     shape = input_shape(ws, trained_on)
 
     def read(path: Path) -> tuple[torch.Tensor, list[str]]:
@@ -171,14 +178,27 @@ def predict(
         batch, rows = source.inputs_from_file(path)
         return batch, rows if len(rows) > 1 else [str(path)]
 
-    def classes_of(batch: torch.Tensor, path: Path) -> list[int]:
+    def classes_of(batch: torch.Tensor, path: Path) -> list[int | str]:
         try:
-            return logits_of(tangent, batch).argmax(dim=-1).tolist()
+            classes = logits_of(tangent, batch).argmax(dim=-1).tolist()
         except (RuntimeError, IndexError) as err:  # IndexError: a token id outside the vocabulary
             raise RecipeError(f"{path}: inputs of shape {tuple(batch.shape[1:])} do not fit model {model!r} "
                               f"({str(err).splitlines()[0]})") from None
+        # an output past the listed classes (a head wider than the labels trained) is printed as its index
+        return classes if labels is None else [labels[c] if c < len(labels) else c for c in classes]
 
     _predict_in_batches(_input_files(inputs), read, classes_of)
+
+
+def _class_names(source: ReloadableSource, model: str) -> tuple[str, ...]:
+    """The names of ``source``'s classes, by index, for ``predict --names``; refused where it lists none."""
+    from ..errors import RecipeError
+
+    listed = source.class_names()
+    if listed is None:
+        raise RecipeError(f"model {model!r}: its data source ({source.describe()}) names no classes (its labels are "
+                          "the class indices); omit --names")
+    return listed
 
 
 def _check_shape(path: Path, batch: torch.Tensor, shape: tuple[int, ...] | None, model: str, advice: str) -> None:
@@ -195,7 +215,7 @@ PREDICT_BATCH = 64  # single-input files (images) predicted together: one forwar
 
 
 def _predict_in_batches(files: list[Path], read: Callable[[Path], tuple[torch.Tensor, list[str]]],
-                        classes_of: Callable[[torch.Tensor, Path], list[int]]) -> None:
+                        classes_of: Callable[[torch.Tensor, Path], list[int | str]]) -> None:
     """Print each file's classes in order: files of one input each (an image) gathered into batches of up to
     :data:`PREDICT_BATCH` of one shape (a forward per file cost about 12x a batched one), a file of many rows
     (a table, a .npy batch) on its own."""
@@ -254,7 +274,7 @@ def _input_files(inputs: list[Path]) -> list[Path]:
     return out
 
 
-def _print_classes(rows: list[str], classes: list[int]) -> None:
+def _print_classes(rows: list[str], classes: list[int | str]) -> None:
     if len(rows) == 1:
         typer.echo(f"{rows[0]}: {classes[0] if len(classes) == 1 else ' '.join(map(str, classes))}")
     else:

