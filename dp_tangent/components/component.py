@@ -231,6 +231,10 @@ _NUMPY_DTYPES = frozenset({"F32", "F64"})
 def _numpy_dtypes(path: Path) -> bool:
     """Whether every tensor of a safetensors file has a dtype numpy holds (its header, read alone)."""
     with open(path, "rb") as handle:
-        header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
-    return isinstance(header, dict) and all(isinstance(entry, dict) and entry.get("dtype") in _NUMPY_DTYPES
+        return dtypes_within(json.loads(handle.read(int.from_bytes(handle.read(8), "little"))), _NUMPY_DTYPES)
+
+
+def dtypes_within(header: object, dtypes: frozenset[str]) -> bool:
+    """Whether a parsed safetensors header is a mapping whose every tensor has one of ``dtypes`` (``F32``, ``U8``)."""
+    return isinstance(header, dict) and all(isinstance(entry, dict) and entry.get("dtype") in dtypes
                                             for key, entry in header.items() if key != "__metadata__")

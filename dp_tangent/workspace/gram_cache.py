@@ -169,11 +169,11 @@ _NUMPY_DTYPES = frozenset({"U8", "F32", "F64"})
 def _decode(data: bytes, arrays: bool = False) -> GramFile:
     """Parse a cache file's bytes, its tensors as numpy arrays if ``arrays`` and every dtype is one of
     :data:`_NUMPY_DTYPES`; ValueError (or a safetensors error) if they are not one."""
-    meta = _metadata(data)
-    size = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + size])
-    if arrays and all(isinstance(v, dict) and v.get("dtype") in _NUMPY_DTYPES
-                      for k, v in header.items() if k != "__metadata__"):
+    from ..components.component import dtypes_within
+
+    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+    meta = header.get("__metadata__") or {}
+    if arrays and dtypes_within(header, _NUMPY_DTYPES):
         from safetensors.numpy import load as load_tensors
     else:
         from safetensors.torch import load as load_tensors
