@@ -11,7 +11,7 @@ import pytest
 
 import dp_tangent.workspace.audit_log
 from dp_tangent.workspace.audit_log import GENESIS, Artifact, AuditChainError, AuditLog, AuditLogError, entry_hash, verify
-from dp_tangent.workspace.merkle import inclusion_proof, merkle_root, verify_inclusion
+from dp_tangent.workspace.merkle import inclusion_proof, merkle_root, prefix_with_root, verify_inclusion
 
 
 def _log_with_artifacts(root: Path, entries: int = 3) -> AuditLog:
@@ -156,6 +156,19 @@ def test_merkle_root_and_inclusion_proofs(tmp_path) -> None:
         assert not verify_inclusion(hashes[(i + 1) % len(hashes)], proof, root)
     assert merkle_root(hashes[:6]) != root and merkle_root([]) is None
 
+
+
+def test_the_entry_count_of_a_root_is_found_from_the_root_alone() -> None:
+    """The requester's certificate gives its checkpoint's root without the entry count (which would tell what was
+    logged between two certificates): every prefix of a log is found again from its root, any other root is not."""
+    import hashlib
+
+    hashes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(70)]
+    for m in range(1, len(hashes) + 1):
+        assert prefix_with_root(hashes, merkle_root(hashes[:m])) == m
+        assert prefix_with_root(hashes[:m - 1], merkle_root(hashes[:m])) is None  # the log lost its m-th entry
+    assert prefix_with_root(hashes, merkle_root(hashes[1:9])) is None  # not a prefix
+    assert prefix_with_root(hashes, hashes[0]) is None and prefix_with_root([], merkle_root(hashes)) is None
 
 # The children load dp_tangent/audit_log.py under a bare package object, skipping dp_tangent/__init__
 # (which imports torch and timm: about 10 s per process here); the code under test is the same file.

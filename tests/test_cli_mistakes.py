@@ -661,7 +661,7 @@ def test_a_replacement_s_figure_keeps_the_shard_size_from_the_requester_and_olde
     text = Path("ws/certificates/R1.txt").read_text()
     assert "(private, planned from its shard's size, which its epsilon would tell" in text
     assert "epsilon " + f"{added['epsilon']:.3g}" not in text
-    old = functools.partial(certificates.render_certificate, run_epsilon="epsilon")
+    old = functools.partial(certificates.render_certificate, run_epsilon="epsilon", history=True)
     with monkeypatch.context() as patched:  # as a version before this one wrote it
         patched.setattr(forget_module, "size_public", lambda event: False)
         patched.setattr(certificates, "render_certificate", lambda cert, *args: old(cert, *args[:1]))
@@ -698,7 +698,7 @@ def test_the_requester_s_copy_states_days_not_times_and_older_copies_still_resto
     assert f"Completed:     {cert['completed_at'][:10]} (UTC)\n" in text
     assert not re.search(r"\d\d:\d\d", text), text  # no time of day anywhere in the requester's copy
     assert cert["completed_at"][10] == "T" and cert["received_at"] in Path("ws/certificates/R1.json").read_text()
-    old = functools.partial(certificates.render_certificate, when=str, unchanged_models=True)
+    old = functools.partial(certificates.render_certificate, when=str, unchanged_models=True, history=True)
     with monkeypatch.context() as patched:  # as a version before this one wrote it
         patched.setattr(certificates, "render_certificate", lambda cert, *args: old(cert, *args[:2]))
         assert run_cli(capsys, "forget", second, "--request-id", "R2", "--retrain", "-w", "ws")[0] == 0
@@ -712,6 +712,57 @@ def test_the_requester_s_copy_states_days_not_times_and_older_copies_still_resto
         code, out, err = run_cli(capsys, "certificate", "verify", f"ws/certificates/{request}.txt", "-w", "ws")
         assert code == 0, (request, out, err)
 
+
+
+def test_the_requester_s_copy_tells_nothing_of_what_happened_between_two_certificates(
+        ws: Path, capsys, monkeypatch) -> None:
+    """Review 86: the requester's copy gave the audit log's entry count, and named a retrained shard's component
+    ``.r2``, which counts its earlier retrains: two certificates held by one person told what was logged between them,
+    and whether someone else's deletion found its records (a found and retrained one logs more entries). It names
+    components ``[i] source/shard`` and gives the checkpoint's root alone, which `certificate verify` still checks;
+    a copy as the previous version wrote it still restores and verifies."""
+    import functools
+    import re
+    import shutil
+
+    from dp_tangent.recipes import load_recipe
+    from dp_tangent.workspace import certificates
+
+    _, shards = load_recipe(Path("rows.yaml")).load_data()
+    first, second, third = shards[0].record_ids[:3]
+    for request, record in (("R1", first), ("R2", second)):  # the same shard retrained twice: R2 replaces its .r1
+        assert run_cli(capsys, "forget", record, "--request-id", request, "--retrain", "-w", "ws")[0] == 0
+    cert = json.loads(Path("ws/certificates/R2.json").read_text())
+    [removed], [added] = cert["components_removed"], cert["components_added"]
+    assert removed["name"].endswith(".r1") and added["name"].endswith(".r2")  # the JSON keeps names and counts
+    text = Path("ws/certificates/R2.txt").read_text()
+    shard = f"{removed['data_source']}/{removed['shard']}"
+    assert f"  [1] {shard} sha256 {removed['sha256']}\n" in text
+    assert f"  {shard}, replacing [1] {shard} (" in text and f") sha256 {added['sha256']}\n" in text
+    assert f"  {cert['record_commitments'][0]}  [1] {shard}\n" in text
+    assert not re.search(r"\.r\d", text) and removed["name"] not in text, text
+    assert "none of the remaining components' record manifests" in text
+    assert re.search(r"^  \S+, Merkle root [0-9a-f]{64}$", text, re.M) and " entries" not in text, text
+    old = functools.partial(certificates.render_certificate, history=True)
+    with monkeypatch.context() as patched:  # as the previous version wrote it: names and counts
+        patched.setattr(certificates, "render_certificate", lambda cert, *args: old(cert, *args))
+        assert run_cli(capsys, "forget", third, "--request-id", "R3", "--retrain", "-w", "ws")[0] == 0
+    text = Path("ws/certificates/R3.txt")
+    original = text.read_bytes()
+    assert b".r2 (" in original and b".r3 replaces " in original and b" entries, Merkle root " in original
+    text.write_bytes(b"edited\n")
+    code, out, err = run_cli(capsys, "certificate", "restore", "R3", "-w", "ws")
+    assert code == 0 and text.read_bytes() == original, (out, err)
+    for request in ("R1", "R2", "R3"):
+        code, out, err = run_cli(capsys, "certificate", "verify", f"ws/certificates/{request}.txt", "-w", "ws")
+        assert code == 0 and f"certificate {request} holds" in out, (request, out, err)
+    # the root alone still pins the log: rolled back to before R2's deletion, R2's copy fails; R1's still holds
+    shutil.copy("ws/certificates/R2.txt", "R2.txt")
+    log = Path("ws/audit.log")
+    entries = log.read_bytes().splitlines(keepends=True)
+    log.write_bytes(b"".join(entries[:cert["checkpoint"]["size"] - 1]))
+    code, out, err = run_cli(capsys, "certificate", "verify", "R2.txt", "-w", "ws")
+    assert code != 0 and "no first entries of the audit log have the checkpoint's root hash" in out + err, (out, err)
 
 def test_budget_show_warns_when_the_ledger_is_not_what_the_log_vouches_for(ws: Path,
                                                                           capsys: pytest.CaptureFixture[str]) -> None:

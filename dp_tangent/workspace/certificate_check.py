@@ -1,7 +1,8 @@
 """Checking a deletion certificate at any later time: the deletion still holds in the workspace.
 
 For a completed certificate: the audit log still extends the checkpoint embedded after the deletion
-(RFC 9162 consistency proof) and holds the deletion entry for this request; no current component's
+(RFC 9162 consistency proof; the requester's ``.txt`` gives its root without the entry count, which is
+found as the count whose root it is) and holds the deletion entry for this request; no current component's
 manifest holds any of the certified commitments; no composed model includes a removed component;
 and every commitment is still on the tombstone list, so no later training can have used it. Only
 commitments are compared: the certificate never holds raw record ids.
@@ -27,9 +28,10 @@ from pydantic import ValidationError
 
 from ..components.component import read_metadata
 from .audit_log import AuditEntry
-from .certificates import DeletionCertificate, LogCheckpoint
+from .certificates import DeletionCertificate
 from .checkpoint import Checkpoint, extends, origin_of
 from .deletion_requests import ForgetError
+from .merkle import prefix_with_root
 from .names import WorkspaceError
 from .tombstones import Tombstones
 
@@ -60,6 +62,16 @@ class CertificateCheck:
 
 
 @dataclass(frozen=True)
+class ClaimedCheckpoint:
+    """A certificate's checkpoint: the requester's copy gives no entry count (``size`` None, see
+    ``certificates._requester_labels``), and the check finds the count whose root it is."""
+
+    origin: str
+    size: int | None
+    root: str
+
+
+@dataclass(frozen=True)
 class CertificateClaim:
     """What a certificate asserts that can be checked later: its request, commitments, key and checkpoint."""
 
@@ -67,13 +79,15 @@ class CertificateClaim:
     status: str
     key_id: str
     record_commitments: tuple[str, ...]
-    checkpoint: LogCheckpoint | None
+    checkpoint: ClaimedCheckpoint | None
     components_removed: tuple[str, ...] = ()
     sha256: str | None = None  # of the file the claim was read from (None: not read from a file)
 
     @classmethod
     def of(cls, cert: DeletionCertificate) -> "CertificateClaim":
-        return cls(cert.request_id, cert.status, cert.key_id, tuple(cert.record_commitments), cert.checkpoint,
+        kept = cert.checkpoint
+        point = kept and ClaimedCheckpoint(kept.origin, kept.size, kept.root)
+        return cls(cert.request_id, cert.status, cert.key_id, tuple(cert.record_commitments), point,
                    tuple(r.name for r in cert.components_removed))
 
 
@@ -81,7 +95,7 @@ _TEXT_REQUEST = re.compile(r"^DELETION CERTIFICATE -- request (\S+)$", re.M)
 _TEXT_STATUS = re.compile(r"^Status:\s+(\w+) ", re.M)
 _TEXT_KEY = re.compile(r"^Records \(\d+\), as \S+ commitments under key ([0-9a-f]+):$", re.M)
 _TEXT_COMMITMENT = re.compile(r"^  ([0-9a-f]{64})  ", re.M)
-_TEXT_CHECKPOINT = re.compile(r"^  (\S+), (\d+) entries, Merkle root ([0-9a-f]{64})$", re.M)
+_TEXT_CHECKPOINT = re.compile(r"^  (\S+), (?:(\d+) entries, )?Merkle root ([0-9a-f]{64})$", re.M)
 
 
 def parse_certificate_text(text: str) -> CertificateClaim:
@@ -90,7 +104,8 @@ def parse_certificate_text(text: str) -> CertificateClaim:
     if request is None or status is None or key is None:
         raise ValueError("not a dp-tangent deletion certificate")
     point = _TEXT_CHECKPOINT.search(text)
-    checkpoint = None if point is None else LogCheckpoint(origin=point[1], size=int(point[2]), root=point[3])
+    checkpoint = None if point is None else ClaimedCheckpoint(point[1], None if point[2] is None else int(point[2]),
+                                                              point[3])
     return CertificateClaim(request[1], status[1], key[1], tuple(_TEXT_COMMITMENT.findall(text)), checkpoint)
 
 
@@ -152,8 +167,12 @@ def check_certificate(ws: "Workspace", cert: DeletionCertificate | CertificateCl
     point = cert.checkpoint
     if point.origin != origin_of(ws.info.manifest_key_id):
         problems.append(f"its checkpoint is of another workspace ({point.origin})")
-    why = extends([e.hash for e in entries], Checkpoint(point.origin, point.size, point.root))
-    if why:
+    hashes = [e.hash for e in entries]
+    size = point.size if point.size is not None else prefix_with_root(hashes, point.root)
+    if size is None:
+        problems.append("no first entries of the audit log have the checkpoint's root hash: the log was rewritten or "
+                        "rolled back, or the certificate edited")
+    elif why := extends(hashes, Checkpoint(point.origin, size, point.root)):
         problems.append(why)
     if external is not None:
         if external.origin != origin_of(ws.info.manifest_key_id):
@@ -164,7 +183,7 @@ def check_certificate(ws: "Workspace", cert: DeletionCertificate | CertificateCl
         problems.append(f"the file is not a certificate the tool wrote for request {cert.request_id} (its sha256 is "
                         "in no audit log entry): it was edited (dates, outcome or components are not checked "
                         "otherwise)")
-    deletion = next((e for e in entries[:point.size] if e.operation == "deletion"
+    deletion = next((e for e in entries[:size] if e.operation == "deletion"
                      and e.parameters.get("request_id") == cert.request_id), None)
     if deletion is None:
         problems.append(f"the audit log holds no deletion entry for request {cert.request_id} before its checkpoint")

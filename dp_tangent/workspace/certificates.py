@@ -167,11 +167,13 @@ def _exact_time(stamp: str) -> str:
 
 def render_certificate(cert: DeletionCertificate, pending_where: str = PENDING_WHERE,
                        run_epsilon: str = RUN_EPSILON, when: Callable[[str], str] = day_only,
-                       unchanged_models: bool = False) -> str:
+                       unchanged_models: bool = False, history: bool = False) -> str:
     """The certificate as plain text for the requester's file (``pending_where``: how a record of an open request
     reads, see :data:`PENDING_WHERE`; ``run_epsilon``: how a replacement's run figure is named; ``when``: how a
     time reads, see :func:`day_only`; ``unchanged_models``: list the models the deletion left unchanged too, as
-    versions before 2026-12-03 did: their names and current digests are none of the requester's business)."""
+    versions before 2026-12-03 did: their names and current digests are none of the requester's business;
+    ``history``: state what versions before 2026-12-04 stated of the workspace's history, see
+    :func:`_requester_labels`)."""
     on_time = "" if cert.on_time is None else f" (on time: {'yes' if cert.on_time else 'NO'})"
     lines = [f"DELETION CERTIFICATE -- request {cert.request_id}", "",
              f"Status:        {cert.status} ({cert.outcome.replace('_', ' ')})",
@@ -181,16 +183,19 @@ def render_certificate(cert: DeletionCertificate, pending_where: str = PENDING_W
     lines += [f"  {regime}: {cert.deadlines[regime]} -- {text}" for regime, text in cert.regimes.items()]
     lines += ["", f"Records ({len(cert.record_commitments)}), as {cert.commitment_scheme} commitments "
                   f"under key {cert.key_id}:"]
+    label = _requester_labels(cert, history)
     for c in cert.record_commitments:
-        where = ", ".join(cert.found_in.get(c, [])) or (
+        where = ", ".join(label(name) for name in cert.found_in.get(c, [])) or (
             pending_where if cert.outcome == "pending" and c not in cert.not_found else "not found in any component")
         lines.append(f"  {c}  {where}")
     lines += ["", "Components removed:"]
     # The text is the requester's copy: no record counts (they would tell shard sizes); the JSON has them.
-    lines += [f"  {r.name} ({r.data_source}/{r.shard}) sha256 {r.sha256}" for r in cert.components_removed] \
-        or ["  none"]
+    lines += [f"  {r.name} ({r.data_source}/{r.shard}) sha256 {r.sha256}" if history else
+              f"  {label(r.name)} sha256 {r.sha256}" for r in cert.components_removed] or ["  none"]
     lines += ["Components added (retrained without the records):"]
     lines += [f"  {a.name} replaces {a.replaces} ({_run_figure(a, run_epsilon)}, "
+              f"ledger {a.ledger_reservation}) sha256 {a.sha256}" if history else
+              f"  {a.data_source}/{a.shard}, replacing {label(a.replaces)} ({_run_figure(a, run_epsilon)}, "
               f"ledger {a.ledger_reservation}) sha256 {a.sha256}" for a in cert.components_added] or ["  none"]
     models = [m for m in cert.models if unchanged_models or m.action != "unchanged"]
     lines += ["", "Models (sha256 of the composed deltas, before -> after):" if unchanged_models else
@@ -201,13 +206,32 @@ def render_certificate(cert: DeletionCertificate, pending_where: str = PENDING_W
     if not models:
         lines.append("  none")
     if cert.verification:
-        lines += ["", "Verification:", f"  {cert.verification.statement}"]
+        statement = cert.verification.statement
+        if not history:  # how many components remain changes when others' deletions withdraw one
+            statement = statement.replace(f"none of the {cert.verification.components_checked} remaining components'",
+                                          "none of the remaining components'")
+        lines += ["", "Verification:", f"  {statement}"]
     if cert.checkpoint:
+        size = f"{cert.checkpoint.size} entries, " if history else ""
         lines += ["", "Audit log checkpoint after the deletion (check it later with "
                       "`dp-tangent certificate verify`):",
-                  f"  {cert.checkpoint.origin}, {cert.checkpoint.size} entries, Merkle root {cert.checkpoint.root}"]
+                  f"  {cert.checkpoint.origin}, {size}Merkle root {cert.checkpoint.root}"]
     lines += ["", "Notes:"] + [f"  - {c}" for c in cert.caveats]
     return "\n".join(lines) + "\n"
+
+
+def _requester_labels(cert: DeletionCertificate, history: bool) -> Callable[[str], str]:
+    """How the requester's copy names each component it lists: ``[i] source/shard``, the i-th removed one.
+
+    Not by name, nor with the audit log's entry count or the number of components left: a replacement's name counts
+    its shard's earlier retrains (``.r2``), and the counts grow with every logged operation, so two certificates
+    held by one person would tell what happened between them, other people's deletions among them, and whether
+    their records were found (a found and retrained deletion logs more entries than one that finds nothing). The
+    checkpoint's Merkle root alone still pins the log: ``certificate verify`` finds the entry count whose root it is.
+    ``history``: the names, as versions before 2026-12-04 wrote them (the JSON keeps names and counts)."""
+    removed = {} if history else {
+        r.name: f"[{i}] {r.data_source}/{r.shard}" for i, r in enumerate(cert.components_removed, 1)}
+    return lambda name: removed.get(name, name)  # a record is found only in components the deletion removes
 
 
 def _run_figure(added: AddedComponent, run_epsilon: str) -> str:
@@ -265,7 +289,7 @@ def restore_text(ws: Workspace, request_id: str) -> tuple[Path, bool]:
         renderings = [render_certificate(cert, *version).encode()  # type: ignore[arg-type]
                       for version in itertools.product((PENDING_WHERE, _PENDING_WHERE_BEFORE),
                                                        (RUN_EPSILON, _RUN_EPSILON_BEFORE), (day_only, _exact_time),
-                                                       (False, True))]
+                                                       (False, True), (False, True))]
         text = next((t for t in renderings if hashlib.sha256(t).hexdigest() == logged.get(ws.relative(text_path))),
                     None)
         if text is None:

@@ -38,6 +38,24 @@ def merkle_root(hashes: Sequence[str]) -> str | None:
     return _mth([_leaf(h) for h in hashes]).hex() if hashes else None
 
 
+def prefix_with_root(hashes: Sequence[str], root: str) -> int | None:
+    """The entry count m >= 1 whose first m entries have Merkle root ``root``, or None (the first such m; a
+    second would be a SHA-256 collision). One pass: the roots of the perfect subtrees that make up the first m
+    entries (m's binary digits), folded from the right, are the tree hash of those m entries."""
+    wanted, subtrees = bytes.fromhex(root), []  # (leaves, hash), leaves strictly decreasing
+    for h in hashes:
+        node, leaves = _leaf(h), 1
+        while subtrees and subtrees[-1][0] == leaves:
+            leaves, node = leaves * 2, _node(subtrees.pop()[1], node)
+        subtrees.append((leaves, node))
+        folded = subtrees[-1][1]
+        for _, left in reversed(subtrees[:-1]):
+            folded = _node(left, folded)
+        if folded == wanted:
+            return sum(n for n, _ in subtrees)
+    return None
+
+
 def inclusion_proof(hashes: Sequence[str], index: int) -> list[tuple[str, str]]:
     """Siblings from leaf ``index`` up to the root, each ``("L"|"R", hex)``: which side it sits on."""
     if not 0 <= index < len(hashes):
