@@ -483,6 +483,28 @@ def test_the_requester_s_copy_names_a_replacement_s_run_epsilon_only_where_it_do
     assert f"  toy/s0, replacing [1] toy/s0 (its run's epsilon {added.epsilon:.3g}, delta" in text
 
 
+
+def test_the_requester_s_copy_lists_components_in_an_order_no_retrain_changes(ws) -> None:
+    """Review 89: listed by name, a component retrained for someone else (``cmp`` -> ``cmp.r1``) would move after
+    ``cmp-b`` and swap the labels ``[1]``/``[2]``. The copy orders by source, shard and name before retrains, so it
+    reads the same whatever was retrained before."""
+    from dp_tangent.workspace.certificates import ComponentRef, render_certificate
+
+    cert = forget(ws, _request("rec-0-5"), retrain=False).certificate
+    commitment = cert.record_commitments[0]
+
+    def held_by(first: str) -> str:
+        parts = [ComponentRef(name=n, sha256=n * 8, data_source="toy", shard=shard, records=3)
+                 for n, shard in ((first, "s1"), ("cmp-b", "s0"))]
+        parts.sort(key=lambda r: r.name)  # as forget lists them
+        return render_certificate(cert.model_copy(update={"components_removed": parts,
+                                                          "found_in": {commitment: [first, "cmp-b"]}}))
+
+    text = held_by("cmp")
+    assert text == held_by("cmp.r1") and text == held_by("cmp.r12")
+    assert f"  {commitment}  [2] toy/s1, [1] toy/s0\n" in text and "  [1] toy/s0\n  [2] toy/s1\n" in text
+    assert "cmp" not in text
+
 def test_a_certificate_check_names_current_components_it_could_not_check(ws, tmp_path) -> None:
     """Review 75, 77: with a current component moved away, the check said "none of the 3 current components holds"
     its records, exit 0, without saying one was not looked at."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,7 +174,7 @@ def render_certificate(cert: DeletionCertificate, pending_where: str = PENDING_W
     time reads, see :func:`day_only`; ``unchanged_models``: list the models the deletion left unchanged too, as
     versions before 2026-12-03 did: their names and current digests are none of the requester's business;
     ``history``: state what versions before 2026-12-04 stated of the workspace's history, see
-    :func:`_requester_labels`)."""
+    :func:`_requester_order`)."""
     on_time = "" if cert.on_time is None else f" (on time: {'yes' if cert.on_time else 'NO'})"
     lines = [f"DELETION CERTIFICATE -- request {cert.request_id}", "",
              f"Status:        {cert.status} ({cert.outcome.replace('_', ' ')})",
@@ -183,15 +184,15 @@ def render_certificate(cert: DeletionCertificate, pending_where: str = PENDING_W
     lines += [f"  {regime}: {cert.deadlines[regime]} -- {text}" for regime, text in cert.regimes.items()]
     lines += ["", f"Records ({len(cert.record_commitments)}), as {cert.commitment_scheme} commitments "
                   f"under key {cert.key_id}:"]
-    label = _requester_labels(cert, history)
+    removed, label = _requester_order(cert, history)
     for c in cert.record_commitments:
         where = ", ".join(label(name) for name in cert.found_in.get(c, [])) or (
             pending_where if cert.outcome == "pending" and c not in cert.not_found else "not found in any component")
         lines.append(f"  {c}  {where}")
     lines += ["", "Components removed:"]
     # The text is the requester's copy: no record counts (they would tell shard sizes); the JSON has them.
-    lines += [f"  {r.name} ({r.data_source}/{r.shard}) sha256 {r.sha256}" if history else
-              f"  {label(r.name)} sha256 {r.sha256}" for r in cert.components_removed] or ["  none"]
+    lines += [f"  {r.name} ({r.data_source}/{r.shard}) sha256 {r.sha256}" if history else f"  {label(r.name)}"
+              for r in removed] or ["  none"]
     lines += ["Components added (retrained without the records):"]
     lines += [f"  {a.name} replaces {a.replaces} ({_run_figure(a, run_epsilon)}, "
               f"ledger {a.ledger_reservation}) sha256 {a.sha256}" if history else
@@ -199,10 +200,12 @@ def render_certificate(cert: DeletionCertificate, pending_where: str = PENDING_W
               f"ledger {a.ledger_reservation}) sha256 {a.sha256}" for a in cert.components_added] or ["  none"]
     models = [m for m in cert.models if unchanged_models or m.action != "unchanged"]
     lines += ["", "Models (sha256 of the composed deltas, before -> after):" if unchanged_models else
-              "Models rebuilt or withdrawn (sha256 of the composed deltas, before -> after):"]
+              "Models rebuilt or withdrawn (sha256 of the composed deltas, before -> after):" if history else
+              "Models rebuilt or withdrawn (sha256 of the composed deltas after the deletion):"]
     for m in models:
         after = m.after.deltas_sha256 if m.after else "withdrawn"
-        lines.append(f"  {m.name}: {m.action}; {m.before.deltas_sha256} -> {after}")
+        lines.append(f"  {m.name}: {m.action}; {m.before.deltas_sha256} -> {after}" if history else
+                     f"  {m.name}: {m.action}" + (f"; {after}" if m.after else ""))
     if not models:
         lines.append("  none")
     if cert.verification:
@@ -220,18 +223,30 @@ def render_certificate(cert: DeletionCertificate, pending_where: str = PENDING_W
     return "\n".join(lines) + "\n"
 
 
-def _requester_labels(cert: DeletionCertificate, history: bool) -> Callable[[str], str]:
-    """How the requester's copy names each component it lists: ``[i] source/shard``, the i-th removed one.
+def _requester_order(cert: DeletionCertificate, history: bool) -> tuple[list[ComponentRef], Callable[[str], str]]:
+    """The components removed in the order the requester's copy lists them, and how it names a component:
+    ``[i] source/shard``, the i-th of them, ordered by source, shard and name without its retrain suffix.
 
-    Not by name, nor with the audit log's entry count or the number of components left: a replacement's name counts
-    its shard's earlier retrains (``.r2``), and the counts grow with every logged operation, so two certificates
-    held by one person would tell what happened between them, other people's deletions among them, and whether
-    their records were found (a found and retrained deletion logs more entries than one that finds nothing). The
-    checkpoint's Merkle root alone still pins the log: ``certificate verify`` finds the entry count whose root it is.
-    ``history``: the names, as versions before 2026-12-04 wrote them (the JSON keeps names and counts)."""
-    removed = {} if history else {
-        r.name: f"[{i}] {r.data_source}/{r.shard}" for i, r in enumerate(cert.components_removed, 1)}
-    return lambda name: removed.get(name, name)  # a record is found only in components the deletion removes
+    Nothing in the copy depends on what the workspace did before the deletion: two certificates held by one
+    person would otherwise tell what happened between them, and whether someone else's deletion found records
+    (the digest of a component or model a deletion found and rebuilt changes; one that finds nothing changes
+    nothing). So no component names (a replacement's ``.r2`` counts its shard's retrains, and moves it in an
+    order by name), no digest of a removed component or of a model before the deletion (the earlier certificate
+    may have stated the same digest after its own), no audit log entry count (every logged operation adds to
+    it) and no number of components left. The checkpoint's Merkle root alone still pins the log:
+    ``certificate verify`` finds the entry count whose root it is. ``history``: as versions before 2026-12-04
+    wrote it, with names and those figures (the JSON keeps them all)."""
+    if history:
+        return list(cert.components_removed), lambda name: name
+    removed = sorted(cert.components_removed,
+                     key=lambda r: (r.data_source, r.shard, retrained_stem(r.name)))
+    labels = {r.name: f"[{i}] {r.data_source}/{r.shard}" for i, r in enumerate(removed, 1)}
+    return removed, lambda name: labels.get(name, name)  # a record is found only in components the deletion removes
+
+
+def retrained_stem(name: str) -> str:
+    """The name a component had before any retrain: ``digits-1.r2`` -> ``digits-1``."""
+    return re.sub(r"\.r\d+$", "", name)
 
 
 def _run_figure(added: AddedComponent, run_epsilon: str) -> str:

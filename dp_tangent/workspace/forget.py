@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import math
-import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from ..io import sha256_file
 from .audit_log import Artifact
 from .certificate_check import check_certificate
 from .certificates import (AddedComponent, ComponentRef, DeletionCertificate, DeletionResult, ModelChange, ModelState,
-                           Verification, certificate_writes, read_certificate)
+                           Verification, certificate_writes, read_certificate, retrained_stem)
 from .checkpoint import checkpoint_of, origin_of
 from . import gram_cache
 from .commit import Change, FileRemoval, FileWrite, apply
@@ -72,7 +71,7 @@ def _model_state(ws: Workspace, record: ModelRecord) -> ModelState:
 
 
 def _replacement_name(ws: Workspace, old: str, taken: set[str] = frozenset()) -> str:  # type: ignore[assignment]
-    stem = re.sub(r"\.r\d+$", "", old)
+    stem = retrained_stem(old)
     k = 1
     while ws.component_name_used(f"{stem}.r{k}") or f"{stem}.r{k}" in taken:
         k += 1
