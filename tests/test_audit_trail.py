@@ -670,7 +670,8 @@ def test_a_name_left_by_a_run_stopped_before_composing_points_to_compose(ws, mlp
     for k in range(2):
         ws.train(mlp_backbone, None, records(6 + k), data_source="toy", shard=f"s{k}", name=f"m8-shard-{k}",
                  privacy=PrivacySpec(noise_multiplier=1.0), config=FAST)
-    with pytest.raises(WorkspaceError, match="has a component: compose it") as refused:
+    with pytest.raises(WorkspaceError, match="has a component. To train a new model, choose another --name .*; "
+                       "to finish that run, compose it") as refused:
         _check_unused(ws, "m8", 2)
     command = shlex.split(str(refused.value).rsplit(" with ", 1)[1])
     assert command[:2] == ["dp-tangent", "compose"]

@@ -83,6 +83,7 @@ def test_train_into_a_path_with_no_workspace_needs_init(ws: Path, capsys: pytest
     assert code == 0, err
     # review 51: piped to a log (no terminal) the bars drew only at the end; a plain line marks every tenth
     assert "again-shard-0: " in out and "(50%)" in out and "(100%)" in out, out
+    assert "━" not in out, out  # review 90: and the bars' last state is not printed after them
 
 
 def test_outputs_never_replace_a_key_or_a_kept_checkpoint(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -773,6 +774,17 @@ def test_the_requester_s_copy_tells_nothing_of_what_happened_between_two_certifi
     code, out, err = run_cli(capsys, "certificate", "verify", "R2.txt", "-w", "ws")
     assert code != 0 and "no first entries of the audit log have the checkpoint's root hash" in out + err, (out, err)
 
+
+def test_a_report_file_s_suffix_names_its_format(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Review 90: `report -o "my report.html"` wrote Markdown into the .html file, exit 0 (md was the default)."""
+    assert run_cli(capsys, "report", "-o", "my report.html", "-w", "ws")[0] == 0
+    assert Path("my report.html").read_text().lstrip().lower().startswith("<!doctype html>")
+    assert run_cli(capsys, "report", "-o", "r.JSON", "-w", "ws")[0] == 0 and json.loads(Path("r.JSON").read_text())
+    assert run_cli(capsys, "report", "-o", "r.txt", "-w", "ws")[0] == 0  # a suffix that names none: Markdown
+    assert Path("r.txt").read_text().startswith("# ")
+    _refused(capsys, "report", "-f", "md", "-o", "r2.html", "-w", "ws", says="--format md but r2.html is named as html")
+    assert not Path("r2.html").exists()
+
 def test_budget_show_warns_when_the_ledger_is_not_what_the_log_vouches_for(ws: Path,
                                                                           capsys: pytest.CaptureFixture[str]) -> None:
     """Review: a ledger row deleted with sqlite3 lowered the spend budget show printed, without a word."""
@@ -897,6 +909,24 @@ def test_an_interrupt_mentions_spent_budget_only_where_a_command_spends_some(
     monkeypatch.setattr(Workspace, "train_all", interrupted)
     code, out, err = run_cli(capsys, "train", "--init", "rows.yaml", "--name", "again", "-w", "ws", "--executor", "serial")
     assert code == 130 and "a reserved budget stays spent" in err, err
+
+
+def test_a_train_interrupted_after_its_last_component_says_how_to_compose(
+        ws: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 90: stopped while it printed the components' accuracies (every component saved, the model not yet
+    composed), train said only "interrupted"; stopped in training, it gave the compose command."""
+    from dp_tangent.cli import train as train_cli
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(train_cli, "_report", interrupted)
+        code, out, err = run_cli(capsys, "train", "rows.yaml", "--name", "again", "-w", "ws", "--executor", "serial")
+    assert code == 130 and "every shard has a component; compose the model (no training, no budget): " \
+        "dp-tangent compose again-shard-0 again-shard-1 --name again -w " in err, err
+    code, out, err = run_cli(capsys, "compose", "again-shard-0", "again-shard-1", "--name", "again", "-w", "ws")
+    assert code == 0 and "again" in Workspace.open("ws").list_models(), err
 
 
 def test_a_request_whose_records_another_deletion_removed_while_it_was_open_says_where_they_were(

@@ -26,13 +26,21 @@ def trained(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pyt
     return ids
 
 
+def _root() -> str:
+    """The workspace ``ws`` as the tool's hints name it (review 90: a relocate hint without ``-w`` named none)."""
+    from dp_tangent.workspace import Workspace
+
+    return str(Workspace.open("ws").root)
+
+
 def test_a_moved_file_is_relocated_without_budget_and_then_reloads(trained, capsys) -> None:
     ws = Workspace.open("ws")
     events = len(ws.ledger.events())
     Path("moved").mkdir()
     Path("rows.npz").rename("moved/rows.npz")
     code, _, err = run_cli(capsys, "evaluate", "rows", "-w", "ws")
-    assert code == 2 and "`dp-tangent data relocate rows NEW_PLACE`" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and f"`dp-tangent data relocate rows NEW_PLACE -w {_root()}`" in err
+    assert len(err.strip().splitlines()) == 1
     code, out, err = run_cli(capsys, "data", "relocate", "rows", "moved/rows.npz", "-w", "ws")  # relative, as typed
     assert code == 0 and f"read from {Path('moved/rows.npz').absolute()} (was {Path('rows.npz').absolute()})" in out
     registry = json.loads(Path("ws/data-sources.json").read_text())
@@ -148,7 +156,7 @@ def test_a_moved_public_table_is_relocated_and_the_data_reloads(public_scaled, c
     Path("data/public.csv").rename("moved/public.csv")
     code, _, err = run_cli(capsys, "evaluate", "wine", "-w", "ws")
     assert code == 2 and len(err.strip().splitlines()) == 1, err
-    assert "`dp-tangent data relocate wine --public-table NEW_PLACE`" in err
+    assert f"`dp-tangent data relocate wine --public-table NEW_PLACE -w {_root()}`" in err
     code, out, err = run_cli(capsys, "data", "relocate", "wine", "data/private.csv", "-w", "ws")  # the private one
     assert code == 2 and "give its new place with --public-table" in err, out + err
     code, out, err = run_cli(capsys, "data", "relocate", "wine", "--public-table", "moved/public.csv", "-w", "ws")
@@ -171,7 +179,7 @@ def test_a_moved_public_table_is_relocated_and_the_data_reloads(public_scaled, c
     Path("data/private.csv").rename("both/private.csv")
     Path("moved/public.csv").rename("both/public.csv")
     code, _, err = run_cli(capsys, "evaluate", "wine", "-w", "ws")
-    assert code == 2 and "`dp-tangent data relocate wine NEW_PLACE --public-table NEW_PLACE`" in err, err
+    assert code == 2 and f"`dp-tangent data relocate wine NEW_PLACE --public-table NEW_PLACE -w {_root()}`" in err, err
     code, out, err = run_cli(capsys, "data", "relocate", "wine", "both/private.csv", "--public-table",
                              "both/public.csv", "-w", "ws")
     assert code == 0 and "its data read from" in out and "its public table read from" in out, err
@@ -252,7 +260,7 @@ def test_a_public_table_changed_in_place_is_named_where_every_record_reads_chang
     public.rename("p2/public.csv")
     code, _, err = run_cli(capsys, "data", "relocate", "wine", "--public-table", "p2/public.csv", "-w", "ws")
     assert code == 2 and "if it moved too, give its new place as well: `dp-tangent data relocate wine NEW_PLACE " \
-                         "--public-table ...`" in err and len(err.strip().splitlines()) == 1, err
+                         f"--public-table ... -w {_root()}`" in err and len(err.strip().splitlines()) == 1, err
     code, out, err = run_cli(capsys, "data", "relocate", "wine", "nd/private.csv", "--public-table", "p2/public.csv",
                              "-w", "ws")
     assert code == 0, err

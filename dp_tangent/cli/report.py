@@ -15,12 +15,15 @@ import typer
 from .app import DEFAULT_WORKSPACE, WorkspaceOption, app, busy, check_output_outside, open_workspace
 
 RENDERERS = {"md": "to_markdown", "json": "to_json", "html": "to_html"}
+#: The format a report file's suffix names.
+SUFFIXES = {".md": "md", ".markdown": "md", ".json": "json", ".html": "html", ".htm": "html"}
 
 
 @app.command()
 def report(
     workspace: WorkspaceOption = DEFAULT_WORKSPACE,
-    format: Annotated[str, typer.Option("--format", "-f", help="md, json or html.")] = "md",
+    format: Annotated[Optional[str], typer.Option(
+        "--format", "-f", help="md, json or html (default: from the --output file's suffix, else md).")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(
         help="A checkpoint kept outside the workspace (from `audit checkpoint`): the report says whether the log "
@@ -35,8 +38,7 @@ def report(
     from ..workspace.checkpoint import CheckpointError
     from ..workspace.report_context import load_checkpoint, privacy_report
 
-    if format not in RENDERERS:
-        raise typer.BadParameter(f"--format must be one of {', '.join(RENDERERS)}, got {format!r}")
+    format = _format(format, output)
     if verifier_key is not None and checkpoint is None:
         raise CheckpointError("--verifier-key checks a --checkpoint; give both")
     ws = open_workspace(workspace)
@@ -87,3 +89,16 @@ def _check_report_name(ws, output: Path) -> None:  # noqa: ANN001
     if ws.root.resolve() in output.expanduser().absolute().resolve().parents and output.suffix not in REPORT_SUFFIXES:
         raise WorkspaceError(f"{output}: a report in the workspace's reports folder needs a "
                              f"{', '.join(REPORT_SUFFIXES)} name (audit verify accepts nothing else there)")
+
+
+def _format(given: str | None, output: Path | None) -> str:
+    """The format asked for, else the one the output file's suffix names, else Markdown; a format that
+    contradicts the file's suffix (``-f md -o report.html``) is refused."""
+    if given is not None and given not in RENDERERS:
+        raise typer.BadParameter(f"--format must be one of {', '.join(RENDERERS)}, got {given!r}")
+    named = SUFFIXES.get(output.suffix.lower()) if output is not None else None
+    if given is not None and named is not None and given != named:
+        raise typer.BadParameter(f"--format {given} but {output} is named as {named}: give a matching file name, "
+                                 "or leave out --format")
+    return given or named or "md"
+

@@ -65,8 +65,10 @@ def _check_unused(ws: Workspace, name: str, shards: int) -> None:
         missing = [k for k in range(shards) if k not in done]
         taken = f"component name '{name}-shard-{used[0]}' is already used in {ws.root} (names are never reused)"
         if not missing:  # training again under another name would spend the budget again
-            raise WorkspaceError(f"{taken}; every shard of an earlier run of {name!r} has a component: compose it "
-                                 f"(no training, no budget) with {_compose_command(ws, name, done, shards)}")
+            raise WorkspaceError(f"{taken}; every shard of an earlier run of {name!r} has a component. To train a "
+                                 "new model, choose another --name (its training spends budget again); to finish "
+                                 "that run, compose it (no training, no budget) with "
+                                 f"{_compose_command(ws, name, done, shards)}")
         raise WorkspaceError(f"{taken}: choose another --name; to finish an earlier run of {name!r}, train only its "
                              "missing shards: " + " ".join(f"--shard {k}" for k in missing))
 
@@ -283,9 +285,10 @@ def train(
                  *(item for flag, value in options.items() if value is not None for item in (flag, str(value))),
                  *(["--allow-overlap"] if allow_overlap else [])]
         try:
-            with Progress(*columns, console=console) as progress:
+            # piped to a log: a plain line every tenth, and no bars (rich would print their last state at the end)
+            with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
                 bars = {job.name: progress.add_task(job.name, total=None) for job in jobs}
-                plain = None if console.is_terminal else _tenths(console)  # piped to a log: a line every tenth
+                plain = None if console.is_terminal else _tenths(console)
 
                 gram_bar: list = []  # added on the first report: only training in this process reports here
 
@@ -305,6 +308,7 @@ def train(
                     run = ws.train_all(spec, recipe.trainable, jobs, data_source=recipe.data_source,
                                        privacy=recipe.privacy_spec(), config=recipe.train_config(), executor=runner,
                                        progress=steps, deleted="exclude", allow_overlap=allow_overlap)
+            _outcome(ws, recipe, name, test, run, retry)
         except (KeyboardInterrupt, OSError):  # stopped, or the disk filled: what is left to do, then the cause
             done = _components_by_shard(ws, name)
             missing = _missing_shards(done, count)
@@ -314,23 +318,29 @@ def train(
                 typer.echo(f"every shard has a component; compose the model (no training, no budget): "
                            f"{_compose_command(ws, name, done, count)}", err=True)
             raise
-        for job_name, count_deleted in sorted(run.excluded_deleted.items()):
-            typer.echo(f"{job_name}: left out {count_deleted} record(s) deleted by an earlier deletion request")
-        for job_name, use in sorted(run.gram_cache.items()):
-            if use.get("ignored"):
-                typer.echo(f"{job_name}: gram cache {use['ignored']}", err=True)
-            features = use.get("features")
-            if isinstance(features, str) and features != "declined":  # why none were kept: said, not only logged
-                typer.echo(f"{job_name}: frozen-prefix features {features}", err=True)
-            if use["hits"]:
-                also = (f"; frozen-prefix features of {features['hits']}"
-                        if isinstance(features, dict) and features.get("hits") else "")
-                typer.echo(f"{job_name}: NTK Grams of {use['hits']} record(s) from the workspace's cache, "
-                           f"{use['misses']} computed{also}")
-        _report(ws, recipe, name, test, run, retry)
     finally:
         if runner is not None:
             runner.close()  # idempotent: train_all closes it when it ran
+
+
+def _outcome(ws: Workspace, recipe: Recipe, name: str, test: RecordSet | None, run: TrainingRun,
+             retry: list[str]) -> None:
+    """After training: what each shard left out or reused, then each component's figures, the composed model
+    and its accuracy (:func:`_report`); an interruption here still gets the compose command."""
+    for job_name, count_deleted in sorted(run.excluded_deleted.items()):
+        typer.echo(f"{job_name}: left out {count_deleted} record(s) deleted by an earlier deletion request")
+    for job_name, use in sorted(run.gram_cache.items()):
+        if use.get("ignored"):
+            typer.echo(f"{job_name}: gram cache {use['ignored']}", err=True)
+        features = use.get("features")
+        if isinstance(features, str) and features != "declined":  # why none were kept: said, not only logged
+            typer.echo(f"{job_name}: frozen-prefix features {features}", err=True)
+        if use["hits"]:
+            also = (f"; frozen-prefix features of {features['hits']}"
+                    if isinstance(features, dict) and features.get("hits") else "")
+            typer.echo(f"{job_name}: NTK Grams of {use['hits']} record(s) from the workspace's cache, "
+                       f"{use['misses']} computed{also}")
+    _report(ws, recipe, name, test, run, retry)
 
 
 def _workspace_free(ws: Workspace) -> bool:

@@ -470,7 +470,7 @@ def relocated(ws: Workspace, name: str, location: Path | None, public_table: Pat
         if not _gone(data, [f for f in ("path", "root") if f not in places]):
             raise
         raise DataSourceError(f"{err}; if it moved too, give its new place as well: `dp-tangent data relocate {name} "
-                              "NEW_PLACE --public-table ...`") from None
+                              f"NEW_PLACE --public-table ... -w {shlex.quote(str(ws.root))}`") from None
     every = _tags(ws, records)  # one per record, in record order
     where = next((str(moves[f]) for f in ("path", "root") if f in places), None)  # as typed
     new = [r for r, c in zip(records.record_ids, every) if c not in content.tags and c not in deleted]
@@ -605,7 +605,8 @@ def reload(ws: Workspace, name: str) -> tuple[ReloadableSource, RecordSet, list[
         if not gone:
             raise
         command = " ".join(["dp-tangent data relocate", name] + [
-            "--public-table NEW_PLACE" if f == PUBLIC_TABLE else "NEW_PLACE" for f in gone])
+            "--public-table NEW_PLACE" if f == PUBLIC_TABLE else "NEW_PLACE" for f in gone]
+            + ["-w", shlex.quote(str(ws.root))])
         what = "it" if PUBLIC_TABLE not in gone else "its public table" if len(gone) == 1 else "it and its public table"
         raise DataSourceError(f"{err}; if {what} moved, point data source {name!r} there with `{command}` (no "
                               "training, no budget)") from None
