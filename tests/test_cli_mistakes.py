@@ -720,9 +720,9 @@ def test_the_requester_s_copy_tells_nothing_of_what_happened_between_two_certifi
     """Review 86: the requester's copy gave the audit log's entry count, and named a retrained shard's component
     ``.r2``, which counts its earlier retrains: two certificates held by one person told what was logged between them,
     and whether someone else's deletion found its records (a found and retrained one logs more entries). Review 89:
-    so did a removed component's digest and a model's digest before the deletion. It names components
-    ``[i] source/shard``, states digests after the deletion only and gives the checkpoint's root alone, which
-    `certificate verify` still checks; a copy as the previous version wrote it still restores and verifies."""
+    so did a removed component's digest and a model's digest before the deletion. It names components by their
+    shard, states digests after the deletion only and gives the checkpoint's root alone, which `certificate verify`
+    still checks; a copy as the previous version wrote it still restores and verifies.""" 
     import functools
     import re
     import shutil
@@ -739,7 +739,7 @@ def test_the_requester_s_copy_tells_nothing_of_what_happened_between_two_certifi
     assert removed["name"].endswith(".r1") and added["name"].endswith(".r2")  # the JSON keeps names and counts
     text = Path("ws/certificates/R2.txt").read_text()
     shard = f"{removed['data_source']}/{removed['shard']}"
-    assert f"  [1] {shard}\n" in text
+    assert f"Removed: the components that held the records, trained on\n  {shard}\nAdded" in text
     # review 89: nothing links R2's copy to R1's, which gave R1's replacement and model digests after R1: R2's
     # removing the same component (nobody else's deletion retrained the shard in between) would otherwise tell so
     earlier = json.loads(Path("ws/certificates/R1.json").read_text())
@@ -748,8 +748,8 @@ def test_the_requester_s_copy_tells_nothing_of_what_happened_between_two_certifi
     assert earlier["components_added"][0]["sha256"] == removed["sha256"] and removed["sha256"] not in text
     assert rows["after"]["deltas_sha256"] in Path("ws/certificates/R1.txt").read_text()
     assert rows["after"]["deltas_sha256"] not in text and f"  {rows['name']}: recomposed; " in text
-    assert f"  {shard}, replacing [1] {shard} (" in text and f") sha256 {added['sha256']}\n" in text
-    assert f"  {cert['record_commitments'][0]}  [1] {shard}\n" in text
+    assert f"  {shard} (" in text and f") sha256 {added['sha256']}\n" in text
+    assert f"  {cert['record_commitments'][0]}  {shard}\n" in text
     assert not re.search(r"\.r\d", text) and removed["name"] not in text, text
     assert "none of the remaining components' record manifests" in text
     assert re.search(r"^  \S+, Merkle root [0-9a-f]{64}$", text, re.M) and " entries" not in text, text

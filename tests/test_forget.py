@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from datetime import date, datetime, timedelta, timezone
 
 import pytest
@@ -406,7 +407,13 @@ def test_a_replacement_an_unfinished_request_trained_is_removed_not_retrained_by
     again = forget(ws, _request("rec-0-1", "rec-1-1", request_id="first"), retrain=True, shard_records=_reload,
                    now=NOW)
     assert [a.replaces for a in again.certificate.components_added] == ["c1"]
-    assert any("removed component(s) c0" in note for note in again.certificate.caveats)
+    assert any("removed the component(s) of toy/s0, which held" in note for note in again.certificate.caveats)
+    # review 91: the requester's copies name neither the components (c0.r1 counts a retrain) nor the unfinished
+    # replacement removed with c0 (another request was being served), only the shard
+    first, second = (r.text_path.read_text() for r in (again, result))
+    assert not re.search(r"\bc[01](\.r\d)?\b", first + second), (first, second)
+    assert f"  {commit('rec-0-1', key)}  toy/s0 (removed while this request was open)\n" in first
+    assert "trained on\n  toy/s0\nAdded" in second and "trained on\n  toy/s1\nAdded" in first
     third = forget(ws, _request("rec-0-9", request_id="third"), retrain=True, shard_records=_reload, now=NOW)
     assert [a.replaces for a in third.certificate.components_added] == ["c0.r2"]  # one line per shard from now on
     assert sorted(ws.list_components()) == ["c0.r3", "c1.r1", "c2"]
@@ -480,14 +487,13 @@ def test_the_requester_s_copy_names_a_replacement_s_run_epsilon_only_where_it_do
     [added] = result.certificate.components_added
     assert not added.size_public and added.epsilon is not None
     text = ws.certificate_paths("req-1")[1].read_text()
-    assert f"  toy/s0, replacing [1] toy/s0 (its run's epsilon {added.epsilon:.3g}, delta" in text
+    assert f"  toy/s0 (its run's epsilon {added.epsilon:.3g}, delta" in text
 
 
 
-def test_the_requester_s_copy_lists_components_in_an_order_no_retrain_changes(ws) -> None:
-    """Review 89: listed by name, a component retrained for someone else (``cmp`` -> ``cmp.r1``) would move after
-    ``cmp-b`` and swap the labels ``[1]``/``[2]``. The copy orders by source, shard and name before retrains, so it
-    reads the same whatever was retrained before."""
+def test_the_requester_s_copy_reads_the_same_whatever_was_retrained_before(ws) -> None:
+    """Review 89, 91: listed by name, a component retrained for someone else (``cmp`` -> ``cmp.r1``) showed its
+    retrain count, and moved after ``cmp-b``. The copy names the shards the components were trained on."""
     from dp_tangent.workspace.certificates import ComponentRef, render_certificate
 
     cert = forget(ws, _request("rec-0-5"), retrain=False).certificate
@@ -502,8 +508,9 @@ def test_the_requester_s_copy_lists_components_in_an_order_no_retrain_changes(ws
 
     text = held_by("cmp")
     assert text == held_by("cmp.r1") and text == held_by("cmp.r12")
-    assert f"  {commitment}  [2] toy/s1, [1] toy/s0\n" in text and "  [1] toy/s0\n  [2] toy/s1\n" in text
+    assert f"  {commitment}  toy/s0, toy/s1\n" in text and "trained on\n  toy/s0\n  toy/s1\nAdded" in text
     assert "cmp" not in text
+
 
 def test_a_certificate_check_names_current_components_it_could_not_check(ws, tmp_path) -> None:
     """Review 75, 77: with a current component moved away, the check said "none of the 3 current components holds"

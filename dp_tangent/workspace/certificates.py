@@ -109,6 +109,8 @@ class DeletionCertificate(_Strict):
     key_id: str
     record_commitments: list[str]
     found_in: dict[str, list[str]] = {}
+    # source/shard of each component in found_in that another request's deletion removed while this one was open
+    shards_removed_earlier: dict[str, str] = {}
     not_found: list[str] = []
     components_removed: list[ComponentRef] = []
     components_added: list[AddedComponent] = []
@@ -184,20 +186,28 @@ def render_certificate(cert: DeletionCertificate, pending_where: str = PENDING_W
     lines += [f"  {regime}: {cert.deadlines[regime]} -- {text}" for regime, text in cert.regimes.items()]
     lines += ["", f"Records ({len(cert.record_commitments)}), as {cert.commitment_scheme} commitments "
                   f"under key {cert.key_id}:"]
-    removed, label = _requester_order(cert, history)
+    shard_of = _requester_shards(cert, history)
     for c in cert.record_commitments:
-        where = ", ".join(label(name) for name in cert.found_in.get(c, [])) or (
+        where = ", ".join(sorted({shard_of(name) for name in cert.found_in.get(c, [])})) or (
             pending_where if cert.outcome == "pending" and c not in cert.not_found else "not found in any component")
         lines.append(f"  {c}  {where}")
-    lines += ["", "Components removed:"]
-    # The text is the requester's copy: no record counts (they would tell shard sizes); the JSON has them.
-    lines += [f"  {r.name} ({r.data_source}/{r.shard}) sha256 {r.sha256}" if history else f"  {label(r.name)}"
-              for r in removed] or ["  none"]
-    lines += ["Components added (retrained without the records):"]
-    lines += [f"  {a.name} replaces {a.replaces} ({_run_figure(a, run_epsilon)}, "
-              f"ledger {a.ledger_reservation}) sha256 {a.sha256}" if history else
-              f"  {a.data_source}/{a.shard}, replacing {label(a.replaces)} ({_run_figure(a, run_epsilon)}, "
-              f"ledger {a.ledger_reservation}) sha256 {a.sha256}" for a in cert.components_added] or ["  none"]
+    if history:
+        lines += ["", "Components removed:"]
+        # The text is the requester's copy: no record counts (they would tell shard sizes); the JSON has them.
+        lines += [f"  {r.name} ({r.data_source}/{r.shard}) sha256 {r.sha256}" for r in cert.components_removed] \
+            or ["  none"]
+        lines += ["Components added (retrained without the records):"]
+        lines += [f"  {a.name} replaces {a.replaces} ({_run_figure(a, run_epsilon)}, "
+                  f"ledger {a.ledger_reservation}) sha256 {a.sha256}" for a in cert.components_added] or ["  none"]
+    else:
+        held = {name for names in cert.found_in.values() for name in names}
+        lines += ["", "Removed: the components that held the records, trained on"]
+        lines += [f"  {shard}" for shard in sorted({shard_of(r.name) for r in cert.components_removed
+                                                     if r.name in held})] or ["  none"]
+        lines += ["Added (retrained without the records):"]
+        lines += [f"  {a.data_source}/{a.shard} ({_run_figure(a, run_epsilon)}, ledger {a.ledger_reservation}) "
+                  f"sha256 {a.sha256}" for a in sorted(cert.components_added, key=lambda a: (
+                      a.data_source, a.shard, a.sha256))] or ["  none"]
     models = [m for m in cert.models if unchanged_models or m.action != "unchanged"]
     lines += ["", "Models (sha256 of the composed deltas, before -> after):" if unchanged_models else
               "Models rebuilt or withdrawn (sha256 of the composed deltas, before -> after):" if history else
@@ -223,25 +233,26 @@ def render_certificate(cert: DeletionCertificate, pending_where: str = PENDING_W
     return "\n".join(lines) + "\n"
 
 
-def _requester_order(cert: DeletionCertificate, history: bool) -> tuple[list[ComponentRef], Callable[[str], str]]:
-    """The components removed in the order the requester's copy lists them, and how it names a component:
-    ``[i] source/shard``, the i-th of them, ordered by source, shard and name without its retrain suffix.
+def _requester_shards(cert: DeletionCertificate, history: bool) -> Callable[[str], str]:
+    """How the requester's copy names a component: by the shard it was trained on, ``source/shard``, with
+    ``(removed while this request was open)`` for one another request's deletion removed (``history``: by name).
 
     Nothing in the copy depends on what the workspace did before the deletion: two certificates held by one
     person would otherwise tell what happened between them, and whether someone else's deletion found records
     (the digest of a component or model a deletion found and rebuilt changes; one that finds nothing changes
-    nothing). So no component names (a replacement's ``.r2`` counts its shard's retrains, and moves it in an
-    order by name), no digest of a removed component or of a model before the deletion (the earlier certificate
-    may have stated the same digest after its own), no audit log entry count (every logged operation adds to
-    it) and no number of components left. The checkpoint's Merkle root alone still pins the log:
-    ``certificate verify`` finds the entry count whose root it is. ``history``: as versions before 2026-12-04
-    wrote it, with names and those figures (the JSON keeps them all)."""
+    nothing). So no component names (a replacement's ``.r2`` counts its shard's retrains), no count of the
+    components removed per shard (another open request's unfinished replacement, which a deletion removes with
+    the component it replaces, would add one), no digest of a removed component or of a model before the
+    deletion (the earlier certificate may have stated the same digest after its own), no audit log entry count
+    (every logged operation adds to it) and no number of components left. The checkpoint's Merkle root alone
+    still pins the log: ``certificate verify`` finds the entry count whose root it is. ``history``: as versions
+    before 2026-12-04 wrote it, with names, those digests and counts (the JSON keeps them all)."""
     if history:
-        return list(cert.components_removed), lambda name: name
-    removed = sorted(cert.components_removed,
-                     key=lambda r: (r.data_source, r.shard, retrained_stem(r.name)))
-    labels = {r.name: f"[{i}] {r.data_source}/{r.shard}" for i, r in enumerate(removed, 1)}
-    return removed, lambda name: labels.get(name, name)  # a record is found only in components the deletion removes
+        return lambda name: name
+    shards = {r.name: f"{r.data_source}/{r.shard}" for r in cert.components_removed}
+    shards.update({name: f"{where} (removed while this request was open)"
+                   for name, where in cert.shards_removed_earlier.items() if name not in shards})
+    return lambda name: shards.get(name, name)
 
 
 def retrained_stem(name: str) -> str:

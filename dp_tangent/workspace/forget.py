@@ -354,15 +354,22 @@ def _removed_while_open(ws: Workspace, request_id: str,
     return found
 
 
-def _earlier_notes(earlier: Mapping[str, tuple[list[str], str, str, bool]]) -> list[str]:
+def _shards_of(ws: Workspace, names: set[str]) -> dict[str, str]:
+    """``source/shard`` of each named component, from the ledger's record of its training (the component itself
+    may be gone): how the requester's copy names a component (``certificates._requester_order``)."""
+    return {e.component: f"{e.data_source}/{e.shard}" for e in ws.ledger.events() if e.component in names}
+
+
+def _earlier_notes(earlier: Mapping[str, tuple[list[str], str, str, bool]], shards: Mapping[str, str]) -> list[str]:
     """A certificate note for each earlier deletion that removed records of this request while it was open. The
     requester's copy does not name the other request (another data subject's; the audit log links the two), only
-    the day its deletion was served."""
+    the day its deletion was served, nor the components (whose names count their shards' retrains), only their
+    shards (``shards``)."""
     by_day: dict[tuple[str, bool], set[str]] = {}
     for names, _, when, retrained in earlier.values():
-        by_day.setdefault((when[:10], retrained), set()).update(names)
-    return [f"While this request was open, a deletion served on {day} for another request removed component(s) "
-            f"{', '.join(sorted(names))}, which held records of this request"
+        by_day.setdefault((when[:10], retrained), set()).update(shards.get(name, name) for name in names)
+    return [f"While this request was open, a deletion served on {day} for another request removed the "
+            f"component(s) of {', '.join(sorted(names))}, which held records of this request"
             + (": their replacements were trained without them, as without every record on the tombstone list."
                if retrained else "; no replacement was trained.")
             for (day, retrained), names in sorted(by_day.items())]
@@ -499,13 +506,15 @@ def forget(
         verification = _verify(ws, remaining, plan.changes, doomed, set(removing), finished)
         for c, (names, *_) in earlier.items():
             found_in[c] = names
+        shards_earlier = _shards_of(ws, {name for names, *_ in earlier.values() for name in names})
         cert = DeletionCertificate.model_validate({
             **cert.model_dump(), "status": "completed",
             "outcome": "deleted" if affected or earlier else "not_found_in_any_component",
             "completed_at": finished.isoformat(), "on_time": finished.date() <= date.fromisoformat(cert.due_by),
             "found_in": {c: n for c, n in found_in.items() if n},
             "not_found": [c for c, n in found_in.items() if not n],
-            "caveats": [*_earlier_notes(earlier), *cert.caveats],
+            "shards_removed_earlier": shards_earlier,
+            "caveats": [*_earlier_notes(earlier, shards_earlier), *cert.caveats],
             "components_removed": [r.model_dump() for r in removed],
             "components_added": [a.model_dump() for a in added],
             "models": [c.model_dump() for c in plan.changes], "verification": verification.model_dump()})
