@@ -64,7 +64,7 @@ class CertificateCheck:
 @dataclass(frozen=True)
 class ClaimedCheckpoint:
     """A certificate's checkpoint: the requester's copy gives no entry count (``size`` None, see
-    ``certificates._requester_labels``), and the check finds the count whose root it is."""
+    ``certificates._requester_shards``), and the check finds the count whose root it is."""
 
     origin: str
     size: int | None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,7 +175,7 @@ def render_certificate(cert: DeletionCertificate, pending_where: str = PENDING_W
     time reads, see :func:`day_only`; ``unchanged_models``: list the models the deletion left unchanged too, as
     versions before 2026-12-03 did: their names and current digests are none of the requester's business;
     ``history``: state what versions before 2026-12-04 stated of the workspace's history, see
-    :func:`_requester_order`)."""
+    :func:`_requester_shards`)."""
     on_time = "" if cert.on_time is None else f" (on time: {'yes' if cert.on_time else 'NO'})"
     lines = [f"DELETION CERTIFICATE -- request {cert.request_id}", "",
              f"Status:        {cert.status} ({cert.outcome.replace('_', ' ')})",
@@ -253,11 +252,6 @@ def _requester_shards(cert: DeletionCertificate, history: bool) -> Callable[[str
     shards.update({name: f"{where} (removed while this request was open)"
                    for name, where in cert.shards_removed_earlier.items() if name not in shards})
     return lambda name: shards.get(name, name)
-
-
-def retrained_stem(name: str) -> str:
-    """The name a component had before any retrain: ``digits-1.r2`` -> ``digits-1``."""
-    return re.sub(r"\.r\d+$", "", name)
 
 
 def _run_figure(added: AddedComponent, run_epsilon: str) -> str:

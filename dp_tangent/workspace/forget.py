@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import math
+import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from ..io import sha256_file
 from .audit_log import Artifact
 from .certificate_check import check_certificate
 from .certificates import (AddedComponent, ComponentRef, DeletionCertificate, DeletionResult, ModelChange, ModelState,
-                           Verification, certificate_writes, read_certificate, retrained_stem)
+                           Verification, certificate_writes, read_certificate)
 from .checkpoint import checkpoint_of, origin_of
 from . import gram_cache
 from .commit import Change, FileRemoval, FileWrite, apply
@@ -71,7 +72,7 @@ def _model_state(ws: Workspace, record: ModelRecord) -> ModelState:
 
 
 def _replacement_name(ws: Workspace, old: str, taken: set[str] = frozenset()) -> str:  # type: ignore[assignment]
-    stem = retrained_stem(old)
+    stem = re.sub(r"\.r\d+$", "", old)
     k = 1
     while ws.component_name_used(f"{stem}.r{k}") or f"{stem}.r{k}" in taken:
         k += 1
@@ -356,7 +357,7 @@ def _removed_while_open(ws: Workspace, request_id: str,
 
 def _shards_of(ws: Workspace, names: set[str]) -> dict[str, str]:
     """``source/shard`` of each named component, from the ledger's record of its training (the component itself
-    may be gone): how the requester's copy names a component (``certificates._requester_order``)."""
+    may be gone): how the requester's copy names a component (``certificates._requester_shards``)."""
     return {e.component: f"{e.data_source}/{e.shard}" for e in ws.ledger.events() if e.component in names}
 
 
