@@ -231,6 +231,22 @@ def test_files_the_folder_reader_would_skip_are_refused_not_dropped(tmp_path: Pa
         image_folder_records(tmp_path / "imgs", 16)
 
 
+
+def test_hidden_files_and_folders_hold_no_records(tmp_path: Path) -> None:
+    """Review 92: an image in a hidden folder of a class folder (a thumbnail cache) was a record, a second copy of
+    an image under another id that its owner's deletion would not find; a macOS ``._x.png`` blocked training as
+    "not an image". Both are left out, as the docs say of hidden files and folders."""
+    import shutil
+
+    ids = write_image_folder(tmp_path / "imgs", 4)
+    (tmp_path / "imgs" / "a" / ".thumbs").mkdir()
+    shutil.copy(tmp_path / "imgs" / ids[1], tmp_path / "imgs" / "a" / ".thumbs" / "0001.png")
+    (tmp_path / "imgs" / "a" / "._0001.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (tmp_path / "imgs" / ".cache" / "b").mkdir(parents=True)
+    shutil.copy(tmp_path / "imgs" / ids[0], tmp_path / "imgs" / ".cache" / "b" / "0000.png")
+    records = image_folder_records(tmp_path / "imgs", 16, classes=["a", "b"])
+    assert sorted(records.record_ids) == sorted(ids)
+
 def test_a_16_bit_image_keeps_its_values_and_a_32_bit_one_is_refused(tmp_path: Path) -> None:
     """Review 45: PIL's convert("RGB") clips 16-bit values at 255, so a 16-bit image trained as an almost white one."""
     from PIL import Image

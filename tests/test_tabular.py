@@ -104,11 +104,14 @@ def test_a_table_named_for_the_other_delimiter_is_said_to_be_so(tmp_path: Path) 
     text = (tmp_path / "wine.csv").read_text()
     (tmp_path / "wine.tsv").write_text(text)
     (tmp_path / "tabs.csv").write_text(text.replace(",", "\t"))
+    (tmp_path / "semicolons.csv").write_text(text.replace(",", ";"))  # review 92: a spreadsheet's export
     for name, says in (("wine.tsv", "read as tab-separated (.tsv), it has one column, 'wine_id,"),
-                       ("tabs.csv", "read as comma-separated (.csv), it has one column, 'wine_id\\t")):
+                       ("tabs.csv", "read as comma-separated (.csv), it has one column, 'wine_id\\t"),
+                       ("semicolons.csv", "read as comma-separated (.csv), it has one column, 'wine_id;")):
         with pytest.raises(DataError) as caught:
             load_data(DataSection.model_validate(_table(tmp_path / name, names)), ShardsSection())
         assert says in str(caught.value) and "the file looks" in str(caught.value), caught.value
+    assert "looks semicolon-separated: save it comma-separated" in str(caught.value)
     (tmp_path / "ok.tsv").write_text(text.replace(",", "\t"))
     assert len(load_data(DataSection.model_validate(_table(tmp_path / "ok.tsv", names)), ShardsSection())[0]) > 0
 

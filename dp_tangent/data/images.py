@@ -210,9 +210,8 @@ def _refuse_unread_files(root: Path) -> None:
     """No file the folder reader would pass over in silence: an image directly in ``root`` (not in a class folder),
     or a file in a class folder with an extension it does not read (``.gif``, ``.heic``, ``.JPG.txt``). The data
     owner counts those as training records; skipped, their owner's deletion request would find nothing and the
-    trained model would not be the data the owner believes. Hidden files (``.DS_Store``), files in hidden folders
-    and system litter are left alone (ImageFolder reads an image in a hidden folder of a class folder as a record,
-    like any other)."""
+    trained model would not be the data the owner believes. Hidden files (``.DS_Store``, ``._x.png``), files in
+    hidden folders and system litter are left alone, and are no records (:func:`_listed_folder`)."""
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
     loose, unread = [], []
@@ -239,13 +238,22 @@ def _refuse_unread_files(root: Path) -> None:
 
 def _listed_folder(datasets: ModuleType, classes: Sequence[str] | None) -> type:
     """torchvision's ``ImageFolder``, its classes ``classes`` in that order where given (a class without a folder
-    holds no image) instead of the folders present."""
+    holds no image) instead of the folders present, and then without hidden files and files in hidden folders,
+    which ImageFolder reads as images (a ``.thumbs/`` cache would hold a second copy of a record under another id,
+    which its owner's deletion would not find; a macOS ``._x.png`` is no image at all). Without ``classes`` (a
+    data source registered before they were required) it reads as it read then."""
     if classes is None:
         return datasets.ImageFolder
 
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
     class Listed(datasets.ImageFolder):  # type: ignore[name-defined,misc]
         def __init__(self, root: str) -> None:
-            super().__init__(root, allow_empty=True)
+            def is_record(path: str) -> bool:  # no hidden file, nor a file in a hidden folder (.thumbs/, ._x.png)
+                parts = Path(path).relative_to(root).parts
+                return path.lower().endswith(IMG_EXTENSIONS) and not any(p.startswith(".") for p in parts)
+
+            super().__init__(root, allow_empty=True, is_valid_file=is_record)
 
         def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
             return list(classes), {c: i for i, c in enumerate(classes)}

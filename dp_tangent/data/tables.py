@@ -60,16 +60,20 @@ def read_table(path: Path, columns: Sequence[str], optional: Sequence[str] = (),
 
 
 def _check_delimiter(path: Path, table: pa.Table, columns: Sequence[str]) -> None:
-    """A CSV read with its suffix's delimiter into one column whose name holds the other delimiter and columns
-    asked for is a file named for the other kind (a comma-separated .tsv, a tab-separated .csv): said so, rather than
-    a "missing" column listed among the columns found."""
+    """A CSV read with its suffix's delimiter into one column whose name holds another delimiter and columns
+    asked for is a file named for the other kind (a comma-separated .tsv, a tab-separated .csv) or written with
+    semicolons (as spreadsheets do where the comma is the decimal mark): said so, rather than a "missing" column
+    listed among the columns found."""
     tab = path.suffix.lower() == ".tsv"
-    other, name = ("," if tab else "\t"), (table.column_names or [""])[0]
-    if (len(table.column_names) == 1 and other in name and not any(c in table.column_names for c in columns)
-            and any(c in name.split(other) for c in columns)):
-        given, kind = ("tab-separated (.tsv)", "comma-separated: name it .csv") if tab else (
-            "comma-separated (.csv)", "tab-separated: name it .tsv")
-        raise DataError(f"{path}: read as {given}, it has one column, {name!r}; the file looks {kind}")
+    name = (table.column_names or [""])[0]
+    if len(table.column_names) != 1 or any(c in table.column_names for c in columns):
+        return
+    given = "tab-separated (.tsv)" if tab else "comma-separated (.csv)"
+    for other, kind in (("," if tab else "\t", "comma-separated: name it .csv" if tab else
+                         "tab-separated: name it .tsv"),
+                        (";", "semicolon-separated: save it comma-separated (.csv) or tab-separated (.tsv)")):
+        if other in name and any(c in name.split(other) for c in columns):
+            raise DataError(f"{path}: read as {given}, it has one column, {name!r}; the file looks {kind}")
 
 
 def select_columns(path: Path, table: pa.Table, columns: Sequence[str], optional: Sequence[str] = (),
