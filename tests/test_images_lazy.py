@@ -247,6 +247,41 @@ def test_hidden_files_and_folders_hold_no_records(tmp_path: Path) -> None:
     records = image_folder_records(tmp_path / "imgs", 16, classes=["a", "b"])
     assert sorted(records.record_ids) == sorted(ids)
 
+
+def test_a_folder_registered_when_hidden_images_were_records_reads_them_still(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 93: a source registered before hidden images were left out holds them as records; read without them,
+    it was "not the data it was registered with" and could neither be evaluated nor serve a deletion. A
+    registration without ``hidden_records`` reads them as before, and so does a recipe training on it again."""
+    import shutil
+
+    from dp_tangent.data.sources import parse_source
+
+    monkeypatch.chdir(tmp_path)
+    ids = write_image_folder(Path("imgs"), 24, size=16)
+    Path("imgs/a/.thumbs").mkdir()
+    shutil.copy(Path("imgs", ids[1]), "imgs/a/.thumbs/0001.png")
+    data = {"image_folder": {"root": "imgs", "classes": ["a", "b"], "image_size": 16}}
+    recipe = {"backbone": {"name": "test_efficientnet", "num_classes": 2}, "trainable": "head", "data": data,
+              "shards": {"count": 2}, "privacy": {"epsilon": 8, "delta": 1e-5},
+              "training": {"epochs": 1, "batch_size": 8}, "data_source": "imgs"}
+    stored = parse_source({"loader": "image_folder", "data": data["image_folder"]})
+    assert stored.data.hidden_records  # registered without the field: by an earlier version
+    old = {"image_folder": {**data["image_folder"], "hidden_records": True}}
+    write_recipe(Path("old.yaml"), {**recipe, "data": old})
+    write_recipe(Path("new.yaml"), recipe)
+    assert run_cli(capsys, "train", "--init", "old.yaml", "--name", "old", "-w", "ws", "--executor", "serial")[0] == 0
+    for command in (("evaluate", "old"), ("train", "new.yaml", "--name", "again", "--executor", "serial")):
+        code, out, err = run_cli(capsys, *command, "-w", "ws")
+        assert code == 0, (command, err)
+    code, out, err = run_cli(capsys, "forget", "a/.thumbs/0001.png", "--request-id", "q1", "--retrain", "-w", "ws")
+    assert code == 0 and "q1" in out, err
+    code, out, err = run_cli(capsys, "train", "--init", "new.yaml", "--name", "fresh", "-w", "ws2",
+                             "--executor", "serial")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "forget", "a/.thumbs/0001.png", "--request-id", "q2", "-w", "ws2")
+    assert code == 3, (out, err)  # a new registration: the hidden copy is no record
+
 def test_a_16_bit_image_keeps_its_values_and_a_32_bit_one_is_refused(tmp_path: Path) -> None:
     """Review 45: PIL's convert("RGB") clips 16-bit values at 255, so a 16-bit image trained as an almost white one."""
     from PIL import Image

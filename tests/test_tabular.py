@@ -111,7 +111,11 @@ def test_a_table_named_for_the_other_delimiter_is_said_to_be_so(tmp_path: Path) 
         with pytest.raises(DataError) as caught:
             load_data(DataSection.model_validate(_table(tmp_path / name, names)), ShardsSection())
         assert says in str(caught.value) and "the file looks" in str(caught.value), caught.value
-    assert "looks semicolon-separated: save it comma-separated" in str(caught.value)
+    assert "looks semicolon-separated: export it comma-separated" in str(caught.value)
+    (tmp_path / "commas.csv").write_text(text.replace(",", ";").replace(".", ","))  # and decimal commas (review 93)
+    with pytest.raises(DataError, match=r"cannot read the table \(CSV parse error: .*\); the file looks "
+                                        r"semicolon-separated: export it comma-separated \(\.csv\) or tab-separated"):
+        load_data(DataSection.model_validate(_table(tmp_path / "commas.csv", names)), ShardsSection())
     (tmp_path / "ok.tsv").write_text(text.replace(",", "\t"))
     assert len(load_data(DataSection.model_validate(_table(tmp_path / "ok.tsv", names)), ShardsSection())[0]) > 0
 

@@ -158,13 +158,15 @@ def check_images(paths: Sequence[Path]) -> None:
 
 
 def image_folder_records(root: Path, image_size: int, *, classes: Sequence[str] | None = None,
-                         verify: bool = True, decoded_before: Callable[[str], bool] | None = None) -> RecordSet:
+                         verify: bool = True, decoded_before: Callable[[str], bool] | None = None,
+                         hidden: bool = False) -> RecordSet:
     """``root/CLASS/FILE`` images (torchvision's ``ImageFolder`` layout and extensions), read lazily;
     a record's id is its path under ``root``, its label the index of its folder in ``classes`` (a listed class
     may have no folder; a folder not listed is refused). Without ``classes`` (a data source registered before
     they were required), the sorted folder names. Every file is decoded once here (see the module doc)
     unless ``verify`` is false (a reload whose file digests are checked against files verified before), except
-    the records whose ids ``decoded_before`` names (a registered source's, whose digests its registration checks)."""
+    the records whose ids ``decoded_before`` names (a registered source's, whose digests its registration checks).
+    ``hidden``: images in hidden folders and hidden files are records too, as before 2026-12-04."""
     from torchvision import datasets
 
     if not root.is_dir():
@@ -179,7 +181,7 @@ def image_folder_records(root: Path, image_size: int, *, classes: Sequence[str] 
     if verify:  # a reload reads what was registered; its digests say whether those files are unchanged
         _refuse_unread_files(root)
     try:
-        folder = _listed_folder(datasets, classes)(str(root))  # lists files and classes; decodes nothing
+        folder = _listed_folder(datasets, classes, hidden)(str(root))  # lists files and classes; decodes nothing
     except FileNotFoundError as err:  # no class folders, or no image files in them
         raise DataError(f"{root}: {str(err).rstrip('.')}; put images in {root}/CLASS/FILE") from None
     if not folder.samples:
@@ -236,12 +238,13 @@ def _refuse_unread_files(root: Path) -> None:
                         f"{'/'.join(e.lstrip('.') for e in IMG_EXTENSIONS[:4])} or move them out")
 
 
-def _listed_folder(datasets: ModuleType, classes: Sequence[str] | None) -> type:
+def _listed_folder(datasets: ModuleType, classes: Sequence[str] | None, hidden: bool = False) -> type:
     """torchvision's ``ImageFolder``, its classes ``classes`` in that order where given (a class without a folder
     holds no image) instead of the folders present, and then without hidden files and files in hidden folders,
     which ImageFolder reads as images (a ``.thumbs/`` cache would hold a second copy of a record under another id,
-    which its owner's deletion would not find; a macOS ``._x.png`` is no image at all). Without ``classes`` (a
-    data source registered before they were required) it reads as it read then."""
+    which its owner's deletion would not find; a macOS ``._x.png`` is no image at all), unless ``hidden`` (a data
+    source registered before 2026-12-04). Without ``classes`` (one registered before they were required) it reads
+    as it read then."""
     if classes is None:
         return datasets.ImageFolder
 
@@ -251,7 +254,7 @@ def _listed_folder(datasets: ModuleType, classes: Sequence[str] | None) -> type:
         def __init__(self, root: str) -> None:
             def is_record(path: str) -> bool:  # no hidden file, nor a file in a hidden folder (.thumbs/, ._x.png)
                 parts = Path(path).relative_to(root).parts
-                return path.lower().endswith(IMG_EXTENSIONS) and not any(p.startswith(".") for p in parts)
+                return path.lower().endswith(IMG_EXTENSIONS) and (hidden or not any(p.startswith(".") for p in parts))
 
             super().__init__(root, allow_empty=True, is_valid_file=is_record)
 

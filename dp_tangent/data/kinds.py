@@ -157,8 +157,18 @@ class ImageFolderData(_Kind):
     root: str
     image_size: PositiveInt = 224
     classes: list[str] | None = Field(default=None, min_length=2)
+    #: Images in hidden folders of the class folders (``a/.thumbs/x.png``) and hidden image files are records, as a
+    #: source registered before 2026-12-04 read them (a registration without the field): its manifests hold them.
+    hidden_records: bool = False
     _verify: bool = PrivateAttr(default=True)
     _decoded_before: Callable[[str], bool] | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _registered_with_hidden(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, dict) and _stored(info) and "hidden_records" not in data:
+            return {**data, "hidden_records": True}
+        return data
 
     @model_validator(mode="after")
     def _listed_classes(self, info: ValidationInfo) -> "ImageFolderData":
@@ -174,7 +184,7 @@ class ImageFolderData(_Kind):
         from .images import image_folder_records
 
         return image_folder_records(Path(self.root), self.image_size, classes=self.classes, verify=self._verify,
-                                    decoded_before=self._decoded_before)
+                                    decoded_before=self._decoded_before, hidden=self.hidden_records)
 
     def decoding_new(self, decoded_before: Callable[[str], bool]) -> "ImageFolderData":
         """The same folder, listed and checked as for training, but only the records ``decoded_before`` does not

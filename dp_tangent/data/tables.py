@@ -53,10 +53,26 @@ def read_table(path: Path, columns: Sequence[str], optional: Sequence[str] = (),
             text = pacsv.ConvertOptions(column_types={c: pa.string() for c in as_text})
             table = pacsv.read_csv(path, parse_options=options, convert_options=text)
     except (pa.ArrowException, OSError) as err:
-        raise DataError(f"{path}: cannot read the table ({(str(err).strip().splitlines() or [''])[0]})") from None
+        semicolons = kind == "csv" and _semicolon_header(path)
+        raise DataError(f"{path}: cannot read the table ({(str(err).strip().splitlines() or [''])[0]})"
+                        + (f"; the file looks {_SEMICOLONS}" if semicolons else "")) from None
     if kind == "csv":
         _check_delimiter(path, table, [*columns, *optional])
     return select_columns(path, table, columns, optional)
+
+
+#: What a semicolon-separated file (a spreadsheet's export where the comma is the decimal mark) is told.
+_SEMICOLONS = "semicolon-separated: export it comma-separated (.csv) or tab-separated (.tsv), with decimal points"
+
+
+def _semicolon_header(path: Path) -> bool:
+    """Whether the file's first line has semicolons and no comma or tab (read as a .csv, one column)."""
+    try:
+        with path.open("rb") as file:
+            first = file.readline(1 << 16)
+    except OSError:
+        return False
+    return b";" in first and b"," not in first and b"\t" not in first
 
 
 def _check_delimiter(path: Path, table: pa.Table, columns: Sequence[str]) -> None:
@@ -70,8 +86,7 @@ def _check_delimiter(path: Path, table: pa.Table, columns: Sequence[str]) -> Non
         return
     given = "tab-separated (.tsv)" if tab else "comma-separated (.csv)"
     for other, kind in (("," if tab else "\t", "comma-separated: name it .csv" if tab else
-                         "tab-separated: name it .tsv"),
-                        (";", "semicolon-separated: save it comma-separated (.csv) or tab-separated (.tsv)")):
+                         "tab-separated: name it .tsv"), (";", _SEMICOLONS)):
         if other in name and any(c in name.split(other) for c in columns):
             raise DataError(f"{path}: read as {given}, it has one column, {name!r}; the file looks {kind}")
 

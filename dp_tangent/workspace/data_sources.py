@@ -328,12 +328,16 @@ def _split_only(key: str, was: dict[str, Any], now: dict[str, Any]) -> bool:
 def read_as_registered(ws: Workspace, name: str, data: DataSection) -> DataSection:
     """``data`` (of data source ``name``), read as the workspace registered it: its record ids typed where the
     workspace holds them so (:func:`_typed_where_held`), and, for a source registered already, unchecked for the
-    forms a new registration refuses (an earlier version registered them: its records are read as they were)."""
+    forms a new registration refuses (an earlier version registered them: its records are read as they were), and
+    an image folder's hidden images records where it was registered so (``hidden_records``)."""
     registry = _read(ws)
     data = _typed_where_held(ws, registry, name, data)
     kind = data.source
     if name in registry.sources and hasattr(kind, "as_registered"):
         data = data.model_copy(update={data.kind: kind.as_registered()})
+    if name in registry.sources and hasattr(kind, "hidden_records") and not kind.hidden_records and getattr(
+            getattr(parse_source(registry.sources[name]), "data", None), "hidden_records", False):
+        data = data.model_copy(update={data.kind: kind.model_copy(update={"hidden_records": True})})
     return data
 
 
