@@ -335,9 +335,9 @@ def read_as_registered(ws: Workspace, name: str, data: DataSection) -> DataSecti
     kind = data.source
     if name in registry.sources and hasattr(kind, "as_registered"):
         data = data.model_copy(update={data.kind: kind.as_registered()})
-    if name in registry.sources and hasattr(kind, "hidden_records") and not kind.hidden_records and getattr(
+    if name in registry.sources and getattr(kind, "hidden_records", True) is False and getattr(
             getattr(parse_source(registry.sources[name]), "data", None), "hidden_records", False):
-        data = data.model_copy(update={data.kind: kind.model_copy(update={"hidden_records": True})})
+        data = data.model_copy(update={data.kind: data.source.model_copy(update={"hidden_records": True})})
     return data
 
 
