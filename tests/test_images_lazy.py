@@ -246,6 +246,9 @@ def test_hidden_files_and_folders_hold_no_records(tmp_path: Path) -> None:
     shutil.copy(tmp_path / "imgs" / ids[0], tmp_path / "imgs" / ".cache" / "b" / "0000.png")
     records = image_folder_records(tmp_path / "imgs", 16, classes=["a", "b"])
     assert sorted(records.record_ids) == sorted(ids)
+    (tmp_path / "imgs" / ".cache" / "b").rename(tmp_path / "imgs" / ".c")  # review 94: a listed class is read
+    records = image_folder_records(tmp_path / "imgs", 16, classes=["a", "b", ".c"])
+    assert sorted(records.record_ids) == sorted([*ids, ".c/0000.png"])
 
 
 def test_a_folder_registered_when_hidden_images_were_records_reads_them_still(
@@ -274,6 +277,10 @@ def test_a_folder_registered_when_hidden_images_were_records_reads_them_still(
     for command in (("evaluate", "old"), ("train", "new.yaml", "--name", "again", "--executor", "serial")):
         code, out, err = run_cli(capsys, *command, "-w", "ws")
         assert code == 0, (command, err)
+    write_recipe(Path("false.yaml"), {**recipe, "data": {"image_folder": {**data["image_folder"],
+                                                                          "hidden_records": False}}})
+    code, out, err = run_cli(capsys, "train", "false.yaml", "--name", "other", "-w", "ws", "--executor", "serial")
+    assert code == 2 and "hidden_records" in err and len(err.strip().splitlines()) == 1, err  # review 94: not ignored
     code, out, err = run_cli(capsys, "forget", "a/.thumbs/0001.png", "--request-id", "q1", "--retrain", "-w", "ws")
     assert code == 0 and "q1" in out, err
     code, out, err = run_cli(capsys, "train", "--init", "new.yaml", "--name", "fresh", "-w", "ws2",

@@ -253,8 +253,8 @@ def _listed_folder(datasets: ModuleType, classes: Sequence[str] | None, hidden: 
     class Listed(datasets.ImageFolder):  # type: ignore[name-defined,misc]
         def __init__(self, root: str) -> None:
             def is_record(path: str) -> bool:  # no hidden file, nor a file in a hidden folder (.thumbs/, ._x.png)
-                parts = Path(path).relative_to(root).parts
-                return path.lower().endswith(IMG_EXTENSIONS) and (hidden or not any(p.startswith(".") for p in parts))
+                below = Path(path).relative_to(root).parts[1:]  # under its class folder, which classes lists
+                return path.lower().endswith(IMG_EXTENSIONS) and (hidden or not any(p.startswith(".") for p in below))
 
             super().__init__(root, allow_empty=True, is_valid_file=is_record)
 

@@ -159,7 +159,8 @@ class ImageFolderData(_Kind):
     classes: list[str] | None = Field(default=None, min_length=2)
     #: Images in hidden folders of the class folders (``a/.thumbs/x.png``) and hidden image files are records, as a
     #: source registered before 2026-12-04 read them (a registration without the field): its manifests hold them.
-    hidden_records: bool = False
+    #: None: not said (no such records; a recipe training on an earlier registration reads as it was registered).
+    hidden_records: bool | None = None
     _verify: bool = PrivateAttr(default=True)
     _decoded_before: Callable[[str], bool] | None = PrivateAttr(default=None)
 
@@ -184,7 +185,7 @@ class ImageFolderData(_Kind):
         from .images import image_folder_records
 
         return image_folder_records(Path(self.root), self.image_size, classes=self.classes, verify=self._verify,
-                                    decoded_before=self._decoded_before, hidden=self.hidden_records)
+                                    decoded_before=self._decoded_before, hidden=bool(self.hidden_records))
 
     def decoding_new(self, decoded_before: Callable[[str], bool]) -> "ImageFolderData":
         """The same folder, listed and checked as for training, but only the records ``decoded_before`` does not

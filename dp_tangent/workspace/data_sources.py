@@ -329,15 +329,17 @@ def read_as_registered(ws: Workspace, name: str, data: DataSection) -> DataSecti
     """``data`` (of data source ``name``), read as the workspace registered it: its record ids typed where the
     workspace holds them so (:func:`_typed_where_held`), and, for a source registered already, unchecked for the
     forms a new registration refuses (an earlier version registered them: its records are read as they were), and
-    an image folder's hidden images records where it was registered so (``hidden_records``)."""
+    an image folder's hidden images records as registered where the recipe does not say (``hidden_records``: not
+    said, or false, reads as the registration; false where the registration holds them is refused as other data)."""
     registry = _read(ws)
     data = _typed_where_held(ws, registry, name, data)
     kind = data.source
     if name in registry.sources and hasattr(kind, "as_registered"):
         data = data.model_copy(update={data.kind: kind.as_registered()})
-    if name in registry.sources and getattr(kind, "hidden_records", True) is False and getattr(
-            getattr(parse_source(registry.sources[name]), "data", None), "hidden_records", False):
-        data = data.model_copy(update={data.kind: data.source.model_copy(update={"hidden_records": True})})
+    if name in registry.sources and hasattr(kind, "hidden_records"):
+        held = getattr(getattr(parse_source(registry.sources[name]), "data", None), "hidden_records", None)
+        if (kind.hidden_records is None and held) or (not kind.hidden_records and not held):
+            data = data.model_copy(update={data.kind: data.source.model_copy(update={"hidden_records": held})})
     return data
 
 
