@@ -784,6 +784,8 @@ def test_a_report_file_s_suffix_names_its_format(ws: Path, capsys: pytest.Captur
     assert Path("r.txt").read_text().startswith("# ")
     _refused(capsys, "report", "-f", "md", "-o", "r2.html", "-w", "ws", says="--format md but r2.html is named as html")
     assert not Path("r2.html").exists()
+    code, out, err = run_cli(capsys, "report", "-o", "-", "-f", "json", "-w", "ws")  # review 93: `-` is stdout
+    assert code == 0 and json.loads(out) and not Path("-").exists(), err
 
 def test_budget_show_warns_when_the_ledger_is_not_what_the_log_vouches_for(ws: Path,
                                                                           capsys: pytest.CaptureFixture[str]) -> None:
@@ -821,6 +823,9 @@ def test_an_interrupted_forget_names_its_request_and_how_it_stands(ws: Path, cap
     # review 46: the open request's text copy said its record was "not found in any component" (nobody had looked)
     text = Path(f"ws/certificates/{again[again.index('--request-id') + 1]}.txt").read_text()
     assert "not searched yet (the request is open)" in text and "not found in any component" not in text, text
+    # review 93: "Removed: none" read as if a deletion had happened
+    assert "trained on\n  not yet (the request is open)\nAdded (retrained without the records):\n  not yet (the " \
+        "request is open)\n" in text and "\n  none\n" not in text, text
     code, out, err = run_cli(capsys, *again[1:])  # the command it printed finishes that very request
     assert code == 0 and "OPEN" not in run_cli(capsys, "requests", "list", "-w", "ws")[1], err
     real = serving.forget

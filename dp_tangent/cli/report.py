@@ -24,7 +24,8 @@ def report(
     workspace: WorkspaceOption = DEFAULT_WORKSPACE,
     format: Annotated[Optional[str], typer.Option(
         "--format", "-f", help="md, json or html (default: from the --output file's suffix, else md).")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Write here instead of stdout (`-`: stdout).")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(
         help="A checkpoint kept outside the workspace (from `audit checkpoint`): the report says whether the log "
              "extends it (default: the latest one sealed into a deletion certificate).")] = None,
@@ -38,6 +39,7 @@ def report(
     from ..workspace.checkpoint import CheckpointError
     from ..workspace.report_context import load_checkpoint, privacy_report
 
+    output = None if output == Path("-") else output
     format = _format(format, output)
     if verifier_key is not None and checkpoint is None:
         raise CheckpointError("--verifier-key checks a --checkpoint; give both")

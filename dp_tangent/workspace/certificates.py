@@ -200,13 +200,14 @@ def render_certificate(cert: DeletionCertificate, pending_where: str = PENDING_W
                   f"ledger {a.ledger_reservation}) sha256 {a.sha256}" for a in cert.components_added] or ["  none"]
     else:
         held = {name for names in cert.found_in.values() for name in names}
+        nothing = ["  not yet (the request is open)"] if cert.status == "open" else ["  none"]
         lines += ["", "Removed: the components that held the records, trained on"]
         lines += [f"  {shard}" for shard in sorted({shard_of(r.name) for r in cert.components_removed
-                                                     if r.name in held})] or ["  none"]
+                                                     if r.name in held})] or nothing
         lines += ["Added (retrained without the records):"]
         lines += [f"  {a.data_source}/{a.shard} ({_run_figure(a, run_epsilon)}, ledger {a.ledger_reservation}) "
                   f"sha256 {a.sha256}" for a in sorted(cert.components_added, key=lambda a: (
-                      a.data_source, a.shard, a.sha256))] or ["  none"]
+                      a.data_source, a.shard, a.sha256))] or nothing
     models = [m for m in cert.models if unchanged_models or m.action != "unchanged"]
     lines += ["", "Models (sha256 of the composed deltas, before -> after):" if unchanged_models else
               "Models rebuilt or withdrawn (sha256 of the composed deltas, before -> after):" if history else
@@ -216,7 +217,7 @@ def render_certificate(cert: DeletionCertificate, pending_where: str = PENDING_W
         lines.append(f"  {m.name}: {m.action}; {m.before.deltas_sha256} -> {after}" if history else
                      f"  {m.name}: {m.action}" + (f"; {after}" if m.after else ""))
     if not models:
-        lines.append("  none")
+        lines.append("  not yet (the request is open)" if cert.status == "open" and not history else "  none")
     if cert.verification:
         statement = cert.verification.statement
         if not history:  # how many components remain changes when others' deletions withdraw one
