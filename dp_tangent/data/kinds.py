@@ -45,6 +45,14 @@ def _stored(info: ValidationInfo) -> bool:
     return bool(info.context and info.context.get("stored"))
 
 
+def _as_before(data: Any, info: ValidationInfo, field: str) -> Any:
+    """A registration stored without ``field`` (by a version before the field existed) with ``field`` true: read as
+    that version read it."""
+    if isinstance(data, dict) and _stored(info) and field not in data:
+        return {**data, field: True}
+    return data
+
+
 class _RowIds(_Strict):
     """A CSV's record ids (and labels named by ``classes``) are read as written; ``record_ids_typed`` reads them as
     pyarrow types them (``00017`` as 17), as a source registered before 2026-12-02 did: its tombstones and
@@ -91,9 +99,7 @@ class _RowIds(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _registered_typed(cls, data: Any, info: ValidationInfo) -> Any:
-        if isinstance(data, dict) and _stored(info) and "record_ids_typed" not in data:
-            return {**data, "record_ids_typed": True}
-        return data
+        return _as_before(data, info, "record_ids_typed")
 
 
 _POSITIONAL_IDS = ("record ids by row position would renumber every later row when one is removed, moving "
@@ -167,9 +173,7 @@ class ImageFolderData(_Kind):
     @model_validator(mode="before")
     @classmethod
     def _registered_with_hidden(cls, data: Any, info: ValidationInfo) -> Any:
-        if isinstance(data, dict) and _stored(info) and "hidden_records" not in data:
-            return {**data, "hidden_records": True}
-        return data
+        return _as_before(data, info, "hidden_records")
 
     @model_validator(mode="after")
     def _listed_classes(self, info: ValidationInfo) -> "ImageFolderData":
