@@ -496,7 +496,7 @@ def test_a_deletion_tombstoned_before_canonical_spellings_were_kept_gains_them(
         rows.write("42,0,0,0,0,1,1,a\n")
     _refused(capsys, "train", "a.yaml", "--name", "a2", "-w", "ws", "--executor", "serial",
              says="record id '42' is another spelling of a record id removed by a deletion request (if it is that "
-                  "record, take its row out of the data")
+                  "record, take it out of the data: its row of a table, its file of a folder")
 
 
 def test_a_registry_written_before_canonical_spellings_were_kept_gains_them_at_its_next_registration(

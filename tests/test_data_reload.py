@@ -208,3 +208,6 @@ def test_train_prints_accuracy_without_the_test_records_a_deletion_removed(
                                    r"[\d.]+%\)\n", out), err
     code, out, err = run_cli(capsys, "evaluate", "again", "-w", "ws")
     assert code == 0 and "on 11 records (npz; always the most common label would score" in out, err
+    code, out, err = run_cli(capsys, "data", "list", "-w", "ws")  # review 92: counted the deleted test records
+    rows = next(line for line in out.splitlines() if line.startswith("│ rows "))
+    assert code == 0 and [cell.strip() for cell in rows.split("│")[3:5]] == ["62", "11"], out

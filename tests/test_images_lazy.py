@@ -289,6 +289,7 @@ def test_a_folder_registered_when_hidden_images_were_records_reads_them_still(
     code, out, err = run_cli(capsys, "forget", "a/.thumbs/0001.png", "--request-id", "q2", "-w", "ws2")
     assert code == 3, (out, err)  # a new registration: the hidden copy is no record
 
+
 def test_a_16_bit_image_keeps_its_values_and_a_32_bit_one_is_refused(tmp_path: Path) -> None:
     """Review 45: PIL's convert("RGB") clips 16-bit values at 255, so a 16-bit image trained as an almost white one."""
     from PIL import Image
@@ -303,6 +304,10 @@ def test_a_16_bit_image_keeps_its_values_and_a_32_bit_one_is_refused(tmp_path: P
     Image.fromarray(np.full((8, 8), 70000, np.int32)).save(tmp_path / "i32.tif")
     with pytest.raises(DataError, match="i32.tif: a 32-bit integer image with values outside 0..65535"):
         images._decode(tmp_path / "i32.tif", grayscale=False)
+    Image.fromarray(np.full((8, 8), 200.0, np.float32)).save(tmp_path / "f32.tif")  # review 92: said outside 0..65535
+    with pytest.raises(DataError, match=r"f32.tif: a 32-bit float image, whose values have no fixed scale"):
+        images._decode(tmp_path / "f32.tif", grayscale=False)
+    assert "no fixed scale" in str(images._readable(tmp_path / "f32.tif"))
     # review 47: PIL opens a 16-bit PGM as a 32-bit integer image ("I"); its values fit 16 bits: read as 16-bit
     header = b"P5 8 8 65535\n"
     (tmp_path / "g16.pgm").write_bytes(header + pixels.astype(">u2").tobytes())

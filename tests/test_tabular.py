@@ -83,8 +83,12 @@ def test_missing_values_and_repeated_ids_name_the_record(tmp_path: Path) -> None
     first = text[5].split(",")
     (tmp_path / "gap.csv").write_text("\n".join([*text[:5], ",".join([first[0], "", *first[2:]]), *text[6:]]) + "\n")
     (tmp_path / "twice.csv").write_text("\n".join([*text, text[1]]) + "\n")
+    rows = [line.split(",") for line in text[1:]]  # review 92: a column without one value read "null, not numeric"
+    (tmp_path / "empty.csv").write_text("\n".join([text[0], *(",".join([r[0], "", *r[2:]]) for r in rows)]) + "\n")
     for name, message in (("gap.csv", "'alcohol' has 1 missing or non-finite value(s) (first: record 'wine-004')"),
-                          ("twice.csv", "record id 'wine-000' appears more than once")):
+                          ("twice.csv", "record id 'wine-000' appears more than once"),
+                          ("empty.csv", "feature column 'alcohol' is empty (no record has a value); fill it, or "
+                                        "leave it out of the features")):
         with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
             load_data(DataSection.model_validate(_table(tmp_path / name, names)), ShardsSection())
     # review 45: a header naming a used column twice was a KeyError traceback

@@ -16,24 +16,28 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("list")
 def data_list(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
-    """Each registered data source: how it is read, from where, and how many records were registered."""
+    """Each registered data source: how it is read, from where, and how many of its registered records it holds now
+    (records a deletion request removed are not counted), its test split's among them."""
     from rich.console import Console
     from rich.table import Table
 
     from ..workspace.data_sources import PUBLIC_TABLE, registry
+    from ..workspace.tombstones import Tombstones
 
     ws = open_workspace(workspace, finish=False)
     sources = registry(ws)
     if not sources.sources:
         typer.echo(f"no data source is registered in {ws.root} (`dp-tangent train` registers a recipe's data)")
         return
-    table = Table("data source", "read as", "records registered", "test records")
+    deleted = set(Tombstones(ws.root).read())
+    table = Table("data source", "read as", "records", "of them test")
     table.add_column("from", overflow="fold")  # a path: folded, never cut
     for name, entry in sorted(sources.sources.items()):
         data = entry.get("data", {}) if isinstance(entry.get("data"), dict) else {}
         content = sources.content.get(name)
-        table.add_row(name, str(entry.get("loader")), "-" if content is None else str(content.records),
-                      "-" if content is None else str(len(content.test)),
+        # a deletion takes a record's digest out of ``tags``; a test split's list keeps its commitment (tombstoned)
+        table.add_row(name, str(entry.get("loader")), "-" if content is None else str(len(content.tags)),
+                      "-" if content is None else str(len(set(content.test) - deleted)),
                       str(data.get("path") or data.get("root") or "(embedded)")
                       + (f"\npublic table: {data[PUBLIC_TABLE]}" if data.get(PUBLIC_TABLE) else ""))
     Console().print(table)

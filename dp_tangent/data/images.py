@@ -79,9 +79,12 @@ def _sixteen_bits(path: str | Path, image) -> bool:  # noqa: ANN001 -- a PIL ima
         return True
     if image.mode == "I" and _within_16_bits(image):  # how PIL opens a 16-bit PGM (or, older, PNG)
         return True
-    if image.mode in ("I", "F"):
-        raise DataError(f"{path}: a 32-bit {'integer' if image.mode == 'I' else 'float'} image with values "
-                        "outside 0..65535, which no fixed scaling fits; convert it to an 8- or 16-bit image")
+    if image.mode == "I":
+        raise DataError(f"{path}: a 32-bit integer image with values outside 0..65535, which no fixed scaling fits; "
+                        "convert it to an 8- or 16-bit image")
+    if image.mode == "F":  # 0..1 and 0..255 are both common: reading either as the other would be silently wrong
+        raise DataError(f"{path}: a 32-bit float image, whose values have no fixed scale (0..1? 0..255?); convert it "
+                        "to an 8- or 16-bit image")
     return False
 
 

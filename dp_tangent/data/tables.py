@@ -115,6 +115,9 @@ def feature_matrix(path: Path, table: pa.Table, features: Sequence[str], ids: Se
     columns = []
     for name in features:
         column = table.column(name)
+        if pa.types.is_null(column.type):  # how pyarrow types a column without one value
+            raise DataError(f"{path}: feature column {name!r} is empty (no record has a value); fill it, or leave it "
+                            "out of the features")
         if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
                 or pa.types.is_boolean(column.type) or pa.types.is_decimal(column.type)):
             raise DataError(f"{path}: feature column {name!r} is {column.type}, not numeric; encode it as numbers "

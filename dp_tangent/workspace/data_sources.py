@@ -274,8 +274,8 @@ def _respelled(name: str, record_id: str, other: tuple[str | None, str], *, held
                   f"--request-id NEW_ID{again} -- {shlex.quote(record_id)}`), as ids that differ only in spelling are "
                   "one record here, even where the request meant another")
     elif where == _REMOVED:
-        advice = (" (if it is that record, take its row out of the data; if it is another record, give it an id of "
-                  "its own, e.g. a prefix)")
+        advice = (" (if it is that record, take it out of the data: its row of a table, its file of a folder; if it "
+                  "is another record, give it an id of its own, e.g. a prefix or another file name)")
     else:
         advice = (" (the same table exported again reads 00005 as 5, or 5 as 5.0): train the data as it was "
                   "registered, with its ids written as they were; if these are other records, give them ids of their "
