@@ -120,7 +120,8 @@ def test_a_registered_folder_decodes_only_its_new_images_and_a_changed_one_is_re
         "privacy": {"epsilon": 8, "delta": 1e-5}, "training": {"epochs": 1, "batch_size": 2}, "data_source": "imgs"})
     decoded: list[str] = []
     readable = images._readable
-    monkeypatch.setattr(images, "_readable", lambda path: decoded.append(Path(path).name) or readable(path))
+    monkeypatch.setattr(images, "_readable",
+                        lambda path, **how: decoded.append(Path(path).name) or readable(path, **how))
     assert run_cli(capsys, "train", "--init", str(recipe), "-w", "ws", "--executor", "serial")[0] == 0
     assert len(decoded) == 12
     decoded.clear()
@@ -312,3 +313,95 @@ def test_a_16_bit_image_keeps_its_values_and_a_32_bit_one_is_refused(tmp_path: P
     header = b"P5 8 8 65535\n"
     (tmp_path / "g16.pgm").write_bytes(header + pixels.astype(">u2").tobytes())
     assert torch.allclose(images._decode(tmp_path / "g16.pgm", grayscale=False), decoded)
+
+
+def _photo(path: Path, pixels: np.ndarray, orientation: int | None = None, **save: object) -> None:
+    """``pixels`` saved to ``path``, with an EXIF orientation tag where given (as a phone stores a turned photo)."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation  # Orientation
+    Image.fromarray(pixels).save(path, exif=exif, **save)
+
+
+def test_decoder_2_turns_a_photo_as_its_exif_says_and_decoder_1_reads_it_as_stored(tmp_path: Path) -> None:
+    """Review 92: a phone's portrait photo, stored sideways with orientation 6 (turn 90 degrees clockwise to view),
+    trained as stored. Decoder 2 reads it as a viewer shows it; decoder 1 (sources registered before) as stored."""
+    pixels = np.zeros((20, 30, 3), np.uint8)
+    pixels[:, :10] = (250, 0, 0)  # the left third red: on top once turned clockwise... viewed, the top third is red
+    _photo(tmp_path / "turned.png", pixels, orientation=6)
+    _photo(tmp_path / "viewed.png", np.ascontiguousarray(np.rot90(pixels, k=-1)))  # turned 90 degrees clockwise
+    _photo(tmp_path / "stored.png", pixels)
+    as_viewed = images.load_image(tmp_path / "turned.png", 16, grayscale=False, decoder=2)
+    assert torch.equal(as_viewed, images.load_image(tmp_path / "viewed.png", 16, grayscale=False, decoder=2))
+    assert torch.equal(images.load_image(tmp_path / "turned.png", 16, grayscale=False, decoder=1),
+                       images.load_image(tmp_path / "stored.png", 16, grayscale=False, decoder=1))
+    assert as_viewed[0, :4].mean() > as_viewed[0, -4:].mean() + 1  # red on top
+    assert images._readable(tmp_path / "turned.png", decoder=2, size=16) is None
+
+
+@pytest.mark.parametrize("form", ["png", "jpeg"])
+def test_decoder_2_reads_a_large_image_reduced_first_and_close_to_whole(tmp_path: Path, form: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A photo many times the model's input size is decoded reduced (JPEG's DCT scaling, then a box average), each
+    side kept at least twice the input; the input it gives differs from the whole decode by little."""
+    from PIL import Image
+
+    y, x = np.mgrid[0:600, 0:900]
+    waves = 128 + 100 * np.sin(2 * np.pi * x / 300) * np.cos(2 * np.pi * y / 200)
+    pixels = np.stack([x * 255 / 899, y * 255 / 599, waves], axis=-1).round().astype(np.uint8)
+    path = tmp_path / f"big.{form}"
+    _photo(path, pixels, **({"quality": 95} if form == "jpeg" else {}))
+    sizes = []
+    reduce = Image.Image.reduce
+    monkeypatch.setattr(Image.Image, "reduce", lambda self, factor, box=None: (
+        sizes.append((self.size, factor)), reduce(self, factor, box))[1])
+    reduced = images.load_image(path, 32, grayscale=False, decoder=2)
+    whole = images.load_image(path, 32, grayscale=False, decoder=1)
+    # png: 900x600 box-averaged by (14, 9) to 64x66 (a centred 896x594); jpeg: decoded at 1/8 (113x75), not reduced
+    assert sizes == ([((900, 600), (14, 9))] if form == "png" else [])
+    assert reduced.shape == whole.shape == (3, 32, 32)
+    assert (reduced - whole).abs().mean() < 0.03 and (reduced - whole).abs().max() < 0.2  # normalised units: 1/4.4
+    assert images._readable(path, decoder=2, size=32) is None
+
+
+def test_a_folder_registered_before_decoder_2_reads_as_stored_and_a_recipe_may_not_change_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registration without ``decoder`` (an earlier version's) reads its files as stored, and so does a recipe
+    that does not say, and predict on its model; a recipe saying 2 there is refused in one line (its models were
+    trained on the pixels decoder 1 gives). A new registration takes decoder 2."""
+    from dp_tangent.data.sources import parse_source
+    from dp_tangent.workspace import Workspace
+    from dp_tangent.workspace.data_sources import source_of
+
+    monkeypatch.chdir(tmp_path)
+    write_image_folder(Path("imgs"), 24, size=16)
+    _photo(Path("turned.png"), np.tile(np.arange(30, dtype=np.uint8)[None, :, None] * 8, (20, 1, 3)), orientation=6)
+    data = {"image_folder": {"root": "imgs", "classes": ["a", "b"], "image_size": 16}}
+    recipe = {"backbone": {"name": "test_efficientnet", "num_classes": 2}, "trainable": "head", "data": data,
+              "shards": {"count": 2}, "privacy": {"epsilon": 8, "delta": 1e-5},
+              "training": {"epochs": 1, "batch_size": 8}, "data_source": "imgs"}
+    assert parse_source({"loader": "image_folder", "data": data["image_folder"]}).data.decoder == 1
+    write_recipe(Path("old.yaml"), {**recipe, "data": {"image_folder": {**data["image_folder"], "decoder": 1}}})
+    write_recipe(Path("new.yaml"), recipe)
+    write_recipe(Path("two.yaml"), {**recipe, "data": {"image_folder": {**data["image_folder"], "decoder": 2}}})
+    code, out, err = run_cli(capsys, "train", "--init", "old.yaml", "--name", "old", "-w", "ws", "--executor", "serial")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "train", "new.yaml", "--name", "again", "-w", "ws", "--executor", "serial")
+    assert code == 0, err
+    assert source_of(Workspace.open("ws"), "imgs").data.decoder == 1
+    code, out, err = run_cli(capsys, "train", "two.yaml", "--name", "other", "-w", "ws", "--executor", "serial")
+    assert code == 2 and "data.decoder" in err and len(err.strip().splitlines()) == 1, err
+    def read(decoder: int) -> torch.Tensor:
+        return images.load_image(Path("turned.png"), 16, grayscale=False, decoder=decoder)
+
+    assert torch.equal(source_of(Workspace.open("ws"), "imgs").inputs_from_file(Path("turned.png"))[0][0], read(1))
+    code, out, err = run_cli(capsys, "train", "--init", "new.yaml", "--name", "fresh", "-w", "ws2",
+                             "--executor", "serial")
+    assert code == 0, err
+    fresh = source_of(Workspace.open("ws2"), "imgs")
+    assert fresh.data.decoder == 2 and torch.equal(fresh.inputs_from_file(Path("turned.png"))[0][0], read(2))
+    assert not torch.equal(read(1), read(2))
+    assert not torch.equal(images.load_image(Path("turned.png"), 16, grayscale=False, decoder=1),
+                           images.load_image(Path("turned.png"), 16, grayscale=False, decoder=2))

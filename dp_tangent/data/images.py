@@ -10,6 +10,7 @@ files only when new: the registration checks the others' digests).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Callable, Sequence
@@ -58,18 +59,45 @@ def normalise(images: torch.Tensor, size: int) -> torch.Tensor:
     return ((images - mean) / std).contiguous()
 
 
-def _decode(path: str | Path, grayscale: bool) -> torch.Tensor:
-    """One image file as (C, H, W) in [0, 1]; a file PIL cannot decode is a one-line error naming it."""
+def _decode(path: str | Path, grayscale: bool, decoder: int = 1, size: int | None = None) -> torch.Tensor:
+    """One image file as (C, H, W) in [0, 1], read as ``decoder`` says for a model input of ``size`` pixels a side
+    (None: no reduction); a file PIL cannot decode is a one-line error naming it."""
     from PIL import Image
     from torchvision.transforms.functional import to_tensor
 
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as opened:
+            image = _as_viewed(opened, size) if decoder == 2 else opened
             if _sixteen_bits(path, image):
                 return _sixteen_bit(image, grayscale)
-            return to_tensor(image.convert("L" if grayscale else "RGB"))
+            image = image.convert("L" if grayscale else "RGB")
+            return to_tensor(_reduced(image, size) if decoder == 2 else image)
     except _unreadable_errors() as err:
         raise _unreadable_image(path, err) from None
+
+
+def _as_viewed(image, size: int | None):  # noqa: ANN001, ANN202 -- PIL images
+    """Decoder 2's pixels before conversion: a JPEG decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps
+    both sides at least ``2 * size``, then turned as its EXIF orientation says."""
+    from PIL import ImageOps
+
+    if size is not None:
+        image.draft(None, (2 * size, 2 * size))  # JPEG only; other formats ignore it
+    ImageOps.exif_transpose(image, in_place=True)  # loads the pixels, turned or not
+    return image
+
+
+def _reduced(image, size: int | None):  # noqa: ANN001, ANN202 -- PIL images
+    """An 8-bit image box-averaged by whole factors per side, each side kept at least ``2 * size`` (16-bit images,
+    rare and small, are not reduced). The boxes tile a centred crop (fewer than a factor's pixels off each side):
+    a last partial box would stretch the image by up to a reduced pixel."""
+    if size is None:
+        return image
+    (w, h), (fx, fy) = image.size, (max(1, image.width // (2 * size)), max(1, image.height // (2 * size)))
+    if (fx, fy) == (1, 1):
+        return image
+    left, top = (w % fx) // 2, (h % fy) // 2
+    return image.reduce((fx, fy), (left, top, left + w - w % fx, top + h - h % fy))
 
 
 def _sixteen_bits(path: str | Path, image) -> bool:  # noqa: ANN001 -- a PIL image
@@ -88,14 +116,14 @@ def _sixteen_bits(path: str | Path, image) -> bool:  # noqa: ANN001 -- a PIL ima
     return False
 
 
-def _readable(path: str | Path) -> DataError | None:
-    """None if the file decodes whole as an image a record may be (its pixels decoded, not converted to a tensor:
-    a quarter of the memory and time), else the one-line error naming it."""
+def _readable(path: str | Path, decoder: int = 1, size: int | None = None) -> DataError | None:
+    """None if the file decodes whole as an image a record may be (as ``decoder`` reads it, its pixels not converted
+    to a tensor: a quarter of the memory and time), else the one-line error naming it."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
-            image.load()  # every pixel: a truncated or corrupt file fails here
+            image.load() if decoder == 1 else _as_viewed(image, size)  # every pixel: a truncated file fails here
             _sixteen_bits(path, image)
     except DataError as err:
         return err
@@ -116,9 +144,10 @@ def _sixteen_bit(image, grayscale: bool) -> torch.Tensor:  # noqa: ANN001 -- a P
     return pixels if grayscale else pixels.expand(3, -1, -1).contiguous()
 
 
-def load_image(path: Path, image_size: int, *, grayscale: bool) -> torch.Tensor:
-    """One image file as a (3, S, S) model input, resized and ImageNet-normalised."""
-    return normalise(_decode(path, grayscale).unsqueeze(0), image_size)[0]
+def load_image(path: Path, image_size: int, *, grayscale: bool, decoder: int = 1) -> torch.Tensor:
+    """One image file as a (3, S, S) model input, read as ``decoder`` says
+    (:data:`~dp_tangent.data.kinds.IMAGE_DECODERS`), resized and ImageNet-normalised."""
+    return normalise(_decode(path, grayscale, decoder, image_size).unsqueeze(0), image_size)[0]
 
 
 @dataclass(frozen=True)
@@ -131,6 +160,7 @@ class ImageFiles(LazyInputs):
     image_size: int
     grayscale: bool = False
     device: str = "cpu"
+    decoder: int = 1
 
     @property
     def row_shape(self) -> tuple[int, ...]:
@@ -141,19 +171,20 @@ class ImageFiles(LazyInputs):
 
     def _decode(self, index: Sequence[int]) -> torch.Tensor:
         root = Path(self.root)
-        return torch.stack([load_image(root / self.files[i], self.image_size, grayscale=self.grayscale)
-                            for i in index])
+        return torch.stack([load_image(root / self.files[i], self.image_size, grayscale=self.grayscale,
+                                       decoder=self.decoder) for i in index])
 
     def select(self, index: Sequence[int]) -> "ImageFiles":
-        return ImageFiles(self.root, tuple(self.files[i] for i in index), self.image_size, self.grayscale, self.device)
+        return dataclasses.replace(self, files=tuple(self.files[i] for i in index))
 
 
-def check_images(paths: Sequence[Path]) -> None:
-    """Decode every file once (a few threads; nothing kept); files that fail are one one-line error naming how many
-    and the first (all found in one pass, not one a pass)."""
+def check_images(paths: Sequence[Path], decoder: int = 1, size: int | None = None) -> None:
+    """Decode every file once as ``decoder`` reads it for inputs of ``size`` (a few threads; nothing kept); files
+    that fail are one one-line error naming how many and the first (all found in one pass, not one a pass)."""
     workers = max(1, min(4, os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as pool:
-        failed = [err for err in pool.map(_readable, paths, chunksize=16) if err is not None]
+        failed = [err for err in pool.map(functools.partial(_readable, decoder=decoder, size=size), paths,
+                                          chunksize=16) if err is not None]
     if len(failed) == 1:
         raise failed[0]
     if failed:
@@ -162,14 +193,15 @@ def check_images(paths: Sequence[Path]) -> None:
 
 def image_folder_records(root: Path, image_size: int, *, classes: Sequence[str] | None = None,
                          verify: bool = True, decoded_before: Callable[[str], bool] | None = None,
-                         hidden: bool = False) -> RecordSet:
+                         hidden: bool = False, decoder: int = 1) -> RecordSet:
     """``root/CLASS/FILE`` images (torchvision's ``ImageFolder`` layout and extensions), read lazily;
     a record's id is its path under ``root``, its label the index of its folder in ``classes`` (a listed class
     may have no folder; a folder not listed is refused). Without ``classes`` (a data source registered before
     they were required), the sorted folder names. Every file is decoded once here (see the module doc)
     unless ``verify`` is false (a reload whose file digests are checked against files verified before), except
     the records whose ids ``decoded_before`` names (a registered source's, whose digests its registration checks).
-    ``hidden``: images in hidden folders and hidden files are records too, as before 2026-12-04."""
+    ``hidden``: images in hidden folders and hidden files are records too, as before 2026-12-04. ``decoder``: how
+    the files become pixels (:data:`~dp_tangent.data.kinds.IMAGE_DECODERS`)."""
     from torchvision import datasets
 
     if not root.is_dir():
@@ -193,8 +225,9 @@ def image_folder_records(root: Path, image_size: int, *, classes: Sequence[str] 
     ids = tuple(Path(p).relative_to(root).as_posix() for p, _ in folder.samples)
     if verify:
         check_images([Path(p) for (p, _), i in zip(folder.samples, ids) if decoded_before is None
-                      or not decoded_before(i)])
-    return RecordSet(ImageFiles(str(root), ids, image_size), torch.tensor(folder.targets, dtype=torch.long), ids)
+                      or not decoded_before(i)], decoder, image_size)
+    return RecordSet(ImageFiles(str(root), ids, image_size, decoder=decoder),
+                     torch.tensor(folder.targets, dtype=torch.long), ids)
 
 
 def _refuse_links(root: Path) -> None:

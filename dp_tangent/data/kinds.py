@@ -27,6 +27,15 @@ if TYPE_CHECKING:  # the loaders (torch, numpy) are imported by the methods that
 #: How a table's features are scaled (:mod:`~dp_tangent.data.tables`).
 SCALINGS = ("public", "given", "bounds", "none")
 Fraction = Field(default=0.2, ge=0, lt=1)
+
+#: How an image folder's files become pixels (``ImageFolderData.decoder``). 1: as stored, every pixel decoded and
+#: then resized (sources registered before 2026-12-04 read so for good). 2: as a viewer shows it, its EXIF orientation
+#: applied (a phone stores a portrait photo sideways and says so there), and an image much larger than the model's
+#: input decoded reduced first, to no less than twice the input size on each side (JPEG's DCT scaling, then a
+#: whole-pixel box average), so that a folder of photos is not decoded at full size: a 12-megapixel JPEG takes a
+#: fraction of the time and memory (benchmarks/image_decoding.py). Both then resize as before (antialiased).
+IMAGE_DECODERS = (1, 2)
+
 #: Other names a recipe may use for a kind.
 ALIASES = {"csv": "table"}
 
@@ -45,11 +54,11 @@ def _stored(info: ValidationInfo) -> bool:
     return bool(info.context and info.context.get("stored"))
 
 
-def _as_before(data: Any, info: ValidationInfo, field: str) -> Any:
-    """A registration stored without ``field`` (by a version before the field existed) with ``field`` true: read as
-    that version read it."""
+def _as_before(data: Any, info: ValidationInfo, field: str, value: Any = True) -> Any:
+    """A registration stored without ``field`` (by a version before the field existed) with ``field`` = ``value``,
+    what that version did: read as it read it."""
     if isinstance(data, dict) and _stored(info) and field not in data:
-        return {**data, field: True}
+        return {**data, field: value}
     return data
 
 
@@ -167,13 +176,18 @@ class ImageFolderData(_Kind):
     #: source registered before 2026-12-04 read them (a registration without the field): its manifests hold them.
     #: None: not said (no such records; a recipe training on an earlier registration reads as it was registered).
     hidden_records: bool | None = None
+    #: How the files become pixels (:data:`IMAGE_DECODERS`): 2, as viewed (EXIF orientation) and
+    #: decoded reduced where much larger than ``image_size``; 1, as stored and whole, how a source registered before
+    #: 2026-12-04 reads (a registration without the field). None: not said (a recipe training on a registered source
+    #: reads as registered; a new registration records 2).
+    decoder: Literal[1, 2] | None = None
     _verify: bool = PrivateAttr(default=True)
     _decoded_before: Callable[[str], bool] | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
-    def _registered_with_hidden(cls, data: Any, info: ValidationInfo) -> Any:
-        return _as_before(data, info, "hidden_records")
+    def _registered_before(cls, data: Any, info: ValidationInfo) -> Any:
+        return _as_before(_as_before(data, info, "hidden_records"), info, "decoder", 1)
 
     @model_validator(mode="after")
     def _listed_classes(self, info: ValidationInfo) -> "ImageFolderData":
@@ -189,7 +203,13 @@ class ImageFolderData(_Kind):
         from .images import image_folder_records
 
         return image_folder_records(Path(self.root), self.image_size, classes=self.classes, verify=self._verify,
-                                    decoded_before=self._decoded_before, hidden=bool(self.hidden_records))
+                                    decoded_before=self._decoded_before, hidden=bool(self.hidden_records),
+                                    decoder=self.decoding)
+
+    @property
+    def decoding(self) -> int:
+        """The decoder that reads the files: the one said, else the newest."""
+        return self.decoder if self.decoder is not None else IMAGE_DECODERS[-1]
 
     def decoding_new(self, decoded_before: Callable[[str], bool]) -> "ImageFolderData":
         """The same folder, listed and checked as for training, but only the records ``decoded_before`` does not
@@ -470,7 +490,8 @@ def preprocess_image(data: DataSection, path: Path) -> torch.Tensor:
         raise DataError(f"{path}: the recipe's data ({data.kind}) has no image size; give a .npy array")
     from .images import load_image
 
-    return load_image(path, size, grayscale=isinstance(data.source, DigitsData))
+    return load_image(path, size, grayscale=isinstance(data.source, DigitsData),
+                      decoder=getattr(data.source, "decoding", 1))
 
 
 def _id_text(value: object) -> str:

@@ -241,10 +241,10 @@ class KindSource(ReloadableSource):
         return f"{self.loader} {where}"
 
 
-def _image_inputs(size: int) -> Callable[[Path], tuple[torch.Tensor, list[str]]]:
+def _image_inputs(size: int, decoder: int = 1) -> Callable[[Path], tuple[torch.Tensor, list[str]]]:
     from .images import load_image
 
-    return lambda path: (load_image(path, size, grayscale=False).unsqueeze(0), [str(path)])
+    return lambda path: (load_image(path, size, grayscale=False, decoder=decoder).unsqueeze(0), [str(path)])
 
 
 @register_source_kind
@@ -264,7 +264,7 @@ class ImageFolderSource(KindSource):
         return self.data.unverified()
 
     def inputs_from_file(self, path: Path) -> tuple[torch.Tensor, list[str]]:
-        return _image_inputs(self.data.image_size)(path)
+        return _image_inputs(self.data.image_size, self.data.decoding)(path)  # as the source's records are read
 
     def input_shape(self) -> tuple[int, ...]:
         return (3, self.data.image_size, self.data.image_size)

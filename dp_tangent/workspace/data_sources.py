@@ -129,6 +129,7 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
     records (its test split stays the records it was, so that every model is measured on the same ones); records
     a deletion request removed are never digested again, whether or not the data still holds them."""
     sources, key = _read(ws), ws.manifest_key()
+    source = _decoder_said(source)
     value = source.model_dump(mode="json")
     before = sources.sources.get(name)
     moved = False
@@ -330,16 +331,21 @@ def read_as_registered(ws: Workspace, name: str, data: DataSection) -> DataSecti
     workspace holds them so (:func:`_typed_where_held`), and, for a source registered already, unchecked for the
     forms a new registration refuses (an earlier version registered them: its records are read as they were), and
     an image folder's hidden images records as registered where the recipe does not say (``hidden_records``: not
-    said, or false, reads as the registration; false where the registration holds them is refused as other data)."""
+    said, or false, reads as the registration; false where the registration holds them is refused as other data) and
+    its files decoded as registered where the recipe does not say (``decoder``; another one is refused)."""
     registry = _read(ws)
     data = _typed_where_held(ws, registry, name, data)
     kind = data.source
     if name in registry.sources and hasattr(kind, "as_registered"):
         data = data.model_copy(update={data.kind: kind.as_registered()})
-    if name in registry.sources and hasattr(kind, "hidden_records"):
-        held = getattr(getattr(parse_source(registry.sources[name]), "data", None), "hidden_records", None)
-        if (kind.hidden_records is None and held) or (not kind.hidden_records and not held):
+    if hasattr(kind, "hidden_records"):
+        was = getattr(parse_source(registry.sources[name]), "data", None) if name in registry.sources else None
+        held = getattr(was, "hidden_records", None)
+        if was is not None and ((kind.hidden_records is None and held) or (not kind.hidden_records and not held)):
             data = data.model_copy(update={data.kind: data.source.model_copy(update={"hidden_records": held})})
+        if kind.decoder is None:  # not said: as registered (None there: the one a new registration records)
+            decoder = getattr(was, "decoder", None) or kind.decoding
+            data = data.model_copy(update={data.kind: data.source.model_copy(update={"decoder": decoder})})
     return data
 
 
@@ -408,6 +414,15 @@ def without_records(ws: Workspace, doomed: Iterable[str]) -> bytes | None:
         if content.canonical is not None:  # the tombstones keep it (Tombstones.canonical)
             content.canonical = {c: s for c, s in content.canonical.items() if c not in doomed}
     return (sources.model_dump_json(indent=2) + "\n").encode()
+
+
+def _decoder_said(source: ReloadableSource) -> ReloadableSource:
+    """``source`` with its image folder's decoder written out where the recipe did not say: a registration records
+    the one that reads it (a later version's newer decoder must not change how it is read)."""
+    data = getattr(source, "data", None)
+    if getattr(data, "decoder", 1) is not None:
+        return source
+    return source.model_copy(update={"data": data.model_copy(update={"decoder": data.decoding})})
 
 
 def source_of(ws: Workspace, name: str) -> ReloadableSource | None:
