@@ -385,6 +385,12 @@ class Ledger:
 
         ``delta=None`` uses the delta of the budget that applies to the shard; error if none.
         """
+        return self.shard_spend_and_readers(data_source, shard, delta)[0]
+
+    def shard_spend_and_readers(self, data_source: str, shard: str,
+                                delta: float | None = None) -> tuple[EpsilonBounds, frozenset[tuple[str, str]]]:
+        """:meth:`shard_spend`, and the other shards whose runs read some of the shard's records (an overlap
+        allowed on purpose), whose events the figure may compose with the shard's own."""
         self._check_shard(data_source, shard)
         if delta is None:
             budget = self._effective_budget(data_source, shard)
@@ -395,7 +401,7 @@ class Ledger:
             delta = budget.delta
         delta = check_delta(delta)
         return shard_records_bounds(data_source, shard, self._storage.events(), delta, self._settings,
-                                    self.shared_record_classes)[0]
+                                    self.shared_record_classes)
 
     def remaining(self, data_source: str, shard: str) -> float | None:
         """Budget epsilon minus spent epsilon (at the budget's delta), floored at 0; None if no budget."""

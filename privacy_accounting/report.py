@@ -130,9 +130,10 @@ def build_report(
                      ledger.shared_record_classes)
         for ds, shard in ledger.shards()
     ]
-    if size_public is not None:
-        shard_entries = [s.model_copy(update={"size_public": any(size_public(e) for e in by_shard.get(
-            (s.data_source, s.shard), []))}) for s in shard_entries]
+    if size_public is not None:  # over every run the shard's figure composes: its own and those sharing its records
+        shard_entries = [s.model_copy(update={"size_public": any(
+            size_public(e) for key in [(s.data_source, s.shard), *map(_shard_key, s.shared_with)]
+            for e in by_shard.get(key, []))}) for s in shard_entries]
     if workspace is not None:  # a budget (its data source's) does not apply to records declared public
         public = {(d.data_source, s.shard) for d in workspace.data for s in d.shards if s.public}
         shard_entries = [s.model_copy(update={"budget_status": "declared public", "remaining_epsilon": None})
@@ -313,6 +314,12 @@ def _component_entry(event: StoredEvent, settings: AccountantSettings) -> Compon
     )
 
 
+def _shard_key(text: str) -> tuple[str, str]:
+    """A ``ShardEntry.shared_with`` item, ``data_source/shard``, as a key (neither name holds a slash)."""
+    data_source, shard = text.split("/")
+    return data_source, shard
+
+
 def _shard_entry(
     data_source: str,
     shard: str,
@@ -466,7 +473,8 @@ def _model_entry(
     found = record_distribution(mine, events, delta, settings, record_classes) if delta is not None else None
     disjointness = found.disjointness if found else "no events"
     overlaps = found.overlaps if found else []
-    sizes_public = any((s.data_source, s.shard) in public_sizes for s in shards)
+    sizes_public = any(key in public_sizes for key in [*((s.data_source, s.shard) for s in shards),
+                                                       *((r.data_source, r.shard) for r in record_shards)])
     return ModelEntry(
         model=name,
         components=list(components),

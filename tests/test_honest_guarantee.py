@@ -598,6 +598,30 @@ def test_a_planned_size_is_recorded_and_kept_by_the_retraining_after_a_deletion(
                                                                        fresh.noise_multiplier)
 
 
+def test_a_run_of_another_source_on_the_same_records_planned_from_its_own_count_is_said_too(
+        tmp_path, mlp_backbone, monkeypatch, capsys) -> None:
+    """Review 96: the figure of a planned model composes the runs of another data source that read its records (an
+    overlap allowed on purpose); where those were planned from their shard's own count, the release, the report and
+    `budget show` stated plain add/remove-one DP, deciding from the model's own shards only."""
+    monkeypatch.chdir(tmp_path)
+    ws = Workspace.create("ws")
+    for source in ("P", "U"):
+        ws.set_budget(source, None, epsilon=20.0, delta=1e-5)
+    ws.train(mlp_backbone, None, records(0), data_source="P", shard="s0", name="p0", privacy=PLANNED, config=FAST)
+    ws.train(mlp_backbone, None, records(0), data_source="U", shard="s0", name="u0", privacy=PRIVATE, config=FAST,
+             allow_overlap=True)
+    ws.compose_model("mp", ["p0"])
+    released = ws.release("mp", tmp_path / "out").privacy
+    assert released.neighbouring_relation == RELATION_SIZE_PUBLIC and "taken as public" in released.statement
+    code, out, _ = run_cli(capsys, "report", "--format", "json", "-w", "ws")
+    report = json.loads(out)
+    assert code == 0 and {m["model"]: m["sizes_public"] for m in report["models"]} == {"mp": True}
+    assert {(s["data_source"], s["size_public"]) for s in report["shards"]} == {("P", True), ("U", True)}
+    assert "only if its shards' sizes are taken as public" in report["headlines"][0]["sentence"]
+    code, out, _ = run_cli(capsys, "budget", "show", "-w", "ws")
+    assert code == 0 and "* P/s0, U/s0: a run that read its records" in out, out
+
+
 def test_the_release_report_and_budget_say_when_shard_sizes_are_taken_as_public(tmp_path, mlp_backbone,
                                                                                monkeypatch, capsys) -> None:
     """Review: only the release and the component said so; the report's headline, which a privacy officer reads,
@@ -637,7 +661,7 @@ def test_the_release_report_and_budget_say_when_shard_sizes_are_taken_as_public(
         assert ("count taken as public" in report["neighbouring_relation"]) is (planned is None)
         assert ("taken as public" in models["m"]["statement"]) is (planned is None)
         assert "public" not in headlines["planned"]["sentence"] + headlines["planned"]["meaning"]
-    assert "* toy/s0: a run was planned from the shard's own record count" in budgets[None]
+    assert "* toy/s0: a run that read its records was planned from its shard's own record count" in budgets[None]
     assert "*" not in budgets[48]
 
 

@@ -82,7 +82,7 @@ def budget_show(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
     public_shards = []
     for source, shard in ledger.shards():
         state = shard_state(ledger, source, shard)
-        public = sizes_public(ledger, [(source, shard)])
+        public = sizes_public(ledger, [(source, shard), *state.shared_with])  # every run its figure composes
         public_shards += [f"{source}/{shard}"] if public else []
         limit = "no budget set" if state.limit is None else f"{state.limit:g}"
         table.add_row(source, shard, (f"{state.spent:.3g}" if math.isfinite(state.spent) else "∞ (non-private)")
@@ -92,8 +92,8 @@ def budget_show(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
                       f"{state.delta:g}" if state.delta else "-")
     Console().print(table)
     if public_shards:
-        typer.echo(f"* {', '.join(public_shards)}: a run was planned from the shard's own record count (no "
-                   "planned_shard_size): its ε holds with the shard's size taken as public")
+        typer.echo(f"* {', '.join(public_shards)}: a run that read its records was planned from its shard's own "
+                   "record count (no planned_shard_size): its ε holds with that shard's size taken as public")
     # the figures are the ledger's: say so when the tables they come from are not the state the audit log last
     # vouched for (a review deleted a row with sqlite3 and saw a lower spend printed without a word)
     if any((ws.root / PENDING).glob(f"*/{INTENT}")):
@@ -122,6 +122,7 @@ class ShardState:
     limit: float | None
     remaining: float | None
     delta: float | None
+    shared_with: frozenset[tuple[str, str]] = frozenset()  # other shards whose runs read some of its records
 
     def text(self) -> str:
         spent = f"{self.spent:.3g}" if math.isfinite(self.spent) else "∞ (non-private)"
@@ -136,9 +137,10 @@ def shard_state(ledger: "Ledger", source: str, shard: str) -> ShardState:
     limit = ledger.budget(source, shard)
     events = ledger.events(data_source=source, shard=shard)
     delta = limit.delta if limit else min((e.delta for e in events), default=None)
-    spent = ledger.shard_spend(source, shard, delta=delta).epsilon if delta else 0.0
+    bounds, shared_with = ledger.shard_spend_and_readers(source, shard, delta=delta) if delta else (None, frozenset())
+    spent = bounds.epsilon if bounds is not None else 0.0
     if limit is None:
-        return ShardState(spent, None, None, delta)
+        return ShardState(spent, None, None, delta, shared_with)
     # Ledger.remaining's figure, from the spend just computed at the budget's delta (not computed again)
     remaining = max(0.0, limit.epsilon - spent) if math.isfinite(spent) else 0.0
-    return ShardState(spent, limit.epsilon, remaining, delta)
+    return ShardState(spent, limit.epsilon, remaining, delta, shared_with)

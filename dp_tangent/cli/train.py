@@ -389,7 +389,7 @@ def _check_same_split(ws: Workspace, name: str, parts: list[RecordSet]) -> None:
 def _report(ws: Workspace, recipe: Recipe, name: str, test: RecordSet | None, run: TrainingRun,
             retry: list[str]) -> None:
     """Print each new component, the failures with how to retry them, and compose the model if complete."""
-    from ..components.component import RELATION_SIZE_PUBLIC, sizes_public
+    from ..components.component import RELATION_SIZE_PUBLIC, guarantee_shards, sizes_public
     from ..tangent import linearize
     from ..training.evaluation import accuracy, majority_share
     from ..training.features import precompute_features
@@ -430,8 +430,7 @@ def _report(ws: Workspace, recipe: Recipe, name: str, test: RecordSet | None, ru
     components = [done[k] for k in range(recipe.shards.count)]
     ws.compose_model(name, components, method="mean")
     guarantee = ws.ledger.model_guarantee(name)
-    public = math.isfinite(guarantee.epsilon) and sizes_public(ws.ledger, [(s.data_source, s.shard)
-                                                                           for s in guarantee.shards])
+    public = math.isfinite(guarantee.epsilon) and sizes_public(ws.ledger, guarantee_shards(guarantee))
     typer.echo(with_accuracy(f"model {name}: mean of {len(components)} components, epsilon "
                              f"{guarantee.epsilon:.3g} per record" + _SIZES_PUBLIC * public, ws.load_model(name)[1]))
 

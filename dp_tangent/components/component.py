@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # torch is imported where tensors are handled: reading metada
     import torch
 
     from privacy_accounting import Ledger, StoredEvent
+    from privacy_accounting.composition import ModelGuarantee
 
 Deltas = dict[str, "torch.Tensor | np.ndarray"]  # base-model parameter name -> delta (numpy: torch-free)
 NON_PRIVATE_LABEL = "NON-PRIVATE (epsilon = infinity): no differential-privacy guarantee"
@@ -42,6 +43,13 @@ def size_public(event: "StoredEvent") -> bool:
     ``planned_shard_size``): its guarantee holds under :data:`RELATION_SIZE_PUBLIC` only. Completed, failed or
     reserved alike, as each may have read records."""
     return event.details.get("planned_shard_size") is None and event.purpose.value != "non_private_baseline"
+
+
+def guarantee_shards(guarantee: "ModelGuarantee") -> list[tuple[str, str]]:
+    """Every shard a model's guarantee composes runs of: its own, and those whose runs read some of its records (an
+    overlap allowed on purpose), as :func:`sizes_public` must be asked of them all (review 96)."""
+    own = [(s.data_source, s.shard) for s in guarantee.shards]
+    return list(dict.fromkeys([*own, *(key for key, _ in guarantee.record_shards)]))
 
 
 def sizes_public(ledger: "Ledger", shards: Iterable[tuple[str, str]]) -> bool:

@@ -11,8 +11,9 @@ if TYPE_CHECKING:
     from .config import TrainConfig
 
 SECURE_NOISE_GENERATOR = ("ChaCha20 keystreams (pyca/cryptography, OpenSSL) under fresh 256-bit OS keys per run, "
-                          "never stored; noise = std/2 x (sum of 4 float64 Box-Muller normals); Poisson sampling "
-                          "from the same source")
+                          "never stored; noise = std/2 x (sum of the 4 float64 normals of 2 Box-Muller pairs, each "
+                          "pair's sum drawn as one normal of std sqrt(2): 2 rounded draws from 4 x 53 bits); Poisson "
+                          "sampling from the same source")
 SEEDED_NOISE_GENERATOR = ("torch.Generator (Mersenne Twister) seeded from the public config.seed, Poisson sampling "
                           "from torch's global generator seeded likewise: reproducible, not a CSPRNG")
 

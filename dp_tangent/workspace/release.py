@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING
 from privacy_accounting import ModelShardGuarantee
 from privacy_accounting.composition import record_shards_at
 
-from ..components.component import RELATION, RELATION_SIZE_PUBLIC, deltas_digest, sizes_public, tensors_bytes
+from ..components.component import (RELATION, RELATION_SIZE_PUBLIC, deltas_digest, guarantee_shards, sizes_public,
+                                    tensors_bytes)
 from ..components.release_bundle import (BASE_CHECKPOINT, DELTAS_FILE, FORMAT, NO_RELATION, STATEMENT_FILE,
                                          ReleasedBase, ReleaseError, ReleasedPrivacy, ReleaseStatement, caveats,
                                          read_statement)
@@ -58,7 +59,7 @@ def _privacy(ws: "Workspace", model: str) -> ReleasedPrivacy:
                                statement=f"Model {model!r} has NO differential-privacy guarantee: a non-private run "
                                          "read some of its records.")
     epsilon, delta = _budget_bound(ws, model, guarantee.shards)
-    public_sizes = sizes_public(ws.ledger, [(s.data_source, s.shard) for s in guarantee.shards])
+    public_sizes = sizes_public(ws.ledger, guarantee_shards(guarantee))
     statement = (f"Model {model!r} is (epsilon <= {epsilon:g}, delta <= {delta:g})-differentially private for each "
                  f"{unit} of its training data: adding or removing any one {unit} changes the probability of any "
                  f"outcome computed from these deltas by at most a factor e^{epsilon:g} (plus {delta:g}). These are "
