@@ -1074,3 +1074,31 @@ def test_a_shard_s_own_budget_holds_over_the_recipe_s_in_the_check_before_regist
                                                budget={"epsilon": 2, "delta": 1e-5}))  # the run spends 8 per shard
     code, out, err = run_cli(capsys, "train", "rows.yaml", "-w", "ws")
     assert code == 0 and "model rows: mean of 2 components" in out, (out, err)
+
+
+def test_a_table_another_source_reads_with_other_record_ids_is_refused_before_any_budget(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 96: the same table read by a second recipe with ids from another column (an MRN beside a patient id)
+    was new records: a deleted row was trained again under its other id, and runs reading a row under two ids were
+    never composed. Refused, at the same place or a copy; the same ids under another name stay an overlap."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    Path("t.csv").write_text("rid,mrn,f0,f1,f2,f3,f4,f5,y\n" + "".join(
+        f"p{i},M{1000 + i},0,0,0,{i % 3},{i % 7},{i % 5},{'ab'[i % 2]}\n" for i in range(80)))
+    shutil.copy("t.csv", "copy.csv")
+    table = {"path": "t.csv", "features": [f"f{k}" for k in range(6)], "label": "y", "record_id": "rid",
+             "classes": ["a", "b"], "scaling": "none"}
+    for name, changes in (("a", {}), ("b", {"record_id": "mrn"}), ("c", {"record_id": "mrn", "path": "copy.csv"}),
+                          ("d", {})):
+        write_recipe(Path(f"{name}.yaml"), mlp_recipe({"table": {**table, **changes}}, in_features=6, classes=2,
+                                                      source=name))
+    assert run_cli(capsys, "train", "--init", "a.yaml", "-w", "ws", "--executor", "serial")[0] == 0
+    assert run_cli(capsys, "forget", "p1", "p2", "p3", "--request-id", "d1", "-w", "ws")[0] in (0, 3)
+    events = len(Workspace.open("ws").ledger.events())
+    for name, where in (("b", "t.csv"), ("c", "copy.csv")):
+        _refused(capsys, "train", f"{name}.yaml", "-w", "ws", "--executor", "serial",
+                 says=f"data source {name!r} reads {Path(where).absolute()}, which data source 'a' reads already with "
+                      "record ids from column 'rid': with ids from 'mrn' its records would be other records here")
+    assert len(Workspace.open("ws").ledger.events()) == events  # nothing reserved or spent
+    _refused(capsys, "train", "d.yaml", "-w", "ws", "--executor", "serial", says="overlaps other shards")

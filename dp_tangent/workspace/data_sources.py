@@ -31,6 +31,7 @@ from ..components.component import ComponentMetadata
 from ..components.manifest import commit
 from ..data.sources import DigitsSource, ReloadableSource, content_digests, parse_source
 from ..errors import DataError, DPTangentError
+from ..io import sha256_file
 from .id_spellings import HeldIds, canonical, canonical_commitments, tagger
 from .tombstones import Tombstones
 
@@ -65,6 +66,8 @@ class Content(BaseModel):
     # commitment -> the commitment of its id's canonical spelling (id_spellings), for ids not spelled canonically;
     # None: registered before these were kept (its next registration adds them)
     canonical: dict[str, str] | None = None
+    # a table's or text file's keyed sha256 when last registered (None: not a file of rows, or registered before)
+    file_tag: str | None = None
 
 
 class Sources(BaseModel):
@@ -176,9 +179,10 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
     else:
         test_split = source.test_split()  # reads the data again: only for a first registration
         test = {commit(r, key) for r in (test_split.record_ids if test_split else ())}
+    file_tag = _refuse_rekeyed(name, source, sources, key)
     sources.sources[name] = value
     sources.content[name] = Content(records=len(tags), tags=tags, test=sorted(test),
-                                    canonical={c: s for c, s in spelled.items() if c in tags})
+                                    canonical={c: s for c, s in spelled.items() if c in tags}, file_tag=file_tag)
     return (sources.model_dump_json(indent=2) + "\n").encode()
 
 
@@ -414,6 +418,33 @@ def without_records(ws: Workspace, doomed: Iterable[str]) -> bytes | None:
         if content.canonical is not None:  # the tombstones keep it (Tombstones.canonical)
             content.canonical = {c: s for c, s in content.canonical.items() if c not in doomed}
     return (sources.model_dump_json(indent=2) + "\n").encode()
+
+
+def _refuse_rekeyed(name: str, source: ReloadableSource, sources: Sources, key: bytes) -> str | None:
+    """The keyed sha256 of the file of rows ``source`` reads (a table's, a text file's; None for other kinds), after
+    refusing it where another registered source reads the same file (the same place, or the same bytes when that one
+    was registered) with its record ids from another column (review 96: the same table under a second key, an MRN
+    beside a patient id, was new records: a deleted one was trained again under its other id, and runs reading the
+    same row under two ids did not compose)."""
+    data = getattr(source, "data", None)
+    path, column = getattr(data, "path", None), getattr(data, "record_id", ...)
+    if path is None or column is ...:
+        return None
+    tag = hmac.new(hmac.new(key, _TAG_CONTEXT, hashlib.sha256).digest(), b"file\0" + bytes.fromhex(
+        sha256_file(Path(path))), hashlib.sha256).hexdigest()[:32]
+    for other, entry in sources.sources.items():
+        was = getattr(parse_source(entry), "data", None)
+        if other == name or getattr(was, "path", None) is None or getattr(was, "record_id", ...) in (..., column):
+            continue
+        content = sources.content.get(other)
+        if Path(was.path).resolve() == Path(path).resolve() or (content is not None and content.file_tag == tag):
+            ids = f"column {was.record_id!r}" if was.record_id else "their row numbers"
+            raise DataSourceError(
+                f"data source {name!r} reads {path}, which data source {other!r} reads already with record ids from "
+                f"{ids}: with ids from {column!r} its records would be other records here (one deleted under one id "
+                f"would be trained again under the other, and runs reading a row under two ids would not compose); "
+                f"train it as data source {other!r}" + (f", or give record_id: {was.record_id}" if was.record_id else ""))
+    return tag
 
 
 def _decoder_said(source: ReloadableSource) -> ReloadableSource:
