@@ -439,11 +439,12 @@ def _refuse_rekeyed(name: str, source: ReloadableSource, sources: Sources, key: 
         content = sources.content.get(other)
         if Path(was.path).resolve() == Path(path).resolve() or (content is not None and content.file_tag == tag):
             ids = f"column {was.record_id!r}" if was.record_id else "their row numbers"
+            other_column = f", or give record_id: {was.record_id}" if was.record_id else ""
             raise DataSourceError(
                 f"data source {name!r} reads {path}, which data source {other!r} reads already with record ids from "
                 f"{ids}: with ids from {column!r} its records would be other records here (one deleted under one id "
                 f"would be trained again under the other, and runs reading a row under two ids would not compose); "
-                f"train it as data source {other!r}" + (f", or give record_id: {was.record_id}" if was.record_id else ""))
+                f"train it as data source {other!r}{other_column}")
     return tag
 
 
