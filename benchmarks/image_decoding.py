@@ -4,9 +4,10 @@ applied), per image, at the default recipe's input size.
 
 Synthetic photos (smooth gradients and waves with sensor-like noise, so that they compress as photos do, not as
 noise) at 2, 12 and 48 megapixels, saved as JPEG (quality 90) and PNG. For each case and decoder a fresh process
-imports the loader, then decodes ``IMAGES`` photos one after another (``dp_tangent.data.images.load_image``, as a
+imports the loader and decodes a small photo (PIL's plugins and torchvision load then), then decodes ``IMAGES``
+photos one after another (``dp_tangent.data.images.load_image``, as a
 batch of a folder's records is read); its time per image is the median, its memory the growth of the process's
-peak RSS (VmHWM) over the peak after the imports. The difference of the two decoders' inputs is given in grey
+peak RSS (VmHWM) over the peak before them. The difference of the two decoders' inputs is given in grey
 levels (of 255) per pixel, mean and largest. Writes ``benchmarks/results/image_decoding.json`` and its section of
 ``docs/benchmarks.md``. Run: ``python -m benchmarks.image_decoding``.
 """
@@ -39,7 +40,8 @@ from dp_tangent.data.images import load_image
 def peak_mib():
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 1024
 
-decoder, size, paths = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+decoder, size, warm, paths = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+load_image(Path(warm), size, grayscale=False, decoder=decoder)  # PIL's plugins and torchvision load on first use
 before, seconds = peak_mib(), []
 for path in paths:
     start = time.perf_counter()
@@ -60,8 +62,8 @@ def _photo(shape: tuple[int, int], seed: int) -> np.ndarray:
     return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
-def _decode_in_child(decoder: int, paths: list[Path]) -> dict[str, float]:
-    done = subprocess.run([sys.executable, "-c", CHILD, str(decoder), str(SIZE), *map(str, paths)],
+def _decode_in_child(decoder: int, warm: Path, paths: list[Path]) -> dict[str, float]:
+    done = subprocess.run([sys.executable, "-c", CHILD, str(decoder), str(SIZE), str(warm), *map(str, paths)],
                           capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -74,6 +76,8 @@ def measure() -> list[dict[str, object]]:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        warm = Path(tmp) / "warm.jpg"  # a small photo each child decodes first, untimed
+        Image.fromarray(_photo((96, 128), 99)).save(warm)
         for megapixels, shape in MEGAPIXELS.items():
             for form, options in FORMATS.items():
                 paths = []
@@ -86,7 +90,7 @@ def measure() -> list[dict[str, object]]:
                                           "file_mib": statistics.mean(p.stat().st_size for p in paths) / 2**20,
                                           "grey_levels_mean": float(grey.mean()), "grey_levels_max": float(grey.max())}
                 for decoder in (1, 2):
-                    row[f"decoder_{decoder}"] = _decode_in_child(decoder, paths)
+                    row[f"decoder_{decoder}"] = _decode_in_child(decoder, warm, paths)
                 rows.append(row)
                 for path in paths:
                     path.unlink()
@@ -115,8 +119,8 @@ def render(rows: list[dict[str, object]]) -> str:
               "image folder registration records, `docs/recipes.md`) decodes a JPEG at the smallest DCT scale "
               "(1/2, 1/4, 1/8) that keeps both sides at least twice the input size, box-averages any image by "
               "whole factors down to that, then resizes with the same filter; a PNG is still decoded whole. "
-              "Peak growth: memory peaks above what the process held after its imports (the largest single "
-              "decode). The input difference is between the two decoders' inputs for the first photo, in grey "
+              "Peak growth: the process's peak memory above its peak after its imports and a first small "
+              "decode (the largest single decode). The input difference is between the two decoders' inputs for the first photo, in grey "
               "levels of the 0-255 image."]
     return "\n".join(lines)
 

@@ -211,3 +211,30 @@ def test_train_prints_accuracy_without_the_test_records_a_deletion_removed(
     code, out, err = run_cli(capsys, "data", "list", "-w", "ws")  # review 92: counted the deleted test records
     rows = next(line for line in out.splitlines() if line.startswith("│ rows "))
     assert code == 0 and [cell.strip() for cell in rows.split("│")[3:5]] == ["62", "11"], out
+
+
+def test_added_records_the_split_places_in_the_test_set_join_it_and_a_refused_pilot_registers_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 98: records added to a registered source that the split placed in the test set were in no shard and
+    not in the registered test split: never used, without a word. And a pilot refused for its batch size had
+    registered its few records, so their test split (2 records) stayed the source's for good."""
+    recipe = _rows_recipe(tmp_path, monkeypatch)
+    write_npz(Path("rows.npz"), n=20)  # shards of about 8 records: batch_size 16 is refused
+    code, out, err = run_cli(capsys, "train", "--init", str(recipe), "-w", "ws", "--executor", "serial")
+    assert code == 2 and "batch_size 16 is larger than its shard" in err, err
+    assert "no data source is registered" in run_cli(capsys, "data", "list", "-w", "ws")[1]
+
+    def counts() -> list[int]:
+        row = next(line for line in run_cli(capsys, "data", "list", "-w", "ws")[1].splitlines() if "│ rows " in line)
+        return [int(cell) for cell in row.split("│")[3:5]]
+
+    for n, name in ((64, "rows"), (128, "more")):
+        write_npz(Path("rows.npz"), n=n)  # the same 64 rows first, then 64 more
+        code, out, err = run_cli(capsys, "train", str(recipe), "--name", name, "--allow-overlap", "-w", "ws",
+                                 "--executor", "serial")
+        assert code == 0, err
+        shards = [int(k) for k in re.search(r"\(\[(\d+), (\d+)\] records\)", out).groups()]
+        records, test = counts()
+        assert records == n and sum(shards) + test == n, (shards, records, test)  # every record trained or measured
+        assert re.search(rf"model {name}: .* test accuracy [\d.]+% on {test} records", out), out
+    assert test > 13  # the first 64 rows' test split, and the added rows it gained

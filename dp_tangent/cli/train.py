@@ -112,8 +112,13 @@ def _check_reservations(ws: Workspace, recipe: Recipe, jobs: list[ShardJob], all
 
     from ..workspace.train import reservation_requests
 
+    from ..training.validation import check_batch_size
+
+    privacy, config = recipe.privacy_spec(), recipe.train_config()
+    for job in jobs:  # review 98: refused after registering, a pilot's few records fixed the test split for good
+        check_batch_size(job.records, config.batch_size, f"component {job.name!r}", privacy.planned_shard_size)
     requests = reservation_requests(ws, recipe.backbone.spec(), recipe.trainable, jobs, data_source=recipe.data_source,
-                                    privacy=recipe.privacy_spec(), config=recipe.train_config(), deleted="exclude")
+                                    privacy=privacy, config=config, deleted="exclude")
     current = _source_budget(ws, recipe.data_source)
     try:
         ws.ledger.check_reservations(requests, allow_overlap=allow_overlap)

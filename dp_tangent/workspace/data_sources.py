@@ -175,7 +175,11 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
                                   "adding new ones is allowed)")
         if not moved and set(tags) <= set(old.tags) and old.canonical is not None:
             return None
-        tags, test = {**old.tags, **tags}, set(old.test)  # the test split stays the records it was
+        added = set(tags) - set(old.tags)
+        tags, test = {**old.tags, **tags}, set(old.test)  # the test split keeps the records it was
+        if added:  # and gains the added records the split places there, which no shard holds (review 98: unused)
+            test_split = source.test_split()
+            test |= {c for c in (commit(r, key) for r in (test_split.record_ids if test_split else ())) if c in added}
     else:
         test_split = source.test_split()  # reads the data again: only for a first registration
         test = {commit(r, key) for r in (test_split.record_ids if test_split else ())}
@@ -627,8 +631,9 @@ def test_records(ws: Workspace, name: str) -> tuple[ReloadableSource, RecordSet 
 
 def registered_test(ws: Workspace, name: str, test: RecordSet) -> RecordSet:
     """``test`` (a source's test split as its data now places it) as the registered test split: the records that
-    were the test split when the source was registered (records added since are not measured on, so that every
-    model is measured on the same ones), less deleted ones."""
+    were the test split when the source was registered, or joined it with a later registration (records added since
+    the last are not measured on until a ``train`` registers them, so that every model is measured on the same
+    ones), less deleted ones."""
     content = _read(ws).content.get(name)
     test = without_deleted(ws, test)
     if content is None or not content.test:
