@@ -120,17 +120,22 @@ def test_truncation_emptying_and_rollback_fail_against_a_checkpoint(checkpointed
 
 
 def test_a_forged_or_foreign_checkpoint_is_refused(checkpointed, tmp_path, capsys) -> None:
+    """A checkpoint whose signature does not verify is a failed check (exit 1, said among the results, review 97:
+    it exited 2, as a typo does); a checkpoint of another workspace is a usage mistake (exit 2)."""
     ws, note, vkey = checkpointed
     other_key = tmp_path / "other.key"
     _, other_vkey = _cli(capsys, "audit", "keygen", str(other_key))
-    code, out = _cli(capsys, "audit", "verify", "--checkpoint", str(note), "--verifier-key", other_vkey.strip(),
-                     "-w", str(ws.root))
-    assert code == 2 and "signature does not verify" in out
-    forged = note.read_text().replace("\n2", "\n1", 1) if "\n2" in note.read_text() else note.read_text() + "x"
-    (tmp_path / "forged.txt").write_text(forged)
-    code, out = _cli(capsys, "audit", "verify", "--checkpoint", str(tmp_path / "forged.txt"), "--verifier-key", vkey,
-                     "-w", str(ws.root))
-    assert code == 2 and out.count("\n") == 1, out
+    lines = note.read_text().split("\n")
+    lines[1] = str(int(lines[1]) - 1)  # the size edited: still a checkpoint, its signature no longer holds
+    (tmp_path / "forged.txt").write_text("\n".join(lines))
+    for path, key in ((note, other_vkey.strip()), (tmp_path / "forged.txt", vkey)):
+        code, out = _cli(capsys, "audit", "verify", "--checkpoint", str(path), "--verifier-key", key,
+                         "-w", str(ws.root))
+        assert code == 1 and f"FAILED: checkpoint {path}: the signature does not verify" in out, out
+        assert "extends checkpoint" not in out and "valid" in out, out  # the log's own check still reported
+        code, out = _cli(capsys, "certificate", "verify", "req-none", "--checkpoint", str(path),
+                         "--verifier-key", key, "-w", str(ws.root))
+        assert code == 2, out  # no such certificate: the mistake comes first
     foreign = Workspace.create(tmp_path / "foreign")
     code, out = _cli(capsys, "audit", "verify", "--checkpoint", str(note), "-w", str(foreign.root))
     assert code == 2 and "another workspace" in out
@@ -590,7 +595,12 @@ def test_a_certificate_is_checked_against_a_later_kept_checkpoint(checkpointed, 
     assert code == 0
     code, out = _cli(capsys, "certificate", "verify", str(cert), "--checkpoint", str(later), "--verifier-key", vkey,
                      "-w", str(ws.root))
-    assert code == 0, out
+    assert code == 0 and f"extends checkpoint {later} (" in out and "signature verified" in out, out
+    code, out = _cli(capsys, "certificate", "verify", str(cert), "--checkpoint", str(later), "-w", str(ws.root))
+    assert code == 0 and "signature NOT checked (give --verifier-key)" in out, out  # review 97: it said nothing
+    code, out = _cli(capsys, "certificate", "verify", str(cert), "--checkpoint", str(note), "--verifier-key",
+                     vkey.replace("acme-dpo", "acme-dpo", 1)[:-4] + "AAA=", "-w", str(ws.root))
+    assert code in (1, 2), out  # a damaged key: refused, never passed
     shutil.rmtree(ws.root)
     shutil.copytree(before, ws.root)  # rolled back to after the deletion, before the later checkpoint
     code, out = _cli(capsys, "certificate", "verify", str(cert), "-w", str(ws.root))

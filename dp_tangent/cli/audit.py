@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from .app import DEFAULT_WORKSPACE, WorkspaceOption, app, check_output_outside, open_workspace
+
+if TYPE_CHECKING:
+    from ..workspace import Workspace
+    from ..workspace.checkpoint import Checkpoint
 
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
@@ -23,26 +27,45 @@ def audit_verify(
 ) -> None:
     """Recompute the chain and every artifact digest (and, given a checkpoint, that the log extends it);
     exit 0 only if all check out, else print every problem and exit 1."""
-    from ..workspace.checkpoint import CheckpointError, origin_of, read_kept_checkpoint
     from ..workspace.lock import workspace_lock_if_free
 
     ws = open_workspace(workspace, finish=False)  # a check writes nothing: an unfinished change is reported
-    if checkpoint is None and verifier_key is not None:
-        raise CheckpointError("--verifier-key checks a --checkpoint; give both")
-    kept = None if checkpoint is None else \
-        read_kept_checkpoint(checkpoint, origin_of(ws.info.manifest_key_id), verifier_key)
+    kept, forged = kept_checkpoint(ws, checkpoint, verifier_key)
     with workspace_lock_if_free(ws.root) as alone:  # held, no change starts while the files are read
         result = ws.audit.verify(checkpoint=kept)
     typer.echo(str(result))
+    if forged:
+        typer.echo(forged)
     if not result.ok and not alone:  # review 64: a change under way read as an interrupted one
         typer.echo("note: another dp-tangent command held this workspace's lock meanwhile (a change may have been "
                    "under way): what its unfinished work explains, an interrupted operation or a ledger ahead of the "
                    "log, goes once it is done; run `dp-tangent audit verify` again then")
     if kept is not None and result.ok:
-        signed = "signature verified" if verifier_key else "signature NOT checked (give --verifier-key)"
-        typer.echo(f"extends checkpoint {checkpoint} ({kept.size} entries; {signed})")
-    if not result.ok:
+        typer.echo(extends_line(checkpoint, kept, verifier_key))
+    if not result.ok or forged:
         raise typer.Exit(1)
+
+
+def kept_checkpoint(ws: "Workspace", checkpoint: Path | None,
+                    verifier_key: str | None) -> tuple["Checkpoint | None", str | None]:
+    """(the checkpoint a check is given, or None; None, or the line that says its signature failed, review 97: a
+    failed check, exit 1 with every other problem, not a usage mistake)."""
+    from ..workspace.checkpoint import CheckpointError, SignatureError, origin_of, read_kept_checkpoint
+
+    if checkpoint is None and verifier_key is not None:
+        raise CheckpointError("--verifier-key checks a --checkpoint; give both")
+    if checkpoint is None:
+        return None, None
+    try:
+        return read_kept_checkpoint(checkpoint, origin_of(ws.info.manifest_key_id), verifier_key), None
+    except SignatureError as err:
+        return None, f"FAILED: checkpoint {err}: the log was not checked against it"
+
+
+def extends_line(path: Path, kept: "Checkpoint", verifier_key: str | None) -> str:
+    """What a check that passed says of the checkpoint it was given."""
+    signed = "signature verified" if verifier_key else "signature NOT checked (give --verifier-key)"
+    return f"extends checkpoint {path} ({kept.size} entries; {signed})"
 
 
 @audit_app.command("resolve")

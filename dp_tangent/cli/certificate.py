@@ -28,17 +28,18 @@ def certificate_verify(
     one), the records are those its deletion entry logged, no current component or model holds them,
     and they are still tombstoned. Exit 1 if not."""
     from ..workspace.certificate_check import check_certificate, load_certificate
-    from ..workspace.checkpoint import CheckpointError, origin_of, read_kept_checkpoint
+    from .audit import extends_line, kept_checkpoint
 
-    if checkpoint is None and verifier_key is not None:
-        raise CheckpointError("--verifier-key checks a --checkpoint; give both")
     ws = open_workspace(workspace, finish=False)  # a check writes nothing
-    kept = None if checkpoint is None else \
-        read_kept_checkpoint(checkpoint, origin_of(ws.info.manifest_key_id), verifier_key)
+    kept, forged = kept_checkpoint(ws, checkpoint, verifier_key)
     certificate = _by_request_id(ws, certificate)
     result = check_certificate(ws, load_certificate(certificate), kept)
     typer.echo(str(result))
-    if not result.ok:
+    if forged:
+        typer.echo(forged)
+    elif kept is not None and result.ok:  # review 97: the given checkpoint's check went unsaid
+        typer.echo(extends_line(checkpoint, kept, verifier_key))
+    if not result.ok or forged:
         raise typer.Exit(1)
 
 

@@ -128,7 +128,7 @@ def feature_matrix(path: Path, table: pa.Table, features: Sequence[str], ids: Se
         bad = np.flatnonzero(~np.isfinite(values))
         if bad.size:
             raise DataError(f"{path}: feature column {name!r} has {bad.size} missing or non-finite value(s) "
-                            f"(first: record {ids[int(bad[0])]!r}); fill or drop them before training")
+                            f"(first: record {ids[int(bad[0])]!r}); fill or drop them")
         columns.append(values)
     return np.stack(columns, axis=1) if columns else np.zeros((len(ids), 0))
 

@@ -60,7 +60,7 @@ def text_column(path: Path, table, column: str, ids: Sequence[str]) -> list[str]
     missing = [i for i, t in enumerate(texts) if t is None or not t.strip()]
     if missing:
         raise DataError(f"{path}: text column {column!r} has {len(missing)} empty or missing value(s) "
-                        f"(first: record {ids[missing[0]]!r}); fill or drop them before training")
+                        f"(first: record {ids[missing[0]]!r}); fill or drop them")
     return texts
 
 

@@ -41,6 +41,11 @@ class CheckpointError(AuditLogError):
     """A key or checkpoint that cannot be read, or a signature that does not verify."""
 
 
+class SignatureError(CheckpointError):
+    """A checkpoint whose signature does not verify with the verifier key given: a failed check (forged, edited, or
+    another key's), not a usage mistake."""
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """The first ``size`` entries of the log of workspace ``origin`` have Merkle root ``root`` (hex)."""
@@ -199,7 +204,7 @@ def extends(hashes: list[str], checkpoint: Checkpoint) -> str | None:
 
 def read_kept_checkpoint(path: str | os.PathLike[str], origin: str, verifier: str | None) -> Checkpoint:
     """A checkpoint file kept outside the workspace whose origin is ``origin``; with ``verifier``, its
-    signature must verify. Anything else is refused in one line."""
+    signature must verify (else :class:`SignatureError`). Anything else is refused in one line."""
     try:
         note = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as err:
@@ -208,5 +213,6 @@ def read_kept_checkpoint(path: str | os.PathLike[str], origin: str, verifier: st
     if kept.origin != origin:
         raise CheckpointError(f"{path} is a checkpoint of another workspace ({kept.origin})")
     if verifier is not None and not verify_signature(note, verifier):
-        raise CheckpointError(f"{path}: the signature does not verify with the given verifier key")
+        raise SignatureError(f"{path}: the signature does not verify with the given verifier key (a forged or "
+                             "edited checkpoint, or another key's)")
     return kept
