@@ -72,14 +72,18 @@ class Ledger:
         busy_timeout: float = 30.0,
         settings: AccountantSettings = DEFAULT_SETTINGS,
         create: bool = True,
+        read_only: bool = False,
     ) -> "Ledger":
         """Open the SQLite ledger at ``path``, creating it (and its folder) if missing and ``create``
         (else a missing file raises :class:`LedgerError`: a lost ledger must not become an empty one).
 
         An existing file that is not a readable ledger raises :class:`LedgerCorruptError` and is
-        left untouched. ``busy_timeout``: seconds to wait for another writer's lock.
+        left untouched. ``busy_timeout``: seconds to wait for another writer's lock. ``read_only``: for a
+        check: the file is never written (an interrupted write's journal is rolled back, an older schema
+        upgraded, in a private copy that is read instead), and every write fails.
         """
-        return cls(SQLiteStorage(path, busy_timeout=busy_timeout, create=create), settings=settings)
+        return cls(SQLiteStorage(path, busy_timeout=busy_timeout, create=create, read_only=read_only),
+                   settings=settings)
 
     @property
     def location(self) -> str:

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import sqlite3
+import tempfile
 import threading
 import uuid
 from contextlib import closing, contextmanager
@@ -146,14 +147,19 @@ _UPDATE_EVENT = "UPDATE events SET {} WHERE seq = ?".format(", ".join(f"{f} = ?"
 class SQLiteStorage:
     """Ledger storage in one SQLite file; see the module docstring for the guarantees."""
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0, create: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0, create: bool = True,
+                 read_only: bool = False) -> None:
         if not (isinstance(busy_timeout, (int, float)) and busy_timeout >= 0):
             raise InvalidParameterError(f"busy_timeout must be a number of seconds >= 0, got {busy_timeout!r}")
         self._path = Path(path).expanduser().absolute()
         self._busy_timeout = float(busy_timeout)
         self._local = threading.local()  # .shared: this thread's open transaction of :meth:`atomically`
+        # read_only: never written, not even by SQLite (a hot journal rolled back) or an upgrade; what those would
+        # change is read from a private copy instead (``_view``), so that a check leaves the evidence as it found it
+        self._read_only = read_only
+        self._view: tempfile.TemporaryDirectory[str] | None = None
         if not os.path.lexists(self._path):
-            if not create:
+            if not create or read_only:
                 raise LedgerError(f"no ledger file at {self._path}")
             self._create()
         self._verify()
@@ -166,8 +172,24 @@ class SQLiteStorage:
 
     def _connect(self) -> sqlite3.Connection:
         # mode=rw: never let sqlite create (and so silently replace) a missing file.
-        uri = self._path.as_uri() + "?mode=rw"
+        if self._view is not None:
+            uri = (Path(self._view.name) / self._path.name).as_uri() + "?mode=ro"
+        else:
+            uri = self._path.as_uri() + ("?mode=ro" if self._read_only else "?mode=rw")
         return sqlite3.connect(uri, uri=True, timeout=self._busy_timeout, isolation_level=None)
+
+    def _open_view(self) -> None:
+        """Read from here on a private copy of the file (and its journal, which SQLite then rolls back there) in an
+        upgraded schema, as a writing open would leave it: the file itself stays as it is."""
+        self._view = tempfile.TemporaryDirectory(prefix="ledger-view-")
+        for name in (self._path.name, self._path.name + "-journal"):
+            if (self._path.parent / name).exists():
+                shutil.copy2(self._path.parent / name, Path(self._view.name) / name)
+        with closing(sqlite3.connect((Path(self._view.name) / self._path.name).as_uri() + "?mode=rw", uri=True,
+                                     isolation_level=None)) as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version in _MIGRATIONS:
+                _migrate(conn, version)
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -210,12 +232,12 @@ class SQLiteStorage:
                 conn.close()
 
     def __getstate__(self) -> dict[str, object]:  # a copy in another process opens its own connections
-        return {k: v for k, v in self.__dict__.items() if k != "_local"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_local", "_view")}
 
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__dict__.update(state)
-        self._local = threading.local()
-        self._verify()  # the file, as any open does
+        self._local, self._view = threading.local(), None
+        self._verify()  # the file, as any open does (a read-only one makes its own copy where it needs one)
 
     @property
     def _shared(self) -> sqlite3.Connection | None:
@@ -308,6 +330,9 @@ class SQLiteStorage:
         if header != _SQLITE_HEADER:
             what = "an empty file" if not header else "not an SQLite database (bad header)"
             raise LedgerCorruptError(f"{where} is {what}; refusing to open or overwrite it")
+        journal = self._path.with_name(self._path.name + "-journal")
+        if self._read_only and self._view is None and journal.exists() and journal.stat().st_size:
+            self._open_view()  # an interrupted write's journal: SQLite would roll it back into the file
         with self._errors():
             conn = self._connect()
             try:
@@ -335,6 +360,10 @@ class SQLiteStorage:
                     raise LedgerCorruptError(f"{where} has no schema version")
                 user_version = conn.execute("PRAGMA user_version").fetchone()[0]
                 if version.isdigit() and int(version) == user_version and user_version in _MIGRATIONS:
+                    if self._read_only and self._view is None:
+                        conn.close()
+                        self._open_view()  # upgraded in the copy: the file keeps its older schema
+                        return self._verify()
                     _migrate(conn, user_version)
                     version, user_version = str(SCHEMA_VERSION), SCHEMA_VERSION
                     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}

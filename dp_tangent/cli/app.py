@@ -32,14 +32,14 @@ WorkspaceOption = Annotated[Path, typer.Option("--workspace", "-w", help="Worksp
 DEFAULT_WORKSPACE = Path("dp-tangent-workspace")
 
 
-def open_workspace(path: Path, *, finish: bool = True):  # noqa: ANN202
-    """The workspace at ``path`` (a one-line error if it is not one); ``finish=False`` for a check that must not
-    write (see ``Workspace.open``)."""
+def open_workspace(path: Path, *, finish: bool = True, read_only: bool = False):  # noqa: ANN202
+    """The workspace at ``path`` (a one-line error if it is not one); ``finish=False`` for a command that must not
+    change it, ``read_only`` for a check that must not write even its ledger's file (see ``Workspace.open``)."""
     from ..workspace import Workspace
     from ..workspace.names import WorkspaceIntegrityError
 
     try:
-        return Workspace.open(path, finish=finish)
+        return Workspace.open(path, finish=finish and not read_only, read_only=read_only)
     except WorkspaceIntegrityError as err:  # finishing a killed change found an edit: recorded; read, write nothing
         typer.secho(f"warning: {err}", err=True, fg=typer.colors.RED)
         return Workspace.open(path, finish=False)

@@ -29,7 +29,7 @@ def audit_verify(
     exit 0 only if all check out, else print every problem and exit 1."""
     from ..workspace.lock import workspace_lock_if_free
 
-    ws = open_workspace(workspace, finish=False)  # a check writes nothing: an unfinished change is reported
+    ws = open_workspace(workspace, read_only=True)  # a check writes nothing: an unfinished change is reported
     kept, forged = kept_checkpoint(ws, checkpoint, verifier_key)
     with workspace_lock_if_free(ws.root) as alone:  # held, no change starts while the files are read
         result = ws.audit.verify(checkpoint=kept)
@@ -88,7 +88,7 @@ def audit_resolve(
 @audit_app.command("log")
 def audit_log(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
     """Print the audit log, one entry per line."""
-    for entry in open_workspace(workspace, finish=False).audit.entries():
+    for entry in open_workspace(workspace, read_only=True).audit.entries():
         outputs = ", ".join(a.name for a in entry.outputs)
         typer.echo(f"{entry.seq:>4}  {entry.time}  {entry.operator:<10} {entry.operation:<12} {outputs}")
 

@@ -30,7 +30,7 @@ def certificate_verify(
     from ..workspace.certificate_check import check_certificate, load_certificate
     from .audit import extends_line, kept_checkpoint
 
-    ws = open_workspace(workspace, finish=False)  # a check writes nothing
+    ws = open_workspace(workspace, read_only=True)  # a check writes nothing
     kept, forged = kept_checkpoint(ws, checkpoint, verifier_key)
     certificate = _by_request_id(ws, certificate)
     result = check_certificate(ws, load_certificate(certificate), kept)

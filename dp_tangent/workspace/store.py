@@ -248,6 +248,7 @@ class Workspace:
 
     root: Path
     info: WorkspaceInfo
+    read_only: bool = False  # a check's view: its ledger is never written (see ``open``)
 
     # -- create / open --------------------------------------------------------------------------
     @classmethod
@@ -319,9 +320,12 @@ class Workspace:
         return info
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, finish: bool = True) -> "Workspace":
+    def open(cls, path: str | os.PathLike[str], *, finish: bool = True, read_only: bool = False) -> "Workspace":
         """Open an existing workspace; anything else is refused in one line. ``finish=False`` (a verifier's view)
-        writes nothing: a change a killed process left unfinished stays as it is, for the check to report."""
+        writes nothing: a change a killed process left unfinished stays as it is, for the check to report;
+        ``read_only`` (implies it) opens its ledger read-only too: not even SQLite rolling back an interrupted
+        write's journal or an upgrade of an older schema touch the file (review 95; both are read from a private
+        copy), and every write fails."""
         root = Path(path).expanduser().absolute()
         marker = root / "workspace.json"
         if not marker.is_file():
@@ -331,11 +335,11 @@ class Workspace:
             info = WorkspaceInfo.model_validate_json(marker.read_bytes())
         except (ValidationError, ValueError) as err:
             raise WorkspaceError(_invalid_marker(marker, err)) from err
-        ws = cls(root, info)
+        ws = cls(root, info, read_only)
         if ws.key_id != info.manifest_key_id:
             raise WorkspaceError(f"{ws.key_path} does not match workspace.json (key id {ws.key_id}, "
                                  f"expected {info.manifest_key_id}): the manifest key was replaced")
-        if finish and os.access(ws.root, os.W_OK) and os.access(ws.ledger_path, os.W_OK):  # read-only: a view
+        if finish and not read_only and os.access(ws.root, os.W_OK) and os.access(ws.ledger_path, os.W_OK):
             ws.finish_interrupted_work()
         return ws
 
@@ -447,7 +451,7 @@ class Workspace:
         if not self.ledger_path.is_file():
             raise WorkspaceError(f"{self.ledger_path} is missing: every privacy spend of this workspace is in it; "
                                  "restore it from a backup (dp-tangent audit verify checks the restored copy)")
-        return Ledger.open(self.ledger_path, create=False)
+        return Ledger.open(self.ledger_path, create=False, read_only=self.read_only)
 
     @property
     def audit(self) -> AuditLog:

@@ -143,20 +143,25 @@ def test_a_planted_trigger_or_view_is_refused(tmp_path: Path, sql: str, what: st
     assert_refused_untouched(path, f"holds {what}, which no privacy ledger has")
 
 
-def test_a_version_1_ledger_migrates_and_its_schema_passes_the_check(tmp_path: Path) -> None:
-    """The schema check compares definitions without layout: a table altered by the migration reads as a fresh one."""
+def _version_1_ledger(path: Path) -> None:
+    """An empty ledger as version 1 of the schema created it (no records_read, no event_records)."""
     from privacy_accounting import sqlite_storage as storage
 
     version_1 = storage._SCHEMA.replace(",\n    records_read INTEGER\n", "\n")
     version_1 = version_1[:version_1.index("CREATE TABLE event_records")] + \
         version_1[version_1.index("CREATE TABLE audits"):]
-    path = tmp_path / "ledger.sqlite"
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute(f"PRAGMA application_id = {storage.APPLICATION_ID}")
     conn.execute("PRAGMA user_version = 1")
     conn.executescript(version_1 + "INSERT INTO meta (key, value) VALUES ('application', '{}'), "
                        "('schema_version', '1');".format(storage.APPLICATION_NAME))
     conn.close()
+
+
+def test_a_version_1_ledger_migrates_and_its_schema_passes_the_check(tmp_path: Path) -> None:
+    """The schema check compares definitions without layout: a table altered by the migration reads as a fresh one."""
+    path = tmp_path / "ledger.sqlite"
+    _version_1_ledger(path)
     ledger = Ledger.open(path)
     reserve(ledger)
     assert [e.component for e in Ledger.open(path).events()] == ["c0"]
@@ -284,3 +289,41 @@ def test_a_generated_column_added_behind_the_tools_back_changes_the_record_table
                       [(s, "src", f"r{s}") for s in range(10)])
     assert storage._sqlite_json_digest(other, "event_records", "FROM event_records ORDER BY seq, record", ()) is None
     assert storage._table_digest(other, "event_records", "seq, record") != plain
+
+
+def test_a_read_only_open_never_writes_the_file_an_upgrade_or_a_rollback_reads_from_a_copy(tmp_path: Path) -> None:
+    """Review 95 (and 75): `audit verify` opened the ledger as writers do, so an older schema was upgraded and an
+    interrupted write's journal rolled back in the very file an auditor was checking. Read-only, both happen in a
+    private copy that is read instead; the file's bytes stay, and writes fail."""
+    from privacy_accounting.errors import PrivacyAccountingError
+
+    old = tmp_path / "old.sqlite"
+    _version_1_ledger(old)
+    before = old.read_bytes()
+    viewed = Ledger.open(old, create=False, read_only=True)
+    assert viewed.events() == [] and viewed.state_digest() == Ledger.open(tmp_path / "new.sqlite").state_digest()
+    assert old.read_bytes() == before
+    with pytest.raises(PrivacyAccountingError):
+        reserve(viewed)
+    assert old.read_bytes() == before
+    # a hot journal, as a writer killed mid-transaction leaves it: copied with the file, rolled back in the copy
+    path = tmp_path / "ledger.sqlite"
+    reserve(Ledger.open(path))
+    committed = Ledger.open(path).events()
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA cache_size = 1")  # pages spill to the file before the commit: the journal is hot
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("UPDATE meta SET value = value || '-edited' WHERE key = 'application'")
+    writer.execute("CREATE TABLE filler (x BLOB)")
+    for _ in range(50):
+        writer.execute("INSERT INTO filler VALUES (randomblob(4000))")
+    journal = path.with_name(path.name + "-journal")
+    files = {p: p.read_bytes() for p in (path, journal)}  # as a kill now would leave them
+    writer.execute("ROLLBACK")
+    writer.close()
+    for p, data in files.items():
+        p.write_bytes(data)
+    assert journal.stat().st_size > 0
+    viewed = Ledger.open(path, create=False, read_only=True)
+    assert viewed.events() == committed
+    assert {p: p.read_bytes() for p in files} == files  # neither the file nor its journal touched
