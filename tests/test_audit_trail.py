@@ -141,6 +141,9 @@ def test_a_forged_or_foreign_checkpoint_is_refused(checkpointed, tmp_path, capsy
     assert code == 2 and "another workspace" in out
     code, out = _cli(capsys, "audit", "keygen", str(other_key))
     assert code == 2 and "never overwritten" in out
+    code, out = _cli(capsys, "audit", "checkpoint", "--key", str(tmp_path / "none.key"), "-o", "cp.txt",
+                     "-w", str(ws.root))  # review 97: the README used a key it never made
+    assert code == 2 and "No such file or directory; make one with `dp-tangent audit keygen PATH`" in out, out
 
 
 # -- the operator's workflow (finding 5) -----------------------------------------------------------

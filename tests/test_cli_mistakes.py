@@ -628,8 +628,12 @@ def test_a_changed_certificate_copy_is_restored_from_its_json(ws: Path, capsys: 
     _refused(capsys, "budget", "set", "rows", "50", "-w", "ws", says="does not verify")
     code, out, err = run_cli(capsys, "certificate", "restore", "R9", "-w", "ws")
     assert code == 0 and text.read_bytes() == original and f"restored {text.absolute()}" in out, (out, err)
+    hint = out.split("close it with: ")[1].split()  # review 97: its reason was '...', logged for good as given
+    assert hint[:4] == ["dp-tangent", "audit", "resolve", "--reason"] and "restored R9.txt from its .json" in out
     code, out, err = run_cli(capsys, "certificate", "restore", "R9", "-w", "ws")  # asked again: nothing to restore
     assert code == 0 and "already; nothing was changed" in out and "restored" not in out, (out, err)
+    for placeholder in ("...", "TEXT", " - "):
+        _refused(capsys, "audit", "resolve", "--reason", placeholder, "-w", "ws", says="give a reason in words")
     assert run_cli(capsys, "audit", "resolve", "--reason", "restored the certificate copy", "-w", "ws")[0] == 0
     assert run_cli(capsys, "audit", "verify", "-w", "ws")[0] == 0
     cert = Path("ws/certificates/R9.json")

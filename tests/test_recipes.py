@@ -250,7 +250,7 @@ def test_train_evaluate_predict_then_budget_exhausted(tmp_path: Path, capsys: py
 
     np.save(tmp_path / "wrong.npy", np.zeros((2, 5), dtype=np.float32))
     np.save(tmp_path / "wrong4d.npy", np.zeros((1, 5, 48, 48), dtype=np.float32))
-    for wrong, message in (("wrong.npy", "expected an array of shape"),
+    for wrong, message in (("wrong.npy", "expected an array of shape (3, 48, 48) or (N, 3, 48, 48), got (2, 5)"),
                            ("wrong4d.npy", "inputs of shape (5, 48, 48), but model 'run1' takes (3, 48, 48)")):
         code, _, err = run_cli(capsys, "predict", "run1", str(tmp_path / wrong), "--workspace", str(ws_path))
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err

@@ -79,4 +79,4 @@ def certificate_restore(
         typer.echo(f"{path} holds the bytes the audit log vouches for already; nothing was changed")
         return
     typer.echo(f"restored {path} (the bytes the audit log vouches for); if an integrity failure was recorded, close "
-               f"it with: dp-tangent audit resolve --reason '...' -w {ws.root}")
+               f"it with: dp-tangent audit resolve --reason 'restored {path.name} from its .json' -w {ws.root}")

@@ -170,7 +170,7 @@ def predict(
     def read(path: Path) -> tuple[torch.Tensor, list[str]]:
         nonlocal source
         if path.suffix == ".npy":
-            batch = load_array(path, kind.input_rank, kind.token_ids)
+            batch = load_array(path, kind.input_rank, kind.token_ids, shape)
             _check_shape(path, batch, shape, f"model {model!r}", "give arrays of that shape, or the files themselves "
                          "(its data source reads them)")
             return batch, [str(path)]
@@ -321,7 +321,7 @@ def _predict_released(bundle: Path, inputs: list[Path], data: Optional[Path], ex
     shape = released.statement.base.input_shape
 
     def read(path: Path) -> tuple[torch.Tensor, list[str]]:
-        batch = load_array(path, kind.input_rank, kind.token_ids)
+        batch = load_array(path, kind.input_rank, kind.token_ids, None if shape is None else tuple(shape))
         _check_shape(path, batch, None if shape is None else tuple(shape), "the released model",
                      "give arrays of that shape")
         return batch, [str(path)]

@@ -50,7 +50,8 @@ def npz_records(path: Path, *, inputs: str, targets: str, record_ids: str) -> Re
         raise DataError(f"{path}: {(str(err).strip().splitlines() or [type(err).__name__])[0]}") from None
 
 
-def load_array(path: Path, rank: int = 3, token_ids: bool = False) -> torch.Tensor:
+def load_array(path: Path, rank: int = 3, token_ids: bool = False,
+               shape: tuple[int, ...] | None = None) -> torch.Tensor:
     """A ``.npy`` file as float32 model inputs: one input of ``rank`` dimensions ((C, H, W) images by
     default, (F,) feature vectors with ``rank=1``) or a batch of them; with ``token_ids``, int64 token ids of a
     text model (an integer array, as its tokenizer gave them)."""
@@ -77,6 +78,8 @@ def load_array(path: Path, rank: int = 3, token_ids: bool = False) -> torch.Tens
         raise DataError(f"{path}: expected numbers, got an array of {array.dtype}") from None
     if tensor.ndim not in (rank, rank + 1):
         one, batch = ("(F,)", "(N, F)") if rank == 1 else ("(C, H, W)", "(N, C, H, W)")
+        if shape is not None and len(shape) == rank:  # the model's own (review 97: the other error named it)
+            one, batch = str(tuple(shape)), "(N, " + ", ".join(map(str, shape)) + ")"
         raise DataError(f"{path}: expected an array of shape {one} or {batch}, got {tuple(tensor.shape)}")
     if tensor.numel() == 0:
         raise DataError(f"{path}: the array is empty (shape {tuple(tensor.shape)}); give at least one input")

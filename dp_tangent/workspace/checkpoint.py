@@ -110,7 +110,8 @@ def load_signing_key(path: str | os.PathLike[str]) -> tuple[str, Ed25519PrivateK
     try:
         text = Path(path).read_text().strip()
     except OSError as err:
-        raise CheckpointError(f"cannot read the signing key {path}: {err.strerror}") from None
+        hint = "; make one with `dp-tangent audit keygen PATH`" if isinstance(err, FileNotFoundError) else ""
+        raise CheckpointError(f"cannot read the signing key {path}: {err.strerror}{hint}") from None
     parts = text.split("+", 4)
     try:
         if len(parts) != 5 or parts[:2] != ["PRIVATE", "KEY"]:

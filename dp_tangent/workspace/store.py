@@ -534,8 +534,9 @@ class Workspace:
         killed in the instant after it completed its run, or an edit no backup undoes): the operator accepts it as it is
         now, and the entry vouches for it from then on; every file must verify all the same. Returns the entries
         closed."""
-        if not reason.strip():
-            raise WorkspaceError("give a reason: what was found and what was done about it (it is logged)")
+        if not re.sub(r"[\W_]+", "", reason) or reason.strip().upper() in ("TEXT", "REASON"):  # '...' from a hint
+            raise WorkspaceError("give a reason in words: what was found and what was done about it (it is logged for "
+                                 "good)")
         with workspace_lock(self.root):
             audit = self.audit
             entries = audit.entries()
