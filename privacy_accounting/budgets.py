@@ -36,8 +36,10 @@ def enforce_budget(
     existing: Sequence[AnyEvent],
     new_event: AnyEvent,
     settings: AccountantSettings,
+    shared: bool = False,
 ) -> None:
-    """Raise :class:`BudgetExceededError` if adding ``new_event`` takes the shard above ``budget``.
+    """Raise :class:`BudgetExceededError` if adding ``new_event`` takes the shard above ``budget`` (``shared``:
+    ``existing`` are the events that read records it shares with runs on other shards, not the shard's).
 
     No budget: always allowed. A non-private event (epsilon = inf) is refused by any budget.
     The decision is exactly "tightest bound after <= limit"; cheap accountants are tried first
@@ -51,7 +53,9 @@ def enforce_budget(
         limit=budget.epsilon,
         delta=budget.delta,
         scope=budget.scope.replace("_", " "),
+        shared=shared,
     )
+    whose = "those records'" if shared else "the shard's"
     if is_non_private(new_event):
         before = composed_bounds(existing, budget.delta, settings)
         raise BudgetExceededError(
@@ -68,10 +72,11 @@ def enforce_budget(
     after = composed_bounds([*existing, new_event], budget.delta, settings)
     if math.isfinite(before.epsilon):
         requested = after.epsilon - before.epsilon
-        kind = "increment of the shard's composed epsilon, after minus before"
+        kind = f"increment of {whose} composed epsilon, after minus before"
     else:
         requested = epsilon_bounds(new_event, budget.delta, settings).epsilon
-        kind = "the event's own epsilon, as the shard's spend is already infinite"
+        kind = f"the event's own epsilon, as {whose} spend is already infinite" + (
+            ": a non-private run read them" if shared else "")
     raise BudgetExceededError(
         **common,
         spent=before.epsilon,

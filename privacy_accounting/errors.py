@@ -64,8 +64,9 @@ class BudgetExceededError(PrivacyAccountingError):
     """A reservation would take a shard's spend above its epsilon limit; nothing was written.
 
     Attributes hold the figures of the message: ``spent`` is the epsilon of the shard's
-    existing events, ``requested`` the increment ``spent_after - spent`` (all at the budget's
-    delta, with the reported accountant), ``limit`` the budget's epsilon.
+    existing events (``shared``: of the events that read the records the run shares with runs on other shards),
+    ``requested`` the increment ``spent_after - spent`` (all at the budget's delta, with the reported accountant),
+    ``limit`` the budget's epsilon.
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class BudgetExceededError(PrivacyAccountingError):
         scope: str,
         accountant: str,
         requested_kind: str = "increment of the shard's composed epsilon, after minus before",
+        shared: bool = False,
     ) -> None:
         self.data_source = data_source
         self.shard = shard
@@ -92,8 +94,10 @@ class BudgetExceededError(PrivacyAccountingError):
         self.scope = scope
         self.accountant = accountant
         self.requested_kind = requested_kind
+        self.shared = shared  # the figures are those of records the run shares with runs on other shards
+        whose = "records the run shares with runs on other shards, held by " if shared else ""
         super().__init__(
-            f"budget exceeded for shard {shard!r} of data source {data_source!r}: "
+            f"budget exceeded for {whose}shard {shard!r} of data source {data_source!r}: "
             f"spent epsilon={spent:.4g}, requested epsilon={requested:.4g} ({requested_kind}), "
             f"spent after={spent_after:.4g} > limit epsilon={limit:.4g} "
             f"({scope} budget, delta={delta:.3g}, accountant={accountant}); nothing was written"

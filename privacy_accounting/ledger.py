@@ -265,6 +265,7 @@ class Ledger:
                         existing=[e.tree for e in readers],
                         new_event=record.tree,
                         settings=self._settings,
+                        shared=any((e.data_source, e.shard) != here for e in readers),
                     )
 
         return self._storage.reserve(records, check, [frozenset(r.records) for r in requests], dry_run=dry_run)

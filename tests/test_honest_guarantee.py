@@ -4,6 +4,7 @@ and a release bundle that carries nothing but the DP output (privacy review find
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from datetime import datetime, timezone
@@ -620,6 +621,27 @@ def test_a_run_of_another_source_on_the_same_records_planned_from_its_own_count_
     assert "only if its shards' sizes are taken as public" in report["headlines"][0]["sentence"]
     code, out, _ = run_cli(capsys, "budget", "show", "-w", "ws")
     assert code == 0 and "* P/s0, U/s0: a run that read its records" in out, out
+
+
+def test_a_refusal_for_records_a_non_private_run_read_names_those_records_not_the_shard(
+        tmp_path, mlp_backbone) -> None:
+    """Review 95: refused because records it shares with another source's non-private run have an infinite spend,
+    a run was told "the shard's spend is already infinite" while the shard's own figure was finite."""
+    from privacy_accounting import BudgetExceededError
+
+    ws = Workspace.create(tmp_path / "ws")
+    ws.set_budget("P", None, epsilon=20.0, delta=1e-5)
+    ws.train(mlp_backbone, None, records(0), data_source="U", shard="s0", name="u0",
+             privacy=PrivacySpec(epsilon=math.inf), config=FAST)
+    ws.train(mlp_backbone, None, records(1), data_source="P", shard="s0", name="p0", privacy=PLANNED, config=FAST)
+    with pytest.raises(BudgetExceededError) as refused:
+        ws.train(mlp_backbone, None, records(0), data_source="P", shard="s0", name="p1", privacy=PLANNED,
+                 config=FAST, allow_overlap=True)
+    message = str(refused.value)
+    assert refused.value.shared and "budget exceeded for records the run shares with runs on other shards, held " \
+        "by shard 's0' of data source 'P': spent epsilon=inf" in message
+    assert "as those records' spend is already infinite: a non-private run read them" in message
+    assert math.isfinite(ws.ledger.shard_spend("P", "s0").epsilon)  # the shard's own figure: finite
 
 
 def test_the_release_report_and_budget_say_when_shard_sizes_are_taken_as_public(tmp_path, mlp_backbone,
