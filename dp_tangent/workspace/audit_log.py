@@ -444,7 +444,12 @@ def _check_unaccounted(root: Path, entries: Sequence[AuditEntry]) -> tuple[list[
             continue
         if rel in NOT_ARTIFACTS:
             continue
-        if present.get(rel) is None and written_by_killed_write(path.name) is not None:
+        if path.is_symlink() and path.is_dir():  # review 95: a logged folder replaced by a link to one elsewhere
+            under = sum(1 for logged, sha in present.items() if sha is not None and logged.startswith(rel + "/"))
+            problems.append(Problem(len(entries), f"folder {rel} is a symbolic link (made by hand: the tool makes "
+                                                  f"folders, never links); the {under} logged file(s) under it are "
+                                                  "read from elsewhere: put the folder itself there"))
+        elif present.get(rel) is None and written_by_killed_write(path.name) is not None:
             problems.append(Problem(len(entries), f"file {rel} {KILLED_WRITE_REASON}: the next dp-tangent command "
                                                   "on the workspace removes it"))
         elif present.get(rel) is None:
