@@ -49,8 +49,8 @@ SCALE = ("For orientation (Ponomareva et al., “How to DP-fy ML”, 2023): ε �
 SIZES_PUBLIC = ("This holds with the shards' sizes taken as public: some runs were planned from their shard's own "
                 "record count (sampling rate, steps and noise follow it), so the model can reveal a shard's size, "
                 "and with it whether one record (one user, for user-level data) is in it.")
-SHARD_SIZE_PUBLIC = ("A run on it was planned from its own record count: the figure holds with the shard's size "
-                     "taken as public.")
+SHARD_SIZE_PUBLIC = ("A run on it, or on records it shares with other shards, was planned from its shard's own record "
+                     "count: the figure holds with that shard's size taken as public.")
 
 
 def fmt_eps(value: float | None) -> str:

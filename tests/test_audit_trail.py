@@ -909,3 +909,32 @@ def test_a_creation_killed_half_way_leaves_no_workspace_without_its_log(tmp_path
     monkeypatch.chdir("here")  # the working directory itself (or a mounted volume), empty: built in, never replaced
     code, out = _cli(capsys, "init", "-w", ".")
     assert code == 0 and Path("workspace.json").is_file() and Path.cwd().exists(), out
+
+
+def test_a_workspace_this_process_may_not_write_is_read_without_writing_its_ledger(ws, capsys, monkeypatch) -> None:
+    """Review 99: on a read-only mount, `budget show` and `report` failed ("attempt to write a readonly database")
+    when an interrupted write had left the ledger's journal: SQLite must roll it back to read. The ledger is then
+    read as the checks read it, from a private copy rolled back there, and neither file is written."""
+    import os
+    import sqlite3
+
+    from dp_tangent.workspace import store
+
+    path = ws.ledger_path
+    journal = path.with_name(path.name + "-journal")
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA cache_size = 1")  # pages spill to the file before the commit: the journal is hot
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("CREATE TABLE filler (x BLOB)")
+    for _ in range(50):
+        writer.execute("INSERT INTO filler VALUES (randomblob(4000))")
+    files = {p: p.read_bytes() for p in (path, journal)}  # as a kill now leaves them
+    writer.execute("ROLLBACK")
+    writer.close()
+    for p, data in files.items():
+        p.write_bytes(data)
+    access = os.access
+    monkeypatch.setattr(store.os, "access", lambda p, mode, **kw: False if mode == os.W_OK else access(p, mode, **kw))
+    code, out, err = run_cli(capsys, "budget", "show", "-w", str(ws.root))
+    assert code == 0 and "toy" in out and "cannot be read" not in err, (out, err)
+    assert {p: p.read_bytes() for p in files} == files

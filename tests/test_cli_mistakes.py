@@ -1106,3 +1106,20 @@ def test_a_table_another_source_reads_with_other_record_ids_is_refused_before_an
                       "record ids from column 'rid': with ids from 'mrn' its records would be other records here")
     assert len(Workspace.open("ws").ledger.events()) == events  # nothing reserved or spent
     _refused(capsys, "train", "d.yaml", "-w", "ws", "--executor", "serial", says="overlaps other shards")
+
+
+def test_an_npz_another_source_reads_with_ids_from_another_array_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 99: the refusal of a file read under another id column missed `.npz` sources, whose ids come from an
+    array (``record_ids``): a deleted record was trained again under its id from another array."""
+    monkeypatch.chdir(tmp_path)
+    ids = write_npz(Path("r.npz"), n=64)
+    arrays = dict(np.load("r.npz"))
+    np.savez("r.npz", **arrays, mrn=np.array([f"m{i}" for i in range(len(ids))]))
+    for name, data in (("a", {"path": "r.npz"}), ("b", {"path": "r.npz", "record_ids": "mrn"})):
+        write_recipe(Path(f"{name}.yaml"), mlp_recipe({"npz": data}, in_features=6, classes=2, source=name))
+    assert run_cli(capsys, "train", "--init", "a.yaml", "-w", "ws", "--executor", "serial")[0] == 0
+    assert run_cli(capsys, "forget", ids[3], "--request-id", "d1", "-w", "ws")[0] in (0, 3)
+    _refused(capsys, "train", "b.yaml", "-w", "ws", "--executor", "serial",
+             says=f"data source 'b' reads {Path('r.npz').absolute()}, which data source 'a' reads already with record "
+                  "ids from array 'record_ids': with ids from 'mrn'")

@@ -431,25 +431,33 @@ def _refuse_rekeyed(name: str, source: ReloadableSource, sources: Sources, key: 
     beside a patient id, was new records: a deleted one was trained again under its other id, and runs reading the
     same row under two ids did not compose)."""
     data = getattr(source, "data", None)
-    path, column = getattr(data, "path", None), getattr(data, "record_id", ...)
+    path, column = getattr(data, "path", None), _id_column(data)
     if path is None or column is ...:
         return None
     tag = hmac.new(hmac.new(key, _TAG_CONTEXT, hashlib.sha256).digest(), b"file\0" + bytes.fromhex(
         sha256_file(Path(path))), hashlib.sha256).hexdigest()[:32]
     for other, entry in sources.sources.items():
         was = getattr(parse_source(entry), "data", None)
-        if other == name or getattr(was, "path", None) is None or getattr(was, "record_id", ...) in (..., column):
+        if other == name or getattr(was, "path", None) is None or _id_column(was) in (..., column):
             continue
         content = sources.content.get(other)
         if Path(was.path).resolve() == Path(path).resolve() or (content is not None and content.file_tag == tag):
-            ids = f"column {was.record_id!r}" if was.record_id else "their row numbers"
-            other_column = f", or give record_id: {was.record_id}" if was.record_id else ""
+            held, (noun, field) = _id_column(was), (("array", "record_ids") if hasattr(was, "record_ids")
+                                                     else ("column", "record_id"))
+            ids = f"{noun} {held!r}" if held else "their row numbers"
+            other_column = f", or give {field}: {held}" if held else ""
             raise DataSourceError(
                 f"data source {name!r} reads {path}, which data source {other!r} reads already with record ids from "
                 f"{ids}: with ids from {column!r} its records would be other records here (one deleted under one id "
                 f"would be trained again under the other, and runs reading a row under two ids would not compose); "
                 f"train it as data source {other!r}{other_column}")
     return tag
+
+
+def _id_column(data: object) -> Any:
+    """The column (a table's, a text file's) or array (an ``.npz``'s) a file of rows takes its record ids from; None:
+    row numbers (a table registered before ids were required); ``...``: not a file of rows."""
+    return getattr(data, "record_id", getattr(data, "record_ids", ...))
 
 
 def _decoder_said(source: ReloadableSource) -> ReloadableSource:

@@ -451,7 +451,10 @@ class Workspace:
         if not self.ledger_path.is_file():
             raise WorkspaceError(f"{self.ledger_path} is missing: every privacy spend of this workspace is in it; "
                                  "restore it from a backup (dp-tangent audit verify checks the restored copy)")
-        return Ledger.open(self.ledger_path, create=False, read_only=self.read_only)
+        # a file or folder this process may not write (a read-only mount): read as a check reads it, in a private copy
+        # where SQLite would have to write (an interrupted write's journal), rather than fail (review 99)
+        writable = os.access(self.ledger_path, os.W_OK) and os.access(self.root, os.W_OK)
+        return Ledger.open(self.ledger_path, create=False, read_only=self.read_only or not writable)
 
     @property
     def audit(self) -> AuditLog:
