@@ -253,7 +253,7 @@ def test_the_same_source_in_other_shards_or_moved_is_still_the_registered_data(
     arrays["inputs"][3, 0] += 1.0
     np.savez("moved/rows.npz", **arrays)
     _refused(capsys, "train", "--init", "moved.yaml", "--name", "changed", "--allow-overlap", "-w", "ws",
-             says="is not the data it was registered with (1 record(s) changed)")
+             says="is not the data it was registered with (1 record(s) changed, e.g. 'row-003')")
     np.savez("moved/rows.npz", **{k: v[1:] for k, v in original.items()})  # a record no deletion removed is gone
     _refused(capsys, "train", "--init", "moved.yaml", "--name", "fewer", "--allow-overlap", "-w", "ws",
              says="(1 missing that no deletion request removed)")

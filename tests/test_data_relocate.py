@@ -73,7 +73,7 @@ def test_a_place_with_other_records_is_refused_and_nothing_changes(trained, caps
     extra["record_ids"][-1] = "row-new"
     np.savez("other/extra.npz", **extra)
     for place, says in (("other/changed.npz", "other/changed.npz is not the data 'rows' was registered with (6 "
-                                              "record(s) changed): relocate moves the data as it was"),
+                                              "record(s) changed, e.g. 'row-000'): relocate moves the data as it was"),
                         ("other/extra.npz", "holds 1 record(s) data source 'rows' was not registered with"),
                         ("other/none.npz", "other/none.npz")):
         code, _, err = run_cli(capsys, "data", "relocate", "rows", place, "-w", "ws")
@@ -199,7 +199,7 @@ def test_another_public_table_is_refused_and_nothing_changes(public_scaled, caps
     code, _, err = run_cli(capsys, "data", "relocate", "wine", "--public-table", "other.csv", "-w", "ws")
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "read with the public table other.csv, data source 'wine' is not the data it was registered with" in err
-    assert "record(s) changed; the public table's statistics scale every record's features" in err
+    assert "record(s) changed, e.g. 'wine-000'; the public table's statistics scale every record's features" in err
     assert run_cli(capsys, "forget", "wine-005", "--request-id", "r1", "-w", "ws")[0] == 0
     write_wine_csv(Path("data/private.csv"), rows=[i for i in range(100) if i != 5])  # its row taken out, as advised
     before = Path("ws/data-sources.json").read_bytes()

@@ -132,7 +132,7 @@ def test_a_registered_folder_decodes_only_its_new_images_and_a_changed_one_is_re
     spent = len(Workspace.open("ws").ledger.events())
     Path("imgs/b/0004.png").write_bytes(b"")  # a registered image emptied
     code, _, err = run_cli(capsys, "train", str(recipe), "--name", "third", "-w", "ws", "--executor", "serial")
-    assert code == 2 and "is not the data it was registered with (1 record(s) changed)" in err, err
+    assert code == 2 and "is not the data it was registered with (1 record(s) changed, e.g. 'b/0004.png')" in err, err
     assert len(Workspace.open("ws").ledger.events()) == spent  # refused before anything was reserved
 
 

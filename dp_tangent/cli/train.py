@@ -73,13 +73,21 @@ def _check_unused(ws: Workspace, name: str, shards: int) -> None:
                              "missing shards: " + " ".join(f"--shard {k}" for k in missing))
 
 
-def _register_source(ws: Workspace, recipe: Recipe) -> None:
-    """Declare the data source and its shards, with how to reload it (for retraining, evaluate, predict)."""
+def _register_source(ws: Workspace, recipe: Recipe, jobs: list[ShardJob]) -> None:
+    """Declare the data source and its shards, with how to reload it (for retraining, evaluate, predict), once the
+    registration's checks and the jobs' batch sizes hold."""
     from ..data.sources import source_for
+    from ..training.validation import check_batch_size
+
+    def batches_fit() -> None:  # review 98: refused after registering, a pilot's records fixed the test split for good
+        planned, batch_size = recipe.privacy_spec().planned_shard_size, recipe.train_config().batch_size
+        for job in jobs:
+            check_batch_size(job.records, batch_size, f"component {job.name!r}", planned)
 
     loader = source_for(recipe.data, recipe.shards)
     ws.declare_data_source(recipe.data_source, description=f"recipe data {recipe.data.kind}",
-                           shards=[f"shard-{k}" for k in range(recipe.shards.count)], loader=loader)
+                           shards=[f"shard-{k}" for k in range(recipe.shards.count)], loader=loader,
+                           before_write=batches_fit)
     budget, current = recipe.budget, _source_budget(ws, recipe.data_source)
     if budget and current is None:
         ws.set_budget(recipe.data_source, None, budget.epsilon, budget.delta)
@@ -112,13 +120,8 @@ def _check_reservations(ws: Workspace, recipe: Recipe, jobs: list[ShardJob], all
 
     from ..workspace.train import reservation_requests
 
-    from ..training.validation import check_batch_size
-
-    privacy, config = recipe.privacy_spec(), recipe.train_config()
-    for job in jobs:  # review 98: refused after registering, a pilot's few records fixed the test split for good
-        check_batch_size(job.records, config.batch_size, f"component {job.name!r}", privacy.planned_shard_size)
     requests = reservation_requests(ws, recipe.backbone.spec(), recipe.trainable, jobs, data_source=recipe.data_source,
-                                    privacy=privacy, config=config, deleted="exclude")
+                                    privacy=recipe.privacy_spec(), config=recipe.train_config(), deleted="exclude")
     current = _source_budget(ws, recipe.data_source)
     try:
         ws.ledger.check_reservations(requests, allow_overlap=allow_overlap)
@@ -277,7 +280,7 @@ def train(
         jobs = [ShardJob(_retry_name(ws, name, k), f"shard-{k}", parts[k]) for k in selected]
         # refused before the data and the budget are registered, which a fixed recipe could not undo
         _check_reservations(ws, recipe, jobs, allow_overlap)
-        _register_source(ws, recipe)  # checks the public table, if any, against the workspace's records
+        _register_source(ws, recipe, jobs)  # checks the public table, if any, against the workspace's records
         spec, console = recipe.backbone.spec(), Console()
         typer.echo(f"theta0: {spec.describe()}")
         console.print(f"{recipe_path}: {spec.name} ({recipe.trainable}), {len(jobs)} of {count} shards "

@@ -140,10 +140,11 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
         was, now = _flat(parse_source(before).model_dump(mode="json")), _flat(value)  # as read now: new defaults
         differ = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k) and not _split_only(k, was, now))
         if set(differ) - _LOCATIONS:
+            # another name for the same records is refused as an overlap: the way on is the registration's reading
+            other = "" if differ == ["data.decoder"] else ", or give this data another data_source name"
             raise DataSourceError(f"data source {name!r} is registered to be read otherwise ({', '.join(differ)} "
                                   "differ): its models, reloads and deletions depend on how its records are read; "
-                                  "keep the data section it was registered with, or give this data another "
-                                  "data_source name")
+                                  f"keep the data section it was registered with{other}")
         moved = bool(differ)
     deleted_spelled = Tombstones(ws.root).canonical()
     deleted = set(deleted_spelled)
@@ -168,7 +169,7 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
         raise DataSourceError(f"data source {name!r} was registered before its records' digests were kept, so its "
                               f"data cannot be checked at a new place; read it from {where}")
     if old is not None:
-        differences = _differences(old.tags, tags, deleted)
+        differences = _differences(old.tags, tags, deleted, dict(zip(every, records.record_ids)))
         if differences:
             raise DataSourceError(f"data source {name!r} is not the data it was registered with ({differences}"
                                   f"{_scaled_by(source, differences)}): restore it (removing deleted records and "
@@ -543,7 +544,8 @@ def relocated(ws: Workspace, name: str, location: Path | None, public_table: Pat
         raise DataSourceError(f"{where or data.get('path') or data.get('root')} holds {len(new)} record(s) data "
                               f"source {name!r} was not registered with "
                               f"(e.g. {sorted(new)[0]!r}): relocate moves the data as it was; train adds records")
-    differences = _differences(content.tags, {c: t for c, t in every.items() if c not in deleted}, deleted)
+    differences = _differences(content.tags, {c: t for c, t in every.items() if c not in deleted}, deleted,
+                               dict(zip(every, records.record_ids)))
     if differences and PUBLIC_TABLE in places:
         raise DataSourceError(f"read with the public table {moves[PUBLIC_TABLE]}{f' from {where}' if where else ''}, "
                               f"data source {name!r} is not the data it was registered with ({differences}; the "
@@ -576,12 +578,13 @@ def _scaled_by(source: ReloadableSource | None, differences: str) -> str:
             "so a change there changes every record")
 
 
-def _differences(registered: Mapping[str, str], tags: Mapping[str, str], deleted: set[str]) -> str:
-    """How records' content ``tags`` (commitment -> tag) differ from the ``registered`` ones: changed, and missing
-    that no deletion removed ("" if neither)."""
-    changed = sum(c in registered and registered[c] != t for c, t in tags.items())
+def _differences(registered: Mapping[str, str], tags: Mapping[str, str], deleted: set[str],
+                 ids: Mapping[str, str]) -> str:
+    """How records' content ``tags`` (commitment -> tag) differ from the ``registered`` ones: changed (the first
+    named by its id, ``ids``: commitment -> record id), and missing that no deletion removed ("" if neither)."""
+    changed = [c for c, t in tags.items() if c in registered and registered[c] != t]
     missing = len(set(registered) - set(tags) - deleted)
-    return "; ".join(part for part in (f"{changed} record(s) changed" if changed else "",
+    return "; ".join(part for part in (f"{len(changed)} record(s) changed, e.g. {ids[changed[0]]!r}" if changed else "",
                                        f"{missing} missing that no deletion request removed" if missing else "")
                      if part)
 

@@ -35,7 +35,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
@@ -746,9 +746,11 @@ class Workspace:
             return record
 
     def declare_data_source(self, name: str, *, description: str, shards: Sequence[str], unit: str = "record",
-                            loader: ReloadableSource | None = None, operator: str | None = None) -> None:
+                            loader: ReloadableSource | None = None, operator: str | None = None,
+                            before_write: Callable[[], None] | None = None) -> None:
         """Declare a data source and its shards in the ledger (and, with ``loader``, how to re-read it
-        for retraining, in ``data-sources.json``), and log it."""
+        for retraining, in ``data-sources.json``), and log it. ``before_write``: a caller's last check, run once the
+        registration's own have passed, before anything is written (what it raises leaves nothing registered)."""
         from . import data_sources
 
         if str(getattr(unit, "value", unit)) != "record":
@@ -757,6 +759,8 @@ class Workspace:
                                  "and clipping, which it does not do)")
         with self.lock():
             registry = None if loader is None else data_sources.registered(self, name, loader)
+            if before_write is not None:
+                before_write()
             self._declare(name, description, shards, str(getattr(unit, "value", unit)), registry,
                           reloadable=loader is not None, operator=operator)
 
