@@ -410,6 +410,11 @@ def _tree(root: Path, recurse: bool = True) -> Iterator[Path]:
             return
 
 
+def _logged_under(present: Mapping[str, str | None], folder: str) -> int:
+    """How many files the log holds as present under ``folder``."""
+    return sum(1 for logged, sha in present.items() if sha is not None and logged.startswith(folder + "/"))
+
+
 def _check_unaccounted(root: Path, entries: Sequence[AuditEntry]) -> tuple[list[Problem], list[str]]:
     """Files in the workspace that no entry of the log wrote (or that it logged as removed); and notes on what
     passes but is left over (an interrupted report's temporary file)."""
@@ -444,8 +449,8 @@ def _check_unaccounted(root: Path, entries: Sequence[AuditEntry]) -> tuple[list[
             continue
         if rel in NOT_ARTIFACTS:
             continue
-        if path.is_symlink() and path.is_dir():  # review 95: a logged folder replaced by a link to one elsewhere
-            under = sum(1 for logged, sha in present.items() if sha is not None and logged.startswith(rel + "/"))
+        under = _logged_under(present, rel) if path.is_symlink() and path.is_dir() else 0
+        if under:  # review 95: a logged folder replaced by a link to one elsewhere
             problems.append(Problem(len(entries), f"folder {rel} is a symbolic link (made by hand: the tool makes "
                                                   f"folders, never links); the {under} logged file(s) under it are "
                                                   "read from elsewhere: put the folder itself there"))
