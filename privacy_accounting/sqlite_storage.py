@@ -183,8 +183,8 @@ class SQLiteStorage:
         upgraded schema, as a writing open would leave it: the file itself stays as it is."""
         self._view = tempfile.TemporaryDirectory(prefix="ledger-view-")
         for name in (self._path.name, self._path.name + "-journal"):
-            if (self._path.parent / name).exists():
-                shutil.copy2(self._path.parent / name, Path(self._view.name) / name)
+            if (self._path.parent / name).exists():  # bytes only: a read-only file's mode would stop the rollback
+                shutil.copyfile(self._path.parent / name, Path(self._view.name) / name)
         with closing(sqlite3.connect((Path(self._view.name) / self._path.name).as_uri() + "?mode=rw", uri=True,
                                      isolation_level=None)) as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]

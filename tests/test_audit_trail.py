@@ -938,3 +938,8 @@ def test_a_workspace_this_process_may_not_write_is_read_without_writing_its_ledg
     code, out, err = run_cli(capsys, "budget", "show", "-w", str(ws.root))
     assert code == 0 and "toy" in out and "cannot be read" not in err, (out, err)
     assert {p: p.read_bytes() for p in files} == files
+    entries = len(ws.audit.entries())  # review 101: a writing command wrote its certificate, then failed
+    code, out, err = run_cli(capsys, "forget", "rec-0-3", "--request-id", "r-ro", "-w", str(ws.root))
+    assert code == 2 and "cannot be written by this process" in err and len(err.strip().splitlines()) == 1, err
+    assert len(ws.audit.entries()) == entries and not list(ws.certificates_dir.glob("r-ro*"))
+    assert {p: p.read_bytes() for p in files} == files

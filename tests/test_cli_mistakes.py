@@ -632,7 +632,7 @@ def test_a_changed_certificate_copy_is_restored_from_its_json(ws: Path, capsys: 
     assert hint[:4] == ["dp-tangent", "audit", "resolve", "--reason"] and "restored R9.txt from its .json" in out
     code, out, err = run_cli(capsys, "certificate", "restore", "R9", "-w", "ws")  # asked again: nothing to restore
     assert code == 0 and "already; nothing was changed" in out and "restored" not in out, (out, err)
-    for placeholder in ("...", "TEXT", " - "):
+    for placeholder in ("...", "TEXT", " - ", "<TEXT>", "<reason>", "TODO", "N/A", "x"):  # review 101: the last 5
         _refused(capsys, "audit", "resolve", "--reason", placeholder, "-w", "ws", says="give a reason in words")
     assert run_cli(capsys, "audit", "resolve", "--reason", "restored the certificate copy", "-w", "ws")[0] == 0
     assert run_cli(capsys, "audit", "verify", "-w", "ws")[0] == 0
@@ -1123,3 +1123,24 @@ def test_an_npz_another_source_reads_with_ids_from_another_array_is_refused(
     _refused(capsys, "train", "b.yaml", "-w", "ws", "--executor", "serial",
              says=f"data source 'b' reads {Path('r.npz').absolute()}, which data source 'a' reads already with record "
                   "ids from array 'record_ids': with ids from 'mrn'")
+
+
+def test_another_sources_private_table_is_refused_as_a_public_table_whatever_its_ids(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 101: a data source's private table, taken as another source's public table (its statistics scale the
+    features, and theta0 may be pretrained on it) with ids from another column, passed: the check of public records
+    compares ids."""
+    monkeypatch.chdir(tmp_path)
+    for name, first in (("a.csv", 0), ("b.csv", 100)):
+        Path(name).write_text("rid,mrn,f0,f1,f2,f3,f4,f5,y\n" + "".join(
+            f"p{i},M{1000 + i},0,0,0,{i % 3},{i % 7},{i % 5},{'ab'[i % 2]}\n" for i in range(first, first + 80)))
+    table = {"features": [f"f{k}" for k in range(6)], "label": "y", "classes": ["a", "b"]}
+    write_recipe(Path("a.yaml"), mlp_recipe({"table": {**table, "path": "a.csv", "record_id": "rid",
+                                                       "scaling": "none"}}, in_features=6, classes=2, source="a"))
+    write_recipe(Path("b.yaml"), mlp_recipe({"table": {**table, "path": "b.csv", "record_id": "mrn",
+                                                       "scaling": "public", "public_path": "a.csv"}},
+                                            in_features=6, classes=2, source="b"))
+    assert run_cli(capsys, "train", "--init", "a.yaml", "-w", "ws", "--executor", "serial")[0] == 0
+    _refused(capsys, "train", "b.yaml", "-w", "ws", "--executor", "serial",
+             says=f"data source 'b' takes {Path('a.csv').absolute()} as its public table, which data source 'a' "
+                  "reads as private records")

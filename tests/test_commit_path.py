@@ -479,8 +479,16 @@ def test_a_change_never_writes_or_removes_through_a_linked_folder(ws, tmp_path) 
     from dp_tangent.workspace.audit_log import verify
 
     report = verify(ws.root / "audit.log", ledger_state=ws.ledger.state_digest(), workspace=True)
+    certificates = ws.root / "certificates"  # review 101: an empty folder of the workspace's, linked: a "file"
+    certificates.mkdir(exist_ok=True)
+    certificates.rename(tmp_path / "certs")
+    certificates.symlink_to(tmp_path / "certs")
+    report = verify(ws.root / "audit.log", ledger_state=ws.ledger.state_digest(), workspace=True)
+    assert any("certificates is a symbolic link to a folder (made by hand: the tool makes folders and files, never "
+               "links): put the folder itself there" in str(p) for p in report.problems), report.problems
     assert not report.ok and any(  # review 95: it read "file components is not accounted for by the log"
-        "folder components is a symbolic link (made by hand: the tool makes folders, never links); the " in str(p)
+        "components is a symbolic link to a folder (made by hand: the tool makes folders and files, never links); "
+        "the " in str(p)
         and "logged file(s) under it are read from elsewhere" in str(p) for p in report.problems), report.problems
 
 

@@ -449,11 +449,13 @@ def _check_unaccounted(root: Path, entries: Sequence[AuditEntry]) -> tuple[list[
             continue
         if rel in NOT_ARTIFACTS:
             continue
-        under = _logged_under(present, rel) if path.is_symlink() and path.is_dir() else 0
-        if under:  # review 95: a logged folder replaced by a link to one elsewhere
-            problems.append(Problem(len(entries), f"folder {rel} is a symbolic link (made by hand: the tool makes "
-                                                  f"folders, never links); the {under} logged file(s) under it are "
-                                                  "read from elsewhere: put the folder itself there"))
+        if path.is_symlink() and path.is_dir():  # reviews 95, 101: a folder, or a link planted where a file goes
+            under = _logged_under(present, rel)
+            read = f"; the {under} logged file(s) under it are read from elsewhere" if under else ""
+            own = under or rel in ARTIFACT_FOLDERS
+            problems.append(Problem(len(entries), f"{rel} is a symbolic link to a folder (made by hand: the tool "
+                                                  f"makes folders and files, never links){read}: "
+                                                  + ("put the folder itself there" if own else "remove it")))
         elif present.get(rel) is None and written_by_killed_write(path.name) is not None:
             problems.append(Problem(len(entries), f"file {rel} {KILLED_WRITE_REASON}: the next dp-tangent command "
                                                   "on the workspace removes it"))

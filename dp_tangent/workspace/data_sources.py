@@ -141,7 +141,8 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
         differ = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k) and not _split_only(k, was, now))
         if set(differ) - _LOCATIONS:
             # another name for the same records is refused as an overlap: the way on is the registration's reading
-            other = "" if differ == ["data.decoder"] else ", or give this data another data_source name"
+            same_records = {"data.decoder", "data.record_id", "data.record_ids"}  # refused under any name
+            other = "" if set(differ) & same_records else ", or give this data another data_source name"
             raise DataSourceError(f"data source {name!r} is registered to be read otherwise ({', '.join(differ)} "
                                   "differ): its models, reloads and deletions depend on how its records are read; "
                                   f"keep the data section it was registered with{other}")
@@ -435,8 +436,18 @@ def _refuse_rekeyed(name: str, source: ReloadableSource, sources: Sources, key: 
     path, column = getattr(data, "path", None), _id_column(data)
     if path is None or column is ...:
         return None
-    tag = hmac.new(hmac.new(key, _TAG_CONTEXT, hashlib.sha256).digest(), b"file\0" + bytes.fromhex(
-        sha256_file(Path(path))), hashlib.sha256).hexdigest()[:32]
+    tag = _file_tag(Path(path), key)
+    public = getattr(data, "public_path", None)
+    if public is not None:  # review 101: another source's private table as this one's public table, under other ids
+        public_tag = _file_tag(Path(public), key)
+        for other, entry in sources.sources.items():
+            was, content = getattr(parse_source(entry), "data", None), sources.content.get(other)
+            if other != name and getattr(was, "path", None) is not None and (
+                    Path(was.path).resolve() == Path(public).resolve()
+                    or (content is not None and content.file_tag == public_tag)):
+                raise DataSourceError(f"data source {name!r} takes {public} as its public table, which data source "
+                                      f"{other!r} reads as private records: their statistics and the pretraining "
+                                      "on them would be outside the guarantee; give a public table of other records")
     for other, entry in sources.sources.items():
         was = getattr(parse_source(entry), "data", None)
         if other == name or getattr(was, "path", None) is None or _id_column(was) in (..., column):
@@ -453,6 +464,12 @@ def _refuse_rekeyed(name: str, source: ReloadableSource, sources: Sources, key: 
                 f"would be trained again under the other, and runs reading a row under two ids would not compose); "
                 f"train it as data source {other!r}{other_column}")
     return tag
+
+
+def _file_tag(path: Path, key: bytes) -> str:
+    """A file's keyed sha256 (the registry holds no plain digest of private data)."""
+    tag_key = hmac.new(key, _TAG_CONTEXT, hashlib.sha256).digest()
+    return hmac.new(tag_key, b"file\0" + bytes.fromhex(sha256_file(path)), hashlib.sha256).hexdigest()[:32]
 
 
 def _id_column(data: object) -> Any:

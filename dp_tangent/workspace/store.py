@@ -241,6 +241,10 @@ def _abandoned(folder: Path) -> bool:
         os.close(fd)
 
 
+#: Words a hint or a habit puts where a reason goes: not a reason (``audit resolve``).
+_PLACEHOLDERS = frozenset({"TEXT", "REASON", "TODO", "TBD", "FIXME", "XXX", "NA", "NONE", "NOTHING", "WHY"})
+
+
 @dataclass(frozen=True)
 class Workspace:
     """An opened workspace; use :meth:`create` or :meth:`open`. ``root`` is absolute, whatever path was
@@ -453,8 +457,12 @@ class Workspace:
                                  "restore it from a backup (dp-tangent audit verify checks the restored copy)")
         # a file or folder this process may not write (a read-only mount): read as a check reads it, in a private copy
         # where SQLite would have to write (an interrupted write's journal), rather than fail (review 99)
-        writable = os.access(self.ledger_path, os.W_OK) and os.access(self.root, os.W_OK)
-        return Ledger.open(self.ledger_path, create=False, read_only=self.read_only or not writable)
+        return Ledger.open(self.ledger_path, create=False, read_only=not self._writable())
+
+    def _writable(self) -> bool:
+        """Whether this process may change the workspace: not opened read-only, and its folder and ledger writable."""
+        ledger = not self.ledger_path.exists() or os.access(self.ledger_path, os.W_OK)  # (made by create)
+        return not self.read_only and ledger and os.access(self.root, os.W_OK)
 
     @property
     def audit(self) -> AuditLog:
@@ -470,7 +478,13 @@ class Workspace:
         recorded in an ``integrity_failure`` entry (once: not again while that entry is the last) and the
         operation is refused: an operation can never log over (and so launder) a tampered ledger or file.
         Once the workspace is restored, ``audit resolve`` closes the record (:meth:`resolve_integrity_failures`).
+        A workspace this process may not write is refused first: the operation would write some files and fail on
+        the ledger (review 101).
         """
+        if not self._writable():
+            raise WorkspaceError(f"{self.root} cannot be written by this process (opened read-only, a read-only "
+                                 "mount, or the permissions of its folder or ledger): nothing was changed; the checks "
+                                 "(`audit verify`, `budget show`, `report`) read it as it is")
         with workspace_lock(self.root) as outermost:
             if outermost:
                 self._refuse_without_a_log()
@@ -537,7 +551,8 @@ class Workspace:
         killed in the instant after it completed its run, or an edit no backup undoes): the operator accepts it as it is
         now, and the entry vouches for it from then on; every file must verify all the same. Returns the entries
         closed."""
-        if not re.sub(r"[\W_]+", "", reason) or reason.strip().upper() in ("TEXT", "REASON"):  # '...' from a hint
+        words = [w for w in re.findall(r"[^\W\d_]+", reason) if w.upper() not in _PLACEHOLDERS]
+        if not any(len(w) >= 3 for w in words):  # '...', TEXT or <reason> copied from a hint; 'x', N/A
             raise WorkspaceError("give a reason in words: what was found and what was done about it (it is logged for "
                                  "good)")
         with workspace_lock(self.root):

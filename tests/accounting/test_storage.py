@@ -324,6 +324,10 @@ def test_a_read_only_open_never_writes_the_file_an_upgrade_or_a_rollback_reads_f
     for p, data in files.items():
         p.write_bytes(data)
     assert journal.stat().st_size > 0
+    for p in files:
+        p.chmod(0o444)  # review 101: the copy kept this mode, and a non-root user's rollback of it failed
     viewed = Ledger.open(path, create=False, read_only=True)
     assert viewed.events() == committed
+    copy = Path(viewed._storage._view.name) / path.name
+    assert copy.stat().st_mode & 0o200  # the private copy is the process's own, writable
     assert {p: p.read_bytes() for p in files} == files  # neither the file nor its journal touched
