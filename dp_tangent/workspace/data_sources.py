@@ -129,8 +129,9 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
     A source is registered once: registering it again must read its records the same way (its models, their
     reloads and deletions depend on it) -- from another place if its records are all still there, in other shards
     (which leave its records, their ids and its test split as they are) -- and its data may only have gained
-    records (its test split stays the records it was, so that every model is measured on the same ones); records
-    a deletion request removed are never digested again, whether or not the data still holds them."""
+    records (its test split keeps the records it was, so that every model is measured on them, and gains the added
+    records the split places there); records a deletion request removed are never digested again, whether or not the
+    data still holds them. A file of rows another source reads is refused under other ids (:func:`_refuse_rekeyed`)."""
     sources, key = _read(ws), ws.manifest_key()
     source = _decoder_said(source)
     value = source.model_dump(mode="json")
@@ -431,7 +432,7 @@ def _refuse_rekeyed(name: str, source: ReloadableSource, sources: Sources, key: 
     refusing it where another registered source reads the same file (the same place, or the same bytes when that one
     was registered) with its record ids from another column (review 96: the same table under a second key, an MRN
     beside a patient id, was new records: a deleted one was trained again under its other id, and runs reading the
-    same row under two ids did not compose)."""
+    same row under two ids did not compose), or takes a file another source reads as private as its public table."""
     data = getattr(source, "data", None)
     path, column = getattr(data, "path", None), _id_column(data)
     if path is None or column is ...:

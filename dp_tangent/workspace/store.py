@@ -343,7 +343,7 @@ class Workspace:
         if ws.key_id != info.manifest_key_id:
             raise WorkspaceError(f"{ws.key_path} does not match workspace.json (key id {ws.key_id}, "
                                  f"expected {info.manifest_key_id}): the manifest key was replaced")
-        if finish and not read_only and os.access(ws.root, os.W_OK) and os.access(ws.ledger_path, os.W_OK):
+        if finish and ws._writable():  # a read-only mount or workspace: a view
             ws.finish_interrupted_work()
         return ws
 
