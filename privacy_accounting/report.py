@@ -131,8 +131,11 @@ def build_report(
         for ds, shard in ledger.shards()
     ]
     if size_public is not None:  # over every run the shard's figure composes: its own and those sharing its records
+        keys = {f"{ds}/{shard}": [] for ds, shard in by_shard}  # ``shared_with``'s text -> the shards it may name
+        for ds, shard in by_shard:
+            keys[f"{ds}/{shard}"].append((ds, shard))
         shard_entries = [s.model_copy(update={"size_public": any(
-            size_public(e) for key in [(s.data_source, s.shard), *map(_shard_key, s.shared_with)]
+            size_public(e) for key in [(s.data_source, s.shard), *(k for t in s.shared_with for k in keys.get(t, []))]
             for e in by_shard.get(key, []))}) for s in shard_entries]
     if workspace is not None:  # a budget (its data source's) does not apply to records declared public
         public = {(d.data_source, s.shard) for d in workspace.data for s in d.shards if s.public}
@@ -312,12 +315,6 @@ def _component_entry(event: StoredEvent, settings: AccountantSettings) -> Compon
         failure_reason=event.failure_reason,
         details=event.details,
     )
-
-
-def _shard_key(text: str) -> tuple[str, str]:
-    """A ``ShardEntry.shared_with`` item, ``data_source/shard``, as a key (neither name holds a slash)."""
-    data_source, shard = text.split("/")
-    return data_source, shard
 
 
 def _shard_entry(

@@ -316,3 +316,21 @@ def test_user_level_headline_names_users(ledger: Ledger) -> None:
     assert head.sentence.startswith("Every user whose records were used to train model 'm{0}' (all of a user's "
                                     "records together) is protected")
     assert "all the records of any one user" in head.meaning and "k·ε" not in head.meaning
+
+
+def test_a_shard_is_size_public_where_a_run_on_records_it_shares_was_so_whatever_its_names(tmp_path: Path) -> None:
+    """Review 96: a shard's size-public mark followed its own runs only, while its figure composes the runs of other
+    shards on records it shares; names may hold a slash (this package checks no more than one line)."""
+    from privacy_accounting import ReservationRequest
+
+    ledger = Ledger.open(tmp_path / "ledger.sqlite")
+    records = frozenset(f"r{i}" for i in range(20))
+    for source, shard, planned in (("planned/one", "s/0", 20), ("other", "s0", None)):
+        ledger.set_data_source(data_source=source, unit="record")
+        ledger.reserve_all([ReservationRequest(data_source=source, shard=shard, event=RUN, delta=DELTA,
+                                               purpose="training", operator="alice", component=f"c-{source}",
+                                               records=records, details={"planned_shard_size": planned})],
+                           allow_overlap=True)
+    report = build_report(ledger, curve_points=0,
+                          size_public=lambda e: e.details.get("planned_shard_size") is None)
+    assert {(s.data_source, s.size_public) for s in report.shards} == {("planned/one", True), ("other", True)}
