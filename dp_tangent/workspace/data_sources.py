@@ -117,7 +117,7 @@ def _read(ws: Workspace) -> Sources:
 def _tags(ws: Workspace, records: RecordSet) -> dict[str, str]:
     """commitment -> keyed content tag of each record."""
     key = ws.manifest_key()
-    tag_key = hmac.new(key, _TAG_CONTEXT, hashlib.sha256).digest()
+    tag_key = _tag_key(key)
     return {commit(r, key): hmac.new(tag_key, d, hashlib.sha256).hexdigest()[:32]
             for r, d in zip(records.record_ids, content_digests(records))}
 
@@ -173,9 +173,7 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
     if old is not None:
         differences = _differences(old.tags, tags, deleted, dict(zip(every, records.record_ids)))
         if differences:
-            raise DataSourceError(f"data source {name!r} is not the data it was registered with ({differences}"
-                                  f"{_scaled_by(source, differences)}): restore it (removing deleted records and "
-                                  "adding new ones is allowed)")
+            raise _not_as_registered(name, differences, source)
         if not moved and set(tags) <= set(old.tags) and old.canonical is not None:
             return None
         added = set(tags) - set(old.tags)
@@ -438,23 +436,26 @@ def _refuse_rekeyed(name: str, source: ReloadableSource, sources: Sources, key: 
     if path is None or column is ...:
         return None
     tag = _file_tag(Path(path), key)
+    files = {other: (was, sources.content.get(other)) for other, was in
+             ((n, getattr(parse_source(e), "data", None)) for n, e in sources.sources.items())
+             if other != name and getattr(was, "path", None) is not None}  # the other sources reading a file
+
+    def same_file(place: str, place_tag: str, was: Any, content: Content | None) -> bool:
+        return Path(was.path).resolve() == Path(place).resolve() or (
+            content is not None and content.file_tag == place_tag)
+
     public = getattr(data, "public_path", None)
     if public is not None:  # review 101: another source's private table as this one's public table, under other ids
         public_tag = _file_tag(Path(public), key)
-        for other, entry in sources.sources.items():
-            was, content = getattr(parse_source(entry), "data", None), sources.content.get(other)
-            if other != name and getattr(was, "path", None) is not None and (
-                    Path(was.path).resolve() == Path(public).resolve()
-                    or (content is not None and content.file_tag == public_tag)):
+        for other, (was, content) in files.items():
+            if same_file(public, public_tag, was, content):
                 raise DataSourceError(f"data source {name!r} takes {public} as its public table, which data source "
                                       f"{other!r} reads as private records: their statistics and the pretraining "
                                       "on them would be outside the guarantee; give a public table of other records")
-    for other, entry in sources.sources.items():
-        was = getattr(parse_source(entry), "data", None)
-        if other == name or getattr(was, "path", None) is None or _id_column(was) in (..., column):
+    for other, (was, content) in files.items():
+        if _id_column(was) in (..., column):
             continue
-        content = sources.content.get(other)
-        if Path(was.path).resolve() == Path(path).resolve() or (content is not None and content.file_tag == tag):
+        if same_file(path, tag, was, content):
             held, (noun, field) = _id_column(was), (("array", "record_ids") if hasattr(was, "record_ids")
                                                      else ("column", "record_id"))
             ids = f"{noun} {held!r}" if held else "their row numbers"
@@ -467,10 +468,14 @@ def _refuse_rekeyed(name: str, source: ReloadableSource, sources: Sources, key: 
     return tag
 
 
+def _tag_key(key: bytes) -> bytes:
+    """The key of the registry's content tags, derived from the workspace's manifest key."""
+    return hmac.new(key, _TAG_CONTEXT, hashlib.sha256).digest()
+
+
 def _file_tag(path: Path, key: bytes) -> str:
     """A file's keyed sha256 (the registry holds no plain digest of private data)."""
-    tag_key = hmac.new(key, _TAG_CONTEXT, hashlib.sha256).digest()
-    return hmac.new(tag_key, b"file\0" + bytes.fromhex(sha256_file(path)), hashlib.sha256).hexdigest()[:32]
+    return hmac.new(_tag_key(key), b"file\0" + bytes.fromhex(sha256_file(path)), hashlib.sha256).hexdigest()[:32]
 
 
 def _id_column(data: object) -> Any:
@@ -596,6 +601,13 @@ def _scaled_by(source: ReloadableSource | None, differences: str) -> str:
             "so a change there changes every record")
 
 
+def _not_as_registered(name: str, differences: str, source: ReloadableSource | None) -> DataSourceError:
+    """The refusal of data source ``name`` read with ``differences`` (:func:`_differences`) from its registration."""
+    return DataSourceError(f"data source {name!r} is not the data it was registered with ({differences}"
+                           f"{_scaled_by(source, differences)}): restore it (removing deleted records and adding new "
+                           "ones is allowed)")
+
+
 def _differences(registered: Mapping[str, str], tags: Mapping[str, str], deleted: set[str],
                  ids: Mapping[str, str]) -> str:
     """How records' content ``tags`` (commitment -> tag) differ from the ``registered`` ones: changed (the first
@@ -627,16 +639,9 @@ def check_unchanged(ws: Workspace, name: str, records: RecordSet, deleted: Itera
     tags = _tags(ws, records)
     if content is None:  # registered before content digests were recorded: nothing to compare with
         return list(tags)
-    deleted = set(deleted)
-    changed = [r for r, (c, t) in zip(records.record_ids, tags.items()) if c in content.tags and content.tags[c] != t]
-    missing = len(set(content.tags) - set(tags) - set(deleted))
-    if changed or missing:
-        parts = [f"{len(changed)} record(s) changed, e.g. {changed[0]!r}" if changed else "",
-                 f"{missing} missing that no deletion request removed" if missing else ""]
-        differences = "; ".join(p for p in parts if p)
-        raise DataSourceError(f"data source {name!r} is not the data it was registered with ({differences}"
-                              f"{_scaled_by(source_of(ws, name), differences)}): restore it (removing deleted "
-                              "records and adding new ones is allowed)")
+    differences = _differences(content.tags, tags, set(deleted), dict(zip(tags, records.record_ids)))
+    if differences:
+        raise _not_as_registered(name, differences, source_of(ws, name))
     return list(tags)
 
 
