@@ -916,23 +916,12 @@ def test_a_workspace_this_process_may_not_write_is_read_without_writing_its_ledg
     when an interrupted write had left the ledger's journal: SQLite must roll it back to read. The ledger is then
     read as the checks read it, from a private copy rolled back there, and neither file is written."""
     import os
-    import sqlite3
+
+    from accounting.interrupted_write import leave_hot_journal
 
     from dp_tangent.workspace import store
 
-    path = ws.ledger_path
-    journal = path.with_name(path.name + "-journal")
-    writer = sqlite3.connect(path, isolation_level=None)
-    writer.execute("PRAGMA cache_size = 1")  # pages spill to the file before the commit: the journal is hot
-    writer.execute("BEGIN IMMEDIATE")
-    writer.execute("CREATE TABLE filler (x BLOB)")
-    for _ in range(50):
-        writer.execute("INSERT INTO filler VALUES (randomblob(4000))")
-    files = {p: p.read_bytes() for p in (path, journal)}  # as a kill now leaves them
-    writer.execute("ROLLBACK")
-    writer.close()
-    for p, data in files.items():
-        p.write_bytes(data)
+    files = leave_hot_journal(ws.ledger_path)
     access = os.access
     monkeypatch.setattr(store.os, "access", lambda p, mode, **kw: False if mode == os.W_OK else access(p, mode, **kw))
     code, out, err = run_cli(capsys, "budget", "show", "-w", str(ws.root))

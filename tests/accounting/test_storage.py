@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from accounting.interrupted_write import leave_hot_journal
 from privacy_accounting import (
     BudgetExceededError,
     Ledger,
@@ -310,20 +311,7 @@ def test_a_read_only_open_never_writes_the_file_an_upgrade_or_a_rollback_reads_f
     path = tmp_path / "ledger.sqlite"
     reserve(Ledger.open(path))
     committed = Ledger.open(path).events()
-    writer = sqlite3.connect(path, isolation_level=None)
-    writer.execute("PRAGMA cache_size = 1")  # pages spill to the file before the commit: the journal is hot
-    writer.execute("BEGIN IMMEDIATE")
-    writer.execute("UPDATE meta SET value = value || '-edited' WHERE key = 'application'")
-    writer.execute("CREATE TABLE filler (x BLOB)")
-    for _ in range(50):
-        writer.execute("INSERT INTO filler VALUES (randomblob(4000))")
-    journal = path.with_name(path.name + "-journal")
-    files = {p: p.read_bytes() for p in (path, journal)}  # as a kill now would leave them
-    writer.execute("ROLLBACK")
-    writer.close()
-    for p, data in files.items():
-        p.write_bytes(data)
-    assert journal.stat().st_size > 0
+    files = leave_hot_journal(path)
     for p in files:
         p.chmod(0o444)  # review 101: the copy kept this mode, and a non-root user's rollback of it failed
     viewed = Ledger.open(path, create=False, read_only=True)
