@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from dp_tangent.components.manifest import commit
 from dp_tangent.data.kinds import DataSection
@@ -239,3 +241,28 @@ def test_added_records_the_split_places_in_the_test_set_join_it_and_a_refused_pi
         assert records == n and sum(shards) + test == n, (shards, records, test)  # every record trained or measured
         assert re.search(rf"model {name}: .* test accuracy [\d.]+% on {test} records", out), out
     assert test > 13  # the first 64 rows' test split, and the added rows it gained
+
+
+@pytest.mark.parametrize("mistake, message", [
+    ({"trainable": "blocks[9:]"}, "trainable 'blocks[9:]': the model has "),
+    ({"backbone": {"family": "mlp", "name": "mlp", "num_classes": 2, "options": {"in_features": 5, "hidden": [16]}}},
+     "inputs of shape (6,) per record (torch.float32) do not fit backbone 'mlp'"),
+    ({"privacy": {"epsilon": float("inf"), "delta": 1e-5}, "trainable": "params:nothing"},
+     "no parameter name starts with 'nothing'"),
+])
+def test_a_recipe_theta0_refuses_registers_neither_its_data_nor_its_budget(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        mistake: dict[str, Any], message: str) -> None:
+    """Review 101: only the batch size was checked before registering. A selector the network lacks, or records its
+    inputs or outputs do not fit, registered the data and the recipe's budget first; the recipe fixed was then held
+    to both. Now nothing is registered, and the fixed recipe trains on the workspace as new."""
+    recipe = _rows_recipe(tmp_path, monkeypatch)
+    good = yaml.safe_load(recipe.read_text())
+    budget = {} if "privacy" in mistake else {"budget": {"epsilon": 20, "delta": 1e-5}}  # none for a non-private run
+    bad = write_recipe(Path("bad.yaml"), {**good, **mistake, **budget})
+    code, out, err = run_cli(capsys, "train", "--init", str(bad), "-w", "ws", "--executor", "serial")
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert "no data source is registered" in run_cli(capsys, "data", "list", "-w", "ws")[1]
+    assert "no budget is set and nothing is spent" in run_cli(capsys, "budget", "show", "-w", "ws")[1]
+    code, out, err = run_cli(capsys, "train", str(recipe), "-w", "ws", "--executor", "serial")
+    assert code == 0, err

@@ -90,7 +90,10 @@ def budget_show(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
                       "none: declared public" if (source, shard) in declared else limit,
                       "-" if state.remaining is None or (source, shard) in declared else f"{state.remaining:.3g}",
                       f"{state.delta:g}" if state.delta else "-")
-    Console().print(table)
+    if table.row_count:
+        Console().print(table)
+    else:  # an empty table read as a failure to show one
+        typer.echo(f"no data source is registered in {ws.root}: no budget is set and nothing is spent")
     if public_shards:
         typer.echo(f"* {', '.join(public_shards)}: a run that read its records was planned from its shard's own "
                    "record count (no planned_shard_size): its ε holds with that shard's size taken as public")

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from ..data import RecordSet
     from ..recipes import Recipe
+    from ..training.theta0 import CheckedTheta0
     from ..workspace import Workspace
     from ..workspace.train import ShardJob, TrainingRun
 
@@ -73,26 +74,34 @@ def _check_unused(ws: Workspace, name: str, shards: int) -> None:
                              "missing shards: " + " ".join(f"--shard {k}" for k in missing))
 
 
-def _register_source(ws: Workspace, recipe: Recipe, jobs: list[ShardJob]) -> None:
+def _register_source(ws: Workspace, recipe: Recipe, jobs: list[ShardJob]) -> "CheckedTheta0":
     """Declare the data source and its shards, with how to reload it (for retraining, evaluate, predict), once the
-    registration's checks and the jobs' batch sizes hold."""
+    registration's checks, the jobs' batch sizes and theta0 against their records hold; returns that theta0."""
     from ..data.sources import source_for
+    from ..training.theta0 import check_theta0
     from ..training.validation import check_batch_size
 
-    def batches_fit() -> None:  # review 98: refused after registering, a pilot's records fixed the test split for good
+    checked: list[CheckedTheta0] = []
+
+    def trainable() -> None:
+        """Refused after registering, a pilot's records would fix the source's test split for good (review 98), and
+        the recipe fixed (its selector, its backbone) be held to the budget it set."""
         planned, batch_size = recipe.privacy_spec().planned_shard_size, recipe.train_config().batch_size
         for job in jobs:
             check_batch_size(job.records, batch_size, f"component {job.name!r}", planned)
+        checked.append(check_theta0(recipe.backbone.spec(), recipe.trainable, {j.name: j.records for j in jobs},
+                                    private=recipe.privacy_spec().private))
 
     loader = source_for(recipe.data, recipe.shards)
     ws.declare_data_source(recipe.data_source, description=f"recipe data {recipe.data.kind}",
                            shards=[f"shard-{k}" for k in range(recipe.shards.count)], loader=loader,
-                           before_write=batches_fit)
+                           before_write=trainable)
     budget, current = recipe.budget, _source_budget(ws, recipe.data_source)
     if budget and current is None:
         ws.set_budget(recipe.data_source, None, budget.epsilon, budget.delta)
     else:
         _note_budget_kept(recipe, current)
+    return checked[0]
 
 
 def _source_budget(ws: Workspace, data_source: str) -> "Budget | None":
@@ -280,7 +289,7 @@ def train(
         jobs = [ShardJob(_retry_name(ws, name, k), f"shard-{k}", parts[k]) for k in selected]
         # refused before the data and the budget are registered, which a fixed recipe could not undo
         _check_reservations(ws, recipe, jobs, allow_overlap)
-        _register_source(ws, recipe, jobs)  # checks the public table, if any, against the workspace's records
+        theta0 = _register_source(ws, recipe, jobs)  # checks the public table, if any, against the workspace's records
         spec, console = recipe.backbone.spec(), Console()
         typer.echo(f"theta0: {spec.describe()}")
         console.print(f"{recipe_path}: {spec.name} ({recipe.trainable}), {len(jobs)} of {count} shards "
@@ -315,7 +324,8 @@ def train(
                 with precompute_progress(grams):
                     run = ws.train_all(spec, recipe.trainable, jobs, data_source=recipe.data_source,
                                        privacy=recipe.privacy_spec(), config=recipe.train_config(), executor=runner,
-                                       progress=steps, deleted="exclude", allow_overlap=allow_overlap)
+                                       progress=steps, deleted="exclude", allow_overlap=allow_overlap,
+                                       theta0=theta0)
             _outcome(ws, recipe, name, test, run, retry)
         except (KeyboardInterrupt, OSError):  # stopped, or the disk filled: what is left to do, then the cause
             done = _components_by_shard(ws, name)

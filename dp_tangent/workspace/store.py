@@ -73,6 +73,7 @@ if TYPE_CHECKING:
     from ..training.config import PrivacySpec, ProgressFn, TrainConfig
     from ..training.executors import Executor, TaskProgressFn
     from ..training.privacy_audit import AuditResult
+    from ..training.theta0 import CheckedTheta0
     from ..training.write import TrainedComponent
     from .release import ReleaseStatement
     from .train import DeletedRecords, ShardJob, TrainingRun
@@ -677,13 +678,14 @@ class Workspace:
                   data_source: str, privacy: PrivacySpec, config: TrainConfig | None = None,
                   executor: Executor | None = None, operator: str | None = None, purpose: str = "training",
                   progress: TaskProgressFn | None = None, deleted: DeletedRecords = "refuse",
-                  allow_overlap: bool = False) -> TrainingRun:
+                  allow_overlap: bool = False, theta0: "CheckedTheta0 | None" = None) -> TrainingRun:
         """One component per job, trained through ``executor`` (default: serial, in this process).
 
         Budget for every job is reserved before any task starts; components are written and logged
         (with the worker that trained each) by this process. Deleted records are refused (or, with
         ``deleted="exclude"``, dropped); records another shard already read are refused unless
-        ``allow_overlap``. See :func:`dp_tangent.workspace.train.train_all`.
+        ``allow_overlap``; ``theta0``, the network checked before registering. See
+        :func:`dp_tangent.workspace.train.train_all`.
         """
         from ..training.config import TrainConfig
         from .train import train_all
@@ -691,7 +693,7 @@ class Workspace:
         return train_all(self, backbone, trainable, jobs, data_source=data_source, privacy=privacy,
                          config=config or TrainConfig(),
                          executor=executor, operator=operator, purpose=purpose, progress=progress, deleted=deleted,
-                         allow_overlap=allow_overlap)
+                         allow_overlap=allow_overlap, theta0=theta0)
 
     def model_writes(self, name: str, composition: Composition) -> tuple[ModelRecord, list[FileWrite]]:
         """The record and the files of model ``name`` (``models/NAME.safetensors`` and ``.json``),

@@ -36,12 +36,13 @@ from ..components.manifest import commit
 from ..data.records import RecordSet
 from ..errors import failure_reason, logged_reason
 from ..interrupts import deferred_interrupts
-from ..tangent import TangentModel, linearize
+from ..tangent import TangentModel
 from ..training.config import PrivacySpec, TrainConfig
 from ..training.executors import Executor, TaskFailed, TaskOutcome, TaskProgressFn
 from ..training.executors.serial import SerialExecutor
 from ..training.plan import plan_task, reservation_request
-from ..training.validation import check_per_sample_support, validate_task
+from ..training.theta0 import CheckedTheta0, check_theta0
+from ..training.validation import check_batch_size
 from ..training.write import ComponentFile, TrainedComponent, component_file
 from . import data_sources, gram_cache
 from .audit_log import Artifact
@@ -96,13 +97,15 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
               data_source: str, privacy: PrivacySpec, config: TrainConfig = TrainConfig(),
               executor: Executor | None = None, operator: str | None = None, purpose: str = "training",
               progress: TaskProgressFn | None = None, deleted: DeletedRecords = "refuse",
-              allow_overlap: bool = False) -> TrainingRun:
+              allow_overlap: bool = False, theta0: CheckedTheta0 | None = None) -> TrainingRun:
     """Train one component per job through ``executor`` (default: serial), as the module doc says.
 
     Records a deletion request removed (tombstoned) are never trained again: ``deleted="refuse"``
     refuses a job whose records hold one, ``"exclude"`` drops them and says so in the result and
     the log. Each reservation names the records it reads (their commitments), so the ledger charges
-    exactly those and refuses records another shard already read unless ``allow_overlap``.
+    exactly those and refuses records another shard already read unless ``allow_overlap``. ``theta0``: the base
+    network (and tangent model) the caller built and checked against these jobs before it registered their data
+    (:func:`~dp_tangent.training.theta0.check_theta0`), used rather than built again where it serves this run.
     """
     operator = operator or getpass.getuser()
     executor = executor or SerialExecutor()
@@ -155,12 +158,12 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
             ws.ledger.check_reservations(requests, allow_overlap=allow_overlap)
         executor.start(len(jobs))  # before reserving: an unreachable cluster costs no budget
         with unreserved():
-            base = backbone.build()
+            if theta0 is None or not theta0.serves(backbone, trainable, privacy.private, set(by_name)):
+                theta0 = check_theta0(backbone, trainable, {job.name: job.records for job in jobs},
+                                      private=privacy.private)
+            base, tangent = theta0.base, theta0.tangent
             for task in tasks:  # a data mistake costs no budget: refused before anything is reserved
-                validate_task(task, base)
-            tangent = linearize(base, trainable) if privacy.private else None
-            if tangent is not None:
-                check_per_sample_support(tangent)
+                check_batch_size(task.records, task.config.batch_size, f"component {task.name!r}", task.plan.size)
             expected_base = weights_digest(base)
             _record_features_choice(ws, data_source, jobs, config, operator)
             caches = _gram_caches(ws, backbone, expected_base, tangent, jobs, key, data_source, config)
