@@ -60,8 +60,8 @@ def test_open_refuses_what_is_not_a_workspace_and_create_never_overwrites(tmp_pa
         Workspace.open(bad)
     ws = Workspace.create(tmp_path / "ws")
     key = ws.manifest_key()
-    with pytest.raises(WorkspaceError, match="not an empty directory"):
-        Workspace.create(tmp_path / "ws")
+    with pytest.raises(WorkspaceError, match="is a dp-tangent workspace already; a new workspace needs another path"):
+        Workspace.create(tmp_path / "ws")  # review 97: it said "open it", which the demo cannot
     assert Workspace.open(tmp_path / "ws").manifest_key() == key
 
 

@@ -262,8 +262,10 @@ class Workspace:
         root = Path(path).expanduser().absolute()  # relative paths would log artifacts at the wrong place
         if root.is_dir():
             _clear_killed_creation(root)
+        if (root / "workspace.json").is_file():  # the demo builds a new one: it cannot be pointed at one (review 97)
+            raise WorkspaceError(f"{root} is a dp-tangent workspace already; a new workspace needs another path")
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
-            raise WorkspaceError(f"{root} already exists and is not an empty directory; open it or choose another path")
+            raise WorkspaceError(f"{root} already exists and is not an empty directory; choose another path")
         outer = enclosing_workspace(root)
         if outer is not None:  # its files would be unaccounted for in the outer one, which would refuse every operation
             raise WorkspaceError(f"{root} is inside the workspace {outer}; create a workspace outside any other")
@@ -292,7 +294,7 @@ class Workspace:
                 else:
                     os.rename(building, root)
         except OSError as err:  # e.g. another process made it meanwhile: theirs stays
-            raise WorkspaceError(f"{root} could not be created ({err.strerror}); open it or choose another path") \
+            raise WorkspaceError(f"{root} could not be created ({err.strerror}); choose another path") \
                 from None
         finally:
             if not moving:  # stopped half-way through the moves: what is left is for the next init to clear
