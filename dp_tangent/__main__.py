@@ -1,5 +1,5 @@
 """``python -m dp_tangent`` is the ``dp-tangent`` command."""
 
-from .cli import main
+from .console import main
 
 main()

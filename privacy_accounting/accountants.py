@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from privacy_accounting import bounds_cache, event_tree
+from privacy_accounting import accountant_worker, bounds_cache, event_tree
 from privacy_accounting.errors import AccountingError, InvalidParameterError, PrivacyAccountingError
 from privacy_accounting.event_tree import EventTree, from_json, gaussian_history, is_non_private, merged_history
 from privacy_accounting.events import AnyEvent, as_tree, to_dp_event
@@ -257,15 +257,31 @@ def _cached_epsilon(
     stored = bounds_cache.lookup(computation)
     if stored is not None:
         return stored
+    result = (accountant_worker.compute(event_json, delta, accountant, settings)
+              or compute_epsilon(event_json, delta, accountant, settings))
+    bounds_cache.store(computation, result)
+    return result
+
+
+def compute_epsilon(event_json: str, delta: float, accountant: str, settings: AccountantSettings
+                    ) -> tuple[float | None, str]:
+    """One accountant's figure for a normalised event's JSON, computed in this process: (epsilon, "") or (None,
+    the accountant's error message); what ``accountant_worker`` computes too."""
     tree = from_json(event_json)
     compute = {"rdp": rdp_epsilon, "prv": prv_epsilon, "pld": pld_epsilon}[accountant]
     try:
-        result: tuple[float | None, str] = (
-            compute(tree, delta) if accountant == "rdp" else compute(tree, delta, settings), "")
+        return (compute(tree, delta) if accountant == "rdp" else compute(tree, delta, settings), "")
     except PrivacyAccountingError as exc:
-        result = (None, str(exc))
-    bounds_cache.store(computation, result)
-    return result
+        return (None, str(exc))
+
+
+def import_accountants() -> None:
+    """Import what every accountant computes with (scipy, dp-accounting, Opacus's accountant files): the time a
+    first figure takes beyond its computing (``accountant_worker`` does this while its program starts)."""
+    from privacy_accounting import pld_accountant, pld_gaussian  # noqa: F401
+    from privacy_accounting.opacus_accountants import accountant_classes
+
+    accountant_classes()
 
 
 def _computation(event_json: str, delta: float, accountant: str, settings: AccountantSettings) -> str:
