@@ -378,3 +378,27 @@ def test_a_public_table_holding_private_or_deleted_records_is_refused(tmp_path: 
     code, out, err = run_cli(capsys, "train", "b.yaml", "-w", "ws", "--executor", "serial", "--name", "b2")
     assert code == 2 and "pub.csv has no column 'wine_id' (the private table's record ids)" in err, err
     assert run_cli(capsys, "audit", "verify", "-w", "ws")[0] == 0
+
+
+def test_a_private_source_holding_another_sources_public_records_is_refused(tmp_path: Path,
+                                                                             capsys: pytest.CaptureFixture[str],
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 102: a public table registered first, then another source holding its records as private was accepted
+    and its records reported as protected, though their values had gone without noise into the first source's
+    scaling (and theta0, had it pretrained there). Only the other order was refused."""
+    monkeypatch.chdir(tmp_path)
+    names = write_wine_csv(Path("b.csv"), rows=range(120, 178))
+    write_wine_csv(Path("pub.csv"), rows=range(40, 60))
+    table = {**_table(Path("b.csv"), names)["table"], "scaling": "public", "public_path": "pub.csv"}
+    del table["lower"], table["upper"]
+    write_recipe(Path("b.yaml"), mlp_recipe({"table": table}, in_features=13, classes=3, source="b"))
+    assert run_cli(capsys, "train", "--init", "b.yaml", "-w", "ws", "--executor", "serial")[0] == 0
+    write_wine_csv(Path("a.csv"), rows=range(100))  # wine-040..059 are b's public records
+    write_recipe(Path("a.yaml"), mlp_recipe(_table(Path("a.csv"), names), in_features=13, classes=3, source="a"))
+    code, out, err = run_cli(capsys, "train", "a.yaml", "-w", "ws", "--executor", "serial")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert ("data source 'a': record 'wine-040' is in the public table of data source 'b' (" in err
+            and "no guarantee can cover it here" in err), err
+    assert "a" not in Workspace.open("ws").ledger.models() and run_cli(capsys, "audit", "verify", "-w", "ws")[0] == 0
+    write_wine_csv(Path("a.csv"), rows=[*range(40), *range(60, 100)])  # without them, it trains
+    assert run_cli(capsys, "train", "a.yaml", "-w", "ws", "--executor", "serial")[0] == 0

@@ -68,6 +68,9 @@ class Content(BaseModel):
     canonical: dict[str, str] | None = None
     # a table's or text file's keyed sha256 when last registered (None: not a file of rows, or registered before)
     file_tag: str | None = None
+    # the commitments of its public table's record ids and of their canonical spellings (None: no public table, or
+    # registered before these were kept: the table is read again), which no other source may hold as private
+    public: list[str] | None = None
 
 
 class Sources(BaseModel):
@@ -166,6 +169,7 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
     _refuse_respelled(name, records.record_ids, _held_ids(key, sources, lambda n: f"in data source {n!r}",
                                                           deleted_spelled, _REMOVED))
     _refuse_public_held(name, source, sources, {c: spelled.get(c, c) for c in every}, deleted_spelled, key)
+    _refuse_public_elsewhere(name, records.record_ids, {c: spelled.get(c, c) for c in every}, sources, key)
     if moved and old is None:
         where = was.get("data.path") or was.get("data.root")
         raise DataSourceError(f"data source {name!r} was registered before its records' digests were kept, so its "
@@ -187,7 +191,8 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
     file_tag = _refuse_rekeyed(name, source, sources, key)
     sources.sources[name] = value
     sources.content[name] = Content(records=len(tags), tags=tags, test=sorted(test),
-                                    canonical={c: s for c, s in spelled.items() if c in tags}, file_tag=file_tag)
+                                    canonical={c: s for c, s in spelled.items() if c in tags}, file_tag=file_tag,
+                                    public=_public_commitments(source, key))
     return (sources.model_dump_json(indent=2) + "\n").encode()
 
 
@@ -318,6 +323,36 @@ def _refuse_public_held(name: str, source: ReloadableSource, sources: Sources, o
                                   f"{record_id!r}{what}, {where}; public records must be no private or deleted ones "
                                   "(their statistics and pretraining are outside the guarantee): take it out of the "
                                   "public table")
+
+
+def _public_commitments(source: ReloadableSource, key: bytes) -> list[str] | None:
+    """The commitments of the record ids of ``source``'s public table and of their canonical spellings (None where
+    it has none)."""
+    data = getattr(source, "data", None)
+    ids = data.public_record_ids() if getattr(data, PUBLIC_TABLE, None) is not None else None
+    if not ids:
+        return None
+    return sorted({commit(i, key) for i in ids} | set(canonical_commitments(ids, key).values()))
+
+
+def _refuse_public_elsewhere(name: str, ids: Sequence[str], own: Mapping[str, str], sources: Sources,
+                             key: bytes) -> None:
+    """No record of ``name`` (``own``: the commitment of each id, in order -> its canonical spelling's) is in
+    another source's public table, whose statistics scale that source's features and may pretrain theta0 without
+    noise: no guarantee could cover it here (review 102: only the other order was refused, by
+    :func:`_refuse_public_held`)."""
+    for other, value in sources.sources.items():
+        content, table = sources.content.get(other), (value.get("data") or {}).get(PUBLIC_TABLE)
+        if other == name or not table:
+            continue
+        kept = content.public if content is not None else None  # None: registered before they were kept
+        public = set(kept if kept is not None else _public_commitments(parse_source(value), key) or ())
+        for record_id, (commitment, spelling) in zip(ids, own.items()):
+            if commitment in public or spelling in public:
+                raise DataSourceError(f"data source {name!r}: record {record_id!r} is in the public table of data "
+                                      f"source {other!r} ({table}), whose statistics and pretraining took it without "
+                                      "noise, so no guarantee can cover it here: leave it out of this data, or, if it "
+                                      "is another record, give it an id of its own")
 
 
 #: A table's public table (its statistics scale the features; it may pretrain theta0).
