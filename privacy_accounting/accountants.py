@@ -8,7 +8,8 @@
 * ``pld``: ``dp_accounting.pld.PLDAccountant`` with pessimistic discretisation (the default of
   ``from_gaussian_mechanism``) under the add-or-remove-one relation: a valid upper bound.
 
-The reported epsilon is the minimum of these upper bounds, itself a valid upper bound.
+The reported epsilon is the minimum of these upper bounds, itself a valid upper bound; each is at least 0 (at a
+large delta PRV and RDP return negative figures, which would read as a guarantee stronger than any).
 Opacus's GDP accountant is deliberately absent: it is a CLT approximation that can fall below
 the true epsilon (measured here below the PLD lower bound), so it is not a guarantee.
 
@@ -270,9 +271,11 @@ def compute_epsilon(event_json: str, delta: float, accountant: str, settings: Ac
     tree = from_json(event_json)
     compute = {"rdp": rdp_epsilon, "prv": prv_epsilon, "pld": pld_epsilon}[accountant]
     try:
-        return (compute(tree, delta) if accountant == "rdp" else compute(tree, delta, settings), "")
+        value = compute(tree, delta) if accountant == "rdp" else compute(tree, delta, settings)
     except PrivacyAccountingError as exc:
         return (None, str(exc))
+    # at a large delta PRV and RDP go below 0 (PLD stops at 0): epsilon 0 is the bound such a figure supports
+    return (max(0.0, value), "")
 
 
 def import_accountants() -> None:

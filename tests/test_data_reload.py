@@ -266,3 +266,29 @@ def test_a_recipe_theta0_refuses_registers_neither_its_data_nor_its_budget(
     assert "no budget is set and nothing is spent" in run_cli(capsys, "budget", "show", "-w", "ws")[1]
     code, out, err = run_cli(capsys, "train", str(recipe), "-w", "ws", "--executor", "serial")
     assert code == 0, err
+
+
+def test_a_budget_delta_of_one_over_n_or_more_is_refused_and_no_figure_goes_below_zero(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 102: `budget set --delta 0.2` on shards of about 25 records was accepted. Every figure of a shard is
+    stated at its budget's delta, so runs of epsilon 4 each then read "spent 0.8 of 1", and at delta 0.5 figures went
+    negative (PRV's). A run's own delta is held below 1/n; the budget's now is too, whether set before or after."""
+    from privacy_accounting import dp_sgd_event, epsilon_bounds
+
+    recipe = _rows_recipe(tmp_path, monkeypatch)
+    assert run_cli(capsys, "init", "-w", "ws")[0] == 0
+    code, out, err = run_cli(capsys, "train", str(recipe), "-w", "ws", "--executor", "serial")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "budget", "set", "rows", "100", "--delta", "0.2", "-w", "ws")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "budget rows/shard-0: delta 0.2 >= 1/n = " in err and "allows releasing a record outright" in err, err
+    assert Workspace.open("ws").ledger.budgets() == []  # nothing was set
+    bad = yaml.safe_load(recipe.read_text())
+    bad.update(data_source="fresh", budget={"epsilon": 100, "delta": 0.2})  # a recipe's budget, set on registering
+    write_recipe(Path("fresh.yaml"), bad)
+    code, out, err = run_cli(capsys, "train", "fresh.yaml", "--name", "fresh", "-w", "ws", "--executor", "serial",
+                             "--allow-overlap")
+    assert code == 2 and "the recipe's budget of fresh/shard-0: delta 0.2 >= 1/n" in err, err
+    assert "fresh" not in run_cli(capsys, "data", "list", "-w", "ws")[1]  # refused before registering
+    bounds = epsilon_bounds(dp_sgd_event(1.03, 0.25, 4), 0.3)  # PRV said -0.25 here
+    assert min(bounds.rdp, bounds.prv, bounds.pld, bounds.epsilon) >= 0

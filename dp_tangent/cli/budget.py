@@ -28,6 +28,9 @@ def budget_set(
 ) -> None:
     """Set the epsilon limit of a data source (every shard of it, those with budgets of their own too) or of one
     shard; both must be declared (`dp-tangent train` declares a recipe's data source and shards)."""
+    from privacy_accounting.event_tree import is_non_private
+
+    from ..training.config import check_budget_delta
     from ..workspace import WorkspaceError
     from ..workspace.data_sources import declared_public
 
@@ -51,6 +54,13 @@ def budget_set(
         current = next((b for b in ws.ledger.budgets() if (b.data_source, b.shard) == (source, shard or None)), None)
         delta = current.delta if current is not None else 1e-5
     own = {b.shard: b.delta for b in ws.ledger.budgets() if b.data_source == source and b.shard is not None}
+    for name in [shard] if shard else shards:  # every figure of a shard is stated at its budget's delta (review 102)
+        sizes = [n for n in (e.details.get("planned_shard_size") or e.details.get("records")
+                             for e in ws.ledger.events(data_source=source, shard=name) if not is_non_private(e.tree))
+                 if n]
+        if sizes:  # below 1/n for the smallest n its runs were planned for, as each run's own delta is
+            after = delta if shard or given is not None or name not in own else own[name]
+            check_budget_delta(after, min(sizes), f"budget {source}/{name}")
     budget = ws.set_budget(source, shard or None, epsilon, delta, every_shard=True, shard_delta=given)
     also = ", ".join(f"{s} (delta {given if given is not None else d:g})" for s, d in sorted(own.items()))
     typer.echo(f"budget {target}: epsilon {budget.epsilon:g} at delta {budget.delta:g}"

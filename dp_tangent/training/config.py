@@ -74,6 +74,16 @@ class PrivacySpec:
         return delta
 
 
+def check_budget_delta(delta: float, n: int, budget: str) -> None:
+    """A budget's delta is below 1/n for a shard of ``n`` records (``budget`` names it in the message): every epsilon
+    of the shard is stated at that delta, where a run's own delta is held below 1/n (:meth:`PrivacySpec.validate`).
+    """
+    if delta >= 1.0 / n:
+        raise TrainingError(f"{budget}: delta {delta:g} >= 1/n = {1.0 / n:g} for a shard of {n} records, and every "
+                            "epsilon of the shard is stated at the budget's delta: such a delta allows releasing a "
+                            "record outright; set a delta well below 1/n (`dp-tangent budget set ... --delta`)")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 10

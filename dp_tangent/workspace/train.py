@@ -37,7 +37,7 @@ from ..data.records import RecordSet
 from ..errors import failure_reason, logged_reason
 from ..interrupts import deferred_interrupts
 from ..tangent import TangentModel
-from ..training.config import PrivacySpec, TrainConfig
+from ..training.config import PrivacySpec, TrainConfig, check_budget_delta
 from ..training.executors import Executor, TaskFailed, TaskOutcome, TaskProgressFn
 from ..training.executors.serial import SerialExecutor
 from ..training.plan import plan_task, reservation_request
@@ -153,6 +153,7 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
         with unreserved():
             tasks, requests = _planned(backbone, trainable, jobs, commitments, data_source=data_source,
                                        privacy=privacy, config=config, operator=operator, purpose=purpose)
+            _check_budget_deltas(ws, data_source, tasks, jobs)
             # what the reservation would refuse (a budget, an overlap, a non-private run under a budget)
             # is refused now, before any worker starts or any feature is computed
             ws.ledger.check_reservations(requests, allow_overlap=allow_overlap)
@@ -322,8 +323,21 @@ def reservation_requests(ws: "Workspace", backbone: BackboneSpec, trainable: str
     """The reservations :func:`train_all` would make for ``jobs``, made by nobody: for checking the budgets of several
     runs together (``Ledger.check_reservations``) before any of them trains."""
     jobs, _, commitments = _without_deleted(ws, jobs, ws.manifest_key(), deleted)
-    return _planned(backbone, trainable, jobs, commitments, data_source=data_source, privacy=privacy, config=config,
-                    operator=operator or getpass.getuser(), purpose=purpose)[1]
+    tasks, requests = _planned(backbone, trainable, jobs, commitments, data_source=data_source, privacy=privacy,
+                               config=config, operator=operator or getpass.getuser(), purpose=purpose)
+    _check_budget_deltas(ws, data_source, tasks, jobs)
+    return requests
+
+
+def _check_budget_deltas(ws: "Workspace", data_source: str, tasks: Sequence[Any], jobs: Sequence[ShardJob]) -> None:
+    """The budget over each private task's shard has a delta below 1/n for the n the task is planned for (review
+    102: a budget set at a delta of 1/n or more made every figure of the shard, stated at it, low or negative)."""
+    budgets = ws.ledger.budgets()  # (the source may not be declared yet: checked before registering it)
+    for task, job in zip(tasks, jobs):
+        own = next((b for b in budgets if (b.data_source, b.shard) == (data_source, job.shard)), None)
+        budget = own or next((b for b in budgets if (b.data_source, b.shard) == (data_source, None)), None)
+        if budget is not None and task.privacy.private:
+            check_budget_delta(budget.delta, task.plan.size, f"the budget of {data_source}/{job.shard}")
 
 
 def _without_deleted(ws: "Workspace", jobs: Sequence[ShardJob], key: bytes, deleted: DeletedRecords
