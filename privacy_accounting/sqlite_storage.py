@@ -51,6 +51,8 @@ from privacy_accounting.storage import EventFilter, RecordClass, ReservationChec
 SCHEMA_VERSION = 2
 APPLICATION_NAME = "privacy_accounting.ledger"
 APPLICATION_ID = 0x44504C47  # "DPLG", stored in the SQLite header (PRAGMA application_id)
+#: Bytes 18-19 of the header (file format write and read versions) of a database in WAL journal mode.
+_WAL_MODE = b"\x02\x02"
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _SOURCE_LEVEL = ""  # shard column value of a data-source budget (shard names are non-empty)
 
@@ -182,11 +184,12 @@ class SQLiteStorage:
         """Read from here on a private copy of the file (and its journal, which SQLite then rolls back there) in an
         upgraded schema, as a writing open would leave it: the file itself stays as it is."""
         self._view = tempfile.TemporaryDirectory(prefix="ledger-view-")
-        for name in (self._path.name, self._path.name + "-journal"):
+        for name in (self._path.name, self._path.name + "-journal", self._path.name + "-wal"):
             if (self._path.parent / name).exists():  # bytes only: a read-only file's mode would stop the rollback
                 shutil.copyfile(self._path.parent / name, Path(self._view.name) / name)
         with closing(sqlite3.connect((Path(self._view.name) / self._path.name).as_uri() + "?mode=rw", uri=True,
                                      isolation_level=None)) as conn:
+            conn.execute("PRAGMA journal_mode=DELETE")  # a WAL copy's log taken in: read-only opens need no -shm
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version in _MIGRATIONS:
                 _migrate(conn, version)
@@ -324,15 +327,17 @@ class SQLiteStorage:
             raise LedgerCorruptError(f"{where} is a directory, not a ledger file")
         try:
             with open(self._path, "rb") as handle:
-                header = handle.read(len(_SQLITE_HEADER))
+                header = handle.read(20)
         except OSError as exc:
             raise LedgerError(f"cannot read ledger {where}: {exc}") from exc
-        if header != _SQLITE_HEADER:
+        if header[:len(_SQLITE_HEADER)] != _SQLITE_HEADER:
             what = "an empty file" if not header else "not an SQLite database (bad header)"
             raise LedgerCorruptError(f"{where} is {what}; refusing to open or overwrite it")
         journal = self._path.with_name(self._path.name + "-journal")
         if self._read_only and self._view is None and journal.exists() and journal.stat().st_size:
             self._open_view()  # an interrupted write's journal: SQLite would roll it back into the file
+        elif self._read_only and self._view is None and header[18:20] == _WAL_MODE:
+            self._open_view()  # switched to WAL mode outside this code: a reader would create -wal and -shm beside it
         with self._errors():
             conn = self._connect()
             try:

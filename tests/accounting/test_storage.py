@@ -319,3 +319,28 @@ def test_a_read_only_open_never_writes_the_file_an_upgrade_or_a_rollback_reads_f
     copy = Path(viewed._storage._view.name) / path.name
     assert copy.stat().st_mode & 0o200  # the private copy is the process's own, writable
     assert {p: p.read_bytes() for p in files} == files  # neither the file nor its journal touched
+
+
+def test_a_read_only_open_of_a_ledger_switched_to_wal_mode_creates_no_file_beside_it(tmp_path: Path) -> None:
+    """Review 103: a ledger switched to WAL mode with sqlite3 made every check create ledger.sqlite-wal and -shm in
+    the workspace, which `audit verify` then reported as files added behind the tool's back. A check reads it, and
+    what its -wal holds, from a private copy."""
+    import sqlite3
+
+    path = tmp_path / "ws" / "ledger.sqlite"
+    reserve(Ledger.open(path))
+    committed = Ledger.open(path).events()
+    writer = sqlite3.connect(path, isolation_level=None)
+    assert writer.execute("PRAGMA journal_mode=wal").fetchone() == ("wal",)
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("UPDATE events SET operator = 'edited-in-the-wal' WHERE seq = 1")  # held by -wal, not the file
+    files = {p: p.read_bytes() for p in path.parent.iterdir()}
+    assert {p.name for p in files} == {"ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm"}
+    viewed = Ledger.open(path, create=False, read_only=True)
+    assert [e.operator for e in viewed.events()] == ["edited-in-the-wal"] != [e.operator for e in committed]
+    assert {p: p.read_bytes() for p in path.parent.iterdir()} == files  # nothing created, nothing changed
+    writer.close()  # its last connection: SQLite folds the -wal into the file and removes both
+    files = {p: p.read_bytes() for p in path.parent.iterdir()}
+    assert list(files) == [path]
+    assert [e.operator for e in Ledger.open(path, create=False, read_only=True).events()] == ["edited-in-the-wal"]
+    assert {p: p.read_bytes() for p in path.parent.iterdir()} == files
