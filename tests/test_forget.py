@@ -524,3 +524,28 @@ def test_a_certificate_check_names_current_components_it_could_not_check(ws, tmp
         "1 current component(s) are away from the workspace and were not checked: c2; put them back and check again",)
     shutil.move(tmp_path / "c2.safetensors", ws.component_path("c2"))
     assert check_certificate(ws, result.certificate).ok
+
+
+def test_a_certificate_whose_deletion_was_stopped_before_its_seal_says_how_to_seal_it(
+        ws, monkeypatch, capsys) -> None:
+    """Review 103: `certificate verify` on a deletion killed between its `deletion` entry and its seal said "is
+    completed and has no checkpoint: only a completed deletion can be checked"; it says what `requests list` says."""
+    from dp_tangent.workspace import forget as forget_module
+    from helpers import run_cli
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt  # as a kill -9 there would
+
+    monkeypatch.setattr(forget_module, "_seal", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        forget(ws, _request("rec-0-5"))
+    assert ws.audit.entries()[-1].operation == "deletion"
+    monkeypatch.undo()
+    code, out, err = run_cli(capsys, "certificate", "verify", "req-1", "-w", str(ws.root))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "its deletion completed, but the command was stopped before it sealed the certificate" in err, err
+    assert "run the same `dp-tangent forget` command again to seal it" in err
+    assert "certificate was never sealed" in run_cli(capsys, "requests", "list", "-w", str(ws.root))[2]
+    forget(ws, _request("rec-0-5"))  # as the message says
+    code, out, err = run_cli(capsys, "certificate", "verify", "req-1", "-w", str(ws.root))
+    assert code == 0 and "holds" in out, (out, err)

@@ -155,9 +155,13 @@ def check_certificate(ws: "Workspace", cert: DeletionCertificate | CertificateCl
     if cert.key_id != ws.key_id:
         raise ForgetError(f"certificate {cert.request_id} was issued under key {cert.key_id}, not this workspace's "
                           f"({ws.key_id}): check it against the workspace that issued it")
+    if cert.status == "completed" and cert.checkpoint is None:  # review 103: it read "is completed ... only a
+        # completed deletion can be checked"
+        raise ForgetError(f"certificate {cert.request_id}: its deletion completed, but the command was stopped before "
+                          "it sealed the certificate: run the same `dp-tangent forget` command again to seal it, then "
+                          "check it again")
     if cert.status != "completed" or cert.checkpoint is None:
-        raise ForgetError(f"certificate {cert.request_id} is {cert.status} and has no checkpoint: only a completed "
-                          "deletion can be checked")
+        raise ForgetError(f"certificate {cert.request_id} is {cert.status}: only a completed deletion can be checked")
     problems: list[str] = []
     report = ws.audit.verify()  # every file the checks below read is the one the log holds (a model's bytes too)
     if not report.ok:
