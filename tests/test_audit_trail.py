@@ -348,6 +348,20 @@ def test_a_file_planted_where_the_log_does_not_look_fails_verification(ws, plant
     assert ws.audit.verify().ok
 
 
+@pytest.mark.parametrize("folder", ["abc", "a" * 32])
+def test_a_planted_intent_is_named_as_planted_not_as_an_operation_any_command_finishes(ws, folder: str) -> None:
+    """Review 103: a planted .pending/abc/intent.json was counted as an interrupted operation that "any dp-tangent
+    command" finishes, while every command refuses it."""
+    target = ws.root / ".pending" / folder / "intent.json"
+    target.parent.mkdir(parents=True)
+    target.write_text("{")
+    report = str(ws.audit.verify())
+    assert "were interrupted and are not finished" not in report and f".pending/{folder}/intent.json" in report, report
+    assert "planted there" in report
+    shutil.rmtree(target.parent.parent)
+    assert ws.audit.verify().ok
+
+
 # -- certificates can be checked years later (finding 4) --------------------------------------------
 
 @pytest.mark.parametrize("suffix", ["txt", "json"])

@@ -194,7 +194,9 @@ def _stage(staging: Path, change: Change, commit_id: str) -> None:
     atomic_write_text(staging / INTENT, text)  # the commit point
 
 
-def _finish(ws: "Workspace", staging: Path) -> AuditEntry:
+def _read_intent(staging: Path) -> tuple[dict[str, Any], Change, list[str]]:
+    """The intent staged in ``staging``, the change it stands for and the paths it writes or removes; a one-line
+    refusal for a file this tool did not write there."""
     not_ours = WorkspaceError(f"{staging / INTENT} is not an intent this tool wrote; remove {staging} and run "
                               "`dp-tangent audit verify`")
     try:
@@ -205,9 +207,23 @@ def _finish(ws: "Workspace", staging: Path) -> AuditEntry:
         if commit_id != staging.name or not all(_SHA256.fullmatch(str(w["sha256"])) and "name" in w
                                                 for w in intent["writes"]):
             raise not_ours
-        change = _intended_change(intent)
+        return intent, _intended_change(intent), paths
     except (ValueError, KeyError, TypeError, AttributeError):  # not JSON, or not an intent's fields
         raise not_ours from None
+
+
+def is_intent(staging: Path) -> bool:
+    """Whether ``staging`` holds an intent this tool wrote (what the next command finishes)."""
+    try:
+        _read_intent(staging)
+    except (WorkspaceError, OSError):
+        return False
+    return True
+
+
+def _finish(ws: "Workspace", staging: Path) -> AuditEntry:
+    intent, change, paths = _read_intent(staging)
+    commit_id = intent["commit"]
     _check_real_folders(ws.root, paths)
     entries = ws.audit.entries()
     if entries and entries[-1].parameters.get("commit") == commit_id:
