@@ -509,6 +509,19 @@ def test_a_deleted_log_stops_every_operation_before_it_writes_anything(ws, capsy
         ws.set_budget("toy", None, 9.0, 1e-5)
 
 
+def test_an_emptied_log_is_named_so_and_stops_every_operation_as_a_deleted_one_does(ws, capsys) -> None:
+    """Review 103: `: > audit.log` made `audit verify` blame every file as unaccounted for, and the next operation
+    start a new chain in it (an integrity_failure as its entry 0)."""
+    ws.audit_log_path.write_bytes(b"")
+    before = {p: p.read_bytes() for p in ws.root.rglob("*") if p.is_file()}
+    code, out = _cli(capsys, "audit", "verify", "-w", str(ws.root))
+    assert code == 2 and "audit.log is empty, and a workspace's log starts with its creation" in out, out
+    assert out.count("\n") == 1
+    code, out = _cli(capsys, "budget", "set", "toy", "10", "-w", str(ws.root))
+    assert code == 2 and "audit.log is empty" in out and out.count("\n") == 1, out
+    assert {p: p.read_bytes() for p in ws.root.rglob("*") if p.is_file()} == before  # nothing written
+
+
 def test_an_index_edited_behind_the_tools_back_is_refused_when_the_ledger_opens(ws, capsys) -> None:
     """Review 55: an index made partial (writable_schema, REINDEX, its SQL restored) passed quick_check and every
     digest (they read the tables) while a shard's spend, read through the index, left a run out."""

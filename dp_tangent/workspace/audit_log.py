@@ -523,6 +523,9 @@ def verify(workspace_or_path: "str | os.PathLike[str] | _HasAuditLog", check_art
     path = _log_path(workspace_or_path)
     if not path.is_file():
         raise AuditLogError(f"no audit log at {path}")
+    if workspace and path.stat().st_size == 0:  # review 103: blamed every file as unaccounted for
+        raise AuditLogError(f"{path} is empty, and a workspace's log starts with its creation: its entries were "
+                            "removed; restore it from a backup")
     entries, problem = _parse(_read_locked(path))
     log = [problem] if problem else []
     problems: list[Problem] = []

@@ -500,10 +500,12 @@ class Workspace:
     def _refuse_without_a_log(self) -> None:
         """Refuse when the audit log is gone: every check of the workspace is against it, so an operation would
         start a new log that vouches for whatever the ledger and files hold now (edits included)."""
-        if not self.audit_log_path.is_file():
-            raise WorkspaceError(f"{self.audit_log_path} is missing: the workspace's history and every check of its "
-                                 "files are in it; restore it from a backup (dp-tangent audit verify checks the "
-                                 "restored copy) -- nothing was changed")
+        path = self.audit_log_path
+        if not path.is_file() or not path.stat().st_size:  # an emptied log would start a new chain (review 103)
+            state = "is missing" if not path.is_file() else "is empty (a workspace's log starts with its creation)"
+            raise WorkspaceError(f"{path} {state}: the workspace's history and every check of its files are in it; "
+                                 "restore it from a backup (dp-tangent audit verify checks the restored copy) -- "
+                                 "nothing was changed")
 
     def _waiting_failures(self) -> list[AuditEntry]:
         """The recorded failures at the log's end not yet closed (none without a log)."""
