@@ -10,6 +10,7 @@ import math
 from typing import Sequence
 
 from privacy_accounting.report_models import ShardEntry
+from privacy_accounting.statement import fmt_eps, fmt_remaining
 from privacy_accounting.svg import (
     DASHES,
     INK,
@@ -113,7 +114,7 @@ def epsilon_curve_svg(shards: Sequence[ShardEntry]) -> str | None:
                      f'stroke-linejoin="round"{dashes}/>')
         radius = (2 + width) / 2
         marks += [f'<circle cx="{x(s):.2f}" cy="{y(e):.2f}" r="{radius:g}" fill="{color}">'
-                  f"<title>{esc(name)}: {s} steps, ε = {e:.3g}</title></circle>" for s, e in points]
+                  f"<title>{esc(name)}: {s} steps, ε = {_fmt(e)}</title></circle>" for s, e in points]
         legend.append((_curve_label(labels, turns, right - left - 30), name,
                        line(0, 0, 22, 0, color, width, dash) + f'<circle cx="11" cy="0" r="{radius:g}" '
                        f'fill="{color}"/>'))
@@ -123,7 +124,7 @@ def epsilon_curve_svg(shards: Sequence[ShardEntry]) -> str | None:
         legend.append(("budget", "budget", line(0, 0, 22, 0, MUTED, 1.2, BUDGET_DASH)))
     entries, legend_height = _legend(legend, left, right, bottom + 54)
     height = bottom + 54 + legend_height
-    description = "; ".join(f"{', '.join(labels)}: ε {points[-1][1]:.3g} after {points[-1][0]} steps"
+    description = "; ".join(f"{', '.join(labels)}: ε {_fmt(points[-1][1])} after {points[-1][0]} steps"
                             for labels, points, _, _ in curves)
     if budgets:
         description += "; budget " + ", ".join(f"{b:g}" for b in budgets)
@@ -141,10 +142,11 @@ def _fmt(value: float, against: float | None = None) -> str:
     """``value`` to 3 significant digits, or as many more as tell it from ``against`` (3.0004 is not "3 of 3")."""
     if math.isinf(value):
         return "inf"
-    digits = 3
-    while against is not None and value != against and f"{value:.{digits}g}" == f"{against:.{digits}g}" and digits < 17:
+    digits = 4  # as the report's tables print it, rounded up (an upper bound)
+    while (against is not None and value != against and fmt_eps(value, digits) == f"{against:.{digits}g}"
+           and digits < 17):
         digits += 1
-    return f"{value:.{digits}g}"
+    return fmt_eps(value, digits)
 
 
 def _bar(shard: ShardEntry, shown: float) -> tuple[list[tuple[float, float, str, str]], str]:
@@ -158,7 +160,7 @@ def _bar(shard: ShardEntry, shown: float) -> tuple[list[tuple[float, float, str,
     spent_text = _fmt(spent, limit)
     segments = [(0.0, min(shown, limit), color, f"{name}: spent {spent_text} of {limit:g}")]
     if shown < limit:
-        segments.append((shown, limit, REMAINING, f"{name}: {limit - spent:.3g} remaining"))
+        segments.append((shown, limit, REMAINING, f"{name}: {fmt_remaining(limit, spent_text)} remaining"))
     elif shown > limit:
         segments.append((limit, shown, OVER, f"{name}: over the budget of {limit:g}"))
     return segments, "∞: non-private" if math.isinf(spent) else f"{spent_text} of {limit:g}"

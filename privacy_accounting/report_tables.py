@@ -17,7 +17,7 @@ from privacy_accounting.report_models import (
     ShardEntry,
     ShardRecords,
 )
-from privacy_accounting.statement import fmt_delta, fmt_eps, unit_text
+from privacy_accounting.statement import fmt_delta, fmt_eps, fmt_remaining, unit_text
 
 Table = tuple[list[str], list[tuple[object, ...]]]
 
@@ -262,7 +262,9 @@ def shards_table(report: PrivacyReport) -> Table:
             [(s.data_source, s.shard, s.unit, s.spent.epsilon, _delta(s.spent.delta), s.spent.accountant,
               s.spent.rdp, s.spent.prv, s.spent.pld,
               f"{s.budget.epsilon:.4g} ({s.budget.scope})" if s.budget else "no budget set",
-              s.remaining_epsilon, Flag(s.budget_status) if s.budget_status == "exceeded" else s.budget_status,
+              None if s.remaining_epsilon is None or s.budget is None
+              else fmt_remaining(s.budget.epsilon, fmt_eps(s.spent.epsilon)),
+              Flag(s.budget_status) if s.budget_status == "exceeded" else s.budget_status,
               _runs(s)) for s in report.shards])
 
 

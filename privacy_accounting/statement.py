@@ -13,6 +13,7 @@ records), whether intermediate checkpoints were released, and what empirical aud
 from __future__ import annotations
 
 import math
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Sequence
 
 from privacy_accounting.report_models import (
@@ -53,11 +54,35 @@ SHARD_SIZE_PUBLIC = ("A run on it, or on records it shares with other shards, wa
                      "count: the figure holds with that shard's size taken as public.")
 
 
-def fmt_eps(value: float | None) -> str:
-    """Epsilon for humans: ``inf`` spelled out, else 4 significant digits."""
+def fmt_eps(value: float | None, digits: int = 4) -> str:
+    """Epsilon for humans: ``inf`` spelled out, else ``digits`` significant digits, rounded up: an upper bound
+    printed lower than it is would claim more than was shown (review 104: 10.6845 read 10.68)."""
     if value is None:
         return "n/a"
-    return "infinite (no guarantee)" if math.isinf(value) else f"{value:.4g}"
+    return "infinite (no guarantee)" if math.isinf(value) else significant(value, digits, up=True)
+
+
+def fmt_remaining(limit: float, spent: str) -> str:
+    """What is left of ``limit`` once ``spent`` (the spent figure as :func:`fmt_eps` printed it, rounded up) is taken
+    from it, in exact decimals: the two printed add up to the limit (review 104: "10.68 of 16, leaving 5.315"), and
+    what is left is never more than the exact figures leave. None left where it is spent, or the spent figure is not
+    a number (infinite)."""
+    try:
+        left = Decimal(repr(float(limit))) - Decimal(spent)
+    except ArithmeticError:  # "infinite (no guarantee)"
+        return "0"
+    return "0" if left <= 0 else format(left.normalize(), "f")
+
+
+def significant(value: float, digits: int, *, up: bool) -> str:
+    """``value`` (finite) to ``digits`` significant digits, rounded up or down from its exact binary value, written
+    as ``format(..., "g")`` writes it."""
+    exact = Decimal(value)
+    if exact == 0:
+        return "0"
+    rounded = exact.quantize(Decimal(1).scaleb(exact.adjusted() - digits + 1),
+                             rounding=ROUND_CEILING if up else ROUND_FLOOR)
+    return f"{float(rounded):.{digits}g}"
 
 
 def fmt_delta(delta: float | None) -> str:
@@ -135,8 +160,9 @@ def audits_text(audits: Sequence[AuditEntry], scope: str = "") -> str:
     lines = []
     for audit in audits:
         method = f" ({audit.method})" if audit.method else ""
+        lower = significant(audit.epsilon_lower_bound, 4, up=False)  # a lower bound: rounded down
         line = (
-            f"an audit{method} of component '{audit.component}' found epsilon >= {audit.epsilon_lower_bound:.4g} "
+            f"an audit{method} of component '{audit.component}' found epsilon >= {lower} "
             f"at delta = {audit.delta:.3g}, an {AUDIT_LABEL}"
         )
         if audit.consistent is False:
@@ -176,7 +202,7 @@ def model_statement(
         )
     else:
         guarantee = (
-            f"Every unit of privacy is protected by (epsilon = {epsilon:.4g}, delta = {delta:.3g})-differential "
+            f"Every unit of privacy is protected by (epsilon = {fmt_eps(epsilon)}, delta = {delta:.3g})-differential "
             f"privacy, an upper bound from the {accountant.upper()} accountant (the tightest of the RDP, PRV and "
             "PLD upper bounds)."
         )
@@ -329,13 +355,12 @@ def verdict(model: ModelEntry, shards: Sequence[ShardEntry]) -> tuple[Verdict, s
     worst = max(mine, key=lambda s: spent(s) / s.budget.epsilon if s.budget and s.budget.epsilon else 0.0)
     assert worst.budget is not None
     share = spent(worst) / worst.budget.epsilon if worst.budget.epsilon else 1.0
-    left = (worst.remaining_epsilon or 0.0) if key(worst) in own else max(0.0, worst.budget.epsilon - spent(worst))
     held = "" if key(worst) in own else " on the model's records it holds"
     return "within budget", (
         f"WITHIN BUDGET: every shard it draws on is within its limit. The most used, {label(worst)}, has spent "
         f"ε = {fmt_eps(spent(worst))} of {fmt_eps(worst.budget.epsilon)}{held} ({share:.0%}), leaving "
-        f"{fmt_eps(left)} of that total for further runs on its records (runs compose: a further run may spend "
-        "more than that on its own and still fit).")
+        f"{fmt_remaining(worst.budget.epsilon, fmt_eps(spent(worst)))} of that total for further runs on its records "
+        "(runs compose: a further run may spend more than that on its own and still fit).")
 
 
 def headline(model: ModelEntry, shards: Sequence[ShardEntry]) -> Headline:

@@ -14,6 +14,7 @@ import yaml
 from dp_tangent.workspace import Workspace
 from helpers import run_cli
 from owndata import mlp_recipe, write_npz, write_recipe
+from privacy_accounting.statement import fmt_eps
 
 
 @pytest.fixture(scope="module")
@@ -665,7 +666,7 @@ def test_a_replacement_s_figure_keeps_the_shard_size_from_the_requester_and_olde
     assert added["size_public"] and added["epsilon"] > 0
     text = Path("ws/certificates/R1.txt").read_text()
     assert "(private, planned from its shard's size, which its epsilon would tell" in text
-    assert "epsilon " + f"{added['epsilon']:.3g}" not in text
+    assert "epsilon " + fmt_eps(added['epsilon']) not in text
     old = functools.partial(certificates.render_certificate, run_epsilon="epsilon", history=True)
     with monkeypatch.context() as patched:  # as a version before this one wrote it
         patched.setattr(forget_module, "size_public", lambda event: False)

@@ -25,6 +25,7 @@ from dp_tangent.components.manifest import commit
 from dp_tangent.training import PrivacySpec, TrainConfig
 from dp_tangent.workspace import Workspace, WorkspaceError
 from privacy_accounting.events import is_non_private
+from privacy_accounting.statement import fmt_eps
 
 FAST = TrainConfig(epochs=1, batch_size=16, lr=0.1)
 NOW = datetime(2025, 3, 10, 9, 30, tzinfo=timezone.utc)
@@ -487,7 +488,7 @@ def test_the_requester_s_copy_names_a_replacement_s_run_epsilon_only_where_it_do
     [added] = result.certificate.components_added
     assert not added.size_public and added.epsilon is not None
     text = ws.certificate_paths("req-1")[1].read_text()
-    assert f"  toy/s0 (its run's epsilon {added.epsilon:.3g}, delta" in text
+    assert f"  toy/s0 (its run's epsilon {fmt_eps(added.epsilon)}, delta" in text
 
 
 

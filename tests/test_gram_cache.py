@@ -19,6 +19,7 @@ from dp_tangent.training.ntk_gram import per_example_grams, precompute_progress
 from dp_tangent.workspace import ShardJob, Workspace, WorkspaceError, gram_cache
 from dp_tangent.workspace.audit_log import verify
 from dp_tangent.workspace.commit import Change, FileWrite, apply
+from privacy_accounting.statement import fmt_eps, fmt_remaining
 
 SEEDED = TrainConfig(epochs=1, batch_size=16, lr=0.1, noise="seeded", seed=0)  # reproducible: deltas compared
 CLIPPED = PrivacySpec(noise_multiplier=1.0, max_grad_norm=0.01)  # every per-sample gradient clipped: Theta matters
@@ -475,7 +476,8 @@ def test_cli_train_again_then_forget_retrain_reuses_the_rest_and_the_release_has
     code, out, err = run_cli(capsys, "forget", victim, "--request-id", "req-1", "--retrain", "-w", "ws")
     assert code == 0, err
     spent = ws.ledger.shard_spend("rows", "shard-0", delta=1e-4).epsilon  # both runs, and both retrainings
-    assert f"rows/shard-0: spent epsilon {spent:.3g} of its budget 100 at delta 0.0001, {100 - spent:.3g} left" in out
+    assert (f"rows/shard-0: spent epsilon {fmt_eps(spent)} of its budget 100 at delta 0.0001, "
+            f"{fmt_remaining(100, fmt_eps(spent))} left") in out
     assert out.count("rows/shard-0: spent epsilon") == 1  # review 84: once per retrained component, the same line
     entries = ws.audit.entries()
     (tombstoned,) = [e for e in entries if e.operation == "tombstoned"]

@@ -18,6 +18,7 @@ from dp_tangent.training.privacy_audit import (LOWER_BOUND_LABEL, AuditError, Au
                                       one_run_p_value)
 from dp_tangent.training import PrivacySpec, TrainConfig
 from privacy_accounting import BudgetExceededError, Ledger
+from privacy_accounting.statement import significant
 
 BETA = 0.05  # 1 - confidence
 
@@ -276,7 +277,7 @@ def test_a_claim_below_the_ceiling_keeps_the_comparison(lower: float, consistent
     result = _result(lower=lower, claimed=2.0, ceiling=2.548)
     assert result.testable is True and result.consistent is consistent
     assert result.summary() == (
-        f"epsilon >= {lower:.3g} at delta = 1e-05, confidence 95% (30/40 guesses correct on 200 canaries); claimed "
+        f"epsilon >= {significant(lower, 3, up=False)} at delta = 1e-05, confidence 95% (30/40 guesses correct on 200 canaries); claimed "
         f"(upper bound) epsilon = 2. {LOWER_BOUND_LABEL}")
 
 

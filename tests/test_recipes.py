@@ -14,6 +14,7 @@ from helpers import run_cli
 
 from dp_tangent.cli.demo_run import DemoConfig
 from dp_tangent.recipes import DEFAULT_RECIPE, RecipeError, default_recipe, load_recipe
+from privacy_accounting.statement import fmt_eps, fmt_remaining
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 SHIPPED = sorted(RECIPES.glob("*.yaml"))
@@ -220,11 +221,11 @@ def test_train_evaluate_predict_then_budget_exhausted(tmp_path: Path, capsys: py
     for k in range(2):
         meta = ws.load_component(f"run1-shard-{k}").metadata
         assert (meta.data_source, meta.shard, meta.privacy.private) == ("digits", f"shard-{k}", True)
-        assert meta.epsilon <= 8 and (f"run1-shard-{k}: its run's epsilon {meta.epsilon:.3g} (the shard's size "
+        assert meta.epsilon <= 8 and (f"run1-shard-{k}: its run's epsilon {fmt_eps(meta.epsilon)} (the shard's size "
                                       "taken as public: planned from its record count), test accuracy") in output
         spent = ws.ledger.shard_spend("digits", f"shard-{k}", delta=meta.privacy.delta).epsilon
-        assert (f"digits/shard-{k}: spent epsilon {spent:.3g} of its budget 10 at delta 1e-05, "
-                f"{10 - spent:.3g} left") in output  # what `budget show` would print, said after training
+        assert (f"digits/shard-{k}: spent epsilon {fmt_eps(spent)} of its budget 10 at delta 1e-05, "
+                f"{fmt_remaining(10, fmt_eps(spent))} left") in output  # as `budget show` would print it
     assert ws.ledger.budget("digits", "shard-0").epsilon == 10
     assert (ws_path / "data-sources.json").is_file()  # digits can be re-read for retraining
     trained_acc = float(re.search(r"model run1: .* test accuracy ([\d.]+)%", output).group(1))

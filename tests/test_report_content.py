@@ -24,6 +24,7 @@ from dp_tangent.workspace.report_context import report_sections
 from dp_tangent.workspace.request_register import receive
 from helpers import run_cli
 from privacy_accounting import PrivacyReport, build_report
+from privacy_accounting.statement import fmt_eps
 
 FAST = TrainConfig(epochs=1, batch_size=16, lr=0.1)
 NOW = datetime(2025, 3, 10, 9, 30, tzinfo=timezone.utc)
@@ -79,7 +80,7 @@ def test_first_screen_says_who_at_what_and_the_verdict(report: PrivacyReport) ->
     (model,) = report.models
     (head,) = report.headlines
     assert head.sentence == (f"Every record used to train model 'm' is protected by differential privacy at "
-                             f"ε = {model.epsilon:.4g} and δ = 0.00001.")
+                             f"ε = {fmt_eps(model.epsilon)} and δ = 0.00001.")
     assert head.verdict == "within budget" and head.verdict_text.startswith("WITHIN BUDGET")
     # c1 was retrained after the deletion: its records carry both runs, c0's only one.
     eps = {tuple(g.shards): (g.epsilon, g.records) for g in model.record_distribution}

@@ -21,6 +21,7 @@ from dp_tangent.recipes import DEFAULT_RECIPE
 from dp_tangent.workspace import Workspace
 from privacy_accounting import dp_sgd_event
 from privacy_accounting.bounds_cache import ENV as CACHE_ENV
+from privacy_accounting.statement import fmt_eps, fmt_remaining
 
 HEAVY = ("torch", "timm", "opacus", "torchvision", "transformers", "matplotlib")
 ACCOUNTING = ("dp_accounting", "scipy")  # what an accountant computes with: a second to import
@@ -88,16 +89,16 @@ def test_budget_show_reads_epsilons_this_user_computed_before_without_the_accoun
                                                                                       monkeypatch) -> None:
     _, epsilon = _spent_workspace(tmp_path, monkeypatch, cached=True)
     out, loaded = run_probed("budget", "show", "-w", "ws", cwd=tmp_path)
-    assert loaded == [] and f"{epsilon:.3g}" in out and f"{4.0 - epsilon:.3g}" in out
+    assert loaded == [] and fmt_eps(epsilon) in out and fmt_remaining(4.0, fmt_eps(epsilon)) in out
 
 
 def test_budget_show_computes_an_epsilon_with_the_accountants_libraries_only(tmp_path, monkeypatch) -> None:
     _, epsilon = _spent_workspace(tmp_path, monkeypatch, cached=False)
     out, loaded = run_probed("budget", "show", "-w", "ws", cwd=tmp_path)
-    assert f"{epsilon:.3g}" in out and f"{4.0 - epsilon:.3g}" in out  # the same figure as Opacus imported whole
+    assert fmt_eps(epsilon) in out and fmt_remaining(4.0, fmt_eps(epsilon)) in out  # as with Opacus imported whole
     assert loaded == sorted(ACCOUNTING)  # no torch: Opacus's accountant files ran without it
     out, loaded = run_probed("budget", "show", "-w", "ws", cwd=tmp_path)
-    assert loaded == [] and f"{epsilon:.3g}" in out  # and the figures it computed were cached
+    assert loaded == [] and fmt_eps(epsilon) in out  # and the figures it computed were cached
 
 
 @pytest.mark.parametrize("form", ["md", "json", "html"])
@@ -107,7 +108,7 @@ def test_the_report_reads_a_workspace_without_torch(tmp_path, monkeypatch, form:
         (tmp_path / f"report.{form}").unlink(missing_ok=True)
         _, loaded = run_probed("report", "-w", "ws", "-f", form, "-o", f"report.{form}", cwd=tmp_path)
         assert loaded == sorted(libraries)  # the HTML report's figures are drawn without a plotting library
-        assert f"{epsilon:.3g}" in (tmp_path / f"report.{form}").read_text()
+        assert fmt_eps(epsilon) in (tmp_path / f"report.{form}").read_text()
 
 
 def test_compose_and_release_run_without_torch(tmp_path, mlp_backbone) -> None:

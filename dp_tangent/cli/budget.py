@@ -29,6 +29,7 @@ def budget_set(
     """Set the epsilon limit of a data source (every shard of it, those with budgets of their own too) or of one
     shard; both must be declared (`dp-tangent train` declares a recipe's data source and shards)."""
     from privacy_accounting.event_tree import is_non_private
+    from privacy_accounting.statement import fmt_eps
 
     from ..training.config import check_budget_delta
     from ..workspace import WorkspaceError
@@ -68,8 +69,8 @@ def budget_set(
     for name in [shard] if shard else shards:
         spent = shard_state(ws.ledger, source, name).spent
         if math.isfinite(spent) and spent > budget.epsilon:  # a non-private run's infinity is shown by budget show
-            typer.echo(f"note: {source}/{name} has spent epsilon {spent:.3g}, over the new limit: it trains no further "
-                       "(spent budget stays spent)", err=True)
+            typer.echo(f"note: {source}/{name} has spent epsilon {fmt_eps(spent)}, over the new limit: it trains no "
+                       "further (spent budget stays spent)", err=True)
 
 
 @budget_app.command("show")
@@ -77,6 +78,8 @@ def budget_show(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
     """Spent and remaining epsilon of every shard."""
     from rich.console import Console
     from rich.table import Table
+
+    from privacy_accounting.statement import fmt_eps, fmt_remaining
 
     from ..components.component import sizes_public
     from ..workspace.audit_log import verify
@@ -95,10 +98,11 @@ def budget_show(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
         public = sizes_public(ledger, [(source, shard), *state.shared_with])  # every run its figure composes
         public_shards += [f"{source}/{shard}"] if public else []
         limit = "no budget set" if state.limit is None else f"{state.limit:g}"
-        table.add_row(source, shard, (f"{state.spent:.3g}" if math.isfinite(state.spent) else "∞ (non-private)")
+        table.add_row(source, shard, (fmt_eps(state.spent) if math.isfinite(state.spent) else "∞ (non-private)")
                       + (" *" if public else ""),
                       "none: declared public" if (source, shard) in declared else limit,
-                      "-" if state.remaining is None or (source, shard) in declared else f"{state.remaining:.3g}",
+                      "-" if state.remaining is None or (source, shard) in declared
+                      else fmt_remaining(state.limit, fmt_eps(state.spent)),
                       f"{state.delta:g}" if state.delta else "-")
     if table.row_count:
         Console().print(table)
@@ -138,10 +142,13 @@ class ShardState:
     shared_with: frozenset[tuple[str, str]] = frozenset()  # other shards whose runs read some of its records
 
     def text(self) -> str:
-        spent = f"{self.spent:.3g}" if math.isfinite(self.spent) else "∞ (non-private)"
+        from privacy_accounting.statement import fmt_eps, fmt_remaining
+
+        spent = fmt_eps(self.spent) if math.isfinite(self.spent) else "∞ (non-private)"
         if self.limit is None:
             return f"spent epsilon {spent}, no budget set"
-        return f"spent epsilon {spent} of its budget {self.limit:g} at delta {self.delta:g}, {self.remaining:.3g} left"
+        return (f"spent epsilon {spent} of its budget {self.limit:g} at delta {self.delta:g}, "
+                f"{fmt_remaining(self.limit, spent)} left")
 
 
 def shard_state(ledger: "Ledger", source: str, shard: str) -> ShardState:

@@ -26,6 +26,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from privacy_accounting.statement import fmt_eps
+
 from ..backbones import BackboneSpec
 from ..data import RecordSet
 from ..data.sources import ReloadableSource
@@ -189,11 +191,11 @@ def tell(ws: Workspace, task: DemoTask, config: StoryConfig, console: Console, s
         component = ws.load_component(name)
         acc = test_accuracy(component.deltas)
         figures["components"][name] = acc  # type: ignore[index]
-        table.add_row(name, f"ε={component.metadata.privacy.epsilon:.2f}, δ={config.delta:g}", f"{acc:.1%}")
+        table.add_row(name, f"ε={fmt_eps(component.metadata.privacy.epsilon)}, δ={config.delta:g}", f"{acc:.1%}")
     composed_acc = test_accuracy(ws.load_model(task.model)[1])
     guarantee = ws.ledger.model_guarantee(task.model)
     table.add_row(f"[bold]{task.model}[/] (mean of deltas)",
-                  f"ε={guarantee.epsilon:.2f} per record (every run on its records)", f"[bold]{composed_acc:.1%}")
+                  f"ε={fmt_eps(guarantee.epsilon)} per record (every run on its records)", f"[bold]{composed_acc:.1%}")
     reference_acc = test_accuracy(ws.load_component(reference).deltas)
     table.add_row(reference, f"[red]NON-PRIVATE (ε=∞)[/], trained on the public split only ({len(task.public)} "
                   "records)", f"{reference_acc:.1%}")
@@ -218,7 +220,7 @@ def tell(ws: Workspace, task: DemoTask, config: StoryConfig, console: Console, s
                    removed=[c.name for c in result.certificate.components_removed],
                    deletion_verified=bool(verification and verification.verified),
                    composed_epsilon_after_deletion=after.epsilon)
-    console.print(f"{task.model} after the deletion: {after_acc:.1%} test accuracy; ε={after.epsilon:.2f} per "
+    console.print(f"{task.model} after the deletion: {after_acc:.1%} test accuracy; ε={fmt_eps(after.epsilon)} per "
                   "record (the removed component's run still counts for the records it read)")
     if verification:
         console.print(f"Verified: {verification.statement}")

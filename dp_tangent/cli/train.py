@@ -410,6 +410,8 @@ def _check_same_split(ws: Workspace, name: str, parts: list[RecordSet]) -> None:
 def _report(ws: Workspace, recipe: Recipe, name: str, test: RecordSet | None, run: TrainingRun,
             retry: list[str]) -> None:
     """Print each new component, the failures with how to retry them, and compose the model if complete."""
+    from privacy_accounting.statement import fmt_eps
+
     from ..components.component import RELATION_SIZE_PUBLIC, guarantee_shards, sizes_public
     from ..tangent import linearize
     from ..training.evaluation import accuracy, majority_share
@@ -434,7 +436,7 @@ def _report(ws: Workspace, recipe: Recipe, name: str, test: RecordSet | None, ru
         worker = result.metadata.training.worker or {}
         where = f" [{worker.get('executor')} pid {worker.get('pid')} on {worker.get('host')}]" if worker else ""
         epsilon = component.metadata.epsilon
-        line = (f"{component.name}: its run's epsilon {epsilon:.3g}" + _SIZE_PUBLIC * (
+        line = (f"{component.name}: its run's epsilon {fmt_eps(epsilon)}" + _SIZE_PUBLIC * (
                     component.metadata.privacy.neighbouring_relation == RELATION_SIZE_PUBLIC)
                 if math.isfinite(epsilon) else f"{component.name}: NON-PRIVATE (epsilon = inf)")
         typer.echo(with_accuracy(line, component.deltas) + where)
@@ -453,7 +455,8 @@ def _report(ws: Workspace, recipe: Recipe, name: str, test: RecordSet | None, ru
     guarantee = ws.ledger.model_guarantee(name)
     public = math.isfinite(guarantee.epsilon) and sizes_public(ws.ledger, guarantee_shards(guarantee))
     typer.echo(with_accuracy(f"model {name}: mean of {len(components)} components, epsilon "
-                             f"{guarantee.epsilon:.3g} per record" + _SIZES_PUBLIC * public, ws.load_model(name)[1]))
+                             f"{fmt_eps(guarantee.epsilon)} per record" + _SIZES_PUBLIC * public,
+                             ws.load_model(name)[1]))
 
 
 def _tenths(console: "Console"):  # noqa: ANN202 -- a progress function

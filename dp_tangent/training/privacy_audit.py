@@ -38,6 +38,7 @@ import torch
 from scipy import special, stats
 
 from privacy_accounting import Ledger, ReservationRequest, epsilon_bounds
+from privacy_accounting.statement import fmt_eps, significant
 
 from ..data.records import RecordSet
 from ..errors import DPTangentError, logged_reason
@@ -185,11 +186,12 @@ class AuditResult:
                 f"{self.max_demonstrable_epsilon:.3g} with {self.canaries} canaries and {self.guesses} guesses)")
 
     def summary(self) -> str:
-        claim = (f"claimed (upper bound) epsilon = {self.claimed_epsilon:.3g}" if self.private
+        claim = (f"claimed (upper bound) epsilon = {fmt_eps(self.claimed_epsilon, 3)}" if self.private
                  else "non-private run (no claim)")
         if self.testable is False:
             claim += f"; {self.untestable_note()}"
-        return (f"epsilon >= {self.epsilon_lower_bound:.3g} at delta = {self.delta:.3g}, confidence "
+        lower = significant(self.epsilon_lower_bound, 3, up=False)  # a lower bound: rounded down
+        return (f"epsilon >= {lower} at delta = {self.delta:.3g}, confidence "
                 f"{self.confidence:.0%} ({self.correct}/{self.guesses} guesses correct on {self.canaries} "
                 f"canaries); {claim}. {self.label}")
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from privacy_accounting import EpsilonBounds, Ledger, epsilon_bounds
 from privacy_accounting.events import is_non_private
+from privacy_accounting.statement import fmt_eps
 
 from ..components.component import (NON_PRIVATE_LABEL, RELATION, RELATION_SIZE_PUBLIC, SEEDED_LABEL, ComponentMetadata,
                                     ManifestInfo, PrivacyInfo, TrainingInfo, component_bytes, deltas_digest)
@@ -113,7 +114,7 @@ def _metadata(task: TrainingTask, trained: TrainedDeltas, bounds: EpsilonBounds,
                               records=len(manifest), commitments=list(manifest.commitments)),
         privacy=PrivacyInfo(
             private=private,
-            label=(f"(epsilon={bounds.epsilon:.3g}, delta={plan.delta:.3g})-DP for each record of shard "
+            label=(f"(epsilon={fmt_eps(bounds.epsilon, 3)}, delta={plan.delta:.3g})-DP for each record of shard "
                    f"{shard!r} ({relation})" if private else
                    SEEDED_LABEL if noise == "seeded" else NON_PRIVATE_LABEL),
             epsilon=bounds.epsilon if private else None,

@@ -523,11 +523,12 @@ def verify(workspace_or_path: "str | os.PathLike[str] | _HasAuditLog", check_art
     path = _log_path(workspace_or_path)
     if not path.is_file():
         raise AuditLogError(f"no audit log at {path}")
-    if workspace and path.stat().st_size == 0:  # review 103: blamed every file as unaccounted for
-        raise AuditLogError(f"{path} is empty, and a workspace's log starts with its creation: its entries were "
-                            "removed; restore it from a backup")
     entries, problem = _parse(_read_locked(path))
     log = [problem] if problem else []
+    emptied = workspace and not entries and not problem and path.stat().st_size == 0
+    if emptied:  # review 103: it blamed every file of the workspace as unaccounted for
+        log.append(Problem(0, "the audit log is empty, and a workspace's log starts with its creation: its entries "
+                              "were removed; restore it from a backup"))
     problems: list[Problem] = []
     checked, missing = 0, []
     if check_artifacts:
@@ -541,7 +542,7 @@ def verify(workspace_or_path: "str | os.PathLike[str] | _HasAuditLog", check_art
     if ledger_state is not None:
         problems += _check_ledger(entries, ledger_state, ledger_tables)
     notes: list[str] = []
-    if workspace and not problem:
+    if workspace and not problem and not emptied:
         unaccounted, notes = _check_unaccounted(path.parent, entries)
         problems += unaccounted
         problems += [Problem(len(entries), f"{name} is a symbolic link, not a file (made by hand: the tool keeps "

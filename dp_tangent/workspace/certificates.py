@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from privacy_accounting.statement import fmt_eps
+
 from ..components.manifest import SCHEME
 from ..io import atomic_write_bytes, sha256_file
 from .audit_log import written_digests
@@ -261,7 +263,7 @@ def _run_figure(added: AddedComponent, run_epsilon: str) -> str:
         return "non-private"
     if added.size_public:
         return "private, planned from its shard's size, which its epsilon would tell: the workspace's report has it"
-    return f"{run_epsilon} {added.epsilon:.3g}, delta {added.delta:.3g}"
+    return f"{run_epsilon} {fmt_eps(added.epsilon)}, delta {added.delta:.3g}"
 
 
 def certificate_writes(ws: Workspace, cert: DeletionCertificate) -> list[FileWrite]:

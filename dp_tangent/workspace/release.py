@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from privacy_accounting import ModelShardGuarantee
 from privacy_accounting.composition import record_shards_at
+from privacy_accounting.statement import fmt_eps
 
 from ..components.component import (RELATION, RELATION_SIZE_PUBLIC, deltas_digest, guarantee_shards, sizes_public,
                                     tensors_bytes)
@@ -101,8 +102,8 @@ def _budget_bound(ws: "Workspace", model: str, shards: Sequence[ModelShardGuaran
     delta = max(b.delta for b in budgets.values())
     exact = ws.ledger.model_guarantee(model, delta=delta)
     if exact.epsilon > epsilon:
-        raise WorkspaceError(f"model {model!r} has spent epsilon {exact.epsilon:.4g} at delta {delta:g}, above its "
-                             f"shards' budget {epsilon:g} (a budget lowered after training); it cannot be released "
+        raise WorkspaceError(f"model {model!r} has spent epsilon {fmt_eps(exact.epsilon)} at delta {delta:g}, above "
+                             f"its shards' budget {epsilon:g} (a budget lowered after training); it cannot be released "
                              "under that budget")
     limits = {key: ws.ledger.budget(*key) for key, _ in exact.record_shards}
     held_there = record_shards_at(exact, lambda key: limits[key].delta if limits[key] else None,

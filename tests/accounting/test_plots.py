@@ -15,6 +15,7 @@ from privacy_accounting import Ledger, PrivacyReport, build_report, dp_sgd_event
 from privacy_accounting.plots import OVER_SPENT, SPENT, budget_bars_svg, drawable_curves, epsilon_curve_svg
 from privacy_accounting.report_models import ShardEntry
 from privacy_accounting.svg import esc, fit, nice_ticks, tick_labels
+from privacy_accounting.statement import fmt_eps
 
 DELTA = 1e-5
 RUN = dp_sgd_event(1.2, 0.02, 100)
@@ -84,7 +85,7 @@ def test_every_point_of_every_curve_is_drawn_where_its_epsilon_is(report: Privac
     (x0, dx), (y0, dy) = _axis(root, "middle"), _axis(root, "end")
     assert dx > 0 > dy  # steps grow to the right, epsilon upward
     points = _titled(root, "circle")  # the legend's swatches have no title
-    expected = {f"{', '.join(labels)}{' (then non-private: ∞)' if turns else ''}: {steps} steps, ε = {epsilon:.3g}":
+    expected = {f"{', '.join(labels)}{' (then non-private: ∞)' if turns else ''}: {steps} steps, ε = {fmt_eps(epsilon)}":
                 (steps, epsilon) for labels, curve, _, turns in drawable_curves(report.shards)
                 for steps, epsilon in curve}
     assert set(points) == set(expected) and len(expected) > 10
@@ -110,7 +111,7 @@ def test_every_bar_is_as_long_as_its_figure(report: PrivacyReport) -> None:
     for shard in report.shards:
         name, spent = f"{shard.data_source}/{shard.shard}", shard.spent.epsilon
         if shard.budget is None:
-            bar = bars[f"{name}: spent {spent:.3g}, no budget set" if math.isfinite(spent)
+            bar = bars[f"{name}: spent {fmt_eps(spent)}, no budget set" if math.isfinite(spent)
                        else f"{name}: spent inf, no budget set"]
             assert bar.get("fill") == "url(#dpt-bars-hatch)"
             if math.isfinite(spent):
@@ -214,7 +215,7 @@ def test_a_figure_below_1e_12_or_with_an_unprintable_name_still_draws() -> None:
 def test_an_overrun_that_rounding_would_hide_is_printed() -> None:
     root = ET.fromstring(budget_bars_svg([shard_entry("over", 3.0004, 3.0), shard_entry("under", 2.9996, 3.0)]))
     notes = {_label(t) for t in root.iter(f"{SVG}text")}
-    assert {"3.0004 of 3", "2.9996 of 3"} <= notes
+    assert {"3.001 of 3", "2.9997 of 3"} <= notes  # upper bounds rounded up, with the digits that tell them from 3
 
 
 def test_more_lines_than_colours_still_look_different() -> None:

@@ -12,6 +12,7 @@ import dp_accounting
 import pytest
 
 from privacy_accounting import Ledger, PrivacyReport, build_report, compose_events, dp_sgd_event, epsilon_bounds
+from privacy_accounting.statement import fmt_eps
 
 DELTA = 1e-5
 RUN = dp_sgd_event(1.2, 0.02, 100)
@@ -144,7 +145,7 @@ def test_headline_is_plain_with_a_verdict(scenario: tuple[Ledger, PrivacyReport]
     (head,) = report.headlines
     assert head.model == "ensemble" and head.unit == "record" and head.verdict == "within budget"
     assert head.sentence == (f"Every record used to train model 'ensemble' is protected by differential privacy at "
-                             f"ε = {model.epsilon:.4g} and δ = 0.00001.")
+                             f"ε = {fmt_eps(model.epsilon)} and δ = 0.00001.")
     assert head.odds_factor == pytest.approx(math.exp(model.epsilon))
     assert "e^ε ≈" in head.meaning and "k·ε" in head.meaning
     assert head.strength == ("strong" if model.epsilon <= 1 else "reasonable")
@@ -334,3 +335,18 @@ def test_a_shard_is_size_public_where_a_run_on_records_it_shares_was_so_whatever
     report = build_report(ledger, curve_points=0,
                           size_public=lambda e: e.details.get("planned_shard_size") is None)
     assert {(s.data_source, s.size_public) for s in report.shards} == {("planned/one", True), ("other", True)}
+
+
+def test_an_epsilon_is_printed_rounded_up_and_what_is_left_rounded_down_to_the_same_places() -> None:
+    """Review 104: the report printed 10.684512 as 10.68 (an upper bound shown lower than it is), "leaving 5.315" of
+    16 beside it, and budget show 10.7 and 5.32."""
+    from privacy_accounting.statement import fmt_eps, fmt_remaining, significant
+
+    spent = 10.684512069303423
+    assert fmt_eps(spent) == "10.69" and fmt_remaining(16, fmt_eps(spent)) == "5.31"
+    for value, limit in ((spent, 16.0), (7.99961, 16.0), (0.123456, 3.0), (3.3, 10.0), (2.0, 2.5)):
+        shown, left = fmt_eps(value), fmt_remaining(limit, fmt_eps(value))
+        assert float(shown) >= value and float(left) <= limit - value  # never a bound stronger than computed
+        assert abs(float(shown) + float(left) - limit) < 1e-9, (shown, left, limit)  # and they add up
+    assert fmt_eps(8.0) == "8" and fmt_eps(16.0) == "16" and fmt_eps(float("inf")) == "infinite (no guarantee)"
+    assert significant(0.41234, 3, up=False) == "0.412" and significant(0.41234, 3, up=True) == "0.413"
