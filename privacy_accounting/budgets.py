@@ -23,6 +23,13 @@ def effective_budget(source_budget: Budget | None, shard_budget: Budget | None) 
     return shard_budget if shard_budget is not None else source_budget
 
 
+def budget_of(budgets: Sequence[Budget], data_source: str, shard: str) -> Budget | None:
+    """The limit of a shard among ``budgets``: its own, else its data source's, else None."""
+    source = next((b for b in budgets if b.data_source == data_source and b.shard is None), None)
+    own = next((b for b in budgets if b.data_source == data_source and b.shard == shard), None)
+    return effective_budget(source, own)
+
+
 def composed_bounds(events: Sequence[AnyEvent], delta: float, settings: AccountantSettings) -> EpsilonBounds:
     """Epsilon bounds of the sequential composition of ``events`` (``ComposedDpEvent``) at ``delta``."""
     return epsilon_bounds(compose([as_tree(e) for e in events]), delta, settings)

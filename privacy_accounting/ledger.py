@@ -24,7 +24,7 @@ from dataclasses import replace
 from typing import Any, Mapping, Sequence
 
 from privacy_accounting.accountants import DEFAULT_SETTINGS, AccountantSettings, EpsilonBounds, epsilon_within
-from privacy_accounting.budgets import effective_budget, enforce_budget
+from privacy_accounting.budgets import budget_of, effective_budget, enforce_budget
 from privacy_accounting.composition import ModelGuarantee, model_guarantee, record_guarantees, shard_records_bounds
 from privacy_accounting.errors import (
     InvalidParameterError,
@@ -261,7 +261,7 @@ class Ledger:
                     enforce_budget(
                         data_source=source,
                         shard=shard,
-                        budget=_budget_of(budgets, source, shard),
+                        budget=budget_of(budgets, source, shard),
                         existing=[e.tree for e in readers],
                         new_event=record.tree,
                         settings=self._settings,
@@ -540,13 +540,6 @@ def _check_bool(value: object, name: str) -> bool:
     if not isinstance(value, bool):
         raise InvalidParameterError(f"{name} must be True or False, got {value!r}")
     return value
-
-
-def _budget_of(budgets: Sequence[Budget], data_source: str, shard: str) -> Budget | None:
-    """The limit of a shard among ``budgets``: its own, else its data source's, else None."""
-    source = next((b for b in budgets if b.data_source == data_source and b.shard is None), None)
-    own = next((b for b in budgets if b.data_source == data_source and b.shard == shard), None)
-    return effective_budget(source, own)
 
 
 def _check_records(records: object) -> int | None:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from privacy_accounting import Status
+from privacy_accounting.budgets import budget_of
 
 from ..backbones import BackboneSpec, weights_digest
 from ..components.manifest import commit
@@ -334,8 +335,7 @@ def _check_budget_deltas(ws: "Workspace", data_source: str, tasks: Sequence[Any]
     102: a budget set at a delta of 1/n or more made every figure of the shard, stated at it, low or negative)."""
     budgets = ws.ledger.budgets()  # (the source may not be declared yet: checked before registering it)
     for task, job in zip(tasks, jobs):
-        own = next((b for b in budgets if (b.data_source, b.shard) == (data_source, job.shard)), None)
-        budget = own or next((b for b in budgets if (b.data_source, b.shard) == (data_source, None)), None)
+        budget = budget_of(budgets, data_source, job.shard)
         if budget is not None and task.privacy.private:
             check_budget_delta(budget.delta, task.plan.size, f"the budget of {data_source}/{job.shard}")
 
