@@ -2,10 +2,10 @@
 
 A figure no cache holds costs its process the import of scipy, dp-accounting and Opacus's accountant files
 (about 0.5 s here) before any computing, and a command line has its own start to do first (about 0.35 s).
-:func:`start`, called first thing (only the standard library loaded: a safe fork), forks a worker that imports
-the accountants at once, so both happen together; :func:`compute` then sends each figure the process needs to
-that worker (``accountants`` does, on a miss of its caches), which computes it with the same code as this
-process would, bit for bit. Anything unexpected (no worker, a worker that died, an error other than the
+:func:`start`, called first thing (only the standard library and light modules loaded, no thread: a safe fork),
+forks a worker that imports the accountants at once, so both happen together, and has ``accountants`` send each
+figure no cache holds to :func:`compute`, which has the worker compute it with the same code as this process would,
+bit for bit. Anything unexpected (no worker, a worker that died, an error other than the
 accountants' own) returns None, and the caller computes in-process as it would without one.
 
 The worker reads nothing but what :func:`compute` sends it, writes nothing but its answers (its standard streams go
@@ -23,10 +23,10 @@ import signal
 import struct
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from privacy_accounting.accountants import AccountantSettings
+from privacy_accounting import accountants
+from privacy_accounting.accountants import AccountantSettings
 
 ENV = "PRIVACY_ACCOUNTING_WORKER"
 _OFF = ("0", "off", "no", "false")
@@ -79,6 +79,7 @@ def start() -> bool:
     os.close(to_worker)
     os.close(from_worker)
     _worker = _Worker(pid, from_program, to_program, os.getpid())
+    accountants.compute_elsewhere(compute)
     atexit.register(stop)
     return True
 
@@ -108,6 +109,7 @@ def stop() -> None:
     worker, _worker = _worker, None
     if worker is None or not worker.ours():
         return
+    accountants.compute_elsewhere(None)
     for fd in (worker.requests, worker.replies):
         try:
             os.close(fd)
@@ -129,8 +131,6 @@ def _serve(requests: int, replies: int) -> None:
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
-        from privacy_accounting import accountants
-
         accountants.import_accountants()
         while True:
             try:

@@ -28,9 +28,9 @@ import sys
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from privacy_accounting import accountant_worker, bounds_cache, event_tree
+from privacy_accounting import bounds_cache, event_tree
 from privacy_accounting.errors import AccountingError, InvalidParameterError, PrivacyAccountingError
 from privacy_accounting.event_tree import EventTree, from_json, gaussian_history, is_non_private, merged_history
 from privacy_accounting.events import AnyEvent, as_tree, to_dp_event
@@ -258,10 +258,22 @@ def _cached_epsilon(
     stored = bounds_cache.lookup(computation)
     if stored is not None:
         return stored
-    result = (accountant_worker.compute(event_json, delta, accountant, settings)
+    result = ((_elsewhere is not None and _elsewhere(event_json, delta, accountant, settings))
               or compute_epsilon(event_json, delta, accountant, settings))
     bounds_cache.store(computation, result)
     return result
+
+
+#: Computes a figure in another process (``accountant_worker``: :func:`compute_elsewhere`); its None: compute here.
+_elsewhere: Callable[[str, float, str, AccountantSettings], tuple[float | None, str] | None] | None = None
+
+
+def compute_elsewhere(compute: Callable[[str, float, str, AccountantSettings], tuple[float | None, str] | None]
+                      | None) -> None:
+    """Send every figure no cache holds to ``compute`` (None: compute them here), which returns what
+    :func:`compute_epsilon` would, or None to have it computed here after all."""
+    global _elsewhere
+    _elsewhere = compute
 
 
 def compute_epsilon(event_json: str, delta: float, accountant: str, settings: AccountantSettings

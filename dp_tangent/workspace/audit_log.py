@@ -467,19 +467,28 @@ def _check_unaccounted(root: Path, entries: Sequence[AuditEntry]) -> tuple[list[
             if path.is_dir() and not path.is_symlink():
                 problems.append(Problem(len(entries), f"{folder}/{path.name} is a folder, not a file (made by hand: "
                                                       "no operation makes one there)"))
-    from .commit import is_intent  # (commit logs through this module)
-
     staged = [p for p in _tree(root / PENDING_FOLDER, recurse=False) if (p / "intent.json").exists()]
     for folder in (p for p in staged if _STAGED.fullmatch(f"{PENDING_FOLDER}/{p.name}/intent.json")):
-        if not is_intent(folder):  # every command refuses it: no command finishes it (review 103)
+        if not _is_intent(folder):  # every command refuses it: no command finishes it (review 103)
             problems.append(Problem(len(entries), f"file {PENDING_FOLDER}/{folder.name}/intent.json is not an intent "
                                                   "this tool wrote (planted there, or damaged): every command "
                                                   f"refuses it; remove {PENDING_FOLDER}/{folder.name}"))
-    pending = sorted(p.name for p in staged if is_intent(p))
+    pending = sorted(p.name for p in staged if _is_intent(p))
     if pending:
         problems.append(Problem(len(entries), f"{len(pending)} {INTERRUPTED_REASON}: open the workspace (any "
                                               "dp-tangent command on it) to finish them"))
     return problems, notes
+
+
+def _is_intent(folder: Path) -> bool:
+    """Whether ``folder`` holds an intent as an operation writes one (its fields, and its folder's name as its commit
+    id); ``dp_tangent.workspace.commit`` checks the rest (its paths, its ledger operations) before finishing it."""
+    try:
+        intent = json.loads((folder / "intent.json").read_text())
+        return (isinstance(intent, dict) and intent.get("commit") == folder.name
+                and all(isinstance(intent.get(k), list) for k in ("writes", "removals", "ledger")))
+    except (OSError, ValueError):
+        return False
 
 
 def _check_ledger(entries: Sequence[AuditEntry], current: Mapping[str, str],

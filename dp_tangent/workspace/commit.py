@@ -212,15 +212,6 @@ def _read_intent(staging: Path) -> tuple[dict[str, Any], Change, list[str]]:
         raise not_ours from None
 
 
-def is_intent(staging: Path) -> bool:
-    """Whether ``staging`` holds an intent this tool wrote (what the next command finishes)."""
-    try:
-        _read_intent(staging)
-    except (WorkspaceError, OSError):
-        return False
-    return True
-
-
 def _finish(ws: "Workspace", staging: Path) -> AuditEntry:
     intent, change, paths = _read_intent(staging)
     commit_id = intent["commit"]
