@@ -342,10 +342,12 @@ def test_bad_text_files_are_one_line_errors(tmp_path: Path, content: str, data: 
     ("t.jsonl", '{"id": "x", "body": "hi", "label": "ham"}\n', "no field 'text' (fields: id, body, label)"),
     ("t.jsonl", '{"id": "x", "text": 1, "label": "ham"}\n', "text column 'text' holds int64, not text"),
     ("t.xlsx", "x", "must be a .csv, .tsv, .jsonl or .parquet file"),
+    ("t.csv", None, "t.csv: file not found"),  # review 104: it said "table file not found" of a text file
 ])
-def test_bad_jsonl_and_unknown_formats_are_one_line_errors(tmp_path: Path, name: str, content: str,
+def test_bad_jsonl_and_unknown_formats_are_one_line_errors(tmp_path: Path, name: str, content: str | None,
                                                           message: str) -> None:
-    (tmp_path / name).write_text(content)
+    if content is not None:
+        (tmp_path / name).write_text(content)
     recipe = load_recipe(text_recipe(tmp_path, {"path": name, "record_id": "id", "classes": ["ham", "spam"]}))
     with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
         recipe.load_data()

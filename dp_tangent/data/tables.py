@@ -44,7 +44,7 @@ def read_table(path: Path, columns: Sequence[str], optional: Sequence[str] = (),
     if kind is None:
         raise DataError(f"{path}: a table must be a .csv, .tsv or .parquet file")
     if not path.is_file():
-        raise DataError(f"{path}: table file not found")
+        raise DataError(f"{path}: file not found")  # (a table, or a text file read as one)
     try:
         if kind == "parquet":
             table = pq.read_table(path)
