@@ -749,3 +749,29 @@ def test_the_batch_is_checked_against_the_planned_size() -> None:
     check_batch_size(records(0, 10), 16, "c0", planned=48)
     with pytest.raises(TrainingError, match="larger than its shard of 10 records"):
         check_batch_size(records(0, 10), 16, "c0")
+
+
+def test_a_budget_a_release_stated_may_be_lowered_but_never_raised(tmp_path, mlp_backbone, monkeypatch,
+                                                                   capsys) -> None:
+    """Review 106: a release states its shards' budget as a bound on every later run on its records, yet `budget set`
+    then raised it silently, and later runs took those records past the bound already shipped."""
+    monkeypatch.chdir(tmp_path)
+    ws = Workspace.create("ws")
+    for k in (0, 1):
+        ws.train(mlp_backbone, None, records(k), data_source="toy", shard=f"s{k}", name=f"c{k}", privacy=PRIVATE,
+                 config=FAST)
+    ws.compose_model("m", ["c0"])
+    ws.set_budget("toy", None, epsilon=50.0, delta=1e-5)
+    main(["release", "m", "-o", "out", "-w", "ws"])
+    capsys.readouterr()
+    for args, raised in ((["toy", "60"], "toy/s0"), (["toy/s0", "51"], "toy/s0"),
+                         (["toy", "50", "--delta", "2e-5"], "toy/s0")):
+        with pytest.raises(SystemExit) as stop:
+            main(["budget", "set", *args, "-w", "ws"])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.count("\n") == 1, err
+        assert f"budget {raised}: model 'm' was released with records of it" in err and "never raised" in err, err
+    assert {(b.shard, b.epsilon) for b in ws.ledger.budgets()} == {(None, 50.0)}  # nothing was set
+    main(["budget", "set", "toy/s1", "80", "-w", "ws"])  # a shard no release holds records of
+    main(["budget", "set", "toy", "40", "-w", "ws"])  # lowered: the statement still holds
+    assert {(b.shard, b.epsilon) for b in ws.ledger.budgets()} == {(None, 40.0), ("s1", 40.0)}

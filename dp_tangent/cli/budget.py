@@ -34,6 +34,7 @@ def budget_set(
     from ..training.config import check_budget_delta
     from ..workspace import WorkspaceError
     from ..workspace.data_sources import declared_public
+    from ..workspace.release import released_shards
 
     source, slash, shard = target.partition("/")
     if slash and (not shard or not source):
@@ -55,13 +56,21 @@ def budget_set(
         current = next((b for b in ws.ledger.budgets() if (b.data_source, b.shard) == (source, shard or None)), None)
         delta = current.delta if current is not None else 1e-5
     own = {b.shard: b.delta for b in ws.ledger.budgets() if b.data_source == source and b.shard is not None}
-    for name in [shard] if shard else shards:  # every figure of a shard is stated at its budget's delta (review 102)
+    released = released_shards(ws)
+    for name in [shard] if shard else shards:
+        after = delta if shard or given is not None or name not in own else own[name]  # the shard's delta after it
         sizes = [n for n in (e.details.get("planned_shard_size") or e.details.get("records")
                              for e in ws.ledger.events(data_source=source, shard=name) if not is_non_private(e.tree))
                  if n]
-        if sizes:  # below 1/n for the smallest n its runs were planned for, as each run's own delta is
-            after = delta if shard or given is not None or name not in own else own[name]
+        if sizes:  # every figure of a shard is stated at its budget's delta: below 1/n, as a run's (review 102)
             check_budget_delta(after, min(sizes), f"budget {source}/{name}")
+        before = ws.ledger.budget(source, name)
+        if (source, name) in released and before is not None and (epsilon > before.epsilon or after > before.delta):
+            models = ", ".join(repr(m) for m in released[(source, name)])
+            raise WorkspaceError(f"budget {source}/{name}: model {models} was released with records of it, and its "
+                                 "statement bounds every later run on them by the budget (epsilon "
+                                 f"{before.epsilon:g} at delta {before.delta:g}): after a release a budget may be "
+                                 "lowered, never raised")
     budget = ws.set_budget(source, shard or None, epsilon, delta, every_shard=True, shard_delta=given)
     also = ", ".join(f"{s} (delta {given if given is not None else d:g})" for s, d in sorted(own.items()))
     typer.echo(f"budget {target}: epsilon {budget.epsilon:g} at delta {budget.delta:g}"

@@ -126,6 +126,24 @@ def _budget_bound(ws: "Workspace", model: str, shards: Sequence[ModelShardGuaran
     return epsilon, delta
 
 
+def released_shards(ws: "Workspace") -> dict[tuple[str, str], list[str]]:
+    """(data source, shard) -> the models released with records of it (their release statements bound every later run
+    on those records by the budgets they stated): the shards their components ran on, and the shards whose runs
+    read some of those records too (an overlap allowed on purpose)."""
+    held: dict[tuple[str, str], list[str]] = {}
+    for entry in (e for e in ws.audit.entries() if e.operation == "release"):
+        model = str(entry.parameters.get("model"))
+        shards = {(e.data_source, e.shard) for c in entry.parameters.get("components") or ()
+                  for e in ws.ledger.events(component=c)}
+        if ws.ledger.overlap_possible():
+            shards |= {reader for key in list(shards) for reader in ws.ledger.shard_spend_and_readers(*key, 1e-5)[1]}
+        for key in shards:
+            models = held.setdefault(key, [])
+            if model not in models:
+                models.append(model)
+    return held
+
+
 def _readable(path: Path) -> None:
     """A bundle is meant to be read by others: the modes a new file or folder gets under the umask (the temporary
     folder and atomic writes make them private)."""
