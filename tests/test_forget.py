@@ -550,3 +550,13 @@ def test_a_certificate_whose_deletion_was_stopped_before_its_seal_says_how_to_se
     forget(ws, _request("rec-0-5"))  # as the message says
     code, out, err = run_cli(capsys, "certificate", "verify", "req-1", "-w", str(ws.root))
     assert code == 0 and "holds" in out, (out, err)
+
+
+def test_a_mean_left_with_only_zero_weights_is_withdrawn_not_a_deletion_refused(ws) -> None:
+    """Review 106: `compose --weights 0,1` (mean), then a deletion removing the weight-1 component without retraining:
+    the model's recompose ([0.0]) was refused, and so was the deletion, on every try (a legal request stuck open)."""
+    ws.compose_model("zero", ["c1", "c0"], [0.0, 1.0], "mean")
+    result = forget(ws, _request("rec-0-5"))
+    changes = {c.name: c.action for c in result.certificate.models}
+    assert changes["zero"] == "withdrawn" and "zero" not in ws.list_models()
+    assert changes["mean_all"] == "recomposed" and verify(ws).ok

@@ -5,9 +5,10 @@ HMAC-SHA256(workspace key, id) and only those are stored. A component saw a reco
 manifest holds the record's commitment. Because a composed model's delta is a fixed function of
 its components' deltas (``dp_tangent.components.compose``), removing a component and composing the
 others gives exactly the model that would have been built had the component never existed; a model
-with no component left is withdrawn. With ``retrain=True`` the affected shard is trained again from
-theta0 on its remaining records (charged to the ledger as ``retraining_after_deletion``, with fresh
-secret noise) and the new component takes the old one's place and weight. Every requested record
+with no component left (or, a weighted mean, none with a weight above 0) is withdrawn. With ``retrain=True``
+the affected shard is trained again from theta0 on its remaining records (charged to the ledger as
+``retraining_after_deletion``, with fresh secret noise) and the new component takes the old one's place and
+weight. Every requested record
 is tombstoned first: no later training in the workspace, this retraining included, uses it, and the
 same change removes its cached NTK Gram from every gram cache file (:mod:`.gram_cache`; the deletion
 change removes any left, and the seal checks on disk that none is), so that nothing derived from it
@@ -155,7 +156,8 @@ def _plan_checks(ws: Workspace, affected: dict[str, ComponentMetadata], models: 
 def _recompose(ws: Workspace, record: ModelRecord, affected: set[str], replacements: Mapping[str, str],
                merge_data: Mapping[str, torch.Tensor] | None) -> tuple[ModelRecord, list[FileWrite]] | None:
     """The model rebuilt without the affected components (with their replacements): its new record
-    and files, or None when no component is left."""
+    and files, or None when no component is left, or none a mean weighs (all weights left 0: no mean of them exists,
+    and refusing it held up the deletion)."""
     names, weights, data = [], [], {}
     for part in record.components:
         name = replacements.get(part.name) if part.name in affected else part.name
@@ -165,7 +167,7 @@ def _recompose(ws: Workspace, record: ModelRecord, affected: set[str], replaceme
         weights.append(part.weight)
         if record.method == "regmean":
             data[name] = merge_data[part.name]  # type: ignore[index]  # checked in _plan_checks
-    if not names:
+    if not names or (record.weights_given and record.method in ("mean", "regmean") and not any(w > 0 for w in weights)):
         return None
     from ..components.compose import compose
 
