@@ -95,11 +95,16 @@ class BudgetExceededError(PrivacyAccountingError):
         self.accountant = accountant
         self.requested_kind = requested_kind
         self.shared = shared  # the figures are those of records the run shares with runs on other shards
+        from privacy_accounting.figures import significant  # (it imports nothing: no cycle)
+
+        def fmt_eps(value: float) -> str:  # rounded up, as every printed epsilon is; "inf" for a non-private run's
+            return significant(value, 4, up=True) if value != float("inf") else "inf"
+
         whose = "records the run shares with runs on other shards, held by " if shared else ""
         super().__init__(
             f"budget exceeded for {whose}shard {shard!r} of data source {data_source!r}: "
-            f"spent epsilon={spent:.4g}, requested epsilon={requested:.4g} ({requested_kind}), "
-            f"spent after={spent_after:.4g} > limit epsilon={limit:.4g} "
+            f"spent epsilon={fmt_eps(spent)}, requested epsilon={fmt_eps(requested)} ({requested_kind}), "
+            f"spent after={fmt_eps(spent_after)} > limit epsilon={limit:g} "
             f"({scope} budget, delta={delta:.3g}, accountant={accountant}); nothing was written"
         )
 

@@ -10,7 +10,7 @@ import math
 from typing import Sequence
 
 from privacy_accounting.report_models import ShardEntry
-from privacy_accounting.statement import fmt_eps, fmt_remaining
+from privacy_accounting.figures import fmt_eps, fmt_remaining
 from privacy_accounting.svg import (
     DASHES,
     INK,

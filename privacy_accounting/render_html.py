@@ -38,7 +38,8 @@ from privacy_accounting.report_tables import (
     source_facts,
     status_lines,
 )
-from privacy_accounting.statement import fmt_delta, fmt_eps
+from privacy_accounting.figures import fmt_eps
+from privacy_accounting.statement import fmt_delta
 
 _CSS = """
 *, *::before, *::after { box-sizing: border-box; }

@@ -30,7 +30,8 @@ from privacy_accounting.report_tables import (
     source_facts,
     status_lines,
 )
-from privacy_accounting.statement import fmt_delta, fmt_eps
+from privacy_accounting.figures import fmt_eps
+from privacy_accounting.statement import fmt_delta
 
 
 def _text(value: str) -> str:

@@ -17,7 +17,8 @@ from privacy_accounting.report_models import (
     ShardEntry,
     ShardRecords,
 )
-from privacy_accounting.statement import fmt_delta, fmt_eps, fmt_remaining, unit_text
+from privacy_accounting.figures import fmt_eps, fmt_remaining
+from privacy_accounting.statement import fmt_delta, unit_text
 
 Table = tuple[list[str], list[tuple[object, ...]]]
 

@@ -16,7 +16,7 @@ from dp_tangent.data import RecordSet
 from dp_tangent.training import PrivacySpec, TrainConfig
 from dp_tangent.workspace import Workspace, WorkspaceError
 from dp_tangent.workspace.audit_log import verify
-from privacy_accounting.statement import fmt_eps
+from privacy_accounting.figures import fmt_eps
 
 FAST = TrainConfig(epochs=1, batch_size=16, lr=0.1)
 

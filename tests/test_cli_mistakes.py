@@ -14,7 +14,7 @@ import yaml
 from dp_tangent.workspace import Workspace
 from helpers import run_cli
 from owndata import mlp_recipe, write_npz, write_recipe
-from privacy_accounting.statement import fmt_eps
+from privacy_accounting.figures import fmt_eps
 
 
 @pytest.fixture(scope="module")

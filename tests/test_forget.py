@@ -25,7 +25,7 @@ from dp_tangent.components.manifest import commit
 from dp_tangent.training import PrivacySpec, TrainConfig
 from dp_tangent.workspace import Workspace, WorkspaceError
 from privacy_accounting.events import is_non_private
-from privacy_accounting.statement import fmt_eps
+from privacy_accounting.figures import fmt_eps
 
 FAST = TrainConfig(epochs=1, batch_size=16, lr=0.1)
 NOW = datetime(2025, 3, 10, 9, 30, tzinfo=timezone.utc)

@@ -19,7 +19,7 @@ from dp_tangent.training.ntk_gram import per_example_grams, precompute_progress
 from dp_tangent.workspace import ShardJob, Workspace, WorkspaceError, gram_cache
 from dp_tangent.workspace.audit_log import verify
 from dp_tangent.workspace.commit import Change, FileWrite, apply
-from privacy_accounting.statement import fmt_eps, fmt_remaining
+from privacy_accounting.figures import fmt_eps, fmt_remaining
 
 SEEDED = TrainConfig(epochs=1, batch_size=16, lr=0.1, noise="seeded", seed=0)  # reproducible: deltas compared
 CLIPPED = PrivacySpec(noise_multiplier=1.0, max_grad_norm=0.01)  # every per-sample gradient clipped: Theta matters

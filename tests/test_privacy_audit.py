@@ -18,7 +18,7 @@ from dp_tangent.training.privacy_audit import (LOWER_BOUND_LABEL, AuditError, Au
                                       one_run_p_value)
 from dp_tangent.training import PrivacySpec, TrainConfig
 from privacy_accounting import BudgetExceededError, Ledger
-from privacy_accounting.statement import significant
+from privacy_accounting.figures import significant
 
 BETA = 0.05  # 1 - confidence
 

@@ -14,7 +14,7 @@ from helpers import run_cli
 
 from dp_tangent.cli.demo_run import DemoConfig
 from dp_tangent.recipes import DEFAULT_RECIPE, RecipeError, default_recipe, load_recipe
-from privacy_accounting.statement import fmt_eps, fmt_remaining
+from privacy_accounting.figures import fmt_eps, fmt_remaining
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 SHIPPED = sorted(RECIPES.glob("*.yaml"))

@@ -24,7 +24,7 @@ from dp_tangent.workspace.report_context import report_sections
 from dp_tangent.workspace.request_register import receive
 from helpers import run_cli
 from privacy_accounting import PrivacyReport, build_report
-from privacy_accounting.statement import fmt_eps
+from privacy_accounting.figures import fmt_eps
 
 FAST = TrainConfig(epochs=1, batch_size=16, lr=0.1)
 NOW = datetime(2025, 3, 10, 9, 30, tzinfo=timezone.utc)

@@ -21,7 +21,7 @@ from dp_tangent.recipes import DEFAULT_RECIPE
 from dp_tangent.workspace import Workspace
 from privacy_accounting import dp_sgd_event
 from privacy_accounting.bounds_cache import ENV as CACHE_ENV
-from privacy_accounting.statement import fmt_eps, fmt_remaining
+from privacy_accounting.figures import fmt_eps, fmt_remaining
 
 HEAVY = ("torch", "timm", "opacus", "torchvision", "transformers", "matplotlib")
 ACCOUNTING = ("dp_accounting", "scipy")  # what an accountant computes with: a second to import

@@ -29,7 +29,7 @@ def budget_set(
     """Set the epsilon limit of a data source (every shard of it, those with budgets of their own too) or of one
     shard; both must be declared (`dp-tangent train` declares a recipe's data source and shards)."""
     from privacy_accounting.event_tree import is_non_private
-    from privacy_accounting.statement import fmt_eps
+    from privacy_accounting.figures import fmt_eps
 
     from ..training.config import check_budget_delta
     from ..workspace import WorkspaceError
@@ -88,7 +88,7 @@ def budget_show(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from privacy_accounting.statement import fmt_eps, fmt_remaining
+    from privacy_accounting.figures import fmt_eps, fmt_remaining
 
     from ..components.component import sizes_public
     from ..workspace.audit_log import verify
@@ -151,7 +151,7 @@ class ShardState:
     shared_with: frozenset[tuple[str, str]] = frozenset()  # other shards whose runs read some of its records
 
     def text(self) -> str:
-        from privacy_accounting.statement import fmt_eps, fmt_remaining
+        from privacy_accounting.figures import fmt_eps, fmt_remaining
 
         spent = fmt_eps(self.spent) if math.isfinite(self.spent) else "∞ (non-private)"
         if self.limit is None:

@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from privacy_accounting.statement import fmt_eps
+from privacy_accounting.figures import fmt_eps
 
 from ..backbones import BackboneSpec
 from ..data import RecordSet
@@ -268,7 +268,7 @@ def _budget_table(ws: Workspace, source: str, shards: list[str], delta: float, c
         runs = len(ws.ledger.events(data_source=source, shard=shard))
         limit = ws.ledger.budget(source, shard)
         spent = spent_by[shard] = ws.ledger.shard_spend(source, shard, delta=delta).epsilon
-        table.add_row(shard, f"{spent:.2f}" if math.isfinite(spent) else "[red]∞ (non-private)",
+        table.add_row(shard, fmt_eps(spent) if math.isfinite(spent) else "[red]∞ (non-private)",
                       f"{limit.epsilon:g}" if limit else "no budget", str(runs))
     console.print(table)
     return spent_by

@@ -410,7 +410,7 @@ def _check_same_split(ws: Workspace, name: str, parts: list[RecordSet]) -> None:
 def _report(ws: Workspace, recipe: Recipe, name: str, test: RecordSet | None, run: TrainingRun,
             retry: list[str]) -> None:
     """Print each new component, the failures with how to retry them, and compose the model if complete."""
-    from privacy_accounting.statement import fmt_eps
+    from privacy_accounting.figures import fmt_eps
 
     from ..components.component import RELATION_SIZE_PUBLIC, guarantee_shards, sizes_public
     from ..tangent import linearize

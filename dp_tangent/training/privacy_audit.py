@@ -38,7 +38,7 @@ import torch
 from scipy import special, stats
 
 from privacy_accounting import Ledger, ReservationRequest, epsilon_bounds
-from privacy_accounting.statement import fmt_eps, significant
+from privacy_accounting.figures import fmt_eps, significant
 
 from ..data.records import RecordSet
 from ..errors import DPTangentError, logged_reason

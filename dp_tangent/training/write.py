@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from privacy_accounting import EpsilonBounds, Ledger, epsilon_bounds
 from privacy_accounting.events import is_non_private
-from privacy_accounting.statement import fmt_eps
+from privacy_accounting.figures import fmt_eps
 
 from ..components.component import (NON_PRIVATE_LABEL, RELATION, RELATION_SIZE_PUBLIC, SEEDED_LABEL, ComponentMetadata,
                                     ManifestInfo, PrivacyInfo, TrainingInfo, component_bytes, deltas_digest)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from privacy_accounting.statement import fmt_eps
+from privacy_accounting.figures import fmt_eps
 
 from ..components.manifest import SCHEME
 from ..io import atomic_write_bytes, sha256_file

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from privacy_accounting import ModelShardGuarantee
 from privacy_accounting.composition import record_shards_at
-from privacy_accounting.statement import fmt_eps
+from privacy_accounting.figures import fmt_eps
 
 from ..components.component import (RELATION, RELATION_SIZE_PUBLIC, deltas_digest, guarantee_shards, sizes_public,
                                     tensors_bytes)
@@ -121,7 +121,7 @@ def _budget_bound(ws: "Workspace", model: str, shards: Sequence[ModelShardGuaran
         if spent > budget.epsilon:
             held = (f"shard {source}/{shard} of model {model!r}, whose records have" if (source, shard) in budgets
                     else f"records of model {model!r} are also on shard {source}/{shard}, where they have")
-            raise WorkspaceError(f"{held} spent epsilon {spent:.4g} at delta {budget.delta:g}, above its budget "
+            raise WorkspaceError(f"{held} spent epsilon {fmt_eps(spent)} at delta {budget.delta:g}, above its budget "
                                  f"{budget.epsilon:g}; it cannot be released under that budget")
     return epsilon, delta
 

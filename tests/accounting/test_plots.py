@@ -15,7 +15,7 @@ from privacy_accounting import Ledger, PrivacyReport, build_report, dp_sgd_event
 from privacy_accounting.plots import OVER_SPENT, SPENT, budget_bars_svg, drawable_curves, epsilon_curve_svg
 from privacy_accounting.report_models import ShardEntry
 from privacy_accounting.svg import esc, fit, nice_ticks, tick_labels
-from privacy_accounting.statement import fmt_eps
+from privacy_accounting.figures import fmt_eps
 
 DELTA = 1e-5
 RUN = dp_sgd_event(1.2, 0.02, 100)

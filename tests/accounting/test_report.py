@@ -12,7 +12,7 @@ import dp_accounting
 import pytest
 
 from privacy_accounting import Ledger, PrivacyReport, build_report, compose_events, dp_sgd_event, epsilon_bounds
-from privacy_accounting.statement import fmt_eps
+from privacy_accounting.figures import fmt_eps
 
 DELTA = 1e-5
 RUN = dp_sgd_event(1.2, 0.02, 100)
@@ -340,7 +340,7 @@ def test_a_shard_is_size_public_where_a_run_on_records_it_shares_was_so_whatever
 def test_an_epsilon_is_printed_rounded_up_and_what_is_left_rounded_down_to_the_same_places() -> None:
     """Review 104: the report printed 10.684512 as 10.68 (an upper bound shown lower than it is), "leaving 5.315" of
     16 beside it, and budget show 10.7 and 5.32."""
-    from privacy_accounting.statement import fmt_eps, fmt_remaining, significant
+    from privacy_accounting.figures import fmt_eps, fmt_remaining, significant
 
     spent = 10.684512069303423
     assert fmt_eps(spent) == "10.69" and fmt_remaining(16, fmt_eps(spent)) == "5.31"
