@@ -81,7 +81,7 @@ def source_facts(report: PrivacyReport, source: DataSourceEntry) -> list[tuple[s
     """(label, value) lines of a data source: description, unit, budget, how it is re-read."""
     details = next((d for d in (report.workspace.data if report.workspace else []) if d.data_source ==
                     source.data_source), None)
-    budget = (f"\u03b5 = {fmt_eps(source.budget.epsilon)} at \u03b4 = {fmt_delta(source.budget.delta)} for each shard"
+    budget = (f"\u03b5 = {source.budget.epsilon:g} at \u03b4 = {fmt_delta(source.budget.delta)} for each shard"
               if source.budget else "none for the whole source (see each shard)")
     facts = [("Description", source.description or "(none given)"), ("Unit of privacy", unit_text(source.unit)),
              ("Budget", budget)]

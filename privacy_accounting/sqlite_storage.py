@@ -341,6 +341,8 @@ class SQLiteStorage:
         with self._errors():
             conn = self._connect()
             try:
+                if not self._read_only and header[18:20] == _WAL_MODE:  # back to the rollback journal it was made
+                    conn.execute("PRAGMA journal_mode=DELETE")  # with: no -wal or -shm beside it (review 105)
                 # integrity_check, not quick_check: only it compares every index with its table, and the queries
                 # read through the indexes (a shard's spend, the records an event read) while the digests that bind
                 # the ledger to an audit log read the tables: an index edited behind the tool's back (writable_schema,

@@ -75,9 +75,9 @@ def fmt_factor(factor: float) -> str:
     if math.isinf(factor) or factor >= 1e15:
         return f"{factor:.2e}"
     if factor < 10:
-        return f"{factor:.3g}"
-    digits = int(math.floor(math.log10(factor))) - 2
-    return f"{round(factor, -digits):,.0f}"
+        return significant(factor, 3, up=True)  # a bound on a factor: rounded up, as epsilon is
+    scale = 10.0 ** (int(math.floor(math.log10(factor))) - 2)
+    return f"{math.ceil(factor / scale) * scale:,.0f}"
 
 
 def strength(epsilon: float) -> str:
@@ -314,7 +314,7 @@ def verdict(model: ModelEntry, shards: Sequence[ShardEntry]) -> tuple[Verdict, s
     over = [s for s in mine if s.budget_status == "exceeded" and (key(s) in own or spent(s) > s.budget.epsilon)]
     if over:
         return "over budget", "OVER BUDGET: " + "; ".join(
-            f"{label(s)} has spent ε = {fmt_eps(spent(s))} of its limit {fmt_eps(s.budget.epsilon)}"
+            f"{label(s)} has spent ε = {fmt_eps(spent(s))} of its limit {s.budget.epsilon:g}"
             + ("" if key(s) in own else " on the model's records it holds")
             for s in over if s.budget is not None) + "."
     unlimited = [s for s in mine if s.budget is None]  # reached ones too: a run reading its whole shard is held
@@ -327,7 +327,7 @@ def verdict(model: ModelEntry, shards: Sequence[ShardEntry]) -> tuple[Verdict, s
     held = "" if key(worst) in own else " on the model's records it holds"
     return "within budget", (
         f"WITHIN BUDGET: every shard it draws on is within its limit. The most used, {label(worst)}, has spent "
-        f"ε = {fmt_eps(spent(worst))} of {fmt_eps(worst.budget.epsilon)}{held} ({share:.0%}), leaving "
+        f"ε = {fmt_eps(spent(worst))} of {worst.budget.epsilon:g}{held} ({share:.0%}), leaving "
         f"{fmt_remaining(worst.budget.epsilon, fmt_eps(spent(worst)))} of that total for further runs on its records "
         "(runs compose: a further run may spend more than that on its own and still fit).")
 

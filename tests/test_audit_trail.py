@@ -520,7 +520,34 @@ def test_an_emptied_log_is_named_so_and_stops_every_operation_as_a_deleted_one_d
     assert "1 problem(s) in 0 entries" in out and "not accounted for" not in out, out
     code, out = _cli(capsys, "budget", "set", "toy", "10", "-w", str(ws.root))
     assert code == 2 and "audit.log is empty" in out and out.count("\n") == 1, out
+    code, out = _cli(capsys, "budget", "show", "-w", str(ws.root))  # review 105: figures "vouched for", exit 0
+    assert code == 1 and "the workspace does not verify (entry 0: the audit log is empty" in out, out
     assert {p: p.read_bytes() for p in ws.root.rglob("*") if p.is_file()} == before  # nothing written
+
+
+def test_budget_show_reads_a_ledger_switched_to_wal_mode_without_a_file_beside_it_and_a_write_switches_it_back(
+        ws, capsys) -> None:
+    """Review 105: `budget show` opened a WAL-mode ledger as writers do, so -wal and -shm sat in the workspace while it
+    ran (a concurrent `audit verify` reported them as planted, a concurrent write failed)."""
+    import sqlite3
+
+    with sqlite3.connect(ws.root / "ledger.sqlite") as conn:
+        assert conn.execute("PRAGMA journal_mode=wal").fetchone() == ("wal",)
+    ledger_files = lambda: sorted(p.name for p in ws.root.iterdir() if p.name.startswith("ledger"))  # noqa: E731
+    opened = []
+    real = sqlite3.connect
+
+    def watched(*args, **kwargs):  # what the workspace's folder holds each time the command opens a connection
+        opened.append(ledger_files())
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sqlite3, "connect", watched)
+        code, out = _cli(capsys, "budget", "show", "-w", str(ws.root))
+    assert code == 0 and opened and all(names == ["ledger.sqlite"] for names in opened), (out, opened)
+    assert ledger_files() == ["ledger.sqlite"]
+    assert _cli(capsys, "budget", "set", "toy", "9", "-w", str(ws.root))[0] == 0  # a write: the journal it was made with
+    assert (ws.root / "ledger.sqlite").read_bytes()[18:20] == b"\x01\x01" and ws.audit.verify().ok
 
 
 def test_an_index_edited_behind_the_tools_back_is_refused_when_the_ledger_opens(ws, capsys) -> None:

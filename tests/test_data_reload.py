@@ -292,3 +292,24 @@ def test_a_budget_delta_of_one_over_n_or_more_is_refused_and_no_figure_goes_belo
     assert "fresh" not in run_cli(capsys, "data", "list", "-w", "ws")[1]  # refused before registering
     bounds = epsilon_bounds(dp_sgd_event(1.03, 0.25, 4), 0.3)  # PRV said -0.25 here
     assert min(bounds.rdp, bounds.prv, bounds.pld, bounds.epsilon) >= 0
+
+
+def test_budget_set_holds_the_delta_below_one_over_the_largest_n_and_keeps_a_shards_delta_by_default(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 105: `budget set` checked delta < 1/n against the smallest n a shard's runs were planned for (the loosest
+    bound: a run planned for 200 records was then stated at a delta of 1/100); and `budget set SOURCE/SHARD EPS`
+    without --delta moved a shard from its source's delta to 1e-5."""
+    recipe = _rows_recipe(tmp_path, monkeypatch)
+    assert run_cli(capsys, "train", "--init", str(recipe), "-w", "ws", "--executor", "serial")[0] == 0
+    planned = yaml.safe_load(recipe.read_text())
+    planned["privacy"]["planned_shard_size"] = 200
+    write_recipe(Path("planned.yaml"), planned)
+    code, out, err = run_cli(capsys, "train", "planned.yaml", "--name", "p", "-w", "ws", "--executor", "serial",
+                             "--allow-overlap")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "budget", "set", "rows", "100", "--delta", "0.01", "-w", "ws")  # 1/25 > 0.01
+    assert code == 2 and "delta 0.01 >= 1/n = 0.005 for a shard of 200 records" in err, err
+    assert run_cli(capsys, "budget", "set", "rows", "100", "--delta", "1e-7", "-w", "ws")[0] == 0
+    code, out, err = run_cli(capsys, "budget", "set", "rows/shard-0", "90", "-w", "ws")
+    assert code == 0 and "epsilon 90 at delta 1e-07" in out, out
+    assert {(b.shard, b.delta) for b in Workspace.open("ws").ledger.budgets()} == {(None, 1e-7), ("shard-0", 1e-7)}

@@ -28,6 +28,7 @@ def budget_set(
 ) -> None:
     """Set the epsilon limit of a data source (every shard of it, those with budgets of their own too) or of one
     shard; both must be declared (`dp-tangent train` declares a recipe's data source and shards)."""
+    from privacy_accounting.budgets import budget_of
     from privacy_accounting.event_tree import is_non_private
     from privacy_accounting.figures import fmt_eps
 
@@ -52,8 +53,8 @@ def budget_set(
         raise WorkspaceError(f"{target} is declared public by its data owner (public_split): no privacy budget applies "
                              f"to it; set the budget of {source}, or of one of its private shards")
     given = delta
-    if delta is None:  # never change a budget's delta silently
-        current = next((b for b in ws.ledger.budgets() if (b.data_source, b.shard) == (source, shard or None)), None)
+    if delta is None:  # never change a budget's delta silently: a shard's is its source's where it has none of its own
+        current = ws.ledger.budget(source, shard) if shard else budget_of(ws.ledger.budgets(), source, None)
         delta = current.delta if current is not None else 1e-5
     own = {b.shard: b.delta for b in ws.ledger.budgets() if b.data_source == source and b.shard is not None}
     released = released_shards(ws)
@@ -62,8 +63,8 @@ def budget_set(
         sizes = [n for n in (e.details.get("planned_shard_size") or e.details.get("records")
                              for e in ws.ledger.events(data_source=source, shard=name) if not is_non_private(e.tree))
                  if n]
-        if sizes:  # every figure of a shard is stated at its budget's delta: below 1/n, as a run's (review 102)
-            check_budget_delta(after, min(sizes), f"budget {source}/{name}")
+        if sizes:  # every figure of a shard is stated at its budget's delta: below 1/n for each run's n (review 102)
+            check_budget_delta(after, max(sizes), f"budget {source}/{name}")
         before = ws.ledger.budget(source, name)
         if (source, name) in released and before is not None and (epsilon > before.epsilon or after > before.delta):
             models = ", ".join(repr(m) for m in released[(source, name)])
@@ -95,7 +96,7 @@ def budget_show(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
     from ..workspace.commit import INTENT, PENDING
     from ..workspace.data_sources import declared_public
 
-    ws = open_workspace(workspace)
+    ws = open_workspace(workspace, read_only=True)  # figures only: nothing written, not even by SQLite
     ledger = ws.ledger
     declared = declared_public(ws)
     table = Table()

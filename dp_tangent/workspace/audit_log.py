@@ -534,7 +534,7 @@ def verify(workspace_or_path: "str | os.PathLike[str] | _HasAuditLog", check_art
         raise AuditLogError(f"no audit log at {path}")
     entries, problem = _parse(_read_locked(path))
     log = [problem] if problem else []
-    emptied = workspace and not entries and not problem and path.stat().st_size == 0
+    emptied = not entries and not problem and path.stat().st_size == 0  # (a log is made with its first entry)
     if emptied:  # review 103: it blamed every file of the workspace as unaccounted for
         log.append(Problem(0, "the audit log is empty, and a workspace's log starts with its creation: its entries "
                               "were removed; restore it from a backup"))

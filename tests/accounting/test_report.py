@@ -350,3 +350,25 @@ def test_an_epsilon_is_printed_rounded_up_and_what_is_left_rounded_down_to_the_s
         assert abs(float(shown) + float(left) - limit) < 1e-9, (shown, left, limit)  # and they add up
     assert fmt_eps(8.0) == "8" and fmt_eps(16.0) == "16" and fmt_eps(float("inf")) == "infinite (no guarantee)"
     assert significant(0.41234, 3, up=False) == "0.412" and significant(0.41234, 3, up=True) == "0.413"
+
+
+def test_a_limit_is_printed_as_set_and_the_odds_factor_rounded_up() -> None:
+    """Review 105: rounding every figure up also rounded the limits a user set (6.2 read 6.201, so that "5.865 of
+    6.201, leaving 0.335" no longer added up), and the odds factor e^epsilon was rounded to nearest."""
+    from privacy_accounting.report_models import ModelEntry
+    from privacy_accounting.statement import fmt_factor, verdict
+
+    from .shard_entries import shard_entry
+
+    shard = shard_entry("s0", 5.86471, 6.2)
+    shard = shard.model_copy(update={"remaining_epsilon": 6.2 - 5.86471})
+    model = ModelEntry(model="m", components=["c0"], delta=1e-5, epsilon=5.86471, accountant="pld",
+                       binding_data_source="visits", binding_shard="s0", units=["record"], checkpoints_released=False,
+                       shards=[{"data_source": "visits", "shard": "s0", "components": ["c0"], "epsilon": 5.86471,
+                                "accountant": "pld", "shard_total_epsilon": 5.86471, "shard_total_accountant": "pld",
+                                "n_model_events": 1, "n_shard_events": 1, "record_epsilon": 5.86471,
+                                "record_accountant": "pld"}],
+                       statement="")
+    kind, text = verdict(model, [shard])
+    assert kind == "within budget" and "ε = 5.865 of 6.2 (95%), leaving 0.335 " in text, text
+    assert fmt_factor(352.4) == "353" and fmt_factor(5.861) == "5.87" and fmt_factor(139_412.0) == "140,000"
