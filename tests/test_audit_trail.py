@@ -546,7 +546,7 @@ def test_budget_show_reads_a_ledger_switched_to_wal_mode_without_a_file_beside_i
         code, out = _cli(capsys, "budget", "show", "-w", str(ws.root))
     assert code == 0 and opened and all(names == ["ledger.sqlite"] for names in opened), (out, opened)
     assert ledger_files() == ["ledger.sqlite"]
-    assert _cli(capsys, "budget", "set", "toy", "9", "-w", str(ws.root))[0] == 0  # a write: the journal it was made with
+    assert _cli(capsys, "budget", "set", "toy", "9", "-w", str(ws.root))[0] == 0  # a write: back to its journal
     assert (ws.root / "ledger.sqlite").read_bytes()[18:20] == b"\x01\x01" and ws.audit.verify().ok
 
 
