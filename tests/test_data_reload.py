@@ -313,3 +313,28 @@ def test_budget_set_holds_the_delta_below_one_over_the_largest_n_and_keeps_a_sha
     code, out, err = run_cli(capsys, "budget", "set", "rows/shard-0", "90", "-w", "ws")
     assert code == 0 and "epsilon 90 at delta 1e-07" in out, out
     assert {(b.shard, b.delta) for b in Workspace.open("ws").ledger.budgets()} == {(None, 1e-7), ("shard-0", 1e-7)}
+
+
+def test_train_holds_the_workspace_from_its_checks_to_its_composed_model(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 107: train released the lock between training and composing, and another command ran in the gap (a
+    deletion retrained the new components, so the model was never composed; a budget change made the run's figures
+    contradict each other)."""
+    import subprocess
+    import sys
+
+    from dp_tangent.cli import train as train_command
+
+    recipe = _rows_recipe(tmp_path, monkeypatch)
+    taken_by_another = []
+    outcome = train_command._outcome
+
+    def observed(*args, **kwargs):  # another process tries the lock just before the model is composed
+        probe = ("import fcntl, os; fd = os.open('ws/workspace.json', os.O_RDONLY); "
+                 "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)")
+        taken_by_another.append(subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0)
+        return outcome(*args, **kwargs)
+
+    monkeypatch.setattr(train_command, "_outcome", observed)
+    code, out, err = run_cli(capsys, "train", "--init", str(recipe), "-w", "ws", "--executor", "serial")
+    assert code == 0 and taken_by_another == [False], (err, taken_by_another)

@@ -10,6 +10,7 @@ came (partly) from the workspace's cache, or whose cache file was ignored, says 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import shlex
@@ -252,6 +253,7 @@ def train(
         raise WorkspaceError(f"no workspace at {workspace}: create one with `dp-tangent init -w {workspace}` or pass "
                              "--init (a new workspace accounts from zero: it knows no run or deletion of any other)")
     runner, count, selected = None, 0, []
+    held = contextlib.ExitStack()  # the workspace's lock, from its checks to the composed model
 
     def checked(schema: Recipe) -> None:
         """Once the recipe's schema holds, before torch loads: the checks that need no torch, then the executor,
@@ -289,6 +291,9 @@ def train(
 
             check_pretrained_on(recipe.backbone.checkpoint, getattr(recipe.data.source, "public_path", None))
         ws = ws or Workspace.create(workspace)
+        # held to the end: another command between training and composing (a deletion retraining these components,
+        # another run, a budget change) left this run's model uncomposed or its figures contradicting (review 107)
+        held.enter_context(ws.lock())
         jobs = [ShardJob(_retry_name(ws, name, k), f"shard-{k}", parts[k]) for k in selected]
         # refused before the data and the budget are registered, which a fixed recipe could not undo
         _check_reservations(ws, recipe, jobs, allow_overlap)
@@ -342,6 +347,7 @@ def train(
     finally:
         if runner is not None:
             runner.close()  # idempotent: train_all closes it when it ran
+        held.close()
 
 
 def _outcome(ws: Workspace, recipe: Recipe, name: str, test: RecordSet | None, run: TrainingRun,
