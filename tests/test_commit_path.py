@@ -155,6 +155,21 @@ def test_a_composition_killed_after_moving_its_files_is_finished_when_the_worksp
     assert reopened.load_model("m2")[0].component_names == ["c0", "c1"]
 
 
+def test_the_command_that_finishes_a_killed_change_says_so_and_the_checks_say_which_commands_do(ws, capsys) -> None:
+    """Review 107: a later `evaluate` or `predict` finished a killed budget change without a word, and `audit verify`
+    said "any dp-tangent command" finishes it, itself included."""
+    from helpers import run_cli
+
+    kill_child("compose-ledger")
+    assert "a command that is not a check finishes each" in str(ws.audit.verify())
+    for check in (["audit", "verify"], ["budget", "show"], ["data", "list"]):  # checks: they leave it
+        run_cli(capsys, *check, "-w", "ws")
+        assert len(pending(ws)) == 1, check
+    code, out, err = run_cli(capsys, "requests", "list", "-w", "ws")
+    assert code == 0 and "note: finished the composition a command stopped before it completed" in err, err
+    assert not pending(ws) and ws.audit.verify().ok
+
+
 def test_a_change_killed_after_its_ledger_operation_is_finished_without_an_integrity_failure(ws) -> None:
     kill_child("compose-entry")
     log_before = (ws.root / "audit.log").read_bytes()

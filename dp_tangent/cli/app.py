@@ -39,7 +39,15 @@ def open_workspace(path: Path, *, finish: bool = True, read_only: bool = False):
     from ..workspace.names import WorkspaceIntegrityError
 
     try:
-        return Workspace.open(path, finish=finish and not read_only, read_only=read_only)
+        ws = Workspace.open(path, finish=False, read_only=read_only)
+        if finish and not read_only and ws.writable():
+            operations, reservations = ws.finish_interrupted_work()
+            for operation in operations:  # said: a privacy-relevant change (a budget) takes effect now (review 107)
+                typer.echo(f"note: finished the {operation} a command stopped before it completed", err=True)
+            if reservations:
+                typer.echo(f"note: {len(reservations)} reservation(s) a stopped training left open marked failed "
+                           "(their budget stays spent)", err=True)
+        return ws
     except WorkspaceIntegrityError as err:  # finishing a killed change found an edit: recorded; read, write nothing
         typer.secho(f"warning: {err}", err=True, fg=typer.colors.RED)
         return Workspace.open(path, finish=False)

@@ -92,7 +92,7 @@ def budget_show(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
     from privacy_accounting.figures import fmt_eps, fmt_remaining
 
     from ..components.component import sizes_public
-    from ..workspace.audit_log import verify
+    from ..workspace.audit_log import FINISHED_BY, verify
     from ..workspace.commit import INTENT, PENDING
     from ..workspace.data_sources import declared_public
 
@@ -124,8 +124,8 @@ def budget_show(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
     # the figures are the ledger's: say so when the tables they come from are not the state the audit log last
     # vouched for (a review deleted a row with sqlite3 and saw a lower spend printed without a word)
     if any((ws.root / PENDING).glob(f"*/{INTENT}")):
-        typer.secho("note: an operation is under way or was interrupted (the next command finishes it); these figures "
-                    "may not include it", err=True, fg=typer.colors.YELLOW)
+        typer.secho(f"note: an operation is under way or was interrupted ({FINISHED_BY}); these figures may not "
+                    "include it", err=True, fg=typer.colors.YELLOW)
         return
     # the records each run read count only where a run was let read another shard's records (hashing them is slow)
     tables = FIGURE_TABLES + (("event_records",) if ledger.overlap_possible() else ())

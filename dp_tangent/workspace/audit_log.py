@@ -306,6 +306,9 @@ MUST_STAY_FOLDERS = ("certificates/",)
 INTEGRITY_FAILURE_REASON = "the workspace did not verify when an operation began"
 INTERRUPTED_REASON = "operation(s) were interrupted and are not finished"
 KILLED_WRITE_REASON = "is the temporary file of a write killed half-way"
+#: Which commands finish an interrupted operation (review 107: "any dp-tangent command" said so of the checks too).
+FINISHED_BY = ("a command that is not a check finishes each (e.g. `dp-tangent requests list`; the audit and "
+               "certificate checks, budget show and data list leave them as they are)")
 #: The operations that record what was found (an ``integrity_failure``) or close such a record: they vouch for no
 #: file or ledger state, so no check compares the workspace with what they recorded.
 RECORDS_OF_FAILURES = frozenset({"integrity_failure", "integrity_resolved"})
@@ -475,8 +478,7 @@ def _check_unaccounted(root: Path, entries: Sequence[AuditEntry]) -> tuple[list[
                                                   f"refuses it; remove {PENDING_FOLDER}/{folder.name}"))
     pending = sorted(p.name for p in staged if _is_intent(p))
     if pending:
-        problems.append(Problem(len(entries), f"{len(pending)} {INTERRUPTED_REASON}: open the workspace (any "
-                                              "dp-tangent command on it) to finish them"))
+        problems.append(Problem(len(entries), f"{len(pending)} {INTERRUPTED_REASON}: {FINISHED_BY}"))
     return problems, notes
 
 
