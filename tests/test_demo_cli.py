@@ -210,3 +210,16 @@ def test_a_source_budget_is_not_held_against_the_split_declared_public(demo_run,
     status = {s.shard: s.budget_status for s in report.shards}
     assert status == {"public": "declared public", "shard-0": "within budget", "shard-1": "within budget"}
     assert "exceeded" not in report.to_markdown()
+
+
+def test_a_demo_into_a_workspace_where_nothing_was_trained_says_it_may_be_deleted(tmp_path: Path, capsys,
+                                                                                  monkeypatch) -> None:
+    """Review 107: a demo killed before training left a workspace that `demo -w` then refused only as "a dp-tangent
+    workspace already", without a word that it held nothing spent and could be deleted."""
+    from helpers import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(capsys, "init", "-w", "ws")[0] == 0
+    code, out, err = run_cli(capsys, "demo", "-w", "ws")
+    assert code == 2 and "is a workspace in which nothing was trained" in err and "delete it" in err, err
+    assert len(err.strip().splitlines()) == 1

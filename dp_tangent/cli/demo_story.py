@@ -69,6 +69,10 @@ def new_workspace(path: Path) -> Iterator[Workspace]:
     workspace goes again, so that the corrected command can run: nothing was spent, and nothing but the story's
     own set-up is lost (a folder that existed, empty, is emptied again and kept, as is a link to one)."""
     existed = Path(path).exists()
+    if (Path(path) / "workspace.json").is_file() and not Workspace.open(path, read_only=True).ledger.events():
+        raise DemoError(f"{Path(path).absolute()} is a workspace in which nothing was trained (a demo or init stopped "
+                        "before training: nothing was spent there); delete it to run the demo there again, or choose "
+                        "another -w")
     ws = Workspace.create(path)
     try:
         yield ws
