@@ -118,7 +118,10 @@ def test_a_driver_killed_mid_training_leaves_a_reservation_the_next_command_fail
         if process.poll() is None:
             process.kill()
     shown = subprocess.run([*cli, "budget", "show", "-w", str(ws)], capture_output=True, text=True, timeout=120)
-    assert shown.returncode == 0, shown.stderr
+    assert shown.returncode == 0, shown.stderr  # a check: it counts the reservation's spend and leaves it as it is
+    assert [e.status.value for e in Ledger.open(ws / "ledger.sqlite").events()] == ["reserved"]
+    listed = subprocess.run([*cli, "requests", "list", "-w", str(ws)], capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0 and "1 reservation(s) a stopped training left open marked failed" in listed.stderr
     [event] = Ledger.open(ws / "ledger.sqlite").events()
     assert event.status.value == "failed" and "abandoned" in event.failure_reason
     log = subprocess.run([*cli, "audit", "log", "-w", str(ws)], capture_output=True, text=True, timeout=120)
