@@ -5,8 +5,9 @@ A figure no cache holds costs its process the import of scipy, dp-accounting and
 :func:`start`, called first thing (only the standard library and light modules loaded, no thread: a safe fork),
 forks a worker that imports the accountants at once, so both happen together, and has ``accountants`` send the
 figures no cache holds to :func:`compute` (an event's accountants at once), which has the worker compute them side by
-side, in helpers it forks for all but one, with the same code as this process would, bit for bit. Anything unexpected (no worker, a worker that died, an error other than the
-accountants' own) returns None, and the caller computes in-process as it would without one.
+side, in helpers it forks for all but one, with the same code as this process would, bit for bit. Anything
+unexpected (no worker, a worker that died, an error other than the accountants' own) returns None, and the caller
+computes in-process as it would without one.
 
 The worker reads nothing but what :func:`compute` sends it, writes nothing but its answers (its standard streams go
 to ``/dev/null``), ignores Ctrl-C (the program decides) and ends with the program: at exit, or when the program's
