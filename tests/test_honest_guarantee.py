@@ -772,6 +772,32 @@ def test_a_budget_a_release_stated_may_be_lowered_but_never_raised(tmp_path, mlp
         assert stop.value.code == 2 and err.count("\n") == 1, err
         assert f"budget {raised}: model 'm' was released with records of it" in err and "never raised" in err, err
     assert {(b.shard, b.epsilon) for b in ws.ledger.budgets()} == {(None, 50.0)}  # nothing was set
+    with pytest.raises(WorkspaceError, match="after a release a budget may be lowered, never raised"):
+        ws.set_budget("toy", None, 60.0, 1e-5)  # review 108: the Python API raised it freely
     main(["budget", "set", "toy/s1", "80", "-w", "ws"])  # a shard no release holds records of
     main(["budget", "set", "toy", "40", "-w", "ws"])  # lowered: the statement still holds
     assert {(b.shard, b.epsilon) for b in ws.ledger.budgets()} == {(None, 40.0), ("s1", 40.0)}
+
+
+def test_the_budget_rules_are_checked_under_the_lock_a_release_holds(tmp_path, mlp_backbone, monkeypatch) -> None:
+    """Review 108: `budget set` checked for releases before taking the lock, so a release holding it meanwhile was
+    not seen, and the budget raised once it was free."""
+    from dp_tangent.workspace import budget_rules
+
+    monkeypatch.chdir(tmp_path)
+    ws = Workspace.create("ws")
+    ws.train(mlp_backbone, None, records(0), data_source="toy", shard="s0", name="c0", privacy=PRIVATE, config=FAST)
+    ws.compose_model("m", ["c0"])
+    ws.set_budget("toy", None, epsilon=50.0, delta=1e-5)
+    seen = []
+    check = budget_rules.check_budget_change
+
+    def under_lock(*args, **kwargs):  # the rules run while the workspace's lock is held, so no release is under way
+        from dp_tangent.workspace.lock import _HELD
+
+        seen.append(_HELD.get(str(ws.root.resolve()), (-1, 0))[1] > 0)
+        return check(*args, **kwargs)
+
+    monkeypatch.setattr(budget_rules, "check_budget_change", under_lock)
+    ws.set_budget("toy", None, epsilon=45.0, delta=1e-5)
+    assert seen == [True]

@@ -29,13 +29,10 @@ def budget_set(
     """Set the epsilon limit of a data source (every shard of it, those with budgets of their own too) or of one
     shard; both must be declared (`dp-tangent train` declares a recipe's data source and shards)."""
     from privacy_accounting.budgets import budget_of
-    from privacy_accounting.event_tree import is_non_private
     from privacy_accounting.figures import fmt_eps
 
-    from ..training.config import check_budget_delta
     from ..workspace import WorkspaceError
     from ..workspace.data_sources import declared_public
-    from ..workspace.release import released_shards
 
     source, slash, shard = target.partition("/")
     if slash and (not shard or not source):
@@ -57,21 +54,6 @@ def budget_set(
         current = ws.ledger.budget(source, shard) if shard else budget_of(ws.ledger.budgets(), source, None)
         delta = current.delta if current is not None else 1e-5
     own = {b.shard: b.delta for b in ws.ledger.budgets() if b.data_source == source and b.shard is not None}
-    released = released_shards(ws)
-    for name in [shard] if shard else shards:
-        after = delta if shard or given is not None or name not in own else own[name]  # the shard's delta after it
-        sizes = [n for n in (e.details.get("planned_shard_size") or e.details.get("records")
-                             for e in ws.ledger.events(data_source=source, shard=name) if not is_non_private(e.tree))
-                 if n]
-        if sizes:  # every figure of a shard is stated at its budget's delta: below 1/n for each run's n (review 102)
-            check_budget_delta(after, max(sizes), f"budget {source}/{name}")
-        before = ws.ledger.budget(source, name)
-        if (source, name) in released and before is not None and (epsilon > before.epsilon or after > before.delta):
-            models = ", ".join(repr(m) for m in released[(source, name)])
-            raise WorkspaceError(f"budget {source}/{name}: model {models} was released with records of it, and its "
-                                 "statement bounds every later run on them by the budget (epsilon "
-                                 f"{before.epsilon:g} at delta {before.delta:g}): after a release a budget may be "
-                                 "lowered, never raised")
     budget = ws.set_budget(source, shard or None, epsilon, delta, every_shard=True, shard_delta=given)
     also = ", ".join(f"{s} (delta {given if given is not None else d:g})" for s, d in sorted(own.items()))
     typer.echo(f"budget {target}: epsilon {budget.epsilon:g} at delta {budget.delta:g}"

@@ -853,7 +853,9 @@ class Workspace:
         source's shards that have budgets of their own (which win over the source's) get the same epsilon, in the
         same logged change, so that the limit holds for every shard of the source; each keeps its own delta unless
         ``shard_delta`` is given (a delta is never loosened unasked)."""
-        with self.lock():
+        from .budget_rules import check_budget_change
+
+        with self.lock():  # the rules checked under it: a release meanwhile would escape them (review 108)
             budgets = {(b.data_source, b.shard): b for b in self.ledger.budgets()}
             targets = [shard]
             if every_shard and shard is None:
@@ -862,6 +864,11 @@ class Workspace:
             deltas = {t: float(delta) if t == shard else float(shard_delta if shard_delta is not None
                                                                  else previous[t].delta)  # type: ignore[union-attr]
                       for t in targets}
+            declared = [s for d, s in self.ledger.shards() if d == data_source] if shard is None else [shard]
+            own = {s for d, s in budgets if d == data_source and s is not None}
+            check_budget_change(self, data_source, {  # each shard's budget as it will apply
+                s: (float(epsilon), deltas[s] if s in deltas else float(delta)) for s in declared
+                if shard is not None or s not in own or s in deltas})
             was = {t: None if b is None else {"epsilon": b.epsilon, "delta": b.delta} for t, b in previous.items()}
             apply(self, Change("budget_change", operator=operator,
                                ledger=[SetBudget(data_source, t, float(epsilon), deltas[t]) for t in targets],
