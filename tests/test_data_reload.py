@@ -338,3 +338,31 @@ def test_train_holds_the_workspace_from_its_checks_to_its_composed_model(
     monkeypatch.setattr(train_command, "_outcome", observed)
     code, out, err = run_cli(capsys, "train", "--init", str(recipe), "-w", "ws", "--executor", "serial")
     assert code == 0 and taken_by_another == [False], (err, taken_by_another)
+
+
+def test_a_run_of_the_same_name_that_ended_while_train_waited_for_the_lock_is_seen_under_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 108: the name was checked before `train` took the lock; a second `train --name dup` waited for the first,
+    then trained anyway (spending its budget) and failed to compose."""
+    import contextlib
+
+    recipe = _rows_recipe(tmp_path, monkeypatch)
+    assert run_cli(capsys, "train", "--init", str(recipe), "--name", "first", "-w", "ws", "--executor", "serial")[0] == 0
+    lock = Workspace.lock
+    taken = []
+
+    @contextlib.contextmanager
+    def after_another_run(self):  # the other run of the same name finishes just before this one gets the lock
+        if not taken:
+            taken.append(True)
+            assert run_cli(capsys, "train", str(recipe), "--name", "dup", "--allow-overlap", "-w", "ws",
+                           "--executor", "serial")[0] == 0
+        with lock(self):
+            yield
+
+    monkeypatch.setattr(Workspace, "lock", after_another_run)
+    events = len(Workspace.open("ws").ledger.events())
+    code, out, err = run_cli(capsys, "train", str(recipe), "--name", "dup", "--allow-overlap", "-w", "ws",
+                             "--executor", "serial")
+    assert code == 2 and "model 'dup' already exists" in err and len(err.strip().splitlines()) == 1, err
+    assert len(Workspace.open("ws").ledger.events()) == events + 2  # the other run's two shards, and nothing more

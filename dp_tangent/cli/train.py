@@ -294,6 +294,10 @@ def train(
         # held to the end: another command between training and composing (a deletion retraining these components,
         # another run, a budget change) left this run's model uncomposed or its figures contradicting (review 107)
         held.enter_context(ws.lock())
+        if only:  # checked again under the lock: a run of the same name may have ended while this one waited for it
+            _check_retry(ws, name, selected, count)  # (review 108: it trained, then failed to compose)
+        else:
+            _check_unused(ws, name, count)
         jobs = [ShardJob(_retry_name(ws, name, k), f"shard-{k}", parts[k]) for k in selected]
         # refused before the data and the budget are registered, which a fixed recipe could not undo
         _check_reservations(ws, recipe, jobs, allow_overlap)
