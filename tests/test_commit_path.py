@@ -840,3 +840,16 @@ def test_a_change_whose_ledger_operations_committed_is_finished_without_running_
         assert conn.execute("SELECT registered_at FROM models WHERE name = 'm2'").fetchall() == registered
     assert reopened.load_model("m2")[0].component_names == ["c0", "c1"]
     assert "integrity_failure" not in [e.operation for e in reopened.audit.entries()]
+
+
+def test_a_train_that_finishes_a_killed_change_says_so(ws, capsys, tmp_path) -> None:
+    """Review 108: `train` opened the workspace its own way, and finished a killed change without the note."""
+    import yaml
+    from helpers import run_cli
+
+    kill_child("compose-ledger")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"backbone": {"name": "efficientnet_lite0", "pretrained": "nonsense"}}))
+    code, out, err = run_cli(capsys, "train", str(recipe), "-w", "ws")  # refused, once it opened the workspace
+    assert code == 2 and not pending(ws), err
+    assert "note: finished the composition a command stopped before it completed" in err, err

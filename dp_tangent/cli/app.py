@@ -38,19 +38,20 @@ def open_workspace(path: Path, *, finish: bool = True, read_only: bool = False):
     from ..workspace import Workspace
     from ..workspace.names import WorkspaceIntegrityError
 
+    listen_to_workspaces()
     try:
-        ws = Workspace.open(path, finish=False, read_only=read_only)
-        if finish and not read_only and ws.writable():
-            operations, reservations = ws.finish_interrupted_work()
-            for operation in operations:  # said: a privacy-relevant change (a budget) takes effect now (review 107)
-                typer.echo(f"note: finished the {operation} a command stopped before it completed", err=True)
-            if reservations:
-                typer.echo(f"note: {len(reservations)} reservation(s) a stopped training left open marked failed "
-                           "(their budget stays spent)", err=True)
-        return ws
+        return Workspace.open(path, finish=finish and not read_only, read_only=read_only)
     except WorkspaceIntegrityError as err:  # finishing a killed change found an edit: recorded; read, write nothing
         typer.secho(f"warning: {err}", err=True, fg=typer.colors.RED)
         return Workspace.open(path, finish=False)
+
+
+def listen_to_workspaces() -> None:
+    """Print as a note what a workspace does on its own (a killed change finished, an abandoned reservation failed):
+    whichever command opened it, and whenever (taking its lock finishes them too)."""
+    from ..workspace import notices
+
+    notices.listen(lambda text: typer.echo(f"note: {text}", err=True))
 
 
 def check_output_outside(ws, output: Path, allowed: str | None = None,  # noqa: ANN001

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from ..errors import DPTangentError
-from .app import DEFAULT_WORKSPACE, WorkspaceOption, app
+from .app import DEFAULT_WORKSPACE, WorkspaceOption, app, listen_to_workspaces
 from .budget import shard_state
 
 if TYPE_CHECKING:
@@ -246,6 +246,7 @@ def train(
     from ..workspace import Workspace, check_name
 
     name = check_name(name or recipe_path.stem, "model")
+    listen_to_workspaces()  # a change a killed command left, finished here or under the lock, is said (review 108)
     ws = Workspace.open(workspace) if (workspace / "workspace.json").exists() else None
     if ws is None and not init:  # a mistyped -w, or another folder: a fresh ledger would know no earlier run
         from ..workspace import WorkspaceError

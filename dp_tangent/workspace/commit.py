@@ -39,6 +39,7 @@ from ..io import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_file, 
 from .audit_log import DERIVED_FOLDERS, OPERATIONS, Artifact, AuditEntry, vouching
 from .ledger_ops import LedgerOp, ledger_op_from_json
 from .names import WorkspaceError, WorkspaceIntegrityError
+from .notices import notice
 
 if TYPE_CHECKING:
     from .store import Workspace
@@ -142,6 +143,7 @@ def finish_interrupted(ws: "Workspace") -> list[str]:
     for staging in sorted(p for p in pending.iterdir() if not p.is_symlink()):
         if (staging / INTENT).is_file():
             done.append(_finish(ws, staging).operation)
+            notice(f"finished the {done[-1]} a command stopped before it completed")
         else:
             shutil.rmtree(staging, ignore_errors=True)  # killed before its commit point: nothing happened
     with contextlib.suppress(OSError):  # gone already, or not empty

@@ -55,6 +55,7 @@ from .ledger_ops import FailReservation, RegisterModel, SetBudget, SetDataSource
 from .lock import workspace_lock, workspace_lock_if_free
 from .model_record import ModelPart, ModelRecord
 from .names import WorkspaceError, WorkspaceIntegrityError, check_name
+from .notices import notice
 from .tombstones import Tombstones
 
 # What trains, composes or loads tensors is imported where it is used: opening a workspace, reading its
@@ -380,6 +381,9 @@ class Workspace:
                 "component": event.component, "data_source": event.data_source, "shard": event.shard,
                 "ledger_reservation": event.reservation_id, "reserved_at": event.created_at, "reason": reason}))
             resolved.append(event.reservation_id)
+        if resolved:
+            notice(f"{len(resolved)} reservation(s) a stopped training left open marked failed (their budget stays "
+                   "spent)")
         return resolved
 
     # -- paths ------------------------------------------------------------------------------------
