@@ -95,7 +95,7 @@ class BudgetExceededError(PrivacyAccountingError):
         self.accountant = accountant
         self.requested_kind = requested_kind
         self.shared = shared  # the figures are those of records the run shares with runs on other shards
-        from privacy_accounting.figures import significant  # (it imports nothing: no cycle)
+        from privacy_accounting.figures import fmt_set, significant  # (it imports nothing: no cycle)
 
         def fmt_eps(value: float) -> str:  # rounded up, as every printed epsilon is; "inf" for a non-private run's
             return significant(value, 4, up=True) if value != float("inf") else "inf"
@@ -104,8 +104,8 @@ class BudgetExceededError(PrivacyAccountingError):
         super().__init__(
             f"budget exceeded for {whose}shard {shard!r} of data source {data_source!r}: "
             f"spent epsilon={fmt_eps(spent)}, requested epsilon={fmt_eps(requested)} ({requested_kind}), "
-            f"spent after={fmt_eps(spent_after)} > limit epsilon={limit:g} "
-            f"({scope} budget, delta={delta:.3g}, accountant={accountant}); nothing was written"
+            f"spent after={fmt_eps(spent_after)} > limit epsilon={fmt_set(limit)} "
+            f"({scope} budget, delta={fmt_set(delta)}, accountant={accountant}); nothing was written"
         )
 
 

@@ -36,3 +36,11 @@ def significant(value: float, digits: int, *, up: bool) -> str:
     rounded = exact.quantize(Decimal(1).scaleb(exact.adjusted() - digits + 1),
                              rounding=ROUND_CEILING if up else ROUND_FLOOR)
     return f"{float(rounded):.{digits}g}"
+
+
+def fmt_set(value: float) -> str:
+    """A figure a person set or a mechanism was run at (a budget's epsilon, any delta), exactly as it is held: the
+    shortest text that reads back as the same float, never rounded (review 108: a budget of 12.344449 read 12.3444,
+    a statement stronger than the limit the ledger enforces)."""
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text

@@ -10,7 +10,7 @@ import math
 from typing import Sequence
 
 from privacy_accounting.report_models import ShardEntry
-from privacy_accounting.figures import fmt_eps, fmt_remaining
+from privacy_accounting.figures import fmt_eps, fmt_remaining, fmt_set
 from privacy_accounting.svg import (
     DASHES,
     INK,
@@ -158,12 +158,12 @@ def _bar(shard: ShardEntry, shown: float) -> tuple[list[tuple[float, float, str,
     limit = shard.budget.epsilon
     color = OVER_SPENT if shard.budget_status == "exceeded" else SPENT
     spent_text = _fmt(spent, limit)
-    segments = [(0.0, min(shown, limit), color, f"{name}: spent {spent_text} of {limit:g}")]
+    segments = [(0.0, min(shown, limit), color, f"{name}: spent {spent_text} of {fmt_set(limit)}")]
     if shown < limit:
         segments.append((shown, limit, REMAINING, f"{name}: {fmt_remaining(limit, spent_text)} remaining"))
     elif shown > limit:
-        segments.append((limit, shown, OVER, f"{name}: over the budget of {limit:g}"))
-    return segments, "∞: non-private" if math.isinf(spent) else f"{spent_text} of {limit:g}"
+        segments.append((limit, shown, OVER, f"{name}: over the budget of {fmt_set(limit)}"))
+    return segments, "∞: non-private" if math.isinf(spent) else f"{spent_text} of {fmt_set(limit)}"
 
 
 def budget_bars_svg(shards: Sequence[ShardEntry]) -> str | None:

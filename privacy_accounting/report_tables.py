@@ -17,7 +17,7 @@ from privacy_accounting.report_models import (
     ShardEntry,
     ShardRecords,
 )
-from privacy_accounting.figures import fmt_eps, fmt_remaining
+from privacy_accounting.figures import fmt_eps, fmt_remaining, fmt_set
 from privacy_accounting.statement import fmt_delta, unit_text
 
 Table = tuple[list[str], list[tuple[object, ...]]]
@@ -81,7 +81,7 @@ def source_facts(report: PrivacyReport, source: DataSourceEntry) -> list[tuple[s
     """(label, value) lines of a data source: description, unit, budget, how it is re-read."""
     details = next((d for d in (report.workspace.data if report.workspace else []) if d.data_source ==
                     source.data_source), None)
-    budget = (f"\u03b5 = {source.budget.epsilon:g} at \u03b4 = {fmt_delta(source.budget.delta)} for each shard"
+    budget = (f"\u03b5 = {fmt_set(source.budget.epsilon)} at \u03b4 = {fmt_delta(source.budget.delta)} for each shard"
               if source.budget else "none for the whole source (see each shard)")
     facts = [("Description", source.description or "(none given)"), ("Unit of privacy", unit_text(source.unit)),
              ("Budget", budget)]
@@ -107,7 +107,7 @@ def data_shards_table(report: PrivacyReport, data_source: str) -> Table:
         spent = Flag("\u221e: NOT DIFFERENTIALLY PRIVATE") if math.isinf(s.spent.epsilon) else s.spent.epsilon
         status = Flag(s.budget_status) if s.budget_status == "exceeded" else s.budget_status
         rows.append((s.shard, records, public, _runs(s), spent,
-                     f"{s.budget.epsilon:.4g}" if s.budget else "none", status))
+                     fmt_set(s.budget.epsilon) if s.budget else "none", status))
     return (["shard", "records (latest run)", "kind", "runs", "spent \u03b5", "budget \u03b5", "status"], rows)
 
 
@@ -262,7 +262,7 @@ def shards_table(report: PrivacyReport) -> Table:
              "budget", "remaining", "status", "events"],
             [(s.data_source, s.shard, s.unit, s.spent.epsilon, _delta(s.spent.delta), s.spent.accountant,
               s.spent.rdp, s.spent.prv, s.spent.pld,
-              f"{s.budget.epsilon:.4g} ({s.budget.scope})" if s.budget else "no budget set",
+              f"{fmt_set(s.budget.epsilon)} ({s.budget.scope})" if s.budget else "no budget set",
               None if s.remaining_epsilon is None or s.budget is None
               else fmt_remaining(s.budget.epsilon, fmt_eps(s.spent.epsilon)),
               Flag(s.budget_status) if s.budget_status == "exceeded" else s.budget_status,

@@ -15,7 +15,9 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from privacy_accounting.figures import fmt_eps, fmt_remaining, significant
+from decimal import Decimal
+
+from privacy_accounting.figures import fmt_eps, fmt_remaining, fmt_set, significant
 from privacy_accounting.report_models import (
     AUDIT_LABEL,
     AuditEntry,
@@ -58,9 +60,10 @@ def fmt_delta(delta: float | None) -> str:
     """Delta for humans: a plain decimal down to 1e-8 (``0.00001``), else scientific."""
     if delta is None:
         return "n/a"
-    if delta >= 1e-8:
-        return f"{delta:.8f}".rstrip("0").rstrip(".") if delta < 1 else f"{delta:g}"
-    return f"{delta:.2g}"
+    exact = fmt_set(delta)  # never rounded: a delta printed lower would claim more than holds
+    if 1e-8 <= delta < 1 and "e" in exact:
+        return format(Decimal(exact), "f")
+    return exact
 
 
 def odds_factor(epsilon: float) -> float | None:
@@ -132,7 +135,7 @@ def audits_text(audits: Sequence[AuditEntry], scope: str = "") -> str:
         lower = significant(audit.epsilon_lower_bound, 4, up=False)  # a lower bound: rounded down
         line = (
             f"an audit{method} of component '{audit.component}' found epsilon >= {lower} "
-            f"at delta = {audit.delta:.3g}, an {AUDIT_LABEL}"
+            f"at delta = {fmt_set(audit.delta)}, an {AUDIT_LABEL}"
         )
         if audit.consistent is False:
             line += " — it EXCEEDS the accounted upper bound, which indicates a bug in training or accounting"
@@ -171,9 +174,9 @@ def model_statement(
         )
     else:
         guarantee = (
-            f"Every unit of privacy is protected by (epsilon = {fmt_eps(epsilon)}, delta = {delta:.3g})-differential "
-            f"privacy, an upper bound from the {accountant.upper()} accountant (the tightest of the RDP, PRV and "
-            "PLD upper bounds)."
+            f"Every unit of privacy is protected by (epsilon = {fmt_eps(epsilon)}, delta = {fmt_set(delta)})-"
+            f"differential privacy, an upper bound from the {accountant.upper()} accountant (the tightest of the "
+            "RDP, PRV and PLD upper bounds)."
         )
     per_record = (
         " Each unit is charged every run that ever read it (sequential composition), including runs of "
@@ -198,15 +201,15 @@ def model_statement(
 def shard_statement(shard: ShardEntry) -> str:
     """One sentence on a shard's total spend (and, where a run was planned from its size, that caveat)."""
     spent = shard.spent
-    delta = f"{spent.delta:.3g}" if spent.delta is not None else "n/a"
+    delta = fmt_set(spent.delta) if spent.delta is not None else "n/a"
     if shard.budget is None:
         budget = "no budget set"
     elif shard.budget_status == "declared public":
         budget = (f"its records are declared public, so the {shard.budget.scope.replace('_', ' ')} budget "
-                  f"(epsilon = {shard.budget.epsilon:.4g}) does not apply")
+                  f"(epsilon = {fmt_set(shard.budget.epsilon)}) does not apply")
     else:
         budget = (
-            f"budget epsilon = {shard.budget.epsilon:.4g} at delta = {shard.budget.delta:.3g} "
+            f"budget epsilon = {fmt_set(shard.budget.epsilon)} at delta = {fmt_set(shard.budget.delta)} "
             f"({shard.budget.scope.replace('_', ' ')} budget, {shard.budget_status})"
         )
     at = "" if math.isinf(spent.epsilon) else f" at delta = {delta}"
@@ -314,7 +317,7 @@ def verdict(model: ModelEntry, shards: Sequence[ShardEntry]) -> tuple[Verdict, s
     over = [s for s in mine if s.budget_status == "exceeded" and (key(s) in own or spent(s) > s.budget.epsilon)]
     if over:
         return "over budget", "OVER BUDGET: " + "; ".join(
-            f"{label(s)} has spent ε = {fmt_eps(spent(s))} of its limit {s.budget.epsilon:g}"
+            f"{label(s)} has spent ε = {fmt_eps(spent(s))} of its limit {fmt_set(s.budget.epsilon)}"
             + ("" if key(s) in own else " on the model's records it holds")
             for s in over if s.budget is not None) + "."
     unlimited = [s for s in mine if s.budget is None]  # reached ones too: a run reading its whole shard is held
@@ -327,7 +330,7 @@ def verdict(model: ModelEntry, shards: Sequence[ShardEntry]) -> tuple[Verdict, s
     held = "" if key(worst) in own else " on the model's records it holds"
     return "within budget", (
         f"WITHIN BUDGET: every shard it draws on is within its limit. The most used, {label(worst)}, has spent "
-        f"ε = {fmt_eps(spent(worst))} of {worst.budget.epsilon:g}{held} ({share:.0%}), leaving "
+        f"ε = {fmt_eps(spent(worst))} of {fmt_set(worst.budget.epsilon)}{held} ({share:.0%}), leaving "
         f"{fmt_remaining(worst.budget.epsilon, fmt_eps(spent(worst)))} of that total for further runs on its records "
         "(runs compose: a further run may spend more than that on its own and still fit).")
 

@@ -310,6 +310,9 @@ def test_budget_set_holds_the_delta_below_one_over_the_largest_n_and_keeps_a_sha
     code, out, err = run_cli(capsys, "budget", "set", "rows", "100", "--delta", "0.01", "-w", "ws")  # 1/25 > 0.01
     assert code == 2 and "delta 0.01 >= 1/n = 0.005 for a shard of 200 records" in err, err
     assert run_cli(capsys, "budget", "set", "rows", "100", "--delta", "1e-7", "-w", "ws")[0] == 0
+    code, out, err = run_cli(capsys, "budget", "set", "rows", "99.344449", "--delta", "1.234564e-7", "-w", "ws")
+    assert code == 0 and "epsilon 99.344449 at delta 1.234564e-07" in out, out  # review 108: as set, not 99.3444
+    assert run_cli(capsys, "budget", "set", "rows", "100", "--delta", "1e-7", "-w", "ws")[0] == 0
     code, out, err = run_cli(capsys, "budget", "set", "rows/shard-0", "90", "-w", "ws")
     assert code == 0 and "epsilon 90 at delta 1e-07" in out, out
     assert {(b.shard, b.delta) for b in Workspace.open("ws").ledger.budgets()} == {(None, 1e-7), ("shard-0", 1e-7)}

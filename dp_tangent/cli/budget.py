@@ -29,7 +29,7 @@ def budget_set(
     """Set the epsilon limit of a data source (every shard of it, those with budgets of their own too) or of one
     shard; both must be declared (`dp-tangent train` declares a recipe's data source and shards)."""
     from privacy_accounting.budgets import budget_of
-    from privacy_accounting.figures import fmt_eps
+    from privacy_accounting.figures import fmt_eps, fmt_set
 
     from ..workspace import WorkspaceError
     from ..workspace.data_sources import declared_public
@@ -56,7 +56,7 @@ def budget_set(
     own = {b.shard: b.delta for b in ws.ledger.budgets() if b.data_source == source and b.shard is not None}
     budget = ws.set_budget(source, shard or None, epsilon, delta, every_shard=True, shard_delta=given)
     also = ", ".join(f"{s} (delta {given if given is not None else d:g})" for s, d in sorted(own.items()))
-    typer.echo(f"budget {target}: epsilon {budget.epsilon:g} at delta {budget.delta:g}"
+    typer.echo(f"budget {target}: epsilon {fmt_set(budget.epsilon)} at delta {fmt_set(budget.delta)}"
                + (f"; also on {also}, which had budgets of their own" if own and not shard else ""))
     for name in [shard] if shard else shards:
         spent = shard_state(ws.ledger, source, name).spent
@@ -71,7 +71,7 @@ def budget_show(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from privacy_accounting.figures import fmt_eps, fmt_remaining
+    from privacy_accounting.figures import fmt_eps, fmt_remaining, fmt_set
 
     from ..components.component import sizes_public
     from ..workspace.audit_log import FINISHED_BY, verify
@@ -89,13 +89,13 @@ def budget_show(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
         state = shard_state(ledger, source, shard)
         public = sizes_public(ledger, [(source, shard), *state.shared_with])  # every run its figure composes
         public_shards += [f"{source}/{shard}"] if public else []
-        limit = "no budget set" if state.limit is None else f"{state.limit:g}"
+        limit = "no budget set" if state.limit is None else fmt_set(state.limit)
         table.add_row(source, shard, (fmt_eps(state.spent) if math.isfinite(state.spent) else "∞ (non-private)")
                       + (" *" if public else ""),
                       "none: declared public" if (source, shard) in declared else limit,
                       "-" if state.remaining is None or (source, shard) in declared
                       else fmt_remaining(state.limit, fmt_eps(state.spent)),
-                      f"{state.delta:g}" if state.delta else "-")
+                      fmt_set(state.delta) if state.delta else "-")
     if table.row_count:
         Console().print(table)
     else:  # an empty table read as a failure to show one
@@ -134,12 +134,12 @@ class ShardState:
     shared_with: frozenset[tuple[str, str]] = frozenset()  # other shards whose runs read some of its records
 
     def text(self) -> str:
-        from privacy_accounting.figures import fmt_eps, fmt_remaining
+        from privacy_accounting.figures import fmt_eps, fmt_remaining, fmt_set
 
         spent = fmt_eps(self.spent) if math.isfinite(self.spent) else "∞ (non-private)"
         if self.limit is None:
             return f"spent epsilon {spent}, no budget set"
-        return (f"spent epsilon {spent} of its budget {self.limit:g} at delta {self.delta:g}, "
+        return (f"spent epsilon {spent} of its budget {fmt_set(self.limit)} at delta {fmt_set(self.delta)}, "
                 f"{fmt_remaining(self.limit, spent)} left")
 
 

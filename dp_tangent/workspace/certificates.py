@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from privacy_accounting.figures import fmt_eps
+from privacy_accounting.figures import fmt_eps, fmt_set
 
 from ..components.manifest import SCHEME
 from ..io import atomic_write_bytes, sha256_file
@@ -263,7 +263,7 @@ def _run_figure(added: AddedComponent, run_epsilon: str) -> str:
         return "non-private"
     if added.size_public:
         return "private, planned from its shard's size, which its epsilon would tell: the workspace's report has it"
-    return f"{run_epsilon} {fmt_eps(added.epsilon)}, delta {added.delta:.3g}"
+    return f"{run_epsilon} {fmt_eps(added.epsilon)}, delta {fmt_set(added.delta)}"
 
 
 def certificate_writes(ws: Workspace, cert: DeletionCertificate) -> list[FileWrite]:

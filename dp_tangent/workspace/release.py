@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from privacy_accounting import ModelShardGuarantee
 from privacy_accounting.composition import record_shards_at
-from privacy_accounting.figures import fmt_eps
+from privacy_accounting.figures import fmt_eps, fmt_set
 
 from ..components.component import (RELATION, RELATION_SIZE_PUBLIC, deltas_digest, guarantee_shards, sizes_public,
                                     tensors_bytes)
@@ -61,9 +61,10 @@ def _privacy(ws: "Workspace", model: str) -> ReleasedPrivacy:
                                          "read some of its records.")
     epsilon, delta = _budget_bound(ws, model, guarantee.shards)
     public_sizes = sizes_public(ws.ledger, guarantee_shards(guarantee))
-    statement = (f"Model {model!r} is (epsilon <= {epsilon:g}, delta <= {delta:g})-differentially private for each "
+    bound, slack = fmt_set(epsilon), fmt_set(delta)
+    statement = (f"Model {model!r} is (epsilon <= {bound}, delta <= {slack})-differentially private for each "
                  f"{unit} of its training data: adding or removing any one {unit} changes the probability of any "
-                 f"outcome computed from these deltas by at most a factor e^{epsilon:g} (plus {delta:g}). These are "
+                 f"outcome computed from these deltas by at most a factor e^{bound} (plus {slack}). These are "
                  "the privacy budgets of its shards, which the ledger enforces for every record; the exact figure "
                  "stays in the workspace, as it depends on the shards' sizes. The bound covers " + covers + ".")
     if public_sizes:
@@ -102,9 +103,9 @@ def _budget_bound(ws: "Workspace", model: str, shards: Sequence[ModelShardGuaran
     delta = max(b.delta for b in budgets.values())
     exact = ws.ledger.model_guarantee(model, delta=delta)
     if exact.epsilon > epsilon:
-        raise WorkspaceError(f"model {model!r} has spent epsilon {fmt_eps(exact.epsilon)} at delta {delta:g}, above "
-                             f"its shards' budget {epsilon:g} (a budget lowered after training); it cannot be released "
-                             "under that budget")
+        raise WorkspaceError(f"model {model!r} has spent epsilon {fmt_eps(exact.epsilon)} at delta {fmt_set(delta)}, "
+                             f"above its shards' budget {fmt_set(epsilon)} (a budget lowered after training); it "
+                             "cannot be released under that budget")
     limits = {key: ws.ledger.budget(*key) for key, _ in exact.record_shards}
     held_there = record_shards_at(exact, lambda key: limits[key].delta if limits[key] else None,
                                   lambda at: ws.ledger.model_guarantee(model, delta=at))
@@ -121,8 +122,8 @@ def _budget_bound(ws: "Workspace", model: str, shards: Sequence[ModelShardGuaran
         if spent > budget.epsilon:
             held = (f"shard {source}/{shard} of model {model!r}, whose records have" if (source, shard) in budgets
                     else f"records of model {model!r} are also on shard {source}/{shard}, where they have")
-            raise WorkspaceError(f"{held} spent epsilon {fmt_eps(spent)} at delta {budget.delta:g}, above its budget "
-                                 f"{budget.epsilon:g}; it cannot be released under that budget")
+            raise WorkspaceError(f"{held} spent epsilon {fmt_eps(spent)} at delta {fmt_set(budget.delta)}, above its "
+                                 f"budget {fmt_set(budget.epsilon)}; it cannot be released under that budget")
     return epsilon, delta
 
 

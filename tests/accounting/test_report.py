@@ -372,3 +372,14 @@ def test_a_limit_is_printed_as_set_and_the_odds_factor_rounded_up() -> None:
     kind, text = verdict(model, [shard])
     assert kind == "within budget" and "ε = 5.865 of 6.2 (95%), leaving 0.335 " in text, text
     assert fmt_factor(352.4) == "353" and fmt_factor(5.861) == "5.87" and fmt_factor(139_412.0) == "140,000"
+
+
+def test_a_figure_a_person_set_is_printed_exactly_as_held() -> None:
+    """Review 108: a budget of 12.344449 at delta 1.234564e-05 read 12.3444 and 1.23456e-05 (budget set, budget show,
+    the release statement: a bound stronger than the one enforced), and the report's delta 1.23e-05."""
+    from privacy_accounting.figures import fmt_set
+    from privacy_accounting.statement import fmt_delta
+
+    assert [fmt_set(x) for x in (12.344449, 16.0, 1.234564e-05, 1e-05, 0.1)] == [
+        "12.344449", "16", "1.234564e-05", "1e-05", "0.1"]
+    assert fmt_delta(1.234564e-05) == "0.00001234564" and fmt_delta(1e-05) == "0.00001" and fmt_delta(1e-9) == "1e-09"
