@@ -38,7 +38,6 @@ from privacy_accounting.report_tables import (
     source_facts,
     status_lines,
 )
-from privacy_accounting.figures import fmt_eps
 from privacy_accounting.statement import fmt_delta
 
 _CSS = """
@@ -115,7 +114,7 @@ def _cell(value: object) -> str:
     if isinstance(value, Link):
         return f'<a href="{html.escape(value.href, quote=True)}">{html.escape(value.text)}</a>'
     if isinstance(value, float):
-        return html.escape(fmt_eps(value) if value != 0 else "0")
+        return html.escape(f"{value:.4g}")
     return html.escape(str(value))
 
 

@@ -30,7 +30,6 @@ from privacy_accounting.report_tables import (
     source_facts,
     status_lines,
 )
-from privacy_accounting.figures import fmt_eps
 from privacy_accounting.statement import fmt_delta
 
 
@@ -46,7 +45,7 @@ def _cell(value: object) -> str:
     if isinstance(value, Link):
         return f"[{_text(value.text)}]({value.href.replace(' ', '%20').replace(')', '%29')})"
     if isinstance(value, float):
-        return fmt_eps(value) if value != 0 else "0"
+        return f"{value:.4g}"
     return _text(str(value))
 
 

@@ -17,7 +17,7 @@ from privacy_accounting.report_models import (
     ShardEntry,
     ShardRecords,
 )
-from privacy_accounting.figures import fmt_eps, fmt_remaining, fmt_set
+from privacy_accounting.figures import fmt_eps, fmt_remaining, fmt_set, significant
 from privacy_accounting.statement import fmt_delta, unit_text
 
 Table = tuple[list[str], list[tuple[object, ...]]]
@@ -44,7 +44,12 @@ def _words(value: str) -> str:
 
 
 def _delta(value: float | None) -> str | None:
-    return None if value is None else f"{value:.3g}"
+    return None if value is None else fmt_set(value)  # as the run or budget was set: never rounded
+
+
+def _upper(value: float | None) -> str | None:
+    """An epsilon upper bound as every table prints one: rounded up (other numbers are rounded to nearest)."""
+    return None if value is None else fmt_eps(value)
 
 
 def fmt_time(value: str | None) -> str | None:
@@ -104,7 +109,7 @@ def data_shards_table(report: PrivacyReport, data_source: str) -> Table:
         known = _shard_records(report, data_source, s.shard)
         records = None if known is None or known.records is None else f"{known.records:,}"
         public = "declared public" if known is not None and known.public else "private" if known else None
-        spent = Flag("\u221e: NOT DIFFERENTIALLY PRIVATE") if math.isinf(s.spent.epsilon) else s.spent.epsilon
+        spent = Flag("\u221e: NOT DIFFERENTIALLY PRIVATE") if math.isinf(s.spent.epsilon) else _upper(s.spent.epsilon)
         status = Flag(s.budget_status) if s.budget_status == "exceeded" else s.budget_status
         rows.append((s.shard, records, public, _runs(s), spent,
                      fmt_set(s.budget.epsilon) if s.budget else "none", status))
@@ -252,7 +257,7 @@ def non_private_table(report: PrivacyReport) -> Table:
 
 def models_table(report: PrivacyReport) -> Table:
     return (["model", "components", "epsilon", "delta", "accountant", "binding shard", "unit"],
-            [(m.model, ", ".join(m.components), m.epsilon, _delta(m.delta), m.accountant,
+            [(m.model, ", ".join(m.components), _upper(m.epsilon), _delta(m.delta), m.accountant,
               f"{m.binding_data_source}/{m.binding_shard}" if m.binding_shard else None, ", ".join(m.units))
              for m in report.models])
 
@@ -260,8 +265,8 @@ def models_table(report: PrivacyReport) -> Table:
 def shards_table(report: PrivacyReport) -> Table:
     return (["data source", "shard", "unit", "spent epsilon", "delta", "accountant", "RDP", "PRV", "PLD",
              "budget", "remaining", "status", "events"],
-            [(s.data_source, s.shard, s.unit, s.spent.epsilon, _delta(s.spent.delta), s.spent.accountant,
-              s.spent.rdp, s.spent.prv, s.spent.pld,
+            [(s.data_source, s.shard, s.unit, _upper(s.spent.epsilon), _delta(s.spent.delta), s.spent.accountant,
+              _upper(s.spent.rdp), _upper(s.spent.prv), _upper(s.spent.pld),
               f"{fmt_set(s.budget.epsilon)} ({s.budget.scope})" if s.budget else "no budget set",
               None if s.remaining_epsilon is None or s.budget is None
               else fmt_remaining(s.budget.epsilon, fmt_eps(s.spent.epsilon)),
@@ -272,7 +277,7 @@ def shards_table(report: PrivacyReport) -> Table:
 def components_table(report: PrivacyReport) -> Table:
     return (["component", "data source", "shard", "purpose", "status", "epsilon", "delta", "accountant",
              "noise multiplier", "sample rate", "steps", "mechanism", "checkpoints released", "failure"],
-            [(c.component, c.data_source, c.shard, _words(c.purpose), c.status, c.epsilon, _delta(c.delta),
+            [(c.component, c.data_source, c.shard, _words(c.purpose), c.status, _upper(c.epsilon), _delta(c.delta),
               c.accountant,
               c.noise_multiplier, c.sample_rate, c.steps, c.mechanism, "yes" if c.checkpoints_released else "no",
               c.failure_reason) for c in report.components])
@@ -280,7 +285,8 @@ def components_table(report: PrivacyReport) -> Table:
 
 def audits_table(report: PrivacyReport) -> Table:
     return (["component", "epsilon lower bound", "delta", "method", "accounted upper bound", "consistent", "label"],
-            [(a.component, a.epsilon_lower_bound, _delta(a.delta), a.method, a.accounted_epsilon,
+            [(a.component, significant(a.epsilon_lower_bound, 4, up=False), _delta(a.delta), a.method,
+              _upper(a.accounted_epsilon),
               {True: "yes", False: Flag("NO"), None: None}[a.consistent], a.label) for a in report.audits])
 
 

@@ -77,7 +77,7 @@ def fmt_factor(factor: float) -> str:
     """e^epsilon for humans: 3 significant digits with thousands separators (``139,000``)."""
     if math.isinf(factor) or factor >= 1e15:
         return f"{factor:.2e}"
-    if factor < 10:
+    if factor < 1000:
         return significant(factor, 3, up=True)  # a bound on a factor: rounded up, as epsilon is
     scale = 10.0 ** (int(math.floor(math.log10(factor))) - 2)
     return f"{math.ceil(factor / scale) * scale:,.0f}"
@@ -340,7 +340,8 @@ def headline(model: ModelEntry, shards: Sequence[ShardEntry]) -> Headline:
     unit = model.units[0] if len(model.units) == 1 else "mixed" if model.units else "record"
     kind, judged = verdict(model, shards)
     eps, delta = model.epsilon, model.delta
-    factor = odds_factor(eps)
+    # of the epsilon as printed (rounded up): e^11.85 beside "ε = 11.85", not e^11.840 (review 110)
+    factor = odds_factor(float(fmt_eps(eps)) if math.isfinite(eps) else eps)
     who = _WHO.get(unit, "Every unit of privacy (" + ", ".join(model.units) + ") used to train model '{model}'")
     one = _ONE.get(unit, "any one unit of privacy")
     if not model.shards:

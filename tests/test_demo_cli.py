@@ -223,3 +223,6 @@ def test_a_demo_into_a_workspace_where_nothing_was_trained_says_it_may_be_delete
     code, out, err = run_cli(capsys, "demo", "-w", "ws")
     assert code == 2 and "is a workspace in which nothing was trained" in err and "delete it" in err, err
     assert len(err.strip().splitlines()) == 1
+    assert run_cli(capsys, "forget", "rec-1", "--request-id", "R1", "-w", "ws")[0] in (0, 3)  # served: none held
+    code, out, err = run_cli(capsys, "demo", "-w", "ws")  # review 108: not advised to delete a request's records
+    assert code == 2 and "is a dp-tangent workspace already" in err and "delete it" not in err, err

@@ -62,6 +62,15 @@ class StoryConfig(Protocol):
     def train_config(self) -> TrainConfig: ...
 
 
+_SET_UP = frozenset({"workspace_created", "data_source", "budget_change"})
+
+
+def _set_up_only(ws: Workspace) -> bool:
+    """Whether ``ws`` holds nothing but a set-up (no run, no deletion request: review 108 saw the advice to delete a
+    workspace holding a served request's certificate)."""
+    return not ws.ledger.events() and {e.operation for e in ws.audit.entries()} <= _SET_UP
+
+
 @contextlib.contextmanager
 def new_workspace(path: Path) -> Iterator[Workspace]:
     """The story's workspace, created here. If the story stops before any budget is reserved (a setting found
@@ -69,7 +78,7 @@ def new_workspace(path: Path) -> Iterator[Workspace]:
     workspace goes again, so that the corrected command can run: nothing was spent, and nothing but the story's
     own set-up is lost (a folder that existed, empty, is emptied again and kept, as is a link to one)."""
     existed = Path(path).exists()
-    if (Path(path) / "workspace.json").is_file() and not Workspace.open(path, read_only=True).ledger.events():
+    if (Path(path) / "workspace.json").is_file() and _set_up_only(Workspace.open(path, read_only=True)):
         raise DemoError(f"{Path(path).absolute()} is a workspace in which nothing was trained (a demo or init stopped "
                         "before training: nothing was spent there); delete it to run the demo there again, or choose "
                         "another -w")

@@ -146,7 +146,7 @@ def test_headline_is_plain_with_a_verdict(scenario: tuple[Ledger, PrivacyReport]
     assert head.model == "ensemble" and head.unit == "record" and head.verdict == "within budget"
     assert head.sentence == (f"Every record used to train model 'ensemble' is protected by differential privacy at "
                              f"ε = {fmt_eps(model.epsilon)} and δ = 0.00001.")
-    assert head.odds_factor == pytest.approx(math.exp(model.epsilon))
+    assert head.odds_factor == pytest.approx(math.exp(float(fmt_eps(model.epsilon))))  # of the epsilon printed
     assert "e^ε ≈" in head.meaning and "k·ε" in head.meaning
     assert head.strength == ("strong" if model.epsilon <= 1 else "reasonable")
     assert head.verdict_text.startswith("WITHIN BUDGET") and "of 3 (" in head.verdict_text
@@ -372,6 +372,7 @@ def test_a_limit_is_printed_as_set_and_the_odds_factor_rounded_up() -> None:
     kind, text = verdict(model, [shard])
     assert kind == "within budget" and "ε = 5.865 of 6.2 (95%), leaving 0.335 " in text, text
     assert fmt_factor(352.4) == "353" and fmt_factor(5.861) == "5.87" and fmt_factor(139_412.0) == "140,000"
+    assert fmt_factor(20.32) == "20.4"  # review 110: between 10 and 100 it read 20
 
 
 def test_a_figure_a_person_set_is_printed_exactly_as_held() -> None:
@@ -383,3 +384,19 @@ def test_a_figure_a_person_set_is_printed_exactly_as_held() -> None:
     assert [fmt_set(x) for x in (12.344449, 16.0, 1.234564e-05, 1e-05, 0.1)] == [
         "12.344449", "16", "1.234564e-05", "1e-05", "0.1"]
     assert fmt_delta(1.234564e-05) == "0.00001234564" and fmt_delta(1e-05) == "0.00001" and fmt_delta(1e-9) == "1e-09"
+
+
+def test_only_bounds_are_rounded_in_the_tables_each_its_own_way() -> None:
+    """Review 110: every float of the report's tables was rounded up, a noise multiplier too (1.762 beside
+    sigma=1.76114: more noise shown than added) and an audit's lower bound (1.235 in the table, >= 1.234 in the text)."""
+    from types import SimpleNamespace
+
+    from privacy_accounting.render_html import _cell as html_cell
+    from privacy_accounting.render_markdown import _cell as md_cell
+    from privacy_accounting.report_tables import audits_table
+
+    assert md_cell(1.76114) == "1.761" and html_cell(1.76114) == "1.761"  # to nearest: not a bound
+    audit = SimpleNamespace(component="c0", epsilon_lower_bound=1.23456, delta=1e-5, method="canaries",
+                            accounted_epsilon=3.98021, consistent=True, label="lower bound")
+    [row] = audits_table(SimpleNamespace(audits=[audit]))[1]
+    assert row[1] == "1.234" and row[4] == "3.981" and row[2] == "1e-05"  # a lower bound down, an upper bound up
