@@ -388,7 +388,8 @@ def test_a_figure_a_person_set_is_printed_exactly_as_held() -> None:
 
 def test_only_bounds_are_rounded_in_the_tables_each_its_own_way() -> None:
     """Review 110: every float of the report's tables was rounded up, a noise multiplier too (1.762 beside
-    sigma=1.76114: more noise shown than added) and an audit's lower bound (1.235 in the table, >= 1.234 in the text)."""
+    sigma=1.76114: more noise shown than added) and an audit's lower bound (1.235 in the table, >= 1.234 in the
+    text)."""
     from types import SimpleNamespace
 
     from privacy_accounting.render_html import _cell as html_cell
