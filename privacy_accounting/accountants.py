@@ -310,6 +310,8 @@ def compute_epsilon(event_json: str, delta: float, accountant: str, settings: Ac
         value = compute(tree, delta) if accountant == "rdp" else compute(tree, delta, settings)
     except PrivacyAccountingError as exc:
         return (None, str(exc))
+    except (ArithmeticError, MemoryError) as exc:  # e.g. a huge step count: that accountant gives no figure
+        return (None, f"{accountant.upper()} accountant failed: {type(exc).__name__}: {str(exc)[:200]}")
     # at a large delta PRV and RDP go below 0 (PLD stops at 0): epsilon 0 is the bound such a figure supports
     return (max(0.0, value), "")
 

@@ -20,10 +20,8 @@ from typing import Callable
 from privacy_accounting.accountants import ACCOUNTANTS, DEFAULT_SETTINGS, AccountantSettings, epsilon_for
 from privacy_accounting.errors import CalibrationError, InvalidParameterError
 from privacy_accounting.event_tree import sgd
-from privacy_accounting.validation import check_delta, check_epsilon, check_sample_rate, check_steps
-
-MIN_NOISE_MULTIPLIER = 1e-2
-MAX_NOISE_MULTIPLIER = 1e4
+from privacy_accounting.validation import (MAX_NOISE_MULTIPLIER, MIN_NOISE_MULTIPLIER, check_delta, check_epsilon,
+                                           check_sample_rate, check_steps)
 _MAX_EVALUATIONS = 60
 
 

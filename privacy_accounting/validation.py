@@ -41,11 +41,20 @@ def check_sample_rate(value: object, name: str = "sample_rate") -> float:
     return q
 
 
+#: The noise multipliers the accountants account for (and calibration searches): outside, they overflow, divide by
+#: zero or ask for terabytes (review 109), and an event stored without a budget check broke every later report.
+MIN_NOISE_MULTIPLIER = 1e-2
+MAX_NOISE_MULTIPLIER = 1e4
+
+
 def check_noise_multiplier(value: object, name: str = "noise_multiplier") -> float:
-    """Gaussian noise multiplier sigma (noise std / L2 sensitivity): finite and > 0."""
+    """Gaussian noise multiplier sigma (noise std / L2 sensitivity): in [1e-2, 1e4]."""
     sigma = _real(name, value)
     if not (0.0 < sigma < math.inf):
         raise InvalidParameterError(f"{name} must be finite and > 0, got {value!r}")
+    if not MIN_NOISE_MULTIPLIER * (1 - 1e-9) <= sigma <= MAX_NOISE_MULTIPLIER * (1 + 1e-9):  # (exp(log(x)) != x)
+        raise InvalidParameterError(f"{name} must be between {MIN_NOISE_MULTIPLIER:g} and {MAX_NOISE_MULTIPLIER:g} "
+                                    f"(the accountants cannot account for {sigma!r}), got {value!r}")
     return sigma
 
 

@@ -157,3 +157,29 @@ def test_failing_accountant_is_noted_and_skipped(monkeypatch: pytest.MonkeyPatch
         assert any("simulated" in note for note in bounds.notes)
     finally:
         accountants.clear_cache()
+
+
+@pytest.mark.parametrize("make", [lambda: dp_sgd_event(1e300, 0.01, 10), lambda: dp_sgd_event(1e-300, 0.01, 10),
+                                  lambda: gaussian_event(1e-5)])
+def test_a_noise_multiplier_the_accountants_cannot_account_for_is_refused_in_one_line(make) -> None:
+    """Review 109: such events raised OverflowError, ZeroDivisionError or MemoryError from every figure, and one stored
+    without a budget broke every later report of its ledger."""
+    with pytest.raises(InvalidParameterError, match=r"must be between 0.01 and 10000 \(the accountants cannot"):
+        make()
+
+
+def test_an_accountant_that_fails_on_an_event_leaves_a_note_not_a_traceback(monkeypatch) -> None:
+    """Review 109: a MemoryError (PRV on a huge step count) came out of epsilon_bounds raw."""
+    from privacy_accounting import accountants
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 13.8 TiB")
+
+    monkeypatch.setattr(accountants, "prv_epsilon", out_of_memory)
+    accountants.clear_cache()
+    try:
+        bounds = epsilon_bounds(dp_sgd_event(1.1, 0.01, 123), DELTA)
+    finally:
+        accountants.clear_cache()
+    assert bounds.prv is None and bounds.epsilon == min(bounds.rdp, bounds.pld)
+    assert bounds.notes == ("prv: PRV accountant failed: MemoryError: Unable to allocate 13.8 TiB",)
