@@ -241,6 +241,7 @@ def clear_cache() -> None:
     on-disk cache (``bounds_cache``) is keyed by the libraries' versions and this code's digest."""
     _cached_epsilon.cache_clear()
     _together.clear()
+    _known.clear()
     if "privacy_accounting.pld_accountant" in sys.modules:
         sys.modules["privacy_accounting.pld_accountant"].clear()
 
@@ -257,6 +258,7 @@ def _cached_epsilon(
     """(epsilon, "") or (None, error message) for a normalised event's JSON; read from and written to
     the on-disk cache when one is in use."""
     computation = _computation(event_json, delta, accountant, settings)
+    _known.add(computation)  # (memoised from here on: never sent to be computed again)
     stored = _together.pop(computation, None) or bounds_cache.lookup(computation)
     if stored is not None:
         return stored
@@ -272,8 +274,8 @@ def _compute_together(event_json: str, delta: float, names: Sequence[str], setti
     if _elsewhere is None:
         return
     wanted = {name: _computation(event_json, delta, name, settings) for name in names}
-    missing = [name for name, computation in wanted.items()
-               if computation not in _together and bounds_cache.lookup(computation) is None]
+    missing = [name for name, computation in wanted.items() if computation not in _known
+               and computation not in _together and bounds_cache.lookup(computation) is None]
     if len(missing) < 2:  # one figure: _cached_epsilon sends it as it is
         return
     answers = _elsewhere([(event_json, delta, name, settings) for name in missing]) or []
@@ -287,8 +289,10 @@ def _compute_together(event_json: str, delta: float, names: Sequence[str], setti
 FigureRequest = tuple[str, float, str, "AccountantSettings"]
 #: Computes figures in another process (``accountant_worker``: :func:`compute_elsewhere`); None: compute here.
 _elsewhere: Callable[[list[FigureRequest]], list[tuple[float | None, str] | None] | None] | None = None
-#: Figures :func:`_compute_together` had computed, by computation, until :func:`_cached_epsilon` takes them.
+#: Figures :func:`_compute_together` had computed, by computation, until :func:`_cached_epsilon` takes them; and the
+#: computations :func:`_cached_epsilon` has memoised.
 _together: dict[str, tuple[float | None, str]] = {}
+_known: set[str] = set()
 
 
 def compute_elsewhere(compute: Callable[[list[FigureRequest]], list[tuple[float | None, str] | None] | None]
