@@ -3,11 +3,10 @@
 A figure no cache holds costs its process the import of scipy, dp-accounting and Opacus's accountant files
 (about 0.5 s here) before any computing, and a command line has its own start to do first (about 0.35 s).
 :func:`start`, called first thing (only the standard library and light modules loaded, no thread: a safe fork),
-forks a worker that imports the accountants at once, so both happen together, and has ``accountants`` send the
-figures no cache holds to :func:`compute` (an event's accountants at once), which has the worker compute them side by
-side, in helpers it forks for all but one, with the same code as this process would, bit for bit. Anything
-unexpected (no worker, a worker that died, an error other than the accountants' own) returns None, and the caller
-computes in-process as it would without one.
+forks a worker that imports the accountants at once, so both happen together, and has ``accountants`` send each
+figure no cache holds to :func:`compute`, which has the worker compute it with the same code as this process would,
+bit for bit. Anything unexpected (no worker, a worker that died, an error other than the
+accountants' own) returns None, and the caller computes in-process as it would without one.
 
 The worker reads nothing but what :func:`compute` sends it, writes nothing but its answers (its standard streams go
 to ``/dev/null``), ignores Ctrl-C (the program decides) and ends with the program: at exit, or when the program's
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from privacy_accounting import accountants
-from privacy_accounting.accountants import FigureRequest
+from privacy_accounting.accountants import AccountantSettings
 
 ENV = "PRIVACY_ACCOUNTING_WORKER"
 _OFF = ("0", "off", "no", "false")
@@ -85,23 +84,23 @@ def start() -> bool:
     return True
 
 
-def compute(requests: list[FigureRequest]) -> list[tuple[float | None, str] | None] | None:
-    """The worker's answers for several figures at once, each as ``accountants.compute_epsilon`` returns it or None
-    where it failed (computed in parallel: the worker forks a helper for each but one, once the accountants are
-    loaded); None where there is no worker or it did not answer (then the caller computes them)."""
+def compute(event_json: str, delta: float, accountant: str, settings: AccountantSettings
+            ) -> tuple[float | None, str] | None:
+    """The worker's answer for one figure, as ``accountants.compute_epsilon`` returns it; None where there is no
+    worker or it did not answer (then the caller computes it)."""
     worker = _worker
     if worker is None or not worker.ours():
         return None
     with worker.lock:
         try:
-            _send(worker.requests, requests)
-            answers = _receive(worker.replies)
+            _send(worker.requests, (event_json, delta, accountant, settings))
+            answer = _receive(worker.replies)
         except (OSError, EOFError, pickle.UnpicklingError):
-            answers = None
-    if not isinstance(answers, list) or len(answers) != len(requests):  # it died or failed: not asked again
+            answer = None
+    if answer is None:  # it died or failed: not asked again
         stop()
         return None
-    return answers
+    return answer  # type: ignore[no-any-return]
 
 
 def stop() -> None:
@@ -135,48 +134,18 @@ def _serve(requests: int, replies: int) -> None:
         accountants.import_accountants()
         while True:
             try:
-                batch = _receive(requests)
+                request = _receive(requests)
             except EOFError:
                 break
-            _send(replies, _answers(batch))
+            try:
+                answer: Any = accountants.compute_epsilon(*request)
+            except Exception:  # noqa: BLE001 -- the program computes it, and meets the error itself
+                answer = None
+            _send(replies, answer)
     except BaseException:  # noqa: BLE001 -- the worker never unwinds into the program's code
         code = 1
     finally:
         os._exit(code)
-
-
-def _answer(request: FigureRequest) -> Any:
-    try:
-        return accountants.compute_epsilon(*request)
-    except Exception:  # noqa: BLE001 -- the program computes it, and meets the error itself
-        return None
-
-
-def _answers(batch: list[FigureRequest]) -> list[Any]:
-    """Each request's answer: the first computed here, every other by a helper forked for it (the accountants
-    loaded, nothing to import: a fork costs milliseconds), all at once."""
-    helpers = []
-    for request in batch[1:]:
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # a helper: one answer, then gone
-            os.close(read)
-            try:
-                _send(write, _answer(request))
-            finally:
-                os._exit(0)
-        os.close(write)
-        helpers.append((pid, read))
-    answers = [_answer(batch[0])] if batch else []
-    for pid, read in helpers:
-        try:
-            answers.append(_receive(read))
-        except (OSError, EOFError, pickle.UnpicklingError):
-            answers.append(None)
-        finally:
-            os.close(read)
-            os.waitpid(pid, 0)
-    return answers
 
 
 def _send(fd: int, message: object) -> None:

@@ -28,7 +28,7 @@ import sys
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from privacy_accounting import bounds_cache, event_tree
 from privacy_accounting.errors import AccountingError, InvalidParameterError, PrivacyAccountingError
@@ -206,7 +206,6 @@ def epsilon_bounds(event: AnyEvent, delta: float, settings: AccountantSettings =
     key = event_tree.to_json(normalized)
     figures: dict[str, float | None] = {name: None for name in ACCOUNTANTS}
     notes: list[str] = []
-    _compute_together(key, delta, settings.accountants, settings)
     for name in settings.accountants:
         figures[name], error = _cached_epsilon(key, delta, name, settings)
         if error:
@@ -240,8 +239,6 @@ def clear_cache() -> None:
     """Drop the in-process results (tests, or after changing Opacus / dp-accounting in-process); the
     on-disk cache (``bounds_cache``) is keyed by the libraries' versions and this code's digest."""
     _cached_epsilon.cache_clear()
-    _together.clear()
-    _known.clear()
     if "privacy_accounting.pld_accountant" in sys.modules:
         sys.modules["privacy_accounting.pld_accountant"].clear()
 
@@ -258,48 +255,23 @@ def _cached_epsilon(
     """(epsilon, "") or (None, error message) for a normalised event's JSON; read from and written to
     the on-disk cache when one is in use."""
     computation = _computation(event_json, delta, accountant, settings)
-    _known.add(computation)  # (memoised from here on: never sent to be computed again)
-    stored = _together.pop(computation, None) or bounds_cache.lookup(computation)
+    stored = bounds_cache.lookup(computation)
     if stored is not None:
         return stored
-    result = ((_elsewhere is not None and (_elsewhere([(event_json, delta, accountant, settings)]) or [None])[0])
+    result = ((_elsewhere is not None and _elsewhere(event_json, delta, accountant, settings))
               or compute_epsilon(event_json, delta, accountant, settings))
     bounds_cache.store(computation, result)
     return result
 
 
-def _compute_together(event_json: str, delta: float, names: Sequence[str], settings: AccountantSettings) -> None:
-    """Where figures are computed elsewhere (``accountant_worker``): every one of ``names`` for the event that no
-    cache holds, sent at once to be computed side by side, and kept for :func:`_cached_epsilon` to take."""
-    if _elsewhere is None:
-        return
-    wanted = {name: _computation(event_json, delta, name, settings) for name in names}
-    missing = [name for name, computation in wanted.items() if computation not in _known
-               and computation not in _together and bounds_cache.lookup(computation) is None]
-    if len(missing) < 2:  # one figure: _cached_epsilon sends it as it is
-        return
-    answers = _elsewhere([(event_json, delta, name, settings) for name in missing]) or []
-    for name, answer in zip(missing, answers):
-        if answer is not None:
-            _together[wanted[name]] = answer
-            bounds_cache.store(wanted[name], answer)
+#: Computes a figure in another process (``accountant_worker``: :func:`compute_elsewhere`); its None: compute here.
+_elsewhere: Callable[[str, float, str, AccountantSettings], tuple[float | None, str] | None] | None = None
 
 
-#: ``compute_epsilon``'s arguments for one figure.
-FigureRequest = tuple[str, float, str, "AccountantSettings"]
-#: Computes figures in another process (``accountant_worker``: :func:`compute_elsewhere`); None: compute here.
-_elsewhere: Callable[[list[FigureRequest]], list[tuple[float | None, str] | None] | None] | None = None
-#: Figures :func:`_compute_together` had computed, by computation, until :func:`_cached_epsilon` takes them; and the
-#: computations :func:`_cached_epsilon` has memoised.
-_together: dict[str, tuple[float | None, str]] = {}
-_known: set[str] = set()
-
-
-def compute_elsewhere(compute: Callable[[list[FigureRequest]], list[tuple[float | None, str] | None] | None]
+def compute_elsewhere(compute: Callable[[str, float, str, AccountantSettings], tuple[float | None, str] | None]
                       | None) -> None:
-    """Send the figures no cache holds to ``compute`` (None: compute them here), the accountants of one event at
-    once, which returns for each what :func:`compute_epsilon` would (or None to have it computed here after all),
-    or None for all."""
+    """Send every figure no cache holds to ``compute`` (None: compute them here), which returns what
+    :func:`compute_epsilon` would, or None to have it computed here after all."""
     global _elsewhere
     _elsewhere = compute
 
