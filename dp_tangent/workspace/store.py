@@ -347,7 +347,7 @@ class Workspace:
         if ws.key_id != info.manifest_key_id:
             raise WorkspaceError(f"{ws.key_path} does not match workspace.json (key id {ws.key_id}, "
                                  f"expected {info.manifest_key_id}): the manifest key was replaced")
-        if finish and ws.writable():  # a read-only mount or workspace: a view
+        if finish and ws._writable():  # a read-only mount or workspace: a view
             ws.finish_interrupted_work()
         return ws
 
@@ -464,9 +464,9 @@ class Workspace:
                                  "restore it from a backup (dp-tangent audit verify checks the restored copy)")
         # a file or folder this process may not write (a read-only mount): read as a check reads it, in a private copy
         # where SQLite would have to write (an interrupted write's journal), rather than fail (review 99)
-        return Ledger.open(self.ledger_path, create=False, read_only=not self.writable())
+        return Ledger.open(self.ledger_path, create=False, read_only=not self._writable())
 
-    def writable(self) -> bool:
+    def _writable(self) -> bool:
         """Whether this process may change the workspace: not opened read-only, and its folder and ledger writable."""
         ledger = not self.ledger_path.exists() or os.access(self.ledger_path, os.W_OK)  # (made by create)
         return not self.read_only and ledger and os.access(self.root, os.W_OK)
@@ -488,7 +488,7 @@ class Workspace:
         A workspace this process may not write is refused first: the operation would write some files and fail on
         the ledger (review 101).
         """
-        if not self.writable():
+        if not self._writable():
             raise WorkspaceError(f"{self.root} cannot be written by this process (opened read-only, a read-only "
                                  "mount, or the permissions of its folder or ledger): nothing was changed; the checks "
                                  "(`audit verify`, `budget show`, `report`) read it as it is")
