@@ -13,9 +13,8 @@ records), whether intermediate checkpoints were released, and what empirical aud
 from __future__ import annotations
 
 import math
-from typing import Sequence
-
 from decimal import Decimal
+from typing import Sequence
 
 from privacy_accounting.figures import fmt_eps, fmt_remaining, fmt_set, significant
 from privacy_accounting.report_models import (
