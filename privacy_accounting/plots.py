@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from privacy_accounting.report_models import ShardEntry
 from privacy_accounting.figures import fmt_eps, fmt_remaining, fmt_set
+from privacy_accounting.report_models import ShardEntry
 from privacy_accounting.svg import (
     DASHES,
     INK,
@@ -139,7 +139,8 @@ def epsilon_curve_svg(shards: Sequence[ShardEntry]) -> str | None:
 
 
 def _fmt(value: float, against: float | None = None) -> str:
-    """``value`` to 3 significant digits, or as many more as tell it from ``against`` (3.0004 is not "3 of 3")."""
+    """``value`` to 4 significant digits, rounded up (an upper bound), or as many more as tell it from ``against``
+    (3.0004 is not "3 of 3")."""
     if math.isinf(value):
         return "inf"
     digits = 4  # as the report's tables print it, rounded up (an upper bound)
