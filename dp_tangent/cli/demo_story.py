@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from privacy_accounting.figures import fmt_eps
+from privacy_accounting.figures import fmt_eps, fmt_set
 
 from ..backbones import BackboneSpec
 from ..data import RecordSet
@@ -282,6 +282,6 @@ def _budget_table(ws: Workspace, source: str, shards: list[str], delta: float, c
         limit = ws.ledger.budget(source, shard)
         spent = spent_by[shard] = ws.ledger.shard_spend(source, shard, delta=delta).epsilon
         table.add_row(shard, fmt_eps(spent) if math.isfinite(spent) else "[red]∞ (non-private)",
-                      f"{limit.epsilon:g}" if limit else "no budget", str(runs))
+                      fmt_set(limit.epsilon) if limit else "no budget", str(runs))
     console.print(table)
     return spent_by

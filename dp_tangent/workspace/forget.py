@@ -8,8 +8,8 @@ others gives exactly the model that would have been built had the component neve
 with no component left (or, a weighted mean, none with a weight above 0) is withdrawn. With ``retrain=True``
 the affected shard is trained again from theta0 on its remaining records (charged to the ledger as
 ``retraining_after_deletion``, with fresh secret noise) and the new component takes the old one's place and
-weight. Every requested record
-is tombstoned first: no later training in the workspace, this retraining included, uses it, and the
+weight. Every requested record is tombstoned first: no later training in the workspace, this retraining
+included, uses it, and the
 same change removes its cached NTK Gram from every gram cache file (:mod:`.gram_cache`; the deletion
 change removes any left, and the seal checks on disk that none is), so that nothing derived from it
 survives while the retraining still reuses the other records' Grams. The certificate is sealed with
