@@ -71,7 +71,7 @@ def check_tree(data: object) -> EventTree:
         )
     if kind == "gaussian":
         return {"type": kind, "noise_multiplier": check_noise_multiplier(data["noise_multiplier"],
-                                                                         "gaussian.noise_multiplier")}
+                                                                         "gaussian.noise_multiplier", new=False)}
     if kind == "poisson_sampled":
         q = check_sample_rate(data["sampling_probability"], "poisson_sampled.sampling_probability")
         inner = check_tree(data["event"])

@@ -47,12 +47,15 @@ MIN_NOISE_MULTIPLIER = 1e-2
 MAX_NOISE_MULTIPLIER = 1e4
 
 
-def check_noise_multiplier(value: object, name: str = "noise_multiplier") -> float:
-    """Gaussian noise multiplier sigma (noise std / L2 sensitivity): in [1e-2, 1e4]."""
+def check_noise_multiplier(value: object, name: str = "noise_multiplier", *, new: bool = True) -> float:
+    """Gaussian noise multiplier sigma (noise std / L2 sensitivity): finite and > 0, and for a ``new`` event in
+    [1e-2, 1e4] (an event read back from a ledger is read as it was written: versions before this one accepted any
+    sigma > 0, and an accountant that cannot account for one gives a note)."""
     sigma = _real(name, value)
     if not (0.0 < sigma < math.inf):
         raise InvalidParameterError(f"{name} must be finite and > 0, got {value!r}")
-    if not MIN_NOISE_MULTIPLIER * (1 - 1e-9) <= sigma <= MAX_NOISE_MULTIPLIER * (1 + 1e-9):  # (exp(log(x)) != x)
+    # (with a margin of 1e-9: calibration's exp(log(x)) is not always x)
+    if new and not MIN_NOISE_MULTIPLIER * (1 - 1e-9) <= sigma <= MAX_NOISE_MULTIPLIER * (1 + 1e-9):
         raise InvalidParameterError(f"{name} must be between {MIN_NOISE_MULTIPLIER:g} and {MAX_NOISE_MULTIPLIER:g} "
                                     f"(the accountants cannot account for {sigma!r}), got {value!r}")
     return sigma

@@ -183,3 +183,14 @@ def test_an_accountant_that_fails_on_an_event_leaves_a_note_not_a_traceback(monk
         accountants.clear_cache()
     assert bounds.prv is None and bounds.epsilon == min(bounds.rdp, bounds.pld)
     assert bounds.notes == ("prv: PRV accountant failed: MemoryError: Unable to allocate 13.8 TiB",)
+
+
+def test_an_event_an_earlier_version_stored_with_such_a_noise_multiplier_is_still_read() -> None:
+    """A ledger written before the range was checked may hold sigma = 0.005 (a noise multiplier a user gave): it is
+    read back as it was written (a new one is refused)."""
+    from privacy_accounting.event_tree import from_json
+
+    stored = '{"event": {"noise_multiplier": 0.005, "type": "gaussian"}, "type": "self_composed", "count": 3}'
+    assert from_json(stored)["event"]["noise_multiplier"] == 0.005
+    with pytest.raises(InvalidParameterError, match="must be between 0.01 and 10000"):
+        gaussian_event(0.005)
