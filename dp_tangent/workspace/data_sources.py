@@ -168,8 +168,9 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
     deleted_spelled.update({c: spelled.get(c, c) for c in every if c in deleted and deleted_spelled[c] is None})
     _refuse_respelled(name, records.record_ids, _held_ids(key, sources, lambda n: f"in data source {n!r}",
                                                           deleted_spelled, _REMOVED))
-    _refuse_public_held(name, source, sources, {c: spelled.get(c, c) for c in every}, deleted_spelled, key)
-    _refuse_public_elsewhere(name, records.record_ids, {c: spelled.get(c, c) for c in every}, sources, key)
+    own, public_ids = {c: spelled.get(c, c) for c in every}, _public_ids(source)  # (the public table read once)
+    _refuse_public_held(name, source, public_ids, sources, own, deleted_spelled, key)
+    _refuse_public_elsewhere(name, records.record_ids, own, sources, key)
     if moved and old is None:
         where = was.get("data.path") or was.get("data.root")
         raise DataSourceError(f"data source {name!r} was registered before its records' digests were kept, so its "
@@ -192,7 +193,7 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
     sources.sources[name] = value
     sources.content[name] = Content(records=len(tags), tags=tags, test=sorted(test),
                                     canonical={c: s for c, s in spelled.items() if c in tags}, file_tag=file_tag,
-                                    public=_public_commitments(source, key))
+                                    public=_public_commitments(public_ids, key))
     return (sources.model_dump_json(indent=2) + "\n").encode()
 
 
@@ -299,15 +300,15 @@ def _respelled(name: str, record_id: str, other: tuple[str | None, str], *, held
                            f"{where}{advice}")
 
 
-def _refuse_public_held(name: str, source: ReloadableSource, sources: Sources, own: Mapping[str, str],
-                        deleted: Mapping[str, str | None], key: bytes) -> None:
+def _refuse_public_held(name: str, source: ReloadableSource, public_ids: Sequence[str], sources: Sources,
+                        own: Mapping[str, str], deleted: Mapping[str, str | None], key: bytes) -> None:
     """A table ``name`` declares public (``public_path``: its statistics scale the features and pretrain theta0,
     outside the guarantee) holds no record the workspace holds as a private one, in any data source (``own``: this
     one's, commitment -> its canonical spelling's where that differs), or a deletion removed, as spelled there or
     respelled (review 63: another source's records and a deleted one were taken as public; the table's own check
-    compares it with its private table only)."""
+    compares it with its private table only). ``public_ids``: the record ids of its public table
+    (:func:`_public_ids`)."""
     data = getattr(source, "data", None)
-    public_ids = data.public_record_ids() if hasattr(data, "public_record_ids") else []
     if not public_ids:
         return
     held = _held_ids(key, sources, lambda n: f"a private record of data source {n!r}", deleted,
@@ -325,11 +326,14 @@ def _refuse_public_held(name: str, source: ReloadableSource, sources: Sources, o
                                   "public table")
 
 
-def _public_commitments(source: ReloadableSource, key: bytes) -> list[str] | None:
-    """The commitments of the record ids of ``source``'s public table and of their canonical spellings (None where
-    it has none)."""
+def _public_ids(source: ReloadableSource) -> list[str]:
+    """The record ids of ``source``'s public table (none where it has none)."""
     data = getattr(source, "data", None)
-    ids = data.public_record_ids() if getattr(data, PUBLIC_TABLE, None) is not None else None
+    return data.public_record_ids() if hasattr(data, "public_record_ids") else []
+
+
+def _public_commitments(ids: Sequence[str], key: bytes) -> list[str] | None:
+    """The commitments of public record ``ids`` and of their canonical spellings (None where there are none)."""
     if not ids:
         return None
     return sorted({commit(i, key) for i in ids} | set(canonical_commitments(ids, key).values()))
@@ -346,7 +350,7 @@ def _refuse_public_elsewhere(name: str, ids: Sequence[str], own: Mapping[str, st
         if other == name or not table:
             continue
         kept = content.public if content is not None else None  # None: registered before they were kept
-        public = set(kept if kept is not None else _public_commitments(parse_source(value), key) or ())
+        public = set(kept if kept is not None else _public_commitments(_public_ids(parse_source(value)), key) or ())
         for record_id, (commitment, spelling) in zip(ids, own.items()):
             if commitment in public or spelling in public:
                 raise DataSourceError(f"data source {name!r}: record {record_id!r} is in the public table of data "
@@ -615,7 +619,8 @@ def relocated(ws: Workspace, name: str, location: Path | None, public_table: Pat
     if PUBLIC_TABLE in places:  # the table now there, as train checks it: no private or deleted record
         key = ws.manifest_key()
         spelled = canonical_commitments(records.record_ids, key)
-        _refuse_public_held(name, moved, sources, {c: spelled.get(c, c) for c in every}, deleted_spelled, key)
+        _refuse_public_held(name, moved, _public_ids(moved), sources, {c: spelled.get(c, c) for c in every},
+                            deleted_spelled, key)
     sources.sources[name] = moved.model_dump(mode="json")  # its content, test split included, stays as registered
     return moved, (sources.model_dump_json(indent=2) + "\n").encode()
 
