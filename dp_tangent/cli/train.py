@@ -128,7 +128,7 @@ def _check_reservations(ws: Workspace, recipe: Recipe, jobs: list[ShardJob], all
     from privacy_accounting.budgets import enforce_budget
     from privacy_accounting.records import Budget
 
-    from ..training.config import check_budget_delta
+    from ..training.config import check_budget_delta, planned_size
     from ..workspace.train import reservation_requests
 
     requests = reservation_requests(ws, recipe.backbone.spec(), recipe.trainable, jobs, data_source=recipe.data_source,
@@ -143,8 +143,8 @@ def _check_reservations(ws: Workspace, recipe: Recipe, jobs: list[ShardJob], all
         limit = Budget(recipe.data_source, None, recipe.budget.epsilon, recipe.budget.delta)
         own = {b.shard for b in ws.ledger.budgets() if b.data_source == recipe.data_source and b.shard is not None}
         for request in (r for r in requests if r.shard not in own):
-            size = request.details.get("planned_shard_size") or request.details["records"]
-            check_budget_delta(limit.delta, size, f"the recipe's budget of {recipe.data_source}/{request.shard}")
+            check_budget_delta(limit.delta, planned_size(request.details),  # type: ignore[arg-type]
+                               f"the recipe's budget of {recipe.data_source}/{request.shard}")
             enforce_budget(data_source=request.data_source, shard=request.shard, budget=limit,
                            existing=[e.tree for e in ws.ledger.events(data_source=request.data_source,
                                                                       shard=request.shard)],

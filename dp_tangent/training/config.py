@@ -11,8 +11,9 @@ fresh OS key (:mod:`.secure_random`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import DPTangentError
 from .losses import ConvexLoss
@@ -72,6 +73,12 @@ class PrivacySpec:
             raise TrainingError(f"delta {delta:g} >= 1/n = {1.0 / n:g} for a shard of {n} records: "
                                 "such a delta allows releasing a record outright; use delta well below 1/n")
         return delta
+
+
+def planned_size(details: Mapping[str, Any]) -> int | None:
+    """The shard size N a run was planned for, from its reservation's details (``plan.reservation_request``): the
+    size stated in advance, else the records it read (None where they do not say, e.g. another tool's run)."""
+    return details.get("planned_shard_size") or details.get("records")
 
 
 def check_budget_delta(delta: float, n: int, budget: str) -> None:

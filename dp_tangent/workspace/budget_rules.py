@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 
 from privacy_accounting.budgets import budget_of
 from privacy_accounting.event_tree import is_non_private
+from privacy_accounting.figures import fmt_set
 
-from ..training.config import check_budget_delta
+from ..training.config import check_budget_delta, planned_size
 from .names import WorkspaceError
 from .release import released_shards
 
@@ -28,8 +29,7 @@ def check_budget_change(ws: "Workspace", data_source: str, after: Mapping[str, t
     released = released_shards(ws) if after else {}
     budgets = ws.ledger.budgets()
     for shard, (epsilon, delta) in after.items():
-        sizes = [n for n in (e.details.get("planned_shard_size") or e.details.get("records")
-                             for e in ws.ledger.events(data_source=data_source, shard=shard)
+        sizes = [n for n in (planned_size(e.details) for e in ws.ledger.events(data_source=data_source, shard=shard)
                              if not is_non_private(e.tree)) if n]
         if sizes:
             check_budget_delta(delta, max(sizes), f"budget {data_source}/{shard}")
@@ -39,5 +39,5 @@ def check_budget_change(ws: "Workspace", data_source: str, after: Mapping[str, t
             models = ", ".join(repr(m) for m in released[(data_source, shard)])
             raise WorkspaceError(f"budget {data_source}/{shard}: model {models} was released with records of it, and "
                                  "its statement bounds every later run on them by the budget (epsilon "
-                                 f"{before.epsilon!r} at delta {before.delta!r}): after a release a budget may be "
-                                 "lowered, never raised")
+                                 f"{fmt_set(before.epsilon)} at delta {fmt_set(before.delta)}): after a release a "
+                                 "budget may be lowered, never raised")
