@@ -20,9 +20,9 @@ import atexit
 import os
 import pickle
 import signal
-import struct
 import threading
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, Pipe
 from typing import Any
 
 from privacy_accounting import accountants
@@ -30,14 +30,12 @@ from privacy_accounting.accountants import AccountantSettings
 
 ENV = "PRIVACY_ACCOUNTING_WORKER"
 _OFF = ("0", "off", "no", "false")
-_LENGTH = struct.Struct("!Q")  # each message: its length, then its pickle
 
 
 @dataclass
 class _Worker:
     pid: int
-    requests: int  # the file descriptor the program writes requests to
-    replies: int  # and reads answers from
+    connection: Connection  # the program's end: requests out, answers in
     owner: int  # the program's pid: a process forked from it later has no worker of its own
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -64,21 +62,18 @@ def start() -> bool:
         return True
     if not available():
         return False
-    to_worker, from_program = os.pipe()
-    to_program, from_worker = os.pipe()
+    program, worker = Pipe()
     try:
         pid = os.fork()
     except OSError:  # no process to spare: compute in-process
-        for fd in (to_worker, from_program, to_program, from_worker):
-            os.close(fd)
+        program.close()
+        worker.close()
         return False
     if pid == 0:  # the worker: never returns
-        os.close(from_program)
-        os.close(to_program)
-        _serve(to_worker, from_worker)
-    os.close(to_worker)
-    os.close(from_worker)
-    _worker = _Worker(pid, from_program, to_program, os.getpid())
+        program.close()
+        _serve(worker)
+    worker.close()
+    _worker = _Worker(pid, program, os.getpid())
     accountants.compute_elsewhere(compute)
     atexit.register(stop)
     return True
@@ -93,8 +88,8 @@ def compute(event_json: str, delta: float, accountant: str, settings: Accountant
         return None
     with worker.lock:
         try:
-            _send(worker.requests, (event_json, delta, accountant, settings))
-            answer = _receive(worker.replies)
+            worker.connection.send((event_json, delta, accountant, settings))
+            answer = worker.connection.recv()
         except (OSError, EOFError, pickle.UnpicklingError):
             answer = None
     if answer is None:  # it died or failed: not asked again
@@ -110,11 +105,7 @@ def stop() -> None:
     if worker is None or not worker.ours():
         return
     accountants.compute_elsewhere(None)
-    for fd in (worker.requests, worker.replies):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+    worker.connection.close()
     try:
         os.kill(worker.pid, signal.SIGKILL)
         os.waitpid(worker.pid, 0)
@@ -122,7 +113,7 @@ def stop() -> None:
         pass
 
 
-def _serve(requests: int, replies: int) -> None:
+def _serve(connection: Connection) -> None:
     """The worker's life: import the accountants, then answer requests until the program's end of the pipe
     closes. An error answers None (the program computes that figure itself)."""
     code = 0
@@ -134,39 +125,16 @@ def _serve(requests: int, replies: int) -> None:
         accountants.import_accountants()
         while True:
             try:
-                request = _receive(requests)
+                request = connection.recv()
             except EOFError:
                 break
             try:
                 answer: Any = accountants.compute_epsilon(*request)
             except Exception:  # noqa: BLE001 -- the program computes it, and meets the error itself
                 answer = None
-            _send(replies, answer)
+            connection.send(answer)
     except BaseException:  # noqa: BLE001 -- the worker never unwinds into the program's code
         code = 1
     finally:
         os._exit(code)
-
-
-def _send(fd: int, message: object) -> None:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    view = memoryview(_LENGTH.pack(len(data)) + data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _receive(fd: int) -> Any:
-    (length,) = _LENGTH.unpack(_read_exactly(fd, _LENGTH.size))
-    return pickle.loads(_read_exactly(fd, length))  # noqa: S301 -- our own fork's answer, over our own pipe
-
-
-def _read_exactly(fd: int, size: int) -> bytes:
-    chunks, left = [], size
-    while left:
-        chunk = os.read(fd, left)
-        if not chunk:
-            raise EOFError("the other end closed")
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
 
