@@ -334,10 +334,9 @@ class SQLiteStorage:
             what = "an empty file" if not header else "not an SQLite database (bad header)"
             raise LedgerCorruptError(f"{where} is {what}; refusing to open or overwrite it")
         journal = self._path.with_name(self._path.name + "-journal")
-        if self._read_only and self._view is None and journal.exists() and journal.stat().st_size:
-            self._open_view()  # an interrupted write's journal: SQLite would roll it back into the file
-        elif self._read_only and self._view is None and header[18:20] == _WAL_MODE:
-            self._open_view()  # switched to WAL mode outside this code: a reader would create -wal and -shm beside it
+        hot = journal.exists() and journal.stat().st_size > 0  # an interrupted write's: SQLite would roll it back
+        if self._read_only and self._view is None and (hot or header[18:20] == _WAL_MODE):
+            self._open_view()  # (in WAL mode, switched to outside this code, a reader would make -wal and -shm)
         with self._errors():
             conn = self._connect()
             try:
