@@ -166,13 +166,7 @@ class Ledger:
         return self._effective_budget(data_source, shard)
 
     def _effective_budget(self, data_source: str, shard: str) -> Budget | None:
-        source_budget = shard_budget = None
-        for budget in self._storage.budgets():
-            if budget.data_source == data_source and budget.shard is None:
-                source_budget = budget
-            elif budget.data_source == data_source and budget.shard == shard:
-                shard_budget = budget
-        return effective_budget(source_budget, shard_budget)
+        return budget_of(self._storage.budgets(), data_source, shard)
 
     def _check_shard(self, data_source: str, shard: str) -> None:
         self.data_source(data_source)
