@@ -61,7 +61,9 @@ CACHED, COMPUTED = "budget show, spent shard, ε cached", "budget show, spent sh
 SHARDS = ("s0", "s1", "s2", "s3")
 SHARD_RUNS = [(1.0, 256 / n, 1953) for n in (50001, 50001, 50000, 50000)]
 SHARDS_COMPUTED = {"budget show, 4 shards, ε computed": ["budget", "show", "-w", "ws-shards"],
-                   "report -f md, 4 shards, ε computed": ["report", "-w", "ws-shards", "-f", "md", "-o", "shards.md"]}
+                   "report -f md, 4 shards, ε computed": ["report", "-w", "ws-shards", "-f", "md", "-o", "shards.md"],
+                   "report -f html, 4 shards, ε computed": ["report", "-w", "ws-shards", "-f", "html", "-o",
+                                                            "shards.html"]}
 #: Commands that write but train nothing, each run on a fresh copy (``ws-run``) of the demo's workspace (``dp-tangent
 #: demo``: EfficientNet-Lite0, digits components, a composed model, a served deletion request). ``forget`` without
 #: retraining removes the record's component, recomposes the model and rewrites the NTK Gram cache without the record.
@@ -225,8 +227,9 @@ def render(rows: dict[str, dict[str, float]]) -> str:
               "PLD's self-composition and ε search (its one-step PLD is built with the grid inverted at once: "
               "`privacy_accounting.pld_gaussian`). `budget show` and `report` fork a worker process first thing "
               "(`privacy_accounting.accountant_worker`), which loads those libraries while the command line starts "
-              "and computes the figures the cache lacks, one after another (the command itself never imports "
-              "them). `dp-tangent train` and `forget --retrain` print each shard they "
+              "and, once they are loaded, forks a helper: the two compute the figures the cache lacks, two at a "
+              "time, BLAS on one thread in each (the command itself never imports them; the report names every "
+              "figure it will ask for first, `accountants.prefetch`). `dp-tangent train` and `forget --retrain` print each shard they "
               "trained with its spent ε (the figure `budget show` prints), so after the tool's own changes the "
               "figure is there already; the `ε computed` row is what a user pays after a ledger change made "
               "elsewhere (another user, or with the cache off). The cache is each user's own on purpose: a privacy "
@@ -234,8 +237,9 @@ def render(rows: dict[str, dict[str, float]]) -> str:
               "rather than trusting figures the data owner's commands stored. The `4 shards` rows compute every figure of a "
               f"workspace whose {len(SHARDS)} shards each hold such a run (q differing with the shards' sizes, "
               f"{', '.join(f'{r[1]:.7f}' for r in SHARD_RUNS)}) and one shard a second, as one recipe trains them "
-              "and a retrain adds; the report also computes each shard's ε-against-steps curve, the shard's "
-              "mechanism at a dozen step counts. Within a process the accountants build each mechanism's one-step "
+              "and a retrain adds; the HTML report also computes each shard's ε-against-steps curve, the shard's "
+              "mechanism at a dozen step counts, which it draws (the JSON report holds them; the Markdown report "
+              "draws none and leaves them out). Within a process the accountants build each mechanism's one-step "
               "PLD and RDP once (`privacy_accounting.pld_accountant`, docs/privacy-accounting.md). "
               "The HTML report draws its two figures as inline SVG (`privacy_accounting.svg`), without a "
               "plotting library. "

@@ -15,20 +15,27 @@ the true epsilon (measured here below the PLD lower bound), so it is not a guara
 
 Opacus, ``dp_accounting`` and numpy are imported by the accountant that computes, not here (Opacus's
 accountant files without torch unless the opacus package is loaded: ``opacus_accountants``); each result is
-memoised in-process and, when a cache folder is set, on disk (``bounds_cache``).
+memoised in-process and, when a cache folder is set, on disk (``bounds_cache``). Every figure is computed with BLAS
+on one thread, so that it has the same bits whatever the machine's number of cores. A :class:`FigureService`
+(``accountant_worker``) may compute them in other processes, several at once when a caller names them first
+(:func:`prefetch`).
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import functools
 import hashlib
 import json
 import math
 import sys
+import threading
 import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Protocol
 
 from privacy_accounting import bounds_cache, event_tree
 from privacy_accounting.errors import AccountingError, InvalidParameterError, PrivacyAccountingError
@@ -203,6 +210,7 @@ def epsilon_bounds(event: AnyEvent, delta: float, settings: AccountantSettings =
     if not gaussian_history(normalized):
         figures = {name: (0.0 if name in settings.accountants else None) for name in ACCOUNTANTS}
         return EpsilonBounds(delta=delta, **figures, epsilon=0.0, accountant="none")
+    prefetch([(normalized, delta)], settings)  # its accountants side by side, where figures are computed elsewhere
     key = event_tree.to_json(normalized)
     figures: dict[str, float | None] = {name: None for name in ACCOUNTANTS}
     notes: list[str] = []
@@ -238,7 +246,7 @@ def epsilon_within(
 def clear_cache() -> None:
     """Drop the in-process results (tests, or after changing Opacus / dp-accounting in-process); the
     on-disk cache (``bounds_cache``) is keyed by the libraries' versions and this code's digest."""
-    _cached_epsilon.cache_clear()
+    _memo.clear()
     if "privacy_accounting.pld_accountant" in sys.modules:
         sys.modules["privacy_accounting.pld_accountant"].clear()
 
@@ -248,42 +256,129 @@ def _key(tree: EventTree) -> str:
     return event_tree.to_json(event_tree.normalize(tree))
 
 
-@functools.lru_cache(maxsize=4096)
-def _cached_epsilon(
-    event_json: str, delta: float, accountant: str, settings: AccountantSettings
-) -> tuple[float | None, str]:
+#: One figure to compute: a normalised event's JSON, delta, accountant and settings (what a figure is a function of).
+Request = tuple[str, float, str, AccountantSettings]
+#: What an accountant gave: (epsilon, "") or (None, its error message).
+Result = tuple[float | None, str]
+
+
+class _Memo:
+    """The figures this process has computed or read, the last :attr:`SIZE` used (thread-safe)."""
+
+    SIZE = 4096
+
+    def __init__(self) -> None:
+        self._results: collections.OrderedDict[Request, Result] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, request: Request) -> Result | None:
+        with self._lock:
+            if request in self._results:
+                self._results.move_to_end(request)
+            return self._results.get(request)
+
+    def put(self, request: Request, result: Result) -> None:
+        with self._lock:
+            self._results[request] = result
+            self._results.move_to_end(request)
+            while len(self._results) > self.SIZE:
+                self._results.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._results.clear()
+
+
+_memo = _Memo()
+
+
+def _cached_epsilon(event_json: str, delta: float, accountant: str, settings: AccountantSettings) -> Result:
     """(epsilon, "") or (None, error message) for a normalised event's JSON; read from and written to
     the on-disk cache when one is in use."""
-    computation = _computation(event_json, delta, accountant, settings)
-    stored = bounds_cache.lookup(computation)
-    if stored is not None:
-        return stored
-    result = ((_elsewhere is not None and _elsewhere(event_json, delta, accountant, settings))
-              or compute_epsilon(event_json, delta, accountant, settings))
-    bounds_cache.store(computation, result)
+    request = (event_json, delta, accountant, settings)
+    known = _memo.get(request)
+    if known is not None:
+        return known
+    computation = _computation(*request)
+    result = bounds_cache.lookup(computation)
+    if result is None:
+        result = (_elsewhere is not None and _elsewhere.compute(*request)) or compute_epsilon(*request)
+        bounds_cache.store(computation, result)
+    _memo.put(request, result)
     return result
 
 
-#: Computes a figure in another process (``accountant_worker``: :func:`compute_elsewhere`); its None: compute here.
-_elsewhere: Callable[[str, float, str, AccountantSettings], tuple[float | None, str] | None] | None = None
+class FigureService(Protocol):
+    """Computes figures in other processes (``accountant_worker``), as :func:`compute_epsilon` would, bit for bit."""
+
+    def compute(self, event_json: str, delta: float, accountant: str, settings: AccountantSettings
+                ) -> Result | None:
+        """One figure, waiting for it (a figure :meth:`submit` sent included); None: compute it here instead."""
+
+    def submit(self, requests: Sequence[Request]) -> None:
+        """Start computing ``requests``, side by side where it can, without waiting: :meth:`compute` collects
+        each."""
 
 
-def compute_elsewhere(compute: Callable[[str, float, str, AccountantSettings], tuple[float | None, str] | None]
-                      | None) -> None:
-    """Send every figure no cache holds to ``compute`` (None: compute them here), which returns what
-    :func:`compute_epsilon` would, or None to have it computed here after all."""
+#: Where figures no cache holds are computed (:func:`compute_elsewhere`); None: in this process.
+_elsewhere: FigureService | None = None
+
+
+def compute_elsewhere(service: FigureService | None) -> None:
+    """Send every figure no cache holds to ``service`` (None: compute them here)."""
     global _elsewhere
-    _elsewhere = compute
+    _elsewhere = service
 
 
-def compute_epsilon(event_json: str, delta: float, accountant: str, settings: AccountantSettings
-                    ) -> tuple[float | None, str]:
+#: The accountants by their cost, dearest first (prefetched in this order: the longest starts first).
+_BY_COST = ("pld", "prv", "rdp")
+
+
+def prefetch(requests: Iterable[tuple[AnyEvent, float]], settings: AccountantSettings = DEFAULT_SETTINGS) -> None:
+    """Start computing the figures of every (event, delta) in ``requests`` that no cache holds, side by side, where a
+    :class:`FigureService` is in use (else nothing: each is computed when asked). A caller that will ask for many
+    figures names them first, so that they are computed in parallel; the figures are those it would get anyway."""
+    service = _elsewhere
+    if service is None:
+        return
+    todo: list[Request] = []
+    for event, delta in requests:
+        normalized = event_tree.normalize(as_tree(event))
+        if is_non_private(normalized) or not gaussian_history(normalized):
+            continue
+        key = event_tree.to_json(normalized)
+        for name in sorted(settings.accountants, key=_BY_COST.index):
+            request = (key, check_delta(delta), name, settings)
+            if request in todo or _memo.get(request) is not None:
+                continue
+            stored = bounds_cache.lookup(_computation(*request))
+            if stored is not None:
+                _memo.put(request, stored)
+            else:
+                todo.append(request)
+    if todo:
+        service.submit(todo)
+
+
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """BLAS on one thread: a threaded dot product sums in another order, and PRV's and PLD's figures changed in
+    their last bits with the number of threads (so with the machine); one thread gives every process the same bits."""
+    from threadpoolctl import threadpool_limits
+
+    import_accountants()  # the limit holds for the libraries loaded when it is set: theirs first
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+def compute_epsilon(event_json: str, delta: float, accountant: str, settings: AccountantSettings) -> Result:
     """One accountant's figure for a normalised event's JSON, computed in this process: (epsilon, "") or (None,
     the accountant's error message); what ``accountant_worker`` computes too."""
     tree = from_json(event_json)
     compute = {"rdp": rdp_epsilon, "prv": prv_epsilon, "pld": pld_epsilon}[accountant]
     try:
-        value = compute(tree, delta) if accountant == "rdp" else compute(tree, delta, settings)
+        with _one_blas_thread():
+            value = compute(tree, delta) if accountant == "rdp" else compute(tree, delta, settings)
     except PrivacyAccountingError as exc:
         return (None, str(exc))
     except (ArithmeticError, MemoryError) as exc:  # e.g. a huge step count: that accountant gives no figure

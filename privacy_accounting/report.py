@@ -19,7 +19,9 @@ import dataclasses
 import math
 from typing import Callable, Sequence
 
-from privacy_accounting.accountants import NEIGHBOURING_RELATION, AccountantSettings, EpsilonBounds, epsilon_bounds
+from privacy_accounting.accountants import (NEIGHBOURING_RELATION, AccountantSettings, EpsilonBounds, epsilon_bounds,
+                                            prefetch)
+from privacy_accounting.budgets import budget_of
 from privacy_accounting.composition import (ModelGuarantee, RecordClasses, SharedRecordClasses, group_by_shard,
                                            model_guarantee, record_shards_at, shard_records_bounds)
 from privacy_accounting.errors import InvalidParameterError
@@ -124,11 +126,13 @@ def build_report(
     audits = ledger.audits()
     by_shard = group_by_shard(events)
 
+    shards = ledger.shards()
+    _prefetch(events, shards, budgets, delta, curve_points, settings)
     components = [_component_entry(e, settings) for e in events]
     shard_entries = [
         _shard_entry(ds, shard, events, budgets, sources[ds].unit.value, delta, curve_points, settings,
                      ledger.shared_record_classes)
-        for ds, shard in ledger.shards()
+        for ds, shard in shards
     ]
     if size_public is not None:  # over every run the shard's figure composes: its own and those sharing its records
         keys = {f"{ds}/{shard}": [] for ds, shard in by_shard}  # ``shared_with``'s text -> the shards it may name
@@ -329,10 +333,8 @@ def _shard_entry(
     record_classes: SharedRecordClasses | None = None,
 ) -> ShardEntry:
     events = [e for e in every_event if (e.data_source, e.shard) == (data_source, shard)]
-    budget = _find_budget(budgets, data_source, shard) or _find_budget(budgets, data_source, None)
-    delta = budget.delta if budget else report_delta if report_delta is not None else min(
-        (e.delta for e in events), default=None
-    )
+    budget = budget_of(budgets, data_source, shard)
+    delta = _shard_delta(budget, report_delta, events)
     shared_with: frozenset[tuple[str, str]] = frozenset()
     if delta is None:  # no events, no budget, no report delta: nothing spent
         spent = Figures(delta=None, epsilon=0.0, accountant="none")
@@ -366,15 +368,54 @@ def _shard_entry(
     )
 
 
+def _shard_delta(budget: Budget | None, report_delta: float | None, events: Sequence[StoredEvent]) -> float | None:
+    """The delta of a shard's figures: its budget's, else the report's, else the smallest of its runs'."""
+    return budget.delta if budget else report_delta if report_delta is not None else min(
+        (e.delta for e in events), default=None)
+
+
+def _prefetch(events: Sequence[StoredEvent], shards: Sequence[tuple[str, str]], budgets: Sequence[Budget],
+              report_delta: float | None, curve_points: int, settings: AccountantSettings) -> None:
+    """Name the figures the report asks for first (each run's and each shard's, then the shards' curves, whose
+    figures cost least), so that where figures are computed elsewhere they are computed side by side, ahead of its
+    asking."""
+    figures = [(e.tree, e.delta) for e in events]
+    curves = []
+    for data_source, shard in shards:
+        runs = [e for e in events if (e.data_source, e.shard) == (data_source, shard)]
+        own = [e.tree for e in runs]
+        budget = budget_of(budgets, data_source, shard)
+        delta = _shard_delta(budget, report_delta, runs)
+        if delta is not None and own:
+            figures.append((compose(own), delta))
+            curves += [(tree, delta) for _, tree in _curve_events(own, curve_points)] if curve_points else []
+    prefetch(figures, settings)
+    prefetch(curves, _plot_settings(settings))
+
+
 def _curve(
     events: Sequence[EventTree], delta: float, points: int, settings: AccountantSettings
 ) -> tuple[list[CurvePoint], str]:
     """Epsilon of the shard's composition against cumulative steps, at ~``points`` step counts."""
+    plot_settings = _plot_settings(settings)
+    out = [CurvePoint(steps=0, epsilon=0.0)] + [
+        CurvePoint(steps=steps, epsilon=epsilon_bounds(tree, delta, plot_settings).epsilon)
+        for steps, tree in _curve_events(events, points)]
+    return out, f"pld (plotting grid {plot_settings.pld_value_discretization_interval:g}, upper bound)"
+
+
+def _plot_settings(settings: AccountantSettings) -> AccountantSettings:
+    """The curves' accountant: PLD alone, on a grid no finer than 1e-3 (still an upper bound)."""
     interval = max(settings.pld_value_discretization_interval, 1e-3)
-    plot_settings = dataclasses.replace(settings, pld_value_discretization_interval=interval, accountants=("pld",))
+    return dataclasses.replace(settings, pld_value_discretization_interval=interval, accountants=("pld",))
+
+
+def _curve_events(events: Sequence[EventTree], points: int) -> list[tuple[int, EventTree]]:
+    """The curve's points: (cumulative steps, the composition run up to them), about ``points`` of them, spread over
+    the events by their steps."""
     steps_per_event = [total_steps(e) for e in events]
     total = max(sum(steps_per_event), 1)
-    out = [CurvePoint(steps=0, epsilon=0.0)]
+    out: list[tuple[int, EventTree]] = []
     done: list[EventTree] = []
     offset = 0
     for event, n in zip(events, steps_per_event):
@@ -388,11 +429,10 @@ def _curve(
                 partial = sgd(params.noise_multiplier, params.sample_rate, k)
             else:
                 partial = event
-            eps = epsilon_bounds(compose([*done, partial]), delta, plot_settings).epsilon
-            out.append(CurvePoint(steps=offset + k, epsilon=eps))
+            out.append((offset + k, compose([*done, partial])))
         done.append(event)
         offset += n
-    return out, f"pld (plotting grid {interval:g}, upper bound)"
+    return out
 
 
 def _audit_entry(audit: AuditRecord, events: Sequence[StoredEvent], settings: AccountantSettings) -> AuditEntry:
@@ -415,7 +455,7 @@ def _record_shard_spend(guarantee: ModelGuarantee, budgets: Sequence[Budget],
                         at_delta: Callable[[float], ModelGuarantee]) -> list[RecordShardSpend]:
     """Per shard holding the model's records, what those records have spent, at that shard's budget delta."""
     def delta_of(key: tuple[str, str]) -> float | None:
-        budget = _find_budget(budgets, *key) or _find_budget(budgets, key[0], None)
+        budget = budget_of(budgets, *key)
         return budget.delta if budget else None
 
     return [RecordShardSpend(data_source=source, shard=shard, delta=delta, epsilon=bounds.epsilon)

@@ -313,3 +313,23 @@ def test_a_log_that_does_not_extend_the_given_checkpoint_fails_the_report(ws: Wo
     assert code == 1 and "did not verify" in err
     assert "**Audit log: verification FAILED when this report was made" in markdown
     assert "the log does not extend the checkpoint" in markdown and "internally consistent" not in markdown
+
+
+def test_a_markdown_report_computes_no_curve_and_reads_as_one_that_did(ws: Workspace, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Markdown draws no epsilon-against-steps curve: `report -f md` leaves out their figures (a dozen per shard, most
+    of a report's computing), and its text is the same; JSON and HTML keep them."""
+    from dp_tangent.workspace import report_context
+
+    with_curves, without = report_context.privacy_report(ws), report_context.privacy_report(ws, curves=False)
+    assert all(s.curve for s in with_curves.shards if s.n_events) and not any(s.curve for s in without.shards)
+    stamp = re.compile(r"\d{4}-\d\d-\d\dT[\d:.+]+|\d{4}-\d\d-\d\d \d\d:\d\d( UTC)?")
+    assert stamp.sub("", with_curves.to_markdown()) == stamp.sub("", without.to_markdown())
+    asked = []
+    made = report_context.privacy_report
+    monkeypatch.setattr(report_context, "privacy_report", lambda *a, **k: asked.append(k["curves"]) or made(*a, **k))
+    for suffix in ("md", "json", "html"):
+        assert run_cli(capsys, "report", "-w", str(ws.root), "-o", str(tmp_path / f"r.{suffix}"))[0] == 0
+    assert asked == [False, True, True]
+    assert json.loads((tmp_path / "r.json").read_text())["shards"][0]["curve"]

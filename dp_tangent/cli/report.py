@@ -51,7 +51,7 @@ def report(
     kept = load_checkpoint(ws, checkpoint, verifier_key) if checkpoint is not None else None
     with busy("verifying the audit log and computing every accountant's epsilon…"):
         report = privacy_report(ws, report_dir=output.expanduser().absolute().parent if output else None,
-                                checkpoint=kept)
+                                checkpoint=kept, curves=format != "md")  # Markdown draws no curve
         text = getattr(report, RENDERERS[format])()
         sections = report.workspace
     if output is None:

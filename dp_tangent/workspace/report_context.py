@@ -128,15 +128,21 @@ def _releases(entries: Sequence[AuditEntry], holders: dict[str, set[str]] | None
 
 
 def privacy_report(ws: Workspace, *, title: str = "Privacy report", report_dir: str | os.PathLike[str] | None = None,
-                   checkpoint: KeptCheckpoint | None = None) -> PrivacyReport:
+                   checkpoint: KeptCheckpoint | None = None, curves: bool = True) -> PrivacyReport:
     """The workspace's privacy report: the ledger's (``privacy_accounting.build_report``) with the workspace's
-    sections (:func:`report_sections`) and its runs planned from their shard's own count marked as such."""
+    sections (:func:`report_sections`) and its runs planned from their shard's own count marked as such.
+    ``curves=False`` leaves out each shard's epsilon-against-steps curve (a dozen figures per shard), which only the
+    HTML report draws and the JSON report holds."""
     from privacy_accounting import build_report
 
     from ..components.component import size_public
 
-    return build_report(ws.ledger, title=title, size_public=size_public,
+    return build_report(ws.ledger, title=title, size_public=size_public, curve_points=CURVE_POINTS if curves else 0,
                         workspace=report_sections(ws, report_dir=report_dir, checkpoint=checkpoint))
+
+
+#: About how many points of each shard's epsilon-against-steps curve a report computes.
+CURVE_POINTS = 12
 
 
 def _data(ws: Workspace, entries: Sequence[AuditEntry]) -> list[DataSourceDetails]:
