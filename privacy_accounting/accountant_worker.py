@@ -11,10 +11,11 @@ with the same code as this process would, bit for bit. Anything unexpected (no w
 than the accountants' own) answers None, and the caller computes in-process as it would without them.
 
 The two read nothing but what they are sent, write nothing but their answers (their standard streams go to
-``/dev/null``), ignore Ctrl-C (the program decides) and end with the program: at exit, or when the program's ends of
-their pipes close (the helper too when the worker dies, on Linux). BLAS runs on one thread in each (the figures'
-bits do not depend on it: ``accountants``), so two fit two CPUs. POSIX only, and only with two or more CPUs (on one,
-the worker would only slow the program). ``PRIVACY_ACCOUNTING_WORKER=off`` turns it off.
+``/dev/null``), ignore Ctrl-C (the program decides) and end with the program: at exit, when the program's ends of
+their pipes close, and on Linux when it dies, even killed in the middle of a figure (the helper with the worker).
+BLAS runs on one thread in each (the figures' bits do not depend on it: ``accountants``), so two fit two CPUs. POSIX
+only, and only with two or more CPUs (on one, the worker would only slow the program).
+``PRIVACY_ACCOUNTING_WORKER=off`` turns it off.
 """
 
 from __future__ import annotations
@@ -139,7 +140,8 @@ def available() -> bool:
 
 def start() -> bool:
     """Fork the worker, once per process, where :func:`available`; whether one is running. Call it before the
-    program imports anything heavy or starts a thread: the fork copies the process as it is."""
+    program imports anything heavy or starts a thread: the fork copies the process as it is. On Linux the worker
+    ends when the thread that called this one does: call it from the main thread."""
     global _pool
     if _pool is not None:
         return True
@@ -156,7 +158,7 @@ def start() -> bool:
     if pid == 0:  # the worker: never returns
         for program, _ in pairs:
             program.close()
-        _serve([worker for _, worker in pairs])
+        _serve([worker for _, worker in pairs], program=os.getppid())
     for _, worker in pairs:
         worker.close()
     _pool = _Pool(pid, [program for program, _ in pairs])
@@ -182,11 +184,12 @@ def stop() -> None:
         pass
 
 
-def _serve(ends: list[Connection]) -> None:
+def _serve(ends: list[Connection], program: int) -> None:
     """The worker's life: import the accountants, fork a helper for each further pipe, then answer requests until
     the program's end of its pipe closes. Never returns."""
     code = 0
     try:
+        _die_with(program)  # killed mid-figure with it, not left computing (review 111)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):

@@ -360,15 +360,37 @@ def prefetch(requests: Iterable[tuple[AnyEvent, float]], settings: AccountantSet
         service.submit(todo)
 
 
-@contextlib.contextmanager
-def _one_blas_thread() -> Iterator[None]:
-    """BLAS on one thread: a threaded dot product sums in another order, and PRV's and PLD's figures changed in
-    their last bits with the number of threads (so with the machine); one thread gives every process the same bits."""
-    from threadpoolctl import threadpool_limits
+class _OneBlasThread:
+    """BLAS on one thread while any figure computes: a threaded dot product sums in another order, and PRV's and
+    PLD's figures changed in their last bits with the number of threads (so with the machine); one thread gives
+    every process the same bits. Threads computing figures at once share one limit, set by the first and lifted by
+    the last (threadpoolctl's own limits, nested across threads, left the count at 1 for good: review 111)."""
 
-    import_accountants()  # the limit holds for the libraries loaded when it is set: theirs first
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holders = 0
+        self._limits: Any = None
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        from threadpoolctl import threadpool_limits
+
+        import_accountants()  # the limit holds for the libraries loaded when it is set: theirs first
+        with self._lock:
+            if self._holders == 0:
+                self._limits = threadpool_limits(limits=1, user_api="blas")
+            self._holders += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._holders -= 1
+                if self._holders == 0:
+                    self._limits.restore_original_limits()
+                    self._limits = None
+
+
+_one_blas_thread = _OneBlasThread()
 
 
 def compute_epsilon(event_json: str, delta: float, accountant: str, settings: AccountantSettings) -> Result:

@@ -129,3 +129,18 @@ def test_softmax_overrides_are_exact_in_value_tangent_and_gradient(normalisation
     want = torch.func.grad(lambda d: reference_f_lin(model, d, x).pow(2).sum())(deltas)
     for name, p in tangent.named_deltas():
         assert torch.allclose(p.grad, want[name], rtol=1e-10, atol=1e-12), name
+
+
+def test_a_first_tangent_forward_prints_no_warning_about_torchs_own_code() -> None:
+    """torch loads its forward-mode decompositions at a process's first dual tensor, and they raise a FutureWarning
+    (``torch.jit.script`` is deprecated) from torch's own module: every Python snippet of the docs printed it."""
+    import subprocess
+    import sys
+
+    code = ("import torch, torch.nn as nn; from dp_tangent import linearize; "
+            "m = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 3)).eval(); "
+            "t = linearize(m, example_input=torch.randn(2, 4)); print(tuple(t(torch.randn(2, 4)).shape))")
+    done = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, timeout=300,
+                          check=True)
+    assert done.stdout.strip() == "(2, 3)"
+    assert "jit.script" not in done.stderr and "FutureWarning" not in done.stderr, done.stderr

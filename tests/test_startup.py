@@ -104,7 +104,8 @@ def test_budget_show_computes_an_epsilon_with_the_accountants_libraries_only(tmp
 @pytest.mark.parametrize("form", ["md", "json", "html"])
 def test_the_report_reads_a_workspace_without_torch(tmp_path, monkeypatch, form: str) -> None:
     _, epsilon = _spent_workspace(tmp_path, monkeypatch, cached=True)
-    for libraries in (ACCOUNTING, ()):  # its epsilon curves computed, then read from the cache
+    # its epsilon curves computed, then read from the cache; Markdown draws none and computes none
+    for libraries in ((), ()) if form == "md" else (ACCOUNTING, ()):
         (tmp_path / f"report.{form}").unlink(missing_ok=True)
         _, loaded = run_probed("report", "-w", "ws", "-f", form, "-o", f"report.{form}", cwd=tmp_path)
         assert loaded == sorted(libraries)  # the HTML report's figures are drawn without a plotting library

@@ -19,7 +19,9 @@ import collections
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import math
+import warnings
 from collections.abc import Callable, Iterator
 
 import torch
@@ -54,11 +56,24 @@ OpBackwardFn = Callable[..., tuple["torch.Tensor | None", ...]]
 _PRIMALS: contextvars.ContextVar["PrimalReuse | None"] = contextvars.ContextVar("dp_tangent_primals", default=None)
 
 
+@functools.cache
+def load_jvp_decompositions() -> None:
+    """Load torch's forward-mode decompositions, as torch does at a process's first dual tensor, without the
+    FutureWarning they raise (``torch.jit.script`` is deprecated, in torch's own module): every user's first Python
+    run printed it, about code that is not theirs nor dp-tangent's. Only that warning is silenced, only here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+        load = getattr(fwAD, "_maybe_load_decompositions", None)  # torch's own loader (2.x); else torch loads them
+        if load is not None:
+            load()
+
+
 @contextlib.contextmanager
 def tangent_mode() -> Iterator[None]:
     """Forward-mode dual level in which twins emit tangents: outputs become (f(x; theta0), J(x)·delta).
 
     Ops without a usable forward derivative are routed to :mod:`dp_tangent.tangent.ops` meanwhile."""
+    load_jvp_decompositions()
     token = _DUAL_ACTIVE.set(True)
     try:
         with fwAD.dual_level(), TangentOps():

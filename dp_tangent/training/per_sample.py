@@ -21,6 +21,7 @@ from torch.func import functional_call, grad, jvp, vmap
 from . import grad_samplers  # noqa: F401 -- registers the twins' grad samplers
 from .losses import ConvexLoss
 from ..tangent.model import TangentModel, _disable_fused_attention
+from ..tangent.twins import load_jvp_decompositions
 from .validation import check_per_sample_support
 
 
@@ -48,6 +49,7 @@ def per_sample_gradients(model: TangentModel, x: torch.Tensor, y: torch.Tensor, 
 def reference_per_sample_gradients(base: nn.Module, deltas: dict[str, torch.Tensor], x: torch.Tensor,
                                    y: torch.Tensor, loss: ConvexLoss) -> dict[str, torch.Tensor]:
     """vmap over examples of grad_delta loss(f(x; theta0) + jvp(f, theta0, delta)): the naive route."""
+    load_jvp_decompositions()
     ref = copy.deepcopy(base).eval()
     _disable_fused_attention(ref)
     params = {n: p.detach() for n, p in ref.named_parameters()}

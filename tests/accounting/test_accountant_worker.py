@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from multiprocessing.connection import Connection, Pipe
 from pathlib import Path
 
@@ -141,6 +142,60 @@ def test_a_process_of_the_pool_that_is_gone_leaves_its_figures_to_the_other_or_t
     assert pool.connections == [alive]
     alive.close()
     thread.join(10)
+
+
+@LINUX_FORK
+def test_a_program_killed_mid_figure_takes_the_worker_and_its_helper_with_it(tmp_path: Path) -> None:
+    """Review 111: killed with figures in flight (as a report always has), the program left both computing, at full
+    CPU, for minutes."""
+    code = ("import os, sys, time; from privacy_accounting import accountant_worker, accountants; "
+            "from privacy_accounting.event_tree import sgd; accountant_worker.start(); "
+            "accountants.prefetch([(sgd(1.0, 0.005, 10**8), 1e-5), (sgd(1.0, 0.0051, 10**8), 1e-5)]); "
+            "pid = accountant_worker._pool.pid; children = f'/proc/{pid}/task/{pid}/children'\n"
+            "while not open(children).read().split(): time.sleep(0.05)\n"
+            "print(pid, open(children).read().split()[0], flush=True)\n"
+            "accountants.epsilon_bounds(sgd(1.0, 0.005, 10**8), 1e-5)")  # waiting for them, as a report does
+    env = {**os.environ, "PRIVACY_ACCOUNTING_CACHE": "off", "PRIVACY_ACCOUNTING_WORKER": "on"}
+    program = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        worker, helper = (int(p) for p in program.stdout.readline().split())
+        time.sleep(0.5)  # both computing
+        assert all(_alive(p) for p in (worker, helper))
+    finally:
+        program.kill()
+        program.wait(60)
+    deadline = time.monotonic() + 3  # each of those figures takes seconds more (PLD: about 6 s here)
+    while time.monotonic() < deadline and (_alive(worker) or _alive(helper)):
+        time.sleep(0.05)
+    assert not _alive(worker) and not _alive(helper)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="BLAS uses one thread on one CPU")
+def test_figures_computed_by_several_threads_at_once_leave_blas_as_they_found_it() -> None:
+    """Review 111: each figure set BLAS to one thread and put back the count it found; two threads overlapping left
+    the program's BLAS on one thread for good."""
+    code = ("import threading, threadpoolctl, numpy; from privacy_accounting.accountants import epsilon_bounds; "
+            "from privacy_accounting.event_tree import sgd\n"
+            "def counts(): return sorted(i['num_threads'] for i in threadpoolctl.threadpool_info() "
+            "if i['user_api'] == 'blas')\n"
+            "epsilon_bounds(sgd(1.0, 0.01, 10), 1e-5); before = counts()\n"
+            "threads = [threading.Thread(target=epsilon_bounds, args=(sgd(1.0 + k / 10, 0.01, 500 + k), 1e-5)) "
+            "for k in range(4)]\n"
+            "[t.start() for t in threads]; [t.join() for t in threads]; print(before, counts())")
+    env = {**os.environ, "PRIVACY_ACCOUNTING_CACHE": "off", "PRIVACY_ACCOUNTING_WORKER": "off",
+           "OPENBLAS_NUM_THREADS": "2"}
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                              check=True)
+        before, _, after = done.stdout.strip().partition("] ")
+        assert "2" in before and before + "]" == after, done.stdout
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="BLAS uses one thread on one CPU")
