@@ -81,11 +81,13 @@ def _peak_mib():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
 """
+# The ``dp-tangent`` console script's own entry (``dp_tangent.console``: the accountants' worker first, then the command
+# line), as a user runs it; ``sys.argv[1:]`` are the command's arguments.
 RUNNER = PEAK + """
 import sys
-from dp_tangent.cli import main
+from dp_tangent.console import main
 try:
-    main(sys.argv[1:])
+    main()
 finally:
     print("PEAK_MIB", _peak_mib(), file=sys.stderr)
 """
@@ -229,8 +231,10 @@ def render(rows: dict[str, dict[str, float]]) -> str:
               "(`privacy_accounting.accountant_worker`), which loads those libraries while the command line starts "
               "and, once they are loaded, forks a helper: the two compute the figures the cache lacks, two at a "
               "time, BLAS on one thread in each (the command itself never imports them; the report names every "
-              "figure it will ask for first, `accountants.prefetch`). `dp-tangent train` and `forget --retrain` "
-              "print each shard they trained with its spent ε (the figure `budget show` prints), so after the "
+              "figure it will ask for first, `accountants.prefetch`; the peak RSS column is the command's own "
+              "process, without the worker's and its helper's). Each row runs the console script's entry, "
+              "`dp_tangent.console` (until 2026-12-04 this benchmark called the command line without it, so without "
+              "the worker). `dp-tangent train` and `forget --retrain` print each shard they trained with its spent ε (the figure `budget show` prints), so after the "
               "tool's own changes the figure is there already; the `ε computed` row is what a user pays after a "
               "ledger change made elsewhere (another user, or with the cache off). The cache is each user's own on "
               "purpose: a privacy officer reading a workspace that a data owner trained recomputes every figure "
