@@ -57,6 +57,8 @@ PUBLIC = {
     "dp_tangent.recipes": ["load_recipe", "Recipe"],
     "privacy_accounting": ["Ledger", "ReservationRequest", "RecordOverlapError", "dp_sgd_event", "epsilon_bounds",
                            "calibrate_noise_multiplier", "build_report"],
+    "privacy_accounting.accountants": ["prefetch", "FigureService", "compute_elsewhere"],
+    "privacy_accounting.accountant_worker": ["start", "stop"],
 }
 
 
