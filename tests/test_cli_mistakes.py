@@ -1145,3 +1145,14 @@ def test_another_sources_private_table_is_refused_as_a_public_table_whatever_its
     _refused(capsys, "train", "b.yaml", "-w", "ws", "--executor", "serial",
              says=f"data source 'b' takes {Path('a.csv').absolute()} as its public table, which data source 'a' "
                   "reads as private records")
+
+
+def test_an_empty_request_id_or_a_binary_key_file_is_a_one_line_error(ws: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Review 113: `--request-id ""` (a script's unset variable) made a new request on every retry, losing the
+    retry's idempotence; a binary file given as a signing key gave the codec's message, naming neither."""
+    _refused(capsys, "forget", "r-0", "--request-id", "", "-w", "ws", says="request id name '' must match")
+    assert run_cli(capsys, "requests", "list", "-w", "ws")[1].count("request-") == 0  # nothing was filed
+    Path("bin.key").write_bytes(b"\x00\xff\xfe")
+    _refused(capsys, "audit", "checkpoint", "--key", "bin.key", "-o", "cp.txt", "-w", "ws",
+             says="bin.key is not a dp-tangent signing key")

@@ -333,3 +333,27 @@ def test_a_markdown_report_computes_no_curve_and_reads_as_one_that_did(ws: Works
         assert run_cli(capsys, "report", "-w", str(ws.root), "-o", str(tmp_path / f"r.{suffix}"))[0] == 0
     assert asked == [False, True, True]
     assert json.loads((tmp_path / "r.json").read_text())["shards"][0]["curve"]
+
+
+@pytest.mark.parametrize("damage", ["edited", "removed", "cut short"])
+def test_a_damaged_log_still_gets_its_report_written_with_exit_1(ws: Workspace, tmp_path: Path, damage: str,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Review 113: the report is written with exit 1 when the log does not verify (its help and the docs say so), but
+    a damaged log exited 2 and wrote nothing; the requests received before the damage are still listed."""
+    import shutil
+
+    copy = tmp_path / "ws"
+    shutil.copytree(ws.root, copy)
+    log = copy / "audit.log"
+    lines = log.read_bytes().split(b"\n")  # ..., req-late's receipt, its records tombstoned, ""
+    if damage == "edited":
+        lines[-2] = lines[-2].replace(b'"seq":', b'"seq": ', 1)
+    elif damage == "removed":
+        del lines[-3]  # the receipt itself: the chain breaks at the entry after it
+    log.write_bytes(b"\n".join(lines)[:-40] if damage == "cut short" else b"\n".join(lines))
+    out = tmp_path / "report.md"
+    code, stdout, err = run_cli(capsys, "report", "-w", str(copy), "-o", str(out))
+    assert code == 1 and "wrote" in stdout and "did not verify" in err
+    text = out.read_text()
+    assert "verification FAILED" in text and "req-done" in text
+    assert ("req-late" in text) == (damage != "removed")

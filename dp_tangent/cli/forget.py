@@ -67,7 +67,10 @@ def forget(
 
     ws = open_workspace(workspace)  # even with no component: the request is registered and the ids tombstoned
     now = datetime.now(timezone.utc)
-    request = DeletionRequest(request_id=request_id or now.strftime("request-%Y%m%dT%H%M%S-") + secrets.token_hex(2),
+    # an empty --request-id is an id given (and refused as a name), not "make one": `--request-id "$REQ"` with REQ
+    # unset filed a new request on every retry (review 113)
+    generated = now.strftime("request-%Y%m%dT%H%M%S-") + secrets.token_hex(2)
+    request = DeletionRequest(request_id=generated if request_id is None else request_id,
                               record_ids=tuple(record_ids), received_at=_received_at(received_at, now))
     _same_clock(ws, request, stated=received_at is not None)
     again = shlex.join(["dp-tangent", "forget", *record_ids, "--request-id", request.request_id,

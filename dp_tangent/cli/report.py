@@ -36,6 +36,7 @@ def report(
     log, then every shard, component and accountant for specialists. Exit 1 if the audit log does not verify
     (the report is still written)."""
     from ..io import atomic_write_text
+    from ..workspace.audit_errors import AuditChainError
     from ..workspace.checkpoint import CheckpointError
     from ..workspace.report_context import load_checkpoint, privacy_report
 
@@ -43,7 +44,10 @@ def report(
     format = _format(format, output)
     if verifier_key is not None and checkpoint is None:
         raise CheckpointError("--verifier-key checks a --checkpoint; give both")
-    ws = open_workspace(workspace)
+    try:
+        ws = open_workspace(workspace)
+    except AuditChainError:  # a damaged log cannot finish interrupted work: read as it is, the report says so
+        ws = open_workspace(workspace, finish=False)
     if output is not None:
         check_output_outside(ws, output, allowed="reports")
         _check_report_name(ws, output)

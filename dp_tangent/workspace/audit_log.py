@@ -583,12 +583,16 @@ class AuditLog:
 
     def entries(self) -> list[AuditEntry]:
         """All entries; raises :class:`AuditChainError` if the chain is broken anywhere."""
-        if not self.path.exists():
-            return []
-        entries, problem = _parse(_read_locked(self.path))
+        entries, problem = self.entries_before_damage()
         if problem:
             raise AuditChainError(f"{self.path}: {problem}")
         return entries
+
+    def entries_before_damage(self) -> tuple[list[AuditEntry], Problem | None]:
+        """The entries of the chain up to its first problem, and that problem (None: the whole chain holds)."""
+        if not self.path.exists():
+            return [], None
+        return _parse(_read_locked(self.path))
 
     def append(
         self,

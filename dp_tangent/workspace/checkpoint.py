@@ -108,10 +108,12 @@ def generate_key(path: str | os.PathLike[str], name: str) -> str:
 def load_signing_key(path: str | os.PathLike[str]) -> tuple[str, Ed25519PrivateKey]:
     """(key name, key) from a ``PRIVATE+KEY+...`` file."""
     try:
-        text = Path(path).read_text().strip()
+        text = Path(path).read_text(encoding="utf-8").strip()
     except OSError as err:
         hint = "; make one with `dp-tangent audit keygen PATH`" if isinstance(err, FileNotFoundError) else ""
         raise CheckpointError(f"cannot read the signing key {path}: {err.strerror}{hint}") from None
+    except UnicodeDecodeError:  # a binary file (review 113: the codec's own message named neither)
+        text = ""
     parts = text.split("+", 4)
     try:
         if len(parts) != 5 or parts[:2] != ["PRIVATE", "KEY"]:

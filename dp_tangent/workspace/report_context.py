@@ -78,9 +78,11 @@ def report_sections(ws: Workspace, *, now: datetime | None = None, report_dir: s
     moment = resolve_now(now)
     try:
         entries = ws.audit.entries()
+        statuses = list_requests(ws, moment, entries)
     except AuditLogError:
         entries = []  # a broken chain: no count is taken from it, and the audit section says why
-    statuses = list_requests(ws, moment)
+        # but every request it received before its damage is listed: damage must not hide an open or overdue one
+        statuses = list_requests(ws, moment, ws.audit.entries_before_damage()[0])
     holders = _open_request_holders(ws, statuses)
     return WorkspaceSections(
         workspace=str(ws.root),

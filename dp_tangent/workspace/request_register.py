@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import getpass
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import TYPE_CHECKING
@@ -13,6 +13,7 @@ from .commit import Change, apply
 from .deletion_requests import REGIMES, DeletionRequest, ForgetError, deadlines, resolve_now
 
 if TYPE_CHECKING:
+    from .audit_log import AuditEntry
     from .store import Workspace
 
 
@@ -57,7 +58,8 @@ class RequestStatus:
     days_left: int
 
 
-def list_requests(ws: Workspace, now: datetime | None = None) -> list[RequestStatus]:
+def list_requests(ws: Workspace, now: datetime | None = None,
+                  entries: Sequence[AuditEntry] | None = None) -> list[RequestStatus]:
     """Every request the workspace received, in the order received, with its clock: ``overdue`` = still open after
     ``due_by``.
 
@@ -65,12 +67,13 @@ def list_requests(ws: Workspace, now: datetime | None = None) -> list[RequestSta
     checkpoint, so it cannot be checked yet: running the same ``forget`` again seals it).
     Read from the audit log (``deletion_request`` entries; a ``deletion`` entry completes one), not from the
     certificate files: a file edited or removed behind the tool's back cannot hide an open or overdue request from
-    a scheduled check (``audit verify`` reports the file)."""
+    a scheduled check (``audit verify`` reports the file). ``entries``: the log's, read already (default: read
+    here, the whole chain holding)."""
     today = resolve_now(now).date()
     received: dict[str, dict] = {}
     completed: dict[str, str] = {}
     sealed: set[str] = set()
-    for entry in ws.audit.entries():
+    for entry in ws.audit.entries() if entries is None else entries:
         request_id = entry.parameters.get("request_id")
         if entry.operation == "deletion_request":
             received.setdefault(request_id, entry.parameters)  # the first receipt starts the clock
