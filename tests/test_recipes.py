@@ -225,7 +225,8 @@ def test_train_evaluate_predict_then_budget_exhausted(tmp_path: Path, capsys: py
                                       "taken as public: planned from its record count), test accuracy") in output
         spent = ws.ledger.shard_spend("digits", f"shard-{k}", delta=meta.privacy.delta).epsilon
         assert (f"digits/shard-{k}: spent epsilon {fmt_eps(spent)} of its budget 10 at delta 1e-05, "
-                f"{fmt_remaining(10, fmt_eps(spent))} left") in output  # as `budget show` would print it
+                f"{fmt_remaining(10, fmt_eps(spent))} left (with the shards' sizes taken as public: a run on them was "
+                "planned from its shard's record count)") in output  # as `budget show` prints it, with its "*"
     assert ws.ledger.budget("digits", "shard-0").epsilon == 10
     assert (ws_path / "data-sources.json").is_file()  # digits can be re-read for retraining
     trained_acc = float(re.search(r"model run1: .* test accuracy ([\d.]+)%", output).group(1))

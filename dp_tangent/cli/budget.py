@@ -73,7 +73,6 @@ def budget_show(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
 
     from privacy_accounting.figures import fmt_eps, fmt_remaining, fmt_set
 
-    from ..components.component import sizes_public
     from ..workspace.audit_log import FINISHED_BY, verify
     from ..workspace.commit import INTENT, PENDING
     from ..workspace.data_sources import declared_public
@@ -87,7 +86,7 @@ def budget_show(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
     public_shards = []
     for source, shard in ledger.shards():
         state = shard_state(ledger, source, shard)
-        public = sizes_public(ledger, [(source, shard), *state.shared_with])  # every run its figure composes
+        public = state.size_public
         public_shards += [f"{source}/{shard}"] if public else []
         limit = "no budget set" if state.limit is None else fmt_set(state.limit)
         table.add_row(source, shard, (fmt_eps(state.spent) if math.isfinite(state.spent) else "∞ (non-private)")
@@ -132,15 +131,19 @@ class ShardState:
     remaining: float | None
     delta: float | None
     shared_with: frozenset[tuple[str, str]] = frozenset()  # other shards whose runs read some of its records
+    size_public: bool = False  # a run its figure composes was planned from its shard's own record count
 
     def text(self) -> str:
         from privacy_accounting.figures import fmt_eps, fmt_remaining, fmt_set
 
         spent = fmt_eps(self.spent) if math.isfinite(self.spent) else "∞ (non-private)"
+        # review 112: `train` printed this line without the caveat `budget show` marks with "*"
+        public = (" (with the shards' sizes taken as public: a run on them was planned from its shard's record "
+                  "count)") if self.size_public else ""
         if self.limit is None:
-            return f"spent epsilon {spent}, no budget set"
+            return f"spent epsilon {spent}, no budget set{public}"
         return (f"spent epsilon {spent} of its budget {fmt_set(self.limit)} at delta {fmt_set(self.delta)}, "
-                f"{fmt_remaining(self.limit, spent)} left")
+                f"{fmt_remaining(self.limit, spent)} left{public}")
 
 
 def shard_state(ledger: "Ledger", source: str, shard: str) -> ShardState:
@@ -149,10 +152,13 @@ def shard_state(ledger: "Ledger", source: str, shard: str) -> ShardState:
     limit = ledger.budget(source, shard)
     events = ledger.events(data_source=source, shard=shard)
     delta = limit.delta if limit else min((e.delta for e in events), default=None)
+    from ..components.component import sizes_public
+
     bounds, shared_with = ledger.shard_spend_and_readers(source, shard, delta=delta) if delta else (None, frozenset())
     spent = bounds.epsilon if bounds is not None else 0.0
+    public = sizes_public(ledger, [(source, shard), *shared_with])  # every run its figure composes
     if limit is None:
-        return ShardState(spent, None, None, delta, shared_with)
+        return ShardState(spent, None, None, delta, shared_with, public)
     # Ledger.remaining's figure, from the spend just computed at the budget's delta (not computed again)
     remaining = max(0.0, limit.epsilon - spent) if math.isfinite(spent) else 0.0
-    return ShardState(spent, limit.epsilon, remaining, delta, shared_with)
+    return ShardState(spent, limit.epsilon, remaining, delta, shared_with, public)
