@@ -801,3 +801,26 @@ def test_the_budget_rules_are_checked_under_the_lock_a_release_holds(tmp_path, m
     monkeypatch.setattr(budget_rules, "check_budget_change", under_lock)
     ws.set_budget("toy", None, epsilon=45.0, delta=1e-5)
     assert seen == [True]
+
+
+def test_a_run_planned_from_its_shard_s_count_may_not_weaken_a_plain_release(tmp_path, mlp_backbone) -> None:
+    """Review 112: a release stated without the shard-size caveat bounds every later run on its records, but a later
+    run planned from its shard's own count (holding only with the size public) was accepted without a word."""
+    ws = Workspace.create(tmp_path / "ws")
+    ws.set_budget("toy", None, epsilon=20.0, delta=1e-5)
+    ws.train(mlp_backbone, None, records(0), data_source="toy", shard="s0", name="c0", privacy=PLANNED, config=FAST)
+    ws.compose_model("m", ["c0"])
+    ws.release("m", tmp_path / "out")
+    with pytest.raises(WorkspaceError, match=r"toy/s0 holds records of model\(s\) m released under add-or-remove-one"):
+        ws.train(mlp_backbone, None, records(0), data_source="toy", shard="s0", name="later", privacy=PRIVATE,
+                 config=FAST)
+    assert [e.component for e in ws.ledger.events()] == ["c0"]  # refused before anything was reserved
+    ws.train(mlp_backbone, None, records(0), data_source="toy", shard="s0", name="later", privacy=PLANNED,
+             config=FAST)  # planned in advance: the statement still holds
+    ws.train(mlp_backbone, None, records(1), data_source="toy", shard="s1", name="other", privacy=PRIVATE,
+             config=FAST)  # records no release holds
+    # a release that already says the sizes are public is not weakened by one more such run
+    ws.compose_model("n", ["other"])
+    ws.release("n", tmp_path / "out-n")
+    ws.train(mlp_backbone, None, records(1), data_source="toy", shard="s1", name="other3", privacy=PRIVATE,
+             config=FAST)

@@ -332,12 +332,37 @@ def reservation_requests(ws: "Workspace", backbone: BackboneSpec, trainable: str
 
 def _check_budget_deltas(ws: "Workspace", data_source: str, tasks: Sequence[Any], jobs: Sequence[ShardJob]) -> None:
     """The budget over each private task's shard has a delta below 1/n for the n the task is planned for (review
-    102: a budget set at a delta of 1/n or more made every figure of the shard, stated at it, low or negative)."""
+    102: a budget set at a delta of 1/n or more made every figure of the shard, stated at it, low or negative); and a
+    run planned from its shard's own count does not weaken a release stated without that caveat."""
     budgets = ws.ledger.budgets()  # (the source may not be declared yet: checked before registering it)
     for task, job in zip(tasks, jobs):
         budget = budget_of(budgets, data_source, job.shard)
         if budget is not None and task.privacy.private:
             check_budget_delta(budget.delta, task.plan.size, f"the budget of {data_source}/{job.shard}")
+    _check_released_relation(ws, data_source, [job.shard for task, job in zip(tasks, jobs)
+                                               if task.privacy.private and task.privacy.planned_shard_size is None])
+
+
+def _check_released_relation(ws: "Workspace", data_source: str, shards: Sequence[str]) -> None:
+    """Refuse a run planned from its shard's own record count on the records of a model released under plain
+    add-or-remove-one DP (every run the shard's figure composes was planned then, and is still): the release's
+    statement bounds every later run on those records, and this run's figure holds only with the shard's size public,
+    which the statement did not say (review 112)."""
+    from ..components.component import sizes_public
+    from .release import released_shards
+
+    if not shards or not ws.audit_log_path.is_file():
+        return
+    released = released_shards(ws)
+    for shard in shards:
+        key = (data_source, shard)
+        if key in released and not sizes_public(ws.ledger, [key, *(
+                ws.ledger.shard_spend_and_readers(*key, 1e-5)[1] if ws.ledger.overlap_possible() else ())]):
+            raise WorkspaceError(
+                f"{data_source}/{shard} holds records of model(s) {', '.join(released[key])} released under "
+                "add-or-remove-one DP, which bounds every later run on them; a run planned from the shard's own record "
+                "count holds only with the shard's size public, which the release did not state: give "
+                "privacy.planned_shard_size (an upper bound on the shard's size, fixed in advance)")
 
 
 def _without_deleted(ws: "Workspace", jobs: Sequence[ShardJob], key: bytes, deleted: DeletedRecords
