@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from privacy_accounting.accountants import (NEIGHBOURING_RELATION, AccountantSettings, EpsilonBounds, epsilon_bounds,
                                             prefetch)
@@ -127,7 +127,7 @@ def build_report(
     by_shard = group_by_shard(events)
 
     shards = ledger.shards()
-    _prefetch(events, shards, budgets, delta, curve_points, settings)
+    _prefetch(events, shards, by_shard, budgets, delta, curve_points, settings)
     components = [_component_entry(e, settings) for e in events]
     shard_entries = [
         _shard_entry(ds, shard, events, budgets, sources[ds].unit.value, delta, curve_points, settings,
@@ -189,9 +189,7 @@ def _source_guarantees(source: DataSource, events: Sequence[StoredEvent], budget
     """Per-record guarantees of one data source, at its budget's delta (else the report's, else the
     smallest recorded on its events)."""
     mine = [e for e in events if e.data_source == source.name]
-    budget = _find_budget(budgets, source.name, None)
-    delta = budget.delta if budget else report_delta if report_delta is not None else min(
-        (e.delta for e in mine), default=None)
+    delta = _delta_of(_find_budget(budgets, source.name, None), report_delta, mine)
     if delta is None:
         return SourceGuarantees(data_source=source.name, delta=None, groups=[], disjointness="no events",
                                 text=source_guarantee_text(source.name, "no events", []))
@@ -334,7 +332,7 @@ def _shard_entry(
 ) -> ShardEntry:
     events = [e for e in every_event if (e.data_source, e.shard) == (data_source, shard)]
     budget = budget_of(budgets, data_source, shard)
-    delta = _shard_delta(budget, report_delta, events)
+    delta = _delta_of(budget, report_delta, events)
     shared_with: frozenset[tuple[str, str]] = frozenset()
     if delta is None:  # no events, no budget, no report delta: nothing spent
         spent = Figures(delta=None, epsilon=0.0, accountant="none")
@@ -368,13 +366,15 @@ def _shard_entry(
     )
 
 
-def _shard_delta(budget: Budget | None, report_delta: float | None, events: Sequence[StoredEvent]) -> float | None:
-    """The delta of a shard's figures: its budget's, else the report's, else the smallest of its runs'."""
+def _delta_of(budget: Budget | None, report_delta: float | None, events: Sequence[StoredEvent]) -> float | None:
+    """The delta of a shard's or data source's figures: its budget's, else the report's, else the smallest of its
+    runs'."""
     return budget.delta if budget else report_delta if report_delta is not None else min(
         (e.delta for e in events), default=None)
 
 
-def _prefetch(events: Sequence[StoredEvent], shards: Sequence[tuple[str, str]], budgets: Sequence[Budget],
+def _prefetch(events: Sequence[StoredEvent], shards: Sequence[tuple[str, str]],
+              by_shard: Mapping[tuple[str, str], Sequence[StoredEvent]], budgets: Sequence[Budget],
               report_delta: float | None, curve_points: int, settings: AccountantSettings) -> None:
     """Name the figures the report asks for first (each run's and each shard's, then the shards' curves, whose
     figures cost least), so that where figures are computed elsewhere they are computed side by side, ahead of its
@@ -382,10 +382,10 @@ def _prefetch(events: Sequence[StoredEvent], shards: Sequence[tuple[str, str]], 
     figures = [(e.tree, e.delta) for e in events]
     curves = []
     for data_source, shard in shards:
-        runs = [e for e in events if (e.data_source, e.shard) == (data_source, shard)]
+        runs = by_shard.get((data_source, shard), [])
         own = [e.tree for e in runs]
         budget = budget_of(budgets, data_source, shard)
-        delta = _shard_delta(budget, report_delta, runs)
+        delta = _delta_of(budget, report_delta, runs)
         if delta is not None and own:
             figures.append((compose(own), delta))
             curves += [(tree, delta) for _, tree in _curve_events(own, curve_points)] if curve_points else []
