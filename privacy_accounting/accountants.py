@@ -210,8 +210,8 @@ def epsilon_bounds(event: AnyEvent, delta: float, settings: AccountantSettings =
     if not gaussian_history(normalized):
         figures = {name: (0.0 if name in settings.accountants else None) for name in ACCOUNTANTS}
         return EpsilonBounds(delta=delta, **figures, epsilon=0.0, accountant="none")
-    prefetch([(normalized, delta)], settings)  # its accountants side by side, where figures are computed elsewhere
     key = event_tree.to_json(normalized)
+    _submit([(key, delta)], settings)  # its accountants side by side, where figures are computed elsewhere
     figures: dict[str, float | None] = {name: None for name in ACCOUNTANTS}
     notes: list[str] = []
     for name in settings.accountants:
@@ -338,17 +338,25 @@ def prefetch(requests: Iterable[tuple[AnyEvent, float]], settings: AccountantSet
     """Start computing the figures of every (event, delta) in ``requests`` that no cache holds, side by side, where a
     :class:`FigureService` is in use (else nothing: each is computed when asked). A caller that will ask for many
     figures names them first, so that they are computed in parallel; the figures are those it would get anyway."""
+    if _elsewhere is None:
+        return
+    keys = []
+    for event, delta in requests:
+        normalized = event_tree.normalize(as_tree(event))
+        if not is_non_private(normalized) and gaussian_history(normalized):
+            keys.append((event_tree.to_json(normalized), check_delta(delta)))
+    _submit(keys, settings)
+
+
+def _submit(keys: Iterable[tuple[str, float]], settings: AccountantSettings) -> None:
+    """:func:`prefetch` of (normalised event's JSON, checked delta) pairs: every accountant's figure no cache holds."""
     service = _elsewhere
     if service is None:
         return
     todo: list[Request] = []
-    for event, delta in requests:
-        normalized = event_tree.normalize(as_tree(event))
-        if is_non_private(normalized) or not gaussian_history(normalized):
-            continue
-        key = event_tree.to_json(normalized)
+    for key, delta in keys:
         for name in sorted(settings.accountants, key=_BY_COST.index):
-            request = (key, check_delta(delta), name, settings)
+            request = (key, delta, name, settings)
             if request in todo or _memo.get(request) is not None:
                 continue
             stored = bounds_cache.lookup(_computation(*request))
