@@ -262,9 +262,10 @@ def test_a_folder_registered_when_hidden_images_were_records_reads_them_still(
     from dp_tangent.data.sources import parse_source
 
     monkeypatch.chdir(tmp_path)
-    ids = write_image_folder(Path("imgs"), 24, size=16)
+    write_image_folder(Path("imgs"), 24, size=16)
+    write_image_folder(Path("thumbs"), 2, size=8)  # not a copy: one image is one record under any name
     Path("imgs/a/.thumbs").mkdir()
-    shutil.copy(Path("imgs", ids[1]), "imgs/a/.thumbs/0001.png")
+    shutil.copy("thumbs/a/0001.png", "imgs/a/.thumbs/0001.png")
     data = {"image_folder": {"root": "imgs", "classes": ["a", "b"], "image_size": 16}}
     recipe = {"backbone": {"name": "test_efficientnet", "num_classes": 2}, "trainable": "head", "data": data,
               "shards": {"count": 2}, "privacy": {"epsilon": 8, "delta": 1e-5},

@@ -131,11 +131,16 @@ def _input_digests(inputs: torch.Tensor | object) -> list[bytes]:
     return [hashlib.sha256(row.tobytes()).digest() for row in rows]
 
 
-def content_digests(records: RecordSet) -> list[bytes]:
-    """sha256 of each record's id, label and content (what the model is given), in record order."""
-    labels = records.targets.tolist()
-    return [_sha256(r.encode(), str(y).encode(), c)
-            for r, y, c in zip(records.record_ids, labels, _input_digests(records.inputs))]
+def content_digests(records: RecordSet) -> tuple[list[bytes], list[bytes] | None]:
+    """(sha256 of each record's id, label and content (what the model is given); for image files, sha256 of each
+    file's bytes alone, else None), in record order. A file's own digest is the same under any name or label, so a
+    byte-identical copy of it can be recognised (``workspace.data_sources``). Rows of numbers have none (two records
+    may hold equal rows), nor has CIFAR (its ids are its rows, fixed: no copy can be named otherwise)."""
+    from .images import ImageFiles
+
+    labels, inputs = records.targets.tolist(), _input_digests(records.inputs)
+    tagged = [_sha256(r.encode(), str(y).encode(), c) for r, y, c in zip(records.record_ids, labels, inputs)]
+    return tagged, (inputs if isinstance(records.inputs, ImageFiles) else None)
 
 
 # -- the embedded digits ---------------------------------------------------------------------------------

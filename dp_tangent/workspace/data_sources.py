@@ -71,6 +71,10 @@ class Content(BaseModel):
     # the commitments of its public table's record ids and of their canonical spellings (None: no public table, or
     # registered before these were kept: the table is read again), which no other source may hold as private
     public: list[str] | None = None
+    # an image source's commitment -> keyed digest of the image alone (no id, no label): a byte-identical copy under
+    # another name has the same (None: not images, or registered before these were kept: its next registration adds
+    # them)
+    images: dict[str, str] | None = None
 
 
 class Sources(BaseModel):
@@ -119,10 +123,21 @@ def _read(ws: Workspace) -> Sources:
 
 def _tags(ws: Workspace, records: RecordSet) -> dict[str, str]:
     """commitment -> keyed content tag of each record."""
+    return _digested(ws, records)[0]
+
+
+def _digested(ws: Workspace, records: RecordSet) -> tuple[dict[str, str], dict[str, str] | None]:
+    """(commitment -> keyed content tag of each record, in record order; for images, commitment -> keyed tag of the
+    image alone, else None), the records read once."""
     key = ws.manifest_key()
     tag_key = _tag_key(key)
-    return {commit(r, key): hmac.new(tag_key, d, hashlib.sha256).hexdigest()[:32]
-            for r, d in zip(records.record_ids, content_digests(records))}
+    tagged, images = content_digests(records)
+    commitments = [commit(r, key) for r in records.record_ids]
+    tags = {c: hmac.new(tag_key, d, hashlib.sha256).hexdigest()[:32] for c, d in zip(commitments, tagged)}
+    if images is None:
+        return tags, None
+    return tags, {c: hmac.new(tag_key, b"image\0" + d, hashlib.sha256).hexdigest()[:32]
+                  for c, d in zip(commitments, images)}
 
 
 def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | None:
@@ -156,7 +171,7 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
     if before is not None:  # its records are read as they were registered, whichever version did it
         source = _as_registered(source)
     records = source.records()
-    every = _tags(ws, records)  # one per record, in record order
+    every, images = _digested(ws, records)  # one per record, in record order
     spelled = canonical_commitments(records.record_ids, key)  # where an id is not spelled canonically
     tags = {c: t for c, t in every.items() if c not in deleted}
     old = sources.content.get(name) if before is not None else None
@@ -179,7 +194,10 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
         differences = _differences(old.tags, tags, deleted, dict(zip(every, records.record_ids)))
         if differences:
             raise _not_as_registered(name, differences, source)
-        if not moved and set(tags) <= set(old.tags) and old.canonical is not None:
+        if images is not None:
+            _refuse_copies(name, records.record_ids, images, old, deleted, sources)
+        if not moved and set(tags) <= set(old.tags) and old.canonical is not None and (images is None or
+                                                                                        old.images is not None):
             return None
         added = set(tags) - set(old.tags)
         tags, test = {**old.tags, **tags}, set(old.test)  # the test split keeps the records it was
@@ -187,14 +205,61 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
             test_split = source.test_split()
             test |= {c for c in (commit(r, key) for r in (test_split.record_ids if test_split else ())) if c in added}
     else:
+        if images is not None:
+            _refuse_copies(name, records.record_ids, images, None, deleted, sources)
         test_split = source.test_split()  # reads the data again: only for a first registration
         test = {commit(r, key) for r in (test_split.record_ids if test_split else ())}
     file_tag = _refuse_rekeyed(name, source, sources, key)
     sources.sources[name] = value
     sources.content[name] = Content(records=len(tags), tags=tags, test=sorted(test),
                                     canonical={c: s for c, s in spelled.items() if c in tags}, file_tag=file_tag,
-                                    public=_public_commitments(public_ids, key))
+                                    public=_public_commitments(public_ids, key),
+                                    images=None if images is None else {c: t for c, t in images.items() if c in tags})
     return (sources.model_dump_json(indent=2) + "\n").encode()
+
+
+def _refuse_copies(name: str, ids: Sequence[str], images: Mapping[str, str], old: Content | None, deleted: set[str],
+                   sources: Sources) -> None:
+    """No image of data source ``name`` (``images``: commitment -> keyed tag of the image alone, in the order of
+    record ``ids``) is a byte-identical copy of another record's, of this source or another (review 112: a folder
+    copied with its class folders renamed was new records, each copy trained and charged apart, so every printed
+    epsilon understated what the images went through, and a deletion left the copies trained). Checked for the
+    records new to the registry, or all of them where it kept no such tags before (an earlier version registered
+    them); a deleted record's tag is not kept, so a copy of a deleted image under another name is not recognised."""
+    known = old.images if old is not None and old.images is not None else {}
+    registered = old.tags if old is not None else {}
+    live = {c: t for c, t in images.items() if c not in deleted}
+    record_id = dict(zip(images, ids))
+    first: dict[str, str] = {}  # tag -> the first record of this source holding it
+    for commitment, tag in live.items():
+        other = first.setdefault(tag, commitment)
+        if other == commitment or (commitment in known and other in known):
+            continue
+        copy, original = ((other, commitment) if other not in registered and commitment in registered
+                          else (commitment, other))  # the new one, else the later one
+        if copy in registered:  # both: registered by an earlier version
+            advice = (f"the workspace holds both as records: file a deletion request for one (`dp-tangent forget "
+                      f"{shlex.quote(record_id[copy])} -w WORKSPACE`)")
+        else:
+            advice = "take it out of the data" if original in registered else "keep one of the two files"
+        raise DataSourceError(f"data source {name!r}: image {record_id[copy]!r} has the same bytes as "
+                              f"{record_id[original]!r}{_COPY}; {advice}")
+    elsewhere = {tag: (other, c) for other, content in sources.content.items() if other != name and content.images
+                 for c, tag in content.images.items()}
+    for commitment, tag in live.items():
+        other, held = elsewhere.get(tag, (None, commitment))
+        if held == commitment or commitment in known:  # the same id there (one record), or checked when registered
+            continue
+        root = (sources.sources.get(other, {}).get("data") or {}).get("root")
+        advice = (f"the workspace holds both as records: file a deletion request for one (`dp-tangent forget "
+                  f"{shlex.quote(record_id[commitment])} -w WORKSPACE` for this one)" if commitment in registered else
+                  "take it out of this data, or train it as that data source")
+        raise DataSourceError(f"data source {name!r}: image {record_id[commitment]!r} has the same bytes as an image "
+                              f"of data source {other!r}{f' ({root})' if root else ''}{_COPY}; {advice}")
+
+
+_COPY = (": a copy would be trained and charged as a record of its own, and stay trained after a deletion of the "
+         "other")
 
 
 def _as_registered(source: ReloadableSource) -> ReloadableSource:
@@ -459,6 +524,8 @@ def without_records(ws: Workspace, doomed: Iterable[str]) -> bytes | None:
         return None
     for content in sources.content.values():
         content.tags = {c: t for c, t in content.tags.items() if c not in doomed}
+        if content.images is not None:
+            content.images = {c: t for c, t in content.images.items() if c not in doomed}
         if content.canonical is not None:  # the tombstones keep it (Tombstones.canonical)
             content.canonical = {c: s for c, s in content.canonical.items() if c not in doomed}
     return (sources.model_dump_json(indent=2) + "\n").encode()
