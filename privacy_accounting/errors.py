@@ -141,3 +141,8 @@ class LedgerCorruptError(LedgerError):
 
 class LedgerBusyError(LedgerError):
     """Another writer held the ledger's lock for longer than the busy timeout."""
+
+
+class LedgerWriteError(LedgerError):
+    """The ledger's disk could not take a write (full, or an I/O error): the write was rolled back whole, and the
+    file is a ledger still."""

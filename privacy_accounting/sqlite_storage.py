@@ -32,6 +32,7 @@ from privacy_accounting.errors import (
     LedgerBusyError,
     LedgerCorruptError,
     LedgerError,
+    LedgerWriteError,
     PrivacyAccountingError,
     UnknownReservationError,
 )
@@ -207,6 +208,10 @@ class SQLiteStorage:
                 ) from exc
             if "unable to open" in text:
                 raise LedgerError(f"cannot open ledger {self._path}: {exc}") from exc
+            if "full" in text or "disk i/o" in text:  # SQLITE_FULL, SQLITE_IOERR: the disk, not the ledger
+                cause = "its disk is full" if "full" in text else "its disk failed to read or write"
+                raise LedgerWriteError(f"cannot write ledger {self._path}: {cause} ({exc}); the ledger is as it was "
+                                  "before this write") from exc
             raise LedgerCorruptError(f"ledger {self._path} cannot be read: {exc}") from exc
         except sqlite3.IntegrityError as exc:
             raise LedgerError(f"ledger {self._path} rejected a write: {exc}") from exc
@@ -259,8 +264,9 @@ class SQLiteStorage:
                     if not commit:
                         shared.execute("RELEASE call")
                 except BaseException:
-                    shared.execute("ROLLBACK TO call")
-                    shared.execute("RELEASE call")
+                    if shared.in_transaction:  # SQLITE_FULL and I/O errors roll the whole transaction back themselves
+                        shared.execute("ROLLBACK TO call")
+                        shared.execute("RELEASE call")
                     raise
             return
         with self._errors():

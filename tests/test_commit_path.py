@@ -853,3 +853,96 @@ def test_a_train_that_finishes_a_killed_change_says_so(ws, capsys, tmp_path) -> 
     code, out, err = run_cli(capsys, "train", str(recipe), "-w", "ws")  # refused, once it opened the workspace
     assert code == 2 and not pending(ws), err
     assert "note: finished the composition a command stopped before it completed" in err, err
+
+
+
+def _full_ledger(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on a write to the ledger fails as on a full disk: SQLite's SQLITE_FULL, which rolls the whole
+    transaction back (shown on a real SQLite file in tests/accounting/test_ledger_full_disk.py)."""
+    from privacy_accounting.sqlite_storage import SQLiteStorage
+
+    class Full(sqlite3.Connection):
+        def execute(self, sql: str, *args):  # noqa: ANN002, ANN202
+            if sql.lstrip().split()[0].upper() in ("INSERT", "UPDATE", "DELETE", "REPLACE"):
+                super().execute("ROLLBACK")
+                raise sqlite3.OperationalError("database or disk is full")
+            return super().execute(sql, *args)
+
+    connect = SQLiteStorage._connect
+
+    def full(self):  # noqa: ANN001, ANN202
+        conn = connect(self)
+        conn.close()
+        return sqlite3.connect(self._path.as_uri() + "?mode=rw", uri=True, timeout=self._busy_timeout,
+                               isolation_level=None, factory=Full)
+
+    monkeypatch.setattr(SQLiteStorage, "_connect", full)
+
+
+def test_a_full_disk_at_the_ledger_step_names_the_cause_and_the_change_is_finished_later(ws, monkeypatch,
+                                                                                         capsys) -> None:
+    """Review 113: SQLITE_FULL rolls SQLite's whole transaction back, so the savepoint's rollback that followed failed,
+    and its "no such savepoint: call" replaced the cause ("ledger cannot be read"); the change, past its commit point,
+    was then finished by the next command, unannounced."""
+    from helpers import run_cli
+
+    with monkeypatch.context() as disk:
+        _full_ledger(disk)
+        code, _, err = run_cli(capsys, "budget", "set", "toy/s0", "12", "-w", "ws")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "savepoint" not in err and "cannot be read" not in err
+    assert "cannot write ledger" in err and "its disk is full (database or disk is full)" in err
+    assert "the budget_change passed its commit point, so it is not lost: once this is resolved, the next command " \
+           "that is not a check finishes it" in err
+    assert len(pending(ws)) == 1
+    code, _, err = run_cli(capsys, "requests", "list", "-w", "ws")
+    assert code == 0 and "finished the budget_change" in err
+    reopened = Workspace.open("ws")
+    assert reopened.ledger.budget("toy", "s0").epsilon == 12 and reopened.audit.verify().ok
+
+
+def test_a_full_disk_before_the_commit_point_leaves_no_staging_and_says_nothing_was_changed(ws, monkeypatch,
+                                                                                            capsys) -> None:
+    """Review 113: the staging of a change that failed before its commit point stayed in .pending/, and `audit verify`
+    called it possibly planted until another command ran; the error was a bare "[Errno 28] No space left on device"."""
+    import errno
+
+    import dp_tangent.workspace.commit as commit_module
+    from helpers import run_cli
+
+    write = commit_module.atomic_write_text
+
+    def full(path, text):  # noqa: ANN001, ANN202
+        if Path(path).name == "intent.json":  # the staged bytes are written; the intent does not fit
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write(path, text)
+
+    entries = ws.audit.entries()
+    with monkeypatch.context() as disk:
+        disk.setattr(commit_module, "atomic_write_text", full)
+        code, _, err = run_cli(capsys, "compose", "c0", "c1", "--name", "m2", "-w", "ws")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"no space left on the disk of {Path('ws').absolute()} to stage the composition: nothing was changed; " \
+           "free some space and run the command again" in err, err
+    assert not (ws.root / PENDING).exists() and ws.audit.entries() == entries
+    assert ws.audit.verify().ok
+    code, _, err = run_cli(capsys, "compose", "c0", "c1", "--name", "m2", "-w", "ws")
+    assert code == 0, err
+
+
+def test_a_refusal_quotes_what_blocks_an_interrupted_operation_not_the_interruption(ws, tmp_path, capsys) -> None:
+    """Review 113: with an interrupted change and a real problem both there, the refusal quoted the interruption ("a
+    command that is not a check finishes each") while refusing to finish it."""
+    import shutil
+
+    from helpers import run_cli
+
+    kill_child("compose-ledger")
+    shutil.move(ws.root / PENDING, tmp_path / "elsewhere")
+    (ws.root / PENDING).symlink_to(tmp_path / "elsewhere")
+    code, _, err = run_cli(capsys, "budget", "set", "toy/s0", "12", "-w", "ws")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    quoted = err.split("first: ", 1)[1]
+    assert quoted.startswith("entry 6: file .pending is not part of an interrupted operation's staging"), err
+    assert "were interrupted" not in quoted, err
+    assert "; an interrupted operation waits too, finished once the rest is restored)" in err

@@ -22,6 +22,7 @@ interrupted training, composition or deletion ends exactly as if it had not been
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -33,6 +34,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from privacy_accounting.errors import LedgerWriteError
 
 from ..interrupts import deferred_interrupts
 from ..io import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_file, written_by_killed_write
@@ -128,8 +131,38 @@ def apply(ws: "Workspace", change: Change) -> AuditEntry:
         commit_id = uuid.uuid4().hex
         staging = ws.root / PENDING / commit_id
         with deferred_interrupts():
-            _stage(staging, change, commit_id)
-            return _finish(ws, staging)
+            try:
+                _stage(staging, change, commit_id)
+            except Exception as err:
+                if (staging / INTENT).is_file():  # its commit point passed: finishing it is all that is left
+                    raise _committed(change, err) from err
+                _discard(staging)  # (review 113: left, it read as planted until another command ran)
+                if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+                    raise WorkspaceError(f"no space left on the disk of {ws.root} to stage the {change.operation}: "
+                                         "nothing was changed; free some space and run the command again") from err
+                raise
+            try:
+                return _finish(ws, staging)
+            except WorkspaceIntegrityError:
+                raise
+            except (OSError, LedgerWriteError) as err:  # the disk, not the change: it is finished later
+                raise _committed(change, err) from err
+
+
+def _discard(staging: Path) -> None:
+    """Remove the staging of a change that failed before its commit point (nothing of it happened)."""
+    shutil.rmtree(staging, ignore_errors=True)
+    with contextlib.suppress(OSError):  # other changes' staging, or gone already
+        staging.parent.rmdir()
+
+
+def _committed(change: Change, err: BaseException) -> WorkspaceError:
+    """The error of ``change`` failing past its commit point (e.g. a full disk): it is not lost, and a later command
+    finishes it (review 113: "ledger cannot be read: no such savepoint" and exit 2, then the next command applied
+    the change the operator took as failed)."""
+    return WorkspaceError(f"{err} -- the {change.operation} passed its commit point, so it is not lost: once this is "
+                          "resolved, the next command that is not a check finishes it (e.g. `dp-tangent requests "
+                          "list`)")
 
 
 def finish_interrupted(ws: "Workspace") -> list[str]:

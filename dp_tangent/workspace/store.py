@@ -532,8 +532,13 @@ class Workspace:
         if not problems:
             return
         self.record_integrity_failure()
+        # an interrupted operation is finished by the first command after the rest is restored: the rest is quoted
+        # (review 113: the refusal quoted "a command that is not a check finishes each" while refusing to)
+        blocking = [p for p in problems if INTERRUPTED_REASON not in p]
+        quoted = (f"first: {blocking[0]}; an interrupted operation waits too, finished once the rest is restored"
+                  if blocking and len(blocking) < len(problems) else f"first: {problems[0]}")
         raise WorkspaceIntegrityError(
-            f"{self.root} does not verify ({len(problems)} problem(s), first: {problems[0]}): recorded in its audit "
+            f"{self.root} does not verify ({len(problems)} problem(s), {quoted}): recorded in its audit "
             "log, and nothing was done; `dp-tangent audit verify` lists every problem; restore what it names (e.g. "
             "remove a file put there by hand), then close the record with `dp-tangent audit resolve --reason ...`")
 
