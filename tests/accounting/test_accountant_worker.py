@@ -150,11 +150,11 @@ def test_a_program_killed_mid_figure_takes_the_worker_and_its_helper_with_it(tmp
     CPU, for minutes."""
     code = ("import os, sys, time; from privacy_accounting import accountant_worker, accountants; "
             "from privacy_accounting.event_tree import sgd; accountant_worker.start(); "
-            "accountants.prefetch([(sgd(1.0, 0.005, 10**8), 1e-5), (sgd(1.0, 0.0051, 10**8), 1e-5)]); "
+            "accountants.prefetch([(sgd(0.4, 0.2, 1000), 1e-5), (sgd(0.4, 0.19, 1000), 1e-5)]); "
             "pid = accountant_worker._pool.pid; children = f'/proc/{pid}/task/{pid}/children'\n"
             "while not open(children).read().split(): time.sleep(0.05)\n"
             "print(pid, open(children).read().split()[0], flush=True)\n"
-            "accountants.epsilon_bounds(sgd(1.0, 0.005, 10**8), 1e-5)")  # waiting for them, as a report does
+            "accountants.epsilon_bounds(sgd(0.4, 0.2, 1000), 1e-5)")  # waiting for them, as a report does
     env = {**os.environ, "PRIVACY_ACCOUNTING_CACHE": "off", "PRIVACY_ACCOUNTING_WORKER": "on"}
     program = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
     try:
@@ -164,7 +164,7 @@ def test_a_program_killed_mid_figure_takes_the_worker_and_its_helper_with_it(tmp
     finally:
         program.kill()
         program.wait(60)
-    deadline = time.monotonic() + 3  # each of those figures takes seconds more (PLD: about 6 s here)
+    deadline = time.monotonic() + 3  # each of those figures takes seconds more (PRV: about 5 s here)
     while time.monotonic() < deadline and (_alive(worker) or _alive(helper)):
         time.sleep(0.05)
     assert not _alive(worker) and not _alive(helper)
