@@ -14,9 +14,60 @@ from dp_tangent.training.features import FeatureDataset, precompute_features
 def test_prefix_then_suffix_is_the_model_bit_for_bit(arch: str) -> None:
     model, x, _ = build(arch)
     layout = layout_for(model)
-    for cut in range(len(layout.block_names(model)) + (2 if layout.pre_logits else 1)):  # pre-logits: + 1
+    blocks = len(layout.block_names(model))
+    for cut in range(blocks + (2 if layout.pre_logits else 1)):  # pre-logits: + 1
         with torch.no_grad():
-            assert torch.equal(layout.run_suffix(model, layout.run_prefix(model, x, cut), cut), model(x)), cut
+            out = layout.run_suffix(model, layout.run_prefix(model, x, cut), cut)
+        if arch == "vit" and cut < blocks:  # its last block computes the class token alone: other products' rounding
+            assert torch.allclose(out, model(x), rtol=0, atol=1e-12), cut
+        else:
+            assert torch.equal(out, model(x)), cut
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_vits_last_block_computes_the_class_token_alone_when_the_head_reads_it_alone(fused: bool,
+                                                                                     monkeypatch) -> None:
+    """The head of a ViT pooling its class token reads the last block's first token alone: that token's query,
+    projection and MLP are all the last block computes, and the tangent model's value and gradient are the full
+    computation's (float64); a ViT pooling every token is computed in full."""
+    from conftest import small_vit
+
+    from dp_tangent.tangent import layouts
+
+    model, x, suffix = build("vit")
+    for module in model.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = fused
+    full, pruned = [], []
+    first_token = layouts._first_token_of_block
+    monkeypatch.setattr(layouts, "_first_token_of_block", lambda *a: pruned.append(1) or first_token(*a))
+    mlp = model.blocks[-1].mlp.fc1
+    hook = mlp.register_forward_hook(lambda m, i, o: full.append(i[0].shape[1]))
+    with torch.no_grad():
+        out = layout_for(model).run_suffix(model, layout_for(model).run_prefix(model, x, 1), 1)
+    hook.remove()
+    assert pruned and full == [1] and torch.allclose(out, model(x), rtol=0, atol=1e-12)
+
+    tangent = linearize(model, suffix)
+    deltas = {n: 0.01 * torch.randn_like(p) for n, p in tangent.named_deltas()}
+    tangent.load_deltas(deltas)
+    value = tangent(x)
+    value.square().sum().backward()
+    grads = [p.grad.clone() for p in tangent.deltas()]
+    monkeypatch.setattr(layouts, "CHECKED_TIMM_VERSIONS", ())  # the full computation
+    reference = linearize(model, suffix)
+    reference.load_deltas(deltas)
+    expected = reference(x)
+    expected.square().sum().backward()
+    assert torch.allclose(value, expected, rtol=0, atol=1e-12)
+    assert all(torch.allclose(g, p.grad, rtol=1e-10, atol=1e-12) for g, p in zip(grads, reference.deltas()))
+
+    pruned.clear()
+    torch.manual_seed(0)
+    averaged = small_vit(global_pool="avg", class_token=False).to(torch.float64).eval()
+    with torch.no_grad():
+        out = layout_for(averaged).run_suffix(averaged, layout_for(averaged).run_prefix(averaged, x, 1), 1)
+    assert not pruned and torch.equal(out, averaged(x))
 
 
 def test_cached_features_give_the_same_outputs_without_running_the_prefix(arch: str) -> None:

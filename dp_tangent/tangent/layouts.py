@@ -85,7 +85,55 @@ def _vit_prefix(net: nn.Module, x: torch.Tensor, cut: int) -> torch.Tensor:
 
 
 def _vit_suffix(net: nn.Module, h: torch.Tensor, cut: int) -> torch.Tensor:
-    return net.forward_head(net.norm(_run_seq(net.blocks, h, cut, None)))
+    blocks = list(net.blocks.children())[cut:]
+    if not (blocks and _class_token_pooled(net) and _plain_block(blocks[-1])):
+        return net.forward_head(net.norm(_run_seq(net.blocks, h, cut, None)))
+    for block in blocks[:-1]:
+        h = block(h)
+    return net.forward_head(net.norm(_first_token_of_block(blocks[-1], h)))
+
+
+#: timm versions whose ViT ``Block`` and ``Attention`` forwards :func:`_first_token_of_block` mirrors.
+CHECKED_TIMM_VERSIONS = ("1.0.31",)
+
+
+def _class_token_pooled(net: nn.Module) -> bool:
+    """Whether the head reads the first token alone (``global_pool='token'``, no attention pool): the last block's
+    other tokens are then computed for nothing."""
+    import timm
+
+    return (timm.__version__ in CHECKED_TIMM_VERSIONS and getattr(net, "attn_pool", None) is None
+            and getattr(net, "global_pool", None) == "token")
+
+
+def _plain_block(block: nn.Module) -> bool:
+    """A timm ViT ``Block`` with its ``Attention`` (no gate), whose forwards :func:`_first_token_of_block` mirrors."""
+    from timm.layers import Attention
+    from timm.models.vision_transformer import Block
+
+    return type(block) is Block and type(block.attn) is Attention and getattr(block.attn, "gate", None) is None
+
+
+def _first_token_of_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``block(x)[:, :1]`` with only that token's query, projection and MLP computed (keys and values are every
+    token's): the last block of a ViT whose head pools the class token. On the benchmark ViT (65 tokens) a DP
+    tangent step of its last two blocks took 36% less time, the Gram precompute 25% less (docs/benchmarks.md)."""
+    import torch.nn.functional as F
+
+    attn = block.attn
+    y = block.norm1(x)
+    batch, tokens, _ = y.shape
+    qkv = attn.qkv(y).reshape(batch, tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    q = q[:, :, :1]
+    if attn.fused_attn:
+        o = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0)
+    else:
+        o = attn.attn_drop((q * attn.scale @ k.transpose(-2, -1)).softmax(dim=-1)) @ v
+    o = attn.proj_drop(attn.proj(attn.norm(o.transpose(1, 2).reshape(batch, 1, -1))))
+    x = x[:, :1] + block.drop_path1(block.ls1(o))
+    return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
 
 
 def _effnet_prefix(net: nn.Module, x: torch.Tensor, cut: int) -> torch.Tensor:
