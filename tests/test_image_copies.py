@@ -57,9 +57,10 @@ def test_a_copied_image_is_refused_in_another_data_source_and_in_the_same_folder
     shutil.copytree("imgs/b", "copy/dogs")
     copied = _recipe(Path("copy.yaml"), "copy", ["cats", "dogs"], "copy")
     err = _refused_before_anything(capsys, copied, "copied")
-    assert "data source 'copy': image 'cats/0001.png' has the same bytes as an image of data source 'imgs' (" in err
+    assert "data source 'copy': image 'cats/0001.png' has the same bytes as 'a/0001.png' of data source 'imgs' (" in err
     assert "trained and charged as a record of its own, and stay trained after a deletion of the other" in err
-    assert "take it out of this data, or train it as that data source" in err
+    assert "take it out of this data: data source 'imgs' holds the image already (16 images of it are copies; " \
+           "byte-identical images are one record here)" in err
     # other images there register as usual
     shutil.rmtree("copy")
     write_image_folder(Path("copy"), 6, size=14)
@@ -86,11 +87,53 @@ def test_a_copied_image_is_refused_in_another_data_source_and_in_the_same_folder
     Path("imgs/b/0201.png").unlink()
     assert _train(capsys, _recipe(Path("r.yaml"), "imgs", ["a", "b"], "imgs"), "grown")[0] == 0
 
+    # two new copies of another source's image: both named as that (keeping either would be refused next)
+    shutil.copy("imgs/a/0003.png", "copy/cats/x1.png")
+    shutil.copy("imgs/a/0003.png", "copy/dogs/x2.png")
+    err = _refused_before_anything(capsys, copied, "copies")
+    assert "image 'cats/x1.png' has the same bytes as 'a/0003.png' of data source 'imgs'" in err
+    assert "(2 images of it are copies; " in err
+    Path("copy/cats/x1.png").unlink()
+    Path("copy/dogs/x2.png").unlink()
+
     # a deletion keeps nothing derived from the record: its image's tag goes too
     code, _, err = run_cli(capsys, "forget", "a/0001.png", "--request-id", "r1", "--retrain", "-w", "ws")
     assert code == 0, err
     content = json.loads(Path("ws/data-sources.json").read_text())["content"]["imgs"]
     assert commit("a/0001.png", key) not in content["images"] and len(content["images"]) == 16
+    # review 114: while its file is still in the folder (allowed), a copy of it would train the deleted image again
+    shutil.copy("imgs/a/0001.png", "imgs/b/0001-again.png")
+    err = _refused_before_anything(capsys, _recipe(Path("r.yaml"), "imgs", ["a", "b"], "imgs"), "after")
+    assert "image 'b/0001-again.png' has the same bytes as 'a/0001.png', which a deletion request removed: it would " \
+           "train the deleted image again; take it out of the data" in err
+    Path("imgs/b/0001-again.png").unlink()
+    images = json.loads(Path("ws/data-sources.json").read_text())["content"]["imgs"]["images"]
+    assert len(images) == 16 and commit("b/0001-again.png", key) not in images
+
+
+def test_images_given_to_the_python_api_are_checked_for_copies_too(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 114: ``Workspace.train`` with records read directly (no loader registered) trained a renamed copy of a
+    registered folder."""
+    from dp_tangent.backbones import BackboneSpec
+    from dp_tangent.data.images import image_folder_records
+    from dp_tangent.training import PrivacySpec, TrainConfig
+    from dp_tangent.workspace.data_sources import DataSourceError
+
+    monkeypatch.chdir(tmp_path)
+    write_image_folder(Path("imgs"), 8)
+    assert _train(capsys, _recipe(Path("r.yaml"), "imgs", ["a", "b"], "imgs"), "first")[0] == 0
+    shutil.copytree("imgs/a", "copy/cats")
+    shutil.copytree("imgs/b", "copy/dogs")
+    ws = Workspace.open("ws")
+    events = len(ws.ledger.events())
+    records = image_folder_records(Path("copy"), 16, classes=["cats", "dogs"])
+    with pytest.raises(DataSourceError, match=r"image 'cats/0001.png' has the same bytes as 'a/0001.png' of data "
+                                              r"source 'imgs'"):
+        ws.train(BackboneSpec(name="test_efficientnet", num_classes=2), "head", records, data_source="apicopy",
+                 shard="s0", name="apicopy-0", privacy=PrivacySpec(epsilon=8, delta=1e-5),
+                 config=TrainConfig(epochs=1, batch_size=4))
+    assert len(ws.ledger.events()) == events and ws.list_components() == ["first-shard-0"]
 
 
 def test_a_registry_without_image_tags_gains_them_and_then_finds_copies_already_registered(
@@ -113,5 +156,6 @@ def test_a_registry_without_image_tags_gains_them_and_then_finds_copies_already_
     code, _, err = _train(capsys, _recipe(Path("copy.yaml"), "copy", ["x", "y"], "copy"), "copied")
     assert code == 0, err  # nothing to compare with yet
     err = _refused_before_anything(capsys, original, "again")
-    assert "data source 'imgs': image 'a/0001.png' has the same bytes as an image of data source 'copy' (" in err
+    assert "data source 'imgs': image 'a/0001.png' has the same bytes as 'x/0001.png' of data source 'copy' (" in err
     assert "the workspace holds both as records: file a deletion request for one (`dp-tangent forget a/0001.png" in err
+    assert "(8 images of it are copies; " in err

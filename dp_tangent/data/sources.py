@@ -11,7 +11,7 @@ one back. A new kind (text, ...) registers its own.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeVar
 
@@ -129,6 +129,16 @@ def _input_digests(inputs: torch.Tensor | object) -> list[bytes]:
         return [hashlib.sha256(np.ascontiguousarray(pixels[i]).tobytes()).digest() for i in inputs.indices]
     rows = torch.as_tensor(inputs).detach().to(torch.float32).contiguous().reshape(len(inputs), -1).numpy()
     return [hashlib.sha256(row.tobytes()).digest() for row in rows]
+
+
+def image_digest(records: RecordSet) -> Iterator[tuple[str, bytes]]:
+    """(record id, sha256 of its file's bytes) of each record of an image folder, read one at a time (none for other
+    records)."""
+    from .images import ImageFiles
+
+    if isinstance(records.inputs, ImageFiles):
+        for record_id, name in zip(records.record_ids, records.inputs.files):
+            yield record_id, _file_digest(Path(records.inputs.root) / name)
 
 
 def content_digests(records: RecordSet) -> tuple[list[bytes], list[bytes] | None]:

@@ -16,6 +16,7 @@ shard, however the remaining files are ordered.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -195,7 +196,7 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
         if differences:
             raise _not_as_registered(name, differences, source)
         if images is not None:
-            _refuse_copies(name, records.record_ids, images, old, deleted, sources)
+            _refuse_copies(name, records.record_ids, images, old, deleted, sources, _tag_key(key))
         if not moved and set(tags) <= set(old.tags) and old.canonical is not None and (images is None or
                                                                                         old.images is not None):
             return None
@@ -206,7 +207,7 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
             test |= {c for c in (commit(r, key) for r in (test_split.record_ids if test_split else ())) if c in added}
     else:
         if images is not None:
-            _refuse_copies(name, records.record_ids, images, None, deleted, sources)
+            _refuse_copies(name, records.record_ids, images, None, deleted, sources, _tag_key(key))
         test_split = source.test_split()  # reads the data again: only for a first registration
         test = {commit(r, key) for r in (test_split.record_ids if test_split else ())}
     file_tag = _refuse_rekeyed(name, source, sources, key)
@@ -219,47 +220,109 @@ def registered(ws: Workspace, name: str, source: ReloadableSource) -> bytes | No
 
 
 def _refuse_copies(name: str, ids: Sequence[str], images: Mapping[str, str], old: Content | None, deleted: set[str],
-                   sources: Sources) -> None:
+                   sources: Sources, tag_key: bytes) -> None:
     """No image of data source ``name`` (``images``: commitment -> keyed tag of the image alone, in the order of
-    record ``ids``) is a byte-identical copy of another record's, of this source or another (review 112: a folder
-    copied with its class folders renamed was new records, each copy trained and charged apart, so every printed
-    epsilon understated what the images went through, and a deletion left the copies trained). Checked for the
-    records new to the registry, or all of them where it kept no such tags before (an earlier version registered
-    them); a deleted record's tag is not kept, so a copy of a deleted image under another name is not recognised."""
+    record ``ids``, deleted records read too) is a byte-identical copy of another record's image: of another source,
+    of a record a deletion removed whose file the data still holds, or of another record of this source (review
+    112: a folder copied with its class folders renamed was new records, each copy trained and charged apart, so
+    every printed epsilon understated what the images went through, and a deletion left the copies trained).
+    Checked for the records new to the registry, or all of them where it kept no such tags before (an earlier
+    version registered them). A deleted image whose file is gone is not recognised: nothing derived from it is
+    kept. The refusal names the first copy and its original, and counts the others."""
     known = old.images if old is not None and old.images is not None else {}
     registered = old.tags if old is not None else {}
-    live = {c: t for c, t in images.items() if c not in deleted}
     record_id = dict(zip(images, ids))
-    first: dict[str, str] = {}  # tag -> the first record of this source holding it
-    for commitment, tag in live.items():
-        other = first.setdefault(tag, commitment)
-        if other == commitment or (commitment in known and other in known):
-            continue
-        copy, original = ((other, commitment) if other not in registered and commitment in registered
-                          else (commitment, other))  # the new one, else the later one
-        if copy in registered:  # both: registered by an earlier version
-            advice = (f"the workspace holds both as records: file a deletion request for one (`dp-tangent forget "
-                      f"{shlex.quote(record_id[copy])} -w WORKSPACE`)")
-        else:
-            advice = "take it out of the data" if original in registered else "keep one of the two files"
-        raise DataSourceError(f"data source {name!r}: image {record_id[copy]!r} has the same bytes as "
-                              f"{record_id[original]!r}{_COPY}; {advice}")
+    removed = {tag: c for c, tag in images.items() if c in deleted}  # their files are still in the data
     elsewhere = {tag: (other, c) for other, content in sources.content.items() if other != name and content.images
                  for c, tag in content.images.items()}
-    for commitment, tag in live.items():
-        other, held = elsewhere.get(tag, (None, commitment))
-        if held == commitment or commitment in known:  # the same id there (one record), or checked when registered
+    first: dict[str, str] = {}  # tag -> the first record of this source holding it
+    found: list[Callable[[], str]] = []  # each copy's refusal, made only for the first
+    for commitment, tag in images.items():
+        if commitment in deleted:
             continue
-        root = (sources.sources.get(other, {}).get("data") or {}).get("root")
-        advice = (f"the workspace holds both as records: file a deletion request for one (`dp-tangent forget "
-                  f"{shlex.quote(record_id[commitment])} -w WORKSPACE` for this one)" if commitment in registered else
-                  "take it out of this data, or train it as that data source")
-        raise DataSourceError(f"data source {name!r}: image {record_id[commitment]!r} has the same bytes as an image "
-                              f"of data source {other!r}{f' ({root})' if root else ''}{_COPY}; {advice}")
+        other = first.setdefault(tag, commitment)
+        checked = commitment in known  # when it was registered
+        held = commitment in registered
+        if tag in elsewhere and elsewhere[tag][1] != commitment and not checked:  # the same id there: one record
+            found.append(functools.partial(_copied_elsewhere, name, record_id[commitment], *elsewhere[tag], tag,
+                                           held, sources, tag_key))
+        elif tag in removed and not checked:
+            advice = (f"the workspace holds it as a record: file a deletion request for it too (`dp-tangent forget "
+                      f"{shlex.quote(record_id[commitment])} -w WORKSPACE`)" if held else "take it out of the data")
+            found.append(functools.partial(str, f"data source {name!r}: image {record_id[commitment]!r} has the same "
+                                                f"bytes as {record_id[removed[tag]]!r}, which a deletion request "
+                                                f"removed: it would train the deleted image again; {advice}"))
+        elif other != commitment and not (checked and other in known):
+            copy, original = ((other, commitment) if other not in registered and held
+                              else (commitment, other))  # the new one, else the later one
+            if copy in registered:  # both: registered by an earlier version
+                advice = (f"the workspace holds both as records: file a deletion request for one (`dp-tangent forget "
+                          f"{shlex.quote(record_id[copy])} -w WORKSPACE`)")
+            else:
+                advice = "take it out of the data" if original in registered else "keep one of the two files"
+            found.append(functools.partial(str, f"data source {name!r}: image {record_id[copy]!r} has the same bytes "
+                                                f"as {record_id[original]!r}{_COPY}; {advice}"))
+    if found:
+        more = f" ({len(found)} images of it are copies; byte-identical images are one record here)" \
+            if len(found) > 1 else ""
+        raise DataSourceError(found[0]() + more)
 
 
 _COPY = (": a copy would be trained and charged as a record of its own, and stay trained after a deletion of the "
          "other")
+
+
+def _copied_elsewhere(name: str, record_id: str, other: str, held_as: str, tag: str, held: bool, sources: Sources,
+                      tag_key: bytes) -> str:
+    """The refusal of image ``record_id`` of data source ``name``, a copy of the image data source ``other`` holds
+    as commitment ``held_as`` (``tag``: their images' keyed tag); ``held``: registered already (by an earlier
+    version). The original is named where that source's folder still holds it (read now: the registry keeps no
+    ids)."""
+    root = (sources.sources.get(other, {}).get("data") or {}).get("root")
+    original = _image_with_tag(sources.sources.get(other), tag, tag_key)
+    what = f"{original!r} of data source {other!r}" if original else f"an image of data source {other!r}"
+    advice = (f"the workspace holds both as records: file a deletion request for one (`dp-tangent forget "
+              f"{shlex.quote(record_id)} -w WORKSPACE` for this one)" if held else
+              f"take it out of this data: data source {other!r} holds the image already")
+    return (f"data source {name!r}: image {record_id!r} has the same bytes as {what}{f' ({root})' if root else ''}"
+            f"{_COPY}; {advice}")
+
+
+def _image_with_tag(entry: dict[str, Any] | None, tag: str, tag_key: bytes) -> str | None:
+    """The id of the image of a registered source (its value ``entry``) whose keyed tag is ``tag``, reading its
+    folder now, file by file, until found; None where it cannot tell."""
+    from ..data.sources import image_digest
+
+    try:
+        source = parse_source(entry) if entry is not None else None
+        records = source.records() if source is not None else None
+        for record_id, digest in image_digest(records) if records is not None else ():
+            if hmac.new(tag_key, b"image\0" + digest, hashlib.sha256).hexdigest()[:32] == tag:
+                return record_id
+    except (DPTangentError, OSError, ValueError):  # moved, unreadable: the source is named all the same
+        return None
+    return None
+
+
+def refuse_copied_images(ws: Workspace, name: str, record_sets: Sequence[RecordSet]) -> None:
+    """For records given to training directly (the Python API, which registers no loader): refuse any image that is
+    a copy of another's, as a registration does (:func:`_refuse_copies`), unless the registry holds every one of
+    them as data source ``name``'s already (a recipe's run, just registered: not read twice)."""
+    sources, key = _read(ws), ws.manifest_key()
+    content = sources.content.get(name)
+    given = [records for records in record_sets if _holds_image_files(records)]
+    held = content.images if content is not None and content.images is not None else {}
+    if all(commit(r, key) in held for records in given for r in records.record_ids):
+        return
+    images = {c: t for records in given for c, t in (_digested(ws, records)[1] or {}).items()}
+    ids = [r for records in given for r in records.record_ids]
+    _refuse_copies(name, ids, images, content, set(Tombstones(ws.root).read()), sources, _tag_key(key))
+
+
+def _holds_image_files(records: RecordSet) -> bool:
+    from ..data.images import ImageFiles
+
+    return isinstance(records.inputs, ImageFiles)
 
 
 def _as_registered(source: ReloadableSource) -> ReloadableSource:

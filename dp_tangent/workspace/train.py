@@ -125,6 +125,9 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
         jobs, excluded, commitments = _without_deleted(ws, jobs, key, deleted)
         by_name = {job.name: job for job in jobs}
         _check_names(ws, jobs)  # a refused name spends nothing and is not logged
+        if purpose == "training":  # (a retraining after a deletion trains no new record, and is never refused)
+            # images given directly (the Python API registers no loader) are checked for copies as a registration is
+            data_sources.refuse_copied_images(ws, data_source, [job.records for job in jobs])
 
         reservations: dict[str, str] = {}
 
