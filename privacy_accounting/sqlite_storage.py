@@ -196,7 +196,7 @@ class SQLiteStorage:
                 _migrate(conn, version)
 
     @contextmanager
-    def _errors(self) -> Iterator[None]:
+    def _errors(self, write: bool = False) -> Iterator[None]:
         try:
             yield
         except sqlite3.OperationalError as exc:
@@ -206,6 +206,10 @@ class SQLiteStorage:
                     f"ledger {self._path} stayed locked by another writer for more than "
                     f"{self._busy_timeout:g} s ({exc})"
                 ) from exc
+            if "unable to open" in text and write and self._path.is_file():  # the journal beside it (review 115)
+                raise LedgerWriteError(f"cannot write ledger {self._path}: SQLite could not create its journal beside "
+                                       f"it ({exc}): a full disk or inode table, or a folder it may not write to; the "
+                                       "ledger is as it was before this write") from exc
             if "unable to open" in text:
                 raise LedgerError(f"cannot open ledger {self._path}: {exc}") from exc
             if "full" in text or "disk i/o" in text:  # SQLITE_FULL, SQLITE_IOERR: the disk, not the ledger
@@ -224,7 +228,7 @@ class SQLiteStorage:
         process killed meanwhile, leaves the ledger as it was); reads inside see them."""
         if self._shared is not None:
             raise LedgerError("atomically() blocks do not nest")
-        with self._errors():
+        with self._errors(write=True):
             conn = self._connect()
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -256,7 +260,7 @@ class SQLiteStorage:
     def _transaction(self, *, write: bool, commit: bool = True) -> Iterator[sqlite3.Connection]:
         shared = self._shared
         if shared is not None:  # inside atomically(): its transaction, a savepoint for what may be undone
-            with self._errors():
+            with self._errors(write=True):
                 shared.execute("SAVEPOINT call")
                 try:
                     yield shared
@@ -269,7 +273,7 @@ class SQLiteStorage:
                         shared.execute("RELEASE call")
                     raise
             return
-        with self._errors():
+        with self._errors(write=write):
             conn = self._connect()
             try:
                 conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")

@@ -922,8 +922,8 @@ def test_a_full_disk_before_the_commit_point_leaves_no_staging_and_says_nothing_
         disk.setattr(commit_module, "atomic_write_text", full)
         code, _, err = run_cli(capsys, "compose", "c0", "c1", "--name", "m2", "-w", "ws")
     assert code == 2 and len(err.strip().splitlines()) == 1, err
-    assert f"no space left on the disk of {Path('ws').absolute()} to stage the composition: nothing was changed; " \
-           "free some space and run the command again" in err, err
+    assert f"no space left on the disk of {Path('ws').absolute()} to stage the composition, which was therefore not " \
+           "made; free some space and run the command again" in err, err
     assert not (ws.root / PENDING).exists() and ws.audit.entries() == entries
     assert ws.audit.verify().ok
     code, _, err = run_cli(capsys, "compose", "c0", "c1", "--name", "m2", "-w", "ws")
@@ -946,3 +946,138 @@ def test_a_refusal_quotes_what_blocks_an_interrupted_operation_not_the_interrupt
     assert quoted.startswith("entry 6: file .pending is not part of an interrupted operation's staging"), err
     assert "were interrupted" not in quoted, err
     assert "; an interrupted operation waits too, finished once the rest is restored)" in err
+
+
+def test_a_short_write_to_the_log_past_the_commit_point_says_the_change_is_not_lost(ws, monkeypatch, capsys) -> None:
+    """Review 115: any failure past the commit point (a short write to the audit log, not only a full disk) is
+    finished by the next command, and says so."""
+    from dp_tangent.workspace.audit_log import AuditLog, AuditLogError
+    from helpers import run_cli
+
+    append = AuditLog.append
+
+    def short(self, operation, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        if operation == "budget_change":
+            raise AuditLogError(f"short write to {self.path} (a full disk or a file-size limit?); the entry was not "
+                                "logged and the log is as it was")
+        return append(self, operation, **kwargs)
+
+    with monkeypatch.context() as disk:
+        disk.setattr(AuditLog, "append", short)
+        code, _, err = run_cli(capsys, "budget", "set", "toy/s0", "12", "-w", "ws")
+    assert code == 2 and "short write to" in err and "the budget_change passed its commit point, so it is not " \
+        "lost" in err, err
+    code, _, err = run_cli(capsys, "requests", "list", "-w", "ws")
+    assert code == 0 and "finished the budget_change" in err and Workspace.open("ws").audit.verify().ok
+
+
+def test_a_release_failing_past_its_commit_point_keeps_its_bundle_for_the_same_release_again(ws, monkeypatch,
+                                                                                            capsys) -> None:
+    """Review 115: the bundle was removed, and the next command logged a release of a bundle that existed nowhere."""
+    import errno
+
+    import dp_tangent.workspace.commit as commit_module
+    from helpers import run_cli
+
+    finish = commit_module._finish
+
+    def full(ws_, staging):  # noqa: ANN001, ANN202
+        change = json.loads((staging / "intent.json").read_text())
+        if change["operation"] == "release":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return finish(ws_, staging)
+
+    assert run_cli(capsys, "budget", "set", "toy", "50", "-w", "ws")[0] == 0  # a release states the budgets
+    with monkeypatch.context() as disk:
+        disk.setattr(commit_module, "_finish", full)
+        code, _, err = run_cli(capsys, "release", "m", "-o", "out", "-w", "ws")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "its bundle is complete in " in err, err
+    waiting = err.split("its bundle is complete in ")[1].split(":")[0]
+    assert f"the release of 'm' to {Path('out').absolute()} passed its commit point, so it is not lost" in err
+    assert Path(waiting).is_dir() and not Path("out").exists()
+    code, out, err = run_cli(capsys, "release", "m", "-o", "out", "-w", "ws")
+    assert code == 0 and Path("out/release.json").is_file() and not Path(waiting).exists(), err
+    releases = [e for e in Workspace.open("ws").audit.entries() if e.operation == "release"]
+    assert len(releases) == 1 and Workspace.open("ws").audit.verify().ok
+
+
+def test_a_trained_shard_whose_completion_cannot_be_finished_yet_is_not_called_missing(ws, monkeypatch,
+                                                                                       mlp_backbone) -> None:
+    """Review 115: the completion failed past its commit point while the disk stayed full: the shard was reported as
+    having no component, with a bare errno, and to be trained again (which the next command then refused)."""
+    import errno
+
+    from dp_tangent.workspace import ShardJob
+
+    from dp_tangent.workspace.audit_log import AuditLog
+
+    append = AuditLog.append
+
+    def full(self, operation, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        if operation == "training":  # the completion's entry: its files moved, its ledger operation done
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return append(self, operation, **kwargs)
+
+    with monkeypatch.context() as disk:
+        disk.setattr(AuditLog, "append", full)  # and so the disk stays while train_all runs
+        run = ws.train_all(mlp_backbone, None, [ShardJob("c2", "s2", records(2))], data_source="toy",
+                           privacy=PrivacySpec(noise_multiplier=1.0), config=FAST)
+    assert run.completed == [] and [f.name for f in run.failed] == ["c2"] and run.failed[0].committed
+    assert "the training passed its commit point, so it is not lost" in run.failed[0].reason
+    reopened = Workspace.open("ws")  # the disk has room again: the next command finishes it
+    assert "c2" in reopened.list_components() and reopened.audit.verify().ok
+    assert [e.status.value for e in reopened.ledger.events() if e.component == "c2"] == ["completed"]
+
+
+def test_a_write_the_disk_cannot_take_names_its_file_and_leaves_nothing(tmp_path, monkeypatch) -> None:
+    """Review 115: a report or a release bundle on a full disk said only "[Errno 28] No space left on device"."""
+    import errno
+    import os
+
+    from dp_tangent.io import atomic_write_bytes
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match=r"No space left on device: '.*report\.html'") as raised:
+        atomic_write_bytes(tmp_path / "report.html", b"<html>")
+    assert raised.value.errno == errno.ENOSPC and list(tmp_path.iterdir()) == []
+
+
+def test_train_says_a_shard_whose_component_waits_is_trained_and_leaves_it_out_of_the_retry(
+        tmp_path, capsys, monkeypatch) -> None:
+    """Review 115: the command line listed such a shard among those to train again."""
+    import errno
+
+    from dp_tangent.workspace.audit_log import AuditLog
+    from helpers import run_cli
+    from owndata import mlp_recipe, write_npz, write_recipe
+
+    monkeypatch.chdir(tmp_path)
+    write_npz(Path("rows.npz"), n=64)
+    recipe = write_recipe(Path("rows.yaml"), mlp_recipe({"npz": {"path": "rows.npz"}}, in_features=6, classes=2,
+                                                        source="rows", shards={"count": 1}))
+    append = AuditLog.append
+
+    def full(self, operation, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        parameters = kwargs.get("parameters", {})  # the first shard's completion, and every try to finish it
+        if operation == "training" and parameters.get("component") == "rows-shard-0" and \
+                parameters.get("status") == "completed":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return append(self, operation, **kwargs)
+
+    with monkeypatch.context() as disk:
+        disk.setattr(AuditLog, "append", full)
+        code, out, err = run_cli(capsys, "train", "--init", str(recipe), "-w", "ws", "--executor", "serial")
+    assert code == 2, err
+    assert "rows-shard-0 (shard-0) trained, its component not yet in place: [Errno 28] No space left on device -- " \
+           "the training passed its commit point, so it is not lost" in err, err
+    assert "retry them with" not in err and "FAILED" not in err
+    assert "is finished by the next command that is not a check (e.g. `dp-tangent requests list`); then compose the " \
+           "model (no training, no budget): dp-tangent compose rows-shard-0 --name rows -w" in err
+    code, _, err = run_cli(capsys, "requests", "list", "-w", "ws")
+    assert code == 0 and "finished the training" in err
+    code, _, err = run_cli(capsys, "compose", "rows-shard-0", "--name", "rows", "-w", "ws")
+    assert code == 0 and Workspace.open("ws").audit.verify().ok, err

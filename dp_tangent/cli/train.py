@@ -244,6 +244,7 @@ def train(
 
     from ..recipes import load_recipe
     from ..workspace import Workspace, check_name
+    from ..workspace.commit import ChangeCommittedError
 
     name = check_name(name or recipe_path.stem, "model")
     listen_to_workspaces()  # a change a killed command left, finished here or under the lock, is said (review 108)
@@ -340,7 +341,7 @@ def train(
                                        progress=steps, deleted="exclude", allow_overlap=allow_overlap,
                                        theta0=theta0)
             _outcome(ws, recipe, name, test, run, retry)
-        except (KeyboardInterrupt, OSError):  # stopped, or the disk filled: what is left to do, then the cause
+        except (KeyboardInterrupt, OSError, ChangeCommittedError):  # stopped, or the disk filled: what is left to do
             done = _components_by_shard(ws, name)
             missing = _missing_shards(done, count)
             if missing and any(e.component in {j.name for j in jobs} for e in ws.ledger.events()):
@@ -381,6 +382,12 @@ def _workspace_free(ws: Workspace) -> bool:
 
     with workspace_lock_if_free(ws.root) as free:
         return free
+
+
+def _shard_number(name: str, component: str) -> int | None:
+    """The shard number of model ``name``'s component ``component`` (None: not one of its)."""
+    match = re.compile(_COMPONENT.format(name=re.escape(name))).match(component)
+    return int(match.group(1)) if match else None
 
 
 def _missing_shards(done: dict[int, str], count: int) -> list[int]:
@@ -453,14 +460,30 @@ def _report(ws: Workspace, recipe: Recipe, name: str, test: RecordSet | None, ru
         typer.echo(with_accuracy(line, component.deltas) + where)
         source, shard = component.metadata.data_source, component.metadata.shard
         typer.echo(f"  {source}/{shard}: {shard_state(ws.ledger, source, shard).text()}")
-    for failure in sorted(run.failed, key=lambda f: f.name):
+    from ..workspace.commit import has_pending_changes
+
+    waiting = has_pending_changes(ws.root)  # (a later change of this run finishes a waiting component first)
+    committed: dict[int, str] = {}  # shards trained whose component the next command finishes (review 115: they
+    for failure in sorted(run.failed, key=lambda f: f.name):  # were said to have none, and to be trained again)
+        if failure.committed:
+            if waiting:
+                committed[_shard_number(name, failure.name)] = failure.name
+                typer.secho(f"{failure.name} ({failure.shard}) trained, its component not yet in place: "
+                            f"{failure.reason}", err=True, fg=typer.colors.YELLOW)
+            continue
         typer.secho(f"{failure.name} ({failure.shard}) FAILED: {failure.reason}; its reserved budget stays spent",
                     err=True, fg=typer.colors.RED)
-    done = _components_by_shard(ws, name)
-    missing = _missing_shards(done, recipe.shards.count)
+    done = {k: c for k, c in _components_by_shard(ws, name).items() if k not in committed}
+    missing = [k for k in _missing_shards(done, recipe.shards.count) if k not in committed]
     if missing:
         raise ShardsMissingError(f"model {name!r} not composed: shard(s) {', '.join(map(str, missing))} have no "
                                  f"component; retry them with: {_retry_command(retry, missing)}")
+    if committed:
+        compose = _compose_command(ws, name, {**done, **committed}, recipe.shards.count)
+        raise ShardsMissingError(f"model {name!r} not composed: the component of shard(s) "
+                                 f"{', '.join(map(str, sorted(committed)))} is finished by the next command that is "
+                                 "not a check (e.g. `dp-tangent requests list`); then compose the model (no training, "
+                                 f"no budget): {compose}")
     components = [done[k] for k in range(recipe.shards.count)]
     ws.compose_model(name, components, method="mean")
     guarantee = ws.ledger.model_guarantee(name)

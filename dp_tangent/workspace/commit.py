@@ -35,8 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from privacy_accounting.errors import LedgerWriteError
-
 from ..interrupts import deferred_interrupts
 from ..io import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_file, written_by_killed_write
 from .audit_log import DERIVED_FOLDERS, OPERATIONS, Artifact, AuditEntry, vouching
@@ -128,6 +126,8 @@ def apply(ws: "Workspace", change: Change) -> AuditEntry:
     with ws.lock():
         for op in change.ledger:  # what the ledger would refuse is refused before anything is written
             op.check(ws.ledger)
+        if has_pending_changes(ws.root):  # one of this command's, failed past its commit point (review 115): it
+            _finish_earlier(ws)            # explains the ledger this change is checked against, so it goes first
         commit_id = uuid.uuid4().hex
         staging = ws.root / PENDING / commit_id
         with deferred_interrupts():
@@ -135,18 +135,36 @@ def apply(ws: "Workspace", change: Change) -> AuditEntry:
                 _stage(staging, change, commit_id)
             except Exception as err:
                 if (staging / INTENT).is_file():  # its commit point passed: finishing it is all that is left
-                    raise _committed(change, err) from err
+                    raise ChangeCommittedError(change.operation, err) from err
                 _discard(staging)  # (review 113: left, it read as planted until another command ran)
                 if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-                    raise WorkspaceError(f"no space left on the disk of {ws.root} to stage the {change.operation}: "
-                                         "nothing was changed; free some space and run the command again") from err
+                    raise WorkspaceError(f"no space left on the disk of {ws.root} to stage the {change.operation}, "
+                                         "which was therefore not made; free some space and run the command "
+                                         "again") from err
                 raise
             try:
                 return _finish(ws, staging)
-            except WorkspaceIntegrityError:
+            except WorkspaceIntegrityError:  # refused, recorded: the change stays unfinished until that is resolved
                 raise
-            except (OSError, LedgerWriteError) as err:  # the disk, not the change: it is finished later
-                raise _committed(change, err) from err
+            except Exception as err:  # a full disk, a short write to the log: finished by the next command
+                raise ChangeCommittedError(change.operation, err) from err
+
+
+def has_pending_changes(root: Path) -> bool:
+    """Whether a change of the workspace at ``root`` passed its commit point and is not finished."""
+    return any(_pending_intents(root))
+
+
+def _finish_earlier(ws: "Workspace") -> None:
+    """Finish the changes that passed their commit point before this one, or refuse this one (nothing staged)."""
+    try:
+        finish_interrupted(ws)
+    except WorkspaceIntegrityError:
+        raise
+    except Exception as err:
+        raise WorkspaceError(f"{err} -- an earlier change passed its commit point and cannot be finished yet, so no "
+                             "other is made: once this is resolved, the next command that is not a check finishes it "
+                             "(e.g. `dp-tangent requests list`)") from err
 
 
 def _discard(staging: Path) -> None:
@@ -156,13 +174,16 @@ def _discard(staging: Path) -> None:
         staging.parent.rmdir()
 
 
-def _committed(change: Change, err: BaseException) -> WorkspaceError:
-    """The error of ``change`` failing past its commit point (e.g. a full disk): it is not lost, and a later command
-    finishes it (review 113: "ledger cannot be read: no such savepoint" and exit 2, then the next command applied
-    the change the operator took as failed)."""
-    return WorkspaceError(f"{err} -- the {change.operation} passed its commit point, so it is not lost: once this is "
-                          "resolved, the next command that is not a check finishes it (e.g. `dp-tangent requests "
-                          "list`)")
+class ChangeCommittedError(WorkspaceError):
+    """A change failed past its commit point (e.g. a full disk): it is not lost, and the next command that is not a
+    check finishes it (review 113: "ledger cannot be read: no such savepoint" and exit 2, then the next command
+    applied the change the operator took as failed). ``operation``: the change's; ``cause``: the error."""
+
+    def __init__(self, operation: str, cause: BaseException) -> None:
+        self.operation, self.cause = operation, cause
+        super().__init__(f"{cause} -- the {operation} passed its commit point, so it is not lost: once this is "
+                         "resolved, the next command that is not a check finishes it (e.g. `dp-tangent requests "
+                         "list`)")
 
 
 def finish_interrupted(ws: "Workspace") -> list[str]:

@@ -42,6 +42,7 @@ from ..components.release_bundle import (BASE_CHECKPOINT, DELTAS_FILE, FORMAT, N
                                          read_statement)
 from ..interrupts import deferred_interrupts
 from ..io import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_file, written_by_killed_write
+from .commit import ChangeCommittedError
 from .names import WorkspaceError
 
 if TYPE_CHECKING:
@@ -235,6 +236,11 @@ def release(ws: "Workspace", model: str, out_dir: str | os.PathLike[str], *, ope
         with deferred_interrupts():
             try:
                 ws.record_release(model, destination=str(target), operator=operator, bundle=digests)
+            except ChangeCommittedError as err:  # logged by the next command: the bundle waits (review 115)
+                raise WorkspaceError(f"{err.cause} -- the release of {model!r} to {target} passed its commit point, "
+                                     f"so it is not lost, and its bundle is complete in {staging}: once this is "
+                                     f"resolved, release the same model to {target} again, which logs it and moves "
+                                     "the bundle there") from err
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise

@@ -47,7 +47,7 @@ from ..training.validation import check_batch_size
 from ..training.write import ComponentFile, TrainedComponent, component_file
 from . import data_sources, gram_cache
 from .audit_log import Artifact
-from .commit import Change, FileRemoval, FileWrite, apply, finish_interrupted
+from .commit import Change, ChangeCommittedError, FileRemoval, FileWrite, apply, finish_interrupted
 from .ledger_ops import CompleteReservation, FailReservation, LedgerOp
 from .names import WorkspaceError
 from .tombstones import Tombstones
@@ -79,6 +79,9 @@ class FailedShard:
     worker: dict[str, object]
     lost: bool = False
     error: BaseException | None = None
+    # trained, and its completion committed but not finished (e.g. the disk full): the next command finishes it, its
+    # component included; its reservation is not failed
+    committed: bool = False
 
 
 @dataclass(frozen=True)
@@ -203,7 +206,8 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
             job = open_jobs.pop(name)
             # a change that failed after its commit point (its files half moved when the disk filled) is finished
             # first, as the next command would: a reservation it completed is not failed over it
-            finish_interrupted(ws)
+            with contextlib.suppress(Exception):  # still failing (the disk still full): the next command does it
+                finish_interrupted(ws)
             if ws.ledger.event(reservations[name]).status is not Status.RESERVED:
                 return
             failed.append(FailedShard(job.name, job.shard, reason, worker, lost, error))
@@ -232,9 +236,18 @@ def train_all(ws: "Workspace", backbone: BackboneSpec, trainable: str | None, jo
                 if config.keep_features is False:  # none of the shard's features kept, under any key or mode
                     own = caches[job.name].path if job.name in caches else None
                     cache_writes += gram_cache.declining(ws, data_source, job.shard, own)
-                apply(ws, _completed_change(ws, operation, operator, backbone, job, data_source, purpose, built,
-                                            executor.name, trained.worker, excluded.get(job.name, 0),
-                                            cache_writes, cache_use, cache_removals))
+                try:
+                    apply(ws, _completed_change(ws, operation, operator, backbone, job, data_source, purpose, built,
+                                                executor.name, trained.worker, excluded.get(job.name, 0),
+                                                cache_writes, cache_use, cache_removals))
+                except ChangeCommittedError as err:  # the component is committed: finished now, or by a later command
+                    try:
+                        finish_interrupted(ws)
+                    except Exception:  # noqa: BLE001 -- still failing (the disk still full): not yet (review 115)
+                        del open_jobs[job.name]
+                        failed.append(FailedShard(job.name, job.shard, str(err), trained.worker, error=err,
+                                                  committed=True))
+                        return
             except Exception as err:  # noqa: BLE001 -- e.g. disk full: this shard failed, go on with the rest
                 fail(task.name, failure_reason(err), trained.worker, error=err, logged=logged_reason(err))
                 return

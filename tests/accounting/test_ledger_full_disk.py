@@ -43,3 +43,18 @@ def test_a_write_the_disk_cannot_take_names_the_full_disk_and_changes_nothing(tm
     assert "its disk is full (database or disk is full)" in message and "savepoint" not in message
     assert "the ledger is as it was before this write" in message and "\n" not in message
     assert ledger.state_digest() == before and ledger.budget("digits", "s0").epsilon == 8.0
+
+
+def test_a_journal_that_cannot_be_created_is_the_disk_not_a_missing_ledger(tmp_path: Path) -> None:
+    """Review 115: with the inode table full, SQLite cannot create its journal ("unable to open database file"),
+    which read as "cannot open ledger"."""
+    import sqlite3
+
+    ledger = SQLiteStorage(tmp_path / "ledger.sqlite")
+    with pytest.raises(LedgerWriteError, match=r"SQLite could not create its journal beside it \(unable to open "):
+        with ledger._errors(write=True):
+            raise sqlite3.OperationalError("unable to open database file")
+    with pytest.raises(Exception, match="cannot open ledger") as raised:  # reading: the file itself
+        with ledger._errors():
+            raise sqlite3.OperationalError("unable to open database file")
+    assert not isinstance(raised.value, LedgerWriteError)
