@@ -71,7 +71,8 @@ class ShardJob:
 
 @dataclass(frozen=True)
 class FailedShard:
-    """A component that was not produced; its reservation is marked failed and stays spent."""
+    """A component that was not produced, its reservation marked failed and its budget spent; or, ``committed``, one
+    trained whose completion failed past its commit point: the next command finishes it, component included."""
 
     name: str
     shard: str
@@ -79,9 +80,7 @@ class FailedShard:
     worker: dict[str, object]
     lost: bool = False
     error: BaseException | None = None
-    # trained, and its completion committed but not finished (e.g. the disk full): the next command finishes it, its
-    # component included; its reservation is not failed
-    committed: bool = False
+    committed: bool = False  # its reservation is then not failed
 
 
 @dataclass(frozen=True)
