@@ -244,7 +244,7 @@ def _refuse_copies(name: str, ids: Sequence[str], images: Mapping[str, str], old
         checked = commitment in known  # when it was registered
         held = commitment in registered
         if tag in elsewhere and elsewhere[tag][1] != commitment and not checked:  # the same id there: one record
-            found.append(functools.partial(_copied_elsewhere, name, record_id[commitment], *elsewhere[tag], tag,
+            found.append(functools.partial(_copied_elsewhere, name, record_id[commitment], elsewhere[tag][0], tag,
                                            held, sources, tag_key))
         elif tag in removed and not checked:
             advice = (f"the workspace holds it as a record: file a deletion request for it too (`dp-tangent forget "
@@ -272,12 +272,11 @@ _COPY = (": a copy would be trained and charged as a record of its own, and stay
          "other")
 
 
-def _copied_elsewhere(name: str, record_id: str, other: str, held_as: str, tag: str, held: bool, sources: Sources,
+def _copied_elsewhere(name: str, record_id: str, other: str, tag: str, held: bool, sources: Sources,
                       tag_key: bytes) -> str:
-    """The refusal of image ``record_id`` of data source ``name``, a copy of the image data source ``other`` holds
-    as commitment ``held_as`` (``tag``: their images' keyed tag); ``held``: registered already (by an earlier
-    version). The original is named where that source's folder still holds it (read now: the registry keeps no
-    ids)."""
+    """The refusal of image ``record_id`` of data source ``name``, a copy of an image data source ``other`` holds
+    (``tag``: their images' keyed tag); ``held``: registered already (by an earlier version). The original is named
+    where that source's folder still holds it (read now: the registry keeps no ids)."""
     root = (sources.sources.get(other, {}).get("data") or {}).get("root")
     original = _image_with_tag(sources.sources.get(other), tag, tag_key)
     what = f"{original!r} of data source {other!r}" if original else f"an image of data source {other!r}"
