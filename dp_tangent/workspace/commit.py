@@ -127,7 +127,7 @@ def apply(ws: "Workspace", change: Change) -> AuditEntry:
         for op in change.ledger:  # what the ledger would refuse is refused before anything is written
             op.check(ws.ledger)
         if has_pending_changes(ws.root):  # one of this command's, failed past its commit point (review 115): it
-            _finish_earlier(ws)            # explains the ledger this change is checked against, so it goes first
+            finish_earlier(ws)             # explains the ledger this change is checked against, so it goes first
         commit_id = uuid.uuid4().hex
         staging = ws.root / PENDING / commit_id
         with deferred_interrupts():
@@ -155,16 +155,28 @@ def has_pending_changes(root: Path) -> bool:
     return any(_pending_intents(root))
 
 
-def _finish_earlier(ws: "Workspace") -> None:
-    """Finish the changes that passed their commit point before this one, or refuse this one (nothing staged)."""
+class EarlierChangeWaitingError(WorkspaceError):
+    """A change passed its commit point and cannot be finished yet (e.g. the disk still full): no other is made."""
+
+
+def finish_earlier(ws: "Workspace") -> list[str]:
+    """Finish the changes that passed their commit point (:func:`finish_interrupted`), or refuse what comes next
+    (review 116: other commands said only the errno of the earlier change's temporary file)."""
     try:
-        finish_interrupted(ws)
+        return finish_interrupted(ws)
     except WorkspaceIntegrityError:
         raise
     except Exception as err:
-        raise WorkspaceError(f"{err} -- an earlier change passed its commit point and cannot be finished yet, so no "
-                             "other is made: once this is resolved, the next command that is not a check finishes it "
-                             "(e.g. `dp-tangent requests list`)") from err
+        raise EarlierChangeWaitingError(
+            f"{err} -- an earlier change passed its commit point and cannot be finished yet, so nothing more is done: "
+            "once this is resolved, the next command that is not a check finishes it (e.g. `dp-tangent requests "
+            "list`)") from err
+
+
+def pending_components(root: Path) -> set[str]:
+    """The components whose training passed its commit point and is not finished (their intents name them)."""
+    return {str(intent["parameters"]["component"]) for _, intent in _pending_intents(root)
+            if isinstance(intent.get("parameters"), dict) and intent["parameters"].get("component")}
 
 
 def _discard(staging: Path) -> None:

@@ -236,11 +236,17 @@ def release(ws: "Workspace", model: str, out_dir: str | os.PathLike[str], *, ope
         with deferred_interrupts():
             try:
                 ws.record_release(model, destination=str(target), operator=operator, bundle=digests)
-            except ChangeCommittedError as err:  # logged by the next command: the bundle waits (review 115)
-                raise WorkspaceError(f"{err.cause} -- the release of {model!r} to {target} passed its commit point, "
-                                     f"so it is not lost, and its bundle is complete in {staging}: once this is "
-                                     f"resolved, release the same model to {target} again, which logs it and moves "
-                                     "the bundle there") from err
+            except ChangeCommittedError as err:  # logged by the next command, so in place now (reviews 115, 116:
+                try:                             # any command then logged a release whose bundle was hidden)
+                    _move_into_place(staging, target)
+                except OSError:
+                    raise WorkspaceError(f"{err.cause} -- the release of {model!r} to {target} passed its commit "
+                                         f"point, so it is not lost, and its bundle is complete in {staging}: once "
+                                         f"this is resolved, release the same model to {target} again, which moves "
+                                         "the bundle there") from err
+                raise WorkspaceError(f"{err.cause} -- the release of {model!r} to {target} passed its commit point and "
+                                     "its bundle is in place; its log entry is written by the next command that is "
+                                     "not a check (e.g. `dp-tangent requests list`)") from err
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise

@@ -49,7 +49,7 @@ from ..io import atomic_write_text, fsync_dir, sha256_file
 from .audit_log import (ARTIFACT_FOLDERS, INTEGRITY_FAILURE_REASON, INTERRUPTED_REASON, KILLED_WRITE_REASON, Artifact,
                         AuditEntry, AuditLog, VerifyReport, integrity_snapshot, resolvable_failures,
                         unresolved_failures)
-from .commit import (Change, FileWrite, apply, finish_interrupted, named_ids, pending_change_explains_ledger,
+from .commit import (Change, FileWrite, apply, finish_earlier, named_ids, pending_change_explains_ledger,
                      placed_by_pending)
 from .ledger_ops import FailReservation, RegisterModel, SetBudget, SetDataSource
 from .lock import workspace_lock, workspace_lock_if_free
@@ -358,7 +358,7 @@ class Workspace:
         with workspace_lock_if_free(self.root) as free:
             if not free or not self.audit_log_path.is_file() or self._waiting_failures():
                 return [], []  # a failure waiting to be closed: nothing is logged after it first
-            return finish_interrupted(self), self._resolve_abandoned()
+            return finish_earlier(self), self._resolve_abandoned()
 
     def resolve_abandoned_reservations(self) -> list[str]:
         """Mark failed, and log, every reservation left ``reserved`` by a driver that died (e.g. a
@@ -496,7 +496,7 @@ class Workspace:
             if outermost:
                 self._refuse_without_a_log()
                 self._refuse_while_a_failure_waits()  # nothing is logged after it before it is closed
-                finish_interrupted(self)  # a change killed half-way is finished, not mistaken for tampering
+                finish_earlier(self)  # a change killed (or failed) half-way is finished, not mistaken for tampering
                 self._resolve_abandoned()  # so is a reservation a killed driver left
                 self._refuse_unverified()
             yield
