@@ -18,7 +18,7 @@ import math
 from typing import Callable
 
 from privacy_accounting.accountants import ACCOUNTANTS, DEFAULT_SETTINGS, AccountantSettings, epsilon_for
-from privacy_accounting.errors import CalibrationError, InvalidParameterError
+from privacy_accounting.errors import AccountingError, CalibrationError, InvalidParameterError
 from privacy_accounting.event_tree import sgd
 from privacy_accounting.validation import (MAX_NOISE_MULTIPLIER, MIN_NOISE_MULTIPLIER, check_delta, check_epsilon,
                                            check_sample_rate, check_steps)
@@ -58,12 +58,16 @@ def calibrate_noise_multiplier(
     if accountant == "rdp":
         return sigma
 
-    # 2. Coarse grid of the requested accountant, aiming at the upper half of the tolerance band.
-    coarse = _coarse_settings(settings, accountant)
-    if coarse != settings:
-        sigma, slope = _solve(eps_fn(accountant, coarse), target, tolerance / 2, sigma0=sigma, slope=slope)
-    # 3. Verify (and refine if needed) at the caller's settings.
-    sigma, _ = _solve(eps_fn(accountant, settings), target, tolerance, sigma0=sigma, slope=slope)
+    try:
+        # 2. Coarse grid of the requested accountant, aiming at the upper half of the tolerance band.
+        coarse = _coarse_settings(settings, accountant)
+        if coarse != settings:
+            sigma, slope = _solve(eps_fn(accountant, coarse), target, tolerance / 2, sigma0=sigma, slope=slope)
+        # 3. Verify (and refine if needed) at the caller's settings.
+        sigma, _ = _solve(eps_fn(accountant, settings), target, tolerance, sigma0=sigma, slope=slope)
+    except AccountingError as err:  # e.g. PLD not run above its epsilon limit (review 117: a bare accountant error)
+        raise CalibrationError(f"target epsilon {target:g} cannot be calibrated with the {accountant} accountant: "
+                               f"{err}; calibrate it with rdp, or choose a smaller target") from err
     return sigma
 
 

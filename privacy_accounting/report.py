@@ -24,7 +24,7 @@ from privacy_accounting.accountants import (NEIGHBOURING_RELATION, AccountantSet
 from privacy_accounting.budgets import budget_of
 from privacy_accounting.composition import (ModelGuarantee, RecordClasses, SharedRecordClasses, group_by_shard,
                                            model_guarantee, record_shards_at, shard_records_bounds)
-from privacy_accounting.errors import InvalidParameterError
+from privacy_accounting.errors import AccountingError, InvalidParameterError
 from privacy_accounting.event_tree import EventTree, compose, sgd
 from privacy_accounting.events import (
     describe_event,
@@ -398,10 +398,15 @@ def _curve(
 ) -> tuple[list[CurvePoint], str]:
     """Epsilon of the shard's composition against cumulative steps, at ~``points`` step counts."""
     plot_settings = _plot_settings(settings)
-    out = [CurvePoint(steps=0, epsilon=0.0)] + [
-        CurvePoint(steps=steps, epsilon=epsilon_bounds(tree, delta, plot_settings).epsilon)
-        for steps, tree in _curve_events(events, points)]
-    return out, f"pld (plotting grid {plot_settings.pld_value_discretization_interval:g}, upper bound)"
+    out, others = [CurvePoint(steps=0, epsilon=0.0)], False
+    for steps, tree in _curve_events(events, points):
+        try:
+            epsilon = epsilon_bounds(tree, delta, plot_settings).epsilon
+        except AccountingError:  # PLD not run there (``pld_epsilon_limit``): the others' tightest (review 117)
+            epsilon, others = epsilon_bounds(tree, delta, settings).epsilon, True
+        out.append(CurvePoint(steps=steps, epsilon=epsilon))
+    name = f"pld (plotting grid {plot_settings.pld_value_discretization_interval:g}, upper bound)"
+    return out, name + ("; where PLD is not run, the tightest of the other accountants" if others else "")
 
 
 def _plot_settings(settings: AccountantSettings) -> AccountantSettings:

@@ -175,7 +175,7 @@ def model_statement(
         guarantee = (
             f"Every unit of privacy is protected by (epsilon = {fmt_eps(epsilon)}, delta = {fmt_set(delta)})-"
             f"differential privacy, an upper bound from the {accountant.upper()} accountant (the tightest of the "
-            "RDP, PRV and PLD upper bounds)."
+            "upper bounds the RDP, PRV and PLD accountants gave)."
         )
     per_record = (
         " Each unit is charged every run that ever read it (sequential composition), including runs of "

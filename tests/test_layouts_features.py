@@ -54,11 +54,13 @@ def test_a_vits_last_block_computes_the_class_token_alone_when_the_head_reads_it
     value = tangent(x)
     value.square().sum().backward()
     grads = [p.grad.clone() for p in tangent.deltas()]
+    checked = layouts.CHECKED_TIMM_VERSIONS
     monkeypatch.setattr(layouts, "CHECKED_TIMM_VERSIONS", ())  # the full computation
     reference = linearize(model, suffix)
     reference.load_deltas(deltas)
     expected = reference(x)
     expected.square().sum().backward()
+    monkeypatch.setattr(layouts, "CHECKED_TIMM_VERSIONS", checked)
     assert torch.allclose(value, expected, rtol=0, atol=1e-12)
     assert all(torch.allclose(g, p.grad, rtol=1e-10, atol=1e-12) for g, p in zip(grads, reference.deltas()))
 
@@ -68,6 +70,15 @@ def test_a_vits_last_block_computes_the_class_token_alone_when_the_head_reads_it
     with torch.no_grad():
         out = layout_for(averaged).run_suffix(averaged, layout_for(averaged).run_prefix(averaged, x, 1), 1)
     assert not pruned and torch.equal(out, averaged(x))
+    # review 117: DeiT's distilled head reads the second token too (a subclass of VisionTransformer)
+    import timm
+
+    distilled = timm.create_model("deit_tiny_distilled_patch16_224", img_size=32, patch_size=4, depth=3,
+                                  num_classes=10).to(torch.float64).eval()
+    with torch.no_grad():
+        out = layout_for(distilled).run_suffix(distilled, layout_for(distilled).run_prefix(distilled, x, 1), 1)
+    assert not pruned and torch.equal(out, distilled(x))
+    assert torch.allclose(linearize(distilled, "blocks[-2:]")(x), distilled(x), rtol=0, atol=1e-12)
 
 
 def test_cached_features_give_the_same_outputs_without_running_the_prefix(arch: str) -> None:

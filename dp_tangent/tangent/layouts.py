@@ -101,9 +101,11 @@ def _class_token_pooled(net: nn.Module) -> bool:
     """Whether the head reads the first token alone (``global_pool='token'``, no attention pool): the last block's
     other tokens are then computed for nothing."""
     import timm
+    from timm.models.vision_transformer import VisionTransformer
 
-    return (timm.__version__ in CHECKED_TIMM_VERSIONS and getattr(net, "attn_pool", None) is None
-            and getattr(net, "global_pool", None) == "token")
+    # the class itself: a subclass may read more (review 117: DeiT's distilled head reads the second token too)
+    return (timm.__version__ in CHECKED_TIMM_VERSIONS and type(net) is VisionTransformer
+            and getattr(net, "attn_pool", None) is None and getattr(net, "global_pool", None) == "token")
 
 
 def _plain_block(block: nn.Module) -> bool:

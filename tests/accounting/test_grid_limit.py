@@ -67,3 +67,26 @@ def test_below_the_limits_every_accountant_runs_and_the_limits_are_settings(monk
         for name in ("prv_max_points", "pld_epsilon_limit"):
             with pytest.raises(InvalidParameterError, match=f"{name} must be positive"):
                 AccountantSettings(**{name: bad})
+
+
+def test_a_reports_curve_falls_back_where_pld_is_not_run() -> None:
+    """Review 117: the curve is PLD's alone, so a point PLD refused left no accountant, and the HTML and JSON reports
+    failed outright."""
+    from privacy_accounting.event_tree import sgd
+    from privacy_accounting.report import _curve
+
+    settings = AccountantSettings(pld_epsilon_limit=100.0, prv_max_points=1e3)  # RDP alone above epsilon 100
+    points, name = _curve([sgd(0.5, 0.1, 1000)], 1e-5, 6, settings)
+    assert points[-1].steps == 1000 and points[-1].epsilon == accountants.rdp_epsilon(sgd(0.5, 0.1, 1000), 1e-5)
+    assert name.endswith("; where PLD is not run, the tightest of the other accountants")
+    assert all(a.epsilon <= b.epsilon for a, b in zip(points, points[1:]))
+
+
+def test_calibrating_a_target_the_accountant_is_not_run_at_says_so_and_how() -> None:
+    from privacy_accounting import CalibrationError, calibrate_noise_multiplier
+
+    settings = AccountantSettings(pld_epsilon_limit=100.0)  # the same as a target near 300 with the default
+    with pytest.raises(CalibrationError, match=r"^target epsilon 95 cannot be calibrated with the pld accountant: PLD "
+                                               r"not run: .*; calibrate it with rdp, or choose a smaller target$"):
+        calibrate_noise_multiplier(95, 1e-5, 0.00512, 1953, accountant="pld", settings=settings)
+    assert calibrate_noise_multiplier(95, 1e-5, 0.00512, 1953, accountant="rdp", settings=settings) > 0
