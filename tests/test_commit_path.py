@@ -1118,3 +1118,14 @@ def test_train_names_a_waiting_shard_and_retries_only_the_others_when_the_disk_s
     assert code == 0 and "finished the training" in err
     reopened = Workspace.open("ws")
     assert "rows-shard-0" in reopened.list_components() and reopened.audit.verify().ok
+
+
+def test_only_a_waiting_completion_counts_as_a_trained_component(tmp_path) -> None:
+    """A failed run's log entry waiting past its commit point names its component too: it is no trained one."""
+    from dp_tangent.workspace.commit import pending_components
+
+    for commit_id, status in (("a" * 32, "completed"), ("b" * 32, "failed")):
+        (tmp_path / PENDING / commit_id).mkdir(parents=True)
+        (tmp_path / PENDING / commit_id / "intent.json").write_text(json.dumps(
+            {"commit": commit_id, "parameters": {"component": f"c-{status}", "status": status}}))
+    assert pending_components(tmp_path) == {"c-completed"}

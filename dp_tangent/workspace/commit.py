@@ -174,9 +174,10 @@ def finish_earlier(ws: "Workspace") -> list[str]:
 
 
 def pending_components(root: Path) -> set[str]:
-    """The components whose training passed its commit point and is not finished (their intents name them)."""
+    """The components whose completion passed its commit point and is not finished (their intents name them)."""
     return {str(intent["parameters"]["component"]) for _, intent in _pending_intents(root)
-            if isinstance(intent.get("parameters"), dict) and intent["parameters"].get("component")}
+            if isinstance(intent.get("parameters"), dict) and intent["parameters"].get("component")
+            and intent["parameters"].get("status") == "completed"}
 
 
 def _discard(staging: Path) -> None:
