@@ -214,8 +214,8 @@ class SQLiteStorage:
                 raise LedgerError(f"cannot open ledger {self._path}: {exc}") from exc
             if "full" in text or "disk i/o" in text:  # SQLITE_FULL, SQLITE_IOERR: the disk, not the ledger
                 cause = "its disk is full" if "full" in text else "its disk failed to read or write"
-                raise LedgerWriteError(f"cannot write ledger {self._path}: {cause} ({exc}); the ledger is as it was "
-                                  "before this write") from exc
+                raise LedgerWriteError(f"cannot write ledger {self._path}: {cause} ({exc}); the ledger is as it "
+                                       "was before this write") from exc
             raise LedgerCorruptError(f"ledger {self._path} cannot be read: {exc}") from exc
         except sqlite3.IntegrityError as exc:
             raise LedgerError(f"ledger {self._path} rejected a write: {exc}") from exc
