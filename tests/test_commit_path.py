@@ -1048,28 +1048,9 @@ def test_a_write_the_disk_cannot_take_names_its_file_and_leaves_nothing(tmp_path
 def test_train_says_a_shard_whose_component_waits_is_trained_and_leaves_it_out_of_the_retry(
         tmp_path, capsys, monkeypatch) -> None:
     """Review 115: the command line listed such a shard among those to train again."""
-    import errno
-
-    from dp_tangent.workspace.audit_log import AuditLog
     from helpers import run_cli
-    from owndata import mlp_recipe, write_npz, write_recipe
 
-    monkeypatch.chdir(tmp_path)
-    write_npz(Path("rows.npz"), n=64)
-    recipe = write_recipe(Path("rows.yaml"), mlp_recipe({"npz": {"path": "rows.npz"}}, in_features=6, classes=2,
-                                                        source="rows", shards={"count": 1}))
-    append = AuditLog.append
-
-    def full(self, operation, **kwargs):  # noqa: ANN001, ANN003, ANN202
-        parameters = kwargs.get("parameters", {})  # the first shard's completion, and every try to finish it
-        if operation == "training" and parameters.get("component") == "rows-shard-0" and \
-                parameters.get("status") == "completed":
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return append(self, operation, **kwargs)
-
-    with monkeypatch.context() as disk:
-        disk.setattr(AuditLog, "append", full)
-        code, out, err = run_cli(capsys, "train", "--init", str(recipe), "-w", "ws", "--executor", "serial")
+    code, err = _train_while_the_first_completion_cannot_be_logged(tmp_path, capsys, monkeypatch, rows=64, shards=1)
     assert code == 2, err
     assert "rows-shard-0 (shard-0) trained, its component not yet in place: [Errno 28] No space left on device -- " \
            "the training passed its commit point, so it is not lost" in err, err
@@ -1086,28 +1067,9 @@ def test_train_names_a_waiting_shard_and_retries_only_the_others_when_the_disk_s
         tmp_path, capsys, monkeypatch) -> None:
     """Review 116: with several shards, the next shard's completion stopped the run with one line, naming neither the
     trained shard whose component waits nor the shards to train again."""
-    import errno
-
-    from dp_tangent.workspace.audit_log import AuditLog
     from helpers import run_cli
-    from owndata import mlp_recipe, write_npz, write_recipe
 
-    monkeypatch.chdir(tmp_path)
-    write_npz(Path("rows.npz"), n=96)
-    recipe = write_recipe(Path("rows.yaml"), mlp_recipe({"npz": {"path": "rows.npz"}}, in_features=6, classes=2,
-                                                        source="rows", shards={"count": 3}))
-    append = AuditLog.append
-
-    def full(self, operation, **kwargs):  # noqa: ANN001, ANN003, ANN202
-        parameters = kwargs.get("parameters", {})  # the first completion, and every try to finish it
-        if operation == "training" and parameters.get("component") == "rows-shard-0" and \
-                parameters.get("status") == "completed":
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return append(self, operation, **kwargs)
-
-    with monkeypatch.context() as disk:
-        disk.setattr(AuditLog, "append", full)
-        code, out, err = run_cli(capsys, "train", "--init", str(recipe), "-w", "ws", "--executor", "serial")
+    code, err = _train_while_the_first_completion_cannot_be_logged(tmp_path, capsys, monkeypatch, rows=96, shards=3)
     assert code == 2, err
     assert "rows-shard-0: trained, its component not yet in place: the next command that is not a check finishes " \
            "it" in err, err
@@ -1129,3 +1091,33 @@ def test_only_a_waiting_completion_counts_as_a_trained_component(tmp_path) -> No
         (tmp_path / PENDING / commit_id / "intent.json").write_text(json.dumps(
             {"commit": commit_id, "parameters": {"component": f"c-{status}", "status": status}}))
     assert pending_components(tmp_path) == {"c-completed"}
+
+
+def _train_while_the_first_completion_cannot_be_logged(tmp_path, capsys, monkeypatch, *,  # noqa: ANN001
+                                                       rows: int, shards: int) -> tuple[int, str]:
+    """`dp-tangent train` of a fast recipe (``rows`` npz rows, ``shards`` shards, in ``tmp_path``, workspace ``ws``)
+    while the log entry of the first shard's completion, and every try to finish it, fails as on a full disk: (exit
+    code, stderr)."""
+    import errno
+
+    from dp_tangent.workspace.audit_log import AuditLog
+    from helpers import run_cli
+    from owndata import mlp_recipe, write_npz, write_recipe
+
+    monkeypatch.chdir(tmp_path)
+    write_npz(Path("rows.npz"), n=rows)
+    recipe = write_recipe(Path("rows.yaml"), mlp_recipe({"npz": {"path": "rows.npz"}}, in_features=6, classes=2,
+                                                        source="rows", shards={"count": shards}))
+    append = AuditLog.append
+
+    def full(self, operation, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        parameters = kwargs.get("parameters", {})
+        if operation == "training" and parameters.get("component") == "rows-shard-0" and \
+                parameters.get("status") == "completed":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return append(self, operation, **kwargs)
+
+    with monkeypatch.context() as disk:
+        disk.setattr(AuditLog, "append", full)
+        code, _, err = run_cli(capsys, "train", "--init", str(recipe), "-w", "ws", "--executor", "serial")
+    return code, err
