@@ -119,7 +119,8 @@ def _plain_block(block: nn.Module) -> bool:
 def _first_token_of_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``block(x)[:, :1]`` with only that token's query, projection and MLP computed (keys and values are every
     token's): the last block of a ViT whose head pools the class token. On the benchmark ViT (65 tokens) a DP
-    tangent step of its last two blocks took 36% less time, the Gram precompute 25% less (docs/benchmarks.md)."""
+    tangent step of its last two blocks took about a third less time, the Gram precompute about a quarter less
+    (docs/tangent-models.md)."""
     import torch.nn.functional as F
 
     attn = block.attn
